@@ -1,0 +1,708 @@
+//! [`Client`]: the HTTP side of the crate. Sends chat and model requests to
+//! one OpenAI-compatible server with timeouts, retries (see [`crate::retry`])
+//! and API key rotation (see [`crate::keys`]), and maps every failure to
+//! [`Error`].
+//!
+//! Retries only ever happen before a response is handed to the caller; for
+//! streams that means before the first chunk, so a user never sees text
+//! twice.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::error::{Error, api_error_from_body, api_error_from_json};
+use crate::keys::KeyRing;
+use crate::retry::{self, Backoff, TooLong};
+use crate::stream::ChatStream;
+use crate::types::{ChatRequest, ChatResponse, ModelInfo, ModelList, StreamOptions};
+
+/// Largest non-streaming response body accepted (a chat completion is a few
+/// KiB; this only stops a broken server from exhausting memory).
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest error body read; the message is in the first few hundred bytes.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Settings of a [`Client`]. All durations apply per attempt.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// API root, e.g. `https://api.openai.com/v1`; requests go to
+    /// `{base_url}/chat/completions` and `{base_url}/models`. A trailing
+    /// slash is tolerated.
+    pub base_url: String,
+    /// Keys used in turn (round robin). Empty for local servers that need
+    /// none; then no `Authorization` header is sent.
+    pub api_keys: Vec<String>,
+    /// Longest time to establish a connection (TCP + TLS). Default 5 s.
+    pub connect_timeout: Duration,
+    /// Non-streaming: the whole request, body included. Streaming: until the
+    /// response headers. Default 600 s (long answers from slow models).
+    pub timeout: Duration,
+    /// Streaming: longest gap between two received chunks. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Retries after the first attempt. Default 2 (so up to 3 attempts).
+    pub max_retries: u32,
+    /// First backoff delay, doubled for each further retry. Default 500 ms.
+    pub initial_backoff: Duration,
+    /// Cap of the backoff delay. Default 8 s.
+    pub max_backoff: Duration,
+    /// Longest server-requested delay (`retry-after[-ms]`) honoured; a longer
+    /// one makes the request fail with the server's error. Default 120 s.
+    pub max_retry_after: Duration,
+    /// How long a key that got 401, 403 or 429 is set aside. Default 60 s.
+    pub key_cooldown: Duration,
+    /// `User-Agent` header. Default `chatrelay/<version>`.
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".to_owned(),
+            api_keys: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(60),
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(120),
+            key_cooldown: Duration::from_secs(60),
+            user_agent: concat!("chatrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    // Hand-written so that keys can never end up in a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.api_keys.len()),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("key_cooldown", &self.key_cooldown)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}
+
+/// Client for one OpenAI-compatible server. Cheap to clone: clones share one
+/// connection pool and one key rotation.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// `base_url` without trailing slashes.
+    base_url: String,
+    keys: KeyRing,
+    timeout: Duration,
+    idle_timeout: Duration,
+    max_retries: u32,
+    key_cooldown: Duration,
+    backoff: Backoff,
+    rng: ring::rand::SystemRandom,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base_url)
+            .field("keys", &self.inner.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Accept` header of JSON requests.
+const ACCEPT_JSON: &str = "application/json";
+/// `Accept` header of streaming requests.
+const ACCEPT_SSE: &str = "text/event-stream";
+
+/// A failed attempt, with what the server said about retrying.
+struct Failure {
+    error: Error,
+    should_retry_header: Option<bool>,
+    retry_after: Option<Duration>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            should_retry_header: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl Client {
+    /// Builds a client; fails if the URL, a key or a timeout is unusable.
+    pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
+        let base_url = cfg.base_url.trim().trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base_url)
+            .map_err(|e| Error::InvalidConfig(format!("base_url {base_url:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::InvalidConfig(format!(
+                "base_url {base_url:?} must start with http:// or https://"
+            )));
+        }
+        for (i, key) in cfg.api_keys.iter().enumerate() {
+            // The message names the key by position only: it must not leak.
+            let bad = key.is_empty()
+                || key.chars().any(char::is_whitespace)
+                || HeaderValue::from_str(&format!("Bearer {key}")).is_err();
+            if bad {
+                return Err(Error::InvalidConfig(format!(
+                    "api_keys[{i}] is empty or contains characters not allowed in a header"
+                )));
+            }
+        }
+        for (name, d) in [
+            ("connect_timeout", cfg.connect_timeout),
+            ("timeout", cfg.timeout),
+            ("idle_timeout", cfg.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::InvalidConfig(format!("{name} must not be zero")));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .user_agent(cfg.user_agent.clone())
+            // Streams can sit quietly for a while; keepalive lets dead peers
+            // be noticed and keeps NAT mappings open.
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::InvalidConfig(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                keys: KeyRing::new(&cfg.api_keys),
+                timeout: cfg.timeout,
+                idle_timeout: cfg.idle_timeout,
+                max_retries: cfg.max_retries,
+                key_cooldown: cfg.key_cooldown,
+                backoff: Backoff {
+                    initial: cfg.initial_backoff,
+                    max: cfg.max_backoff,
+                    max_retry_after: cfg.max_retry_after,
+                },
+                rng: ring::rand::SystemRandom::new(),
+            }),
+        })
+    }
+
+    /// Sends a non-streaming chat completion (`stream` is forced to `false`
+    /// and `stream_options` removed) and returns the whole answer.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, Error> {
+        let mut req = req.clone();
+        req.stream = Some(false);
+        req.stream_options = None;
+        strip_stream_extras(&mut req);
+        let body = encode(&req)?;
+        let (body, request_id) = self
+            .execute(
+                Method::POST,
+                "/chat/completions",
+                Some(body),
+                ACCEPT_JSON,
+                read_full,
+            )
+            .await?;
+        decode_json_response(&body, request_id)
+    }
+
+    /// Starts a streaming chat completion (`stream: true`, and
+    /// `stream_options.include_usage: true` so the last chunk carries the
+    /// token usage). Retries happen only until the response headers arrive;
+    /// after that, failures are reported by the returned [`ChatStream`].
+    pub async fn chat_stream(&self, req: &ChatRequest) -> Result<ChatStream, Error> {
+        let mut req = req.clone();
+        req.stream = Some(true);
+        req.stream_options = Some(StreamOptions {
+            include_usage: true,
+        });
+        strip_stream_extras(&mut req);
+        let body = encode(&req)?;
+        // The body is left unread: it is the stream.
+        let resp = self
+            .execute(
+                Method::POST,
+                "/chat/completions",
+                Some(body),
+                ACCEPT_SSE,
+                |resp, _| std::future::ready(Ok(resp)),
+            )
+            .await?;
+        let request_id = request_id(resp.headers());
+        if is_json(resp.headers()) {
+            // Some gateways answer a streaming request with a plain JSON
+            // body (typically an error with status 200). Report it as what
+            // it is instead of as an empty, incomplete stream.
+            return Err(self.json_instead_of_stream(resp, request_id).await);
+        }
+        tracing::debug!(request_id = ?request_id, "chat stream started");
+        Ok(ChatStream::from_bytes(
+            resp.bytes_stream(),
+            self.inner.idle_timeout,
+            request_id,
+        ))
+    }
+
+    /// Lists the models the server offers (`GET {base_url}/models`).
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, Error> {
+        let (body, request_id) = self
+            .execute(Method::GET, "/models", None, ACCEPT_JSON, read_full)
+            .await?;
+        let list: ModelList = decode_json_response(&body, request_id)?;
+        Ok(list.data)
+    }
+
+    async fn json_instead_of_stream(&self, resp: Response, request_id: Option<String>) -> Error {
+        let status = resp.status().as_u16();
+        let read =
+            tokio::time::timeout(self.inner.timeout, read_limited(resp, MAX_ERROR_BODY_BYTES))
+                .await;
+        let body = match read {
+            Ok(Ok((body, _))) => body,
+            Ok(Err(e)) => return map_reqwest_error(&e),
+            Err(_) => return Error::Timeout { what: "response" },
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => api_error_from_json(status, &v, request_id).unwrap_or_else(|| {
+                Error::decode(
+                    "expected an event stream but got a JSON body (streaming unsupported?)",
+                    &body,
+                )
+            }),
+            Err(e) => Error::decode(format!("expected an event stream: {e}"), &body),
+        }
+    }
+
+    /// Runs attempts until one succeeds or the retry policy gives up.
+    /// `on_success` consumes a 2xx response before the attempt's deadline;
+    /// its failures (e.g. a body read timeout) are retried like any other.
+    async fn execute<T, F, Fut>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        accept: &'static str,
+        on_success: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Response, Instant) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let inner = &self.inner;
+        let url = format!("{}{}", inner.base_url, path);
+        let body = body.map(Bytes::from);
+        let mut retries = 0u32;
+        // Immediate retries with another key after 401/403; bounded so that
+        // a request tries each key at most once for that reason.
+        let mut key_switches = 0usize;
+        loop {
+            let key = inner.keys.pick(Instant::now());
+            let fp = key.map_or("none", |k| inner.keys.fingerprint(k));
+            tracing::debug!(%method, path, key = fp, retries, "sending request");
+            let attempt = self.attempt(&method, &url, body.clone(), key, accept, &on_success);
+            let mut failure = match attempt.await {
+                Ok(success) => return Ok(success),
+                Err(failure) => failure,
+            };
+            if let Some(secret) = key.and_then(|k| inner.keys.secret(k)) {
+                failure.error.redact(secret, fp);
+            }
+            let status = failure.error.status();
+            if let (Some(k), Some(s @ (401 | 403 | 429))) = (key, status) {
+                tracing::warn!(key = fp, status = s, cooldown = ?inner.key_cooldown, "setting API key aside");
+                inner.keys.set_aside(k, Instant::now(), inner.key_cooldown);
+            }
+            if matches!(status, Some(401 | 403))
+                && failure.should_retry_header != Some(false)
+                && key_switches + 1 < inner.keys.len()
+                && inner.keys.any_available(Instant::now())
+            {
+                key_switches += 1;
+                tracing::warn!(
+                    status = ?status,
+                    key = fp,
+                    error = %failure.error,
+                    "key rejected; retrying with the next key"
+                );
+                continue;
+            }
+            if retries >= inner.max_retries
+                || !retry::should_retry(&failure.error, failure.should_retry_header)
+            {
+                return Err(failure.error);
+            }
+            let jitter = retry::jitter(&inner.rng);
+            let delay = match inner.backoff.delay(failure.retry_after, retries, jitter) {
+                Ok(delay) => delay,
+                Err(TooLong(asked)) => {
+                    tracing::warn!(
+                        status = ?status,
+                        retry_after = ?asked,
+                        max = ?inner.backoff.max_retry_after,
+                        "server asks to wait longer than allowed; giving up"
+                    );
+                    return Err(failure.error);
+                }
+            };
+            retries += 1;
+            tracing::warn!(
+                status = ?status,
+                attempt = retries + 1,
+                max_attempts = inner.max_retries + 1,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                error = %failure.error,
+                "request failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One HTTP exchange. The timeout covers sending and the response
+    /// headers, plus whatever `on_success` reads, or the error body.
+    async fn attempt<T, F, Fut>(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<Bytes>,
+        key: Option<usize>,
+        accept: &'static str,
+        on_success: &F,
+    ) -> Result<T, Failure>
+    where
+        F: Fn(Response, Instant) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.timeout;
+        let mut rb = inner
+            .http
+            .request(method.clone(), url)
+            .header(ACCEPT, accept);
+        if let Some(body) = body {
+            rb = rb.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        if let Some(secret) = key.and_then(|k| inner.keys.secret(k)) {
+            // `bearer_auth` marks the header sensitive, so it is redacted
+            // from reqwest's and hyper's debug output.
+            rb = rb.bearer_auth(secret);
+        }
+        let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+            Err(_) => return Err(Error::Timeout { what: "response" }.into()),
+            Ok(Err(e)) => return Err(map_reqwest_error(&e).into()),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return on_success(resp, deadline).await;
+        }
+        let headers = resp.headers().clone();
+        // The status alone is enough to report the error, so a body that
+        // cannot be read (reset, timeout) just leaves the message generic.
+        let body = match read_before(deadline, resp, MAX_ERROR_BODY_BYTES).await {
+            Ok((body, _)) => body,
+            Err(_) => Bytes::new(),
+        };
+        Err(failure_from_response(
+            status,
+            &headers,
+            &body,
+            request_id(&headers),
+        ))
+    }
+}
+
+/// Reads a whole successful body before `deadline`; returns it with the
+/// response's request id.
+async fn read_full(resp: Response, deadline: Instant) -> Result<(Bytes, Option<String>), Failure> {
+    let request_id = request_id(resp.headers());
+    let (body, truncated) = read_before(deadline, resp, MAX_RESPONSE_BYTES).await?;
+    if truncated {
+        return Err(Error::decode(
+            format!("response body larger than {MAX_RESPONSE_BYTES} bytes"),
+            &body,
+        )
+        .into());
+    }
+    Ok((body, request_id))
+}
+
+/// Builds the [`Failure`] for an error response.
+fn failure_from_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: Option<String>,
+) -> Failure {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Failure {
+        error: api_error_from_body(status.as_u16(), body, request_id),
+        should_retry_header: retry::parse_should_retry(header("x-should-retry")),
+        retry_after: retry::parse_retry_after(
+            header("retry-after-ms"),
+            header("retry-after"),
+            chrono::Utc::now(),
+        ),
+    }
+}
+
+/// Reads at most `limit` bytes of the body before `deadline`.
+async fn read_before(
+    deadline: Instant,
+    resp: Response,
+    limit: usize,
+) -> Result<(Bytes, bool), Failure> {
+    match tokio::time::timeout_at(deadline, read_limited(resp, limit)).await {
+        Err(_) => Err(Error::Timeout { what: "response" }.into()),
+        Ok(Err(e)) => Err(map_reqwest_error(&e).into()),
+        Ok(Ok(read)) => Ok(read),
+    }
+}
+
+/// Reads the body up to `limit` bytes; the flag tells whether it was longer.
+async fn read_limited(mut resp: Response, limit: usize) -> Result<(Bytes, bool), reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit.saturating_sub(buf.len());
+        if chunk.len() > room {
+            buf.extend_from_slice(chunk.get(..room).unwrap_or_default());
+            return Ok((Bytes::from(buf), true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(buf), false))
+}
+
+/// Decodes a successful JSON body, treating an embedded `error` object (some
+/// gateways send errors with status 200) as an API error.
+fn decode_json_response<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    request_id: Option<String>,
+) -> Result<T, Error> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::decode(format!("response is not JSON: {e}"), body))?;
+    if let Some(err) = api_error_from_json(200, &value, request_id) {
+        return Err(err);
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::decode(format!("unexpected response shape: {e}"), body))
+}
+
+/// Serializes a request body.
+fn encode(req: &ChatRequest) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(req).map_err(|e| Error::Decode {
+        message: format!("could not encode the request: {e}"),
+        raw: String::new(),
+    })
+}
+
+/// `stream` and `stream_options` are set by the client; copies left in
+/// `extra` would be serialized as duplicate JSON keys.
+fn strip_stream_extras(req: &mut ChatRequest) {
+    req.extra.remove("stream");
+    req.extra.remove("stream_options");
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// Maps a transport error. The URL is left out of the message: some
+/// providers take credentials in query parameters.
+fn map_reqwest_error(e: &reqwest::Error) -> Error {
+    if e.is_timeout() {
+        return Error::Timeout {
+            what: if e.is_connect() {
+                "connect"
+            } else {
+                "response"
+            },
+        };
+    }
+    if e.is_builder() {
+        return Error::InvalidConfig(error_chain(e));
+    }
+    if e.is_connect() {
+        return Error::Network(format!("connect: {}", error_chain(e)));
+    }
+    Error::Network(error_chain(e))
+}
+
+/// The error and its sources on one line, without the URL.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut first = true;
+    while let Some(err) = source {
+        let text = if first {
+            first = false;
+            // Display of a reqwest error appends " for url (...)"; the
+            // sources carry the useful detail.
+            match err.source() {
+                Some(_) => kind_of(e).to_owned(),
+                None => err.to_string(),
+            }
+        } else {
+            err.to_string()
+        };
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        source = err.source();
+    }
+    out
+}
+
+fn kind_of(e: &reqwest::Error) -> &'static str {
+    if e.is_connect() {
+        "error connecting"
+    } else if e.is_body() || e.is_decode() {
+        "error reading the body"
+    } else if e.is_request() {
+        "error sending the request"
+    } else {
+        "HTTP error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults() {
+        let cfg = ClientConfig::default();
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.timeout, Duration::from_secs(600));
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.max_retries, 2);
+        assert_eq!(cfg.initial_backoff, Duration::from_millis(500));
+        assert_eq!(cfg.max_backoff, Duration::from_secs(8));
+        assert_eq!(cfg.max_retry_after, Duration::from_secs(120));
+        assert_eq!(cfg.key_cooldown, Duration::from_secs(60));
+        assert!(cfg.user_agent.starts_with("chatrelay/"));
+    }
+
+    #[test]
+    fn config_debug_redacts_keys() {
+        let cfg = ClientConfig {
+            api_keys: vec!["sk-very-secret".into()],
+            ..ClientConfig::default()
+        };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("sk-very-secret"), "{text}");
+        assert!(text.contains("1 redacted"));
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected_without_leaking_keys() {
+        let bad = |cfg: ClientConfig| Client::new(cfg).unwrap_err();
+        assert!(matches!(
+            bad(ClientConfig {
+                base_url: "not a url".into(),
+                ..Default::default()
+            }),
+            Error::InvalidConfig(_)
+        ));
+        assert!(matches!(
+            bad(ClientConfig {
+                base_url: "ftp://x/v1".into(),
+                ..Default::default()
+            }),
+            Error::InvalidConfig(_)
+        ));
+        let err = bad(ClientConfig {
+            api_keys: vec!["sk-ok".into(), "sk-bad key\n".into()],
+            ..Default::default()
+        });
+        let text = err.to_string();
+        assert!(
+            text.contains("api_keys[1]") && !text.contains("sk-bad"),
+            "{text}"
+        );
+        assert!(matches!(
+            bad(ClientConfig {
+                idle_timeout: Duration::ZERO,
+                ..Default::default()
+            }),
+            Error::InvalidConfig(_)
+        ));
+        let ok = Client::new(ClientConfig {
+            base_url: "http://127.0.0.1:1/v1/".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.inner.base_url, "http://127.0.0.1:1/v1");
+        assert!(!format!("{ok:?}").is_empty());
+    }
+
+    #[test]
+    fn stream_fields_in_extra_are_removed() {
+        let mut req = ChatRequest::default();
+        req.extra.insert("stream".into(), Value::Bool(false));
+        req.extra.insert("stream_options".into(), Value::Null);
+        req.extra.insert("top_p".into(), Value::from(1));
+        strip_stream_extras(&mut req);
+        assert_eq!(req.extra.len(), 1);
+    }
+
+    #[test]
+    fn json_response_with_error_object_is_api_error() {
+        let r: Result<ChatResponse, _> =
+            decode_json_response(br#"{"error":{"message":"nope","code":"x"}}"#, None);
+        assert!(matches!(r, Err(Error::Api { status: 200, .. })));
+        let r: Result<ChatResponse, _> = decode_json_response(b"<html>", None);
+        assert!(matches!(r, Err(Error::Decode { ref raw, .. }) if raw == "<html>"));
+    }
+
+    #[test]
+    fn json_content_type_detection() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        assert!(!is_json(&h));
+    }
+}
