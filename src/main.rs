@@ -1,1 +1,135 @@
-fn main() {}
+//! The `chatrelay` binary: `run` (the default), `check-config`, `admin ...`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chatrelay::admin_cli::{self, AdminCommand};
+use chatrelay::app::{self, App};
+use chatrelay::config::{self, Config};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatrelay",
+    version,
+    about = "Chat platforms to any OpenAI-compatible LLM, with quota and payments"
+)]
+struct Cli {
+    /// Configuration file (default: ./chatrelay.toml if it exists, else built-in defaults).
+    #[arg(long, short, global = true, env = "CHATRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration, list every problem, print a redacted summary.
+    CheckConfig,
+    /// Administer the running daemon through its admin API.
+    Admin {
+        /// The daemon's base URL (default: from server.listen).
+        #[arg(long, env = "CHATRELAY_ADMIN_URL")]
+        url: Option<String>,
+        /// The admin token (default: server.admin_token, or the generated one in the data directory).
+        #[arg(long, env = "CHATRELAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "chatrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(loaded),
+        Command::CheckConfig => check_config(&loaded),
+        Command::Admin {
+            url,
+            token,
+            command,
+        } => admin(&loaded.config, url, token, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "chatrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(loaded: config::Loaded) -> anyhow::Result<()> {
+    init_logging(&loaded.config);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %loaded.file.as_ref().map_or("(built-in defaults)".to_owned(), |p| p.display().to_string()),
+        env_overrides = ?loaded.env_keys,
+        "starting"
+    );
+    runtime()?.block_on(async move {
+        let app = App::build(loaded.config).await?;
+        tokio::spawn(app::stop_on_signals(app.shutdown_token()));
+        app.serve().await
+    })
+}
+
+fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
+    let c = &loaded.config;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "configuration OK\n  file: {}\n  environment overrides: {}\n  LLM provider: {:?}{}\n  admin token: {}\n\n",
+        loaded.file.as_ref().map_or("(none: built-in defaults)".to_owned(), |p| p.display().to_string()),
+        if loaded.env_keys.is_empty() { "(none)".to_owned() } else { loaded.env_keys.join(", ") },
+        c.provider(),
+        if c.provider() == config::Provider::Demo { " (offline demo: set [llm] api_keys or OPENAI_API_KEY)" } else { "" },
+        if c.server.admin_token.is_some() { "configured".to_owned() } else { format!("generated at first start in {}", app::admin_token_path(c).display()) },
+    ));
+    out.push_str(&c.redacted_summary());
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
+fn admin(
+    config: &Config,
+    url: Option<String>,
+    token: Option<String>,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
+    let target = admin_cli::target(config, url, token)?;
+    runtime()?.block_on(admin_cli::run(&target, command))
+}

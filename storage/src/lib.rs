@@ -1,1 +1,367 @@
+//! chatrelay's embedded store: the only crate that knows sled.
+//!
+//! It owns every durable record of the daemon and exposes them through [`Store`], a small typed
+//! API that sled could be swapped out behind (redb), or a shared backend (PostgreSQL) added to.
+//!
+//! # Layout
+//! - `lib.rs`: [`Store`] (open, schema version, flush), [`Uid`], [`ReservationId`].
+//! - `error.rs`: [`StoreError`].
+//! - `codec.rs`: big-endian integer keys, serde_json values, transaction plumbing.
+//! - `users.rs`: users and identities ([`chatrelay_core::UserKey`] → [`Uid`] and back).
+//! - `quota.rs`: balances, reservations and the append-only ledger.
+//! - `audit.rs`: the consistency check of balances against ledger and reservations.
+//! - `conversations.rs`: bounded per-conversation memory.
+//! - `dedupe.rs`: "seen this message" marks with expiry.
+//! - `tokens.rs`: user API tokens, stored only as SHA-256 hashes.
+//!
+//! # Trees
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version`, `next_uid` | JSON number |
+//! | `users` | uid (be u64) | [`User`] |
+//! | `identities` | user key text (`mp:main:openid`) | uid |
+//! | `identities_by_uid` | uid ‖ user key text | empty |
+//! | `balances` | uid | paid, held, free day and use, next ledger seq |
+//! | `ledger` | uid ‖ seq (be u64 each) | [`LedgerEntry`] |
+//! | `ledger_refs` | reference | uid and seq of its entry |
+//! | `reservations` | id (be u64) | an open hold |
+//! | `reservation_refs` | reference | reservation id |
+//! | `settled_reservations` | id | what settled it (idempotent settle; purged after a while) |
+//! | `conversations` | engine's key | the newest turns |
+//! | `dedupe` | engine's key | expiry (ms) |
+//! | `tokens` | SHA-256 of the token | owner, label, times |
+//! | `tokens_by_uid` | uid ‖ SHA-256 | empty |
+//!
+//! # Rules kept throughout
+//! - Every change of a balance writes its ledger entry in the same sled transaction, and is
+//!   idempotent on its reference string.
+//! - Transactions touch known keys only (sled has no scans inside them) and have no side effects
+//!   (their closures may run more than once).
+//! - A record that cannot be read is a [`StoreError::Corrupt`] naming tree and key, never a panic.
+//! - Writes are durable only after [`Store::flush`]; call it before acknowledging a payment.
 
+#![warn(missing_docs)]
+
+pub mod error;
+
+mod audit;
+mod codec;
+mod conversations;
+mod dedupe;
+mod quota;
+mod tokens;
+mod users;
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use audit::{AuditMismatch, AuditReport};
+pub use conversations::Turn;
+pub use error::StoreError;
+pub use quota::{Balance, EntryKind, LedgerEntry};
+pub use tokens::{TOKEN_PREFIX, TokenInfo};
+pub use users::User;
+
+use codec::decode;
+
+/// The on-disk schema this build writes. A database with a newer version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A user's id: dense, starting at 1, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Uid(pub u64);
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for Uid {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Uid)
+    }
+}
+
+/// The id of a credit reservation made by [`Store::reserve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReservationId(pub u64);
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+// Tree names; also what [`StoreError::Corrupt`] reports.
+const META: &str = "meta";
+const USERS: &str = "users";
+const IDENTITIES: &str = "identities";
+const IDENTITIES_BY_UID: &str = "identities_by_uid";
+const BALANCES: &str = "balances";
+const LEDGER: &str = "ledger";
+const LEDGER_REFS: &str = "ledger_refs";
+const RESERVATIONS: &str = "reservations";
+const RESERVATION_REFS: &str = "reservation_refs";
+const SETTLED_RESERVATIONS: &str = "settled_reservations";
+const CONVERSATIONS: &str = "conversations";
+const DEDUPE: &str = "dedupe";
+const TOKENS: &str = "tokens";
+const TOKENS_BY_UID: &str = "tokens_by_uid";
+
+/// The `meta` key holding the schema version.
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// The open trees.
+struct Trees {
+    meta: sled::Tree,
+    users: sled::Tree,
+    identities: sled::Tree,
+    identities_by_uid: sled::Tree,
+    balances: sled::Tree,
+    ledger: sled::Tree,
+    ledger_refs: sled::Tree,
+    reservations: sled::Tree,
+    reservation_refs: sled::Tree,
+    settled_reservations: sled::Tree,
+    conversations: sled::Tree,
+    dedupe: sled::Tree,
+    tokens: sled::Tree,
+    tokens_by_uid: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            meta: db.open_tree(META)?,
+            users: db.open_tree(USERS)?,
+            identities: db.open_tree(IDENTITIES)?,
+            identities_by_uid: db.open_tree(IDENTITIES_BY_UID)?,
+            balances: db.open_tree(BALANCES)?,
+            ledger: db.open_tree(LEDGER)?,
+            ledger_refs: db.open_tree(LEDGER_REFS)?,
+            reservations: db.open_tree(RESERVATIONS)?,
+            reservation_refs: db.open_tree(RESERVATION_REFS)?,
+            settled_reservations: db.open_tree(SETTLED_RESERVATIONS)?,
+            conversations: db.open_tree(CONVERSATIONS)?,
+            dedupe: db.open_tree(DEDUPE)?,
+            tokens: db.open_tree(TOKENS)?,
+            tokens_by_uid: db.open_tree(TOKENS_BY_UID)?,
+        })
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Trees,
+    path: Option<PathBuf>,
+}
+
+/// The store. Cheap to clone: clones share one open database.
+///
+/// Calls block on disk I/O only on cache misses; [`Store::flush`] is the one call that waits
+/// for the disk, and it is async.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in directory `path`, with a page cache of
+    /// `cache_capacity_bytes`.
+    ///
+    /// A new database gets [`SCHEMA_VERSION`]. A database written by a newer build is refused
+    /// with [`StoreError::SchemaTooNew`]; one held by another process with
+    /// [`StoreError::Locked`].
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes);
+        let db = config.open().map_err(|e| map_open_error(e, path))?;
+        tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "opened store");
+        Self::from_db(db, Some(path.to_path_buf()))
+    }
+
+    /// Opens a fresh database that is deleted when the last clone is dropped (for tests).
+    pub fn open_temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db, None)
+    }
+
+    fn from_db(db: sled::Db, path: Option<PathBuf>) -> Result<Store, StoreError> {
+        let trees = Trees::open(&db)?;
+        check_schema(&trees.meta)?;
+        Ok(Store {
+            inner: Arc::new(Inner { db, trees, path }),
+        })
+    }
+
+    /// Waits until every write made so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The database directory; `None` for a temporary store.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    fn trees(&self) -> &Trees {
+        &self.inner.trees
+    }
+}
+
+/// Maps sled's "could not acquire lock ... WouldBlock" to [`StoreError::Locked`].
+fn map_open_error(err: sled::Error, path: &Path) -> StoreError {
+    if let sled::Error::Io(io) = &err {
+        let text = io.to_string();
+        if io.kind() == ErrorKind::WouldBlock
+            || text.contains("WouldBlock")
+            || text.contains("could not acquire lock")
+        {
+            return StoreError::Locked {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    StoreError::Sled(err)
+}
+
+/// Records the schema version in a new database; refuses one that is too new.
+fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
+    let current = codec::encode(&SCHEMA_VERSION)?;
+    // Written only if absent, so two racing opens cannot disagree.
+    let found = match meta.compare_and_swap(SCHEMA_KEY, None as Option<&[u8]>, Some(current))? {
+        Ok(()) => SCHEMA_VERSION,
+        Err(cas) => match cas.current {
+            Some(raw) => decode::<u32>(META, &raw, || "schema_version".to_owned())?,
+            None => SCHEMA_VERSION,
+        },
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Versions older than SCHEMA_VERSION would be migrated here; 1 is the first.
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, for records whose API takes no clock.
+fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_db_gets_the_schema_version_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let raw = store.trees().meta.get(SCHEMA_KEY).unwrap().unwrap();
+            assert_eq!(&*raw, b"1");
+            assert_eq!(store.path(), Some(dir.path()));
+        }
+        Store::open(dir.path(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn schema_too_new_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store
+                .trees()
+                .meta
+                .insert(SCHEMA_KEY, b"2".to_vec())
+                .unwrap();
+            store.inner.db.flush().unwrap();
+        }
+        match Store::open(dir.path(), 1 << 20) {
+            Err(StoreError::SchemaTooNew {
+                found: 2,
+                supported: 1,
+            }) => {}
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_schema_version_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store
+                .trees()
+                .meta
+                .insert(SCHEMA_KEY, b"\"one\"".to_vec())
+                .unwrap();
+            store.inner.db.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path(), 1 << 20),
+            Err(StoreError::Corrupt { tree: "meta", .. })
+        ));
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), 1 << 20).unwrap();
+        match Store::open(dir.path(), 1 << 20) {
+            Err(StoreError::Locked { path }) => assert_eq!(path, dir.path()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn temporary_store_has_no_path() {
+        let store = Store::open_temporary().unwrap();
+        assert!(store.path().is_none());
+        assert_eq!(format!("{}", Uid(12)), "12");
+        assert_eq!("12".parse::<Uid>().unwrap(), Uid(12));
+        assert_eq!(ReservationId(3).to_string(), "3");
+    }
+
+    #[test]
+    fn flush_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        store.create_user("a").unwrap();
+        let mut flush = std::pin::pin!(store.flush());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while flush.as_mut().poll(&mut cx).is_pending() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flush never completed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}

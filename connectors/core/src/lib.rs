@@ -177,7 +177,8 @@ impl FromStr for UserKey {
             Platform::Web | Platform::Api => ("", rest),
             _ => rest.split_once(':').ok_or_else(malformed)?,
         };
-        if user.is_empty() || (account.is_empty() && !matches!(platform, Platform::Web | Platform::Api))
+        if user.is_empty()
+            || (account.is_empty() && !matches!(platform, Platform::Web | Platform::Api))
         {
             return Err(malformed());
         }
@@ -318,6 +319,9 @@ pub enum FailureKind {
     Upstream,
     /// The daemon is shutting down or its store failed.
     Unavailable,
+    /// The message was already answered (a redelivery after the answer left memory, e.g.
+    /// after a restart); connectors acknowledge it without answering again.
+    Duplicate,
 }
 
 /// One event of a [`Reply`].
@@ -468,7 +472,12 @@ mod tests {
 
     #[test]
     fn user_key_round_trips() {
-        for s in ["mp:main:o6_bmabc", "wecom:corp:zhangsan", "tg:main:12345", "web:42"] {
+        for s in [
+            "mp:main:o6_bmabc",
+            "wecom:corp:zhangsan",
+            "tg:main:12345",
+            "web:42",
+        ] {
             let key: UserKey = s.parse().unwrap();
             assert_eq!(key.to_string(), s);
         }

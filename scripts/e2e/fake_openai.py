@@ -1,0 +1,125 @@
+"""A fake OpenAI-compatible upstream on 127.0.0.1 that speaks the real wire format.
+
+Its behaviour is switched by the tests through `FakeOpenAI.mode`:
+  ok      answer at once (streamed as real chat.completion.chunk events, or one chat.completion)
+  slow    stream one piece every `slow_interval` seconds, for a long time
+  error   answer HTTP 500 with an OpenAI error body
+  hang    accept the request and never answer
+"""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ANSWER_PIECES = ["Hello", " from", " the", " fake", " upstream", " — 你好", "!"]
+ANSWER = "".join(ANSWER_PIECES)
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+class FakeOpenAI:
+    def __init__(self):
+        self.mode = "ok"
+        self.slow_interval = 0.5
+        self.requests = []  # (path, headers, body) of chat requests
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _json(self, status, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._json(200, {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "owned_by": "fake"}]})
+                else:
+                    self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", "0"))
+                raw = self.rfile.read(length)
+                if self.path != "/v1/chat/completions":
+                    self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+                    return
+                req = json.loads(raw)
+                with fake.lock:
+                    fake.requests.append((self.path, dict(self.headers), req))
+                mode = fake.mode
+                if mode == "error":
+                    self._json(500, {"error": {"message": "upstream exploded", "type": "server_error", "code": None}})
+                    return
+                if mode == "hang":
+                    time.sleep(60)
+                    return
+                if req.get("stream"):
+                    self._stream(req, slow=(mode == "slow"))
+                else:
+                    self._json(200, {
+                        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                        "model": req["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER, "refusal": None},
+                                     "logprobs": None, "finish_reason": "stop"}],
+                        "usage": USAGE,
+                    })
+
+            def _event(self, obj):
+                data = obj if isinstance(obj, str) else json.dumps(obj)
+                chunk = f"data: {data}\n\n".encode()
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+
+            def _stream(self, req, slow):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": req["model"], "system_fingerprint": None}
+
+                def choice(delta, finish=None):
+                    return dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+                try:
+                    self._event(choice({"role": "assistant", "content": "", "refusal": None}))
+                    pieces = ANSWER_PIECES if not slow else (f"tick{i} " for i in range(10_000))
+                    for piece in pieces:
+                        if slow:
+                            time.sleep(fake.slow_interval)
+                        self._event(choice({"content": piece}))
+                    self._event(choice({}, "stop"))
+                    if (req.get("stream_options") or {}).get("include_usage"):
+                        self._event(dict(base, choices=[], usage=USAGE))
+                    self._event("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+
+    def chat_request_count(self):
+        with self.lock:
+            return len(self.requests)

@@ -1,0 +1,263 @@
+//! The admin CLI: a client of the running daemon's admin API (the daemon holds the
+//! database lock, so the CLI never opens the database itself).
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// `chatrelay admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Users: create, show, ban, unban, link an identity.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Add paid credits to a user (recorded in the ledger with the reason).
+    Grant {
+        /// The user's uid.
+        uid: u64,
+        /// Credits to add.
+        credits: u64,
+        /// Why (kept in the ledger).
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key: the same reference grants once, however often it is sent.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// User tokens for the web page and the `/v1` API.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check that every user's ledger sums to their balance.
+    Audit,
+}
+
+/// `chatrelay admin user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints the uid.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Show a user with balance, identities, tokens and recent ledger (JSON).
+    Show {
+        /// The user's uid.
+        uid: u64,
+    },
+    /// Stop a user from using the service.
+    Ban {
+        /// The user's uid.
+        uid: u64,
+    },
+    /// Let a banned user back in.
+    Unban {
+        /// The user's uid.
+        uid: u64,
+    },
+    /// Bind a platform identity (e.g. `mp:main:o6_bm...`) to a user.
+    Link {
+        /// The user's uid.
+        uid: u64,
+        /// The identity key.
+        key: String,
+    },
+}
+
+/// `chatrelay admin token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a user; prints it (it is shown only once).
+    Create {
+        /// The user's uid.
+        uid: u64,
+        /// A label to recognise the token by.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime in days (default: until revoked).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The token.
+        token: String,
+    },
+}
+
+/// Where the daemon's admin API is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+}
+
+/// Finds the daemon: `--url`/`--token` first, then `server.listen` and `server.admin_token`
+/// (or the generated token in the data directory) from the configuration.
+pub fn target(
+    config: &Config,
+    url: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<Target> {
+    let url = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let listen = &config.server.listen;
+            let host_port = listen
+                .replace("0.0.0.0:", "127.0.0.1:")
+                .replace("[::]:", "[::1]:");
+            format!("http://{host_port}")
+        }
+    };
+    let token = match token {
+        Some(t) => t,
+        None => match &config.server.admin_token {
+            Some(t) => t.expose().to_owned(),
+            None => {
+                let path = crate::app::admin_token_path(config);
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| {
+                        format!(
+                            "no admin token: set server.admin_token, pass --token, or run the daemon once so it writes {}",
+                            path.display()
+                        )
+                    })?
+            }
+        },
+    };
+    Ok(Target { url, token })
+}
+
+/// Runs one admin command and prints its result on stdout.
+pub async fn run(target: &Target, command: AdminCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let client = client.clone();
+        let target = target.clone();
+        async move {
+            let url = format!("{}{path}", target.url);
+            let mut req = client.request(method, &url).bearer_auth(&target.token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let res = req.send().await.map_err(|e| {
+                anyhow!("cannot reach the daemon at {}: {e} (is `chatrelay run` running? use --url otherwise)", target.url)
+            })?;
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if !status.is_success() {
+                let msg = value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                bail!("{status}: {msg}");
+            }
+            Ok::<Value, anyhow::Error>(value)
+        }
+    };
+    use reqwest::Method;
+    let out = match command {
+        AdminCommand::User(UserCommand::Create { name }) => {
+            let v = call(
+                Method::POST,
+                "/admin/users".into(),
+                Some(json!({"name": name})),
+            )
+            .await?;
+            v.get("uid")
+                .map(Value::to_string)
+                .context("the daemon returned no uid")?
+        }
+        AdminCommand::User(UserCommand::Show { uid }) => {
+            pretty(&call(Method::GET, format!("/admin/users/{uid}"), None).await?)
+        }
+        AdminCommand::User(UserCommand::Ban { uid }) => pretty(
+            &call(
+                Method::POST,
+                format!("/admin/users/{uid}/ban"),
+                Some(json!({"banned": true})),
+            )
+            .await?,
+        ),
+        AdminCommand::User(UserCommand::Unban { uid }) => pretty(
+            &call(
+                Method::POST,
+                format!("/admin/users/{uid}/ban"),
+                Some(json!({"banned": false})),
+            )
+            .await?,
+        ),
+        AdminCommand::User(UserCommand::Link { uid, key }) => pretty(
+            &call(
+                Method::POST,
+                format!("/admin/users/{uid}/identities"),
+                Some(json!({"key": key})),
+            )
+            .await?,
+        ),
+        AdminCommand::Grant {
+            uid,
+            credits,
+            reason,
+            reference,
+        } => {
+            // One reference per invocation, so the HTTP client's own retries cannot grant twice.
+            let reference =
+                reference.unwrap_or_else(|| format!("cli:{}", crate::http::v1::random_id()));
+            pretty(
+                &call(
+                    Method::POST,
+                    format!("/admin/users/{uid}/grant"),
+                    Some(json!({"credits": credits, "reason": reason, "reference": reference})),
+                )
+                .await?,
+            )
+        }
+        AdminCommand::Token(TokenCommand::Create {
+            uid,
+            label,
+            expires_in_days,
+        }) => {
+            let v = call(
+                Method::POST,
+                format!("/admin/users/{uid}/tokens"),
+                Some(json!({"label": label, "expires_in_days": expires_in_days})),
+            )
+            .await?;
+            v.get("token")
+                .and_then(Value::as_str)
+                .context("the daemon returned no token")?
+                .to_owned()
+        }
+        AdminCommand::Token(TokenCommand::Revoke { token }) => {
+            call(
+                Method::POST,
+                "/admin/tokens/revoke".into(),
+                Some(json!({"token": token})),
+            )
+            .await?;
+            "revoked".to_owned()
+        }
+        AdminCommand::Audit => pretty(&call(Method::GET, "/admin/audit".into(), None).await?),
+    };
+    // The CLI's output is its interface: written to stdout, not logged.
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(&mut stdout, format!("{out}\n").as_bytes())
+        .context("writing to stdout")?;
+    Ok(())
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}

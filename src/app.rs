@@ -1,0 +1,270 @@
+//! Builds the daemon from a [`Config`] and runs it: store, engine, HTTP listener, background
+//! jobs, signals, systemd notifications, and a graceful shutdown bounded in time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chatrelay_storage::Store;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::bot::{Engine, Settings, llm};
+use crate::config::{Config, Secret};
+use crate::http::{self, AppState};
+
+/// Where the database lives inside the data directory.
+#[must_use]
+pub fn db_path(config: &Config) -> PathBuf {
+    config.storage.path.join("db")
+}
+
+/// Where a generated admin token is kept inside the data directory.
+#[must_use]
+pub fn admin_token_path(config: &Config) -> PathBuf {
+    config.storage.path.join("admin.token")
+}
+
+/// The admin token: the configured one, else the one kept in the data directory, else a new
+/// random one written there (mode 0600) for the admin CLI to find.
+pub fn resolve_admin_token(config: &Config) -> anyhow::Result<Secret> {
+    if let Some(t) = &config.server.admin_token {
+        return Ok(t.clone());
+    }
+    let path = admin_token_path(config);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let t = existing.trim();
+        if t.len() >= 16 {
+            return Ok(Secret::new(t));
+        }
+        warn!(path = %path.display(), "admin token file is too short; writing a new one");
+    }
+    let mut bytes = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let token = hex::encode(bytes);
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    info!(path = %path.display(), "generated an admin token (server.admin_token is unset)");
+    Ok(Secret::new(token))
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The process-wide Prometheus recorder (installed once; tests build several apps).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .clone()
+}
+
+/// A daemon built and bound, not yet serving.
+pub struct App {
+    /// Shared state of the HTTP handlers.
+    pub state: AppState,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+impl App {
+    /// Opens the store, builds the engine and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.storage.path).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                config.storage.path.display()
+            )
+        })?;
+        let store = Store::open(
+            &db_path(&config),
+            config.storage.cache_capacity_mb * 1024 * 1024,
+        )
+        .with_context(|| format!("opening the database in {}", db_path(&config).display()))?;
+        let released = store
+            .release_stale_reservations(i64::MAX)
+            .context("releasing reservations left by the previous run")?;
+        if released > 0 {
+            warn!(
+                released,
+                "released reservations left open by the previous run"
+            );
+        }
+        let admin_token = resolve_admin_token(&config)?;
+        let backend = llm::from_config(&config).context("building the LLM client")?;
+        if backend.name() == "demo" {
+            warn!("no LLM API key configured: answering with the offline demo provider");
+        }
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let engine = Engine::new(
+            store,
+            backend,
+            Settings::from_config(&config),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        let addr: SocketAddr = config
+            .server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen {:?}", config.server.listen))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        Ok(App {
+            state: AppState {
+                engine,
+                config,
+                admin_token,
+                metrics: metrics_handle(),
+                shutdown,
+            },
+            listener,
+            tracker,
+            grace,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The token that stops the daemon.
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token fires, then drains within the grace period and
+    /// flushes the store.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let App {
+            state,
+            listener,
+            tracker,
+            grace,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let engine = state.engine.clone();
+        let metrics = state.metrics.clone();
+        tracker.spawn(housekeeping(engine.clone(), metrics, shutdown.clone()));
+
+        let router = http::router(state);
+        let addr = listener.local_addr()?;
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let mut server = tokio::spawn(server);
+        info!(%addr, llm = engine.backend_name(), "chatrelay is ready");
+        notify(&[sd_notify::NotifyState::Ready]);
+
+        tokio::select! {
+            r = &mut server => {
+                shutdown.cancel();
+                r.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+                bail!("the HTTP server stopped unexpectedly");
+            }
+            () = shutdown.cancelled() => {}
+        }
+        info!(grace_secs = grace.as_secs(), "shutting down");
+        notify(&[sd_notify::NotifyState::Stopping]);
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
+            Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
+            Err(_) => {
+                warn!("connections still open after the grace period; closing them");
+                server.abort();
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!("background tasks still running after the grace period");
+        }
+        engine
+            .store()
+            .flush()
+            .await
+            .context("flushing the database")?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Every minute: expire dedupe marks, forget idle rate-limit windows, refresh gauges.
+async fn housekeeping(
+    engine: Engine,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let e = engine.clone();
+        let users = tokio::task::spawn_blocking(move || {
+            e.housekeeping();
+            e.store().user_count()
+        })
+        .await
+        .unwrap_or(0);
+        metrics::gauge!("chatrelay_users").set(users as f64);
+        if let Some(m) = &metrics {
+            m.run_upkeep();
+        }
+    }
+}
+
+/// Fires the token on SIGTERM or SIGINT.
+pub async fn stop_on_signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+        () = token.cancelled() => return,
+    }
+    token.cancel();
+}

@@ -1,0 +1,226 @@
+//! The LLM as the engine sees it: one streaming call, whatever answers it. Two backends: any
+//! OpenAI-compatible API (through `chatrelay-openai`) and the offline demo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatrelay_core::Usage;
+use chatrelay_openai::{ChatRequest, Client, ClientConfig, Message};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::config::{Config, Provider};
+
+/// Errors of an LLM call (the OpenAI client's, which the demo never produces).
+pub type LlmError = chatrelay_openai::Error;
+
+/// One call to the LLM.
+#[derive(Debug, Clone, Default)]
+pub struct LlmRequest {
+    /// Model name as the upstream knows it.
+    pub model: String,
+    /// The whole prompt.
+    pub messages: Vec<Message>,
+    /// Cap on the answer's tokens.
+    pub max_completion_tokens: Option<u32>,
+    /// Other request parameters, passed through (temperature, top_p... from `/v1` callers).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a streaming call yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmEvent {
+    /// More answer text.
+    Delta(String),
+    /// Token usage, reported once near the end.
+    Usage(Usage),
+}
+
+/// A streamed answer.
+pub type LlmStream = BoxStream<'static, Result<LlmEvent, LlmError>>;
+
+/// Something that answers chat requests.
+pub trait LlmBackend: Send + Sync + 'static {
+    /// Starts a streaming call. Retries, if any, happen before the stream is returned.
+    fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>>;
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Builds the backend the configuration asks for.
+pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
+    Ok(match config.provider() {
+        Provider::Demo => Arc::new(DemoBackend::default()),
+        Provider::Openai => {
+            let llm = &config.llm;
+            let client = Client::new(ClientConfig {
+                base_url: llm.base_url.clone(),
+                api_keys: llm.api_keys.iter().map(|k| k.expose().to_owned()).collect(),
+                connect_timeout: Duration::from_secs(llm.connect_timeout_secs),
+                timeout: Duration::from_secs(llm.timeout_secs),
+                idle_timeout: Duration::from_secs(llm.idle_timeout_secs),
+                max_retries: llm.max_retries,
+                ..ClientConfig::default()
+            })?;
+            Arc::new(OpenAiBackend { client })
+        }
+    })
+}
+
+/// Any OpenAI-compatible chat completions API.
+pub struct OpenAiBackend {
+    client: Client,
+}
+
+impl OpenAiBackend {
+    /// Wraps a configured client.
+    #[must_use]
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl LlmBackend for OpenAiBackend {
+    fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let request = ChatRequest {
+                model: req.model,
+                messages: req.messages,
+                max_completion_tokens: req.max_completion_tokens,
+                extra: req.extra,
+                ..ChatRequest::default()
+            };
+            let stream = client.chat_stream(&request).await?;
+            let events = stream.flat_map(|item| {
+                let out: Vec<Result<LlmEvent, LlmError>> = match item {
+                    Err(e) => vec![Err(e)],
+                    Ok(chunk) => {
+                        let mut v = Vec::new();
+                        for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+                            if let Some(text) = &choice.delta.content
+                                && !text.is_empty()
+                            {
+                                v.push(Ok(LlmEvent::Delta(text.clone())));
+                            }
+                        }
+                        if let Some(u) = &chunk.usage {
+                            v.push(Ok(LlmEvent::Usage(Usage {
+                                prompt_tokens: u.prompt_tokens,
+                                completion_tokens: u.completion_tokens,
+                            })));
+                        }
+                        v
+                    }
+                };
+                futures_util::stream::iter(out)
+            });
+            Ok(events.boxed())
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+}
+
+/// The offline stand-in used when no API key is configured. It says plainly that it is a
+/// demo, echoes the question, and streams like a real model so every path can be tried.
+#[derive(Debug, Clone)]
+pub struct DemoBackend {
+    /// Pause between streamed pieces.
+    pub piece_delay: Duration,
+}
+
+impl Default for DemoBackend {
+    fn default() -> Self {
+        Self {
+            piece_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// The demo answer for a question.
+#[must_use]
+pub fn demo_answer(question: &str) -> String {
+    let mut q: String = question.chars().take(200).collect();
+    if q.chars().count() < question.chars().count() {
+        q.push('…');
+    }
+    format!(
+        "【演示模式】这是 chatrelay 的离线演示回复，还没有接入真实的大模型。\n\n你刚才说：「{q}」\n\n在配置文件 [llm] 中填写 api_keys（或设置环境变量 OPENAI_API_KEY）并重启后，即可由真实模型回答。"
+    )
+}
+
+impl LlmBackend for DemoBackend {
+    fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
+        let delay = self.piece_delay;
+        Box::pin(async move {
+            let question = req
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map(Message::text)
+                .unwrap_or_default();
+            let answer = demo_answer(&question);
+            let prompt_tokens: u64 = req
+                .messages
+                .iter()
+                .map(|m| super::quota::estimate_tokens(&m.text()))
+                .sum();
+            let usage = Usage {
+                prompt_tokens,
+                completion_tokens: super::quota::estimate_tokens(&answer),
+            };
+            let chars: Vec<char> = answer.chars().collect();
+            let pieces: Vec<String> = chars.chunks(6).map(|c| c.iter().collect()).collect();
+            let stream = futures_util::stream::iter(pieces)
+                .then(move |piece| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok(LlmEvent::Delta(piece))
+                })
+                .chain(futures_util::stream::once(async move {
+                    Ok(LlmEvent::Usage(usage))
+                }));
+            Ok(stream.boxed())
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "demo"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn demo_says_it_is_a_demo_and_echoes() {
+        let backend = DemoBackend {
+            piece_delay: Duration::ZERO,
+        };
+        let stream = backend
+            .stream(LlmRequest {
+                model: "x".into(),
+                messages: vec![Message::new("user", "你好")],
+                ..LlmRequest::default()
+            })
+            .await
+            .unwrap();
+        let events: Vec<_> = stream.collect().await;
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(LlmEvent::Delta(d)) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(text.contains("演示"));
+        assert!(text.contains("你好"));
+        assert!(matches!(events.last(), Some(Ok(LlmEvent::Usage(_)))));
+    }
+}

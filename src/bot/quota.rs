@@ -1,0 +1,162 @@
+//! Quota arithmetic: the day boundary in the configured timezone, token estimates, and what
+//! an answer costs. Pure functions; the store does the bookkeeping.
+
+use chatrelay_core::Usage;
+
+use crate::config::ModelConfig;
+
+/// Parses a timezone: a fixed offset (`+08:00`, `-0530`, `UTC+8`) or one of the common
+/// names without daylight saving time. Returns the offset east of UTC in seconds.
+pub fn parse_timezone(tz: &str) -> Result<i32, String> {
+    let t = tz.trim();
+    let named = match t {
+        "UTC" | "Etc/UTC" | "GMT" | "Z" => Some(0),
+        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Hong_Kong" | "Asia/Macau" | "Asia/Taipei"
+        | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => Some(8 * 3600),
+        "Asia/Tokyo" | "Asia/Seoul" => Some(9 * 3600),
+        "Asia/Kolkata" => Some(5 * 3600 + 1800),
+        _ => None,
+    };
+    if let Some(n) = named {
+        return Ok(n);
+    }
+    let rest = t
+        .strip_prefix("UTC")
+        .or_else(|| t.strip_prefix("GMT"))
+        .unwrap_or(t);
+    let err = || {
+        format!(
+            "{tz:?} is not a known timezone: use an offset like +08:00, or UTC, Asia/Shanghai (zones with daylight saving time are not supported)"
+        )
+    };
+    let (sign, digits) = match rest.as_bytes().first() {
+        Some(b'+') => (1, &rest[1..]),
+        Some(b'-') => (-1, &rest[1..]),
+        _ => return Err(err()),
+    };
+    let (h, m) = if let Some((h, m)) = digits.split_once(':') {
+        (h, m)
+    } else if digits.len() == 4 {
+        digits.split_at(2)
+    } else {
+        (digits, "0")
+    };
+    let h: i32 = h.parse().map_err(|_| err())?;
+    let m: i32 = m.parse().map_err(|_| err())?;
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return Err(err());
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+/// The day number (days since 1970-01-01 in the given offset) of a Unix time in ms.
+#[must_use]
+pub fn day_number(now_ms: i64, offset_secs: i32) -> i64 {
+    (now_ms.div_euclid(1000) + i64::from(offset_secs)).div_euclid(86_400)
+}
+
+/// A cheap, conservative token estimate: about 4 ASCII characters per token, one token per
+/// other character (CJK text is close to that with common tokenizers), plus a small overhead
+/// per message. Only used to trim history and to reserve; charges use the upstream's usage.
+#[must_use]
+pub fn estimate_tokens(text: &str) -> u64 {
+    let mut ascii = 0u64;
+    let mut other = 0u64;
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii += 1;
+        } else {
+            other += 1;
+        }
+    }
+    ascii.div_ceil(4) + other + 4
+}
+
+/// Answer length assumed when reserving, if the request does not cap it.
+pub const ASSUMED_COMPLETION_TOKENS: u64 = 1000;
+
+/// Credits to reserve before the call: the flat price plus the per-token price of the prompt
+/// and the longest expected answer.
+#[must_use]
+pub fn estimate_cost(model: &ModelConfig, prompt_tokens: u64, max_completion: Option<u64>) -> u64 {
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens: max_completion.unwrap_or(ASSUMED_COMPLETION_TOKENS),
+    };
+    actual_cost(model, &usage)
+}
+
+/// Credits an answer costs: the flat price plus `credits_per_1k_tokens` per started 1,000
+/// tokens of prompt and answer (rounded up, so a cheap answer is never free by rounding).
+#[must_use]
+pub fn actual_cost(model: &ModelConfig, usage: &Usage) -> u64 {
+    let per_token = model
+        .credits_per_1k_tokens
+        .saturating_mul(usage.total())
+        .div_ceil(1000);
+    model.credits.saturating_add(per_token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(credits: u64, per_1k: u64) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            credits,
+            credits_per_1k_tokens: per_1k,
+        }
+    }
+
+    #[test]
+    fn timezones() {
+        assert_eq!(parse_timezone("Asia/Shanghai"), Ok(28_800));
+        assert_eq!(parse_timezone("UTC"), Ok(0));
+        assert_eq!(parse_timezone("+08:00"), Ok(28_800));
+        assert_eq!(parse_timezone("-0530"), Ok(-19_800));
+        assert_eq!(parse_timezone("UTC+8"), Ok(28_800));
+        for bad in ["", "Europe/Paris", "+25:00", "+08:99", "8", "+x"] {
+            assert!(parse_timezone(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn day_boundary_follows_the_offset() {
+        // 2026-11-27 15:59:59 UTC is 23:59:59 in Shanghai; one second later is the next day there.
+        let before = 1_795_795_199_000; // 2026-11-27T15:59:59Z
+        let after = before + 1000;
+        assert_eq!(day_number(after, 28_800), day_number(before, 28_800) + 1);
+        assert_eq!(day_number(after, 0), day_number(before, 0));
+        assert_eq!(day_number(-1, 0), -1);
+    }
+
+    #[test]
+    fn costs() {
+        let usage = Usage {
+            prompt_tokens: 14,
+            completion_tokens: 30,
+        };
+        assert_eq!(actual_cost(&model(1, 0), &usage), 1);
+        assert_eq!(actual_cost(&model(1, 2), &usage), 2); // 88/1000 rounds up to 1
+        assert_eq!(
+            actual_cost(
+                &model(0, 10),
+                &Usage {
+                    prompt_tokens: 1500,
+                    completion_tokens: 500
+                }
+            ),
+            20
+        );
+        assert_eq!(estimate_cost(&model(2, 1), 0, Some(1000)), 3);
+        assert!(estimate_cost(&model(1, 1), 100, None) >= actual_cost(&model(1, 1), &usage));
+    }
+
+    #[test]
+    fn token_estimate_counts_cjk_per_char() {
+        assert_eq!(estimate_tokens(""), 4);
+        assert_eq!(estimate_tokens("abcd"), 5);
+        assert_eq!(estimate_tokens("你好"), 6);
+    }
+}

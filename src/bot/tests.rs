@@ -1,0 +1,455 @@
+//! Engine tests with a scripted LLM backend and a temporary store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, Usage, UserKey};
+use chatrelay_openai::Message;
+use chatrelay_storage::{EntryKind, Store, Turn, Uid};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::llm::{LlmBackend, LlmError, LlmEvent, LlmRequest, LlmStream};
+use super::*;
+use crate::config::Config;
+
+#[derive(Clone, Copy)]
+enum Script {
+    /// Answers "pieces" one by one with a delay, then reports usage.
+    Answer { delay_ms: u64, usage: Option<Usage> },
+    /// Fails before streaming.
+    Fail,
+    /// Streams a piece then fails.
+    FailMidway,
+}
+
+struct Scripted {
+    script: Script,
+    calls: AtomicUsize,
+    /// Set when the stream was dropped before its end (the engine stopped the call).
+    dropped_early: Arc<AtomicUsize>,
+    last_request: std::sync::Mutex<Option<LlmRequest>>,
+}
+
+impl Scripted {
+    fn new(script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            script,
+            calls: AtomicUsize::new(0),
+            dropped_early: Arc::new(AtomicUsize::new(0)),
+            last_request: std::sync::Mutex::new(None),
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct DropFlag(Arc<AtomicUsize>, bool);
+impl DropFlag {
+    fn finish(&mut self) {
+        self.1 = true;
+    }
+}
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+const PIECES: [&str; 3] = ["Hello", ", ", "world"];
+
+impl LlmBackend for Scripted {
+    fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last_request.lock().unwrap() = Some(req);
+        let script = self.script;
+        let dropped = self.dropped_early.clone();
+        Box::pin(async move {
+            match script {
+                Script::Fail => Err(LlmError::Api {
+                    status: 500,
+                    kind: Some("server_error".into()),
+                    code: None,
+                    message: "boom".into(),
+                    request_id: None,
+                }),
+                Script::FailMidway => Ok(futures_util::stream::iter(vec![
+                    Ok(LlmEvent::Delta("partial".into())),
+                    Err(LlmError::Incomplete),
+                ])
+                .boxed()),
+                Script::Answer { delay_ms, usage } => {
+                    // Counts a drop before the end: the engine stopped the call.
+                    let flag = DropFlag(dropped, false);
+                    let inner = async_stream(delay_ms, usage).boxed();
+                    Ok(futures_util::stream::unfold(
+                        (inner, flag),
+                        |(mut inner, mut flag)| async move {
+                            match inner.next().await {
+                                Some(item) => Some((item, (inner, flag))),
+                                None => {
+                                    flag.finish();
+                                    None
+                                }
+                            }
+                        },
+                    )
+                    .boxed())
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+}
+
+fn async_stream(
+    delay_ms: u64,
+    usage: Option<Usage>,
+) -> impl futures_util::Stream<Item = Result<LlmEvent, LlmError>> + Send {
+    futures_util::stream::iter(PIECES)
+        .then(move |p| async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Ok(LlmEvent::Delta(p.to_owned()))
+        })
+        .chain(futures_util::stream::iter(
+            usage.map(|u| Ok(LlmEvent::Usage(u))),
+        ))
+}
+
+struct Harness {
+    engine: Engine,
+    store: Store,
+    llm: Arc<Scripted>,
+}
+
+fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
+    let mut config = Config::default();
+    config.llm.models = vec![crate::config::ModelConfig {
+        name: config.llm.model.clone(),
+        credits: 2,
+        credits_per_1k_tokens: 0,
+    }];
+    config.quota.free_daily = 5;
+    edit(&mut config);
+    let store = Store::open_temporary().unwrap();
+    let llm = Scripted::new(script);
+    let engine = Engine::new(
+        store.clone(),
+        llm.clone(),
+        Settings::from_config(&config),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    );
+    Harness { engine, store, llm }
+}
+
+fn harness(script: Script) -> Harness {
+    harness_with(script, |_| {})
+}
+
+const FAST: Script = Script::Answer {
+    delay_ms: 1,
+    usage: Some(Usage {
+        prompt_tokens: 10,
+        completion_tokens: 3,
+    }),
+};
+
+fn key() -> UserKey {
+    UserKey::new(Platform::Tg, "main", "42")
+}
+
+fn msg(id: &str, text: &str) -> Inbound {
+    Inbound::text(key(), id, text)
+}
+
+impl Harness {
+    fn uid(&self) -> Uid {
+        self.store.identity(&key()).unwrap().expect("user exists")
+    }
+    fn balance(&self) -> chatrelay_storage::Balance {
+        let s = self.engine.settings();
+        self.store
+            .balance(self.uid(), s.today(), s.free_daily)
+            .unwrap()
+    }
+}
+
+fn final_text(event: &ReplyEvent) -> &str {
+    match event {
+        ReplyEvent::Final { text, .. } => text,
+        other => panic!("expected a final answer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn answers_charges_and_remembers() {
+    let h = harness(FAST);
+    let event = h.engine.handle(msg("1", "hi")).collect().await;
+    assert_eq!(final_text(&event), "Hello, world");
+    let ReplyEvent::Final { charged, usage, .. } = &event else {
+        unreachable!()
+    };
+    assert_eq!(*charged, 2);
+    assert_eq!(usage.unwrap().completion_tokens, 3);
+    let b = h.balance();
+    assert_eq!(b.free_left, 3);
+    assert_eq!(b.held, 0);
+    let turns = h.store.conversation(&key().to_string()).unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0].content, "hi");
+    assert_eq!(turns[1].content, "Hello, world");
+    // The next message carries the history.
+    h.engine.handle(msg("2", "again")).collect().await;
+    let req = h.llm.last_request.lock().unwrap().clone().unwrap();
+    let texts: Vec<String> = req.messages.iter().map(Message::text).collect();
+    assert_eq!(texts.len(), 4, "{texts:?}"); // system, hi, Hello world, again
+    assert_eq!(texts[1], "hi");
+    assert_eq!(texts[3], "again");
+}
+
+#[tokio::test]
+async fn redeliveries_join_one_answer_and_one_debit() {
+    let h = harness(Script::Answer {
+        delay_ms: 30,
+        usage: None,
+    });
+    let a = h.engine.handle(msg("7", "question"));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let b = h.engine.handle(msg("7", "question"));
+    let (ea, eb) = tokio::join!(a.collect(), b.collect());
+    assert_eq!(final_text(&ea), "Hello, world");
+    assert_eq!(final_text(&eb), "Hello, world");
+    // After it finished, a third delivery gets the same answer again.
+    let ec = h.engine.handle(msg("7", "question")).collect().await;
+    assert_eq!(final_text(&ec), "Hello, world");
+    assert_eq!(h.llm.calls(), 1);
+    let uid = h.uid();
+    let usage_entries = h
+        .store
+        .ledger(uid, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Usage)
+        .count();
+    assert_eq!(usage_entries, 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_after_restart_is_not_answered_twice() {
+    let h = harness(FAST);
+    h.engine.handle(msg("9", "q")).collect().await;
+    // A new engine over the same store has no memory of the answer, only the dedupe mark.
+    let engine2 = Engine::new(
+        h.store.clone(),
+        h.llm.clone(),
+        h.engine.settings().clone(),
+        CancellationToken::new(),
+        TaskTracker::new(),
+    );
+    let event = engine2.handle(msg("9", "q")).collect().await;
+    assert!(
+        matches!(
+            event,
+            ReplyEvent::Failed {
+                kind: FailureKind::Duplicate,
+                ..
+            }
+        ),
+        "{event:?}"
+    );
+    assert_eq!(h.llm.calls(), 1);
+}
+
+#[tokio::test]
+async fn commands_are_free_and_work() {
+    let h = harness(FAST);
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let help = h.engine.handle(msg("2", "/help")).collect().await;
+    assert!(final_text(&help).contains("/new"), "{help:?}");
+    let quota = h.engine.handle(msg("3", "余额")).collect().await;
+    assert!(final_text(&quota).contains("3/5"), "{quota:?}");
+    let new = h.engine.handle(msg("4", " /NEW ")).collect().await;
+    assert_eq!(final_text(&new), "好的，已开始新的对话。");
+    assert!(h.store.conversation(&key().to_string()).unwrap().is_empty());
+    assert_eq!(h.llm.calls(), 1);
+    assert_eq!(h.balance().free_left, 3);
+}
+
+#[tokio::test]
+async fn upstream_failure_costs_nothing() {
+    for script in [Script::Fail, Script::FailMidway] {
+        let h = harness(script);
+        let event = h.engine.handle(msg("1", "hi")).collect().await;
+        assert!(
+            matches!(&event, ReplyEvent::Failed { kind: FailureKind::Upstream, message } if message.contains("没有扣除")),
+            "{event:?}"
+        );
+        let b = h.balance();
+        assert_eq!((b.free_left, b.held, b.paid), (5, 0, 0));
+        assert!(h.store.ledger(h.uid(), 10).unwrap().is_empty());
+        assert!(h.store.conversation(&key().to_string()).unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn out_of_quota_says_how_to_buy_and_calls_nothing() {
+    let h = harness_with(FAST, |c| c.quota.free_daily = 1);
+    let event = h.engine.handle(msg("1", "hi")).collect().await;
+    match &event {
+        ReplyEvent::Failed {
+            kind: FailureKind::InsufficientQuota,
+            message,
+        } => {
+            assert!(message.contains("需要 2"), "{message}");
+            assert!(message.contains("购买"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.llm.calls(), 0);
+    // Paid credits make it work, free ones go first.
+    h.store
+        .grant(h.uid(), 10, EntryKind::Grant, "test", "g1", now_ms())
+        .unwrap();
+    let event = h.engine.handle(msg("2", "hi")).collect().await;
+    assert_eq!(final_text(&event), "Hello, world");
+    let b = h.balance();
+    assert_eq!((b.free_left, b.paid), (0, 9));
+}
+
+#[tokio::test]
+async fn banned_and_rate_limited_users_are_refused() {
+    let h = harness_with(FAST, |c| c.bot.rate_limit_per_minute = 2);
+    for i in 0..2 {
+        let e = h.engine.handle(msg(&format!("m{i}"), "hi")).collect().await;
+        final_text(&e);
+    }
+    let e = h.engine.handle(msg("m3", "hi")).collect().await;
+    assert!(
+        matches!(
+            e,
+            ReplyEvent::Failed {
+                kind: FailureKind::RateLimited,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    h.store.set_banned(h.uid(), true).unwrap();
+    let e = h.engine.handle(msg("m4", "hi")).collect().await;
+    assert!(
+        matches!(
+            e,
+            ReplyEvent::Failed {
+                kind: FailureKind::Banned,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(h.llm.calls(), 2);
+}
+
+#[tokio::test]
+async fn empty_and_oversized_messages_get_a_hint() {
+    let h = harness_with(FAST, |c| c.bot.max_input_chars = 5);
+    let e = h.engine.handle(msg("1", "   ")).collect().await;
+    assert_eq!(final_text(&e), "请输入文字内容。");
+    let e = h.engine.handle(msg("2", "你好你好你好")).collect().await;
+    assert!(final_text(&e).contains('5'));
+    assert_eq!(h.llm.calls(), 0);
+}
+
+#[tokio::test]
+async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
+    let h = harness(Script::Answer {
+        delay_ms: 50,
+        usage: None,
+    });
+    let uid = h.store.create_user("api").unwrap().uid;
+    let req = |r: &str| ApiRequest {
+        model: h.engine.settings().default_model.clone(),
+        messages: vec![Message::new("user", "hi")],
+        max_completion_tokens: None,
+        extra: serde_json::Map::new(),
+        reference: r.to_owned(),
+    };
+    let event = h.engine.complete(uid, req("api:1")).collect().await;
+    assert_eq!(final_text(&event), "Hello, world");
+    let s = h.engine.settings();
+    assert_eq!(
+        h.store
+            .balance(uid, s.today(), s.free_daily)
+            .unwrap()
+            .free_left,
+        3
+    );
+
+    // The reader takes one piece and leaves: the upstream stream is dropped early.
+    let mut reply = h.engine.complete(uid, req("api:2"));
+    assert!(matches!(reply.next().await, Some(ReplyEvent::Delta(_))));
+    drop(reply);
+    for _ in 0..50 {
+        if h.llm.dropped_early.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.llm.dropped_early.load(Ordering::SeqCst), 1);
+    let b = h.store.balance(uid, s.today(), s.free_daily).unwrap();
+    assert_eq!(b.held, 0, "the reservation was settled, not left open");
+
+    let unknown = ApiRequest {
+        model: "nope".into(),
+        ..req("api:3")
+    };
+    let e = h.engine.complete(uid, unknown).collect().await;
+    assert!(matches!(
+        e,
+        ReplyEvent::Failed {
+            kind: FailureKind::UnknownModel,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn prompt_keeps_recent_whole_turns_within_budget() {
+    let turn = |role: &str, content: &str| Turn {
+        role: role.into(),
+        content: content.into(),
+        at_ms: 0,
+    };
+    let history: Vec<Turn> = (0..10)
+        .flat_map(|i| {
+            [
+                turn("user", &format!("question {i} {}", "x".repeat(40))),
+                turn("assistant", &format!("answer {i} {}", "y".repeat(40))),
+            ]
+        })
+        .collect();
+    let all = build_prompt("sys", &history, "now", 100_000);
+    assert_eq!(all.len(), 22);
+    let some = build_prompt("sys", &history, "now", 80);
+    assert!(some.len() < 22 && some.len() >= 3, "{}", some.len());
+    assert_eq!(some[0].role, "system");
+    assert_eq!(some[1].role, "user", "history starts with a user turn");
+    assert!(some[some.len() - 2].text().starts_with("answer 9"));
+    assert_eq!(some.last().unwrap().text(), "now");
+    let none = build_prompt("", &history, "now", 1);
+    assert_eq!(none.len(), 1);
+}
+
+#[test]
+fn fill_replaces_placeholders() {
+    assert_eq!(fill("{a}+{b}={a}", &[("a", "1"), ("b", "2")]), "1+2=1");
+}

@@ -1,0 +1,956 @@
+//! Typed configuration: `chatrelay.toml`, then `CHATRELAY__SECTION__KEY` environment overrides,
+//! then `*_file` secrets, then validation.
+//!
+//! Loading never stops at the first problem: every unknown key, type error (one per section)
+//! and invalid value is collected as a [`Problem`] naming its key, so `check-config` can list
+//! them all at once. Secrets are [`Secret`]s, redacted in `Debug` and in the summary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `CHATRELAY__LLM__BASE_URL` sets `[llm] base_url`.
+pub const ENV_PREFIX: &str = "CHATRELAY__";
+
+/// Keys that hold secrets; each may instead be given as `<key>_file` (a path whose contents,
+/// trailing newline trimmed, are the value), for systemd credentials.
+const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "api_keys",
+    "app_secret",
+    "token",
+    "encoding_aes_key",
+    "secret",
+    "access_token",
+    "api_v3_key",
+];
+
+/// A secret string: never printed by `Debug`, redacted when serialized for the summary.
+/// Accepts TOML/env numbers too, so `CHATRELAY__SERVER__ADMIN_TOKEN=123456...` works.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+/// Deserializes a string, accepting numbers and booleans as their text (env values are
+/// parsed as TOML, so a numeric token would otherwise be an integer).
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_string(d).map(Some)
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[llm]` and `[[llm.models]]`
+    pub llm: LlmConfig,
+    /// `[quota]`
+    pub quota: QuotaConfig,
+    /// `[bot]`: commands, limits and user-facing texts
+    pub bot: BotConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener and the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The public base URL users reach (used in links); optional.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_url: Option<String>,
+    /// Bearer token of the admin API. When unset, one is generated at first start and kept
+    /// in `<storage.path>/admin.token` (mode 0600), where the admin CLI finds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for open requests and streams before it cuts them.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            public_url: None,
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[storage]`: where the embedded database lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Data directory.
+    pub path: PathBuf,
+    /// Page cache size of the database, in MiB.
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data"),
+            cache_capacity_mb: 64,
+        }
+    }
+}
+
+/// Which LLM backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Any OpenAI-compatible chat completions API.
+    Openai,
+    /// An offline stand-in that says it is one; the default when no API key is configured.
+    Demo,
+}
+
+/// `[llm]`: the upstream model API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LlmConfig {
+    /// `openai` or `demo`; unset means `openai` when an API key is configured, else `demo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// Base URL of the OpenAI-compatible API (ending in `/v1` for most providers).
+    pub base_url: String,
+    /// API keys, used in turn. `OPENAI_API_KEY` is used when this is empty.
+    pub api_keys: Vec<Secret>,
+    /// The default model.
+    pub model: String,
+    /// System prompt put before every chat-platform conversation.
+    pub system_prompt: String,
+    /// Longest time to wait for the upstream's first byte (and for a whole non-streamed answer).
+    pub timeout_secs: u64,
+    /// Connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Longest silence inside a streamed answer.
+    pub idle_timeout_secs: u64,
+    /// Retries of a failed upstream call (408/409/429/5xx, timeouts) before giving up.
+    pub max_retries: u32,
+    /// Cap on answer length sent upstream as `max_completion_tokens`; unset sends none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Token budget of the conversation history sent with each chat-platform message.
+    pub context_tokens: u64,
+    /// Most turns kept per conversation.
+    pub max_turns: usize,
+    /// The models users may use and what each answer costs.
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            base_url: "https://api.openai.com/v1".to_owned(),
+            api_keys: Vec::new(),
+            model: "gpt-4o-mini".to_owned(),
+            system_prompt: "你是一个乐于助人的 AI 助手。请用用户使用的语言简洁、准确地回答。"
+                .to_owned(),
+            timeout_secs: 120,
+            connect_timeout_secs: 5,
+            idle_timeout_secs: 60,
+            max_retries: 2,
+            max_completion_tokens: None,
+            context_tokens: 3000,
+            max_turns: 40,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// `[[llm.models]]`: one model users may choose, and its price in credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The model name, as users and the upstream know it.
+    pub name: String,
+    /// Credits per answer.
+    #[serde(default = "one")]
+    pub credits: u64,
+    /// Extra credits per 1,000 tokens (prompt + answer); 0 for a flat price.
+    #[serde(default)]
+    pub credits_per_1k_tokens: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `[quota]`: the free allowance and the day boundary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuotaConfig {
+    /// Free credits every user gets each day.
+    pub free_daily: u64,
+    /// Timezone of the day boundary: `Asia/Shanghai`, `UTC`, or an offset like `+08:00`.
+    pub timezone: String,
+    /// How long a reservation may stay open before it is considered stale.
+    pub reservation_ttl_secs: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            free_daily: 10,
+            timezone: "Asia/Shanghai".to_owned(),
+            reservation_ttl_secs: 900,
+        }
+    }
+}
+
+/// `[bot]`: behaviour of the conversation engine on every platform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BotConfig {
+    /// Messages (LLM calls) per user per minute; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Longest user message accepted, in characters.
+    pub max_input_chars: usize,
+    /// How long a message id is remembered to drop redeliveries.
+    pub dedupe_ttl_secs: u64,
+    /// Command words (each command accepts several spellings).
+    pub commands: Commands,
+    /// User-facing texts.
+    pub texts: Texts,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: 20,
+            max_input_chars: 8000,
+            dedupe_ttl_secs: 24 * 3600,
+            commands: Commands::default(),
+            texts: Texts::default(),
+        }
+    }
+}
+
+/// `[bot.commands]`: the words that trigger each command (matched on the whole trimmed message).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Commands {
+    /// Show the help text.
+    pub help: Vec<String>,
+    /// Start a new conversation (forget the history).
+    pub new: Vec<String>,
+    /// Show the credits left.
+    pub quota: Vec<String>,
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        let v = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect();
+        Self {
+            help: v(&["/help", "帮助", "菜单"]),
+            new: v(&["/new", "新对话", "清空"]),
+            quota: v(&["/quota", "余额", "额度"]),
+        }
+    }
+}
+
+/// `[bot.texts]`: every text users can see. `{placeholders}` are filled in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Texts {
+    /// Answer to the help command. `{new}`, `{quota}`: the first word of those commands.
+    pub help: String,
+    /// Answer to the new-conversation command.
+    pub new_conversation: String,
+    /// Answer to the quota command: `{free_left}`, `{free_daily}`, `{paid}`, `{available}`.
+    pub quota: String,
+    /// Out of credits: `{needed}`, `{available}`, `{buy_hint}`.
+    pub insufficient_quota: String,
+    /// How to buy credits, put into `{buy_hint}`.
+    pub buy_hint: String,
+    /// Too many messages.
+    pub rate_limited: String,
+    /// The user is banned.
+    pub banned: String,
+    /// The LLM failed.
+    pub upstream_error: String,
+    /// The message is empty.
+    pub empty: String,
+    /// The message is too long: `{max}`.
+    pub too_long: String,
+    /// The model is not configured: `{model}`.
+    pub unknown_model: String,
+    /// The service is shutting down or its store failed.
+    pub unavailable: String,
+}
+
+impl Default for Texts {
+    fn default() -> Self {
+        Self {
+            help:
+                "我是 AI 助手，直接发消息即可对话。\n命令：\n{new} 开始新对话\n{quota} 查看剩余额度"
+                    .to_owned(),
+            new_conversation: "好的，已开始新的对话。".to_owned(),
+            quota:
+                "今日免费额度剩余 {free_left}/{free_daily}，付费额度 {paid}，共可用 {available}。"
+                    .to_owned(),
+            insufficient_quota: "额度不足：本次需要 {needed}，当前可用 {available}。{buy_hint}"
+                .to_owned(),
+            buy_hint: "免费额度每天零点恢复；也可以在网页端购买额度包。".to_owned(),
+            rate_limited: "消息太频繁了，请稍后再试。".to_owned(),
+            banned: "你的账号已被停用，如有疑问请联系管理员。".to_owned(),
+            upstream_error: "抱歉，AI 服务暂时不可用，本次没有扣除额度，请稍后再试。".to_owned(),
+            empty: "请输入文字内容。".to_owned(),
+            too_long: "消息太长了（最多 {max} 字），请精简后再发。".to_owned(),
+            unknown_model: "没有名为 {model} 的模型。".to_owned(),
+            unavailable: "服务暂时不可用，请稍后再试。".to_owned(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `chatrelay=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+/// One thing wrong with the configuration, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key (`llm.models[0].credits`), or `(file)` for the file itself.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem(s)):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<Problem>);
+
+/// Where the configuration came from, for logs and `check-config`.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    /// Keys set from the environment.
+    pub env_keys: Vec<String>,
+}
+
+/// Loads the configuration: `path` if given (it must exist), else `./chatrelay.toml` if it
+/// exists, else the embedded defaults; then the environment.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_with(path, &env)
+}
+
+/// [`load`] with an explicit environment (tests never mutate the process environment).
+pub fn load_with(path: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let (file, text) = match path {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (Some(p.to_path_buf()), t),
+            Err(e) => {
+                return Err(ConfigError(vec![problem(
+                    "(file)",
+                    format!("cannot read {}: {e}", p.display()),
+                )]));
+            }
+        },
+        None => {
+            let default = PathBuf::from("chatrelay.toml");
+            match std::fs::read_to_string(&default) {
+                Ok(t) => (Some(default), t),
+                Err(_) => (None, String::new()),
+            }
+        }
+    };
+    let (config, env_keys) = parse(&text, env, file.as_deref())?;
+    Ok(Loaded {
+        config,
+        file,
+        env_keys,
+    })
+}
+
+/// Parses TOML text, applies env overrides and `*_file` secrets, validates.
+pub fn parse(
+    text: &str,
+    env: &[(String, String)],
+    base_dir_of: Option<&Path>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut problems = Vec::new();
+    let mut root: toml::Table = match text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => return Err(ConfigError(vec![problem("(file)", e.to_string())])),
+    };
+    let env_keys = apply_env(&mut root, env, &mut problems);
+    let base = base_dir_of.and_then(Path::parent).unwrap_or(Path::new("."));
+    resolve_secret_files(&mut root, "", base, &mut problems);
+
+    let mut config = Config {
+        server: section(&mut root, "server", &mut problems),
+        storage: section(&mut root, "storage", &mut problems),
+        llm: section(&mut root, "llm", &mut problems),
+        quota: section(&mut root, "quota", &mut problems),
+        bot: section(&mut root, "bot", &mut problems),
+        log: section(&mut root, "log", &mut problems),
+    };
+    for key in root.keys() {
+        problems.push(problem(key.clone(), "unknown section or key"));
+    }
+    if config.llm.api_keys.is_empty()
+        && let Some((_, key)) = env.iter().find(|(k, _)| k == "OPENAI_API_KEY")
+        && !key.trim().is_empty()
+    {
+        config.llm.api_keys.push(Secret::new(key.trim()));
+    }
+    if config.llm.models.is_empty() {
+        config.llm.models.push(ModelConfig {
+            name: config.llm.model.clone(),
+            credits: 1,
+            credits_per_1k_tokens: 0,
+        });
+    }
+    validate(&config, &mut problems);
+    if problems.is_empty() {
+        Ok((config, env_keys))
+    } else {
+        Err(ConfigError(problems))
+    }
+}
+
+/// Deserializes one section, reporting unknown keys and the first type error with its path.
+fn section<T: DeserializeOwned + Default>(
+    root: &mut toml::Table,
+    name: &str,
+    problems: &mut Vec<Problem>,
+) -> T {
+    let Some(value) = root.remove(name) else {
+        return T::default();
+    };
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{name}.{path}"));
+    let de = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for key in unknown {
+        problems.push(problem(key, "unknown key"));
+    }
+    match result {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                name.to_owned()
+            } else {
+                format!("{name}.{path}")
+            };
+            problems.push(problem(key, e.into_inner().to_string()));
+            T::default()
+        }
+    }
+}
+
+/// Applies `CHATRELAY__A__B=value` as `a.b = value`. The value is read as a TOML value when
+/// it parses as one (numbers, booleans, arrays, inline tables), else as a plain string; a key
+/// the defaults hold as a string always takes the raw text.
+fn apply_env(
+    root: &mut toml::Table,
+    env: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let shape = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut keys = Vec::new();
+    let mut sorted: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    sorted.sort();
+    for (name, raw) in sorted {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_lowercase)
+            .collect();
+        let dotted = path.join(".");
+        if path.iter().any(String::is_empty) {
+            problems.push(problem(name.clone(), "malformed environment override name"));
+            continue;
+        }
+        let shape_is_string = lookup(&shape, &path).is_some_and(toml::Value::is_str);
+        let value = if shape_is_string {
+            toml::Value::String(raw.clone())
+        } else {
+            parse_toml_value(raw).unwrap_or_else(|| toml::Value::String(raw.clone()))
+        };
+        if let Err(msg) = insert(root, &path, value) {
+            problems.push(problem(dotted.clone(), format!("from {name}: {msg}")));
+            continue;
+        }
+        keys.push(dotted);
+    }
+    keys
+}
+
+fn parse_toml_value(raw: &str) -> Option<toml::Value> {
+    let table: toml::Table = format!("v = {raw}").parse().ok()?;
+    table.get("v").cloned()
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let v = table.get(first)?;
+    if rest.is_empty() {
+        Some(v)
+    } else {
+        lookup(v.as_table()?, rest)
+    }
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err("empty key".to_owned());
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return Ok(());
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => insert(t, rest, value),
+        _ => Err(format!("`{first}` is not a table")),
+    }
+}
+
+/// Replaces every `<secret>_file = "path"` by `<secret> = <file contents>`, in tables and in
+/// arrays of tables.
+fn resolve_secret_files(
+    table: &mut toml::Table,
+    prefix: &str,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    let file_keys: Vec<String> = table
+        .keys()
+        .filter(|k| {
+            k.strip_suffix("_file")
+                .is_some_and(|stem| SECRET_KEYS.contains(&stem))
+        })
+        .cloned()
+        .collect();
+    for fk in file_keys {
+        let stem = fk.trim_end_matches("_file").to_owned();
+        let key = format!("{prefix}{fk}");
+        let Some(path_value) = table.remove(&fk) else {
+            continue;
+        };
+        let Some(p) = path_value.as_str() else {
+            problems.push(problem(key, "must be a file path (a string)"));
+            continue;
+        };
+        if table.contains_key(&stem) {
+            problems.push(problem(
+                key,
+                format!("give either {stem} or {fk}, not both"),
+            ));
+            continue;
+        }
+        let path = if Path::new(p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            base.join(p)
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(content) => {
+                let value = if stem == "api_keys" {
+                    toml::Value::Array(
+                        content
+                            .split(['\n', ','])
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| toml::Value::String(s.to_owned()))
+                            .collect(),
+                    )
+                } else {
+                    toml::Value::String(content.trim_end_matches(['\r', '\n']).to_owned())
+                };
+                table.insert(stem, value);
+            }
+            Err(e) => problems.push(problem(key, format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+    for (k, v) in table.iter_mut() {
+        match v {
+            toml::Value::Table(t) => {
+                resolve_secret_files(t, &format!("{prefix}{k}."), base, problems)
+            }
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        resolve_secret_files(t, &format!("{prefix}{k}[{i}]."), base, problems);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn validate(c: &Config, problems: &mut Vec<Problem>) {
+    if c.server.listen.parse::<SocketAddr>().is_err() {
+        problems.push(problem(
+            "server.listen",
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                c.server.listen
+            ),
+        ));
+    }
+    if let Some(url) = &c.server.public_url
+        && !is_http_url(url)
+    {
+        problems.push(problem(
+            "server.public_url",
+            "must start with http:// or https://",
+        ));
+    }
+    if let Some(token) = &c.server.admin_token
+        && token.expose().len() < 16
+    {
+        problems.push(problem(
+            "server.admin_token",
+            "must be at least 16 characters (or leave it unset to have one generated)",
+        ));
+    }
+    if c.server.max_body_bytes < 1024 {
+        problems.push(problem("server.max_body_bytes", "must be at least 1024"));
+    }
+    if c.storage.cache_capacity_mb == 0 {
+        problems.push(problem("storage.cache_capacity_mb", "must be at least 1"));
+    }
+    if c.storage.path.as_os_str().is_empty() {
+        problems.push(problem("storage.path", "must not be empty"));
+    }
+    if !is_http_url(&c.llm.base_url) {
+        problems.push(problem(
+            "llm.base_url",
+            "must start with http:// or https://",
+        ));
+    }
+    if c.llm.provider == Some(Provider::Openai)
+        && c.llm.api_keys.is_empty()
+        && c.llm.base_url.contains("api.openai.com")
+    {
+        problems.push(problem(
+            "llm.api_keys",
+            "provider is openai at api.openai.com but no API key is set (api_keys, api_keys_file or OPENAI_API_KEY)",
+        ));
+    }
+    if c.llm.api_keys.iter().any(|k| k.expose().trim().is_empty()) {
+        problems.push(problem("llm.api_keys", "contains an empty key"));
+    }
+    for (name, v) in [
+        ("llm.timeout_secs", c.llm.timeout_secs),
+        ("llm.connect_timeout_secs", c.llm.connect_timeout_secs),
+        ("llm.idle_timeout_secs", c.llm.idle_timeout_secs),
+        ("quota.reservation_ttl_secs", c.quota.reservation_ttl_secs),
+        ("bot.dedupe_ttl_secs", c.bot.dedupe_ttl_secs),
+    ] {
+        if v == 0 {
+            problems.push(problem(name, "must be greater than 0"));
+        }
+    }
+    if c.llm.max_turns == 0 {
+        problems.push(problem("llm.max_turns", "must be at least 1"));
+    }
+    let mut seen = BTreeMap::new();
+    for (i, m) in c.llm.models.iter().enumerate() {
+        if m.name.trim().is_empty() {
+            problems.push(problem(
+                format!("llm.models[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if let Some(first) = seen.insert(m.name.clone(), i) {
+            problems.push(problem(
+                format!("llm.models[{i}].name"),
+                format!("{:?} is already llm.models[{first}]", m.name),
+            ));
+        }
+    }
+    if !c.llm.models.iter().any(|m| m.name == c.llm.model) {
+        problems.push(problem(
+            "llm.model",
+            format!("{:?} is not one of [[llm.models]]", c.llm.model),
+        ));
+    }
+    if let Err(e) = crate::bot::quota::parse_timezone(&c.quota.timezone) {
+        problems.push(problem("quota.timezone", e));
+    }
+    if c.bot.max_input_chars == 0 {
+        problems.push(problem("bot.max_input_chars", "must be at least 1"));
+    }
+    for (name, words) in [
+        ("bot.commands.help", &c.bot.commands.help),
+        ("bot.commands.new", &c.bot.commands.new),
+        ("bot.commands.quota", &c.bot.commands.quota),
+    ] {
+        if words.iter().any(|w| w.trim().is_empty()) {
+            problems.push(problem(name, "contains an empty command word"));
+        }
+    }
+    if !matches!(c.log.format.as_str(), "text" | "json") {
+        problems.push(problem("log.format", "must be \"text\" or \"json\""));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+        problems.push(problem(
+            "log.level",
+            "is not a valid filter (e.g. info, chatrelay=debug)",
+        ));
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    (s.starts_with("http://") && s.len() > 7) || (s.starts_with("https://") && s.len() > 8)
+}
+
+impl Config {
+    /// The provider actually used.
+    #[must_use]
+    pub fn provider(&self) -> Provider {
+        self.llm
+            .provider
+            .unwrap_or(if self.llm.api_keys.is_empty() {
+                Provider::Demo
+            } else {
+                Provider::Openai
+            })
+    }
+
+    /// The configuration as TOML with secrets redacted, for `check-config`.
+    #[must_use]
+    pub fn redacted_summary(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("(cannot render: {e})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_config_is_valid_and_uses_demo() {
+        let (c, _) = parse("", &[], None).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.storage.path, PathBuf::from("./data"));
+        assert_eq!(c.provider(), Provider::Demo);
+        assert_eq!(c.llm.models.len(), 1);
+        assert_eq!(c.llm.models[0].name, c.llm.model);
+    }
+
+    #[test]
+    fn openai_api_key_env_switches_to_openai() {
+        let (c, _) = parse("", &env(&[("OPENAI_API_KEY", "sk-test")]), None).unwrap();
+        assert_eq!(c.provider(), Provider::Openai);
+        assert_eq!(c.llm.api_keys[0].expose(), "sk-test");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n[quota]\nfree_daily = 3\n";
+        let (c, keys) = parse(
+            text,
+            &env(&[
+                ("CHATRELAY__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("CHATRELAY__QUOTA__FREE_DAILY", "7"),
+                ("CHATRELAY__SERVER__ADMIN_TOKEN", "1234567890123456"),
+                ("CHATRELAY__LLM__API_KEYS", "[\"a\", \"b\"]"),
+                ("CHATRELAY__LLM__MODEL", "42"),
+                ("CHATRELAY__LLM__MODELS", "[{name = \"42\", credits = 2}]"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.quota.free_daily, 7);
+        assert_eq!(c.server.admin_token.unwrap().expose(), "1234567890123456");
+        assert_eq!(c.llm.api_keys.len(), 2);
+        assert_eq!(c.llm.model, "42");
+        assert_eq!(c.llm.models[0].credits, 2);
+        assert!(keys.contains(&"server.listen".to_owned()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+[server]
+listen = "nope"
+lisen = "typo"
+admin_token = "short"
+[quota]
+free_daily = "ten"
+[llm]
+model = "missing"
+[[llm.models]]
+name = "a"
+[[llm.models]]
+name = "a"
+[bogus]
+x = 1
+"#;
+        let err = parse(text, &[], None).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "server.listen",
+            "server.lisen",
+            "server.admin_token",
+            "quota.free_daily",
+            "llm.model",
+            "llm.models[1].name",
+            "bogus",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn secret_files_are_read_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "abcdefghijklmnopqrst\n").unwrap();
+        std::fs::write(dir.path().join("keys"), "sk-1\nsk-2\n").unwrap();
+        let cfg_path = dir.path().join("chatrelay.toml");
+        let text = "[server]\nadmin_token_file = \"token\"\n[llm]\napi_keys_file = \"keys\"\n";
+        let (c, _) = parse(text, &[], Some(&cfg_path)).unwrap();
+        assert_eq!(
+            c.server.admin_token.as_ref().unwrap().expose(),
+            "abcdefghijklmnopqrst"
+        );
+        assert_eq!(c.llm.api_keys.len(), 2);
+        let summary = c.redacted_summary();
+        assert!(!summary.contains("abcdefghijklmnopqrst"), "{summary}");
+        assert!(!summary.contains("sk-1"), "{summary}");
+        assert!(format!("{c:?}").find("sk-2").is_none());
+    }
+
+    #[test]
+    fn missing_secret_file_and_both_forms_are_problems() {
+        let text = "[server]\nadmin_token = \"abcdefghijklmnopq\"\nadmin_token_file = \"x\"\n[llm]\napi_keys_file = \"/nonexistent/keys\"\n";
+        let err = parse(text, &[], None).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.admin_token_file"), "{keys:?}");
+        assert!(keys.contains(&"llm.api_keys_file"), "{keys:?}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = parse("[server\n", &[], None).unwrap_err();
+        assert_eq!(err.0[0].key, "(file)");
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP surface, one axum router on one listener: `/v1` (OpenAI-compatible, metered),
+//! `/admin` (bearer = admin token), `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
+//! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
+
+pub mod admin;
+pub mod ops;
+pub mod v1;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::bot::Engine;
+use crate::config::{Config, Secret};
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// The conversation engine (and through it, the store).
+    pub engine: Engine,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The admin API's bearer token.
+    pub admin_token: Secret,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// Fires when the daemon shuts down; open streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a per-process random prefix and a counter, cheap and unique enough to
+/// correlate logs.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    counter: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut bytes = [0u8; 4];
+        // A fixed prefix only costs uniqueness across restarts, not correctness.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        Self {
+            prefix: hex::encode(bytes).into(),
+            counter: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("req-{}-{n}", self.prefix)
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    Router::new()
+        .merge(v1::routes())
+        .merge(admin::routes())
+        .merge(ops::routes())
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_response(
+                    |res: &axum::response::Response, latency: Duration, _span: &tracing::Span| {
+                        metrics::counter!("chatrelay_http_responses_total", "status" => res.status().as_u16().to_string())
+                            .increment(1);
+                        tracing::debug!(status = res.status().as_u16(), ms = latency.as_millis() as u64, "response");
+                    },
+                ),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
+}
+
+/// Compares two secrets in time independent of where they differ (and of their lengths,
+/// by comparing SHA-256 digests).
+#[must_use]
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let da = ring::digest::digest(&ring::digest::SHA256, a.as_bytes());
+    let db = ring::digest::digest(&ring::digest::SHA256, b.as_bytes());
+    da.as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The bearer token of a request, if any.
+#[must_use]
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
+        assert!(!secrets_equal("", "a"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer sk-1".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-1"));
+        h.insert("authorization", "bearer  sk-2 ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-2"));
+        h.insert("authorization", "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! chatrelay: one daemon that answers users on WeChat, WeCom, zsxq, Telegram and its own web
+//! chat with any OpenAI-compatible LLM, meters their credits and sells credit packs.
+//!
+//! # Layout
+//! - [`config`]: typed configuration (TOML + `CHATRELAY__*` env + `*_file` secrets), validation.
+//! - [`app`]: builds everything from a config, serves, shuts down gracefully.
+//! - [`bot`]: the conversation engine, one path for every platform.
+//! - [`http`]: the axum router (`/v1`, `/admin`, health, metrics).
+//! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
+//!
+//! Wire protocols live in the `connectors/*` crates and storage in `chatrelay-storage`;
+//! this crate holds the business rules and the wiring.
+
+#![forbid(unsafe_code)]
+
+pub mod admin_cli;
+pub mod app;
+pub mod bot;
+pub mod config;
+pub mod http;

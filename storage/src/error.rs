@@ -1,0 +1,80 @@
+//! The one error type of the store.
+
+use std::path::PathBuf;
+
+use crate::{LedgerEntry, ReservationId, Uid};
+
+/// Everything that can go wrong in the store.
+///
+/// Variants other than [`StoreError::Sled`], [`StoreError::Locked`], [`StoreError::Corrupt`] and
+/// [`StoreError::Rng`] are expected outcomes the caller handles (an unknown user, too few
+/// credits...). The messages may change over time: match on the variants, not on the text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The storage engine failed (I/O, corruption it detected itself, a bug it reports).
+    #[error("storage engine error: {0}")]
+    Sled(#[from] sled::Error),
+    /// Another process holds the database: only one process may open it.
+    #[error("database {} is locked by another process (only one process may open it)", path.display())]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
+    /// The database was written by a newer chatrelay; this build refuses to touch it.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// The version recorded in the database.
+        found: u32,
+        /// The newest version this build knows ([`crate::SCHEMA_VERSION`]).
+        supported: u32,
+    },
+    /// A record on disk could not be read.
+    #[error("corrupt record in tree {tree:?} at key {key}: {detail}")]
+    Corrupt {
+        /// The tree holding the record.
+        tree: &'static str,
+        /// The record's key, printed readably (a uid, a reference, a hash prefix...).
+        key: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// No user has this uid.
+    #[error("unknown user {0}")]
+    UnknownUser(Uid),
+    /// No open or settled reservation has this id.
+    #[error("unknown reservation {0}")]
+    UnknownReservation(ReservationId),
+    /// The user has fewer credits available than the operation needs.
+    #[error("insufficient credits: {available} available, {needed} needed")]
+    InsufficientCredits {
+        /// What the user could spend.
+        available: u64,
+        /// What the operation asked for.
+        needed: u64,
+    },
+    /// The reservation's reference was already settled: the entry that settled it.
+    #[error("reference {:?} was already settled (ledger entry {}/{})", .0.reference, .0.uid, .0.seq)]
+    AlreadySettled(Box<LedgerEntry>),
+    /// An argument was rejected (empty reference, amount out of range...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The system's secure random generator failed (creating a token).
+    #[error("the system random generator failed")]
+    Rng,
+}
+
+impl StoreError {
+    /// Builds a [`StoreError::Corrupt`].
+    pub(crate) fn corrupt(
+        tree: &'static str,
+        key: impl Into<String>,
+        detail: impl ToString,
+    ) -> Self {
+        StoreError::Corrupt {
+            tree,
+            key: key.into(),
+            detail: detail.to_string(),
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! Credits: balances, reservations and the append-only ledger.
+//!
+//! A user's `balances` record holds paid credits, credits held by open reservations, the free
+//! allowance used on its day, and the next ledger sequence number. Free credits reset lazily:
+//! when the caller's `today` is later than the recorded day, the allowance is whole again.
+//!
+//! Every change of `paid` or of the free allowance writes one [`LedgerEntry`] in the same
+//! transaction, keyed uid ‖ seq, with `ledger_refs` mapping its reference to it: that index is
+//! what makes grants, debits, reservations and settlements idempotent.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::TransactionalTree;
+
+use crate::codec::{
+    OrAbort, TxResult, abort, check_key, decode, encode, finish, pair_key, read_pair_key, to_delta,
+    u64_key,
+};
+use crate::{
+    BALANCES, LEDGER, LEDGER_REFS, RESERVATION_REFS, RESERVATIONS, ReservationId,
+    SETTLED_RESERVATIONS, Store, StoreError, Uid,
+};
+
+/// Why a ledger entry was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Credits spent on an answer (a settled reservation).
+    Usage,
+    /// Credits given by an admin or a promotion.
+    Grant,
+    /// Credits bought with a paid order.
+    Purchase,
+    /// Credits given back (or taken back, for a refunded order).
+    Refund,
+    /// A manual correction.
+    Adjust,
+}
+
+/// One change of a user's credits. The ledger is append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Whose credits changed.
+    pub uid: Uid,
+    /// Position in the user's ledger, from 1, without gaps.
+    pub seq: u64,
+    /// When, in ms since the Unix epoch (as the caller said).
+    pub at_ms: i64,
+    /// Why.
+    pub kind: EntryKind,
+    /// Change of the day's free allowance (negative when spent).
+    pub free_delta: i64,
+    /// Change of the paid credits.
+    pub paid_delta: i64,
+    /// Paid credits after this entry.
+    pub paid_after: u64,
+    /// A human-readable reason ("gpt-4o answer", "order 123", "admin: apology").
+    pub reason: String,
+    /// The idempotency reference: unique over the whole ledger.
+    pub reference: String,
+}
+
+/// A user's credits as seen on a given day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    /// Paid credits.
+    pub paid: u64,
+    /// What is left of today's free allowance.
+    pub free_left: u64,
+    /// Credits held by open reservations.
+    pub held: u64,
+    /// What a new reservation may take: `free_left + paid - held`, never below zero.
+    pub available: u64,
+}
+
+/// The `balances` record of one user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct BalanceRecord {
+    /// Paid credits.
+    pub(crate) paid: u64,
+    /// Credits held by open reservations.
+    pub(crate) held: u64,
+    /// The day `free_used` counts for.
+    pub(crate) free_day: i64,
+    /// Free credits spent on `free_day`.
+    pub(crate) free_used: u64,
+    /// The seq of the user's next ledger entry.
+    pub(crate) next_seq: u64,
+}
+
+impl Default for BalanceRecord {
+    fn default() -> Self {
+        Self {
+            paid: 0,
+            held: 0,
+            free_day: i64::MIN,
+            free_used: 0,
+            next_seq: 1,
+        }
+    }
+}
+
+impl BalanceRecord {
+    /// The free allowance left on `today`. A day before the recorded one (a caller whose clock
+    /// lags) counts as the recorded day, so a day's allowance is never given twice.
+    fn free_left(&self, today: i64, free_daily: u64) -> u64 {
+        if today > self.free_day {
+            free_daily
+        } else {
+            free_daily.saturating_sub(self.free_used)
+        }
+    }
+
+    /// Spends `amount` of the free allowance of `today`.
+    fn take_free(&mut self, today: i64, amount: u64) {
+        if today > self.free_day {
+            self.free_day = today;
+            self.free_used = 0;
+        }
+        self.free_used = self.free_used.saturating_add(amount);
+    }
+
+    fn view(&self, today: i64, free_daily: u64) -> Balance {
+        let free_left = self.free_left(today, free_daily);
+        Balance {
+            paid: self.paid,
+            free_left,
+            held: self.held,
+            available: free_left
+                .saturating_add(self.paid)
+                .saturating_sub(self.held),
+        }
+    }
+}
+
+/// An open hold on a user's credits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Reservation {
+    pub(crate) uid: Uid,
+    pub(crate) amount: u64,
+    pub(crate) reference: String,
+    pub(crate) expires_at_ms: i64,
+}
+
+/// What became of a settled reservation, so that settling it again answers the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SettledReservation {
+    uid: Uid,
+    reference: String,
+    /// The ledger entry written (uid, seq); `None` when nothing was charged.
+    #[serde(default)]
+    entry: Option<LedgerRef>,
+    settled_at_ms: i64,
+}
+
+/// Where the entry of a reference lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LedgerRef {
+    pub(crate) uid: Uid,
+    pub(crate) seq: u64,
+}
+
+impl Store {
+    /// The user's credits on day `today` with a daily allowance of `free_daily`.
+    pub fn balance(&self, uid: Uid, today: i64, free_daily: u64) -> Result<Balance, StoreError> {
+        let t = self.trees();
+        if t.users.get(u64_key(uid.0))?.is_none() {
+            return Err(StoreError::UnknownUser(uid));
+        }
+        let record = match t.balances.get(u64_key(uid.0))? {
+            Some(raw) => decode::<BalanceRecord>(BALANCES, &raw, || uid.to_string())?,
+            None => BalanceRecord::default(),
+        };
+        Ok(record.view(today, free_daily))
+    }
+
+    /// Holds `amount` credits for an answer about to be made.
+    ///
+    /// Refused with [`StoreError::InsufficientCredits`] when less is available. An amount of 0
+    /// holds nothing but still gives an id to settle. Idempotent on `reference`: the same
+    /// reference again returns the open reservation's id, or [`StoreError::AlreadySettled`] with
+    /// its ledger entry once settled.
+    pub fn reserve(
+        &self,
+        uid: Uid,
+        amount: u64,
+        reference: &str,
+        today: i64,
+        free_daily: u64,
+        expires_at_ms: i64,
+    ) -> Result<ReservationId, StoreError> {
+        check_key("reference", reference)?;
+        let new_id = ReservationId(self.inner.db.generate_id()?);
+        let t = self.trees();
+        let trees = (
+            &t.users,
+            &t.balances,
+            &t.reservations,
+            &t.reservation_refs,
+            &t.settled_reservations,
+            &t.ledger,
+            &t.ledger_refs,
+        );
+        finish(trees.transaction(
+            |(users, balances, reservations, res_refs, settled, ledger, ledger_refs)| {
+                if let Some(raw) = res_refs.get(reference.as_bytes())? {
+                    let id: ReservationId =
+                        decode(RESERVATION_REFS, &raw, || format!("{reference:?}")).or_abort()?;
+                    if reservations.get(u64_key(id.0))?.is_some() {
+                        return Ok(id);
+                    }
+                    if let Some(done) = get_settled(settled, id)? {
+                        return match done.entry {
+                            Some(at) => {
+                                abort(StoreError::AlreadySettled(Box::new(get_entry(ledger, at)?)))
+                            }
+                            None => Ok(id),
+                        };
+                    }
+                    // A reference left behind by a released reservation: reserve anew.
+                }
+                if let Some(entry) = entry_by_reference(ledger_refs, ledger, reference)? {
+                    return abort(StoreError::AlreadySettled(Box::new(entry)));
+                }
+                if users.get(u64_key(uid.0))?.is_none() {
+                    return abort(StoreError::UnknownUser(uid));
+                }
+                let mut balance = load_balance(balances, uid)?;
+                let available = balance.view(today, free_daily).available;
+                if available < amount {
+                    return abort(StoreError::InsufficientCredits {
+                        available,
+                        needed: amount,
+                    });
+                }
+                balance.held = match balance.held.checked_add(amount) {
+                    Some(held) => held,
+                    None => {
+                        return abort(StoreError::InvalidInput(format!(
+                            "amount {amount} is too large"
+                        )));
+                    }
+                };
+                let reservation = Reservation {
+                    uid,
+                    amount,
+                    reference: reference.to_owned(),
+                    expires_at_ms,
+                };
+                store_balance(balances, uid, &balance)?;
+                reservations.insert(&u64_key(new_id.0), encode(&reservation).or_abort()?)?;
+                res_refs.insert(reference.as_bytes(), encode(&new_id).or_abort()?)?;
+                Ok(new_id)
+            },
+        ))
+    }
+
+    /// Settles a reservation: drops its hold and charges `min(actual, free_left + paid)`, free
+    /// credits first, as one [`EntryKind::Usage`] entry with the reservation's reference.
+    ///
+    /// Returns the entry, or `None` when nothing was charged. Settling again returns the same
+    /// answer; an id never reserved (or released) is [`StoreError::UnknownReservation`].
+    pub fn settle(
+        &self,
+        id: ReservationId,
+        actual: u64,
+        reason: &str,
+        today: i64,
+        free_daily: u64,
+        now_ms: i64,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        let t = self.trees();
+        let trees = (
+            &t.balances,
+            &t.reservations,
+            &t.settled_reservations,
+            &t.ledger,
+            &t.ledger_refs,
+        );
+        finish(
+            trees.transaction(|(balances, reservations, settled, ledger, ledger_refs)| {
+                let key = u64_key(id.0);
+                let Some(raw) = reservations.get(key)? else {
+                    return match get_settled(settled, id)? {
+                        Some(SettledReservation {
+                            entry: Some(at), ..
+                        }) => get_entry(ledger, at).map(Some),
+                        Some(SettledReservation { entry: None, .. }) => Ok(None),
+                        None => abort(StoreError::UnknownReservation(id)),
+                    };
+                };
+                let reservation: Reservation =
+                    decode(RESERVATIONS, &raw, || id.to_string()).or_abort()?;
+                let uid = reservation.uid;
+                let mut balance = load_balance(balances, uid)?;
+                balance.held = balance.held.saturating_sub(reservation.amount);
+                let entry = match entry_by_reference(ledger_refs, ledger, &reservation.reference)? {
+                    // The reference is in the ledger already (used by a grant meanwhile): never
+                    // write a second entry for it.
+                    Some(existing) => Some(existing),
+                    None => {
+                        let free_left = balance.free_left(today, free_daily);
+                        let charge = actual.min(free_left.saturating_add(balance.paid));
+                        if charge == 0 {
+                            None
+                        } else {
+                            let from_free = charge.min(free_left);
+                            let from_paid = charge.saturating_sub(from_free);
+                            let free_delta = to_delta(from_free).or_abort()?;
+                            let paid_delta = to_delta(from_paid).or_abort()?;
+                            balance.take_free(today, from_free);
+                            balance.paid = balance.paid.saturating_sub(from_paid);
+                            let change = Change {
+                                uid,
+                                at_ms: now_ms,
+                                kind: EntryKind::Usage,
+                                free_delta: -free_delta,
+                                paid_delta: -paid_delta,
+                                reason,
+                                reference: &reservation.reference,
+                            };
+                            Some(append_entry(&mut balance, ledger, ledger_refs, change)?)
+                        }
+                    }
+                };
+                store_balance(balances, uid, &balance)?;
+                reservations.remove(&key)?;
+                let done = SettledReservation {
+                    uid,
+                    reference: reservation.reference.clone(),
+                    entry: entry.as_ref().map(|e| LedgerRef {
+                        uid: e.uid,
+                        seq: e.seq,
+                    }),
+                    settled_at_ms: now_ms,
+                };
+                settled.insert(&key, encode(&done).or_abort()?)?;
+                Ok(entry)
+            }),
+        )
+    }
+
+    /// Drops a reservation without charging (the answer failed); false if it was not open.
+    /// Its reference may be reserved again afterwards.
+    pub fn release(&self, id: ReservationId) -> Result<bool, StoreError> {
+        let t = self.trees();
+        finish(
+            (&t.balances, &t.reservations, &t.reservation_refs).transaction(
+                |(balances, reservations, res_refs)| {
+                    release_in(balances, reservations, res_refs, id, None)
+                },
+            ),
+        )
+    }
+
+    /// Releases every open reservation that expired before `now_ms` (at start-up, pass
+    /// `i64::MAX` to release them all); returns how many.
+    pub fn release_stale_reservations(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let t = self.trees();
+        let mut stale = Vec::new();
+        for item in t.reservations.iter() {
+            let (raw_key, raw) = item?;
+            let id = ReservationId(crate::codec::read_u64_key(RESERVATIONS, &raw_key)?);
+            let reservation: Reservation = decode(RESERVATIONS, &raw, || id.to_string())?;
+            if reservation.expires_at_ms < now_ms {
+                stale.push(id);
+            }
+        }
+        let mut released = 0;
+        for id in stale {
+            let done = finish(
+                (&t.balances, &t.reservations, &t.reservation_refs).transaction(
+                    |(balances, reservations, res_refs)| {
+                        release_in(balances, reservations, res_refs, id, Some(now_ms))
+                    },
+                ),
+            )?;
+            if done {
+                released += 1;
+            }
+        }
+        if released > 0 {
+            tracing::info!(released, "released stale credit reservations");
+        }
+        Ok(released)
+    }
+
+    /// Forgets settled reservations settled before `before_ms` (their ledger entries stay);
+    /// returns how many. Afterwards settling such an id again is
+    /// [`StoreError::UnknownReservation`], and reserving its reference again is
+    /// [`StoreError::AlreadySettled`] if it charged anything, or a new reservation if not. Run it
+    /// now and then with a cut-off well past any retry window (a day), so these records, one
+    /// per answer, do not pile up.
+    pub fn purge_settled_reservations(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let t = self.trees();
+        let mut old = Vec::new();
+        for item in t.settled_reservations.iter() {
+            let (raw_key, raw) = item?;
+            let id = ReservationId(crate::codec::read_u64_key(SETTLED_RESERVATIONS, &raw_key)?);
+            let done: SettledReservation = decode(SETTLED_RESERVATIONS, &raw, || id.to_string())?;
+            if done.settled_at_ms < before_ms {
+                old.push((id, done.reference));
+            }
+        }
+        let purged = old.len();
+        for (id, reference) in old {
+            finish((&t.settled_reservations, &t.reservation_refs).transaction(
+                |(settled, res_refs)| {
+                    settled.remove(&u64_key(id.0))?;
+                    if let Some(raw) = res_refs.get(reference.as_bytes())? {
+                        let owner: ReservationId =
+                            decode(RESERVATION_REFS, &raw, || format!("{reference:?}"))
+                                .or_abort()?;
+                        if owner == id {
+                            res_refs.remove(reference.as_bytes())?;
+                        }
+                    }
+                    Ok(())
+                },
+            ))?;
+        }
+        Ok(purged)
+    }
+
+    /// Adds `credits` paid credits (a purchase, an admin grant, a refund). Idempotent on
+    /// `reference`: applying it again changes nothing and returns the original entry.
+    pub fn grant(
+        &self,
+        uid: Uid,
+        credits: u64,
+        kind: EntryKind,
+        reason: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<LedgerEntry, StoreError> {
+        check_key("reference", reference)?;
+        let delta = positive_delta(credits)?;
+        let t = self.trees();
+        let entry = finish(
+            (&t.users, &t.balances, &t.ledger, &t.ledger_refs).transaction(
+                |(users, balances, ledger, ledger_refs)| {
+                    if let Some(existing) = entry_by_reference(ledger_refs, ledger, reference)? {
+                        return Ok(existing);
+                    }
+                    if users.get(u64_key(uid.0))?.is_none() {
+                        return abort(StoreError::UnknownUser(uid));
+                    }
+                    let mut balance = load_balance(balances, uid)?;
+                    balance.paid = match balance
+                        .paid
+                        .checked_add(credits)
+                        .filter(|p| to_delta(*p).is_ok())
+                    {
+                        Some(paid) => paid,
+                        None => {
+                            return abort(StoreError::InvalidInput(format!(
+                                "granting {credits} would overflow"
+                            )));
+                        }
+                    };
+                    let change = Change {
+                        uid,
+                        at_ms: now_ms,
+                        kind,
+                        free_delta: 0,
+                        paid_delta: delta,
+                        reason,
+                        reference,
+                    };
+                    let entry = append_entry(&mut balance, ledger, ledger_refs, change)?;
+                    store_balance(balances, uid, &balance)?;
+                    Ok(entry)
+                },
+            ),
+        )?;
+        warn_if_different(&entry, uid, delta, reference);
+        Ok(entry)
+    }
+
+    /// Removes `credits` paid credits, never below zero: refused with
+    /// [`StoreError::InsufficientCredits`] when `paid - held` is less. Idempotent on `reference`.
+    pub fn debit(
+        &self,
+        uid: Uid,
+        credits: u64,
+        kind: EntryKind,
+        reason: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<LedgerEntry, StoreError> {
+        check_key("reference", reference)?;
+        let delta = positive_delta(credits)?;
+        let t = self.trees();
+        let entry = finish(
+            (&t.users, &t.balances, &t.ledger, &t.ledger_refs).transaction(
+                |(users, balances, ledger, ledger_refs)| {
+                    if let Some(existing) = entry_by_reference(ledger_refs, ledger, reference)? {
+                        return Ok(existing);
+                    }
+                    if users.get(u64_key(uid.0))?.is_none() {
+                        return abort(StoreError::UnknownUser(uid));
+                    }
+                    let mut balance = load_balance(balances, uid)?;
+                    let spendable = balance.paid.saturating_sub(balance.held);
+                    if spendable < credits {
+                        return abort(StoreError::InsufficientCredits {
+                            available: spendable,
+                            needed: credits,
+                        });
+                    }
+                    balance.paid = balance.paid.saturating_sub(credits);
+                    let change = Change {
+                        uid,
+                        at_ms: now_ms,
+                        kind,
+                        free_delta: 0,
+                        paid_delta: -delta,
+                        reason,
+                        reference,
+                    };
+                    let entry = append_entry(&mut balance, ledger, ledger_refs, change)?;
+                    store_balance(balances, uid, &balance)?;
+                    Ok(entry)
+                },
+            ),
+        )?;
+        warn_if_different(&entry, uid, -delta, reference);
+        Ok(entry)
+    }
+
+    /// The user's newest `limit` ledger entries, newest first.
+    pub fn ledger(&self, uid: Uid, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self
+            .trees()
+            .ledger
+            .scan_prefix(u64_key(uid.0))
+            .rev()
+            .take(limit)
+        {
+            let (raw_key, raw) = item?;
+            let (owner, seq) = read_pair_key(LEDGER, &raw_key)?;
+            entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
+        }
+        Ok(entries)
+    }
+
+    /// The ledger entry written with `reference`, if any.
+    pub fn ledger_by_reference(&self, reference: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        let t = self.trees();
+        let Some(raw) = t.ledger_refs.get(reference.as_bytes())? else {
+            return Ok(None);
+        };
+        let at: LedgerRef = decode(LEDGER_REFS, &raw, || format!("{reference:?}"))?;
+        match t.ledger.get(pair_key(at.uid.0, at.seq))? {
+            Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq)).map(Some),
+            None => Err(dangling(reference, at)),
+        }
+    }
+}
+
+/// A change about to be written to the ledger.
+struct Change<'a> {
+    uid: Uid,
+    at_ms: i64,
+    kind: EntryKind,
+    free_delta: i64,
+    paid_delta: i64,
+    reason: &'a str,
+    reference: &'a str,
+}
+
+/// Writes a ledger entry and its reference. `balance` must already hold the new `paid`;
+/// its `next_seq` advances. The caller stores `balance` in the same transaction.
+fn append_entry(
+    balance: &mut BalanceRecord,
+    ledger: &TransactionalTree,
+    ledger_refs: &TransactionalTree,
+    change: Change<'_>,
+) -> TxResult<LedgerEntry> {
+    let seq = balance.next_seq.max(1);
+    let key = pair_key(change.uid.0, seq);
+    if ledger.get(key)?.is_some() {
+        return abort(StoreError::corrupt(
+            BALANCES,
+            change.uid.to_string(),
+            format!("next_seq {seq} points at an existing ledger entry"),
+        ));
+    }
+    balance.next_seq = seq.saturating_add(1);
+    let entry = LedgerEntry {
+        uid: change.uid,
+        seq,
+        at_ms: change.at_ms,
+        kind: change.kind,
+        free_delta: change.free_delta,
+        paid_delta: change.paid_delta,
+        paid_after: balance.paid,
+        reason: change.reason.to_owned(),
+        reference: change.reference.to_owned(),
+    };
+    ledger.insert(&key, encode(&entry).or_abort()?)?;
+    let at = LedgerRef {
+        uid: change.uid,
+        seq,
+    };
+    ledger_refs.insert(change.reference.as_bytes(), encode(&at).or_abort()?)?;
+    Ok(entry)
+}
+
+/// Drops an open reservation's hold (only if it expired before `stale_before`, when given).
+fn release_in(
+    balances: &TransactionalTree,
+    reservations: &TransactionalTree,
+    res_refs: &TransactionalTree,
+    id: ReservationId,
+    stale_before: Option<i64>,
+) -> TxResult<bool> {
+    let key = u64_key(id.0);
+    let Some(raw) = reservations.get(key)? else {
+        return Ok(false);
+    };
+    let reservation: Reservation = decode(RESERVATIONS, &raw, || id.to_string()).or_abort()?;
+    if stale_before.is_some_and(|now| reservation.expires_at_ms >= now) {
+        return Ok(false);
+    }
+    let mut balance = load_balance(balances, reservation.uid)?;
+    balance.held = balance.held.saturating_sub(reservation.amount);
+    store_balance(balances, reservation.uid, &balance)?;
+    reservations.remove(&key)?;
+    if let Some(raw) = res_refs.get(reservation.reference.as_bytes())? {
+        let owner: ReservationId = decode(RESERVATION_REFS, &raw, || {
+            format!("{:?}", reservation.reference)
+        })
+        .or_abort()?;
+        if owner == id {
+            res_refs.remove(reservation.reference.as_bytes())?;
+        }
+    }
+    Ok(true)
+}
+
+pub(crate) fn load_balance(balances: &TransactionalTree, uid: Uid) -> TxResult<BalanceRecord> {
+    match balances.get(u64_key(uid.0))? {
+        Some(raw) => decode(BALANCES, &raw, || uid.to_string()).or_abort(),
+        None => Ok(BalanceRecord::default()),
+    }
+}
+
+fn store_balance(balances: &TransactionalTree, uid: Uid, balance: &BalanceRecord) -> TxResult<()> {
+    balances.insert(&u64_key(uid.0), encode(balance).or_abort()?)?;
+    Ok(())
+}
+
+fn get_settled(
+    settled: &TransactionalTree,
+    id: ReservationId,
+) -> TxResult<Option<SettledReservation>> {
+    match settled.get(u64_key(id.0))? {
+        Some(raw) => decode(SETTLED_RESERVATIONS, &raw, || id.to_string())
+            .or_abort()
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+fn get_entry(ledger: &TransactionalTree, at: LedgerRef) -> TxResult<LedgerEntry> {
+    match ledger.get(pair_key(at.uid.0, at.seq))? {
+        Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq)).or_abort(),
+        None => abort(StoreError::corrupt(
+            LEDGER,
+            format!("{}/{}", at.uid, at.seq),
+            "entry referenced but missing",
+        )),
+    }
+}
+
+fn entry_by_reference(
+    ledger_refs: &TransactionalTree,
+    ledger: &TransactionalTree,
+    reference: &str,
+) -> TxResult<Option<LedgerEntry>> {
+    let Some(raw) = ledger_refs.get(reference.as_bytes())? else {
+        return Ok(None);
+    };
+    let at: LedgerRef = decode(LEDGER_REFS, &raw, || format!("{reference:?}")).or_abort()?;
+    match ledger.get(pair_key(at.uid.0, at.seq))? {
+        Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq))
+            .or_abort()
+            .map(Some),
+        None => abort(dangling(reference, at)),
+    }
+}
+
+fn dangling(reference: &str, at: LedgerRef) -> StoreError {
+    StoreError::corrupt(
+        LEDGER_REFS,
+        format!("{reference:?}"),
+        format!("points at missing ledger entry {}/{}", at.uid, at.seq),
+    )
+}
+
+fn positive_delta(credits: u64) -> Result<i64, StoreError> {
+    if credits == 0 {
+        return Err(StoreError::InvalidInput(
+            "credits must be positive".to_owned(),
+        ));
+    }
+    to_delta(credits)
+}
+
+/// A reference reused for a different change is a caller bug: the original entry stands.
+fn warn_if_different(entry: &LedgerEntry, uid: Uid, paid_delta: i64, reference: &str) {
+    if entry.uid != uid || entry.paid_delta != paid_delta {
+        tracing::warn!(
+            reference,
+            %uid,
+            paid_delta,
+            entry_uid = %entry.uid,
+            entry_paid_delta = entry.paid_delta,
+            "reference already used for a different ledger entry; kept the original"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

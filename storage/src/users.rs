@@ -1,0 +1,399 @@
+//! Users and identities: which [`UserKey`]s (platform accounts) belong to which [`Uid`].
+//!
+//! `identities` maps the key's text to a uid; `identities_by_uid` (uid ‖ key text → empty) is
+//! the reverse index for [`Store::identities_of`]. Both change in one transaction.
+
+use chatrelay_core::UserKey;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::TransactionalTree;
+
+use crate::codec::{
+    MAX_KEY_LEN, OrAbort, TxResult, abort, decode, encode, finish, prefixed_key, split_u64_prefix,
+    u64_key,
+};
+use crate::{IDENTITIES, IDENTITIES_BY_UID, META, Store, StoreError, USERS, Uid, system_now_ms};
+
+/// The `meta` key holding the next uid to hand out.
+const NEXT_UID_KEY: &[u8] = b"next_uid";
+
+/// A user: one person, whichever platforms they write from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's id.
+    pub uid: Uid,
+    /// A display name (the platform nickname, or the first identity's key).
+    pub name: String,
+    /// When the user was created, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// A banned user is refused service by the engine.
+    #[serde(default)]
+    pub banned: bool,
+}
+
+impl Store {
+    /// Creates a user with the next free uid.
+    pub fn create_user(&self, name: &str) -> Result<User, StoreError> {
+        check_name(name)?;
+        let now = system_now_ms();
+        let t = self.trees();
+        finish(
+            (&t.meta, &t.users)
+                .transaction(|(meta, users)| insert_new_user(meta, users, name, now)),
+        )
+    }
+
+    /// The user with this uid, if any.
+    pub fn user(&self, uid: Uid) -> Result<Option<User>, StoreError> {
+        match self.trees().users.get(u64_key(uid.0))? {
+            Some(raw) => decode(USERS, &raw, || uid.to_string()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Bans or unbans a user; returns the updated user.
+    pub fn set_banned(&self, uid: Uid, banned: bool) -> Result<User, StoreError> {
+        finish(self.trees().users.transaction(|users| {
+            let key = u64_key(uid.0);
+            let Some(raw) = users.get(key)? else {
+                return abort(StoreError::UnknownUser(uid));
+            };
+            let mut user: User = decode(USERS, &raw, || uid.to_string()).or_abort()?;
+            user.banned = banned;
+            users.insert(&key, encode(&user).or_abort()?)?;
+            Ok(user)
+        }))
+    }
+
+    /// How many users exist (counts them: not for hot paths).
+    pub fn user_count(&self) -> usize {
+        self.trees().users.len()
+    }
+
+    /// The uid owning `key`, creating user and identity if it has none.
+    ///
+    /// Creation is one transaction (user, identity and index), so two racing callers get the
+    /// same uid. `display_name` names a new user; without it the key's text does.
+    pub fn resolve_identity(
+        &self,
+        key: &UserKey,
+        display_name: Option<&str>,
+    ) -> Result<Uid, StoreError> {
+        if let Some(uid) = self.identity(key)? {
+            return Ok(uid);
+        }
+        let key_text = key.to_string();
+        check_key_text(&key_text)?;
+        let name = match display_name {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => key_text.clone(),
+        };
+        check_name(&name)?;
+        let now = system_now_ms();
+        let t = self.trees();
+        finish(
+            (&t.identities, &t.identities_by_uid, &t.meta, &t.users).transaction(
+                |(ids, by_uid, meta, users)| {
+                    if let Some(raw) = ids.get(key_text.as_bytes())? {
+                        return decode(IDENTITIES, &raw, || key_text.clone()).or_abort();
+                    }
+                    let user = insert_new_user(meta, users, &name, now)?;
+                    ids.insert(key_text.as_bytes(), encode(&user.uid).or_abort()?)?;
+                    by_uid.insert(prefixed_key(user.uid.0, key_text.as_bytes()), &[][..])?;
+                    Ok(user.uid)
+                },
+            ),
+        )
+    }
+
+    /// The uid owning `key`, if any.
+    pub fn identity(&self, key: &UserKey) -> Result<Option<Uid>, StoreError> {
+        let key_text = key.to_string();
+        match self.trees().identities.get(key_text.as_bytes())? {
+            Some(raw) => decode(IDENTITIES, &raw, || key_text).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes `key` belong to `uid`; returns its previous owner, if any.
+    pub fn link_identity(&self, key: &UserKey, uid: Uid) -> Result<Option<Uid>, StoreError> {
+        let key_text = key.to_string();
+        check_key_text(&key_text)?;
+        let t = self.trees();
+        finish((&t.identities, &t.identities_by_uid, &t.users).transaction(
+            |(ids, by_uid, users)| {
+                if users.get(u64_key(uid.0))?.is_none() {
+                    return abort(StoreError::UnknownUser(uid));
+                }
+                let previous: Option<Uid> = match ids.get(key_text.as_bytes())? {
+                    Some(raw) => Some(decode(IDENTITIES, &raw, || key_text.clone()).or_abort()?),
+                    None => None,
+                };
+                if previous == Some(uid) {
+                    return Ok(previous);
+                }
+                if let Some(old) = previous {
+                    by_uid.remove(prefixed_key(old.0, key_text.as_bytes()))?;
+                }
+                ids.insert(key_text.as_bytes(), encode(&uid).or_abort()?)?;
+                by_uid.insert(prefixed_key(uid.0, key_text.as_bytes()), &[][..])?;
+                Ok(previous)
+            },
+        ))
+    }
+
+    /// Detaches `key` from its user; false if it belonged to no one.
+    pub fn unlink_identity(&self, key: &UserKey) -> Result<bool, StoreError> {
+        let key_text = key.to_string();
+        let t = self.trees();
+        finish(
+            (&t.identities, &t.identities_by_uid).transaction(|(ids, by_uid)| {
+                let Some(raw) = ids.remove(key_text.as_bytes())? else {
+                    return Ok(false);
+                };
+                let uid: Uid = decode(IDENTITIES, &raw, || key_text.clone()).or_abort()?;
+                by_uid.remove(prefixed_key(uid.0, key_text.as_bytes()))?;
+                Ok(true)
+            }),
+        )
+    }
+
+    /// Every key that belongs to `uid`, in key order.
+    pub fn identities_of(&self, uid: Uid) -> Result<Vec<UserKey>, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.trees().identities_by_uid.scan_prefix(u64_key(uid.0)) {
+            let (raw_key, _) = item?;
+            let (_, rest) = split_u64_prefix(IDENTITIES_BY_UID, &raw_key)?;
+            let describe = || format!("{uid}/{}", String::from_utf8_lossy(rest));
+            let text = std::str::from_utf8(rest)
+                .map_err(|e| StoreError::corrupt(IDENTITIES_BY_UID, describe(), e))?;
+            let key = text
+                .parse::<UserKey>()
+                .map_err(|e| StoreError::corrupt(IDENTITIES_BY_UID, describe(), e))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+}
+
+/// Allocates the next uid (skipping any already taken) and writes the new user.
+fn insert_new_user(
+    meta: &TransactionalTree,
+    users: &TransactionalTree,
+    name: &str,
+    now_ms: i64,
+) -> TxResult<User> {
+    let mut next: u64 = match meta.get(NEXT_UID_KEY)? {
+        Some(raw) => decode(META, &raw, || "next_uid".to_owned()).or_abort()?,
+        None => 1,
+    };
+    next = next.max(1);
+    // A counter behind the users tree (restored from an old backup, say) must not reuse uids.
+    while users.get(u64_key(next))?.is_some() {
+        next = match next.checked_add(1) {
+            Some(n) => n,
+            None => return abort(StoreError::corrupt(META, "next_uid", "uid space exhausted")),
+        };
+    }
+    let user = User {
+        uid: Uid(next),
+        name: name.to_owned(),
+        created_at_ms: now_ms,
+        banned: false,
+    };
+    meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
+    users.insert(&u64_key(next), encode(&user).or_abort()?)?;
+    Ok(user)
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if name.len() > MAX_KEY_LEN {
+        return Err(StoreError::InvalidInput(format!(
+            "user name is {} bytes long, the limit is {MAX_KEY_LEN}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_key_text(key: &str) -> Result<(), StoreError> {
+    crate::codec::check_key("user key", key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use chatrelay_core::Platform;
+
+    use super::*;
+
+    fn key(user: &str) -> UserKey {
+        UserKey::new(Platform::Mp, "main", user)
+    }
+
+    #[test]
+    fn uids_start_at_one_and_are_dense() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").unwrap();
+        let b = store.create_user("b").unwrap();
+        assert_eq!((a.uid, b.uid), (Uid(1), Uid(2)));
+        assert!(!a.banned);
+        assert_eq!(store.user(Uid(2)).unwrap().unwrap(), b);
+        assert_eq!(store.user(Uid(3)).unwrap(), None);
+        assert_eq!(store.user_count(), 2);
+    }
+
+    #[test]
+    fn ban_and_unban() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").unwrap();
+        assert!(store.set_banned(a.uid, true).unwrap().banned);
+        assert!(store.user(a.uid).unwrap().unwrap().banned);
+        assert!(!store.set_banned(a.uid, false).unwrap().banned);
+        assert!(matches!(
+            store.set_banned(Uid(99), true),
+            Err(StoreError::UnknownUser(Uid(99)))
+        ));
+    }
+
+    #[test]
+    fn user_without_banned_field_reads_as_not_banned() {
+        let store = Store::open_temporary().unwrap();
+        store
+            .trees()
+            .users
+            .insert(
+                u64_key(5),
+                br#"{"uid":5,"name":"old","created_at_ms":1}"#.to_vec(),
+            )
+            .unwrap();
+        let user = store.user(Uid(5)).unwrap().unwrap();
+        assert!(!user.banned);
+        // The counter skips a uid that is already taken.
+        for _ in 0..4 {
+            store.create_user("x").unwrap();
+        }
+        assert_eq!(store.create_user("y").unwrap().uid, Uid(6));
+    }
+
+    #[test]
+    fn corrupt_user_is_an_error_naming_the_key() {
+        let store = Store::open_temporary().unwrap();
+        store
+            .trees()
+            .users
+            .insert(u64_key(7), b"\xff garbage".to_vec())
+            .unwrap();
+        match store.user(Uid(7)) {
+            Err(StoreError::Corrupt { tree, key, .. }) => {
+                assert_eq!((tree, key.as_str()), ("users", "7"))
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert!(matches!(
+            store.set_banned(Uid(7), true),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn resolve_creates_once_and_reuses() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.resolve_identity(&key("o1"), Some("Alice")).unwrap();
+        assert_eq!(
+            store.resolve_identity(&key("o1"), Some("Other")).unwrap(),
+            uid
+        );
+        assert_eq!(store.user(uid).unwrap().unwrap().name, "Alice");
+        let other = store.resolve_identity(&key("o2"), None).unwrap();
+        assert_ne!(other, uid);
+        assert_eq!(store.user(other).unwrap().unwrap().name, "mp:main:o2");
+        assert_eq!(store.identity(&key("o1")).unwrap(), Some(uid));
+        assert_eq!(store.identity(&key("nobody")).unwrap(), None);
+        assert_eq!(store.identities_of(uid).unwrap(), vec![key("o1")]);
+    }
+
+    #[test]
+    fn racing_resolvers_get_the_same_uid() {
+        let store = Store::open_temporary().unwrap();
+        let barrier = Arc::new(Barrier::new(16));
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.resolve_identity(&key("racer"), None).unwrap()
+                })
+            })
+            .collect();
+        let uids: Vec<Uid> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(uids.iter().all(|u| *u == uids[0]));
+        assert_eq!(store.user_count(), 1);
+        assert_eq!(store.identities_of(uids[0]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn link_moves_a_key_and_keeps_the_index() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.resolve_identity(&key("a"), None).unwrap();
+        let web = UserKey::new(Platform::Web, "", "s1");
+        let b = store.resolve_identity(&web, None).unwrap();
+        assert_eq!(store.link_identity(&web, a).unwrap(), Some(b));
+        assert_eq!(store.identity(&web).unwrap(), Some(a));
+        assert_eq!(store.identities_of(a).unwrap(), vec![key("a"), web.clone()]);
+        assert!(store.identities_of(b).unwrap().is_empty());
+        // Linking again is a no-op that reports the owner.
+        assert_eq!(store.link_identity(&web, a).unwrap(), Some(a));
+        assert_eq!(store.identities_of(a).unwrap().len(), 2);
+        // A fresh key has no previous owner.
+        assert_eq!(store.link_identity(&key("new"), b).unwrap(), None);
+        assert!(matches!(
+            store.link_identity(&key("x"), Uid(999)),
+            Err(StoreError::UnknownUser(_))
+        ));
+    }
+
+    #[test]
+    fn unlink_removes_both_directions() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.resolve_identity(&key("a"), None).unwrap();
+        assert!(store.unlink_identity(&key("a")).unwrap());
+        assert!(!store.unlink_identity(&key("a")).unwrap());
+        assert_eq!(store.identity(&key("a")).unwrap(), None);
+        assert!(store.identities_of(a).unwrap().is_empty());
+        // The user stays; resolving again makes a new user.
+        assert!(store.user(a).unwrap().is_some());
+        assert_ne!(store.resolve_identity(&key("a"), None).unwrap(), a);
+    }
+
+    #[test]
+    fn corrupt_identity_index_is_an_error() {
+        let store = Store::open_temporary().unwrap();
+        store
+            .trees()
+            .identities_by_uid
+            .insert(prefixed_key(1, b"bogus"), &[][..])
+            .unwrap();
+        assert!(matches!(
+            store.identities_of(Uid(1)),
+            Err(StoreError::Corrupt {
+                tree: "identities_by_uid",
+                ..
+            })
+        ));
+        store
+            .trees()
+            .identities
+            .insert("mp:main:z", b"nope".to_vec())
+            .unwrap();
+        assert!(matches!(
+            store.identity(&key("z")),
+            Err(StoreError::Corrupt {
+                tree: "identities",
+                ..
+            })
+        ));
+    }
+}
