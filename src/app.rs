@@ -186,24 +186,32 @@ impl App {
         info!(%addr, llm = engine.backend_name(), "chatrelay is ready");
         notify(&[sd_notify::NotifyState::Ready]);
 
-        tokio::select! {
-            r = &mut server => {
-                shutdown.cancel();
-                r.context("the HTTP server task failed")?.context("the HTTP server failed")?;
-                bail!("the HTTP server stopped unexpectedly");
-            }
-            () = shutdown.cancelled() => {}
-        }
+        let finished_early = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            r = &mut server => Some(r),
+        };
         info!(grace_secs = grace.as_secs(), "shutting down");
         notify(&[sd_notify::NotifyState::Stopping]);
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
-            Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
-            Err(_) => {
-                warn!("connections still open after the grace period; closing them");
-                server.abort();
+        match finished_early {
+            // The server can only end by itself when it failed; unless shutdown was asked
+            // for at the same moment, that is an error.
+            Some(r) if !shutdown.is_cancelled() => {
+                shutdown.cancel();
+                r.context("the HTTP server task failed")?
+                    .context("the HTTP server failed")?;
+                bail!("the HTTP server stopped unexpectedly");
             }
+            Some(_) => {}
+            None => match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
+                Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
+                Err(_) => {
+                    warn!("connections still open after the grace period; closing them");
+                    server.abort();
+                }
+            },
         }
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

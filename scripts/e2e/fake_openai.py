@@ -53,7 +53,7 @@ class FakeOpenAI:
                     return
                 req = json.loads(raw)
                 with fake.lock:
-                    fake.requests.append((self.path, dict(self.headers), req))
+                    fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, req))
                 mode = fake.mode
                 if mode == "error":
                     self._json(500, {"error": {"message": "upstream exploded", "type": "server_error", "code": None}})

@@ -42,7 +42,7 @@ def test_non_streaming_answer_is_intact_and_metered(daemon, upstream):
     assert daemon.paid(uid) == 10 - COST
     # The upstream got a streaming request with our key, not the user's token.
     _, headers, body = upstream.requests[-1]
-    assert headers.get("Authorization") == "Bearer sk-fake-upstream-key"
+    assert headers.get("authorization") == "Bearer sk-fake-upstream-key"
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
