@@ -422,6 +422,7 @@ impl Engine {
                     .unwrap_or(0);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cancelled")
                     .increment(1);
+                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
                 info!(charged, "stopped by the reader");
                 failed(FailureKind::Unavailable, "cancelled")
             }
