@@ -8,8 +8,11 @@
 //! - [`Reply`] / [`ReplyEvent`]: the engine's answer, a stream of text deltas closed by a
 //!   [`ReplyEvent::Final`] (with token usage) or a [`ReplyEvent::Failed`] (a user-facing text).
 //! - [`Handler`]: the one entry point connectors call.
+//! - [`split`]: splitting long answers into messages a platform accepts.
 //!
 //! Nothing here does I/O or knows any wire format.
+
+pub mod split;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,65 @@
+//! WeChat Official Account (公众号) protocol for chatrelay.
+//!
+//! This crate owns everything the daemon says to and hears from WeChat for an
+//! Official Account: callback signatures, the safe-mode message crypto (also
+//! used by WeCom), the message XML, the whole callback check, and the HTTP
+//! API for access tokens and customer-service messages. It knows nothing
+//! about users, quotas or LLMs, and nothing about axum: the daemon's handler
+//! hands it the query string and raw body.
+//!
+//! # Layout
+//!
+//! Pure protocol code, no I/O:
+//! - [`signature`]: `sha1(sort(parts))` signatures and their constant-time check.
+//! - [`crypto`]: AES-256-CBC with 32-byte PKCS#7 padding and Tencent's framing;
+//!   [`AesKey`] from the 43-character EncodingAESKey.
+//! - [`xml`]: tolerant parsing of incoming messages and the safe-mode envelope;
+//!   passive reply XML.
+//! - [`callback`]: [`MpEndpoint`]: URL verification, opening a pushed message
+//!   (signature, replay window, decryption with key rotation) and sealing the
+//!   reply in the same mode.
+//!
+//! I/O:
+//! - [`client`]: [`MpClient`]: the stable access_token cache (single flight,
+//!   early refresh, refetch on 40001/40014/42001), `message/custom/send` and
+//!   `message/custom/typing`.
+//!
+//! # Example
+//!
+//! ```
+//! use chatrelay_wechat::{CallbackQuery, MpEndpoint, sha1_signature, text_reply_xml};
+//!
+//! let ep = MpEndpoint::new("token", "wx0123456789abcdef", None, None).unwrap();
+//! let q = CallbackQuery {
+//!     signature: Some(sha1_signature(&["token", "1700000000", "n"])),
+//!     timestamp: Some("1700000000".into()),
+//!     nonce: Some("n".into()),
+//!     ..CallbackQuery::default()
+//! };
+//! let body = b"<xml><ToUserName>gh_1</ToUserName><FromUserName>o_1</FromUserName>\
+//!     <CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>hi</Content>\
+//!     <MsgId>1</MsgId></xml>";
+//! let opened = ep.open(&q, body, 1_700_000_010).unwrap();
+//! let m = &opened.message;
+//! let reply = text_reply_xml(&m.from_user, &m.to_user, 1_700_000_011, "hello");
+//! let response_body = ep.seal(&opened, &reply, "n", "1700000011");
+//! assert_eq!(response_body, reply); // plaintext mode: sent as is
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod callback;
+pub mod client;
+pub mod crypto;
+pub mod signature;
+pub mod xml;
+
+pub use callback::{CallbackError, CallbackQuery, MpEndpoint, Opened, ReplyMode};
+pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
+pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
+pub use signature::{sha1_signature, verify_sha1_signature};
+pub use xml::{
+    Envelope, Incoming, IncomingKind, XmlError, encrypted_reply_xml, parse_envelope,
+    parse_incoming, text_reply_xml,
+};
