@@ -13,6 +13,8 @@
 //! - `conversations.rs`: bounded per-conversation memory.
 //! - `dedupe.rs`: "seen this message" marks with expiry.
 //! - `tokens.rs`: user API tokens, stored only as SHA-256 hashes.
+//! - `login.rs`: one-time login codes (chat platform → web page).
+//! - `outbox.rs`: answers owed to a user, delivered with their next message.
 //!
 //! # Trees
 //! | tree | key | value |
@@ -31,6 +33,9 @@
 //! | `dedupe` | engine's key | expiry (ms) |
 //! | `tokens` | SHA-256 of the token | owner, label, times |
 //! | `tokens_by_uid` | uid ‖ SHA-256 | empty |
+//! | `login_codes` | the 6 digits | [`LoginCode`] |
+//! | `login_codes_by_uid` | uid | the user's live code |
+//! | `outbox` | user key text | texts owed to the user |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -48,6 +53,8 @@ mod audit;
 mod codec;
 mod conversations;
 mod dedupe;
+mod login;
+mod outbox;
 mod quota;
 mod tokens;
 mod users;
@@ -63,6 +70,7 @@ use serde::{Deserialize, Serialize};
 pub use audit::{AuditMismatch, AuditReport};
 pub use conversations::Turn;
 pub use error::StoreError;
+pub use login::{LOGIN_CODE_DIGITS, LoginCode};
 pub use quota::{Balance, EntryKind, LedgerEntry};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use users::User;
@@ -117,6 +125,9 @@ const CONVERSATIONS: &str = "conversations";
 const DEDUPE: &str = "dedupe";
 const TOKENS: &str = "tokens";
 const TOKENS_BY_UID: &str = "tokens_by_uid";
+const LOGIN_CODES: &str = "login_codes";
+const LOGIN_CODES_BY_UID: &str = "login_codes_by_uid";
+const OUTBOX: &str = "outbox";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -137,6 +148,9 @@ struct Trees {
     dedupe: sled::Tree,
     tokens: sled::Tree,
     tokens_by_uid: sled::Tree,
+    login_codes: sled::Tree,
+    login_codes_by_uid: sled::Tree,
+    outbox: sled::Tree,
 }
 
 impl Trees {
@@ -156,6 +170,9 @@ impl Trees {
             dedupe: db.open_tree(DEDUPE)?,
             tokens: db.open_tree(TOKENS)?,
             tokens_by_uid: db.open_tree(TOKENS_BY_UID)?,
+            login_codes: db.open_tree(LOGIN_CODES)?,
+            login_codes_by_uid: db.open_tree(LOGIN_CODES_BY_UID)?,
+            outbox: db.open_tree(OUTBOX)?,
         })
     }
 }
