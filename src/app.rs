@@ -138,6 +138,17 @@ impl App {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("building the HTTP client for platform APIs")?;
+        let mut mp = std::collections::HashMap::new();
+        for cfg in &config.wechat_mp {
+            let account = crate::http::mp::MpAccount::new(cfg.clone(), http.clone())?;
+            info!(account = %cfg.id, "WeChat Official Account at /wechat/mp/{}", cfg.id);
+            mp.insert(cfg.id.clone(), Arc::new(account));
+        }
         Ok(App {
             state: AppState {
                 engine,
@@ -145,6 +156,8 @@ impl App {
                 admin_token,
                 metrics: metrics_handle(),
                 shutdown,
+                mp: Arc::new(mp),
+                login: Arc::new(crate::auth::Login::default()),
             },
             listener,
             tracker,
@@ -175,13 +188,21 @@ impl App {
         let shutdown = state.shutdown.clone();
         let engine = state.engine.clone();
         let metrics = state.metrics.clone();
-        tracker.spawn(housekeeping(engine.clone(), metrics, shutdown.clone()));
+        tracker.spawn(housekeeping(
+            engine.clone(),
+            state.login.clone(),
+            metrics,
+            shutdown.clone(),
+        ));
 
         let router = http::router(state);
         let addr = listener.local_addr()?;
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
         let mut server = tokio::spawn(server);
         info!(%addr, llm = engine.backend_name(), "chatrelay is ready");
         notify(&[sd_notify::NotifyState::Ready]);
@@ -236,6 +257,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// Every minute: expire dedupe marks, forget idle rate-limit windows, refresh gauges.
 async fn housekeeping(
     engine: Engine,
+    login: Arc<crate::auth::Login>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {
@@ -245,9 +267,13 @@ async fn housekeeping(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        login.sweep();
         let e = engine.clone();
         let users = tokio::task::spawn_blocking(move || {
             e.housekeeping();
+            if let Err(err) = e.store().purge_expired_login_codes(crate::bot::now_ms()) {
+                warn!(error = %err, "purging expired login codes failed");
+            }
             e.store().user_count()
         })
         .await

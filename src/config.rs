@@ -27,6 +27,7 @@ const SECRET_KEYS: &[&str] = &[
     "secret",
     "access_token",
     "api_v3_key",
+    "previous_encoding_aes_key",
 ];
 
 /// A secret string: never printed by `Debug`, redacted when serialized for the summary.
@@ -116,6 +117,8 @@ pub struct Config {
     pub bot: BotConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[[wechat_mp]]`: WeChat Official Accounts.
+    pub wechat_mp: Vec<WechatMpConfig>,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -399,6 +402,111 @@ impl Default for LogConfig {
     }
 }
 
+/// Whether an Official Account may push answers with the customer-service API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushMode {
+    /// Try it; stop after WeChat answers 48001 (no permission: unverified or personal accounts).
+    Auto,
+    /// Always try it.
+    On,
+    /// Never: slow answers wait for the user's next message.
+    Off,
+}
+
+/// `[[wechat_mp]]`: one WeChat Official Account (公众号), served at `/wechat/mp/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WechatMpConfig {
+    /// The account's id in URLs and user keys (`mp:<id>:<openid>`).
+    pub id: String,
+    /// AppID (开发者ID).
+    pub app_id: String,
+    /// AppSecret; needed for the customer-service API (pushing slow answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<Secret>,
+    /// The Token set in the console (服务器配置).
+    pub token: Secret,
+    /// EncodingAESKey (43 characters), for safe and compatible mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key: Option<Secret>,
+    /// The previous EncodingAESKey, accepted while a rotation settles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_encoding_aes_key: Option<Secret>,
+    /// Base URL of the WeChat API.
+    pub api_base: String,
+    /// The keyword that returns a web login code.
+    pub login_keyword: String,
+    /// Reply to a new follower.
+    pub welcome: String,
+    /// Pushing slow answers with the customer-service API.
+    pub push: PushMode,
+    /// How long one WeChat try waits for the answer before giving up on a passive reply
+    /// (WeChat waits 5 s).
+    pub passive_wait_ms: u64,
+    /// After the first try, how long WeChat may still retry; an answer not delivered by a
+    /// passive reply by then is pushed or kept for the user's next message.
+    pub retry_window_ms: u64,
+    /// Menu CLICK keys and the message each stands for (e.g. `HELP = "/help"`).
+    pub menu: BTreeMap<String, String>,
+    /// Texts of this account.
+    pub texts: MpTexts,
+}
+
+impl Default for WechatMpConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            app_id: String::new(),
+            app_secret: None,
+            token: Secret::default(),
+            encoding_aes_key: None,
+            previous_encoding_aes_key: None,
+            api_base: "https://api.weixin.qq.com".to_owned(),
+            login_keyword: "验证码".to_owned(),
+            welcome: "感谢关注！直接发消息就可以和 AI 助手对话；发送「验证码」获取网页登录验证码。"
+                .to_owned(),
+            push: PushMode::Auto,
+            passive_wait_ms: 4500,
+            retry_window_ms: 15_500,
+            menu: BTreeMap::new(),
+            texts: MpTexts::default(),
+        }
+    }
+}
+
+/// `[wechat_mp.texts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MpTexts {
+    /// The login code: `{code}`, `{minutes}`.
+    pub login_code: String,
+    /// A voice message WeChat could not transcribe.
+    pub voice_unrecognized: String,
+    /// Images and other messages.
+    pub unsupported: String,
+    /// The answer is slow and will be pushed.
+    pub thinking_push: String,
+    /// The answer is slow and waits for the user's next message.
+    pub thinking_pending: String,
+    /// Appended when the rest of a long answer follows later.
+    pub more: String,
+}
+
+impl Default for MpTexts {
+    fn default() -> Self {
+        Self {
+            login_code: "你的网页登录验证码：{code}\n{minutes} 分钟内有效，请勿告诉他人。"
+                .to_owned(),
+            voice_unrecognized: "没有听清这条语音，请再说一次或者发文字。".to_owned(),
+            unsupported: "目前只支持文字消息，请发文字给我。".to_owned(),
+            thinking_push: "正在思考，答案稍后发给你。".to_owned(),
+            thinking_pending: "这个问题需要多想一会儿，请稍后发送任意消息查看回答。".to_owned(),
+            more: "\n\n（内容较长，回复任意消息查看后续）".to_owned(),
+        }
+    }
+}
+
 /// One thing wrong with the configuration, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -494,6 +602,7 @@ pub fn parse(
         quota: section(&mut root, "quota", &mut problems),
         bot: section(&mut root, "bot", &mut problems),
         log: section(&mut root, "log", &mut problems),
+        wechat_mp: section(&mut root, "wechat_mp", &mut problems),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -797,6 +906,72 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     ] {
         if words.iter().any(|w| w.trim().is_empty()) {
             problems.push(problem(name, "contains an empty command word"));
+        }
+    }
+    let mut ids = BTreeMap::new();
+    for (i, mp) in c.wechat_mp.iter().enumerate() {
+        let key = |k: &str| format!("wechat_mp[{i}].{k}");
+        if mp.id.is_empty()
+            || !mp
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if let Some(first) = ids.insert(mp.id.clone(), i) {
+            problems.push(problem(
+                key("id"),
+                format!("{:?} is already wechat_mp[{first}]", mp.id),
+            ));
+        }
+        if mp.app_id.trim().is_empty() {
+            problems.push(problem(key("app_id"), "is required"));
+        }
+        if mp.token.expose().trim().is_empty() {
+            problems.push(problem(
+                key("token"),
+                "is required (the Token of 服务器配置)",
+            ));
+        }
+        for (name, k) in [
+            ("encoding_aes_key", &mp.encoding_aes_key),
+            ("previous_encoding_aes_key", &mp.previous_encoding_aes_key),
+        ] {
+            if let Some(k) = k
+                && chatrelay_wechat::AesKey::from_encoding_aes_key(k.expose()).is_err()
+            {
+                problems.push(problem(
+                    key(name),
+                    "must be the 43-character EncodingAESKey",
+                ));
+            }
+        }
+        if !is_http_url(&mp.api_base) {
+            problems.push(problem(
+                key("api_base"),
+                "must start with http:// or https://",
+            ));
+        }
+        if mp.login_keyword.trim().is_empty() {
+            problems.push(problem(key("login_keyword"), "must not be empty"));
+        }
+        if !(100..=4800).contains(&mp.passive_wait_ms) {
+            problems.push(problem(
+                key("passive_wait_ms"),
+                "must be between 100 and 4800 (WeChat waits 5 s)",
+            ));
+        }
+        if mp.retry_window_ms < mp.passive_wait_ms {
+            problems.push(problem(
+                key("retry_window_ms"),
+                "must be at least passive_wait_ms",
+            ));
+        }
+        if mp.push == PushMode::On && mp.app_secret.is_none() {
+            problems.push(problem(key("app_secret"), "is required when push = \"on\""));
         }
     }
     if !matches!(c.log.format.as_str(), "text" | "json") {

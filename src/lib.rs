@@ -5,7 +5,8 @@
 //! - [`config`]: typed configuration (TOML + `CHATRELAY__*` env + `*_file` secrets), validation.
 //! - [`app`]: builds everything from a config, serves, shuts down gracefully.
 //! - [`bot`]: the conversation engine, one path for every platform.
-//! - [`http`]: the axum router (`/v1`, `/admin`, health, metrics).
+//! - [`http`]: the axum router (`/v1`, `/admin`, `/api`, `/wechat/mp`, health, metrics).
+//! - [`auth`]: login codes and the tokens they buy.
 //! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
 //!
 //! Wire protocols live in the `connectors/*` crates and storage in `chatrelay-storage`;
@@ -15,6 +16,7 @@
 
 pub mod admin_cli;
 pub mod app;
+pub mod auth;
 pub mod bot;
 pub mod config;
 pub mod http;

@@ -30,7 +30,7 @@ def free_port():
 class Daemon:
     """One running `chatrelay run` with its own data directory and config file."""
 
-    def __init__(self, upstream_url, extra_toml=""):
+    def __init__(self, upstream_url, extra_toml="", free_daily=0, llm_timeout=2):
         self.dir = Path(tempfile.mkdtemp(prefix="chatrelay-e2e-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,7 +51,7 @@ provider = "openai"
 base_url = "{upstream_url}"
 api_keys = ["sk-fake-upstream-key"]
 model = "{MODEL}"
-timeout_secs = 2
+timeout_secs = {llm_timeout}
 idle_timeout_secs = 2
 max_retries = 1
 
@@ -60,7 +60,7 @@ name = "{MODEL}"
 credits = {COST}
 
 [quota]
-free_daily = 0
+free_daily = {free_daily}
 
 [bot]
 rate_limit_per_minute = 0

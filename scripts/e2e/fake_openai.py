@@ -5,6 +5,7 @@ Its behaviour is switched by the tests through `FakeOpenAI.mode`:
   slow    stream one piece every `slow_interval` seconds, for a long time
   error   answer HTTP 500 with an OpenAI error body
   hang    accept the request and never answer
+  delayed wait `delay` seconds, then answer as `ok`
 """
 
 import json
@@ -21,6 +22,7 @@ class FakeOpenAI:
     def __init__(self):
         self.mode = "ok"
         self.slow_interval = 0.5
+        self.delay = 0.0
         self.requests = []  # (path, headers, body) of chat requests
         self.lock = threading.Lock()
         fake = self
@@ -61,6 +63,8 @@ class FakeOpenAI:
                 if mode == "hang":
                     time.sleep(60)
                     return
+                if mode == "delayed":
+                    time.sleep(fake.delay)
                 if req.get("stream"):
                     self._stream(req, slow=(mode == "slow"))
                 else:

@@ -1,58 +1,85 @@
-//! Per-user message rate limit: a sliding one-minute window per uid, in memory.
+//! Sliding-window rate limits in memory: per user for messages, per IP for login attempts.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chatrelay_storage::Uid;
 use tokio::time::Instant;
 
-const WINDOW: Duration = Duration::from_secs(60);
-
-/// A sliding-window limiter keyed by user. Empty windows are dropped by [`RateLimiter::sweep`]
-/// so memory follows the number of recently active users only.
+/// A sliding-window limiter keyed by `K` (a uid, an IP...). Empty windows are dropped by
+/// [`RateLimiter::sweep`] so memory follows the number of recently active keys only.
 #[derive(Debug)]
-pub struct RateLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<Uid, VecDeque<Instant>>>,
+pub struct RateLimiter<K = Uid> {
+    limit: u32,
+    window: Duration,
+    windows: Mutex<HashMap<K, VecDeque<Instant>>>,
 }
 
-impl RateLimiter {
+impl RateLimiter<Uid> {
     /// A limiter allowing `per_minute` events per user per minute; 0 allows everything.
     #[must_use]
     pub fn new(per_minute: u32) -> Self {
+        Self::with_window(per_minute, Duration::from_secs(60))
+    }
+}
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// A limiter allowing `limit` events per key within any `window`; 0 allows everything.
+    #[must_use]
+    pub fn with_window(limit: u32, window: Duration) -> Self {
         Self {
-            per_minute,
+            limit,
+            window,
             windows: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records an event for `uid` if allowed; `false` when the user is over the limit.
-    pub fn allow(&self, uid: Uid) -> bool {
-        if self.per_minute == 0 {
+    /// Records an event for `key` if allowed; `false` when the key is over the limit.
+    pub fn allow(&self, key: K) -> bool {
+        if self.limit == 0 {
             return true;
         }
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let window = map.entry(uid).or_default();
+        let window = map.entry(key).or_default();
         while window
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
         {
             window.pop_front();
         }
-        if window.len() >= self.per_minute as usize {
+        if window.len() >= self.limit as usize {
             return false;
         }
         window.push_back(now);
         true
     }
 
-    /// Forgets users whose window is empty.
+    /// Whether `key` is at its limit now, without recording anything.
+    pub fn is_limited(&self, key: &K) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|w| {
+            w.iter()
+                .filter(|t| now.duration_since(**t) < self.window)
+                .count()
+                >= self.limit as usize
+        })
+    }
+
+    /// Forgets keys whose window is empty.
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        map.retain(|_, w| {
+            w.back()
+                .is_some_and(|t| now.duration_since(*t) < self.window)
+        });
     }
 
     /// Users currently tracked.

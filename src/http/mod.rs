@@ -1,10 +1,13 @@
 //! The HTTP surface, one axum router on one listener: `/v1` (OpenAI-compatible, metered),
-//! `/admin` (bearer = admin token), `/healthz`, `/readyz`, `/metrics`.
+//! `/admin` (bearer = admin token), `/api` (the web page's account API), `/wechat/mp`
+//! (Official Account callbacks), `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
 pub mod admin;
+pub mod api;
+pub mod mp;
 pub mod ops;
 pub mod v1;
 
@@ -38,6 +41,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Fires when the daemon shuts down; open streams end on it.
     pub shutdown: CancellationToken,
+    /// The configured Official Accounts.
+    pub mp: mp::Accounts,
+    /// Login codes to tokens, with attempt limits.
+    pub login: Arc<crate::auth::Login>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -78,6 +85,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1::routes())
         .merge(admin::routes())
+        .merge(api::routes())
+        .merge(mp::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))

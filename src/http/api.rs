@@ -1,0 +1,151 @@
+//! The web page's account API: `POST /api/login` (a code from a chat platform for a user
+//! token) and `GET /api/me`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use super::AppState;
+use crate::auth::LoginError;
+
+/// The `/api` routes.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/api/login", post(login))
+        .route("/api/me", get(me))
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The client's address: the peer, or `X-Real-IP` / the last `X-Forwarded-For` hop when the
+/// peer is a proxy on this machine (nginx in front of the daemon). Remote peers cannot
+/// choose their address this way.
+#[must_use]
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if !peer.ip().is_loopback() {
+        return peer.ip();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("x-real-ip")
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| {
+            header("x-forwarded-for")
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(peer.ip())
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    code: String,
+}
+
+async fn login(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(body) = body else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            "the request body is too large",
+        );
+    };
+    let Ok(req) = serde_json::from_slice::<LoginRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"code\": \"123456\"}",
+        );
+    };
+    let ip = client_ip(peer, &headers);
+    match st.login.login(st.engine.store(), &req.code, ip) {
+        Ok(t) => {
+            if let Err(e) = st.engine.store().flush().await {
+                warn!(error = %e, "flushing a new login token failed");
+            }
+            Json(json!({"token": t.token, "uid": t.uid, "expires_at": t.expires_at_ms / 1000}))
+                .into_response()
+        }
+        Err(LoginError::BadCode) => {
+            error(StatusCode::UNAUTHORIZED, "bad_code", "验证码错误或已过期")
+        }
+        Err(LoginError::Throttled) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "尝试次数过多，请稍后再试",
+        ),
+        Err(LoginError::Store(e)) => {
+            warn!(error = %e, "login failed in the store");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "服务暂时不可用",
+            )
+        }
+    }
+}
+
+async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let uid = match super::v1::authenticate(&st, &headers) {
+        Ok(uid) => uid,
+        Err(e) => return e.into_response(),
+    };
+    let store = st.engine.store();
+    let s = st.engine.settings();
+    match (store.user(uid), store.balance(uid, s.today(), s.free_daily)) {
+        (Ok(Some(user)), Ok(balance)) => Json(json!({
+            "uid": uid,
+            "name": user.name,
+            "balance": balance,
+            "free_daily": s.free_daily,
+        }))
+        .into_response(),
+        (Ok(None), _) => error(StatusCode::UNAUTHORIZED, "invalid_api_key", "no such user"),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "reading the account failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "服务暂时不可用",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_trusted_only_from_a_local_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", "203.0.113.7".parse().unwrap());
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(client_ip(local, &h).to_string(), "203.0.113.7");
+        assert_eq!(client_ip(remote, &h).to_string(), "198.51.100.1");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 203.0.113.9".parse().unwrap());
+        assert_eq!(client_ip(local, &h).to_string(), "203.0.113.9");
+        assert_eq!(client_ip(local, &HeaderMap::new()).to_string(), "127.0.0.1");
+    }
+}

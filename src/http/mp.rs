@@ -1,0 +1,396 @@
+//! WeChat Official Account callbacks (`GET/POST /wechat/mp/{id}`) and the 5-second rule.
+//!
+//! WeChat waits 5 s for a passive reply and tries 3 times. Each try joins the one answer the
+//! engine is making (one question = one LLM call = one debit) and waits up to
+//! `passive_wait_ms` for it. An answer ready in time goes back passively, with anything still
+//! owed to the user (the outbox) in front of it. A try that finds no answer in time says
+//! nothing, so that WeChat tries again — except the last one, which tells the user the answer
+//! is coming. Once WeChat has stopped retrying, an answer that no try delivered is pushed with
+//! the customer-service API, or, where the account cannot push, kept in the outbox and sent
+//! with the user's next message. Long answers are split at 2048 bytes; what does not fit in
+//! the passive reply follows the same way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, UserKey};
+use chatrelay_wechat::{
+    CallbackError, CallbackQuery, IncomingKind, MpClient, MpEndpoint, Opened, text_reply_xml,
+};
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::AppState;
+use crate::bot::{Engine, fill, now_ms};
+use crate::config::{PushMode, WechatMpConfig};
+
+/// WeChat's limit for one text message, in UTF-8 bytes.
+const MAX_REPLY_BYTES: usize = 2048;
+/// WeChat's tries per message.
+const TRIES: u32 = 3;
+
+/// The `/wechat/mp` routes.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new().route("/wechat/mp/{id}", get(verify).post(callback))
+}
+
+/// One configured Official Account and its runtime state.
+pub struct MpAccount {
+    cfg: WechatMpConfig,
+    endpoint: MpEndpoint,
+    client: Option<MpClient>,
+    /// False once WeChat said the account may not push (48001).
+    push_allowed: AtomicBool,
+    tries: Mutex<HashMap<String, TryState>>,
+}
+
+#[derive(Clone)]
+struct TryState {
+    first_seen: Instant,
+    count: u32,
+    delivered: Arc<AtomicBool>,
+}
+
+impl MpAccount {
+    /// Builds an account from its configuration (validated by `check-config`).
+    pub fn new(cfg: WechatMpConfig, http: reqwest::Client) -> anyhow::Result<Self> {
+        let endpoint = MpEndpoint::new(
+            cfg.token.expose(),
+            &cfg.app_id,
+            cfg.encoding_aes_key.as_ref().map(|k| k.expose()),
+            cfg.previous_encoding_aes_key.as_ref().map(|k| k.expose()),
+        )
+        .map_err(|e| anyhow::anyhow!("wechat_mp {}: {e}", cfg.id))?;
+        let client = match (&cfg.app_secret, cfg.push) {
+            (_, PushMode::Off) | (None, _) => None,
+            (Some(secret), _) => Some(MpClient::new(
+                &cfg.api_base,
+                &cfg.app_id,
+                secret.expose(),
+                http,
+            )),
+        };
+        let push_allowed = AtomicBool::new(client.is_some());
+        Ok(Self {
+            cfg,
+            endpoint,
+            client,
+            push_allowed,
+            tries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The account's id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    fn can_push(&self) -> bool {
+        self.push_allowed.load(Ordering::Relaxed)
+    }
+
+    /// Records one more try of a message; the first try also gets `true` (start the watcher).
+    fn register_try(&self, id: &str) -> (TryState, bool) {
+        let mut map = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = Duration::from_millis(self.cfg.retry_window_ms) * 2;
+        map.retain(|_, t| t.first_seen.elapsed() < keep);
+        let mut first = false;
+        let state = map.entry(id.to_owned()).or_insert_with(|| {
+            first = true;
+            TryState {
+                first_seen: Instant::now(),
+                count: 0,
+                delivered: Arc::new(AtomicBool::new(false)),
+            }
+        });
+        state.count += 1;
+        (state.clone(), first)
+    }
+}
+
+/// The configured accounts by id.
+pub type Accounts = Arc<HashMap<String, Arc<MpAccount>>>;
+
+async fn verify(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let Some(account) = st.mp.get(&id) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    match account.endpoint.verify_url(&q) {
+        Ok(echostr) => echostr.into_response(),
+        Err(e) => {
+            warn!(account = %id, error = %e, "URL verification refused");
+            (StatusCode::FORBIDDEN, "signature check failed").into_response()
+        }
+    }
+}
+
+async fn callback(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<CallbackQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(account) = st.mp.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return (e.status(), "body refused").into_response(),
+    };
+    if account.cfg.encoding_aes_key.is_some() && q.encrypt_type.as_deref() != Some("aes") {
+        // In plaintext mode the signature does not cover the body: with a key configured,
+        // only encrypted (safe or compatible mode) messages are accepted.
+        warn!(account = %id, "plaintext callback refused: the account has an EncodingAESKey");
+        return (StatusCode::FORBIDDEN, "encrypted messages only").into_response();
+    }
+    let opened = match account.endpoint.open(&q, &body, now_ms() / 1000) {
+        Ok(o) => o,
+        Err(e) => {
+            metrics::counter!("chatrelay_mp_rejected_total").increment(1);
+            warn!(account = %id, error = %e, "callback refused");
+            let status = match e {
+                CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                CallbackError::BadSignature
+                | CallbackError::StaleTimestamp
+                | CallbackError::MissingParam(_) => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return (status, "refused").into_response();
+        }
+    };
+    let msg = &opened.message;
+    let key = UserKey::new(Platform::Mp, account.id(), msg.from_user.clone());
+    let span = info_span!("mp", account = %id, user = %key.user, msg = %msg.dedupe_id());
+    let text = answer(&st, &account, &key, &opened).instrument(span).await;
+    let nonce = q.nonce.clone().unwrap_or_default();
+    let timestamp = q.timestamp.clone().unwrap_or_default();
+    match text {
+        Some(text) => {
+            let xml = text_reply_xml(&msg.from_user, &msg.to_user, now_ms() / 1000, &text);
+            let sealed = account.endpoint.seal(&opened, &xml, &nonce, &timestamp);
+            (
+                [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                sealed,
+            )
+                .into_response()
+        }
+        // "success" tells WeChat there is nothing to show and not to retry.
+        None => "success".into_response(),
+    }
+}
+
+/// What to answer passively, if anything.
+async fn answer(
+    st: &AppState,
+    account: &Arc<MpAccount>,
+    key: &UserKey,
+    opened: &Opened,
+) -> Option<String> {
+    let msg = &opened.message;
+    let texts = &account.cfg.texts;
+    match &msg.kind {
+        IncomingKind::Text { content } => {
+            answer_text(st, account, key, &msg.dedupe_id(), content).await
+        }
+        IncomingKind::Voice {
+            recognition: Some(text),
+            ..
+        } => answer_text(st, account, key, &msg.dedupe_id(), text).await,
+        IncomingKind::Voice {
+            recognition: None, ..
+        } => Some(texts.voice_unrecognized.clone()),
+        IncomingKind::Image { .. } | IncomingKind::Other { .. } => Some(texts.unsupported.clone()),
+        IncomingKind::Event {
+            event, event_key, ..
+        } => match event.to_ascii_lowercase().as_str() {
+            "subscribe" => {
+                let scene = event_key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix("qrscene_"));
+                if let Err(e) = st.engine.store().resolve_identity(key, None) {
+                    warn!(error = %e, "recording a new follower failed");
+                }
+                metrics::counter!("chatrelay_mp_subscribe_total").increment(1);
+                info!(scene = scene.unwrap_or(""), "new follower");
+                Some(account.cfg.welcome.clone())
+            }
+            "unsubscribe" => {
+                info!("unfollowed");
+                None
+            }
+            "click" => {
+                let mapped = event_key.as_deref().and_then(|k| account.cfg.menu.get(k))?;
+                answer_text(st, account, key, &msg.dedupe_id(), mapped).await
+            }
+            _ => None,
+        },
+    }
+}
+
+async fn answer_text(
+    st: &AppState,
+    account: &Arc<MpAccount>,
+    key: &UserKey,
+    message_id: &str,
+    text: &str,
+) -> Option<String> {
+    let cfg = &account.cfg;
+    if text.trim() == cfg.login_keyword.trim() {
+        return match crate::auth::issue_code(st.engine.store(), key, None) {
+            Ok((code, minutes)) => {
+                let reply = fill(
+                    &cfg.texts.login_code,
+                    &[("code", &code), ("minutes", &minutes.to_string())],
+                );
+                Some(with_outbox(st, account, key, reply))
+            }
+            Err(e) => {
+                warn!(error = %e, "issuing a login code failed");
+                Some(st.engine.settings().texts.unavailable.clone())
+            }
+        };
+    }
+    let started = Instant::now();
+    let (state, first) = account.register_try(message_id);
+    let inbound = Inbound::text(key.clone(), message_id, text);
+    if first {
+        tokio::spawn(watch(
+            st.engine.clone(),
+            account.clone(),
+            inbound.clone(),
+            state.clone(),
+        ));
+    }
+    let wait = Duration::from_millis(cfg.passive_wait_ms);
+    let reply = st.engine.handle(inbound);
+    match tokio::time::timeout_at(started + wait, reply.collect()).await {
+        Ok(event) => {
+            if state.delivered.swap(true, Ordering::SeqCst) {
+                // An earlier try already answered this message.
+                return None;
+            }
+            let text = event_text(&event)?;
+            Some(with_outbox(st, account, key, text))
+        }
+        Err(_) if state.count < TRIES => {
+            // Say nothing in time, so that WeChat tries again; the connection is dropped by
+            // WeChat at 5 s, so whatever this returns later is not seen.
+            tokio::time::sleep(Duration::from_millis(cfg.retry_window_ms)).await;
+            None
+        }
+        Err(_) => Some(if account.can_push() {
+            cfg.texts.thinking_push.clone()
+        } else {
+            cfg.texts.thinking_pending.clone()
+        }),
+    }
+}
+
+/// The user-facing text of a finished answer; `None` for a duplicate (nothing to say).
+fn event_text(event: &ReplyEvent) -> Option<String> {
+    match event {
+        ReplyEvent::Final { text, .. } => Some(text.clone()),
+        ReplyEvent::Failed {
+            kind: FailureKind::Duplicate,
+            ..
+        } => None,
+        ReplyEvent::Failed { message, .. } => Some(message.clone()),
+        ReplyEvent::Delta(d) => Some(d.clone()),
+    }
+}
+
+/// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
+/// reply and sends the rest on (push, or the outbox).
+fn with_outbox(st: &AppState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
+    let store = st.engine.store();
+    let owed = match store.outbox_take(&key.to_string()) {
+        Ok(owed) => owed,
+        Err(e) => {
+            warn!(error = %e, "reading the outbox failed");
+            Vec::new()
+        }
+    };
+    let mut all = owed;
+    all.push(text);
+    let combined = all.join("\n\n");
+    let more = &account.cfg.texts.more;
+    if combined.len() <= MAX_REPLY_BYTES {
+        return combined;
+    }
+    let room = MAX_REPLY_BYTES.saturating_sub(more.len()).max(1);
+    let mut parts = split_message(&combined, room, Unit::Bytes).into_iter();
+    let first = parts.next().unwrap_or_default();
+    let rest: Vec<String> = parts.collect();
+    deliver_later(st.engine.clone(), account.clone(), key.clone(), rest);
+    format!("{first}{more}")
+}
+
+/// After WeChat's tries are over, delivers an answer no try could deliver.
+async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state: TryState) {
+    let key = inbound.key.clone();
+    let event = engine.handle(inbound).collect().await;
+    let window_end = state.first_seen + Duration::from_millis(account.cfg.retry_window_ms);
+    tokio::time::sleep_until(window_end).await;
+    if state.delivered.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(text) = event_text(&event) else {
+        return;
+    };
+    info!(user = %key.user, "answer was too slow for a passive reply; delivering it later");
+    let parts = split_message(&text, MAX_REPLY_BYTES, Unit::Bytes);
+    deliver_later(engine, account, key, parts);
+}
+
+/// Pushes `parts` in order with the customer-service API where possible; whatever cannot be
+/// pushed goes to the outbox, to ride with the user's next message.
+fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: Vec<String>) {
+    if parts.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut parts = parts.into_iter();
+        if let Some(client) = account.client.as_ref().filter(|_| account.can_push()) {
+            for part in parts.by_ref() {
+                match client.send_text(&key.user, &part).await {
+                    Ok(()) => metrics::counter!("chatrelay_mp_pushed_total").increment(1),
+                    Err(e) => {
+                        if e.is_no_permission() && account.cfg.push == PushMode::Auto {
+                            warn!(account = %account.id(), "the account may not push (48001); slow answers will wait for the next message");
+                            account.push_allowed.store(false, Ordering::Relaxed);
+                        } else {
+                            warn!(error = %e, "push failed; keeping the answer for the next message");
+                        }
+                        keep(&engine, &key, &part);
+                        break;
+                    }
+                }
+            }
+        }
+        for part in parts {
+            keep(&engine, &key, &part);
+        }
+    });
+}
+
+fn keep(engine: &Engine, key: &UserKey, text: &str) {
+    metrics::counter!("chatrelay_mp_outbox_total").increment(1);
+    if let Err(e) = engine.store().outbox_push(&key.to_string(), text) {
+        warn!(error = %e, "keeping an answer in the outbox failed; it is lost");
+    }
+}
