@@ -216,6 +216,8 @@ pub struct LlmConfig {
     pub max_turns: usize,
     /// The models users may use and what each answer costs.
     pub models: Vec<ModelConfig>,
+    /// The demo provider's pause between streamed pieces (0 answers at once, for benchmarks).
+    pub demo_piece_delay_ms: u64,
 }
 
 impl Default for LlmConfig {
@@ -235,6 +237,7 @@ impl Default for LlmConfig {
             context_tokens: 3000,
             max_turns: 40,
             models: Vec::new(),
+            demo_piece_delay_ms: 20,
         }
     }
 }

@@ -52,7 +52,9 @@ pub trait LlmBackend: Send + Sync + 'static {
 /// Builds the backend the configuration asks for.
 pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
     Ok(match config.provider() {
-        Provider::Demo => Arc::new(DemoBackend::default()),
+        Provider::Demo => Arc::new(DemoBackend {
+            piece_delay: Duration::from_millis(config.llm.demo_piece_delay_ms),
+        }),
         Provider::Openai => {
             let llm = &config.llm;
             let client = Client::new(ClientConfig {

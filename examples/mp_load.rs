@@ -1,0 +1,134 @@
+//! Load generator for the Official Account callback, used by `scripts/bench/mp_throughput.sh`.
+//!
+//! `mp_load hello LISTEN` serves a bare axum hello-world (the baseline).
+//! `mp_load get URL N CONCURRENCY` loads a plain GET URL.
+//! `mp_load mp URL TOKEN AES_KEY APP_ID N CONCURRENCY` sends N distinct safe-mode text
+//! messages (encrypted and signed like WeChat, prepared before the clock starts) and checks
+//! every reply is an encrypted passive reply.
+//!
+//! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatrelay_wechat::{AesKey, encrypt_message, sha1_signature};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> anyhow::Result<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow::anyhow!("missing argument {i}"))
+    };
+    match arg(0)? {
+        "hello" => {
+            let listener = tokio::net::TcpListener::bind(arg(1)?).await?;
+            let app =
+                axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
+        "get" => {
+            let url = arg(1)?.to_owned();
+            let n: usize = arg(2)?.parse()?;
+            let c: usize = arg(3)?.parse()?;
+            let requests: Vec<(String, Vec<u8>)> =
+                (0..n).map(|_| (url.clone(), Vec::new())).collect();
+            run(requests, c, false).await
+        }
+        "mp" => {
+            let (url, token, aes, app_id) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
+            let n: usize = arg(5)?.parse()?;
+            let c: usize = arg(6)?.parse()?;
+            let key = AesKey::from_encoding_aes_key(aes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ts = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs())
+            .to_string();
+            let run_id = std::process::id();
+            let requests = (0..n)
+                .map(|i| {
+                    let nonce = format!("n{i}");
+                    let xml = format!(
+                        "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o_bench_{run_id}_{i}]]></FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好，这是第 {i} 条压测消息]]></Content><MsgId>{}</MsgId></xml>",
+                        u64::from(run_id) * 10_000_000 + i as u64
+                    );
+                    let mut random = [0u8; 16];
+                    random[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let encrypt = encrypt_message(&key, xml.as_bytes(), app_id, random);
+                    let signature = sha1_signature(&[token, &ts, &nonce]);
+                    let msg_signature = sha1_signature(&[token, &ts, &nonce, &encrypt]);
+                    let body = format!("<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+                    let full = format!(
+                        "{url}?signature={signature}&timestamp={ts}&nonce={nonce}&openid=o_bench_{i}&encrypt_type=aes&msg_signature={msg_signature}"
+                    );
+                    (full, body.into_bytes())
+                })
+                .collect();
+            run(requests, c, true).await
+        }
+        other => anyhow::bail!("unknown mode {other}"),
+    }
+}
+
+async fn run(
+    requests: Vec<(String, Vec<u8>)>,
+    concurrency: usize,
+    post: bool,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let n = requests.len();
+    let queue = Arc::new(std::sync::Mutex::new(requests.into_iter()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let queue = queue.clone();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut ok = 0usize;
+            loop {
+                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                let Some((url, body)) = next else { break };
+                let t = Instant::now();
+                let res = if post {
+                    client.post(&url).body(body).send().await
+                } else {
+                    client.get(&url).send().await
+                };
+                if let Ok(r) = res {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    if status.is_success() && (!post || text.contains("<Encrypt>")) {
+                        ok += 1;
+                    }
+                }
+                latencies.push(t.elapsed());
+            }
+            (ok, latencies)
+        }));
+    }
+    let mut ok = 0;
+    let mut all: Vec<Duration> = Vec::with_capacity(n);
+    for t in tasks {
+        let (o, l) = t.await?;
+        ok += o;
+        all.extend(l);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "requests={n} ok={ok} secs={secs:.2} rps={:.0} p50_ms={:.2} p99_ms={:.2}",
+        n as f64 / secs,
+        pct(0.50),
+        pct(0.99)
+    );
+    Ok(())
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Official Account callback throughput in safe mode with an instant LLM (the demo provider
+# with no delay): verify, decrypt, parse, dedupe, quota, answer, encrypt. Baseline in the same
+# run: a bare axum hello-world loaded by the same client at the same concurrency.
+#
+# Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCY]   (default 20000 64)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+n="${1:-20000}"
+c="${2:-64}"
+cargo build --release --locked --bin chatrelay --example mp_load >/dev/null 2>&1
+bin="$PWD/target/release/chatrelay"
+load="$PWD/target/release/examples/mp_load"
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+port=$(freeport)
+hello_port=$(freeport)
+aes=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode().rstrip("="))')
+cat > "$work/chatrelay.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+admin_token = "bench-admin-token-0123456789"
+[storage]
+path = "$work/data"
+[llm]
+provider = "demo"
+demo_piece_delay_ms = 0
+[quota]
+free_daily = 1000000
+[bot]
+rate_limit_per_minute = 0
+[log]
+level = "warn"
+[[wechat_mp]]
+id = "bench"
+app_id = "wx1234567890abcdef"
+token = "bench-token"
+encoding_aes_key = "$aes"
+TOML
+"$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
+pids+=($!)
+"$load" hello "127.0.0.1:$hello_port" &
+pids+=($!)
+until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+until curl -fs "http://127.0.0.1:$hello_port/" >/dev/null 2>&1; do sleep 0.05; done
+
+"$load" get "http://127.0.0.1:$hello_port/" 2000 "$c" >/dev/null     # warm-up
+base=$("$load" get "http://127.0.0.1:$hello_port/" "$n" "$c")
+mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$n" "$c")
+echo "baseline (bare axum hello-world): $base"
+echo "chatrelay OA safe-mode callback:  $mp"
+python3 - "$base" "$mp" <<'PY'
+import sys
+def parse(line): return dict(kv.split("=") for kv in line.split())
+b, m = parse(sys.argv[1]), parse(sys.argv[2])
+print(f"ratio rps chatrelay/baseline: {float(m['rps'])/float(b['rps']):.2f}")
+print(f"overhead p50: {float(m['p50_ms'])-float(b['p50_ms']):.2f} ms, p99: {float(m['p99_ms'])-float(b['p99_ms']):.2f} ms")
+PY
+pid=$(pgrep -f "$bin --config $work/chatrelay.toml" | head -1)
+echo "chatrelay RSS after the run: $(awk '/VmRSS/ {print $2}' /proc/$pid/status) KiB"
