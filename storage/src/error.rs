@@ -62,6 +62,25 @@ pub enum StoreError {
     /// The system's secure random generator failed (creating a token).
     #[error("the system random generator failed")]
     Rng,
+    /// No order has this id.
+    #[error("unknown order {0}")]
+    UnknownOrder(String),
+    /// A payment's amount is not the order's.
+    #[error("amount mismatch: the order is {expected} fen, the payment {got} fen")]
+    AmountMismatch {
+        /// The order's amount.
+        expected: i64,
+        /// The payment's amount.
+        got: i64,
+    },
+    /// The order is not in a state that allows the operation.
+    #[error("order {id} is {status}")]
+    OrderState {
+        /// The order.
+        id: String,
+        /// Its status.
+        status: String,
+    },
 }
 
 impl StoreError {

@@ -15,6 +15,7 @@
 //! - `tokens.rs`: user API tokens, stored only as SHA-256 hashes.
 //! - `login.rs`: one-time login codes (chat platform → web page).
 //! - `outbox.rs`: answers owed to a user, delivered with their next message.
+//! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //!
 //! # Trees
 //! | tree | key | value |
@@ -36,6 +37,9 @@
 //! | `login_codes` | the 6 digits | [`LoginCode`] |
 //! | `login_codes_by_uid` | uid | the user's live code |
 //! | `outbox` | user key text | texts owed to the user |
+//! | `orders` | order id | [`Order`] |
+//! | `open_orders` | uid ‖ product ‖ channel | the id of that user's waiting order |
+//! | `order_events` | order id ‖ 0 ‖ id (be u64) | [`OrderEvent`] |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -54,6 +58,7 @@ mod codec;
 mod conversations;
 mod dedupe;
 mod login;
+mod orders;
 mod outbox;
 mod quota;
 mod tokens;
@@ -71,6 +76,7 @@ pub use audit::{AuditMismatch, AuditReport};
 pub use conversations::Turn;
 pub use error::StoreError;
 pub use login::{LOGIN_CODE_DIGITS, LoginCode};
+pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use quota::{Balance, EntryKind, LedgerEntry};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use users::User;
@@ -128,6 +134,9 @@ const TOKENS_BY_UID: &str = "tokens_by_uid";
 const LOGIN_CODES: &str = "login_codes";
 const LOGIN_CODES_BY_UID: &str = "login_codes_by_uid";
 const OUTBOX: &str = "outbox";
+const ORDERS: &str = "orders";
+const OPEN_ORDERS: &str = "open_orders";
+const ORDER_EVENTS: &str = "order_events";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -151,6 +160,9 @@ struct Trees {
     login_codes: sled::Tree,
     login_codes_by_uid: sled::Tree,
     outbox: sled::Tree,
+    orders: sled::Tree,
+    open_orders: sled::Tree,
+    order_events: sled::Tree,
 }
 
 impl Trees {
@@ -173,6 +185,9 @@ impl Trees {
             login_codes: db.open_tree(LOGIN_CODES)?,
             login_codes_by_uid: db.open_tree(LOGIN_CODES_BY_UID)?,
             outbox: db.open_tree(OUTBOX)?,
+            orders: db.open_tree(ORDERS)?,
+            open_orders: db.open_tree(OPEN_ORDERS)?,
+            order_events: db.open_tree(ORDER_EVENTS)?,
         })
     }
 }

@@ -561,19 +561,19 @@ impl Store {
 }
 
 /// A change about to be written to the ledger.
-struct Change<'a> {
-    uid: Uid,
-    at_ms: i64,
-    kind: EntryKind,
-    free_delta: i64,
-    paid_delta: i64,
-    reason: &'a str,
-    reference: &'a str,
+pub(crate) struct Change<'a> {
+    pub(crate) uid: Uid,
+    pub(crate) at_ms: i64,
+    pub(crate) kind: EntryKind,
+    pub(crate) free_delta: i64,
+    pub(crate) paid_delta: i64,
+    pub(crate) reason: &'a str,
+    pub(crate) reference: &'a str,
 }
 
 /// Writes a ledger entry and its reference. `balance` must already hold the new `paid`;
 /// its `next_seq` advances. The caller stores `balance` in the same transaction.
-fn append_entry(
+pub(crate) fn append_entry(
     balance: &mut BalanceRecord,
     ledger: &TransactionalTree,
     ledger_refs: &TransactionalTree,
@@ -648,7 +648,11 @@ pub(crate) fn load_balance(balances: &TransactionalTree, uid: Uid) -> TxResult<B
     }
 }
 
-fn store_balance(balances: &TransactionalTree, uid: Uid, balance: &BalanceRecord) -> TxResult<()> {
+pub(crate) fn store_balance(
+    balances: &TransactionalTree,
+    uid: Uid,
+    balance: &BalanceRecord,
+) -> TxResult<()> {
     balances.insert(&u64_key(uid.0), encode(balance).or_abort()?)?;
     Ok(())
 }
@@ -676,7 +680,7 @@ fn get_entry(ledger: &TransactionalTree, at: LedgerRef) -> TxResult<LedgerEntry>
     }
 }
 
-fn entry_by_reference(
+pub(crate) fn entry_by_reference(
     ledger_refs: &TransactionalTree,
     ledger: &TransactionalTree,
     reference: &str,
