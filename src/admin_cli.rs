@@ -33,6 +33,36 @@ pub enum AdminCommand {
     Token(TokenCommand),
     /// Check that every user's ledger sums to their balance.
     Audit,
+    /// Orders: list, show, refund.
+    #[command(subcommand)]
+    Order(OrderCommand),
+}
+
+/// `chatrelay admin order ...`
+#[derive(Debug, Subcommand)]
+pub enum OrderCommand {
+    /// List orders, newest first (JSON).
+    List {
+        /// Only orders in this state: created, credited, closed, refunded.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show an order with its history (JSON).
+    Show {
+        /// The order id.
+        id: String,
+    },
+    /// Refund an order in full at its provider and take back its credits (never below zero).
+    Refund {
+        /// The order id.
+        id: String,
+        /// Why (kept in the ledger and sent to the provider).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `chatrelay admin user ...`
@@ -250,6 +280,24 @@ pub async fn run(target: &Target, command: AdminCommand) -> anyhow::Result<()> {
             "revoked".to_owned()
         }
         AdminCommand::Audit => pretty(&call(Method::GET, "/admin/audit".into(), None).await?),
+        AdminCommand::Order(OrderCommand::List { status, limit }) => {
+            let mut path = format!("/admin/orders?limit={limit}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={s}"));
+            }
+            pretty(&call(Method::GET, path, None).await?)
+        }
+        AdminCommand::Order(OrderCommand::Show { id }) => {
+            pretty(&call(Method::GET, format!("/admin/orders/{id}"), None).await?)
+        }
+        AdminCommand::Order(OrderCommand::Refund { id, reason }) => pretty(
+            &call(
+                Method::POST,
+                format!("/admin/orders/{id}/refund"),
+                Some(json!({"reason": reason})),
+            )
+            .await?,
+        ),
     };
     // The CLI's output is its interface: written to stdout, not logged.
     let mut stdout = std::io::stdout().lock();

@@ -89,6 +89,7 @@ pub struct App {
     listener: TcpListener,
     tracker: TaskTracker,
     grace: Duration,
+    reconcile_every: Duration,
 }
 
 impl App {
@@ -143,6 +144,14 @@ impl App {
             .timeout(Duration::from_secs(15))
             .build()
             .context("building the HTTP client for platform APIs")?;
+        let billing = Arc::new(
+            crate::billing::Billing::from_config(&config, engine.store().clone(), http.clone())
+                .context("setting up payments")?,
+        );
+        if billing.enabled() {
+            info!(channels = ?billing.channels(), products = billing.products().len(), "payments enabled");
+        }
+        let reconcile_every = Duration::from_secs(config.pay.reconcile_interval_secs);
         let mut mp = std::collections::HashMap::new();
         for cfg in &config.wechat_mp {
             let account = crate::http::mp::MpAccount::new(cfg.clone(), http.clone())?;
@@ -158,10 +167,12 @@ impl App {
                 shutdown,
                 mp: Arc::new(mp),
                 login: Arc::new(crate::auth::Login::default()),
+                billing,
             },
             listener,
             tracker,
             grace,
+            reconcile_every,
         })
     }
 
@@ -184,6 +195,7 @@ impl App {
             listener,
             tracker,
             grace,
+            reconcile_every,
         } = self;
         let shutdown = state.shutdown.clone();
         let engine = state.engine.clone();
@@ -195,6 +207,13 @@ impl App {
             shutdown.clone(),
         ));
 
+        if state.billing.enabled() {
+            tracker.spawn(reconcile(
+                state.billing.clone(),
+                reconcile_every,
+                shutdown.clone(),
+            ));
+        }
         let router = http::router(state);
         let addr = listener.local_addr()?;
         let server = axum::serve(
@@ -281,6 +300,26 @@ async fn housekeeping(
         metrics::gauge!("chatrelay_users").set(users as f64);
         if let Some(m) = &metrics {
             m.run_upkeep();
+        }
+    }
+}
+
+/// Keeps orders in step with the providers: missed notifications, expired orders.
+async fn reconcile(
+    billing: Arc<crate::billing::Billing>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = billing.reconcile() => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

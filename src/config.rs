@@ -119,6 +119,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[wechat_mp]]`: WeChat Official Accounts.
     pub wechat_mp: Vec<WechatMpConfig>,
+    /// `[[products]]`: the credit packs on sale.
+    pub products: Vec<ProductConfig>,
+    /// `[pay]`: payment channels and order handling.
+    pub pay: PayConfig,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -319,6 +323,8 @@ pub struct Commands {
     pub new: Vec<String>,
     /// Show the credits left.
     pub quota: Vec<String>,
+    /// List the credit packs and where to buy them.
+    pub buy: Vec<String>,
 }
 
 impl Default for Commands {
@@ -328,6 +334,7 @@ impl Default for Commands {
             help: v(&["/help", "帮助", "菜单"]),
             new: v(&["/new", "新对话", "清空"]),
             quota: v(&["/quota", "余额", "额度"]),
+            buy: v(&["/buy", "购买", "充值"]),
         }
     }
 }
@@ -360,6 +367,10 @@ pub struct Texts {
     pub unknown_model: String,
     /// The service is shutting down or its store failed.
     pub unavailable: String,
+    /// Answer to the buy command: `{products}` (one line each), `{url}` (the web page).
+    pub buy: String,
+    /// Answer to the buy command when nothing is on sale.
+    pub buy_none: String,
 }
 
 impl Default for Texts {
@@ -382,6 +393,8 @@ impl Default for Texts {
             too_long: "消息太长了（最多 {max} 字），请精简后再发。".to_owned(),
             unknown_model: "没有名为 {model} 的模型。".to_owned(),
             unavailable: "服务暂时不可用，请稍后再试。".to_owned(),
+            buy: "可购买的额度包：\n{products}\n请在网页上购买：{url}".to_owned(),
+            buy_none: "暂未开放购买。免费额度每天零点恢复。".to_owned(),
         }
     }
 }
@@ -510,6 +523,101 @@ impl Default for MpTexts {
     }
 }
 
+/// `[[products]]`: one credit pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductConfig {
+    /// Stable id (used in orders and the API).
+    pub id: String,
+    /// Name shown to users.
+    pub name: String,
+    /// Price in fen (分): 100 = ¥1.00.
+    pub price_fen: i64,
+    /// Credits it gives.
+    pub credits: u64,
+}
+
+/// `[pay]`: how orders are paid and kept in step with the providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PayConfig {
+    /// An order's QR code works this long; then the order is closed (at the provider first).
+    pub order_ttl_secs: u64,
+    /// How often open orders are checked with the provider (missed notifications).
+    pub reconcile_interval_secs: u64,
+    /// Open orders younger than this are left to the notification.
+    pub reconcile_min_age_secs: u64,
+    /// `[pay.wechat]`: WeChat Pay v3 Native.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wechat: Option<WechatPayConfig>,
+    /// `[pay.alipay]`: Alipay face-to-face (QR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alipay: Option<AlipayConfig>,
+}
+
+impl Default for PayConfig {
+    fn default() -> Self {
+        Self {
+            order_ttl_secs: 900,
+            reconcile_interval_secs: 60,
+            reconcile_min_age_secs: 60,
+            wechat: None,
+            alipay: None,
+        }
+    }
+}
+
+/// `[pay.wechat]`: a WeChat Pay merchant (直连商户), API v3.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WechatPayConfig {
+    /// 商户号.
+    pub mch_id: String,
+    /// The AppID bound to the merchant (the Official Account's).
+    pub app_id: String,
+    /// Serial number of the merchant API certificate (商户API证书序列号).
+    pub serial_no: String,
+    /// The merchant API private key, `apiclient_key.pem`.
+    pub private_key_file: PathBuf,
+    /// The APIv3 key (32 characters).
+    pub api_v3_key: Secret,
+    /// Public-key mode: the WeChat Pay public key (`pub_key.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_public_key_file: Option<PathBuf>,
+    /// Public-key mode: its id (`PUB_KEY_ID_…`), as sent in `Wechatpay-Serial`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_id: Option<String>,
+    /// Certificate mode: platform certificates (PEM); their serials are read from them.
+    #[serde(default)]
+    pub platform_cert_files: Vec<PathBuf>,
+    /// Base URL of the API.
+    #[serde(default = "wechat_pay_api_base")]
+    pub api_base: String,
+}
+
+fn wechat_pay_api_base() -> String {
+    "https://api.mch.weixin.qq.com".to_owned()
+}
+
+/// `[pay.alipay]`: an Alipay app with face-to-face payment (当面付).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlipayConfig {
+    /// The app's APPID.
+    pub app_id: String,
+    /// The app private key (PEM or bare base64, PKCS#8 or PKCS#1).
+    pub private_key_file: PathBuf,
+    /// The Alipay public key (支付宝公钥, PEM or bare base64).
+    pub alipay_public_key_file: PathBuf,
+    /// The gateway.
+    #[serde(default = "alipay_gateway")]
+    pub gateway: String,
+    /// When set, notifications must name this seller (the merchant's 2088… id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seller_id: Option<String>,
+}
+
+fn alipay_gateway() -> String {
+    "https://openapi.alipay.com/gateway.do".to_owned()
+}
+
 /// One thing wrong with the configuration, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -606,6 +714,8 @@ pub fn parse(
         bot: section(&mut root, "bot", &mut problems),
         log: section(&mut root, "log", &mut problems),
         wechat_mp: section(&mut root, "wechat_mp", &mut problems),
+        products: section(&mut root, "products", &mut problems),
+        pay: section(&mut root, "pay", &mut problems),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -906,6 +1016,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         ("bot.commands.help", &c.bot.commands.help),
         ("bot.commands.new", &c.bot.commands.new),
         ("bot.commands.quota", &c.bot.commands.quota),
+        ("bot.commands.buy", &c.bot.commands.buy),
     ] {
         if words.iter().any(|w| w.trim().is_empty()) {
             problems.push(problem(name, "contains an empty command word"));
@@ -977,6 +1088,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             problems.push(problem(key("app_secret"), "is required when push = \"on\""));
         }
     }
+    validate_pay(c, problems);
     if !matches!(c.log.format.as_str(), "text" | "json") {
         problems.push(problem("log.format", "must be \"text\" or \"json\""));
     }
@@ -985,6 +1097,88 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             "log.level",
             "is not a valid filter (e.g. info, chatrelay=debug)",
         ));
+    }
+}
+
+fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
+    let mut ids = BTreeMap::new();
+    for (i, p) in c.products.iter().enumerate() {
+        let key = |k: &str| format!("products[{i}].{k}");
+        if p.id.is_empty()
+            || !p
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if let Some(first) = ids.insert(p.id.clone(), i) {
+            problems.push(problem(
+                key("id"),
+                format!("{:?} is already products[{first}]", p.id),
+            ));
+        }
+        if p.name.trim().is_empty() || p.name.chars().count() > 100 {
+            problems.push(problem(key("name"), "must be 1 to 100 characters"));
+        }
+        if !(1..=100_000_000).contains(&p.price_fen) {
+            problems.push(problem(
+                key("price_fen"),
+                "must be between 1 and 100000000 fen",
+            ));
+        }
+        if p.credits == 0 {
+            problems.push(problem(key("credits"), "must be at least 1"));
+        }
+    }
+    let pay = &c.pay;
+    if pay.order_ttl_secs == 0 {
+        problems.push(problem("pay.order_ttl_secs", "must be greater than 0"));
+    }
+    if pay.reconcile_interval_secs == 0 {
+        problems.push(problem(
+            "pay.reconcile_interval_secs",
+            "must be greater than 0",
+        ));
+    }
+    if (pay.wechat.is_some() || pay.alipay.is_some())
+        && !c
+            .server
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    {
+        problems.push(problem(
+            "server.public_url",
+            "payments need the public https URL the providers send notifications to",
+        ));
+    }
+    if let Some(w) = &pay.wechat {
+        if let Err(e) = crate::billing::load_wechat_keys(w) {
+            problems.push(problem(format!("pay.wechat.{}", e.0), e.1));
+        }
+        if !is_http_url(&w.api_base) {
+            problems.push(problem(
+                "pay.wechat.api_base",
+                "must start with http:// or https://",
+            ));
+        }
+    }
+    if let Some(a) = &pay.alipay {
+        if let Err(e) = crate::billing::load_alipay_keys(a) {
+            problems.push(problem(format!("pay.alipay.{}", e.0), e.1));
+        }
+        if a.app_id.trim().is_empty() {
+            problems.push(problem("pay.alipay.app_id", "is required"));
+        }
+        if !is_http_url(&a.gateway) {
+            problems.push(problem(
+                "pay.alipay.gateway",
+                "must start with http:// or https://",
+            ));
+        }
     }
 }
 

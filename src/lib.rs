@@ -7,6 +7,7 @@
 //! - [`bot`]: the conversation engine, one path for every platform.
 //! - [`http`]: the axum router (`/v1`, `/admin`, `/api`, `/wechat/mp`, health, metrics).
 //! - [`auth`]: login codes and the tokens they buy.
+//! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
 //! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
 //!
 //! Wire protocols live in the `connectors/*` crates and storage in `chatrelay-storage`;
@@ -17,6 +18,7 @@
 pub mod admin_cli;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod bot;
 pub mod config;
 pub mod http;

@@ -73,6 +73,10 @@ pub struct Settings {
     pub commands: crate::config::Commands,
     /// User-facing texts.
     pub texts: Texts,
+    /// Credit packs on sale (for the buy command).
+    pub products: Vec<crate::config::ProductConfig>,
+    /// The web page users buy on, if the daemon has a public URL.
+    pub public_url: Option<String>,
 }
 
 impl Settings {
@@ -95,6 +99,8 @@ impl Settings {
             rate_limit_per_minute: c.bot.rate_limit_per_minute,
             commands: c.bot.commands.clone(),
             texts: c.bot.texts.clone(),
+            products: c.products.clone(),
+            public_url: c.server.public_url.clone(),
         }
     }
 
@@ -574,6 +580,8 @@ impl Engine {
             Some(Command::New)
         } else if matches(&c.quota) {
             Some(Command::Quota)
+        } else if matches(&c.buy) {
+            Some(Command::Buy)
         } else {
             None
         }
@@ -589,8 +597,25 @@ impl Engine {
                 &[
                     ("new", &first(&s.commands.new)),
                     ("quota", &first(&s.commands.quota)),
+                    ("buy", &first(&s.commands.buy)),
                 ],
             ),
+            Command::Buy if s.products.is_empty() => s.texts.buy_none.clone(),
+            Command::Buy => {
+                let lines: Vec<String> = s
+                    .products
+                    .iter()
+                    .map(|p| format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits))
+                    .collect();
+                let url = s.public_url.as_deref().map_or_else(
+                    || "/".to_owned(),
+                    |u| format!("{}/#buy", u.trim_end_matches('/')),
+                );
+                fill(
+                    &s.texts.buy,
+                    &[("products", &lines.join("\n")), ("url", &url)],
+                )
+            }
             Command::New => match inner.store.clear_conversation(conversation) {
                 Ok(()) => s.texts.new_conversation.clone(),
                 Err(e) => {
@@ -639,6 +664,15 @@ enum Command {
     Help,
     New,
     Quota,
+    Buy,
+}
+
+/// Fen as yuan with two decimals: 450 → "4.50".
+#[must_use]
+pub fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 fn failed(kind: FailureKind, message: impl Into<String>) -> ReplyEvent {

@@ -449,6 +449,28 @@ fn prompt_keeps_recent_whole_turns_within_budget() {
     assert_eq!(none.len(), 1);
 }
 
+#[tokio::test]
+async fn buy_lists_products_and_the_web_page() {
+    let h = harness_with(FAST, |c| {
+        c.products = vec![crate::config::ProductConfig {
+            id: "p".into(),
+            name: "十次".into(),
+            price_fen: 450,
+            credits: 10,
+        }];
+        c.server.public_url = Some("https://chat.example.com/".into());
+    });
+    let e = h.engine.handle(msg("1", "/buy")).collect().await;
+    let text = final_text(&e);
+    assert!(text.contains("十次：¥4.50（10 额度）"), "{text}");
+    assert!(text.contains("https://chat.example.com/#buy"), "{text}");
+    let none = harness(FAST);
+    let e = none.engine.handle(msg("1", "充值")).collect().await;
+    assert!(final_text(&e).contains("暂未开放"));
+    assert_eq!(yuan(5), "0.05");
+    assert_eq!(yuan(-1234), "-12.34");
+}
+
 #[test]
 fn fill_replaces_placeholders() {
     assert_eq!(fill("{a}+{b}={a}", &[("a", "1"), ("b", "2")]), "1+2=1");

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,9 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/admin/users/{uid}/identities", post(link_identity))
         .route("/admin/tokens/revoke", post(revoke_token))
         .route("/admin/audit", get(audit))
+        .route("/admin/orders", get(list_orders))
+        .route("/admin/orders/{id}", get(show_order))
+        .route("/admin/orders/{id}/refund", post(refund_order))
 }
 
 /// An admin API error: `{"error": "..."}` with a status.
@@ -313,4 +316,82 @@ async fn audit(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Va
         .await
         .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(json!(report)))
+}
+
+#[derive(Deserialize)]
+struct OrderFilter {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_orders(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<OrderFilter>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let status = match f.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(chatrelay_storage::OrderStatus::parse(s).ok_or_else(|| {
+            AdminError(
+                StatusCode::BAD_REQUEST,
+                format!("status {s:?} is not one of created, credited, closed, refunded"),
+            )
+        })?),
+    };
+    let store = st.engine.store().clone();
+    let limit = f.limit.unwrap_or(100).min(10_000);
+    let orders = tokio::task::spawn_blocking(move || store.orders(status, limit))
+        .await
+        .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!(orders)))
+}
+
+async fn show_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let store = st.engine.store();
+    let order = store
+        .order(&id)?
+        .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("no order {id}")))?;
+    Ok(Json(
+        json!({"order": order, "events": store.order_events(&id)?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refund {
+    reason: String,
+}
+
+async fn refund_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let req: Refund = parse_body(body)?;
+    if req.reason.trim().is_empty() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "a reason is required".into(),
+        ));
+    }
+    use crate::billing::BillingError as B;
+    match st.billing.refund(&id, req.reason.trim()).await {
+        Ok((order, entry)) => {
+            info!(order = %id, "admin: order refunded");
+            Ok(Json(json!({"order": order, "debit": entry})))
+        }
+        Err(B::UnknownOrder(_)) => Err(AdminError(StatusCode::NOT_FOUND, format!("no order {id}"))),
+        Err(B::State(m)) => Err(AdminError(StatusCode::CONFLICT, m)),
+        Err(B::Provider(m)) => Err(AdminError(StatusCode::BAD_GATEWAY, m)),
+        Err(B::Store(e)) => Err(e.into()),
+        Err(e) => Err(AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }

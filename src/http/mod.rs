@@ -1,6 +1,7 @@
 //! The HTTP surface, one axum router on one listener: `/v1` (OpenAI-compatible, metered),
 //! `/admin` (bearer = admin token), `/api` (the web page's account API), `/wechat/mp`
-//! (Official Account callbacks), `/healthz`, `/readyz`, `/metrics`.
+//! (Official Account callbacks), `/pay` (payment notifications), `/healthz`, `/readyz`,
+//! `/metrics`.
 //!
 //! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod mp;
 pub mod ops;
+pub mod pay;
 pub mod v1;
 
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub mp: mp::Accounts,
     /// Login codes to tokens, with attempt limits.
     pub login: Arc<crate::auth::Login>,
+    /// The shop: products, orders, payments.
+    pub billing: Arc<crate::billing::Billing>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -87,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(api::routes())
         .merge(mp::routes())
+        .merge(pay::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))

@@ -1,0 +1,808 @@
+//! Selling credit packs: products, orders at WeChat Pay and Alipay, payment notifications,
+//! reconciliation and refunds.
+//!
+//! Rules kept here:
+//! - only a verified notification or a verified query moves an order to paid, and only when
+//!   the merchant, the app and the amount are the order's;
+//! - crediting is one store transaction (order state + ledger + balance), so whatever arrives
+//!   twice credits once, and it is flushed to disk before the provider is told "received";
+//! - an expired order is closed at the provider first, and locally only once the provider
+//!   says it is unpaid; a payment that arrives after a local close is still credited.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chatrelay_alipay as alipay;
+use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, StoreError, Uid};
+use chatrelay_wechat_pay as wxpay;
+use tracing::{info, warn};
+
+use crate::bot::now_ms;
+use crate::config::{AlipayConfig, Config, ProductConfig, WechatPayConfig};
+
+/// Operators' log target: paid orders and every verification failure go here.
+pub const ALERT: &str = "chatrelay::alert";
+
+/// Why a billing operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// No product has this id.
+    #[error("unknown product {0:?}")]
+    UnknownProduct(String),
+    /// The channel is not configured.
+    #[error("payment channel {0:?} is not available")]
+    ChannelUnavailable(String),
+    /// No order has this id.
+    #[error("unknown order {0}")]
+    UnknownOrder(String),
+    /// The notification's signature, timestamp or format is not acceptable.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    /// The notification is authentic but does not match the order (merchant, app, amount).
+    #[error("mismatch: {0}")]
+    Mismatch(String),
+    /// The provider refused or failed.
+    #[error("payment provider error: {0}")]
+    Provider(String),
+    /// The order is not in a state for this.
+    #[error("{0}")]
+    State(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A configuration file problem: the key (below `pay.wechat` / `pay.alipay`) and what is wrong.
+#[derive(Debug)]
+pub struct KeyProblem(pub &'static str, pub String);
+
+fn read(path: &Path, key: &'static str) -> Result<String, KeyProblem> {
+    std::fs::read_to_string(path)
+        .map_err(|e| KeyProblem(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Loads and checks the WeChat Pay keys named by the configuration.
+pub fn load_wechat_keys(
+    cfg: &WechatPayConfig,
+) -> Result<(wxpay::MerchantKey, wxpay::PlatformKeys, wxpay::ApiV3Key), KeyProblem> {
+    let merchant = wxpay::MerchantKey::from_pem(&read(&cfg.private_key_file, "private_key_file")?)
+        .map_err(|e| KeyProblem("private_key_file", e.to_string()))?;
+    let v3 = wxpay::ApiV3Key::new(cfg.api_v3_key.expose())
+        .map_err(|_| KeyProblem("api_v3_key", "must be the 32-character APIv3 key".into()))?;
+    let mut keys = wxpay::PlatformKeys::new();
+    match (&cfg.platform_public_key_file, &cfg.public_key_id) {
+        (Some(file), Some(id)) => {
+            let key = wxpay::PlatformKey::from_pem(&read(file, "platform_public_key_file")?)
+                .map_err(|e| KeyProblem("platform_public_key_file", e.to_string()))?;
+            keys.insert(id, key);
+        }
+        (Some(_), None) => {
+            return Err(KeyProblem(
+                "public_key_id",
+                "is required with platform_public_key_file (PUB_KEY_ID_…)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(KeyProblem(
+                "platform_public_key_file",
+                "is required with public_key_id".into(),
+            ));
+        }
+        (None, None) => {}
+    }
+    for file in &cfg.platform_cert_files {
+        let (serial, key) =
+            wxpay::PlatformKey::from_certificate_pem(&read(file, "platform_cert_files")?).map_err(
+                |e| KeyProblem("platform_cert_files", format!("{}: {e}", file.display())),
+            )?;
+        keys.insert(&serial, key);
+    }
+    if keys.is_empty() {
+        return Err(KeyProblem(
+            "platform_public_key_file",
+            "give the WeChat Pay public key (platform_public_key_file + public_key_id) or platform_cert_files".into(),
+        ));
+    }
+    if cfg.mch_id.is_empty() || !cfg.mch_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(KeyProblem("mch_id", "must be the merchant number".into()));
+    }
+    if cfg.app_id.trim().is_empty() {
+        return Err(KeyProblem("app_id", "is required".into()));
+    }
+    if cfg.serial_no.trim().is_empty() {
+        return Err(KeyProblem(
+            "serial_no",
+            "is required (商户API证书序列号)".into(),
+        ));
+    }
+    Ok((merchant, keys, v3))
+}
+
+/// Loads and checks the Alipay keys named by the configuration.
+pub fn load_alipay_keys(
+    cfg: &AlipayConfig,
+) -> Result<(alipay::AppPrivateKey, alipay::AlipayPublicKey), KeyProblem> {
+    let app = alipay::AppPrivateKey::from_pem_or_base64(&read(
+        &cfg.private_key_file,
+        "private_key_file",
+    )?)
+    .map_err(|e| KeyProblem("private_key_file", e.to_string()))?;
+    let public = alipay::AlipayPublicKey::from_pem_or_base64(&read(
+        &cfg.alipay_public_key_file,
+        "alipay_public_key_file",
+    )?)
+    .map_err(|e| KeyProblem("alipay_public_key_file", e.to_string()))?;
+    Ok((app, public))
+}
+
+struct WechatPay {
+    client: wxpay::Client,
+    keys: wxpay::PlatformKeys,
+    v3: wxpay::ApiV3Key,
+    mch_id: String,
+    app_id: String,
+}
+
+struct Alipay {
+    client: alipay::Client,
+    key: alipay::AlipayPublicKey,
+    app_id: String,
+    seller_id: Option<String>,
+}
+
+/// What the reconciliation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Orders checked with the provider.
+    pub checked: usize,
+    /// Found paid and credited.
+    pub credited: usize,
+    /// Closed after the provider confirmed them unpaid.
+    pub closed: usize,
+    /// Provider calls that failed (tried again next time).
+    pub failed: usize,
+}
+
+/// The shop.
+pub struct Billing {
+    store: Store,
+    products: Vec<ProductConfig>,
+    wechat: Option<WechatPay>,
+    alipay: Option<Alipay>,
+    public_url: String,
+    order_ttl: Duration,
+    min_age: Duration,
+}
+
+/// What the provider said about an open order.
+enum ProviderState {
+    Paid { fen: i64, trade_no: Option<String> },
+    Unpaid,
+    Unknown,
+}
+
+impl Billing {
+    /// Builds the shop from a validated configuration.
+    pub fn from_config(
+        config: &Config,
+        store: Store,
+        http: reqwest::Client,
+    ) -> anyhow::Result<Billing> {
+        let pay = &config.pay;
+        let public_url = config.server.public_url.clone().unwrap_or_default();
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let timeout = Duration::from_secs(15);
+        let wechat = match &pay.wechat {
+            None => None,
+            Some(cfg) => {
+                let (merchant, keys, v3) = load_wechat_keys(cfg)
+                    .map_err(|p| anyhow::anyhow!("pay.wechat.{}: {}", p.0, p.1))?;
+                let client = wxpay::Client::new(
+                    wxpay::ClientConfig {
+                        api_base: cfg.api_base.trim_end_matches('/').to_owned(),
+                        mch_id: cfg.mch_id.clone(),
+                        app_id: cfg.app_id.clone(),
+                        serial_no: cfg.serial_no.clone(),
+                        timeout,
+                    },
+                    merchant,
+                    keys.clone(),
+                    http.clone(),
+                );
+                Some(WechatPay {
+                    client,
+                    keys,
+                    v3,
+                    mch_id: cfg.mch_id.clone(),
+                    app_id: cfg.app_id.clone(),
+                })
+            }
+        };
+        let alipay = match &pay.alipay {
+            None => None,
+            Some(cfg) => {
+                let (app, key) = load_alipay_keys(cfg)
+                    .map_err(|p| anyhow::anyhow!("pay.alipay.{}: {}", p.0, p.1))?;
+                let client = alipay::Client::new(
+                    alipay::ClientConfig {
+                        gateway: cfg.gateway.clone(),
+                        app_id: cfg.app_id.clone(),
+                        notify_url: Some(format!("{public_url}/pay/alipay/notify")),
+                        timeout,
+                    },
+                    app,
+                    key.clone(),
+                    http,
+                );
+                Some(Alipay {
+                    client,
+                    key,
+                    app_id: cfg.app_id.clone(),
+                    seller_id: cfg.seller_id.clone(),
+                })
+            }
+        };
+        Ok(Billing {
+            store,
+            products: config.products.clone(),
+            wechat,
+            alipay,
+            public_url,
+            order_ttl: Duration::from_secs(pay.order_ttl_secs),
+            min_age: Duration::from_secs(pay.reconcile_min_age_secs),
+        })
+    }
+
+    /// The products on sale.
+    #[must_use]
+    pub fn products(&self) -> &[ProductConfig] {
+        &self.products
+    }
+
+    /// The configured channels (`wechat`, `alipay`).
+    #[must_use]
+    pub fn channels(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.wechat.is_some() {
+            v.push("wechat");
+        }
+        if self.alipay.is_some() {
+            v.push("alipay");
+        }
+        v
+    }
+
+    /// Whether any channel is configured.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.wechat.is_some() || self.alipay.is_some()
+    }
+
+    fn event(&self, id: &str, kind: &str, detail: &str) {
+        if let Err(e) = self.store.add_order_event(id, kind, detail, now_ms()) {
+            warn!(order = id, error = %e, "recording an order event failed");
+        }
+    }
+
+    /// Creates an order for `product_id` paid through `channel`, or returns the user's order
+    /// for the same product and channel that is still open.
+    pub async fn create_order(
+        &self,
+        uid: Uid,
+        product_id: &str,
+        channel: &str,
+    ) -> Result<Order, BillingError> {
+        let product = self
+            .products
+            .iter()
+            .find(|p| p.id == product_id)
+            .ok_or_else(|| BillingError::UnknownProduct(product_id.to_owned()))?;
+        let available = match channel {
+            "wechat" => self.wechat.is_some(),
+            "alipay" => self.alipay.is_some(),
+            _ => false,
+        };
+        if !available {
+            return Err(BillingError::ChannelUnavailable(channel.to_owned()));
+        }
+        let now = now_ms();
+        let candidate = Order {
+            id: new_order_id(now),
+            uid,
+            product_id: product.id.clone(),
+            product_name: product.name.clone(),
+            channel: channel.to_owned(),
+            amount_fen: product.price_fen,
+            credits: product.credits,
+            status: OrderStatus::Created,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(self.order_ttl.as_millis() as i64),
+            code_url: None,
+            provider_trade_no: None,
+            credited_at_ms: None,
+            closed_at_ms: None,
+            refunded_at_ms: None,
+        };
+        let order = self.store.create_order(&candidate, now)?;
+        if order.code_url.is_some() {
+            return Ok(order);
+        }
+        if order.id == candidate.id {
+            self.event(
+                &order.id,
+                "created",
+                &format!("{} for {} fen", product.id, order.amount_fen),
+            );
+        }
+        match self.provider_create(&order).await {
+            Ok(code_url) => {
+                self.event(&order.id, "provider_order", channel);
+                Ok(self.store.set_order_code_url(&order.id, &code_url)?)
+            }
+            Err(e) => {
+                // The provider has no usable order: close ours so it is not reused; a payment
+                // that somehow arrives is still credited (closed → credited).
+                warn!(order = %order.id, error = %e, "creating the order at the provider failed");
+                self.event(&order.id, "provider_error", &e.to_string());
+                self.store.close_order(&order.id, now_ms())?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn provider_create(&self, order: &Order) -> Result<String, BillingError> {
+        let ttl_minutes = self.order_ttl.as_secs().div_ceil(60).max(1);
+        match order.channel.as_str() {
+            "wechat" => {
+                let w = self
+                    .wechat
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                // WeChat wants the expiry in Beijing time (RFC 3339 with +08:00).
+                let expire = chrono::FixedOffset::east_opt(8 * 3600).and_then(|tz| {
+                    chrono::DateTime::from_timestamp_millis(order.expires_at_ms)
+                        .map(|t| t.with_timezone(&tz))
+                });
+                let native = wxpay::NativeOrder {
+                    description: order.product_name.clone(),
+                    out_trade_no: order.id.clone(),
+                    amount_fen: order.amount_fen,
+                    notify_url: format!("{}/pay/wechat/notify", self.public_url),
+                    time_expire: expire,
+                    attach: None,
+                };
+                w.client
+                    .create_native(&native)
+                    .await
+                    .map_err(|e| BillingError::Provider(e.to_string()))
+            }
+            "alipay" => {
+                let a = self
+                    .alipay
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                a.client
+                    .precreate(
+                        &order.id,
+                        order.amount_fen,
+                        &order.product_name,
+                        &format!("{ttl_minutes}m"),
+                    )
+                    .await
+                    .map_err(|e| BillingError::Provider(e.to_string()))
+            }
+            other => Err(BillingError::ChannelUnavailable(other.to_owned())),
+        }
+    }
+
+    /// Credits a verified payment, records it, flushes, alerts.
+    async fn credit(
+        &self,
+        order: &Order,
+        paid_fen: i64,
+        trade_no: Option<&str>,
+        source: &str,
+    ) -> Result<bool, BillingError> {
+        let outcome = match self
+            .store
+            .credit_order(&order.id, paid_fen, trade_no, now_ms())
+        {
+            Ok(o) => o,
+            Err(StoreError::AmountMismatch { expected, got }) => {
+                warn!(target: ALERT, order = %order.id, expected, got, source, "payment amount does not match the order; not credited");
+                metrics::counter!("chatrelay_payment_rejected_total", "reason" => "amount")
+                    .increment(1);
+                self.event(
+                    &order.id,
+                    "mismatch",
+                    &format!("{source}: paid {got} fen, order is {expected} fen"),
+                );
+                return Err(BillingError::Mismatch(format!(
+                    "amount {got} fen, order is {expected} fen"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.store.flush().await?;
+        match outcome {
+            CreditOutcome::Credited(entry) => {
+                if order.status == OrderStatus::Closed {
+                    warn!(target: ALERT, order = %order.id, "payment arrived after the order was closed locally; credited");
+                }
+                info!(
+                    target: ALERT,
+                    order = %order.id,
+                    uid = %order.uid,
+                    fen = paid_fen,
+                    credits = order.credits,
+                    channel = %order.channel,
+                    source,
+                    "order paid and credited"
+                );
+                metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone()).increment(1);
+                metrics::counter!("chatrelay_revenue_fen_total", "channel" => order.channel.clone())
+                    .increment(u64::try_from(paid_fen).unwrap_or(0));
+                self.event(
+                    &order.id,
+                    "credited",
+                    &format!(
+                        "{source}: {} credits (ledger {}/{})",
+                        order.credits, entry.uid, entry.seq
+                    ),
+                );
+                Ok(true)
+            }
+            CreditOutcome::AlreadyCredited => Ok(false),
+        }
+    }
+
+    fn verification_failed(&self, channel: &str, why: String) -> BillingError {
+        warn!(target: ALERT, channel, reason = %why, "payment notification failed verification");
+        metrics::counter!("chatrelay_payment_rejected_total", "reason" => "verification")
+            .increment(1);
+        BillingError::Verification(why)
+    }
+
+    fn mismatch(&self, order: &str, why: String) -> BillingError {
+        warn!(target: ALERT, order, reason = %why, "payment notification does not match; not credited");
+        metrics::counter!("chatrelay_payment_rejected_total", "reason" => "mismatch").increment(1);
+        BillingError::Mismatch(why)
+    }
+
+    /// Handles a WeChat Pay notification: `Ok` means answer 204.
+    pub async fn wechat_notify(
+        &self,
+        h: &wxpay::NotifyHeaders<'_>,
+        body: &[u8],
+    ) -> Result<(), BillingError> {
+        let w = self
+            .wechat
+            .as_ref()
+            .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+        let n = wxpay::open_notification(&w.keys, &w.v3, h, body, now_ms() / 1000).map_err(
+            |e| match e {
+                wxpay::PayError::UnknownSerial(_)
+                | wxpay::PayError::BadSignature
+                | wxpay::PayError::StaleTimestamp => {
+                    self.verification_failed("wechat", e.to_string())
+                }
+                other => {
+                    self.verification_failed("wechat", format!("unreadable notification: {other}"))
+                }
+            },
+        )?;
+        let tx = &n.transaction;
+        if tx.mchid != w.mch_id || tx.appid != w.app_id {
+            return Err(self.mismatch(
+                &tx.out_trade_no,
+                format!("mchid {} / appid {} are not ours", tx.mchid, tx.appid),
+            ));
+        }
+        let order = self
+            .store
+            .order(&tx.out_trade_no)?
+            .ok_or_else(|| BillingError::UnknownOrder(tx.out_trade_no.clone()))?;
+        if order.channel != "wechat" {
+            return Err(self.mismatch(&order.id, "the order is not a WeChat Pay order".into()));
+        }
+        self.event(
+            &order.id,
+            "notify",
+            &format!("{} {}", n.event_type, tx.trade_state.as_str()),
+        );
+        if !tx.trade_state.is_paid() {
+            return Ok(());
+        }
+        let fen =
+            tx.amount.as_ref().map(|a| a.total).ok_or_else(|| {
+                self.mismatch(&order.id, "no amount in a paid transaction".into())
+            })?;
+        self.credit(&order, fen, tx.transaction_id.as_deref(), "notify")
+            .await?;
+        Ok(())
+    }
+
+    /// Handles an Alipay notification: `Ok` means answer `success`.
+    pub async fn alipay_notify(&self, body: &[u8]) -> Result<(), BillingError> {
+        let a = self
+            .alipay
+            .as_ref()
+            .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+        let n = alipay::verify_notification(&a.key, body)
+            .map_err(|e| self.verification_failed("alipay", e.to_string()))?;
+        if n.app_id != a.app_id {
+            return Err(self.mismatch(&n.out_trade_no, format!("app_id {} is not ours", n.app_id)));
+        }
+        if let Some(seller) = &a.seller_id
+            && n.seller_id.as_deref() != Some(seller.as_str())
+        {
+            return Err(self.mismatch(&n.out_trade_no, "seller_id is not ours".into()));
+        }
+        let order = self
+            .store
+            .order(&n.out_trade_no)?
+            .ok_or_else(|| BillingError::UnknownOrder(n.out_trade_no.clone()))?;
+        if order.channel != "alipay" {
+            return Err(self.mismatch(&order.id, "the order is not an Alipay order".into()));
+        }
+        self.event(&order.id, "notify", n.trade_status.as_str());
+        if !n.trade_status.is_paid() {
+            return Ok(());
+        }
+        self.credit(&order, n.total_amount_fen, n.trade_no.as_deref(), "notify")
+            .await?;
+        Ok(())
+    }
+
+    async fn provider_state(&self, order: &Order) -> Result<ProviderState, BillingError> {
+        match order.channel.as_str() {
+            "wechat" => {
+                let w = self
+                    .wechat
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                match w.client.query(&order.id).await {
+                    Ok(tx) => {
+                        if tx.mchid != w.mch_id || tx.appid != w.app_id {
+                            return Err(self.mismatch(
+                                &order.id,
+                                "query answered for another merchant".into(),
+                            ));
+                        }
+                        if tx.trade_state.is_paid() {
+                            let fen = tx.amount.as_ref().map(|a| a.total).unwrap_or(-1);
+                            Ok(ProviderState::Paid {
+                                fen,
+                                trade_no: tx.transaction_id,
+                            })
+                        } else if matches!(tx.trade_state, wxpay::TradeState::NotPay)
+                            || tx.trade_state.is_final_unpaid()
+                        {
+                            Ok(ProviderState::Unpaid)
+                        } else {
+                            Ok(ProviderState::Unknown)
+                        }
+                    }
+                    Err(wxpay::PayError::Api { code, .. }) if code == "ORDER_NOT_EXIST" => {
+                        Ok(ProviderState::Unpaid)
+                    }
+                    Err(e) => Err(BillingError::Provider(e.to_string())),
+                }
+            }
+            "alipay" => {
+                let a = self
+                    .alipay
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                match a.client.query(&order.id).await {
+                    Ok(r) if r.trade_status.is_paid() => Ok(ProviderState::Paid {
+                        fen: r.total_amount_fen,
+                        trade_no: r.trade_no,
+                    }),
+                    Ok(_) => Ok(ProviderState::Unpaid),
+                    Err(alipay::AlipayError::Api {
+                        sub_code: Some(s), ..
+                    }) if s == "ACQ.TRADE_NOT_EXIST" => Ok(ProviderState::Unpaid),
+                    Err(e) => Err(BillingError::Provider(e.to_string())),
+                }
+            }
+            other => Err(BillingError::ChannelUnavailable(other.to_owned())),
+        }
+    }
+
+    async fn provider_close(&self, order: &Order) -> Result<(), BillingError> {
+        match order.channel.as_str() {
+            "wechat" => {
+                let w = self
+                    .wechat
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                match w.client.close(&order.id).await {
+                    Ok(()) => Ok(()),
+                    Err(wxpay::PayError::Api { code, .. }) if code == "ORDER_NOT_EXIST" => Ok(()),
+                    Err(e) => Err(BillingError::Provider(e.to_string())),
+                }
+            }
+            "alipay" => {
+                let a = self
+                    .alipay
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                match a.client.close(&order.id).await {
+                    Ok(()) => Ok(()),
+                    // Never scanned: Alipay has no trade to close; its QR code expires by itself.
+                    Err(alipay::AlipayError::Api {
+                        sub_code: Some(s), ..
+                    }) if s == "ACQ.TRADE_NOT_EXIST" => Ok(()),
+                    Err(e) => Err(BillingError::Provider(e.to_string())),
+                }
+            }
+            other => Err(BillingError::ChannelUnavailable(other.to_owned())),
+        }
+    }
+
+    /// Checks every open order older than the minimum age with its provider: credits the paid
+    /// ones, closes the expired unpaid ones (at the provider first).
+    pub async fn reconcile(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let orders = match self.store.open_orders() {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "reconciliation could not list open orders");
+                return report;
+            }
+        };
+        let now = now_ms();
+        for order in orders {
+            if now.saturating_sub(order.created_at_ms) < self.min_age.as_millis() as i64 {
+                continue;
+            }
+            report.checked += 1;
+            match self.reconcile_one(&order, now).await {
+                Ok(Some(true)) => report.credited += 1,
+                Ok(Some(false)) => report.closed += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    report.failed += 1;
+                    warn!(order = %order.id, error = %e, "reconciling an order failed; will retry");
+                }
+            }
+        }
+        if report.checked > 0 {
+            info!(?report, "reconciliation done");
+        }
+        report
+    }
+
+    /// `Some(true)` credited, `Some(false)` closed, `None` left open.
+    async fn reconcile_one(&self, order: &Order, now: i64) -> Result<Option<bool>, BillingError> {
+        match self.provider_state(order).await? {
+            ProviderState::Paid { fen, trade_no } => {
+                self.event(&order.id, "query", "paid");
+                self.credit(order, fen, trade_no.as_deref(), "reconciliation")
+                    .await?;
+                Ok(Some(true))
+            }
+            ProviderState::Unknown => Ok(None),
+            ProviderState::Unpaid if now < order.expires_at_ms => Ok(None),
+            ProviderState::Unpaid => {
+                self.provider_close(order).await?;
+                self.event(&order.id, "provider_close", "closed at the provider");
+                // Paid in the moment before the close? The provider is the truth.
+                match self.provider_state(order).await? {
+                    ProviderState::Paid { fen, trade_no } => {
+                        self.credit(order, fen, trade_no.as_deref(), "reconciliation")
+                            .await?;
+                        Ok(Some(true))
+                    }
+                    ProviderState::Unpaid => {
+                        self.store.close_order(&order.id, now_ms())?;
+                        self.event(&order.id, "closed", "expired unpaid");
+                        info!(order = %order.id, "expired order closed");
+                        Ok(Some(false))
+                    }
+                    ProviderState::Unknown => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Refunds a credited order in full at its provider, then takes back its credits (as many
+    /// as the user still has, never below zero).
+    pub async fn refund(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<(Order, Option<LedgerEntry>), BillingError> {
+        let order = self
+            .store
+            .order(id)?
+            .ok_or_else(|| BillingError::UnknownOrder(id.to_owned()))?;
+        match order.status {
+            OrderStatus::Credited => {}
+            OrderStatus::Refunded => return Ok(self.store.refund_order(id, reason, now_ms())?),
+            other => {
+                return Err(BillingError::State(format!(
+                    "order {id} is {}",
+                    other.as_str()
+                )));
+            }
+        }
+        let refund_no = format!("RF{}", order.id);
+        let result = match order.channel.as_str() {
+            "wechat" => {
+                let w = self
+                    .wechat
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                w.client
+                    .refund(
+                        &order.id,
+                        &refund_no,
+                        order.amount_fen,
+                        order.amount_fen,
+                        reason,
+                    )
+                    .await
+                    .map(|v| v.to_string())
+                    .map_err(|e| BillingError::Provider(e.to_string()))
+            }
+            "alipay" => {
+                let a = self
+                    .alipay
+                    .as_ref()
+                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                a.client
+                    .refund(&order.id, order.amount_fen, &refund_no, reason)
+                    .await
+                    .map(|v| v.to_string())
+                    .map_err(|e| BillingError::Provider(e.to_string()))
+            }
+            other => Err(BillingError::ChannelUnavailable(other.to_owned())),
+        };
+        let detail = match result {
+            Ok(d) => d,
+            Err(e) => {
+                self.event(&order.id, "refund_failed", &e.to_string());
+                return Err(e);
+            }
+        };
+        self.event(&order.id, "provider_refund", &detail);
+        let (order, entry) = self.store.refund_order(id, reason, now_ms())?;
+        self.store.flush().await?;
+        info!(target: ALERT, order = %order.id, uid = %order.uid, taken_back = entry.as_ref().map_or(0, |e| -e.paid_delta), "order refunded");
+        Ok((order, entry))
+    }
+}
+
+/// A new order id: `CR` + the UTC time to the second + 12 random hex digits (28 characters,
+/// letters and digits only, as both providers accept).
+#[must_use]
+pub fn new_order_id(now_ms: i64) -> String {
+    let stamp = chrono::DateTime::from_timestamp_millis(now_ms)
+        .map(|t| t.format("%Y%m%d%H%M%S").to_string())
+        .unwrap_or_else(|| "00000000000000".to_owned());
+    let mut bytes = [0u8; 6];
+    let random = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    if random.is_err() {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes.copy_from_slice(&n.to_be_bytes()[2..]);
+    }
+    format!("CR{stamp}{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_fit_both_providers() {
+        let id = new_order_id(1_795_795_199_000);
+        assert_eq!(id.len(), 28);
+        assert!(id.starts_with("CR20261127155959"));
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(wxpay::validate_out_trade_no(&id).is_ok());
+        assert_ne!(new_order_id(0), new_order_id(0));
+    }
+}

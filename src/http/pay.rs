@@ -1,0 +1,262 @@
+//! Payment notifications (`POST /pay/wechat/notify`, `POST /pay/alipay/notify`) and the web
+//! page's shop API (`GET /api/products`, `POST /api/orders`, `GET /api/orders/{id}`,
+//! `GET /api/orders/{id}/qr.svg`).
+//!
+//! Notifications are answered "received" only after the credit is on disk; each provider gets
+//! the failure reply it expects (WeChat Pay: 4xx/5xx with `{"code":"FAIL"}`; Alipay: anything
+//! but `success`), so it retries what we could not take.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chatrelay_storage::Order;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use super::AppState;
+use crate::billing::BillingError;
+
+/// The payment and shop routes.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/pay/wechat/notify", post(wechat_notify))
+        .route("/pay/alipay/notify", post(alipay_notify))
+        .route("/api/products", get(products))
+        .route("/api/orders", post(create_order))
+        .route("/api/orders/{id}", get(order))
+        .route("/api/orders/{id}/qr.svg", get(order_qr))
+}
+
+fn wechat_fail(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"code": "FAIL", "message": message}))).into_response()
+}
+
+async fn wechat_notify(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(body) = body else {
+        return wechat_fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let h = chatrelay_wechat_pay::NotifyHeaders {
+        timestamp: header("wechatpay-timestamp"),
+        nonce: header("wechatpay-nonce"),
+        signature: header("wechatpay-signature"),
+        serial: header("wechatpay-serial"),
+    };
+    match st.billing.wechat_notify(&h, &body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            let status = notify_status(&e);
+            warn!(status = status.as_u16(), error = %e, "WeChat Pay notification refused");
+            wechat_fail(status, "失败")
+        }
+    }
+}
+
+async fn alipay_notify(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(body) = body else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
+    };
+    match st.billing.alipay_notify(&body).await {
+        Ok(()) => "success".into_response(),
+        Err(e) => {
+            let status = notify_status(&e);
+            warn!(status = status.as_u16(), error = %e, "Alipay notification refused");
+            (status, "fail").into_response()
+        }
+    }
+}
+
+fn notify_status(e: &BillingError) -> StatusCode {
+    match e {
+        BillingError::Verification(_) => StatusCode::UNAUTHORIZED,
+        BillingError::Mismatch(_) => StatusCode::BAD_REQUEST,
+        BillingError::UnknownOrder(_) => StatusCode::NOT_FOUND,
+        BillingError::ChannelUnavailable(_) => StatusCode::NOT_FOUND,
+        // Ours to fix (store, provider): the provider will retry.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The order as the web page sees it.
+#[must_use]
+pub fn order_json(o: &Order) -> Value {
+    json!({
+        "id": o.id,
+        "status": o.status.as_str(),
+        "product_id": o.product_id,
+        "product_name": o.product_name,
+        "channel": o.channel,
+        "amount_fen": o.amount_fen,
+        "credits": o.credits,
+        "code_url": o.code_url,
+        "created_at": o.created_at_ms / 1000,
+        "expires_at": o.expires_at_ms / 1000,
+        "qr_svg": format!("/api/orders/{}/qr.svg", o.id),
+    })
+}
+
+async fn products(State(st): State<AppState>) -> Response {
+    let products: Vec<Value> = st
+        .billing
+        .products()
+        .iter()
+        .map(
+            |p| json!({"id": p.id, "name": p.name, "price_fen": p.price_fen, "credits": p.credits}),
+        )
+        .collect();
+    Json(json!({"products": products, "channels": st.billing.channels()})).into_response()
+}
+
+#[derive(Deserialize)]
+struct CreateOrder {
+    product_id: String,
+    channel: String,
+}
+
+async fn create_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let uid = match super::v1::authenticate(&st, &headers) {
+        Ok(uid) => uid,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(body) = body else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            "the request body is too large",
+        );
+    };
+    let Ok(req) = serde_json::from_slice::<CreateOrder>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\"}",
+        );
+    };
+    match st
+        .billing
+        .create_order(uid, &req.product_id, &req.channel)
+        .await
+    {
+        Ok(order) => Json(order_json(&order)).into_response(),
+        Err(BillingError::UnknownProduct(_)) => {
+            error(StatusCode::NOT_FOUND, "unknown_product", "没有这个商品")
+        }
+        Err(BillingError::ChannelUnavailable(_)) => error(
+            StatusCode::BAD_REQUEST,
+            "channel_unavailable",
+            "这个支付方式暂不可用",
+        ),
+        Err(BillingError::Provider(e)) => {
+            warn!(error = %e, "order creation failed at the provider");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "provider_error",
+                "支付服务暂时不可用，请稍后再试",
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "order creation failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "服务暂时不可用",
+            )
+        }
+    }
+}
+
+/// The order if it exists and belongs to the caller.
+fn own_order(st: &AppState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
+    let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
+    match st.engine.store().order(id) {
+        Ok(Some(o)) if o.uid == uid => Ok(o),
+        Ok(_) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "没有这个订单",
+        ))),
+        Err(e) => {
+            warn!(error = %e, "reading an order failed");
+            Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "服务暂时不可用",
+            )))
+        }
+    }
+}
+
+async fn order(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match own_order(&st, &headers, &id) {
+        Ok(o) => Json(order_json(&o)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn order_qr(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let order = match own_order(&st, &headers, &id) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let Some(code_url) = order.code_url else {
+        return error(StatusCode::NOT_FOUND, "no_code", "这个订单没有二维码");
+    };
+    match qrcode::QrCode::new(code_url.as_bytes()) {
+        Ok(code) => {
+            let svg = code
+                .render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(240, 240)
+                .quiet_zone(true)
+                .build();
+            (
+                [
+                    (header::CONTENT_TYPE, "image/svg+xml"),
+                    (header::CACHE_CONTROL, "private, max-age=600"),
+                ],
+                svg,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "rendering a QR code failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "qr_failed",
+                "二维码生成失败",
+            )
+        }
+    }
+}
