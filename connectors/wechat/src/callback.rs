@@ -80,6 +80,10 @@ pub enum CallbackError {
     /// The (decrypted) XML is unusable.
     #[error(transparent)]
     Xml(#[from] XmlError),
+    /// The (decrypted) JSON of a WeCom AI bot callback is unusable. The
+    /// text says what was wrong and where, never the content.
+    #[error("unusable JSON: {0}")]
+    Json(String),
 }
 
 /// How the request arrived, and so how the reply must be sent.

@@ -1,11 +1,16 @@
 //! The Official Account HTTP API: the stable access_token and its cache, and
 //! customer-service (客服) messages and typing indicators.
 //!
-//! This is the only module of the crate that does network I/O. The token is
-//! fetched from `/cgi-bin/stable_token` (not the classic `/cgi-bin/token`,
-//! whose every call invalidates the previous token and would break other
-//! processes sharing the appid), cached per client, refreshed five minutes
-//! before it expires, and refetched once when WeChat says it is invalid.
+//! The token is fetched from `/cgi-bin/stable_token` (not the classic
+//! `/cgi-bin/token`, whose every call invalidates the previous token and
+//! would break other processes sharing the appid), cached per client,
+//! refreshed five minutes before it expires, and refetched once when WeChat
+//! says it is invalid.
+//!
+//! The module also holds what the crate's other HTTP clients
+//! ([`crate::wecom_client`], [`crate::robot`], [`crate::aibot`]) share: the
+//! token cache with its single-flight refresh, the size-capped response
+//! reader and the URL-free error mapping.
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,13 +63,19 @@ pub enum WechatError {
     /// The response was not the expected JSON.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// Refused locally, without a request: the client's own rate limit is
+    /// exhausted (e.g. a group robot's 20 messages per minute). Drop or
+    /// aggregate the message and try later.
+    #[error("rate limited: message not sent")]
+    RateLimited,
 }
 
 impl WechatError {
-    fn errcode(&self) -> Option<i64> {
+    /// The `errcode` of an [`Self::Api`] error.
+    pub(crate) fn errcode(&self) -> Option<i64> {
         match self {
             Self::Api { errcode, .. } => Some(*errcode),
-            Self::Http(_) | Self::Decode(_) => None,
+            Self::Http(_) | Self::Decode(_) | Self::RateLimited => None,
         }
     }
 
@@ -89,6 +100,21 @@ impl WechatError {
     pub fn is_token_invalid(&self) -> bool {
         matches!(self.errcode(), Some(40001 | 40014 | 42001))
     }
+
+    /// 60020 (WeCom): the server's IP is not among the app's trusted IPs
+    /// (可信IP). An operator has to fix the app's settings; retrying is
+    /// pointless.
+    #[must_use]
+    pub fn is_untrusted_ip(&self) -> bool {
+        self.errcode() == Some(60020)
+    }
+
+    /// [`Self::RateLimited`] (our own limit), or 45009 (Tencent's "api freq
+    /// out of limit"): too many messages for now.
+    #[must_use]
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Self::RateLimited) || self.errcode() == Some(45009)
+    }
 }
 
 /// A client of one Official Account's API. Cheap to clone; clones share the
@@ -107,15 +133,8 @@ struct Inner {
     app_id: String,
     /// The AppSecret; only ever put in the stable_token request body.
     secret: String,
-    /// The cached token. A tokio mutex held across the fetch makes
-    /// concurrent callers wait for one request instead of each sending one.
-    cache: Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    token: String,
-    /// After this instant the token is refetched.
-    refresh_at: Instant,
+    /// The cached token, fetched by one caller at a time.
+    tokens: TokenCache,
 }
 
 impl fmt::Debug for MpClient {
@@ -127,7 +146,67 @@ impl fmt::Debug for MpClient {
     }
 }
 
-/// The stable_token answer: either a token or an error.
+// === Token cache, shared with the WeCom client ===
+
+/// An access_token and when to stop using it.
+pub(crate) struct CachedToken {
+    token: String,
+    /// After this instant the token is refetched.
+    refresh_at: Instant,
+}
+
+/// One API credential's access_token: cached, refreshed early, fetched by a
+/// single caller at a time. Used by [`MpClient`] and
+/// [`crate::wecom_client::WecomClient`], which differ only in how a token is
+/// fetched.
+pub(crate) struct TokenCache {
+    /// A tokio mutex held across the fetch makes concurrent callers wait for
+    /// one request instead of each sending one.
+    slot: Mutex<Option<CachedToken>>,
+}
+
+impl TokenCache {
+    /// An empty cache; nothing is fetched until [`Self::get`].
+    pub(crate) fn new() -> Self {
+        Self {
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// Returns the cached token while it is fresh; otherwise awaits `fetch`
+    /// with the cache locked, so concurrent callers share that one fetch. A
+    /// failed fetch caches nothing.
+    pub(crate) async fn get<F, Fut>(&self, fetch: F) -> Result<String, WechatError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedToken, WechatError>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some(cached) = slot.as_ref()
+            && Instant::now() <= cached.refresh_at
+        {
+            return Ok(cached.token.clone());
+        }
+        // The lock stays held during the fetch: that is the single flight.
+        let fresh = fetch().await?;
+        let token = fresh.token.clone();
+        *slot = Some(fresh);
+        Ok(token)
+    }
+
+    /// Drops the cached token if it is still `stale`. Comparing first means
+    /// that when several calls fail with the same old token, only the first
+    /// drops it and the others reuse the replacement.
+    pub(crate) async fn invalidate(&self, stale: &str) {
+        let mut slot = self.slot.lock().await;
+        if slot.as_ref().is_some_and(|c| c.token == stale) {
+            *slot = None;
+        }
+    }
+}
+
+/// A token endpoint's answer (stable_token, gettoken): either a token or an
+/// error.
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<String>,
@@ -136,6 +215,56 @@ struct TokenResponse {
     errmsg: Option<String>,
 }
 
+/// Turns a token endpoint's body into a [`CachedToken`]. `endpoint` names it
+/// in errors (`stable_token`, `gettoken`); `started` is when the request was
+/// sent, so a slow answer does not make the token look younger than it is.
+///
+/// The body holds the token on success, so errors never quote it.
+pub(crate) fn parse_token_response(
+    bytes: &[u8],
+    endpoint: &str,
+    started: Instant,
+) -> Result<CachedToken, WechatError> {
+    let resp: TokenResponse = serde_json::from_slice(bytes).map_err(|e| {
+        WechatError::Decode(format!(
+            "{endpoint} response is not the expected JSON ({:?})",
+            e.classify()
+        ))
+    })?;
+    if let Some(errcode) = resp.errcode.filter(|&c| c != 0) {
+        return Err(WechatError::Api {
+            errcode,
+            errmsg: resp.errmsg.unwrap_or_default(),
+        });
+    }
+    let token = resp
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| WechatError::Decode(format!("{endpoint} response has no access_token")))?;
+    let expires_in = Duration::from_secs(
+        resp.expires_in
+            .unwrap_or(DEFAULT_EXPIRES_IN_SECS)
+            .min(MAX_EXPIRES_IN_SECS),
+    );
+    Ok(CachedToken {
+        token,
+        refresh_at: started
+            .checked_add(token_lifetime(expires_in))
+            .unwrap_or(started),
+    })
+}
+
+impl CachedToken {
+    /// Seconds until the token is refetched (for logs).
+    pub(crate) fn usable_for_secs(&self) -> u64 {
+        self.refresh_at
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+    }
+}
+
+// === HTTP helpers, shared by every client of the crate ===
+
 /// The answer of message APIs.
 #[derive(Deserialize)]
 struct ApiResponse {
@@ -143,9 +272,41 @@ struct ApiResponse {
     errmsg: Option<String>,
 }
 
-/// Maps a reqwest error without its URL, which may carry the access_token.
-fn http_error(e: reqwest::Error) -> WechatError {
+/// Maps a reqwest error without its URL, which may carry the access_token
+/// (or, for WeCom's gettoken, the secret; for a robot, its key).
+pub(crate) fn http_error(e: reqwest::Error) -> WechatError {
     WechatError::Http(e.without_url().to_string())
+}
+
+/// Sends `req` and returns the body of a 2xx response, read up to
+/// [`MAX_RESPONSE_BYTES`]. Errors never contain the URL.
+pub(crate) async fn send_limited(req: reqwest::RequestBuilder) -> Result<Vec<u8>, WechatError> {
+    let mut resp = req.send().await.map_err(http_error)?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(WechatError::Http(format!("status {status}")));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
+        if buf.len().saturating_add(chunk.len()) > MAX_RESPONSE_BYTES {
+            return Err(WechatError::Decode("response body too large".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Maps a message API's `{"errcode":..,"errmsg":..}` answer: a missing or
+/// zero errcode is success.
+pub(crate) fn api_result(bytes: &[u8]) -> Result<(), WechatError> {
+    let resp: ApiResponse = decode(bytes)?;
+    match resp.errcode {
+        None | Some(0) => Ok(()),
+        Some(errcode) => Err(WechatError::Api {
+            errcode,
+            errmsg: resp.errmsg.unwrap_or_default(),
+        }),
+    }
 }
 
 /// How long a token is used: its lifetime minus the margin, or half its
@@ -170,7 +331,7 @@ impl MpClient {
                 api_base: api_base.trim_end_matches('/').to_owned(),
                 app_id: app_id.to_owned(),
                 secret: app_secret.to_owned(),
-                cache: Mutex::new(None),
+                tokens: TokenCache::new(),
             }),
         }
     }
@@ -188,27 +349,7 @@ impl MpClient {
     /// # Errors
     /// [`WechatError`] from the stable_token request.
     pub async fn access_token(&self) -> Result<String, WechatError> {
-        let mut cache = self.inner.cache.lock().await;
-        if let Some(cached) = cache.as_ref()
-            && Instant::now() <= cached.refresh_at
-        {
-            return Ok(cached.token.clone());
-        }
-        // The lock stays held during the fetch: that is the single flight.
-        let fresh = self.fetch_token().await?;
-        let token = fresh.token.clone();
-        *cache = Some(fresh);
-        Ok(token)
-    }
-
-    /// Drops the cached token if it is still `stale`. Comparing first means
-    /// that when several calls fail with the same old token, only the first
-    /// drops it and the others reuse the replacement.
-    async fn invalidate_token(&self, stale: &str) {
-        let mut cache = self.inner.cache.lock().await;
-        if cache.as_ref().is_some_and(|c| c.token == stale) {
-            *cache = None;
-        }
+        self.inner.tokens.get(|| self.fetch_token()).await
     }
 
     async fn fetch_token(&self) -> Result<CachedToken, WechatError> {
@@ -222,72 +363,18 @@ impl MpClient {
             "force_refresh": false,
         });
         let started = Instant::now();
-        let bytes = self.post(&url, &body).await?;
-        // The body holds the token on success: never put it in an error.
-        let resp: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            WechatError::Decode(format!(
-                "stable_token response is not the expected JSON ({:?})",
-                e.classify()
-            ))
+        let bytes = send_limited(self.inner.http.post(&url).json(&body)).await?;
+        let fresh = parse_token_response(&bytes, "stable_token", started).inspect_err(|e| {
+            if let WechatError::Api { errcode, .. } = e {
+                tracing::warn!(app_id = %self.inner.app_id, errcode, "stable_token refused");
+            }
         })?;
-        if let Some(errcode) = resp.errcode.filter(|&c| c != 0) {
-            tracing::warn!(app_id = %self.inner.app_id, errcode, "stable_token refused");
-            return Err(WechatError::Api {
-                errcode,
-                errmsg: resp.errmsg.unwrap_or_default(),
-            });
-        }
-        let token = resp.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            WechatError::Decode("stable_token response has no access_token".into())
-        })?;
-        let expires_in = Duration::from_secs(
-            resp.expires_in
-                .unwrap_or(DEFAULT_EXPIRES_IN_SECS)
-                .min(MAX_EXPIRES_IN_SECS),
-        );
         tracing::debug!(
             app_id = %self.inner.app_id,
-            expires_in_secs = expires_in.as_secs(),
+            usable_for_secs = fresh.usable_for_secs(),
             "fetched access_token"
         );
-        Ok(CachedToken {
-            token,
-            // Counted from when the request was sent, so a slow answer does
-            // not make the token look younger than it is.
-            refresh_at: started
-                .checked_add(token_lifetime(expires_in))
-                .unwrap_or(started),
-        })
-    }
-
-    /// POSTs JSON and returns the body of a 2xx response.
-    async fn post(&self, url: &str, body: &serde_json::Value) -> Result<Vec<u8>, WechatError> {
-        self.post_with_query(url, None, body).await
-    }
-
-    async fn post_with_query(
-        &self,
-        url: &str,
-        access_token: Option<&str>,
-        body: &serde_json::Value,
-    ) -> Result<Vec<u8>, WechatError> {
-        let mut req = self.inner.http.post(url).json(body);
-        if let Some(token) = access_token {
-            req = req.query(&[("access_token", token)]);
-        }
-        let mut resp = req.send().await.map_err(http_error)?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(WechatError::Http(format!("status {status}")));
-        }
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
-            if buf.len().saturating_add(chunk.len()) > MAX_RESPONSE_BYTES {
-                return Err(WechatError::Decode("response body too large".into()));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf)
+        Ok(fresh)
     }
 
     /// Calls a message API `path` with the access_token; on a token error
@@ -302,7 +389,7 @@ impl MpClient {
                     path,
                     "access_token rejected; refetching once"
                 );
-                self.invalidate_token(&token).await;
+                self.inner.tokens.invalidate(&token).await;
                 let token = self.access_token().await?;
                 self.call_once(path, &token, body).await
             }
@@ -317,15 +404,13 @@ impl MpClient {
         body: &serde_json::Value,
     ) -> Result<(), WechatError> {
         let url = format!("{}{path}", self.inner.api_base);
-        let bytes = self.post_with_query(&url, Some(token), body).await?;
-        let resp: ApiResponse = decode(&bytes)?;
-        match resp.errcode {
-            None | Some(0) => Ok(()),
-            Some(errcode) => Err(WechatError::Api {
-                errcode,
-                errmsg: resp.errmsg.unwrap_or_default(),
-            }),
-        }
+        let req = self
+            .inner
+            .http
+            .post(&url)
+            .query(&[("access_token", token)])
+            .json(body);
+        api_result(&send_limited(req).await?)
     }
 
     /// Sends a customer-service text message to `openid`.

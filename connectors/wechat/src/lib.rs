@@ -1,7 +1,9 @@
-//! WeChat Official Account (公众号) protocol for chatrelay.
+//! WeChat Official Account (公众号) and WeCom (企业微信) protocols for
+//! chatrelay.
 //!
 //! This crate owns everything the daemon says to and hears from WeChat for an
-//! Official Account: callback signatures, the safe-mode message crypto (also
+//! Official Account, and from WeCom for a self-built app, an AI bot and a
+//! group robot: callback signatures, the safe-mode message crypto (also
 //! used by WeCom), the message XML, the whole callback check, and the HTTP
 //! API for access tokens and customer-service messages. It knows nothing
 //! about users, quotas or LLMs, and nothing about axum: the daemon's handler
@@ -18,11 +20,22 @@
 //! - [`callback`]: [`MpEndpoint`]: URL verification, opening a pushed message
 //!   (signature, replay window, decryption with key rotation) and sealing the
 //!   reply in the same mode.
+//! - [`wecom`]: [`WecomEndpoint`]: the WeCom (企业微信) self-built app
+//!   callback (encrypted `echostr` verification, opening a pushed message
+//!   with its `AgentID`, sealing a passive reply); receive id = corpid.
+//! - [`aibot`]: [`AibotEndpoint`]: the WeCom AI bot (智能机器人) JSON
+//!   callback (receive id `""`), its stream and welcome replies; plus
+//!   [`post_response_url`] for late answers.
 //!
 //! I/O:
 //! - [`client`]: [`MpClient`]: the stable access_token cache (single flight,
 //!   early refresh, refetch on 40001/40014/42001), `message/custom/send` and
-//!   `message/custom/typing`.
+//!   `message/custom/typing`. Its token cache and HTTP helpers serve the
+//!   WeCom clients too.
+//! - [`wecom_client`]: [`WecomClient`]: WeCom's `gettoken` with the same
+//!   cache, and app messages (`message/send`, text and markdown).
+//! - [`robot`]: [`RobotClient`]: a WeCom group robot webhook for operator
+//!   alerts (text and markdown, 20 messages per minute enforced locally).
 //!
 //! # Example
 //!
@@ -49,16 +62,27 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aibot;
 pub mod callback;
 pub mod client;
 pub mod crypto;
+pub mod robot;
 pub mod signature;
+pub mod wecom;
+pub mod wecom_client;
 pub mod xml;
 
+pub use aibot::{
+    AibotCallback, AibotEndpoint, AibotKind, MAX_AIBOT_BODY_BYTES, MAX_STREAM_CONTENT_BYTES,
+    parse_aibot_callback, post_response_url, stream_reply_json, text_reply_json,
+};
 pub use callback::{CallbackError, CallbackQuery, MpEndpoint, Opened, ReplyMode};
 pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
 pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
+pub use robot::RobotClient;
 pub use signature::{sha1_signature, verify_sha1_signature};
+pub use wecom::{WecomEndpoint, WecomMessage, WecomQuery};
+pub use wecom_client::{WECOM_API_BASE, WecomClient};
 pub use xml::{
     Envelope, Incoming, IncomingKind, XmlError, encrypted_reply_xml, parse_envelope,
     parse_incoming, text_reply_xml,

@@ -358,6 +358,16 @@ pub fn parse_envelope(xml: &[u8]) -> Result<Envelope, XmlError> {
     })
 }
 
+/// The text of the root's first direct child named `name`, trimmed; `None`
+/// when absent or empty. Used for fields [`parse_incoming`] does not keep,
+/// such as WeCom's `AgentID`.
+///
+/// # Errors
+/// As [`parse_incoming`] for size, encoding and well-formedness.
+pub(crate) fn child_text(xml: &[u8], name: &str) -> Result<Option<String>, XmlError> {
+    Ok(parse_fields(xml)?.non_empty(name))
+}
+
 /// Wraps `text` in a CDATA section, splitting any `]]>` so the section
 /// cannot be closed early (`]]>` becomes `]]]]><![CDATA[>`).
 fn cdata(text: &str) -> String {
