@@ -123,13 +123,20 @@ impl App {
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("building the HTTP client for platform APIs")?;
+        let alerts = crate::alerts::Alerter::from_config(&config, http.clone());
         let engine = Engine::new(
             store,
             backend,
             Settings::from_config(&config),
             shutdown.clone(),
             tracker.clone(),
-        );
+        )
+        .with_alerts(alerts.clone());
         let addr: SocketAddr = config
             .server
             .listen
@@ -139,19 +146,22 @@ impl App {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .context("building the HTTP client for platform APIs")?;
         let billing = Arc::new(
-            crate::billing::Billing::from_config(&config, engine.store().clone(), http.clone())
-                .context("setting up payments")?,
+            crate::billing::Billing::from_config(
+                &config,
+                engine.store().clone(),
+                http.clone(),
+                alerts.clone(),
+            )
+            .context("setting up payments")?,
         );
         if billing.enabled() {
             info!(channels = ?billing.channels(), products = billing.products().len(), "payments enabled");
         }
         let reconcile_every = Duration::from_secs(config.pay.reconcile_interval_secs);
+        let wecom = Arc::new(
+            crate::http::wecom::Wecom::from_config(&config, &http).context("setting up WeCom")?,
+        );
         let mut mp = std::collections::HashMap::new();
         for cfg in &config.wechat_mp {
             let account = crate::http::mp::MpAccount::new(cfg.clone(), http.clone())?;
@@ -168,6 +178,8 @@ impl App {
                 mp: Arc::new(mp),
                 login: Arc::new(crate::auth::Login::default()),
                 billing,
+                guests: Arc::new(crate::web::GuestLimiter::default()),
+                wecom,
             },
             listener,
             tracker,
@@ -203,6 +215,7 @@ impl App {
         tracker.spawn(housekeeping(
             engine.clone(),
             state.login.clone(),
+            state.guests.clone(),
             metrics,
             shutdown.clone(),
         ));
@@ -277,6 +290,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 async fn housekeeping(
     engine: Engine,
     login: Arc<crate::auth::Login>,
+    guests: Arc<crate::web::GuestLimiter>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {
@@ -287,6 +301,7 @@ async fn housekeeping(
             () = shutdown.cancelled() => return,
         }
         login.sweep();
+        guests.sweep();
         let e = engine.clone();
         let users = tokio::task::spawn_blocking(move || {
             e.housekeeping();

@@ -28,6 +28,7 @@ const SECRET_KEYS: &[&str] = &[
     "access_token",
     "api_v3_key",
     "previous_encoding_aes_key",
+    "webhook",
 ];
 
 /// A secret string: never printed by `Debug`, redacted when serialized for the summary.
@@ -123,6 +124,14 @@ pub struct Config {
     pub products: Vec<ProductConfig>,
     /// `[pay]`: payment channels and order handling.
     pub pay: PayConfig,
+    /// `[web]`: the chat page.
+    pub web: WebConfig,
+    /// `[[wecom]]`: WeCom self-built apps.
+    pub wecom: Vec<WecomConfig>,
+    /// `[[wecom_aibot]]`: WeCom AI bots (智能机器人).
+    pub wecom_aibot: Vec<WecomAibotConfig>,
+    /// `[[wecom_robot]]`: WeCom group robots that receive operators' alerts.
+    pub wecom_robot: Vec<WecomRobotConfig>,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -523,6 +532,130 @@ impl Default for MpTexts {
     }
 }
 
+/// `[[wecom]]`: a WeCom (企业微信) self-built app, served at `/wecom/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WecomConfig {
+    /// The app's id in URLs and user keys (`wecom:<id>:<userid>`).
+    pub id: String,
+    /// 企业ID.
+    pub corp_id: String,
+    /// The app's AgentId.
+    pub agent_id: i64,
+    /// The app's Secret.
+    pub secret: Secret,
+    /// 接收消息 → Token.
+    pub token: Secret,
+    /// 接收消息 → EncodingAESKey.
+    pub encoding_aes_key: Secret,
+    /// Base URL of the WeCom API.
+    pub api_base: String,
+    /// Sent when a user opens the app (`enter_agent`); empty sends nothing.
+    pub welcome: String,
+    /// Menu CLICK keys and the message each stands for.
+    pub menu: BTreeMap<String, String>,
+    /// Send answers as markdown (WeCom renders it in the app).
+    pub markdown: bool,
+}
+
+impl Default for WecomConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            corp_id: String::new(),
+            agent_id: 0,
+            secret: Secret::default(),
+            token: Secret::default(),
+            encoding_aes_key: Secret::default(),
+            api_base: "https://qyapi.weixin.qq.com".to_owned(),
+            welcome: String::new(),
+            menu: BTreeMap::new(),
+            markdown: true,
+        }
+    }
+}
+
+/// `[[wecom_aibot]]`: a WeCom AI bot (智能机器人, API mode), served at `/wecom/aibot/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WecomAibotConfig {
+    /// The bot's id in URLs and user keys (`wecom:<id>:<userid>`).
+    pub id: String,
+    /// The bot's Token.
+    pub token: Secret,
+    /// The bot's EncodingAESKey.
+    pub encoding_aes_key: Secret,
+    /// Answer to `enter_chat`; empty sends nothing.
+    pub welcome: String,
+    /// How long WeCom keeps asking for the stream (6 minutes); an answer finished later is
+    /// posted to the message's `response_url`.
+    pub stream_window_secs: u64,
+}
+
+impl Default for WecomAibotConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            token: Secret::default(),
+            encoding_aes_key: Secret::default(),
+            welcome: String::new(),
+            stream_window_secs: 360,
+        }
+    }
+}
+
+/// `[[wecom_robot]]`: a group robot webhook that receives operators' alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WecomRobotConfig {
+    /// A name for logs.
+    pub id: String,
+    /// The webhook key, or the whole webhook URL.
+    pub webhook: Secret,
+    /// Base URL of the WeCom API (for a bare key).
+    pub api_base: String,
+}
+
+impl Default for WecomRobotConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            webhook: Secret::default(),
+            api_base: "https://qyapi.weixin.qq.com".to_owned(),
+        }
+    }
+}
+
+/// `[web]`: the chat page served at `/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Serve the page (the APIs stay on either way).
+    pub enabled: bool,
+    /// The page's title.
+    pub title: String,
+    /// Credits a visitor gets with "try it now" (guest mode); 0 turns guest mode off.
+    pub guest_credits: u64,
+    /// The Official Account's name, shown in the login hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mp_name: Option<String>,
+    /// An image URL of the Official Account's QR code, shown in the login hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mp_qr_url: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            title: "AI 助手".to_owned(),
+            guest_credits: 0,
+            mp_name: None,
+            mp_qr_url: None,
+        }
+    }
+}
+
 /// `[[products]]`: one credit pack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductConfig {
@@ -716,6 +849,10 @@ pub fn parse(
         wechat_mp: section(&mut root, "wechat_mp", &mut problems),
         products: section(&mut root, "products", &mut problems),
         pay: section(&mut root, "pay", &mut problems),
+        web: section(&mut root, "web", &mut problems),
+        wecom: section(&mut root, "wecom", &mut problems),
+        wecom_aibot: section(&mut root, "wecom_aibot", &mut problems),
+        wecom_robot: section(&mut root, "wecom_robot", &mut problems),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -1089,6 +1226,18 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         }
     }
     validate_pay(c, problems);
+    validate_wecom(c, problems);
+    if c.web.title.trim().is_empty() || c.web.title.chars().count() > 60 {
+        problems.push(problem("web.title", "must be 1 to 60 characters"));
+    }
+    if let Some(url) = &c.web.mp_qr_url
+        && !is_http_url(url)
+    {
+        problems.push(problem(
+            "web.mp_qr_url",
+            "must be an http(s) URL of an image",
+        ));
+    }
     if !matches!(c.log.format.as_str(), "text" | "json") {
         problems.push(problem("log.format", "must be \"text\" or \"json\""));
     }
@@ -1097,6 +1246,97 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             "log.level",
             "is not a valid filter (e.g. info, chatrelay=debug)",
         ));
+    }
+}
+
+fn validate_wecom(c: &Config, problems: &mut Vec<Problem>) {
+    let id_ok = |id: &str| {
+        !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let mut ids = BTreeMap::new();
+    for (i, w) in c.wecom.iter().enumerate() {
+        let key = |k: &str| format!("wecom[{i}].{k}");
+        if !id_ok(&w.id) {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if ids.insert(w.id.clone(), ()).is_some() {
+            problems.push(problem(
+                key("id"),
+                format!(
+                    "{:?} is used twice among [[wecom]] and [[wecom_aibot]]",
+                    w.id
+                ),
+            ));
+        }
+        if w.corp_id.trim().is_empty() {
+            problems.push(problem(key("corp_id"), "is required (企业ID)"));
+        }
+        if w.agent_id <= 0 {
+            problems.push(problem(key("agent_id"), "is required (the app's AgentId)"));
+        }
+        if w.secret.expose().is_empty() {
+            problems.push(problem(key("secret"), "is required (the app's Secret)"));
+        }
+        if w.token.expose().is_empty() {
+            problems.push(problem(key("token"), "is required"));
+        }
+        if chatrelay_wechat::AesKey::from_encoding_aes_key(w.encoding_aes_key.expose()).is_err() {
+            problems.push(problem(
+                key("encoding_aes_key"),
+                "must be the 43-character EncodingAESKey",
+            ));
+        }
+        if !is_http_url(&w.api_base) {
+            problems.push(problem(
+                key("api_base"),
+                "must start with http:// or https://",
+            ));
+        }
+    }
+    for (i, b) in c.wecom_aibot.iter().enumerate() {
+        let key = |k: &str| format!("wecom_aibot[{i}].{k}");
+        if !id_ok(&b.id) {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if ids.insert(b.id.clone(), ()).is_some() {
+            problems.push(problem(
+                key("id"),
+                format!(
+                    "{:?} is used twice among [[wecom]] and [[wecom_aibot]]",
+                    b.id
+                ),
+            ));
+        }
+        if b.token.expose().is_empty() {
+            problems.push(problem(key("token"), "is required"));
+        }
+        if chatrelay_wechat::AesKey::from_encoding_aes_key(b.encoding_aes_key.expose()).is_err() {
+            problems.push(problem(
+                key("encoding_aes_key"),
+                "must be the 43-character EncodingAESKey",
+            ));
+        }
+        if !(10..=3600).contains(&b.stream_window_secs) {
+            problems.push(problem(
+                key("stream_window_secs"),
+                "must be between 10 and 3600",
+            ));
+        }
+    }
+    for (i, r) in c.wecom_robot.iter().enumerate() {
+        if r.webhook.expose().trim().is_empty() {
+            problems.push(problem(
+                format!("wecom_robot[{i}].webhook"),
+                "is required (the webhook key or URL)",
+            ));
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! - [`bot`]: the conversation engine, one path for every platform.
 //! - [`http`]: the axum router (`/v1`, `/admin`, `/api`, `/wechat/mp`, health, metrics).
 //! - [`auth`]: login codes and the tokens they buy.
+//! - [`alerts`]: operators' alerts (log + WeCom group robots).
 //! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
+//! - [`web`]: the embedded chat page and its bootstrap APIs.
 //! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
 //!
 //! Wire protocols live in the `connectors/*` crates and storage in `chatrelay-storage`;
@@ -16,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_cli;
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod bot;
 pub mod config;
 pub mod http;
+pub mod web;

@@ -1,4 +1,6 @@
-"""A fake api.weixin.qq.com on 127.0.0.1: stable_token and the customer-service API.
+"""A fake api.weixin.qq.com and qyapi.weixin.qq.com on 127.0.0.1: the Official Account's
+stable_token and customer-service API; WeCom's gettoken, message/send and group robot webhook;
+and a place for AI bot `response_url` posts.
 
 Tokens are `tok-<appid>-<n>`. Apps listed in `no_push` answer custom/send with errcode 48001
 (an unverified subscription account), as WeChat does.
@@ -15,6 +17,10 @@ class FakeWechat:
         self.no_push = set()
         self.sent = []           # (appid, body) of custom/send calls that succeeded
         self.token_requests = 0
+        self.wecom_sent = []     # message/send bodies
+        self.robot_sent = []     # (key, body) of webhook/send
+        self.responses = []      # (path, body) posted to response URLs
+        self.gettoken_requests = 0
         self.lock = threading.Lock()
         fake = self
 
@@ -31,6 +37,18 @@ class FakeWechat:
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                if url.path == "/cgi-bin/gettoken":
+                    q = parse_qs(url.query)
+                    with fake.lock:
+                        fake.gettoken_requests += 1
+                        n = fake.gettoken_requests
+                    self._json({"errcode": 0, "errmsg": "ok", "access_token": f"wtok-{q.get('corpid', [''])[0]}-{n}",
+                                "expires_in": 7200})
+                else:
+                    self._json({"errcode": 40001, "errmsg": "unknown path"})
 
             def do_POST(self):
                 url = urlparse(self.path)
@@ -49,6 +67,18 @@ class FakeWechat:
                         return
                     with fake.lock:
                         fake.sent.append((appid, body))
+                    self._json({"errcode": 0, "errmsg": "ok"})
+                elif url.path == "/cgi-bin/message/send":
+                    with fake.lock:
+                        fake.wecom_sent.append(body)
+                    self._json({"errcode": 0, "errmsg": "ok", "msgid": "m1"})
+                elif url.path == "/cgi-bin/webhook/send":
+                    with fake.lock:
+                        fake.robot_sent.append((parse_qs(url.query).get("key", [""])[0], body))
+                    self._json({"errcode": 0, "errmsg": "ok"})
+                elif url.path.startswith("/response/"):
+                    with fake.lock:
+                        fake.responses.append((url.path, body))
                     self._json({"errcode": 0, "errmsg": "ok"})
                 elif url.path == "/cgi-bin/message/custom/typing":
                     self._json({"errcode": 0, "errmsg": "ok"})

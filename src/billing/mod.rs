@@ -17,11 +17,9 @@ use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, S
 use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
-use crate::bot::now_ms;
+use crate::alerts::Alerter;
+use crate::bot::{now_ms, yuan};
 use crate::config::{AlipayConfig, Config, ProductConfig, WechatPayConfig};
-
-/// Operators' log target: paid orders and every verification failure go here.
-pub const ALERT: &str = "chatrelay::alert";
 
 /// Why a billing operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +164,7 @@ pub struct ReconcileReport {
 /// The shop.
 pub struct Billing {
     store: Store,
+    alerts: Alerter,
     products: Vec<ProductConfig>,
     wechat: Option<WechatPay>,
     alipay: Option<Alipay>,
@@ -187,6 +186,7 @@ impl Billing {
         config: &Config,
         store: Store,
         http: reqwest::Client,
+        alerts: Alerter,
     ) -> anyhow::Result<Billing> {
         let pay = &config.pay;
         let public_url = config.server.public_url.clone().unwrap_or_default();
@@ -244,6 +244,7 @@ impl Billing {
         };
         Ok(Billing {
             store,
+            alerts,
             products: config.products.clone(),
             wechat,
             alipay,
@@ -409,7 +410,10 @@ impl Billing {
         {
             Ok(o) => o,
             Err(StoreError::AmountMismatch { expected, got }) => {
-                warn!(target: ALERT, order = %order.id, expected, got, source, "payment amount does not match the order; not credited");
+                self.alerts.alert(format!(
+                    "订单 {} 的付款金额不符（订单 {expected} 分，付款 {got} 分，{source}），未入账",
+                    order.id
+                ));
                 metrics::counter!("chatrelay_payment_rejected_total", "reason" => "amount")
                     .increment(1);
                 self.event(
@@ -426,19 +430,19 @@ impl Billing {
         self.store.flush().await?;
         match outcome {
             CreditOutcome::Credited(entry) => {
-                if order.status == OrderStatus::Closed {
-                    warn!(target: ALERT, order = %order.id, "payment arrived after the order was closed locally; credited");
-                }
-                info!(
-                    target: ALERT,
-                    order = %order.id,
-                    uid = %order.uid,
-                    fen = paid_fen,
-                    credits = order.credits,
-                    channel = %order.channel,
-                    source,
-                    "order paid and credited"
-                );
+                let late = if order.status == OrderStatus::Closed {
+                    "（订单已在本地关闭后才付款，仍已入账）"
+                } else {
+                    ""
+                };
+                self.alerts.alert(format!(
+                    "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{}，{source}）{late}",
+                    order.id,
+                    order.uid,
+                    yuan(paid_fen),
+                    order.credits,
+                    order.channel
+                ));
                 metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone()).increment(1);
                 metrics::counter!("chatrelay_revenue_fen_total", "channel" => order.channel.clone())
                     .increment(u64::try_from(paid_fen).unwrap_or(0));
@@ -457,14 +461,16 @@ impl Billing {
     }
 
     fn verification_failed(&self, channel: &str, why: String) -> BillingError {
-        warn!(target: ALERT, channel, reason = %why, "payment notification failed verification");
+        self.alerts
+            .alert(format!("{channel} 支付通知验证失败：{why}"));
         metrics::counter!("chatrelay_payment_rejected_total", "reason" => "verification")
             .increment(1);
         BillingError::Verification(why)
     }
 
     fn mismatch(&self, order: &str, why: String) -> BillingError {
-        warn!(target: ALERT, order, reason = %why, "payment notification does not match; not credited");
+        self.alerts
+            .alert(format!("订单 {order} 的支付通知与订单不符，未入账：{why}"));
         metrics::counter!("chatrelay_payment_rejected_total", "reason" => "mismatch").increment(1);
         BillingError::Mismatch(why)
     }
@@ -770,7 +776,12 @@ impl Billing {
         self.event(&order.id, "provider_refund", &detail);
         let (order, entry) = self.store.refund_order(id, reason, now_ms())?;
         self.store.flush().await?;
-        info!(target: ALERT, order = %order.id, uid = %order.uid, taken_back = entry.as_ref().map_or(0, |e| -e.paid_delta), "order refunded");
+        self.alerts.alert(format!(
+            "订单 {} 已退款：用户 {}，收回 {} 额度",
+            order.id,
+            order.uid,
+            entry.as_ref().map_or(0, |e| -e.paid_delta)
+        ));
         Ok((order, entry))
     }
 }

@@ -175,6 +175,9 @@ struct Inflight {
 struct Inner {
     store: Store,
     llm: Arc<dyn LlmBackend>,
+    alerts: crate::alerts::Alerter,
+    /// Upstream failures since the last success, and when operators were last told.
+    upstream_streak: Mutex<(u32, Option<Instant>)>,
     settings: Settings,
     limiter: RateLimiter,
     inflight: Mutex<InflightMap>,
@@ -208,12 +211,52 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 llm,
+                alerts: crate::alerts::Alerter::default(),
+                upstream_streak: Mutex::new((0, None)),
                 settings,
                 limiter,
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,
                 tracker,
             }),
+        }
+    }
+
+    /// Sends operators' alerts (an upstream failing again and again) through `alerts`.
+    /// Call before the engine is shared.
+    #[must_use]
+    pub fn with_alerts(mut self, alerts: crate::alerts::Alerter) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.alerts = alerts;
+        }
+        self
+    }
+
+    /// Counts upstream outcomes; tells operators when calls keep failing (at most every
+    /// ten minutes).
+    fn upstream_outcome(&self, ok: bool, error: Option<&str>) {
+        const STREAK: u32 = 5;
+        const QUIET: Duration = Duration::from_secs(600);
+        let mut guard = self
+            .inner
+            .upstream_streak
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if ok {
+            guard.0 = 0;
+            return;
+        }
+        guard.0 = guard.0.saturating_add(1);
+        let due = guard.1.is_none_or(|t| t.elapsed() >= QUIET);
+        if guard.0 >= STREAK && due {
+            guard.1 = Some(Instant::now());
+            let n = guard.0;
+            drop(guard);
+            self.inner.alerts.alert(format!(
+                "大模型接口连续 {n} 次调用失败（{}）：{}",
+                self.inner.llm.name(),
+                error.unwrap_or("")
+            ));
         }
     }
 
@@ -403,6 +446,7 @@ impl Engine {
                 let cost = quota::actual_cost(model, &usage);
                 let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
+                self.upstream_outcome(true, None);
                 metrics::counter!("chatrelay_credits_charged_total").increment(charged);
                 info!(
                     prompt_tokens = usage.prompt_tokens,
@@ -437,6 +481,7 @@ impl Engine {
                 let (label, kind, message) = match &ending {
                     Ending::Upstream(e) => {
                         warn!(error = %e, "LLM call failed; nothing charged");
+                        self.upstream_outcome(false, Some(&e.to_string()));
                         (
                             "error",
                             FailureKind::Upstream,

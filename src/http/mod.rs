@@ -1,7 +1,7 @@
 //! The HTTP surface, one axum router on one listener: `/v1` (OpenAI-compatible, metered),
 //! `/admin` (bearer = admin token), `/api` (the web page's account API), `/wechat/mp`
-//! (Official Account callbacks), `/pay` (payment notifications), `/healthz`, `/readyz`,
-//! `/metrics`.
+//! (Official Account callbacks), `/wecom` (WeCom app and AI bot callbacks), `/pay` (payment
+//! notifications), `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
@@ -12,6 +12,7 @@ pub mod mp;
 pub mod ops;
 pub mod pay;
 pub mod v1;
+pub mod wecom;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,10 @@ pub struct AppState {
     pub login: Arc<crate::auth::Login>,
     /// The shop: products, orders, payments.
     pub billing: Arc<crate::billing::Billing>,
+    /// Limits guest sign-ups per address.
+    pub guests: Arc<crate::web::GuestLimiter>,
+    /// The configured WeCom apps and AI bots.
+    pub wecom: Arc<wecom::Wecom>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -86,12 +91,15 @@ impl MakeRequestId for RequestIds {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
+    let page = state.config.web.enabled;
     Router::new()
+        .merge(crate::web::routes(page))
         .merge(v1::routes())
         .merge(admin::routes())
         .merge(api::routes())
         .merge(mp::routes())
         .merge(pay::routes())
+        .merge(wecom::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))

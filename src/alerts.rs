@@ -1,0 +1,57 @@
+//! Operators' alerts: paid orders, refunds, payment verification failures, an upstream LLM
+//! failing again and again. Every alert is logged under the `chatrelay::alert` target and
+//! sent to the configured WeCom group robots (which allow 20 messages a minute: beyond that
+//! an alert is only logged).
+
+use std::sync::Arc;
+
+use chatrelay_wechat::RobotClient;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// The log target of alerts.
+pub const TARGET: &str = "chatrelay::alert";
+
+/// Sends alerts. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Alerter {
+    robots: Arc<Vec<(String, RobotClient)>>,
+}
+
+impl Alerter {
+    /// The robots of the configuration (none is fine: alerts are then only logged).
+    #[must_use]
+    pub fn from_config(config: &Config, http: reqwest::Client) -> Self {
+        let robots = config
+            .wecom_robot
+            .iter()
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    RobotClient::new(r.webhook.expose(), &r.api_base, http.clone()),
+                )
+            })
+            .collect();
+        Self {
+            robots: Arc::new(robots),
+        }
+    }
+
+    /// Logs `text` and sends it to every robot, without waiting.
+    pub fn alert(&self, text: String) {
+        info!(target: TARGET, "{text}");
+        metrics::counter!("chatrelay_alerts_total").increment(1);
+        if self.robots.is_empty() {
+            return;
+        }
+        let robots = self.robots.clone();
+        tokio::spawn(async move {
+            for (id, robot) in robots.iter() {
+                if let Err(e) = robot.send_text(&format!("【chatrelay】{text}")).await {
+                    warn!(robot = %id, error = %e, "alert not delivered to the group robot");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,439 @@
+//! WeCom (企业微信): self-built app callbacks (`GET/POST /wecom/{id}`) and AI bot callbacks
+//! (`GET/POST /wecom/aibot/{id}`).
+//!
+//! The app is acknowledged at once and answered through `message/send` (WeCom retries a slow
+//! callback like WeChat; retries join the one answer, and only the first delivery sends it).
+//! The AI bot answers with a stream id; WeCom then asks for the stream about once a second
+//! and gets the whole text so far each time, `finish` at the end. An answer still running when
+//! WeCom stops asking is posted to the message's `response_url` when it is done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, UserKey};
+use chatrelay_wechat::{
+    AibotEndpoint, AibotKind, CallbackError, IncomingKind, WecomClient, WecomEndpoint, WecomQuery,
+    post_response_url, stream_reply_json, text_reply_json,
+};
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::AppState;
+use crate::bot::{Engine, now_ms};
+use crate::config::{WecomAibotConfig, WecomConfig};
+
+/// WeCom's limit for one app message, in UTF-8 bytes.
+const MAX_MESSAGE_BYTES: usize = 2048;
+/// How long a finished AI bot stream is kept for late refreshes and retries.
+const STREAM_KEEP: Duration = Duration::from_secs(900);
+
+/// The WeCom routes.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/wecom/{id}", get(app_verify).post(app_callback))
+        .route("/wecom/aibot/{id}", get(bot_verify).post(bot_callback))
+}
+
+/// Message ids seen recently, so that a redelivery does not send the answer again.
+#[derive(Default)]
+struct Seen(Mutex<HashMap<String, Instant>>);
+
+impl Seen {
+    /// True the first time `id` is seen (within `keep`).
+    fn first(&self, id: &str, keep: Duration) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, t| t.elapsed() < keep);
+        map.insert(id.to_owned(), Instant::now()).is_none()
+    }
+}
+
+/// One WeCom self-built app.
+pub struct WecomApp {
+    cfg: WecomConfig,
+    endpoint: WecomEndpoint,
+    client: WecomClient,
+    seen: Seen,
+}
+
+/// One WeCom AI bot.
+pub struct WecomBot {
+    cfg: WecomAibotConfig,
+    endpoint: AibotEndpoint,
+    http: reqwest::Client,
+    /// msgid → stream id (retries of a message get the same stream).
+    by_msgid: Mutex<HashMap<String, String>>,
+    streams: Mutex<HashMap<String, Arc<Mutex<StreamState>>>>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    text: String,
+    finished: bool,
+    finished_at: Option<Instant>,
+}
+
+/// The configured WeCom apps and bots, by id.
+#[derive(Default)]
+pub struct Wecom {
+    apps: HashMap<String, Arc<WecomApp>>,
+    bots: HashMap<String, Arc<WecomBot>>,
+}
+
+impl Wecom {
+    /// Builds them from a validated configuration.
+    pub fn from_config(
+        config: &crate::config::Config,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let mut apps = HashMap::new();
+        for cfg in &config.wecom {
+            let endpoint = WecomEndpoint::new(
+                cfg.token.expose(),
+                &cfg.corp_id,
+                cfg.encoding_aes_key.expose(),
+            )
+            .map_err(|e| anyhow::anyhow!("wecom {}: {e}", cfg.id))?;
+            let client = WecomClient::new(
+                &cfg.api_base,
+                &cfg.corp_id,
+                cfg.secret.expose(),
+                cfg.agent_id,
+                http.clone(),
+            );
+            info!(app = %cfg.id, "WeCom app at /wecom/{}", cfg.id);
+            apps.insert(
+                cfg.id.clone(),
+                Arc::new(WecomApp {
+                    cfg: cfg.clone(),
+                    endpoint,
+                    client,
+                    seen: Seen::default(),
+                }),
+            );
+        }
+        let mut bots = HashMap::new();
+        for cfg in &config.wecom_aibot {
+            let endpoint = AibotEndpoint::new(cfg.token.expose(), cfg.encoding_aes_key.expose())
+                .map_err(|e| anyhow::anyhow!("wecom_aibot {}: {e}", cfg.id))?;
+            info!(bot = %cfg.id, "WeCom AI bot at /wecom/aibot/{}", cfg.id);
+            bots.insert(
+                cfg.id.clone(),
+                Arc::new(WecomBot {
+                    cfg: cfg.clone(),
+                    endpoint,
+                    http: http.clone(),
+                    by_msgid: Mutex::new(HashMap::new()),
+                    streams: Mutex::new(HashMap::new()),
+                }),
+            );
+        }
+        Ok(Self { apps, bots })
+    }
+}
+
+fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
+    metrics::counter!("chatrelay_wecom_rejected_total").increment(1);
+    warn!(%id, error = %e, "{what} refused");
+    let status = match e {
+        CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        CallbackError::BadSignature
+        | CallbackError::StaleTimestamp
+        | CallbackError::MissingParam(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, "refused").into_response()
+}
+
+/// The user-facing text of an answer; `None` when there is nothing to send (a duplicate).
+fn event_text(event: &ReplyEvent) -> Option<String> {
+    match event {
+        ReplyEvent::Final { text, .. } => Some(text.clone()),
+        ReplyEvent::Failed {
+            kind: FailureKind::Duplicate,
+            ..
+        } => None,
+        ReplyEvent::Failed { message, .. } => Some(message.clone()),
+        ReplyEvent::Delta(d) => Some(d.clone()),
+    }
+}
+
+// === self-built app ===
+
+async fn app_verify(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WecomQuery>,
+) -> Response {
+    let Some(app) = st.wecom.apps.get(&id) else {
+        return (StatusCode::NOT_FOUND, "unknown app").into_response();
+    };
+    match app.endpoint.verify_url(&q) {
+        Ok(echo) => echo.into_response(),
+        Err(e) => refused(&e, "WeCom URL verification", &id),
+    }
+}
+
+async fn app_callback(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WecomQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(app) = st.wecom.apps.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, "unknown app").into_response();
+    };
+    let Ok(body) = body else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let opened = match app.endpoint.open(&q, &body, now_ms() / 1000) {
+        Ok(o) => o,
+        Err(e) => return refused(&e, "WeCom callback", &id),
+    };
+    let msg = opened.message;
+    let key = UserKey::new(Platform::Wecom, app.cfg.id.clone(), msg.from_user.clone());
+    let message_id = msg.dedupe_id();
+    let text = match &msg.kind {
+        IncomingKind::Text { content } => Some(content.clone()),
+        IncomingKind::Voice {
+            recognition: Some(t),
+            ..
+        } => Some(t.clone()),
+        IncomingKind::Event {
+            event, event_key, ..
+        } => match event.to_ascii_lowercase().as_str() {
+            "click" => event_key
+                .as_deref()
+                .and_then(|k| app.cfg.menu.get(k))
+                .cloned(),
+            "enter_agent"
+                if !app.cfg.welcome.is_empty()
+                    && app.seen.first(&message_id, Duration::from_secs(60)) =>
+            {
+                send_app(app.clone(), key.user.clone(), app.cfg.welcome.clone());
+                None
+            }
+            _ => None,
+        },
+        _ => {
+            if app.seen.first(&message_id, Duration::from_secs(600)) {
+                send_app(
+                    app.clone(),
+                    key.user.clone(),
+                    st.engine.settings().texts.empty.clone(),
+                );
+            }
+            None
+        }
+    };
+    if let Some(text) = text
+        && app.seen.first(&message_id, Duration::from_secs(600))
+    {
+        let engine = st.engine.clone();
+        let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
+        tokio::spawn(
+            async move {
+                let reply = engine.handle(Inbound::text(key.clone(), message_id, text));
+                if let Some(answer) = event_text(&reply.collect().await) {
+                    send_app(app, key.user, answer);
+                }
+            }
+            .instrument(span),
+        );
+    }
+    // An empty 200 acknowledges: the answer goes through message/send.
+    StatusCode::OK.into_response()
+}
+
+/// Sends `text` to `user` in 2048-byte parts, in order.
+fn send_app(app: Arc<WecomApp>, user: String, text: String) {
+    tokio::spawn(async move {
+        for part in split_message(&text, MAX_MESSAGE_BYTES, Unit::Bytes) {
+            let sent = if app.cfg.markdown {
+                app.client.send_markdown(&user, &part).await
+            } else {
+                app.client.send_text(&user, &part).await
+            };
+            match sent {
+                Ok(()) => metrics::counter!("chatrelay_wecom_sent_total").increment(1),
+                Err(e) => {
+                    warn!(app = %app.cfg.id, error = %e, "sending a WeCom message failed");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+// === AI bot ===
+
+async fn bot_verify(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WecomQuery>,
+) -> Response {
+    let Some(bot) = st.wecom.bots.get(&id) else {
+        return (StatusCode::NOT_FOUND, "unknown bot").into_response();
+    };
+    match bot.endpoint.verify_url(&q) {
+        Ok(echo) => echo.into_response(),
+        Err(e) => refused(&e, "WeCom AI bot URL verification", &id),
+    }
+}
+
+fn sealed(bot: &WecomBot, q: &WecomQuery, plaintext_json: &str) -> Response {
+    let nonce = q.nonce.clone().unwrap_or_default();
+    let timestamp = q.timestamp.clone().unwrap_or_default();
+    let body = bot.endpoint.seal_json(plaintext_json, &nonce, &timestamp);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn bot_callback(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WecomQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(bot) = st.wecom.bots.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND, "unknown bot").into_response();
+    };
+    let Ok(body) = body else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let cb = match bot.endpoint.open(&q, &body, now_ms() / 1000) {
+        Ok(cb) => cb,
+        Err(e) => return refused(&e, "WeCom AI bot callback", &id),
+    };
+    match &cb.kind {
+        AibotKind::StreamRefresh { stream_id } => {
+            let state = bot
+                .streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(stream_id)
+                .cloned();
+            let json = match state {
+                Some(state) => {
+                    let s = state.lock().unwrap_or_else(|p| p.into_inner());
+                    stream_reply_json(stream_id, &s.text, s.finished)
+                }
+                // Unknown (e.g. the daemon restarted): end it rather than spin.
+                None => stream_reply_json(stream_id, "（回答已中断，请重新提问）", true),
+            };
+            sealed(&bot, &q, &json)
+        }
+        AibotKind::Event { eventtype }
+            if eventtype == "enter_chat" && !bot.cfg.welcome.is_empty() =>
+        {
+            sealed(&bot, &q, &text_reply_json(&bot.cfg.welcome))
+        }
+        AibotKind::Event { .. } => StatusCode::OK.into_response(),
+        AibotKind::Text { .. } | AibotKind::Voice { .. } => {
+            let user = cb.from_userid.clone().unwrap_or_default();
+            let text = cb.text_without_mention().unwrap_or_default();
+            let stream_id = start_stream(
+                &st.engine,
+                &bot,
+                &cb.msgid,
+                &user,
+                text,
+                cb.response_url.clone(),
+            );
+            let json = {
+                let streams = bot.streams.lock().unwrap_or_else(|p| p.into_inner());
+                let current = streams.get(&stream_id).cloned();
+                drop(streams);
+                match current {
+                    Some(state) => {
+                        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+                        stream_reply_json(&stream_id, &s.text, s.finished)
+                    }
+                    None => stream_reply_json(&stream_id, "", false),
+                }
+            };
+            sealed(&bot, &q, &json)
+        }
+        AibotKind::Other { .. } => {
+            let text = st.engine.settings().texts.empty.clone();
+            sealed(&bot, &q, &stream_reply_json(&cb.msgid, &text, true))
+        }
+    }
+}
+
+/// The stream of a message: the one already running for this msgid, or a new one whose
+/// answer is collected into the shared state.
+fn start_stream(
+    engine: &Engine,
+    bot: &Arc<WecomBot>,
+    msgid: &str,
+    user: &str,
+    text: String,
+    response_url: Option<String>,
+) -> String {
+    let mut by_msgid = bot.by_msgid.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = by_msgid.get(msgid) {
+        return existing.clone();
+    }
+    let stream_id = crate::http::v1::random_id();
+    by_msgid.insert(msgid.to_owned(), stream_id.clone());
+    drop(by_msgid);
+    let state = Arc::new(Mutex::new(StreamState::default()));
+    {
+        let mut streams = bot.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|_, s| {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finished_at
+                .is_none_or(|t| t.elapsed() < STREAM_KEEP)
+        });
+        streams.insert(stream_id.clone(), state.clone());
+    }
+    let key = UserKey::new(Platform::Wecom, bot.cfg.id.clone(), user.to_owned());
+    let inbound = Inbound::text(key, msgid, text);
+    let mut reply = engine.handle(inbound);
+    let window = Duration::from_secs(bot.cfg.stream_window_secs);
+    let started = Instant::now();
+    let http = bot.http.clone();
+    let span = info_span!("wecom_aibot", bot = %bot.cfg.id, user = %user, msg = %msgid);
+    tokio::spawn(
+        async move {
+            let mut final_text = None;
+            while let Some(event) = reply.next().await {
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                match event {
+                    ReplyEvent::Delta(d) => s.text.push_str(&d),
+                    terminal => {
+                        if let Some(text) = event_text(&terminal) {
+                            s.text = text;
+                        }
+                        s.finished = true;
+                        s.finished_at = Some(Instant::now());
+                        final_text = Some(s.text.clone());
+                        break;
+                    }
+                }
+            }
+            if final_text.is_none() {
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.finished = true;
+                s.finished_at = Some(Instant::now());
+            }
+            // WeCom stopped asking for the stream: the answer goes to response_url.
+            if started.elapsed() >= window
+                && let (Some(url), Some(text)) = (response_url, final_text)
+                && let Err(e) = post_response_url(&http, &url, &text).await
+            {
+                warn!(error = %e, "posting a late answer to response_url failed");
+            }
+        }
+        .instrument(span),
+    );
+    stream_id
+}
