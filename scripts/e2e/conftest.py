@@ -140,6 +140,9 @@ def daemon(upstream):
 
 @pytest.fixture(autouse=True)
 def reset_upstream(upstream):
+    from fake_openai import ANSWER_PIECES
     upstream.mode = "ok"
     yield
     upstream.mode = "ok"
+    upstream.pieces = list(ANSWER_PIECES)
+    upstream.piece_delay = 0.0

@@ -23,6 +23,8 @@ class FakeOpenAI:
         self.mode = "ok"
         self.slow_interval = 0.5
         self.delay = 0.0
+        self.pieces = list(ANSWER_PIECES)  # what `ok` streams; tests may swap in markdown
+        self.piece_delay = 0.0             # pause between streamed pieces in `ok` mode
         self.requests = []  # (path, headers, body) of chat requests
         self.lock = threading.Lock()
         fake = self
@@ -71,7 +73,7 @@ class FakeOpenAI:
                     self._json(200, {
                         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                         "model": req["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER, "refusal": None},
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(fake.pieces), "refusal": None},
                                      "logprobs": None, "finish_reason": "stop"}],
                         "usage": USAGE,
                     })
@@ -95,10 +97,12 @@ class FakeOpenAI:
 
                 try:
                     self._event(choice({"role": "assistant", "content": "", "refusal": None}))
-                    pieces = ANSWER_PIECES if not slow else (f"tick{i} " for i in range(10_000))
+                    pieces = list(fake.pieces) if not slow else (f"tick{i} " for i in range(10_000))
                     for piece in pieces:
                         if slow:
                             time.sleep(fake.slow_interval)
+                        elif fake.piece_delay:
+                            time.sleep(fake.piece_delay)
                         self._event(choice({"content": piece}))
                     self._event(choice({}, "stop"))
                     if (req.get("stream_options") or {}).get("include_usage"):

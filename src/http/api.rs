@@ -112,13 +112,30 @@ async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let store = st.engine.store();
     let s = st.engine.settings();
     match (store.user(uid), store.balance(uid, s.today(), s.free_daily)) {
-        (Ok(Some(user)), Ok(balance)) => Json(json!({
-            "uid": uid,
-            "name": user.name,
-            "balance": balance,
-            "free_daily": s.free_daily,
-        }))
-        .into_response(),
+        (Ok(Some(user)), Ok(balance)) => {
+            let usage: Vec<serde_json::Value> = store
+                .ledger(uid, 20)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "at": e.at_ms / 1000,
+                        "kind": e.kind,
+                        "free_delta": e.free_delta,
+                        "paid_delta": e.paid_delta,
+                        "reason": e.reason,
+                    })
+                })
+                .collect();
+            Json(json!({
+                "uid": uid,
+                "name": user.name,
+                "balance": balance,
+                "free_daily": s.free_daily,
+                "usage": usage,
+            }))
+            .into_response()
+        }
         (Ok(None), _) => error(StatusCode::UNAUTHORIZED, "invalid_api_key", "no such user"),
         (Err(e), _) | (_, Err(e)) => {
             warn!(error = %e, "reading the account failed");

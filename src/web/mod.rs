@@ -1,0 +1,177 @@
+//! The web chat page, embedded in the binary (`GET /`, `/assets/app.css`, `/assets/app.js`),
+//! and the APIs only the page needs: `GET /api/config` (what to show) and `POST /api/guest`
+//! (try it without logging in, when `web.guest_credits` is set).
+//!
+//! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chatrelay_storage::EntryKind;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::bot::now_ms;
+use crate::bot::ratelimit::RateLimiter;
+use crate::http::AppState;
+
+const INDEX: &str = include_str!("index.html");
+const CSS: &str = include_str!("app.css");
+const JS: &str = include_str!("app.js");
+
+/// Everything the page loads comes from here; nothing inline, nothing from elsewhere
+/// (except the configured Official Account QR image).
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Guests one client address may create per hour.
+const GUESTS_PER_IP_PER_HOUR: u32 = 3;
+/// How long a guest token works.
+const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// The page's routes (`page` false leaves only the APIs).
+pub fn routes(page: bool) -> axum::Router<AppState> {
+    let api = axum::Router::new()
+        .route("/api/config", get(config))
+        .route("/api/guest", post(guest));
+    if !page {
+        return api;
+    }
+    api.route(
+        "/",
+        get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+    )
+    .route(
+        "/assets/app.css",
+        get(|| async { asset(CSS, "text/css; charset=utf-8") }),
+    )
+    .route(
+        "/assets/app.js",
+        get(|| async { asset(JS, "text/javascript; charset=utf-8") }),
+    )
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    // The binary is the version: a restart with a new build serves new files.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+async fn config(State(st): State<AppState>) -> Response {
+    let web = &st.config.web;
+    let login = st.config.wechat_mp.first().map(|mp| {
+        json!({
+            "keyword": mp.login_keyword,
+            "mp_name": web.mp_name,
+            "mp_qr_url": web.mp_qr_url,
+        })
+    });
+    Json(json!({
+        "title": web.title,
+        "login": login,
+        "guest": web.guest_credits > 0,
+        "channels": st.billing.channels(),
+        "buy": st.billing.enabled() && !st.billing.products().is_empty(),
+    }))
+    .into_response()
+}
+
+/// Limits guest creation per client address.
+#[derive(Debug)]
+pub struct GuestLimiter(RateLimiter<IpAddr>);
+
+impl Default for GuestLimiter {
+    fn default() -> Self {
+        Self(RateLimiter::with_window(
+            GUESTS_PER_IP_PER_HOUR,
+            Duration::from_secs(3600),
+        ))
+    }
+}
+
+impl GuestLimiter {
+    /// Forgets old entries.
+    pub fn sweep(&self) {
+        self.0.sweep();
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn guest(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let credits = st.config.web.guest_credits;
+    if credits == 0 {
+        return error(StatusCode::NOT_FOUND, "guest_off", "未开放试用");
+    }
+    let ip = crate::http::api::client_ip(peer, &headers);
+    if !st.guests.0.allow(ip) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "试用次数过多，请稍后再试",
+        );
+    }
+    let store = st.engine.store();
+    let now = now_ms();
+    let result = (|| {
+        let user = store.create_user("guest")?;
+        store.grant(
+            user.uid,
+            credits,
+            EntryKind::Grant,
+            "guest trial",
+            &format!("guest:{}", user.uid),
+            now,
+        )?;
+        let expires = now.saturating_add(GUEST_TOKEN_TTL.as_millis() as i64);
+        let token = store.create_token(user.uid, "guest", Some(expires), now)?;
+        Ok::<_, chatrelay_storage::StoreError>((user.uid, token, expires))
+    })();
+    match result {
+        Ok((uid, token, expires)) => {
+            if let Err(e) = store.flush().await {
+                warn!(error = %e, "flushing a guest failed");
+            }
+            metrics::counter!("chatrelay_guests_total").increment(1);
+            info!(%uid, "guest created");
+            Json(json!({"token": token, "uid": uid, "expires_at": expires / 1000})).into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "creating a guest failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "服务暂时不可用",
+            )
+        }
+    }
+}
