@@ -126,9 +126,18 @@ def test_app_message_answered_once_despite_retries(wecom_daemon, upstream, qyapi
     sent = [m for m in qyapi.wecom_sent if m["touser"] == "zhangsan"]
     assert len(sent) == 1, sent
     assert sent[0]["agentid"] == CORP["agent_id"]
-    assert sent[0]["msgtype"] == "markdown" and sent[0]["markdown"]["content"] == ANSWER
+    # A plain answer goes as a text message; one with markup as markdown.
+    assert sent[0]["msgtype"] == "text" and sent[0]["text"]["content"] == ANSWER
     assert upstream.chat_request_count() - before == 1
     assert qyapi.gettoken_requests >= 1
+    upstream.pieces = ["# 标题\n", "- 一\n- 二\n"]
+    url, body = wecom_message(wecom_daemon, "zhangsan", "列个清单", 7003)
+    assert post(url, body) == (200, "")
+    deadline = time.time() + 10
+    while len([m for m in qyapi.wecom_sent if m["touser"] == "zhangsan"]) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    md = [m for m in qyapi.wecom_sent if m["touser"] == "zhangsan"][-1]
+    assert md["msgtype"] == "markdown" and md["markdown"]["content"] == "# 标题\n- 一\n- 二\n"
 
 
 def test_app_bad_input_changes_nothing(wecom_daemon, upstream):

@@ -256,7 +256,7 @@ async fn app_callback(
 fn send_app(app: Arc<WecomApp>, user: String, text: String) {
     tokio::spawn(async move {
         for part in split_message(&text, MAX_MESSAGE_BYTES, Unit::Bytes) {
-            let sent = if app.cfg.markdown {
+            let sent = if app.cfg.markdown && has_markup(&part) {
                 app.client.send_markdown(&user, &part).await
             } else {
                 app.client.send_text(&user, &part).await
@@ -270,6 +270,18 @@ fn send_app(app: Arc<WecomApp>, user: String, text: String) {
             }
         }
     });
+}
+
+/// Whether text uses markdown a WeCom markdown message would render (plain answers go as
+/// text messages, which WeCom shows more compactly and which can be copied as is).
+fn has_markup(text: &str) -> bool {
+    text.contains("**")
+        || text.contains('`')
+        || text.contains("](")
+        || text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with('#') || l.starts_with("- ") || l.starts_with("> ") || l.starts_with("* ")
+        })
 }
 
 // === AI bot ===
@@ -436,4 +448,20 @@ fn start_stream(
         .instrument(span),
     );
     stream_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_detection() {
+        assert!(!has_markup("Hello from the fake upstream — 你好!"));
+        assert!(!has_markup("1 - 2 = -1"));
+        assert!(has_markup("# 标题"));
+        assert!(has_markup("用 `cargo` 构建"));
+        assert!(has_markup("见 [文档](https://example.com)"));
+        assert!(has_markup("步骤：\n- 一\n- 二"));
+        assert!(has_markup("**重点**"));
+    }
 }
