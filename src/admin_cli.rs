@@ -36,6 +36,33 @@ pub enum AdminCommand {
     /// Orders: list, show, refund.
     #[command(subcommand)]
     Order(OrderCommand),
+    /// zsxq groups: list with their state, pause, resume, replace the token.
+    #[command(subcommand)]
+    Zsxq(ZsxqCommand),
+}
+
+/// `chatrelay admin zsxq ...`
+#[derive(Debug, Subcommand)]
+pub enum ZsxqCommand {
+    /// Every group: last poll, answers today, token expired? (JSON)
+    List,
+    /// Stop answering a group's questions.
+    Pause {
+        /// The group's configured id.
+        id: String,
+    },
+    /// Answer a paused group's questions again.
+    Resume {
+        /// The group's configured id.
+        id: String,
+    },
+    /// Replace a group's access token (after it expired) without a restart.
+    Token {
+        /// The group's configured id.
+        id: String,
+        /// The new zsxq_access_token.
+        access_token: String,
+    },
 }
 
 /// `chatrelay admin order ...`
@@ -280,6 +307,23 @@ pub async fn run(target: &Target, command: AdminCommand) -> anyhow::Result<()> {
             "revoked".to_owned()
         }
         AdminCommand::Audit => pretty(&call(Method::GET, "/admin/audit".into(), None).await?),
+        AdminCommand::Zsxq(ZsxqCommand::List) => {
+            pretty(&call(Method::GET, "/admin/zsxq".into(), None).await?)
+        }
+        AdminCommand::Zsxq(ZsxqCommand::Pause { id }) => {
+            pretty(&call(Method::POST, format!("/admin/zsxq/{id}/pause"), None).await?)
+        }
+        AdminCommand::Zsxq(ZsxqCommand::Resume { id }) => {
+            pretty(&call(Method::POST, format!("/admin/zsxq/{id}/resume"), None).await?)
+        }
+        AdminCommand::Zsxq(ZsxqCommand::Token { id, access_token }) => pretty(
+            &call(
+                Method::POST,
+                format!("/admin/zsxq/{id}/token"),
+                Some(json!({"access_token": access_token})),
+            )
+            .await?,
+        ),
         AdminCommand::Order(OrderCommand::List { status, limit }) => {
             let mut path = format!("/admin/orders?limit={limit}");
             if let Some(s) = status {

@@ -90,6 +90,7 @@ pub struct App {
     tracker: TaskTracker,
     grace: Duration,
     reconcile_every: Duration,
+    alerts: crate::alerts::Alerter,
 }
 
 impl App {
@@ -162,6 +163,9 @@ impl App {
         let wecom = Arc::new(
             crate::http::wecom::Wecom::from_config(&config, &http).context("setting up WeCom")?,
         );
+        let zsxq =
+            Arc::new(crate::zsxq::Zsxq::from_config(&config, &http).context("setting up zsxq")?);
+        let alerts_for_tasks = alerts.clone();
         let mut mp = std::collections::HashMap::new();
         for cfg in &config.wechat_mp {
             let account = crate::http::mp::MpAccount::new(cfg.clone(), http.clone())?;
@@ -180,11 +184,13 @@ impl App {
                 billing,
                 guests: Arc::new(crate::web::GuestLimiter::default()),
                 wecom,
+                zsxq,
             },
             listener,
             tracker,
             grace,
             reconcile_every,
+            alerts: alerts_for_tasks,
         })
     }
 
@@ -208,6 +214,7 @@ impl App {
             tracker,
             grace,
             reconcile_every,
+            alerts,
         } = self;
         let shutdown = state.shutdown.clone();
         let engine = state.engine.clone();
@@ -220,6 +227,14 @@ impl App {
             shutdown.clone(),
         ));
 
+        for group in state.zsxq.groups() {
+            tracker.spawn(crate::zsxq::run_group(
+                engine.clone(),
+                alerts.clone(),
+                group.clone(),
+                shutdown.clone(),
+            ));
+        }
         if state.billing.enabled() {
             tracker.spawn(reconcile(
                 state.billing.clone(),

@@ -132,6 +132,8 @@ pub struct Config {
     pub wecom_aibot: Vec<WecomAibotConfig>,
     /// `[[wecom_robot]]`: WeCom group robots that receive operators' alerts.
     pub wecom_robot: Vec<WecomRobotConfig>,
+    /// `[[zsxq]]`: zsxq (知识星球) groups whose questions are answered.
+    pub zsxq: Vec<ZsxqConfig>,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -626,6 +628,50 @@ impl Default for WecomRobotConfig {
     }
 }
 
+/// `[[zsxq]]`: a zsxq (知识星球) group whose unanswered questions the bot answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ZsxqConfig {
+    /// The group's id in logs, the admin API and user keys (`zsxq:<id>:<user_id>`).
+    pub id: String,
+    /// The group's number (from its URL).
+    pub group_id: String,
+    /// The `zsxq_access_token` cookie of the account that answers.
+    pub access_token: Secret,
+    /// When to look for questions: cron with seconds first (`0 */2 * * * *` = every 2 minutes).
+    pub schedule: String,
+    /// Answers visible only to the asker.
+    pub silenced: bool,
+    /// Base URL of the zsxq API.
+    pub api_base: String,
+    /// Pause between two requests to zsxq, in ms (gentle: at least 1500).
+    pub min_interval_ms: u64,
+    /// No polling in this local time range, e.g. `22:00-07:00` (the quota timezone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<String>,
+    /// Most answers per run.
+    pub max_answers_per_run: usize,
+    /// Most answers per day (0: no cap).
+    pub daily_cap: u64,
+}
+
+impl Default for ZsxqConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            group_id: String::new(),
+            access_token: Secret::default(),
+            schedule: "0 */2 * * * *".to_owned(),
+            silenced: false,
+            api_base: "https://api.zsxq.com".to_owned(),
+            min_interval_ms: 1500,
+            quiet_hours: None,
+            max_answers_per_run: 10,
+            daily_cap: 0,
+        }
+    }
+}
+
 /// `[web]`: the chat page served at `/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -853,6 +899,7 @@ pub fn parse(
         wecom: section(&mut root, "wecom", &mut problems),
         wecom_aibot: section(&mut root, "wecom_aibot", &mut problems),
         wecom_robot: section(&mut root, "wecom_robot", &mut problems),
+        zsxq: section(&mut root, "zsxq", &mut problems),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -1227,6 +1274,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     }
     validate_pay(c, problems);
     validate_wecom(c, problems);
+    validate_zsxq(c, problems);
     if c.web.title.trim().is_empty() || c.web.title.chars().count() > 60 {
         problems.push(problem("web.title", "must be 1 to 60 characters"));
     }
@@ -1335,6 +1383,61 @@ fn validate_wecom(c: &Config, problems: &mut Vec<Problem>) {
             problems.push(problem(
                 format!("wecom_robot[{i}].webhook"),
                 "is required (the webhook key or URL)",
+            ));
+        }
+    }
+}
+
+fn validate_zsxq(c: &Config, problems: &mut Vec<Problem>) {
+    let mut ids = BTreeMap::new();
+    for (i, z) in c.zsxq.iter().enumerate() {
+        let key = |k: &str| format!("zsxq[{i}].{k}");
+        if z.id.is_empty()
+            || !z
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if ids.insert(z.id.clone(), ()).is_some() {
+            problems.push(problem(key("id"), format!("{:?} is used twice", z.id)));
+        }
+        if z.group_id.is_empty() || !z.group_id.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(problem(key("group_id"), "must be the group's number"));
+        }
+        if z.access_token.expose().trim().is_empty() {
+            problems.push(problem(
+                key("access_token"),
+                "is required (the zsxq_access_token cookie)",
+            ));
+        }
+        if let Err(e) = z.schedule.parse::<cron::Schedule>() {
+            problems.push(problem(
+                key("schedule"),
+                format!("{e} (cron with seconds first, e.g. \"0 */2 * * * *\")"),
+            ));
+        }
+        if z.min_interval_ms < 500 {
+            problems.push(problem(
+                key("min_interval_ms"),
+                "must be at least 500 (be gentle with zsxq)",
+            ));
+        }
+        if let Some(q) = &z.quiet_hours
+            && crate::zsxq::parse_quiet_hours(q).is_none()
+        {
+            problems.push(problem(key("quiet_hours"), "must look like 22:00-07:00"));
+        }
+        if z.max_answers_per_run == 0 {
+            problems.push(problem(key("max_answers_per_run"), "must be at least 1"));
+        }
+        if !is_http_url(&z.api_base) {
+            problems.push(problem(
+                key("api_base"),
+                "must start with http:// or https://",
             ));
         }
     }

@@ -9,6 +9,7 @@
 //! - [`auth`]: login codes and the tokens they buy.
 //! - [`alerts`]: operators' alerts (log + WeCom group robots).
 //! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
+//! - [`zsxq`]: polls zsxq groups and answers their questions once.
 //! - [`web`]: the embedded chat page and its bootstrap APIs.
 //! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
 //!
@@ -26,3 +27,4 @@ pub mod bot;
 pub mod config;
 pub mod http;
 pub mod web;
+pub mod zsxq;

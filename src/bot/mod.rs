@@ -574,15 +574,29 @@ impl Engine {
         if let Some(reply) = self.guard(uid) {
             return reply.collect().await;
         }
+        let payer = match &inbound.bill_to {
+            None => uid,
+            Some(key) => match inner.store.resolve_identity(key, None) {
+                Ok(payer) => payer,
+                Err(e) => {
+                    warn!(error = %e, "resolving who pays failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+            },
+        };
         let Some(model) = s.model(&s.default_model).cloned() else {
             return failed(FailureKind::UnknownModel, &s.texts.unavailable);
         };
-        let history = match inner.store.conversation(&conversation) {
-            Ok(h) => h,
-            Err(e) => {
-                // Answering without memory beats not answering.
-                warn!(error = %e, "reading the conversation failed");
-                Vec::new()
+        let history = if !inbound.remember {
+            Vec::new()
+        } else {
+            match inner.store.conversation(&conversation) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Answering without memory beats not answering.
+                    warn!(error = %e, "reading the conversation failed");
+                    Vec::new()
+                }
             }
         };
         let messages = build_prompt(&s.system_prompt, &history, &inbound.text, s.context_tokens);
@@ -593,8 +607,10 @@ impl Engine {
             extra: serde_json::Map::new(),
         };
         let reference = format!("msg:{}#{}", inbound.key, inbound.message_id);
-        let event = self.run_llm(uid, &model, req, &reference, sink).await;
-        if let ReplyEvent::Final { text, .. } = &event {
+        let event = self.run_llm(payer, &model, req, &reference, sink).await;
+        if let ReplyEvent::Final { text, .. } = &event
+            && inbound.remember
+        {
             let at_ms = now_ms();
             let turns = [
                 Turn {

@@ -471,6 +471,45 @@ async fn buy_lists_products_and_the_web_page() {
     assert_eq!(yuan(-1234), "-12.34");
 }
 
+#[tokio::test]
+async fn another_key_can_pay_and_memory_can_be_off() {
+    let h = harness(FAST);
+    let group = UserKey::new(Platform::Zsxq, "g1", "_group");
+    let payer = h.store.resolve_identity(&group, None).unwrap();
+    h.store
+        .grant(payer, 10, EntryKind::Grant, "t", "g", now_ms())
+        .unwrap();
+    let mut inbound = Inbound::text(UserKey::new(Platform::Zsxq, "g1", "42"), "t1", "q");
+    inbound.bill_to = Some(group);
+    inbound.remember = false;
+    let asker_key = inbound.key.clone();
+    let e = h.engine.handle(inbound).collect().await;
+    assert_eq!(final_text(&e), "Hello, world");
+    let s = h.engine.settings();
+    let asker = h.store.identity(&asker_key).unwrap().unwrap();
+    // The asker's free credits are untouched; the payer's free credits went first.
+    assert_eq!(
+        h.store
+            .balance(asker, s.today(), s.free_daily)
+            .unwrap()
+            .free_left,
+        5
+    );
+    assert_eq!(
+        h.store
+            .balance(payer, s.today(), s.free_daily)
+            .unwrap()
+            .free_left,
+        3
+    );
+    assert!(
+        h.store
+            .conversation(&asker_key.to_string())
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn fill_replaces_placeholders() {
     assert_eq!(fill("{a}+{b}={a}", &[("a", "1"), ("b", "2")]), "1+2=1");

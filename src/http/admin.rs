@@ -32,6 +32,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/admin/orders", get(list_orders))
         .route("/admin/orders/{id}", get(show_order))
         .route("/admin/orders/{id}/refund", post(refund_order))
+        .route("/admin/zsxq", get(zsxq_list))
+        .route("/admin/zsxq/{id}/pause", post(zsxq_pause))
+        .route("/admin/zsxq/{id}/resume", post(zsxq_resume))
+        .route("/admin/zsxq/{id}/token", post(zsxq_token))
 }
 
 /// An admin API error: `{"error": "..."}` with a status.
@@ -394,4 +398,72 @@ async fn refund_order(
         Err(B::Store(e)) => Err(e.into()),
         Err(e) => Err(AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+async fn zsxq_list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let today = crate::zsxq::today(&st.engine);
+    let groups: Vec<_> = st
+        .zsxq
+        .groups()
+        .iter()
+        .map(|g| g.status(st.engine.store(), today))
+        .collect();
+    Ok(Json(json!(groups)))
+}
+
+fn zsxq_group<'a>(
+    st: &'a AppState,
+    id: &str,
+) -> Result<&'a std::sync::Arc<crate::zsxq::ZsxqGroup>> {
+    st.zsxq
+        .group(id)
+        .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("no zsxq group {id}")))
+}
+
+async fn zsxq_pause(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    zsxq_group(&st, &id)?.set_paused(true);
+    info!(group = %id, "admin: zsxq group paused");
+    Ok(Json(json!({"paused": true})))
+}
+
+async fn zsxq_resume(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    zsxq_group(&st, &id)?.set_paused(false);
+    info!(group = %id, "admin: zsxq group resumed");
+    Ok(Json(json!({"paused": false})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZsxqToken {
+    access_token: String,
+}
+
+async fn zsxq_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let req: ZsxqToken = parse_body(body)?;
+    if req.access_token.trim().is_empty() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "access_token is empty".into(),
+        ));
+    }
+    zsxq_group(&st, &id)?.set_token(req.access_token.trim());
+    info!(group = %id, "admin: zsxq token replaced; polling resumes");
+    Ok(Json(json!({"token_expired": false})))
 }

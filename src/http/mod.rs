@@ -54,6 +54,8 @@ pub struct AppState {
     pub guests: Arc<crate::web::GuestLimiter>,
     /// The configured WeCom apps and AI bots.
     pub wecom: Arc<wecom::Wecom>,
+    /// The configured zsxq groups.
+    pub zsxq: Arc<crate::zsxq::Zsxq>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -16,6 +16,7 @@
 //! - `login.rs`: one-time login codes (chat platform → web page).
 //! - `outbox.rs`: answers owed to a user, delivered with their next message.
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
+//! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
 //!
 //! # Trees
 //! | tree | key | value |
@@ -40,6 +41,7 @@
 //! | `orders` | order id | [`Order`] |
 //! | `open_orders` | uid ‖ product ‖ channel | the id of that user's waiting order |
 //! | `order_events` | order id ‖ 0 ‖ id (be u64) | [`OrderEvent`] |
+//! | `checkpoints` | a connector's key | a short text (state, counter) |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -54,6 +56,7 @@
 pub mod error;
 
 mod audit;
+mod checkpoints;
 mod codec;
 mod conversations;
 mod dedupe;
@@ -137,6 +140,7 @@ const OUTBOX: &str = "outbox";
 const ORDERS: &str = "orders";
 const OPEN_ORDERS: &str = "open_orders";
 const ORDER_EVENTS: &str = "order_events";
+const CHECKPOINTS: &str = "checkpoints";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -163,6 +167,7 @@ struct Trees {
     orders: sled::Tree,
     open_orders: sled::Tree,
     order_events: sled::Tree,
+    checkpoints: sled::Tree,
 }
 
 impl Trees {
@@ -188,6 +193,7 @@ impl Trees {
             orders: db.open_tree(ORDERS)?,
             open_orders: db.open_tree(OPEN_ORDERS)?,
             order_events: db.open_tree(ORDER_EVENTS)?,
+            checkpoints: db.open_tree(CHECKPOINTS)?,
         })
     }
 }

@@ -270,6 +270,10 @@ pub struct Inbound {
     pub display_name: Option<String>,
     /// What the platform can show.
     pub capabilities: Capabilities,
+    /// Who pays for the answer, when not the sender (a zsxq group pays for its members).
+    pub bill_to: Option<UserKey>,
+    /// Whether the conversation is remembered (off for one-shot questions, e.g. zsxq).
+    pub remember: bool,
 }
 
 impl Inbound {
@@ -283,6 +287,8 @@ impl Inbound {
             text: text.into(),
             display_name: None,
             capabilities,
+            bill_to: None,
+            remember: true,
         }
     }
 }
