@@ -165,6 +165,10 @@ impl App {
         );
         let zsxq =
             Arc::new(crate::zsxq::Zsxq::from_config(&config, &http).context("setting up zsxq")?);
+        let telegram = Arc::new(
+            crate::telegram::Telegram::from_config(&config, &http)
+                .context("setting up Telegram")?,
+        );
         let alerts_for_tasks = alerts.clone();
         let mut mp = std::collections::HashMap::new();
         for cfg in &config.wechat_mp {
@@ -185,6 +189,7 @@ impl App {
                 guests: Arc::new(crate::web::GuestLimiter::default()),
                 wecom,
                 zsxq,
+                telegram,
             },
             listener,
             tracker,
@@ -235,6 +240,11 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        tracker.spawn(crate::telegram::run(
+            engine.clone(),
+            state.telegram.clone(),
+            shutdown.clone(),
+        ));
         if state.billing.enabled() {
             tracker.spawn(reconcile(
                 state.billing.clone(),

@@ -29,6 +29,7 @@ const SECRET_KEYS: &[&str] = &[
     "api_v3_key",
     "previous_encoding_aes_key",
     "webhook",
+    "webhook_secret",
 ];
 
 /// A secret string: never printed by `Debug`, redacted when serialized for the summary.
@@ -134,6 +135,8 @@ pub struct Config {
     pub wecom_robot: Vec<WecomRobotConfig>,
     /// `[[zsxq]]`: zsxq (知识星球) groups whose questions are answered.
     pub zsxq: Vec<ZsxqConfig>,
+    /// `[[telegram]]`: Telegram bots.
+    pub telegram: Vec<TelegramConfig>,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -672,6 +675,39 @@ impl Default for ZsxqConfig {
     }
 }
 
+/// `[[telegram]]`: a Telegram bot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelegramConfig {
+    /// The bot's id in logs, routes (`/telegram/<id>`) and user keys (`tg:<id>:<user_id>`).
+    pub id: String,
+    /// The token BotFather gave.
+    pub token: Secret,
+    /// Base URL of the Bot API.
+    pub api_url: String,
+    /// `polling` (getUpdates) or `webhook` (Telegram posts to `/telegram/<id>`).
+    pub mode: String,
+    /// The webhook's secret token (the `X-Telegram-Bot-Api-Secret-Token` header); required
+    /// in webhook mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<Secret>,
+    /// Least time between two edits of a streaming answer, in ms.
+    pub edit_interval_ms: u64,
+}
+
+impl Default for TelegramConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            token: Secret::default(),
+            api_url: "https://api.telegram.org".to_owned(),
+            mode: "polling".to_owned(),
+            webhook_secret: None,
+            edit_interval_ms: 1000,
+        }
+    }
+}
+
 /// `[web]`: the chat page served at `/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -900,6 +936,7 @@ pub fn parse(
         wecom_aibot: section(&mut root, "wecom_aibot", &mut problems),
         wecom_robot: section(&mut root, "wecom_robot", &mut problems),
         zsxq: section(&mut root, "zsxq", &mut problems),
+        telegram: section(&mut root, "telegram", &mut problems),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -1275,6 +1312,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     validate_pay(c, problems);
     validate_wecom(c, problems);
     validate_zsxq(c, problems);
+    validate_telegram(c, problems);
     if c.web.title.trim().is_empty() || c.web.title.chars().count() > 60 {
         problems.push(problem("web.title", "must be 1 to 60 characters"));
     }
@@ -1439,6 +1477,54 @@ fn validate_zsxq(c: &Config, problems: &mut Vec<Problem>) {
                 key("api_base"),
                 "must start with http:// or https://",
             ));
+        }
+    }
+}
+
+fn validate_telegram(c: &Config, problems: &mut Vec<Problem>) {
+    let mut ids = BTreeMap::new();
+    for (i, t) in c.telegram.iter().enumerate() {
+        let key = |k: &str| format!("telegram[{i}].{k}");
+        if t.id.is_empty()
+            || !t
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if ids.insert(t.id.clone(), ()).is_some() {
+            problems.push(problem(key("id"), format!("{:?} is used twice", t.id)));
+        }
+        if t.token.expose().trim().is_empty() {
+            problems.push(problem(key("token"), "is required (from BotFather)"));
+        }
+        if !is_http_url(&t.api_url) {
+            problems.push(problem(
+                key("api_url"),
+                "must start with http:// or https://",
+            ));
+        }
+        match t.mode.as_str() {
+            "polling" => {}
+            "webhook" => {
+                if t.webhook_secret.as_ref().is_none_or(|s| {
+                    s.expose().len() < 8
+                        || s.expose().len() > 256
+                        || !s
+                            .expose()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                }) {
+                    problems.push(problem(
+                        key("webhook_secret"),
+                        "is required in webhook mode (8 to 256 of A-Z a-z 0-9 _ -)",
+                    ));
+                }
+            }
+            _ => problems.push(problem(key("mode"), "must be \"polling\" or \"webhook\"")),
         }
     }
 }

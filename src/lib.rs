@@ -10,6 +10,7 @@
 //! - [`alerts`]: operators' alerts (log + WeCom group robots).
 //! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
 //! - [`zsxq`]: polls zsxq groups and answers their questions once.
+//! - [`telegram`]: Telegram bots (long polling or webhook), answers streamed by edits.
 //! - [`web`]: the embedded chat page and its bootstrap APIs.
 //! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
 //!
@@ -26,5 +27,6 @@ pub mod billing;
 pub mod bot;
 pub mod config;
 pub mod http;
+pub mod telegram;
 pub mod web;
 pub mod zsxq;

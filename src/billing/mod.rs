@@ -279,6 +279,18 @@ impl Billing {
         self.wechat.is_some() || self.alipay.is_some()
     }
 
+    fn wechat(&self) -> Result<&WechatPay, BillingError> {
+        self.wechat
+            .as_ref()
+            .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))
+    }
+
+    fn alipay(&self) -> Result<&Alipay, BillingError> {
+        self.alipay
+            .as_ref()
+            .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))
+    }
+
     fn event(&self, id: &str, kind: &str, detail: &str) {
         if let Err(e) = self.store.add_order_event(id, kind, detail, now_ms()) {
             warn!(order = id, error = %e, "recording an order event failed");
@@ -355,10 +367,7 @@ impl Billing {
         let ttl_minutes = self.order_ttl.as_secs().div_ceil(60).max(1);
         match order.channel.as_str() {
             "wechat" => {
-                let w = self
-                    .wechat
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                let w = self.wechat()?;
                 // WeChat wants the expiry in Beijing time (RFC 3339 with +08:00).
                 let expire = chrono::FixedOffset::east_opt(8 * 3600).and_then(|tz| {
                     chrono::DateTime::from_timestamp_millis(order.expires_at_ms)
@@ -378,10 +387,7 @@ impl Billing {
                     .map_err(|e| BillingError::Provider(e.to_string()))
             }
             "alipay" => {
-                let a = self
-                    .alipay
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                let a = self.alipay()?;
                 a.client
                     .precreate(
                         &order.id,
@@ -481,10 +487,7 @@ impl Billing {
         h: &wxpay::NotifyHeaders<'_>,
         body: &[u8],
     ) -> Result<(), BillingError> {
-        let w = self
-            .wechat
-            .as_ref()
-            .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+        let w = self.wechat()?;
         let n = wxpay::open_notification(&w.keys, &w.v3, h, body, now_ms() / 1000).map_err(
             |e| match e {
                 wxpay::PayError::UnknownSerial(_)
@@ -530,10 +533,7 @@ impl Billing {
 
     /// Handles an Alipay notification: `Ok` means answer `success`.
     pub async fn alipay_notify(&self, body: &[u8]) -> Result<(), BillingError> {
-        let a = self
-            .alipay
-            .as_ref()
-            .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+        let a = self.alipay()?;
         let n = alipay::verify_notification(&a.key, body)
             .map_err(|e| self.verification_failed("alipay", e.to_string()))?;
         if n.app_id != a.app_id {
@@ -563,10 +563,7 @@ impl Billing {
     async fn provider_state(&self, order: &Order) -> Result<ProviderState, BillingError> {
         match order.channel.as_str() {
             "wechat" => {
-                let w = self
-                    .wechat
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                let w = self.wechat()?;
                 match w.client.query(&order.id).await {
                     Ok(tx) => {
                         if tx.mchid != w.mch_id || tx.appid != w.app_id {
@@ -596,10 +593,7 @@ impl Billing {
                 }
             }
             "alipay" => {
-                let a = self
-                    .alipay
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                let a = self.alipay()?;
                 match a.client.query(&order.id).await {
                     Ok(r) if r.trade_status.is_paid() => Ok(ProviderState::Paid {
                         fen: r.total_amount_fen,
@@ -619,10 +613,7 @@ impl Billing {
     async fn provider_close(&self, order: &Order) -> Result<(), BillingError> {
         match order.channel.as_str() {
             "wechat" => {
-                let w = self
-                    .wechat
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                let w = self.wechat()?;
                 match w.client.close(&order.id).await {
                     Ok(()) => Ok(()),
                     Err(wxpay::PayError::Api { code, .. }) if code == "ORDER_NOT_EXIST" => Ok(()),
@@ -630,10 +621,7 @@ impl Billing {
                 }
             }
             "alipay" => {
-                let a = self
-                    .alipay
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                let a = self.alipay()?;
                 match a.client.close(&order.id).await {
                     Ok(()) => Ok(()),
                     // Never scanned: Alipay has no trade to close; its QR code expires by itself.
@@ -737,10 +725,7 @@ impl Billing {
         let refund_no = format!("RF{}", order.id);
         let result = match order.channel.as_str() {
             "wechat" => {
-                let w = self
-                    .wechat
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("wechat".into()))?;
+                let w = self.wechat()?;
                 w.client
                     .refund(
                         &order.id,
@@ -754,10 +739,7 @@ impl Billing {
                     .map_err(|e| BillingError::Provider(e.to_string()))
             }
             "alipay" => {
-                let a = self
-                    .alipay
-                    .as_ref()
-                    .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))?;
+                let a = self.alipay()?;
                 a.client
                     .refund(&order.id, order.amount_fen, &refund_no, reason)
                     .await

@@ -56,6 +56,8 @@ pub struct AppState {
     pub wecom: Arc<wecom::Wecom>,
     /// The configured zsxq groups.
     pub zsxq: Arc<crate::zsxq::Zsxq>,
+    /// The configured Telegram bots.
+    pub telegram: Arc<crate::telegram::Telegram>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -102,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mp::routes())
         .merge(pay::routes())
         .merge(wecom::routes())
+        .merge(crate::telegram::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))

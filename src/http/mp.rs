@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatrelay_core::split::{Unit, split_message};
-use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, UserKey};
+use chatrelay_core::{Handler, Inbound, Platform, UserKey};
 use chatrelay_wechat::{
     CallbackError, CallbackQuery, IncomingKind, MpClient, MpEndpoint, Opened, text_reply_xml,
 };
@@ -284,7 +284,7 @@ async fn answer_text(
                 // An earlier try already answered this message.
                 return None;
             }
-            let text = event_text(&event)?;
+            let text = event.user_text()?;
             Some(with_outbox(st, account, key, text))
         }
         Err(_) if state.count < TRIES => {
@@ -298,19 +298,6 @@ async fn answer_text(
         } else {
             cfg.texts.thinking_pending.clone()
         }),
-    }
-}
-
-/// The user-facing text of a finished answer; `None` for a duplicate (nothing to say).
-fn event_text(event: &ReplyEvent) -> Option<String> {
-    match event {
-        ReplyEvent::Final { text, .. } => Some(text.clone()),
-        ReplyEvent::Failed {
-            kind: FailureKind::Duplicate,
-            ..
-        } => None,
-        ReplyEvent::Failed { message, .. } => Some(message.clone()),
-        ReplyEvent::Delta(d) => Some(d.clone()),
     }
 }
 
@@ -349,7 +336,7 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
     if state.delivered.swap(true, Ordering::SeqCst) {
         return;
     }
-    let Some(text) = event_text(&event) else {
+    let Some(text) = event.user_text() else {
         return;
     };
     info!(user = %key.user, "answer was too slow for a passive reply; delivering it later");

@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatrelay_core::split::{Unit, split_message};
-use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, UserKey};
+use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
 use chatrelay_wechat::{
     AibotEndpoint, AibotKind, CallbackError, IncomingKind, WecomClient, WecomEndpoint, WecomQuery,
     post_response_url, stream_reply_json, text_reply_json,
@@ -152,19 +152,6 @@ fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
     (status, "refused").into_response()
 }
 
-/// The user-facing text of an answer; `None` when there is nothing to send (a duplicate).
-fn event_text(event: &ReplyEvent) -> Option<String> {
-    match event {
-        ReplyEvent::Final { text, .. } => Some(text.clone()),
-        ReplyEvent::Failed {
-            kind: FailureKind::Duplicate,
-            ..
-        } => None,
-        ReplyEvent::Failed { message, .. } => Some(message.clone()),
-        ReplyEvent::Delta(d) => Some(d.clone()),
-    }
-}
-
 // === self-built app ===
 
 async fn app_verify(
@@ -241,7 +228,7 @@ async fn app_callback(
         tokio::spawn(
             async move {
                 let reply = engine.handle(Inbound::text(key.clone(), message_id, text));
-                if let Some(answer) = event_text(&reply.collect().await) {
+                if let Some(answer) = reply.collect().await.user_text() {
                     send_app(app, key.user, answer);
                 }
             }
@@ -422,7 +409,7 @@ fn start_stream(
                 match event {
                     ReplyEvent::Delta(d) => s.text.push_str(&d),
                     terminal => {
-                        if let Some(text) = event_text(&terminal) {
+                        if let Some(text) = terminal.user_text() {
                             s.text = text;
                         }
                         s.finished = true;

@@ -363,6 +363,21 @@ impl ReplyEvent {
     pub fn is_terminal(&self) -> bool {
         !matches!(self, ReplyEvent::Delta(_))
     }
+
+    /// What to show the user for this event: the answer, or the failure's message; `None`
+    /// for a duplicate, which needs no answer.
+    #[must_use]
+    pub fn user_text(&self) -> Option<String> {
+        match self {
+            ReplyEvent::Final { text, .. } => Some(text.clone()),
+            ReplyEvent::Failed {
+                kind: FailureKind::Duplicate,
+                ..
+            } => None,
+            ReplyEvent::Failed { message, .. } => Some(message.clone()),
+            ReplyEvent::Delta(d) => Some(d.clone()),
+        }
+    }
 }
 
 /// The engine's answer to one [`Inbound`]: zero or more [`ReplyEvent::Delta`]s, then exactly
@@ -534,6 +549,26 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn user_text_of_events() {
+        let dup = ReplyEvent::Failed {
+            kind: FailureKind::Duplicate,
+            message: String::new(),
+        };
+        assert_eq!(dup.user_text(), None);
+        let failed = ReplyEvent::Failed {
+            kind: FailureKind::Upstream,
+            message: "sorry".into(),
+        };
+        assert_eq!(failed.user_text().as_deref(), Some("sorry"));
+        let done = ReplyEvent::Final {
+            text: "hi".into(),
+            usage: None,
+            charged: 0,
+        };
+        assert_eq!(done.user_text().as_deref(), Some("hi"));
     }
 
     #[tokio::test]

@@ -1,0 +1,403 @@
+//! Telegram bots (`[[telegram]]`): long polling (`getUpdates`) or a webhook at
+//! `POST /telegram/{id}`.
+//!
+//! Every message for the bot (private chats; in groups a mention, a reply to the bot or a
+//! `/command@bot`) becomes an [`Inbound`] from `tg:<id>:<user_id>`. The answer is streamed by
+//! sending a first message as soon as text arrives and editing it at most once per
+//! `edit_interval_ms` (429 `retry_after` is honoured); the finished answer is rendered as
+//! HTML (plain text if Telegram rejects the entities) and split at 4096 UTF-16 units, the
+//! first part in the edited message and the rest as new messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chatrelay_core::{FailureKind, Handler, Inbound, Platform, Reply, ReplyEvent, UserKey};
+use chatrelay_telegram::{
+    Command, TgBot, TgError, Update, UpdateKind, addressed_to_bot, parse_command,
+    split_for_telegram, to_html,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::bot::Engine;
+use crate::config::TelegramConfig;
+use crate::http::AppState;
+
+/// The getUpdates long-polling timeout, below the HTTP client's 17 s.
+const POLL_TIMEOUT_SECS: u32 = 10;
+/// The longest pause after failed polls.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Attempts to deliver one final message part (429s and HTML fallbacks included).
+const DELIVERY_ATTEMPTS: usize = 5;
+/// The webhook's secret header.
+const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// One configured bot.
+pub struct TelegramBot {
+    cfg: TelegramConfig,
+    api: TgBot,
+    /// The bot's username (from getMe), needed to see mentions in groups.
+    username: Mutex<String>,
+}
+
+impl TelegramBot {
+    fn username(&self) -> String {
+        self.username
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn webhook(&self) -> bool {
+        self.cfg.mode == "webhook"
+    }
+}
+
+/// The configured Telegram bots, by id.
+#[derive(Default)]
+pub struct Telegram {
+    bots: HashMap<String, Arc<TelegramBot>>,
+}
+
+impl Telegram {
+    /// Builds the bots from a validated configuration. Bot API calls use their own client
+    /// (teloxide's settings: 17 s timeout, above the long-polling timeout).
+    pub fn from_config(
+        config: &crate::config::Config,
+        _http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let mut bots = HashMap::new();
+        if config.telegram.is_empty() {
+            return Ok(Self { bots });
+        }
+        let client = TgBot::default_client()?;
+        for cfg in &config.telegram {
+            let api = TgBot::new(cfg.token.expose(), &cfg.api_url, client.clone())
+                .map_err(|e| anyhow::anyhow!("telegram {}: {e}", cfg.id))?;
+            info!(bot = %cfg.id, mode = %cfg.mode, "Telegram bot");
+            bots.insert(
+                cfg.id.clone(),
+                Arc::new(TelegramBot {
+                    cfg: cfg.clone(),
+                    api,
+                    username: Mutex::new(String::new()),
+                }),
+            );
+        }
+        Ok(Self { bots })
+    }
+
+    /// The bots.
+    pub fn bots(&self) -> impl Iterator<Item = &Arc<TelegramBot>> {
+        self.bots.values()
+    }
+}
+
+/// The Telegram routes.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new().route("/telegram/{id}", post(webhook))
+}
+
+async fn webhook(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(bot) = st.telegram.bots.get(&id).filter(|b| b.webhook()).cloned() else {
+        return (StatusCode::NOT_FOUND, "unknown bot").into_response();
+    };
+    let expected = bot
+        .cfg
+        .webhook_secret
+        .as_ref()
+        .map(|s| s.expose())
+        .unwrap_or_default();
+    let given = headers
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if expected.is_empty() || !crate::http::secrets_equal(given, expected) {
+        metrics::counter!("chatrelay_telegram_rejected_total").increment(1);
+        warn!(bot = %id, "Telegram webhook with a wrong secret refused");
+        return (StatusCode::FORBIDDEN, "refused").into_response();
+    }
+    let update: Update = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            // Telegram would redeliver a non-2xx forever; an update we cannot read is dropped.
+            warn!(bot = %id, error = %e, "unreadable Telegram update dropped");
+            return StatusCode::OK.into_response();
+        }
+    };
+    tokio::spawn(process(st.engine.clone(), bot, update));
+    StatusCode::OK.into_response()
+}
+
+/// Runs every bot until shutdown: getMe and setMyCommands, then long polling for bots in
+/// polling mode.
+pub async fn run(engine: Engine, telegram: Arc<Telegram>, shutdown: CancellationToken) {
+    let tasks: Vec<_> = telegram
+        .bots()
+        .map(|bot| run_bot(engine.clone(), bot.clone(), shutdown.clone()))
+        .collect();
+    futures_util::future::join_all(tasks).await;
+}
+
+/// Sleeps for `d`; false when shutdown came first.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = shutdown.cancelled() => false,
+    }
+}
+
+async fn run_bot(engine: Engine, bot: Arc<TelegramBot>, shutdown: CancellationToken) {
+    let id = bot.cfg.id.clone();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let me = tokio::select! {
+            r = bot.api.get_me() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match me {
+            Ok(me) => {
+                let name = me.user.username.clone().unwrap_or_default();
+                info!(bot = %id, username = %name, "Telegram bot connected");
+                *bot.username.lock().unwrap_or_else(|p| p.into_inner()) = name;
+                break;
+            }
+            Err(e) => {
+                warn!(bot = %id, error = %e, "Telegram getMe failed; retrying");
+                if !pause(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    if let Err(e) = bot.api.set_commands().await {
+        warn!(bot = %id, error = %e, "Telegram setMyCommands failed");
+    }
+    if bot.webhook() {
+        return;
+    }
+    let mut offset: i32 = 0;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let polled = tokio::select! {
+            r = bot.api.get_updates(offset, POLL_TIMEOUT_SECS) => r,
+            () = shutdown.cancelled() => return,
+        };
+        match polled {
+            Ok(updates) => {
+                backoff = Duration::from_secs(1);
+                for update in updates {
+                    offset = offset.max(i32::try_from(update.id.0).unwrap_or(i32::MAX - 1) + 1);
+                    tokio::spawn(process(engine.clone(), bot.clone(), update));
+                }
+            }
+            Err(TgError::RetryAfter(d)) => {
+                if !pause(d, &shutdown).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(bot = %id, error = %e, "Telegram getUpdates failed; backing off");
+                if !pause(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The engine's first command word for a command (the defaults when none is configured).
+fn command_word(words: &[String], default: &str) -> String {
+    words.first().cloned().unwrap_or_else(|| default.to_owned())
+}
+
+/// Handles one update: a message for the bot is answered, anything else ignored.
+async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
+    let UpdateKind::Message(message) = update.kind else {
+        return;
+    };
+    let username = bot.username();
+    let Some(text) = addressed_to_bot(&message, &username) else {
+        return;
+    };
+    let Some(from) = message.from.as_ref().filter(|u| !u.is_bot) else {
+        return;
+    };
+    let chat = message.chat.id.0;
+    let private = message.chat.is_private();
+    let key = UserKey::new(Platform::Tg, bot.cfg.id.clone(), from.id.0.to_string());
+    let message_id = format!("{chat}:{}", message.id.0);
+    let display_name = from.full_name();
+    // In groups the answer quotes the question, so it is clear whom it answers.
+    let reply_to = (!private).then_some(message.id.0);
+    let span = info_span!("telegram", bot = %bot.cfg.id, user = %key.user, msg = %message_id);
+    async move {
+        let commands = &engine.settings().commands;
+        let engine_text = match parse_command(&text, &username) {
+            Some(Command::Code) => {
+                let answer = if private {
+                    match crate::auth::issue_code(engine.store(), &key, Some(&display_name)) {
+                        Ok((code, minutes)) => {
+                            format!("你的网页登录验证码：{code}，{minutes} 分钟内有效")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "issuing a login code failed");
+                            engine.settings().texts.unavailable.clone()
+                        }
+                    }
+                } else {
+                    "请私聊我发送 /code 获取网页登录验证码。".to_owned()
+                };
+                let reply = Reply::failed(FailureKind::InvalidRequest, answer);
+                stream_answer(&bot, chat, reply_to, reply).await;
+                return;
+            }
+            Some(Command::Start | Command::Help) => command_word(&commands.help, "/help"),
+            Some(Command::New) => command_word(&commands.new, "/new"),
+            Some(Command::Quota) => command_word(&commands.quota, "/quota"),
+            Some(Command::Buy) => command_word(&commands.buy, "/buy"),
+            None => text,
+        };
+        let mut inbound = Inbound::text(key, message_id, engine_text);
+        inbound.display_name = Some(display_name);
+        let reply = engine.handle(inbound);
+        stream_answer(&bot, chat, reply_to, reply).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Where an answer stands in the chat.
+struct Progress {
+    /// The message being edited, once sent.
+    message: Option<i32>,
+    /// The text it shows.
+    shown: String,
+    /// No call to this chat before this instant (edit interval, 429s).
+    next_at: Instant,
+}
+
+/// Streams `reply` into `chat`: typing, a first message, edits, then the final HTML parts.
+async fn stream_answer(bot: &TelegramBot, chat: i64, reply_to: Option<i32>, mut reply: Reply) {
+    let api = &bot.api;
+    let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
+    if let Err(e) = api.typing(chat).await {
+        warn!(error = %e, "Telegram sendChatAction failed");
+    }
+    let mut p = Progress {
+        message: None,
+        shown: String::new(),
+        next_at: Instant::now(),
+    };
+    let mut text = String::new();
+    let terminal = loop {
+        match reply.next().await {
+            Some(ReplyEvent::Delta(d)) => {
+                text.push_str(&d);
+                if Instant::now() < p.next_at {
+                    continue;
+                }
+                let preview = split_for_telegram(&text)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                if preview.trim().is_empty() || preview == p.shown {
+                    continue;
+                }
+                let sent = match p.message {
+                    None => api
+                        .send(chat, &preview, false, reply_to)
+                        .await
+                        .map(|id| p.message = Some(id)),
+                    Some(id) => api.edit(chat, id, &preview, false).await,
+                };
+                p.next_at = Instant::now() + interval;
+                match sent {
+                    Ok(()) => p.shown = preview,
+                    Err(TgError::RetryAfter(d)) => p.next_at = Instant::now() + d,
+                    Err(TgError::NotModified) => {}
+                    Err(e) => warn!(error = %e, "a Telegram streaming update failed"),
+                }
+            }
+            Some(terminal) => break Some(terminal),
+            None => break None,
+        }
+    };
+    let (answer, html) = match terminal {
+        Some(ReplyEvent::Final { text, .. }) => (text, true),
+        Some(ReplyEvent::Failed {
+            kind: FailureKind::Duplicate,
+            ..
+        }) => return,
+        Some(ReplyEvent::Failed { message, .. }) => (message, false),
+        // The engine vanished mid-answer: keep what arrived.
+        Some(ReplyEvent::Delta(_)) | None => (text, false),
+    };
+    if answer.trim().is_empty() {
+        return;
+    }
+    for (i, part) in split_for_telegram(&answer).iter().enumerate() {
+        let target = if i == 0 { p.message } else { None };
+        let reply_to = if i == 0 { reply_to } else { None };
+        if !deliver(bot, chat, target, reply_to, part, html, &mut p.next_at).await {
+            return;
+        }
+    }
+    metrics::counter!("chatrelay_telegram_answers_total").increment(1);
+}
+
+/// Puts one final part in `target` (an edit) or a new message: HTML when `html`, plain text if
+/// Telegram rejects the entities; waits out 429s. False when it could not be delivered.
+async fn deliver(
+    bot: &TelegramBot,
+    chat: i64,
+    mut target: Option<i32>,
+    reply_to: Option<i32>,
+    part: &str,
+    mut html: bool,
+    next_at: &mut Instant,
+) -> bool {
+    let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
+    for _ in 0..DELIVERY_ATTEMPTS {
+        tokio::time::sleep_until(*next_at).await;
+        let body = if html { to_html(part) } else { part.to_owned() };
+        let result = match target {
+            Some(id) => bot.api.edit(chat, id, &body, html).await,
+            None => bot.api.send(chat, &body, html, reply_to).await.map(|_| ()),
+        };
+        *next_at = Instant::now() + interval;
+        match result {
+            Ok(()) | Err(TgError::NotModified) => return true,
+            Err(TgError::RetryAfter(d)) => *next_at = Instant::now() + d,
+            Err(TgError::BadEntities(m)) if html => {
+                warn!(error = %m, "Telegram rejected the HTML; sending plain text");
+                html = false;
+            }
+            Err(e) if target.is_some() => {
+                // The message may be gone (deleted by the user): send the part anew.
+                warn!(error = %e, "editing the Telegram answer failed; sending it anew");
+                target = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "sending a Telegram message failed");
+                return false;
+            }
+        }
+    }
+    warn!("giving up on a Telegram message after {DELIVERY_ATTEMPTS} attempts");
+    false
+}

@@ -1,0 +1,493 @@
+//! The Telegram connector against a fake Bot API (axum on 127.0.0.1:0) that records every
+//! call, with the daemon in-process: streaming edits, 429s, HTML fallback, long answers,
+//! webhook secrets and group mentions.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chatrelay::app::App;
+use chatrelay::config::{self, Config};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const BOT_ID: i64 = 7_000_000;
+const SECRET: &str = "webhook-secret-123";
+
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    body: Value,
+    at: Instant,
+    status: u16,
+}
+
+impl Call {
+    fn text(&self) -> &str {
+        self.body["text"].as_str().unwrap_or_default()
+    }
+    fn html(&self) -> bool {
+        self.body["parse_mode"] == "HTML"
+    }
+    fn chat(&self) -> i64 {
+        self.body["chat_id"].as_i64().unwrap_or_default()
+    }
+    fn ok(&self) -> bool {
+        self.status == 200
+    }
+}
+
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<Call>>,
+    updates: Mutex<Vec<Value>>,
+    next_message: AtomicI64,
+    /// Reject every HTML message with "can't parse entities".
+    reject_html: AtomicBool,
+    /// Answer this many upcoming editMessageText calls with 429 retry_after 1.
+    edits_429: AtomicU32,
+    /// What the fake LLM answers.
+    llm_answer: Mutex<String>,
+}
+
+fn chat_json(id: i64) -> Value {
+    if id < 0 {
+        json!({"id": id, "type": "supergroup", "title": "Group"})
+    } else {
+        json!({"id": id, "type": "private", "first_name": "Ann", "username": "ann"})
+    }
+}
+
+fn bot_user() -> Value {
+    json!({"id": BOT_ID, "is_bot": true, "first_name": "Relay", "username": "relay_bot"})
+}
+
+fn ok(result: Value) -> Response {
+    Json(json!({"ok": true, "result": result})).into_response()
+}
+
+async fn bot_api(
+    State(fake): State<Arc<Fake>>,
+    Path((_bot, method)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // teloxide writes method names in PascalCase (GetMe); Telegram ignores the case.
+    let mut method = method;
+    if let Some(first) = method.get(..1) {
+        method = first.to_ascii_lowercase() + &method[1..];
+    }
+    let mut status = 200;
+    let response = match method.as_str() {
+        "getMe" => ok(json!({
+            "id": BOT_ID, "is_bot": true, "first_name": "Relay", "username": "relay_bot",
+            "can_join_groups": true, "can_read_all_group_messages": false,
+            "supports_inline_queries": false, "can_connect_to_business": false,
+            "has_main_web_app": false
+        })),
+        "setMyCommands" | "sendChatAction" => ok(json!(true)),
+        "getUpdates" => {
+            let offset = body["offset"].as_i64().unwrap_or(0);
+            let pending: Vec<Value> = {
+                let mut u = fake.updates.lock().unwrap();
+                u.retain(|x| x["update_id"].as_i64().unwrap() >= offset);
+                u.clone()
+            };
+            if pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ok(Value::Array(pending))
+        }
+        "sendMessage" | "editMessageText" => {
+            let edit = method == "editMessageText";
+            if edit
+                && fake
+                    .edits_429
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                status = 429;
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"ok": false, "error_code": 429,
+                        "description": "Too Many Requests: retry after 1",
+                        "parameters": {"retry_after": 1}})),
+                )
+                    .into_response()
+            } else if body["parse_mode"] == "HTML" && fake.reject_html.load(Ordering::SeqCst) {
+                status = 400;
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"ok": false, "error_code": 400,
+                        "description": "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0"})),
+                )
+                    .into_response()
+            } else {
+                let chat = body["chat_id"].as_i64().unwrap();
+                let id = if edit {
+                    body["message_id"].as_i64().unwrap()
+                } else {
+                    fake.next_message.fetch_add(1, Ordering::SeqCst) + 1000
+                };
+                let mut m = json!({
+                    "message_id": id, "date": 1_700_000_000, "chat": chat_json(chat),
+                    "from": bot_user(), "text": body["text"]
+                });
+                if edit {
+                    m["edit_date"] = json!(1_700_000_001);
+                }
+                ok(m)
+            }
+        }
+        other => panic!("unexpected Bot API method {other}"),
+    };
+    fake.calls.lock().unwrap().push(Call {
+        method,
+        body,
+        at: Instant::now(),
+        status,
+    });
+    response
+}
+
+/// A streaming OpenAI-compatible endpoint answering `llm_answer` in 200-char chunks.
+async fn fake_llm(State(fake): State<Arc<Fake>>) -> Response {
+    let answer = fake.llm_answer.lock().unwrap().clone();
+    let chars: Vec<char> = answer.chars().collect();
+    let mut sse = String::new();
+    for chunk in chars.chunks(200) {
+        let piece: String = chunk.iter().collect();
+        let c = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+        sse.push_str(&format!("data: {c}\n\n"));
+    }
+    let end = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 100, "total_tokens": 110}});
+    sse.push_str(&format!("data: {end}\n\ndata: [DONE]\n\n"));
+    ([("content-type", "text/event-stream")], sse).into_response()
+}
+
+struct Harness {
+    fake: Arc<Fake>,
+    daemon: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(extra_bot: &str, llm: Option<&str>) -> Harness {
+    let fake = Arc::new(Fake::default());
+    if let Some(a) = llm {
+        *fake.llm_answer.lock().unwrap() = a.to_owned();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_url = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/v1/chat/completions", post(fake_llm))
+        .route("/{bot}/{method}", post(bot_api))
+        .with_state(fake.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let llm_cfg = if llm.is_some() {
+        format!("base_url = \"{fake_url}/v1\"\napi_keys = [\"sk-test\"]\nmodel = \"m\"\n")
+    } else {
+        "provider = \"demo\"\ndemo_piece_delay_ms = 30\n".to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"test-admin-token-0123456789\"\n\
+         shutdown_grace_secs = 2\n[storage]\npath = \"{}\"\n[quota]\nfree_daily = 100\n\
+         [llm]\n{llm_cfg}\n[[telegram]]\nid = \"main\"\ntoken = \"123:ABC\"\n\
+         api_url = \"{fake_url}\"\nedit_interval_ms = 100\n{extra_bot}",
+        dir.path().display()
+    );
+    let (config, _): (Config, _) = config::parse(&text, &[], None).unwrap();
+    let app = App::build(config).await.unwrap();
+    let daemon = format!("http://{}", app.local_addr().unwrap());
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.serve());
+    Harness {
+        fake,
+        daemon,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    fn push(&self, update: Value) {
+        self.fake.updates.lock().unwrap().push(update);
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.fake.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until a successful HTML (final) message reaches `chat`; returns all calls.
+    async fn wait_final(&self, chat: i64) -> Vec<Call> {
+        self.wait(|c| c.iter().any(|c| c.chat() == chat && c.ok() && is_final(c)))
+            .await
+    }
+
+    async fn wait(&self, done: impl Fn(&[Call]) -> bool) -> Vec<Call> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let calls = self.calls();
+            if done(&calls) {
+                // Let trailing calls (further parts) land.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                return self.calls();
+            }
+            assert!(Instant::now() < deadline, "timed out; calls: {calls:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("daemon stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A final message: HTML (or the plain-text fallback, marked by a preceding rejection).
+fn is_final(c: &Call) -> bool {
+    c.html() && matches!(c.method.as_str(), "sendMessage" | "editMessageText")
+}
+
+fn message(update_id: i64, chat: i64, message_id: i64, text: &str) -> Value {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id, "date": 1_700_000_000, "chat": chat_json(chat),
+            "from": {"id": 4242, "is_bot": false, "first_name": "Ann", "language_code": "en"},
+            "text": text
+        }
+    })
+}
+
+fn demo(question: &str) -> String {
+    chatrelay::bot::llm::demo_answer(question)
+}
+
+fn chat_calls(calls: &[Call], chat: i64, method: &str) -> Vec<Call> {
+    calls
+        .iter()
+        .filter(|c| c.chat() == chat && c.method == method)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_question_streams_by_edits_then_html() {
+    let h = start("", None).await;
+    h.push(message(1, 42, 1, "hello"));
+    let calls = h.wait_final(42).await;
+    let ours: Vec<&Call> = calls.iter().filter(|c| c.chat() == 42).collect();
+    assert_eq!(ours[0].method, "sendChatAction");
+    assert_eq!(ours[0].body["action"], "typing");
+    assert_eq!(ours[1].method, "sendMessage");
+    assert!(!ours[1].html());
+    let edits = chat_calls(&calls, 42, "editMessageText");
+    let progressive = edits.iter().filter(|c| !c.html()).count();
+    assert!(progressive >= 2, "only {progressive} progressive edits");
+    // The edits grow and are spaced by the edit interval.
+    for w in edits.windows(2) {
+        assert!(w[1].at - w[0].at >= Duration::from_millis(90));
+    }
+    let last = ours.last().unwrap();
+    assert_eq!(last.method, "editMessageText");
+    assert!(last.html());
+    assert_eq!(last.text(), chatrelay_telegram::to_html(&demo("hello")));
+    assert_eq!(chat_calls(&calls, 42, "sendMessage").len(), 1);
+    // Offsets confirm the update: it is not answered twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(chat_calls(&h.calls(), 42, "sendMessage").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_edit_waits_retry_after() {
+    let h = start("", None).await;
+    h.fake.edits_429.store(1, Ordering::SeqCst);
+    h.push(message(1, 43, 1, "hello"));
+    let calls = h.wait_final(43).await;
+    let edits = chat_calls(&calls, 43, "editMessageText");
+    let limited = edits.iter().position(|c| c.status == 429).expect("a 429");
+    let next = edits.get(limited + 1).expect("an edit after the 429");
+    let waited = next.at - edits[limited].at;
+    assert!(
+        waited >= Duration::from_millis(990),
+        "waited only {waited:?}"
+    );
+    assert!(edits.last().unwrap().html() && edits.last().unwrap().ok());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_html_is_resent_as_plain_text() {
+    let h = start("", None).await;
+    h.fake.reject_html.store(true, Ordering::SeqCst);
+    h.push(message(1, 44, 1, "hello"));
+    let calls = h
+        .wait(|c| c.iter().any(|c| c.chat() == 44 && c.status == 400))
+        .await;
+    let ours: Vec<&Call> = calls.iter().filter(|c| c.chat() == 44).collect();
+    let rejected = ours.iter().position(|c| c.status == 400).unwrap();
+    assert!(ours[rejected].html());
+    let after = &ours[rejected + 1..];
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(after[0].method, "editMessageText");
+    assert!(!after[0].html());
+    assert!(after[0].ok());
+    assert_eq!(after[0].text(), demo("hello"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_answer_is_split_at_4096_utf16_units() {
+    let line = "第一行中文回答😀，包含表情 and ASCII words 🎉🎉 更多文字。\n";
+    let mut answer = String::new();
+    while answer.chars().count() < 10_000 {
+        answer.push_str(line);
+    }
+    let answer: String = answer.chars().take(10_000).collect();
+    assert!(answer.encode_utf16().count() > 2 * 4096);
+    let h = start("", Some(&answer)).await;
+    h.push(message(1, 45, 1, "write a lot"));
+    let calls = h
+        .wait(|c| {
+            let finals: String = c
+                .iter()
+                .filter(|c| c.chat() == 45 && c.ok() && is_final(c))
+                .map(Call::text)
+                .collect();
+            finals.len() >= answer.len()
+        })
+        .await;
+    let finals: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.chat() == 45 && c.ok() && is_final(c))
+        .collect();
+    assert!(finals.len() >= 3, "{} parts", finals.len());
+    assert_eq!(finals[0].method, "editMessageText");
+    assert!(finals[1..].iter().all(|c| c.method == "sendMessage"));
+    for c in &finals {
+        let units = c.text().encode_utf16().count();
+        assert!(units <= 4096, "a part of {units} UTF-16 units");
+    }
+    let joined: String = finals.iter().map(|c| c.text()).collect();
+    assert_eq!(joined, answer);
+    // Progress edits never exceed the limit either.
+    for c in calls.iter().filter(|c| c.chat() == 45) {
+        assert!(c.text().encode_utf16().count() <= 4096);
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_checks_the_secret() {
+    let h = start(
+        &format!("mode = \"webhook\"\nwebhook_secret = \"{SECRET}\"\n"),
+        None,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/telegram/main", h.daemon);
+    let post = |secret: Option<&str>, update: Value| {
+        let mut req = client.post(&url).json(&update);
+        if let Some(s) = secret {
+            req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        req.send()
+    };
+    let r = post(Some("wrong-secret-123"), message(1, 46, 1, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(None, message(2, 46, 2, "hello")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(Some(SECRET), message(3, 47, 3, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let calls = h.wait_final(47).await;
+    assert!(
+        calls.iter().all(|c| c.chat() != 46),
+        "a refused update was processed"
+    );
+    assert!(calls.iter().all(|c| c.method != "getUpdates"));
+    let r = client
+        .post(format!("{}/telegram/nope", h.daemon))
+        .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+        .json(&message(4, 47, 4, "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_answer_only_mentions() {
+    let h = start("", None).await;
+    h.push(message(1, -100, 10, "hello everyone"));
+    h.push(message(2, -100, 11, "@relay_bot what is rust?"));
+    let calls = h.wait_final(-100).await;
+    let ours: Vec<&Call> = calls.iter().filter(|c| c.chat() == -100).collect();
+    assert!(
+        ours.iter()
+            .all(|c| c.body["reply_parameters"]["message_id"] != 10)
+    );
+    let first = ours.iter().find(|c| c.method == "sendMessage").unwrap();
+    assert_eq!(first.body["reply_parameters"]["message_id"], 11);
+    let last = ours.last().unwrap();
+    assert_eq!(
+        last.text(),
+        chatrelay_telegram::to_html(&demo("what is rust?"))
+    );
+    // One answer only: the unaddressed message was ignored.
+    assert_eq!(ours.iter().filter(|c| c.method == "sendMessage").count(), 1);
+    assert_eq!(
+        ours.iter().filter(|c| c.method == "sendChatAction").count(),
+        1
+    );
+    h.stop().await;
+}
+
+#[test]
+fn config_is_validated() {
+    let parse = |t: &str| {
+        config::parse(t, &[], None)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    };
+    assert!(parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\n").is_ok());
+    let e = parse("[[telegram]]\nid = \"a\"\n").unwrap_err();
+    assert!(e.contains("telegram[0].token"), "{e}");
+    let e = parse("[[telegram]]\nid = \"a b\"\ntoken = \"1:x\"\n").unwrap_err();
+    assert!(e.contains("telegram[0].id"), "{e}");
+    let e = parse(
+        "[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\n[[telegram]]\nid = \"a\"\ntoken = \"2:y\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("telegram[1].id"), "{e}");
+    let e = parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"webhook\"\n").unwrap_err();
+    assert!(e.contains("telegram[0].webhook_secret"), "{e}");
+    let e = parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"webhook\"\nwebhook_secret = \"short\"\n")
+        .unwrap_err();
+    assert!(e.contains("telegram[0].webhook_secret"), "{e}");
+    assert!(parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"webhook\"\nwebhook_secret = \"long-enough_1\"\n").is_ok());
+    let e = parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"push\"\n").unwrap_err();
+    assert!(e.contains("telegram[0].mode"), "{e}");
+}
