@@ -305,7 +305,19 @@ async fn stream_answer(bot: &TelegramBot, chat: i64, reply_to: Option<i32>, mut 
     };
     let mut text = String::new();
     let terminal = loop {
-        match reply.next().await {
+        // Telegram shows "typing" for 5 s: repeat it until the first text is on screen.
+        let event = if p.message.is_none() {
+            tokio::select! {
+                e = reply.next() => e,
+                () = tokio::time::sleep(Duration::from_secs(4)) => {
+                    let _ = api.typing(chat).await;
+                    continue;
+                }
+            }
+        } else {
+            reply.next().await
+        };
+        match event {
             Some(ReplyEvent::Delta(d)) => {
                 text.push_str(&d);
                 if Instant::now() < p.next_at {

@@ -54,6 +54,8 @@ struct Fake {
     edits_429: AtomicU32,
     /// What the fake LLM answers.
     llm_answer: Mutex<String>,
+    /// How long the fake LLM thinks before answering, in ms.
+    llm_delay_ms: AtomicU32,
 }
 
 fn chat_json(id: i64) -> Value {
@@ -158,6 +160,8 @@ async fn bot_api(
 
 /// A streaming OpenAI-compatible endpoint answering `llm_answer` in 200-char chunks.
 async fn fake_llm(State(fake): State<Arc<Fake>>) -> Response {
+    let delay = fake.llm_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
     let answer = fake.llm_answer.lock().unwrap().clone();
     let chars: Vec<char> = answer.chars().collect();
     let mut sse = String::new();
@@ -490,4 +494,22 @@ fn config_is_validated() {
     assert!(parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"webhook\"\nwebhook_secret = \"long-enough_1\"\n").is_ok());
     let e = parse("[[telegram]]\nid = \"a\"\ntoken = \"1:x\"\nmode = \"push\"\n").unwrap_err();
     assert!(e.contains("telegram[0].mode"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_repeated_while_the_model_thinks() {
+    let h = start("", Some("想好了。")).await;
+    h.fake
+        .llm_delay_ms
+        .store(4_600, std::sync::atomic::Ordering::SeqCst);
+    h.push(message(1, 77, 1, "慢慢想"));
+    let calls = h.wait_final(77).await;
+    let typing = chat_calls(&calls, 77, "sendChatAction");
+    assert!(typing.len() >= 2, "typing was shown once only: {typing:#?}");
+    let first_message = chat_calls(&calls, 77, "sendMessage");
+    assert!(
+        typing[1].at < first_message[0].at,
+        "typing repeats before the answer"
+    );
+    h.stop().await;
 }
