@@ -232,6 +232,9 @@ impl App {
             shutdown.clone(),
         ));
 
+        if let Some(interval) = sd_notify::watchdog_enabled() {
+            tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
+        }
         for group in state.zsxq.groups() {
             tracker.spawn(crate::zsxq::run_group(
                 engine.clone(),
@@ -340,6 +343,33 @@ async fn housekeeping(
         metrics::gauge!("chatrelay_users").set(users as f64);
         if let Some(m) = &metrics {
             m.run_upkeep();
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the daemon really works:
+/// the runtime schedules this task, and the store answers a read within the interval. A
+/// wedged store stops the pings, and systemd restarts the service.
+async fn watchdog(engine: Engine, interval: Duration, shutdown: CancellationToken) {
+    let every = interval / 2;
+    info!(
+        interval_ms = interval.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let store = engine.store().clone();
+        let alive = tokio::time::timeout(
+            every,
+            tokio::task::spawn_blocking(move || store.user(chatrelay_storage::Uid(0)).is_ok()),
+        )
+        .await;
+        match alive {
+            Ok(Ok(true)) => notify(&[sd_notify::NotifyState::Watchdog]),
+            _ => warn!("store not answering: skipping the watchdog ping"),
         }
     }
 }
