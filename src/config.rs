@@ -1246,12 +1246,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, mp) in c.wechat_mp.iter().enumerate() {
         let key = |k: &str| format!("wechat_mp[{i}].{k}");
-        if mp.id.is_empty()
-            || !mp
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_id(&mp.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1336,16 +1331,10 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
 }
 
 fn validate_wecom(c: &Config, problems: &mut Vec<Problem>) {
-    let id_ok = |id: &str| {
-        !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
     let mut ids = BTreeMap::new();
     for (i, w) in c.wecom.iter().enumerate() {
         let key = |k: &str| format!("wecom[{i}].{k}");
-        if !id_ok(&w.id) {
+        if !is_id(&w.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1386,7 +1375,7 @@ fn validate_wecom(c: &Config, problems: &mut Vec<Problem>) {
     }
     for (i, b) in c.wecom_aibot.iter().enumerate() {
         let key = |k: &str| format!("wecom_aibot[{i}].{k}");
-        if !id_ok(&b.id) {
+        if !is_id(&b.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1430,12 +1419,7 @@ fn validate_zsxq(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, z) in c.zsxq.iter().enumerate() {
         let key = |k: &str| format!("zsxq[{i}].{k}");
-        if z.id.is_empty()
-            || !z
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_id(&z.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1485,12 +1469,7 @@ fn validate_telegram(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, t) in c.telegram.iter().enumerate() {
         let key = |k: &str| format!("telegram[{i}].{k}");
-        if t.id.is_empty()
-            || !t
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_id(&t.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1511,12 +1490,7 @@ fn validate_telegram(c: &Config, problems: &mut Vec<Problem>) {
             "polling" => {}
             "webhook" => {
                 if t.webhook_secret.as_ref().is_none_or(|s| {
-                    s.expose().len() < 8
-                        || s.expose().len() > 256
-                        || !s
-                            .expose()
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    s.expose().len() < 8 || s.expose().len() > 256 || !id_chars(s.expose())
                 }) {
                     problems.push(problem(
                         key("webhook_secret"),
@@ -1533,12 +1507,7 @@ fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, p) in c.products.iter().enumerate() {
         let key = |k: &str| format!("products[{i}].{k}");
-        if p.id.is_empty()
-            || !p
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_id(&p.id) {
             problems.push(problem(
                 key("id"),
                 "must be non-empty letters, digits, _ or -",
@@ -1609,6 +1578,17 @@ fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// Letters, digits, `_` and `-` only (ids used in URLs, keys and secrets Telegram accepts).
+fn id_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A non-empty [`id_chars`] string.
+fn is_id(s: &str) -> bool {
+    !s.is_empty() && id_chars(s)
 }
 
 fn is_http_url(s: &str) -> bool {
