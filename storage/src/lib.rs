@@ -17,6 +17,7 @@
 //! - `outbox.rs`: answers owed to a user, delivered with their next message.
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
+//! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //!
 //! # Trees
 //! | tree | key | value |
@@ -50,16 +51,22 @@
 //!   (their closures may run more than once).
 //! - A record that cannot be read is a [`StoreError::Corrupt`] naming tree and key, never a panic.
 //! - Writes are durable only after [`Store::flush`]; call it before acknowledging a payment.
+//! - Every public method that writes holds the quiesce lock's read side for its whole run
+//!   ([`Store::export_backup`] takes the write side, so a backup sees whole operations only).
+//!   Such methods never call one another (a nested read guard could deadlock with a waiting
+//!   exporter).
 
 #![warn(missing_docs)]
 
 pub mod error;
 
 mod audit;
+mod backup;
 mod checkpoints;
 mod codec;
 mod conversations;
 mod dedupe;
+mod flush;
 mod login;
 mod orders;
 mod outbox;
@@ -71,11 +78,12 @@ use std::fmt;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditMismatch, AuditReport};
+pub use backup::BackupSummary;
 pub use conversations::Turn;
 pub use error::StoreError;
 pub use login::{LOGIN_CODE_DIGITS, LoginCode};
@@ -196,12 +204,43 @@ impl Trees {
             checkpoints: db.open_tree(CHECKPOINTS)?,
         })
     }
+
+    /// Every tree with its name, in name order.
+    fn all(&self) -> [(&'static str, &sled::Tree); 21] {
+        let mut all = [
+            (META, &self.meta),
+            (USERS, &self.users),
+            (IDENTITIES, &self.identities),
+            (IDENTITIES_BY_UID, &self.identities_by_uid),
+            (BALANCES, &self.balances),
+            (LEDGER, &self.ledger),
+            (LEDGER_REFS, &self.ledger_refs),
+            (RESERVATIONS, &self.reservations),
+            (RESERVATION_REFS, &self.reservation_refs),
+            (SETTLED_RESERVATIONS, &self.settled_reservations),
+            (CONVERSATIONS, &self.conversations),
+            (DEDUPE, &self.dedupe),
+            (TOKENS, &self.tokens),
+            (TOKENS_BY_UID, &self.tokens_by_uid),
+            (LOGIN_CODES, &self.login_codes),
+            (LOGIN_CODES_BY_UID, &self.login_codes_by_uid),
+            (OUTBOX, &self.outbox),
+            (ORDERS, &self.orders),
+            (OPEN_ORDERS, &self.open_orders),
+            (ORDER_EVENTS, &self.order_events),
+            (CHECKPOINTS, &self.checkpoints),
+        ];
+        all.sort_by_key(|(name, _)| *name);
+        all
+    }
 }
 
 struct Inner {
     db: sled::Db,
     trees: Trees,
     path: Option<PathBuf>,
+    /// Writers hold the read side for a whole operation; [`Store::export_backup`] the write side.
+    quiesce: RwLock<()>,
 }
 
 /// The store. Cheap to clone: clones share one open database.
@@ -247,14 +286,32 @@ impl Store {
         let trees = Trees::open(&db)?;
         check_schema(&trees.meta)?;
         Ok(Store {
-            inner: Arc::new(Inner { db, trees, path }),
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                path,
+                quiesce: RwLock::new(()),
+            }),
         })
     }
 
     /// Waits until every write made so far is on disk.
+    ///
+    /// sled 0.34's own `flush_async` can deadlock when several are in flight at once
+    /// (spacejam/sled#1308, fixed after its last release; our concurrent payment
+    /// notifications hit it), so the flush runs synchronously on a helper thread and this
+    /// future waits for it.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
-        Ok(())
+        let db = self.inner.db.clone();
+        let (tx, rx) = flush::channel();
+        let spawned = std::thread::Builder::new()
+            .name("chatrelay-flush".into())
+            .spawn(move || tx.send(db.flush().map(|_| ()).map_err(StoreError::from)));
+        match spawned {
+            Ok(_) => rx.await,
+            // No thread to be had: flush here rather than not at all.
+            Err(_) => self.inner.db.flush().map(|_| ()).map_err(StoreError::from),
+        }
     }
 
     /// The database directory; `None` for a temporary store.
@@ -264,6 +321,15 @@ impl Store {
 
     fn trees(&self) -> &Trees {
         &self.inner.trees
+    }
+
+    /// The quiesce lock's read side, held by a public writing method for its whole run.
+    /// Poison-tolerant: the lock guards no data.
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner
+            .quiesce
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
