@@ -39,6 +39,11 @@ pub enum AdminCommand {
     /// zsxq groups: list with their state, pause, resume, replace the token.
     #[command(subcommand)]
     Zsxq(ZsxqCommand),
+    /// Save a consistent snapshot of the running daemon's database to FILE.
+    Backup {
+        /// Where to write the backup (refuses to overwrite an existing file).
+        file: std::path::PathBuf,
+    },
 }
 
 /// `chatrelay admin zsxq ...`
@@ -307,6 +312,7 @@ pub async fn run(target: &Target, command: AdminCommand) -> anyhow::Result<()> {
             "revoked".to_owned()
         }
         AdminCommand::Audit => pretty(&call(Method::GET, "/admin/audit".into(), None).await?),
+        AdminCommand::Backup { file } => backup(&client, target, &file).await?,
         AdminCommand::Zsxq(ZsxqCommand::List) => {
             pretty(&call(Method::GET, "/admin/zsxq".into(), None).await?)
         }
@@ -352,4 +358,53 @@ pub async fn run(target: &Target, command: AdminCommand) -> anyhow::Result<()> {
 
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// Downloads a backup into `file` (written to a temporary name, renamed when complete).
+async fn backup(
+    client: &reqwest::Client,
+    target: &Target,
+    file: &std::path::Path,
+) -> anyhow::Result<String> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    if file.exists() {
+        bail!("{} exists; choose another file", file.display());
+    }
+    let res = client
+        .get(format!("{}/admin/backup", target.url))
+        .bearer_auth(&target.token)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach the daemon at {}: {e}", target.url))?;
+    if !res.status().is_success() {
+        let status = res.status();
+        bail!("{status}: {}", res.text().await.unwrap_or_default());
+    }
+    let records = res
+        .headers()
+        .get("x-backup-records")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned();
+    let partial = file.with_extension("partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?,
+    );
+    let mut bytes = 0u64;
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("the backup download was interrupted")?;
+        bytes += chunk.len() as u64;
+        out.write_all(&chunk).context("writing the backup")?;
+    }
+    out.flush().context("writing the backup")?;
+    out.get_ref().sync_all().context("writing the backup")?;
+    std::fs::rename(&partial, file).with_context(|| format!("renaming to {}", file.display()))?;
+    Ok(format!(
+        "backup written to {}: {records} records, {bytes} bytes",
+        file.display()
+    ))
 }

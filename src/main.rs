@@ -31,6 +31,15 @@ enum Command {
     Run,
     /// Validate the configuration, list every problem, print a redacted summary.
     CheckConfig,
+    /// Restore a backup (from `chatrelay admin backup`) into an empty data directory; run it
+    /// with the daemon stopped.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to restore into (default: storage.path); its database must not exist.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Administer the running daemon through its admin API.
     Admin {
         /// The daemon's base URL (default: from server.listen).
@@ -56,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(loaded),
         Command::CheckConfig => check_config(&loaded),
+        Command::Restore { file, data } => restore(&loaded.config, &file, data),
         Command::Admin {
             url,
             token,
@@ -121,6 +131,30 @@ fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
     out.push_str(&c.redacted_summary());
     std::io::stdout()
         .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
+fn restore(config: &Config, file: &std::path::Path, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let data = data.unwrap_or_else(|| config.storage.path.clone());
+    let db = data.join("db");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut input = std::io::BufReader::new(input);
+    let summary = chatrelay_storage::Store::restore_backup(
+        &mut input,
+        &db,
+        config.storage.cache_capacity_mb * 1024 * 1024,
+    )
+    .with_context(|| format!("restoring {} into {}", file.display(), db.display()))?;
+    let msg = format!(
+        "restored {} records in {} trees (schema {}) into {}\n",
+        summary.records,
+        summary.trees,
+        summary.schema_version,
+        db.display()
+    );
+    std::io::stdout()
+        .write_all(msg.as_bytes())
         .context("writing to stdout")
 }
 

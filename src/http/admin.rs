@@ -32,6 +32,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/admin/orders", get(list_orders))
         .route("/admin/orders/{id}", get(show_order))
         .route("/admin/orders/{id}/refund", post(refund_order))
+        .route("/admin/backup", get(backup))
         .route("/admin/zsxq", get(zsxq_list))
         .route("/admin/zsxq/{id}/pause", post(zsxq_pause))
         .route("/admin/zsxq/{id}/resume", post(zsxq_resume))
@@ -466,4 +467,59 @@ async fn zsxq_token(
     zsxq_group(&st, &id)?.set_token(req.access_token.trim());
     info!(group = %id, "admin: zsxq token replaced; polling resumes");
     Ok(Json(json!({"token_expired": false})))
+}
+
+/// Streams a consistent snapshot of the database (writers wait while it is taken).
+async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    check_admin(&st, &headers)?;
+    let store = st.engine.store().clone();
+    let dir = st.config.storage.path.join("backups");
+    let path = dir.join(format!("backup-{}.tmp", crate::http::v1::random_id()));
+    let tmp = path.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::new(file);
+        let written = store
+            .export_backup(&mut out, now_ms())
+            .map_err(|e| e.to_string())
+            .and_then(|summary| {
+                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+                Ok(summary)
+            });
+        if written.is_err() {
+            // A failed export leaves nothing behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        AdminError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup failed: {e}"),
+        )
+    })?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The open file keeps its data; the name can go now.
+    let _ = tokio::fs::remove_file(&path).await;
+    info!(
+        records = summary.records,
+        bytes = summary.bytes,
+        "admin: backup taken"
+    );
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&summary.records.to_string()) {
+        h.insert("x-backup-records", v);
+    }
+    Ok(res)
 }

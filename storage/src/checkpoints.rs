@@ -22,6 +22,7 @@ impl Store {
         expected: Option<&str>,
         new: &str,
     ) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         check_key("checkpoint key", key)?;
         let result = self.trees().checkpoints.compare_and_swap(
             key.as_bytes(),
@@ -33,6 +34,7 @@ impl Store {
 
     /// Adds one to the counter under `key` and returns the new value.
     pub fn bump_counter(&self, key: &str) -> Result<u64, StoreError> {
+        let _writing = self.writing();
         check_key("counter key", key)?;
         let tree = &self.trees().checkpoints;
         let mut current = tree.get(key.as_bytes())?;

@@ -42,6 +42,7 @@ impl Store {
         turns: &[Turn],
         max_turns: usize,
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         check_key("conversation key", key)?;
         finish(self.trees().conversations.transaction(|tree| {
             let mut record = match tree.get(key.as_bytes())? {
@@ -65,6 +66,7 @@ impl Store {
 
     /// Forgets the conversation.
     pub fn clear_conversation(&self, key: &str) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.trees().conversations.remove(key.as_bytes())?;
         Ok(())
     }

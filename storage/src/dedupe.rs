@@ -13,6 +13,7 @@ impl Store {
         expires_at_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         check_key("dedupe key", key)?;
         let tree = &self.trees().dedupe;
         let new = encode(&expires_at_ms)?;
@@ -34,6 +35,7 @@ impl Store {
     /// Removes marks that expired by `now_ms`; returns how many. Unreadable marks are removed
     /// too (a mark is disposable), with a warning.
     pub fn purge_expired_dedupe(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let _writing = self.writing();
         let tree = &self.trees().dedupe;
         let mut purged = 0;
         for item in tree.iter() {

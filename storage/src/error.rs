@@ -81,6 +81,10 @@ pub enum StoreError {
         /// Its status.
         status: String,
     },
+    /// A backup file is malformed, truncated, fails its checksum, or cannot be restored where
+    /// asked (the message names the line).
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 impl StoreError {

@@ -41,6 +41,7 @@ fn random_code() -> Result<String, StoreError> {
 impl Store {
     /// The user's live login code, or a new one valid for `ttl_ms`.
     pub fn login_code(&self, uid: Uid, ttl_ms: i64, now_ms: i64) -> Result<LoginCode, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         if t.users.get(u64_key(uid.0))?.is_none() {
             return Err(StoreError::UnknownUser(uid));
@@ -92,6 +93,7 @@ impl Store {
 
     /// Consumes a code: its owner if it was live, and it never works again.
     pub fn consume_login_code(&self, code: &str, now_ms: i64) -> Result<Option<Uid>, StoreError> {
+        let _writing = self.writing();
         if code.len() != LOGIN_CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(None);
         }
@@ -120,6 +122,7 @@ impl Store {
 
     /// Removes expired codes; returns how many.
     pub fn purge_expired_login_codes(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let mut expired = Vec::new();
         for item in t.login_codes.iter() {

@@ -123,6 +123,7 @@ impl Store {
     /// Creates `order` (status created), unless the user has a live open order for the same
     /// product and channel: then that one is returned and nothing is written.
     pub fn create_order(&self, order: &Order, now_ms: i64) -> Result<Order, StoreError> {
+        let _writing = self.writing();
         check_key("order id", &order.id)?;
         let t = self.trees();
         let key = open_key(order.uid, &order.product_id, &order.channel);
@@ -168,6 +169,7 @@ impl Store {
 
     /// Records what the user scans.
     pub fn set_order_code_url(&self, id: &str, code_url: &str) -> Result<Order, StoreError> {
+        let _writing = self.writing();
         self.update_order(id, |order| {
             order.code_url = Some(code_url.to_owned());
             Ok(())
@@ -236,6 +238,7 @@ impl Store {
         provider_trade_no: Option<&str>,
         now_ms: i64,
     ) -> Result<CreditOutcome, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let reference = purchase_reference(id);
         finish(
@@ -314,6 +317,7 @@ impl Store {
     /// Closes an order that is still waiting (call after the provider said it is unpaid).
     /// Returns the order as it is afterwards; a paid order stays paid.
     pub fn close_order(&self, id: &str, now_ms: i64) -> Result<Order, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         finish((&t.orders, &t.open_orders).transaction(|(orders, open)| {
             let Some(raw) = orders.get(id.as_bytes())? else {
@@ -345,6 +349,7 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<(Order, Option<LedgerEntry>), StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let reference = format!("refund:{id}");
         finish(
@@ -408,6 +413,7 @@ impl Store {
         detail: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _writing = self.writing();
         let seq = self.inner.db.generate_id()?;
         let mut key = id.as_bytes().to_vec();
         key.push(0);

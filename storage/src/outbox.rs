@@ -11,6 +11,7 @@ const MAX_ITEMS: usize = 20;
 impl Store {
     /// Queues `text` for the user behind `key`.
     pub fn outbox_push(&self, key: &str, text: &str) -> Result<(), StoreError> {
+        let _writing = self.writing();
         check_key("outbox key", key)?;
         let tree = &self.trees().outbox;
         finish(tree.transaction(|t| {
@@ -31,6 +32,7 @@ impl Store {
 
     /// Takes everything queued for `key` (oldest first), leaving nothing.
     pub fn outbox_take(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let _writing = self.writing();
         let tree = &self.trees().outbox;
         match tree.remove(key.as_bytes())? {
             Some(raw) => decode(OUTBOX, &raw, || format!("{key:?}")),

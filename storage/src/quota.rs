@@ -190,6 +190,7 @@ impl Store {
         free_daily: u64,
         expires_at_ms: i64,
     ) -> Result<ReservationId, StoreError> {
+        let _writing = self.writing();
         check_key("reference", reference)?;
         let new_id = ReservationId(self.inner.db.generate_id()?);
         let t = self.trees();
@@ -270,6 +271,7 @@ impl Store {
         free_daily: u64,
         now_ms: i64,
     ) -> Result<Option<LedgerEntry>, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let trees = (
             &t.balances,
@@ -344,6 +346,7 @@ impl Store {
     /// Drops a reservation without charging (the answer failed); false if it was not open.
     /// Its reference may be reserved again afterwards.
     pub fn release(&self, id: ReservationId) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         finish(
             (&t.balances, &t.reservations, &t.reservation_refs).transaction(
@@ -357,6 +360,7 @@ impl Store {
     /// Releases every open reservation that expired before `now_ms` (at start-up, pass
     /// `i64::MAX` to release them all); returns how many.
     pub fn release_stale_reservations(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let mut stale = Vec::new();
         for item in t.reservations.iter() {
@@ -393,6 +397,7 @@ impl Store {
     /// now and then with a cut-off well past any retry window (a day), so these records, one
     /// per answer, do not pile up.
     pub fn purge_settled_reservations(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let _writing = self.writing();
         let t = self.trees();
         let mut old = Vec::new();
         for item in t.settled_reservations.iter() {
@@ -434,6 +439,7 @@ impl Store {
         reference: &str,
         now_ms: i64,
     ) -> Result<LedgerEntry, StoreError> {
+        let _writing = self.writing();
         check_key("reference", reference)?;
         let delta = positive_delta(credits)?;
         let t = self.trees();
@@ -489,6 +495,7 @@ impl Store {
         reference: &str,
         now_ms: i64,
     ) -> Result<LedgerEntry, StoreError> {
+        let _writing = self.writing();
         check_key("reference", reference)?;
         let delta = positive_delta(credits)?;
         let t = self.trees();

@@ -59,6 +59,7 @@ impl Store {
         expires_at_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<String, StoreError> {
+        let _writing = self.writing();
         if expires_at_ms.is_some_and(|at| at <= now_ms) {
             return Err(StoreError::InvalidInput(
                 "token expiry is not in the future".to_owned(),
@@ -113,6 +114,7 @@ impl Store {
 
     /// Revokes a token; true if it was live (false if unknown or already revoked).
     pub fn revoke_token(&self, token: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         let hash = token_hash(token);
         finish(self.trees().tokens.transaction(|tokens| {
             let Some(raw) = tokens.get(hash)? else {

@@ -34,6 +34,7 @@ pub struct User {
 impl Store {
     /// Creates a user with the next free uid.
     pub fn create_user(&self, name: &str) -> Result<User, StoreError> {
+        let _writing = self.writing();
         check_name(name)?;
         let now = system_now_ms();
         let t = self.trees();
@@ -53,6 +54,7 @@ impl Store {
 
     /// Bans or unbans a user; returns the updated user.
     pub fn set_banned(&self, uid: Uid, banned: bool) -> Result<User, StoreError> {
+        let _writing = self.writing();
         finish(self.trees().users.transaction(|users| {
             let key = u64_key(uid.0);
             let Some(raw) = users.get(key)? else {
@@ -79,6 +81,7 @@ impl Store {
         key: &UserKey,
         display_name: Option<&str>,
     ) -> Result<Uid, StoreError> {
+        let _writing = self.writing();
         if let Some(uid) = self.identity(key)? {
             return Ok(uid);
         }
@@ -117,6 +120,7 @@ impl Store {
 
     /// Makes `key` belong to `uid`; returns its previous owner, if any.
     pub fn link_identity(&self, key: &UserKey, uid: Uid) -> Result<Option<Uid>, StoreError> {
+        let _writing = self.writing();
         let key_text = key.to_string();
         check_key_text(&key_text)?;
         let t = self.trees();
@@ -144,6 +148,7 @@ impl Store {
 
     /// Detaches `key` from its user; false if it belonged to no one.
     pub fn unlink_identity(&self, key: &UserKey) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         let key_text = key.to_string();
         let t = self.trees();
         finish(
