@@ -439,9 +439,79 @@ impl Store {
         reference: &str,
         now_ms: i64,
     ) -> Result<LedgerEntry, StoreError> {
+        self.change_paid(
+            uid,
+            credits,
+            true,
+            kind,
+            reason,
+            reference,
+            now_ms,
+            |balance| {
+                balance.paid = balance
+                    .paid
+                    .checked_add(credits)
+                    .filter(|p| to_delta(*p).is_ok())
+                    .ok_or_else(|| {
+                        StoreError::InvalidInput(format!("granting {credits} would overflow"))
+                    })?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Removes `credits` paid credits, never below zero: refused with
+    /// [`StoreError::InsufficientCredits`] when `paid - held` is less. Idempotent on `reference`.
+    pub fn debit(
+        &self,
+        uid: Uid,
+        credits: u64,
+        kind: EntryKind,
+        reason: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<LedgerEntry, StoreError> {
+        self.change_paid(
+            uid,
+            credits,
+            false,
+            kind,
+            reason,
+            reference,
+            now_ms,
+            |balance| {
+                let spendable = balance.paid.saturating_sub(balance.held);
+                if spendable < credits {
+                    return Err(StoreError::InsufficientCredits {
+                        available: spendable,
+                        needed: credits,
+                    });
+                }
+                balance.paid = balance.paid.saturating_sub(credits);
+                Ok(())
+            },
+        )
+    }
+
+    /// The transaction shared by [`Store::grant`] and [`Store::debit`]: returns the entry
+    /// already written with `reference` if any; otherwise `apply` changes the balance (or
+    /// refuses), and the entry and the balance are written together.
+    #[allow(clippy::too_many_arguments)]
+    fn change_paid(
+        &self,
+        uid: Uid,
+        credits: u64,
+        adds: bool,
+        kind: EntryKind,
+        reason: &str,
+        reference: &str,
+        now_ms: i64,
+        apply: impl Fn(&mut BalanceRecord) -> Result<(), StoreError>,
+    ) -> Result<LedgerEntry, StoreError> {
         let _writing = self.writing();
         check_key("reference", reference)?;
-        let delta = positive_delta(credits)?;
+        let magnitude = positive_delta(credits)?;
+        let delta = if adds { magnitude } else { -magnitude };
         let t = self.trees();
         let entry = finish(
             (&t.users, &t.balances, &t.ledger, &t.ledger_refs).transaction(
@@ -453,18 +523,7 @@ impl Store {
                         return abort(StoreError::UnknownUser(uid));
                     }
                     let mut balance = load_balance(balances, uid)?;
-                    balance.paid = match balance
-                        .paid
-                        .checked_add(credits)
-                        .filter(|p| to_delta(*p).is_ok())
-                    {
-                        Some(paid) => paid,
-                        None => {
-                            return abort(StoreError::InvalidInput(format!(
-                                "granting {credits} would overflow"
-                            )));
-                        }
-                    };
+                    apply(&mut balance).or_abort()?;
                     let change = Change {
                         uid,
                         at_ms: now_ms,
@@ -481,58 +540,6 @@ impl Store {
             ),
         )?;
         warn_if_different(&entry, uid, delta, reference);
-        Ok(entry)
-    }
-
-    /// Removes `credits` paid credits, never below zero: refused with
-    /// [`StoreError::InsufficientCredits`] when `paid - held` is less. Idempotent on `reference`.
-    pub fn debit(
-        &self,
-        uid: Uid,
-        credits: u64,
-        kind: EntryKind,
-        reason: &str,
-        reference: &str,
-        now_ms: i64,
-    ) -> Result<LedgerEntry, StoreError> {
-        let _writing = self.writing();
-        check_key("reference", reference)?;
-        let delta = positive_delta(credits)?;
-        let t = self.trees();
-        let entry = finish(
-            (&t.users, &t.balances, &t.ledger, &t.ledger_refs).transaction(
-                |(users, balances, ledger, ledger_refs)| {
-                    if let Some(existing) = entry_by_reference(ledger_refs, ledger, reference)? {
-                        return Ok(existing);
-                    }
-                    if users.get(u64_key(uid.0))?.is_none() {
-                        return abort(StoreError::UnknownUser(uid));
-                    }
-                    let mut balance = load_balance(balances, uid)?;
-                    let spendable = balance.paid.saturating_sub(balance.held);
-                    if spendable < credits {
-                        return abort(StoreError::InsufficientCredits {
-                            available: spendable,
-                            needed: credits,
-                        });
-                    }
-                    balance.paid = balance.paid.saturating_sub(credits);
-                    let change = Change {
-                        uid,
-                        at_ms: now_ms,
-                        kind,
-                        free_delta: 0,
-                        paid_delta: -delta,
-                        reason,
-                        reference,
-                    };
-                    let entry = append_entry(&mut balance, ledger, ledger_refs, change)?;
-                    store_balance(balances, uid, &balance)?;
-                    Ok(entry)
-                },
-            ),
-        )?;
-        warn_if_different(&entry, uid, -delta, reference);
         Ok(entry)
     }
 
