@@ -1,5 +1,5 @@
-//! [`Client`]: the HTTP side of the crate. Sends chat and model requests to
-//! one OpenAI-compatible server with timeouts, retries (see [`crate::retry`])
+//! [`Client`]: the HTTP side of the crate. Sends chat, model, image and
+//! moderation requests to one OpenAI-compatible server with timeouts, retries (see [`crate::retry`])
 //! and API key rotation (see [`crate::keys`]), and maps every failure to
 //! [`Error`].
 //!
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -21,10 +21,14 @@ use crate::error::{Error, api_error_from_body, api_error_from_json};
 use crate::keys::KeyRing;
 use crate::retry::{self, Backoff, TooLong};
 use crate::stream::ChatStream;
-use crate::types::{ChatRequest, ChatResponse, ModelInfo, ModelList, StreamOptions};
+use crate::types::{
+    ChatRequest, ChatResponse, ImageRequest, ImagesResponse, ModelInfo, ModelList,
+    ModerationRequest, ModerationResponse, StreamOptions,
+};
 
 /// Largest non-streaming response body accepted (a chat completion is a few
-/// KiB; this only stops a broken server from exhausting memory).
+/// KiB, a base64 image a few MiB; this only stops a broken server from
+/// exhausting memory).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Largest error body read; the message is in the first few hundred bytes.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -59,6 +63,14 @@ pub struct ClientConfig {
     pub key_cooldown: Duration,
     /// `User-Agent` header. Default `chatrelay/<version>`.
     pub user_agent: String,
+    /// Extra `(name, value)` headers sent with every request, for providers
+    /// and gateways that want one (`X-DashScope-SSE`, `OpenAI-Organization`,
+    /// a gateway's routing header, ...). Default empty. Values are treated as
+    /// secrets: never logged nor shown by `Debug`. `Authorization`,
+    /// `Content-Type`, `Accept` and the HTTP framing headers (`Host`,
+    /// `Content-Length`, `Transfer-Encoding`, `Connection`) are refused: the
+    /// client sets them itself.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for ClientConfig {
@@ -75,6 +87,7 @@ impl Default for ClientConfig {
             max_retry_after: Duration::from_secs(120),
             key_cooldown: Duration::from_secs(60),
             user_agent: concat!("chatrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
+            headers: Vec::new(),
         }
     }
 }
@@ -97,6 +110,14 @@ impl fmt::Debug for ClientConfig {
             .field("max_retry_after", &self.max_retry_after)
             .field("key_cooldown", &self.key_cooldown)
             .field("user_agent", &self.user_agent)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(name, _)| format!("{name}: <redacted>"))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -174,6 +195,7 @@ impl Client {
                 )));
             }
         }
+        let extra_headers = extra_headers(&cfg.headers)?;
         for (name, d) in [
             ("connect_timeout", cfg.connect_timeout),
             ("timeout", cfg.timeout),
@@ -186,6 +208,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .user_agent(cfg.user_agent.clone())
+            // Default headers go on every request; the ones the client sets
+            // per request cannot clash, since `extra_headers` refuses them.
+            .default_headers(extra_headers)
             // Streams can sit quietly for a while; keepalive lets dead peers
             // be noticed and keeps NAT mappings open.
             .tcp_keepalive(Duration::from_secs(30))
@@ -217,17 +242,7 @@ impl Client {
         req.stream = Some(false);
         req.stream_options = None;
         strip_stream_extras(&mut req);
-        let body = encode(&req)?;
-        let (body, request_id) = self
-            .execute(
-                Method::POST,
-                "/chat/completions",
-                Some(body),
-                ACCEPT_JSON,
-                read_full,
-            )
-            .await?;
-        decode_json_response(&body, request_id)
+        self.post_json("/chat/completions", &req).await
     }
 
     /// Starts a streaming chat completion (`stream: true`, and
@@ -274,6 +289,34 @@ impl Client {
             .await?;
         let list: ModelList = decode_json_response(&body, request_id)?;
         Ok(list.data)
+    }
+
+    /// Generates images (`POST {base_url}/images/generations`), with the
+    /// same timeouts, retries and error mapping as [`Client::chat`]. The
+    /// request timeout covers the whole generation, which can take a minute.
+    pub async fn images_generate(&self, req: &ImageRequest) -> Result<ImagesResponse, Error> {
+        self.post_json("/images/generations", req).await
+    }
+
+    /// Classifies a text with the provider's moderation model
+    /// (`POST {base_url}/moderations`), with the same timeouts, retries and
+    /// error mapping as [`Client::chat`].
+    pub async fn moderate(&self, req: &ModerationRequest) -> Result<ModerationResponse, Error> {
+        self.post_json("/moderations", req).await
+    }
+
+    /// A non-streaming JSON request: POSTs `body` to `path` and decodes the
+    /// whole (size-limited) answer.
+    async fn post_json<B, T>(&self, path: &str, body: &B) -> Result<T, Error>
+    where
+        B: serde::Serialize + ?Sized,
+        T: serde::de::DeserializeOwned,
+    {
+        let body = encode(body)?;
+        let (body, request_id) = self
+            .execute(Method::POST, path, Some(body), ACCEPT_JSON, read_full)
+            .await?;
+        decode_json_response(&body, request_id)
     }
 
     async fn json_instead_of_stream(&self, resp: Response, request_id: Option<String>) -> Error {
@@ -511,8 +554,47 @@ fn decode_json_response<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::decode(format!("unexpected response shape: {e}"), body))
 }
 
+/// Headers set by the client itself (or by the HTTP layer), which an extra
+/// header must not override or duplicate.
+const RESERVED_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-type",
+    "accept",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Validates [`ClientConfig::headers`] into a header map. Errors name the
+/// header (by position and name) but never echo a value, which may be a
+/// credential.
+fn extra_headers(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::new();
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let name = name.trim();
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Error::InvalidConfig(format!("headers[{i}]: {name:?} is not a valid header name"))
+        })?;
+        if RESERVED_HEADERS.contains(&header_name.as_str()) {
+            return Err(Error::InvalidConfig(format!(
+                "headers[{i}]: {name} is set by the client and cannot be overridden"
+            )));
+        }
+        let mut header_value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "headers[{i}]: the value of {name} contains characters not allowed in a header"
+            ))
+        })?;
+        // Keeps the value out of reqwest's and hyper's debug output.
+        header_value.set_sensitive(true);
+        map.append(header_name, header_value);
+    }
+    Ok(map)
+}
+
 /// Serializes a request body.
-fn encode(req: &ChatRequest) -> Result<Vec<u8>, Error> {
+fn encode<B: serde::Serialize + ?Sized>(req: &B) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(req).map_err(|e| Error::Decode {
         message: format!("could not encode the request: {e}"),
         raw: String::new(),
@@ -619,6 +701,7 @@ mod tests {
         assert_eq!(cfg.max_retry_after, Duration::from_secs(120));
         assert_eq!(cfg.key_cooldown, Duration::from_secs(60));
         assert!(cfg.user_agent.starts_with("chatrelay/"));
+        assert!(cfg.headers.is_empty());
     }
 
     #[test]
@@ -672,6 +755,47 @@ mod tests {
         .unwrap();
         assert_eq!(ok.inner.base_url, "http://127.0.0.1:1/v1");
         assert!(!format!("{ok:?}").is_empty());
+    }
+
+    #[test]
+    fn extra_headers_are_validated_without_echoing_values() {
+        let cfg = |headers: &[(&str, &str)]| ClientConfig {
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..ClientConfig::default()
+        };
+        let ok = cfg(&[
+            ("X-DashScope-SSE", "enable"),
+            ("OpenAI-Organization", "org-1"),
+        ]);
+        assert!(Client::new(ok.clone()).is_ok());
+        let debug = format!("{ok:?}");
+        assert!(debug.contains("X-DashScope-SSE: <redacted>"), "{debug}");
+        assert!(!debug.contains("org-1"), "{debug}");
+
+        for reserved in ["Authorization", "content-type", "ACCEPT", "Host"] {
+            let err = Client::new(cfg(&[("X-Ok", "1"), (reserved, "sk-secret-value")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("headers[1]") && err.contains(reserved) && !err.contains("sk-secret"),
+                "{err}"
+            );
+        }
+        let err = Client::new(cfg(&[("Bad Name", "v")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"Bad Name\""), "{err}");
+        let err = Client::new(cfg(&[("X-Token", "sk-secret\nvalue")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("X-Token") && !err.contains("sk-secret"),
+            "{err}"
+        );
+        assert!(extra_headers(&[]).unwrap().is_empty());
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! OpenAI-compatible Chat Completions client for chatrelay.
+//! OpenAI-compatible client for chatrelay: chat completions (streamed or
+//! not), image generation and moderation, over one upstream or several.
 //!
 //! This crate owns everything the daemon says to an LLM provider (OpenAI,
 //! DeepSeek, Qwen, GLM, a local Ollama or vLLM, ...): the wire types, the
 //! Server-Sent Events framing of streamed answers, and the HTTP client with
-//! its timeouts, retries, API key rotation and error mapping. It knows
+//! its timeouts, retries, API key rotation and error mapping, and the routing
+//! of requests over several providers with fallback. It knows
 //! nothing about chat platforms, users or quotas.
 //!
 //! # Layout
@@ -19,6 +21,8 @@
 //! I/O:
 //! - `client`: [`Client`] and [`ClientConfig`]: requests, timeouts, retries.
 //! - `stream`: [`ChatStream`], the typed chunk stream of a streaming answer.
+//! - [`router`]: [`router::Router`], several upstreams with fallback,
+//!   health tracking and a circuit breaker.
 //!
 //! # Example
 //!
@@ -58,6 +62,7 @@ mod client;
 mod error;
 mod keys;
 mod retry;
+pub mod router;
 pub mod sse;
 mod stream;
 pub mod types;

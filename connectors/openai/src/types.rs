@@ -1,5 +1,6 @@
-//! Serde types of the OpenAI Chat Completions wire format (requests,
-//! responses, stream chunks, models). Pure data, no I/O.
+//! Serde types of the OpenAI wire format: chat completions (requests,
+//! responses, stream chunks), models, image generation and moderation. Pure
+//! data, no I/O.
 //!
 //! Every struct that crosses the wire keeps fields it does not know in a
 //! flattened `extra` map, because OpenAI-compatible providers add their own
@@ -7,6 +8,8 @@
 //! calls, ...) and the daemon must pass them through untouched rather than
 //! lose them on a round trip. Response fields that some providers omit or
 //! send as `null` fall back to their defaults instead of failing the decode.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -263,6 +266,155 @@ pub(crate) struct ModelList {
     pub(crate) data: Vec<ModelInfo>,
 }
 
+/// Body of `POST /images/generations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageRequest {
+    /// Model name, e.g. `dall-e-3`, `gpt-image-1`, `wanx-v1`, `cogview-3`.
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// Number of images; provider default (1) when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `1024x1024`, `1792x1024`, ...; provider default when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// `url` or `b64_json`; provider default (usually `url`) when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// Any other request field (`quality`, `style`, `user`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Body of a successful `POST /images/generations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImagesResponse {
+    /// Unix seconds.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub created: i64,
+    /// One entry per generated image.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub data: Vec<ImageData>,
+    /// Other fields (`usage` of `gpt-image-1`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One generated image: a URL or the image itself, depending on the
+/// request's `response_format`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageData {
+    /// Where to download the image (providers expire these after a while).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The image, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64_json: Option<String>,
+    /// The prompt the model actually used, when it rewrote it (`dall-e-3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+    /// Other fields.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Body of `POST /moderations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModerationRequest {
+    /// Model name, e.g. `omni-moderation-latest`; provider default when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The text to classify.
+    pub input: String,
+    /// Any other request field.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Body of a successful `POST /moderations`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModerationResponse {
+    /// Moderation id (`modr-...`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub id: String,
+    /// The model that classified the input.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub model: String,
+    /// One result per input (one here, since the input is a single string).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub results: Vec<ModerationResult>,
+    /// Other fields.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ModerationResponse {
+    /// Whether any result is flagged, or has a category set to `true`
+    /// (counted too because some compatible servers fill the categories but
+    /// leave `flagged` false).
+    #[must_use]
+    pub fn is_flagged(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| r.flagged || r.categories.values().any(|hit| *hit))
+    }
+
+    /// The names of the categories set to `true` in any result, sorted and
+    /// without duplicates (e.g. `["harassment", "violence"]`).
+    #[must_use]
+    pub fn flagged_categories(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .results
+            .iter()
+            .flat_map(|r| r.categories.iter())
+            .filter(|(_, hit)| **hit)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// The classification of one input.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModerationResult {
+    /// Whether the provider considers the input harmful.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub flagged: bool,
+    /// Per category (`hate`, `violence`, `sexual/minors`, ...): whether it
+    /// applies. Entries that are not booleans are dropped.
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub categories: BTreeMap<String, bool>,
+    /// Per category: the model's confidence, 0 to 1. Entries that are not
+    /// numbers are dropped.
+    #[serde(default, deserialize_with = "lenient_map")]
+    pub category_scores: BTreeMap<String, f64>,
+    /// Other fields (`category_applied_input_types`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Deserializes a JSON object into a map, keeping only the entries whose
+/// value has the expected type; `null` or a non-object gives an empty map.
+/// One odd category (a `null` score, a nested object from a newer API
+/// version) must not make the whole moderation answer undecodable.
+fn lenient_map<'de, D, T>(de: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let Value::Object(entries) = Value::deserialize(de)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(entries
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_value(v).ok().map(|v| (k, v)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +585,71 @@ mod tests {
         assert_eq!(list.data[0].owned_by, "openai");
         assert_eq!(list.data[0].extra["created"], 1);
         assert_eq!(list.data[1].owned_by, "");
+    }
+
+    #[test]
+    fn image_request_and_tolerant_response() {
+        let mut req = ImageRequest {
+            model: "dall-e-3".into(),
+            prompt: "a cat".into(),
+            size: Some("1024x1024".into()),
+            ..ImageRequest::default()
+        };
+        req.extra.insert("quality".into(), json!("hd"));
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"model": "dall-e-3", "prompt": "a cat", "size": "1024x1024", "quality": "hd"})
+        );
+        let resp: ImagesResponse = serde_json::from_value(json!({
+            "created": 1_700_000_000,
+            "data": [{"url": "https://x/1.png", "revised_prompt": "a small cat"}, {"b64_json": "aGk="}, {}],
+            "usage": {"total_tokens": 5}
+        }))
+        .unwrap();
+        assert_eq!(resp.data.len(), 3);
+        assert_eq!(resp.data[0].url.as_deref(), Some("https://x/1.png"));
+        assert_eq!(resp.data[0].revised_prompt.as_deref(), Some("a small cat"));
+        assert_eq!(resp.data[1].b64_json.as_deref(), Some("aGk="));
+        assert_eq!(resp.data[2], ImageData::default());
+        assert_eq!(resp.extra["usage"]["total_tokens"], 5);
+        let empty: ImagesResponse = serde_json::from_value(json!({"data": null})).unwrap();
+        assert_eq!(empty, ImagesResponse::default());
+    }
+
+    #[test]
+    fn moderation_request_and_tolerant_response() {
+        let req = ModerationRequest {
+            input: "hello".into(),
+            ..ModerationRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"input": "hello"})
+        );
+        let resp: ModerationResponse = serde_json::from_value(json!({
+            "id": "modr-1", "model": "omni-moderation-latest",
+            "results": [
+                {"flagged": true,
+                 "categories": {"violence": true, "hate": false, "harassment": true, "odd": null},
+                 "category_scores": {"violence": 0.9, "hate": 0.01, "odd": "n/a"},
+                 "category_applied_input_types": {"violence": ["text"]}},
+                {"flagged": false, "categories": {"violence": true}},
+                {"flagged": null, "categories": null}
+            ]
+        }))
+        .unwrap();
+        assert!(resp.is_flagged());
+        assert_eq!(resp.flagged_categories(), ["harassment", "violence"]);
+        let first = &resp.results[0];
+        assert_eq!(first.categories.len(), 3);
+        assert_eq!(first.category_scores.len(), 2);
+        assert!(first.extra.contains_key("category_applied_input_types"));
+        assert!(resp.results[2].categories.is_empty());
+
+        let clean: ModerationResponse =
+            serde_json::from_value(json!({"results": [{"flagged": false}]})).unwrap();
+        assert!(!clean.is_flagged());
+        assert!(clean.flagged_categories().is_empty());
+        assert_eq!(clean.results[0].category_scores.len(), 0);
     }
 }

@@ -1,7 +1,8 @@
 //! End-to-end tests of `Client` against a fake OpenAI-compatible server
 //! (axum on 127.0.0.1:0) that speaks the real wire format: the recorded
 //! OpenAI event stream, JSON error bodies, retry headers, proxy error pages,
-//! stalls and cut connections. No real host is ever contacted.
+//! stalls and cut connections; plus the image and moderation endpoints and
+//! extra headers. No real host is ever contacted.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chatrelay_openai::{ChatChunk, ChatRequest, ChatStream, Client, ClientConfig, Error, Message};
+use chatrelay_openai::{
+    ChatChunk, ChatRequest, ChatStream, Client, ClientConfig, Error, ImageRequest, Message,
+    ModerationRequest,
+};
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 
@@ -634,6 +638,8 @@ fn client_futures_are_send() {
     assert_send(&c.chat(&req));
     assert_send(&c.chat_stream(&req));
     assert_send(&c.models());
+    assert_send(&c.images_generate(&ImageRequest::default()));
+    assert_send(&c.moderate(&ModerationRequest::default()));
     fn assert_sync<T: Send + Sync + Clone>() {}
     assert_sync::<Client>();
 }
@@ -792,4 +798,220 @@ async fn connection_refused_is_network_error() {
     let err = c.chat(&request()).await.unwrap_err();
     assert!(matches!(err, Error::Network(_)), "{err:?}");
     assert!(err.is_retryable());
+}
+
+// === extra headers ===
+
+#[tokio::test]
+async fn extra_headers_are_sent_on_every_request() {
+    let (url, log) = serve(|n, _| {
+        Some(if n == 0 {
+            ok_completion()
+        } else {
+            json_reply(200, &[], json!({"data": []}))
+        })
+    })
+    .await;
+    let c = Client::new(ClientConfig {
+        headers: vec![
+            ("X-DashScope-SSE".into(), "enable".into()),
+            ("OpenAI-Organization".into(), " org-42 ".into()),
+        ],
+        ..config(&url, &["sk-A"])
+    })
+    .unwrap();
+    c.chat(&request()).await.unwrap();
+    c.models().await.unwrap();
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for req in &seen {
+        assert_eq!(req.headers["x-dashscope-sse"], "enable");
+        assert_eq!(req.headers["openai-organization"], "org-42");
+        assert_eq!(req.auth().as_deref(), Some("Bearer sk-A"));
+        assert_eq!(req.headers.get_all(header::ACCEPT).iter().count(), 1);
+    }
+}
+
+// === images ===
+
+fn image_request() -> ImageRequest {
+    let mut req = ImageRequest {
+        model: "dall-e-3".into(),
+        prompt: "a red panda reading a newspaper".into(),
+        n: Some(1),
+        size: Some("1024x1024".into()),
+        response_format: Some("b64_json".into()),
+        ..ImageRequest::default()
+    };
+    req.extra.insert("quality".into(), json!("hd"));
+    req
+}
+
+fn images_ok() -> Response {
+    json_reply(
+        200,
+        &[],
+        json!({"created": 1_713_833_628, "data": [
+            {"b64_json": "iVBORw0KGgo=", "revised_prompt": "A red panda ..."},
+            {"url": "https://files.example/img.png"}
+        ]}),
+    )
+}
+
+#[tokio::test]
+async fn images_generate_posts_and_decodes() {
+    let (url, log) = serve(|_, _| Some(images_ok())).await;
+    let resp = client(&url, &["sk-A"])
+        .images_generate(&image_request())
+        .await
+        .unwrap();
+    assert_eq!(resp.created, 1_713_833_628);
+    assert_eq!(resp.data.len(), 2);
+    assert_eq!(resp.data[0].b64_json.as_deref(), Some("iVBORw0KGgo="));
+    assert_eq!(
+        resp.data[0].revised_prompt.as_deref(),
+        Some("A red panda ...")
+    );
+    assert_eq!(
+        resp.data[1].url.as_deref(),
+        Some("https://files.example/img.png")
+    );
+    assert_eq!(resp.data[1].b64_json, None);
+
+    let seen = log.lock().unwrap()[0].clone();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/v1/images/generations")
+    );
+    assert_eq!(seen.auth().as_deref(), Some("Bearer sk-A"));
+    assert_eq!(seen.headers[header::ACCEPT], "application/json");
+    assert_eq!(
+        seen.body,
+        json!({"model": "dall-e-3", "prompt": "a red panda reading a newspaper", "n": 1,
+               "size": "1024x1024", "response_format": "b64_json", "quality": "hd"})
+    );
+}
+
+#[tokio::test]
+async fn images_generate_api_error_and_retry() {
+    let (url, log) = serve(|_, _| {
+        Some(json_reply(
+            400,
+            &[("x-request-id", "req_img")],
+            json!({"error": {"message": "Your request was rejected by the safety system.",
+                             "type": "invalid_request_error", "code": "content_policy_violation"}}),
+        ))
+    })
+    .await;
+    let err = client(&url, &[])
+        .images_generate(&image_request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Api { status: 400, ref code, ref request_id, .. }
+            if code.as_deref() == Some("content_policy_violation") && request_id.as_deref() == Some("req_img")),
+        "{err:?}"
+    );
+    assert_eq!(log.lock().unwrap().len(), 1);
+
+    let (url, log) = serve(|n, _| {
+        Some(if n == 0 {
+            api_error(500, "server_error", &[])
+        } else {
+            images_ok()
+        })
+    })
+    .await;
+    let resp = client(&url, &[])
+        .images_generate(&image_request())
+        .await
+        .unwrap();
+    assert_eq!(resp.data.len(), 2);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn large_b64_image_within_the_limit() {
+    let b64 = "A".repeat(6 * 1024 * 1024);
+    let body = json!({"created": 1, "data": [{"b64_json": b64}]});
+    let (url, _log) = serve(move |_, _| Some(json_reply(200, &[], body.clone()))).await;
+    let resp = client(&url, &[])
+        .images_generate(&image_request())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.data[0].b64_json.as_ref().unwrap().len(),
+        6 * 1024 * 1024
+    );
+}
+
+// === moderation ===
+
+fn moderation_ok() -> Response {
+    json_reply(
+        200,
+        &[],
+        json!({"id": "modr-970d409ef3bef3b70c73d8232df86e7d", "model": "omni-moderation-latest",
+               "results": [{"flagged": true,
+                            "categories": {"sexual": false, "harassment": true, "violence": true,
+                                           "violence/graphic": false},
+                            "category_scores": {"sexual": 0.0001, "harassment": 0.81, "violence": 0.97,
+                                                "violence/graphic": 0.02},
+                            "category_applied_input_types": {"violence": ["text"]}}]}),
+    )
+}
+
+#[tokio::test]
+async fn moderate_posts_and_decodes() {
+    let (url, log) = serve(|_, _| Some(moderation_ok())).await;
+    let req = ModerationRequest {
+        model: Some("omni-moderation-latest".into()),
+        input: "I will hurt you".into(),
+        ..ModerationRequest::default()
+    };
+    let resp = client(&url, &["sk-A"]).moderate(&req).await.unwrap();
+    assert_eq!(resp.model, "omni-moderation-latest");
+    assert!(resp.is_flagged());
+    assert_eq!(resp.flagged_categories(), ["harassment", "violence"]);
+    assert_eq!(resp.results[0].category_scores["violence"], 0.97);
+
+    let seen = log.lock().unwrap()[0].clone();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/v1/moderations")
+    );
+    assert_eq!(
+        seen.body,
+        json!({"model": "omni-moderation-latest", "input": "I will hurt you"})
+    );
+}
+
+#[tokio::test]
+async fn moderate_api_error_and_retry() {
+    let req = ModerationRequest {
+        input: "hello".into(),
+        ..ModerationRequest::default()
+    };
+    let (url, log) = serve(|_, _| Some(api_error(404, "model_not_found", &[]))).await;
+    let err = client(&url, &[]).moderate(&req).await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(log.lock().unwrap()[0].body, json!({"input": "hello"}));
+
+    let (url, log) = serve(|n, _| {
+        Some(if n == 0 {
+            api_error(500, "server_error", &[])
+        } else {
+            json_reply(
+                200,
+                &[],
+                json!({"id": "modr-2", "results": [{"flagged": false}]}),
+            )
+        })
+    })
+    .await;
+    let resp = client(&url, &[]).moderate(&req).await.unwrap();
+    assert!(!resp.is_flagged());
+    assert!(resp.results[0].categories.is_empty());
+    assert_eq!(log.lock().unwrap().len(), 2);
 }
