@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::bot::{Engine, Settings, llm};
 use crate::config::{Config, Secret};
 use crate::http::{self, AppState};
+use crate::reload::{Live, Parts};
 
 /// Where the database lives inside the data directory.
 #[must_use]
@@ -72,11 +73,23 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                warn!(error = %e, "metrics recorder not installed");
-                None
+        .get_or_init(|| {
+            match PrometheusBuilder::new()
+                // Latencies as histograms (aggregatable across daemons), not summaries.
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        120.0,
+                    ],
+                )
+                .and_then(|b| b.install_recorder())
+            {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
             }
         })
         .clone()
@@ -89,13 +102,12 @@ pub struct App {
     listener: TcpListener,
     tracker: TaskTracker,
     grace: Duration,
-    reconcile_every: Duration,
-    alerts: crate::alerts::Alerter,
 }
 
 impl App {
-    /// Opens the store, builds the engine and binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    /// Opens the store, builds the engine and binds the listener. `source` is the
+    /// configuration file a reload reads again (`None`: the default lookup).
+    pub async fn build(config: Config, source: Option<PathBuf>) -> anyhow::Result<App> {
         let config = Arc::new(config);
         std::fs::create_dir_all(&config.storage.path).with_context(|| {
             format!(
@@ -117,7 +129,6 @@ impl App {
                 "released reservations left open by the previous run"
             );
         }
-        let admin_token = resolve_admin_token(&config)?;
         let backend = llm::from_config(&config).context("building the LLM client")?;
         if backend.name() == "demo" {
             warn!("no LLM API key configured: answering with the offline demo provider");
@@ -147,55 +158,36 @@ impl App {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-        let billing = Arc::new(
-            crate::billing::Billing::from_config(
-                &config,
-                engine.store().clone(),
-                http.clone(),
-                alerts.clone(),
-            )
-            .context("setting up payments")?,
-        );
-        if billing.enabled() {
-            info!(channels = ?billing.channels(), products = billing.products().len(), "payments enabled");
+        let parts = Parts::build(config.clone(), &engine, &http, &alerts, None)?;
+        if parts.billing.enabled() {
+            info!(channels = ?parts.billing.channels(), products = parts.billing.products().len(), "payments enabled");
         }
-        let reconcile_every = Duration::from_secs(config.pay.reconcile_interval_secs);
-        let wecom = Arc::new(
-            crate::http::wecom::Wecom::from_config(&config, &http).context("setting up WeCom")?,
-        );
-        let zsxq =
-            Arc::new(crate::zsxq::Zsxq::from_config(&config, &http).context("setting up zsxq")?);
-        let telegram = Arc::new(
-            crate::telegram::Telegram::from_config(&config, &http)
-                .context("setting up Telegram")?,
-        );
-        let alerts_for_tasks = alerts.clone();
-        let mut mp = std::collections::HashMap::new();
-        for cfg in &config.wechat_mp {
-            let account = crate::http::mp::MpAccount::new(cfg.clone(), http.clone())?;
-            info!(account = %cfg.id, "WeChat Official Account at /wechat/mp/{}", cfg.id);
-            mp.insert(cfg.id.clone(), Arc::new(account));
+        for id in parts.mp.keys() {
+            info!(account = %id, "WeChat Official Account at /wechat/mp/{id}");
         }
+        let live = Live::new(
+            parts,
+            source,
+            engine.clone(),
+            http,
+            alerts,
+            tracker.clone(),
+            shutdown.clone(),
+        );
         Ok(App {
             state: AppState {
                 engine,
-                config,
-                admin_token,
+                live,
                 metrics: metrics_handle(),
                 shutdown,
-                mp: Arc::new(mp),
                 login: Arc::new(crate::auth::Login::default()),
-                billing,
                 guests: Arc::new(crate::web::GuestLimiter::default()),
-                wecom,
-                zsxq,
-                telegram,
+                body_limit: config.server.max_body_bytes,
+                web_page: config.web.enabled,
             },
             listener,
             tracker,
             grace,
-            reconcile_every,
-            alerts: alerts_for_tasks,
         })
     }
 
@@ -218,8 +210,6 @@ impl App {
             listener,
             tracker,
             grace,
-            reconcile_every,
-            alerts,
         } = self;
         let shutdown = state.shutdown.clone();
         let engine = state.engine.clone();
@@ -235,26 +225,9 @@ impl App {
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
         }
-        for group in state.zsxq.groups() {
-            tracker.spawn(crate::zsxq::run_group(
-                engine.clone(),
-                alerts.clone(),
-                group.clone(),
-                shutdown.clone(),
-            ));
-        }
-        tracker.spawn(crate::telegram::run(
-            engine.clone(),
-            state.telegram.clone(),
-            shutdown.clone(),
-        ));
-        if state.billing.enabled() {
-            tracker.spawn(reconcile(
-                state.billing.clone(),
-                reconcile_every,
-                shutdown.clone(),
-            ));
-        }
+        state.live.sync_jobs();
+        tracker.spawn(reconcile(state.live.clone(), shutdown.clone()));
+        tracker.spawn(state.live.clone().reload_on_sighup());
         let router = http::router(state);
         let addr = listener.local_addr()?;
         let server = axum::serve(
@@ -298,6 +271,9 @@ impl App {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!("background tasks still running after the grace period");
         }
+        if let Err(e) = engine.stats().flush(engine.store()) {
+            warn!(error = %e, "writing the last statistics failed");
+        }
         engine
             .store()
             .flush()
@@ -331,16 +307,25 @@ async fn housekeeping(
         login.sweep();
         guests.sweep();
         let e = engine.clone();
-        let users = tokio::task::spawn_blocking(move || {
+        let depths = tokio::task::spawn_blocking(move || {
             e.housekeeping();
             if let Err(err) = e.store().purge_expired_login_codes(crate::bot::now_ms()) {
                 warn!(error = %err, "purging expired login codes failed");
             }
-            e.store().user_count()
+            if let Err(err) = e.stats().flush(e.store()) {
+                warn!(error = %err, "writing the statistics failed; kept for the next minute");
+            }
+            (
+                e.store().user_count(),
+                e.store().outbox_users(),
+                e.store().open_orders().map(|o| o.len()).unwrap_or(0),
+            )
         })
         .await
-        .unwrap_or(0);
-        metrics::gauge!("chatrelay_users").set(users as f64);
+        .unwrap_or_default();
+        metrics::gauge!("chatrelay_users").set(depths.0 as f64);
+        metrics::gauge!("chatrelay_outbox_users").set(depths.1 as f64);
+        metrics::gauge!("chatrelay_open_orders").set(depths.2 as f64);
         if let Some(m) = &metrics {
             m.run_upkeep();
         }
@@ -374,21 +359,23 @@ async fn watchdog(engine: Engine, interval: Duration, shutdown: CancellationToke
     }
 }
 
-/// Keeps orders in step with the providers: missed notifications, expired orders.
-async fn reconcile(
-    billing: Arc<crate::billing::Billing>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Keeps orders in step with the providers: missed notifications, expired orders. The shop
+/// and the interval are read at each round, so a reload that enables payments or changes
+/// `pay.reconcile_interval_secs` takes effect at the next one.
+async fn reconcile(live: Live, shutdown: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
+        let parts = live.get();
+        let every = Duration::from_secs(parts.config.pay.reconcile_interval_secs.max(1));
+        let billing = parts.billing.clone();
+        drop(parts);
+        if billing.enabled() {
+            tokio::select! {
+                _ = billing.reconcile() => {}
+                () = shutdown.cancelled() => return,
+            }
         }
         tokio::select! {
-            _ = billing.reconcile() => {}
+            () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
     }

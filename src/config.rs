@@ -105,7 +105,7 @@ fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Config {
     /// `[server]`
     pub server: ServerConfig,
@@ -140,7 +140,7 @@ pub struct Config {
 }
 
 /// `[server]`: the HTTP listener and the admin API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerConfig {
     /// Address to listen on.
@@ -174,7 +174,7 @@ impl Default for ServerConfig {
 }
 
 /// `[storage]`: where the embedded database lives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StorageConfig {
     /// Data directory.
@@ -203,7 +203,7 @@ pub enum Provider {
 }
 
 /// `[llm]`: the upstream model API.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LlmConfig {
     /// `openai` or `demo`; unset means `openai` when an API key is configured, else `demo`.
@@ -271,6 +271,25 @@ pub struct ModelConfig {
     /// Extra credits per 1,000 tokens (prompt + answer); 0 for a flat price.
     #[serde(default)]
     pub credits_per_1k_tokens: u64,
+    /// What the provider charges per million prompt tokens, in fen (for the daily cost in
+    /// `admin stats`; 0 = unknown).
+    #[serde(default)]
+    pub input_fen_per_million: u64,
+    /// What the provider charges per million answer tokens, in fen.
+    #[serde(default)]
+    pub output_fen_per_million: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            credits: 1,
+            credits_per_1k_tokens: 0,
+            input_fen_per_million: 0,
+            output_fen_per_million: 0,
+        }
+    }
 }
 
 fn one() -> u64 {
@@ -278,7 +297,7 @@ fn one() -> u64 {
 }
 
 /// `[quota]`: the free allowance and the day boundary.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QuotaConfig {
     /// Free credits every user gets each day.
@@ -300,7 +319,7 @@ impl Default for QuotaConfig {
 }
 
 /// `[bot]`: behaviour of the conversation engine on every platform.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BotConfig {
     /// Messages (LLM calls) per user per minute; 0 turns the limit off.
@@ -328,7 +347,7 @@ impl Default for BotConfig {
 }
 
 /// `[bot.commands]`: the words that trigger each command (matched on the whole trimmed message).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Commands {
     /// Show the help text.
@@ -354,7 +373,7 @@ impl Default for Commands {
 }
 
 /// `[bot.texts]`: every text users can see. `{placeholders}` are filled in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Texts {
     /// Answer to the help command. `{new}`, `{quota}`: the first word of those commands.
@@ -414,7 +433,7 @@ impl Default for Texts {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `chatrelay=debug,info`); `RUST_LOG` wins when set.
@@ -445,7 +464,7 @@ pub enum PushMode {
 }
 
 /// `[[wechat_mp]]`: one WeChat Official Account (公众号), served at `/wechat/mp/<id>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WechatMpConfig {
     /// The account's id in URLs and user keys (`mp:<id>:<openid>`).
@@ -506,7 +525,7 @@ impl Default for WechatMpConfig {
 }
 
 /// `[wechat_mp.texts]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MpTexts {
     /// The login code: `{code}`, `{minutes}`.
@@ -538,7 +557,7 @@ impl Default for MpTexts {
 }
 
 /// `[[wecom]]`: a WeCom (企业微信) self-built app, served at `/wecom/<id>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WecomConfig {
     /// The app's id in URLs and user keys (`wecom:<id>:<userid>`).
@@ -581,7 +600,7 @@ impl Default for WecomConfig {
 }
 
 /// `[[wecom_aibot]]`: a WeCom AI bot (智能机器人, API mode), served at `/wecom/aibot/<id>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WecomAibotConfig {
     /// The bot's id in URLs and user keys (`wecom:<id>:<userid>`).
@@ -610,7 +629,7 @@ impl Default for WecomAibotConfig {
 }
 
 /// `[[wecom_robot]]`: a group robot webhook that receives operators' alerts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WecomRobotConfig {
     /// A name for logs.
@@ -632,7 +651,7 @@ impl Default for WecomRobotConfig {
 }
 
 /// `[[zsxq]]`: a zsxq (知识星球) group whose unanswered questions the bot answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ZsxqConfig {
     /// The group's id in logs, the admin API and user keys (`zsxq:<id>:<user_id>`).
@@ -676,7 +695,7 @@ impl Default for ZsxqConfig {
 }
 
 /// `[[telegram]]`: a Telegram bot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TelegramConfig {
     /// The bot's id in logs, routes (`/telegram/<id>`) and user keys (`tg:<id>:<user_id>`).
@@ -709,7 +728,7 @@ impl Default for TelegramConfig {
 }
 
 /// `[web]`: the chat page served at `/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WebConfig {
     /// Serve the page (the APIs stay on either way).
@@ -752,7 +771,7 @@ pub struct ProductConfig {
 }
 
 /// `[pay]`: how orders are paid and kept in step with the providers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PayConfig {
     /// An order's QR code works this long; then the order is closed (at the provider first).
@@ -782,7 +801,7 @@ impl Default for PayConfig {
 }
 
 /// `[pay.wechat]`: a WeChat Pay merchant (直连商户), API v3.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WechatPayConfig {
     /// 商户号.
     pub mch_id: String,
@@ -813,7 +832,7 @@ fn wechat_pay_api_base() -> String {
 }
 
 /// `[pay.alipay]`: an Alipay app with face-to-face payment (当面付).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlipayConfig {
     /// The app's APPID.
     pub app_id: String,
@@ -950,8 +969,7 @@ pub fn parse(
     if config.llm.models.is_empty() {
         config.llm.models.push(ModelConfig {
             name: config.llm.model.clone(),
-            credits: 1,
-            credits_per_1k_tokens: 0,
+            ..ModelConfig::default()
         });
     }
     validate(&config, &mut problems);

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: typed configuration (TOML + `CHATRELAY__*` env + `*_file` secrets), validation.
 //! - [`app`]: builds everything from a config, serves, shuts down gracefully.
+//! - [`stats`]: per-day statistics (active users, messages, tokens, cost, revenue).
+//! - [`reload`]: the configuration-derived parts behind one swappable handle; SIGHUP reloads.
 //! - [`bot`]: the conversation engine, one path for every platform.
 //! - [`http`]: the axum router (`/v1`, `/admin`, `/api`, `/wechat/mp`, health, metrics).
 //! - [`auth`]: login codes and the tokens they buy.
@@ -27,6 +29,8 @@ pub mod billing;
 pub mod bot;
 pub mod config;
 pub mod http;
+pub mod reload;
+pub mod stats;
 pub mod telegram;
 pub mod web;
 pub mod zsxq;

@@ -48,6 +48,9 @@ enum Command {
         /// The admin token (default: server.admin_token, or the generated one in the data directory).
         #[arg(long, env = "CHATRELAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Print the API's JSON instead of tables (for scripts).
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -57,6 +60,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(l) => l,
+        // The admin CLI needs the file only to find the daemon: with --url and --token it
+        // still works while the file is broken (to ask the daemon what it thinks of it).
+        Err(e)
+            if matches!(
+                &cli.command,
+                Some(Command::Admin {
+                    url: Some(_),
+                    token: Some(_),
+                    ..
+                })
+            ) =>
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "chatrelay: warning: {e}\n(continuing with --url and --token)"
+            );
+            config::Loaded {
+                config: Config::default(),
+                file: None,
+                env_keys: Vec::new(),
+            }
+        }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "chatrelay: {e}");
             return ExitCode::from(2);
@@ -69,8 +94,9 @@ fn main() -> ExitCode {
         Command::Admin {
             url,
             token,
+            json,
             command,
-        } => admin(&loaded.config, url, token, command),
+        } => admin(&loaded.config, url, token, command, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +137,7 @@ fn run(loaded: config::Loaded) -> anyhow::Result<()> {
         "starting"
     );
     runtime()?.block_on(async move {
-        let app = App::build(loaded.config).await?;
+        let app = App::build(loaded.config, loaded.file).await?;
         tokio::spawn(app::stop_on_signals(app.shutdown_token()));
         app.serve().await
     })
@@ -163,7 +189,8 @@ fn admin(
     url: Option<String>,
     token: Option<String>,
     command: AdminCommand,
+    json: bool,
 ) -> anyhow::Result<()> {
     let target = admin_cli::target(config, url, token)?;
-    runtime()?.block_on(admin_cli::run(&target, command))
+    runtime()?.block_on(admin_cli::run(&target, command, json))
 }

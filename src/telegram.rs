@@ -48,6 +48,12 @@ pub struct TelegramBot {
 }
 
 impl TelegramBot {
+    /// The configured id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
     fn username(&self) -> String {
         self.username
             .lock()
@@ -69,9 +75,13 @@ pub struct Telegram {
 impl Telegram {
     /// Builds the bots from a validated configuration. Bot API calls use their own client
     /// (teloxide's settings: 17 s timeout, above the long-polling timeout).
+    ///
+    /// On a reload, a bot whose configuration did not change is kept (its poller keeps
+    /// running); a changed one gets a new poller once the old one has stopped.
     pub fn from_config(
         config: &crate::config::Config,
         _http: &reqwest::Client,
+        previous: Option<&Telegram>,
     ) -> anyhow::Result<Self> {
         let mut bots = HashMap::new();
         if config.telegram.is_empty() {
@@ -79,6 +89,11 @@ impl Telegram {
         }
         let client = TgBot::default_client()?;
         for cfg in &config.telegram {
+            let old = previous.and_then(|p| p.bots.get(&cfg.id));
+            if let Some(old) = old.filter(|o| o.cfg == *cfg) {
+                bots.insert(cfg.id.clone(), old.clone());
+                continue;
+            }
             let api = TgBot::new(cfg.token.expose(), &cfg.api_url, client.clone())
                 .map_err(|e| anyhow::anyhow!("telegram {}: {e}", cfg.id))?;
             info!(bot = %cfg.id, mode = %cfg.mode, "Telegram bot");
@@ -111,7 +126,14 @@ async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(bot) = st.telegram.bots.get(&id).filter(|b| b.webhook()).cloned() else {
+    let Some(bot) = st
+        .parts()
+        .telegram
+        .bots
+        .get(&id)
+        .filter(|b| b.webhook())
+        .cloned()
+    else {
         return (StatusCode::NOT_FOUND, "unknown bot").into_response();
     };
     let expected = bot
@@ -141,16 +163,6 @@ async fn webhook(
     StatusCode::OK.into_response()
 }
 
-/// Runs every bot until shutdown: getMe and setMyCommands, then long polling for bots in
-/// polling mode.
-pub async fn run(engine: Engine, telegram: Arc<Telegram>, shutdown: CancellationToken) {
-    let tasks: Vec<_> = telegram
-        .bots()
-        .map(|bot| run_bot(engine.clone(), bot.clone(), shutdown.clone()))
-        .collect();
-    futures_util::future::join_all(tasks).await;
-}
-
 /// Sleeps for `d`; false when shutdown came first.
 async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -159,7 +171,10 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn run_bot(engine: Engine, bot: Arc<TelegramBot>, shutdown: CancellationToken) {
+/// Runs one bot until `shutdown` (or a reload that replaced it) fires: getMe and
+/// setMyCommands, then long polling when it is in polling mode. Answers already being
+/// written are not part of this task and finish regardless.
+pub async fn run_bot(engine: Engine, bot: Arc<TelegramBot>, shutdown: CancellationToken) {
     let id = bot.cfg.id.clone();
     let mut backoff = Duration::from_secs(1);
     loop {

@@ -86,6 +86,12 @@ pub struct ZsxqGroup {
 }
 
 impl ZsxqGroup {
+    /// The configured id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
     fn key_prefix(&self) -> String {
         format!("zsxq:{}", self.cfg.id)
     }
@@ -135,13 +141,25 @@ pub struct Zsxq {
 }
 
 impl Zsxq {
-    /// Builds the groups from a validated configuration.
+    /// Builds the groups from a validated configuration. On a reload, a group whose
+    /// configuration did not change is kept as it is (its task keeps running); a changed one
+    /// keeps its pause and its counters.
     pub fn from_config(
         config: &crate::config::Config,
         http: &reqwest::Client,
+        previous: Option<&Zsxq>,
     ) -> anyhow::Result<Self> {
         let mut groups = Vec::new();
         for cfg in &config.zsxq {
+            let old = previous.and_then(|p| p.group(&cfg.id));
+            if let Some(old) = old.filter(|o| o.cfg == *cfg) {
+                groups.push(old.clone());
+                continue;
+            }
+            let (paused, answered_since_start) = old.map_or((false, 0), |o| {
+                let s = o.status.lock().unwrap_or_else(|p| p.into_inner());
+                (s.paused, s.answered_since_start)
+            });
             let client = Client::new(
                 ClientConfig {
                     api_base: cfg.api_base.trim_end_matches('/').to_owned(),
@@ -156,6 +174,8 @@ impl Zsxq {
                 status: Mutex::new(GroupStatus {
                     id: cfg.id.clone(),
                     group_id: cfg.group_id.clone(),
+                    paused,
+                    answered_since_start,
                     ..GroupStatus::default()
                 }),
                 cfg: cfg.clone(),
@@ -179,11 +199,13 @@ impl Zsxq {
     }
 }
 
-/// Polls one group on its schedule until shutdown.
+/// Polls one group on its schedule until `stop` (a reload replaced or removed the group) or
+/// shutdown. `stop` is only looked at between runs: a run in progress finishes its answers.
 pub async fn run_group(
     engine: Engine,
     alerts: Alerter,
     group: Arc<ZsxqGroup>,
+    stop: CancellationToken,
     shutdown: CancellationToken,
 ) {
     let Ok(schedule) = cron::Schedule::from_str(&group.cfg.schedule) else {
@@ -205,6 +227,7 @@ pub async fn run_group(
             let wait = (next.timestamp_millis() - now_ms()).max(0);
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))) => {}
+                () = stop.cancelled() => return,
                 () = shutdown.cancelled() => return,
             }
             let (paused, expired) = {

@@ -19,14 +19,45 @@ struct Running {
 }
 
 async fn start(extra: &str) -> Running {
+    start_from_file(extra, false).await
+}
+
+fn config_text(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\nshutdown_grace_secs = 2\n\
+         [storage]\npath = \"{}\"\n[quota]\nfree_daily = 0\n{extra}",
+        dir.display()
+    )
+}
+
+/// Starts the daemon; with `from_file` its configuration is a file in the data directory
+/// (`config.toml`), which a reload reads again.
+async fn start_from_file(extra: &str, from_file: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
+    if from_file {
+        let text = config_text(dir.path(), extra);
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        let (config, _): (Config, _) = config::parse(&text, &[], Some(&path)).unwrap();
+        let app = App::build(config, Some(path)).await.unwrap();
+        let url = format!("http://{}", app.local_addr().unwrap());
+        let shutdown = app.shutdown_token();
+        let task = tokio::spawn(app.serve());
+        return Running {
+            url,
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+            _dir: dir,
+        };
+    }
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\nshutdown_grace_secs = 2\n\
          [storage]\npath = \"{}\"\n[quota]\nfree_daily = 0\n{extra}",
         dir.path().display()
     );
     let (config, _): (Config, _) = config::parse(&text, &[], None).unwrap();
-    let app = App::build(config).await.unwrap();
+    let app = App::build(config, None).await.unwrap();
     let url = format!("http://{}", app.local_addr().unwrap());
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(app.serve());
@@ -91,12 +122,68 @@ impl Running {
         v["balance"]["paid"].as_u64().unwrap()
     }
 
+    async fn web_title(&self) -> String {
+        let v: Value = self
+            .client
+            .get(format!("{}/api/config", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["title"].as_str().unwrap().to_owned()
+    }
+
     fn chat(&self, token: &str, body: Value) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}/v1/chat/completions", self.url))
             .bearer_auth(token)
             .json(&body)
     }
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_file_and_refuses_a_bad_one() {
+    let d = start_from_file("[web]\ntitle = \"One\"\n", true).await;
+    let path = d._dir.path().join("config.toml");
+    assert_eq!(d.web_title().await, "One");
+
+    std::fs::write(
+        &path,
+        config_text(d._dir.path(), "[web]\ntitle = \"Two\"\n"),
+    )
+    .unwrap();
+    let (s, report) = d
+        .admin(reqwest::Method::POST, "/admin/reload", Value::Null)
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["applied"], json!(["web"]));
+    assert_eq!(d.web_title().await, "Two");
+
+    std::fs::write(
+        &path,
+        config_text(d._dir.path(), "[web]\ntitle = \"Three\"\nunknown_key = 1\n"),
+    )
+    .unwrap();
+    let (s, refused) = d
+        .admin(reqwest::Method::POST, "/admin/reload", Value::Null)
+        .await;
+    assert_eq!(s, 422, "{refused}");
+    assert!(
+        refused["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("web.unknown_key"),
+        "{refused}"
+    );
+    assert_eq!(
+        d.web_title().await,
+        "Two",
+        "the running configuration stays"
+    );
+    d.shutdown.cancel();
+    d.task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -230,12 +317,20 @@ async fn errors_are_openai_shaped() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    // Banned users are refused.
+    // Banned users are refused. A ban needs a reason.
     let (s, _) = d
         .admin(
             reqwest::Method::POST,
             &format!("/admin/users/{uid}/ban"),
             json!({"banned": true}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = d
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/users/{uid}/ban"),
+            json!({"banned": true, "reason": "test"}),
         )
         .await;
     assert_eq!(s, 200);

@@ -212,7 +212,7 @@ async fn start(extra_bot: &str, llm: Option<&str>) -> Harness {
         dir.path().display()
     );
     let (config, _): (Config, _) = config::parse(&text, &[], None).unwrap();
-    let app = App::build(config).await.unwrap();
+    let app = App::build(config, None).await.unwrap();
     let daemon = format!("http://{}", app.local_addr().unwrap());
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(app.serve());

@@ -114,13 +114,13 @@ rate_limit_per_minute = 0
         return uid, token
 
     def user(self, uid):
-        return json.loads(self.cli("user", "show", str(uid)).stdout)
+        return json.loads(self.cli("--json", "user", "show", str(uid)).stdout)
 
     def paid(self, uid):
         return self.user(uid)["balance"]["paid"]
 
     def audit(self):
-        return json.loads(self.cli("audit").stdout)
+        return json.loads(self.cli("--json", "audit").stdout)
 
 
 @pytest.fixture(scope="session")

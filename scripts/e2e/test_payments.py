@@ -11,6 +11,8 @@ Daemons used (module-scoped, started on first use):
 
 import concurrent.futures
 import contextlib
+import csv
+import io
 import json
 import os
 import re
@@ -357,7 +359,7 @@ def test_products_and_wechat_order_creation(shop, wxpay, alipay):
     st, _, _ = http(shop, "POST", "/api/orders", None, {"product_id": "p10", "channel": "wechat"})
     assert st == 401, f"POST /api/orders without a token: HTTP {st}, expected 401"
 
-    listed = json.loads(shop.cli("order", "list", "--status", "created").stdout)
+    listed = json.loads(shop.cli("--json", "order", "list", "--status", "created").stdout)
     assert {oid, big["id"], ali["id"]} <= {o["id"] for o in listed}, listed
     assert all(o["status"] == "created" for o in listed), listed
     assert shop.paid(uid) == 0
@@ -383,11 +385,25 @@ def test_wechat_notification_50_times_concurrently_credits_once(shop, wxpay):
     assert not bad, f"every delivery of a valid notification must get 200/204; failures: {bad[:5]} ({statuses})"
 
     assert_credited_once(shop, uid, token, oid, 10)
-    show = json.loads(shop.cli("order", "show", oid).stdout)
+    show = json.loads(shop.cli("--json", "order", "show", oid).stdout)
     assert show["order"]["status"] == "credited", show
     assert isinstance(show["events"], list) and show["events"], f"order show has no events: {show}"
-    assert oid in {o["id"] for o in json.loads(shop.cli("order", "list", "--status", "credited").stdout)}
+    assert oid in {o["id"] for o in json.loads(shop.cli("--json", "order", "list", "--status", "credited").stdout)}
     assert_audit_clean(shop)
+
+    # People get a table; the accountant gets CSV (with a BOM for Excel), filtered by day.
+    table = shop.cli("order", "list", "--status", "credited", "--uid", str(uid)).stdout
+    assert table.splitlines()[0].split()[:3] == ["ORDER", "UID", "PRODUCT"] and oid in table, table
+    csv_path = shop.dir / f"orders-{oid}.csv"
+    today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))
+    out = shop.cli("order", "export", str(csv_path), "--uid", str(uid), "--from", today, "--to", today).stdout
+    assert "1 orders written" in out, out
+    raw = csv_path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf"), "UTF-8 BOM"
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert [(r["id"], r["status"], r["amount_fen"], r["amount_yuan"]) for r in rows] == [(oid, "credited", "100", "1.00")], rows
+    again = shop.cli("order", "export", str(csv_path), check=False)
+    assert again.returncode != 0 and "exists" in again.stderr, "an export never overwrites a file"
 
     # A late retry (after the crediting is done) is still acknowledged and changes nothing.
     st, _, _ = post_wechat_notify(shop, *wxpay.notification(oid, 100, event_id=event))
@@ -629,7 +645,7 @@ def test_refund_through_the_cli(shop, wxpay, alipay, channel, granted, chats):
     assert before == granted + 10 - chats * COST, f"balance after {chats} answers: {before}"
 
     out = shop.cli("order", "refund", oid, "--reason", "e2e refund")
-    json.loads(out.stdout)  # the CLI answers JSON
+    assert f"order {oid} refunded" in out.stdout, out.stdout
 
     if channel == "wechat":
         refunds = wxpay.refunds_for(oid)
@@ -646,8 +662,8 @@ def test_refund_through_the_cli(shop, wxpay, alipay, channel, granted, chats):
     assert shop.paid(uid) == expected, \
         f"after the refund balance.paid is {shop.paid(uid)}, expected max(0, {before} - 10) = {expected}"
     assert status_of(shop, token, oid) == "refunded"
-    assert json.loads(shop.cli("order", "show", oid).stdout)["order"]["status"] == "refunded"
-    assert oid in {o["id"] for o in json.loads(shop.cli("order", "list", "--status", "refunded").stdout)}
+    assert json.loads(shop.cli("--json", "order", "show", oid).stdout)["order"]["status"] == "refunded"
+    assert oid in {o["id"] for o in json.loads(shop.cli("--json", "order", "list", "--status", "refunded").stdout)}
     assert_audit_clean(shop)
 
     # Refunding again must neither take credits again nor start a second refund at the provider.

@@ -208,7 +208,7 @@ def test_out_of_quota_then_buy_and_credits_arrive(web, browser, upstream):
     status = page.get_by_test_id("order-status")
     expect(status).to_have_attribute("data-status", "created")
     shot(page, "phone-buy")
-    orders = [o for o in json.loads(web.cli("order", "list", "--status", "created").stdout) if o["uid"] == uid]
+    orders = [o for o in json.loads(web.cli("--json", "order", "list", "--status", "created").stdout) if o["uid"] == uid]
     assert len(orders) == 1, orders
     oid = orders[0]["id"]
     web.wxpay.pay(oid)

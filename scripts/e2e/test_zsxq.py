@@ -66,7 +66,7 @@ def test_each_question_answered_once_across_restarts(upstream, fake):
         time.sleep(2.5)
         assert len(fake.answers_for(BIG_ID)) == 1
         assert len(fake.answers_for(412851145544158)) == 1
-        status = json.loads(d.cli("zsxq", "list").stdout)[0]
+        status = json.loads(d.cli("--json", "zsxq", "list").stdout)[0]
         assert status["id"] == "star" and status["answered_today"] == 2 and not status["token_expired"]
         # The group pays: its payer spent 2 answers' worth of free credits.
         payer = d.user(status["payer_uid"])
@@ -113,7 +113,7 @@ def test_401_stops_polling_alerts_and_resumes_with_a_new_token(upstream, fake):
         wait_for(lambda: fake.list_requests, 10, "a first poll")
         time.sleep(3)
         assert len(fake.list_requests) == 1, "kept polling after a 401"
-        status = json.loads(d.cli("zsxq", "list").stdout)[0]
+        status = json.loads(d.cli("--json", "zsxq", "list").stdout)[0]
         assert status["token_expired"] is True
         assert "access_token 已失效" in d.logs()
         d.cli("zsxq", "token", "star", "good-token")

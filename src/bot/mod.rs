@@ -16,7 +16,7 @@ pub mod quota;
 pub mod ratelimit;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Reply, ReplyEvent, ReplySender, Usage};
@@ -130,6 +130,9 @@ pub struct ApiRequest {
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// Unique reference of this request (the ledger's idempotency key).
     pub reference: String,
+    /// Where it came from: [`Platform::Web`](chatrelay_core::Platform::Web) for the chat page,
+    /// else [`Platform::Api`](chatrelay_core::Platform::Api). Only for statistics.
+    pub platform: chatrelay_core::Platform,
 }
 
 /// Where an answer's events go.
@@ -174,12 +177,15 @@ struct Inflight {
 
 struct Inner {
     store: Store,
-    llm: Arc<dyn LlmBackend>,
+    /// Swapped whole on a configuration reload; calls in flight keep the one they started with.
+    llm: RwLock<Arc<dyn LlmBackend>>,
     alerts: crate::alerts::Alerter,
     /// Upstream failures since the last success, and when operators were last told.
     upstream_streak: Mutex<(u32, Option<Instant>)>,
-    settings: Settings,
+    /// Swapped whole on a configuration reload; a message in flight keeps its snapshot.
+    settings: RwLock<Arc<Settings>>,
     limiter: RateLimiter,
+    stats: crate::stats::Stats,
     inflight: Mutex<InflightMap>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -210,11 +216,12 @@ impl Engine {
         Self {
             inner: Arc::new(Inner {
                 store,
-                llm,
+                llm: RwLock::new(llm),
                 alerts: crate::alerts::Alerter::default(),
                 upstream_streak: Mutex::new((0, None)),
-                settings,
+                settings: RwLock::new(Arc::new(settings)),
                 limiter,
+                stats: crate::stats::Stats::default(),
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,
                 tracker,
@@ -254,16 +261,58 @@ impl Engine {
             drop(guard);
             self.inner.alerts.alert(format!(
                 "大模型接口连续 {n} 次调用失败（{}）：{}",
-                self.inner.llm.name(),
+                self.llm().name(),
                 error.unwrap_or("")
             ));
         }
     }
 
-    /// The engine's settings.
+    /// The engine's settings now (a snapshot: a reload swaps in new ones).
     #[must_use]
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+    pub fn settings(&self) -> Arc<Settings> {
+        self.inner
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The LLM backend now.
+    #[must_use]
+    pub fn llm(&self) -> Arc<dyn LlmBackend> {
+        self.inner
+            .llm
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded configuration: new messages use `settings` and `llm`; answers in
+    /// flight finish with what they started with.
+    pub fn reload(&self, settings: Settings, llm: Arc<dyn LlmBackend>) {
+        self.inner.limiter.set_limit(settings.rate_limit_per_minute);
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        *self.inner.llm.write().unwrap_or_else(|p| p.into_inner()) = llm;
+    }
+
+    /// Today's statistics, not yet written to the store.
+    #[must_use]
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.inner.stats
+    }
+
+    /// Counts how a message or API call ended, in the metrics and the daily statistics.
+    fn record_outcome(&self, platform: chatrelay_core::Platform, event: &ReplyEvent) {
+        let outcome = outcome_label(event);
+        metrics::counter!("chatrelay_messages_total", "platform" => platform.as_str(), "outcome" => outcome)
+            .increment(1);
+        self.inner
+            .stats
+            .message(self.settings().today(), platform.as_str(), outcome);
     }
 
     /// The store.
@@ -275,7 +324,7 @@ impl Engine {
     /// Name of the LLM backend in use.
     #[must_use]
     pub fn backend_name(&self) -> &'static str {
-        self.inner.llm.name()
+        self.llm().name()
     }
 
     /// Periodic housekeeping: forget idle rate-limit windows, expired dedupe marks and old
@@ -283,6 +332,17 @@ impl Engine {
     pub fn housekeeping(&self) {
         self.inner.limiter.sweep();
         self.sweep_inflight(true);
+        let answering = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .values()
+            .filter(|f| f.rx.borrow().done.is_none())
+            .count();
+        metrics::gauge!("chatrelay_platform_answers_in_progress").set(answering as f64);
+        metrics::gauge!("chatrelay_background_tasks").set(self.inner.tracker.len() as f64);
         let now = now_ms();
         if let Err(e) = self.inner.store.purge_expired_dedupe(now) {
             warn!(error = %e, "purging expired dedupe marks failed");
@@ -302,17 +362,20 @@ impl Engine {
     /// whether it failed before anything was generated (quota, ban, model...).
     pub fn complete(&self, uid: Uid, req: ApiRequest) -> Reply {
         let inner = &self.inner;
-        let Some(model) = inner.settings.model(&req.model).cloned() else {
+        let settings = self.settings();
+        let Some(model) = settings.model(&req.model).cloned() else {
             return Reply::failed(
                 FailureKind::UnknownModel,
-                fill(
-                    &inner.settings.texts.unknown_model,
-                    &[("model", &req.model)],
-                ),
+                fill(&settings.texts.unknown_model, &[("model", &req.model)]),
             );
         };
-        if let Some(reply) = self.guard(uid) {
-            return reply;
+        self.inner.stats.active(settings.today(), uid);
+        if let Some(refused) = self.guard(uid) {
+            self.record_outcome(req.platform, &refused);
+            return match refused {
+                ReplyEvent::Failed { kind, message } => Reply::failed(kind, message),
+                other => Reply::text(other.user_text().unwrap_or_default()),
+            };
         }
         let (tx, reply) = Reply::channel();
         let this = self.clone();
@@ -329,6 +392,7 @@ impl Engine {
                 let event = this
                     .run_llm(uid, &model, llm_req, &req.reference, &sink)
                     .await;
+                this.record_outcome(req.platform, &event);
                 tx.send(event).await;
             }
             .instrument(span),
@@ -336,24 +400,25 @@ impl Engine {
         reply
     }
 
-    /// Ban and rate limit; `Some(reply)` when the user may not ask now.
-    fn guard(&self, uid: Uid) -> Option<Reply> {
+    /// Ban and rate limit; `Some(failure)` when the user may not ask now.
+    fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
         let inner = &self.inner;
-        let texts = &inner.settings.texts;
+        let settings = self.settings();
+        let texts = &settings.texts;
         match inner.store.user(uid) {
             Ok(Some(user)) if user.banned => {
-                return Some(Reply::failed(FailureKind::Banned, &texts.banned));
+                return Some(failed(FailureKind::Banned, &texts.banned));
             }
             Ok(Some(_)) => {}
-            Ok(None) => return Some(Reply::failed(FailureKind::Banned, &texts.banned)),
+            Ok(None) => return Some(failed(FailureKind::Banned, &texts.banned)),
             Err(e) => {
                 warn!(error = %e, "store failed reading user");
-                return Some(Reply::failed(FailureKind::Unavailable, &texts.unavailable));
+                return Some(failed(FailureKind::Unavailable, &texts.unavailable));
             }
         }
         if !inner.limiter.allow(uid) {
             metrics::counter!("chatrelay_rate_limited_total").increment(1);
-            return Some(Reply::failed(FailureKind::RateLimited, &texts.rate_limited));
+            return Some(failed(FailureKind::RateLimited, &texts.rate_limited));
         }
         None
     }
@@ -368,7 +433,7 @@ impl Engine {
         sink: &Sink,
     ) -> ReplyEvent {
         let inner = &self.inner;
-        let s = &inner.settings;
+        let s = self.settings();
         let prompt_est: u64 = req
             .messages
             .iter()
@@ -407,11 +472,12 @@ impl Engine {
             };
 
         let started = Instant::now();
+        let llm = self.llm();
         let mut text = String::new();
         let mut usage: Option<Usage> = None;
         let outcome: Result<(), Ending> = async {
             let mut stream = tokio::select! {
-                r = inner.llm.stream(req) => r.map_err(Ending::Upstream)?,
+                r = llm.stream(req) => r.map_err(Ending::Upstream)?,
                 () = sink.closed() => return Err(Ending::Cancelled),
                 () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
             };
@@ -445,6 +511,7 @@ impl Engine {
                 });
                 let cost = quota::actual_cost(model, &usage);
                 let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
+                self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
                 self.upstream_outcome(true, None);
                 metrics::counter!("chatrelay_credits_charged_total").increment(charged);
@@ -470,6 +537,7 @@ impl Engine {
                 let charged = self
                     .settle(reservation, quota::actual_cost(model, &usage), &model.name)
                     .unwrap_or(0);
+                self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cancelled")
                     .increment(1);
                 metrics::counter!("chatrelay_credits_charged_total").increment(charged);
@@ -501,9 +569,24 @@ impl Engine {
         }
     }
 
+    fn record_usage(&self, s: &Settings, model: &str, usage: &Usage, charged: u64) {
+        let model_label = model.to_owned();
+        metrics::counter!("chatrelay_llm_tokens_total", "kind" => "prompt", "model" => model_label.clone())
+            .increment(usage.prompt_tokens);
+        metrics::counter!("chatrelay_llm_tokens_total", "kind" => "completion", "model" => model_label)
+            .increment(usage.completion_tokens);
+        self.inner.stats.usage(
+            s.today(),
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            charged,
+        );
+    }
+
     /// Settles a reservation; returns the credits charged.
     fn settle(&self, id: ReservationId, cost: u64, model: &str) -> Option<u64> {
-        let s = &self.inner.settings;
+        let s = self.settings();
         match self.inner.store.settle(
             id,
             cost,
@@ -556,7 +639,7 @@ impl Engine {
     /// Answers a chat-platform message (the body of [`Handler::handle`]).
     async fn answer_platform(&self, inbound: Inbound, sink: &Sink) -> ReplyEvent {
         let inner = &self.inner;
-        let s = &inner.settings;
+        let s = self.settings();
         let uid = match inner
             .store
             .resolve_identity(&inbound.key, inbound.display_name.as_deref())
@@ -571,8 +654,9 @@ impl Engine {
         if let Some(command) = self.command(&inbound.text) {
             return self.run_command(command, uid, &conversation);
         }
-        if let Some(reply) = self.guard(uid) {
-            return reply.collect().await;
+        inner.stats.active(s.today(), uid);
+        if let Some(refused) = self.guard(uid) {
+            return refused;
         }
         let payer = match &inbound.bill_to {
             None => uid,
@@ -634,7 +718,8 @@ impl Engine {
     fn command(&self, text: &str) -> Option<Command> {
         let t = text.trim();
         let matches = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(t));
-        let c = &self.inner.settings.commands;
+        let settings = self.settings();
+        let c = &settings.commands;
         if matches(&c.help) {
             Some(Command::Help)
         } else if matches(&c.new) {
@@ -650,7 +735,7 @@ impl Engine {
 
     fn run_command(&self, command: Command, uid: Uid, conversation: &str) -> ReplyEvent {
         let inner = &self.inner;
-        let s = &inner.settings;
+        let s = self.settings();
         let first = |words: &[String]| words.first().cloned().unwrap_or_default();
         let text = match command {
             Command::Help => fill(
@@ -728,6 +813,23 @@ enum Command {
     Buy,
 }
 
+/// The outcome of a message for metrics and statistics.
+fn outcome_label(event: &ReplyEvent) -> &'static str {
+    match event {
+        ReplyEvent::Failed { kind, .. } => match kind {
+            FailureKind::InsufficientQuota => "insufficient_quota",
+            FailureKind::RateLimited => "rate_limited",
+            FailureKind::Banned => "banned",
+            FailureKind::UnknownModel => "unknown_model",
+            FailureKind::InvalidRequest => "invalid_request",
+            FailureKind::Upstream => "upstream_error",
+            FailureKind::Unavailable => "unavailable",
+            FailureKind::Duplicate => "duplicate",
+        },
+        _ => "answered",
+    }
+}
+
 /// Fen as yuan with two decimals: 450 → "4.50".
 #[must_use]
 pub fn yuan(fen: i64) -> String {
@@ -785,7 +887,7 @@ pub fn build_prompt(system: &str, history: &[Turn], text: &str, budget: u64) -> 
 
 impl Handler for Engine {
     fn handle(&self, inbound: Inbound) -> Reply {
-        let s = &self.inner.settings;
+        let s = self.settings();
         let text = inbound.text.trim();
         if text.is_empty() {
             return Reply::text(&s.texts.empty);
@@ -838,7 +940,9 @@ impl Handler for Engine {
                 self.inner.tracker.spawn(
                     async move {
                         let sink = Sink::Progress(tx);
+                        let platform = inbound.key.platform;
                         let event = this.answer_platform(inbound, &sink).await;
+                        this.record_outcome(platform, &event);
                         if let Sink::Progress(tx) = sink {
                             tx.send_modify(|p| p.done = Some(event));
                         }

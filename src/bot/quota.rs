@@ -106,6 +106,7 @@ mod tests {
             name: "m".into(),
             credits,
             credits_per_1k_tokens: per_1k,
+            ..ModelConfig::default()
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 /// [`RateLimiter::sweep`] so memory follows the number of recently active keys only.
 #[derive(Debug)]
 pub struct RateLimiter<K = Uid> {
-    limit: u32,
+    limit: std::sync::atomic::AtomicU32,
     window: Duration,
     windows: Mutex<HashMap<K, VecDeque<Instant>>>,
 }
@@ -30,7 +30,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     #[must_use]
     pub fn with_window(limit: u32, window: Duration) -> Self {
         Self {
-            limit,
+            limit: std::sync::atomic::AtomicU32::new(limit),
             window,
             windows: Mutex::new(HashMap::new()),
         }
@@ -38,7 +38,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Records an event for `key` if allowed; `false` when the key is over the limit.
     pub fn allow(&self, key: K) -> bool {
-        if self.limit == 0 {
+        let limit = self.limit();
+        if limit == 0 {
             return true;
         }
         let now = Instant::now();
@@ -50,16 +51,29 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         {
             window.pop_front();
         }
-        if window.len() >= self.limit as usize {
+        if window.len() >= limit as usize {
             return false;
         }
         window.push_back(now);
         true
     }
 
+    /// The events allowed per window (0: no limit).
+    #[must_use]
+    pub fn limit(&self) -> u32 {
+        self.limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the limit (a configuration reload); windows already recorded are kept.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether `key` is at its limit now, without recording anything.
     pub fn is_limited(&self, key: &K) -> bool {
-        if self.limit == 0 {
+        let limit = self.limit();
+        if limit == 0 {
             return false;
         }
         let now = Instant::now();
@@ -68,7 +82,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             w.iter()
                 .filter(|t| now.duration_since(**t) < self.window)
                 .count()
-                >= self.limit as usize
+                >= limit as usize
         })
     }
 

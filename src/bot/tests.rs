@@ -136,7 +136,7 @@ fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
     config.llm.models = vec![crate::config::ModelConfig {
         name: config.llm.model.clone(),
         credits: 2,
-        credits_per_1k_tokens: 0,
+        ..crate::config::ModelConfig::default()
     }];
     config.quota.free_daily = 5;
     edit(&mut config);
@@ -252,7 +252,7 @@ async fn a_redelivery_after_restart_is_not_answered_twice() {
     let engine2 = Engine::new(
         h.store.clone(),
         h.llm.clone(),
-        h.engine.settings().clone(),
+        (*h.engine.settings()).clone(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
@@ -344,7 +344,7 @@ async fn banned_and_rate_limited_users_are_refused() {
         ),
         "{e:?}"
     );
-    h.store.set_banned(h.uid(), true).unwrap();
+    h.store.set_banned(h.uid(), true, None).unwrap();
     let e = h.engine.handle(msg("m4", "hi")).collect().await;
     assert!(
         matches!(
@@ -382,6 +382,7 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
         max_completion_tokens: None,
         extra: serde_json::Map::new(),
         reference: r.to_owned(),
+        platform: chatrelay_core::Platform::Api,
     };
     let event = h.engine.complete(uid, req("api:1")).collect().await;
     assert_eq!(final_text(&event), "Hello, world");

@@ -21,12 +21,20 @@ use crate::bot::now_ms;
 /// The `/admin` routes.
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/admin/users", post(create_user))
+        .route("/admin/users", post(create_user).get(find_users))
         .route("/admin/users/{uid}", get(show_user))
         .route("/admin/users/{uid}/grant", post(grant))
+        .route("/admin/users/{uid}/revoke", post(revoke_credits))
         .route("/admin/users/{uid}/ban", post(ban))
         .route("/admin/users/{uid}/tokens", post(create_token))
         .route("/admin/users/{uid}/identities", post(link_identity))
+        .route(
+            "/admin/users/{uid}/identities/{key}",
+            axum::routing::delete(unlink_identity),
+        )
+        .route("/admin/stats", get(stats))
+        .route("/admin/reload", post(reload))
+        .route("/admin/orders.csv", get(export_orders))
         .route("/admin/tokens/revoke", post(revoke_token))
         .route("/admin/audit", get(audit))
         .route("/admin/orders", get(list_orders))
@@ -75,7 +83,7 @@ type Result<T> = std::result::Result<T, AdminError>;
 
 fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<()> {
     match super::bearer(headers) {
-        Some(t) if super::secrets_equal(t, st.admin_token.expose()) => Ok(()),
+        Some(t) if super::secrets_equal(t, st.parts().admin_token.expose()) => Ok(()),
         Some(_) => {
             warn!("admin API: wrong token");
             Err(AdminError(
@@ -140,13 +148,121 @@ async fn show_user(
         .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("no user {uid}")))?;
     let s = st.engine.settings();
     let balance = store.balance(uid, s.today(), s.free_daily)?;
+    let identities = store.identities_of(uid)?;
+    // The engine keeps one conversation per identity (the web chat keeps its own in the
+    // browser); the last few turns are what an admin needs to understand a complaint.
+    let mut conversations = Vec::new();
+    for key in &identities {
+        let turns = store.conversation(&key.to_string())?;
+        if turns.is_empty() {
+            continue;
+        }
+        let recent: Vec<Value> = turns
+            .iter()
+            .rev()
+            .take(RECENT_TURNS)
+            .rev()
+            .map(|t| {
+                json!({
+                    "role": t.role,
+                    "content": excerpt(&t.content, 300),
+                    "at_ms": t.at_ms,
+                })
+            })
+            .collect();
+        conversations.push(json!({"key": key.to_string(), "turns": turns.len(), "recent": recent}));
+    }
     Ok(Json(json!({
         "user": user,
         "balance": balance,
-        "identities": store.identities_of(uid)?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tokens": store.tokens_of(uid)?,
         "ledger": store.ledger(uid, 20)?,
+        "conversations": conversations,
     })))
+}
+
+/// Turns of each conversation shown by `show_user`.
+const RECENT_TURNS: usize = 6;
+
+/// The first `max` characters of `text`, with an ellipsis when cut.
+fn excerpt(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct FindQuery {
+    q: String,
+    limit: Option<usize>,
+}
+
+/// Finds users by uid, by a whole or partial platform key (`mp:main:o6_…`, a bare openid,
+/// a Telegram id) or by name.
+async fn find_users(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<FindQuery>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let q = f.q.trim().to_owned();
+    if q.is_empty() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "q is empty: give a uid, a platform key (or part of one) or a name".into(),
+        ));
+    }
+    let limit = f.limit.unwrap_or(20).clamp(1, 500);
+    let store = st.engine.store().clone();
+    let settings = st.engine.settings();
+    let found = tokio::task::spawn_blocking(move || -> std::result::Result<Vec<Value>, StoreError> {
+        let mut hits: Vec<(Uid, String)> = Vec::new();
+        let push = |uid: Uid, how: String, hits: &mut Vec<(Uid, String)>| {
+            if !hits.iter().any(|(u, _)| *u == uid) {
+                hits.push((uid, how));
+            }
+        };
+        if let Ok(n) = q.parse::<u64>()
+            && store.user(Uid(n))?.is_some()
+        {
+            push(Uid(n), "uid".into(), &mut hits);
+        }
+        if let Ok(key) = q.parse::<UserKey>()
+            && let Some(uid) = store.identity(&key)?
+        {
+            push(uid, format!("key {key}"), &mut hits);
+        }
+        for (key, uid) in store.find_identities(&q, limit)? {
+            push(uid, format!("key {key}"), &mut hits);
+        }
+        for user in store.find_users_by_name(&q, limit)? {
+            push(user.uid, "name".into(), &mut hits);
+        }
+        hits.truncate(limit);
+        let mut out = Vec::new();
+        for (uid, how) in hits {
+            let Some(user) = store.user(uid)? else { continue };
+            let balance = store.balance(uid, settings.today(), settings.free_daily)?;
+            out.push(json!({
+                "uid": uid,
+                "name": user.name,
+                "banned": user.banned,
+                "ban_reason": user.ban_reason,
+                "created_at_ms": user.created_at_ms,
+                "available": balance.available,
+                "paid": balance.paid,
+                "identities": store.identities_of(uid)?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "matched": how,
+            }));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!(found)))
 }
 
 #[derive(Deserialize)]
@@ -204,6 +320,9 @@ async fn grant(
 #[serde(deny_unknown_fields)]
 struct Ban {
     banned: bool,
+    /// Why (required to ban; kept on the user for other admins).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn ban(
@@ -215,8 +334,20 @@ async fn ban(
     check_admin(&st, &headers)?;
     let uid = parse_uid(&uid)?;
     let req: Ban = parse_body(body)?;
-    let user = st.engine.store().set_banned(uid, req.banned)?;
-    info!(%uid, banned = req.banned, "admin: ban changed");
+    let reason = req
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    if req.banned && reason.is_none() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "a reason is required to ban".into(),
+        ));
+    }
+    let user = st.engine.store().set_banned(uid, req.banned, reason)?;
+    st.engine.store().flush().await?;
+    info!(%uid, banned = req.banned, reason = reason.unwrap_or(""), "admin: ban changed");
     Ok(Json(json!(user)))
 }
 
@@ -314,6 +445,163 @@ async fn link_identity(
     ))
 }
 
+/// Takes credits back (a mistaken grant, abuse): at most the paid credits not held by an
+/// answer in progress; a ledger entry with the reason, idempotent on its reference.
+async fn revoke_credits(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let uid = parse_uid(&uid)?;
+    let req: Grant = parse_body(body)?;
+    if req.credits == 0 {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "credits must be at least 1".into(),
+        ));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "a reason is required".into(),
+        ));
+    }
+    let reference = req
+        .reference
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| format!("admin-revoke:{}", super::v1::random_id()));
+    let store = st.engine.store();
+    if store.user(uid)?.is_none() {
+        return Err(AdminError(StatusCode::NOT_FOUND, format!("no user {uid}")));
+    }
+    let entry = store.debit(
+        uid,
+        req.credits,
+        EntryKind::Adjust,
+        req.reason.trim(),
+        &reference,
+        now_ms(),
+    )?;
+    store.flush().await?;
+    info!(%uid, credits = req.credits, %reference, "admin: credits revoked");
+    Ok(Json(json!(entry)))
+}
+
+async fn unlink_identity(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((uid, key)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let uid = parse_uid(&uid)?;
+    let key: UserKey = key
+        .parse()
+        .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let store = st.engine.store();
+    match store.identity(&key)? {
+        Some(owner) if owner == uid => {}
+        Some(owner) => {
+            return Err(AdminError(
+                StatusCode::CONFLICT,
+                format!("{key} belongs to user {owner}, not {uid}"),
+            ));
+        }
+        None => {
+            return Err(AdminError(
+                StatusCode::NOT_FOUND,
+                format!("{key} belongs to no user"),
+            ));
+        }
+    }
+    store.unlink_identity(&key)?;
+    store.flush().await?;
+    info!(%uid, %key, "admin: identity unlinked");
+    Ok(Json(
+        json!({"key": key.to_string(), "uid": uid, "unlinked": true}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    /// First day, `YYYY-MM-DD` (default: `days` before `to`).
+    from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (default: today).
+    to: Option<String>,
+    /// How many days up to `to` when `from` is not given (default 7).
+    days: Option<u32>,
+}
+
+/// Per-day figures: active users, messages by platform, tokens, LLM cost, revenue.
+async fn stats(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let s = st.engine.settings();
+    let parse = |name: &str, v: &Option<String>| -> Result<Option<i64>> {
+        v.as_deref()
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| {
+                crate::stats::day_of(d).ok_or_else(|| {
+                    AdminError(
+                        StatusCode::BAD_REQUEST,
+                        format!("{name}={d:?} is not a date like 2026-11-27"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let to = parse("to", &q.to)?.unwrap_or_else(|| s.today());
+    let from = match parse("from", &q.from)? {
+        Some(f) => f,
+        None => to - i64::from(q.days.unwrap_or(7).clamp(1, 366)) + 1,
+    };
+    if from > to || to - from > 366 {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "give at most 366 days, from before to".into(),
+        ));
+    }
+    let engine = st.engine.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        // What is still in memory belongs in the figures.
+        engine.stats().flush(engine.store())?;
+        let days: Vec<i64> = (from..=to).collect();
+        crate::stats::report(engine.store(), &days, &s.models, s.tz_offset_secs)
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!(report)))
+}
+
+/// Reads the configuration file again and applies it (like SIGHUP). An invalid file is
+/// refused with every problem listed, and the running configuration stays.
+async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    check_admin(&st, &headers)?;
+    match st.live.reload().await {
+        Ok(report) => Ok(Json(json!(report)).into_response()),
+        Err(crate::reload::ReloadError::Invalid(e)) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the new configuration is invalid; the running one stays",
+                "problems": e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response()),
+        Err(e) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "the new configuration cannot be applied; the running one stays",
+                "problems": [e.to_string()],
+            })),
+        )
+            .into_response()),
+    }
+}
+
 async fn audit(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
     let store = st.engine.store().clone();
@@ -327,14 +615,20 @@ async fn audit(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Va
 struct OrderFilter {
     status: Option<String>,
     limit: Option<usize>,
+    /// Created on or after this day (`YYYY-MM-DD`, quota timezone).
+    from: Option<String>,
+    /// Created on or before this day.
+    to: Option<String>,
+    /// Only this user's orders.
+    uid: Option<u64>,
 }
 
-async fn list_orders(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Query(f): Query<OrderFilter>,
-) -> Result<Json<Value>> {
-    check_admin(&st, &headers)?;
+/// The orders a filter selects, newest first.
+async fn select_orders(
+    st: &AppState,
+    f: OrderFilter,
+    default_limit: usize,
+) -> Result<Vec<chatrelay_storage::Order>> {
     let status = match f.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(chatrelay_storage::OrderStatus::parse(s).ok_or_else(|| {
@@ -344,11 +638,106 @@ async fn list_orders(
             )
         })?),
     };
+    let day = |name: &str, v: &Option<String>| -> Result<Option<i64>> {
+        v.as_deref()
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| {
+                crate::stats::day_of(d).ok_or_else(|| {
+                    AdminError(
+                        StatusCode::BAD_REQUEST,
+                        format!("{name}={d:?} is not a date like 2026-11-27"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (from, to) = (day("from", &f.from)?, day("to", &f.to)?);
+    let tz = st.engine.settings().tz_offset_secs;
     let store = st.engine.store().clone();
-    let limit = f.limit.unwrap_or(100).min(10_000);
-    let orders = tokio::task::spawn_blocking(move || store.orders(status, limit))
-        .await
-        .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let limit = f.limit.unwrap_or(default_limit).min(1_000_000);
+    let uid = f.uid;
+    tokio::task::spawn_blocking(move || {
+        let mut orders = store.orders(status, usize::MAX)?;
+        orders.retain(|o| {
+            let d = crate::bot::quota::day_number(o.created_at_ms, tz);
+            from.is_none_or(|f| d >= f)
+                && to.is_none_or(|t| d <= t)
+                && uid.is_none_or(|u| o.uid.0 == u)
+        });
+        orders.truncate(limit);
+        Ok::<_, StoreError>(orders)
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(Into::into)
+}
+
+/// Orders as CSV (UTF-8 with a BOM, which Excel needs to read Chinese product names).
+async fn export_orders(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<OrderFilter>,
+) -> Result<Response> {
+    check_admin(&st, &headers)?;
+    let orders = select_orders(&st, f, usize::MAX).await?;
+    let mut out = String::from(
+        "\u{feff}id,uid,product_id,product_name,channel,amount_fen,amount_yuan,credits,status,created_at,credited_at,refunded_at,provider_trade_no\r\n",
+    );
+    let time = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    for o in &orders {
+        let row = [
+            o.id.clone(),
+            o.uid.0.to_string(),
+            o.product_id.clone(),
+            o.product_name.clone(),
+            o.channel.clone(),
+            o.amount_fen.to_string(),
+            crate::bot::yuan(o.amount_fen),
+            o.credits.to_string(),
+            o.status.as_str().to_owned(),
+            time(Some(o.created_at_ms)),
+            time(o.credited_at_ms),
+            time(o.refunded_at_ms),
+            o.provider_trade_no.clone().unwrap_or_default(),
+        ];
+        let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    info!(orders = orders.len(), "admin: orders exported");
+    let mut res = out.into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// One CSV cell (RFC 4180), with formula-looking text defused so a spreadsheet shows it
+/// instead of running it (a product name is operator text, but a trade number is not).
+fn csv_cell(value: &str) -> String {
+    let mut v = value.to_owned();
+    if v.starts_with(['=', '+', '-', '@']) && v.parse::<f64>().is_err() {
+        v.insert(0, '\'');
+    }
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+async fn list_orders(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<OrderFilter>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let orders = select_orders(&st, f, 100).await?;
     Ok(Json(json!(orders)))
 }
 
@@ -388,7 +777,7 @@ async fn refund_order(
         ));
     }
     use crate::billing::BillingError as B;
-    match st.billing.refund(&id, req.reason.trim()).await {
+    match st.parts().billing.refund(&id, req.reason.trim()).await {
         Ok((order, entry)) => {
             info!(order = %id, "admin: order refunded");
             Ok(Json(json!({"order": order, "debit": entry})))
@@ -405,6 +794,7 @@ async fn zsxq_list(State(st): State<AppState>, headers: HeaderMap) -> Result<Jso
     check_admin(&st, &headers)?;
     let today = crate::zsxq::today(&st.engine);
     let groups: Vec<_> = st
+        .parts()
         .zsxq
         .groups()
         .iter()
@@ -413,12 +803,11 @@ async fn zsxq_list(State(st): State<AppState>, headers: HeaderMap) -> Result<Jso
     Ok(Json(json!(groups)))
 }
 
-fn zsxq_group<'a>(
-    st: &'a AppState,
-    id: &str,
-) -> Result<&'a std::sync::Arc<crate::zsxq::ZsxqGroup>> {
-    st.zsxq
+fn zsxq_group(st: &AppState, id: &str) -> Result<std::sync::Arc<crate::zsxq::ZsxqGroup>> {
+    st.parts()
+        .zsxq
         .group(id)
+        .cloned()
         .ok_or_else(|| AdminError(StatusCode::NOT_FOUND, format!("no zsxq group {id}")))
 }
 
@@ -473,7 +862,7 @@ async fn zsxq_token(
 async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
     check_admin(&st, &headers)?;
     let store = st.engine.store().clone();
-    let dir = st.config.storage.path.join("backups");
+    let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::http::v1::random_id()));
     let tmp = path.clone();
     let summary = tokio::task::spawn_blocking(move || {

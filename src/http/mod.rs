@@ -29,35 +29,35 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::bot::Engine;
-use crate::config::{Config, Secret};
 
 /// Everything handlers need.
 #[derive(Clone)]
 pub struct AppState {
     /// The conversation engine (and through it, the store).
     pub engine: Engine,
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// The admin API's bearer token.
-    pub admin_token: Secret,
+    /// The configuration-derived parts (config, admin token, accounts, shop...), which a
+    /// reload swaps; see [`crate::reload`].
+    pub live: crate::reload::Live,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
     /// Fires when the daemon shuts down; open streams end on it.
     pub shutdown: CancellationToken,
-    /// The configured Official Accounts.
-    pub mp: mp::Accounts,
     /// Login codes to tokens, with attempt limits.
     pub login: Arc<crate::auth::Login>,
-    /// The shop: products, orders, payments.
-    pub billing: Arc<crate::billing::Billing>,
     /// Limits guest sign-ups per address.
     pub guests: Arc<crate::web::GuestLimiter>,
-    /// The configured WeCom apps and AI bots.
-    pub wecom: Arc<wecom::Wecom>,
-    /// The configured zsxq groups.
-    pub zsxq: Arc<crate::zsxq::Zsxq>,
-    /// The configured Telegram bots.
-    pub telegram: Arc<crate::telegram::Telegram>,
+    /// Largest request body accepted (fixed at start).
+    pub body_limit: usize,
+    /// Whether the chat page is served (fixed at start).
+    pub web_page: bool,
+}
+
+impl AppState {
+    /// The live parts now (see [`crate::reload::Live::get`]).
+    #[must_use]
+    pub fn parts(&self) -> Arc<crate::reload::Parts> {
+        self.live.get()
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -94,8 +94,8 @@ impl MakeRequestId for RequestIds {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    let limit = state.config.server.max_body_bytes;
-    let page = state.config.web.enabled;
+    let limit = state.body_limit;
+    let page = state.web_page;
     Router::new()
         .merge(crate::web::routes(page))
         .merge(v1::routes())

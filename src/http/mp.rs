@@ -96,6 +96,26 @@ impl MpAccount {
         &self.cfg.id
     }
 
+    /// The account's configuration.
+    #[must_use]
+    pub fn config(&self) -> &WechatMpConfig {
+        &self.cfg
+    }
+
+    /// Takes over the tries of messages still being answered by the account this one
+    /// replaces (a reload), so a retry of such a message joins its watcher instead of
+    /// starting a second one that would push the answer twice.
+    #[must_use]
+    pub fn taking_over(self, previous: &MpAccount) -> Self {
+        let tries = previous
+            .tries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        *self.tries.lock().unwrap_or_else(|p| p.into_inner()) = tries;
+        self
+    }
+
     fn can_push(&self) -> bool {
         self.push_allowed.load(Ordering::Relaxed)
     }
@@ -127,7 +147,7 @@ async fn verify(
     Path(id): Path<String>,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let Some(account) = st.mp.get(&id) else {
+    let Some(account) = st.parts().mp.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown account").into_response();
     };
     match account.endpoint.verify_url(&q) {
@@ -145,7 +165,7 @@ async fn callback(
     Query(q): Query<CallbackQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(account) = st.mp.get(&id).cloned() else {
+    let Some(account) = st.parts().mp.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown account").into_response();
     };
     let body = match body {

@@ -56,7 +56,7 @@ async fn wechat_notify(
         signature: header("wechatpay-signature"),
         serial: header("wechatpay-serial"),
     };
-    match st.billing.wechat_notify(&h, &body).await {
+    match st.parts().billing.wechat_notify(&h, &body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             let status = notify_status(&e);
@@ -73,7 +73,7 @@ async fn alipay_notify(
     let Ok(body) = body else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
     };
-    match st.billing.alipay_notify(&body).await {
+    match st.parts().billing.alipay_notify(&body).await {
         Ok(()) => "success".into_response(),
         Err(e) => {
             let status = notify_status(&e);
@@ -121,15 +121,15 @@ pub fn order_json(o: &Order) -> Value {
 }
 
 async fn products(State(st): State<AppState>) -> Response {
-    let products: Vec<Value> = st
-        .billing
+    let billing = st.parts().billing.clone();
+    let products: Vec<Value> = billing
         .products()
         .iter()
         .map(
             |p| json!({"id": p.id, "name": p.name, "price_fen": p.price_fen, "credits": p.credits}),
         )
         .collect();
-    Json(json!({"products": products, "channels": st.billing.channels()})).into_response()
+    Json(json!({"products": products, "channels": billing.channels()})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -161,8 +161,8 @@ async fn create_order(
             "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\"}",
         );
     };
-    match st
-        .billing
+    let billing = st.parts().billing.clone();
+    match billing
         .create_order(uid, &req.product_id, &req.channel)
         .await
     {

@@ -251,6 +251,14 @@ async fn chat_completions(
             max_completion_tokens: req.max_completion_tokens,
             extra,
             reference,
+            platform: if headers
+                .get("x-chatrelay-client")
+                .is_some_and(|v| v.as_bytes() == b"web")
+            {
+                chatrelay_core::Platform::Web
+            } else {
+                chatrelay_core::Platform::Api
+            },
         },
     );
     // Failures before the first token become HTTP errors; later ones, stream errors.

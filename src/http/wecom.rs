@@ -88,13 +88,22 @@ pub struct Wecom {
 }
 
 impl Wecom {
-    /// Builds them from a validated configuration.
+    /// Builds them from a validated configuration. On a reload, `previous` hands over what
+    /// is in flight: an app or bot whose configuration did not change is kept as it is, and a
+    /// changed one takes over the old one's redelivery marks and AI-bot streams, so nothing a
+    /// user is waiting for is lost.
     pub fn from_config(
         config: &crate::config::Config,
         http: &reqwest::Client,
+        previous: Option<&Wecom>,
     ) -> anyhow::Result<Self> {
         let mut apps = HashMap::new();
         for cfg in &config.wecom {
+            let old = previous.and_then(|p| p.apps.get(&cfg.id));
+            if let Some(old) = old.filter(|o| o.cfg == *cfg) {
+                apps.insert(cfg.id.clone(), old.clone());
+                continue;
+            }
             let endpoint = WecomEndpoint::new(
                 cfg.token.expose(),
                 &cfg.corp_id,
@@ -115,12 +124,20 @@ impl Wecom {
                     cfg: cfg.clone(),
                     endpoint,
                     client,
-                    seen: Seen::default(),
+                    seen: Seen(Mutex::new(
+                        old.map(|o| o.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                            .unwrap_or_default(),
+                    )),
                 }),
             );
         }
         let mut bots = HashMap::new();
         for cfg in &config.wecom_aibot {
+            let old = previous.and_then(|p| p.bots.get(&cfg.id));
+            if let Some(old) = old.filter(|o| o.cfg == *cfg) {
+                bots.insert(cfg.id.clone(), old.clone());
+                continue;
+            }
             let endpoint = AibotEndpoint::new(cfg.token.expose(), cfg.encoding_aes_key.expose())
                 .map_err(|e| anyhow::anyhow!("wecom_aibot {}: {e}", cfg.id))?;
             info!(bot = %cfg.id, "WeCom AI bot at /wecom/aibot/{}", cfg.id);
@@ -130,8 +147,16 @@ impl Wecom {
                     cfg: cfg.clone(),
                     endpoint,
                     http: http.clone(),
-                    by_msgid: Mutex::new(HashMap::new()),
-                    streams: Mutex::new(HashMap::new()),
+                    by_msgid: Mutex::new(
+                        old.map(|o| o.by_msgid.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                            .unwrap_or_default(),
+                    ),
+                    // The stream states are shared (Arc), so an answer still being written
+                    // by a task of the old bot shows up in refreshes served by the new one.
+                    streams: Mutex::new(
+                        old.map(|o| o.streams.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                            .unwrap_or_default(),
+                    ),
                 }),
             );
         }
@@ -159,7 +184,7 @@ async fn app_verify(
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
-    let Some(app) = st.wecom.apps.get(&id) else {
+    let Some(app) = st.parts().wecom.apps.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown app").into_response();
     };
     match app.endpoint.verify_url(&q) {
@@ -174,7 +199,7 @@ async fn app_callback(
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(app) = st.wecom.apps.get(&id).cloned() else {
+    let Some(app) = st.parts().wecom.apps.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown app").into_response();
     };
     let Ok(body) = body else {
@@ -278,7 +303,7 @@ async fn bot_verify(
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
-    let Some(bot) = st.wecom.bots.get(&id) else {
+    let Some(bot) = st.parts().wecom.bots.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown bot").into_response();
     };
     match bot.endpoint.verify_url(&q) {
@@ -300,7 +325,7 @@ async fn bot_callback(
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(bot) = st.wecom.bots.get(&id).cloned() else {
+    let Some(bot) = st.parts().wecom.bots.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown bot").into_response();
     };
     let Ok(body) = body else {

@@ -1327,7 +1327,7 @@
       try {
         res = await fetch('/v1/chat/completions', {
           method: 'POST',
-          headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream', Authorization: 'Bearer ' + state.token },
+          headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream', Authorization: 'Bearer ' + state.token, 'X-Chatrelay-Client': 'web' },
           body: JSON.stringify({
             model: currentModel(),
             messages: wireMessages(conv, msg),

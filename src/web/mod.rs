@@ -77,8 +77,9 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 async fn config(State(st): State<AppState>) -> Response {
-    let web = &st.config.web;
-    let login = st.config.wechat_mp.first().map(|mp| {
+    let parts = st.parts();
+    let web = &parts.config.web;
+    let login = parts.config.wechat_mp.first().map(|mp| {
         json!({
             "keyword": mp.login_keyword,
             "mp_name": web.mp_name,
@@ -89,8 +90,8 @@ async fn config(State(st): State<AppState>) -> Response {
         "title": web.title,
         "login": login,
         "guest": web.guest_credits > 0,
-        "channels": st.billing.channels(),
-        "buy": st.billing.enabled() && !st.billing.products().is_empty(),
+        "channels": parts.billing.channels(),
+        "buy": parts.billing.enabled() && !parts.billing.products().is_empty(),
     }))
     .into_response()
 }
@@ -128,7 +129,7 @@ async fn guest(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let credits = st.config.web.guest_credits;
+    let credits = st.parts().config.web.guest_credits;
     if credits == 0 {
         return error(StatusCode::NOT_FOUND, "guest_off", "未开放试用");
     }

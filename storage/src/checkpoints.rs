@@ -54,6 +54,76 @@ impl Store {
         }
     }
 
+    /// Adds each delta to its counter and sets each marker key (to `1`) in one batch: how
+    /// statistics gathered in memory are written once a minute. Not a ledger: statistics
+    /// may lose the last minute in a crash, credits never do.
+    pub fn add_counters(
+        &self,
+        deltas: &[(String, u64)],
+        markers: &[String],
+    ) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        for (key, _) in deltas {
+            check_key("counter key", key)?;
+        }
+        for key in markers {
+            check_key("marker key", key)?;
+        }
+        let tree = &self.trees().checkpoints;
+        let result = tree.transaction(|tx| {
+            for (key, delta) in deltas {
+                let n = match tx.get(key.as_bytes())? {
+                    Some(raw) => std::str::from_utf8(&raw)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                tx.insert(
+                    key.as_bytes(),
+                    n.saturating_add(*delta).to_string().as_bytes(),
+                )?;
+            }
+            for key in markers {
+                tx.insert(key.as_bytes(), b"1".as_slice())?;
+            }
+            Ok(())
+        });
+        result.map_err(|e: sled::transaction::TransactionError<()>| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                StoreError::InvalidInput("counter update aborted".into())
+            }
+        })
+    }
+
+    /// Every checkpoint whose key starts with `prefix`, in key order.
+    pub fn checkpoints_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees().checkpoints.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|e| StoreError::corrupt(CHECKPOINTS, prefix, e))?;
+            let value = String::from_utf8(value.to_vec())
+                .map_err(|e| StoreError::corrupt(CHECKPOINTS, key.clone(), e))?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// How many checkpoints start with `prefix`.
+    pub fn count_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.trees().checkpoints.scan_prefix(prefix.as_bytes()) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The counter under `key` (0 when absent).
     pub fn counter(&self, key: &str) -> Result<u64, StoreError> {
         Ok(match self.checkpoint(key)? {
@@ -81,6 +151,16 @@ mod tests {
         assert!(s.checkpoint_cas("k", Some("posting"), "answered").unwrap());
         assert_eq!(s.checkpoint("k").unwrap().as_deref(), Some("answered"));
         assert_eq!(s.counter("c").unwrap(), 0);
+        s.add_counters(
+            &[("stats:1:a".into(), 2), ("stats:1:b".into(), 5)],
+            &["stats:1:active:7".into()],
+        )
+        .unwrap();
+        s.add_counters(&[("stats:1:a".into(), 3)], &["stats:1:active:7".into()])
+            .unwrap();
+        assert_eq!(s.counter("stats:1:a").unwrap(), 5);
+        assert_eq!(s.count_prefix("stats:1:active:").unwrap(), 1);
+        assert_eq!(s.checkpoints_with_prefix("stats:1:").unwrap().len(), 3);
         assert_eq!(s.bump_counter("c").unwrap(), 1);
         assert_eq!(s.bump_counter("c").unwrap(), 2);
         assert_eq!(s.counter("c").unwrap(), 2);

@@ -40,6 +40,11 @@ impl Store {
         }
     }
 
+    /// How many users have answers waiting (a gauge for operators).
+    pub fn outbox_users(&self) -> usize {
+        self.trees().outbox.len()
+    }
+
     /// How many texts are queued for `key`.
     pub fn outbox_len(&self, key: &str) -> Result<usize, StoreError> {
         match self.trees().outbox.get(key.as_bytes())? {

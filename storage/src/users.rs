@@ -29,6 +29,9 @@ pub struct User {
     /// A banned user is refused service by the engine.
     #[serde(default)]
     pub banned: bool,
+    /// Why the user was banned (shown to admins), while banned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_reason: Option<String>,
 }
 
 impl Store {
@@ -52,8 +55,13 @@ impl Store {
         }
     }
 
-    /// Bans or unbans a user; returns the updated user.
-    pub fn set_banned(&self, uid: Uid, banned: bool) -> Result<User, StoreError> {
+    /// Bans (with a reason for admins) or unbans a user; returns the updated user.
+    pub fn set_banned(
+        &self,
+        uid: Uid,
+        banned: bool,
+        reason: Option<&str>,
+    ) -> Result<User, StoreError> {
         let _writing = self.writing();
         finish(self.trees().users.transaction(|users| {
             let key = u64_key(uid.0);
@@ -62,9 +70,59 @@ impl Store {
             };
             let mut user: User = decode(USERS, &raw, || uid.to_string()).or_abort()?;
             user.banned = banned;
+            user.ban_reason = if banned {
+                reason.map(str::to_owned)
+            } else {
+                None
+            };
             users.insert(&key, encode(&user).or_abort()?)?;
             Ok(user)
         }))
+    }
+
+    /// Users whose name contains `query` (case-insensitive), lowest uid first, at most
+    /// `limit`. Scans every user: an admin tool, not for hot paths.
+    pub fn find_users_by_name(&self, query: &str, limit: usize) -> Result<Vec<User>, StoreError> {
+        let needle = query.to_lowercase();
+        let mut found = Vec::new();
+        for item in self.trees().users.iter() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, raw) = item?;
+            let user: User = decode(USERS, &raw, || crate::codec::describe_bytes(&key))?;
+            if user.name.to_lowercase().contains(&needle) {
+                found.push(user);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Identities whose key text contains `query` (so a bare openid or Telegram id finds its
+    /// key), with their users, at most `limit`. Scans every identity: an admin tool.
+    pub fn find_identities(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<(UserKey, Uid)>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.trees().identities.iter() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, raw) = item?;
+            let Ok(text) = std::str::from_utf8(&key) else {
+                continue;
+            };
+            if !text.contains(query) {
+                continue;
+            }
+            let uid: Uid = decode(IDENTITIES, &raw, || text.to_owned())?;
+            if let Ok(k) = text.parse::<UserKey>() {
+                found.push((k, uid));
+            }
+        }
+        Ok(found)
     }
 
     /// How many users exist (counts them: not for hot paths).
@@ -205,6 +263,7 @@ fn insert_new_user(
         name: name.to_owned(),
         created_at_ms: now_ms,
         banned: false,
+        ban_reason: None,
     };
     meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
     users.insert(&u64_key(next), encode(&user).or_abort()?)?;
@@ -250,14 +309,38 @@ mod tests {
     }
 
     #[test]
+    fn find_by_name_and_by_part_of_a_key() {
+        let store = Store::open_temporary().unwrap();
+        let alice = store.create_user("Alice Wang").unwrap();
+        store.create_user("bob").unwrap();
+        let key: UserKey = "mp:main:o6_abcdef".parse().unwrap();
+        store.link_identity(&key, alice.uid).unwrap();
+        let by_name = store.find_users_by_name("alice", 10).unwrap();
+        assert_eq!(by_name.len(), 1);
+        assert_eq!(by_name[0].uid, alice.uid);
+        assert_eq!(
+            store.find_users_by_name("", 1).unwrap().len(),
+            1,
+            "limit holds"
+        );
+        let by_key = store.find_identities("o6_abc", 10).unwrap();
+        assert_eq!(by_key, vec![(key, alice.uid)]);
+        assert!(store.find_identities("nobody", 10).unwrap().is_empty());
+    }
+
+    #[test]
     fn ban_and_unban() {
         let store = Store::open_temporary().unwrap();
         let a = store.create_user("a").unwrap();
-        assert!(store.set_banned(a.uid, true).unwrap().banned);
+        let banned = store.set_banned(a.uid, true, Some("spam")).unwrap();
+        assert!(banned.banned);
+        assert_eq!(banned.ban_reason.as_deref(), Some("spam"));
         assert!(store.user(a.uid).unwrap().unwrap().banned);
-        assert!(!store.set_banned(a.uid, false).unwrap().banned);
+        let unbanned = store.set_banned(a.uid, false, None).unwrap();
+        assert!(!unbanned.banned);
+        assert_eq!(unbanned.ban_reason, None, "the reason goes with the ban");
         assert!(matches!(
-            store.set_banned(Uid(99), true),
+            store.set_banned(Uid(99), true, None),
             Err(StoreError::UnknownUser(Uid(99)))
         ));
     }
@@ -297,7 +380,7 @@ mod tests {
             other => panic!("expected Corrupt, got {other:?}"),
         }
         assert!(matches!(
-            store.set_banned(Uid(7), true),
+            store.set_banned(Uid(7), true, None),
             Err(StoreError::Corrupt { .. })
         ));
     }

@@ -1,0 +1,429 @@
+//! Everything built from the configuration that a reload can replace, and the reload itself
+//! (SIGHUP and `POST /admin/reload`).
+//!
+//! The configuration-derived parts (Official Accounts, WeCom, zsxq, Telegram, the shop, the
+//! admin token, the engine's settings and LLM backend) live behind one swappable [`Live`]
+//! handle. A reload reads and validates the file again, builds new parts next to the old
+//! ones (an error leaves the old ones in place), then swaps them in. Requests already running
+//! keep the snapshot they started with, so nothing in flight is dropped; components hand over
+//! their runtime state (message tries, AI-bot streams, zsxq pauses) to their replacements.
+//! Background pollers (zsxq groups, Telegram bots) are restarted only when their own
+//! configuration changed, and a replacement waits for the old poller to finish its run.
+//!
+//! Keys that shape the process itself (`server.listen`, body limits, `storage.*`, `log.*`,
+//! `web.enabled`) are reported as needing a restart and keep their running values.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::alerts::Alerter;
+use crate::billing::Billing;
+use crate::bot::{Engine, Settings, llm};
+use crate::config::{self, Config, Secret};
+use crate::http::mp::{Accounts, MpAccount};
+use crate::http::wecom::Wecom;
+use crate::telegram::Telegram;
+use crate::zsxq::Zsxq;
+
+/// The configuration-derived parts of a running daemon, one consistent generation.
+pub struct Parts {
+    /// The configuration they were built from.
+    pub config: Arc<Config>,
+    /// The admin API's bearer token.
+    pub admin_token: Secret,
+    /// The configured Official Accounts.
+    pub mp: Accounts,
+    /// The shop: products, orders, payments.
+    pub billing: Arc<Billing>,
+    /// The configured WeCom apps and AI bots.
+    pub wecom: Arc<Wecom>,
+    /// The configured zsxq groups.
+    pub zsxq: Arc<Zsxq>,
+    /// The configured Telegram bots.
+    pub telegram: Arc<Telegram>,
+}
+
+impl Parts {
+    /// Builds every part from a validated configuration; `previous` (on a reload) hands over
+    /// runtime state and unchanged components.
+    pub fn build(
+        config: Arc<Config>,
+        engine: &Engine,
+        http: &reqwest::Client,
+        alerts: &Alerter,
+        previous: Option<&Parts>,
+    ) -> anyhow::Result<Parts> {
+        let admin_token = crate::app::resolve_admin_token(&config)?;
+        let billing = Arc::new(
+            Billing::from_config(
+                &config,
+                engine.store().clone(),
+                http.clone(),
+                alerts.clone(),
+            )
+            .context("setting up payments")?,
+        );
+        let wecom = Arc::new(
+            Wecom::from_config(&config, http, previous.map(|p| &*p.wecom))
+                .context("setting up WeCom")?,
+        );
+        let zsxq = Arc::new(
+            Zsxq::from_config(&config, http, previous.map(|p| &*p.zsxq))
+                .context("setting up zsxq")?,
+        );
+        let telegram = Arc::new(
+            Telegram::from_config(&config, http, previous.map(|p| &*p.telegram))
+                .context("setting up Telegram")?,
+        );
+        let mut mp = HashMap::new();
+        for cfg in &config.wechat_mp {
+            let old = previous.and_then(|p| p.mp.get(&cfg.id));
+            let account = match old {
+                Some(old) if old.config() == cfg => old.clone(),
+                Some(old) => Arc::new(MpAccount::new(cfg.clone(), http.clone())?.taking_over(old)),
+                None => Arc::new(MpAccount::new(cfg.clone(), http.clone())?),
+            };
+            mp.insert(cfg.id.clone(), account);
+        }
+        Ok(Parts {
+            config,
+            admin_token,
+            mp: Arc::new(mp),
+            billing,
+            wecom,
+            zsxq,
+            telegram,
+        })
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// Top-level sections whose values changed and now apply.
+    pub applied: Vec<String>,
+    /// Keys that changed but take effect only after a restart (their old values stay).
+    pub restart_needed: Vec<String>,
+    /// The file read (`None`: built-in defaults).
+    pub file: Option<PathBuf>,
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error("{0}")]
+    Invalid(#[from] config::ConfigError),
+    /// It is valid but could not be put to work (a key file, a client...).
+    #[error("{0:#}")]
+    Build(anyhow::Error),
+}
+
+/// A running poller and the token that stops it.
+struct Job {
+    /// Identity of the component it runs (pointer of its `Arc`).
+    target: usize,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// The handle on the live parts, shared by every request handler. Cheap to clone.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<LiveInner>,
+}
+
+struct LiveInner {
+    parts: RwLock<Arc<Parts>>,
+    /// The file the daemon started from (`None`: the default lookup).
+    source: Option<PathBuf>,
+    engine: Engine,
+    http: reqwest::Client,
+    alerts: Alerter,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+impl Live {
+    /// Wraps the first generation.
+    #[must_use]
+    pub fn new(
+        parts: Parts,
+        source: Option<PathBuf>,
+        engine: Engine,
+        http: reqwest::Client,
+        alerts: Alerter,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Live {
+        Live {
+            inner: Arc::new(LiveInner {
+                parts: RwLock::new(Arc::new(parts)),
+                source,
+                engine,
+                http,
+                alerts,
+                tracker,
+                shutdown,
+                reloading: tokio::sync::Mutex::new(()),
+                jobs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The parts now. Hold the `Arc` for the length of a request, not longer.
+    #[must_use]
+    pub fn get(&self) -> Arc<Parts> {
+        self.inner
+            .parts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Starts (or, after a reload, restarts) the pollers: one per zsxq group and one per
+    /// Telegram bot. A poller whose component was kept keeps running; a replaced one is
+    /// stopped, and its successor starts once it has finished.
+    pub fn sync_jobs(&self) {
+        let parts = self.get();
+        let inner = &self.inner;
+        let mut jobs = inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted: HashMap<String, (usize, Poller)> = HashMap::new();
+        for group in parts.zsxq.groups() {
+            wanted.insert(
+                format!("zsxq:{}", group.id()),
+                (Arc::as_ptr(group) as usize, Poller::Zsxq(group.clone())),
+            );
+        }
+        for bot in parts.telegram.bots() {
+            wanted.insert(
+                format!("telegram:{}", bot.id()),
+                (Arc::as_ptr(bot) as usize, Poller::Telegram(bot.clone())),
+            );
+        }
+        // Stop pollers whose component is gone.
+        jobs.retain(|key, job| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                info!(job = %key, "stopping the poller (removed from the configuration)");
+                job.stop.cancel();
+            }
+            keep
+        });
+        for (key, (target, poller)) in wanted {
+            if jobs.get(&key).is_some_and(|j| j.target == target) {
+                continue;
+            }
+            let previous = jobs.remove(&key).map(|old| {
+                info!(job = %key, "restarting the poller with its new configuration");
+                old.stop.cancel();
+                old.handle
+            });
+            let stop = inner.shutdown.child_token();
+            let engine = inner.engine.clone();
+            let alerts = inner.alerts.clone();
+            let shutdown = inner.shutdown.clone();
+            let task_stop = stop.clone();
+            let handle = inner.tracker.spawn(async move {
+                if let Some(previous) = previous {
+                    // Two pollers of one zsxq group could answer a topic twice, and two
+                    // getUpdates on one bot make Telegram refuse both.
+                    let _ = previous.await;
+                }
+                match poller {
+                    Poller::Zsxq(group) => {
+                        crate::zsxq::run_group(engine, alerts, group, task_stop, shutdown).await;
+                    }
+                    Poller::Telegram(bot) => {
+                        crate::telegram::run_bot(engine, bot, task_stop).await;
+                    }
+                }
+            });
+            jobs.insert(
+                key,
+                Job {
+                    target,
+                    stop,
+                    handle,
+                },
+            );
+        }
+    }
+
+    /// Reads the configuration again and applies it; on any error the running one stays.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let inner = &self.inner;
+        let _one = inner.reloading.lock().await;
+        metrics::counter!("chatrelay_config_reloads_total").increment(1);
+        let result = self.reload_locked().await;
+        match &result {
+            Ok(report) => info!(
+                applied = ?report.applied,
+                restart_needed = ?report.restart_needed,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                metrics::counter!("chatrelay_config_reload_failures_total").increment(1);
+                warn!(error = %e, "configuration reload refused; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<ReloadReport, ReloadError> {
+        let inner = &self.inner;
+        let source = inner.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(source.as_deref()))
+            .await
+            .map_err(|e| ReloadError::Build(anyhow::anyhow!("reading the configuration: {e}")))??;
+        let old = self.get();
+        let mut new = loaded.config;
+        let restart_needed = keep_process_keys(&old.config, &mut new);
+        let applied = changed_sections(&old.config, &new);
+        let new = Arc::new(new);
+        let backend = llm::from_config(&new)
+            .context("building the LLM client")
+            .map_err(ReloadError::Build)?;
+        let parts = {
+            let engine = inner.engine.clone();
+            let http = inner.http.clone();
+            let alerts = inner.alerts.clone();
+            let new = new.clone();
+            let old = old.clone();
+            // Building reads key files from disk.
+            tokio::task::spawn_blocking(move || {
+                Parts::build(new, &engine, &http, &alerts, Some(&old))
+            })
+            .await
+            .map_err(|e| ReloadError::Build(anyhow::anyhow!("building the new parts: {e}")))?
+            .map_err(ReloadError::Build)?
+        };
+        // Everything is built: swap. Nothing below can fail.
+        notify_reloading(true);
+        inner.alerts.reload(&new);
+        inner.engine.reload(Settings::from_config(&new), backend);
+        *inner.parts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parts);
+        self.sync_jobs();
+        notify_reloading(false);
+        Ok(ReloadReport {
+            applied,
+            restart_needed,
+            file: loaded.file,
+        })
+    }
+
+    /// Reloads on every SIGHUP until shutdown.
+    pub async fn reload_on_sighup(self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP; reload with `chatrelay admin reload`");
+            return;
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => if got.is_none() { return },
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            info!("SIGHUP received: reloading the configuration");
+            // The outcome is logged by reload().
+            let _ = self.reload().await;
+        }
+    }
+}
+
+enum Poller {
+    Zsxq(Arc<crate::zsxq::ZsxqGroup>),
+    Telegram(Arc<crate::telegram::TelegramBot>),
+}
+
+fn notify_reloading(starting: bool) {
+    let state = if starting {
+        sd_notify::NotifyState::Reloading
+    } else {
+        sd_notify::NotifyState::Ready
+    };
+    if let Err(e) = sd_notify::notify(&[state]) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Puts the running values of keys that only a restart can change back into `new`, and
+/// names those that differed.
+fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($path:ident).+) => {
+            if old.$($path).+ != new.$($path).+ {
+                changed.push(stringify!($($path).+).replace(' ', ""));
+                new.$($path).+ = old.$($path).+.clone();
+            }
+        };
+    }
+    keep!(server.listen);
+    keep!(server.max_body_bytes);
+    keep!(server.shutdown_grace_secs);
+    keep!(storage);
+    keep!(log);
+    keep!(web.enabled);
+    changed
+}
+
+/// The top-level sections that differ.
+fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    macro_rules! cmp {
+        ($($field:ident),+) => {
+            $(if old.$field != new.$field {
+                changed.push(stringify!($field).to_owned());
+            })+
+        };
+    }
+    cmp!(
+        server,
+        storage,
+        llm,
+        quota,
+        bot,
+        log,
+        wechat_mp,
+        products,
+        pay,
+        web,
+        wecom,
+        wecom_aibot,
+        wecom_robot,
+        zsxq,
+        telegram
+    );
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_keys_keep_their_running_values() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:9999".into();
+        new.storage.path = "/elsewhere".into();
+        new.llm.system_prompt = "new prompt".into();
+        let restart = keep_process_keys(&old, &mut new);
+        assert_eq!(restart, vec!["server.listen", "storage"]);
+        assert_eq!(new.server.listen, old.server.listen);
+        assert_eq!(new.storage.path, old.storage.path);
+        assert_eq!(changed_sections(&old, &new), vec!["llm"]);
+    }
+}

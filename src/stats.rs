@@ -1,0 +1,272 @@
+//! Per-day statistics for operators: active users, messages by platform and outcome, LLM
+//! tokens and their cost, credits charged, and (from the orders) revenue.
+//!
+//! Counting happens in memory on the hot path (a mutex and a map, no disk write); the
+//! housekeeping task writes the counts into the store once a minute in one batch, and the
+//! shutdown writes the rest. A crash can lose the last minute of statistics; it never loses a
+//! credit, because credits live in the ledger, not here.
+//!
+//! Keys (in the store's checkpoints): `stats:<day>:<what>[:<detail>]` where `<day>` is the
+//! quota day number (days since the epoch in the quota timezone), zero-padded so that keys sort
+//! by day.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use chatrelay_storage::{OrderStatus, Store, StoreError, Uid};
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+
+/// Counts gathered since the last flush.
+#[derive(Default)]
+pub struct Stats {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    counters: HashMap<String, u64>,
+    markers: HashSet<String>,
+}
+
+fn prefix(day: i64) -> String {
+    format!("stats:{day:06}:")
+}
+
+impl Stats {
+    fn add(&self, key: String, n: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *p.counters.entry(key).or_default() += n;
+    }
+
+    /// A user wrote (or called the API) on `day`.
+    pub fn active(&self, day: i64, uid: Uid) {
+        let key = format!("{}active:{}", prefix(day), uid.0);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.markers.insert(key);
+    }
+
+    /// A message (or API call) ended with `outcome` (`answered`, `insufficient_quota`...).
+    pub fn message(&self, day: i64, platform: &str, outcome: &str) {
+        self.add(format!("{}messages:{platform}:{outcome}", prefix(day)), 1);
+    }
+
+    /// An answer's tokens and the credits it cost.
+    pub fn usage(&self, day: i64, model: &str, prompt: u64, completion: u64, credits: u64) {
+        let p = prefix(day);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, n) in [
+            (format!("{p}prompt_tokens:{model}"), prompt),
+            (format!("{p}completion_tokens:{model}"), completion),
+            (format!("{p}credits"), credits),
+        ] {
+            *pending.counters.entry(key).or_default() += n;
+        }
+    }
+
+    /// Writes the pending counts in one batch. On failure they are kept for the next try.
+    pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
+        let taken = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *p)
+        };
+        if taken.counters.is_empty() && taken.markers.is_empty() {
+            return Ok(());
+        }
+        let deltas: Vec<(String, u64)> = taken
+            .counters
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let markers: Vec<String> = taken.markers.iter().cloned().collect();
+        if let Err(e) = store.add_counters(&deltas, &markers) {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, v) in taken.counters {
+                *p.counters.entry(k).or_default() += v;
+            }
+            p.markers.extend(taken.markers);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// One day's figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DayStats {
+    /// The quota day number.
+    pub day: i64,
+    /// The day as `YYYY-MM-DD` in the quota timezone.
+    pub date: String,
+    /// Distinct users who wrote or called the API.
+    pub active_users: u64,
+    /// Messages by platform, then by outcome.
+    pub messages: BTreeMap<String, BTreeMap<String, u64>>,
+    /// All messages.
+    pub messages_total: u64,
+    /// Prompt tokens by model.
+    pub prompt_tokens: BTreeMap<String, u64>,
+    /// Completion tokens by model.
+    pub completion_tokens: BTreeMap<String, u64>,
+    /// Credits charged for answers.
+    pub credits_charged: u64,
+    /// What the LLM calls cost at the models' configured prices, in fen (0 when no price
+    /// is configured).
+    pub llm_cost_fen: u64,
+    /// Orders paid that day.
+    pub orders_paid: u64,
+    /// Their amount, in fen.
+    pub revenue_fen: i64,
+    /// Revenue by channel, in fen.
+    pub revenue_by_channel: BTreeMap<String, i64>,
+    /// Refunded that day, in fen.
+    pub refunds_fen: i64,
+}
+
+/// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
+/// are not included.
+pub fn report(
+    store: &Store,
+    days: &[i64],
+    models: &[ModelConfig],
+    tz_offset_secs: i32,
+) -> Result<Vec<DayStats>, StoreError> {
+    let orders = store.orders(None, usize::MAX)?;
+    let mut out = Vec::with_capacity(days.len());
+    for &day in days {
+        let p = prefix(day);
+        let mut s = DayStats {
+            day,
+            date: date_of(day),
+            ..DayStats::default()
+        };
+        s.active_users = store.count_prefix(&format!("{p}active:"))? as u64;
+        for (key, value) in store.checkpoints_with_prefix(&p)? {
+            let Some(rest) = key.strip_prefix(&p) else {
+                continue;
+            };
+            let n: u64 = value.parse().unwrap_or(0);
+            let mut parts = rest.splitn(2, ':');
+            let what = parts.next().unwrap_or_default();
+            let detail = parts.next().unwrap_or_default();
+            match what {
+                "messages" => {
+                    let (platform, outcome) = detail.split_once(':').unwrap_or((detail, ""));
+                    *s.messages
+                        .entry(platform.to_owned())
+                        .or_default()
+                        .entry(outcome.to_owned())
+                        .or_default() += n;
+                    s.messages_total += n;
+                }
+                "prompt_tokens" => *s.prompt_tokens.entry(detail.to_owned()).or_default() += n,
+                "completion_tokens" => {
+                    *s.completion_tokens.entry(detail.to_owned()).or_default() += n;
+                }
+                "credits" => s.credits_charged += n,
+                _ => {}
+            }
+        }
+        s.llm_cost_fen = llm_cost_fen(&s, models);
+        let in_day = |ms: Option<i64>| {
+            ms.is_some_and(|ms| crate::bot::quota::day_number(ms, tz_offset_secs) == day)
+        };
+        for o in &orders {
+            let paid = matches!(o.status, OrderStatus::Credited | OrderStatus::Refunded);
+            if paid && in_day(o.credited_at_ms) {
+                s.orders_paid += 1;
+                s.revenue_fen += o.amount_fen;
+                *s.revenue_by_channel.entry(o.channel.clone()).or_default() += o.amount_fen;
+            }
+            if o.status == OrderStatus::Refunded && in_day(o.refunded_at_ms) {
+                s.refunds_fen += o.amount_fen;
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Tokens times the models' prices (fen per million tokens), rounded to the nearest fen.
+fn llm_cost_fen(s: &DayStats, models: &[ModelConfig]) -> u64 {
+    let mut micro: u128 = 0;
+    for m in models {
+        let prompt = u128::from(s.prompt_tokens.get(&m.name).copied().unwrap_or(0));
+        let completion = u128::from(s.completion_tokens.get(&m.name).copied().unwrap_or(0));
+        micro += prompt * u128::from(m.input_fen_per_million)
+            + completion * u128::from(m.output_fen_per_million);
+    }
+    u64::try_from((micro + 500_000) / 1_000_000).unwrap_or(u64::MAX)
+}
+
+/// `YYYY-MM-DD` of a day number.
+#[must_use]
+pub fn date_of(day: i64) -> String {
+    chrono::DateTime::from_timestamp(day.saturating_mul(86_400), 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// The day number of `YYYY-MM-DD`.
+#[must_use]
+pub fn day_of(date: &str) -> Option<i64> {
+    let d = chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").ok()?;
+    Some(
+        d.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?)
+            .num_days(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, input: u64, output: u64) -> ModelConfig {
+        ModelConfig {
+            name: name.into(),
+            input_fen_per_million: input,
+            output_fen_per_million: output,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn counts_reach_the_report_after_a_flush() {
+        let store = Store::open_temporary().unwrap();
+        let stats = Stats::default();
+        let day = 20_000;
+        stats.active(day, Uid(1));
+        stats.active(day, Uid(1));
+        stats.active(day, Uid(2));
+        stats.active(day + 1, Uid(3));
+        stats.message(day, "mp", "answered");
+        stats.message(day, "mp", "answered");
+        stats.message(day, "api", "insufficient_quota");
+        stats.usage(day, "m", 1_000_000, 500_000, 7);
+        let before = report(&store, &[day], &[], 0).unwrap();
+        assert_eq!(before[0].messages_total, 0, "nothing before the flush");
+        stats.flush(&store).unwrap();
+        stats.message(day, "mp", "answered");
+        stats.flush(&store).unwrap();
+        let r = report(&store, &[day, day + 1], &[model("m", 100, 200)], 0).unwrap();
+        assert_eq!(r[0].active_users, 2);
+        assert_eq!(r[0].messages["mp"]["answered"], 3);
+        assert_eq!(r[0].messages["api"]["insufficient_quota"], 1);
+        assert_eq!(r[0].messages_total, 4);
+        assert_eq!(r[0].prompt_tokens["m"], 1_000_000);
+        assert_eq!(r[0].credits_charged, 7);
+        // 1M prompt tokens at 100 fen/M + 0.5M completion at 200 fen/M.
+        assert_eq!(r[0].llm_cost_fen, 200);
+        assert_eq!(r[1].active_users, 1);
+        assert_eq!(r[1].messages_total, 0);
+        assert_eq!(r[0].date, "2024-10-04");
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(day_of("1970-01-02"), Some(1));
+        assert_eq!(date_of(day_of("2026-11-27").unwrap()), "2026-11-27");
+        assert_eq!(day_of("not a date"), None);
+    }
+}
