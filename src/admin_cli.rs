@@ -66,6 +66,17 @@ pub enum AdminCommand {
     /// zsxq groups: list with their state, pause, resume, replace the token.
     #[command(subcommand)]
     Zsxq(ZsxqCommand),
+    /// Content-rule hits, newest first: who, where, which rule, an excerpt.
+    Hits {
+        /// Only this user's.
+        #[arg(long)]
+        uid: Option<u64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Each LLM upstream's health: requests, errors, latency, up/degraded/down.
+    Upstreams,
     /// Read the configuration file again and apply it (like SIGHUP); an invalid file is
     /// refused with its problems and the running configuration stays.
     Reload,
@@ -209,6 +220,17 @@ pub enum UserCommand {
         /// The identity key.
         key: String,
     },
+    /// Put a user in groups or take them out (models can be limited to groups).
+    Group {
+        /// The user's uid.
+        uid: u64,
+        /// Groups to join.
+        #[arg(long)]
+        add: Vec<String>,
+        /// Groups to leave.
+        #[arg(long)]
+        remove: Vec<String>,
+    },
     /// Detach a platform identity from a user (its next message makes a new user).
     Unlink {
         /// The user's uid.
@@ -351,6 +373,37 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
                 ),
                 None => format!("{} linked to user {}", text(&v["key"]), v["uid"]),
             },
+        ),
+        AdminCommand::User(UserCommand::Group { uid, add, remove }) => (
+            api.call(
+                Method::POST,
+                &format!("/admin/users/{uid}/groups"),
+                Some(json!({"add": add, "remove": remove})),
+            )
+            .await?,
+            |v| {
+                let groups: Vec<String> = rows_of(&v["groups"]).iter().map(text).collect();
+                format!(
+                    "user {} groups: {}",
+                    v["uid"],
+                    if groups.is_empty() {
+                        "(none)".into()
+                    } else {
+                        groups.join(", ")
+                    }
+                )
+            },
+        ),
+        AdminCommand::Hits { uid, limit } => {
+            let mut path = format!("/admin/hits?limit={limit}");
+            if let Some(u) = uid {
+                let _ = write!(path, "&uid={u}");
+            }
+            (api.call(Method::GET, &path, None).await?, render_hits)
+        }
+        AdminCommand::Upstreams => (
+            api.call(Method::GET, "/admin/upstreams", None).await?,
+            render_upstreams,
         ),
         AdminCommand::User(UserCommand::Unlink { uid, key }) => (
             api.call(
@@ -1053,6 +1106,66 @@ fn render_zsxq(v: &Value) -> String {
             "TODAY",
             "SINCE START",
             "PAYER UID",
+            "LAST ERROR",
+        ],
+        &rows,
+    )
+}
+
+fn render_hits(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = rows_of(v)
+        .iter()
+        .map(|h| {
+            vec![
+                time(&h["at_ms"]),
+                text(&h["uid"]),
+                text(&h["scope"]),
+                text(&h["direction"]),
+                text(&h["rule"]),
+                fit(&text(&h["word"]), 16),
+                fit(&text(&h["excerpt"]), 60),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "UID", "SCOPE", "DIR", "RULE", "WORD", "EXCERPT"],
+        &rows,
+    )
+}
+
+fn render_upstreams(v: &Value) -> String {
+    if rows_of(v).is_empty() {
+        return "no upstreams (the offline demo answers)".to_owned();
+    }
+    let rows: Vec<Vec<String>> = rows_of(v)
+        .iter()
+        .map(|u| {
+            vec![
+                text(&u["id"]),
+                text(&u["state"]),
+                text(&u["requests_total"]),
+                text(&u["errors_total"]),
+                format!(
+                    "{:.0}%",
+                    u["recent_error_rate"].as_f64().unwrap_or(0.0) * 100.0
+                ),
+                u["latency_ms"]
+                    .as_u64()
+                    .map_or_else(String::new, |ms| format!("{ms} ms")),
+                time(&u["last_error_at_ms"]),
+                fit(&text(&u["last_error"]), 60),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "UPSTREAM",
+            "STATE",
+            "REQUESTS",
+            "ERRORS",
+            "RECENT ERR",
+            "LATENCY",
+            "LAST ERROR AT",
             "LAST ERROR",
         ],
         &rows,

@@ -144,7 +144,7 @@ impl App {
         let engine = Engine::new(
             store,
             backend,
-            Settings::from_config(&config),
+            Settings::from_config(&config).context("setting up content rules")?,
             shutdown.clone(),
             tracker.clone(),
         )

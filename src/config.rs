@@ -137,6 +137,96 @@ pub struct Config {
     pub zsxq: Vec<ZsxqConfig>,
     /// `[[telegram]]`: Telegram bots.
     pub telegram: Vec<TelegramConfig>,
+    /// `[[filters]]`: sensitive-word rules on questions and answers.
+    pub filters: Vec<chatrelay_rules::FilterRuleConfig>,
+    /// `[[keywords]]`: answers given before (and instead of) the LLM, at no cost.
+    pub keywords: Vec<chatrelay_rules::KeywordRuleConfig>,
+    /// `[[roles]]`: named system prompts users can switch to.
+    pub roles: Vec<RoleConfig>,
+    /// `[[scopes]]`: the default model and role of a platform or account.
+    pub scopes: Vec<ScopeConfig>,
+    /// `[moderation]`: an OpenAI-compatible moderation endpoint checking questions after the
+    /// word filter.
+    pub moderation: Option<ModerationConfig>,
+    /// The directory relative paths (word lists) are read from: the config file's.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[[roles]]`: a named system prompt (translator, coder...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// What users type to choose it (`/role coder`); `[A-Za-z0-9_-]+`.
+    pub id: String,
+    /// A display name (`程序员`).
+    #[serde(default)]
+    pub name: String,
+    /// The system prompt.
+    pub prompt: String,
+}
+
+/// `[[scopes]]`: defaults for one platform (`telegram`) or account (`wechat_mp:main`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// `web`, `v1`, `telegram`, `telegram:<id>`, `wechat_mp:<id>`, `wecom:<id>`,
+    /// `zsxq:<id>`. An account entry wins over its platform's.
+    pub scope: String,
+    /// The model its users get until they choose one.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The role its users get until they choose one.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// `[moderation]`: the second stage of content checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// API root (`https://api.openai.com/v1`); `{base_url}/moderations` is called.
+    pub base_url: String,
+    /// Its API key (none for a local service).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// The moderation model (`omni-moderation-latest`); empty leaves the provider's default.
+    #[serde(default)]
+    pub model: String,
+    /// Shown when a question is flagged.
+    #[serde(default = "default_moderation_refusal")]
+    pub refusal: String,
+    /// What to do when the endpoint fails: `false` (default) lets the question through,
+    /// `true` refuses it.
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+fn default_moderation_refusal() -> String {
+    chatrelay_rules::DEFAULT_REFUSAL.to_owned()
+}
+
+/// `[[llm.upstreams]]`: one more OpenAI-compatible provider (DeepSeek, Qwen, GLM, a local
+/// model...). `[llm] base_url` and `api_keys` are the upstream `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Named by `[[llm.models]] upstream`; `[A-Za-z0-9_-]+`, not `default`.
+    pub id: String,
+    /// Its API root, ending in `/v1` for most providers.
+    pub base_url: String,
+    /// Its keys, used in turn (none for a local server).
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+    /// Extra headers sent with every request (values are secrets: never printed).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Retries before giving up (or falling back); default `[llm] max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Wait for the first byte; default `[llm] timeout_secs`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// `[server]`: the HTTP listener and the admin API.
@@ -236,6 +326,8 @@ pub struct LlmConfig {
     pub models: Vec<ModelConfig>,
     /// The demo provider's pause between streamed pieces (0 answers at once, for benchmarks).
     pub demo_piece_delay_ms: u64,
+    /// More providers besides the `default` one above.
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 impl Default for LlmConfig {
@@ -256,6 +348,7 @@ impl Default for LlmConfig {
             max_turns: 40,
             models: Vec::new(),
             demo_piece_delay_ms: 20,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -278,6 +371,22 @@ pub struct ModelConfig {
     /// What the provider charges per million answer tokens, in fen.
     #[serde(default)]
     pub output_fen_per_million: u64,
+    /// Which upstream answers (`[[llm.upstreams]] id`); default `default` (`[llm]`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The model's name at that upstream, when it differs from `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Other `[[llm.models]]` names tried in order when this one's upstream is down or rate
+    /// limited (the answer is charged at this model's price).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Only users with paid credits may use it.
+    #[serde(default)]
+    pub paid_only: bool,
+    /// Only users in one of these groups may use it (empty: everyone).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl Default for ModelConfig {
@@ -288,6 +397,11 @@ impl Default for ModelConfig {
             credits_per_1k_tokens: 0,
             input_fen_per_million: 0,
             output_fen_per_million: 0,
+            upstream: None,
+            upstream_model: None,
+            fallbacks: Vec::new(),
+            paid_only: false,
+            groups: Vec::new(),
         }
     }
 }
@@ -358,6 +472,10 @@ pub struct Commands {
     pub quota: Vec<String>,
     /// List the credit packs and where to buy them.
     pub buy: Vec<String>,
+    /// List the models (`/model`), or choose one (`/model NAME`).
+    pub model: Vec<String>,
+    /// List the roles (`/role`), or choose one (`/role ID`).
+    pub role: Vec<String>,
 }
 
 impl Default for Commands {
@@ -368,6 +486,8 @@ impl Default for Commands {
             new: v(&["/new", "新对话", "清空"]),
             quota: v(&["/quota", "余额", "额度"]),
             buy: v(&["/buy", "购买", "充值"]),
+            model: v(&["/model", "模型"]),
+            role: v(&["/role", "角色"]),
         }
     }
 }
@@ -404,6 +524,20 @@ pub struct Texts {
     pub buy: String,
     /// Answer to the buy command when nothing is on sale.
     pub buy_none: String,
+    /// Answer to the model command: `{current}`, `{models}` (one line each), `{command}`.
+    pub model_list: String,
+    /// A model was chosen: `{model}`.
+    pub model_set: String,
+    /// The user may not use that model: `{model}`.
+    pub model_not_allowed: String,
+    /// Answer to the role command: `{current}`, `{roles}` (one line each), `{command}`.
+    pub role_list: String,
+    /// A role was chosen: `{role}`.
+    pub role_set: String,
+    /// No such role: `{role}`.
+    pub unknown_role: String,
+    /// Put after an answer a content rule stopped.
+    pub answer_cut: String,
 }
 
 impl Default for Texts {
@@ -414,7 +548,7 @@ impl Default for Texts {
                     .to_owned(),
             new_conversation: "好的，已开始新的对话。".to_owned(),
             quota:
-                "今日免费额度剩余 {free_left}/{free_daily}，付费额度 {paid}，共可用 {available}。"
+                "今日免费额度剩余 {free_left}/{free_daily}，付费额度 {paid}，共可用 {available}。\n当前模型：{model}，角色：{role}"
                     .to_owned(),
             insufficient_quota: "额度不足：本次需要 {needed}，当前可用 {available}。{buy_hint}"
                 .to_owned(),
@@ -428,6 +562,13 @@ impl Default for Texts {
             unavailable: "服务暂时不可用，请稍后再试。".to_owned(),
             buy: "可购买的额度包：\n{products}\n请在网页上购买：{url}".to_owned(),
             buy_none: "暂未开放购买。免费额度每天零点恢复。".to_owned(),
+            model_list: "当前模型：{current}\n可用模型：\n{models}\n发送「{command} 模型名」切换。".to_owned(),
+            model_set: "已切换到模型 {model}。".to_owned(),
+            model_not_allowed: "模型 {model} 仅对付费或指定用户开放。".to_owned(),
+            role_list: "当前角色：{current}\n可用角色：\n{roles}\n发送「{command} 角色名」切换。".to_owned(),
+            role_set: "已切换到角色：{role}。".to_owned(),
+            unknown_role: "没有名为 {role} 的角色。".to_owned(),
+            answer_cut: "（回答包含不允许的内容，已中止。）".to_owned(),
         }
     }
 }
@@ -956,6 +1097,12 @@ pub fn parse(
         wecom_robot: section(&mut root, "wecom_robot", &mut problems),
         zsxq: section(&mut root, "zsxq", &mut problems),
         telegram: section(&mut root, "telegram", &mut problems),
+        filters: section(&mut root, "filters", &mut problems),
+        keywords: section(&mut root, "keywords", &mut problems),
+        roles: section(&mut root, "roles", &mut problems),
+        scopes: section(&mut root, "scopes", &mut problems),
+        moderation: section(&mut root, "moderation", &mut problems),
+        base_dir: base.to_path_buf(),
     };
     for key in root.keys() {
         problems.push(problem(key.clone(), "unknown section or key"));
@@ -1256,6 +1403,8 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         ("bot.commands.new", &c.bot.commands.new),
         ("bot.commands.quota", &c.bot.commands.quota),
         ("bot.commands.buy", &c.bot.commands.buy),
+        ("bot.commands.model", &c.bot.commands.model),
+        ("bot.commands.role", &c.bot.commands.role),
     ] {
         if words.iter().any(|w| w.trim().is_empty()) {
             problems.push(problem(name, "contains an empty command word"));
@@ -1322,6 +1471,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             problems.push(problem(key("app_secret"), "is required when push = \"on\""));
         }
     }
+    validate_engine_depth(c, problems);
     validate_pay(c, problems);
     validate_wecom(c, problems);
     validate_zsxq(c, problems);
@@ -1345,6 +1495,140 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             "log.level",
             "is not a valid filter (e.g. info, chatrelay=debug)",
         ));
+    }
+}
+
+/// Upstreams, model routes and permissions, roles, scope defaults, content rules and
+/// keyword replies.
+fn validate_engine_depth(c: &Config, problems: &mut Vec<Problem>) {
+    let mut upstreams = BTreeMap::new();
+    for (i, u) in c.llm.upstreams.iter().enumerate() {
+        let key = |k: &str| format!("llm.upstreams[{i}].{k}");
+        if !is_id(&u.id) || u.id == "default" {
+            problems.push(problem(
+                key("id"),
+                format!("{:?} must be [A-Za-z0-9_-]+ and not \"default\"", u.id),
+            ));
+        }
+        if let Some(first) = upstreams.insert(u.id.clone(), i) {
+            problems.push(problem(
+                key("id"),
+                format!("{:?} is already llm.upstreams[{first}]", u.id),
+            ));
+        }
+        if !is_http_url(&u.base_url) {
+            problems.push(problem(
+                key("base_url"),
+                format!("{:?} is not an http(s) URL", u.base_url),
+            ));
+        }
+        if u.api_keys.iter().any(|k| k.expose().trim().is_empty()) {
+            problems.push(problem(key("api_keys"), "contains an empty key"));
+        }
+        if u.timeout_secs == Some(0) {
+            problems.push(problem(key("timeout_secs"), "must be at least 1"));
+        }
+    }
+    let names: std::collections::BTreeSet<&str> =
+        c.llm.models.iter().map(|m| m.name.as_str()).collect();
+    for (i, m) in c.llm.models.iter().enumerate() {
+        if let Some(u) = &m.upstream
+            && u != "default"
+            && !upstreams.contains_key(u)
+        {
+            problems.push(problem(
+                format!("llm.models[{i}].upstream"),
+                format!("{u:?} is not one of [[llm.upstreams]] (or \"default\")"),
+            ));
+        }
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            if !names.contains(f.as_str()) || *f == m.name {
+                problems.push(problem(
+                    format!("llm.models[{i}].fallbacks[{j}]"),
+                    format!("{f:?} is not another of [[llm.models]]"),
+                ));
+            }
+        }
+        if m.groups.iter().any(|g| g.trim().is_empty()) {
+            problems.push(problem(
+                format!("llm.models[{i}].groups"),
+                "contains an empty group name",
+            ));
+        }
+    }
+    let mut roles = BTreeMap::new();
+    for (i, r) in c.roles.iter().enumerate() {
+        if !is_id(&r.id) {
+            problems.push(problem(
+                format!("roles[{i}].id"),
+                format!("{:?} must be [A-Za-z0-9_-]+", r.id),
+            ));
+        }
+        if let Some(first) = roles.insert(r.id.clone(), i) {
+            problems.push(problem(
+                format!("roles[{i}].id"),
+                format!("{:?} is already roles[{first}]", r.id),
+            ));
+        }
+        if r.prompt.trim().is_empty() {
+            problems.push(problem(format!("roles[{i}].prompt"), "must not be empty"));
+        }
+    }
+    let mut scopes = BTreeMap::new();
+    for (i, sc) in c.scopes.iter().enumerate() {
+        let platform = sc.scope.split(':').next().unwrap_or_default();
+        if !["web", "v1", "telegram", "wechat_mp", "wecom", "zsxq"].contains(&platform) {
+            problems.push(problem(
+                format!("scopes[{i}].scope"),
+                format!(
+                    "{:?} must start with web, v1, telegram, wechat_mp, wecom or zsxq",
+                    sc.scope
+                ),
+            ));
+        }
+        if let Some(first) = scopes.insert(sc.scope.clone(), i) {
+            problems.push(problem(
+                format!("scopes[{i}].scope"),
+                format!("{:?} is already scopes[{first}]", sc.scope),
+            ));
+        }
+        if let Some(m) = &sc.model
+            && !names.contains(m.as_str())
+        {
+            problems.push(problem(
+                format!("scopes[{i}].model"),
+                format!("{m:?} is not one of [[llm.models]]"),
+            ));
+        }
+        if let Some(r) = &sc.role
+            && !roles.contains_key(r)
+        {
+            problems.push(problem(
+                format!("scopes[{i}].role"),
+                format!("{r:?} is not one of [[roles]]"),
+            ));
+        }
+    }
+    if let Some(m) = &c.moderation
+        && !is_http_url(&m.base_url)
+    {
+        problems.push(problem(
+            "moderation.base_url",
+            format!("{:?} is not an http(s) URL", m.base_url),
+        ));
+    }
+    let rule_problem = |e: chatrelay_rules::RuleError| {
+        let key = match e.line {
+            Some(line) => format!("{} (line {line})", e.key),
+            None => e.key,
+        };
+        problem(key, e.message)
+    };
+    if let Err(errors) = chatrelay_rules::ContentFilter::build(&c.filters, &c.base_dir) {
+        problems.extend(errors.into_iter().map(rule_problem));
+    }
+    if let Err(errors) = chatrelay_rules::KeywordReplies::build(&c.keywords) {
+        problems.extend(errors.into_iter().map(rule_problem));
     }
 }
 
@@ -1617,13 +1901,13 @@ impl Config {
     /// The provider actually used.
     #[must_use]
     pub fn provider(&self) -> Provider {
-        self.llm
-            .provider
-            .unwrap_or(if self.llm.api_keys.is_empty() {
+        self.llm.provider.unwrap_or(
+            if self.llm.api_keys.is_empty() && self.llm.upstreams.is_empty() {
                 Provider::Demo
             } else {
                 Provider::Openai
-            })
+            },
+        )
     }
 
     /// The configuration as TOML with secrets redacted, for `check-config`.

@@ -295,6 +295,9 @@ impl Live {
         let backend = llm::from_config(&new)
             .context("building the LLM client")
             .map_err(ReloadError::Build)?;
+        let settings = Settings::from_config(&new)
+            .context("setting up content rules")
+            .map_err(ReloadError::Build)?;
         let parts = {
             let engine = inner.engine.clone();
             let http = inner.http.clone();
@@ -312,7 +315,7 @@ impl Live {
         // Everything is built: swap. Nothing below can fail.
         notify_reloading(true);
         inner.alerts.reload(&new);
-        inner.engine.reload(Settings::from_config(&new), backend);
+        inner.engine.reload(settings, backend);
         *inner.parts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parts);
         self.sync_jobs();
         notify_reloading(false);
@@ -390,6 +393,11 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<String> {
         };
     }
     cmp!(
+        filters,
+        keywords,
+        roles,
+        scopes,
+        moderation,
         server,
         storage,
         llm,

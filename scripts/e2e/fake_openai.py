@@ -26,6 +26,7 @@ class FakeOpenAI:
         self.pieces = list(ANSWER_PIECES)  # what `ok` streams; tests may swap in markdown
         self.piece_delay = 0.0             # pause between streamed pieces in `ok` mode
         self.requests = []  # (path, headers, body) of chat requests
+        self.moderations = []  # bodies of moderation requests
         self.lock = threading.Lock()
         fake = self
 
@@ -52,6 +53,18 @@ class FakeOpenAI:
             def do_POST(self):
                 length = int(self.headers.get("content-length", "0"))
                 raw = self.rfile.read(length)
+                if self.path == "/v1/moderations":
+                    # Flags any input containing FLAGME, as OpenAI's moderation endpoint answers.
+                    req = json.loads(raw)
+                    with fake.lock:
+                        fake.moderations.append(req)
+                    flagged = "FLAGME" in req.get("input", "")
+                    self._json(200, {"id": "modr-fake", "model": req.get("model") or "omni-moderation-latest",
+                                     "results": [{"flagged": flagged,
+                                                  "categories": {"harassment": flagged, "violence": False},
+                                                  "category_scores": {"harassment": 0.9 if flagged else 0.01,
+                                                                      "violence": 0.0}}]})
+                    return
                 if self.path != "/v1/chat/completions":
                     self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                     return

@@ -1,10 +1,12 @@
 //! The LLM as the engine sees it: one streaming call, whatever answers it. Two backends: any
 //! OpenAI-compatible API (through `chatrelay-openai`) and the offline demo.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatrelay_core::Usage;
+use chatrelay_openai::router::{Route, Router};
 use chatrelay_openai::{ChatRequest, Client, ClientConfig, Message};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -47,9 +49,15 @@ pub trait LlmBackend: Send + Sync + 'static {
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Health of each upstream (none for the demo).
+    fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {
+        Vec::new()
+    }
 }
 
-/// Builds the backend the configuration asks for.
+/// Builds the backend the configuration asks for: the demo, or every upstream (`[llm]` as
+/// `default`, plus `[[llm.upstreams]]`) behind one router that falls back between them.
 pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
     Ok(match config.provider() {
         Provider::Demo => Arc::new(DemoBackend {
@@ -57,7 +65,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
         }),
         Provider::Openai => {
             let llm = &config.llm;
-            let client = Client::new(ClientConfig {
+            let base = ClientConfig {
                 base_url: llm.base_url.clone(),
                 api_keys: llm.api_keys.iter().map(|k| k.expose().to_owned()).collect(),
                 connect_timeout: Duration::from_secs(llm.connect_timeout_secs),
@@ -65,10 +73,129 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
                 idle_timeout: Duration::from_secs(llm.idle_timeout_secs),
                 max_retries: llm.max_retries,
                 ..ClientConfig::default()
-            })?;
-            Arc::new(OpenAiBackend { client })
+            };
+            let mut upstreams = vec![(DEFAULT_UPSTREAM.to_owned(), Client::new(base.clone())?)];
+            for u in &llm.upstreams {
+                let client = Client::new(ClientConfig {
+                    base_url: u.base_url.clone(),
+                    api_keys: u.api_keys.iter().map(|k| k.expose().to_owned()).collect(),
+                    headers: u
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                        .collect(),
+                    max_retries: u.max_retries.unwrap_or(llm.max_retries),
+                    timeout: u.timeout_secs.map_or(base.timeout, Duration::from_secs),
+                    ..base.clone()
+                })
+                .map_err(|e| {
+                    chatrelay_openai::Error::InvalidConfig(format!("llm.upstreams {}: {e}", u.id))
+                })?;
+                upstreams.push((u.id.clone(), client));
+            }
+            let route_of = |m: &crate::config::ModelConfig| {
+                Route::new(
+                    m.upstream
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
+                    m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
+                )
+            };
+            let mut routes = HashMap::new();
+            for m in &llm.models {
+                let mut list = vec![route_of(m)];
+                for f in &m.fallbacks {
+                    if let Some(fm) = llm.models.iter().find(|x| &x.name == f) {
+                        list.push(route_of(fm));
+                    }
+                }
+                routes.insert(m.name.clone(), list);
+            }
+            Arc::new(RoutedBackend {
+                router: Router::new(upstreams),
+                routes,
+            })
         }
     })
+}
+
+/// The upstream `[llm] base_url` / `api_keys` describe.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// Every configured upstream behind one [`Router`]: a model's first route is tried, then its
+/// fallbacks when that upstream is down or rate limited.
+pub struct RoutedBackend {
+    router: Router,
+    /// Model name (as users know it) → routes, first preferred.
+    routes: HashMap<String, Vec<Route>>,
+}
+
+impl LlmBackend for RoutedBackend {
+    fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
+        let router = self.router.clone();
+        let routes = self
+            .routes
+            .get(&req.model)
+            .cloned()
+            .unwrap_or_else(|| vec![Route::new(DEFAULT_UPSTREAM, req.model.clone())]);
+        Box::pin(async move {
+            let request = ChatRequest {
+                model: req.model,
+                messages: req.messages,
+                max_completion_tokens: req.max_completion_tokens,
+                extra: req.extra,
+                ..ChatRequest::default()
+            };
+            let (stream, used) = router.chat_stream(&routes, &request).await?;
+            if used > 0 {
+                let upstream = routes.get(used).map_or("", |r| r.upstream.as_str());
+                tracing::info!(fallback = used, %upstream, "answered by a fallback upstream");
+                metrics::counter!("chatrelay_llm_fallbacks_total", "upstream" => upstream.to_owned())
+                    .increment(1);
+            }
+            Ok(to_events(stream))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {
+        self.router.health()
+    }
+}
+
+/// Answer text and usage out of OpenAI chunks.
+fn to_events<S>(stream: S) -> LlmStream
+where
+    S: futures_util::Stream<Item = Result<chatrelay_openai::ChatChunk, LlmError>> + Send + 'static,
+{
+    stream
+        .flat_map(|item| {
+            let out: Vec<Result<LlmEvent, LlmError>> = match item {
+                Err(e) => vec![Err(e)],
+                Ok(chunk) => {
+                    let mut v = Vec::new();
+                    for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+                        if let Some(text) = &choice.delta.content
+                            && !text.is_empty()
+                        {
+                            v.push(Ok(LlmEvent::Delta(text.clone())));
+                        }
+                    }
+                    if let Some(u) = &chunk.usage {
+                        v.push(Ok(LlmEvent::Usage(Usage {
+                            prompt_tokens: u.prompt_tokens,
+                            completion_tokens: u.completion_tokens,
+                        })));
+                    }
+                    v
+                }
+            };
+            futures_util::stream::iter(out)
+        })
+        .boxed()
 }
 
 /// Any OpenAI-compatible chat completions API.
@@ -96,30 +223,7 @@ impl LlmBackend for OpenAiBackend {
                 ..ChatRequest::default()
             };
             let stream = client.chat_stream(&request).await?;
-            let events = stream.flat_map(|item| {
-                let out: Vec<Result<LlmEvent, LlmError>> = match item {
-                    Err(e) => vec![Err(e)],
-                    Ok(chunk) => {
-                        let mut v = Vec::new();
-                        for choice in chunk.choices.iter().filter(|c| c.index == 0) {
-                            if let Some(text) = &choice.delta.content
-                                && !text.is_empty()
-                            {
-                                v.push(Ok(LlmEvent::Delta(text.clone())));
-                            }
-                        }
-                        if let Some(u) = &chunk.usage {
-                            v.push(Ok(LlmEvent::Usage(Usage {
-                                prompt_tokens: u.prompt_tokens,
-                                completion_tokens: u.completion_tokens,
-                            })));
-                        }
-                        v
-                    }
-                };
-                futures_util::stream::iter(out)
-            });
-            Ok(events.boxed())
+            Ok(to_events(stream))
         })
     }
 

@@ -1,17 +1,22 @@
 //! The conversation engine: one path for every platform.
 //!
-//! A chat-platform message goes: in-flight join → dedupe → commands → ban / rate limit →
-//! reserve quota → memory (history trimmed to a token budget) → LLM stream → settle the
-//! actual cost (a failure costs nothing) → append the turn. A `/v1` request skips dedupe,
+//! A chat-platform message goes: in-flight join → dedupe → commands → content rules on the
+//! question (words, then the moderation endpoint) → keyword replies (free) → ban / rate
+//! limit → model and role (the user's choice, the scope's default) and its permission →
+//! reserve quota → memory (history trimmed to a token budget) → LLM stream, checked by the
+//! content rules as it grows → settle the actual cost (a failure costs nothing) → append the
+//! turn. A `/v1` request skips dedupe,
 //! commands and memory (the client sends the whole conversation) but is metered the same way.
 //!
 //! # Layout
 //! - [`quota`]: day boundary, token estimates, prices.
 //! - [`llm`]: the LLM backends (OpenAI-compatible and demo).
 //! - [`ratelimit`]: the per-user sliding window.
+//! - [`policy`]: scopes, model and role choice, model permissions.
 //! - this module: [`Engine`], which implements [`chatrelay_core::Handler`].
 
 pub mod llm;
+pub mod policy;
 pub mod quota;
 pub mod ratelimit;
 
@@ -32,6 +37,20 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::{Config, ModelConfig, Texts};
 use llm::{LlmBackend, LlmEvent, LlmRequest};
 use ratelimit::RateLimiter;
+
+/// Store key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
+pub const HIT_PREFIX: &str = "hit:";
+
+/// The keyword answer for `text` in `scope`, free of charge.
+fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
+    let k = s.keywords.find(text, scope)?;
+    metrics::counter!("chatrelay_keyword_replies_total", "rule" => k.id.to_owned()).increment(1);
+    Some(ReplyEvent::Final {
+        text: k.reply.into_owned(),
+        usage: None,
+        charged: 0,
+    })
+}
 
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
 const JOIN_RETENTION: Duration = Duration::from_secs(600);
@@ -77,13 +96,61 @@ pub struct Settings {
     pub products: Vec<crate::config::ProductConfig>,
     /// The web page users buy on, if the daemon has a public URL.
     pub public_url: Option<String>,
+    /// Named system prompts.
+    pub roles: Vec<crate::config::RoleConfig>,
+    /// Defaults per platform or account.
+    pub scopes: Vec<crate::config::ScopeConfig>,
+    /// Sensitive-word rules (shared with answers streaming when a reload swaps them).
+    pub filter: Arc<chatrelay_rules::ContentFilter>,
+    /// Free answers to common questions.
+    pub keywords: Arc<chatrelay_rules::KeywordReplies>,
+    /// The second stage of question checks, if configured.
+    pub moderation: Option<Arc<Moderation>>,
+}
+
+/// An OpenAI-compatible moderation endpoint.
+#[derive(Debug)]
+pub struct Moderation {
+    client: chatrelay_openai::Client,
+    model: String,
+    refusal: String,
+    fail_closed: bool,
 }
 
 impl Settings {
-    /// Reads the engine's part of a validated configuration.
-    #[must_use]
-    pub fn from_config(c: &Config) -> Self {
-        Self {
+    /// Reads the engine's part of a validated configuration (word lists are read again from
+    /// disk, so a file changed since validation is reported here).
+    pub fn from_config(c: &Config) -> anyhow::Result<Self> {
+        let rule_errors = |errors: Vec<chatrelay_rules::RuleError>| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
+        let filter =
+            chatrelay_rules::ContentFilter::build(&c.filters, &c.base_dir).map_err(rule_errors)?;
+        let keywords = chatrelay_rules::KeywordReplies::build(&c.keywords).map_err(rule_errors)?;
+        let moderation = match &c.moderation {
+            None => None,
+            Some(m) => Some(Arc::new(Moderation {
+                client: chatrelay_openai::Client::new(chatrelay_openai::ClientConfig {
+                    base_url: m.base_url.clone(),
+                    api_keys: m.api_key.iter().map(|k| k.expose().to_owned()).collect(),
+                    timeout: Duration::from_secs(10),
+                    max_retries: 1,
+                    ..chatrelay_openai::ClientConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("moderation: {e}"))?,
+                model: m.model.clone(),
+                refusal: m.refusal.clone(),
+                fail_closed: m.fail_closed,
+            })),
+        };
+        Ok(Self {
             models: c.llm.models.clone(),
             default_model: c.llm.model.clone(),
             system_prompt: c.llm.system_prompt.clone(),
@@ -101,7 +168,12 @@ impl Settings {
             texts: c.bot.texts.clone(),
             products: c.products.clone(),
             public_url: c.server.public_url.clone(),
-        }
+            roles: c.roles.clone(),
+            scopes: c.scopes.clone(),
+            filter: Arc::new(filter),
+            keywords: Arc::new(keywords),
+            moderation,
+        })
     }
 
     /// The configured model of that name.
@@ -347,6 +419,15 @@ impl Engine {
         if let Err(e) = self.inner.store.purge_expired_dedupe(now) {
             warn!(error = %e, "purging expired dedupe marks failed");
         }
+        // Content-rule hits are kept for admins for 180 days.
+        let cutoff = format!("{HIT_PREFIX}{:013}", now - 180 * 86_400_000);
+        if let Err(e) = self
+            .inner
+            .store
+            .purge_checkpoints_before(HIT_PREFIX, &cutoff)
+        {
+            warn!(error = %e, "purging old content rule hits failed");
+        }
         // Settled-reservation records only serve retries of the same reference; a day is far
         // beyond any retry window.
         if let Err(e) = self
@@ -359,7 +440,7 @@ impl Engine {
     }
 
     /// Answers a metered `/v1` request for `uid`. The first event tells the HTTP layer
-    /// whether it failed before anything was generated (quota, ban, model...).
+    /// whether it failed before anything was generated (quota, ban, model, content...).
     pub fn complete(&self, uid: Uid, req: ApiRequest) -> Reply {
         let inner = &self.inner;
         let settings = self.settings();
@@ -370,9 +451,33 @@ impl Engine {
             );
         };
         self.inner.stats.active(settings.today(), uid);
-        if let Some(refused) = self.guard(uid) {
-            self.record_outcome(req.platform, &refused);
-            return match refused {
+        let watch = Watch {
+            uid,
+            platform: req.platform,
+            scope: policy::platform_scope(req.platform).to_owned(),
+        };
+        // What the rules look at: the last thing the user said.
+        let question = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(Message::text)
+            .unwrap_or_default();
+        let early = self
+            .guard(uid)
+            .or_else(|| self.permitted(&settings, uid, &model))
+            .or_else(|| self.input_refusal(&settings, &watch, &question))
+            .or_else(|| {
+                // The chat page is a chat platform: its users get keyword answers too. API
+                // clients asked a model, and get the model.
+                (req.platform == chatrelay_core::Platform::Web)
+                    .then(|| keyword_reply(&settings, &watch.scope, &question))
+                    .flatten()
+            });
+        if let Some(event) = early {
+            self.record_outcome(req.platform, &event);
+            return match event {
                 ReplyEvent::Failed { kind, message } => Reply::failed(kind, message),
                 other => Reply::text(other.user_text().unwrap_or_default()),
             };
@@ -382,22 +487,142 @@ impl Engine {
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
         inner.tracker.spawn(
             async move {
-                let llm_req = LlmRequest {
-                    model: model.name.clone(),
-                    messages: req.messages,
-                    max_completion_tokens: req.max_completion_tokens,
-                    extra: req.extra,
+                let event = match this.moderation_refusal(&settings, &watch, &question).await {
+                    Some(refused) => refused,
+                    None => {
+                        let llm_req = LlmRequest {
+                            model: model.name.clone(),
+                            messages: req.messages,
+                            max_completion_tokens: req.max_completion_tokens,
+                            extra: req.extra,
+                        };
+                        let sink = Sink::Reply(tx.clone());
+                        this.run_llm(uid, &model, llm_req, &req.reference, &sink, &watch)
+                            .await
+                    }
                 };
-                let sink = Sink::Reply(tx.clone());
-                let event = this
-                    .run_llm(uid, &model, llm_req, &req.reference, &sink)
-                    .await;
                 this.record_outcome(req.platform, &event);
                 tx.send(event).await;
             }
             .instrument(span),
         );
         reply
+    }
+
+    /// `Some(refusal)` when `uid` may not use `model` (paid users or named groups only).
+    fn permitted(&self, s: &Settings, uid: Uid, model: &ModelConfig) -> Option<ReplyEvent> {
+        if !model.paid_only && model.groups.is_empty() {
+            return None;
+        }
+        let store = &self.inner.store;
+        let user = match store.user(uid) {
+            Ok(Some(u)) => u,
+            Ok(None) => return Some(failed(FailureKind::Banned, &s.texts.banned)),
+            Err(e) => {
+                warn!(error = %e, "reading the user failed");
+                return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        let paid = match store.balance(uid, s.today(), s.free_daily) {
+            Ok(b) => b.paid,
+            Err(e) => {
+                warn!(error = %e, "reading the balance failed");
+                return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        if policy::allowed(model, &user, paid) {
+            None
+        } else {
+            metrics::counter!("chatrelay_model_denied_total", "model" => model.name.clone())
+                .increment(1);
+            Some(failed(
+                FailureKind::NotAllowed,
+                fill(&s.texts.model_not_allowed, &[("model", &model.name)]),
+            ))
+        }
+    }
+
+    /// `Some(refusal)` when a word rule forbids the question.
+    fn input_refusal(&self, s: &Settings, watch: &Watch, text: &str) -> Option<ReplyEvent> {
+        let hit = s
+            .filter
+            .check(text, chatrelay_rules::Direction::Input, &watch.scope)?;
+        self.record_hit(watch, chatrelay_rules::Direction::Input, &hit);
+        Some(failed(FailureKind::Refused, hit.refusal))
+    }
+
+    /// `Some(refusal)` when the moderation endpoint flags the question (or fails, with
+    /// `fail_closed`).
+    async fn moderation_refusal(
+        &self,
+        s: &Settings,
+        watch: &Watch,
+        text: &str,
+    ) -> Option<ReplyEvent> {
+        let m = s.moderation.as_ref()?;
+        let req = chatrelay_openai::ModerationRequest {
+            model: (!m.model.is_empty()).then(|| m.model.clone()),
+            input: text.to_owned(),
+            ..chatrelay_openai::ModerationRequest::default()
+        };
+        match m.client.moderate(&req).await {
+            Ok(res) if res.is_flagged() => {
+                let hit = chatrelay_rules::Hit {
+                    rule: "moderation".to_owned(),
+                    word: res.flagged_categories().join(","),
+                    refusal: m.refusal.clone(),
+                    excerpt: text.chars().take(80).collect(),
+                };
+                self.record_hit(watch, chatrelay_rules::Direction::Input, &hit);
+                Some(failed(FailureKind::Refused, &m.refusal))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                metrics::counter!("chatrelay_moderation_errors_total").increment(1);
+                warn!(error = %e, fail_closed = m.fail_closed, "the moderation endpoint failed");
+                m.fail_closed
+                    .then(|| failed(FailureKind::Refused, &m.refusal))
+            }
+        }
+    }
+
+    /// Records a content-rule hit for admins (`admin hits`), in the metrics and the log.
+    fn record_hit(
+        &self,
+        watch: &Watch,
+        dir: chatrelay_rules::Direction,
+        hit: &chatrelay_rules::Hit,
+    ) {
+        let direction = match dir {
+            chatrelay_rules::Direction::Input => "input",
+            chatrelay_rules::Direction::Output => "output",
+        };
+        metrics::counter!("chatrelay_content_hits_total", "rule" => hit.rule.clone(), "direction" => direction)
+            .increment(1);
+        warn!(uid = %watch.uid, scope = %watch.scope, rule = %hit.rule, direction, "content rule hit");
+        let at = now_ms();
+        let record = serde_json::json!({
+            "at_ms": at,
+            "uid": watch.uid.0,
+            "platform": watch.platform.as_str(),
+            "scope": watch.scope,
+            "direction": direction,
+            "rule": hit.rule,
+            "word": hit.word,
+            "excerpt": hit.excerpt,
+        });
+        let key = format!(
+            "{HIT_PREFIX}{at:013}:{}:{}",
+            watch.uid.0,
+            crate::http::v1::random_id()
+        );
+        if let Err(e) = self
+            .inner
+            .store
+            .set_checkpoint(&key, Some(&record.to_string()))
+        {
+            warn!(error = %e, "recording a content rule hit failed");
+        }
     }
 
     /// Ban and rate limit; `Some(failure)` when the user may not ask now.
@@ -431,9 +656,11 @@ impl Engine {
         req: LlmRequest,
         reference: &str,
         sink: &Sink,
+        watch: &Watch,
     ) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
+        let mut output_check = (!s.filter.is_empty()).then(|| s.filter.stream(&watch.scope));
         let prompt_est: u64 = req
             .messages
             .iter()
@@ -490,6 +717,11 @@ impl Engine {
                 match item {
                     None => return Ok(()),
                     Some(Ok(LlmEvent::Delta(d))) => {
+                        // Checked before the piece leaves: a word split across pieces can
+                        // show its first half, never the whole.
+                        if let Some(hit) = output_check.as_mut().and_then(|c| c.push(&d)) {
+                            return Err(Ending::Cut(hit));
+                        }
                         text.push_str(&d);
                         if !sink.delta(&d).await {
                             return Err(Ending::Cancelled);
@@ -522,6 +754,33 @@ impl Engine {
                     ms = started.elapsed().as_millis() as u64,
                     "answered"
                 );
+                ReplyEvent::Final {
+                    text,
+                    usage: Some(usage),
+                    charged,
+                }
+            }
+            Err(Ending::Cut(hit)) => {
+                // The model wrote something a rule forbids: the answer stops there, with a
+                // notice. What was generated is paid for, like a stopped answer.
+                self.record_hit(watch, chatrelay_rules::Direction::Output, &hit);
+                let usage = Usage {
+                    prompt_tokens: prompt_est,
+                    completion_tokens: quota::estimate_tokens(&text),
+                };
+                let charged = self
+                    .settle(reservation, quota::actual_cost(model, &usage), &model.name)
+                    .unwrap_or(0);
+                self.record_usage(&s, &model.name, &usage, charged);
+                metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cut").increment(1);
+                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+                let notice = if text.is_empty() {
+                    hit.refusal.clone()
+                } else {
+                    format!("\n\n{}", s.texts.answer_cut)
+                };
+                let _ = sink.delta(&notice).await;
+                text.push_str(&notice);
                 ReplyEvent::Final {
                     text,
                     usage: Some(usage),
@@ -562,6 +821,8 @@ impl Engine {
                         s.texts.unavailable.as_str(),
                     ),
                     Ending::Cancelled => ("cancelled", FailureKind::Unavailable, "cancelled"),
+                    // Handled above.
+                    Ending::Cut(_) => ("cut", FailureKind::Refused, ""),
                 };
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => label).increment(1);
                 failed(kind, message)
@@ -651,11 +912,25 @@ impl Engine {
             }
         };
         let conversation = inbound.key.to_string();
+        let watch = Watch {
+            uid,
+            platform: inbound.key.platform,
+            scope: policy::scope_of(&inbound.key),
+        };
         if let Some(command) = self.command(&inbound.text) {
-            return self.run_command(command, uid, &conversation);
+            return self.run_command(command, uid, &conversation, &watch.scope);
         }
         inner.stats.active(s.today(), uid);
+        if let Some(refused) = self.input_refusal(&s, &watch, &inbound.text) {
+            return refused;
+        }
+        if let Some(answer) = keyword_reply(&s, &watch.scope, &inbound.text) {
+            return answer;
+        }
         if let Some(refused) = self.guard(uid) {
+            return refused;
+        }
+        if let Some(refused) = self.moderation_refusal(&s, &watch, &inbound.text).await {
             return refused;
         }
         let payer = match &inbound.bill_to {
@@ -668,9 +943,25 @@ impl Engine {
                 }
             },
         };
-        let Some(model) = s.model(&s.default_model).cloned() else {
+        let scope_defaults = policy::scope_defaults(&s.scopes, &watch.scope);
+        let chosen = |what| policy::pref(&inner.store, uid, what).ok().flatten();
+        let chosen_model = chosen("model");
+        let Some(model) = policy::choose_model(
+            &s.models,
+            chosen_model.as_deref(),
+            scope_defaults,
+            &s.default_model,
+        )
+        .cloned() else {
             return failed(FailureKind::UnknownModel, &s.texts.unavailable);
         };
+        // Who pays is who must be allowed (a zsxq group's payer, usually the asker).
+        if let Some(refused) = self.permitted(&s, payer, &model) {
+            return refused;
+        }
+        let chosen_role = chosen("role");
+        let system_prompt = policy::choose_role(&s.roles, chosen_role.as_deref(), scope_defaults)
+            .map_or(s.system_prompt.as_str(), |r| r.prompt.as_str());
         let history = if !inbound.remember {
             Vec::new()
         } else {
@@ -683,7 +974,7 @@ impl Engine {
                 }
             }
         };
-        let messages = build_prompt(&s.system_prompt, &history, &inbound.text, s.context_tokens);
+        let messages = build_prompt(system_prompt, &history, &inbound.text, s.context_tokens);
         let req = LlmRequest {
             model: model.name.clone(),
             messages,
@@ -691,7 +982,9 @@ impl Engine {
             extra: serde_json::Map::new(),
         };
         let reference = format!("msg:{}#{}", inbound.key, inbound.message_id);
-        let event = self.run_llm(payer, &model, req, &reference, sink).await;
+        let event = self
+            .run_llm(payer, &model, req, &reference, sink, &watch)
+            .await;
         if let ReplyEvent::Final { text, .. } = &event
             && inbound.remember
         {
@@ -715,9 +1008,47 @@ impl Engine {
         event
     }
 
+    /// The model and role (display names) a user's next message in `scope` would get.
+    fn current_choice(&self, s: &Settings, uid: Uid, scope: &str) -> (String, String) {
+        let defaults = policy::scope_defaults(&s.scopes, scope);
+        let store = &self.inner.store;
+        let model = policy::pref(store, uid, "model").ok().flatten();
+        let role = policy::pref(store, uid, "role").ok().flatten();
+        let model = policy::choose_model(&s.models, model.as_deref(), defaults, &s.default_model)
+            .map_or_else(|| s.default_model.clone(), |m| m.name.clone());
+        let role = policy::choose_role(&s.roles, role.as_deref(), defaults).map_or_else(
+            || "默认".to_owned(),
+            |r| {
+                if r.name.is_empty() {
+                    r.id.clone()
+                } else {
+                    r.name.clone()
+                }
+            },
+        );
+        (model, role)
+    }
+
     fn command(&self, text: &str) -> Option<Command> {
         let t = text.trim();
         let matches = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(t));
+        // `/model NAME`, `模型 NAME`: a command word, then its argument.
+        let with_arg = |words: &[String]| -> Option<Option<String>> {
+            words.iter().find_map(|w| {
+                let w = w.trim();
+                let rest = t
+                    .get(..w.len())
+                    .filter(|head| head.eq_ignore_ascii_case(w))?;
+                let arg = t.get(rest.len()..)?;
+                if arg.is_empty() {
+                    Some(None)
+                } else if arg.starts_with(char::is_whitespace) {
+                    Some(Some(arg.trim().to_owned()))
+                } else {
+                    None
+                }
+            })
+        };
         let settings = self.settings();
         let c = &settings.commands;
         if matches(&c.help) {
@@ -728,12 +1059,20 @@ impl Engine {
             Some(Command::Quota)
         } else if matches(&c.buy) {
             Some(Command::Buy)
+        } else if let Some(arg) = with_arg(&c.model) {
+            Some(Command::Model(arg))
         } else {
-            None
+            with_arg(&c.role).map(Command::Role)
         }
     }
 
-    fn run_command(&self, command: Command, uid: Uid, conversation: &str) -> ReplyEvent {
+    fn run_command(
+        &self,
+        command: Command,
+        uid: Uid,
+        conversation: &str,
+        scope: &str,
+    ) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
         let first = |words: &[String]| words.first().cloned().unwrap_or_default();
@@ -770,12 +1109,106 @@ impl Engine {
                 }
             },
             Command::Quota => match inner.store.balance(uid, s.today(), s.free_daily) {
-                Ok(b) => quota_text(&s.texts.quota, &b, s.free_daily),
+                Ok(b) => {
+                    let (model, role) = self.current_choice(&s, uid, scope);
+                    fill(
+                        &quota_text(&s.texts.quota, &b, s.free_daily),
+                        &[("model", &model), ("role", &role)],
+                    )
+                }
                 Err(e) => {
                     warn!(error = %e, "reading the balance failed");
                     return failed(FailureKind::Unavailable, &s.texts.unavailable);
                 }
             },
+            Command::Model(None) => {
+                let (current, _) = self.current_choice(&s, uid, scope);
+                let lines: Vec<String> = s
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let mut line = format!("· {}（{} 额度/次）", m.name, m.credits);
+                        if m.paid_only || !m.groups.is_empty() {
+                            line.push_str(" 🔒");
+                        }
+                        line
+                    })
+                    .collect();
+                fill(
+                    &s.texts.model_list,
+                    &[
+                        ("current", &current),
+                        ("models", &lines.join("\n")),
+                        ("command", &first(&s.commands.model)),
+                    ],
+                )
+            }
+            Command::Model(Some(name)) => {
+                let Some(model) = s.models.iter().find(|m| m.name.eq_ignore_ascii_case(&name))
+                else {
+                    return ReplyEvent::Final {
+                        text: fill(&s.texts.unknown_model, &[("model", &name)]),
+                        usage: None,
+                        charged: 0,
+                    };
+                };
+                if let Some(refused) = self.permitted(&s, uid, model) {
+                    return refused;
+                }
+                if let Err(e) = inner
+                    .store
+                    .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
+                {
+                    warn!(error = %e, "saving the model choice failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+                fill(&s.texts.model_set, &[("model", &model.name)])
+            }
+            Command::Role(None) => {
+                let (_, current) = self.current_choice(&s, uid, scope);
+                let lines: Vec<String> = s
+                    .roles
+                    .iter()
+                    .map(|r| {
+                        if r.name.is_empty() {
+                            format!("· {}", r.id)
+                        } else {
+                            format!("· {}（{}）", r.id, r.name)
+                        }
+                    })
+                    .collect();
+                fill(
+                    &s.texts.role_list,
+                    &[
+                        ("current", &current),
+                        ("roles", &lines.join("\n")),
+                        ("command", &first(&s.commands.role)),
+                    ],
+                )
+            }
+            Command::Role(Some(id)) => {
+                let role = s.roles.iter().find(|r| {
+                    r.id.eq_ignore_ascii_case(&id) || (!r.name.is_empty() && r.name == id)
+                });
+                // "默认"/"default" goes back to the scope's role (or the plain system prompt).
+                let reset = matches!(id.as_str(), "default" | "默认" | "none");
+                if role.is_none() && !reset {
+                    return ReplyEvent::Final {
+                        text: fill(&s.texts.unknown_role, &[("role", &id)]),
+                        usage: None,
+                        charged: 0,
+                    };
+                }
+                if let Err(e) = inner
+                    .store
+                    .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
+                {
+                    warn!(error = %e, "saving the role choice failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+                let (_, now) = self.current_choice(&s, uid, scope);
+                fill(&s.texts.role_set, &[("role", &now)])
+            }
         };
         ReplyEvent::Final {
             text,
@@ -803,14 +1236,27 @@ enum Ending {
     Upstream(llm::LlmError),
     Cancelled,
     Shutdown,
+    /// An output content rule hit.
+    Cut(chatrelay_rules::Hit),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who asks, from where: what content-rule hits are recorded with.
+struct Watch {
+    uid: Uid,
+    platform: chatrelay_core::Platform,
+    scope: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Command {
     Help,
     New,
     Quota,
     Buy,
+    /// List the models, or choose one.
+    Model(Option<String>),
+    /// List the roles, or choose one.
+    Role(Option<String>),
 }
 
 /// The outcome of a message for metrics and statistics.
@@ -825,6 +1271,8 @@ fn outcome_label(event: &ReplyEvent) -> &'static str {
             FailureKind::Upstream => "upstream_error",
             FailureKind::Unavailable => "unavailable",
             FailureKind::Duplicate => "duplicate",
+            FailureKind::Refused => "refused",
+            FailureKind::NotAllowed => "not_allowed",
         },
         _ => "answered",
     }

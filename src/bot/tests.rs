@@ -145,7 +145,7 @@ fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
     let engine = Engine::new(
         store.clone(),
         llm.clone(),
-        Settings::from_config(&config),
+        Settings::from_config(&config).unwrap(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
@@ -514,4 +514,294 @@ async fn another_key_can_pay_and_memory_can_be_off() {
 #[test]
 fn fill_replaces_placeholders() {
     assert_eq!(fill("{a}+{b}={a}", &[("a", "1"), ("b", "2")]), "1+2=1");
+}
+
+// === engine depth: content rules, keyword replies, models, roles ===
+
+fn filter(
+    id: &str,
+    words: &[&str],
+    apply_to: chatrelay_rules::ApplyTo,
+) -> chatrelay_rules::FilterRuleConfig {
+    let mut f = chatrelay_rules::FilterRuleConfig::new(id);
+    f.words = words.iter().map(|w| (*w).to_owned()).collect();
+    f.refusal = format!("refused by {id}");
+    f.apply_to = apply_to;
+    f
+}
+
+fn hits(h: &Harness) -> Vec<serde_json::Value> {
+    h.store
+        .checkpoints_with_prefix(HIT_PREFIX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| serde_json::from_str(&v).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_question_hitting_a_rule_is_refused_free_and_recorded() {
+    let h = harness_with(FAST, |c| {
+        c.filters = vec![filter("law", &["敏感词"], chatrelay_rules::ApplyTo::Input)];
+    });
+    let event = h
+        .engine
+        .handle(msg("1", "请问 敏 感 词 是什么"))
+        .collect()
+        .await;
+    assert_eq!(
+        event,
+        ReplyEvent::Failed {
+            kind: FailureKind::Refused,
+            message: "refused by law".into()
+        }
+    );
+    assert_eq!(h.llm.calls(), 0, "no LLM call");
+    assert_eq!(h.balance().free_left, 5, "nothing charged");
+    let recorded = hits(&h);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["rule"], "law");
+    assert_eq!(recorded[0]["direction"], "input");
+    assert_eq!(recorded[0]["scope"], "telegram:main");
+    assert_eq!(recorded[0]["uid"], h.uid().0);
+    // An innocent question goes through.
+    let ok = h.engine.handle(msg("2", "天气如何")).collect().await;
+    assert_eq!(final_text(&ok), "Hello, world");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_cut_when_an_output_rule_hits() {
+    // "lo, wo" spans two streamed pieces ("Hello", ", ", "world").
+    let h = harness_with(FAST, |c| {
+        c.filters = vec![filter("out", &["lo,wo"], chatrelay_rules::ApplyTo::Output)];
+        c.bot.texts.answer_cut = "[cut]".into();
+    });
+    let mut reply = h.engine.handle(msg("1", "say hello"));
+    let mut deltas = String::new();
+    let end = loop {
+        match reply.next().await.expect("an end") {
+            ReplyEvent::Delta(d) => deltas.push_str(&d),
+            other => break other,
+        }
+    };
+    let text = final_text(&end).to_owned();
+    assert!(!text.contains("world"), "{text}");
+    assert!(text.ends_with("[cut]"), "{text}");
+    assert!(
+        !deltas.contains("world") && deltas.ends_with("[cut]"),
+        "{deltas}"
+    );
+    assert_eq!(hits(&h)[0]["direction"], "output");
+    assert_eq!(
+        h.llm.dropped_early.load(Ordering::SeqCst),
+        1,
+        "the upstream call stopped"
+    );
+    // Input-only rules do not touch answers, and scoped rules stay in their scope.
+    let h = harness_with(FAST, |c| {
+        c.filters = vec![filter("in", &["world"], chatrelay_rules::ApplyTo::Input), {
+            let mut f = filter("elsewhere", &["world"], chatrelay_rules::ApplyTo::Both);
+            f.scopes = vec!["wechat_mp".into()];
+            f
+        }];
+    });
+    let event = h.engine.handle(msg("1", "say hello")).collect().await;
+    assert_eq!(final_text(&event), "Hello, world");
+}
+
+#[tokio::test]
+async fn keyword_replies_answer_before_the_llm_for_free_by_priority() {
+    let h = harness_with(FAST, |c| {
+        let rule = |id: &str, kind, pattern: &str, reply: &str, priority| {
+            chatrelay_rules::KeywordRuleConfig {
+                id: id.into(),
+                kind,
+                patterns: vec![pattern.into()],
+                reply: reply.into(),
+                priority,
+                scopes: Vec::new(),
+                case_sensitive: false,
+            }
+        };
+        c.keywords = vec![
+            rule(
+                "exact",
+                chatrelay_rules::KeywordMatch::Exact,
+                "价格",
+                "exact answer",
+                0,
+            ),
+            rule(
+                "contains",
+                chatrelay_rules::KeywordMatch::Contains,
+                "价格",
+                "contains answer",
+                5,
+            ),
+            rule(
+                "re",
+                chatrelay_rules::KeywordMatch::Regex,
+                r"^联系(\w+)$",
+                "call $1",
+                0,
+            ),
+        ];
+    });
+    let event = h.engine.handle(msg("1", "价格")).collect().await;
+    assert_eq!(
+        final_text(&event),
+        "contains answer",
+        "the higher priority wins"
+    );
+    let event = h.engine.handle(msg("2", "联系客服")).collect().await;
+    assert_eq!(final_text(&event), "call 客服");
+    assert_eq!(h.llm.calls(), 0, "keyword answers cost no LLM call");
+    assert_eq!(h.balance().free_left, 5, "nor credits");
+}
+
+fn two_models(c: &mut Config) {
+    c.llm.models.push(crate::config::ModelConfig {
+        name: "big".into(),
+        credits: 3,
+        paid_only: true,
+        ..crate::config::ModelConfig::default()
+    });
+    c.llm.models.push(crate::config::ModelConfig {
+        name: "staff".into(),
+        groups: vec!["team".into()],
+        ..crate::config::ModelConfig::default()
+    });
+    c.roles = vec![crate::config::RoleConfig {
+        id: "coder".into(),
+        name: "程序员".into(),
+        prompt: "You are a coder.".into(),
+    }];
+}
+
+#[tokio::test]
+async fn users_choose_models_within_their_permissions() {
+    let h = harness_with(FAST, two_models);
+    let list = h.engine.handle(msg("1", "/model")).collect().await;
+    assert!(
+        final_text(&list).contains("big") && final_text(&list).contains("🔒"),
+        "{list:?}"
+    );
+    let refused = h.engine.handle(msg("2", "/model big")).collect().await;
+    assert!(
+        matches!(
+            &refused,
+            ReplyEvent::Failed {
+                kind: FailureKind::NotAllowed,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    h.store
+        .grant(h.uid(), 10, EntryKind::Grant, "t", "g1", now_ms())
+        .unwrap();
+    let chosen = h.engine.handle(msg("3", "/model BIG")).collect().await;
+    assert!(final_text(&chosen).contains("big"), "{chosen:?}");
+    let answered = h.engine.handle(msg("4", "hi")).collect().await;
+    assert_eq!(final_text(&answered), "Hello, world");
+    assert_eq!(
+        h.llm.last_request.lock().unwrap().as_ref().unwrap().model,
+        "big"
+    );
+    // Group models: refused until an admin adds the user to the group.
+    let refused = h.engine.handle(msg("5", "/model staff")).collect().await;
+    assert!(matches!(
+        refused,
+        ReplyEvent::Failed {
+            kind: FailureKind::NotAllowed,
+            ..
+        }
+    ));
+    h.store
+        .change_groups(h.uid(), &["team".into()], &[])
+        .unwrap();
+    let chosen = h.engine.handle(msg("6", "/model staff")).collect().await;
+    assert!(final_text(&chosen).contains("staff"));
+    let unknown = h.engine.handle(msg("7", "/model nope")).collect().await;
+    assert!(final_text(&unknown).contains("nope"));
+    // /v1 checks the same permission by name.
+    h.store
+        .change_groups(h.uid(), &[], &["team".into()])
+        .unwrap();
+    let req = ApiRequest {
+        model: "staff".into(),
+        messages: vec![Message::new("user", "hi")],
+        max_completion_tokens: None,
+        extra: serde_json::Map::new(),
+        reference: "api:perm".into(),
+        platform: Platform::Api,
+    };
+    let event = h.engine.complete(h.uid(), req).collect().await;
+    assert!(matches!(
+        event,
+        ReplyEvent::Failed {
+            kind: FailureKind::NotAllowed,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn roles_and_scope_defaults_set_the_prompt_and_show_in_quota() {
+    let h = harness_with(FAST, |c| {
+        two_models(c);
+        c.scopes = vec![crate::config::ScopeConfig {
+            scope: "telegram:main".into(),
+            model: None,
+            role: Some("coder".into()),
+        }];
+    });
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let system = |h: &Harness| {
+        h.llm
+            .last_request
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .messages[0]
+            .text()
+    };
+    assert_eq!(system(&h), "You are a coder.", "the scope's default role");
+    let quota = h.engine.handle(msg("2", "/quota")).collect().await;
+    assert!(final_text(&quota).contains("程序员"), "{quota:?}");
+    let reset = h.engine.handle(msg("3", "/role 默认")).collect().await;
+    assert!(
+        final_text(&reset).contains("程序员"),
+        "back to the scope's role: {reset:?}"
+    );
+    let unknown = h.engine.handle(msg("4", "/role pirate")).collect().await;
+    assert!(final_text(&unknown).contains("pirate"));
+    let list = h.engine.handle(msg("5", "角色")).collect().await;
+    assert!(final_text(&list).contains("coder"), "{list:?}");
+    // Without a scope default, the chosen role applies, and "default" returns to the plain
+    // system prompt.
+    let h = harness_with(FAST, two_models);
+    h.engine.handle(msg("1", "/role coder")).collect().await;
+    h.engine.handle(msg("2", "hi")).collect().await;
+    assert_eq!(system(&h), "You are a coder.");
+    h.engine.handle(msg("3", "/role default")).collect().await;
+    h.engine.handle(msg("4", "hi again")).collect().await;
+    assert_eq!(system(&h), h.engine.settings().system_prompt);
+    // A command word followed by text is not a command.
+    let event = h
+        .engine
+        .handle(msg("5", "/modelling is fun"))
+        .collect()
+        .await;
+    assert!(
+        matches!(
+            event,
+            ReplyEvent::Failed {
+                kind: FailureKind::InsufficientQuota,
+                ..
+            }
+        ),
+        "not a command: it reached the quota check ({event:?})"
+    );
 }

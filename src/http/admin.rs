@@ -33,6 +33,9 @@ pub fn routes() -> axum::Router<AppState> {
             axum::routing::delete(unlink_identity),
         )
         .route("/admin/stats", get(stats))
+        .route("/admin/users/{uid}/groups", post(change_groups))
+        .route("/admin/hits", get(content_hits))
+        .route("/admin/upstreams", get(upstreams))
         .route("/admin/reload", post(reload))
         .route("/admin/orders.csv", get(export_orders))
         .route("/admin/tokens/revoke", post(revoke_token))
@@ -487,6 +490,70 @@ async fn revoke_credits(
     store.flush().await?;
     info!(%uid, credits = req.credits, %reference, "admin: credits revoked");
     Ok(Json(json!(entry)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Groups {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Puts a user in groups or takes them out (models can be limited to groups).
+async fn change_groups(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let uid = parse_uid(&uid)?;
+    let req: Groups = parse_body(body)?;
+    let store = st.engine.store();
+    let user = store.change_groups(uid, &req.add, &req.remove)?;
+    store.flush().await?;
+    info!(%uid, groups = ?user.groups, "admin: groups changed");
+    Ok(Json(json!(user)))
+}
+
+#[derive(Deserialize)]
+struct HitsQuery {
+    limit: Option<usize>,
+    uid: Option<u64>,
+}
+
+/// Content-rule hits, newest first: who, where, which rule, what.
+async fn content_hits(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HitsQuery>,
+) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    let store = st.engine.store().clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    let hits = tokio::task::spawn_blocking(move || {
+        store
+            .checkpoints_with_prefix(crate::bot::HIT_PREFIX)
+            .map(|all| {
+                all.into_iter()
+                    .rev()
+                    .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+                    .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
+                    .take(limit)
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(json!(hits)))
+}
+
+/// Each LLM upstream's health: requests, errors, latency, state.
+async fn upstreams(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
+    check_admin(&st, &headers)?;
+    Ok(Json(json!(st.engine.llm().health())))
 }
 
 async fn unlink_identity(

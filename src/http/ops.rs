@@ -50,6 +50,23 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {
+    // Upstream health is a snapshot: refreshed on each scrape rather than on a timer.
+    for h in st.engine.llm().health() {
+        let state = match h.state {
+            chatrelay_openai::router::UpstreamState::Up => 0.0,
+            chatrelay_openai::router::UpstreamState::Degraded => 1.0,
+            chatrelay_openai::router::UpstreamState::Down => 2.0,
+        };
+        metrics::gauge!("chatrelay_upstream_state", "upstream" => h.id.clone()).set(state);
+        metrics::gauge!("chatrelay_upstream_error_rate", "upstream" => h.id.clone())
+            .set(h.recent_error_rate);
+        metrics::gauge!("chatrelay_upstream_consecutive_failures", "upstream" => h.id.clone())
+            .set(f64::from(h.consecutive_failures));
+        if let Some(ms) = h.latency_ms {
+            metrics::gauge!("chatrelay_upstream_latency_ms", "upstream" => h.id.clone())
+                .set(ms as f64);
+        }
+    }
     match &st.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

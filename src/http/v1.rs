@@ -106,6 +106,20 @@ impl ApiError {
             )
             .no_retry(),
             F::InvalidRequest | F::Duplicate => Self::invalid(message),
+            F::Refused => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("content_filter"),
+                message,
+            )
+            .no_retry(),
+            F::NotAllowed => Self::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("model_not_allowed"),
+                message,
+            )
+            .no_retry(),
             // The engine already retried upstream; a client retry would only multiply load.
             F::Upstream => Self::new(
                 StatusCode::BAD_GATEWAY,

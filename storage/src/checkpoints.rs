@@ -32,6 +32,18 @@ impl Store {
         Ok(result.is_ok())
     }
 
+    /// Sets `key` to `value` (or removes it with `None`), whatever it held.
+    pub fn set_checkpoint(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        check_key("checkpoint key", key)?;
+        let tree = &self.trees().checkpoints;
+        match value {
+            Some(v) => tree.insert(key.as_bytes(), v.as_bytes())?,
+            None => tree.remove(key.as_bytes())?,
+        };
+        Ok(())
+    }
+
     /// Adds one to the counter under `key` and returns the new value.
     pub fn bump_counter(&self, key: &str) -> Result<u64, StoreError> {
         let _writing = self.writing();
@@ -114,6 +126,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes the checkpoints starting with `prefix` whose key sorts before `before`
+    /// (time-ordered records older than a cut-off); returns how many.
+    pub fn purge_checkpoints_before(
+        &self,
+        prefix: &str,
+        before: &str,
+    ) -> Result<usize, StoreError> {
+        let _writing = self.writing();
+        let tree = &self.trees().checkpoints;
+        let mut n = 0;
+        for item in tree.range(prefix.as_bytes()..before.as_bytes()) {
+            let (key, _) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            tree.remove(&key)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// How many checkpoints start with `prefix`.
     pub fn count_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -151,6 +184,10 @@ mod tests {
         assert!(s.checkpoint_cas("k", Some("posting"), "answered").unwrap());
         assert_eq!(s.checkpoint("k").unwrap().as_deref(), Some("answered"));
         assert_eq!(s.counter("c").unwrap(), 0);
+        s.set_checkpoint("pref:1:model", Some("m")).unwrap();
+        assert_eq!(s.checkpoint("pref:1:model").unwrap().as_deref(), Some("m"));
+        s.set_checkpoint("pref:1:model", None).unwrap();
+        assert_eq!(s.checkpoint("pref:1:model").unwrap(), None);
         s.add_counters(
             &[("stats:1:a".into(), 2), ("stats:1:b".into(), 5)],
             &["stats:1:active:7".into()],
@@ -161,6 +198,12 @@ mod tests {
         assert_eq!(s.counter("stats:1:a").unwrap(), 5);
         assert_eq!(s.count_prefix("stats:1:active:").unwrap(), 1);
         assert_eq!(s.checkpoints_with_prefix("stats:1:").unwrap().len(), 3);
+        for k in ["hit:0001:a", "hit:0002:b", "hit:0003:c", "hiz"] {
+            s.set_checkpoint(k, Some("{}")).unwrap();
+        }
+        assert_eq!(s.purge_checkpoints_before("hit:", "hit:0003").unwrap(), 2);
+        assert_eq!(s.count_prefix("hit:").unwrap(), 1);
+        assert!(s.checkpoint("hiz").unwrap().is_some());
         assert_eq!(s.bump_counter("c").unwrap(), 1);
         assert_eq!(s.bump_counter("c").unwrap(), 2);
         assert_eq!(s.counter("c").unwrap(), 2);

@@ -32,6 +32,9 @@ pub struct User {
     /// Why the user was banned (shown to admins), while banned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ban_reason: Option<String>,
+    /// Groups the user is in (models can be limited to groups), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Store {
@@ -75,6 +78,42 @@ impl Store {
             } else {
                 None
             };
+            users.insert(&key, encode(&user).or_abort()?)?;
+            Ok(user)
+        }))
+    }
+
+    /// Adds the user to the groups in `add` and removes them from those in `remove`;
+    /// returns the updated user.
+    pub fn change_groups(
+        &self,
+        uid: Uid,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<User, StoreError> {
+        let _writing = self.writing();
+        if add
+            .iter()
+            .chain(remove)
+            .any(|g| g.trim().is_empty() || g.len() > 64)
+        {
+            return Err(StoreError::InvalidInput(
+                "group names must be 1 to 64 bytes".into(),
+            ));
+        }
+        finish(self.trees().users.transaction(|users| {
+            let key = u64_key(uid.0);
+            let Some(raw) = users.get(key)? else {
+                return abort(StoreError::UnknownUser(uid));
+            };
+            let mut user: User = decode(USERS, &raw, || uid.to_string()).or_abort()?;
+            user.groups.retain(|g| !remove.contains(g));
+            for g in add {
+                if !user.groups.contains(g) {
+                    user.groups.push(g.trim().to_owned());
+                }
+            }
+            user.groups.sort();
             users.insert(&key, encode(&user).or_abort()?)?;
             Ok(user)
         }))
@@ -264,6 +303,7 @@ fn insert_new_user(
         created_at_ms: now_ms,
         banned: false,
         ban_reason: None,
+        groups: Vec::new(),
     };
     meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
     users.insert(&u64_key(next), encode(&user).or_abort()?)?;
@@ -326,6 +366,22 @@ mod tests {
         let by_key = store.find_identities("o6_abc", 10).unwrap();
         assert_eq!(by_key, vec![(key, alice.uid)]);
         assert!(store.find_identities("nobody", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_are_added_and_removed() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").unwrap();
+        let u = store
+            .change_groups(a.uid, &["vip".into(), "team".into()], &[])
+            .unwrap();
+        assert_eq!(u.groups, vec!["team", "vip"]);
+        let u = store
+            .change_groups(a.uid, &["vip".into()], &["team".into()])
+            .unwrap();
+        assert_eq!(u.groups, vec!["vip"]);
+        assert_eq!(store.user(a.uid).unwrap().unwrap().groups, vec!["vip"]);
+        assert!(store.change_groups(a.uid, &[" ".into()], &[]).is_err());
     }
 
     #[test]

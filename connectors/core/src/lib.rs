@@ -331,6 +331,10 @@ pub enum FailureKind {
     /// The message was already answered (a redelivery after the answer left memory, e.g.
     /// after a restart); connectors acknowledge it without answering again.
     Duplicate,
+    /// A content rule refused the question (the message is the rule's refusal text).
+    Refused,
+    /// The user may not use the requested model (paid users or named groups only).
+    NotAllowed,
 }
 
 /// One event of a [`Reply`].
