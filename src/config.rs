@@ -148,6 +148,8 @@ pub struct Config {
     /// `[moderation]`: an OpenAI-compatible moderation endpoint checking questions after the
     /// word filter.
     pub moderation: Option<ModerationConfig>,
+    /// `[images]`: picture generation (`/image a cat in the snow`).
+    pub images: Option<ImagesConfig>,
     /// The directory relative paths (word lists) are read from: the config file's.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -179,6 +181,27 @@ pub struct ScopeConfig {
     /// The role its users get until they choose one.
     #[serde(default)]
     pub role: Option<String>,
+}
+
+/// `[images]`: the image-generation command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// The image model at its upstream (`dall-e-3`, `cogview-4`, `wanx-v1`...).
+    pub model: String,
+    /// Which upstream draws (`[[llm.upstreams]] id`, default `default`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Credits per picture.
+    #[serde(default = "ten")]
+    pub credits: u64,
+    /// Picture size, as the provider names it (`1024x1024`); unset leaves its default.
+    #[serde(default)]
+    pub size: Option<String>,
+}
+
+fn ten() -> u64 {
+    10
 }
 
 /// `[moderation]`: the second stage of content checks.
@@ -387,6 +410,12 @@ pub struct ModelConfig {
     /// Only users in one of these groups may use it (empty: everyone).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// It understands pictures: images users send are passed to it.
+    #[serde(default)]
+    pub vision: bool,
+    /// Credits per picture sent to it (added to the answer's price).
+    #[serde(default = "one")]
+    pub credits_per_image: u64,
 }
 
 impl Default for ModelConfig {
@@ -402,6 +431,8 @@ impl Default for ModelConfig {
             fallbacks: Vec::new(),
             paid_only: false,
             groups: Vec::new(),
+            vision: false,
+            credits_per_image: 1,
         }
     }
 }
@@ -442,6 +473,8 @@ pub struct BotConfig {
     pub max_input_chars: usize,
     /// How long a message id is remembered to drop redeliveries.
     pub dedupe_ttl_secs: u64,
+    /// Largest picture downloaded from a platform, in bytes.
+    pub max_image_bytes: usize,
     /// Command words (each command accepts several spellings).
     pub commands: Commands,
     /// User-facing texts.
@@ -454,6 +487,7 @@ impl Default for BotConfig {
             rate_limit_per_minute: 20,
             max_input_chars: 8000,
             dedupe_ttl_secs: 24 * 3600,
+            max_image_bytes: 5 * 1024 * 1024,
             commands: Commands::default(),
             texts: Texts::default(),
         }
@@ -476,6 +510,8 @@ pub struct Commands {
     pub model: Vec<String>,
     /// List the roles (`/role`), or choose one (`/role ID`).
     pub role: Vec<String>,
+    /// Draw a picture (`/image a cat`), when `[images]` is configured.
+    pub image: Vec<String>,
 }
 
 impl Default for Commands {
@@ -488,6 +524,7 @@ impl Default for Commands {
             buy: v(&["/buy", "购买", "充值"]),
             model: v(&["/model", "模型"]),
             role: v(&["/role", "角色"]),
+            image: v(&["/image", "画图"]),
         }
     }
 }
@@ -538,6 +575,18 @@ pub struct Texts {
     pub unknown_role: String,
     /// Put after an answer a content rule stopped.
     pub answer_cut: String,
+    /// The question asked about a picture sent without text.
+    pub image_question: String,
+    /// The model cannot see pictures: `{command}` (the model command).
+    pub image_unsupported: String,
+    /// A picture could not be downloaded.
+    pub image_failed: String,
+    /// Image generation is not configured (or the upstream cannot draw).
+    pub image_off: String,
+    /// How to use the image command: `{command}`.
+    pub image_usage: String,
+    /// A generated picture, for platforms that show no pictures: `{url}`.
+    pub image_done: String,
 }
 
 impl Default for Texts {
@@ -569,6 +618,13 @@ impl Default for Texts {
             role_set: "已切换到角色：{role}。".to_owned(),
             unknown_role: "没有名为 {role} 的角色。".to_owned(),
             answer_cut: "（回答包含不允许的内容，已中止。）".to_owned(),
+            image_question: "请描述这张图片。".to_owned(),
+            image_unsupported: "当前模型看不到图片。请发文字，或发送「{command}」换一个支持图片的模型。"
+                .to_owned(),
+            image_failed: "图片没有收到，请重新发送。".to_owned(),
+            image_off: "暂未开放画图。".to_owned(),
+            image_usage: "用法：{command} 画面描述，例如「{command} 雪地里的小猫」。".to_owned(),
+            image_done: "图片已生成：{url}".to_owned(),
         }
     }
 }
@@ -1102,6 +1158,7 @@ pub fn parse(
         roles: section(&mut root, "roles", &mut problems),
         scopes: section(&mut root, "scopes", &mut problems),
         moderation: section(&mut root, "moderation", &mut problems),
+        images: section(&mut root, "images", &mut problems),
         base_dir: base.to_path_buf(),
     };
     for key in root.keys() {
@@ -1405,6 +1462,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
         ("bot.commands.buy", &c.bot.commands.buy),
         ("bot.commands.model", &c.bot.commands.model),
         ("bot.commands.role", &c.bot.commands.role),
+        ("bot.commands.image", &c.bot.commands.image),
     ] {
         if words.iter().any(|w| w.trim().is_empty()) {
             problems.push(problem(name, "contains an empty command word"));
@@ -1608,6 +1666,23 @@ fn validate_engine_depth(c: &Config, problems: &mut Vec<Problem>) {
                 format!("{r:?} is not one of [[roles]]"),
             ));
         }
+    }
+    if let Some(img) = &c.images {
+        if img.model.trim().is_empty() {
+            problems.push(problem("images.model", "must not be empty"));
+        }
+        if let Some(u) = &img.upstream
+            && u != "default"
+            && !upstreams.contains_key(u)
+        {
+            problems.push(problem(
+                "images.upstream",
+                format!("{u:?} is not one of [[llm.upstreams]] (or \"default\")"),
+            ));
+        }
+    }
+    if c.bot.max_image_bytes == 0 {
+        problems.push(problem("bot.max_image_bytes", "must be at least 1"));
     }
     if let Some(m) = &c.moderation
         && !is_http_url(&m.base_url)

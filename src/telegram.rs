@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, Reply, ReplyEvent, UserKey};
 use chatrelay_telegram::{
-    Command, TgBot, TgError, Update, UpdateKind, addressed_to_bot, parse_command,
+    Command, TgBot, TgError, Update, UpdateKind, addressed_photo, addressed_to_bot, parse_command,
     split_for_telegram, to_html,
 };
 use tokio::time::Instant;
@@ -246,7 +246,10 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         return;
     };
     let username = bot.username();
-    let Some(text) = addressed_to_bot(&message, &username) else {
+    let photo = addressed_photo(&message, &username);
+    let Some(text) = addressed_to_bot(&message, &username)
+        .or_else(|| photo.as_ref().map(|(_, caption)| caption.clone()))
+    else {
         return;
     };
     let Some(from) = message.from.as_ref().filter(|u| !u.is_bot) else {
@@ -289,6 +292,20 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         };
         let mut inbound = Inbound::text(key, message_id, engine_text);
         inbound.display_name = Some(display_name);
+        if let Some((file_id, _)) = &photo {
+            match bot.api.file_url(file_id).await {
+                Ok(url) => inbound.images.push(url),
+                Err(e) => {
+                    warn!(error = %e, "Telegram getFile failed");
+                    let reply = Reply::failed(
+                        FailureKind::InvalidRequest,
+                        engine.settings().texts.image_failed.clone(),
+                    );
+                    stream_answer(&bot, chat, reply_to, reply).await;
+                    return;
+                }
+            }
+        }
         let reply = engine.handle(inbound);
         stream_answer(&bot, chat, reply_to, reply).await;
     }
@@ -365,6 +382,16 @@ async fn stream_answer(bot: &TelegramBot, chat: i64, reply_to: Option<i32>, mut 
         }
     };
     let (answer, html) = match terminal {
+        Some(ReplyEvent::Final { images, .. }) if !images.is_empty() => {
+            // Pictures are shown as pictures (the text only links them).
+            for url in images {
+                if let Err(e) = api.send_photo(chat, &url, reply_to).await {
+                    warn!(error = %e, "Telegram sendPhoto failed");
+                }
+            }
+            metrics::counter!("chatrelay_telegram_answers_total").increment(1);
+            return;
+        }
         Some(ReplyEvent::Final { text, .. }) => (text, true),
         Some(ReplyEvent::Failed {
             kind: FailureKind::Duplicate,

@@ -56,7 +56,14 @@ struct Fake {
     llm_answer: Mutex<String>,
     /// How long the fake LLM thinks before answering, in ms.
     llm_delay_ms: AtomicU32,
+    /// Bodies of the chat requests the fake LLM received.
+    llm_requests: Mutex<Vec<Value>>,
+    /// Raw bodies of sendPhoto calls (multipart or JSON).
+    photos: Mutex<Vec<String>>,
 }
+
+/// A picture's first bytes (PNG), served for downloads.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\nfake-picture";
 
 fn chat_json(id: i64) -> Value {
     if id < 0 {
@@ -79,6 +86,7 @@ async fn bot_api(
     Path((_bot, method)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    let raw = String::from_utf8_lossy(&body).into_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     // teloxide writes method names in PascalCase (GetMe); Telegram ignores the case.
     let mut method = method;
@@ -94,6 +102,18 @@ async fn bot_api(
             "has_main_web_app": false
         })),
         "setMyCommands" | "sendChatAction" => ok(json!(true)),
+        "getFile" => ok(json!({
+            "file_id": body["file_id"], "file_unique_id": "u1", "file_size": PNG.len(),
+            "file_path": "photos/file_1.png"
+        })),
+        "sendPhoto" => {
+            fake.photos.lock().unwrap().push(raw);
+            let id = fake.next_message.fetch_add(1, Ordering::SeqCst) + 1000;
+            ok(json!({
+                "message_id": id, "date": 1_700_000_000, "chat": chat_json(42), "from": bot_user(),
+                "photo": [{"file_id": "p", "file_unique_id": "pu", "width": 1, "height": 1}]
+            }))
+        }
         "getUpdates" => {
             let offset = body["offset"].as_i64().unwrap_or(0);
             let pending: Vec<Value> = {
@@ -159,7 +179,10 @@ async fn bot_api(
 }
 
 /// A streaming OpenAI-compatible endpoint answering `llm_answer` in 200-char chunks.
-async fn fake_llm(State(fake): State<Arc<Fake>>) -> Response {
+async fn fake_llm(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+        fake.llm_requests.lock().unwrap().push(v);
+    }
     let delay = fake.llm_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
     let answer = fake.llm_answer.lock().unwrap().clone();
@@ -195,6 +218,16 @@ async fn start(extra_bot: &str, llm: Option<&str>) -> Harness {
     let fake_url = format!("http://{}", listener.local_addr().unwrap());
     let router = axum::Router::new()
         .route("/v1/chat/completions", post(fake_llm))
+        .route(
+            "/v1/images/generations",
+            post(|| async {
+                Json(json!({"created": 1, "data": [{"url": "https://img.example/drawn.png"}]}))
+            }),
+        )
+        .route(
+            "/file/{bot}/{*path}",
+            axum::routing::get(|| async { PNG.to_vec() }),
+        )
         .route("/{bot}/{method}", post(bot_api))
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -511,5 +544,55 @@ async fn typing_is_repeated_while_the_model_thinks() {
         typing[1].at < first_message[0].at,
         "typing repeats before the answer"
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_reach_a_vision_model_and_drawings_come_back_as_photos() {
+    let h = start(
+        "[[llm.models]]\nname = \"m\"\nvision = true\n[images]\nmodel = \"draw\"\ncredits = 2\n",
+        Some("a cat on a mat"),
+    )
+    .await;
+    h.push(json!({
+        "update_id": 1,
+        "message": {
+            "message_id": 1, "date": 1_700_000_000, "chat": chat_json(42),
+            "from": {"id": 4242, "is_bot": false, "first_name": "Ann"},
+            "photo": [
+                {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90},
+                {"file_id": "large", "file_unique_id": "l", "width": 800, "height": 600}
+            ],
+            "caption": "what is this?"
+        }
+    }));
+    let calls = h.wait_final(42).await;
+    let get_file: Vec<&Call> = calls.iter().filter(|c| c.method == "getFile").collect();
+    assert_eq!(get_file.len(), 1);
+    assert_eq!(
+        get_file[0].body["file_id"], "large",
+        "the largest size is used"
+    );
+    let sent = h.fake.llm_requests.lock().unwrap().last().cloned().unwrap();
+    let parts = sent["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+    assert_eq!(parts[0]["text"], "what is this?");
+    assert!(
+        parts[1]["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,"),
+        "{parts}"
+    );
+    assert!(
+        chat_calls(&calls, 42, "sendMessage")
+            .iter()
+            .any(|c| c.text().contains("cat"))
+    );
+
+    h.push(message(2, 42, 2, "/image a red kite"));
+    let photos = h.wait(|_| !h.fake.photos.lock().unwrap().is_empty()).await;
+    drop(photos);
+    let photo = h.fake.photos.lock().unwrap()[0].clone();
+    assert!(photo.contains("https://img.example/drawn.png"), "{photo}");
     h.stop().await;
 }

@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ANSWER_PIECES = ["Hello", " from", " the", " fake", " upstream", " — 你好", "!"]
 ANSWER = "".join(ANSWER_PIECES)
+# A 1x1 PNG, served for every *.png path.
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
 
@@ -27,6 +30,7 @@ class FakeOpenAI:
         self.piece_delay = 0.0             # pause between streamed pieces in `ok` mode
         self.requests = []  # (path, headers, body) of chat requests
         self.moderations = []  # bodies of moderation requests
+        self.image_requests = []  # bodies of image generation requests
         self.lock = threading.Lock()
         fake = self
 
@@ -45,6 +49,14 @@ class FakeOpenAI:
                 self.wfile.write(body)
 
             def do_GET(self):
+                if self.path.endswith(".png"):
+                    # A picture to fetch (an Official Account's PicUrl, a generated image).
+                    self.send_response(200)
+                    self.send_header("content-type", "application/octet-stream")
+                    self.send_header("content-length", str(len(PNG)))
+                    self.end_headers()
+                    self.wfile.write(PNG)
+                    return
                 if self.path == "/v1/models":
                     self._json(200, {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "owned_by": "fake"}]})
                 else:
@@ -53,6 +65,14 @@ class FakeOpenAI:
             def do_POST(self):
                 length = int(self.headers.get("content-length", "0"))
                 raw = self.rfile.read(length)
+                if self.path == "/v1/images/generations":
+                    req = json.loads(raw)
+                    with fake.lock:
+                        fake.image_requests.append(req)
+                    self._json(200, {"created": int(time.time()),
+                                     "data": [{"url": f"http://127.0.0.1:{fake.port}/generated-1.png",
+                                               "revised_prompt": req.get("prompt")}]})
+                    return
                 if self.path == "/v1/moderations":
                     # Flags any input containing FLAGME, as OpenAI's moderation endpoint answers.
                     req = json.loads(raw)

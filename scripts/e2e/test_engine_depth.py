@@ -15,6 +15,25 @@ from conftest import BINARY, MODEL, Daemon
 from fake_openai import ANSWER, ANSWER_PIECES, FakeOpenAI
 from test_operations import MP, mp_send
 
+
+def mp_send_picture(daemon, openid, pic_url):
+    """Posts an Official Account picture message (PicUrl + MediaId), as WeChat does."""
+    import hashlib
+    import secrets
+    import urllib.parse
+    import xmltodict
+    ts, nonce = str(int(time.time())), secrets.token_hex(4)
+    sig = hashlib.sha1("".join(sorted([MP["token"], ts, nonce])).encode()).hexdigest()
+    q = urllib.parse.urlencode({"signature": sig, "timestamp": ts, "nonce": nonce, "openid": openid})
+    xml = (f"<xml><ToUserName><![CDATA[gh_ops]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
+           f"<CreateTime>{ts}</CreateTime><MsgType><![CDATA[image]]></MsgType>"
+           f"<PicUrl><![CDATA[{pic_url}]]></PicUrl><MediaId><![CDATA[media-1]]></MediaId>"
+           f"<MsgId>{secrets.randbits(50)}</MsgId></xml>")
+    req = urllib.request.Request(f"{daemon.url}/wechat/mp/{MP['id']}?{q}", data=xml.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read().decode()
+    return None if body in ("", "success") else xmltodict.parse(body)["xml"]["Content"]
+
 WORDS = "# 敏感词表\n机密\n内部资料\n"
 
 
@@ -39,6 +58,20 @@ name = "gpt-vip"
 credits = 1
 upstream = "backup"
 paid_only = true
+
+[[llm.models]]
+name = "gpt-eyes"
+credits = 1
+vision = true
+credits_per_image = 2
+
+[[scopes]]
+scope = "wechat_mp:{MP['id']}"
+model = "gpt-eyes"
+
+[images]
+model = "img-model"
+credits = 5
 
 [[filters]]
 id = "law"
@@ -177,6 +210,20 @@ def test_check_config_reports_bad_rules_with_key_and_line(tmp_path):
     (tmp_path / "bad.txt").write_bytes("好词\n".encode() + b"\xff\xfe\n" + "另一个\n".encode())
     cfg = tmp_path / "chatrelay.toml"
     cfg.write_text("""
+[[llm.models]]
+name = "gpt-eyes"
+credits = 1
+vision = true
+credits_per_image = 2
+
+[[scopes]]
+scope = "wechat_mp:{MP['id']}"
+model = "gpt-eyes"
+
+[images]
+model = "img-model"
+credits = 5
+
 [[filters]]
 id = "law"
 word_files = ["bad.txt"]
@@ -191,3 +238,46 @@ reply = "x"
     assert r.returncode == 2, r
     assert "filters[0].word_files[0] (line 2)" in r.stderr, r.stderr
     assert "keywords[0].patterns[0]" in r.stderr and "unclosed" in r.stderr, r.stderr
+
+
+def test_pictures_reach_a_vision_model_and_cost_per_picture(depth, fakes):
+    primary, _ = fakes
+    openid = "o_eyes"
+    assert "Hello" in (mp_send(depth, openid, "hi first") or "")
+    uid = json.loads(depth.cli("--json", "user", "find", openid).stdout)[0]["uid"]
+    free_before = depth.user(uid)["balance"]["free_left"]
+    pic = f"http://127.0.0.1:{primary.port}/picture.png"
+    answer = mp_send_picture(depth, openid, pic)
+    assert answer == ANSWER, answer
+    body = primary.requests[-1][2]
+    assert body["model"] == "gpt-eyes"
+    parts = body["messages"][-1]["content"]
+    assert parts[0] == {"type": "text", "text": "请描述这张图片。"}, parts
+    assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert depth.user(uid)["balance"]["free_left"] == free_before - 1 - 2, "the answer plus 2 per picture"
+
+    # A model that cannot see says so, for free, without calling the LLM.
+    depth.cli("grant", str(uid), "1", "--reason", "setup")
+    assert "gpt-fake" in mp_send(depth, openid, "/model gpt-fake")
+    before = primary.chat_request_count()
+    answer = mp_send_picture(depth, openid, pic)
+    assert "看不到图片" in answer, answer
+    assert primary.chat_request_count() == before
+    # A picture that cannot be downloaded is reported, not guessed at.
+    mp_send(depth, openid, "/model gpt-eyes")
+    answer = mp_send_picture(depth, openid, f"http://127.0.0.1:{primary.port}/missing")
+    assert answer == "图片没有收到，请重新发送。", answer
+
+
+def test_the_image_command_draws_and_charges(depth, fakes):
+    primary, _ = fakes
+    openid = "o_draw"
+    answer = mp_send(depth, openid, "/image 雪地里的小猫")
+    assert answer == f"图片已生成：http://127.0.0.1:{primary.port}/generated-1.png", answer
+    assert primary.image_requests[-1] == {"model": "img-model", "prompt": "雪地里的小猫", "n": 1,
+                                          "response_format": "url"}, primary.image_requests[-1]
+    uid = json.loads(depth.cli("--json", "user", "find", openid).stdout)[0]["uid"]
+    ledger = depth.user(uid)["ledger"]
+    assert ledger[0]["free_delta"] == -5 and "image" in ledger[0]["reason"], ledger
+    assert "用法" in mp_send(depth, openid, "画图"), "the command without a prompt explains itself"
+    assert mp_send(depth, openid, "/image 机密 文件") == "该问题无法回答。", "the prompt is checked too"

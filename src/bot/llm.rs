@@ -50,6 +50,16 @@ pub trait LlmBackend: Send + Sync + 'static {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 
+    /// Draws `prompt`; returns the pictures' URLs. Backends without an image endpoint say so.
+    fn image(&self, prompt: String) -> BoxFuture<'static, Result<Vec<String>, LlmError>> {
+        let _ = prompt;
+        Box::pin(async {
+            Err(chatrelay_openai::Error::InvalidConfig(
+                "no image generation configured ([images])".into(),
+            ))
+        })
+    }
+
     /// Health of each upstream (none for the demo).
     fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {
         Vec::new()
@@ -111,9 +121,19 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
                 }
                 routes.insert(m.name.clone(), list);
             }
+            let images = config.images.as_ref().map(|i| ImageRoute {
+                route: Route::new(
+                    i.upstream
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
+                    i.model.clone(),
+                ),
+                size: i.size.clone(),
+            });
             Arc::new(RoutedBackend {
                 router: Router::new(upstreams),
                 routes,
+                images,
             })
         }
     })
@@ -128,6 +148,13 @@ pub struct RoutedBackend {
     router: Router,
     /// Model name (as users know it) → routes, first preferred.
     routes: HashMap<String, Vec<Route>>,
+    /// Where pictures are drawn, if anywhere.
+    images: Option<ImageRoute>,
+}
+
+struct ImageRoute {
+    route: Route,
+    size: Option<String>,
 }
 
 impl LlmBackend for RoutedBackend {
@@ -159,6 +186,39 @@ impl LlmBackend for RoutedBackend {
 
     fn name(&self) -> &'static str {
         "openai"
+    }
+
+    fn image(&self, prompt: String) -> BoxFuture<'static, Result<Vec<String>, LlmError>> {
+        let router = self.router.clone();
+        let target = self
+            .images
+            .as_ref()
+            .map(|i| (i.route.clone(), i.size.clone()));
+        Box::pin(async move {
+            let Some((route, size)) = target else {
+                return Err(chatrelay_openai::Error::InvalidConfig(
+                    "no image generation configured ([images])".into(),
+                ));
+            };
+            let req = chatrelay_openai::ImageRequest {
+                model: route.model.clone(),
+                prompt,
+                n: Some(1),
+                size,
+                // A link every platform can show or open; base64 would have to be hosted.
+                response_format: Some("url".to_owned()),
+                ..chatrelay_openai::ImageRequest::default()
+            };
+            let (res, _) = router.images_generate(&[route], &req).await?;
+            let urls: Vec<String> = res.data.into_iter().filter_map(|d| d.url).collect();
+            if urls.is_empty() {
+                return Err(chatrelay_openai::Error::Decode {
+                    message: "the image upstream returned no picture URL".into(),
+                    raw: String::new(),
+                });
+            }
+            Ok(urls)
+        })
     }
 
     fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {

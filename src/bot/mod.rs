@@ -38,6 +38,24 @@ use crate::config::{Config, ModelConfig, Texts};
 use llm::{LlmBackend, LlmEvent, LlmRequest};
 use ratelimit::RateLimiter;
 
+/// The picture type of `bytes` from its first bytes (JPEG, PNG, GIF, WebP).
+fn picture_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// Pictures passed to the model per message at most.
+const MAX_PICTURES: usize = 4;
+
 /// Store key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
 pub const HIT_PREFIX: &str = "hit:";
 
@@ -49,6 +67,7 @@ fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
         text: k.reply.into_owned(),
         usage: None,
         charged: 0,
+        images: Vec::new(),
     })
 }
 
@@ -106,6 +125,10 @@ pub struct Settings {
     pub keywords: Arc<chatrelay_rules::KeywordReplies>,
     /// The second stage of question checks, if configured.
     pub moderation: Option<Arc<Moderation>>,
+    /// Credits per generated picture, when `[images]` is configured.
+    pub image_credits: Option<u64>,
+    /// Largest picture downloaded from a platform.
+    pub max_image_bytes: usize,
 }
 
 /// An OpenAI-compatible moderation endpoint.
@@ -173,6 +196,8 @@ impl Settings {
             filter: Arc::new(filter),
             keywords: Arc::new(keywords),
             moderation,
+            image_credits: c.images.as_ref().map(|i| i.credits),
+            max_image_bytes: c.bot.max_image_bytes,
         })
     }
 
@@ -258,6 +283,8 @@ struct Inner {
     settings: RwLock<Arc<Settings>>,
     limiter: RateLimiter,
     stats: crate::stats::Stats,
+    /// Downloads pictures users send.
+    http: reqwest::Client,
     inflight: Mutex<InflightMap>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -294,6 +321,11 @@ impl Engine {
                 settings: RwLock::new(Arc::new(settings)),
                 limiter,
                 stats: crate::stats::Stats::default(),
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap_or_default(),
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,
                 tracker,
@@ -451,10 +483,24 @@ impl Engine {
             );
         };
         self.inner.stats.active(settings.today(), uid);
+        let pictures = req
+            .messages
+            .iter()
+            .filter_map(|m| m.content.as_array())
+            .flatten()
+            .filter(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("image_url"))
+            .count() as u64;
+        if pictures > 0 && !model.vision {
+            return Reply::failed(
+                FailureKind::InvalidRequest,
+                format!("The model {} does not accept images.", model.name),
+            );
+        }
         let watch = Watch {
             uid,
             platform: req.platform,
             scope: policy::platform_scope(req.platform).to_owned(),
+            surcharge: pictures.saturating_mul(model.credits_per_image),
         };
         // What the rules look at: the last thing the user said.
         let question = req
@@ -482,11 +528,30 @@ impl Engine {
                 other => Reply::text(other.user_text().unwrap_or_default()),
             };
         }
+        // The chat page's image command draws (API clients asked a model, and get the model).
+        let drawing = match (req.platform, self.command(&question)) {
+            (chatrelay_core::Platform::Web, Some(Command::Image(prompt))) => Some(prompt),
+            _ => None,
+        };
         let (tx, reply) = Reply::channel();
         let this = self.clone();
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
         inner.tracker.spawn(
             async move {
+                if let Some(prompt) = drawing {
+                    let asked = Inbound::text(
+                        chatrelay_core::UserKey::new(req.platform, "", uid.0.to_string()),
+                        req.reference.clone(),
+                        question,
+                    );
+                    let event = this.draw(&settings, &asked, prompt, &watch).await;
+                    this.record_outcome(req.platform, &event);
+                    if let ReplyEvent::Final { text, .. } = &event {
+                        tx.send(ReplyEvent::Delta(text.clone())).await;
+                    }
+                    tx.send(event).await;
+                    return;
+                }
                 let event = match this.moderation_refusal(&settings, &watch, &question).await {
                     Some(refused) => refused,
                     None => {
@@ -667,36 +732,12 @@ impl Engine {
             .map(|m| quota::estimate_tokens(&m.text()))
             .sum();
         let max_completion = req.max_completion_tokens.map(u64::from);
-        let estimate = quota::estimate_cost(model, prompt_est, max_completion);
-        let expires = now_ms().saturating_add(s.reservation_ttl.as_millis() as i64);
-        let reservation =
-            match inner
-                .store
-                .reserve(uid, estimate, reference, s.today(), s.free_daily, expires)
-            {
-                Ok(id) => id,
-                Err(StoreError::InsufficientCredits { available, needed }) => {
-                    metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
-                    return failed(
-                        FailureKind::InsufficientQuota,
-                        fill(
-                            &s.texts.insufficient_quota,
-                            &[
-                                ("needed", &needed.to_string()),
-                                ("available", &available.to_string()),
-                                ("buy_hint", &s.texts.buy_hint),
-                            ],
-                        ),
-                    );
-                }
-                Err(StoreError::AlreadySettled(_)) => {
-                    return failed(FailureKind::Duplicate, "");
-                }
-                Err(e) => {
-                    warn!(error = %e, "reserving credits failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-            };
+        let estimate =
+            quota::estimate_cost(model, prompt_est, max_completion).saturating_add(watch.surcharge);
+        let reservation = match self.reserve(&s, uid, estimate, reference) {
+            Ok(id) => id,
+            Err(refused) => return refused,
+        };
 
         let started = Instant::now();
         let llm = self.llm();
@@ -741,7 +782,7 @@ impl Engine {
                     prompt_tokens: prompt_est,
                     completion_tokens: quota::estimate_tokens(&text),
                 });
-                let cost = quota::actual_cost(model, &usage);
+                let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
                 let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
                 self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
@@ -758,6 +799,7 @@ impl Engine {
                     text,
                     usage: Some(usage),
                     charged,
+                    images: Vec::new(),
                 }
             }
             Err(Ending::Cut(hit)) => {
@@ -769,7 +811,11 @@ impl Engine {
                     completion_tokens: quota::estimate_tokens(&text),
                 };
                 let charged = self
-                    .settle(reservation, quota::actual_cost(model, &usage), &model.name)
+                    .settle(
+                        reservation,
+                        quota::actual_cost(model, &usage).saturating_add(watch.surcharge),
+                        &model.name,
+                    )
                     .unwrap_or(0);
                 self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cut").increment(1);
@@ -785,6 +831,7 @@ impl Engine {
                     text,
                     usage: Some(usage),
                     charged,
+                    images: Vec::new(),
                 }
             }
             Err(Ending::Cancelled) if !text.is_empty() => {
@@ -794,7 +841,11 @@ impl Engine {
                     completion_tokens: quota::estimate_tokens(&text),
                 };
                 let charged = self
-                    .settle(reservation, quota::actual_cost(model, &usage), &model.name)
+                    .settle(
+                        reservation,
+                        quota::actual_cost(model, &usage).saturating_add(watch.surcharge),
+                        &model.name,
+                    )
                     .unwrap_or(0);
                 self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cancelled")
@@ -843,6 +894,180 @@ impl Engine {
             usage.completion_tokens,
             charged,
         );
+    }
+
+    /// Holds `estimate` credits of `uid` for the call `reference`; the refusal to send when
+    /// that is not possible (out of credits, already answered, store failure).
+    fn reserve(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        estimate: u64,
+        reference: &str,
+    ) -> Result<ReservationId, ReplyEvent> {
+        let expires = now_ms().saturating_add(s.reservation_ttl.as_millis() as i64);
+        match self
+            .inner
+            .store
+            .reserve(uid, estimate, reference, s.today(), s.free_daily, expires)
+        {
+            Ok(id) => Ok(id),
+            Err(StoreError::InsufficientCredits { available, needed }) => {
+                metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
+                Err(failed(
+                    FailureKind::InsufficientQuota,
+                    fill(
+                        &s.texts.insufficient_quota,
+                        &[
+                            ("needed", &needed.to_string()),
+                            ("available", &available.to_string()),
+                            ("buy_hint", &s.texts.buy_hint),
+                        ],
+                    ),
+                ))
+            }
+            Err(StoreError::AlreadySettled(_)) => Err(failed(FailureKind::Duplicate, "")),
+            Err(e) => {
+                warn!(error = %e, "reserving credits failed");
+                Err(failed(FailureKind::Unavailable, &s.texts.unavailable))
+            }
+        }
+    }
+
+    /// Downloads a picture a user sent (at most `max_bytes`) as a `data:` URL for the model.
+    async fn fetch_picture(&self, url: &str, max_bytes: usize) -> Result<String, String> {
+        use base64::Engine as _;
+        let mut res = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", e.without_url()))?;
+        if !res.status().is_success() {
+            return Err(format!("HTTP {}", res.status()));
+        }
+        if res.content_length().is_some_and(|n| n > max_bytes as u64) {
+            return Err(format!("larger than {max_bytes} bytes"));
+        }
+        let declared = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let mut body = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| format!("download failed: {}", e.without_url()))?
+        {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(format!("larger than {max_bytes} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // Platforms often say application/octet-stream: trust the bytes over the header.
+        let mime = picture_type(&body)
+            .map(str::to_owned)
+            .or(declared.filter(|d| d.starts_with("image/")))
+            .ok_or("not a picture")?;
+        Ok(format!(
+            "data:{mime};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&body)
+        ))
+    }
+
+    /// The image command: checks, reserves `[images] credits`, asks the image upstream.
+    async fn draw(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        prompt: Option<String>,
+        watch: &Watch,
+    ) -> ReplyEvent {
+        let answer = |text: String| ReplyEvent::Final {
+            text,
+            usage: None,
+            charged: 0,
+            images: Vec::new(),
+        };
+        let Some(cost) = s.image_credits else {
+            return answer(s.texts.image_off.clone());
+        };
+        let Some(prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
+            let command = s.commands.image.first().cloned().unwrap_or_default();
+            return answer(fill(&s.texts.image_usage, &[("command", &command)]));
+        };
+        self.inner.stats.active(s.today(), watch.uid);
+        if let Some(refused) = self
+            .input_refusal(s, watch, &prompt)
+            .or_else(|| self.guard(watch.uid))
+        {
+            return refused;
+        }
+        if let Some(refused) = self.moderation_refusal(s, watch, &prompt).await {
+            return refused;
+        }
+        let payer = match &inbound.bill_to {
+            None => watch.uid,
+            Some(key) => match self.inner.store.resolve_identity(key, None) {
+                Ok(payer) => payer,
+                Err(e) => {
+                    warn!(error = %e, "resolving who pays failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+            },
+        };
+        let reference = format!("img:{}#{}", inbound.key, inbound.message_id);
+        let reservation = match self.reserve(s, payer, cost, &reference) {
+            Ok(id) => id,
+            Err(refused) => return refused,
+        };
+        let started = Instant::now();
+        let drawn = tokio::select! {
+            r = self.llm().image(prompt) => r,
+            () = self.inner.shutdown.cancelled() => {
+                self.release(reservation);
+                return failed(FailureKind::Unavailable, &s.texts.unavailable);
+            }
+        };
+        metrics::histogram!("chatrelay_image_seconds").record(started.elapsed().as_secs_f64());
+        match drawn {
+            Ok(urls) => {
+                let charged = self.settle(reservation, cost, "image").unwrap_or(0);
+                metrics::counter!("chatrelay_images_total", "outcome" => "ok").increment(1);
+                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+                let links: Vec<String> = urls
+                    .iter()
+                    .map(|url| match inbound.capabilities.markup {
+                        chatrelay_core::Markup::Markdown => format!("![image]({url})"),
+                        _ => fill(&s.texts.image_done, &[("url", url)]),
+                    })
+                    .collect();
+                ReplyEvent::Final {
+                    text: links.join("\n"),
+                    usage: None,
+                    charged,
+                    images: urls,
+                }
+            }
+            Err(e) => {
+                self.release(reservation);
+                metrics::counter!("chatrelay_images_total", "outcome" => "error").increment(1);
+                warn!(error = %e, "drawing failed; nothing charged");
+                if matches!(e, chatrelay_openai::Error::InvalidConfig(_)) {
+                    answer(s.texts.image_off.clone())
+                } else {
+                    failed(FailureKind::Upstream, &s.texts.upstream_error)
+                }
+            }
+        }
     }
 
     /// Settles a reservation; returns the credits charged.
@@ -912,13 +1137,18 @@ impl Engine {
             }
         };
         let conversation = inbound.key.to_string();
-        let watch = Watch {
+        let mut watch = Watch {
             uid,
             platform: inbound.key.platform,
             scope: policy::scope_of(&inbound.key),
+            surcharge: 0,
         };
-        if let Some(command) = self.command(&inbound.text) {
-            return self.run_command(command, uid, &conversation, &watch.scope);
+        match self.command(&inbound.text) {
+            Some(Command::Image(prompt)) => {
+                return self.draw(&s, &inbound, prompt, &watch).await;
+            }
+            Some(command) => return self.run_command(command, uid, &conversation, &watch.scope),
+            None => {}
         }
         inner.stats.active(s.today(), uid);
         if let Some(refused) = self.input_refusal(&s, &watch, &inbound.text) {
@@ -959,6 +1189,41 @@ impl Engine {
         if let Some(refused) = self.permitted(&s, payer, &model) {
             return refused;
         }
+        let mut question = inbound.text.trim().to_owned();
+        let mut picture_parts = Vec::new();
+        if !inbound.images.is_empty() {
+            if !model.vision {
+                return ReplyEvent::Final {
+                    text: fill(
+                        &s.texts.image_unsupported,
+                        &[(
+                            "command",
+                            &s.commands.model.first().cloned().unwrap_or_default(),
+                        )],
+                    ),
+                    usage: None,
+                    charged: 0,
+                    images: Vec::new(),
+                };
+            }
+            for url in inbound.images.iter().take(MAX_PICTURES) {
+                match self.fetch_picture(url, s.max_image_bytes).await {
+                    Ok(data_url) => picture_parts.push(serde_json::json!({
+                        "type": "image_url",
+                        "image_url": {"url": data_url},
+                    })),
+                    Err(e) => {
+                        // The URL may carry a platform token: only the reason is logged.
+                        warn!(error = %e, "downloading a picture failed");
+                        return failed(FailureKind::InvalidRequest, &s.texts.image_failed);
+                    }
+                }
+            }
+            if question.is_empty() {
+                question = s.texts.image_question.clone();
+            }
+            watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
+        }
         let chosen_role = chosen("role");
         let system_prompt = policy::choose_role(&s.roles, chosen_role.as_deref(), scope_defaults)
             .map_or(s.system_prompt.as_str(), |r| r.prompt.as_str());
@@ -974,7 +1239,14 @@ impl Engine {
                 }
             }
         };
-        let messages = build_prompt(system_prompt, &history, &inbound.text, s.context_tokens);
+        let mut messages = build_prompt(system_prompt, &history, &question, s.context_tokens);
+        if !picture_parts.is_empty()
+            && let Some(last) = messages.last_mut()
+        {
+            let mut parts = vec![serde_json::json!({"type": "text", "text": question})];
+            parts.append(&mut picture_parts);
+            last.content = serde_json::Value::Array(parts);
+        }
         let req = LlmRequest {
             model: model.name.clone(),
             messages,
@@ -992,7 +1264,12 @@ impl Engine {
             let turns = [
                 Turn {
                     role: "user".to_owned(),
-                    content: inbound.text.clone(),
+                    // Pictures are not kept: the memory says one was there.
+                    content: if inbound.images.is_empty() {
+                        question.clone()
+                    } else {
+                        format!("[图片] {question}")
+                    },
                     at_ms,
                 },
                 Turn {
@@ -1061,6 +1338,8 @@ impl Engine {
             Some(Command::Buy)
         } else if let Some(arg) = with_arg(&c.model) {
             Some(Command::Model(arg))
+        } else if let Some(arg) = with_arg(&c.image) {
+            Some(Command::Image(arg))
         } else {
             with_arg(&c.role).map(Command::Role)
         }
@@ -1150,6 +1429,7 @@ impl Engine {
                         text: fill(&s.texts.unknown_model, &[("model", &name)]),
                         usage: None,
                         charged: 0,
+                        images: Vec::new(),
                     };
                 };
                 if let Some(refused) = self.permitted(&s, uid, model) {
@@ -1186,6 +1466,8 @@ impl Engine {
                     ],
                 )
             }
+            // Answered by `draw` before commands get here.
+            Command::Image(_) => s.texts.image_off.clone(),
             Command::Role(Some(id)) => {
                 let role = s.roles.iter().find(|r| {
                     r.id.eq_ignore_ascii_case(&id) || (!r.name.is_empty() && r.name == id)
@@ -1197,6 +1479,7 @@ impl Engine {
                         text: fill(&s.texts.unknown_role, &[("role", &id)]),
                         usage: None,
                         charged: 0,
+                        images: Vec::new(),
                     };
                 }
                 if let Err(e) = inner
@@ -1214,6 +1497,7 @@ impl Engine {
             text,
             usage: None,
             charged: 0,
+            images: Vec::new(),
         }
     }
 }
@@ -1240,11 +1524,14 @@ enum Ending {
     Cut(chatrelay_rules::Hit),
 }
 
-/// Who asks, from where: what content-rule hits are recorded with.
+/// Who asks, from where (what content-rule hits are recorded with), and what the call costs
+/// beyond the model's price.
 struct Watch {
     uid: Uid,
     platform: chatrelay_core::Platform,
     scope: String,
+    /// Credits added to the answer's price (pictures sent to a vision model).
+    surcharge: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1257,6 +1544,8 @@ enum Command {
     Model(Option<String>),
     /// List the roles, or choose one.
     Role(Option<String>),
+    /// Draw a picture of the prompt.
+    Image(Option<String>),
 }
 
 /// The outcome of a message for metrics and statistics.
@@ -1337,7 +1626,7 @@ impl Handler for Engine {
     fn handle(&self, inbound: Inbound) -> Reply {
         let s = self.settings();
         let text = inbound.text.trim();
-        if text.is_empty() {
+        if text.is_empty() && inbound.images.is_empty() {
             return Reply::text(&s.texts.empty);
         }
         if text.chars().count() > s.max_input_chars {

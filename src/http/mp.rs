@@ -225,12 +225,24 @@ async fn answer(
     let texts = &account.cfg.texts;
     match &msg.kind {
         IncomingKind::Text { content } => {
-            answer_text(st, account, key, &msg.dedupe_id(), content).await
+            answer_text(st, account, key, &msg.dedupe_id(), content, Vec::new()).await
         }
         IncomingKind::Voice {
             recognition: Some(text),
             ..
-        } => answer_text(st, account, key, &msg.dedupe_id(), text).await,
+        } => answer_text(st, account, key, &msg.dedupe_id(), text, Vec::new()).await,
+        // WeChat's PicUrl is a public link to the picture (no token needed).
+        IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
+            answer_text(
+                st,
+                account,
+                key,
+                &msg.dedupe_id(),
+                "",
+                vec![pic_url.clone()],
+            )
+            .await
+        }
         IncomingKind::Voice {
             recognition: None, ..
         } => Some(texts.voice_unrecognized.clone()),
@@ -255,7 +267,7 @@ async fn answer(
             }
             "click" => {
                 let mapped = event_key.as_deref().and_then(|k| account.cfg.menu.get(k))?;
-                answer_text(st, account, key, &msg.dedupe_id(), mapped).await
+                answer_text(st, account, key, &msg.dedupe_id(), mapped, Vec::new()).await
             }
             _ => None,
         },
@@ -268,6 +280,7 @@ async fn answer_text(
     key: &UserKey,
     message_id: &str,
     text: &str,
+    images: Vec<String>,
 ) -> Option<String> {
     let cfg = &account.cfg;
     if text.trim() == cfg.login_keyword.trim() {
@@ -287,7 +300,8 @@ async fn answer_text(
     }
     let started = Instant::now();
     let (state, first) = account.register_try(message_id);
-    let inbound = Inbound::text(key.clone(), message_id, text);
+    let mut inbound = Inbound::text(key.clone(), message_id, text);
+    inbound.images = images;
     if first {
         tokio::spawn(watch(
             st.engine.clone(),

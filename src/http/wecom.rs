@@ -212,12 +212,17 @@ async fn app_callback(
     let msg = opened.message;
     let key = UserKey::new(Platform::Wecom, app.cfg.id.clone(), msg.from_user.clone());
     let message_id = msg.dedupe_id();
+    let mut images = Vec::new();
     let text = match &msg.kind {
         IncomingKind::Text { content } => Some(content.clone()),
         IncomingKind::Voice {
             recognition: Some(t),
             ..
         } => Some(t.clone()),
+        IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
+            images.push(pic_url.clone());
+            Some(String::new())
+        }
         IncomingKind::Event {
             event, event_key, ..
         } => match event.to_ascii_lowercase().as_str() {
@@ -252,7 +257,9 @@ async fn app_callback(
         let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
         tokio::spawn(
             async move {
-                let reply = engine.handle(Inbound::text(key.clone(), message_id, text));
+                let mut inbound = Inbound::text(key.clone(), message_id, text);
+                inbound.images = images;
+                let reply = engine.handle(inbound);
                 if let Some(answer) = reply.collect().await.user_text() {
                     send_app(app, key.user, answer);
                 }

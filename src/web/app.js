@@ -477,6 +477,7 @@
   const INLINE_TOKENS = new RegExp([
     '\\\\([!-\\/:-@\\[-`{-~])',
     '(`+)([^`]|[^`][\\s\\S]*?[^`])\\2(?!`)',
+    '!\\[([^\\[\\]\\n]*)\\]\\(\\s*<?(https?:\\/\\/[^\\s<>()"]+)>?\\s*\\)',
     '\\[([^\\[\\]\\n]*)\\]\\(\\s*<?([^\\s<>()]*(?:\\([^\\s<>()]*\\)[^\\s<>()]*)*)>?(?:\\s+"[^"\\n]*")?\\s*\\)',
     '<(https?:\\/\\/[^\\s<>]+)>',
     '(https?:\\/\\/[^\\s<>"\'`\\u3000-\\u303f\\uff01-\\uff0f\\uff1a-\\uff20\\uff3b-\\uff40\\uff5b-\\uff65]+)',
@@ -488,11 +489,17 @@
     const slots = [];
     const keep = (html) => '\u0000' + (slots.push(html) - 1) + '\u0000';
     let s = String(src).replace(/\u0000/g, '');
-    s = s.replace(INLINE_TOKENS, (m, escaped, ticks, code, ltext, lurl, angle, bare) => {
+    s = s.replace(INLINE_TOKENS, (m, escaped, ticks, code, ialt, iurl, ltext, lurl, angle, bare) => {
       if (escaped !== undefined) return keep(esc(escaped));
       if (ticks !== undefined) {
         const c = code.length > 2 && code[0] === ' ' && code[code.length - 1] === ' ' ? code.slice(1, -1) : code;
         return keep('<code>' + esc(c) + '</code>');
+      }
+      if (iurl !== undefined) {
+        // A picture (generated images): shown, and a click opens the full size.
+        const src = safeUrl(iurl);
+        if (!src) return keep(esc(m));
+        return keep(link(src, '<img class="md-img" src="' + esc(src) + '" alt="' + esc(ialt) + '" loading="lazy" data-testid="md-image">'));
       }
       if (ltext !== undefined) {
         const href = safeUrl(lurl);

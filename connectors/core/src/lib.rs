@@ -274,6 +274,9 @@ pub struct Inbound {
     pub bill_to: Option<UserKey>,
     /// Whether the conversation is remembered (off for one-shot questions, e.g. zsxq).
     pub remember: bool,
+    /// Pictures the user sent, as URLs the engine may download (they can carry a platform
+    /// token, e.g. Telegram's file URLs: never log them).
+    pub images: Vec<String>,
 }
 
 impl Inbound {
@@ -289,6 +292,7 @@ impl Inbound {
             capabilities,
             bill_to: None,
             remember: true,
+            images: Vec::new(),
         }
     }
 }
@@ -351,6 +355,9 @@ pub enum ReplyEvent {
         usage: Option<Usage>,
         /// Credits charged for this answer.
         charged: u64,
+        /// Pictures that belong to the answer (generated images), for platforms that can show
+        /// them; `text` links them too, for those that cannot.
+        images: Vec<String>,
     },
     /// The answer failed; `message` is safe to show to the user as is.
     Failed {
@@ -414,6 +421,7 @@ impl Reply {
             text: text.into(),
             usage: None,
             charged: 0,
+            images: Vec::new(),
         })
     }
 
@@ -543,6 +551,7 @@ mod tests {
                 text: "ab".into(),
                 usage: None,
                 charged: 1,
+                images: Vec::new(),
             })
             .await;
         });
@@ -571,6 +580,7 @@ mod tests {
             text: "hi".into(),
             usage: None,
             charged: 0,
+            images: Vec::new(),
         };
         assert_eq!(done.user_text().as_deref(), Some("hi"));
     }

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use chatrelay_core::split::{Unit, split_message};
 use teloxide_core::errors::{ApiError, RequestError};
-use teloxide_core::payloads::{EditMessageTextSetters, GetUpdatesSetters, SendMessageSetters};
+use teloxide_core::payloads::{
+    EditMessageTextSetters, GetUpdatesSetters, SendMessageSetters, SendPhotoSetters,
+};
 use teloxide_core::requests::Requester;
 use teloxide_core::types::{
-    BotCommand, ChatAction, ChatId, LinkPreviewOptions, MessageId, ParseMode, ReplyParameters,
+    BotCommand, ChatAction, ChatId, FileId, InputFile, LinkPreviewOptions, MessageId, ParseMode,
+    ReplyParameters,
 };
 
 pub use teloxide_core::Bot;
@@ -216,6 +219,35 @@ pub fn addressed_to_bot(message: &Message, bot_username: &str) -> Option<String>
     (mentioned || replies_to_bot).then_some(stripped)
 }
 
+/// The largest size of a photo message for the bot, with its caption (mentions removed):
+/// photos in private chats, and in groups photos whose caption mentions the bot or that reply
+/// to it. `None` for anything else.
+#[must_use]
+pub fn addressed_photo(message: &Message, bot_username: &str) -> Option<(String, String)> {
+    let sizes = message.photo()?;
+    let largest = sizes
+        .iter()
+        .max_by_key(|p| u64::from(p.width) * u64::from(p.height))?;
+    let caption = message.caption().unwrap_or_default();
+    let addressed = message.chat.is_private()
+        || find_mention(caption, bot_username).is_some()
+        || message
+            .reply_to_message()
+            .and_then(|m| m.from.as_ref())
+            .is_some_and(|u| {
+                u.is_bot
+                    && u.username
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(bot_username))
+            });
+    addressed.then(|| {
+        (
+            largest.file.id.0.clone(),
+            strip_mentions(caption, bot_username),
+        )
+    })
+}
+
 /// `text` without every `@bot_username` mention, trimmed.
 fn strip_mentions(text: &str, bot_username: &str) -> String {
     let mut out = text.to_owned();
@@ -292,6 +324,9 @@ pub enum TgError {
     /// Anything else.
     #[error(transparent)]
     Other(RequestError),
+    /// Something chatrelay was asked to send cannot be sent (a malformed URL).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<RequestError> for TgError {
@@ -365,6 +400,38 @@ impl TgBot {
             .offset(offset)
             .timeout(timeout_secs)
             .await?)
+    }
+
+    /// The download URL of a file (getFile). It contains the bot token: use it, never log it.
+    pub async fn file_url(&self, file_id: &str) -> Result<String, TgError> {
+        let file = self.bot.get_file(FileId(file_id.to_owned())).await?;
+        let base = self.bot.api_url();
+        Ok(format!(
+            "{}/file/bot{}/{}",
+            base.as_str().trim_end_matches('/'),
+            self.bot.token(),
+            file.path
+        ))
+    }
+
+    /// sendPhoto by URL (Telegram fetches it), replying to `reply_to` when given.
+    pub async fn send_photo(
+        &self,
+        chat: i64,
+        url: &str,
+        reply_to: Option<i32>,
+    ) -> Result<(), TgError> {
+        let url =
+            reqwest::Url::parse(url).map_err(|e| TgError::Invalid(format!("picture URL: {e}")))?;
+        let mut req = self.bot.send_photo(ChatId(chat), InputFile::url(url));
+        if let Some(id) = reply_to {
+            req = req.reply_parameters(ReplyParameters {
+                allow_sending_without_reply: Some(true),
+                ..ReplyParameters::new(MessageId(id))
+            });
+        }
+        req.await?;
+        Ok(())
     }
 
     /// sendChatAction typing.
