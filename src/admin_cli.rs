@@ -199,6 +199,9 @@ pub enum UserCommand {
     Show {
         /// The user's uid.
         uid: u64,
+        /// How many of the newest ledger entries to show.
+        #[arg(long, default_value_t = 20)]
+        ledger: usize,
     },
     /// Stop a user from using the service.
     Ban {
@@ -335,9 +338,13 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
                 .await?,
             |v| v["uid"].to_string(),
         ),
-        AdminCommand::User(UserCommand::Show { uid }) => (
-            api.call(Method::GET, &format!("/admin/users/{uid}"), None)
-                .await?,
+        AdminCommand::User(UserCommand::Show { uid, ledger }) => (
+            api.call(
+                Method::GET,
+                &format!("/admin/users/{uid}?ledger={ledger}"),
+                None,
+            )
+            .await?,
             render_user,
         ),
         AdminCommand::User(UserCommand::Ban { uid, reason }) => (

@@ -222,6 +222,7 @@ impl App {
             shutdown.clone(),
         ));
 
+        tracker.spawn(store_doctor(engine.clone(), shutdown.clone()));
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
         }
@@ -356,6 +357,44 @@ async fn watchdog(engine: Engine, interval: Duration, shutdown: CancellationToke
             Ok(Ok(true)) => notify(&[sd_notify::NotifyState::Watchdog]),
             _ => warn!("store not answering: skipping the watchdog ping"),
         }
+    }
+}
+
+/// Every two seconds: does the store take writes? sled refuses every write after an I/O
+/// error (a full disk) until it is reopened, so when the probe fails the store is reopened —
+/// at once if space is back, else at a later round. Requests meanwhile fail cleanly (503) and
+/// health checks keep answering.
+async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let store = engine.store().clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            if store.probe_write() {
+                return true;
+            }
+            match store.recover() {
+                Ok(()) => store.probe_write(),
+                Err(e) => {
+                    warn!(error = %e, "reopening the store failed; trying again shortly");
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        metrics::gauge!("chatrelay_store_writable").set(if ok { 1.0 } else { 0.0 });
+        if ok && failing {
+            info!("the store takes writes again");
+        } else if !ok && !failing {
+            warn!(
+                "the store refuses writes (disk full?): requests that write fail until it recovers"
+            );
+        }
+        failing = !ok;
     }
 }
 

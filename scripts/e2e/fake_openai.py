@@ -95,11 +95,24 @@ class FakeOpenAI:
                 if mode == "error":
                     self._json(500, {"error": {"message": "upstream exploded", "type": "server_error", "code": None}})
                     return
+                if mode == "429":
+                    body = json.dumps({"error": {"message": "Rate limit reached", "type": "requests",
+                                                 "code": "rate_limit_exceeded"}}).encode()
+                    self.send_response(429)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("retry-after-ms", "50")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if mode == "hang":
                     time.sleep(60)
                     return
                 if mode == "delayed":
                     time.sleep(fake.delay)
+                if req.get("stream") and mode in ("cut", "stream_error"):
+                    self._broken_stream(req, mode)
+                    return
                 if req.get("stream"):
                     self._stream(req, slow=(mode == "slow"))
                 else:
@@ -116,6 +129,26 @@ class FakeOpenAI:
                 chunk = f"data: {data}\n\n".encode()
                 self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 self.wfile.flush()
+
+            def _broken_stream(self, req, mode):
+                """A stream that breaks after two pieces: the connection is cut without [DONE]
+                (`cut`), or an error object arrives inside the stream (`stream_error`)."""
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": req["model"]}
+                for piece in ("Half ", "an answer "):
+                    self._event(dict(base, choices=[{"index": 0, "delta": {"content": piece}, "finish_reason": None}]))
+                if mode == "stream_error":
+                    self._event({"error": {"message": "The server had an error while processing your request.",
+                                           "type": "server_error", "code": None}})
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
 
             def _stream(self, req, slow):
                 self.send_response(200)

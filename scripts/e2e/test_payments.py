@@ -677,3 +677,96 @@ def test_refund_through_the_cli(shop, wxpay, alipay, channel, granted, chats):
     assert len(numbers) == 1, f"a second refund request number was used for the same order: {numbers}"
     assert_audit_clean(shop)
     assert_signed_requests_only(wxpay, alipay)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. SIGKILL at random moments under mixed load (fault test)
+# ---------------------------------------------------------------------------------------------
+
+def credit_events(d, uid, oid):
+    """How many purchase entries the user's whole ledger has for the order."""
+    ledger = json.loads(d.cli("--json", "user", "show", str(uid), "--ledger", "100000").stdout)["ledger"]
+    return sum(1 for e in ledger if e["kind"] == "purchase" and e["reference"] == f"order:{oid}")
+
+
+def test_sigkill_at_random_moments_under_mixed_load(upstream, paykeys, wxpay, alipay):
+    """Chat answers and payment notifications in flight while the daemon is killed at a random
+    moment, four times: after each restart every acknowledged payment is credited, none twice,
+    grants stay single, and every ledger sums to its balance."""
+    import random
+    seed = int(time.time())
+    rng = random.Random(seed)
+    print(f"kill timing seed: {seed}")  # shown by pytest on failure, to replay a run
+    d = new_pay_daemon(upstream, paykeys, wxpay, alipay)
+    with running(d):
+        users = []
+        for i in range(4):
+            uid, token = d.new_user(f"chaos{i}", credits=500)
+            users.append((uid, token))
+        acked, all_orders = set(), []
+        for round_ in range(4):
+            orders = []
+            for n in range(6):
+                uid, token = users[(round_ + n) % len(users)]
+                channel = "wechat" if n % 2 == 0 else "alipay"
+                fake = wxpay if channel == "wechat" else alipay
+                orders.append((uid, token, channel, paid_order(d, fake, channel, token)["id"]))
+            all_orders.extend(orders)
+            stop = threading.Event()
+
+            def chat(uid_token):
+                _, token = uid_token
+                while not stop.is_set():
+                    try:
+                        http(d, "POST", "/v1/chat/completions", token,
+                             {"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
+                    except Exception:
+                        time.sleep(0.02)
+
+            def notify(order):
+                _, _, channel, oid = order
+                for _ in range(3):
+                    if stop.is_set():
+                        return
+                    try:
+                        if channel == "wechat":
+                            st, _, _ = post_wechat_notify(d, *wxpay.notification(oid, 100))
+                            ok = st in (200, 204)
+                        else:
+                            st, _, body = post_alipay_notify(d, alipay.notification(oid, 100))
+                            ok = (st, body) == (200, b"success")
+                        if ok:
+                            acked.add(oid)
+                    except Exception:
+                        pass
+                    time.sleep(rng.uniform(0, 0.3))
+
+            threads = [threading.Thread(target=chat, args=(u,)) for u in users]
+            threads += [threading.Thread(target=notify, args=(o,)) for o in orders]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.2, 1.2))
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+            stop.set()
+            for t in threads:
+                t.join(timeout=15)
+            d.start()
+            assert_audit_clean(d)
+            for uid, token, channel, oid in orders:
+                credits = credit_events(d, uid, oid)
+                assert credits <= 1, f"round {round_}: order {oid} credited {credits} times"
+                if oid in acked:
+                    assert credits == 1, f"round {round_}: acknowledged order {oid} was not credited"
+        # The providers retry every notification: each order ends credited exactly once.
+        for uid, token, channel, oid in all_orders:
+            notify_paid(d, wxpay, alipay, channel, oid, 100)
+        for uid, token in users:
+            ledger = d.user(uid)["ledger"]
+            grants = [e for e in ledger if e["kind"] == "grant"]
+            assert len(grants) <= 1, f"user {uid}: the grant was applied {len(grants)} times"
+        for uid, token, channel, oid in all_orders:
+            assert credit_events(d, uid, oid) == 1, f"order {oid}: not credited exactly once after the retries"
+            assert status_of(d, token, oid) == "credited"
+        assert_audit_clean(d)
+        assert acked, "some notifications were acknowledged before the kills"

@@ -138,10 +138,17 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(json!(user))).into_response())
 }
 
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// How many of the newest ledger entries (default 20).
+    ledger: Option<usize>,
+}
+
 async fn show_user(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(uid): Path<String>,
+    Query(q): Query<ShowQuery>,
 ) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
     let uid = parse_uid(&uid)?;
@@ -180,7 +187,7 @@ async fn show_user(
         "balance": balance,
         "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tokens": store.tokens_of(uid)?,
-        "ledger": store.ledger(uid, 20)?,
+        "ledger": store.ledger(uid, q.ledger.unwrap_or(20).clamp(1, 100_000))?,
         "conversations": conversations,
     })))
 }

@@ -32,8 +32,23 @@ async fn readyz(State(st): State<AppState>) -> Response {
             .into_response();
     }
     let store = st.engine.store().clone();
-    match tokio::task::spawn_blocking(move || store.user(chatrelay_storage::Uid(0))).await {
-        Ok(Ok(_)) => {
+    // Ready means the store takes writes: a full disk makes sled refuse them while reads
+    // still work, and nearly every request writes.
+    let checked = tokio::task::spawn_blocking(move || {
+        store.user(chatrelay_storage::Uid(0)).and_then(|_| {
+            if store.probe_write() {
+                Ok(())
+            } else {
+                Err(chatrelay_storage::StoreError::InvalidInput(
+                    "the store refuses writes (disk full?); it is reopened when it takes them again"
+                        .into(),
+                ))
+            }
+        })
+    })
+    .await;
+    match checked {
+        Ok(Ok(())) => {
             Json(json!({"status": "ready", "llm": st.engine.backend_name()})).into_response()
         }
         Ok(Err(e)) => (

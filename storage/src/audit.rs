@@ -230,7 +230,7 @@ impl Store {
     /// that references and entries point at each other. Unreadable records are reported as
     /// mismatches too; only storage failures are errors.
     pub fn audit(&self) -> Result<AuditReport, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         let mut report = AuditReport::default();
         let mut found = Vec::new();
 
@@ -456,7 +456,7 @@ mod tests {
             .grant(a, 100, EntryKind::Grant, "gift", "g1", 1)
             .unwrap();
         store.reserve(a, 7, "m1", 1, 0, 100).unwrap();
-        let t = store.trees();
+        let t = store.trees().unwrap();
         t.balances
             .insert(
                 u64_key(a.0),
@@ -487,7 +487,7 @@ mod tests {
         store
             .grant(a, 50, EntryKind::Grant, "gift", "g2", 1)
             .unwrap();
-        let t = store.trees();
+        let t = store.trees().unwrap();
         t.ledger.remove(pair_key(a.0, 1)).unwrap();
         t.ledger
             .insert(pair_key(a.0, 9), b"not json".to_vec())
@@ -527,6 +527,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store
             .trees()
+            .unwrap()
             .balances
             .insert(
                 u64_key(42),

@@ -105,19 +105,19 @@ impl Tally {
     }
 }
 
-impl Store {
-    /// Every exported tree, in name order: the store's trees, plus sled's default tree when it
-    /// holds data.
-    fn backup_trees(&self) -> Vec<(&'static str, &sled::Tree)> {
-        let mut trees: Vec<_> = self.trees().all().into_iter().collect();
-        let default: &sled::Tree = &self.inner.db;
-        if !default.is_empty() {
-            trees.push((DEFAULT_TREE, default));
-            trees.sort_by_key(|(name, _)| *name);
-        }
-        trees
+/// Every exported tree, in name order: the store's trees, plus sled's default tree when it
+/// holds data.
+fn backup_trees(open: &crate::Open) -> Vec<(&'static str, &sled::Tree)> {
+    let mut trees: Vec<_> = open.all().into_iter().collect();
+    let default: &sled::Tree = &open.db;
+    if !default.is_empty() {
+        trees.push((DEFAULT_TREE, default));
+        trees.sort_by_key(|(name, _)| *name);
     }
+    trees
+}
 
+impl Store {
     /// Writes a consistent snapshot of every tree to `out`, as text lines: a header, one line
     /// per record (hex key and value), and a footer with the record count and the SHA-256 of
     /// the record lines (see the module docs). Blocks writers while it runs.
@@ -131,11 +131,12 @@ impl Store {
             .quiesce
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let schema_version = match self.trees().meta.get(SCHEMA_KEY)? {
+        let schema_version = match self.trees()?.meta.get(SCHEMA_KEY)? {
             Some(raw) => decode::<u32>(META, &raw, || "schema_version".to_owned())?,
             None => SCHEMA_VERSION,
         };
-        let id_floor = self.inner.db.generate_id()?.saturating_add(1);
+        let open = self.trees()?;
+        let id_floor = open.db.generate_id()?.saturating_add(1);
         let header = Header {
             chatrelay_backup: FORMAT,
             schema_version,
@@ -150,7 +151,7 @@ impl Store {
         write_line(out, &to_json(&header)?)?;
         let mut sha = Context::new(&SHA256);
         let mut tally = Tally::default();
-        for (name, tree) in self.backup_trees() {
+        for (name, tree) in backup_trees(&open) {
             for item in tree.iter() {
                 let (key, value) = item?;
                 let line = to_json(&Record {
@@ -216,7 +217,8 @@ impl Store {
     #[allow(clippy::type_complexity)] // the signature the brief asked for
     pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
         let mut all = Vec::new();
-        for (name, tree) in self.backup_trees() {
+        let open = self.trees()?;
+        for (name, tree) in backup_trees(&open) {
             for item in tree.iter() {
                 let (key, value) = item?;
                 all.push((name.to_owned(), key.to_vec(), value.to_vec()));

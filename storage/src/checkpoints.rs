@@ -7,7 +7,7 @@ use crate::{CHECKPOINTS, Store, StoreError};
 impl Store {
     /// The value stored under `key`, if any.
     pub fn checkpoint(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match self.trees().checkpoints.get(key.as_bytes())? {
+        match self.trees()?.checkpoints.get(key.as_bytes())? {
             Some(raw) => String::from_utf8(raw.to_vec())
                 .map(Some)
                 .map_err(|e| StoreError::corrupt(CHECKPOINTS, key, e)),
@@ -24,7 +24,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let _writing = self.writing();
         check_key("checkpoint key", key)?;
-        let result = self.trees().checkpoints.compare_and_swap(
+        let result = self.trees()?.checkpoints.compare_and_swap(
             key.as_bytes(),
             expected.map(str::as_bytes),
             Some(new.as_bytes()),
@@ -36,7 +36,7 @@ impl Store {
     pub fn set_checkpoint(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
         let _writing = self.writing();
         check_key("checkpoint key", key)?;
-        let tree = &self.trees().checkpoints;
+        let tree = &self.trees()?.checkpoints;
         match value {
             Some(v) => tree.insert(key.as_bytes(), v.as_bytes())?,
             None => tree.remove(key.as_bytes())?,
@@ -48,7 +48,7 @@ impl Store {
     pub fn bump_counter(&self, key: &str) -> Result<u64, StoreError> {
         let _writing = self.writing();
         check_key("counter key", key)?;
-        let tree = &self.trees().checkpoints;
+        let tree = &self.trees()?.checkpoints;
         let mut current = tree.get(key.as_bytes())?;
         loop {
             let n = match &current {
@@ -81,7 +81,7 @@ impl Store {
         for key in markers {
             check_key("marker key", key)?;
         }
-        let tree = &self.trees().checkpoints;
+        let tree = &self.trees()?.checkpoints;
         let result = tree.transaction(|tx| {
             for (key, delta) in deltas {
                 let n = match tx.get(key.as_bytes())? {
@@ -115,7 +115,7 @@ impl Store {
         prefix: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.trees().checkpoints.scan_prefix(prefix.as_bytes()) {
+        for item in self.trees()?.checkpoints.scan_prefix(prefix.as_bytes()) {
             let (key, value) = item?;
             let key = String::from_utf8(key.to_vec())
                 .map_err(|e| StoreError::corrupt(CHECKPOINTS, prefix, e))?;
@@ -134,7 +134,7 @@ impl Store {
         before: &str,
     ) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let tree = &self.trees().checkpoints;
+        let tree = &self.trees()?.checkpoints;
         let mut n = 0;
         for item in tree.range(prefix.as_bytes()..before.as_bytes()) {
             let (key, _) = item?;
@@ -150,7 +150,7 @@ impl Store {
     /// How many checkpoints start with `prefix`.
     pub fn count_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let mut n = 0;
-        for item in self.trees().checkpoints.scan_prefix(prefix.as_bytes()) {
+        for item in self.trees()?.checkpoints.scan_prefix(prefix.as_bytes()) {
             item?;
             n += 1;
         }

@@ -26,7 +26,7 @@ struct ConversationRecord {
 impl Store {
     /// The conversation's stored turns, oldest first (empty if there are none).
     pub fn conversation(&self, key: &str) -> Result<Vec<Turn>, StoreError> {
-        match self.trees().conversations.get(key.as_bytes())? {
+        match self.trees()?.conversations.get(key.as_bytes())? {
             Some(raw) => {
                 Ok(decode::<ConversationRecord>(CONVERSATIONS, &raw, || format!("{key:?}"))?.turns)
             }
@@ -44,7 +44,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _writing = self.writing();
         check_key("conversation key", key)?;
-        finish(self.trees().conversations.transaction(|tree| {
+        finish(self.trees()?.conversations.transaction(|tree| {
             let mut record = match tree.get(key.as_bytes())? {
                 Some(raw) => {
                     decode::<ConversationRecord>(CONVERSATIONS, &raw, || format!("{key:?}"))
@@ -67,7 +67,7 @@ impl Store {
     /// Forgets the conversation.
     pub fn clear_conversation(&self, key: &str) -> Result<(), StoreError> {
         let _writing = self.writing();
-        self.trees().conversations.remove(key.as_bytes())?;
+        self.trees()?.conversations.remove(key.as_bytes())?;
         Ok(())
     }
 }
@@ -113,7 +113,15 @@ mod tests {
         store.clear_conversation("c").unwrap();
         assert!(store.conversation("c").unwrap().is_empty());
         store.append_turns("c", &[turn(1)], 0).unwrap();
-        assert!(store.trees().conversations.get("c").unwrap().is_none());
+        assert!(
+            store
+                .trees()
+                .unwrap()
+                .conversations
+                .get("c")
+                .unwrap()
+                .is_none()
+        );
         assert!(store.append_turns("", &[turn(1)], 1).is_err());
     }
 
@@ -141,6 +149,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store
             .trees()
+            .unwrap()
             .conversations
             .insert("c", b"[oops".to_vec())
             .unwrap();

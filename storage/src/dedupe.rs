@@ -15,7 +15,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let _writing = self.writing();
         check_key("dedupe key", key)?;
-        let tree = &self.trees().dedupe;
+        let tree = &self.trees()?.dedupe;
         let new = encode(&expires_at_ms)?;
         let mut current = tree.get(key.as_bytes())?;
         loop {
@@ -36,7 +36,7 @@ impl Store {
     /// too (a mark is disposable), with a warning.
     pub fn purge_expired_dedupe(&self, now_ms: i64) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let tree = &self.trees().dedupe;
+        let tree = &self.trees()?.dedupe;
         let mut purged = 0;
         for item in tree.iter() {
             let (key, raw) = item?;
@@ -110,9 +110,14 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store.dedupe_insert("old", 10, 0).unwrap();
         store.dedupe_insert("new", 1000, 0).unwrap();
-        store.trees().dedupe.insert("bad", b"x".to_vec()).unwrap();
+        store
+            .trees()
+            .unwrap()
+            .dedupe
+            .insert("bad", b"x".to_vec())
+            .unwrap();
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 2);
-        assert!(store.trees().dedupe.get("old").unwrap().is_none());
+        assert!(store.trees().unwrap().dedupe.get("old").unwrap().is_none());
         assert!(!store.dedupe_insert("new", 2000, 600).unwrap());
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 0);
     }
@@ -120,7 +125,12 @@ mod tests {
     #[test]
     fn corrupt_mark_is_an_error() {
         let store = Store::open_temporary().unwrap();
-        store.trees().dedupe.insert("bad", b"{".to_vec()).unwrap();
+        store
+            .trees()
+            .unwrap()
+            .dedupe
+            .insert("bad", b"{".to_vec())
+            .unwrap();
         assert!(matches!(
             store.dedupe_insert("bad", 10, 0),
             Err(StoreError::Corrupt { tree: "dedupe", .. })

@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The storage engine failed (I/O, corruption it detected itself, a bug it reports).
     #[error("storage engine error: {0}")]
     Sled(#[from] sled::Error),
+    /// The database is closed while it is reopened after a storage failure (a full disk);
+    /// try again shortly.
+    #[error("the database is being reopened after a storage failure")]
+    Reopening,
     /// Another process holds the database: only one process may open it.
     #[error("database {} is locked by another process (only one process may open it)", path.display())]
     Locked {

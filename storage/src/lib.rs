@@ -235,11 +235,26 @@ impl Trees {
     }
 }
 
-struct Inner {
+/// One opening of the database.
+struct Open {
     db: sled::Db,
     trees: Trees,
+}
+
+impl std::ops::Deref for Open {
+    type Target = Trees;
+    fn deref(&self) -> &Trees {
+        &self.trees
+    }
+}
+
+struct Inner {
+    /// `None` only while [`Store::recover`] reopens the database.
+    open: RwLock<Option<Arc<Open>>>,
     path: Option<PathBuf>,
-    /// Writers hold the read side for a whole operation; [`Store::export_backup`] the write side.
+    cache_capacity_bytes: u64,
+    /// Writers hold the read side for a whole operation; [`Store::export_backup`] and
+    /// [`Store::recover`] the write side.
     quiesce: RwLock<()>,
 }
 
@@ -268,31 +283,86 @@ impl Store {
     /// with [`StoreError::SchemaTooNew`]; one held by another process with
     /// [`StoreError::Locked`].
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity_bytes);
-        let db = config.open().map_err(|e| map_open_error(e, path))?;
-        tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "opened store");
-        Self::from_db(db, Some(path.to_path_buf()))
+        let db = open_sled(path, cache_capacity_bytes)?;
+        Self::from_db(db, Some(path.to_path_buf()), cache_capacity_bytes)
     }
 
     /// Opens a fresh database that is deleted when the last clone is dropped (for tests).
     pub fn open_temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db, None)
+        Self::from_db(db, None, 0)
     }
 
-    fn from_db(db: sled::Db, path: Option<PathBuf>) -> Result<Store, StoreError> {
+    fn from_db(
+        db: sled::Db,
+        path: Option<PathBuf>,
+        cache_capacity_bytes: u64,
+    ) -> Result<Store, StoreError> {
         let trees = Trees::open(&db)?;
         check_schema(&trees.meta)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                trees,
+                open: RwLock::new(Some(Arc::new(Open { db, trees }))),
                 path,
+                cache_capacity_bytes,
                 quiesce: RwLock::new(()),
             }),
         })
+    }
+
+    /// Whether the database takes writes: writes (and removes) a probe key. After an I/O
+    /// failure (a full disk) sled refuses every write until it is reopened, so `false` here
+    /// is the cue for [`Store::recover`].
+    pub fn probe_write(&self) -> bool {
+        let _writing = self.writing();
+        let Ok(t) = self.trees() else {
+            return false;
+        };
+        t.meta.insert(PROBE_KEY, b"1".as_slice()).is_ok() && t.meta.remove(PROBE_KEY).is_ok()
+    }
+
+    /// Reopens the database after a storage failure (sled stays failed after an I/O error
+    /// until it is reopened): waits for writers to finish, closes it, and opens it again,
+    /// which replays its log. Returns whether it is open afterwards. While this runs (and if
+    /// the disk is still full, until a later call succeeds) calls fail with
+    /// [`StoreError::Reopening`]. Temporary stores cannot be reopened.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let Some(path) = self.inner.path.clone() else {
+            return Err(StoreError::InvalidInput(
+                "a temporary store cannot be reopened".into(),
+            ));
+        };
+        let _quiet = self
+            .inner
+            .quiesce
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self
+            .inner
+            .open
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = slot.take() {
+            // Readers that fetched the trees just before finish their read; the file lock
+            // goes with the last handle.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 {
+                if std::time::Instant::now() > deadline {
+                    *slot = Some(old);
+                    return Err(StoreError::InvalidInput(
+                        "the database is still in use; not reopened".into(),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let db = open_sled(&path, self.inner.cache_capacity_bytes)?;
+        let trees = Trees::open(&db)?;
+        check_schema(&trees.meta)?;
+        tracing::warn!(path = %path.display(), "database reopened after a storage failure");
+        *slot = Some(Arc::new(Open { db, trees }));
+        Ok(())
     }
 
     /// Waits until every write made so far is on disk.
@@ -302,7 +372,7 @@ impl Store {
     /// notifications hit it), so the flush runs synchronously on a helper thread and this
     /// future waits for it.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.inner.db.clone();
+        let db = self.trees()?.db.clone();
         let (tx, rx) = flush::channel();
         let spawned = std::thread::Builder::new()
             .name("chatrelay-flush".into())
@@ -310,8 +380,14 @@ impl Store {
         match spawned {
             Ok(_) => rx.await,
             // No thread to be had: flush here rather than not at all.
-            Err(_) => self.inner.db.flush().map(|_| ()).map_err(StoreError::from),
+            Err(_) => db_flush(&self.trees()?.db),
         }
+    }
+
+    /// [`Store::flush`] for callers without an async runtime (tools, benchmarks): blocks
+    /// until every write made so far is on disk.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        db_flush(&self.trees()?.db)
     }
 
     /// The database directory; `None` for a temporary store.
@@ -319,8 +395,14 @@ impl Store {
         self.inner.path.as_deref()
     }
 
-    fn trees(&self) -> &Trees {
-        &self.inner.trees
+    /// The open database; [`StoreError::Reopening`] while [`Store::recover`] reopens it.
+    fn trees(&self) -> Result<Arc<Open>, StoreError> {
+        self.inner
+            .open
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
     }
 
     /// The quiesce lock's read side, held by a public writing method for its whole run.
@@ -331,6 +413,24 @@ impl Store {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The `meta` key [`Store::probe_write`] writes.
+const PROBE_KEY: &[u8] = b"probe";
+
+fn db_flush(db: &sled::Db) -> Result<(), StoreError> {
+    db.flush().map(|_| ()).map_err(StoreError::from)
+}
+
+fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| map_open_error(e, path))?;
+    tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "opened store");
+    Ok(db)
 }
 
 /// Maps sled's "could not acquire lock ... WouldBlock" to [`StoreError::Locked`].
@@ -380,6 +480,29 @@ fn system_now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reopening_keeps_the_data_and_takes_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let user = store.create_user("kept").unwrap();
+        assert!(store.probe_write());
+        store.flush_blocking().unwrap();
+        let clone = store.clone();
+        store.recover().unwrap();
+        assert_eq!(
+            clone.user(user.uid).unwrap().unwrap().name,
+            "kept",
+            "clones see the reopened database"
+        );
+        clone.create_user("after").unwrap();
+        assert!(store.probe_write());
+        assert!(
+            Store::open_temporary().unwrap().recover().is_err(),
+            "nothing to reopen"
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -387,7 +510,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
-            let raw = store.trees().meta.get(SCHEMA_KEY).unwrap().unwrap();
+            let raw = store
+                .trees()
+                .unwrap()
+                .meta
+                .get(SCHEMA_KEY)
+                .unwrap()
+                .unwrap();
             assert_eq!(&*raw, b"1");
             assert_eq!(store.path(), Some(dir.path()));
         }
@@ -401,10 +530,11 @@ mod tests {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
             store
                 .trees()
+                .unwrap()
                 .meta
                 .insert(SCHEMA_KEY, b"2".to_vec())
                 .unwrap();
-            store.inner.db.flush().unwrap();
+            store.flush_blocking().unwrap();
         }
         match Store::open(dir.path(), 1 << 20) {
             Err(StoreError::SchemaTooNew {
@@ -422,10 +552,11 @@ mod tests {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
             store
                 .trees()
+                .unwrap()
                 .meta
                 .insert(SCHEMA_KEY, b"\"one\"".to_vec())
                 .unwrap();
-            store.inner.db.flush().unwrap();
+            store.flush_blocking().unwrap();
         }
         assert!(matches!(
             Store::open(dir.path(), 1 << 20),

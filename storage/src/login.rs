@@ -42,7 +42,7 @@ impl Store {
     /// The user's live login code, or a new one valid for `ttl_ms`.
     pub fn login_code(&self, uid: Uid, ttl_ms: i64, now_ms: i64) -> Result<LoginCode, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         if t.users.get(u64_key(uid.0))?.is_none() {
             return Err(StoreError::UnknownUser(uid));
         }
@@ -97,7 +97,7 @@ impl Store {
         if code.len() != LOGIN_CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(None);
         }
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.login_codes, &t.login_codes_by_uid).transaction(|(codes, by_uid)| {
                 let Some(raw) = codes.get(code.as_bytes())? else {
@@ -123,7 +123,7 @@ impl Store {
     /// Removes expired codes; returns how many.
     pub fn purge_expired_login_codes(&self, now_ms: i64) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let mut expired = Vec::new();
         for item in t.login_codes.iter() {
             let (key, raw) = item?;

@@ -125,7 +125,7 @@ impl Store {
     pub fn create_order(&self, order: &Order, now_ms: i64) -> Result<Order, StoreError> {
         let _writing = self.writing();
         check_key("order id", &order.id)?;
-        let t = self.trees();
+        let t = self.trees()?;
         let key = open_key(order.uid, &order.product_id, &order.channel);
         finish(
             (&t.users, &t.orders, &t.open_orders).transaction(|(users, orders, open)| {
@@ -161,7 +161,7 @@ impl Store {
 
     /// The order with this id.
     pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
-        match self.trees().orders.get(id.as_bytes())? {
+        match self.trees()?.orders.get(id.as_bytes())? {
             Some(raw) => decode(ORDERS, &raw, || id.to_owned()).map(Some),
             None => Ok(None),
         }
@@ -181,7 +181,7 @@ impl Store {
         id: &str,
         change: impl Fn(&mut Order) -> Result<(), StoreError>,
     ) -> Result<Order, StoreError> {
-        let tree = &self.trees().orders;
+        let tree = &self.trees()?.orders;
         finish(tree.transaction(|orders| {
             let Some(raw) = orders.get(id.as_bytes())? else {
                 return abort(StoreError::UnknownOrder(id.to_owned()));
@@ -200,7 +200,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Order>, StoreError> {
         let mut all = Vec::new();
-        for item in self.trees().orders.iter() {
+        for item in self.trees()?.orders.iter() {
             let (key, raw) = item?;
             let order: Order = decode(ORDERS, &raw, || crate::codec::describe_bytes(&key))?;
             if status.is_none_or(|s| s == order.status) {
@@ -214,7 +214,7 @@ impl Store {
 
     /// Every order still waiting for its payment (for reconciliation).
     pub fn open_orders(&self) -> Result<Vec<Order>, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         let mut out = Vec::new();
         for item in t.open_orders.iter() {
             let (key, raw) = item?;
@@ -239,7 +239,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<CreditOutcome, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let reference = purchase_reference(id);
         finish(
             (
@@ -318,7 +318,7 @@ impl Store {
     /// Returns the order as it is afterwards; a paid order stays paid.
     pub fn close_order(&self, id: &str, now_ms: i64) -> Result<Order, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         finish((&t.orders, &t.open_orders).transaction(|(orders, open)| {
             let Some(raw) = orders.get(id.as_bytes())? else {
                 return abort(StoreError::UnknownOrder(id.to_owned()));
@@ -350,7 +350,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Order, Option<LedgerEntry>), StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let reference = format!("refund:{id}");
         finish(
             (&t.orders, &t.balances, &t.ledger, &t.ledger_refs).transaction(
@@ -414,7 +414,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _writing = self.writing();
-        let seq = self.inner.db.generate_id()?;
+        let seq = self.trees()?.db.generate_id()?;
         let mut key = id.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&u64_key(seq));
@@ -423,7 +423,7 @@ impl Store {
             kind: kind.to_owned(),
             detail: detail.to_owned(),
         };
-        self.trees().order_events.insert(key, encode(&event)?)?;
+        self.trees()?.order_events.insert(key, encode(&event)?)?;
         Ok(())
     }
 
@@ -432,7 +432,7 @@ impl Store {
         let mut prefix = id.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for item in self.trees().order_events.scan_prefix(&prefix) {
+        for item in self.trees()?.order_events.scan_prefix(&prefix) {
             let (key, raw) = item?;
             out.push(decode(ORDER_EVENTS, &raw, || {
                 crate::codec::describe_bytes(&key)

@@ -13,7 +13,7 @@ impl Store {
     pub fn outbox_push(&self, key: &str, text: &str) -> Result<(), StoreError> {
         let _writing = self.writing();
         check_key("outbox key", key)?;
-        let tree = &self.trees().outbox;
+        let tree = &self.trees()?.outbox;
         finish(tree.transaction(|t| {
             let mut items: Vec<String> = match t.get(key.as_bytes())? {
                 Some(raw) => decode(OUTBOX, &raw, || format!("{key:?}")).or_abort()?,
@@ -33,7 +33,7 @@ impl Store {
     /// Takes everything queued for `key` (oldest first), leaving nothing.
     pub fn outbox_take(&self, key: &str) -> Result<Vec<String>, StoreError> {
         let _writing = self.writing();
-        let tree = &self.trees().outbox;
+        let tree = &self.trees()?.outbox;
         match tree.remove(key.as_bytes())? {
             Some(raw) => decode(OUTBOX, &raw, || format!("{key:?}")),
             None => Ok(Vec::new()),
@@ -42,12 +42,12 @@ impl Store {
 
     /// How many users have answers waiting (a gauge for operators).
     pub fn outbox_users(&self) -> usize {
-        self.trees().outbox.len()
+        self.trees().map_or(0, |t| t.outbox.len())
     }
 
     /// How many texts are queued for `key`.
     pub fn outbox_len(&self, key: &str) -> Result<usize, StoreError> {
-        match self.trees().outbox.get(key.as_bytes())? {
+        match self.trees()?.outbox.get(key.as_bytes())? {
             Some(raw) => Ok(decode::<Vec<String>>(OUTBOX, &raw, || format!("{key:?}"))?.len()),
             None => Ok(0),
         }

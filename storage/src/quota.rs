@@ -164,7 +164,7 @@ pub(crate) struct LedgerRef {
 impl Store {
     /// The user's credits on day `today` with a daily allowance of `free_daily`.
     pub fn balance(&self, uid: Uid, today: i64, free_daily: u64) -> Result<Balance, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         if t.users.get(u64_key(uid.0))?.is_none() {
             return Err(StoreError::UnknownUser(uid));
         }
@@ -192,8 +192,8 @@ impl Store {
     ) -> Result<ReservationId, StoreError> {
         let _writing = self.writing();
         check_key("reference", reference)?;
-        let new_id = ReservationId(self.inner.db.generate_id()?);
-        let t = self.trees();
+        let new_id = ReservationId(self.trees()?.db.generate_id()?);
+        let t = self.trees()?;
         let trees = (
             &t.users,
             &t.balances,
@@ -272,7 +272,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<LedgerEntry>, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let trees = (
             &t.balances,
             &t.reservations,
@@ -347,7 +347,7 @@ impl Store {
     /// Its reference may be reserved again afterwards.
     pub fn release(&self, id: ReservationId) -> Result<bool, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.balances, &t.reservations, &t.reservation_refs).transaction(
                 |(balances, reservations, res_refs)| {
@@ -361,7 +361,7 @@ impl Store {
     /// `i64::MAX` to release them all); returns how many.
     pub fn release_stale_reservations(&self, now_ms: i64) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let mut stale = Vec::new();
         for item in t.reservations.iter() {
             let (raw_key, raw) = item?;
@@ -398,7 +398,7 @@ impl Store {
     /// per answer, do not pile up.
     pub fn purge_settled_reservations(&self, before_ms: i64) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let t = self.trees();
+        let t = self.trees()?;
         let mut old = Vec::new();
         for item in t.settled_reservations.iter() {
             let (raw_key, raw) = item?;
@@ -512,7 +512,7 @@ impl Store {
         check_key("reference", reference)?;
         let magnitude = positive_delta(credits)?;
         let delta = if adds { magnitude } else { -magnitude };
-        let t = self.trees();
+        let t = self.trees()?;
         let entry = finish(
             (&t.users, &t.balances, &t.ledger, &t.ledger_refs).transaction(
                 |(users, balances, ledger, ledger_refs)| {
@@ -547,7 +547,7 @@ impl Store {
     pub fn ledger(&self, uid: Uid, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         let mut entries = Vec::new();
         for item in self
-            .trees()
+            .trees()?
             .ledger
             .scan_prefix(u64_key(uid.0))
             .rev()
@@ -562,7 +562,7 @@ impl Store {
 
     /// The ledger entry written with `reference`, if any.
     pub fn ledger_by_reference(&self, reference: &str) -> Result<Option<LedgerEntry>, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         let Some(raw) = t.ledger_refs.get(reference.as_bytes())? else {
             return Ok(None);
         };

@@ -80,7 +80,7 @@ impl Store {
             revoked_at_ms: None,
         };
         let value = encode(&record)?;
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.users, &t.tokens, &t.tokens_by_uid).transaction(|(users, tokens, by_uid)| {
                 if users.get(u64_key(uid.0))?.is_none() {
@@ -97,7 +97,7 @@ impl Store {
     /// The user a token stands for; `None` if it is unknown, revoked, expired by `now_ms`, or
     /// its user is gone.
     pub fn token_uid(&self, token: &str, now_ms: i64) -> Result<Option<Uid>, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         let hash = token_hash(token);
         let Some(raw) = t.tokens.get(hash)? else {
             return Ok(None);
@@ -116,7 +116,7 @@ impl Store {
     pub fn revoke_token(&self, token: &str, now_ms: i64) -> Result<bool, StoreError> {
         let _writing = self.writing();
         let hash = token_hash(token);
-        finish(self.trees().tokens.transaction(|tokens| {
+        finish(self.trees()?.tokens.transaction(|tokens| {
             let Some(raw) = tokens.get(hash)? else {
                 return Ok(false);
             };
@@ -132,7 +132,7 @@ impl Store {
 
     /// The user's tokens (revoked and expired ones included), described without the token.
     pub fn tokens_of(&self, uid: Uid) -> Result<Vec<TokenInfo>, StoreError> {
-        let t = self.trees();
+        let t = self.trees()?;
         let mut infos = Vec::new();
         for item in t.tokens_by_uid.scan_prefix(u64_key(uid.0)) {
             let (key, _) = item?;
@@ -213,7 +213,7 @@ mod tests {
     fn token_of_a_gone_user_is_rejected() {
         let (store, uid) = store_with_user();
         let token = store.create_token(uid, "a", None, 1).unwrap();
-        store.trees().users.remove(u64_key(uid.0)).unwrap();
+        store.trees().unwrap().users.remove(u64_key(uid.0)).unwrap();
         assert_eq!(store.token_uid(&token, 2).unwrap(), None);
     }
 
@@ -247,7 +247,8 @@ mod tests {
         let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
 
         // Through sled: every key and value of every tree.
-        let db = &store.inner.db;
+        let open = store.trees().unwrap();
+        let db = &open.db;
         for name in db.tree_names() {
             let tree = db.open_tree(&name).unwrap();
             for item in tree.iter() {
@@ -296,6 +297,7 @@ mod tests {
         let token = store.create_token(uid, "a", None, 1).unwrap();
         store
             .trees()
+            .unwrap()
             .tokens
             .insert(&token_hash(&token)[..], b"zz".to_vec())
             .unwrap();

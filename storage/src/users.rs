@@ -43,7 +43,7 @@ impl Store {
         let _writing = self.writing();
         check_name(name)?;
         let now = system_now_ms();
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.meta, &t.users)
                 .transaction(|(meta, users)| insert_new_user(meta, users, name, now)),
@@ -52,7 +52,7 @@ impl Store {
 
     /// The user with this uid, if any.
     pub fn user(&self, uid: Uid) -> Result<Option<User>, StoreError> {
-        match self.trees().users.get(u64_key(uid.0))? {
+        match self.trees()?.users.get(u64_key(uid.0))? {
             Some(raw) => decode(USERS, &raw, || uid.to_string()).map(Some),
             None => Ok(None),
         }
@@ -66,7 +66,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<User, StoreError> {
         let _writing = self.writing();
-        finish(self.trees().users.transaction(|users| {
+        finish(self.trees()?.users.transaction(|users| {
             let key = u64_key(uid.0);
             let Some(raw) = users.get(key)? else {
                 return abort(StoreError::UnknownUser(uid));
@@ -101,7 +101,7 @@ impl Store {
                 "group names must be 1 to 64 bytes".into(),
             ));
         }
-        finish(self.trees().users.transaction(|users| {
+        finish(self.trees()?.users.transaction(|users| {
             let key = u64_key(uid.0);
             let Some(raw) = users.get(key)? else {
                 return abort(StoreError::UnknownUser(uid));
@@ -124,7 +124,7 @@ impl Store {
     pub fn find_users_by_name(&self, query: &str, limit: usize) -> Result<Vec<User>, StoreError> {
         let needle = query.to_lowercase();
         let mut found = Vec::new();
-        for item in self.trees().users.iter() {
+        for item in self.trees()?.users.iter() {
             if found.len() >= limit {
                 break;
             }
@@ -145,7 +145,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(UserKey, Uid)>, StoreError> {
         let mut found = Vec::new();
-        for item in self.trees().identities.iter() {
+        for item in self.trees()?.identities.iter() {
             if found.len() >= limit {
                 break;
             }
@@ -166,7 +166,7 @@ impl Store {
 
     /// How many users exist (counts them: not for hot paths).
     pub fn user_count(&self) -> usize {
-        self.trees().users.len()
+        self.trees().map_or(0, |t| t.users.len())
     }
 
     /// The uid owning `key`, creating user and identity if it has none.
@@ -190,7 +190,7 @@ impl Store {
         };
         check_name(&name)?;
         let now = system_now_ms();
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.identities, &t.identities_by_uid, &t.meta, &t.users).transaction(
                 |(ids, by_uid, meta, users)| {
@@ -209,7 +209,7 @@ impl Store {
     /// The uid owning `key`, if any.
     pub fn identity(&self, key: &UserKey) -> Result<Option<Uid>, StoreError> {
         let key_text = key.to_string();
-        match self.trees().identities.get(key_text.as_bytes())? {
+        match self.trees()?.identities.get(key_text.as_bytes())? {
             Some(raw) => decode(IDENTITIES, &raw, || key_text).map(Some),
             None => Ok(None),
         }
@@ -220,7 +220,7 @@ impl Store {
         let _writing = self.writing();
         let key_text = key.to_string();
         check_key_text(&key_text)?;
-        let t = self.trees();
+        let t = self.trees()?;
         finish((&t.identities, &t.identities_by_uid, &t.users).transaction(
             |(ids, by_uid, users)| {
                 if users.get(u64_key(uid.0))?.is_none() {
@@ -247,7 +247,7 @@ impl Store {
     pub fn unlink_identity(&self, key: &UserKey) -> Result<bool, StoreError> {
         let _writing = self.writing();
         let key_text = key.to_string();
-        let t = self.trees();
+        let t = self.trees()?;
         finish(
             (&t.identities, &t.identities_by_uid).transaction(|(ids, by_uid)| {
                 let Some(raw) = ids.remove(key_text.as_bytes())? else {
@@ -263,7 +263,7 @@ impl Store {
     /// Every key that belongs to `uid`, in key order.
     pub fn identities_of(&self, uid: Uid) -> Result<Vec<UserKey>, StoreError> {
         let mut keys = Vec::new();
-        for item in self.trees().identities_by_uid.scan_prefix(u64_key(uid.0)) {
+        for item in self.trees()?.identities_by_uid.scan_prefix(u64_key(uid.0)) {
             let (raw_key, _) = item?;
             let (_, rest) = split_u64_prefix(IDENTITIES_BY_UID, &raw_key)?;
             let describe = || format!("{uid}/{}", String::from_utf8_lossy(rest));
@@ -406,6 +406,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store
             .trees()
+            .unwrap()
             .users
             .insert(
                 u64_key(5),
@@ -426,6 +427,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store
             .trees()
+            .unwrap()
             .users
             .insert(u64_key(7), b"\xff garbage".to_vec())
             .unwrap();
@@ -517,6 +519,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store
             .trees()
+            .unwrap()
             .identities_by_uid
             .insert(prefixed_key(1, b"bogus"), &[][..])
             .unwrap();
@@ -529,6 +532,7 @@ mod tests {
         ));
         store
             .trees()
+            .unwrap()
             .identities
             .insert("mp:main:z", b"nope".to_vec())
             .unwrap();

@@ -389,6 +389,7 @@ fn corrupt_balance_is_an_error_naming_tree_and_key() {
     let (store, uid) = store_with_paid(10);
     store
         .trees()
+        .unwrap()
         .balances
         .insert(u64_key(uid.0), b"{\"paid\": -3}".to_vec())
         .unwrap();
@@ -417,6 +418,7 @@ fn corrupt_ledger_records_are_errors() {
     let (store, uid) = store_with_paid(10);
     store
         .trees()
+        .unwrap()
         .ledger_refs
         .insert("seed", b"[1,2".to_vec())
         .unwrap();
@@ -436,6 +438,7 @@ fn corrupt_ledger_records_are_errors() {
     ));
     store
         .trees()
+        .unwrap()
         .ledger
         .insert(pair_key(uid.0, 1), b"oops".to_vec())
         .unwrap();
@@ -448,6 +451,7 @@ fn corrupt_ledger_records_are_errors() {
     // The next entry would land on an existing key: refused rather than overwritten.
     store
         .trees()
+        .unwrap()
         .balances
         .insert(
             u64_key(uid.0),
@@ -469,6 +473,7 @@ fn corrupt_reservation_is_an_error() {
     let id = store.reserve(uid, 1, "m1", DAY, FREE, LATER).unwrap();
     store
         .trees()
+        .unwrap()
         .reservations
         .insert(u64_key(id.0), b"?".to_vec())
         .unwrap();
