@@ -6,16 +6,19 @@
 # Usage: scripts/bench/big_store.sh [USERS] [ENTRIES]   (default 100000 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
 users="${1:-100000}"
 entries="${2:-1000000}"
-cargo build --release --locked --bin chatrelay >/dev/null 2>&1
-cargo build --release --locked -p chatrelay-storage --example gen_store >/dev/null 2>&1
-bin="$PWD/target/release/chatrelay"
+cargo build $release --locked --bin chatrelay >/dev/null 2>&1
+cargo build $release --locked -p chatrelay-storage --example gen_store >/dev/null 2>&1
+bin="$PWD/target/$profile/chatrelay"
 work=$(mktemp -d)
 trap 'kill $cr 2>/dev/null || true; rm -rf "$work"' EXIT
 cr=""
 gen_start=$(date +%s)
-"$PWD/target/release/examples/gen_store" "$work/big/db" "$users" "$entries"
+"$PWD/target/$profile/examples/gen_store" "$work/big/db" "$users" "$entries"
 echo "generated in $(( $(date +%s) - gen_start )) s; on disk: $(du -sh "$work/big" | cut -f1)"
 
 # start_ms DIR: time from exec to /readyz answering, then idle RSS 2 s later (KiB).

@@ -6,8 +6,11 @@
 # Usage: scripts/bench/idle_rss.sh            (builds the release binary first)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --locked --bin chatrelay >/dev/null 2>&1
-bin="$PWD/target/release/chatrelay"
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
+cargo build $release --locked --bin chatrelay >/dev/null 2>&1
+bin="$PWD/target/$profile/chatrelay"
 work=$(mktemp -d)
 trap 'kill $cr $py 2>/dev/null || true; rm -rf "$work"' EXIT
 

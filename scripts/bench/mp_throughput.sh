@@ -6,11 +6,14 @@
 # Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCY]   (default 20000 64)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
 n="${1:-20000}"
 c="${2:-64}"
-cargo build --release --locked --bin chatrelay --example mp_load >/dev/null 2>&1
-bin="$PWD/target/release/chatrelay"
-load="$PWD/target/release/examples/mp_load"
+cargo build $release --locked --bin chatrelay --example mp_load >/dev/null 2>&1
+bin="$PWD/target/$profile/chatrelay"
+load="$PWD/target/$profile/examples/mp_load"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -8,12 +8,15 @@
 # limit for 10,000 streams).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
 n="${1:-10000}"
 hold="${2:-30}"
 ulimit -n "$(( n * 4 + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release --locked --bin chatrelay --example stream_load >/dev/null 2>&1
-bin="$PWD/target/release/chatrelay"
-load="$PWD/target/release/examples/stream_load"
+cargo build $release --locked --bin chatrelay --example stream_load >/dev/null 2>&1
+bin="$PWD/target/$profile/chatrelay"
+load="$PWD/target/$profile/examples/stream_load"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -71,4 +74,11 @@ b, v = parse(sys.argv[1]), parse(sys.argv[2])
 print(f"ttfb overhead p50: {float(v['ttfb_p50_ms'])-float(b['ttfb_p50_ms']):.2f} ms, p99: {float(v['ttfb_p99_ms'])-float(b['ttfb_p99_ms']):.2f} ms")
 print(f"peak RSS: {int(sys.argv[3])/1024:.1f} MiB")
 PY
+# Probes stop reading after their first token; the daemon notices at its next write and
+# settles what they got. Wait for that before auditing.
+for _ in $(seq 1 $(( hold * 4 + 40 ))); do
+  open=$(admin --json audit | python3 -c 'import json,sys; print(json.load(sys.stdin)["open_reservations"])')
+  [ "$open" = 0 ] && break
+  sleep 0.25
+done
 admin --json audit | python3 -c 'import json,sys; a=json.load(sys.stdin); print("ledger consistent:", not a["mismatches"], "open reservations:", a["open_reservations"])'

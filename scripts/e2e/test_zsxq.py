@@ -135,3 +135,53 @@ def test_quiet_hours_are_respected(upstream, fake):
         d.cli("zsxq", "resume", "star")
     finally:
         d.stop()
+
+
+def test_sigkill_at_random_moments_while_answering_and_chatting(upstream, fake):
+    """Topics being answered and chat requests in flight while the daemon is killed at random
+    moments: at the end every topic is answered exactly once and every ledger sums up."""
+    import random
+    import threading
+    import urllib.request
+    seed = int(time.time())
+    rng = random.Random(seed)
+    print(f"kill timing seed: {seed}")
+    topics = [9100 + i for i in range(12)]
+    for t in topics:
+        fake.add(t, f"第 {t} 个问题")
+    fake.list_answered_too = True
+    d = Daemon(upstream.base_url, extra_toml=zsxq_toml(fake), free_daily=1000).start()
+    try:
+        uid, token = d.new_user("chatter", credits=200)
+        for round_ in range(3):
+            stop = threading.Event()
+
+            def chat():
+                body = json.dumps({"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]}).encode()
+                while not stop.is_set():
+                    req = urllib.request.Request(d.url + "/v1/chat/completions", data=body, method="POST")
+                    req.add_header("content-type", "application/json")
+                    req.add_header("authorization", f"Bearer {token}")
+                    try:
+                        urllib.request.urlopen(req, timeout=5).read()
+                    except Exception:
+                        time.sleep(0.02)
+
+            threads = [threading.Thread(target=chat) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+            d.proc.kill()
+            d.proc.wait(timeout=10)
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            d.start()
+            assert d.audit()["mismatches"] == [], f"round {round_} (seed {seed})"
+        wait_for(lambda: all(fake.answers_for(t) for t in topics), 45, "every topic answered")
+        time.sleep(2)  # more polls over the stale listing: nothing answered again
+        for t in topics:
+            assert len(fake.answers_for(t)) == 1, f"topic {t} answered {len(fake.answers_for(t))} times (seed {seed})"
+        assert d.audit()["mismatches"] == []
+    finally:
+        d.stop()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark at three sizes (the figures in BENCHMARKS.md). About 15 minutes on 2 cores;
+# the 10,000-stream run needs root (file descriptors).
+set -euo pipefail
+cd "$(dirname "$0")"
+for n in 5000 10000 20000; do echo "== OA callbacks: $n requests at concurrency 64"; ./mp_throughput.sh "$n" 64; done
+for n in 1000 3000 10000; do echo "== $n streams held 30 s"; ./streams.sh "$n" 30; done
+echo "== idle"; ./idle_rss.sh
+for s in "1000 10000" "10000 100000" "100000 1000000"; do echo "== store of $s users/entries"; ./big_store.sh $s; done
+for u in 1 8 64; do echo "== quota, $u users"; ./quota.sh "$u" 5; done

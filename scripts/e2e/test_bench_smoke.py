@@ -1,0 +1,40 @@
+"""A short run of every benchmark script (debug builds, tiny sizes), so that they keep working;
+the figures in BENCHMARKS.md come from the full release runs (scripts/bench/all.sh)."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+BENCH = ROOT / "scripts" / "bench"
+
+
+def run(script, *args, timeout=600):
+    env = dict(os.environ, BENCH_PROFILE="debug")
+    r = subprocess.run([str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=ROOT)
+    assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_oa_callback_throughput_smoke():
+    out = run("mp_throughput.sh", 300, 8)
+    assert "ratio rps chatrelay/baseline:" in out and "requests=300 ok=300" in out, out
+
+
+def test_streams_smoke():
+    out = run("streams.sh", 40, 2)
+    assert "streams=40 ok=40" in out and "peak RSS:" in out and "ledger consistent: True" in out, out
+
+
+def test_idle_and_big_store_smoke():
+    assert "ratio chatrelay / python http.server:" in run("idle_rss.sh")
+    out = run("big_store.sh", 200, 2000)
+    assert "200 users, 2000 ledger entries: start to ready" in out, out
+
+
+def test_quota_smoke():
+    out = run("quota.sh", 4, 1)
+    assert "consistent=true" in out and "reserve_settle_per_sec=" in out, out
