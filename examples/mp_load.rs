@@ -2,11 +2,12 @@
 //!
 //! `mp_load hello LISTEN` serves a bare axum hello-world (the baseline).
 //! `mp_load get URL N CONCURRENCY` loads a plain GET URL.
-//! `mp_load mp URL TOKEN AES_KEY APP_ID N CONCURRENCY` sends N distinct safe-mode text
-//! messages (encrypted and signed like WeChat, prepared before the clock starts) and checks
-//! every reply is an encrypted passive reply.
+//! `mp_load mp URL TOKEN AES_KEY APP_ID N CONCURRENCY [USERS]` sends N distinct safe-mode
+//! text messages (encrypted and signed like WeChat, prepared before the clock starts) from
+//! `USERS` followers (default: a new follower per message) and checks every reply is an
+//! encrypted passive reply.
 //!
-//! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B`.
+//! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B max_ms=C`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
             let (url, token, aes, app_id) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
             let n: usize = arg(5)?.parse()?;
             let c: usize = arg(6)?.parse()?;
+            let users: usize = args.get(7).map_or(Ok(n), |u| u.parse())?.max(1);
             let key = AesKey::from_encoding_aes_key(aes).map_err(|e| anyhow::anyhow!("{e}"))?;
             let ts = (std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -51,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
                 .map(|i| {
                     let nonce = format!("n{i}");
                     let xml = format!(
-                        "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o_bench_{run_id}_{i}]]></FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好，这是第 {i} 条压测消息]]></Content><MsgId>{}</MsgId></xml>",
+                        "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o_bench_{run_id}_{}]]></FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好，这是第 {i} 条压测消息]]></Content><MsgId>{}</MsgId></xml>",
+                        i % users,
                         u64::from(run_id) * 10_000_000 + i as u64
                     );
                     let mut random = [0u8; 16];
@@ -61,7 +64,8 @@ async fn main() -> anyhow::Result<()> {
                     let msg_signature = sha1_signature(&[token, &ts, &nonce, &encrypt]);
                     let body = format!("<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
                     let full = format!(
-                        "{url}?signature={signature}&timestamp={ts}&nonce={nonce}&openid=o_bench_{i}&encrypt_type=aes&msg_signature={msg_signature}"
+                        "{url}?signature={signature}&timestamp={ts}&nonce={nonce}&openid=o_bench_{run_id}_{}&encrypt_type=aes&msg_signature={msg_signature}",
+                        i % users
                     );
                     (full, body.into_bytes())
                 })
@@ -125,10 +129,11 @@ async fn run(
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     println!(
-        "requests={n} ok={ok} secs={secs:.2} rps={:.0} p50_ms={:.2} p99_ms={:.2}",
+        "requests={n} ok={ok} secs={secs:.2} rps={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         n as f64 / secs,
         pct(0.50),
-        pct(0.99)
+        pct(0.99),
+        all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     Ok(())
 }

@@ -3,7 +3,10 @@
 # with no delay): verify, decrypt, parse, dedupe, quota, answer, encrypt. Baseline in the same
 # run: a bare axum hello-world loaded by the same client at the same concurrency.
 #
-# Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCY]   (default 20000 64)
+# Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCY] [USERS]   (default 20000 64,
+# and a new follower per message; USERS spreads the messages over that many followers)
+# With LLM_SECS=1 the answers come from a fake upstream that takes that long (instead of the
+# instant demo): then what matters is that every reply is inside WeChat's 5 s (max_ms).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
@@ -11,7 +14,8 @@ profile="${BENCH_PROFILE:-release}"
 release=$([ "$profile" = release ] && echo --release || true)
 n="${1:-20000}"
 c="${2:-64}"
-cargo build $release --locked --bin chatrelay --example mp_load >/dev/null 2>&1
+users="${3:-$n}"
+cargo build $release --locked --bin chatrelay --example mp_load --example stream_load >/dev/null 2>&1
 bin="$PWD/target/$profile/chatrelay"
 load="$PWD/target/$profile/examples/mp_load"
 work=$(mktemp -d)
@@ -21,6 +25,15 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 
 port=$(freeport)
 hello_port=$(freeport)
+if [ -n "${LLM_SECS:-}" ]; then
+  up_port=$(freeport)
+  # Two tokens, the second LLM_SECS after the first: an answer that takes LLM_SECS.
+  "$PWD/target/$profile/examples/stream_load" upstream "127.0.0.1:$up_port" 2 "$(( LLM_SECS * 1000 ))" &
+  pids+=($!)
+  llm=$(printf '[llm]\nbase_url = "http://127.0.0.1:%s/v1"\napi_keys = ["sk-bench"]\nmodel = "bench"' "$up_port")
+else
+  llm=$(printf '[llm]\nprovider = "demo"\ndemo_piece_delay_ms = 0')
+fi
 aes=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode().rstrip("="))')
 cat > "$work/chatrelay.toml" <<TOML
 [server]
@@ -28,9 +41,7 @@ listen = "127.0.0.1:$port"
 admin_token = "bench-admin-token-0123456789"
 [storage]
 path = "$work/data"
-[llm]
-provider = "demo"
-demo_piece_delay_ms = 0
+$llm
 [quota]
 free_daily = 1000000
 [bot]
@@ -52,7 +63,7 @@ until curl -fs "http://127.0.0.1:$hello_port/" >/dev/null 2>&1; do sleep 0.05; d
 
 "$load" get "http://127.0.0.1:$hello_port/" 2000 "$c" >/dev/null     # warm-up
 base=$("$load" get "http://127.0.0.1:$hello_port/" "$n" "$c")
-mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$n" "$c")
+mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$n" "$c" "$users")
 echo "baseline (bare axum hello-world): $base"
 echo "chatrelay OA safe-mode callback:  $mp"
 python3 - "$base" "$mp" <<'PY'

@@ -283,8 +283,9 @@ struct Inner {
     settings: RwLock<Arc<Settings>>,
     limiter: RateLimiter,
     stats: crate::stats::Stats,
-    /// Downloads pictures users send.
-    http: reqwest::Client,
+    /// Downloads pictures users send; built on first use (a TLS client costs memory that a
+    /// daemon without vision models need not carry).
+    http: std::sync::OnceLock<reqwest::Client>,
     inflight: Mutex<InflightMap>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -321,11 +322,7 @@ impl Engine {
                 settings: RwLock::new(Arc::new(settings)),
                 limiter,
                 stats: crate::stats::Stats::default(),
-                http: reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(20))
-                    .build()
-                    .unwrap_or_default(),
+                http: std::sync::OnceLock::new(),
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,
                 tracker,
@@ -937,9 +934,14 @@ impl Engine {
     /// Downloads a picture a user sent (at most `max_bytes`) as a `data:` URL for the model.
     async fn fetch_picture(&self, url: &str, max_bytes: usize) -> Result<String, String> {
         use base64::Engine as _;
-        let mut res = self
-            .inner
-            .http
+        let http = self.inner.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap_or_default()
+        });
+        let mut res = http
             .get(url)
             .send()
             .await

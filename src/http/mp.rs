@@ -51,7 +51,15 @@ pub struct MpAccount {
     client: Option<MpClient>,
     /// False once WeChat said the account may not push (48001).
     push_allowed: AtomicBool,
-    tries: Mutex<HashMap<String, TryState>>,
+    tries: Mutex<Tries>,
+}
+
+/// Message tries, swept of old ones at most once a second (a sweep visits every entry, and
+/// at a few thousand messages a second sweeping on every call was the hot spot).
+#[derive(Default, Clone)]
+struct Tries {
+    map: HashMap<String, TryState>,
+    swept: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -86,7 +94,7 @@ impl MpAccount {
             endpoint,
             client,
             push_allowed,
-            tries: Mutex::new(HashMap::new()),
+            tries: Mutex::new(Tries::default()),
         })
     }
 
@@ -122,11 +130,20 @@ impl MpAccount {
 
     /// Records one more try of a message; the first try also gets `true` (start the watcher).
     fn register_try(&self, id: &str) -> (TryState, bool) {
-        let mut map = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
         let keep = Duration::from_millis(self.cfg.retry_window_ms) * 2;
-        map.retain(|_, t| t.first_seen.elapsed() < keep);
+        let now = Instant::now();
+        if tries
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            tries.swept = Some(now);
+            tries
+                .map
+                .retain(|_, t| now.duration_since(t.first_seen) < keep);
+        }
         let mut first = false;
-        let state = map.entry(id.to_owned()).or_insert_with(|| {
+        let state = tries.map.entry(id.to_owned()).or_insert_with(|| {
             first = true;
             TryState {
                 first_seen: Instant::now(),

@@ -44,14 +44,35 @@ pub fn routes() -> axum::Router<AppState> {
 
 /// Message ids seen recently, so that a redelivery does not send the answer again.
 #[derive(Default)]
-struct Seen(Mutex<HashMap<String, Instant>>);
+struct Seen(Mutex<SeenMap>);
+
+#[derive(Default, Clone)]
+struct SeenMap {
+    map: HashMap<String, Instant>,
+    /// Old ids are swept at most once a second (a sweep visits every entry).
+    swept: Option<Instant>,
+}
 
 impl Seen {
     /// True the first time `id` is seen (within `keep`).
     fn first(&self, id: &str, keep: Duration) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, t| t.elapsed() < keep);
-        map.insert(id.to_owned(), Instant::now()).is_none()
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if seen
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            seen.swept = Some(now);
+            seen.map.retain(|_, t| now.duration_since(*t) < keep);
+        }
+        match seen.map.get(id) {
+            // Still remembered but older than `keep` (not swept yet): it counts as new.
+            Some(t) if now.duration_since(*t) < keep => false,
+            _ => {
+                seen.map.insert(id.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
