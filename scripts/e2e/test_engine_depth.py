@@ -13,26 +13,14 @@ import pytest
 
 from conftest import BINARY, MODEL, Daemon
 from fake_openai import ANSWER, ANSWER_PIECES, FakeOpenAI
-from test_operations import MP, mp_send
+from test_operations import MP, mp_post, mp_send
 
 
 def mp_send_picture(daemon, openid, pic_url):
-    """Posts an Official Account picture message (PicUrl + MediaId), as WeChat does."""
-    import hashlib
-    import secrets
-    import urllib.parse
-    import xmltodict
-    ts, nonce = str(int(time.time())), secrets.token_hex(4)
-    sig = hashlib.sha1("".join(sorted([MP["token"], ts, nonce])).encode()).hexdigest()
-    q = urllib.parse.urlencode({"signature": sig, "timestamp": ts, "nonce": nonce, "openid": openid})
-    xml = (f"<xml><ToUserName><![CDATA[gh_ops]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
-           f"<CreateTime>{ts}</CreateTime><MsgType><![CDATA[image]]></MsgType>"
-           f"<PicUrl><![CDATA[{pic_url}]]></PicUrl><MediaId><![CDATA[media-1]]></MediaId>"
-           f"<MsgId>{secrets.randbits(50)}</MsgId></xml>")
-    req = urllib.request.Request(f"{daemon.url}/wechat/mp/{MP['id']}?{q}", data=xml.encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        body = r.read().decode()
-    return None if body in ("", "success") else xmltodict.parse(body)["xml"]["Content"]
+    """A picture message (PicUrl + MediaId), as WeChat sends it."""
+    return mp_post(daemon, openid, f"<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[{pic_url}]]></PicUrl>"
+                                   "<MediaId><![CDATA[media-1]]></MediaId>")
+
 
 WORDS = "# 敏感词表\n机密\n内部资料\n"
 

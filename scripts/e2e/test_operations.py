@@ -60,20 +60,25 @@ class OpsDaemon(Daemon):
         return json.loads(self.get("/api/config"))["title"]
 
 
-def mp_send(daemon, openid, content, msg_id=None):
-    """Posts a plaintext Official Account message as WeChat does; returns the reply text."""
+def mp_post(daemon, openid, fields):
+    """Posts a plaintext Official Account message as WeChat does (signed query, the XML with
+    `fields` after the sender); returns the passive reply's text, or None for `success`."""
     ts, nonce = str(int(time.time())), secrets.token_hex(4)
     sig = hashlib.sha1("".join(sorted([MP["token"], ts, nonce])).encode()).hexdigest()
     q = urllib.parse.urlencode({"signature": sig, "timestamp": ts, "nonce": nonce, "openid": openid})
     xml = (f"<xml><ToUserName><![CDATA[gh_ops]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
-           f"<CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-           f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id or secrets.randbits(50)}</MsgId></xml>")
+           f"<CreateTime>{ts}</CreateTime>{fields}<MsgId>{secrets.randbits(50)}</MsgId></xml>")
     req = urllib.request.Request(f"{daemon.url}/wechat/mp/{MP['id']}?{q}", data=xml.encode(), method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
         body = r.read().decode()
     if body in ("", "success"):
         return None
     return xmltodict.parse(body)["xml"]["Content"]
+
+
+def mp_send(daemon, openid, content):
+    """A text message."""
+    return mp_post(daemon, openid, f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>")
 
 
 @pytest.fixture(scope="module")

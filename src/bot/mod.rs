@@ -803,20 +803,8 @@ impl Engine {
                 // The model wrote something a rule forbids: the answer stops there, with a
                 // notice. What was generated is paid for, like a stopped answer.
                 self.record_hit(watch, chatrelay_rules::Direction::Output, &hit);
-                let usage = Usage {
-                    prompt_tokens: prompt_est,
-                    completion_tokens: quota::estimate_tokens(&text),
-                };
-                let charged = self
-                    .settle(
-                        reservation,
-                        quota::actual_cost(model, &usage).saturating_add(watch.surcharge),
-                        &model.name,
-                    )
-                    .unwrap_or(0);
-                self.record_usage(&s, &model.name, &usage, charged);
-                metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cut").increment(1);
-                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+                let (usage, charged) =
+                    self.charge_partial(&s, reservation, model, watch, prompt_est, &text, "cut");
                 let notice = if text.is_empty() {
                     hit.refusal.clone()
                 } else {
@@ -833,21 +821,15 @@ impl Engine {
             }
             Err(Ending::Cancelled) if !text.is_empty() => {
                 // The reader stopped a generation it had partly received: charge what it got.
-                let usage = Usage {
-                    prompt_tokens: prompt_est,
-                    completion_tokens: quota::estimate_tokens(&text),
-                };
-                let charged = self
-                    .settle(
-                        reservation,
-                        quota::actual_cost(model, &usage).saturating_add(watch.surcharge),
-                        &model.name,
-                    )
-                    .unwrap_or(0);
-                self.record_usage(&s, &model.name, &usage, charged);
-                metrics::counter!("chatrelay_llm_requests_total", "outcome" => "cancelled")
-                    .increment(1);
-                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+                let (_, charged) = self.charge_partial(
+                    &s,
+                    reservation,
+                    model,
+                    watch,
+                    prompt_est,
+                    &text,
+                    "cancelled",
+                );
                 info!(charged, "stopped by the reader");
                 failed(FailureKind::Unavailable, "cancelled")
             }
@@ -891,6 +873,31 @@ impl Engine {
             usage.completion_tokens,
             charged,
         );
+    }
+
+    /// Settles an answer that stopped before its end (the reader left, a content rule cut
+    /// it): what was generated is charged, estimated from its text. Counted under `outcome`.
+    #[allow(clippy::too_many_arguments)] // the call's state, all of it needed
+    fn charge_partial(
+        &self,
+        s: &Settings,
+        reservation: ReservationId,
+        model: &ModelConfig,
+        watch: &Watch,
+        prompt_est: u64,
+        text: &str,
+        outcome: &'static str,
+    ) -> (Usage, u64) {
+        let usage = Usage {
+            prompt_tokens: prompt_est,
+            completion_tokens: quota::estimate_tokens(text),
+        };
+        let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
+        let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
+        self.record_usage(s, &model.name, &usage, charged);
+        metrics::counter!("chatrelay_llm_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+        (usage, charged)
     }
 
     /// Holds `estimate` credits of `uid` for the call `reference`; the refusal to send when

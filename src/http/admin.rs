@@ -107,6 +107,22 @@ fn parse_body<T: DeserializeOwned>(body: std::result::Result<Bytes, BytesRejecti
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
+/// A `YYYY-MM-DD` query parameter as a day number (absent or empty: `None`).
+fn parse_day(name: &str, value: &Option<String>) -> Result<Option<i64>> {
+    value
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            crate::stats::day_of(d).ok_or_else(|| {
+                AdminError(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name}={d:?} is not a date like 2026-11-27"),
+                )
+            })
+        })
+        .transpose()
+}
+
 fn parse_uid(raw: &str) -> Result<Uid> {
     raw.parse::<u64>()
         .map(Uid)
@@ -290,8 +306,31 @@ async fn grant(
     Path(uid): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
-    check_admin(&st, &headers)?;
-    let uid = parse_uid(&uid)?;
+    change_credits(&st, &headers, &uid, body, true).await
+}
+
+/// Takes credits back (a mistaken grant, abuse): at most the paid credits not held by an
+/// answer in progress; a ledger entry with the reason, idempotent on its reference.
+async fn revoke_credits(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    change_credits(&st, &headers, &uid, body, false).await
+}
+
+/// Grants (`add`) or takes back paid credits: one ledger entry with the reason, idempotent on
+/// its reference, flushed before the answer.
+async fn change_credits(
+    st: &AppState,
+    headers: &HeaderMap,
+    uid: &str,
+    body: std::result::Result<Bytes, BytesRejection>,
+    add: bool,
+) -> Result<Json<Value>> {
+    check_admin(st, headers)?;
+    let uid = parse_uid(uid)?;
     let req: Grant = parse_body(body)?;
     if req.credits == 0 {
         return Err(AdminError(
@@ -305,24 +344,31 @@ async fn grant(
             "a reason is required".into(),
         ));
     }
+    let prefix = if add { "admin" } else { "admin-revoke" };
     let reference = req
         .reference
         .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| format!("admin:{}", super::v1::random_id()));
+        .unwrap_or_else(|| format!("{prefix}:{}", super::v1::random_id()));
     let store = st.engine.store();
     if store.user(uid)?.is_none() {
         return Err(AdminError(StatusCode::NOT_FOUND, format!("no user {uid}")));
     }
-    let entry = store.grant(
-        uid,
-        req.credits,
-        EntryKind::Grant,
+    let (kind, reason, now) = (
+        if add {
+            EntryKind::Grant
+        } else {
+            EntryKind::Adjust
+        },
         req.reason.trim(),
-        &reference,
         now_ms(),
-    )?;
+    );
+    let entry = if add {
+        store.grant(uid, req.credits, kind, reason, &reference, now)?
+    } else {
+        store.debit(uid, req.credits, kind, reason, &reference, now)?
+    };
     store.flush().await?;
-    info!(%uid, credits = req.credits, %reference, "admin: credits granted");
+    info!(%uid, credits = req.credits, %reference, add, "admin: credits changed");
     Ok(Json(json!(entry)))
 }
 
@@ -455,50 +501,6 @@ async fn link_identity(
     ))
 }
 
-/// Takes credits back (a mistaken grant, abuse): at most the paid credits not held by an
-/// answer in progress; a ledger entry with the reason, idempotent on its reference.
-async fn revoke_credits(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Path(uid): Path<String>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    check_admin(&st, &headers)?;
-    let uid = parse_uid(&uid)?;
-    let req: Grant = parse_body(body)?;
-    if req.credits == 0 {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "credits must be at least 1".into(),
-        ));
-    }
-    if req.reason.trim().is_empty() {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "a reason is required".into(),
-        ));
-    }
-    let reference = req
-        .reference
-        .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| format!("admin-revoke:{}", super::v1::random_id()));
-    let store = st.engine.store();
-    if store.user(uid)?.is_none() {
-        return Err(AdminError(StatusCode::NOT_FOUND, format!("no user {uid}")));
-    }
-    let entry = store.debit(
-        uid,
-        req.credits,
-        EntryKind::Adjust,
-        req.reason.trim(),
-        &reference,
-        now_ms(),
-    )?;
-    store.flush().await?;
-    info!(%uid, credits = req.credits, %reference, "admin: credits revoked");
-    Ok(Json(json!(entry)))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Groups {
@@ -615,21 +617,8 @@ async fn stats(
 ) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
     let s = st.engine.settings();
-    let parse = |name: &str, v: &Option<String>| -> Result<Option<i64>> {
-        v.as_deref()
-            .filter(|d| !d.trim().is_empty())
-            .map(|d| {
-                crate::stats::day_of(d).ok_or_else(|| {
-                    AdminError(
-                        StatusCode::BAD_REQUEST,
-                        format!("{name}={d:?} is not a date like 2026-11-27"),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let to = parse("to", &q.to)?.unwrap_or_else(|| s.today());
-    let from = match parse("from", &q.from)? {
+    let to = parse_day("to", &q.to)?.unwrap_or_else(|| s.today());
+    let from = match parse_day("from", &q.from)? {
         Some(f) => f,
         None => to - i64::from(q.days.unwrap_or(7).clamp(1, 366)) + 1,
     };
@@ -712,20 +701,7 @@ async fn select_orders(
             )
         })?),
     };
-    let day = |name: &str, v: &Option<String>| -> Result<Option<i64>> {
-        v.as_deref()
-            .filter(|d| !d.trim().is_empty())
-            .map(|d| {
-                crate::stats::day_of(d).ok_or_else(|| {
-                    AdminError(
-                        StatusCode::BAD_REQUEST,
-                        format!("{name}={d:?} is not a date like 2026-11-27"),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let (from, to) = (day("from", &f.from)?, day("to", &f.to)?);
+    let (from, to) = (parse_day("from", &f.from)?, parse_day("to", &f.to)?);
     let tz = st.engine.settings().tz_offset_secs;
     let store = st.engine.store().clone();
     let limit = f.limit.unwrap_or(default_limit).min(1_000_000);

@@ -357,7 +357,16 @@ impl Store {
             }
             drop(old);
         }
-        let db = open_sled(&path, self.inner.cache_capacity_bytes)?;
+        // sled's flusher thread lets go of the file lock a moment after the last handle.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match open_sled(&path, self.inner.cache_capacity_bytes) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let trees = Trees::open(&db)?;
         check_schema(&trees.meta)?;
         tracing::warn!(path = %path.display(), "database reopened after a storage failure");
