@@ -102,11 +102,12 @@ def test_app_url_verification(wecom_daemon):
     assert e.value.code == 400
 
 
-def wecom_message(d, user, content, msg_id):
+def wecom_message(d, user, content, msg_id, fields=None):
     crypto = WeChatCrypto(CORP["token"], CORP["aes_key"], CORP["corp_id"])
+    fields = fields or f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>"
     xml = (f"<xml><ToUserName><![CDATA[{CORP['corp_id']}]]></ToUserName><FromUserName><![CDATA[{user}]]></FromUserName>"
-           f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-           f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId><AgentID>{CORP['agent_id']}</AgentID></xml>")
+           f"<CreateTime>{int(time.time())}</CreateTime>{fields}"
+           f"<MsgId>{msg_id}</MsgId><AgentID>{CORP['agent_id']}</AgentID></xml>")
     ts, nonce = str(int(time.time())), secrets.token_hex(4)
     encrypt = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]["Encrypt"]
     body = (f"<xml><ToUserName><![CDATA[{CORP['corp_id']}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt>"
@@ -138,6 +139,22 @@ def test_app_message_answered_once_despite_retries(wecom_daemon, upstream, qyapi
         time.sleep(0.1)
     md = [m for m in qyapi.wecom_sent if m["touser"] == "zhangsan"][-1]
     assert md["msgtype"] == "markdown" and md["markdown"]["content"] == "# 标题\n- 一\n- 二\n"
+
+
+def test_app_picture_reaches_the_engine(wecom_daemon, upstream, qyapi):
+    """A picture message (PicUrl) goes to the engine as a picture: this daemon's model cannot
+    see, so the user is told so, for free and without an LLM call."""
+    before = upstream.chat_request_count()
+    pic = f"http://127.0.0.1:{upstream.port}/picture.png"
+    url, body = wecom_message(wecom_daemon, "lisi", "", 7201, fields=(
+        f"<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[{pic}]]></PicUrl><MediaId><![CDATA[m1]]></MediaId>"))
+    assert post(url, body) == (200, "")
+    deadline = time.time() + 10
+    while not [m for m in qyapi.wecom_sent if m["touser"] == "lisi"] and time.time() < deadline:
+        time.sleep(0.1)
+    sent = [m for m in qyapi.wecom_sent if m["touser"] == "lisi"]
+    assert len(sent) == 1 and "看不到图片" in sent[0]["text"]["content"], sent
+    assert upstream.chat_request_count() == before
 
 
 def test_app_bad_input_changes_nothing(wecom_daemon, upstream):
