@@ -1,8 +1,8 @@
 //! The conversation engine: one path for every platform.
 //!
-//! A chat-platform message goes: in-flight join → dedupe → commands → content rules on the
-//! question (words, then the moderation endpoint) → keyword replies (free) → ban / rate
-//! limit → model and role (the user's choice, the scope's default) and its permission →
+//! A chat-platform message goes: in-flight join → dedupe → commands → ban / rate limit →
+//! content rules on the question (words) → keyword replies (free) → the moderation endpoint →
+//! model and role (the user's choice, the scope's default) and its permission →
 //! reserve quota → memory (history trimmed to a token budget) → LLM stream, checked by the
 //! content rules as it grows → settle the actual cost (a failure costs nothing) → append the
 //! turn. A `/v1` request skips dedupe,
@@ -1160,14 +1160,15 @@ impl Engine {
             None => {}
         }
         inner.stats.active(s.today(), uid);
+        // A banned (or too hasty) user gets nothing else, keyword answers included.
+        if let Some(refused) = self.guard(uid) {
+            return refused;
+        }
         if let Some(refused) = self.input_refusal(&s, &watch, &inbound.text) {
             return refused;
         }
         if let Some(answer) = keyword_reply(&s, &watch.scope, &inbound.text) {
             return answer;
-        }
-        if let Some(refused) = self.guard(uid) {
-            return refused;
         }
         if let Some(refused) = self.moderation_refusal(&s, &watch, &inbound.text).await {
             return refused;

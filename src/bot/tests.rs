@@ -667,6 +667,19 @@ async fn keyword_replies_answer_before_the_llm_for_free_by_priority() {
     assert_eq!(final_text(&event), "call 客服");
     assert_eq!(h.llm.calls(), 0, "keyword answers cost no LLM call");
     assert_eq!(h.balance().free_left, 5, "nor credits");
+    // A banned user gets the ban, not the canned answers.
+    h.store.set_banned(h.uid(), true, Some("test")).unwrap();
+    let event = h.engine.handle(msg("3", "价格")).collect().await;
+    assert!(
+        matches!(
+            event,
+            ReplyEvent::Failed {
+                kind: FailureKind::Banned,
+                ..
+            }
+        ),
+        "{event:?}"
+    );
 }
 
 fn two_models(c: &mut Config) {
