@@ -269,3 +269,22 @@ def test_the_image_command_draws_and_charges(depth, fakes):
     assert ledger[0]["free_delta"] == -5 and "image" in ledger[0]["reason"], ledger
     assert "用法" in mp_send(depth, openid, "画图"), "the command without a prompt explains itself"
     assert mp_send(depth, openid, "/image 机密 文件") == "该问题无法回答。", "the prompt is checked too"
+
+
+def test_the_web_page_gets_keyword_answers_and_pictures_streamed(depth, fakes):
+    primary, _ = fakes
+    _, token = depth.new_user("web-page", credits=20)
+    web = openai.OpenAI(base_url=depth.url + "/v1", api_key=token, max_retries=0,
+                        default_headers={"X-Chatrelay-Client": "web"})
+
+    def streamed(c, text):
+        chunks = c.chat.completions.create(model=MODEL, stream=True, messages=[{"role": "user", "content": text}])
+        return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+    before = primary.chat_request_count()
+    assert streamed(web, "价格多少？") == "价格表：10 元 100 次"
+    drawn = streamed(web, "/image 小猫")
+    assert drawn == f"![image](http://127.0.0.1:{primary.port}/generated-1.png)", drawn
+    assert primary.chat_request_count() == before, "neither reached the chat model"
+    # An API client asked a model, and gets the model.
+    assert streamed(client(depth, token), "价格多少？") == ANSWER

@@ -507,17 +507,27 @@ impl Engine {
             .find(|m| m.role == "user")
             .map(Message::text)
             .unwrap_or_default();
-        let early = self
-            .guard(uid)
-            .or_else(|| self.permitted(&settings, uid, &model))
-            .or_else(|| self.input_refusal(&settings, &watch, &question))
-            .or_else(|| {
-                // The chat page is a chat platform: its users get keyword answers too. API
-                // clients asked a model, and get the model.
-                (req.platform == chatrelay_core::Platform::Web)
-                    .then(|| keyword_reply(&settings, &watch.scope, &question))
-                    .flatten()
-            });
+        // The chat page's image command draws (API clients asked a model, and get the model);
+        // drawing does its own checks.
+        let drawing = match (req.platform, self.command(&question)) {
+            (chatrelay_core::Platform::Web, Some(Command::Image(prompt))) => Some(prompt),
+            _ => None,
+        };
+        let early = drawing
+            .is_none()
+            .then(|| {
+                self.guard(uid)
+                    .or_else(|| self.permitted(&settings, uid, &model))
+                    .or_else(|| self.input_refusal(&settings, &watch, &question))
+                    .or_else(|| {
+                        // The chat page is a chat platform: its users get keyword answers too. API
+                        // clients asked a model, and get the model.
+                        (req.platform == chatrelay_core::Platform::Web)
+                            .then(|| keyword_reply(&settings, &watch.scope, &question))
+                            .flatten()
+                    })
+            })
+            .flatten();
         if let Some(event) = early {
             self.record_outcome(req.platform, &event);
             return match event {
@@ -525,11 +535,6 @@ impl Engine {
                 other => Reply::text(other.user_text().unwrap_or_default()),
             };
         }
-        // The chat page's image command draws (API clients asked a model, and get the model).
-        let drawing = match (req.platform, self.command(&question)) {
-            (chatrelay_core::Platform::Web, Some(Command::Image(prompt))) => Some(prompt),
-            _ => None,
-        };
         let (tx, reply) = Reply::channel();
         let this = self.clone();
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
@@ -543,9 +548,6 @@ impl Engine {
                     );
                     let event = this.draw(&settings, &asked, prompt, &watch).await;
                     this.record_outcome(req.platform, &event);
-                    if let ReplyEvent::Final { text, .. } = &event {
-                        tx.send(ReplyEvent::Delta(text.clone())).await;
-                    }
                     tx.send(event).await;
                     return;
                 }

@@ -392,6 +392,9 @@ fn stream_response(
             .await
             .is_ok();
         let mut next = Some(first);
+        // Answers the engine makes itself (keyword replies, pictures) come as one final event
+        // with no deltas before it: their text is streamed as one piece.
+        let mut streamed = false;
         while ok {
             let event = match next.take() {
                 Some(e) => Some(e),
@@ -406,12 +409,18 @@ fn stream_response(
             };
             match event {
                 Some(ReplyEvent::Delta(d)) => {
+                    streamed = true;
                     ok = tx
                         .send(data(meta.delta(json!({"content": d}), None)))
                         .await
                         .is_ok();
                 }
-                Some(ReplyEvent::Final { usage, .. }) => {
+                Some(ReplyEvent::Final { usage, text, .. }) => {
+                    if !streamed && !text.is_empty() {
+                        let _ = tx
+                            .send(data(meta.delta(json!({"content": text}), None)))
+                            .await;
+                    }
                     let _ = tx.send(data(meta.delta(json!({}), Some("stop")))).await;
                     if include_usage {
                         let _ = tx
