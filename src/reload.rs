@@ -292,9 +292,14 @@ impl Live {
         let restart_needed = keep_process_keys(&old.config, &mut new);
         let applied = changed_sections(&old.config, &new);
         let new = Arc::new(new);
-        let backend = llm::from_config(&new)
-            .context("building the LLM client")
-            .map_err(ReloadError::Build)?;
+        // Unchanged upstreams keep their client (connections, key cooldowns, health).
+        let backend = if old.config.llm == new.llm && old.config.images == new.images {
+            inner.engine.llm()
+        } else {
+            llm::from_config(&new)
+                .context("building the LLM client")
+                .map_err(ReloadError::Build)?
+        };
         let settings = Settings::from_config(&new)
             .context("setting up content rules")
             .map_err(ReloadError::Build)?;

@@ -32,11 +32,12 @@ async fn readyz(State(st): State<AppState>) -> Response {
             .into_response();
     }
     let store = st.engine.store().clone();
-    // Ready means the store takes writes: a full disk makes sled refuse them while reads
-    // still work, and nearly every request writes.
+    // Ready means the store answers and takes writes: a full disk makes sled refuse writes
+    // while reads still work, and nearly every request writes. Writability is what the
+    // store doctor's last probe found (every 2 s): probing here would wait out a backup.
     let checked = tokio::task::spawn_blocking(move || {
         store.user(chatrelay_storage::Uid(0)).and_then(|_| {
-            if store.probe_write() {
+            if store.last_probe_ok() {
                 Ok(())
             } else {
                 Err(chatrelay_storage::StoreError::InvalidInput(

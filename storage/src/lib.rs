@@ -256,6 +256,8 @@ struct Inner {
     /// Writers hold the read side for a whole operation; [`Store::export_backup`] and
     /// [`Store::recover`] the write side.
     quiesce: RwLock<()>,
+    /// What the last [`Store::probe_write`] found.
+    writable: std::sync::atomic::AtomicBool,
 }
 
 /// The store. Cheap to clone: clones share one open database.
@@ -306,6 +308,7 @@ impl Store {
                 path,
                 cache_capacity_bytes,
                 quiesce: RwLock::new(()),
+                writable: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
@@ -315,10 +318,22 @@ impl Store {
     /// is the cue for [`Store::recover`].
     pub fn probe_write(&self) -> bool {
         let _writing = self.writing();
-        let Ok(t) = self.trees() else {
-            return false;
-        };
-        t.meta.insert(PROBE_KEY, b"1".as_slice()).is_ok() && t.meta.remove(PROBE_KEY).is_ok()
+        let ok = self.trees().is_ok_and(|t| {
+            t.meta.insert(PROBE_KEY, b"1".as_slice()).is_ok() && t.meta.remove(PROBE_KEY).is_ok()
+        });
+        self.inner
+            .writable
+            .store(ok, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+
+    /// What the last [`Store::probe_write`] found (`true` before any), without writing or
+    /// waiting: for health checks, which must answer during a backup too.
+    #[must_use]
+    pub fn last_probe_ok(&self) -> bool {
+        self.inner
+            .writable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reopens the database after a storage failure (sled stays failed after an I/O error
