@@ -198,20 +198,6 @@ def test_check_config_reports_bad_rules_with_key_and_line(tmp_path):
     (tmp_path / "bad.txt").write_bytes("好词\n".encode() + b"\xff\xfe\n" + "另一个\n".encode())
     cfg = tmp_path / "chatrelay.toml"
     cfg.write_text("""
-[[llm.models]]
-name = "gpt-eyes"
-credits = 1
-vision = true
-credits_per_image = 2
-
-[[scopes]]
-scope = "wechat_mp:{MP['id']}"
-model = "gpt-eyes"
-
-[images]
-model = "img-model"
-credits = 5
-
 [[filters]]
 id = "law"
 word_files = ["bad.txt"]
