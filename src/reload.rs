@@ -129,8 +129,9 @@ pub enum ReloadError {
 
 /// A running poller and the token that stops it.
 struct Job {
-    /// Identity of the component it runs (pointer of its `Arc`).
-    target: usize,
+    /// The component it runs (held, so that its identity stays unique while the job is
+    /// listed).
+    poller: Poller,
     stop: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -152,7 +153,15 @@ struct LiveInner {
     shutdown: CancellationToken,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
-    jobs: Mutex<HashMap<String, Job>>,
+    jobs: Mutex<Jobs>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    running: HashMap<String, Job>,
+    /// Pollers removed from the configuration, still finishing their run: a poller added
+    /// again under the same key waits for them.
+    retiring: HashMap<String, JoinHandle<()>>,
 }
 
 impl Live {
@@ -177,7 +186,7 @@ impl Live {
                 tracker,
                 shutdown,
                 reloading: tokio::sync::Mutex::new(()),
-                jobs: Mutex::new(HashMap::new()),
+                jobs: Mutex::new(Jobs::default()),
             }),
         }
     }
@@ -199,49 +208,56 @@ impl Live {
         let parts = self.get();
         let inner = &self.inner;
         let mut jobs = inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wanted: HashMap<String, (usize, Poller)> = HashMap::new();
+        let mut wanted: HashMap<String, Poller> = HashMap::new();
         for group in parts.zsxq.groups() {
-            wanted.insert(
-                format!("zsxq:{}", group.id()),
-                (Arc::as_ptr(group) as usize, Poller::Zsxq(group.clone())),
-            );
+            wanted.insert(format!("zsxq:{}", group.id()), Poller::Zsxq(group.clone()));
         }
         for bot in parts.telegram.bots() {
             wanted.insert(
                 format!("telegram:{}", bot.id()),
-                (Arc::as_ptr(bot) as usize, Poller::Telegram(bot.clone())),
+                Poller::Telegram(bot.clone()),
             );
         }
+        let Jobs { running, retiring } = &mut *jobs;
+        retiring.retain(|_, handle| !handle.is_finished());
         // Stop pollers whose component is gone.
-        jobs.retain(|key, job| {
-            let keep = wanted.contains_key(key);
-            if !keep {
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(job) = running.remove(&key) {
                 info!(job = %key, "stopping the poller (removed from the configuration)");
                 job.stop.cancel();
+                retiring.insert(key, job.handle);
             }
-            keep
-        });
-        for (key, (target, poller)) in wanted {
-            if jobs.get(&key).is_some_and(|j| j.target == target) {
+        }
+        for (key, poller) in wanted {
+            if running.get(&key).is_some_and(|j| j.poller.same(&poller)) {
                 continue;
             }
-            let previous = jobs.remove(&key).map(|old| {
-                info!(job = %key, "restarting the poller with its new configuration");
-                old.stop.cancel();
-                old.handle
-            });
+            let previous = match running.remove(&key) {
+                Some(old) => {
+                    info!(job = %key, "restarting the poller with its new configuration");
+                    old.stop.cancel();
+                    Some(old.handle)
+                }
+                None => retiring.remove(&key),
+            };
             let stop = inner.shutdown.child_token();
             let engine = inner.engine.clone();
             let alerts = inner.alerts.clone();
             let shutdown = inner.shutdown.clone();
             let task_stop = stop.clone();
+            let task_poller = poller.clone();
             let handle = inner.tracker.spawn(async move {
                 if let Some(previous) = previous {
                     // Two pollers of one zsxq group could answer a topic twice, and two
                     // getUpdates on one bot make Telegram refuse both.
                     let _ = previous.await;
                 }
-                match poller {
+                match task_poller {
                     Poller::Zsxq(group) => {
                         crate::zsxq::run_group(engine, alerts, group, task_stop, shutdown).await;
                     }
@@ -250,10 +266,10 @@ impl Live {
                     }
                 }
             });
-            jobs.insert(
+            running.insert(
                 key,
                 Job {
-                    target,
+                    poller,
                     stop,
                     handle,
                 },
@@ -350,9 +366,21 @@ impl Live {
     }
 }
 
+#[derive(Clone)]
 enum Poller {
     Zsxq(Arc<crate::zsxq::ZsxqGroup>),
     Telegram(Arc<crate::telegram::TelegramBot>),
+}
+
+impl Poller {
+    /// The same component (not merely an equal configuration).
+    fn same(&self, other: &Poller) -> bool {
+        match (self, other) {
+            (Poller::Zsxq(a), Poller::Zsxq(b)) => Arc::ptr_eq(a, b),
+            (Poller::Telegram(a), Poller::Telegram(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 fn notify_reloading(starting: bool) {

@@ -185,3 +185,28 @@ def test_sigkill_at_random_moments_while_answering_and_chatting(upstream, fake):
         assert d.audit()["mismatches"] == []
     finally:
         d.stop()
+
+
+def test_a_reload_replaces_the_token_and_restarts_only_that_poller(upstream, fake):
+    """The operator rotates the zsxq token in the file and reloads: the group's poller restarts
+    with the new token (after the old one's run), and nothing is answered twice."""
+    fake.token = "rotated-token"
+    fake.add(7301, "轮换令牌前的问题")
+    d = Daemon(upstream.base_url, extra_toml=zsxq_toml(fake, token="old-token"), free_daily=100).start()
+    try:
+        wait_for(lambda: fake.list_requests, 10, "a first poll")
+        wait_for(lambda: json.loads(d.cli("--json", "zsxq", "list").stdout)[0]["token_expired"], 10, "the 401")
+        d.config.write_text(d.config.read_text().replace('access_token = "old-token"', 'access_token = "rotated-token"'))
+        out = d.cli("reload").stdout
+        assert "zsxq" in out, out
+        wait_for(lambda: fake.answers_for(7301), 15, "the answer with the rotated token")
+        assert "restarting the poller" in d.logs()
+        # A reload that changes nothing of the group keeps its poller.
+        polls = len(fake.list_requests)
+        d.cli("reload")
+        assert d.logs().count("restarting the poller") == 1
+        time.sleep(2.5)
+        assert len(fake.list_requests) > polls, "still polling"
+        assert len(fake.answers_for(7301)) == 1
+    finally:
+        d.stop()
