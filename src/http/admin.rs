@@ -107,6 +107,15 @@ fn parse_body<T: DeserializeOwned>(body: std::result::Result<Bytes, BytesRejecti
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
+/// `400 message` when a required text field is blank.
+fn require(value: &str, message: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        Err(AdminError(StatusCode::BAD_REQUEST, message.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
 /// A `YYYY-MM-DD` query parameter as a day number (absent or empty: `None`).
 fn parse_day(name: &str, value: &Option<String>) -> Result<Option<i64>> {
     value
@@ -338,12 +347,7 @@ async fn change_credits(
             "credits must be at least 1".into(),
         ));
     }
-    if req.reason.trim().is_empty() {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "a reason is required".into(),
-        ));
-    }
+    require(&req.reason, "a reason is required")?;
     let prefix = if add { "admin" } else { "admin-revoke" };
     let reference = req
         .reference
@@ -820,12 +824,7 @@ async fn refund_order(
 ) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
     let req: Refund = parse_body(body)?;
-    if req.reason.trim().is_empty() {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "a reason is required".into(),
-        ));
-    }
+    require(&req.reason, "a reason is required")?;
     use crate::billing::BillingError as B;
     match st.parts().billing.refund(&id, req.reason.trim()).await {
         Ok((order, entry)) => {
@@ -897,12 +896,7 @@ async fn zsxq_token(
 ) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
     let req: ZsxqToken = parse_body(body)?;
-    if req.access_token.trim().is_empty() {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "access_token is empty".into(),
-        ));
-    }
+    require(&req.access_token, "access_token is empty")?;
     zsxq_group(&st, &id)?.set_token(req.access_token.trim());
     info!(group = %id, "admin: zsxq token replaced; polling resumes");
     Ok(Json(json!({"token_expired": false})))
