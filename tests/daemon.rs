@@ -34,30 +34,13 @@ fn config_text(dir: &std::path::Path, extra: &str) -> String {
 /// (`config.toml`), which a reload reads again.
 async fn start_from_file(extra: &str, from_file: bool) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    if from_file {
-        let text = config_text(dir.path(), extra);
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, &text).unwrap();
-        let (config, _): (Config, _) = config::parse(&text, &[], Some(&path)).unwrap();
-        let app = App::build(config, Some(path)).await.unwrap();
-        let url = format!("http://{}", app.local_addr().unwrap());
-        let shutdown = app.shutdown_token();
-        let task = tokio::spawn(app.serve());
-        return Running {
-            url,
-            client: reqwest::Client::new(),
-            shutdown,
-            task,
-            _dir: dir,
-        };
+    let text = config_text(dir.path(), extra);
+    let source = from_file.then(|| dir.path().join("config.toml"));
+    if let Some(path) = &source {
+        std::fs::write(path, &text).unwrap();
     }
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\nshutdown_grace_secs = 2\n\
-         [storage]\npath = \"{}\"\n[quota]\nfree_daily = 0\n{extra}",
-        dir.path().display()
-    );
-    let (config, _): (Config, _) = config::parse(&text, &[], None).unwrap();
-    let app = App::build(config, None).await.unwrap();
+    let (config, _): (Config, _) = config::parse(&text, &[], source.as_deref()).unwrap();
+    let app = App::build(config, source).await.unwrap();
     let url = format!("http://{}", app.local_addr().unwrap());
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(app.serve());
