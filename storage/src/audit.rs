@@ -350,7 +350,7 @@ impl Store {
             let matches = match t.ledger.get(crate::codec::pair_key(at.uid.0, at.seq))? {
                 Some(raw) => {
                     decode::<LedgerEntry>(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq))
-                        .is_ok_and(|e| e.reference.as_bytes() == key.as_ref())
+                        .is_ok_and(|e| e.reference.as_bytes() == key.as_slice())
                 }
                 None => false,
             };
@@ -460,7 +460,7 @@ mod tests {
         t.balances
             .insert(
                 u64_key(a.0),
-                br#"{"paid":90,"held":0,"free_day":0,"free_used":0,"next_seq":2}"#.to_vec(),
+                br#"{"paid":90,"held":0,"free_day":0,"free_used":0,"next_seq":2}"#,
             )
             .unwrap();
         let report = store.audit().unwrap();
@@ -489,9 +489,7 @@ mod tests {
             .unwrap();
         let t = store.trees().unwrap();
         t.ledger.remove(pair_key(a.0, 1)).unwrap();
-        t.ledger
-            .insert(pair_key(a.0, 9), b"not json".to_vec())
-            .unwrap();
+        t.ledger.insert(pair_key(a.0, 9), b"not json").unwrap();
         let report = store.audit().unwrap();
         let has = |pred: &dyn Fn(&AuditMismatch) -> bool| report.mismatches.iter().any(pred);
         assert!(has(&|m| matches!(
@@ -531,7 +529,7 @@ mod tests {
             .balances
             .insert(
                 u64_key(42),
-                br#"{"paid":0,"held":0,"free_day":0,"free_used":0,"next_seq":1}"#.to_vec(),
+                br#"{"paid":0,"held":0,"free_day":0,"free_used":0,"next_seq":1}"#,
             )
             .unwrap();
         let report = store.audit().unwrap();

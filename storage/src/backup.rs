@@ -107,14 +107,29 @@ impl Tally {
 
 /// Every exported tree, in name order: the store's trees, plus sled's default tree when it
 /// holds data.
-fn backup_trees(open: &crate::Open) -> Vec<(&'static str, &sled::Tree)> {
-    let mut trees: Vec<_> = open.all().into_iter().collect();
-    let default: &sled::Tree = &open.db;
+fn backup_trees(open: &crate::Open) -> Result<Vec<(&'static str, &sled::Tree)>, StoreError> {
+    let crate::kv::Db::Sled(db) = &open.db else {
+        return Err(pg_backup());
+    };
+    let mut trees = Vec::new();
+    for (name, tree) in open.all() {
+        trees.push((name, tree.sled().ok_or_else(pg_backup)?));
+    }
+    let default: &sled::Tree = db;
     if !default.is_empty() {
         trees.push((DEFAULT_TREE, default));
         trees.sort_by_key(|(name, _)| *name);
     }
-    trees
+    Ok(trees)
+}
+
+/// Why a PostgreSQL store has no `admin backup`.
+fn pg_backup() -> StoreError {
+    StoreError::Unsupported(
+        "backups of a PostgreSQL store are PostgreSQL's: use pg_dump (or your provider's \
+         snapshots); `admin backup` is for the embedded store"
+            .into(),
+    )
 }
 
 impl Store {
@@ -136,6 +151,7 @@ impl Store {
             None => SCHEMA_VERSION,
         };
         let open = self.trees()?;
+        let trees = backup_trees(&open)?;
         let id_floor = open.db.generate_id()?.saturating_add(1);
         let header = Header {
             chatrelay_backup: FORMAT,
@@ -151,7 +167,7 @@ impl Store {
         write_line(out, &to_json(&header)?)?;
         let mut sha = Context::new(&SHA256);
         let mut tally = Tally::default();
-        for (name, tree) in backup_trees(&open) {
+        for &(name, tree) in &trees {
             for item in tree.iter() {
                 let (key, value) = item?;
                 let line = to_json(&Record {
@@ -218,7 +234,7 @@ impl Store {
     pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
         let mut all = Vec::new();
         let open = self.trees()?;
-        for (name, tree) in backup_trees(&open) {
+        for (name, tree) in backup_trees(&open)? {
             for item in tree.iter() {
                 let (key, value) = item?;
                 all.push((name.to_owned(), key.to_vec(), value.to_vec()));

@@ -2,6 +2,7 @@
 //! is answered", "42 answers today"), set by compare-and-swap so two writers cannot both win.
 
 use crate::codec::check_key;
+use crate::kv::Transactional;
 use crate::{CHECKPOINTS, Store, StoreError};
 
 impl Store {
@@ -39,7 +40,7 @@ impl Store {
         let tree = &self.trees()?.checkpoints;
         match value {
             Some(v) => tree.insert(key.as_bytes(), v.as_bytes())?,
-            None => tree.remove(key.as_bytes())?,
+            None => tree.remove(key.as_bytes()).map(|_| ())?,
         };
         Ok(())
     }
@@ -59,7 +60,11 @@ impl Store {
                 None => 0,
             };
             let next = n.saturating_add(1).to_string();
-            match tree.compare_and_swap(key.as_bytes(), current.as_ref(), Some(next.as_bytes()))? {
+            match tree.compare_and_swap(
+                key.as_bytes(),
+                current.as_deref(),
+                Some(next.as_bytes()),
+            )? {
                 Ok(()) => return Ok(n.saturating_add(1)),
                 Err(cas) => current = cas.current,
             }
@@ -101,12 +106,7 @@ impl Store {
             }
             Ok(())
         });
-        result.map_err(|e: sled::transaction::TransactionError<()>| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-            sled::transaction::TransactionError::Abort(()) => {
-                StoreError::InvalidInput("counter update aborted".into())
-            }
-        })
+        crate::codec::finish(result)
     }
 
     /// Every checkpoint whose key starts with `prefix`, in key order.
@@ -136,7 +136,7 @@ impl Store {
         let _writing = self.writing();
         let tree = &self.trees()?.checkpoints;
         let mut n = 0;
-        for item in tree.range(prefix.as_bytes()..before.as_bytes()) {
+        for item in tree.range(prefix.as_bytes(), before.as_bytes()) {
             let (key, _) = item?;
             if !key.starts_with(prefix.as_bytes()) {
                 break;

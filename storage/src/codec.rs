@@ -5,14 +5,10 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-};
 
 use crate::StoreError;
-
-/// The result type of a transaction closure.
-pub(crate) type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+pub(crate) use crate::kv::TxResult;
+use crate::kv::{TransactionError, TxError};
 
 /// The longest reference or free-form key accepted, in bytes.
 pub(crate) const MAX_KEY_LEN: usize = 512;
@@ -99,22 +95,18 @@ pub(crate) trait OrAbort<T> {
 
 impl<T> OrAbort<T> for Result<T, StoreError> {
     fn or_abort(self) -> TxResult<T> {
-        self.map_err(ConflictableTransactionError::Abort)
+        self.map_err(TxError::Abort)
     }
 }
 
 /// Aborts the current transaction with `err`.
 pub(crate) fn abort<T>(err: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(err))
+    Err(TxError::Abort(err))
 }
 
 /// Flattens a transaction's outcome into the store's error type.
-pub(crate) fn finish<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(TransactionError::Abort(e)) => Err(e),
-        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-    }
+pub(crate) fn finish<T>(result: Result<T, TransactionError>) -> Result<T, StoreError> {
+    result.map_err(crate::kv::flatten)
 }
 
 /// Rejects empty or oversized references and keys.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{OrAbort, check_key, decode, encode, finish};
+use crate::kv::Transactional;
 use crate::{CONVERSATIONS, Store, StoreError};
 
 /// One message of a conversation.
@@ -151,7 +152,7 @@ mod tests {
             .trees()
             .unwrap()
             .conversations
-            .insert("c", b"[oops".to_vec())
+            .insert("c", b"[oops")
             .unwrap();
         assert!(matches!(
             store.conversation("c"),

@@ -25,7 +25,7 @@ impl Store {
                     return Ok(false);
                 }
             }
-            match tree.compare_and_swap(key.as_bytes(), current.as_ref(), Some(new.as_slice()))? {
+            match tree.compare_and_swap(key.as_bytes(), current.as_deref(), Some(new.as_slice()))? {
                 Ok(()) => return Ok(true),
                 Err(cas) => current = cas.current,
             }
@@ -110,12 +110,7 @@ mod tests {
         let store = Store::open_temporary().unwrap();
         store.dedupe_insert("old", 10, 0).unwrap();
         store.dedupe_insert("new", 1000, 0).unwrap();
-        store
-            .trees()
-            .unwrap()
-            .dedupe
-            .insert("bad", b"x".to_vec())
-            .unwrap();
+        store.trees().unwrap().dedupe.insert("bad", b"x").unwrap();
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 2);
         assert!(store.trees().unwrap().dedupe.get("old").unwrap().is_none());
         assert!(!store.dedupe_insert("new", 2000, 600).unwrap());
@@ -125,12 +120,7 @@ mod tests {
     #[test]
     fn corrupt_mark_is_an_error() {
         let store = Store::open_temporary().unwrap();
-        store
-            .trees()
-            .unwrap()
-            .dedupe
-            .insert("bad", b"{".to_vec())
-            .unwrap();
+        store.trees().unwrap().dedupe.insert("bad", b"{").unwrap();
         assert!(matches!(
             store.dedupe_insert("bad", 10, 0),
             Err(StoreError::Corrupt { tree: "dedupe", .. })

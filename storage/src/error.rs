@@ -15,6 +15,12 @@ pub enum StoreError {
     /// The storage engine failed (I/O, corruption it detected itself, a bug it reports).
     #[error("storage engine error: {0}")]
     Sled(#[from] sled::Error),
+    /// The PostgreSQL database failed or could not be reached (the server's message).
+    #[error("database error: {0}")]
+    Backend(String),
+    /// The operation is not available on this storage engine.
+    #[error("{0}")]
+    Unsupported(String),
     /// The database is closed while it is reopened after a storage failure (a full disk);
     /// try again shortly.
     #[error("the database is being reopened after a storage failure")]

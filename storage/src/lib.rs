@@ -67,10 +67,12 @@ mod codec;
 mod conversations;
 mod dedupe;
 mod flush;
+mod kv;
 mod login;
 mod orders;
 mod outbox;
 mod quota;
+mod shared;
 mod tokens;
 mod users;
 
@@ -86,11 +88,15 @@ pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
 pub use conversations::Turn;
 pub use error::StoreError;
+pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use login::{LOGIN_CODE_DIGITS, LoginCode};
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use quota::{Balance, EntryKind, LedgerEntry};
+pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use users::User;
+
+use kv::{Db, Tree};
 
 use codec::decode;
 
@@ -155,31 +161,31 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// The open trees.
 struct Trees {
-    meta: sled::Tree,
-    users: sled::Tree,
-    identities: sled::Tree,
-    identities_by_uid: sled::Tree,
-    balances: sled::Tree,
-    ledger: sled::Tree,
-    ledger_refs: sled::Tree,
-    reservations: sled::Tree,
-    reservation_refs: sled::Tree,
-    settled_reservations: sled::Tree,
-    conversations: sled::Tree,
-    dedupe: sled::Tree,
-    tokens: sled::Tree,
-    tokens_by_uid: sled::Tree,
-    login_codes: sled::Tree,
-    login_codes_by_uid: sled::Tree,
-    outbox: sled::Tree,
-    orders: sled::Tree,
-    open_orders: sled::Tree,
-    order_events: sled::Tree,
-    checkpoints: sled::Tree,
+    meta: Tree,
+    users: Tree,
+    identities: Tree,
+    identities_by_uid: Tree,
+    balances: Tree,
+    ledger: Tree,
+    ledger_refs: Tree,
+    reservations: Tree,
+    reservation_refs: Tree,
+    settled_reservations: Tree,
+    conversations: Tree,
+    dedupe: Tree,
+    tokens: Tree,
+    tokens_by_uid: Tree,
+    login_codes: Tree,
+    login_codes_by_uid: Tree,
+    outbox: Tree,
+    orders: Tree,
+    open_orders: Tree,
+    order_events: Tree,
+    checkpoints: Tree,
 }
 
 impl Trees {
-    fn open(db: &sled::Db) -> Result<Self, StoreError> {
+    fn open(db: &Db) -> Result<Self, StoreError> {
         Ok(Self {
             meta: db.open_tree(META)?,
             users: db.open_tree(USERS)?,
@@ -206,7 +212,7 @@ impl Trees {
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &sled::Tree); 21] {
+    fn all(&self) -> [(&'static str, &Tree); 21] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -237,7 +243,7 @@ impl Trees {
 
 /// One opening of the database.
 struct Open {
-    db: sled::Db,
+    db: Db,
     trees: Trees,
 }
 
@@ -286,17 +292,44 @@ impl Store {
     /// [`StoreError::Locked`].
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
         let db = open_sled(path, cache_capacity_bytes)?;
-        Self::from_db(db, Some(path.to_path_buf()), cache_capacity_bytes)
+        Self::from_db(Db::Sled(db), Some(path.to_path_buf()), cache_capacity_bytes)
+    }
+
+    /// Opens a store on a PostgreSQL database shared with other daemons, applying pending
+    /// migrations first (under a lock: daemons starting together apply them once).
+    pub fn open_postgres(opts: &PgOptions) -> Result<Store, StoreError> {
+        let pg = kv::pg::Pg::open(opts, true)?;
+        Self::from_db(Db::Pg(pg), None, 0)
+    }
+
+    /// Applies pending migrations to a PostgreSQL database and says what it did
+    /// (`chatrelay migrate`).
+    pub fn migrate_postgres(opts: &PgOptions) -> Result<MigrationReport, StoreError> {
+        kv::pg::Pg::open(opts, false)
+            .or_else(|_| kv::pg::Pg::open(opts, true))
+            .and_then(|pg| pg.migrate())
     }
 
     /// Opens a fresh database that is deleted when the last clone is dropped (for tests).
+    ///
+    /// With `CHATRELAY_TEST_PG_URL` set, it is a fresh schema in that PostgreSQL database
+    /// instead: the storage tests run once per engine this way (`scripts/test`).
     pub fn open_temporary() -> Result<Store, StoreError> {
+        if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            return Self::open_postgres(&PgOptions {
+                schema: Some(temporary_schema()),
+                ..PgOptions::new(url)
+            });
+        }
         let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db, None, 0)
+        Self::from_db(Db::Sled(db), None, 0)
     }
 
     fn from_db(
-        db: sled::Db,
+        db: Db,
         path: Option<PathBuf>,
         cache_capacity_bytes: u64,
     ) -> Result<Store, StoreError> {
@@ -311,6 +344,19 @@ impl Store {
                 writable: std::sync::atomic::AtomicBool::new(true),
             }),
         })
+    }
+
+    /// Whether the store is shared with other daemons (PostgreSQL): the cue for work that
+    /// must be coordinated through it (joined answers, leader-only jobs).
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        self.trees().is_ok_and(|open| matches!(open.db, Db::Pg(_)))
+    }
+
+    /// The engine's name, for logs and `/health`: `sled` or `postgres`.
+    #[must_use]
+    pub fn backend_name(&self) -> &'static str {
+        if self.is_shared() { "postgres" } else { "sled" }
     }
 
     /// Whether the database takes writes: writes (and removes) a probe key. After an I/O
@@ -342,6 +388,10 @@ impl Store {
     /// the disk is still full, until a later call succeeds) calls fail with
     /// [`StoreError::Reopening`]. Temporary stores cannot be reopened.
     pub fn recover(&self) -> Result<(), StoreError> {
+        if self.is_shared() {
+            // The pool drops broken connections and opens new ones by itself.
+            return Ok(());
+        }
         let Some(path) = self.inner.path.clone() else {
             return Err(StoreError::InvalidInput(
                 "a temporary store cannot be reopened".into(),
@@ -382,6 +432,7 @@ impl Store {
                 other => break other?,
             }
         };
+        let db = Db::Sled(db);
         let trees = Trees::open(&db)?;
         check_schema(&trees.meta)?;
         tracing::warn!(path = %path.display(), "database reopened after a storage failure");
@@ -396,22 +447,29 @@ impl Store {
     /// notifications hit it), so the flush runs synchronously on a helper thread and this
     /// future waits for it.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.trees()?.db.clone();
+        let Db::Sled(db) = self.trees()?.db.clone() else {
+            // PostgreSQL commits are durable when they return.
+            return Ok(());
+        };
         let (tx, rx) = flush::channel();
+        let for_thread = db.clone();
         let spawned = std::thread::Builder::new()
             .name("chatrelay-flush".into())
-            .spawn(move || tx.send(db.flush().map(|_| ()).map_err(StoreError::from)));
+            .spawn(move || tx.send(db_flush(&for_thread)));
         match spawned {
             Ok(_) => rx.await,
             // No thread to be had: flush here rather than not at all.
-            Err(_) => db_flush(&self.trees()?.db),
+            Err(_) => db_flush(&db),
         }
     }
 
     /// [`Store::flush`] for callers without an async runtime (tools, benchmarks): blocks
     /// until every write made so far is on disk.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        db_flush(&self.trees()?.db)
+        match &self.trees()?.db {
+            Db::Sled(db) => db_flush(db),
+            Db::Pg(_) => Ok(()),
+        }
     }
 
     /// The database directory; `None` for a temporary store.
@@ -474,10 +532,10 @@ fn map_open_error(err: sled::Error, path: &Path) -> StoreError {
 }
 
 /// Records the schema version in a new database; refuses one that is too new.
-fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
+fn check_schema(meta: &Tree) -> Result<(), StoreError> {
     let current = codec::encode(&SCHEMA_VERSION)?;
     // Written only if absent, so two racing opens cannot disagree.
-    let found = match meta.compare_and_swap(SCHEMA_KEY, None as Option<&[u8]>, Some(current))? {
+    let found = match meta.compare_and_swap(SCHEMA_KEY, None, Some(&current))? {
         Ok(()) => SCHEMA_VERSION,
         Err(cas) => match cas.current {
             Some(raw) => decode::<u32>(META, &raw, || "schema_version".to_owned())?,
@@ -492,6 +550,15 @@ fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
     }
     // Versions older than SCHEMA_VERSION would be migrated here; 1 is the first.
     Ok(())
+}
+
+/// A schema name no other temporary store has: `t_<pid>_<counter>_<random>`.
+fn temporary_schema() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut random = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    format!("t_{}_{n}_{}", std::process::id(), hex::encode(random))
 }
 
 /// Milliseconds since the Unix epoch, for records whose API takes no clock.
@@ -521,10 +588,9 @@ mod tests {
         );
         clone.create_user("after").unwrap();
         assert!(store.probe_write());
-        assert!(
-            Store::open_temporary().unwrap().recover().is_err(),
-            "nothing to reopen"
-        );
+        let temporary = sled::Config::new().temporary(true).open().unwrap();
+        let temporary = Store::from_db(Db::Sled(temporary), None, 0).unwrap();
+        assert!(temporary.recover().is_err(), "nothing to reopen");
     }
 
     use super::*;
@@ -556,7 +622,7 @@ mod tests {
                 .trees()
                 .unwrap()
                 .meta
-                .insert(SCHEMA_KEY, b"2".to_vec())
+                .insert(SCHEMA_KEY, b"2")
                 .unwrap();
             store.flush_blocking().unwrap();
         }
@@ -578,7 +644,7 @@ mod tests {
                 .trees()
                 .unwrap()
                 .meta
-                .insert(SCHEMA_KEY, b"\"one\"".to_vec())
+                .insert(SCHEMA_KEY, b"\"one\"")
                 .unwrap();
             store.flush_blocking().unwrap();
         }

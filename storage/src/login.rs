@@ -4,9 +4,9 @@
 //! One live code per user (asking again returns the same code until it expires); a code is
 //! consumed exactly once.
 
+use crate::kv::Transactional;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 use crate::codec::{OrAbort, decode, encode, finish, u64_key};
 use crate::{LOGIN_CODES, LOGIN_CODES_BY_UID, Store, StoreError, Uid};
@@ -78,7 +78,7 @@ impl Store {
                         }
                     }
                     codes.insert(fresh.code.as_bytes(), encode(&fresh).or_abort()?)?;
-                    by_uid.insert(&u64_key(uid.0), encode(&fresh.code).or_abort()?)?;
+                    by_uid.insert(u64_key(uid.0), encode(&fresh.code).or_abort()?)?;
                     Ok(Some(fresh.clone()))
                 },
             ))?;
@@ -109,7 +109,7 @@ impl Store {
                     let current: String =
                         decode(LOGIN_CODES_BY_UID, &raw, || live.uid.to_string()).or_abort()?;
                     if current == code {
-                        by_uid.remove(&u64_key(live.uid.0))?;
+                        by_uid.remove(u64_key(live.uid.0))?;
                     }
                 }
                 if live.expires_at_ms <= now_ms {
@@ -150,7 +150,7 @@ impl Store {
                             .or_abort()?
                             == code
                     {
-                        by_uid.remove(&u64_key(live.uid.0))?;
+                        by_uid.remove(u64_key(live.uid.0))?;
                     }
                     Ok(true)
                 },

@@ -7,8 +7,8 @@
 //! whatever arrives twice. What happened to an order (provider calls, notifications) is kept
 //! as a list of events beside it.
 
+use crate::kv::Transactional;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 use crate::codec::{OrAbort, abort, check_key, decode, encode, finish, prefixed_key, u64_key};
 use crate::quota::{Change, append_entry, entry_by_reference, load_balance, store_balance};

@@ -3,6 +3,7 @@
 //! message; nothing is thrown away.
 
 use crate::codec::{OrAbort, check_key, decode, encode, finish};
+use crate::kv::Transactional;
 use crate::{OUTBOX, Store, StoreError};
 
 /// Most texts kept per user; older ones are merged so the newest stay whole.
@@ -42,7 +43,7 @@ impl Store {
 
     /// How many users have answers waiting (a gauge for operators).
     pub fn outbox_users(&self) -> usize {
-        self.trees().map_or(0, |t| t.outbox.len())
+        self.trees().and_then(|t| t.outbox.len()).unwrap_or(0)
     }
 
     /// How many texts are queued for `key`.

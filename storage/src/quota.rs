@@ -8,9 +8,9 @@
 //! transaction, keyed uid ‖ seq, with `ledger_refs` mapping its reference to it: that index is
 //! what makes grants, debits, reservations and settlements idempotent.
 
+use crate::kv::Transactional;
+use crate::kv::TxTree;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::TransactionalTree;
 
 use crate::codec::{
     OrAbort, TxResult, abort, check_key, decode, encode, finish, pair_key, read_pair_key, to_delta,
@@ -250,7 +250,7 @@ impl Store {
                     expires_at_ms,
                 };
                 store_balance(balances, uid, &balance)?;
-                reservations.insert(&u64_key(new_id.0), encode(&reservation).or_abort()?)?;
+                reservations.insert(u64_key(new_id.0), encode(&reservation).or_abort()?)?;
                 res_refs.insert(reference.as_bytes(), encode(&new_id).or_abort()?)?;
                 Ok(new_id)
             },
@@ -327,7 +327,7 @@ impl Store {
                     }
                 };
                 store_balance(balances, uid, &balance)?;
-                reservations.remove(&key)?;
+                reservations.remove(key)?;
                 let done = SettledReservation {
                     uid,
                     reference: reservation.reference.clone(),
@@ -337,7 +337,7 @@ impl Store {
                     }),
                     settled_at_ms: now_ms,
                 };
-                settled.insert(&key, encode(&done).or_abort()?)?;
+                settled.insert(key, encode(&done).or_abort()?)?;
                 Ok(entry)
             }),
         )
@@ -412,7 +412,7 @@ impl Store {
         for (id, reference) in old {
             finish((&t.settled_reservations, &t.reservation_refs).transaction(
                 |(settled, res_refs)| {
-                    settled.remove(&u64_key(id.0))?;
+                    settled.remove(u64_key(id.0))?;
                     if let Some(raw) = res_refs.get(reference.as_bytes())? {
                         let owner: ReservationId =
                             decode(RESERVATION_REFS, &raw, || format!("{reference:?}"))
@@ -546,14 +546,11 @@ impl Store {
     /// The user's newest `limit` ledger entries, newest first.
     pub fn ledger(&self, uid: Uid, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         let mut entries = Vec::new();
-        for item in self
+        for (raw_key, raw) in self
             .trees()?
             .ledger
-            .scan_prefix(u64_key(uid.0))
-            .rev()
-            .take(limit)
+            .scan_prefix_rev(u64_key(uid.0), limit)?
         {
-            let (raw_key, raw) = item?;
             let (owner, seq) = read_pair_key(LEDGER, &raw_key)?;
             entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
         }
@@ -589,8 +586,8 @@ pub(crate) struct Change<'a> {
 /// its `next_seq` advances. The caller stores `balance` in the same transaction.
 pub(crate) fn append_entry(
     balance: &mut BalanceRecord,
-    ledger: &TransactionalTree,
-    ledger_refs: &TransactionalTree,
+    ledger: &TxTree<'_>,
+    ledger_refs: &TxTree<'_>,
     change: Change<'_>,
 ) -> TxResult<LedgerEntry> {
     let seq = balance.next_seq.max(1);
@@ -614,7 +611,7 @@ pub(crate) fn append_entry(
         reason: change.reason.to_owned(),
         reference: change.reference.to_owned(),
     };
-    ledger.insert(&key, encode(&entry).or_abort()?)?;
+    ledger.insert(key, encode(&entry).or_abort()?)?;
     let at = LedgerRef {
         uid: change.uid,
         seq,
@@ -625,9 +622,9 @@ pub(crate) fn append_entry(
 
 /// Drops an open reservation's hold (only if it expired before `stale_before`, when given).
 fn release_in(
-    balances: &TransactionalTree,
-    reservations: &TransactionalTree,
-    res_refs: &TransactionalTree,
+    balances: &TxTree<'_>,
+    reservations: &TxTree<'_>,
+    res_refs: &TxTree<'_>,
     id: ReservationId,
     stale_before: Option<i64>,
 ) -> TxResult<bool> {
@@ -642,7 +639,7 @@ fn release_in(
     let mut balance = load_balance(balances, reservation.uid)?;
     balance.held = balance.held.saturating_sub(reservation.amount);
     store_balance(balances, reservation.uid, &balance)?;
-    reservations.remove(&key)?;
+    reservations.remove(key)?;
     if let Some(raw) = res_refs.get(reservation.reference.as_bytes())? {
         let owner: ReservationId = decode(RESERVATION_REFS, &raw, || {
             format!("{:?}", reservation.reference)
@@ -655,7 +652,7 @@ fn release_in(
     Ok(true)
 }
 
-pub(crate) fn load_balance(balances: &TransactionalTree, uid: Uid) -> TxResult<BalanceRecord> {
+pub(crate) fn load_balance(balances: &TxTree<'_>, uid: Uid) -> TxResult<BalanceRecord> {
     match balances.get(u64_key(uid.0))? {
         Some(raw) => decode(BALANCES, &raw, || uid.to_string()).or_abort(),
         None => Ok(BalanceRecord::default()),
@@ -663,18 +660,15 @@ pub(crate) fn load_balance(balances: &TransactionalTree, uid: Uid) -> TxResult<B
 }
 
 pub(crate) fn store_balance(
-    balances: &TransactionalTree,
+    balances: &TxTree<'_>,
     uid: Uid,
     balance: &BalanceRecord,
 ) -> TxResult<()> {
-    balances.insert(&u64_key(uid.0), encode(balance).or_abort()?)?;
+    balances.insert(u64_key(uid.0), encode(balance).or_abort()?)?;
     Ok(())
 }
 
-fn get_settled(
-    settled: &TransactionalTree,
-    id: ReservationId,
-) -> TxResult<Option<SettledReservation>> {
+fn get_settled(settled: &TxTree<'_>, id: ReservationId) -> TxResult<Option<SettledReservation>> {
     match settled.get(u64_key(id.0))? {
         Some(raw) => decode(SETTLED_RESERVATIONS, &raw, || id.to_string())
             .or_abort()
@@ -683,7 +677,7 @@ fn get_settled(
     }
 }
 
-fn get_entry(ledger: &TransactionalTree, at: LedgerRef) -> TxResult<LedgerEntry> {
+fn get_entry(ledger: &TxTree<'_>, at: LedgerRef) -> TxResult<LedgerEntry> {
     match ledger.get(pair_key(at.uid.0, at.seq))? {
         Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq)).or_abort(),
         None => abort(StoreError::corrupt(
@@ -695,8 +689,8 @@ fn get_entry(ledger: &TransactionalTree, at: LedgerRef) -> TxResult<LedgerEntry>
 }
 
 pub(crate) fn entry_by_reference(
-    ledger_refs: &TransactionalTree,
-    ledger: &TransactionalTree,
+    ledger_refs: &TxTree<'_>,
+    ledger: &TxTree<'_>,
     reference: &str,
 ) -> TxResult<Option<LedgerEntry>> {
     let Some(raw) = ledger_refs.get(reference.as_bytes())? else {

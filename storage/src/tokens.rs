@@ -3,10 +3,10 @@
 //! The plaintext is returned once by [`Store::create_token`] and never written anywhere;
 //! `tokens` is keyed by the hash, `tokens_by_uid` (uid ‖ hash → empty) lists a user's tokens.
 
+use crate::kv::Transactional;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 use crate::codec::{
     OrAbort, abort, decode, encode, finish, prefixed_key, split_u64_prefix, u64_key,
@@ -248,7 +248,9 @@ mod tests {
 
         // Through sled: every key and value of every tree.
         let open = store.trees().unwrap();
-        let db = &open.db;
+        let crate::kv::Db::Sled(db) = &open.db else {
+            panic!("a sled store")
+        };
         for name in db.tree_names() {
             let tree = db.open_tree(&name).unwrap();
             for item in tree.iter() {
@@ -299,7 +301,7 @@ mod tests {
             .trees()
             .unwrap()
             .tokens
-            .insert(&token_hash(&token)[..], b"zz".to_vec())
+            .insert(&token_hash(&token)[..], b"zz")
             .unwrap();
         assert!(matches!(
             store.token_uid(&token, 2),

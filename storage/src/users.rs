@@ -3,10 +3,10 @@
 //! `identities` maps the key's text to a uid; `identities_by_uid` (uid ‖ key text → empty) is
 //! the reverse index for [`Store::identities_of`]. Both change in one transaction.
 
+use crate::kv::Transactional;
+use crate::kv::TxTree;
 use chatrelay_core::UserKey;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::TransactionalTree;
 
 use crate::codec::{
     MAX_KEY_LEN, OrAbort, TxResult, abort, decode, encode, finish, prefixed_key, split_u64_prefix,
@@ -78,7 +78,7 @@ impl Store {
             } else {
                 None
             };
-            users.insert(&key, encode(&user).or_abort()?)?;
+            users.insert(key, encode(&user).or_abort()?)?;
             Ok(user)
         }))
     }
@@ -114,7 +114,7 @@ impl Store {
                 }
             }
             user.groups.sort();
-            users.insert(&key, encode(&user).or_abort()?)?;
+            users.insert(key, encode(&user).or_abort()?)?;
             Ok(user)
         }))
     }
@@ -166,7 +166,7 @@ impl Store {
 
     /// How many users exist (counts them: not for hot paths).
     pub fn user_count(&self) -> usize {
-        self.trees().map_or(0, |t| t.users.len())
+        self.trees().and_then(|t| t.users.len()).unwrap_or(0)
     }
 
     /// The uid owning `key`, creating user and identity if it has none.
@@ -280,8 +280,8 @@ impl Store {
 
 /// Allocates the next uid (skipping any already taken) and writes the new user.
 fn insert_new_user(
-    meta: &TransactionalTree,
-    users: &TransactionalTree,
+    meta: &TxTree<'_>,
+    users: &TxTree<'_>,
     name: &str,
     now_ms: i64,
 ) -> TxResult<User> {
@@ -306,7 +306,7 @@ fn insert_new_user(
         groups: Vec::new(),
     };
     meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
-    users.insert(&u64_key(next), encode(&user).or_abort()?)?;
+    users.insert(u64_key(next), encode(&user).or_abort()?)?;
     Ok(user)
 }
 
@@ -408,10 +408,7 @@ mod tests {
             .trees()
             .unwrap()
             .users
-            .insert(
-                u64_key(5),
-                br#"{"uid":5,"name":"old","created_at_ms":1}"#.to_vec(),
-            )
+            .insert(u64_key(5), br#"{"uid":5,"name":"old","created_at_ms":1}"#)
             .unwrap();
         let user = store.user(Uid(5)).unwrap().unwrap();
         assert!(!user.banned);
@@ -429,7 +426,7 @@ mod tests {
             .trees()
             .unwrap()
             .users
-            .insert(u64_key(7), b"\xff garbage".to_vec())
+            .insert(u64_key(7), b"\xff garbage")
             .unwrap();
         match store.user(Uid(7)) {
             Err(StoreError::Corrupt { tree, key, .. }) => {
@@ -534,7 +531,7 @@ mod tests {
             .trees()
             .unwrap()
             .identities
-            .insert("mp:main:z", b"nope".to_vec())
+            .insert("mp:main:z", b"nope")
             .unwrap();
         assert!(matches!(
             store.identity(&key("z")),

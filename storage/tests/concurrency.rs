@@ -44,8 +44,8 @@ struct Seen {
 
 #[test]
 fn concurrent_credit_operations_stay_consistent() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 16 << 20).unwrap();
+    // Temporary: sled, or a fresh PostgreSQL schema when CHATRELAY_TEST_PG_URL is set.
+    let store = Store::open_temporary().unwrap();
     let uids: Vec<Uid> = (0..USERS)
         .map(|i| {
             let uid = store.create_user(&format!("user{i}")).unwrap().uid;

@@ -391,7 +391,7 @@ fn corrupt_balance_is_an_error_naming_tree_and_key() {
         .trees()
         .unwrap()
         .balances
-        .insert(u64_key(uid.0), b"{\"paid\": -3}".to_vec())
+        .insert(u64_key(uid.0), b"{\"paid\": -3}")
         .unwrap();
     let check = |result: Result<(), StoreError>| match result {
         Err(StoreError::Corrupt { tree, key, .. }) => {
@@ -420,7 +420,7 @@ fn corrupt_ledger_records_are_errors() {
         .trees()
         .unwrap()
         .ledger_refs
-        .insert("seed", b"[1,2".to_vec())
+        .insert("seed", b"[1,2")
         .unwrap();
     assert!(matches!(
         store.ledger_by_reference("seed"),
@@ -440,7 +440,7 @@ fn corrupt_ledger_records_are_errors() {
         .trees()
         .unwrap()
         .ledger
-        .insert(pair_key(uid.0, 1), b"oops".to_vec())
+        .insert(pair_key(uid.0, 1), b"oops")
         .unwrap();
     match store.ledger(uid, 5) {
         Err(StoreError::Corrupt { tree, key, .. }) => {
@@ -455,7 +455,7 @@ fn corrupt_ledger_records_are_errors() {
         .balances
         .insert(
             u64_key(uid.0),
-            br#"{"paid":10,"held":0,"free_day":0,"free_used":0,"next_seq":1}"#.to_vec(),
+            br#"{"paid":10,"held":0,"free_day":0,"free_used":0,"next_seq":1}"#,
         )
         .unwrap();
     assert!(matches!(
@@ -475,7 +475,7 @@ fn corrupt_reservation_is_an_error() {
         .trees()
         .unwrap()
         .reservations
-        .insert(u64_key(id.0), b"?".to_vec())
+        .insert(u64_key(id.0), b"?")
         .unwrap();
     assert!(matches!(
         store.settle(id, 1, "x", DAY, FREE, 1),
