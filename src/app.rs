@@ -104,6 +104,28 @@ pub struct App {
     grace: Duration,
 }
 
+/// Opens the configured store: the embedded database in `storage.path`, or PostgreSQL (with
+/// pending migrations applied).
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match config.storage.postgres() {
+        Some(opts) => {
+            let store = Store::open_postgres(&opts).with_context(|| {
+                format!(
+                    "opening the PostgreSQL database (schema {})",
+                    config.storage.schema
+                )
+            })?;
+            info!(schema = %config.storage.schema, "storage: PostgreSQL");
+            Ok(store)
+        }
+        None => Store::open(
+            &db_path(config),
+            config.storage.cache_capacity_mb * 1024 * 1024,
+        )
+        .with_context(|| format!("opening the database in {}", db_path(config).display())),
+    }
+}
+
 impl App {
     /// Opens the store, builds the engine and binds the listener. `source` is the
     /// configuration file a reload reads again (`None`: the default lookup).
@@ -115,13 +137,16 @@ impl App {
                 config.storage.path.display()
             )
         })?;
-        let store = Store::open(
-            &db_path(&config),
-            config.storage.cache_capacity_mb * 1024 * 1024,
-        )
-        .with_context(|| format!("opening the database in {}", db_path(&config).display()))?;
+        let store = open_store(&config)?;
+        // Alone on its database, a daemon starting finds only its own previous run's holds;
+        // sharing it, other daemons' answers are in progress: only expired holds go.
+        let cutoff = if store.is_shared() {
+            crate::bot::now_ms()
+        } else {
+            i64::MAX
+        };
         let released = store
-            .release_stale_reservations(i64::MAX)
+            .release_stale_reservations(cutoff)
             .context("releasing reservations left by the previous run")?;
         if released > 0 {
             warn!(
@@ -227,7 +252,13 @@ impl App {
             tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
         }
         state.live.sync_jobs();
-        tracker.spawn(reconcile(state.live.clone(), shutdown.clone()));
+        let live = state.live.clone();
+        tracker.spawn(crate::leader::run(
+            engine.store().clone(),
+            "reconcile".to_owned(),
+            shutdown.clone(),
+            move |stop| reconcile(live.clone(), stop),
+        ));
         tracker.spawn(state.live.clone().reload_on_sighup());
         let router = http::router(state);
         let addr = listener.local_addr()?;
@@ -300,6 +331,7 @@ async fn housekeeping(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut cleanup = crate::leader::Held::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -307,11 +339,16 @@ async fn housekeeping(
         }
         login.sweep();
         guests.sweep();
+        // Purging stored records is one daemon's job when several share the database.
+        let purge = cleanup.leads(engine.store(), "cleanup").await;
         let e = engine.clone();
         let depths = tokio::task::spawn_blocking(move || {
             e.housekeeping();
-            if let Err(err) = e.store().purge_expired_login_codes(crate::bot::now_ms()) {
-                warn!(error = %err, "purging expired login codes failed");
+            if purge {
+                e.purge_old_records();
+                if let Err(err) = e.store().purge_expired_login_codes(crate::bot::now_ms()) {
+                    warn!(error = %err, "purging expired login codes failed");
+                }
             }
             if let Err(err) = e.stats().flush(e.store()) {
                 warn!(error = %err, "writing the statistics failed; kept for the next minute");

@@ -30,6 +30,7 @@ const SECRET_KEYS: &[&str] = &[
     "previous_encoding_aes_key",
     "webhook",
     "webhook_secret",
+    "url",
 ];
 
 /// A secret string: never printed by `Debug`, redacted when serialized for the summary.
@@ -286,22 +287,69 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[storage]`: where the embedded database lives.
+/// `[storage]`: where the data lives: the embedded database (one daemon), or a PostgreSQL
+/// database shared by several daemons.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StorageConfig {
-    /// Data directory.
+    /// `sled` (embedded, the default) or `postgres`.
+    pub backend: StorageBackend,
+    /// Data directory: the embedded database, and the generated admin token with either
+    /// backend.
     pub path: PathBuf,
-    /// Page cache size of the database, in MiB.
+    /// Page cache size of the embedded database, in MiB.
     pub cache_capacity_mb: u64,
+    /// PostgreSQL: the connection URL (`postgres://user:password@host:5432/db`); or
+    /// `url_file`, a file holding it (systemd credentials).
+    pub url: Option<Secret>,
+    /// PostgreSQL: the schema holding chatrelay's tables (created if missing).
+    pub schema: String,
+    /// PostgreSQL: connections per daemon for requests (each leader-only job holds one more).
+    pub pool_size: usize,
+    /// PostgreSQL over TLS: a PEM file of the CA that signed the server's certificate, when
+    /// it is not a public one.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded (sled): one daemon, nothing to run beside it.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by several daemons.
+    Postgres,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            backend: StorageBackend::Sled,
             path: PathBuf::from("./data"),
             cache_capacity_mb: 64,
+            url: None,
+            schema: "public".to_owned(),
+            pool_size: 16,
+            ca_file: None,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The PostgreSQL connection settings (`None` with the embedded backend).
+    #[must_use]
+    pub fn postgres(&self) -> Option<chatrelay_storage::PgOptions> {
+        if self.backend != StorageBackend::Postgres {
+            return None;
+        }
+        let url = self.url.as_ref()?;
+        Some(chatrelay_storage::PgOptions {
+            url: url.expose().to_owned(),
+            schema: Some(self.schema.clone()),
+            pool_size: self.pool_size,
+            ca_file: self.ca_file.clone(),
+        })
     }
 }
 
@@ -1395,6 +1443,35 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     }
     if c.storage.path.as_os_str().is_empty() {
         problems.push(problem("storage.path", "must not be empty"));
+    }
+    if c.storage.backend == StorageBackend::Postgres {
+        match &c.storage.url {
+            None => problems.push(problem(
+                "storage.url",
+                "backend = \"postgres\" needs url (or url_file): postgres://user:password@host:5432/db",
+            )),
+            Some(url) => {
+                if let Err(e) = chatrelay_storage::PgOptions::check_url(url.expose()) {
+                    problems.push(problem("storage.url", format!("not a PostgreSQL URL: {e}")));
+                }
+            }
+        }
+        let schema = &c.storage.schema;
+        if schema.is_empty()
+            || schema.len() > 63
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || schema.starts_with(|ch: char| ch.is_ascii_digit())
+        {
+            problems.push(problem(
+                "storage.schema",
+                "lowercase letters, digits and _, not starting with a digit, at most 63",
+            ));
+        }
+        if c.storage.pool_size == 0 {
+            problems.push(problem("storage.pool_size", "must be at least 1"));
+        }
     }
     if !is_http_url(&c.llm.base_url) {
         problems.push(problem(

@@ -29,6 +29,7 @@ pub mod billing;
 pub mod bot;
 pub mod config;
 pub mod http;
+pub mod leader;
 pub mod reload;
 pub mod stats;
 pub mod telegram;

@@ -40,6 +40,22 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Apply pending PostgreSQL migrations (`[storage] backend = "postgres"`) and say which
+    /// ran; the daemon also applies them when it starts.
+    Migrate,
+    /// Copy a single-server installation's data into PostgreSQL, then check both hold the
+    /// same records and balances. Run it with the daemon stopped.
+    MigrateData {
+        /// The source: `sled:DIR`, the data directory (storage.path) or its `db` inside.
+        #[arg(long)]
+        from: String,
+        /// The destination: a PostgreSQL URL (default: storage.url); its schema must be empty.
+        #[arg(long)]
+        to: Option<String>,
+        /// The destination schema (default: storage.schema).
+        #[arg(long)]
+        schema: Option<String>,
+    },
     /// Administer the running daemon through its admin API.
     Admin {
         /// The daemon's base URL (default: from server.listen).
@@ -91,6 +107,10 @@ fn main() -> ExitCode {
         Command::Run => run(loaded),
         Command::CheckConfig => check_config(&loaded),
         Command::Restore { file, data } => restore(&loaded.config, &file, data),
+        Command::Migrate => migrate(&loaded.config),
+        Command::MigrateData { from, to, schema } => {
+            migrate_data(&loaded.config, &from, to, schema)
+        }
         Command::Admin {
             url,
             token,
@@ -181,6 +201,80 @@ fn restore(config: &Config, file: &std::path::Path, data: Option<PathBuf>) -> an
     );
     std::io::stdout()
         .write_all(msg.as_bytes())
+        .context("writing to stdout")
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let opts = config.storage.postgres().context(
+        "`migrate` is for PostgreSQL: set [storage] backend = \"postgres\" and url (the embedded store migrates itself)",
+    )?;
+    let report = chatrelay_storage::Store::migrate_postgres(&opts)
+        .with_context(|| format!("migrating schema {}", config.storage.schema))?;
+    let mut out = String::new();
+    for (version, name) in &report.applied {
+        out.push_str(&format!("applied {version}: {name}\n"));
+    }
+    let newest = chatrelay_storage::MIGRATIONS
+        .iter()
+        .map(|m| m.0)
+        .max()
+        .unwrap_or(0);
+    out.push_str(&format!(
+        "schema {} is at version {newest} ({} applied now, {} before)\n",
+        config.storage.schema,
+        report.applied.len(),
+        report.already.len()
+    ));
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
+fn migrate_data(
+    config: &Config,
+    from: &str,
+    to: Option<String>,
+    schema: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = from
+        .strip_prefix("sled:")
+        .context("--from takes sled:DIR (the data directory of a single-server installation)")?;
+    let dir = std::path::Path::new(dir);
+    // The data directory holds the database in `db`; accept either.
+    let db = if dir.join("db").join("conf").exists() {
+        dir.join("db")
+    } else {
+        dir.to_path_buf()
+    };
+    if !db.join("conf").exists() {
+        anyhow::bail!("{} holds no chatrelay database", dir.display());
+    }
+    let mut opts = match (to, config.storage.postgres()) {
+        (Some(url), base) => chatrelay_storage::PgOptions {
+            url,
+            ..base.unwrap_or_else(|| chatrelay_storage::PgOptions::new(""))
+        },
+        (None, Some(base)) => base,
+        (None, None) => anyhow::bail!("--to postgres://... is needed (or [storage] url)"),
+    };
+    if let Some(schema) = schema {
+        opts.schema = Some(schema);
+    }
+    let source =
+        chatrelay_storage::Store::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
+            .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
+    let dest = chatrelay_storage::Store::open_postgres(&opts).context("opening the destination")?;
+    let report = source.copy_into(&dest).context("copying into PostgreSQL")?;
+    let mut out = String::new();
+    for (tree, n) in &report.trees {
+        out.push_str(&format!("{tree:<22} {n:>10}\n"));
+    }
+    out.push_str(&format!(
+        "verified: every tree has the same number of records; {} balances, paid credits {} and held credits {} on both sides\n",
+        report.balances, report.paid_sum, report.held_sum
+    ));
+    std::io::stdout()
+        .write_all(out.as_bytes())
         .context("writing to stdout")
 }
 

@@ -251,20 +251,32 @@ impl Live {
             let shutdown = inner.shutdown.clone();
             let task_stop = stop.clone();
             let task_poller = poller.clone();
+            let job_name = key.clone();
             let handle = inner.tracker.spawn(async move {
                 if let Some(previous) = previous {
                     // Two pollers of one zsxq group could answer a topic twice, and two
                     // getUpdates on one bot make Telegram refuse both.
                     let _ = previous.await;
                 }
-                match task_poller {
-                    Poller::Zsxq(group) => {
-                        crate::zsxq::run_group(engine, alerts, group, task_stop, shutdown).await;
+                // With several daemons on one database, one of them polls (the others
+                // stand by and take over when it dies).
+                let store = engine.store().clone();
+                crate::leader::run(store, job_name, task_stop, move |stop| {
+                    let (engine, alerts, shutdown) =
+                        (engine.clone(), alerts.clone(), shutdown.clone());
+                    let poller = task_poller.clone();
+                    async move {
+                        match poller {
+                            Poller::Zsxq(group) => {
+                                crate::zsxq::run_group(engine, alerts, group, stop, shutdown).await;
+                            }
+                            Poller::Telegram(bot) => {
+                                crate::telegram::run_bot(engine, bot, stop).await;
+                            }
+                        }
                     }
-                    Poller::Telegram(bot) => {
-                        crate::telegram::run_bot(engine, bot, task_stop).await;
-                    }
-                }
+                })
+                .await;
             });
             running.insert(
                 key,

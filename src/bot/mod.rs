@@ -428,8 +428,44 @@ impl Engine {
         self.llm().name()
     }
 
-    /// Periodic housekeeping: forget idle rate-limit windows, expired dedupe marks and old
-    /// in-flight answers.
+    /// Whether this daemon delivers `what` (an answer pushed or sent after the platform's
+    /// callback): always alone; on a shared database, only the first daemon to ask, so a
+    /// message whose retries reached several daemons is delivered once.
+    #[must_use]
+    pub fn claim_delivery(&self, what: &str) -> bool {
+        let store = &self.inner.store;
+        if !store.is_shared() {
+            return true;
+        }
+        let now = now_ms();
+        let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
+        match store.dedupe_insert(&format!("delivered:{what}"), expires, now) {
+            Ok(first) => first,
+            Err(e) => {
+                // Better twice than never: the user asked and may have paid.
+                warn!(error = %e, "claiming a delivery failed; delivering anyway");
+                true
+            }
+        }
+    }
+
+    /// On a shared database, keeps the finished answer to a platform message for retries
+    /// that reach other daemons (until the dedupe mark expires).
+    fn share_answer(&self, id: &str, event: &ReplyEvent, expires_at_ms: i64) {
+        if !self.inner.store.is_shared() {
+            return;
+        }
+        let answer = chatrelay_storage::SharedAnswer {
+            text: event.user_text(),
+            expires_at_ms,
+        };
+        if let Err(e) = self.inner.store.put_answer(id, &answer) {
+            warn!(error = %e, "keeping the answer for retries on other daemons failed");
+        }
+    }
+
+    /// Periodic housekeeping of this daemon's memory: idle rate-limit windows, old in-flight
+    /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
     pub fn housekeeping(&self) {
         self.inner.limiter.sweep();
         self.sweep_inflight(true);
@@ -444,7 +480,23 @@ impl Engine {
             .count();
         metrics::gauge!("chatrelay_platform_answers_in_progress").set(answering as f64);
         metrics::gauge!("chatrelay_background_tasks").set(self.inner.tracker.len() as f64);
+    }
+
+    /// Removes records past their time: expired dedupe marks, old content-rule hits and
+    /// settled-reservation records; on a shared store also holds left open by a daemon that
+    /// died (alone, a daemon releases its own at start). One daemon does this at a time.
+    pub fn purge_old_records(&self) {
         let now = now_ms();
+        if self.inner.store.is_shared() {
+            match self.inner.store.release_stale_reservations(now) {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    released = n,
+                    "released expired reservations (a daemon died mid-answer?)"
+                ),
+                Err(e) => warn!(error = %e, "releasing expired reservations failed"),
+            }
+        }
         if let Err(e) = self.inner.store.purge_expired_dedupe(now) {
             warn!(error = %e, "purging expired dedupe marks failed");
         }
@@ -1666,6 +1718,17 @@ impl Handler for Engine {
                 let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
                 match self.inner.store.dedupe_insert(&id, expires, now) {
                     Ok(true) => {}
+                    Ok(false) if self.inner.store.is_shared() => {
+                        // Another daemon on the database took this message (a platform
+                        // retry landed here): follow its answer through the database.
+                        metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
+                        return follow_shared(
+                            self.inner.store.clone(),
+                            id,
+                            s.reservation_ttl,
+                            &self.inner.tracker,
+                        );
+                    }
                     Ok(false) => {
                         // Seen before, answered in an earlier run: not answered twice.
                         metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
@@ -1686,12 +1749,14 @@ impl Handler for Engine {
                 );
                 let this = self.clone();
                 let span = info_span!("message", key = %inbound.key, msg = %inbound.message_id);
+                let shared_key = id.clone();
                 self.inner.tracker.spawn(
                     async move {
                         let sink = Sink::Progress(tx);
                         let platform = inbound.key.platform;
                         let event = this.answer_platform(inbound, &sink).await;
                         this.record_outcome(platform, &event);
+                        this.share_answer(&shared_key, &event, expires);
                         if let Sink::Progress(tx) = sink {
                             tx.send_modify(|p| p.done = Some(event));
                         }
@@ -1703,6 +1768,46 @@ impl Handler for Engine {
         };
         follow(rx, &self.inner.tracker)
     }
+}
+
+/// How often a retry that reached another daemon looks for the answer in the database.
+const SHARED_POLL: Duration = Duration::from_millis(100);
+
+/// A [`Reply`] that waits (up to `wait`) for the answer another daemon on the database is
+/// making to message `id`, and gives it as one final event; a duplicate if none comes.
+fn follow_shared(store: Store, id: String, wait: Duration, tracker: &TaskTracker) -> Reply {
+    let (tx, reply) = Reply::channel();
+    tracker.spawn(async move {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (s, key) = (store.clone(), id.clone());
+            let found = tokio::task::spawn_blocking(move || s.shared_answer(&key, now_ms())).await;
+            match found {
+                Ok(Ok(Some(answer))) => {
+                    let event = match answer.text {
+                        Some(text) => ReplyEvent::Final {
+                            text,
+                            usage: None,
+                            charged: 0,
+                            images: Vec::new(),
+                        },
+                        None => failed(FailureKind::Duplicate, ""),
+                    };
+                    tx.send(event).await;
+                    return;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn!(error = %e, "reading a shared answer failed"),
+                Err(e) => warn!(error = %e, "reading a shared answer failed"),
+            }
+            if Instant::now() >= deadline || tx.is_closed() {
+                tx.send(failed(FailureKind::Duplicate, "")).await;
+                return;
+            }
+            tokio::time::sleep(SHARED_POLL).await;
+        }
+    });
+    reply
 }
 
 /// A [`Reply`] that follows a shared answer from the start: the text so far as one delta,

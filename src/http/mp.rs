@@ -331,8 +331,8 @@ async fn answer_text(
     let reply = st.engine.handle(inbound);
     match tokio::time::timeout_at(started + wait, reply.collect()).await {
         Ok(event) => {
-            if state.delivered.swap(true, Ordering::SeqCst) {
-                // An earlier try already answered this message.
+            if !claim(&st.engine, account, &state, key, message_id) {
+                // An earlier try (here or on another daemon) already answered this message.
                 return None;
             }
             let text = event.user_text()?;
@@ -350,6 +350,14 @@ async fn answer_text(
             cfg.texts.thinking_pending.clone()
         }),
     }
+}
+
+/// Whether this try (or watcher) delivers the answer to message `id`: the first here, and on
+/// a database shared by several daemons the first of them all (WeChat's tries of one message
+/// may reach different daemons behind a load balancer).
+fn claim(engine: &Engine, account: &MpAccount, state: &TryState, key: &UserKey, id: &str) -> bool {
+    !state.delivered.swap(true, Ordering::SeqCst)
+        && engine.claim_delivery(&format!("mp:{}:{key}#{id}", account.id()))
 }
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
@@ -381,10 +389,11 @@ fn with_outbox(st: &AppState, account: &Arc<MpAccount>, key: &UserKey, text: Str
 /// After WeChat's tries are over, delivers an answer no try could deliver.
 async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state: TryState) {
     let key = inbound.key.clone();
+    let message_id = inbound.message_id.clone();
     let event = engine.handle(inbound).collect().await;
     let window_end = state.first_seen + Duration::from_millis(account.cfg.retry_window_ms);
     tokio::time::sleep_until(window_end).await;
-    if state.delivered.swap(true, Ordering::SeqCst) {
+    if !claim(&engine, &account, &state, &key, &message_id) {
         return;
     }
     let Some(text) = event.user_text() else {

@@ -280,8 +280,11 @@ async fn app_callback(
             async move {
                 let mut inbound = Inbound::text(key.clone(), message_id, text);
                 inbound.images = images;
+                let claim = format!("wecom:{}#{}", key, inbound.message_id);
                 let reply = engine.handle(inbound);
-                if let Some(answer) = reply.collect().await.user_text() {
+                if let Some(answer) = reply.collect().await.user_text()
+                    && engine.claim_delivery(&claim)
+                {
                     send_app(app, key.user, answer);
                 }
             }

@@ -1,7 +1,20 @@
-//! "Seen this message" marks with an expiry, set by compare-and-swap.
+//! "Seen this message" marks with an expiry, set by compare-and-swap; and finished answers
+//! kept for a while, so that a retry reaching another daemon (sharing the database) gets the
+//! answer the first one made.
+
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_key, decode, encode};
-use crate::{DEDUPE, Store, StoreError};
+use crate::{ANSWERS, DEDUPE, Store, StoreError};
+
+/// A finished answer to a chat-platform message, as kept for retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedAnswer {
+    /// What the user is shown (`None`: nothing, e.g. a duplicate).
+    pub text: Option<String>,
+    /// When the record may go.
+    pub expires_at_ms: i64,
+}
 
 impl Store {
     /// Marks `key` as seen until `expires_at_ms`. True the first time, or when the previous
@@ -32,6 +45,31 @@ impl Store {
         }
     }
 
+    /// Keeps the finished answer to message `key` until `expires_at_ms`.
+    pub fn put_answer(&self, key: &str, answer: &SharedAnswer) -> Result<(), StoreError> {
+        let _writing = self.writing();
+        check_key("answer key", key)?;
+        self.trees()?
+            .answers
+            .insert(key.as_bytes(), encode(answer)?)
+    }
+
+    /// The finished answer to message `key`, if one was kept and is still live at `now_ms`.
+    pub fn shared_answer(
+        &self,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<SharedAnswer>, StoreError> {
+        check_key("answer key", key)?;
+        match self.trees()?.answers.get(key.as_bytes())? {
+            Some(raw) => {
+                let answer: SharedAnswer = decode(ANSWERS, &raw, || format!("{key:?}"))?;
+                Ok((answer.expires_at_ms > now_ms).then_some(answer))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Removes marks that expired by `now_ms`; returns how many. Unreadable marks are removed
     /// too (a mark is disposable), with a warning.
     pub fn purge_expired_dedupe(&self, now_ms: i64) -> Result<usize, StoreError> {
@@ -53,6 +91,16 @@ impl Store {
                     .compare_and_swap(&key, Some(&raw), None as Option<&[u8]>)?
                     .is_ok()
             {
+                purged += 1;
+            }
+        }
+        let answers = &self.trees()?.answers;
+        for item in answers.iter() {
+            let (key, raw) = item?;
+            let expired =
+                decode::<SharedAnswer>(ANSWERS, &raw, || crate::codec::describe_bytes(&key))
+                    .map_or(true, |a| a.expires_at_ms <= now_ms);
+            if expired && answers.compare_and_swap(&key, Some(&raw), None)?.is_ok() {
                 purged += 1;
             }
         }
@@ -115,6 +163,22 @@ mod tests {
         assert!(store.trees().unwrap().dedupe.get("old").unwrap().is_none());
         assert!(!store.dedupe_insert("new", 2000, 600).unwrap());
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 0);
+    }
+
+    #[test]
+    fn answers_are_kept_until_they_expire() {
+        let store = Store::open_temporary().unwrap();
+        assert_eq!(store.shared_answer("m", 0).unwrap(), None);
+        let answer = SharedAnswer {
+            text: Some("hi".into()),
+            expires_at_ms: 100,
+        };
+        store.put_answer("m", &answer).unwrap();
+        assert_eq!(store.shared_answer("m", 50).unwrap(), Some(answer));
+        assert_eq!(store.shared_answer("m", 100).unwrap(), None, "expired");
+        assert_eq!(store.purge_expired_dedupe(50).unwrap(), 0);
+        assert_eq!(store.purge_expired_dedupe(100).unwrap(), 1);
+        assert!(store.trees().unwrap().answers.get("m").unwrap().is_none());
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //! | `open_orders` | uid ‖ product ‖ channel | the id of that user's waiting order |
 //! | `order_events` | order id ‖ 0 ‖ id (be u64) | [`OrderEvent`] |
 //! | `checkpoints` | a connector's key | a short text (state, counter) |
+//! | `answers` | engine's key | a finished answer, for retries that reach another daemon |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -87,6 +88,7 @@ use serde::{Deserialize, Serialize};
 pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
 pub use conversations::Turn;
+pub use dedupe::SharedAnswer;
 pub use error::StoreError;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use login::{LOGIN_CODE_DIGITS, LoginCode};
@@ -155,6 +157,7 @@ const ORDERS: &str = "orders";
 const OPEN_ORDERS: &str = "open_orders";
 const ORDER_EVENTS: &str = "order_events";
 const CHECKPOINTS: &str = "checkpoints";
+const ANSWERS: &str = "answers";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -182,6 +185,7 @@ struct Trees {
     open_orders: Tree,
     order_events: Tree,
     checkpoints: Tree,
+    answers: Tree,
 }
 
 impl Trees {
@@ -208,11 +212,12 @@ impl Trees {
             open_orders: db.open_tree(OPEN_ORDERS)?,
             order_events: db.open_tree(ORDER_EVENTS)?,
             checkpoints: db.open_tree(CHECKPOINTS)?,
+            answers: db.open_tree(ANSWERS)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 21] {
+    fn all(&self) -> [(&'static str, &Tree); 22] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -235,6 +240,7 @@ impl Trees {
             (OPEN_ORDERS, &self.open_orders),
             (ORDER_EVENTS, &self.order_events),
             (CHECKPOINTS, &self.checkpoints),
+            (ANSWERS, &self.answers),
         ];
         all.sort_by_key(|(name, _)| *name);
         all
@@ -298,16 +304,15 @@ impl Store {
     /// Opens a store on a PostgreSQL database shared with other daemons, applying pending
     /// migrations first (under a lock: daemons starting together apply them once).
     pub fn open_postgres(opts: &PgOptions) -> Result<Store, StoreError> {
-        let pg = kv::pg::Pg::open(opts, true)?;
+        let pg = kv::pg::Pg::open(opts)?;
+        pg.migrate()?;
         Self::from_db(Db::Pg(pg), None, 0)
     }
 
     /// Applies pending migrations to a PostgreSQL database and says what it did
     /// (`chatrelay migrate`).
     pub fn migrate_postgres(opts: &PgOptions) -> Result<MigrationReport, StoreError> {
-        kv::pg::Pg::open(opts, false)
-            .or_else(|_| kv::pg::Pg::open(opts, true))
-            .and_then(|pg| pg.migrate())
+        kv::pg::Pg::open(opts)?.migrate()
     }
 
     /// Opens a fresh database that is deleted when the last clone is dropped (for tests).

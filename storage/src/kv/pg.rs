@@ -63,6 +63,13 @@ impl PgOptions {
             ca_file: None,
         }
     }
+
+    /// Whether `url` is a connection string the driver understands (for config checks).
+    pub fn check_url(url: &str) -> Result<(), String> {
+        url.parse::<tokio_postgres::Config>()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What [`crate::Store::migrate_postgres`] found and did.
@@ -81,7 +88,8 @@ const PAGE: i64 = 500;
 
 /// The engine: a connection pool on its own runtime.
 pub struct Pg {
-    rt: tokio::runtime::Runtime,
+    /// Taken only on drop.
+    rt: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
@@ -94,6 +102,16 @@ pub struct Pg {
 struct PoolState {
     idle: Vec<Client>,
     open: usize,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside async code (where the last store
+        // handle may well go): let its threads wind down on their own.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A pooled connection, returned on drop (unless it broke).
@@ -165,8 +183,8 @@ fn valid_schema(s: &str) -> bool {
 }
 
 impl Pg {
-    /// Connects (checking the server answers) and applies pending migrations when `migrate`.
-    pub(crate) fn open(opts: &PgOptions, migrate: bool) -> Result<Arc<Pg>, StoreError> {
+    /// Prepares the pool (connections are made when first needed); see [`Pg::migrate`].
+    pub(crate) fn open(opts: &PgOptions) -> Result<Arc<Pg>, StoreError> {
         let schema = opts.schema.clone().unwrap_or_else(|| "public".to_owned());
         if !valid_schema(&schema) {
             return Err(StoreError::InvalidInput(format!(
@@ -194,7 +212,7 @@ impl Pg {
             .build()
             .map_err(backend)?;
         let pg = Arc::new(Pg {
-            rt,
+            rt: Some(rt),
             config,
             tls,
             schema,
@@ -202,11 +220,6 @@ impl Pg {
             returned: Condvar::new(),
             max: opts.pool_size.max(1),
         });
-        if migrate {
-            pg.migrate()?;
-        } else {
-            pg.check_migrated()?;
-        }
         Ok(pg)
     }
 
@@ -214,7 +227,10 @@ impl Pg {
     fn connect(&self) -> Result<Client, StoreError> {
         let config = self.config.clone();
         let tls = self.tls.clone();
-        let task = self.rt.spawn(async move {
+        let Some(rt) = &self.rt else {
+            return Err(StoreError::Backend("the store is closing".into()));
+        };
+        let task = rt.spawn(async move {
             let client = match tls {
                 None => {
                     let (client, conn) = config.connect(NoTls).await?;
@@ -351,36 +367,6 @@ impl Pg {
         .map_err(|e: tokio_postgres::Error| {
             StoreError::Backend(format!("migrating the database: {}", error_text(&e)))
         })?
-    }
-
-    /// Refuses a database whose migrations are missing or newer than this build.
-    fn check_migrated(&self) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        let rows = wait(conn.query(
-            "SELECT version FROM chatrelay_migrations ORDER BY version",
-            &[],
-        ))
-        .map_err(|e| {
-            StoreError::Backend(format!(
-                "the database is not set up ({}); run `chatrelay migrate`",
-                error_text(&e)
-            ))
-        })?;
-        let have: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-        if let Some(newest) = have.iter().max()
-            && *newest > MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0)
-        {
-            return Err(StoreError::SchemaTooNew {
-                found: u32::try_from(*newest).unwrap_or(u32::MAX),
-                supported: latest(),
-            });
-        }
-        if let Some((v, name, _)) = MIGRATIONS.iter().find(|(v, _, _)| !have.contains(v)) {
-            return Err(StoreError::Backend(format!(
-                "migration {v} ({name}) is not applied; run `chatrelay migrate`"
-            )));
-        }
-        Ok(())
     }
 
     fn query(
