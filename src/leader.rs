@@ -37,9 +37,10 @@ pub async fn try_lead(store: &Store, job: &str) -> Option<Leadership> {
     }
 }
 
-/// Runs `job` whenever this daemon leads `name`, until `stop`. `job` gets a token cancelled
-/// when it must stop (the daemon stops or the leadership is lost) and should return soon
-/// after; it is started again when the daemon leads once more.
+/// Runs `job` whenever this daemon leads `name`, until `stop` (or until the job ends by
+/// itself). `job` gets a token cancelled when it must stop (the daemon stops or the
+/// leadership is lost) and should return soon after; after a lost leadership it is started
+/// again when the daemon leads once more.
 pub async fn run<F, Fut>(store: Store, name: String, stop: CancellationToken, mut job: F)
 where
     F: FnMut(CancellationToken) -> Fut,
@@ -73,20 +74,22 @@ where
                 }
             }
         };
-        tokio::select! {
-            () = &mut running => {}
+        let lost_lock = tokio::select! {
+            () = &mut running => false,
             () = lost => {
                 warn!(job = %name, "lost the job's lock (database connection gone); stopping it");
                 token.cancel();
                 running.await;
+                true
             }
-        }
+        };
         gauge.set(0.0);
         drop(lead);
-        if stop.is_cancelled() {
+        if stop.is_cancelled() || !lost_lock {
+            // Stopped, or the job ended by itself (as it would alone): done.
             return;
         }
-        // The job ended by itself (or lost its lock): pause before leading again.
+        // Pause before trying to lead again.
         tokio::select! {
             () = tokio::time::sleep(RETRY) => {}
             () = stop.cancelled() => return,
@@ -120,5 +123,70 @@ impl Held {
             }
         }
         self.lead.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_daemon_leads_and_another_takes_over() {
+        let Some((a, b)) = crate::bot::tests::shared_pair() else {
+            eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
+            return;
+        };
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let spawn = |store: Store, stop: CancellationToken| {
+            let (running, most) = (running.clone(), most.clone());
+            tokio::spawn(run(store, "job".into(), stop, move |token| {
+                let (running, most) = (running.clone(), most.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    token.cancelled().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
+            }))
+        };
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let first = spawn(a, stop_a.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = spawn(b, stop_b.clone());
+        tokio::time::sleep(RETRY * 2).await;
+        assert_eq!(running.load(Ordering::SeqCst), 1, "one leader");
+        // The leader goes away: the other takes the job within about RETRY.
+        stop_a.cancel();
+        first.await.unwrap();
+        let deadline = tokio::time::Instant::now() + RETRY * 3;
+        while running.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no takeover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "never two at once");
+        stop_b.cancel();
+        second.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn alone_a_daemon_always_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut held = Held::default();
+        assert!(held.leads(&store, "cleanup").await);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        run(store, "x".into(), CancellationToken::new(), move |_| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

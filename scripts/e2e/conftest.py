@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,10 +28,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Daemon:
-    """One running `chatrelay run` with its own data directory and config file."""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-    def __init__(self, upstream_url, extra_toml="", free_daily=0, llm_timeout=2):
+
+class Daemon:
+    """One running `chatrelay run` with its own data directory and config file.
+
+    `storage_toml`: more keys for the generated `[storage]` section, which keeps its own `path`
+    (the generated admin token lives there with any backend), e.g. `backend = "postgres"`,
+    `url = "..."`, `schema = "..."` for a daemon sharing a PostgreSQL database."""
+
+    def __init__(self, upstream_url, extra_toml="", free_daily=0, llm_timeout=2, storage_toml=None):
         self.dir = Path(tempfile.mkdtemp(prefix="chatrelay-e2e-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,6 +53,7 @@ shutdown_grace_secs = 3
 
 [storage]
 path = "{self.dir / 'data'}"
+{storage_toml or ""}
 
 [llm]
 provider = "openai"
@@ -85,9 +94,15 @@ rate_limit_per_minute = 0
                 time.sleep(0.05)
         raise RuntimeError(f"daemon not ready: {self.logs()}")
 
-    def logs(self):
+    def logs(self, tail=4000):
+        """The end of the daemon's log (`tail=None`: all of it, across restarts)."""
         self.log.flush()
-        return (self.dir / "daemon.log").read_text(errors="replace")[-4000:]
+        text = (self.dir / "daemon.log").read_text(errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def log_lines(self):
+        """Every line the daemon logged, across restarts, without colour codes."""
+        return ANSI.sub("", self.logs(tail=None)).splitlines()
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc and self.proc.poll() is None:

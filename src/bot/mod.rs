@@ -1842,4 +1842,4 @@ fn follow(mut rx: watch::Receiver<Progress>, tracker: &TaskTracker) -> Reply {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

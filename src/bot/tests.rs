@@ -954,3 +954,65 @@ async fn the_image_command_charges_its_price_and_nothing_on_failure() {
     let event = h.engine.handle(msg("1", "/image a cat")).collect().await;
     assert_eq!(final_text(&event), "暂未开放画图。");
 }
+
+/// Two stores on one PostgreSQL schema (two daemons' worth), when `CHATRELAY_TEST_PG_URL`
+/// is set (`scripts/test` sets it); `None` otherwise.
+pub(crate) fn shared_pair() -> Option<(Store, Store)> {
+    let url = std::env::var("CHATRELAY_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let opts = chatrelay_storage::PgOptions {
+        schema: Some(format!("t_{}_{nanos}", std::process::id())),
+        ..chatrelay_storage::PgOptions::new(url)
+    };
+    Some((
+        Store::open_postgres(&opts).unwrap(),
+        Store::open_postgres(&opts).unwrap(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
+    let Some((store_a, store_b)) = shared_pair() else {
+        eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
+        return;
+    };
+    let h = harness(Script::Answer {
+        delay_ms: 100,
+        usage: None,
+    });
+    let settings = (*h.engine.settings()).clone();
+    let daemon = |store: Store| {
+        Engine::new(
+            store,
+            h.llm.clone(),
+            settings.clone(),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+    };
+    let (a, b) = (daemon(store_a.clone()), daemon(store_b));
+    let first = a.handle(msg("77", "question"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // WeChat's retry reaches the other daemon while the first is still answering.
+    let retry = b.handle(msg("77", "question"));
+    let (ea, eb) = tokio::join!(first.collect(), retry.collect());
+    assert_eq!(final_text(&ea), "Hello, world");
+    assert_eq!(final_text(&eb), "Hello, world", "the retry got the answer");
+    assert_eq!(h.llm.calls(), 1, "one LLM call for both");
+    let uid = store_a.identity(&key()).unwrap().unwrap();
+    let usage = store_a
+        .ledger(uid, 10)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Usage)
+        .count();
+    assert_eq!(usage, 1, "charged once");
+    // Whoever asks first delivers; the other daemon does not.
+    assert!(b.claim_delivery("mp:x:77"));
+    assert!(!a.claim_delivery("mp:x:77"));
+}

@@ -170,7 +170,27 @@ fn tx_err(e: tokio_postgres::Error) -> TxError {
     if retryable(&e) {
         TxError::Conflict
     } else {
-        TxError::Storage(backend(e))
+        TxError::Storage(backend(error_text(&e)))
+    }
+}
+
+/// The error that explains a failed batch: after the first failure of a transaction every
+/// later statement fails with "current transaction is aborted" (25P02), which says nothing.
+fn first_cause(results: Vec<Result<u64, tokio_postgres::Error>>) -> Result<(), TxError> {
+    let mut aborted = None;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                aborted.get_or_insert(e);
+            }
+            Err(e) => return Err(tx_err(e)),
+        }
+    }
+    match aborted {
+        // Only "aborted" errors: the cause went unseen; running again is the safe reading.
+        Some(_) => Err(TxError::Conflict),
+        None => Ok(()),
     }
 }
 
@@ -313,15 +333,19 @@ impl Pg {
         let mut client = self.connect()?;
         let schema = &self.schema;
         wait(async {
+            // Locked before anything, CREATE SCHEMA included: daemons starting together on a
+            // new schema would otherwise race on it (a unique violation in pg_namespace).
+            // A session lock: it goes with this connection, dropped at the end.
+            client
+                .execute(
+                    "SELECT pg_advisory_lock($1)",
+                    &[&lock_key(&format!("{schema}/migrations"))],
+                )
+                .await?;
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
                 .await?;
             let tx = client.transaction().await?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&lock_key(&format!("{schema}/migrations"))],
-            )
-            .await?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS chatrelay_migrations (
                      version integer PRIMARY KEY,
@@ -737,7 +761,13 @@ fn commit(tx: &PgTx<'_>) -> TxResult<()> {
             }
         }
     });
-    wait(futures_util::future::try_join_all(statements)).map_err(tx_err)?;
+    let results = wait(futures_util::future::join_all(statements));
+    first_cause(
+        results
+            .into_iter()
+            .map(|r| r.map(|rows| rows.len() as u64))
+            .collect(),
+    )?;
     wait(client.batch_execute("COMMIT")).map_err(tx_err)
 }
 
