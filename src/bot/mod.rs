@@ -449,6 +449,27 @@ impl Engine {
         }
     }
 
+    /// Which try of `what` this is (1, 2, ... up to `max`), counted across the daemons sharing
+    /// the database: each try takes the first free mark `try:<what>:<n>` (the marks expire with
+    /// the dedupe marks). A store failure counts as the last try.
+    #[must_use]
+    pub fn count_try(&self, what: &str, max: u32) -> u32 {
+        let store = &self.inner.store;
+        let now = now_ms();
+        let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
+        for n in 1..max {
+            match store.dedupe_insert(&format!("try:{what}:{n}"), expires, now) {
+                Ok(true) => return n,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "counting a retry failed");
+                    return max;
+                }
+            }
+        }
+        max
+    }
+
     /// On a shared database, keeps the finished answer to a platform message for retries
     /// that reach other daemons (until the dedupe mark expires).
     fn share_answer(&self, id: &str, event: &ReplyEvent, expires_at_ms: i64) {

@@ -1015,4 +1015,10 @@ async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
     // Whoever asks first delivers; the other daemon does not.
     assert!(b.claim_delivery("mp:x:77"));
     assert!(!a.claim_delivery("mp:x:77"));
+    // WeChat's tries counted across the daemons they reached.
+    let tries: Vec<u32> = [&a, &b, &a, &b]
+        .iter()
+        .map(|e| e.count_try("mp:x:78", 3))
+        .collect();
+    assert_eq!(tries, [1, 2, 3, 3]);
 }

@@ -338,7 +338,7 @@ async fn answer_text(
             let text = event.user_text()?;
             Some(with_outbox(st, account, key, text))
         }
-        Err(_) if state.count < TRIES => {
+        Err(_) if try_number(&st.engine, account, &state, key, message_id) < TRIES => {
             // Say nothing in time, so that WeChat tries again; the connection is dropped by
             // WeChat at 5 s, so whatever this returns later is not seen.
             tokio::time::sleep(Duration::from_millis(cfg.retry_window_ms)).await;
@@ -358,6 +358,22 @@ async fn answer_text(
 fn claim(engine: &Engine, account: &MpAccount, state: &TryState, key: &UserKey, id: &str) -> bool {
     !state.delivered.swap(true, Ordering::SeqCst)
         && engine.claim_delivery(&format!("mp:{}:{key}#{id}", account.id()))
+}
+
+/// Which of WeChat's tries this is: counted here, or, on a database shared by several daemons,
+/// across all of them (tries of one message may reach different daemons), so that the last
+/// try anywhere says the answer is coming instead of leaving WeChat to give up.
+fn try_number(
+    engine: &Engine,
+    account: &MpAccount,
+    state: &TryState,
+    key: &UserKey,
+    id: &str,
+) -> u32 {
+    if !engine.store().is_shared() {
+        return state.count;
+    }
+    engine.count_try(&format!("mp:{}:{key}#{id}", account.id()), TRIES)
 }
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
