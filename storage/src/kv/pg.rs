@@ -342,9 +342,17 @@ impl Pg {
                     &[&lock_key(&format!("{schema}/migrations"))],
                 )
                 .await?;
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .await?;
+            // Created only when missing: CREATE SCHEMA IF NOT EXISTS would still need the
+            // right to create schemas, which a role given an existing schema may lack.
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
+                .await?
+                .is_some();
+            if !exists {
+                client
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                    .await?;
+            }
             let tx = client.transaction().await?;
             tx.batch_execute(
                 "CREATE TABLE IF NOT EXISTS chatrelay_migrations (
