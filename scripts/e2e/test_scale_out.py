@@ -11,7 +11,6 @@ exports it). Each test works in a schema of its own, dropped at the end.
 """
 
 import base64
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -39,7 +38,7 @@ from fake_openai import ANSWER  # noqa: E402
 from fake_pay import FakeAlipay, FakeWechatPay, new_rsa_key, private_pem  # noqa: E402
 from fake_wechat import FakeWechat  # noqa: E402
 from fake_zsxq import FakeZsxq  # noqa: E402
-from test_payments import (PUBLIC_URL, PayDaemon, assert_credited_once, create_order,  # noqa: E402
+from test_payments import (PUBLIC_URL, PayDaemon, assert_credited_once, concurrently, create_order,  # noqa: E402
                            pay_toml, post_wechat_notify, purchases, status_of)
 from test_wechat_mp import WeChat  # noqa: E402
 
@@ -108,21 +107,6 @@ def wait_for(pred, timeout, what, interval=0.05):
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def concurrently(n, fn):
-    """Runs fn(i) in n threads released together; returns the results (or exceptions) in order."""
-    barrier = threading.Barrier(n)
-
-    def run(i):
-        barrier.wait(timeout=10)
-        try:
-            return fn(i)
-        except Exception as e:  # noqa: BLE001 - reported by the caller's assertion
-            return e
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(run, range(n)))
 
 
 def chat(d, token, content="hi", timeout=30):

@@ -17,6 +17,7 @@
 //! - `--barrier DIR`: after setting up, write `DIR/ready.<pid>` and start only once
 //!   `DIR/go` exists (so that processes measure the same seconds).
 //! - `--no-baseline`, `--no-audit`: skip those (a driver audits once every process is done).
+//! - `--baseline-only`: measure the baseline and stop.
 //! - `--audit-only`: only audit the store (`users`, `ledger_entries`, `open_reservations`).
 //!
 //! Prints `key=value` lines. Every failed operation is counted (`errors=`), the first few
@@ -44,6 +45,7 @@ struct Opts {
     baseline: bool,
     audit: bool,
     audit_only: bool,
+    baseline_only: bool,
 }
 
 fn parse_opts() -> Result<Opts, BoxError> {
@@ -61,6 +63,7 @@ fn parse_opts() -> Result<Opts, BoxError> {
         baseline: true,
         audit: true,
         audit_only: false,
+        baseline_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,6 +77,7 @@ fn parse_opts() -> Result<Opts, BoxError> {
             "--no-baseline" => o.baseline = false,
             "--no-audit" => o.audit = false,
             "--audit-only" => o.audit_only = true,
+            "--baseline-only" => o.baseline_only = true,
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}").into()),
             _ => positional.push(a),
         }
@@ -147,6 +151,14 @@ fn main() -> Result<(), BoxError> {
             }
         }
     };
+
+    if o.baseline_only {
+        if own_schema && let Some(url) = &o.pg {
+            drop(store);
+            drop_schema(url, &schema)?;
+        }
+        return Ok(());
+    }
 
     let mut uids = Vec::with_capacity(users);
     for t in 0..users {

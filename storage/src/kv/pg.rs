@@ -415,9 +415,7 @@ impl Pg {
             "SELECT v FROM chatrelay_kv WHERE tree = $1 AND k = $2",
             &[(&tree, Type::TEXT), (&key, Type::BYTEA)],
         )?;
-        rows.first()
-            .map(|r| r.try_get(0).map_err(backend))
-            .transpose()
+        first_column(&rows)
     }
 
     pub(crate) fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -438,9 +436,7 @@ impl Pg {
             "DELETE FROM chatrelay_kv WHERE tree = $1 AND k = $2 RETURNING v",
             &[(&tree, Type::TEXT), (&key, Type::BYTEA)],
         )?;
-        rows.first()
-            .map(|r| r.try_get(0).map_err(backend))
-            .transpose()
+        first_column(&rows)
     }
 
     pub(crate) fn count(&self, tree: &str) -> Result<usize, StoreError> {
@@ -448,21 +444,13 @@ impl Pg {
             "SELECT count(*) FROM chatrelay_kv WHERE tree = $1",
             &[(&tree, Type::TEXT)],
         )?;
-        let n: i64 = rows
-            .first()
-            .map(|r| r.try_get(0).map_err(backend))
-            .transpose()?
-            .unwrap_or(0);
+        let n: i64 = first_column(&rows)?.unwrap_or(0);
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     pub(crate) fn next_id(&self) -> Result<u64, StoreError> {
         let rows = self.query("SELECT nextval('chatrelay_ids')", &[])?;
-        let n: i64 = rows
-            .first()
-            .map(|r| r.try_get(0).map_err(backend))
-            .transpose()?
-            .unwrap_or(0);
+        let n: i64 = first_column(&rows)?.unwrap_or(0);
         u64::try_from(n).map_err(backend)
     }
 
@@ -572,7 +560,10 @@ impl Pg {
                 }
                 Err(TxError::Conflict) => {
                     drop(conn);
-                    metrics_retry();
+                    tracing::trace!(
+                        attempt,
+                        "PostgreSQL transaction conflicted; running it again"
+                    );
                     std::thread::sleep(backoff(attempt));
                 }
             }
@@ -590,8 +581,14 @@ impl Pg {
     }
 }
 
-fn metrics_retry() {
-    tracing::trace!("PostgreSQL transaction conflicted; running it again");
+/// The first column of the first row, if there is a row.
+fn first_column<T>(rows: &[tokio_postgres::Row]) -> Result<Option<T>, StoreError>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    rows.first()
+        .map(|r| r.try_get(0).map_err(backend))
+        .transpose()
 }
 
 /// The newest migration this build knows, as the schema version it reports.
