@@ -2091,6 +2091,43 @@ mod tests {
     }
 
     #[test]
+    fn postgres_storage_needs_a_url_and_a_plain_schema() {
+        let err = parse(
+            "[storage]\nbackend = \"postgres\"\nschema = \"Bad-Name\"\npool_size = 0\n",
+            &[],
+            None,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["storage.url", "storage.schema", "storage.pool_size"]);
+        let err = parse(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://a@b/c?sslmode=nonsense\"\n",
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "storage.url");
+        let url = "postgres://u:secret@db:5432/cr?sslmode=require";
+        let (c, _) = parse(
+            "",
+            &env(&[
+                ("CHATRELAY__STORAGE__BACKEND", "postgres"),
+                ("CHATRELAY__STORAGE__URL", url),
+            ]),
+            None,
+        )
+        .unwrap();
+        let opts = c.storage.postgres().unwrap();
+        assert_eq!(
+            (opts.url.as_str(), opts.schema.as_deref(), opts.pool_size),
+            (url, Some("public"), 16)
+        );
+        assert!(!c.redacted_summary().contains("secret"));
+        let (sled, _) = parse("", &[], None).unwrap();
+        assert!(sled.storage.postgres().is_none());
+    }
+
+    #[test]
     fn openai_api_key_env_switches_to_openai() {
         let (c, _) = parse("", &env(&[("OPENAI_API_KEY", "sk-test")]), None).unwrap();
         assert_eq!(c.provider(), Provider::Openai);
