@@ -7,7 +7,11 @@
 //! `USERS` followers (default: a new follower per message) and checks every reply is an
 //! encrypted passive reply.
 //!
-//! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B max_ms=C`.
+//! `URL` may be several, separated by commas (daemons sharing one database): request `i`
+//! goes to the `i mod count`-th, round-robin, so a follower's messages land on every daemon.
+//!
+//! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B max_ms=C`, and with
+//! several URLs one more per URL: `target=URL requests=N ok=N`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,15 +35,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "get" => {
-            let url = arg(1)?.to_owned();
+            let urls = targets(arg(1)?)?;
             let n: usize = arg(2)?.parse()?;
             let c: usize = arg(3)?.parse()?;
-            let requests: Vec<(String, Vec<u8>)> =
-                (0..n).map(|_| (url.clone(), Vec::new())).collect();
-            run(requests, c, false).await
+            let requests: Vec<Request> = (0..n)
+                .map(|i| (i % urls.len(), urls[i % urls.len()].clone(), Vec::new()))
+                .collect();
+            run(&urls, requests, c, false).await
         }
         "mp" => {
-            let (url, token, aes, app_id) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
+            let urls = targets(arg(1)?)?;
+            let (token, aes, app_id) = (arg(2)?, arg(3)?, arg(4)?);
             let n: usize = arg(5)?.parse()?;
             let c: usize = arg(6)?.parse()?;
             let users: usize = args.get(7).map_or(Ok(n), |u| u.parse())?.max(1);
@@ -63,21 +69,39 @@ async fn main() -> anyhow::Result<()> {
                     let signature = sha1_signature(&[token, &ts, &nonce]);
                     let msg_signature = sha1_signature(&[token, &ts, &nonce, &encrypt]);
                     let body = format!("<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+                    let target = i % urls.len();
+                    let url = &urls[target];
                     let full = format!(
                         "{url}?signature={signature}&timestamp={ts}&nonce={nonce}&openid=o_bench_{run_id}_{}&encrypt_type=aes&msg_signature={msg_signature}",
                         i % users
                     );
-                    (full, body.into_bytes())
+                    (target, full, body.into_bytes())
                 })
                 .collect();
-            run(requests, c, true).await
+            run(&urls, requests, c, true).await
         }
         other => anyhow::bail!("unknown mode {other}"),
     }
 }
 
+/// A request: the index of its target, its full URL and its body.
+type Request = (usize, String, Vec<u8>);
+
+/// The comma-separated target URLs.
+fn targets(arg: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = arg
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "no target URL");
+    Ok(urls)
+}
+
 async fn run(
-    requests: Vec<(String, Vec<u8>)>,
+    urls: &[String],
+    requests: Vec<Request>,
     concurrency: usize,
     post: bool,
 ) -> anyhow::Result<()> {
@@ -85,6 +109,7 @@ async fn run(
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let n = requests.len();
+    let targets = urls.len();
     let queue = Arc::new(std::sync::Mutex::new(requests.into_iter()));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -94,9 +119,14 @@ async fn run(
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut ok = 0usize;
+            // Per target: requests sent, replies that were right.
+            let mut per_target: Vec<(usize, usize)> = vec![(0, 0); targets];
             loop {
                 let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                let Some((url, body)) = next else { break };
+                let Some((target, url, body)) = next else {
+                    break;
+                };
+                per_target[target].0 += 1;
                 let t = Instant::now();
                 let res = if post {
                     client.post(&url).body(body).send().await
@@ -108,19 +138,25 @@ async fn run(
                     let text = r.text().await.unwrap_or_default();
                     if status.is_success() && (!post || text.contains("<Encrypt>")) {
                         ok += 1;
+                        per_target[target].1 += 1;
                     }
                 }
                 latencies.push(t.elapsed());
             }
-            (ok, latencies)
+            (ok, latencies, per_target)
         }));
     }
     let mut ok = 0;
     let mut all: Vec<Duration> = Vec::with_capacity(n);
+    let mut by_target = vec![(0usize, 0usize); targets];
     for t in tasks {
-        let (o, l) = t.await?;
+        let (o, l, per) = t.await?;
         ok += o;
         all.extend(l);
+        for (sum, (sent, good)) in by_target.iter_mut().zip(per) {
+            sum.0 += sent;
+            sum.1 += good;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     all.sort();
@@ -135,5 +171,10 @@ async fn run(
         pct(0.99),
         all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
+    if targets > 1 {
+        for (url, (sent, good)) in urls.iter().zip(by_target) {
+            println!("target={url} requests={sent} ok={good}");
+        }
+    }
     Ok(())
 }

@@ -38,3 +38,9 @@ def test_idle_and_big_store_smoke():
 def test_quota_smoke():
     out = run("quota.sh", 4, 1)
     assert "consistent=true" in out and "reserve_settle_per_sec=" in out, out
+
+
+@pytest.mark.skipif(not os.environ.get("CHATRELAY_TEST_PG_URL"), reason="needs PostgreSQL (scripts/pg-up)")
+def test_pg_scale_out_smoke():
+    out = run("pg.sh", 4, 1, 200, 8)
+    assert "failures: 0" in out and "OA summary" in out and "quota summary" in out, out

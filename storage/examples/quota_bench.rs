@@ -8,9 +8,8 @@
 //! directory). With a `DIR` holding a store already (from `gen_store`), its users are reused.
 //!
 //! Options, for PostgreSQL and for several processes on one database:
-//! - `--pg URL` (or `PG_URL`): run on PostgreSQL instead of sled.
-//! - `--schema S` (or `PG_SCHEMA`): the schema (default: a fresh `bench_<pid>_<time>`,
-//!   dropped at the end).
+//! - `--pg URL`: run on PostgreSQL instead of sled.
+//! - `--schema S`: the schema (default: a fresh `bench_<pid>_<time>`, dropped at the end).
 //! - `--pool N`: the store's connection pool (default 16, the daemon's default).
 //! - `--users-offset K`: thread `t` works for user `api:bench-{K+t}` (created if missing, so
 //!   two processes with the same offset share their users, and contend on their balances).
@@ -50,13 +49,12 @@ struct Opts {
 
 fn parse_opts() -> Result<Opts, BoxError> {
     let mut positional = Vec::new();
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut o = Opts {
         users: 64,
         secs: 5,
         dir: None,
-        pg: env("PG_URL"),
-        schema: env("PG_SCHEMA"),
+        pg: None,
+        schema: None,
         pool: 16,
         offset: 0,
         barrier: None,
