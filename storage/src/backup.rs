@@ -433,7 +433,11 @@ fn restore_into(
     };
     // Reopen: sled resumes ids at 2 × interval; hand out one so that counter is persisted.
     {
-        let db = config().open()?;
+        let db = crate::retry_locked(|| {
+            config()
+                .open()
+                .map_err(|e| crate::map_open_error(e, staging))
+        })?;
         db.generate_id()?;
         db.flush()?;
     }

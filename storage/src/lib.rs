@@ -427,16 +427,7 @@ impl Store {
             }
             drop(old);
         }
-        // sled's flusher thread lets go of the file lock a moment after the last handle.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let db = loop {
-            match open_sled(&path, self.inner.cache_capacity_bytes) {
-                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
-            }
-        };
+        let db = retry_locked(|| open_sled(&path, self.inner.cache_capacity_bytes))?;
         let db = Db::Sled(db);
         let trees = Trees::open(&db)?;
         check_schema(&trees.meta)?;
@@ -518,6 +509,21 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
         .map_err(|e| map_open_error(e, path))?;
     tracing::debug!(path = %path.display(), recovered = db.was_recovered(), "opened store");
     Ok(db)
+}
+
+/// Opens a database this process has just closed: sled's flusher thread lets go of the file
+/// lock a moment after the last handle (on a busy machine, a long moment), so a lock error
+/// is tried again for a few seconds.
+fn retry_locked<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Maps sled's "could not acquire lock ... WouldBlock" to [`StoreError::Locked`].
@@ -615,7 +621,7 @@ mod tests {
             assert_eq!(&*raw, b"1");
             assert_eq!(store.path(), Some(dir.path()));
         }
-        Store::open(dir.path(), 1 << 20).unwrap();
+        reopen(dir.path()).unwrap();
     }
 
     #[test]
@@ -631,13 +637,18 @@ mod tests {
                 .unwrap();
             store.flush_blocking().unwrap();
         }
-        match Store::open(dir.path(), 1 << 20) {
+        match reopen(dir.path()) {
             Err(StoreError::SchemaTooNew {
                 found: 2,
                 supported: 1,
             }) => {}
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
+    }
+
+    /// Opens a database the test just closed.
+    fn reopen(path: &Path) -> Result<Store, StoreError> {
+        retry_locked(|| Store::open(path, 1 << 20))
     }
 
     #[test]
@@ -654,7 +665,7 @@ mod tests {
             store.flush_blocking().unwrap();
         }
         assert!(matches!(
-            Store::open(dir.path(), 1 << 20),
+            reopen(dir.path()),
             Err(StoreError::Corrupt { tree: "meta", .. })
         ));
     }

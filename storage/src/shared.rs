@@ -105,6 +105,7 @@ impl Store {
         let floor = src.db.generate_id()?.saturating_add(1);
         if let Db::Pg(pg) = &dst.db {
             pg.raise_ids(floor)?;
+            pg.sync_uids()?;
         }
         let before = self.census()?;
         let after = dest.census()?;

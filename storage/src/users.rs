@@ -44,9 +44,10 @@ impl Store {
         check_name(name)?;
         let now = system_now_ms();
         let t = self.trees()?;
+        let drawn = t.db.new_uid()?;
         finish(
             (&t.meta, &t.users)
-                .transaction(|(meta, users)| insert_new_user(meta, users, name, now)),
+                .transaction(|(meta, users)| insert_new_user(meta, users, name, now, drawn)),
         )
     }
 
@@ -191,13 +192,15 @@ impl Store {
         check_name(&name)?;
         let now = system_now_ms();
         let t = self.trees()?;
+        // Drawn outside the transaction, which may run more than once.
+        let drawn = t.db.new_uid()?;
         finish(
             (&t.identities, &t.identities_by_uid, &t.meta, &t.users).transaction(
                 |(ids, by_uid, meta, users)| {
                     if let Some(raw) = ids.get(key_text.as_bytes())? {
                         return decode(IDENTITIES, &raw, || key_text.clone()).or_abort();
                     }
-                    let user = insert_new_user(meta, users, &name, now)?;
+                    let user = insert_new_user(meta, users, &name, now, drawn)?;
                     ids.insert(key_text.as_bytes(), encode(&user.uid).or_abort()?)?;
                     by_uid.insert(prefixed_key(user.uid.0, key_text.as_bytes()), &[][..])?;
                     Ok(user.uid)
@@ -278,16 +281,23 @@ impl Store {
     }
 }
 
-/// Allocates the next uid (skipping any already taken) and writes the new user.
+/// Allocates the next uid (skipping any already taken) and writes the new user. `drawn`: a
+/// uid the engine handed out (PostgreSQL's sequence, so that daemons creating users at once
+/// do not all update one counter); `None`: the `next_uid` counter in `meta`.
 fn insert_new_user(
     meta: &TxTree<'_>,
     users: &TxTree<'_>,
     name: &str,
     now_ms: i64,
+    drawn: Option<u64>,
 ) -> TxResult<User> {
-    let mut next: u64 = match meta.get(NEXT_UID_KEY)? {
-        Some(raw) => decode(META, &raw, || "next_uid".to_owned()).or_abort()?,
-        None => 1,
+    let mut next: u64 = match drawn {
+        Some(uid) => uid,
+        // The counter is read only when used: on PostgreSQL it would be one hot row.
+        None => match meta.get(NEXT_UID_KEY)? {
+            Some(raw) => decode(META, &raw, || "next_uid".to_owned()).or_abort()?,
+            None => 1,
+        },
     };
     next = next.max(1);
     // A counter behind the users tree (restored from an old backup, say) must not reuse uids.
@@ -305,7 +315,9 @@ fn insert_new_user(
         ban_reason: None,
         groups: Vec::new(),
     };
-    meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
+    if drawn.is_none() {
+        meta.insert(NEXT_UID_KEY, encode(&next.saturating_add(1)).or_abort()?)?;
+    }
     users.insert(u64_key(next), encode(&user).or_abort()?)?;
     Ok(user)
 }

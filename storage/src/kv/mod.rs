@@ -43,6 +43,16 @@ impl Db {
         })
     }
 
+    /// A uid for a new user drawn from the engine (PostgreSQL's sequence: unique and
+    /// increasing, with gaps where a draw went unused); `None`: the store keeps its own
+    /// dense counter (sled).
+    pub(crate) fn new_uid(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Db::Sled(_) => Ok(None),
+            Db::Pg(pg) => pg.next_uid().map(Some),
+        }
+    }
+
     /// A new id, unique across the database's life (and across daemons on PostgreSQL).
     pub(crate) fn generate_id(&self) -> Result<u64, StoreError> {
         match self {

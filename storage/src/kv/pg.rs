@@ -1,16 +1,25 @@
 //! The PostgreSQL engine: every tree in one table `chatrelay_kv (tree, k, v)` keyed by
-//! `(tree, k)`, transactions at SERIALIZABLE isolation, versioned migrations, advisory locks.
+//! `(tree, k)`, transactions with row locks, versioned migrations, advisory locks.
 //!
 //! The store's API is synchronous (it was written over sled), so the driver (tokio-postgres,
 //! TLS by rustls) runs its connections on a small runtime of its own, and callers wait for
 //! replies on their own thread; a caller on a multi-threaded tokio runtime first steps aside
 //! with `block_in_place`, so waiting never starves the daemon's other tasks.
 //!
-//! Transactions buffer their writes and send them at commit in one pipelined batch. A key the
-//! transaction read as absent is written with a plain `INSERT`, so the primary key is the
-//! uniqueness guard for references (ledger, orders, dedupe): of two daemons racing on one
-//! reference, one gets a unique violation, runs its closure again and finds the other's entry.
-//! Serialization failures, deadlocks and those violations are retried with a jittered backoff.
+//! Why transactions are serializable without SERIALIZABLE: they run at REPEATABLE READ (one
+//! snapshot), and every row a transaction reads is locked (`SELECT ... FOR UPDATE`) until it
+//! ends, so no other transaction changes what it based its writes on (a row changed since the
+//! snapshot is a serialization failure at once). A key it read as absent has no row to lock;
+//! it is written with a plain `INSERT`, so the primary key is the guard: of two daemons racing
+//! on one reference (a ledger entry, an order's credit, a dedupe mark, a new identity), one
+//! gets a unique violation, runs its closure again and finds the other's entry. Every
+//! decision the store's transactions make on a missing key ends in inserting that key (that
+//! is the rule for new transactions too). SERIALIZABLE was measured first: its predicate
+//! locks cover whole index pages for missing keys, so unrelated users' transactions failed
+//! each other about 8 times per Official Account message (BENCHMARKS.md).
+//!
+//! Writes are buffered and sent at commit in one pipelined batch. Serialization failures,
+//! deadlocks and unique violations are retried with a jittered backoff.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -27,17 +36,31 @@ use crate::StoreError;
 
 /// The migrations, in order. Each runs once, in a transaction, recorded in
 /// `chatrelay_migrations`; never edit one that has shipped, add the next.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "key-value table and id sequence",
-    "CREATE TABLE chatrelay_kv (
-         tree text NOT NULL,
-         k bytea NOT NULL,
-         v bytea NOT NULL,
-         PRIMARY KEY (tree, k)
-     );
-     CREATE SEQUENCE chatrelay_ids;",
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "key-value table and id sequence",
+        "CREATE TABLE chatrelay_kv (
+             tree text NOT NULL,
+             k bytea NOT NULL,
+             v bytea NOT NULL,
+             PRIMARY KEY (tree, k)
+         );
+         CREATE SEQUENCE chatrelay_ids;",
+    ),
+    (
+        2,
+        "uid sequence (daemons creating users at once no longer update one counter)",
+        // Started past the uids in use by SYNC_UIDS, in the same transaction.
+        "CREATE SEQUENCE chatrelay_uids;",
+    ),
+];
+
+/// Moves the uid sequence past every uid in use (after a copy brings users along).
+const SYNC_UIDS: &str = "SELECT setval('chatrelay_uids', GREATEST(m, 1), m > 0) FROM (
+         SELECT COALESCE(max(('x' || encode(k, 'hex'))::bit(64)::bigint), 0) AS m
+         FROM chatrelay_kv WHERE tree = 'users' AND length(k) = 8
+     ) AS users";
 
 /// How a store reaches its PostgreSQL database.
 #[derive(Clone, Debug)]
@@ -391,6 +414,9 @@ impl Pg {
                     &[version, name],
                 )
                 .await?;
+                if *version == 2 {
+                    tx.batch_execute(SYNC_UIDS).await?;
+                }
                 report.applied.push((*version, (*name).to_owned()));
             }
             tx.commit().await?;
@@ -452,6 +478,18 @@ impl Pg {
         let rows = self.query("SELECT nextval('chatrelay_ids')", &[])?;
         let n: i64 = first_column(&rows)?.unwrap_or(0);
         u64::try_from(n).map_err(backend)
+    }
+
+    /// A uid for a new user.
+    pub(crate) fn next_uid(&self) -> Result<u64, StoreError> {
+        let rows = self.query("SELECT nextval('chatrelay_uids')", &[])?;
+        let n: i64 = first_column(&rows)?.unwrap_or(0);
+        u64::try_from(n).map_err(backend)
+    }
+
+    /// Moves the uid sequence past every uid in use (after a copy brought users along).
+    pub(crate) fn sync_uids(&self) -> Result<(), StoreError> {
+        self.query(SYNC_UIDS, &[]).map(|_| ())
     }
 
     /// Moves the id sequence past `floor` (a copy from sled brings its ids along).
@@ -540,7 +578,7 @@ impl Pg {
             .collect()
     }
 
-    /// Runs `body` in a SERIALIZABLE transaction until it commits, aborts or fails.
+    /// Runs `body` in a transaction (see the module docs) until it commits, aborts or fails.
     pub(crate) fn transaction<R>(
         &self,
         body: impl Fn(&PgTx<'_>) -> TxResult<R>,
@@ -682,8 +720,9 @@ impl PgTx<'_> {
         if let Some(w) = self.writes.borrow().get(&(tree, key.to_vec())) {
             return Ok(w.clone());
         }
+        // Locked: a row this transaction read is not changed by another before it ends.
         let rows = wait(self.client.query_typed(
-            "SELECT v FROM chatrelay_kv WHERE tree = $1 AND k = $2",
+            "SELECT v FROM chatrelay_kv WHERE tree = $1 AND k = $2 FOR UPDATE",
             &[(&tree, Type::TEXT), (&key, Type::BYTEA)],
         ))
         .map_err(tx_err)?;
@@ -712,7 +751,7 @@ impl PgTx<'_> {
 }
 
 fn run_once<R>(client: &Client, body: &impl Fn(&PgTx<'_>) -> TxResult<R>) -> TxResult<R> {
-    wait(client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")).map_err(tx_err)?;
+    wait(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")).map_err(tx_err)?;
     let tx = PgTx {
         client,
         writes: RefCell::new(BTreeMap::new()),
