@@ -353,8 +353,5 @@ fn bad_files_and_targets_are_refused() {
     // And the good file still restores.
     let fine = target.path().join("fine");
     restore(&good, &fine).unwrap();
-    assert_eq!(
-        open_closed(&fine).dump().unwrap(),
-        store.dump().unwrap()
-    );
+    assert_eq!(open_closed(&fine).dump().unwrap(), store.dump().unwrap());
 }
