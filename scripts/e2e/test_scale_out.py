@@ -39,7 +39,7 @@ from fake_pay import FakeAlipay, FakeWechatPay, new_rsa_key, private_pem  # noqa
 from fake_wechat import FakeWechat  # noqa: E402
 from fake_zsxq import FakeZsxq  # noqa: E402
 from test_payments import (PUBLIC_URL, PayDaemon, assert_credited_once, concurrently, create_order,  # noqa: E402
-                           pay_toml, post_wechat_notify, purchases, status_of)
+                           pay_toml, post_wechat_notify, purchases, status_of, wait_for)
 from test_wechat_mp import WeChat  # noqa: E402
 
 # How long a daemon that does not lead a job may take to lead it once the leader is gone
@@ -96,17 +96,6 @@ def running(*daemons):
     bad = {name: code for name, (code, _) in codes.items() if code != 0}
     assert not bad, "daemons did not exit 0 on SIGTERM: " + "; ".join(
         f"{name} exited {code}: {codes[name][1].logs(1500)}" for name, code in bad.items())
-
-
-def wait_for(pred, timeout, what, interval=0.05):
-    deadline = time.time() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def chat(d, token, content="hi", timeout=30):

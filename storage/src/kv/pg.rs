@@ -536,14 +536,7 @@ impl Pg {
                 ],
             )?,
         };
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
+        pairs(&rows)
     }
 
     /// The last `limit` pairs with `start <= key < end`, last first.
@@ -568,14 +561,7 @@ impl Pg {
                 (&limit, Type::INT8),
             ],
         )?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
+        pairs(&rows)
     }
 
     /// Runs `body` in a transaction (see the module docs) until it commits, aborts or fails.
@@ -617,6 +603,18 @@ impl Pg {
         let got: bool = row.try_get(0).map_err(backend)?;
         Ok(got.then_some(PgLock { client }))
     }
+}
+
+/// Rows of `SELECT k, v` as pairs.
+fn pairs(rows: &[tokio_postgres::Row]) -> Result<Vec<Pair>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+            ))
+        })
+        .collect()
 }
 
 /// The first column of the first row, if there is a row.
