@@ -433,13 +433,10 @@ impl Engine {
     /// message whose retries reached several daemons is delivered once.
     #[must_use]
     pub fn claim_delivery(&self, what: &str) -> bool {
-        let store = &self.inner.store;
-        if !store.is_shared() {
+        if !self.inner.store.is_shared() {
             return true;
         }
-        let now = now_ms();
-        let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
-        match store.dedupe_insert(&format!("delivered:{what}"), expires, now) {
+        match self.mark_first(&format!("delivered:{what}")) {
             Ok(first) => first,
             Err(e) => {
                 // Better twice than never: the user asked and may have paid.
@@ -454,11 +451,8 @@ impl Engine {
     /// the dedupe marks). A store failure counts as the last try.
     #[must_use]
     pub fn count_try(&self, what: &str, max: u32) -> u32 {
-        let store = &self.inner.store;
-        let now = now_ms();
-        let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
         for n in 1..max {
-            match store.dedupe_insert(&format!("try:{what}:{n}"), expires, now) {
+            match self.mark_first(&format!("try:{what}:{n}")) {
                 Ok(true) => return n,
                 Ok(false) => {}
                 Err(e) => {
@@ -468,6 +462,13 @@ impl Engine {
             }
         }
         max
+    }
+
+    /// Sets the dedupe mark `key` for the dedupe TTL; true for the first to set it.
+    fn mark_first(&self, key: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
+        self.inner.store.dedupe_insert(key, expires, now)
     }
 
     /// On a shared database, keeps the finished answer to a platform message for retries
