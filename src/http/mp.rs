@@ -357,7 +357,12 @@ async fn answer_text(
 /// may reach different daemons behind a load balancer).
 fn claim(engine: &Engine, account: &MpAccount, state: &TryState, key: &UserKey, id: &str) -> bool {
     !state.delivered.swap(true, Ordering::SeqCst)
-        && engine.claim_delivery(&format!("mp:{}:{key}#{id}", account.id()))
+        && engine.claim_delivery(&shared_ref(account, key, id))
+}
+
+/// The name of message `id` in the marks daemons share.
+fn shared_ref(account: &MpAccount, key: &UserKey, id: &str) -> String {
+    format!("mp:{}:{key}#{id}", account.id())
 }
 
 /// Which of WeChat's tries this is: counted here, or, on a database shared by several daemons,
@@ -373,7 +378,7 @@ fn try_number(
     if !engine.store().is_shared() {
         return state.count;
     }
-    engine.count_try(&format!("mp:{}:{key}#{id}", account.id()), TRIES)
+    engine.count_try(&shared_ref(account, key, id), TRIES)
 }
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
