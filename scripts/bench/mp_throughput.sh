@@ -9,6 +9,8 @@
 # instant demo): then what matters is that every reply is inside WeChat's 5 s (max_ms).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=oa_config.sh
+source scripts/bench/oa_config.sh
 # BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
 profile="${BENCH_PROFILE:-release}"
 release=$([ "$profile" = release ] && echo --release || true)
@@ -25,35 +27,15 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 
 port=$(freeport)
 hello_port=$(freeport)
+llm=""   # the instant demo provider
 if [ -n "${LLM_SECS:-}" ]; then
   up_port=$(freeport)
   # Two tokens, the second LLM_SECS after the first: an answer that takes LLM_SECS.
   "$PWD/target/$profile/examples/stream_load" upstream "127.0.0.1:$up_port" 2 "$(( LLM_SECS * 1000 ))" &
   pids+=($!)
   llm=$(printf '[llm]\nbase_url = "http://127.0.0.1:%s/v1"\napi_keys = ["sk-bench"]\nmodel = "bench"' "$up_port")
-else
-  llm=$(printf '[llm]\nprovider = "demo"\ndemo_piece_delay_ms = 0')
 fi
-aes=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode().rstrip("="))')
-cat > "$work/chatrelay.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_token = "bench-admin-token-0123456789"
-[storage]
-path = "$work/data"
-$llm
-[quota]
-free_daily = 1000000
-[bot]
-rate_limit_per_minute = 0
-[log]
-level = "warn"
-[[wechat_mp]]
-id = "bench"
-app_id = "wx1234567890abcdef"
-token = "bench-token"
-encoding_aes_key = "$aes"
-TOML
+oa_toml "$port" "$work/data" "" "$llm" > "$work/chatrelay.toml"
 "$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
 pids+=($!)
 "$load" hello "127.0.0.1:$hello_port" &

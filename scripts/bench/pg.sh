@@ -23,6 +23,8 @@
 # Exits 1 if any operation failed or any audit found a mismatch (after printing everything).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=oa_config.sh
+source scripts/bench/oa_config.sh
 # BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
 profile="${BENCH_PROFILE:-release}"
 release=$([ "$profile" = release ] && echo --release || true)
@@ -181,31 +183,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 if [[ " $parts " == *" mp "* ]]; then
   echo "== Official Account callbacks: $n requests at concurrency $c from $followers followers"
-  aes=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(32))).decode().rstrip("="))')
   daemon() { # NAME PORT STORAGE_TOML -> starts it, waits until ready
     local name=$1 port=$2
-    cat >"$work/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_token = "bench-admin-token-0123456789"
-[storage]
-path = "$work/$name"
-$3
-[llm]
-provider = "demo"
-demo_piece_delay_ms = 0
-[quota]
-free_daily = 1000000
-[bot]
-rate_limit_per_minute = 0
-[log]
-level = "warn"
-[[wechat_mp]]
-id = "bench"
-app_id = "wx1234567890abcdef"
-token = "bench-token"
-encoding_aes_key = "$aes"
-TOML
+    oa_toml "$port" "$work/$name" "$3" >"$work/$name.toml"
     "$bin" --config "$work/$name.toml" run 2>"$work/$name.log" &
     pids+=($!)
     local pid=$! tries=0
