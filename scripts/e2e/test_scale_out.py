@@ -600,6 +600,10 @@ def test_migrate_data_round_trip(upstream, schema, pay_fakes):
         assert newcomer > max(uids), f"new uid {newcomer} reuses the moved installation's ids {uids}"
         audit_moved = dst.audit()
         assert audit_moved["mismatches"] == []
+        # Backups of a PostgreSQL store are PostgreSQL's: a clear refusal, no file.
+        refused = dst.cli("backup", str(dst.dir / "backup.txt"), check=False)
+        assert refused.returncode != 0 and "pg_dump" in refused.stderr, (refused.stdout, refused.stderr)
+        assert not (dst.dir / "backup.txt").exists()
 
         again = migrate_data(src, schema)
         assert again.returncode != 0, f"migrate-data into a schema holding data must refuse:\n{again.stdout}"

@@ -71,6 +71,7 @@ impl From<StoreError> for AdminError {
                 format!("not enough credits: {available} available, {needed} needed"),
             ),
             StoreError::InvalidInput(m) => AdminError(StatusCode::BAD_REQUEST, m),
+            StoreError::Unsupported(m) => AdminError(StatusCode::NOT_IMPLEMENTED, m),
             other => {
                 warn!(error = %other, "admin request failed in the store");
                 AdminError(
@@ -909,17 +910,24 @@ async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::http::v1::random_id()));
     let tmp = path.clone();
+    let failed = |e: String| {
+        AdminError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("backup failed: {e}"),
+        )
+    };
     let summary = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| failed(e.to_string()))?;
         let mut out = std::io::BufWriter::new(file);
-        let written = store
-            .export_backup(&mut out, now_ms())
-            .map_err(|e| e.to_string())
-            .and_then(|summary| {
-                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
-                Ok(summary)
-            });
+        let written = match store.export_backup(&mut out, now_ms()) {
+            // Not for this store (PostgreSQL): the store's own words, and its status.
+            Err(e @ StoreError::Unsupported(_)) => Err(AdminError::from(e)),
+            Err(e) => Err(failed(e.to_string())),
+            Ok(summary) => std::io::Write::flush(&mut out)
+                .map(|()| summary)
+                .map_err(|e| failed(e.to_string())),
+        };
         if written.is_err() {
             // A failed export leaves nothing behind.
             let _ = std::fs::remove_file(&tmp);
@@ -927,13 +935,7 @@ async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
         written
     })
     .await
-    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| {
-        AdminError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("backup failed: {e}"),
-        )
-    })?;
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
