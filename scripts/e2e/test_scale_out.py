@@ -35,11 +35,11 @@ if not PG_URL:
 
 from conftest import ANSI, BINARY, COST, MODEL, Daemon  # noqa: E402
 from fake_openai import ANSWER  # noqa: E402
-from fake_pay import FakeAlipay, FakeWechatPay, new_rsa_key, private_pem  # noqa: E402
 from fake_wechat import FakeWechat  # noqa: E402
 from fake_zsxq import FakeZsxq  # noqa: E402
-from test_payments import (PUBLIC_URL, PayDaemon, assert_credited_once, concurrently, create_order,  # noqa: E402
-                           pay_toml, post_wechat_notify, purchases, status_of, wait_for)
+from test_payments import (PUBLIC_URL, PayDaemon, alipay, assert_credited_once, concurrently,  # noqa: E402,F401
+                           create_order, pay_toml, paykeys, post_wechat_notify, purchases, status_of,
+                           wait_for, wxpay)
 from test_wechat_mp import WeChat  # noqa: E402
 
 # How long a daemon that does not lead a job may take to lead it once the leader is gone
@@ -370,20 +370,10 @@ def test_official_account_message_on_both_daemons_is_answered_once(upstream, sch
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pay_fakes(tmp_path_factory):
-    """The merchant's keys and fake WeChat Pay / Alipay gateways (see test_payments.py)."""
-    d = tmp_path_factory.mktemp("paykeys")
-    merchant, app = new_rsa_key(), new_rsa_key()
-    (d / "merchant_key.pem").write_bytes(private_pem(merchant))
-    (d / "app_private.pem").write_bytes(private_pem(app))
-    wxpay, alipay = FakeWechatPay(merchant.public_key()), FakeAlipay(app.public_key())
-    (d / "platform_pub.pem").write_bytes(wxpay.platform_public_pem())
-    (d / "alipay_public.pem").write_bytes(alipay.alipay_public_pem())
-    yield SimpleNamespace(keys=SimpleNamespace(dir=d), wxpay=wxpay, alipay=alipay)
-    wxpay.stop()
-    alipay.stop()
-    assert wxpay.bad_auth == 0, f"WeChat Pay refused the daemons' Authorization: {wxpay.auth_failures}"
-    assert alipay.bad_sign == 0, f"Alipay refused the daemons' requests: {alipay.sign_failures}"
+def pay_fakes(paykeys, wxpay, alipay):
+    """The merchant's keys and the fake WeChat Pay / Alipay gateways of test_payments.py (their
+    teardown checks that every request the daemons signed verified)."""
+    return SimpleNamespace(keys=paykeys, wxpay=wxpay, alipay=alipay)
 
 
 def pay_daemon(upstream, pay_fakes, storage_toml=None, **kwargs):
