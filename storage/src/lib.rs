@@ -301,6 +301,13 @@ impl Store {
         Self::from_db(Db::Sled(db), Some(path.to_path_buf()), cache_capacity_bytes)
     }
 
+    /// [`Store::open`] for a database this process has just closed (after a restore, say):
+    /// sled lets go of its file lock a moment after the last handle, so [`StoreError::Locked`]
+    /// is tried again for up to 10 s instead of returned at once.
+    pub fn open_closed(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        retry_locked(|| Store::open(path, cache_capacity_bytes))
+    }
+
     /// Opens a store on a PostgreSQL database shared with other daemons, applying pending
     /// migrations first (under a lock: daemons starting together apply them once).
     pub fn open_postgres(opts: &PgOptions) -> Result<Store, StoreError> {
@@ -648,7 +655,7 @@ mod tests {
 
     /// Opens a database the test just closed.
     fn reopen(path: &Path) -> Result<Store, StoreError> {
-        retry_locked(|| Store::open(path, 1 << 20))
+        Store::open_closed(path, 1 << 20)
     }
 
     #[test]

@@ -11,19 +11,6 @@ use chatrelay_storage::{EntryKind, Order, OrderStatus, Store, StoreError, Turn, 
 
 const CACHE: u64 = 16 << 20;
 
-/// Opens a database a restore has just closed: sled's flusher thread lets go of the file lock
-/// a moment after the last handle (on a busy machine, a long moment).
-fn open_closed(dir: &Path) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(dir, CACHE) {
-            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
 const FREE_DAILY: u64 = 10;
 const TODAY: i64 = 20_000;
 
@@ -131,7 +118,7 @@ fn round_trip_keeps_every_record() {
     assert!(restored.trees >= 15, "{restored:?}");
     assert_eq!(restored.records as usize, store.dump().unwrap().len());
 
-    let copy = open_closed(&dir);
+    let copy = Store::open_closed(&dir, CACHE).unwrap();
     let before = store.dump().unwrap();
     assert_eq!(before, copy.dump().unwrap());
     let audit = copy.audit().unwrap();
@@ -223,7 +210,7 @@ fn exports_under_write_load_are_consistent() {
         let dir = target.path().join(format!("copy{n}"));
         let summary = restore(bytes, &dir).unwrap();
         sizes.push(summary.records);
-        let copy = open_closed(&dir);
+        let copy = Store::open_closed(&dir, CACHE).unwrap();
         let audit = copy.audit().unwrap();
         assert!(audit.is_consistent(), "backup {n}: {audit:?}");
         assert!(audit.ledger_entries > 0, "backup {n} saw no load");
@@ -353,5 +340,8 @@ fn bad_files_and_targets_are_refused() {
     // And the good file still restores.
     let fine = target.path().join("fine");
     restore(&good, &fine).unwrap();
-    assert_eq!(open_closed(&fine).dump().unwrap(), store.dump().unwrap());
+    assert_eq!(
+        Store::open_closed(&fine, CACHE).unwrap().dump().unwrap(),
+        store.dump().unwrap()
+    );
 }
