@@ -422,6 +422,19 @@ impl Engine {
         &self.inner.store
     }
 
+    /// The daemon's one task tracker: every task spawned on behalf of a request goes through
+    /// it, so that shutdown waits for it (a charged answer is never dropped on the floor).
+    #[must_use]
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
+    /// Fires when the daemon shuts down.
+    #[must_use]
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
     /// Name of the LLM backend in use.
     #[must_use]
     pub fn backend_name(&self) -> &'static str {
