@@ -1,9 +1,9 @@
 //! Typed configuration: `chatrelay.toml`, then `CHATRELAY__SECTION__KEY` environment overrides,
 //! then `*_file` secrets, then validation.
 //!
-//! Loading never stops at the first problem: every unknown key, type error (one per section)
-//! and invalid value is collected as a [`Problem`] naming its key, so `check-config` can list
-//! them all at once. Secrets are [`Secret`]s, redacted in `Debug` and in the summary.
+//! Loading never stops at the first problem: every unknown key (with "did you mean"), type
+//! error, missing key and invalid value is collected as a [`Problem`] naming its key in the
+//! operator's words (see `sections`), so `check-config` can list them all at once. Secrets are [`Secret`]s, redacted in `Debug` and in the summary.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+mod sections;
 
 /// Prefix of environment overrides: `CHATRELAY__LLM__BASE_URL` sets `[llm] base_url`.
 pub const ENV_PREFIX: &str = "CHATRELAY__";
@@ -1210,7 +1212,11 @@ pub fn parse(
         base_dir: base.to_path_buf(),
     };
     for key in root.keys() {
-        problems.push(problem(key.clone(), "unknown section or key"));
+        let message = match sections::closest_known(key, &known_keys("")) {
+            Some(k) => format!("unknown section or key; did you mean `{k}`?"),
+            None => "unknown section or key".to_owned(),
+        };
+        problems.push(problem(key.clone(), message));
     }
     if config.llm.api_keys.is_empty()
         && let Some((_, key)) = env.iter().find(|(k, _)| k == "OPENAI_API_KEY")
@@ -1224,7 +1230,9 @@ pub fn parse(
             ..ModelConfig::default()
         });
     }
+    let read_problems = problems.len();
     validate(&config, &mut problems);
+    sections::drop_echoes(read_problems, &mut problems);
     if problems.is_empty() {
         Ok((config, env_keys))
     } else {
@@ -1232,34 +1240,73 @@ pub fn parse(
     }
 }
 
-/// Deserializes one section, reporting unknown keys and the first type error with its path.
+/// Deserializes one section, reporting every problem in it (see [`sections`]).
 fn section<T: DeserializeOwned + Default>(
     root: &mut toml::Table,
     name: &str,
     problems: &mut Vec<Problem>,
 ) -> T {
-    let Some(value) = root.remove(name) else {
-        return T::default();
-    };
-    let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown.push(format!("{name}.{path}"));
-    let de = serde_ignored::Deserializer::new(value, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
-    for key in unknown {
-        problems.push(problem(key, "unknown key"));
-    }
-    match result {
-        Ok(v) => v,
-        Err(e) => {
-            let path = e.path().to_string();
-            let key = if path == "." {
-                name.to_owned()
-            } else {
-                format!("{name}.{path}")
-            };
-            problems.push(problem(key, e.into_inner().to_string()));
-            T::default()
-        }
+    sections::read(root, name, problems, known_keys)
+}
+
+/// The keys the table at `shape` (a dotted path without indices) accepts, for "did you mean".
+fn known_keys(shape: &str) -> Vec<String> {
+    use sections::field_names as f;
+    match shape {
+        "" => [
+            "server",
+            "storage",
+            "llm",
+            "quota",
+            "bot",
+            "log",
+            "wechat_mp",
+            "products",
+            "pay",
+            "web",
+            "wecom",
+            "wecom_aibot",
+            "wecom_robot",
+            "zsxq",
+            "telegram",
+            "filters",
+            "keywords",
+            "roles",
+            "scopes",
+            "moderation",
+            "images",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        "server" => f::<ServerConfig>(),
+        "storage" => f::<StorageConfig>(),
+        "llm" => f::<LlmConfig>(),
+        "llm.models" => f::<ModelConfig>(),
+        "llm.upstreams" => f::<UpstreamConfig>(),
+        "quota" => f::<QuotaConfig>(),
+        "bot" => f::<BotConfig>(),
+        "bot.commands" => f::<Commands>(),
+        "bot.texts" => f::<Texts>(),
+        "log" => f::<LogConfig>(),
+        "wechat_mp" => f::<WechatMpConfig>(),
+        "wechat_mp.texts" => f::<MpTexts>(),
+        "products" => f::<ProductConfig>(),
+        "pay" => f::<PayConfig>(),
+        "pay.wechat" => f::<WechatPayConfig>(),
+        "pay.alipay" => f::<AlipayConfig>(),
+        "web" => f::<WebConfig>(),
+        "wecom" => f::<WecomConfig>(),
+        "wecom_aibot" => f::<WecomAibotConfig>(),
+        "wecom_robot" => f::<WecomRobotConfig>(),
+        "zsxq" => f::<ZsxqConfig>(),
+        "telegram" => f::<TelegramConfig>(),
+        "filters" => f::<chatrelay_rules::FilterRuleConfig>(),
+        "keywords" => f::<chatrelay_rules::KeywordRuleConfig>(),
+        "roles" => f::<RoleConfig>(),
+        "scopes" => f::<ScopeConfig>(),
+        "moderation" => f::<ModerationConfig>(),
+        "images" => f::<ImagesConfig>(),
+        _ => Vec::new(),
     }
 }
 
@@ -2190,6 +2237,56 @@ x = 1
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn problems_beside_a_type_error_are_all_reported() {
+        // Once, a type error hid the rest of its section: the unknown key and the negative
+        // number here went unreported.
+        let text = r#"
+[llm]
+timeout_secs = -5
+modle = "x"
+max_retries = "three"
+[[products]]
+id = "p1"
+name = "P"
+price_fen = "ten"
+credits = 10
+[[products]]
+id = "p2"
+name = "Q"
+price_fen = 0
+credit = 5
+"#;
+        let err = parse(text, &[], None).unwrap_err();
+        let got: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        for expected in [
+            "llm.timeout_secs: must be a whole number, 0 or more (found -5)",
+            "llm.modle: unknown key; did you mean `model`?",
+            "llm.max_retries: must be a whole number, 0 or more (found the text \"three\")",
+            "products[0].price_fen: must be a whole number (found the text \"ten\")",
+            "products[1].credit: unknown key; did you mean `credits`?",
+            "products[1].credits: is required",
+        ] {
+            assert!(
+                got.iter().any(|g| g == expected),
+                "{expected} missing from {got:#?}"
+            );
+        }
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("products[1].price_fen: must be between")),
+            "validation still runs beside type errors: {got:#?}"
+        );
+        // Nothing in serde's words, nothing reported twice.
+        for g in &got {
+            for word in ["usize", "u64", "i64", "u32", ".[", "\nin `"] {
+                assert!(!g.contains(word), "{g}");
+            }
+        }
+        let keys: std::collections::BTreeSet<_> = err.0.iter().map(|p| &p.key).collect();
+        assert_eq!(keys.len(), err.0.len(), "{got:#?}");
     }
 
     #[test]
