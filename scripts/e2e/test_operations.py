@@ -245,6 +245,13 @@ def test_admin_cli_finds_shows_bans_revokes_and_counts(ops, fake):
     assert bad.returncode != 0 and "not a date" in bad.stderr
 
 
+def test_logs_written_to_a_file_carry_no_colour_codes(ops):
+    # The daemon's stderr is a file here, as under journald: escape codes would be noise there.
+    raw = ops.logs(tail=None)
+    assert "INFO" in raw or "info" in raw.lower(), raw[-500:]
+    assert "\x1b[" not in raw, [l for l in raw.splitlines() if "\x1b[" in l][:3]
+
+
 def test_metrics_catalogue(ops):
     mp_send(ops, "o_metrics", "count me")
     metrics = ops.get("/metrics")
