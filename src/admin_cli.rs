@@ -181,6 +181,19 @@ pub enum OrderCommand {
 /// `chatrelay admin user ...`
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
+    /// List every user, a page at a time: newest activity first (`--sort active`), most
+    /// credits first (`balance`), by uid (`uid`) or newest first (`created`).
+    List {
+        /// How to sort: active, balance, uid, created.
+        #[arg(long, default_value = "active")]
+        sort: String,
+        /// Users per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Users to skip (the next page starts at offset + limit).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
     /// Find users by uid, platform key (or part of one, e.g. an openid) or name.
     Find {
         /// What to look for.
@@ -324,6 +337,22 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
     use reqwest::Method;
     // Each arm gives the API's answer and how to show it to a person.
     let (value, human): (Value, fn(&Value) -> String) = match command {
+        AdminCommand::User(UserCommand::List {
+            sort,
+            limit,
+            offset,
+        }) => (
+            api.call(
+                Method::GET,
+                &format!(
+                    "/admin/users?sort={}&limit={limit}&offset={offset}",
+                    encode(&sort)
+                ),
+                None,
+            )
+            .await?,
+            render_user_page,
+        ),
         AdminCommand::User(UserCommand::Find { query, limit }) => (
             api.call(
                 Method::GET,
@@ -790,6 +819,64 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 fn rows_of(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn render_user_page(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = rows_of(&v["users"])
+        .iter()
+        .map(|u| {
+            vec![
+                text(&u["uid"]),
+                fit(&text(&u["name"]), 24),
+                text(&u["available"]),
+                text(&u["paid"]),
+                if u["last_active_ms"].is_null() {
+                    "-".to_owned()
+                } else {
+                    time(&u["last_active_ms"])
+                },
+                if u["banned"].as_bool() == Some(true) {
+                    "banned".to_owned()
+                } else {
+                    String::new()
+                },
+                fit(
+                    &u["identities"]
+                        .as_array()
+                        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default(),
+                    60,
+                ),
+            ]
+        })
+        .collect();
+    let total = v["total"].as_u64().unwrap_or(0);
+    let offset = v["offset"].as_u64().unwrap_or(0);
+    let shown = rows.len() as u64;
+    let mut out = table(
+        &[
+            "UID",
+            "NAME",
+            "AVAILABLE",
+            "PAID",
+            "LAST ACTIVE",
+            "",
+            "IDENTITIES",
+        ],
+        &rows,
+    );
+    let _ = write!(
+        out,
+        "\nusers {}–{} of {total}, by {}",
+        if shown == 0 { offset } else { offset + 1 },
+        offset + shown,
+        text(&v["sort"])
+    );
+    if offset + shown < total {
+        let _ = write!(out, " (next page: --offset {})", offset + shown);
+    }
+    out.push('\n');
+    out
 }
 
 fn render_users(v: &Value) -> String {

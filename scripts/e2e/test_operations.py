@@ -245,6 +245,43 @@ def test_admin_cli_finds_shows_bans_revokes_and_counts(ops, fake):
     assert bad.returncode != 0 and "not a date" in bad.stderr
 
 
+def test_admin_user_list_pages_and_sorts(ops):
+    # Three fresh users: one rich and idle, one active, one with nothing.
+    uids = [int(ops.cli("user", "create", "--name", f"list-{secrets.token_hex(2)}-{i}").stdout)
+            for i in range(3)]
+    rich, active, idle = uids
+    ops.cli("grant", str(rich), "100000", "--reason", "list test")
+    time.sleep(0.01)
+    ops.cli("grant", str(active), "1", "--reason", "list test, later")
+
+    by_balance = json.loads(ops.cli("--json", "user", "list", "--sort", "balance", "--limit", "1").stdout)
+    assert by_balance["users"][0]["uid"] == rich, by_balance
+    assert by_balance["total"] >= 3 and by_balance["limit"] == 1
+
+    by_activity = json.loads(ops.cli("--json", "user", "list", "--limit", "500").stdout)
+    order = [u["uid"] for u in by_activity["users"]]
+    assert order.index(active) < order.index(rich) < order.index(idle), order
+    assert next(u for u in by_activity["users"] if u["uid"] == idle)["last_active_ms"] is None
+
+    # Pages: every user once, in uid order, across pages of two.
+    seen, offset = [], 0
+    while True:
+        page = json.loads(ops.cli("--json", "user", "list", "--sort", "uid", "--limit", "2",
+                                  "--offset", str(offset)).stdout)
+        seen += [u["uid"] for u in page["users"]]
+        offset += 2
+        if offset >= page["total"]:
+            break
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == page["total"], seen
+    assert set(uids) <= set(seen)
+
+    table = ops.cli("user", "list", "--sort", "balance", "--limit", "2").stdout
+    assert table.splitlines()[0].split()[:5] == ["UID", "NAME", "AVAILABLE", "PAID", "LAST"], table
+    assert "next page: --offset 2" in table, table
+    bad = ops.cli("user", "list", "--sort", "wealth", check=False)
+    assert bad.returncode != 0 and "not one of" in bad.stderr, bad.stderr
+
+
 def test_logs_written_to_a_file_carry_no_colour_codes(ops):
     # The daemon's stderr is a file here, as under journald: escape codes would be noise there.
     raw = ops.logs(tail=None)

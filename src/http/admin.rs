@@ -232,12 +232,66 @@ fn excerpt(text: &str, max: usize) -> String {
 
 #[derive(Deserialize)]
 struct FindQuery {
+    #[serde(default)]
     q: String,
     limit: Option<usize>,
+    /// Listing (no `q`): `active` (newest activity first, the default), `balance` (most
+    /// available credits first), `uid`, `created` (newest first).
+    sort: Option<String>,
+    /// Listing: users to skip.
+    offset: Option<usize>,
+}
+
+/// Lists every user, sorted and paged (`GET /admin/users` without `q`).
+async fn list_users(st: AppState, f: FindQuery) -> Result<Json<Value>> {
+    let sort = f.sort.unwrap_or_else(|| "active".to_owned());
+    if !matches!(sort.as_str(), "active" | "balance" | "uid" | "created") {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            format!("sort {sort:?} is not one of active, balance, uid, created"),
+        ));
+    }
+    let limit = f.limit.unwrap_or(50).clamp(1, 500);
+    let offset = f.offset.unwrap_or(0);
+    let store = st.engine.store().clone();
+    let settings = st.engine.settings();
+    let page = tokio::task::spawn_blocking(move || -> std::result::Result<Value, StoreError> {
+        let mut rows = Vec::new();
+        for a in store.user_activity()? {
+            let balance = store.balance(a.user.uid, settings.today(), settings.free_daily)?;
+            rows.push((a, balance));
+        }
+        match sort.as_str() {
+            "active" => rows.sort_by_key(|(a, _)| (std::cmp::Reverse(a.last_active_ms), a.user.uid.0)),
+            "balance" => rows.sort_by_key(|(a, b)| (std::cmp::Reverse(b.available), a.user.uid.0)),
+            "created" => rows.sort_by_key(|(a, _)| (std::cmp::Reverse(a.user.created_at_ms), a.user.uid.0)),
+            _ => rows.sort_by_key(|(a, _)| a.user.uid.0),
+        }
+        let total = rows.len();
+        let mut users = Vec::new();
+        for (a, balance) in rows.into_iter().skip(offset).take(limit) {
+            let uid = a.user.uid;
+            users.push(json!({
+                "uid": uid,
+                "name": a.user.name,
+                "banned": a.user.banned,
+                "ban_reason": a.user.ban_reason,
+                "created_at_ms": a.user.created_at_ms,
+                "last_active_ms": a.last_active_ms,
+                "available": balance.available,
+                "paid": balance.paid,
+                "identities": store.identities_of(uid)?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(json!({"total": total, "offset": offset, "limit": limit, "sort": sort, "users": users}))
+    })
+    .await
+    .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(page))
 }
 
 /// Finds users by uid, by a whole or partial platform key (`mp:main:o6_…`, a bare openid,
-/// a Telegram id) or by name.
+/// a Telegram id) or by name; without `q`, lists them all (see [`list_users`]).
 async fn find_users(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -246,10 +300,7 @@ async fn find_users(
     check_admin(&st, &headers)?;
     let q = f.q.trim().to_owned();
     if q.is_empty() {
-        return Err(AdminError(
-            StatusCode::BAD_REQUEST,
-            "q is empty: give a uid, a platform key (or part of one) or a name".into(),
-        ));
+        return list_users(st, f).await;
     }
     let limit = f.limit.unwrap_or(20).clamp(1, 500);
     let store = st.engine.store().clone();

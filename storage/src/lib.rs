@@ -96,7 +96,7 @@ pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_referen
 pub use quota::{Balance, EntryKind, LedgerEntry};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
-pub use users::User;
+pub use users::{User, UserActivity};
 
 use kv::{Db, Tree};
 

@@ -37,6 +37,15 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// A user as `admin user list` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserActivity {
+    /// The user.
+    pub user: User,
+    /// When their credits last changed, ms since the Unix epoch; `None` if never.
+    pub last_active_ms: Option<i64>,
+}
+
 impl Store {
     /// Creates a user with the next free uid.
     pub fn create_user(&self, name: &str) -> Result<User, StoreError> {
@@ -163,6 +172,24 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// Every user with when their credits last changed (their newest
+    /// ledger entry: an answer, a payment, a grant), lowest uid first. Scans every user: an
+    /// admin tool, not for hot paths.
+    pub fn user_activity(&self) -> Result<Vec<UserActivity>, StoreError> {
+        let t = self.trees()?;
+        let mut out = Vec::new();
+        for item in t.users.iter() {
+            let (key, raw) = item?;
+            let user: User = decode(USERS, &raw, || crate::codec::describe_bytes(&key))?;
+            let last = self.ledger(user.uid, 1)?;
+            out.push(UserActivity {
+                last_active_ms: last.first().map(|e| e.at_ms),
+                user,
+            });
+        }
+        Ok(out)
     }
 
     /// How many users exist (counts them: not for hot paths).
@@ -358,6 +385,26 @@ mod tests {
         assert_eq!(store.user(Uid(2)).unwrap().unwrap(), b);
         assert_eq!(store.user(Uid(3)).unwrap(), None);
         assert_eq!(store.user_count(), 2);
+    }
+
+    #[test]
+    fn activity_is_the_newest_ledger_entry() {
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").unwrap();
+        let b = store.create_user("b").unwrap();
+        store
+            .grant(a.uid, 5, crate::EntryKind::Grant, "t", "r1", 1_000)
+            .unwrap();
+        store
+            .grant(a.uid, 5, crate::EntryKind::Grant, "t", "r2", 2_000)
+            .unwrap();
+        let all = store.user_activity().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].user.uid, all[0].last_active_ms),
+            (a.uid, Some(2_000))
+        );
+        assert_eq!((all[1].user.uid, all[1].last_active_ms), (b.uid, None));
     }
 
     #[test]
