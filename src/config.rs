@@ -1099,20 +1099,7 @@ fn alipay_gateway() -> String {
     "https://openapi.alipay.com/gateway.do".to_owned()
 }
 
-/// One thing wrong with the configuration, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key (`llm.models[0].credits`), or `(file)` for the file itself.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
+pub use sections::Problem;
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {

@@ -11,7 +11,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{self, DeserializeOwned, Visitor};
 
-use super::Problem;
+use std::fmt;
+
+/// One thing wrong with the configuration, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key (`llm.models[0].credits`), or `(file)` for the file itself.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
 
 /// At most this many rounds per section (each round fixes one thing).
 const MAX_ROUNDS: usize = 200;
@@ -360,93 +375,102 @@ pub fn read<T: DeserializeOwned + Default>(
     problems: &mut Vec<Problem>,
     known: KnownKeys,
 ) -> T {
-    let Some(mut value) = root.remove(name) else {
+    let Some(value) = root.remove(name) else {
         return T::default();
     };
-    // Keys already reported: a value taken out for being wrong is not reported again as missing.
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    let mut unknown: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
-    let mut stand_ins: BTreeMap<Vec<Seg>, usize> = BTreeMap::new();
-    let mut report = |key: String, message: String, reported: &mut BTreeSet<String>| {
-        if reported.insert(key.clone()) {
-            problems.push(Problem { key, message });
-        }
+    let mut r = Reader {
+        name,
+        value,
+        problems,
+        reported: BTreeSet::new(),
+        stand_ins: BTreeMap::new(),
     };
+    let mut unknown: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
     for _ in 0..MAX_ROUNDS {
         let mut ignored = Vec::new();
         let mut record = |p: serde_ignored::Path<'_>| ignored.push(from_ignored_path(name, &p));
-        let de = serde_ignored::Deserializer::new(value.clone(), &mut record);
+        let de = serde_ignored::Deserializer::new(r.value.clone(), &mut record);
         let result: Result<T, _> = serde_path_to_error::deserialize(de);
         for segs in ignored {
             unknown.entry(render(&segs)).or_insert(segs);
         }
-        let err = match result {
+        match result {
             Ok(v) => {
                 for (key, segs) in unknown {
                     let (parent, word) = match segs.split_last() {
                         Some((Seg::Key(w), p)) => (shape(p), w.clone()),
                         _ => (String::new(), String::new()),
                     };
-                    report(key, unknown_message(&word, &known(&parent)), &mut reported);
+                    r.report(key, unknown_message(&word, &known(&parent)));
                 }
                 return v;
             }
-            Err(e) => e,
-        };
-        let at = from_error_path(name, err.path());
-        let inner = err.into_inner();
-        let msg = inner.message().trim().to_owned();
-        if let Some(field) = ticked(&msg, "missing field") {
-            // A required key is absent (or was taken out for being wrong): say so once, then
-            // put a stand-in in, so that the rest of its table is still read.
-            let mut segs = at.clone();
-            segs.push(Seg::Key(field.to_owned()));
-            report(render(&segs), "is required".to_owned(), &mut reported);
-            let n = stand_ins.entry(segs.clone()).or_insert(0);
-            if !next_stand_in(&mut value, &segs, n) {
-                break;
+            Err(e) => {
+                let at = from_error_path(name, e.path());
+                if !r.mend(at, e.into_inner().message().trim()) {
+                    break;
+                }
             }
-            continue;
-        }
-        if let Some(field) = ticked(&msg, "unknown field") {
-            // A table that denies unknown keys names them in the error itself; the path
-            // may or may not already end with the key.
-            let mut segs = at.clone();
-            if segs.last() != Some(&Seg::Key(field.to_owned())) {
-                segs.push(Seg::Key(field.to_owned()));
-            }
-            report(
-                render(&segs),
-                unknown_message(field, &one_of(&msg)),
-                &mut reported,
-            );
-            if !remove(&mut value, &segs) {
-                break;
-            }
-            continue;
-        }
-        let key = render(&at);
-        if let Some(n) = stand_ins.get_mut(&at) {
-            // Our stand-in had the wrong type: try the next one.
-            if !next_stand_in(&mut value, &at, n) {
-                break;
-            }
-            continue;
-        }
-        let words = if let Some(variant) = ticked(&msg, "unknown variant") {
-            format!(
-                "must be one of {} (found \"{variant}\")",
-                one_of(&msg).join(", ")
-            )
-        } else {
-            type_words(&msg)
-        };
-        report(key, words, &mut reported);
-        if !remove(&mut value, &at) {
-            break;
         }
     }
     T::default()
+}
+
+/// One section being read: its TOML, what was reported, the stand-ins put in.
+struct Reader<'a> {
+    name: &'a str,
+    value: toml::Value,
+    problems: &'a mut Vec<Problem>,
+    /// Keys already reported: a value taken out for being wrong is not reported again as
+    /// missing.
+    reported: BTreeSet<String>,
+    stand_ins: BTreeMap<Vec<Seg>, usize>,
+}
+
+impl Reader<'_> {
+    fn report(&mut self, key: String, message: String) {
+        if self.reported.insert(key.clone()) {
+            self.problems.push(Problem { key, message });
+        }
+    }
+
+    /// Reports serde's error `msg` at `at` and changes the section so that the next round
+    /// gets past it; false when it cannot (the section then takes its defaults).
+    fn mend(&mut self, at: Vec<Seg>, msg: &str) -> bool {
+        debug_assert_eq!(at.first(), Some(&Seg::Key(self.name.to_owned())));
+        if let Some(field) = ticked(msg, "missing field") {
+            // A required key is absent (or was taken out for being wrong): say so once, then
+            // put a stand-in in, so that the rest of its table is still read.
+            let mut segs = at;
+            segs.push(Seg::Key(field.to_owned()));
+            self.report(render(&segs), "is required".to_owned());
+            let n = self.stand_ins.entry(segs.clone()).or_insert(0);
+            return next_stand_in(&mut self.value, &segs, n);
+        }
+        if let Some(field) = ticked(msg, "unknown field") {
+            // A table that denies unknown keys names them in the error itself; the path
+            // may or may not already end with the key.
+            let mut segs = at;
+            if segs.last() != Some(&Seg::Key(field.to_owned())) {
+                segs.push(Seg::Key(field.to_owned()));
+            }
+            self.report(render(&segs), unknown_message(field, &one_of(msg)));
+            return remove(&mut self.value, &segs);
+        }
+        if let Some(n) = self.stand_ins.get_mut(&at) {
+            // Our stand-in had the wrong type: try the next one.
+            return next_stand_in(&mut self.value, &at, n);
+        }
+        let words = match ticked(msg, "unknown variant") {
+            Some(variant) => format!(
+                "must be one of {} (found \"{variant}\")",
+                one_of(msg).join(", ")
+            ),
+            None => type_words(msg),
+        };
+        self.report(render(&at), words);
+        remove(&mut self.value, &at)
+    }
 }
 
 /// Drops the problems validation found under keys that reading already reported (their values
