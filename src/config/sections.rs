@@ -8,10 +8,9 @@
 //! so every index reported matches the operator's file.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Visitor};
-
-use std::fmt;
 
 /// One thing wrong with the configuration, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
