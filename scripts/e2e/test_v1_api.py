@@ -301,6 +301,15 @@ def test_max_tokens_cannot_buy_more_than_the_balance(priced, upstream):
     charged = -user["ledger"][0]["paid_delta"]
     assert charged == 1 + -(-10 * (5 + sent["max_tokens"]) // 1000)
     assert priced.audit()["mismatches"] == []
+    # The attack's variant: a tiny reserved limit beside a huge `max_tokens`.
+    uid, token = priced.new_user("poor2", credits=2)
+    upstream.honour_limit = False  # an upstream that would write all it may
+    client(priced, token).chat.completions.create(
+        model=PER_TOKEN, messages=[{"role": "user", "content": "hi"}],
+        max_completion_tokens=1, max_tokens=100_000)
+    _, _, sent = upstream.requests[-1]
+    assert sent.get("max_completion_tokens") == 1 and "max_tokens" not in sent, sent
+    assert priced.paid(uid) >= 0
 
 
 def test_the_smallest_limit_the_client_sent_goes_upstream_in_one_field(priced, upstream):
