@@ -6,6 +6,11 @@ Its behaviour is switched by the tests through `FakeOpenAI.mode`:
   error   answer HTTP 500 with an OpenAI error body
   hang    accept the request and never answer
   delayed wait `delay` seconds, then answer as `ok`
+
+`pieces` is what `ok` streams (one piece: an answer that arrives in one chunk). `usage`, when set,
+replaces the reported usage; with `honour_limit` the reported completion tokens never exceed the
+request's `max_tokens` / `max_completion_tokens` (as a real upstream stops there), without it the
+limit is ignored (as an upstream that does not know the field).
 """
 
 import json
@@ -28,6 +33,8 @@ class FakeOpenAI:
         self.delay = 0.0
         self.pieces = list(ANSWER_PIECES)  # what `ok` streams; tests may swap in markdown
         self.piece_delay = 0.0             # pause between streamed pieces in `ok` mode
+        self.usage = None                  # reported usage instead of USAGE
+        self.honour_limit = False          # cap the reported completion tokens at the request's limit
         self.requests = []  # (path, headers, body) of chat requests
         self.moderations = []  # bodies of moderation requests
         self.image_requests = []  # bodies of image generation requests
@@ -172,7 +179,7 @@ class FakeOpenAI:
                         self._event(choice({"content": piece}))
                     self._event(choice({}, "stop"))
                     if (req.get("stream_options") or {}).get("include_usage"):
-                        self._event(dict(base, choices=[], usage=USAGE))
+                        self._event(dict(base, choices=[], usage=fake.reported_usage(req)))
                     self._event("[DONE]")
                     self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
@@ -182,6 +189,14 @@ class FakeOpenAI:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def reported_usage(self, req):
+        usage = dict(self.usage or USAGE)
+        limits = [req[k] for k in ("max_tokens", "max_completion_tokens") if req.get(k) is not None]
+        if self.honour_limit and limits:
+            usage["completion_tokens"] = min([usage["completion_tokens"], *limits])
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return usage
 
     @property
     def base_url(self):

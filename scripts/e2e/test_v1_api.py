@@ -201,3 +201,258 @@ def test_check_config_lists_every_problem(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout
     assert "a-very-secret-admin-token" not in r.stdout and "sk-secret-key" not in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18: delivery, metering, numeric games, crash timing, /v1 rough edges
+# ---------------------------------------------------------------------------------------------
+
+PER_TOKEN = "gpt-per-token"
+
+
+@pytest.fixture(autouse=True)
+def reset_usage(upstream):
+    yield
+    upstream.usage = None
+    upstream.honour_limit = False
+
+
+def raw(daemon, method, path, body=None, token=None, headers=None):
+    """(status, headers, parsed body) of one request, errors included."""
+    req = urllib.request.Request(daemon.url + path, data=body, method=method)
+    if body is not None:
+        req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def chat_body(**fields):
+    return json.dumps(dict({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, **fields)).encode()
+
+
+@pytest.mark.parametrize("pieces", [["Yes"], ["Y", "es"], ["a", "b", "c"], []])
+def test_a_non_streamed_answer_of_any_number_of_pieces_is_whole_and_charged_once(daemon, upstream, pieces):
+    uid, token = daemon.new_user("whole", credits=10)
+    upstream.pieces = pieces
+    before = upstream.chat_request_count()
+    res = client(daemon, token).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is it?"}])
+    assert res.choices[0].message.content == "".join(pieces)
+    assert upstream.chat_request_count() - before == 1, "one upstream call, no client retries"
+    assert daemon.paid(uid) == 10 - COST
+    assert [e["kind"] for e in daemon.user(uid)["ledger"]] == ["usage", "grant"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n", 2.0), ("n", "2"), ("n", 1e9), ("n", 1.0), ("n", 0), ("n", True),
+    ("temperature", "1"), ("temperature", 9), ("top_p", 2), ("max_tokens", 10.0), ("max_tokens", "5"),
+    ("max_tokens", 0), ("max_completion_tokens", 1e5), ("presence_penalty", 3), ("frequency_penalty", "0"),
+    ("seed", 1.5), ("logprobs", 1), ("top_logprobs", 99), ("stream", "yes"),
+])
+def test_numeric_type_games_are_400_naming_the_field_and_cost_nothing(daemon, upstream, field, value):
+    uid, token = daemon.new_user("games", credits=10)
+    before = upstream.chat_request_count()
+    status, headers, body = raw(daemon, "POST", "/v1/chat/completions", chat_body(**{field: value}), token)
+    assert status == 400, (field, value, body)
+    assert body["error"]["param"] == field
+    assert body["error"]["type"] == "invalid_request_error"
+    assert headers.get("x-should-retry") == "false"
+    with pytest.raises(openai.BadRequestError):
+        client(daemon, token).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={field: value})
+    assert upstream.chat_request_count() == before
+    assert daemon.paid(uid) == 10
+
+
+@pytest.fixture(scope="module")
+def priced(upstream):
+    d = Daemon(upstream.base_url, extra_toml=f"""
+[[llm.models]]
+name = "{PER_TOKEN}"
+credits = 1
+credits_per_1k_tokens = 10
+""").start()
+    yield d
+    d.stop()
+
+
+def test_max_tokens_cannot_buy_more_than_the_balance(priced, upstream):
+    # 2 credits: 1 flat + 10 per started 1,000 tokens = at most 100 tokens of prompt and answer.
+    uid, token = priced.new_user("poor", credits=2)
+    upstream.usage = {"prompt_tokens": 5, "completion_tokens": 100_000, "total_tokens": 100_005}
+    upstream.honour_limit = True
+    res = client(priced, token).chat.completions.create(
+        model=PER_TOKEN, messages=[{"role": "user", "content": "write a lot"}], max_tokens=100_000)
+    assert res.choices[0].message.content
+    _, _, sent = upstream.requests[-1]
+    assert "max_completion_tokens" not in sent, sent
+    assert 1 <= sent["max_tokens"] < 100, f"the upstream was asked for {sent['max_tokens']} tokens"
+    assert res.usage.completion_tokens == sent["max_tokens"]
+    user = priced.user(uid)
+    assert user["balance"]["paid"] >= 0 and user["balance"]["held"] == 0
+    # What the answer cost is what its usage costs: nothing was given away by a cap on the charge.
+    charged = -user["ledger"][0]["paid_delta"]
+    assert charged == 1 + -(-10 * (5 + sent["max_tokens"]) // 1000)
+    assert priced.audit()["mismatches"] == []
+    # The attack's variant: a tiny reserved limit beside a huge `max_tokens`.
+    uid, token = priced.new_user("poor2", credits=2)
+    upstream.honour_limit = False  # an upstream that would write all it may
+    client(priced, token).chat.completions.create(
+        model=PER_TOKEN, messages=[{"role": "user", "content": "hi"}],
+        max_completion_tokens=1, max_tokens=100_000)
+    _, _, sent = upstream.requests[-1]
+    assert sent.get("max_completion_tokens") == 1 and "max_tokens" not in sent, sent
+    assert priced.paid(uid) >= 0
+
+
+def test_the_smallest_limit_the_client_sent_goes_upstream_in_one_field(priced, upstream):
+    _, token = priced.new_user("rich", credits=10_000)
+    for kwargs, field, limit in [
+        (dict(max_tokens=100_000, max_completion_tokens=50), "max_completion_tokens", 50),
+        (dict(max_tokens=40, max_completion_tokens=90), "max_completion_tokens", 40),
+        (dict(max_tokens=30), "max_tokens", 30),
+    ]:
+        client(priced, token).chat.completions.create(
+            model=PER_TOKEN, messages=[{"role": "user", "content": "hi"}], **kwargs)
+        _, _, sent = upstream.requests[-1]
+        assert sent.get(field) == limit, (kwargs, sent)
+        other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+        assert other not in sent, (kwargs, sent)
+    # A flat-priced model passes the client's cap through as asked (cost does not grow with it).
+    client(priced, token).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=100_000)
+    _, _, sent = upstream.requests[-1]
+    assert sent["max_tokens"] == 100_000 and "max_completion_tokens" not in sent
+
+
+def test_models_can_be_read_one_by_one_with_a_real_timestamp(daemon):
+    _, token = daemon.new_user("models")
+    c = client(daemon, token)
+    m = c.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model"
+    assert m.created > 1_600_000_000
+    assert all(x.created == m.created for x in c.models.list())
+    with pytest.raises(openai.NotFoundError) as err:
+        c.models.retrieve("no-such-model")
+    assert err.value.body["param"] == "model"
+
+
+def test_every_404_and_405_under_v1_is_openai_shaped(daemon):
+    _, token = daemon.new_user("paths")
+    for method, path, body, expected in [
+        ("GET", "/v1/nope", None, 404),
+        ("POST", "/v1/embeddings", b"{}", 404),
+        ("GET", "/v1", None, 404),
+        ("GET", "/v1/chat/completions", None, 405),
+        ("DELETE", "/v1/models", None, 405),
+        ("POST", "/v1/models/gpt-fake", b"{}", 405),
+    ]:
+        status, headers, err = raw(daemon, method, path, body, token)
+        assert status == expected, (method, path, status, err)
+        assert headers.get("content-type", "").startswith("application/json")
+        assert set(err["error"]) >= {"message", "type", "param", "code"}, err
+        assert err["error"]["type"] == "invalid_request_error"
+
+
+def test_error_messages_use_one_language_per_request(daemon):
+    _, token = daemon.new_user("lang")  # no credits
+    cjk = lambda s: any("\u4e00" <= c <= "\u9fff" for c in s)  # noqa: E731
+    cases = [
+        (chat_body(), 429),                         # the engine's configured (Chinese) text
+        (chat_body(n=2), 400),
+        (chat_body(model="no-such-model"), 404),
+        (b"{oops", 400),
+    ]
+    for body, expected in cases:
+        for lang, chinese in [("en-US,en;q=0.9", False), ("zh-CN,zh;q=0.9", True), (None, True)]:
+            headers = {"accept-language": lang} if lang else {}
+            status, _, err = raw(daemon, "POST", "/v1/chat/completions", body, token, headers)
+            assert status == expected, (body[:40], status, err)
+            assert cjk(err["error"]["message"]) == chinese, (lang, err)
+    status, _, err = raw(daemon, "GET", "/v1/nope", None, None, {"accept-language": "en"})
+    assert status == 404 and not cjk(err["error"]["message"])
+    status, _, err = raw(daemon, "GET", "/v1/models", None, "sk-cr-forged", {"accept-language": "zh"})
+    assert status == 401 and cjk(err["error"]["message"])
+
+
+def test_answers_delivered_right_before_sigkill_are_all_charged(upstream):
+    d = Daemon(upstream.base_url).start()
+    try:
+        for round_ in range(3):
+            uid, token = d.new_user(f"crash{round_}", credits=100)
+            results = []
+
+            def ask():
+                try:
+                    r = client(d, token, max_retries=0).chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "hi"}])
+                    results.append(r.choices[0].message.content)
+                except Exception as e:  # noqa: BLE001 - counted below
+                    results.append(e)
+
+            threads = [threading.Thread(target=ask) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=20)
+            d.proc.kill()  # at once, after the last answer arrived
+            d.proc.wait(timeout=10)
+            delivered = len([r for r in results if r == ANSWER])
+            assert delivered == 8, results
+            d.start()
+            user = d.user(uid)
+            usage = [e for e in user["ledger"] if e["kind"] == "usage"]
+            assert len(usage) == delivered, f"round {round_}: {delivered} answers delivered, {len(usage)} charged"
+            assert user["balance"]["paid"] == 100 - COST * delivered
+            assert d.audit()["mismatches"] == []
+    finally:
+        d.stop()
+
+
+def test_streams_ended_by_shutdown_cost_nothing(upstream):
+    d = Daemon(upstream.base_url).start()
+    try:
+        uid, token = d.new_user("stopped", credits=100)
+        upstream.mode = "slow"
+        upstream.slow_interval = 0.1
+        received = [0] * 8
+        errors = []
+
+        def consume(i):
+            try:
+                for _ in client(d, token, max_retries=0).chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True):
+                    received[i] += 1
+            except Exception as e:  # noqa: BLE001 - the stream must end with an error
+                errors.append(e)
+
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 10
+        while min(received) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert min(received) >= 3, d.logs()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=15) == 0, d.logs()
+        for t in threads:
+            t.join(timeout=5)
+        assert len(errors) == 8, errors
+        upstream.mode = "ok"
+        d.start()
+        user = d.user(uid)
+        assert user["balance"]["paid"] == 100, user["ledger"][:3]
+        assert user["balance"]["held"] == 0
+        lines = "\n".join(d.log_lines())
+        assert "ended by the server's shutdown" in lines
+        assert "stopped by the reader" not in lines
+    finally:
+        upstream.mode = "ok"
+        d.stop()

@@ -24,10 +24,38 @@ pub struct LlmRequest {
     pub model: String,
     /// The whole prompt.
     pub messages: Vec<Message>,
-    /// Cap on the answer's tokens.
+    /// Cap on the answer's tokens: exactly the limit the engine reserved credits for.
     pub max_completion_tokens: Option<u32>,
+    /// Send the cap as the older `max_tokens` (the `/v1` client used that field, so its
+    /// upstream may know only that one) instead of `max_completion_tokens`.
+    pub legacy_max_tokens: bool,
     /// Other request parameters, passed through (temperature, top_p... from `/v1` callers).
+    /// Any answer cap in here is dropped: only the engine's limit goes upstream.
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LlmRequest {
+    /// The OpenAI request: the cap in one field, never a second cap from `extra` (a client's
+    /// `max_tokens` passed through would let the upstream write more than was paid for).
+    #[must_use]
+    pub fn into_chat_request(self) -> ChatRequest {
+        let mut extra = self.extra;
+        extra.remove("max_tokens");
+        extra.remove("max_completion_tokens");
+        let mut max_completion_tokens = self.max_completion_tokens;
+        if self.legacy_max_tokens
+            && let Some(cap) = max_completion_tokens.take()
+        {
+            extra.insert("max_tokens".to_owned(), cap.into());
+        }
+        ChatRequest {
+            model: self.model,
+            messages: self.messages,
+            max_completion_tokens,
+            extra,
+            ..ChatRequest::default()
+        }
+    }
 }
 
 /// What a streaming call yields.
@@ -166,13 +194,7 @@ impl LlmBackend for RoutedBackend {
             .cloned()
             .unwrap_or_else(|| vec![Route::new(DEFAULT_UPSTREAM, req.model.clone())]);
         Box::pin(async move {
-            let request = ChatRequest {
-                model: req.model,
-                messages: req.messages,
-                max_completion_tokens: req.max_completion_tokens,
-                extra: req.extra,
-                ..ChatRequest::default()
-            };
+            let request = req.into_chat_request();
             let (stream, used) = router.chat_stream(&routes, &request).await?;
             if used > 0 {
                 let upstream = routes.get(used).map_or("", |r| r.upstream.as_str());
@@ -275,13 +297,7 @@ impl LlmBackend for OpenAiBackend {
     fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let request = ChatRequest {
-                model: req.model,
-                messages: req.messages,
-                max_completion_tokens: req.max_completion_tokens,
-                extra: req.extra,
-                ..ChatRequest::default()
-            };
+            let request = req.into_chat_request();
             let stream = client.chat_stream(&request).await?;
             Ok(to_events(stream))
         })
@@ -363,6 +379,37 @@ impl LlmBackend for DemoBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_engines_cap_goes_upstream() {
+        let mut extra = serde_json::Map::new();
+        extra.insert("max_tokens".into(), 100_000.into());
+        extra.insert("max_completion_tokens".into(), 100_000.into());
+        extra.insert("top_p".into(), 0.5.into());
+        let req = LlmRequest {
+            model: "m".into(),
+            max_completion_tokens: Some(42),
+            extra,
+            ..LlmRequest::default()
+        };
+        let wire = serde_json::to_value(req.clone().into_chat_request()).unwrap();
+        assert_eq!(wire["max_completion_tokens"], 42);
+        assert!(wire.get("max_tokens").is_none());
+        assert_eq!(wire["top_p"], 0.5);
+        let legacy = LlmRequest {
+            legacy_max_tokens: true,
+            ..req.clone()
+        };
+        let wire = serde_json::to_value(legacy.into_chat_request()).unwrap();
+        assert_eq!(wire["max_tokens"], 42);
+        assert!(wire.get("max_completion_tokens").is_none());
+        let uncapped = LlmRequest {
+            max_completion_tokens: None,
+            ..req
+        };
+        let wire = serde_json::to_value(uncapped.into_chat_request()).unwrap();
+        assert!(wire.get("max_tokens").is_none() && wire.get("max_completion_tokens").is_none());
+    }
 
     #[tokio::test]
     async fn demo_says_it_is_a_demo_and_echoes() {

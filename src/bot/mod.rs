@@ -221,8 +221,16 @@ pub struct ApiRequest {
     pub model: String,
     /// The conversation, as the client sent it.
     pub messages: Vec<Message>,
-    /// The client's answer cap.
+    /// The smallest answer cap the client sent (`max_tokens`, `max_completion_tokens`). The
+    /// engine may lower it to what the payer's credits cover; the upstream gets exactly the
+    /// limit that was reserved for.
     pub max_completion_tokens: Option<u32>,
+    /// The client sent its cap only as the older `max_tokens`: send it upstream in that field.
+    pub legacy_max_tokens: bool,
+    /// The reader gets the answer piece by piece (`stream: true`). A streamed reader that
+    /// leaves is charged for what it was sent; one waiting for the whole answer got nothing
+    /// and pays nothing.
+    pub streamed: bool,
     /// Other parameters, passed through.
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// Unique reference of this request (the ledger's idempotency key).
@@ -234,8 +242,9 @@ pub struct ApiRequest {
 
 /// Where an answer's events go.
 enum Sink {
-    /// Straight to one reader (`/v1`); a reader that leaves cancels the call.
-    Reply(ReplySender),
+    /// Straight to one reader (`/v1`); a reader that leaves cancels the call. `streamed`: the
+    /// reader passes pieces on as they come (else it waits for the whole answer).
+    Reply { tx: ReplySender, streamed: bool },
     /// Into the shared progress of a platform message, which any redelivery can follow;
     /// nobody leaving cancels it (the answer is still owed to the user).
     Progress(watch::Sender<Progress>),
@@ -244,7 +253,7 @@ enum Sink {
 impl Sink {
     async fn delta(&self, text: &str) -> bool {
         match self {
-            Sink::Reply(tx) => tx.send(ReplyEvent::Delta(text.to_owned())).await,
+            Sink::Reply { tx, .. } => tx.send(ReplyEvent::Delta(text.to_owned())).await,
             Sink::Progress(tx) => {
                 tx.send_modify(|p| p.text.push_str(text));
                 true
@@ -252,9 +261,18 @@ impl Sink {
         }
     }
 
+    /// Whether text sent here reaches its reader as it comes (so a reader that leaves has
+    /// received, and pays for, what was sent).
+    fn delivers_pieces(&self) -> bool {
+        match self {
+            Sink::Reply { streamed, .. } => *streamed,
+            Sink::Progress(_) => true,
+        }
+    }
+
     async fn closed(&self) {
         match self {
-            Sink::Reply(tx) => tx.closed().await,
+            Sink::Reply { tx, .. } => tx.closed().await,
             Sink::Progress(_) => std::future::pending().await,
         }
     }
@@ -627,33 +645,44 @@ impl Engine {
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
         inner.tracker.spawn(
             async move {
-                if let Some(prompt) = drawing {
+                // What a reader that left had received of this answer: nothing, when it waited
+                // for the whole answer or the answer is one piece (a picture).
+                let got_nothing_if_gone = !req.streamed || drawing.is_some();
+                let event = if let Some(prompt) = drawing {
                     let asked = Inbound::text(
                         chatrelay_core::UserKey::new(req.platform, "", uid.0.to_string()),
                         req.reference.clone(),
                         question,
                     );
-                    let event = this.draw(&settings, &asked, prompt, &watch).await;
-                    this.record_outcome(req.platform, &event);
-                    tx.send(event).await;
-                    return;
-                }
-                let event = match this.moderation_refusal(&settings, &watch, &question).await {
-                    Some(refused) => refused,
-                    None => {
-                        let llm_req = LlmRequest {
-                            model: model.name.clone(),
-                            messages: req.messages,
-                            max_completion_tokens: req.max_completion_tokens,
-                            extra: req.extra,
-                        };
-                        let sink = Sink::Reply(tx.clone());
-                        this.run_llm(uid, &model, llm_req, &req.reference, &sink, &watch)
-                            .await
-                    }
+                    this.draw(&settings, &asked, prompt, &watch).await
+                } else if let Some(refused) =
+                    this.moderation_refusal(&settings, &watch, &question).await
+                {
+                    refused
+                } else {
+                    let llm_req = LlmRequest {
+                        model: model.name.clone(),
+                        messages: req.messages,
+                        max_completion_tokens: req.max_completion_tokens,
+                        legacy_max_tokens: req.legacy_max_tokens,
+                        extra: req.extra,
+                    };
+                    let sink = Sink::Reply {
+                        tx: tx.clone(),
+                        streamed: req.streamed,
+                    };
+                    this.run_llm(uid, &model, llm_req, &req.reference, &sink, &watch)
+                        .await
                 };
                 this.record_outcome(req.platform, &event);
-                tx.send(event).await;
+                let charged = match &event {
+                    ReplyEvent::Final { charged, .. } => *charged,
+                    _ => 0,
+                };
+                if !tx.send(event).await && got_nothing_if_gone {
+                    // Settled, but the reader left before the answer reached it.
+                    this.refund_undelivered(uid, &req.reference, charged);
+                }
             }
             .instrument(span),
         );
@@ -817,12 +846,29 @@ impl Engine {
             .iter()
             .map(|m| quota::estimate_tokens(&m.text()))
             .sum();
+        let mut req = req;
+        // The upstream is asked for exactly the answer length reserved for; for a per-token
+        // price that is never more than the payer's credits cover.
+        let (limit, budget) = match self.answer_limit(&s, uid, model, prompt_est, watch, &req) {
+            Ok(limits) => limits,
+            Err(refused) => return refused,
+        };
+        let mut written = quota::TokenCount::default();
+        req.max_completion_tokens = limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
         let max_completion = req.max_completion_tokens.map(u64::from);
         let estimate =
             quota::estimate_cost(model, prompt_est, max_completion).saturating_add(watch.surcharge);
         let reservation = match self.reserve(&s, uid, estimate, reference) {
             Ok(id) => id,
             Err(refused) => return refused,
+        };
+        // A reader that leaves while the server shuts down was sent away by the server.
+        let left = || {
+            if inner.shutdown.is_cancelled() {
+                Ending::Shutdown
+            } else {
+                Ending::Cancelled
+            }
         };
 
         let started = Instant::now();
@@ -831,15 +877,17 @@ impl Engine {
         let mut usage: Option<Usage> = None;
         let outcome: Result<(), Ending> = async {
             let mut stream = tokio::select! {
-                r = llm.stream(req) => r.map_err(Ending::Upstream)?,
-                () = sink.closed() => return Err(Ending::Cancelled),
+                biased;
                 () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
+                () = sink.closed() => return Err(left()),
+                r = llm.stream(req) => r.map_err(Ending::Upstream)?,
             };
             loop {
                 let item = tokio::select! {
-                    item = stream.next() => item,
-                    () = sink.closed() => return Err(Ending::Cancelled),
+                    biased;
                     () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
+                    () = sink.closed() => return Err(left()),
+                    item = stream.next() => item,
                 };
                 match item {
                     None => return Ok(()),
@@ -849,9 +897,16 @@ impl Engine {
                         if let Some(hit) = output_check.as_mut().and_then(|c| c.push(&d)) {
                             return Err(Ending::Cut(hit));
                         }
+                        // An upstream that writes past the limit (or an unlimited answer past
+                        // what the payer can afford) is not read further: the answer ends.
+                        written.push(&d);
+                        if budget.is_some_and(|b| written.tokens() > b) {
+                            info!(budget, "the answer reached what its payer can afford");
+                            return Ok(());
+                        }
                         text.push_str(&d);
                         if !sink.delta(&d).await {
-                            return Err(Ending::Cancelled);
+                            return Err(left());
                         }
                     }
                     Some(Ok(LlmEvent::Usage(u))) => usage = Some(u),
@@ -869,7 +924,11 @@ impl Engine {
                     completion_tokens: quota::estimate_tokens(&text),
                 });
                 let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
-                let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
+                // Durable before the answer leaves: a crash after delivery cannot lose it.
+                let charged = self
+                    .settle(reservation, cost, &model.name)
+                    .await
+                    .unwrap_or(0);
                 self.record_usage(&s, &model.name, &usage, charged);
                 metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
                 self.upstream_outcome(true, None);
@@ -892,8 +951,9 @@ impl Engine {
                 // The model wrote something a rule forbids: the answer stops there, with a
                 // notice. What was generated is paid for, like a stopped answer.
                 self.record_hit(watch, chatrelay_rules::Direction::Output, &hit);
-                let (usage, charged) =
-                    self.charge_partial(&s, reservation, model, watch, prompt_est, &text, "cut");
+                let (usage, charged) = self
+                    .charge_partial(&s, reservation, model, watch, prompt_est, &text, "cut")
+                    .await;
                 let notice = if text.is_empty() {
                     hit.refusal.clone()
                 } else {
@@ -908,18 +968,23 @@ impl Engine {
                     images: Vec::new(),
                 }
             }
-            Err(Ending::Cancelled) if !text.is_empty() => {
+            Err(Ending::Cancelled) if !text.is_empty() && sink.delivers_pieces() => {
                 // The reader stopped a generation it had partly received: charge what it got.
-                let (_, charged) = self.charge_partial(
-                    &s,
-                    reservation,
-                    model,
-                    watch,
-                    prompt_est,
-                    &text,
-                    "cancelled",
+                let (_, charged) = self
+                    .charge_partial(
+                        &s,
+                        reservation,
+                        model,
+                        watch,
+                        prompt_est,
+                        &text,
+                        "cancelled",
+                    )
+                    .await;
+                info!(
+                    charged,
+                    "stopped by the reader; charged for what it received"
                 );
-                info!(charged, "stopped by the reader");
                 failed(FailureKind::Unavailable, "cancelled")
             }
             Err(ending) => {
@@ -934,12 +999,24 @@ impl Engine {
                             s.texts.upstream_error.as_str(),
                         )
                     }
-                    Ending::Shutdown => (
-                        "shutdown",
-                        FailureKind::Unavailable,
-                        s.texts.unavailable.as_str(),
-                    ),
-                    Ending::Cancelled => ("cancelled", FailureKind::Unavailable, "cancelled"),
+                    Ending::Shutdown => {
+                        info!(
+                            received = text.len(),
+                            "ended by the server's shutdown; nothing charged"
+                        );
+                        (
+                            "shutdown",
+                            FailureKind::Unavailable,
+                            s.texts.unavailable.as_str(),
+                        )
+                    }
+                    Ending::Cancelled => {
+                        info!(
+                            "the reader left before it received anything of the answer; \
+                             nothing charged"
+                        );
+                        ("cancelled", FailureKind::Unavailable, "cancelled")
+                    }
                     // Handled above.
                     Ending::Cut(_) => ("cut", FailureKind::Refused, ""),
                 };
@@ -967,7 +1044,7 @@ impl Engine {
     /// Settles an answer that stopped before its end (the reader left, a content rule cut
     /// it): what was generated is charged, estimated from its text. Counted under `outcome`.
     #[allow(clippy::too_many_arguments)] // the call's state, all of it needed
-    fn charge_partial(
+    async fn charge_partial(
         &self,
         s: &Settings,
         reservation: ReservationId,
@@ -982,7 +1059,10 @@ impl Engine {
             completion_tokens: quota::estimate_tokens(text),
         };
         let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
-        let charged = self.settle(reservation, cost, &model.name).unwrap_or(0);
+        let charged = self
+            .settle(reservation, cost, &model.name)
+            .await
+            .unwrap_or(0);
         self.record_usage(s, &model.name, &usage, charged);
         metrics::counter!("chatrelay_llm_requests_total", "outcome" => outcome).increment(1);
         metrics::counter!("chatrelay_credits_charged_total").increment(charged);
@@ -1138,7 +1218,7 @@ impl Engine {
         metrics::histogram!("chatrelay_image_seconds").record(started.elapsed().as_secs_f64());
         match drawn {
             Ok(urls) => {
-                let charged = self.settle(reservation, cost, "image").unwrap_or(0);
+                let charged = self.settle(reservation, cost, "image").await.unwrap_or(0);
                 metrics::counter!("chatrelay_images_total", "outcome" => "ok").increment(1);
                 metrics::counter!("chatrelay_credits_charged_total").increment(charged);
                 let links: Vec<String> = urls
@@ -1168,17 +1248,27 @@ impl Engine {
         }
     }
 
-    /// Settles a reservation; returns the credits charged.
-    fn settle(&self, id: ReservationId, cost: u64, model: &str) -> Option<u64> {
+    /// Settles a reservation and waits until the charge is on disk, so that the answer,
+    /// which leaves after this, is never delivered with a charge a crash could lose.
+    /// Returns the credits charged.
+    async fn settle(&self, id: ReservationId, cost: u64, model: &str) -> Option<u64> {
         let s = self.settings();
-        match self.inner.store.settle(
+        let settled = self.inner.store.settle(
             id,
             cost,
             &format!("answer ({model})"),
             s.today(),
             s.free_daily,
             now_ms(),
-        ) {
+        );
+        if settled.is_ok()
+            && let Err(e) = self.inner.store.flush().await
+        {
+            // The charge stands in the open database; the disk is failing, which `/readyz`
+            // and the watchdog report. Withholding a paid answer would not help.
+            warn!(error = %e, reservation = %id, "making a charge durable failed");
+        }
+        match settled {
             Ok(Some(entry)) => Some(
                 entry
                     .free_delta
@@ -1192,6 +1282,71 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// Gives back `credits` charged for the answer `reference` that never reached its reader
+    /// (it left after the charge). Idempotent: one refund per answer, however often called.
+    /// The credits come back as paid credits (the store cannot restore a past day's free
+    /// allowance).
+    pub fn refund_undelivered(&self, uid: Uid, reference: &str, credits: u64) {
+        if credits == 0 {
+            return;
+        }
+        let refund = format!("undelivered:{reference}");
+        match self.inner.store.grant(
+            uid,
+            credits,
+            chatrelay_storage::EntryKind::Refund,
+            "answer not delivered",
+            &refund,
+            now_ms(),
+        ) {
+            Ok(_) => {
+                metrics::counter!("chatrelay_undelivered_refunds_total").increment(1);
+                info!(%uid, %reference, credits, "the answer was not delivered; refunded");
+            }
+            Err(e) => {
+                warn!(error = %e, %uid, %reference, credits, "refunding an undelivered answer failed");
+            }
+        }
+    }
+
+    /// The answer limit to send upstream, and the most answer tokens the payer can afford
+    /// (`None` for a flat price). The limit is the one asked for, lowered for a per-token price
+    /// to what `uid`'s credits cover; an unlimited request gets the affordable length as its
+    /// limit when that is short ([`quota::UNCAPPED_CEILING`]), else no limit (a large one could
+    /// be refused by the upstream as more than the model writes) and the engine stops reading
+    /// at the affordable length. A payer who cannot afford one token is refused at reserving.
+    fn answer_limit(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        model: &ModelConfig,
+        prompt_est: u64,
+        watch: &Watch,
+        req: &LlmRequest,
+    ) -> Result<(Option<u64>, Option<u64>), ReplyEvent> {
+        let asked = req.max_completion_tokens.map(u64::from);
+        if model.credits_per_1k_tokens == 0 {
+            return Ok((asked, None));
+        }
+        let available = match self.inner.store.balance(uid, s.today(), s.free_daily) {
+            Ok(b) => b.available,
+            Err(e) => {
+                warn!(error = %e, "reading the balance failed");
+                return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        let affordable =
+            quota::affordable_completion(model, prompt_est, watch.surcharge, available)
+                .unwrap_or(u64::MAX);
+        // At least one token: a payer who cannot cover it gets the reservation's refusal.
+        let limit = match asked {
+            Some(a) => Some(a.min(affordable).max(1)),
+            None if affordable < quota::UNCAPPED_CEILING => Some(affordable.max(1)),
+            None => None,
+        };
+        Ok((limit, Some(affordable)))
     }
 
     fn release(&self, id: ReservationId) {
@@ -1350,6 +1505,7 @@ impl Engine {
             model: model.name.clone(),
             messages,
             max_completion_tokens: s.max_completion_tokens,
+            legacy_max_tokens: false,
             extra: serde_json::Map::new(),
         };
         let reference = format!("msg:{}#{}", inbound.key, inbound.message_id);

@@ -390,6 +390,8 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
         model: h.engine.settings().default_model.clone(),
         messages: vec![Message::new("user", "hi")],
         max_completion_tokens: None,
+        legacy_max_tokens: false,
+        streamed: true,
         extra: serde_json::Map::new(),
         reference: r.to_owned(),
         platform: chatrelay_core::Platform::Api,
@@ -755,6 +757,8 @@ async fn users_choose_models_within_their_permissions() {
         model: "staff".into(),
         messages: vec![Message::new("user", "hi")],
         max_completion_tokens: None,
+        legacy_max_tokens: false,
+        streamed: true,
         extra: serde_json::Map::new(),
         reference: "api:perm".into(),
         platform: Platform::Api,
@@ -1021,4 +1025,185 @@ async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
         .map(|e| e.count_try("mp:x:78", 3))
         .collect();
     assert_eq!(tries, [1, 2, 3, 3]);
+}
+
+fn api_request(model: &str, reference: &str, streamed: bool) -> ApiRequest {
+    ApiRequest {
+        model: model.to_owned(),
+        messages: vec![Message::new("user", "hi")],
+        max_completion_tokens: None,
+        legacy_max_tokens: false,
+        streamed,
+        extra: serde_json::Map::new(),
+        reference: reference.to_owned(),
+        platform: Platform::Api,
+    }
+}
+
+async fn settled(h: &Harness, uid: Uid) -> chatrelay_storage::Balance {
+    let s = h.engine.settings();
+    for _ in 0..200 {
+        let b = h.store.balance(uid, s.today(), s.free_daily).unwrap();
+        if b.held == 0 {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reservation stayed open");
+}
+
+#[tokio::test]
+async fn a_reader_waiting_for_the_whole_answer_that_leaves_pays_nothing() {
+    let h = harness(Script::Answer {
+        delay_ms: 30,
+        usage: None,
+    });
+    let uid = h.store.create_user("api").unwrap().uid;
+    let model = h.engine.settings().default_model.clone();
+    let mut reply = h
+        .engine
+        .complete(uid, api_request(&model, "api:whole", false));
+    assert!(matches!(reply.next().await, Some(ReplyEvent::Delta(_))));
+    drop(reply);
+    let b = settled(&h, uid).await;
+    assert_eq!(
+        b.free_left, 5,
+        "a non-streamed reader that left received nothing"
+    );
+    // A streamed reader is charged for what it was sent, as documented.
+    let mut reply = h
+        .engine
+        .complete(uid, api_request(&model, "api:piecewise", true));
+    assert!(matches!(reply.next().await, Some(ReplyEvent::Delta(_))));
+    drop(reply);
+    let b = settled(&h, uid).await;
+    assert!(b.free_left < 5);
+}
+
+#[tokio::test]
+async fn an_answer_ended_by_the_servers_shutdown_costs_nothing() {
+    // The reader (a /v1 stream) stops on shutdown and drops its reply, just as the engine
+    // sees the shutdown: whichever it notices first, the server ended the answer.
+    for round in 0..20 {
+        let h = harness(Script::Answer {
+            delay_ms: 40,
+            usage: None,
+        });
+        let uid = h.store.create_user("api").unwrap().uid;
+        let model = h.engine.settings().default_model.clone();
+        let mut reply = h
+            .engine
+            .complete(uid, api_request(&model, "api:stop", true));
+        assert!(matches!(reply.next().await, Some(ReplyEvent::Delta(_))));
+        h.engine.shutdown_token().cancel();
+        drop(reply);
+        let b = settled(&h, uid).await;
+        assert_eq!(
+            b.free_left, 5,
+            "round {round}: charged for an answer the server ended"
+        );
+    }
+}
+
+fn per_token(c: &mut Config) {
+    c.llm.models = vec![crate::config::ModelConfig {
+        name: c.llm.model.clone(),
+        credits: 1,
+        credits_per_1k_tokens: 10,
+        ..crate::config::ModelConfig::default()
+    }];
+    c.quota.free_daily = 0;
+}
+
+#[tokio::test]
+async fn the_upstream_is_asked_for_no_more_than_the_payer_can_afford() {
+    let h = harness_with(FAST, per_token);
+    let uid = h.store.create_user("poor").unwrap().uid;
+    h.store
+        .grant(uid, 2, EntryKind::Grant, "t", "g:poor", 0)
+        .unwrap();
+    let model = h.engine.settings().default_model.clone();
+    let sent = |h: &Harness| {
+        let r = h.llm.last_request.lock().unwrap().clone().unwrap();
+        (r.max_completion_tokens, r.legacy_max_tokens)
+    };
+    // 2 credits: 1 flat, 1 for a started 1,000 tokens at 10 per 1k = 100 tokens in all.
+    let prompt = quota::estimate_tokens("hi");
+    let affordable = u32::try_from(100 - prompt).unwrap();
+    for (asked, legacy) in [(Some(100_000), true), (Some(100_000), false), (None, false)] {
+        let req = ApiRequest {
+            max_completion_tokens: asked,
+            legacy_max_tokens: legacy,
+            ..api_request(&model, &format!("api:cap{asked:?}{legacy}"), false)
+        };
+        let event = h.engine.complete(uid, req).collect().await;
+        assert!(matches!(event, ReplyEvent::Final { .. }), "{event:?}");
+        assert_eq!(sent(&h), (Some(affordable), legacy), "asked {asked:?}");
+        // Refill what the answer cost.
+        let b = settled(&h, uid).await;
+        h.store
+            .grant(
+                uid,
+                2 - b.paid,
+                EntryKind::Grant,
+                "t",
+                &format!("refill{asked:?}{legacy}"),
+                0,
+            )
+            .ok();
+    }
+    // A smaller cap than affordable goes upstream as sent.
+    let req = ApiRequest {
+        max_completion_tokens: Some(7),
+        ..api_request(&model, "api:small", false)
+    };
+    h.engine.complete(uid, req).collect().await;
+    assert_eq!(sent(&h), (Some(7), false));
+    // Chat platforms go through the same limit.
+    let platform_payer = h.store.resolve_identity(&key(), None).unwrap();
+    h.store
+        .grant(platform_payer, 2, EntryKind::Grant, "t", "g:platform", 0)
+        .unwrap();
+    let event = h.engine.handle(msg("cap-1", "hi")).collect().await;
+    assert!(matches!(event, ReplyEvent::Final { .. }), "{event:?}");
+    let (cap, _) = sent(&h);
+    assert!(cap.is_some_and(|c| c < 100), "{cap:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_the_limit_is_not_read_past_what_the_payer_affords() {
+    // Pieces of 5 ASCII characters (2 estimated tokens each) until stopped.
+    struct Endless;
+    impl LlmBackend for Endless {
+        fn stream(&self, _: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
+            Box::pin(async {
+                Ok(
+                    futures_util::stream::repeat_with(|| Ok(LlmEvent::Delta("abcde".into())))
+                        .take(1_000_000)
+                        .boxed(),
+                )
+            })
+        }
+        fn name(&self) -> &'static str {
+            "endless"
+        }
+    }
+    let h = harness_with(FAST, per_token);
+    let uid = h.store.create_user("poor").unwrap().uid;
+    h.store
+        .grant(uid, 2, EntryKind::Grant, "t", "g:endless", 0)
+        .unwrap();
+    let settings = h.engine.settings().as_ref().clone();
+    h.engine.reload(settings, Arc::new(Endless));
+    let model = h.engine.settings().default_model.clone();
+    let event = h
+        .engine
+        .complete(uid, api_request(&model, "api:endless", false))
+        .collect()
+        .await;
+    let ReplyEvent::Final { text, charged, .. } = event else {
+        panic!("{event:?}");
+    };
+    assert!(text.len() < 1000, "read {} bytes", text.len());
+    assert!(charged <= 2);
 }
