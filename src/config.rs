@@ -273,6 +273,22 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for open requests and streams before it cuts them.
     pub shutdown_grace_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (address blocks, `10.0.0.0/8`); the client
+    /// is the first address from the right that is not one of them. Default: this machine.
+    pub trusted_proxies: Vec<String>,
+    /// Longest a request may take to be read and answered, in seconds; `408` after it.
+    /// Streamed answers (`/v1/chat/completions`) and `/admin/backup` are bounded only while
+    /// their request is read. Above the Official Account's ~5 s wait and webhook retries.
+    pub request_timeout_secs: u64,
+    /// Requests handled at once (streams included); beyond it, `503` with `Retry-After`.
+    /// `/healthz`, `/readyz` and `/metrics` are always answered.
+    pub max_concurrent_requests: usize,
+    /// Largest request head (request line and headers), in bytes; `431` beyond it.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request; `431` beyond it.
+    pub max_headers: usize,
+    /// Longest request target (path and query), in bytes; `414` beyond it.
+    pub max_uri_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -283,6 +299,15 @@ impl Default for ServerConfig {
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
+            trusted_proxies: crate::http::addr::DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            request_timeout_secs: 30,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }
@@ -1409,6 +1434,40 @@ fn resolve_secret_files(
     }
 }
 
+/// The listener's limits: the request timeout must leave room for the Official Account's
+/// passive wait (~5 s) and webhooks; header limits must fit an ordinary browser request.
+fn validate_server_limits(s: &ServerConfig, problems: &mut Vec<Problem>) {
+    for (i, block) in s.trusted_proxies.iter().enumerate() {
+        if let Err(e) = block.parse::<crate::http::addr::Cidr>() {
+            problems.push(problem(
+                format!("server.trusted_proxies[{i}]"),
+                e.to_string(),
+            ));
+        }
+    }
+    if s.request_timeout_secs < 10 {
+        problems.push(problem(
+            "server.request_timeout_secs",
+            "must be at least 10 (WeChat waits 5 s for an answer; webhooks take a while)",
+        ));
+    }
+    if s.max_concurrent_requests == 0 {
+        problems.push(problem(
+            "server.max_concurrent_requests",
+            "must be at least 1",
+        ));
+    }
+    if s.max_header_bytes < 4096 {
+        problems.push(problem("server.max_header_bytes", "must be at least 4096"));
+    }
+    if s.max_headers < 32 {
+        problems.push(problem("server.max_headers", "must be at least 32"));
+    }
+    if s.max_uri_bytes < 1024 {
+        problems.push(problem("server.max_uri_bytes", "must be at least 1024"));
+    }
+}
+
 fn validate(c: &Config, problems: &mut Vec<Problem>) {
     if c.server.listen.parse::<SocketAddr>().is_err() {
         problems.push(problem(
@@ -1438,6 +1497,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     if c.server.max_body_bytes < 1024 {
         problems.push(problem("server.max_body_bytes", "must be at least 1024"));
     }
+    validate_server_limits(&c.server, problems);
     if c.storage.cache_capacity_mb == 0 {
         problems.push(problem("storage.cache_capacity_mb", "must be at least 1"));
     }

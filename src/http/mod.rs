@@ -6,6 +6,7 @@
 //! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
+pub mod addr;
 pub mod admin;
 pub mod api;
 pub mod mp;
@@ -57,6 +58,18 @@ impl AppState {
     #[must_use]
     pub fn parts(&self) -> Arc<crate::reload::Parts> {
         self.live.get()
+    }
+
+    /// The client's address, through the proxies `server.trusted_proxies` names (see
+    /// [`addr::client_ip`]). Every per-address limit goes through here.
+    #[must_use]
+    pub fn client_ip(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        let trusted = addr::parse_trusted(&self.parts().config.server.trusted_proxies);
+        addr::client_ip(peer, headers, &trusted)
     }
 }
 
