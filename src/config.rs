@@ -815,8 +815,9 @@ pub struct MpTexts {
 impl Default for MpTexts {
     fn default() -> Self {
         Self {
-            login_code: "你的网页登录验证码：{code}\n{minutes} 分钟内有效，请勿告诉他人。"
-                .to_owned(),
+            login_code:
+                "你的网页登录验证码：{code}\n{minutes} 分钟内有效，不区分大小写，请勿告诉他人。"
+                    .to_owned(),
             voice_unrecognized: "没有听清这条语音，请再说一次或者发文字。".to_owned(),
             unsupported: "目前只支持文字消息，请发文字给我。".to_owned(),
             thinking_push: "正在思考，答案稍后发给你。".to_owned(),

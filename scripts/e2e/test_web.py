@@ -16,7 +16,7 @@ from conftest import COST, ROOT
 from fake_openai import ANSWER
 from fake_pay import FakeAlipay, FakeWechatPay, new_rsa_key, private_pem
 from test_payments import PayDaemon, pay_toml
-from test_wechat_mp import SUB, WeChat
+from test_wechat_mp import LOGIN_CODE, SUB, WeChat
 
 SHOTS = ROOT / "target" / "e2e-screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -109,7 +109,7 @@ def me(d, token):
 def login(d, page, openid):
     """Gets a code from the Official Account (as WeChat would deliver the keyword) and logs in."""
     _, reply = WeChat(d, SUB).send_text(openid, "验证码", timeout=5)
-    code = re.search(r"\d{6}", reply["Content"]).group(0)
+    code = re.search(LOGIN_CODE, reply["Content"]).group(0)
     page.goto(d.url + "/")
     page.get_by_test_id("login-code").fill(code)
     page.get_by_test_id("login-submit").click()
@@ -139,7 +139,7 @@ def test_login_and_a_streamed_markdown_answer(web, browser, upstream):
     expect(page.locator("body")).to_contain_text("测试公众号")
     shot(page, "phone-login")
     bad = page.get_by_test_id("login-code")
-    bad.fill("000000")
+    bad.fill("0000-0000")
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("login-error")).to_be_visible()
 

@@ -3,12 +3,14 @@
 //! (Official Account callbacks), `/wecom` (WeCom app and AI bot callbacks), `/pay` (payment
 //! notifications), `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
+//! Every request gets an `x-request-id` and a tracing span; bodies, heads, targets, time and
+//! requests in flight are limited ([`limits`]); errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
 pub mod addr;
 pub mod admin;
 pub mod api;
+pub mod limits;
 pub mod mp;
 pub mod ops;
 pub mod pay;
@@ -109,6 +111,7 @@ impl MakeRequestId for RequestIds {
 pub fn router(state: AppState) -> Router {
     let limit = state.body_limit;
     let page = state.web_page;
+    let limits = limits::Limits::new(state.live.clone());
     Router::new()
         .merge(crate::web::routes(page))
         .merge(v1::routes())
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limits, limits::limit))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

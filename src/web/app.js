@@ -27,9 +27,9 @@
       loginQrHintWx: '长按识别二维码，关注公众号',
       loginQrHint: '用微信扫码关注公众号',
       codeLabel: '验证码',
-      codePlaceholder: '6 位数字',
+      codePlaceholder: '8 位字母或数字，如 K7QM-2XRT',
       login: '登录',
-      codeInvalid: '请输入 6 位数字验证码',
+      codeInvalid: '请输入 8 位验证码（字母或数字）',
       badCode: '验证码错误或已过期',
       throttled: '尝试次数过多，请稍后再试',
       or: '或',
@@ -143,9 +143,9 @@
       loginQrHintWx: 'Long-press the QR code to follow',
       loginQrHint: 'Scan with WeChat to follow',
       codeLabel: 'Login code',
-      codePlaceholder: '6 digits',
+      codePlaceholder: '8 letters or digits, e.g. K7QM-2XRT',
       login: 'Log in',
-      codeInvalid: 'Enter the 6-digit code',
+      codeInvalid: 'Enter the 8-character code',
       badCode: 'The code is wrong or has expired',
       throttled: 'Too many attempts, please try again later',
       or: 'or',
@@ -1016,11 +1016,28 @@
     button.setAttribute('aria-busy', busy ? 'true' : 'false');
   }
 
+  /** A login code as typed or pasted, in its canonical form: Crockford's base32 (the
+   * server reads O, I, L as 0, 1, 1 and ignores case), at most 8 characters. A pasted
+   * message ("验证码：K7QM-2XRT ...") gives up its code. */
+  function normalizeCode(value) {
+    const found = value.length > 9 && value.match(/[0-9a-z]{4}[-\s]?[0-9a-z]{4}(?![0-9a-z])/i);
+    return (found ? found[0] : value)
+      .toUpperCase()
+      .replace(/O/g, '0')
+      .replace(/[IL]/g, '1')
+      .replace(/[^0-9A-HJKMNP-TV-Z]+/g, '')
+      .slice(0, 8);
+  }
+  /** Two groups of four, as the Official Account shows it. */
+  function showCode(code) {
+    return code.length > 4 ? code.slice(0, 4) + '-' + code.slice(4) : code;
+  }
+
   async function submitCode(ev) {
     ev.preventDefault();
     const input = $('login-code');
-    const code = input.value.replace(/\s+/g, '');
-    if (!/^\d{6}$/.test(code)) {
+    const code = normalizeCode(input.value);
+    if (code.length !== 8) {
       loginError('codeInvalid');
       input.focus();
       return;
@@ -1852,9 +1869,8 @@
     $('lang-toggle').addEventListener('click', toggleLang);
     $('login-form').addEventListener('submit', submitCode);
     $('login-code').addEventListener('input', (e) => {
-      // Keep digits only (pasted codes often carry spaces or text around them).
-      const digits = e.target.value.replace(/\D+/g, '').slice(0, 6);
-      if (digits !== e.target.value) e.target.value = digits;
+      const shown = showCode(normalizeCode(e.target.value));
+      if (shown !== e.target.value) e.target.value = shown;
       if (loginErrorKey) loginError(null);
     });
     $('guest-start').addEventListener('click', startGuest);
