@@ -614,7 +614,9 @@ pub struct Texts {
     pub quota: String,
     /// Out of credits: `{needed}`, `{available}`, `{buy_hint}`.
     pub insufficient_quota: String,
-    /// How to buy credits, put into `{buy_hint}`.
+    /// How to get more credits, put into `{buy_hint}`. Empty (the default): said for you,
+    /// naming only what this configuration offers (daily free credits, packs on the web
+    /// page); see [`Texts::buy_hint_for`].
     pub buy_hint: String,
     /// Too many messages.
     pub rate_limited: String,
@@ -662,6 +664,29 @@ pub struct Texts {
     pub image_done: String,
 }
 
+impl Texts {
+    /// `buy_hint` as configured, or when empty, one that names only what exists: daily free
+    /// credits when `quota.free_daily` is set, credit packs on the web page when products,
+    /// a payment channel and the web page are all configured (nothing when neither).
+    #[must_use]
+    pub fn buy_hint_for(&self, c: &Config) -> String {
+        if !self.buy_hint.is_empty() {
+            return self.buy_hint.clone();
+        }
+        let daily = c.quota.free_daily > 0;
+        let buy = c.web.enabled
+            && !c.products.is_empty()
+            && (c.pay.wechat.is_some() || c.pay.alipay.is_some());
+        match (daily, buy) {
+            (true, true) => "免费额度每天零点恢复；也可以在网页端购买额度包。",
+            (true, false) => "免费额度每天零点恢复。",
+            (false, true) => "可以在网页端购买额度包。",
+            (false, false) => "",
+        }
+        .to_owned()
+    }
+}
+
 impl Default for Texts {
     fn default() -> Self {
         Self {
@@ -674,7 +699,7 @@ impl Default for Texts {
                     .to_owned(),
             insufficient_quota: "额度不足：本次需要 {needed}，当前可用 {available}。{buy_hint}"
                 .to_owned(),
-            buy_hint: "免费额度每天零点恢复；也可以在网页端购买额度包。".to_owned(),
+            buy_hint: String::new(),
             rate_limited: "消息太频繁了，请稍后再试。".to_owned(),
             banned: "你的账号已被停用，如有疑问请联系管理员。".to_owned(),
             upstream_error: "抱歉，AI 服务暂时不可用，本次没有扣除额度，请稍后再试。".to_owned(),
@@ -2285,5 +2310,28 @@ x = 1
     fn syntax_error_names_the_file() {
         let err = parse("[server\n", &[], None).unwrap_err();
         assert_eq!(err.0[0].key, "(file)");
+    }
+
+    #[test]
+    fn the_buy_hint_names_only_what_exists() {
+        let mut c = Config::default();
+        c.quota.free_daily = 0;
+        assert_eq!(c.bot.texts.buy_hint_for(&c), "", "nothing to point to");
+        c.quota.free_daily = 10;
+        assert_eq!(c.bot.texts.buy_hint_for(&c), "免费额度每天零点恢复。");
+        // Products without a payment channel cannot be bought.
+        c.products.push(
+            serde_json::from_value(
+                serde_json::json!({"id": "p10", "name": "10", "price_fen": 100, "credits": 10}),
+            )
+            .unwrap(),
+        );
+        assert!(!c.bot.texts.buy_hint_for(&c).contains("购买"));
+        c.bot.texts.buy_hint = "找管理员充值。".into();
+        assert_eq!(
+            c.bot.texts.buy_hint_for(&c),
+            "找管理员充值。",
+            "a configured hint is kept"
+        );
     }
 }
