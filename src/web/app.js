@@ -27,7 +27,7 @@
       loginQrHintWx: '长按识别二维码，关注公众号',
       loginQrHint: '用微信扫码关注公众号',
       codeLabel: '验证码',
-      codePlaceholder: '8 位字母或数字，如 K7QM-2XRT',
+      codePlaceholder: '如 K7QM-2XRT',
       login: '登录',
       codeInvalid: '请输入 8 位验证码（字母或数字）',
       badCode: '验证码错误或已过期',
@@ -143,7 +143,7 @@
       loginQrHintWx: 'Long-press the QR code to follow',
       loginQrHint: 'Scan with WeChat to follow',
       codeLabel: 'Login code',
-      codePlaceholder: '8 letters or digits, e.g. K7QM-2XRT',
+      codePlaceholder: 'e.g. K7QM-2XRT',
       login: 'Log in',
       codeInvalid: 'Enter the 8-character code',
       badCode: 'The code is wrong or has expired',
@@ -1238,17 +1238,46 @@
     foot.textContent = '';
     if (msg.state === 'streaming') return;
     if (msg.state === 'stopped') foot.append(el('span', { class: 'tag', text: t('stopped') }));
-    if (msg.state === 'error') foot.append(el('span', { class: 'tag tag-error', text: msg.error || t('answerFailed') }));
+    if (msg.state === 'error') {
+      foot.append(el('span', { class: 'tag tag-error', 'data-testid': 'answer-error', text: msg.error || t('answerFailed') }));
+      if (msg.errorCode === 'insufficient_quota' && state.config && state.config.buy) {
+        const buy = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'answer-buy', text: t('buyCredits') });
+        buy.addEventListener('click', openBuy);
+        foot.append(buy);
+      }
+    }
     if (msg.content) {
       const copy = el('button', { type: 'button', class: 'link-btn', 'data-copy-msg': '', text: t('copy') });
       foot.append(copy);
     }
     const isLast = index === conv.messages.length - 1;
-    if (isLast && !state.streams.has(conv.id)) {
+    if (isLast && !state.streams.has(conv.id) && canRetry(msg)) {
       const again = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'regenerate', text: t('regenerate') });
       again.addEventListener('click', () => regenerate(conv));
       foot.append(again);
     }
+  }
+
+  /** Credits the user could spend now, when known. */
+  function availableNow() {
+    const b = state.me && state.me.balance;
+    return b ? b.available : null;
+  }
+
+  /** Whether asking again can succeed: not after running out of credits, until the balance
+   * has grown (a purchase, a grant, tomorrow's free credits). */
+  function canRetry(msg) {
+    if (msg.state !== 'error' || msg.errorCode !== 'insufficient_quota') return true;
+    const now = availableNow();
+    return now !== null && typeof msg.availableAtError === 'number' && now > msg.availableAtError;
+  }
+
+  /** Redraws the last answer of the open conversation (its actions depend on the balance). */
+  function refreshLastAnswer() {
+    const conv = currentConv();
+    if (!conv || !conv.messages.length || state.streams.has(conv.id)) return;
+    const i = conv.messages.length - 1;
+    if (conv.messages[i].role === 'assistant') fillMessage(conv, conv.messages[i], i);
   }
 
   function renderThread() {
@@ -1408,12 +1437,10 @@
       } else {
         msg.state = 'error';
         msg.error = describeError(e);
+        msg.errorCode = e.code || '';
         announce(t('answerFailed') + '：' + msg.error);
-        if (e.status === 401) {
-          sessionExpired();
-        } else if (conv.id === state.currentId) {
-          showBanner(msg.error, e.code === 'insufficient_quota' && state.config.buy);
-        }
+        // The error is shown once, in place of the answer (with its buy button).
+        if (e.status === 401) sessionExpired();
       }
     } finally {
       if (frame) cancelAnimationFrame(frame);
@@ -1427,7 +1454,14 @@
         updateComposer();
       }
       renderConvList();
-      if (state.token) refreshMe();
+      if (state.token) {
+        refreshMe().then(() => {
+          if (msg.errorCode === 'insufficient_quota' && msg.availableAtError === undefined) {
+            msg.availableAtError = availableNow();
+            saveConvs();
+          }
+        });
+      }
     }
   }
 
@@ -1478,6 +1512,7 @@
         if (!state.streams.size) { loadConvs(); renderConvList(); renderThread(); }
       }
       renderBalance();
+      refreshLastAnswer();
     } catch (_) { /* the chip keeps its last value; 401 is handled by api() */ }
   }
 
