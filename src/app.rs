@@ -260,15 +260,10 @@ impl App {
             move |stop| reconcile(live.clone(), stop),
         ));
         tracker.spawn(state.live.clone().reload_on_sighup());
+        let live = state.live.clone();
         let router = http::router(state);
         let addr = listener.local_addr()?;
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-        let mut server = tokio::spawn(server);
+        let mut server = tokio::spawn(serve_http(listener, router, live, shutdown.clone()));
         info!(%addr, llm = engine.backend_name(), "chatrelay is ready");
         notify(&[sd_notify::NotifyState::Ready]);
 
@@ -314,6 +309,81 @@ impl App {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Accepts connections and serves each with hyper's HTTP/1 server, configured from
+/// `[server]` at the time the connection is accepted: how many header lines and bytes a
+/// request head may have (`431` beyond), and how long the head may take to arrive (a client
+/// that never finishes its headers is dropped). On shutdown: stop accepting, let each
+/// connection finish the request it is on, and return when all are closed.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    live: Live,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    // Each connection holds a receiver; all are gone when the last connection closed.
+    let (all_closed, open) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before it was accepted:
+                    // nothing to do for it, and a short pause keeps this from spinning.
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (max_headers, max_header_bytes, head_timeout) = {
+            let parts = live.get();
+            let s = &parts.config.server;
+            (
+                s.max_headers,
+                s.max_header_bytes,
+                Duration::from_secs(s.request_timeout_secs),
+            )
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let open = open.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .max_headers(max_headers)
+                .max_header_size(max_header_bytes);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(open);
+    drop(listener);
+    all_closed.closed().await;
+    Ok(())
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

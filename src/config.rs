@@ -275,6 +275,22 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for open requests and streams before it cuts them.
     pub shutdown_grace_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (address blocks, `10.0.0.0/8`); the client
+    /// is the first address from the right that is not one of them. Default: this machine.
+    pub trusted_proxies: Vec<String>,
+    /// Longest a request may take to be read and answered, in seconds; `408` after it.
+    /// Streamed answers (`/v1/chat/completions`) and `/admin/backup` are bounded only while
+    /// their request is read. Above the Official Account's ~5 s wait and webhook retries.
+    pub request_timeout_secs: u64,
+    /// Requests handled at once (streams included); beyond it, `503` with `Retry-After`.
+    /// `/healthz`, `/readyz` and `/metrics` are always answered.
+    pub max_concurrent_requests: usize,
+    /// Largest request head (request line and headers), in bytes; `431` beyond it.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request; `431` beyond it.
+    pub max_headers: usize,
+    /// Longest request target (path and query), in bytes; `414` beyond it.
+    pub max_uri_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -285,6 +301,15 @@ impl Default for ServerConfig {
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
+            trusted_proxies: crate::http::addr::DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            request_timeout_secs: 30,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }
@@ -591,7 +616,9 @@ pub struct Texts {
     pub quota: String,
     /// Out of credits: `{needed}`, `{available}`, `{buy_hint}`.
     pub insufficient_quota: String,
-    /// How to buy credits, put into `{buy_hint}`.
+    /// How to get more credits, put into `{buy_hint}`. Empty (the default): said for you,
+    /// naming only what this configuration offers (daily free credits, packs on the web
+    /// page); see [`Texts::buy_hint_for`].
     pub buy_hint: String,
     /// Too many messages.
     pub rate_limited: String,
@@ -639,6 +666,29 @@ pub struct Texts {
     pub image_done: String,
 }
 
+impl Texts {
+    /// `buy_hint` as configured, or when empty, one that names only what exists: daily free
+    /// credits when `quota.free_daily` is set, credit packs on the web page when products,
+    /// a payment channel and the web page are all configured (nothing when neither).
+    #[must_use]
+    pub fn buy_hint_for(&self, c: &Config) -> String {
+        if !self.buy_hint.is_empty() {
+            return self.buy_hint.clone();
+        }
+        let daily = c.quota.free_daily > 0;
+        let buy = c.web.enabled
+            && !c.products.is_empty()
+            && (c.pay.wechat.is_some() || c.pay.alipay.is_some());
+        match (daily, buy) {
+            (true, true) => "免费额度每天零点恢复；也可以在网页端购买额度包。",
+            (true, false) => "免费额度每天零点恢复。",
+            (false, true) => "可以在网页端购买额度包。",
+            (false, false) => "",
+        }
+        .to_owned()
+    }
+}
+
 impl Default for Texts {
     fn default() -> Self {
         Self {
@@ -651,7 +701,7 @@ impl Default for Texts {
                     .to_owned(),
             insufficient_quota: "额度不足：本次需要 {needed}，当前可用 {available}。{buy_hint}"
                 .to_owned(),
-            buy_hint: "免费额度每天零点恢复；也可以在网页端购买额度包。".to_owned(),
+            buy_hint: String::new(),
             rate_limited: "消息太频繁了，请稍后再试。".to_owned(),
             banned: "你的账号已被停用，如有疑问请联系管理员。".to_owned(),
             upstream_error: "抱歉，AI 服务暂时不可用，本次没有扣除额度，请稍后再试。".to_owned(),
@@ -792,8 +842,9 @@ pub struct MpTexts {
 impl Default for MpTexts {
     fn default() -> Self {
         Self {
-            login_code: "你的网页登录验证码：{code}\n{minutes} 分钟内有效，请勿告诉他人。"
-                .to_owned(),
+            login_code:
+                "你的网页登录验证码：{code}\n{minutes} 分钟内有效，不区分大小写，请勿告诉他人。"
+                    .to_owned(),
             voice_unrecognized: "没有听清这条语音，请再说一次或者发文字。".to_owned(),
             unsupported: "目前只支持文字消息，请发文字给我。".to_owned(),
             thinking_push: "正在思考，答案稍后发给你。".to_owned(),
@@ -1443,6 +1494,40 @@ fn resolve_secret_files(
     }
 }
 
+/// The listener's limits: the request timeout must leave room for the Official Account's
+/// passive wait (~5 s) and webhooks; header limits must fit an ordinary browser request.
+fn validate_server_limits(s: &ServerConfig, problems: &mut Vec<Problem>) {
+    for (i, block) in s.trusted_proxies.iter().enumerate() {
+        if let Err(e) = block.parse::<crate::http::addr::Cidr>() {
+            problems.push(problem(
+                format!("server.trusted_proxies[{i}]"),
+                e.to_string(),
+            ));
+        }
+    }
+    if s.request_timeout_secs < 10 {
+        problems.push(problem(
+            "server.request_timeout_secs",
+            "must be at least 10 (WeChat waits 5 s for an answer; webhooks take a while)",
+        ));
+    }
+    if s.max_concurrent_requests == 0 {
+        problems.push(problem(
+            "server.max_concurrent_requests",
+            "must be at least 1",
+        ));
+    }
+    if s.max_header_bytes < 4096 {
+        problems.push(problem("server.max_header_bytes", "must be at least 4096"));
+    }
+    if s.max_headers < 32 {
+        problems.push(problem("server.max_headers", "must be at least 32"));
+    }
+    if s.max_uri_bytes < 1024 {
+        problems.push(problem("server.max_uri_bytes", "must be at least 1024"));
+    }
+}
+
 fn validate(c: &Config, problems: &mut Vec<Problem>) {
     if c.server.listen.parse::<SocketAddr>().is_err() {
         problems.push(problem(
@@ -1472,6 +1557,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
     if c.server.max_body_bytes < 1024 {
         problems.push(problem("server.max_body_bytes", "must be at least 1024"));
     }
+    validate_server_limits(&c.server, problems);
     if c.storage.cache_capacity_mb == 0 {
         problems.push(problem("storage.cache_capacity_mb", "must be at least 1"));
     }
@@ -2308,5 +2394,28 @@ credit = 5
     fn syntax_error_names_the_file() {
         let err = parse("[server\n", &[], None).unwrap_err();
         assert_eq!(err.0[0].key, "(file)");
+    }
+
+    #[test]
+    fn the_buy_hint_names_only_what_exists() {
+        let mut c = Config::default();
+        c.quota.free_daily = 0;
+        assert_eq!(c.bot.texts.buy_hint_for(&c), "", "nothing to point to");
+        c.quota.free_daily = 10;
+        assert_eq!(c.bot.texts.buy_hint_for(&c), "免费额度每天零点恢复。");
+        // Products without a payment channel cannot be bought.
+        c.products.push(
+            serde_json::from_value(
+                serde_json::json!({"id": "p10", "name": "10", "price_fen": 100, "credits": 10}),
+            )
+            .unwrap(),
+        );
+        assert!(!c.bot.texts.buy_hint_for(&c).contains("购买"));
+        c.bot.texts.buy_hint = "找管理员充值。".into();
+        assert_eq!(
+            c.bot.texts.buy_hint_for(&c),
+            "找管理员充值。",
+            "a configured hint is kept"
+        );
     }
 }

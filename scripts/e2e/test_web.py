@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import COST, ROOT
+from conftest import COST, ROOT, Daemon
 from fake_openai import ANSWER
 from fake_pay import FakeAlipay, FakeWechatPay, new_rsa_key, private_pem
 from test_payments import PayDaemon, pay_toml
-from test_wechat_mp import SUB, WeChat
+from test_wechat_mp import LOGIN_CODE, SUB, WeChat
 
 SHOTS = ROOT / "target" / "e2e-screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -109,9 +109,9 @@ def me(d, token):
 def login(d, page, openid):
     """Gets a code from the Official Account (as WeChat would deliver the keyword) and logs in."""
     _, reply = WeChat(d, SUB).send_text(openid, "验证码", timeout=5)
-    code = re.search(r"\d{6}", reply["Content"]).group(0)
+    code = re.search(LOGIN_CODE, reply["Content"]).group(0)
     page.goto(d.url + "/")
-    page.get_by_test_id("login-code").fill(code)
+    page.get_by_test_id("login-code").fill(code.lower())
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("chat-input")).to_be_visible()
     return token_of(page)
@@ -139,7 +139,7 @@ def test_login_and_a_streamed_markdown_answer(web, browser, upstream):
     expect(page.locator("body")).to_contain_text("测试公众号")
     shot(page, "phone-login")
     bad = page.get_by_test_id("login-code")
-    bad.fill("000000")
+    bad.fill("0000-0000")
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("login-error")).to_be_visible()
 
@@ -197,10 +197,20 @@ def test_out_of_quota_then_buy_and_credits_arrive(web, browser, upstream):
     token = login(web, page, "o_web_carol")
     uid = me(web, token)["uid"]
     send(page, "没有额度也想问")
-    banner = page.get_by_test_id("error-banner")
-    expect(banner).to_be_visible()
-    expect(banner).to_contain_text("额度")
-    page.get_by_test_id("buy-open").first.click()
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-state", "error")
+    error = answer.get_by_test_id("answer-error")
+    expect(error).to_contain_text("额度不足")
+    # Products and a payment channel exist here: the hint says where to buy.
+    expect(error).to_contain_text("网页端购买")
+    # Said once: in place of the answer, not again in a banner.
+    expect(page.get_by_test_id("error-banner")).to_be_hidden()
+    # (Everything on screen but the screen-reader announcement, which is not shown.)
+    expect(page.locator("body > :not(#live)").get_by_text("额度不足")).to_have_count(1)
+    # Asking again cannot succeed without credits: not offered.
+    expect(answer.get_by_test_id("regenerate")).to_have_count(0)
+    shot(page, "phone-out-of-credits")
+    answer.get_by_test_id("answer-buy").click()
     expect(page.get_by_test_id("buy-panel")).to_be_visible()
     page.get_by_test_id("product-p10").click()
     page.get_by_test_id("channel-wechat").click()
@@ -219,12 +229,58 @@ def test_out_of_quota_then_buy_and_credits_arrive(web, browser, upstream):
     expect(status).to_have_attribute("data-status", "credited", timeout=TIMEOUT)
     expect(page.get_by_test_id("balance-paid").first).to_have_text("10")
     assert me(web, token)["balance"]["paid"] == 10
-    # Back to the chat: the question now gets an answer.
+    # Back to the chat: with credits, asking again is offered, and it gets an answer.
     page.keyboard.press("Escape")
+    again = last_answer(page).get_by_test_id("regenerate")
+    expect(again).to_be_visible()
+    again.click()
+    expect(last_answer(page)).to_have_attribute("data-state", "done")
+    expect(last_answer(page)).to_contain_text(ANSWER)
+    # After a reload too.
     page.goto(web.url + "/")
     send(page, "现在有额度了")
     expect(last_answer(page)).to_have_attribute("data-state", "done")
     expect(last_answer(page)).to_contain_text(ANSWER)
+
+
+@pytest.fixture(scope="module")
+def bare(upstream):
+    """A daemon with the web page and nothing to sell: no products, no payments, no daily
+    free credits."""
+    d = Daemon(upstream.base_url).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+def test_out_of_credits_with_nothing_to_buy_points_nowhere(bare, browser):
+    page = new_page(browser, PHONE)
+    _, token = bare.new_user("nobody")
+    page.goto(bare.url + "/")
+    page.get_by_test_id("token-input").fill(token)
+    page.get_by_test_id("token-submit").click()
+    expect(page.get_by_test_id("chat-input")).to_be_visible()
+    send(page, "没有额度")
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-state", "error")
+    error = answer.get_by_test_id("answer-error")
+    expect(error).to_contain_text("额度不足")
+    text = error.inner_text()
+    assert "购买" not in text and "零点" not in text, text
+    expect(answer.get_by_test_id("answer-buy")).to_have_count(0)
+    expect(answer.get_by_test_id("regenerate")).to_have_count(0)
+    expect(page.get_by_test_id("error-banner")).to_be_hidden()
+    expect(page.get_by_test_id("buy-open")).to_be_hidden()
+    shot(page, "phone-out-of-credits-nothing-to-buy")
+    # A grant makes asking again possible (the page learns the balance on its next look).
+    bare.cli("grant", str(me(bare, token)["uid"]), "10", "--reason", "e2e")
+    page.reload()
+    page.get_by_test_id("menu-open").click()  # the conversation list (a drawer on a phone)
+    page.get_by_test_id("conversation-item").first.click()
+    again = last_answer(page).get_by_test_id("regenerate")
+    expect(again).to_be_visible()
+    again.click()
+    expect(last_answer(page)).to_have_attribute("data-state", "done")
+    assert not page.console_errors, page.console_errors
 
 
 def test_guest_mode_and_expired_login(web, browser):

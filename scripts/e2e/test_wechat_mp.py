@@ -132,10 +132,14 @@ HELP = "/help"
     assert d.stop() == 0, d.logs()
 
 
+# A web login code as the Official Account shows it (8 base32 characters in two groups).
+LOGIN_CODE = r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}"
+
+
 def login(daemon, wx, openid):
     """Gets a web login code through the Official Account and trades it for a token."""
     _, reply = wx.send_text(openid, "验证码")
-    code = re.search(r"\d{6}", reply["Content"]).group(0)
+    code = re.search(LOGIN_CODE, reply["Content"]).group(0)
     req = urllib.request.Request(daemon.url + "/api/login", data=json.dumps({"code": code}).encode(),
                                  method="POST", headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=5) as r:

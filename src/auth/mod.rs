@@ -1,28 +1,44 @@
 //! Login: one-time codes handed out on a chat platform (the Official Account's keyword),
 //! exchanged on the web page for a user token bound to the same user, so credits are shared.
-//! Failed attempts are limited per client address and globally, so a code cannot be guessed.
+//!
+//! Guessing is stopped by the code space (8 characters of base32, 5 minutes; the odds are
+//! worked out at [`chatrelay_storage::LOGIN_CODE_ALPHABET`]) and by failure limits per client
+//! (an IPv4 address, an IPv6 /64) and per network (IPv4 /24, IPv6 /48). There is no global
+//! switch: what other addresses do never stops a right code from an address that has not
+//! failed itself. When failures pile up everywhere (an attack from many networks), the
+//! limits tighten for addresses that fail, which still leaves a first try to everyone.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use chatrelay_core::UserKey;
-use chatrelay_storage::{Store, StoreError, Uid};
+use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 
 use crate::bot::now_ms;
 use crate::bot::ratelimit::RateLimiter;
+use crate::http::addr::{Cidr, host_prefix, network_prefix};
 
 /// How long a login code works.
 pub const CODE_TTL: Duration = Duration::from_secs(300);
 /// How long a token from a login works.
 pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Failed attempts allowed per client address per window.
-const FAILURES_PER_IP: u32 = 10;
-/// Failed attempts allowed from everyone together per window: with 10^6 codes and a few live
-/// at a time, this keeps a distributed guesser's odds negligible.
-const FAILURES_GLOBAL: u32 = 300;
+/// Failed attempts allowed per client (IPv4 address, IPv6 /64) per window.
+const FAILURES_PER_HOST: usize = 10;
+/// Failed attempts allowed per network (IPv4 /24, IPv6 /48) per window: several users share
+/// a /24 behind carrier NAT, so it is higher.
+const FAILURES_PER_NETWORK: usize = 60;
+/// Failures from everyone together per window above which the limits tighten.
+const UNDER_ATTACK: usize = 300;
+/// The limits while under attack: a typo is still forgiven once.
+const FAILURES_PER_HOST_UNDER_ATTACK: usize = 2;
+const FAILURES_PER_NETWORK_UNDER_ATTACK: usize = 12;
 const FAILURE_WINDOW: Duration = Duration::from_secs(600);
+/// Clients and networks remembered: bounds memory under a flood of addresses.
+const MAX_HOSTS: usize = 50_000;
+const MAX_NETWORKS: usize = 10_000;
 
-/// A code for the user behind `key` (created on first contact), and its lifetime in minutes.
+/// A code for the user behind `key` (created on first contact), as the user is shown it
+/// (`K7QM-2XRT`), and its lifetime in minutes.
 pub fn issue_code(
     store: &Store,
     key: &UserKey,
@@ -30,13 +46,13 @@ pub fn issue_code(
 ) -> Result<(String, u64), StoreError> {
     let uid = store.resolve_identity(key, display_name)?;
     let code = store.login_code(uid, CODE_TTL.as_millis() as i64, now_ms())?;
-    Ok((code.code, CODE_TTL.as_secs() / 60))
+    Ok((display_login_code(&code.code), CODE_TTL.as_secs() / 60))
 }
 
 /// Why a login failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    /// Too many failed attempts from this address or overall; try later.
+    /// Too many failed attempts from this client or its network; try later.
     #[error("too many failed attempts; try again later")]
     Throttled,
     /// The code is unknown, used or expired.
@@ -61,34 +77,52 @@ pub struct LoginToken {
 /// Exchanges codes for tokens, with the attempt limits.
 #[derive(Debug)]
 pub struct Login {
-    per_ip: RateLimiter<IpAddr>,
-    global: RateLimiter<()>,
+    hosts: RateLimiter<Cidr>,
+    networks: RateLimiter<Cidr>,
+    /// Recent failures from everyone, counted up to [`UNDER_ATTACK`] only.
+    everyone: RateLimiter<()>,
 }
 
 impl Default for Login {
     fn default() -> Self {
         Self {
-            per_ip: RateLimiter::with_window(FAILURES_PER_IP, FAILURE_WINDOW),
-            global: RateLimiter::with_window(FAILURES_GLOBAL, FAILURE_WINDOW),
+            hosts: RateLimiter::bounded(FAILURES_PER_HOST as u32, FAILURE_WINDOW, MAX_HOSTS),
+            networks: RateLimiter::bounded(
+                FAILURES_PER_NETWORK as u32,
+                FAILURE_WINDOW,
+                MAX_NETWORKS,
+            ),
+            everyone: RateLimiter::bounded(UNDER_ATTACK as u32, FAILURE_WINDOW, 2),
         }
     }
 }
 
 impl Login {
-    /// Consumes `code` and returns a new token for its user. Only failures count against
-    /// the limits, and a throttled client's attempt is not even checked.
+    /// Consumes `code` (as typed: see [`chatrelay_storage::normalize_login_code`]) and
+    /// returns a new token for its user. Only failures count against the limits, and a
+    /// throttled client's attempt is not even checked.
     pub fn login(
         &self,
         store: &Store,
         code: &str,
         client: IpAddr,
     ) -> Result<LoginToken, LoginError> {
-        if self.per_ip.is_limited(&client) || self.global.is_limited(&()) {
+        let host = host_prefix(client);
+        let network = network_prefix(client);
+        let (host_limit, network_limit) = if self.under_attack() {
+            (
+                FAILURES_PER_HOST_UNDER_ATTACK,
+                FAILURES_PER_NETWORK_UNDER_ATTACK,
+            )
+        } else {
+            (FAILURES_PER_HOST, FAILURES_PER_NETWORK)
+        };
+        if self.hosts.count(&host) >= host_limit || self.networks.count(&network) >= network_limit {
             metrics::counter!("chatrelay_login_total", "outcome" => "throttled").increment(1);
             return Err(LoginError::Throttled);
         }
         let now = now_ms();
-        match store.consume_login_code(code.trim(), now)? {
+        match store.consume_login_code(code, now)? {
             Some(uid) => {
                 let expires_at_ms = now.saturating_add(LOGIN_TOKEN_TTL.as_millis() as i64);
                 let token = store.create_token(uid, "web login", Some(expires_at_ms), now)?;
@@ -100,18 +134,26 @@ impl Login {
                 })
             }
             None => {
-                self.per_ip.allow(client);
-                self.global.allow(());
+                // Capped at the normal limits, so no window grows past them.
+                self.hosts.record_below(host, FAILURES_PER_HOST);
+                self.networks.record_below(network, FAILURES_PER_NETWORK);
+                self.everyone.record_below((), UNDER_ATTACK);
                 metrics::counter!("chatrelay_login_total", "outcome" => "bad_code").increment(1);
                 Err(LoginError::BadCode)
             }
         }
     }
 
+    /// Whether failures from everyone together are at the level of an attack.
+    fn under_attack(&self) -> bool {
+        self.everyone.count(&()) >= UNDER_ATTACK
+    }
+
     /// Forgets old failures.
     pub fn sweep(&self) {
-        self.per_ip.sweep();
-        self.global.sweep();
+        self.hosts.sweep();
+        self.networks.sweep();
+        self.everyone.sweep();
     }
 }
 
@@ -140,7 +182,7 @@ mod tests {
         // Ten failures from one address lock it out, even for a right code; others still work.
         for _ in 0..9 {
             assert!(matches!(
-                login.login(&store, "000000", ip),
+                login.login(&store, "00000000", ip),
                 Err(LoginError::BadCode)
             ));
         }
@@ -149,7 +191,75 @@ mod tests {
             login.login(&store, &code2, ip),
             Err(LoginError::Throttled)
         ));
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let other: IpAddr = "10.0.1.2".parse().unwrap();
         assert!(login.login(&store, &code2, other).is_ok());
+    }
+
+    fn fail(login: &Login, store: &Store, ip: &str, times: usize) {
+        let ip: IpAddr = ip.parse().unwrap();
+        for _ in 0..times {
+            let _ = login.login(store, "ZZZZZZZZ", ip);
+        }
+    }
+
+    #[test]
+    fn failures_elsewhere_never_lock_out_a_fresh_address() {
+        let store = Store::open_temporary().unwrap();
+        let login = Login::default();
+        // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
+        for n in 0..60 {
+            fail(&login, &store, &format!("198.{n}.0.1"), 10);
+        }
+        assert!(login.under_attack());
+        let key = UserKey::new(Platform::Mp, "main", "openid-2");
+        let (code, _) = issue_code(&store, &key, None).unwrap();
+        let fresh: IpAddr = "203.0.113.50".parse().unwrap();
+        assert!(
+            login.login(&store, &code, fresh).is_ok(),
+            "a right code works"
+        );
+        // Under attack an address gets fewer tries: two failures and it waits.
+        fail(&login, &store, "203.0.113.51", 2);
+        let (code, _) =
+            issue_code(&store, &UserKey::new(Platform::Mp, "main", "o3"), None).unwrap();
+        let tried: IpAddr = "203.0.113.51".parse().unwrap();
+        assert!(matches!(
+            login.login(&store, &code, tried),
+            Err(LoginError::Throttled)
+        ));
+    }
+
+    #[test]
+    fn networks_are_limited_as_a_whole() {
+        let store = Store::open_temporary().unwrap();
+        let login = Login::default();
+        let key = UserKey::new(Platform::Mp, "main", "openid-4");
+        // IPv6: every address of a /64 is one client.
+        fail(&login, &store, "2001:db8:0:1::1", 5);
+        fail(&login, &store, "2001:db8:0:1::2", 5);
+        let (code, _) = issue_code(&store, &key, None).unwrap();
+        let same64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+        assert!(matches!(
+            login.login(&store, &code, same64),
+            Err(LoginError::Throttled)
+        ));
+        // IPv4: addresses of one /24 share the network allowance (60).
+        for h in 1..=6 {
+            fail(&login, &store, &format!("192.0.2.{h}"), 10);
+        }
+        let neighbour: IpAddr = "192.0.2.200".parse().unwrap();
+        assert!(matches!(
+            login.login(&store, &code, neighbour),
+            Err(LoginError::Throttled)
+        ));
+        // Mapped IPv4 is the same client as IPv4.
+        let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
+        assert!(matches!(
+            login.login(&store, &code, mapped),
+            Err(LoginError::Throttled)
+        ));
+        // Another /64 and another /24 are untouched.
+        let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert!(login.login(&store, &code, other).is_ok());
     }
 }

@@ -188,7 +188,10 @@ impl Settings {
             max_input_chars: c.bot.max_input_chars,
             rate_limit_per_minute: c.bot.rate_limit_per_minute,
             commands: c.bot.commands.clone(),
-            texts: c.bot.texts.clone(),
+            texts: Texts {
+                buy_hint: c.bot.texts.buy_hint_for(c),
+                ..c.bot.texts.clone()
+            },
             products: c.products.clone(),
             public_url: c.server.public_url.clone(),
             roles: c.roles.clone(),

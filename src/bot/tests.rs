@@ -312,7 +312,7 @@ async fn upstream_failure_costs_nothing() {
 }
 
 #[tokio::test]
-async fn out_of_quota_says_how_to_buy_and_calls_nothing() {
+async fn out_of_quota_says_what_exists_and_calls_nothing() {
     let h = harness_with(FAST, |c| c.quota.free_daily = 1);
     let event = h.engine.handle(msg("1", "hi")).collect().await;
     match &event {
@@ -321,7 +321,9 @@ async fn out_of_quota_says_how_to_buy_and_calls_nothing() {
             message,
         } => {
             assert!(message.contains("需要 2"), "{message}");
-            assert!(message.contains("购买"), "{message}");
+            // Daily free credits exist, nothing is on sale: the hint names only the former.
+            assert!(message.contains("零点恢复"), "{message}");
+            assert!(!message.contains("购买"), "{message}");
         }
         other => panic!("{other:?}"),
     }

@@ -3,11 +3,14 @@
 //! (Official Account callbacks), `/wecom` (WeCom app and AI bot callbacks), `/pay` (payment
 //! notifications), `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Every request gets an `x-request-id` and a tracing span; bodies are size-limited; errors
+//! Every request gets an `x-request-id` and a tracing span; bodies, heads, targets, time and
+//! requests in flight are limited ([`limits`]); errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
+pub mod addr;
 pub mod admin;
 pub mod api;
+pub mod limits;
 pub mod mp;
 pub mod ops;
 pub mod pay;
@@ -58,6 +61,18 @@ impl AppState {
     pub fn parts(&self) -> Arc<crate::reload::Parts> {
         self.live.get()
     }
+
+    /// The client's address, through the proxies `server.trusted_proxies` names (see
+    /// [`addr::client_ip`]). Every per-address limit goes through here.
+    #[must_use]
+    pub fn client_ip(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        let trusted = addr::parse_trusted(&self.parts().config.server.trusted_proxies);
+        addr::client_ip(peer, headers, &trusted)
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -96,6 +111,7 @@ impl MakeRequestId for RequestIds {
 pub fn router(state: AppState) -> Router {
     let limit = state.body_limit;
     let page = state.web_page;
+    let limits = limits::Limits::new(state.live.clone());
     Router::new()
         .merge(crate::web::routes(page))
         .merge(v1::routes())
@@ -108,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .with_state(state)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limits, limits::limit))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

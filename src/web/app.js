@@ -27,9 +27,9 @@
       loginQrHintWx: '长按识别二维码，关注公众号',
       loginQrHint: '用微信扫码关注公众号',
       codeLabel: '验证码',
-      codePlaceholder: '6 位数字',
+      codePlaceholder: '如 K7QM-2XRT',
       login: '登录',
-      codeInvalid: '请输入 6 位数字验证码',
+      codeInvalid: '请输入 8 位验证码（字母或数字）',
       badCode: '验证码错误或已过期',
       throttled: '尝试次数过多，请稍后再试',
       or: '或',
@@ -143,9 +143,9 @@
       loginQrHintWx: 'Long-press the QR code to follow',
       loginQrHint: 'Scan with WeChat to follow',
       codeLabel: 'Login code',
-      codePlaceholder: '6 digits',
+      codePlaceholder: 'e.g. K7QM-2XRT',
       login: 'Log in',
-      codeInvalid: 'Enter the 6-digit code',
+      codeInvalid: 'Enter the 8-character code',
       badCode: 'The code is wrong or has expired',
       throttled: 'Too many attempts, please try again later',
       or: 'or',
@@ -1016,11 +1016,28 @@
     button.setAttribute('aria-busy', busy ? 'true' : 'false');
   }
 
+  /** A login code as typed or pasted, in its canonical form: Crockford's base32 (the
+   * server reads O, I, L as 0, 1, 1 and ignores case), at most 8 characters. A pasted
+   * message ("验证码：K7QM-2XRT ...") gives up its code. */
+  function normalizeCode(value) {
+    const found = value.length > 9 && value.match(/[0-9a-z]{4}[-\s]?[0-9a-z]{4}(?![0-9a-z])/i);
+    return (found ? found[0] : value)
+      .toUpperCase()
+      .replace(/O/g, '0')
+      .replace(/[IL]/g, '1')
+      .replace(/[^0-9A-HJKMNP-TV-Z]+/g, '')
+      .slice(0, 8);
+  }
+  /** Two groups of four, as the Official Account shows it. */
+  function showCode(code) {
+    return code.length > 4 ? code.slice(0, 4) + '-' + code.slice(4) : code;
+  }
+
   async function submitCode(ev) {
     ev.preventDefault();
     const input = $('login-code');
-    const code = input.value.replace(/\s+/g, '');
-    if (!/^\d{6}$/.test(code)) {
+    const code = normalizeCode(input.value);
+    if (code.length !== 8) {
       loginError('codeInvalid');
       input.focus();
       return;
@@ -1221,17 +1238,46 @@
     foot.textContent = '';
     if (msg.state === 'streaming') return;
     if (msg.state === 'stopped') foot.append(el('span', { class: 'tag', text: t('stopped') }));
-    if (msg.state === 'error') foot.append(el('span', { class: 'tag tag-error', text: msg.error || t('answerFailed') }));
+    if (msg.state === 'error') {
+      foot.append(el('span', { class: 'tag tag-error', 'data-testid': 'answer-error', text: msg.error || t('answerFailed') }));
+      if (msg.errorCode === 'insufficient_quota' && state.config && state.config.buy) {
+        const buy = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'answer-buy', text: t('buyCredits') });
+        buy.addEventListener('click', openBuy);
+        foot.append(buy);
+      }
+    }
     if (msg.content) {
       const copy = el('button', { type: 'button', class: 'link-btn', 'data-copy-msg': '', text: t('copy') });
       foot.append(copy);
     }
     const isLast = index === conv.messages.length - 1;
-    if (isLast && !state.streams.has(conv.id)) {
+    if (isLast && !state.streams.has(conv.id) && canRetry(msg)) {
       const again = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'regenerate', text: t('regenerate') });
       again.addEventListener('click', () => regenerate(conv));
       foot.append(again);
     }
+  }
+
+  /** Credits the user could spend now, when known. */
+  function availableNow() {
+    const b = state.me && state.me.balance;
+    return b ? b.available : null;
+  }
+
+  /** Whether asking again can succeed: not after running out of credits, until the balance
+   * has grown (a purchase, a grant, tomorrow's free credits). */
+  function canRetry(msg) {
+    if (msg.state !== 'error' || msg.errorCode !== 'insufficient_quota') return true;
+    const now = availableNow();
+    return now !== null && typeof msg.availableAtError === 'number' && now > msg.availableAtError;
+  }
+
+  /** Redraws the last answer of the open conversation (its actions depend on the balance). */
+  function refreshLastAnswer() {
+    const conv = currentConv();
+    if (!conv || !conv.messages.length || state.streams.has(conv.id)) return;
+    const i = conv.messages.length - 1;
+    if (conv.messages[i].role === 'assistant') fillMessage(conv, conv.messages[i], i);
   }
 
   function renderThread() {
@@ -1391,12 +1437,10 @@
       } else {
         msg.state = 'error';
         msg.error = describeError(e);
+        msg.errorCode = e.code || '';
         announce(t('answerFailed') + '：' + msg.error);
-        if (e.status === 401) {
-          sessionExpired();
-        } else if (conv.id === state.currentId) {
-          showBanner(msg.error, e.code === 'insufficient_quota' && state.config.buy);
-        }
+        // The error is shown once, in place of the answer (with its buy button).
+        if (e.status === 401) sessionExpired();
       }
     } finally {
       if (frame) cancelAnimationFrame(frame);
@@ -1410,7 +1454,14 @@
         updateComposer();
       }
       renderConvList();
-      if (state.token) refreshMe();
+      if (state.token) {
+        refreshMe().then(() => {
+          if (msg.errorCode === 'insufficient_quota' && msg.availableAtError === undefined) {
+            msg.availableAtError = availableNow();
+            saveConvs();
+          }
+        });
+      }
     }
   }
 
@@ -1461,6 +1512,7 @@
         if (!state.streams.size) { loadConvs(); renderConvList(); renderThread(); }
       }
       renderBalance();
+      refreshLastAnswer();
     } catch (_) { /* the chip keeps its last value; 401 is handled by api() */ }
   }
 
@@ -1852,9 +1904,8 @@
     $('lang-toggle').addEventListener('click', toggleLang);
     $('login-form').addEventListener('submit', submitCode);
     $('login-code').addEventListener('input', (e) => {
-      // Keep digits only (pasted codes often carry spaces or text around them).
-      const digits = e.target.value.replace(/\D+/g, '').slice(0, 6);
-      if (digits !== e.target.value) e.target.value = digits;
+      const shown = showCode(normalizeCode(e.target.value));
+      if (shown !== e.target.value) e.target.value = shown;
       if (loginErrorKey) loginError(null);
     });
     $('guest-start').addEventListener('click', startGuest);

@@ -4,7 +4,7 @@
 //!
 //! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::bot::now_ms;
 use crate::bot::ratelimit::RateLimiter;
 use crate::http::AppState;
+use crate::http::addr::{Cidr, host_prefix};
 
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("app.css");
@@ -96,9 +97,10 @@ async fn config(State(st): State<AppState>) -> Response {
     .into_response()
 }
 
-/// Limits guest creation per client address.
+/// Limits guest creation per client (an IPv4 address, an IPv6 /64: see
+/// [`crate::http::addr::host_prefix`]).
 #[derive(Debug)]
-pub struct GuestLimiter(RateLimiter<IpAddr>);
+pub struct GuestLimiter(RateLimiter<Cidr>);
 
 impl Default for GuestLimiter {
     fn default() -> Self {
@@ -133,8 +135,8 @@ async fn guest(
     if credits == 0 {
         return error(StatusCode::NOT_FOUND, "guest_off", "未开放试用");
     }
-    let ip = crate::http::api::client_ip(peer, &headers);
-    if !st.guests.0.allow(ip) {
+    let ip = st.client_ip(peer, &headers);
+    if !st.guests.0.allow(host_prefix(ip)) {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             "throttled",

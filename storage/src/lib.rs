@@ -36,7 +36,7 @@
 //! | `dedupe` | engine's key | expiry (ms) |
 //! | `tokens` | SHA-256 of the token | owner, label, times |
 //! | `tokens_by_uid` | uid ‖ SHA-256 | empty |
-//! | `login_codes` | the 6 digits | [`LoginCode`] |
+//! | `login_codes` | the code (8 characters, canonical form) | [`LoginCode`] |
 //! | `login_codes_by_uid` | uid | the user's live code |
 //! | `outbox` | user key text | texts owed to the user |
 //! | `orders` | order id | [`Order`] |
@@ -91,7 +91,9 @@ pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
-pub use login::{LOGIN_CODE_DIGITS, LoginCode};
+pub use login::{
+    LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
+};
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use quota::{Balance, EntryKind, LedgerEntry};
 pub use shared::{CopyReport, Leadership};

@@ -14,7 +14,8 @@ use crate::{LOGIN_CODES, LOGIN_CODES_BY_UID, Store, StoreError, Uid};
 /// A live login code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginCode {
-    /// The digits the user types.
+    /// The code in its canonical form (upper case, no separator); see [`display_login_code`]
+    /// for the form users are shown.
     pub code: String,
     /// Whose code it is.
     pub uid: Uid,
@@ -22,19 +23,67 @@ pub struct LoginCode {
     pub expires_at_ms: i64,
 }
 
-/// Digits in a login code.
-pub const LOGIN_CODE_DIGITS: usize = 6;
+/// Characters in a login code.
+pub const LOGIN_CODE_CHARS: usize = 8;
+
+/// The alphabet of login codes: Crockford's base32 (digits and upper-case letters without
+/// I, L, O and U), so what a user reads off a WeChat message cannot be mistyped as another
+/// valid character: input is case-insensitive and O, I and L are read as 0, 1 and 1.
+///
+/// Why 8 characters: 32^8 = 2^40 ≈ 1.1e12 codes. A guess succeeds with probability
+/// N / 2^40 for N codes live at once (one per user who asked in the last 5 minutes). The
+/// login limiter allows 10 failures per address (IPv6: per /64) and 60 per network (IPv4
+/// /24, IPv6 /48) per 10 minutes, and fewer when failures pile up everywhere. An attacker
+/// holding a /48 gets 8,640 guesses a day: with 1,000 live codes, 8e-6 accounts a day. A
+/// botnet of 100,000 IPv4 addresses in distinct /24s, sending 1,700 failing logins a second
+/// all day, gets 1.4e8 guesses: with 100 live codes about 1% a day, which the tightened
+/// limits under attack cut tenfold (and which shows plainly in
+/// `chatrelay_login_total{outcome="bad_code"}`). Six digits (10^6) fell to 10 addresses in
+/// minutes. Eight characters still fit the phone keyboard: copy-paste from WeChat, or type
+/// two groups of four.
+pub const LOGIN_CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 fn random_code() -> Result<String, StoreError> {
-    // Rejection sampling keeps every 6-digit code equally likely.
+    // 32 symbols from 5 random bits each: every code equally likely, no rejection needed.
     let rng = SystemRandom::new();
-    loop {
-        let mut b = [0u8; 4];
-        rng.fill(&mut b).map_err(|_| StoreError::Rng)?;
-        let n = u32::from_be_bytes(b);
-        if n < 4_294_000_000 {
-            return Ok(format!("{:06}", n % 1_000_000));
+    let mut b = [0u8; LOGIN_CODE_CHARS];
+    rng.fill(&mut b).map_err(|_| StoreError::Rng)?;
+    Ok(b.iter()
+        .map(|x| char::from(LOGIN_CODE_ALPHABET[usize::from(x & 31)]))
+        .collect())
+}
+
+/// The canonical form of what a user typed, or `None` when it cannot be a code: spaces and
+/// dashes are dropped, case is ignored, and O, I, L count as 0, 1, 1 (Crockford's base32).
+#[must_use]
+pub fn normalize_login_code(input: &str) -> Option<String> {
+    let mut out = String::with_capacity(LOGIN_CODE_CHARS);
+    for c in input.chars() {
+        if c == '-' || c == ' ' {
+            continue;
         }
+        let c = match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            c => c,
+        };
+        if !c.is_ascii() || !LOGIN_CODE_ALPHABET.contains(&(c as u8)) {
+            return None;
+        }
+        if out.len() == LOGIN_CODE_CHARS {
+            return None;
+        }
+        out.push(c);
+    }
+    (out.len() == LOGIN_CODE_CHARS).then_some(out)
+}
+
+/// How a code is shown to its user: two groups of four (`K7QM-2XRT`), easy to read back.
+#[must_use]
+pub fn display_login_code(code: &str) -> String {
+    match (code.get(..4), code.get(4..)) {
+        (Some(a), Some(b)) if !b.is_empty() => format!("{a}-{b}"),
+        _ => code.to_owned(),
     }
 }
 
@@ -92,11 +141,13 @@ impl Store {
     }
 
     /// Consumes a code: its owner if it was live, and it never works again.
+    /// `code` is what the user typed: see [`normalize_login_code`].
     pub fn consume_login_code(&self, code: &str, now_ms: i64) -> Result<Option<Uid>, StoreError> {
-        let _writing = self.writing();
-        if code.len() != LOGIN_CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        let Some(code) = normalize_login_code(code) else {
             return Ok(None);
-        }
+        };
+        let code = code.as_str();
+        let _writing = self.writing();
         let t = self.trees()?;
         finish(
             (&t.login_codes, &t.login_codes_by_uid).transaction(|(codes, by_uid)| {
@@ -173,8 +224,8 @@ mod tests {
         let a = s.create_user("a").unwrap().uid;
         let b = s.create_user("b").unwrap().uid;
         let c1 = s.login_code(a, 300_000, 1_000).unwrap();
-        assert_eq!(c1.code.len(), 6);
-        assert!(c1.code.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(c1.code.len(), LOGIN_CODE_CHARS);
+        assert!(c1.code.bytes().all(|b| LOGIN_CODE_ALPHABET.contains(&b)));
         let again = s.login_code(a, 300_000, 2_000).unwrap();
         assert_eq!(again, c1, "a repeat request returns the same code");
         let cb = s.login_code(b, 300_000, 2_000).unwrap();
@@ -207,9 +258,50 @@ mod tests {
     }
 
     #[test]
+    fn typed_codes_are_read_forgivingly() {
+        let s = Store::open_temporary().unwrap();
+        let a = s.create_user("a").unwrap().uid;
+        // A code with every look-alike: typed in lower case, with O/I/L, a dash and spaces.
+        let code = "K0M1-1ZQ9";
+        assert_eq!(normalize_login_code(code).as_deref(), Some("K0M11ZQ9"));
+        assert_eq!(
+            normalize_login_code(" kom1 LzQ9 ").as_deref(),
+            Some("K0M11ZQ9")
+        );
+        assert_eq!(
+            normalize_login_code("kOmi-lzq9").as_deref(),
+            Some("K0M11ZQ9")
+        );
+        assert_eq!(display_login_code("K0M11ZQ9"), "K0M1-1ZQ9");
+        let c = s.login_code(a, 300_000, 0).unwrap();
+        let shown = display_login_code(&c.code).to_lowercase();
+        assert_eq!(s.consume_login_code(&shown, 1).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn codes_use_the_whole_alphabet() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let c = random_code().unwrap();
+            assert_eq!(c.len(), LOGIN_CODE_CHARS);
+            seen.extend(c.bytes());
+        }
+        assert_eq!(seen.len(), 32, "1,600 draws cover all 32 symbols");
+    }
+
+    #[test]
     fn malformed_codes_are_refused_cheaply() {
         let s = Store::open_temporary().unwrap();
-        for bad in ["", "12345", "1234567", "12345a", "１２３４５６"] {
+        for bad in [
+            "",
+            "123456",
+            "1234567",
+            "123456789",
+            "1234567U",
+            "1234567!",
+            "１２３４５６７８",
+            "1234 5678 9",
+        ] {
             assert_eq!(s.consume_login_code(bad, 0).unwrap(), None);
         }
         assert!(matches!(
