@@ -2067,6 +2067,27 @@ impl Config {
     pub fn redacted_summary(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("(cannot render: {e})"))
     }
+
+    /// What works but is unsafe or surprising, for `check-config` to print (the daemon still
+    /// starts).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        for (i, mp) in self.wechat_mp.iter().enumerate() {
+            if mp.encoding_aes_key.is_none() && !mp.login_keyword.trim().is_empty() {
+                warnings.push(problem(
+                    format!("wechat_mp[{i}].encoding_aes_key"),
+                    format!(
+                        "account `{}` hands out login codes (login_keyword) in plaintext mode: \
+                         anyone who can read the callbacks sees them; set encoding_aes_key (safe \
+                         mode), or serve the callback URL only over TLS",
+                        mp.id
+                    ),
+                ));
+            }
+        }
+        warnings
+    }
 }
 
 #[cfg(test)]
@@ -2078,6 +2099,23 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn plaintext_accounts_with_login_codes_are_warned_about() {
+        let account = |key: &str| {
+            format!(
+                "[[wechat_mp]]\nid = \"m\"\napp_id = \"wx1234567890abcdef\"\ntoken = \"t\"\n{key}"
+            )
+        };
+        let (plain, _) = parse(&account(""), &[], None).unwrap();
+        let warnings = plain.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "wechat_mp[0].encoding_aes_key");
+        let key = format!("encoding_aes_key = \"{}\"\n", "a".repeat(43));
+        let (safe, _) = parse(&account(&key), &[], None).unwrap();
+        assert!(safe.warnings().is_empty());
+        assert!(parse("", &[], None).unwrap().0.warnings().is_empty());
     }
 
     #[test]

@@ -210,6 +210,19 @@ async fn callback(
             return (status, "refused").into_response();
         }
     };
+    match fresh_delivery(&st, &account, &opened.delivery) {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("chatrelay_mp_rejected_total").increment(1);
+            warn!(account = %id, "callback refused: a signed query replayed with another message");
+            return (StatusCode::FORBIDDEN, "refused").into_response();
+        }
+        Err(e) => {
+            // Without the nonce marks a replay cannot be told apart: refuse, WeChat retries.
+            warn!(account = %id, error = %e, "checking the callback's nonce failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+        }
+    }
     let msg = &opened.message;
     let key = UserKey::new(Platform::Mp, account.id(), msg.from_user.clone());
     let span = info_span!("mp", account = %id, user = %key.user, msg = %msg.dedupe_id());
@@ -229,6 +242,26 @@ async fn callback(
         // "success" tells WeChat there is nothing to show and not to retry.
         None => "success".into_response(),
     }
+}
+
+/// Whether a signed request may be handled: its `(timestamp, nonce)` is remembered with the
+/// hash of its message, per account, in the store's dedupe marks (so daemons sharing a database
+/// share them) until its timestamp is too old to be accepted anyway; the same pair with
+/// another message is a replay of a captured URL and refused. The same pair with the same
+/// message is let through: it may be WeChat's own retry, and the message-id dedupe joins it to the
+/// answer being made (see [`chatrelay_wechat::Delivery`]). In safe mode the signature covers
+/// the ciphertext already; the check is the same, so that nothing depends on the mode.
+fn fresh_delivery(
+    st: &AppState,
+    account: &MpAccount,
+    d: &chatrelay_wechat::Delivery,
+) -> Result<bool, chatrelay_storage::StoreError> {
+    st.engine.store().dedupe_bind(
+        &format!("mp-nonce:{}:{}", account.id(), d.key),
+        &d.message_sha256,
+        d.expires_unix.saturating_mul(1000),
+        now_ms(),
+    )
 }
 
 /// What to answer passively, if anything.
