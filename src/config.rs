@@ -523,6 +523,10 @@ pub struct BotConfig {
     pub dedupe_ttl_secs: u64,
     /// Largest picture downloaded from a platform, in bytes.
     pub max_image_bytes: usize,
+    /// Hosts (names or addresses, matched exactly) that pictures users send may be fetched
+    /// from even though they are internal, e.g. a private object store. Every other host must
+    /// be a public address: picture URLs come from outside.
+    pub picture_trusted_hosts: Vec<String>,
     /// Command words (each command accepts several spellings).
     pub commands: Commands,
     /// User-facing texts.
@@ -536,6 +540,7 @@ impl Default for BotConfig {
             max_input_chars: 8000,
             dedupe_ttl_secs: 24 * 3600,
             max_image_bytes: 5 * 1024 * 1024,
+            picture_trusted_hosts: Vec::new(),
             commands: Commands::default(),
             texts: Texts::default(),
         }
@@ -1755,6 +1760,14 @@ fn validate_engine_depth(c: &Config, problems: &mut Vec<Problem>) {
             problems.push(problem(
                 "images.upstream",
                 format!("{u:?} is not one of [[llm.upstreams]] (or \"default\")"),
+            ));
+        }
+    }
+    for (i, host) in c.bot.picture_trusted_hosts.iter().enumerate() {
+        if host.trim().is_empty() || host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+            problems.push(problem(
+                format!("bot.picture_trusted_hosts[{i}]"),
+                "must be a host name or address only (no scheme, port or path), e.g. \"minio.internal\"",
             ));
         }
     }
