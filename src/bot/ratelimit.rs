@@ -8,13 +8,22 @@ use std::time::Duration;
 use chatrelay_storage::Uid;
 use tokio::time::Instant;
 
+/// Keys tracked at most by one limiter (keys come from outside: addresses, users).
+pub const MAX_KEYS: usize = 100_000;
+
 /// A sliding-window limiter keyed by `K` (a uid, an IP...). Empty windows are dropped by
-/// [`RateLimiter::sweep`] so memory follows the number of recently active keys only.
+/// [`RateLimiter::sweep`] so memory follows the number of recently active keys only, and at
+/// most [`MAX_KEYS`] keys are tracked: when that many are active, idle windows are swept (at
+/// most once a second) and a new key that still does not fit is refused — forgetting a
+/// tracked key instead would let a flood of new keys reset a guesser's window.
 #[derive(Debug)]
 pub struct RateLimiter<K = Uid> {
     limit: std::sync::atomic::AtomicU32,
     window: Duration,
     windows: Mutex<HashMap<K, VecDeque<Instant>>>,
+    /// When the map was last swept because it was full.
+    full_sweep: Mutex<Option<Instant>>,
+    max_keys: usize,
 }
 
 impl RateLimiter<Uid> {
@@ -33,6 +42,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             limit: std::sync::atomic::AtomicU32::new(limit),
             window,
             windows: Mutex::new(HashMap::new()),
+            full_sweep: Mutex::new(None),
+            max_keys: MAX_KEYS,
         }
     }
 
@@ -44,6 +55,19 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.max_keys && !map.contains_key(&key) {
+            let mut swept = self.full_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                *swept = Some(now);
+                map.retain(|_, w| {
+                    w.back()
+                        .is_some_and(|t| now.duration_since(*t) < self.window)
+                });
+            }
+            if map.len() >= self.max_keys {
+                return false;
+            }
+        }
         let window = map.entry(key).or_default();
         while window
             .front()
@@ -106,6 +130,20 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_keys_stays_within_the_bound() {
+        let mut rl = RateLimiter::<u32>::with_window(5, Duration::from_secs(60));
+        rl.max_keys = 1000;
+        let allowed = (0..100_000u32).filter(|i| rl.allow(*i)).count();
+        assert_eq!(allowed, 1000, "new keys beyond the bound are refused");
+        assert!(rl.tracked() <= 1000);
+        assert!(rl.allow(7), "tracked keys keep their window");
+        // Once the windows are idle, the room is swept and new keys fit again.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(rl.allow(500_000));
+        assert!(rl.tracked() <= 1000);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn limits_per_user_and_slides() {
