@@ -165,7 +165,13 @@ impl App {
             .timeout(Duration::from_secs(15))
             .build()
             .context("building the HTTP client for platform APIs")?;
-        let alerts = crate::alerts::Alerter::from_config(&config, http.clone());
+        // Alerts are sent by a task on the daemon's tracker, which stops on shutdown.
+        let alerts = crate::alerts::Alerter::from_config(
+            &config,
+            http.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
         let engine = Engine::new(
             store,
             backend,

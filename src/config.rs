@@ -550,6 +550,10 @@ pub struct BotConfig {
     pub dedupe_ttl_secs: u64,
     /// Largest picture downloaded from a platform, in bytes.
     pub max_image_bytes: usize,
+    /// Hosts (names or addresses, matched exactly) that pictures users send may be fetched
+    /// from even though they are internal, e.g. a private object store. Every other host must
+    /// be a public address: picture URLs come from outside.
+    pub picture_trusted_hosts: Vec<String>,
     /// Command words (each command accepts several spellings).
     pub commands: Commands,
     /// User-facing texts.
@@ -563,6 +567,7 @@ impl Default for BotConfig {
             max_input_chars: 8000,
             dedupe_ttl_secs: 24 * 3600,
             max_image_bytes: 5 * 1024 * 1024,
+            picture_trusted_hosts: Vec::new(),
             commands: Commands::default(),
             texts: Texts::default(),
         }
@@ -1878,6 +1883,14 @@ fn validate_engine_depth(c: &Config, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    for (i, host) in c.bot.picture_trusted_hosts.iter().enumerate() {
+        if host.trim().is_empty() || host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+            problems.push(problem(
+                format!("bot.picture_trusted_hosts[{i}]"),
+                "must be a host name or address only (no scheme, port or path), e.g. \"minio.internal\"",
+            ));
+        }
+    }
     if c.bot.max_image_bytes == 0 {
         problems.push(problem("bot.max_image_bytes", "must be at least 1"));
     }
@@ -2187,6 +2200,27 @@ impl Config {
     pub fn redacted_summary(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("(cannot render: {e})"))
     }
+
+    /// What works but is unsafe or surprising, for `check-config` to print (the daemon still
+    /// starts).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        for (i, mp) in self.wechat_mp.iter().enumerate() {
+            if mp.encoding_aes_key.is_none() && !mp.login_keyword.trim().is_empty() {
+                warnings.push(problem(
+                    format!("wechat_mp[{i}].encoding_aes_key"),
+                    format!(
+                        "account `{}` hands out login codes (login_keyword) in plaintext mode: \
+                         anyone who can read the callbacks sees them; set encoding_aes_key (safe \
+                         mode), or serve the callback URL only over TLS",
+                        mp.id
+                    ),
+                ));
+            }
+        }
+        warnings
+    }
 }
 
 #[cfg(test)]
@@ -2198,6 +2232,23 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn plaintext_accounts_with_login_codes_are_warned_about() {
+        let account = |key: &str| {
+            format!(
+                "[[wechat_mp]]\nid = \"m\"\napp_id = \"wx1234567890abcdef\"\ntoken = \"t\"\n{key}"
+            )
+        };
+        let (plain, _) = parse(&account(""), &[], None).unwrap();
+        let warnings = plain.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "wechat_mp[0].encoding_aes_key");
+        let key = format!("encoding_aes_key = \"{}\"\n", "a".repeat(43));
+        let (safe, _) = parse(&account(&key), &[], None).unwrap();
+        assert!(safe.warnings().is_empty());
+        assert!(parse("", &[], None).unwrap().0.warnings().is_empty());
     }
 
     #[test]

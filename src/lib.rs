@@ -11,6 +11,7 @@
 //! - [`auth`]: login codes and the tokens they buy.
 //! - [`alerts`]: operators' alerts (log + WeCom group robots).
 //! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
+//! - [`bounded`]: the size-capped, expiring map for anything keyed by outside input.
 //! - [`zsxq`]: polls zsxq groups and answers their questions once.
 //! - [`telegram`]: Telegram bots (long polling or webhook), answers streamed by edits.
 //! - [`web`]: the embedded chat page and its bootstrap APIs.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod bot;
+pub mod bounded;
 pub mod config;
 pub mod http;
 pub mod leader;

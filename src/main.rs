@@ -185,6 +185,14 @@ fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
         if c.provider() == config::Provider::Demo { " (offline demo: set [llm] api_keys or OPENAI_API_KEY)" } else { "" },
         if c.server.admin_token.is_some() { "configured".to_owned() } else { format!("generated at first start in {}", app::admin_token_path(c).display()) },
     ));
+    let warnings = c.warnings();
+    if !warnings.is_empty() {
+        out.push_str(&format!("warnings ({}):\n", warnings.len()));
+        for w in &warnings {
+            out.push_str(&format!("  - {w}\n"));
+        }
+        out.push('\n');
+    }
     out.push_str(&c.redacted_summary());
     std::io::stdout()
         .write_all(out.as_bytes())

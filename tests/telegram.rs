@@ -549,8 +549,10 @@ async fn typing_is_repeated_while_the_model_thinks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn photos_reach_a_vision_model_and_drawings_come_back_as_photos() {
+    // The fake Telegram serves the photo on loopback, which only a trusted host reaches.
     let h = start(
-        "[[llm.models]]\nname = \"m\"\nvision = true\n[images]\nmodel = \"draw\"\ncredits = 2\n",
+        "[bot]\npicture_trusted_hosts = [\"127.0.0.1\"]\n\
+         [[llm.models]]\nname = \"m\"\nvision = true\n[images]\nmodel = \"draw\"\ncredits = 2\n",
         Some("a cat on a mat"),
     )
     .await;

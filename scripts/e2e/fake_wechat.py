@@ -3,11 +3,13 @@ stable_token and customer-service API; WeCom's gettoken, message/send and group 
 and a place for AI bot `response_url` posts.
 
 Tokens are `tok-<appid>-<n>`. Apps listed in `no_push` answer custom/send with errcode 48001
-(an unverified subscription account), as WeChat does.
+(an unverified subscription account), as WeChat does. The group robot, like WeCom's, takes 20
+messages a minute and answers errcode 45009 beyond (`robot_refused` counts those).
 """
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -19,6 +21,8 @@ class FakeWechat:
         self.token_requests = 0
         self.wecom_sent = []     # message/send bodies
         self.robot_sent = []     # (key, body) of webhook/send
+        self.robot_times = []    # when each accepted webhook/send arrived
+        self.robot_refused = 0   # webhook/send refused by the 20-a-minute limit
         self.responses = []      # (path, body) posted to response URLs
         self.gettoken_requests = 0
         self.lock = threading.Lock()
@@ -74,6 +78,13 @@ class FakeWechat:
                     self._json({"errcode": 0, "errmsg": "ok", "msgid": "m1"})
                 elif url.path == "/cgi-bin/webhook/send":
                     with fake.lock:
+                        now = time.time()
+                        fake.robot_times = [t for t in fake.robot_times if now - t < 60]
+                        if len(fake.robot_times) >= 20:
+                            fake.robot_refused += 1
+                            self._json({"errcode": 45009, "errmsg": "api freq out of limit"})
+                            return
+                        fake.robot_times.append(now)
                         fake.robot_sent.append((parse_qs(url.query).get("key", [""])[0], body))
                     self._json({"errcode": 0, "errmsg": "ok"})
                 elif url.path.startswith("/response/"):

@@ -27,7 +27,11 @@ WORDS = "# 敏感词表\n机密\n内部资料\n"
 
 class DepthDaemon(Daemon):
     def __init__(self, primary, backup):
+        # (picture_trusted_hosts lands in [bot]: the fake upstream serves the pictures on
+        # loopback, which only a trusted host reaches.)
         super().__init__(primary.base_url, free_daily=100, extra_toml=f"""
+picture_trusted_hosts = ["127.0.0.1"]
+
 [[llm.upstreams]]
 id = "backup"
 base_url = "{backup.base_url}"

@@ -770,3 +770,46 @@ def test_sigkill_at_random_moments_under_mixed_load(upstream, paykeys, wxpay, al
             assert status_of(d, token, oid) == "credited"
         assert_audit_clean(d)
         assert acked, "some notifications were acknowledged before the kills"
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts: forged notifications cannot push paid-order alerts out of the robot's budget
+# ---------------------------------------------------------------------------------------------
+
+def test_forged_notifications_do_not_starve_paid_order_alerts(upstream, paykeys, wxpay, alipay):
+    """WeCom's robot takes 20 messages a minute: 40 forged notifications must not use them up
+    (they are summarised, one message per interval), so the paid order's alert arrives."""
+    from fake_wechat import FakeWechat
+    robot = FakeWechat()
+    try:
+        toml = pay_toml(paykeys, wxpay, alipay, 900, 600) + f"""
+[[wecom_robot]]
+id = "ops"
+webhook = "robot-key"
+api_base = "{robot.url}"
+"""
+        d = PayDaemon(upstream.base_url, extra_toml=toml, extra_env={"CHATRELAY__SERVER__PUBLIC_URL": PUBLIC_URL})
+        with running(d):
+            uid, token = d.new_user("alerted")
+            victim = create_order(d, token, "p10", "wechat")["id"]
+            for _ in range(40):
+                st, _, _ = post_wechat_notify(d, *wxpay.notification(victim, 100, tamper="forge"))
+                assert st == 401
+            for _ in range(10):
+                st, _, _ = post_alipay_notify(d, alipay.notification(victim, 100, tamper="forge"))
+                assert st != 200
+            oid = paid_order(d, wxpay, "wechat", token)["id"]
+            notify_paid(d, wxpay, alipay, "wechat", oid, 100)
+            assert_credited_once(d, uid, token, oid, 10)
+
+            def texts():
+                return [body["text"]["content"] for _, body in robot.robot_sent]
+
+            wait_for(lambda: any(oid in t and "已支付" in t for t in texts()), 10,
+                     f"the paid-order alert for {oid} at the robot (got {texts()})")
+            failures = [t for t in texts() if "验证失败" in t]
+            assert len(failures) <= 1, f"forged notifications were sent one by one: {failures}"
+            assert robot.robot_refused == 0, "the daemon kept within the robot's limit"
+            assert any("验证失败" in line for line in d.log_lines()), "each failure is still logged"
+    finally:
+        robot.stop()

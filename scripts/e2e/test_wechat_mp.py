@@ -46,9 +46,9 @@ class WeChat:
         q.update(extra or {})
         return q
 
-    def post_raw(self, xml, openid="o_user", timeout=5.0, ts=None, tamper=None):
+    def post_raw(self, xml, openid="o_user", timeout=5.0, ts=None, tamper=None, nonce=None):
         ts = ts or str(int(time.time()))
-        nonce = secrets.token_hex(5)
+        nonce = nonce or secrets.token_hex(5)
         extra = {}
         body = xml
         if self.crypto:
@@ -273,3 +273,48 @@ def test_bad_input_changes_nothing(mp_daemon, upstream):
     assert plain.post_raw(b"\xff\xfe garbage", "o_mallory")[0] == 400
     assert plain.post_raw("<xml>" + "x" * 200_000 + "</xml>", "o_mallory")[0] == 413
     assert upstream.chat_request_count() == before
+
+
+def signed_plain_post(url, token, ts, nonce, openid, body):
+    """One plaintext-mode POST under a query signed with wechatpy (as WeChat signs it)."""
+    from wechatpy.utils import WeChatSigner
+    signer = WeChatSigner()
+    signer.add_data(token, ts, nonce)
+    q = {"signature": signer.signature, "timestamp": ts, "nonce": nonce, "openid": openid}
+    req = urllib.request.Request(url + "?" + urllib.parse.urlencode(q), data=body.encode(), method="POST",
+                                 headers={"content-type": "text/xml"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def test_a_signed_query_replayed_with_another_body_is_refused(mp_daemon, upstream):
+    """Plaintext mode signs only timestamp and nonce: a callback URL from a proxy's log must
+    not carry another body (another openid asking for a login code). The identical request
+    again (a retry) is still accepted, and joins the first answer."""
+    wx = WeChat(mp_daemon, SUB)
+    ts, nonce = str(int(time.time())), "replay-" + secrets.token_hex(4)
+    genuine = wx.text_xml("o_victim", "你好", secrets.randbelow(10**18))
+    before = upstream.chat_request_count()
+    status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, "o_victim", genuine)
+    assert status == 200 and wx.open_reply(body)["Content"] == ANSWER
+    # The captured query with a forged body: another user asks for a login code.
+    for openid, content in (("o_victim", "验证码"), ("o_attacker", "验证码"), ("o_victim", "你好吗")):
+        forged = wx.text_xml(openid, content, secrets.randbelow(10**18))
+        status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, openid, forged)
+        assert status == 403, (openid, content, status, body)
+        assert not re.search(r"\d{6}", body), "no login code leaves"
+    # The same request again (WeChat's retry): accepted, and no second LLM call.
+    status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, "o_victim", genuine)
+    assert status == 200, body
+    assert upstream.chat_request_count() - before == 1
+    # Safe mode: the same message encrypted afresh under the same query (as a retry may be) is
+    # accepted; the signature there covers the ciphertext, so no other message can be signed.
+    wx = WeChat(mp_daemon, MAIN)
+    xml = wx.text_xml("o_victim", "再问一次", secrets.randbelow(10**18))
+    ts, nonce = str(int(time.time())), "replay-" + secrets.token_hex(4)
+    first = wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)
+    assert first[0] == 200
+    assert wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)[0] == 200

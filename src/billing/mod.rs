@@ -17,7 +17,7 @@ use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, S
 use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
-use crate::alerts::Alerter;
+use crate::alerts::{AlertKind, Alerter};
 use crate::bot::{now_ms, yuan};
 use crate::config::{AlipayConfig, Config, ProductConfig, WechatPayConfig};
 
@@ -441,14 +441,17 @@ impl Billing {
                 } else {
                     ""
                 };
-                self.alerts.alert(format!(
-                    "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{}，{source}）{late}",
-                    order.id,
-                    order.uid,
-                    yuan(paid_fen),
-                    order.credits,
-                    order.channel
-                ));
+                self.alerts.alert_as(
+                    AlertKind::Money,
+                    format!(
+                        "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{}，{source}）{late}",
+                        order.id,
+                        order.uid,
+                        yuan(paid_fen),
+                        order.credits,
+                        order.channel
+                    ),
+                );
                 metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone()).increment(1);
                 metrics::counter!("chatrelay_revenue_fen_total", "channel" => order.channel.clone())
                     .increment(u64::try_from(paid_fen).unwrap_or(0));
@@ -467,8 +470,12 @@ impl Billing {
     }
 
     fn verification_failed(&self, channel: &str, why: String) -> BillingError {
-        self.alerts
-            .alert(format!("{channel} 支付通知验证失败：{why}"));
+        // Anyone can post a forged notification: counted into one summary per interval, so
+        // that a flood cannot push paid-order alerts out of the robots' budget.
+        self.alerts.alert_as(
+            AlertKind::VerificationFailure,
+            format!("{channel} 支付通知验证失败：{why}"),
+        );
         metrics::counter!("chatrelay_payment_rejected_total", "reason" => "verification")
             .increment(1);
         BillingError::Verification(why)
@@ -758,12 +765,15 @@ impl Billing {
         self.event(&order.id, "provider_refund", &detail);
         let (order, entry) = self.store.refund_order(id, reason, now_ms())?;
         self.store.flush().await?;
-        self.alerts.alert(format!(
-            "订单 {} 已退款：用户 {}，收回 {} 额度",
-            order.id,
-            order.uid,
-            entry.as_ref().map_or(0, |e| -e.paid_delta)
-        ));
+        self.alerts.alert_as(
+            AlertKind::Money,
+            format!(
+                "订单 {} 已退款：用户 {}，收回 {} 额度",
+                order.id,
+                order.uid,
+                entry.as_ref().map_or(0, |e| -e.paid_delta)
+            ),
+        );
         Ok((order, entry))
     }
 }

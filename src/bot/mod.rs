@@ -15,6 +15,7 @@
 //! - [`policy`]: scopes, model and role choice, model permissions.
 //! - this module: [`Engine`], which implements [`chatrelay_core::Handler`].
 
+pub mod fetch;
 pub mod llm;
 pub mod policy;
 pub mod quota;
@@ -37,21 +38,6 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::{Config, ModelConfig, Texts};
 use llm::{LlmBackend, LlmEvent, LlmRequest};
 use ratelimit::RateLimiter;
-
-/// The picture type of `bytes` from its first bytes (JPEG, PNG, GIF, WebP).
-fn picture_type(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some("image/jpeg")
-    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-        Some("image/gif")
-    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
-        Some("image/webp")
-    } else {
-        None
-    }
-}
 
 /// Pictures passed to the model per message at most.
 const MAX_PICTURES: usize = 4;
@@ -129,6 +115,8 @@ pub struct Settings {
     pub image_credits: Option<u64>,
     /// Largest picture downloaded from a platform.
     pub max_image_bytes: usize,
+    /// Hosts pictures may be fetched from whatever their address (`[bot] picture_trusted_hosts`).
+    pub picture_trusted_hosts: Vec<String>,
 }
 
 /// An OpenAI-compatible moderation endpoint.
@@ -201,6 +189,7 @@ impl Settings {
             moderation,
             image_credits: c.images.as_ref().map(|i| i.credits),
             max_image_bytes: c.bot.max_image_bytes,
+            picture_trusted_hosts: c.bot.picture_trusted_hosts.clone(),
         })
     }
 
@@ -305,8 +294,8 @@ struct Inner {
     limiter: RateLimiter,
     stats: crate::stats::Stats,
     /// Downloads pictures users send; built on first use (a TLS client costs memory that a
-    /// daemon without vision models need not carry).
-    http: std::sync::OnceLock<reqwest::Client>,
+    /// daemon without vision models need not carry), and again when the trusted hosts change.
+    pictures: Mutex<Option<Arc<fetch::PictureFetcher>>>,
     inflight: Mutex<InflightMap>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -343,7 +332,7 @@ impl Engine {
                 settings: RwLock::new(Arc::new(settings)),
                 limiter,
                 stats: crate::stats::Stats::default(),
-                http: std::sync::OnceLock::new(),
+                pictures: Mutex::new(None),
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,
                 tracker,
@@ -1110,58 +1099,30 @@ impl Engine {
         }
     }
 
-    /// Downloads a picture a user sent (at most `max_bytes`) as a `data:` URL for the model.
-    async fn fetch_picture(&self, url: &str, max_bytes: usize) -> Result<String, String> {
-        use base64::Engine as _;
-        let http = self.inner.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap_or_default()
-        });
-        let mut res = http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", e.without_url()))?;
-        if !res.status().is_success() {
-            return Err(format!("HTTP {}", res.status()));
-        }
-        if res.content_length().is_some_and(|n| n > max_bytes as u64) {
-            return Err(format!("larger than {max_bytes} bytes"));
-        }
-        let declared = res
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        let mut body = Vec::new();
-        while let Some(chunk) = res
-            .chunk()
-            .await
-            .map_err(|e| format!("download failed: {}", e.without_url()))?
-        {
-            if body.len() + chunk.len() > max_bytes {
-                return Err(format!("larger than {max_bytes} bytes"));
+    /// Downloads a picture a user sent (at most `max_bytes`) as a `data:` URL for the model,
+    /// refusing internal addresses ([`fetch`]).
+    async fn fetch_picture(
+        &self,
+        s: &Settings,
+        url: &str,
+        max_bytes: usize,
+    ) -> Result<String, fetch::FetchError> {
+        let fetcher = {
+            let mut cached = self
+                .inner
+                .pictures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match cached.as_ref() {
+                Some(f) if f.trusts(&s.picture_trusted_hosts) => f.clone(),
+                _ => {
+                    let f = Arc::new(fetch::PictureFetcher::new(&s.picture_trusted_hosts)?);
+                    *cached = Some(f.clone());
+                    f
+                }
             }
-            body.extend_from_slice(&chunk);
-        }
-        // Platforms often say application/octet-stream: trust the bytes over the header.
-        let mime = picture_type(&body)
-            .map(str::to_owned)
-            .or(declared.filter(|d| d.starts_with("image/")))
-            .ok_or("not a picture")?;
-        Ok(format!(
-            "data:{mime};base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(&body)
-        ))
+        };
+        fetcher.fetch(url, max_bytes).await
     }
 
     /// The image command: checks, reserves `[images] credits`, asks the image upstream.
@@ -1464,7 +1425,7 @@ impl Engine {
                 };
             }
             for url in inbound.images.iter().take(MAX_PICTURES) {
-                match self.fetch_picture(url, s.max_image_bytes).await {
+                match self.fetch_picture(&s, url, s.max_image_bytes).await {
                     Ok(data_url) => picture_parts.push(serde_json::json!({
                         "type": "image_url",
                         "image_url": {"url": data_url},

@@ -854,6 +854,47 @@ const PNG: &[u8] = b"\x89PNG\r\n\x1a\n-rest-of-a-picture";
 fn eyes(c: &mut Config) {
     c.llm.models[0].vision = true;
     c.llm.models[0].credits_per_image = 1;
+    // The picture servers of these tests are on loopback, which only a trusted host reaches.
+    c.bot.picture_trusted_hosts = vec!["127.0.0.1".into()];
+}
+
+#[tokio::test]
+async fn pictures_on_internal_addresses_are_not_fetched() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { PNG.to_vec() }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let h = harness_with(FAST, |c| {
+        eyes(c);
+        c.bot.picture_trusted_hosts.clear();
+    });
+    for (i, host) in [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "127.1",
+        "[::ffff:127.0.0.1]",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = msg(&i.to_string(), "what is it?");
+        m.images = vec![format!("http://{host}:{port}/p.png")];
+        let event = h.engine.handle(m).collect().await;
+        assert_eq!(
+            event.user_text().as_deref(),
+            Some("图片没有收到，请重新发送。"),
+            "{host}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(h.llm.calls(), 0);
+    assert_eq!(h.balance().free_left, 5, "nothing charged");
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::AppState;
 use crate::bot::{Engine, fill, now_ms};
+use crate::bounded::BoundedMap;
 use crate::config::{PushMode, WechatMpConfig};
 
 /// WeChat's limit for one text message, in UTF-8 bytes.
@@ -54,12 +55,15 @@ pub struct MpAccount {
     tries: Mutex<Tries>,
 }
 
-/// Message tries, swept of old ones at most once a second (a sweep visits every entry, and
-/// at a few thousand messages a second sweeping on every call was the hot spot).
-#[derive(Default, Clone)]
-struct Tries {
-    map: HashMap<String, TryState>,
-    swept: Option<Instant>,
+/// Message tries at most, per account (message ids come from outside; the oldest go first).
+const MAX_TRIES: usize = 50_000;
+
+/// Message tries by message id, each kept for twice the retry window (bounded: expired and
+/// surplus entries go on insertion, with no sweep over the whole map).
+type Tries = BoundedMap<String, TryState>;
+
+fn tries_for(cfg: &WechatMpConfig) -> Tries {
+    BoundedMap::new(MAX_TRIES, Duration::from_millis(cfg.retry_window_ms) * 2)
 }
 
 #[derive(Clone)]
@@ -89,12 +93,13 @@ impl MpAccount {
             )),
         };
         let push_allowed = AtomicBool::new(client.is_some());
+        let tries = Mutex::new(tries_for(&cfg));
         Ok(Self {
             cfg,
             endpoint,
             client,
             push_allowed,
-            tries: Mutex::new(Tries::default()),
+            tries,
         })
     }
 
@@ -131,25 +136,10 @@ impl MpAccount {
     /// Records one more try of a message; the first try also gets `true` (start the watcher).
     fn register_try(&self, id: &str) -> (TryState, bool) {
         let mut tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
-        let keep = Duration::from_millis(self.cfg.retry_window_ms) * 2;
-        let now = Instant::now();
-        if tries
-            .swept
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            tries.swept = Some(now);
-            tries
-                .map
-                .retain(|_, t| now.duration_since(t.first_seen) < keep);
-        }
-        let mut first = false;
-        let state = tries.map.entry(id.to_owned()).or_insert_with(|| {
-            first = true;
-            TryState {
-                first_seen: Instant::now(),
-                count: 0,
-                delivered: Arc::new(AtomicBool::new(false)),
-            }
+        let (state, first) = tries.get_or_insert_with(id.to_owned(), || TryState {
+            first_seen: Instant::now(),
+            count: 0,
+            delivered: Arc::new(AtomicBool::new(false)),
         });
         state.count += 1;
         (state.clone(), first)
@@ -210,6 +200,19 @@ async fn callback(
             return (status, "refused").into_response();
         }
     };
+    match fresh_delivery(&st, &account, &opened.delivery) {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("chatrelay_mp_rejected_total").increment(1);
+            warn!(account = %id, "callback refused: a signed query replayed with another message");
+            return (StatusCode::FORBIDDEN, "refused").into_response();
+        }
+        Err(e) => {
+            // Without the nonce marks a replay cannot be told apart: refuse, WeChat retries.
+            warn!(account = %id, error = %e, "checking the callback's nonce failed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+        }
+    }
     let msg = &opened.message;
     let key = UserKey::new(Platform::Mp, account.id(), msg.from_user.clone());
     let span = info_span!("mp", account = %id, user = %key.user, msg = %msg.dedupe_id());
@@ -229,6 +232,26 @@ async fn callback(
         // "success" tells WeChat there is nothing to show and not to retry.
         None => "success".into_response(),
     }
+}
+
+/// Whether a signed request may be handled: its `(timestamp, nonce)` is remembered with the
+/// hash of its message, per account, in the store's dedupe marks (so daemons sharing a database
+/// share them) until its timestamp is too old to be accepted anyway; the same pair with
+/// another message is a replay of a captured URL and refused. The same pair with the same
+/// message is let through: it may be WeChat's own retry, and the message-id dedupe joins it to the
+/// answer being made (see [`chatrelay_wechat::Delivery`]). In safe mode the signature covers
+/// the ciphertext already; the check is the same, so that nothing depends on the mode.
+fn fresh_delivery(
+    st: &AppState,
+    account: &MpAccount,
+    d: &chatrelay_wechat::Delivery,
+) -> Result<bool, chatrelay_storage::StoreError> {
+    st.engine.store().dedupe_bind(
+        &format!("mp-nonce:{}:{}", account.id(), d.key),
+        &d.message_sha256,
+        d.expires_unix.saturating_mul(1000),
+        now_ms(),
+    )
 }
 
 /// What to answer passively, if anything.
@@ -460,5 +483,25 @@ fn keep(engine: &Engine, key: &UserKey, text: &str) {
     metrics::counter!("chatrelay_mp_outbox_total").increment(1);
     if let Err(e) = engine.store().outbox_push(&key.to_string(), text) {
         warn!(error = %e, "keeping an answer in the outbox failed; it is lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_message_ids_stays_within_the_bound() {
+        let account = MpAccount::new(WechatMpConfig::default(), reqwest::Client::new()).unwrap();
+        for i in 0..100_000 {
+            let (_, first) = account.register_try(&format!("msg-{i}"));
+            assert!(first);
+        }
+        let len = account.tries.lock().unwrap().len();
+        assert!(len <= MAX_TRIES, "{len}");
+        // The newest are remembered: a retry joins them.
+        let (state, first) = account.register_try("msg-99999");
+        assert!(!first);
+        assert_eq!(state.count, 2);
     }
 }

@@ -28,12 +28,21 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::AppState;
 use crate::bot::{Engine, now_ms};
+use crate::bounded::BoundedMap;
 use crate::config::{WecomAibotConfig, WecomConfig};
 
 /// WeCom's limit for one app message, in UTF-8 bytes.
 const MAX_MESSAGE_BYTES: usize = 2048;
-/// How long a finished AI bot stream is kept for late refreshes and retries.
-const STREAM_KEEP: Duration = Duration::from_secs(900);
+/// How long an AI bot stream (and its msgid) is kept for refreshes, late refreshes and
+/// retries, from its start: WeCom refreshes for 6 minutes, then retries and stray refreshes
+/// may come for a while.
+const STREAM_KEEP: Duration = Duration::from_secs(1200);
+/// AI bot streams (and msgids) remembered at most; the oldest go first.
+const MAX_STREAMS: usize = 10_000;
+/// App message ids remembered at most (for redeliveries); the oldest go first.
+const MAX_SEEN: usize = 50_000;
+/// How long an app message id is remembered at most (the longest `keep` asked of [`Seen`]).
+const SEEN_KEEP: Duration = Duration::from_secs(600);
 
 /// The WeCom routes.
 pub fn routes() -> axum::Router<AppState> {
@@ -42,34 +51,25 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/wecom/aibot/{id}", get(bot_verify).post(bot_callback))
 }
 
-/// Message ids seen recently, so that a redelivery does not send the answer again.
-#[derive(Default)]
-struct Seen(Mutex<SeenMap>);
+/// Message ids seen recently, so that a redelivery does not send the answer again. Bounded:
+/// at most [`MAX_SEEN`] ids, each for at most [`SEEN_KEEP`].
+struct Seen(Mutex<BoundedMap<String, ()>>);
 
-#[derive(Default, Clone)]
-struct SeenMap {
-    map: HashMap<String, Instant>,
-    /// Old ids are swept at most once a second (a sweep visits every entry).
-    swept: Option<Instant>,
+impl Default for Seen {
+    fn default() -> Self {
+        Self(Mutex::new(BoundedMap::new(MAX_SEEN, SEEN_KEEP)))
+    }
 }
 
 impl Seen {
-    /// True the first time `id` is seen (within `keep`).
+    /// True the first time `id` is seen (within `keep`, at most [`SEEN_KEEP`]).
     fn first(&self, id: &str, keep: Duration) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if seen
-            .swept
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            seen.swept = Some(now);
-            seen.map.retain(|_, t| now.duration_since(*t) < keep);
-        }
-        match seen.map.get(id) {
-            // Still remembered but older than `keep` (not swept yet): it counts as new.
-            Some(t) if now.duration_since(*t) < keep => false,
+        let id = id.to_owned();
+        match seen.inserted_at(&id) {
+            Some(at) if at.elapsed() < keep => false,
             _ => {
-                seen.map.insert(id.to_owned(), now);
+                seen.insert(id, ());
                 true
             }
         }
@@ -89,9 +89,11 @@ pub struct WecomBot {
     cfg: WecomAibotConfig,
     endpoint: AibotEndpoint,
     http: reqwest::Client,
-    /// msgid → stream id (retries of a message get the same stream).
-    by_msgid: Mutex<HashMap<String, String>>,
-    streams: Mutex<HashMap<String, Arc<Mutex<StreamState>>>>,
+    /// msgid → stream id (retries of a message get the same stream). Bounded: msgids come
+    /// from outside.
+    by_msgid: Mutex<BoundedMap<String, String>>,
+    /// Stream id → its answer so far. Bounded like `by_msgid`.
+    streams: Mutex<BoundedMap<String, Arc<Mutex<StreamState>>>>,
 }
 
 #[derive(Default)]
@@ -145,10 +147,13 @@ impl Wecom {
                     cfg: cfg.clone(),
                     endpoint,
                     client,
-                    seen: Seen(Mutex::new(
-                        old.map(|o| o.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
-                            .unwrap_or_default(),
-                    )),
+                    seen: old
+                        .map(|o| {
+                            Seen(Mutex::new(
+                                o.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                            ))
+                        })
+                        .unwrap_or_default(),
                 }),
             );
         }
@@ -170,19 +175,24 @@ impl Wecom {
                     http: http.clone(),
                     by_msgid: Mutex::new(
                         old.map(|o| o.by_msgid.lock().unwrap_or_else(|p| p.into_inner()).clone())
-                            .unwrap_or_default(),
+                            .unwrap_or_else(stream_map),
                     ),
                     // The stream states are shared (Arc), so an answer still being written
                     // by a task of the old bot shows up in refreshes served by the new one.
                     streams: Mutex::new(
                         old.map(|o| o.streams.lock().unwrap_or_else(|p| p.into_inner()).clone())
-                            .unwrap_or_default(),
+                            .unwrap_or_else(stream_map),
                     ),
                 }),
             );
         }
         Ok(Self { apps, bots })
     }
+}
+
+/// An empty map of AI bot streams or msgids.
+fn stream_map<V>() -> BoundedMap<String, V> {
+    BoundedMap::new(MAX_STREAMS, STREAM_KEEP)
 }
 
 fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
@@ -433,23 +443,18 @@ fn start_stream(
     response_url: Option<String>,
 ) -> String {
     let mut by_msgid = bot.by_msgid.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(existing) = by_msgid.get(msgid) {
+    let msgid_key = msgid.to_owned();
+    if let Some(existing) = by_msgid.get(&msgid_key) {
         return existing.clone();
     }
     let stream_id = crate::http::v1::random_id();
-    by_msgid.insert(msgid.to_owned(), stream_id.clone());
+    by_msgid.insert(msgid_key, stream_id.clone());
     drop(by_msgid);
     let state = Arc::new(Mutex::new(StreamState::default()));
-    {
-        let mut streams = bot.streams.lock().unwrap_or_else(|p| p.into_inner());
-        streams.retain(|_, s| {
-            s.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finished_at
-                .is_none_or(|t| t.elapsed() < STREAM_KEEP)
-        });
-        streams.insert(stream_id.clone(), state.clone());
-    }
+    bot.streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(stream_id.clone(), state.clone());
     let key = UserKey::new(Platform::Wecom, bot.cfg.id.clone(), user.to_owned());
     let inbound = Inbound::text(key, msgid, text);
     let mut reply = engine.handle(inbound);
@@ -496,6 +501,29 @@ fn start_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_message_ids_stays_within_the_bounds() {
+        let seen = Seen::default();
+        for i in 0..100_000 {
+            assert!(seen.first(&format!("m{i}"), SEEN_KEEP));
+        }
+        let len = seen.0.lock().unwrap().len();
+        assert!(len <= MAX_SEEN, "{len}");
+        assert!(!seen.first("m99999", SEEN_KEEP), "recent ids still dedupe");
+        // The AI bot's maps, as start_stream fills them.
+        let mut by_msgid = stream_map::<String>();
+        let mut streams = stream_map::<Arc<Mutex<StreamState>>>();
+        for i in 0..100_000 {
+            by_msgid.insert(format!("msgid-{i}"), format!("stream-{i}"));
+            streams.insert(format!("stream-{i}"), Arc::default());
+        }
+        assert!(by_msgid.len() <= MAX_STREAMS && streams.len() <= MAX_STREAMS);
+        assert_eq!(
+            by_msgid.get(&"msgid-99999".to_owned()).map(String::as_str),
+            Some("stream-99999")
+        );
+    }
 
     #[test]
     fn markup_detection() {

@@ -1,6 +1,7 @@
-//! "Seen this message" marks with an expiry, set by compare-and-swap; and finished answers
-//! kept for a while, so that a retry reaching another daemon (sharing the database) gets the
-//! answer the first one made.
+//! "Seen this message" marks with an expiry, set by compare-and-swap; bound marks (a mark
+//! that also names what it was set for, e.g. a signed callback's nonce and its body's hash);
+//! and finished answers kept for a while, so that a retry reaching another daemon (sharing the
+//! database) gets the answer the first one made.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,26 @@ pub struct SharedAnswer {
     pub text: Option<String>,
     /// When the record may go.
     pub expires_at_ms: i64,
+}
+
+/// A dedupe mark as stored: a bare expiry (ms), or an expiry with the value the mark is bound
+/// to ([`Store::dedupe_bind`]). Both forms share the tree, so that one purge expires both.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Mark {
+    Plain(i64),
+    Bound { expires_at_ms: i64, bound: String },
+}
+
+impl Mark {
+    fn expires_at_ms(&self) -> i64 {
+        match self {
+            Mark::Plain(e)
+            | Mark::Bound {
+                expires_at_ms: e, ..
+            } => *e,
+        }
+    }
 }
 
 impl Store {
@@ -33,9 +54,43 @@ impl Store {
         let mut current = tree.get(key.as_bytes())?;
         loop {
             if let Some(raw) = &current {
-                let expires: i64 = decode(DEDUPE, raw, || format!("{key:?}"))?;
-                if expires > now_ms {
+                let mark: Mark = decode(DEDUPE, raw, || format!("{key:?}"))?;
+                if mark.expires_at_ms() > now_ms {
                     return Ok(false);
+                }
+            }
+            match tree.compare_and_swap(key.as_bytes(), current.as_deref(), Some(new.as_slice()))? {
+                Ok(()) => return Ok(true),
+                Err(cas) => current = cas.current,
+            }
+        }
+    }
+
+    /// Binds `key` to `bound` until `expires_at_ms`. True when the key was free (or its mark
+    /// had expired by `now_ms`) and is now bound, or is already bound to the same `bound`
+    /// (the same thing seen again); false while a live mark binds it to something else.
+    /// Race-free: of two concurrent callers with different values, exactly one gets true.
+    pub fn dedupe_bind(
+        &self,
+        key: &str,
+        bound: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _writing = self.writing();
+        check_key("dedupe key", key)?;
+        check_key("dedupe value", bound)?;
+        let tree = &self.trees()?.dedupe;
+        let new = encode(&Mark::Bound {
+            expires_at_ms,
+            bound: bound.to_owned(),
+        })?;
+        let mut current = tree.get(key.as_bytes())?;
+        loop {
+            if let Some(raw) = &current {
+                let mark: Mark = decode(DEDUPE, raw, || format!("{key:?}"))?;
+                if mark.expires_at_ms() > now_ms {
+                    return Ok(matches!(mark, Mark::Bound { bound: b, .. } if b == bound));
                 }
             }
             match tree.compare_and_swap(key.as_bytes(), current.as_deref(), Some(new.as_slice()))? {
@@ -78,8 +133,9 @@ impl Store {
         let mut purged = 0;
         for item in tree.iter() {
             let (key, raw) = item?;
-            let expired = match decode::<i64>(DEDUPE, &raw, || crate::codec::describe_bytes(&key)) {
-                Ok(expires) => expires <= now_ms,
+            let expired = match decode::<Mark>(DEDUPE, &raw, || crate::codec::describe_bytes(&key))
+            {
+                Ok(mark) => mark.expires_at_ms() <= now_ms,
                 Err(e) => {
                     tracing::warn!(error = %e, "removing unreadable dedupe mark");
                     true
@@ -163,6 +219,52 @@ mod tests {
         assert!(store.trees().unwrap().dedupe.get("old").unwrap().is_none());
         assert!(!store.dedupe_insert("new", 2000, 600).unwrap());
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 0);
+    }
+
+    #[test]
+    fn bound_marks_accept_the_same_value_and_refuse_another() {
+        let store = Store::open_temporary().unwrap();
+        assert!(store.dedupe_bind("n1", "body-a", 100, 0).unwrap());
+        assert!(
+            store.dedupe_bind("n1", "body-a", 100, 10).unwrap(),
+            "same again"
+        );
+        assert!(
+            !store.dedupe_bind("n1", "body-b", 100, 20).unwrap(),
+            "another value"
+        );
+        // A plain mark of the same key is live too.
+        assert!(!store.dedupe_insert("n1", 100, 30).unwrap());
+        // Expired at 100: free again, for any value; purged like plain marks.
+        assert!(store.dedupe_bind("n1", "body-b", 200, 100).unwrap());
+        assert!(!store.dedupe_bind("n1", "body-a", 200, 150).unwrap());
+        assert_eq!(store.purge_expired_dedupe(150).unwrap(), 0);
+        assert_eq!(store.purge_expired_dedupe(200).unwrap(), 1);
+        assert!(store.trees().unwrap().dedupe.get("n1").unwrap().is_none());
+    }
+
+    #[test]
+    fn concurrent_binds_of_different_values_have_one_winner() {
+        for round in 0..20 {
+            let store = Store::open_temporary().unwrap();
+            let wins = Arc::new(AtomicUsize::new(0));
+            let barrier = Arc::new(Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (store, wins, barrier) = (store.clone(), wins.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        if store.dedupe_bind("k", &format!("v{i}"), 1000, 10).unwrap() {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+        }
     }
 
     #[test]

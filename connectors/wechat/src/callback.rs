@@ -106,6 +106,52 @@ pub struct Opened {
     pub message: Incoming,
     /// How to send the passive reply; pass this back to [`MpEndpoint::seal`].
     pub mode: ReplyMode,
+    /// What the caller must remember to refuse replays of this signed request.
+    pub delivery: Delivery,
+}
+
+/// One signed delivery, as the caller must remember it to refuse replays.
+///
+/// The plain `signature` covers only the token, `timestamp` and `nonce`, never the body: a
+/// captured callback URL (a proxy's log) could otherwise carry any body, as any sender, for as
+/// long as its timestamp is accepted. So the caller remembers each `(timestamp, nonce)` with a
+/// hash of the message it came with, until [`Delivery::expires_unix`], and refuses the same
+/// pair with another message.
+///
+/// The *same* message under the same pair is let through on purpose: whether WeChat's retries
+/// (3 tries, 5 s apart) carry a new timestamp and nonce or repeat the first request is not
+/// documented, and a repeated request must join the answer being made (the message-id dedupe
+/// handles it) rather than leave the user without one. A replay of the identical request
+/// gains an attacker nothing the original did not carry. "The message" is the body in
+/// plaintext mode and the decrypted XML in safe mode, so that a retry WeChat encrypted afresh
+/// (a new random prefix) is still the same message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// SHA-256 (hex) of `timestamp` and `nonce`: a fixed-length name for the pair.
+    pub key: String,
+    /// SHA-256 (hex) of the message: the body in plaintext mode, the decrypted XML in safe
+    /// mode.
+    pub message_sha256: String,
+    /// Unix seconds after which the timestamp check refuses the pair anyway, so the caller
+    /// need not remember it longer.
+    pub expires_unix: i64,
+}
+
+impl Delivery {
+    fn new(timestamp: &str, ts: i64, nonce: &str, message: &[u8]) -> Self {
+        let mut pair = ring::digest::Context::new(&ring::digest::SHA256);
+        // Length-prefixed, so that ("1", "23") and ("12", "3") differ.
+        pair.update(&(timestamp.len() as u64).to_be_bytes());
+        pair.update(timestamp.as_bytes());
+        pair.update(nonce.as_bytes());
+        Self {
+            key: hex::encode(pair.finish()),
+            message_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, message)),
+            expires_unix: ts
+                .saturating_add(MAX_CLOCK_SKEW_SECS as i64)
+                .saturating_add(1),
+        }
+    }
 }
 
 /// One Official Account's callback settings.
@@ -181,7 +227,8 @@ impl MpEndpoint {
     /// Opens a pushed message (POST).
     ///
     /// 1. The plain `signature` must verify (on every POST, in every mode).
-    /// 2. `timestamp` must be within [`MAX_CLOCK_SKEW_SECS`] of `now_unix`.
+    /// 2. `timestamp` must be within [`MAX_CLOCK_SKEW_SECS`] of `now_unix`; the caller then
+    ///    refuses a replay of the pair with another body (see [`Delivery`]).
     /// 3. With `encrypt_type=aes`: the envelope's `Encrypt` must match
     ///    `msg_signature`, decrypt with the current key or else the previous
     ///    one, and be addressed to this appid. Otherwise the body is the
@@ -216,6 +263,7 @@ impl MpEndpoint {
             return Ok(Opened {
                 message,
                 mode: ReplyMode::Plain,
+                delivery: Delivery::new(timestamp, ts, nonce, body),
             });
         }
 
@@ -249,6 +297,7 @@ impl MpEndpoint {
                     return Ok(Opened {
                         message,
                         mode: ReplyMode::Encrypted { key_index },
+                        delivery: Delivery::new(timestamp, ts, nonce, &plain),
                     });
                 }
                 // The current key's error is the meaningful one (e.g. a
@@ -472,6 +521,59 @@ mod tests {
             ep.open(&q, body.as_bytes(), NOW),
             Err(CallbackError::InvalidParam("timestamp"))
         ));
+    }
+
+    #[test]
+    fn delivery_names_the_signed_pair_and_the_body() {
+        let ep = endpoint();
+        let a = ep
+            .open(&plain_query(NOW, "n1"), text_xml("hi").as_bytes(), NOW)
+            .unwrap()
+            .delivery;
+        // The same signed query with another body: same pair, another body hash.
+        let b = ep
+            .open(&plain_query(NOW, "n1"), text_xml("hijack").as_bytes(), NOW)
+            .unwrap()
+            .delivery;
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.message_sha256, b.message_sha256);
+        assert_eq!(a.expires_unix, NOW + MAX_CLOCK_SKEW_SECS as i64 + 1);
+        assert_eq!(a.key.len(), 64);
+        // Another nonce or timestamp is another pair; the split between them counts.
+        let c = ep
+            .open(&plain_query(NOW, "n2"), text_xml("hi").as_bytes(), NOW)
+            .unwrap()
+            .delivery;
+        assert_ne!(a.key, c.key);
+        assert_eq!(a.message_sha256, c.message_sha256);
+        assert_ne!(
+            Delivery::new("12", 12, "3", b"").key,
+            Delivery::new("1", 1, "23", b"").key
+        );
+        // Safe mode names the decrypted message: the same message encrypted afresh (another
+        // random prefix, as a retry may be) is the same, another message is not.
+        let (q, body) = aes_request(KEY_NEW, APP_ID, &text_xml("hi"));
+        let d = ep.open(&q, body.as_bytes(), NOW).unwrap().delivery;
+        assert_eq!(d, a_with_pair(&a, "n0nce"));
+        let key = AesKey::from_encoding_aes_key(KEY_NEW).unwrap();
+        let again = encrypt_message(
+            &key,
+            text_xml("hi").as_bytes(),
+            APP_ID,
+            *b"fedcba9876543210",
+        );
+        let mut q2 = q.clone();
+        q2.msg_signature = Some(sha1_signature(&[TOKEN, &NOW.to_string(), "n0nce", &again]));
+        let body2 = format!("<xml><Encrypt><![CDATA[{again}]]></Encrypt></xml>");
+        assert_ne!(body, body2);
+        assert_eq!(ep.open(&q2, body2.as_bytes(), NOW).unwrap().delivery, d);
+    }
+
+    fn a_with_pair(a: &Delivery, nonce: &str) -> Delivery {
+        Delivery {
+            key: Delivery::new(&NOW.to_string(), NOW, nonce, b"").key,
+            ..a.clone()
+        }
     }
 
     #[test]

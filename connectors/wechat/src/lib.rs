@@ -76,7 +76,7 @@ pub use aibot::{
     AibotCallback, AibotEndpoint, AibotKind, MAX_AIBOT_BODY_BYTES, MAX_STREAM_CONTENT_BYTES,
     parse_aibot_callback, post_response_url, stream_reply_json, text_reply_json,
 };
-pub use callback::{CallbackError, CallbackQuery, MpEndpoint, Opened, ReplyMode};
+pub use callback::{CallbackError, CallbackQuery, Delivery, MpEndpoint, Opened, ReplyMode};
 pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
 pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
 pub use robot::RobotClient;
