@@ -821,15 +821,33 @@ fn rows_of(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
 }
 
+/// The first cells of a user's row: uid, name, available and paid credits.
+fn user_cells(u: &Value) -> Vec<String> {
+    vec![
+        text(&u["uid"]),
+        fit(&text(&u["name"]), 24),
+        text(&u["available"]),
+        text(&u["paid"]),
+    ]
+}
+
+/// A user's identities in one table cell.
+fn identities_cell(u: &Value) -> String {
+    fit(
+        &u["identities"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        60,
+    )
+}
+
 fn render_user_page(v: &Value) -> String {
     let rows: Vec<Vec<String>> = rows_of(&v["users"])
         .iter()
         .map(|u| {
-            vec![
-                text(&u["uid"]),
-                fit(&text(&u["name"]), 24),
-                text(&u["available"]),
-                text(&u["paid"]),
+            let mut cells = user_cells(u);
+            cells.extend([
                 if u["last_active_ms"].is_null() {
                     "-".to_owned()
                 } else {
@@ -840,14 +858,9 @@ fn render_user_page(v: &Value) -> String {
                 } else {
                     String::new()
                 },
-                fit(
-                    &u["identities"]
-                        .as_array()
-                        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
-                        .unwrap_or_default(),
-                    60,
-                ),
-            ]
+                identities_cell(u),
+            ]);
+            cells
         })
         .collect();
     let total = v["total"].as_u64().unwrap_or(0);
@@ -883,25 +896,17 @@ fn render_users(v: &Value) -> String {
     let rows: Vec<Vec<String>> = rows_of(v)
         .iter()
         .map(|u| {
-            vec![
-                text(&u["uid"]),
-                fit(&text(&u["name"]), 24),
-                text(&u["available"]),
-                text(&u["paid"]),
+            let mut cells = user_cells(u);
+            cells.extend([
                 if u["banned"].as_bool() == Some(true) {
                     format!("banned: {}", fit(&text(&u["ban_reason"]), 30))
                 } else {
                     String::new()
                 },
-                fit(
-                    &u["identities"]
-                        .as_array()
-                        .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
-                        .unwrap_or_default(),
-                    60,
-                ),
+                identities_cell(u),
                 text(&u["matched"]),
-            ]
+            ]);
+            cells
         })
         .collect();
     table(

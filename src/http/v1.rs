@@ -916,15 +916,7 @@ fn stream_response(
                     break;
                 }
                 None => {
-                    let err = if stopping.is_some() {
-                        ApiError::shutting_down(lang)
-                    } else {
-                        ApiError::from_failure(
-                            lang,
-                            FailureKind::Unavailable,
-                            lang.pick("The answer was interrupted.", "回答被中断了。"),
-                        )
-                    };
+                    let err = interrupted(stopping.is_some(), lang);
                     let _ = tx.send(data(err.body())).await;
                     break;
                 }
@@ -994,18 +986,7 @@ async fn unknown_path(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiError {
-    let lang = Lang::of_request(&headers, &st.engine.settings().texts);
-    let path = uri.path();
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        None,
-        lang.pick(
-            format!("Invalid URL ({method} {path})"),
-            format!("无效的 URL（{method} {path}）"),
-        ),
-    )
-    .no_retry()
+    route_error(&st, StatusCode::NOT_FOUND, &method, &uri, &headers)
 }
 
 /// A known `/v1` path with the wrong method: OpenAI's 405.
@@ -1015,18 +996,31 @@ async fn wrong_method(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiError {
-    let lang = Lang::of_request(&headers, &st.engine.settings().texts);
+    route_error(&st, StatusCode::METHOD_NOT_ALLOWED, &method, &uri, &headers)
+}
+
+/// OpenAI's words for a path it does not serve (404) or a method it does not take (405).
+fn route_error(
+    st: &AppState,
+    status: StatusCode,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> ApiError {
+    let lang = Lang::of_request(headers, &st.engine.settings().texts);
     let path = uri.path();
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
-        None,
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
         lang.pick(
             format!("Invalid method for URL ({method} {path})"),
             format!("该 URL 不支持此方法（{method} {path}）"),
-        ),
-    )
-    .no_retry()
+        )
+    } else {
+        lang.pick(
+            format!("Invalid URL ({method} {path})"),
+            format!("无效的 URL（{method} {path}）"),
+        )
+    };
+    ApiError::new(status, "invalid_request_error", None, message).no_retry()
 }
 
 /// 16 random bytes in hex: unique references for ledger entries and response ids.

@@ -189,24 +189,30 @@ mod tests {
             let store = Store::open_temporary().unwrap();
             // An expired mark makes every thread go through the compare-and-swap.
             store.dedupe_insert("k", 5, 0).unwrap();
-            let wins = Arc::new(AtomicUsize::new(0));
-            let barrier = Arc::new(Barrier::new(8));
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    let (store, wins, barrier) = (store.clone(), wins.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        if store.dedupe_insert("k", 1000, 10).unwrap() {
-                            wins.fetch_add(1, Ordering::SeqCst);
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+            let wins = winners(&store, |s, _| s.dedupe_insert("k", 1000, 10).unwrap());
+            assert_eq!(wins, 1, "round {round}");
         }
+    }
+
+    /// How many of 8 threads, started together, `attempt` says won.
+    fn winners(store: &Store, attempt: fn(&Store, usize) -> bool) -> usize {
+        let wins = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, wins, barrier) = (store.clone(), wins.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    if attempt(&store, i) {
+                        wins.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        wins.load(Ordering::SeqCst)
     }
 
     #[test]
@@ -247,23 +253,10 @@ mod tests {
     fn concurrent_binds_of_different_values_have_one_winner() {
         for round in 0..20 {
             let store = Store::open_temporary().unwrap();
-            let wins = Arc::new(AtomicUsize::new(0));
-            let barrier = Arc::new(Barrier::new(8));
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let (store, wins, barrier) = (store.clone(), wins.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        if store.dedupe_bind("k", &format!("v{i}"), 1000, 10).unwrap() {
-                            wins.fetch_add(1, Ordering::SeqCst);
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+            let wins = winners(&store, |s, i| {
+                s.dedupe_bind("k", &format!("v{i}"), 1000, 10).unwrap()
+            });
+            assert_eq!(wins, 1, "round {round}");
         }
     }
 
