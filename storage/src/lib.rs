@@ -499,6 +499,19 @@ impl Store {
             .ok_or(StoreError::Reopening)
     }
 
+    /// Runs `f` while every writer waits (writes in flight finish first), as the start of a
+    /// backup or a reopening does: for tests of callers, which must not hold their own locks
+    /// across a store call that may wait like this.
+    #[doc(hidden)]
+    pub fn with_writers_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _quiet = self
+            .inner
+            .quiesce
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f()
+    }
+
     /// The quiesce lock's read side, held by a public writing method for its whole run.
     /// Poison-tolerant: the lock guards no data.
     fn writing(&self) -> RwLockReadGuard<'_, ()> {
