@@ -28,7 +28,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 gen_start=$(date +%s)
-"$PWD/target/$profile/examples/gen_store" "$work/data" "$users" "$entries" >/dev/null
+"$PWD/target/$profile/examples/gen_store" "$work/data/db" "$users" "$entries" >/dev/null
 echo "store: $users users, $entries ledger entries, generated in $(( $(date +%s) - gen_start )) s, $(du -sh "$work/data" | cut -f1) on disk"
 
 port=$(freeport)
@@ -36,8 +36,12 @@ oa_toml "$port" "$work/data" > "$work/chatrelay.toml"
 # The backup's snapshot pause is logged at debug level.
 NO_COLOR=1 RUST_LOG="warn,chatrelay_storage::backup=debug" \
   "$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
-pids+=($!)
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+cr=$!
+pids+=($cr)
+until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+  kill -0 "$cr" 2>/dev/null || { cat "$work/log" >&2; exit 1; }
+  sleep 0.05
+done
 url="http://127.0.0.1:$port/wechat/mp/bench"
 n=$(( rate * secs ))
 
