@@ -12,6 +12,10 @@
 //!
 //! Prints one line: `requests=N ok=N secs=S rps=R p50_ms=A p99_ms=B max_ms=C`, and with
 //! several URLs one more per URL: `target=URL requests=N ok=N`.
+//!
+//! With `MP_RATE=R` (requests per second) the requests go out at that steady rate instead of
+//! back to back (at most CONCURRENCY in flight), and each latency counts from when its request
+//! was due, so a stall shows in full even when the client falls behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             let run_id = std::process::id();
             let requests = (0..n)
                 .map(|i| {
-                    let nonce = format!("n{i}");
+                    let nonce = format!("n{run_id}x{i}");
                     let xml = format!(
                         "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><FromUserName><![CDATA[o_bench_{run_id}_{}]]></FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[你好，这是第 {i} 条压测消息]]></Content><MsgId>{}</MsgId></xml>",
                         i % users,
@@ -110,7 +114,11 @@ async fn run(
         .build()?;
     let n = requests.len();
     let targets = urls.len();
-    let queue = Arc::new(std::sync::Mutex::new(requests.into_iter()));
+    let rate: Option<f64> = std::env::var("MP_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r: &f64| *r > 0.0);
+    let queue = Arc::new(std::sync::Mutex::new(requests.into_iter().enumerate()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -123,11 +131,18 @@ async fn run(
             let mut per_target: Vec<(usize, usize)> = vec![(0, 0); targets];
             loop {
                 let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                let Some((target, url, body)) = next else {
+                let Some((i, (target, url, body))) = next else {
                     break;
                 };
                 per_target[target].0 += 1;
-                let t = Instant::now();
+                let t = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let res = if post {
                     client.post(&url).body(body).send().await
                 } else {

@@ -279,6 +279,10 @@ impl App {
             r = &mut server => Some(r),
         };
         info!(grace_secs = grace.as_secs(), "shutting down");
+        // One budget for the whole drain (systemd's TimeoutStopSec is set against it): first
+        // the HTTP server stops accepting and finishes its requests, then the tracked tasks
+        // (answers being delivered, which watch the shutdown token) end.
+        let deadline = tokio::time::Instant::now() + grace;
         notify(&[sd_notify::NotifyState::Stopping]);
         match finished_early {
             // The server can only end by itself when it failed; unless shutdown was asked
@@ -290,7 +294,7 @@ impl App {
                 bail!("the HTTP server stopped unexpectedly");
             }
             Some(_) => {}
-            None => match tokio::time::timeout(grace, &mut server).await {
+            None => match tokio::time::timeout_at(deadline, &mut server).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
                 Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
@@ -301,8 +305,14 @@ impl App {
             },
         }
         tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!("background tasks still running after the grace period");
+        if tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = tracker.len(),
+                "background tasks still running after the grace period"
+            );
         }
         if let Err(e) = engine.stats().flush(engine.store()) {
             warn!(error = %e, "writing the last statistics failed");

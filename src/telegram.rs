@@ -159,7 +159,9 @@ async fn webhook(
             return StatusCode::OK.into_response();
         }
     };
-    tokio::spawn(process(st.engine.clone(), bot, update));
+    st.engine
+        .tracker()
+        .spawn(process(st.engine.clone(), bot, update));
     StatusCode::OK.into_response()
 }
 
@@ -216,7 +218,9 @@ pub async fn run_bot(engine: Engine, bot: Arc<TelegramBot>, shutdown: Cancellati
                 backoff = Duration::from_secs(1);
                 for update in updates {
                     offset = offset.max(i32::try_from(update.id.0).unwrap_or(i32::MAX - 1) + 1);
-                    tokio::spawn(process(engine.clone(), bot.clone(), update));
+                    engine
+                        .tracker()
+                        .spawn(process(engine.clone(), bot.clone(), update));
                 }
             }
             Err(TgError::RetryAfter(d)) => {
@@ -263,6 +267,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
     // In groups the answer quotes the question, so it is clear whom it answers.
     let reply_to = (!private).then_some(message.id.0);
     let span = info_span!("telegram", bot = %bot.cfg.id, user = %key.user, msg = %message_id);
+    let shutdown = &engine.shutdown_token().clone();
     async move {
         let commands = &engine.settings().commands;
         let engine_text = match parse_command(&text, &username) {
@@ -281,7 +286,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
                     "请私聊我发送 /code 获取网页登录验证码。".to_owned()
                 };
                 let reply = Reply::failed(FailureKind::InvalidRequest, answer);
-                stream_answer(&bot, chat, reply_to, reply).await;
+                stream_answer(&bot, chat, reply_to, reply, shutdown).await;
                 return;
             }
             Some(Command::Start | Command::Help) => command_word(&commands.help, "/help"),
@@ -301,13 +306,39 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
                         FailureKind::InvalidRequest,
                         engine.settings().texts.image_failed.clone(),
                     );
-                    stream_answer(&bot, chat, reply_to, reply).await;
+                    stream_answer(&bot, chat, reply_to, reply, shutdown).await;
                     return;
                 }
             }
         }
+        // Answers owed to this user in this chat (a delivery that failed) come first.
+        let owed_key = format!("{}#{chat}", inbound.key);
+        match engine.store().outbox_take(&owed_key) {
+            Ok(owed) => {
+                for (i, text) in owed.iter().enumerate() {
+                    if !deliver(
+                        &bot,
+                        chat,
+                        None,
+                        None,
+                        text,
+                        false,
+                        &mut Instant::now(),
+                        shutdown,
+                    )
+                    .await
+                    {
+                        keep(&engine, &owed_key, owed.get(i..).unwrap_or_default());
+                        break;
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the outbox failed"),
+        }
         let reply = engine.handle(inbound);
-        stream_answer(&bot, chat, reply_to, reply).await;
+        if let Some(undelivered) = stream_answer(&bot, chat, reply_to, reply, shutdown).await {
+            keep(&engine, &owed_key, &[undelivered]);
+        }
     }
     .instrument(span)
     .await;
@@ -323,8 +354,26 @@ struct Progress {
     next_at: Instant,
 }
 
+/// Keeps `texts` (a charged answer that could not be delivered) for the user's next message
+/// in the chat.
+fn keep(engine: &Engine, owed_key: &str, texts: &[String]) {
+    for text in texts {
+        if let Err(e) = engine.store().outbox_push(owed_key, text) {
+            warn!(error = %e, "keeping an undelivered answer failed; it is lost");
+        }
+    }
+}
+
 /// Streams `reply` into `chat`: typing, a first message, edits, then the final HTML parts.
-async fn stream_answer(bot: &TelegramBot, chat: i64, reply_to: Option<i32>, mut reply: Reply) {
+/// Returns what of a finished answer (paid for) could not be delivered, to be kept for the
+/// next message; nothing for an answer delivered whole, or a failure.
+async fn stream_answer(
+    bot: &TelegramBot,
+    chat: i64,
+    reply_to: Option<i32>,
+    mut reply: Reply,
+    shutdown: &CancellationToken,
+) -> Option<String> {
     let api = &bot.api;
     let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
     if let Err(e) = api.typing(chat).await {
@@ -390,32 +439,48 @@ async fn stream_answer(bot: &TelegramBot, chat: i64, reply_to: Option<i32>, mut 
                 }
             }
             metrics::counter!("chatrelay_telegram_answers_total").increment(1);
-            return;
+            return None;
         }
         Some(ReplyEvent::Final { text, .. }) => (text, true),
         Some(ReplyEvent::Failed {
             kind: FailureKind::Duplicate,
             ..
-        }) => return,
+        }) => return None,
         Some(ReplyEvent::Failed { message, .. }) => (message, false),
         // The engine vanished mid-answer: keep what arrived.
         Some(ReplyEvent::Delta(_)) | None => (text, false),
     };
     if answer.trim().is_empty() {
-        return;
+        return None;
     }
-    for (i, part) in split_for_telegram(&answer).iter().enumerate() {
+    let parts = split_for_telegram(&answer);
+    for (i, part) in parts.iter().enumerate() {
         let target = if i == 0 { p.message } else { None };
         let reply_to = if i == 0 { reply_to } else { None };
-        if !deliver(bot, chat, target, reply_to, part, html, &mut p.next_at).await {
-            return;
+        if !deliver(
+            bot,
+            chat,
+            target,
+            reply_to,
+            part,
+            html,
+            &mut p.next_at,
+            shutdown,
+        )
+        .await
+        {
+            // Only a finished answer is owed (`html`: it was a Final).
+            return html.then(|| parts.get(i..).unwrap_or_default().join("\n"));
         }
     }
     metrics::counter!("chatrelay_telegram_answers_total").increment(1);
+    None
 }
 
 /// Puts one final part in `target` (an edit) or a new message: HTML when `html`, plain text if
-/// Telegram rejects the entities; waits out 429s. False when it could not be delivered.
+/// Telegram rejects the entities; waits out 429s, but not past `shutdown`. False when it could
+/// not be delivered.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     bot: &TelegramBot,
     chat: i64,
@@ -424,10 +489,18 @@ async fn deliver(
     part: &str,
     mut html: bool,
     next_at: &mut Instant,
+    shutdown: &CancellationToken,
 ) -> bool {
     let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
     for _ in 0..DELIVERY_ATTEMPTS {
-        tokio::time::sleep_until(*next_at).await;
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(*next_at) => {}
+            () = shutdown.cancelled() => {
+                warn!("shutting down before a Telegram message could go out");
+                return false;
+            }
+        }
         let body = if html { to_html(part) } else { part.to_owned() };
         let result = match target {
             Some(id) => bot.api.edit(chat, id, &body, html).await,

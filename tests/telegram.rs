@@ -50,6 +50,8 @@ struct Fake {
     next_message: AtomicI64,
     /// Reject every HTML message with "can't parse entities".
     reject_html: AtomicBool,
+    /// Refuse every sendMessage / editMessageText (Telegram unreachable for this chat).
+    refuse_sends: AtomicBool,
     /// Answer this many upcoming editMessageText calls with 429 retry_after 1.
     edits_429: AtomicU32,
     /// What the fake LLM answers.
@@ -140,6 +142,14 @@ async fn bot_api(
                     Json(json!({"ok": false, "error_code": 429,
                         "description": "Too Many Requests: retry after 1",
                         "parameters": {"retry_after": 1}})),
+                )
+                    .into_response()
+            } else if fake.refuse_sends.load(Ordering::SeqCst) {
+                status = 400;
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"ok": false, "error_code": 400,
+                        "description": "Bad Request: chat not found"})),
                 )
                     .into_response()
             } else if body["parse_mode"] == "HTML" && fake.reject_html.load(Ordering::SeqCst) {
@@ -596,5 +606,38 @@ async fn photos_reach_a_vision_model_and_drawings_come_back_as_photos() {
     drop(photos);
     let photo = h.fake.photos.lock().unwrap()[0].clone();
     assert!(photo.contains("https://img.example/drawn.png"), "{photo}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_could_not_be_sent_comes_with_the_next_message() {
+    let h = start("", None).await;
+    h.fake.refuse_sends.store(true, Ordering::SeqCst);
+    h.push(message(1, 46, 1, "first question"));
+    // Every try of the final answer is refused.
+    h.wait(|c| {
+        c.iter()
+            .any(|c| c.chat() == 46 && c.status == 400 && is_final(c))
+    })
+    .await;
+    h.fake.refuse_sends.store(false, Ordering::SeqCst);
+    h.push(message(2, 46, 2, "second question"));
+    let calls = h
+        .wait(|c| {
+            c.iter().any(|c| {
+                c.chat() == 46 && c.ok() && is_final(c) && c.text() == demo("second question")
+            })
+        })
+        .await;
+    let delivered: Vec<&Call> = calls.iter().filter(|c| c.chat() == 46 && c.ok()).collect();
+    let owed = delivered
+        .iter()
+        .position(|c| c.text() == demo("first question"))
+        .expect("the paid answer that could not be sent was delivered later");
+    let next = delivered
+        .iter()
+        .position(|c| c.text() == demo("second question"))
+        .unwrap();
+    assert!(owed < next, "the owed answer comes first");
     h.stop().await;
 }

@@ -35,6 +35,11 @@ def test_idle_and_big_store_smoke():
     assert "200 users, 2000 ledger entries: start to ready" in out, out
 
 
+def test_backup_latency_smoke():
+    out = run("backup_latency.sh", 300, 300, 20, 2)
+    assert "p99 during backups / without" in out and "snapshot pause (writers held)" in out, out
+
+
 def test_quota_smoke():
     out = run("quota.sh", 4, 1)
     assert "consistent=true" in out and "reserve_settle_per_sec=" in out, out

@@ -318,3 +318,38 @@ def test_a_signed_query_replayed_with_another_body_is_refused(mp_daemon, upstrea
     first = wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)
     assert first[0] == 200
     assert wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)[0] == 200
+
+
+def test_an_answer_charged_before_shutdown_waits_in_the_outbox(upstream, tmp_path):
+    """SIGTERM while the watcher waits out WeChat's tries: the answer, charged, was neither
+    pushed nor shown; it goes to the outbox and comes with the next message after the
+    restart, charged once."""
+    d = Daemon(upstream.base_url, free_daily=100, llm_timeout=10, extra_toml=f"""
+[[wechat_mp]]
+id = "{SUB['id']}"
+app_id = "{SUB['app_id']}"
+token = "{SUB['token']}"
+passive_wait_ms = 300
+retry_window_ms = 30000
+""").start()
+    try:
+        wx = WeChat(d, SUB)
+        _, _, uid = login(d, wx, "o_erin")
+        upstream.mode, upstream.delay = "delayed", 1.0
+        # One try: it says nothing in time, and WeChat would try again much later.
+        tries, reply = wx.send_text("o_erin", "慢问题", tries=1, timeout=0.8)
+        assert reply is None
+        deadline = time.time() + 10
+        while not usage_entries(d, uid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(usage_entries(d, uid)) == 1, "the answer was made and charged"
+        started = time.time()
+        assert d.stop() == 0, d.logs()
+        assert time.time() - started < 10, "shutdown did not wait out WeChat's retry window"
+        upstream.mode = "ok"
+        d.start()
+        _, reply = wx.send_text("o_erin", "下一个问题", timeout=5)
+        assert reply["Content"] == ANSWER + "\n\n" + ANSWER, "the owed answer, then the new one"
+        assert len(usage_entries(d, uid)) == 2, "each question charged once"
+    finally:
+        d.stop()

@@ -1859,7 +1859,10 @@ impl Handler for Engine {
         }
         self.sweep_inflight(false);
         let id = format!("{}#{}", inbound.key, inbound.message_id);
-        let rx = {
+        // The slot is taken under the lock, the store asked after it is let go (no std mutex
+        // is held across a store call): a redelivery arriving meanwhile joins the slot and
+        // gets whatever this call decides.
+        let (tx, rx) = {
             let mut guard = self
                 .inner
                 .inflight
@@ -1867,60 +1870,81 @@ impl Handler for Engine {
                 .unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = guard.map.get(&id) {
                 metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
-                existing.rx.clone()
-            } else {
-                let now = now_ms();
-                let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
-                match self.inner.store.dedupe_insert(&id, expires, now) {
-                    Ok(true) => {}
-                    Ok(false) if self.inner.store.is_shared() => {
-                        // Another daemon on the database took this message (a platform
-                        // retry landed here): follow its answer through the database.
-                        metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
-                        return follow_shared(
-                            self.inner.store.clone(),
-                            id,
-                            s.reservation_ttl,
-                            &self.inner.tracker,
-                        );
-                    }
-                    Ok(false) => {
-                        // Seen before, answered in an earlier run: not answered twice.
-                        metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
-                        return Reply::failed(FailureKind::Duplicate, "");
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "dedupe failed");
-                        return Reply::failed(FailureKind::Unavailable, &s.texts.unavailable);
-                    }
-                }
-                let (tx, rx) = watch::channel(Progress::default());
-                guard.map.insert(
-                    id.clone(),
-                    Inflight {
-                        rx: rx.clone(),
-                        started: Instant::now(),
-                    },
-                );
-                let this = self.clone();
-                let span = info_span!("message", key = %inbound.key, msg = %inbound.message_id);
-                let shared_key = id.clone();
-                self.inner.tracker.spawn(
-                    async move {
-                        let sink = Sink::Progress(tx);
-                        let platform = inbound.key.platform;
-                        let event = this.answer_platform(inbound, &sink).await;
-                        this.record_outcome(platform, &event);
-                        this.share_answer(&shared_key, &event, expires);
-                        if let Sink::Progress(tx) = sink {
-                            tx.send_modify(|p| p.done = Some(event));
-                        }
-                    }
-                    .instrument(span),
-                );
-                rx
+                let rx = existing.rx.clone();
+                drop(guard);
+                return follow(rx, &self.inner.tracker);
+            }
+            let (tx, rx) = watch::channel(Progress::default());
+            guard.map.insert(
+                id.clone(),
+                Inflight {
+                    rx: rx.clone(),
+                    started: Instant::now(),
+                },
+            );
+            (tx, rx)
+        };
+        let now = now_ms();
+        let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
+        let refused = match self.inner.store.dedupe_insert(&id, expires, now) {
+            Ok(true) => None,
+            Ok(false) if self.inner.store.is_shared() => {
+                // Another daemon on the database took this message (a platform retry landed
+                // here): follow its answer through the database.
+                metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
+                Some((
+                    failed(FailureKind::Duplicate, ""),
+                    follow_shared(
+                        self.inner.store.clone(),
+                        id.clone(),
+                        s.reservation_ttl,
+                        &self.inner.tracker,
+                    ),
+                ))
+            }
+            Ok(false) => {
+                // Seen before, answered in an earlier run: not answered twice.
+                metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
+                Some((
+                    failed(FailureKind::Duplicate, ""),
+                    Reply::failed(FailureKind::Duplicate, ""),
+                ))
+            }
+            Err(e) => {
+                warn!(error = %e, "dedupe failed");
+                Some((
+                    failed(FailureKind::Unavailable, &s.texts.unavailable),
+                    Reply::failed(FailureKind::Unavailable, &s.texts.unavailable),
+                ))
             }
         };
+        if let Some((event, reply)) = refused {
+            self.inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .remove(&id);
+            // Joiners of the slot get the same word (a duplicate is silent).
+            tx.send_modify(|p| p.done = Some(event));
+            return reply;
+        }
+        let this = self.clone();
+        let span = info_span!("message", key = %inbound.key, msg = %inbound.message_id);
+        let shared_key = id;
+        self.inner.tracker.spawn(
+            async move {
+                let sink = Sink::Progress(tx);
+                let platform = inbound.key.platform;
+                let event = this.answer_platform(inbound, &sink).await;
+                this.record_outcome(platform, &event);
+                this.share_answer(&shared_key, &event, expires);
+                if let Sink::Progress(tx) = sink {
+                    tx.send_modify(|p| p.done = Some(event));
+                }
+            }
+            .instrument(span),
+        );
         follow(rx, &self.inner.tracker)
     }
 }

@@ -1250,3 +1250,54 @@ async fn an_upstream_that_ignores_the_limit_is_not_read_past_what_the_payer_affo
     assert!(text.len() < 1000, "read {} bytes", text.len());
     assert!(charged <= 2);
 }
+
+/// A message whose store call waits (writers held, as at the start of a backup) must not
+/// hold up the engine's other work: housekeeping and a redelivery of the same message go on
+/// (they waited on the in-flight map's lock, held across the store call, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_store_call_holds_no_engine_lock() {
+    let h = harness(FAST);
+    let (engine, store) = (h.engine.clone(), h.store.clone());
+    let rt = tokio::runtime::Handle::current();
+    let (first, again) = tokio::task::spawn_blocking(move || {
+        store.with_writers_held(|| {
+            let (e, r) = (engine.clone(), rt.clone());
+            let first = std::thread::spawn(move || {
+                let _rt = r.enter();
+                e.handle(msg("5", "q"))
+            });
+            // Until the first delivery has its slot (and waits in the store).
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(g) = engine.inner.inflight.try_lock()
+                    && g.map.contains_key("tg:main:42#5")
+                {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the in-flight map stayed locked while the store call waited"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let r = rt.clone();
+            std::thread::spawn(move || {
+                let _rt = r.enter();
+                engine.housekeeping();
+                let _ = tx.send(engine.handle(msg("5", "q")));
+            });
+            let again = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("housekeeping and a redelivery waited for another message's store call");
+            (first, again)
+        })
+    })
+    .await
+    .unwrap();
+    let first = first.join().unwrap();
+    let (a, b) = tokio::join!(first.collect(), again.collect());
+    assert_eq!(final_text(&a), "Hello, world");
+    assert_eq!(final_text(&b), "Hello, world");
+    assert_eq!(h.llm.calls(), 1);
+}

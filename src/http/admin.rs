@@ -954,7 +954,8 @@ async fn zsxq_token(
     Ok(Json(json!({"token_expired": false})))
 }
 
-/// Streams a consistent snapshot of the database (writers wait while it is taken).
+/// Streams a consistent snapshot of the database: it is written to a temporary file (writers
+/// wait only the instant the snapshot starts, see `Store::export_backup`), then sent.
 async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
     check_admin(&st, &headers)?;
     let store = st.engine.store().clone();

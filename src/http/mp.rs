@@ -343,12 +343,15 @@ async fn answer_text(
     let mut inbound = Inbound::text(key.clone(), message_id, text);
     inbound.images = images;
     if first {
-        tokio::spawn(watch(
-            st.engine.clone(),
-            account.clone(),
-            inbound.clone(),
-            state.clone(),
-        ));
+        st.engine.tracker().spawn(
+            watch(
+                st.engine.clone(),
+                account.clone(),
+                inbound.clone(),
+                state.clone(),
+            )
+            .in_current_span(),
+        );
     }
     let wait = Duration::from_millis(cfg.passive_wait_ms);
     let reply = st.engine.handle(inbound);
@@ -363,8 +366,12 @@ async fn answer_text(
         }
         Err(_) if try_number(&st.engine, account, &state, key, message_id) < TRIES => {
             // Say nothing in time, so that WeChat tries again; the connection is dropped by
-            // WeChat at 5 s, so whatever this returns later is not seen.
-            tokio::time::sleep(Duration::from_millis(cfg.retry_window_ms)).await;
+            // WeChat at 5 s, so whatever this returns later is not seen. Shutdown does not
+            // wait for it (the watcher delivers the answer).
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(cfg.retry_window_ms)) => {}
+                () = st.engine.shutdown_token().cancelled() => {}
+            }
             None
         }
         Err(_) => Some(if account.can_push() {
@@ -430,53 +437,86 @@ fn with_outbox(st: &AppState, account: &Arc<MpAccount>, key: &UserKey, text: Str
     format!("{first}{more}")
 }
 
-/// After WeChat's tries are over, delivers an answer no try could deliver.
+/// After WeChat's tries are over, delivers an answer no try could deliver. On shutdown it
+/// stops waiting for the tries: an answer no try has delivered yet goes to the outbox (the
+/// user paid for it), to ride with the next message after the restart.
 async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state: TryState) {
     let key = inbound.key.clone();
     let message_id = inbound.message_id.clone();
+    // At shutdown the engine ends an answer still being written (uncharged) by itself.
     let event = engine.handle(inbound).collect().await;
     let window_end = state.first_seen + Duration::from_millis(account.cfg.retry_window_ms);
-    tokio::time::sleep_until(window_end).await;
+    let shutting_down = tokio::select! {
+        () = tokio::time::sleep_until(window_end) => false,
+        () = engine.shutdown_token().cancelled() => true,
+    };
     if !claim(&engine, &account, &state, &key, &message_id) {
         return;
     }
     let Some(text) = event.user_text() else {
         return;
     };
-    info!(user = %key.user, "answer was too slow for a passive reply; delivering it later");
     let parts = split_message(&text, MAX_REPLY_BYTES, Unit::Bytes);
+    if shutting_down {
+        if !matches!(event, chatrelay_core::ReplyEvent::Final { .. }) {
+            // Not an answer (cut by the shutdown itself, say): nothing is owed.
+            return;
+        }
+        info!(user = %key.user, "shutting down before WeChat's tries ended; the answer waits in the outbox");
+        for part in &parts {
+            keep(&engine, &key, part);
+        }
+        return;
+    }
+    info!(user = %key.user, "answer was too slow for a passive reply; delivering it later");
     deliver_later(engine, account, key, parts);
 }
 
 /// Pushes `parts` in order with the customer-service API where possible; whatever cannot be
-/// pushed goes to the outbox, to ride with the user's next message.
+/// pushed (or is not pushed yet when the daemon shuts down) goes to the outbox, to ride with
+/// the user's next message.
 fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: Vec<String>) {
     if parts.is_empty() {
         return;
     }
-    tokio::spawn(async move {
-        let mut parts = parts.into_iter();
-        if let Some(client) = account.client.as_ref().filter(|_| account.can_push()) {
-            for part in parts.by_ref() {
-                match client.send_text(&key.user, &part).await {
-                    Ok(()) => metrics::counter!("chatrelay_mp_pushed_total").increment(1),
-                    Err(e) => {
-                        if e.is_no_permission() && account.cfg.push == PushMode::Auto {
-                            warn!(account = %account.id(), "the account may not push (48001); slow answers will wait for the next message");
-                            account.push_allowed.store(false, Ordering::Relaxed);
-                        } else {
-                            warn!(error = %e, "push failed; keeping the answer for the next message");
+    let tracker = engine.tracker().clone();
+    tracker.spawn(
+        async move {
+            let mut parts = parts.into_iter();
+            if let Some(client) = account.client.as_ref().filter(|_| account.can_push()) {
+                let shutdown = engine.shutdown_token().clone();
+                for part in parts.by_ref() {
+                    let sent = tokio::select! {
+                        r = client.send_text(&key.user, &part) => Some(r),
+                        () = shutdown.cancelled() => None,
+                    };
+                    match sent {
+                        Some(Ok(())) => metrics::counter!("chatrelay_mp_pushed_total").increment(1),
+                        Some(Err(e)) => {
+                            if e.is_no_permission() && account.cfg.push == PushMode::Auto {
+                                warn!(account = %account.id(), "the account may not push (48001); slow answers will wait for the next message");
+                                account.push_allowed.store(false, Ordering::Relaxed);
+                            } else {
+                                warn!(error = %e, "push failed; keeping the answer for the next message");
+                            }
+                            keep(&engine, &key, &part);
+                            break;
                         }
-                        keep(&engine, &key, &part);
-                        break;
+                        None => {
+                            // Cut by shutdown: it may or may not have arrived; twice beats never.
+                            warn!("shutting down during a push; keeping the rest for the next message");
+                            keep(&engine, &key, &part);
+                            break;
+                        }
                     }
                 }
             }
+            for part in parts {
+                keep(&engine, &key, &part);
+            }
         }
-        for part in parts {
-            keep(&engine, &key, &part);
-        }
-    });
+        .in_current_span(),
+    );
 }
 
 fn keep(engine: &Engine, key: &UserKey, text: &str) {

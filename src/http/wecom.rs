@@ -265,7 +265,12 @@ async fn app_callback(
                 if !app.cfg.welcome.is_empty()
                     && app.seen.first(&message_id, Duration::from_secs(60)) =>
             {
-                send_app(app.clone(), key.user.clone(), app.cfg.welcome.clone());
+                send_app(
+                    &st.engine,
+                    app.clone(),
+                    key.user.clone(),
+                    app.cfg.welcome.clone(),
+                );
                 None
             }
             _ => None,
@@ -273,6 +278,7 @@ async fn app_callback(
         _ => {
             if app.seen.first(&message_id, Duration::from_secs(600)) {
                 send_app(
+                    &st.engine,
                     app.clone(),
                     key.user.clone(),
                     st.engine.settings().texts.empty.clone(),
@@ -286,16 +292,18 @@ async fn app_callback(
     {
         let engine = st.engine.clone();
         let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
-        tokio::spawn(
+        st.engine.tracker().spawn(
             async move {
                 let mut inbound = Inbound::text(key.clone(), message_id, text);
                 inbound.images = images;
                 let claim = format!("wecom:{}#{}", key, inbound.message_id);
                 let reply = engine.handle(inbound);
-                if let Some(answer) = reply.collect().await.user_text()
+                let event = reply.collect().await;
+                if let Some(answer) = event.user_text()
                     && engine.claim_delivery(&claim)
                 {
-                    send_app(app, key.user, answer);
+                    let owed = matches!(event, ReplyEvent::Final { .. });
+                    send_app_owed(&engine, app, &key, answer, owed);
                 }
             }
             .instrument(span),
@@ -305,24 +313,62 @@ async fn app_callback(
     StatusCode::OK.into_response()
 }
 
-/// Sends `text` to `user` in 2048-byte parts, in order.
-fn send_app(app: Arc<WecomApp>, user: String, text: String) {
-    tokio::spawn(async move {
-        for part in split_message(&text, MAX_MESSAGE_BYTES, Unit::Bytes) {
-            let sent = if app.cfg.markdown && has_markup(&part) {
-                app.client.send_markdown(&user, &part).await
-            } else {
-                app.client.send_text(&user, &part).await
-            };
-            match sent {
-                Ok(()) => metrics::counter!("chatrelay_wecom_sent_total").increment(1),
-                Err(e) => {
-                    warn!(app = %app.cfg.id, error = %e, "sending a WeCom message failed");
-                    return;
-                }
+/// Sends `text` to `user` in 2048-byte parts, in order (nothing is owed for it).
+fn send_app(engine: &Engine, app: Arc<WecomApp>, user: String, text: String) {
+    engine.tracker().spawn(async move {
+        send_parts(app, user, text).await;
+    });
+}
+
+/// Sends an answer to the user behind `key`, after anything still owed to them (the outbox).
+/// When `owed` (a finished answer, paid for), whatever could not be sent goes back to the
+/// outbox, for their next message, instead of nowhere.
+fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: String, owed: bool) {
+    let outbox = key.to_string();
+    let mut all = match engine.store().outbox_take(&outbox) {
+        Ok(earlier) => earlier,
+        Err(e) => {
+            warn!(error = %e, "reading the outbox failed");
+            Vec::new()
+        }
+    };
+    // Earlier answers are owed whatever this one is.
+    let owed = owed || !all.is_empty();
+    all.push(text);
+    let text = all.join("\n\n");
+    let engine = engine.clone();
+    let user = key.user.clone();
+    engine.tracker().clone().spawn(async move {
+        if let Some(rest) = send_parts(app, user, text).await
+            && owed
+        {
+            metrics::counter!("chatrelay_wecom_outbox_total").increment(1);
+            if let Err(e) = engine.store().outbox_push(&outbox, &rest) {
+                warn!(error = %e, "keeping an unsent answer failed; it is lost");
             }
         }
     });
+}
+
+/// Sends `text` to `user` in 2048-byte parts, in order; returns what was not sent (a part
+/// failed, or shutdown came first).
+async fn send_parts(app: Arc<WecomApp>, user: String, text: String) -> Option<String> {
+    let parts = split_message(&text, MAX_MESSAGE_BYTES, Unit::Bytes);
+    for (i, part) in parts.iter().enumerate() {
+        let sent = if app.cfg.markdown && has_markup(part) {
+            app.client.send_markdown(&user, part).await
+        } else {
+            app.client.send_text(&user, part).await
+        };
+        match sent {
+            Ok(()) => metrics::counter!("chatrelay_wecom_sent_total").increment(1),
+            Err(e) => {
+                warn!(app = %app.cfg.id, error = %e, "sending a WeCom message failed");
+                return Some(parts.get(i..).unwrap_or_default().concat());
+            }
+        }
+    }
+    None
 }
 
 /// Whether text uses markdown a WeCom markdown message would render (plain answers go as
@@ -462,7 +508,7 @@ fn start_stream(
     let started = Instant::now();
     let http = bot.http.clone();
     let span = info_span!("wecom_aibot", bot = %bot.cfg.id, user = %user, msg = %msgid);
-    tokio::spawn(
+    engine.tracker().spawn(
         async move {
             let mut final_text = None;
             while let Some(event) = reply.next().await {

@@ -10,11 +10,24 @@
 //!    order, keys in order;
 //! 3. footer `{"end":true,"records":N,"sha256":"<hex>"}`, the SHA-256 of every record line,
 //!    each with its `\n`.
+//!
+//! # Snapshot without stopping writers
+//! sled has no snapshots, and its iterators are not consistent even within one tree. An export
+//! takes the quiesce lock's write side only for the instant it switches the [`Journal`] on
+//! (waiting for writes in flight to end): from then on, every write first keeps the value it
+//! replaces (or "absent") in the journal, once per key. The export then walks the live trees
+//! and puts those old values back: a key in the journal is exported as it was at the snapshot
+//! (or skipped, if it did not exist then), keys removed since come from the journal, and every
+//! other key has not been written since the snapshot, so its live value is its snapshot value.
+//! Writers wait only for that instant, never for the walk or the output.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{BufRead, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
@@ -105,6 +118,109 @@ impl Tally {
     }
 }
 
+/// Per tree, the value each key written since the snapshot had at the snapshot (`None`:
+/// absent).
+type Saved = HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
+/// A (key, value) pair of a tree.
+type Pair = (Vec<u8>, Vec<u8>);
+
+/// The copy-on-write half of an export's snapshot (see the module docs): while on, the first
+/// write of each key keeps the value it replaces.
+#[derive(Default)]
+pub(crate) struct Journal {
+    /// Fast path for writers: off unless an export runs. Switched only under the quiesce
+    /// lock's write side, which every writer's read side orders against.
+    on: AtomicBool,
+    /// Only ever held for map operations, never across a database call: writers in a sled
+    /// transaction hold sled's global lock, which a database call here would wait for.
+    saved: Mutex<Option<Saved>>,
+}
+
+impl Journal {
+    fn saved(&self) -> std::sync::MutexGuard<'_, Option<Saved>> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called before every write of `key` in `tree`: while an export runs, keeps the key's
+    /// value at the snapshot, read by `current` (called without any lock held).
+    ///
+    /// Correct without holding a lock across `current`: the first value kept for a key wins,
+    /// and it was read before its writer wrote; every other write of the key comes after its
+    /// own writer found the key kept (or kept it), so after that read: it read the snapshot.
+    pub(crate) fn before_write<E>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        current: impl FnOnce() -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<(), E> {
+        if !self.on.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let kept = match &*self.saved() {
+            Some(saved) => saved.get(tree).is_some_and(|t| t.contains_key(key)),
+            None => return Ok(()),
+        };
+        if kept {
+            return Ok(());
+        }
+        let value = current()?;
+        if let Some(saved) = self.saved().as_mut() {
+            saved
+                .entry(tree)
+                .or_default()
+                .entry(key.to_vec())
+                .or_insert(value);
+        }
+        Ok(())
+    }
+
+    /// Starts a snapshot: call with the quiesce lock's write side held.
+    fn start(&self) {
+        *self.saved() = Some(Saved::new());
+        self.on.store(true, Ordering::Release);
+    }
+
+    /// Ends the snapshot and forgets what it kept.
+    fn stop(&self) {
+        self.on.store(false, Ordering::Release);
+        *self.saved() = None;
+    }
+
+    /// For a key the walk of `tree` found live: the keys after `after` and before `key` that
+    /// existed at the snapshot but were removed before the walk got there (with their values),
+    /// and `key`'s snapshot value if it was written since (`Some(None)`: it did not exist).
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        tree: &'static str,
+        after: Option<&[u8]>,
+        key: Option<&[u8]>,
+    ) -> (Vec<Pair>, Option<Option<Vec<u8>>>) {
+        let guard = self.saved();
+        let Some(saved) = guard.as_ref().and_then(|s| s.get(tree)) else {
+            return (Vec::new(), None);
+        };
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let upper = key.map_or(Bound::Unbounded, Bound::Excluded);
+        let removed = saved
+            .range::<[u8], _>((lower, upper))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect();
+        let own = key.and_then(|k| saved.get(k).cloned());
+        (removed, own)
+    }
+}
+
+/// Switches the journal off when the export ends, however it ends.
+struct Snapshot<'a>(&'a Journal);
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// Every exported tree, in name order: the store's trees, plus sled's default tree when it
 /// holds data.
 fn backup_trees(open: &crate::Open) -> Result<Vec<(&'static str, &sled::Tree)>, StoreError> {
@@ -135,24 +251,44 @@ fn pg_backup() -> StoreError {
 impl Store {
     /// Writes a consistent snapshot of every tree to `out`, as text lines: a header, one line
     /// per record (hex key and value), and a footer with the record count and the SHA-256 of
-    /// the record lines (see the module docs). Blocks writers while it runs.
+    /// the record lines (see the module docs).
+    ///
+    /// Writers are held up only for the instant the snapshot starts (the writes already in
+    /// flight finish first), not while the records are read and written out: the snapshot is
+    /// kept by copy-on-write (see the module docs). One export runs at a time.
     pub fn export_backup(
         &self,
         out: &mut dyn Write,
         now_ms: i64,
     ) -> Result<BackupSummary, StoreError> {
-        let _quiet = self
+        let _one = self
             .inner
-            .quiesce
-            .write()
+            .exporting
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let schema_version = match self.trees()?.meta.get(SCHEMA_KEY)? {
-            Some(raw) => decode::<u32>(META, &raw, || "schema_version".to_owned())?,
-            None => SCHEMA_VERSION,
-        };
         let open = self.trees()?;
         let trees = backup_trees(&open)?;
-        let id_floor = open.db.generate_id()?.saturating_add(1);
+        let journal = &*self.inner.journal;
+        let (schema_version, id_floor, _snapshot) = {
+            let _quiet = self
+                .inner
+                .quiesce
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let started = std::time::Instant::now();
+            journal.start();
+            let snapshot = Snapshot(journal);
+            let schema_version = match open.meta.get(SCHEMA_KEY)? {
+                Some(raw) => decode::<u32>(META, &raw, || "schema_version".to_owned())?,
+                None => SCHEMA_VERSION,
+            };
+            let id_floor = open.db.generate_id()?.saturating_add(1);
+            tracing::debug!(
+                pause_us = started.elapsed().as_micros() as u64,
+                "backup snapshot started"
+            );
+            (schema_version, id_floor, snapshot)
+        };
         let header = Header {
             chatrelay_backup: FORMAT,
             schema_version,
@@ -167,18 +303,37 @@ impl Store {
         write_line(out, &to_json(&header)?)?;
         let mut sha = Context::new(&SHA256);
         let mut tally = Tally::default();
+        let mut emit = |out: &mut dyn Write, name: &str, key: &[u8], value: &[u8]| {
+            let line = to_json(&Record {
+                t: name.to_owned(),
+                k: hex::encode(key),
+                v: hex::encode(value),
+            })?;
+            sha.update(line.as_bytes());
+            sha.update(b"\n");
+            write_line(out, &line)?;
+            tally.add(name, key, value);
+            Ok::<(), StoreError>(())
+        };
         for &(name, tree) in &trees {
+            let mut last: Option<Vec<u8>> = None;
             for item in tree.iter() {
-                let (key, value) = item?;
-                let line = to_json(&Record {
-                    t: name.to_owned(),
-                    k: hex::encode(&key),
-                    v: hex::encode(&value),
-                })?;
-                sha.update(line.as_bytes());
-                sha.update(b"\n");
-                write_line(out, &line)?;
-                tally.add(name, &key, &value);
+                let (key, live) = item?;
+                let (removed, own) = journal.resolve(name, last.as_deref(), Some(&key));
+                for (k, v) in removed {
+                    emit(out, name, &k, &v)?;
+                }
+                match own {
+                    None => emit(out, name, &key, &live)?,
+                    Some(Some(then)) => emit(out, name, &key, &then)?,
+                    // Created after the snapshot.
+                    Some(None) => {}
+                }
+                last = Some(key.to_vec());
+            }
+            let (removed, _) = journal.resolve(name, last.as_deref(), None);
+            for (k, v) in removed {
+                emit(out, name, &k, &v)?;
             }
         }
         let footer = Footer {
@@ -268,7 +423,7 @@ fn check_target(dir: &Path) -> Result<(), StoreError> {
 
 /// Every tree name a backup may hold.
 fn known_tree(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 22] = [
+    const NAMES: [&str; 23] = [
         crate::META,
         crate::USERS,
         crate::IDENTITIES,
@@ -290,6 +445,7 @@ fn known_tree(name: &str) -> Option<&'static str> {
         crate::OPEN_ORDERS,
         crate::ORDER_EVENTS,
         crate::CHECKPOINTS,
+        crate::ANSWERS,
         DEFAULT_TREE,
     ];
     NAMES.into_iter().find(|n| *n == name)

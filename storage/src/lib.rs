@@ -53,9 +53,11 @@
 //! - A record that cannot be read is a [`StoreError::Corrupt`] naming tree and key, never a panic.
 //! - Writes are durable only after [`Store::flush`]; call it before acknowledging a payment.
 //! - Every public method that writes holds the quiesce lock's read side for its whole run
-//!   ([`Store::export_backup`] takes the write side, so a backup sees whole operations only).
-//!   Such methods never call one another (a nested read guard could deadlock with a waiting
-//!   exporter).
+//!   ([`Store::export_backup`] takes the write side for the instant its snapshot starts, so a
+//!   backup sees whole operations only). Such methods never call one another (a nested read
+//!   guard could deadlock with a waiting exporter).
+//! - Every write goes through `kv` (`Tree`, `TxTree`), which keeps the value it replaces in the
+//!   backup journal while an export runs: writers never wait for a backup.
 
 #![warn(missing_docs)]
 
@@ -191,30 +193,30 @@ struct Trees {
 }
 
 impl Trees {
-    fn open(db: &Db) -> Result<Self, StoreError> {
+    fn open(db: &Db, journal: &Arc<backup::Journal>) -> Result<Self, StoreError> {
         Ok(Self {
-            meta: db.open_tree(META)?,
-            users: db.open_tree(USERS)?,
-            identities: db.open_tree(IDENTITIES)?,
-            identities_by_uid: db.open_tree(IDENTITIES_BY_UID)?,
-            balances: db.open_tree(BALANCES)?,
-            ledger: db.open_tree(LEDGER)?,
-            ledger_refs: db.open_tree(LEDGER_REFS)?,
-            reservations: db.open_tree(RESERVATIONS)?,
-            reservation_refs: db.open_tree(RESERVATION_REFS)?,
-            settled_reservations: db.open_tree(SETTLED_RESERVATIONS)?,
-            conversations: db.open_tree(CONVERSATIONS)?,
-            dedupe: db.open_tree(DEDUPE)?,
-            tokens: db.open_tree(TOKENS)?,
-            tokens_by_uid: db.open_tree(TOKENS_BY_UID)?,
-            login_codes: db.open_tree(LOGIN_CODES)?,
-            login_codes_by_uid: db.open_tree(LOGIN_CODES_BY_UID)?,
-            outbox: db.open_tree(OUTBOX)?,
-            orders: db.open_tree(ORDERS)?,
-            open_orders: db.open_tree(OPEN_ORDERS)?,
-            order_events: db.open_tree(ORDER_EVENTS)?,
-            checkpoints: db.open_tree(CHECKPOINTS)?,
-            answers: db.open_tree(ANSWERS)?,
+            meta: db.open_tree(META, journal)?,
+            users: db.open_tree(USERS, journal)?,
+            identities: db.open_tree(IDENTITIES, journal)?,
+            identities_by_uid: db.open_tree(IDENTITIES_BY_UID, journal)?,
+            balances: db.open_tree(BALANCES, journal)?,
+            ledger: db.open_tree(LEDGER, journal)?,
+            ledger_refs: db.open_tree(LEDGER_REFS, journal)?,
+            reservations: db.open_tree(RESERVATIONS, journal)?,
+            reservation_refs: db.open_tree(RESERVATION_REFS, journal)?,
+            settled_reservations: db.open_tree(SETTLED_RESERVATIONS, journal)?,
+            conversations: db.open_tree(CONVERSATIONS, journal)?,
+            dedupe: db.open_tree(DEDUPE, journal)?,
+            tokens: db.open_tree(TOKENS, journal)?,
+            tokens_by_uid: db.open_tree(TOKENS_BY_UID, journal)?,
+            login_codes: db.open_tree(LOGIN_CODES, journal)?,
+            login_codes_by_uid: db.open_tree(LOGIN_CODES_BY_UID, journal)?,
+            outbox: db.open_tree(OUTBOX, journal)?,
+            orders: db.open_tree(ORDERS, journal)?,
+            open_orders: db.open_tree(OPEN_ORDERS, journal)?,
+            order_events: db.open_tree(ORDER_EVENTS, journal)?,
+            checkpoints: db.open_tree(CHECKPOINTS, journal)?,
+            answers: db.open_tree(ANSWERS, journal)?,
         })
     }
 
@@ -267,9 +269,13 @@ struct Inner {
     open: RwLock<Option<Arc<Open>>>,
     path: Option<PathBuf>,
     cache_capacity_bytes: u64,
-    /// Writers hold the read side for a whole operation; [`Store::export_backup`] and
-    /// [`Store::recover`] the write side.
+    /// Writers hold the read side for a whole operation; [`Store::recover`] takes the write
+    /// side, and [`Store::export_backup`] too, but only for the instant its snapshot starts.
     quiesce: RwLock<()>,
+    /// The old values writes replace while a backup runs (its copy-on-write snapshot).
+    journal: Arc<backup::Journal>,
+    /// Held by the one export running (the journal serves one snapshot at a time).
+    exporting: std::sync::Mutex<()>,
     /// What the last [`Store::probe_write`] found.
     writable: std::sync::atomic::AtomicBool,
 }
@@ -347,7 +353,8 @@ impl Store {
         path: Option<PathBuf>,
         cache_capacity_bytes: u64,
     ) -> Result<Store, StoreError> {
-        let trees = Trees::open(&db)?;
+        let journal = Arc::new(backup::Journal::default());
+        let trees = Trees::open(&db, &journal)?;
         check_schema(&trees.meta)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -355,6 +362,8 @@ impl Store {
                 path,
                 cache_capacity_bytes,
                 quiesce: RwLock::new(()),
+                journal,
+                exporting: std::sync::Mutex::new(()),
                 writable: std::sync::atomic::AtomicBool::new(true),
             }),
         })
@@ -438,7 +447,7 @@ impl Store {
         }
         let db = retry_locked(|| open_sled(&path, self.inner.cache_capacity_bytes))?;
         let db = Db::Sled(db);
-        let trees = Trees::open(&db)?;
+        let trees = Trees::open(&db, &self.inner.journal)?;
         check_schema(&trees.meta)?;
         tracing::warn!(path = %path.display(), "database reopened after a storage failure");
         *slot = Some(Arc::new(Open { db, trees }));
@@ -490,6 +499,19 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
             .ok_or(StoreError::Reopening)
+    }
+
+    /// Runs `f` while every writer waits (writes in flight finish first), as the start of a
+    /// backup or a reopening does: for tests of callers, which must not hold their own locks
+    /// across a store call that may wait like this.
+    #[doc(hidden)]
+    pub fn with_writers_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _quiet = self
+            .inner
+            .quiesce
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f()
     }
 
     /// The quiesce lock's read side, held by a public writing method for its whole run.

@@ -219,6 +219,92 @@ fn exports_under_write_load_are_consistent() {
     assert!(store.audit().unwrap().is_consistent());
 }
 
+/// An output that, at its first write (the snapshot has started), runs `writes` on another
+/// thread and waits for them: before copy-on-write snapshots, they waited for the export and
+/// this deadlocked (cut short by the timeout).
+struct WritesDuringExport {
+    out: Vec<u8>,
+    writes: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::io::Write for WritesDuringExport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(writes) = self.writes.take() {
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                writes();
+                let _ = done.send(());
+            });
+            finished
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("writes waited for the backup to finish");
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn writers_do_not_wait_for_an_export_and_it_keeps_its_snapshot() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let store = populated(src_dir.path());
+    let before = store.dump().unwrap();
+    let writer = store.clone();
+    let mut out = WritesDuringExport {
+        out: Vec::new(),
+        writes: Some(Box::new(move || {
+            let alice = Uid(1);
+            // Changed (twice), removed, and created keys, across several trees.
+            for n in 0..2 {
+                writer
+                    .grant(
+                        alice,
+                        5,
+                        EntryKind::Grant,
+                        "during",
+                        &format!("during-{n}"),
+                        50,
+                    )
+                    .unwrap();
+            }
+            assert_eq!(writer.outbox_take("tg:main:2").unwrap(), vec!["later"]);
+            writer.outbox_push("tg:main:1", "new").unwrap();
+            writer.create_user("carol").unwrap();
+            writer.dedupe_insert("msg-2", 100_000, 10).unwrap();
+            writer.purge_expired_dedupe(1_000_000).unwrap();
+            writer.bump_counter("answers:today").unwrap();
+        })),
+    };
+    let summary = store.export_backup(&mut out, 1_700_000_000_000).unwrap();
+    let after = store.dump().unwrap();
+    assert_ne!(after, before, "the writes happened");
+
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("restored");
+    let restored = restore(&out.out, &dir).unwrap();
+    assert_eq!(summary, restored);
+    let copy = Store::open_closed(&dir, CACHE).unwrap();
+    assert_eq!(
+        copy.dump().unwrap(),
+        before,
+        "the backup is the state at its start"
+    );
+    assert!(copy.audit().unwrap().is_consistent());
+
+    // The next export, with nothing written during it, is the state now.
+    let again = export(&store);
+    let dir = target.path().join("again");
+    restore(&again, &dir).unwrap();
+    assert_eq!(
+        Store::open_closed(&dir, CACHE).unwrap().dump().unwrap(),
+        after
+    );
+}
+
 /// `dir` holds nothing (or does not exist).
 fn assert_no_database(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {

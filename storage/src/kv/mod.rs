@@ -18,6 +18,7 @@ use sled::transaction::{
 };
 
 use crate::StoreError;
+use crate::backup::Journal;
 
 /// A key-value pair read from a tree.
 pub(crate) type Pair = (Vec<u8>, Vec<u8>);
@@ -32,14 +33,19 @@ pub(crate) enum Db {
 }
 
 impl Db {
-    /// Opens tree `name`.
-    pub(crate) fn open_tree(&self, name: &'static str) -> Result<Tree, StoreError> {
+    /// Opens tree `name`; its writes keep their old values in `journal` while a backup runs.
+    pub(crate) fn open_tree(
+        &self,
+        name: &'static str,
+        journal: &Arc<Journal>,
+    ) -> Result<Tree, StoreError> {
         Ok(Tree {
             name,
             imp: match self {
                 Db::Sled(db) => TreeImp::Sled(db.open_tree(name)?),
                 Db::Pg(pg) => TreeImp::Pg(pg.clone()),
             },
+            journal: journal.clone(),
         })
     }
 
@@ -66,6 +72,9 @@ impl Db {
 pub(crate) struct Tree {
     name: &'static str,
     imp: TreeImp,
+    /// Where a write on sled first keeps the value it replaces while a backup runs (the
+    /// backup's snapshot is the live tree with these old values put back).
+    journal: Arc<Journal>,
 }
 
 enum TreeImp {
@@ -103,7 +112,11 @@ impl Tree {
         value: impl AsRef<[u8]>,
     ) -> Result<(), StoreError> {
         match &self.imp {
-            TreeImp::Sled(t) => t.insert(key.as_ref(), value.as_ref()).map(|_| ())?,
+            TreeImp::Sled(t) => {
+                self.journal
+                    .before_write(self.name, key.as_ref(), || sled_get(t, key.as_ref()))?;
+                t.insert(key.as_ref(), value.as_ref()).map(|_| ())?;
+            }
             TreeImp::Pg(pg) => pg.put(self.name, key.as_ref(), value.as_ref())?,
         }
         Ok(())
@@ -112,7 +125,11 @@ impl Tree {
     /// Removes `key`; returns what it held.
     pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.imp {
-            TreeImp::Sled(t) => Ok(t.remove(key)?.map(|v| v.to_vec())),
+            TreeImp::Sled(t) => {
+                self.journal
+                    .before_write(self.name, key.as_ref(), || sled_get(t, key.as_ref()))?;
+                Ok(t.remove(key)?.map(|v| v.to_vec()))
+            }
             TreeImp::Pg(pg) => pg.delete(self.name, key.as_ref()),
         }
     }
@@ -126,9 +143,13 @@ impl Tree {
     ) -> Result<Result<(), CasFailure>, StoreError> {
         let key = key.as_ref();
         match &self.imp {
-            TreeImp::Sled(t) => Ok(t.compare_and_swap(key, old, new)?.map_err(|e| CasFailure {
-                current: e.current.map(|v| v.to_vec()),
-            })),
+            TreeImp::Sled(t) => {
+                self.journal
+                    .before_write(self.name, key, || sled_get(t, key))?;
+                Ok(t.compare_and_swap(key, old, new)?.map_err(|e| CasFailure {
+                    current: e.current.map(|v| v.to_vec()),
+                }))
+            }
             TreeImp::Pg(pg) => pg
                 .transaction(|tx| {
                     let current = tx.get(self.name, key)?;
@@ -206,6 +227,11 @@ impl Tree {
     }
 }
 
+/// The value at `key` of a sled tree, owned.
+fn sled_get(t: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(key)?.map(|v| v.to_vec()))
+}
+
 /// The smallest key greater than every key starting with `prefix` (`None`: no such key).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -265,7 +291,14 @@ pub(crate) enum TransactionError {
 /// One tree as a transaction sees it.
 pub(crate) enum TxTree<'a> {
     /// Inside a sled transaction.
-    Sled(&'a TransactionalTree),
+    Sled {
+        /// The transaction's view of the tree.
+        tree: &'a TransactionalTree,
+        /// The tree's name.
+        name: &'static str,
+        /// Where old values go while a backup runs.
+        journal: &'a Journal,
+    },
     /// Inside a PostgreSQL transaction.
     Pg {
         /// The tree's name (its rows' `tree` column).
@@ -286,7 +319,10 @@ impl TxTree<'_> {
     /// The value at `key`, as this transaction sees it.
     pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> TxResult<Option<Vec<u8>>> {
         match self {
-            TxTree::Sled(t) => t.get(key).map(|v| v.map(|v| v.to_vec())).map_err(from_sled),
+            TxTree::Sled { tree, .. } => tree
+                .get(key)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(from_sled),
             TxTree::Pg { name, tx } => tx.get(name, key.as_ref()),
         }
     }
@@ -294,10 +330,18 @@ impl TxTree<'_> {
     /// Sets `key` to `value` when the transaction commits.
     pub(crate) fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> TxResult<()> {
         match self {
-            TxTree::Sled(t) => t
-                .insert(key.as_ref(), value.as_ref())
-                .map(|_| ())
-                .map_err(from_sled),
+            TxTree::Sled {
+                tree,
+                name,
+                journal,
+            } => {
+                // The transaction holds sled's global transaction lock: `tree.get` reads the
+                // committed value (or this transaction's own write, already journalled).
+                journal.before_write(name, key.as_ref(), || self.get(key.as_ref()))?;
+                tree.insert(key.as_ref(), value.as_ref())
+                    .map(|_| ())
+                    .map_err(from_sled)
+            }
             TxTree::Pg { name, tx } => {
                 tx.insert(name, key.as_ref(), value.as_ref());
                 Ok(())
@@ -308,10 +352,16 @@ impl TxTree<'_> {
     /// Removes `key` when the transaction commits; returns what it held.
     pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> TxResult<Option<Vec<u8>>> {
         match self {
-            TxTree::Sled(t) => t
-                .remove(key.as_ref())
-                .map(|v| v.map(|v| v.to_vec()))
-                .map_err(from_sled),
+            TxTree::Sled {
+                tree,
+                name,
+                journal,
+            } => {
+                journal.before_write(name, key.as_ref(), || self.get(key.as_ref()))?;
+                tree.remove(key.as_ref())
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .map_err(from_sled)
+            }
             TxTree::Pg { name, tx } => tx.remove(name, key.as_ref()),
         }
     }
@@ -377,9 +427,13 @@ impl Transactional for Tree {
         body: impl Fn(&Self::View<'_>) -> TxResult<R>,
     ) -> Result<R, TransactionError> {
         match &self.imp {
-            TreeImp::Sled(t) => {
-                from_sled_outcome(t.transaction(|a| to_sled(body(&TxTree::Sled(a)))))
-            }
+            TreeImp::Sled(t) => from_sled_outcome(t.transaction(|a| {
+                to_sled(body(&TxTree::Sled {
+                    tree: a,
+                    name: self.name,
+                    journal: &self.journal,
+                }))
+            })),
             TreeImp::Pg(pg) => pg.transaction(|tx| {
                 body(&TxTree::Pg {
                     name: self.name,
@@ -401,7 +455,11 @@ macro_rules! tuple_transactional {
             ) -> Result<R, TransactionError> {
                 if let ($(Some($t),)+) = ($(self.$n.sled(),)+) {
                     return from_sled_outcome(($($t,)+).transaction(|($($t,)+)| {
-                        to_sled(body(&($(TxTree::Sled($t),)+)))
+                        to_sled(body(&($(TxTree::Sled {
+                            tree: $t,
+                            name: self.$n.name,
+                            journal: &self.$n.journal,
+                        },)+)))
                     }));
                 }
                 let pg = same_pg(&[$(self.$n),+])?;
