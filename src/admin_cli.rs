@@ -458,7 +458,7 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
         } => {
             // One reference per invocation, so the HTTP client's own retries cannot grant twice.
             let reference =
-                reference.unwrap_or_else(|| format!("cli:{}", crate::http::v1::random_id()));
+                reference.unwrap_or_else(|| format!("cli:{}", crate::util::random_id()));
             (
                 api.call(
                     Method::POST,
@@ -476,7 +476,7 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
             reference,
         } => {
             let reference =
-                reference.unwrap_or_else(|| format!("cli-revoke:{}", crate::http::v1::random_id()));
+                reference.unwrap_or_else(|| format!("cli-revoke:{}", crate::util::random_id()));
             (
                 api.call(
                     Method::POST,
@@ -742,7 +742,7 @@ fn time(v: &Value) -> String {
 
 /// Fen as yuan.
 fn yuan(v: &Value) -> String {
-    crate::bot::yuan(v.as_i64().unwrap_or(0))
+    crate::util::yuan(v.as_i64().unwrap_or(0))
 }
 
 /// Columns a terminal gives a character: two for CJK and other wide characters.

@@ -141,7 +141,7 @@ impl App {
         // Alone on its database, a daemon starting finds only its own previous run's holds;
         // sharing it, other daemons' answers are in progress: only expired holds go.
         let cutoff = if store.is_shared() {
-            crate::bot::now_ms()
+            crate::util::now_ms()
         } else {
             i64::MAX
         };
@@ -432,7 +432,7 @@ async fn housekeeping(
             e.housekeeping();
             if purge {
                 e.purge_old_records();
-                if let Err(err) = e.store().purge_expired_login_codes(crate::bot::now_ms()) {
+                if let Err(err) = e.store().purge_expired_login_codes(crate::util::now_ms()) {
                     warn!(error = %err, "purging expired login codes failed");
                 }
             }

@@ -1651,7 +1651,7 @@ fn validate(c: &Config, problems: &mut Vec<Problem>) {
             format!("{:?} is not one of [[llm.models]]", c.llm.model),
         ));
     }
-    if let Err(e) = crate::bot::quota::parse_timezone(&c.quota.timezone) {
+    if let Err(e) = crate::util::parse_timezone(&c.quota.timezone) {
         problems.push(problem("quota.timezone", e));
     }
     if c.bot.max_input_chars == 0 {

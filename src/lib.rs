@@ -2,6 +2,7 @@
 //! chat with any OpenAI-compatible LLM, meters their credits and sells credit packs.
 //!
 //! # Layout
+//! - [`util`]: the clock, day numbers, time zones, random ids, yuan, constant-time comparison.
 //! - [`config`]: typed configuration (TOML + `CHATRELAY__*` env + `*_file` secrets), validation.
 //! - [`app`]: builds everything from a config, serves, shuts down gracefully.
 //! - [`stats`]: per-day statistics (active users, messages, tokens, cost, revenue).
@@ -35,5 +36,6 @@ pub mod leader;
 pub mod reload;
 pub mod stats;
 pub mod telegram;
+pub mod util;
 pub mod web;
 pub mod zsxq;

@@ -170,7 +170,7 @@ pub fn report(
         }
         s.llm_cost_fen = llm_cost_fen(&s, models);
         let in_day = |ms: Option<i64>| {
-            ms.is_some_and(|ms| crate::bot::quota::day_number(ms, tz_offset_secs) == day)
+            ms.is_some_and(|ms| crate::util::day_number(ms, tz_offset_secs) == day)
         };
         for o in &orders {
             let paid = matches!(o.status, OrderStatus::Credited | OrderStatus::Refunded);

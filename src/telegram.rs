@@ -146,7 +146,7 @@ async fn webhook(
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if expected.is_empty() || !crate::http::secrets_equal(given, expected) {
+    if expected.is_empty() || !crate::util::secrets_equal(given, expected) {
         metrics::counter!("chatrelay_telegram_rejected_total").increment(1);
         warn!(bot = %id, "Telegram webhook with a wrong secret refused");
         return (StatusCode::FORBIDDEN, "refused").into_response();

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::alerts::Alerter;
-use crate::bot::{Engine, now_ms, quota};
+use crate::bot::Engine;
 use crate::config::ZsxqConfig;
+use crate::util::{day_number, now_ms};
 
 /// The checkpoint value of an answered topic.
 const ANSWERED: &str = "answered";
@@ -462,7 +463,7 @@ fn stop_for(e: ZsxqError) -> Stop {
 /// Today's day number in the quota timezone (for the admin view).
 #[must_use]
 pub fn today(engine: &Engine) -> i64 {
-    quota::day_number(now_ms(), engine.settings().tz_offset_secs)
+    day_number(now_ms(), engine.settings().tz_offset_secs)
 }
 
 #[cfg(test)]

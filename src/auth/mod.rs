@@ -14,9 +14,9 @@ use std::time::Duration;
 use chatrelay_core::UserKey;
 use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 
-use crate::bot::now_ms;
 use crate::bot::ratelimit::RateLimiter;
 use crate::http::addr::{Cidr, host_prefix, network_prefix};
+use crate::util::now_ms;
 
 /// How long a login code works.
 pub const CODE_TTL: Duration = Duration::from_secs(300);

@@ -18,8 +18,8 @@ use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
 use crate::alerts::{AlertKind, Alerter};
-use crate::bot::{now_ms, yuan};
 use crate::config::{AlipayConfig, Config, ProductConfig, WechatPayConfig};
+use crate::util::{now_ms, yuan};
 
 /// Why a billing operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, ModelConfig, Texts};
+use crate::util::{now_ms, yuan};
 use llm::{LlmBackend, LlmEvent, LlmRequest};
 use ratelimit::RateLimiter;
 
@@ -59,12 +60,6 @@ fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
 
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
 const JOIN_RETENTION: Duration = Duration::from_secs(600);
-
-/// Milliseconds since the Unix epoch.
-#[must_use]
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 /// The engine's settings, taken from [`Config`] once.
 #[derive(Debug, Clone)]
@@ -170,7 +165,7 @@ impl Settings {
             max_completion_tokens: c.llm.max_completion_tokens,
             free_daily: c.quota.free_daily,
             // Validated by config; UTC+8 is the safe fallback for this product's users.
-            tz_offset_secs: quota::parse_timezone(&c.quota.timezone).unwrap_or(8 * 3600),
+            tz_offset_secs: crate::util::parse_timezone(&c.quota.timezone).unwrap_or(8 * 3600),
             reservation_ttl: Duration::from_secs(c.quota.reservation_ttl_secs),
             dedupe_ttl: Duration::from_secs(c.bot.dedupe_ttl_secs),
             max_input_chars: c.bot.max_input_chars,
@@ -202,7 +197,7 @@ impl Settings {
     /// Today's quota day number.
     #[must_use]
     pub fn today(&self) -> i64 {
-        quota::day_number(now_ms(), self.tz_offset_secs)
+        crate::util::day_number(now_ms(), self.tz_offset_secs)
     }
 }
 
@@ -786,7 +781,7 @@ impl Engine {
         let key = format!(
             "{HIT_PREFIX}{at:013}:{}:{}",
             watch.uid.0,
-            crate::http::v1::random_id()
+            crate::util::random_id()
         );
         if let Err(e) = self
             .inner
@@ -1784,14 +1779,6 @@ fn outcome_label(event: &ReplyEvent) -> &'static str {
         },
         _ => "answered",
     }
-}
-
-/// Fen as yuan with two decimals: 450 → "4.50".
-#[must_use]
-pub fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 fn failed(kind: FailureKind, message: impl Into<String>) -> ReplyEvent {

@@ -5,56 +5,6 @@ use chatrelay_core::Usage;
 
 use crate::config::ModelConfig;
 
-/// Parses a timezone: a fixed offset (`+08:00`, `-0530`, `UTC+8`) or one of the common
-/// names without daylight saving time. Returns the offset east of UTC in seconds.
-pub fn parse_timezone(tz: &str) -> Result<i32, String> {
-    let t = tz.trim();
-    let named = match t {
-        "UTC" | "Etc/UTC" | "GMT" | "Z" => Some(0),
-        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Hong_Kong" | "Asia/Macau" | "Asia/Taipei"
-        | "Asia/Singapore" | "Asia/Kuala_Lumpur" | "PRC" => Some(8 * 3600),
-        "Asia/Tokyo" | "Asia/Seoul" => Some(9 * 3600),
-        "Asia/Kolkata" => Some(5 * 3600 + 1800),
-        _ => None,
-    };
-    if let Some(n) = named {
-        return Ok(n);
-    }
-    let rest = t
-        .strip_prefix("UTC")
-        .or_else(|| t.strip_prefix("GMT"))
-        .unwrap_or(t);
-    let err = || {
-        format!(
-            "{tz:?} is not a known timezone: use an offset like +08:00, or UTC, Asia/Shanghai (zones with daylight saving time are not supported)"
-        )
-    };
-    let (sign, digits) = match rest.as_bytes().first() {
-        Some(b'+') => (1, &rest[1..]),
-        Some(b'-') => (-1, &rest[1..]),
-        _ => return Err(err()),
-    };
-    let (h, m) = if let Some((h, m)) = digits.split_once(':') {
-        (h, m)
-    } else if digits.len() == 4 {
-        digits.split_at(2)
-    } else {
-        (digits, "0")
-    };
-    let h: i32 = h.parse().map_err(|_| err())?;
-    let m: i32 = m.parse().map_err(|_| err())?;
-    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-        return Err(err());
-    }
-    Ok(sign * (h * 3600 + m * 60))
-}
-
-/// The day number (days since 1970-01-01 in the given offset) of a Unix time in ms.
-#[must_use]
-pub fn day_number(now_ms: i64, offset_secs: i32) -> i64 {
-    (now_ms.div_euclid(1000) + i64::from(offset_secs)).div_euclid(86_400)
-}
-
 /// A cheap, conservative token estimate: about 4 ASCII characters per token, one token per
 /// other character (CJK text is close to that with common tokenizers), plus a small overhead
 /// per message. Only used to trim history and to reserve; charges use the upstream's usage.
@@ -164,28 +114,6 @@ mod tests {
             credits_per_1k_tokens: per_1k,
             ..ModelConfig::default()
         }
-    }
-
-    #[test]
-    fn timezones() {
-        assert_eq!(parse_timezone("Asia/Shanghai"), Ok(28_800));
-        assert_eq!(parse_timezone("UTC"), Ok(0));
-        assert_eq!(parse_timezone("+08:00"), Ok(28_800));
-        assert_eq!(parse_timezone("-0530"), Ok(-19_800));
-        assert_eq!(parse_timezone("UTC+8"), Ok(28_800));
-        for bad in ["", "Europe/Paris", "+25:00", "+08:99", "8", "+x"] {
-            assert!(parse_timezone(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn day_boundary_follows_the_offset() {
-        // 2026-11-27 15:59:59 UTC is 23:59:59 in Shanghai; one second later is the next day there.
-        let before = 1_795_795_199_000; // 2026-11-27T15:59:59Z
-        let after = before + 1000;
-        assert_eq!(day_number(after, 28_800), day_number(before, 28_800) + 1);
-        assert_eq!(day_number(after, 0), day_number(before, 0));
-        assert_eq!(day_number(-1, 0), -1);
     }
 
     #[test]

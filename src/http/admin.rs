@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::AppState;
-use crate::bot::now_ms;
+use crate::util::now_ms;
 
 /// The `/admin` routes.
 pub fn routes() -> axum::Router<AppState> {
@@ -87,7 +87,7 @@ type Result<T> = std::result::Result<T, AdminError>;
 
 fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<()> {
     match super::bearer(headers) {
-        Some(t) if super::secrets_equal(t, st.parts().admin_token.expose()) => Ok(()),
+        Some(t) if crate::util::secrets_equal(t, st.parts().admin_token.expose()) => Ok(()),
         Some(_) => {
             warn!("admin API: wrong token");
             Err(AdminError(
@@ -404,7 +404,7 @@ async fn change_credits(
     let reference = req
         .reference
         .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| format!("{prefix}:{}", super::v1::random_id()));
+        .unwrap_or_else(|| format!("{prefix}:{}", crate::util::random_id()));
     let store = st.engine.store();
     if store.user(uid)?.is_none() {
         return Err(AdminError(StatusCode::NOT_FOUND, format!("no user {uid}")));
@@ -765,7 +765,7 @@ async fn select_orders(
     tokio::task::spawn_blocking(move || {
         let mut orders = store.orders(status, usize::MAX)?;
         orders.retain(|o| {
-            let d = crate::bot::quota::day_number(o.created_at_ms, tz);
+            let d = crate::util::day_number(o.created_at_ms, tz);
             from.is_none_or(|f| d >= f)
                 && to.is_none_or(|t| d <= t)
                 && uid.is_none_or(|u| o.uid.0 == u)
@@ -802,7 +802,7 @@ async fn export_orders(
             o.product_name.clone(),
             o.channel.clone(),
             o.amount_fen.to_string(),
-            crate::bot::yuan(o.amount_fen),
+            crate::util::yuan(o.amount_fen),
             o.credits.to_string(),
             o.status.as_str().to_owned(),
             time(Some(o.created_at_ms)),
@@ -960,7 +960,7 @@ async fn backup(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
     check_admin(&st, &headers)?;
     let store = st.engine.store().clone();
     let dir = st.parts().config.storage.path.join("backups");
-    let path = dir.join(format!("backup-{}.tmp", crate::http::v1::random_id()));
+    let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
     let tmp = path.clone();
     let failed = |e: String| {
         AdminError(

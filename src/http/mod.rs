@@ -147,19 +147,6 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
 }
 
-/// Compares two secrets in time independent of where they differ (and of their lengths,
-/// by comparing SHA-256 digests).
-#[must_use]
-pub fn secrets_equal(a: &str, b: &str) -> bool {
-    let da = ring::digest::digest(&ring::digest::SHA256, a.as_bytes());
-    let db = ring::digest::digest(&ring::digest::SHA256, b.as_bytes());
-    da.as_ref()
-        .iter()
-        .zip(db.as_ref())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
 /// The bearer token of a request, if any.
 #[must_use]
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -177,14 +164,6 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_comparison() {
-        assert!(secrets_equal("abc", "abc"));
-        assert!(!secrets_equal("abc", "abd"));
-        assert!(!secrets_equal("abc", "abcd"));
-        assert!(!secrets_equal("", "a"));
-    }
 
     #[test]
     fn bearer_parsing() {

@@ -31,9 +31,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::AppState;
-use crate::bot::{Engine, fill, now_ms};
+use crate::bot::{Engine, fill};
 use crate::bounded::BoundedMap;
 use crate::config::{PushMode, WechatMpConfig};
+use crate::util::now_ms;
 
 /// WeChat's limit for one text message, in UTF-8 bytes.
 const MAX_REPLY_BYTES: usize = 2048;

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::AppState;
-use crate::bot::{ApiRequest, Engine, now_ms};
+use crate::bot::{ApiRequest, Engine};
+use crate::util::{now_ms, random_id};
 
 /// When the daemon started, in seconds: the `created` of every model it lists.
 static STARTED: OnceLock<i64> = OnceLock::new();
@@ -1021,19 +1022,6 @@ fn route_error(
         )
     };
     ApiError::new(status, "invalid_request_error", None, message).no_retry()
-}
-
-/// 16 random bytes in hex: unique references for ledger entries and response ids.
-#[must_use]
-pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // The OS RNG failing is not something to serve through; fall back to time + counter.
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return format!("{:x}{n:x}", now_ms());
-    }
-    hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::AppState;
-use crate::bot::{Engine, now_ms};
+use crate::bot::Engine;
 use crate::bounded::BoundedMap;
 use crate::config::{WecomAibotConfig, WecomConfig};
+use crate::util::now_ms;
 
 /// WeCom's limit for one app message, in UTF-8 bytes.
 const MAX_MESSAGE_BYTES: usize = 2048;
@@ -493,7 +494,7 @@ fn start_stream(
     if let Some(existing) = by_msgid.get(&msgid_key) {
         return existing.clone();
     }
-    let stream_id = crate::http::v1::random_id();
+    let stream_id = crate::util::random_id();
     by_msgid.insert(msgid_key, stream_id.clone());
     drop(by_msgid);
     let state = Arc::new(Mutex::new(StreamState::default()));

@@ -16,10 +16,10 @@ use chatrelay_storage::EntryKind;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::bot::now_ms;
 use crate::bot::ratelimit::RateLimiter;
 use crate::http::AppState;
 use crate::http::addr::{Cidr, host_prefix};
+use crate::util::now_ms;
 
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("app.css");
