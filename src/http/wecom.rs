@@ -652,11 +652,15 @@ where
     // Checked now and then: nothing tells a stream it was dropped from the map.
     const EVICTION_CHECK: Duration = Duration::from_secs(1);
     let mut check = tokio::time::interval_at(Instant::now(), EVICTION_CHECK);
+    // Made once: a wake-up sent before the first wait is kept for it.
+    let fetched = stream.fetched.notified();
+    let window = tokio::time::sleep_until(deadline);
+    tokio::pin!(fetched, window);
     loop {
         tokio::select! {
             biased;
-            () = stream.fetched.notified() => return StreamEnd::Fetched,
-            () = tokio::time::sleep_until(deadline) => break,
+            () = &mut fetched => return StreamEnd::Fetched,
+            () = &mut window => break,
             () = shutdown.cancelled() => {
                 return if stream.withdraw() {
                     StreamEnd::Undelivered("shutting down before WeCom fetched the answer")
