@@ -305,7 +305,7 @@ def test_a_signed_query_replayed_with_another_body_is_refused(mp_daemon, upstrea
         forged = wx.text_xml(openid, content, secrets.randbelow(10**18))
         status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, openid, forged)
         assert status == 403, (openid, content, status, body)
-        assert not re.search(r"\d{6}", body), "no login code leaves"
+        assert not re.search(LOGIN_CODE, body), "no login code leaves"
     # The same request again (WeChat's retry): accepted, and no second LLM call.
     status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, "o_victim", genuine)
     assert status == 200, body
@@ -318,6 +318,41 @@ def test_a_signed_query_replayed_with_another_body_is_refused(mp_daemon, upstrea
     first = wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)
     assert first[0] == 200
     assert wx.post_raw(xml, "o_victim", ts=ts, nonce=nonce)[0] == 200
+
+
+def test_an_exact_replay_of_a_login_code_request_gets_no_code(mp_daemon):
+    """Plaintext mode: the victim's own login-code request, captured (a proxy log) and replayed
+    as is (same signed timestamp and nonce, same body) within the accepted window, must not
+    hand out a code: the repeat gets the empty "success", before and after the first code is
+    used, and the one code issued still logs the victim in."""
+    wx = WeChat(mp_daemon, SUB)
+    ts, nonce = str(int(time.time())), "login-" + secrets.token_hex(4)
+    msg_id = secrets.randbelow(10**18)
+    request = wx.text_xml("o_grace", "验证码", msg_id)
+    status, body = signed_plain_post(wx.url, SUB["token"], ts, nonce, "o_grace", request)
+    assert status == 200, body
+    code = re.search(LOGIN_CODE, wx.open_reply(body)["Content"]).group(0)
+
+    def replay():
+        status, again = signed_plain_post(wx.url, SUB["token"], ts, nonce, "o_grace", request)
+        assert status == 200, again
+        assert wx.open_reply(again) is None and not re.search(LOGIN_CODE, again), again
+
+    replay()
+    # The first code is the one: it logs the victim in.
+    req = urllib.request.Request(mp_daemon.url + "/api/login", data=json.dumps({"code": code}).encode(),
+                                 method="POST", headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert json.loads(r.read())["token"]
+    # Used up, the replay would mint a fresh one for whoever sends it: still nothing.
+    replay()
+    # The same message under a freshly signed query (how a retry would come): nothing either.
+    status, again = signed_plain_post(wx.url, SUB["token"], str(int(time.time())), "login-" + secrets.token_hex(4),
+                                      "o_grace", request)
+    assert status == 200 and wx.open_reply(again) is None, again
+    # Asking again with a new message gets a new code, as always.
+    _, reply = wx.send_text("o_grace", "验证码")
+    assert re.search(LOGIN_CODE, reply["Content"]).group(0) != code
 
 
 def test_an_answer_charged_before_shutdown_waits_in_the_outbox(upstream, tmp_path):

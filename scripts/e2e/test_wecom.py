@@ -236,3 +236,75 @@ def test_alerts_reach_the_group_robot(wecom_daemon, upstream, qyapi):
     assert qyapi.robot_sent, "no alert reached the robot"
     key, body = qyapi.robot_sent[0]
     assert key == ROBOT_KEY and body["msgtype"] == "text" and "连续" in body["text"]["content"]
+
+
+def bot_toml(window_secs=360):
+    return f"""
+[[wecom_aibot]]
+id = "{BOT['id']}"
+token = "{BOT['token']}"
+encoding_aes_key = "{BOT['aes_key']}"
+stream_window_secs = {window_secs}
+"""
+
+
+def ledger_of(d, user):
+    """The whole ledger of the AI-bot user `user`."""
+    found = json.loads(d.cli("--json", "user", "find", user).stdout)
+    if not found:
+        return []
+    uid = found[0]["uid"]
+    return json.loads(d.cli("--json", "user", "show", str(uid), "--ledger", "1000").stdout)["ledger"]
+
+
+def test_aibot_answer_finished_but_not_fetched_at_shutdown_is_refunded(upstream, qyapi):
+    """SIGTERM while an AI-bot answer is finished and charged but WeCom has not fetched the
+    stream's end: after the restart WeCom is told the answer was interrupted, so the user
+    gets the charge back, once (the bot has no outbox to keep it in)."""
+    d = Daemon(upstream.base_url, extra_toml=bot_toml(), free_daily=100, llm_timeout=30).start()
+    try:
+        first = bot_call(d, {"msgid": "sig-1", "aibotid": "b", "chattype": "single",
+                             "from": {"userid": "sunqi"}, "response_url": f"{qyapi.url}/response/sig",
+                             "msgtype": "text", "text": {"content": "问一个问题"}})
+        stream_id = first["stream"]["id"]
+        charge_ref = "msg:wecom:bot:sunqi#sig-1"
+        deadline = time.time() + 20
+        while not any(e["reference"] == charge_ref for e in ledger_of(d, "sunqi")) and time.time() < deadline:
+            time.sleep(0.2)
+        charge = [e for e in ledger_of(d, "sunqi") if e["reference"] == charge_ref]
+        assert len(charge) == 1, ledger_of(d, "sunqi")
+        assert charge[0]["free_delta"] + charge[0]["paid_delta"] == -3, charge
+        assert d.stop() == 0, d.logs()
+        d.start()
+        ledger = ledger_of(d, "sunqi")
+        refunds = [e for e in ledger if e["reference"] == f"undelivered:{charge_ref}"]
+        assert len(refunds) == 1, ledger
+        assert refunds[0]["kind"] == "refund" and refunds[0]["paid_delta"] == 3, refunds
+        assert "shutting down before WeCom fetched the answer" in "\n".join(d.log_lines()), d.logs()
+        # WeCom's next refresh learns the answer was interrupted; the answer was never posted.
+        r = bot_call(d, {"msgid": "sig-r", "aibotid": "b", "msgtype": "stream", "stream": {"id": stream_id}})
+        assert r["stream"]["finish"] is True and "中断" in r["stream"]["content"], r
+        assert not [p for p, _ in qyapi.responses if p == "/response/sig"], qyapi.responses
+    finally:
+        assert d.stop() == 0, d.logs()
+
+
+def test_aibot_answer_whose_response_url_post_fails_is_refunded(upstream, qyapi):
+    """WeCom stopped asking before the answer was done, and the late post to `response_url`
+    fails: the charge comes back."""
+    d = Daemon(upstream.base_url, extra_toml=bot_toml(10), free_daily=100, llm_timeout=30).start()
+    try:
+        upstream.mode, upstream.delay = "delayed", 10.5  # longer than stream_window_secs = 10
+        # Nothing listens on port 9 of 127.0.0.1: the post fails.
+        bot_call(d, {"msgid": "late-1", "aibotid": "b", "chattype": "single", "from": {"userid": "zhouba"},
+                     "response_url": "http://127.0.0.1:9/response/x", "msgtype": "text",
+                     "text": {"content": "慢问题"}})
+        refund_ref = "undelivered:msg:wecom:bot:zhouba#late-1"
+        deadline = time.time() + 30
+        while not any(e["reference"] == refund_ref for e in ledger_of(d, "zhouba")) and time.time() < deadline:
+            time.sleep(0.3)
+        ledger = ledger_of(d, "zhouba")
+        assert [e["paid_delta"] for e in ledger if e["reference"] == refund_ref] == [3], ledger
+        assert [e["free_delta"] for e in ledger if e["reference"] == "msg:wecom:bot:zhouba#late-1"] == [-3], ledger
+    finally:
+        assert d.stop() == 0, d.logs()

@@ -58,6 +58,13 @@ fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
     })
 }
 
+/// The ledger reference of the answer to a chat-platform message: `img:` for a picture the
+/// image command drew, `msg:` for anything else (an LLM answer).
+fn platform_reference(inbound: &Inbound, drawn: bool) -> String {
+    let kind = if drawn { "img" } else { "msg" };
+    format!("{kind}:{}#{}", inbound.key, inbound.message_id)
+}
+
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
 const JOIN_RETENTION: Duration = Duration::from_secs(600);
 
@@ -1161,7 +1168,7 @@ impl Engine {
                 }
             },
         };
-        let reference = format!("img:{}#{}", inbound.key, inbound.message_id);
+        let reference = platform_reference(inbound, true);
         let reservation = match self.reserve(s, payer, cost, &reference) {
             Ok(id) => id,
             Err(refused) => return refused,
@@ -1268,6 +1275,30 @@ impl Engine {
                 warn!(error = %e, %uid, %reference, credits, "refunding an undelivered answer failed");
             }
         }
+    }
+
+    /// Gives back what the answer `event` to the chat-platform message `inbound` cost, to whoever
+    /// paid for it, when the platform never got it to the user (`why` is logged). The payer and
+    /// the ledger reference are found the way the answer found them; idempotent like
+    /// [`Engine::refund_undelivered`], and free answers (or failures) need nothing.
+    pub fn refund_platform_undelivered(&self, inbound: &Inbound, event: &ReplyEvent, why: &str) {
+        let ReplyEvent::Final { charged, .. } = event else {
+            return;
+        };
+        if *charged == 0 {
+            return;
+        }
+        let payer_key = inbound.bill_to.as_ref().unwrap_or(&inbound.key);
+        let payer = match self.inner.store.resolve_identity(payer_key, None) {
+            Ok(uid) => uid,
+            Err(e) => {
+                warn!(error = %e, charged, why, "finding who paid for an undelivered answer failed; not refunded");
+                return;
+            }
+        };
+        let drawn = matches!(self.command(&inbound.text), Some(Command::Image(_)));
+        info!(%payer, charged, why, "refunding an answer the platform did not deliver");
+        self.refund_undelivered(payer, &platform_reference(inbound, drawn), *charged);
     }
 
     /// The answer limit to send upstream, and the most answer tokens the payer can afford
@@ -1467,7 +1498,7 @@ impl Engine {
             legacy_max_tokens: false,
             extra: serde_json::Map::new(),
         };
-        let reference = format!("msg:{}#{}", inbound.key, inbound.message_id);
+        let reference = platform_reference(&inbound, false);
         let event = self
             .run_llm(payer, &model, req, &reference, sink, &watch)
             .await;

@@ -1301,3 +1301,57 @@ async fn a_waiting_store_call_holds_no_engine_lock() {
     assert_eq!(final_text(&b), "Hello, world");
     assert_eq!(h.llm.calls(), 1);
 }
+
+#[tokio::test]
+async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference() {
+    let h = harness_with(FAST, |c| {
+        c.images = Some(crate::config::ImagesConfig {
+            model: "img".into(),
+            upstream: None,
+            credits: 3,
+            size: None,
+        });
+    });
+    let asked = msg("1", "hello");
+    let answer = h.engine.handle(asked.clone()).collect().await;
+    let drawing = msg("2", "/image a cat");
+    let picture = h.engine.handle(drawing.clone()).collect().await;
+    assert_eq!(
+        h.balance().free_left,
+        0,
+        "2 for the answer, 3 for the picture"
+    );
+    for _ in 0..2 {
+        h.engine
+            .refund_platform_undelivered(&asked, &answer, "test");
+        h.engine
+            .refund_platform_undelivered(&drawing, &picture, "test");
+    }
+    let refund = |reference: &str| {
+        h.store
+            .ledger_by_reference(&format!("undelivered:{reference}"))
+            .unwrap()
+            .map(|e| e.paid_delta)
+    };
+    // Each under the reference its charge has, once however often asked.
+    assert!(
+        h.store
+            .ledger_by_reference("msg:tg:main:42#1")
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        h.store
+            .ledger_by_reference("img:tg:main:42#2")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(refund("msg:tg:main:42#1"), Some(2));
+    assert_eq!(refund("img:tg:main:42#2"), Some(3));
+    assert_eq!(h.balance().paid, 5);
+    // A free answer or a failure is owed nothing.
+    let failed = failed(FailureKind::Upstream, "x");
+    h.engine
+        .refund_platform_undelivered(&msg("3", "q"), &failed, "test");
+    assert_eq!(refund("msg:tg:main:42#3"), None);
+}

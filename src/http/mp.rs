@@ -266,23 +266,15 @@ async fn answer(
     let texts = &account.cfg.texts;
     match &msg.kind {
         IncomingKind::Text { content } => {
-            answer_text(st, account, key, &msg.dedupe_id(), content, Vec::new()).await
+            answer_text(st, account, key, opened, content, Vec::new()).await
         }
         IncomingKind::Voice {
             recognition: Some(text),
             ..
-        } => answer_text(st, account, key, &msg.dedupe_id(), text, Vec::new()).await,
+        } => answer_text(st, account, key, opened, text, Vec::new()).await,
         // WeChat's PicUrl is a public link to the picture (no token needed).
         IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
-            answer_text(
-                st,
-                account,
-                key,
-                &msg.dedupe_id(),
-                "",
-                vec![pic_url.clone()],
-            )
-            .await
+            answer_text(st, account, key, opened, "", vec![pic_url.clone()]).await
         }
         IncomingKind::Voice {
             recognition: None, ..
@@ -308,7 +300,7 @@ async fn answer(
             }
             "click" => {
                 let mapped = event_key.as_deref().and_then(|k| account.cfg.menu.get(k))?;
-                answer_text(st, account, key, &msg.dedupe_id(), mapped, Vec::new()).await
+                answer_text(st, account, key, opened, mapped, Vec::new()).await
             }
             _ => None,
         },
@@ -319,12 +311,25 @@ async fn answer_text(
     st: &AppState,
     account: &Arc<MpAccount>,
     key: &UserKey,
-    message_id: &str,
+    opened: &Opened,
     text: &str,
     images: Vec<String>,
 ) -> Option<String> {
     let cfg = &account.cfg;
+    let message_id = &opened.message.dedupe_id();
     if text.trim() == cfg.login_keyword.trim() {
+        match first_login_request(st, key, opened) {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics::counter!("chatrelay_mp_login_repeats_total").increment(1);
+                warn!("a login-code request seen before; no code in the reply");
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, "checking a login-code request failed");
+                return Some(st.engine.settings().texts.unavailable.clone());
+            }
+        }
         return match crate::auth::issue_code(st.engine.store(), key, None) {
             Ok((code, minutes)) => {
                 let reply = fill(
@@ -381,6 +386,32 @@ async fn answer_text(
             cfg.texts.thinking_pending.clone()
         }),
     }
+}
+
+/// Whether a login-code request is seen for the first time (by message id, in the dedupe marks
+/// daemons sharing a database share). A code answer is immediate, well inside WeChat's 5 s, so
+/// WeChat has no reason to send the message again; a second sighting is someone's copy of it —
+/// in plaintext mode an exact replay of a captured request (same signed timestamp and nonce,
+/// same body), which the nonce check lets through as a possible retry. It gets the empty
+/// "success" and no code: a fresh code would log the replayer in as the victim, and so would
+/// the same code again (the user's live code is what asking again returns). Should a genuine
+/// retry ever be answered this way, the user sends the keyword once more. The mark lasts the
+/// message dedupe time, and at least as long as the request's timestamp is accepted.
+fn first_login_request(
+    st: &AppState,
+    key: &UserKey,
+    opened: &Opened,
+) -> Result<bool, chatrelay_storage::StoreError> {
+    let now = now_ms();
+    let dedupe = st.engine.settings().dedupe_ttl.as_millis() as i64;
+    let expires = now
+        .saturating_add(dedupe)
+        .max(opened.delivery.expires_unix.saturating_mul(1000));
+    st.engine.store().dedupe_insert(
+        &format!("mp-login:{key}#{}", opened.message.dedupe_id()),
+        expires,
+        now,
+    )
 }
 
 /// Whether this try (or watcher) delivers the answer to message `id`: the first here, and on

@@ -6,6 +6,11 @@
 //! The AI bot answers with a stream id; WeCom then asks for the stream about once a second
 //! and gets the whole text so far each time, `finish` at the end. An answer still running when
 //! WeCom stops asking is posted to the message's `response_url` when it is done.
+//!
+//! A finished, charged AI-bot answer that never reaches the user is refunded (the bot has no
+//! outbox): the daemon shut down before WeCom fetched the stream's end, the stream was dropped
+//! from memory first (WeCom was told the answer was interrupted), or WeCom stopped asking and
+//! the post to `response_url` failed (or there was none).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +28,9 @@ use chatrelay_wechat::{
     AibotEndpoint, AibotKind, CallbackError, IncomingKind, WecomClient, WecomEndpoint, WecomQuery,
     post_response_url, stream_reply_json, text_reply_json,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::AppState;
@@ -40,6 +47,9 @@ const MAX_MESSAGE_BYTES: usize = 2048;
 const STREAM_KEEP: Duration = Duration::from_secs(1200);
 /// AI bot streams (and msgids) remembered at most; the oldest go first.
 const MAX_STREAMS: usize = 10_000;
+/// What a refresh of a stream this daemon does not have (any more) gets, and a stream whose
+/// answer was given up on: the user is told to ask again (and was not charged).
+const INTERRUPTED: &str = "（回答已中断，请重新提问）";
 /// App message ids remembered at most (for redeliveries); the oldest go first.
 const MAX_SEEN: usize = 50_000;
 /// How long an app message id is remembered at most (the longest `keep` asked of [`Seen`]).
@@ -94,14 +104,71 @@ pub struct WecomBot {
     /// from outside.
     by_msgid: Mutex<BoundedMap<String, String>>,
     /// Stream id → its answer so far. Bounded like `by_msgid`.
-    streams: Mutex<BoundedMap<String, Arc<Mutex<StreamState>>>>,
+    streams: Mutex<BoundedMap<String, Arc<Stream>>>,
+}
+
+/// One AI bot stream: the answer so far, shared by the task writing it and the refreshes
+/// reading it, and what became of it.
+#[derive(Default)]
+struct Stream {
+    state: Mutex<StreamState>,
+    /// Woken when WeCom has been given the finished answer.
+    fetched: Notify,
 }
 
 #[derive(Default)]
 struct StreamState {
     text: String,
     finished: bool,
-    finished_at: Option<Instant>,
+    fate: Fate,
+}
+
+/// What became of a stream's answer. Only one of "WeCom got it" and "given up on" can happen,
+/// decided under the stream's lock, so that an answer is either delivered (and stays charged)
+/// or refunded, never both.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Being written, or finished and not fetched yet.
+    #[default]
+    Open,
+    /// A reply with `finish: true` and the whole answer went to WeCom.
+    Fetched,
+    /// No refresh delivers it any more: it was refunded, or goes to `response_url`.
+    Withdrawn,
+}
+
+impl Stream {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream reply to send WeCom now. One that carries the finished answer marks it
+    /// fetched; a withdrawn answer is not sent any more (it was refunded or is posted).
+    fn reply_json(&self, stream_id: &str) -> String {
+        let mut s = self.lock();
+        match s.fate {
+            Fate::Withdrawn => stream_reply_json(stream_id, INTERRUPTED, true),
+            Fate::Open | Fate::Fetched => {
+                if s.finished && s.fate == Fate::Open {
+                    s.fate = Fate::Fetched;
+                    self.fetched.notify_one();
+                }
+                stream_reply_json(stream_id, &s.text, s.finished)
+            }
+        }
+    }
+
+    /// Withdraws the answer from the stream; true unless WeCom already fetched it (then
+    /// nothing is owed).
+    fn withdraw(&self) -> bool {
+        let mut s = self.lock();
+        if s.fate == Fate::Open {
+            s.fate = Fate::Withdrawn;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The configured WeCom apps and bots, by id.
@@ -425,19 +492,17 @@ async fn bot_callback(
     };
     match &cb.kind {
         AibotKind::StreamRefresh { stream_id } => {
-            let state = bot
+            let stream = bot
                 .streams
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(stream_id)
                 .cloned();
-            let json = match state {
-                Some(state) => {
-                    let s = state.lock().unwrap_or_else(|p| p.into_inner());
-                    stream_reply_json(stream_id, &s.text, s.finished)
-                }
-                // Unknown (e.g. the daemon restarted): end it rather than spin.
-                None => stream_reply_json(stream_id, "（回答已中断，请重新提问）", true),
+            let json = match stream {
+                Some(stream) => stream.reply_json(stream_id),
+                // Unknown (e.g. the daemon restarted): end it rather than spin. A finished
+                // answer it had is refunded by its task.
+                None => stream_reply_json(stream_id, INTERRUPTED, true),
             };
             sealed(&bot, &q, &json)
         }
@@ -463,10 +528,7 @@ async fn bot_callback(
                 let current = streams.get(&stream_id).cloned();
                 drop(streams);
                 match current {
-                    Some(state) => {
-                        let s = state.lock().unwrap_or_else(|p| p.into_inner());
-                        stream_reply_json(&stream_id, &s.text, s.finished)
-                    }
+                    Some(stream) => stream.reply_json(&stream_id),
                     None => stream_reply_json(&stream_id, "", false),
                 }
             };
@@ -497,52 +559,145 @@ fn start_stream(
     let stream_id = crate::util::random_id();
     by_msgid.insert(msgid_key, stream_id.clone());
     drop(by_msgid);
-    let state = Arc::new(Mutex::new(StreamState::default()));
+    let stream = Arc::new(Stream::default());
     bot.streams
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(stream_id.clone(), state.clone());
+        .insert(stream_id.clone(), stream.clone());
     let key = UserKey::new(Platform::Wecom, bot.cfg.id.clone(), user.to_owned());
     let inbound = Inbound::text(key, msgid, text);
-    let mut reply = engine.handle(inbound);
-    let window = Duration::from_secs(bot.cfg.stream_window_secs);
-    let started = Instant::now();
+    let mut reply = engine.handle(inbound.clone());
+    let deadline = Instant::now() + Duration::from_secs(bot.cfg.stream_window_secs);
     let http = bot.http.clone();
+    let engine = engine.clone();
     let span = info_span!("wecom_aibot", bot = %bot.cfg.id, user = %user, msg = %msgid);
-    engine.tracker().spawn(
+    engine.tracker().clone().spawn(
         async move {
-            let mut final_text = None;
-            while let Some(event) = reply.next().await {
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                match event {
+            let mut event = None;
+            while let Some(e) = reply.next().await {
+                let mut s = stream.lock();
+                match e {
                     ReplyEvent::Delta(d) => s.text.push_str(&d),
                     terminal => {
                         if let Some(text) = terminal.user_text() {
                             s.text = text;
                         }
                         s.finished = true;
-                        s.finished_at = Some(Instant::now());
-                        final_text = Some(s.text.clone());
+                        event = Some(terminal);
                         break;
                     }
                 }
             }
-            if final_text.is_none() {
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                s.finished = true;
-                s.finished_at = Some(Instant::now());
-            }
-            // WeCom stopped asking for the stream: the answer goes to response_url.
-            if started.elapsed() >= window
-                && let (Some(url), Some(text)) = (response_url, final_text)
-                && let Err(e) = post_response_url(&http, &url, &text).await
-            {
-                warn!(error = %e, "posting a late answer to response_url failed");
+            let Some(event) = event else {
+                // The reply ended without an answer (nothing was charged): end the stream.
+                stream.lock().finished = true;
+                return;
+            };
+            let post = |text: String| async move {
+                match response_url {
+                    Some(url) => post_response_url(&http, &url, &text)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("the message has no response_url".to_owned()),
+                }
+            };
+            let end = follow_up(&stream, deadline, engine.shutdown_token(), post).await;
+            if let Some(why) = end.undelivered() {
+                warn!(why, "the answer did not reach the user");
+                engine.refund_platform_undelivered(&inbound, &event, why);
             }
         }
         .instrument(span),
     );
     stream_id
+}
+
+/// How a finished AI-bot answer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StreamEnd {
+    /// WeCom fetched the end of the stream.
+    Fetched,
+    /// WeCom stopped asking; the answer went to `response_url`.
+    Posted,
+    /// The answer did not reach the user, for this reason (its cost is refunded).
+    Undelivered(&'static str),
+}
+
+impl StreamEnd {
+    fn undelivered(&self) -> Option<&'static str> {
+        match self {
+            StreamEnd::Undelivered(why) => Some(why),
+            StreamEnd::Fetched | StreamEnd::Posted => None,
+        }
+    }
+}
+
+/// What happens to a finished stream answer: waits until WeCom fetches its end, or until
+/// `deadline` (WeCom has stopped asking: the answer is posted to `response_url` with `post`),
+/// or until shutdown (after the restart WeCom's refreshes find nothing and tell the user the
+/// answer was interrupted and to ask again; posting it then instead would contradict that, and
+/// WeCom may not take a `response_url` post while the stream is still open, so it is given up).
+/// A stream dropped from memory (the bound, or its expiry) before WeCom fetched its end told
+/// WeCom the answer was interrupted; it is given up too.
+async fn follow_up<F, Fut>(
+    stream: &Arc<Stream>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+    post: F,
+) -> StreamEnd
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    // Checked now and then: nothing tells a stream it was dropped from the map.
+    const EVICTION_CHECK: Duration = Duration::from_secs(1);
+    let mut check = tokio::time::interval_at(Instant::now(), EVICTION_CHECK);
+    // Made once: a wake-up sent before the first wait is kept for it.
+    let fetched = stream.fetched.notified();
+    let window = tokio::time::sleep_until(deadline);
+    tokio::pin!(fetched, window);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut fetched => return StreamEnd::Fetched,
+            () = &mut window => break,
+            () = shutdown.cancelled() => {
+                return if stream.withdraw() {
+                    StreamEnd::Undelivered("shutting down before WeCom fetched the answer")
+                } else {
+                    StreamEnd::Fetched
+                };
+            }
+            _ = check.tick() => {
+                // Only this task holds it: no map does, so no refresh can fetch it.
+                if Arc::strong_count(stream) == 1 {
+                    return if stream.withdraw() {
+                        StreamEnd::Undelivered(
+                            "the stream was dropped from memory before WeCom fetched the answer",
+                        )
+                    } else {
+                        StreamEnd::Fetched
+                    };
+                }
+            }
+        }
+    }
+    if !stream.withdraw() {
+        return StreamEnd::Fetched;
+    }
+    let text = stream.lock().text.clone();
+    match post(text).await {
+        Ok(()) => {
+            info!("WeCom stopped asking for the stream; the answer went to response_url");
+            StreamEnd::Posted
+        }
+        Err(e) => {
+            warn!(error = %e, "WeCom stopped asking for the stream and the answer could not be posted");
+            StreamEnd::Undelivered(
+                "WeCom stopped asking for the stream and the answer could not go to response_url",
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -560,7 +715,7 @@ mod tests {
         assert!(!seen.first("m99999", SEEN_KEEP), "recent ids still dedupe");
         // The AI bot's maps, as start_stream fills them.
         let mut by_msgid = stream_map::<String>();
-        let mut streams = stream_map::<Arc<Mutex<StreamState>>>();
+        let mut streams = stream_map::<Arc<Stream>>();
         for i in 0..100_000 {
             by_msgid.insert(format!("msgid-{i}"), format!("stream-{i}"));
             streams.insert(format!("stream-{i}"), Arc::default());
@@ -570,6 +725,227 @@ mod tests {
             by_msgid.get(&"msgid-99999".to_owned()).map(String::as_str),
             Some("stream-99999")
         );
+    }
+
+    const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+
+    struct Rig {
+        engine: Engine,
+        store: chatrelay_storage::Store,
+        shutdown: CancellationToken,
+        tracker: tokio_util::task::TaskTracker,
+        bot: Arc<WecomBot>,
+    }
+
+    /// An engine with the demo model (1 credit an answer, 10 free a day) and a bot whose
+    /// stream window is `window_secs`.
+    fn rig(window_secs: u64) -> Rig {
+        let store = chatrelay_storage::Store::open_temporary().unwrap();
+        let mut config = crate::config::Config::default();
+        config.llm.models = vec![crate::config::ModelConfig {
+            name: config.llm.model.clone(),
+            credits: 1,
+            ..crate::config::ModelConfig::default()
+        }];
+        let shutdown = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let engine = Engine::new(
+            store.clone(),
+            Arc::new(crate::bot::llm::DemoBackend::default()),
+            crate::bot::Settings::from_config(&config).unwrap(),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        let cfg = WecomAibotConfig {
+            id: "bot".into(),
+            stream_window_secs: window_secs,
+            ..WecomAibotConfig::default()
+        };
+        let bot = Arc::new(WecomBot {
+            endpoint: AibotEndpoint::new("t", KEY).unwrap(),
+            cfg,
+            http: reqwest::Client::new(),
+            by_msgid: Mutex::new(stream_map()),
+            streams: Mutex::new(stream_map()),
+        });
+        Rig {
+            engine,
+            store,
+            shutdown,
+            tracker,
+            bot,
+        }
+    }
+
+    /// A `response_url` on 127.0.0.1 that answers every post with `{"errcode": errcode}`;
+    /// the bodies it got.
+    async fn response_url(errcode: i64) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let app = axum::Router::new().route(
+            "/response",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                seen.lock().unwrap().push(body.0);
+                async move { axum::Json(serde_json::json!({"errcode": errcode, "errmsg": "x"})) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/response", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, got)
+    }
+
+    impl Rig {
+        fn start(&self, msgid: &str, response_url: Option<String>) -> (String, Arc<Stream>) {
+            let id = start_stream(
+                &self.engine,
+                &self.bot,
+                msgid,
+                "u1",
+                "你好".into(),
+                response_url,
+            );
+            let stream = self.bot.streams.lock().unwrap().get(&id).cloned().unwrap();
+            (id, stream)
+        }
+
+        /// Waits until the answer is written (charged, for a demo answer).
+        async fn finished(&self, stream: &Stream) {
+            for _ in 0..1000 {
+                if stream.lock().finished {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the answer never finished");
+        }
+
+        /// Waits for every task to end (shutting down first when `shut_down`).
+        async fn drain(&self, shut_down: bool) {
+            if shut_down {
+                self.shutdown.cancel();
+            }
+            self.tracker.close();
+            tokio::time::timeout(Duration::from_secs(20), self.tracker.wait())
+                .await
+                .unwrap();
+        }
+
+        /// The charge and the refund of message `msgid` of user `u1`, as ledger entries.
+        fn ledger(
+            &self,
+            msgid: &str,
+        ) -> (
+            Option<chatrelay_storage::LedgerEntry>,
+            Option<chatrelay_storage::LedgerEntry>,
+        ) {
+            let charge = format!("msg:wecom:bot:u1#{msgid}");
+            (
+                self.store.ledger_by_reference(&charge).unwrap(),
+                self.store
+                    .ledger_by_reference(&format!("undelivered:{charge}"))
+                    .unwrap(),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_answer_wecom_never_fetched_is_refunded_at_shutdown() {
+        let r = rig(360);
+        let (url, posted) = response_url(0).await;
+        let (id, stream) = r.start("m1", Some(url));
+        r.finished(&stream).await;
+        r.drain(true).await;
+        let (charge, refund) = r.ledger("m1");
+        let charge = charge.expect("the answer was charged");
+        assert_eq!(charge.free_delta + charge.paid_delta, -1);
+        let refund = refund.expect("the undelivered answer was refunded");
+        assert_eq!(refund.paid_delta, 1);
+        assert_eq!(refund.kind, chatrelay_storage::EntryKind::Refund);
+        // Given up on, not posted (WeCom's refreshes after the restart say "interrupted"),
+        // and a refresh that still arrives does not get the refunded answer.
+        assert!(posted.lock().unwrap().is_empty());
+        let v: serde_json::Value = serde_json::from_str(&stream.reply_json(&id)).unwrap();
+        assert_eq!(v["stream"]["content"], INTERRUPTED);
+        assert_eq!(v["stream"]["finish"], true);
+        // Refunding again changes nothing.
+        let event = ReplyEvent::Final {
+            text: String::new(),
+            usage: None,
+            charged: 1,
+            images: Vec::new(),
+        };
+        let key = UserKey::new(Platform::Wecom, "bot", "u1");
+        r.engine
+            .refund_platform_undelivered(&Inbound::text(key, "m1", "你好"), &event, "again");
+        assert_eq!(r.store.ledger(refund.uid, 100).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_fetched_answer_stays_charged() {
+        let r = rig(360);
+        let (id, stream) = r.start("m2", None);
+        r.finished(&stream).await;
+        let v: serde_json::Value = serde_json::from_str(&stream.reply_json(&id)).unwrap();
+        assert_eq!(v["stream"]["finish"], true);
+        assert!(
+            v["stream"]["content"].as_str().unwrap().contains("你好"),
+            "{v}"
+        );
+        r.drain(true).await;
+        let (charge, refund) = r.ledger("m2");
+        assert!(charge.is_some());
+        assert!(refund.is_none(), "{refund:?}");
+    }
+
+    #[tokio::test]
+    async fn wecom_stopped_asking_the_answer_goes_to_response_url_or_is_refunded() {
+        let r = rig(1);
+        let (ok_url, ok_posts) = response_url(0).await;
+        let (bad_url, bad_posts) = response_url(40001).await;
+        r.start("posted", Some(ok_url));
+        r.start("refused", Some(bad_url));
+        r.start("nowhere", None);
+        // No shutdown: each task ends after the window, by itself.
+        r.drain(false).await;
+        let (charge, refund) = r.ledger("posted");
+        assert!(charge.is_some() && refund.is_none(), "{refund:?}");
+        let posts = ok_posts.lock().unwrap().clone();
+        assert_eq!(posts.len(), 1);
+        assert!(
+            posts[0]["markdown"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("你好")
+        );
+        for msgid in ["refused", "nowhere"] {
+            let (charge, refund) = r.ledger(msgid);
+            assert!(charge.is_some(), "{msgid}");
+            assert_eq!(refund.map(|e| e.paid_delta), Some(1), "{msgid}");
+        }
+        assert_eq!(bad_posts.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_from_memory_before_its_end_was_fetched_is_refunded() {
+        let r = rig(360);
+        let (url, posted) = response_url(0).await;
+        let (_, stream) = r.start("m3", Some(url));
+        r.finished(&stream).await;
+        // The bound pushed it out (10,000 newer streams, say): refreshes say "interrupted".
+        *r.bot.streams.lock().unwrap() = stream_map();
+        drop(stream);
+        // Refunded well before the window ends or anything shuts down.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while r.ledger("m3").1.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("refunded");
+        r.drain(true).await;
+        assert!(posted.lock().unwrap().is_empty());
+        assert_eq!(r.ledger("m3").1.map(|e| e.paid_delta), Some(1));
     }
 
     #[test]
