@@ -1,0 +1,155 @@
+//! What a question must pass before the model: ban, rate limit, model permission, word rules,
+//! the moderation endpoint; hits are recorded for admins.
+
+use super::*;
+
+impl Engine {
+    /// `Some(refusal)` when `uid` may not use `model` (paid users or named groups only).
+    pub(super) fn permitted(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        model: &ModelConfig,
+    ) -> Option<ReplyEvent> {
+        if !model.paid_only && model.groups.is_empty() {
+            return None;
+        }
+        let store = &self.inner.store;
+        let user = match store.user(uid) {
+            Ok(Some(u)) => u,
+            Ok(None) => return Some(failed(FailureKind::Banned, &s.texts.banned)),
+            Err(e) => {
+                warn!(error = %e, "reading the user failed");
+                return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        let paid = match store.balance(uid, s.today(), s.free_daily) {
+            Ok(b) => b.paid,
+            Err(e) => {
+                warn!(error = %e, "reading the balance failed");
+                return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        if policy::allowed(model, &user, paid) {
+            None
+        } else {
+            metrics::counter!("chatrelay_model_denied_total", "model" => model.name.clone())
+                .increment(1);
+            Some(failed(
+                FailureKind::NotAllowed,
+                fill(&s.texts.model_not_allowed, &[("model", &model.name)]),
+            ))
+        }
+    }
+
+    /// `Some(refusal)` when a word rule forbids the question.
+    pub(super) fn input_refusal(
+        &self,
+        s: &Settings,
+        watch: &Watch,
+        text: &str,
+    ) -> Option<ReplyEvent> {
+        let hit = s
+            .filter
+            .check(text, chatrelay_rules::Direction::Input, &watch.scope)?;
+        self.record_hit(watch, chatrelay_rules::Direction::Input, &hit);
+        Some(failed(FailureKind::Refused, hit.refusal))
+    }
+
+    /// `Some(refusal)` when the moderation endpoint flags the question (or fails, with
+    /// `fail_closed`).
+    pub(super) async fn moderation_refusal(
+        &self,
+        s: &Settings,
+        watch: &Watch,
+        text: &str,
+    ) -> Option<ReplyEvent> {
+        let m = s.moderation.as_ref()?;
+        let req = chatrelay_openai::ModerationRequest {
+            model: (!m.model.is_empty()).then(|| m.model.clone()),
+            input: text.to_owned(),
+            ..chatrelay_openai::ModerationRequest::default()
+        };
+        match m.client.moderate(&req).await {
+            Ok(res) if res.is_flagged() => {
+                let hit = chatrelay_rules::Hit {
+                    rule: "moderation".to_owned(),
+                    word: res.flagged_categories().join(","),
+                    refusal: m.refusal.clone(),
+                    excerpt: text.chars().take(80).collect(),
+                };
+                self.record_hit(watch, chatrelay_rules::Direction::Input, &hit);
+                Some(failed(FailureKind::Refused, &m.refusal))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                metrics::counter!("chatrelay_moderation_errors_total").increment(1);
+                warn!(error = %e, fail_closed = m.fail_closed, "the moderation endpoint failed");
+                m.fail_closed
+                    .then(|| failed(FailureKind::Refused, &m.refusal))
+            }
+        }
+    }
+
+    /// Records a content-rule hit for admins (`admin hits`), in the metrics and the log.
+    pub(super) fn record_hit(
+        &self,
+        watch: &Watch,
+        dir: chatrelay_rules::Direction,
+        hit: &chatrelay_rules::Hit,
+    ) {
+        let direction = match dir {
+            chatrelay_rules::Direction::Input => "input",
+            chatrelay_rules::Direction::Output => "output",
+        };
+        metrics::counter!("chatrelay_content_hits_total", "rule" => hit.rule.clone(), "direction" => direction)
+            .increment(1);
+        warn!(uid = %watch.uid, scope = %watch.scope, rule = %hit.rule, direction, "content rule hit");
+        let at = now_ms();
+        let record = serde_json::json!({
+            "at_ms": at,
+            "uid": watch.uid.0,
+            "platform": watch.platform.as_str(),
+            "scope": watch.scope,
+            "direction": direction,
+            "rule": hit.rule,
+            "word": hit.word,
+            "excerpt": hit.excerpt,
+        });
+        let key = format!(
+            "{HIT_PREFIX}{at:013}:{}:{}",
+            watch.uid.0,
+            crate::util::random_id()
+        );
+        if let Err(e) = self
+            .inner
+            .store
+            .set_checkpoint(&key, Some(&record.to_string()))
+        {
+            warn!(error = %e, "recording a content rule hit failed");
+        }
+    }
+
+    /// Ban and rate limit; `Some(failure)` when the user may not ask now.
+    pub(super) fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
+        let inner = &self.inner;
+        let settings = self.settings();
+        let texts = &settings.texts;
+        match inner.store.user(uid) {
+            Ok(Some(user)) if user.banned => {
+                return Some(failed(FailureKind::Banned, &texts.banned));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(failed(FailureKind::Banned, &texts.banned)),
+            Err(e) => {
+                warn!(error = %e, "store failed reading user");
+                return Some(failed(FailureKind::Unavailable, &texts.unavailable));
+            }
+        }
+        if !inner.limiter.allow(uid) {
+            metrics::counter!("chatrelay_rate_limited_total").increment(1);
+            return Some(failed(FailureKind::RateLimited, &texts.rate_limited));
+        }
+        None
+    }
+}

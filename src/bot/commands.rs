@@ -1,0 +1,249 @@
+//! Chat commands (`/help`, `/new`, `/quota`, `/buy`, `/model`, `/role`, `/image`, ...).
+
+use super::*;
+
+/// Fills the quota text's placeholders.
+#[must_use]
+pub fn quota_text(template: &str, b: &Balance, free_daily: u64) -> String {
+    fill(
+        template,
+        &[
+            ("free_left", &b.free_left.to_string()),
+            ("free_daily", &free_daily.to_string()),
+            ("paid", &b.paid.to_string()),
+            ("available", &b.available.to_string()),
+        ],
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Command {
+    Help,
+    New,
+    Quota,
+    Buy,
+    /// List the models, or choose one.
+    Model(Option<String>),
+    /// List the roles, or choose one.
+    Role(Option<String>),
+    /// Draw a picture of the prompt.
+    Image(Option<String>),
+}
+
+impl Engine {
+    /// The model and role (display names) a user's next message in `scope` would get.
+    pub(super) fn current_choice(&self, s: &Settings, uid: Uid, scope: &str) -> (String, String) {
+        let defaults = policy::scope_defaults(&s.scopes, scope);
+        let store = &self.inner.store;
+        let model = policy::pref(store, uid, "model").ok().flatten();
+        let role = policy::pref(store, uid, "role").ok().flatten();
+        let model = policy::choose_model(&s.models, model.as_deref(), defaults, &s.default_model)
+            .map_or_else(|| s.default_model.clone(), |m| m.name.clone());
+        let role = policy::choose_role(&s.roles, role.as_deref(), defaults).map_or_else(
+            || "默认".to_owned(),
+            |r| {
+                if r.name.is_empty() {
+                    r.id.clone()
+                } else {
+                    r.name.clone()
+                }
+            },
+        );
+        (model, role)
+    }
+
+    pub(super) fn command(&self, text: &str) -> Option<Command> {
+        let t = text.trim();
+        let matches = |words: &[String]| words.iter().any(|w| w.trim().eq_ignore_ascii_case(t));
+        // `/model NAME`, `模型 NAME`: a command word, then its argument.
+        let with_arg = |words: &[String]| -> Option<Option<String>> {
+            words.iter().find_map(|w| {
+                let w = w.trim();
+                let rest = t
+                    .get(..w.len())
+                    .filter(|head| head.eq_ignore_ascii_case(w))?;
+                let arg = t.get(rest.len()..)?;
+                if arg.is_empty() {
+                    Some(None)
+                } else if arg.starts_with(char::is_whitespace) {
+                    Some(Some(arg.trim().to_owned()))
+                } else {
+                    None
+                }
+            })
+        };
+        let settings = self.settings();
+        let c = &settings.commands;
+        if matches(&c.help) {
+            Some(Command::Help)
+        } else if matches(&c.new) {
+            Some(Command::New)
+        } else if matches(&c.quota) {
+            Some(Command::Quota)
+        } else if matches(&c.buy) {
+            Some(Command::Buy)
+        } else if let Some(arg) = with_arg(&c.model) {
+            Some(Command::Model(arg))
+        } else if let Some(arg) = with_arg(&c.image) {
+            Some(Command::Image(arg))
+        } else {
+            with_arg(&c.role).map(Command::Role)
+        }
+    }
+
+    pub(super) fn run_command(
+        &self,
+        command: Command,
+        uid: Uid,
+        conversation: &str,
+        scope: &str,
+    ) -> ReplyEvent {
+        let inner = &self.inner;
+        let s = self.settings();
+        let first = |words: &[String]| words.first().cloned().unwrap_or_default();
+        let text = match command {
+            Command::Help => fill(
+                &s.texts.help,
+                &[
+                    ("new", &first(&s.commands.new)),
+                    ("quota", &first(&s.commands.quota)),
+                    ("buy", &first(&s.commands.buy)),
+                ],
+            ),
+            Command::Buy if s.products.is_empty() => s.texts.buy_none.clone(),
+            Command::Buy => {
+                let lines: Vec<String> = s
+                    .products
+                    .iter()
+                    .map(|p| format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits))
+                    .collect();
+                let url = s.public_url.as_deref().map_or_else(
+                    || "/".to_owned(),
+                    |u| format!("{}/#buy", u.trim_end_matches('/')),
+                );
+                fill(
+                    &s.texts.buy,
+                    &[("products", &lines.join("\n")), ("url", &url)],
+                )
+            }
+            Command::New => match inner.store.clear_conversation(conversation) {
+                Ok(()) => s.texts.new_conversation.clone(),
+                Err(e) => {
+                    warn!(error = %e, "clearing the conversation failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+            },
+            Command::Quota => match inner.store.balance(uid, s.today(), s.free_daily) {
+                Ok(b) => {
+                    let (model, role) = self.current_choice(&s, uid, scope);
+                    fill(
+                        &quota_text(&s.texts.quota, &b, s.free_daily),
+                        &[("model", &model), ("role", &role)],
+                    )
+                }
+                Err(e) => {
+                    warn!(error = %e, "reading the balance failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+            },
+            Command::Model(None) => {
+                let (current, _) = self.current_choice(&s, uid, scope);
+                let lines: Vec<String> = s
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let mut line = format!("· {}（{} 额度/次）", m.name, m.credits);
+                        if m.paid_only || !m.groups.is_empty() {
+                            line.push_str(" 🔒");
+                        }
+                        line
+                    })
+                    .collect();
+                fill(
+                    &s.texts.model_list,
+                    &[
+                        ("current", &current),
+                        ("models", &lines.join("\n")),
+                        ("command", &first(&s.commands.model)),
+                    ],
+                )
+            }
+            Command::Model(Some(name)) => {
+                let Some(model) = s.models.iter().find(|m| m.name.eq_ignore_ascii_case(&name))
+                else {
+                    return ReplyEvent::Final {
+                        text: fill(&s.texts.unknown_model, &[("model", &name)]),
+                        usage: None,
+                        charged: 0,
+                        images: Vec::new(),
+                    };
+                };
+                if let Some(refused) = self.permitted(&s, uid, model) {
+                    return refused;
+                }
+                if let Err(e) = inner
+                    .store
+                    .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
+                {
+                    warn!(error = %e, "saving the model choice failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+                fill(&s.texts.model_set, &[("model", &model.name)])
+            }
+            Command::Role(None) => {
+                let (_, current) = self.current_choice(&s, uid, scope);
+                let lines: Vec<String> = s
+                    .roles
+                    .iter()
+                    .map(|r| {
+                        if r.name.is_empty() {
+                            format!("· {}", r.id)
+                        } else {
+                            format!("· {}（{}）", r.id, r.name)
+                        }
+                    })
+                    .collect();
+                fill(
+                    &s.texts.role_list,
+                    &[
+                        ("current", &current),
+                        ("roles", &lines.join("\n")),
+                        ("command", &first(&s.commands.role)),
+                    ],
+                )
+            }
+            // Answered by `draw` before commands get here.
+            Command::Image(_) => s.texts.image_off.clone(),
+            Command::Role(Some(id)) => {
+                let role = s.roles.iter().find(|r| {
+                    r.id.eq_ignore_ascii_case(&id) || (!r.name.is_empty() && r.name == id)
+                });
+                // "默认"/"default" goes back to the scope's role (or the plain system prompt).
+                let reset = matches!(id.as_str(), "default" | "默认" | "none");
+                if role.is_none() && !reset {
+                    return ReplyEvent::Final {
+                        text: fill(&s.texts.unknown_role, &[("role", &id)]),
+                        usage: None,
+                        charged: 0,
+                        images: Vec::new(),
+                    };
+                }
+                if let Err(e) = inner
+                    .store
+                    .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
+                {
+                    warn!(error = %e, "saving the role choice failed");
+                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
+                }
+                let (_, now) = self.current_choice(&s, uid, scope);
+                fill(&s.texts.role_set, &[("role", &now)])
+            }
+        };
+        ReplyEvent::Final {
+            text,
+            usage: None,
+            charged: 0,
+            images: Vec::new(),
+        }
+    }
+}

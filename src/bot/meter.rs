@@ -1,0 +1,225 @@
+//! Credits: reservations, durable settlement, partial charges, refunds of undelivered answers,
+//! the answer limit a payer can afford, usage statistics.
+
+use super::*;
+
+/// The ledger reference of the answer to a chat-platform message: `img:` for a picture the
+/// image command drew, `msg:` for anything else (an LLM answer).
+pub(super) fn platform_reference(inbound: &Inbound, drawn: bool) -> String {
+    let kind = if drawn { "img" } else { "msg" };
+    format!("{kind}:{}#{}", inbound.key, inbound.message_id)
+}
+
+impl Engine {
+    pub(super) fn record_usage(&self, s: &Settings, model: &str, usage: &Usage, charged: u64) {
+        let model_label = model.to_owned();
+        metrics::counter!("chatrelay_llm_tokens_total", "kind" => "prompt", "model" => model_label.clone())
+            .increment(usage.prompt_tokens);
+        metrics::counter!("chatrelay_llm_tokens_total", "kind" => "completion", "model" => model_label)
+            .increment(usage.completion_tokens);
+        self.inner.stats.usage(
+            s.today(),
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            charged,
+        );
+    }
+
+    /// Settles an answer that stopped before its end (the reader left, a content rule cut
+    /// it): what was generated is charged, estimated from its text. Counted under `outcome`.
+    #[allow(clippy::too_many_arguments)] // the call's state, all of it needed
+    pub(super) async fn charge_partial(
+        &self,
+        s: &Settings,
+        reservation: ReservationId,
+        model: &ModelConfig,
+        watch: &Watch,
+        prompt_est: u64,
+        text: &str,
+        outcome: &'static str,
+    ) -> (Usage, u64) {
+        let usage = Usage {
+            prompt_tokens: prompt_est,
+            completion_tokens: quota::estimate_tokens(text),
+        };
+        let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
+        let charged = self
+            .settle(reservation, cost, &model.name)
+            .await
+            .unwrap_or(0);
+        self.record_usage(s, &model.name, &usage, charged);
+        metrics::counter!("chatrelay_llm_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+        (usage, charged)
+    }
+
+    /// Holds `estimate` credits of `uid` for the call `reference`; the refusal to send when
+    /// that is not possible (out of credits, already answered, store failure).
+    pub(super) fn reserve(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        estimate: u64,
+        reference: &str,
+    ) -> Result<ReservationId, ReplyEvent> {
+        let expires = now_ms().saturating_add(s.reservation_ttl.as_millis() as i64);
+        match self
+            .inner
+            .store
+            .reserve(uid, estimate, reference, s.today(), s.free_daily, expires)
+        {
+            Ok(id) => Ok(id),
+            Err(StoreError::InsufficientCredits { available, needed }) => {
+                metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
+                Err(failed(
+                    FailureKind::InsufficientQuota,
+                    fill(
+                        &s.texts.insufficient_quota,
+                        &[
+                            ("needed", &needed.to_string()),
+                            ("available", &available.to_string()),
+                            ("buy_hint", &s.texts.buy_hint),
+                        ],
+                    ),
+                ))
+            }
+            Err(StoreError::AlreadySettled(_)) => Err(failed(FailureKind::Duplicate, "")),
+            Err(e) => {
+                warn!(error = %e, "reserving credits failed");
+                Err(failed(FailureKind::Unavailable, &s.texts.unavailable))
+            }
+        }
+    }
+
+    /// Settles a reservation and waits until the charge is on disk, so that the answer,
+    /// which leaves after this, is never delivered with a charge a crash could lose.
+    /// Returns the credits charged.
+    pub(super) async fn settle(&self, id: ReservationId, cost: u64, model: &str) -> Option<u64> {
+        let s = self.settings();
+        let settled = self.inner.store.settle(
+            id,
+            cost,
+            &format!("answer ({model})"),
+            s.today(),
+            s.free_daily,
+            now_ms(),
+        );
+        if settled.is_ok()
+            && let Err(e) = self.inner.store.flush().await
+        {
+            // The charge stands in the open database; the disk is failing, which `/readyz`
+            // and the watchdog report. Withholding a paid answer would not help.
+            warn!(error = %e, reservation = %id, "making a charge durable failed");
+        }
+        match settled {
+            Ok(Some(entry)) => Some(
+                entry
+                    .free_delta
+                    .saturating_add(entry.paid_delta)
+                    .unsigned_abs(),
+            ),
+            Ok(None) => Some(0),
+            Err(e) => {
+                // The reservation stays; it is released at the next start-up.
+                warn!(error = %e, reservation = %id, "settling failed");
+                None
+            }
+        }
+    }
+
+    /// Gives back `credits` charged for the answer `reference` that never reached its reader
+    /// (it left after the charge). Idempotent: one refund per answer, however often called.
+    /// The credits come back as paid credits (the store cannot restore a past day's free
+    /// allowance).
+    pub fn refund_undelivered(&self, uid: Uid, reference: &str, credits: u64) {
+        if credits == 0 {
+            return;
+        }
+        let refund = format!("undelivered:{reference}");
+        match self.inner.store.grant(
+            uid,
+            credits,
+            chatrelay_storage::EntryKind::Refund,
+            "answer not delivered",
+            &refund,
+            now_ms(),
+        ) {
+            Ok(_) => {
+                metrics::counter!("chatrelay_undelivered_refunds_total").increment(1);
+                info!(%uid, %reference, credits, "the answer was not delivered; refunded");
+            }
+            Err(e) => {
+                warn!(error = %e, %uid, %reference, credits, "refunding an undelivered answer failed");
+            }
+        }
+    }
+
+    /// Gives back what the answer `event` to the chat-platform message `inbound` cost, to whoever
+    /// paid for it, when the platform never got it to the user (`why` is logged). The payer and
+    /// the ledger reference are found the way the answer found them; idempotent like
+    /// [`Engine::refund_undelivered`], and free answers (or failures) need nothing.
+    pub fn refund_platform_undelivered(&self, inbound: &Inbound, event: &ReplyEvent, why: &str) {
+        let ReplyEvent::Final { charged, .. } = event else {
+            return;
+        };
+        if *charged == 0 {
+            return;
+        }
+        let payer_key = inbound.bill_to.as_ref().unwrap_or(&inbound.key);
+        let payer = match self.inner.store.resolve_identity(payer_key, None) {
+            Ok(uid) => uid,
+            Err(e) => {
+                warn!(error = %e, charged, why, "finding who paid for an undelivered answer failed; not refunded");
+                return;
+            }
+        };
+        let drawn = matches!(self.command(&inbound.text), Some(Command::Image(_)));
+        info!(%payer, charged, why, "refunding an answer the platform did not deliver");
+        self.refund_undelivered(payer, &platform_reference(inbound, drawn), *charged);
+    }
+
+    /// The answer limit to send upstream, and the most answer tokens the payer can afford
+    /// (`None` for a flat price). The limit is the one asked for, lowered for a per-token price
+    /// to what `uid`'s credits cover; an unlimited request gets the affordable length as its
+    /// limit when that is short ([`quota::UNCAPPED_CEILING`]), else no limit (a large one could
+    /// be refused by the upstream as more than the model writes) and the engine stops reading
+    /// at the affordable length. A payer who cannot afford one token is refused at reserving.
+    pub(super) fn answer_limit(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        model: &ModelConfig,
+        prompt_est: u64,
+        watch: &Watch,
+        req: &LlmRequest,
+    ) -> Result<(Option<u64>, Option<u64>), ReplyEvent> {
+        let asked = req.max_completion_tokens.map(u64::from);
+        if model.credits_per_1k_tokens == 0 {
+            return Ok((asked, None));
+        }
+        let available = match self.inner.store.balance(uid, s.today(), s.free_daily) {
+            Ok(b) => b.available,
+            Err(e) => {
+                warn!(error = %e, "reading the balance failed");
+                return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
+        let affordable =
+            quota::affordable_completion(model, prompt_est, watch.surcharge, available)
+                .unwrap_or(u64::MAX);
+        // At least one token: a payer who cannot cover it gets the reservation's refusal.
+        let limit = match asked {
+            Some(a) => Some(a.min(affordable).max(1)),
+            None if affordable < quota::UNCAPPED_CEILING => Some(affordable.max(1)),
+            None => None,
+        };
+        Ok((limit, Some(affordable)))
+    }
+
+    pub(super) fn release(&self, id: ReservationId) {
+        if let Err(e) = self.inner.store.release(id) {
+            warn!(error = %e, reservation = %id, "releasing a reservation failed");
+        }
+    }
+}

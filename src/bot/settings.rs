@@ -1,0 +1,143 @@
+//! The engine's settings, taken from the configuration once (and again on reload).
+
+use super::*;
+
+/// The engine's settings, taken from [`Config`] once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Models users may use, with prices.
+    pub models: Vec<ModelConfig>,
+    /// The default model.
+    pub default_model: String,
+    /// System prompt for chat platforms.
+    pub system_prompt: String,
+    /// History budget in estimated tokens.
+    pub context_tokens: u64,
+    /// Turns kept per conversation.
+    pub max_turns: usize,
+    /// Answer cap sent upstream.
+    pub max_completion_tokens: Option<u32>,
+    /// Free credits per day.
+    pub free_daily: u64,
+    /// Offset of the quota day, in seconds east of UTC.
+    pub tz_offset_secs: i32,
+    /// Reservation lifetime.
+    pub reservation_ttl: Duration,
+    /// Dedupe memory.
+    pub dedupe_ttl: Duration,
+    /// Longest accepted message.
+    pub max_input_chars: usize,
+    /// Messages per user per minute (0 = off).
+    pub rate_limit_per_minute: u32,
+    /// Command words.
+    pub commands: crate::config::Commands,
+    /// User-facing texts.
+    pub texts: Texts,
+    /// Credit packs on sale (for the buy command).
+    pub products: Vec<crate::config::ProductConfig>,
+    /// The web page users buy on, if the daemon has a public URL.
+    pub public_url: Option<String>,
+    /// Named system prompts.
+    pub roles: Vec<crate::config::RoleConfig>,
+    /// Defaults per platform or account.
+    pub scopes: Vec<crate::config::ScopeConfig>,
+    /// Sensitive-word rules (shared with answers streaming when a reload swaps them).
+    pub filter: Arc<chatrelay_rules::ContentFilter>,
+    /// Free answers to common questions.
+    pub keywords: Arc<chatrelay_rules::KeywordReplies>,
+    /// The second stage of question checks, if configured.
+    pub moderation: Option<Arc<Moderation>>,
+    /// Credits per generated picture, when `[images]` is configured.
+    pub image_credits: Option<u64>,
+    /// Largest picture downloaded from a platform.
+    pub max_image_bytes: usize,
+    /// Hosts pictures may be fetched from whatever their address (`[bot] picture_trusted_hosts`).
+    pub picture_trusted_hosts: Vec<String>,
+}
+
+/// An OpenAI-compatible moderation endpoint.
+#[derive(Debug)]
+pub struct Moderation {
+    pub(super) client: chatrelay_openai::Client,
+    pub(super) model: String,
+    pub(super) refusal: String,
+    pub(super) fail_closed: bool,
+}
+
+impl Settings {
+    /// Reads the engine's part of a validated configuration (word lists are read again from
+    /// disk, so a file changed since validation is reported here).
+    pub fn from_config(c: &Config) -> anyhow::Result<Self> {
+        let rule_errors = |errors: Vec<chatrelay_rules::RuleError>| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
+        let filter =
+            chatrelay_rules::ContentFilter::build(&c.filters, &c.base_dir).map_err(rule_errors)?;
+        let keywords = chatrelay_rules::KeywordReplies::build(&c.keywords).map_err(rule_errors)?;
+        let moderation = match &c.moderation {
+            None => None,
+            Some(m) => Some(Arc::new(Moderation {
+                client: chatrelay_openai::Client::new(chatrelay_openai::ClientConfig {
+                    base_url: m.base_url.clone(),
+                    api_keys: m.api_key.iter().map(|k| k.expose().to_owned()).collect(),
+                    timeout: Duration::from_secs(10),
+                    max_retries: 1,
+                    ..chatrelay_openai::ClientConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("moderation: {e}"))?,
+                model: m.model.clone(),
+                refusal: m.refusal.clone(),
+                fail_closed: m.fail_closed,
+            })),
+        };
+        Ok(Self {
+            models: c.llm.models.clone(),
+            default_model: c.llm.model.clone(),
+            system_prompt: c.llm.system_prompt.clone(),
+            context_tokens: c.llm.context_tokens,
+            max_turns: c.llm.max_turns,
+            max_completion_tokens: c.llm.max_completion_tokens,
+            free_daily: c.quota.free_daily,
+            // Validated by config; UTC+8 is the safe fallback for this product's users.
+            tz_offset_secs: crate::util::parse_timezone(&c.quota.timezone).unwrap_or(8 * 3600),
+            reservation_ttl: Duration::from_secs(c.quota.reservation_ttl_secs),
+            dedupe_ttl: Duration::from_secs(c.bot.dedupe_ttl_secs),
+            max_input_chars: c.bot.max_input_chars,
+            rate_limit_per_minute: c.bot.rate_limit_per_minute,
+            commands: c.bot.commands.clone(),
+            texts: Texts {
+                buy_hint: c.bot.texts.buy_hint_for(c),
+                ..c.bot.texts.clone()
+            },
+            products: c.products.clone(),
+            public_url: c.server.public_url.clone(),
+            roles: c.roles.clone(),
+            scopes: c.scopes.clone(),
+            filter: Arc::new(filter),
+            keywords: Arc::new(keywords),
+            moderation,
+            image_credits: c.images.as_ref().map(|i| i.credits),
+            max_image_bytes: c.bot.max_image_bytes,
+            picture_trusted_hosts: c.bot.picture_trusted_hosts.clone(),
+        })
+    }
+
+    /// The configured model of that name.
+    #[must_use]
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Today's quota day number.
+    #[must_use]
+    pub fn today(&self) -> i64 {
+        crate::util::day_number(now_ms(), self.tz_offset_secs)
+    }
+}

@@ -1,0 +1,81 @@
+//! Upkeep: the in-flight map's sweep, expired records, settled reservations.
+
+use super::*;
+
+impl Engine {
+    /// Periodic housekeeping of this daemon's memory: idle rate-limit windows, old in-flight
+    /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
+    pub fn housekeeping(&self) {
+        self.inner.limiter.sweep();
+        self.sweep_inflight(true);
+        let answering = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .values()
+            .filter(|f| f.rx.borrow().done.is_none())
+            .count();
+        metrics::gauge!("chatrelay_platform_answers_in_progress").set(answering as f64);
+        metrics::gauge!("chatrelay_background_tasks").set(self.inner.tracker.len() as f64);
+    }
+
+    /// Removes records past their time: expired dedupe marks, old content-rule hits and
+    /// settled-reservation records; on a shared store also holds left open by a daemon that
+    /// died (alone, a daemon releases its own at start). One daemon does this at a time.
+    pub fn purge_old_records(&self) {
+        let now = now_ms();
+        if self.inner.store.is_shared() {
+            match self.inner.store.release_stale_reservations(now) {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    released = n,
+                    "released expired reservations (a daemon died mid-answer?)"
+                ),
+                Err(e) => warn!(error = %e, "releasing expired reservations failed"),
+            }
+        }
+        if let Err(e) = self.inner.store.purge_expired_dedupe(now) {
+            warn!(error = %e, "purging expired dedupe marks failed");
+        }
+        // Content-rule hits are kept for admins for 180 days.
+        let cutoff = format!("{HIT_PREFIX}{:013}", now - 180 * 86_400_000);
+        if let Err(e) = self
+            .inner
+            .store
+            .purge_checkpoints_before(HIT_PREFIX, &cutoff)
+        {
+            warn!(error = %e, "purging old content rule hits failed");
+        }
+        // Settled-reservation records only serve retries of the same reference; a day is far
+        // beyond any retry window.
+        if let Err(e) = self
+            .inner
+            .store
+            .purge_settled_reservations(now - 86_400_000)
+        {
+            warn!(error = %e, "purging settled reservations failed");
+        }
+    }
+
+    pub(super) fn sweep_inflight(&self, force: bool) {
+        let mut guard = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if !force
+            && guard
+                .last_sweep
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
+        {
+            return;
+        }
+        guard.last_sweep = Some(now);
+        guard.map.retain(|_, f| {
+            f.rx.borrow().done.is_none() || now.duration_since(f.started) < JOIN_RETENTION
+        });
+    }
+}
