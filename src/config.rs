@@ -301,7 +301,7 @@ impl Default for ServerConfig {
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
-            trusted_proxies: crate::http::addr::DEFAULT_TRUSTED_PROXIES
+            trusted_proxies: crate::util::addr::DEFAULT_TRUSTED_PROXIES
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
@@ -1503,7 +1503,7 @@ fn resolve_secret_files(
 /// passive wait (~5 s) and webhooks; header limits must fit an ordinary browser request.
 fn validate_server_limits(s: &ServerConfig, problems: &mut Vec<Problem>) {
     for (i, block) in s.trusted_proxies.iter().enumerate() {
-        if let Err(e) = block.parse::<crate::http::addr::Cidr>() {
+        if let Err(e) = block.parse::<crate::util::addr::Cidr>() {
             problems.push(problem(
                 format!("server.trusted_proxies[{i}]"),
                 e.to_string(),

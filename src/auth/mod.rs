@@ -15,7 +15,7 @@ use chatrelay_core::UserKey;
 use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 
 use crate::bot::ratelimit::RateLimiter;
-use crate::http::addr::{Cidr, host_prefix, network_prefix};
+use crate::util::addr::{Cidr, host_prefix, network_prefix};
 use crate::util::now_ms;
 
 /// How long a login code works.
