@@ -3,7 +3,7 @@
 //!
 //! Loading never stops at the first problem: every unknown key (with "did you mean"), type
 //! error, missing key and invalid value is collected as a [`Problem`] naming its key in the
-//! operator's words (see `sections`), so `check-config` can list them all at once. Secrets are [`Secret`]s, redacted in `Debug` and in the summary.
+//! operator's words (see `read`), so `check-config` can list them all at once. Secrets are [`Secret`]s, redacted in `Debug` and in the summary.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-mod sections;
+mod read;
 
 /// Prefix of environment overrides: `CHATRELAY__LLM__BASE_URL` sets `[llm] base_url`.
 pub const ENV_PREFIX: &str = "CHATRELAY__";
@@ -1155,7 +1155,7 @@ fn alipay_gateway() -> String {
     "https://openapi.alipay.com/gateway.do".to_owned()
 }
 
-pub use sections::Problem;
+pub use read::Problem;
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
@@ -1255,7 +1255,7 @@ pub fn parse(
         base_dir: base.to_path_buf(),
     };
     for key in root.keys() {
-        let message = match sections::closest_known(key, &known_keys("")) {
+        let message = match read::closest_known(key, &known_keys("")) {
             Some(k) => format!("unknown section or key; did you mean `{k}`?"),
             None => "unknown section or key".to_owned(),
         };
@@ -1275,7 +1275,7 @@ pub fn parse(
     }
     let read_problems = problems.len();
     validate(&config, &mut problems);
-    sections::drop_echoes(read_problems, &mut problems);
+    read::drop_echoes(read_problems, &mut problems);
     if problems.is_empty() {
         Ok((config, env_keys))
     } else {
@@ -1283,18 +1283,18 @@ pub fn parse(
     }
 }
 
-/// Deserializes one section, reporting every problem in it (see [`sections`]).
+/// Deserializes one section, reporting every problem in it (see [`read`]).
 fn section<T: DeserializeOwned + Default>(
     root: &mut toml::Table,
     name: &str,
     problems: &mut Vec<Problem>,
 ) -> T {
-    sections::read(root, name, problems, known_keys)
+    read::read(root, name, problems, known_keys)
 }
 
 /// The keys the table at `shape` (a dotted path without indices) accepts, for "did you mean".
 fn known_keys(shape: &str) -> Vec<String> {
-    use sections::field_names as f;
+    use read::field_names as f;
     match shape {
         "" => [
             "server",
