@@ -21,6 +21,14 @@ pub struct Problem {
     pub message: String,
 }
 
+/// A [`Problem`] with `key` and `message`.
+pub fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.key, self.message)
