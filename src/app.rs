@@ -166,12 +166,12 @@ impl App {
             .build()
             .context("building the HTTP client for platform APIs")?;
         // Alerts are sent by a task on the daemon's tracker, which stops on shutdown.
-        let alerts = crate::alerts::Alerter::from_config(
-            &config,
-            http.clone(),
+        let alerts = crate::alerts::Alerter::new(
+            crate::reload::ROBOT_PACE,
             tracker.clone(),
             shutdown.clone(),
         );
+        alerts.set_sinks(crate::reload::robot_sinks(&config, &http));
         let engine = Engine::new(
             store,
             backend,
