@@ -101,7 +101,7 @@ impl Parts {
         alerts: &Alerter,
         previous: Option<&Parts>,
     ) -> anyhow::Result<Parts> {
-        let admin_token = crate::app::resolve_admin_token(&config)?;
+        let admin_token = crate::auth::resolve_admin_token(&config)?;
         let billing = Arc::new(
             Billing::from_config(
                 &config,
