@@ -1,6 +1,8 @@
 //! Operators' alerts: paid orders, refunds, payment verification failures, an upstream LLM
 //! failing again and again. Every alert is logged under the `chatrelay::alert` target at once,
-//! and queued for the configured WeCom group robots, which allow 20 messages a minute.
+//! and queued for the configured sinks ([`AlertSink`]: the WeCom group robots of
+//! `[[wecom_robot]]`, built by `reload`), which take few messages ([`Pace`]: the robots allow 20
+//! a minute).
 //!
 //! Because that budget is small and forged payment notifications cost an attacker nothing,
 //! alerts have a [`AlertKind`]:
@@ -16,22 +18,20 @@
 //! once on shutdown instead of waiting for the next minute's budget).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chatrelay_wechat::RobotClient;
-use chatrelay_wechat::robot::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_RATE_WINDOW};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
-
 /// The log target of alerts.
 pub const TARGET: &str = "chatrelay::alert";
 
-/// Robot messages per window kept for money alerts: other alerts use at most the rest.
+/// Sink messages per window kept for money alerts: other alerts use at most the rest.
 pub const RESERVED_FOR_MONEY: usize = 5;
 
 /// Money alerts waiting at most (beyond, the oldest are dropped; they are in the log).
@@ -43,7 +43,39 @@ const MAX_OTHER_WAITING: usize = 50;
 /// How often verification failures are summarised, by default.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
-type Robots = Arc<Vec<(String, RobotClient)>>;
+/// Where alerts go besides the log. Every sink gets every alert sent; the sinks share one
+/// [`Pace`].
+pub trait AlertSink: Send + Sync {
+    /// The sink's name in the log when a send fails (a `[[wecom_robot]]` id).
+    fn name(&self) -> &str;
+    /// Sends one alert's text.
+    fn send<'a>(&'a self, text: &'a str) -> SendFuture<'a>;
+}
+
+/// What [`AlertSink::send`] returns: sent, or why not (logged).
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// The sinks of the running configuration (a reload replaces them).
+type Sinks = Arc<Vec<Arc<dyn AlertSink>>>;
+
+/// How many messages the sinks take: at most `messages` in any rolling `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// Messages allowed per window.
+    pub messages: usize,
+    /// The rolling window.
+    pub window: Duration,
+}
+
+impl Default for Pace {
+    /// Twenty a minute: the WeCom group robots' limit, the strictest sink there is.
+    fn default() -> Self {
+        Self {
+            messages: 20,
+            window: Duration::from_secs(60),
+        }
+    }
+}
 
 /// What an alert is about, which decides how it competes for the robots' budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,12 +89,11 @@ pub enum AlertKind {
     Other,
 }
 
-/// Sends alerts. Cheap to clone; clones share the robots (which a reload replaces) and the
+/// Sends alerts. Cheap to clone; clones share the sinks (which a reload replaces) and the
 /// queue.
 #[derive(Clone, Default)]
 pub struct Alerter {
-    robots: Arc<RwLock<Robots>>,
-    http: Option<reqwest::Client>,
+    sinks: Arc<RwLock<Sinks>>,
     queue: Arc<Mutex<Queue>>,
     /// Wakes the sender when an alert arrives while it waits (for the budget or a summary).
     wake: Arc<tokio::sync::Notify>,
@@ -71,9 +102,11 @@ pub struct Alerter {
     summary_every: Option<Duration>,
 }
 
-/// Alerts waiting for the robots, and the robots' recent sends.
+/// Alerts waiting for the sinks, and the sinks' recent sends.
 #[derive(Default)]
 struct Queue {
+    /// The sinks' pace.
+    pace: Pace,
     money: VecDeque<String>,
     other: VecDeque<String>,
     failures: Option<Failures>,
@@ -105,7 +138,7 @@ impl Queue {
         while self
             .sent
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= ROBOT_RATE_WINDOW)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.pace.window)
         {
             self.sent.pop_front();
         }
@@ -114,9 +147,9 @@ impl Queue {
 
     fn next(&mut self, now: Instant, summary_every: Duration) -> Next {
         let used = self.used(now);
-        let window_frees = self.sent.front().map(|t| *t + ROBOT_RATE_WINDOW);
-        let others_may = used + RESERVED_FOR_MONEY < ROBOT_MESSAGES_PER_WINDOW;
-        if used < ROBOT_MESSAGES_PER_WINDOW
+        let window_frees = self.sent.front().map(|t| *t + self.pace.window);
+        let others_may = used + RESERVED_FOR_MONEY < self.pace.messages;
+        if used < self.pace.messages
             && let Some(text) = self.money.pop_front()
         {
             self.sent.push_back(now);
@@ -176,20 +209,16 @@ fn describe(d: Duration) -> String {
 }
 
 impl Alerter {
-    /// The robots of the configuration (none is fine: alerts are then only logged). Sending
-    /// runs on `tracker` and stops on `shutdown`.
+    /// An alerter without sinks yet (alerts are then only logged) whose sinks take `pace`.
+    /// Sending runs on `tracker` and stops on `shutdown`.
     #[must_use]
-    pub fn from_config(
-        config: &Config,
-        http: reqwest::Client,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let robots = Self::robots_of(config, &http);
+    pub fn new(pace: Pace, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
         Self {
-            robots: Arc::new(RwLock::new(robots)),
-            http: Some(http),
-            queue: Arc::default(),
+            sinks: Arc::default(),
+            queue: Arc::new(Mutex::new(Queue {
+                pace,
+                ..Queue::default()
+            })),
             wake: Arc::default(),
             tracker,
             shutdown,
@@ -197,38 +226,22 @@ impl Alerter {
         }
     }
 
-    /// Takes the robots of a reloaded configuration (every clone sees them).
-    pub fn reload(&self, config: &Config) {
-        let http = self.http.clone().unwrap_or_default();
-        let robots = Self::robots_of(config, &http);
-        *self.robots.write().unwrap_or_else(|p| p.into_inner()) = robots;
+    /// Takes the sinks of a (re)loaded configuration (every clone sees them).
+    pub fn set_sinks(&self, sinks: Vec<Arc<dyn AlertSink>>) {
+        *self.sinks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sinks);
     }
 
-    fn robots_of(config: &Config, http: &reqwest::Client) -> Robots {
-        let robots = config
-            .wecom_robot
-            .iter()
-            .map(|r| {
-                (
-                    r.id.clone(),
-                    RobotClient::new(r.webhook.expose(), &r.api_base, http.clone()),
-                )
-            })
-            .collect();
-        Arc::new(robots)
-    }
-
-    /// Logs `text` and queues it for the robots as an [`AlertKind::Other`] alert.
+    /// Logs `text` and queues it for the sinks as an [`AlertKind::Other`] alert.
     pub fn alert(&self, text: String) {
         self.alert_as(AlertKind::Other, text);
     }
 
-    /// Logs `text` and queues it for the robots as a `kind` alert, without waiting.
+    /// Logs `text` and queues it for the sinks as a `kind` alert, without waiting.
     pub fn alert_as(&self, kind: AlertKind, text: String) {
         info!(target: TARGET, kind = ?kind, "{text}");
         metrics::counter!("chatrelay_alerts_total").increment(1);
         if self
-            .robots
+            .sinks
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
@@ -277,7 +290,7 @@ impl Alerter {
         }
     }
 
-    /// Sends what waits, at the robots' pace, until nothing does (or shutdown).
+    /// Sends what waits, at the sinks' pace, until nothing does (or shutdown).
     async fn drain(self) {
         let every = self.summary_every.unwrap_or(SUMMARY_EVERY);
         loop {
@@ -307,14 +320,11 @@ impl Alerter {
     }
 
     async fn send(&self, text: &str) {
-        let robots = self
-            .robots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (id, robot) in robots.iter() {
-            if let Err(e) = robot.send_text(&format!("【chatrelay】{text}")).await {
-                warn!(robot = %id, error = %e, "alert not delivered to the group robot");
+        let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let text = format!("【chatrelay】{text}");
+        for sink in sinks.iter() {
+            if let Err(e) = sink.send(&text).await {
+                warn!(robot = %sink.name(), error = %e, "alert not delivered to the group robot");
             }
         }
     }
@@ -326,8 +336,10 @@ mod tests {
 
     use axum::Json;
     use axum::extract::State;
+    use chatrelay_wechat::robot::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_RATE_WINDOW};
 
     use super::*;
+    use crate::config::Config;
 
     /// A loopback WeCom robot that records texts and, like WeCom, refuses beyond 20 a minute.
     async fn fake_robot() -> (String, Arc<StdMutex<Vec<String>>>) {
@@ -361,12 +373,12 @@ mod tests {
             webhook: crate::config::Secret::new("k"),
             api_base: base.to_owned(),
         }];
-        let mut a = Alerter::from_config(
-            &config,
-            reqwest::Client::new(),
+        let mut a = Alerter::new(
+            crate::reload::ROBOT_PACE,
             tracker.clone(),
             CancellationToken::new(),
         );
+        a.set_sinks(crate::reload::robot_sinks(&config, &reqwest::Client::new()));
         a.summary_every = Some(every);
         a
     }
@@ -433,6 +445,12 @@ mod tests {
             .filter(|t| t.contains("upstream failing"))
             .count();
         assert_eq!(others, 5);
+    }
+
+    #[test]
+    fn the_default_pace_is_the_group_robots() {
+        // An alerter built without a pace (the engine's default) must not outrun the robots.
+        assert_eq!(Pace::default(), crate::reload::ROBOT_PACE);
     }
 
     #[tokio::test(start_paused = true)]

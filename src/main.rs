@@ -183,7 +183,7 @@ fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
         if loaded.env_keys.is_empty() { "(none)".to_owned() } else { loaded.env_keys.join(", ") },
         c.provider(),
         if c.provider() == config::Provider::Demo { " (offline demo: set [llm] api_keys or OPENAI_API_KEY)" } else { "" },
-        if c.server.admin_token.is_some() { "configured".to_owned() } else { format!("generated at first start in {}", app::admin_token_path(c).display()) },
+        if c.server.admin_token.is_some() { "configured".to_owned() } else { format!("generated at first start in {}", chatrelay::auth::admin_token_path(c).display()) },
     ));
     let warnings = c.warnings();
     if !warnings.is_empty() {

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::alerts::Alerter;
+use chatrelay_wechat::RobotClient;
+use chatrelay_wechat::robot::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_RATE_WINDOW};
+
+use crate::alerts::{AlertSink, Alerter, Pace, SendFuture};
 use crate::billing::Billing;
 use crate::bot::{Engine, Settings, llm};
 use crate::config::{self, Config, Secret};
@@ -32,6 +35,43 @@ use crate::http::mp::{Accounts, MpAccount};
 use crate::http::wecom::Wecom;
 use crate::telegram::Telegram;
 use crate::zsxq::Zsxq;
+
+/// The pace of the WeCom group robots, the alert sinks: 20 messages a minute each.
+pub const ROBOT_PACE: Pace = Pace {
+    messages: ROBOT_MESSAGES_PER_WINDOW,
+    window: ROBOT_RATE_WINDOW,
+};
+
+/// An alert sink: one WeCom group robot of `[[wecom_robot]]`.
+struct RobotSink {
+    id: String,
+    client: RobotClient,
+}
+
+impl AlertSink for RobotSink {
+    fn name(&self) -> &str {
+        &self.id
+    }
+
+    fn send<'a>(&'a self, text: &'a str) -> SendFuture<'a> {
+        Box::pin(async move { self.client.send_text(text).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The alert sinks of a configuration: its WeCom group robots.
+#[must_use]
+pub fn robot_sinks(config: &Config, http: &reqwest::Client) -> Vec<Arc<dyn AlertSink>> {
+    config
+        .wecom_robot
+        .iter()
+        .map(|r| {
+            Arc::new(RobotSink {
+                id: r.id.clone(),
+                client: RobotClient::new(r.webhook.expose(), &r.api_base, http.clone()),
+            }) as Arc<dyn AlertSink>
+        })
+        .collect()
+}
 
 /// The configuration-derived parts of a running daemon, one consistent generation.
 pub struct Parts {
@@ -61,7 +101,7 @@ impl Parts {
         alerts: &Alerter,
         previous: Option<&Parts>,
     ) -> anyhow::Result<Parts> {
-        let admin_token = crate::app::resolve_admin_token(&config)?;
+        let admin_token = crate::auth::resolve_admin_token(&config)?;
         let billing = Arc::new(
             Billing::from_config(
                 &config,
@@ -347,7 +387,7 @@ impl Live {
         };
         // Everything is built: swap. Nothing below can fail.
         notify_reloading(true);
-        inner.alerts.reload(&new);
+        inner.alerts.set_sinks(robot_sinks(&new, &inner.http));
         inner.engine.reload(settings, backend);
         *inner.parts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parts);
         self.sync_jobs();

@@ -22,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::alerts::Alerter;
 use crate::bot::Engine;
-use crate::config::ZsxqConfig;
+use crate::config::{ZsxqConfig, parse_quiet_hours};
 use crate::util::{day_number, now_ms};
 
 /// The checkpoint value of an answered topic.
@@ -31,18 +31,6 @@ const ANSWERED: &str = "answered";
 const POSTING: &str = "posting:";
 /// Tries of a list request on code 1059 before the run gives up.
 const TOO_FREQUENT_TRIES: u32 = 3;
-
-/// Parses `HH:MM-HH:MM` into minutes of the day (start, end); the range may wrap midnight.
-#[must_use]
-pub fn parse_quiet_hours(s: &str) -> Option<(u32, u32)> {
-    let (a, b) = s.trim().split_once('-')?;
-    let minutes = |t: &str| -> Option<u32> {
-        let (h, m) = t.trim().split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60).then_some(h * 60 + m)
-    };
-    Some((minutes(a)?, minutes(b)?))
-}
 
 fn in_quiet_hours(range: (u32, u32), now_ms: i64, offset_secs: i32) -> bool {
     let local = (now_ms.div_euclid(1000) + i64::from(offset_secs)).rem_euclid(86_400);

@@ -7,6 +7,12 @@
 //! switch: what other addresses do never stops a right code from an address that has not
 //! failed itself. When failures pile up everywhere (an attack from many networks), the
 //! limits tighten for addresses that fail, which still leaves a first try to everyone.
+//!
+//! The admin API's token is resolved here too (`admin_token`).
+
+mod admin_token;
+
+pub use admin_token::{admin_token_path, resolve_admin_token};
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use chatrelay_core::UserKey;
 use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 
 use crate::bot::ratelimit::RateLimiter;
-use crate::http::addr::{Cidr, host_prefix, network_prefix};
+use crate::util::addr::{Cidr, host_prefix, network_prefix};
 use crate::util::now_ms;
 
 /// How long a login code works.

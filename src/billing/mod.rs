@@ -9,7 +9,6 @@
 //! - an expired order is closed at the provider first, and locally only once the provider
 //!   says it is unpaid; a payment that arrives after a local close is still credited.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chatrelay_alipay as alipay;
@@ -18,7 +17,7 @@ use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
 use crate::alerts::{AlertKind, Alerter};
-use crate::config::{AlipayConfig, Config, ProductConfig, WechatPayConfig};
+use crate::config::{Config, ProductConfig, load_alipay_keys, load_wechat_keys};
 use crate::util::{now_ms, yuan};
 
 /// Why a billing operation failed.
@@ -48,89 +47,6 @@ pub enum BillingError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// A configuration file problem: the key (below `pay.wechat` / `pay.alipay`) and what is wrong.
-#[derive(Debug)]
-pub struct KeyProblem(pub &'static str, pub String);
-
-fn read(path: &Path, key: &'static str) -> Result<String, KeyProblem> {
-    std::fs::read_to_string(path)
-        .map_err(|e| KeyProblem(key, format!("cannot read {}: {e}", path.display())))
-}
-
-/// Loads and checks the WeChat Pay keys named by the configuration.
-pub fn load_wechat_keys(
-    cfg: &WechatPayConfig,
-) -> Result<(wxpay::MerchantKey, wxpay::PlatformKeys, wxpay::ApiV3Key), KeyProblem> {
-    let merchant = wxpay::MerchantKey::from_pem(&read(&cfg.private_key_file, "private_key_file")?)
-        .map_err(|e| KeyProblem("private_key_file", e.to_string()))?;
-    let v3 = wxpay::ApiV3Key::new(cfg.api_v3_key.expose())
-        .map_err(|_| KeyProblem("api_v3_key", "must be the 32-character APIv3 key".into()))?;
-    let mut keys = wxpay::PlatformKeys::new();
-    match (&cfg.platform_public_key_file, &cfg.public_key_id) {
-        (Some(file), Some(id)) => {
-            let key = wxpay::PlatformKey::from_pem(&read(file, "platform_public_key_file")?)
-                .map_err(|e| KeyProblem("platform_public_key_file", e.to_string()))?;
-            keys.insert(id, key);
-        }
-        (Some(_), None) => {
-            return Err(KeyProblem(
-                "public_key_id",
-                "is required with platform_public_key_file (PUB_KEY_ID_…)".into(),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(KeyProblem(
-                "platform_public_key_file",
-                "is required with public_key_id".into(),
-            ));
-        }
-        (None, None) => {}
-    }
-    for file in &cfg.platform_cert_files {
-        let (serial, key) =
-            wxpay::PlatformKey::from_certificate_pem(&read(file, "platform_cert_files")?).map_err(
-                |e| KeyProblem("platform_cert_files", format!("{}: {e}", file.display())),
-            )?;
-        keys.insert(&serial, key);
-    }
-    if keys.is_empty() {
-        return Err(KeyProblem(
-            "platform_public_key_file",
-            "give the WeChat Pay public key (platform_public_key_file + public_key_id) or platform_cert_files".into(),
-        ));
-    }
-    if cfg.mch_id.is_empty() || !cfg.mch_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(KeyProblem("mch_id", "must be the merchant number".into()));
-    }
-    if cfg.app_id.trim().is_empty() {
-        return Err(KeyProblem("app_id", "is required".into()));
-    }
-    if cfg.serial_no.trim().is_empty() {
-        return Err(KeyProblem(
-            "serial_no",
-            "is required (商户API证书序列号)".into(),
-        ));
-    }
-    Ok((merchant, keys, v3))
-}
-
-/// Loads and checks the Alipay keys named by the configuration.
-pub fn load_alipay_keys(
-    cfg: &AlipayConfig,
-) -> Result<(alipay::AppPrivateKey, alipay::AlipayPublicKey), KeyProblem> {
-    let app = alipay::AppPrivateKey::from_pem_or_base64(&read(
-        &cfg.private_key_file,
-        "private_key_file",
-    )?)
-    .map_err(|e| KeyProblem("private_key_file", e.to_string()))?;
-    let public = alipay::AlipayPublicKey::from_pem_or_base64(&read(
-        &cfg.alipay_public_key_file,
-        "alipay_public_key_file",
-    )?)
-    .map_err(|e| KeyProblem("alipay_public_key_file", e.to_string()))?;
-    Ok((app, public))
 }
 
 struct WechatPay {

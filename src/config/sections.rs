@@ -1,647 +1,662 @@
-//! Reading one configuration section so that `check-config` reports **every** problem in it,
-//! in the operator's words: a wrong type, a negative number, an unknown key ("did you mean
-//! `model`?") and a missing key are all listed, each under its own key (`products[0].price_fen`).
-//!
-//! serde stops at the first error. So a section is read again and again: each round reports
-//! the error it stops at, then takes the offending value out (so the default applies) or, for a
-//! required key, puts a stand-in in, until the section reads. Array elements are never removed,
-//! so every index reported matches the operator's file.
+//! The sections of the engine and the process: `[server]`, `[storage]`, `[llm]` with its models
+//! and upstreams, `[quota]`, `[bot]` with its commands and texts, `[log]`, `[[roles]]`,
+//! `[[scopes]]`, `[images]` and `[moderation]`; and [`Config`], which holds them all with the
+//! platforms' and the shop's sections.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use serde::de::{self, DeserializeOwned, Visitor};
+use serde::{Deserialize, Serialize};
 
-/// One thing wrong with the configuration, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key (`llm.models[0].credits`), or `(file)` for the file itself.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
+use super::channels::{
+    TelegramConfig, WebConfig, WechatMpConfig, WecomAibotConfig, WecomConfig, WecomRobotConfig,
+    ZsxqConfig,
+};
+use super::pay::{PayConfig, ProductConfig};
+use super::secret::{Secret, lenient_opt_string};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[llm]` and `[[llm.models]]`
+    pub llm: LlmConfig,
+    /// `[quota]`
+    pub quota: QuotaConfig,
+    /// `[bot]`: commands, limits and user-facing texts
+    pub bot: BotConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[[wechat_mp]]`: WeChat Official Accounts.
+    pub wechat_mp: Vec<WechatMpConfig>,
+    /// `[[products]]`: the credit packs on sale.
+    pub products: Vec<ProductConfig>,
+    /// `[pay]`: payment channels and order handling.
+    pub pay: PayConfig,
+    /// `[web]`: the chat page.
+    pub web: WebConfig,
+    /// `[[wecom]]`: WeCom self-built apps.
+    pub wecom: Vec<WecomConfig>,
+    /// `[[wecom_aibot]]`: WeCom AI bots (智能机器人).
+    pub wecom_aibot: Vec<WecomAibotConfig>,
+    /// `[[wecom_robot]]`: WeCom group robots that receive operators' alerts.
+    pub wecom_robot: Vec<WecomRobotConfig>,
+    /// `[[zsxq]]`: zsxq (知识星球) groups whose questions are answered.
+    pub zsxq: Vec<ZsxqConfig>,
+    /// `[[telegram]]`: Telegram bots.
+    pub telegram: Vec<TelegramConfig>,
+    /// `[[filters]]`: sensitive-word rules on questions and answers.
+    pub filters: Vec<chatrelay_rules::FilterRuleConfig>,
+    /// `[[keywords]]`: answers given before (and instead of) the LLM, at no cost.
+    pub keywords: Vec<chatrelay_rules::KeywordRuleConfig>,
+    /// `[[roles]]`: named system prompts users can switch to.
+    pub roles: Vec<RoleConfig>,
+    /// `[[scopes]]`: the default model and role of a platform or account.
+    pub scopes: Vec<ScopeConfig>,
+    /// `[moderation]`: an OpenAI-compatible moderation endpoint checking questions after the
+    /// word filter.
+    pub moderation: Option<ModerationConfig>,
+    /// `[images]`: picture generation (`/image a cat in the snow`).
+    pub images: Option<ImagesConfig>,
+    /// The directory relative paths (word lists) are read from: the config file's.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// At most this many rounds per section (each round fixes one thing).
-const MAX_ROUNDS: usize = 200;
-
-/// One step of a path into the TOML document.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-/// `llm.models[0].credits`
-fn render(segs: &[Seg]) -> String {
-    let mut out = String::new();
-    for s in segs {
-        match s {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// The same path without indices, to look up which struct lives there.
-fn shape(segs: &[Seg]) -> String {
-    let keys: Vec<&str> = segs
-        .iter()
-        .filter_map(|s| match s {
-            Seg::Key(k) => Some(k.as_str()),
-            Seg::Index(_) => None,
-        })
-        .collect();
-    keys.join(".")
-}
-
-fn from_error_path(name: &str, path: &serde_path_to_error::Path) -> Vec<Seg> {
-    use serde_path_to_error::Segment;
-    let mut segs = vec![Seg::Key(name.to_owned())];
-    for s in path.iter() {
-        match s {
-            Segment::Seq { index } => segs.push(Seg::Index(*index)),
-            Segment::Map { key } => segs.push(Seg::Key(key.clone())),
-            Segment::Enum { variant } => segs.push(Seg::Key(variant.clone())),
-            Segment::Unknown => {}
-        }
-    }
-    segs
-}
-
-fn from_ignored_path(name: &str, path: &serde_ignored::Path<'_>) -> Vec<Seg> {
-    fn walk(p: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
-        use serde_ignored::Path as P;
-        match p {
-            P::Root => {}
-            P::Seq { parent, index } => {
-                walk(parent, out);
-                out.push(Seg::Index(*index));
-            }
-            P::Map { parent, key } => {
-                walk(parent, out);
-                out.push(Seg::Key(key.clone()));
-            }
-            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-                walk(parent, out);
-            }
-        }
-    }
-    let mut segs = vec![Seg::Key(name.to_owned())];
-    walk(path, &mut segs);
-    segs
-}
-
-/// The value at `segs` (which start with the section's name, not part of `value`).
-fn get_mut<'a>(value: &'a mut toml::Value, segs: &[Seg]) -> Option<&'a mut toml::Value> {
-    let mut v = value;
-    for s in segs.iter().skip(1) {
-        v = match (s, v) {
-            (Seg::Key(k), toml::Value::Table(t)) => t.get_mut(k)?,
-            (Seg::Index(i), toml::Value::Array(a)) => a.get_mut(*i)?,
-            _ => return None,
-        };
-    }
-    Some(v)
-}
-
-/// Takes the key at `segs` out of its table. Array elements are not removed (that would shift
-/// the indices of the ones after it).
-fn remove(value: &mut toml::Value, segs: &[Seg]) -> bool {
-    let Some((Seg::Key(last), parent)) = segs.split_last() else {
-        return false;
-    };
-    if parent.is_empty() {
-        return false;
-    }
-    match get_mut(value, parent) {
-        Some(toml::Value::Table(t)) => t.remove(last).is_some(),
-        _ => false,
-    }
-}
-
-/// Stand-ins tried in turn for a required key that is missing or had to be taken out.
-fn stand_in(n: usize) -> Option<toml::Value> {
-    Some(match n {
-        0 => toml::Value::String(String::new()),
-        1 => toml::Value::Integer(0),
-        2 => toml::Value::Boolean(false),
-        3 => toml::Value::Array(Vec::new()),
-        4 => toml::Value::Table(toml::Table::new()),
-        _ => return None,
-    })
-}
-
-/// Puts stand-in number `n` at `segs` and counts it; false when none is left to try.
-fn next_stand_in(value: &mut toml::Value, segs: &[Seg], n: &mut usize) -> bool {
-    let Some(v) = stand_in(*n) else {
-        return false;
-    };
-    *n += 1;
-    set(value, segs, v)
-}
-
-fn set(value: &mut toml::Value, segs: &[Seg], v: toml::Value) -> bool {
-    let Some((Seg::Key(last), parent)) = segs.split_last() else {
-        return false;
-    };
-    match get_mut(value, parent) {
-        Some(toml::Value::Table(t)) => {
-            t.insert(last.clone(), v);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// The text between the first pair of backticks after `after`.
-fn ticked<'a>(msg: &'a str, after: &str) -> Option<&'a str> {
-    let rest = &msg[msg.find(after)? + after.len()..];
-    let start = rest.find('`')? + 1;
-    let len = rest[start..].find('`')?;
-    Some(&rest[start..start + len])
-}
-
-/// Every backticked word of serde's "expected `a`", "expected `a` or `b`", "expected one of
-/// `a`, `b`, `c`".
-fn one_of(msg: &str) -> Vec<String> {
-    let Some(at) = msg.find("expected") else {
-        return Vec::new();
-    };
-    msg[at..]
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect()
-}
-
-/// serde's name of an expected type, in the operator's words.
-fn kind_words(expected: &str) -> String {
-    let e = expected.trim();
-    match e {
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more".to_owned(),
-        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".to_owned(),
-        "f32" | "f64" => "a number".to_owned(),
-        "a string" | "a borrowed string" | "string" => "text in quotes".to_owned(),
-        "a boolean" | "bool" => "true or false".to_owned(),
-        "a sequence" => "a list [ ... ]".to_owned(),
-        "a map" => "a table".to_owned(),
-        "a character" | "char" => "one character".to_owned(),
-        _ if e.starts_with("struct ") || e.starts_with("a map") => "a table".to_owned(),
-        _ if e.starts_with("a sequence") || e.starts_with("tuple") => "a list [ ... ]".to_owned(),
-        _ => e.to_owned(),
-    }
-}
-
-/// What the operator wrote, from serde's "invalid type: string \"x\"".
-fn found_words(found: &str) -> String {
-    let f = found.trim();
-    if let Some(s) = f.strip_prefix("string ") {
-        return format!("the text {s}");
-    }
-    for (serde, ours) in [("integer ", ""), ("floating point ", ""), ("boolean ", "")] {
-        if let Some(v) = f.strip_prefix(serde) {
-            return format!("{ours}{}", v.trim_matches('`'));
-        }
-    }
-    match f {
-        "sequence" => "a list".to_owned(),
-        "map" => "a table".to_owned(),
-        other => other.to_owned(),
-    }
-}
-
-/// A type or value error in the operator's words: "must be a whole number, 0 or more (found -5)".
-fn type_words(msg: &str) -> String {
-    let (head, expected) = match msg.rsplit_once(", expected ") {
-        Some((h, e)) => (h, e),
-        None => return msg.to_owned(),
-    };
-    let found = head
-        .strip_prefix("invalid type: ")
-        .or_else(|| head.strip_prefix("invalid value: "))
-        .or_else(|| head.strip_prefix("invalid length "));
-    match found {
-        Some(f) => format!(
-            "must be {} (found {})",
-            kind_words(expected),
-            found_words(f)
-        ),
-        None => msg.to_owned(),
-    }
-}
-
-/// Levenshtein distance, for "did you mean".
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-/// The closest of `known` to `word`, when it is close enough to be a typo.
-fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let word_l = word.to_ascii_lowercase();
-    known
-        .into_iter()
-        .map(|k| (distance(&word_l, &k.to_ascii_lowercase()), k))
-        .filter(|(d, k)| *d <= (k.len().max(word.len()).div_ceil(3)).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// The closest of `known` to `word`, when it looks like a typo of it.
-#[must_use]
-pub fn closest_known<'a>(word: &str, known: &'a [String]) -> Option<&'a str> {
-    closest(word, known.iter().map(String::as_str))
-}
-
-fn unknown_message(word: &str, known: &[String]) -> String {
-    match closest_known(word, known) {
-        Some(k) => format!("unknown key; did you mean `{k}`?"),
-        None => "unknown key".to_owned(),
-    }
-}
-
-/// Collects the field names a type's derived `Deserialize` asks for, without any input: it
-/// answers `deserialize_struct` by recording the names (and looks through `Option` and lists).
-struct FieldNames<'a>(&'a mut Vec<String>);
-
-#[derive(Debug)]
-struct Stop;
-
-impl std::fmt::Display for Stop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("field names collected")
-    }
-}
-
-impl std::error::Error for Stop {}
-
-impl de::Error for Stop {
-    fn custom<T: std::fmt::Display>(_: T) -> Self {
-        Stop
-    }
-}
-
-impl<'de> de::Deserializer<'de> for FieldNames<'_> {
-    type Error = Stop;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
-        Err(Stop)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Stop> {
-        self.0.extend(fields.iter().map(|f| (*f).to_owned()));
-        Err(Stop)
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
-        v.visit_some(self)
-    }
-
-    fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
-        v.visit_seq(OneElement(Some(self)))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct newtype_struct tuple tuple_struct map enum identifier ignored_any
-    }
-}
-
-struct OneElement<'a>(Option<FieldNames<'a>>);
-
-impl<'de> de::SeqAccess<'de> for OneElement<'_> {
-    type Error = Stop;
-
-    fn next_element_seed<T: de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Stop> {
-        match self.0.take() {
-            Some(d) => seed.deserialize(d).map(Some),
-            None => Ok(None),
-        }
-    }
-}
-
-/// The keys a struct (or a list or option of one) accepts.
-#[must_use]
-pub fn field_names<T: DeserializeOwned>() -> Vec<String> {
-    let mut names = Vec::new();
-    let _ = T::deserialize(FieldNames(&mut names));
-    names
-}
-
-/// Which keys are known at a table: by the path's shape (`llm.models`), from the types.
-pub type KnownKeys = fn(&str) -> Vec<String>;
-
-/// Reads section `name` from `root`, reporting every problem in it; what cannot be read
-/// takes its default. `known` gives the keys of the table at a path, for "did you mean".
-pub fn read<T: DeserializeOwned + Default>(
-    root: &mut toml::Table,
-    name: &str,
-    problems: &mut Vec<Problem>,
-    known: KnownKeys,
-) -> T {
-    let Some(value) = root.remove(name) else {
-        return T::default();
-    };
-    let mut r = Reader {
-        name,
-        value,
-        problems,
-        reported: BTreeSet::new(),
-        stand_ins: BTreeMap::new(),
-    };
-    let mut unknown: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
-    for _ in 0..MAX_ROUNDS {
-        let mut ignored = Vec::new();
-        let mut record = |p: serde_ignored::Path<'_>| ignored.push(from_ignored_path(name, &p));
-        let de = serde_ignored::Deserializer::new(r.value.clone(), &mut record);
-        let result: Result<T, _> = serde_path_to_error::deserialize(de);
-        for segs in ignored {
-            unknown.entry(render(&segs)).or_insert(segs);
-        }
-        match result {
-            Ok(v) => {
-                for (key, segs) in unknown {
-                    let (parent, word) = match segs.split_last() {
-                        Some((Seg::Key(w), p)) => (shape(p), w.clone()),
-                        _ => (String::new(), String::new()),
-                    };
-                    r.report(key, unknown_message(&word, &known(&parent)));
-                }
-                return v;
-            }
-            Err(e) => {
-                let at = from_error_path(name, e.path());
-                if !r.mend(at, e.into_inner().message().trim()) {
-                    break;
-                }
-            }
-        }
-    }
-    T::default()
-}
-
-/// One section being read: its TOML, what was reported, the stand-ins put in.
-struct Reader<'a> {
-    name: &'a str,
-    value: toml::Value,
-    problems: &'a mut Vec<Problem>,
-    /// Keys already reported: a value taken out for being wrong is not reported again as
-    /// missing.
-    reported: BTreeSet<String>,
-    stand_ins: BTreeMap<Vec<Seg>, usize>,
-}
-
-impl Reader<'_> {
-    fn report(&mut self, key: String, message: String) {
-        if self.reported.insert(key.clone()) {
-            self.problems.push(Problem { key, message });
-        }
-    }
-
-    /// Reports serde's error `msg` at `at` and changes the section so that the next round
-    /// gets past it; false when it cannot (the section then takes its defaults).
-    fn mend(&mut self, at: Vec<Seg>, msg: &str) -> bool {
-        debug_assert_eq!(at.first(), Some(&Seg::Key(self.name.to_owned())));
-        if let Some(field) = ticked(msg, "missing field") {
-            // A required key is absent (or was taken out for being wrong): say so once, then
-            // put a stand-in in, so that the rest of its table is still read.
-            let mut segs = at;
-            segs.push(Seg::Key(field.to_owned()));
-            self.report(render(&segs), "is required".to_owned());
-            let n = self.stand_ins.entry(segs.clone()).or_insert(0);
-            return next_stand_in(&mut self.value, &segs, n);
-        }
-        if let Some(field) = ticked(msg, "unknown field") {
-            // A table that denies unknown keys names them in the error itself; the path
-            // may or may not already end with the key.
-            let mut segs = at;
-            if segs.last() != Some(&Seg::Key(field.to_owned())) {
-                segs.push(Seg::Key(field.to_owned()));
-            }
-            self.report(render(&segs), unknown_message(field, &one_of(msg)));
-            return remove(&mut self.value, &segs);
-        }
-        if let Some(n) = self.stand_ins.get_mut(&at) {
-            // Our stand-in had the wrong type: try the next one.
-            return next_stand_in(&mut self.value, &at, n);
-        }
-        let words = match ticked(msg, "unknown variant") {
-            Some(variant) => format!(
-                "must be one of {} (found \"{variant}\")",
-                one_of(msg).join(", ")
-            ),
-            None => type_words(msg),
-        };
-        self.report(render(&at), words);
-        remove(&mut self.value, &at)
-    }
-}
-
-/// Drops the problems validation found under keys that reading already reported (their values
-/// were replaced by defaults or stand-ins, so what validation says of them is noise).
-pub fn drop_echoes(read_problems: usize, problems: &mut Vec<Problem>) {
-    let reported: Vec<String> = problems
-        .iter()
-        .take(read_problems)
-        .map(|p| p.key.clone())
-        .collect();
-    let mut i = 0;
-    problems.retain(|p| {
-        i += 1;
-        if i <= read_problems {
-            return true;
-        }
-        !reported.iter().any(|r| {
-            p.key == *r
-                || p.key
-                    .strip_prefix(r.as_str())
-                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-        })
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde::Deserialize;
-
-    #[derive(Debug, Default, Deserialize)]
+/// `[[roles]]`: a named system prompt (translator, coder...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// What users type to choose it (`/role coder`); `[A-Za-z0-9_-]+`.
+    pub id: String,
+    /// A display name (`程序员`).
     #[serde(default)]
-    struct Loose {
-        timeout_secs: u64,
-        max_retries: u32,
-        model: String,
-        items: Vec<Item>,
-    }
+    pub name: String,
+    /// The system prompt.
+    pub prompt: String,
+}
 
-    #[derive(Debug, Default, Deserialize)]
-    struct Item {
-        id: String,
-        price_fen: i64,
-        #[serde(default)]
-        credits: u64,
-    }
+/// `[[scopes]]`: defaults for one platform (`telegram`) or account (`wechat_mp:main`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// `web`, `v1`, `telegram`, `telegram:<id>`, `wechat_mp:<id>`, `wecom:<id>`,
+    /// `zsxq:<id>`. An account entry wins over its platform's.
+    pub scope: String,
+    /// The model its users get until they choose one.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The role its users get until they choose one.
+    #[serde(default)]
+    pub role: Option<String>,
+}
 
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Strict {
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        words: Vec<String>,
-    }
+/// `[images]`: the image-generation command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// The image model at its upstream (`dall-e-3`, `cogview-4`, `wanx-v1`...).
+    pub model: String,
+    /// Which upstream draws (`[[llm.upstreams]] id`, default `default`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Credits per picture.
+    #[serde(default = "ten")]
+    pub credits: u64,
+    /// Picture size, as the provider names it (`1024x1024`); unset leaves its default.
+    #[serde(default)]
+    pub size: Option<String>,
+}
 
-    fn known(shape: &str) -> Vec<String> {
-        match shape {
-            "s" => field_names::<Loose>(),
-            "s.items" => field_names::<Vec<Item>>(),
-            _ => Vec::new(),
+fn ten() -> u64 {
+    10
+}
+
+/// `[moderation]`: the second stage of content checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// API root (`https://api.openai.com/v1`); `{base_url}/moderations` is called.
+    pub base_url: String,
+    /// Its API key (none for a local service).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// The moderation model (`omni-moderation-latest`); empty leaves the provider's default.
+    #[serde(default)]
+    pub model: String,
+    /// Shown when a question is flagged.
+    #[serde(default = "default_moderation_refusal")]
+    pub refusal: String,
+    /// What to do when the endpoint fails: `false` (default) lets the question through,
+    /// `true` refuses it.
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+fn default_moderation_refusal() -> String {
+    chatrelay_rules::DEFAULT_REFUSAL.to_owned()
+}
+
+/// `[[llm.upstreams]]`: one more OpenAI-compatible provider (DeepSeek, Qwen, GLM, a local
+/// model...). `[llm] base_url` and `api_keys` are the upstream `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Named by `[[llm.models]] upstream`; `[A-Za-z0-9_-]+`, not `default`.
+    pub id: String,
+    /// Its API root, ending in `/v1` for most providers.
+    pub base_url: String,
+    /// Its keys, used in turn (none for a local server).
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+    /// Extra headers sent with every request (values are secrets: never printed).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Retries before giving up (or falling back); default `[llm] max_retries`.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Wait for the first byte; default `[llm] timeout_secs`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `[server]`: the HTTP listener and the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The public base URL users reach (used in links); optional.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_url: Option<String>,
+    /// Bearer token of the admin API. When unset, one is generated at first start and kept
+    /// in `<storage.path>/admin.token` (mode 0600), where the admin CLI finds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for open requests and streams before it cuts them.
+    pub shutdown_grace_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (address blocks, `10.0.0.0/8`); the client
+    /// is the first address from the right that is not one of them. Default: this machine.
+    pub trusted_proxies: Vec<String>,
+    /// Longest a request may take to be read and answered, in seconds; `408` after it.
+    /// Streamed answers (`/v1/chat/completions`) and `/admin/backup` are bounded only while
+    /// their request is read. Above the Official Account's ~5 s wait and webhook retries.
+    pub request_timeout_secs: u64,
+    /// Requests handled at once (streams included); beyond it, `503` with `Retry-After`.
+    /// `/healthz`, `/readyz` and `/metrics` are always answered.
+    pub max_concurrent_requests: usize,
+    /// Largest request head (request line and headers), in bytes; `431` beyond it.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request; `431` beyond it.
+    pub max_headers: usize,
+    /// Longest request target (path and query), in bytes; `414` beyond it.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            public_url: None,
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 10,
+            trusted_proxies: crate::util::addr::DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            request_timeout_secs: 30,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
         }
     }
+}
 
-    fn read_str<T: DeserializeOwned + Default>(text: &str) -> (T, Vec<Problem>) {
-        let mut root: toml::Table = text.parse().unwrap();
-        let mut problems = Vec::new();
-        let v = read::<T>(&mut root, "s", &mut problems, known);
-        (v, problems)
+/// `[storage]`: where the data lives: the embedded database (one daemon), or a PostgreSQL
+/// database shared by several daemons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// `sled` (embedded, the default) or `postgres`.
+    pub backend: StorageBackend,
+    /// Data directory: the embedded database, and the generated admin token with either
+    /// backend.
+    pub path: PathBuf,
+    /// Page cache size of the embedded database, in MiB.
+    pub cache_capacity_mb: u64,
+    /// PostgreSQL: the connection URL (`postgres://user:password@host:5432/db`); or
+    /// `url_file`, a file holding it (systemd credentials).
+    pub url: Option<Secret>,
+    /// PostgreSQL: the schema holding chatrelay's tables (created if missing).
+    pub schema: String,
+    /// PostgreSQL: connections per daemon for requests (each leader-only job holds one more).
+    pub pool_size: usize,
+    /// PostgreSQL over TLS: a PEM file of the CA that signed the server's certificate, when
+    /// it is not a public one.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded (sled): one daemon, nothing to run beside it.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by several daemons.
+    Postgres,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Sled,
+            path: PathBuf::from("./data"),
+            cache_capacity_mb: 64,
+            url: None,
+            schema: "public".to_owned(),
+            pool_size: 16,
+            ca_file: None,
+        }
     }
+}
 
-    #[test]
-    fn every_problem_of_a_section_is_reported_in_plain_words() {
-        let (v, problems): (Loose, _) = read_str(
-            r#"
-            [s]
-            timeout_secs = -5
-            modle = "x"
-            max_retries = "three"
-            [[s.items]]
-            id = "a"
-            price_fen = "ten"
-            credit = 1
-            [[s.items]]
-            price_fen = 3
-            credits = 1.5
-            "#,
-        );
-        let by_key: BTreeMap<_, _> = problems
-            .iter()
-            .map(|p| (p.key.as_str(), p.message.as_str()))
-            .collect();
-        assert_eq!(
-            by_key.get("s.timeout_secs"),
-            Some(&"must be a whole number, 0 or more (found -5)")
-        );
-        assert_eq!(
-            by_key.get("s.max_retries"),
-            Some(&"must be a whole number, 0 or more (found the text \"three\")")
-        );
-        assert_eq!(
-            by_key.get("s.modle"),
-            Some(&"unknown key; did you mean `model`?")
-        );
-        assert_eq!(
-            by_key.get("s.items[0].price_fen"),
-            Some(&"must be a whole number (found the text \"ten\")")
-        );
-        assert_eq!(
-            by_key.get("s.items[0].credit"),
-            Some(&"unknown key; did you mean `credits`?")
-        );
-        assert_eq!(by_key.get("s.items[1].id"), Some(&"is required"));
-        assert_eq!(
-            by_key.get("s.items[1].credits"),
-            Some(&"must be a whole number, 0 or more (found 1.5)")
-        );
-        assert_eq!(problems.len(), 7, "{problems:?}");
-        // What could be read was read; the good element keeps its place.
-        assert_eq!(v.items.len(), 2);
-        assert_eq!(v.items[1].price_fen, 3);
-        assert_eq!((v.items[0].id.as_str(), v.items[0].credits), ("a", 0));
-        assert_eq!(v.model, "");
+impl StorageConfig {
+    /// The PostgreSQL connection settings (`None` with the embedded backend).
+    #[must_use]
+    pub fn postgres(&self) -> Option<chatrelay_storage::PgOptions> {
+        if self.backend != StorageBackend::Postgres {
+            return None;
+        }
+        let url = self.url.as_ref()?;
+        Some(chatrelay_storage::PgOptions {
+            url: url.expose().to_owned(),
+            schema: Some(self.schema.clone()),
+            pool_size: self.pool_size,
+            ca_file: self.ca_file.clone(),
+        })
     }
+}
 
-    #[test]
-    fn strict_tables_name_their_unknown_keys_with_a_suggestion() {
-        let (v, problems): (Strict, _) = read_str("[s]\nnmae = \"x\"\nwords = [\"a\"]\nzzz = 1\n");
-        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["s.nmae", "s.zzz"], "{problems:?}");
-        assert_eq!(problems[0].message, "unknown key; did you mean `name`?");
-        assert_eq!(problems[1].message, "unknown key");
-        assert_eq!(v.words, ["a"]);
-        assert_eq!(v.name, "");
+/// Which LLM backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Any OpenAI-compatible chat completions API.
+    Openai,
+    /// An offline stand-in that says it is one; the default when no API key is configured.
+    Demo,
+}
+
+/// `[llm]`: the upstream model API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LlmConfig {
+    /// `openai` or `demo`; unset means `openai` when an API key is configured, else `demo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// Base URL of the OpenAI-compatible API (ending in `/v1` for most providers).
+    pub base_url: String,
+    /// API keys, used in turn. `OPENAI_API_KEY` is used when this is empty.
+    pub api_keys: Vec<Secret>,
+    /// The default model.
+    pub model: String,
+    /// System prompt put before every chat-platform conversation.
+    pub system_prompt: String,
+    /// Longest time to wait for the upstream's first byte (and for a whole non-streamed answer).
+    pub timeout_secs: u64,
+    /// Connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Longest silence inside a streamed answer.
+    pub idle_timeout_secs: u64,
+    /// Retries of a failed upstream call (408/409/429/5xx, timeouts) before giving up.
+    pub max_retries: u32,
+    /// Cap on answer length sent upstream as `max_completion_tokens`; unset sends none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Token budget of the conversation history sent with each chat-platform message.
+    pub context_tokens: u64,
+    /// Most turns kept per conversation.
+    pub max_turns: usize,
+    /// The models users may use and what each answer costs.
+    pub models: Vec<ModelConfig>,
+    /// The demo provider's pause between streamed pieces (0 answers at once, for benchmarks).
+    pub demo_piece_delay_ms: u64,
+    /// More providers besides the `default` one above.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            base_url: "https://api.openai.com/v1".to_owned(),
+            api_keys: Vec::new(),
+            model: "gpt-4o-mini".to_owned(),
+            system_prompt: "你是一个乐于助人的 AI 助手。请用用户使用的语言简洁、准确地回答。"
+                .to_owned(),
+            timeout_secs: 120,
+            connect_timeout_secs: 5,
+            idle_timeout_secs: 60,
+            max_retries: 2,
+            max_completion_tokens: None,
+            context_tokens: 3000,
+            max_turns: 40,
+            models: Vec::new(),
+            demo_piece_delay_ms: 20,
+            upstreams: Vec::new(),
+        }
     }
+}
 
-    #[test]
-    fn field_names_look_through_lists_and_options() {
-        assert_eq!(field_names::<Item>(), ["id", "price_fen", "credits"]);
-        assert_eq!(field_names::<Vec<Item>>(), ["id", "price_fen", "credits"]);
-        assert_eq!(field_names::<Option<Strict>>(), ["name", "words"]);
+/// `[[llm.models]]`: one model users may choose, and its price in credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The model name, as users and the upstream know it.
+    pub name: String,
+    /// Credits per answer.
+    #[serde(default = "one")]
+    pub credits: u64,
+    /// Extra credits per 1,000 tokens (prompt + answer); 0 for a flat price.
+    #[serde(default)]
+    pub credits_per_1k_tokens: u64,
+    /// What the provider charges per million prompt tokens, in fen (for the daily cost in
+    /// `admin stats`; 0 = unknown).
+    #[serde(default)]
+    pub input_fen_per_million: u64,
+    /// What the provider charges per million answer tokens, in fen.
+    #[serde(default)]
+    pub output_fen_per_million: u64,
+    /// Which upstream answers (`[[llm.upstreams]] id`); default `default` (`[llm]`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The model's name at that upstream, when it differs from `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Other `[[llm.models]]` names tried in order when this one's upstream is down or rate
+    /// limited (the answer is charged at this model's price).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Only users with paid credits may use it.
+    #[serde(default)]
+    pub paid_only: bool,
+    /// Only users in one of these groups may use it (empty: everyone).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// It understands pictures: images users send are passed to it.
+    #[serde(default)]
+    pub vision: bool,
+    /// Credits per picture sent to it (added to the answer's price).
+    #[serde(default = "one")]
+    pub credits_per_image: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            credits: 1,
+            credits_per_1k_tokens: 0,
+            input_fen_per_million: 0,
+            output_fen_per_million: 0,
+            upstream: None,
+            upstream_model: None,
+            fallbacks: Vec::new(),
+            paid_only: false,
+            groups: Vec::new(),
+            vision: false,
+            credits_per_image: 1,
+        }
     }
+}
 
-    #[test]
-    fn echoes_of_reported_keys_are_dropped() {
-        let mut problems = vec![
-            Problem {
-                key: "products[0].price_fen".into(),
-                message: "x".into(),
-            },
-            Problem {
-                key: "products[0].price_fen".into(),
-                message: "must be more than 0".into(),
-            },
-            Problem {
-                key: "products[0].price_fen_x".into(),
-                message: "kept".into(),
-            },
-            Problem {
-                key: "products[1].price_fen".into(),
-                message: "kept".into(),
-            },
-        ];
-        drop_echoes(1, &mut problems);
-        assert_eq!(problems.len(), 3);
+fn one() -> u64 {
+    1
+}
+
+/// `[quota]`: the free allowance and the day boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuotaConfig {
+    /// Free credits every user gets each day.
+    pub free_daily: u64,
+    /// Timezone of the day boundary: `Asia/Shanghai`, `UTC`, or an offset like `+08:00`.
+    pub timezone: String,
+    /// How long a reservation may stay open before it is considered stale.
+    pub reservation_ttl_secs: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            free_daily: 10,
+            timezone: "Asia/Shanghai".to_owned(),
+            reservation_ttl_secs: 900,
+        }
     }
+}
 
-    #[test]
-    fn distance_and_closest() {
-        assert_eq!(distance("modle", "model"), 2);
-        assert_eq!(closest("modle", ["model", "max_retries"]), Some("model"));
-        assert_eq!(closest("zzz", ["model"]), None);
-        assert_eq!(closest("Credit", ["credits"]), Some("credits"));
+/// `[bot]`: behaviour of the conversation engine on every platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BotConfig {
+    /// Messages (LLM calls) per user per minute; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Longest user message accepted, in characters.
+    pub max_input_chars: usize,
+    /// How long a message id is remembered to drop redeliveries.
+    pub dedupe_ttl_secs: u64,
+    /// Largest picture downloaded from a platform, in bytes.
+    pub max_image_bytes: usize,
+    /// Hosts (names or addresses, matched exactly) that pictures users send may be fetched
+    /// from even though they are internal, e.g. a private object store. Every other host must
+    /// be a public address: picture URLs come from outside.
+    pub picture_trusted_hosts: Vec<String>,
+    /// Command words (each command accepts several spellings).
+    pub commands: Commands,
+    /// User-facing texts.
+    pub texts: Texts,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: 20,
+            max_input_chars: 8000,
+            dedupe_ttl_secs: 24 * 3600,
+            max_image_bytes: 5 * 1024 * 1024,
+            picture_trusted_hosts: Vec::new(),
+            commands: Commands::default(),
+            texts: Texts::default(),
+        }
+    }
+}
+
+/// `[bot.commands]`: the words that trigger each command (matched on the whole trimmed message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Commands {
+    /// Show the help text.
+    pub help: Vec<String>,
+    /// Start a new conversation (forget the history).
+    pub new: Vec<String>,
+    /// Show the credits left.
+    pub quota: Vec<String>,
+    /// List the credit packs and where to buy them.
+    pub buy: Vec<String>,
+    /// List the models (`/model`), or choose one (`/model NAME`).
+    pub model: Vec<String>,
+    /// List the roles (`/role`), or choose one (`/role ID`).
+    pub role: Vec<String>,
+    /// Draw a picture (`/image a cat`), when `[images]` is configured.
+    pub image: Vec<String>,
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        let v = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect();
+        Self {
+            help: v(&["/help", "帮助", "菜单"]),
+            new: v(&["/new", "新对话", "清空"]),
+            quota: v(&["/quota", "余额", "额度"]),
+            buy: v(&["/buy", "购买", "充值"]),
+            model: v(&["/model", "模型"]),
+            role: v(&["/role", "角色"]),
+            image: v(&["/image", "画图"]),
+        }
+    }
+}
+
+/// `[bot.texts]`: every text users can see. `{placeholders}` are filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Texts {
+    /// Answer to the help command. `{new}`, `{quota}`: the first word of those commands.
+    pub help: String,
+    /// Answer to the new-conversation command.
+    pub new_conversation: String,
+    /// Answer to the quota command: `{free_left}`, `{free_daily}`, `{paid}`, `{available}`.
+    pub quota: String,
+    /// Out of credits: `{needed}`, `{available}`, `{buy_hint}`.
+    pub insufficient_quota: String,
+    /// How to get more credits, put into `{buy_hint}`. Empty (the default): said for you,
+    /// naming only what this configuration offers (daily free credits, packs on the web
+    /// page); see [`Texts::buy_hint_for`].
+    pub buy_hint: String,
+    /// Too many messages.
+    pub rate_limited: String,
+    /// The user is banned.
+    pub banned: String,
+    /// The LLM failed.
+    pub upstream_error: String,
+    /// The message is empty.
+    pub empty: String,
+    /// The message is too long: `{max}`.
+    pub too_long: String,
+    /// The model is not configured: `{model}`.
+    pub unknown_model: String,
+    /// The service is shutting down or its store failed.
+    pub unavailable: String,
+    /// Answer to the buy command: `{products}` (one line each), `{url}` (the web page).
+    pub buy: String,
+    /// Answer to the buy command when nothing is on sale.
+    pub buy_none: String,
+    /// Answer to the model command: `{current}`, `{models}` (one line each), `{command}`.
+    pub model_list: String,
+    /// A model was chosen: `{model}`.
+    pub model_set: String,
+    /// The user may not use that model: `{model}`.
+    pub model_not_allowed: String,
+    /// Answer to the role command: `{current}`, `{roles}` (one line each), `{command}`.
+    pub role_list: String,
+    /// A role was chosen: `{role}`.
+    pub role_set: String,
+    /// No such role: `{role}`.
+    pub unknown_role: String,
+    /// Put after an answer a content rule stopped.
+    pub answer_cut: String,
+    /// The question asked about a picture sent without text.
+    pub image_question: String,
+    /// The model cannot see pictures: `{command}` (the model command).
+    pub image_unsupported: String,
+    /// A picture could not be downloaded.
+    pub image_failed: String,
+    /// Image generation is not configured (or the upstream cannot draw).
+    pub image_off: String,
+    /// How to use the image command: `{command}`.
+    pub image_usage: String,
+    /// A generated picture, for platforms that show no pictures: `{url}`.
+    pub image_done: String,
+}
+
+impl Texts {
+    /// `buy_hint` as configured, or when empty, one that names only what exists: daily free
+    /// credits when `quota.free_daily` is set, credit packs on the web page when products,
+    /// a payment channel and the web page are all configured (nothing when neither).
+    #[must_use]
+    pub fn buy_hint_for(&self, c: &Config) -> String {
+        if !self.buy_hint.is_empty() {
+            return self.buy_hint.clone();
+        }
+        let daily = c.quota.free_daily > 0;
+        let buy = c.web.enabled
+            && !c.products.is_empty()
+            && (c.pay.wechat.is_some() || c.pay.alipay.is_some());
+        match (daily, buy) {
+            (true, true) => "免费额度每天零点恢复；也可以在网页端购买额度包。",
+            (true, false) => "免费额度每天零点恢复。",
+            (false, true) => "可以在网页端购买额度包。",
+            (false, false) => "",
+        }
+        .to_owned()
+    }
+}
+
+impl Default for Texts {
+    fn default() -> Self {
+        Self {
+            help:
+                "我是 AI 助手，直接发消息即可对话。\n命令：\n{new} 开始新对话\n{quota} 查看剩余额度"
+                    .to_owned(),
+            new_conversation: "好的，已开始新的对话。".to_owned(),
+            quota:
+                "今日免费额度剩余 {free_left}/{free_daily}，付费额度 {paid}，共可用 {available}。\n当前模型：{model}，角色：{role}"
+                    .to_owned(),
+            insufficient_quota: "额度不足：本次需要 {needed}，当前可用 {available}。{buy_hint}"
+                .to_owned(),
+            buy_hint: String::new(),
+            rate_limited: "消息太频繁了，请稍后再试。".to_owned(),
+            banned: "你的账号已被停用，如有疑问请联系管理员。".to_owned(),
+            upstream_error: "抱歉，AI 服务暂时不可用，本次没有扣除额度，请稍后再试。".to_owned(),
+            empty: "请输入文字内容。".to_owned(),
+            too_long: "消息太长了（最多 {max} 字），请精简后再发。".to_owned(),
+            unknown_model: "没有名为 {model} 的模型。".to_owned(),
+            unavailable: "服务暂时不可用，请稍后再试。".to_owned(),
+            buy: "可购买的额度包：\n{products}\n请在网页上购买：{url}".to_owned(),
+            buy_none: "暂未开放购买。免费额度每天零点恢复。".to_owned(),
+            model_list: "当前模型：{current}\n可用模型：\n{models}\n发送「{command} 模型名」切换。".to_owned(),
+            model_set: "已切换到模型 {model}。".to_owned(),
+            model_not_allowed: "模型 {model} 仅对付费或指定用户开放。".to_owned(),
+            role_list: "当前角色：{current}\n可用角色：\n{roles}\n发送「{command} 角色名」切换。".to_owned(),
+            role_set: "已切换到角色：{role}。".to_owned(),
+            unknown_role: "没有名为 {role} 的角色。".to_owned(),
+            answer_cut: "（回答包含不允许的内容，已中止。）".to_owned(),
+            image_question: "请描述这张图片。".to_owned(),
+            image_unsupported: "当前模型看不到图片。请发文字，或发送「{command}」换一个支持图片的模型。"
+                .to_owned(),
+            image_failed: "图片没有收到，请重新发送。".to_owned(),
+            image_off: "暂未开放画图。".to_owned(),
+            image_usage: "用法：{command} 画面描述，例如「{command} 雪地里的小猫」。".to_owned(),
+            image_done: "图片已生成：{url}".to_owned(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `chatrelay=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
     }
 }

@@ -7,7 +7,6 @@
 //! requests in flight are limited ([`limits`]); errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
-pub mod addr;
 pub mod admin;
 pub mod api;
 pub mod limits;
@@ -32,6 +31,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::bot::Engine;
+use crate::util::addr;
 
 /// Everything handlers need.
 #[derive(Clone)]

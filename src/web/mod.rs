@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::bot::ratelimit::RateLimiter;
 use crate::http::AppState;
-use crate::http::addr::{Cidr, host_prefix};
+use crate::util::addr::{Cidr, host_prefix};
 use crate::util::now_ms;
 
 const INDEX: &str = include_str!("index.html");
@@ -98,7 +98,7 @@ async fn config(State(st): State<AppState>) -> Response {
 }
 
 /// Limits guest creation per client (an IPv4 address, an IPv6 /64: see
-/// [`crate::http::addr::host_prefix`]).
+/// [`crate::util::addr::host_prefix`]).
 #[derive(Debug)]
 pub struct GuestLimiter(RateLimiter<Cidr>);
 

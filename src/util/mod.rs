@@ -1,6 +1,8 @@
 //! Small pure helpers every layer uses: the clock, day numbers and time zones, random ids,
-//! money as text, constant-time comparison. Imports nothing of the crate, so anything may
-//! import it.
+//! money as text, constant-time comparison, and client addresses ([`addr`]). Imports nothing
+//! of the crate, so anything may import it.
+
+pub mod addr;
 
 /// Milliseconds since the Unix epoch.
 #[must_use]

@@ -1,0 +1,244 @@
+//! Loading and validation, end to end from TOML text and an environment.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn plaintext_accounts_with_login_codes_are_warned_about() {
+    let account = |key: &str| {
+        format!("[[wechat_mp]]\nid = \"m\"\napp_id = \"wx1234567890abcdef\"\ntoken = \"t\"\n{key}")
+    };
+    let (plain, _) = parse(&account(""), &[], None).unwrap();
+    let warnings = plain.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "wechat_mp[0].encoding_aes_key");
+    let key = format!("encoding_aes_key = \"{}\"\n", "a".repeat(43));
+    let (safe, _) = parse(&account(&key), &[], None).unwrap();
+    assert!(safe.warnings().is_empty());
+    assert!(parse("", &[], None).unwrap().0.warnings().is_empty());
+}
+
+#[test]
+fn empty_config_is_valid_and_uses_demo() {
+    let (c, _) = parse("", &[], None).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080");
+    assert_eq!(c.storage.path, PathBuf::from("./data"));
+    assert_eq!(c.provider(), Provider::Demo);
+    assert_eq!(c.llm.models.len(), 1);
+    assert_eq!(c.llm.models[0].name, c.llm.model);
+}
+
+#[test]
+fn postgres_storage_needs_a_url_and_a_plain_schema() {
+    let err = parse(
+        "[storage]\nbackend = \"postgres\"\nschema = \"Bad-Name\"\npool_size = 0\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["storage.url", "storage.schema", "storage.pool_size"]);
+    let err = parse(
+        "[storage]\nbackend = \"postgres\"\nurl = \"postgres://a@b/c?sslmode=nonsense\"\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err.0[0].key, "storage.url");
+    let url = "postgres://u:secret@db:5432/cr?sslmode=require";
+    let (c, _) = parse(
+        "",
+        &env(&[
+            ("CHATRELAY__STORAGE__BACKEND", "postgres"),
+            ("CHATRELAY__STORAGE__URL", url),
+        ]),
+        None,
+    )
+    .unwrap();
+    let opts = c.storage.postgres().unwrap();
+    assert_eq!(
+        (opts.url.as_str(), opts.schema.as_deref(), opts.pool_size),
+        (url, Some("public"), 16)
+    );
+    assert!(!c.redacted_summary().contains("secret"));
+    let (sled, _) = parse("", &[], None).unwrap();
+    assert!(sled.storage.postgres().is_none());
+}
+
+#[test]
+fn openai_api_key_env_switches_to_openai() {
+    let (c, _) = parse("", &env(&[("OPENAI_API_KEY", "sk-test")]), None).unwrap();
+    assert_eq!(c.provider(), Provider::Openai);
+    assert_eq!(c.llm.api_keys[0].expose(), "sk-test");
+}
+
+#[test]
+fn env_overrides_file() {
+    let text = "[server]\nlisten = \"127.0.0.1:1\"\n[quota]\nfree_daily = 3\n";
+    let (c, keys) = parse(
+        text,
+        &env(&[
+            ("CHATRELAY__SERVER__LISTEN", "0.0.0.0:9000"),
+            ("CHATRELAY__QUOTA__FREE_DAILY", "7"),
+            ("CHATRELAY__SERVER__ADMIN_TOKEN", "1234567890123456"),
+            ("CHATRELAY__LLM__API_KEYS", "[\"a\", \"b\"]"),
+            ("CHATRELAY__LLM__MODEL", "42"),
+            ("CHATRELAY__LLM__MODELS", "[{name = \"42\", credits = 2}]"),
+        ]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.listen, "0.0.0.0:9000");
+    assert_eq!(c.quota.free_daily, 7);
+    assert_eq!(c.server.admin_token.unwrap().expose(), "1234567890123456");
+    assert_eq!(c.llm.api_keys.len(), 2);
+    assert_eq!(c.llm.model, "42");
+    assert_eq!(c.llm.models[0].credits, 2);
+    assert!(keys.contains(&"server.listen".to_owned()));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let text = r#"
+[server]
+listen = "nope"
+lisen = "typo"
+admin_token = "short"
+[quota]
+free_daily = "ten"
+[llm]
+model = "missing"
+[[llm.models]]
+name = "a"
+[[llm.models]]
+name = "a"
+[bogus]
+x = 1
+"#;
+    let err = parse(text, &[], None).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "server.listen",
+        "server.lisen",
+        "server.admin_token",
+        "quota.free_daily",
+        "llm.model",
+        "llm.models[1].name",
+        "bogus",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn problems_beside_a_type_error_are_all_reported() {
+    // Once, a type error hid the rest of its section: the unknown key and the negative
+    // number here went unreported.
+    let text = r#"
+[llm]
+timeout_secs = -5
+modle = "x"
+max_retries = "three"
+[[products]]
+id = "p1"
+name = "P"
+price_fen = "ten"
+credits = 10
+[[products]]
+id = "p2"
+name = "Q"
+price_fen = 0
+credit = 5
+"#;
+    let err = parse(text, &[], None).unwrap_err();
+    let got: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+    for expected in [
+        "llm.timeout_secs: must be a whole number, 0 or more (found -5)",
+        "llm.modle: unknown key; did you mean `model`?",
+        "llm.max_retries: must be a whole number, 0 or more (found the text \"three\")",
+        "products[0].price_fen: must be a whole number (found the text \"ten\")",
+        "products[1].credit: unknown key; did you mean `credits`?",
+        "products[1].credits: is required",
+    ] {
+        assert!(
+            got.iter().any(|g| g == expected),
+            "{expected} missing from {got:#?}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("products[1].price_fen: must be between")),
+        "validation still runs beside type errors: {got:#?}"
+    );
+    // Nothing in serde's words, nothing reported twice.
+    for g in &got {
+        for word in ["usize", "u64", "i64", "u32", ".[", "\nin `"] {
+            assert!(!g.contains(word), "{g}");
+        }
+    }
+    let keys: std::collections::BTreeSet<_> = err.0.iter().map(|p| &p.key).collect();
+    assert_eq!(keys.len(), err.0.len(), "{got:#?}");
+}
+
+#[test]
+fn secret_files_are_read_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "abcdefghijklmnopqrst\n").unwrap();
+    std::fs::write(dir.path().join("keys"), "sk-1\nsk-2\n").unwrap();
+    let cfg_path = dir.path().join("chatrelay.toml");
+    let text = "[server]\nadmin_token_file = \"token\"\n[llm]\napi_keys_file = \"keys\"\n";
+    let (c, _) = parse(text, &[], Some(&cfg_path)).unwrap();
+    assert_eq!(
+        c.server.admin_token.as_ref().unwrap().expose(),
+        "abcdefghijklmnopqrst"
+    );
+    assert_eq!(c.llm.api_keys.len(), 2);
+    let summary = c.redacted_summary();
+    assert!(!summary.contains("abcdefghijklmnopqrst"), "{summary}");
+    assert!(!summary.contains("sk-1"), "{summary}");
+    assert!(format!("{c:?}").find("sk-2").is_none());
+}
+
+#[test]
+fn missing_secret_file_and_both_forms_are_problems() {
+    let text = "[server]\nadmin_token = \"abcdefghijklmnopq\"\nadmin_token_file = \"x\"\n[llm]\napi_keys_file = \"/nonexistent/keys\"\n";
+    let err = parse(text, &[], None).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"server.admin_token_file"), "{keys:?}");
+    assert!(keys.contains(&"llm.api_keys_file"), "{keys:?}");
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let err = parse("[server\n", &[], None).unwrap_err();
+    assert_eq!(err.0[0].key, "(file)");
+}
+
+#[test]
+fn the_buy_hint_names_only_what_exists() {
+    let mut c = Config::default();
+    c.quota.free_daily = 0;
+    assert_eq!(c.bot.texts.buy_hint_for(&c), "", "nothing to point to");
+    c.quota.free_daily = 10;
+    assert_eq!(c.bot.texts.buy_hint_for(&c), "免费额度每天零点恢复。");
+    // Products without a payment channel cannot be bought.
+    c.products.push(
+        serde_json::from_value(
+            serde_json::json!({"id": "p10", "name": "10", "price_fen": 100, "credits": 10}),
+        )
+        .unwrap(),
+    );
+    assert!(!c.bot.texts.buy_hint_for(&c).contains("购买"));
+    c.bot.texts.buy_hint = "找管理员充值。".into();
+    assert_eq!(
+        c.bot.texts.buy_hint_for(&c),
+        "找管理员充值。",
+        "a configured hint is kept"
+    );
+}
