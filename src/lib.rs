@@ -23,7 +23,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin_cli;
+pub mod admin;
 pub mod alerts;
 pub mod app;
 pub mod auth;
