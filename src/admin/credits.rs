@@ -2,53 +2,40 @@
 //! idempotent on its reference and flushed before the answer.
 
 use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
 use chatrelay_storage::EntryKind;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Body, Result, UidPath, existing_user, paths, require};
-use crate::http::AppState;
+use super::{AdminError, Answer, Body, St, UidPath, existing_user, require};
 use crate::util::now_ms;
-
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::GRANT, post(grant))
-        .route(paths::REVOKE, post(revoke_credits))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Grant {
+pub struct Grant {
     credits: u64,
     reason: String,
     /// Idempotency key; a retried request with the same reference grants once.
     reference: Option<String>,
 }
 
-async fn grant(st: State<AppState>, uid: UidPath, req: Body<Grant>) -> Result<Json<Value>> {
+pub async fn grant(st: St, uid: UidPath, req: Body<Grant>) -> Answer {
     change_credits(st, uid, req, true).await
 }
 
 /// Takes credits back (a mistaken grant, abuse): at most the paid credits not held by an
 /// answer in progress.
-async fn revoke_credits(
-    st: State<AppState>,
-    uid: UidPath,
-    req: Body<Grant>,
-) -> Result<Json<Value>> {
+pub async fn revoke_credits(st: St, uid: UidPath, req: Body<Grant>) -> Answer {
     change_credits(st, uid, req, false).await
 }
 
 /// Grants (`add`) or takes back paid credits.
 async fn change_credits(
-    State(st): State<AppState>,
+    st: St,
     UidPath(uid): UidPath,
     Body(req): Body<Grant>,
     add: bool,
-) -> Result<Json<Value>> {
+) -> Answer {
     if req.credits == 0 {
         return Err(AdminError::bad_request("credits must be at least 1"));
     }

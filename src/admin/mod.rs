@@ -27,7 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chatrelay_storage::{Store, StoreError, Uid};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::http::AppState;
@@ -35,13 +35,41 @@ use crate::http::AppState;
 /// The `/admin` routes, every one behind the admin token (checked against the live
 /// configuration, so a reload that changes the token applies at once).
 pub fn routes(state: AppState) -> axum::Router<AppState> {
+    use axum::routing::{delete, get, post};
     axum::Router::new()
-        .merge(users::routes())
-        .merge(credits::routes())
-        .merge(tokens::routes())
-        .merge(orders::routes())
-        .merge(zsxq::routes())
-        .merge(ops::routes())
+        .route(
+            paths::USERS,
+            post(users::create_user).get(users::find_users),
+        )
+        .route(paths::USER, get(users::show_user))
+        .route(paths::BAN, post(users::ban))
+        .route(paths::IDENTITIES, post(users::link_identity))
+        .route(paths::IDENTITY, delete(users::unlink_identity))
+        .route(paths::GROUPS, post(users::change_groups))
+        .route(paths::GRANT, post(credits::grant))
+        .route(paths::REVOKE, post(credits::revoke_credits))
+        .route(paths::USER_TOKENS, post(tokens::create_token))
+        .route(paths::TOKEN_REVOKE, post(tokens::revoke_token))
+        .route(paths::ORDERS, get(orders::list_orders))
+        .route(paths::ORDERS_CSV, get(orders::export_orders))
+        .route(paths::ORDER, get(orders::show_order))
+        .route(paths::REFUND, post(orders::refund_order))
+        .route(paths::ZSXQ, get(zsxq::zsxq_list))
+        .route(
+            paths::ZSXQ_PAUSE,
+            post(|st, id| zsxq::set_paused(st, id, true)),
+        )
+        .route(
+            paths::ZSXQ_RESUME,
+            post(|st, id| zsxq::set_paused(st, id, false)),
+        )
+        .route(paths::ZSXQ_TOKEN, post(zsxq::zsxq_token))
+        .route(paths::STATS, get(ops::stats))
+        .route(paths::AUDIT, get(ops::audit))
+        .route(paths::BACKUP, get(ops::backup))
+        .route(paths::RELOAD, post(ops::reload))
+        .route(paths::HITS, get(ops::content_hits))
+        .route(paths::UPSTREAMS, get(ops::upstreams))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -121,6 +149,12 @@ impl From<StoreError> for AdminError {
 }
 
 type Result<T> = std::result::Result<T, AdminError>;
+
+/// What most handlers answer.
+type Answer = Result<Json<Value>>;
+
+/// The handlers' state (it derefs to [`AppState`]).
+type St = State<AppState>;
 
 /// A JSON request body; a malformed one is `400 invalid JSON body: ...`, an unreadable one
 /// (too large) keeps its own status.

@@ -2,31 +2,19 @@
 //! content-rule hits and LLM upstream health.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chatrelay_storage::{BackupSummary, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{AdminError, Result, blocking, parse_day, paths};
-use crate::http::AppState;
+use super::{AdminError, Answer, Result, St, blocking, parse_day};
 use crate::util::now_ms;
 
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::STATS, get(stats))
-        .route(paths::AUDIT, get(audit))
-        .route(paths::BACKUP, get(backup))
-        .route(paths::RELOAD, post(reload))
-        .route(paths::HITS, get(content_hits))
-        .route(paths::UPSTREAMS, get(upstreams))
-}
-
 #[derive(Deserialize)]
-struct StatsQuery {
+pub struct StatsQuery {
     /// First day, `YYYY-MM-DD` (default: `days` before `to`).
     from: Option<String>,
     /// Last day, `YYYY-MM-DD` (default: today).
@@ -36,7 +24,7 @@ struct StatsQuery {
 }
 
 /// Per-day figures: active users, messages by platform, tokens, LLM cost, revenue.
-async fn stats(State(st): State<AppState>, Query(q): Query<StatsQuery>) -> Result<Json<Value>> {
+pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
     let s = st.engine.settings();
     let to = parse_day("to", &q.to)?.unwrap_or_else(|| s.today());
     let from = match parse_day("from", &q.from)? {
@@ -60,23 +48,20 @@ async fn stats(State(st): State<AppState>, Query(q): Query<StatsQuery>) -> Resul
 }
 
 /// Checks that every user's ledger sums to their balance.
-async fn audit(State(st): State<AppState>) -> Result<Json<Value>> {
+pub async fn audit(st: St) -> Answer {
     let store = st.engine.store().clone();
     let report = blocking(move || store.audit()).await?;
     Ok(Json(json!(report)))
 }
 
 #[derive(Deserialize)]
-struct HitsQuery {
+pub struct HitsQuery {
     limit: Option<usize>,
     uid: Option<u64>,
 }
 
 /// Content-rule hits, newest first: who, where, which rule, what.
-async fn content_hits(
-    State(st): State<AppState>,
-    Query(q): Query<HitsQuery>,
-) -> Result<Json<Value>> {
+pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
     let store = st.engine.store().clone();
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let hits = blocking(move || {
@@ -96,13 +81,13 @@ async fn content_hits(
 }
 
 /// Each LLM upstream's health: requests, errors, latency, state.
-async fn upstreams(State(st): State<AppState>) -> Result<Json<Value>> {
+pub async fn upstreams(st: St) -> Answer {
     Ok(Json(json!(st.engine.llm().health())))
 }
 
 /// Reads the configuration file again and applies it (like SIGHUP). An invalid file is
 /// refused with every problem listed, and the running configuration stays.
-async fn reload(State(st): State<AppState>) -> Response {
+pub async fn reload(st: St) -> Response {
     let (error, problems) = match st.live.reload().await {
         Ok(report) => return Json(json!(report)).into_response(),
         Err(crate::reload::ReloadError::Invalid(e)) => (
@@ -120,7 +105,7 @@ async fn reload(State(st): State<AppState>) -> Response {
 
 /// Streams a consistent snapshot of the database: it is written to a temporary file (writers
 /// wait only the instant the snapshot starts, see `Store::export_backup`), then sent.
-async fn backup(State(st): State<AppState>) -> Result<Response> {
+pub async fn backup(st: St) -> Result<Response> {
     let store = st.engine.store().clone();
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));

@@ -1,28 +1,19 @@
 //! Orders: list, export as CSV, show with history, refund.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chatrelay_storage::{Order, OrderStatus, StoreError};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Body, Result, blocking, parse_day, paths, require};
+use super::{AdminError, Answer, Body, Result, St, blocking, parse_day, require};
 use crate::http::AppState;
 
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::ORDERS, get(list_orders))
-        .route(paths::ORDERS_CSV, get(export_orders))
-        .route(paths::ORDER, get(show_order))
-        .route(paths::REFUND, post(refund_order))
-}
-
 #[derive(Deserialize)]
-struct OrderFilter {
+pub struct OrderFilter {
     status: Option<String>,
     limit: Option<usize>,
     /// Created on or after this day (`YYYY-MM-DD`, quota timezone).
@@ -62,10 +53,7 @@ async fn select_orders(st: &AppState, f: OrderFilter, default_limit: usize) -> R
     .await
 }
 
-async fn list_orders(
-    State(st): State<AppState>,
-    Query(f): Query<OrderFilter>,
-) -> Result<Json<Value>> {
+pub async fn list_orders(st: St, Query(f): Query<OrderFilter>) -> Answer {
     let orders = select_orders(&st, f, 100).await?;
     Ok(Json(json!(orders)))
 }
@@ -74,10 +62,7 @@ async fn list_orders(
 const CSV_HEADER: &str = "id,uid,product_id,product_name,channel,amount_fen,amount_yuan,credits,status,created_at,credited_at,refunded_at,provider_trade_no";
 
 /// Orders as CSV (UTF-8 with a BOM, which Excel needs to read Chinese product names).
-async fn export_orders(
-    State(st): State<AppState>,
-    Query(f): Query<OrderFilter>,
-) -> Result<Response> {
+pub async fn export_orders(st: St, Query(f): Query<OrderFilter>) -> Result<Response> {
     let orders = select_orders(&st, f, usize::MAX).await?;
     let mut out = format!("\u{feff}{CSV_HEADER}\r\n");
     let time = |ms: Option<i64>| {
@@ -128,7 +113,7 @@ fn csv_cell(value: &str) -> String {
     }
 }
 
-async fn show_order(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn show_order(st: St, Path(id): Path<String>) -> Answer {
     let store = st.engine.store();
     let order = store
         .order(&id)?
@@ -140,15 +125,11 @@ async fn show_order(State(st): State<AppState>, Path(id): Path<String>) -> Resul
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Refund {
+pub struct Refund {
     reason: String,
 }
 
-async fn refund_order(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Body(req): Body<Refund>,
-) -> Result<Json<Value>> {
+pub async fn refund_order(st: St, Path(id): Path<String>, Body(req): Body<Refund>) -> Answer {
     require(&req.reason, "a reason is required")?;
     use crate::billing::BillingError as B;
     match st.parts().billing.refund(&id, req.reason.trim()).await {

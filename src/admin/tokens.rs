@@ -1,25 +1,16 @@
 //! User tokens (for the web page and `/v1`): create one for a user, revoke one.
 
 use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Body, OptionalBody, Result, UidPath, existing_user, paths};
-use crate::http::AppState;
+use super::{AdminError, Answer, Body, OptionalBody, St, UidPath, existing_user};
 use crate::util::now_ms;
-
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::USER_TOKENS, post(create_token))
-        .route(paths::TOKEN_REVOKE, post(revoke_token))
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
     #[serde(default)]
     label: String,
     /// Lifetime in days; none means until revoked.
@@ -29,11 +20,11 @@ struct CreateToken {
 
 /// Creates a token (an empty body: no label, no expiry); the answer is the only place the
 /// token is ever shown.
-async fn create_token(
-    State(st): State<AppState>,
+pub async fn create_token(
+    st: St,
     UidPath(uid): UidPath,
     OptionalBody(req): OptionalBody<CreateToken>,
-) -> Result<Json<Value>> {
+) -> Answer {
     let req = req.unwrap_or_default();
     let store = st.engine.store();
     existing_user(store, uid)?;
@@ -51,11 +42,11 @@ async fn create_token(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Revoke {
+pub struct Revoke {
     token: String,
 }
 
-async fn revoke_token(State(st): State<AppState>, Body(req): Body<Revoke>) -> Result<Json<Value>> {
+pub async fn revoke_token(st: St, Body(req): Body<Revoke>) -> Answer {
     let store = st.engine.store();
     let revoked = store.revoke_token(req.token.trim(), now_ms())?;
     store.flush().await?;

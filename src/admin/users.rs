@@ -1,36 +1,25 @@
 //! Users: find and list, show, create, ban, link and unlink identities, groups.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use chatrelay_core::UserKey;
 use chatrelay_storage::{Balance, Store, StoreError, Uid, User};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{AdminError, Body, Result, UidPath, blocking, existing_user, paths};
+use super::{AdminError, Answer, Body, Result, St, UidPath, blocking, existing_user};
 use crate::http::AppState;
-
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::USERS, post(create_user).get(find_users))
-        .route(paths::USER, get(show_user))
-        .route(paths::BAN, post(ban))
-        .route(paths::IDENTITIES, post(link_identity))
-        .route(paths::IDENTITY, delete(unlink_identity))
-        .route(paths::GROUPS, post(change_groups))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
+pub struct CreateUser {
     name: String,
 }
 
-async fn create_user(State(st): State<AppState>, Body(req): Body<CreateUser>) -> Result<Response> {
+pub async fn create_user(st: St, Body(req): Body<CreateUser>) -> Result<Response> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AdminError::bad_request("name must be 1 to 100 characters"));
@@ -41,16 +30,12 @@ async fn create_user(State(st): State<AppState>, Body(req): Body<CreateUser>) ->
 }
 
 #[derive(Deserialize)]
-struct ShowQuery {
+pub struct ShowQuery {
     /// How many of the newest ledger entries (default 20).
     ledger: Option<usize>,
 }
 
-async fn show_user(
-    State(st): State<AppState>,
-    UidPath(uid): UidPath,
-    Query(q): Query<ShowQuery>,
-) -> Result<Json<Value>> {
+pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>) -> Answer {
     let store = st.engine.store();
     let user = store.user(uid)?.ok_or_else(|| AdminError::no_user(uid))?;
     let s = st.engine.settings();
@@ -96,7 +81,7 @@ fn excerpt(text: &str, max: usize) -> String {
 }
 
 #[derive(Deserialize)]
-struct FindQuery {
+pub struct FindQuery {
     #[serde(default)]
     q: String,
     limit: Option<usize>,
@@ -130,7 +115,7 @@ fn user_row(
 }
 
 /// Lists every user, sorted and paged (`GET /admin/users` without `q`).
-async fn list_users(st: AppState, f: FindQuery) -> Result<Json<Value>> {
+async fn list_users(st: AppState, f: FindQuery) -> Answer {
     let sort = f.sort.unwrap_or_else(|| "active".to_owned());
     if !matches!(sort.as_str(), "active" | "balance" | "uid" | "created") {
         return Err(AdminError::bad_request(format!(
@@ -175,10 +160,10 @@ async fn list_users(st: AppState, f: FindQuery) -> Result<Json<Value>> {
 
 /// Finds users by uid, by a whole or partial platform key (`mp:main:o6_…`, a bare openid,
 /// a Telegram id) or by name; without `q`, lists them all (see [`list_users`]).
-async fn find_users(State(st): State<AppState>, Query(f): Query<FindQuery>) -> Result<Json<Value>> {
+pub async fn find_users(st: St, Query(f): Query<FindQuery>) -> Answer {
     let q = f.q.trim().to_owned();
     if q.is_empty() {
-        return list_users(st, f).await;
+        return list_users(st.0, f).await;
     }
     let limit = f.limit.unwrap_or(20).clamp(1, 500);
     let store = st.engine.store().clone();
@@ -233,18 +218,14 @@ fn matches(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Ban {
+pub struct Ban {
     banned: bool,
     /// Why (required to ban; kept on the user for other admins).
     #[serde(default)]
     reason: Option<String>,
 }
 
-async fn ban(
-    State(st): State<AppState>,
-    UidPath(uid): UidPath,
-    Body(req): Body<Ban>,
-) -> Result<Json<Value>> {
+pub async fn ban(st: St, UidPath(uid): UidPath, Body(req): Body<Ban>) -> Answer {
     let reason = req
         .reason
         .as_deref()
@@ -261,7 +242,7 @@ async fn ban(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Link {
+pub struct Link {
     key: String,
 }
 
@@ -271,11 +252,7 @@ fn parse_key(raw: &str) -> Result<UserKey> {
         .map_err(|e| AdminError::bad_request(format!("{e}")))
 }
 
-async fn link_identity(
-    State(st): State<AppState>,
-    UidPath(uid): UidPath,
-    Body(req): Body<Link>,
-) -> Result<Json<Value>> {
+pub async fn link_identity(st: St, UidPath(uid): UidPath, Body(req): Body<Link>) -> Answer {
     let key = parse_key(&req.key)?;
     let store = st.engine.store();
     existing_user(store, uid)?;
@@ -286,11 +263,11 @@ async fn link_identity(
     ))
 }
 
-async fn unlink_identity(
-    State(st): State<AppState>,
+pub async fn unlink_identity(
+    st: St,
     UidPath(uid): UidPath,
     Path((_, key)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Answer {
     let key = parse_key(&key)?;
     let store = st.engine.store();
     match store.identity(&key)? {
@@ -312,7 +289,7 @@ async fn unlink_identity(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Groups {
+pub struct Groups {
     #[serde(default)]
     add: Vec<String>,
     #[serde(default)]
@@ -320,11 +297,7 @@ struct Groups {
 }
 
 /// Puts a user in groups or takes them out (models can be limited to groups).
-async fn change_groups(
-    State(st): State<AppState>,
-    UidPath(uid): UidPath,
-    Body(req): Body<Groups>,
-) -> Result<Json<Value>> {
+pub async fn change_groups(st: St, UidPath(uid): UidPath, Body(req): Body<Groups>) -> Answer {
     let store = st.engine.store();
     let user = store.change_groups(uid, &req.add, &req.remove)?;
     store.flush().await?;

@@ -3,25 +3,16 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
+use axum::extract::Path;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Body, Result, paths, require};
+use super::{AdminError, Answer, Body, Result, St, require};
 use crate::http::AppState;
 use crate::zsxq::ZsxqGroup;
 
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(paths::ZSXQ, get(zsxq_list))
-        .route(paths::ZSXQ_PAUSE, post(|st, id| set_paused(st, id, true)))
-        .route(paths::ZSXQ_RESUME, post(|st, id| set_paused(st, id, false)))
-        .route(paths::ZSXQ_TOKEN, post(zsxq_token))
-}
-
-async fn zsxq_list(State(st): State<AppState>) -> Result<Json<Value>> {
+pub async fn zsxq_list(st: St) -> Answer {
     let today = crate::zsxq::today(&st.engine);
     let groups: Vec<_> = st
         .parts()
@@ -42,11 +33,7 @@ fn zsxq_group(st: &AppState, id: &str) -> Result<Arc<ZsxqGroup>> {
 }
 
 /// Stops (or starts again) answering a group's questions.
-async fn set_paused(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    paused: bool,
-) -> Result<Json<Value>> {
+pub async fn set_paused(st: St, Path(id): Path<String>, paused: bool) -> Answer {
     zsxq_group(&st, &id)?.set_paused(paused);
     let what = if paused { "paused" } else { "resumed" };
     info!(group = %id, "admin: zsxq group {what}");
@@ -55,15 +42,11 @@ async fn set_paused(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ZsxqToken {
+pub struct ZsxqToken {
     access_token: String,
 }
 
-async fn zsxq_token(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Body(req): Body<ZsxqToken>,
-) -> Result<Json<Value>> {
+pub async fn zsxq_token(st: St, Path(id): Path<String>, Body(req): Body<ZsxqToken>) -> Answer {
     require(&req.access_token, "access_token is empty")?;
     zsxq_group(&st, &id)?.set_token(req.access_token.trim());
     info!(group = %id, "admin: zsxq token replaced; polling resumes");
