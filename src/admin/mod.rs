@@ -257,3 +257,6 @@ where
         .map_err(|e| AdminError::internal(e.to_string()))?
         .map_err(Into::into)
 }
+
+#[cfg(test)]
+mod tests;
