@@ -56,16 +56,23 @@ pub const UPSTREAMS: &str = "/admin/upstreams";
 /// percent-encoded.
 #[must_use]
 pub fn fill(template: &str, values: &[&str]) -> String {
-    let mut out = String::with_capacity(template.len());
     let mut values = values.iter();
+    substitute(template, |_| {
+        encode(values.next().copied().unwrap_or_default())
+    })
+}
+
+/// `template` with each `{name}` replaced by `with(name)`; an unclosed `{` stays as it is.
+pub fn substitute(template: &str, mut with: impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len());
     let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .map_or(rest.len(), |e| start + e + 1);
-        out.push_str(&encode(values.next().copied().unwrap_or_default()));
-        rest = &rest[end..];
+    while let Some((before, after)) = rest.split_once('{') {
+        let Some((name, tail)) = after.split_once('}') else {
+            break;
+        };
+        out.push_str(before);
+        out.push_str(&with(name));
+        rest = tail;
     }
     out.push_str(rest);
     out

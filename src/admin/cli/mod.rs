@@ -27,7 +27,7 @@ pub async fn run(target: &Target, command: AdminCommand, json: bool) -> anyhow::
     let out = if json {
         render::pretty(&value)
     } else {
-        human(&value)
+        human.show(&value)
     };
     // The CLI's output is its interface: written to stdout, not logged.
     let mut stdout = std::io::stdout().lock();

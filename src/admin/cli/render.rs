@@ -7,51 +7,71 @@ use serde_json::Value;
 
 use super::commands::{AdminCommand, OrderCommand, TokenCommand, UserCommand, ZsxqCommand};
 
-/// Renders an API answer for a person.
-pub type Render = fn(&Value) -> String;
+/// How an API answer is shown to a person.
+#[derive(Clone, Copy)]
+pub enum Render {
+    /// A table with a row per element of the answer (a list).
+    Table(Table),
+    /// Made from the whole answer.
+    With(fn(&Value) -> String),
+}
+
+impl Render {
+    /// The answer for a person.
+    #[must_use]
+    pub fn show(self, v: &Value) -> String {
+        match self {
+            Render::Table(columns) => table_of(rows_of(v), columns),
+            Render::With(make) => make(v),
+        }
+    }
+}
 
 /// How to show `command`'s answer to a person.
 #[must_use]
 pub fn human(command: &AdminCommand) -> Render {
+    use Render::{Table as T, With as W};
     match command {
         AdminCommand::User(c) => match c {
-            UserCommand::List { .. } => render_user_page,
-            UserCommand::Find { .. } => render_users,
-            UserCommand::Create { .. } => |v| v["uid"].to_string(),
-            UserCommand::Show { .. } => render_user,
+            UserCommand::List { .. } => W(render_user_page),
+            UserCommand::Find { .. } => W(render_users),
+            UserCommand::Create { .. } => W(|v| v["uid"].to_string()),
+            UserCommand::Show { .. } => W(render_user),
             UserCommand::Ban { .. } => {
-                |v| format!("user {} banned: {}", v["uid"], text(&v["ban_reason"]))
+                W(|v| format!("user {} banned: {}", v["uid"], text(&v["ban_reason"])))
             }
-            UserCommand::Unban { .. } => |v| format!("user {} unbanned", v["uid"]),
-            UserCommand::Link { .. } => render_link,
-            UserCommand::Group { .. } => render_groups,
+            UserCommand::Unban { .. } => W(|v| format!("user {} unbanned", v["uid"])),
+            UserCommand::Link { .. } => W(render_link),
+            UserCommand::Group { .. } => {
+                W(|v| format!("user {} groups: {}", v["uid"], list(&v["groups"])))
+            }
             UserCommand::Unlink { .. } => {
-                |v| format!("{} unlinked from user {}", text(&v["key"]), v["uid"])
+                W(|v| format!("{} unlinked from user {}", text(&v["key"]), v["uid"]))
             }
         },
-        AdminCommand::Grant { .. } | AdminCommand::Revoke { .. } => render_entry,
-        AdminCommand::Token(TokenCommand::Create { .. }) => |v| text(&v["token"]),
-        AdminCommand::Token(TokenCommand::Revoke { .. }) => |_| "revoked".to_owned(),
-        AdminCommand::Audit => render_audit,
+        AdminCommand::Grant { .. } | AdminCommand::Revoke { .. } => W(render_entry),
+        AdminCommand::Token(TokenCommand::Create { .. }) => W(|v| text(&v["token"])),
+        AdminCommand::Token(TokenCommand::Revoke { .. }) => W(|_| "revoked".to_owned()),
+        AdminCommand::Audit => W(render_audit),
         AdminCommand::Order(c) => match c {
-            OrderCommand::List { .. } => render_orders,
+            OrderCommand::List { .. } => T(ORDER_COLUMNS),
             OrderCommand::Export { .. } => {
-                |v| format!("{} orders written to {}", v["orders"], text(&v["file"]))
+                W(|v| format!("{} orders written to {}", v["orders"], text(&v["file"])))
             }
-            OrderCommand::Show { .. } => render_order,
-            OrderCommand::Refund { .. } => render_refund,
+            OrderCommand::Show { .. } => W(render_order),
+            OrderCommand::Refund { .. } => W(render_refund),
         },
-        AdminCommand::Stats { .. } => render_stats,
+        AdminCommand::Stats { .. } => W(render_stats),
         AdminCommand::Zsxq(c) => match c {
-            ZsxqCommand::List => render_zsxq,
-            ZsxqCommand::Pause { .. } => |_| "paused".to_owned(),
-            ZsxqCommand::Resume { .. } => |_| "resumed".to_owned(),
-            ZsxqCommand::Token { .. } => |_| "token replaced; polling resumes".to_owned(),
+            ZsxqCommand::List => T(ZSXQ_COLUMNS),
+            ZsxqCommand::Pause { .. } => W(|_| "paused".to_owned()),
+            ZsxqCommand::Resume { .. } => W(|_| "resumed".to_owned()),
+            ZsxqCommand::Token { .. } => W(|_| "token replaced; polling resumes".to_owned()),
         },
-        AdminCommand::Hits { .. } => render_hits,
-        AdminCommand::Upstreams => render_upstreams,
-        AdminCommand::Reload => render_reload,
-        AdminCommand::Backup { .. } => |v| text(&v["summary"]),
+        AdminCommand::Hits { .. } => T(HIT_COLUMNS),
+        AdminCommand::Upstreams => W(render_upstreams),
+        AdminCommand::Reload => W(render_reload),
+        AdminCommand::Backup { .. } => W(|v| text(&v["summary"])),
     }
 }
 
@@ -64,19 +84,6 @@ fn render_link(v: &Value) -> String {
         ),
         None => format!("{} linked to user {}", text(&v["key"]), v["uid"]),
     }
-}
-
-fn render_groups(v: &Value) -> String {
-    let groups: Vec<String> = rows_of(&v["groups"]).iter().map(text).collect();
-    format!(
-        "user {} groups: {}",
-        v["uid"],
-        if groups.is_empty() {
-            "(none)".into()
-        } else {
-            groups.join(", ")
-        }
-    )
 }
 
 fn render_refund(v: &Value) -> String {
@@ -195,14 +202,100 @@ fn rows_of(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
 }
 
-/// The first cells of a user's row: uid, name, available and paid credits.
-fn user_cells(u: &Value) -> Vec<String> {
-    vec![
-        text(&u["uid"]),
-        fit(&text(&u["name"]), 24),
-        text(&u["available"]),
-        text(&u["paid"]),
-    ]
+/// How a table cell is made from a row (a JSON object).
+#[derive(Clone, Copy)]
+pub enum Cell<'a> {
+    /// A field as text.
+    Text(&'a str),
+    /// A field as text, cut to this many columns.
+    Fit(&'a str, usize),
+    /// A field in milliseconds as a time.
+    Time(&'a str),
+    /// A field in fen as yuan.
+    Yuan(&'a str),
+    /// The sum of the numbers in a field's object, or in a member of it.
+    Sum(&'a str, Option<&'a str>),
+    /// Made from the whole row.
+    With(fn(&Value) -> String),
+}
+
+use Cell::{Fit, Sum, Text, Time, With, Yuan};
+
+impl Cell<'_> {
+    fn of(self, row: &Value) -> String {
+        match self {
+            Text(f) => text(&row[f]),
+            Fit(f, max) => fit(&text(&row[f]), max),
+            Time(f) => time(&row[f]),
+            Yuan(f) => yuan(&row[f]),
+            Sum(f, member) => {
+                let v = member.map_or(&row[f], |m| &row[f][m]);
+                let sum: u64 = v
+                    .as_object()
+                    .map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
+                sum.to_string()
+            }
+            With(make) => make(row),
+        }
+    }
+}
+
+/// A table's columns: a header and a cell each.
+pub type Table = &'static [(&'static str, Cell<'static>)];
+
+/// A table with a row per element of `rows` and a column per `(header, cell)`.
+fn table_of<H: AsRef<str>>(rows: &[Value], columns: &[(H, Cell)]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| h.as_ref()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|(_, c)| c.of(row)).collect())
+        .collect();
+    table(&headers, &cells)
+}
+
+/// `yes` when the row's `field` is true, else `no`.
+fn flag(row: &Value, field: &str, yes: &str, no: &str) -> String {
+    if row[field].as_bool() == Some(true) {
+        yes
+    } else {
+        no
+    }
+    .to_owned()
+}
+
+/// `template` with each `{field}` replaced by the row's field as text, `{field:time}` as a
+/// time, `{field:yuan}` as yuan.
+fn fields(row: &Value, template: &str) -> String {
+    crate::admin::paths::substitute(template, |spec| {
+        let (field, how) = spec.split_once(':').unwrap_or((spec, ""));
+        match how {
+            "time" => time(&row[field]),
+            "yuan" => yuan(&row[field]),
+            _ => text(&row[field]),
+        }
+    })
+}
+
+/// A list of strings as `a, b`, or `(none)`.
+fn list(v: &Value) -> String {
+    let items: Vec<String> = rows_of(v).iter().map(text).collect();
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The first columns of a user's row: uid, name, available and paid credits, then `more`.
+fn user_columns(more: &[(&'static str, Cell<'static>)]) -> Vec<(&'static str, Cell<'static>)> {
+    let mut columns = vec![
+        ("UID", Text("uid")),
+        ("NAME", Fit("name", 24)),
+        ("AVAILABLE", Text("available")),
+        ("PAID", Text("paid")),
+    ];
+    columns.extend_from_slice(more);
+    columns
 }
 
 /// A user's identities in one table cell.
@@ -217,41 +310,20 @@ fn identities_cell(u: &Value) -> String {
 }
 
 fn render_user_page(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(&v["users"])
-        .iter()
-        .map(|u| {
-            let mut cells = user_cells(u);
-            cells.extend([
-                if u["last_active_ms"].is_null() {
-                    "-".to_owned()
-                } else {
-                    time(&u["last_active_ms"])
-                },
-                if u["banned"].as_bool() == Some(true) {
-                    "banned".to_owned()
-                } else {
-                    String::new()
-                },
-                identities_cell(u),
-            ]);
-            cells
-        })
-        .collect();
+    let last_active = |u: &Value| match &u["last_active_ms"] {
+        Value::Null => "-".to_owned(),
+        t => time(t),
+    };
+    let columns = user_columns(&[
+        ("LAST ACTIVE", With(last_active)),
+        ("", With(|u| flag(u, "banned", "banned", ""))),
+        ("IDENTITIES", With(identities_cell)),
+    ]);
+    let rows = rows_of(&v["users"]);
     let total = v["total"].as_u64().unwrap_or(0);
     let offset = v["offset"].as_u64().unwrap_or(0);
     let shown = rows.len() as u64;
-    let mut out = table(
-        &[
-            "UID",
-            "NAME",
-            "AVAILABLE",
-            "PAID",
-            "LAST ACTIVE",
-            "",
-            "IDENTITIES",
-        ],
-        &rows,
-    );
+    let mut out = table_of(rows, &columns);
     let _ = write!(
         out,
         "\nusers {}–{} of {total}, by {}",
@@ -267,141 +339,70 @@ fn render_user_page(v: &Value) -> String {
 }
 
 fn render_users(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|u| {
-            let mut cells = user_cells(u);
-            cells.extend([
-                if u["banned"].as_bool() == Some(true) {
-                    format!("banned: {}", fit(&text(&u["ban_reason"]), 30))
-                } else {
-                    String::new()
-                },
-                identities_cell(u),
-                text(&u["matched"]),
-            ]);
-            cells
-        })
-        .collect();
-    table(
-        &[
-            "UID",
-            "NAME",
-            "AVAILABLE",
-            "PAID",
-            "STATUS",
-            "IDENTITIES",
-            "MATCHED",
-        ],
-        &rows,
-    )
+    let status = |u: &Value| match u["banned"].as_bool() {
+        Some(true) => format!("banned: {}", fit(&text(&u["ban_reason"]), 30)),
+        _ => String::new(),
+    };
+    let columns = user_columns(&[
+        ("STATUS", With(status)),
+        ("IDENTITIES", With(identities_cell)),
+        ("MATCHED", Text("matched")),
+    ]);
+    table_of(rows_of(v), &columns)
 }
+
+/// A user's tokens: never the token itself, only the start of its hash.
+#[rustfmt::skip]
+const TOKEN_COLUMNS: Table = &[
+    ("HASH", With(|t| format!("{}…", text(&t["hash_prefix"])))), ("LABEL", Fit("label", 20)),
+    ("CREATED", Time("created_at_ms")), ("EXPIRES", Time("expires_at_ms")),
+    ("STATE", With(|t| flag(t, "revoked", "revoked", "live"))),
+];
 
 fn render_user(v: &Value) -> String {
     let u = &v["user"];
     let b = &v["balance"];
-    let mut out = format!(
-        "user {}  {}  (since {})\n",
-        text(&u["uid"]),
-        text(&u["name"]),
-        time(&u["created_at_ms"])
-    );
+    let mut out = fields(u, "user {uid}  {name}  (since {created_at_ms:time})\n");
     if u["banned"].as_bool() == Some(true) {
         let _ = writeln!(out, "BANNED: {}", text(&u["ban_reason"]));
     }
-    let _ = writeln!(
-        out,
-        "credits: {} available = {} free today + {} paid ({} held by answers in progress)",
-        text(&b["available"]),
-        text(&b["free_left"]),
-        text(&b["paid"]),
-        text(&b["held"])
-    );
-    let ids: Vec<String> = rows_of(&v["identities"]).iter().map(text).collect();
-    let _ = writeln!(
-        out,
-        "identities: {}",
-        if ids.is_empty() {
-            "(none)".to_owned()
-        } else {
-            ids.join(", ")
-        }
-    );
-    let tokens: Vec<Vec<String>> = rows_of(&v["tokens"])
-        .iter()
-        .map(|t| {
-            vec![
-                format!("{}…", text(&t["hash_prefix"])),
-                fit(&text(&t["label"]), 20),
-                time(&t["created_at_ms"]),
-                time(&t["expires_at_ms"]),
-                if t["revoked"].as_bool() == Some(true) {
-                    "revoked".into()
-                } else {
-                    "live".into()
-                },
-            ]
-        })
-        .collect();
-    let _ = write!(
-        out,
-        "\ntokens:\n{}\n",
-        table(&["HASH", "LABEL", "CREATED", "EXPIRES", "STATE"], &tokens)
-    );
+    out.push_str(&fields(
+        b,
+        "credits: {available} available = {free_left} free today + {paid} paid \
+         ({held} held by answers in progress)\n",
+    ));
+    let _ = writeln!(out, "identities: {}", list(&v["identities"]));
+    let tokens = table_of(rows_of(&v["tokens"]), TOKEN_COLUMNS);
+    let _ = write!(out, "\ntokens:\n{tokens}\n");
     let _ = write!(out, "\nrecent ledger:\n{}\n", render_ledger(&v["ledger"]));
     let conversations = rows_of(&v["conversations"]);
     if !conversations.is_empty() {
         out.push_str("\nrecent conversations:\n");
-        for c in conversations {
-            let _ = writeln!(
-                out,
-                "  {} ({} turns kept)",
-                text(&c["key"]),
-                text(&c["turns"])
-            );
-            for t in rows_of(&c["recent"]) {
-                let _ = writeln!(
-                    out,
-                    "    {} {:>9}: {}",
-                    time(&t["at_ms"]),
-                    text(&t["role"]),
-                    fit(&text(&t["content"]), 90)
-                );
-            }
+    }
+    for c in conversations {
+        let _ = writeln!(
+            out,
+            "  {} ({} turns kept)",
+            text(&c["key"]),
+            text(&c["turns"])
+        );
+        for t in rows_of(&c["recent"]) {
+            let (at, role) = (time(&t["at_ms"]), text(&t["role"]));
+            let _ = writeln!(out, "    {at} {role:>9}: {}", fit(&text(&t["content"]), 90));
         }
     }
     out
 }
 
+#[rustfmt::skip]
+const LEDGER_COLUMNS: Table = &[
+    ("SEQ", Text("seq")), ("TIME", Time("at_ms")), ("KIND", Text("kind")),
+    ("FREE", Text("free_delta")), ("PAID", Text("paid_delta")), ("PAID AFTER", Text("paid_after")),
+    ("REASON", Fit("reason", 30)), ("REFERENCE", Fit("reference", 30)),
+];
+
 fn render_ledger(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|e| {
-            vec![
-                text(&e["seq"]),
-                time(&e["at_ms"]),
-                text(&e["kind"]),
-                text(&e["free_delta"]),
-                text(&e["paid_delta"]),
-                text(&e["paid_after"]),
-                fit(&text(&e["reason"]), 30),
-                fit(&text(&e["reference"]), 30),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "SEQ",
-            "TIME",
-            "KIND",
-            "FREE",
-            "PAID",
-            "PAID AFTER",
-            "REASON",
-            "REFERENCE",
-        ],
-        &rows,
-    )
+    table_of(rows_of(v), LEDGER_COLUMNS)
 }
 
 fn render_entry(v: &Value) -> String {
@@ -417,13 +418,10 @@ fn render_entry(v: &Value) -> String {
 
 fn render_audit(v: &Value) -> String {
     let mismatches = rows_of(&v["mismatches"]);
-    let mut out = format!(
-        "{} users, {} ledger entries, {} open reservations; {} paid credits in balances ({} held)\n",
-        text(&v["users"]),
-        text(&v["ledger_entries"]),
-        text(&v["open_reservations"]),
-        text(&v["total_paid"]),
-        text(&v["total_held"])
+    let mut out = fields(
+        v,
+        "{users} users, {ledger_entries} ledger entries, {open_reservations} open reservations; \
+         {total_paid} paid credits in balances ({total_held} held)\n",
     );
     if mismatches.is_empty() {
         out.push_str("OK: every ledger sums to its balance");
@@ -436,57 +434,27 @@ fn render_audit(v: &Value) -> String {
     out
 }
 
-fn render_orders(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|o| {
-            vec![
-                text(&o["id"]),
-                text(&o["uid"]),
-                fit(&text(&o["product_name"]), 20),
-                text(&o["channel"]),
-                yuan(&o["amount_fen"]),
-                text(&o["credits"]),
-                text(&o["status"]),
-                time(&o["created_at_ms"]),
-                time(&o["credited_at_ms"]),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "ORDER", "UID", "PRODUCT", "CHANNEL", "YUAN", "CREDITS", "STATUS", "CREATED", "PAID",
-        ],
-        &rows,
-    )
-}
+#[rustfmt::skip]
+const ORDER_COLUMNS: Table = &[
+    ("ORDER", Text("id")), ("UID", Text("uid")), ("PRODUCT", Fit("product_name", 20)),
+    ("CHANNEL", Text("channel")), ("YUAN", Yuan("amount_fen")), ("CREDITS", Text("credits")), ("STATUS", Text("status")),
+    ("CREATED", Time("created_at_ms")), ("PAID", Time("credited_at_ms")),
+];
+
+#[rustfmt::skip]
+const EVENT_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("EVENT", Text("kind")), ("DETAIL", Fit("detail", 80)),
+];
 
 fn render_order(v: &Value) -> String {
     let o = &v["order"];
-    let mut out = format!(
-        "order {}  user {}  {} ({} credits)  {} yuan by {}  status {}\ncreated {}  paid {}  provider trade no {}\n\nhistory:\n",
-        text(&o["id"]),
-        text(&o["uid"]),
-        text(&o["product_name"]),
-        text(&o["credits"]),
-        yuan(&o["amount_fen"]),
-        text(&o["channel"]),
-        text(&o["status"]),
-        time(&o["created_at_ms"]),
-        time(&o["credited_at_ms"]),
-        text(&o["provider_trade_no"]),
+    let mut out = fields(
+        o,
+        "order {id}  user {uid}  {product_name} ({credits} credits)  {amount_fen:yuan} yuan by \
+         {channel}  status {status}\ncreated {created_at_ms:time}  paid {credited_at_ms:time}  \
+         provider trade no {provider_trade_no}\n\nhistory:\n",
     );
-    let rows: Vec<Vec<String>> = rows_of(&v["events"])
-        .iter()
-        .map(|e| {
-            vec![
-                time(&e["at_ms"]),
-                text(&e["kind"]),
-                fit(&text(&e["detail"]), 80),
-            ]
-        })
-        .collect();
-    out.push_str(&table(&["TIME", "EVENT", "DETAIL"], &rows));
+    out.push_str(&table_of(rows_of(&v["events"]), EVENT_COLUMNS));
     out
 }
 
@@ -502,163 +470,85 @@ fn render_stats(v: &Value) -> String {
         }
     }
     platforms.sort();
-    let sum = |m: &Value| -> u64 {
-        m.as_object()
-            .map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
-    };
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|d| {
-            let mut row = vec![
-                text(&d["date"]),
-                text(&d["active_users"]),
-                text(&d["messages_total"]),
-            ];
-            for p in &platforms {
-                row.push(sum(&d["messages"][p]).to_string());
-            }
-            row.extend([
-                sum(&d["prompt_tokens"]).to_string(),
-                sum(&d["completion_tokens"]).to_string(),
-                text(&d["credits_charged"]),
-                yuan(&d["llm_cost_fen"]),
-                text(&d["orders_paid"]),
-                yuan(&d["revenue_fen"]),
-                yuan(&d["refunds_fen"]),
-            ]);
-            row
-        })
-        .collect();
-    let mut headers: Vec<String> = vec!["DAY".into(), "ACTIVE".into(), "MESSAGES".into()];
-    headers.extend(platforms.iter().map(|p| p.to_uppercase()));
-    headers.extend(
+    let mut columns: Vec<(String, Cell)> = vec![
+        ("DAY".into(), Text("date")),
+        ("ACTIVE".into(), Text("active_users")),
+        ("MESSAGES".into(), Text("messages_total")),
+    ];
+    for p in &platforms {
+        columns.push((p.to_uppercase(), Sum("messages", Some(p))));
+    }
+    columns.extend(
         [
-            "PROMPT TOK",
-            "ANSWER TOK",
-            "CREDITS",
-            "LLM COST ¥",
-            "ORDERS",
-            "REVENUE ¥",
-            "REFUNDS ¥",
+            ("PROMPT TOK", Sum("prompt_tokens", None)),
+            ("ANSWER TOK", Sum("completion_tokens", None)),
+            ("CREDITS", Text("credits_charged")),
+            ("LLM COST ¥", Yuan("llm_cost_fen")),
+            ("ORDERS", Text("orders_paid")),
+            ("REVENUE ¥", Yuan("revenue_fen")),
+            ("REFUNDS ¥", Yuan("refunds_fen")),
         ]
-        .map(String::from),
+        .map(|(h, c)| (h.to_owned(), c)),
     );
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    table(&headers, &rows)
+    table_of(rows_of(v), &columns)
 }
 
-fn render_zsxq(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|g| {
-            let state = if g["token_expired"].as_bool() == Some(true) {
-                "TOKEN EXPIRED"
-            } else if g["paused"].as_bool() == Some(true) {
-                "paused"
-            } else {
-                "polling"
-            };
-            vec![
-                text(&g["id"]),
-                text(&g["group_id"]),
-                state.to_owned(),
-                time(&g["last_poll_ms"]),
-                text(&g["answered_today"]),
-                text(&g["answered_since_start"]),
-                text(&g["payer_uid"]),
-                fit(&text(&g["last_error"]), 50),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "ID",
-            "GROUP",
-            "STATE",
-            "LAST POLL",
-            "TODAY",
-            "SINCE START",
-            "PAYER UID",
-            "LAST ERROR",
-        ],
-        &rows,
+/// A zsxq group's state: an expired token first, it stops everything.
+fn zsxq_state(g: &Value) -> String {
+    if g["token_expired"].as_bool() == Some(true) {
+        "TOKEN EXPIRED".to_owned()
+    } else {
+        flag(g, "paused", "paused", "polling")
+    }
+}
+
+#[rustfmt::skip]
+const ZSXQ_COLUMNS: Table = &[
+    ("ID", Text("id")), ("GROUP", Text("group_id")), ("STATE", With(zsxq_state)),
+    ("LAST POLL", Time("last_poll_ms")), ("TODAY", Text("answered_today")), ("SINCE START", Text("answered_since_start")),
+    ("PAYER UID", Text("payer_uid")), ("LAST ERROR", Fit("last_error", 50)),
+];
+
+#[rustfmt::skip]
+const HIT_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("UID", Text("uid")), ("SCOPE", Text("scope")), ("DIR", Text("direction")),
+    ("RULE", Text("rule")), ("WORD", Fit("word", 16)), ("EXCERPT", Fit("excerpt", 60)),
+];
+
+/// What the error rate and latency of an upstream look like.
+fn error_rate(u: &Value) -> String {
+    format!(
+        "{:.0}%",
+        u["recent_error_rate"].as_f64().unwrap_or(0.0) * 100.0
     )
 }
 
-fn render_hits(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|h| {
-            vec![
-                time(&h["at_ms"]),
-                text(&h["uid"]),
-                text(&h["scope"]),
-                text(&h["direction"]),
-                text(&h["rule"]),
-                fit(&text(&h["word"]), 16),
-                fit(&text(&h["excerpt"]), 60),
-            ]
-        })
-        .collect();
-    table(
-        &["TIME", "UID", "SCOPE", "DIR", "RULE", "WORD", "EXCERPT"],
-        &rows,
-    )
+fn latency(u: &Value) -> String {
+    u["latency_ms"]
+        .as_u64()
+        .map_or_else(String::new, |ms| format!("{ms} ms"))
 }
+
+#[rustfmt::skip]
+const UPSTREAM_COLUMNS: Table = &[
+    ("UPSTREAM", Text("id")), ("STATE", Text("state")), ("REQUESTS", Text("requests_total")), ("ERRORS", Text("errors_total")),
+    ("RECENT ERR", With(error_rate)), ("LATENCY", With(latency)),
+    ("LAST ERROR AT", Time("last_error_at_ms")), ("LAST ERROR", Fit("last_error", 60)),
+];
 
 fn render_upstreams(v: &Value) -> String {
     if rows_of(v).is_empty() {
         return "no upstreams (the offline demo answers)".to_owned();
     }
-    let rows: Vec<Vec<String>> = rows_of(v)
-        .iter()
-        .map(|u| {
-            vec![
-                text(&u["id"]),
-                text(&u["state"]),
-                text(&u["requests_total"]),
-                text(&u["errors_total"]),
-                format!(
-                    "{:.0}%",
-                    u["recent_error_rate"].as_f64().unwrap_or(0.0) * 100.0
-                ),
-                u["latency_ms"]
-                    .as_u64()
-                    .map_or_else(String::new, |ms| format!("{ms} ms")),
-                time(&u["last_error_at_ms"]),
-                fit(&text(&u["last_error"]), 60),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "UPSTREAM",
-            "STATE",
-            "REQUESTS",
-            "ERRORS",
-            "RECENT ERR",
-            "LATENCY",
-            "LAST ERROR AT",
-            "LAST ERROR",
-        ],
-        &rows,
-    )
+    table_of(rows_of(v), UPSTREAM_COLUMNS)
 }
 
 fn render_reload(v: &Value) -> String {
-    let list = |k: &str| -> String {
-        let items: Vec<String> = rows_of(&v[k]).iter().map(text).collect();
-        if items.is_empty() {
-            "(none)".into()
-        } else {
-            items.join(", ")
-        }
-    };
     format!(
         "configuration reloaded from {}\napplied: {}\nneeds a restart (old values kept): {}",
         v["file"].as_str().unwrap_or("(built-in defaults)"),
-        list("applied"),
-        list("restart_needed")
+        list(&v["applied"]),
+        list(&v["restart_needed"])
     )
 }
 
