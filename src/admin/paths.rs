@@ -110,12 +110,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(encode("mp:main:o6 a&b"), "mp:main:o6%20a%26b");
-        assert_eq!(encode("小"), "%E5%B0%8F");
-    }
-
-    #[test]
     fn paths_are_filled_in_order() {
         assert_eq!(fill(USER, &["7"]), "/admin/users/7");
         assert_eq!(
@@ -123,6 +117,12 @@ mod tests {
             "/admin/users/7/identities/mp:main:o6%20x"
         );
         assert_eq!(fill(STATS, &[]), "/admin/stats");
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode("mp:main:o6 a&b"), "mp:main:o6%20a%26b");
+        assert_eq!(encode("小"), "%E5%B0%8F");
     }
 
     #[test]

@@ -16,31 +16,13 @@ pub enum AdminCommand {
     #[command(subcommand)]
     User(UserCommand),
     /// Add paid credits to a user (recorded in the ledger with the reason).
-    Grant {
-        /// The user's uid.
-        uid: u64,
-        /// Credits to add.
-        credits: u64,
-        /// Why (kept in the ledger).
-        #[arg(long)]
-        reason: String,
-        /// Idempotency key: the same reference grants once, however often it is sent.
-        #[arg(long)]
-        reference: Option<String>,
-    },
+    Grant(CreditChange),
     /// Take paid credits back (a mistaken grant, abuse); never more than the user has.
-    Revoke {
-        /// The user's uid.
-        uid: u64,
-        /// Credits to take back.
-        credits: u64,
-        /// Why (kept in the ledger).
-        #[arg(long)]
-        reason: String,
-        /// Idempotency key: the same reference takes credits once.
-        #[arg(long)]
-        reference: Option<String>,
-    },
+    #[command(
+        mut_arg("credits", |a| a.help("Credits to take back")),
+        mut_arg("reference", |a| a.help("Idempotency key: the same reference takes credits once"))
+    )]
+    Revoke(CreditChange),
     /// User tokens for the web page and the `/v1` API.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -83,6 +65,22 @@ pub enum AdminCommand {
         /// Where to write the backup (refuses to overwrite an existing file).
         file: PathBuf,
     },
+}
+
+/// A change of a user's paid credits: `grant`, and `revoke` with its own help for `credits`
+/// and `reference`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreditChange {
+    /// The user's uid.
+    uid: u64,
+    /// Credits to add.
+    credits: u64,
+    /// Why (kept in the ledger).
+    #[arg(long)]
+    reason: String,
+    /// Idempotency key: the same reference grants once, however often it is sent.
+    #[arg(long)]
+    reference: Option<String>,
 }
 
 /// `chatrelay admin zsxq ...`
@@ -318,18 +316,8 @@ impl AdminCommand {
     pub fn call(self) -> Call {
         match self {
             Self::User(c) => c.call(),
-            Self::Grant {
-                uid,
-                credits,
-                reason,
-                reference,
-            } => credits_call(paths::GRANT, "cli", uid, credits, reason, reference),
-            Self::Revoke {
-                uid,
-                credits,
-                reason,
-                reference,
-            } => credits_call(paths::REVOKE, "cli-revoke", uid, credits, reason, reference),
+            Self::Grant(c) => c.call(paths::GRANT, "cli"),
+            Self::Revoke(c) => c.call(paths::REVOKE, "cli-revoke"),
             Self::Token(c) => c.call(),
             Self::Audit => Call::get(paths::AUDIT.into()),
             Self::Order(c) => c.call(),
@@ -353,21 +341,18 @@ impl AdminCommand {
     }
 }
 
-/// A grant or a take-back. Without a reference, one per invocation, so the HTTP client's
-/// own retries cannot change credits twice.
-fn credits_call(
-    path: &str,
-    prefix: &str,
-    uid: u64,
-    credits: u64,
-    reason: String,
-    reference: Option<String>,
-) -> Call {
-    let reference = reference.unwrap_or_else(|| format!("{prefix}:{}", crate::util::random_id()));
-    Call::post(
-        fill(path, &[&uid.to_string()]),
-        json!({"credits": credits, "reason": reason, "reference": reference}),
-    )
+impl CreditChange {
+    /// A grant or a take-back. Without a reference, one per invocation, so the HTTP
+    /// client's own retries cannot change credits twice.
+    fn call(self, path: &str, prefix: &str) -> Call {
+        let reference = self
+            .reference
+            .unwrap_or_else(|| format!("{prefix}:{}", crate::util::random_id()));
+        Call::post(
+            fill(path, &[&self.uid.to_string()]),
+            json!({"credits": self.credits, "reason": self.reason, "reference": reference}),
+        )
+    }
 }
 
 impl UserCommand {

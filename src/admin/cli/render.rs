@@ -49,7 +49,7 @@ pub fn human(command: &AdminCommand) -> Render {
                 W(|v| format!("{} unlinked from user {}", text(&v["key"]), v["uid"]))
             }
         },
-        AdminCommand::Grant { .. } | AdminCommand::Revoke { .. } => W(render_entry),
+        AdminCommand::Grant(_) | AdminCommand::Revoke(_) => W(render_entry),
         AdminCommand::Token(TokenCommand::Create { .. }) => W(|v| text(&v["token"])),
         AdminCommand::Token(TokenCommand::Revoke { .. }) => W(|_| "revoked".to_owned()),
         AdminCommand::Audit => W(render_audit),
