@@ -10,6 +10,7 @@ use tracing::info;
 use super::{AdminError, Answer, Body, St, UidPath, existing_user, require};
 use crate::util::now_ms;
 
+/// A grant or a take-back.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
@@ -19,6 +20,7 @@ pub struct Grant {
     reference: Option<String>,
 }
 
+/// Adds paid credits.
 pub async fn grant(st: St, uid: UidPath, req: Body<Grant>) -> Answer {
     change_credits(st, uid, req, true).await
 }

@@ -13,6 +13,7 @@ use tracing::info;
 use super::{AdminError, Answer, Result, St, blocking, parse_day};
 use crate::util::now_ms;
 
+/// `GET /admin/stats`.
 #[derive(Deserialize)]
 pub struct StatsQuery {
     /// First day, `YYYY-MM-DD` (default: `days` before `to`).
@@ -54,6 +55,7 @@ pub async fn audit(st: St) -> Answer {
     Ok(Json(json!(report)))
 }
 
+/// `GET /admin/hits`.
 #[derive(Deserialize)]
 pub struct HitsQuery {
     limit: Option<usize>,

@@ -12,6 +12,7 @@ use tracing::info;
 use super::{AdminError, Answer, Body, Result, St, blocking, parse_day, require};
 use crate::http::AppState;
 
+/// Which orders (list and CSV).
 #[derive(Deserialize)]
 pub struct OrderFilter {
     status: Option<String>,
@@ -53,6 +54,7 @@ async fn select_orders(st: &AppState, f: OrderFilter, default_limit: usize) -> R
     .await
 }
 
+/// The orders a filter selects, newest first (100 unless `limit` says otherwise).
 pub async fn list_orders(st: St, Query(f): Query<OrderFilter>) -> Answer {
     let orders = select_orders(&st, f, 100).await?;
     Ok(Json(json!(orders)))
@@ -113,6 +115,7 @@ fn csv_cell(value: &str) -> String {
     }
 }
 
+/// One order with its events.
 pub async fn show_order(st: St, Path(id): Path<String>) -> Answer {
     let store = st.engine.store();
     let order = store
@@ -123,12 +126,14 @@ pub async fn show_order(st: St, Path(id): Path<String>) -> Answer {
     ))
 }
 
+/// `POST /admin/orders/{id}/refund`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Refund {
     reason: String,
 }
 
+/// Refunds an order in full at its provider and takes its credits back.
 pub async fn refund_order(st: St, Path(id): Path<String>, Body(req): Body<Refund>) -> Answer {
     require(&req.reason, "a reason is required")?;
     use crate::billing::BillingError as B;

@@ -8,6 +8,7 @@ use tracing::info;
 use super::{AdminError, Answer, Body, OptionalBody, St, UidPath, existing_user};
 use crate::util::now_ms;
 
+/// `POST /admin/users/{uid}/tokens`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
@@ -40,12 +41,14 @@ pub async fn create_token(
     ))
 }
 
+/// `POST /admin/tokens/revoke`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
     token: String,
 }
 
+/// Revokes a live token.
 pub async fn revoke_token(st: St, Body(req): Body<Revoke>) -> Answer {
     let store = st.engine.store();
     let revoked = store.revoke_token(req.token.trim(), now_ms())?;

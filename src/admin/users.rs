@@ -13,12 +13,14 @@ use tracing::info;
 use super::{AdminError, Answer, Body, Result, St, UidPath, blocking, existing_user};
 use crate::http::AppState;
 
+/// `POST /admin/users`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     name: String,
 }
 
+/// Creates a user (`201` with the user).
 pub async fn create_user(st: St, Body(req): Body<CreateUser>) -> Result<Response> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
@@ -29,12 +31,14 @@ pub async fn create_user(st: St, Body(req): Body<CreateUser>) -> Result<Response
     Ok((StatusCode::CREATED, Json(json!(user))).into_response())
 }
 
+/// `GET /admin/users/{uid}`.
 #[derive(Deserialize)]
 pub struct ShowQuery {
     /// How many of the newest ledger entries (default 20).
     ledger: Option<usize>,
 }
 
+/// A user with balance, identities, tokens, recent ledger and conversations.
 pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>) -> Answer {
     let store = st.engine.store();
     let user = store.user(uid)?.ok_or_else(|| AdminError::no_user(uid))?;
@@ -80,6 +84,7 @@ fn excerpt(text: &str, max: usize) -> String {
     out
 }
 
+/// `GET /admin/users`: a search with `q`, else a page of every user.
 #[derive(Deserialize)]
 pub struct FindQuery {
     #[serde(default)]
@@ -216,6 +221,7 @@ fn matches(
     Ok(hits)
 }
 
+/// `POST /admin/users/{uid}/ban`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ban {
@@ -225,6 +231,7 @@ pub struct Ban {
     reason: Option<String>,
 }
 
+/// Bans (with a reason) or unbans a user.
 pub async fn ban(st: St, UidPath(uid): UidPath, Body(req): Body<Ban>) -> Answer {
     let reason = req
         .reason
@@ -240,6 +247,7 @@ pub async fn ban(st: St, UidPath(uid): UidPath, Body(req): Body<Ban>) -> Answer 
     Ok(Json(json!(user)))
 }
 
+/// `POST /admin/users/{uid}/identities`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
@@ -252,6 +260,7 @@ fn parse_key(raw: &str) -> Result<UserKey> {
         .map_err(|e| AdminError::bad_request(format!("{e}")))
 }
 
+/// Binds a platform identity to a user (taking it from its previous owner).
 pub async fn link_identity(st: St, UidPath(uid): UidPath, Body(req): Body<Link>) -> Answer {
     let key = parse_key(&req.key)?;
     let store = st.engine.store();
@@ -263,6 +272,7 @@ pub async fn link_identity(st: St, UidPath(uid): UidPath, Body(req): Body<Link>)
     ))
 }
 
+/// Detaches a platform identity from the user who owns it.
 pub async fn unlink_identity(
     st: St,
     UidPath(uid): UidPath,
@@ -287,6 +297,7 @@ pub async fn unlink_identity(
     ))
 }
 
+/// `POST /admin/users/{uid}/groups`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Groups {

@@ -12,6 +12,7 @@ use super::{AdminError, Answer, Body, Result, St, require};
 use crate::http::AppState;
 use crate::zsxq::ZsxqGroup;
 
+/// Every zsxq group with its state.
 pub async fn zsxq_list(st: St) -> Answer {
     let today = crate::zsxq::today(&st.engine);
     let groups: Vec<_> = st
@@ -40,12 +41,14 @@ pub async fn set_paused(st: St, Path(id): Path<String>, paused: bool) -> Answer 
     Ok(Json(json!({"paused": paused})))
 }
 
+/// `POST /admin/zsxq/{id}/token`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZsxqToken {
     access_token: String,
 }
 
+/// Replaces a group's access token; polling resumes.
 pub async fn zsxq_token(st: St, Path(id): Path<String>, Body(req): Body<ZsxqToken>) -> Answer {
     require(&req.access_token, "access_token is empty")?;
     zsxq_group(&st, &id)?.set_token(req.access_token.trim());
