@@ -29,14 +29,16 @@
 //! - [`zsxq`]: polls zsxq groups and answers their questions once.
 //! - [`telegram`]: Telegram bots (long polling or webhook), answers streamed by edits.
 //! - [`web`]: the embedded chat page and its bootstrap APIs.
-//! - [`admin_cli`]: `chatrelay admin ...`, a client of the admin API.
+//! - [`admin`]: the admin API under `/admin`, its routes by resource (users, credits, tokens,
+//!   orders, zsxq, ops) behind one auth layer, and its client `chatrelay admin ...`
+//!   ([`admin::cli`]: commands, HTTP client, renderers), both built from [`admin::paths`].
 //!
 //! Wire protocols live in the `connectors/*` crates and storage in `chatrelay-storage`;
 //! this crate holds the business rules and the wiring.
 
 #![forbid(unsafe_code)]
 
-pub mod admin_cli;
+pub mod admin;
 pub mod alerts;
 pub mod app;
 pub mod auth;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chatrelay::admin_cli::{self, AdminCommand};
+use chatrelay::admin::cli::{self as admin_cli, AdminCommand};
 use chatrelay::app::{self, App};
 use chatrelay::config::{self, Config};
 use clap::{Parser, Subcommand};

@@ -7,7 +7,6 @@
 //! requests in flight are limited ([`limits`]); errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
-pub mod admin;
 pub mod api;
 pub mod limits;
 pub mod mp;
@@ -115,7 +114,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::web::routes(page))
         .merge(v1::routes())
-        .merge(admin::routes())
+        .merge(crate::admin::routes(state.clone()))
         .merge(api::routes())
         .merge(mp::routes())
         .merge(pay::routes())

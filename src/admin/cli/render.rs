@@ -1,0 +1,598 @@
+//! The admin CLI's output for people: tables and short summaries of the API's JSON, one
+//! renderer per command ([`human`]); `--json` prints the JSON itself ([`pretty`]).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::commands::{AdminCommand, OrderCommand, TokenCommand, UserCommand, ZsxqCommand};
+
+/// How an API answer is shown to a person.
+#[derive(Clone, Copy)]
+pub enum Render {
+    /// A table with a row per element of the answer (a list).
+    Table(Table),
+    /// Made from the whole answer.
+    With(fn(&Value) -> String),
+}
+
+impl Render {
+    /// The answer for a person.
+    #[must_use]
+    pub fn show(self, v: &Value) -> String {
+        match self {
+            Render::Table(columns) => table_of(rows_of(v), columns),
+            Render::With(make) => make(v),
+        }
+    }
+}
+
+/// How to show `command`'s answer to a person.
+#[must_use]
+pub fn human(command: &AdminCommand) -> Render {
+    use Render::{Table as T, With as W};
+    match command {
+        AdminCommand::User(c) => match c {
+            UserCommand::List { .. } => W(render_user_page),
+            UserCommand::Find { .. } => W(render_users),
+            UserCommand::Create { .. } => W(|v| v["uid"].to_string()),
+            UserCommand::Show { .. } => W(render_user),
+            UserCommand::Ban { .. } => {
+                W(|v| format!("user {} banned: {}", v["uid"], text(&v["ban_reason"])))
+            }
+            UserCommand::Unban { .. } => W(|v| format!("user {} unbanned", v["uid"])),
+            UserCommand::Link { .. } => W(render_link),
+            UserCommand::Group { .. } => {
+                W(|v| format!("user {} groups: {}", v["uid"], list(&v["groups"])))
+            }
+            UserCommand::Unlink { .. } => {
+                W(|v| format!("{} unlinked from user {}", text(&v["key"]), v["uid"]))
+            }
+        },
+        AdminCommand::Grant(_) | AdminCommand::Revoke(_) => W(render_entry),
+        AdminCommand::Token(TokenCommand::Create { .. }) => W(|v| text(&v["token"])),
+        AdminCommand::Token(TokenCommand::Revoke { .. }) => W(|_| "revoked".to_owned()),
+        AdminCommand::Audit => W(render_audit),
+        AdminCommand::Order(c) => match c {
+            OrderCommand::List { .. } => T(ORDER_COLUMNS),
+            OrderCommand::Export { .. } => {
+                W(|v| format!("{} orders written to {}", v["orders"], text(&v["file"])))
+            }
+            OrderCommand::Show { .. } => W(render_order),
+            OrderCommand::Refund { .. } => W(render_refund),
+        },
+        AdminCommand::Stats { .. } => W(render_stats),
+        AdminCommand::Zsxq(c) => match c {
+            ZsxqCommand::List => T(ZSXQ_COLUMNS),
+            ZsxqCommand::Pause { .. } => W(|_| "paused".to_owned()),
+            ZsxqCommand::Resume { .. } => W(|_| "resumed".to_owned()),
+            ZsxqCommand::Token { .. } => W(|_| "token replaced; polling resumes".to_owned()),
+        },
+        AdminCommand::Hits { .. } => T(HIT_COLUMNS),
+        AdminCommand::Upstreams => W(render_upstreams),
+        AdminCommand::Reload => W(render_reload),
+        AdminCommand::Backup { .. } => W(|v| text(&v["summary"])),
+    }
+}
+
+fn render_link(v: &Value) -> String {
+    match v["previous_uid"].as_u64() {
+        Some(p) => format!(
+            "{} linked to user {} (was user {p})",
+            text(&v["key"]),
+            v["uid"]
+        ),
+        None => format!("{} linked to user {}", text(&v["key"]), v["uid"]),
+    }
+}
+
+fn render_refund(v: &Value) -> String {
+    format!(
+        "order {} refunded; {} credits taken back",
+        text(&v["order"]["id"]),
+        v["debit"]["paid_delta"]
+            .as_i64()
+            .unwrap_or(0)
+            .unsigned_abs()
+    )
+}
+
+/// The API's JSON, indented.
+pub fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// A JSON value as plain text (strings without quotes, null as empty).
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Milliseconds since the epoch as local-free `YYYY-MM-DD HH:MM` (UTC+8, the product's
+/// users' time; the JSON keeps the exact value).
+fn time(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .zip(chrono::FixedOffset::east_opt(8 * 3600))
+        .map(|(t, tz)| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+/// Fen as yuan.
+fn yuan(v: &Value) -> String {
+    crate::util::yuan(v.as_i64().unwrap_or(0))
+}
+
+/// Columns a terminal gives a character: two for CJK and other wide characters.
+fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            let u = u32::from(c);
+            let wide = matches!(u,
+                0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
+                | 0x4E00..=0x9FFF | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
+                | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F
+                | 0x1F900..=0x1F9FF | 0x20000..=0x3FFFD);
+            if wide { 2 } else { 1 }
+        })
+        .sum()
+}
+
+/// Cuts `s` to at most `max` columns, with an ellipsis when cut.
+fn fit(s: &str, max: usize) -> String {
+    let one_line = s.replace(['\n', '\r', '\t'], " ");
+    if width(&one_line) <= max {
+        return one_line;
+    }
+    let mut out = String::new();
+    let mut w = 0;
+    for c in one_line.chars() {
+        let cw = width(c.encode_utf8(&mut [0; 4]));
+        if w + cw + 1 > max {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out
+}
+
+/// A table with a header row, columns padded to their widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return "(none)".to_owned();
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(width(cell));
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(width(cell));
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn rows_of(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+/// How a table cell is made from a row (a JSON object).
+#[derive(Clone, Copy)]
+pub enum Cell<'a> {
+    /// A field as text.
+    Text(&'a str),
+    /// A field as text, cut to this many columns.
+    Fit(&'a str, usize),
+    /// A field in milliseconds as a time.
+    Time(&'a str),
+    /// A field in fen as yuan.
+    Yuan(&'a str),
+    /// The sum of the numbers in a field's object, or in a member of it.
+    Sum(&'a str, Option<&'a str>),
+    /// Made from the whole row.
+    With(fn(&Value) -> String),
+}
+
+use Cell::{Fit, Sum, Text, Time, With, Yuan};
+
+impl Cell<'_> {
+    fn of(self, row: &Value) -> String {
+        match self {
+            Text(f) => text(&row[f]),
+            Fit(f, max) => fit(&text(&row[f]), max),
+            Time(f) => time(&row[f]),
+            Yuan(f) => yuan(&row[f]),
+            Sum(f, member) => {
+                let v = member.map_or(&row[f], |m| &row[f][m]);
+                let sum: u64 = v
+                    .as_object()
+                    .map_or(0, |o| o.values().filter_map(Value::as_u64).sum());
+                sum.to_string()
+            }
+            With(make) => make(row),
+        }
+    }
+}
+
+/// A table's columns: a header and a cell each.
+pub type Table = &'static [(&'static str, Cell<'static>)];
+
+/// A table with a row per element of `rows` and a column per `(header, cell)`.
+fn table_of<H: AsRef<str>>(rows: &[Value], columns: &[(H, Cell)]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| h.as_ref()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|(_, c)| c.of(row)).collect())
+        .collect();
+    table(&headers, &cells)
+}
+
+/// `yes` when the row's `field` is true, else `no`.
+fn flag(row: &Value, field: &str, yes: &str, no: &str) -> String {
+    if row[field].as_bool() == Some(true) {
+        yes
+    } else {
+        no
+    }
+    .to_owned()
+}
+
+/// `template` with each `{field}` replaced by the row's field as text, `{field:time}` as a
+/// time, `{field:yuan}` as yuan.
+fn fields(row: &Value, template: &str) -> String {
+    crate::admin::paths::substitute(template, |spec| {
+        let (field, how) = spec.split_once(':').unwrap_or((spec, ""));
+        match how {
+            "time" => time(&row[field]),
+            "yuan" => yuan(&row[field]),
+            _ => text(&row[field]),
+        }
+    })
+}
+
+/// A list of strings as `a, b`, or `(none)`.
+fn list(v: &Value) -> String {
+    let items: Vec<String> = rows_of(v).iter().map(text).collect();
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The first columns of a user's row: uid, name, available and paid credits, then `more`.
+fn user_columns(more: &[(&'static str, Cell<'static>)]) -> Vec<(&'static str, Cell<'static>)> {
+    let mut columns = vec![
+        ("UID", Text("uid")),
+        ("NAME", Fit("name", 24)),
+        ("AVAILABLE", Text("available")),
+        ("PAID", Text("paid")),
+    ];
+    columns.extend_from_slice(more);
+    columns
+}
+
+/// A user's identities in one table cell.
+fn identities_cell(u: &Value) -> String {
+    fit(
+        &u["identities"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        60,
+    )
+}
+
+fn render_user_page(v: &Value) -> String {
+    let last_active = |u: &Value| match &u["last_active_ms"] {
+        Value::Null => "-".to_owned(),
+        t => time(t),
+    };
+    let columns = user_columns(&[
+        ("LAST ACTIVE", With(last_active)),
+        ("", With(|u| flag(u, "banned", "banned", ""))),
+        ("IDENTITIES", With(identities_cell)),
+    ]);
+    let rows = rows_of(&v["users"]);
+    let total = v["total"].as_u64().unwrap_or(0);
+    let offset = v["offset"].as_u64().unwrap_or(0);
+    let shown = rows.len() as u64;
+    let mut out = table_of(rows, &columns);
+    let _ = write!(
+        out,
+        "\nusers {}–{} of {total}, by {}",
+        if shown == 0 { offset } else { offset + 1 },
+        offset + shown,
+        text(&v["sort"])
+    );
+    if offset + shown < total {
+        let _ = write!(out, " (next page: --offset {})", offset + shown);
+    }
+    out.push('\n');
+    out
+}
+
+fn render_users(v: &Value) -> String {
+    let status = |u: &Value| match u["banned"].as_bool() {
+        Some(true) => format!("banned: {}", fit(&text(&u["ban_reason"]), 30)),
+        _ => String::new(),
+    };
+    let columns = user_columns(&[
+        ("STATUS", With(status)),
+        ("IDENTITIES", With(identities_cell)),
+        ("MATCHED", Text("matched")),
+    ]);
+    table_of(rows_of(v), &columns)
+}
+
+/// A user's tokens: never the token itself, only the start of its hash.
+#[rustfmt::skip]
+const TOKEN_COLUMNS: Table = &[
+    ("HASH", With(|t| format!("{}…", text(&t["hash_prefix"])))), ("LABEL", Fit("label", 20)),
+    ("CREATED", Time("created_at_ms")), ("EXPIRES", Time("expires_at_ms")),
+    ("STATE", With(|t| flag(t, "revoked", "revoked", "live"))),
+];
+
+fn render_user(v: &Value) -> String {
+    let u = &v["user"];
+    let b = &v["balance"];
+    let mut out = fields(u, "user {uid}  {name}  (since {created_at_ms:time})\n");
+    if u["banned"].as_bool() == Some(true) {
+        let _ = writeln!(out, "BANNED: {}", text(&u["ban_reason"]));
+    }
+    out.push_str(&fields(
+        b,
+        "credits: {available} available = {free_left} free today + {paid} paid \
+         ({held} held by answers in progress)\n",
+    ));
+    let _ = writeln!(out, "identities: {}", list(&v["identities"]));
+    let tokens = table_of(rows_of(&v["tokens"]), TOKEN_COLUMNS);
+    let _ = write!(out, "\ntokens:\n{tokens}\n");
+    let _ = write!(out, "\nrecent ledger:\n{}\n", render_ledger(&v["ledger"]));
+    let conversations = rows_of(&v["conversations"]);
+    if !conversations.is_empty() {
+        out.push_str("\nrecent conversations:\n");
+    }
+    for c in conversations {
+        let _ = writeln!(
+            out,
+            "  {} ({} turns kept)",
+            text(&c["key"]),
+            text(&c["turns"])
+        );
+        for t in rows_of(&c["recent"]) {
+            let (at, role) = (time(&t["at_ms"]), text(&t["role"]));
+            let _ = writeln!(out, "    {at} {role:>9}: {}", fit(&text(&t["content"]), 90));
+        }
+    }
+    out
+}
+
+#[rustfmt::skip]
+const LEDGER_COLUMNS: Table = &[
+    ("SEQ", Text("seq")), ("TIME", Time("at_ms")), ("KIND", Text("kind")),
+    ("FREE", Text("free_delta")), ("PAID", Text("paid_delta")), ("PAID AFTER", Text("paid_after")),
+    ("REASON", Fit("reason", 30)), ("REFERENCE", Fit("reference", 30)),
+];
+
+fn render_ledger(v: &Value) -> String {
+    table_of(rows_of(v), LEDGER_COLUMNS)
+}
+
+fn render_entry(v: &Value) -> String {
+    format!(
+        "user {}: paid credits {:+} → {} (ledger #{}, reference {})",
+        text(&v["uid"]),
+        v["paid_delta"].as_i64().unwrap_or(0),
+        text(&v["paid_after"]),
+        text(&v["seq"]),
+        text(&v["reference"])
+    )
+}
+
+fn render_audit(v: &Value) -> String {
+    let mismatches = rows_of(&v["mismatches"]);
+    let mut out = fields(
+        v,
+        "{users} users, {ledger_entries} ledger entries, {open_reservations} open reservations; \
+         {total_paid} paid credits in balances ({total_held} held)\n",
+    );
+    if mismatches.is_empty() {
+        out.push_str("OK: every ledger sums to its balance");
+    } else {
+        let _ = writeln!(out, "MISMATCHES ({}):", mismatches.len());
+        for m in mismatches {
+            let _ = writeln!(out, "  {m}");
+        }
+    }
+    out
+}
+
+#[rustfmt::skip]
+const ORDER_COLUMNS: Table = &[
+    ("ORDER", Text("id")), ("UID", Text("uid")), ("PRODUCT", Fit("product_name", 20)),
+    ("CHANNEL", Text("channel")), ("YUAN", Yuan("amount_fen")), ("CREDITS", Text("credits")), ("STATUS", Text("status")),
+    ("CREATED", Time("created_at_ms")), ("PAID", Time("credited_at_ms")),
+];
+
+#[rustfmt::skip]
+const EVENT_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("EVENT", Text("kind")), ("DETAIL", Fit("detail", 80)),
+];
+
+fn render_order(v: &Value) -> String {
+    let o = &v["order"];
+    let mut out = fields(
+        o,
+        "order {id}  user {uid}  {product_name} ({credits} credits)  {amount_fen:yuan} yuan by \
+         {channel}  status {status}\ncreated {created_at_ms:time}  paid {credited_at_ms:time}  \
+         provider trade no {provider_trade_no}\n\nhistory:\n",
+    );
+    out.push_str(&table_of(rows_of(&v["events"]), EVENT_COLUMNS));
+    out
+}
+
+fn render_stats(v: &Value) -> String {
+    let mut platforms: Vec<String> = Vec::new();
+    for day in rows_of(v) {
+        if let Some(m) = day["messages"].as_object() {
+            for p in m.keys() {
+                if !platforms.contains(p) {
+                    platforms.push(p.clone());
+                }
+            }
+        }
+    }
+    platforms.sort();
+    let mut columns: Vec<(String, Cell)> = vec![
+        ("DAY".into(), Text("date")),
+        ("ACTIVE".into(), Text("active_users")),
+        ("MESSAGES".into(), Text("messages_total")),
+    ];
+    for p in &platforms {
+        columns.push((p.to_uppercase(), Sum("messages", Some(p))));
+    }
+    columns.extend(
+        [
+            ("PROMPT TOK", Sum("prompt_tokens", None)),
+            ("ANSWER TOK", Sum("completion_tokens", None)),
+            ("CREDITS", Text("credits_charged")),
+            ("LLM COST ¥", Yuan("llm_cost_fen")),
+            ("ORDERS", Text("orders_paid")),
+            ("REVENUE ¥", Yuan("revenue_fen")),
+            ("REFUNDS ¥", Yuan("refunds_fen")),
+        ]
+        .map(|(h, c)| (h.to_owned(), c)),
+    );
+    table_of(rows_of(v), &columns)
+}
+
+/// A zsxq group's state: an expired token first, it stops everything.
+fn zsxq_state(g: &Value) -> String {
+    if g["token_expired"].as_bool() == Some(true) {
+        "TOKEN EXPIRED".to_owned()
+    } else {
+        flag(g, "paused", "paused", "polling")
+    }
+}
+
+#[rustfmt::skip]
+const ZSXQ_COLUMNS: Table = &[
+    ("ID", Text("id")), ("GROUP", Text("group_id")), ("STATE", With(zsxq_state)),
+    ("LAST POLL", Time("last_poll_ms")), ("TODAY", Text("answered_today")), ("SINCE START", Text("answered_since_start")),
+    ("PAYER UID", Text("payer_uid")), ("LAST ERROR", Fit("last_error", 50)),
+];
+
+#[rustfmt::skip]
+const HIT_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("UID", Text("uid")), ("SCOPE", Text("scope")), ("DIR", Text("direction")),
+    ("RULE", Text("rule")), ("WORD", Fit("word", 16)), ("EXCERPT", Fit("excerpt", 60)),
+];
+
+/// What the error rate and latency of an upstream look like.
+fn error_rate(u: &Value) -> String {
+    format!(
+        "{:.0}%",
+        u["recent_error_rate"].as_f64().unwrap_or(0.0) * 100.0
+    )
+}
+
+fn latency(u: &Value) -> String {
+    u["latency_ms"]
+        .as_u64()
+        .map_or_else(String::new, |ms| format!("{ms} ms"))
+}
+
+#[rustfmt::skip]
+const UPSTREAM_COLUMNS: Table = &[
+    ("UPSTREAM", Text("id")), ("STATE", Text("state")), ("REQUESTS", Text("requests_total")), ("ERRORS", Text("errors_total")),
+    ("RECENT ERR", With(error_rate)), ("LATENCY", With(latency)),
+    ("LAST ERROR AT", Time("last_error_at_ms")), ("LAST ERROR", Fit("last_error", 60)),
+];
+
+fn render_upstreams(v: &Value) -> String {
+    if rows_of(v).is_empty() {
+        return "no upstreams (the offline demo answers)".to_owned();
+    }
+    table_of(rows_of(v), UPSTREAM_COLUMNS)
+}
+
+fn render_reload(v: &Value) -> String {
+    format!(
+        "configuration reloaded from {}\napplied: {}\nneeds a restart (old values kept): {}",
+        v["file"].as_str().unwrap_or("(built-in defaults)"),
+        list(&v["applied"]),
+        list(&v["restart_needed"])
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_wide_characters() {
+        let t = table(
+            &["A", "NAME"],
+            &[
+                vec!["1".into(), "小明".into()],
+                vec!["22".into(), "bob".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A   NAME");
+        assert_eq!(lines[1], "1   小明");
+        assert_eq!(lines[2], "22  bob");
+        assert_eq!(table(&["A"], &[]), "(none)");
+    }
+
+    #[test]
+    fn fit_cuts_by_columns_not_bytes() {
+        assert_eq!(fit("你好世界", 8), "你好世界");
+        assert_eq!(fit("你好世界", 7), "你好世…");
+        assert_eq!(fit("line\nbreak", 20), "line break");
+    }
+
+    #[test]
+    fn stats_table_has_a_column_per_platform() {
+        let v = json!([{
+            "date": "2026-11-27", "active_users": 3, "messages_total": 5,
+            "messages": {"mp": {"answered": 4}, "tg": {"answered": 1}},
+            "prompt_tokens": {"m": 10}, "completion_tokens": {"m": 20},
+            "credits_charged": 7, "llm_cost_fen": 150, "orders_paid": 1,
+            "revenue_fen": 990, "refunds_fen": 0
+        }]);
+        let t = render_stats(&v);
+        assert!(t.lines().next().unwrap().contains("MP  TG"), "{t}");
+        assert!(t.contains("2026-11-27"), "{t}");
+        assert!(t.contains("9.90"), "{t}");
+        assert!(t.contains("1.50"), "{t}");
+    }
+}

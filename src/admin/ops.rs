@@ -1,0 +1,161 @@
+//! Operations: per-day figures, the ledger audit, backups, configuration reloads,
+//! content-rule hits and LLM upstream health.
+
+use axum::Json;
+use axum::extract::Query;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chatrelay_storage::{BackupSummary, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{AdminError, Answer, Result, St, blocking, parse_day};
+use crate::util::now_ms;
+
+/// `GET /admin/stats`.
+#[derive(Deserialize)]
+pub struct StatsQuery {
+    /// First day, `YYYY-MM-DD` (default: `days` before `to`).
+    from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (default: today).
+    to: Option<String>,
+    /// How many days up to `to` when `from` is not given (default 7).
+    days: Option<u32>,
+}
+
+/// Per-day figures: active users, messages by platform, tokens, LLM cost, revenue.
+pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
+    let s = st.engine.settings();
+    let to = parse_day("to", &q.to)?.unwrap_or_else(|| s.today());
+    let from = match parse_day("from", &q.from)? {
+        Some(f) => f,
+        None => to - i64::from(q.days.unwrap_or(7).clamp(1, 366)) + 1,
+    };
+    if from > to || to - from > 366 {
+        return Err(AdminError::bad_request(
+            "give at most 366 days, from before to",
+        ));
+    }
+    let engine = st.engine.clone();
+    let report = blocking(move || {
+        // What is still in memory belongs in the figures.
+        engine.stats().flush(engine.store())?;
+        let days: Vec<i64> = (from..=to).collect();
+        crate::stats::report(engine.store(), &days, &s.models, s.tz_offset_secs)
+    })
+    .await?;
+    Ok(Json(json!(report)))
+}
+
+/// Checks that every user's ledger sums to their balance.
+pub async fn audit(st: St) -> Answer {
+    let store = st.engine.store().clone();
+    let report = blocking(move || store.audit()).await?;
+    Ok(Json(json!(report)))
+}
+
+/// `GET /admin/hits`.
+#[derive(Deserialize)]
+pub struct HitsQuery {
+    limit: Option<usize>,
+    uid: Option<u64>,
+}
+
+/// Content-rule hits, newest first: who, where, which rule, what.
+pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
+    let store = st.engine.store().clone();
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    let hits = blocking(move || {
+        store
+            .checkpoints_with_prefix(crate::bot::HIT_PREFIX)
+            .map(|all| {
+                all.into_iter()
+                    .rev()
+                    .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+                    .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
+                    .take(limit)
+                    .collect::<Vec<_>>()
+            })
+    })
+    .await?;
+    Ok(Json(json!(hits)))
+}
+
+/// Each LLM upstream's health: requests, errors, latency, state.
+pub async fn upstreams(st: St) -> Answer {
+    Ok(Json(json!(st.engine.llm().health())))
+}
+
+/// Reads the configuration file again and applies it (like SIGHUP). An invalid file is
+/// refused with every problem listed, and the running configuration stays.
+pub async fn reload(st: St) -> Response {
+    let (error, problems) = match st.live.reload().await {
+        Ok(report) => return Json(json!(report)).into_response(),
+        Err(crate::reload::ReloadError::Invalid(e)) => (
+            "the new configuration is invalid; the running one stays",
+            e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ),
+        Err(e) => (
+            "the new configuration cannot be applied; the running one stays",
+            vec![e.to_string()],
+        ),
+    };
+    let body = json!({"error": error, "problems": problems});
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
+/// Streams a consistent snapshot of the database: it is written to a temporary file (writers
+/// wait only the instant the snapshot starts, see `Store::export_backup`), then sent.
+pub async fn backup(st: St) -> Result<Response> {
+    let store = st.engine.store().clone();
+    let dir = st.parts().config.storage.path.join("backups");
+    let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
+    let tmp = path.clone();
+    let summary = blocking(move || write_backup(&store, &dir, &tmp)).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| AdminError::internal(e.to_string()))?;
+    // The open file keeps its data; the name can go now.
+    let _ = tokio::fs::remove_file(&path).await;
+    info!(
+        records = summary.records,
+        bytes = summary.bytes,
+        "admin: backup taken"
+    );
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut res = body.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&summary.records.to_string()) {
+        h.insert("x-backup-records", v);
+    }
+    Ok(res)
+}
+
+/// Writes the snapshot to `tmp` in `dir`; a failed export leaves nothing behind.
+fn write_backup(
+    store: &chatrelay_storage::Store,
+    dir: &std::path::Path,
+    tmp: &std::path::Path,
+) -> Result<BackupSummary> {
+    let failed = |e: &dyn std::fmt::Display| AdminError::internal(format!("backup failed: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+    let file = std::fs::File::create(tmp).map_err(|e| failed(&e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let written = match store.export_backup(&mut out, now_ms()) {
+        // Not for this store (PostgreSQL): the store's own words, and its status.
+        Err(e @ StoreError::Unsupported(_)) => Err(AdminError::from(e)),
+        Err(e) => Err(failed(&e)),
+        Ok(summary) => std::io::Write::flush(&mut out)
+            .map(|()| summary)
+            .map_err(|e| failed(&e)),
+    };
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
