@@ -71,12 +71,7 @@ pub const HIT_PREFIX: &str = "hit:";
 fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
     let k = s.keywords.find(text, scope)?;
     metrics::counter!("chatrelay_keyword_replies_total", "rule" => k.id.to_owned()).increment(1);
-    Some(ReplyEvent::Final {
-        text: k.reply.into_owned(),
-        usage: None,
-        charged: 0,
-        images: Vec::new(),
-    })
+    Some(free_answer(k.reply.into_owned()))
 }
 
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
@@ -339,6 +334,17 @@ fn outcome_label(event: &ReplyEvent) -> &'static str {
     }
 }
 
+/// A free answer: `text`, nothing charged.
+fn free_answer(text: String) -> ReplyEvent {
+    ReplyEvent::Final {
+        text,
+        usage: None,
+        charged: 0,
+        images: Vec::new(),
+    }
+}
+
+/// A failed message: `kind`, with `message` for the user.
 fn failed(kind: FailureKind, message: impl Into<String>) -> ReplyEvent {
     ReplyEvent::Failed {
         kind,

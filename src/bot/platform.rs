@@ -147,18 +147,11 @@ impl Engine {
         model: &ModelConfig,
     ) -> Result<Vec<serde_json::Value>, ReplyEvent> {
         if !model.vision {
-            return Err(ReplyEvent::Final {
-                text: fill(
-                    &s.texts.image_unsupported,
-                    &[(
-                        "command",
-                        &s.commands.model.first().cloned().unwrap_or_default(),
-                    )],
-                ),
-                usage: None,
-                charged: 0,
-                images: Vec::new(),
-            });
+            let command = s.commands.model.first().cloned().unwrap_or_default();
+            return Err(free_answer(fill(
+                &s.texts.image_unsupported,
+                &[("command", &command)],
+            )));
         }
         let mut parts = Vec::new();
         for url in inbound.images.iter().take(MAX_PICTURES) {
