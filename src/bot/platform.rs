@@ -8,15 +8,9 @@ impl Engine {
     pub(super) async fn answer_platform(&self, inbound: Inbound, sink: &Sink) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
-        let uid = match inner
-            .store
-            .resolve_identity(&inbound.key, inbound.display_name.as_deref())
-        {
+        let uid = match self.user_of(&s, &inbound) {
             Ok(uid) => uid,
-            Err(e) => {
-                warn!(error = %e, "resolving the user failed");
-                return failed(FailureKind::Unavailable, &s.texts.unavailable);
-            }
+            Err(refused) => return refused,
         };
         let conversation = inbound.key.to_string();
         let mut watch = Watch {
@@ -40,18 +34,12 @@ impl Engine {
             Ok(chosen) => chosen,
             Err(refused) => return refused,
         };
-        let mut question = inbound.text.trim().to_owned();
-        let mut picture_parts = Vec::new();
-        if !inbound.images.is_empty() {
-            picture_parts = match self.picture_parts(&s, &inbound, &model).await {
-                Ok(parts) => parts,
-                Err(refused) => return refused,
-            };
-            if question.is_empty() {
-                question = s.texts.image_question.clone();
-            }
-            watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
-        }
+        let (question, picture_parts) = match self.question_and_pictures(&s, &inbound, &model).await
+        {
+            Ok(asked) => asked,
+            Err(refused) => return refused,
+        };
+        watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
         let messages =
             self.platform_prompt(&s, &inbound, uid, &watch.scope, &question, picture_parts);
         let req = LlmRequest {
@@ -71,6 +59,36 @@ impl Engine {
             self.remember_turn(&s, &inbound, &question, text);
         }
         event
+    }
+
+    /// The user who sent a message (created on first contact).
+    fn user_of(&self, s: &Settings, inbound: &Inbound) -> Result<Uid, ReplyEvent> {
+        self.inner
+            .store
+            .resolve_identity(&inbound.key, inbound.display_name.as_deref())
+            .map_err(|e| {
+                warn!(error = %e, "resolving the user failed");
+                failed(FailureKind::Unavailable, &s.texts.unavailable)
+            })
+    }
+
+    /// The question (a picture alone asks the configured picture question) and the pictures
+    /// the message carries, as the model's parts.
+    async fn question_and_pictures(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        model: &ModelConfig,
+    ) -> Result<(String, Vec<serde_json::Value>), ReplyEvent> {
+        let question = inbound.text.trim().to_owned();
+        if inbound.images.is_empty() {
+            return Ok((question, Vec::new()));
+        }
+        let parts = self.picture_parts(s, inbound, model).await?;
+        if question.is_empty() {
+            return Ok((s.texts.image_question.clone(), parts));
+        }
+        Ok((question, parts))
     }
 
     /// What a message gets instead of the model's answer, if anything: a refusal (ban, rate
