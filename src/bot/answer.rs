@@ -3,202 +3,277 @@
 
 use super::*;
 
+/// One metered call between its reservation and its settling.
+struct Call<'a> {
+    s: &'a Settings,
+    model: &'a ModelConfig,
+    watch: &'a Watch,
+    reservation: ReservationId,
+    /// The prompt's estimated tokens (charged when the upstream reports no usage).
+    prompt_est: u64,
+    started: Instant,
+}
+
+/// What the reader has been sent of an answer so far, and the usage the upstream reported.
+#[derive(Default)]
+struct Received {
+    text: String,
+    usage: Option<Usage>,
+}
+
 impl Engine {
     /// Reserve → call → settle. Returns the terminal event; deltas went to `sink`.
     pub(super) async fn run_llm(
         &self,
         uid: Uid,
         model: &ModelConfig,
-        req: LlmRequest,
+        mut req: LlmRequest,
         reference: &str,
         sink: &Sink,
         watch: &Watch,
     ) -> ReplyEvent {
-        let inner = &self.inner;
         let s = self.settings();
-        let mut output_check = (!s.filter.is_empty()).then(|| s.filter.stream(&watch.scope));
+        let (call, budget) = match self.reserve_call(&s, uid, model, &mut req, reference, watch) {
+            Ok(ready) => ready,
+            Err(refused) => return refused,
+        };
+        let mut got = Received::default();
+        let outcome = self.stream_answer(&call, req, budget, sink, &mut got).await;
+        metrics::histogram!("chatrelay_llm_seconds").record(call.started.elapsed().as_secs_f64());
+
+        match outcome {
+            Ok(()) => self.settle_answered(&call, got).await,
+            Err(Ending::Cut(hit)) => self.settle_cut(&call, sink, &hit, got.text).await,
+            Err(Ending::Cancelled) if !got.text.is_empty() && sink.delivers_pieces() => {
+                self.settle_stopped(&call, &got.text).await
+            }
+            Err(ending) => self.settle_unanswered(&call, &ending, got.text.len()),
+        }
+    }
+
+    /// Caps the answer at what is reserved for and reserves its estimated price; returns the
+    /// call and the token budget its stream is cut at.
+    fn reserve_call<'a>(
+        &self,
+        s: &'a Settings,
+        uid: Uid,
+        model: &'a ModelConfig,
+        req: &mut LlmRequest,
+        reference: &str,
+        watch: &'a Watch,
+    ) -> Result<(Call<'a>, Option<u64>), ReplyEvent> {
         let prompt_est: u64 = req
             .messages
             .iter()
             .map(|m| quota::estimate_tokens(&m.text()))
             .sum();
-        let mut req = req;
         // The upstream is asked for exactly the answer length reserved for; for a per-token
         // price that is never more than the payer's credits cover.
-        let (limit, budget) = match self.answer_limit(&s, uid, model, prompt_est, watch, &req) {
-            Ok(limits) => limits,
-            Err(refused) => return refused,
-        };
-        let mut written = quota::TokenCount::default();
+        let (limit, budget) = self.answer_limit(s, uid, model, prompt_est, watch, req)?;
         req.max_completion_tokens = limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
         let max_completion = req.max_completion_tokens.map(u64::from);
         let estimate =
             quota::estimate_cost(model, prompt_est, max_completion).saturating_add(watch.surcharge);
-        let reservation = match self.reserve(&s, uid, estimate, reference) {
-            Ok(id) => id,
-            Err(refused) => return refused,
+        let reservation = self.reserve(s, uid, estimate, reference)?;
+        let call = Call {
+            s,
+            model,
+            watch,
+            reservation,
+            prompt_est,
+            started: Instant::now(),
         };
-        // A reader that leaves while the server shuts down was sent away by the server.
-        let left = || {
-            if inner.shutdown.is_cancelled() {
-                Ending::Shutdown
-            } else {
-                Ending::Cancelled
-            }
-        };
+        Ok((call, budget))
+    }
 
-        let started = Instant::now();
+    /// How a reader leaving ended the answer: one that leaves while the server shuts down was
+    /// sent away by the server.
+    fn reader_left(&self) -> Ending {
+        if self.inner.shutdown.is_cancelled() {
+            Ending::Shutdown
+        } else {
+            Ending::Cancelled
+        }
+    }
+
+    /// Streams the upstream's answer into `sink` (and `got`), checked by the output content
+    /// rules and cut at `budget` tokens; `Ok` when the answer ended normally.
+    async fn stream_answer(
+        &self,
+        call: &Call<'_>,
+        req: LlmRequest,
+        budget: Option<u64>,
+        sink: &Sink,
+        got: &mut Received,
+    ) -> Result<(), Ending> {
+        let inner = &self.inner;
+        let filter = &call.s.filter;
+        let mut output_check = (!filter.is_empty()).then(|| filter.stream(&call.watch.scope));
+        let mut written = quota::TokenCount::default();
         let llm = self.llm();
-        let mut text = String::new();
-        let mut usage: Option<Usage> = None;
-        let outcome: Result<(), Ending> = async {
-            let mut stream = tokio::select! {
+        let mut stream = tokio::select! {
+            biased;
+            () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
+            () = sink.closed() => return Err(self.reader_left()),
+            r = llm.stream(req) => r.map_err(Ending::Upstream)?,
+        };
+        loop {
+            let item = tokio::select! {
                 biased;
                 () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
-                () = sink.closed() => return Err(left()),
-                r = llm.stream(req) => r.map_err(Ending::Upstream)?,
+                () = sink.closed() => return Err(self.reader_left()),
+                item = stream.next() => item,
             };
-            loop {
-                let item = tokio::select! {
-                    biased;
-                    () = inner.shutdown.cancelled() => return Err(Ending::Shutdown),
-                    () = sink.closed() => return Err(left()),
-                    item = stream.next() => item,
-                };
-                match item {
-                    None => return Ok(()),
-                    Some(Ok(LlmEvent::Delta(d))) => {
-                        // Checked before the piece leaves: a word split across pieces can
-                        // show its first half, never the whole.
-                        if let Some(hit) = output_check.as_mut().and_then(|c| c.push(&d)) {
-                            return Err(Ending::Cut(hit));
-                        }
-                        // An upstream that writes past the limit (or an unlimited answer past
-                        // what the payer can afford) is not read further: the answer ends.
-                        written.push(&d);
-                        if budget.is_some_and(|b| written.tokens() > b) {
-                            info!(budget, "the answer reached what its payer can afford");
-                            return Ok(());
-                        }
-                        text.push_str(&d);
-                        if !sink.delta(&d).await {
-                            return Err(left());
-                        }
+            match item {
+                None => return Ok(()),
+                Some(Ok(LlmEvent::Delta(d))) => {
+                    // Checked before the piece leaves: a word split across pieces can
+                    // show its first half, never the whole.
+                    if let Some(hit) = output_check.as_mut().and_then(|c| c.push(&d)) {
+                        return Err(Ending::Cut(hit));
                     }
-                    Some(Ok(LlmEvent::Usage(u))) => usage = Some(u),
-                    Some(Err(e)) => return Err(Ending::Upstream(e)),
+                    // An upstream that writes past the limit (or an unlimited answer past
+                    // what the payer can afford) is not read further: the answer ends.
+                    written.push(&d);
+                    if budget.is_some_and(|b| written.tokens() > b) {
+                        info!(budget, "the answer reached what its payer can afford");
+                        return Ok(());
+                    }
+                    got.text.push_str(&d);
+                    if !sink.delta(&d).await {
+                        return Err(self.reader_left());
+                    }
                 }
+                Some(Ok(LlmEvent::Usage(u))) => got.usage = Some(u),
+                Some(Err(e)) => return Err(Ending::Upstream(e)),
             }
         }
-        .await;
-        metrics::histogram!("chatrelay_llm_seconds").record(started.elapsed().as_secs_f64());
+    }
 
-        match outcome {
-            Ok(()) => {
-                let usage = usage.unwrap_or_else(|| Usage {
-                    prompt_tokens: prompt_est,
-                    completion_tokens: quota::estimate_tokens(&text),
-                });
-                let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
-                // Durable before the answer leaves: a crash after delivery cannot lose it.
-                let charged = self
-                    .settle(reservation, cost, &model.name)
-                    .await
-                    .unwrap_or(0);
-                self.record_usage(&s, &model.name, &usage, charged);
-                metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
-                self.upstream_outcome(true, None);
-                metrics::counter!("chatrelay_credits_charged_total").increment(charged);
-                info!(
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    charged,
-                    ms = started.elapsed().as_millis() as u64,
-                    "answered"
-                );
-                ReplyEvent::Final {
-                    text,
-                    usage: Some(usage),
-                    charged,
-                    images: Vec::new(),
-                }
-            }
-            Err(Ending::Cut(hit)) => {
-                // The model wrote something a rule forbids: the answer stops there, with a
-                // notice. What was generated is paid for, like a stopped answer.
-                self.record_hit(watch, chatrelay_rules::Direction::Output, &hit);
-                let (usage, charged) = self
-                    .charge_partial(&s, reservation, model, watch, prompt_est, &text, "cut")
-                    .await;
-                let notice = if text.is_empty() {
-                    hit.refusal.clone()
-                } else {
-                    format!("\n\n{}", s.texts.answer_cut)
-                };
-                let _ = sink.delta(&notice).await;
-                text.push_str(&notice);
-                ReplyEvent::Final {
-                    text,
-                    usage: Some(usage),
-                    charged,
-                    images: Vec::new(),
-                }
-            }
-            Err(Ending::Cancelled) if !text.is_empty() && sink.delivers_pieces() => {
-                // The reader stopped a generation it had partly received: charge what it got.
-                let (_, charged) = self
-                    .charge_partial(
-                        &s,
-                        reservation,
-                        model,
-                        watch,
-                        prompt_est,
-                        &text,
-                        "cancelled",
-                    )
-                    .await;
-                info!(
-                    charged,
-                    "stopped by the reader; charged for what it received"
-                );
-                failed(FailureKind::Unavailable, "cancelled")
-            }
-            Err(ending) => {
-                self.release(reservation);
-                let (label, kind, message) = match &ending {
-                    Ending::Upstream(e) => {
-                        warn!(error = %e, "LLM call failed; nothing charged");
-                        self.upstream_outcome(false, Some(&e.to_string()));
-                        (
-                            "error",
-                            FailureKind::Upstream,
-                            s.texts.upstream_error.as_str(),
-                        )
-                    }
-                    Ending::Shutdown => {
-                        info!(
-                            received = text.len(),
-                            "ended by the server's shutdown; nothing charged"
-                        );
-                        (
-                            "shutdown",
-                            FailureKind::Unavailable,
-                            s.texts.unavailable.as_str(),
-                        )
-                    }
-                    Ending::Cancelled => {
-                        info!(
-                            "the reader left before it received anything of the answer; \
-                             nothing charged"
-                        );
-                        ("cancelled", FailureKind::Unavailable, "cancelled")
-                    }
-                    // Handled above.
-                    Ending::Cut(_) => ("cut", FailureKind::Refused, ""),
-                };
-                metrics::counter!("chatrelay_llm_requests_total", "outcome" => label).increment(1);
-                failed(kind, message)
-            }
+    /// Settles a finished answer at its actual cost (the upstream's usage, else an estimate).
+    async fn settle_answered(&self, call: &Call<'_>, got: Received) -> ReplyEvent {
+        let Received { text, usage } = got;
+        let usage = usage.unwrap_or_else(|| Usage {
+            prompt_tokens: call.prompt_est,
+            completion_tokens: quota::estimate_tokens(&text),
+        });
+        let cost = quota::actual_cost(call.model, &usage).saturating_add(call.watch.surcharge);
+        // Durable before the answer leaves: a crash after delivery cannot lose it.
+        let charged = self
+            .settle(call.reservation, cost, &call.model.name)
+            .await
+            .unwrap_or(0);
+        self.record_usage(call.s, &call.model.name, &usage, charged);
+        metrics::counter!("chatrelay_llm_requests_total", "outcome" => "ok").increment(1);
+        self.upstream_outcome(true, None);
+        metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+        info!(
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            charged,
+            ms = call.started.elapsed().as_millis() as u64,
+            "answered"
+        );
+        ReplyEvent::Final {
+            text,
+            usage: Some(usage),
+            charged,
+            images: Vec::new(),
         }
+    }
+
+    /// Ends an answer an output content rule cut, with a notice.
+    async fn settle_cut(
+        &self,
+        call: &Call<'_>,
+        sink: &Sink,
+        hit: &chatrelay_rules::Hit,
+        mut text: String,
+    ) -> ReplyEvent {
+        // The model wrote something a rule forbids: the answer stops there, with a
+        // notice. What was generated is paid for, like a stopped answer.
+        self.record_hit(call.watch, chatrelay_rules::Direction::Output, hit);
+        let (usage, charged) = self
+            .charge_partial(
+                call.s,
+                call.reservation,
+                call.model,
+                call.watch,
+                call.prompt_est,
+                &text,
+                "cut",
+            )
+            .await;
+        let notice = if text.is_empty() {
+            hit.refusal.clone()
+        } else {
+            format!("\n\n{}", call.s.texts.answer_cut)
+        };
+        let _ = sink.delta(&notice).await;
+        text.push_str(&notice);
+        ReplyEvent::Final {
+            text,
+            usage: Some(usage),
+            charged,
+            images: Vec::new(),
+        }
+    }
+
+    /// Settles an answer its reader stopped after receiving part of it.
+    async fn settle_stopped(&self, call: &Call<'_>, text: &str) -> ReplyEvent {
+        // The reader stopped a generation it had partly received: charge what it got.
+        let (_, charged) = self
+            .charge_partial(
+                call.s,
+                call.reservation,
+                call.model,
+                call.watch,
+                call.prompt_est,
+                text,
+                "cancelled",
+            )
+            .await;
+        info!(
+            charged,
+            "stopped by the reader; charged for what it received"
+        );
+        failed(FailureKind::Unavailable, "cancelled")
+    }
+
+    /// Releases the reservation of an answer that failed or went unreceived: nothing is
+    /// charged. `received`: bytes of the answer that had come when it ended.
+    fn settle_unanswered(&self, call: &Call<'_>, ending: &Ending, received: usize) -> ReplyEvent {
+        let s = call.s;
+        self.release(call.reservation);
+        let (label, kind, message) = match ending {
+            Ending::Upstream(e) => {
+                warn!(error = %e, "LLM call failed; nothing charged");
+                self.upstream_outcome(false, Some(&e.to_string()));
+                (
+                    "error",
+                    FailureKind::Upstream,
+                    s.texts.upstream_error.as_str(),
+                )
+            }
+            Ending::Shutdown => {
+                info!(received, "ended by the server's shutdown; nothing charged");
+                (
+                    "shutdown",
+                    FailureKind::Unavailable,
+                    s.texts.unavailable.as_str(),
+                )
+            }
+            Ending::Cancelled => {
+                info!(
+                    "the reader left before it received anything of the answer; \
+                     nothing charged"
+                );
+                ("cancelled", FailureKind::Unavailable, "cancelled")
+            }
+            // Handled by `settle_cut`.
+            Ending::Cut(_) => ("cut", FailureKind::Refused, ""),
+        };
+        metrics::counter!("chatrelay_llm_requests_total", "outcome" => label).increment(1);
+        failed(kind, message)
     }
 }

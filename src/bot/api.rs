@@ -28,11 +28,32 @@ pub struct ApiRequest {
     pub platform: chatrelay_core::Platform,
 }
 
+/// A `/v1` request past its early checks, on its way to an answer.
+struct ApiCall {
+    uid: Uid,
+    req: ApiRequest,
+    model: ModelConfig,
+    watch: Watch,
+    /// The last thing the user said (what the content rules look at).
+    question: String,
+    /// The chat page's image command (and its prompt): drawn instead of asking the model.
+    drawing: Option<Option<String>>,
+}
+
+/// How many pictures a conversation carries (`image_url` parts).
+fn count_pictures(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .filter_map(|m| m.content.as_array())
+        .flatten()
+        .filter(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("image_url"))
+        .count() as u64
+}
+
 impl Engine {
     /// Answers a metered `/v1` request for `uid`. The first event tells the HTTP layer
     /// whether it failed before anything was generated (quota, ban, model, content...).
     pub fn complete(&self, uid: Uid, req: ApiRequest) -> Reply {
-        let inner = &self.inner;
         let settings = self.settings();
         let Some(model) = settings.model(&req.model).cloned() else {
             return Reply::failed(
@@ -41,13 +62,7 @@ impl Engine {
             );
         };
         self.inner.stats.active(settings.today(), uid);
-        let pictures = req
-            .messages
-            .iter()
-            .filter_map(|m| m.content.as_array())
-            .flatten()
-            .filter(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("image_url"))
-            .count() as u64;
+        let pictures = count_pictures(&req.messages);
         if pictures > 0 && !model.vision {
             return Reply::failed(
                 FailureKind::InvalidRequest,
@@ -76,18 +91,7 @@ impl Engine {
         };
         let early = drawing
             .is_none()
-            .then(|| {
-                self.guard(uid)
-                    .or_else(|| self.permitted(&settings, uid, &model))
-                    .or_else(|| self.input_refusal(&settings, &watch, &question))
-                    .or_else(|| {
-                        // The chat page is a chat platform: its users get keyword answers too. API
-                        // clients asked a model, and get the model.
-                        (req.platform == chatrelay_core::Platform::Web)
-                            .then(|| keyword_reply(&settings, &watch.scope, &question))
-                            .flatten()
-                    })
-            })
+            .then(|| self.api_early_answer(&settings, req.platform, &model, &watch, &question))
             .flatten();
         if let Some(event) = early {
             self.record_outcome(req.platform, &event);
@@ -97,51 +101,104 @@ impl Engine {
             };
         }
         let (tx, reply) = Reply::channel();
-        let this = self.clone();
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
-        inner.tracker.spawn(
-            async move {
-                // What a reader that left had received of this answer: nothing, when it waited
-                // for the whole answer or the answer is one piece (a picture).
-                let got_nothing_if_gone = !req.streamed || drawing.is_some();
-                let event = if let Some(prompt) = drawing {
-                    let asked = Inbound::text(
-                        chatrelay_core::UserKey::new(req.platform, "", uid.0.to_string()),
-                        req.reference.clone(),
-                        question,
-                    );
-                    this.draw(&settings, &asked, prompt, &watch).await
-                } else if let Some(refused) =
-                    this.moderation_refusal(&settings, &watch, &question).await
-                {
-                    refused
-                } else {
-                    let llm_req = LlmRequest {
-                        model: model.name.clone(),
-                        messages: req.messages,
-                        max_completion_tokens: req.max_completion_tokens,
-                        legacy_max_tokens: req.legacy_max_tokens,
-                        extra: req.extra,
-                    };
-                    let sink = Sink::Reply {
-                        tx: tx.clone(),
-                        streamed: req.streamed,
-                    };
-                    this.run_llm(uid, &model, llm_req, &req.reference, &sink, &watch)
-                        .await
-                };
-                this.record_outcome(req.platform, &event);
-                let charged = match &event {
-                    ReplyEvent::Final { charged, .. } => *charged,
-                    _ => 0,
-                };
-                if !tx.send(event).await && got_nothing_if_gone {
-                    // Settled, but the reader left before the answer reached it.
-                    this.refund_undelivered(uid, &req.reference, charged);
-                }
-            }
-            .instrument(span),
-        );
+        let call = ApiCall {
+            uid,
+            req,
+            model,
+            watch,
+            question,
+            drawing,
+        };
+        let this = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { this.finish_api(&settings, call, tx).await }.instrument(span));
         reply
+    }
+
+    /// What a `/v1` request gets before the model is asked, if anything: a refusal (ban, rate
+    /// limit, permission, content rules) or, on the chat page, a keyword reply.
+    fn api_early_answer(
+        &self,
+        settings: &Settings,
+        platform: chatrelay_core::Platform,
+        model: &ModelConfig,
+        watch: &Watch,
+        question: &str,
+    ) -> Option<ReplyEvent> {
+        self.guard(watch.uid)
+            .or_else(|| self.permitted(settings, watch.uid, model))
+            .or_else(|| self.input_refusal(settings, watch, question))
+            .or_else(|| {
+                // The chat page is a chat platform: its users get keyword answers too. API
+                // clients asked a model, and get the model.
+                (platform == chatrelay_core::Platform::Web)
+                    .then(|| keyword_reply(settings, &watch.scope, question))
+                    .flatten()
+            })
+    }
+
+    /// Runs an accepted `/v1` request to its end (spawned): draws, or passes moderation and
+    /// asks the model; an answer its reader never got is refunded.
+    async fn finish_api(&self, settings: &Settings, call: ApiCall, tx: ReplySender) {
+        let ApiCall {
+            uid,
+            req,
+            model,
+            watch,
+            question,
+            drawing,
+        } = call;
+        // What a reader that left had received of this answer: nothing, when it waited
+        // for the whole answer or the answer is one piece (a picture).
+        let got_nothing_if_gone = !req.streamed || drawing.is_some();
+        let platform = req.platform;
+        let reference = req.reference.clone();
+        let event = if let Some(prompt) = drawing {
+            let asked = Inbound::text(
+                chatrelay_core::UserKey::new(req.platform, "", uid.0.to_string()),
+                req.reference.clone(),
+                question,
+            );
+            self.draw(settings, &asked, prompt, &watch).await
+        } else if let Some(refused) = self.moderation_refusal(settings, &watch, &question).await {
+            refused
+        } else {
+            self.ask_model(uid, &model, req, &tx, &watch).await
+        };
+        self.record_outcome(platform, &event);
+        let charged = match &event {
+            ReplyEvent::Final { charged, .. } => *charged,
+            _ => 0,
+        };
+        if !tx.send(event).await && got_nothing_if_gone {
+            // Settled, but the reader left before the answer reached it.
+            self.refund_undelivered(uid, &reference, charged);
+        }
+    }
+
+    /// Asks the model the client's conversation, streaming the answer to `tx`.
+    async fn ask_model(
+        &self,
+        uid: Uid,
+        model: &ModelConfig,
+        req: ApiRequest,
+        tx: &ReplySender,
+        watch: &Watch,
+    ) -> ReplyEvent {
+        let llm_req = LlmRequest {
+            model: model.name.clone(),
+            messages: req.messages,
+            max_completion_tokens: req.max_completion_tokens,
+            legacy_max_tokens: req.legacy_max_tokens,
+            extra: req.extra,
+        };
+        let sink = Sink::Reply {
+            tx: tx.clone(),
+            streamed: req.streamed,
+        };
+        self.run_llm(uid, model, llm_req, &req.reference, &sink, watch)
+            .await
     }
 }

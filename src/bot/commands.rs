@@ -91,6 +91,7 @@ impl Engine {
         }
     }
 
+    /// Answers a chat command (the image command is answered by `draw` before this).
     pub(super) fn run_command(
         &self,
         command: Command,
@@ -98,152 +99,183 @@ impl Engine {
         conversation: &str,
         scope: &str,
     ) -> ReplyEvent {
-        let inner = &self.inner;
         let s = self.settings();
-        let first = |words: &[String]| words.first().cloned().unwrap_or_default();
         let text = match command {
-            Command::Help => fill(
-                &s.texts.help,
-                &[
-                    ("new", &first(&s.commands.new)),
-                    ("quota", &first(&s.commands.quota)),
-                    ("buy", &first(&s.commands.buy)),
-                ],
-            ),
-            Command::Buy if s.products.is_empty() => s.texts.buy_none.clone(),
-            Command::Buy => {
-                let lines: Vec<String> = s
-                    .products
-                    .iter()
-                    .map(|p| format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits))
-                    .collect();
-                let url = s.public_url.as_deref().map_or_else(
-                    || "/".to_owned(),
-                    |u| format!("{}/#buy", u.trim_end_matches('/')),
-                );
-                fill(
-                    &s.texts.buy,
-                    &[("products", &lines.join("\n")), ("url", &url)],
-                )
-            }
-            Command::New => match inner.store.clear_conversation(conversation) {
-                Ok(()) => s.texts.new_conversation.clone(),
-                Err(e) => {
-                    warn!(error = %e, "clearing the conversation failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-            },
-            Command::Quota => match inner.store.balance(uid, s.today(), s.free_daily) {
-                Ok(b) => {
-                    let (model, role) = self.current_choice(&s, uid, scope);
-                    fill(
-                        &quota_text(&s.texts.quota, &b, s.free_daily),
-                        &[("model", &model), ("role", &role)],
-                    )
-                }
-                Err(e) => {
-                    warn!(error = %e, "reading the balance failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-            },
-            Command::Model(None) => {
-                let (current, _) = self.current_choice(&s, uid, scope);
-                let lines: Vec<String> = s
-                    .models
-                    .iter()
-                    .map(|m| {
-                        let mut line = format!("· {}（{} 额度/次）", m.name, m.credits);
-                        if m.paid_only || !m.groups.is_empty() {
-                            line.push_str(" 🔒");
-                        }
-                        line
-                    })
-                    .collect();
-                fill(
-                    &s.texts.model_list,
-                    &[
-                        ("current", &current),
-                        ("models", &lines.join("\n")),
-                        ("command", &first(&s.commands.model)),
-                    ],
-                )
-            }
-            Command::Model(Some(name)) => {
-                let Some(model) = s.models.iter().find(|m| m.name.eq_ignore_ascii_case(&name))
-                else {
-                    return ReplyEvent::Final {
-                        text: fill(&s.texts.unknown_model, &[("model", &name)]),
-                        usage: None,
-                        charged: 0,
-                        images: Vec::new(),
-                    };
-                };
-                if let Some(refused) = self.permitted(&s, uid, model) {
-                    return refused;
-                }
-                if let Err(e) = inner
-                    .store
-                    .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
-                {
-                    warn!(error = %e, "saving the model choice failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-                fill(&s.texts.model_set, &[("model", &model.name)])
-            }
-            Command::Role(None) => {
-                let (_, current) = self.current_choice(&s, uid, scope);
-                let lines: Vec<String> = s
-                    .roles
-                    .iter()
-                    .map(|r| {
-                        if r.name.is_empty() {
-                            format!("· {}", r.id)
-                        } else {
-                            format!("· {}（{}）", r.id, r.name)
-                        }
-                    })
-                    .collect();
-                fill(
-                    &s.texts.role_list,
-                    &[
-                        ("current", &current),
-                        ("roles", &lines.join("\n")),
-                        ("command", &first(&s.commands.role)),
-                    ],
-                )
-            }
+            Command::Help => Ok(help_text(&s)),
+            Command::Buy => Ok(buy_text(&s)),
+            Command::New => self.new_conversation(&s, conversation),
+            Command::Quota => self.quota_command(&s, uid, scope),
+            Command::Model(None) => Ok(self.model_list(&s, uid, scope)),
+            Command::Model(Some(name)) => self.set_model(&s, uid, &name),
+            Command::Role(None) => Ok(self.role_list(&s, uid, scope)),
+            Command::Role(Some(id)) => self.set_role(&s, uid, scope, &id),
             // Answered by `draw` before commands get here.
-            Command::Image(_) => s.texts.image_off.clone(),
-            Command::Role(Some(id)) => {
-                let role = s.roles.iter().find(|r| {
-                    r.id.eq_ignore_ascii_case(&id) || (!r.name.is_empty() && r.name == id)
-                });
-                // "默认"/"default" goes back to the scope's role (or the plain system prompt).
-                let reset = matches!(id.as_str(), "default" | "默认" | "none");
-                if role.is_none() && !reset {
-                    return ReplyEvent::Final {
-                        text: fill(&s.texts.unknown_role, &[("role", &id)]),
-                        usage: None,
-                        charged: 0,
-                        images: Vec::new(),
-                    };
-                }
-                if let Err(e) = inner
-                    .store
-                    .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
-                {
-                    warn!(error = %e, "saving the role choice failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-                let (_, now) = self.current_choice(&s, uid, scope);
-                fill(&s.texts.role_set, &[("role", &now)])
-            }
+            Command::Image(_) => Ok(s.texts.image_off.clone()),
         };
-        ReplyEvent::Final {
-            text,
-            usage: None,
-            charged: 0,
-            images: Vec::new(),
+        text.map_or_else(|event| event, free_answer)
+    }
+
+    /// `/new`: forgets the conversation.
+    fn new_conversation(&self, s: &Settings, conversation: &str) -> Result<String, ReplyEvent> {
+        match self.inner.store.clear_conversation(conversation) {
+            Ok(()) => Ok(s.texts.new_conversation.clone()),
+            Err(e) => {
+                warn!(error = %e, "clearing the conversation failed");
+                Err(failed(FailureKind::Unavailable, &s.texts.unavailable))
+            }
         }
     }
+
+    /// `/quota`: the balance, and the model and role the next message would get.
+    fn quota_command(&self, s: &Settings, uid: Uid, scope: &str) -> Result<String, ReplyEvent> {
+        match self.inner.store.balance(uid, s.today(), s.free_daily) {
+            Ok(b) => {
+                let (model, role) = self.current_choice(s, uid, scope);
+                Ok(fill(
+                    &quota_text(&s.texts.quota, &b, s.free_daily),
+                    &[("model", &model), ("role", &role)],
+                ))
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the balance failed");
+                Err(failed(FailureKind::Unavailable, &s.texts.unavailable))
+            }
+        }
+    }
+
+    /// `/model`: the models, the current one marked.
+    fn model_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
+        let (current, _) = self.current_choice(s, uid, scope);
+        let lines: Vec<String> = s
+            .models
+            .iter()
+            .map(|m| {
+                let mut line = format!("· {}（{} 额度/次）", m.name, m.credits);
+                if m.paid_only || !m.groups.is_empty() {
+                    line.push_str(" 🔒");
+                }
+                line
+            })
+            .collect();
+        fill(
+            &s.texts.model_list,
+            &[
+                ("current", &current),
+                ("models", &lines.join("\n")),
+                ("command", &first_word(&s.commands.model)),
+            ],
+        )
+    }
+
+    /// `/model NAME`: chooses a model the user is allowed.
+    fn set_model(&self, s: &Settings, uid: Uid, name: &str) -> Result<String, ReplyEvent> {
+        let Some(model) = s.models.iter().find(|m| m.name.eq_ignore_ascii_case(name)) else {
+            return Err(free_answer(fill(
+                &s.texts.unknown_model,
+                &[("model", name)],
+            )));
+        };
+        if let Some(refused) = self.permitted(s, uid, model) {
+            return Err(refused);
+        }
+        if let Err(e) = self
+            .inner
+            .store
+            .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
+        {
+            warn!(error = %e, "saving the model choice failed");
+            return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
+        }
+        Ok(fill(&s.texts.model_set, &[("model", &model.name)]))
+    }
+
+    /// `/role`: the roles, the current one named.
+    fn role_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
+        let (_, current) = self.current_choice(s, uid, scope);
+        let lines: Vec<String> = s
+            .roles
+            .iter()
+            .map(|r| {
+                if r.name.is_empty() {
+                    format!("· {}", r.id)
+                } else {
+                    format!("· {}（{}）", r.id, r.name)
+                }
+            })
+            .collect();
+        fill(
+            &s.texts.role_list,
+            &[
+                ("current", &current),
+                ("roles", &lines.join("\n")),
+                ("command", &first_word(&s.commands.role)),
+            ],
+        )
+    }
+
+    /// `/role ID`: chooses a role, or goes back to the default.
+    fn set_role(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        scope: &str,
+        id: &str,
+    ) -> Result<String, ReplyEvent> {
+        let role = s
+            .roles
+            .iter()
+            .find(|r| r.id.eq_ignore_ascii_case(id) || (!r.name.is_empty() && r.name == id));
+        // "默认"/"default" goes back to the scope's role (or the plain system prompt).
+        let reset = matches!(id, "default" | "默认" | "none");
+        if role.is_none() && !reset {
+            return Err(free_answer(fill(&s.texts.unknown_role, &[("role", id)])));
+        }
+        if let Err(e) = self
+            .inner
+            .store
+            .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
+        {
+            warn!(error = %e, "saving the role choice failed");
+            return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
+        }
+        let (_, now) = self.current_choice(s, uid, scope);
+        Ok(fill(&s.texts.role_set, &[("role", &now)]))
+    }
+}
+
+/// The first of a command's words (the one help texts show).
+fn first_word(words: &[String]) -> String {
+    words.first().cloned().unwrap_or_default()
+}
+
+/// `/help`.
+fn help_text(s: &Settings) -> String {
+    fill(
+        &s.texts.help,
+        &[
+            ("new", &first_word(&s.commands.new)),
+            ("quota", &first_word(&s.commands.quota)),
+            ("buy", &first_word(&s.commands.buy)),
+        ],
+    )
+}
+
+/// `/buy`: the products and where to buy them.
+fn buy_text(s: &Settings) -> String {
+    if s.products.is_empty() {
+        return s.texts.buy_none.clone();
+    }
+    let lines: Vec<String> = s
+        .products
+        .iter()
+        .map(|p| format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits))
+        .collect();
+    let url = s.public_url.as_deref().map_or_else(
+        || "/".to_owned(),
+        |u| format!("{}/#buy", u.trim_end_matches('/')),
+    );
+    fill(
+        &s.texts.buy,
+        &[("products", &lines.join("\n")), ("url", &url)],
+    )
 }

@@ -37,18 +37,12 @@ impl Engine {
         prompt: Option<String>,
         watch: &Watch,
     ) -> ReplyEvent {
-        let answer = |text: String| ReplyEvent::Final {
-            text,
-            usage: None,
-            charged: 0,
-            images: Vec::new(),
-        };
         let Some(cost) = s.image_credits else {
-            return answer(s.texts.image_off.clone());
+            return free_answer(s.texts.image_off.clone());
         };
         let Some(prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
             let command = s.commands.image.first().cloned().unwrap_or_default();
-            return answer(fill(&s.texts.image_usage, &[("command", &command)]));
+            return free_answer(fill(&s.texts.image_usage, &[("command", &command)]));
         };
         self.inner.stats.active(s.today(), watch.uid);
         if let Some(refused) = self
@@ -60,15 +54,9 @@ impl Engine {
         if let Some(refused) = self.moderation_refusal(s, watch, &prompt).await {
             return refused;
         }
-        let payer = match &inbound.bill_to {
-            None => watch.uid,
-            Some(key) => match self.inner.store.resolve_identity(key, None) {
-                Ok(payer) => payer,
-                Err(e) => {
-                    warn!(error = %e, "resolving who pays failed");
-                    return failed(FailureKind::Unavailable, &s.texts.unavailable);
-                }
-            },
+        let payer = match self.payer_of(s, inbound, watch.uid) {
+            Ok(payer) => payer,
+            Err(refused) => return refused,
         };
         let reference = platform_reference(inbound, true);
         let reservation = match self.reserve(s, payer, cost, &reference) {
@@ -84,6 +72,20 @@ impl Engine {
             }
         };
         metrics::histogram!("chatrelay_image_seconds").record(started.elapsed().as_secs_f64());
+        self.settle_drawing(s, inbound, reservation, cost, drawn)
+            .await
+    }
+
+    /// Charges a drawn picture and links it for the user's platform; a failed drawing is
+    /// released, nothing charged.
+    async fn settle_drawing(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        reservation: ReservationId,
+        cost: u64,
+        drawn: Result<Vec<String>, llm::LlmError>,
+    ) -> ReplyEvent {
         match drawn {
             Ok(urls) => {
                 let charged = self.settle(reservation, cost, "image").await.unwrap_or(0);
@@ -108,7 +110,7 @@ impl Engine {
                 metrics::counter!("chatrelay_images_total", "outcome" => "error").increment(1);
                 warn!(error = %e, "drawing failed; nothing charged");
                 if matches!(e, chatrelay_openai::Error::InvalidConfig(_)) {
-                    answer(s.texts.image_off.clone())
+                    free_answer(s.texts.image_off.clone())
                 } else {
                     failed(FailureKind::Upstream, &s.texts.upstream_error)
                 }

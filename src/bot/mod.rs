@@ -71,12 +71,7 @@ pub const HIT_PREFIX: &str = "hit:";
 fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
     let k = s.keywords.find(text, scope)?;
     metrics::counter!("chatrelay_keyword_replies_total", "rule" => k.id.to_owned()).increment(1);
-    Some(ReplyEvent::Final {
-        text: k.reply.into_owned(),
-        usage: None,
-        charged: 0,
-        images: Vec::new(),
-    })
+    Some(free_answer(k.reply.into_owned()))
 }
 
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
@@ -339,6 +334,17 @@ fn outcome_label(event: &ReplyEvent) -> &'static str {
     }
 }
 
+/// A free answer: `text`, nothing charged.
+fn free_answer(text: String) -> ReplyEvent {
+    ReplyEvent::Final {
+        text,
+        usage: None,
+        charged: 0,
+        images: Vec::new(),
+    }
+}
+
+/// A failed message: `kind`, with `message` for the user.
 fn failed(kind: FailureKind, message: impl Into<String>) -> ReplyEvent {
     ReplyEvent::Failed {
         kind,
@@ -386,52 +392,67 @@ pub fn build_prompt(system: &str, history: &[Turn], text: &str, budget: u64) -> 
     messages
 }
 
-impl Handler for Engine {
-    fn handle(&self, inbound: Inbound) -> Reply {
-        let s = self.settings();
+impl Engine {
+    /// The answer to a message refused before anything else: empty, too long, or arriving
+    /// while the daemon shuts down.
+    fn refused_outright(&self, s: &Settings, inbound: &Inbound) -> Option<Reply> {
         let text = inbound.text.trim();
         if text.is_empty() && inbound.images.is_empty() {
-            return Reply::text(&s.texts.empty);
+            return Some(Reply::text(&s.texts.empty));
         }
         if text.chars().count() > s.max_input_chars {
-            return Reply::text(fill(
+            return Some(Reply::text(fill(
                 &s.texts.too_long,
                 &[("max", &s.max_input_chars.to_string())],
-            ));
+            )));
         }
         if self.inner.shutdown.is_cancelled() {
-            return Reply::failed(FailureKind::Unavailable, &s.texts.unavailable);
+            return Some(Reply::failed(
+                FailureKind::Unavailable,
+                &s.texts.unavailable,
+            ));
         }
-        self.sweep_inflight(false);
-        let id = format!("{}#{}", inbound.key, inbound.message_id);
-        // The slot is taken under the lock, the store asked after it is let go (no std mutex
-        // is held across a store call): a redelivery arriving meanwhile joins the slot and
-        // gets whatever this call decides.
-        let (tx, rx) = {
-            let mut guard = self
-                .inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(existing) = guard.map.get(&id) {
-                metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
-                let rx = existing.rx.clone();
-                drop(guard);
-                return follow(rx, &self.inner.tracker);
-            }
-            let (tx, rx) = watch::channel(Progress::default());
-            guard.map.insert(
-                id.clone(),
-                Inflight {
-                    rx: rx.clone(),
-                    started: Instant::now(),
-                },
-            );
-            (tx, rx)
-        };
-        let now = now_ms();
-        let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
-        let refused = match self.inner.store.dedupe_insert(&id, expires, now) {
+        None
+    }
+
+    /// Takes the in-flight slot of message `id`: its progress channel, or (`Err`) the reply
+    /// of a redelivery joining the call already answering it.
+    fn take_slot(
+        &self,
+        id: &str,
+    ) -> Result<(watch::Sender<Progress>, watch::Receiver<Progress>), Reply> {
+        let mut guard = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = guard.map.get(id) {
+            metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
+            let rx = existing.rx.clone();
+            drop(guard);
+            return Err(follow(rx, &self.inner.tracker));
+        }
+        let (tx, rx) = watch::channel(Progress::default());
+        guard.map.insert(
+            id.to_owned(),
+            Inflight {
+                rx: rx.clone(),
+                started: Instant::now(),
+            },
+        );
+        Ok((tx, rx))
+    }
+
+    /// Records message `id` as seen until `expires`; a message seen before (or a failing
+    /// store) gets the event its slot's joiners get and the reply its caller gets.
+    fn dedupe_refusal(
+        &self,
+        s: &Settings,
+        id: &str,
+        expires: i64,
+        now: i64,
+    ) -> Option<(ReplyEvent, Reply)> {
+        match self.inner.store.dedupe_insert(id, expires, now) {
             Ok(true) => None,
             Ok(false) if self.inner.store.is_shared() => {
                 // Another daemon on the database took this message (a platform retry landed
@@ -441,7 +462,7 @@ impl Handler for Engine {
                     failed(FailureKind::Duplicate, ""),
                     follow_shared(
                         self.inner.store.clone(),
-                        id.clone(),
+                        id.to_owned(),
                         s.reservation_ttl,
                         &self.inner.tracker,
                     ),
@@ -462,21 +483,20 @@ impl Handler for Engine {
                     Reply::failed(FailureKind::Unavailable, &s.texts.unavailable),
                 ))
             }
-        };
-        if let Some((event, reply)) = refused {
-            self.inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .remove(&id);
-            // Joiners of the slot get the same word (a duplicate is silent).
-            tx.send_modify(|p| p.done = Some(event));
-            return reply;
         }
+    }
+
+    /// Answers a platform message in a task of its own, into its slot's progress, and shares
+    /// the answer with the other daemons on the database under `shared_key`.
+    fn spawn_platform_answer(
+        &self,
+        inbound: Inbound,
+        tx: watch::Sender<Progress>,
+        shared_key: String,
+        expires: i64,
+    ) {
         let this = self.clone();
         let span = info_span!("message", key = %inbound.key, msg = %inbound.message_id);
-        let shared_key = id;
         self.inner.tracker.spawn(
             async move {
                 let sink = Sink::Progress(tx);
@@ -490,6 +510,38 @@ impl Handler for Engine {
             }
             .instrument(span),
         );
+    }
+}
+
+impl Handler for Engine {
+    fn handle(&self, inbound: Inbound) -> Reply {
+        let s = self.settings();
+        if let Some(reply) = self.refused_outright(&s, &inbound) {
+            return reply;
+        }
+        self.sweep_inflight(false);
+        let id = format!("{}#{}", inbound.key, inbound.message_id);
+        // The slot is taken under the lock, the store asked after it is let go (no std mutex
+        // is held across a store call): a redelivery arriving meanwhile joins the slot and
+        // gets whatever this call decides.
+        let (tx, rx) = match self.take_slot(&id) {
+            Ok(slot) => slot,
+            Err(joined) => return joined,
+        };
+        let now = now_ms();
+        let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
+        if let Some((event, reply)) = self.dedupe_refusal(&s, &id, expires, now) {
+            self.inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .remove(&id);
+            // Joiners of the slot get the same word (a duplicate is silent).
+            tx.send_modify(|p| p.done = Some(event));
+            return reply;
+        }
+        self.spawn_platform_answer(inbound, tx, id, expires);
         follow(rx, &self.inner.tracker)
     }
 }
