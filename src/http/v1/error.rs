@@ -127,99 +127,18 @@ impl ApiError {
     /// The error for an engine failure, in `lang`: the engine's message when it is in that
     /// language (the configured texts), else the built-in one.
     pub(super) fn from_failure(lang: Lang, kind: FailureKind, message: String) -> Self {
-        use FailureKind as F;
-        let text = |en: &str, zh: &str| {
+        let w = wire_shape(kind);
+        let text =
             if !message.is_empty() && message != "cancelled" && Lang::of_text(&message) == lang {
-                message.clone()
+                message
             } else {
-                lang.pick(en, zh)
-            }
-        };
-        match kind {
-            F::InsufficientQuota => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "insufficient_quota",
-                Some("insufficient_quota"),
-                text(
-                    "You do not have enough credits for this request.",
-                    "额度不足，无法完成本次请求。",
-                ),
-            )
-            .no_retry(),
-            F::RateLimited => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                Some("rate_limit_exceeded"),
-                text(
-                    "Too many requests; please slow down.",
-                    "请求太频繁了，请稍后再试。",
-                ),
-            ),
-            F::Banned => Self::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                Some("account_deactivated"),
-                text("This account has been deactivated.", "你的账号已被停用。"),
-            )
-            .no_retry(),
-            F::UnknownModel => Self::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                Some("model_not_found"),
-                text("The model does not exist.", "模型不存在。"),
-            )
-            .param("model")
-            .no_retry(),
-            F::InvalidRequest | F::Duplicate => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                None,
-                text("The request is not valid.", "请求无效。"),
-            )
-            .param("messages")
-            .no_retry(),
-            F::Refused => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                Some("content_filter"),
-                text(
-                    "The request was refused by the content policy.",
-                    "请求内容不符合使用规范，已被拒绝。",
-                ),
-            )
-            .param("messages")
-            .no_retry(),
-            F::NotAllowed => Self::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                Some("model_not_allowed"),
-                text("You may not use this model.", "你无权使用该模型。"),
-            )
-            .param("model")
-            .no_retry(),
-            // The engine already retried upstream; a client retry would only multiply load.
-            F::Upstream => Self::new(
-                StatusCode::BAD_GATEWAY,
-                "server_error",
-                Some("upstream_error"),
-                text(
-                    "The AI service failed; nothing was charged. Please try again later.",
-                    "AI 服务暂时不可用，本次没有扣除额度，请稍后再试。",
-                ),
-            )
-            .no_retry(),
-            // Nothing was charged (a failure costs nothing): a retry, elsewhere or later, is
-            // safe and what the SDKs do.
-            F::Unavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                Some("service_unavailable"),
-                text(
-                    "The service is temporarily unavailable; please try again later.",
-                    "服务暂时不可用，请稍后再试。",
-                ),
-            ),
+                lang.pick(w.en, w.zh)
+            };
+        let mut e = Self::new(w.status, w.kind, w.code, text);
+        if let Some(p) = w.param {
+            e = e.param(p);
         }
+        if w.retry { e } else { e.no_retry() }
     }
 
     /// The server is shutting down: retryable (nothing was charged), elsewhere or later.
@@ -297,5 +216,68 @@ impl ApiError {
     pub(super) fn message(mut self, message: String) -> Self {
         self.message = message;
         self
+    }
+}
+
+/// How an engine failure looks on the wire.
+struct WireShape {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+    /// A retry is safe (nothing was charged) and useful.
+    retry: bool,
+    en: &'static str,
+    zh: &'static str,
+}
+
+/// The wire shape of each engine failure, with its built-in messages (a table: kept as one).
+#[rustfmt::skip]
+fn wire_shape(kind: FailureKind) -> WireShape {
+    use FailureKind as F;
+    let shape = |status, kind, code, param, retry, en, zh| WireShape {
+        status,
+        kind,
+        code,
+        param,
+        retry,
+        en,
+        zh,
+    };
+    let bad = StatusCode::BAD_REQUEST;
+    let invalid = "invalid_request_error";
+    match kind {
+        F::InsufficientQuota => shape(
+            StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", Some("insufficient_quota"), None, false,
+            "You do not have enough credits for this request.", "额度不足，无法完成本次请求。"),
+        F::RateLimited => shape(
+            StatusCode::TOO_MANY_REQUESTS, "requests", Some("rate_limit_exceeded"), None, true,
+            "Too many requests; please slow down.", "请求太频繁了，请稍后再试。"),
+        F::Banned => shape(
+            StatusCode::FORBIDDEN, "permission_error", Some("account_deactivated"), None, false,
+            "This account has been deactivated.", "你的账号已被停用。"),
+        F::UnknownModel => shape(
+            StatusCode::NOT_FOUND, invalid, Some("model_not_found"), Some("model"), false,
+            "The model does not exist.", "模型不存在。"),
+        F::InvalidRequest | F::Duplicate => shape(
+            bad, invalid, None, Some("messages"), false,
+            "The request is not valid.", "请求无效。"),
+        F::Refused => shape(
+            bad, invalid, Some("content_filter"), Some("messages"), false,
+            "The request was refused by the content policy.", "请求内容不符合使用规范，已被拒绝。"),
+        F::NotAllowed => shape(
+            StatusCode::FORBIDDEN, "permission_error", Some("model_not_allowed"), Some("model"), false,
+            "You may not use this model.", "你无权使用该模型。"),
+        // The engine already retried upstream; a client retry would only multiply load.
+        F::Upstream => shape(
+            StatusCode::BAD_GATEWAY, "server_error", Some("upstream_error"), None, false,
+            "The AI service failed; nothing was charged. Please try again later.",
+            "AI 服务暂时不可用，本次没有扣除额度，请稍后再试。"),
+        // Nothing was charged (a failure costs nothing): a retry, elsewhere or later, is safe
+        // and what the SDKs do.
+        F::Unavailable => shape(
+            StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("service_unavailable"), None, true,
+            "The service is temporarily unavailable; please try again later.",
+            "服务暂时不可用，请稍后再试。"),
     }
 }

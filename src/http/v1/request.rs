@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use chatrelay_openai::ChatRequest;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::error::{ApiError, Lang};
 
@@ -86,7 +86,46 @@ pub(super) struct Parsed {
 /// Parses and checks a chat request: every field the price or the upstream depends on has
 /// its exact type and a sane range, or the request is a 400 naming the field.
 pub(super) fn parse_request(lang: Lang, body: &[u8]) -> Result<Parsed, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let value = json_object(lang, body)?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            lang.pick(
+                "The request body must be a JSON object.",
+                "请求体必须是 JSON 对象。",
+            ),
+        )
+        .no_retry());
+    };
+    check_model_and_messages(lang, obj)?;
+    for (field, rule) in RULES {
+        if let Some(v) = obj.get(*field).filter(|v| !v.is_null()) {
+            check_rule(lang, field, *rule, v)?;
+        }
+    }
+    check_objects(lang, obj)?;
+    let (cap, legacy_cap) = answer_cap(obj);
+    let mut req: ChatRequest = serde_json::from_value(value).map_err(|e| {
+        ApiError::invalid(
+            "messages",
+            lang.pick(format!("Invalid request: {e}"), "请求格式不正确。"),
+        )
+    })?;
+    // The cap goes upstream only as the engine sets it (what was reserved for).
+    req.extra.remove("max_tokens");
+    req.max_completion_tokens = None;
+    Ok(Parsed {
+        req,
+        cap,
+        legacy_cap,
+    })
+}
+
+/// The body as JSON, or a 400 saying where it stops being JSON.
+fn json_object(lang: Lang, body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -101,19 +140,12 @@ pub(super) fn parse_request(lang: Lang, body: &[u8]) -> Result<Parsed, ApiError>
             ),
         )
         .no_retry()
-    })?;
-    let Some(obj) = value.as_object() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            lang.pick(
-                "The request body must be a JSON object.",
-                "请求体必须是 JSON 对象。",
-            ),
-        )
-        .no_retry());
-    };
+    })
+}
+
+/// `model` is a non-empty string; `messages` a non-empty list of messages with known roles
+/// and text or content parts.
+fn check_model_and_messages(lang: Lang, obj: &Map<String, Value>) -> Result<(), ApiError> {
     match obj.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => {}
         _ => {
@@ -160,11 +192,11 @@ pub(super) fn parse_request(lang: Lang, body: &[u8]) -> Result<Parsed, ApiError>
             ));
         }
     }
-    for (field, rule) in RULES {
-        if let Some(v) = obj.get(*field).filter(|v| !v.is_null()) {
-            check_rule(lang, field, *rule, v)?;
-        }
-    }
+    Ok(())
+}
+
+/// The fields that are objects or strings: `stream_options`, `logit_bias`, `user`.
+fn check_objects(lang: Lang, obj: &Map<String, Value>) -> Result<(), ApiError> {
     match obj.get("stream_options") {
         None | Some(Value::Null) => {}
         Some(Value::Object(o)) => {
@@ -205,6 +237,11 @@ pub(super) fn parse_request(lang: Lang, body: &[u8]) -> Result<Parsed, ApiError>
             lang.pick("`user` must be a string.", "`user` 必须是字符串。"),
         ));
     }
+    Ok(())
+}
+
+/// The smallest answer cap the client sent, and whether it sent it only as `max_tokens`.
+fn answer_cap(obj: &Map<String, Value>) -> (Option<u32>, bool) {
     let cap_of = |f: &str| {
         obj.get(f)
             .and_then(Value::as_u64)
@@ -215,19 +252,5 @@ pub(super) fn parse_request(lang: Lang, body: &[u8]) -> Result<Parsed, ApiError>
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let legacy_cap = max_tokens.is_some() && max_completion.is_none();
-    let mut req: ChatRequest = serde_json::from_value(value).map_err(|e| {
-        ApiError::invalid(
-            "messages",
-            lang.pick(format!("Invalid request: {e}"), "请求格式不正确。"),
-        )
-    })?;
-    // The cap goes upstream only as the engine sets it (what was reserved for).
-    req.extra.remove("max_tokens");
-    req.max_completion_tokens = None;
-    Ok(Parsed {
-        req,
-        cap,
-        legacy_cap,
-    })
+    (cap, max_tokens.is_some() && max_completion.is_none())
 }
