@@ -143,115 +143,28 @@ pub(super) async fn complete_response(
     }
 }
 
+/// Streams an answer as server-sent events.
 pub(super) fn stream_response(
     st: AppState,
     meta: Meta,
     first: ReplyEvent,
-    mut reply: Delivery,
+    reply: Delivery,
     include_usage: bool,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(32);
-    let shutdown = st.shutdown.clone();
+    let pump = Pump {
+        tx,
+        meta,
+        reply,
+        shutdown: st.shutdown.clone(),
+        include_usage,
+        streamed: false,
+        stopping: None,
+    };
     // The pump owns the reply: when the client goes away the send fails, the reply is dropped
     // and the engine stops the upstream call (and charges what was sent). On shutdown the
     // engine ends the answer itself (uncharged) and the pump passes that on.
-    st.engine.tracker().spawn(async move {
-        metrics::gauge!("chatrelay_active_streams").increment(1.0);
-        let lang = meta.lang;
-        let data = |v: Value| Event::default().data(v.to_string());
-        let mut ok = tx
-            .send(data(meta.delta(
-                json!({"role": "assistant", "content": "", "refusal": null}),
-                None,
-            )))
-            .await
-            .is_ok();
-        let mut next = Some(first);
-        // Answers the engine makes itself (keyword replies, pictures) come as one final event
-        // with no deltas before it: their text is streamed as one piece.
-        let mut streamed = false;
-        let mut stopping: Option<tokio::time::Instant> = None;
-        while ok {
-            let event = match next.take() {
-                Some(e) => Some(e),
-                None => {
-                    let give_up = async {
-                        match stopping {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        biased;
-                        e = reply.next() => e,
-                        () = shutdown.cancelled(), if stopping.is_none() => {
-                            stopping = Some(tokio::time::Instant::now() + SHUTDOWN_WAIT);
-                            continue;
-                        }
-                        () = give_up => {
-                            let err = ApiError::shutting_down(lang);
-                            let _ = tx.send(data(err.body())).await;
-                            break;
-                        }
-                    }
-                }
-            };
-            match event {
-                Some(ReplyEvent::Delta(d)) => {
-                    streamed = true;
-                    ok = tx
-                        .send(data(meta.delta(json!({"content": d}), None)))
-                        .await
-                        .is_ok();
-                }
-                Some(ReplyEvent::Final {
-                    usage,
-                    text,
-                    charged,
-                    ..
-                }) => {
-                    if !streamed
-                        && !text.is_empty()
-                        && tx
-                            .send(data(meta.delta(json!({"content": text}), None)))
-                            .await
-                            .is_err()
-                    {
-                        // A one-piece answer (a picture) that never left.
-                        reply
-                            .engine
-                            .refund_undelivered(reply.uid, &reply.reference, charged);
-                        break;
-                    }
-                    let _ = tx.send(data(meta.delta(json!({}), Some("stop")))).await;
-                    if include_usage {
-                        let _ = tx
-                            .send(data(
-                                meta.chunk(json!([]), Some(&usage.unwrap_or_default())),
-                            ))
-                            .await;
-                    }
-                    let _ = tx.send(Event::default().data("[DONE]")).await;
-                    break;
-                }
-                Some(ReplyEvent::Failed { kind, message }) => {
-                    let err = if stopping.is_some() && kind == FailureKind::Unavailable {
-                        ApiError::shutting_down(lang)
-                    } else {
-                        ApiError::from_failure(lang, kind, message)
-                    };
-                    let _ = tx.send(data(err.body())).await;
-                    break;
-                }
-                None => {
-                    let err = interrupted(stopping.is_some(), lang);
-                    let _ = tx.send(data(err.body())).await;
-                    break;
-                }
-            }
-        }
-        metrics::gauge!("chatrelay_active_streams").decrement(1.0);
-    });
+    st.engine.tracker().spawn(pump.run(first));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
@@ -263,4 +176,130 @@ pub(super) fn stream_response(
     res.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
     res
+}
+
+/// Moves one answer's events to its SSE stream.
+struct Pump {
+    tx: mpsc::Sender<Event>,
+    meta: Meta,
+    reply: Delivery,
+    shutdown: tokio_util::sync::CancellationToken,
+    include_usage: bool,
+    /// Pieces were sent. Answers the engine makes itself (keyword replies, pictures) come as
+    /// one final event with no deltas before it: their text is streamed as one piece.
+    streamed: bool,
+    /// Shutdown began: the engine ends the answer; this is when to stop waiting for it.
+    stopping: Option<tokio::time::Instant>,
+}
+
+/// What the pump does next.
+enum Step {
+    Event(Option<ReplyEvent>),
+    Wait,
+    GiveUp,
+}
+
+impl Pump {
+    async fn run(mut self, first: ReplyEvent) {
+        metrics::gauge!("chatrelay_active_streams").increment(1.0);
+        let role = json!({"role": "assistant", "content": "", "refusal": null});
+        let mut ok = self.send(self.meta.delta(role, None)).await;
+        let mut next = Some(first);
+        while ok {
+            let event = match next.take() {
+                Some(e) => Some(e),
+                None => match self.next_step().await {
+                    Step::Event(e) => e,
+                    Step::Wait => continue,
+                    Step::GiveUp => {
+                        self.send(ApiError::shutting_down(self.meta.lang).body())
+                            .await;
+                        break;
+                    }
+                },
+            };
+            ok = match event {
+                Some(ReplyEvent::Delta(d)) => {
+                    self.streamed = true;
+                    self.send(self.meta.delta(json!({"content": d}), None))
+                        .await
+                }
+                Some(ReplyEvent::Final {
+                    usage,
+                    text,
+                    charged,
+                    ..
+                }) => {
+                    self.finish(text, usage, charged).await;
+                    false
+                }
+                Some(ReplyEvent::Failed { kind, message }) => {
+                    let lang = self.meta.lang;
+                    let err = if self.stopping.is_some() && kind == FailureKind::Unavailable {
+                        ApiError::shutting_down(lang)
+                    } else {
+                        ApiError::from_failure(lang, kind, message)
+                    };
+                    self.send(err.body()).await;
+                    false
+                }
+                None => {
+                    let err = interrupted(self.stopping.is_some(), self.meta.lang);
+                    self.send(err.body()).await;
+                    false
+                }
+            };
+        }
+        metrics::gauge!("chatrelay_active_streams").decrement(1.0);
+    }
+
+    /// The engine's next event, or: shutdown began (wait a little for the engine to end the
+    /// answer), or the wait is over.
+    async fn next_step(&mut self) -> Step {
+        let stopping = self.stopping;
+        let give_up = async {
+            match stopping {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            e = self.reply.next() => Step::Event(e),
+            () = self.shutdown.cancelled(), if stopping.is_none() => {
+                self.stopping = Some(tokio::time::Instant::now() + SHUTDOWN_WAIT);
+                Step::Wait
+            }
+            () = give_up => Step::GiveUp,
+        }
+    }
+
+    /// The last events: a one-piece answer's text, the stop chunk, usage, `[DONE]`.
+    async fn finish(&mut self, text: String, usage: Option<Usage>, charged: u64) {
+        if !self.streamed
+            && !text.is_empty()
+            && !self
+                .send(self.meta.delta(json!({"content": text}), None))
+                .await
+        {
+            // A one-piece answer (a picture) that never left.
+            let r = &self.reply;
+            r.engine.refund_undelivered(r.uid, &r.reference, charged);
+            return;
+        }
+        self.send(self.meta.delta(json!({}), Some("stop"))).await;
+        if self.include_usage {
+            let usage = usage.unwrap_or_default();
+            self.send(self.meta.chunk(json!([]), Some(&usage))).await;
+        }
+        let _ = self.tx.send(Event::default().data("[DONE]")).await;
+    }
+
+    /// Sends one JSON event; false when the reader has gone.
+    async fn send(&self, v: Value) -> bool {
+        self.tx
+            .send(Event::default().data(v.to_string()))
+            .await
+            .is_ok()
+    }
 }
