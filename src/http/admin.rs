@@ -893,9 +893,10 @@ async fn refund_order(
 
 async fn zsxq_list(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
     check_admin(&st, &headers)?;
-    let today = crate::zsxq::today(&st.engine);
+    let today = crate::channels::zsxq::today(&st.engine);
     let groups: Vec<_> = st
         .parts()
+        .channels
         .zsxq
         .groups()
         .iter()
@@ -904,8 +905,9 @@ async fn zsxq_list(State(st): State<AppState>, headers: HeaderMap) -> Result<Jso
     Ok(Json(json!(groups)))
 }
 
-fn zsxq_group(st: &AppState, id: &str) -> Result<std::sync::Arc<crate::zsxq::ZsxqGroup>> {
+fn zsxq_group(st: &AppState, id: &str) -> Result<std::sync::Arc<crate::channels::zsxq::ZsxqGroup>> {
     st.parts()
+        .channels
         .zsxq
         .group(id)
         .cloned()

@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::AppState;
 use crate::bot::Engine;
 use crate::bounded::BoundedMap;
+use crate::channels::ChannelState;
 use crate::config::{WecomAibotConfig, WecomConfig};
 use crate::util::now_ms;
 
@@ -56,7 +56,7 @@ const MAX_SEEN: usize = 50_000;
 const SEEN_KEEP: Duration = Duration::from_secs(600);
 
 /// The WeCom routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<ChannelState> {
     axum::Router::new()
         .route("/wecom/{id}", get(app_verify).post(app_callback))
         .route("/wecom/aibot/{id}", get(bot_verify).post(bot_callback))
@@ -279,7 +279,7 @@ fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
 // === self-built app ===
 
 async fn app_verify(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
@@ -293,7 +293,7 @@ async fn app_verify(
 }
 
 async fn app_callback(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,
@@ -454,7 +454,7 @@ fn has_markup(text: &str) -> bool {
 // === AI bot ===
 
 async fn bot_verify(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
@@ -475,7 +475,7 @@ fn sealed(bot: &WecomBot, q: &WecomQuery, plaintext_json: &str) -> Response {
 }
 
 async fn bot_callback(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,

@@ -30,9 +30,9 @@ use chatrelay_wechat::{
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::AppState;
 use crate::bot::{Engine, fill};
 use crate::bounded::BoundedMap;
+use crate::channels::ChannelState;
 use crate::config::{PushMode, WechatMpConfig};
 use crate::util::now_ms;
 
@@ -42,7 +42,7 @@ const MAX_REPLY_BYTES: usize = 2048;
 const TRIES: u32 = 3;
 
 /// The `/wechat/mp` routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<ChannelState> {
     axum::Router::new().route("/wechat/mp/{id}", get(verify).post(callback))
 }
 
@@ -151,7 +151,7 @@ impl MpAccount {
 pub type Accounts = Arc<HashMap<String, Arc<MpAccount>>>;
 
 async fn verify(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
@@ -168,7 +168,7 @@ async fn verify(
 }
 
 async fn callback(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     Query(q): Query<CallbackQuery>,
     body: Result<Bytes, BytesRejection>,
@@ -243,7 +243,7 @@ async fn callback(
 /// answer being made (see [`chatrelay_wechat::Delivery`]). In safe mode the signature covers
 /// the ciphertext already; the check is the same, so that nothing depends on the mode.
 fn fresh_delivery(
-    st: &AppState,
+    st: &ChannelState,
     account: &MpAccount,
     d: &chatrelay_wechat::Delivery,
 ) -> Result<bool, chatrelay_storage::StoreError> {
@@ -257,7 +257,7 @@ fn fresh_delivery(
 
 /// What to answer passively, if anything.
 async fn answer(
-    st: &AppState,
+    st: &ChannelState,
     account: &Arc<MpAccount>,
     key: &UserKey,
     opened: &Opened,
@@ -308,7 +308,7 @@ async fn answer(
 }
 
 async fn answer_text(
-    st: &AppState,
+    st: &ChannelState,
     account: &Arc<MpAccount>,
     key: &UserKey,
     opened: &Opened,
@@ -398,7 +398,7 @@ async fn answer_text(
 /// retry ever be answered this way, the user sends the keyword once more. The mark lasts the
 /// message dedupe time, and at least as long as the request's timestamp is accepted.
 fn first_login_request(
-    st: &AppState,
+    st: &ChannelState,
     key: &UserKey,
     opened: &Opened,
 ) -> Result<bool, chatrelay_storage::StoreError> {
@@ -445,7 +445,7 @@ fn try_number(
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
 /// reply and sends the rest on (push, or the outbox).
-fn with_outbox(st: &AppState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
+fn with_outbox(st: &ChannelState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
     let store = st.engine.store();
     let owed = match store.outbox_take(&key.to_string()) {
         Ok(owed) => owed,

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bot::Engine;
+use crate::channels::ChannelState;
 use crate::config::TelegramConfig;
-use crate::http::AppState;
 
 /// The getUpdates long-polling timeout, below the HTTP client's 17 s.
 const POLL_TIMEOUT_SECS: u32 = 10;
@@ -116,12 +116,12 @@ impl Telegram {
 }
 
 /// The Telegram routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<ChannelState> {
     axum::Router::new().route("/telegram/{id}", post(webhook))
 }
 
 async fn webhook(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,

@@ -4,6 +4,10 @@
 //!
 //! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
 
+pub mod api;
+pub mod shop;
+pub mod v1;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::bot::ratelimit::RateLimiter;
-use crate::http::AppState;
+use crate::channels::ChannelState;
 use crate::util::addr::{Cidr, host_prefix};
 use crate::util::now_ms;
 
@@ -35,7 +39,7 @@ const GUESTS_PER_IP_PER_HOUR: u32 = 3;
 const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// The page's routes (`page` false leaves only the APIs).
-pub fn routes(page: bool) -> axum::Router<AppState> {
+pub fn routes(page: bool) -> axum::Router<ChannelState> {
     let api = axum::Router::new()
         .route("/api/config", get(config))
         .route("/api/guest", post(guest));
@@ -77,7 +81,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     res
 }
 
-async fn config(State(st): State<AppState>) -> Response {
+async fn config(State(st): State<ChannelState>) -> Response {
     let parts = st.parts();
     let web = &parts.config.web;
     let login = parts.config.wechat_mp.first().map(|mp| {
@@ -127,7 +131,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn guest(
-    State(st): State<AppState>,
+    State(st): State<ChannelState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
