@@ -170,7 +170,7 @@ impl App {
             current: live.channels(),
             shutdown: shutdown.clone(),
             login: Arc::new(crate::auth::Login::default()),
-            guests: Arc::new(crate::channels::web::GuestLimiter::default()),
+            guests: Arc::new(crate::channels::web::guests::GuestLimiter::default()),
         };
         Ok(App {
             state: AppState {
@@ -378,7 +378,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 async fn housekeeping(
     engine: Engine,
     login: Arc<crate::auth::Login>,
-    guests: Arc<crate::channels::web::GuestLimiter>,
+    guests: Arc<crate::channels::web::guests::GuestLimiter>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {

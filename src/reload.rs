@@ -283,19 +283,7 @@ impl Live {
                     let (engine, alerts, shutdown) =
                         (engine.clone(), alerts.clone(), shutdown.clone());
                     let poller = task_poller.clone();
-                    async move {
-                        match poller {
-                            Poller::Zsxq(group) => {
-                                crate::channels::zsxq::run_group(
-                                    engine, alerts, group, stop, shutdown,
-                                )
-                                .await;
-                            }
-                            Poller::Telegram(bot) => {
-                                crate::channels::telegram::run_bot(engine, bot, stop).await;
-                            }
-                        }
-                    }
+                    poller.run(engine, alerts, stop, shutdown)
                 })
                 .await;
             });

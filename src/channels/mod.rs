@@ -9,9 +9,10 @@
 //!
 //! This module is the registry: [`Channels`] is one configuration's generation of every
 //! channel (built from the config, taking over runtime state from the previous generation on a
-//! reload), [`router`] merges their routes over one [`ChannelState`], and [`Poller`] runs the
-//! background ones. Channels import the engine, auth, billing, config, util, the core crate
-//! and their own connector; never `http` or `reload`, which import them.
+//! reload), [`router`] gives each channel its own state (the engine and its part of the
+//! generation in force) and merges their routes, and [`Poller`] runs the background ones.
+//! A channel imports the engine, auth, billing, config, util, the core crate and its own
+//! connector; never this registry, `http` or `reload`, which import it.
 
 pub mod mp;
 pub mod telegram;
@@ -20,26 +21,23 @@ pub mod wecom;
 pub mod zsxq;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerter;
 use crate::billing::Billing;
 use crate::bot::Engine;
 use crate::config::Config;
-use crate::util::{Current, addr};
+use crate::util::Current;
 
 /// Every channel of one configuration generation.
 pub struct Channels {
-    /// The configuration they were built from.
-    pub config: Arc<Config>,
-    /// The shop the web page sells through (the same one the payment notifications credit).
-    pub billing: Arc<Billing>,
+    /// The web page's parts: the configuration these were built from and the shop it sells
+    /// through (the same one the payment notifications credit).
+    pub web: Arc<web::state::WebParts>,
     /// The configured Official Accounts.
     pub mp: mp::Accounts,
     /// The configured WeCom apps and AI bots.
@@ -84,8 +82,7 @@ impl Channels {
             accounts.insert(cfg.id.clone(), account);
         }
         Ok(Channels {
-            config,
-            billing,
+            web: Arc::new(web::state::WebParts { config, billing }),
             mp: Arc::new(accounts),
             wecom,
             zsxq,
@@ -111,7 +108,7 @@ impl Channels {
     }
 }
 
-/// What the channels' request handlers share (their axum state). Cheap to clone.
+/// What every channel's handlers are built over. Cheap to clone.
 #[derive(Clone)]
 pub struct ChannelState {
     /// The conversation engine.
@@ -123,37 +120,46 @@ pub struct ChannelState {
     /// Login codes to tokens, with attempt limits.
     pub login: Arc<crate::auth::Login>,
     /// Limits guest sign-ups per address.
-    pub guests: Arc<web::GuestLimiter>,
+    pub guests: Arc<web::guests::GuestLimiter>,
 }
 
-impl ChannelState {
-    /// The channels now (see [`Current::get`]).
-    #[must_use]
-    pub fn parts(&self) -> Arc<Channels> {
-        self.current.get()
-    }
-
-    /// The client's address, through the proxies `server.trusted_proxies` names (see
-    /// [`addr::client_ip`]). Every per-address limit goes through here.
-    #[must_use]
-    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        let trusted = addr::parse_trusted(&self.parts().config.server.trusted_proxies);
-        addr::client_ip(peer, headers, &trusted)
-    }
-}
-
-/// Every channel's routes over one state (`web_page` false leaves the chat page out, its
-/// APIs in).
+/// Every channel's routes, each over its own state (`web_page` false leaves the chat page
+/// out, its APIs in).
 pub fn router(state: ChannelState, web_page: bool) -> Router {
+    let ChannelState {
+        engine,
+        current,
+        shutdown,
+        login,
+        guests,
+    } = state;
+    let web = web::state::WebState {
+        engine: engine.clone(),
+        current: current.map(|c| c.web.clone()),
+        shutdown,
+        login,
+        guests,
+    };
+    let mp = mp::MpState {
+        engine: engine.clone(),
+        accounts: current.map(|c| c.mp.clone()),
+    };
+    let wecom = wecom::WecomState {
+        engine: engine.clone(),
+        wecom: current.map(|c| c.wecom.clone()),
+    };
+    let telegram = telegram::TelegramState {
+        engine,
+        telegram: current.map(|c| c.telegram.clone()),
+    };
     Router::new()
-        .merge(web::routes(web_page))
-        .merge(web::v1::routes())
-        .merge(web::api::routes())
-        .merge(mp::routes())
-        .merge(web::shop::routes())
-        .merge(wecom::routes())
-        .merge(telegram::routes())
-        .with_state(state)
+        .merge(web::routes(web_page).with_state(web.clone()))
+        .merge(web::v1::routes().with_state(web.clone()))
+        .merge(web::api::routes().with_state(web.clone()))
+        .merge(mp::routes().with_state(mp))
+        .merge(web::shop::routes().with_state(web))
+        .merge(wecom::routes().with_state(wecom))
+        .merge(telegram::routes().with_state(telegram))
 }
 
 /// A channel's background poller.

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::AppState;
+use super::state::AppState;
 use crate::util::now_ms;
 
 /// The `/admin` routes.
@@ -86,7 +86,7 @@ impl From<StoreError> for AdminError {
 type Result<T> = std::result::Result<T, AdminError>;
 
 fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<()> {
-    match super::bearer(headers) {
+    match crate::auth::bearer(headers) {
         Some(t) if crate::util::secrets_equal(t, st.parts().admin_token.expose()) => Ok(()),
         Some(_) => {
             warn!("admin API: wrong token");

@@ -110,6 +110,19 @@ impl<T> Current<T> {
     pub fn get(&self) -> std::sync::Arc<T> {
         (self.0)()
     }
+
+    /// A handle on a part of the value in force.
+    #[must_use]
+    pub fn map<U>(
+        &self,
+        part: impl Fn(&T) -> std::sync::Arc<U> + Send + Sync + 'static,
+    ) -> Current<U>
+    where
+        T: 'static,
+    {
+        let whole = self.clone();
+        Current::new(move || part(&whole.get()))
+    }
 }
 
 impl<T> Clone for Current<T> {

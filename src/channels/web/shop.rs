@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::billing::BillingError;
-use crate::channels::ChannelState;
+use crate::channels::web::state::WebState;
 
 /// The shop routes.
-pub fn routes() -> axum::Router<ChannelState> {
+pub fn routes() -> axum::Router<WebState> {
     axum::Router::new()
         .route("/api/products", get(products))
         .route("/api/orders", post(create_order))
@@ -52,7 +52,7 @@ pub fn order_json(o: &Order) -> Value {
     })
 }
 
-async fn products(State(st): State<ChannelState>) -> Response {
+async fn products(State(st): State<WebState>) -> Response {
     let billing = st.parts().billing.clone();
     let products: Vec<Value> = billing
         .products()
@@ -71,7 +71,7 @@ struct CreateOrder {
 }
 
 async fn create_order(
-    State(st): State<ChannelState>,
+    State(st): State<WebState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -127,7 +127,7 @@ async fn create_order(
 }
 
 /// The order if it exists and belongs to the caller.
-fn own_order(st: &ChannelState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
+fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
     let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
     match st.engine.store().order(id) {
         Ok(Some(o)) if o.uid == uid => Ok(o),
@@ -147,11 +147,7 @@ fn own_order(st: &ChannelState, headers: &HeaderMap, id: &str) -> Result<Order, 
     }
 }
 
-async fn order(
-    State(st): State<ChannelState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn order(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     match own_order(&st, &headers, &id) {
         Ok(o) => Json(order_json(&o)).into_response(),
         Err(r) => *r,
@@ -159,7 +155,7 @@ async fn order(
 }
 
 async fn order_qr(
-    State(st): State<ChannelState>,
+    State(st): State<WebState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ApiError, Lang, failure, interrupted};
 use crate::bot::Engine;
-use crate::channels::ChannelState;
+use crate::channels::web::state::WebState;
 
 /// How long an open stream waits, once shutdown begins, for the engine to end its answer
 /// (the engine ends it at once; this only bounds a stuck one).
@@ -144,7 +144,7 @@ pub(super) async fn complete_response(
 }
 
 pub(super) fn stream_response(
-    st: ChannelState,
+    st: WebState,
     meta: Meta,
     first: ReplyEvent,
     mut reply: Delivery,
