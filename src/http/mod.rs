@@ -1,7 +1,7 @@
-//! The HTTP surface, one axum router on one listener: `/v1` (OpenAI-compatible, metered),
-//! `/admin` (bearer = admin token), `/api` (the web page's account API), `/wechat/mp`
-//! (Official Account callbacks), `/wecom` (WeCom app and AI bot callbacks), `/pay` (payment
-//! notifications), `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP surface, one axum router on one listener. It merges the channels' routes
+//! ([`crate::channels::router`]: `/`, `/api`, `/v1`, `/wechat/mp`, `/wecom`, `/telegram`) and
+//! billing's (`/pay`, payment notifications) with its own: `/admin` (bearer = admin token),
+//! `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Every request gets an `x-request-id` and a tracing span; bodies, heads, targets, time and
 //! requests in flight are limited ([`limits`]); errors
