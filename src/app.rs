@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::bot::{Engine, Settings, llm};
+use crate::channels::ChannelState;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::reload::{Live, Parts};
@@ -152,7 +153,7 @@ impl App {
         if parts.billing.enabled() {
             info!(channels = ?parts.billing.channels(), products = parts.billing.products().len(), "payments enabled");
         }
-        for id in parts.mp.keys() {
+        for id in parts.channels.mp.keys() {
             info!(account = %id, "WeChat Official Account at /wechat/mp/{id}");
         }
         let live = Live::new(
@@ -164,14 +165,20 @@ impl App {
             tracker.clone(),
             shutdown.clone(),
         );
+        let channels = ChannelState {
+            engine: engine.clone(),
+            current: live.channels(),
+            shutdown: shutdown.clone(),
+            login: Arc::new(crate::auth::Login::default()),
+            guests: Arc::new(crate::channels::web::guests::GuestLimiter::default()),
+        };
         Ok(App {
             state: AppState {
                 engine,
                 live,
                 metrics: metrics_handle(),
                 shutdown,
-                login: Arc::new(crate::auth::Login::default()),
-                guests: Arc::new(crate::web::GuestLimiter::default()),
+                channels,
                 body_limit: config.server.max_body_bytes,
                 web_page: config.web.enabled,
             },
@@ -206,8 +213,8 @@ impl App {
         let metrics = state.metrics.clone();
         tracker.spawn(housekeeping(
             engine.clone(),
-            state.login.clone(),
-            state.guests.clone(),
+            state.channels.login.clone(),
+            state.channels.guests.clone(),
             metrics,
             shutdown.clone(),
         ));
@@ -371,7 +378,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 async fn housekeeping(
     engine: Engine,
     login: Arc<crate::auth::Login>,
-    guests: Arc<crate::web::GuestLimiter>,
+    guests: Arc<crate::channels::web::guests::GuestLimiter>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {

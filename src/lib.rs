@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //! Each module is to import only those below it (issue 19); `scripts/layout-check` prints the
-//! import graph and any circle (the HTTP layer, reload and the channels still form one). The
-//! ground floor, which imports nothing above it:
+//! import graph and any circle (none now). The ground floor, which imports nothing above it:
 //! - [`util`]: the clock, day numbers, time zones, random ids, yuan, constant-time comparison,
-//!   client addresses (`util/addr.rs`: trusted proxies, `X-Forwarded-For`, prefixes). Imports
-//!   nothing of the crate.
+//!   client addresses (`util/addr.rs`: trusted proxies, `X-Forwarded-For`, prefixes), and
+//!   [`util::Current`], the handle through which a module reads the generation a reload put
+//!   in force without importing [`reload`]. Imports nothing of the crate.
 //! - [`config`]: typed configuration; imports only `util` and the connector, storage and rules
 //!   crates. `config/mod.rs` loads (TOML + `CHATRELAY__*` env + `*_file` secrets),
 //!   `sections.rs` / `channels.rs` / `pay.rs` hold the section types (`pay.rs` also loads the
@@ -16,19 +16,24 @@
 //! - [`alerts`]: operators' alerts over [`alerts::AlertSink`]s at a [`alerts::Pace`]; imports
 //!   nothing of the crate (the WeCom group robot sink is built in [`reload`]).
 //!
-//! Above it:
-//! - [`app`]: builds everything from a config, serves, shuts down gracefully.
+//! Above it, from the bottom up (each imports only what is listed before it):
 //! - [`stats`]: per-day statistics (active users, messages, tokens, cost, revenue).
-//! - [`reload`]: the configuration-derived parts behind one swappable handle (with the alert
-//!   sinks: the WeCom group robots); SIGHUP reloads.
-//! - [`bot`]: the conversation engine, one path for every platform.
-//! - [`http`]: the axum router (`/v1`, `/admin`, `/api`, `/wechat/mp`, health, metrics).
-//! - [`auth`]: login codes and the tokens they buy; the admin token (`auth/admin_token.rs`).
-//! - [`billing`]: products, orders, payment notifications, reconciliation, refunds.
 //! - [`bounded`]: the size-capped, expiring map for anything keyed by outside input.
-//! - [`zsxq`]: polls zsxq groups and answers their questions once.
-//! - [`telegram`]: Telegram bots (long polling or webhook), answers streamed by edits.
-//! - [`web`]: the embedded chat page and its bootstrap APIs.
+//! - [`bot`]: the conversation engine, one path for every platform; knows no channel.
+//! - [`auth`]: login codes and the tokens they buy, the bearer of a request, the admin token
+//!   (`auth/admin_token.rs`).
+//! - [`billing`]: products, orders, reconciliation, refunds; the providers' payment
+//!   notifications (`billing/notify.rs`, `/pay/*`) over their own state.
+//! - [`channels`]: one room per channel, each with its own axum state: `mp.rs` (Official
+//!   Accounts), `wecom.rs` (WeCom apps and AI bots), `telegram.rs`, `zsxq.rs` (a poller),
+//!   `web/` (the page, guests, the account API `api.rs`, the shop `shop.rs`, `/v1`).
+//!   `channels/mod.rs` is the registry: builds them from a config taking over from the
+//!   previous generation, gives each its state, merges their routes, runs their pollers.
+//! - [`reload`]: the configuration-derived parts (admin token, shop, channels) behind one
+//!   swappable handle (with the alert sinks: the WeCom group robots); SIGHUP reloads.
+//! - [`http`]: the axum router: merges the channels' and billing's routers with `/admin`,
+//!   health and metrics (their [`http::AppState`]), under the limits ([`http::limits`]).
+//! - [`app`]: builds everything from a config, serves, shuts down gracefully.
 //! - [`admin`]: the admin API under `/admin`, its routes by resource (users, credits, tokens,
 //!   orders, zsxq, ops) behind one auth layer, and its client `chatrelay admin ...`
 //!   ([`admin::cli`]: commands, HTTP client, renderers), both built from [`admin::paths`].
@@ -45,12 +50,10 @@ pub mod auth;
 pub mod billing;
 pub mod bot;
 pub mod bounded;
+pub mod channels;
 pub mod config;
 pub mod http;
 pub mod leader;
 pub mod reload;
 pub mod stats;
-pub mod telegram;
 pub mod util;
-pub mod web;
-pub mod zsxq;

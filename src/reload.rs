@@ -30,11 +30,9 @@ use chatrelay_wechat::robot::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_RATE_WINDOW};
 use crate::alerts::{AlertSink, Alerter, Pace, SendFuture};
 use crate::billing::Billing;
 use crate::bot::{Engine, Settings, llm};
+use crate::channels::{Channels, Poller};
 use crate::config::{self, Config, Secret};
-use crate::http::mp::{Accounts, MpAccount};
-use crate::http::wecom::Wecom;
-use crate::telegram::Telegram;
-use crate::zsxq::Zsxq;
+use crate::util::Current;
 
 /// The pace of the WeCom group robots, the alert sinks: 20 messages a minute each.
 pub const ROBOT_PACE: Pace = Pace {
@@ -79,16 +77,10 @@ pub struct Parts {
     pub config: Arc<Config>,
     /// The admin API's bearer token.
     pub admin_token: Secret,
-    /// The configured Official Accounts.
-    pub mp: Accounts,
     /// The shop: products, orders, payments.
     pub billing: Arc<Billing>,
-    /// The configured WeCom apps and AI bots.
-    pub wecom: Arc<Wecom>,
-    /// The configured zsxq groups.
-    pub zsxq: Arc<Zsxq>,
-    /// The configured Telegram bots.
-    pub telegram: Arc<Telegram>,
+    /// Every channel (Official Accounts, WeCom, zsxq, Telegram, the web page).
+    pub channels: Arc<Channels>,
 }
 
 impl Parts {
@@ -111,36 +103,17 @@ impl Parts {
             )
             .context("setting up payments")?,
         );
-        let wecom = Arc::new(
-            Wecom::from_config(&config, http, previous.map(|p| &*p.wecom))
-                .context("setting up WeCom")?,
-        );
-        let zsxq = Arc::new(
-            Zsxq::from_config(&config, http, previous.map(|p| &*p.zsxq))
-                .context("setting up zsxq")?,
-        );
-        let telegram = Arc::new(
-            Telegram::from_config(&config, http, previous.map(|p| &*p.telegram))
-                .context("setting up Telegram")?,
-        );
-        let mut mp = HashMap::new();
-        for cfg in &config.wechat_mp {
-            let old = previous.and_then(|p| p.mp.get(&cfg.id));
-            let account = match old {
-                Some(old) if old.config() == cfg => old.clone(),
-                Some(old) => Arc::new(MpAccount::new(cfg.clone(), http.clone())?.taking_over(old)),
-                None => Arc::new(MpAccount::new(cfg.clone(), http.clone())?),
-            };
-            mp.insert(cfg.id.clone(), account);
-        }
+        let channels = Arc::new(Channels::build(
+            config.clone(),
+            billing.clone(),
+            http,
+            previous.map(|p| &*p.channels),
+        )?);
         Ok(Parts {
             config,
             admin_token,
-            mp: Arc::new(mp),
             billing,
-            wecom,
-            zsxq,
-            telegram,
+            channels,
         })
     }
 }
@@ -241,6 +214,20 @@ impl Live {
             .clone()
     }
 
+    /// A handle on the channels in force, for their request handlers.
+    #[must_use]
+    pub fn channels(&self) -> Current<Channels> {
+        let live = self.clone();
+        Current::new(move || live.get().channels.clone())
+    }
+
+    /// A handle on the shop in force, for the payment notifications.
+    #[must_use]
+    pub fn billing(&self) -> Current<Billing> {
+        let live = self.clone();
+        Current::new(move || live.get().billing.clone())
+    }
+
     /// Starts (or, after a reload, restarts) the pollers: one per zsxq group and one per
     /// Telegram bot. A poller whose component was kept keeps running; a replaced one is
     /// stopped, and its successor starts once it has finished.
@@ -248,16 +235,7 @@ impl Live {
         let parts = self.get();
         let inner = &self.inner;
         let mut jobs = inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wanted: HashMap<String, Poller> = HashMap::new();
-        for group in parts.zsxq.groups() {
-            wanted.insert(format!("zsxq:{}", group.id()), Poller::Zsxq(group.clone()));
-        }
-        for bot in parts.telegram.bots() {
-            wanted.insert(
-                format!("telegram:{}", bot.id()),
-                Poller::Telegram(bot.clone()),
-            );
-        }
+        let wanted = parts.channels.pollers();
         let Jobs { running, retiring } = &mut *jobs;
         retiring.retain(|_, handle| !handle.is_finished());
         // Stop pollers whose component is gone.
@@ -305,16 +283,7 @@ impl Live {
                     let (engine, alerts, shutdown) =
                         (engine.clone(), alerts.clone(), shutdown.clone());
                     let poller = task_poller.clone();
-                    async move {
-                        match poller {
-                            Poller::Zsxq(group) => {
-                                crate::zsxq::run_group(engine, alerts, group, stop, shutdown).await;
-                            }
-                            Poller::Telegram(bot) => {
-                                crate::telegram::run_bot(engine, bot, stop).await;
-                            }
-                        }
-                    }
+                    poller.run(engine, alerts, stop, shutdown)
                 })
                 .await;
             });
@@ -414,23 +383,6 @@ impl Live {
             info!("SIGHUP received: reloading the configuration");
             // The outcome is logged by reload().
             let _ = self.reload().await;
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Poller {
-    Zsxq(Arc<crate::zsxq::ZsxqGroup>),
-    Telegram(Arc<crate::telegram::TelegramBot>),
-}
-
-impl Poller {
-    /// The same component (not merely an equal configuration).
-    fn same(&self, other: &Poller) -> bool {
-        match (self, other) {
-            (Poller::Zsxq(a), Poller::Zsxq(b)) => Arc::ptr_eq(a, b),
-            (Poller::Telegram(a), Poller::Telegram(b)) => Arc::ptr_eq(a, b),
-            _ => false,
         }
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Answer, Body, St, UidPath, existing_user, require};
+use super::common::{AdminError, Answer, Body, St, UidPath, existing_user, require};
 use crate::util::now_ms;
 
 /// A grant or a take-back.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{AdminError, Answer, Result, St, blocking, parse_day};
+use super::common::{AdminError, Answer, Result, St, blocking, parse_day};
 use crate::util::now_ms;
 
 /// `GET /admin/stats`.

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Answer, Body, Result, St, blocking, parse_day, require};
-use crate::http::AppState;
+use super::common::{AdminError, Answer, Body, Result, St, blocking, parse_day, require};
+use super::state::AppState;
 
 /// Which orders (list and CSV).
 #[derive(Deserialize)]

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Answer, Body, OptionalBody, St, UidPath, existing_user};
+use super::common::{AdminError, Answer, Body, OptionalBody, St, UidPath, existing_user};
 use crate::util::now_ms;
 
 /// `POST /admin/users/{uid}/tokens`.

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{AdminError, Answer, Body, Result, St, UidPath, blocking, existing_user};
-use crate::http::AppState;
+use super::common::{AdminError, Answer, Body, Result, St, UidPath, blocking, existing_user};
+use super::state::AppState;
 
 /// `POST /admin/users`.
 #[derive(Deserialize)]

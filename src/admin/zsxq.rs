@@ -8,15 +8,16 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::{AdminError, Answer, Body, Result, St, require};
-use crate::http::AppState;
-use crate::zsxq::ZsxqGroup;
+use super::common::{AdminError, Answer, Body, Result, St, require};
+use super::state::AppState;
+use crate::channels::zsxq::ZsxqGroup;
 
 /// Every zsxq group with its state.
 pub async fn zsxq_list(st: St) -> Answer {
-    let today = crate::zsxq::today(&st.engine);
+    let today = crate::channels::zsxq::today(&st.engine);
     let groups: Vec<_> = st
         .parts()
+        .channels
         .zsxq
         .groups()
         .iter()
@@ -27,6 +28,7 @@ pub async fn zsxq_list(st: St) -> Answer {
 
 fn zsxq_group(st: &AppState, id: &str) -> Result<Arc<ZsxqGroup>> {
     st.parts()
+        .channels
         .zsxq
         .group(id)
         .cloned()

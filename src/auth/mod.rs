@@ -163,8 +163,37 @@ impl Login {
     }
 }
 
+/// The bearer token of a request, if any.
+#[must_use]
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_parsing() {
+        use super::bearer;
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer sk-1".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-1"));
+        h.insert("authorization", "bearer  sk-2 ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-2"));
+        h.insert("authorization", "Basic xyz".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
     use super::*;
     use chatrelay_core::Platform;
 

@@ -9,6 +9,8 @@
 //! - an expired order is closed at the provider first, and locally only once the provider
 //!   says it is unpaid; a payment that arrives after a local close is still credited.
 
+pub mod notify;
+
 use std::time::Duration;
 
 use chatrelay_alipay as alipay;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use super::AppState;
+use crate::admin::state::AppState;
 
 /// The operations routes.
 pub fn routes() -> axum::Router<AppState> {

@@ -94,6 +94,43 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
         == 0
 }
 
+/// A handle on the current generation of something a reload replaces: each call to
+/// [`Current::get`] returns the value now in force. Who owns the swap (`reload::Live`) builds
+/// it, so that the modules reading through it need not import the owner. Cheap to clone.
+pub struct Current<T>(std::sync::Arc<dyn Fn() -> std::sync::Arc<T> + Send + Sync>);
+
+impl<T> Current<T> {
+    /// A handle that asks `now` for the value in force.
+    pub fn new(now: impl Fn() -> std::sync::Arc<T> + Send + Sync + 'static) -> Self {
+        Current(std::sync::Arc::new(now))
+    }
+
+    /// The value now. Hold it for the length of a request, not longer.
+    #[must_use]
+    pub fn get(&self) -> std::sync::Arc<T> {
+        (self.0)()
+    }
+
+    /// A handle on a part of the value in force.
+    #[must_use]
+    pub fn map<U>(
+        &self,
+        part: impl Fn(&T) -> std::sync::Arc<U> + Send + Sync + 'static,
+    ) -> Current<U>
+    where
+        T: 'static,
+    {
+        let whole = self.clone();
+        Current::new(move || part(&whole.get()))
+    }
+}
+
+impl<T> Clone for Current<T> {
+    fn clone(&self) -> Self {
+        Current(self.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

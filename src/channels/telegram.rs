@@ -28,7 +28,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bot::Engine;
 use crate::config::TelegramConfig;
-use crate::http::AppState;
+use crate::util::Current;
 
 /// The getUpdates long-polling timeout, below the HTTP client's 17 s.
 const POLL_TIMEOUT_SECS: u32 = 10;
@@ -115,20 +115,29 @@ impl Telegram {
     }
 }
 
+/// What the webhook handler needs.
+#[derive(Clone)]
+pub struct TelegramState {
+    /// The conversation engine.
+    pub engine: Engine,
+    /// The bots in force (a reload swaps them).
+    pub telegram: Current<Telegram>,
+}
+
 /// The Telegram routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<TelegramState> {
     axum::Router::new().route("/telegram/{id}", post(webhook))
 }
 
 async fn webhook(
-    State(st): State<AppState>,
+    State(st): State<TelegramState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(bot) = st
-        .parts()
         .telegram
+        .get()
         .bots
         .get(&id)
         .filter(|b| b.webhook())

@@ -36,15 +36,15 @@ use error::*;
 pub use error::{ApiError, Lang};
 use request::*;
 
-use super::AppState;
 use crate::bot::ApiRequest;
+use crate::channels::web::state::WebState;
 use crate::util::{now_ms, random_id};
 
 /// When the daemon started, in seconds: the `created` of every model it lists.
 static STARTED: OnceLock<i64> = OnceLock::new();
 
 /// The `/v1` routes, with OpenAI-shaped answers for unknown paths and wrong methods.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<WebState> {
     STARTED.get_or_init(|| now_ms() / 1000);
     axum::Router::new()
         .route(
@@ -59,7 +59,7 @@ pub fn routes() -> axum::Router<AppState> {
 }
 
 /// Resolves the bearer user token to a uid.
-pub fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Uid, ApiError> {
+pub fn authenticate(st: &WebState, headers: &HeaderMap) -> Result<Uid, ApiError> {
     let lang = Lang::of_request(headers, &st.engine.settings().texts);
     let unauthorized = |m: String| {
         ApiError::new(
@@ -70,7 +70,7 @@ pub fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Uid, ApiError>
         )
         .no_retry()
     };
-    let token = super::bearer(headers).ok_or_else(|| {
+    let token = crate::auth::bearer(headers).ok_or_else(|| {
         unauthorized(lang.pick(
             "You didn't provide an API key. Send it as Authorization: Bearer <token>.",
             "没有提供 API 密钥，请以 Authorization: Bearer <token> 发送。",
@@ -93,7 +93,7 @@ pub fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Uid, ApiError>
 }
 
 async fn chat_completions(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -184,7 +184,7 @@ fn model_object(name: &str) -> Value {
     json!({"id": name, "object": "model", "created": STARTED.get().copied().unwrap_or(0), "owned_by": "chatrelay"})
 }
 
-async fn models(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn models(State(st): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authenticate(&st, &headers)?;
     let data: Vec<Value> = st
         .engine
@@ -197,7 +197,7 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
 }
 
 async fn model(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -224,7 +224,7 @@ async fn model(
 
 /// Any other path under `/v1`: OpenAI's 404.
 async fn unknown_path(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -234,7 +234,7 @@ async fn unknown_path(
 
 /// A known `/v1` path with the wrong method: OpenAI's 405.
 async fn wrong_method(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -244,7 +244,7 @@ async fn wrong_method(
 
 /// OpenAI's words for a path it does not serve (404) or a method it does not take (405).
 fn route_error(
-    st: &AppState,
+    st: &WebState,
     status: StatusCode,
     method: &Method,
     uri: &Uri,

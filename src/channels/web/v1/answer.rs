@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::error::{ApiError, Lang, failure, interrupted};
 use crate::bot::Engine;
-use crate::http::AppState;
+use crate::channels::web::state::WebState;
 
 /// How long an open stream waits, once shutdown begins, for the engine to end its answer
 /// (the engine ends it at once; this only bounds a stuck one).
@@ -145,7 +145,7 @@ pub(super) async fn complete_response(
 
 /// Streams an answer as server-sent events.
 pub(super) fn stream_response(
-    st: AppState,
+    st: WebState,
     meta: Meta,
     first: ReplyEvent,
     reply: Delivery,

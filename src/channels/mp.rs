@@ -30,11 +30,10 @@ use chatrelay_wechat::{
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::AppState;
 use crate::bot::{Engine, fill};
 use crate::bounded::BoundedMap;
 use crate::config::{PushMode, WechatMpConfig};
-use crate::util::now_ms;
+use crate::util::{Current, now_ms};
 
 /// WeChat's limit for one text message, in UTF-8 bytes.
 const MAX_REPLY_BYTES: usize = 2048;
@@ -42,7 +41,7 @@ const MAX_REPLY_BYTES: usize = 2048;
 const TRIES: u32 = 3;
 
 /// The `/wechat/mp` routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<MpState> {
     axum::Router::new().route("/wechat/mp/{id}", get(verify).post(callback))
 }
 
@@ -150,12 +149,21 @@ impl MpAccount {
 /// The configured accounts by id.
 pub type Accounts = Arc<HashMap<String, Arc<MpAccount>>>;
 
+/// What the Official Account handlers need.
+#[derive(Clone)]
+pub struct MpState {
+    /// The conversation engine.
+    pub engine: Engine,
+    /// The accounts in force (a reload swaps them).
+    pub accounts: Current<HashMap<String, Arc<MpAccount>>>,
+}
+
 async fn verify(
-    State(st): State<AppState>,
+    State(st): State<MpState>,
     Path(id): Path<String>,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let Some(account) = st.parts().mp.get(&id).cloned() else {
+    let Some(account) = st.accounts.get().get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown account").into_response();
     };
     match account.endpoint.verify_url(&q) {
@@ -168,12 +176,12 @@ async fn verify(
 }
 
 async fn callback(
-    State(st): State<AppState>,
+    State(st): State<MpState>,
     Path(id): Path<String>,
     Query(q): Query<CallbackQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(account) = st.parts().mp.get(&id).cloned() else {
+    let Some(account) = st.accounts.get().get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown account").into_response();
     };
     let body = match body {
@@ -243,7 +251,7 @@ async fn callback(
 /// answer being made (see [`chatrelay_wechat::Delivery`]). In safe mode the signature covers
 /// the ciphertext already; the check is the same, so that nothing depends on the mode.
 fn fresh_delivery(
-    st: &AppState,
+    st: &MpState,
     account: &MpAccount,
     d: &chatrelay_wechat::Delivery,
 ) -> Result<bool, chatrelay_storage::StoreError> {
@@ -257,7 +265,7 @@ fn fresh_delivery(
 
 /// What to answer passively, if anything.
 async fn answer(
-    st: &AppState,
+    st: &MpState,
     account: &Arc<MpAccount>,
     key: &UserKey,
     opened: &Opened,
@@ -308,7 +316,7 @@ async fn answer(
 }
 
 async fn answer_text(
-    st: &AppState,
+    st: &MpState,
     account: &Arc<MpAccount>,
     key: &UserKey,
     opened: &Opened,
@@ -398,7 +406,7 @@ async fn answer_text(
 /// retry ever be answered this way, the user sends the keyword once more. The mark lasts the
 /// message dedupe time, and at least as long as the request's timestamp is accepted.
 fn first_login_request(
-    st: &AppState,
+    st: &MpState,
     key: &UserKey,
     opened: &Opened,
 ) -> Result<bool, chatrelay_storage::StoreError> {
@@ -445,7 +453,7 @@ fn try_number(
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
 /// reply and sends the rest on (push, or the outbox).
-fn with_outbox(st: &AppState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
+fn with_outbox(st: &MpState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
     let store = st.engine.store();
     let owed = match store.outbox_take(&key.to_string()) {
         Ok(owed) => owed,

@@ -1,10 +1,6 @@
-//! Payment notifications (`POST /pay/wechat/notify`, `POST /pay/alipay/notify`) and the web
-//! page's shop API (`GET /api/products`, `POST /api/orders`, `GET /api/orders/{id}`,
-//! `GET /api/orders/{id}/qr.svg`).
-//!
-//! Notifications are answered "received" only after the credit is on disk; each provider gets
-//! the failure reply it expects (WeChat Pay: 4xx/5xx with `{"code":"FAIL"}`; Alipay: anything
-//! but `success`), so it retries what we could not take.
+//! The web page's shop API (`GET /api/products`, `POST /api/orders`, `GET /api/orders/{id}`,
+//! `GET /api/orders/{id}/qr.svg`). The providers' payment notifications are billing's
+//! ([`crate::billing::notify`]).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,80 +14,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::AppState;
 use crate::billing::BillingError;
+use crate::channels::web::state::WebState;
 
-/// The payment and shop routes.
-pub fn routes() -> axum::Router<AppState> {
+/// The shop routes.
+pub fn routes() -> axum::Router<WebState> {
     axum::Router::new()
-        .route("/pay/wechat/notify", post(wechat_notify))
-        .route("/pay/alipay/notify", post(alipay_notify))
         .route("/api/products", get(products))
         .route("/api/orders", post(create_order))
         .route("/api/orders/{id}", get(order))
         .route("/api/orders/{id}/qr.svg", get(order_qr))
-}
-
-fn wechat_fail(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"code": "FAIL", "message": message}))).into_response()
-}
-
-async fn wechat_notify(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Ok(body) = body else {
-        return wechat_fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    };
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let h = chatrelay_wechat_pay::NotifyHeaders {
-        timestamp: header("wechatpay-timestamp"),
-        nonce: header("wechatpay-nonce"),
-        signature: header("wechatpay-signature"),
-        serial: header("wechatpay-serial"),
-    };
-    match st.parts().billing.wechat_notify(&h, &body).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => {
-            let status = notify_status(&e);
-            warn!(status = status.as_u16(), error = %e, "WeChat Pay notification refused");
-            wechat_fail(status, "失败")
-        }
-    }
-}
-
-async fn alipay_notify(
-    State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Ok(body) = body else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "fail").into_response();
-    };
-    match st.parts().billing.alipay_notify(&body).await {
-        Ok(()) => "success".into_response(),
-        Err(e) => {
-            let status = notify_status(&e);
-            warn!(status = status.as_u16(), error = %e, "Alipay notification refused");
-            (status, "fail").into_response()
-        }
-    }
-}
-
-fn notify_status(e: &BillingError) -> StatusCode {
-    match e {
-        BillingError::Verification(_) => StatusCode::UNAUTHORIZED,
-        BillingError::Mismatch(_) => StatusCode::BAD_REQUEST,
-        BillingError::UnknownOrder(_) => StatusCode::NOT_FOUND,
-        BillingError::ChannelUnavailable(_) => StatusCode::NOT_FOUND,
-        // Ours to fix (store, provider): the provider will retry.
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -120,7 +52,7 @@ pub fn order_json(o: &Order) -> Value {
     })
 }
 
-async fn products(State(st): State<AppState>) -> Response {
+async fn products(State(st): State<WebState>) -> Response {
     let billing = st.parts().billing.clone();
     let products: Vec<Value> = billing
         .products()
@@ -139,7 +71,7 @@ struct CreateOrder {
 }
 
 async fn create_order(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -195,7 +127,7 @@ async fn create_order(
 }
 
 /// The order if it exists and belongs to the caller.
-fn own_order(st: &AppState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
+fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
     let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
     match st.engine.store().order(id) {
         Ok(Some(o)) if o.uid == uid => Ok(o),
@@ -215,7 +147,7 @@ fn own_order(st: &AppState, headers: &HeaderMap, id: &str) -> Result<Order, Box<
     }
 }
 
-async fn order(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn order(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     match own_order(&st, &headers, &id) {
         Ok(o) => Json(order_json(&o)).into_response(),
         Err(r) => *r,
@@ -223,7 +155,7 @@ async fn order(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<St
 }
 
 async fn order_qr(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {

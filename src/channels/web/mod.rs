@@ -4,6 +4,12 @@
 //!
 //! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
 
+pub mod api;
+pub mod guests;
+pub mod shop;
+pub mod state;
+pub mod v1;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,9 +22,7 @@ use chatrelay_storage::EntryKind;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::bot::ratelimit::RateLimiter;
-use crate::http::AppState;
-use crate::util::addr::{Cidr, host_prefix};
+use crate::channels::web::state::WebState;
 use crate::util::now_ms;
 
 const INDEX: &str = include_str!("index.html");
@@ -29,13 +33,11 @@ const JS: &str = include_str!("app.js");
 /// (except the configured Official Account QR image).
 const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// Guests one client address may create per hour.
-const GUESTS_PER_IP_PER_HOUR: u32 = 3;
 /// How long a guest token works.
 const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// The page's routes (`page` false leaves only the APIs).
-pub fn routes(page: bool) -> axum::Router<AppState> {
+pub fn routes(page: bool) -> axum::Router<WebState> {
     let api = axum::Router::new()
         .route("/api/config", get(config))
         .route("/api/guest", post(guest));
@@ -77,7 +79,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     res
 }
 
-async fn config(State(st): State<AppState>) -> Response {
+async fn config(State(st): State<WebState>) -> Response {
     let parts = st.parts();
     let web = &parts.config.web;
     let login = parts.config.wechat_mp.first().map(|mp| {
@@ -97,27 +99,6 @@ async fn config(State(st): State<AppState>) -> Response {
     .into_response()
 }
 
-/// Limits guest creation per client (an IPv4 address, an IPv6 /64: see
-/// [`crate::util::addr::host_prefix`]).
-#[derive(Debug)]
-pub struct GuestLimiter(RateLimiter<Cidr>);
-
-impl Default for GuestLimiter {
-    fn default() -> Self {
-        Self(RateLimiter::with_window(
-            GUESTS_PER_IP_PER_HOUR,
-            Duration::from_secs(3600),
-        ))
-    }
-}
-
-impl GuestLimiter {
-    /// Forgets old entries.
-    pub fn sweep(&self) {
-        self.0.sweep();
-    }
-}
-
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -127,7 +108,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn guest(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
@@ -136,7 +117,7 @@ async fn guest(
         return error(StatusCode::NOT_FOUND, "guest_off", "未开放试用");
     }
     let ip = st.client_ip(peer, &headers);
-    if !st.guests.0.allow(host_prefix(ip)) {
+    if !st.guests.allow(ip) {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             "throttled",

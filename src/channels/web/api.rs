@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
-use super::AppState;
 use crate::auth::LoginError;
+use crate::channels::web::state::WebState;
 
 /// The `/api` routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<WebState> {
     axum::Router::new()
         .route("/api/login", post(login))
         .route("/api/me", get(me))
@@ -38,7 +38,7 @@ struct LoginRequest {
 }
 
 async fn login(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -85,7 +85,7 @@ async fn login(
     }
 }
 
-async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
     let uid = match super::v1::authenticate(&st, &headers) {
         Ok(uid) => uid,
         Err(e) => return e.into_response(),

@@ -33,11 +33,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::AppState;
 use crate::bot::Engine;
 use crate::bounded::BoundedMap;
 use crate::config::{WecomAibotConfig, WecomConfig};
-use crate::util::now_ms;
+use crate::util::{Current, now_ms};
 
 /// WeCom's limit for one app message, in UTF-8 bytes.
 const MAX_MESSAGE_BYTES: usize = 2048;
@@ -56,7 +55,7 @@ const MAX_SEEN: usize = 50_000;
 const SEEN_KEEP: Duration = Duration::from_secs(600);
 
 /// The WeCom routes.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes() -> axum::Router<WecomState> {
     axum::Router::new()
         .route("/wecom/{id}", get(app_verify).post(app_callback))
         .route("/wecom/aibot/{id}", get(bot_verify).post(bot_callback))
@@ -171,6 +170,15 @@ impl Stream {
     }
 }
 
+/// What the WeCom handlers need.
+#[derive(Clone)]
+pub struct WecomState {
+    /// The conversation engine.
+    pub engine: Engine,
+    /// The apps and bots in force (a reload swaps them).
+    pub wecom: Current<Wecom>,
+}
+
 /// The configured WeCom apps and bots, by id.
 #[derive(Default)]
 pub struct Wecom {
@@ -279,11 +287,11 @@ fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
 // === self-built app ===
 
 async fn app_verify(
-    State(st): State<AppState>,
+    State(st): State<WecomState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
-    let Some(app) = st.parts().wecom.apps.get(&id).cloned() else {
+    let Some(app) = st.wecom.get().apps.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown app").into_response();
     };
     match app.endpoint.verify_url(&q) {
@@ -293,12 +301,12 @@ async fn app_verify(
 }
 
 async fn app_callback(
-    State(st): State<AppState>,
+    State(st): State<WecomState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(app) = st.parts().wecom.apps.get(&id).cloned() else {
+    let Some(app) = st.wecom.get().apps.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown app").into_response();
     };
     let Ok(body) = body else {
@@ -454,11 +462,11 @@ fn has_markup(text: &str) -> bool {
 // === AI bot ===
 
 async fn bot_verify(
-    State(st): State<AppState>,
+    State(st): State<WecomState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
 ) -> Response {
-    let Some(bot) = st.parts().wecom.bots.get(&id).cloned() else {
+    let Some(bot) = st.wecom.get().bots.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown bot").into_response();
     };
     match bot.endpoint.verify_url(&q) {
@@ -475,12 +483,12 @@ fn sealed(bot: &WecomBot, q: &WecomQuery, plaintext_json: &str) -> Response {
 }
 
 async fn bot_callback(
-    State(st): State<AppState>,
+    State(st): State<WecomState>,
     Path(id): Path<String>,
     Query(q): Query<WecomQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(bot) = st.parts().wecom.bots.get(&id).cloned() else {
+    let Some(bot) = st.wecom.get().bots.get(&id).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown bot").into_response();
     };
     let Ok(body) = body else {
