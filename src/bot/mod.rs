@@ -443,45 +443,25 @@ impl Engine {
         Ok((tx, rx))
     }
 
-    /// Records message `id` as seen until `expires`; a message seen before (or a failing
-    /// store) gets the event its slot's joiners get and the reply its caller gets.
-    fn dedupe_refusal(
-        &self,
-        s: &Settings,
-        id: &str,
-        expires: i64,
-        now: i64,
-    ) -> Option<(ReplyEvent, Reply)> {
+    /// Records message `id` as seen until `expires`: new here, being answered by another
+    /// daemon on the database, or refused (seen before; a failing store).
+    fn dedupe(&self, s: &Settings, id: &str, expires: i64, now: i64) -> Dedupe {
         match self.inner.store.dedupe_insert(id, expires, now) {
-            Ok(true) => None,
+            Ok(true) => Dedupe::New,
             Ok(false) if self.inner.store.is_shared() => {
                 // Another daemon on the database took this message (a platform retry landed
-                // here): follow its answer through the database.
+                // here).
                 metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
-                Some((
-                    failed(FailureKind::Duplicate, ""),
-                    follow_shared(
-                        self.inner.store.clone(),
-                        id.to_owned(),
-                        s.reservation_ttl,
-                        &self.inner.tracker,
-                    ),
-                ))
+                Dedupe::Elsewhere
             }
             Ok(false) => {
                 // Seen before, answered in an earlier run: not answered twice.
                 metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
-                Some((
-                    failed(FailureKind::Duplicate, ""),
-                    Reply::failed(FailureKind::Duplicate, ""),
-                ))
+                Dedupe::Refused(failed(FailureKind::Duplicate, ""))
             }
             Err(e) => {
                 warn!(error = %e, "dedupe failed");
-                Some((
-                    failed(FailureKind::Unavailable, &s.texts.unavailable),
-                    Reply::failed(FailureKind::Unavailable, &s.texts.unavailable),
-                ))
+                Dedupe::Refused(failed(FailureKind::Unavailable, &s.texts.unavailable))
             }
         }
     }
@@ -530,20 +510,51 @@ impl Handler for Engine {
         };
         let now = now_ms();
         let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
-        if let Some((event, reply)) = self.dedupe_refusal(&s, &id, expires, now) {
-            self.inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .remove(&id);
-            // Joiners of the slot get the same word (a duplicate is silent).
-            tx.send_modify(|p| p.done = Some(event));
-            return reply;
+        match self.dedupe(&s, &id, expires, now) {
+            Dedupe::New => self.spawn_platform_answer(inbound, tx, id, expires),
+            Dedupe::Elsewhere => {
+                // Another daemon is answering: the slot (this caller and whoever joined it,
+                // such as the Official Account's watcher) follows that answer through the
+                // database. Every follower must get it: one of them may be the one that
+                // delivers it.
+                let found = follow_shared(
+                    self.inner.store.clone(),
+                    id,
+                    s.reservation_ttl,
+                    &self.inner.tracker,
+                );
+                self.inner.tracker.spawn(async move {
+                    let event = found.collect().await;
+                    tx.send_modify(|p| p.done = Some(event));
+                });
+            }
+            Dedupe::Refused(event) => {
+                self.inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map
+                    .remove(&id);
+                // Joiners of the slot get the same word (a duplicate is silent).
+                tx.send_modify(|p| p.done = Some(event.clone()));
+                return match event {
+                    ReplyEvent::Failed { kind, message } => Reply::failed(kind, message),
+                    other => Reply::text(other.user_text().unwrap_or_default()),
+                };
+            }
         }
-        self.spawn_platform_answer(inbound, tx, id, expires);
         follow(rx, &self.inner.tracker)
     }
+}
+
+/// What the dedupe mark says of a platform message.
+enum Dedupe {
+    /// First seen: answer it.
+    New,
+    /// Another daemon on the shared database is answering it: follow that answer.
+    Elsewhere,
+    /// Not to be answered: this is what the caller and the slot's joiners get.
+    Refused(ReplyEvent),
 }
 
 #[cfg(test)]
