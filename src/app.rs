@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::bot::{Engine, Settings, llm};
 use crate::channels::ChannelState;
 use crate::config::Config;
+use crate::engine::{Engine, Settings, llm};
 use crate::http::{self, AppState};
 use crate::reload::{Live, Parts};
 

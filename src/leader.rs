@@ -135,7 +135,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_daemon_leads_and_another_takes_over() {
-        let Some((a, b)) = crate::bot::tests::shared_pair() else {
+        let Some((a, b)) = crate::engine::tests::shared_pair() else {
             eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
             return;
         };

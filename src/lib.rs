@@ -19,7 +19,7 @@
 //! Above it, from the bottom up (each imports only what is listed before it):
 //! - [`stats`]: per-day statistics (active users, messages, tokens, cost, revenue).
 //! - [`bounded`]: the size-capped, expiring map for anything keyed by outside input.
-//! - [`bot`]: the conversation engine, one path for every platform; knows no channel.
+//! - [`engine`]: the conversation engine, one path for every platform; knows no channel.
 //! - [`auth`]: login codes and the tokens they buy, the bearer of a request, the admin token
 //!   (`auth/admin_token.rs`).
 //! - [`billing`]: products, orders, reconciliation, refunds; the providers' payment
@@ -48,10 +48,10 @@ pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod billing;
-pub mod bot;
 pub mod bounded;
 pub mod channels;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod leader;
 pub mod reload;

@@ -29,9 +29,9 @@ use chatrelay_wechat::robot::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_RATE_WINDOW};
 
 use crate::alerts::{AlertSink, Alerter, Pace, SendFuture};
 use crate::billing::Billing;
-use crate::bot::{Engine, Settings, llm};
 use crate::channels::{Channels, Poller};
 use crate::config::{self, Config, Secret};
+use crate::engine::{Engine, Settings, llm};
 use crate::util::Current;
 
 /// The pace of the WeCom group robots, the alert sinks: 20 messages a minute each.

@@ -324,7 +324,7 @@ fn message(update_id: i64, chat: i64, message_id: i64, text: &str) -> Value {
 }
 
 fn demo(question: &str) -> String {
-    chatrelay::bot::llm::demo_answer(question)
+    chatrelay::engine::llm::demo_answer(question)
 }
 
 fn chat_calls(calls: &[Call], chat: i64, method: &str) -> Vec<Call> {

@@ -68,7 +68,7 @@ pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let hits = blocking(move || {
         store
-            .checkpoints_with_prefix(crate::bot::HIT_PREFIX)
+            .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
             .map(|all| {
                 all.into_iter()
                     .rev()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bot::Engine;
 use crate::channels::ChannelState;
+use crate::engine::Engine;
 
 /// What the admin and operations handlers need (the channels have their own
 /// [`ChannelState`]; the payment notifications read the shop through [`Live::billing`]).

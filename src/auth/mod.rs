@@ -20,7 +20,7 @@ use std::time::Duration;
 use chatrelay_core::UserKey;
 use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 
-use crate::bot::ratelimit::RateLimiter;
+use crate::engine::ratelimit::RateLimiter;
 use crate::util::addr::{Cidr, host_prefix, network_prefix};
 use crate::util::now_ms;
 

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerter;
 use crate::billing::Billing;
-use crate::bot::Engine;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::util::Current;
 
 /// Every channel of one configuration generation.

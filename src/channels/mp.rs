@@ -30,9 +30,9 @@ use chatrelay_wechat::{
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bot::{Engine, fill};
 use crate::bounded::BoundedMap;
 use crate::config::{PushMode, WechatMpConfig};
+use crate::engine::{Engine, fill};
 use crate::util::{Current, now_ms};
 
 /// WeChat's limit for one text message, in UTF-8 bytes.

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bot::Engine;
 use crate::config::TelegramConfig;
+use crate::engine::Engine;
 use crate::util::Current;
 
 /// The getUpdates long-polling timeout, below the HTTP client's 17 s.

@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bot::Engine;
 use crate::bounded::BoundedMap;
 use crate::config::{WecomAibotConfig, WecomConfig};
+use crate::engine::Engine;
 use crate::util::{Current, now_ms};
 
 /// WeCom's limit for one app message, in UTF-8 bytes.
@@ -759,8 +759,8 @@ mod tests {
         let tracker = tokio_util::task::TaskTracker::new();
         let engine = Engine::new(
             store.clone(),
-            Arc::new(crate::bot::llm::DemoBackend::default()),
-            crate::bot::Settings::from_config(&config).unwrap(),
+            Arc::new(crate::engine::llm::DemoBackend::default()),
+            crate::engine::Settings::from_config(&config).unwrap(),
             shutdown.clone(),
             tracker.clone(),
         );

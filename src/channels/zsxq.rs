@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::alerts::Alerter;
-use crate::bot::Engine;
 use crate::config::{ZsxqConfig, parse_quiet_hours};
+use crate::engine::Engine;
 use crate::util::{day_number, now_ms};
 
 /// The checkpoint value of an answered topic.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::bot::ratelimit::RateLimiter;
+use crate::engine::ratelimit::RateLimiter;
 use crate::util::addr::{Cidr, host_prefix};
 use std::net::IpAddr;
 

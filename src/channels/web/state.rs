@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::guests::GuestLimiter;
 use crate::billing::Billing;
-use crate::bot::Engine;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::util::{Current, addr};
 
 /// The web channel's configuration-derived parts, one generation.

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::error::{ApiError, Lang, failure, interrupted};
-use crate::bot::Engine;
 use crate::channels::web::state::WebState;
+use crate::engine::Engine;
 
 /// How long an open stream waits, once shutdown begins, for the engine to end its answer
 /// (the engine ends it at once; this only bounds a stuck one).

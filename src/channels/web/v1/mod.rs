@@ -36,8 +36,8 @@ use error::*;
 pub use error::{ApiError, Lang};
 use request::*;
 
-use crate::bot::ApiRequest;
 use crate::channels::web::state::WebState;
+use crate::engine::ApiRequest;
 use crate::util::{now_ms, random_id};
 
 /// When the daemon started, in seconds: the `created` of every model it lists.

@@ -1,7 +1,7 @@
 //! Tests of the `/v1` API: request checks, languages, delivery and refunds.
 
 use super::*;
-use crate::bot::Engine;
+use crate::engine::Engine;
 use chatrelay_core::Reply;
 
 fn parse(body: &str) -> Result<Parsed, ApiError> {
@@ -176,8 +176,8 @@ fn engine() -> (Engine, chatrelay_storage::Store) {
     let config = crate::config::Config::default();
     let engine = Engine::new(
         store.clone(),
-        std::sync::Arc::new(crate::bot::llm::DemoBackend::default()),
-        crate::bot::Settings::from_config(&config).unwrap(),
+        std::sync::Arc::new(crate::engine::llm::DemoBackend::default()),
+        crate::engine::Settings::from_config(&config).unwrap(),
         tokio_util::sync::CancellationToken::new(),
         tokio_util::task::TaskTracker::new(),
     );
