@@ -21,7 +21,7 @@ pub async fn zsxq_list(st: St) -> Answer {
         .zsxq
         .groups()
         .iter()
-        .map(|g| g.status(st.engine.store(), today))
+        .map(|g| g.status(&st.engine, today))
         .collect();
     Ok(Json(json!(groups)))
 }

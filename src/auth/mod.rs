@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use chatrelay_core::UserKey;
 use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
+use tracing::warn;
 
+use crate::engine::Engine;
 use crate::engine::ratelimit::RateLimiter;
 use crate::util::addr::{Cidr, host_prefix, network_prefix};
 use crate::util::now_ms;
@@ -53,6 +55,20 @@ pub fn issue_code(
     let uid = store.resolve_identity(key, display_name)?;
     let code = store.login_code(uid, CODE_TTL.as_millis() as i64, now_ms())?;
     Ok((display_login_code(&code.code), CODE_TTL.as_secs() / 60))
+}
+
+/// [`issue_code`] through the engine: how a channel hands out a code without naming the store.
+pub fn issue_code_via(
+    engine: &Engine,
+    key: &UserKey,
+    display_name: Option<&str>,
+) -> Result<(String, u64), StoreError> {
+    issue_code(engine.store(), key, display_name)
+}
+
+/// The user a bearer token (from a login, a guest or the admin) belongs to, if it is live.
+pub fn token_user(engine: &Engine, token: &str) -> Result<Option<Uid>, StoreError> {
+    engine.store().token_uid(token, now_ms())
 }
 
 /// Why a login failed.
@@ -153,6 +169,21 @@ impl Login {
     /// Whether failures from everyone together are at the level of an attack.
     fn under_attack(&self) -> bool {
         self.everyone.count(&()) >= UNDER_ATTACK
+    }
+
+    /// [`Login::login`] through the engine, and the new token flushed to disk (a failed flush
+    /// is logged: the token works until a crash).
+    pub async fn sign_in(
+        &self,
+        engine: &Engine,
+        code: &str,
+        client: IpAddr,
+    ) -> Result<LoginToken, LoginError> {
+        let token = self.login(engine.store(), code, client)?;
+        if let Err(e) = engine.store().flush().await {
+            warn!(error = %e, "flushing a new login token failed");
+        }
+        Ok(token)
     }
 
     /// Forgets old failures.

@@ -172,6 +172,11 @@ impl Billing {
         })
     }
 
+    /// The order `id`, if it exists (whoever it belongs to: the caller checks).
+    pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        self.store.order(id)
+    }
+
     /// The products on sale.
     #[must_use]
     pub fn products(&self) -> &[ProductConfig] {

@@ -255,7 +255,7 @@ fn fresh_delivery(
     account: &MpAccount,
     d: &chatrelay_wechat::Delivery,
 ) -> Result<bool, chatrelay_storage::StoreError> {
-    st.engine.store().dedupe_bind(
+    st.engine.bind_mark(
         &format!("mp-nonce:{}:{}", account.id(), d.key),
         &d.message_sha256,
         d.expires_unix.saturating_mul(1000),
@@ -295,7 +295,7 @@ async fn answer(
                 let scene = event_key
                     .as_deref()
                     .and_then(|k| k.strip_prefix("qrscene_"));
-                if let Err(e) = st.engine.store().resolve_identity(key, None) {
+                if let Err(e) = st.engine.record_user(key, None) {
                     warn!(error = %e, "recording a new follower failed");
                 }
                 metrics::counter!("chatrelay_mp_subscribe_total").increment(1);
@@ -338,7 +338,7 @@ async fn answer_text(
                 return Some(st.engine.settings().texts.unavailable.clone());
             }
         }
-        return match crate::auth::issue_code(st.engine.store(), key, None) {
+        return match crate::auth::issue_code_via(&st.engine, key, None) {
             Ok((code, minutes)) => {
                 let reply = fill(
                     &cfg.texts.login_code,
@@ -415,7 +415,7 @@ fn first_login_request(
     let expires = now
         .saturating_add(dedupe)
         .max(opened.delivery.expires_unix.saturating_mul(1000));
-    st.engine.store().dedupe_insert(
+    st.engine.mark_once(
         &format!("mp-login:{key}#{}", opened.message.dedupe_id()),
         expires,
         now,
@@ -445,7 +445,7 @@ fn try_number(
     key: &UserKey,
     id: &str,
 ) -> u32 {
-    if !engine.store().is_shared() {
+    if !engine.is_shared() {
         return state.count;
     }
     engine.count_try(&shared_ref(account, key, id), TRIES)
@@ -454,8 +454,7 @@ fn try_number(
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
 /// reply and sends the rest on (push, or the outbox).
 fn with_outbox(st: &MpState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
-    let store = st.engine.store();
-    let owed = match store.outbox_take(&key.to_string()) {
+    let owed = match st.engine.outbox_take(&key.to_string()) {
         Ok(owed) => owed,
         Err(e) => {
             warn!(error = %e, "reading the outbox failed");
@@ -561,7 +560,7 @@ fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: V
 
 fn keep(engine: &Engine, key: &UserKey, text: &str) {
     metrics::counter!("chatrelay_mp_outbox_total").increment(1);
-    if let Err(e) = engine.store().outbox_push(&key.to_string(), text) {
+    if let Err(e) = engine.outbox_push(&key.to_string(), text) {
         warn!(error = %e, "keeping an answer in the outbox failed; it is lost");
     }
 }

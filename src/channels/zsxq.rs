@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, UserKey};
-use chatrelay_storage::Store;
 use chatrelay_zsxq::{Client, ClientConfig, Question, ZsxqError};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -95,16 +94,16 @@ impl ZsxqGroup {
 
     /// The group's status.
     #[must_use]
-    pub fn status(&self, store: &Store, today: i64) -> GroupStatus {
+    pub fn status(&self, engine: &Engine, today: i64) -> GroupStatus {
         let mut s = self
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        s.answered_today = store
+        s.answered_today = engine
             .counter(&format!("{}:day:{today}", self.key_prefix()))
             .unwrap_or(0);
-        s.payer_uid = store.identity(&self.payer()).ok().flatten().map(|u| u.0);
+        s.payer_uid = engine.known_user(&self.payer()).ok().flatten().map(|u| u.0);
         s
     }
 
@@ -249,7 +248,6 @@ pub async fn poll_once(engine: &Engine, alerts: &Alerter, group: &ZsxqGroup) {
             return;
         }
     };
-    let store = engine.store();
     let today = engine.settings().today();
     let mut answered_this_run = 0usize;
     // Oldest first: the ones waiting longest are answered first.
@@ -260,7 +258,7 @@ pub async fn poll_once(engine: &Engine, alerts: &Alerter, group: &ZsxqGroup) {
             break;
         }
         let day_key = format!("{}:day:{today}", group.key_prefix());
-        if group.cfg.daily_cap > 0 && store.counter(&day_key).unwrap_or(0) >= group.cfg.daily_cap {
+        if group.cfg.daily_cap > 0 && engine.counter(&day_key).unwrap_or(0) >= group.cfg.daily_cap {
             info!(cap = group.cfg.daily_cap, "daily cap reached");
             break;
         }
@@ -268,7 +266,7 @@ pub async fn poll_once(engine: &Engine, alerts: &Alerter, group: &ZsxqGroup) {
             Ok(true) => {
                 answered_this_run += 1;
                 group.set(|s| s.answered_since_start += 1);
-                if let Err(e) = store.bump_counter(&day_key) {
+                if let Err(e) = engine.bump_counter(&day_key) {
                     warn!(error = %e, "counting an answer failed");
                 }
                 metrics::counter!("chatrelay_zsxq_answered_total").increment(1);
@@ -366,9 +364,8 @@ enum Stop {
 
 /// Answers one question unless it was answered before; `Ok(true)` when an answer was posted.
 async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<bool, Stop> {
-    let store = engine.store();
     let key = format!("{}:topic:{}", group.key_prefix(), q.topic_id);
-    let state = store
+    let state = engine
         .checkpoint(&key)
         .map_err(|e| Stop::Skip(e.to_string()))?;
     let text = match state.as_deref() {
@@ -377,7 +374,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
             // An earlier post may have landed: ask zsxq before sending anything again.
             match group.client.is_answered(q.topic_id).await {
                 Ok(true) => {
-                    store
+                    engine
                         .checkpoint_cas(&key, Some(s), ANSWERED)
                         .map_err(|e| Stop::Skip(e.to_string()))?;
                     return Ok(false);
@@ -410,7 +407,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
                 ReplyEvent::Delta(_) => return Err(Stop::Skip("incomplete answer".into())),
             };
             let posting = format!("{POSTING}{answer}");
-            if !store
+            if !engine
                 .checkpoint_cas(&key, None, &posting)
                 .map_err(|e| Stop::Skip(e.to_string()))?
             {
@@ -418,7 +415,10 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
             }
             // The checkpoint must be on disk before the post: a crash after posting then
             // finds "posting" and checks with zsxq instead of answering again.
-            store.flush().await.map_err(|e| Stop::Skip(e.to_string()))?;
+            engine
+                .flush()
+                .await
+                .map_err(|e| Stop::Skip(e.to_string()))?;
             answer
         }
     };
@@ -429,10 +429,10 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
         .await
     {
         Ok(()) => {
-            store
+            engine
                 .checkpoint_cas(&key, Some(&posting), ANSWERED)
                 .map_err(|e| Stop::Skip(e.to_string()))?;
-            let _ = store.flush().await;
+            let _ = engine.flush().await;
             info!(topic = %q.topic_id, "answered");
             Ok(true)
         }

@@ -18,9 +18,13 @@
 //!   message; `commands`: chat commands; `checks`: ban, rate limit, permissions, content rules;
 //!   `answer`: one metered LLM answer; `meter`: reserve, settle, refunds; `images`: pictures in
 //!   and out; `delivery`: who delivers an answer, across daemons; `upkeep`: sweeps and purges.
+//! - what channels keep through the engine instead of naming the store: `accounts` (users,
+//!   guests, an account's balance and ledger), `marks` (dedupe marks of their own), `outbox`
+//!   (answers owed), `progress` (a poller's checkpoints and counters).
 //! - this module: [`Engine`], which implements [`chatrelay_core::Handler`] (the in-flight join
 //!   of redeliveries lives here).
 
+mod accounts;
 mod answer;
 mod api;
 mod checks;
@@ -29,13 +33,18 @@ mod delivery;
 pub mod fetch;
 mod images;
 pub mod llm;
+mod marks;
 mod meter;
+mod outbox;
 mod platform;
 pub mod policy;
+mod progress;
 pub mod quota;
 pub mod ratelimit;
 mod settings;
 mod upkeep;
+
+pub use accounts::{Account, Guest};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -58,11 +58,8 @@ async fn login(
         );
     };
     let ip = st.client_ip(peer, &headers);
-    match st.login.login(st.engine.store(), &req.code, ip) {
+    match st.login.sign_in(&st.engine, &req.code, ip).await {
         Ok(t) => {
-            if let Err(e) = st.engine.store().flush().await {
-                warn!(error = %e, "flushing a new login token failed");
-            }
             Json(json!({"token": t.token, "uid": t.uid, "expires_at": t.expires_at_ms / 1000}))
                 .into_response()
         }
@@ -90,13 +87,10 @@ async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
         Ok(uid) => uid,
         Err(e) => return e.into_response(),
     };
-    let store = st.engine.store();
-    let s = st.engine.settings();
-    match (store.user(uid), store.balance(uid, s.today(), s.free_daily)) {
-        (Ok(Some(user)), Ok(balance)) => {
-            let usage: Vec<serde_json::Value> = store
-                .ledger(uid, 20)
-                .unwrap_or_default()
+    match st.engine.account(uid, 20) {
+        Ok(Some(account)) => {
+            let usage: Vec<serde_json::Value> = account
+                .recent
                 .iter()
                 .map(|e| {
                     json!({
@@ -110,15 +104,15 @@ async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
                 .collect();
             Json(json!({
                 "uid": uid,
-                "name": user.name,
-                "balance": balance,
-                "free_daily": s.free_daily,
+                "name": account.user.name,
+                "balance": account.balance,
+                "free_daily": account.free_daily,
                 "usage": usage,
             }))
             .into_response()
         }
-        (Ok(None), _) => error(StatusCode::UNAUTHORIZED, "invalid_api_key", "no such user"),
-        (Err(e), _) | (_, Err(e)) => {
+        Ok(None) => error(StatusCode::UNAUTHORIZED, "invalid_api_key", "no such user"),
+        Err(e) => {
             warn!(error = %e, "reading the account failed");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,

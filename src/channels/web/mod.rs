@@ -18,12 +18,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chatrelay_storage::EntryKind;
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::channels::web::state::WebState;
-use crate::util::now_ms;
+use crate::engine::Guest;
 
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("app.css");
@@ -124,27 +123,12 @@ async fn guest(
             "试用次数过多，请稍后再试",
         );
     }
-    let store = st.engine.store();
-    let now = now_ms();
-    let result = (|| {
-        let user = store.create_user("guest")?;
-        store.grant(
-            user.uid,
-            credits,
-            EntryKind::Grant,
-            "guest trial",
-            &format!("guest:{}", user.uid),
-            now,
-        )?;
-        let expires = now.saturating_add(GUEST_TOKEN_TTL.as_millis() as i64);
-        let token = store.create_token(user.uid, "guest", Some(expires), now)?;
-        Ok::<_, chatrelay_storage::StoreError>((user.uid, token, expires))
-    })();
-    match result {
-        Ok((uid, token, expires)) => {
-            if let Err(e) = store.flush().await {
-                warn!(error = %e, "flushing a guest failed");
-            }
+    match st.engine.create_guest(credits, GUEST_TOKEN_TTL).await {
+        Ok(Guest {
+            uid,
+            token,
+            expires_at_ms: expires,
+        }) => {
             metrics::counter!("chatrelay_guests_total").increment(1);
             info!(%uid, "guest created");
             Json(json!({"token": token, "uid": uid, "expires_at": expires / 1000})).into_response()

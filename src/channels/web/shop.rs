@@ -129,7 +129,7 @@ async fn create_order(
 /// The order if it exists and belongs to the caller.
 fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
     let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
-    match st.engine.store().order(id) {
+    match st.parts().billing.order(id) {
         Ok(Some(o)) if o.uid == uid => Ok(o),
         Ok(_) => Err(Box::new(error(
             StatusCode::NOT_FOUND,

@@ -76,7 +76,7 @@ pub fn authenticate(st: &WebState, headers: &HeaderMap) -> Result<Uid, ApiError>
             "没有提供 API 密钥，请以 Authorization: Bearer <token> 发送。",
         ))
     })?;
-    match st.engine.store().token_uid(token, now_ms()) {
+    match crate::auth::token_user(&st.engine, token) {
         Ok(Some(uid)) => Ok(uid),
         Ok(None) => Err(unauthorized(
             lang.pick("Incorrect API key provided.", "API 密钥不正确。"),
