@@ -11,9 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=oa_config.sh
 source scripts/bench/oa_config.sh
-# BENCH_PROFILE=debug runs on debug builds (a smoke run); figures come from release.
-profile="${BENCH_PROFILE:-release}"
-release=$([ "$profile" = release ] && echo --release || true)
 users="${1:-100000}"
 entries="${2:-100000}"
 rate="${3:-200}"

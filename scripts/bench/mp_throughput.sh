@@ -11,9 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=oa_config.sh
 source scripts/bench/oa_config.sh
-# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
-profile="${BENCH_PROFILE:-release}"
-release=$([ "$profile" = release ] && echo --release || true)
 n="${1:-20000}"
 c="${2:-64}"
 users="${3:-$n}"

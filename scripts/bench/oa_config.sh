@@ -31,3 +31,7 @@ token = "bench-token"
 encoding_aes_key = "$aes"
 TOML
 }
+
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke runs); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
