@@ -91,40 +91,14 @@ impl App {
     /// configuration file a reload reads again (`None`: the default lookup).
     pub async fn build(config: Config, source: Option<PathBuf>) -> anyhow::Result<App> {
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.storage.path).with_context(|| {
-            format!(
-                "creating the data directory {}",
-                config.storage.path.display()
-            )
-        })?;
-        let store = open_store(&config)?;
-        // Alone on its database, a daemon starting finds only its own previous run's holds;
-        // sharing it, other daemons' answers are in progress: only expired holds go.
-        let cutoff = if store.is_shared() {
-            crate::util::now_ms()
-        } else {
-            i64::MAX
-        };
-        let released = store
-            .release_stale_reservations(cutoff)
-            .context("releasing reservations left by the previous run")?;
-        if released > 0 {
-            warn!(
-                released,
-                "released reservations left open by the previous run"
-            );
-        }
+        let store = open_store_at_start(&config)?;
         let backend = llm::from_config(&config).context("building the LLM client")?;
         if backend.name() == "demo" {
             warn!("no LLM API key configured: answering with the offline demo provider");
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .context("building the HTTP client for platform APIs")?;
+        let http = platform_http_client()?;
         // Alerts are sent by a task on the daemon's tracker, which stops on shutdown.
         let alerts = crate::alerts::Alerter::new(
             crate::reload::ROBOT_PACE,
@@ -140,14 +114,7 @@ impl App {
             tracker.clone(),
         )
         .with_alerts(alerts.clone());
-        let addr: SocketAddr = config
-            .server
-            .listen
-            .parse()
-            .with_context(|| format!("server.listen {:?}", config.server.listen))?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+        let listener = bind(&config).await?;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let parts = Parts::build(config.clone(), &engine, &http, &alerts, None)?;
         if parts.billing.enabled() {
@@ -210,28 +177,7 @@ impl App {
         } = self;
         let shutdown = state.shutdown.clone();
         let engine = state.engine.clone();
-        let metrics = state.metrics.clone();
-        tracker.spawn(housekeeping(
-            engine.clone(),
-            state.channels.login.clone(),
-            state.channels.guests.clone(),
-            metrics,
-            shutdown.clone(),
-        ));
-
-        tracker.spawn(store_doctor(engine.clone(), shutdown.clone()));
-        if let Some(interval) = sd_notify::watchdog_enabled() {
-            tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
-        }
-        state.live.sync_jobs();
-        let live = state.live.clone();
-        tracker.spawn(crate::leader::run(
-            engine.store().clone(),
-            "reconcile".to_owned(),
-            shutdown.clone(),
-            move |stop| reconcile(live.clone(), stop),
-        ));
-        tracker.spawn(state.live.clone().reload_on_sighup());
+        spawn_background(&tracker, &state);
         let live = state.live.clone();
         let router = http::router(state);
         let addr = listener.local_addr()?;
@@ -250,36 +196,8 @@ impl App {
         // (answers being delivered, which watch the shutdown token) end.
         let deadline = tokio::time::Instant::now() + grace;
         notify(&[sd_notify::NotifyState::Stopping]);
-        match finished_early {
-            // The server can only end by itself when it failed; unless shutdown was asked
-            // for at the same moment, that is an error.
-            Some(r) if !shutdown.is_cancelled() => {
-                shutdown.cancel();
-                r.context("the HTTP server task failed")?
-                    .context("the HTTP server failed")?;
-                bail!("the HTTP server stopped unexpectedly");
-            }
-            Some(_) => {}
-            None => match tokio::time::timeout_at(deadline, &mut server).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
-                Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
-                Err(_) => {
-                    warn!("connections still open after the grace period; closing them");
-                    server.abort();
-                }
-            },
-        }
-        tracker.close();
-        if tokio::time::timeout_at(deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                tasks = tracker.len(),
-                "background tasks still running after the grace period"
-            );
-        }
+        stop_server(finished_early, server, &shutdown, deadline).await?;
+        drain_tasks(&tracker, deadline).await;
         if let Err(e) = engine.stats().flush(engine.store()) {
             warn!(error = %e, "writing the last statistics failed");
         }
@@ -290,6 +208,130 @@ impl App {
             .context("flushing the database")?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Creates the data directory and opens the store, releasing the credit holds a previous run
+/// left open.
+fn open_store_at_start(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.storage.path).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            config.storage.path.display()
+        )
+    })?;
+    let store = open_store(config)?;
+    // Alone on its database, a daemon starting finds only its own previous run's holds;
+    // sharing it, other daemons' answers are in progress: only expired holds go.
+    let cutoff = if store.is_shared() {
+        crate::util::now_ms()
+    } else {
+        i64::MAX
+    };
+    let released = store
+        .release_stale_reservations(cutoff)
+        .context("releasing reservations left by the previous run")?;
+    if released > 0 {
+        warn!(
+            released,
+            "released reservations left open by the previous run"
+        );
+    }
+    Ok(store)
+}
+
+/// The HTTP client for the platforms' APIs (WeChat, WeCom, Telegram, payments).
+fn platform_http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .context("building the HTTP client for platform APIs")
+}
+
+/// Binds `server.listen`.
+async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen {:?}", config.server.listen))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// Starts the daemon's background work on `tracker`: housekeeping, the store doctor, the
+/// systemd watchdog, the configured jobs, reconciliation (on the leader) and SIGHUP reloads.
+fn spawn_background(tracker: &TaskTracker, state: &AppState) {
+    let shutdown = state.shutdown.clone();
+    let engine = state.engine.clone();
+    let metrics = state.metrics.clone();
+    tracker.spawn(housekeeping(
+        engine.clone(),
+        state.channels.login.clone(),
+        state.channels.guests.clone(),
+        metrics,
+        shutdown.clone(),
+    ));
+
+    tracker.spawn(store_doctor(engine.clone(), shutdown.clone()));
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tracker.spawn(watchdog(engine.clone(), interval, shutdown.clone()));
+    }
+    state.live.sync_jobs();
+    let live = state.live.clone();
+    tracker.spawn(crate::leader::run(
+        engine.store().clone(),
+        "reconcile".to_owned(),
+        shutdown.clone(),
+        move |stop| reconcile(live.clone(), stop),
+    ));
+    tracker.spawn(state.live.clone().reload_on_sighup());
+}
+
+/// Stops the HTTP server: `finished_early` is its result when it ended before shutdown was
+/// asked for; else it drains its requests until `deadline`, then its connections are closed.
+async fn stop_server(
+    finished_early: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: &CancellationToken,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    match finished_early {
+        // The server can only end by itself when it failed; unless shutdown was asked
+        // for at the same moment, that is an error.
+        Some(r) if !shutdown.is_cancelled() => {
+            shutdown.cancel();
+            r.context("the HTTP server task failed")?
+                .context("the HTTP server failed")?;
+            bail!("the HTTP server stopped unexpectedly");
+        }
+        Some(_) => {}
+        None => match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server failed while draining"),
+            Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed while draining"),
+            Err(_) => {
+                warn!("connections still open after the grace period; closing them");
+                server.abort();
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Waits until `deadline` for the tracked tasks (answers being delivered) to end.
+async fn drain_tasks(tracker: &TaskTracker, deadline: tokio::time::Instant) {
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            tasks = tracker.len(),
+            "background tasks still running after the grace period"
+        );
     }
 }
 

@@ -25,8 +25,9 @@
 //! - [`billing`]: products, orders, reconciliation, refunds; the providers' payment
 //!   notifications (`billing/notify.rs`, `/pay/*`) over their own state.
 //! - [`channels`]: one room per channel, each with its own axum state: `mp.rs` (Official
-//!   Accounts), `wecom.rs` (WeCom apps and AI bots), `telegram.rs`, `zsxq.rs` (a poller),
-//!   `web/` (the page, guests, the account API `api.rs`, the shop `shop.rs`, `/v1`).
+//!   Accounts), `wecom/` (WeCom: `app.rs` the self-built apps, `aibot.rs` the AI bots),
+//!   `telegram.rs`, `zsxq.rs` (a poller), `web/` (the page, guests, the account API `api.rs`,
+//!   the shop `shop.rs`, `/v1`).
 //!   `channels/mod.rs` is the registry: builds them from a config taking over from the
 //!   previous generation, gives each its state, merges their routes, runs their pollers.
 //! - [`reload`]: the configuration-derived parts (admin token, shop, channels) behind one

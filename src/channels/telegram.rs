@@ -281,20 +281,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         let commands = &engine.settings().commands;
         let engine_text = match parse_command(&text, &username) {
             Some(Command::Code) => {
-                let answer = if private {
-                    match crate::auth::issue_code(engine.store(), &key, Some(&display_name)) {
-                        Ok((code, minutes)) => {
-                            format!("你的网页登录验证码：{code}，{minutes} 分钟内有效")
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "issuing a login code failed");
-                            engine.settings().texts.unavailable.clone()
-                        }
-                    }
-                } else {
-                    "请私聊我发送 /code 获取网页登录验证码。".to_owned()
-                };
-                let reply = Reply::failed(FailureKind::InvalidRequest, answer);
+                let reply = code_reply(&engine, &key, &display_name, private);
                 stream_answer(&bot, chat, reply_to, reply, shutdown).await;
                 return;
             }
@@ -307,14 +294,9 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         let mut inbound = Inbound::text(key, message_id, engine_text);
         inbound.display_name = Some(display_name);
         if let Some((file_id, _)) = &photo {
-            match bot.api.file_url(file_id).await {
+            match photo_url(&engine, &bot, file_id).await {
                 Ok(url) => inbound.images.push(url),
-                Err(e) => {
-                    warn!(error = %e, "Telegram getFile failed");
-                    let reply = Reply::failed(
-                        FailureKind::InvalidRequest,
-                        engine.settings().texts.image_failed.clone(),
-                    );
+                Err(reply) => {
                     stream_answer(&bot, chat, reply_to, reply, shutdown).await;
                     return;
                 }
@@ -322,28 +304,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         }
         // Answers owed to this user in this chat (a delivery that failed) come first.
         let owed_key = format!("{}#{chat}", inbound.key);
-        match engine.store().outbox_take(&owed_key) {
-            Ok(owed) => {
-                for (i, text) in owed.iter().enumerate() {
-                    if !deliver(
-                        &bot,
-                        chat,
-                        None,
-                        None,
-                        text,
-                        false,
-                        &mut Instant::now(),
-                        shutdown,
-                    )
-                    .await
-                    {
-                        keep(&engine, &owed_key, owed.get(i..).unwrap_or_default());
-                        break;
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "reading the outbox failed"),
-        }
+        deliver_owed(&engine, &bot, chat, &owed_key, shutdown).await;
         let reply = engine.handle(inbound);
         if let Some(undelivered) = stream_answer(&bot, chat, reply_to, reply, shutdown).await {
             keep(&engine, &owed_key, &[undelivered]);
@@ -351,6 +312,68 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
     }
     .instrument(span)
     .await;
+}
+
+/// The answer to `/code`: a web login code in a private chat (for the user behind `key`),
+/// else where to ask for one.
+fn code_reply(engine: &Engine, key: &UserKey, display_name: &str, private: bool) -> Reply {
+    let answer = if private {
+        match crate::auth::issue_code(engine.store(), key, Some(display_name)) {
+            Ok((code, minutes)) => {
+                format!("你的网页登录验证码：{code}，{minutes} 分钟内有效")
+            }
+            Err(e) => {
+                warn!(error = %e, "issuing a login code failed");
+                engine.settings().texts.unavailable.clone()
+            }
+        }
+    } else {
+        "请私聊我发送 /code 获取网页登录验证码。".to_owned()
+    };
+    Reply::failed(FailureKind::InvalidRequest, answer)
+}
+
+/// The download URL of a photo the user sent, or the reply telling them it could not be read.
+async fn photo_url(engine: &Engine, bot: &TelegramBot, file_id: &str) -> Result<String, Reply> {
+    bot.api.file_url(file_id).await.map_err(|e| {
+        warn!(error = %e, "Telegram getFile failed");
+        Reply::failed(
+            FailureKind::InvalidRequest,
+            engine.settings().texts.image_failed.clone(),
+        )
+    })
+}
+
+/// Delivers the answers kept in `owed_key` for the chat, in order; what still fails is kept.
+async fn deliver_owed(
+    engine: &Engine,
+    bot: &TelegramBot,
+    chat: i64,
+    owed_key: &str,
+    shutdown: &CancellationToken,
+) {
+    match engine.store().outbox_take(owed_key) {
+        Ok(owed) => {
+            for (i, text) in owed.iter().enumerate() {
+                if !deliver(
+                    bot,
+                    chat,
+                    None,
+                    None,
+                    text,
+                    false,
+                    &mut Instant::now(),
+                    shutdown,
+                )
+                .await
+                {
+                    keep(engine, owed_key, owed.get(i..).unwrap_or_default());
+                    break;
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "reading the outbox failed"),
+    }
 }
 
 /// Where an answer stands in the chat.
@@ -384,7 +407,6 @@ async fn stream_answer(
     shutdown: &CancellationToken,
 ) -> Option<String> {
     let api = &bot.api;
-    let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
     if let Err(e) = api.typing(chat).await {
         warn!(error = %e, "Telegram sendChatAction failed");
     }
@@ -394,51 +416,7 @@ async fn stream_answer(
         next_at: Instant::now(),
     };
     let mut text = String::new();
-    let terminal = loop {
-        // Telegram shows "typing" for 5 s: repeat it until the first text is on screen.
-        let event = if p.message.is_none() {
-            tokio::select! {
-                e = reply.next() => e,
-                () = tokio::time::sleep(Duration::from_secs(4)) => {
-                    let _ = api.typing(chat).await;
-                    continue;
-                }
-            }
-        } else {
-            reply.next().await
-        };
-        match event {
-            Some(ReplyEvent::Delta(d)) => {
-                text.push_str(&d);
-                if Instant::now() < p.next_at {
-                    continue;
-                }
-                let preview = split_for_telegram(&text)
-                    .into_iter()
-                    .next()
-                    .unwrap_or_default();
-                if preview.trim().is_empty() || preview == p.shown {
-                    continue;
-                }
-                let sent = match p.message {
-                    None => api
-                        .send(chat, &preview, false, reply_to)
-                        .await
-                        .map(|id| p.message = Some(id)),
-                    Some(id) => api.edit(chat, id, &preview, false).await,
-                };
-                p.next_at = Instant::now() + interval;
-                match sent {
-                    Ok(()) => p.shown = preview,
-                    Err(TgError::RetryAfter(d)) => p.next_at = Instant::now() + d,
-                    Err(TgError::NotModified) => {}
-                    Err(e) => warn!(error = %e, "a Telegram streaming update failed"),
-                }
-            }
-            Some(terminal) => break Some(terminal),
-            None => break None,
-        }
-    };
+    let terminal = stream_preview(bot, chat, reply_to, &mut reply, &mut p, &mut text).await;
     let (answer, html) = match terminal {
         Some(ReplyEvent::Final { images, .. }) if !images.is_empty() => {
             // Pictures are shown as pictures (the text only links them).
@@ -484,6 +462,78 @@ async fn stream_answer(
     }
     metrics::counter!("chatrelay_telegram_answers_total").increment(1);
     None
+}
+
+/// Shows `reply`'s text in `chat` as it grows (`p`: the message edited, at most once per edit
+/// interval), collecting it into `text`; returns the reply's last event (None: it ended
+/// without one).
+async fn stream_preview(
+    bot: &TelegramBot,
+    chat: i64,
+    reply_to: Option<i32>,
+    reply: &mut Reply,
+    p: &mut Progress,
+    text: &mut String,
+) -> Option<ReplyEvent> {
+    let api = &bot.api;
+    let interval = Duration::from_millis(bot.cfg.edit_interval_ms);
+    loop {
+        // Telegram shows "typing" for 5 s: repeat it until the first text is on screen.
+        let event = if p.message.is_none() {
+            tokio::select! {
+                e = reply.next() => e,
+                () = tokio::time::sleep(Duration::from_secs(4)) => {
+                    let _ = api.typing(chat).await;
+                    continue;
+                }
+            }
+        } else {
+            reply.next().await
+        };
+        match event {
+            Some(ReplyEvent::Delta(d)) => {
+                text.push_str(&d);
+                if Instant::now() >= p.next_at {
+                    show_preview(api, chat, reply_to, text, p, interval).await;
+                }
+            }
+            Some(terminal) => return Some(terminal),
+            None => return None,
+        }
+    }
+}
+
+/// Puts the first part of `text` on screen: a new message (quoting `reply_to`) or an edit of
+/// the one shown; the next update waits `interval`, or as long as a 429 asks.
+async fn show_preview(
+    api: &TgBot,
+    chat: i64,
+    reply_to: Option<i32>,
+    text: &str,
+    p: &mut Progress,
+    interval: Duration,
+) {
+    let preview = split_for_telegram(text)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    if preview.trim().is_empty() || preview == p.shown {
+        return;
+    }
+    let sent = match p.message {
+        None => api
+            .send(chat, &preview, false, reply_to)
+            .await
+            .map(|id| p.message = Some(id)),
+        Some(id) => api.edit(chat, id, &preview, false).await,
+    };
+    p.next_at = Instant::now() + interval;
+    match sent {
+        Ok(()) => p.shown = preview,
+        Err(TgError::RetryAfter(d)) => p.next_at = Instant::now() + d,
+        Err(TgError::NotModified) => {}
+        Err(e) => warn!(error = %e, "a Telegram streaming update failed"),
+    }
 }
 
 /// Puts one final part in `target` (an edit) or a new message: HTML when `html`, plain text if

@@ -106,14 +106,7 @@ async fn chat_completions(
         legacy_cap,
     } = parse_request(lang, &body)?;
     if st.engine.settings().model(&req.model).is_none() {
-        return Err(
-            ApiError::from_failure(lang, FailureKind::UnknownModel, String::new()).message(
-                lang.pick(
-                    format!("The model `{}` does not exist.", req.model),
-                    format!("模型 `{}` 不存在。", req.model),
-                ),
-            ),
-        );
+        return Err(unknown_model(lang, &req.model));
     }
     let stream = req.stream.unwrap_or(false);
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -123,39 +116,14 @@ async fn chat_completions(
         .unwrap_or("")
         .to_owned();
     let reference = format!("api:{}", random_id());
-    let mut extra = req.extra;
-    if let Some(t) = req.temperature {
-        extra.insert("temperature".into(), json!(t));
-    }
-    if let Some(u) = req.user {
-        extra.insert("user".into(), json!(u));
-    }
     let meta = Meta {
         id: format!("chatcmpl-{}", reference.trim_start_matches("api:")),
         created: now_ms() / 1000,
         model: req.model.clone(),
         lang,
     };
-    let reply = st.engine.complete(
-        uid,
-        ApiRequest {
-            model: req.model,
-            messages: req.messages,
-            max_completion_tokens: cap,
-            legacy_max_tokens: legacy_cap,
-            streamed: stream,
-            extra,
-            reference: reference.clone(),
-            platform: if headers
-                .get("x-chatrelay-client")
-                .is_some_and(|v| v.as_bytes() == b"web")
-            {
-                chatrelay_core::Platform::Web
-            } else {
-                chatrelay_core::Platform::Api
-            },
-        },
-    );
+    let request = api_request(req, cap, legacy_cap, stream, &reference, &headers);
+    let reply = st.engine.complete(uid, request);
     let mut reply = Delivery {
         reply,
         engine: st.engine.clone(),
@@ -177,6 +145,50 @@ async fn chat_completions(
         Ok(stream_response(st, meta, first, reply, include_usage))
     } else {
         complete_response(&st.shutdown, meta, first, reply).await
+    }
+}
+
+/// The error for a model that is not configured.
+fn unknown_model(lang: Lang, model: &str) -> ApiError {
+    ApiError::from_failure(lang, FailureKind::UnknownModel, String::new()).message(lang.pick(
+        format!("The model `{model}` does not exist."),
+        format!("模型 `{model}` 不存在。"),
+    ))
+}
+
+/// What the engine is asked: `req` with its caps, `temperature` and `user` passed on as extra
+/// fields, billed under `reference`, from the web page or an API client (by its header).
+fn api_request(
+    req: chatrelay_openai::ChatRequest,
+    cap: Option<u32>,
+    legacy_cap: bool,
+    streamed: bool,
+    reference: &str,
+    headers: &HeaderMap,
+) -> ApiRequest {
+    let mut extra = req.extra;
+    if let Some(t) = req.temperature {
+        extra.insert("temperature".into(), json!(t));
+    }
+    if let Some(u) = req.user {
+        extra.insert("user".into(), json!(u));
+    }
+    ApiRequest {
+        model: req.model,
+        messages: req.messages,
+        max_completion_tokens: cap,
+        legacy_max_tokens: legacy_cap,
+        streamed,
+        extra,
+        reference: reference.to_owned(),
+        platform: if headers
+            .get("x-chatrelay-client")
+            .is_some_and(|v| v.as_bytes() == b"web")
+        {
+            chatrelay_core::Platform::Web
+        } else {
+            chatrelay_core::Platform::Api
+        },
     }
 }
 

@@ -1,0 +1,322 @@
+//! The WeCom self-built app: its callbacks, answered through `message/send` in 2048-byte
+//! parts, the redelivery marks ([`Seen`]) and the outbox of answers that could not be sent.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
+use chatrelay_wechat::{Incoming, IncomingKind, WecomClient, WecomEndpoint, WecomQuery};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::common::refused;
+use crate::bounded::BoundedMap;
+use crate::config::WecomConfig;
+use crate::engine::Engine;
+use crate::util::now_ms;
+
+/// WeCom's limit for one app message, in UTF-8 bytes.
+const MAX_MESSAGE_BYTES: usize = 2048;
+/// App message ids remembered at most (for redeliveries); the oldest go first.
+const MAX_SEEN: usize = 50_000;
+/// How long an app message id is remembered at most (the longest `keep` asked of [`Seen`]).
+const SEEN_KEEP: Duration = Duration::from_secs(600);
+
+/// Message ids seen recently, so that a redelivery does not send the answer again. Bounded:
+/// at most [`MAX_SEEN`] ids, each for at most [`SEEN_KEEP`].
+struct Seen(Mutex<BoundedMap<String, ()>>);
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self(Mutex::new(BoundedMap::new(MAX_SEEN, SEEN_KEEP)))
+    }
+}
+
+impl Seen {
+    /// True the first time `id` is seen (within `keep`, at most [`SEEN_KEEP`]).
+    fn first(&self, id: &str, keep: Duration) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let id = id.to_owned();
+        match seen.inserted_at(&id) {
+            Some(at) if at.elapsed() < keep => false,
+            _ => {
+                seen.insert(id, ());
+                true
+            }
+        }
+    }
+}
+
+/// One WeCom self-built app.
+pub struct WecomApp {
+    cfg: WecomConfig,
+    endpoint: WecomEndpoint,
+    client: WecomClient,
+    seen: Seen,
+}
+
+impl WecomApp {
+    /// The app for `cfg`: `old` itself when its configuration did not change, else a new one
+    /// that takes over `old`'s redelivery marks.
+    pub fn build(
+        cfg: &WecomConfig,
+        http: &reqwest::Client,
+        old: Option<&Arc<WecomApp>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        if let Some(old) = old.filter(|o| o.cfg == *cfg) {
+            return Ok(old.clone());
+        }
+        let endpoint = WecomEndpoint::new(
+            cfg.token.expose(),
+            &cfg.corp_id,
+            cfg.encoding_aes_key.expose(),
+        )
+        .map_err(|e| anyhow::anyhow!("wecom {}: {e}", cfg.id))?;
+        let client = WecomClient::new(
+            &cfg.api_base,
+            &cfg.corp_id,
+            cfg.secret.expose(),
+            cfg.agent_id,
+            http.clone(),
+        );
+        info!(app = %cfg.id, "WeCom app at /wecom/{}", cfg.id);
+        Ok(Arc::new(WecomApp {
+            cfg: cfg.clone(),
+            endpoint,
+            client,
+            seen: old
+                .map(|o| {
+                    Seen(Mutex::new(
+                        o.seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    ))
+                })
+                .unwrap_or_default(),
+        }))
+    }
+
+    /// Answers WeCom's URL verification (`GET /wecom/{id}`).
+    pub fn verify(&self, q: &WecomQuery, id: &str) -> Response {
+        match self.endpoint.verify_url(q) {
+            Ok(echo) => echo.into_response(),
+            Err(e) => refused(&e, "WeCom URL verification", id),
+        }
+    }
+}
+
+/// Handles a callback (`POST /wecom/{id}`) to `app`: acknowledges it at once and answers
+/// through `message/send`.
+pub fn callback(
+    engine: &Engine,
+    app: Arc<WecomApp>,
+    id: &str,
+    q: &WecomQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(body) = body else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let opened = match app.endpoint.open(q, &body, now_ms() / 1000) {
+        Ok(o) => o,
+        Err(e) => return refused(&e, "WeCom callback", id),
+    };
+    let msg = opened.message;
+    let key = UserKey::new(Platform::Wecom, app.cfg.id.clone(), msg.from_user.clone());
+    let message_id = msg.dedupe_id();
+    let mut images = Vec::new();
+    let text = incoming_text(engine, &app, &msg, &key, &message_id, &mut images);
+    if let Some(text) = text
+        && app.seen.first(&message_id, Duration::from_secs(600))
+    {
+        answer(engine, app, id, key, message_id, text, images);
+    }
+    // An empty 200 acknowledges: the answer goes through message/send.
+    StatusCode::OK.into_response()
+}
+
+/// The text a message asks the engine about (a picture adds its URL to `images` and asks
+/// with no text), or None: an event answered here (the welcome) or not at all, or a kind the
+/// app cannot read (told so, once).
+fn incoming_text(
+    engine: &Engine,
+    app: &Arc<WecomApp>,
+    msg: &Incoming,
+    key: &UserKey,
+    message_id: &str,
+    images: &mut Vec<String>,
+) -> Option<String> {
+    match &msg.kind {
+        IncomingKind::Text { content } => Some(content.clone()),
+        IncomingKind::Voice {
+            recognition: Some(t),
+            ..
+        } => Some(t.clone()),
+        IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
+            images.push(pic_url.clone());
+            Some(String::new())
+        }
+        IncomingKind::Event {
+            event, event_key, ..
+        } => match event.to_ascii_lowercase().as_str() {
+            "click" => event_key
+                .as_deref()
+                .and_then(|k| app.cfg.menu.get(k))
+                .cloned(),
+            "enter_agent"
+                if !app.cfg.welcome.is_empty()
+                    && app.seen.first(message_id, Duration::from_secs(60)) =>
+            {
+                send_app(
+                    engine,
+                    app.clone(),
+                    key.user.clone(),
+                    app.cfg.welcome.clone(),
+                );
+                None
+            }
+            _ => None,
+        },
+        _ => {
+            if app.seen.first(message_id, Duration::from_secs(600)) {
+                send_app(
+                    engine,
+                    app.clone(),
+                    key.user.clone(),
+                    engine.settings().texts.empty.clone(),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Asks the engine about `text` in a task and sends the answer, unless another delivery of
+/// the message (here or in another daemon) already claimed it.
+fn answer(
+    engine: &Engine,
+    app: Arc<WecomApp>,
+    id: &str,
+    key: UserKey,
+    message_id: String,
+    text: String,
+    images: Vec<String>,
+) {
+    let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
+    let engine = engine.clone();
+    engine.tracker().clone().spawn(
+        async move {
+            let mut inbound = Inbound::text(key.clone(), message_id, text);
+            inbound.images = images;
+            let claim = format!("wecom:{}#{}", key, inbound.message_id);
+            let reply = engine.handle(inbound);
+            let event = reply.collect().await;
+            if let Some(answer) = event.user_text()
+                && engine.claim_delivery(&claim)
+            {
+                let owed = matches!(event, ReplyEvent::Final { .. });
+                send_app_owed(&engine, app, &key, answer, owed);
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Sends `text` to `user` in 2048-byte parts, in order (nothing is owed for it).
+fn send_app(engine: &Engine, app: Arc<WecomApp>, user: String, text: String) {
+    engine.tracker().spawn(async move {
+        send_parts(app, user, text).await;
+    });
+}
+
+/// Sends an answer to the user behind `key`, after anything still owed to them (the outbox).
+/// When `owed` (a finished answer, paid for), whatever could not be sent goes back to the
+/// outbox, for their next message, instead of nowhere.
+fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: String, owed: bool) {
+    let outbox = key.to_string();
+    let mut all = match engine.store().outbox_take(&outbox) {
+        Ok(earlier) => earlier,
+        Err(e) => {
+            warn!(error = %e, "reading the outbox failed");
+            Vec::new()
+        }
+    };
+    // Earlier answers are owed whatever this one is.
+    let owed = owed || !all.is_empty();
+    all.push(text);
+    let text = all.join("\n\n");
+    let engine = engine.clone();
+    let user = key.user.clone();
+    engine.tracker().clone().spawn(async move {
+        if let Some(rest) = send_parts(app, user, text).await
+            && owed
+        {
+            metrics::counter!("chatrelay_wecom_outbox_total").increment(1);
+            if let Err(e) = engine.store().outbox_push(&outbox, &rest) {
+                warn!(error = %e, "keeping an unsent answer failed; it is lost");
+            }
+        }
+    });
+}
+
+/// Sends `text` to `user` in 2048-byte parts, in order; returns what was not sent (a part
+/// failed, or shutdown came first).
+async fn send_parts(app: Arc<WecomApp>, user: String, text: String) -> Option<String> {
+    let parts = split_message(&text, MAX_MESSAGE_BYTES, Unit::Bytes);
+    for (i, part) in parts.iter().enumerate() {
+        let sent = if app.cfg.markdown && has_markup(part) {
+            app.client.send_markdown(&user, part).await
+        } else {
+            app.client.send_text(&user, part).await
+        };
+        match sent {
+            Ok(()) => metrics::counter!("chatrelay_wecom_sent_total").increment(1),
+            Err(e) => {
+                warn!(app = %app.cfg.id, error = %e, "sending a WeCom message failed");
+                return Some(parts.get(i..).unwrap_or_default().concat());
+            }
+        }
+    }
+    None
+}
+
+/// Whether text uses markdown a WeCom markdown message would render (plain answers go as
+/// text messages, which WeCom shows more compactly and which can be copied as is).
+fn has_markup(text: &str) -> bool {
+    text.contains("**")
+        || text.contains('`')
+        || text.contains("](")
+        || text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with('#') || l.starts_with("- ") || l.starts_with("> ") || l.starts_with("* ")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_message_ids_stays_within_the_bounds() {
+        let seen = Seen::default();
+        for i in 0..100_000 {
+            assert!(seen.first(&format!("m{i}"), SEEN_KEEP));
+        }
+        let len = seen.0.lock().unwrap().len();
+        assert!(len <= MAX_SEEN, "{len}");
+        assert!(!seen.first("m99999", SEEN_KEEP), "recent ids still dedupe");
+    }
+
+    #[test]
+    fn markup_detection() {
+        assert!(!has_markup("Hello from the fake upstream — 你好!"));
+        assert!(!has_markup("1 - 2 = -1"));
+        assert!(has_markup("# 标题"));
+        assert!(has_markup("用 `cargo` 构建"));
+        assert!(has_markup("见 [文档](https://example.com)"));
+        assert!(has_markup("步骤：\n- 一\n- 二"));
+        assert!(has_markup("**重点**"));
+    }
+}
