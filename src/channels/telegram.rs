@@ -318,7 +318,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
 /// else where to ask for one.
 fn code_reply(engine: &Engine, key: &UserKey, display_name: &str, private: bool) -> Reply {
     let answer = if private {
-        match crate::auth::issue_code(engine.store(), key, Some(display_name)) {
+        match crate::auth::issue_code_via(engine, key, Some(display_name)) {
             Ok((code, minutes)) => {
                 format!("你的网页登录验证码：{code}，{minutes} 分钟内有效")
             }
@@ -352,7 +352,7 @@ async fn deliver_owed(
     owed_key: &str,
     shutdown: &CancellationToken,
 ) {
-    match engine.store().outbox_take(owed_key) {
+    match engine.outbox_take(owed_key) {
         Ok(owed) => {
             for (i, text) in owed.iter().enumerate() {
                 if !deliver(
@@ -390,7 +390,7 @@ struct Progress {
 /// in the chat.
 fn keep(engine: &Engine, owed_key: &str, texts: &[String]) {
     for text in texts {
-        if let Err(e) = engine.store().outbox_push(owed_key, text) {
+        if let Err(e) = engine.outbox_push(owed_key, text) {
             warn!(error = %e, "keeping an undelivered answer failed; it is lost");
         }
     }

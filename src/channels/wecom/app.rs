@@ -236,7 +236,7 @@ fn send_app(engine: &Engine, app: Arc<WecomApp>, user: String, text: String) {
 /// outbox, for their next message, instead of nowhere.
 fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: String, owed: bool) {
     let outbox = key.to_string();
-    let mut all = match engine.store().outbox_take(&outbox) {
+    let mut all = match engine.outbox_take(&outbox) {
         Ok(earlier) => earlier,
         Err(e) => {
             warn!(error = %e, "reading the outbox failed");
@@ -254,7 +254,7 @@ fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: Strin
             && owed
         {
             metrics::counter!("chatrelay_wecom_outbox_total").increment(1);
-            if let Err(e) = engine.store().outbox_push(&outbox, &rest) {
+            if let Err(e) = engine.outbox_push(&outbox, &rest) {
                 warn!(error = %e, "keeping an unsent answer failed; it is lost");
             }
         }
