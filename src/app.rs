@@ -181,6 +181,8 @@ impl App {
         let live = state.live.clone();
         let router = http::router(state);
         let addr = listener.local_addr()?;
+        // The listener is the one task outside the tracker: it is awaited right here, and it
+        // drains its own connections (below) before the tracker's tasks are waited for.
         let mut server = tokio::spawn(serve_http(listener, router, live, shutdown.clone()));
         info!(%addr, llm = engine.backend_name(), "chatrelay is ready");
         notify(&[sd_notify::NotifyState::Ready]);
@@ -382,6 +384,8 @@ async fn serve_http(
         });
         let open = open.clone();
         let shutdown = shutdown.clone();
+        // A connection's task is counted in `open`, which the accept loop drains at shutdown
+        // (before the tracker's tasks, which the requests may have started, are waited for).
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

@@ -169,6 +169,7 @@ fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     );
     runtime()?.block_on(async move {
         let app = App::build(loaded.config, loaded.file).await?;
+        // Outside the tracker on purpose: it lives until the process ends and only cancels.
         tokio::spawn(app::stop_on_signals(app.shutdown_token()));
         app.serve().await
     })
