@@ -24,9 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatrelay_core::split::{Unit, split_message};
 use chatrelay_core::{Handler, Inbound, Platform, UserKey};
-use chatrelay_wechat::{
-    CallbackError, CallbackQuery, IncomingKind, MpClient, MpEndpoint, Opened, text_reply_xml,
-};
+use chatrelay_wechat::{CallbackQuery, IncomingKind, MpClient, MpEndpoint, Opened, text_reply_xml};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -199,13 +197,7 @@ async fn callback(
         Err(e) => {
             metrics::counter!("chatrelay_mp_rejected_total").increment(1);
             warn!(account = %id, error = %e, "callback refused");
-            let status = match e {
-                CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                CallbackError::BadSignature
-                | CallbackError::StaleTimestamp
-                | CallbackError::MissingParam(_) => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_REQUEST,
-            };
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
             return (status, "refused").into_response();
         }
     };

@@ -76,13 +76,7 @@ impl Engine {
             surcharge: pictures.saturating_mul(model.credits_per_image),
         };
         // What the rules look at: the last thing the user said.
-        let question = req
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map(Message::text)
-            .unwrap_or_default();
+        let question = Message::last_user_text(&req.messages);
         // The chat page's image command draws (API clients asked a model, and get the model);
         // drawing does its own checks.
         let drawing = match (req.platform, self.command(&question)) {

@@ -340,13 +340,7 @@ impl LlmBackend for DemoBackend {
     fn stream(&self, req: LlmRequest) -> BoxFuture<'static, Result<LlmStream, LlmError>> {
         let delay = self.piece_delay;
         Box::pin(async move {
-            let question = req
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == "user")
-                .map(Message::text)
-                .unwrap_or_default();
+            let question = Message::last_user_text(&req.messages);
             let answer = demo_answer(&question);
             let prompt_tokens: u64 = req
                 .messages

@@ -105,6 +105,18 @@ impl Message {
             _ => String::new(),
         }
     }
+
+    /// The text of the last `user` message of a conversation: what the user is asking now
+    /// (empty when there is none).
+    #[must_use]
+    pub fn last_user_text(messages: &[Message]) -> String {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(Message::text)
+            .unwrap_or_default()
+    }
 }
 
 /// Body of a non-streaming chat completion.

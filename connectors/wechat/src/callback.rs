@@ -86,6 +86,19 @@ pub enum CallbackError {
     Json(String),
 }
 
+impl CallbackError {
+    /// The HTTP status a refused callback gets: 413 for a body too large, 403 when it failed
+    /// authentication (signature, timestamp, a missing signed parameter), else 400.
+    #[must_use]
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::TooLarge => 413,
+            Self::BadSignature | Self::StaleTimestamp | Self::MissingParam(_) => 403,
+            _ => 400,
+        }
+    }
+}
+
 /// How the request arrived, and so how the reply must be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyMode {
@@ -373,6 +386,20 @@ mod tests {
     use crate::xml::{IncomingKind, text_reply_xml};
 
     const TOKEN: &str = "tok3n";
+
+    #[test]
+    fn refusals_map_to_their_http_status() {
+        assert_eq!(CallbackError::TooLarge.http_status(), 413);
+        for e in [
+            CallbackError::BadSignature,
+            CallbackError::StaleTimestamp,
+            CallbackError::MissingParam("nonce"),
+        ] {
+            assert_eq!(e.http_status(), 403, "{e}");
+        }
+        assert_eq!(CallbackError::InvalidParam("timestamp").http_status(), 400);
+        assert_eq!(CallbackError::NoAesKey.http_status(), 400);
+    }
     const APP_ID: &str = "wx1234567890abcdef";
     // wechatpy's and Tencent's public sample keys, reused as "current" and
     // "previous".

@@ -10,12 +10,6 @@ use tracing::warn;
 pub fn refused(e: &CallbackError, what: &str, id: &str) -> Response {
     metrics::counter!("chatrelay_wecom_rejected_total").increment(1);
     warn!(%id, error = %e, "{what} refused");
-    let status = match e {
-        CallbackError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        CallbackError::BadSignature
-        | CallbackError::StaleTimestamp
-        | CallbackError::MissingParam(_) => StatusCode::FORBIDDEN,
-        _ => StatusCode::BAD_REQUEST,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     (status, "refused").into_response()
 }
