@@ -484,39 +484,16 @@ impl Client {
             // The very string that was signed.
             req = req.body(body);
         }
-        let mut resp = req.send().await.map_err(|e| http_err(&e))?;
+        let resp = req.send().await.map_err(|e| http_err(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
-        {
-            return Err(PayError::TooLarge);
-        }
-        let mut raw = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(&e))? {
-            if raw.len() + chunk.len() > MAX_RESPONSE_BODY {
-                return Err(PayError::TooLarge);
-            }
-            raw.extend_from_slice(&chunk);
-        }
+        let raw = read_limited(resp).await?;
         tracing::debug!(method = %method, path = path_and_query, status = status.as_u16(), "wechat pay response");
 
         if !status.is_success() {
             // Error bodies are only reported, never acted on, so they are
             // not required to carry a valid signature.
-            return Err(match serde_json::from_slice::<ApiErrorBody>(&raw) {
-                Ok(e) => PayError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => PayError::Api {
-                    status: status.as_u16(),
-                    code: "UNKNOWN".into(),
-                    message: excerpt(&raw),
-                },
-            });
+            return Err(api_error(status.as_u16(), &raw));
         }
         if !raw.is_empty() {
             let h = NotifyHeaders {
@@ -534,6 +511,41 @@ impl Client {
             .inspect_err(|e| tracing::warn!(path = path_and_query, error = %e, "unverifiable wechat pay response"))?;
         }
         Ok(raw)
+    }
+}
+
+/// Reads a response body, refusing more than [`MAX_RESPONSE_BODY`] bytes.
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, PayError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
+    {
+        return Err(PayError::TooLarge);
+    }
+    let mut raw = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(&e))? {
+        if raw.len() + chunk.len() > MAX_RESPONSE_BODY {
+            return Err(PayError::TooLarge);
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    Ok(raw)
+}
+
+/// The [`PayError::Api`] of a non-2xx answer: WeChat's `{"code","message"}`,
+/// or `UNKNOWN` with an excerpt of whatever else came back.
+fn api_error(status: u16, raw: &[u8]) -> PayError {
+    match serde_json::from_slice::<ApiErrorBody>(raw) {
+        Ok(e) => PayError::Api {
+            status,
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => PayError::Api {
+            status,
+            code: "UNKNOWN".into(),
+            message: excerpt(raw),
+        },
     }
 }
 
