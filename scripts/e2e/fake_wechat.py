@@ -18,8 +18,9 @@ browser for the "current phone user" (`set_phone_user`): 302 to `redirect_uri?co
 where C is bound to that appid and the user's openid, single-use, and expires after `code_ttl`
 seconds (300). Without a phone user it shows WeChat's "请在微信客户端打开链接" page (HTTP 200);
 an unknown appid, a scope other than snsapi_base/snsapi_userinfo, a response_type other than
-`code` or a state that is not up to 128 `[A-Za-z0-9]` also give a WeChat-like error page (200,
-recorded in `authorize_errors`). A phone user with `refuse` (the user taps 拒绝 on the consent
+`code`, a state that is not up to 128 `[A-Za-z0-9]`, or parameters not in WeChat's order
+(appid, redirect_uri, response_type, scope, state: WeChat matches the link strictly) also give a
+WeChat-like error page (200, recorded in `authorize_errors`). A phone user with `refuse` (the user taps 拒绝 on the consent
 page) is sent to `redirect_uri?state=S` without a code.
 
 The daemon's public_url is not reachable from a test: `route(public_origin, local_origin)` makes
@@ -63,6 +64,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 OAUTH_SCOPES = ("snsapi_base", "snsapi_userinfo")
+AUTHORIZE_ORDER = ("appid", "redirect_uri", "response_type", "scope", "state")
 STATE_RE = re.compile(r"[A-Za-z0-9]{0,128}")
 
 
@@ -189,6 +191,7 @@ class FakeWechat:
                 appid, state = q.get("appid", ""), q.get("state", "")
                 redirect_uri, scope = q.get("redirect_uri", ""), q.get("scope", "")
                 reason = None
+                keys = [k for k, _ in parse_qsl(urlparse(self.path).query, keep_blank_values=True)]
                 if appid not in fake.oauth_apps:
                     reason = ("参数错误", "appid 无效 (errcode 40013)")
                 elif q.get("response_type") != "code":
@@ -199,6 +202,9 @@ class FakeWechat:
                     reason = ("redirect_uri 参数错误", "errcode 10003")
                 elif not STATE_RE.fullmatch(state):
                     reason = ("参数错误", "state 参数只能为 a-zA-Z0-9，最多 128 字节")
+                elif keys[:5] != list(AUTHORIZE_ORDER):
+                    # WeChat matches the link strictly: the parameters must come in this order.
+                    reason = ("参数错误", f"参数顺序必须为 {'&'.join(AUTHORIZE_ORDER)}，收到 {'&'.join(keys)}")
                 if reason:
                     with fake.lock:
                         fake.authorize_errors.append((dict(q), reason[1]))

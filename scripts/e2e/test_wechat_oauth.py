@@ -1,0 +1,446 @@
+"""Official Account web authorization (网页授权) and desktop scan login, end to end at the HTTP
+level: the real binary against fake_wechat (which plays WeChat's browser redirect for a "phone
+user" and checks the daemon's `sns/oauth2/access_token` calls: appid, secret, single-use codes
+bound to their AppID). No browser: every redirect is checked, then followed by hand, and the
+OAuth cookie is carried by hand (it is `Secure`, the daemon's public_url being https).
+
+Daemons: `oauth` (both accounts with web authorization, auto login on) and `no_oauth` (the same
+accounts without it, to see scan login refused).
+"""
+
+import json
+import re
+import secrets
+from urllib.parse import parse_qsl, urlencode, urlparse
+
+import pytest
+import requests
+
+from conftest import OA_MAIN, OA_OTHER, PUBLIC_URL_WX
+from test_wechat_mp import LOGIN_CODE, WeChat
+
+RETRY_LINK = re.compile(r'<a [^>]*href="/auth/wechat/main[^"]*"[^>]*>\s*重新登录\s*</a>')
+STATE = re.compile(r"[A-Za-z0-9]{1,128}")
+
+
+@pytest.fixture(scope="module")
+def oauth(upstream, inwechat):
+    d = inwechat.daemon(upstream).start()
+    d.fakes = inwechat
+    yield d
+    code = d.stop()
+    assert code == 0, f"daemon exited with {code}: {d.logs()}"
+
+
+@pytest.fixture(scope="module")
+def no_oauth(upstream, inwechat):
+    d = inwechat.daemon(upstream, public_url="https://nooauth.example.test", oauth=False).start()
+    yield d
+    code = d.stop()
+    assert code == 0, f"daemon exited with {code}: {d.logs()}"
+
+
+@pytest.fixture(autouse=True)
+def no_phone_user(inwechat):
+    inwechat.wechat.clear_phone_user()
+    yield
+    inwechat.wechat.clear_phone_user()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def get(d, path, cookie=None, headers=None):
+    h = dict(headers or {})
+    if cookie:
+        h["Cookie"] = cookie
+    return requests.get(d.url + path, headers=h, allow_redirects=False, timeout=10)
+
+
+def not_500(r, what):
+    assert r.status_code < 500 or r.status_code == 502, f"{what}: HTTP {r.status_code} {r.text[:300]!r}"
+
+
+def oauth_cookie(r):
+    """`chatrelay_oauth=<nonce>` from a Set-Cookie, and the cookie's attributes (lower case)."""
+    raw = r.headers.get("set-cookie", "")
+    m = re.search(r"chatrelay_oauth=([^;,\s]+)", raw)
+    assert m, f"no chatrelay_oauth cookie in {raw!r} (HTTP {r.status_code})"
+    attrs = {a.strip().split("=")[0].lower(): (a.strip().split("=", 1) + [""])[1]
+             for a in raw[m.end():].split(";") if a.strip()}
+    return f"chatrelay_oauth={m.group(1)}", attrs
+
+
+def start(d, account="main", **params):
+    """GET /auth/wechat/{account}: (authorize URL, its query dict, cookie header value)."""
+    path = f"/auth/wechat/{account}" + (("?" + urlencode(params)) if params else "")
+    r = get(d, path)
+    assert r.status_code == 302, f"GET {path}: HTTP {r.status_code} {r.text[:300]!r}"
+    location = r.headers["location"]
+    q = dict(parse_qsl(urlparse(location).query, keep_blank_values=True))
+    cookie, _ = oauth_cookie(r)
+    return location, q, cookie
+
+
+def phone_follows(location):
+    """The phone's WeChat follows the authorize link: the fake's 302 back to the daemon."""
+    r = requests.get(location.split("#")[0], allow_redirects=False, timeout=10)
+    assert r.status_code == 302, f"fake authorize: HTTP {r.status_code} {r.text[:300]!r}"
+    return r.headers["location"]
+
+
+def callback_path(url):
+    u = urlparse(url)
+    return u.path + ("?" + u.query if u.query else "")
+
+
+def handoff_of(location):
+    """H from a callback's `{next}#login=H`."""
+    frag = urlparse(location).fragment
+    m = re.fullmatch(r"login=([A-Za-z0-9_\-]+)", frag)
+    assert m, f"no #login=H in {location!r}"
+    return m.group(1)
+
+
+def ticket(d, t, xff=None):
+    r = get(d, f"/api/login/ticket/{t}", headers={"X-Forwarded-For": xff} if xff else None)
+    assert r.status_code == 200, f"GET /api/login/ticket/{t}: HTTP {r.status_code} {r.text[:300]!r}"
+    return r.json()
+
+
+def me(d, token):
+    r = requests.get(d.url + "/api/me", headers={"authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, f"/api/me: HTTP {r.status_code} {r.text[:300]!r}"
+    return r.json()
+
+
+def oauth_login(d, openid, account="main", **params):
+    """The whole redirect flow for `openid`; returns (callback response, handoff JSON or None)."""
+    d.fakes.wechat.set_phone_user(openid)
+    location, _, cookie = start(d, account, **params)
+    back = phone_follows(location)
+    r = get(d, callback_path(back), cookie=cookie)
+    not_500(r, "callback")
+    if r.status_code == 302 and "#login=" in r.headers.get("location", ""):
+        return r, ticket(d, handoff_of(r.headers["location"]))
+    return r, None
+
+
+def chat_uid(d, openid):
+    """The uid of `openid` chatting with the main account (created by this message): the account
+    sends a login code (wechatpy encrypts the message), which the web API trades for a token."""
+    _, reply = WeChat(d, OA_MAIN).send_text(openid, "验证码", timeout=5)
+    code = re.search(LOGIN_CODE, reply["Content"]).group(0)
+    r = requests.post(d.url + "/api/login", json={"code": code}, timeout=10)
+    assert r.status_code == 200, r.text
+    return me(d, r.json()["token"])["uid"]
+
+
+def users(d):
+    out = json.loads(d.cli("--json", "user", "list", "--sort", "uid", "--limit", "100000").stdout)
+    return out["users"] if isinstance(out, dict) else out
+
+
+def user_count(d):
+    return len(users(d))
+
+
+def found(d, query):
+    out = json.loads(d.cli("--json", "user", "find", query).stdout)
+    return out["users"] if isinstance(out, dict) else out
+
+
+def tokens_of(d, uid):
+    return d.user(uid).get("tokens", [])
+
+
+def assert_refused_page(r, status, what):
+    assert r.status_code == status, f"{what}: HTTP {r.status_code}, expected {status}: {r.text[:400]!r}"
+    assert "text/html" in r.headers.get("content-type", ""), f"{what}: not an HTML page: {r.headers}"
+    assert RETRY_LINK.search(r.text), f"{what}: no retry link (<a href=\"/auth/wechat/main…\">重新登录</a>) in {r.text[:800]!r}"
+    assert "#login=" not in r.headers.get("location", ""), f"{what}: a login handoff was issued"
+
+
+# ---------------------------------------------------------------------------------------------
+# The redirect flow
+# ---------------------------------------------------------------------------------------------
+
+def test_authorize_url_and_cookie(oauth):
+    r = get(oauth, "/auth/wechat/main")
+    assert r.status_code == 302, r.text[:300]
+    location = r.headers["location"]
+    u = urlparse(location)
+    assert f"{u.scheme}://{u.netloc}{u.path}" == f"{oauth.fakes.wechat.url}/connect/oauth2/authorize", location
+    assert u.fragment == "wechat_redirect", f"#wechat_redirect is required: {location}"
+    pairs = parse_qsl(u.query, keep_blank_values=True)
+    assert [k for k, _ in pairs] == ["appid", "redirect_uri", "response_type", "scope", "state"], \
+        f"WeChat matches the link strictly, in this order: {location}"
+    q = dict(pairs)
+    assert q["appid"] == OA_MAIN["app_id"]
+    assert q["redirect_uri"] == f"{PUBLIC_URL_WX}/auth/wechat/main/callback"
+    assert (q["response_type"], q["scope"]) == ("code", "snsapi_base")
+    assert STATE.fullmatch(q["state"]), f"state must be 1-128 [A-Za-z0-9]: {q['state']!r}"
+    assert len(q["state"]) >= 16, f"state too short to be unguessable: {q['state']!r}"
+    cookie, attrs = oauth_cookie(r)
+    assert attrs.get("path") == "/auth/wechat", attrs
+    assert "httponly" in attrs and attrs.get("samesite", "").lower() == "lax", attrs
+    assert attrs.get("max-age") == "600", attrs
+    assert "secure" in attrs, f"public_url is https: the cookie must be Secure: {attrs}"
+    # Two starts: two states, two cookies.
+    _, q2, cookie2 = start(oauth)
+    assert q2["state"] != q["state"] and cookie2 != cookie
+    # The other account authorizes with its own AppID.
+    _, q3, _ = start(oauth, "other")
+    assert q3["appid"] == OA_OTHER["app_id"]
+    assert q3["redirect_uri"] == f"{PUBLIC_URL_WX}/auth/wechat/other/callback"
+    # Nothing was exchanged yet.
+    assert oauth.fakes.wechat.oauth_log()["authorize_errors"] == []
+
+
+def test_unknown_account_is_a_404_page(oauth, no_oauth):
+    for d, path in ((oauth, "/auth/wechat/nosuch"), (no_oauth, "/auth/wechat/main"),
+                    (oauth, "/auth/wechat/nosuch/callback?code=x&state=y")):
+        r = get(d, path)
+        assert r.status_code == 404, f"{path}: HTTP {r.status_code} {r.text[:200]!r}"
+        assert "text/html" in r.headers.get("content-type", ""), f"{path}: {r.headers}"
+
+
+def test_full_flow_logs_in_the_chat_user(oauth):
+    openid = "o_chat_" + secrets.token_hex(6)
+    uid = chat_uid(oauth, openid)
+    before = user_count(oauth)
+    r, handoff = oauth_login(oauth, openid)
+    assert r.status_code == 302, f"callback: HTTP {r.status_code} {r.text[:300]!r}"
+    assert r.headers["location"].startswith("/#login="), r.headers["location"]
+    assert handoff and handoff["status"] == "done", handoff
+    assert handoff["uid"] == uid, f"web login uid {handoff['uid']} is not the chat uid {uid}"
+    assert me(oauth, handoff["token"])["uid"] == uid
+    assert user_count(oauth) == before, "the chat user must be reused, not a new one"
+    # The handoff is delivered once.
+    assert ticket(oauth, handoff_of(r.headers["location"])) == {"status": "expired"}
+    # The daemon exchanged the code once, with the right appid and secret.
+    ex = [(p, e) for p, e in oauth.fakes.wechat.exchanges if p.get("appid") == OA_MAIN["app_id"]]
+    assert ex and ex[-1][1] == 0 and ex[-1][0]["secret"] == OA_MAIN["app_secret"], ex[-1:]
+    assert ex[-1][0]["grant_type"] == "authorization_code"
+
+
+def test_new_openid_is_the_same_user_in_chat_later(oauth):
+    openid = "o_new_" + secrets.token_hex(6)
+    r, handoff = oauth_login(oauth, openid)
+    assert handoff and handoff["status"] == "done", (r.status_code, r.text[:300])
+    assert chat_uid(oauth, openid) == handoff["uid"], "the OA chat must find the user web login created"
+
+
+def test_next_is_kept_when_local(oauth):
+    r, handoff = oauth_login(oauth, "o_next_" + secrets.token_hex(6), next="/chat/new?x=1")
+    assert r.status_code == 302 and handoff and handoff["status"] == "done"
+    assert r.headers["location"].startswith("/chat/new?x=1#login="), r.headers["location"]
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "https://evil.example", "/\\evil.example",
+                                    "//evil.example/%2F..", "http:evil.example", "javascript:alert(1)"])
+def test_next_open_redirect_ends_on_a_local_path(oauth, target):
+    oauth.fakes.wechat.set_phone_user("o_redirect_" + secrets.token_hex(6))
+    r = get(oauth, "/auth/wechat/main?" + urlencode({"next": target}))
+    not_500(r, f"start with next={target!r}")
+    if r.status_code != 302:
+        assert r.status_code in (400, 404), f"next={target!r}: HTTP {r.status_code}"
+        return
+    cookie, _ = oauth_cookie(r)
+    back = phone_follows(r.headers["location"])
+    r = get(oauth, callback_path(back), cookie=cookie)
+    assert r.status_code == 302, f"next={target!r}: callback HTTP {r.status_code} {r.text[:200]!r}"
+    loc = r.headers["location"]
+    u = urlparse(loc)
+    assert loc.startswith("/") and not loc.startswith("//") and not loc.startswith("/\\"), \
+        f"next={target!r} led to {loc!r}"
+    assert not u.scheme and not u.netloc and "evil.example" not in loc.split("#")[0], \
+        f"next={target!r} led to {loc!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: each changes nothing
+# ---------------------------------------------------------------------------------------------
+
+def test_forged_state_changes_nothing(oauth):
+    openid = "o_forge_" + secrets.token_hex(6)
+    uid = chat_uid(oauth, openid)
+    tokens, before = len(tokens_of(oauth, uid)), user_count(oauth)
+    _, q, cookie = start(oauth)
+    code = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
+    for state in ("forged" + secrets.token_hex(8), q["state"][:-1] + ("A" if q["state"][-1] != "A" else "B"), ""):
+        r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": state}), cookie=cookie)
+        assert_refused_page(r, 400, f"forged state {state!r}")
+        assert "登录链接已失效" in r.text, r.text[:400]
+    assert oauth.fakes.wechat.exchanges_of(code) == [], "a forged state must not reach WeChat"
+    assert not oauth.fakes.wechat.code_used(code)
+    assert user_count(oauth) == before and len(tokens_of(oauth, uid)) == tokens
+
+
+def test_reused_state_changes_nothing(oauth):
+    openid = "o_reuse_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid)
+    location, q, cookie = start(oauth)
+    back = callback_path(phone_follows(location))
+    r = get(oauth, back, cookie=cookie)
+    assert r.status_code == 302 and "#login=" in r.headers["location"], (r.status_code, r.text[:300])
+    uid = ticket(oauth, handoff_of(r.headers["location"]))["uid"]
+    tokens, before = len(tokens_of(oauth, uid)), user_count(oauth)
+    # The same callback again (a reload, or a stolen URL), then the same state with a new code.
+    r2 = get(oauth, back, cookie=cookie)
+    assert_refused_page(r2, 400, "the same callback twice")
+    fresh = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
+    r3 = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": fresh, "state": q["state"]}), cookie=cookie)
+    assert_refused_page(r3, 400, "a used state with a new code")
+    assert oauth.fakes.wechat.exchanges_of(fresh) == []
+    code = dict(parse_qsl(urlparse(back).query))["code"]
+    assert len(oauth.fakes.wechat.exchanges_of(code)) == 1, "the used code must not be sent to WeChat again"
+    assert user_count(oauth) == before and len(tokens_of(oauth, uid)) == tokens
+
+
+@pytest.mark.parametrize("which", ["missing", "wrong", "other_start"])
+def test_cookie_must_match_the_state(oauth, which):
+    openid = "o_cookie_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid)
+    location, q, cookie = start(oauth)
+    _, _, other_cookie = start(oauth)
+    back = callback_path(phone_follows(location))
+    before = user_count(oauth)
+    sent = {"missing": None, "wrong": "chatrelay_oauth=" + secrets.token_hex(16), "other_start": other_cookie}[which]
+    r = get(oauth, back, cookie=sent)
+    assert_refused_page(r, 400, f"{which} cookie")
+    code = dict(parse_qsl(urlparse(back).query))["code"]
+    assert oauth.fakes.wechat.exchanges_of(code) == [], f"{which} cookie: the code reached WeChat"
+    assert user_count(oauth) == before and found(oauth, openid) == []
+
+
+def test_code_for_another_appid_is_refused(oauth):
+    openid = "o_xapp_" + secrets.token_hex(6)
+    _, q, cookie = start(oauth)
+    code = oauth.fakes.wechat.mint_code(OA_OTHER["app_id"], openid)
+    before = user_count(oauth)
+    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie=cookie)
+    assert_refused_page(r, 502, "a code issued for another AppID")
+    ex = oauth.fakes.wechat.exchanges_of(code)
+    assert ex and ex[0][1] == 40029, f"WeChat should have answered 40029: {ex}"
+    assert user_count(oauth) == before and found(oauth, openid) == []
+
+
+@pytest.mark.parametrize("errcode,errmsg", [(40163, "code been used"), (40029, "invalid code"),
+                                            (-1, "system error"), (45011, "api minute-quota reach limit")])
+def test_wechat_errors_are_a_page_with_a_retry_link(oauth, errcode, errmsg):
+    openid = "o_err_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid)
+    location, _, cookie = start(oauth)
+    back = callback_path(phone_follows(location))
+    before = user_count(oauth)
+    oauth.fakes.wechat.fail_next_exchange(errcode, errmsg)
+    r = get(oauth, back, cookie=cookie)
+    assert_refused_page(r, 502, f"errcode {errcode}")
+    assert user_count(oauth) == before and found(oauth, openid) == []
+
+
+def test_expired_code_and_refused_consent(oauth):
+    openid = "o_exp_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid)
+    location, _, cookie = start(oauth)
+    back = callback_path(phone_follows(location))
+    oauth.fakes.wechat.expire_code(dict(parse_qsl(urlparse(back).query))["code"])
+    assert_refused_page(get(oauth, back, cookie=cookie), 502, "an expired code")
+    # The user refuses the consent page: WeChat comes back with the state and no code.
+    oauth.fakes.wechat.set_phone_user(openid, refuse=True)
+    location, _, cookie = start(oauth)
+    back = callback_path(phone_follows(location))
+    assert "code=" not in back
+    r = get(oauth, back, cookie=cookie)
+    not_500(r, "no code")
+    assert r.status_code in (400, 403), f"no code: HTTP {r.status_code} {r.text[:300]!r}"
+    assert RETRY_LINK.search(r.text), r.text[:400]
+    assert found(oauth, openid) == []
+
+
+def test_snapshot_user_is_not_logged_in(oauth):
+    openid = "o_snap_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid, snapshot=True)
+    before = user_count(oauth)
+    location, _, cookie = start(oauth)
+    r = get(oauth, callback_path(phone_follows(location)), cookie=cookie)
+    not_500(r, "snapshot user")
+    assert "#login=" not in r.headers.get("location", ""), f"a snapshot visitor got a login: {r.headers}"
+    assert "text/html" in r.headers.get("content-type", ""), r.headers
+    assert user_count(oauth) == before and found(oauth, openid) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Desktop login by scanning
+# ---------------------------------------------------------------------------------------------
+
+def new_ticket(d, xff):
+    r = requests.post(d.url + "/api/login/ticket", headers={"X-Forwarded-For": xff}, timeout=10)
+    assert r.status_code == 200, f"POST /api/login/ticket: HTTP {r.status_code} {r.text[:300]!r}"
+    return r.json()
+
+
+def test_config_tells_the_page(oauth, no_oauth):
+    c = requests.get(oauth.url + "/api/config", timeout=10).json()
+    assert c.get("wechat_login") == {"account": "main", "oauth": True, "auto": True}, c.get("wechat_login")
+    c = requests.get(no_oauth.url + "/api/config", timeout=10).json()
+    wl = c.get("wechat_login")
+    assert wl is None or wl.get("oauth") is False, wl
+
+
+def test_scan_flow(oauth):
+    xff = "198.51.100.10"
+    t = new_ticket(oauth, xff)
+    assert set(t) >= {"ticket", "account", "url", "qr_svg", "expires_at"}, t
+    assert t["account"] == "main"
+    assert t["url"] == f"{PUBLIC_URL_WX}/auth/wechat/main?ticket={t['ticket']}", t
+    assert t["qr_svg"] == f"/api/login/ticket/{t['ticket']}/qr.svg"
+    assert len(t["ticket"]) >= 16, t
+    qr = get(oauth, t["qr_svg"])
+    assert qr.status_code == 200 and qr.headers["content-type"].startswith("image/svg+xml"), qr.headers
+    assert "<svg" in qr.text
+    assert ticket(oauth, t["ticket"], xff) == {"status": "pending"}
+
+    # The phone scans the QR: WeChat opens the URL and runs web authorization.
+    openid = "o_scan_" + secrets.token_hex(6)
+    uid = chat_uid(oauth, openid)
+    u = urlparse(t["url"])
+    r, handoff = oauth_login(oauth, openid, **dict(parse_qsl(u.query)))
+    assert handoff is None, "the phone must not be handed the desktop's login"
+    assert r.status_code == 200, f"phone callback: HTTP {r.status_code} {r.text[:300]!r}"
+    assert "已在电脑上登录" in r.text, r.text[:500]
+
+    done = ticket(oauth, t["ticket"], xff)
+    assert done.get("status") == "done" and done.get("uid") == uid and done.get("token"), done
+    assert me(oauth, done["token"])["uid"] == uid
+    assert ticket(oauth, t["ticket"], xff) == {"status": "expired"}, "the token is delivered once"
+
+    # Scanning the used ticket again binds nothing.
+    r, handoff = oauth_login(oauth, "o_scan2_" + secrets.token_hex(6), ticket=t["ticket"])
+    assert "已在电脑上登录" not in r.text and handoff is None, (r.status_code, r.text[:300])
+    assert ticket(oauth, t["ticket"], xff) == {"status": "expired"}
+
+
+def test_unknown_ticket_is_expired(oauth):
+    for t in ("nosuchticket0000000000", secrets.token_urlsafe(24), "x" * 300):
+        assert ticket(oauth, t) == {"status": "expired"}
+    r = get(oauth, "/api/login/ticket/nosuchticket0000000000/qr.svg")
+    assert r.status_code in (404, 410), f"qr of an unknown ticket: HTTP {r.status_code}"
+
+
+def test_scan_login_off_without_oauth(no_oauth):
+    r = requests.post(no_oauth.url + "/api/login/ticket", timeout=10)
+    assert r.status_code == 404, r.text[:300]
+    assert r.json()["error"]["code"] == "scan_login_off", r.text
+
+
+def test_too_many_tickets_from_one_address(oauth):
+    xff = "198.51.100.77"
+    statuses = [requests.post(oauth.url + "/api/login/ticket", headers={"X-Forwarded-For": xff},
+                              timeout=10).status_code for _ in range(120)]
+    assert 429 in statuses, f"120 tickets from one address were all granted: {sorted(set(statuses))}"
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    # Another address is not affected.
+    assert new_ticket(oauth, "198.51.100.78")["ticket"]
