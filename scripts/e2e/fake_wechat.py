@@ -52,6 +52,9 @@ Control API (Python, and the same over HTTP for browser-side helpers; every /fak
   oauth_log() -> {"authorize": [...], "exchanges": [...], "authorize_errors": [...]}
                                               GET  /fake/oauth/log
   openids_issued(appid) -> set of openids that got a code for that appid
+
+Run this file directly for a self-check of the web authorization fake (no daemon needed):
+    .venv/bin/python scripts/e2e/fake_wechat.py
 """
 
 import html
@@ -430,3 +433,90 @@ class FakeWechat:
         if t["unionid"]:
             info["unionid"] = t["unionid"]
         return info
+
+
+def _self_check():
+    """The web authorization fake against a client written from PROTOCOLS.md §8.1."""
+    import urllib.error
+    import urllib.request
+
+    fake = FakeWechat()
+    fake.add_oauth_app("wxapp1", "secret1")
+    fake.add_oauth_app("wxapp2", "secret2")
+    fake.route("https://chat.example.test", "http://127.0.0.1:9")
+    checks = []
+
+    def check(what, ok):
+        checks.append(bool(ok))
+        print(("ok   " if ok else "FAIL ") + what)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def get(path):
+        try:
+            with opener.open(fake.url + path, timeout=5) as r:
+                return r.status, r.headers, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read().decode()
+
+    def authorize(**over):
+        q = dict(appid="wxapp1", redirect_uri="https://chat.example.test/auth/wechat/main/callback",
+                 response_type="code", scope="snsapi_base", state="abc123")
+        q.update(over)
+        return get("/connect/oauth2/authorize?" + urlencode(q) + "#wechat_redirect")
+
+    def exchange(code, appid="wxapp1", secret="secret1"):
+        return json.loads(get("/sns/oauth2/access_token?" + urlencode(
+            dict(appid=appid, secret=secret, code=code, grant_type="authorization_code")))[2])
+
+    st, _, text = authorize()
+    check("no phone user: WeChat's open-in-client page", st == 200 and "微信客户端" in text)
+    fake.set_phone_user("o_user1", unionid="u_1")
+    st, h, _ = authorize()
+    loc = urlparse(h["Location"]) if st == 302 else None
+    q = dict(parse_qsl(loc.query)) if loc else {}
+    check("302 to the routed redirect_uri with code and state",
+          loc and f"{loc.scheme}://{loc.netloc}{loc.path}" == "http://127.0.0.1:9/auth/wechat/main/callback"
+          and q.get("state") == "abc123" and q.get("code"))
+    code = q["code"]
+    check("another appid's exchange: 40029", exchange(code, "wxapp2", "secret2")["errcode"] == 40029)
+    check("a wrong secret: 40125", exchange(code, secret="nope")["errcode"] == 40125)
+    a = exchange(code)
+    check("exchange: openid, unionid, scope", a.get("openid") == "o_user1" and a.get("unionid") == "u_1"
+          and a.get("scope") == "snsapi_base" and a.get("expires_in") == 7200 and "is_snapshotuser" not in a)
+    check("the same code again: 40163", exchange(code)["errcode"] == 40163)
+    check("an unknown code: 40029", exchange("nosuchcode")["errcode"] == 40029)
+    user_info = json.loads(get(f"/sns/userinfo?access_token={a['access_token']}&openid=o_user1&lang=zh_CN")[2])
+    check("userinfo needs snsapi_userinfo: 48001", user_info.get("errcode") == 48001)
+    code2 = fake.mint_code("wxapp1", "o_user2", scope="snsapi_userinfo", snapshot=True, nickname="小明")
+    b = exchange(code2)
+    check("a snapshot user: is_snapshotuser 1", b.get("is_snapshotuser") == 1 and b.get("openid") == "o_user2")
+    info = json.loads(get(f"/sns/userinfo?access_token={b['access_token']}&openid=o_user2")[2])
+    check("userinfo: nickname", info.get("nickname") == "小明")
+    code3 = fake.mint_code("wxapp1", "o_user3")
+    fake.expire_code(code3)
+    check("an expired code: 40029", exchange(code3)["errcode"] == 40029)
+    fake.fail_next_exchange(-1, "system error")
+    code4 = fake.mint_code("wxapp1", "o_user4")
+    check("an injected error, the code stays unused", exchange(code4)["errcode"] == -1 and not fake.code_used(code4)
+          and exchange(code4).get("openid") == "o_user4")
+    q = "appid=wxapp1&scope=snsapi_base&redirect_uri=https%3A%2F%2Fchat.example.test%2Fcb&response_type=code&state=s1"
+    st, _, text = get("/connect/oauth2/authorize?" + q)
+    check("parameters out of order: an error page", st == 200 and "参数顺序" in text)
+    st, _, text = authorize(state="bad-state!")
+    check("a state outside [A-Za-z0-9]: an error page", st == 200 and "state" in text)
+    fake.set_phone_user("o_user1", refuse=True)
+    st, h, _ = authorize(scope="snsapi_userinfo")
+    check("a refused consent: back with the state, no code",
+          st == 302 and "code=" not in h["Location"] and "state=abc123" in h["Location"])
+    fake.stop()
+    print(f"\n{sum(checks)}/{len(checks)} checks passed")
+    return all(checks)
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if _self_check() else 1)
