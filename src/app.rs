@@ -137,7 +137,7 @@ impl App {
             current: live.channels(),
             shutdown: shutdown.clone(),
             login: Arc::new(crate::auth::Login::default()),
-            guests: Arc::new(crate::channels::web::guests::GuestLimiter::default()),
+            guests: Arc::new(crate::channels::web::guests::PageLimits::default()),
         };
         Ok(App {
             state: AppState {
@@ -424,7 +424,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 async fn housekeeping(
     engine: Engine,
     login: Arc<crate::auth::Login>,
-    guests: Arc<crate::channels::web::guests::GuestLimiter>,
+    guests: Arc<crate::channels::web::guests::PageLimits>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {

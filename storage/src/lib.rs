@@ -70,6 +70,7 @@ mod codec;
 mod conversations;
 mod dedupe;
 mod flush;
+mod handoff;
 mod kv;
 mod login;
 mod orders;
