@@ -385,3 +385,54 @@ def test_reconciliation_credits_an_order_whose_notification_was_dropped(recon, i
         assert inwechat.alipay.calls_for("alipay.trade.query", oid)
     assert_credited_once(recon, uid, token, oid, 10)
     assert recon.audit()["mismatches"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Reuse, polling, admin views and refunds for the new methods
+# ---------------------------------------------------------------------------------------------
+
+def test_open_orders_are_reused_per_method_never_for_h5(shop, inwechat):
+    openid, uid, token = oauth_user(shop)
+    a = order(shop, token, "p50", method="jsapi")
+    b = order(shop, token, "p50", method="jsapi")
+    assert a["id"] == b["id"], "an open JSAPI order for the same product is reused"
+    assert len(inwechat.wxpay.jsapi_calls_for(a["id"])) == 1, "a reused order is not created at WeChat Pay again"
+    assert b["jsapi"]["package"] == a["jsapi"]["package"], "the same prepay_id"
+    n = order(shop, token, "p50")
+    assert n["id"] != a["id"] and n["method"] == "native", "another method, another order"
+    h1 = order(shop, token, "p50", method="h5")
+    h2 = order(shop, token, "p50", method="h5")
+    assert h1["id"] != h2["id"], "an H5 page lives 5 minutes: never reused"
+    for o in (h1, h2):
+        got = get_order(shop, token, o["id"])
+        assert got["method"] == "h5" and got["pay_url"] == o["pay_url"], got
+    w = order(shop, token, "p50", channel="alipay", method="wap")
+    got = get_order(shop, token, w["id"])
+    assert got["method"] == "wap" and got.get("pay_url"), got
+    p = pay_url_params(shop, got["pay_url"])
+    assert rsa_verify(inwechat.app.public_key(), request_content(p), p["sign"]), "GET's pay_url must verify too"
+
+
+@pytest.mark.parametrize("method", ["jsapi", "wap"])
+def test_admin_views_and_refund_work_for_the_new_methods(shop, inwechat, method):
+    if method == "jsapi":
+        _, uid, token = oauth_user(shop)
+        o = order(shop, token, method="jsapi")
+        inwechat.wxpay.pay_and_notify(o["id"])
+        fake = inwechat.wxpay
+    else:
+        uid, token = shop.new_user("refund-wap")
+        o = order(shop, token, channel="alipay", method="wap")
+        page = requests.get(o["pay_url"], timeout=10)
+        cashier = re.search(r'name="cashier_id" value="(\w+)"', page.text).group(1)
+        requests.post(inwechat.alipay.base + "/fake/alipay/cashier", data={"cashier_id": cashier},
+                      allow_redirects=False, timeout=15)
+        fake = inwechat.alipay
+    oid = o["id"]
+    wait_status(shop, token, oid, "credited")
+    shown = shop.cli("--json", "order", "show", oid).stdout
+    assert f'"{method}"' in shown, f"order show does not tell the method {method}: {shown[:600]}"
+    shop.cli("order", "refund", oid, "--reason", "e2e refund")
+    assert len(fake.refunds_for(oid)) == 1, fake.refund_attempts_for(oid)
+    assert get_order(shop, token, oid)["status"] == "refunded"
+    assert me(shop, token)["balance"]["paid"] == 0

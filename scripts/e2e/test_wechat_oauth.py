@@ -204,7 +204,7 @@ def test_unknown_account_is_a_404_page(oauth, no_oauth):
 def test_full_flow_logs_in_the_chat_user(oauth):
     openid = "o_chat_" + secrets.token_hex(6)
     uid = chat_uid(oauth, openid)
-    before = user_count(oauth)
+    before, tokens = user_count(oauth), len(tokens_of(oauth, uid))
     r, handoff = oauth_login(oauth, openid)
     assert r.status_code == 302, f"callback: HTTP {r.status_code} {r.text[:300]!r}"
     assert r.headers["location"].startswith("/#login="), r.headers["location"]
@@ -212,6 +212,7 @@ def test_full_flow_logs_in_the_chat_user(oauth):
     assert handoff["uid"] == uid, f"web login uid {handoff['uid']} is not the chat uid {uid}"
     assert me(oauth, handoff["token"])["uid"] == uid
     assert user_count(oauth) == before, "the chat user must be reused, not a new one"
+    assert len(tokens_of(oauth, uid)) == tokens + 1, "one login, one new token"
     # The handoff is delivered once.
     assert ticket(oauth, handoff_of(r.headers["location"])) == {"status": "expired"}
     # The daemon exchanged the code once, with the right appid and secret.
