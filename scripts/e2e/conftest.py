@@ -283,9 +283,9 @@ gateway = "{self.alipay.gateway}"
                 out += f"methods = {json.dumps(list(alipay_methods))}\n"
         return out
 
-    def daemon(self, upstream, public_url=PUBLIC_URL_WX, free_daily=100, **toml_kwargs):
+    def daemon(self, upstream, public_url=PUBLIC_URL_WX, free_daily=100, server_toml="", **toml_kwargs):
         d = Daemon(upstream.base_url, extra_toml=self.toml(**toml_kwargs), free_daily=free_daily,
-                   llm_timeout=10, server_toml=f'public_url = "{public_url}"')
+                   llm_timeout=10, server_toml=f'public_url = "{public_url}"\n{server_toml}')
         d.public_url = public_url
         self.route(public_url, d.url)
         return d

@@ -39,6 +39,13 @@ Control API over HTTP (both fakes; CORS `*`, JSON or form bodies, JSON answers):
     POST /fake/pay      {"out_trade_no"}  pay + deliver the notification (no redirect)
     POST /fake/route, POST /fake/drop, GET /fake/orders/{out_trade_no}  as for WeChat Pay
 
+The same from Python: `route(public, local)`, `drop_notifications`, `pay_and_notify(no)` (->
+(status, body) of the delivery, None when dropped), `deliver(no)` (one more valid notification,
+e.g. a provider retry), `deliveries_for(no)`; WeChat Pay: `register_openid(openid, appid=None)`,
+`jsapi_calls_for(no)`, `h5_calls_for(no)`, `order(no)` (has `prepay_id`, `trade_type`,
+`payer_openid`, `scene_info`), `order_by_prepay(prepay_id)`; Alipay: `page_calls_for(no)`,
+`page_failures`, `returns`, `trade(no)`, `return_params(no, method)`.
+
 Run this file directly for a self-check of the fakes (no daemon needed):
     .venv/bin/python scripts/e2e/fake_pay.py
 """

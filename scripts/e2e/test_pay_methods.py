@@ -10,7 +10,8 @@ Daemons (module-scoped; each its own public_url, routed by the fakes to its real
   defaults  no `methods` keys: wechat native + jsapi (the OA main has the merchant's AppID),
             alipay precreate;
   wxonly    wechat ["native"] only, no Alipay;
-  recon     every method, reconciliation for orders older than 1 s (missed notifications).
+  recon     every method, reconciliation for orders older than 1 s (missed notifications);
+            no trusted proxies (X-Forwarded-For is not believed).
 """
 
 import json
@@ -69,7 +70,7 @@ def wxonly(upstream, inwechat):
 @pytest.fixture(scope="module")
 def recon(upstream, inwechat):
     d = started(inwechat.daemon(upstream, public_url="https://recon.example.test", wechat_methods=ALL_WECHAT,
-                                alipay_methods=ALL_ALIPAY, min_age=1))
+                                alipay_methods=ALL_ALIPAY, min_age=1, server_toml="trusted_proxies = []"))
     d.fakes = inwechat
     yield d
     stopped(d)
@@ -295,6 +296,13 @@ def test_h5_order_carries_the_client_address_and_pays(shop, inwechat, xff, expec
     assert_credited_once(shop, uid, token, oid, 10)
     page = requests.get(f"{shop.url}/?order={oid}", timeout=10)
     assert page.status_code == 200
+
+
+def test_h5_ignores_forwarded_for_without_a_trusted_proxy(recon, inwechat):
+    _, token = recon.new_user("h5-spoof")
+    o = order(recon, token, method="h5", headers={"X-Forwarded-For": "203.0.113.66"})
+    ip = inwechat.wxpay.h5_calls_for(o["id"])[0]["scene_info"]["payer_client_ip"]
+    assert ip == "127.0.0.1", f"an untrusted peer's X-Forwarded-For was believed: {ip}"
 
 
 # ---------------------------------------------------------------------------------------------

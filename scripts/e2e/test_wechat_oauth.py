@@ -265,13 +265,24 @@ def test_forged_state_changes_nothing(oauth):
     tokens, before = len(tokens_of(oauth, uid)), user_count(oauth)
     _, q, cookie = start(oauth)
     code = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
-    for state in ("forged" + secrets.token_hex(8), q["state"][:-1] + ("A" if q["state"][-1] != "A" else "B"), ""):
+    for state in ("forged" + secrets.token_hex(8), q["state"][:-1] + ("A" if q["state"][-1] != "A" else "B"), "",
+                  q["state"] + "0", "A" * 4000, q["state"].lower() if q["state"] != q["state"].lower() else "Z"):
         r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": state}), cookie=cookie)
         assert_refused_page(r, 400, f"forged state {state!r}")
         assert "登录链接已失效" in r.text, r.text[:400]
     assert oauth.fakes.wechat.exchanges_of(code) == [], "a forged state must not reach WeChat"
     assert not oauth.fakes.wechat.code_used(code)
     assert user_count(oauth) == before and len(tokens_of(oauth, uid)) == tokens
+
+
+def test_state_of_another_account_is_refused(oauth):
+    """A state (and cookie) started for the account `other`, brought to `main`'s callback."""
+    openid = "o_xacct_" + secrets.token_hex(6)
+    _, q, cookie = start(oauth, "other")
+    code = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
+    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie=cookie)
+    assert_refused_page(r, 400, "another account's state")
+    assert oauth.fakes.wechat.exchanges_of(code) == [] and found(oauth, openid) == []
 
 
 def test_reused_state_changes_nothing(oauth):
