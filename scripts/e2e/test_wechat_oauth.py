@@ -474,3 +474,26 @@ def test_too_many_tickets_from_one_address(oauth):
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
     # Another address is not affected.
     assert new_ticket(oauth, "198.51.100.78")["ticket"]
+
+
+def test_scan_with_a_wechat_error_keeps_the_ticket_pending(oauth):
+    xff = "198.51.100.12"
+    t = new_ticket(oauth, xff)
+    openid = "o_scanerr_" + secrets.token_hex(6)
+    oauth.fakes.wechat.set_phone_user(openid)
+    location, _, cookie = start(oauth, ticket=t["ticket"])
+    back = callback_path(phone_follows(location))
+    oauth.fakes.wechat.fail_next_exchange(-1, "system error")
+    r = get(oauth, back, cookie=cookie)
+    assert_refused_page(r, 502, "a WeChat error during a scan")
+    assert f"ticket={t['ticket']}" in r.text, "the retry link must keep the desktop's ticket"
+    assert ticket(oauth, t["ticket"], xff) == {"status": "pending"}
+    # Retrying from the page's link completes the desktop login.
+    link = re.search(r'href="(/auth/wechat/main[^"]*)"', r.text).group(1).replace("&amp;", "&")
+    r = get(oauth, link)
+    assert r.status_code == 302, r.text[:300]
+    cookie, _ = oauth_cookie(r)
+    r = get(oauth, callback_path(phone_follows(r.headers["location"])), cookie=cookie)
+    assert r.status_code == 200 and "已在电脑上登录" in r.text, r.text[:300]
+    done = ticket(oauth, t["ticket"], xff)
+    assert done["status"] == "done" and me(oauth, done["token"])["uid"] == found(oauth, openid)[0]["uid"]
