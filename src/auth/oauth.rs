@@ -7,9 +7,11 @@
 //!   the account, and carries the scan ticket and the local page to return to. A forged,
 //!   reused or expired state, or one from another browser, changes nothing.
 //! - A **ticket** (`ticket:<T>`, 5 minutes) is `pending` until someone logs in for it, then
-//!   `done:<uid>`; whoever polls it first then takes it and gets a new token, once. The
-//!   desktop's scan QR carries one; a login in the same browser makes a short one that the
-//!   page collects from its URL fragment, so a token never appears in a URL.
+//!   `done:<uid>`; the browser that asked for it (by its cookie) takes it and gets a new
+//!   token, once. The desktop's scan QR carries one, bound only once the phone *confirms*
+//!   (`confirm:<C>`): a scan alone never logs a desktop in. A login in the same browser makes
+//!   a short one that the page collects from its URL fragment, so a token never appears in a
+//!   URL, and a link with someone else's logs nobody in (no login CSRF).
 //!
 //! Who the user is comes from WeChat's code exchange only (the channel does it); this module
 //! never trusts anything the browser says about identity.
@@ -215,74 +217,157 @@ impl<'a> Logins<'a> {
         }
     }
 
-    /// A new scan ticket and when it expires (ms).
-    pub fn new_ticket(&self) -> Result<(String, i64), OAuthError> {
+    /// A new scan ticket for the desktop browser whose cookie value is `browser` (a new
+    /// value when it has none: see [`Started::browser`]); only that browser can collect it.
+    pub fn new_ticket(&self, browser: Option<&str>) -> Result<NewTicket, OAuthError> {
+        let browser = match browser.filter(|b| is_secret_form(b)) {
+            Some(b) => b.to_owned(),
+            None => secret()?,
+        };
         let ticket = secret()?;
-        let expires = now_ms().saturating_add(ms(TICKET_TTL));
-        self.store
-            .put_handoff(&format!("ticket:{ticket}"), "pending", expires)?;
-        Ok((ticket, expires))
+        let expires_at_ms = now_ms().saturating_add(ms(TICKET_TTL));
+        self.store.put_handoff(
+            &format!("ticket:{ticket}"),
+            &TicketRecord::Pending {
+                browser: hash(&browser),
+            }
+            .encode(),
+            expires_at_ms,
+        )?;
+        Ok(NewTicket {
+            ticket,
+            browser,
+            expires_at_ms,
+        })
+    }
+
+    fn ticket(&self, ticket: &str, now: i64) -> Result<Option<(String, TicketRecord)>, OAuthError> {
+        if !is_secret_form(ticket) {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .handoff(&format!("ticket:{ticket}"), now)?
+            .and_then(|raw| TicketRecord::decode(&raw).map(|r| (raw, r))))
     }
 
     /// Whether `ticket` is live and still waiting for a login.
     pub fn ticket_pending(&self, ticket: &str) -> Result<bool, OAuthError> {
-        if !is_secret_form(ticket) {
-            return Ok(false);
-        }
-        Ok(self
-            .store
-            .handoff(&format!("ticket:{ticket}"), now_ms())?
-            .as_deref()
-            == Some("pending"))
+        Ok(matches!(
+            self.ticket(ticket, now_ms())?,
+            Some((_, TicketRecord::Pending { .. }))
+        ))
     }
 
-    /// Records that `uid` logged in for the pending `ticket`. False when the ticket is not
-    /// pending any more (expired, unknown, or someone logged in for it already).
-    pub fn bind_ticket(&self, ticket: &str, uid: Uid) -> Result<bool, OAuthError> {
-        if !is_secret_form(ticket) {
+    /// A phone logged in as `uid` for `ticket`: nothing is bound yet. Returns the one-time
+    /// confirmation the phone's page posts back (see [`Logins::confirm`]), or `None` when the
+    /// ticket is not pending. Scanning alone never logs a desktop in: a link to someone
+    /// else's ticket, opened in WeChat, would otherwise log its sender in as the victim.
+    pub fn offer_confirmation(
+        &self,
+        ticket: &str,
+        uid: Uid,
+        phone_browser: &str,
+    ) -> Result<Option<String>, OAuthError> {
+        if !self.ticket_pending(ticket)? {
+            return Ok(None);
+        }
+        let confirmation = secret()?;
+        self.store.put_handoff(
+            &format!("confirm:{confirmation}"),
+            &format!("{ticket}:{}:{}", uid.0, hash(phone_browser)),
+            now_ms().saturating_add(ms(TICKET_TTL)),
+        )?;
+        Ok(Some(confirmation))
+    }
+
+    /// The phone confirmed: binds the ticket to the user who logged in on it. False when the
+    /// confirmation is unknown, used, expired or from another browser, or the ticket is no
+    /// longer pending. A confirmation works once.
+    pub fn confirm(
+        &self,
+        confirmation: &str,
+        phone_browser: Option<&str>,
+    ) -> Result<bool, OAuthError> {
+        if !is_secret_form(confirmation) {
             return Ok(false);
         }
+        let key = format!("confirm:{confirmation}");
         let now = now_ms();
+        let Some(raw) = self.store.handoff(&key, now)? else {
+            return Ok(false);
+        };
+        let mut parts = raw.splitn(3, ':');
+        let (Some(ticket), Some(uid), Some(bound)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(false);
+        };
+        let same_browser =
+            phone_browser.is_some_and(|b| crate::util::secrets_equal(&hash(b), bound));
+        let Ok(uid) = uid.parse::<u64>() else {
+            return Ok(false);
+        };
+        if !same_browser || self.store.take_handoff(&key, now)?.is_none() {
+            return Ok(false);
+        }
+        let Some((current, TicketRecord::Pending { browser })) = self.ticket(ticket, now)? else {
+            return Ok(false);
+        };
+        let done = TicketRecord::Done {
+            uid: Uid(uid),
+            browser,
+        }
+        .encode();
         Ok(self.store.swap_handoff(
             &format!("ticket:{ticket}"),
-            "pending",
-            &format!("done:{}", uid.0),
+            &current,
+            &done,
             now.saturating_add(ms(HANDOFF_TTL)),
             now,
         )?)
     }
 
-    /// A ticket already logged in for `uid`, for the page of the same browser to collect.
-    pub fn handoff_ticket(&self, uid: Uid) -> Result<String, OAuthError> {
+    /// A ticket already logged in for `uid`, for the page of the same browser (cookie value
+    /// `browser`) to collect: a link with someone else's handoff logs nobody in.
+    pub fn handoff_ticket(&self, uid: Uid, browser: &str) -> Result<String, OAuthError> {
         let ticket = secret()?;
         self.store.put_handoff(
             &format!("ticket:{ticket}"),
-            &format!("done:{}", uid.0),
+            &TicketRecord::Done {
+                uid,
+                browser: hash(browser),
+            }
+            .encode(),
             now_ms().saturating_add(ms(HANDOFF_TTL)),
         )?;
         Ok(ticket)
     }
 
-    /// Polls `ticket`: a finished login is taken (once) and turned into a new token.
-    pub fn poll_ticket(&self, ticket: &str) -> Result<TicketState, OAuthError> {
-        if !is_secret_form(ticket) {
-            return Ok(TicketState::Expired);
-        }
-        let key = format!("ticket:{ticket}");
+    /// Polls `ticket` from the browser with cookie value `browser`: a finished login is taken
+    /// (once) and turned into a new token. A ticket of another browser is as good as expired.
+    pub fn poll_ticket(
+        &self,
+        ticket: &str,
+        browser: Option<&str>,
+    ) -> Result<TicketState, OAuthError> {
         let now = now_ms();
-        match self.store.handoff(&key, now)?.as_deref() {
-            Some("pending") => return Ok(TicketState::Pending),
-            Some(v) if v.starts_with("done:") => {}
-            _ => return Ok(TicketState::Expired),
-        }
-        let Some(uid) = self
-            .store
-            .take_handoff(&key, now)?
-            .and_then(|v| v.strip_prefix("done:")?.parse::<u64>().ok())
-        else {
+        let Some((raw, record)) = self.ticket(ticket, now)? else {
             return Ok(TicketState::Expired);
         };
-        let uid = Uid(uid);
+        let bound = match &record {
+            TicketRecord::Pending { browser } | TicketRecord::Done { browser, .. } => browser,
+        };
+        if !browser.is_some_and(|b| crate::util::secrets_equal(&hash(b), bound)) {
+            return Ok(TicketState::Expired);
+        }
+        let TicketRecord::Done { uid, .. } = record else {
+            return Ok(TicketState::Pending);
+        };
+        // Taken only if unchanged: of two polls, one gets the token.
+        let key = format!("ticket:{ticket}");
+        if self.store.take_handoff(&key, now)?.as_deref() != Some(raw.as_str()) {
+            return Ok(TicketState::Expired);
+        }
         let expires_at_ms = now.saturating_add(ms(LOGIN_TOKEN_TTL));
         let token = self
             .store
@@ -294,6 +379,47 @@ impl<'a> Logins<'a> {
             expires_at_ms,
         }))
     }
+}
+
+/// A ticket as stored: waiting, or logged in; both bound to the browser that collects it
+/// (the SHA-256 of its cookie value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TicketRecord {
+    Pending { browser: String },
+    Done { uid: Uid, browser: String },
+}
+
+impl TicketRecord {
+    fn encode(&self) -> String {
+        match self {
+            TicketRecord::Pending { browser } => format!("pending:{browser}"),
+            TicketRecord::Done { uid, browser } => format!("done:{}:{browser}", uid.0),
+        }
+    }
+
+    fn decode(raw: &str) -> Option<TicketRecord> {
+        if let Some(browser) = raw.strip_prefix("pending:") {
+            return Some(TicketRecord::Pending {
+                browser: browser.to_owned(),
+            });
+        }
+        let (uid, browser) = raw.strip_prefix("done:")?.split_once(':')?;
+        Some(TicketRecord::Done {
+            uid: Uid(uid.parse().ok()?),
+            browser: browser.to_owned(),
+        })
+    }
+}
+
+/// A new scan ticket.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// The ticket (in the QR code's URL).
+    pub ticket: String,
+    /// The desktop browser's cookie value (set it: polling needs it).
+    pub browser: String,
+    /// When it expires, ms since the Unix epoch.
+    pub expires_at_ms: i64,
 }
 
 #[cfg(test)]
@@ -356,48 +482,107 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_is_bound_once_and_collected_once() {
+    fn a_scan_ticket_needs_the_phone_to_confirm_and_only_its_desktop_collects_it() {
         let store = Store::open_temporary().unwrap();
         let l = Logins { store: &store };
         let uid = store.create_user("u").unwrap().uid;
-        let (t, _) = l.new_ticket().unwrap();
-        assert!(l.ticket_pending(&t).unwrap());
-        assert!(matches!(l.poll_ticket(&t).unwrap(), TicketState::Pending));
-        assert!(l.bind_ticket(&t, uid).unwrap());
+        let desk = l.new_ticket(None).unwrap();
+        let t = desk.ticket.as_str();
+        let me = Some(desk.browser.as_str());
+        assert!(l.ticket_pending(t).unwrap());
+        assert!(matches!(
+            l.poll_ticket(t, me).unwrap(),
+            TicketState::Pending
+        ));
+        // Another browser (someone who saw the QR) learns nothing.
+        let stranger = secret().unwrap();
+        assert!(matches!(
+            l.poll_ticket(t, Some(&stranger)).unwrap(),
+            TicketState::Expired
+        ));
+        assert!(matches!(
+            l.poll_ticket(t, None).unwrap(),
+            TicketState::Expired
+        ));
+        // The phone logged in: nothing is bound until it confirms, from the same browser.
+        let phone = secret().unwrap();
+        let c = l.offer_confirmation(t, uid, &phone).unwrap().unwrap();
+        assert!(matches!(
+            l.poll_ticket(t, me).unwrap(),
+            TicketState::Pending
+        ));
+        assert!(!l.confirm(&c, Some(&stranger)).unwrap(), "another browser");
+        assert!(!l.confirm(&c, None).unwrap());
+        assert!(
+            !l.confirm(&secret().unwrap(), Some(&phone)).unwrap(),
+            "forged"
+        );
+        assert!(l.confirm(&c, Some(&phone)).unwrap());
+        assert!(!l.confirm(&c, Some(&phone)).unwrap(), "once");
+        // A second phone cannot take the ticket over.
         let other = store.create_user("v").unwrap().uid;
-        assert!(!l.bind_ticket(&t, other).unwrap(), "bound once");
-        match l.poll_ticket(&t).unwrap() {
+        assert_eq!(l.offer_confirmation(t, other, &phone).unwrap(), None);
+        assert!(matches!(
+            l.poll_ticket(t, Some(&stranger)).unwrap(),
+            TicketState::Expired
+        ));
+        match l.poll_ticket(t, me).unwrap() {
             TicketState::Done(tok) => {
                 assert_eq!(tok.uid, uid);
                 assert_eq!(store.token_uid(&tok.token, now_ms()).unwrap(), Some(uid));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(l.poll_ticket(&t).unwrap(), TicketState::Expired));
+        assert!(
+            matches!(l.poll_ticket(t, me).unwrap(), TicketState::Expired),
+            "collected once"
+        );
         assert!(matches!(
-            l.poll_ticket(&secret().unwrap()).unwrap(),
+            l.poll_ticket(&secret().unwrap(), me).unwrap(),
             TicketState::Expired
         ));
-        assert!(!l.bind_ticket(&secret().unwrap(), uid).unwrap());
-        let h = l.handoff_ticket(uid).unwrap();
-        assert!(matches!(l.poll_ticket(&h).unwrap(), TicketState::Done(_)));
     }
 
     #[test]
-    fn an_expired_ticket_cannot_be_bound() {
+    fn a_handoff_logs_in_only_the_browser_that_logged_in() {
         let store = Store::open_temporary().unwrap();
         let l = Logins { store: &store };
         let uid = store.create_user("u").unwrap().uid;
+        let browser = secret().unwrap();
+        let h = l.handoff_ticket(uid, &browser).unwrap();
+        // A link with this handoff, opened elsewhere (login CSRF), logs nobody in.
+        assert!(matches!(
+            l.poll_ticket(&h, Some(&secret().unwrap())).unwrap(),
+            TicketState::Expired
+        ));
+        assert!(matches!(
+            l.poll_ticket(&h, Some(&browser)).unwrap(),
+            TicketState::Done(_)
+        ));
+        assert!(matches!(
+            l.poll_ticket(&h, Some(&browser)).unwrap(),
+            TicketState::Expired
+        ));
+    }
+
+    #[test]
+    fn an_expired_ticket_cannot_be_confirmed() {
+        let store = Store::open_temporary().unwrap();
+        let l = Logins { store: &store };
+        let uid = store.create_user("u").unwrap().uid;
+        let t = "0123456789abcdef0123456789abcdef";
         store
             .put_handoff(
-                "ticket:0123456789abcdef0123456789abcdef",
-                "pending",
+                &format!("ticket:{t}"),
+                &format!("pending:{}", hash("b")),
                 now_ms() - 1,
             )
             .unwrap();
-        let t = "0123456789abcdef0123456789abcdef";
         assert!(!l.ticket_pending(t).unwrap());
-        assert!(!l.bind_ticket(t, uid).unwrap());
-        assert!(matches!(l.poll_ticket(t).unwrap(), TicketState::Expired));
+        assert_eq!(l.offer_confirmation(t, uid, "p").unwrap(), None);
+        assert!(matches!(
+            l.poll_ticket(t, Some("b")).unwrap(),
+            TicketState::Expired
+        ));
     }
 }

@@ -372,6 +372,7 @@ impl Billing {
         self.store.flush().await?;
         match outcome {
             CreditOutcome::Credited(entry) => {
+                let method = PayMethod::of(order).map_or("", PayMethod::as_str);
                 let late = if order.status == OrderStatus::Closed {
                     "（订单已在本地关闭后才付款，仍已入账）"
                 } else {
@@ -380,15 +381,16 @@ impl Billing {
                 self.alerts.alert_as(
                     AlertKind::Money,
                     format!(
-                        "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{}，{source}）{late}",
+                        "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{} {}，{source}）{late}",
                         order.id,
                         order.uid,
                         yuan(paid_fen),
                         order.credits,
-                        order.channel
+                        order.channel,
+                        method
                     ),
                 );
-                metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone()).increment(1);
+                metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone(), "method" => method).increment(1);
                 metrics::counter!("chatrelay_revenue_fen_total", "channel" => order.channel.clone())
                     .increment(u64::try_from(paid_fen).unwrap_or(0));
                 self.event(

@@ -157,6 +157,7 @@ pub fn router(state: ChannelState, web_page: bool) -> Router {
         .merge(web::v1::routes().with_state(web.clone()))
         .merge(web::api::routes().with_state(web.clone()))
         .merge(web::login::routes().with_state(web.clone()))
+        .merge(web::scan::routes().with_state(web.clone()))
         .merge(mp::routes().with_state(mp))
         .merge(web::shop::routes().with_state(web))
         .merge(wecom::routes().with_state(wecom))

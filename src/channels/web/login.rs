@@ -1,36 +1,47 @@
 //! Logging in with WeChat: the Official Account's web authorization (`GET /auth/wechat/{id}`
-//! and its callback) and desktop login by scanning (`POST /api/login/ticket`, polled at
-//! `GET /api/login/ticket/{t}`, its QR at `…/qr.svg`). The records behind them are
-//! [`crate::auth::oauth`]'s; this module speaks HTTP and shows the pages a phone sees.
+//! and its callback), and the pages a phone sees (desktop login by scanning is
+//! [`super::scan`]). The records behind them are [`crate::auth::oauth`]'s; this module
+//! speaks HTTP.
 //!
 //! Every failure is a page that says what happened and offers to try again, never a 500,
 //! and changes nothing: the user is only ever the one WeChat's code exchange names.
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::auth::oauth::{Logins, OAuthError, STATE_TTL, StateRecord, TicketState, local_path};
+use crate::auth::oauth::{Logins, OAuthError, STATE_TTL, StateRecord, local_path};
 use crate::channels::web::state::{OAuthAccount, WebState};
 
 /// The cookie that binds a login's state to the browser that started it.
-const COOKIE: &str = "chatrelay_oauth";
+pub(super) const COOKIE: &str = "chatrelay_oauth";
+
+/// `Set-Cookie` for the browser's login cookie: sent with every request to this site (the
+/// callback, and the page's ticket polls), never readable by scripts, not sent by other
+/// sites' forms or fetches (`SameSite=Lax` still lets WeChat's redirect bring it back).
+pub(super) fn browser_cookie(value: &str, public_url: &str) -> Option<HeaderValue> {
+    let secure = if public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        STATE_TTL.as_secs()
+    ))
+    .ok()
+}
 
 /// The login routes.
 pub fn routes() -> axum::Router<WebState> {
     axum::Router::new()
         .route("/auth/wechat/{account}", get(authorize))
         .route("/auth/wechat/{account}/callback", get(callback))
-        .route("/api/login/ticket", post(create_ticket))
-        .route("/api/login/ticket/{ticket}", get(poll_ticket))
-        .route("/api/login/ticket/{ticket}/qr.svg", get(ticket_qr))
 }
 
 fn escape(s: &str) -> String {
@@ -42,15 +53,26 @@ fn escape(s: &str) -> String {
 }
 
 /// A small page for the phone: a title, a sentence, and a link to try again.
-fn page(status: StatusCode, title: &str, message: &str, retry: Option<&str>) -> Response {
+pub(super) fn page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    retry: Option<&str>,
+) -> Response {
     let link = retry.map_or_else(String::new, |href| {
         format!(
             r#"<p><a class="btn" href="{}">重新登录</a></p>"#,
             escape(href)
         )
     });
+    page_with(status, title, message, &link)
+}
+
+/// [`page`] with our own markup (`extra`, never anything from the request) below the text.
+fn page_with(status: StatusCode, title: &str, message: &str, extra: &str) -> Response {
+    let link = extra;
     let html = format!(
-        r#"<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><style>body{{font-family:-apple-system,"PingFang SC","Noto Sans CJK SC",sans-serif;margin:0;padding:15vh 24px;text-align:center;color:#1f2328;background:#f6f7f9}}h1{{font-size:20px;margin:0 0 12px}}p{{color:#57606a;line-height:1.6}}.btn{{display:inline-block;margin-top:16px;padding:10px 28px;border-radius:8px;background:#07c160;color:#fff;text-decoration:none}}.home{{color:#57606a}}</style></head><body><h1>{t}</h1><p>{m}</p>{link}<p><a class="home" href="/">返回首页</a></p></body></html>"#,
+        r#"<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{t}</title><style>body{{font-family:-apple-system,"PingFang SC","Noto Sans CJK SC",sans-serif;margin:0;padding:15vh 24px;text-align:center;color:#1f2328;background:#f6f7f9}}h1{{font-size:20px;margin:0 0 12px}}p{{color:#57606a;line-height:1.6}}.btn{{display:inline-block;margin-top:16px;padding:10px 28px;border:0;border-radius:8px;background:#07c160;color:#fff;font-size:16px;text-decoration:none}}.home{{color:#57606a}}</style></head><body><h1>{t}</h1><p>{m}</p>{link}<p><a class="home" href="/">返回首页</a></p></body></html>"#,
         t = escape(title),
         m = escape(message),
     );
@@ -63,7 +85,7 @@ fn page(status: StatusCode, title: &str, message: &str, retry: Option<&str>) -> 
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -74,7 +96,7 @@ fn page(status: StatusCode, title: &str, message: &str, retry: Option<&str>) -> 
     res
 }
 
-fn unavailable() -> Response {
+pub(super) fn unavailable() -> Response {
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         "暂时无法登录",
@@ -83,7 +105,7 @@ fn unavailable() -> Response {
     )
 }
 
-fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -92,7 +114,7 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// The value of cookie `name` in the request, if any.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -229,7 +251,7 @@ async fn authorize(
     res
 }
 
-fn ticket_expired() -> Response {
+pub(super) fn ticket_expired() -> Response {
     page(
         StatusCode::GONE,
         "二维码已失效",
@@ -282,14 +304,15 @@ async fn callback(
             Some(&retry),
         );
     };
-    finish(&st, &logins, &account, &code, record, &retry).await
+    let browser = cookie(&headers, COOKIE).unwrap_or_default();
+    finish(&st, &logins, (&account, browser), &code, record, &retry).await
 }
 
 /// Exchanges the code and logs the user in: back to the page, or the desktop's ticket.
 async fn finish(
     st: &WebState,
     logins: &Logins<'_>,
-    account: &str,
+    (account, browser): (&str, &str),
     code: &str,
     record: StateRecord,
     retry: &str,
@@ -344,142 +367,60 @@ async fn finish(
     };
     metrics::counter!("chatrelay_wechat_login_total", "outcome" => "ok").increment(1);
     info!(%uid, account, scan = record.ticket.is_some(), "web authorization login");
-    complete(logins, uid, &record).await
+    complete(logins, account, uid, &record, browser).await
 }
 
-/// After the login: the desktop's ticket is bound (the phone is told), or the browser goes
+/// After the login: the phone is asked to confirm the desktop's login, or the browser goes
 /// back to its page with a one-time handoff for the token.
 async fn complete(
     logins: &Logins<'_>,
+    account: &str,
     uid: chatrelay_storage::Uid,
     record: &StateRecord,
+    browser: &str,
 ) -> Response {
-    match &record.ticket {
-        Some(ticket) => match logins.bind_ticket(ticket, uid) {
-            Ok(true) => {
-                logins.flush().await;
-                page(
-                    StatusCode::OK,
-                    "已在电脑上登录",
-                    "电脑上的页面已登录，可以关闭这个页面了。",
-                    None,
-                )
-            }
-            Ok(false) => ticket_expired(),
-            Err(e) => {
-                warn!(error = %e, "binding a scan ticket failed");
-                unavailable()
-            }
-        },
-        None => match logins.handoff_ticket(uid) {
-            Ok(handoff) => {
-                logins.flush().await;
-                let mut res = StatusCode::FOUND.into_response();
-                match HeaderValue::from_str(&format!("{}#login={handoff}", record.next)) {
-                    Ok(location) => {
-                        res.headers_mut().insert(header::LOCATION, location);
-                        res.headers_mut()
-                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                        res
-                    }
-                    Err(_) => unavailable(),
+    let result = match &record.ticket {
+        Some(ticket) => logins
+            .offer_confirmation(ticket, uid, browser)
+            .map(|c| c.map_or_else(ticket_expired, |c| confirm_page(account, &c))),
+        None => logins.handoff_ticket(uid, browser).map(|handoff| {
+            let mut res = StatusCode::FOUND.into_response();
+            match HeaderValue::from_str(&format!("{}#login={handoff}", record.next)) {
+                Ok(location) => {
+                    res.headers_mut().insert(header::LOCATION, location);
+                    res.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    res
                 }
+                Err(_) => unavailable(),
             }
-            Err(e) => {
-                warn!(error = %e, "handing a web login over failed");
-                unavailable()
-            }
-        },
-    }
-}
-
-async fn create_ticket(
-    State(st): State<WebState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let parts = st.parts();
-    let account = parts
-        .config
-        .web
-        .login_mp(&parts.config.wechat_mp)
-        .filter(|a| parts.oauth.contains_key(&a.id))
-        .map(|a| a.id.clone());
-    let (Some(account), Some(public_url)) = (account, parts.public_url()) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "scan_login_off",
-            "没有开通微信扫码登录",
-        );
+        }),
     };
-    if !st.guests.allow_ticket(st.client_ip(peer, &headers)) {
-        return api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "请求过于频繁，请稍后再试",
-        );
-    }
-    match Logins::new(&st.engine).new_ticket() {
-        Ok((ticket, expires)) => Json(json!({
-            "ticket": ticket,
-            "account": account,
-            "url": format!("{public_url}/auth/wechat/{account}?ticket={ticket}"),
-            "qr_svg": format!("/api/login/ticket/{ticket}/qr.svg"),
-            "expires_at": expires / 1000,
-        }))
-        .into_response(),
-        Err(e) => {
-            warn!(error = %e, "creating a scan ticket failed");
-            api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "服务暂时不可用",
-            )
-        }
-    }
-}
-
-async fn poll_ticket(State(st): State<WebState>, Path(ticket): Path<String>) -> Response {
-    let logins = Logins::new(&st.engine);
-    match logins.poll_ticket(&ticket) {
-        Ok(TicketState::Pending) => Json(json!({"status": "pending"})).into_response(),
-        Ok(TicketState::Expired) => Json(json!({"status": "expired"})).into_response(),
-        Ok(TicketState::Done(t)) => {
+    match result {
+        Ok(res) => {
             logins.flush().await;
-            Json(json!({
-                "status": "done",
-                "token": t.token,
-                "uid": t.uid,
-                "expires_at": t.expires_at_ms / 1000,
-            }))
-            .into_response()
+            res
         }
         Err(e) => {
-            warn!(error = %e, "polling a scan ticket failed");
-            api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "服务暂时不可用",
-            )
+            warn!(error = %e, "finishing a web login failed");
+            unavailable()
         }
     }
 }
 
-async fn ticket_qr(State(st): State<WebState>, Path(ticket): Path<String>) -> Response {
-    let parts = st.parts();
-    let account = parts
-        .config
-        .web
-        .login_mp(&parts.config.wechat_mp)
-        .filter(|a| parts.oauth.contains_key(&a.id));
-    let logins = Logins::new(&st.engine);
-    match (account, parts.public_url(), logins.ticket_pending(&ticket)) {
-        (Some(a), Some(public_url), Ok(true)) => super::shop::qr_svg(&format!(
-            "{public_url}/auth/wechat/{}?ticket={ticket}",
-            a.id
-        )),
-        _ => api_error(StatusCode::NOT_FOUND, "expired", "二维码已过期，请刷新"),
-    }
+/// The phone's question before a desktop is logged in: scanning alone must not do it.
+fn confirm_page(account: &str, confirmation: &str) -> Response {
+    let form = format!(
+        r#"<form method="post" action="/auth/wechat/{}/confirm"><input type="hidden" name="c" value="{}"><button class="btn" type="submit">确认登录</button></form>"#,
+        escape(account),
+        escape(confirmation)
+    );
+    page_with(
+        StatusCode::OK,
+        "在电脑上登录？",
+        "电脑上的页面将登录你的账号，使用你的额度。只有你本人正在电脑前扫码时才确认；别人发给你的链接或二维码，请不要确认。",
+        &form,
+    )
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod guests;
 pub mod login;
+pub mod scan;
 pub mod shop;
 pub mod state;
 pub mod v1;
