@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlparse
 import pytest
 import requests
 
-from conftest import OA_MAIN
+from conftest import OA_MAIN, OA_OTHER
 from fake_pay import ALIPAY, WECHAT, request_content, rsa_verify
-from test_wechat_oauth import chat_uid, me, oauth_login
+from test_wechat_oauth import chat_login, chat_uid, me, scan_login
 
 SHOP_URL = "https://shop.example.test"
 ALL_WECHAT, ALL_ALIPAY = ["native", "jsapi", "h5"], ["precreate", "wap", "page"]
@@ -144,11 +144,15 @@ def assert_credited_once(d, uid, token, oid, credits):
 
 
 def oauth_user(d, account="main"):
-    """A user logged in by web authorization on `account`: (openid, uid, token)."""
+    """A user logged in by web authorization (desktop scan, confirmed on the phone; the
+    same-browser flow is test_wechat_oauth's) on the main account, or, for `other`, a user of
+    the other account (its chat): (openid, uid, token)."""
     openid = f"o_{account}_" + secrets.token_hex(6)
-    r, handoff = oauth_login(d, openid, account)
-    assert handoff and handoff.get("status") == "done", f"OAuth login failed: HTTP {r.status_code} {r.text[:300]!r}"
-    return openid, handoff["uid"], handoff["token"]
+    if account == "other":
+        uid, token = chat_login(d, openid, OA_OTHER)
+    else:
+        uid, token = scan_login(d, openid)
+    return openid, uid, token
 
 
 def verify_jsapi(d, jsapi, prepay_id):

@@ -1,8 +1,9 @@
 """Official Account web authorization (网页授权) and desktop scan login, end to end at the HTTP
 level: the real binary against fake_wechat (which plays WeChat's browser redirect for a "phone
 user" and checks the daemon's `sns/oauth2/access_token` calls: appid, secret, single-use codes
-bound to their AppID). No browser: every redirect is checked, then followed by hand, and the
-OAuth cookie is carried by hand (it is `Secure`, the daemon's public_url being https).
+bound to their AppID). No browser: every redirect is checked, then followed by hand; each
+"browser" (desktop, phone, stranger) is a requests session whose cookie jar honours Path like a
+browser does, and sends the `Secure` cookie to 127.0.0.1 (the public_url is https).
 
 Daemons: `oauth` (both accounts with web authorization, auto login on) and `no_oauth` (the same
 accounts without it, to see scan login refused).
@@ -51,11 +52,25 @@ def no_phone_user(inwechat):
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-def get(d, path, cookie=None, headers=None):
-    h = dict(headers or {})
-    if cookie:
-        h["Cookie"] = cookie
-    return requests.get(d.url + path, headers=h, allow_redirects=False, timeout=10)
+class Browser(requests.Session):
+    """A browser's cookie handling: a jar that honours Path and expiry like a browser, and
+    sends `Secure` cookies to http://127.0.0.1 too, as Chromium does for a loopback origin (the
+    daemon's public_url is https, so its cookies are Secure; Python's jar would never send
+    them over http)."""
+
+    def request(self, *args, **kwargs):
+        r = super().request(*args, **kwargs)
+        for c in self.cookies:
+            c.secure = False
+        return r
+
+
+def new_browser():
+    return Browser()
+
+
+def get(d, path, browser=None, headers=None):
+    return (browser or requests).get(d.url + path, headers=headers, allow_redirects=False, timeout=10)
 
 
 def not_500(r, what):
@@ -72,15 +87,16 @@ def oauth_cookie(r):
     return f"chatrelay_oauth={m.group(1)}", attrs
 
 
-def start(d, account="main", **params):
-    """GET /auth/wechat/{account}: (authorize URL, its query dict, cookie header value)."""
+def start(d, account="main", browser=None, **params):
+    """GET /auth/wechat/{account} in `browser` (a new one by default): (authorize URL, its
+    query dict, the browser, which now holds the cookie)."""
+    b = browser or new_browser()
     path = f"/auth/wechat/{account}" + (("?" + urlencode(params)) if params else "")
-    r = get(d, path)
+    r = get(d, path, b)
     assert r.status_code == 302, f"GET {path}: HTTP {r.status_code} {r.text[:300]!r}"
     location = r.headers["location"]
-    q = dict(parse_qsl(urlparse(location).query, keep_blank_values=True))
-    cookie, _ = oauth_cookie(r)
-    return location, q, cookie
+    oauth_cookie(r)
+    return location, dict(parse_qsl(urlparse(location).query, keep_blank_values=True)), b
 
 
 def phone_follows(location):
@@ -103,8 +119,9 @@ def handoff_of(location):
     return m.group(1)
 
 
-def ticket(d, t, xff=None):
-    r = get(d, f"/api/login/ticket/{t}", headers={"X-Forwarded-For": xff} if xff else None)
+def ticket(d, t, browser=None, xff=None):
+    """GET /api/login/ticket/{t} from `browser` (none: a client without cookies)."""
+    r = get(d, f"/api/login/ticket/{t}", browser, headers={"X-Forwarded-For": xff} if xff else None)
     assert r.status_code == 200, f"GET /api/login/ticket/{t}: HTTP {r.status_code} {r.text[:300]!r}"
     return r.json()
 
@@ -116,25 +133,46 @@ def me(d, token):
 
 
 def oauth_login(d, openid, account="main", **params):
-    """The whole redirect flow for `openid`; returns (callback response, handoff JSON or None)."""
+    """The whole same-browser flow for `openid`, as the page runs it: start, WeChat, callback,
+    then the page at `{next}#login=H` collects the token with `GET /api/login/ticket/H` (from
+    the same browser). Returns (callback response, the collect JSON or None)."""
     d.fakes.wechat.set_phone_user(openid)
-    location, _, cookie = start(d, account, **params)
-    back = phone_follows(location)
-    r = get(d, callback_path(back), cookie=cookie)
+    location, _, b = start(d, account, **params)
+    r = get(d, callback_path(phone_follows(location)), b)
     not_500(r, "callback")
     if r.status_code == 302 and "#login=" in r.headers.get("location", ""):
-        return r, ticket(d, handoff_of(r.headers["location"]))
+        return r, ticket(d, handoff_of(r.headers["location"]), b)
     return r, None
 
 
-def chat_uid(d, openid):
-    """The uid of `openid` chatting with the main account (created by this message): the account
+def chat_login(d, openid, account=OA_MAIN):
+    """(uid, token) of `openid` chatting with `account` (created by this message): the account
     sends a login code (wechatpy encrypts the message), which the web API trades for a token."""
-    _, reply = WeChat(d, OA_MAIN).send_text(openid, "验证码", timeout=5)
+    _, reply = WeChat(d, account).send_text(openid, "验证码", timeout=5)
     code = re.search(LOGIN_CODE, reply["Content"]).group(0)
     r = requests.post(d.url + "/api/login", json={"code": code}, timeout=10)
     assert r.status_code == 200, r.text
-    return me(d, r.json()["token"])["uid"]
+    token = r.json()["token"]
+    return me(d, token)["uid"], token
+
+
+def chat_uid(d, openid):
+    return chat_login(d, openid)[0]
+
+
+def scan_login(d, openid):
+    """Logs a desktop in by scanning with `openid`'s phone (web authorization on the login
+    account, then 确认登录): (uid, token)."""
+    desktop = new_browser()
+    r = desktop.post(d.url + "/api/login/ticket", timeout=10)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    phone, page = phone_scans(d, openid, t)
+    ok = phone_confirms(d, phone, page)
+    assert "已在电脑上登录" in ok.text, ok.text[:300]
+    done = ticket(d, t["ticket"], desktop)
+    assert done["status"] == "done", done
+    return done["uid"], done["token"]
 
 
 def user_count(d):
@@ -178,13 +216,14 @@ def test_authorize_url_and_cookie(oauth):
     assert STATE.fullmatch(q["state"]), f"state must be 1-128 [A-Za-z0-9]: {q['state']!r}"
     assert len(q["state"]) >= 16, f"state too short to be unguessable: {q['state']!r}"
     cookie, attrs = oauth_cookie(r)
-    assert attrs.get("path") == "/auth/wechat", attrs
+    # The contract says /auth/wechat; "/" too lets the page collect its #login handoff.
+    assert attrs.get("path") in ("/auth/wechat", "/"), attrs
     assert "httponly" in attrs and attrs.get("samesite", "").lower() == "lax", attrs
     assert attrs.get("max-age") == "600", attrs
     assert "secure" in attrs, f"public_url is https: the cookie must be Secure: {attrs}"
     # Two starts: two states, two cookies.
-    _, q2, cookie2 = start(oauth)
-    assert q2["state"] != q["state"] and cookie2 != cookie
+    _, q2, b2 = start(oauth)
+    assert q2["state"] != q["state"] and "chatrelay_oauth=" + b2.cookies.get("chatrelay_oauth") != cookie
     # The other account authorizes with its own AppID.
     _, q3, _ = start(oauth, "other")
     assert q3["appid"] == OA_OTHER["app_id"]
@@ -243,9 +282,8 @@ def test_next_open_redirect_ends_on_a_local_path(oauth, target):
     if r.status_code != 302:
         assert r.status_code in (400, 404), f"next={target!r}: HTTP {r.status_code}"
         return
-    cookie, _ = oauth_cookie(r)
-    back = phone_follows(r.headers["location"])
-    r = get(oauth, callback_path(back), cookie=cookie)
+    location, _, b = start(oauth, next=target)
+    r = get(oauth, callback_path(phone_follows(location)), b)
     assert r.status_code == 302, f"next={target!r}: callback HTTP {r.status_code} {r.text[:200]!r}"
     loc = r.headers["location"]
     u = urlparse(loc)
@@ -267,7 +305,7 @@ def test_forged_state_changes_nothing(oauth):
     code = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
     for state in ("forged" + secrets.token_hex(8), q["state"][:-1] + ("A" if q["state"][-1] != "A" else "B"), "",
                   q["state"] + "0", "A" * 4000, q["state"].lower() if q["state"] != q["state"].lower() else "Z"):
-        r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": state}), cookie=cookie)
+        r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": state}), cookie)
         assert_refused_page(r, 400, f"forged state {state!r}")
         assert "登录链接已失效" in r.text, r.text[:400]
     assert oauth.fakes.wechat.exchanges_of(code) == [], "a forged state must not reach WeChat"
@@ -280,7 +318,7 @@ def test_state_of_another_account_is_refused(oauth):
     openid = "o_xacct_" + secrets.token_hex(6)
     _, q, cookie = start(oauth, "other")
     code = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
-    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie=cookie)
+    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie)
     assert_refused_page(r, 400, "another account's state")
     assert oauth.fakes.wechat.exchanges_of(code) == [] and found(oauth, openid) == []
 
@@ -290,15 +328,15 @@ def test_reused_state_changes_nothing(oauth):
     oauth.fakes.wechat.set_phone_user(openid)
     location, q, cookie = start(oauth)
     back = callback_path(phone_follows(location))
-    r = get(oauth, back, cookie=cookie)
+    r = get(oauth, back, cookie)
     assert r.status_code == 302 and "#login=" in r.headers["location"], (r.status_code, r.text[:300])
     uid = ticket(oauth, handoff_of(r.headers["location"]))["uid"]
     tokens, before = len(tokens_of(oauth, uid)), user_count(oauth)
     # The same callback again (a reload, or a stolen URL), then the same state with a new code.
-    r2 = get(oauth, back, cookie=cookie)
+    r2 = get(oauth, back, cookie)
     assert_refused_page(r2, 400, "the same callback twice")
     fresh = oauth.fakes.wechat.mint_code(OA_MAIN["app_id"], openid)
-    r3 = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": fresh, "state": q["state"]}), cookie=cookie)
+    r3 = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": fresh, "state": q["state"]}), cookie)
     assert_refused_page(r3, 400, "a used state with a new code")
     assert oauth.fakes.wechat.exchanges_of(fresh) == []
     code = dict(parse_qsl(urlparse(back).query))["code"]
@@ -310,12 +348,14 @@ def test_reused_state_changes_nothing(oauth):
 def test_cookie_must_match_the_state(oauth, which):
     openid = "o_cookie_" + secrets.token_hex(6)
     oauth.fakes.wechat.set_phone_user(openid)
-    location, q, cookie = start(oauth)
-    _, _, other_cookie = start(oauth)
+    location, q, _ = start(oauth)
+    _, _, other_browser = start(oauth)
     back = callback_path(phone_follows(location))
     before = user_count(oauth)
-    sent = {"missing": None, "wrong": "chatrelay_oauth=" + secrets.token_hex(16), "other_start": other_cookie}[which]
-    r = get(oauth, back, cookie=sent)
+    wrong = new_browser()
+    wrong.cookies.set("chatrelay_oauth", secrets.token_urlsafe(32), domain="127.0.0.1", path="/")
+    sent = {"missing": new_browser(), "wrong": wrong, "other_start": other_browser}[which]
+    r = get(oauth, back, sent)
     assert_refused_page(r, 400, f"{which} cookie")
     code = dict(parse_qsl(urlparse(back).query))["code"]
     assert oauth.fakes.wechat.exchanges_of(code) == [], f"{which} cookie: the code reached WeChat"
@@ -327,7 +367,7 @@ def test_code_for_another_appid_is_refused(oauth):
     _, q, cookie = start(oauth)
     code = oauth.fakes.wechat.mint_code(OA_OTHER["app_id"], openid)
     before = user_count(oauth)
-    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie=cookie)
+    r = get(oauth, "/auth/wechat/main/callback?" + urlencode({"code": code, "state": q["state"]}), cookie)
     assert_refused_page(r, 502, "a code issued for another AppID")
     ex = oauth.fakes.wechat.exchanges_of(code)
     assert ex and ex[0][1] == 40029, f"WeChat should have answered 40029: {ex}"
@@ -343,7 +383,7 @@ def test_wechat_errors_are_a_page_with_a_retry_link(oauth, errcode, errmsg):
     back = callback_path(phone_follows(location))
     before = user_count(oauth)
     oauth.fakes.wechat.fail_next_exchange(errcode, errmsg)
-    r = get(oauth, back, cookie=cookie)
+    r = get(oauth, back, cookie)
     assert_refused_page(r, 502, f"errcode {errcode}")
     assert user_count(oauth) == before and found(oauth, openid) == []
 
@@ -354,13 +394,13 @@ def test_expired_code_and_refused_consent(oauth):
     location, _, cookie = start(oauth)
     back = callback_path(phone_follows(location))
     oauth.fakes.wechat.expire_code(dict(parse_qsl(urlparse(back).query))["code"])
-    assert_refused_page(get(oauth, back, cookie=cookie), 502, "an expired code")
+    assert_refused_page(get(oauth, back, cookie), 502, "an expired code")
     # The user refuses the consent page: WeChat comes back with the state and no code.
     oauth.fakes.wechat.set_phone_user(openid, refuse=True)
     location, _, cookie = start(oauth)
     back = callback_path(phone_follows(location))
     assert "code=" not in back
-    r = get(oauth, back, cookie=cookie)
+    r = get(oauth, back, cookie)
     not_500(r, "no code")
     assert "#login=" not in r.headers.get("location", ""), r.headers
     assert RETRY_LINK.search(r.text), r.text[:400]
@@ -372,7 +412,7 @@ def test_snapshot_user_is_not_logged_in(oauth):
     oauth.fakes.wechat.set_phone_user(openid, snapshot=True)
     before = user_count(oauth)
     location, _, cookie = start(oauth)
-    r = get(oauth, callback_path(phone_follows(location)), cookie=cookie)
+    r = get(oauth, callback_path(phone_follows(location)), cookie)
     not_500(r, "snapshot user")
     assert "#login=" not in r.headers.get("location", ""), f"a snapshot visitor got a login: {r.headers}"
     assert "text/html" in r.headers.get("content-type", ""), r.headers
@@ -383,10 +423,30 @@ def test_snapshot_user_is_not_logged_in(oauth):
 # Desktop login by scanning
 # ---------------------------------------------------------------------------------------------
 
-def new_ticket(d, xff):
-    r = requests.post(d.url + "/api/login/ticket", headers={"X-Forwarded-For": xff}, timeout=10)
+def new_ticket(d, xff, desktop=None):
+    """POST /api/login/ticket from the desktop browser (which keeps its cookie)."""
+    r = (desktop or requests).post(d.url + "/api/login/ticket", headers={"X-Forwarded-For": xff}, timeout=10)
     assert r.status_code == 200, f"POST /api/login/ticket: HTTP {r.status_code} {r.text[:300]!r}"
     return r.json()
+
+
+CONFIRM_FORM = re.compile(r'<form method="post" action="(/auth/wechat/main/confirm)">.*?name="c" value="([^"]+)"', re.S)
+
+
+def phone_scans(d, openid, t):
+    """A phone opens the QR's URL in WeChat and authorizes: (its browser, the callback response)."""
+    d.fakes.wechat.set_phone_user(openid)
+    location, _, phone = start(d, **dict(parse_qsl(urlparse(t["url"]).query)))
+    r = get(d, callback_path(phone_follows(location)), phone)
+    not_500(r, "the phone's callback")
+    return phone, r
+
+
+def phone_confirms(d, phone, page):
+    """The phone taps 确认登录 on the page the callback showed."""
+    m = CONFIRM_FORM.search(page.text)
+    assert m, f"no confirmation form on the phone: HTTP {page.status_code} {page.text[:500]!r}"
+    return phone.post(d.url + m.group(1), data={"c": m.group(2)}, allow_redirects=False, timeout=10)
 
 
 def test_config_tells_the_page(oauth, no_oauth):
@@ -399,7 +459,8 @@ def test_config_tells_the_page(oauth, no_oauth):
 
 def test_scan_flow(oauth):
     xff = "198.51.100.10"
-    t = new_ticket(oauth, xff)
+    desktop = new_browser()
+    t = new_ticket(oauth, xff, desktop)
     assert set(t) >= {"ticket", "account", "url", "qr_svg", "expires_at"}, t
     assert t["account"] == "main"
     assert t["url"] == f"{PUBLIC_URL_WX}/auth/wechat/main?ticket={t['ticket']}", t
@@ -408,48 +469,69 @@ def test_scan_flow(oauth):
     qr = get(oauth, t["qr_svg"])
     assert qr.status_code == 200 and qr.headers["content-type"].startswith("image/svg+xml"), qr.headers
     assert "<svg" in qr.text
-    assert ticket(oauth, t["ticket"], xff) == {"status": "pending"}
+    assert ticket(oauth, t["ticket"], desktop) == {"status": "pending"}
 
-    # The phone scans the QR: WeChat opens the URL and runs web authorization.
+    # The phone scans the QR: WeChat opens the URL and runs web authorization; the phone is
+    # asked before the desktop is logged in, and a scan alone logs nobody in.
     openid = "o_scan_" + secrets.token_hex(6)
     uid = chat_uid(oauth, openid)
-    u = urlparse(t["url"])
-    r, handoff = oauth_login(oauth, openid, **dict(parse_qsl(u.query)))
-    assert handoff is None, "the phone must not be handed the desktop's login"
-    assert r.status_code == 200, f"phone callback: HTTP {r.status_code} {r.text[:300]!r}"
-    assert "已在电脑上登录" in r.text, r.text[:500]
+    phone, r = phone_scans(oauth, openid, t)
+    assert r.status_code == 200 and "#login=" not in r.headers.get("location", ""), (r.status_code, r.headers)
+    assert "已在电脑上登录" not in r.text, "a scan alone must not log the desktop in"
+    assert ticket(oauth, t["ticket"], desktop) == {"status": "pending"}
+    # Someone else's browser cannot confirm with the phone's form.
+    stranger = phone_confirms(oauth, new_browser(), r)
+    not_500(stranger, "a confirmation from another browser")
+    assert "已在电脑上登录" not in stranger.text
+    assert ticket(oauth, t["ticket"], desktop) == {"status": "pending"}
+    ok = phone_confirms(oauth, phone, r)
+    assert ok.status_code == 200 and "已在电脑上登录" in ok.text, (ok.status_code, ok.text[:300])
 
-    done = ticket(oauth, t["ticket"], xff)
+    # Only the desktop that asked for the ticket collects it, once.
+    assert ticket(oauth, t["ticket"]) == {"status": "expired"}, "a client without the desktop's cookie"
+    assert ticket(oauth, t["ticket"], phone) == {"status": "expired"}, "the phone's browser"
+    done = ticket(oauth, t["ticket"], desktop)
     assert done.get("status") == "done" and done.get("uid") == uid and done.get("token"), done
     assert me(oauth, done["token"])["uid"] == uid
-    assert ticket(oauth, t["ticket"], xff) == {"status": "expired"}, "the token is delivered once"
+    assert ticket(oauth, t["ticket"], desktop) == {"status": "expired"}, "the token is delivered once"
 
     # Scanning the used ticket again binds nothing: the QR has expired.
     oauth.fakes.wechat.set_phone_user("o_scan2_" + secrets.token_hex(6))
     r = get(oauth, f"/auth/wechat/main?ticket={t['ticket']}")
     assert r.status_code in (400, 404, 410), f"a used ticket: HTTP {r.status_code} {r.text[:300]!r}"
     assert "已在电脑上登录" not in r.text and "location" not in r.headers, r.headers
-    assert ticket(oauth, t["ticket"], xff) == {"status": "expired"}
+
+
+def test_handoff_is_for_the_same_browser_only(oauth):
+    """A #login=H link opened in another browser (leaked, forwarded) logs nobody in."""
+    oauth.fakes.wechat.set_phone_user("o_leak_" + secrets.token_hex(6))
+    location, _, b = start(oauth)
+    r = get(oauth, callback_path(phone_follows(location)), b)
+    assert r.status_code == 302, r.text[:300]
+    h = handoff_of(r.headers["location"])
+    assert ticket(oauth, h) == {"status": "expired"}, "no cookie"
+    assert ticket(oauth, h, new_browser()) == {"status": "expired"}, "another browser"
+    done = ticket(oauth, h, b)
+    assert done["status"] == "done" and done["token"], \
+        f"the browser that logged in could not collect its own handoff: {done} (cookies it holds: {b.cookies})"
 
 
 def test_ticket_used_while_the_phone_authorizes(oauth):
-    """Two phones scan the same QR: the first to come back logs the desktop in, the second is
-    told the QR has expired and binds nothing."""
+    """Two phones scan the same QR: the first to confirm logs the desktop in, the second
+    binds nothing."""
     xff = "198.51.100.11"
-    t = new_ticket(oauth, xff)
+    desktop = new_browser()
+    t = new_ticket(oauth, xff, desktop)
     first, second = "o_first_" + secrets.token_hex(6), "o_second_" + secrets.token_hex(6)
-    oauth.fakes.wechat.set_phone_user(first)
-    loc1, _, cookie1 = start(oauth, ticket=t["ticket"])
-    back1 = callback_path(phone_follows(loc1))
-    oauth.fakes.wechat.set_phone_user(second)
-    loc2, _, cookie2 = start(oauth, ticket=t["ticket"])
-    back2 = callback_path(phone_follows(loc2))
-    r1 = get(oauth, back1, cookie=cookie1)
-    assert r1.status_code == 200 and "已在电脑上登录" in r1.text, (r1.status_code, r1.text[:300])
-    r2 = get(oauth, back2, cookie=cookie2)
-    not_500(r2, "the second phone")
-    assert "已在电脑上登录" not in r2.text, r2.text[:300]
-    done = ticket(oauth, t["ticket"], xff)
+    phone1, r1 = phone_scans(oauth, first, t)
+    phone2, r2 = phone_scans(oauth, second, t)
+    ok = phone_confirms(oauth, phone1, r1)
+    assert ok.status_code == 200 and "已在电脑上登录" in ok.text, (ok.status_code, ok.text[:300])
+    if CONFIRM_FORM.search(r2.text):
+        late = phone_confirms(oauth, phone2, r2)
+        not_500(late, "the second phone")
+        assert "已在电脑上登录" not in late.text, late.text[:300]
+    done = ticket(oauth, t["ticket"], desktop)
     assert done["status"] == "done" and me(oauth, done["token"])["uid"] == found(oauth, first)[0]["uid"], done
 
 
@@ -478,22 +560,23 @@ def test_too_many_tickets_from_one_address(oauth):
 
 def test_scan_with_a_wechat_error_keeps_the_ticket_pending(oauth):
     xff = "198.51.100.12"
-    t = new_ticket(oauth, xff)
+    desktop = new_browser()
+    t = new_ticket(oauth, xff, desktop)
     openid = "o_scanerr_" + secrets.token_hex(6)
     oauth.fakes.wechat.set_phone_user(openid)
-    location, _, cookie = start(oauth, ticket=t["ticket"])
+    location, _, phone = start(oauth, ticket=t["ticket"])
     back = callback_path(phone_follows(location))
     oauth.fakes.wechat.fail_next_exchange(-1, "system error")
-    r = get(oauth, back, cookie=cookie)
+    r = get(oauth, back, phone)
     assert_refused_page(r, 502, "a WeChat error during a scan")
     assert f"ticket={t['ticket']}" in r.text, "the retry link must keep the desktop's ticket"
-    assert ticket(oauth, t["ticket"], xff) == {"status": "pending"}
+    assert ticket(oauth, t["ticket"], desktop) == {"status": "pending"}
     # Retrying from the page's link completes the desktop login.
     link = re.search(r'href="(/auth/wechat/main[^"]*)"', r.text).group(1).replace("&amp;", "&")
-    r = get(oauth, link)
+    r = get(oauth, link, phone)
     assert r.status_code == 302, r.text[:300]
-    cookie, _ = oauth_cookie(r)
-    r = get(oauth, callback_path(phone_follows(r.headers["location"])), cookie=cookie)
-    assert r.status_code == 200 and "已在电脑上登录" in r.text, r.text[:300]
-    done = ticket(oauth, t["ticket"], xff)
+    r = get(oauth, callback_path(phone_follows(r.headers["location"])), phone)
+    ok = phone_confirms(oauth, phone, r)
+    assert ok.status_code == 200 and "已在电脑上登录" in ok.text, ok.text[:300]
+    done = ticket(oauth, t["ticket"], desktop)
     assert done["status"] == "done" and me(oauth, done["token"])["uid"] == found(oauth, openid)[0]["uid"]
