@@ -330,7 +330,7 @@ def test_reused_state_changes_nothing(oauth):
     back = callback_path(phone_follows(location))
     r = get(oauth, back, cookie)
     assert r.status_code == 302 and "#login=" in r.headers["location"], (r.status_code, r.text[:300])
-    uid = ticket(oauth, handoff_of(r.headers["location"]))["uid"]
+    uid = ticket(oauth, handoff_of(r.headers["location"]), cookie)["uid"]
     tokens, before = len(tokens_of(oauth, uid)), user_count(oauth)
     # The same callback again (a reload, or a stolen URL), then the same state with a new code.
     r2 = get(oauth, back, cookie)
