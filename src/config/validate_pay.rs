@@ -9,25 +9,6 @@ use super::pay::{ALIPAY_METHODS, WECHAT_METHODS, load_alipay_keys, load_wechat_k
 use super::read::{Problem, problem};
 use super::sections::Config;
 
-/// An https URL, or an http URL on this machine (a local trial: providers cannot reach it).
-fn public_or_loopback(url: &str) -> bool {
-    if url.starts_with("https://") && url.len() > 8 {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-}
-
 fn check_methods(
     key: &str,
     methods: Option<&[String]>,
@@ -147,7 +128,7 @@ pub(super) fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
             .server
             .public_url
             .as_deref()
-            .is_some_and(public_or_loopback)
+            .is_some_and(|u| u.starts_with("https://") && u.len() > 8)
     {
         problems.push(problem(
             "server.public_url",
@@ -200,29 +181,5 @@ pub(super) fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
             &ALIPAY_METHODS,
             problems,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn loopback_http_is_a_local_trial_only() {
-        for ok in [
-            "https://chat.example.com",
-            "http://127.0.0.1:8080",
-            "http://localhost/",
-            "http://[::1]:9/x",
-        ] {
-            assert!(super::public_or_loopback(ok), "{ok}");
-        }
-        for bad in [
-            "http://chat.example.com",
-            "http://127.0.0.1.evil.com",
-            "http://localhost.evil:80",
-            "ftp://127.0.0.1",
-            "https://",
-        ] {
-            assert!(!super::public_or_loopback(bad), "{bad}");
-        }
     }
 }
