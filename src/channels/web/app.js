@@ -1071,9 +1071,9 @@
     $('token-section').open = !cfg.login && !cfg.guest;
     renderLoginText();
     showView('login');
-    if (loginWays().scan && loginTab === 'scan') startScan();
-    const focus = loginWays().scan && loginTab === 'scan' ? $('tab-scan')
-      : cfg.login ? $('login-code') : cfg.guest ? $('guest-start') : $('token-input');
+    // Scanning needs no keyboard: nothing to focus then.
+    if (loginWays().scan && loginTab === 'scan') { startScan(); return; }
+    const focus = cfg.login ? $('login-code') : cfg.guest ? $('guest-start') : $('token-input');
     if (!IS_PHONE) focus.focus();
   }
 
