@@ -1284,6 +1284,8 @@
     writeStore(UID_KEY, null);
     resetBuy();
     showLogin(noticeKey);
+    // Inside WeChat an expired session renews itself, like the first visit (same guard).
+    if (noticeKey === 'expired') autoWechatLogin();
   }
 
   function signIn(token, uid) {
@@ -2303,12 +2305,11 @@
     return id && /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : null;
   }
 
+  /** Forgets the order in the address, with the rest of the query (Alipay adds its signed
+   * return parameters: nothing the page needs, nothing to bookmark). */
   function dropOrderQuery() {
     if (!orderInQuery()) return;
-    const q = new URLSearchParams(location.search);
-    q.delete('order');
-    const rest = q.toString();
-    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+    history.replaceState(null, '', location.pathname + location.hash);
   }
 
   /** Shows the order the user came back for and polls it until it is settled. */
