@@ -137,7 +137,7 @@ impl App {
             current: live.channels(),
             shutdown: shutdown.clone(),
             login: Arc::new(crate::auth::Login::default()),
-            guests: Arc::new(crate::channels::web::guests::GuestLimiter::default()),
+            guests: Arc::new(crate::channels::web::guests::PageLimits::default()),
         };
         Ok(App {
             state: AppState {
@@ -424,7 +424,7 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 async fn housekeeping(
     engine: Engine,
     login: Arc<crate::auth::Login>,
-    guests: Arc<crate::channels::web::guests::GuestLimiter>,
+    guests: Arc<crate::channels::web::guests::PageLimits>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) {
@@ -462,6 +462,9 @@ async fn housekeeping(
         metrics::gauge!("chatrelay_users").set(depths.0 as f64);
         metrics::gauge!("chatrelay_outbox_users").set(depths.1 as f64);
         metrics::gauge!("chatrelay_open_orders").set(depths.2 as f64);
+        let (flushes, requests) = chatrelay_storage::flush_counts();
+        metrics::counter!("chatrelay_store_flushes_total").absolute(flushes);
+        metrics::counter!("chatrelay_store_flush_requests_total").absolute(requests);
         if let Some(m) = &metrics {
             m.run_upkeep();
         }

@@ -61,7 +61,7 @@ pub async fn list_orders(st: St, Query(f): Query<OrderFilter>) -> Answer {
 }
 
 /// The CSV header, after the BOM.
-const CSV_HEADER: &str = "id,uid,product_id,product_name,channel,amount_fen,amount_yuan,credits,status,created_at,credited_at,refunded_at,provider_trade_no";
+const CSV_HEADER: &str = "id,uid,product_id,product_name,channel,method,amount_fen,amount_yuan,credits,status,created_at,credited_at,refunded_at,provider_trade_no";
 
 /// Orders as CSV (UTF-8 with a BOM, which Excel needs to read Chinese product names).
 pub async fn export_orders(st: St, Query(f): Query<OrderFilter>) -> Result<Response> {
@@ -79,6 +79,9 @@ pub async fn export_orders(st: St, Query(f): Query<OrderFilter>) -> Result<Respo
             o.product_id.clone(),
             o.product_name.clone(),
             o.channel.clone(),
+            crate::billing::PayMethod::of(o)
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
             o.amount_fen.to_string(),
             crate::util::yuan(o.amount_fen),
             o.credits.to_string(),

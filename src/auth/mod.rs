@@ -11,6 +11,7 @@
 //! The admin API's token is resolved here too (`admin_token`).
 
 mod admin_token;
+pub mod oauth;
 
 pub use admin_token::{admin_token_path, resolve_admin_token};
 

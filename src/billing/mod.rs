@@ -9,12 +9,16 @@
 //! - an expired order is closed at the provider first, and locally only once the provider
 //!   says it is unpaid; a payment that arrives after a local close is still credited.
 
+pub mod methods;
 pub mod notify;
+mod provider;
+
+pub use methods::{PayAction, PayMethod, Payer};
 
 use std::time::Duration;
 
 use chatrelay_alipay as alipay;
-use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, StoreError, Uid};
+use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, StoreError};
 use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
@@ -31,6 +35,16 @@ pub enum BillingError {
     /// The channel is not configured.
     #[error("payment channel {0:?} is not available")]
     ChannelUnavailable(String),
+    /// The channel does not offer this method here.
+    #[error("payment method {0:?} is not available")]
+    MethodUnavailable(String),
+    /// JSAPI needs the payer's openid under the merchant's AppID and the user has none: log
+    /// in through this account's web authorization first (`None`: no account offers it).
+    #[error("the user has no openid under the merchant's AppID")]
+    OpenidRequired {
+        /// The `[[wechat_mp]]` whose web authorization gives the openid.
+        account: Option<String>,
+    },
     /// No order has this id.
     #[error("unknown order {0}")]
     UnknownOrder(String),
@@ -89,6 +103,12 @@ pub struct Billing {
     public_url: String,
     order_ttl: Duration,
     min_age: Duration,
+    /// The ways to pay offered, in the configured order.
+    methods: Vec<PayMethod>,
+    /// The Official Accounts bound to the WeChat Pay merchant (their openids pay by JSAPI).
+    jsapi_accounts: Vec<String>,
+    /// Of those, the one with web authorization (where a user without an openid gets one).
+    jsapi_login_account: Option<String>,
 }
 
 /// What the provider said about an open order.
@@ -160,6 +180,7 @@ impl Billing {
                 })
             }
         };
+        let (methods, jsapi_accounts, jsapi_login_account) = methods::offered(config);
         Ok(Billing {
             store,
             alerts,
@@ -169,6 +190,9 @@ impl Billing {
             public_url,
             order_ttl: Duration::from_secs(pay.order_ttl_secs),
             min_age: Duration::from_secs(pay.reconcile_min_age_secs),
+            methods,
+            jsapi_accounts,
+            jsapi_login_account,
         })
     }
 
@@ -196,6 +220,16 @@ impl Billing {
         v
     }
 
+    /// The methods offered for `channel`, in the configured order.
+    #[must_use]
+    pub fn methods(&self, channel: &str) -> Vec<&'static str> {
+        self.methods
+            .iter()
+            .filter(|m| m.channel() == channel)
+            .map(|m| m.as_str())
+            .collect()
+    }
+
     /// Whether any channel is configured.
     #[must_use]
     pub fn enabled(&self) -> bool {
@@ -220,13 +254,15 @@ impl Billing {
         }
     }
 
-    /// Creates an order for `product_id` paid through `channel`, or returns the user's order
-    /// for the same product and channel that is still open.
+    /// Creates an order for `product_id` paid through `channel` by `method` (absent: the
+    /// channel's QR method), or returns the user's open order for the same product and
+    /// method (never for H5, whose page expires in minutes).
     pub async fn create_order(
         &self,
-        uid: Uid,
+        payer: Payer,
         product_id: &str,
         channel: &str,
+        method: Option<&str>,
     ) -> Result<Order, BillingError> {
         let product = self
             .products
@@ -241,13 +277,22 @@ impl Billing {
         if !available {
             return Err(BillingError::ChannelUnavailable(channel.to_owned()));
         }
+        let method = PayMethod::parse(channel, method)
+            .filter(|m| self.methods.contains(m))
+            .ok_or_else(|| BillingError::MethodUnavailable(method.unwrap_or("").to_owned()))?;
+        // Before anything is written: a user without an openid is told to get one.
+        let openid = match method {
+            PayMethod::Jsapi => Some(self.jsapi_openid(payer.uid)?),
+            _ => None,
+        };
         let now = now_ms();
         let candidate = Order {
             id: new_order_id(now),
-            uid,
+            uid: payer.uid,
             product_id: product.id.clone(),
             product_name: product.name.clone(),
             channel: channel.to_owned(),
+            method: Some(method.as_str().to_owned()),
             amount_fen: product.price_fen,
             credits: product.credits,
             status: OrderStatus::Created,
@@ -270,10 +315,17 @@ impl Billing {
                 &format!("{} for {} fen", product.id, order.amount_fen),
             );
         }
-        match self.provider_create(&order).await {
-            Ok(code_url) => {
-                self.event(&order.id, "provider_order", channel);
-                Ok(self.store.set_order_code_url(&order.id, &code_url)?)
+        match self
+            .provider_create(&order, method, &payer, openid.as_deref())
+            .await
+        {
+            Ok(kept) => {
+                self.event(
+                    &order.id,
+                    "provider_order",
+                    &format!("{channel} {}", method.as_str()),
+                );
+                Ok(self.store.set_order_code_url(&order.id, &kept)?)
             }
             Err(e) => {
                 // The provider has no usable order: close ours so it is not reused; a payment
@@ -283,45 +335,6 @@ impl Billing {
                 self.store.close_order(&order.id, now_ms())?;
                 Err(e)
             }
-        }
-    }
-
-    async fn provider_create(&self, order: &Order) -> Result<String, BillingError> {
-        let ttl_minutes = self.order_ttl.as_secs().div_ceil(60).max(1);
-        match order.channel.as_str() {
-            "wechat" => {
-                let w = self.wechat()?;
-                // WeChat wants the expiry in Beijing time (RFC 3339 with +08:00).
-                let expire = chrono::FixedOffset::east_opt(8 * 3600).and_then(|tz| {
-                    chrono::DateTime::from_timestamp_millis(order.expires_at_ms)
-                        .map(|t| t.with_timezone(&tz))
-                });
-                let native = wxpay::NativeOrder {
-                    description: order.product_name.clone(),
-                    out_trade_no: order.id.clone(),
-                    amount_fen: order.amount_fen,
-                    notify_url: format!("{}/pay/wechat/notify", self.public_url),
-                    time_expire: expire,
-                    attach: None,
-                };
-                w.client
-                    .create_native(&native)
-                    .await
-                    .map_err(|e| BillingError::Provider(e.to_string()))
-            }
-            "alipay" => {
-                let a = self.alipay()?;
-                a.client
-                    .precreate(
-                        &order.id,
-                        order.amount_fen,
-                        &order.product_name,
-                        &format!("{ttl_minutes}m"),
-                    )
-                    .await
-                    .map_err(|e| BillingError::Provider(e.to_string()))
-            }
-            other => Err(BillingError::ChannelUnavailable(other.to_owned())),
         }
     }
 
@@ -359,6 +372,7 @@ impl Billing {
         self.store.flush().await?;
         match outcome {
             CreditOutcome::Credited(entry) => {
+                let method = PayMethod::of(order).map_or("", PayMethod::as_str);
                 let late = if order.status == OrderStatus::Closed {
                     "（订单已在本地关闭后才付款，仍已入账）"
                 } else {
@@ -367,15 +381,16 @@ impl Billing {
                 self.alerts.alert_as(
                     AlertKind::Money,
                     format!(
-                        "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{}，{source}）{late}",
+                        "订单 {} 已支付并到账：用户 {}，¥{}，{} 额度（{} {}，{source}）{late}",
                         order.id,
                         order.uid,
                         yuan(paid_fen),
                         order.credits,
-                        order.channel
+                        order.channel,
+                        method
                     ),
                 );
-                metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone()).increment(1);
+                metrics::counter!("chatrelay_orders_credited_total", "channel" => order.channel.clone(), "method" => method).increment(1);
                 metrics::counter!("chatrelay_revenue_fen_total", "channel" => order.channel.clone())
                     .increment(u64::try_from(paid_fen).unwrap_or(0));
                 self.event(

@@ -82,7 +82,7 @@ impl Channels {
             accounts.insert(cfg.id.clone(), account);
         }
         Ok(Channels {
-            web: Arc::new(web::state::WebParts { config, billing }),
+            web: Arc::new(web::state::WebParts::new(config, billing, http)),
             mp: Arc::new(accounts),
             wecom,
             zsxq,
@@ -120,7 +120,7 @@ pub struct ChannelState {
     /// Login codes to tokens, with attempt limits.
     pub login: Arc<crate::auth::Login>,
     /// Limits guest sign-ups per address.
-    pub guests: Arc<web::guests::GuestLimiter>,
+    pub guests: Arc<web::guests::PageLimits>,
 }
 
 /// Every channel's routes, each over its own state (`web_page` false leaves the chat page
@@ -156,6 +156,8 @@ pub fn router(state: ChannelState, web_page: bool) -> Router {
         .merge(web::routes(web_page).with_state(web.clone()))
         .merge(web::v1::routes().with_state(web.clone()))
         .merge(web::api::routes().with_state(web.clone()))
+        .merge(web::login::routes().with_state(web.clone()))
+        .merge(web::scan::routes().with_state(web.clone()))
         .merge(mp::routes().with_state(mp))
         .merge(web::shop::routes().with_state(web))
         .merge(wecom::routes().with_state(wecom))

@@ -56,6 +56,14 @@ pub struct WechatMpConfig {
     pub menu: BTreeMap<String, String>,
     /// Texts of this account.
     pub texts: MpTexts,
+    /// Web authorization (网页授权) is available: a verified service account whose console
+    /// lists `server.public_url`'s domain as 网页授权域名. Logs users in on the web page
+    /// without a code, and gives the openid WeChat Pay's JSAPI needs.
+    pub oauth: bool,
+    /// `snsapi_base` (silent, the openid only) or `snsapi_userinfo` (also the nickname).
+    pub oauth_scope: String,
+    /// Where browsers are sent to authorize (tests point it at a fake).
+    pub oauth_base: String,
 }
 
 impl Default for WechatMpConfig {
@@ -76,6 +84,9 @@ impl Default for WechatMpConfig {
             retry_window_ms: 15_500,
             menu: BTreeMap::new(),
             texts: MpTexts::default(),
+            oauth: false,
+            oauth_scope: "snsapi_base".to_owned(),
+            oauth_base: "https://open.weixin.qq.com".to_owned(),
         }
     }
 }
@@ -300,6 +311,27 @@ pub struct WebConfig {
     /// An image URL of the Official Account's QR code, shown in the login hint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mp_qr_url: Option<String>,
+    /// Inside WeChat's browser, a visitor who is not logged in goes through the account's
+    /// web authorization by itself (when the login account has `oauth = true`).
+    pub wechat_auto_login: bool,
+    /// The `[[wechat_mp]]` id the page logs in with (codes, web authorization, scanning);
+    /// default: the first account with `oauth = true`, else the first account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_account: Option<String>,
+}
+
+impl WebConfig {
+    /// The account the page logs in with (see [`WebConfig::login_account`]).
+    #[must_use]
+    pub fn login_mp<'a>(&self, accounts: &'a [WechatMpConfig]) -> Option<&'a WechatMpConfig> {
+        match &self.login_account {
+            Some(id) => accounts.iter().find(|a| &a.id == id),
+            None => accounts
+                .iter()
+                .find(|a| a.oauth)
+                .or_else(|| accounts.first()),
+        }
+    }
 }
 
 impl Default for WebConfig {
@@ -310,6 +342,8 @@ impl Default for WebConfig {
             guest_credits: 0,
             mp_name: None,
             mp_qr_url: None,
+            wechat_auto_login: true,
+            login_account: None,
         }
     }
 }

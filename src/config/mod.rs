@@ -20,12 +20,14 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 mod channels;
+mod check;
 mod pay;
 mod read;
 mod sections;
 
 mod secret;
 mod validate;
+mod validate_pay;
 
 pub use channels::*;
 pub use pay::*;

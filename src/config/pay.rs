@@ -78,6 +78,30 @@ pub struct WechatPayConfig {
     /// Base URL of the API.
     #[serde(default = "wechat_pay_api_base")]
     pub api_base: String,
+    /// The ways to pay offered: `native` (QR, desktop), `jsapi` (inside WeChat's browser),
+    /// `h5` (phone browsers; needs the H5 product and its domain in the merchant console).
+    /// Default: `native`, and `jsapi` when a `[[wechat_mp]]` has this `app_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+}
+
+/// WeChat Pay's ways to pay.
+pub const WECHAT_METHODS: [&str; 3] = ["native", "jsapi", "h5"];
+/// Alipay's ways to pay.
+pub const ALIPAY_METHODS: [&str; 3] = ["precreate", "wap", "page"];
+
+impl WechatPayConfig {
+    /// The methods in force: as configured, or the default (see [`WechatPayConfig::methods`]).
+    #[must_use]
+    pub fn methods_in_force(&self, accounts: &[super::channels::WechatMpConfig]) -> Vec<String> {
+        match &self.methods {
+            Some(m) => m.clone(),
+            None if accounts.iter().any(|a| a.app_id == self.app_id) => {
+                vec!["native".to_owned(), "jsapi".to_owned()]
+            }
+            None => vec!["native".to_owned()],
+        }
+    }
 }
 
 fn wechat_pay_api_base() -> String {
@@ -99,6 +123,20 @@ pub struct AlipayConfig {
     /// When set, notifications must name this seller (the merchant's 2088… id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seller_id: Option<String>,
+    /// The ways to pay offered: `precreate` (当面付 QR), `wap` (手机网站支付), `page`
+    /// (电脑网站支付); each is a product signed in the Alipay console. Default: `precreate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+}
+
+impl AlipayConfig {
+    /// The methods in force: as configured, or `precreate`.
+    #[must_use]
+    pub fn methods_in_force(&self) -> Vec<String> {
+        self.methods
+            .clone()
+            .unwrap_or_else(|| vec!["precreate".to_owned()])
+    }
 }
 
 fn alipay_gateway() -> String {

@@ -242,3 +242,77 @@ fn the_buy_hint_names_only_what_exists() {
         "a configured hint is kept"
     );
 }
+
+#[test]
+fn web_login_and_pay_methods_are_checked_together() {
+    let mp = "[[wechat_mp]]\nid = \"main\"\napp_id = \"wxA\"\ntoken = \"t\"\n";
+    let err = parse(
+        &format!(
+            "{mp}oauth = true\noauth_scope = \"snsapi_all\"\n[web]\nlogin_account = \"other\"\n"
+        ),
+        &[],
+        None,
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "web.login_account",
+            "wechat_mp[0].oauth_scope",
+            "wechat_mp[0].app_secret",
+            "server.public_url"
+        ],
+        "{err:?}"
+    );
+    let (c, _) = parse(
+        &format!("[server]\npublic_url = \"https://chat.example.com\"\n{mp}oauth = true\napp_secret = \"s\"\n"),
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.web.login_mp(&c.wechat_mp).map(|a| a.id.as_str()),
+        Some("main")
+    );
+    assert!(c.web.wechat_auto_login);
+}
+
+#[test]
+fn pay_methods_default_to_what_the_keys_and_accounts_allow() {
+    let wx = |app_id: &str, methods: Option<&[&str]>| WechatPayConfig {
+        mch_id: "1900000001".into(),
+        app_id: app_id.into(),
+        serial_no: "S".into(),
+        private_key_file: "k.pem".into(),
+        api_v3_key: Secret::default(),
+        platform_public_key_file: None,
+        public_key_id: None,
+        platform_cert_files: Vec::new(),
+        api_base: "https://api.mch.weixin.qq.com".into(),
+        methods: methods.map(|m| m.iter().map(|s| (*s).to_owned()).collect()),
+    };
+    let accounts = [WechatMpConfig {
+        id: "main".into(),
+        app_id: "wxA".into(),
+        ..WechatMpConfig::default()
+    }];
+    assert_eq!(
+        wx("wxA", None).methods_in_force(&accounts),
+        ["native", "jsapi"]
+    );
+    assert_eq!(wx("wxB", None).methods_in_force(&accounts), ["native"]);
+    assert_eq!(wx("wxB", Some(&["h5"])).methods_in_force(&accounts), ["h5"]);
+    // Unknown or repeated names and JSAPI without the bound account are problems.
+    let toml = "[server]\npublic_url = \"https://chat.example.com\"\n[pay.wechat]\nmch_id = \"1900000001\"\napp_id = \"wxB\"\nserial_no = \"S\"\nprivate_key_file = \"/nonexistent\"\napi_v3_key = \"k\"\nmethods = [\"native\", \"jsapi\", \"native\", \"card\"]\n[pay.alipay]\napp_id = \"2021\"\nprivate_key_file = \"/nonexistent\"\nalipay_public_key_file = \"/nonexistent\"\nmethods = []\n";
+    let err = parse(toml, &[], None).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "pay.wechat.methods[2]",
+        "pay.wechat.methods[3]",
+        "pay.wechat.methods",
+        "pay.alipay.methods",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}

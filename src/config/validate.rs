@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use super::channels::PushMode;
-use super::pay::{load_alipay_keys, load_wechat_keys};
+use super::check::{id_chars, is_http_url, is_id};
 use super::read::{Problem, problem};
 use super::sections::{Config, Provider, ServerConfig, StorageBackend};
+use super::validate_pay;
 
 /// The listener's limits: the request timeout must leave room for the Official Account's
 /// passive wait (~5 s) and webhooks; header limits must fit an ordinary browser request.
@@ -51,8 +52,9 @@ pub(super) fn validate(c: &Config, problems: &mut Vec<Problem>) {
     validate_llm(c, problems);
     validate_quota_and_bot(c, problems);
     validate_wechat_mp(c, problems);
+    validate_pay::validate_web_login(c, problems);
     validate_engine_depth(c, problems);
-    validate_pay(c, problems);
+    validate_pay::validate_pay(c, problems);
     validate_wecom(c, problems);
     validate_zsxq(c, problems);
     validate_telegram(c, problems);
@@ -677,98 +679,6 @@ fn validate_telegram(c: &Config, problems: &mut Vec<Problem>) {
             _ => problems.push(problem(key("mode"), "must be \"polling\" or \"webhook\"")),
         }
     }
-}
-
-fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
-    let mut ids = BTreeMap::new();
-    for (i, p) in c.products.iter().enumerate() {
-        let key = |k: &str| format!("products[{i}].{k}");
-        if !is_id(&p.id) {
-            problems.push(problem(
-                key("id"),
-                "must be non-empty letters, digits, _ or -",
-            ));
-        } else if let Some(first) = ids.insert(p.id.clone(), i) {
-            problems.push(problem(
-                key("id"),
-                format!("{:?} is already products[{first}]", p.id),
-            ));
-        }
-        if p.name.trim().is_empty() || p.name.chars().count() > 100 {
-            problems.push(problem(key("name"), "must be 1 to 100 characters"));
-        }
-        if !(1..=100_000_000).contains(&p.price_fen) {
-            problems.push(problem(
-                key("price_fen"),
-                "must be between 1 and 100000000 fen",
-            ));
-        }
-        if p.credits == 0 {
-            problems.push(problem(key("credits"), "must be at least 1"));
-        }
-    }
-    let pay = &c.pay;
-    if pay.order_ttl_secs == 0 {
-        problems.push(problem("pay.order_ttl_secs", "must be greater than 0"));
-    }
-    if pay.reconcile_interval_secs == 0 {
-        problems.push(problem(
-            "pay.reconcile_interval_secs",
-            "must be greater than 0",
-        ));
-    }
-    if (pay.wechat.is_some() || pay.alipay.is_some())
-        && !c
-            .server
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
-    {
-        problems.push(problem(
-            "server.public_url",
-            "payments need the public https URL the providers send notifications to",
-        ));
-    }
-    if let Some(w) = &pay.wechat {
-        if let Err(e) = load_wechat_keys(w) {
-            problems.push(problem(format!("pay.wechat.{}", e.0), e.1));
-        }
-        if !is_http_url(&w.api_base) {
-            problems.push(problem(
-                "pay.wechat.api_base",
-                "must start with http:// or https://",
-            ));
-        }
-    }
-    if let Some(a) = &pay.alipay {
-        if let Err(e) = load_alipay_keys(a) {
-            problems.push(problem(format!("pay.alipay.{}", e.0), e.1));
-        }
-        if a.app_id.trim().is_empty() {
-            problems.push(problem("pay.alipay.app_id", "is required"));
-        }
-        if !is_http_url(&a.gateway) {
-            problems.push(problem(
-                "pay.alipay.gateway",
-                "must start with http:// or https://",
-            ));
-        }
-    }
-}
-
-/// Letters, digits, `_` and `-` only (ids used in URLs, keys and secrets Telegram accepts).
-fn id_chars(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// A non-empty [`id_chars`] string.
-fn is_id(s: &str) -> bool {
-    !s.is_empty() && id_chars(s)
-}
-
-fn is_http_url(s: &str) -> bool {
-    (s.starts_with("http://") && s.len() > 7) || (s.starts_with("https://") && s.len() > 8)
 }
 
 /// Parses `HH:MM-HH:MM` into minutes of the day (start, end); the range may wrap midnight.

@@ -70,6 +70,7 @@ mod codec;
 mod conversations;
 mod dedupe;
 mod flush;
+mod handoff;
 mod kv;
 mod login;
 mod orders;
@@ -92,6 +93,7 @@ pub use backup::BackupSummary;
 pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
+pub use flush::flush_counts;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
@@ -255,6 +257,18 @@ impl Trees {
 struct Open {
     db: Db,
     trees: Trees,
+    /// Runs the flushes of this database, grouped (sled only).
+    flusher: Option<flush::GroupFlusher>,
+}
+
+impl Open {
+    fn new(db: Db, trees: Trees) -> Open {
+        let flusher = match &db {
+            Db::Sled(sled) => flush::GroupFlusher::start(sled.clone()),
+            Db::Pg(_) => None,
+        };
+        Open { db, trees, flusher }
+    }
 }
 
 impl std::ops::Deref for Open {
@@ -358,7 +372,7 @@ impl Store {
         check_schema(&trees.meta)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                open: RwLock::new(Some(Arc::new(Open { db, trees }))),
+                open: RwLock::new(Some(Arc::new(Open::new(db, trees)))),
                 path,
                 cache_capacity_bytes,
                 quiesce: RwLock::new(()),
@@ -450,7 +464,7 @@ impl Store {
         let trees = Trees::open(&db, &self.inner.journal)?;
         check_schema(&trees.meta)?;
         tracing::warn!(path = %path.display(), "database reopened after a storage failure");
-        *slot = Some(Arc::new(Open { db, trees }));
+        *slot = Some(Arc::new(Open::new(db, trees)));
         Ok(())
     }
 
@@ -460,11 +474,21 @@ impl Store {
     /// (spacejam/sled#1308, fixed after its last release; our concurrent payment
     /// notifications hit it), so the flush runs synchronously on a helper thread and this
     /// future waits for it.
+    ///
+    /// Concurrent callers are grouped: one thread per database runs one flush for all the
+    /// requests that arrived while the previous one ran (see [`flush_counts`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let Db::Sled(db) = self.trees()?.db.clone() else {
+        let open = self.trees()?;
+        let Db::Sled(db) = open.db.clone() else {
             // PostgreSQL commits are durable when they return.
             return Ok(());
         };
+        let grouped = open.flusher.as_ref().and_then(flush::GroupFlusher::request);
+        // Not held across the wait: a reopen after a storage failure waits for it.
+        drop(open);
+        if let Some(rx) = grouped {
+            return rx.await;
+        }
         let (tx, rx) = flush::channel();
         let for_thread = db.clone();
         let spawned = std::thread::Builder::new()

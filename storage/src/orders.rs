@@ -62,6 +62,10 @@ pub struct Order {
     pub product_name: String,
     /// `wechat` or `alipay`.
     pub channel: String,
+    /// How it is paid within the channel (`native`, `jsapi`, `h5`; `precreate`, `wap`,
+    /// `page`); absent on orders from before methods existed, which are QR orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// The price, in fen.
     pub amount_fen: i64,
     /// Credits the order gives.
@@ -72,7 +76,8 @@ pub struct Order {
     pub created_at_ms: i64,
     /// When the QR code stops working and the order is closed.
     pub expires_at_ms: i64,
-    /// What the user scans (`weixin://…` or an Alipay QR URL), once the provider gave it.
+    /// What the provider gave for paying, once it did: what the user scans (`weixin://…`
+    /// or an Alipay QR URL), JSAPI's `prepay_id`, H5's page or the signed Alipay page URL.
     #[serde(default)]
     pub code_url: Option<String>,
     /// The provider's transaction id, once paid.
@@ -109,8 +114,18 @@ pub enum CreditOutcome {
     AlreadyCredited,
 }
 
-fn open_key(uid: Uid, product_id: &str, channel: &str) -> Vec<u8> {
-    prefixed_key(uid.0, format!("{product_id}\u{0}{channel}").as_bytes())
+/// The user's open order for a product, channel and method. QR orders keep the key they had
+/// before methods existed, so an open order from an older version is still found. An H5
+/// order's page works 5 minutes only, so each H5 order has its own key: it is never handed
+/// out again, and it stays listed for reconciliation.
+fn open_key(order: &Order) -> Vec<u8> {
+    let (product_id, channel) = (&order.product_id, &order.channel);
+    let key = match order.method.as_deref() {
+        None | Some("native" | "precreate") => format!("{product_id}\u{0}{channel}"),
+        Some("h5") => format!("{product_id}\u{0}{channel}\u{0}h5\u{0}{}", order.id),
+        Some(method) => format!("{product_id}\u{0}{channel}\u{0}{method}"),
+    };
+    prefixed_key(order.uid.0, key.as_bytes())
 }
 
 /// The ledger reference of an order's purchase entry.
@@ -126,7 +141,7 @@ impl Store {
         let _writing = self.writing();
         check_key("order id", &order.id)?;
         let t = self.trees()?;
-        let key = open_key(order.uid, &order.product_id, &order.channel);
+        let key = open_key(order);
         finish(
             (&t.users, &t.orders, &t.open_orders).transaction(|(users, orders, open)| {
                 if users.get(u64_key(order.uid.0))?.is_none() {
@@ -303,7 +318,7 @@ impl Store {
                         order.provider_trade_no = Some(no.to_owned());
                     }
                     orders.insert(id.as_bytes(), encode(&order).or_abort()?)?;
-                    let key = open_key(order.uid, &order.product_id, &order.channel);
+                    let key = open_key(&order);
                     if let Some(raw) = open.get(&key)?
                         && decode::<String>(OPEN_ORDERS, &raw, || id.to_owned()).or_abort()? == id
                     {
@@ -330,7 +345,7 @@ impl Store {
             order.status = OrderStatus::Closed;
             order.closed_at_ms = Some(now_ms);
             orders.insert(id.as_bytes(), encode(&order).or_abort()?)?;
-            let key = open_key(order.uid, &order.product_id, &order.channel);
+            let key = open_key(&order);
             if let Some(raw) = open.get(&key)?
                 && decode::<String>(OPEN_ORDERS, &raw, || id.to_owned()).or_abort()? == id
             {
@@ -453,6 +468,7 @@ mod tests {
             product_id: "p10".into(),
             product_name: "10 credits".into(),
             channel: "wechat".into(),
+            method: None,
             amount_fen: 100,
             credits: 10,
             status: OrderStatus::Created,
@@ -498,6 +514,57 @@ mod tests {
             s.credit_order("nope", 100, None, 0),
             Err(StoreError::UnknownOrder(_))
         ));
+    }
+
+    #[test]
+    fn open_orders_are_reused_per_method_and_h5_never() {
+        let s = Store::open_temporary().unwrap();
+        let uid = s.create_user("u").unwrap().uid;
+        let with = |id: &str, method: Option<&str>| {
+            let mut o = order(&s, uid, "X0");
+            o.id = id.into();
+            o.method = method.map(str::to_owned);
+            o
+        };
+        // "native" finds the QR order made before methods existed (method absent).
+        let old = order(&s, uid, "M0");
+        assert_eq!(
+            s.create_order(&with("M1", Some("native")), 1_000)
+                .unwrap()
+                .id,
+            old.id
+        );
+        let j1 = s.create_order(&with("M2", Some("jsapi")), 1_000).unwrap();
+        assert_eq!(j1.id, "M2", "another method is another order");
+        assert_eq!(
+            s.create_order(&with("M3", Some("jsapi")), 1_000)
+                .unwrap()
+                .id,
+            "M2"
+        );
+        let h1 = s.create_order(&with("M4", Some("h5")), 1_000).unwrap();
+        let h2 = s.create_order(&with("M5", Some("h5")), 1_000).unwrap();
+        assert_eq!(
+            (h1.id.as_str(), h2.id.as_str()),
+            ("M4", "M5"),
+            "H5 pages expire: never reused"
+        );
+        let mut open: Vec<String> = s.open_orders().unwrap().into_iter().map(|o| o.id).collect();
+        open.sort();
+        assert_eq!(
+            open,
+            ["M0", "M2", "M4", "M5"],
+            "every open order is reconciled"
+        );
+        assert!(matches!(
+            s.credit_order("M4", 100, None, 2_000).unwrap(),
+            CreditOutcome::Credited(_)
+        ));
+        assert_eq!(
+            s.close_order("M5", 3_000).unwrap().status,
+            OrderStatus::Closed
+        );
+        assert_eq!(s.open_orders().unwrap().len(), 2);
     }
 
     #[test]

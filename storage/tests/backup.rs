@@ -31,6 +31,7 @@ fn order(id: &str, uid: Uid) -> Order {
         product_id: "p100".to_owned(),
         product_name: "100 credits".to_owned(),
         channel: "wechat".to_owned(),
+        method: None,
         amount_fen: 990,
         credits: 100,
         status: OrderStatus::Created,

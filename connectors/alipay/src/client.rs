@@ -1,6 +1,7 @@
 //! The HTTP client for the Alipay open API gateway.
 //!
-//! The only module that does I/O. Each call builds the common parameters,
+//! The only module that does I/O (it also hands out the signed page-payment
+//! URLs of [`crate::page`], which need its keys but no I/O). Each call builds the common parameters,
 //! signs them with the app private key ([`crate::sign::request_sign_content`]),
 //! POSTs them as a form, and hands the raw response text to
 //! [`crate::response::open`], which verifies Alipay's signature before any
@@ -14,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::truncate;
 use crate::notify::TradeStatus;
+use crate::page::{self, PagePay, PagePayMethod};
 use crate::{AlipayError, AlipayPublicKey, AppPrivateKey, amount, form, response, sign};
 
 /// Alipay's production gateway.
@@ -35,7 +37,7 @@ pub struct ClientConfig {
     /// The application's `app_id`.
     pub app_id: String,
     /// Where Alipay POSTs payment notifications for orders created by
-    /// [`Client::precreate`]; without it, only polling with [`Client::query`]
+    /// [`Client::precreate`] and [`Client::page_pay_url`]; without it, only polling with [`Client::query`]
     /// learns about payments.
     pub notify_url: Option<String>,
     /// Timeout of each whole request (connect, send, receive).
@@ -212,6 +214,25 @@ impl Client {
         Ok(Value::Object(resp))
     }
 
+    /// The signed gateway URL of a phone (`Wap`, `alipay.trade.wap.pay`) or
+    /// desktop (`Page`, `alipay.trade.page.pay`) website payment, to send
+    /// the browser to. Built locally and signed like every request (RSA2
+    /// over the sorted parameters, `notify_url` from the config); nothing is
+    /// sent. Paying is confirmed only by the notification or [`Self::query`].
+    pub fn page_pay_url(
+        &self,
+        method: PagePayMethod,
+        req: &PagePay,
+    ) -> Result<String, AlipayError> {
+        page::page_pay_url(
+            &self.inner.cfg,
+            &self.inner.app_key,
+            method,
+            req,
+            beijing_timestamp(),
+        )
+    }
+
     /// Signs, sends and verifies one API call; returns the verified
     /// `*_response` object of a `code` 10000 answer.
     async fn call(
@@ -221,22 +242,10 @@ impl Client {
         with_notify_url: bool,
     ) -> Result<Map<String, Value>, AlipayError> {
         let cfg = &self.inner.cfg;
-        if cfg.app_id.is_empty() {
-            return Err(AlipayError::InvalidInput("app_id is not configured".into()));
-        }
-        let mut params: Vec<(String, String)> = vec![
-            ("app_id".into(), cfg.app_id.clone()),
-            ("method".into(), method.into()),
-            ("format".into(), "JSON".into()),
-            ("charset".into(), "utf-8".into()),
-            ("sign_type".into(), "RSA2".into()),
-            ("timestamp".into(), beijing_timestamp()),
-            ("version".into(), "1.0".into()),
-            ("biz_content".into(), biz.to_string()),
-        ];
-        // Like python-alipay-sdk, only order-creating calls carry notify_url.
-        if with_notify_url && let Some(url) = cfg.notify_url.as_ref().filter(|u| !u.is_empty()) {
-            params.push(("notify_url".into(), url.clone()));
+        let mut params = common_params(cfg, method, biz, beijing_timestamp())?;
+        if !with_notify_url {
+            // Like python-alipay-sdk, only order-creating calls carry notify_url.
+            params.retain(|(k, _)| k != "notify_url");
         }
         let signature = sign::sign(&self.inner.app_key, &sign::request_sign_content(&params))?;
         params.push(("sign".into(), signature));
@@ -274,6 +283,35 @@ impl Client {
     }
 }
 
+/// The common parameters of every gateway request (`app_id`, `method`,
+/// `format`, `charset`, `sign_type`, `timestamp`, `version`,
+/// `biz_content`), plus `notify_url` when one is configured. `sign` is added
+/// by the caller after everything else.
+pub(crate) fn common_params(
+    cfg: &ClientConfig,
+    method: &str,
+    biz: &Value,
+    timestamp: String,
+) -> Result<Vec<(String, String)>, AlipayError> {
+    if cfg.app_id.is_empty() {
+        return Err(AlipayError::InvalidInput("app_id is not configured".into()));
+    }
+    let mut params: Vec<(String, String)> = vec![
+        ("app_id".into(), cfg.app_id.clone()),
+        ("method".into(), method.into()),
+        ("format".into(), "JSON".into()),
+        ("charset".into(), "utf-8".into()),
+        ("sign_type".into(), "RSA2".into()),
+        ("timestamp".into(), timestamp),
+        ("version".into(), "1.0".into()),
+        ("biz_content".into(), biz.to_string()),
+    ];
+    if let Some(url) = cfg.notify_url.as_ref().filter(|u| !u.is_empty()) {
+        params.push(("notify_url".into(), url.clone()));
+    }
+    Ok(params)
+}
+
 /// Reads the response body, refusing more than [`MAX_RESPONSE_BYTES`].
 async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, AlipayError> {
     let mut body = Vec::new();
@@ -303,7 +341,7 @@ fn http_error(e: reqwest::Error) -> AlipayError {
 
 /// `timestamp` as the gateway wants it: `yyyy-MM-dd HH:mm:ss` in Beijing
 /// time (UTC+8), whatever the host's time zone.
-fn beijing_timestamp() -> String {
+pub(crate) fn beijing_timestamp() -> String {
     const FMT: &str = "%Y-%m-%d %H:%M:%S";
     let now = chrono::Utc::now();
     match FixedOffset::east_opt(8 * 3600) {
@@ -334,7 +372,7 @@ fn check_echoed_trade_no(resp: &Map<String, Value>, out_trade_no: &str) -> Resul
 
 /// Alipay order and request numbers: 1..=64 characters of letters, digits
 /// and `_` (docs: 仅支持字母、数字、下划线); we also allow `-`.
-fn check_trade_no(name: &str, value: &str) -> Result<(), AlipayError> {
+pub(crate) fn check_trade_no(name: &str, value: &str) -> Result<(), AlipayError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
@@ -350,7 +388,7 @@ fn check_trade_no(name: &str, value: &str) -> Result<(), AlipayError> {
 }
 
 /// Non-empty, at most `max_chars` characters.
-fn check_text(name: &str, value: &str, max_chars: usize) -> Result<(), AlipayError> {
+pub(crate) fn check_text(name: &str, value: &str, max_chars: usize) -> Result<(), AlipayError> {
     if value.is_empty() || value.chars().count() > max_chars {
         return Err(AlipayError::InvalidInput(format!(
             "{name} must be 1 to {max_chars} characters"
@@ -360,7 +398,7 @@ fn check_text(name: &str, value: &str, max_chars: usize) -> Result<(), AlipayErr
 }
 
 /// Alipay's range for one payment or refund: 0.01 to 100,000,000 yuan.
-fn check_amount(fen: i64) -> Result<(), AlipayError> {
+pub(crate) fn check_amount(fen: i64) -> Result<(), AlipayError> {
     if (1..=MAX_AMOUNT_FEN).contains(&fen) {
         Ok(())
     } else {

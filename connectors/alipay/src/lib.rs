@@ -1,5 +1,6 @@
 //! Alipay (支付宝) open API client for chatrelay: face-to-face QR payments
-//! (`alipay.trade.precreate`), query, close and refund, and verification of
+//! (`alipay.trade.precreate`), phone and desktop website payments
+//! (`alipay.trade.wap.pay`, `alipay.trade.page.pay`), query, close and refund, and verification of
 //! the asynchronous payment notifications.
 //!
 //! Everything Alipay sends is checked with RSA2 (SHA256withRSA) against
@@ -12,6 +13,8 @@
 //! - [`amount`]: `"12.34"` yuan ⇄ `1234` fen.
 //! - [`form`]: strict `application/x-www-form-urlencoded` encoding/decoding.
 //! - [`sign`]: the canonical `k=v&...` strings, RSA2 sign and verify.
+//! - [`page`]: the signed gateway URL of WAP and page payments
+//!   ([`PagePay`], [`PagePayMethod`]).
 //! - [`notify`]: parsing and verifying payment notifications.
 //! - [`response`]: locating the exact signed text of a gateway response,
 //!   verifying it, and mapping error codes.
@@ -44,6 +47,7 @@ mod error;
 pub mod form;
 mod keys;
 pub mod notify;
+pub mod page;
 pub mod response;
 pub mod sign;
 
@@ -52,4 +56,5 @@ pub use client::{Client, ClientConfig, DEFAULT_GATEWAY, QueryResult};
 pub use error::AlipayError;
 pub use keys::{AlipayPublicKey, AppPrivateKey};
 pub use notify::{Notification, TradeStatus, parse_form, verify_notification};
+pub use page::{PagePay, PagePayMethod};
 pub use sign::{request_sign_content, sign, sign_content, verify};

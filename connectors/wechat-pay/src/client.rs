@@ -1,5 +1,5 @@
-//! The HTTP client for the Native payment APIs: the only module that does
-//! I/O.
+//! The HTTP client for the payment APIs (Native, JSAPI and H5 orders,
+//! query, close, refund): the only module that does I/O.
 //!
 //! Every request is signed over the exact bytes sent; every 2xx response
 //! with a body is verified against the platform keys before it is parsed,
@@ -7,6 +7,7 @@
 //! be able to mark an order paid.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ impl ClientConfig {
     }
 }
 
-/// A WeChat Pay v3 client for Native orders. Cheap to clone (one `Arc`).
+/// A WeChat Pay v3 client for Native, JSAPI and H5 orders. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -99,9 +100,10 @@ struct RequestAmount {
     currency: &'static str,
 }
 
-/// Body of `POST /v3/pay/transactions/native`.
+/// Body of `POST /v3/pay/transactions/{native,jsapi,h5}`: the Native
+/// fields, plus `payer` (JSAPI) or `scene_info` (H5).
 #[derive(Serialize)]
-struct NativeRequest<'a> {
+struct OrderRequest<'a> {
     appid: &'a str,
     mchid: &'a str,
     description: &'a str,
@@ -112,6 +114,37 @@ struct NativeRequest<'a> {
     attach: Option<&'a str>,
     notify_url: &'a str,
     amount: RequestAmount,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payer: Option<RequestPayer<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scene_info: Option<SceneInfo>,
+}
+
+/// `payer` of a JSAPI order.
+#[derive(Serialize)]
+struct RequestPayer<'a> {
+    openid: &'a str,
+}
+
+/// `scene_info` of an H5 order.
+#[derive(Serialize)]
+struct SceneInfo {
+    payer_client_ip: String,
+    h5_info: H5Info,
+}
+
+/// `scene_info.h5_info`; `type` is `Wap` for a phone website.
+#[derive(Serialize)]
+struct H5Info {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// What distinguishes the three order kinds on the wire.
+enum OrderKind<'a> {
+    Native,
+    Jsapi { openid: &'a str },
+    H5 { payer_client_ip: String },
 }
 
 /// Body of the refund request.
@@ -140,10 +173,39 @@ struct ApiErrorBody {
     message: String,
 }
 
-/// The create-order response.
+/// A create-order response: `code_url` (Native), `prepay_id` (JSAPI) or
+/// `h5_url` (H5).
 #[derive(Deserialize)]
-struct CodeUrl {
-    code_url: String,
+struct CreateResponse {
+    #[serde(default)]
+    code_url: Option<String>,
+    #[serde(default)]
+    prepay_id: Option<String>,
+    #[serde(default)]
+    h5_url: Option<String>,
+    /// An excerpt of the body, for the error when the field is missing.
+    #[serde(skip)]
+    raw: String,
+}
+
+/// The one field a create-order call is for, which must be non-empty.
+fn required(value: Option<String>, name: &str, raw: String) -> Result<String, PayError> {
+    value.filter(|v| !v.is_empty()).ok_or(PayError::Decode {
+        message: format!("missing or empty {name}"),
+        raw,
+    })
+}
+
+/// An openid goes into the signed JSON body; WeChat's are 28 characters, so
+/// anything empty, long or with spaces/control characters is a caller bug.
+fn validate_openid(openid: &str) -> Result<(), PayError> {
+    if (1..=128).contains(&openid.len()) && openid.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(PayError::InvalidInput(
+            "payer openid must be 1-128 visible ASCII characters".into(),
+        ))
+    }
 }
 
 fn http_err(e: &reqwest::Error) -> PayError {
@@ -183,6 +245,11 @@ impl Client {
         &self.inner.cfg
     }
 
+    /// The merchant key, for signing the JSAPI page parameters.
+    pub(crate) fn merchant_key(&self) -> &MerchantKey {
+        &self.inner.key
+    }
+
     /// `mch_id` goes into query strings, so it must not need escaping.
     fn mch_id_checked(&self) -> Result<&str, PayError> {
         let id = self.inner.cfg.mch_id.as_str();
@@ -198,9 +265,59 @@ impl Client {
     /// Creates a Native order and returns its `code_url` (render it as a QR
     /// code).
     pub async fn create_native(&self, order: &NativeOrder) -> Result<String, PayError> {
+        let resp = self.create_order(order, OrderKind::Native).await?;
+        required(resp.code_url, "code_url", resp.raw)
+    }
+
+    /// Creates a JSAPI order (公众号支付, paid inside WeChat's browser) for
+    /// `payer_openid`, an openid of the payer under this client's `app_id`,
+    /// and returns the `prepay_id` (valid 2 hours). Hand it to
+    /// [`Client::jsapi_params`] for the page's `getBrandWCPayRequest`.
+    ///
+    /// An openid under another AppID is WeChat's `PARAM_ERROR`
+    /// ([`PayError::Api`]).
+    pub async fn create_jsapi(
+        &self,
+        order: &NativeOrder,
+        payer_openid: &str,
+    ) -> Result<String, PayError> {
+        validate_openid(payer_openid)?;
+        let kind = OrderKind::Jsapi {
+            openid: payer_openid,
+        };
+        let resp = self.create_order(order, kind).await?;
+        required(resp.prepay_id, "prepay_id", resp.raw)
+    }
+
+    /// Creates an H5 order (phone browsers outside WeChat) and returns the
+    /// `h5_url` (valid 5 minutes) the browser opens, with `&redirect_url=`
+    /// appended by the page. `payer_client_ip` is the user's address, IPv4
+    /// or IPv6, as the daemon determined it.
+    pub async fn create_h5(
+        &self,
+        order: &NativeOrder,
+        payer_client_ip: &str,
+    ) -> Result<String, PayError> {
+        let ip: IpAddr = payer_client_ip.parse().map_err(|_| {
+            PayError::InvalidInput("payer_client_ip must be an IPv4 or IPv6 address".into())
+        })?;
+        let kind = OrderKind::H5 {
+            payer_client_ip: ip.to_string(),
+        };
+        let resp = self.create_order(order, kind).await?;
+        required(resp.h5_url, "h5_url", resp.raw)
+    }
+
+    /// Validates `order`, sends it to the endpoint of `kind` and parses the
+    /// (verified) answer.
+    async fn create_order(
+        &self,
+        order: &NativeOrder,
+        kind: OrderKind<'_>,
+    ) -> Result<CreateResponse, PayError> {
         order.validate()?;
         let cfg = &self.inner.cfg;
-        let req = NativeRequest {
+        let mut req = OrderRequest {
             appid: &cfg.app_id,
             mchid: self.mch_id_checked()?,
             description: &order.description,
@@ -214,21 +331,31 @@ impl Client {
                 total: order.amount_fen,
                 currency: "CNY",
             },
+            payer: None,
+            scene_info: None,
         };
-        let resp = self
-            .call(Method::POST, "/v3/pay/transactions/native", Some(&req))
-            .await?;
-        let parsed: CodeUrl = serde_json::from_slice(&resp).map_err(|e| PayError::Decode {
-            message: format!("native order response: {e}"),
-            raw: excerpt(&resp),
-        })?;
-        if parsed.code_url.is_empty() {
-            return Err(PayError::Decode {
-                message: "empty code_url".into(),
+        let path = match kind {
+            OrderKind::Native => "/v3/pay/transactions/native",
+            OrderKind::Jsapi { openid } => {
+                req.payer = Some(RequestPayer { openid });
+                "/v3/pay/transactions/jsapi"
+            }
+            OrderKind::H5 { payer_client_ip } => {
+                req.scene_info = Some(SceneInfo {
+                    payer_client_ip,
+                    h5_info: H5Info { kind: "Wap" },
+                });
+                "/v3/pay/transactions/h5"
+            }
+        };
+        let resp = self.call(Method::POST, path, Some(&req)).await?;
+        let mut parsed: CreateResponse =
+            serde_json::from_slice(&resp).map_err(|e| PayError::Decode {
+                message: format!("create order response: {e}"),
                 raw: excerpt(&resp),
-            });
-        }
-        Ok(parsed.code_url)
+            })?;
+        parsed.raw = excerpt(&resp);
+        Ok(parsed)
     }
 
     /// Queries an order by our `out_trade_no`. An unknown order is
@@ -357,39 +484,16 @@ impl Client {
             // The very string that was signed.
             req = req.body(body);
         }
-        let mut resp = req.send().await.map_err(|e| http_err(&e))?;
+        let resp = req.send().await.map_err(|e| http_err(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
-        {
-            return Err(PayError::TooLarge);
-        }
-        let mut raw = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(&e))? {
-            if raw.len() + chunk.len() > MAX_RESPONSE_BODY {
-                return Err(PayError::TooLarge);
-            }
-            raw.extend_from_slice(&chunk);
-        }
+        let raw = read_limited(resp).await?;
         tracing::debug!(method = %method, path = path_and_query, status = status.as_u16(), "wechat pay response");
 
         if !status.is_success() {
             // Error bodies are only reported, never acted on, so they are
             // not required to carry a valid signature.
-            return Err(match serde_json::from_slice::<ApiErrorBody>(&raw) {
-                Ok(e) => PayError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => PayError::Api {
-                    status: status.as_u16(),
-                    code: "UNKNOWN".into(),
-                    message: excerpt(&raw),
-                },
-            });
+            return Err(api_error(status.as_u16(), &raw));
         }
         if !raw.is_empty() {
             let h = NotifyHeaders {
@@ -407,6 +511,41 @@ impl Client {
             .inspect_err(|e| tracing::warn!(path = path_and_query, error = %e, "unverifiable wechat pay response"))?;
         }
         Ok(raw)
+    }
+}
+
+/// Reads a response body, refusing more than [`MAX_RESPONSE_BODY`] bytes.
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, PayError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
+    {
+        return Err(PayError::TooLarge);
+    }
+    let mut raw = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(&e))? {
+        if raw.len() + chunk.len() > MAX_RESPONSE_BODY {
+            return Err(PayError::TooLarge);
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    Ok(raw)
+}
+
+/// The [`PayError::Api`] of a non-2xx answer: WeChat's `{"code","message"}`,
+/// or `UNKNOWN` with an excerpt of whatever else came back.
+fn api_error(status: u16, raw: &[u8]) -> PayError {
+    match serde_json::from_slice::<ApiErrorBody>(raw) {
+        Ok(e) => PayError::Api {
+            status,
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => PayError::Api {
+            status,
+            code: "UNKNOWN".into(),
+            message: excerpt(raw),
+        },
     }
 }
 

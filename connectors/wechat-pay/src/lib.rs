@@ -1,4 +1,5 @@
-//! WeChat Pay API v3 client for Native (QR code) payments, 直连 merchants.
+//! WeChat Pay API v3 client for Native (QR code), JSAPI (inside WeChat) and
+//! H5 (phone browser) payments, 直连 merchants.
 //!
 //! # Layout
 //!
@@ -14,8 +15,10 @@
 //!   [`open_notification`], the one-call path for the notify endpoint.
 //! * [`types`]: [`Transaction`], [`TradeState`], [`NativeOrder`] and input
 //!   validation (`out_trade_no`).
-//! * [`client`]: [`Client`]: create/query/close/refund, signed requests and
-//!   verified responses.
+//! * [`client`]: [`Client`]: create (Native, JSAPI, H5)/query/close/refund,
+//!   signed requests and verified responses.
+//! * [`jsapi`]: [`JsapiParams`], the signed page parameters of a JSAPI
+//!   payment (`paySign`).
 //! * `error`: [`PayError`].
 //!
 //! Money is integer fen everywhere. Keys and the APIv3 key never appear in
@@ -28,6 +31,7 @@ mod pem;
 
 pub mod client;
 pub mod decrypt;
+pub mod jsapi;
 pub mod keys;
 pub mod sign;
 pub mod types;
@@ -38,6 +42,7 @@ pub use decrypt::{
     EncryptedResource, MAX_NOTIFY_BODY, Notification, decrypt_resource, open_notification,
 };
 pub use error::PayError;
+pub use jsapi::{JsapiParams, pay_sign_message};
 pub use keys::{ApiV3Key, MerchantKey, PlatformKey};
 pub use sign::{AUTH_SCHEME, authorization_header, request_message, sign_message};
 pub use types::{

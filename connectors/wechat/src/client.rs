@@ -49,7 +49,9 @@ const MAX_EXPIRES_IN_SECS: u64 = 24 * 3600;
 /// are stripped of their URL, which carries the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WechatError {
-    /// WeChat answered with a non-zero `errcode`.
+    /// WeChat answered with a non-zero `errcode`. (An OAuth code that is
+    /// malformed is refused locally as 40029, see
+    /// [`crate::MpClient::oauth_exchange`].)
     #[error("WeChat API error {errcode}: {errmsg}")]
     Api {
         /// WeChat's error code, e.g. 45015.
@@ -340,6 +342,13 @@ impl MpClient {
     #[must_use]
     pub fn app_id(&self) -> &str {
         &self.inner.app_id
+    }
+
+    /// The shared HTTP client, the API root and the AppSecret, for the web
+    /// authorization calls of [`crate::oauth`], which use neither the token
+    /// cache nor the account's access_token.
+    pub(crate) fn oauth_parts(&self) -> (&reqwest::Client, &str, &str) {
+        (&self.inner.http, &self.inner.api_base, &self.inner.secret)
     }
 
     /// Returns a valid access_token, fetching one if none is cached or the

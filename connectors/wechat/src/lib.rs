@@ -32,6 +32,10 @@
 //!   early refresh, refetch on 40001/40014/42001), `message/custom/send` and
 //!   `message/custom/typing`. Its token cache and HTTP helpers serve the
 //!   WeCom clients too.
+//! - [`oauth`]: web authorization (网页授权): [`oauth_authorize_url`],
+//!   [`MpClient::oauth_exchange`] (code → openid) and
+//!   [`MpClient::oauth_user_info`]; its per-user token never touches the
+//!   account's token cache.
 //! - [`wecom_client`]: [`WecomClient`]: WeCom's `gettoken` with the same
 //!   cache, and app messages (`message/send`, text and markdown).
 //! - [`robot`]: [`RobotClient`]: a WeCom group robot webhook for operator
@@ -66,6 +70,7 @@ pub mod aibot;
 pub mod callback;
 pub mod client;
 pub mod crypto;
+pub mod oauth;
 pub mod robot;
 pub mod signature;
 pub mod wecom;
@@ -79,6 +84,7 @@ pub use aibot::{
 pub use callback::{CallbackError, CallbackQuery, Delivery, MpEndpoint, Opened, ReplyMode};
 pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
 pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
+pub use oauth::{OAuthToken, OAuthUserInfo, oauth_authorize_url};
 pub use robot::RobotClient;
 pub use signature::{sha1_signature, verify_sha1_signature};
 pub use wecom::{WecomEndpoint, WecomMessage, WecomQuery};

@@ -451,7 +451,7 @@ fn render_order(v: &Value) -> String {
     let mut out = fields(
         o,
         "order {id}  user {uid}  {product_name} ({credits} credits)  {amount_fen:yuan} yuan by \
-         {channel}  status {status}\ncreated {created_at_ms:time}  paid {credited_at_ms:time}  \
+         {channel} {method}  status {status}\ncreated {created_at_ms:time}  paid {credited_at_ms:time}  \
          provider trade no {provider_trade_no}\n\nhistory:\n",
     );
     out.push_str(&table_of(rows_of(&v["events"]), EVENT_COLUMNS));

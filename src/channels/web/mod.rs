@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod guests;
+pub mod login;
+pub mod scan;
 pub mod shop;
 pub mod state;
 pub mod v1;
@@ -88,16 +90,23 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 async fn config(State(st): State<WebState>) -> Response {
     let parts = st.parts();
     let web = &parts.config.web;
-    let login = parts.config.wechat_mp.first().map(|mp| {
+    let login_mp = web.login_mp(&parts.config.wechat_mp);
+    let login = login_mp.map(|mp| {
         json!({
             "keyword": mp.login_keyword,
             "mp_name": web.mp_name,
             "mp_qr_url": web.mp_qr_url,
         })
     });
+    // Web authorization needs the public URL its redirect comes back to.
+    let wechat_login = login_mp.map(|mp| {
+        let oauth = parts.oauth.contains_key(&mp.id) && parts.public_url().is_some();
+        json!({"account": mp.id, "oauth": oauth, "auto": oauth && web.wechat_auto_login})
+    });
     Json(json!({
         "title": web.title,
         "login": login,
+        "wechat_login": wechat_login,
         "guest": web.guest_credits > 0,
         "channels": parts.billing.channels(),
         "buy": parts.billing.enabled() && !parts.billing.products().is_empty(),

@@ -5,7 +5,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use crate::billing::BillingError;
+use crate::billing::{Billing, BillingError, PayAction, Payer};
 use crate::channels::web::state::WebState;
 
 /// The shop routes.
@@ -34,22 +36,41 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// The order as the web page sees it.
+/// The order as the web page sees it: what it is, and how to pay it by its method (a QR
+/// code, JSAPI's parameters, or a page to go to).
 #[must_use]
-pub fn order_json(o: &Order) -> Value {
-    json!({
+pub fn order_json(billing: &Billing, o: &Order) -> Value {
+    let mut v = json!({
         "id": o.id,
         "status": o.status.as_str(),
         "product_id": o.product_id,
         "product_name": o.product_name,
         "channel": o.channel,
+        "method": crate::billing::PayMethod::of(o).map(|m| m.as_str()),
         "amount_fen": o.amount_fen,
         "credits": o.credits,
-        "code_url": o.code_url,
         "created_at": o.created_at_ms / 1000,
         "expires_at": o.expires_at_ms / 1000,
-        "qr_svg": format!("/api/orders/{}/qr.svg", o.id),
-    })
+    });
+    // Only an open order is still to be paid.
+    let action = if o.status == chatrelay_storage::OrderStatus::Created {
+        billing.pay_action(o).unwrap_or_else(|e| {
+            warn!(order = %o.id, error = %e, "preparing the payment parameters failed");
+            None
+        })
+    } else {
+        None
+    };
+    match action {
+        Some(PayAction::Qr(code_url)) => {
+            v["code_url"] = json!(code_url);
+            v["qr_svg"] = json!(format!("/api/orders/{}/qr.svg", o.id));
+        }
+        Some(PayAction::Jsapi(params)) => v["jsapi"] = json!(params),
+        Some(PayAction::Redirect(url)) => v["pay_url"] = json!(url),
+        None => {}
+    }
+    v
 }
 
 async fn products(State(st): State<WebState>) -> Response {
@@ -61,17 +82,26 @@ async fn products(State(st): State<WebState>) -> Response {
             |p| json!({"id": p.id, "name": p.name, "price_fen": p.price_fen, "credits": p.credits}),
         )
         .collect();
-    Json(json!({"products": products, "channels": billing.channels()})).into_response()
+    let methods: serde_json::Map<String, Value> = billing
+        .channels()
+        .into_iter()
+        .map(|c| (c.to_owned(), json!(billing.methods(c))))
+        .collect();
+    Json(json!({"products": products, "channels": billing.channels(), "methods": methods}))
+        .into_response()
 }
 
 #[derive(Deserialize)]
 struct CreateOrder {
     product_id: String,
     channel: String,
+    #[serde(default)]
+    method: Option<String>,
 }
 
 async fn create_order(
     State(st): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -90,15 +120,19 @@ async fn create_order(
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\"}",
+            "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\", \"method\": \"…\"}",
         );
     };
     let billing = st.parts().billing.clone();
+    let payer = Payer {
+        uid,
+        client_ip: st.client_ip(peer, &headers),
+    };
     match billing
-        .create_order(uid, &req.product_id, &req.channel)
+        .create_order(payer, &req.product_id, &req.channel, req.method.as_deref())
         .await
     {
-        Ok(order) => Json(order_json(&order)).into_response(),
+        Ok(order) => Json(order_json(&billing, &order)).into_response(),
         Err(BillingError::UnknownProduct(_)) => {
             error(StatusCode::NOT_FOUND, "unknown_product", "没有这个商品")
         }
@@ -107,6 +141,24 @@ async fn create_order(
             "channel_unavailable",
             "这个支付方式暂不可用",
         ),
+        Err(BillingError::MethodUnavailable(_)) => error(
+            StatusCode::BAD_REQUEST,
+            "method_unavailable",
+            "这个支付方式在这里不可用",
+        ),
+        Err(BillingError::OpenidRequired { account }) => {
+            // The page runs web authorization and comes back (no order was made).
+            let login_url = account.map(|a| format!("/auth/wechat/{a}?next=/"));
+            (
+                StatusCode::CONFLICT,
+                Json(json!({"error": {
+                    "code": "openid_required",
+                    "message": "请先在微信中授权登录，再用微信支付",
+                    "login_url": login_url,
+                }})),
+            )
+                .into_response()
+        }
         Err(BillingError::Provider(e)) => {
             warn!(error = %e, "order creation failed at the provider");
             error(
@@ -149,7 +201,7 @@ fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<
 
 async fn order(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     match own_order(&st, &headers, &id) {
-        Ok(o) => Json(order_json(&o)).into_response(),
+        Ok(o) => Json(order_json(&st.parts().billing, &o)).into_response(),
         Err(r) => *r,
     }
 }
@@ -163,10 +215,19 @@ async fn order_qr(
         Ok(o) => o,
         Err(r) => return *r,
     };
-    let Some(code_url) = order.code_url else {
+    let qr_method = matches!(
+        crate::billing::PayMethod::of(&order),
+        Some(crate::billing::PayMethod::Native | crate::billing::PayMethod::Precreate)
+    );
+    let Some(code_url) = order.code_url.filter(|_| qr_method) else {
         return error(StatusCode::NOT_FOUND, "no_code", "这个订单没有二维码");
     };
-    match qrcode::QrCode::new(code_url.as_bytes()) {
+    qr_svg(&code_url)
+}
+
+/// `text` as a QR code (SVG).
+pub(super) fn qr_svg(text: &str) -> Response {
+    match qrcode::QrCode::new(text.as_bytes()) {
         Ok(code) => {
             let svg = code
                 .render::<qrcode::render::svg::Color<'_>>()
