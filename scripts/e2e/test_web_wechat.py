@@ -1,8 +1,9 @@
 """The web page inside WeChat, in phone browsers and on desktops (issue 20), in a real browser:
 Playwright drives Debian's Chromium against the real binary, with fake WeChat web authorization
 (fake_wechat), fake WeChat Pay (JSAPI, H5) and fake Alipay (WAP/page cashier) from conftest's
-InWechat. The daemon's public_url is not reachable from here: the fakes route its origin to the
-daemon's real address, so their redirects and notifications arrive.
+InWechat. The daemon's public_url (https, as WeChat Pay requires) is not reachable from here: the
+fakes route its origin to the daemon's real address, so their redirects and notifications arrive,
+and the browser, on http://127.0.0.1, still keeps the `Secure` login cookie (localhost).
 
 Inside WeChat the page runs with WeChat's user agent and a stub `WeixinJSBridge` that checks
 `paySign` with the merchant's public key (WebCrypto, RSASSA-PKCS1-v1_5 / SHA-256 over
@@ -112,7 +113,7 @@ def new_page(browser, kind):
         ctx = browser.new_context(viewport=DESKTOP, locale="zh-CN")
     else:
         ctx = browser.new_context(viewport=PHONE, locale="zh-CN", is_mobile=True, has_touch=True,
-                                  device_scale_factor=2, user_agent=WECHAT_UA if kind == "wechat" else PHONE_UA)
+                                  user_agent=WECHAT_UA if kind == "wechat" else PHONE_UA)
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT)
     errors = []
@@ -306,7 +307,7 @@ def test_phone_browser_pays_by_h5_and_wap_and_comes_back_credited(shop, browser)
     shot(page, "phone-wap-paid")
     wap = [o for o in orders_of(shop, uid) if o["id"] != h5["id"]]
     assert len(wap) == 1 and wap[0]["channel"] == "alipay", wap
-    assert fakes.alipay.calls_for("alipay.trade.wap.pay", wap[0]["id"]), "paid by alipay.trade.wap.pay"
+    assert [m for m, _, _ in fakes.alipay.page_calls_for(wap[0]["id"])] == ["alipay.trade.wap.pay"]
     assert me(shop, token)["balance"]["paid"] == 60
     assert not page.console_errors, page.console_errors
 
@@ -345,8 +346,15 @@ def test_desktop_logs_in_by_scanning_with_wechat(shop, browser):
     # The phone scans: WeChat opens the ticket's URL, web authorization runs there.
     fakes.wechat.set_phone_user("o_page_scan_frank")
     phone = new_page(browser, "wechat")
-    assert ticket["url"].startswith(PUBLIC_URL + "/auth/wechat/"), ticket
+    assert ticket["url"].startswith(PUBLIC_URL + "/auth/wechat/main?"), ticket
     phone.goto(ticket["url"].replace(PUBLIC_URL, shop.url))
+    # Nothing happens on the desktop until the phone's user says so.
+    confirm = phone.get_by_role("button", name="确认登录")
+    expect(confirm).to_be_visible()
+    shot(phone, "wechat-phone-scan-confirm")
+    desktop.wait_for_timeout(2000)
+    expect(desktop.get_by_test_id("scan-status")).to_have_attribute("data-status", "waiting")
+    confirm.click()
     expect(phone.locator("body")).to_contain_text("已在电脑上登录")
     shot(phone, "wechat-phone-scan-confirmed")
 
@@ -357,7 +365,7 @@ def test_desktop_logs_in_by_scanning_with_wechat(shop, browser):
     seen = len(polls)
     desktop.wait_for_timeout(3500)
     assert len(polls) == seen, "polling goes on after the login"
-    # The ticket was single-use: asking again gets nothing.
+    # The ticket is spent (and never answered another browser anyway).
     with urllib.request.urlopen(shop.url + "/api/login/ticket/" + ticket["ticket"], timeout=5) as r:
         assert json.loads(r.read())["status"] == "expired"
     uid = me(shop, token)["uid"]
@@ -422,6 +430,8 @@ def test_in_wechat_failed_authorization_does_not_loop_and_a_stale_handoff_says_s
     assert "#login" not in page.url, page.url
     shot(page, "wechat-phone-login-expired")
     fakes.wechat.set_phone_user("o_page_gina")
-    page.get_by_test_id("login-handoff-retry").click()
+    # The WeChat button right below is the way to try again.
+    expect(page.get_by_test_id("wx-login")).to_be_visible()
+    page.get_by_test_id("wx-login").click()
     expect(page.get_by_test_id("chat-input")).to_be_visible()
     assert not page.console_errors, page.console_errors

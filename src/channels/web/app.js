@@ -135,7 +135,6 @@
       orCode: '或使用验证码登录',
       wxRedirecting: '正在通过微信登录…',
       loggingIn: '正在登录…',
-      loginAgain: '重新登录',
       handoffExpired: '登录链接已失效，请重新登录',
       handoffFailed: '登录没有完成：{msg}',
       scanLogin: '微信扫码登录',
@@ -166,6 +165,7 @@
       payFailed: '支付没有完成（{msg}）。未支付的订单到期后会自动关闭。',
       payNeedsWechat: '需要先通过微信授权，正在跳转…',
       payNoMethod: '当前浏览器无法使用此支付方式',
+      payStartFailed: '下单失败：{msg}',
     },
     en: {
       htmlLang: 'en',
@@ -288,7 +288,6 @@
       orCode: 'or log in with a code',
       wxRedirecting: 'Logging in with WeChat…',
       loggingIn: 'Logging in…',
-      loginAgain: 'Log in again',
       handoffExpired: 'This login link has expired, please log in again',
       handoffFailed: 'The login did not complete: {msg}',
       scanLogin: 'Scan with WeChat',
@@ -319,6 +318,7 @@
       payFailed: 'The payment did not complete ({msg}). The unpaid order closes by itself when it expires.',
       payNeedsWechat: 'WeChat authorization is needed first, redirecting…',
       payNoMethod: 'This payment method is not available in this browser',
+      payStartFailed: 'Could not start the payment: {msg}',
     },
   };
 
@@ -1117,11 +1117,7 @@
   function renderHandoff() {
     const box = $('login-handoff');
     box.hidden = !handoffError;
-    if (!handoffError) return;
-    $('login-handoff-text').textContent = t(handoffError.key, { msg: handoffError.msg || '' });
-    const retry = $('login-handoff-retry');
-    retry.hidden = !wechatLogin();
-    if (wechatLogin()) retry.href = wechatLoginUrl();
+    box.textContent = handoffError ? t(handoffError.key, { msg: handoffError.msg || '' }) : '';
   }
 
   /** The one-time login `H` the server put in `#login=H` after web authorization, removed
@@ -1915,7 +1911,7 @@
     order: null, // the order on screen
     orders: new Map(), // product|channel -> order, reused while still payable
     methods: null, // channel -> enabled methods, from /api/products (null: the server has none)
-    phase: 'idle', // idle | ready | creating | order | failed | checking | missing
+    phase: 'idle', // idle | ready | creating | order | failed | checking | missing | authorizing
     failMsg: '',
     payState: '', // non-QR methods: '' | invoking | ok | cancel | fail | leaving | returned
     payMsg: '',
@@ -2073,6 +2069,11 @@
       pay.hidden = false;
       return;
     }
+    if (buy.phase === 'authorizing') {
+      status.dataset.status = 'creating';
+      setText(status, t('payNeedsWechat'));
+      return;
+    }
     if (buy.phase === 'checking') {
       status.dataset.status = 'creating';
       setText(status, t('orderChecking'));
@@ -2091,7 +2092,7 @@
     }
     if (buy.phase === 'failed') {
       status.dataset.status = 'failed';
-      setText(status, t('orderFailed', { msg: buy.failMsg }));
+      setText(status, t(qrMethod ? 'orderFailed' : 'payStartFailed', { msg: buy.failMsg }));
       renew.hidden = false;
       return;
     }
@@ -2272,8 +2273,7 @@
     try {
       window.sessionStorage.setItem(RESUME_KEY, JSON.stringify({ product: buy.productId, channel: buy.channel }));
     } catch (_) { return false; }
-    buy.phase = 'failed';
-    buy.failMsg = t('payNeedsWechat');
+    buy.phase = 'authorizing';
     renderOrder();
     location.assign(WX.withNext(loginUrl, location.pathname + location.search));
     return true;

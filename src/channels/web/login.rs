@@ -221,23 +221,14 @@ async fn authorize(
         &scope,
         &started.state,
     );
-    let secure = if public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    let set_cookie = format!(
-        "{COOKIE}={}; Path=/auth/wechat; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        started.browser,
-        STATE_TTL.as_secs()
-    );
+    // Path=/ (browser_cookie): the page's `#login=` handoff poll must carry it too.
     let mut res = StatusCode::FOUND.into_response();
     let h = res.headers_mut();
     match (
         HeaderValue::from_str(&url),
-        HeaderValue::from_str(&set_cookie),
+        browser_cookie(&started.browser, &public_url),
     ) {
-        (Ok(location), Ok(cookie)) => {
+        (Ok(location), Some(cookie)) => {
             h.insert(header::LOCATION, location);
             h.insert(header::SET_COOKIE, cookie);
         }
