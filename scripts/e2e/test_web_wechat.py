@@ -223,6 +223,41 @@ def test_in_wechat_logged_in_without_typing_and_paid_by_jsapi(shop, browser):
     assert me(shop, token_of(page))["uid"] == uid
 
 
+def test_in_wechat_a_user_without_openid_is_authorized_first_then_the_purchase_continues(shop, browser):
+    """Logged in by a token (no openid under the merchant's AppID): the order is refused with
+    409 openid_required, the page runs web authorization and comes back to finish the purchase."""
+    fakes = shop.fakes
+    fakes.wechat.set_phone_user("o_page_henry")
+    _, token = shop.new_user("token-henry")
+    page = new_page(browser, "wechat")
+    with_bridge(page, fakes, fakes.merchant.public_key())
+    # The token is there before the page's first load (and only then).
+    page.context.add_init_script("""
+      if (location.protocol === 'http:' && !sessionStorage.getItem('seeded')) {
+        sessionStorage.setItem('seeded', '1');
+        localStorage.setItem('chatrelay.token', '%s');
+      }""" % token)
+    page.goto(shop.url + "/")
+    expect(page.get_by_test_id("chat-input")).to_be_visible()
+    page.evaluate("() => window.__installBridge()")
+    refused = []
+    page.on("response", lambda r: refused.append(r.status) if r.url.endswith("/api/orders") else None)
+    open_buy(page, "p10")
+    with page.expect_navigation(url=lambda u: "#login=" in u or u.rstrip("/") == shop.url):
+        page.get_by_test_id("order-pay").click()
+    status = page.get_by_test_id("order-status")
+    # Back, the purchase goes on by itself: WeChat's cashier opens when the bridge is ready.
+    expect(status).to_contain_text("正在打开微信支付")
+    page.evaluate("() => window.__installBridge()")
+    expect(status).to_have_attribute("data-status", "credited")
+    expect(status).to_have_text("支付成功，已到账 10 额度")
+    assert refused[:1] == [409], refused
+    assert token_of(page) != token, "logged in by web authorization on the way"
+    bridge = page.evaluate("() => window.__bridge")
+    assert bridge["verified"] == [True], bridge
+    assert not page.console_errors, page.console_errors
+
+
 def test_a_forged_pay_sign_is_refused_by_the_bridge_and_nothing_is_credited(shop, browser):
     """The same flow with a bridge holding another merchant key: the stub must refuse (this is
     what makes the test above prove paySign is right), and then nothing is paid."""
