@@ -2554,6 +2554,7 @@
     $('boot-text').textContent = t('loading');
     $('boot-retry').hidden = true;
     try {
+      if (!WX) throw new Error('wechat.js did not load');
       state.config = await api('/api/config', { auth: false });
     } catch (e) {
       $('boot-text').textContent = t('loadFailed');
