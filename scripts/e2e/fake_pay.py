@@ -12,6 +12,40 @@ State of an order in the fakes: created by the daemon (native order / precreate)
 `fake.pay(no)` marks it paid at the provider (what a user scanning the QR code does). Nothing is
 sent to the daemon by `pay`: tests deliver notifications themselves, or not at all (reconciliation).
 
+In-browser payments (issue 20) pay *and* notify, as the providers do, so a browser test sees the
+whole flow: the WeChat Pay H5 page (`/fake/h5`), the JSAPI control endpoint (`POST /fake/pay`,
+what a stub `WeixinJSBridge` calls), and the Alipay cashier page (`确认付款`) each mark the order
+paid, POST the signed notification to the order's notify_url (its origin rewritten by
+`route(public_origin, local_origin)`, since the daemon's public_url is not reachable from a test),
+and record the delivery in `deliveries`. `drop_notifications = True` pays without notifying (for
+reconciliation tests).
+
+Control API over HTTP (both fakes; CORS `*`, JSON or form bodies, JSON answers):
+  WeChat Pay (FakeWechatPay.url):
+    POST /fake/pay      {"out_trade_no"}  pay + deliver the notification -> {"paid","notify_status"}
+    POST /fake/openid   {"openid","appid"?}  an openid the merchant's AppID knows (for JSAPI)
+    POST /fake/route    {"public","local"}   rewrite notify/redirect origins
+    POST /fake/drop     {"drop": true|false} pay without notifying
+    GET  /fake/orders/{out_trade_no}        the fake's record of the order (404 if none)
+    GET  /fake/h5?prepay_id=..&package=..&redirect_url=..   the H5 cashier: pays (trade_type
+         MWEB), notifies, then 302 to redirect_url (200 "支付完成" page without one)
+  Alipay (FakeAlipay.base):
+    GET|POST /gateway.do?method=alipay.trade.wap.pay|alipay.trade.page.pay&...  the page request:
+         verifies the RSA2 sign (like every request: sorted k=v of all non-empty params but
+         `sign`), product_code, app_id, notify_url, return_url; renders the cashier (确认付款)
+         or Alipay's error page (HTTP 200, recorded in `page_failures`)
+    POST /fake/alipay/cashier  (the cashier's form: cashier_id)  pay, notify, 302 to return_url
+         with Alipay's signed return parameters
+    POST /fake/pay      {"out_trade_no"}  pay + deliver the notification (no redirect)
+    POST /fake/route, POST /fake/drop, GET /fake/orders/{out_trade_no}  as for WeChat Pay
+
+The same from Python: `route(public, local)`, `drop_notifications`, `pay_and_notify(no)` (->
+(status, body) of the delivery, None when dropped), `deliver(no)` (one more valid notification,
+e.g. a provider retry), `deliveries_for(no)`; WeChat Pay: `register_openid(openid, appid=None)`,
+`jsapi_calls_for(no)`, `h5_calls_for(no)`, `order(no)` (has `prepay_id`, `trade_type`,
+`payer_openid`, `scene_info`), `order_by_prepay(prepay_id)`; Alipay: `page_calls_for(no)`,
+`page_failures`, `returns`, `trade(no)`, `return_params(no, method)`.
+
 Run this file directly for a self-check of the fakes (no daemon needed):
     .venv/bin/python scripts/e2e/fake_pay.py
 """
@@ -26,7 +60,10 @@ import threading
 import time
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, urlencode, urlparse
+import html
+import urllib.error
+import urllib.request
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -121,6 +158,61 @@ def compact(obj):
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+def map_origin(url, routes):
+    """`url` with its scheme://host[:port] replaced when `routes` maps that origin."""
+    u = urlparse(url)
+    local = routes.get(f"{u.scheme}://{u.netloc}".lower())
+    if not local:
+        return url
+    lu = urlparse(local)
+    return urlunparse((lu.scheme, lu.netloc, u.path, u.params, u.query, u.fragment))
+
+
+def add_query(url, params):
+    """`url` with `params` appended to its query (keeping what is there)."""
+    u = urlparse(url)
+    extra = urlencode(params)
+    return urlunparse((u.scheme, u.netloc, u.path, u.params, f"{u.query}&{extra}" if u.query else extra,
+                       u.fragment))
+
+
+def post(url, body, headers, timeout=10):
+    """(status, body bytes) of a POST; (0, error text) when nothing answered."""
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e).encode()
+
+
+def html_page(title, text, extra=""):
+    return (f'<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"></head><body>'
+            f'<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>{extra}</body></html>').encode()
+
+
+class _Routes:
+    """What both fakes share: origin rewriting for the daemon's public URL, notification
+    delivery records and the `drop_notifications` switch."""
+
+    def route(self, public_origin, local_origin):
+        """Deliveries and redirects to `public_origin` go to `local_origin` instead."""
+        with self.lock:
+            self.routes[public_origin.rstrip("/").lower()] = local_origin.rstrip("/")
+
+    def deliveries_for(self, out_trade_no):
+        """(HTTP status, response body) of each notification the fake delivered for the order."""
+        with self.lock:
+            return [(st, body) for no, st, body in self.deliveries if no == out_trade_no]
+
+    def _record_delivery(self, out_trade_no, status, body):
+        with self.lock:
+            self.deliveries.append((out_trade_no, status, body))
+
+
 class _Server:
     """A ThreadingHTTPServer on 127.0.0.1:0 serving `handler_cls` in a daemon thread."""
 
@@ -140,23 +232,79 @@ class _Server:
 # ---------------------------------------------------------------------------------------------
 
 _AUTH_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _is_ip(text):
+    import ipaddress
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _send_json(handler, status, obj):
+    body = compact(obj).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json; charset=utf-8")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Access-Control-Allow-Origin", "*")
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _send_html(handler, status, body):
+    handler.send_response(status)
+    handler.send_header("Content-Type", "text/html; charset=utf-8")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _cors_preflight(handler):
+    """The control endpoints are called from pages on another origin (a stub WeixinJSBridge)."""
+    handler.send_response(204)
+    handler.send_header("Access-Control-Allow-Origin", "*")
+    handler.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+    handler.send_header("Access-Control-Allow-Headers", "content-type")
+    handler.send_header("Access-Control-Max-Age", "600")
+    handler.end_headers()
+
+
+def _control_body(headers, raw):
+    """A control request's arguments: a JSON object or a form."""
+    if not raw:
+        return {}
+    if "json" in headers.get("content-type", "") or raw.lstrip().startswith(b"{"):
+        try:
+            obj = json.loads(raw)
+            return obj if isinstance(obj, dict) else {}
+        except ValueError:
+            return {}
+    return dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
 _TRADE_DESC = {"NOTPAY": "订单未支付", "SUCCESS": "支付成功", "CLOSED": "订单已关闭", "REFUND": "订单发生过退款"}
 
 
-class FakeWechatPay(_Server):
-    """`api.mch.weixin.qq.com` for one merchant.
+class FakeWechatPay(_Server, _Routes):
+    """`api.mch.weixin.qq.com` for one merchant (Native, JSAPI and H5 orders).
 
     Recorded (all under `lock`): `requests` [(method, path_and_query, headers, body bytes)] of every
-    request; `native_calls` [parsed body] of order creations; `queries` [out_trade_no];
+    request; `native_calls` [parsed body] of Native order creations, `jsapi_calls` and `h5_calls`
+    [parsed body] of JSAPI and H5 ones (whether accepted or not); `queries` [out_trade_no];
     `closes` [(out_trade_no, outcome)] with outcome "closed", "already_paid", "unknown";
     `refunds` [parsed body] of accepted refunds (one per out_refund_no), `refund_attempts` [parsed
     body] of every refund request; `bad_auth` count and `auth_failures`
-    [(path, reason)] of requests whose Authorization did not verify.
+    [(path, reason)] of requests whose Authorization did not verify; `deliveries`
+    [(out_trade_no, HTTP status, body)] of notifications the fake itself delivered.
+
+    JSAPI orders need `payer.openid` to be an openid of the merchant's AppID: one registered with
+    `register_openid`, or (when `wechat=` is a FakeWechat) one that fake issued an OAuth code for
+    under that AppID; else 400 PARAM_ERROR, as WeChat Pay answers.
     """
 
     def __init__(self, merchant_public_key, mch_id=WECHAT["mch_id"], app_id=WECHAT["app_id"],
                  serial_no=WECHAT["serial_no"], api_v3_key=WECHAT["api_v3_key"],
-                 public_key_id=WECHAT["public_key_id"]):
+                 public_key_id=WECHAT["public_key_id"], wechat=None, h5_ttl=300):
         self.merchant_public_key = merchant_public_key
         self.mch_id, self.app_id, self.serial_no = mch_id, app_id, serial_no
         self.api_v3_key, self.public_key_id = api_v3_key, public_key_id
@@ -172,11 +320,68 @@ class FakeWechatPay(_Server):
         self.bad_auth = 0
         self.auth_failures = []
         self.pay_on_close = set()  # out_trade_nos the user pays just before the daemon's close call
+        self.jsapi_calls = []
+        self.h5_calls = []
+        self.openids = {}          # appid -> openids registered for it
+        self.wechat = wechat       # a FakeWechat whose OAuth openids count as registered
+        self.h5_ttl = h5_ttl
+        self.routes = {}
+        self.deliveries = []
+        self.drop_notifications = False
         self._serve(self._handler())
 
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
+
+    def register_openid(self, openid, appid=None):
+        """`openid` is a user of `appid` (default: the merchant's AppID) for JSAPI orders."""
+        with self.lock:
+            self.openids.setdefault(appid or self.app_id, set()).add(openid)
+
+    def knows_openid(self, appid, openid):
+        with self.lock:
+            if openid in self.openids.get(appid, ()):
+                return True
+        return bool(self.wechat and openid in self.wechat.openids_issued(appid))
+
+    def jsapi_calls_for(self, out_trade_no):
+        with self.lock:
+            return [c for c in self.jsapi_calls if c.get("out_trade_no") == out_trade_no]
+
+    def h5_calls_for(self, out_trade_no):
+        with self.lock:
+            return [c for c in self.h5_calls if c.get("out_trade_no") == out_trade_no]
+
+    def order_by_prepay(self, prepay_id):
+        with self.lock:
+            for no, o in self.orders.items():
+                if o.get("prepay_id") == prepay_id:
+                    return no, dict(o)
+        return None, None
+
+    def pay_and_notify(self, out_trade_no, openid=None):
+        """The user pays (JSAPI in WeChat, H5 page) and WeChat Pay notifies the daemon: the
+        signed, encrypted TRANSACTION.SUCCESS notification is POSTed to the order's notify_url
+        (routed). Returns (HTTP status, body) of the delivery, or None when dropped."""
+        with self.lock:
+            o = self.orders[out_trade_no]
+            self._mark_paid(o, *([openid] if openid else []))
+            total, notify_url = o["total"], o["notify_url"]
+            drop = self.drop_notifications
+        if drop:
+            return None
+        return self.deliver(out_trade_no, total, notify_url)
+
+    def deliver(self, out_trade_no, total=None, notify_url=None):
+        """POSTs a valid notification for the order to its notify_url (routed); records it."""
+        o = self.order(out_trade_no) or {}
+        headers, body = self.notification(out_trade_no, total if total is not None else o["total"])
+        with self.lock:
+            target = map_origin(notify_url or o["notify_url"], self.routes)
+        st, answer = post(target, body, headers)
+        self._record_delivery(out_trade_no, st, answer)
+        return st, answer
 
     def platform_public_pem(self):
         return public_pem(self.platform_key)
@@ -223,12 +428,12 @@ class FakeWechatPay(_Server):
     # -- what WeChat sends ---------------------------------------------------------------------
 
     def transaction(self, out_trade_no, total_fen, mchid=None, appid=None, trade_state="SUCCESS",
-                    transaction_id=None, openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"):
+                    transaction_id=None, openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", trade_type="NATIVE"):
         """The Transaction object as the query API and the notification carry it."""
         t = {"appid": appid or self.app_id, "mchid": mchid or self.mch_id, "out_trade_no": out_trade_no}
         if trade_state in ("SUCCESS", "REFUND"):
             t["transaction_id"] = transaction_id or ("4200" + "".join(secrets.choice(string.digits) for _ in range(24)))
-        t.update({"trade_type": "NATIVE", "trade_state": trade_state,
+        t.update({"trade_type": trade_type, "trade_state": trade_state,
                   "trade_state_desc": _TRADE_DESC.get(trade_state, trade_state), "bank_type": "OTHERS",
                   "attach": ""})
         if trade_state in ("SUCCESS", "REFUND"):
@@ -258,7 +463,9 @@ class FakeWechatPay(_Server):
         """
         t = self.order(out_trade_no) or {}
         txn = self.transaction(out_trade_no, total_fen, mchid=mchid, appid=appid, trade_state=trade_state,
-                               transaction_id=t.get("transaction_id"))
+                               transaction_id=t.get("transaction_id"),
+                               openid=t.get("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
+                               trade_type=t.get("trade_type", "NATIVE"))
         plaintext = compact(txn).encode()
         nonce = rand_str(12)
         key = self.api_v3_key.encode()
@@ -387,7 +594,11 @@ class FakeWechatPay(_Server):
                 m_query = re.fullmatch(r"/v3/pay/transactions/out-trade-no/([^/]+)", path)
                 m_close = re.fullmatch(r"/v3/pay/transactions/out-trade-no/([^/]+)/close", path)
                 if method == "POST" and path == "/v3/pay/transactions/native":
-                    self._native(body)
+                    self._create(body, "NATIVE")
+                elif method == "POST" and path == "/v3/pay/transactions/jsapi":
+                    self._create(body, "JSAPI")
+                elif method == "POST" and path == "/v3/pay/transactions/h5":
+                    self._create(body, "MWEB")
                 elif method == "GET" and m_query:
                     self._query(unquote(m_query.group(1)), query)
                 elif method == "POST" and m_close:
@@ -398,14 +609,77 @@ class FakeWechatPay(_Server):
                     self._error(404, "NOT_FOUND", f"no such API: {method} {path}")
 
             def do_GET(self):
-                self._handle("GET")
+                if urlparse(self.path).path.startswith("/fake/"):
+                    self._control("GET", b"")
+                else:
+                    self._handle("GET")
 
             def do_POST(self):
-                self._handle("POST")
+                if urlparse(self.path).path.startswith("/fake/"):
+                    self._control("POST", self.rfile.read(int(self.headers.get("content-length", "0") or 0)))
+                else:
+                    self._handle("POST")
 
-            def _native(self, b):
+            def do_OPTIONS(self):
+                _cors_preflight(self)
+
+            def _control(self, method, raw):
+                url = urlparse(self.path)
+                q = dict(parse_qsl(url.query, keep_blank_values=True))
+                if url.path == "/fake/h5" and method == "GET":
+                    self._h5_page(q)
+                    return
+                args = dict(q, **_control_body(self.headers, raw))
+                m_order = re.fullmatch(r"/fake/orders/([^/]+)", url.path)
+                if url.path == "/fake/pay" and method == "POST":
+                    no = args.get("out_trade_no", "")
+                    if fake.order(no) is None:
+                        _send_json(self, 404, {"error": f"no order {no!r} at the fake"})
+                        return
+                    delivered = fake.pay_and_notify(no)
+                    _send_json(self, 200, {"paid": True, "notify_status": delivered[0] if delivered else None})
+                elif url.path == "/fake/openid" and method == "POST":
+                    fake.register_openid(args.get("openid", ""), args.get("appid") or None)
+                    _send_json(self, 200, {"ok": True})
+                elif url.path == "/fake/route" and method == "POST":
+                    fake.route(args.get("public", ""), args.get("local", ""))
+                    _send_json(self, 200, {"ok": True})
+                elif url.path == "/fake/drop" and method == "POST":
+                    fake.drop_notifications = str(args.get("drop", "true")).lower() in ("1", "true", "yes")
+                    _send_json(self, 200, {"ok": True, "drop": fake.drop_notifications})
+                elif m_order and method == "GET":
+                    o = fake.order(unquote(m_order.group(1)))
+                    _send_json(self, 200 if o else 404, o or {"error": "no such order"})
+                else:
+                    _send_json(self, 404, {"error": f"no control endpoint {method} {url.path}"})
+
+            def _h5_page(self, q):
+                """WeChat's H5 cashier (wx.tenpay.com/.../checkmweb): the user pays at once."""
+                no, o = fake.order_by_prepay(q.get("prepay_id", ""))
+                if o is None or o.get("trade_type") != "MWEB":
+                    _send_html(self, 200, html_page("商家参数格式有误", "请联系商家解决 (prepay_id 无效)"))
+                    return
+                if time.time() - o["created"] > fake.h5_ttl and o["state"] == "NOTPAY":
+                    _send_html(self, 200, html_page("订单已过期", "请返回商家重新下单"))
+                    return
+                if o["state"] == "NOTPAY":
+                    fake.pay_and_notify(no)
+                redirect = q.get("redirect_url")
+                if redirect:
+                    with fake.lock:
+                        target = map_origin(redirect, fake.routes)
+                    self.send_response(302)
+                    self.send_header("Location", target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    _send_html(self, 200, html_page("支付完成", f"订单 {no} 已支付"))
+
+            def _create(self, b, kind):
+                """A Native, JSAPI or H5 (trade_type MWEB) order."""
+                calls = {"NATIVE": fake.native_calls, "JSAPI": fake.jsapi_calls, "MWEB": fake.h5_calls}[kind]
                 with fake.lock:
-                    fake.native_calls.append(b)
+                    calls.append(b)
                 amount = b.get("amount") or {}
                 problems = []
                 if b.get("appid") != fake.app_id:
@@ -425,6 +699,23 @@ class FakeWechatPay(_Server):
                 nu = b.get("notify_url")
                 if not isinstance(nu, str) or not nu.startswith("https://") or "?" in nu:
                     problems.append(f"notify_url {nu!r} (must be https, no query)")
+                payer = b.get("payer")
+                scene = b.get("scene_info")
+                if kind == "JSAPI":
+                    openid = payer.get("openid") if isinstance(payer, dict) else None
+                    if not isinstance(openid, str) or not openid:
+                        problems.append("payer.openid missing")
+                    elif not fake.knows_openid(b.get("appid"), openid):
+                        problems.append(f"openid {openid!r} 与 appid {b.get('appid')!r} 不匹配")
+                elif payer is not None:
+                    problems.append(f"payer is only for JSAPI orders, not {kind}")
+                if kind == "MWEB":
+                    h5 = scene.get("h5_info") if isinstance(scene, dict) else None
+                    ip = scene.get("payer_client_ip") if isinstance(scene, dict) else None
+                    if not isinstance(ip, str) or not _is_ip(ip):
+                        problems.append(f"scene_info.payer_client_ip {ip!r}")
+                    if not isinstance(h5, dict) or h5.get("type") not in ("Wap", "iOS", "Android"):
+                        problems.append(f"scene_info.h5_info.type {h5!r} (Wap expected)")
                 if problems:
                     self._error(400, "PARAM_ERROR", "; ".join(problems))
                     return
@@ -434,15 +725,34 @@ class FakeWechatPay(_Server):
                         o = fake.orders[no] = dict(
                             total=total, description=b["description"], notify_url=nu,
                             code_url="weixin://wxpay/bizpayurl?pr=" + rand_str(7), state="NOTPAY", refunded=0,
-                            time_expire=b.get("time_expire"), created=time.time())
-                    # The same out_trade_no again: WeChat answers the same code_url for the same
-                    # unpaid order, and refuses a different amount or an order no longer open.
-                    repeat_ok = o["total"] == total and o["state"] == "NOTPAY"
-                    code_url = o["code_url"]
+                            time_expire=b.get("time_expire"), created=time.time(), trade_type=kind,
+                            appid=b.get("appid"))
+                        if kind != "NATIVE":
+                            o["prepay_id"] = ("wx" + datetime.datetime.now(CST).strftime("%d%H%M%S")
+                                              + secrets.token_hex(13))
+                        if kind == "JSAPI":
+                            o["openid"] = payer["openid"]
+                            o["payer_openid"] = payer["openid"]
+                        if kind == "MWEB":
+                            o["scene_info"] = scene
+                    # The same out_trade_no again: WeChat answers the same code_url / prepay_id
+                    # for the same unpaid order, and refuses a different amount, another kind of
+                    # order or an order no longer open.
+                    repeat_ok = (o["total"] == total and o["state"] == "NOTPAY"
+                                 and o.get("trade_type", "NATIVE") == kind
+                                 and (kind != "JSAPI" or o.get("payer_openid") == payer["openid"]))
+                    o = dict(o)
                 if not repeat_ok:
                     self._error(400, "INVALID_REQUEST", "201 商户订单号重复")
                     return
-                self._reply(200, {"code_url": code_url})
+                if kind == "NATIVE":
+                    self._reply(200, {"code_url": o["code_url"]})
+                elif kind == "JSAPI":
+                    self._reply(200, {"prepay_id": o["prepay_id"]})
+                else:
+                    package = str(int(o["created"]))[-10:]
+                    self._reply(200, {"h5_url": f"{fake.url}/fake/h5?"
+                                      + urlencode({"prepay_id": o["prepay_id"], "package": package})})
 
             def _query(self, no, query):
                 if query.get("mchid") != fake.mch_id:
@@ -457,7 +767,8 @@ class FakeWechatPay(_Server):
                     return
                 self._reply(200, fake.transaction(no, o["total"], trade_state=o["state"],
                                                   transaction_id=o.get("transaction_id"),
-                                                  openid=o.get("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o")))
+                                                  openid=o.get("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
+                                                  trade_type=o.get("trade_type", "NATIVE")))
 
             def _close(self, no, b):
                 if b.get("mchid") != fake.mch_id:
@@ -565,17 +876,23 @@ def extract_response_text(body_text, method):
     return body_text[m.end():end], json.loads(body_text).get("sign")
 
 
-class FakeAlipay(_Server):
-    """`openapi.alipay.com/gateway.do` for one app.
+class FakeAlipay(_Server, _Routes):
+    """`openapi.alipay.com/gateway.do` for one app, with the page payments' cashier.
 
     Recorded (under `lock`): `calls` [(method, params dict, biz dict)] of every request whose
     signature verified; `bad_sign` count and `sign_failures` [(method, reason)] of requests that
     did not verify; `trades` out_trade_no -> dict(status, total_fen, subject, notify_url, trade_no,
     refunded_fen, qr_code); `refunds` [biz dict] of accepted refunds (one per out_request_no),
     `refund_attempts` [biz dict] of every refund request.
+    Page payments (wap.pay / page.pay, which the browser brings): `page_calls` [(method, params,
+    biz)] of page requests that verified; `page_failures` [(method, reason)] of those refused
+    (not counted in `bad_sign`, which is for the daemon's own server-to-server calls);
+    `deliveries` [(out_trade_no, HTTP status, body)] of notifications the cashier sent;
+    `returns` [url] where the cashier sent the browser back.
     """
 
     METHODS = ("alipay.trade.precreate", "alipay.trade.query", "alipay.trade.close", "alipay.trade.refund")
+    PAGE_METHODS = {"alipay.trade.wap.pay": "QUICK_WAP_WAY", "alipay.trade.page.pay": "FAST_INSTANT_TRADE_PAY"}
 
     def __init__(self, app_public_key, app_id=ALIPAY["app_id"], seller_id=ALIPAY["seller_id"]):
         self.app_public_key = app_public_key
@@ -589,11 +906,58 @@ class FakeAlipay(_Server):
         self.bad_sign = 0
         self.sign_failures = []
         self.pay_on_close = set()
+        self.page_calls = []
+        self.page_failures = []
+        self.cashiers = {}        # cashier_id -> out_trade_no
+        self.returns = []
+        self.routes = {}
+        self.deliveries = []
+        self.drop_notifications = False
         self._serve(self._handler())
 
     @property
     def gateway(self):
         return f"http://127.0.0.1:{self.port}/gateway.do"
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def page_calls_for(self, out_trade_no):
+        with self.lock:
+            return [(m, p, biz) for m, p, biz in self.page_calls if biz.get("out_trade_no") == out_trade_no]
+
+    def pay_and_notify(self, out_trade_no, buyer_id="2088102177846880"):
+        """The buyer pays and Alipay POSTs the signed async notification to the trade's
+        notify_url (routed). Returns (HTTP status, body) of the delivery, or None when dropped."""
+        with self.lock:
+            t = self.trades[out_trade_no]
+            self._mark_paid(t, buyer_id)
+            total, notify_url = t["total_fen"], t["notify_url"]
+            drop = self.drop_notifications
+        if drop:
+            return None
+        return self.deliver(out_trade_no, total, notify_url)
+
+    def deliver(self, out_trade_no, total=None, notify_url=None):
+        """POSTs a valid TRADE_SUCCESS notification for the trade to its notify_url (routed)."""
+        t = self.trade(out_trade_no) or {}
+        body = self.notification(out_trade_no, total if total is not None else t["total_fen"])
+        with self.lock:
+            target = map_origin(notify_url or t["notify_url"], self.routes)
+        st, answer = post(target, body, {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        self._record_delivery(out_trade_no, st, answer)
+        return st, answer
+
+    def return_params(self, out_trade_no, method):
+        """The signed query parameters Alipay appends to return_url (`{method}.return`)."""
+        t = self.trade(out_trade_no) or {}
+        p = {"charset": "utf-8", "out_trade_no": out_trade_no, "method": method + ".return",
+             "total_amount": yuan(t.get("total_fen", 0)), "trade_no": t.get("trade_no", ""),
+             "auth_app_id": self.app_id, "version": "1.0", "app_id": self.app_id, "sign_type": "RSA2",
+             "seller_id": self.seller_id, "timestamp": beijing_time()}
+        p["sign"] = rsa_sign(self.alipay_key, notify_content(p))
+        return p
 
     def alipay_public_pem(self):
         return public_pem(self.alipay_key)
@@ -706,8 +1070,142 @@ class FakeAlipay(_Server):
             def do_POST(self):
                 self._handle(self.rfile.read(int(self.headers.get("content-length", "0") or 0)))
 
+            def do_OPTIONS(self):
+                _cors_preflight(self)
+
+            def _control(self, method, raw):
+                url = urlparse(self.path)
+                args = dict(dict(parse_qsl(url.query, keep_blank_values=True)), **_control_body(self.headers, raw))
+                m_order = re.fullmatch(r"/fake/orders/([^/]+)", url.path)
+                if url.path == "/fake/alipay/cashier" and method == "POST":
+                    self._cashier_pay(args)
+                elif url.path == "/fake/pay" and method == "POST":
+                    no = args.get("out_trade_no", "")
+                    if fake.trade(no) is None:
+                        _send_json(self, 404, {"error": f"no trade {no!r} at the fake"})
+                        return
+                    delivered = fake.pay_and_notify(no)
+                    _send_json(self, 200, {"paid": True, "notify_status": delivered[0] if delivered else None})
+                elif url.path == "/fake/route" and method == "POST":
+                    fake.route(args.get("public", ""), args.get("local", ""))
+                    _send_json(self, 200, {"ok": True})
+                elif url.path == "/fake/drop" and method == "POST":
+                    fake.drop_notifications = str(args.get("drop", "true")).lower() in ("1", "true", "yes")
+                    _send_json(self, 200, {"ok": True, "drop": fake.drop_notifications})
+                elif m_order and method == "GET":
+                    t = fake.trade(unquote(m_order.group(1)))
+                    _send_json(self, 200 if t else 404, t or {"error": "no such trade"})
+                else:
+                    _send_json(self, 404, {"error": f"no control endpoint {method} {url.path}"})
+
+            def _page_error(self, method, code, reason):
+                """Alipay's error page for a refused page request (HTTP 200, like Alipay)."""
+                with fake.lock:
+                    fake.page_failures.append((method, reason))
+                _send_html(self, 200, html_page(
+                    "支付宝 - 网上支付 安全快速！",
+                    f"错误代码 {code} 错误原因: {reason}",
+                    '<p class="alipay-error">抱歉，您的操作出现错误，请稍后再试</p>'))
+
+            def _page_pay(self, params, problems):
+                method = params.get("method", "")
+                if not params.get("sign") or not rsa_verify(fake.app_public_key, request_content(params),
+                                                            params.get("sign", "")):
+                    self._page_error(method, "invalid-signature",
+                                     "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配")
+                    return
+                for k, want in (("app_id", fake.app_id), ("charset", "utf-8"), ("sign_type", "RSA2"),
+                                ("version", "1.0")):
+                    if params.get(k, "").lower() != want.lower():
+                        problems.append(f"{k}={params.get(k)!r}, expected {want!r}")
+                try:
+                    ts = datetime.datetime.strptime(params.get("timestamp", ""), "%Y-%m-%d %H:%M:%S")
+                    if abs(ts.replace(tzinfo=CST).timestamp() - time.time()) > 900:
+                        problems.append(f"timestamp {params['timestamp']!r} is not current Beijing time")
+                except ValueError:
+                    problems.append(f"timestamp {params.get('timestamp')!r} is not yyyy-MM-dd HH:mm:ss")
+                for k in ("notify_url", "return_url"):
+                    v = params.get(k, "")
+                    if not re.match(r"https?://[^/?#]+", v):
+                        problems.append(f"{k} {v!r} is not an http(s) URL")
+                try:
+                    biz = json.loads(params.get("biz_content", ""))
+                    if not isinstance(biz, dict):
+                        raise ValueError
+                except ValueError:
+                    biz = {}
+                    problems.append("biz_content is not a JSON object")
+                want_code = FakeAlipay.PAGE_METHODS[method]
+                if biz.get("product_code") != want_code:
+                    problems.append(f"product_code {biz.get('product_code')!r}, expected {want_code!r}")
+                no, total = biz.get("out_trade_no"), fen_of(biz.get("total_amount"))
+                if not isinstance(no, str) or not re.fullmatch(r"[0-9A-Za-z_\-]{1,64}", no):
+                    problems.append(f"out_trade_no {no!r}")
+                if not total:
+                    problems.append(f"total_amount {biz.get('total_amount')!r}")
+                if not isinstance(biz.get("subject"), str) or not biz["subject"]:
+                    problems.append("subject missing")
+                te = biz.get("time_expire")
+                if te is not None:
+                    try:
+                        datetime.datetime.strptime(te, "%Y-%m-%d %H:%M:%S")
+                    except (TypeError, ValueError):
+                        problems.append(f"time_expire {te!r} is not yyyy-MM-dd HH:mm:ss")
+                if problems:
+                    self._page_error(method, "invalid-parameter", "; ".join(problems))
+                    return
+                with fake.lock:
+                    fake.page_calls.append((method, params, biz))
+                    t = fake.trades.get(no)
+                    if t is None:
+                        t = fake.trades[no] = dict(
+                            status="WAIT_BUYER_PAY", total_fen=total, subject=biz["subject"],
+                            notify_url=params["notify_url"], qr_code=None, method=method,
+                            return_url=params["return_url"], quit_url=biz.get("quit_url"),
+                            trade_no="2026112722001" + "".join(secrets.choice(string.digits) for _ in range(15)),
+                            refunded_fen=0, created=time.time(), time_expire=te)
+                    status, t_total = t["status"], t["total_fen"]
+                    cashier_id = secrets.token_hex(12)
+                    fake.cashiers[cashier_id] = no
+                if status != "WAIT_BUYER_PAY":
+                    self._page_error(method, "ACQ.TRADE_HAS_SUCCESS" if status != "TRADE_CLOSED"
+                                     else "ACQ.TRADE_HAS_CLOSE", "交易已经支付" if status != "TRADE_CLOSED"
+                                     else "交易已关闭")
+                    return
+                if t_total != total:
+                    self._page_error(method, "ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+                    return
+                form = (f'<form method="post" action="/fake/alipay/cashier">'
+                        f'<input type="hidden" name="cashier_id" value="{cashier_id}">'
+                        f'<button type="submit" id="pay" data-testid="alipay-pay">确认付款</button></form>')
+                _send_html(self, 200, html_page(
+                    "支付宝收银台" if method.endswith("page.pay") else "支付宝",
+                    f"{biz['subject']} ￥{yuan(total)} (订单 {no})", form))
+
+            def _cashier_pay(self, args):
+                with fake.lock:
+                    no = fake.cashiers.pop(args.get("cashier_id", ""), None)
+                    t = dict(fake.trades[no]) if no in fake.trades else None
+                if t is None:
+                    _send_html(self, 200, html_page("支付宝", "收银台已失效，请返回商家重新发起支付"))
+                    return
+                if t["status"] != "WAIT_BUYER_PAY":
+                    _send_html(self, 200, html_page("支付宝", "交易已关闭或已支付"))
+                    return
+                fake.pay_and_notify(no)
+                target = add_query(map_origin(t["return_url"], fake.routes), fake.return_params(no, t["method"]))
+                with fake.lock:
+                    fake.returns.append(target)
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def _handle(self, raw):
                 url = urlparse(self.path)
+                if url.path.startswith("/fake/"):
+                    self._control(self.command, raw)
+                    return
                 if url.path != "/gateway.do":
                     self._send(404, b"not found")
                     return
@@ -719,6 +1217,9 @@ class FakeAlipay(_Server):
                             problems.append(f"parameter {k} given twice with different values")
                         params[k] = v
                 method = params.get("method", "")
+                if method in FakeAlipay.PAGE_METHODS:
+                    self._page_pay(params, problems)
+                    return
                 reply_method = method if method in FakeAlipay.METHODS else "error"
 
                 def fail(code, msg, sub_code, sub_msg):
@@ -1018,6 +1519,96 @@ def _self_check():
     obj, ver, _ = ali_call("alipay.trade.close", {"out_trade_no": "E2EORDER0006"})
     check("alipay close: 10000, TRADE_CLOSED", obj["code"] == "10000" and ver
           and ali.trade("E2EORDER0006")["status"] == "TRADE_CLOSED")
+
+    # In-browser payments: a receiver stands in for the daemon's notify endpoints.
+    from http.server import BaseHTTPRequestHandler as _H
+
+    received = []
+
+    class Receiver(_H):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            received.append((self.path, dict(self.headers), self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"success")
+
+    rcv = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=rcv.serve_forever, daemon=True).start()
+    local = f"http://127.0.0.1:{rcv.server_address[1]}"
+    wx.route("https://pay.example.test", local)
+    ali.route("https://pay.example.test", local)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def fetch(url, data=None):
+        try:
+            with opener.open(urllib.request.Request(url, data=data), timeout=5) as resp:
+                return resp.status, resp.headers, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read().decode()
+
+    jsapi = dict(order, out_trade_no="E2EORDER0010", payer={"openid": "o-registered"})
+    st, obj, _ = wx_call("POST", "/v3/pay/transactions/jsapi", jsapi)
+    check("wechat jsapi with an openid unknown to the appid: 400 PARAM_ERROR", st == 400 and obj["code"] == "PARAM_ERROR")
+    wx.register_openid("o-registered")
+    st, obj, ver = wx_call("POST", "/v3/pay/transactions/jsapi", jsapi)
+    check("wechat jsapi: prepay_id, signed", st == 200 and obj["prepay_id"].startswith("wx") and ver)
+    st, obj, _ = wx_call("POST", "/v3/pay/transactions/h5", dict(order, out_trade_no="E2EORDER0011"))
+    check("wechat h5 without scene_info: 400", st == 400 and obj["code"] == "PARAM_ERROR")
+    h5 = dict(order, out_trade_no="E2EORDER0011",
+              scene_info={"payer_client_ip": "203.0.113.7", "h5_info": {"type": "Wap"}})
+    st, obj, ver = wx_call("POST", "/v3/pay/transactions/h5", h5)
+    check("wechat h5: h5_url", st == 200 and "/fake/h5?prepay_id=wx" in obj["h5_url"] and ver)
+    st, hdrs, _ = fetch(obj["h5_url"] + "&redirect_url=" + urllib.parse.quote("https://pay.example.test/?order=E2EORDER0011"))
+    check("wechat h5 page: 302 to the routed redirect_url",
+          st == 302 and hdrs["Location"] == local + "/?order=E2EORDER0011")
+    n = [r for r in received if r[0] == "/pay/wechat/notify"]
+    check("wechat h5 page delivered one notification, trade_type MWEB",
+          len(n) == 1 and wx.decrypt_notification(n[0][2])["trade_type"] == "MWEB"
+          and wx.deliveries_for("E2EORDER0011") == [(200, b"success")])
+    st, obj, _ = wx_call("GET", f"/v3/pay/transactions/out-trade-no/E2EORDER0011?mchid={WECHAT['mch_id']}")
+    check("wechat query of the h5 order: SUCCESS MWEB", obj["trade_state"] == "SUCCESS" and obj["trade_type"] == "MWEB")
+    st, _, body = fetch(wx.url + "/fake/pay", json.dumps({"out_trade_no": "E2EORDER0010"}).encode())
+    txn = wx.decrypt_notification(received[-1][2])
+    check("wechat /fake/pay: JSAPI notification with payer.openid",
+          st == 200 and txn["trade_type"] == "JSAPI" and txn["payer"]["openid"] == "o-registered")
+
+    import urllib.parse
+    pp = {"app_id": ALIPAY["app_id"], "method": "alipay.trade.wap.pay", "format": "JSON", "charset": "utf-8",
+          "sign_type": "RSA2", "timestamp": beijing_time(), "version": "1.0",
+          "notify_url": "https://pay.example.test/pay/alipay/notify",
+          "return_url": "https://pay.example.test/?order=E2EORDER0012",
+          "biz_content": compact({"out_trade_no": "E2EORDER0012", "total_amount": "1.00", "subject": "10 次对话",
+                                  "product_code": "QUICK_WAP_WAY"})}
+    good = dict(pp, sign=rsa_sign(app, request_content(pp)))
+    st, _, text = fetch(ali.gateway + "?" + urlencode(dict(good, sign=rsa_sign(new_rsa_key(), request_content(pp)))))
+    check("alipay wap.pay with a bad signature: 200 error page, recorded",
+          st == 200 and "invalid-signature" in text and len(ali.page_failures) == 1)
+    st, _, text = fetch(ali.gateway + "?" + urlencode(good))
+    m = re.search(r'name="cashier_id" value="(\w+)"', text)
+    check("alipay wap.pay: cashier page with 确认付款", st == 200 and "确认付款" in text and m)
+    st, hdrs, _ = fetch(ali.base + "/fake/alipay/cashier", urlencode({"cashier_id": m.group(1)}).encode())
+    back = urlparse(hdrs["Location"])
+    rp = dict(parse_qsl(back.query))
+    check("alipay cashier: 302 to return_url with signed return parameters",
+          st == 302 and hdrs["Location"].startswith(local + "/?order=E2EORDER0012&")
+          and rp.pop("order") == "E2EORDER0012"  # return_url's own query stays, outside the signature
+          and rp["method"] == "alipay.trade.wap.pay.return" and rsa_verify(alipay_pub, notify_content(rp), rp["sign"]))
+    n = [r for r in received if r[0] == "/pay/alipay/notify"]
+    np_ = dict(parse_qsl(n[-1][2].decode())) if n else {}
+    check("alipay cashier delivered a signed notification",
+          len(n) == 1 and np_["out_trade_no"] == "E2EORDER0012" and rsa_verify(alipay_pub, notify_content(np_), np_["sign"]))
+    obj, ver, _ = ali_call("alipay.trade.query", {"out_trade_no": "E2EORDER0012"})
+    check("alipay query of the wap trade: TRADE_SUCCESS", obj["trade_status"] == "TRADE_SUCCESS" and ver)
+    rcv.shutdown()
 
     wx.stop()
     ali.stop()

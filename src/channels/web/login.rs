@@ -221,7 +221,6 @@ async fn authorize(
         &scope,
         &started.state,
     );
-    // Path=/ (browser_cookie): the page's `#login=` handoff poll must carry it too.
     let mut res = StatusCode::FOUND.into_response();
     let h = res.headers_mut();
     match (
