@@ -129,6 +129,43 @@
       hintAlipay: '请使用支付宝「扫一扫」扫码支付',
       openAlipay: '打开支付宝付款',
       pickChannel: '请选择支付方式',
+      // WeChat login (web authorization) and scan login
+      wxLogin: '微信一键登录',
+      wxLoginHint: '使用当前微信登录，无需验证码',
+      orCode: '或使用验证码登录',
+      wxRedirecting: '正在通过微信登录…',
+      loggingIn: '正在登录…',
+      handoffExpired: '登录链接已失效，请重新登录',
+      handoffFailed: '登录没有完成：{msg}',
+      scanLogin: '微信扫码登录',
+      codeLogin: '验证码登录',
+      scanCreating: '正在生成二维码…',
+      scanWaiting: '请使用微信扫一扫登录',
+      scanWaitingSub: '在手机上完成登录后，本页会自动进入',
+      scanExpired: '二维码已过期',
+      scanExpiredSub: '请点击刷新，重新获取二维码',
+      scanRefresh: '刷新二维码',
+      scanDone: '登录成功',
+      scanFailed: '二维码生成失败：{msg}',
+      scanQrAlt: '微信扫码登录二维码',
+      // Payments by method
+      alipayInWechat: '请点击右上角 ··· 选择「在浏览器打开」后使用支付宝',
+      payTotal: '应付 {price}',
+      payNow: '立即支付 {price}',
+      payAgain: '继续支付',
+      hintJsapi: '将打开微信支付完成付款',
+      hintH5: '将跳转到微信支付，付款后自动返回本页',
+      hintWap: '将跳转到支付宝，付款后自动返回本页',
+      orderOpening: '正在打开微信支付…',
+      orderLeaving: '正在前往{channel}…',
+      orderConfirming: '正在确认支付结果…',
+      orderChecking: '正在查询订单…',
+      orderNotFound: '没有找到这笔订单',
+      payCancelled: '已取消支付。未支付的订单到期后会自动关闭。',
+      payFailed: '支付没有完成（{msg}）。未支付的订单到期后会自动关闭。',
+      payNeedsWechat: '需要先通过微信授权，正在跳转…',
+      payNoMethod: '当前浏览器无法使用此支付方式',
+      payStartFailed: '下单失败：{msg}',
     },
     en: {
       htmlLang: 'en',
@@ -245,6 +282,43 @@
       hintAlipay: 'Scan with Alipay to pay',
       openAlipay: 'Open Alipay to pay',
       pickChannel: 'Choose a payment method',
+      // WeChat login (web authorization) and scan login
+      wxLogin: 'Log in with WeChat',
+      wxLoginHint: 'Uses this WeChat account; no code needed',
+      orCode: 'or log in with a code',
+      wxRedirecting: 'Logging in with WeChat…',
+      loggingIn: 'Logging in…',
+      handoffExpired: 'This login link has expired, please log in again',
+      handoffFailed: 'The login did not complete: {msg}',
+      scanLogin: 'Scan with WeChat',
+      codeLogin: 'Login code',
+      scanCreating: 'Creating the QR code…',
+      scanWaiting: 'Scan with WeChat to log in',
+      scanWaitingSub: 'Finish on your phone; this page continues by itself',
+      scanExpired: 'The QR code has expired',
+      scanExpiredSub: 'Refresh to get a new QR code',
+      scanRefresh: 'Refresh',
+      scanDone: 'Logged in',
+      scanFailed: 'Could not create the QR code: {msg}',
+      scanQrAlt: 'QR code to log in with WeChat',
+      // Payments by method
+      alipayInWechat: 'To pay with Alipay, tap ··· in the top right corner and choose “Open in Browser”',
+      payTotal: 'Total {price}',
+      payNow: 'Pay {price}',
+      payAgain: 'Continue to pay',
+      hintJsapi: 'WeChat Pay opens to complete the payment',
+      hintH5: 'You go to WeChat Pay and come back here after paying',
+      hintWap: 'You go to Alipay and come back here after paying',
+      orderOpening: 'Opening WeChat Pay…',
+      orderLeaving: 'Going to {channel}…',
+      orderConfirming: 'Confirming the payment…',
+      orderChecking: 'Looking up the order…',
+      orderNotFound: 'This order was not found',
+      payCancelled: 'Payment cancelled. The unpaid order closes by itself when it expires.',
+      payFailed: 'The payment did not complete ({msg}). The unpaid order closes by itself when it expires.',
+      payNeedsWechat: 'WeChat authorization is needed first, redirecting…',
+      payNoMethod: 'This payment method is not available in this browser',
+      payStartFailed: 'Could not start the payment: {msg}',
     },
   };
 
@@ -746,12 +820,18 @@
   // ---------------------------------------------------------------- API
 
   class ApiError extends Error {
-    constructor(status, code, message) {
+    constructor(status, code, message, info) {
       super(message || code || ('HTTP ' + status));
       this.status = status;
       this.code = code || '';
+      this.info = info || {}; // the whole `error` object (e.g. `login_url` of openid_required)
     }
   }
+
+  /** Browser detection and WeChat helpers (wechat.js, loaded just before this file). */
+  const WX = window.ChatrelayWechat;
+  /** 'wechat' (WeChat's browser), 'phone' or 'desktop': decides how to log in and pay. */
+  const CLIENT = WX ? WX.clientKind(UA, window.matchMedia('(max-width: 640px) and (pointer: coarse)').matches) : 'desktop';
 
   const TOKEN_KEY = 'chatrelay.token';
   const UID_KEY = 'chatrelay.uid';
@@ -773,14 +853,16 @@
   async function errorFrom(res) {
     let code = '';
     let message = '';
+    let info = null;
     try {
       const body = await res.json();
       if (body && body.error) {
+        info = body.error;
         code = body.error.code || body.error.type || '';
         message = body.error.message || '';
       }
     } catch (_) { /* not JSON */ }
-    return new ApiError(res.status, code, message);
+    return new ApiError(res.status, code, message, info);
   }
 
   /** JSON request. With `auth`, a 401 means the token is dead: back to the login view. */
@@ -897,6 +979,7 @@
 
   function showView(name) {
     state.view = name;
+    if (name !== 'login') stopScan();
     $('boot').hidden = name !== 'boot';
     $('login-view').hidden = name !== 'login';
     $('chat-view').hidden = name !== 'chat';
@@ -938,7 +1021,17 @@
   function renderLoginText() {
     const cfg = state.config;
     const login = cfg.login;
-    $('login-code-section').hidden = !login;
+    const ways = loginWays();
+    $('wx-login-section').hidden = !ways.oneTap;
+    if (ways.oneTap) $('wx-login').href = wechatLoginUrl();
+    $('wx-code-divider').hidden = !(ways.oneTap && login);
+    $('login-tabs').hidden = !ways.scan;
+    $('tab-scan').setAttribute('aria-selected', ways.scan && loginTab === 'scan' ? 'true' : 'false');
+    $('tab-code').setAttribute('aria-selected', ways.scan && loginTab === 'code' ? 'true' : 'false');
+    $('scan-section').hidden = !(ways.scan && loginTab === 'scan');
+    $('login-code-section').hidden = !login || (ways.scan && loginTab === 'scan');
+    renderScan();
+    renderHandoff();
     $('guest-section').hidden = !cfg.guest;
     $('guest-divider').hidden = !login;
     $('login-unconfigured').hidden = !!login || !!cfg.guest;
@@ -978,8 +1071,195 @@
     $('token-section').open = !cfg.login && !cfg.guest;
     renderLoginText();
     showView('login');
+    // Scanning needs no keyboard: nothing to focus then.
+    if (loginWays().scan && loginTab === 'scan') { startScan(); return; }
     const focus = cfg.login ? $('login-code') : cfg.guest ? $('guest-start') : $('token-input');
     if (!IS_PHONE) focus.focus();
+  }
+
+  // WeChat login (web authorization) ------------------------------------------------
+  // Inside WeChat: one tap (or none: the page goes by itself when the operator allows it).
+  // On a desktop: a QR code to scan with WeChat, while the page polls its ticket. The typed
+  // code stays as the fallback, and the only way for accounts without web authorization.
+
+  /** The account used for WeChat login, when it has web authorization. */
+  function wechatLogin() {
+    const wl = state.config && state.config.wechat_login;
+    return wl && wl.oauth && wl.account ? wl : null;
+  }
+
+  /** Which WeChat logins this browser gets. WeCom and other phone browsers get none: web
+   * authorization only works in WeChat, and a QR code cannot be scanned by its own phone. */
+  function loginWays() {
+    const wl = wechatLogin();
+    return { oneTap: !!wl && CLIENT === 'wechat', scan: !!wl && CLIENT === 'desktop' };
+  }
+
+  /** Starts web authorization, coming back to this page (path and query; the fragment is
+   * where the server puts the login). */
+  function wechatLoginUrl() {
+    const wl = wechatLogin();
+    return WX.withNext('/auth/wechat/' + encodeURIComponent(wl ? wl.account : ''), location.pathname + location.search);
+  }
+
+  /** Inside WeChat, not logged in: log in without asking, at most once per tab session
+   * (coming back without a login must not bounce forever). */
+  function autoWechatLogin() {
+    const wl = wechatLogin();
+    if (!wl || !wl.auto || CLIENT !== 'wechat' || !WX.claimAutoLogin()) return false;
+    $('boot-text').textContent = t('wxRedirecting');
+    location.assign(wechatLoginUrl());
+    return true;
+  }
+
+  let handoffError = null; // { key, msg } of a failed `#login=` handoff, shown on the login view
+
+  function renderHandoff() {
+    const box = $('login-handoff');
+    box.hidden = !handoffError;
+    box.textContent = handoffError ? t(handoffError.key, { msg: handoffError.msg || '' }) : '';
+  }
+
+  /** The one-time login `H` the server put in `#login=H` after web authorization, removed
+   * from the address (it must not be bookmarked, shared or sent again). */
+  function takeLoginHandoff() {
+    const m = /^#login=([A-Za-z0-9_-]{1,128})$/.exec(location.hash);
+    if (!m) return null;
+    history.replaceState(null, '', location.pathname + location.search);
+    return m[1];
+  }
+
+  /** Trades the handoff for a token. Returns whether the user is now logged in. */
+  async function redeemHandoff(handoff) {
+    $('boot-text').textContent = t('loggingIn');
+    try {
+      const r = await api('/api/login/ticket/' + encodeURIComponent(handoff), { auth: false });
+      if (r.status === 'done' && r.token) {
+        handoffError = null;
+        WX.resetAutoLogin();
+        signIn(r.token, r.uid);
+        return true;
+      }
+      handoffError = { key: 'handoffExpired' };
+    } catch (e) {
+      handoffError = e.status === 404 || e.status === 410 ? { key: 'handoffExpired' } : { key: 'handoffFailed', msg: e.message };
+    }
+    return false;
+  }
+
+  let loginTab = 'scan'; // desktop with web authorization: 'scan' or 'code'
+
+  function selectLoginTab(tab) {
+    if (loginTab === tab) return;
+    loginTab = tab;
+    loginError(null);
+    renderLoginText();
+    if (tab === 'scan') startScan();
+    else { stopScan(); if (!IS_PHONE) $('login-code').focus(); }
+  }
+
+  const SCAN_POLL_MS = 1500;
+  const scan = {
+    ticket: null, // { ticket, qr_svg, expires_at }
+    phase: 'idle', // idle | creating | waiting | expired | failed | done
+    error: '',
+    timer: 0,
+    seq: 0, // bumps on stop: answers to an older poll are dropped
+  };
+
+  /** Shows a QR code to scan (a new ticket unless the current one has time left) and polls. */
+  async function startScan() {
+    stopScan();
+    const seq = scan.seq;
+    const now = Math.floor(Date.now() / 1000);
+    if (scan.ticket && scan.ticket.expires_at - now > 30 && scan.phase === 'waiting') {
+      renderScan();
+      scanSoon(0);
+      return;
+    }
+    scan.phase = 'creating';
+    scan.ticket = null;
+    renderScan();
+    try {
+      const r = await api('/api/login/ticket', { method: 'POST', auth: false });
+      if (seq !== scan.seq) return;
+      scan.ticket = r;
+      scan.phase = 'waiting';
+      renderScan();
+      scanSoon(SCAN_POLL_MS);
+    } catch (e) {
+      if (seq !== scan.seq) return;
+      scan.phase = 'failed';
+      scan.error = e.status === 429 ? t('throttled') : e.message;
+      renderScan();
+    }
+  }
+
+  function stopScan() {
+    clearTimeout(scan.timer);
+    scan.timer = 0;
+    scan.seq++;
+  }
+
+  function scanSoon(delay) {
+    clearTimeout(scan.timer);
+    const seq = scan.seq;
+    scan.timer = setTimeout(() => pollScan(seq), delay);
+  }
+
+  async function pollScan(seq) {
+    const tk = scan.ticket;
+    if (seq !== scan.seq || !tk || state.view !== 'login') return;
+    if (tk.expires_at <= Math.floor(Date.now() / 1000)) {
+      scan.phase = 'expired';
+      renderScan();
+      return;
+    }
+    let r;
+    try {
+      r = await api('/api/login/ticket/' + encodeURIComponent(tk.ticket), { auth: false });
+    } catch (e) {
+      if (seq !== scan.seq) return;
+      if (e.status === 404 || e.status === 410) { scan.phase = 'expired'; renderScan(); return; }
+      scanSoon(SCAN_POLL_MS * 2); // transient trouble: keep trying while the ticket lives
+      return;
+    }
+    if (seq !== scan.seq) return;
+    if (r.status === 'done' && r.token) {
+      scan.phase = 'done';
+      scan.ticket = null;
+      renderScan();
+      signIn(r.token, r.uid);
+    } else if (r.status === 'pending') {
+      scanSoon(SCAN_POLL_MS);
+    } else {
+      scan.phase = 'expired';
+      renderScan();
+    }
+  }
+
+  function renderScan() {
+    if ($('scan-section').hidden) return;
+    const img = $('scan-qr');
+    const tk = scan.ticket;
+    const showQr = !!tk && (scan.phase === 'waiting' || scan.phase === 'expired');
+    if (showQr && img.getAttribute('src') !== tk.qr_svg) img.src = tk.qr_svg;
+    img.hidden = !showQr;
+    img.alt = t('scanQrAlt');
+    $('scan-frame').classList.toggle('stale', scan.phase === 'expired' || scan.phase === 'failed');
+    $('scan-spinner').hidden = scan.phase !== 'creating';
+    $('scan-refresh').hidden = !(scan.phase === 'expired' || scan.phase === 'failed');
+    const status = $('scan-status');
+    status.dataset.status = scan.phase;
+    const text = {
+      creating: [t('scanCreating'), ''],
+      waiting: [t('scanWaiting'), t('scanWaitingSub')],
+      expired: [t('scanExpired'), t('scanExpiredSub')],
+      failed: [t('scanFailed', { msg: scan.error }), ''],
+      done: [t('scanDone'), ''],
+    }[scan.phase] || ['', ''];
+    setText(status, text[0]);
+    setText($('scan-sub'), text[1]);
   }
 
   let expiredShown = false;
@@ -991,6 +1271,8 @@
   }
 
   function signOut(noticeKey) {
+    // Logged out on purpose: do not log straight back in with WeChat on the next load.
+    if (noticeKey === 'loggedOut') WX.blockAutoLogin();
     for (const s of state.streams.values()) s.controller.abort();
     state.token = null;
     state.me = null;
@@ -998,6 +1280,8 @@
     writeStore(UID_KEY, null);
     resetBuy();
     showLogin(noticeKey);
+    // Inside WeChat an expired session renews itself, like the first visit (same guard).
+    if (noticeKey === 'expired') autoWechatLogin();
   }
 
   function signIn(token, uid) {
@@ -1006,6 +1290,8 @@
     writeStore(TOKEN_KEY, token);
     writeStore(UID_KEY, state.uid);
     expiredShown = false;
+    handoffError = null;
+    stopScan();
     $('login-code').value = '';
     $('token-input').value = '';
     enterChat();
@@ -1106,7 +1392,11 @@
     renderBalance();
     refreshMe();
     loadModels();
-    if (location.hash === '#buy') openBuy();
+    const returning = orderInQuery();
+    const resume = takeResume();
+    if (returning && state.config.buy) resumeOrder(returning);
+    else if (resume && state.config.buy) { buy.resume = resume; openBuy(); }
+    else if (location.hash === '#buy') openBuy();
     else if (!IS_PHONE) $('chat-input').focus();
   }
 
@@ -1572,6 +1862,7 @@
     panel.hidden = true;
     if (id === 'buy-panel') {
       stopPolling();
+      dropOrderQuery();
       if (location.hash === '#buy') history.replaceState(null, '', location.pathname + location.search);
     }
     if (!$('account-panel').hidden || !$('buy-panel').hidden) return;
@@ -1619,8 +1910,12 @@
     channel: null,
     order: null, // the order on screen
     orders: new Map(), // product|channel -> order, reused while still payable
-    phase: 'idle', // idle | creating | order | failed
+    methods: null, // channel -> enabled methods, from /api/products (null: the server has none)
+    phase: 'idle', // idle | ready | creating | order | failed | checking | missing | authorizing
     failMsg: '',
+    payState: '', // non-QR methods: '' | invoking | ok | cancel | fail | leaving | returned
+    payMsg: '',
+    resume: null, // { product, channel } to buy right after a WeChat authorization detour
     seq: 0,
     pollTimer: 0,
     tickTimer: 0,
@@ -1633,7 +1928,7 @@
   /** Forgets the shop state of the previous user. */
   function resetBuy() {
     stopPolling();
-    Object.assign(buy, { productId: null, order: null, phase: 'idle', creating: null, qrError: false });
+    Object.assign(buy, { productId: null, order: null, phase: 'idle', creating: null, qrError: false, payState: '', resume: null });
     buy.orders.clear();
     buy.seq++;
     if (buy.qrUrl) URL.revokeObjectURL(buy.qrUrl);
@@ -1655,8 +1950,10 @@
     try {
       const r = await api('/api/products');
       buy.products = r.products || [];
+      buy.methods = r.methods && typeof r.methods === 'object' ? r.methods : null;
       const allowed = state.config.channels || [];
-      buy.channels = (r.channels || allowed).filter((c) => allowed.includes(c) && (c === 'wechat' || c === 'alipay'));
+      buy.channels = (r.channels || allowed).filter((c) => allowed.includes(c) && (c === 'wechat' || c === 'alipay') &&
+        (methodFor(c) !== '' || alipayBlocked(c)));
       buy.loadError = null;
       // Preselect a channel only when the choice is obvious (one channel, or WeChat Pay inside
       // WeChat); otherwise the user picks, so no order is created for a channel they never wanted.
@@ -1668,7 +1965,22 @@
       buy.loadError = e.message;
     }
     renderBuy();
+    if (buy.resume && buy.products) resumePurchase();
   }
+
+  /** The payment method for `channel` in this browser (see wechat.js: null = none named,
+   * the server's default; '' = nothing enabled works here). */
+  function methodFor(channel) {
+    return channel ? WX.chooseMethod(CLIENT, channel, buy.methods) : null;
+  }
+
+  /** Inside WeChat, Alipay is listed but only says how to open the page in a browser:
+   * WeChat blocks Alipay's pages and links. */
+  function alipayBlocked(channel) {
+    return channel === 'alipay' && CLIENT === 'wechat' && methodFor(channel) === '' && !!buy.methods;
+  }
+
+  const currentProduct = () => (buy.products || []).find((p) => p.id === buy.productId) || null;
 
   function renderBuy() {
     const list = $('product-list');
@@ -1726,29 +2038,61 @@
     const expiry = $('order-expiry');
     const open = $('order-open');
     const renew = $('order-renew');
+    const pay = $('order-pay');
     const o = buy.phase === 'order' ? buy.order : null;
+    const blocked = alipayBlocked(buy.channel);
     const needChannel = buy.phase === 'idle' && buy.productId && !buy.channel;
-    box.hidden = buy.phase === 'idle' && !needChannel;
+    const qrMethod = o ? WX.isQrMethod(o.method) : WX.isQrMethod(methodFor(buy.channel));
+    $('alipay-hint').hidden = !blocked;
+    box.hidden = blocked || (buy.phase === 'idle' && !needChannel);
     box.classList.toggle('paid', !!(o && o.status === 'credited'));
     open.hidden = true;
     renew.hidden = true;
+    pay.hidden = true;
+    renew.textContent = qrMethod ? t('orderRenew') : t('payAgain');
     setText(hint, '');
     setText(expiry, '');
     img.hidden = true;
-    $('order-qr-frame').hidden = !(buy.phase === 'creating' || (o && o.status === 'created'));
+    $('order-qr-frame').hidden = !qrMethod || !(buy.phase === 'creating' || (o && o.status === 'created'));
     if (needChannel) {
       status.dataset.status = 'pending';
       setText(status, t('pickChannel'));
       return;
     }
+    if (buy.phase === 'ready') {
+      const p = currentProduct();
+      const price = formatPrice(p ? p.price_fen : 0);
+      status.dataset.status = 'ready';
+      setText(status, t('payTotal', { price }));
+      setText(hint, methodHint(methodFor(buy.channel)));
+      pay.textContent = t('payNow', { price });
+      pay.hidden = false;
+      return;
+    }
+    if (buy.phase === 'authorizing') {
+      status.dataset.status = 'creating';
+      setText(status, t('payNeedsWechat'));
+      return;
+    }
+    if (buy.phase === 'checking') {
+      status.dataset.status = 'creating';
+      setText(status, t('orderChecking'));
+      return;
+    }
+    if (buy.phase === 'missing') {
+      status.dataset.status = 'failed';
+      setText(status, buy.failMsg ? t('errGeneric', { msg: buy.failMsg }) : t('orderNotFound'));
+      return;
+    }
     if (buy.phase === 'creating') {
       status.dataset.status = 'creating';
-      setText(status, t('orderCreating'));
+      const m = methodFor(buy.channel);
+      setText(status, qrMethod ? t('orderCreating') : m === 'jsapi' ? t('orderOpening') : t('orderLeaving', { channel: t('ch_' + buy.channel) }));
       return;
     }
     if (buy.phase === 'failed') {
       status.dataset.status = 'failed';
-      setText(status, t('orderFailed', { msg: buy.failMsg }));
+      setText(status, t(qrMethod ? 'orderFailed' : 'payStartFailed', { msg: buy.failMsg }));
       renew.hidden = false;
       return;
     }
@@ -1756,7 +2100,9 @@
     status.dataset.status = o.status;
     const price = formatPrice(o.amount_fen);
     img.alt = t('qrAlt', { price });
-    if (o.status === 'created') {
+    if (o.status === 'created' && !qrMethod) {
+      renderPayState(o, price);
+    } else if (o.status === 'created') {
       const left = o.expires_at - Math.floor(Date.now() / 1000);
       if (left > 0) {
         setText(status, t('orderWaiting', { price }));
@@ -1787,11 +2133,52 @@
     }
   }
 
-  /** Shows a payable order for the chosen product and channel, creating one if needed. */
+  /** What happens with an order paid by leaving the page or in WeChat's cashier. */
+  function renderPayState(o, price) {
+    const status = $('order-status');
+    const hint = $('order-hint');
+    const pay = $('order-pay');
+    const left = o.expires_at - Math.floor(Date.now() / 1000);
+    if (left <= 0) {
+      // Still polled: a payment made at the last second is credited all the same.
+      setText(status, t('orderTimeUp'));
+      $('order-renew').hidden = false;
+      return;
+    }
+    setText($('order-expiry'), t('orderExpiresIn', { time: Math.floor(left / 60) + ':' + pad2(left % 60) }));
+    const st = buy.payState;
+    if (st === 'invoking') setText(status, t('orderOpening'));
+    else if (st === 'leaving') setText(status, t('orderLeaving', { channel: t('ch_' + o.channel) }));
+    else if (st === 'ok' || st === 'returned') setText(status, t('orderConfirming'));
+    else setText(status, t('orderWaiting', { price }));
+    if (st === 'cancel') setText(hint, t('payCancelled'));
+    else if (st === 'fail') setText(hint, t('payFailed', { msg: buy.payMsg || '' }));
+    // Back from the cashier without a confirmed payment, or out of WeChat's: pay again.
+    if (st === 'cancel' || st === 'fail' || st === 'returned' || st === '') {
+      pay.textContent = st === '' ? t('payNow', { price }) : t('payAgain');
+      pay.hidden = false;
+    }
+  }
+
+  function methodHint(method) {
+    return method === 'jsapi' ? t('hintJsapi') : method === 'h5' ? t('hintH5')
+      : method === 'wap' || method === 'page' ? t('hintWap') : '';
+  }
+
+  /** Shows a payable order for the chosen product and channel, creating one if needed.
+   * Methods that leave the page (or open WeChat's cashier) wait for the pay button. */
   function ensureOrder() {
-    if (!buy.productId || !buy.channel) { renderOrder(); return; }
+    if (!buy.productId || !buy.channel || alipayBlocked(buy.channel)) { renderOrder(); return; }
     const key = buy.productId + '|' + buy.channel;
     if (buy.phase === 'creating' && buy.creating === key) return; // already on its way
+    if (!WX.isQrMethod(methodFor(buy.channel))) {
+      stopPolling();
+      buy.seq++;
+      buy.order = null;
+      buy.phase = 'ready';
+      renderOrder();
+      return;
+    }
     const cached = buy.orders.get(key);
     const now = Math.floor(Date.now() / 1000);
     if (cached && cached.status === 'created' && cached.expires_at - now > 30) {
@@ -1799,6 +2186,157 @@
       return;
     }
     createOrder();
+  }
+
+  /** The pay button: a new order (or the one already made for this pack), or paying again. */
+  function payClicked() {
+    if (buy.phase === 'order' && buy.order && buy.order.status === 'created') {
+      continuePay(buy.order);
+      return;
+    }
+    const cached = buy.orders.get(buy.productId + '|' + buy.channel);
+    const now = Math.floor(Date.now() / 1000);
+    if (cached && cached.status === 'created' && cached.expires_at - now > 30) {
+      showOrder(cached, true);
+      continuePay(cached);
+      return;
+    }
+    createOrder();
+  }
+
+  /** Pays for `o` by its method: WeChat's cashier (JSAPI) or off to WeChat Pay / Alipay. */
+  function startPayment(o) {
+    if (o.method === 'jsapi') { payJsapi(o); return; }
+    const base = safeUrl(o.pay_url);
+    if (!base) {
+      buy.payState = 'fail';
+      buy.payMsg = t('payNoMethod');
+      renderOrder();
+      return;
+    }
+    buy.payState = 'leaving';
+    renderOrder();
+    // WeChat Pay H5 returns to `redirect_url` whether or not the user paid: the order page
+    // then asks the server. Alipay's return_url is set (and signed) by the server.
+    location.assign(o.method === 'h5' ? WX.h5PayUrl(base, location.origin, o.id) : base);
+  }
+
+  /** Opens WeChat's cashier. Its "ok" only means the user finished there: the order is paid
+   * when the server has the verified notification, which the poll shows. */
+  async function payJsapi(o) {
+    if (!o.jsapi) {
+      buy.payState = 'fail';
+      buy.payMsg = t('payNoMethod');
+      renderOrder();
+      return;
+    }
+    buy.payState = 'invoking';
+    renderOrder();
+    const r = await WX.payInWechat(o.jsapi);
+    if (!buy.order || buy.order.id !== o.id) return;
+    buy.payState = r.result;
+    buy.payMsg = r.msg;
+    renderOrder();
+    if (r.result === 'ok') pollSoon(300);
+  }
+
+  /** Pays again for an order still open: JSAPI gets fresh parameters (a new timestamp and
+   * signature for the same prepay), the others go back to their cashier. */
+  async function continuePay(o) {
+    let fresh = o;
+    if (o.method === 'jsapi') {
+      try {
+        fresh = await api('/api/orders/' + encodeURIComponent(o.id));
+      } catch (e) {
+        if (e.status === 401) return;
+        buy.payState = 'fail';
+        buy.payMsg = e.message;
+        renderOrder();
+        return;
+      }
+      if (!buy.order || buy.order.id !== o.id) return;
+      buy.order = fresh;
+      buy.orders.set(fresh.product_id + '|' + fresh.channel, fresh);
+      if (fresh.status !== 'created') { renderOrder(); return; }
+    }
+    startPayment(fresh);
+  }
+
+  const RESUME_KEY = 'chatrelay.resumeBuy';
+
+  /** JSAPI needs the user's openid under the merchant's AppID: run web authorization first,
+   * then come back and continue this purchase (once: a second refusal is shown, not looped). */
+  function payNeedsWechat(loginUrl) {
+    let tried = false;
+    try { tried = !!window.sessionStorage.getItem(RESUME_KEY); } catch (_) { tried = true; }
+    if (tried || !loginUrl) return false;
+    try {
+      window.sessionStorage.setItem(RESUME_KEY, JSON.stringify({ product: buy.productId, channel: buy.channel }));
+    } catch (_) { return false; }
+    buy.phase = 'authorizing';
+    renderOrder();
+    location.assign(WX.withNext(loginUrl, location.pathname + location.search));
+    return true;
+  }
+
+  /** After the authorization detour: the purchase the user had started, if any. */
+  function takeResume() {
+    let v = null;
+    try {
+      v = JSON.parse(window.sessionStorage.getItem(RESUME_KEY) || 'null');
+      window.sessionStorage.removeItem(RESUME_KEY);
+    } catch (_) { v = null; }
+    return v && typeof v.product === 'string' && typeof v.channel === 'string' ? v : null;
+  }
+
+  function resumePurchase() {
+    const r = buy.resume;
+    buy.resume = null;
+    if (!(buy.products || []).some((p) => p.id === r.product) || !buy.channels.includes(r.channel)) return;
+    buy.productId = r.product;
+    buy.channel = r.channel;
+    renderBuy();
+    createOrder();
+  }
+
+  /** `/?order=ID`: back from WeChat Pay H5 or Alipay's cashier. */
+  function orderInQuery() {
+    const id = new URLSearchParams(location.search).get('order');
+    return id && /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : null;
+  }
+
+  /** Forgets the order in the address, with the rest of the query (Alipay adds its signed
+   * return parameters: nothing the page needs, nothing to bookmark). */
+  function dropOrderQuery() {
+    if (!orderInQuery()) return;
+    history.replaceState(null, '', location.pathname + location.hash);
+  }
+
+  /** Shows the order the user came back for and polls it until it is settled. */
+  async function resumeOrder(id) {
+    openBuy();
+    stopPolling();
+    const seq = ++buy.seq;
+    buy.phase = 'checking';
+    renderOrder();
+    let o;
+    try {
+      o = await api('/api/orders/' + encodeURIComponent(id));
+    } catch (e) {
+      if (seq !== buy.seq || e.status === 401) return;
+      buy.phase = 'missing';
+      buy.failMsg = e.status === 404 ? '' : e.message;
+      renderOrder();
+      dropOrderQuery();
+      return;
+    }
+    if (seq !== buy.seq) return;
+    buy.productId = o.product_id;
+    buy.channel = o.channel;
+    buy.orders.set(o.product_id + '|' + o.channel, o);
+    buy.payState = 'returned';
+    showOrder(o, true);
+    renderBuy();
   }
 
   async function createOrder() {
@@ -1810,28 +2348,39 @@
     const productId = buy.productId;
     const channel = buy.channel;
     buy.creating = productId + '|' + channel;
+    const body = { product_id: productId, channel };
+    const method = methodFor(channel);
+    if (method) body.method = method;
     try {
-      const o = await api('/api/orders', { body: { product_id: productId, channel } });
+      const o = await api('/api/orders', { body });
       if (seq !== buy.seq) return;
       buy.orders.set(productId + '|' + channel, o);
+      try { window.sessionStorage.removeItem(RESUME_KEY); } catch (_) { /* nothing to do */ }
       showOrder(o);
     } catch (e) {
       if (seq !== buy.seq) return;
+      if (e.status === 409 && e.code === 'openid_required' && payNeedsWechat(e.info.login_url)) return;
       buy.phase = 'failed';
       buy.failMsg = e.message;
       renderOrder();
     }
   }
 
-  function showOrder(o) {
+  /** Puts `o` on screen and polls it. A new order (not `resumed`) paid off the page starts
+   * its payment right away. */
+  function showOrder(o, resumed) {
     buy.order = o;
     buy.phase = 'order';
     buy.seq++; // an order still being created for an earlier click is no longer wanted
     buy.qrError = false;
+    if (!resumed) buy.payState = '';
     renderOrder();
     if (o.status === 'created') {
-      loadQr(o);
+      if (WX.isQrMethod(o.method)) loadQr(o);
+      else if (!resumed) startPayment(o);
       pollSoon(2000);
+    } else if (resumed) {
+      dropOrderQuery();
     }
     // On a phone the code is below the fold: bring it into view.
     const box = $('order-box');
@@ -1891,6 +2440,7 @@
     renderOrder();
     if (fresh.status === 'created') { pollSoon(2000); return; }
     stopPolling();
+    dropOrderQuery();
     if (fresh.status === 'credited') {
       hideBanner();
       refreshMe();
@@ -1909,6 +2459,9 @@
       if (loginErrorKey) loginError(null);
     });
     $('guest-start').addEventListener('click', startGuest);
+    $('tab-scan').addEventListener('click', () => selectLoginTab('scan'));
+    $('tab-code').addEventListener('click', () => selectLoginTab('code'));
+    $('scan-refresh').addEventListener('click', () => { scan.ticket = null; startScan(); });
     $('token-form').addEventListener('submit', submitToken);
 
     $('composer').addEventListener('submit', (e) => { e.preventDefault(); send(); });
@@ -1933,6 +2486,7 @@
     $('error-buy').addEventListener('click', openBuy);
     $('error-close').addEventListener('click', hideBanner);
     $('order-renew').addEventListener('click', () => { buy.orders.delete(buy.productId + '|' + buy.channel); createOrder(); });
+    $('order-pay').addEventListener('click', payClicked);
     $('menu-open').addEventListener('click', openDrawer);
     $('sidebar-close').addEventListener('click', closeDrawer);
     $('scrim').addEventListener('click', closeDrawer);
@@ -1979,6 +2533,12 @@
       if (location.hash === '#buy') openBuy();
     });
     window.addEventListener('resize', () => { if (!isNarrow()) closeDrawer(); });
+    window.addEventListener('pageshow', (e) => {
+      if (!e.persisted || buy.payState !== 'leaving') return;
+      buy.payState = 'returned';
+      renderOrder();
+      pollSoon(0);
+    });
     // Back from a payment app or another tab: the balance may have changed.
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState !== 'visible' || state.view !== 'chat') return;
@@ -1994,6 +2554,7 @@
     $('boot-text').textContent = t('loading');
     $('boot-retry').hidden = true;
     try {
+      if (!WX) throw new Error('wechat.js did not load');
       state.config = await api('/api/config', { auth: false });
     } catch (e) {
       $('boot-text').textContent = t('loadFailed');
@@ -2002,8 +2563,15 @@
     }
     setTitle();
     applyLang();
-    if (state.token) enterChat();
-    else showLogin();
+    const handoff = takeLoginHandoff();
+    if (handoff && await redeemHandoff(handoff)) return;
+    if (state.token) {
+      enterChat();
+      if (handoffError) toast(t(handoffError.key, { msg: handoffError.msg || '' }));
+      handoffError = null;
+    } else if (handoff || !autoWechatLogin()) {
+      showLogin();
+    }
   }
 
   function start() {

@@ -1,4 +1,5 @@
-//! The web chat page, embedded in the binary (`GET /`, `/assets/app.css`, `/assets/app.js`),
+//! The web chat page, embedded in the binary (`GET /`, `/assets/app.css`, `/assets/app.js`,
+//! `/assets/wechat.js`),
 //! and the APIs only the page needs: `GET /api/config` (what to show) and `POST /api/guest`
 //! (try it without logging in, when `web.guest_credits` is set).
 //!
@@ -29,6 +30,8 @@ use crate::engine::Guest;
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("app.css");
 const JS: &str = include_str!("app.js");
+/// Browser detection and WeChat Pay / WeChat login helpers the page uses (loaded before app.js).
+const WECHAT_JS: &str = include_str!("wechat.js");
 
 /// Everything the page loads comes from here; nothing inline, nothing from elsewhere
 /// (except the configured Official Account QR image).
@@ -56,6 +59,10 @@ pub fn routes(page: bool) -> axum::Router<WebState> {
     .route(
         "/assets/app.js",
         get(|| async { asset(JS, "text/javascript; charset=utf-8") }),
+    )
+    .route(
+        "/assets/wechat.js",
+        get(|| async { asset(WECHAT_JS, "text/javascript; charset=utf-8") }),
     )
 }
 
