@@ -558,6 +558,20 @@ def test_too_many_tickets_from_one_address(oauth):
     assert new_ticket(oauth, "198.51.100.78")["ticket"]
 
 
+def test_authorize_floods_from_one_address_are_limited(oauth):
+    """Each authorization makes a state in the store: one address cannot fill it."""
+    xff = "198.51.100.91"
+    statuses = [requests.get(oauth.url + "/auth/wechat/main", headers={"X-Forwarded-For": xff},
+                             allow_redirects=False, timeout=10).status_code for _ in range(130)]
+    assert statuses[0] == 302, statuses[:3]
+    assert statuses.count(429) >= 10, f"130 authorizations from one address: {sorted(set(statuses))}"
+    assert set(statuses) <= {302, 429}, sorted(set(statuses))
+    # Another address still logs in.
+    r = requests.get(oauth.url + "/auth/wechat/main", headers={"X-Forwarded-For": "198.51.100.92"},
+                     allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.status_code
+
+
 def test_scan_with_a_wechat_error_keeps_the_ticket_pending(oauth):
     xff = "198.51.100.12"
     desktop = new_browser()

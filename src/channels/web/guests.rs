@@ -1,5 +1,6 @@
-//! What one client address may create on the page: guests (`POST /api/guest`) and scan-login
-//! tickets (`POST /api/login/ticket`). Both make records in the store, so both are limited.
+//! What one client address may create on the page: guests (`POST /api/guest`), scan-login
+//! tickets (`POST /api/login/ticket`) and web-authorization states (`GET /auth/wechat/…`).
+//! Each makes a record in the store, so each is limited.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -12,6 +13,9 @@ const GUESTS_PER_IP_PER_HOUR: u32 = 3;
 /// Scan tickets one client may ask for per 10 minutes: a desktop page makes one every
 /// 5 minutes while it is open, and a refresh or two.
 const TICKETS_PER_IP: u32 = 30;
+/// Web authorizations one client may start per 10 minutes: generous, as many phones share
+/// a carrier's address, but a flood cannot fill the store with states.
+const AUTHORIZE_PER_IP: u32 = 120;
 /// Clients remembered per limit: bounds memory under a flood of addresses.
 const MAX_CLIENTS: usize = 50_000;
 
@@ -20,6 +24,7 @@ const MAX_CLIENTS: usize = 50_000;
 pub struct PageLimits {
     guests: RateLimiter<Cidr>,
     tickets: RateLimiter<Cidr>,
+    authorize: RateLimiter<Cidr>,
 }
 
 impl Default for PageLimits {
@@ -31,6 +36,11 @@ impl Default for PageLimits {
                 MAX_CLIENTS,
             ),
             tickets: RateLimiter::bounded(TICKETS_PER_IP, Duration::from_secs(600), MAX_CLIENTS),
+            authorize: RateLimiter::bounded(
+                AUTHORIZE_PER_IP,
+                Duration::from_secs(600),
+                MAX_CLIENTS,
+            ),
         }
     }
 }
@@ -40,6 +50,7 @@ impl PageLimits {
     pub fn sweep(&self) {
         self.guests.sweep();
         self.tickets.sweep();
+        self.authorize.sweep();
     }
 
     /// Whether the client at `ip` may create one more guest now (counted if so).
@@ -52,5 +63,11 @@ impl PageLimits {
     #[must_use]
     pub fn allow_ticket(&self, ip: IpAddr) -> bool {
         self.tickets.allow(host_prefix(ip))
+    }
+
+    /// Whether the client at `ip` may start one more web authorization now (counted if so).
+    #[must_use]
+    pub fn allow_authorize(&self, ip: IpAddr) -> bool {
+        self.authorize.allow(host_prefix(ip))
     }
 }

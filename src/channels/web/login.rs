@@ -7,7 +7,9 @@
 //! and changes nothing: the user is only ever the one WeChat's code exchange names.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -185,6 +187,7 @@ fn oauth_account(
 
 async fn authorize(
     State(st): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(account): Path<String>,
     Query(q): Query<AuthorizeQuery>,
     headers: HeaderMap,
@@ -193,6 +196,14 @@ async fn authorize(
         Ok(a) => a,
         Err(r) => return *r,
     };
+    if !st.guests.allow_authorize(st.client_ip(peer, &headers)) {
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "请稍后再试",
+            "这个网络发起的登录太多了，请过几分钟再试。",
+            None,
+        );
+    }
     let logins = Logins::new(&st.engine);
     let next = local_path(q.next.as_deref());
     let ticket = q.ticket.as_deref().filter(|t| !t.is_empty());
