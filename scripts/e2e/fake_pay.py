@@ -243,6 +243,31 @@ def _is_ip(text):
         return False
 
 
+def _common_control(handler, fake, lookup, method, path, args):
+    """The control endpoints both payment fakes have: pay an order (`/fake/pay`), route a public
+    origin (`/fake/route`), drop notifications (`/fake/drop`), read an order (`/fake/orders/NO`).
+    `lookup` finds an order by out_trade_no."""
+    m_order = re.fullmatch(r"/fake/orders/([^/]+)", path)
+    if path == "/fake/pay" and method == "POST":
+        no = args.get("out_trade_no", "")
+        if lookup(no) is None:
+            _send_json(handler, 404, {"error": f"no order {no!r} at the fake"})
+            return
+        delivered = fake.pay_and_notify(no)
+        _send_json(handler, 200, {"paid": True, "notify_status": delivered[0] if delivered else None})
+    elif path == "/fake/route" and method == "POST":
+        fake.route(args.get("public", ""), args.get("local", ""))
+        _send_json(handler, 200, {"ok": True})
+    elif path == "/fake/drop" and method == "POST":
+        fake.drop_notifications = str(args.get("drop", "true")).lower() in ("1", "true", "yes")
+        _send_json(handler, 200, {"ok": True, "drop": fake.drop_notifications})
+    elif m_order and method == "GET":
+        o = lookup(unquote(m_order.group(1)))
+        _send_json(handler, 200 if o else 404, o or {"error": "no such order"})
+    else:
+        _send_json(handler, 404, {"error": f"no control endpoint {method} {path}"})
+
+
 def _send_json(handler, status, obj):
     body = compact(obj).encode()
     handler.send_response(status)
@@ -630,28 +655,11 @@ class FakeWechatPay(_Server, _Routes):
                     self._h5_page(q)
                     return
                 args = dict(q, **_control_body(self.headers, raw))
-                m_order = re.fullmatch(r"/fake/orders/([^/]+)", url.path)
-                if url.path == "/fake/pay" and method == "POST":
-                    no = args.get("out_trade_no", "")
-                    if fake.order(no) is None:
-                        _send_json(self, 404, {"error": f"no order {no!r} at the fake"})
-                        return
-                    delivered = fake.pay_and_notify(no)
-                    _send_json(self, 200, {"paid": True, "notify_status": delivered[0] if delivered else None})
-                elif url.path == "/fake/openid" and method == "POST":
+                if url.path == "/fake/openid" and method == "POST":
                     fake.register_openid(args.get("openid", ""), args.get("appid") or None)
                     _send_json(self, 200, {"ok": True})
-                elif url.path == "/fake/route" and method == "POST":
-                    fake.route(args.get("public", ""), args.get("local", ""))
-                    _send_json(self, 200, {"ok": True})
-                elif url.path == "/fake/drop" and method == "POST":
-                    fake.drop_notifications = str(args.get("drop", "true")).lower() in ("1", "true", "yes")
-                    _send_json(self, 200, {"ok": True, "drop": fake.drop_notifications})
-                elif m_order and method == "GET":
-                    o = fake.order(unquote(m_order.group(1)))
-                    _send_json(self, 200 if o else 404, o or {"error": "no such order"})
                 else:
-                    _send_json(self, 404, {"error": f"no control endpoint {method} {url.path}"})
+                    _common_control(self, fake, fake.order, method, url.path, args)
 
             def _h5_page(self, q):
                 """WeChat's H5 cashier (wx.tenpay.com/.../checkmweb): the user pays at once."""
@@ -1076,27 +1084,10 @@ class FakeAlipay(_Server, _Routes):
             def _control(self, method, raw):
                 url = urlparse(self.path)
                 args = dict(dict(parse_qsl(url.query, keep_blank_values=True)), **_control_body(self.headers, raw))
-                m_order = re.fullmatch(r"/fake/orders/([^/]+)", url.path)
                 if url.path == "/fake/alipay/cashier" and method == "POST":
                     self._cashier_pay(args)
-                elif url.path == "/fake/pay" and method == "POST":
-                    no = args.get("out_trade_no", "")
-                    if fake.trade(no) is None:
-                        _send_json(self, 404, {"error": f"no trade {no!r} at the fake"})
-                        return
-                    delivered = fake.pay_and_notify(no)
-                    _send_json(self, 200, {"paid": True, "notify_status": delivered[0] if delivered else None})
-                elif url.path == "/fake/route" and method == "POST":
-                    fake.route(args.get("public", ""), args.get("local", ""))
-                    _send_json(self, 200, {"ok": True})
-                elif url.path == "/fake/drop" and method == "POST":
-                    fake.drop_notifications = str(args.get("drop", "true")).lower() in ("1", "true", "yes")
-                    _send_json(self, 200, {"ok": True, "drop": fake.drop_notifications})
-                elif m_order and method == "GET":
-                    t = fake.trade(unquote(m_order.group(1)))
-                    _send_json(self, 200 if t else 404, t or {"error": "no such trade"})
                 else:
-                    _send_json(self, 404, {"error": f"no control endpoint {method} {url.path}"})
+                    _common_control(self, fake, fake.trade, method, url.path, args)
 
             def _page_error(self, method, code, reason):
                 """Alipay's error page for a refused page request (HTTP 200, like Alipay)."""
