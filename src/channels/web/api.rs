@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
+use super::error;
 use crate::auth::LoginError;
 use crate::channels::web::state::WebState;
 
@@ -22,14 +23,6 @@ pub fn routes() -> axum::Router<WebState> {
     axum::Router::new()
         .route("/api/login", post(login))
         .route("/api/me", get(me))
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]

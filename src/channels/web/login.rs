@@ -6,7 +6,6 @@
 //! Every failure is a page that says what happened and offers to try again, never a 500,
 //! and changes nothing: the user is only ever the one WeChat's code exchange names.
 
-use axum::Json;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -14,7 +13,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::auth::oauth::{Logins, OAuthError, STATE_TTL, StateRecord, local_path};
@@ -105,14 +103,6 @@ pub(super) fn unavailable() -> Response {
         "服务暂时不可用，请稍后再试。",
         None,
     )
-}
-
-pub(super) fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
 }
 
 /// The value of cookie `name` in the request, if any.

@@ -114,7 +114,8 @@ async fn config(State(st): State<WebState>) -> Response {
     .into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+/// A JSON error as the page's APIs give it: `{"error": {"code", "message"}}`.
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::login::{COOKIE, api_error, browser_cookie, cookie, page, ticket_expired, unavailable};
+use super::error;
+use super::login::{COOKIE, browser_cookie, cookie, page, ticket_expired, unavailable};
 use crate::auth::oauth::{Logins, TicketState};
 use crate::channels::web::state::WebState;
 
@@ -49,14 +50,14 @@ async fn create_ticket(
     headers: HeaderMap,
 ) -> Response {
     let Some((account, public_url)) = scan_account(&st) else {
-        return api_error(
+        return error(
             StatusCode::NOT_FOUND,
             "scan_login_off",
             "没有开通微信扫码登录",
         );
     };
     if !st.guests.allow_ticket(st.client_ip(peer, &headers)) {
-        return api_error(
+        return error(
             StatusCode::TOO_MANY_REQUESTS,
             "throttled",
             "请求过于频繁，请稍后再试",
@@ -66,7 +67,7 @@ async fn create_ticket(
         Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "creating a scan ticket failed");
-            return api_error(
+            return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "服务暂时不可用",
@@ -110,7 +111,7 @@ async fn poll_ticket(
         }
         Err(e) => {
             warn!(error = %e, "polling a scan ticket failed");
-            api_error(
+            error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "服务暂时不可用",
@@ -125,7 +126,7 @@ async fn ticket_qr(State(st): State<WebState>, Path(ticket): Path<String>) -> Re
         (Some((account, public_url)), Ok(true)) => super::shop::qr_svg(&format!(
             "{public_url}/auth/wechat/{account}?ticket={ticket}"
         )),
-        _ => api_error(StatusCode::NOT_FOUND, "expired", "二维码已过期，请刷新"),
+        _ => error(StatusCode::NOT_FOUND, "expired", "二维码已过期，请刷新"),
     }
 }
 

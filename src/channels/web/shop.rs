@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
+use super::error;
 use crate::billing::{Billing, BillingError, PayAction, Payer};
 use crate::channels::web::state::WebState;
 
@@ -26,14 +27,6 @@ pub fn routes() -> axum::Router<WebState> {
         .route("/api/orders", post(create_order))
         .route("/api/orders/{id}", get(order))
         .route("/api/orders/{id}/qr.svg", get(order_qr))
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
 }
 
 /// The order as the web page sees it: what it is, and how to pay it by its method (a QR
