@@ -1,0 +1,222 @@
+//! PostgreSQL with real tables: the relational store (issue 21, item 4).
+//!
+//! Not wired yet: nothing outside this module calls it. The next session puts it behind the
+//! store's domain interface (the facade dispatches to sled or to this), adds `chatrelay
+//! migrate` from a sled directory and from the one-table schema (`chatrelay_kv`) with a
+//! census (users, balances, ledger sums, orders) checked before the old data goes, and runs
+//! one shared store test suite against both engines.
+//!
+//! # Tables (`schema/0001_tables.sql`)
+//! `users`, `identities` (primary key `(platform, account, user_id)`), `balances` (one row
+//! per user: `paid`, `held`, the free allowance's `free_day` and `free_used`, `next_seq`),
+//! `ledger` (`uid`, `seq`, `at_ms`, `kind`, `free_delta`, `paid_delta`, `delta`,
+//! `paid_after`, `reason`, `reference` UNIQUE), `reservations`, `orders` (`id`, `uid`,
+//! `product`, `channel`, `method`, `amount_fen`, `credits`, `status`, times,
+//! `provider_trade_no`, `open_slot`), `order_events`, `tokens` (SHA-256 only),
+//! `login_codes`, `conversations` + `turns`, `dedupe`, `answers`, `handoffs`, `outbox`,
+//! `checkpoints`, `stats`, and `meta` (`schema_version`).
+//!
+//! # What the database enforces
+//! Uniqueness: one user per identity, one ledger entry per reference, one reservation per
+//! reference, one waiting order per user and slot, one login code per user and per code.
+//! Ranges: `paid`, `held`, `free_used`, `paid_after`, amounts and credits never negative;
+//! `kind`, reservation and order `status` only their valid values; an order's times agree
+//! with its status (a refunded order has been credited, a waiting one alone holds a slot).
+//! Foreign keys from every per-user table to `users`. Transitions: each UPDATE names the
+//! status it moves from (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'`
+//! to refund, `= 'open'` to settle or release), so a transition happens once however many
+//! callers race; the losers find the row changed and report what it is now.
+//!
+//! # How operations map to statements (READ COMMITTED)
+//! Each money step is one statement (a chain of data-modifying CTEs), atomic by itself:
+//! - `resolve_identity`: find the identity; if missing, insert user, balance and identity.
+//!   Two racing first contacts: one insert hits the primary key, its statement rolls back
+//!   whole (no orphan user) and runs again, finding the other's.
+//! - `reserve`: lock the balance row (`FOR UPDATE`, which sees the newest committed values),
+//!   insert the reservation only if `free_left + paid - held >= amount`, raise `held` only if
+//!   the insert happened (`ON CONFLICT (reference) DO NOTHING`). Concurrent reserves of one
+//!   user queue on the row lock: never overdrawn.
+//! - `settle`: lock the open reservation and its balance, charge `min(actual, free_left +
+//!   paid)` free credits first, write the usage entry and mark the reservation settled, all
+//!   in one statement; a racing settle waits for the lock, finds it settled, and reads the
+//!   entry. `release`: delete the open reservation and lower `held`.
+//! - `grant` / `debit`: `UPDATE balances ... WHERE NOT EXISTS (entry with this reference)
+//!   AND paid + delta >= held`, then the entry. A racing twin collides on the ledger's
+//!   unique reference, rolls back whole, and on its second run returns the first's entry.
+//! - `credit_order`: `UPDATE orders SET status = 'credited' WHERE status IN ('created',
+//!   'closed') AND amount_fen = paid`, the balance and the purchase entry, one statement.
+//!   `close_order` one UPDATE; `create_order` and `refund_order` (rare) one short
+//!   transaction each.
+//! - `dedupe_insert` / `dedupe_bind`: `INSERT ... ON CONFLICT DO UPDATE ... WHERE the mark
+//!   expired`; tokens, login codes and handoffs: one statement each.
+//!
+//! Round trips per chat message: resolve (1) + dedupe (1) + reserve (1) + settle (1) = 4.
+//! Unique violations and deadlocks re-run the statement (at most [`MAX_ATTEMPTS`] times,
+//! with a short jittered backoff).
+
+#![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
+
+mod auth;
+mod marks;
+mod money;
+mod orders;
+mod pool;
+mod schema;
+mod users;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql, Type};
+
+use crate::kv::pg::{PgOptions, backoff, error_text};
+use crate::{StoreError, Uid};
+
+pub(crate) use schema::Migrated;
+
+/// Runs of one statement that keeps conflicting, before giving up.
+pub(crate) const MAX_ATTEMPTS: u32 = 50;
+
+/// Statement parameters with their types (sent with the statement: no prepare round trip).
+pub(crate) type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
+
+/// The relational store: a pool of connections to one schema.
+#[derive(Clone)]
+pub(crate) struct RelStore {
+    pool: Arc<pool::Pool>,
+}
+
+impl RelStore {
+    /// Connects to the schema of `opts` and applies pending migrations (creating it).
+    pub(crate) async fn open(opts: &PgOptions) -> Result<RelStore, StoreError> {
+        let pool = pool::Pool::new(opts)?;
+        schema::migrate(&pool).await?;
+        Ok(RelStore { pool })
+    }
+
+    /// Applies pending migrations and says what it did.
+    pub(crate) async fn migrate(opts: &PgOptions) -> Result<Migrated, StoreError> {
+        let pool = pool::Pool::new(opts)?;
+        schema::migrate(&pool).await
+    }
+
+    /// Runs one statement. `Ok(None)`: it conflicted (a unique key taken meanwhile, a
+    /// deadlock) and rolled back whole; run it again.
+    async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<Vec<Row>>, StoreError> {
+        let conn = self.pool.get().await?;
+        match conn.query_typed(sql, params).await {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) => match db_err(e) {
+                Retry::Again(e) => {
+                    tracing::trace!(error = %e, "statement conflicted; running it again");
+                    Ok(None)
+                }
+                Retry::Fail(e) => Err(e),
+            },
+        }
+    }
+
+    /// Runs one statement that cannot conflict (reads, single-row writes without unique
+    /// races that matter): a conflict is an error.
+    async fn rows(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
+        let conn = self.pool.get().await?;
+        conn.query_typed(sql, params)
+            .await
+            .map_err(|e| match db_err(e) {
+                Retry::Again(e) | Retry::Fail(e) => e,
+            })
+    }
+}
+
+/// Whether a failed statement may succeed when run again.
+pub(crate) enum Retry {
+    /// A conflict with a concurrent statement; the statement rolled back whole.
+    Again(StoreError),
+    /// Anything else.
+    Fail(StoreError),
+}
+
+/// Sorts a driver error: conflicts may be run again, a number out of range is the caller's.
+pub(crate) fn db_err(e: tokio_postgres::Error) -> Retry {
+    let text = error_text(&e);
+    match e.code() {
+        Some(c)
+            if *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            Retry::Again(StoreError::Backend(text))
+        }
+        Some(c) if *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE => Retry::Fail(
+            StoreError::InvalidInput(format!("amount out of range: {text}")),
+        ),
+        _ => Retry::Fail(StoreError::Backend(text)),
+    }
+}
+
+/// Counts the runs of a statement and sleeps a little between them.
+pub(crate) struct Attempts(u32);
+
+impl Attempts {
+    pub(crate) fn new() -> Self {
+        Attempts(0)
+    }
+
+    /// Before each run: the first goes at once, later ones after a backoff; an error after
+    /// [`MAX_ATTEMPTS`].
+    pub(crate) async fn next(&mut self) -> Result<(), StoreError> {
+        if self.0 >= MAX_ATTEMPTS {
+            return Err(StoreError::Backend(format!(
+                "a statement conflicted {MAX_ATTEMPTS} times in a row; giving up"
+            )));
+        }
+        if self.0 > 0 {
+            tokio::time::sleep(backoff(self.0)).await;
+        }
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+/// Column `name` of `row`.
+pub(crate) fn col<'a, T: FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, StoreError> {
+    row.try_get(name)
+        .map_err(|e| StoreError::Backend(format!("column {name}: {e}")))
+}
+
+/// The only row of a statement that always returns one.
+pub(crate) fn one(rows: &[Row]) -> Result<&Row, StoreError> {
+    rows.first()
+        .ok_or_else(|| StoreError::Backend("a statement returned no row".into()))
+}
+
+/// A credit amount as the database's bigint.
+pub(crate) fn amount(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::InvalidInput(format!("amount {n} is too large")))
+}
+
+/// A stored bigint that must not be negative, as credits.
+pub(crate) fn credits(
+    n: i64,
+    table: &'static str,
+    key: impl Fn() -> String,
+) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::corrupt(table, key(), format!("negative: {n}")))
+}
+
+/// A uid as the database's bigint; one beyond it cannot exist.
+pub(crate) fn uid_param(uid: Uid) -> Result<i64, StoreError> {
+    i64::try_from(uid.0).map_err(|_| StoreError::UnknownUser(uid))
+}
+
+/// A stored uid.
+pub(crate) fn uid_of(row: &Row, name: &str) -> Result<Uid, StoreError> {
+    let raw: i64 = col(row, name)?;
+    u64::try_from(raw)
+        .map(Uid)
+        .map_err(|_| StoreError::Backend(format!("column {name}: negative uid {raw}")))
+}
