@@ -68,6 +68,7 @@ mod users;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -88,6 +89,8 @@ pub(crate) type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
 #[derive(Clone)]
 pub(crate) struct RelStore {
     pool: Arc<pool::Pool>,
+    /// Statements sent (each one round trip), for tests and metrics.
+    statements: Arc<AtomicU64>,
 }
 
 impl RelStore {
@@ -95,7 +98,10 @@ impl RelStore {
     pub(crate) async fn open(opts: &PgOptions) -> Result<RelStore, StoreError> {
         let pool = pool::Pool::new(opts)?;
         schema::migrate(&pool).await?;
-        Ok(RelStore { pool })
+        Ok(RelStore {
+            pool,
+            statements: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// Applies pending migrations and says what it did.
@@ -104,10 +110,17 @@ impl RelStore {
         schema::migrate(&pool).await
     }
 
+    /// How many single statements (round trips) this store has sent; transactions
+    /// (`create_order`, `refund_order`) are not counted.
+    pub(crate) fn statements_sent(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
     /// Runs one statement. `Ok(None)`: it conflicted (a unique key taken meanwhile, a
     /// deadlock) and rolled back whole; run it again.
     async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<Vec<Row>>, StoreError> {
         let conn = self.pool.get().await?;
+        self.statements.fetch_add(1, Ordering::Relaxed);
         match conn.query_typed(sql, params).await {
             Ok(rows) => Ok(Some(rows)),
             Err(e) => match db_err(e) {
@@ -124,6 +137,7 @@ impl RelStore {
     /// races that matter): a conflict is an error.
     async fn rows(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         let conn = self.pool.get().await?;
+        self.statements.fetch_add(1, Ordering::Relaxed);
         conn.query_typed(sql, params)
             .await
             .map_err(|e| match db_err(e) {
