@@ -30,7 +30,9 @@ macro_rules! store_or_skip {
     };
 }
 
+mod misc;
 mod money;
+mod orders;
 
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
 /// the paid deltas, each entry's `paid_after` the running sum, held the sum of the open
