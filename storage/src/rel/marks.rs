@@ -171,6 +171,6 @@ impl RelStore {
             return Ok(None);
         };
         let expires: i64 = col(row, "expires_at_ms")?;
-        Ok((expires > now_ms).then(|| col(row, "value")).transpose()?)
+        (expires > now_ms).then(|| col(row, "value")).transpose()
     }
 }

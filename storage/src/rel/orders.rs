@@ -287,10 +287,16 @@ async fn create_order_in(
             order.id
         ))));
     }
-    // An expired waiting order gives up the slot (it stays created, as on sled).
+    // An expired waiting order gives up the slot (it stays created, as on sled); a live one
+    // that a racing call made since the read keeps it, and the insert below collides.
     tx.query_typed(
-        "UPDATE orders SET open_slot = NULL WHERE uid = $1 AND open_slot = $2",
-        &params[..2],
+        "UPDATE orders SET open_slot = NULL
+         WHERE uid = $1 AND open_slot = $2 AND expires_at_ms <= $3",
+        &[
+            (&uid, Type::INT8),
+            (&slot, Type::TEXT),
+            (&now_ms, Type::INT8),
+        ],
     )
     .await
     .map_err(db_err)?;

@@ -253,22 +253,21 @@ async fn an_order_credited_by_racing_notifications_is_credited_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_creates_of_one_slot_make_one_order() {
     let s = store_or_skip!();
-    let uid = s.create_user("u").await.unwrap().uid;
-    let tasks: Vec<_> = (0..10)
-        .map(|i| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.create_order(&order(uid, &format!("S{i}"), None), 1_000)
-                    .await
+    for round in 0..20 {
+        let uid = s.create_user("u").await.unwrap().uid;
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let (s, id) = (s.clone(), format!("S{round}-{i}"));
+                tokio::spawn(async move { s.create_order(&order(uid, &id, None), 1_000).await })
             })
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await.unwrap().unwrap().id);
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap().unwrap().id);
+        }
+        assert!(ids.iter().all(|id| *id == ids[0]), "round {round}: {ids:?}");
     }
-    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    assert_eq!(s.open_orders().await.unwrap().len(), 1);
+    assert_eq!(s.open_orders().await.unwrap().len(), 20, "one per user");
 }
 
 #[tokio::test]
