@@ -57,6 +57,7 @@
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
 mod auth;
+mod conversations;
 mod marks;
 mod money;
 mod orders;

@@ -39,6 +39,21 @@ const CREDIT: &str = "WITH o AS (
          RETURNING uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason, reference)
      SELECT ent.* FROM ent";
 
+/// $1 uid, $2 the order's credits, $3 now, $4 reason, $5 reference: the balance locked and
+/// debited by as much of the credits as is not held, with the refund entry (none if nothing
+/// can be taken).
+const REFUND_DEBIT: &str = "WITH cur AS (
+         SELECT uid, LEAST($2, GREATEST(paid - held, 0)) AS take
+         FROM balances WHERE uid = $1 FOR UPDATE),
+     b AS (
+         UPDATE balances SET paid = balances.paid - cur.take, next_seq = balances.next_seq + 1
+         FROM cur WHERE balances.uid = cur.uid AND cur.take > 0
+         RETURNING balances.uid, balances.paid, balances.next_seq - 1 AS seq, cur.take)
+     INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
+                         reference)
+     SELECT uid, seq, $3, 'refund', 0, -take, paid, $4, $5 FROM b
+     RETURNING uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason, reference";
+
 /// The user's slot for an order's product, channel and method while it waits (as
 /// `open_key` in `orders.rs`, with U+001F for its NUL: PostgreSQL's text has no NUL). QR
 /// orders keep the slot they had before methods existed; each H5 order has its own.
@@ -300,6 +315,17 @@ async fn create_order_in(
     )
     .await
     .map_err(db_err)?;
+    insert_order(tx, order, uid, &slot).await
+}
+
+/// Inserts `order` as waiting, holding `slot`.
+async fn insert_order(
+    tx: &Transaction<'_>,
+    order: &Order,
+    uid: i64,
+    slot: &str,
+) -> Result<Result<Order, StoreError>, Retry> {
+    let id = order.id.as_str();
     let (amount_fen, credits) = (
         order.amount_fen,
         amount(order.credits).map_err(Retry::Fail)?,
@@ -375,22 +401,9 @@ async fn refund_in(
     let uid = uid_param(order.uid).map_err(Retry::Fail)?;
     let credits_ = amount(order.credits).map_err(Retry::Fail)?;
     let why = format!("refund of order {id}: {reason}");
-    // The balance locked and debited by at most what is not held, with the entry.
-    let sql = format!(
-        "WITH cur AS (SELECT uid, LEAST($2, GREATEST(paid - held, 0)) AS take
-                      FROM balances WHERE uid = $1 FOR UPDATE),
-              b AS (UPDATE balances SET paid = balances.paid - cur.take,
-                                        next_seq = balances.next_seq + 1
-                    FROM cur WHERE balances.uid = cur.uid AND cur.take > 0
-                    RETURNING balances.uid, balances.paid, balances.next_seq - 1 AS seq, cur.take)
-         INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
-                             reference)
-         SELECT uid, seq, $3, 'refund', 0, -take, paid, $4, $5 FROM b
-         RETURNING {ENTRY_COLS}"
-    );
     let rows = tx
         .query_typed(
-            &sql,
+            REFUND_DEBIT,
             &[
                 (&uid, Type::INT8),
                 (&credits_, Type::INT8),

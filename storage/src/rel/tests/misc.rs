@@ -374,3 +374,57 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
         })
     ));
 }
+
+fn turn(n: i64) -> crate::Turn {
+    crate::Turn {
+        role: if n % 2 == 0 { "user" } else { "assistant" }.to_owned(),
+        content: format!("message {n}"),
+        at_ms: n,
+    }
+}
+
+#[tokio::test]
+async fn conversations_keep_the_newest_turns() {
+    let s = store_or_skip!();
+    assert!(s.conversation("c").await.unwrap().is_empty());
+    s.append_turns("c", &[turn(1), turn(2)], 3).await.unwrap();
+    s.append_turns("c", &[turn(3), turn(4)], 3).await.unwrap();
+    assert_eq!(
+        s.conversation("c").await.unwrap(),
+        vec![turn(2), turn(3), turn(4)]
+    );
+    let four = [turn(5), turn(6), turn(7), turn(8)];
+    s.append_turns("c", &four, 3).await.unwrap();
+    assert_eq!(
+        s.conversation("c").await.unwrap(),
+        vec![turn(6), turn(7), turn(8)]
+    );
+    assert!(s.conversation("other").await.unwrap().is_empty());
+    s.clear_conversation("c").await.unwrap();
+    assert!(s.conversation("c").await.unwrap().is_empty());
+    s.append_turns("c", &[turn(1)], 10).await.unwrap();
+    s.append_turns("c", &[turn(2)], 0).await.unwrap();
+    assert!(s.conversation("c").await.unwrap().is_empty(), "0 clears");
+    assert!(s.append_turns("", &[turn(1)], 1).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_all_land() {
+    let s = store_or_skip!();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for j in 0..10 {
+                    s.append_turns("c", &[turn(i * 100 + j)], 1000)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.conversation("c").await.unwrap().len(), 80);
+}
