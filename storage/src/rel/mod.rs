@@ -1,58 +1,89 @@
 //! PostgreSQL with real tables: the relational store (issue 21, item 4).
 //!
-//! Not wired yet: nothing outside this module calls it. The next session puts it behind the
-//! store's domain interface (the facade dispatches to sled or to this), adds `chatrelay
-//! migrate` from a sled directory and from the one-table schema (`chatrelay_kv`) with a
-//! census (users, balances, ledger sums, orders) checked before the old data goes, and runs
-//! one shared store test suite against both engines.
+//! Not wired yet: nothing outside this module calls it (hence the `dead_code` allowance
+//! below, for non-test builds only). What is left for the next session:
+//! - **Facade dispatch**: the store's domain interface calls `RelStore` when the backend is
+//!   PostgreSQL (its methods are async already: no `block_in_place`), instead of the
+//!   key-value layer (`kv/pg.rs`, table `chatrelay_kv`).
+//! - **Migration** (`chatrelay migrate`): from a sled directory and from the one-table
+//!   schema, with a census (users, balances, paid/held sums, ledger count and sums per kind,
+//!   orders per status and their fen) that must match before the old data is dropped; then
+//!   `setval` the identity sequences of `users` and `reservations` past the copied ids. Order
+//!   slots: sled's `open_orders` key `uid ‖ product \0 channel [\0 method]` becomes
+//!   `open_slot` with U+001F for NUL. A daemon must refuse a schema holding both layouts, or
+//!   neither it understands.
+//! - **The shared store test suite**: the tests in `tests/` are sled's cases ported one by
+//!   one (same values, same answers); the next session runs one suite against both engines.
+//! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
+//!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
+//!   exist.
 //!
-//! # Tables (`schema/0001_tables.sql`)
-//! `users`, `identities` (primary key `(platform, account, user_id)`), `balances` (one row
-//! per user: `paid`, `held`, the free allowance's `free_day` and `free_used`, `next_seq`),
-//! `ledger` (`uid`, `seq`, `at_ms`, `kind`, `free_delta`, `paid_delta`, `delta`,
-//! `paid_after`, `reason`, `reference` UNIQUE), `reservations`, `orders` (`id`, `uid`,
-//! `product`, `channel`, `method`, `amount_fen`, `credits`, `status`, times,
-//! `provider_trade_no`, `open_slot`), `order_events`, `tokens` (SHA-256 only),
-//! `login_codes`, `conversations` + `turns`, `dedupe`, `answers`, `handoffs`, `outbox`,
-//! `checkpoints`, `stats`, and `meta` (`schema_version`).
+//! # Tables (`schema/0001_tables.sql`, version in `meta.schema_version`)
+//! `users`, `identities` (primary key `(platform, account, user_id)`: the platform's user id
+//! is `user_id`, `user` being reserved in SQL), `balances` (one row per user, made with it:
+//! `paid`, `held`, the free allowance's `free_day` and `free_used`, `next_seq`), `ledger`
+//! (`uid`, `seq`, `at_ms`, `kind`, `free_delta`, `paid_delta`, `delta` = their sum,
+//! `paid_after`, `reason`, `reference` UNIQUE), `reservations` (open or settled, `charged`),
+//! `orders` (`id`, `uid`, `product`, `product_name`, `channel`, `method`, `amount_fen`,
+//! `credits`, `status`, `*_at_ms`, `code_url`, `provider_trade_no`, `open_slot`),
+//! `order_events`, `tokens` (SHA-256 only), `login_codes`, `conversations` + `turns`,
+//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`. They can share
+//! a schema with `chatrelay_kv` (no name in common), so a migration can run in place.
 //!
 //! # What the database enforces
 //! Uniqueness: one user per identity, one ledger entry per reference, one reservation per
 //! reference, one waiting order per user and slot, one login code per user and per code.
-//! Ranges: `paid`, `held`, `free_used`, `paid_after`, amounts and credits never negative;
-//! `kind`, reservation and order `status` only their valid values; an order's times agree
-//! with its status (a refunded order has been credited, a waiting one alone holds a slot).
-//! Foreign keys from every per-user table to `users`. Transitions: each UPDATE names the
-//! status it moves from (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'`
-//! to refund, `= 'open'` to settle or release), so a transition happens once however many
+//! Ranges: `paid`, `held`, `free_used`, `paid_after`, amounts, fen and credits never
+//! negative, `free_delta` never positive; `kind`, reservation and order `status` only their
+//! valid values; an order's times agree with its status (a refunded order was credited,
+//! only a waiting one holds a slot); a login code is 8 symbols of its alphabet; a token hash
+//! 32 bytes. Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
+//! the status it leaves (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'` to
+//! refund, `= 'open'` to settle or release), so a transition happens once however many
 //! callers race; the losers find the row changed and report what it is now.
 //!
-//! # How operations map to statements (READ COMMITTED)
-//! Each money step is one statement (a chain of data-modifying CTEs), atomic by itself:
+//! # How operations map to statements (READ COMMITTED, autocommit)
+//! Each money step is one statement (data-modifying CTEs), atomic by itself:
 //! - `resolve_identity`: find the identity; if missing, insert user, balance and identity.
-//!   Two racing first contacts: one insert hits the primary key, its statement rolls back
-//!   whole (no orphan user) and runs again, finding the other's.
-//! - `reserve`: lock the balance row (`FOR UPDATE`, which sees the newest committed values),
-//!   insert the reservation only if `free_left + paid - held >= amount`, raise `held` only if
-//!   the insert happened (`ON CONFLICT (reference) DO NOTHING`). Concurrent reserves of one
-//!   user queue on the row lock: never overdrawn.
+//!   Of two racing first contacts one hits the primary key; its statement rolls back whole
+//!   (no orphan user) and runs again, finding the other's.
+//! - `reserve`: lock the balance row (`FOR UPDATE`, which reads the newest committed values),
+//!   insert the reservation only if `free_left + paid - held >= amount` (`ON CONFLICT
+//!   (reference) DO NOTHING`), raise `held` only if the insert happened. Concurrent reserves
+//!   of one user queue on the row lock: never overdrawn.
 //! - `settle`: lock the open reservation and its balance, charge `min(actual, free_left +
-//!   paid)` free credits first, write the usage entry and mark the reservation settled, all
-//!   in one statement; a racing settle waits for the lock, finds it settled, and reads the
-//!   entry. `release`: delete the open reservation and lower `held`.
+//!   paid)`, free credits first, write the usage entry, mark the reservation settled. A racing
+//!   settle waits for the lock, finds it settled, and reads the entry (a second statement).
+//!   `release` / `release_stale_reservations`: delete open reservations, lower `held`.
 //! - `grant` / `debit`: `UPDATE balances ... WHERE NOT EXISTS (entry with this reference)
-//!   AND paid + delta >= held`, then the entry. A racing twin collides on the ledger's
-//!   unique reference, rolls back whole, and on its second run returns the first's entry.
+//!   AND paid + delta >= held`, then the entry. A racing twin collides on the unique
+//!   reference, rolls back whole, and on its second run returns the first's entry.
 //! - `credit_order`: `UPDATE orders SET status = 'credited' WHERE status IN ('created',
-//!   'closed') AND amount_fen = paid`, the balance and the purchase entry, one statement.
-//!   `close_order` one UPDATE; `create_order` and `refund_order` (rare) one short
-//!   transaction each.
+//!   'closed') AND amount_fen = $paid`, the balance and the purchase entry. `close_order`: one
+//!   UPDATE. `create_order` and `refund_order` (rare): one short transaction each.
 //! - `dedupe_insert` / `dedupe_bind`: `INSERT ... ON CONFLICT DO UPDATE ... WHERE the mark
-//!   expired`; tokens, login codes and handoffs: one statement each.
+//!   expired` (or is bound to the same value); handoffs, tokens, login codes, conversation
+//!   appends: one statement each.
 //!
-//! Round trips per chat message: resolve (1) + dedupe (1) + reserve (1) + settle (1) = 4.
-//! Unique violations and deadlocks re-run the statement (at most [`MAX_ATTEMPTS`] times,
-//! with a short jittered backoff).
+//! Round trips per chat message: resolve (1) + dedupe (1) + reserve (1) + settle (1) = 4,
+//! with the conversation append 5 (`tests::money::a_returning_users_message_is_four_round_
+//! trips` counts them). Unique violations and deadlocks re-run the statement (at most
+//! [`MAX_ATTEMPTS`] times, jittered backoff); nothing holds a lock across a round trip of
+//! the caller's.
+//!
+//! # For operators (README material once wired)
+//! ```sql
+//! -- revenue per day (credited orders, yuan)
+//! SELECT to_timestamp(credited_at_ms / 1000)::date AS day, sum(amount_fen) / 100.0 AS yuan
+//! FROM orders WHERE status = 'credited' GROUP BY 1 ORDER BY 1;
+//! -- a user's ledger
+//! SELECT seq, to_timestamp(at_ms / 1000.0), kind, delta, paid_after, reason, reference
+//! FROM ledger WHERE uid = 42 ORDER BY seq DESC LIMIT 50;
+//! -- top users this week by credits spent
+//! SELECT uid, -sum(delta) AS spent FROM ledger
+//! WHERE kind = 'usage' AND at_ms > (extract(epoch FROM now() - interval '7 days') * 1000)
+//! GROUP BY uid ORDER BY spent DESC LIMIT 20;
+//! ```
 
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
