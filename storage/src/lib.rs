@@ -76,6 +76,7 @@ mod login;
 mod orders;
 mod outbox;
 mod quota;
+mod rel;
 mod shared;
 mod tokens;
 mod users;

@@ -156,14 +156,14 @@ impl Store {
 }
 
 /// The SHA-256 of a token: its key at rest.
-fn token_hash(token: &str) -> [u8; 32] {
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
     let mut hash = [0u8; 32];
     hash.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
     hash
 }
 
 /// The first 12 hex characters of a hash.
-fn hash_prefix(hash: &[u8]) -> String {
+pub(crate) fn hash_prefix(hash: &[u8]) -> String {
     hex::encode(hash.get(..6).unwrap_or(hash))
 }
 

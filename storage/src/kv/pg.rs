@@ -217,7 +217,7 @@ fn first_cause(results: Vec<Result<u64, tokio_postgres::Error>>) -> Result<(), T
     }
 }
 
-fn valid_schema(s: &str) -> bool {
+pub(crate) fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -637,7 +637,7 @@ fn latest() -> u32 {
 }
 
 /// 1–10 ms at first, growing to about 100 ms; jittered so that racing daemons part ways.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let mut byte = [0u8; 1];
     let jitter = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte) {
         Ok(()) => u64::from(byte[0]) % 10,
@@ -647,7 +647,7 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// A stable 64-bit advisory-lock key for `name`.
-fn lock_key(name: &str) -> i64 {
+pub(crate) fn lock_key(name: &str) -> i64 {
     let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
     let mut eight = [0u8; 8];
     eight.copy_from_slice(digest.as_ref().get(..8).unwrap_or(&[0; 8]));
@@ -655,7 +655,7 @@ fn lock_key(name: &str) -> i64 {
 }
 
 /// The server's message with its detail, or the driver's.
-fn error_text(e: &tokio_postgres::Error) -> String {
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => {
@@ -671,7 +671,7 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn tls_connector(
+pub(crate) fn tls_connector(
     ca_file: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     use rustls::pki_types::CertificateDer;

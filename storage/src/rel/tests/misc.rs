@@ -1,0 +1,430 @@
+//! Users, identities, dedupe marks, handoffs, tokens, login codes and the schema itself on
+//! PostgreSQL: the cases of the sled modules, plus what the database refuses by itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chatrelay_core::{Platform, UserKey};
+
+use crate::rel::RelStore;
+use crate::{StoreError, TOKEN_PREFIX, Uid, display_login_code};
+
+fn key(user: &str) -> UserKey {
+    UserKey::new(Platform::Mp, "main", user)
+}
+
+/// How many of `n` racing calls of `attempt` said true.
+async fn winners<F, Fut>(store: &RelStore, n: usize, attempt: F) -> usize
+where
+    F: Fn(RelStore, usize) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let wins = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (fut, wins) = (attempt(store.clone(), i), wins.clone());
+            tokio::spawn(async move {
+                if fut.await {
+                    wins.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wins.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn users_and_identities() {
+    let s = store_or_skip!();
+    let a = s.create_user("a").await.unwrap();
+    let b = s.create_user("b").await.unwrap();
+    assert!(b.uid > a.uid && !a.banned && a.groups.is_empty());
+    assert_eq!(s.user(b.uid).await.unwrap(), Some(b));
+    assert_eq!(s.user(Uid(99_999)).await.unwrap(), None);
+    let uid = s.resolve_identity(&key("o1"), Some("Alice")).await.unwrap();
+    assert_eq!(
+        s.resolve_identity(&key("o1"), Some("Other")).await.unwrap(),
+        uid
+    );
+    assert_eq!(s.user(uid).await.unwrap().unwrap().name, "Alice");
+    let other = s.resolve_identity(&key("o2"), None).await.unwrap();
+    assert_ne!(other, uid);
+    assert_eq!(s.user(other).await.unwrap().unwrap().name, "mp:main:o2");
+    assert_eq!(s.identity(&key("o1")).await.unwrap(), Some(uid));
+    assert_eq!(s.identity(&key("nobody")).await.unwrap(), None);
+    assert_eq!(s.identities_of(uid).await.unwrap(), vec![key("o1")]);
+    let web = UserKey::new(Platform::Web, "", "s1");
+    let w = s.resolve_identity(&web, None).await.unwrap();
+    assert_eq!(s.identities_of(w).await.unwrap(), vec![web]);
+    // A new user's balance exists at once.
+    assert_eq!(s.balance(w, 0, 3).await.unwrap().available, 3);
+    let long = "x".repeat(600);
+    assert!(matches!(
+        s.resolve_identity(&key("o3"), Some(&long)).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        s.resolve_identity(&key("o1"), Some(&long)).await.unwrap(),
+        uid
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_contacts_make_one_user() {
+    let s = store_or_skip!();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.resolve_identity(&key("racer"), None).await.unwrap() })
+        })
+        .collect();
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.push(t.await.unwrap());
+    }
+    assert!(uids.iter().all(|u| *u == uids[0]));
+    let rows = s
+        .rows("SELECT count(*) AS n FROM users", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0].get::<_, i64>("n"),
+        1,
+        "no orphan users from the losers"
+    );
+}
+
+#[tokio::test]
+async fn dedupe_marks_plain_and_bound() {
+    let s = store_or_skip!();
+    assert!(s.dedupe_insert("m1", 100, 0).await.unwrap());
+    assert!(!s.dedupe_insert("m1", 200, 50).await.unwrap());
+    assert!(!s.dedupe_insert("m1", 200, 99).await.unwrap());
+    assert!(
+        s.dedupe_insert("m1", 300, 100).await.unwrap(),
+        "expired at 100"
+    );
+    assert!(!s.dedupe_insert("m1", 400, 150).await.unwrap());
+    assert!(s.dedupe_bind("n1", "body-a", 100, 0).await.unwrap());
+    assert!(
+        s.dedupe_bind("n1", "body-a", 100, 10).await.unwrap(),
+        "same again"
+    );
+    assert!(!s.dedupe_bind("n1", "body-b", 100, 20).await.unwrap());
+    assert!(
+        !s.dedupe_insert("n1", 100, 30).await.unwrap(),
+        "a bound mark is live"
+    );
+    assert!(
+        !s.dedupe_bind("m1", "x", 500, 200).await.unwrap(),
+        "a plain one too"
+    );
+    assert!(s.dedupe_bind("n1", "body-b", 200, 100).await.unwrap());
+    assert!(!s.dedupe_bind("n1", "body-a", 200, 150).await.unwrap());
+    assert_eq!(s.purge_expired_marks(150).await.unwrap(), 0);
+    assert_eq!(s.purge_expired_marks(300).await.unwrap(), 2);
+    assert!(s.dedupe_insert("", 1, 0).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_marks_have_one_winner() {
+    let s = store_or_skip!();
+    for round in 0..10 {
+        let k = format!("k{round}");
+        if round % 2 == 0 {
+            // An expired mark: every caller goes through the update.
+            s.dedupe_insert(&k, 5, 0).await.unwrap();
+        }
+        let key = k.clone();
+        let wins = winners(&s, 8, move |s, _| {
+            let key = key.clone();
+            async move { s.dedupe_insert(&key, 1_000, 10).await.unwrap() }
+        })
+        .await;
+        assert_eq!(wins, 1, "insert, round {round}");
+        let key = format!("b{round}");
+        let wins = winners(&s, 8, move |s, i| {
+            let key = key.clone();
+            async move {
+                s.dedupe_bind(&key, &format!("v{i}"), 1_000, 10)
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+        assert_eq!(wins, 1, "bind, round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handoffs_put_read_swap_take_once() {
+    let s = store_or_skip!();
+    s.put_handoff("t1", "pending", 1_000).await.unwrap();
+    assert_eq!(
+        s.handoff("t1", 10).await.unwrap().as_deref(),
+        Some("pending")
+    );
+    assert!(
+        !s.swap_handoff("t1", "other", "done:1", 1_000, 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.swap_handoff("t1", "pending", "done:1", 1_000, 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.swap_handoff("t1", "pending", "done:2", 1_000, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.take_handoff("t1", 20).await.unwrap().as_deref(),
+        Some("done:1")
+    );
+    assert_eq!(s.take_handoff("t1", 20).await.unwrap(), None, "taken once");
+    s.put_handoff("t2", "pending", 100).await.unwrap();
+    assert_eq!(s.handoff("t2", 100).await.unwrap(), None, "expired");
+    assert!(
+        !s.swap_handoff("t2", "pending", "x", 500, 100)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.take_handoff("t2", 100).await.unwrap(), None);
+    s.put_handoff("t3", "x", 100).await.unwrap();
+    assert_eq!(s.purge_expired_marks(200).await.unwrap(), 1);
+    for round in 0..10 {
+        let k = format!("race{round}");
+        s.put_handoff(&k, "v", 1_000).await.unwrap();
+        let wins = winners(&s, 8, move |s, _| {
+            let k = k.clone();
+            async move { s.take_handoff(&k, 10).await.unwrap().is_some() }
+        })
+        .await;
+        assert_eq!(wins, 1, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_hashed_revocable_and_expire() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    let token = s.create_token(uid, "laptop", None, 1).await.unwrap();
+    let secret = token.strip_prefix(TOKEN_PREFIX).unwrap();
+    assert!(secret.len() == 48 && secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(s.token_uid(&token, 2).await.unwrap(), Some(uid));
+    assert_eq!(s.token_uid("sk-cr-nope", 2).await.unwrap(), None);
+    assert!(matches!(
+        s.create_token(Uid(99_999), "x", None, 1).await,
+        Err(StoreError::UnknownUser(_))
+    ));
+    assert!(s.create_token(uid, "c", Some(1), 1).await.is_err());
+    let short = s.create_token(uid, "short", Some(100), 2).await.unwrap();
+    assert_eq!(s.token_uid(&short, 99).await.unwrap(), Some(uid));
+    assert_eq!(s.token_uid(&short, 100).await.unwrap(), None);
+    assert!(s.revoke_token(&token, 5).await.unwrap());
+    assert!(!s.revoke_token(&token, 6).await.unwrap());
+    assert!(!s.revoke_token("sk-cr-unknown", 6).await.unwrap());
+    assert_eq!(s.token_uid(&token, 7).await.unwrap(), None);
+    let infos = s.tokens_of(uid).await.unwrap();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(
+        (infos[0].label.as_str(), infos[0].revoked),
+        ("laptop", true)
+    );
+    assert_eq!(infos[1].expires_at_ms, Some(100));
+    assert_eq!(infos[0].hash_prefix.len(), 12);
+    // Only the hash is stored: no column of any token row holds the secret.
+    let rows = s
+        .rows("SELECT t::text AS row FROM tokens t", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let text: String = row.get("row");
+        assert!(!text.contains(secret), "token text stored: {text}");
+        assert!(
+            text.contains(&hex_of(&crate::tokens::token_hash(&token))) || text.contains("short")
+        );
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+#[tokio::test]
+async fn login_codes_one_live_per_user_single_use() {
+    let s = store_or_skip!();
+    let a = s.create_user("a").await.unwrap().uid;
+    let b = s.create_user("b").await.unwrap().uid;
+    let c1 = s.login_code(a, 300_000, 1_000).await.unwrap();
+    assert_eq!(c1.code.len(), 8);
+    assert_eq!(
+        s.login_code(a, 300_000, 2_000).await.unwrap(),
+        c1,
+        "the same code"
+    );
+    let cb = s.login_code(b, 300_000, 2_000).await.unwrap();
+    assert_ne!(cb.code, c1.code);
+    let typed = display_login_code(&c1.code).to_lowercase();
+    assert_eq!(s.consume_login_code(&typed, 3_000).await.unwrap(), Some(a));
+    assert_eq!(
+        s.consume_login_code(&c1.code, 3_000).await.unwrap(),
+        None,
+        "once"
+    );
+    // An expired code is replaced by a new one, and does not work.
+    let short = s.login_code(b, 1, 300_000).await;
+    assert_eq!(short.unwrap(), cb, "still live at 300,000");
+    let fresh = s.login_code(b, 1_000, 400_000).await.unwrap();
+    assert!(fresh.expires_at_ms == 401_000);
+    assert_eq!(
+        s.consume_login_code(&fresh.code, 401_000).await.unwrap(),
+        None
+    );
+    let d = s.login_code(a, 1_000, 20_000).await.unwrap();
+    assert_eq!(s.purge_expired_login_codes(30_000).await.unwrap(), 1);
+    assert_eq!(
+        s.consume_login_code(&d.code, 20_500).await.unwrap(),
+        None,
+        "purged"
+    );
+    assert_eq!(s.consume_login_code("1234567U", 0).await.unwrap(), None);
+    assert!(matches!(
+        s.login_code(Uid(99_999), 1_000, 0).await,
+        Err(StoreError::UnknownUser(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_database_refuses_what_the_rules_forbid() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    s.grant(uid, 5, crate::EntryKind::Grant, "g", "g1", 1)
+        .await
+        .unwrap();
+    let refused = [
+        "UPDATE balances SET paid = -1",
+        "UPDATE balances SET held = -1",
+        "INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
+                             reference)
+         SELECT uid, 2, 1, 'grant', 0, 1, 6, 'again', 'g1' FROM users",
+        "INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
+                             reference)
+         SELECT uid, 2, 1, 'gift', 0, 1, 6, 'x', 'g2' FROM users",
+        "INSERT INTO identities (platform, account, user_id, uid) VALUES ('mp', 'a', 'o', 987654)",
+        "INSERT INTO orders (id, uid, product, product_name, channel, amount_fen, credits, status,
+                             created_at_ms, expires_at_ms)
+         SELECT 'o1', uid, 'p', 'p', 'wechat', 100, 10, 'paid', 1, 2 FROM users",
+        "INSERT INTO orders (id, uid, product, product_name, channel, amount_fen, credits, status,
+                             created_at_ms, expires_at_ms)
+         SELECT 'o2', uid, 'p', 'p', 'wechat', -5, 10, 'created', 1, 2 FROM users",
+        "INSERT INTO orders (id, uid, product, product_name, channel, amount_fen, credits, status,
+                             created_at_ms, expires_at_ms)
+         SELECT 'o3', uid, 'p', 'p', 'wechat', 100, 10, 'refunded', 1, 2 FROM users",
+        "INSERT INTO login_codes (code, uid, expires_at_ms) SELECT 'ILOU0000', uid, 1 FROM users",
+        "INSERT INTO tokens (hash, uid, label, created_at_ms) SELECT 'short', uid, '', 1 FROM users",
+    ];
+    for sql in refused {
+        assert!(s.rows(sql, &[]).await.is_err(), "accepted: {sql}");
+    }
+    let again = s.rows(
+        "INSERT INTO identities (platform, account, user_id, uid) SELECT 'mp', 'a', 'o', uid FROM users",
+        &[],
+    );
+    again.await.unwrap();
+    let twice = s.rows(
+        "INSERT INTO identities (platform, account, user_id, uid) SELECT 'mp', 'a', 'o', uid FROM users",
+        &[],
+    );
+    assert!(twice.await.is_err(), "an identity belongs to one user");
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let Ok(url) = std::env::var("CHATRELAY_TEST_PG_URL") else {
+        eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
+        return;
+    };
+    let opts = crate::kv::pg::PgOptions {
+        schema: Some(crate::temporary_schema()),
+        ..crate::kv::pg::PgOptions::new(url)
+    };
+    let first = RelStore::migrate(&opts).await.unwrap();
+    assert_eq!((first.from, first.applied.clone()), (0, vec![1]));
+    let again = RelStore::migrate(&opts).await.unwrap();
+    assert_eq!((again.from, again.applied), (1, vec![]));
+    let s = RelStore::open(&opts).await.unwrap();
+    s.rows(
+        "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        RelStore::open(&opts).await,
+        Err(StoreError::SchemaTooNew {
+            found: 99,
+            supported: 1
+        })
+    ));
+}
+
+fn turn(n: i64) -> crate::Turn {
+    crate::Turn {
+        role: if n % 2 == 0 { "user" } else { "assistant" }.to_owned(),
+        content: format!("message {n}"),
+        at_ms: n,
+    }
+}
+
+#[tokio::test]
+async fn conversations_keep_the_newest_turns() {
+    let s = store_or_skip!();
+    assert!(s.conversation("c").await.unwrap().is_empty());
+    s.append_turns("c", &[turn(1), turn(2)], 3).await.unwrap();
+    s.append_turns("c", &[turn(3), turn(4)], 3).await.unwrap();
+    assert_eq!(
+        s.conversation("c").await.unwrap(),
+        vec![turn(2), turn(3), turn(4)]
+    );
+    let four = [turn(5), turn(6), turn(7), turn(8)];
+    s.append_turns("c", &four, 3).await.unwrap();
+    assert_eq!(
+        s.conversation("c").await.unwrap(),
+        vec![turn(6), turn(7), turn(8)]
+    );
+    assert!(s.conversation("other").await.unwrap().is_empty());
+    s.clear_conversation("c").await.unwrap();
+    assert!(s.conversation("c").await.unwrap().is_empty());
+    s.append_turns("c", &[turn(1)], 10).await.unwrap();
+    s.append_turns("c", &[turn(2)], 0).await.unwrap();
+    assert!(s.conversation("c").await.unwrap().is_empty(), "0 clears");
+    assert!(s.append_turns("", &[turn(1)], 1).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_all_land() {
+    let s = store_or_skip!();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for j in 0..10 {
+                    s.append_turns("c", &[turn(i * 100 + j)], 1000)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.conversation("c").await.unwrap().len(), 80);
+}
