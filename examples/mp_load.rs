@@ -1,11 +1,16 @@
 //! Load generator for the Official Account callback, used by `scripts/bench/mp_throughput.sh`.
 //!
 //! `mp_load hello LISTEN` serves a bare axum hello-world (the baseline).
+//! `mp_load upstream LISTEN` serves a fake OpenAI-compatible `/v1/chat/completions` that answers
+//! at once, the whole response (headers and body, streamed or not as asked) in one write on a
+//! socket with `TCP_NODELAY`: an instant model, so that what is measured is the daemon. Its
+//! answer repeats the question (`答：<question>`), which the `mp` mode checks.
 //! `mp_load get URL N CONCURRENCY` loads a plain GET URL.
 //! `mp_load mp URL TOKEN AES_KEY APP_ID N CONCURRENCY [USERS]` sends N distinct safe-mode
 //! text messages (encrypted and signed like WeChat, prepared before the clock starts) from
 //! `USERS` followers (default: a new follower per message) and checks every reply is an
-//! encrypted passive reply.
+//! encrypted passive reply whose decrypted text repeats its own question (as the `upstream`
+//! mode answers); `MP_CHECK=encrypted` only checks that the reply is encrypted (another LLM).
 //!
 //! `URL` may be several, separated by commas (daemons sharing one database): request `i`
 //! goes to the `i mod count`-th, round-robin, so a follower's messages land on every daemon.
@@ -38,14 +43,18 @@ async fn main() -> anyhow::Result<()> {
             axum::serve(listener, app).await?;
             Ok(())
         }
+        "upstream" => upstream(arg(1)?).await,
         "get" => {
             let urls = targets(arg(1)?)?;
             let n: usize = arg(2)?.parse()?;
             let c: usize = arg(3)?.parse()?;
             let requests: Vec<Request> = (0..n)
-                .map(|i| (i % urls.len(), urls[i % urls.len()].clone(), Vec::new()))
+                .map(|i| {
+                    let target = i % urls.len();
+                    (target, urls[target].clone(), Vec::new(), String::new())
+                })
                 .collect();
-            run(&urls, requests, c, false).await
+            run(&urls, requests, c, None).await
         }
         "mp" => {
             let urls = targets(arg(1)?)?;
@@ -79,17 +88,138 @@ async fn main() -> anyhow::Result<()> {
                         "{url}?signature={signature}&timestamp={ts}&nonce={nonce}&openid=o_bench_{run_id}_{}&encrypt_type=aes&msg_signature={msg_signature}",
                         i % users
                     );
-                    (target, full, body.into_bytes())
+                    (target, full, body.into_bytes(), format!("第 {i} 条压测消息"))
                 })
                 .collect();
-            run(&urls, requests, c, true).await
+            let check = if std::env::var("MP_CHECK").is_ok_and(|v| v == "encrypted") {
+                Check::Encrypted
+            } else {
+                Check::Answer {
+                    key,
+                    app_id: app_id.to_owned(),
+                }
+            };
+            run(&urls, requests, c, Some(check)).await
         }
         other => anyhow::bail!("unknown mode {other}"),
     }
 }
 
-/// A request: the index of its target, its full URL and its body.
-type Request = (usize, String, Vec<u8>);
+/// A request: the index of its target, its full URL, its body, and what its reply must say
+/// (the `mp` mode).
+type Request = (usize, String, Vec<u8>, String);
+
+/// How the replies of the `mp` mode are checked.
+enum Check {
+    /// An encrypted passive reply, whatever it says.
+    Encrypted,
+    /// An encrypted passive reply that decrypts (with `key`, for `app_id`) to a text message
+    /// containing the request's expected text.
+    Answer { key: AesKey, app_id: String },
+}
+
+impl Check {
+    fn accepts(&self, reply: &str, expected: &str) -> bool {
+        let Some(encrypt) = between(reply, "<Encrypt><![CDATA[", "]]></Encrypt>") else {
+            return false;
+        };
+        match self {
+            Check::Encrypted => true,
+            Check::Answer { key, app_id } => {
+                let Ok(plain) = chatrelay_wechat::decrypt_message(key, encrypt, app_id) else {
+                    return false;
+                };
+                let plain = String::from_utf8_lossy(&plain);
+                between(&plain, "<Content><![CDATA[", "]]></Content>")
+                    .is_some_and(|text| text.contains(expected))
+            }
+        }
+    }
+}
+
+/// The text between `start` and the next `end`.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text.get(from..)?.find(end)?;
+    text.get(from..from + len)
+}
+
+/// The fake upstream: HTTP/1.1 keep-alive, one write per response, `TCP_NODELAY`.
+async fn upstream(listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (sock, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = serve_upstream(sock).await;
+        });
+    }
+}
+
+async fn serve_upstream(mut sock: tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        // The head, then the body by its Content-Length.
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 8192];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or_default();
+        buf.drain(..head_end + length);
+        let question = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("");
+        let answer = serde_json::Value::String(format!("答：{question}")).to_string();
+        let usage = r#"{"prompt_tokens":20,"completion_tokens":20,"total_tokens":40}"#;
+        let (content_type, payload) = if body["stream"].as_bool() == Some(true) {
+            (
+                "text/event-stream",
+                format!(
+                    "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":{answer}}},\"finish_reason\":null}}]}}\n\n\
+                     data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{usage}}}\n\n\
+                     data: [DONE]\n\n"
+                ),
+            )
+        } else {
+            (
+                "application/json",
+                format!(
+                    "{{\"id\":\"c\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{answer}}},\"finish_reason\":\"stop\"}}],\"usage\":{usage}}}"
+                ),
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        sock.write_all(response.as_bytes()).await?;
+    }
+}
 
 /// The comma-separated target URLs.
 fn targets(arg: &str) -> anyhow::Result<Vec<String>> {
@@ -107,8 +237,9 @@ async fn run(
     urls: &[String],
     requests: Vec<Request>,
     concurrency: usize,
-    post: bool,
+    check: Option<Check>,
 ) -> anyhow::Result<()> {
+    let check = Arc::new(check);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -124,6 +255,7 @@ async fn run(
     for _ in 0..concurrency {
         let queue = queue.clone();
         let client = client.clone();
+        let check = check.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut ok = 0usize;
@@ -131,7 +263,7 @@ async fn run(
             let mut per_target: Vec<(usize, usize)> = vec![(0, 0); targets];
             loop {
                 let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                let Some((i, (target, url, body))) = next else {
+                let Some((i, (target, url, body, expected))) = next else {
                     break;
                 };
                 per_target[target].0 += 1;
@@ -143,7 +275,7 @@ async fn run(
                     }
                     None => Instant::now(),
                 };
-                let res = if post {
+                let res = if check.is_some() {
                     client.post(&url).body(body).send().await
                 } else {
                     client.get(&url).send().await
@@ -151,7 +283,11 @@ async fn run(
                 if let Ok(r) = res {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    if status.is_success() && (!post || text.contains("<Encrypt>")) {
+                    let right = match check.as_ref() {
+                        None => true,
+                        Some(check) => check.accepts(&text, &expected),
+                    };
+                    if status.is_success() && right {
                         ok += 1;
                         per_target[target].1 += 1;
                     }

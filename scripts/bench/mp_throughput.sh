@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Official Account callback throughput in safe mode with an instant LLM (the demo provider
-# with no delay): verify, decrypt, parse, dedupe, quota, answer, encrypt. Baseline in the same
-# run: a bare axum hello-world loaded by the same client at the same concurrency.
+# Official Account callback throughput in safe mode, as issue 21 measures it: every message
+# is verified, decrypted, parsed, deduplicated, metered (reserve + settle), answered by an
+# OpenAI-compatible upstream over HTTP that answers at once (`mp_load upstream`: the whole
+# response in one write, TCP_NODELAY), remembered, and answered with an encrypted passive
+# reply, which the client decrypts and checks (it must repeat the message's own text). A
+# unique MsgId and a new follower per message. Baseline in the same run, at each concurrency:
+# a bare axum hello-world loaded by the same client.
 #
-# Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCY] [USERS]   (default 20000 64,
-# and a new follower per message; USERS spreads the messages over that many followers)
-# With LLM_SECS=1 the answers come from a fake upstream that takes that long (instead of the
-# instant demo): then what matters is that every reply is inside WeChat's 5 s (max_ms).
+# Usage: scripts/bench/mp_throughput.sh [REQUESTS] [CONCURRENCIES] [USERS]
+#   defaults: 20000 "1 8 64", a new follower per message (USERS spreads the messages over that
+#   many followers). At concurrency 1 the run is REQUESTS/4 messages (C1_REQUESTS overrides).
+# With LLM_SECS=1 the answers come from a fake upstream that takes that long (`stream_load
+# upstream`, two tokens LLM_SECS apart): then what matters is that every reply is inside
+# WeChat's 5 s (max_ms). BENCH_PROFILE=debug for smoke runs; figures come from release.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=oa_config.sh
 source scripts/bench/oa_config.sh
 n="${1:-20000}"
-c="${2:-64}"
-users="${3:-$n}"
-cargo build $release --locked --bin chatrelay --example mp_load --example stream_load >/dev/null 2>&1
-bin="$PWD/target/$profile/chatrelay"
-load="$PWD/target/$profile/examples/mp_load"
+concurrencies="${2:-1 8 64}"
+users="${3:-}"
+# BENCH_BIN_DIR: run the binaries found there (chatrelay, mp_load, stream_load) instead of
+# building them (to compare a saved build with the current one).
+bins="${BENCH_BIN_DIR:-$PWD/target/$profile}"
+[ -n "${BENCH_BIN_DIR:-}" ] || cargo build $release --locked --bin chatrelay --example mp_load --example stream_load >/dev/null 2>&1
+bin="$bins/chatrelay"
+load="$bins/mp_load"
+[ -x "$load" ] || load="$bins/examples/mp_load"
+stream_load="$bins/stream_load"
+[ -x "$stream_load" ] || stream_load="$bins/examples/stream_load"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -24,14 +36,16 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 
 port=$(freeport)
 hello_port=$(freeport)
-llm=""   # the instant demo provider
+up_port=$(freeport)
 if [ -n "${LLM_SECS:-}" ]; then
-  up_port=$(freeport)
   # Two tokens, the second LLM_SECS after the first: an answer that takes LLM_SECS.
-  "$PWD/target/$profile/examples/stream_load" upstream "127.0.0.1:$up_port" 2 "$(( LLM_SECS * 1000 ))" &
-  pids+=($!)
-  llm=$(printf '[llm]\nbase_url = "http://127.0.0.1:%s/v1"\napi_keys = ["sk-bench"]\nmodel = "bench"' "$up_port")
+  "$stream_load" upstream "127.0.0.1:$up_port" 2 "$(( LLM_SECS * 1000 ))" &
+  export MP_CHECK=encrypted
+else
+  "$load" upstream "127.0.0.1:$up_port" &
 fi
+pids+=($!)
+llm=$(printf '[llm]\nbase_url = "http://127.0.0.1:%s/v1"\napi_keys = ["sk-bench"]\nmodel = "bench"' "$up_port")
 oa_toml "$port" "$work/data" "" "$llm" > "$work/chatrelay.toml"
 "$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
 pids+=($!)
@@ -40,17 +54,30 @@ pids+=($!)
 until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
 until curl -fs "http://127.0.0.1:$hello_port/" >/dev/null 2>&1; do sleep 0.05; done
 
-"$load" get "http://127.0.0.1:$hello_port/" 2000 "$c" >/dev/null     # warm-up
-base=$("$load" get "http://127.0.0.1:$hello_port/" "$n" "$c")
-mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$n" "$c" "$users")
-echo "baseline (bare axum hello-world): $base"
-echo "chatrelay OA safe-mode callback:  $mp"
-python3 - "$base" "$mp" <<'PY'
+metric() { curl -fs "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+"$load" get "http://127.0.0.1:$hello_port/" 2000 8 >/dev/null     # warm-up
+for c in $concurrencies; do
+  count=$n
+  [ "$c" = 1 ] && count="${C1_REQUESTS:-$(( n / 4 ))}"
+  base=$("$load" get "http://127.0.0.1:$hello_port/" "$count" "$c")
+  f0=$(metric chatrelay_store_flushes_total || echo 0)
+  r0=$(metric chatrelay_store_flush_requests_total || echo 0)
+  mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$count" "$c" ${users:+"$users"})
+  f1=$(metric chatrelay_store_flushes_total || echo 0)
+  r1=$(metric chatrelay_store_flush_requests_total || echo 0)
+  echo "c=$c baseline (bare axum hello-world): $base"
+  echo "c=$c chatrelay OA safe-mode callback:  $mp"
+  python3 - "$c" "$base" "$mp" "${f0:-0}" "${f1:-0}" "${r0:-0}" "${r1:-0}" <<'PY'
 import sys
-def parse(line): return dict(kv.split("=") for kv in line.split())
-b, m = parse(sys.argv[1]), parse(sys.argv[2])
-print(f"ratio rps chatrelay/baseline: {float(m['rps'])/float(b['rps']):.2f}")
-print(f"overhead p50: {float(m['p50_ms'])-float(b['p50_ms']):.2f} ms, p99: {float(m['p99_ms'])-float(b['p99_ms']):.2f} ms")
+c = sys.argv[1]
+def parse(line): return dict(kv.split("=") for kv in line.split()[:7])
+b, m = parse(sys.argv[2]), parse(sys.argv[3])
+f0, f1, r0, r1 = (float(x or 0) for x in sys.argv[4:8])
+n = float(m['requests'])
+print(f"c={c} | {m['ok']}/{m['requests']} replies right | chatrelay {float(m['rps']):.0f} req/s p50 {m['p50_ms']} ms p99 {m['p99_ms']} ms"
+      f" | hello {float(b['rps']):.0f} req/s p50 {b['p50_ms']} ms p99 {b['p99_ms']} ms"
+      f" | ratio {float(m['rps'])/float(b['rps']):.4f} | flushes/msg {(f1-f0)/n:.3f}, flush requests/msg {(r1-r0)/n:.3f}")
 PY
+done
 pid=$(pgrep -f "$bin --config $work/chatrelay.toml" | head -1)
 echo "chatrelay RSS after the run: $(awk '/VmRSS/ {print $2}' /proc/$pid/status) KiB"

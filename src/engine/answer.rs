@@ -33,7 +33,10 @@ impl Engine {
         watch: &Watch,
     ) -> ReplyEvent {
         let s = self.settings();
-        let (call, budget) = match self.reserve_call(&s, uid, model, &mut req, reference, watch) {
+        let (call, budget) = match self
+            .reserve_call(&s, uid, model, &mut req, reference, watch)
+            .await
+        {
             Ok(ready) => ready,
             Err(refused) => return refused,
         };
@@ -47,15 +50,16 @@ impl Engine {
             Err(Ending::Cancelled) if !got.text.is_empty() && sink.delivers_pieces() => {
                 self.settle_stopped(&call, &got.text).await
             }
-            Err(ending) => self.settle_unanswered(&call, &ending, got.text.len()),
+            Err(ending) => self.settle_unanswered(&call, &ending, got.text.len()).await,
         }
     }
 
-    /// Caps the answer at what is reserved for and reserves its estimated price; returns the
-    /// call and the token budget its stream is cut at.
-    fn reserve_call<'a>(
+    /// Caps the answer at what is reserved for and reserves its estimated price (one step off
+    /// the async workers: the balance read and the reservation); returns the call and the
+    /// token budget its stream is cut at.
+    async fn reserve_call<'a>(
         &self,
-        s: &'a Settings,
+        s: &'a Arc<Settings>,
         uid: Uid,
         model: &'a ModelConfig,
         req: &mut LlmRequest,
@@ -69,12 +73,24 @@ impl Engine {
             .sum();
         // The upstream is asked for exactly the answer length reserved for; for a per-token
         // price that is never more than the payer's credits cover.
-        let (limit, budget) = self.answer_limit(s, uid, model, prompt_est, watch, req)?;
-        req.max_completion_tokens = limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
-        let max_completion = req.max_completion_tokens.map(u64::from);
-        let estimate =
-            quota::estimate_cost(model, prompt_est, max_completion).saturating_add(watch.surcharge);
-        let reservation = self.reserve(s, uid, estimate, reference)?;
+        let asked = req.max_completion_tokens.map(u64::from);
+        let surcharge = watch.surcharge;
+        let (settings, owned_model, owned_reference) =
+            (s.clone(), model.clone(), reference.to_owned());
+        let reserved = self
+            .off_worker(move |e| -> Result<_, ReplyEvent> {
+                let (limit, budget) =
+                    e.answer_limit(&settings, uid, &owned_model, prompt_est, surcharge, asked)?;
+                let limit = limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+                let estimate = quota::estimate_cost(&owned_model, prompt_est, limit.map(u64::from))
+                    .saturating_add(surcharge);
+                let reservation = e.reserve(&settings, uid, estimate, &owned_reference)?;
+                Ok((limit, budget, reservation))
+            })
+            .await
+            .unwrap_or_else(|| Err(failed(FailureKind::Unavailable, &s.texts.unavailable)));
+        let (limit, budget, reservation) = reserved?;
+        req.max_completion_tokens = limit;
         let call = Call {
             s,
             model,
@@ -159,8 +175,10 @@ impl Engine {
         });
         let cost = quota::actual_cost(call.model, &usage).saturating_add(call.watch.surcharge);
         // Durable before the answer leaves: a crash after delivery cannot lose it.
+        // The conversation's new turns go in the same step as the charge.
+        let memory = call.watch.memory.as_ref().map(|m| m.with_answer(&text));
         let charged = self
-            .settle(call.reservation, cost, &call.model.name)
+            .settle(call.reservation, cost, &call.model.name, memory)
             .await
             .unwrap_or(0);
         self.record_usage(call.s, &call.model.name, &usage, charged);
@@ -193,6 +211,11 @@ impl Engine {
         // The model wrote something a rule forbids: the answer stops there, with a
         // notice. What was generated is paid for, like a stopped answer.
         self.record_hit(call.watch, chatrelay_rules::Direction::Output, hit);
+        let notice = if text.is_empty() {
+            hit.refusal.clone()
+        } else {
+            format!("\n\n{}", call.s.texts.answer_cut)
+        };
         let (usage, charged) = self
             .charge_partial(
                 call.s,
@@ -204,13 +227,22 @@ impl Engine {
                 "cut",
             )
             .await;
-        let notice = if text.is_empty() {
-            hit.refusal.clone()
-        } else {
-            format!("\n\n{}", call.s.texts.answer_cut)
-        };
         let _ = sink.delta(&notice).await;
         text.push_str(&notice);
+        // Remembered as the reader got it, notice included (a step of its own: rare).
+        if let Some(memory) = &call.watch.memory {
+            let m = memory.with_answer(&text);
+            let stored = self
+                .off_worker(move |e| {
+                    e.inner
+                        .store
+                        .append_turns(&m.conversation, &m.turns, m.max_turns)
+                })
+                .await;
+            if let Some(Err(e)) = stored {
+                warn!(error = %e, "saving the conversation failed");
+            }
+        }
         ReplyEvent::Final {
             text,
             usage: Some(usage),
@@ -242,9 +274,14 @@ impl Engine {
 
     /// Releases the reservation of an answer that failed or went unreceived: nothing is
     /// charged. `received`: bytes of the answer that had come when it ended.
-    fn settle_unanswered(&self, call: &Call<'_>, ending: &Ending, received: usize) -> ReplyEvent {
+    async fn settle_unanswered(
+        &self,
+        call: &Call<'_>,
+        ending: &Ending,
+        received: usize,
+    ) -> ReplyEvent {
         let s = call.s;
-        self.release(call.reservation);
+        self.release(call.reservation).await;
         let (label, kind, message) = match ending {
             Ending::Upstream(e) => {
                 warn!(error = %e, "LLM call failed; nothing charged");

@@ -74,6 +74,7 @@ impl Engine {
             platform: req.platform,
             scope: policy::platform_scope(req.platform).to_owned(),
             surcharge: pictures.saturating_mul(model.credits_per_image),
+            memory: None,
         };
         // What the rules look at: the last thing the user said.
         let question = Message::last_user_text(&req.messages);

@@ -132,10 +132,20 @@ impl Engine {
 
     /// Ban and rate limit; `Some(failure)` when the user may not ask now.
     pub(super) fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
+        let user = self.inner.store.user(uid);
+        self.guard_user(uid, user.as_ref().map(Option::as_ref))
+    }
+
+    /// [`Engine::guard`] with the user record already read (`user`).
+    pub(super) fn guard_user(
+        &self,
+        uid: Uid,
+        user: Result<Option<&chatrelay_storage::User>, &StoreError>,
+    ) -> Option<ReplyEvent> {
         let inner = &self.inner;
         let settings = self.settings();
         let texts = &settings.texts;
-        match inner.store.user(uid) {
+        match user {
             Ok(Some(user)) if user.banned => {
                 return Some(failed(FailureKind::Banned, &texts.banned));
             }

@@ -67,7 +67,7 @@ impl Engine {
         let drawn = tokio::select! {
             r = self.llm().image(prompt) => r,
             () = self.inner.shutdown.cancelled() => {
-                self.release(reservation);
+                self.release(reservation).await;
                 return failed(FailureKind::Unavailable, &s.texts.unavailable);
             }
         };
@@ -88,7 +88,10 @@ impl Engine {
     ) -> ReplyEvent {
         match drawn {
             Ok(urls) => {
-                let charged = self.settle(reservation, cost, "image").await.unwrap_or(0);
+                let charged = self
+                    .settle(reservation, cost, "image", None)
+                    .await
+                    .unwrap_or(0);
                 metrics::counter!("chatrelay_images_total", "outcome" => "ok").increment(1);
                 metrics::counter!("chatrelay_credits_charged_total").increment(charged);
                 let links: Vec<String> = urls
@@ -106,7 +109,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                self.release(reservation);
+                self.release(reservation).await;
                 metrics::counter!("chatrelay_images_total", "outcome" => "error").increment(1);
                 warn!(error = %e, "drawing failed; nothing charged");
                 if matches!(e, chatrelay_openai::Error::InvalidConfig(_)) {

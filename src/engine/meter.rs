@@ -10,6 +10,48 @@ pub(super) fn platform_reference(inbound: &Inbound, drawn: bool) -> String {
     format!("{kind}:{}#{}", inbound.key, inbound.message_id)
 }
 
+/// A conversation's new turns, written with the settlement of its answer.
+pub(super) struct Remembered {
+    pub(super) conversation: String,
+    pub(super) turns: Vec<Turn>,
+    pub(super) max_turns: usize,
+}
+
+/// What the answer to a platform message adds to its conversation: the question, and the
+/// answer once it is known.
+#[derive(Clone, Debug)]
+pub(super) struct Memory {
+    /// The conversation's key.
+    pub(super) conversation: String,
+    /// The question as remembered (a picture is noted, not kept).
+    pub(super) question: String,
+    /// How many turns the conversation keeps.
+    pub(super) max_turns: usize,
+}
+
+impl Memory {
+    /// The turns to append once the answer is `answer`.
+    pub(super) fn with_answer(&self, answer: &str) -> Remembered {
+        let at_ms = now_ms();
+        Remembered {
+            conversation: self.conversation.clone(),
+            turns: vec![
+                Turn {
+                    role: "user".to_owned(),
+                    content: self.question.clone(),
+                    at_ms,
+                },
+                Turn {
+                    role: "assistant".to_owned(),
+                    content: answer.to_owned(),
+                    at_ms,
+                },
+            ],
+            max_turns: self.max_turns,
+        }
+    }
+}
+
 impl Engine {
     pub(super) fn record_usage(&self, s: &Settings, model: &str, usage: &Usage, charged: u64) {
         let model_label = model.to_owned();
@@ -45,7 +87,7 @@ impl Engine {
         };
         let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
         let charged = self
-            .settle(reservation, cost, &model.name)
+            .settle(reservation, cost, &model.name, None)
             .await
             .unwrap_or(0);
         self.record_usage(s, &model.name, &usage, charged);
@@ -92,19 +134,39 @@ impl Engine {
         }
     }
 
-    /// Settles a reservation and waits until the charge is on disk, so that the answer,
-    /// which leaves after this, is never delivered with a charge a crash could lose.
-    /// Returns the credits charged.
-    pub(super) async fn settle(&self, id: ReservationId, cost: u64, model: &str) -> Option<u64> {
+    /// Settles a reservation (with the conversation's new turns, `memory`, in the same step)
+    /// and waits until the charge is on disk (its group's flush), so that the answer, which
+    /// leaves after this, is never delivered with a charge a crash could lose. The store work
+    /// runs off the async workers. Returns the credits charged.
+    pub(super) async fn settle(
+        &self,
+        id: ReservationId,
+        cost: u64,
+        model: &str,
+        memory: Option<Remembered>,
+    ) -> Option<u64> {
         let s = self.settings();
-        let settled = self.inner.store.settle(
-            id,
-            cost,
-            &format!("answer ({model})"),
-            s.today(),
-            s.free_daily,
-            now_ms(),
-        );
+        let reason = format!("answer ({model})");
+        let (today, free_daily) = (s.today(), s.free_daily);
+        let settled = self
+            .off_worker(move |e| {
+                let remember = memory.as_ref().map(|m| chatrelay_storage::Remember {
+                    conversation: &m.conversation,
+                    turns: &m.turns,
+                    max_turns: m.max_turns,
+                });
+                e.inner.store.settle_with_turns(
+                    id,
+                    cost,
+                    &reason,
+                    today,
+                    free_daily,
+                    now_ms(),
+                    remember,
+                )
+            })
+            .await
+            .unwrap_or(Err(StoreError::Reopening));
         if settled.is_ok()
             && let Err(e) = self.inner.store.flush().await
         {
@@ -191,10 +253,9 @@ impl Engine {
         uid: Uid,
         model: &ModelConfig,
         prompt_est: u64,
-        watch: &Watch,
-        req: &LlmRequest,
+        surcharge: u64,
+        asked: Option<u64>,
     ) -> Result<(Option<u64>, Option<u64>), ReplyEvent> {
-        let asked = req.max_completion_tokens.map(u64::from);
         if model.credits_per_1k_tokens == 0 {
             return Ok((asked, None));
         }
@@ -205,9 +266,8 @@ impl Engine {
                 return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
             }
         };
-        let affordable =
-            quota::affordable_completion(model, prompt_est, watch.surcharge, available)
-                .unwrap_or(u64::MAX);
+        let affordable = quota::affordable_completion(model, prompt_est, surcharge, available)
+            .unwrap_or(u64::MAX);
         // At least one token: a payer who cannot cover it gets the reservation's refusal.
         let limit = match asked {
             Some(a) => Some(a.min(affordable).max(1)),
@@ -217,9 +277,30 @@ impl Engine {
         Ok((limit, Some(affordable)))
     }
 
-    pub(super) fn release(&self, id: ReservationId) {
-        if let Err(e) = self.inner.store.release(id) {
+    /// Drops a reservation without charging (off the async workers).
+    pub(super) async fn release(&self, id: ReservationId) {
+        let released = self
+            .off_worker(move |e| e.inner.store.release(id))
+            .await
+            .unwrap_or(Err(StoreError::Reopening));
+        if let Err(e) = released {
             warn!(error = %e, reservation = %id, "releasing a reservation failed");
+        }
+    }
+
+    /// Runs store work `f` on tokio's blocking pool, never on the async workers, so that a
+    /// slow disk (or a write waiting for sled's log) delays that work, not every connection.
+    /// A message's steps make one such hop each. `None` when the runtime is shutting down and
+    /// the work never ran; a panic in `f` is passed on.
+    pub(super) async fn off_worker<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> R + Send + 'static,
+    ) -> Option<R> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || f(&this)).await {
+            Ok(r) => Some(r),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
         }
     }
 }

@@ -322,6 +322,8 @@ struct Watch {
     scope: String,
     /// Credits added to the answer's price (pictures sent to a vision model).
     surcharge: u64,
+    /// The conversation the answer is remembered in, written with its settlement.
+    memory: Option<Memory>,
 }
 
 /// The outcome of a message for metrics and statistics.
@@ -452,47 +454,56 @@ impl Engine {
         Ok((tx, rx))
     }
 
-    /// Records message `id` as seen until `expires`: new here, being answered by another
-    /// daemon on the database, or refused (seen before; a failing store).
-    fn dedupe(&self, s: &Settings, id: &str, expires: i64, now: i64) -> Dedupe {
-        match self.inner.store.dedupe_insert(id, expires, now) {
-            Ok(true) => Dedupe::New,
-            Ok(false) if self.inner.store.is_shared() => {
-                // Another daemon on the database took this message (a platform retry landed
-                // here).
-                metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
-                Dedupe::Elsewhere
-            }
-            Ok(false) => {
-                // Seen before, answered in an earlier run: not answered twice.
-                metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
-                Dedupe::Refused(failed(FailureKind::Duplicate, ""))
-            }
-            Err(e) => {
-                warn!(error = %e, "dedupe failed");
-                Dedupe::Refused(failed(FailureKind::Unavailable, &s.texts.unavailable))
-            }
-        }
-    }
-
-    /// Answers a platform message in a task of its own, into its slot's progress, and shares
-    /// the answer with the other daemons on the database under `shared_key`.
+    /// Admits a platform message (its dedupe mark `id` and its sender, one step off the async
+    /// workers) and answers it in a task of its own, into its slot's progress; shares the
+    /// answer with the other daemons on the database under `id`. A message seen before is
+    /// refused, or on a shared database followed to the answer another daemon makes.
     fn spawn_platform_answer(
         &self,
+        s: Arc<Settings>,
         inbound: Inbound,
         tx: watch::Sender<Progress>,
-        shared_key: String,
-        expires: i64,
+        id: String,
+        (expires, now): (i64, i64),
     ) {
         let this = self.clone();
         let span = info_span!("message", key = %inbound.key, msg = %inbound.message_id);
         self.inner.tracker.spawn(
             async move {
+                let admitted = match this.admit(&s, &inbound, &id, expires, now).await {
+                    Dedupe::New(admitted) => admitted,
+                    Dedupe::Elsewhere => {
+                        // Another daemon is answering: the slot (this caller and whoever
+                        // joined it, such as the Official Account's watcher) follows that
+                        // answer through the database. Every follower must get it: one of
+                        // them may be the one that delivers it.
+                        let found = follow_shared(
+                            this.inner.store.clone(),
+                            id,
+                            s.reservation_ttl,
+                            &this.inner.tracker,
+                        );
+                        let event = found.collect().await;
+                        tx.send_modify(|p| p.done = Some(event));
+                        return;
+                    }
+                    Dedupe::Refused(event) => {
+                        this.inner
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .map
+                            .remove(&id);
+                        // Joiners of the slot get the same word (a duplicate is silent).
+                        tx.send_modify(|p| p.done = Some(event));
+                        return;
+                    }
+                };
                 let sink = Sink::Progress(tx);
                 let platform = inbound.key.platform;
-                let event = this.answer_platform(inbound, &sink).await;
+                let event = this.answer_platform(inbound, &sink, *admitted).await;
                 this.record_outcome(platform, &event);
-                this.share_answer(&shared_key, &event, expires);
+                this.share_answer(&id, &event, expires);
                 if let Sink::Progress(tx) = sink {
                     tx.send_modify(|p| p.done = Some(event));
                 }
@@ -519,47 +530,17 @@ impl Handler for Engine {
         };
         let now = now_ms();
         let expires = now.saturating_add(s.dedupe_ttl.as_millis() as i64);
-        match self.dedupe(&s, &id, expires, now) {
-            Dedupe::New => self.spawn_platform_answer(inbound, tx, id, expires),
-            Dedupe::Elsewhere => {
-                // Another daemon is answering: the slot (this caller and whoever joined it,
-                // such as the Official Account's watcher) follows that answer through the
-                // database. Every follower must get it: one of them may be the one that
-                // delivers it.
-                let found = follow_shared(
-                    self.inner.store.clone(),
-                    id,
-                    s.reservation_ttl,
-                    &self.inner.tracker,
-                );
-                self.inner.tracker.spawn(async move {
-                    let event = found.collect().await;
-                    tx.send_modify(|p| p.done = Some(event));
-                });
-            }
-            Dedupe::Refused(event) => {
-                self.inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .map
-                    .remove(&id);
-                // Joiners of the slot get the same word (a duplicate is silent).
-                tx.send_modify(|p| p.done = Some(event.clone()));
-                return match event {
-                    ReplyEvent::Failed { kind, message } => Reply::failed(kind, message),
-                    other => Reply::text(other.user_text().unwrap_or_default()),
-                };
-            }
-        }
+        // The store is asked in the task (off the async workers), which settles the slot
+        // whatever it finds: this caller follows the slot like any joiner.
+        self.spawn_platform_answer(s, inbound, tx, id, (expires, now));
         follow(rx, &self.inner.tracker)
     }
 }
 
 /// What the dedupe mark says of a platform message.
 enum Dedupe {
-    /// First seen: answer it.
-    New,
+    /// First seen: answer it, with what the admit step read.
+    New(Box<platform::Admitted>),
     /// Another daemon on the shared database is answering it: follow that answer.
     Elsewhere,
     /// Not to be answered: this is what the caller and the slot's joiners get.

@@ -1,23 +1,108 @@
 //! A chat-platform message: commands, checks, keyword replies, the model and role, memory,
 //! the answer, and the turn appended to the conversation.
 
+use chatrelay_storage::{Admission, User};
+
 use super::*;
 
+/// What the admit step of a platform message read, so that what runs before the model
+/// needs no store call of its own.
+pub(super) struct Admitted {
+    /// The sender.
+    uid: Uid,
+    /// The sender's record (ban, groups).
+    user: Result<Option<User>, StoreError>,
+    /// The sender's saved model and role.
+    model_pref: Option<String>,
+    role_pref: Option<String>,
+    /// The conversation so far (empty when not remembered, or unreadable).
+    history: Vec<Turn>,
+    /// Who pays, when billed to another account (a zsxq group's payer).
+    payer: Option<Result<Uid, StoreError>>,
+}
+
 impl Engine {
-    /// Answers a chat-platform message (the body of [`Handler::handle`]).
-    pub(super) async fn answer_platform(&self, inbound: Inbound, sink: &Sink) -> ReplyEvent {
+    /// The admit step of a platform message, one hop off the async workers: its dedupe mark
+    /// `id` and its sender in one store transaction, then the reads the answer needs.
+    pub(super) async fn admit(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        id: &str,
+        expires: i64,
+        now: i64,
+    ) -> Dedupe {
+        let (key, name, bill_to, remember, mark) = (
+            inbound.key.clone(),
+            inbound.display_name.clone(),
+            inbound.bill_to.clone(),
+            inbound.remember,
+            id.to_owned(),
+        );
+        let got = self
+            .off_worker(move |e| -> Result<Option<Admitted>, StoreError> {
+                let store = &e.inner.store;
+                let uid = match store.admit(&key, name.as_deref(), &mark, expires, now)? {
+                    Admission::New(uid) => uid,
+                    Admission::Seen => return Ok(None),
+                };
+                let history = if remember {
+                    store.conversation(&key.to_string()).unwrap_or_else(|e| {
+                        // Answering without memory beats not answering.
+                        warn!(error = %e, "reading the conversation failed");
+                        Vec::new()
+                    })
+                } else {
+                    Vec::new()
+                };
+                Ok(Some(Admitted {
+                    uid,
+                    user: store.user(uid),
+                    model_pref: policy::pref(store, uid, "model").ok().flatten(),
+                    role_pref: policy::pref(store, uid, "role").ok().flatten(),
+                    history,
+                    payer: bill_to.map(|k| store.resolve_identity(&k, None)),
+                }))
+            })
+            .await
+            .unwrap_or(Err(StoreError::Reopening));
+        match got {
+            Ok(Some(admitted)) => Dedupe::New(Box::new(admitted)),
+            Ok(None) if self.inner.store.is_shared() => {
+                // Another daemon on the database took this message (a platform retry landed
+                // here).
+                metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
+                Dedupe::Elsewhere
+            }
+            Ok(None) => {
+                // Seen before, answered in an earlier run: not answered twice.
+                metrics::counter!("chatrelay_duplicates_dropped_total").increment(1);
+                Dedupe::Refused(failed(FailureKind::Duplicate, ""))
+            }
+            Err(e) => {
+                warn!(error = %e, "admitting the message failed");
+                Dedupe::Refused(failed(FailureKind::Unavailable, &s.texts.unavailable))
+            }
+        }
+    }
+
+    /// Answers a platform message (the body of [`Handler::handle`]) admitted as `admitted`.
+    pub(super) async fn answer_platform(
+        &self,
+        inbound: Inbound,
+        sink: &Sink,
+        admitted: Admitted,
+    ) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
-        let uid = match self.user_of(&s, &inbound) {
-            Ok(uid) => uid,
-            Err(refused) => return refused,
-        };
+        let uid = admitted.uid;
         let conversation = inbound.key.to_string();
         let mut watch = Watch {
             uid,
             platform: inbound.key.platform,
             scope: policy::scope_of(&inbound.key),
             surcharge: 0,
+            memory: None,
         };
         match self.command(&inbound.text) {
             Some(Command::Image(prompt)) => {
@@ -27,10 +112,13 @@ impl Engine {
             None => {}
         }
         inner.stats.active(s.today(), uid);
-        if let Some(early) = self.answer_before_model(&s, &watch, &inbound.text).await {
+        if let Some(early) = self
+            .answer_before_model(&s, &watch, &admitted, &inbound.text)
+            .await
+        {
             return early;
         }
-        let (payer, model) = match self.payer_and_model(&s, &inbound, uid, &watch.scope) {
+        let (payer, model) = match self.payer_and_model(&s, &admitted, &watch.scope) {
             Ok(chosen) => chosen,
             Err(refused) => return refused,
         };
@@ -40,8 +128,19 @@ impl Engine {
             Err(refused) => return refused,
         };
         watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
-        let messages =
-            self.platform_prompt(&s, &inbound, uid, &watch.scope, &question, picture_parts);
+        if inbound.remember {
+            watch.memory = Some(Memory {
+                conversation: conversation.clone(),
+                // Pictures are not kept: the memory says one was there.
+                question: if inbound.images.is_empty() {
+                    question.clone()
+                } else {
+                    format!("[图片] {question}")
+                },
+                max_turns: s.max_turns,
+            });
+        }
+        let messages = self.platform_prompt(&s, &admitted, &watch.scope, &question, picture_parts);
         let req = LlmRequest {
             model: model.name.clone(),
             messages,
@@ -50,26 +149,9 @@ impl Engine {
             extra: serde_json::Map::new(),
         };
         let reference = platform_reference(&inbound, false);
-        let event = self
-            .run_llm(payer, &model, req, &reference, sink, &watch)
-            .await;
-        if let ReplyEvent::Final { text, .. } = &event
-            && inbound.remember
-        {
-            self.remember_turn(&s, &inbound, &question, text);
-        }
-        event
-    }
-
-    /// The user who sent a message (created on first contact).
-    fn user_of(&self, s: &Settings, inbound: &Inbound) -> Result<Uid, ReplyEvent> {
-        self.inner
-            .store
-            .resolve_identity(&inbound.key, inbound.display_name.as_deref())
-            .map_err(|e| {
-                warn!(error = %e, "resolving the user failed");
-                failed(FailureKind::Unavailable, &s.texts.unavailable)
-            })
+        // The turn is remembered with the answer's settlement (`watch.memory`).
+        self.run_llm(payer, &model, req, &reference, sink, &watch)
+            .await
     }
 
     /// The question (a picture alone asks the configured picture question) and the pictures
@@ -97,10 +179,12 @@ impl Engine {
         &self,
         s: &Settings,
         watch: &Watch,
+        admitted: &Admitted,
         text: &str,
     ) -> Option<ReplyEvent> {
         // A banned (or too hasty) user gets nothing else, keyword answers included.
-        if let Some(refused) = self.guard(watch.uid) {
+        let user = admitted.user.as_ref().map(Option::as_ref);
+        if let Some(refused) = self.guard_user(watch.uid, user) {
             return Some(refused);
         }
         if let Some(refused) = self.input_refusal(s, watch, text) {
@@ -134,15 +218,20 @@ impl Engine {
     fn payer_and_model(
         &self,
         s: &Settings,
-        inbound: &Inbound,
-        uid: Uid,
+        admitted: &Admitted,
         scope: &str,
     ) -> Result<(Uid, ModelConfig), ReplyEvent> {
-        let payer = self.payer_of(s, inbound, uid)?;
-        let chosen_model = policy::pref(&self.inner.store, uid, "model").ok().flatten();
+        let payer = match &admitted.payer {
+            None => admitted.uid,
+            Some(Ok(payer)) => *payer,
+            Some(Err(e)) => {
+                warn!(error = %e, "resolving who pays failed");
+                return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
+            }
+        };
         let Some(model) = policy::choose_model(
             &s.models,
-            chosen_model.as_deref(),
+            admitted.model_pref.as_deref(),
             policy::scope_defaults(&s.scopes, scope),
             &s.default_model,
         )
@@ -193,29 +282,17 @@ impl Engine {
     fn platform_prompt(
         &self,
         s: &Settings,
-        inbound: &Inbound,
-        uid: Uid,
+        admitted: &Admitted,
         scope: &str,
         question: &str,
         mut picture_parts: Vec<serde_json::Value>,
     ) -> Vec<Message> {
-        let chosen_role = policy::pref(&self.inner.store, uid, "role").ok().flatten();
         let scope_defaults = policy::scope_defaults(&s.scopes, scope);
-        let system_prompt = policy::choose_role(&s.roles, chosen_role.as_deref(), scope_defaults)
-            .map_or(s.system_prompt.as_str(), |r| r.prompt.as_str());
-        let history = if !inbound.remember {
-            Vec::new()
-        } else {
-            match self.inner.store.conversation(&inbound.key.to_string()) {
-                Ok(h) => h,
-                Err(e) => {
-                    // Answering without memory beats not answering.
-                    warn!(error = %e, "reading the conversation failed");
-                    Vec::new()
-                }
-            }
-        };
-        let mut messages = build_prompt(system_prompt, &history, question, s.context_tokens);
+        let system_prompt =
+            policy::choose_role(&s.roles, admitted.role_pref.as_deref(), scope_defaults)
+                .map_or(s.system_prompt.as_str(), |r| r.prompt.as_str());
+        let mut messages =
+            build_prompt(system_prompt, &admitted.history, question, s.context_tokens);
         if !picture_parts.is_empty()
             && let Some(last) = messages.last_mut()
         {
@@ -224,35 +301,5 @@ impl Engine {
             last.content = serde_json::Value::Array(parts);
         }
         messages
-    }
-
-    /// Appends the question and its answer to the conversation's memory.
-    fn remember_turn(&self, s: &Settings, inbound: &Inbound, question: &str, answer: &str) {
-        let at_ms = now_ms();
-        let turns = [
-            Turn {
-                role: "user".to_owned(),
-                // Pictures are not kept: the memory says one was there.
-                content: if inbound.images.is_empty() {
-                    question.to_owned()
-                } else {
-                    format!("[图片] {question}")
-                },
-                at_ms,
-            },
-            Turn {
-                role: "assistant".to_owned(),
-                content: answer.to_owned(),
-                at_ms,
-            },
-        ];
-        let conversation = inbound.key.to_string();
-        if let Err(e) = self
-            .inner
-            .store
-            .append_turns(&conversation, &turns, s.max_turns)
-        {
-            warn!(error = %e, "saving the conversation failed");
-        }
     }
 }

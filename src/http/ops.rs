@@ -83,6 +83,10 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
                 .set(ms as f64);
         }
     }
+    // Group-commit counters too, so that a benchmark can read them around a run.
+    let (flushes, requests) = chatrelay_storage::flush_counts();
+    metrics::counter!("chatrelay_store_flushes_total").absolute(flushes);
+    metrics::counter!("chatrelay_store_flush_requests_total").absolute(requests);
     match &st.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{OrAbort, check_key, decode, encode, finish};
-use crate::kv::Transactional;
+use crate::codec::{OrAbort, TxResult, check_key, decode, encode, finish};
+use crate::kv::{Transactional, TxTree};
 use crate::{CONVERSATIONS, Store, StoreError};
 
 /// One message of a conversation.
@@ -45,24 +45,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let _writing = self.writing();
         check_key("conversation key", key)?;
-        finish(self.trees()?.conversations.transaction(|tree| {
-            let mut record = match tree.get(key.as_bytes())? {
-                Some(raw) => {
-                    decode::<ConversationRecord>(CONVERSATIONS, &raw, || format!("{key:?}"))
-                        .or_abort()?
-                }
-                None => ConversationRecord::default(),
-            };
-            record.turns.extend_from_slice(turns);
-            let excess = record.turns.len().saturating_sub(max_turns);
-            record.turns.drain(..excess);
-            if record.turns.is_empty() {
-                tree.remove(key.as_bytes())?;
-            } else {
-                tree.insert(key.as_bytes(), encode(&record).or_abort()?)?;
-            }
-            Ok(())
-        }))
+        finish(
+            self.trees()?
+                .conversations
+                .transaction(|tree| append_in(tree, key, turns, max_turns)),
+        )
     }
 
     /// Forgets the conversation.
@@ -71,6 +58,30 @@ impl Store {
         self.trees()?.conversations.remove(key.as_bytes())?;
         Ok(())
     }
+}
+
+/// [`Store::append_turns`] inside a transaction on the conversations tree.
+pub(crate) fn append_in(
+    tree: &TxTree<'_>,
+    key: &str,
+    turns: &[Turn],
+    max_turns: usize,
+) -> TxResult<()> {
+    let mut record = match tree.get(key.as_bytes())? {
+        Some(raw) => {
+            decode::<ConversationRecord>(CONVERSATIONS, &raw, || format!("{key:?}")).or_abort()?
+        }
+        None => ConversationRecord::default(),
+    };
+    record.turns.extend_from_slice(turns);
+    let excess = record.turns.len().saturating_sub(max_turns);
+    record.turns.drain(..excess);
+    if record.turns.is_empty() {
+        tree.remove(key.as_bytes())?;
+    } else {
+        tree.insert(key.as_bytes(), encode(&record).or_abort()?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -100,10 +100,10 @@ pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
-pub use quota::{Balance, EntryKind, LedgerEntry};
+pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
-pub use users::{User, UserActivity};
+pub use users::{Admission, User, UserActivity};
 
 use kv::{Db, Tree};
 

@@ -154,6 +154,17 @@ struct SettledReservation {
     settled_at_ms: i64,
 }
 
+/// Conversation turns written with a settlement ([`Store::settle_with_turns`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Remember<'a> {
+    /// The conversation's key (as [`Store::append_turns`] takes it).
+    pub conversation: &'a str,
+    /// The turns to append.
+    pub turns: &'a [crate::Turn],
+    /// How many turns the conversation keeps.
+    pub max_turns: usize,
+}
+
 /// Where the entry of a reference lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LedgerRef {
@@ -282,65 +293,83 @@ impl Store {
         );
         finish(
             trees.transaction(|(balances, reservations, settled, ledger, ledger_refs)| {
-                let key = u64_key(id.0);
-                let Some(raw) = reservations.get(key)? else {
-                    return match get_settled(settled, id)? {
-                        Some(SettledReservation {
-                            entry: Some(at), ..
-                        }) => get_entry(ledger, at).map(Some),
-                        Some(SettledReservation { entry: None, .. }) => Ok(None),
-                        None => abort(StoreError::UnknownReservation(id)),
-                    };
+                let trees = SettleTrees {
+                    balances,
+                    reservations,
+                    settled,
+                    ledger,
+                    ledger_refs,
                 };
-                let reservation: Reservation =
-                    decode(RESERVATIONS, &raw, || id.to_string()).or_abort()?;
-                let uid = reservation.uid;
-                let mut balance = load_balance(balances, uid)?;
-                balance.held = balance.held.saturating_sub(reservation.amount);
-                let entry = match entry_by_reference(ledger_refs, ledger, &reservation.reference)? {
-                    // The reference is in the ledger already (used by a grant meanwhile): never
-                    // write a second entry for it.
-                    Some(existing) => Some(existing),
-                    None => {
-                        let free_left = balance.free_left(today, free_daily);
-                        let charge = actual.min(free_left.saturating_add(balance.paid));
-                        if charge == 0 {
-                            None
-                        } else {
-                            let from_free = charge.min(free_left);
-                            let from_paid = charge.saturating_sub(from_free);
-                            let free_delta = to_delta(from_free).or_abort()?;
-                            let paid_delta = to_delta(from_paid).or_abort()?;
-                            balance.take_free(today, from_free);
-                            balance.paid = balance.paid.saturating_sub(from_paid);
-                            let change = Change {
-                                uid,
-                                at_ms: now_ms,
-                                kind: EntryKind::Usage,
-                                free_delta: -free_delta,
-                                paid_delta: -paid_delta,
-                                reason,
-                                reference: &reservation.reference,
-                            };
-                            Some(append_entry(&mut balance, ledger, ledger_refs, change)?)
-                        }
-                    }
+                let how = SettleArgs {
+                    id,
+                    actual,
+                    reason,
+                    today,
+                    free_daily,
+                    now_ms,
                 };
-                store_balance(balances, uid, &balance)?;
-                reservations.remove(key)?;
-                let done = SettledReservation {
-                    uid,
-                    reference: reservation.reference.clone(),
-                    entry: entry.as_ref().map(|e| LedgerRef {
-                        uid: e.uid,
-                        seq: e.seq,
-                    }),
-                    settled_at_ms: now_ms,
-                };
-                settled.insert(key, encode(&done).or_abort()?)?;
-                Ok(entry)
+                settle_in(&trees, &how).map(|(entry, _)| entry)
             }),
         )
+    }
+
+    /// [`Store::settle`] and [`Store::append_turns`] in one step (one transaction): the answer's
+    /// charge and the conversation's new turns are written together, or neither. Settling
+    /// again answers as [`Store::settle`] does and appends nothing.
+    #[allow(clippy::too_many_arguments)] // settle's arguments, and the turns
+    pub fn settle_with_turns(
+        &self,
+        id: ReservationId,
+        actual: u64,
+        reason: &str,
+        today: i64,
+        free_daily: u64,
+        now_ms: i64,
+        remember: Option<Remember<'_>>,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        let Some(remember) = remember else {
+            return self.settle(id, actual, reason, today, free_daily, now_ms);
+        };
+        let _writing = self.writing();
+        check_key("conversation key", remember.conversation)?;
+        let t = self.trees()?;
+        let trees = (
+            &t.balances,
+            &t.reservations,
+            &t.settled_reservations,
+            &t.ledger,
+            &t.ledger_refs,
+            &t.conversations,
+        );
+        finish(trees.transaction(
+            |(balances, reservations, settled, ledger, ledger_refs, conversations)| {
+                let trees = SettleTrees {
+                    balances,
+                    reservations,
+                    settled,
+                    ledger,
+                    ledger_refs,
+                };
+                let how = SettleArgs {
+                    id,
+                    actual,
+                    reason,
+                    today,
+                    free_daily,
+                    now_ms,
+                };
+                let (entry, fresh) = settle_in(&trees, &how)?;
+                if fresh {
+                    crate::conversations::append_in(
+                        conversations,
+                        remember.conversation,
+                        remember.turns,
+                        remember.max_turns,
+                    )?;
+                }
+                Ok(entry)
+            },
+        ))
     }
 
     /// Drops a reservation without charging (the answer failed); false if it was not open.
@@ -569,6 +598,86 @@ impl Store {
             None => Err(dangling(reference, at)),
         }
     }
+}
+
+/// The trees a settlement writes.
+struct SettleTrees<'t, 'v> {
+    balances: &'t TxTree<'v>,
+    reservations: &'t TxTree<'v>,
+    settled: &'t TxTree<'v>,
+    ledger: &'t TxTree<'v>,
+    ledger_refs: &'t TxTree<'v>,
+}
+
+/// What a settlement settles, at what cost, when.
+struct SettleArgs<'a> {
+    id: ReservationId,
+    actual: u64,
+    reason: &'a str,
+    today: i64,
+    free_daily: u64,
+    now_ms: i64,
+}
+
+/// The settlement of [`Store::settle`] inside a transaction: the entry written (or found, for
+/// a reservation settled before), and whether this call settled it (`false`: settled before).
+fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<(Option<LedgerEntry>, bool)> {
+    let key = u64_key(a.id.0);
+    let Some(raw) = t.reservations.get(key)? else {
+        return match get_settled(t.settled, a.id)? {
+            Some(SettledReservation {
+                entry: Some(at), ..
+            }) => get_entry(t.ledger, at).map(|e| (Some(e), false)),
+            Some(SettledReservation { entry: None, .. }) => Ok((None, false)),
+            None => abort(StoreError::UnknownReservation(a.id)),
+        };
+    };
+    let reservation: Reservation = decode(RESERVATIONS, &raw, || a.id.to_string()).or_abort()?;
+    let uid = reservation.uid;
+    let mut balance = load_balance(t.balances, uid)?;
+    balance.held = balance.held.saturating_sub(reservation.amount);
+    let entry = match entry_by_reference(t.ledger_refs, t.ledger, &reservation.reference)? {
+        // The reference is in the ledger already (used by a grant meanwhile): never
+        // write a second entry for it.
+        Some(existing) => Some(existing),
+        None => {
+            let free_left = balance.free_left(a.today, a.free_daily);
+            let charge = a.actual.min(free_left.saturating_add(balance.paid));
+            if charge == 0 {
+                None
+            } else {
+                let from_free = charge.min(free_left);
+                let from_paid = charge.saturating_sub(from_free);
+                let free_delta = to_delta(from_free).or_abort()?;
+                let paid_delta = to_delta(from_paid).or_abort()?;
+                balance.take_free(a.today, from_free);
+                balance.paid = balance.paid.saturating_sub(from_paid);
+                let change = Change {
+                    uid,
+                    at_ms: a.now_ms,
+                    kind: EntryKind::Usage,
+                    free_delta: -free_delta,
+                    paid_delta: -paid_delta,
+                    reason: a.reason,
+                    reference: &reservation.reference,
+                };
+                Some(append_entry(&mut balance, t.ledger, t.ledger_refs, change)?)
+            }
+        }
+    };
+    store_balance(t.balances, uid, &balance)?;
+    t.reservations.remove(key)?;
+    let done = SettledReservation {
+        uid,
+        reference: reservation.reference.clone(),
+        entry: entry.as_ref().map(|e| LedgerRef {
+            uid: e.uid,
+            seq: e.seq,
+        }),
+        settled_at_ms: a.now_ms,
+    };
+    t.settled.insert(key, encode(&done).or_abort()?)?;
+    Ok((entry, true))
 }
 
 /// A change about to be written to the ledger.

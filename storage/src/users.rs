@@ -12,7 +12,10 @@ use crate::codec::{
     MAX_KEY_LEN, OrAbort, TxResult, abort, decode, encode, finish, prefixed_key, split_u64_prefix,
     u64_key,
 };
-use crate::{IDENTITIES, IDENTITIES_BY_UID, META, Store, StoreError, USERS, Uid, system_now_ms};
+use crate::dedupe::Mark;
+use crate::{
+    DEDUPE, IDENTITIES, IDENTITIES_BY_UID, META, Store, StoreError, USERS, Uid, system_now_ms,
+};
 
 /// The `meta` key holding the next uid to hand out.
 const NEXT_UID_KEY: &[u8] = b"next_uid";
@@ -35,6 +38,15 @@ pub struct User {
     /// Groups the user is in (models can be limited to groups), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+}
+
+/// What [`Store::admit`] decided about a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// First seen (its mark is set now): answer it, for this user (created on first contact).
+    New(Uid),
+    /// A live mark says the message was seen before: nothing was written.
+    Seen,
 }
 
 /// A user as `admin user list` shows them.
@@ -236,6 +248,75 @@ impl Store {
         )
     }
 
+    /// Admits a chat-platform message in one step: sets its dedupe mark `mark` until
+    /// `expires_at_ms` (as [`Store::dedupe_insert`]: refused while a live mark, by `now_ms`,
+    /// exists) and resolves its sender `key` (as [`Store::resolve_identity`], creating user and
+    /// identity on first contact), in one transaction: a message is either seen and its sender
+    /// known, or neither. A returning sender's step touches the marks and identities only.
+    pub fn admit(
+        &self,
+        key: &UserKey,
+        display_name: Option<&str>,
+        mark: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        let _writing = self.writing();
+        crate::codec::check_key("dedupe key", mark)?;
+        let key_text = key.to_string();
+        check_key_text(&key_text)?;
+        let new_mark = encode(&expires_at_ms)?;
+        let t = self.trees()?;
+        if t.identities.get(key_text.as_bytes())?.is_some() {
+            let known = finish((&t.dedupe, &t.identities).transaction(|(dedupe, ids)| {
+                if mark_is_live(dedupe, mark, now_ms)? {
+                    return Ok(Some(Admission::Seen));
+                }
+                let Some(raw) = ids.get(key_text.as_bytes())? else {
+                    // Unlinked meanwhile: the full step below creates the user.
+                    return Ok(None);
+                };
+                let uid: Uid = decode(IDENTITIES, &raw, || key_text.clone()).or_abort()?;
+                dedupe.insert(mark.as_bytes(), &new_mark)?;
+                Ok(Some(Admission::New(uid)))
+            }))?;
+            if let Some(admission) = known {
+                return Ok(admission);
+            }
+        }
+        let name = match display_name {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => key_text.clone(),
+        };
+        check_name(&name)?;
+        let created_at = system_now_ms();
+        // Drawn outside the transaction, which may run more than once.
+        let drawn = t.db.new_uid()?;
+        finish(
+            (
+                &t.dedupe,
+                &t.identities,
+                &t.identities_by_uid,
+                &t.meta,
+                &t.users,
+            )
+                .transaction(|(dedupe, ids, by_uid, meta, users)| {
+                    if mark_is_live(dedupe, mark, now_ms)? {
+                        return Ok(Admission::Seen);
+                    }
+                    dedupe.insert(mark.as_bytes(), &new_mark)?;
+                    if let Some(raw) = ids.get(key_text.as_bytes())? {
+                        let uid = decode(IDENTITIES, &raw, || key_text.clone()).or_abort()?;
+                        return Ok(Admission::New(uid));
+                    }
+                    let user = insert_new_user(meta, users, &name, created_at, drawn)?;
+                    ids.insert(key_text.as_bytes(), encode(&user.uid).or_abort()?)?;
+                    by_uid.insert(prefixed_key(user.uid.0, key_text.as_bytes()), &[][..])?;
+                    Ok(Admission::New(user.uid))
+                }),
+        )
+    }
+
     /// The uid owning `key`, if any.
     pub fn identity(&self, key: &UserKey) -> Result<Option<Uid>, StoreError> {
         let key_text = key.to_string();
@@ -349,6 +430,17 @@ fn insert_new_user(
     Ok(user)
 }
 
+/// Whether the dedupe mark `key` is live at `now_ms`, as the transaction sees it.
+fn mark_is_live(dedupe: &TxTree<'_>, key: &str, now_ms: i64) -> TxResult<bool> {
+    match dedupe.get(key.as_bytes())? {
+        Some(raw) => {
+            let mark: Mark = decode(DEDUPE, &raw, || format!("{key:?}")).or_abort()?;
+            Ok(mark.expires_at_ms() > now_ms)
+        }
+        None => Ok(false),
+    }
+}
+
 fn check_name(name: &str) -> Result<(), StoreError> {
     if name.len() > MAX_KEY_LEN {
         return Err(StoreError::InvalidInput(format!(
@@ -373,6 +465,66 @@ mod tests {
 
     fn key(user: &str) -> UserKey {
         UserKey::new(Platform::Mp, "main", user)
+    }
+
+    #[test]
+    fn admit_marks_the_message_and_resolves_its_sender_once() {
+        let store = Store::open_temporary().unwrap();
+        let first = store.admit(&key("o1"), Some("Ann"), "m1", 100, 0).unwrap();
+        let Admission::New(uid) = first else {
+            panic!("a new message is admitted: {first:?}")
+        };
+        assert_eq!(store.identity(&key("o1")).unwrap(), Some(uid));
+        assert_eq!(store.user(uid).unwrap().unwrap().name, "Ann");
+        // The same message again, while its mark lives: seen, nothing written.
+        assert_eq!(
+            store.admit(&key("o1"), None, "m1", 200, 50).unwrap(),
+            Admission::Seen
+        );
+        assert!(
+            !store.dedupe_insert("m1", 200, 50).unwrap(),
+            "one mark tree"
+        );
+        // A seen message from a new sender creates no user.
+        assert_eq!(
+            store.admit(&key("o2"), None, "m1", 200, 50).unwrap(),
+            Admission::Seen
+        );
+        assert_eq!(store.identity(&key("o2")).unwrap(), None);
+        assert_eq!(store.user_count(), 1);
+        // The next message of the same sender: the same user; an expired mark admits again.
+        assert_eq!(
+            store.admit(&key("o1"), None, "m2", 100, 0).unwrap(),
+            Admission::New(uid)
+        );
+        assert_eq!(
+            store.admit(&key("o1"), None, "m1", 300, 100).unwrap(),
+            Admission::New(uid)
+        );
+        assert_eq!(store.user_count(), 1);
+        assert!(store.admit(&key("o1"), None, "", 1, 0).is_err());
+    }
+
+    #[test]
+    fn racing_admits_admit_a_message_once_and_make_one_user() {
+        let store = Arc::new(Store::open_temporary().unwrap());
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.admit(&key("racer"), None, "same", 100, 0).unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<Admission> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let new: Vec<_> = results
+            .iter()
+            .filter(|a| matches!(a, Admission::New(_)))
+            .collect();
+        assert_eq!(new.len(), 1, "{results:?}");
+        assert_eq!(store.user_count(), 1);
     }
 
     #[test]

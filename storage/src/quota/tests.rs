@@ -526,3 +526,55 @@ fn purging_settled_reservations_keeps_the_ledger() {
     assert_eq!(store.ledger_by_reference("m1").unwrap(), Some(entry));
     assert_consistent(&store);
 }
+
+#[test]
+fn settle_with_turns_charges_and_remembers_once() {
+    let (store, uid) = store_with_paid(100);
+    let id = store.reserve(uid, 15, "m-turns", DAY, FREE, LATER).unwrap();
+    let turns = [
+        crate::Turn {
+            role: "user".into(),
+            content: "q".into(),
+            at_ms: 5,
+        },
+        crate::Turn {
+            role: "assistant".into(),
+            content: "a".into(),
+            at_ms: 5,
+        },
+    ];
+    let remember = Remember {
+        conversation: "mp:main:o1",
+        turns: &turns,
+        max_turns: 10,
+    };
+    let entry = store
+        .settle_with_turns(id, 15, "answer", DAY, FREE, 5, Some(remember))
+        .unwrap()
+        .unwrap();
+    assert_eq!((entry.free_delta, entry.paid_delta), (-10, -5));
+    assert_eq!(store.conversation("mp:main:o1").unwrap(), turns.to_vec());
+    // Settling again answers the same and appends nothing.
+    let again = store
+        .settle_with_turns(id, 15, "answer", DAY, FREE, 6, Some(remember))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, entry);
+    assert_eq!(store.conversation("mp:main:o1").unwrap().len(), 2);
+    assert_eq!(store.balance(uid, DAY, FREE).unwrap().paid, 95);
+    // An unknown reservation writes no turn either.
+    assert!(matches!(
+        store.settle_with_turns(
+            ReservationId(u64::MAX),
+            1,
+            "x",
+            DAY,
+            FREE,
+            7,
+            Some(remember)
+        ),
+        Err(StoreError::UnknownReservation(_))
+    ));
+    assert_eq!(store.conversation("mp:main:o1").unwrap().len(), 2);
+    assert_consistent(&store);
+}
