@@ -21,13 +21,13 @@ pub struct SharedAnswer {
 /// to ([`Store::dedupe_bind`]). Both forms share the tree, so that one purge expires both.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
-enum Mark {
+pub(crate) enum Mark {
     Plain(i64),
     Bound { expires_at_ms: i64, bound: String },
 }
 
 impl Mark {
-    fn expires_at_ms(&self) -> i64 {
+    pub(crate) fn expires_at_ms(&self) -> i64 {
         match self {
             Mark::Plain(e)
             | Mark::Bound {
