@@ -330,8 +330,28 @@ fn live<T>(row: T, expires_at_ms: i64, now_ms: i64, skipped: &Cell<u64>) -> Opti
 
 /// Reads every tree of `store` in foreign-key order and sends it down `sink`.
 fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
-    let t = store.trees()?;
     let skipped = Cell::new(0);
+    read_users(store, sink)?;
+    read_reservations(store, sink)?;
+    read_orders(store, sink)?;
+    read_auth(store, now_ms, &skipped, sink)?;
+    read_engine_records(store, now_ms, &skipped, sink)?;
+    let t = store.trees()?;
+    let next_uid = match t.meta.get(b"next_uid")? {
+        Some(raw) => crate::codec::decode::<u64>(crate::META, &raw, || "next_uid".into())?,
+        None => 1,
+    };
+    let id_floor = t.db.generate_id()?.saturating_add(1);
+    sink.send(Item::Done {
+        skipped: skipped.get(),
+        next_uid,
+        id_floor,
+    })
+}
+
+/// Users, balances, identities and the ledger.
+fn read_users(store: &Store, sink: &Sink) -> Result<(), StoreError> {
+    let t = store.trees()?;
     walk(
         t.users.iter(),
         sink,
@@ -363,9 +383,17 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
         sink,
         |k, v| read_entry(k, v).map(Some),
         Batch::Ledger,
-    )?;
-    read_reservations(store, sink)?;
-    read_orders(store, sink)?;
+    )
+}
+
+/// Tokens and live login codes.
+fn read_auth(
+    store: &Store,
+    now_ms: i64,
+    skipped: &Cell<u64>,
+    sink: &Sink,
+) -> Result<(), StoreError> {
+    let t = store.trees()?;
     walk(
         t.tokens.iter(),
         sink,
@@ -378,10 +406,20 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
         |k, v| {
             let code = read_login_code(k, v)?;
             let expires = code.expires_at_ms;
-            Ok(live(code, expires, now_ms, &skipped))
+            Ok(live(code, expires, now_ms, skipped))
         },
         Batch::LoginCodes,
-    )?;
+    )
+}
+
+/// Conversations, live marks, answers and handoffs, the outbox, checkpoints and stats.
+fn read_engine_records(
+    store: &Store,
+    now_ms: i64,
+    skipped: &Cell<u64>,
+    sink: &Sink,
+) -> Result<(), StoreError> {
+    let t = store.trees()?;
     walk(
         t.conversations.iter(),
         sink,
@@ -401,12 +439,12 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
                 (text_key(k), expires, bound),
                 expires,
                 now_ms,
-                &skipped,
+                skipped,
             ))
         },
         Batch::Marks,
     )?;
-    read_answers(&t.answers, now_ms, &skipped, sink)?;
+    read_answers(&t.answers, now_ms, skipped, sink)?;
     walk(
         t.outbox.iter(),
         sink,
@@ -427,17 +465,7 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
                 .and_then(|(key, value)| Some((key.clone(), counter(&key, &value)?))))
         },
         Batch::Stats,
-    )?;
-    let next_uid = match t.meta.get(b"next_uid")? {
-        Some(raw) => crate::codec::decode::<u64>(crate::META, &raw, || "next_uid".into())?,
-        None => 1,
-    };
-    let id_floor = t.db.generate_id()?.saturating_add(1);
-    sink.send(Item::Done {
-        skipped: skipped.get(),
-        next_uid,
-        id_floor,
-    })
+    )
 }
 
 /// Open and settled reservations, as one table.
