@@ -65,6 +65,7 @@ pub mod error;
 
 mod audit;
 mod backup;
+mod census;
 mod checkpoints;
 mod codec;
 mod conversations;
@@ -91,6 +92,7 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
+pub use census::{Census, OrderTally};
 pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;

@@ -145,13 +145,13 @@ pub(crate) struct Reservation {
 
 /// What became of a settled reservation, so that settling it again answers the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct SettledReservation {
-    uid: Uid,
-    reference: String,
+pub(crate) struct SettledReservation {
+    pub(crate) uid: Uid,
+    pub(crate) reference: String,
     /// The ledger entry written (uid, seq); `None` when nothing was charged.
     #[serde(default)]
-    entry: Option<LedgerRef>,
-    settled_at_ms: i64,
+    pub(crate) entry: Option<LedgerRef>,
+    pub(crate) settled_at_ms: i64,
 }
 
 /// Conversation turns written with a settlement ([`Store::settle_with_turns`]).

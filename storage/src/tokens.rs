@@ -21,15 +21,15 @@ const TOKEN_BYTES: usize = 24;
 
 /// The stored record of a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct TokenRecord {
-    uid: Uid,
+pub(crate) struct TokenRecord {
+    pub(crate) uid: Uid,
     #[serde(default)]
-    label: String,
-    created_at_ms: i64,
+    pub(crate) label: String,
+    pub(crate) created_at_ms: i64,
     #[serde(default)]
-    expires_at_ms: Option<i64>,
+    pub(crate) expires_at_ms: Option<i64>,
     #[serde(default)]
-    revoked_at_ms: Option<i64>,
+    pub(crate) revoked_at_ms: Option<i64>,
 }
 
 /// What may be shown about a token: never the token itself.

@@ -88,7 +88,9 @@
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
 mod auth;
+mod census;
 mod conversations;
+mod import;
 mod marks;
 mod money;
 mod orders;
