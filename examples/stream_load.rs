@@ -3,7 +3,8 @@
 //!
 //! `stream_load upstream LISTEN TOKENS INTERVAL_MS` serves a fake OpenAI-compatible upstream
 //! that streams `TOKENS` tokens per answer, the first at once and then one every
-//! `INTERVAL_MS` (a model writing at a fixed rate).
+//! `INTERVAL_MS` (a model writing at a fixed rate). `stream_load upstream-h2 ...` serves the
+//! same over HTTP/2 without TLS (h2c, prior knowledge), many streams per connection.
 //!
 //! `stream_load streams URL BEARER N` opens `N` streaming requests against `URL` (a
 //! `/v1/chat/completions`, at most 512 connecting at a time) and, once all are open, sends
@@ -27,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("missing argument {i}"))
     };
     match arg(0)? {
-        "upstream" => {
+        mode @ ("upstream" | "upstream-h2") => {
             let listener = tokio::net::TcpListener::bind(arg(1)?).await?;
             let tokens: usize = arg(2)?.parse()?;
             let interval = Duration::from_millis(arg(3)?.parse()?);
@@ -35,8 +36,23 @@ async fn main() -> anyhow::Result<()> {
                 "/v1/chat/completions",
                 axum::routing::post(move || answer(tokens, interval)),
             );
-            axum::serve(listener, app).await?;
-            Ok(())
+            if mode == "upstream" {
+                axum::serve(listener, app).await?;
+                return Ok(());
+            }
+            loop {
+                let (tcp, _) = listener.accept().await?;
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let mut h2 = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    h2.max_concurrent_streams(1_000_000);
+                    let _ = h2
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
         }
         "streams" => {
             let url = arg(1)?.to_owned();
@@ -79,7 +95,12 @@ async fn answer(tokens: usize, interval: Duration) -> axum::response::Response {
 const PROBES: usize = 200;
 
 async fn streams(url: String, bearer: String, n: usize) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
+    // STREAM_LOAD_H2=1: HTTP/2 without TLS (against `upstream-h2` directly).
+    let mut client = reqwest::Client::builder();
+    if std::env::var("STREAM_LOAD_H2").is_ok_and(|v| v == "1") {
+        client = client.http2_prior_knowledge();
+    }
+    let client = client
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(600))
         .build()?;

@@ -6,6 +6,9 @@
 # Usage: scripts/bench/streams.sh [STREAMS] [HOLD_SECS]   (default 10000 30)
 # Needs about 4 file descriptors per stream (raised here; run as root or with a high hard
 # limit for 10,000 streams).
+# UPSTREAM_H2=1: the fake upstream speaks HTTP/2 without TLS and the daemon is configured
+# with `llm.http2_prior_knowledge` (one connection to the upstream for every stream, as with
+# an HTTPS upstream that offers HTTP/2); the baseline client then uses HTTP/2 too.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
@@ -24,7 +27,8 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 
 # One token a second for HOLD_SECS: every stream stays open that long.
 up_port=$(freeport)
-"$load" upstream "127.0.0.1:$up_port" "$hold" 1000 &
+h2="${UPSTREAM_H2:-0}"
+"$load" "$([ "$h2" = 1 ] && echo upstream-h2 || echo upstream)" "127.0.0.1:$up_port" "$hold" 1000 &
 pids+=($!)
 port=$(freeport)
 cat > "$work/chatrelay.toml" <<TOML
@@ -39,6 +43,7 @@ api_keys = ["sk-bench"]
 model = "bench"
 timeout_secs = 60
 idle_timeout_secs = 30
+http2_prior_knowledge = $([ "$h2" = 1 ] && echo true || echo false)
 [quota]
 free_daily = 0
 [bot]
@@ -57,7 +62,7 @@ token=$(admin token create "$uid")
 rss() { awk '/VmRSS/ {print $2}' "/proc/$cr/status"; }
 idle_rss=$(rss)
 
-base=$("$load" streams "http://127.0.0.1:$up_port/v1/chat/completions" sk-bench "$n")
+base=$(STREAM_LOAD_H2="$h2" "$load" streams "http://127.0.0.1:$up_port/v1/chat/completions" sk-bench "$n")
 peak=0
 ( while kill -0 "$cr" 2>/dev/null; do r=$(rss); [ "$r" -gt "$(cat "$work/peak" 2>/dev/null || echo 0)" ] && echo "$r" > "$work/peak"; sleep 0.5; done ) &
 pids+=($!)

@@ -69,6 +69,9 @@ struct TryState {
     first_seen: Instant,
     count: u32,
     delivered: Arc<AtomicBool>,
+    /// Woken when a try claims the delivery: the watcher then stops waiting (and lets go of
+    /// the answer) instead of holding it to the end of the retry window.
+    claimed: Arc<tokio::sync::Notify>,
 }
 
 impl MpAccount {
@@ -138,6 +141,7 @@ impl MpAccount {
             first_seen: Instant::now(),
             count: 0,
             delivered: Arc::new(AtomicBool::new(false)),
+            claimed: Arc::new(tokio::sync::Notify::new()),
         });
         state.count += 1;
         (state.clone(), first)
@@ -418,8 +422,11 @@ fn first_login_request(
 /// a database shared by several daemons the first of them all (WeChat's tries of one message
 /// may reach different daemons behind a load balancer).
 fn claim(engine: &Engine, account: &MpAccount, state: &TryState, key: &UserKey, id: &str) -> bool {
-    !state.delivered.swap(true, Ordering::SeqCst)
-        && engine.claim_delivery(&shared_ref(account, key, id))
+    let first = !state.delivered.swap(true, Ordering::SeqCst);
+    if first {
+        state.claimed.notify_waiters();
+    }
+    first && engine.claim_delivery(&shared_ref(account, key, id))
 }
 
 /// The name of message `id` in the marks daemons share.
@@ -477,8 +484,17 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
     // At shutdown the engine ends an answer still being written (uncharged) by itself.
     let event = engine.handle(inbound).collect().await;
     let window_end = state.first_seen + Duration::from_millis(account.cfg.retry_window_ms);
+    // A try that delivered (or gave up on) the answer ends the watch at once: holding every
+    // answer for the whole window made memory follow the message rate times 15 s.
+    let claimed = state.claimed.notified();
+    tokio::pin!(claimed);
+    claimed.as_mut().enable();
+    if state.delivered.load(Ordering::SeqCst) {
+        return;
+    }
     let shutting_down = tokio::select! {
         () = tokio::time::sleep_until(window_end) => false,
+        () = &mut claimed => return,
         () = engine.shutdown_token().cancelled() => true,
     };
     if !claim(&engine, &account, &state, &key, &message_id) {
@@ -574,5 +590,39 @@ mod tests {
         let (state, first) = account.register_try("msg-99999");
         assert!(!first);
         assert_eq!(state.count, 2);
+    }
+
+    #[tokio::test]
+    async fn the_watcher_lets_go_once_a_try_delivered() {
+        let config = crate::config::Config::default();
+        let engine = Engine::new(
+            chatrelay_storage::Store::open_temporary().unwrap(),
+            Arc::new(crate::engine::llm::DemoBackend {
+                piece_delay: Duration::ZERO,
+            }),
+            crate::engine::Settings::from_config(&config).unwrap(),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        let account =
+            Arc::new(MpAccount::new(WechatMpConfig::default(), reqwest::Client::new()).unwrap());
+        let (state, first) = account.register_try("m1");
+        assert!(first);
+        let key = UserKey::new(Platform::Mp, "main", "o_user");
+        let inbound = Inbound::text(key.clone(), "m1", "hello");
+        let watcher = tokio::spawn(watch(
+            engine.clone(),
+            account.clone(),
+            inbound.clone(),
+            state.clone(),
+        ));
+        // The passive reply of the first try delivers the answer.
+        engine.handle(inbound).collect().await;
+        assert!(claim(&engine, &account, &state, &key, "m1"));
+        // The retry window is 15.5 s; the watcher ends long before.
+        tokio::time::timeout(Duration::from_secs(3), watcher)
+            .await
+            .expect("the watcher still holds the answer")
+            .unwrap();
     }
 }

@@ -321,6 +321,9 @@ pub struct LlmConfig {
     pub idle_timeout_secs: u64,
     /// Retries of a failed upstream call (408/409/429/5xx, timeouts) before giving up.
     pub max_retries: u32,
+    /// Plain-HTTP upstreams that speak HTTP/2 without TLS (h2c): one connection carries every
+    /// stream instead of one connection each (HTTPS upstreams negotiate HTTP/2 by themselves).
+    pub http2_prior_knowledge: bool,
     /// Cap on answer length sent upstream as `max_completion_tokens`; unset sends none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
@@ -349,6 +352,7 @@ impl Default for LlmConfig {
             connect_timeout_secs: 5,
             idle_timeout_secs: 60,
             max_retries: 2,
+            http2_prior_knowledge: false,
             max_completion_tokens: None,
             context_tokens: 3000,
             max_turns: 40,

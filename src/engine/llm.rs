@@ -110,6 +110,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
                 timeout: Duration::from_secs(llm.timeout_secs),
                 idle_timeout: Duration::from_secs(llm.idle_timeout_secs),
                 max_retries: llm.max_retries,
+                http2_prior_knowledge: llm.http2_prior_knowledge,
                 ..ClientConfig::default()
             };
             let mut upstreams = vec![(DEFAULT_UPSTREAM.to_owned(), Client::new(base.clone())?)];

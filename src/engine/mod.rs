@@ -86,6 +86,11 @@ fn keyword_reply(s: &Settings, scope: &str, text: &str) -> Option<ReplyEvent> {
 /// How long a finished platform answer stays in memory for redeliveries to pick up.
 const JOIN_RETENTION: Duration = Duration::from_secs(600);
 
+/// Finished platform answers kept for redeliveries at most (the newest; platforms retry
+/// within seconds). Without a cap the map held every answer of the last ten minutes: at a
+/// few hundred new followers a second, most of the daemon's memory.
+const MAX_FINISHED_KEPT: usize = 4_096;
+
 /// Where an answer's events go.
 enum Sink {
     /// Straight to one reader (`/v1`); a reader that leaves cancels the call. `streamed`: the
@@ -159,6 +164,9 @@ struct Inner {
 struct InflightMap {
     map: HashMap<String, Inflight>,
     last_sweep: Option<Instant>,
+    /// Entries left by the last sweep: the next one comes when the map has doubled (or after
+    /// 5 s), so sweeping stays amortised O(1) per message.
+    after_sweep: usize,
 }
 
 /// The conversation engine. Cheap to clone.

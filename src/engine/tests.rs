@@ -1355,3 +1355,47 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
         .refund_platform_undelivered(&msg("3", "q"), &failed, "test");
     assert_eq!(refund("msg:tg:main:42#3"), None);
 }
+
+#[tokio::test]
+async fn finished_answers_kept_for_redeliveries_are_capped_newest_first() {
+    let h = harness(FAST);
+    let done = || {
+        let (tx, rx) = watch::channel(Progress::default());
+        tx.send_modify(|p| p.done = Some(free_answer("ok".to_owned())));
+        rx
+    };
+    let t0 = Instant::now();
+    {
+        let mut guard = h.engine.inner.inflight.lock().unwrap();
+        for i in 0..MAX_FINISHED_KEPT + 100 {
+            guard.map.insert(
+                format!("done-{i}"),
+                Inflight {
+                    rx: done(),
+                    started: t0 + Duration::from_millis(i as u64),
+                },
+            );
+        }
+        // Answers still being written are never dropped, however old.
+        let (tx, rx) = watch::channel(Progress::default());
+        std::mem::forget(tx);
+        guard.map.insert(
+            "writing".to_owned(),
+            Inflight {
+                rx,
+                started: t0 - Duration::from_secs(1),
+            },
+        );
+    }
+    h.engine.sweep_inflight(false);
+    let guard = h.engine.inner.inflight.lock().unwrap();
+    assert_eq!(guard.map.len(), MAX_FINISHED_KEPT + 1);
+    assert!(guard.map.contains_key("writing"));
+    assert!(!guard.map.contains_key("done-99"), "the oldest went first");
+    assert!(guard.map.contains_key("done-100"));
+    assert!(
+        guard
+            .map
+            .contains_key(&format!("done-{}", MAX_FINISHED_KEPT + 99))
+    );
+}

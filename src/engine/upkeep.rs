@@ -66,7 +66,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let grown = guard.map.len() >= MAX_FINISHED_KEPT.max(guard.after_sweep * 2);
         if !force
+            && !grown
             && guard
                 .last_sweep
                 .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
@@ -77,5 +79,21 @@ impl Engine {
         guard.map.retain(|_, f| {
             f.rx.borrow().done.is_none() || now.duration_since(f.started) < JOIN_RETENTION
         });
+        // Beyond the cap, the oldest finished answers go (answers still being written stay:
+        // they are bounded by the requests in flight).
+        let mut finished: Vec<(Instant, String)> = guard
+            .map
+            .iter()
+            .filter(|(_, f)| f.rx.borrow().done.is_some())
+            .map(|(k, f)| (f.started, k.clone()))
+            .collect();
+        if finished.len() > MAX_FINISHED_KEPT {
+            let excess = finished.len() - MAX_FINISHED_KEPT;
+            finished.select_nth_unstable_by_key(excess - 1, |(started, _)| *started);
+            for (_, key) in finished.iter().take(excess) {
+                guard.map.remove(key);
+            }
+        }
+        guard.after_sweep = guard.map.len();
     }
 }

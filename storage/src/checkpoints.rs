@@ -5,6 +5,9 @@ use crate::codec::check_key;
 use crate::kv::Transactional;
 use crate::{CHECKPOINTS, Store, StoreError};
 
+/// Marker keys written per transaction by [`Store::add_counters`].
+const MARKERS_PER_BATCH: usize = 256;
+
 impl Store {
     /// The value stored under `key`, if any.
     pub fn checkpoint(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -71,9 +74,10 @@ impl Store {
         }
     }
 
-    /// Adds each delta to its counter and sets each marker key (to `1`) in one batch: how
-    /// statistics gathered in memory are written once a minute. Not a ledger: statistics
-    /// may lose the last minute in a crash, credits never do.
+    /// Adds each delta to its counter (one transaction) and sets each marker key (to `1`, in
+    /// batches of [`MARKERS_PER_BATCH`]): how statistics gathered in memory are written once
+    /// a minute. Not a ledger: statistics may lose the last minute in a crash, credits never
+    /// do.
     pub fn add_counters(
         &self,
         deltas: &[(String, u64)],
@@ -101,12 +105,23 @@ impl Store {
                     n.saturating_add(*delta).to_string().as_bytes(),
                 )?;
             }
-            for key in markers {
-                tx.insert(key.as_bytes(), b"1".as_slice())?;
-            }
             Ok(())
         });
-        crate::codec::finish(result)
+        crate::codec::finish(result)?;
+        // Markers are idempotent: they go in small batches of their own. One transaction for
+        // a minute's worth of active users (tens of thousands of keys at a few hundred new
+        // followers a second) made sled hold hundreds of MiB at once, which the allocator
+        // kept afterwards.
+        for chunk in markers.chunks(MARKERS_PER_BATCH) {
+            let result = tree.transaction(|tx| {
+                for key in chunk {
+                    tx.insert(key.as_bytes(), b"1".as_slice())?;
+                }
+                Ok(())
+            });
+            crate::codec::finish(result)?;
+        }
+        Ok(())
     }
 
     /// Every checkpoint whose key starts with `prefix`, in key order.
@@ -211,5 +226,16 @@ mod tests {
             s.bump_counter("k").is_err(),
             "a non-counter is corrupt, not reset"
         );
+    }
+
+    #[test]
+    fn markers_beyond_one_batch_are_all_written() {
+        let s = Store::open_temporary().unwrap();
+        let n = MARKERS_PER_BATCH * 3 + 7;
+        let markers: Vec<String> = (0..n).map(|i| format!("stats:2:active:{i}")).collect();
+        s.add_counters(&[("stats:2:messages".into(), 4)], &markers)
+            .unwrap();
+        assert_eq!(s.count_prefix("stats:2:active:").unwrap(), n);
+        assert_eq!(s.counter("stats:2:messages").unwrap(), 4);
     }
 }

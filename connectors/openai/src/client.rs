@@ -71,6 +71,11 @@ pub struct ClientConfig {
     /// `Content-Length`, `Transfer-Encoding`, `Connection`) are refused: the
     /// client sets them itself.
     pub headers: Vec<(String, String)>,
+    /// Speak HTTP/2 without TLS from the first byte (h2c "prior knowledge"), for plain-HTTP
+    /// servers and gateways that support it: one connection then carries every concurrent
+    /// request instead of one connection (and its buffers) each. Default false. HTTPS
+    /// servers need nothing: HTTP/2 is negotiated with the ones that offer it.
+    pub http2_prior_knowledge: bool,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +93,7 @@ impl Default for ClientConfig {
             key_cooldown: Duration::from_secs(60),
             user_agent: concat!("chatrelay/", env!("CARGO_PKG_VERSION")).to_owned(),
             headers: Vec::new(),
+            http2_prior_knowledge: false,
         }
     }
 }
@@ -110,6 +116,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_retry_after", &self.max_retry_after)
             .field("key_cooldown", &self.key_cooldown)
             .field("user_agent", &self.user_agent)
+            .field("http2_prior_knowledge", &self.http2_prior_knowledge)
             .field(
                 "headers",
                 &self
@@ -205,7 +212,11 @@ impl Client {
                 return Err(Error::InvalidConfig(format!("{name} must not be zero")));
             }
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if cfg.http2_prior_knowledge {
+            http = http.http2_prior_knowledge();
+        }
+        let http = http
             .connect_timeout(cfg.connect_timeout)
             .user_agent(cfg.user_agent.clone())
             // Default headers go on every request; the ones the client sets
