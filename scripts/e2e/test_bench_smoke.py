@@ -21,7 +21,13 @@ def run(script, *args, timeout=600):
 
 def test_oa_callback_throughput_smoke():
     out = run("mp_throughput.sh", 300, 8)
-    assert "ratio rps chatrelay/baseline:" in out and "requests=300 ok=300" in out, out
+    assert "c=8 | 300/300 replies right" in out and "| ratio " in out, out
+
+
+def test_followers_rss_smoke():
+    out = run("followers_rss.sh", 300, 150, 4)
+    assert "followers=300 ok=300" in out and "answered=300/300" in out, out
+    assert "MiB after 300 new followers" in out, out
 
 
 def test_streams_smoke():
