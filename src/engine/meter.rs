@@ -148,14 +148,18 @@ impl Engine {
         let s = self.settings();
         let reason = format!("answer ({model})");
         let (today, free_daily) = (s.today(), s.free_daily);
-        let settled = self
-            .off_worker(move |e| {
+        // One lane step, answered after the flush that ends its round.
+        let this = self.clone();
+        let (settled, flushed) = self
+            .inner
+            .store
+            .on_lane_durable(move || {
                 let remember = memory.as_ref().map(|m| chatrelay_storage::Remember {
                     conversation: &m.conversation,
                     turns: &m.turns,
                     max_turns: m.max_turns,
                 });
-                e.inner.store.settle_with_turns(
+                this.inner.store.settle_with_turns(
                     id,
                     cost,
                     &reason,
@@ -166,9 +170,9 @@ impl Engine {
                 )
             })
             .await
-            .unwrap_or(Err(StoreError::Reopening));
+            .unwrap_or((Err(StoreError::Reopening), Ok(())));
         if settled.is_ok()
-            && let Err(e) = self.inner.store.flush().await
+            && let Err(e) = flushed
         {
             // The charge stands in the open database; the disk is failing, which `/readyz`
             // and the watchdog report. Withholding a paid answer would not help.
@@ -288,19 +292,15 @@ impl Engine {
         }
     }
 
-    /// Runs store work `f` on tokio's blocking pool, never on the async workers, so that a
-    /// slow disk (or a write waiting for sled's log) delays that work, not every connection.
-    /// A message's steps make one such hop each. `None` when the runtime is shutting down and
-    /// the work never ran; a panic in `f` is passed on.
+    /// Runs store work `f` off the async workers, on the store's write lane (see
+    /// [`chatrelay_storage::Store::on_lane`]), so that a slow disk delays that work, not every
+    /// connection. A message's steps make one such hop each. `None` when the store or the
+    /// runtime is shutting down and the work never ran; a panic in `f` is passed on.
     pub(super) async fn off_worker<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Engine) -> R + Send + 'static,
     ) -> Option<R> {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || f(&this)).await {
-            Ok(r) => Some(r),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => None,
-        }
+        self.inner.store.on_lane(move || f(&this)).await
     }
 }

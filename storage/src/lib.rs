@@ -70,9 +70,9 @@ mod checkpoints;
 mod codec;
 mod conversations;
 mod dedupe;
-mod flush;
 mod handoff;
 mod kv;
+mod lane;
 mod login;
 mod orders;
 mod outbox;
@@ -96,8 +96,8 @@ pub use census::{Census, OrderTally};
 pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
-pub use flush::flush_counts;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
+pub use lane::flush_counts;
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
@@ -260,17 +260,17 @@ impl Trees {
 struct Open {
     db: Db,
     trees: Trees,
-    /// Runs the flushes of this database, grouped (sled only).
-    flusher: Option<flush::GroupFlusher>,
+    /// Runs the store steps and flushes of this database, grouped (sled only).
+    lane: Option<lane::Lane>,
 }
 
 impl Open {
     fn new(db: Db, trees: Trees) -> Open {
-        let flusher = match &db {
-            Db::Sled(sled) => flush::GroupFlusher::start(sled.clone()),
+        let lane = match &db {
+            Db::Sled(sled) => lane::Lane::start(sled.clone()),
             Db::Pg(_) => None,
         };
-        Open { db, trees, flusher }
+        Open { db, trees, lane }
     }
 }
 
@@ -486,13 +486,13 @@ impl Store {
             // PostgreSQL commits are durable when they return.
             return Ok(());
         };
-        let grouped = open.flusher.as_ref().and_then(flush::GroupFlusher::request);
+        let grouped = open.lane.as_ref().and_then(lane::Lane::request_flush);
         // Not held across the wait: a reopen after a storage failure waits for it.
         drop(open);
         if let Some(rx) = grouped {
             return rx.await;
         }
-        let (tx, rx) = flush::channel();
+        let (tx, rx) = lane::channel();
         let for_thread = db.clone();
         let spawned = std::thread::Builder::new()
             .name("chatrelay-flush".into())
@@ -502,6 +502,74 @@ impl Store {
             // No thread to be had: flush here rather than not at all.
             Err(_) => db_flush(&db),
         }
+    }
+
+    /// Runs `f`, work on the store, off the async workers, so that a slow disk delays that
+    /// work and not every connection: on the database's write lane with sled (one thread
+    /// that runs steps back to back between group flushes; see `lane.rs` for why), on
+    /// tokio's blocking pool with PostgreSQL (whose steps wait on the network, not on one
+    /// lock). `f` must not wait for other lane work. `None` when it never ran (the store or
+    /// the runtime is shutting down); a panic in `f` is passed on.
+    pub async fn on_lane<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        self.on_lane_inner(f, false).await.map(|(r, _)| r)
+    }
+
+    /// [`Store::on_lane`], then waits until what `f` wrote is on disk (the flush that ends
+    /// its round, shared with every step of that round). The second value is that flush's
+    /// outcome.
+    pub async fn on_lane_durable<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<(R, Result<(), StoreError>)> {
+        self.on_lane_inner(f, true).await
+    }
+
+    async fn on_lane_inner<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+        durable: bool,
+    ) -> Option<(R, Result<(), StoreError>)> {
+        let open = self.trees().ok().filter(|open| open.lane.is_some());
+        let Some(lane) = open.as_ref().and_then(|open| open.lane.as_ref()) else {
+            drop(open);
+            // PostgreSQL (or a lane that could not start): the blocking pool.
+            let r = match tokio::task::spawn_blocking(f).await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return None,
+            };
+            let flushed = if durable { self.flush().await } else { Ok(()) };
+            return Some((r, flushed));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: lane::Job = Box::new(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        // The flush request follows the job in the lane's queue, so it is answered by a
+        // flush that began after the job ran.
+        let ran = lane.run(job);
+        let flushed = if durable && ran {
+            lane.request_flush()
+        } else {
+            None
+        };
+        // Not held across the wait: a reopen after a storage failure waits for it.
+        drop(open);
+        let r = match rx.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Dropped unrun: the store is closing.
+            Err(_) => return None,
+        };
+        let flushed = match flushed {
+            Some(rx) => rx.await,
+            None if durable => self.flush().await,
+            None => Ok(()),
+        };
+        Some((r, flushed))
     }
 
     /// [`Store::flush`] for callers without an async runtime (tools, benchmarks): blocks

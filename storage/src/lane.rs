@@ -1,0 +1,297 @@
+//! The write lane of a sled database: one thread that runs the daemon's store steps one after
+//! another and, between rounds of them, the flushes they wait for (group commit), and the
+//! hand-over of each result to the future that waits for it.
+//!
+//! Why one thread: sled 0.34 runs every transaction under a process-wide lock (the write side
+//! of its concurrency control) and holds the read side of that lock for the whole of a flush,
+//! fsync included. Steps run from many threads therefore queue behind each flush, spinning on
+//! the lock (`sched_yield`), and the flush itself waits behind them: at 64 concurrent messages
+//! the store managed ~2.7 messages per fsync and the daemon spent its time switching threads
+//! (profile in BENCHMARKS.md, issue 21). On one lane, a round runs every step that arrived
+//! while the previous flush ran, back to back and without contention, then one flush covers
+//! them all.
+
+use std::sync::Arc;
+
+use crate::StoreError;
+
+/// The result of one flush, handed from its thread to the waiting future.
+struct FlushSlot {
+    value: Option<Result<(), StoreError>>,
+    waker: Option<std::task::Waker>,
+}
+
+type Shared = Arc<std::sync::Mutex<FlushSlot>>;
+
+fn lock_slot(shared: &Shared) -> std::sync::MutexGuard<'_, FlushSlot> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn channel() -> (FlushSender, FlushReceiver) {
+    let shared = Arc::new(std::sync::Mutex::new(FlushSlot {
+        value: None,
+        waker: None,
+    }));
+    (FlushSender(Some(shared.clone())), FlushReceiver(shared))
+}
+
+pub(crate) struct FlushSender(Option<Shared>);
+
+impl FlushSender {
+    pub(crate) fn send(mut self, value: Result<(), StoreError>) {
+        if let Some(shared) = self.0.take() {
+            deliver(&shared, value);
+        }
+    }
+}
+
+impl Drop for FlushSender {
+    fn drop(&mut self) {
+        // The flush thread died without an answer: say so instead of waiting forever.
+        if let Some(shared) = self.0.take() {
+            deliver(
+                &shared,
+                Err(StoreError::Sled(sled::Error::ReportableBug(
+                    "the flush thread stopped without an answer".into(),
+                ))),
+            );
+        }
+    }
+}
+
+fn deliver(shared: &Shared, value: Result<(), StoreError>) {
+    let waker = {
+        let mut slot = lock_slot(shared);
+        slot.value = Some(value);
+        slot.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+pub(crate) struct FlushReceiver(Shared);
+
+impl std::future::Future for FlushReceiver {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut slot = lock_slot(&self.0);
+        match slot.value.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+/// How many flushes ran and how many requests they answered, since start (all databases
+/// of the process): their ratio is how well flushes are grouped.
+static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `(flushes run, requests answered)` since the process started.
+#[must_use]
+pub fn flush_counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (FLUSHES.load(Relaxed), REQUESTS.load(Relaxed))
+}
+
+/// A step for the lane: any work on the store, run on the lane's thread.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// What the lane is asked to do.
+enum Work {
+    /// Run a step.
+    Job(Job),
+    /// Answer once everything run so far is on disk.
+    Flush(FlushSender),
+}
+
+/// At most this many requests form one round: under a steady stream of steps, a flush still
+/// comes after every round.
+const MAX_ROUND: usize = 512;
+
+/// Group commit on one thread per open database: steps run in the order they arrive; a flush
+/// request is answered by the flush that ends the round it arrived in, which covers every
+/// step run before it. N concurrent messages cost one flush per round instead of N, and the
+/// steps never contend for sled's lock.
+pub(crate) struct Lane {
+    /// `None` only while dropping.
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Work>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Lane {
+    /// Ends the thread (after the steps already queued) and waits for it: it holds the
+    /// database open, and whoever closes the store may open it again at once (the file lock
+    /// would refuse).
+    fn drop(&mut self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.thread.take() {
+            // A step on the lane may hold the last reference to a database that was reopened
+            // meanwhile: the lane then ends by itself once its queue is empty.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Lane {
+    /// Starts the lane's thread for `db`; `None` if no thread can be had (callers then run
+    /// their steps on tokio's blocking pool and flush on a thread of their own, as before).
+    /// The thread ends when this is dropped.
+    pub(crate) fn start(db: sled::Db) -> Option<Lane> {
+        let (tx, rx) = std::sync::mpsc::channel::<Work>();
+        let thread = std::thread::Builder::new()
+            .name("chatrelay-lane".into())
+            .spawn(move || run(&db, &rx))
+            .ok()?;
+        Some(Lane {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a flush of everything written so far; the receiver resolves when it is done.
+    /// `None` when the thread is gone.
+    pub(crate) fn request_flush(&self) -> Option<FlushReceiver> {
+        let (tx, rx) = channel();
+        self.send(Work::Flush(tx)).map(|()| rx)
+    }
+
+    /// Queues `job`; false when the thread is gone (the store is closing), and the job, dropped
+    /// unrun, tells its waiter so.
+    pub(crate) fn run(&self, job: Job) -> bool {
+        self.send(Work::Job(job)).is_some()
+    }
+
+    fn send(&self, work: Work) -> Option<()> {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.as_ref()?.send(work).ok()
+    }
+}
+
+fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Ok(first) = rx.recv() {
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(work) = next {
+            match work {
+                // A panicking step must not end the lane: its waiter learns of the panic
+                // from the job's own wrapper (see `Store::on_lane`).
+                Work::Job(job) => {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+                Work::Flush(tx) => waiting.push(tx),
+            }
+            taken += 1;
+            next = if taken < MAX_ROUND {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let result = db.flush().map(|_| ()).map_err(StoreError::from);
+        FLUSHES.fetch_add(1, Relaxed);
+        REQUESTS.fetch_add(waiting.len() as u64, Relaxed);
+        for waiter in waiting {
+            waiter.send(match &result {
+                Ok(()) => Ok(()),
+                Err(StoreError::Sled(e)) => Err(StoreError::Sled(e.clone())),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_all_complete_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let (flushes_before, requests_before) = super::flush_counts();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.create_user(&format!("u{i}")).unwrap();
+                    store.flush().await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let (flushes, requests) = super::flush_counts();
+        // Other tests flush too: only the lower bounds are ours.
+        assert!(requests - requests_before >= 40);
+        assert!(flushes - flushes_before >= 1);
+        assert!(flushes <= requests, "a flush answers at least one request");
+        drop(store);
+        // Every user written before its flush answered is on disk.
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        assert_eq!(store.user_count(), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn durable_lane_steps_are_on_disk_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let s = store.clone();
+                    store
+                        .on_lane_durable(move || s.create_user(&format!("u{i}")).map(|_| ()))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (created, flushed) = t.await.unwrap().expect("ran");
+            created.unwrap();
+            flushed.unwrap();
+        }
+        drop(store);
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        assert_eq!(store.user_count(), 64);
+    }
+
+    #[tokio::test]
+    async fn lane_steps_run_in_order_and_a_panic_reaches_its_caller_only() {
+        let store = Store::open_temporary().unwrap();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for i in 0..20 {
+            let order = order.clone();
+            waits.push(store.on_lane(move || order.lock().unwrap().push(i)));
+        }
+        for w in waits {
+            w.await.expect("ran");
+        }
+        assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+        let s = store.clone();
+        let panicked = tokio::spawn(async move { s.on_lane(|| panic!("a step failed")).await })
+            .await
+            .unwrap_err();
+        assert!(panicked.is_panic());
+        // The lane goes on.
+        assert_eq!(store.on_lane(|| 7).await, Some(7));
+    }
+}
