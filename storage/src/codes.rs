@@ -245,7 +245,8 @@ impl Store {
             }
             to_delta(*credits)?;
         }
-        let id = self.trees()?.db.generate_id()?;
+        // From 1: sled's ids start at 0, and "batch 0" reads like a missing value.
+        let id = self.trees()?.db.generate_id()?.saturating_add(1);
         let batch = CodeBatch {
             id,
             grant,
@@ -435,7 +436,7 @@ impl Store {
                     Some(p) if to_delta(p).is_ok() => p,
                     _ => return abort(StoreError::InvalidInput("credits overflow".into())),
                 };
-                let reason = format!("redemption code {id}");
+                let reason = format!("兑换码 {id}");
                 let entry = append_entry(
                     &mut balance,
                     ledger,
