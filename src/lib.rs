@@ -51,6 +51,7 @@ pub mod auth;
 pub mod billing;
 pub mod bounded;
 pub mod channels;
+pub mod codes;
 pub mod config;
 pub mod engine;
 pub mod http;

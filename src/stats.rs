@@ -1,5 +1,6 @@
 //! Per-day statistics for operators: active users, messages by platform and outcome, LLM
-//! tokens and their cost, credits charged, and (from the orders) revenue.
+//! tokens and their cost, credits charged, (from the orders) revenue, and (from the ledger)
+//! redemption codes redeemed.
 //!
 //! Counting happens in memory on the hot path (a mutex and a map, no disk write); the
 //! housekeeping task writes the counts into the store once a minute in one batch, and the
@@ -122,6 +123,10 @@ pub struct DayStats {
     pub revenue_by_channel: BTreeMap<String, i64>,
     /// Refunded that day, in fen.
     pub refunds_fen: i64,
+    /// Redemption codes redeemed that day.
+    pub codes_redeemed: u64,
+    /// The paid credits they granted.
+    pub code_credits: i64,
 }
 
 /// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
@@ -133,6 +138,7 @@ pub fn report(
     tz_offset_secs: i32,
 ) -> Result<Vec<DayStats>, StoreError> {
     let orders = store.orders(None, usize::MAX)?;
+    let redemptions = store.code_redemptions()?;
     let mut out = Vec::with_capacity(days.len());
     for &day in days {
         let p = prefix(day);
@@ -181,6 +187,12 @@ pub fn report(
             }
             if o.status == OrderStatus::Refunded && in_day(o.refunded_at_ms) {
                 s.refunds_fen += o.amount_fen;
+            }
+        }
+        for &(at_ms, credits) in &redemptions {
+            if in_day(Some(at_ms)) {
+                s.codes_redeemed += 1;
+                s.code_credits += credits;
             }
         }
         out.push(s);
@@ -261,6 +273,32 @@ mod tests {
         assert_eq!(r[1].active_users, 1);
         assert_eq!(r[1].messages_total, 0);
         assert_eq!(r[0].date, "2024-10-04");
+        assert_eq!((r[0].codes_redeemed, r[0].code_credits), (0, 0));
+    }
+
+    #[test]
+    fn code_redemptions_are_counted_on_their_day() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.create_user("a").unwrap().uid;
+        let (_, codes) = store
+            .create_code_batch(
+                chatrelay_storage::CodeGrant::Credits { credits: 25 },
+                3,
+                None,
+                "",
+                0,
+            )
+            .unwrap();
+        let day = 20_000;
+        let ms = |d: i64| d * 86_400_000 + 3_600_000;
+        store.redeem_code(uid, &codes[0], ms(day)).unwrap();
+        store.redeem_code(uid, &codes[1], ms(day)).unwrap();
+        store.redeem_code(uid, &codes[2], ms(day + 1)).unwrap();
+        store.redeem_code(uid, &codes[2], ms(day + 1)).unwrap();
+        let r = report(&store, &[day, day + 1, day + 2], &[], 0).unwrap();
+        assert_eq!((r[0].codes_redeemed, r[0].code_credits), (2, 50));
+        assert_eq!((r[1].codes_redeemed, r[1].code_credits), (1, 25));
+        assert_eq!(r[2].codes_redeemed, 0);
     }
 
     #[test]

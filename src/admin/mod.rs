@@ -6,10 +6,11 @@
 //!   token itself.
 //! - the routes by resource: `users` (find, show, create, ban, identities, groups),
 //!   `credits` (grant, revoke), `tokens`, `orders` (list, CSV, show, refund), `zsxq`
-//!   (groups: pause, resume, token), `ops` (stats, audit, backup, reload, hits, upstreams).
+//!   (groups: pause, resume, token), `codes` (redemption code batches), `ops` (stats, audit, backup, reload, hits, upstreams).
 //! - [`cli`]: `chatrelay admin ...` (commands, HTTP client, human renderers).
 
 pub mod cli;
+mod codes;
 mod common;
 mod credits;
 mod ops;
@@ -56,6 +57,11 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
             post(|st, id| zsxq::set_paused(st, id, false)),
         )
         .route(paths::ZSXQ_TOKEN, post(zsxq::zsxq_token))
+        .route(
+            paths::CODES,
+            post(codes::create_batch).get(codes::list_codes),
+        )
+        .route(paths::CODES_REVOKE, post(codes::revoke_batch))
         .route(paths::STATS, get(ops::stats))
         .route(paths::AUDIT, get(ops::audit))
         .route(paths::BACKUP, get(ops::backup))

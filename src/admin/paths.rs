@@ -39,6 +39,10 @@ pub const ZSXQ_PAUSE: &str = "/admin/zsxq/{id}/pause";
 pub const ZSXQ_RESUME: &str = "/admin/zsxq/{id}/resume";
 /// Replaces a zsxq group's token.
 pub const ZSXQ_TOKEN: &str = "/admin/zsxq/{id}/token";
+/// Redemption code batches: `POST` makes one, `GET` lists (`?batch=ID`: its codes).
+pub const CODES: &str = "/admin/codes";
+/// Revokes a batch's unused codes.
+pub const CODES_REVOKE: &str = "/admin/codes/{batch}/revoke";
 /// Per-day figures.
 pub const STATS: &str = "/admin/stats";
 /// Ledger audit.

@@ -504,6 +504,8 @@ pub struct Commands {
     pub role: Vec<String>,
     /// Draw a picture (`/image a cat`), when `[images]` is configured.
     pub image: Vec<String>,
+    /// Redeem a code (`/redeem XXXX-XXXX-XXXX-XXXX`, `兑换 XXXX-…`).
+    pub redeem: Vec<String>,
 }
 
 impl Default for Commands {
@@ -517,6 +519,7 @@ impl Default for Commands {
             model: v(&["/model", "模型"]),
             role: v(&["/role", "角色"]),
             image: v(&["/image", "画图"]),
+            redeem: v(&["/redeem", "兑换"]),
         }
     }
 }
@@ -581,6 +584,10 @@ pub struct Texts {
     pub image_usage: String,
     /// A generated picture, for platforms that show no pictures: `{url}`.
     pub image_done: String,
+    /// A code was redeemed: `{credits}` added, `{paid}` paid credits now, `{available}`.
+    pub redeem_ok: String,
+    /// How to use the redeem command: `{command}`.
+    pub redeem_usage: String,
 }
 
 impl Texts {
@@ -642,6 +649,10 @@ impl Default for Texts {
             image_off: "暂未开放画图。".to_owned(),
             image_usage: "用法：{command} 画面描述，例如「{command} 雪地里的小猫」。".to_owned(),
             image_done: "图片已生成：{url}".to_owned(),
+            redeem_ok: "兑换成功：增加 {credits} 额度，当前余额 {paid}（可用 {available}）。"
+                .to_owned(),
+            redeem_usage: "用法：{command} 兑换码，例如「{command} XXXX-XXXX-XXXX-XXXX」。"
+                .to_owned(),
         }
     }
 }

@@ -207,6 +207,7 @@ fn validate_quota_and_bot(c: &Config, problems: &mut Vec<Problem>) {
         ("bot.commands.model", &c.bot.commands.model),
         ("bot.commands.role", &c.bot.commands.role),
         ("bot.commands.image", &c.bot.commands.image),
+        ("bot.commands.redeem", &c.bot.commands.redeem),
     ] {
         if words.iter().any(|w| w.trim().is_empty()) {
             problems.push(problem(name, "contains an empty command word"));

@@ -82,6 +82,11 @@ impl Engine {
         // drawing does its own checks.
         let drawing = match (req.platform, self.command(&question)) {
             (chatrelay_core::Platform::Web, Some(Command::Image(prompt))) => Some(prompt),
+            // The chat page's redeem command redeems, free (API clients get the model).
+            (chatrelay_core::Platform::Web, Some(Command::Redeem(code))) => {
+                let text = self.redeem_command(&settings, uid, code.as_deref());
+                return Reply::text(text);
+            }
             _ => None,
         };
         let early = drawing

@@ -28,6 +28,8 @@ pub(super) enum Command {
     Role(Option<String>),
     /// Draw a picture of the prompt.
     Image(Option<String>),
+    /// Redeem a code (none given: how to).
+    Redeem(Option<String>),
 }
 
 impl Engine {
@@ -86,6 +88,8 @@ impl Engine {
             Some(Command::Model(arg))
         } else if let Some(arg) = with_arg(&c.image) {
             Some(Command::Image(arg))
+        } else if let Some(arg) = with_arg(&c.redeem) {
+            Some(Command::Redeem(arg))
         } else {
             with_arg(&c.role).map(Command::Role)
         }
@@ -111,6 +115,7 @@ impl Engine {
             Command::Role(Some(id)) => self.set_role(&s, uid, scope, &id),
             // Answered by `draw` before commands get here.
             Command::Image(_) => Ok(s.texts.image_off.clone()),
+            Command::Redeem(code) => Ok(self.redeem_command(&s, uid, code.as_deref())),
         };
         text.map_or_else(|event| event, free_answer)
     }
@@ -244,7 +249,7 @@ impl Engine {
 }
 
 /// The first of a command's words (the one help texts show).
-fn first_word(words: &[String]) -> String {
+pub(super) fn first_word(words: &[String]) -> String {
     words.first().cloned().unwrap_or_default()
 }
 

@@ -28,6 +28,7 @@ mod accounts;
 mod answer;
 mod api;
 mod checks;
+mod codes;
 mod commands;
 mod delivery;
 pub mod fetch;
@@ -152,6 +153,8 @@ struct Inner {
     settings: RwLock<Arc<Settings>>,
     limiter: RateLimiter,
     stats: crate::stats::Stats,
+    /// Redeems codes, with the limits on wrong ones (web API and chat command share them).
+    codes: crate::codes::Redeemer,
     /// Downloads pictures users send; built on first use (a TLS client costs memory that a
     /// daemon without vision models need not carry), and again when the trusted hosts change.
     pictures: Mutex<Option<Arc<fetch::PictureFetcher>>>,
@@ -194,6 +197,7 @@ impl Engine {
                 settings: RwLock::new(Arc::new(settings)),
                 limiter,
                 stats: crate::stats::Stats::default(),
+                codes: crate::codes::Redeemer::default(),
                 pictures: Mutex::new(None),
                 inflight: Mutex::new(InflightMap::default()),
                 shutdown,

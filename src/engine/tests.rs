@@ -296,6 +296,42 @@ async fn commands_are_free_and_work() {
 }
 
 #[tokio::test]
+async fn the_redeem_command_credits_once_and_costs_nothing() {
+    let h = harness(FAST);
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let (_, codes) = h
+        .store
+        .create_code_batch(
+            chatrelay_storage::CodeGrant::Credits { credits: 40 },
+            1,
+            None,
+            "",
+            0,
+        )
+        .unwrap();
+    let usage = h.engine.handle(msg("2", "/redeem")).collect().await;
+    assert!(final_text(&usage).contains("/redeem XXXX"), "{usage:?}");
+    let typed = format!("兑换 {}", codes[0].to_lowercase());
+    let ok = h.engine.handle(msg("3", &typed)).collect().await;
+    assert!(final_text(&ok).contains("增加 40 额度"), "{ok:?}");
+    assert_eq!(h.balance().paid, 40);
+    let again = h
+        .engine
+        .handle(msg("4", &format!("/redeem {}", codes[0])))
+        .collect()
+        .await;
+    assert_eq!(final_text(&again), "这个兑换码你已经兑换过了");
+    let wrong = h
+        .engine
+        .handle(msg("5", "/REDEEM 2222-3333-4444-5555"))
+        .collect()
+        .await;
+    assert_eq!(final_text(&wrong), "兑换码不存在，请核对后再试");
+    assert_eq!(h.balance().paid, 40);
+    assert_eq!(h.llm.calls(), 1, "commands never reach the model");
+}
+
+#[tokio::test]
 async fn upstream_failure_costs_nothing() {
     for script in [Script::Fail, Script::FailMidway] {
         let h = harness(script);

@@ -7,6 +7,7 @@ impl Engine {
     /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
     pub fn housekeeping(&self) {
         self.inner.limiter.sweep();
+        self.inner.codes.sweep();
         self.sweep_inflight(true);
         let answering = self
             .inner

@@ -75,6 +75,10 @@ pub struct Census {
     pub outbox_texts: u64,
     /// Checkpoints (the relational store's `stats` counters included).
     pub checkpoints: u64,
+    /// Batches of redemption codes.
+    pub code_batches: u64,
+    /// Redemption codes (any state).
+    pub codes: u64,
 }
 
 impl Default for Census {
@@ -107,6 +111,8 @@ impl Default for Census {
             turns: 0,
             outbox_texts: 0,
             checkpoints: 0,
+            code_batches: 0,
+            codes: 0,
         }
     }
 }
@@ -154,6 +160,8 @@ impl Census {
             ("turns", self.turns),
             ("outbox texts", self.outbox_texts),
             ("checkpoints", self.checkpoints),
+            ("code batches", self.code_batches),
+            ("codes", self.codes),
         ] {
             rows.push((k.to_owned(), v.to_string()));
         }
@@ -232,6 +240,8 @@ impl Store {
             tokens: count(t.tokens.len()?),
             order_events: count(t.order_events.len()?),
             checkpoints: count(t.checkpoints.len()?),
+            code_batches: count(t.code_batches.len()?),
+            codes: count(t.codes.len()?),
             ..Census::default()
         };
         for item in t.login_codes.iter() {
@@ -435,7 +445,12 @@ mod tests {
         assert_eq!(d.len(), 11, "{d:?}");
         let table = c.to_string();
         assert!(table.contains("orders refunded (fen)"), "{table}");
-        assert_eq!(table.lines().count(), 25, "{table}");
+        assert_eq!(table.lines().count(), 27, "{table}");
+        store
+            .create_code_batch(crate::CodeGrant::Credits { credits: 5 }, 3, None, "", 1)
+            .unwrap();
+        let with_codes = store.census(10).unwrap();
+        assert_eq!((with_codes.code_batches, with_codes.codes), (1, 3));
     }
 
     #[test]

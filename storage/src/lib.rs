@@ -17,6 +17,7 @@
 //! - `outbox.rs`: answers owed to a user, delivered with their next message.
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
+//! - `codes.rs`: redemption codes (batches, stored hashed) and their exactly-once redemption.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //!
 //! # Trees
@@ -44,6 +45,9 @@
 //! | `order_events` | order id ‖ 0 ‖ id (be u64) | [`OrderEvent`] |
 //! | `checkpoints` | a connector's key | a short text (state, counter) |
 //! | `answers` | engine's key | a finished answer, for retries that reach another daemon |
+//! | `code_batches` | batch id (be u64) | [`CodeBatch`] |
+//! | `codes` | batch ‖ n (be u64 each) | [`CodeRecord`] (never the code's text) |
+//! | `code_hashes` | SHA-256 of the canonical code | batch ‖ n |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -68,6 +72,7 @@ mod backup;
 mod census;
 mod checkpoints;
 mod codec;
+mod codes;
 mod conversations;
 mod dedupe;
 mod handoff;
@@ -93,6 +98,11 @@ use serde::{Deserialize, Serialize};
 pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
 pub use census::{Census, OrderTally};
+pub use codes::{
+    CodeBatch, CodeGrant, CodeRecord, CodeState, MAX_CODES_PER_BATCH, REDEEM_CODE_ALPHABET,
+    REDEEM_CODE_CHARS, RedeemOutcome, code_id, code_reference, display_redeem_code,
+    normalize_redeem_code, random_redeem_code,
+};
 pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
@@ -167,6 +177,9 @@ const OPEN_ORDERS: &str = "open_orders";
 const ORDER_EVENTS: &str = "order_events";
 const CHECKPOINTS: &str = "checkpoints";
 const ANSWERS: &str = "answers";
+const CODE_BATCHES: &str = "code_batches";
+const CODES: &str = "codes";
+const CODE_HASHES: &str = "code_hashes";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -195,6 +208,9 @@ struct Trees {
     order_events: Tree,
     checkpoints: Tree,
     answers: Tree,
+    code_batches: Tree,
+    codes: Tree,
+    code_hashes: Tree,
 }
 
 impl Trees {
@@ -222,11 +238,14 @@ impl Trees {
             order_events: db.open_tree(ORDER_EVENTS, journal)?,
             checkpoints: db.open_tree(CHECKPOINTS, journal)?,
             answers: db.open_tree(ANSWERS, journal)?,
+            code_batches: db.open_tree(CODE_BATCHES, journal)?,
+            codes: db.open_tree(CODES, journal)?,
+            code_hashes: db.open_tree(CODE_HASHES, journal)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 22] {
+    fn all(&self) -> [(&'static str, &Tree); 25] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -250,6 +269,9 @@ impl Trees {
             (ORDER_EVENTS, &self.order_events),
             (CHECKPOINTS, &self.checkpoints),
             (ANSWERS, &self.answers),
+            (CODE_BATCHES, &self.code_batches),
+            (CODES, &self.codes),
+            (CODE_HASHES, &self.code_hashes),
         ];
         all.sort_by_key(|(name, _)| *name);
         all

@@ -31,6 +31,9 @@ pub enum AdminCommand {
     /// Orders: list, export, show, refund.
     #[command(subcommand)]
     Order(OrderCommand),
+    /// Redemption codes (卡密): create a batch, list, revoke.
+    #[command(subcommand)]
+    Codes(CodesCommand),
     /// Per-day figures: active users, messages by platform, tokens, LLM cost, revenue.
     Stats {
         /// First day (YYYY-MM-DD).
@@ -81,6 +84,43 @@ pub struct CreditChange {
     /// Idempotency key: the same reference grants once, however often it is sent.
     #[arg(long)]
     reference: Option<String>,
+}
+
+/// `chatrelay admin codes ...`
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Make a batch of codes; prints them (they are shown only this once).
+    Create {
+        /// How many codes (at most 10,000).
+        #[arg(long)]
+        count: u32,
+        /// Paid credits each code grants.
+        #[arg(long)]
+        credits: u64,
+        /// When the codes stop working: YYYY-MM-DD (end of that day), RFC 3339 or Unix seconds.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// What the batch is for (the shop, the campaign).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Print `code,credits,expires_at,batch` CSV (for a card shop's import) instead.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// List batches, or one batch's codes (ids and state: codes are never shown again).
+    List {
+        /// One batch's codes.
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Revoke a batch's unused codes (used ones stay used).
+    Revoke {
+        /// The batch id.
+        batch: u64,
+    },
 }
 
 /// `chatrelay admin zsxq ...`
@@ -327,6 +367,7 @@ impl AdminCommand {
                 query(&[("days", some(days)), ("from", from), ("to", to)])
             )),
             Self::Zsxq(c) => c.call(),
+            Self::Codes(c) => c.call(),
             Self::Hits { uid, limit } => Call::get(format!(
                 "{}{}",
                 paths::HITS,
@@ -451,6 +492,40 @@ impl OrderCommand {
             Self::Refund { id, reason } => {
                 Call::post(fill(paths::REFUND, &[&id]), json!({"reason": reason}))
             }
+        }
+    }
+}
+
+impl CodesCommand {
+    fn call(self) -> Call {
+        match self {
+            Self::Create {
+                count,
+                credits,
+                expires_at,
+                note,
+                csv: _,
+            } => {
+                // Unix seconds as a number, anything else as text for the daemon to read.
+                let expires: Value = match expires_at {
+                    None => Value::Null,
+                    Some(e) => e.trim().parse::<i64>().map_or(json!(e), |n| json!(n)),
+                };
+                Call::post(
+                    paths::CODES.into(),
+                    json!({"count": count, "credits": credits, "expires_at": expires, "note": note}),
+                )
+            }
+            Self::List { batch, csv: _ } => Call::get(format!(
+                "{}{}",
+                paths::CODES,
+                query(&[("batch", batch.map(|b| b.to_string()))])
+            )),
+            Self::Revoke { batch } => Call::new(
+                Method::POST,
+                fill(paths::CODES_REVOKE, &[&batch.to_string()]),
+                None,
+            ),
         }
     }
 }

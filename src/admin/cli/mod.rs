@@ -14,7 +14,7 @@ use anyhow::Context;
 
 pub use client::{Target, target};
 pub use commands::{
-    AdminCommand, OrderCommand, OrderFilter, TokenCommand, UserCommand, ZsxqCommand,
+    AdminCommand, CodesCommand, OrderCommand, OrderFilter, TokenCommand, UserCommand, ZsxqCommand,
 };
 
 /// Runs one admin command and prints its result on stdout: the API's JSON with `json`, a

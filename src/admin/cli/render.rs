@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::commands::{AdminCommand, OrderCommand, TokenCommand, UserCommand, ZsxqCommand};
+use super::commands::{
+    AdminCommand, CodesCommand, OrderCommand, TokenCommand, UserCommand, ZsxqCommand,
+};
 
 /// How an API answer is shown to a person.
 #[derive(Clone, Copy)]
@@ -67,6 +69,27 @@ pub fn human(command: &AdminCommand) -> Render {
             ZsxqCommand::Pause { .. } => W(|_| "paused".to_owned()),
             ZsxqCommand::Resume { .. } => W(|_| "resumed".to_owned()),
             ZsxqCommand::Token { .. } => W(|_| "token replaced; polling resumes".to_owned()),
+        },
+        AdminCommand::Codes(c) => match c {
+            CodesCommand::Create { csv: true, .. } => W(render_new_codes_csv),
+            CodesCommand::Create { csv: false, .. } => W(render_new_codes),
+            CodesCommand::List {
+                batch: Some(_),
+                csv,
+            } => W(if *csv { render_codes_csv } else { render_codes }),
+            CodesCommand::List { batch: None, csv } => {
+                if *csv {
+                    W(render_batches_csv)
+                } else {
+                    T(BATCH_COLUMNS)
+                }
+            }
+            CodesCommand::Revoke { .. } => W(|v| {
+                format!(
+                    "batch {}: {} unused codes revoked",
+                    v["batch"], v["revoked"]
+                )
+            }),
         },
         AdminCommand::Hits { .. } => T(HIT_COLUMNS),
         AdminCommand::Upstreams => W(render_upstreams),
@@ -441,6 +464,136 @@ const ORDER_COLUMNS: Table = &[
     ("CREATED", Time("created_at_ms")), ("PAID", Time("credited_at_ms")),
 ];
 
+// --- redemption codes ---
+
+/// One CSV line (RFC 4180 quoting where needed).
+fn csv_line(cells: &[String]) -> String {
+    let quoted: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            // A spreadsheet must show operator text, not run it.
+            let c = if c.starts_with(['=', '+', '-', '@']) {
+                format!("'{c}")
+            } else {
+                c.clone()
+            };
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c
+            }
+        })
+        .collect();
+    quoted.join(",")
+}
+
+/// A new batch's codes as a card shop imports them: `code,credits,expires_at,batch`.
+fn render_new_codes_csv(v: &Value) -> String {
+    let b = &v["batch"];
+    let mut out = String::from("code,credits,expires_at,batch\n");
+    for c in rows_of(&v["codes"]) {
+        let row = [
+            text(&c["code"]),
+            text(&b["credits"]),
+            text(&b["expires_at"]),
+            text(&b["id"]),
+        ];
+        out.push_str(&csv_line(&row));
+        out.push('\n');
+    }
+    out
+}
+
+/// A new batch: what it is, then its codes (shown only this once).
+fn render_new_codes(v: &Value) -> String {
+    let b = &v["batch"];
+    let expires = match text(&b["expires_at"]) {
+        e if e.is_empty() => "never expire".to_owned(),
+        e => format!("expire {e}"),
+    };
+    let mut out = format!(
+        "batch {}: {} codes of {} credits, {expires} (shown only now: keep them safe)\n",
+        b["id"], b["count"], b["credits"]
+    );
+    for c in rows_of(&v["codes"]) {
+        let _ = writeln!(out, "{}  {}", text(&c["code"]), text(&c["id"]));
+    }
+    out
+}
+
+#[rustfmt::skip]
+const BATCH_COLUMNS: Table = &[
+    ("BATCH", Text("id")), ("COUNT", Text("count")), ("CREDITS", Text("credits")),
+    ("CREATED", Time("created_at_ms")), ("EXPIRES", Time("expires_at_ms")), ("REVOKED", Time("revoked_at_ms")),
+    ("NOTE", Fit("note", 30)),
+];
+
+#[rustfmt::skip]
+const CODE_COLUMNS: Table = &[
+    ("CODE", Text("id")), ("STATUS", Text("status")), ("UID", Text("uid")), ("USED", Time("used_at_ms")),
+];
+
+/// One batch and its codes.
+fn render_codes(v: &Value) -> String {
+    let b = &v["batch"];
+    let t = &b["codes"];
+    format!(
+        "batch {} ({} credits each): {} unused, {} used, {} revoked, {} expired\n{}",
+        b["id"],
+        b["credits"],
+        t["unused"],
+        t["used"],
+        t["revoked"],
+        t["expired"],
+        table_of(rows_of(&v["codes"]), CODE_COLUMNS)
+    )
+}
+
+/// One batch's codes as CSV.
+fn render_codes_csv(v: &Value) -> String {
+    let b = &v["batch"];
+    let mut out = String::from("id,batch,status,uid,used_at,credits,expires_at\n");
+    for c in rows_of(&v["codes"]) {
+        let row = [
+            text(&c["id"]),
+            text(&b["id"]),
+            text(&c["status"]),
+            text(&c["uid"]),
+            text(&c["used_at"]),
+            text(&b["credits"]),
+            text(&b["expires_at"]),
+        ];
+        out.push_str(&csv_line(&row));
+        out.push('\n');
+    }
+    out
+}
+
+/// The batches as CSV.
+fn render_batches_csv(v: &Value) -> String {
+    let mut out = String::from(
+        "batch,count,credits,created_at,expires_at,unused,used,revoked,expired,note\n",
+    );
+    for b in rows_of(v) {
+        let t = &b["codes"];
+        let row = [
+            text(&b["id"]),
+            text(&b["count"]),
+            text(&b["credits"]),
+            text(&b["created_at"]),
+            text(&b["expires_at"]),
+            text(&t["unused"]),
+            text(&t["used"]),
+            text(&t["revoked"]),
+            text(&t["expired"]),
+            text(&b["note"]),
+        ];
+        out.push_str(&csv_line(&row));
+        out.push('\n');
+    }
+    out
+}
+
 #[rustfmt::skip]
 const EVENT_COLUMNS: Table = &[
     ("TIME", Time("at_ms")), ("EVENT", Text("kind")), ("DETAIL", Fit("detail", 80)),
@@ -487,6 +640,8 @@ fn render_stats(v: &Value) -> String {
             ("ORDERS", Text("orders_paid")),
             ("REVENUE ¥", Yuan("revenue_fen")),
             ("REFUNDS ¥", Yuan("refunds_fen")),
+            ("CODES", Text("codes_redeemed")),
+            ("CODE CREDITS", Text("code_credits")),
         ]
         .map(|(h, c)| (h.to_owned(), c)),
     );

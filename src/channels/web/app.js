@@ -97,6 +97,9 @@
       paid: '付费',
       held: '处理中占用 {n}',
       usageTitle: '最近记录',
+      redeemTitle: '兑换码',
+      redeem: '兑换',
+      redeemOk: '兑换成功：增加 {n} 额度，当前可用 {available}',
       usageEmpty: '暂无记录',
       kind_usage: '使用',
       kind_grant: '赠送',
@@ -250,6 +253,9 @@
       paid: 'Paid',
       held: '{n} held by answers in progress',
       usageTitle: 'Recent activity',
+      redeemTitle: 'Redemption code',
+      redeem: 'Redeem',
+      redeemOk: 'Redeemed: {n} credits added, {available} available',
       usageEmpty: 'Nothing yet',
       kind_usage: 'Used',
       kind_grant: 'Granted',
@@ -1839,6 +1845,39 @@
     }
   }
 
+  // ---------------------------------------------------------------- redemption codes
+  // The account sheet's 兑换码 form: POST /api/redeem, then the new balance. The server's
+  // message (already in Chinese) says what went wrong: used, revoked, expired, too many tries.
+
+  function showRedeem(text, ok) {
+    const out = $('redeem-result');
+    out.textContent = text;
+    out.classList.toggle('ok', ok);
+    out.classList.toggle('form-error', !ok);
+    out.hidden = false;
+  }
+
+  async function submitRedeem(ev) {
+    ev.preventDefault();
+    const input = $('redeem-code');
+    const code = input.value.trim();
+    if (!code) { input.focus(); return; }
+    const button = $('redeem-submit');
+    button.disabled = true;
+    $('redeem-result').hidden = true;
+    try {
+      const r = await api('/api/redeem', { body: { code } });
+      input.value = '';
+      showRedeem(t('redeemOk', { n: r.added.credits, available: r.balance.available }), true);
+      if (state.me) { state.me.balance = r.balance; renderBalance(); }
+      refreshMe();
+    } catch (e) {
+      showRedeem((e && e.message) || t('networkError'), false);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---------------------------------------------------------------- panels (sheets, drawer)
 
   let panelOpener = null;
@@ -2483,6 +2522,7 @@
     $('account-open-2').addEventListener('click', openAccount);
     $('buy-open').addEventListener('click', openBuy);
     $('account-buy').addEventListener('click', openBuy);
+    $('redeem-form').addEventListener('submit', submitRedeem);
     $('error-buy').addEventListener('click', openBuy);
     $('error-close').addEventListener('click', hideBanner);
     $('order-renew').addEventListener('click', () => { buy.orders.delete(buy.productId + '|' + buy.channel); createOrder(); });
