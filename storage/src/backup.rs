@@ -423,7 +423,7 @@ fn check_target(dir: &Path) -> Result<(), StoreError> {
 
 /// Every tree name a backup may hold.
 fn known_tree(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 23] = [
+    const NAMES: [&str; 24] = [
         crate::META,
         crate::USERS,
         crate::IDENTITIES,
@@ -446,6 +446,7 @@ fn known_tree(name: &str) -> Option<&'static str> {
         crate::ORDER_EVENTS,
         crate::CHECKPOINTS,
         crate::ANSWERS,
+        crate::USAGE,
         DEFAULT_TREE,
     ];
     NAMES.into_iter().find(|n| *n == name)

@@ -17,6 +17,7 @@
 //! - `outbox.rs`: answers owed to a user, delivered with their next message.
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
+//! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //!
 //! # Trees
@@ -44,6 +45,7 @@
 //! | `order_events` | order id ‖ 0 ‖ id (be u64) | [`OrderEvent`] |
 //! | `checkpoints` | a connector's key | a short text (state, counter) |
 //! | `answers` | engine's key | a finished answer, for retries that reach another daemon |
+//! | `usage` | uid ‖ time (ms) ‖ reservation id (be u64 each) | [`UsageRecord`], compact binary |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -80,6 +82,7 @@ mod quota;
 mod rel;
 mod shared;
 mod tokens;
+mod usage;
 mod users;
 
 use std::fmt;
@@ -105,6 +108,7 @@ pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_referen
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
+pub use usage::{MAX_USAGE_PAGE, UsageCursor, UsageNote, UsageOutcome, UsagePage, UsageRecord};
 pub use users::{Admission, User, UserActivity};
 
 use kv::{Db, Tree};
@@ -167,6 +171,7 @@ const OPEN_ORDERS: &str = "open_orders";
 const ORDER_EVENTS: &str = "order_events";
 const CHECKPOINTS: &str = "checkpoints";
 const ANSWERS: &str = "answers";
+const USAGE: &str = "usage";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -195,6 +200,7 @@ struct Trees {
     order_events: Tree,
     checkpoints: Tree,
     answers: Tree,
+    usage: Tree,
 }
 
 impl Trees {
@@ -222,11 +228,12 @@ impl Trees {
             order_events: db.open_tree(ORDER_EVENTS, journal)?,
             checkpoints: db.open_tree(CHECKPOINTS, journal)?,
             answers: db.open_tree(ANSWERS, journal)?,
+            usage: db.open_tree(USAGE, journal)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 22] {
+    fn all(&self) -> [(&'static str, &Tree); 23] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -250,6 +257,7 @@ impl Trees {
             (ORDER_EVENTS, &self.order_events),
             (CHECKPOINTS, &self.checkpoints),
             (ANSWERS, &self.answers),
+            (USAGE, &self.usage),
         ];
         all.sort_by_key(|(name, _)| *name);
         all
