@@ -156,6 +156,8 @@ struct Inner {
     /// daemon without vision models need not carry), and again when the trusted hosts change.
     pictures: Mutex<Option<Arc<fetch::PictureFetcher>>>,
     inflight: Mutex<InflightMap>,
+    /// The uid the usage log's pruning goes on from (0: a new pass).
+    usage_purge_from: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -196,6 +198,7 @@ impl Engine {
                 stats: crate::stats::Stats::default(),
                 pictures: Mutex::new(None),
                 inflight: Mutex::new(InflightMap::default()),
+                usage_purge_from: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
                 tracker,
             }),

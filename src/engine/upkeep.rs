@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Users whose old usage records one cleanup run looks at (one range scan each).
+const USAGE_PURGE_USERS: usize = 2_000;
+
 impl Engine {
     /// Periodic housekeeping of this daemon's memory: idle rate-limit windows, old in-flight
     /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
@@ -56,6 +59,34 @@ impl Engine {
             .purge_settled_reservations(now - 86_400_000)
         {
             warn!(error = %e, "purging settled reservations failed");
+        }
+        self.purge_usage(now);
+    }
+
+    /// Prunes the usage log past `[quota] usage_days`: a bounded share of the users per run
+    /// (this runs every minute), going on where the last run stopped.
+    fn purge_usage(&self, now: i64) {
+        let days = self.settings().usage_days;
+        if days == 0 {
+            return;
+        }
+        let keep_ms = i64::try_from(days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(86_400_000);
+        let from = self
+            .inner
+            .usage_purge_from
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match self.inner.store.purge_usage(
+            now.saturating_sub(keep_ms),
+            Uid(from),
+            USAGE_PURGE_USERS,
+        ) {
+            Ok(done) => self.inner.usage_purge_from.store(
+                done.resume.map_or(0, |uid| uid.0),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            Err(e) => warn!(error = %e, "purging old usage records failed"),
         }
     }
 

@@ -37,6 +37,7 @@ pub fn human(command: &AdminCommand) -> Render {
             UserCommand::Find { .. } => W(render_users),
             UserCommand::Create { .. } => W(|v| v["uid"].to_string()),
             UserCommand::Show { .. } => W(render_user),
+            UserCommand::Usage { .. } => W(render_usage),
             UserCommand::Ban { .. } => {
                 W(|v| format!("user {} banned: {}", v["uid"], text(&v["ban_reason"])))
             }
@@ -400,6 +401,33 @@ const LEDGER_COLUMNS: Table = &[
     ("FREE", Text("free_delta")), ("PAID", Text("paid_delta")), ("PAID AFTER", Text("paid_after")),
     ("REASON", Fit("reason", 30)), ("REFERENCE", Fit("reference", 30)),
 ];
+
+#[rustfmt::skip]
+const USAGE_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("PLATFORM", Text("platform")), ("MODEL", Fit("model", 24)),
+    ("PROMPT", Text("prompt_tokens")), ("COMPLETION", Text("completion_tokens")),
+    ("FREE", With(|r| text(&r["credits"]["free"]))), ("PAID", With(|r| text(&r["credits"]["paid"]))),
+    ("PLAN", With(|r| text(&r["credits"]["plan"]))), ("TOTAL", With(|r| text(&r["credits"]["total"]))),
+    ("OUTCOME", Text("outcome")), ("LEDGER", Text("ledger_seq")),
+];
+
+/// A page of the usage log, and how to get the next.
+fn render_usage(v: &Value) -> String {
+    let rows = rows_of(&v["data"]);
+    if rows.is_empty() {
+        return "no usage records".to_owned();
+    }
+    let mut out = table_of(rows, USAGE_COLUMNS);
+    let total: u64 = rows
+        .iter()
+        .filter_map(|r| r["credits"]["total"].as_u64())
+        .sum();
+    let _ = write!(out, "\n{} answers, {total} credits", rows.len());
+    if let Some(next) = v["next_before"].as_str() {
+        let _ = write!(out, "; older: --before {next}");
+    }
+    out
+}
 
 fn render_ledger(v: &Value) -> String {
     table_of(rows_of(v), LEDGER_COLUMNS)

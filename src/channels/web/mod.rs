@@ -11,6 +11,7 @@ pub mod login;
 pub mod scan;
 pub mod shop;
 pub mod state;
+pub mod usage;
 pub mod v1;
 
 use std::net::SocketAddr;
