@@ -204,3 +204,69 @@ def test_usage_days_is_validated(upstream):
     r = subprocess.run([str(Path(os.environ.get("CHATRELAY_BIN", ROOT / "target/debug/chatrelay"))),
                         "--config", str(d.config), "check-config"], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "quota.usage_days" in (r.stdout + r.stderr), r
+
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = ROOT / "docs" / "screenshots" / "phone-usage.png"
+
+
+def test_the_account_sheet_lists_usage_and_loads_more(upstream):
+    """The page's account sheet shows 用量明细: 20 answers, then the rest on 加载更多."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("browser tests need Debian's chromium: apt-get install chromium")
+    d = Daemon(upstream.base_url, free_daily=FREE_DAILY, llm_timeout=10,
+               extra_toml='[web]\ntitle = "测试助手"\n').start()
+    try:
+        uid, token = d.new_user("小明", credits=100)
+        for n in range(20):
+            web_chat(d, token, f"question {n}")
+        client = openai.OpenAI(base_url=d.url + "/v1", api_key=token, max_retries=0)
+        for n in range(2):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"api {n}"}])
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+            ctx = browser.new_context(viewport={"width": 390, "height": 844}, locale="zh-CN")
+            ctx.add_init_script(f"localStorage.setItem('chatrelay.token', '{token}');"
+                                f"localStorage.setItem('chatrelay.uid', '{uid}');")
+            page = ctx.new_page()
+            page.set_default_timeout(15_000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(d.url + "/")
+            # One more answer, asked on the page itself.
+            page.get_by_test_id("chat-input").fill("你好")
+            page.get_by_test_id("send").click()
+            expect(page.get_by_test_id("message-assistant").last).to_have_attribute("data-state", "done")
+            page.locator("#account-open").click()
+            panel = page.get_by_test_id("account-panel")
+            expect(panel).to_be_visible()
+            items = page.get_by_test_id("answer-item")
+            expect(items).to_have_count(20)
+            expect(panel).to_contain_text("用量明细")
+            first = items.first
+            expect(first).to_contain_text(MODEL)
+            expect(first).to_contain_text(f"{COST} 额度")
+            expect(first).to_contain_text("网页")
+            expect(items.nth(1)).to_contain_text("API")
+            page.locator("#answers-list").evaluate(
+                "list => list.previousElementSibling.scrollIntoView({block: 'start'})")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+            more = page.get_by_test_id("answers-more")
+            expect(more).to_be_visible()
+            more.click()
+            expect(items).to_have_count(23)
+            expect(more).to_be_hidden()
+            # The oldest answers came from the free allowance first.
+            expect(items.last).to_contain_text(f"免费 {COST}")
+            assert not errors, errors
+            browser.close()
+        records, _ = whole_log(d, token, limit=100)
+        debits, _ = usage_debits(d, uid)
+        assert len(records) == 23 and sum(r["credits"]["total"] for r in records) == debits == 23 * COST
+    finally:
+        code = d.stop()
+    assert code == 0, d.logs()
