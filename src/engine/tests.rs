@@ -1349,6 +1349,18 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     assert_eq!(refund("msg:tg:main:42#1"), Some(2));
     assert_eq!(refund("img:tg:main:42#2"), Some(3));
     assert_eq!(h.balance().paid, 5);
+    // Both usage records say so (the picture's too, logged as model `image`).
+    let records = usage_log(&h.store, h.uid());
+    let marks: Vec<(&str, u64, u64, chatrelay_storage::UsageOutcome)> = records
+        .iter()
+        .map(|r| (r.model.as_str(), r.charged(), r.refunded, r.outcome))
+        .collect();
+    let refunded = chatrelay_storage::UsageOutcome::Refunded;
+    let model = h.engine.settings().default_model.clone();
+    assert_eq!(
+        marks,
+        vec![("image", 3, 3, refunded), (model.as_str(), 2, 2, refunded)]
+    );
     // A free answer or a failure is owed nothing.
     let failed = failed(FailureKind::Upstream, "x");
     h.engine

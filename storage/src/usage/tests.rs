@@ -420,3 +420,32 @@ fn cursors_read_and_print() {
         assert!(bad.parse::<UsageCursor>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn backups_and_copies_keep_the_log() {
+    let (store, uid) = store_with_paid(20);
+    answer(&store, uid, "m1", 4, 1_000);
+    answer(&store, uid, "m2", 9, 2_000);
+    let before = all_usage(&store, uid);
+    assert_eq!(before.len(), 2);
+
+    // Backups are the embedded store's (PostgreSQL has pg_dump).
+    if !store.is_shared() {
+        let mut file = Vec::new();
+        store.export_backup(&mut file, 5_000).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("restored");
+        Store::restore_backup(&mut file.as_slice(), &target, 1 << 20).unwrap();
+        let restored = Store::open_closed(&target, 1 << 20).unwrap();
+        assert_eq!(all_usage(&restored, uid), before);
+    }
+
+    // `migrate-data`'s copy, and the census that checks it.
+    let copy = Store::open_temporary().unwrap();
+    let report = store.copy_into(&copy).unwrap();
+    assert!(report.trees.contains(&("usage", 2)), "{:?}", report.trees);
+    assert_eq!(all_usage(&copy, uid), before);
+    let census = copy.census(0).unwrap();
+    assert_eq!((census.usage_records, census.usage_charged_sum), (2, 13));
+    assert!(store.census(0).unwrap().differences(&census).is_empty());
+}
