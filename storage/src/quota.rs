@@ -359,50 +359,54 @@ impl Store {
             .as_ref()
             .map(crate::usage::NoteBytes::new)
             .transpose()?;
+        let how = SettleArgs {
+            id,
+            actual,
+            reason,
+            today,
+            free_daily,
+            now_ms,
+        };
         let t = self.trees()?;
-        let trees = (
-            &t.balances,
-            &t.reservations,
-            &t.settled_reservations,
-            &t.ledger,
-            &t.ledger_refs,
-            &t.conversations,
-            &t.usage,
-        );
-        finish(trees.transaction(
-            |(balances, reservations, settled, ledger, ledger_refs, conversations, usage_tree)| {
-                let trees = SettleTrees {
-                    balances,
-                    reservations,
-                    settled,
-                    ledger,
-                    ledger_refs,
-                };
-                let how = SettleArgs {
-                    id,
-                    actual,
-                    reason,
-                    today,
-                    free_daily,
-                    now_ms,
-                };
-                let done = settle_in(&trees, &how)?;
-                if done.fresh {
-                    if let Some(remember) = &remember {
-                        crate::conversations::append_in(
-                            conversations,
-                            remember.conversation,
-                            remember.turns,
-                            remember.max_turns,
-                        )?;
-                    }
-                    if let Some(note) = &encoded_note {
-                        crate::usage::record_in(usage_tree, id, now_ms, &done, note)?;
-                    }
-                }
-                Ok(done.entry)
-            },
-        ))
+        // The conversations tree only when there are turns: an API answer's transaction
+        // spans the trees it writes and no more.
+        match &remember {
+            None => finish(
+                (
+                    &t.balances,
+                    &t.reservations,
+                    &t.settled_reservations,
+                    &t.ledger,
+                    &t.ledger_refs,
+                    &t.usage,
+                )
+                    .transaction(|(b, r, s, l, lr, usage_tree)| {
+                        let extra = Extra {
+                            turns: None,
+                            usage: encoded_note.as_ref().map(|n| (usage_tree, n)),
+                        };
+                        settle_with_extra(&SettleTrees::of(b, r, s, l, lr), &how, &extra)
+                    }),
+            ),
+            Some(remember) => finish(
+                (
+                    &t.balances,
+                    &t.reservations,
+                    &t.settled_reservations,
+                    &t.ledger,
+                    &t.ledger_refs,
+                    &t.conversations,
+                    &t.usage,
+                )
+                    .transaction(|(b, r, s, l, lr, conversations, usage_tree)| {
+                        let extra = Extra {
+                            turns: Some((conversations, remember)),
+                            usage: encoded_note.as_ref().map(|n| (usage_tree, n)),
+                        };
+                        settle_with_extra(&SettleTrees::of(b, r, s, l, lr), &how, &extra)
+                    }),
+            ),
+        }
     }
 
     /// Drops a reservation without charging (the answer failed); false if it was not open.
@@ -642,6 +646,25 @@ struct SettleTrees<'t, 'v> {
     ledger_refs: &'t TxTree<'v>,
 }
 
+impl<'t, 'v> SettleTrees<'t, 'v> {
+    /// The trees in the order settlements open them.
+    fn of(
+        balances: &'t TxTree<'v>,
+        reservations: &'t TxTree<'v>,
+        settled: &'t TxTree<'v>,
+        ledger: &'t TxTree<'v>,
+        ledger_refs: &'t TxTree<'v>,
+    ) -> Self {
+        SettleTrees {
+            balances,
+            reservations,
+            settled,
+            ledger,
+            ledger_refs,
+        }
+    }
+}
+
 /// What a settlement settles, at what cost, when.
 struct SettleArgs<'a> {
     id: ReservationId,
@@ -650,6 +673,37 @@ struct SettleArgs<'a> {
     today: i64,
     free_daily: u64,
     now_ms: i64,
+}
+
+/// What a settlement writes besides the charge, only when it settles (not when settled before).
+struct Extra<'t, 'v, 'r> {
+    /// The conversation's tree and its new turns.
+    turns: Option<(&'t TxTree<'v>, &'r Remember<'r>)>,
+    /// The usage tree and the answer's record.
+    usage: Option<(&'t TxTree<'v>, &'r crate::usage::NoteBytes<'r>)>,
+}
+
+/// [`settle_in`], then `extra` if it settled now.
+fn settle_with_extra(
+    t: &SettleTrees<'_, '_>,
+    a: &SettleArgs<'_>,
+    extra: &Extra<'_, '_, '_>,
+) -> TxResult<Option<LedgerEntry>> {
+    let done = settle_in(t, a)?;
+    if done.fresh {
+        if let Some((conversations, remember)) = extra.turns {
+            crate::conversations::append_in(
+                conversations,
+                remember.conversation,
+                remember.turns,
+                remember.max_turns,
+            )?;
+        }
+        if let Some((usage, note)) = extra.usage {
+            crate::usage::record_in(usage, a.id, a.now_ms, &done, note)?;
+        }
+    }
+    Ok(done.entry)
 }
 
 /// What [`settle_in`] did.
