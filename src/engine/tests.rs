@@ -1517,5 +1517,22 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             2,
             "the ledger stays"
         );
+        if days > 0 {
+            // A finished pass: the next one starts an hour later, not at the next run.
+            let id = h.store.reserve(uid, 1, "late", 0, 5, i64::MAX).unwrap();
+            let note = chatrelay_storage::UsageNote {
+                platform: "web",
+                model: "m",
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                outcome: chatrelay_storage::UsageOutcome::Answered,
+            };
+            let old = now - 3 * 86_400_000;
+            h.store
+                .settle_metered(id, 1, "a", 0, 5, old, None, Some(note))
+                .unwrap();
+            h.engine.purge_old_records();
+            assert_eq!(usage_log(&h.store, uid).len(), 2);
+        }
     }
 }
