@@ -422,7 +422,7 @@ fn render_usage(v: &Value) -> String {
         .iter()
         .filter_map(|r| r["credits"]["total"].as_u64())
         .sum();
-    let _ = write!(out, "\n{} answers, {total} credits", rows.len());
+    let _ = write!(out, "{} answers, {total} credits", rows.len());
     if let Some(next) = v["next_before"].as_str() {
         let _ = write!(out, "; older: --before {next}");
     }
@@ -606,6 +606,28 @@ mod tests {
         assert_eq!(fit("你好世界", 8), "你好世界");
         assert_eq!(fit("你好世界", 7), "你好世…");
         assert_eq!(fit("line\nbreak", 20), "line break");
+    }
+
+    #[test]
+    fn usage_pages_end_with_their_total_and_the_next_cursor() {
+        let record = |total: u64| {
+            serde_json::json!({"at_ms": 0, "platform": "mp", "model": "deepseek-chat",
+                "prompt_tokens": 10, "completion_tokens": 5, "outcome": "answered", "ledger_seq": 3,
+                "credits": {"free": total, "paid": 0, "plan": 0, "total": total}})
+        };
+        let page = serde_json::json!({"data": [record(2), record(3)], "next_before": "17-4"});
+        let out = render_usage(&page);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(
+            lines[0].starts_with("TIME") && lines[1].contains("deepseek-chat"),
+            "{out}"
+        );
+        assert_eq!(lines[3], "2 answers, 5 credits; older: --before 17-4");
+        assert_eq!(
+            render_usage(&serde_json::json!({"data": [], "next_before": null})),
+            "no usage records"
+        );
     }
 
     #[test]
