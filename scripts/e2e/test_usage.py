@@ -6,7 +6,7 @@ view). Paging, limits, and privacy (a token reads only its own user's log). On b
 engines: sled, and PostgreSQL when CHATRELAY_TEST_PG_URL is set (scripts/pg-up).
 
 A Playwright check opens the web page's account sheet, sees the 用量明细 list and loads more, and
-saves docs/screenshots/phone-usage.png."""
+saves target/e2e-screenshots/phone-usage.png (a copy is in docs/screenshots/)."""
 
 import json
 import os
@@ -207,7 +207,7 @@ def test_usage_days_is_validated(upstream):
 
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = ROOT / "docs" / "screenshots" / "phone-usage.png"
+SCREENSHOT = ROOT / "target" / "e2e-screenshots" / "phone-usage.png"
 
 
 def test_the_account_sheet_lists_usage_and_loads_more(upstream):
