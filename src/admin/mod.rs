@@ -18,6 +18,7 @@ mod orders;
 pub mod paths;
 pub mod state;
 mod tokens;
+mod usage;
 mod users;
 mod zsxq;
 
@@ -39,6 +40,7 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
         .route(paths::IDENTITIES, post(users::link_identity))
         .route(paths::IDENTITY, delete(users::unlink_identity))
         .route(paths::GROUPS, post(users::change_groups))
+        .route(paths::USER_USAGE, get(usage::user_usage))
         .route(paths::GRANT, post(credits::grant))
         .route(paths::REVOKE, post(credits::revoke_credits))
         .route(paths::USER_TOKENS, post(tokens::create_token))

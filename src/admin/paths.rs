@@ -19,6 +19,8 @@ pub const USER_TOKENS: &str = "/admin/users/{uid}/tokens";
 pub const IDENTITIES: &str = "/admin/users/{uid}/identities";
 /// Unlinks a platform identity.
 pub const IDENTITY: &str = "/admin/users/{uid}/identities/{key}";
+/// A user's usage log (用量明细), newest first: `?before=&limit=`.
+pub const USER_USAGE: &str = "/admin/users/{uid}/usage";
 /// Joins or leaves groups.
 pub const GROUPS: &str = "/admin/users/{uid}/groups";
 /// Revokes a user token.

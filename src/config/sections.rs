@@ -438,6 +438,9 @@ pub struct QuotaConfig {
     pub timezone: String,
     /// How long a reservation may stay open before it is considered stale.
     pub reservation_ttl_secs: u64,
+    /// Days the usage log (用量明细) keeps each answer's record; older ones are pruned by the
+    /// cleanup job. 0 keeps them forever.
+    pub usage_days: u64,
 }
 
 impl Default for QuotaConfig {
@@ -446,6 +449,7 @@ impl Default for QuotaConfig {
             free_daily: 10,
             timezone: "Asia/Shanghai".to_owned(),
             reservation_ttl_secs: 900,
+            usage_days: 90,
         }
     }
 }

@@ -193,6 +193,12 @@ fn validate_llm(c: &Config, problems: &mut Vec<Problem>) {
 
 /// `[quota]` and `[bot]`: the time zone, the input limit, the command words.
 fn validate_quota_and_bot(c: &Config, problems: &mut Vec<Problem>) {
+    if c.quota.usage_days > 36_500 {
+        problems.push(problem(
+            "quota.usage_days",
+            "at most 36500 (100 years); 0 keeps the usage log forever",
+        ));
+    }
     if let Err(e) = crate::util::parse_timezone(&c.quota.timezone) {
         problems.push(problem("quota.timezone", e));
     }

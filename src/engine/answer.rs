@@ -177,8 +177,14 @@ impl Engine {
         // Durable before the answer leaves: a crash after delivery cannot lose it.
         // The conversation's new turns go in the same step as the charge.
         let memory = call.watch.memory.as_ref().map(|m| m.with_answer(&text));
+        let metered = Metered {
+            platform: call.watch.platform,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            outcome: chatrelay_storage::UsageOutcome::Answered,
+        };
         let charged = self
-            .settle(call.reservation, cost, &call.model.name, memory)
+            .settle(call.reservation, cost, &call.model.name, memory, metered)
             .await
             .unwrap_or(0);
         self.record_usage(call.s, &call.model.name, &usage, charged);

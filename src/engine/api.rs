@@ -84,8 +84,13 @@ impl Engine {
             (chatrelay_core::Platform::Web, Some(Command::Image(prompt))) => Some(prompt),
             // The chat page's redeem command redeems, free (API clients get the model).
             (chatrelay_core::Platform::Web, Some(Command::Redeem(code))) => {
-                let text = self.redeem_command(&settings, uid, code.as_deref());
-                return Reply::text(text);
+                let (tx, reply) = Reply::channel();
+                let this = self.clone();
+                self.inner.tracker.spawn(async move {
+                    let text = this.redeem_command(&settings, uid, code.as_deref()).await;
+                    tx.send(free_answer(text)).await;
+                });
+                return reply;
             }
             _ => None,
         };

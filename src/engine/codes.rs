@@ -8,8 +8,9 @@ use crate::codes::{RedeemContext, RedeemError, Redeemed};
 
 impl Engine {
     /// Redeems `code` (as typed) for `uid`, with the limits on wrong codes (per user, and per
-    /// `client` address when there is one).
-    pub fn redeem_code(
+    /// `client` address when there is one). A step of the store's lane that answers once the
+    /// credit is on disk: the user is told of credits a crash cannot take back.
+    pub async fn redeem_code(
         &self,
         uid: Uid,
         code: &str,
@@ -22,20 +23,41 @@ impl Engine {
             free_daily: s.free_daily,
             now_ms: now_ms(),
         };
-        self.inner
-            .codes
-            .redeem(&self.inner.store, &self.inner.alerts, uid, code, ctx)
+        let (this, code) = (self.clone(), code.to_owned());
+        let (redeemed, flushed) = self
+            .inner
+            .store
+            .on_lane_durable(move || {
+                this.inner
+                    .codes
+                    .redeem(&this.inner.store, &this.inner.alerts, uid, &code, ctx)
+            })
+            .await
+            .ok_or(RedeemError::Store(StoreError::Reopening))?;
+        if redeemed.is_ok()
+            && let Err(e) = flushed
+        {
+            // The credit stands in the open database; the disk is failing, which `/readyz`
+            // and the watchdog report.
+            warn!(error = %e, user = %uid, "making a redemption durable failed");
+        }
+        redeemed
     }
 
     /// `/redeem CODE`: what to answer (how to use it, without a code).
-    pub(super) fn redeem_command(&self, s: &Settings, uid: Uid, code: Option<&str>) -> String {
+    pub(super) async fn redeem_command(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        code: Option<&str>,
+    ) -> String {
         let Some(code) = code else {
             return fill(
                 &s.texts.redeem_usage,
                 &[("command", &super::commands::first_word(&s.commands.redeem))],
             );
         };
-        match self.redeem_code(uid, code, None) {
+        match self.redeem_code(uid, code, None).await {
             Ok(r) => fill(
                 &s.texts.redeem_ok,
                 &[

@@ -96,7 +96,7 @@ impl Engine {
     }
 
     /// Answers a chat command (the image command is answered by `draw` before this).
-    pub(super) fn run_command(
+    pub(super) async fn run_command(
         &self,
         command: Command,
         uid: Uid,
@@ -115,7 +115,7 @@ impl Engine {
             Command::Role(Some(id)) => self.set_role(&s, uid, scope, &id),
             // Answered by `draw` before commands get here.
             Command::Image(_) => Ok(s.texts.image_off.clone()),
-            Command::Redeem(code) => Ok(self.redeem_command(&s, uid, code.as_deref())),
+            Command::Redeem(code) => Ok(self.redeem_command(&s, uid, code.as_deref()).await),
         };
         text.map_or_else(|event| event, free_answer)
     }

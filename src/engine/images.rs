@@ -88,8 +88,14 @@ impl Engine {
     ) -> ReplyEvent {
         match drawn {
             Ok(urls) => {
+                let metered = Metered {
+                    platform: inbound.key.platform,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    outcome: chatrelay_storage::UsageOutcome::Answered,
+                };
                 let charged = self
-                    .settle(reservation, cost, "image", None)
+                    .settle(reservation, cost, "image", None, metered)
                     .await
                     .unwrap_or(0);
                 metrics::counter!("chatrelay_images_total", "outcome" => "ok").increment(1);

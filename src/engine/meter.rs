@@ -52,6 +52,14 @@ impl Memory {
     }
 }
 
+/// What the usage log keeps of an answer besides its charge (written with the settlement).
+pub(super) struct Metered {
+    pub(super) platform: chatrelay_core::Platform,
+    pub(super) prompt_tokens: u64,
+    pub(super) completion_tokens: u64,
+    pub(super) outcome: chatrelay_storage::UsageOutcome,
+}
+
 impl Engine {
     pub(super) fn record_usage(&self, s: &Settings, model: &str, usage: &Usage, charged: u64) {
         let model_label = model.to_owned();
@@ -86,8 +94,18 @@ impl Engine {
             completion_tokens: quota::estimate_tokens(text),
         };
         let cost = quota::actual_cost(model, &usage).saturating_add(watch.surcharge);
+        let metered = Metered {
+            platform: watch.platform,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            outcome: if outcome == "cut" {
+                chatrelay_storage::UsageOutcome::Cut
+            } else {
+                chatrelay_storage::UsageOutcome::Stopped
+            },
+        };
         let charged = self
-            .settle(reservation, cost, &model.name, None)
+            .settle(reservation, cost, &model.name, None, metered)
             .await
             .unwrap_or(0);
         self.record_usage(s, &model.name, &usage, charged);
@@ -137,16 +155,19 @@ impl Engine {
     /// Settles a reservation (with the conversation's new turns, `memory`, in the same step)
     /// and waits until the charge is on disk (its group's flush), so that the answer, which
     /// leaves after this, is never delivered with a charge a crash could lose. The store work
-    /// runs off the async workers. Returns the credits charged.
+    /// runs off the async workers. The answer's usage record (`metered`) is written in the
+    /// same step. Returns the credits charged.
     pub(super) async fn settle(
         &self,
         id: ReservationId,
         cost: u64,
         model: &str,
         memory: Option<Remembered>,
+        metered: Metered,
     ) -> Option<u64> {
         let s = self.settings();
         let reason = format!("answer ({model})");
+        let model = model.to_owned();
         let (today, free_daily) = (s.today(), s.free_daily);
         // One lane step, answered after the flush that ends its round.
         let this = self.clone();
@@ -159,7 +180,14 @@ impl Engine {
                     turns: &m.turns,
                     max_turns: m.max_turns,
                 });
-                this.inner.store.settle_with_turns(
+                let note = chatrelay_storage::UsageNote {
+                    platform: metered.platform.as_str(),
+                    model: &model,
+                    prompt_tokens: metered.prompt_tokens,
+                    completion_tokens: metered.completion_tokens,
+                    outcome: metered.outcome,
+                };
+                this.inner.store.settle_metered(
                     id,
                     cost,
                     &reason,
@@ -167,6 +195,7 @@ impl Engine {
                     free_daily,
                     now_ms(),
                     remember,
+                    Some(note),
                 )
             })
             .await
@@ -197,18 +226,18 @@ impl Engine {
     /// Gives back `credits` charged for the answer `reference` that never reached its reader
     /// (it left after the charge). Idempotent: one refund per answer, however often called.
     /// The credits come back as paid credits (the store cannot restore a past day's free
-    /// allowance).
+    /// allowance); the answer's usage record is marked refunded in the same step.
     pub fn refund_undelivered(&self, uid: Uid, reference: &str, credits: u64) {
         if credits == 0 {
             return;
         }
         let refund = format!("undelivered:{reference}");
-        match self.inner.store.grant(
+        match self.inner.store.refund_answer(
             uid,
             credits,
-            chatrelay_storage::EntryKind::Refund,
             "answer not delivered",
             &refund,
+            reference,
             now_ms(),
         ) {
             Ok(_) => {

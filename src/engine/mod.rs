@@ -159,6 +159,10 @@ struct Inner {
     /// daemon without vision models need not carry), and again when the trusted hosts change.
     pictures: Mutex<Option<Arc<fetch::PictureFetcher>>>,
     inflight: Mutex<InflightMap>,
+    /// The uid the usage log's pruning goes on from (0: a new pass).
+    usage_purge_from: std::sync::atomic::AtomicU64,
+    /// When the next pass of the usage log's pruning may start (ms; passes run hourly).
+    usage_purge_after: std::sync::atomic::AtomicI64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -200,6 +204,8 @@ impl Engine {
                 codes: crate::codes::Redeemer::default(),
                 pictures: Mutex::new(None),
                 inflight: Mutex::new(InflightMap::default()),
+                usage_purge_from: std::sync::atomic::AtomicU64::new(0),
+                usage_purge_after: std::sync::atomic::AtomicI64::new(0),
                 shutdown,
                 tracker,
             }),

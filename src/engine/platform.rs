@@ -108,7 +108,11 @@ impl Engine {
             Some(Command::Image(prompt)) => {
                 return self.draw(&s, &inbound, prompt, &watch).await;
             }
-            Some(command) => return self.run_command(command, uid, &conversation, &watch.scope),
+            Some(command) => {
+                return self
+                    .run_command(command, uid, &conversation, &watch.scope)
+                    .await;
+            }
             None => {}
         }
         inner.stats.active(s.today(), uid);

@@ -23,6 +23,8 @@ pub struct Settings {
     pub tz_offset_secs: i32,
     /// Reservation lifetime.
     pub reservation_ttl: Duration,
+    /// Days usage records are kept (0: forever).
+    pub usage_days: u64,
     /// Dedupe memory.
     pub dedupe_ttl: Duration,
     /// Longest accepted message.
@@ -108,6 +110,7 @@ impl Settings {
             // Validated by config; UTC+8 is the safe fallback for this product's users.
             tz_offset_secs: crate::util::parse_timezone(&c.quota.timezone).unwrap_or(8 * 3600),
             reservation_ttl: Duration::from_secs(c.quota.reservation_ttl_secs),
+            usage_days: c.quota.usage_days,
             dedupe_ttl: Duration::from_secs(c.bot.dedupe_ttl_secs),
             max_input_chars: c.bot.max_input_chars,
             rate_limit_per_minute: c.bot.rate_limit_per_minute,

@@ -1385,6 +1385,18 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     assert_eq!(refund("msg:tg:main:42#1"), Some(2));
     assert_eq!(refund("img:tg:main:42#2"), Some(3));
     assert_eq!(h.balance().paid, 5);
+    // Both usage records say so (the picture's too, logged as model `image`).
+    let records = usage_log(&h.store, h.uid());
+    let marks: Vec<(&str, u64, u64, chatrelay_storage::UsageOutcome)> = records
+        .iter()
+        .map(|r| (r.model.as_str(), r.charged(), r.refunded, r.outcome))
+        .collect();
+    let refunded = chatrelay_storage::UsageOutcome::Refunded;
+    let model = h.engine.settings().default_model.clone();
+    assert_eq!(
+        marks,
+        vec![("image", 3, 3, refunded), (model.as_str(), 2, 2, refunded)]
+    );
     // A free answer or a failure is owed nothing.
     let failed = failed(FailureKind::Upstream, "x");
     h.engine
@@ -1434,4 +1446,129 @@ async fn finished_answers_kept_for_redeliveries_are_capped_newest_first() {
             .map
             .contains_key(&format!("done-{}", MAX_FINISHED_KEPT + 99))
     );
+}
+
+/// The whole usage log of `uid`, newest first.
+fn usage_log(store: &Store, uid: Uid) -> Vec<chatrelay_storage::UsageRecord> {
+    store.usage(uid, None, 100).unwrap().records
+}
+
+#[tokio::test]
+async fn the_usage_log_keeps_each_answer_with_its_charge_and_outcome() {
+    let h = harness(FAST);
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let records = usage_log(&h.store, h.uid());
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (r.platform.as_str(), r.model.as_str(), r.outcome),
+        (
+            "tg",
+            h.engine.settings().default_model.as_str(),
+            chatrelay_storage::UsageOutcome::Answered
+        )
+    );
+    assert_eq!((r.prompt_tokens, r.completion_tokens), (10, 3));
+    assert_eq!((r.free, r.paid, r.plan, r.charged()), (2, 0, 0, 2));
+    // A redelivery of the same message is not a second record.
+    h.engine.handle(msg("1", "hi")).collect().await;
+    assert_eq!(usage_log(&h.store, h.uid()).len(), 1);
+
+    // An answer an output rule cuts is logged as cut.
+    let h = harness_with(FAST, |c| {
+        c.filters = vec![filter("out", &["lo,wo"], chatrelay_rules::ApplyTo::Output)];
+    });
+    h.engine.handle(msg("1", "say hello")).collect().await;
+    let records = usage_log(&h.store, h.uid());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, chatrelay_storage::UsageOutcome::Cut);
+}
+
+#[tokio::test]
+async fn an_api_answer_stopped_by_its_reader_is_logged_as_stopped() {
+    let h = harness(Script::Answer {
+        delay_ms: 50,
+        usage: None,
+    });
+    let uid = h.store.create_user("api").unwrap().uid;
+    let req = ApiRequest {
+        model: h.engine.settings().default_model.clone(),
+        messages: vec![Message::new("user", "hi")],
+        max_completion_tokens: None,
+        legacy_max_tokens: false,
+        streamed: true,
+        extra: serde_json::Map::new(),
+        reference: "api:stop".to_owned(),
+        platform: chatrelay_core::Platform::Api,
+    };
+    let mut reply = h.engine.complete(uid, req);
+    assert!(matches!(reply.next().await, Some(ReplyEvent::Delta(_))));
+    drop(reply);
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = usage_log(&h.store, uid);
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].platform.as_str(), records[0].outcome),
+        ("api", chatrelay_storage::UsageOutcome::Stopped)
+    );
+}
+
+#[tokio::test]
+async fn the_cleanup_prunes_usage_records_past_usage_days() {
+    for (days, kept) in [(1, 1), (0, 2)] {
+        let h = harness_with(FAST, |c| c.quota.usage_days = days);
+        let uid = h.store.create_user("u").unwrap().uid;
+        let now = now_ms();
+        for (n, at) in [now - 2 * 86_400_000, now - 3_600_000]
+            .into_iter()
+            .enumerate()
+        {
+            let id = h
+                .store
+                .reserve(uid, 1, &format!("r{n}"), 0, 5, i64::MAX)
+                .unwrap();
+            let note = chatrelay_storage::UsageNote {
+                platform: "web",
+                model: "m",
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                outcome: chatrelay_storage::UsageOutcome::Answered,
+            };
+            h.store
+                .settle_metered(id, 1, "a", 0, 5, at, None, Some(note))
+                .unwrap();
+        }
+        h.engine.purge_old_records();
+        let left = usage_log(&h.store, uid);
+        assert_eq!(left.len(), kept, "usage_days = {days}");
+        assert!(left[0].at_ms > now - 86_400_000);
+        assert_eq!(
+            h.store.ledger(uid, 10).unwrap().len(),
+            2,
+            "the ledger stays"
+        );
+        if days > 0 {
+            // A finished pass: the next one starts an hour later, not at the next run.
+            let id = h.store.reserve(uid, 1, "late", 0, 5, i64::MAX).unwrap();
+            let note = chatrelay_storage::UsageNote {
+                platform: "web",
+                model: "m",
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                outcome: chatrelay_storage::UsageOutcome::Answered,
+            };
+            let old = now - 3 * 86_400_000;
+            h.store
+                .settle_metered(id, 1, "a", 0, 5, old, None, Some(note))
+                .unwrap();
+            h.engine.purge_old_records();
+            assert_eq!(usage_log(&h.store, uid).len(), 2);
+        }
+    }
 }

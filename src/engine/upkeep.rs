@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// Users whose old usage records one cleanup run looks at (one range scan each).
+const USAGE_PURGE_USERS: usize = 2_000;
+
+/// How often a pass of the usage log's pruning over every user starts.
+const USAGE_PURGE_EVERY_MS: i64 = 3_600_000;
+
 impl Engine {
     /// Periodic housekeeping of this daemon's memory: idle rate-limit windows, old in-flight
     /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
@@ -57,6 +63,41 @@ impl Engine {
             .purge_settled_reservations(now - 86_400_000)
         {
             warn!(error = %e, "purging settled reservations failed");
+        }
+        self.purge_usage(now);
+    }
+
+    /// Prunes the usage log past `[quota] usage_days`: a bounded share of the users per run
+    /// (this runs every minute), going on where the last run stopped; a pass over every user
+    /// starts at most hourly (an hour's records are a small part of `usage_days`).
+    fn purge_usage(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let days = self.settings().usage_days;
+        if days == 0 {
+            return;
+        }
+        let from = self.inner.usage_purge_from.load(Relaxed);
+        if from == 0 && now < self.inner.usage_purge_after.load(Relaxed) {
+            return;
+        }
+        let keep_ms = i64::try_from(days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(86_400_000);
+        let cutoff = now.saturating_sub(keep_ms);
+        match self
+            .inner
+            .store
+            .purge_usage(cutoff, Uid(from), USAGE_PURGE_USERS)
+        {
+            Ok(done) => {
+                let next = done.resume.map_or(0, |uid| uid.0);
+                self.inner.usage_purge_from.store(next, Relaxed);
+                if next == 0 {
+                    let after = now.saturating_add(USAGE_PURGE_EVERY_MS);
+                    self.inner.usage_purge_after.store(after, Relaxed);
+                }
+            }
+            Err(e) => warn!(error = %e, "purging old usage records failed"),
         }
     }
 

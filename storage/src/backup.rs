@@ -423,7 +423,7 @@ fn check_target(dir: &Path) -> Result<(), StoreError> {
 
 /// Every tree name a backup may hold.
 fn known_tree(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 26] = [
+    const NAMES: [&str; 27] = [
         crate::META,
         crate::USERS,
         crate::IDENTITIES,
@@ -449,6 +449,7 @@ fn known_tree(name: &str) -> Option<&'static str> {
         crate::CODE_BATCHES,
         crate::CODES,
         crate::CODE_HASHES,
+        crate::USAGE,
         DEFAULT_TREE,
     ];
     NAMES.into_iter().find(|n| *n == name)

@@ -1,7 +1,7 @@
 //! The census of a store: what a migration must find the same on both sides before the old
 //! data may go (issue 21, item 5). Users, identities, tokens, live login codes, balance sums,
 //! ledger count and sums, open reservations, orders per status with their fen, order events,
-//! conversations and their turns, outbox texts and checkpoints.
+//! conversations and their turns, outbox texts, checkpoints and the usage log.
 //!
 //! [`Store::census`] counts today's layout (sled, or the one-table PostgreSQL schema) through
 //! the tree API; `RelStore::census` (`rel/census.rs`) counts the relational tables in SQL.
@@ -79,6 +79,10 @@ pub struct Census {
     pub code_batches: u64,
     /// Redemption codes (any state).
     pub codes: u64,
+    /// Usage log records.
+    pub usage_records: u64,
+    /// The credits they say were charged (free + paid + plan).
+    pub usage_charged_sum: u128,
 }
 
 impl Default for Census {
@@ -113,6 +117,8 @@ impl Default for Census {
             checkpoints: 0,
             code_batches: 0,
             codes: 0,
+            usage_records: 0,
+            usage_charged_sum: 0,
         }
     }
 }
@@ -162,9 +168,14 @@ impl Census {
             ("checkpoints", self.checkpoints),
             ("code batches", self.code_batches),
             ("codes", self.codes),
+            ("usage records", self.usage_records),
         ] {
             rows.push((k.to_owned(), v.to_string()));
         }
+        rows.push((
+            "usage credits (sum)".to_owned(),
+            self.usage_charged_sum.to_string(),
+        ));
         rows
     }
 
@@ -295,6 +306,11 @@ impl Store {
             let (key, raw) = item?;
             c.outbox_texts += count(read_outbox(&key, &raw)?.len());
         }
+        for item in t.usage.iter() {
+            let (key, raw) = item?;
+            c.usage_records += 1;
+            c.usage_charged_sum += u128::from(crate::usage::read_record(&key, &raw)?.charged());
+        }
         Ok(c)
     }
 }
@@ -421,7 +437,16 @@ mod tests {
             .unwrap();
         let r = store.reserve(a, 30, "m1", 1, 10, 100).unwrap();
         store.reserve(a, 5, "m2", 1, 10, 100).unwrap();
-        store.settle(r, 25, "answer", 1, 10, 2).unwrap();
+        let note = crate::UsageNote {
+            platform: "web",
+            model: "m",
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            outcome: crate::UsageOutcome::Answered,
+        };
+        store
+            .settle_metered(r, 25, "answer", 1, 10, 2, None, Some(note))
+            .unwrap();
         store.login_code(a, 1_000, 0).unwrap();
         store.outbox_push("mp:main:x", "one").unwrap();
         store.outbox_push("mp:main:x", "two").unwrap();
@@ -434,6 +459,7 @@ mod tests {
         );
         assert_eq!((c.open_reservations, c.open_reserved_sum), (1, 5));
         assert_eq!((c.login_codes_live, c.outbox_texts), (1, 2));
+        assert_eq!((c.usage_records, c.usage_charged_sum), (1, 25));
         assert_eq!(store.census(1_000).unwrap().login_codes_live, 0, "expired");
         assert!(c.differences(&c.clone()).is_empty());
         let d = c.differences(&empty);
@@ -442,10 +468,10 @@ mod tests {
             d.contains(&"paid credits (sum): 85 ≠ 0".to_owned()),
             "{d:?}"
         );
-        assert_eq!(d.len(), 11, "{d:?}");
+        assert_eq!(d.len(), 13, "{d:?}");
         let table = c.to_string();
         assert!(table.contains("orders refunded (fen)"), "{table}");
-        assert_eq!(table.lines().count(), 27, "{table}");
+        assert_eq!(table.lines().count(), 28, "{table}");
         store
             .create_code_batch(crate::CodeGrant::Credits { credits: 5 }, 3, None, "", 1)
             .unwrap();

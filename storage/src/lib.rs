@@ -18,6 +18,7 @@
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
 //! - `codes.rs`: redemption codes (batches, stored hashed) and their exactly-once redemption.
+//! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //!
 //! # Trees
@@ -48,6 +49,7 @@
 //! | `code_batches` | batch id (be u64) | [`CodeBatch`] |
 //! | `codes` | batch ‖ n (be u64 each) | [`CodeRecord`] (never the code's text) |
 //! | `code_hashes` | SHA-256 of the canonical code | batch ‖ n |
+//! | `usage` | uid ‖ time (ms) ‖ reservation id (be u64 each) | [`UsageRecord`], compact binary |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -85,6 +87,7 @@ mod quota;
 mod rel;
 mod shared;
 mod tokens;
+mod usage;
 mod users;
 
 use std::fmt;
@@ -115,6 +118,7 @@ pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_referen
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
+pub use usage::{MAX_USAGE_PAGE, UsageCursor, UsageNote, UsageOutcome, UsagePage, UsageRecord};
 pub use users::{Admission, User, UserActivity};
 
 use kv::{Db, Tree};
@@ -180,6 +184,7 @@ const ANSWERS: &str = "answers";
 const CODE_BATCHES: &str = "code_batches";
 const CODES: &str = "codes";
 const CODE_HASHES: &str = "code_hashes";
+const USAGE: &str = "usage";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -211,6 +216,7 @@ struct Trees {
     code_batches: Tree,
     codes: Tree,
     code_hashes: Tree,
+    usage: Tree,
 }
 
 impl Trees {
@@ -241,11 +247,12 @@ impl Trees {
             code_batches: db.open_tree(CODE_BATCHES, journal)?,
             codes: db.open_tree(CODES, journal)?,
             code_hashes: db.open_tree(CODE_HASHES, journal)?,
+            usage: db.open_tree(USAGE, journal)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 25] {
+    fn all(&self) -> [(&'static str, &Tree); 26] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -272,6 +279,7 @@ impl Trees {
             (CODE_BATCHES, &self.code_batches),
             (CODES, &self.codes),
             (CODE_HASHES, &self.code_hashes),
+            (USAGE, &self.usage),
         ];
         all.sort_by_key(|(name, _)| *name);
         all

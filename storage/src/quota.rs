@@ -308,7 +308,7 @@ impl Store {
                     free_daily,
                     now_ms,
                 };
-                settle_in(&trees, &how).map(|(entry, _)| entry)
+                settle_in(&trees, &how).map(|done| done.entry)
             }),
         )
     }
@@ -327,49 +327,86 @@ impl Store {
         now_ms: i64,
         remember: Option<Remember<'_>>,
     ) -> Result<Option<LedgerEntry>, StoreError> {
-        let Some(remember) = remember else {
+        self.settle_metered(
+            id, actual, reason, today, free_daily, now_ms, remember, None,
+        )
+    }
+
+    /// [`Store::settle_with_turns`] that also writes the answer's usage record (`usage`, see
+    /// [`crate::UsageRecord`]) in the same transaction, keyed by the owner, `now_ms` and `id`,
+    /// with the credits this settlement charged: the usage log and the ledger's usage entries
+    /// cannot disagree. Settling again answers the same and writes nothing.
+    #[allow(clippy::too_many_arguments)] // settle's arguments, the turns and the usage
+    pub fn settle_metered(
+        &self,
+        id: ReservationId,
+        actual: u64,
+        reason: &str,
+        today: i64,
+        free_daily: u64,
+        now_ms: i64,
+        remember: Option<Remember<'_>>,
+        usage: Option<crate::UsageNote<'_>>,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        if remember.is_none() && usage.is_none() {
             return self.settle(id, actual, reason, today, free_daily, now_ms);
-        };
+        }
         let _writing = self.writing();
-        check_key("conversation key", remember.conversation)?;
+        if let Some(remember) = &remember {
+            check_key("conversation key", remember.conversation)?;
+        }
+        let encoded_note = usage
+            .as_ref()
+            .map(crate::usage::NoteBytes::new)
+            .transpose()?;
+        let how = SettleArgs {
+            id,
+            actual,
+            reason,
+            today,
+            free_daily,
+            now_ms,
+        };
         let t = self.trees()?;
-        let trees = (
-            &t.balances,
-            &t.reservations,
-            &t.settled_reservations,
-            &t.ledger,
-            &t.ledger_refs,
-            &t.conversations,
-        );
-        finish(trees.transaction(
-            |(balances, reservations, settled, ledger, ledger_refs, conversations)| {
-                let trees = SettleTrees {
-                    balances,
-                    reservations,
-                    settled,
-                    ledger,
-                    ledger_refs,
-                };
-                let how = SettleArgs {
-                    id,
-                    actual,
-                    reason,
-                    today,
-                    free_daily,
-                    now_ms,
-                };
-                let (entry, fresh) = settle_in(&trees, &how)?;
-                if fresh {
-                    crate::conversations::append_in(
-                        conversations,
-                        remember.conversation,
-                        remember.turns,
-                        remember.max_turns,
-                    )?;
-                }
-                Ok(entry)
-            },
-        ))
+        // The conversations tree only when there are turns: an API answer's transaction
+        // spans the trees it writes and no more.
+        match &remember {
+            None => finish(
+                (
+                    &t.balances,
+                    &t.reservations,
+                    &t.settled_reservations,
+                    &t.ledger,
+                    &t.ledger_refs,
+                    &t.usage,
+                )
+                    .transaction(|(b, r, s, l, lr, usage_tree)| {
+                        let extra = Extra {
+                            turns: None,
+                            usage: encoded_note.as_ref().map(|n| (usage_tree, n)),
+                        };
+                        settle_with_extra(&SettleTrees::of(b, r, s, l, lr), &how, &extra)
+                    }),
+            ),
+            Some(remember) => finish(
+                (
+                    &t.balances,
+                    &t.reservations,
+                    &t.settled_reservations,
+                    &t.ledger,
+                    &t.ledger_refs,
+                    &t.conversations,
+                    &t.usage,
+                )
+                    .transaction(|(b, r, s, l, lr, conversations, usage_tree)| {
+                        let extra = Extra {
+                            turns: Some((conversations, remember)),
+                            usage: encoded_note.as_ref().map(|n| (usage_tree, n)),
+                        };
+                        settle_with_extra(&SettleTrees::of(b, r, s, l, lr), &how, &extra)
+                    }),
+            ),
+        }
     }
 
     /// Drops a reservation without charging (the answer failed); false if it was not open.
@@ -609,6 +646,25 @@ struct SettleTrees<'t, 'v> {
     ledger_refs: &'t TxTree<'v>,
 }
 
+impl<'t, 'v> SettleTrees<'t, 'v> {
+    /// The trees in the order settlements open them.
+    fn of(
+        balances: &'t TxTree<'v>,
+        reservations: &'t TxTree<'v>,
+        settled: &'t TxTree<'v>,
+        ledger: &'t TxTree<'v>,
+        ledger_refs: &'t TxTree<'v>,
+    ) -> Self {
+        SettleTrees {
+            balances,
+            reservations,
+            settled,
+            ledger,
+            ledger_refs,
+        }
+    }
+}
+
 /// What a settlement settles, at what cost, when.
 struct SettleArgs<'a> {
     id: ReservationId,
@@ -619,16 +675,71 @@ struct SettleArgs<'a> {
     now_ms: i64,
 }
 
-/// The settlement of [`Store::settle`] inside a transaction: the entry written (or found, for
-/// a reservation settled before), and whether this call settled it (`false`: settled before).
-fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<(Option<LedgerEntry>, bool)> {
+/// What a settlement writes besides the charge, only when it settles (not when settled before).
+struct Extra<'t, 'v, 'r> {
+    /// The conversation's tree and its new turns.
+    turns: Option<(&'t TxTree<'v>, &'r Remember<'r>)>,
+    /// The usage tree and the answer's record.
+    usage: Option<(&'t TxTree<'v>, &'r crate::usage::NoteBytes<'r>)>,
+}
+
+/// [`settle_in`], then `extra` if it settled now.
+fn settle_with_extra(
+    t: &SettleTrees<'_, '_>,
+    a: &SettleArgs<'_>,
+    extra: &Extra<'_, '_, '_>,
+) -> TxResult<Option<LedgerEntry>> {
+    let done = settle_in(t, a)?;
+    if done.fresh {
+        if let Some((conversations, remember)) = extra.turns {
+            crate::conversations::append_in(
+                conversations,
+                remember.conversation,
+                remember.turns,
+                remember.max_turns,
+            )?;
+        }
+        if let Some((usage, note)) = extra.usage {
+            crate::usage::record_in(usage, a.id, a.now_ms, &done, note)?;
+        }
+    }
+    Ok(done.entry)
+}
+
+/// What [`settle_in`] did.
+pub(crate) struct Settled {
+    /// The entry written (or found, for a reservation settled before).
+    pub(crate) entry: Option<LedgerEntry>,
+    /// Whether this call settled it (`false`: settled before, nothing written now).
+    pub(crate) fresh: bool,
+    /// The reservation's owner.
+    pub(crate) uid: Uid,
+    /// Free and paid credits this call charged (0 and 0 when not fresh, or when the
+    /// reference's entry was there already).
+    pub(crate) from_free: u64,
+    pub(crate) from_paid: u64,
+}
+
+/// The settlement of [`Store::settle`] inside a transaction.
+fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
     let key = u64_key(a.id.0);
     let Some(raw) = t.reservations.get(key)? else {
+        let before = |entry, uid| Settled {
+            entry,
+            fresh: false,
+            uid,
+            from_free: 0,
+            from_paid: 0,
+        };
         return match get_settled(t.settled, a.id)? {
             Some(SettledReservation {
-                entry: Some(at), ..
-            }) => get_entry(t.ledger, at).map(|e| (Some(e), false)),
-            Some(SettledReservation { entry: None, .. }) => Ok((None, false)),
+                entry: Some(at),
+                uid,
+                ..
+            }) => get_entry(t.ledger, at).map(|e| before(Some(e), uid)),
+            Some(SettledReservation {
+                entry: None, uid, ..
+            }) => Ok(before(None, uid)),
             None => abort(StoreError::UnknownReservation(a.id)),
         };
     };
@@ -636,6 +747,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<(Option<Le
     let uid = reservation.uid;
     let mut balance = load_balance(t.balances, uid)?;
     balance.held = balance.held.saturating_sub(reservation.amount);
+    let (mut charged_free, mut charged_paid) = (0, 0);
     let entry = match entry_by_reference(t.ledger_refs, t.ledger, &reservation.reference)? {
         // The reference is in the ledger already (used by a grant meanwhile): never
         // write a second entry for it.
@@ -648,6 +760,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<(Option<Le
             } else {
                 let from_free = charge.min(free_left);
                 let from_paid = charge.saturating_sub(from_free);
+                (charged_free, charged_paid) = (from_free, from_paid);
                 let free_delta = to_delta(from_free).or_abort()?;
                 let paid_delta = to_delta(from_paid).or_abort()?;
                 balance.take_free(a.today, from_free);
@@ -677,7 +790,13 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<(Option<Le
         settled_at_ms: a.now_ms,
     };
     t.settled.insert(key, encode(&done).or_abort()?)?;
-    Ok((entry, true))
+    Ok(Settled {
+        entry,
+        fresh: true,
+        uid,
+        from_free: charged_free,
+        from_paid: charged_paid,
+    })
 }
 
 /// A change about to be written to the ledger.

@@ -235,6 +235,19 @@ pub enum UserCommand {
         #[arg(long, default_value_t = 20)]
         ledger: usize,
     },
+    /// Show a user's usage log (用量明细): each metered answer with its model, tokens and
+    /// the credits charged, newest first.
+    Usage {
+        /// The user's uid.
+        uid: u64,
+        /// Only records older than this (the `next_before` of the previous page, or a time in
+        /// ms since the epoch).
+        #[arg(long)]
+        before: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Stop a user from using the service.
     Ban {
         /// The user's uid.
@@ -422,6 +435,11 @@ impl UserCommand {
                 "{}{}",
                 fill(paths::USER, &[&uid.to_string()]),
                 query(&[("ledger", some(ledger))])
+            )),
+            Self::Usage { uid, before, limit } => Call::get(format!(
+                "{}{}",
+                fill(paths::USER_USAGE, &[&uid.to_string()]),
+                query(&[("before", before), ("limit", some(limit))])
             )),
             Self::Ban { uid, reason } => Call::post(
                 fill(paths::BAN, &[&uid.to_string()]),

@@ -39,6 +39,7 @@ pub fn human(command: &AdminCommand) -> Render {
             UserCommand::Find { .. } => W(render_users),
             UserCommand::Create { .. } => W(|v| v["uid"].to_string()),
             UserCommand::Show { .. } => W(render_user),
+            UserCommand::Usage { .. } => W(render_usage),
             UserCommand::Ban { .. } => {
                 W(|v| format!("user {} banned: {}", v["uid"], text(&v["ban_reason"])))
             }
@@ -424,6 +425,33 @@ const LEDGER_COLUMNS: Table = &[
     ("REASON", Fit("reason", 30)), ("REFERENCE", Fit("reference", 30)),
 ];
 
+#[rustfmt::skip]
+const USAGE_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("PLATFORM", Text("platform")), ("MODEL", Fit("model", 24)),
+    ("PROMPT", Text("prompt_tokens")), ("COMPLETION", Text("completion_tokens")),
+    ("FREE", With(|r| text(&r["credits"]["free"]))), ("PAID", With(|r| text(&r["credits"]["paid"]))),
+    ("PLAN", With(|r| text(&r["credits"]["plan"]))), ("TOTAL", With(|r| text(&r["credits"]["total"]))),
+    ("OUTCOME", Text("outcome")), ("LEDGER", Text("ledger_seq")),
+];
+
+/// A page of the usage log, and how to get the next.
+fn render_usage(v: &Value) -> String {
+    let rows = rows_of(&v["data"]);
+    if rows.is_empty() {
+        return "no usage records".to_owned();
+    }
+    let mut out = table_of(rows, USAGE_COLUMNS);
+    let total: u64 = rows
+        .iter()
+        .filter_map(|r| r["credits"]["total"].as_u64())
+        .sum();
+    let _ = write!(out, "{} answers, {total} credits", rows.len());
+    if let Some(next) = v["next_before"].as_str() {
+        let _ = write!(out, "; older: --before {next}");
+    }
+    out
+}
+
 fn render_ledger(v: &Value) -> String {
     table_of(rows_of(v), LEDGER_COLUMNS)
 }
@@ -733,6 +761,28 @@ mod tests {
         assert_eq!(fit("你好世界", 8), "你好世界");
         assert_eq!(fit("你好世界", 7), "你好世…");
         assert_eq!(fit("line\nbreak", 20), "line break");
+    }
+
+    #[test]
+    fn usage_pages_end_with_their_total_and_the_next_cursor() {
+        let record = |total: u64| {
+            serde_json::json!({"at_ms": 0, "platform": "mp", "model": "deepseek-chat",
+                "prompt_tokens": 10, "completion_tokens": 5, "outcome": "answered", "ledger_seq": 3,
+                "credits": {"free": total, "paid": 0, "plan": 0, "total": total}})
+        };
+        let page = serde_json::json!({"data": [record(2), record(3)], "next_before": "17-4"});
+        let out = render_usage(&page);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(
+            lines[0].starts_with("TIME") && lines[1].contains("deepseek-chat"),
+            "{out}"
+        );
+        assert_eq!(lines[3], "2 answers, 5 credits; older: --before 17-4");
+        assert_eq!(
+            render_usage(&serde_json::json!({"data": [], "next_before": null})),
+            "no usage records"
+        );
     }
 
     #[test]

@@ -108,6 +108,16 @@
       kind_adjust: '调整',
       deltaFree: '免费 {n}',
       deltaPaid: '付费 {n}',
+      deltaPlan: '会员 {n}',
+      answersTitle: '用量明细',
+      answersEmpty: '还没有用量',
+      answersMore: '加载更多',
+      answerCredits: '{n} 额度',
+      answerTokens: '输入 {p} · 输出 {c} tokens',
+      outcome_answered: '',
+      outcome_cut: '已截断',
+      outcome_stopped: '已停止',
+      outcome_refunded: '已退还 {n}',
       buyTitle: '购买额度',
       chooseProduct: '选择额度包',
       choosePay: '支付方式',
@@ -264,6 +274,16 @@
       kind_adjust: 'Adjustment',
       deltaFree: 'free {n}',
       deltaPaid: 'paid {n}',
+      deltaPlan: 'plan {n}',
+      answersTitle: 'Usage',
+      answersEmpty: 'No answers yet',
+      answersMore: 'Load more',
+      answerCredits: '{n} credits',
+      answerTokens: 'in {p} · out {c} tokens',
+      outcome_answered: '',
+      outcome_cut: 'cut',
+      outcome_stopped: 'stopped',
+      outcome_refunded: '{n} refunded',
       buyTitle: 'Buy credits',
       chooseProduct: 'Choose a pack',
       choosePay: 'Payment method',
@@ -1878,6 +1898,50 @@
     }
   }
 
+  // ---------------------------------------------------------------- usage log (用量明细)
+  // A page of /api/usage (newest first) when the account sheet opens; "load more" asks for
+  // the page before the last one shown.
+
+  const answers = { next: null, seq: 0, busy: false };
+  const PLATFORM_NAMES = { web: '网页', api: 'API', mp: '公众号', wecom: '企业微信', zsxq: '知识星球', tg: 'Telegram' };
+
+  function answerItem(r) {
+    const extra = r.outcome && r.outcome !== 'answered'
+      ? t('outcome_' + r.outcome, { n: r.refunded || 0 }) : '';
+    const parts = [];
+    if (r.credits.free) parts.push(t('deltaFree', { n: r.credits.free }));
+    if (r.credits.paid) parts.push(t('deltaPaid', { n: r.credits.paid }));
+    if (r.credits.plan) parts.push(t('deltaPlan', { n: r.credits.plan }));
+    return el('li', { class: 'usage-item answer-item', 'data-testid': 'answer-item' },
+      el('div', { class: 'usage-main' },
+        el('span', { class: 'usage-kind', text: r.model }),
+        el('span', { class: 'usage-delta neg answer-credits', text: t('answerCredits', { n: r.credits.total }) })),
+      el('div', { class: 'usage-sub muted small' },
+        el('time', { datetime: new Date(r.at * 1000).toISOString(), text: formatTime(r.at) }),
+        el('span', { text: PLATFORM_NAMES[r.platform] || r.platform }),
+        el('span', { class: 'usage-reason', text: t('answerTokens', { p: r.prompt_tokens, c: r.completion_tokens }) }),
+        parts.length ? el('span', { text: parts.join(' · ') }) : null,
+        extra ? el('span', { class: 'answer-outcome', text: extra }) : null));
+  }
+
+  async function loadAnswers(more) {
+    if (more && (answers.busy || !answers.next)) return;
+    const seq = ++answers.seq;
+    answers.busy = true;
+    const list = $('answers-list');
+    const query = '?limit=20' + (more ? '&before=' + encodeURIComponent(answers.next) : '');
+    try {
+      const page = await api('/api/usage' + query);
+      if (seq !== answers.seq) return;
+      if (!more) list.textContent = '';
+      for (const r of page.data || []) list.append(answerItem(r));
+      answers.next = page.next_before || null;
+      $('answers-more').hidden = !answers.next;
+      $('answers-empty').hidden = list.children.length > 0;
+    } catch (_) { /* the list keeps what it shows; 401 is handled by api() */ }
+    finally { if (seq === answers.seq) answers.busy = false; }
+  }
+
   // ---------------------------------------------------------------- panels (sheets, drawer)
 
   let panelOpener = null;
@@ -1919,6 +1983,7 @@
     renderBalance();
     openPanel('account-panel');
     refreshMe();
+    loadAnswers(false);
   }
 
   const isNarrow = () => window.matchMedia('(max-width: 640px)').matches;
@@ -2523,6 +2588,7 @@
     $('buy-open').addEventListener('click', openBuy);
     $('account-buy').addEventListener('click', openBuy);
     $('redeem-form').addEventListener('submit', submitRedeem);
+    $('answers-more').addEventListener('click', () => loadAnswers(true));
     $('error-buy').addEventListener('click', openBuy);
     $('error-close').addEventListener('click', hideBanner);
     $('order-renew').addEventListener('click', () => { buy.orders.delete(buy.productId + '|' + buy.channel); createOrder(); });

@@ -12,6 +12,7 @@ pub mod redeem;
 pub mod scan;
 pub mod shop;
 pub mod state;
+pub mod usage;
 pub mod v1;
 
 use std::net::SocketAddr;

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::warn;
 
 use super::error;
 use crate::channels::web::state::WebState;
@@ -55,19 +54,14 @@ async fn redeem(
         );
     };
     let ip = st.client_ip(peer, &headers);
-    match st.engine.redeem_code(uid, &req.code, Some(ip)) {
-        Ok(r) => {
-            // The code is used and the credits are the user's: on disk before we say so.
-            if let Err(e) = st.engine.store().flush().await {
-                warn!(error = %e, "flushing a redemption failed");
-            }
-            Json(json!({
-                "code": r.code,
-                "added": {"credits": r.credits},
-                "balance": r.balance,
-            }))
-            .into_response()
-        }
+    // On disk before it answers (the code is used and the credits are the user's).
+    match st.engine.redeem_code(uid, &req.code, Some(ip)).await {
+        Ok(r) => Json(json!({
+            "code": r.code,
+            "added": {"credits": r.credits},
+            "balance": r.balance,
+        }))
+        .into_response(),
         Err(e) => {
             let status = match &e {
                 RedeemError::Throttled => StatusCode::TOO_MANY_REQUESTS,

@@ -208,6 +208,26 @@ impl Tree {
         }
     }
 
+    /// The last `limit` pairs with `start <= key < end`, last first (a page of a newest-first
+    /// listing whose keys end in a time).
+    pub(crate) fn range_rev(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        let (start, end) = (start.as_ref(), end.as_ref());
+        match &self.imp {
+            TreeImp::Sled(t) => t
+                .range(start..end)
+                .rev()
+                .take(limit)
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+                .collect(),
+            TreeImp::Pg(pg) => pg.last_in_range(self.name, start, Some(end), limit),
+        }
+    }
+
     /// The pairs with `start <= key < end`, in key order.
     pub(crate) fn range(&self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> KvIter {
         self.range_iter(start.as_ref().to_vec(), Some(end.as_ref().to_vec()))

@@ -17,6 +17,9 @@
 //! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
 //!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
 //!   exist.
+//! - The usage log (`usage.rs`, tree `usage`, issue 22) has no table yet: its census figures
+//!   are 0 here, so a migration of a store with usage records reports the difference (a
+//!   `usage` table keyed `(uid, at_ms, id)` and its import are what is missing).
 //!
 //! # Tables (`schema/0001_tables.sql`, version in `meta.schema_version`)
 //! `users`, `identities` (primary key `(platform, account, user_id)`: the platform's user id
