@@ -515,7 +515,7 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
                 return true;
             }
             match store.recover() {
-                Ok(()) => store.probe_write(),
+                Ok(()) => store.probe_write() && release_after_reopen(&store),
                 Err(e) => {
                     warn!(error = %e, "reopening the store failed; trying again shortly");
                     false
@@ -533,6 +533,30 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
             );
         }
         failing = !ok;
+    }
+}
+
+/// After a reopen, releases every open hold, as a start does: the reopened database is what
+/// reached the disk, so a hold whose settle or release was lost with the failed writes would
+/// stay open until the next start (an answer still being written then finds its hold gone
+/// and is not charged: the user never pays twice, nor for a lost record). False if the
+/// release fails (the store is not writable after all).
+fn release_after_reopen(store: &chatrelay_storage::Store) -> bool {
+    if store.is_shared() {
+        // Nothing was reopened (the pool replaces connections), and other daemons' answers
+        // hold credits: their expired holds go with the cleanup job.
+        return true;
+    }
+    match store.release_stale_reservations(i64::MAX) {
+        Ok(0) => true,
+        Ok(released) => {
+            warn!(released, "released holds the storage failure left open");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "releasing holds after the reopen failed");
+            false
+        }
     }
 }
 
