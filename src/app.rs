@@ -462,9 +462,7 @@ async fn housekeeping(
         metrics::gauge!("chatrelay_users").set(depths.0 as f64);
         metrics::gauge!("chatrelay_outbox_users").set(depths.1 as f64);
         metrics::gauge!("chatrelay_open_orders").set(depths.2 as f64);
-        let (flushes, requests) = chatrelay_storage::flush_counts();
-        metrics::counter!("chatrelay_store_flushes_total").absolute(flushes);
-        metrics::counter!("chatrelay_store_flush_requests_total").absolute(requests);
+        crate::http::ops::export_store_counters();
         if let Some(m) = &metrics {
             m.run_upkeep();
         }

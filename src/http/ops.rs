@@ -84,9 +84,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         }
     }
     // Group-commit counters too, so that a benchmark can read them around a run.
-    let (flushes, requests) = chatrelay_storage::flush_counts();
-    metrics::counter!("chatrelay_store_flushes_total").absolute(flushes);
-    metrics::counter!("chatrelay_store_flush_requests_total").absolute(requests);
+    export_store_counters();
     match &st.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -95,4 +93,16 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
+}
+
+/// Sets the store's group-commit and write-lane counters (read by `/metrics` and the
+/// periodic gauges).
+pub(crate) fn export_store_counters() {
+    let (flushes, requests) = chatrelay_storage::flush_counts();
+    metrics::counter!("chatrelay_store_flushes_total").absolute(flushes);
+    metrics::counter!("chatrelay_store_flush_requests_total").absolute(requests);
+    let (steps, step_secs, flush_secs) = chatrelay_storage::lane_counts();
+    metrics::counter!("chatrelay_store_lane_steps_total").absolute(steps);
+    metrics::gauge!("chatrelay_store_lane_step_seconds_total").set(step_secs);
+    metrics::gauge!("chatrelay_store_lane_flush_seconds_total").set(flush_secs);
 }

@@ -471,7 +471,7 @@ mod tests {
         assert_eq!(d.len(), 13, "{d:?}");
         let table = c.to_string();
         assert!(table.contains("orders refunded (fen)"), "{table}");
-        assert_eq!(table.lines().count(), 28, "{table}");
+        assert_eq!(table.lines().count(), 29, "{table}");
         store
             .create_code_batch(crate::CodeGrant::Credits { credits: 5 }, 3, None, "", 1)
             .unwrap();

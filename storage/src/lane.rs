@@ -95,6 +95,24 @@ impl std::future::Future for FlushReceiver {
 static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Steps run on lanes, and the time spent running them and flushing (ns), since start.
+static JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static JOB_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FLUSH_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How busy the write lanes were since the process started: steps run, seconds spent running
+/// them, seconds spent in flushes. Busy time over wall time near 1 means the lane is the
+/// bottleneck; a small share means steps wait elsewhere.
+#[must_use]
+pub fn lane_counts() -> (u64, f64, f64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        JOBS.load(Relaxed),
+        JOB_NANOS.load(Relaxed) as f64 / 1e9,
+        FLUSH_NANOS.load(Relaxed) as f64 / 1e9,
+    )
+}
+
 /// `(flushes run, requests answered)` since the process started.
 #[must_use]
 pub fn flush_counts() -> (u64, u64) {
@@ -178,18 +196,25 @@ impl Lane {
     }
 }
 
+fn nanos_since(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut waiting = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
+        let started = std::time::Instant::now();
+        let mut jobs = 0;
         while let Some(work) = next {
             match work {
                 // A panicking step must not end the lane: its waiter learns of the panic
                 // from the job's own wrapper (see `Store::on_lane`).
                 Work::Job(job) => {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    jobs += 1;
                 }
                 Work::Flush(tx) => waiting.push(tx),
             }
@@ -200,10 +225,14 @@ fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
                 None
             };
         }
+        JOBS.fetch_add(jobs, Relaxed);
+        JOB_NANOS.fetch_add(nanos_since(started), Relaxed);
         if waiting.is_empty() {
             continue;
         }
+        let flush_started = std::time::Instant::now();
         let result = db.flush().map(|_| ()).map_err(StoreError::from);
+        FLUSH_NANOS.fetch_add(nanos_since(flush_started), Relaxed);
         FLUSHES.fetch_add(1, Relaxed);
         REQUESTS.fetch_add(waiting.len() as u64, Relaxed);
         for waiter in waiting {

@@ -110,7 +110,7 @@ pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
-pub use lane::flush_counts;
+pub use lane::{flush_counts, lane_counts};
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
