@@ -37,6 +37,8 @@ pub struct Settings {
     pub texts: Texts,
     /// Credit packs on sale (for the buy command).
     pub products: Vec<crate::config::ProductConfig>,
+    /// Membership plans (`[[plans]]`).
+    pub plans: Vec<crate::config::PlanConfig>,
     /// The web page users buy on, if the daemon has a public URL.
     pub public_url: Option<String>,
     /// Named system prompts.
@@ -120,6 +122,7 @@ impl Settings {
                 ..c.bot.texts.clone()
             },
             products: c.products.clone(),
+            plans: c.plans.clone(),
             public_url: c.server.public_url.clone(),
             roles: c.roles.clone(),
             scopes: c.scopes.clone(),
@@ -130,6 +133,12 @@ impl Settings {
             max_image_bytes: c.bot.max_image_bytes,
             picture_trusted_hosts: c.bot.picture_trusted_hosts.clone(),
         })
+    }
+
+    /// The configured plan of that id.
+    #[must_use]
+    pub fn plan(&self, id: &str) -> Option<&crate::config::PlanConfig> {
+        self.plans.iter().find(|p| p.id == id)
     }
 
     /// The configured model of that name.

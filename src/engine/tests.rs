@@ -508,6 +508,7 @@ async fn buy_lists_products_and_the_web_page() {
             name: "十次".into(),
             price_fen: 450,
             credits: 10,
+            plan: None,
         }];
         c.server.public_url = Some("https://chat.example.com/".into());
     });

@@ -670,6 +670,8 @@ fn render_stats(v: &Value) -> String {
             ("REFUNDS ¥", Yuan("refunds_fen")),
             ("CODES", Text("codes_redeemed")),
             ("CODE CREDITS", Text("code_credits")),
+            ("PLANS SOLD", Text("plans_sold")),
+            ("PLANS ¥", Yuan("plan_sales_fen")),
         ]
         .map(|(h, c)| (h.to_owned(), c)),
     );

@@ -58,8 +58,9 @@ async fn redeem(
     match st.engine.redeem_code(uid, &req.code, Some(ip)).await {
         Ok(r) => Json(json!({
             "code": r.code,
-            "added": {"credits": r.credits},
+            "added": {"credits": r.credits, "plan": r.plan.as_ref().map(|p| p.id.clone())},
             "balance": r.balance,
+            "plan": r.plan.as_ref().map(|p| crate::channels::web::plans::plan_json(p, st.engine.settings().today())),
         }))
         .into_response(),
         Err(e) => {
