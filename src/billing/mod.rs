@@ -219,6 +219,15 @@ impl Billing {
         self.store.order(id)
     }
 
+    /// What a plan product's orders grant (`None`: a credit pack).
+    #[must_use]
+    pub fn plan_of(&self, product_id: &str) -> Option<&chatrelay_storage::PlanGrant> {
+        self.plan_grants
+            .iter()
+            .find(|(id, _)| id == product_id)
+            .map(|(_, g)| g)
+    }
+
     /// The products on sale.
     #[must_use]
     pub fn products(&self) -> &[ProductConfig] {
@@ -321,11 +330,7 @@ impl Billing {
             credited_at_ms: None,
             closed_at_ms: None,
             refunded_at_ms: None,
-            plan: self
-                .plan_grants
-                .iter()
-                .find(|(id, _)| id == &product.id)
-                .map(|(_, g)| g.clone()),
+            plan: self.plan_of(&product.id).cloned(),
         };
         let order = self.store.create_order(&candidate, now)?;
         if order.code_url.is_some() {
