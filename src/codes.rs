@@ -62,8 +62,8 @@ pub enum RedeemError {
     /// Its batch expired.
     #[error("the code has expired")]
     Expired,
-    /// A plan code, before plans exist.
-    #[error("plans are not available yet")]
+    /// A plan code made before plans existed (it names no days): it grants nothing.
+    #[error("the code's plan is not available")]
     PlanUnavailable,
     /// The store failed.
     #[error(transparent)]
@@ -97,7 +97,7 @@ impl RedeemError {
             Self::AlreadyUsed { by_you: false } => "这个兑换码已被使用",
             Self::Revoked => "这个兑换码已作废",
             Self::Expired => "这个兑换码已过期",
-            Self::PlanUnavailable => "暂不支持会员兑换码",
+            Self::PlanUnavailable => "这个会员兑换码无效，请联系客服",
             Self::Store(_) => "服务暂时不可用，请稍后再试",
         }
     }
@@ -112,6 +112,8 @@ pub struct Redeemed {
     pub credits: u64,
     /// The balance afterwards.
     pub balance: Balance,
+    /// The plan afterwards, for a plan code.
+    pub plan: Option<chatrelay_storage::ActivePlan>,
 }
 
 /// Redeems codes with the failure limits. One per daemon (in the engine).
@@ -219,10 +221,15 @@ impl Redeemer {
                     CodeGrant::Plan { .. } => 0,
                 };
                 let balance = store.balance(entry.uid, ctx.today, ctx.free_daily)?;
+                let plan = match grant {
+                    CodeGrant::Plan { .. } => store.plan(entry.uid)?,
+                    CodeGrant::Credits { .. } => None,
+                };
                 Ok(Redeemed {
                     code,
                     credits,
                     balance,
+                    plan,
                 })
             }
             RedeemOutcome::Unknown => Err(RedeemError::Unknown),

@@ -1,6 +1,6 @@
 //! Per-day statistics for operators: active users, messages by platform and outcome, LLM
-//! tokens and their cost, credits charged, (from the orders) revenue, and (from the ledger)
-//! redemption codes redeemed.
+//! tokens and their cost, credits charged, (from the orders) revenue and membership plans sold,
+//! and (from the ledger) redemption codes redeemed.
 //!
 //! Counting happens in memory on the hot path (a mutex and a map, no disk write); the
 //! housekeeping task writes the counts into the store once a minute in one batch, and the
@@ -127,6 +127,12 @@ pub struct DayStats {
     pub codes_redeemed: u64,
     /// The paid credits they granted.
     pub code_credits: i64,
+    /// Membership plan orders paid that day (also in `orders_paid`).
+    pub plans_sold: u64,
+    /// Their amount, in fen (also in `revenue_fen`).
+    pub plan_sales_fen: i64,
+    /// Plan orders paid that day by plan id.
+    pub plans_by_id: BTreeMap<String, u64>,
 }
 
 /// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
@@ -184,6 +190,11 @@ pub fn report(
                 s.orders_paid += 1;
                 s.revenue_fen += o.amount_fen;
                 *s.revenue_by_channel.entry(o.channel.clone()).or_default() += o.amount_fen;
+                if let Some(plan) = &o.plan {
+                    s.plans_sold += 1;
+                    s.plan_sales_fen += o.amount_fen;
+                    *s.plans_by_id.entry(plan.id.clone()).or_default() += 1;
+                }
             }
             if o.status == OrderStatus::Refunded && in_day(o.refunded_at_ms) {
                 s.refunds_fen += o.amount_fen;
@@ -299,6 +310,61 @@ mod tests {
         assert_eq!((r[0].codes_redeemed, r[0].code_credits), (2, 50));
         assert_eq!((r[1].codes_redeemed, r[1].code_credits), (1, 25));
         assert_eq!(r[2].codes_redeemed, 0);
+    }
+
+    #[test]
+    fn plan_sales_are_counted_on_their_day() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.create_user("a").unwrap().uid;
+        let day = 20_000;
+        let ms = |d: i64| d * 86_400_000 + 3_600_000;
+        let plan = chatrelay_storage::PlanGrant {
+            id: "month".into(),
+            name: "月卡".into(),
+            days: 30,
+            daily_credits: 20,
+            utc_offset_secs: 0,
+        };
+        for (id, with_plan, fen, at) in [
+            ("a", true, 3000, ms(day)),
+            ("b", true, 3000, ms(day)),
+            ("c", false, 100, ms(day)),
+            ("d", true, 3000, ms(day + 1)),
+            ("e", true, 3000, ms(day + 1)),
+        ] {
+            let o = chatrelay_storage::Order {
+                id: id.into(),
+                uid,
+                product_id: "p".into(),
+                product_name: "p".into(),
+                channel: "wechat".into(),
+                method: None,
+                amount_fen: fen,
+                credits: if with_plan { 0 } else { 10 },
+                status: OrderStatus::Created,
+                created_at_ms: at,
+                expires_at_ms: at + 1_000_000,
+                code_url: None,
+                provider_trade_no: None,
+                credited_at_ms: None,
+                closed_at_ms: None,
+                refunded_at_ms: None,
+                plan: with_plan.then(|| plan.clone()),
+            };
+            store.create_order(&o, at).unwrap();
+            if id != "e" {
+                store.credit_order(id, fen, None, at).unwrap();
+            }
+        }
+        let r = report(&store, &[day, day + 1], &[], 0).unwrap();
+        assert_eq!((r[0].plans_sold, r[0].plan_sales_fen), (2, 6000));
+        assert_eq!((r[0].orders_paid, r[0].revenue_fen), (3, 6100));
+        assert_eq!(r[0].plans_by_id["month"], 2);
+        assert_eq!(
+            (r[1].plans_sold, r[1].plan_sales_fen),
+            (1, 3000),
+            "e is unpaid"
+        );
     }
 
     #[test]

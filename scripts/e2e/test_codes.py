@@ -170,7 +170,7 @@ def test_a_batch_made_over_http_is_redeemed_once_on_the_web_api(d):
     assert after["code_credits"] - before["code_credits"] == 25
     # Refused batches.
     status, body = admin(d, "POST", "/admin/codes", {"count": 2, "plan": "month"})
-    assert status == 400 and "plans are not available yet" in body["error"], body
+    assert status == 400 and 'plan "month" is not one of [[plans]] (none configured)' in body["error"], body
     for bad in [{"count": 10_001, "credits": 1}, {"count": 0, "credits": 1}, {"count": 1, "credits": 0},
                 {"count": 1, "credits": 1, "expires_at": "2001-01-01"}]:
         status, body = admin(d, "POST", "/admin/codes", bad)

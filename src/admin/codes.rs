@@ -20,7 +20,7 @@ pub struct NewBatch {
     count: u32,
     /// Paid credits each code grants.
     credits: Option<u64>,
-    /// A membership plan each code grants (not available yet: refused).
+    /// A membership plan (`[[plans]]` id) each code grants, as configured now.
     plan: Option<String>,
     /// When the codes stop working: Unix seconds, RFC 3339, or `YYYY-MM-DD` (the end of that
     /// day in the quota timezone).
@@ -40,22 +40,42 @@ pub struct CodesQuery {
 
 /// Makes a batch and answers with its codes, which are not stored and never shown again.
 pub async fn create_batch(st: St, Body(req): Body<NewBatch>) -> Answer {
-    let grant = match (req.credits, req.plan) {
-        (_, Some(_)) => {
+    let tz = st.engine.settings().tz_offset_secs;
+    let grant = match (req.credits, req.plan.as_deref().map(str::trim)) {
+        (Some(_), Some(_)) => {
             return Err(AdminError::bad_request(
-                "plans are not available yet: give credits",
+                "give credits or a plan per code, not both",
             ));
         }
+        (None, Some(id)) => match st.engine.settings().plan(id) {
+            Some(plan) => CodeGrant::of_plan(&plan.grant(tz)),
+            None => {
+                let known: Vec<String> = st
+                    .engine
+                    .settings()
+                    .plans
+                    .iter()
+                    .map(|p| p.id.clone())
+                    .collect();
+                return Err(AdminError::bad_request(format!(
+                    "plan {id:?} is not one of [[plans]] ({})",
+                    if known.is_empty() {
+                        "none configured".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        },
         (Some(0), None) => return Err(AdminError::bad_request("credits must be at least 1")),
         (Some(credits), None) => CodeGrant::Credits { credits },
-        (None, None) => return Err(AdminError::bad_request("give credits (per code)")),
+        (None, None) => return Err(AdminError::bad_request("give credits or a plan (per code)")),
     };
     if req.count == 0 || req.count > MAX_CODES_PER_BATCH {
         return Err(AdminError::bad_request(format!(
             "count must be 1 to {MAX_CODES_PER_BATCH}"
         )));
     }
-    let tz = st.engine.settings().tz_offset_secs;
     let now = now_ms();
     let expires_at_ms = match &req.expires_at {
         None | Some(Value::Null) => None,
@@ -206,13 +226,15 @@ fn status(c: &CodeRecord, batch: &CodeBatch, now: i64) -> &'static str {
 fn batch_json(b: &CodeBatch, tz: i32, tally: Option<Value>) -> Value {
     let (credits, plan) = match &b.grant {
         CodeGrant::Credits { credits } => (Some(*credits), None),
-        CodeGrant::Plan { plan } => (None, Some(plan.clone())),
+        CodeGrant::Plan { plan, .. } => (None, Some(plan.clone())),
     };
+    let plan_days = b.grant.plan_grant().map(|g| g.days);
     let mut v = json!({
         "id": b.id,
         "count": b.count,
         "credits": credits,
         "plan": plan,
+        "plan_days": plan_days,
         "note": b.note,
         "created_at_ms": b.created_at_ms,
         "created_at": rfc3339(Some(b.created_at_ms), tz),

@@ -98,6 +98,9 @@ pub struct Billing {
     store: Store,
     alerts: Alerter,
     products: Vec<ProductConfig>,
+    /// What a plan product's order grants, by product id (`[[plans]]` in the quota
+    /// timezone, fixed when the order is made).
+    plan_grants: Vec<(String, chatrelay_storage::PlanGrant)>,
     wechat: Option<WechatPay>,
     alipay: Option<Alipay>,
     public_url: String,
@@ -109,6 +112,20 @@ pub struct Billing {
     jsapi_accounts: Vec<String>,
     /// Of those, the one with web authorization (where a user without an openid gets one).
     jsapi_login_account: Option<String>,
+}
+
+/// The plan grant of each plan product (validation made sure each names a plan).
+fn plan_grants(config: &Config) -> Vec<(String, chatrelay_storage::PlanGrant)> {
+    let tz = crate::util::parse_timezone(&config.quota.timezone).unwrap_or(8 * 3600);
+    config
+        .products
+        .iter()
+        .filter_map(|p| {
+            let id = p.plan.as_deref()?;
+            let plan = config.plans.iter().find(|x| x.id == id)?;
+            Some((p.id.clone(), plan.grant(tz)))
+        })
+        .collect()
 }
 
 /// What the provider said about an open order.
@@ -185,6 +202,7 @@ impl Billing {
             store,
             alerts,
             products: config.products.clone(),
+            plan_grants: plan_grants(config),
             wechat,
             alipay,
             public_url,
@@ -199,6 +217,15 @@ impl Billing {
     /// The order `id`, if it exists (whoever it belongs to: the caller checks).
     pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
         self.store.order(id)
+    }
+
+    /// What a plan product's orders grant (`None`: a credit pack).
+    #[must_use]
+    pub fn plan_of(&self, product_id: &str) -> Option<&chatrelay_storage::PlanGrant> {
+        self.plan_grants
+            .iter()
+            .find(|(id, _)| id == product_id)
+            .map(|(_, g)| g)
     }
 
     /// The products on sale.
@@ -303,6 +330,7 @@ impl Billing {
             credited_at_ms: None,
             closed_at_ms: None,
             refunded_at_ms: None,
+            plan: self.plan_of(&product.id).cloned(),
         };
         let order = self.store.create_order(&candidate, now)?;
         if order.code_url.is_some() {

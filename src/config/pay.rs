@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
 
-/// `[[products]]`: one credit pack.
+/// `[[products]]`: one credit pack, or a membership plan (`plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductConfig {
     /// Stable id (used in orders and the API).
@@ -19,8 +19,46 @@ pub struct ProductConfig {
     pub name: String,
     /// Price in fen (分): 100 = ¥1.00.
     pub price_fen: i64,
-    /// Credits it gives.
+    /// Credits it gives (0 for a plan: exactly one of `credits` and `plan`).
+    #[serde(default)]
     pub credits: u64,
+    /// The `[[plans]]` id it sells instead of credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+/// `[[plans]]`: a membership plan (会员, 月卡): `daily_credits` added to the free daily
+/// allowance for `days` days, sold by a product (`[[products]] plan = "<id>"`) or granted by
+/// a redemption code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    /// Stable id (products, codes and the user's plan name it).
+    pub id: String,
+    /// Name shown to users (`月卡`).
+    pub name: String,
+    /// Credits added to the free allowance each day while the plan is active.
+    pub daily_credits: u64,
+    /// How many days one purchase or code gives (buying again adds as many).
+    pub days: u32,
+    /// Models (`[[llm.models]] name`) its members may use even when `paid_only` or limited to
+    /// `groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+}
+
+impl PlanConfig {
+    /// What a sale or a code of this plan grants, its days counted in the quota timezone
+    /// (`utc_offset_secs`).
+    #[must_use]
+    pub fn grant(&self, utc_offset_secs: i32) -> chatrelay_storage::PlanGrant {
+        chatrelay_storage::PlanGrant {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            days: self.days,
+            daily_credits: self.daily_credits,
+            utc_offset_secs,
+        }
+    }
 }
 
 /// `[pay]`: how orders are paid and kept in step with the providers.

@@ -12,7 +12,7 @@ use super::channels::{
     TelegramConfig, WebConfig, WechatMpConfig, WecomAibotConfig, WecomConfig, WecomRobotConfig,
     ZsxqConfig,
 };
-use super::pay::{PayConfig, ProductConfig};
+use super::pay::{PayConfig, PlanConfig, ProductConfig};
 use super::secret::{Secret, lenient_opt_string};
 
 /// The whole configuration.
@@ -34,6 +34,8 @@ pub struct Config {
     pub wechat_mp: Vec<WechatMpConfig>,
     /// `[[products]]`: the credit packs on sale.
     pub products: Vec<ProductConfig>,
+    /// `[[plans]]`: membership plans products and codes grant.
+    pub plans: Vec<PlanConfig>,
     /// `[pay]`: payment channels and order handling.
     pub pay: PayConfig,
     /// `[web]`: the chat page.
@@ -592,6 +594,11 @@ pub struct Texts {
     pub redeem_ok: String,
     /// How to use the redeem command: `{command}`.
     pub redeem_usage: String,
+    /// A plan code was redeemed: `{plan}` (its name), `{end}` (its last day), `{daily}`.
+    pub redeem_plan_ok: String,
+    /// Added to the quota command's answer while a plan is active: `{plan}`, `{daily}`,
+    /// `{end}` (its last day, `YYYY-MM-DD`), `{days}` (days left, today included).
+    pub quota_plan: String,
 }
 
 impl Texts {
@@ -656,6 +663,10 @@ impl Default for Texts {
             redeem_ok: "兑换成功：增加 {credits} 额度，当前余额 {paid}（可用 {available}）。"
                 .to_owned(),
             redeem_usage: "用法：{command} 兑换码，例如「{command} XXXX-XXXX-XXXX-XXXX」。"
+                .to_owned(),
+            redeem_plan_ok: "兑换成功：{plan}已生效，有效期至 {end}，期间每天额外 {daily} 额度。"
+                .to_owned(),
+            quota_plan: "会员：{plan}，每天额外 {daily} 额度，有效期至 {end}（剩 {days} 天）。"
                 .to_owned(),
         }
     }

@@ -164,7 +164,7 @@ credit = 5
         "llm.max_retries: must be a whole number, 0 or more (found the text \"three\")",
         "products[0].price_fen: must be a whole number (found the text \"ten\")",
         "products[1].credit: unknown key; did you mean `credits`?",
-        "products[1].credits: is required",
+        "products[1].credits: give credits (at least 1) or a plan (`plan = \"<[[plans]] id>\"`)",
     ] {
         assert!(
             got.iter().any(|g| g == expected),
@@ -315,4 +315,76 @@ fn pay_methods_default_to_what_the_keys_and_accounts_allow() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
+}
+
+#[test]
+fn plans_and_plan_products_are_checked() {
+    let text = r#"
+[[plans]]
+id = "month"
+name = "月卡"
+daily_credits = 20
+days = 30
+models = ["gpt-4o-mini"]
+[[plans]]
+id = "month"
+name = ""
+daily_credits = 0
+days = 0
+models = ["nope"]
+[[products]]
+id = "m"
+name = "月卡"
+price_fen = 3000
+plan = "month"
+[[products]]
+id = "both"
+name = "B"
+price_fen = 100
+credits = 5
+plan = "month"
+[[products]]
+id = "ghost"
+name = "G"
+price_fen = 100
+plan = "year"
+"#;
+    let err = parse(text, &[], None).unwrap_err();
+    let got: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+    for expected in [
+        "plans[1].id: \"month\" is already plans[0]",
+        "plans[1].name: must be 1 to 100 characters",
+        "plans[1].days: must be between 1 and 3660",
+        "plans[1].daily_credits: must be between 1 and 100000000",
+        "plans[1].models[0]: \"nope\" is not one of [[llm.models]]",
+        "products[1].plan: a product sells credits or a plan, not both: drop `credits` or `plan`",
+        "products[2].plan: \"year\" is not one of [[plans]] ids",
+    ] {
+        assert!(
+            got.iter().any(|g| g == expected),
+            "{expected} missing from {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 7, "the good plan and product pass: {got:#?}");
+    let ok = parse(
+        r#"
+[[plans]]
+id = "month"
+name = "月卡"
+daily_credits = 20
+days = 30
+[[products]]
+id = "m"
+name = "月卡"
+price_fen = 3000
+plan = "month"
+"#,
+        &[],
+        None,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(ok.products[0].plan.as_deref(), Some("month"));
+    assert_eq!(ok.products[0].credits, 0);
+    assert_eq!(ok.plans[0].grant(28_800).days, 30);
 }

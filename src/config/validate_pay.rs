@@ -104,14 +104,68 @@ fn validate_products(c: &Config, problems: &mut Vec<Problem>) {
                 "must be between 1 and 100000000 fen",
             ));
         }
-        if p.credits == 0 {
-            problems.push(problem(key("credits"), "must be at least 1"));
+        match (p.credits, &p.plan) {
+            (0, None) => problems.push(problem(
+                key("credits"),
+                "give credits (at least 1) or a plan (`plan = \"<[[plans]] id>\"`)",
+            )),
+            (1.., Some(_)) => problems.push(problem(
+                key("plan"),
+                "a product sells credits or a plan, not both: drop `credits` or `plan`",
+            )),
+            (_, Some(plan)) if !c.plans.iter().any(|x| &x.id == plan) => {
+                problems.push(problem(
+                    key("plan"),
+                    format!("{plan:?} is not one of [[plans]] ids"),
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `[[plans]]`: ids, names, days, daily credits, and the models they unlock.
+fn validate_plans(c: &Config, problems: &mut Vec<Problem>) {
+    let mut ids = BTreeMap::new();
+    for (i, p) in c.plans.iter().enumerate() {
+        let key = |k: &str| format!("plans[{i}].{k}");
+        if !is_id(&p.id) {
+            problems.push(problem(
+                key("id"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        } else if let Some(first) = ids.insert(p.id.clone(), i) {
+            problems.push(problem(
+                key("id"),
+                format!("{:?} is already plans[{first}]", p.id),
+            ));
+        }
+        if p.name.trim().is_empty() || p.name.chars().count() > 100 {
+            problems.push(problem(key("name"), "must be 1 to 100 characters"));
+        }
+        if !(1..=3660).contains(&p.days) {
+            problems.push(problem(key("days"), "must be between 1 and 3660"));
+        }
+        if !(1..=100_000_000).contains(&p.daily_credits) {
+            problems.push(problem(
+                key("daily_credits"),
+                "must be between 1 and 100000000",
+            ));
+        }
+        for (j, m) in p.models.iter().enumerate() {
+            if !c.llm.models.iter().any(|x| &x.name == m) {
+                problems.push(problem(
+                    format!("plans[{i}].models[{j}]"),
+                    format!("{m:?} is not one of [[llm.models]]"),
+                ));
+            }
         }
     }
 }
 
 /// `[pay]` and its channels: keys, URLs and the ways to pay.
 pub(super) fn validate_pay(c: &Config, problems: &mut Vec<Problem>) {
+    validate_plans(c, problems);
     validate_products(c, problems);
     let pay = &c.pay;
     if pay.order_ttl_secs == 0 {

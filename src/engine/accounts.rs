@@ -28,6 +28,10 @@ pub struct Account {
     pub free_daily: u64,
     /// The latest ledger entries, newest first (empty if reading them failed).
     pub recent: Vec<LedgerEntry>,
+    /// The user's membership plan (active or ended), if any.
+    pub plan: Option<chatrelay_storage::ActivePlan>,
+    /// The quota day `balance` was read on.
+    pub today: i64,
 }
 
 impl Engine {
@@ -76,12 +80,15 @@ impl Engine {
     pub fn account(&self, uid: Uid, recent: usize) -> Result<Option<Account>, StoreError> {
         let store = &self.inner.store;
         let s = self.settings();
-        match (store.user(uid), store.balance(uid, s.today(), s.free_daily)) {
+        let today = s.today();
+        match (store.user(uid), store.balance(uid, today, s.free_daily)) {
             (Ok(Some(user)), Ok(balance)) => Ok(Some(Account {
                 user,
                 balance,
                 free_daily: s.free_daily,
                 recent: store.ledger(uid, recent).unwrap_or_default(),
+                plan: store.plan(uid)?,
+                today,
             })),
             (Ok(None), _) => Ok(None),
             (Err(e), _) | (_, Err(e)) => Err(e),

@@ -4,7 +4,8 @@
 use super::*;
 
 impl Engine {
-    /// `Some(refusal)` when `uid` may not use `model` (paid users or named groups only).
+    /// `Some(refusal)` when `uid` may not use `model` (paid users or named groups only, or
+    /// members of a plan that unlocks it).
     pub(super) fn permitted(
         &self,
         s: &Settings,
@@ -30,7 +31,7 @@ impl Engine {
                 return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
             }
         };
-        if policy::allowed(model, &user, paid) {
+        if policy::allowed(model, &user, paid) || self.plan_unlocks(s, uid, model) {
             None
         } else {
             metrics::counter!("chatrelay_model_denied_total", "model" => model.name.clone())
@@ -39,6 +40,23 @@ impl Engine {
                 FailureKind::NotAllowed,
                 fill(&s.texts.model_not_allowed, &[("model", &model.name)]),
             ))
+        }
+    }
+
+    /// Whether the user's active membership plan lists `model` (`[[plans]] models`).
+    fn plan_unlocks(&self, s: &Settings, uid: Uid, model: &ModelConfig) -> bool {
+        if !s.plans.iter().any(|p| p.models.contains(&model.name)) {
+            return false;
+        }
+        match self.inner.store.plan(uid) {
+            Ok(Some(p)) if p.active_on(s.today()) => s
+                .plan(&p.id)
+                .is_some_and(|cfg| cfg.models.contains(&model.name)),
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = %e, "reading the plan failed");
+                false
+            }
         }
     }
 

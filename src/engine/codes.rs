@@ -58,6 +58,9 @@ impl Engine {
             );
         };
         match self.redeem_code(uid, code, None).await {
+            Ok(Redeemed { plan: Some(p), .. }) => {
+                super::commands::plan_text(&s.texts.redeem_plan_ok, &p, s.today())
+            }
             Ok(r) => fill(
                 &s.texts.redeem_ok,
                 &[

@@ -16,6 +16,21 @@ pub fn quota_text(template: &str, b: &Balance, free_daily: u64) -> String {
     )
 }
 
+/// Fills a plan text's placeholders: `{plan}`, `{daily}`, `{end}` (its last day), `{days}`
+/// (left, counting `today`).
+#[must_use]
+pub fn plan_text(template: &str, p: &chatrelay_storage::ActivePlan, today: i64) -> String {
+    fill(
+        template,
+        &[
+            ("plan", &p.name),
+            ("daily", &p.daily_credits.to_string()),
+            ("end", &chatrelay_storage::date_of_day(p.last_day())),
+            ("days", &p.days_left(today).to_string()),
+        ],
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Command {
     Help,
@@ -133,13 +148,26 @@ impl Engine {
 
     /// `/quota`: the balance, and the model and role the next message would get.
     fn quota_command(&self, s: &Settings, uid: Uid, scope: &str) -> Result<String, ReplyEvent> {
-        match self.inner.store.balance(uid, s.today(), s.free_daily) {
-            Ok(b) => {
+        let today = s.today();
+        let store = &self.inner.store;
+        match store
+            .balance(uid, today, s.free_daily)
+            .and_then(|b| Ok((b, store.plan(uid)?)))
+        {
+            Ok((b, plan)) => {
                 let (model, role) = self.current_choice(s, uid, scope);
-                Ok(fill(
-                    &quota_text(&s.texts.quota, &b, s.free_daily),
+                let plan = plan.filter(|p| p.active_on(today));
+                // While a plan is active, today's allowance is the base and the plan's.
+                let daily = s.free_daily + plan.as_ref().map_or(0, |p| p.daily_credits);
+                let mut text = fill(
+                    &quota_text(&s.texts.quota, &b, daily),
                     &[("model", &model), ("role", &role)],
-                ))
+                );
+                if let Some(p) = plan {
+                    text.push('\n');
+                    text.push_str(&plan_text(&s.texts.quota_plan, &p, today));
+                }
+                Ok(text)
             }
             Err(e) => {
                 warn!(error = %e, "reading the balance failed");
@@ -273,7 +301,16 @@ fn buy_text(s: &Settings) -> String {
     let lines: Vec<String> = s
         .products
         .iter()
-        .map(|p| format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits))
+        .map(|p| match p.plan.as_deref().and_then(|id| s.plan(id)) {
+            Some(plan) => format!(
+                "· {}：¥{}（会员 {} 天，每天 {} 额度）",
+                p.name,
+                yuan(p.price_fen),
+                plan.days,
+                plan.daily_credits
+            ),
+            None => format!("· {}：¥{}（{} 额度）", p.name, yuan(p.price_fen), p.credits),
+        })
         .collect();
     let url = s.public_url.as_deref().map_or_else(
         || "/".to_owned(),

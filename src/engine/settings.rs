@@ -37,6 +37,8 @@ pub struct Settings {
     pub texts: Texts,
     /// Credit packs on sale (for the buy command).
     pub products: Vec<crate::config::ProductConfig>,
+    /// Membership plans (`[[plans]]`).
+    pub plans: Vec<crate::config::PlanConfig>,
     /// The web page users buy on, if the daemon has a public URL.
     pub public_url: Option<String>,
     /// Named system prompts.
@@ -55,6 +57,36 @@ pub struct Settings {
     pub max_image_bytes: usize,
     /// Hosts pictures may be fetched from whatever their address (`[bot] picture_trusted_hosts`).
     pub picture_trusted_hosts: Vec<String>,
+    /// Days added to the quota day (tests only: [`test_day_offset`]); 0 in production.
+    pub test_day_offset: i64,
+}
+
+/// The environment variable that moves the quota day forward, for end-to-end tests of daily
+/// allowances and plans (`CHATRELAY_TEST_DAY_OFFSET=30`: the engine counts free credits and
+/// plans as if it were 30 days later; times, payments and tokens keep the real clock).
+pub const TEST_DAY_OFFSET_ENV: &str = "CHATRELAY_TEST_DAY_OFFSET";
+/// The second variable [`TEST_DAY_OFFSET_ENV`] needs, with exactly this value, so that it is
+/// never honoured by accident.
+pub const TEST_CLOCK_ENV: &str = "CHATRELAY_TEST_CLOCK";
+/// The value [`TEST_CLOCK_ENV`] must have.
+pub const TEST_CLOCK_CONSENT: &str = "i-am-a-test-not-production";
+
+/// The test day offset from the environment: 0 when unset; an error (the daemon refuses to
+/// start) when it is set without [`TEST_CLOCK_ENV`]'s consent, or not a number of days.
+pub fn test_day_offset(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<i64> {
+    let Some(raw) = env(TEST_DAY_OFFSET_ENV) else {
+        return Ok(0);
+    };
+    if env(TEST_CLOCK_ENV).as_deref() != Some(TEST_CLOCK_CONSENT) {
+        anyhow::bail!(
+            "{TEST_DAY_OFFSET_ENV} is set: it shifts every user's quota day and is for tests only; \
+             unset it (or set {TEST_CLOCK_ENV}={TEST_CLOCK_CONSENT} in a test)"
+        );
+    }
+    match raw.trim().parse::<i64>() {
+        Ok(days) if (-36_600..=36_600).contains(&days) => Ok(days),
+        _ => anyhow::bail!("{TEST_DAY_OFFSET_ENV}={raw:?}: give a whole number of days"),
+    }
 }
 
 /// An OpenAI-compatible moderation endpoint.
@@ -83,6 +115,13 @@ impl Settings {
         let filter =
             chatrelay_rules::ContentFilter::build(&c.filters, &c.base_dir).map_err(rule_errors)?;
         let keywords = chatrelay_rules::KeywordReplies::build(&c.keywords).map_err(rule_errors)?;
+        let test_day_offset = test_day_offset(|k| std::env::var(k).ok())?;
+        if test_day_offset != 0 {
+            warn!(
+                days = test_day_offset,
+                "TEST CLOCK: quota days are shifted ({TEST_DAY_OFFSET_ENV}); never in production"
+            );
+        }
         let moderation = match &c.moderation {
             None => None,
             Some(m) => Some(Arc::new(Moderation {
@@ -120,6 +159,7 @@ impl Settings {
                 ..c.bot.texts.clone()
             },
             products: c.products.clone(),
+            plans: c.plans.clone(),
             public_url: c.server.public_url.clone(),
             roles: c.roles.clone(),
             scopes: c.scopes.clone(),
@@ -129,7 +169,14 @@ impl Settings {
             image_credits: c.images.as_ref().map(|i| i.credits),
             max_image_bytes: c.bot.max_image_bytes,
             picture_trusted_hosts: c.bot.picture_trusted_hosts.clone(),
+            test_day_offset,
         })
+    }
+
+    /// The configured plan of that id.
+    #[must_use]
+    pub fn plan(&self, id: &str) -> Option<&crate::config::PlanConfig> {
+        self.plans.iter().find(|p| p.id == id)
     }
 
     /// The configured model of that name.
@@ -138,9 +185,46 @@ impl Settings {
         self.models.iter().find(|m| m.name == name)
     }
 
-    /// Today's quota day number.
+    /// Today's quota day number (moved by the test clock, [`test_day_offset`], only in tests).
     #[must_use]
     pub fn today(&self) -> i64 {
-        crate::util::day_number(now_ms(), self.tz_offset_secs)
+        crate::util::day_number(now_ms(), self.tz_offset_secs).saturating_add(self.test_day_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_clock_needs_its_consent_variable() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(test_day_offset(env(&[])).unwrap(), 0);
+        let refused = test_day_offset(env(&[(TEST_DAY_OFFSET_ENV, "30")])).unwrap_err();
+        assert!(refused.to_string().contains("for tests only"), "{refused}");
+        assert!(
+            test_day_offset(env(&[(TEST_DAY_OFFSET_ENV, "30"), (TEST_CLOCK_ENV, "yes")])).is_err()
+        );
+        assert_eq!(
+            test_day_offset(env(&[
+                (TEST_DAY_OFFSET_ENV, "30"),
+                (TEST_CLOCK_ENV, TEST_CLOCK_CONSENT)
+            ]))
+            .unwrap(),
+            30
+        );
+        assert!(
+            test_day_offset(env(&[
+                (TEST_DAY_OFFSET_ENV, "soon"),
+                (TEST_CLOCK_ENV, TEST_CLOCK_CONSENT)
+            ]))
+            .is_err()
+        );
     }
 }

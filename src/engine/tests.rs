@@ -517,6 +517,7 @@ async fn buy_lists_products_and_the_web_page() {
             name: "十次".into(),
             price_fen: 450,
             credits: 10,
+            plan: None,
         }];
         c.server.public_url = Some("https://chat.example.com/".into());
     });
@@ -1580,4 +1581,53 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             assert_eq!(usage_log(&h.store, uid).len(), 2);
         }
     }
+}
+
+#[tokio::test]
+async fn a_plan_code_by_command_and_the_plan_in_quota() {
+    let h = harness_with(FAST, |c| {
+        c.plans = vec![crate::config::PlanConfig {
+            id: "month".into(),
+            name: "月卡".into(),
+            daily_credits: 6,
+            days: 30,
+            models: Vec::new(),
+        }];
+    });
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let s = h.engine.settings();
+    let grant = s.plan("month").unwrap().grant(s.tz_offset_secs);
+    let (_, codes) = h
+        .store
+        .create_code_batch(
+            chatrelay_storage::CodeGrant::of_plan(&grant),
+            1,
+            None,
+            "",
+            now_ms(),
+        )
+        .unwrap();
+    let end = chatrelay_storage::date_of_day(s.today() + 29);
+    let redeemed = h
+        .engine
+        .handle(msg("2", &format!("/redeem {}", codes[0])))
+        .collect()
+        .await;
+    assert_eq!(
+        final_text(&redeemed),
+        format!("兑换成功：月卡已生效，有效期至 {end}，期间每天额外 6 额度。")
+    );
+    let quota = h.engine.handle(msg("3", "/quota")).collect().await;
+    let text = final_text(&quota);
+    assert!(
+        text.contains("9/11"),
+        "the plan joins today's allowance: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "会员：月卡，每天额外 6 额度，有效期至 {end}（剩 30 天）"
+        )),
+        "{text}"
+    );
+    assert_eq!(h.balance().free_left, 9);
 }

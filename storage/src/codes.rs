@@ -1,5 +1,5 @@
 //! Redemption codes (卡密): batches of single-use codes an operator sells through a card shop
-//! or a group chat, each granting credits (a membership plan later) when a user redeems it.
+//! or a group chat, each granting credits or a membership plan when a user redeems it.
 //!
 //! A code is shown once, when its batch is made; the store keeps only the SHA-256 of its
 //! canonical form (`code_hashes`), so a leaked database gives no code away. Every code of a
@@ -47,12 +47,58 @@ pub enum CodeGrant {
         /// How many.
         credits: u64,
     },
-    /// A membership plan (`[[plans]]` id). Not redeemable yet: plans come with issue 22's
-    /// second part.
+    /// A membership plan: `[[plans]]` as it was when the batch was made.
     Plan {
         /// The plan's id.
         plan: String,
+        /// Its name.
+        #[serde(default)]
+        name: String,
+        /// How many days a code gives.
+        #[serde(default)]
+        days: u32,
+        /// Credits a day.
+        #[serde(default)]
+        daily_credits: u64,
+        /// The quota timezone's offset (seconds east of UTC) its days are counted in.
+        #[serde(default)]
+        utc_offset_secs: i32,
     },
+}
+
+impl CodeGrant {
+    /// A plan code's grant.
+    #[must_use]
+    pub fn plan_grant(&self) -> Option<crate::PlanGrant> {
+        match self {
+            CodeGrant::Credits { .. } => None,
+            CodeGrant::Plan {
+                plan,
+                name,
+                days,
+                daily_credits,
+                utc_offset_secs,
+            } => Some(crate::PlanGrant {
+                id: plan.clone(),
+                name: name.clone(),
+                days: *days,
+                daily_credits: *daily_credits,
+                utc_offset_secs: *utc_offset_secs,
+            }),
+        }
+    }
+
+    /// The grant of a plan code.
+    #[must_use]
+    pub fn of_plan(grant: &crate::PlanGrant) -> Self {
+        CodeGrant::Plan {
+            plan: grant.id.clone(),
+            name: grant.name.clone(),
+            days: grant.days,
+            daily_credits: grant.daily_credits,
+            utc_offset_secs: grant.utc_offset_secs,
+        }
+    }
 }
 
 /// A batch of codes, as made by [`Store::create_code_batch`].
@@ -362,8 +408,8 @@ impl Store {
 
     /// Redeems the code `input` (as typed: see [`normalize_redeem_code`]) for `uid`, in one
     /// transaction: the code is marked used and its credits written to the ledger with the
-    /// reference `code:<id>`, or nothing changes. A plan code is refused with
-    /// [`StoreError::Unsupported`] (plans are not available yet).
+    /// reference `code:<id>`, or nothing changes. A plan code grants or extends the plan
+    /// ([`crate::after_grant`]) in the same transaction, its ledger entry changing no credits.
     pub fn redeem_code(
         &self,
         uid: Uid,
@@ -411,13 +457,14 @@ impl Store {
                 if b.expires_at_ms.is_some_and(|end| end <= now_ms) {
                     return Ok(RedeemOutcome::Expired);
                 }
-                let credits = match &b.grant {
-                    CodeGrant::Credits { credits } => *credits,
-                    CodeGrant::Plan { .. } => {
+                let (credits, plan) = match &b.grant {
+                    CodeGrant::Credits { credits } => (*credits, None),
+                    CodeGrant::Plan { days: 0, .. } => {
                         return abort(StoreError::Unsupported(
-                            "plans are not available yet".into(),
+                            "a plan code without days (made before plans existed)".into(),
                         ));
                     }
+                    grant => (0, grant.plan_grant()),
                 };
                 if users.get(u64_key(uid.0))?.is_none() {
                     return abort(StoreError::UnknownUser(uid));
@@ -436,7 +483,14 @@ impl Store {
                     Some(p) if to_delta(p).is_ok() => p,
                     _ => return abort(StoreError::InvalidInput("credits overflow".into())),
                 };
-                let reason = format!("兑换码 {id}");
+                let mut reason = format!("兑换码 {id}");
+                // A plan code: the plan changes with the zero-credit entry that records it.
+                if let Some(grant) = &plan {
+                    let next =
+                        crate::after_grant(balance.plan.as_ref(), grant, grant.day_of(now_ms));
+                    reason.push_str(&crate::plans::grant_note(&next));
+                    balance.plan = Some(next);
+                }
                 let entry = append_entry(
                     &mut balance,
                     ledger,

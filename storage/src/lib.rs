@@ -18,6 +18,7 @@
 //! - `orders.rs`: credit-pack orders, their state machine and crediting.
 //! - `checkpoints.rs`: small durable facts of connectors (zsxq topics answered, counters).
 //! - `codes.rs`: redemption codes (batches, stored hashed) and their exactly-once redemption.
+//! - `plans.rs`: membership plans: grants, a user's plan (kept in `balances`), day arithmetic.
 //! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //!
@@ -28,7 +29,7 @@
 //! | `users` | uid (be u64) | [`User`] |
 //! | `identities` | user key text (`mp:main:openid`) | uid |
 //! | `identities_by_uid` | uid ‖ user key text | empty |
-//! | `balances` | uid | paid, held, free day and use, next ledger seq |
+//! | `balances` | uid | paid, held, free day and use, next ledger seq, the active plan |
 //! | `ledger` | uid ‖ seq (be u64 each) | [`LedgerEntry`] |
 //! | `ledger_refs` | reference | uid and seq of its entry |
 //! | `reservations` | id (be u64) | an open hold |
@@ -83,6 +84,7 @@ mod lane;
 mod login;
 mod orders;
 mod outbox;
+mod plans;
 mod quota;
 mod rel;
 mod shared;
@@ -115,6 +117,7 @@ pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
+pub use plans::{ActivePlan, PlanGrant, after_grant, after_refund, date_of_day};
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};

@@ -92,6 +92,10 @@ pub struct Order {
     /// When it was refunded.
     #[serde(default)]
     pub refunded_at_ms: Option<i64>,
+    /// The membership plan it sells (then `credits` is usually 0): granted with the payment,
+    /// in the same transaction, and ended by a refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::PlanGrant>,
 }
 
 /// Something that happened to an order.
@@ -296,7 +300,13 @@ impl Store {
                         return abort(StoreError::InvalidInput("credits overflow".into()));
                     };
                     balance.paid = paid;
-                    let reason = format!("order {id}: {}", order.product_name);
+                    let mut reason = format!("order {id}: {}", order.product_name);
+                    if let Some(grant) = &order.plan {
+                        let today = grant.day_of(now_ms);
+                        let plan = crate::after_grant(balance.plan.as_ref(), grant, today);
+                        reason.push_str(&crate::plans::grant_note(&plan));
+                        balance.plan = Some(plan);
+                    }
                     let entry = append_entry(
                         &mut balance,
                         ledger,
@@ -386,14 +396,24 @@ impl Store {
                     }
                     let mut balance = load_balance(balances, order.uid)?;
                     let take = order.credits.min(balance.paid.saturating_sub(balance.held));
-                    let entry = if take == 0 {
+                    let mut ended = String::new();
+                    if let Some(grant) = &order.plan {
+                        let today = grant.day_of(now_ms);
+                        balance.plan = crate::after_refund(balance.plan.as_ref(), grant, today);
+                        if let Some(p) = &balance.plan {
+                            ended = crate::plans::refund_note(p, today);
+                        }
+                    }
+                    // A plan order's refund is always written: it is the record that the plan
+                    // was cut short, even when no credit changes.
+                    let entry = if take == 0 && order.plan.is_none() {
                         None
                     } else {
                         let Ok(delta) = i64::try_from(take) else {
                             return abort(StoreError::InvalidInput("credits overflow".into()));
                         };
                         balance.paid = balance.paid.saturating_sub(take);
-                        let why = format!("refund of order {id}: {reason}");
+                        let why = format!("refund of order {id}: {reason}{ended}");
                         let entry = append_entry(
                             &mut balance,
                             ledger,
@@ -479,6 +499,7 @@ mod tests {
             credited_at_ms: None,
             closed_at_ms: None,
             refunded_at_ms: None,
+            plan: None,
         };
         s.create_order(&o, 1_000).unwrap()
     }

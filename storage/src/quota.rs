@@ -87,6 +87,10 @@ pub(crate) struct BalanceRecord {
     pub(crate) free_used: u64,
     /// The seq of the user's next ledger entry.
     pub(crate) next_seq: u64,
+    /// The user's membership plan, whose daily credits join the free allowance while it is
+    /// active ([`crate::plans`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plan: Option<crate::ActivePlan>,
 }
 
 impl Default for BalanceRecord {
@@ -97,6 +101,7 @@ impl Default for BalanceRecord {
             free_day: i64::MIN,
             free_used: 0,
             next_seq: 1,
+            plan: None,
         }
     }
 }
@@ -104,12 +109,29 @@ impl Default for BalanceRecord {
 impl BalanceRecord {
     /// The free allowance left on `today`. A day before the recorded one (a caller whose clock
     /// lags) counts as the recorded day, so a day's allowance is never given twice.
-    fn free_left(&self, today: i64, free_daily: u64) -> u64 {
+    /// The allowance is `free_daily` plus the active plan's daily credits; the base part is
+    /// spent first ([`BalanceRecord::base_left`]).
+    pub(crate) fn free_left(&self, today: i64, free_daily: u64) -> u64 {
+        let allowance = free_daily.saturating_add(self.plan_daily(today));
+        if today > self.free_day {
+            allowance
+        } else {
+            allowance.saturating_sub(self.free_used)
+        }
+    }
+
+    /// What is left of the base allowance (`free_daily`, without the plan) on `today`.
+    fn base_left(&self, today: i64, free_daily: u64) -> u64 {
         if today > self.free_day {
             free_daily
         } else {
             free_daily.saturating_sub(self.free_used)
         }
+    }
+
+    /// The active plan's daily credits on `today` (0 without one).
+    fn plan_daily(&self, today: i64) -> u64 {
+        self.plan.as_ref().map_or(0, |p| p.daily_on(today))
     }
 
     /// Spends `amount` of the free allowance of `today`.
@@ -718,6 +740,8 @@ pub(crate) struct Settled {
     /// reference's entry was there already).
     pub(crate) from_free: u64,
     pub(crate) from_paid: u64,
+    /// The part of `from_free` beyond the base allowance: the plan's daily credits.
+    pub(crate) from_plan: u64,
 }
 
 /// The settlement of [`Store::settle`] inside a transaction.
@@ -730,6 +754,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
             uid,
             from_free: 0,
             from_paid: 0,
+            from_plan: 0,
         };
         return match get_settled(t.settled, a.id)? {
             Some(SettledReservation {
@@ -747,7 +772,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
     let uid = reservation.uid;
     let mut balance = load_balance(t.balances, uid)?;
     balance.held = balance.held.saturating_sub(reservation.amount);
-    let (mut charged_free, mut charged_paid) = (0, 0);
+    let (mut charged_free, mut charged_paid, mut charged_plan) = (0, 0, 0);
     let entry = match entry_by_reference(t.ledger_refs, t.ledger, &reservation.reference)? {
         // The reference is in the ledger already (used by a grant meanwhile): never
         // write a second entry for it.
@@ -760,7 +785,11 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
             } else {
                 let from_free = charge.min(free_left);
                 let from_paid = charge.saturating_sub(from_free);
+                // The base allowance goes first; what the free part takes beyond it is the
+                // plan's.
+                let from_base = from_free.min(balance.base_left(a.today, a.free_daily));
                 (charged_free, charged_paid) = (from_free, from_paid);
+                charged_plan = from_free.saturating_sub(from_base);
                 let free_delta = to_delta(from_free).or_abort()?;
                 let paid_delta = to_delta(from_paid).or_abort()?;
                 balance.take_free(a.today, from_free);
@@ -796,6 +825,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
         uid,
         from_free: charged_free,
         from_paid: charged_paid,
+        from_plan: charged_plan,
     })
 }
 

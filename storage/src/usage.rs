@@ -16,7 +16,7 @@
 //! prompt tokens, completion tokens, free, paid and plan credits, refunded credits, the ledger
 //! seq of the charge (0: nothing charged), and the platform and model as length-prefixed
 //! UTF-8. Readers ignore bytes after the model, so later fields can be appended without a new
-//! format; the `plan` part is there already (0 until plans exist).
+//! format; the `plan` part is what the membership plan's daily credits paid.
 //!
 //! Retention: [`Store::purge_usage`] removes records older than a cut-off, a few users per
 //! call, in bounded transactions (the daemon's cleanup job, `[quota] usage_days`).
@@ -123,7 +123,7 @@ pub struct UsageRecord {
     pub free: u64,
     /// Credits charged from paid credits.
     pub paid: u64,
-    /// Credits charged from a membership plan's daily credits (0 until plans exist).
+    /// Credits charged from a membership plan's daily credits (beyond the base free allowance).
     pub plan: u64,
     /// Credits given back afterwards (an undelivered answer).
     pub refunded: u64,
@@ -263,9 +263,9 @@ pub(crate) fn record_in(
         model: String::new(),
         prompt_tokens: note.note.prompt_tokens,
         completion_tokens: note.note.completion_tokens,
-        free: done.from_free,
+        free: done.from_free.saturating_sub(done.from_plan),
         paid: done.from_paid,
-        plan: 0,
+        plan: done.from_plan,
         refunded: 0,
         ledger_seq: done.entry.as_ref().filter(|_| charged).map(|e| e.seq),
         outcome: note.note.outcome,

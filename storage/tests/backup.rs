@@ -42,6 +42,7 @@ fn order(id: &str, uid: Uid) -> Order {
         credited_at_ms: None,
         closed_at_ms: None,
         refunded_at_ms: None,
+        plan: None,
     }
 }
 

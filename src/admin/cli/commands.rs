@@ -95,15 +95,19 @@ pub enum CodesCommand {
         #[arg(long)]
         count: u32,
         /// Paid credits each code grants.
+        #[arg(long, required_unless_present = "plan", conflicts_with = "plan")]
+        credits: Option<u64>,
+        /// Or the membership plan (`[[plans]]` id) each code grants.
         #[arg(long)]
-        credits: u64,
+        plan: Option<String>,
         /// When the codes stop working: YYYY-MM-DD (end of that day), RFC 3339 or Unix seconds.
         #[arg(long)]
         expires_at: Option<String>,
         /// What the batch is for (the shop, the campaign).
         #[arg(long, default_value = "")]
         note: String,
-        /// Print `code,credits,expires_at,batch` CSV (for a card shop's import) instead.
+        /// Print `code,credits,expires_at,batch` CSV (for a card shop's import) instead
+        /// (`credits` is `plan:<id>` for plan codes).
         #[arg(long)]
         csv: bool,
     },
@@ -520,6 +524,7 @@ impl CodesCommand {
             Self::Create {
                 count,
                 credits,
+                plan,
                 expires_at,
                 note,
                 csv: _,
@@ -531,7 +536,7 @@ impl CodesCommand {
                 };
                 Call::post(
                     paths::CODES.into(),
-                    json!({"count": count, "credits": credits, "expires_at": expires, "note": note}),
+                    json!({"count": count, "credits": credits, "plan": plan, "expires_at": expires, "note": note}),
                 )
             }
             Self::List { batch, csv: _ } => Call::get(format!(

@@ -515,6 +515,22 @@ fn csv_line(cells: &[String]) -> String {
     quoted.join(",")
 }
 
+/// What a batch's codes grant, for CSV's `credits` column: the credits, or `plan:<id>`.
+fn grant_text(b: &Value) -> String {
+    match b["plan"].as_str() {
+        Some(plan) => format!("plan:{plan}"),
+        None => text(&b["credits"]),
+    }
+}
+
+/// What a batch's codes grant, in words: `50 credits`, `plan month (30 days)`.
+fn grant_words(b: &Value) -> String {
+    match b["plan"].as_str() {
+        Some(plan) => format!("plan {plan} ({} days)", text(&b["plan_days"])),
+        None => format!("{} credits", text(&b["credits"])),
+    }
+}
+
 /// A new batch's codes as a card shop imports them: `code,credits,expires_at,batch`.
 fn render_new_codes_csv(v: &Value) -> String {
     let b = &v["batch"];
@@ -522,7 +538,7 @@ fn render_new_codes_csv(v: &Value) -> String {
     for c in rows_of(&v["codes"]) {
         let row = [
             text(&c["code"]),
-            text(&b["credits"]),
+            grant_text(b),
             text(&b["expires_at"]),
             text(&b["id"]),
         ];
@@ -540,8 +556,10 @@ fn render_new_codes(v: &Value) -> String {
         e => format!("expire {e}"),
     };
     let mut out = format!(
-        "batch {}: {} codes of {} credits, {expires} (shown only now: keep them safe)\n",
-        b["id"], b["count"], b["credits"]
+        "batch {}: {} codes of {}, {expires} (shown only now: keep them safe)\n",
+        b["id"],
+        b["count"],
+        grant_words(b)
     );
     for c in rows_of(&v["codes"]) {
         let _ = writeln!(out, "{}  {}", text(&c["code"]), text(&c["id"]));
@@ -551,7 +569,7 @@ fn render_new_codes(v: &Value) -> String {
 
 #[rustfmt::skip]
 const BATCH_COLUMNS: Table = &[
-    ("BATCH", Text("id")), ("COUNT", Text("count")), ("CREDITS", Text("credits")),
+    ("BATCH", Text("id")), ("COUNT", Text("count")), ("GRANT", With(grant_text)),
     ("CREATED", Time("created_at_ms")), ("EXPIRES", Time("expires_at_ms")), ("REVOKED", Time("revoked_at_ms")),
     ("NOTE", Fit("note", 30)),
 ];
@@ -566,9 +584,9 @@ fn render_codes(v: &Value) -> String {
     let b = &v["batch"];
     let t = &b["codes"];
     format!(
-        "batch {} ({} credits each): {} unused, {} used, {} revoked, {} expired\n{}",
+        "batch {} ({} each): {} unused, {} used, {} revoked, {} expired\n{}",
         b["id"],
-        b["credits"],
+        grant_words(b),
         t["unused"],
         t["used"],
         t["revoked"],
@@ -588,7 +606,7 @@ fn render_codes_csv(v: &Value) -> String {
             text(&c["status"]),
             text(&c["uid"]),
             text(&c["used_at"]),
-            text(&b["credits"]),
+            grant_text(b),
             text(&b["expires_at"]),
         ];
         out.push_str(&csv_line(&row));
@@ -607,7 +625,7 @@ fn render_batches_csv(v: &Value) -> String {
         let row = [
             text(&b["id"]),
             text(&b["count"]),
-            text(&b["credits"]),
+            grant_text(b),
             text(&b["created_at"]),
             text(&b["expires_at"]),
             text(&t["unused"]),
@@ -670,6 +688,8 @@ fn render_stats(v: &Value) -> String {
             ("REFUNDS ¥", Yuan("refunds_fen")),
             ("CODES", Text("codes_redeemed")),
             ("CODE CREDITS", Text("code_credits")),
+            ("PLANS SOLD", Text("plans_sold")),
+            ("PLANS ¥", Yuan("plan_sales_fen")),
         ]
         .map(|(h, c)| (h.to_owned(), c)),
     );

@@ -100,6 +100,7 @@ async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
                 "name": account.user.name,
                 "balance": account.balance,
                 "free_daily": account.free_daily,
+                "plan": account.plan.as_ref().map(|p| super::plans::plan_json(p, account.today)),
                 "usage": usage,
             }))
             .into_response()

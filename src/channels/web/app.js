@@ -122,6 +122,13 @@
       chooseProduct: '选择额度包',
       choosePay: '支付方式',
       credits: '{n} 额度',
+      planProduct: '会员 {days} 天 · 每天 {daily} 额度',
+      planTitle: '会员',
+      planLine: '{name} · 每天额外 {daily} 额度',
+      planUntil: '有效期至 {end}（剩 {days} 天）',
+      planEnded: '已于 {end} 到期',
+      redeemPlanOk: '兑换成功：{name}有效期至 {end}',
+      orderPlan: '支付成功，{name}已生效，有效期至 {end}',
       ch_wechat: '微信支付',
       ch_alipay: '支付宝',
       productsFailed: '商品加载失败：{msg}',
@@ -288,6 +295,13 @@
       chooseProduct: 'Choose a pack',
       choosePay: 'Payment method',
       credits: '{n} credits',
+      planProduct: 'Membership {days} days · {daily} credits a day',
+      planTitle: 'Membership',
+      planLine: '{name} · {daily} extra credits a day',
+      planUntil: 'Valid until {end} ({days} days left)',
+      planEnded: 'Ended on {end}',
+      redeemPlanOk: 'Redeemed: {name} valid until {end}',
+      orderPlan: 'Payment received: {name} valid until {end}',
       ch_wechat: 'WeChat Pay',
       ch_alipay: 'Alipay',
       productsFailed: 'Could not load the packs: {msg}',
@@ -1840,7 +1854,10 @@
     $('balance-available').textContent = b ? String(b.available) : '–';
     $('acc-available').textContent = b ? String(b.available) : '–';
     $('balance-paid').textContent = b ? String(b.paid) : '–';
-    $('balance-free').textContent = b ? b.free_left + ' / ' + me.free_daily : '–';
+    const plan = me && me.plan;
+    const planDaily = plan && plan.active ? plan.daily_credits : 0;
+    $('balance-free').textContent = b ? b.free_left + ' / ' + (me.free_daily + planDaily) : '–';
+    renderPlan(plan);
     $('account-open').classList.toggle('low', !!b && b.available === 0);
     const held = $('balance-held');
     held.hidden = !(b && b.held > 0);
@@ -1863,6 +1880,20 @@
           el('time', { datetime: new Date(u.at * 1000).toISOString(), text: formatTime(u.at) }),
           u.reason ? el('span', { class: 'usage-reason', text: u.reason }) : null)));
     }
+  }
+
+  // ---------------------------------------------------------------- membership plan
+  // The account sheet's 会员 card (GET /api/me's `plan`): its name, the credits it adds to
+  // each day's free allowance, its last day; an ended plan says when it ended.
+  function renderPlan(plan) {
+    const card = $('plan-card');
+    card.hidden = !plan;
+    if (!plan) return;
+    card.classList.toggle('ended', !plan.active);
+    $('plan-name').textContent = t('planLine', { name: plan.name, daily: plan.daily_credits });
+    $('plan-until').textContent = plan.active
+      ? t('planUntil', { end: plan.end, days: plan.days_left })
+      : t('planEnded', { end: plan.end });
   }
 
   // ---------------------------------------------------------------- redemption codes
@@ -1888,7 +1919,9 @@
     try {
       const r = await api('/api/redeem', { body: { code } });
       input.value = '';
-      showRedeem(t('redeemOk', { n: r.added.credits, available: r.balance.available }), true);
+      showRedeem(r.plan
+        ? t('redeemPlanOk', { name: r.plan.name, end: r.plan.end })
+        : t('redeemOk', { n: r.added.credits, available: r.balance.available }), true);
       if (state.me) { state.me.balance = r.balance; renderBalance(); }
       refreshMe();
     } catch (e) {
@@ -2104,7 +2137,9 @@
         'aria-pressed': p.id === buy.productId ? 'true' : 'false',
       },
       el('span', { class: 'product-name', text: p.name }),
-      el('span', { class: 'product-credits', text: t('credits', { n: p.credits }) }),
+      el('span', { class: 'product-credits', text: p.plan
+        ? t('planProduct', { days: p.plan.days, daily: p.plan.daily_credits })
+        : t('credits', { n: p.credits }) }),
       el('span', { class: 'product-price', text: formatPrice(p.price_fen) }));
       b.addEventListener('click', () => { buy.productId = p.id; renderBuy(); ensureOrder(); });
       list.append(b);
@@ -2226,7 +2261,14 @@
         if (href) { open.href = href; open.textContent = t('openAlipay'); open.hidden = false; }
       }
     } else if (o.status === 'credited') {
-      setText(status, t('orderCredited', { n: o.credits }));
+      if (o.plan) {
+        refreshMe().then(() => {
+          const p = state.me && state.me.plan;
+          setText(status, p ? t('orderPlan', { name: p.name, end: p.end }) : t('orderCredited', { n: 0 }));
+        });
+      } else {
+        setText(status, t('orderCredited', { n: o.credits }));
+      }
     } else if (o.status === 'closed') {
       setText(status, t('orderClosed'));
       renew.hidden = false;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod guests;
 pub mod login;
+pub mod plans;
 pub mod redeem;
 pub mod scan;
 pub mod shop;

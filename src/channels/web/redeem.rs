@@ -56,12 +56,19 @@ async fn redeem(
     let ip = st.client_ip(peer, &headers);
     // On disk before it answers (the code is used and the credits are the user's).
     match st.engine.redeem_code(uid, &req.code, Some(ip)).await {
-        Ok(r) => Json(json!({
-            "code": r.code,
-            "added": {"credits": r.credits},
-            "balance": r.balance,
-        }))
-        .into_response(),
+        Ok(r) => {
+            let mut v = json!({
+                "code": r.code,
+                "added": {"credits": r.credits},
+                "balance": r.balance,
+            });
+            // A plan code: what it granted, and the plan afterwards.
+            if let Some(p) = &r.plan {
+                v["added"]["plan"] = json!(p.id);
+                v["plan"] = super::plans::plan_json(p, st.engine.settings().today());
+            }
+            Json(v).into_response()
+        }
         Err(e) => {
             let status = match &e {
                 RedeemError::Throttled => StatusCode::TOO_MANY_REQUESTS,

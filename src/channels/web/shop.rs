@@ -45,6 +45,9 @@ pub fn order_json(billing: &Billing, o: &Order) -> Value {
         "created_at": o.created_at_ms / 1000,
         "expires_at": o.expires_at_ms / 1000,
     });
+    if let Some(plan) = &o.plan {
+        v["plan"] = json!({"id": plan.id, "name": plan.name, "days": plan.days, "daily_credits": plan.daily_credits});
+    }
     // Only an open order is still to be paid.
     let action = if o.status == chatrelay_storage::OrderStatus::Created {
         billing.pay_action(o).unwrap_or_else(|e| {
@@ -71,9 +74,15 @@ async fn products(State(st): State<WebState>) -> Response {
     let products: Vec<Value> = billing
         .products()
         .iter()
-        .map(
-            |p| json!({"id": p.id, "name": p.name, "price_fen": p.price_fen, "credits": p.credits}),
-        )
+        .map(|p| {
+            let mut v =
+                json!({"id": p.id, "name": p.name, "price_fen": p.price_fen, "credits": p.credits});
+            // A plan product says what the plan gives (credit packs keep their four keys).
+            if let Some(g) = billing.plan_of(&p.id) {
+                v["plan"] = json!({"id": g.id, "name": g.name, "days": g.days, "daily_credits": g.daily_credits});
+            }
+            v
+        })
         .collect();
     let methods: serde_json::Map<String, Value> = billing
         .channels()

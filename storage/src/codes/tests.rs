@@ -161,8 +161,13 @@ fn unknown_revoked_expired_and_plan_codes_change_nothing() {
         .unwrap();
     let (_, plan) = store
         .create_code_batch(
+            // Made before plans existed: no days.
             CodeGrant::Plan {
                 plan: "month".into(),
+                name: String::new(),
+                days: 0,
+                daily_credits: 0,
+                utc_offset_secs: 0,
             },
             1,
             None,

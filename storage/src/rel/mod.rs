@@ -17,6 +17,8 @@
 //! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
 //!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
 //!   exist.
+//! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
+//!   have no columns yet; a migration would drop them.
 //! - The usage log (`usage.rs`, tree `usage`, issue 22) has no table yet: its census figures
 //!   are 0 here, so a migration of a store with usage records reports the difference (a
 //!   `usage` table keyed `(uid, at_ms, id)` and its import are what is missing).

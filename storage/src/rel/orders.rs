@@ -453,6 +453,8 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
         credited_at_ms: col(row, "credited_at_ms")?,
         closed_at_ms: col(row, "closed_at_ms")?,
         refunded_at_ms: col(row, "refunded_at_ms")?,
+        // Plans have no column yet (see the module comment).
+        plan: None,
         id,
     })
 }

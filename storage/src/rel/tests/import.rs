@@ -57,6 +57,7 @@ fn order(uid: Uid, id: &str, method: Option<&str>, now: i64) -> Order {
         credited_at_ms: None,
         closed_at_ms: None,
         refunded_at_ms: None,
+        plan: None,
     }
 }
 

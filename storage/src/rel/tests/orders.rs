@@ -22,6 +22,7 @@ fn order(uid: Uid, id: &str, method: Option<&str>) -> Order {
         credited_at_ms: None,
         closed_at_ms: None,
         refunded_at_ms: None,
+        plan: None,
     }
 }
 

@@ -1,0 +1,306 @@
+//! Membership plans in the store: granted with a paid order or a code exactly once, their
+//! daily credits joining the free allowance (and the usage log's `plan` part), extended,
+//! replaced, ended by a refund; on sled, and on PostgreSQL with `CHATRELAY_TEST_PG_URL`.
+
+use chatrelay_storage::{
+    CodeGrant, CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, RedeemOutcome, Store, Uid,
+    UsageNote, UsageOutcome,
+};
+
+const FREE: u64 = 5;
+const DAY_MS: i64 = 86_400_000;
+/// UTC+8, as `quota.timezone = "Asia/Shanghai"`.
+const TZ: i32 = 8 * 3600;
+/// Day 20,000 (2024-10-04) at 00:00 in UTC+8.
+const START_MS: i64 = 20_000 * DAY_MS - (TZ as i64) * 1000;
+
+fn month() -> PlanGrant {
+    PlanGrant {
+        id: "month".into(),
+        name: "月卡".into(),
+        days: 30,
+        daily_credits: 20,
+        utc_offset_secs: TZ,
+    }
+}
+
+fn week() -> PlanGrant {
+    PlanGrant {
+        id: "week".into(),
+        name: "周卡".into(),
+        days: 7,
+        daily_credits: 50,
+        utc_offset_secs: TZ,
+    }
+}
+
+fn plan_order(s: &Store, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Order {
+    let o = Order {
+        id: id.into(),
+        uid,
+        product_id: plan.id.clone(),
+        product_name: plan.name.clone(),
+        channel: "wechat".into(),
+        method: None,
+        amount_fen: 3000,
+        credits: 0,
+        status: OrderStatus::Created,
+        created_at_ms: at_ms,
+        expires_at_ms: at_ms + 900_000,
+        code_url: None,
+        provider_trade_no: None,
+        credited_at_ms: None,
+        closed_at_ms: None,
+        refunded_at_ms: None,
+        plan: Some(plan),
+    };
+    s.create_order(&o, at_ms).unwrap()
+}
+
+fn setup() -> (Store, Uid) {
+    let s = Store::open_temporary().unwrap();
+    let uid = s.create_user("u").unwrap().uid;
+    (s, uid)
+}
+
+fn free_left(s: &Store, uid: Uid, day: i64) -> u64 {
+    s.balance(uid, day, FREE).unwrap().free_left
+}
+
+/// One answer of `cost` on `day`, with its usage record; returns (free, paid, plan) charged.
+fn answer(s: &Store, uid: Uid, reference: &str, cost: u64, day: i64) -> (u64, u64, u64) {
+    let now = day * DAY_MS;
+    let id = s
+        .reserve(uid, cost, reference, day, FREE, i64::MAX)
+        .unwrap();
+    s.settle_metered(
+        id,
+        cost,
+        "answer",
+        day,
+        FREE,
+        now,
+        None,
+        Some(UsageNote {
+            platform: "web",
+            model: "m",
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            outcome: UsageOutcome::Answered,
+        }),
+    )
+    .unwrap();
+    let page = s.usage(uid, None, 500).unwrap();
+    let r = page.records.iter().find(|r| r.id == id).unwrap();
+    (r.free, r.paid, r.plan)
+}
+
+#[test]
+fn a_paid_plan_order_grants_daily_credits_for_its_days_exactly_once() {
+    let (s, uid) = setup();
+    plan_order(&s, uid, "P1", month(), START_MS);
+    assert_eq!(
+        free_left(&s, uid, 20_000),
+        FREE,
+        "nothing before the payment"
+    );
+    let CreditOutcome::Credited(entry) = s.credit_order("P1", 3000, Some("T1"), START_MS).unwrap()
+    else {
+        panic!("not credited");
+    };
+    assert_eq!((entry.paid_delta, entry.free_delta), (0, 0));
+    assert_eq!(entry.kind, EntryKind::Purchase);
+    assert_eq!(entry.reference, "order:P1");
+    assert!(
+        entry.reason.contains("2024-10-04 至 2024-11-02"),
+        "{}",
+        entry.reason
+    );
+    // A replayed notification: nothing more.
+    assert_eq!(
+        s.credit_order("P1", 3000, Some("T1"), START_MS + 60_000)
+            .unwrap(),
+        CreditOutcome::AlreadyCredited
+    );
+    let plan = s.plan(uid).unwrap().unwrap();
+    assert_eq!((plan.start_day, plan.end_day), (20_000, 20_030));
+    assert_eq!(s.ledger(uid, 10).unwrap().len(), 1, "one grant record");
+    for day in [20_000, 20_015, 20_029] {
+        assert_eq!(free_left(&s, uid, day), FREE + 20, "day {day}");
+    }
+    assert_eq!(free_left(&s, uid, 20_030), FREE, "expired after 30 days");
+    assert_eq!(free_left(&s, uid, 19_999), FREE, "not before");
+    assert!(s.audit().unwrap().is_consistent());
+}
+
+#[test]
+fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
+    let (s, uid) = setup();
+    s.grant(uid, 100, EntryKind::Purchase, "seed", "seed", 1)
+        .unwrap();
+    plan_order(&s, uid, "P1", month(), START_MS);
+    s.credit_order("P1", 3000, None, START_MS).unwrap();
+    assert_eq!(answer(&s, uid, "a1", 3, 20_000), (3, 0, 0), "base only");
+    assert_eq!(
+        answer(&s, uid, "a2", 10, 20_000),
+        (2, 0, 8),
+        "base, then plan"
+    );
+    assert_eq!(
+        answer(&s, uid, "a3", 15, 20_000),
+        (0, 3, 12),
+        "plan, then paid"
+    );
+    assert_eq!(free_left(&s, uid, 20_000), 0);
+    // The next day the whole allowance is back; after the end only the base.
+    assert_eq!(answer(&s, uid, "a4", 25, 20_001), (5, 0, 20));
+    assert_eq!(answer(&s, uid, "a5", 8, 20_030), (5, 3, 0));
+    // free + paid + plan = the ledger's usage debits.
+    let records = s.usage(uid, None, 500).unwrap().records;
+    let logged: u64 = records.iter().map(|r| r.free + r.paid + r.plan).sum();
+    let debits: u64 = s
+        .ledger(uid, 100)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EntryKind::Usage)
+        .map(|e| (e.free_delta + e.paid_delta).unsigned_abs())
+        .sum();
+    assert_eq!((logged, debits), (61, 61));
+    assert_eq!(s.balance(uid, 20_030, FREE).unwrap().paid, 94);
+    assert!(s.audit().unwrap().is_consistent());
+}
+
+#[test]
+fn buying_again_extends_and_another_plan_replaces() {
+    let (s, uid) = setup();
+    plan_order(&s, uid, "P1", month(), START_MS);
+    s.credit_order("P1", 3000, None, START_MS).unwrap();
+    // Ten days later (23:59 local), the same plan again: 30 more days from the end.
+    let later = START_MS + 11 * DAY_MS - 60_000;
+    plan_order(&s, uid, "P2", month(), later);
+    s.credit_order("P2", 3000, None, later).unwrap();
+    let p = s.plan(uid).unwrap().unwrap();
+    assert_eq!((p.start_day, p.end_day), (20_000, 20_060));
+    // A week plan replaces it from that day.
+    let then = START_MS + 12 * DAY_MS;
+    plan_order(&s, uid, "W1", week(), then);
+    s.credit_order("W1", 3000, None, then).unwrap();
+    let p = s.plan(uid).unwrap().unwrap();
+    assert_eq!(
+        (p.id.as_str(), p.start_day, p.end_day),
+        ("week", 20_012, 20_019)
+    );
+    assert_eq!(free_left(&s, uid, 20_012), FREE + 50);
+    assert_eq!(free_left(&s, uid, 20_019), FREE);
+}
+
+#[test]
+fn a_refund_ends_the_plan_today_once() {
+    let (s, uid) = setup();
+    plan_order(&s, uid, "P1", month(), START_MS);
+    s.credit_order("P1", 3000, None, START_MS).unwrap();
+    // Day 3: some of the plan's credits spent, then the order is refunded.
+    assert_eq!(answer(&s, uid, "a1", 12, 20_003), (5, 0, 7));
+    let at = START_MS + 3 * DAY_MS + 3_600_000;
+    let (order, entry) = s.refund_order("P1", "customer asked", at).unwrap();
+    assert_eq!(order.status, OrderStatus::Refunded);
+    let entry = entry.expect("a plan refund is always recorded");
+    assert_eq!(
+        (entry.kind, entry.paid_delta, entry.free_delta),
+        (EntryKind::Refund, 0, 0)
+    );
+    assert_eq!(entry.reference, "refund:P1");
+    assert!(entry.reason.contains("已结束"), "{}", entry.reason);
+    let p = s.plan(uid).unwrap().unwrap();
+    assert_eq!(p.end_day, 20_003);
+    assert_eq!(free_left(&s, uid, 20_003), 0, "never below zero");
+    assert_eq!(free_left(&s, uid, 20_004), FREE);
+    // Again: the same answer, nothing more written.
+    let (_, again) = s.refund_order("P1", "again", at + 1000).unwrap();
+    assert_eq!(again.map(|e| e.seq), Some(entry.seq));
+    assert_eq!(s.ledger(uid, 10).unwrap().len(), 3);
+    assert!(s.audit().unwrap().is_consistent());
+}
+
+#[test]
+fn a_plan_code_grants_the_plan_exactly_once() {
+    let (s, uid) = setup();
+    let other = s.create_user("v").unwrap().uid;
+    let (batch, codes) = s
+        .create_code_batch(CodeGrant::of_plan(&month()), 2, None, "shop", START_MS)
+        .unwrap();
+    assert_eq!(batch.grant.plan_grant(), Some(month()));
+    let RedeemOutcome::Redeemed { entry, .. } =
+        s.redeem_code(uid, &codes[0], START_MS + 1000).unwrap()
+    else {
+        panic!("not redeemed");
+    };
+    assert_eq!((entry.paid_delta, entry.free_delta), (0, 0));
+    assert!(entry.reference.starts_with("code:"));
+    assert_eq!(
+        s.redeem_code(uid, &codes[0], START_MS + 2000).unwrap(),
+        RedeemOutcome::AlreadyUsed { by_you: true }
+    );
+    assert_eq!(
+        s.redeem_code(other, &codes[0], START_MS + 2000).unwrap(),
+        RedeemOutcome::AlreadyUsed { by_you: false }
+    );
+    assert_eq!(s.plan(other).unwrap(), None);
+    let p = s.plan(uid).unwrap().unwrap();
+    assert_eq!((p.start_day, p.end_day), (20_000, 20_030));
+    // The second code extends it.
+    s.redeem_code(uid, &codes[1], START_MS + 5 * DAY_MS)
+        .unwrap();
+    assert_eq!(s.plan(uid).unwrap().unwrap().end_day, 20_060);
+    // A plan code made before plans existed (no days) is refused, nothing changes.
+    let (_, old) = s
+        .create_code_batch(
+            CodeGrant::Plan {
+                plan: "month".into(),
+                name: String::new(),
+                days: 0,
+                daily_credits: 0,
+                utc_offset_secs: 0,
+            },
+            1,
+            None,
+            "",
+            START_MS,
+        )
+        .unwrap();
+    assert!(s.redeem_code(uid, &old[0], START_MS).is_err());
+    assert_eq!(s.plan(uid).unwrap().unwrap().end_day, 20_060);
+    assert!(s.audit().unwrap().is_consistent());
+}
+
+#[test]
+fn backups_and_copies_keep_the_plan() {
+    // Backups are the embedded store's: a sled store whatever the environment says.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("db"), 16 << 20).unwrap();
+    let uid = s.create_user("u").unwrap().uid;
+    plan_order(&s, uid, "P1", month(), START_MS);
+    s.credit_order("P1", 3000, None, START_MS).unwrap();
+    let mut out = Vec::new();
+    s.export_backup(&mut out, START_MS).unwrap();
+    let target = dir.path().join("restored");
+    Store::restore_backup(&mut std::io::Cursor::new(out), &target, 16 << 20).unwrap();
+    let restored = Store::open(&target, 16 << 20).unwrap();
+    for copy in [restored, {
+        // `migrate-data`'s copy (to PostgreSQL when `CHATRELAY_TEST_PG_URL` is set).
+        let dest = Store::open_temporary().unwrap();
+        s.copy_into(&dest).unwrap();
+        dest
+    }] {
+        assert_eq!(copy.plan(uid).unwrap(), s.plan(uid).unwrap());
+        assert_eq!(
+            copy.order("P1").unwrap().unwrap().plan,
+            Some(month()),
+            "the order keeps what it sold"
+        );
+        assert_eq!(
+            copy.balance(uid, 20_001, FREE).unwrap().free_left,
+            FREE + 20
+        );
+    }
+}
