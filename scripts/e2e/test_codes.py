@@ -2,7 +2,7 @@
 over HTTP and with the CLI (`--csv` for a card shop), redeemed on the web API, in the web chat
 and on the Official Account (wechatpy playing WeChat), 20 users racing for one code, revoked /
 expired / unknown codes, the wrong-code limits, the guessing alert, the per-day stats, and the
-account sheet's 兑换码 form in Chromium (screenshot in docs/screenshots/)."""
+account sheet's 兑换码 form in Chromium (screenshot in target/e2e-screenshots/, a copy in docs/screenshots/)."""
 
 import csv
 import io
@@ -372,7 +372,7 @@ def test_the_account_sheet_redeems_a_code(d):
         expect(result).to_contain_text("兑换成功：增加 50 额度")
         expect(page.get_by_test_id("balance-paid")).to_have_text("50")
         expect(page.get_by_test_id("redeem-code")).to_have_value("")
-        shots = ROOT / "docs" / "screenshots"
+        shots = ROOT / "target" / "e2e-screenshots"
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "phone-redeem.png"))
         browser.close()

@@ -3,7 +3,7 @@ through the fake WeChat Pay grants its daily credits on top of the free allowanc
 days (the daemon restarted with the test clock, CHATRELAY_TEST_DAY_OFFSET, to its last day and
 the day after), a replayed notification grants nothing more, the plan unlocks its model, a code
 grants (and extends) a plan once, a refund ends it; the account sheet's 会员 card in Chromium
-(screenshot in docs/screenshots/)."""
+(screenshot in target/e2e-screenshots/, a copy in docs/screenshots/)."""
 
 import json
 import os
@@ -274,7 +274,7 @@ def test_the_account_sheet_shows_the_plan(d):
         end = me(d, token)["plan"]["end"]
         expect(page.get_by_test_id("plan-until")).to_have_text(f"有效期至 {end}（剩 {DAYS} 天）")
         expect(page.get_by_test_id("balance-free")).to_have_text(f"{FREE + DAILY} / {FREE + DAILY}")
-        shots = ROOT / "docs" / "screenshots"
+        shots = ROOT / "target" / "e2e-screenshots"
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "phone-plan.png"))
         browser.close()
