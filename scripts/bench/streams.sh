@@ -35,6 +35,8 @@ cat > "$work/chatrelay.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
 admin_token = "bench-admin-token-0123456789"
+# The default (1,024 requests at once) would refuse most of the streams.
+max_concurrent_requests = $(( n + 1024 ))
 [storage]
 path = "$work/data"
 [llm]

@@ -610,7 +610,10 @@ fn restore_into(
             e,
         )
     })?;
-    // Opening checks the schema (and is what the daemon will do next).
-    drop(Store::open(dir, cache_capacity_bytes)?);
+    // Opening checks the schema (and is what the daemon will do next). sled lets go of the
+    // file lock a moment after the handle above is dropped: on a busy machine, a long moment.
+    drop(crate::retry_locked(|| {
+        Store::open(dir, cache_capacity_bytes)
+    })?);
     Ok(summary)
 }
