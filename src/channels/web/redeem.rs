@@ -35,23 +35,14 @@ async fn redeem(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let uid = match super::v1::authenticate(&st, &headers) {
-        Ok(uid) => uid,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(body) = body else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_request",
-            "the request body is too large",
-        );
-    };
-    let Ok(req) = serde_json::from_slice::<RedeemRequest>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "send {\"code\": \"XXXX-XXXX-XXXX-XXXX\"}",
-        );
+    let (uid, req) = match super::authed_json::<RedeemRequest>(
+        &st,
+        &headers,
+        body,
+        "send {\"code\": \"XXXX-XXXX-XXXX-XXXX\"}",
+    ) {
+        Ok(got) => got,
+        Err(refused) => return *refused,
     };
     let ip = st.client_ip(peer, &headers);
     // On disk before it answers (the code is used and the credits are the user's).

@@ -107,23 +107,14 @@ async fn create_order(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let uid = match super::v1::authenticate(&st, &headers) {
-        Ok(uid) => uid,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(body) = body else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_request",
-            "the request body is too large",
-        );
-    };
-    let Ok(req) = serde_json::from_slice::<CreateOrder>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\", \"method\": \"…\"}",
-        );
+    let (uid, req) = match super::authed_json::<CreateOrder>(
+        &st,
+        &headers,
+        body,
+        "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\", \"method\": \"…\"}",
+    ) {
+        Ok(got) => got,
+        Err(refused) => return *refused,
     };
     let billing = st.parts().billing.clone();
     let payer = Payer {
