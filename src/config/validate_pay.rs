@@ -79,25 +79,37 @@ pub(super) fn validate_web_login(c: &Config, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The `id` (unique in its section) and `name` of entry `i` of `[[section]]`.
+fn check_id_and_name(
+    section: &str,
+    i: usize,
+    (id, name): (&str, &str),
+    ids: &mut BTreeMap<String, usize>,
+    problems: &mut Vec<Problem>,
+) {
+    let key = |k: &str| format!("{section}[{i}].{k}");
+    if !is_id(id) {
+        problems.push(problem(
+            key("id"),
+            "must be non-empty letters, digits, _ or -",
+        ));
+    } else if let Some(first) = ids.insert(id.to_owned(), i) {
+        problems.push(problem(
+            key("id"),
+            format!("{id:?} is already {section}[{first}]"),
+        ));
+    }
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        problems.push(problem(key("name"), "must be 1 to 100 characters"));
+    }
+}
+
 /// `[[products]]`: ids, names, prices and credits.
 fn validate_products(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, p) in c.products.iter().enumerate() {
         let key = |k: &str| format!("products[{i}].{k}");
-        if !is_id(&p.id) {
-            problems.push(problem(
-                key("id"),
-                "must be non-empty letters, digits, _ or -",
-            ));
-        } else if let Some(first) = ids.insert(p.id.clone(), i) {
-            problems.push(problem(
-                key("id"),
-                format!("{:?} is already products[{first}]", p.id),
-            ));
-        }
-        if p.name.trim().is_empty() || p.name.chars().count() > 100 {
-            problems.push(problem(key("name"), "must be 1 to 100 characters"));
-        }
+        check_id_and_name("products", i, (&p.id, &p.name), &mut ids, problems);
         if !(1..=100_000_000).contains(&p.price_fen) {
             problems.push(problem(
                 key("price_fen"),
@@ -129,20 +141,7 @@ fn validate_plans(c: &Config, problems: &mut Vec<Problem>) {
     let mut ids = BTreeMap::new();
     for (i, p) in c.plans.iter().enumerate() {
         let key = |k: &str| format!("plans[{i}].{k}");
-        if !is_id(&p.id) {
-            problems.push(problem(
-                key("id"),
-                "must be non-empty letters, digits, _ or -",
-            ));
-        } else if let Some(first) = ids.insert(p.id.clone(), i) {
-            problems.push(problem(
-                key("id"),
-                format!("{:?} is already plans[{first}]", p.id),
-            ));
-        }
-        if p.name.trim().is_empty() || p.name.chars().count() > 100 {
-            problems.push(problem(key("name"), "must be 1 to 100 characters"));
-        }
+        check_id_and_name("plans", i, (&p.id, &p.name), &mut ids, problems);
         if !(1..=3660).contains(&p.days) {
             problems.push(problem(key("days"), "must be between 1 and 3660"));
         }
