@@ -127,8 +127,9 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 enum Work {
     /// Run a step.
     Job(Job),
-    /// Answer once everything run so far is on disk.
-    Flush(FlushSender),
+    /// Answer once everything run so far is on disk. The request brings the database: the
+    /// lane holds it only while it flushes, so closing the store closes the file.
+    Flush(sled::Db, FlushSender),
 }
 
 /// At most this many requests form one round: under a steady stream of steps, a flush still
@@ -142,46 +143,38 @@ const MAX_ROUND: usize = 512;
 pub(crate) struct Lane {
     /// `None` only while dropping.
     queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Work>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Lane {
-    /// Ends the thread (after the steps already queued) and waits for it: it holds the
-    /// database open, and whoever closes the store may open it again at once (the file lock
-    /// would refuse).
+    /// Ends the thread once the steps already queued have run, without waiting for it: a
+    /// queued step may itself wait for whoever drops the lane (a reopen holds the store's
+    /// locks while it closes the old database), and the thread holds no database between
+    /// flushes, so nothing keeps the file open.
     fn drop(&mut self) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = self.thread.take() {
-            // A step on the lane may hold the last reference to a database that was reopened
-            // meanwhile: the lane then ends by itself once its queue is empty.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
     }
 }
 
 impl Lane {
-    /// Starts the lane's thread for `db`; `None` if no thread can be had (callers then run
-    /// their steps on tokio's blocking pool and flush on a thread of their own, as before).
-    /// The thread ends when this is dropped.
-    pub(crate) fn start(db: sled::Db) -> Option<Lane> {
+    /// Starts a lane's thread; `None` if no thread can be had (callers then run their steps
+    /// on tokio's blocking pool and flush on a thread of their own, as before). The thread
+    /// ends when this is dropped and its queue is empty.
+    pub(crate) fn start() -> Option<Lane> {
         let (tx, rx) = std::sync::mpsc::channel::<Work>();
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("chatrelay-lane".into())
-            .spawn(move || run(&db, &rx))
+            .spawn(move || run(&rx))
             .ok()?;
         Some(Lane {
             queue: std::sync::Mutex::new(Some(tx)),
-            thread: Some(thread),
         })
     }
 
-    /// Asks for a flush of everything written so far; the receiver resolves when it is done.
-    /// `None` when the thread is gone.
-    pub(crate) fn request_flush(&self) -> Option<FlushReceiver> {
+    /// Asks for a flush of everything written to `db` so far; the receiver resolves when it
+    /// is done. `None` when the thread is gone.
+    pub(crate) fn request_flush(&self, db: &sled::Db) -> Option<FlushReceiver> {
         let (tx, rx) = channel();
-        self.send(Work::Flush(tx)).map(|()| rx)
+        self.send(Work::Flush(db.clone(), tx)).map(|()| rx)
     }
 
     /// Queues `job`; false when the thread is gone (the store is closing), and the job, dropped
@@ -200,10 +193,12 @@ fn nanos_since(t: std::time::Instant) -> u64 {
     u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
+fn run(rx: &std::sync::mpsc::Receiver<Work>) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut waiting = Vec::new();
+        // Every flush request of a lane brings the same database (the one its store opened).
+        let mut db = None;
         let mut next = Some(first);
         let mut taken = 0;
         let started = std::time::Instant::now();
@@ -216,7 +211,10 @@ fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     jobs += 1;
                 }
-                Work::Flush(tx) => waiting.push(tx),
+                Work::Flush(of, tx) => {
+                    db = Some(of);
+                    waiting.push(tx);
+                }
             }
             taken += 1;
             next = if taken < MAX_ROUND {
@@ -227,11 +225,12 @@ fn run(db: &sled::Db, rx: &std::sync::mpsc::Receiver<Work>) {
         }
         JOBS.fetch_add(jobs, Relaxed);
         JOB_NANOS.fetch_add(nanos_since(started), Relaxed);
-        if waiting.is_empty() {
+        let Some(db) = db.take() else {
             continue;
-        }
+        };
         let flush_started = std::time::Instant::now();
         let result = db.flush().map(|_| ()).map_err(StoreError::from);
+        drop(db);
         FLUSH_NANOS.fetch_add(nanos_since(flush_started), Relaxed);
         FLUSHES.fetch_add(1, Relaxed);
         REQUESTS.fetch_add(waiting.len() as u64, Relaxed);
@@ -323,5 +322,49 @@ mod tests {
         assert!(panicked.is_panic());
         // The lane goes on.
         assert_eq!(store.on_lane(|| 7).await, Some(7));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopen_while_a_step_waits_on_the_lane_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        // A step that starts before the reopen and writes while it runs: it needs the locks
+        // the reopen holds while it closes the old database (and its lane).
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        let step = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .on_lane(move || {
+                        started_tx.send(()).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        s.create_user("during the reopen").map(|_| ())
+                    })
+                    .await
+            }
+        });
+        started_rx.recv().unwrap();
+        let reopener = store.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done_tx.send(reopener.recover()).unwrap());
+        let reopened = done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the reopen deadlocked with the lane");
+        reopened.unwrap();
+        let written = tokio::time::timeout(std::time::Duration::from_secs(20), step)
+            .await
+            .expect("the step never finished")
+            .unwrap();
+        written.expect("ran").unwrap();
+        // The lane of the reopened database works.
+        let s = store.clone();
+        let (created, flushed) = store
+            .on_lane_durable(move || s.create_user("after").map(|_| ()))
+            .await
+            .unwrap();
+        created.unwrap();
+        flushed.unwrap();
+        assert_eq!(store.user_count(), 2);
     }
 }

@@ -300,7 +300,7 @@ struct Open {
 impl Open {
     fn new(db: Db, trees: Trees) -> Open {
         let lane = match &db {
-            Db::Sled(sled) => lane::Lane::start(sled.clone()),
+            Db::Sled(_) => lane::Lane::start(),
             Db::Pg(_) => None,
         };
         Open { db, trees, lane }
@@ -519,7 +519,7 @@ impl Store {
             // PostgreSQL commits are durable when they return.
             return Ok(());
         };
-        let grouped = open.lane.as_ref().and_then(lane::Lane::request_flush);
+        let grouped = open.lane.as_ref().and_then(|lane| lane.request_flush(&db));
         // Not held across the wait: a reopen after a storage failure waits for it.
         drop(open);
         if let Some(rx) = grouped {
@@ -566,7 +566,11 @@ impl Store {
         durable: bool,
     ) -> Option<(R, Result<(), StoreError>)> {
         let open = self.trees().ok().filter(|open| open.lane.is_some());
-        let Some(lane) = open.as_ref().and_then(|open| open.lane.as_ref()) else {
+        let lane_and_db = open.as_ref().and_then(|open| match (&open.lane, &open.db) {
+            (Some(lane), Db::Sled(db)) => Some((lane, db)),
+            _ => None,
+        });
+        let Some((lane, db)) = lane_and_db else {
             drop(open);
             // PostgreSQL (or a lane that could not start): the blocking pool.
             let r = match tokio::task::spawn_blocking(f).await {
@@ -585,7 +589,7 @@ impl Store {
         // flush that began after the job ran.
         let ran = lane.run(job);
         let flushed = if durable && ran {
-            lane.request_flush()
+            lane.request_flush(db)
         } else {
             None
         };
