@@ -21,6 +21,11 @@
 //! - `plans.rs`: membership plans: grants, a user's plan (kept in `balances`), day arithmetic.
 //! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
+//! - `lane.rs`: the write lane of a sled database (its steps and their group flush, on one
+//!   thread) and the flush counters.
+//! - `census.rs`: what a store holds, counted, to compare two stores (migrations).
+//! - `kv/`: the trees over sled or the one-table PostgreSQL schema; `rel/`: the relational
+//!   PostgreSQL store (not wired yet).
 //!
 //! # Trees
 //! | tree | key | value |
@@ -58,7 +63,8 @@
 //! - Transactions touch known keys only (sled has no scans inside them) and have no side effects
 //!   (their closures may run more than once).
 //! - A record that cannot be read is a [`StoreError::Corrupt`] naming tree and key, never a panic.
-//! - Writes are durable only after [`Store::flush`]; call it before acknowledging a payment.
+//! - Writes are durable only after [`Store::flush`] (or a step run with
+//!   [`Store::on_lane_durable`]); call it before acknowledging a payment.
 //! - Every public method that writes holds the quiesce lock's read side for its whole run
 //!   ([`Store::export_backup`] takes the write side for the instant its snapshot starts, so a
 //!   backup sees whole operations only). Such methods never call one another (a nested read
