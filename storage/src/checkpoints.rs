@@ -75,7 +75,7 @@ impl Store {
     }
 
     /// Adds each delta to its counter (one transaction) and sets each marker key (to `1`, in
-    /// batches of [`MARKERS_PER_BATCH`]): how statistics gathered in memory are written once
+    /// batches of `MARKERS_PER_BATCH`): how statistics gathered in memory are written once
     /// a minute. Not a ledger: statistics may lose the last minute in a crash, credits never
     /// do.
     pub fn add_counters(

@@ -427,7 +427,7 @@ impl Store {
     /// Removes usage records settled before `before_ms` of up to `users` users, starting at
     /// uid `from` (pass [`Uid`]`(0)` to start a pass): per user one range scan of its oldest
     /// records, removed in transactions of at most 500. Call it again with
-    /// [`UsagePurge::resume`] until that is `None`; each call's work is bounded by `users`.
+    /// `UsagePurge::resume` until that is `None`; each call's work is bounded by `users`.
     pub fn purge_usage(
         &self,
         before_ms: i64,
