@@ -486,10 +486,7 @@ impl Store {
                 let mut reason = format!("兑换码 {id}");
                 // A plan code: the plan changes with the zero-credit entry that records it.
                 if let Some(grant) = &plan {
-                    let next =
-                        crate::after_grant(balance.plan.as_ref(), grant, grant.day_of(now_ms));
-                    reason.push_str(&crate::plans::grant_note(&next));
-                    balance.plan = Some(next);
+                    crate::plans::apply_grant(&mut balance, grant, now_ms, &mut reason);
                 }
                 let entry = append_entry(
                     &mut balance,

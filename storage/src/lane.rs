@@ -1,6 +1,7 @@
 //! The write lane of a sled database: one thread that runs the daemon's store steps one after
 //! another and, between rounds of them, the flushes they wait for (group commit), and the
-//! hand-over of each result to the future that waits for it.
+//! hand-over of each result to the future that waits for it; [`crate::Store::on_lane`] and
+//! [`crate::Store::on_lane_durable`] are the way in.
 //!
 //! Why one thread: sled 0.34 runs every transaction under a process-wide lock (the write side
 //! of its concurrency control) and holds the read side of that lock for the whole of a flush,
@@ -118,6 +119,80 @@ pub fn lane_counts() -> (u64, f64, f64) {
 pub fn flush_counts() -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     (FLUSHES.load(Relaxed), REQUESTS.load(Relaxed))
+}
+
+impl crate::Store {
+    /// Runs `f`, work on the store, off the async workers, so that a slow disk delays that
+    /// work and not every connection: on the database's write lane with sled (one thread
+    /// that runs steps back to back between group flushes; see `lane.rs` for why), on
+    /// tokio's blocking pool with PostgreSQL (whose steps wait on the network, not on one
+    /// lock). `f` must not wait for other lane work. `None` when it never ran (the store or
+    /// the runtime is shutting down); a panic in `f` is passed on.
+    pub async fn on_lane<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        self.on_lane_inner(f, false).await.map(|(r, _)| r)
+    }
+
+    /// [`crate::Store::on_lane`], then waits until what `f` wrote is on disk (the flush that ends
+    /// its round, shared with every step of that round). The second value is that flush's
+    /// outcome.
+    pub async fn on_lane_durable<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<(R, Result<(), StoreError>)> {
+        self.on_lane_inner(f, true).await
+    }
+
+    async fn on_lane_inner<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+        durable: bool,
+    ) -> Option<(R, Result<(), StoreError>)> {
+        let open = self.trees().ok().filter(|open| open.lane.is_some());
+        let lane_and_db = open.as_ref().and_then(|open| match (&open.lane, &open.db) {
+            (Some(lane), crate::Db::Sled(db)) => Some((lane, db)),
+            _ => None,
+        });
+        let Some((lane, db)) = lane_and_db else {
+            drop(open);
+            // PostgreSQL (or a lane that could not start): the blocking pool.
+            let r = match tokio::task::spawn_blocking(f).await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return None,
+            };
+            let flushed = if durable { self.flush().await } else { Ok(()) };
+            return Some((r, flushed));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        // The flush request follows the job in the lane's queue, so it is answered by a
+        // flush that began after the job ran.
+        let ran = lane.run(job);
+        let flushed = if durable && ran {
+            lane.request_flush(db)
+        } else {
+            None
+        };
+        // Not held across the wait: a reopen after a storage failure waits for it.
+        drop(open);
+        let r = match rx.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Dropped unrun: the store is closing.
+            Err(_) => return None,
+        };
+        let flushed = match flushed {
+            Some(rx) => rx.await,
+            None if durable => self.flush().await,
+            None => Ok(()),
+        };
+        Some((r, flushed))
+    }
 }
 
 /// A step for the lane: any work on the store, run on the lane's thread.

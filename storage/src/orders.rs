@@ -302,10 +302,7 @@ impl Store {
                     balance.paid = paid;
                     let mut reason = format!("order {id}: {}", order.product_name);
                     if let Some(grant) = &order.plan {
-                        let today = grant.day_of(now_ms);
-                        let plan = crate::after_grant(balance.plan.as_ref(), grant, today);
-                        reason.push_str(&crate::plans::grant_note(&plan));
-                        balance.plan = Some(plan);
+                        crate::plans::apply_grant(&mut balance, grant, now_ms, &mut reason);
                     }
                     let entry = append_entry(
                         &mut balance,

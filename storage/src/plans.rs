@@ -149,6 +149,19 @@ pub fn after_refund(
     })
 }
 
+/// Grants `grant` at `now_ms` on the user's balance record (inside the transaction that writes
+/// the grant's ledger entry) and appends what the plan is now to that entry's `reason`.
+pub(crate) fn apply_grant(
+    balance: &mut crate::quota::BalanceRecord,
+    grant: &PlanGrant,
+    now_ms: i64,
+    reason: &mut String,
+) {
+    let plan = after_grant(balance.plan.as_ref(), grant, grant.day_of(now_ms));
+    reason.push_str(&grant_note(&plan));
+    balance.plan = Some(plan);
+}
+
 /// What a grant's ledger entry says about the plan after it (appended to its reason).
 pub(crate) fn grant_note(plan: &ActivePlan) -> String {
     format!(

@@ -176,7 +176,7 @@ pub(crate) struct SettledReservation {
     pub(crate) settled_at_ms: i64,
 }
 
-/// Conversation turns written with a settlement ([`Store::settle_with_turns`]).
+/// Conversation turns written with a settlement ([`Store::settle_metered`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Remember<'a> {
     /// The conversation's key (as [`Store::append_turns`] takes it).
@@ -313,51 +313,26 @@ impl Store {
             &t.ledger,
             &t.ledger_refs,
         );
-        finish(
-            trees.transaction(|(balances, reservations, settled, ledger, ledger_refs)| {
-                let trees = SettleTrees {
-                    balances,
-                    reservations,
-                    settled,
-                    ledger,
-                    ledger_refs,
-                };
-                let how = SettleArgs {
-                    id,
-                    actual,
-                    reason,
-                    today,
-                    free_daily,
-                    now_ms,
-                };
-                settle_in(&trees, &how).map(|done| done.entry)
-            }),
-        )
+        finish(trees.transaction(|(b, r, s, l, lr)| {
+            let trees = SettleTrees::of(b, r, s, l, lr);
+            let how = SettleArgs {
+                id,
+                actual,
+                reason,
+                today,
+                free_daily,
+                now_ms,
+            };
+            settle_in(&trees, &how).map(|done| done.entry)
+        }))
     }
 
-    /// [`Store::settle`] and [`Store::append_turns`] in one step (one transaction): the answer's
-    /// charge and the conversation's new turns are written together, or neither. Settling
-    /// again answers as [`Store::settle`] does and appends nothing.
-    #[allow(clippy::too_many_arguments)] // settle's arguments, and the turns
-    pub fn settle_with_turns(
-        &self,
-        id: ReservationId,
-        actual: u64,
-        reason: &str,
-        today: i64,
-        free_daily: u64,
-        now_ms: i64,
-        remember: Option<Remember<'_>>,
-    ) -> Result<Option<LedgerEntry>, StoreError> {
-        self.settle_metered(
-            id, actual, reason, today, free_daily, now_ms, remember, None,
-        )
-    }
-
-    /// [`Store::settle_with_turns`] that also writes the answer's usage record (`usage`, see
-    /// [`crate::UsageRecord`]) in the same transaction, keyed by the owner, `now_ms` and `id`,
-    /// with the credits this settlement charged: the usage log and the ledger's usage entries
-    /// cannot disagree. Settling again answers the same and writes nothing.
+    /// [`Store::settle`] with, in the same transaction, the conversation's new turns
+    /// (`remember`, as [`Store::append_turns`] writes them) and the answer's usage record
+    /// (`usage`, see [`crate::UsageRecord`]; keyed by the owner, `now_ms` and `id`, with the
+    /// credits this settlement charged): the charge, the turns and the usage log are written
+    /// together or not at all, and cannot disagree. Settling again answers as
+    /// [`Store::settle`] does and writes nothing.
     #[allow(clippy::too_many_arguments)] // settle's arguments, the turns and the usage
     pub fn settle_metered(
         &self,

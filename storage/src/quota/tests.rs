@@ -528,7 +528,7 @@ fn purging_settled_reservations_keeps_the_ledger() {
 }
 
 #[test]
-fn settle_with_turns_charges_and_remembers_once() {
+fn settle_metered_charges_and_remembers_once() {
     let (store, uid) = store_with_paid(100);
     let id = store.reserve(uid, 15, "m-turns", DAY, FREE, LATER).unwrap();
     let turns = [
@@ -549,14 +549,14 @@ fn settle_with_turns_charges_and_remembers_once() {
         max_turns: 10,
     };
     let entry = store
-        .settle_with_turns(id, 15, "answer", DAY, FREE, 5, Some(remember))
+        .settle_metered(id, 15, "answer", DAY, FREE, 5, Some(remember), None)
         .unwrap()
         .unwrap();
     assert_eq!((entry.free_delta, entry.paid_delta), (-10, -5));
     assert_eq!(store.conversation("mp:main:o1").unwrap(), turns.to_vec());
     // Settling again answers the same and appends nothing.
     let again = store
-        .settle_with_turns(id, 15, "answer", DAY, FREE, 6, Some(remember))
+        .settle_metered(id, 15, "answer", DAY, FREE, 6, Some(remember), None)
         .unwrap()
         .unwrap();
     assert_eq!(again, entry);
@@ -564,14 +564,15 @@ fn settle_with_turns_charges_and_remembers_once() {
     assert_eq!(store.balance(uid, DAY, FREE).unwrap().paid, 95);
     // An unknown reservation writes no turn either.
     assert!(matches!(
-        store.settle_with_turns(
+        store.settle_metered(
             ReservationId(u64::MAX),
             1,
             "x",
             DAY,
             FREE,
             7,
-            Some(remember)
+            Some(remember),
+            None
         ),
         Err(StoreError::UnknownReservation(_))
     ));
