@@ -167,17 +167,25 @@ def hold_open(d, path):
     return s
 
 
+def inflight(d):
+    """The daemon's own count of requests in flight (its /metrics gauge), or None."""
+    _, body, _ = get(d, "/metrics")
+    m = re.search(rb"^chatrelay_http_inflight (\S+)$", body, re.M)
+    return float(m.group(1)) if m else None
+
+
 def test_too_many_requests_in_flight_get_a_clear_503(limited):
     d = limited
     held = [hold_open(d, "/api/login") for _ in range(4)]
     try:
-        deadline = time.time() + 5
-        while True:
-            status, body, headers = get(d, "/api/config")
-            if status == 503 or time.time() > deadline:
-                break
+        # Wait until the daemon has taken all four in (a loaded machine may take a moment to
+        # accept them), by its own gauge rather than by guessing a time.
+        deadline = time.time() + 8
+        while inflight(d) != 4 and time.time() < deadline:
             time.sleep(0.05)
-        assert status == 503, (status, body)
+        assert inflight(d) == 4, (inflight(d), d.logs())
+        status, body, headers = get(d, "/api/config")
+        assert status == 503, (status, body, inflight(d), d.logs())
         assert json.loads(body)["error"]["code"] == "overloaded"
         assert int(headers["Retry-After"]) >= 1
         # The daemon can still be watched.
