@@ -163,6 +163,8 @@ struct Inner {
     usage_purge_from: std::sync::atomic::AtomicU64,
     /// When the next pass of the usage log's pruning may start (ms; passes run hourly).
     usage_purge_after: std::sync::atomic::AtomicI64,
+    /// The uid the cleanup of expired guests' saved conversations goes on from (0: a new pass).
+    guest_chats_from: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -206,6 +208,7 @@ impl Engine {
                 inflight: Mutex::new(InflightMap::default()),
                 usage_purge_from: std::sync::atomic::AtomicU64::new(0),
                 usage_purge_after: std::sync::atomic::AtomicI64::new(0),
+                guest_chats_from: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
                 tracker,
             }),
