@@ -2,11 +2,15 @@
 every device they log in on (two tokens of one user see the same ones, another user sees
 none of them), holds them to the configured count and size, refuses a save based on a stale
 version, and lists the user's Official Account conversation (driven through wechatpy-signed
-messages) as a conversation of its own that the page can continue with its memory."""
+messages) as a conversation of its own that the page can continue with its memory. Each test
+runs on sled and, with CHATRELAY_TEST_PG_URL set, on PostgreSQL."""
 
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
 
 import pytest
 import requests
@@ -27,8 +31,27 @@ def wechat_api():
     fake.stop()
 
 
-@pytest.fixture(scope="module")
-def hist(upstream, wechat_api):
+PG_URL = os.environ.get("CHATRELAY_TEST_PG_URL")
+
+
+def storage_for(engine, schema):
+    if engine == "sled":
+        return None
+    if not PG_URL:
+        pytest.skip("CHATRELAY_TEST_PG_URL is unset (export CHATRELAY_TEST_PG_URL=$(scripts/pg-up))")
+    return f'backend = "postgres"\nurl = "{PG_URL}"\nschema = "{schema}"\npool_size = 4\n'
+
+
+def drop_schema(name):
+    if PG_URL and shutil.which("psql"):
+        subprocess.run(["psql", PG_URL, "-qAt", "-c", f'DROP SCHEMA IF EXISTS "{name}" CASCADE'],
+                       capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module", params=["sled", "postgres"])
+def hist(request, upstream, wechat_api):
+    schema = "s_e2e_hist_" + secrets.token_hex(5)
+    storage = storage_for(request.param, schema)
     extra = f"""
 [web]
 conversations_max = {MAX_COUNT}
@@ -42,9 +65,13 @@ token = "{SUB['token']}"
 api_base = "{wechat_api.url}"
 passive_wait_ms = 3000
 """
-    d = Daemon(upstream.base_url, extra_toml=extra, free_daily=100, llm_timeout=10).start()
+    d = Daemon(upstream.base_url, extra_toml=extra, free_daily=100, llm_timeout=10,
+               storage_toml=storage).start()
     yield d
-    assert d.stop() == 0, d.logs()
+    code = d.stop()
+    if storage:
+        drop_schema(schema)
+    assert code == 0, d.logs()
 
 
 def login(d, openid):
