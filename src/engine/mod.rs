@@ -15,9 +15,11 @@
 //! - [`policy`]: scopes, model and role choice, model permissions.
 //! - [`fetch`]: downloading pictures users send, from public addresses only.
 //! - `settings`: the engine's settings; `api`: `/v1` completions; `platform`: a chat-platform
-//!   message; `commands`: chat commands; `checks`: ban, rate limit, permissions, content rules;
-//!   `answer`: one metered LLM answer; `meter`: reserve, settle, refunds; `images`: pictures in
-//!   and out; `delivery`: who delivers an answer, across daemons; `upkeep`: sweeps and purges.
+//!   message (and its conversation continued from the web page); `commands`: chat commands;
+//!   `checks`: ban, rate limit, permissions, content rules; `answer`: one metered LLM answer;
+//!   `meter`: reserve, settle, refunds; `images`: pictures in and out; `delivery`: who
+//!   delivers an answer, across daemons; `upkeep`: sweeps and purges (expired guests' saved
+//!   conversations too).
 //! - what channels keep through the engine instead of naming the store: `accounts` (users,
 //!   guests, an account's balance and ledger), `marks` (dedupe marks of their own), `outbox`
 //!   (answers owed), `progress` (a poller's checkpoints and counters).
