@@ -295,7 +295,12 @@ def test_an_official_account_conversation_appears_on_the_web_and_continues_there
     assert api(hist, "DELETE", "/" + pid, token).status_code == 204
     assert pid not in [c["id"] for c in listed(hist, laptop)]
     assert api(hist, "GET", "/" + pid, token).status_code == 404
+    # Cleared, there is nothing to continue until the platform remembers again.
+    assert api(hist, "POST", f"/{pid}/messages", token, json={"content": "x"}).status_code == 404
     upstream.requests.clear()
     wx.send_text(openid, "重新开始", timeout=5)
     [(_, _, sent)] = upstream.requests
     assert [m["content"] for m in sent["messages"] if m["role"] != "system"] == ["重新开始"]
+    # The platform remembers again: back under the same id.
+    [again] = [c for c in listed(hist, token) if c["source"] == "wechat_mp"]
+    assert (again["id"], again["count"]) == (pid, 2)

@@ -63,6 +63,7 @@ pub fn routes() -> axum::Router<WebState> {
 /// keeps.
 struct PlatformChat {
     id: String,
+    key: UserKey,
     source: &'static str,
     title: String,
     turns: Vec<Turn>,
@@ -146,6 +147,7 @@ fn platform_chats(
         };
         out.push(PlatformChat {
             id: id.clone(),
+            key: key.clone(),
             source,
             title,
             turns,
@@ -544,13 +546,12 @@ async fn continue_platform(
             &format!("the model {model} is not offered"),
         );
     }
+    // Only a conversation the user has (one the platform remembers): a platform that keeps
+    // no memory for this identity (zsxq's one-shot questions) has nothing to continue.
     let store = st.engine.store().clone();
     let wanted = id.clone();
-    let key = match read(move || platform_keys(&store, uid)).await {
-        Ok(keys) => keys
-            .into_iter()
-            .find(|(k, _)| *k == wanted)
-            .map(|(_, key)| key),
+    let key = match read(move || platform_chats(&store, uid, Some(&wanted))).await {
+        Ok(mut found) => found.pop().map(|p| p.key),
         Err(refused) => return refused,
     };
     let Some(key) = key else {
