@@ -3,9 +3,11 @@
 //! and the APIs only the page needs: `GET /api/config` (what to show) and `POST /api/guest`
 //! (try it without logging in, when `web.guest_credits` is set).
 //!
-//! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
+//! The page talks to the same `/v1` API as any OpenAI client, with the user's token, and keeps
+//! its conversations on the server (`chats`: `/api/conversations`).
 
 pub mod api;
+pub mod chats;
 pub mod guests;
 pub mod login;
 pub mod plans;
