@@ -73,6 +73,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(l) => l,
@@ -324,4 +325,28 @@ mod tests {
             "a file or journald gets no colour codes"
         );
     }
+}
+
+/// glibc's allocator, tuned for a long-running server on a few cores (other C libraries:
+/// nothing to do). Giving freed memory back with `malloc_trim` was measured too and changed
+/// nothing after 100,000 new followers (the memory is live: the store's cache and index).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod malloc {
+    /// At most two arenas, unless the operator set `MALLOC_ARENA_MAX`: glibc's default of
+    /// eight per core keeps freed memory in each, and measured under new-follower load two
+    /// hold the same work with 25–50 MB less RSS (BENCHMARKS.md).
+    pub fn tune() {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets a tunable and is called first thing in main, before
+            // any other thread exists or the allocator is busy.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod malloc {
+    pub fn tune() {}
 }

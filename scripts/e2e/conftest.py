@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,18 @@ def free_port():
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+# Every daemon's data directory, removed when the whole run passed (kept for a look when
+# something failed, and named at the end of the run).
+DATA_DIRS = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        for d in DATA_DIRS:
+            shutil.rmtree(d, ignore_errors=True)
+    elif DATA_DIRS:
+        print(f"\nthe daemons' data directories are kept for a look: {tempfile.gettempdir()}/chatrelay-e2e-*")
+
 
 class Daemon:
     """One running `chatrelay run` with its own data directory and config file.
@@ -45,6 +58,7 @@ class Daemon:
     def __init__(self, upstream_url, extra_toml="", free_daily=0, llm_timeout=2, storage_toml=None,
                  server_toml=""):
         self.dir = Path(tempfile.mkdtemp(prefix="chatrelay-e2e-"))
+        DATA_DIRS.append(self.dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = "e2e-admin-token-0123456789"

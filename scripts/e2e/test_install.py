@@ -88,7 +88,6 @@ def test_unit_matches_the_config_layout():
     for want in ["Type=notify", "NotifyAccess=main", "WatchdogSec=30", "Restart=on-failure",
                  "TimeoutStopSec=20", "StateDirectory=chatrelay",
                  "WorkingDirectory=/var/lib/chatrelay", "CapabilityBoundingSet=",
-                 "Environment=MALLOC_ARENA_MAX=2",
                  "ExecStart=/usr/local/bin/chatrelay --config /etc/chatrelay/chatrelay.toml run"]:
         assert want in lines, want
     example = EXAMPLE.read_text()

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 import xmltodict
@@ -287,6 +288,39 @@ def test_logs_written_to_a_file_carry_no_colour_codes(ops):
     raw = ops.logs(tail=None)
     assert "INFO" in raw or "info" in raw.lower(), raw[-500:]
     assert "\x1b[" not in raw, [l for l in raw.splitlines() if "\x1b[" in l][:3]
+
+
+def glibc_arena_heaps(pid):
+    """How many of glibc's secondary arena heaps the process has: anonymous mappings that
+    start on a 64 MiB boundary and, with the reserved (---p) mapping right after, span exactly
+    64 MiB."""
+    anon = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 5:  # no path: not a file, the stack or [heap]
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            anon.append((lo, hi, fields[1]))
+    mib64 = 64 << 20
+    heaps = 0
+    for i, (lo, hi, _) in enumerate(anon):
+        if lo % mib64:
+            continue
+        if hi - lo == mib64:
+            heaps += 1
+        elif i + 1 < len(anon):
+            nlo, nhi, perms = anon[i + 1]
+            if nlo == hi and nhi == lo + mib64 and perms == "---p":
+                heaps += 1
+    return heaps
+
+
+def test_the_allocator_keeps_two_arenas(ops):
+    # By now the daemon's threads (async workers, the store's lane, blocking pool) have all
+    # allocated; with glibc's default each would have an arena of its own (up to 8 per core).
+    for i in range(20):
+        mp_send(ops, f"o_arena_{i}", "hello")
+    pid = ops.proc.pid
+    assert glibc_arena_heaps(pid) <= 2, Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_metrics_catalogue(ops):
