@@ -125,43 +125,84 @@ impl Store {
         }
     }
 
-    /// Removes marks that expired by `now_ms`; returns how many. Unreadable marks are removed
-    /// too (a mark is disposable), with a warning.
+    /// Removes marks and kept answers that expired by `now_ms`; returns how many. Unreadable
+    /// ones are removed too (they are disposable), with a warning. One call looks at no more
+    /// than [`PURGE_BUDGET`] records of each tree, going on where the last call stopped and
+    /// starting over at the end: a pass over a big tree is spread over several calls (the
+    /// daemon makes one a minute) instead of pulling every page through the cache at once.
+    /// An expired mark not yet purged is still treated as absent.
     pub fn purge_expired_dedupe(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.purge_expired_dedupe_within(now_ms, PURGE_BUDGET)
+    }
+
+    fn purge_expired_dedupe_within(&self, now_ms: i64, budget: usize) -> Result<usize, StoreError> {
         let _writing = self.writing();
-        let tree = &self.trees()?.dedupe;
-        let mut purged = 0;
-        for item in tree.iter() {
-            let (key, raw) = item?;
-            let expired = match decode::<Mark>(DEDUPE, &raw, || crate::codec::describe_bytes(&key))
-            {
+        let trees = self.trees()?;
+        let mut cursors = self
+            .inner
+            .purge_cursors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let marks = purge_pass(
+            &trees.dedupe,
+            &mut cursors.dedupe,
+            budget,
+            |key, raw| match decode::<Mark>(DEDUPE, raw, || crate::codec::describe_bytes(key)) {
                 Ok(mark) => mark.expires_at_ms() <= now_ms,
                 Err(e) => {
                     tracing::warn!(error = %e, "removing unreadable dedupe mark");
                     true
                 }
-            };
-            // Only if unchanged: a mark renewed meanwhile stays.
-            if expired
-                && tree
-                    .compare_and_swap(&key, Some(&raw), None as Option<&[u8]>)?
-                    .is_ok()
-            {
-                purged += 1;
-            }
-        }
-        let answers = &self.trees()?.answers;
-        for item in answers.iter() {
-            let (key, raw) = item?;
-            let expired =
-                decode::<SharedAnswer>(ANSWERS, &raw, || crate::codec::describe_bytes(&key))
-                    .map_or(true, |a| a.expires_at_ms <= now_ms);
-            if expired && answers.compare_and_swap(&key, Some(&raw), None)?.is_ok() {
-                purged += 1;
-            }
-        }
-        Ok(purged)
+            },
+        )?;
+        let answers = purge_pass(&trees.answers, &mut cursors.answers, budget, |key, raw| {
+            decode::<SharedAnswer>(ANSWERS, raw, || crate::codec::describe_bytes(key))
+                .map_or(true, |a| a.expires_at_ms <= now_ms)
+        })?;
+        Ok(marks + answers)
     }
+}
+
+/// Records of a tree one purge call looks at, at most.
+pub(crate) const PURGE_BUDGET: usize = 5_000;
+
+/// Where the next purge of each tree goes on (the last key it looked at; empty: the start).
+#[derive(Debug, Default)]
+pub(crate) struct PurgeCursors {
+    dedupe: Vec<u8>,
+    answers: Vec<u8>,
+}
+
+/// Looks at up to `budget` records of `tree` after `cursor` and removes those `expired` says
+/// are, each only if unchanged (a mark renewed meanwhile stays); moves `cursor` on, back to
+/// the start once the end is reached. Returns how many were removed.
+fn purge_pass(
+    tree: &crate::kv::Tree,
+    cursor: &mut Vec<u8>,
+    budget: usize,
+    expired: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<usize, StoreError> {
+    // The smallest key after the cursor: the cursor with a zero byte appended.
+    let mut start = cursor.clone();
+    if !start.is_empty() {
+        start.push(0);
+    }
+    let mut purged = 0;
+    let mut seen = 0;
+    let mut last = None;
+    for item in tree.range_from(start) {
+        let (key, raw) = item?;
+        if expired(&key, &raw) && tree.compare_and_swap(&key, Some(&raw), None)?.is_ok() {
+            purged += 1;
+        }
+        seen += 1;
+        if seen == budget {
+            last = Some(key);
+            break;
+        }
+    }
+    *cursor = last.unwrap_or_default();
+    Ok(purged)
 }
 
 #[cfg(test)]
@@ -225,6 +266,27 @@ mod tests {
         assert!(store.trees().unwrap().dedupe.get("old").unwrap().is_none());
         assert!(!store.dedupe_insert("new", 2000, 600).unwrap());
         assert_eq!(store.purge_expired_dedupe(500).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_purge_looks_at_a_bounded_share_and_goes_on_where_it_stopped() {
+        let store = Store::open_temporary().unwrap();
+        for i in 0..5 {
+            store.dedupe_insert(&format!("m{i}"), 10, 0).unwrap();
+        }
+        store.dedupe_insert("m2-live", 1000, 0).unwrap();
+        let left = |s: &Store| s.trees().unwrap().dedupe.iter().count();
+        // Two records a call: m0 m1 | m2 m2-live | m3 m4 | (the end: start over).
+        assert_eq!(store.purge_expired_dedupe_within(500, 2).unwrap(), 2);
+        assert_eq!(left(&store), 4);
+        assert_eq!(store.purge_expired_dedupe_within(500, 2).unwrap(), 1);
+        assert_eq!(store.purge_expired_dedupe_within(500, 2).unwrap(), 2);
+        assert_eq!(left(&store), 1, "only the live mark is left");
+        // The pass is over: the next starts at the beginning again and finds the live mark
+        // expired later.
+        assert_eq!(store.purge_expired_dedupe_within(500, 2).unwrap(), 0);
+        assert_eq!(store.purge_expired_dedupe_within(2000, 2).unwrap(), 1);
+        assert_eq!(left(&store), 0);
     }
 
     #[test]

@@ -350,6 +350,8 @@ struct Inner {
     exporting: std::sync::Mutex<()>,
     /// What the last [`Store::probe_write`] found.
     writable: std::sync::atomic::AtomicBool,
+    /// Where the next incremental purges go on.
+    purge_cursors: std::sync::Mutex<dedupe::PurgeCursors>,
 }
 
 /// The store. Cheap to clone: clones share one open database.
@@ -437,6 +439,7 @@ impl Store {
                 journal,
                 exporting: std::sync::Mutex::new(()),
                 writable: std::sync::atomic::AtomicBool::new(true),
+                purge_cursors: std::sync::Mutex::default(),
             }),
         })
     }

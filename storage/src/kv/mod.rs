@@ -233,6 +233,11 @@ impl Tree {
         self.range_iter(start.as_ref().to_vec(), Some(end.as_ref().to_vec()))
     }
 
+    /// The pairs with `start <= key`, in key order.
+    pub(crate) fn range_from(&self, start: impl AsRef<[u8]>) -> KvIter {
+        self.range_iter(start.as_ref().to_vec(), None)
+    }
+
     fn range_iter(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> KvIter {
         match &self.imp {
             TreeImp::Sled(t) => {

@@ -174,16 +174,28 @@ impl Store {
     /// [`StoreError::AlreadySettled`] if it charged anything, or a new reservation if not. Run it
     /// now and then with a cut-off well past any retry window (a day), so these records, one
     /// per answer, do not pile up.
+    ///
+    /// Not a scan of every record: ids grow with time, so the old records are the first ones.
+    /// A call stops after [`RECENT_IN_A_ROW`] recent records in a row (a reservation held
+    /// long may be settled after younger ones; it goes in a later call, when the records in
+    /// front of it are gone), or after [`PURGE_LOOK_AT`] records.
     pub fn purge_settled_reservations(&self, before_ms: i64) -> Result<usize, StoreError> {
         let _writing = self.writing();
         let t = self.trees()?;
         let mut old = Vec::new();
-        for item in t.settled_reservations.iter() {
+        let mut recent_in_a_row = 0;
+        for item in t.settled_reservations.iter().take(PURGE_LOOK_AT) {
             let (raw_key, raw) = item?;
             let id = ReservationId(crate::codec::read_u64_key(SETTLED_RESERVATIONS, &raw_key)?);
             let done: SettledReservation = decode(SETTLED_RESERVATIONS, &raw, || id.to_string())?;
             if done.settled_at_ms < before_ms {
                 old.push((id, done.reference));
+                recent_in_a_row = 0;
+            } else {
+                recent_in_a_row += 1;
+                if recent_in_a_row == RECENT_IN_A_ROW {
+                    break;
+                }
             }
         }
         let purged = old.len();
@@ -206,6 +218,12 @@ impl Store {
         Ok(purged)
     }
 }
+
+/// Recent settled reservations in a row after which a purge stops looking.
+pub(super) const RECENT_IN_A_ROW: usize = 256;
+
+/// Settled reservations one purge looks at, at most.
+const PURGE_LOOK_AT: usize = 20_000;
 
 /// The trees a settlement writes.
 struct SettleTrees<'t, 'v> {

@@ -579,3 +579,27 @@ fn settle_metered_charges_and_remembers_once() {
     assert_eq!(store.conversation("mp:main:o1").unwrap().len(), 2);
     assert_consistent(&store);
 }
+
+#[test]
+fn a_purge_of_settled_reservations_stops_at_the_recent_ones() {
+    let (store, uid) = store_with_paid(100_000);
+    // Ids grow with time: 300 old settlements, then RECENT_IN_A_ROW recent ones, then one
+    // old straggler (held long, settled late... but before the cut-off), then more recent.
+    let settle_at = |i: usize, at: i64| {
+        let id = store
+            .reserve(uid, 1, &format!("r{i}"), DAY, 0, LATER)
+            .unwrap();
+        store.settle(id, 1, "answer", DAY, 0, at).unwrap();
+    };
+    for i in 0..300 {
+        settle_at(i, 10);
+    }
+    for i in 300..300 + super::settle::RECENT_IN_A_ROW {
+        settle_at(i, 500);
+    }
+    settle_at(10_000, 10);
+    assert_eq!(store.purge_settled_reservations(100).unwrap(), 300);
+    // The straggler behind a full row of recent ones waits for them.
+    assert_eq!(store.purge_settled_reservations(100).unwrap(), 0);
+    assert_eq!(store.purge_settled_reservations(1000).unwrap(), 257);
+}
