@@ -1,6 +1,7 @@
 //! The web chat page, embedded in the binary (`GET /`, `/assets/app.css`, `/assets/app.js`,
 //! `/assets/wechat.js`),
-//! and the APIs only the page needs: `GET /api/config` (what to show) and `POST /api/guest`
+//! and the APIs only the page needs: `GET /api/config` (what to show, with the models and
+//! their prices) and `POST /api/guest`
 //! (try it without logging in, when `web.guest_credits` is set).
 //!
 //! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
@@ -106,8 +107,25 @@ async fn config(State(st): State<WebState>) -> Response {
         let oauth = parts.oauth.contains_key(&mp.id) && parts.public_url().is_some();
         json!({"account": mp.id, "oauth": oauth, "auto": oauth && web.wechat_auto_login})
     });
+    // The model picker shows each model's price (what a message costs in credits).
+    let settings = st.engine.settings();
+    let models: Vec<serde_json::Value> = settings
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "credits": m.credits,
+                "credits_per_1k_tokens": m.credits_per_1k_tokens,
+                "paid_only": m.paid_only,
+                "vision": m.vision,
+            })
+        })
+        .collect();
     Json(json!({
         "title": web.title,
+        "models": models,
+        "default_model": settings.default_model,
         "login": login,
         "wechat_login": wechat_login,
         "guest": web.guest_credits > 0,
