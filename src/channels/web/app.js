@@ -212,6 +212,7 @@
       modelVision: '识图',
       modelPicked: '已选择模型 {model}',
       guestName: '试用用户',
+      userOf: '{where}用户',
       platform_web: '网页',
       platform_api: '接口',
       platform_mp: '公众号',
@@ -425,6 +426,7 @@
       modelVision: 'Images',
       modelPicked: 'Model {model} selected',
       guestName: 'Guest',
+      userOf: '{where} user',
       platform_web: 'Web',
       platform_api: 'API',
       platform_mp: 'Official Account',
@@ -912,13 +914,15 @@
   // One pass over the raw text picks out what must not be touched by emphasis rules:
   // backslash escapes | code spans | [text](url) | <url> | bare URLs.
   // Math comes first: `\\(` is a formula, not an escaped parenthesis. `$...$` needs no space
-  // inside its dollars and no digit after (so "$5 and $10" stays text).
+  // inside its dollars, no digit after, and no backtick or Chinese inside (so "$5 and $10"
+  // and "价格 $5，代码 `$x`" stay text).
   const INLINE_TOKENS = new RegExp([
     '\\$\\$([^$]+?)\\$\\$',
     '\\\\\\(([\\s\\S]+?)\\\\\\)',
-    '\\$([^\\s$](?:[^$\\n]*?[^\\s$])?)\\$(?!\\d)',
+    '\\\\\\[([\\s\\S]+?)\\\\\\]',
+    '\\$([^\\s$`\\u3000-\\u9fff\\uff00-\\uffef](?:[^$\\n`\\u3000-\\u9fff\\uff00-\\uffef]*?[^\\s$`\\u3000-\\u9fff\\uff00-\\uffef])?)\\$(?!\\d)',
     '\\\\([!-\\/:-@\\[-`{-~])',
-    '(`+)([^`]|[^`][\\s\\S]*?[^`])\\5(?!`)',
+    '(`+)([^`]|[^`][\\s\\S]*?[^`])\\6(?!`)',
     '!\\[([^\\[\\]\\n]*)\\]\\(\\s*<?(https?:\\/\\/[^\\s<>()"]+)>?\\s*\\)',
     '\\[([^\\[\\]\\n]*)\\]\\(\\s*<?([^\\s<>()]*(?:\\([^\\s<>()]*\\)[^\\s<>()]*)*)>?(?:\\s+"[^"\\n]*")?\\s*\\)',
     '<(https?:\\/\\/[^\\s<>]+)>',
@@ -931,9 +935,10 @@
     const slots = [];
     const keep = (html) => '\u0000' + (slots.push(html) - 1) + '\u0000';
     let s = String(src).replace(/\u0000/g, '');
-    s = s.replace(INLINE_TOKENS, (m, dmath, pmath, imath, escaped, ticks, code, ialt, iurl, ltext, lurl, angle, bare) => {
+    s = s.replace(INLINE_TOKENS, (m, dmath, pmath, bmath, imath, escaped, ticks, code, ialt, iurl, ltext, lurl, angle, bare) => {
       if (dmath !== undefined) return keep(texToMathml(dmath, true));
       if (pmath !== undefined) return keep(texToMathml(pmath, false));
+      if (bmath !== undefined) return keep(texToMathml(bmath, true));
       if (imath !== undefined) return keep(texToMathml(imath, false));
       if (escaped !== undefined) return keep(esc(escaped));
       if (ticks !== undefined) {
@@ -2694,6 +2699,16 @@
     return out + note;
   }
 
+  /** The account's name as shown: users the server made by themselves are named by what
+   * made them (a guest; "mp:ACCOUNT:OPENID" for a follower of the Official Account), not by
+   * those internal keys. */
+  function displayName(name) {
+    const n = String(name || '');
+    if (n === 'guest') return t('guestName');
+    const m = /^(mp|wecom|zsxq|tg|web|api):/.exec(n);
+    return m ? t('userOf', { where: platformName(m[1]) }) : n;
+  }
+
   function signed(n) { return (n > 0 ? '+' : n < 0 ? '−' : '') + Math.abs(n); }
 
   function renderBalance() {
@@ -2710,7 +2725,7 @@
     const held = $('balance-held');
     held.hidden = !(b && b.held > 0);
     if (b && b.held > 0) held.textContent = t('held', { n: b.held });
-    $('account-name').textContent = me ? t('userLine', { name: me.name === 'guest' ? t('guestName') : me.name || '', uid: me.uid }) : '';
+    $('account-name').textContent = me ? t('userLine', { name: displayName(me.name), uid: me.uid }) : '';
     const list = $('usage-list');
     list.textContent = '';
     const usage = ((me && me.usage) || []).slice().sort((x, y) => y.at - x.at);
