@@ -158,6 +158,7 @@ pub fn router(state: ChannelState, web_page: bool) -> Router {
         .merge(web::api::routes().with_state(web.clone()))
         .merge(web::redeem::routes().with_state(web.clone()))
         .merge(web::usage::routes().with_state(web.clone()))
+        .merge(web::chats::routes().with_state(web.clone()))
         .merge(web::login::routes().with_state(web.clone()))
         .merge(web::scan::routes().with_state(web.clone()))
         .merge(mp::routes().with_state(mp))

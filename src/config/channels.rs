@@ -318,6 +318,12 @@ pub struct WebConfig {
     /// default: the first account with `oauth = true`, else the first account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_account: Option<String>,
+    /// Saved web conversations a user keeps at most; saving one more removes the least
+    /// recently updated (`/api/conversations`).
+    pub conversations_max: usize,
+    /// The largest saved web conversation, in KiB of its title and messages' text; a bigger
+    /// save is refused with `413`.
+    pub conversation_max_kb: u64,
 }
 
 impl WebConfig {
@@ -344,6 +350,8 @@ impl Default for WebConfig {
             mp_qr_url: None,
             wechat_auto_login: true,
             login_account: None,
+            conversations_max: 200,
+            conversation_max_kb: 512,
         }
     }
 }

@@ -388,3 +388,34 @@ plan = "month"
     assert_eq!(ok.products[0].credits, 0);
     assert_eq!(ok.plans[0].grant(28_800).days, 30);
 }
+
+#[test]
+fn web_conversation_limits_have_defaults_and_bounds() {
+    let (c, _) = parse("", &[], None).unwrap();
+    assert_eq!(
+        (c.web.conversations_max, c.web.conversation_max_kb),
+        (200, 512)
+    );
+    let (c, _) = parse(
+        "[web]\nconversations_max = 5\nconversation_max_kb = 64\n",
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.web.conversations_max, c.web.conversation_max_kb),
+        (5, 64)
+    );
+    let err = parse(
+        "[web]\nconversations_max = 0\nconversation_max_kb = 0\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["web.conversations_max", "web.conversation_max_kb"],
+        "{err:?}"
+    );
+}

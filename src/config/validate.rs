@@ -299,6 +299,15 @@ fn validate_web_and_log(c: &Config, problems: &mut Vec<Problem>) {
             "must be an http(s) URL of an image",
         ));
     }
+    if !(1..=10_000).contains(&c.web.conversations_max) {
+        problems.push(problem("web.conversations_max", "must be 1 to 10000"));
+    }
+    if !(1..=16_384).contains(&c.web.conversation_max_kb) {
+        problems.push(problem(
+            "web.conversation_max_kb",
+            "must be 1 to 16384 (16 MiB)",
+        ));
+    }
     if !matches!(c.log.format.as_str(), "text" | "json") {
         problems.push(problem("log.format", "must be \"text\" or \"json\""));
     }

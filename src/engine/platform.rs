@@ -1,5 +1,6 @@
 //! A chat-platform message: commands, checks, keyword replies, the model and role, memory,
-//! the answer, and the turn appended to the conversation.
+//! the answer, and the turn appended to the conversation. Also the same conversation
+//! continued from the web page ([`Engine::continue_on_web`]).
 
 use chatrelay_storage::{Admission, User};
 
@@ -19,6 +20,15 @@ pub(super) struct Admitted {
     history: Vec<Turn>,
     /// Who pays, when billed to another account (a zsxq group's payer).
     payer: Option<Result<Uid, StoreError>>,
+}
+
+/// A platform conversation continued from the web page: who, which, what.
+struct WebAsk<'a> {
+    uid: Uid,
+    key: &'a chatrelay_core::UserKey,
+    text: String,
+    model: Option<String>,
+    reference: &'a str,
 }
 
 impl Engine {
@@ -305,5 +315,126 @@ impl Engine {
             last.content = serde_json::Value::Array(parts);
         }
         messages
+    }
+
+    /// Continues the platform conversation `key` (an identity of `uid`'s, which the caller
+    /// checked) with `text` from the web page: answered like a message sent there (the
+    /// conversation's memory, the platform's model and role defaults unless `model` is
+    /// given, its content rules and keyword replies), charged to `uid`, and the turn is
+    /// appended to that memory with the settlement, under the ledger reference `reference`
+    /// (unique per request). The answer streams to the returned reply.
+    pub fn continue_on_web(
+        &self,
+        uid: Uid,
+        key: chatrelay_core::UserKey,
+        text: &str,
+        model: Option<String>,
+        reference: &str,
+    ) -> Reply {
+        let s = self.settings();
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Reply::failed(FailureKind::InvalidRequest, s.texts.empty.clone());
+        }
+        if text.chars().count() > s.max_input_chars {
+            return Reply::failed(
+                FailureKind::InvalidRequest,
+                fill(
+                    &s.texts.too_long,
+                    &[("max", &s.max_input_chars.to_string())],
+                ),
+            );
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Reply::failed(FailureKind::Unavailable, s.texts.unavailable.clone());
+        }
+        let (tx, reply) = Reply::channel();
+        let this = self.clone();
+        let reference = reference.to_owned();
+        let span = info_span!("web_continue", %uid, key = %key, %reference);
+        self.inner.tracker.spawn(
+            async move {
+                let sink = Sink::Reply {
+                    tx: tx.clone(),
+                    streamed: true,
+                };
+                let asked = WebAsk {
+                    uid,
+                    key: &key,
+                    text,
+                    model,
+                    reference: &reference,
+                };
+                let event = this.answer_on_web(&s, asked, &sink).await;
+                this.record_outcome(chatrelay_core::Platform::Web, &event);
+                // A streamed reader that left paid for the pieces it was sent.
+                tx.send(event).await;
+            }
+            .instrument(span),
+        );
+        reply
+    }
+
+    /// The body of [`Engine::continue_on_web`].
+    async fn answer_on_web(&self, s: &Arc<Settings>, asked: WebAsk<'_>, sink: &Sink) -> ReplyEvent {
+        let WebAsk {
+            uid,
+            key,
+            text,
+            model,
+            reference,
+        } = asked;
+        let conversation = key.to_string();
+        let memory_key = conversation.clone();
+        let admitted = self
+            .off_worker(move |e| {
+                let store = &e.inner.store;
+                Admitted {
+                    uid,
+                    user: store.user(uid),
+                    model_pref: model.or_else(|| policy::pref(store, uid, "model").ok().flatten()),
+                    role_pref: policy::pref(store, uid, "role").ok().flatten(),
+                    history: store.conversation(&memory_key).unwrap_or_else(|e| {
+                        warn!(error = %e, "reading the conversation failed");
+                        Vec::new()
+                    }),
+                    payer: None,
+                }
+            })
+            .await;
+        let Some(admitted) = admitted else {
+            return failed(FailureKind::Unavailable, &s.texts.unavailable);
+        };
+        let mut watch = Watch {
+            uid,
+            platform: chatrelay_core::Platform::Web,
+            // The conversation's own scope: its platform's model, role and rules.
+            scope: policy::scope_of(key),
+            surcharge: 0,
+            memory: None,
+        };
+        self.inner.stats.active(s.today(), uid);
+        if let Some(early) = self.answer_before_model(s, &watch, &admitted, &text).await {
+            return early;
+        }
+        let (payer, model) = match self.payer_and_model(s, &admitted, &watch.scope) {
+            Ok(chosen) => chosen,
+            Err(refused) => return refused,
+        };
+        watch.memory = Some(Memory {
+            conversation,
+            question: text.clone(),
+            max_turns: s.max_turns,
+        });
+        let messages = self.platform_prompt(s, &admitted, &watch.scope, &text, Vec::new());
+        let req = LlmRequest {
+            model: model.name.clone(),
+            messages,
+            max_completion_tokens: s.max_completion_tokens,
+            legacy_max_tokens: false,
+            extra: serde_json::Map::new(),
+        };
+        self.run_llm(payer, &model, req, reference, sink, &watch)
+            .await
     }
 }

@@ -54,6 +54,7 @@ fn is_health(path: &str) -> bool {
 /// by its own timeouts. Their request body is still read under the timeout.
 fn is_long_running(path: &str) -> bool {
     matches!(path, "/v1/chat/completions" | "/admin/backup")
+        || (path.starts_with("/api/conversations/") && path.ends_with("/messages"))
 }
 
 /// An error in the shape both the web API (`code`, `message`) and OpenAI clients (`type`,
@@ -276,6 +277,8 @@ mod tests {
         assert!(!is_health("/api/login"));
         assert!(is_long_running("/v1/chat/completions"));
         assert!(!is_long_running("/wechat/mp/main"));
+        assert!(is_long_running("/api/conversations/p_0a1b/messages"));
+        assert!(!is_long_running("/api/conversations/w_1"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -423,7 +423,7 @@ fn check_target(dir: &Path) -> Result<(), StoreError> {
 
 /// Every tree name a backup may hold.
 fn known_tree(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 27] = [
+    const NAMES: [&str; 29] = [
         crate::META,
         crate::USERS,
         crate::IDENTITIES,
@@ -450,6 +450,8 @@ fn known_tree(name: &str) -> Option<&'static str> {
         crate::CODES,
         crate::CODE_HASHES,
         crate::USAGE,
+        crate::CHATS,
+        crate::CHAT_INDEX,
         DEFAULT_TREE,
     ];
     NAMES.into_iter().find(|n| *n == name)

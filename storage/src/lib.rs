@@ -20,6 +20,7 @@
 //! - `codes.rs`: redemption codes (batches, stored hashed) and their exactly-once redemption.
 //! - `plans.rs`: membership plans: grants, a user's plan (kept in `balances`), day arithmetic.
 //! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
+//! - `chats.rs`: the web page's saved conversations, per user, with count and size limits.
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //! - `lane.rs`: the write lane of a sled database (its steps and their group flush, on one
 //!   thread) and the flush counters.
@@ -56,6 +57,8 @@
 //! | `codes` | batch ‖ n (be u64 each) | [`CodeRecord`] (never the code's text) |
 //! | `code_hashes` | SHA-256 of the canonical code | batch ‖ n |
 //! | `usage` | uid ‖ time (ms) ‖ reservation id (be u64 each) | [`UsageRecord`], compact binary |
+//! | `chats` | uid ‖ conversation id | a web conversation's title, version and messages |
+//! | `chat_index` | uid ‖ conversation id | its [`ChatSummary`] (listings read only this) |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -79,6 +82,7 @@ pub mod error;
 mod audit;
 mod backup;
 mod census;
+mod chats;
 mod checkpoints;
 mod codec;
 mod codes;
@@ -109,6 +113,10 @@ use serde::{Deserialize, Serialize};
 pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
 pub use census::{Census, OrderTally};
+pub use chats::{
+    Chat, ChatLimits, ChatMessage, ChatPut, ChatSummary, MAX_CHAT_ID, MAX_CHAT_TITLE, chat_size,
+    valid_chat_id,
+};
 pub use codes::{
     CodeBatch, CodeGrant, CodeRecord, CodeState, MAX_CODES_PER_BATCH, REDEEM_CODE_ALPHABET,
     REDEEM_CODE_CHARS, RedeemOutcome, code_id, code_reference, display_redeem_code,
@@ -194,6 +202,8 @@ const CODE_BATCHES: &str = "code_batches";
 const CODES: &str = "codes";
 const CODE_HASHES: &str = "code_hashes";
 const USAGE: &str = "usage";
+const CHATS: &str = "chats";
+const CHAT_INDEX: &str = "chat_index";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -226,6 +236,8 @@ struct Trees {
     codes: Tree,
     code_hashes: Tree,
     usage: Tree,
+    chats: Tree,
+    chat_index: Tree,
 }
 
 impl Trees {
@@ -257,11 +269,13 @@ impl Trees {
             codes: db.open_tree(CODES, journal)?,
             code_hashes: db.open_tree(CODE_HASHES, journal)?,
             usage: db.open_tree(USAGE, journal)?,
+            chats: db.open_tree(CHATS, journal)?,
+            chat_index: db.open_tree(CHAT_INDEX, journal)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 26] {
+    fn all(&self) -> [(&'static str, &Tree); 28] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -289,6 +303,8 @@ impl Trees {
             (CODES, &self.codes),
             (CODE_HASHES, &self.code_hashes),
             (USAGE, &self.usage),
+            (CHATS, &self.chats),
+            (CHAT_INDEX, &self.chat_index),
         ];
         all.sort_by_key(|(name, _)| *name);
         all

@@ -7,6 +7,7 @@
 //! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
 
 pub mod api;
+pub mod chats;
 pub mod guests;
 pub mod login;
 pub mod plans;

@@ -149,6 +149,43 @@ async fn chat_completions(
 }
 
 /// The error for a model that is not configured.
+/// Streams an engine reply to the page as `/v1` streams do (OpenAI chat-completion chunks,
+/// then `[DONE]`), for answers the web channel starts itself (a platform conversation
+/// continued on the page: [`crate::channels::web::chats`]). A failure before the first piece
+/// is an OpenAI-shaped HTTP error; the reader pays for the pieces it was sent.
+pub(in crate::channels::web) async fn stream_reply(
+    st: WebState,
+    headers: &HeaderMap,
+    uid: Uid,
+    reference: String,
+    model: String,
+    reply: chatrelay_core::Reply,
+) -> Result<Response, ApiError> {
+    let lang = Lang::of_request(headers, &st.engine.settings().texts);
+    let meta = Meta {
+        id: format!("chatcmpl-{}", random_id()),
+        created: now_ms() / 1000,
+        model,
+        lang,
+    };
+    let mut reply = Delivery {
+        reply,
+        engine: st.engine.clone(),
+        uid,
+        reference,
+        refund_lost: false,
+        finished: false,
+    };
+    let first = match reply.next().await {
+        Some(ReplyEvent::Failed { kind, message }) => {
+            return Err(failure(st.shutdown.is_cancelled(), lang, kind, message));
+        }
+        Some(event) => event,
+        None => return Err(interrupted(st.shutdown.is_cancelled(), lang)),
+    };
+    Ok(stream_response(st, meta, first, reply, false))
+}
+
 fn unknown_model(lang: Lang, model: &str) -> ApiError {
     ApiError::from_failure(lang, FailureKind::UnknownModel, String::new()).message(lang.pick(
         format!("The model `{model}` does not exist."),
