@@ -9,6 +9,7 @@ Screenshots go to target/e2e-screenshots/ (the ones worth keeping are copied to
 docs/screenshots/)."""
 
 import json
+import time
 import re
 import shutil
 import subprocess
@@ -67,6 +68,11 @@ def guest(d, browser, viewport, scheme="light", locale="zh-CN"):  # noqa: F811
     page.get_by_test_id("guest-start").click()
     expect(page.get_by_test_id("chat-input")).to_be_visible()
     return page
+
+
+def questions(page):
+    """The questions' text (without their buttons)."""
+    return page.locator('[data-testid="message-user"] .bubble')
 
 
 def answered(page):
@@ -204,13 +210,13 @@ def test_edit_and_resend_replaces_the_rest_and_export_downloads_markdown(demo, b
     answer = answered(page)
     expect(page.get_by_test_id("message-user")).to_have_count(1)
     expect(page.get_by_test_id("message-assistant")).to_have_count(1)
-    expect(page.get_by_test_id("message-user")).to_have_text(re.compile("改过的问题"))
+    expect(questions(page)).to_have_text(re.compile("改过的问题"))
     expect(answer).to_contain_text("你刚才说：「改过的问题」")
     # Escape cancels an edit without changing anything.
     page.get_by_test_id("message-user").first.get_by_test_id("edit-message").click()
     page.get_by_test_id("edit-input").fill("不要这个")
     page.get_by_test_id("edit-input").press("Escape")
-    expect(page.get_by_test_id("message-user")).to_have_text(re.compile("改过的问题"))
+    expect(questions(page)).to_have_text(re.compile("改过的问题"))
 
     # Export: a Markdown file with the title, both turns and the model.
     with page.expect_download() as dl:
@@ -242,7 +248,7 @@ def test_send_button_enter_and_shift_enter(demo, browser):  # noqa: F811
     expect(box).to_have_value("第一行\n第二行")
     expect(page.get_by_test_id("message-user")).to_have_count(0)
     box.press("Enter")
-    expect(page.get_by_test_id("message-user")).to_have_text(re.compile("第一行\\s*第二行"))
+    expect(questions(page)).to_have_text(re.compile("第一行\\s*第二行"))
     expect(box).to_have_value("")
     expect(button).to_be_disabled()
     answered(page)
@@ -387,4 +393,153 @@ def test_guest_history_is_translated_both_ways(demo, browser):  # noqa: F811
     expect(usage).to_contain_text(f"Answer ({CHEAP})")
     expect(page.locator("#account-name")).to_contain_text("Guest")
     expect(page.get_by_test_id("answer-item").first).to_contain_text("Web")
+    page.context.close()
+
+
+# ------------------------------------------------------------------------------ conversations on the server
+
+def conversations(d, token):
+    req = urllib.request.Request(d.url + "/api/conversations", headers={"authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())["conversations"]
+
+
+def logged_in(d, browser, viewport, openid):  # noqa: F811
+    ctx = browser.new_context(viewport=viewport, locale="zh-CN")
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.console_errors = errors
+    token = login(d, page, openid)
+    return page, token
+
+
+def test_two_browsers_of_one_user_see_the_same_conversations(web, browser):  # noqa: F811
+    phone, token = logged_in(web, browser, PHONE, "o_page_two")
+    uid = me(web, token)["uid"]
+    web.cli("grant", str(uid), "60", "--reason", "e2e")
+    # A conversation kept only in this browser from before the server kept them: moved
+    # there once (with an id the server accepts).
+    old = [{"id": "0123456789abcdef", "title": "以前的对话", "created": 1, "updated": 2,
+            "messages": [{"role": "user", "content": "以前问的"}, {"role": "assistant", "content": "以前答的"}]}]
+    phone.evaluate("([k, v]) => localStorage.setItem(k, v)", [f"chatrelay.convs.{uid}", json.dumps(old)])
+    phone.reload()
+    expect(phone.get_by_test_id("chat-input")).to_be_visible()
+    send(phone, "在手机上问的问题")
+    expect(last_answer(phone)).to_have_attribute("data-state", "done")
+
+    def titles():
+        return sorted(c["title"] for c in conversations(web, token))
+    deadline = time.time() + 10
+    while titles() != ["以前的对话", "在手机上问的问题"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert titles() == ["以前的对话", "在手机上问的问题"], conversations(web, token)
+    moved = [c for c in conversations(web, token) if c["title"] == "以前的对话"][0]
+    assert moved["id"] == "w_0123456789abcdef" and moved["count"] == 2, moved
+
+    # The desktop (another browser, its own login) lists both, and opens them from the server.
+    desktop, token2 = logged_in(web, browser, DESKTOP, "o_page_two")
+    assert token2 != token
+    items = desktop.get_by_test_id("conversation-item")
+    expect(items).to_have_count(2)
+    expect(items.first).to_have_text("在手机上问的问题")
+    items.first.click()
+    expect(questions(desktop)).to_have_text(["在手机上问的问题"])
+    expect(desktop.get_by_test_id("message-assistant")).to_have_count(1)
+    send(desktop, "在电脑上接着问")
+    expect(last_answer(desktop)).to_have_attribute("data-state", "done")
+    shot(desktop, "desktop-synced")
+    # Back on the phone: the conversation has the desktop's turns.
+    phone.reload()
+    phone.get_by_test_id("menu-open").click()
+    phone.get_by_test_id("conversation-item").first.click()
+    expect(questions(phone)).to_have_text(["在手机上问的问题", "在电脑上接着问"])
+    expect(phone.get_by_test_id("message-assistant")).to_have_count(2)
+
+    # Edited on the phone while the desktop still shows the old version: the desktop's next
+    # answer does not overwrite it; its version is kept as a copy, the server's is shown.
+    first = phone.get_by_test_id("message-user").first
+    first.get_by_test_id("edit-message").click()
+    phone.get_by_test_id("edit-input").fill("手机上改过的问题")
+    phone.get_by_test_id("edit-save").click()
+    expect(last_answer(phone)).to_have_attribute("data-state", "done")
+    expect(phone.get_by_test_id("message-user")).to_have_count(1)
+    deadline = time.time() + 10
+    while "手机上改过的问题" not in titles() and time.time() < deadline:
+        time.sleep(0.1)
+    send(desktop, "电脑上的第三个问题")
+    expect(last_answer(desktop)).to_have_attribute("data-state", "done")
+    expect(desktop.locator("#toast")).to_contain_text("其他设备")
+    expect(questions(desktop)).to_have_text(["手机上改过的问题"])
+    expect(desktop.get_by_test_id("conversation-item")).to_have_count(3)
+    expect(desktop.get_by_test_id("conversation-item").first).to_contain_text("（副本）")
+
+    # Deleted on the desktop: gone on the phone too.
+    n = len(conversations(web, token))
+    desktop.get_by_test_id("conversation-delete").first.click()
+    deadline = time.time() + 10
+    while len(conversations(web, token)) != n - 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(conversations(web, token)) == n - 1
+    expect(desktop.locator("#toast")).to_contain_text("已删除对话")
+    expect(desktop.get_by_test_id("conversation-item")).to_have_count(n - 1)
+    phone.reload()
+    expect(phone.get_by_test_id("conversation-item")).to_have_count(n - 1)
+    assert not phone.console_errors and not desktop.console_errors, (phone.console_errors, desktop.console_errors)
+    phone.context.close()
+    desktop.context.close()
+
+
+def test_an_official_account_conversation_continues_on_the_web(web, browser, upstream):  # noqa: F811
+    from test_wechat_mp import SUB, WeChat
+    openid = "o_page_oa"
+    page, token = logged_in(web, browser, PHONE, openid)
+    uid = me(web, token)["uid"]
+    web.cli("grant", str(uid), "60", "--reason", "e2e")
+    _, reply = WeChat(web, SUB).send_text(openid, "我叫小明，请记住", timeout=5)
+    assert reply and reply["Content"], reply
+    # Listed with its label, opened with its messages.
+    page.reload()
+    page.get_by_test_id("menu-open").click()
+    item = page.locator('[data-testid="conversation-item"][data-source="wechat_mp"]')
+    expect(item).to_have_text("公众号对话")
+    shot(page, "phone-conversations")
+    item.click()
+    expect(page.get_by_test_id("platform-note")).to_contain_text("公众号对话")
+    expect(questions(page)).to_have_text(["我叫小明，请记住"])
+    expect(page.get_by_test_id("message-assistant")).to_have_count(1)
+    # No edit or regenerate there: its memory lives on the server.
+    expect(page.get_by_test_id("edit-message")).to_have_count(0)
+    expect(page.get_by_test_id("regenerate")).to_have_count(0)
+    before = upstream.chat_request_count()
+    send(page, "我叫什么？")
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-state", "done")
+    expect(answer).to_contain_text("Hello from the fake upstream")
+    # The model was asked with the Official Account conversation's memory.
+    assert upstream.chat_request_count() == before + 1
+    sent = upstream.requests[-1][2]["messages"]
+    texts = [m["content"] for m in sent if isinstance(m.get("content"), str)]
+    assert "我叫小明，请记住" in texts and texts[-1] == "我叫什么？", sent
+    shot(page, "phone-oa-continued")
+    # And the memory has the web's turns: the next message on the Official Account sees them.
+    WeChat(web, SUB).send_text(openid, "再说一遍", timeout=5)
+    sent = upstream.requests[-1][2]["messages"]
+    texts = [m["content"] for m in sent if isinstance(m.get("content"), str)]
+    assert "我叫什么？" in texts and texts[-1] == "再说一遍", sent
+    # In English, the label is English.
+    page.reload()
+    page.get_by_test_id("menu-open").click()
+    page.get_by_test_id("lang-toggle").click()
+    expect(item).to_have_text("Official Account chat")
+    # Deleting it clears its memory (as "/new" there).
+    item.hover()
+    page.locator('[data-testid="conversation-item"][data-source="wechat_mp"] + [data-testid="conversation-delete"]').click()
+    expect(item).to_have_count(0)
+    expect(page.locator("#toast")).to_contain_text("memory cleared")
+    deadline = time.time() + 10
+    while any(c["source"] == "wechat_mp" for c in conversations(web, token)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(c["source"] == "wechat_mp" for c in conversations(web, token))
     page.context.close()

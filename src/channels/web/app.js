@@ -1320,6 +1320,7 @@
       if (res.status === 401 && o.auth !== false && !o.token) sessionExpired();
       throw err;
     }
+    if (res.status === 204) return null;
     return res.json();
   }
 
@@ -2184,9 +2185,11 @@
         type: 'button', class: 'conv-open', 'data-testid': 'conversation-item', 'data-source': c.source || 'web',
         'aria-current': c.id === state.currentId ? 'true' : null, title,
       }, el('span', { class: 'conv-title', text: title }));
-      // Platform conversations: the label says where, the server's title (the account's
-      // name) says which.
-      if (isPlatform(c) && c.title) open.append(el('span', { class: 'conv-sub', text: c.title }));
+      // Platform conversations: the label says where (in the page's language).
+      // (The server's title is its own label, then " · ACCOUNT" when the user follows two
+      // accounts of one platform: only that account is worth adding.)
+      const account = isPlatform(c) && typeof c.title === 'string' && c.title.indexOf(' · ') > 0 ? c.title.slice(c.title.indexOf(' · ') + 3) : '';
+      if (account) open.append(el('span', { class: 'conv-sub', text: account }));
       if (state.streams.has(c.id)) open.append(el('span', { class: 'conv-dot', 'aria-hidden': 'true' }));
       open.addEventListener('click', () => {
         switchConv(c.id);
