@@ -543,3 +543,27 @@ def test_an_official_account_conversation_continues_on_the_web(web, browser, ups
         time.sleep(0.1)
     assert not any(c["source"] == "wechat_mp" for c in conversations(web, token))
     page.context.close()
+
+
+# ------------------------------------------------------------------------------ size
+
+def test_first_load_is_under_150_kb_compressed(demo, browser):  # noqa: F811
+    ctx = browser.new_context(viewport=PHONE, locale="zh-CN")
+    page = ctx.new_page()
+    encodings = {}
+    page.on("response", lambda r: encodings.__setitem__(r.url.replace(demo.url, ""), r.headers.get("content-encoding")))
+    page.goto(demo.url + "/")
+    expect(page.get_by_test_id("guest-start")).to_be_visible()
+    sizes = page.evaluate("""() => {
+      const nav = performance.getEntriesByType('navigation')[0];
+      const all = [nav, ...performance.getEntriesByType('resource')];
+      return all.map((e) => [e.name, e.transferSize, e.encodedBodySize, e.decodedBodySize]);
+    }""")
+    total = sum(s[1] for s in sizes)
+    assert total < 150 * 1024, sizes
+    for path in ("/", "/assets/app.js", "/assets/app.css", "/assets/wechat.js"):
+        assert encodings.get(path) == "gzip", encodings
+    # What it would be uncompressed: over the budget, so compression is what keeps it.
+    assert sum(s[3] for s in sizes) > 150 * 1024, sizes
+    print("first load:", total, "bytes over the wire;", sizes)
+    ctx.close()
