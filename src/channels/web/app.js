@@ -214,7 +214,7 @@
       guestName: '试用用户',
       userOf: '{where}用户',
       platform_web: '网页',
-      platform_api: '接口',
+      platform_api: 'API',
       platform_mp: '公众号',
       platform_wecom: '企业微信',
       platform_zsxq: '知识星球',
