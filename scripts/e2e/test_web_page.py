@@ -59,6 +59,13 @@ def guest(d, browser, viewport, scheme="light", locale="zh-CN"):  # noqa: F811
     CLIENTS += 1
     ctx = browser.new_context(viewport=viewport, locale=locale, color_scheme=scheme, accept_downloads=True,
                               extra_http_headers={"X-Forwarded-For": f"10.26.{CLIENTS // 200}.{CLIENTS % 200 + 1}"})
+    # Layout shifts (CLS, as Chrome counts them: not the ones right after user input).
+    ctx.add_init_script("""
+      window.__cls = 0;
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) if (!e.hadRecentInput) window.__cls += e.value;
+      }).observe({ type: 'layout-shift', buffered: true });
+    """)
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT)
     errors = []
@@ -142,7 +149,9 @@ def test_renderer_formulas_tables_and_streaming_split():
 
 def test_demo_answer_renders_list_table_code_and_math(demo, browser):  # noqa: F811
     for name, viewport, scheme in (("phone", PHONE, "light"), ("desktop", DESKTOP, "light"),
-                                   ("phone-dark", PHONE, "dark"), ("desktop-dark", DESKTOP, "dark")):
+                                   ("phone-dark", PHONE, "dark"), ("desktop-dark", DESKTOP, "dark"),
+                                   ("narrow", {"width": 360, "height": 740}, "light"),
+                                   ("wide", {"width": 1440, "height": 900}, "light")):
         page = guest(demo, browser, viewport, scheme)
         send(page, "给我看看格式")
         answer = answered(page)
@@ -168,6 +177,9 @@ def test_demo_answer_renders_list_table_code_and_math(demo, browser):  # noqa: F
         # Nothing moves sideways at this width: no horizontal scrolling anywhere.
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow == 0, overflow
+        # Loading, logging in and a streamed answer move nothing already on screen.
+        cls = page.evaluate("window.__cls")
+        assert cls < 0.05, cls
         answer.scroll_into_view_if_needed()
         page.locator("#messages").evaluate("el => el.scrollTop = el.scrollHeight")
         shot(page, f"{name}-markdown")
