@@ -6,6 +6,9 @@ use chatrelay_storage::{EntryKind, LedgerEntry, User};
 
 use super::*;
 
+/// The name (and token label) of guest users: how the cleanup of expired guests knows them.
+pub(super) const GUEST_NAME: &str = "guest";
+
 /// A new guest: a user with trial credits and a token that expires.
 #[derive(Debug, Clone)]
 pub struct Guest {
@@ -54,7 +57,7 @@ impl Engine {
     ) -> Result<Guest, StoreError> {
         let store = &self.inner.store;
         let now = now_ms();
-        let user = store.create_user("guest")?;
+        let user = store.create_user(GUEST_NAME)?;
         store.grant(
             user.uid,
             credits,
@@ -64,7 +67,7 @@ impl Engine {
             now,
         )?;
         let expires = now.saturating_add(token_ttl.as_millis() as i64);
-        let token = store.create_token(user.uid, "guest", Some(expires), now)?;
+        let token = store.create_token(user.uid, GUEST_NAME, Some(expires), now)?;
         if let Err(e) = store.flush().await {
             warn!(error = %e, "flushing a guest failed");
         }

@@ -15,9 +15,11 @@
 //! - [`policy`]: scopes, model and role choice, model permissions.
 //! - [`fetch`]: downloading pictures users send, from public addresses only.
 //! - `settings`: the engine's settings; `api`: `/v1` completions; `platform`: a chat-platform
-//!   message; `commands`: chat commands; `checks`: ban, rate limit, permissions, content rules;
-//!   `answer`: one metered LLM answer; `meter`: reserve, settle, refunds; `images`: pictures in
-//!   and out; `delivery`: who delivers an answer, across daemons; `upkeep`: sweeps and purges.
+//!   message (and its conversation continued from the web page); `commands`: chat commands;
+//!   `checks`: ban, rate limit, permissions, content rules; `answer`: one metered LLM answer;
+//!   `meter`: reserve, settle, refunds; `images`: pictures in and out; `delivery`: who
+//!   delivers an answer, across daemons; `upkeep`: sweeps and purges (expired guests' saved
+//!   conversations too).
 //! - what channels keep through the engine instead of naming the store: `accounts` (users,
 //!   guests, an account's balance and ledger), `marks` (dedupe marks of their own), `outbox`
 //!   (answers owed), `progress` (a poller's checkpoints and counters).
@@ -163,6 +165,8 @@ struct Inner {
     usage_purge_from: std::sync::atomic::AtomicU64,
     /// When the next pass of the usage log's pruning may start (ms; passes run hourly).
     usage_purge_after: std::sync::atomic::AtomicI64,
+    /// The uid the cleanup of expired guests' saved conversations goes on from (0: a new pass).
+    guest_chats_from: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -206,6 +210,7 @@ impl Engine {
                 inflight: Mutex::new(InflightMap::default()),
                 usage_purge_from: std::sync::atomic::AtomicU64::new(0),
                 usage_purge_after: std::sync::atomic::AtomicI64::new(0),
+                guest_chats_from: std::sync::atomic::AtomicU64::new(0),
                 shutdown,
                 tracker,
             }),

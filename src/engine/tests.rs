@@ -1631,3 +1631,96 @@ async fn a_plan_code_by_command_and_the_plan_in_quota() {
     );
     assert_eq!(h.balance().free_left, 9);
 }
+
+#[tokio::test]
+async fn a_platform_conversation_continues_on_the_web_with_its_memory_and_is_charged() {
+    let h = harness(FAST);
+    h.engine.handle(msg("1", "hi")).collect().await;
+    let uid = h.uid();
+    let before = h.balance();
+    let event = h
+        .engine
+        .continue_on_web(uid, key(), "  again  ", None, "webconv:t1")
+        .collect()
+        .await;
+    assert_eq!(final_text(&event), "Hello, world");
+    let req = h.llm.last_request.lock().unwrap().clone().unwrap();
+    let texts: Vec<String> = req.messages.iter().map(Message::text).collect();
+    assert_eq!(texts[1..], ["hi", "Hello, world", "again"], "{texts:?}");
+    // Charged like a message, remembered in the platform's conversation.
+    assert_eq!(h.balance().free_left, before.free_left - 2);
+    let turns = h.store.conversation(&key().to_string()).unwrap();
+    let contents: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
+    assert_eq!(contents, ["hi", "Hello, world", "again", "Hello, world"]);
+    let log = usage_log(&h.store, uid);
+    assert_eq!(log.len(), 2);
+    assert_eq!(log.iter().filter(|r| r.platform == "web").count(), 1);
+
+    // Refused before anything runs: nothing asked, nothing remembered.
+    let calls = h.llm.calls();
+    let empty = h
+        .engine
+        .continue_on_web(uid, key(), "  ", None, "webconv:t2")
+        .collect()
+        .await;
+    assert!(matches!(
+        empty,
+        ReplyEvent::Failed {
+            kind: FailureKind::InvalidRequest,
+            ..
+        }
+    ));
+    h.store
+        .grant(uid, 10, EntryKind::Purchase, "order", "seed-web", 1)
+        .unwrap();
+    let unknown = h
+        .engine
+        .continue_on_web(uid, key(), "x", Some("nope".into()), "webconv:t3")
+        .collect()
+        .await;
+    // An unknown model falls back to the platform's default, like a stale preference.
+    assert_eq!(final_text(&unknown), "Hello, world");
+    assert_eq!(h.llm.calls(), calls + 1);
+}
+
+#[tokio::test]
+async fn expired_guests_lose_their_saved_conversations_and_no_one_else_does() {
+    let h = harness(FAST);
+    let limits = chatrelay_storage::ChatLimits {
+        max_count: 10,
+        max_bytes: 10_000,
+    };
+    let expiring = h
+        .engine
+        .create_guest(5, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let live = h
+        .engine
+        .create_guest(5, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let member = h.engine.record_user(&key(), Some("guest")).unwrap();
+    for uid in [expiring.uid, live.uid, member] {
+        h.store
+            .put_chat(uid, "w_1", "t", &[], None, 1, limits)
+            .unwrap();
+    }
+    let now = crate::util::now_ms() + 10;
+    h.engine.purge_guest_chats(now);
+    assert!(h.store.chats(expiring.uid).unwrap().is_empty());
+    assert_eq!(
+        h.store.chats(live.uid).unwrap().len(),
+        1,
+        "token still works"
+    );
+    assert_eq!(
+        h.store.chats(member).unwrap().len(),
+        1,
+        "a platform user named guest is no guest"
+    );
+    // Later, the other guest's token expires too.
+    h.engine.purge_guest_chats(now + 3_600_000);
+    assert!(h.store.chats(live.uid).unwrap().is_empty());
+    assert_eq!(h.store.chats(member).unwrap().len(), 1);
+}

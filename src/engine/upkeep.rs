@@ -8,6 +8,9 @@ const USAGE_PURGE_USERS: usize = 2_000;
 /// How often a pass of the usage log's pruning over every user starts.
 const USAGE_PURGE_EVERY_MS: i64 = 3_600_000;
 
+/// Users with saved web conversations one cleanup run checks for an expired guest account.
+const GUEST_CHAT_USERS: usize = 500;
+
 impl Engine {
     /// Periodic housekeeping of this daemon's memory: idle rate-limit windows, old in-flight
     /// answers, gauges. (Records in the store: [`Engine::purge_old_records`].)
@@ -65,6 +68,55 @@ impl Engine {
             warn!(error = %e, "purging settled reservations failed");
         }
         self.purge_usage(now);
+        self.purge_guest_chats(now);
+    }
+
+    /// Deletes the saved web conversations of guests whose account expired (a guest keeps
+    /// them while its token works): a bounded share of the users with conversations per run,
+    /// going on where the last run stopped.
+    pub fn purge_guest_chats(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let store = &self.inner.store;
+        let from = Uid(self.inner.guest_chats_from.load(Relaxed));
+        let (owners, resume) = match store.chat_owners(from, GUEST_CHAT_USERS) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(error = %e, "listing users with saved conversations failed");
+                return;
+            }
+        };
+        self.inner
+            .guest_chats_from
+            .store(resume.map_or(0, |uid| uid.0), Relaxed);
+        for uid in owners {
+            match self.guest_expired(uid, now) {
+                Ok(true) => match store.delete_chats_of(uid) {
+                    Ok(n) => info!(%uid, deleted = n, "deleted an expired guest's conversations"),
+                    Err(e) => warn!(error = %e, %uid, "deleting a guest's conversations failed"),
+                },
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, %uid, "checking a guest failed"),
+            }
+        }
+    }
+
+    /// Whether `uid` is a guest ([`Engine::create_guest`]) whose account has expired: no
+    /// platform identity, and every token a guest token that expired or was revoked. A user
+    /// that no longer exists counts as expired.
+    fn guest_expired(&self, uid: Uid, now: i64) -> Result<bool, StoreError> {
+        let store = &self.inner.store;
+        let Some(user) = store.user(uid)? else {
+            return Ok(true);
+        };
+        if user.name != accounts::GUEST_NAME || !store.identities_of(uid)?.is_empty() {
+            return Ok(false);
+        }
+        let tokens = store.tokens_of(uid)?;
+        Ok(!tokens.is_empty()
+            && tokens.iter().all(|t| {
+                t.label == accounts::GUEST_NAME
+                    && (t.revoked || t.expires_at_ms.is_some_and(|at| at <= now))
+            }))
     }
 
     /// Prunes the usage log past `[quota] usage_days`: a bounded share of the users per run

@@ -63,6 +63,7 @@ pub fn routes() -> axum::Router<WebState> {
 /// keeps.
 struct PlatformChat {
     id: String,
+    key: UserKey,
     source: &'static str,
     title: String,
     turns: Vec<Turn>,
@@ -146,6 +147,7 @@ fn platform_chats(
         };
         out.push(PlatformChat {
             id: id.clone(),
+            key: key.clone(),
             source,
             title,
             turns,
@@ -239,14 +241,14 @@ async fn write<R: Send + 'static>(
     }
 }
 
-fn authed(st: &WebState, headers: &HeaderMap) -> Result<Uid, Response> {
-    super::v1::authenticate(st, headers).map_err(IntoResponse::into_response)
+fn authed(st: &WebState, headers: &HeaderMap) -> Result<Uid, Box<Response>> {
+    super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))
 }
 
 async fn list(State(st): State<WebState>, headers: HeaderMap) -> Response {
     let uid = match authed(&st, &headers) {
         Ok(uid) => uid,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let store = st.engine.store().clone();
     let got = read(move || {
@@ -275,7 +277,7 @@ async fn list(State(st): State<WebState>, headers: HeaderMap) -> Response {
             json!({"id": p.id, "title": p.title, "source": p.source, "updated_at": updated, "count": p.turns.len()}),
         )
     }));
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     let conversations: Vec<Value> = all.into_iter().map(|(_, v)| v).collect();
     Json(json!({"conversations": conversations})).into_response()
 }
@@ -283,7 +285,7 @@ async fn list(State(st): State<WebState>, headers: HeaderMap) -> Response {
 async fn open(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let uid = match authed(&st, &headers) {
         Ok(uid) => uid,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if !valid_chat_id(&id) {
         return not_found();
@@ -331,20 +333,20 @@ fn clean_title(title: &str) -> String {
 }
 
 /// Checks an id a web conversation may have; the refusal otherwise.
-fn web_id(id: &str) -> Result<(), Response> {
+fn web_id(id: &str) -> Result<(), Box<Response>> {
     if id.starts_with(PLATFORM_PREFIX) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "platform_conversation",
             "a platform conversation is not saved through the page; continue it with POST /api/conversations/{id}/messages",
-        ));
+        )));
     }
     if !valid_chat_id(id) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "a conversation id is 1 to 80 characters of A-Z a-z 0-9 _ . : -",
-        ));
+        )));
     }
     Ok(())
 }
@@ -357,10 +359,10 @@ async fn save(
 ) -> Response {
     let uid = match authed(&st, &headers) {
         Ok(uid) => uid,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if let Err(refused) = web_id(&id) {
-        return refused;
+        return *refused;
     }
     let web = &st.parts().config.web;
     let limits = ChatLimits {
@@ -451,7 +453,7 @@ async fn rename(
             Err(refused) => return *refused,
         };
     if let Err(refused) = web_id(&id) {
-        return refused;
+        return *refused;
     }
     let title = clean_title(&req.title);
     let store = st.engine.store().clone();
@@ -478,7 +480,7 @@ async fn remove(
 ) -> Response {
     let uid = match authed(&st, &headers) {
         Ok(uid) => uid,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if !valid_chat_id(&id) {
         return not_found();
@@ -544,13 +546,12 @@ async fn continue_platform(
             &format!("the model {model} is not offered"),
         );
     }
+    // Only a conversation the user has (one the platform remembers): a platform that keeps
+    // no memory for this identity (zsxq's one-shot questions) has nothing to continue.
     let store = st.engine.store().clone();
     let wanted = id.clone();
-    let key = match read(move || platform_keys(&store, uid)).await {
-        Ok(keys) => keys
-            .into_iter()
-            .find(|(k, _)| *k == wanted)
-            .map(|(_, key)| key),
+    let key = match read(move || platform_chats(&store, uid, Some(&wanted))).await {
+        Ok(mut found) => found.pop().map(|p| p.key),
         Err(refused) => return refused,
     };
     let Some(key) = key else {

@@ -4,7 +4,8 @@
 //! their prices) and `POST /api/guest`
 //! (try it without logging in, when `web.guest_credits` is set).
 //!
-//! The page talks to the same `/v1` API as any OpenAI client, with the user's token.
+//! The page talks to the same `/v1` API as any OpenAI client, with the user's token, and keeps
+//! its conversations on the server (`chats`: `/api/conversations`).
 
 pub mod api;
 pub mod chats;

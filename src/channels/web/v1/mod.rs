@@ -148,12 +148,11 @@ async fn chat_completions(
     }
 }
 
-/// The error for a model that is not configured.
 /// Streams an engine reply to the page as `/v1` streams do (OpenAI chat-completion chunks,
 /// then `[DONE]`), for answers the web channel starts itself (a platform conversation
-/// continued on the page: [`crate::channels::web::chats`]). A failure before the first piece
+/// continued on the page, `chats.rs`). A failure before the first piece
 /// is an OpenAI-shaped HTTP error; the reader pays for the pieces it was sent.
-pub(in crate::channels::web) async fn stream_reply(
+pub(super) async fn stream_reply(
     st: WebState,
     headers: &HeaderMap,
     uid: Uid,
@@ -186,6 +185,7 @@ pub(in crate::channels::web) async fn stream_reply(
     Ok(stream_response(st, meta, first, reply, false))
 }
 
+/// The error for a model that is not configured.
 fn unknown_model(lang: Lang, model: &str) -> ApiError {
     ApiError::from_failure(lang, FailureKind::UnknownModel, String::new()).message(lang.pick(
         format!("The model `{model}` does not exist."),
