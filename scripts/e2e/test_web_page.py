@@ -516,9 +516,10 @@ def test_an_official_account_conversation_continues_on_the_web(web, browser, ups
     page.get_by_test_id("menu-open").click()
     item = page.locator('[data-testid="conversation-item"][data-source="wechat_mp"]')
     expect(item).to_have_text("公众号对话")
+    page.wait_for_timeout(400)  # the drawer's slide, for the screenshot only
     shot(page, "phone-conversations")
     item.click()
-    expect(page.get_by_test_id("platform-note")).to_contain_text("公众号对话")
+    expect(page.get_by_test_id("platform-note")).to_contain_text("这是你在公众号上的对话")
     expect(questions(page)).to_have_text(["我叫小明，请记住"])
     expect(page.get_by_test_id("message-assistant")).to_have_count(1)
     # No edit or regenerate there: its memory lives on the server.

@@ -198,9 +198,10 @@
       convConflict: '这个对话在其他设备上有更新，已载入最新内容；本机的版本另存为副本。',
       convTooLarge: '对话太长，无法同步到服务器，只保存在本机。',
       convLoadFailed: '对话加载失败，请检查网络后重试',
+      convGone: '这个对话已不存在（可能已在其他设备上删除或清空），请新开一个对话',
       deleteFailed: '删除失败，请稍后再试',
       deletedPlatform: '已删除对话，对应的对话记忆已清空',
-      platformNote: '这是你在{where}中的对话，在这里继续也会记住上下文。',
+      platformNote: '这是你在{where}上的对话，在这里继续会接着之前的上下文。',
       src_wechat_mp: '公众号对话',
       src_wecom: '企业微信对话',
       src_telegram: 'Telegram 对话',
@@ -412,9 +413,10 @@
       convConflict: 'This conversation changed on another device: the latest version is shown, and this device’s version is kept as a copy.',
       convTooLarge: 'This conversation is too long to sync; it is kept in this browser only.',
       convLoadFailed: 'Could not load the conversation; check your connection and try again',
+      convGone: 'This conversation no longer exists (deleted or cleared elsewhere); start a new one',
       deleteFailed: 'Could not delete it, please try again later',
       deletedPlatform: 'Conversation deleted, and its memory cleared',
-      platformNote: 'This is your {where}; continuing here keeps its context.',
+      platformNote: 'This conversation started on {where}; continuing here keeps its context.',
       src_wechat_mp: 'Official Account chat',
       src_wecom: 'WeCom chat',
       src_telegram: 'Telegram chat',
@@ -1396,6 +1398,9 @@
     if (isPlatform(c)) return t('src_' + c.source) === 'src_' + c.source ? t('src_other') : t('src_' + c.source);
     return c.title || t('newChat');
   }
+
+  /** A conversation's `source` -> the platform's name key (platform_*). */
+  const SOURCE_PLATFORM = { wechat_mp: 'mp', wecom: 'wecom', telegram: 'tg', zsxq: 'zsxq' };
 
   const newConvId = () => 'w_' + randomId();
   const CONV_ID_RE = /^[A-Za-z0-9_.:-]{1,80}$/;
@@ -2414,7 +2419,7 @@
       thread.append(el('p', { class: 'muted thread-loading', role: 'status', text: t('loading') }));
       return;
     }
-    if (isPlatform(conv)) thread.append(el('p', { class: 'muted small platform-note', 'data-testid': 'platform-note', text: t('platformNote', { where: convTitle(conv) }) }));
+    if (isPlatform(conv)) thread.append(el('p', { class: 'muted small platform-note', 'data-testid': 'platform-note', text: t('platformNote', { where: platformName(SOURCE_PLATFORM[conv.source] || conv.source) }) }));
     conv.messages.forEach((m, i) => thread.append(messageNode(conv, m, i)));
   }
 
@@ -2637,6 +2642,8 @@
     if (code === 'upstream_error') return t('errUpstream');
     if (code === 'model_not_found') { loadModels(); return t('errModel'); }
     if (code === 'account_deactivated') return t('errBanned');
+    // A platform conversation cleared or deleted elsewhere (the server's text is bilingual).
+    if (code === 'not_found') return t('convGone');
     if (e.status === 401) return t('expired');
     if (e.status === 0) return e.message;
     if (e.status === 503 || e.status === 502 || code === 'service_unavailable') return t('errUnavailable');
