@@ -580,3 +580,30 @@ def test_first_load_is_under_150_kb_compressed(demo, browser):  # noqa: F811
     assert sum(s[3] for s in sizes) > 150 * 1024, sizes
     print("first load:", total, "bytes over the wire;", sizes)
     ctx.close()
+
+
+def test_answers_saved_while_the_server_was_unreachable_reach_it_later(demo, browser):  # noqa: F811
+    page = guest(demo, browser, PHONE)
+    token = token_of(page)
+    send(page, "第一问")
+    answered(page)
+    deadline = time.time() + 10
+    while not conversations(demo, token) and time.time() < deadline:
+        time.sleep(0.1)
+    [saved] = conversations(demo, token)
+    assert saved["count"] == 2, saved
+    # Saving fails (offline, a restart): the answer is kept in the browser...
+    page.route("**/api/conversations/*", lambda route: route.abort() if route.request.method == "PUT" else route.continue_())
+    send(page, "第二问")
+    answered(page)
+    page.wait_for_timeout(300)
+    assert conversations(demo, token)[0]["count"] == 2
+    # ...and saved on the next sync (here: the next visit), on top of the version it had.
+    page.unroute("**/api/conversations/*")
+    page.reload()
+    deadline = time.time() + 10
+    while conversations(demo, token)[0]["count"] != 4 and time.time() < deadline:
+        time.sleep(0.1)
+    [saved] = conversations(demo, token)
+    assert saved["count"] == 4 and saved["id"].startswith("w_"), saved
+    page.context.close()

@@ -1545,6 +1545,7 @@
     const listed = Array.isArray(r.conversations) ? r.conversations : [];
     const byId = new Map(state.convs.map((c) => [c.id, c]));
     const seen = new Set();
+    const toPush = [];
     for (const sc of listed) {
       if (!sc || typeof sc.id !== 'string') continue;
       seen.add(sc.id);
@@ -1553,14 +1554,14 @@
         c = { id: sc.id, messages: [], loaded: false };
         state.convs.push(c);
       }
-      if (c.dirty || state.streams.has(c.id)) continue; // ours is newer: the next save says so
+      if (state.streams.has(c.id)) continue; // saved when its answer ends
+      if (c.dirty) { if (!c.tooLarge) toPush.push(c); continue; } // ours is newer (saved offline)
       if (typeof sc.title === 'string') c.title = sc.title;
       c.source = sc.source || 'web';
       c.count = sc.count;
       c.updated = sc.updated_at;
       if (c.serverAt !== sc.updated_at) c.loaded = false;
     }
-    const toPush = [];
     for (const c of state.convs.slice()) {
       if (seen.has(c.id) || state.streams.has(c.id)) continue;
       if (typeof c.serverAt === 'number' && !c.dirty) {
