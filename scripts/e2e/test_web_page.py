@@ -607,3 +607,21 @@ def test_answers_saved_while_the_server_was_unreachable_reach_it_later(demo, bro
     [saved] = conversations(demo, token)
     assert saved["count"] == 4 and saved["id"].startswith("w_"), saved
     page.context.close()
+
+
+def test_the_top_bar_fits_at_360_px_with_everything_in_it(web, browser):  # noqa: F811
+    page, token = logged_in(web, browser, {"width": 360, "height": 740}, "o_page_narrow")
+    web.cli("grant", str(me(web, token)["uid"]), "9", "--reason", "e2e")
+    send(page, "窄屏")
+    expect(last_answer(page)).to_have_attribute("data-state", "done")
+    # Buy, export and new chat are all there; nothing spills over or scrolls sideways.
+    for tid in ("buy-open", "export-chat", "new-chat", "model-select", "account-open", "menu-open"):
+        expect(page.get_by_test_id(tid)).to_be_visible()
+        box = page.get_by_test_id(tid).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 360, (tid, box)
+    spill = page.evaluate("(() => { const b = document.querySelector('.topbar'); return b.scrollWidth - b.clientWidth; })()")
+    assert spill == 0, spill
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow == 0, overflow
+    shot(page, "phone-360-topbar")
+    page.context.close()
