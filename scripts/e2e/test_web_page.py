@@ -555,6 +555,15 @@ def test_an_official_account_conversation_continues_on_the_web(web, browser, ups
     while any(c["source"] == "wechat_mp" for c in conversations(web, token)) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(c["source"] == "wechat_mp" for c in conversations(web, token))
+    # Cleared on the Official Account ("/new"): gone from the page at its next sync too, even
+    # from the copy this browser keeps.
+    WeChat(web, SUB).send_text(openid, "又来了", timeout=5)
+    page.reload()
+    expect(item).to_have_count(1)
+    WeChat(web, SUB).send_text(openid, "/new", timeout=5)
+    page.reload()
+    expect(page.get_by_test_id("chat-input")).to_be_visible()
+    expect(item).to_have_count(0)
     page.context.close()
 
 

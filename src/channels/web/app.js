@@ -1564,13 +1564,14 @@
     }
     for (const c of state.convs.slice()) {
       if (seen.has(c.id) || state.streams.has(c.id)) continue;
-      if (typeof c.serverAt === 'number' && !c.dirty) {
-        // Deleted on another device (or pruned): gone here too.
+      if (isPlatform(c) || (typeof c.serverAt === 'number' && !c.dirty)) {
+        // Deleted on another device (or pruned, or a platform's memory cleared): gone here
+        // too. Platform conversations only ever live on the server.
         state.convs = state.convs.filter((x) => x !== c);
         if (state.currentId === c.id) state.currentId = null;
         continue;
       }
-      if (isPlatform(c) || !c.messages.length || c.tooLarge) continue;
+      if (!c.messages.length || c.tooLarge) continue;
       // Only in this browser (from before, or saved offline): move it to the server.
       if (!/^w_/.test(c.id) || !CONV_ID_RE.test(c.id)) {
         const id = CONV_ID_RE.test('w_' + c.id) ? 'w_' + c.id : newConvId();
