@@ -325,7 +325,30 @@ impl Default for DemoBackend {
     }
 }
 
-/// The demo answer for a question.
+/// A short sample of what answers can contain, appended to every demo answer so a new user
+/// sees a list, a table, highlighted code and a formula rendered without an API key.
+pub const DEMO_SAMPLE: &str = r#"以下是格式示例：
+
+- **粗体**、*斜体* 和 `行内代码`
+- 行内公式 $E = mc^2$
+
+| 模型 | 适合 |
+| --- | --- |
+| 小模型 | 日常问答 |
+| 大模型 | 代码与推理 |
+
+```python
+def fib(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+```
+
+$$\sum_{i=1}^{n} i = \frac{n(n+1)}{2}$$"#;
+
+/// The demo answer for a question: what it is, the question echoed, how to get a real model,
+/// and [`DEMO_SAMPLE`].
 #[must_use]
 pub fn demo_answer(question: &str) -> String {
     let mut q: String = question.chars().take(200).collect();
@@ -333,7 +356,7 @@ pub fn demo_answer(question: &str) -> String {
         q.push('…');
     }
     format!(
-        "【演示模式】这是 chatrelay 的离线演示回复，还没有接入真实的大模型。\n\n你刚才说：「{q}」\n\n在配置文件 [llm] 中填写 api_keys（或设置环境变量 OPENAI_API_KEY）并重启后，即可由真实模型回答。"
+        "【演示模式】这是 chatrelay 的离线演示回复，还没有接入真实的大模型。\n\n你刚才说：「{q}」\n\n在配置文件 [llm] 中填写 api_keys（或设置环境变量 OPENAI_API_KEY）并重启后，即可由真实模型回答。\n\n{DEMO_SAMPLE}"
     )
 }
 
@@ -374,6 +397,27 @@ impl LlmBackend for DemoBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_answer_shows_a_list_a_table_code_and_a_formula() {
+        let a = demo_answer("你好");
+        assert!(a.contains("你刚才说：「你好」"), "{a}");
+        assert!(a.contains("\n- **粗体**"), "a list: {a}");
+        assert!(
+            a.contains("| 模型 | 适合 |\n| --- | --- |\n"),
+            "a table: {a}"
+        );
+        assert!(
+            a.contains("```python\ndef fib(n):\n    a, b = 0, 1\n"),
+            "a code block: {a}"
+        );
+        assert!(a.contains("\n```\n"), "the code block is closed: {a}");
+        assert!(
+            a.contains("$$\\sum_{i=1}^{n} i = \\frac{n(n+1)}{2}$$"),
+            "a formula: {a}"
+        );
+        assert!(a.contains("$E = mc^2$"), "an inline formula: {a}");
+    }
 
     #[test]
     fn only_the_engines_cap_goes_upstream() {

@@ -37,13 +37,13 @@
       guestHint: '无需登录，赠送少量免费额度。',
       guestOff: '暂未开放试用',
       guestThrottled: '试用次数过多，请稍后再试',
-      loginUnconfigured: '网站还没有配置登录方式。如果管理员给了你 API Key，请在下方粘贴使用。',
-      tokenToggle: '使用 API Key 登录',
-      tokenLabel: 'API Key',
+      loginUnconfigured: '网站还没有配置登录方式。如果管理员给了你 API 密钥，请在下方粘贴使用。',
+      tokenToggle: '使用 API 密钥登录',
+      tokenLabel: 'API 密钥',
       tokenPlaceholder: 'sk-…',
       tokenSubmit: '使用',
-      tokenEmpty: '请粘贴 API Key',
-      tokenInvalid: 'API Key 无效或已过期',
+      tokenEmpty: '请粘贴 API 密钥',
+      tokenInvalid: 'API 密钥无效或已过期',
       expired: '登录已过期，请重新登录',
       loggedOut: '已退出登录',
       networkError: '网络错误，请检查网络后重试',
@@ -92,7 +92,7 @@
       errGeneric: '出错了：{msg}',
       close: '关闭',
       accountTitle: '我的账户',
-      userLine: '{name} · ID {uid}',
+      userLine: '{name} · 用户号 {uid}',
       freeToday: '今日免费',
       paid: '付费',
       held: '处理中占用 {n}',
@@ -113,7 +113,7 @@
       answersEmpty: '还没有用量',
       answersMore: '加载更多',
       answerCredits: '{n} 额度',
-      answerTokens: '输入 {p} · 输出 {c} tokens',
+      answerTokens: '输入 {p} · 输出 {c} 词元',
       outcome_answered: '',
       outcome_cut: '已截断',
       outcome_stopped: '已停止',
@@ -186,6 +186,48 @@
       payNeedsWechat: '需要先通过微信授权，正在跳转…',
       payNoMethod: '当前浏览器无法使用此支付方式',
       payStartFailed: '下单失败：{msg}',
+      // Conversations, editing, export, the model picker (issue 26)
+      edit: '编辑',
+      editLabel: '修改问题',
+      editSave: '保存并发送',
+      cancel: '取消',
+      export: '导出为 Markdown',
+      exported: '已导出对话',
+      exportedAt: '导出于 {time}',
+      copySuffix: '（副本）',
+      convConflict: '这个对话在其他设备上有更新，已载入最新内容；本机的版本另存为副本。',
+      convTooLarge: '对话太长，无法同步到服务器，只保存在本机。',
+      convLoadFailed: '对话加载失败，请检查网络后重试',
+      convGone: '这个对话已不存在（可能已在其他设备上删除或清空），请新开一个对话',
+      deleteFailed: '删除失败，请稍后再试',
+      deletedPlatform: '已删除对话，对应的对话记忆已清空',
+      platformNote: '这是你在{where}上的对话，在这里继续会接着之前的上下文。',
+      src_wechat_mp: '公众号对话',
+      src_wecom: '企业微信对话',
+      src_telegram: 'Telegram 对话',
+      src_zsxq: '知识星球对话',
+      src_other: '其他平台对话',
+      priceEach: '{n} 额度/条',
+      pricePer1k: '+{n}/千词元',
+      modelPaidOnly: '付费用户',
+      modelVision: '识图',
+      modelPicked: '已选择模型 {model}',
+      guestName: '试用用户',
+      userOf: '{where}用户',
+      platform_web: '网页',
+      platform_api: 'API',
+      platform_mp: '公众号',
+      platform_wecom: '企业微信',
+      platform_zsxq: '知识星球',
+      platform_tg: 'Telegram',
+      reason_guest: '试用赠送',
+      reason_answer: '回答（{model}）',
+      reason_undelivered: '回答未送达，退还',
+      reason_order: '订单 {id}：{name}',
+      reason_refund: '订单 {id} 退款：{why}',
+      reason_code: '兑换码 {id}',
+      reason_plan: '（会员 {name} {start} 至 {end}）',
+      reason_planEnded: '（会员 {name} 已结束）',
     },
     en: {
       htmlLang: 'en',
@@ -359,6 +401,48 @@
       payNeedsWechat: 'WeChat authorization is needed first, redirecting…',
       payNoMethod: 'This payment method is not available in this browser',
       payStartFailed: 'Could not start the payment: {msg}',
+      // Conversations, editing, export, the model picker (issue 26)
+      edit: 'Edit',
+      editLabel: 'Edit the question',
+      editSave: 'Save and send',
+      cancel: 'Cancel',
+      export: 'Export as Markdown',
+      exported: 'Conversation exported',
+      exportedAt: 'Exported on {time}',
+      copySuffix: ' (copy)',
+      convConflict: 'This conversation changed on another device: the latest version is shown, and this device’s version is kept as a copy.',
+      convTooLarge: 'This conversation is too long to sync; it is kept in this browser only.',
+      convLoadFailed: 'Could not load the conversation; check your connection and try again',
+      convGone: 'This conversation no longer exists (deleted or cleared elsewhere); start a new one',
+      deleteFailed: 'Could not delete it, please try again later',
+      deletedPlatform: 'Conversation deleted, and its memory cleared',
+      platformNote: 'This conversation started on {where}; continuing here keeps its context.',
+      src_wechat_mp: 'Official Account chat',
+      src_wecom: 'WeCom chat',
+      src_telegram: 'Telegram chat',
+      src_zsxq: 'zsxq chat',
+      src_other: 'Chat on another platform',
+      priceEach: '{n} credits/message',
+      pricePer1k: '+{n} per 1K tokens',
+      modelPaidOnly: 'Paid users',
+      modelVision: 'Images',
+      modelPicked: 'Model {model} selected',
+      guestName: 'Guest',
+      userOf: '{where} user',
+      platform_web: 'Web',
+      platform_api: 'API',
+      platform_mp: 'Official Account',
+      platform_wecom: 'WeCom',
+      platform_zsxq: 'zsxq',
+      platform_tg: 'Telegram',
+      reason_guest: 'Trial credits',
+      reason_answer: 'Answer ({model})',
+      reason_undelivered: 'Answer not delivered, refunded',
+      reason_order: 'Order {id}: {name}',
+      reason_refund: 'Refund of order {id}: {why}',
+      reason_code: 'Redemption code {id}',
+      reason_plan: ' (membership {name} {start} to {end})',
+      reason_planEnded: ' (membership {name} ended)',
     },
   };
 
@@ -574,6 +658,249 @@
     return out;
   }
 
+  // ---------------------------------------------------------------- math (TeX -> MathML)
+  // A small TeX subset rendered as MathML, which browsers draw natively (no fonts or
+  // scripts to load). Everything from the TeX source is escaped; only fixed MathML tags
+  // are produced. Unknown commands are shown as their text, never dropped.
+
+  const MATH_SYMBOLS = {
+    alpha: 'α', beta: 'β', gamma: 'γ', delta: 'δ', epsilon: 'ϵ', varepsilon: 'ε', zeta: 'ζ', eta: 'η',
+    theta: 'θ', vartheta: 'ϑ', iota: 'ι', kappa: 'κ', lambda: 'λ', mu: 'μ', nu: 'ν', xi: 'ξ', pi: 'π',
+    varpi: 'ϖ', rho: 'ρ', varrho: 'ϱ', sigma: 'σ', varsigma: 'ς', tau: 'τ', upsilon: 'υ', phi: 'ϕ',
+    varphi: 'φ', chi: 'χ', psi: 'ψ', omega: 'ω', Gamma: 'Γ', Delta: 'Δ', Theta: 'Θ', Lambda: 'Λ',
+    Xi: 'Ξ', Pi: 'Π', Sigma: 'Σ', Upsilon: 'Υ', Phi: 'Φ', Psi: 'Ψ', Omega: 'Ω',
+    infty: '∞', partial: '∂', nabla: '∇', hbar: 'ℏ', ell: 'ℓ', emptyset: '∅', varnothing: '∅',
+    angle: '∠', degree: '°', prime: '′', aleph: 'ℵ', Re: 'ℜ', Im: 'ℑ',
+  };
+  const MATH_OPS = {
+    cdot: '⋅', times: '×', div: '÷', pm: '±', mp: '∓', ast: '∗', star: '⋆', circ: '∘', bullet: '∙',
+    le: '≤', leq: '≤', ge: '≥', geq: '≥', ne: '≠', neq: '≠', approx: '≈', equiv: '≡', sim: '∼',
+    simeq: '≃', cong: '≅', propto: '∝', ll: '≪', gg: '≫', in: '∈', notin: '∉', ni: '∋',
+    subset: '⊂', supset: '⊃', subseteq: '⊆', supseteq: '⊇', cup: '∪', cap: '∩', setminus: '∖',
+    wedge: '∧', land: '∧', vee: '∨', lor: '∨', neg: '¬', lnot: '¬', forall: '∀', exists: '∃',
+    to: '→', rightarrow: '→', leftarrow: '←', gets: '←', leftrightarrow: '↔', Rightarrow: '⇒',
+    Leftarrow: '⇐', Leftrightarrow: '⇔', implies: '⟹', iff: '⟺', mapsto: '↦', uparrow: '↑',
+    downarrow: '↓', perp: '⊥', parallel: '∥', mid: '∣', oplus: '⊕', otimes: '⊗',
+    ldots: '…', cdots: '⋯', vdots: '⋮', ddots: '⋱', dots: '…', therefore: '∴', because: '∵',
+    langle: '⟨', rangle: '⟩', lfloor: '⌊', rfloor: '⌋', lceil: '⌈', rceil: '⌉', vert: '|', Vert: '‖',
+    '{': '{', '}': '}', '|': '‖', lbrace: '{', rbrace: '}',
+  };
+  /** Big operators: limits go under and over in display math. */
+  const MATH_BIG = {
+    sum: '∑', prod: '∏', coprod: '∐', int: '∫', iint: '∬', iiint: '∭', oint: '∮',
+    bigcup: '⋃', bigcap: '⋂', bigoplus: '⨁', bigotimes: '⨂',
+  };
+  const MATH_FUNCS = 'sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp lim liminf limsup max min sup inf det dim ker deg gcd arg Pr mod'.split(' ');
+  const MATH_LIMIT_FUNCS = new Set(['lim', 'liminf', 'limsup', 'max', 'min', 'sup', 'inf', 'det', 'gcd', 'Pr']);
+  const MATH_ACCENTS = { hat: '^', widehat: '^', bar: '¯', overline: '¯', vec: '→', dot: '˙', ddot: '¨', tilde: '~', widetilde: '~' };
+  const MATH_SPACES = { ',': '0.1667em', ':': '0.2222em', '>': '0.2222em', ';': '0.2778em', '!': '-0.1667em', quad: '1em', qquad: '2em', ' ': '0.25em', enspace: '0.5em' };
+  const MATH_ENVS = { matrix: ['', ''], pmatrix: ['(', ')'], bmatrix: ['[', ']'], Bmatrix: ['{', '}'], vmatrix: ['|', '|'], Vmatrix: ['‖', '‖'], cases: ['{', ''], aligned: ['', ''], align: ['', ''], 'align*': ['', ''], array: ['', ''], gathered: ['', ''], split: ['', ''] };
+
+  /** Letters in a font TeX names, as Unicode mathematical alphanumerics (MathML Core only
+   * knows mathvariant="normal"). */
+  function mathFont(font, text) {
+    const bases = { mathbb: [0x1D538, null], mathbf: [0x1D400, 0x1D7CE], mathcal: [0x1D49C, null], mathfrak: [0x1D504, null], boldsymbol: [0x1D400, 0x1D7CE] };
+    const holes = { mathbb: { C: 'ℂ', H: 'ℍ', N: 'ℕ', P: 'ℙ', Q: 'ℚ', R: 'ℝ', Z: 'ℤ' }, mathcal: { B: 'ℬ', E: 'ℰ', F: 'ℱ', H: 'ℋ', I: 'ℐ', L: 'ℒ', M: 'ℳ', R: 'ℛ' }, mathfrak: { C: 'ℭ', H: 'ℌ', I: 'ℑ', R: 'ℜ', Z: 'ℨ' } };
+    const b = bases[font];
+    if (!b) return text;
+    let out = '';
+    for (const ch of text) {
+      const h = holes[font] && holes[font][ch];
+      const c = ch.charCodeAt(0);
+      if (h) out += h;
+      else if (c >= 65 && c <= 90) out += String.fromCodePoint(b[0] + c - 65);
+      else if (c >= 97 && c <= 122 && font !== 'mathbb' && font !== 'mathcal') out += String.fromCodePoint(b[0] + 26 + c - 97);
+      else if (c >= 48 && c <= 57 && b[1]) out += String.fromCodePoint(b[1] + c - 48);
+      else if (c >= 48 && c <= 57 && font === 'mathbb') out += String.fromCodePoint(0x1D7D8 + c - 48);
+      else out += ch;
+    }
+    return out;
+  }
+
+  const MATH_MAX_DEPTH = 40;
+
+  /** TeX source to a MathML `<math>` element's HTML (`display` for a block formula). */
+  function texToMathml(src, display) {
+    const s = String(src);
+    let pos = 0;
+    let depth = 0;
+
+    const tag = (name, inner, attrs) => '<' + name + (attrs || '') + '>' + inner + '</' + name + '>';
+    const mi = (x, normal) => tag('mi', esc(x), normal || [...x].length > 1 ? ' mathvariant="normal"' : '');
+    const mo = (x, attrs) => tag('mo', esc(x), attrs);
+    const mn = (x) => tag('mn', esc(x));
+    const mtext = (x) => tag('mtext', esc(x));
+    const row = (items) => (items.length === 1 ? items[0] : tag('mrow', items.join('')));
+
+    function skipSpace() { while (pos < s.length && /\s/.test(s[pos])) pos++; }
+
+    /** The next command name after a backslash (letters, or one other character). */
+    function commandName() {
+      const m = /^[A-Za-z]+\*?/.exec(s.slice(pos));
+      if (m) { pos += m[0].length; return m[0]; }
+      return pos < s.length ? s[pos++] : '';
+    }
+
+    /** A `{...}` group's raw text (for \text and environment names), or one character. */
+    function rawGroup() {
+      skipSpace();
+      if (s[pos] !== '{') return pos < s.length ? s[pos++] : '';
+      let level = 0;
+      const start = pos + 1;
+      for (; pos < s.length; pos++) {
+        if (s[pos] === '\\') { pos++; continue; }
+        if (s[pos] === '{') level++;
+        else if (s[pos] === '}' && --level === 0) { pos++; return s.slice(start, pos - 1); }
+      }
+      return s.slice(start);
+    }
+
+    /** One argument: a group, a command, or one character. */
+    function arg() {
+      skipSpace();
+      if (s[pos] === '{') { pos++; const r = row(list('}')); return r || row([]); }
+      const a = atom();
+      return a ? a.html : tag('mrow', '');
+    }
+
+    /** An optional `[...]` argument. */
+    function optArg() {
+      skipSpace();
+      if (s[pos] !== '[') return null;
+      pos++;
+      return row(list(']'));
+    }
+
+    /** A delimiter after \left, \right, \big...: its text ('' for "."). */
+    function delimiter() {
+      skipSpace();
+      if (s[pos] === '\\') {
+        pos++;
+        const name = commandName();
+        return MATH_OPS[name] || MATH_SYMBOLS[name] || name;
+      }
+      const c = pos < s.length ? s[pos++] : '';
+      return c === '.' ? '' : c;
+    }
+
+    /** An environment body: rows split by \\, cells by &. */
+    function environment(name) {
+      const rows = [[]];
+      let cell = [];
+      if (name === 'array') rawGroup(); // column spec
+      for (;;) {
+        const items = list('&', '\\\\', '\\end');
+        cell = row(items);
+        rows[rows.length - 1].push(cell);
+        if (s.startsWith('&', pos)) { pos += 1; continue; }
+        if (s.startsWith('\\\\', pos)) { pos += 2; rows.push([]); continue; }
+        if (s.startsWith('\\end', pos)) { pos += 4; rawGroup(); }
+        break;
+      }
+      if (rows.length > 1 && rows[rows.length - 1].length === 1 && rows[rows.length - 1][0] === tag('mrow', '')) rows.pop();
+      const left = name === 'cases' || /^align|^split|^gathered/.test(name) ? ' columnalign="left"' : '';
+      const table = tag('mtable', rows.map((r) => tag('mtr', r.map((c) => tag('mtd', c)).join(''))).join(''), left);
+      const [open, close] = MATH_ENVS[name] || ['', ''];
+      if (!open && !close) return table;
+      return tag('mrow', (open ? mo(open, ' stretchy="true"') : '') + table + (close ? mo(close, ' stretchy="true"') : ''));
+    }
+
+    /** One atom (without scripts): returns { html, big } or null at the end or a closer. */
+    function atom() {
+      skipSpace();
+      if (pos >= s.length) return null;
+      const c = s[pos];
+      if (c === '{') { pos++; return { html: row(list('}')) || tag('mrow', '') }; }
+      if (c === '}' || c === ']' || c === '&') return null;
+      if (/[0-9.]/.test(c)) {
+        const m = /^(?:\d+(?:\.\d+)?|\.\d+|\.)/.exec(s.slice(pos));
+        pos += m[0].length;
+        return { html: m[0] === '.' ? mo('.') : mn(m[0]) };
+      }
+      if (/[A-Za-z]/.test(c)) { pos++; return { html: mi(c) }; }
+      if (c === '\\') {
+        pos++;
+        const name = commandName();
+        if (name === '\\') return { html: '' };
+        if (name in MATH_SYMBOLS) return { html: mi(MATH_SYMBOLS[name]) };
+        if (name in MATH_OPS) return { html: mo(MATH_OPS[name]) };
+        if (name in MATH_BIG) return { html: mo(MATH_BIG[name], display ? ' largeop="true" movablelimits="true"' : ''), big: display && !/int$/.test(name) };
+        if (MATH_FUNCS.includes(name)) return { html: mi(name, true), big: display && MATH_LIMIT_FUNCS.has(name) };
+        if (name in MATH_SPACES) return { html: '<mspace width="' + MATH_SPACES[name] + '"></mspace>' };
+        if (name === 'frac' || name === 'dfrac' || name === 'tfrac' || name === 'cfrac') { const a = arg(); return { html: tag('mfrac', a + arg()) }; }
+        if (name === 'binom' || name === 'dbinom' || name === 'tbinom') { const a = arg(); return { html: tag('mrow', mo('(') + tag('mfrac', a + arg(), ' linethickness="0"') + mo(')')) }; }
+        if (name === 'sqrt') { const n = optArg(); const a = arg(); return { html: n ? tag('mroot', a + n) : tag('msqrt', a) }; }
+        if (name === 'text' || name === 'textrm' || name === 'mbox' || name === 'textit' || name === 'textbf') return { html: mtext(rawGroup()) };
+        if (name === 'mathrm' || name === 'operatorname' || name === 'operatorname*') return { html: mi(rawGroup().replace(/\s+/g, ''), true) };
+        if (name === 'mathit') return { html: arg() };
+        if (name in { mathbb: 1, mathbf: 1, mathcal: 1, mathfrak: 1, boldsymbol: 1, bm: 1 }) {
+          const text = rawGroup();
+          return { html: mi(mathFont(name === 'bm' ? 'boldsymbol' : name, text.replace(/\s+/g, '')), true) };
+        }
+        if (name in MATH_ACCENTS) { const a = arg(); return { html: tag('mover', a + mo(MATH_ACCENTS[name], ' stretchy="' + (/^(wide|over)/.test(name) ? 'true' : 'false') + '"'), ' accent="true"') }; }
+        if (name === 'underline') return { html: tag('munder', arg() + mo('_'), ' accentunder="true"') };
+        if (name === 'overbrace' || name === 'underbrace') { const a = arg(); return { html: name === 'overbrace' ? tag('mover', a + mo('⏞')) : tag('munder', a + mo('⏟')) }; }
+        if (name === 'left' || name === 'right' || /^[bB]ig+[lr]?$/.test(name)) {
+          const d = delimiter();
+          return { html: d ? mo(d, name === 'left' || name === 'right' ? ' stretchy="true"' : '') : '' };
+        }
+        if (name === 'begin') {
+          const env = rawGroup();
+          if (++depth > MATH_MAX_DEPTH) return { html: mtext('…') };
+          const html = environment(env);
+          depth--;
+          return { html };
+        }
+        if (name === 'end') { rawGroup(); return { html: '' }; }
+        if (name in { displaystyle: 1, textstyle: 1, scriptstyle: 1, limits: 1, nolimits: 1, nonumber: 1, notag: 1 }) return { html: '' };
+        if (name === 'not') { const a = atom(); return { html: a ? tag('mrow', a.html + mo('̸')) : '' }; }
+        return { html: tag('mtext', esc('\\' + name), ' class="math-unknown"') };
+      }
+      pos++;
+      if (c === '^' || c === '_') return { html: '' }; // a script with nothing before it
+      if (c === "'") return { html: mo('′') };
+      if (c === '~') return { html: '<mspace width="0.25em"></mspace>' };
+      if (/[+\-*/=<>()[\]|,;:!?]/.test(c)) return { html: mo(c === '-' ? '−' : c === '*' ? '∗' : c) };
+      return { html: mi(c) };
+    }
+
+    /** Atoms with their scripts until `stops` (strings) or the end. */
+    function list(...stops) {
+      const items = [];
+      if (++depth > MATH_MAX_DEPTH) { pos = s.length; depth--; return [mtext('…')]; }
+      for (;;) {
+        skipSpace();
+        if (pos >= s.length) break;
+        if (stops.some((x) => s.startsWith(x, pos))) {
+          if (stops[0] === '}' || stops[0] === ']') pos += 1;
+          break;
+        }
+        if (stops.length === 0 && (s[pos] === '}' || s[pos] === ']')) { items.push(mo(s[pos++])); continue; }
+        if (s[pos] === '&' && stops.indexOf('&') < 0) { pos++; continue; }
+        const base = atom();
+        if (!base) { if (pos < s.length) items.push(mo(s[pos++])); continue; }
+        let sub = null;
+        let sup = null;
+        for (;;) {
+          skipSpace();
+          if (s[pos] === '_' && sub === null) { pos++; sub = arg(); } else if (s[pos] === '^' && sup === null) { pos++; sup = arg(); } else if (s[pos] === "'" && sup === null) { pos++; sup = mo('′'); } else break;
+        }
+        const b = base.html || tag('mrow', '');
+        if (sub === null && sup === null) { if (base.html) items.push(base.html); continue; }
+        if (base.big) {
+          items.push(sub !== null && sup !== null ? tag('munderover', b + sub + sup) : sub !== null ? tag('munder', b + sub) : tag('mover', b + sup));
+        } else {
+          items.push(sub !== null && sup !== null ? tag('msubsup', b + sub + sup) : sub !== null ? tag('msub', b + sub) : tag('msup', b + sup));
+        }
+      }
+      depth--;
+      return items;
+    }
+
+    const body = list();
+    return '<math class="math"' + (display ? ' display="block"' : '') + '>' + tag('mrow', body.join('')) + '</math>';
+  }
+
   // ---------------------------------------------------------------- markdown
 
   /** Only absolute http(s) URLs become links; anything else (javascript:, data:...) stays text. */
@@ -588,9 +915,16 @@
 
   // One pass over the raw text picks out what must not be touched by emphasis rules:
   // backslash escapes | code spans | [text](url) | <url> | bare URLs.
+  // Math comes first: `\\(` is a formula, not an escaped parenthesis. `$...$` needs no space
+  // inside its dollars, no digit after, and no backtick or Chinese inside (so "$5 and $10"
+  // and "价格 $5，代码 `$x`" stay text).
   const INLINE_TOKENS = new RegExp([
+    '\\$\\$([^$]+?)\\$\\$',
+    '\\\\\\(([\\s\\S]+?)\\\\\\)',
+    '\\\\\\[([\\s\\S]+?)\\\\\\]',
+    '\\$([^\\s$`\\u3000-\\u9fff\\uff00-\\uffef](?:[^$\\n`\\u3000-\\u9fff\\uff00-\\uffef]*?[^\\s$`\\u3000-\\u9fff\\uff00-\\uffef])?)\\$(?!\\d)',
     '\\\\([!-\\/:-@\\[-`{-~])',
-    '(`+)([^`]|[^`][\\s\\S]*?[^`])\\2(?!`)',
+    '(`+)([^`]|[^`][\\s\\S]*?[^`])\\6(?!`)',
     '!\\[([^\\[\\]\\n]*)\\]\\(\\s*<?(https?:\\/\\/[^\\s<>()"]+)>?\\s*\\)',
     '\\[([^\\[\\]\\n]*)\\]\\(\\s*<?([^\\s<>()]*(?:\\([^\\s<>()]*\\)[^\\s<>()]*)*)>?(?:\\s+"[^"\\n]*")?\\s*\\)',
     '<(https?:\\/\\/[^\\s<>]+)>',
@@ -603,7 +937,11 @@
     const slots = [];
     const keep = (html) => '\u0000' + (slots.push(html) - 1) + '\u0000';
     let s = String(src).replace(/\u0000/g, '');
-    s = s.replace(INLINE_TOKENS, (m, escaped, ticks, code, ialt, iurl, ltext, lurl, angle, bare) => {
+    s = s.replace(INLINE_TOKENS, (m, dmath, pmath, bmath, imath, escaped, ticks, code, ialt, iurl, ltext, lurl, angle, bare) => {
+      if (dmath !== undefined) return keep(texToMathml(dmath, true));
+      if (pmath !== undefined) return keep(texToMathml(pmath, false));
+      if (bmath !== undefined) return keep(texToMathml(bmath, true));
+      if (imath !== undefined) return keep(texToMathml(imath, false));
       if (escaped !== undefined) return keep(esc(escaped));
       if (ticks !== undefined) {
         const c = code.length > 2 && code[0] === ' ' && code[code.length - 1] === ' ' ? code.slice(1, -1) : code;
@@ -642,6 +980,7 @@
   const HR_RE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
   const QUOTE_RE = /^ {0,3}>/;
   const LIST_RE = /^( *)([-*+]|\d{1,9}[.)])(?:([ \t]+)(.*))?$/;
+  const MATH_OPEN_RE = /^ {0,3}(\$\$|\\\[)/;
   const TABLE_DELIM_RE = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
 
   const isBlank = (l) => /^\s*$/.test(l);
@@ -657,7 +996,7 @@
   /** Lines that end a paragraph. */
   function startsBlock(lines, i) {
     const l = lines[i];
-    return FENCE_RE.test(l) || HEADING_RE.test(l) || HR_RE.test(l) || QUOTE_RE.test(l) ||
+    return FENCE_RE.test(l) || MATH_OPEN_RE.test(l) || HEADING_RE.test(l) || HR_RE.test(l) || QUOTE_RE.test(l) ||
       LIST_RE.test(l) || isTableStart(lines, i);
   }
 
@@ -759,6 +1098,25 @@
         out += codeBlockHtml(body.join('\n'), m[2]);
         continue;
       }
+      if ((m = MATH_OPEN_RE.exec(line))) {
+        // A display formula: `$$ ... $$` or `\[ ... \]`, on one line or several (while
+        // streaming the closing one may not have arrived: it runs to the end).
+        const closer = m[1] === '$$' ? '$$' : '\\]';
+        let rest = line.slice(line.indexOf(m[1]) + 2);
+        const tex = [];
+        let after = '';
+        for (;;) {
+          const at = rest.indexOf(closer);
+          if (at >= 0) { tex.push(rest.slice(0, at)); after = rest.slice(at + 2); i++; break; }
+          tex.push(rest);
+          i++;
+          if (i >= lines.length) break;
+          rest = lines[i];
+        }
+        out += '<div class="math-block">' + texToMathml(tex.join('\n'), true) + '</div>';
+        if (after.trim()) out += tight ? renderInline(after.trim()) : '<p>' + renderInline(after.trim()) + '</p>';
+        continue;
+      }
       if ((m = HEADING_RE.exec(line))) {
         const level = m[1].length;
         out += '<h' + level + '>' + renderInline(m[2]) + '</h' + level + '>';
@@ -799,6 +1157,37 @@
       out += tight ? html : '<p>' + html + '</p>';
     }
     return out;
+  }
+
+  /** Splits markdown still streaming in into `head`, whole blocks that more text cannot
+   * change (they end at a blank line outside code and formulas, before a line that starts a
+   * new block of its own), and `tail`, the part still growing. Only the tail is rendered
+   * again as text arrives, so long answers stay smooth. */
+  function splitStable(src) {
+    const lines = String(src || '').replace(/\r\n?/g, '\n').split('\n');
+    let fence = null;
+    let mathCloser = null;
+    let cut = 0;
+    // The last line may still be incomplete: it never decides a cut on its own.
+    for (let i = 0; i < lines.length - 1; i++) {
+      const l = lines[i];
+      if (fence) { if (fence.test(l)) fence = null; continue; }
+      if (mathCloser) { if (l.indexOf(mathCloser) >= 0) mathCloser = null; continue; }
+      const f = FENCE_RE.exec(l);
+      if (f) {
+        fence = new RegExp('^ {0,3}' + (f[1][0] === '`' ? '`' : '~') + '{' + f[1].length + ',}\\s*$');
+        continue;
+      }
+      const mo = MATH_OPEN_RE.exec(l);
+      if (mo) {
+        const closer = mo[1] === '$$' ? '$$' : '\\]';
+        if (l.slice(l.indexOf(mo[1]) + 2).indexOf(closer) < 0) mathCloser = closer;
+        continue;
+      }
+      const next = lines[i + 1];
+      if (isBlank(l) && i + 2 < lines.length && !isBlank(next) && !/^\s/.test(next) && !LIST_RE.test(next)) cut = i + 1;
+    }
+    return { head: lines.slice(0, cut).join('\n'), tail: lines.slice(cut).join('\n') };
   }
 
   /** Markdown source to HTML (all text escaped; links http(s) only). */
@@ -853,7 +1242,7 @@
 
   // Node can load this file to unit-test the pure parts above; the page never takes this path.
   if (typeof document === 'undefined') {
-    if (typeof module !== 'undefined') module.exports = { renderMarkdown, renderInline, highlight, createSseParser, formatPrice, esc, safeUrl };
+    if (typeof module !== 'undefined') module.exports = { renderMarkdown, renderInline, texToMathml, splitStable, highlight, createSseParser, formatPrice, esc, safeUrl };
     return;
   }
 
@@ -905,10 +1294,13 @@
     return new ApiError(res.status, code, message, info);
   }
 
+  /** The server words its errors in the page's language. */
+  const acceptLanguage = () => (lang === 'en' ? 'en' : 'zh-CN,zh;q=0.9');
+
   /** JSON request. With `auth`, a 401 means the token is dead: back to the login view. */
   async function api(path, opts) {
     const o = opts || {};
-    const headers = { Accept: 'application/json' };
+    const headers = { Accept: 'application/json', 'Accept-Language': acceptLanguage() };
     if (o.body !== undefined) headers['Content-Type'] = 'application/json';
     const token = o.token || (o.auth !== false ? state.token : null);
     if (token) headers.Authorization = 'Bearer ' + token;
@@ -930,12 +1322,13 @@
       if (res.status === 401 && o.auth !== false && !o.token) sessionExpired();
       throw err;
     }
+    if (res.status === 204) return null;
     return res.json();
   }
 
   // ---------------------------------------------------------------- conversations storage
 
-  const MAX_CONVS = 100;
+  const MAX_CONVS = 200;
   const convKey = () => 'chatrelay.convs.' + (state.uid || 'anon');
 
   function loadConvs() {
@@ -947,15 +1340,18 @@
       // A stream cut by closing the page: keep what arrived, as stopped.
       for (const m of c.messages) if (m.state === 'streaming') m.state = 'stopped';
     }
-    state.convs = list.filter((c) => c && c.id);
+    state.convs = list.filter((c) => c && typeof c.id === 'string');
     state.currentId = null;
   }
+
+  /** Whether a conversation has anything to list (unopened server ones only have a count). */
+  const hasContent = (c) => c.messages.length > 0 || (c.count || 0) > 0;
 
   /** Saves all conversations; when storage is full, drops the oldest until they fit. */
   function saveConvs() {
     state.convs.sort((a, b) => (b.updated || 0) - (a.updated || 0));
     if (state.convs.length > MAX_CONVS) state.convs.length = MAX_CONVS;
-    const list = state.convs.filter((c) => c.messages.length);
+    const list = state.convs.filter(hasContent);
     for (;;) {
       if (writeStore(convKey(), JSON.stringify(list))) return;
       const victim = list.length > 1 ? list.pop() : null;
@@ -980,6 +1376,219 @@
     return s.length > 40 ? s.slice(0, 40) + '…' : s;
   }
 
+  // ---------------------------------------------------------------- conversations on the server
+  // Logged in, the list lives on the server (GET/PUT/DELETE /api/conversations), so the
+  // phone and the desktop see the same conversations, and the user's conversations on the
+  // Official Account, WeCom, Telegram and zsxq are listed too and can be continued here.
+  // localStorage stays as the cache shown at once and the fallback offline: a conversation
+  // saved while the server could not be reached is `dirty` and saved on the next sync, and
+  // conversations from before the server kept them are moved there once (they have no
+  // `serverAt`). `serverAt` is the server's `updated_at` of the messages we hold; saving sends
+  // it as `base`, so an edit made elsewhere in between is never overwritten.
+
+  /** null: not asked yet; true: the server keeps conversations; false: it does not (an
+   * older server): the page keeps them in this browser only. */
+  let serverConvs = null;
+
+  /** A conversation from WeChat, WeCom, Telegram or zsxq (continued via the server). */
+  const isPlatform = (c) => !!c && !!c.source && c.source !== 'web';
+
+  /** The name shown for a conversation: platform ones by where they happen. */
+  function convTitle(c) {
+    if (isPlatform(c)) return t('src_' + c.source) === 'src_' + c.source ? t('src_other') : t('src_' + c.source);
+    return c.title || t('newChat');
+  }
+
+  /** A conversation's `source` -> the platform's name key (platform_*). */
+  const SOURCE_PLATFORM = { wechat_mp: 'mp', wecom: 'wecom', telegram: 'tg', zsxq: 'zsxq' };
+
+  const newConvId = () => 'w_' + randomId();
+  const CONV_ID_RE = /^[A-Za-z0-9_.:-]{1,80}$/;
+
+  /** What the server stores of a message. */
+  function wireMessage(m) {
+    const out = { role: m.role, content: m.content };
+    if (typeof m.at === 'number') out.at = m.at;
+    if (m.model) out.model = m.model;
+    return out;
+  }
+
+  /** Saves of one conversation run one after another (each needs the last one's version). */
+  const pushChains = new Map();
+
+  /** Saves a web conversation on the server (whole), once any answer in it has finished. */
+  function pushConv(conv) {
+    if (serverConvs !== true || isPlatform(conv)) return Promise.resolve();
+    conv.dirty = true;
+    conv.rev = (conv.rev || 0) + 1;
+    saveConvs();
+    const prev = pushChains.get(conv.id) || Promise.resolve();
+    const next = prev.then(() => pushNow(conv)).catch(() => {});
+    pushChains.set(conv.id, next);
+    next.then(() => { if (pushChains.get(conv.id) === next) pushChains.delete(conv.id); });
+    return next;
+  }
+
+  async function pushNow(conv) {
+    if (!conv.dirty || state.streams.has(conv.id) || !state.convs.includes(conv)) return;
+    const messages = conv.messages
+      .filter((m) => m.role === 'user' || (m.content && m.content.trim()))
+      .map(wireMessage);
+    if (!messages.length) return;
+    const rev = conv.rev;
+    const body = { title: conv.title || titleFrom(messages[0].content), messages };
+    if (typeof conv.serverAt === 'number') body.base = conv.serverAt;
+    let r;
+    try {
+      r = await api('/api/conversations/' + encodeURIComponent(conv.id), { method: 'PUT', body });
+    } catch (e) {
+      if (e.status === 409 && e.code === 'conflict' && e.info && e.info.current) conflicted(conv, e.info.current);
+      else if (e.status === 413) { conv.dirty = false; conv.tooLarge = true; toast(t('convTooLarge')); saveConvs(); }
+      // Anything else (offline, a restart): it stays dirty and the next sync saves it.
+      return;
+    }
+    conv.serverAt = r.updated_at;
+    conv.updated = r.updated_at;
+    conv.count = messages.length;
+    conv.loaded = true;
+    conv.tooLarge = false;
+    // Changed again while this save was on its way: the save queued after it sends that.
+    if (conv.rev === rev) conv.dirty = false;
+    saveConvs();
+  }
+
+  /** The conversation changed elsewhere since we loaded it: the server's version takes its
+   * place, and ours is kept as a copy (nothing typed or answered is lost). */
+  function conflicted(conv, current) {
+    const copy = {
+      id: newConvId(), title: (conv.title || t('newChat')) + t('copySuffix'), source: 'web',
+      created: Date.now(), updated: Date.now(), messages: conv.messages, dirty: true,
+    };
+    state.convs.unshift(copy);
+    adoptServer(conv, current);
+    saveConvs();
+    renderConvList();
+    if (state.currentId === conv.id) renderThread();
+    toast(t('convConflict'));
+    pushConv(copy);
+  }
+
+  /** Takes a conversation as the server sent it (GET or a conflict's `current`). */
+  function adoptServer(conv, r) {
+    conv.messages = (Array.isArray(r.messages) ? r.messages : [])
+      .filter((m) => m && typeof m.content === 'string')
+      .map((m) => {
+        const out = { role: m.role === 'assistant' ? 'assistant' : 'user', content: m.content };
+        if (typeof m.at === 'number') out.at = m.at;
+        if (m.model) out.model = String(m.model);
+        return out;
+      });
+    if (typeof r.title === 'string') conv.title = r.title;
+    conv.source = r.source || 'web';
+    conv.serverAt = r.updated_at;
+    conv.updated = r.updated_at || conv.updated;
+    conv.count = conv.messages.length;
+    conv.loaded = true;
+    conv.dirty = false;
+  }
+
+  /** Fetches the messages of a listed conversation not opened here yet (or changed). */
+  async function loadConv(conv) {
+    if (conv.loaded || serverConvs !== true) return;
+    let r;
+    try {
+      r = await api('/api/conversations/' + encodeURIComponent(conv.id));
+    } catch (e) {
+      if (e.status === 404 && state.convs.includes(conv) && !conv.dirty) {
+        removeConv(conv);
+      } else if (e.status !== 401 && state.currentId === conv.id && !conv.messages.length) {
+        showBanner(t('convLoadFailed'));
+      }
+      return;
+    }
+    if (conv.dirty || state.streams.has(conv.id) || !state.convs.includes(conv)) return;
+    adoptServer(conv, r);
+    saveConvs();
+    renderConvList();
+    if (state.currentId === conv.id) { renderThread(); updateComposer(); scrollToBottom(true); }
+  }
+
+  function removeConv(conv) {
+    state.convs = state.convs.filter((c) => c !== conv);
+    saveConvs();
+    if (state.currentId === conv.id) { state.currentId = null; renderThread(); updateComposer(); }
+    renderConvList();
+  }
+
+  /** How often an open page asks for the list (besides on load and on coming back). */
+  const CONV_SYNC_MS = 60000;
+  let syncing = null;
+  /** Brings the list in line with the server's, and saves what only this browser has. */
+  function syncConvs() {
+    if (!state.token || state.view !== 'chat') return Promise.resolve();
+    if (!syncing) syncing = syncNow().finally(() => { syncing = null; });
+    return syncing;
+  }
+
+  async function syncNow() {
+    const uid = state.uid;
+    let r;
+    try {
+      r = await api('/api/conversations');
+    } catch (e) {
+      // An older server without the API: conversations stay in this browser.
+      if (e.status === 404 || e.status === 405) serverConvs = false;
+      return;
+    }
+    if (uid !== state.uid) return;
+    serverConvs = true;
+    const listed = Array.isArray(r.conversations) ? r.conversations : [];
+    const byId = new Map(state.convs.map((c) => [c.id, c]));
+    const seen = new Set();
+    const toPush = [];
+    for (const sc of listed) {
+      if (!sc || typeof sc.id !== 'string') continue;
+      seen.add(sc.id);
+      let c = byId.get(sc.id);
+      if (!c) {
+        c = { id: sc.id, messages: [], loaded: false };
+        state.convs.push(c);
+      }
+      if (state.streams.has(c.id)) continue; // saved when its answer ends
+      if (c.dirty) { if (!c.tooLarge) toPush.push(c); continue; } // ours is newer (saved offline)
+      if (typeof sc.title === 'string') c.title = sc.title;
+      c.source = sc.source || 'web';
+      c.count = sc.count;
+      c.updated = sc.updated_at;
+      if (c.serverAt !== sc.updated_at) c.loaded = false;
+    }
+    for (const c of state.convs.slice()) {
+      if (seen.has(c.id) || state.streams.has(c.id)) continue;
+      if (isPlatform(c) || (typeof c.serverAt === 'number' && !c.dirty)) {
+        // Deleted on another device (or pruned, or a platform's memory cleared): gone here
+        // too. Platform conversations only ever live on the server.
+        state.convs = state.convs.filter((x) => x !== c);
+        if (state.currentId === c.id) state.currentId = null;
+        continue;
+      }
+      if (!c.messages.length || c.tooLarge) continue;
+      // Only in this browser (from before, or saved offline): move it to the server.
+      if (!/^w_/.test(c.id) || !CONV_ID_RE.test(c.id)) {
+        const id = CONV_ID_RE.test('w_' + c.id) ? 'w_' + c.id : newConvId();
+        if (state.currentId === c.id) state.currentId = id;
+        c.id = id;
+      }
+      c.serverAt = undefined;
+      toPush.push(c);
+    }
+    saveConvs();
+    renderConvList();
+    const cur = currentConv();
+    if (cur && !cur.loaded && seen.has(cur.id)) loadConv(cur);
+    else if (!cur) { renderThread(); updateComposer(); }
+    await Promise.all(toPush.map((c) => { c.dirty = true; return pushConv(c); }));
+  }
+
   // ---------------------------------------------------------------- i18n in the DOM
 
   function applyLang() {
@@ -1000,6 +1609,8 @@
       renderThread();
       renderBalance();
       renderBuy();
+      renderModels();
+      updateComposer();
     }
   }
 
@@ -1427,6 +2038,7 @@
     loadConvs();
     newChat(false);
     renderConvList();
+    syncConvs();
     $('buy-open').hidden = !state.config.buy;
     $('account-buy').hidden = !state.config.buy;
     renderBalance();
@@ -1440,8 +2052,14 @@
     else if (!IS_PHONE) $('chat-input').focus();
   }
 
+  // Model picker -------------------------------------------------------------
+  // A button showing the model and its price, opening a listbox (the WAI-ARIA "select-only
+  // combobox" pattern): arrows move, Enter or Space picks, Escape closes, typing a letter
+  // jumps. Prices come from /api/config; which models this user may use from /v1/models.
+
+  let pickedModel = null;
+
   async function loadModels() {
-    const select = $('model-select');
     try {
       const r = await api('/v1/models');
       state.models = (r.data || []).map((m) => m.id).filter(Boolean);
@@ -1450,14 +2068,106 @@
       return;
     }
     const saved = readStore(MODEL_KEY);
-    select.textContent = '';
-    for (const id of state.models) select.append(el('option', { value: id, text: id }));
-    if (saved && state.models.includes(saved)) select.value = saved;
-    select.disabled = state.models.length < 2;
+    const dflt = state.config && state.config.default_model;
+    pickedModel = saved && state.models.includes(saved) ? saved
+      : dflt && state.models.includes(dflt) ? dflt : state.models[0] || null;
+    renderModels();
+  }
+
+  function modelInfo(id) {
+    const list = (state.config && state.config.models) || [];
+    return list.find((m) => m && m.id === id) || null;
+  }
+
+  /** "3 额度/条", with the per-token part when the model has one. */
+  function priceText(id) {
+    const m = modelInfo(id);
+    if (!m) return '';
+    let text = t('priceEach', { n: m.credits });
+    if (m.credits_per_1k_tokens) text += ' ' + t('pricePer1k', { n: m.credits_per_1k_tokens });
+    return text;
+  }
+
+  function renderModels() {
+    const id = pickedModel || '';
+    $('model-name').textContent = id || '–';
+    $('model-price').textContent = priceText(id);
+    $('model-button').disabled = state.models.length < 2;
+    const list = $('model-list');
+    list.textContent = '';
+    state.models.forEach((m, i) => {
+      const info = modelInfo(m);
+      const tags = [];
+      if (info && info.paid_only) tags.push(el('span', { class: 'model-tag', text: t('modelPaidOnly') }));
+      if (info && info.vision) tags.push(el('span', { class: 'model-tag', text: t('modelVision') }));
+      const li = el('li', {
+        id: 'model-opt-' + i, role: 'option', class: 'model-option', 'data-testid': 'model-option', 'data-model': m,
+        'aria-selected': m === id ? 'true' : 'false',
+      },
+      el('span', { class: 'model-option-main' },
+        el('span', { class: 'model-option-name', text: m }),
+        el('span', { class: 'model-option-price', text: priceText(m) })),
+      tags.length ? el('span', { class: 'model-tags' }, ...tags) : null);
+      li.insertAdjacentHTML('beforeend', '<svg class="model-check" viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M5 12l5 5 9-10" fill="none" stroke="currentColor" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round"/></svg>');
+      li.addEventListener('click', () => pickModel(m));
+      li.addEventListener('mousemove', () => setActiveOption(i));
+      list.append(li);
+    });
+  }
+
+  let activeOption = -1;
+  function setActiveOption(i) {
+    const opts = $('model-list').querySelectorAll('[role="option"]');
+    if (!opts.length) return;
+    activeOption = Math.max(0, Math.min(opts.length - 1, i));
+    opts.forEach((o, k) => o.classList.toggle('active', k === activeOption));
+    $('model-list').setAttribute('aria-activedescendant', opts[activeOption].id);
+    opts[activeOption].scrollIntoView({ block: 'nearest' });
+  }
+
+  function openModels() {
+    if (state.models.length < 2) return;
+    const list = $('model-list');
+    list.hidden = false;
+    $('model-button').setAttribute('aria-expanded', 'true');
+    setActiveOption(Math.max(0, state.models.indexOf(pickedModel)));
+    list.focus();
+  }
+
+  function closeModels(refocus) {
+    const list = $('model-list');
+    if (list.hidden) return;
+    list.hidden = true;
+    $('model-button').setAttribute('aria-expanded', 'false');
+    if (refocus) $('model-button').focus();
+  }
+
+  function pickModel(id) {
+    pickedModel = id;
+    writeStore(MODEL_KEY, id);
+    renderModels();
+    closeModels(true);
+    announce(t('modelPicked', { model: id }));
+  }
+
+  function modelKeys(e) {
+    const n = state.models.length;
+    if (e.key === 'ArrowDown') { e.preventDefault(); setActiveOption(activeOption + 1); }
+    else if (e.key === 'ArrowUp') { e.preventDefault(); setActiveOption(activeOption - 1); }
+    else if (e.key === 'Home') { e.preventDefault(); setActiveOption(0); }
+    else if (e.key === 'End') { e.preventDefault(); setActiveOption(n - 1); }
+    else if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); if (state.models[activeOption]) pickModel(state.models[activeOption]); }
+    else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); closeModels(true); }
+    else if (e.key === 'Tab') closeModels(false);
+    else if (e.key.length === 1 && /\S/.test(e.key)) {
+      const k = state.models.findIndex((m, i) => i > activeOption && m.toLowerCase().startsWith(e.key.toLowerCase()));
+      const j = k >= 0 ? k : state.models.findIndex((m) => m.toLowerCase().startsWith(e.key.toLowerCase()));
+      if (j >= 0) setActiveOption(j);
+    }
   }
 
   function currentModel() {
-    return $('model-select').value || readStore(MODEL_KEY) || state.models[0] || '';
+    return pickedModel || readStore(MODEL_KEY) || state.models[0] || '';
   }
 
   function renderSuggestions() {
@@ -1473,14 +2183,20 @@
   function renderConvList() {
     const list = $('conv-list');
     list.textContent = '';
-    const convs = state.convs.filter((c) => c.messages.length);
+    const convs = state.convs.filter(hasContent);
+    convs.sort((a, b) => (b.updated || 0) - (a.updated || 0));
     $('conv-empty').hidden = convs.length > 0;
     for (const c of convs) {
-      const title = c.title || t('newChat');
+      const title = convTitle(c);
       const open = el('button', {
-        type: 'button', class: 'conv-open', 'data-testid': 'conversation-item',
+        type: 'button', class: 'conv-open', 'data-testid': 'conversation-item', 'data-source': c.source || 'web',
         'aria-current': c.id === state.currentId ? 'true' : null, title,
       }, el('span', { class: 'conv-title', text: title }));
+      // Platform conversations: the label says where (in the page's language).
+      // (The server's title is its own label, then " · ACCOUNT" when the user follows two
+      // accounts of one platform: only that account is worth adding.)
+      const account = isPlatform(c) && typeof c.title === 'string' && c.title.indexOf(' · ') > 0 ? c.title.slice(c.title.indexOf(' · ') + 3) : '';
+      if (account) open.append(el('span', { class: 'conv-sub', text: account }));
       if (state.streams.has(c.id)) open.append(el('span', { class: 'conv-dot', 'aria-hidden': 'true' }));
       open.addEventListener('click', () => {
         switchConv(c.id);
@@ -1504,6 +2220,8 @@
     renderThread();
     updateComposer();
     scrollToBottom(true);
+    const conv = currentConv();
+    if (conv && !conv.loaded && serverConvs === true) loadConv(conv);
   }
 
   function newChat(focus) {
@@ -1531,9 +2249,24 @@
     const items = $('conv-list').querySelectorAll('.conv-del');
     const next = items[Math.min(idx, items.length - 1)];
     (next || $('new-chat')).focus();
-    toast(t('deleted'), {
+    const onServer = serverConvs === true && (typeof conv.serverAt === 'number' || isPlatform(conv) || conv.dirty);
+    if (onServer) {
+      api('/api/conversations/' + encodeURIComponent(id), { method: 'DELETE' }).catch((e) => {
+        if (e.status === 404 || e.status === 401) return;
+        // Not deleted: it comes back, and says so.
+        if (!state.convs.includes(conv)) { state.convs.push(conv); saveConvs(); renderConvList(); }
+        toast(t('deleteFailed'));
+      });
+    }
+    // A platform conversation's memory is gone with it (as "/new" there): nothing to undo.
+    toast(isPlatform(conv) ? t('deletedPlatform') : t('deleted'), isPlatform(conv) ? null : {
       label: t('undo'),
-      run() { state.convs.push(conv); saveConvs(); renderConvList(); },
+      run() {
+        state.convs.push(conv);
+        saveConvs();
+        renderConvList();
+        if (onServer) { conv.serverAt = undefined; pushConv(conv); }
+      },
     });
   }
 
@@ -1541,11 +2274,20 @@
    * user text is only ever text. */
   function messageNode(conv, msg, index) {
     if (msg.role === 'user') {
-      return el('div', { class: 'msg msg-user', 'data-testid': 'message-user', role: 'article', 'aria-label': t('you') },
-        el('div', { class: 'bubble', text: msg.content }));
+      const node = el('div', { class: 'msg msg-user', 'data-testid': 'message-user', 'data-index': index, role: 'article', 'aria-label': t('you') },
+        el('div', { class: 'bubble', text: msg.content }),
+        el('div', { class: 'msg-foot' }));
+      const foot = node.lastChild;
+      foot.append(el('button', { type: 'button', class: 'link-btn', 'data-copy-msg': '', text: t('copy') }));
+      if (!isPlatform(conv) && !state.streams.has(conv.id)) {
+        const edit = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'edit-message', text: t('edit') });
+        edit.addEventListener('click', () => startEdit(conv, index, node));
+        foot.append(edit);
+      }
+      return node;
     }
     const node = el('div', {
-      class: 'msg msg-assistant', 'data-testid': 'message-assistant', 'data-state': msg.state || 'done',
+      class: 'msg msg-assistant', 'data-testid': 'message-assistant', 'data-index': index, 'data-state': msg.state || 'done',
       role: 'article', 'aria-label': t('assistant'),
     },
       el('div', { class: 'md' }),
@@ -1555,18 +2297,75 @@
     return node;
   }
 
+  /** Edit-and-resend: the question becomes a text box; saving drops everything after it
+   * and asks again with the new text (the old answers are gone, as in other chat apps). */
+  function startEdit(conv, index, node) {
+    if (state.streams.has(conv.id)) return;
+    const msg = conv.messages[index];
+    const box = el('textarea', { class: 'edit-input', 'data-testid': 'edit-input', rows: '3', 'aria-label': t('editLabel') });
+    box.value = msg.content;
+    const save = el('button', { type: 'submit', class: 'btn primary small-btn', 'data-testid': 'edit-save', text: t('editSave') });
+    const cancel = el('button', { type: 'button', class: 'btn small-btn', 'data-testid': 'edit-cancel', text: t('cancel') });
+    const form = el('form', { class: 'edit-form', novalidate: true }, box, el('div', { class: 'edit-actions' }, cancel, save));
+    const sync = () => { save.disabled = !box.value.trim(); };
+    box.addEventListener('input', sync);
+    box.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) { e.preventDefault(); form.requestSubmit(); }
+      else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); renderThread(); }
+    });
+    cancel.addEventListener('click', () => renderThread());
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = box.value.replace(/\s+$/, '');
+      if (!text.trim() || state.streams.has(conv.id)) return;
+      conv.messages = conv.messages.slice(0, index);
+      conv.messages.push({ role: 'user', content: text, at: Date.now() });
+      if (index === 0) conv.title = titleFrom(text);
+      startAnswer(conv);
+    });
+    node.textContent = '';
+    node.classList.add('editing');
+    node.append(form);
+    sync();
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  /** Answer element -> { head, count }: the settled markdown already on screen and how many
+   * child nodes it made (see splitStable). */
+  const streamed = new WeakMap();
+
+  /** Renders a streaming answer: settled blocks are added once, only the tail is redone. */
+  function paintStreaming(md, src) {
+    let st = streamed.get(md);
+    const { head, tail } = splitStable(src);
+    if (!st || !head.startsWith(st.head)) {
+      md.textContent = '';
+      st = { head: '', count: 0 };
+      streamed.set(md, st);
+    }
+    while (md.childNodes.length > st.count) md.lastChild.remove();
+    if (head.length > st.head.length) {
+      md.insertAdjacentHTML('beforeend', renderMarkdown(head.slice(st.head.length)));
+      st.head = head;
+      st.count = md.childNodes.length;
+    }
+    md.insertAdjacentHTML('beforeend', renderMarkdown(tail));
+  }
+
   /** Updates an assistant message's element from its state. */
   function fillMessage(conv, msg, index) {
     const node = nodes.get(msg);
     if (!node) return;
     node.dataset.state = msg.state || 'done';
     const md = node.querySelector('.md');
-    if (msg.content) md.innerHTML = renderMarkdown(msg.content);
-    else if (msg.state === 'streaming') md.innerHTML = '<span class="typing" aria-hidden="true"><i></i><i></i><i></i></span>';
+    if (msg.content && msg.state === 'streaming') paintStreaming(md, msg.content);
+    else if (msg.content) { streamed.delete(md); md.innerHTML = renderMarkdown(msg.content); } else if (msg.state === 'streaming') md.innerHTML = '<span class="typing" aria-hidden="true"><i></i><i></i><i></i></span>';
     else md.textContent = '';
     const foot = node.querySelector('.msg-foot');
     foot.textContent = '';
     if (msg.state === 'streaming') return;
+    if (msg.model) foot.append(el('span', { class: 'tag tag-model', 'data-testid': 'answer-model', text: msg.model }));
     if (msg.state === 'stopped') foot.append(el('span', { class: 'tag', text: t('stopped') }));
     if (msg.state === 'error') {
       foot.append(el('span', { class: 'tag tag-error', 'data-testid': 'answer-error', text: msg.error || t('answerFailed') }));
@@ -1581,7 +2380,7 @@
       foot.append(copy);
     }
     const isLast = index === conv.messages.length - 1;
-    if (isLast && !state.streams.has(conv.id) && canRetry(msg)) {
+    if (isLast && !state.streams.has(conv.id) && canRetry(msg) && !isPlatform(conv)) {
       const again = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'regenerate', text: t('regenerate') });
       again.addEventListener('click', () => regenerate(conv));
       foot.append(again);
@@ -1615,8 +2414,14 @@
     const thread = $('thread');
     thread.textContent = '';
     nodes = new WeakMap();
-    $('welcome').hidden = !!(conv && conv.messages.length);
+    $('welcome').hidden = !!(conv && hasContent(conv));
+    $('export-chat').hidden = !(conv && conv.messages.length);
     if (!conv) return;
+    if (!conv.messages.length && !conv.loaded) {
+      thread.append(el('p', { class: 'muted thread-loading', role: 'status', text: t('loading') }));
+      return;
+    }
+    if (isPlatform(conv)) thread.append(el('p', { class: 'muted small platform-note', 'data-testid': 'platform-note', text: t('platformNote', { where: platformName(SOURCE_PLATFORM[conv.source] || conv.source) }) }));
     conv.messages.forEach((m, i) => thread.append(messageNode(conv, m, i)));
   }
 
@@ -1634,6 +2439,32 @@
     const streaming = !!(conv && state.streams.has(conv.id));
     $('send').hidden = streaming;
     $('stop').hidden = !streaming;
+    // Nothing to send (an empty box) or an answer still coming: the button says so.
+    $('send').disabled = streaming || !$('chat-input').value.trim();
+    $('export-chat').hidden = !(conv && conv.messages.length);
+  }
+
+  /** The conversation as a Markdown file, downloaded. */
+  function exportConv() {
+    const conv = currentConv();
+    if (!conv || !conv.messages.length) return;
+    const title = convTitle(conv);
+    const d = new Date();
+    const stamp = d.getFullYear() + '-' + pad2(d.getMonth() + 1) + '-' + pad2(d.getDate()) + ' ' + pad2(d.getHours()) + ':' + pad2(d.getMinutes());
+    let out = '# ' + title.replace(/\n/g, ' ') + '\n\n> ' + t('exportedAt', { time: stamp }) + '\n';
+    for (const m of conv.messages) {
+      if (m.role !== 'user' && !(m.content && m.content.trim())) continue;
+      const who = m.role === 'user' ? t('you') : m.model ? t('assistant') + ' · ' + m.model : t('assistant');
+      out += '\n## ' + who + '\n\n' + m.content.replace(/\s+$/, '') + '\n';
+    }
+    const name = (title.replace(/[\\/:*?"<>|\u0000-\u001f]+/g, ' ').trim().slice(0, 60) || 'chat') + '.md';
+    const url = URL.createObjectURL(new Blob([out], { type: 'text/markdown;charset=utf-8' }));
+    const a = el('a', { href: url, download: name, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    announce(t('exported'));
   }
 
   function autosize() {
@@ -1649,13 +2480,14 @@
     let conv = currentConv();
     if (conv && state.streams.has(conv.id)) return;
     if (!conv) {
-      conv = { id: randomId(), title: titleFrom(text), created: Date.now(), updated: Date.now(), messages: [] };
+      conv = { id: newConvId(), title: titleFrom(text), source: 'web', created: Date.now(), updated: Date.now(), messages: [], loaded: true };
       state.convs.unshift(conv);
       state.currentId = conv.id;
     }
-    conv.messages.push({ role: 'user', content: text });
+    conv.messages.push({ role: 'user', content: text, at: Date.now() });
     input.value = '';
     autosize();
+    updateComposer();
     startAnswer(conv);
   }
 
@@ -1677,7 +2509,7 @@
 
   function startAnswer(conv) {
     hideBanner();
-    const msg = { role: 'assistant', content: '', state: 'streaming' };
+    const msg = { role: 'assistant', content: '', state: 'streaming', model: currentModel(), at: Date.now() };
     conv.messages.push(msg);
     conv.updated = Date.now();
     saveConvs();
@@ -1707,12 +2539,19 @@
     let failure = null;
     try {
       let res;
+      // A platform conversation is continued by the server with its memory; a web one is
+      // sent whole to the stateless /v1 API.
+      const platform = isPlatform(conv);
+      const question = wireMessages(conv, msg).filter((m) => m.role === 'user').pop();
       try {
-        res = await fetch('/v1/chat/completions', {
+        res = await fetch(platform ? '/api/conversations/' + encodeURIComponent(conv.id) + '/messages' : '/v1/chat/completions', {
           method: 'POST',
-          headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream', Authorization: 'Bearer ' + state.token, 'X-Chatrelay-Client': 'web' },
-          body: JSON.stringify({
-            model: currentModel(),
+          headers: {
+            'Content-Type': 'application/json', Accept: 'text/event-stream', Authorization: 'Bearer ' + state.token,
+            'X-Chatrelay-Client': 'web', 'Accept-Language': acceptLanguage(),
+          },
+          body: JSON.stringify(platform ? { content: question ? question.content : '', model: msg.model } : {
+            model: msg.model,
             messages: wireMessages(conv, msg),
             stream: true,
             stream_options: { include_usage: true },
@@ -1779,6 +2618,8 @@
       clearTimeout(saveTimer);
       saveTimer = 0;
       saveConvs();
+      // The server has the platform conversation's new turns; a web one is saved whole.
+      if (isPlatform(conv)) { conv.count = conv.messages.length; } else if (state.token) pushConv(conv);
       if (conv.id === state.currentId) {
         fillMessage(conv, msg, conv.messages.indexOf(msg));
         updateComposer();
@@ -1803,6 +2644,8 @@
     if (code === 'upstream_error') return t('errUpstream');
     if (code === 'model_not_found') { loadModels(); return t('errModel'); }
     if (code === 'account_deactivated') return t('errBanned');
+    // A platform conversation cleared or deleted elsewhere (the server's text is bilingual).
+    if (code === 'not_found') return t('convGone');
     if (e.status === 401) return t('expired');
     if (e.status === 0) return e.message;
     if (e.status === 503 || e.status === 502 || code === 'service_unavailable') return t('errUnavailable');
@@ -1839,11 +2682,43 @@
         // Tokens from before the uid was stored: adopt it, and the matching history.
         state.uid = String(me.uid);
         writeStore(UID_KEY, state.uid);
-        if (!state.streams.size) { loadConvs(); renderConvList(); renderThread(); }
+        if (!state.streams.size) { loadConvs(); renderConvList(); renderThread(); syncConvs(); }
       }
       renderBalance();
       refreshLastAnswer();
     } catch (_) { /* the chip keeps its last value; 401 is handled by api() */ }
+  }
+
+  /** A ledger entry's reason in the page's language. The server writes the ones it makes in
+   * fixed forms ("guest trial", "answer (MODEL)", "order ID: NAME (会员 …)"); reasons an
+   * operator typed are shown as typed. */
+  function reasonText(reason) {
+    let r = String(reason || '');
+    let note = '';
+    let m = / \(会员 (.+) (\d{4}-\d{2}-\d{2}) 至 (\d{4}-\d{2}-\d{2})\)$/.exec(r);
+    if (m) { note = t('reason_plan', { name: m[1], start: m[2], end: m[3] }); r = r.slice(0, m.index); } else if ((m = / \(会员 (.+) 已结束\)$/.exec(r))) {
+      note = t('reason_planEnded', { name: m[1] });
+      r = r.slice(0, m.index);
+    }
+    let out;
+    if (r === 'guest trial') out = t('reason_guest');
+    else if (r === 'answer not delivered') out = t('reason_undelivered');
+    else if ((m = /^answer \((.+)\)$/.exec(r))) out = t('reason_answer', { model: m[1] });
+    else if ((m = /^refund of order (\S+): ([\s\S]*)$/.exec(r))) out = t('reason_refund', { id: m[1], why: m[2] });
+    else if ((m = /^order (\S+): ([\s\S]*)$/.exec(r))) out = t('reason_order', { id: m[1], name: m[2] });
+    else if ((m = /^兑换码 (\S+)$/.exec(r))) out = t('reason_code', { id: m[1] });
+    else out = r;
+    return out + note;
+  }
+
+  /** The account's name as shown: users the server made by themselves are named by what
+   * made them (a guest; "mp:ACCOUNT:OPENID" for a follower of the Official Account), not by
+   * those internal keys. */
+  function displayName(name) {
+    const n = String(name || '');
+    if (n === 'guest') return t('guestName');
+    const m = /^(mp|wecom|zsxq|tg|web|api):/.exec(n);
+    return m ? t('userOf', { where: platformName(m[1]) }) : n;
   }
 
   function signed(n) { return (n > 0 ? '+' : n < 0 ? '−' : '') + Math.abs(n); }
@@ -1862,7 +2737,7 @@
     const held = $('balance-held');
     held.hidden = !(b && b.held > 0);
     if (b && b.held > 0) held.textContent = t('held', { n: b.held });
-    $('account-name').textContent = me ? t('userLine', { name: me.name || '', uid: me.uid }) : '';
+    $('account-name').textContent = me ? t('userLine', { name: displayName(me.name), uid: me.uid }) : '';
     const list = $('usage-list');
     list.textContent = '';
     const usage = ((me && me.usage) || []).slice().sort((x, y) => y.at - x.at);
@@ -1878,7 +2753,7 @@
           el('span', { class: 'usage-delta ' + (total >= 0 ? 'pos' : 'neg'), text: parts.join(' · ') || '0' })),
         el('div', { class: 'usage-sub muted small' },
           el('time', { datetime: new Date(u.at * 1000).toISOString(), text: formatTime(u.at) }),
-          u.reason ? el('span', { class: 'usage-reason', text: u.reason }) : null)));
+          u.reason ? el('span', { class: 'usage-reason', text: reasonText(u.reason) }) : null)));
     }
   }
 
@@ -1936,7 +2811,12 @@
   // the page before the last one shown.
 
   const answers = { next: null, seq: 0, busy: false };
-  const PLATFORM_NAMES = { web: '网页', api: 'API', mp: '公众号', wecom: '企业微信', zsxq: '知识星球', tg: 'Telegram' };
+  /** Where an answer was asked, in the page's language (unknown ones as the server says). */
+  function platformName(p) {
+    const k = 'platform_' + p;
+    const s = t(k);
+    return s === k ? String(p || '') : s;
+  }
 
   function answerItem(r) {
     const extra = r.outcome && r.outcome !== 'answered'
@@ -1951,7 +2831,7 @@
         el('span', { class: 'usage-delta neg answer-credits', text: t('answerCredits', { n: r.credits.total }) })),
       el('div', { class: 'usage-sub muted small' },
         el('time', { datetime: new Date(r.at * 1000).toISOString(), text: formatTime(r.at) }),
-        el('span', { text: PLATFORM_NAMES[r.platform] || r.platform }),
+        el('span', { text: platformName(r.platform) }),
         el('span', { class: 'usage-reason', text: t('answerTokens', { p: r.prompt_tokens, c: r.completion_tokens }) }),
         parts.length ? el('span', { text: parts.join(' · ') }) : null,
         extra ? el('span', { class: 'answer-outcome', text: extra }) : null));
@@ -2027,6 +2907,7 @@
     $('menu-open').setAttribute('aria-expanded', 'true');
     $('main').inert = true;
     $('sidebar-close').focus();
+    syncConvs();
   }
   function closeDrawer() {
     if (!$('chat-view').classList.contains('drawer-open')) return;
@@ -2117,6 +2998,18 @@
     return channel === 'alipay' && CLIENT === 'wechat' && methodFor(channel) === '' && !!buy.methods;
   }
 
+  /** The payment methods' marks, drawn here (simple shapes in each brand's colour; no
+   * trademark files are downloaded or shipped). */
+  const PAY_LOGOS = {
+    wechat: '<svg class="pay-logo" data-testid="logo-wechat" viewBox="0 0 32 32" aria-hidden="true" focusable="false">' +
+      '<rect width="32" height="32" rx="7" fill="#07c160"/>' +
+      '<path d="M16 7.5c-5.2 0-9.3 3.4-9.3 7.7 0 2.4 1.3 4.5 3.3 5.9l-.7 2.6 3.1-1.6c1.1.3 2.3.5 3.6.5 5.2 0 9.3-3.4 9.3-7.4S21.2 7.5 16 7.5z" fill="#fff"/>' +
+      '<path d="M11.3 14.6l3.2 3 6.3-6" fill="none" stroke="#07c160" stroke-width="2.3" stroke-linecap="round" stroke-linejoin="round"/></svg>',
+    alipay: '<svg class="pay-logo" data-testid="logo-alipay" viewBox="0 0 32 32" aria-hidden="true" focusable="false">' +
+      '<rect width="32" height="32" rx="7" fill="#1677ff"/>' +
+      '<path d="M8 9.5h16M16 5.5v8M9.5 13.5h13M21.5 13.5c-2.4 6.5-7 10-13.5 11.5M10.5 17c3.4 3.3 8.4 6.3 14 8" fill="none" stroke="#fff" stroke-width="2.3" stroke-linecap="round" stroke-linejoin="round"/></svg>',
+  };
+
   const currentProduct = () => (buy.products || []).find((p) => p.id === buy.productId) || null;
 
   function renderBuy() {
@@ -2152,7 +3045,8 @@
       const b = el('button', {
         type: 'button', class: 'channel channel-' + c, 'data-testid': 'channel-' + c,
         'aria-pressed': c === buy.channel ? 'true' : 'false',
-      }, el('span', { class: 'channel-mark', 'aria-hidden': 'true' }), t('ch_' + c));
+      }, el('span', { class: 'channel-name', text: t('ch_' + c) }));
+      b.insertAdjacentHTML('afterbegin', PAY_LOGOS[c] || '');
       b.addEventListener('click', () => {
         if (buy.channel === c && buy.order) return;
         buy.channel = c;
@@ -2620,10 +3514,17 @@
         if (!(conv && state.streams.has(conv.id))) send();
       }
     });
-    input.addEventListener('input', autosize);
+    input.addEventListener('input', () => { autosize(); updateComposer(); });
+    $('export-chat').addEventListener('click', exportConv);
     $('stop').addEventListener('click', stopCurrent);
     $('new-chat').addEventListener('click', () => newChat(true));
-    $('model-select').addEventListener('change', (e) => writeStore(MODEL_KEY, e.target.value));
+    $('model-button').addEventListener('click', () => ($('model-list').hidden ? openModels() : closeModels(true)));
+    $('model-button').addEventListener('keydown', (e) => {
+      if (e.key === 'ArrowDown' || e.key === 'ArrowUp') { e.preventDefault(); openModels(); }
+    });
+    $('model-list').addEventListener('keydown', modelKeys);
+    $('model-list').addEventListener('focusout', (e) => { if (!$('model-picker').contains(e.relatedTarget)) closeModels(false); });
+    document.addEventListener('pointerdown', (e) => { if (!$('model-picker').contains(e.target)) closeModels(false); });
     $('logout').addEventListener('click', () => signOut('loggedOut'));
     $('account-open').addEventListener('click', openAccount);
     $('account-open-2').addEventListener('click', openAccount);
@@ -2657,7 +3558,7 @@
       } else {
         const conv = currentConv();
         const node = btn.closest('.msg');
-        const idx = Array.prototype.indexOf.call($('thread').children, node);
+        const idx = node ? Number(node.dataset.index) : -1;
         text = conv && conv.messages[idx] ? conv.messages[idx].content : '';
       }
       const ok = await copyText(text);
@@ -2681,6 +3582,8 @@
       if (location.hash === '#buy') openBuy();
     });
     window.addEventListener('resize', () => { if (!isNarrow()) closeDrawer(); });
+    // Conversations changed on another device show up while this one is open, too.
+    setInterval(() => { if (document.visibilityState === 'visible') syncConvs(); }, CONV_SYNC_MS);
     window.addEventListener('pageshow', (e) => {
       if (!e.persisted || buy.payState !== 'leaving') return;
       buy.payState = 'returned';
@@ -2691,6 +3594,7 @@
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState !== 'visible' || state.view !== 'chat') return;
       refreshMe();
+      syncConvs();
       if (!$('buy-panel').hidden && buy.order && buy.order.status === 'created') pollSoon(0);
     });
   }
