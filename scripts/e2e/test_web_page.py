@@ -267,6 +267,15 @@ def test_send_button_enter_and_shift_enter(demo, browser):  # noqa: F811
     page.context.close()
 
 
+def drawer_gone(page):
+    """Waits until the phone's conversation drawer has slid away (0.2 s) and is hidden, so
+    that a screenshot does not catch it half-way (or its shadow)."""
+    page.wait_for_function("""() => {
+        const s = document.getElementById('sidebar');
+        return s.getBoundingClientRect().right <= 0 && getComputedStyle(s).visibility === 'hidden';
+    }""")
+
+
 def test_model_picker_shows_prices_and_the_pick_is_used(demo, browser):  # noqa: F811
     page = guest(demo, browser, DESKTOP)
     picker = page.get_by_test_id("model-select")
@@ -297,6 +306,7 @@ def test_model_picker_shows_prices_and_the_pick_is_used(demo, browser):  # noqa:
     page.reload()
     expect(page.get_by_test_id("model-select")).to_contain_text(DEAR)
     page.set_viewport_size(PHONE)
+    drawer_gone(page)
     page.get_by_test_id("model-select").click()
     expect(page.get_by_test_id("model-option")).to_have_count(2)
     shot(page, "phone-model-picker")
@@ -535,6 +545,7 @@ def test_an_official_account_conversation_continues_on_the_web(web, browser, ups
     sent = upstream.requests[-1][2]["messages"]
     texts = [m["content"] for m in sent if isinstance(m.get("content"), str)]
     assert "我叫小明，请记住" in texts and texts[-1] == "我叫什么？", sent
+    drawer_gone(page)
     shot(page, "phone-oa-continued")
     # And the memory has the web's turns: the next message on the Official Account sees them.
     WeChat(web, SUB).send_text(openid, "再说一遍", timeout=5)
