@@ -395,6 +395,50 @@ def test_no_english_on_the_chinese_page(web, browser):  # noqa: F811
     ctx.close()
 
 
+def web_api_error_codes():
+    """Every `error.code` the web API's routes (src/channels/web) can answer with, and the
+    redemption failures' codes."""
+    codes = set()
+    for f in (ROOT / "src" / "channels" / "web").glob("*.rs"):
+        text = f.read_text()
+        codes |= set(re.findall(r'error\(\s*StatusCode::\w+,\s*"(\w+)"', text))
+        codes |= set(re.findall(r'"code":\s*"(\w+)"', text))
+    redeem = (ROOT / "src" / "codes.rs").read_text()
+    redeem = redeem[redeem.index("pub fn code(&self)"):redeem.index("pub fn message(&self)")]
+    codes |= set(re.findall(r'=> "(\w+)"', redeem))
+    return codes
+
+
+def test_every_web_api_error_has_words_in_both_languages():
+    codes = web_api_error_codes()
+    assert {"bad_code", "too_large", "conflict", "malformed", "already_used"} <= codes, codes
+    js = (ROOT / "src" / "channels" / "web" / "app.js").read_text()
+    zh, en = js.split("\n    en: {", 1)
+    for table, name in [(zh, "zh"), (en, "en")]:
+        keys = set(re.findall(r"^\s+(err_\w+):", table, re.M))
+        missing = [c for c in codes if not any(k == f"err_{c}" or k.endswith(f"_{c}") for k in keys)]
+        assert not missing, (name, missing)
+
+
+def test_api_errors_are_shown_in_the_pages_language(demo, browser):  # noqa: F811
+    page = guest(demo, browser, DESKTOP)
+    page.get_by_test_id("account-open").click()
+    result = page.get_by_test_id("redeem-result")
+    page.get_by_test_id("redeem-code").fill("abc")
+    page.get_by_test_id("redeem-submit").click()
+    expect(result).to_contain_text("兑换码格式不对")
+    page.keyboard.press("Escape")
+    page.get_by_test_id("lang-toggle").click()
+    page.get_by_test_id("account-open").click()
+    page.get_by_test_id("redeem-code").fill("abc")
+    page.get_by_test_id("redeem-submit").click()
+    expect(result).to_contain_text("Not a redemption code")
+    page.get_by_test_id("redeem-code").fill("ABCD-EFGH-JKMN-PQRS")
+    page.get_by_test_id("redeem-submit").click()
+    expect(result).to_contain_text("No such code")
+    page.context.close()
+
+
 def test_guest_history_is_translated_both_ways(demo, browser):  # noqa: F811
     page = guest(demo, browser, PHONE)
     send(page, "试试")

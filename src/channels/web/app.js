@@ -228,6 +228,39 @@
       reason_code: '兑换码 {id}',
       reason_plan: '（会员 {name} {start} 至 {end}）',
       reason_planEnded: '（会员 {name} 已结束）',
+      // The web API's errors by their code (`error.code`), per area of the API first
+      // (`err_<area>_<code>`, the area being the path's part after /api/), then for any.
+      err_bad_code: '验证码错误或已过期',
+      err_invalid_api_key: '登录已过期，请重新登录',
+      err_model_not_found: '这个模型已不可用，请换一个模型',
+      err_throttled: '尝试次数过多，请稍后再试',
+      err_unavailable: '服务暂时不可用，请稍后再试',
+      err_bad_request: '请求格式不对，请刷新页面后再试',
+      err_not_found: '没有找到',
+      err_guest_off: '未开放试用',
+      err_unknown_product: '没有这个商品',
+      err_method_unavailable: '这个支付方式暂不可用',
+      err_channel_unavailable: '这个支付方式在这里不可用',
+      err_openid_required: '请先在微信中授权登录，再用微信支付',
+      err_provider_error: '支付服务暂时不可用，请稍后再试',
+      err_no_code: '这个订单没有二维码',
+      err_qr_failed: '二维码生成失败',
+      err_scan_login_off: '没有开通微信扫码登录',
+      err_expired: '已过期，请刷新',
+      err_too_large: '对话太长了，请新开一个对话',
+      err_conflict: '对话已在其他设备上更改',
+      err_platform_conversation: '平台上的对话不能这样修改',
+      err_web_conversation: '这个对话不是平台上的对话',
+      err_orders_not_found: '没有这个订单',
+      err_conversations_not_found: '没有这个对话',
+      err_login_expired: '二维码已过期，请刷新',
+      err_redeem_throttled: '兑换码错误次数过多，请稍后再试',
+      err_redeem_malformed: '兑换码格式不对：应为 16 位字母数字，如 XXXX-XXXX-XXXX-XXXX',
+      err_redeem_unknown_code: '兑换码不存在，请核对后再试',
+      err_redeem_already_used: '这个兑换码已被使用',
+      err_redeem_revoked: '这个兑换码已作废',
+      err_redeem_expired: '这个兑换码已过期',
+      err_redeem_plan_unavailable: '这个会员兑换码无效，请联系客服',
     },
     en: {
       htmlLang: 'en',
@@ -443,6 +476,37 @@
       reason_code: 'Redemption code {id}',
       reason_plan: ' (membership {name} {start} to {end})',
       reason_planEnded: ' (membership {name} ended)',
+      err_bad_code: 'Wrong or expired code',
+      err_invalid_api_key: 'Your session has expired; please log in again',
+      err_model_not_found: 'This model is no longer available; pick another',
+      err_throttled: 'Too many attempts; try again later',
+      err_unavailable: 'The service is unavailable; try again in a moment',
+      err_bad_request: 'The request was not understood; reload the page and try again',
+      err_not_found: 'Not found',
+      err_guest_off: 'Trying without an account is not open',
+      err_unknown_product: 'No such product',
+      err_method_unavailable: 'This payment method is not available right now',
+      err_channel_unavailable: 'This payment method is not available here',
+      err_openid_required: 'Log in through WeChat first to pay with WeChat Pay',
+      err_provider_error: 'The payment service is unavailable; try again later',
+      err_no_code: 'This order has no QR code',
+      err_qr_failed: 'The QR code could not be made',
+      err_scan_login_off: 'Logging in by scanning is not enabled',
+      err_expired: 'Expired; refresh and try again',
+      err_too_large: 'The conversation is too long; start a new one',
+      err_conflict: 'The conversation changed on another device',
+      err_platform_conversation: 'A chat platform conversation cannot be changed this way',
+      err_web_conversation: 'This conversation is not a chat platform conversation',
+      err_orders_not_found: 'No such order',
+      err_conversations_not_found: 'No such conversation',
+      err_login_expired: 'The QR code expired; refresh it',
+      err_redeem_throttled: 'Too many wrong codes; try again later',
+      err_redeem_malformed: 'Not a redemption code: 16 letters and digits, like XXXX-XXXX-XXXX-XXXX',
+      err_redeem_unknown_code: 'No such code; check it and try again',
+      err_redeem_already_used: 'This code has already been used',
+      err_redeem_revoked: 'This code was revoked',
+      err_redeem_expired: 'This code has expired',
+      err_redeem_plan_unavailable: 'This membership code is not valid; contact support',
     },
   };
 
@@ -1278,8 +1342,21 @@
     view: 'boot',
   };
 
-  /** Reads an error body in either of the server's shapes. */
-  async function errorFrom(res) {
+  /** The page's own words for a web API error (`err_<area>_<code>`, then `err_<code>`), or
+   * null for a code it has none for (the /v1 API's errors: the server words those in the
+   * page's language, and some carry the operator's texts). */
+  function errorText(path, code) {
+    if (!code || !path || !path.startsWith('/api/')) return null;
+    const area = path.slice(5).split(/[/?]/)[0];
+    for (const key of ['err_' + area + '_' + code, 'err_' + code]) {
+      if (key in I18N.zh) return t(key);
+    }
+    return null;
+  }
+
+  /** Reads an error body in either of the server's shapes; the message in the page's
+   * language when the page knows the code. */
+  async function errorFrom(res, path) {
     let code = '';
     let message = '';
     let info = null;
@@ -1291,7 +1368,7 @@
         message = body.error.message || '';
       }
     } catch (_) { /* not JSON */ }
-    return new ApiError(res.status, code, message, info);
+    return new ApiError(res.status, code, errorText(path, code) || message, info);
   }
 
   /** The server words its errors in the page's language. */
@@ -1318,7 +1395,7 @@
       throw new ApiError(0, 'network', t('networkError'));
     }
     if (!res.ok) {
-      const err = await errorFrom(res);
+      const err = await errorFrom(res, path);
       if (res.status === 401 && o.auth !== false && !o.token) sessionExpired();
       throw err;
     }
@@ -2543,8 +2620,9 @@
       // sent whole to the stateless /v1 API.
       const platform = isPlatform(conv);
       const question = wireMessages(conv, msg).filter((m) => m.role === 'user').pop();
+      const url = platform ? '/api/conversations/' + encodeURIComponent(conv.id) + '/messages' : '/v1/chat/completions';
       try {
-        res = await fetch(platform ? '/api/conversations/' + encodeURIComponent(conv.id) + '/messages' : '/v1/chat/completions', {
+        res = await fetch(url, {
           method: 'POST',
           headers: {
             'Content-Type': 'application/json', Accept: 'text/event-stream', Authorization: 'Bearer ' + state.token,
@@ -2563,7 +2641,7 @@
         if (e && e.name === 'AbortError') throw e;
         throw new ApiError(0, 'network', t('networkError'));
       }
-      if (!res.ok) throw await errorFrom(res);
+      if (!res.ok) throw await errorFrom(res, url);
       const parser = createSseParser();
       const handle = (data) => {
         if (data === '[DONE]') { finished = true; return; }
