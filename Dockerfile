@@ -12,18 +12,21 @@ ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
+# Lets a builder that keeps intermediate images find and prune this stage's (~1 GB each).
+LABEL chatrelay.stage=build
 WORKDIR /src
 COPY . .
 # The build context has no .git (.dockerignore): pass the commit for `chatrelay --version`
-# (--build-arg CHATRELAY_GIT_COMMIT=$(git rev-parse --short=12 HEAD)); SOURCE_DATE_EPOCH
-# fixes the build date.
+# (--build-arg CHATRELAY_GIT_COMMIT=$(git rev-parse --short=12 HEAD)). CHATRELAY_BUILD_DATE
+# (YYYY-MM-DD) fixes the build day; unset, it is the day of the build. (Not
+# SOURCE_DATE_EPOCH: the cc crate watches it, and a new value rebuilds every C dependency.)
 ARG CHATRELAY_GIT_COMMIT=unknown
-ARG SOURCE_DATE_EPOCH
+ARG CHATRELAY_BUILD_DATE=
 # Cache mounts keep the crates.io downloads and compiled dependencies between builds, so a
 # rebuild after a source change compiles only the workspace's own crates.
 RUN --mount=type=cache,id=chatrelay-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=chatrelay-target,target=/src/target \
-    CHATRELAY_GIT_COMMIT="${CHATRELAY_GIT_COMMIT}" SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH}" \
+    CHATRELAY_GIT_COMMIT="${CHATRELAY_GIT_COMMIT}" CHATRELAY_BUILD_DATE="${CHATRELAY_BUILD_DATE}" \
     RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin chatrelay \
  && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/chatrelay /out/chatrelay \

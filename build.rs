@@ -1,9 +1,9 @@
 //! Build metadata for `chatrelay --version`: the git commit and the build date.
 //!
 //! The commit comes from `CHATRELAY_GIT_COMMIT` when set (container builds, whose context has
-//! no `.git`), else `git rev-parse`, else "unknown". The date honours `SOURCE_DATE_EPOCH`
-//! (reproducible builds), else the current time; it is a UTC day, so rebuilding the same
-//! commit on the same day gives the same binary.
+//! no `.git`), else `git rev-parse`, else "unknown". The date is `CHATRELAY_BUILD_DATE`
+//! (`YYYY-MM-DD`) when set, else the UTC day of `SOURCE_DATE_EPOCH` (reproducible builds),
+//! else of the current time.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 fn main() {
     println!("cargo:rerun-if-env-changed=CHATRELAY_GIT_COMMIT");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=CHATRELAY_BUILD_DATE");
     let commit = std::env::var("CHATRELAY_GIT_COMMIT")
         .ok()
         .map(|c| c.trim().to_owned())
@@ -37,7 +38,14 @@ fn main() {
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
         });
     println!("cargo:rustc-env=CHATRELAY_GIT_COMMIT={commit}");
-    println!("cargo:rustc-env=CHATRELAY_BUILD_DATE={}", utc_day(epoch));
+    // An explicit day wins: container builds pass it instead of SOURCE_DATE_EPOCH, which
+    // the `cc` crate also watches, so that a new commit does not rebuild ring & co.
+    let day = std::env::var("CHATRELAY_BUILD_DATE")
+        .ok()
+        .map(|d| d.trim().to_owned())
+        .filter(|d| is_day(d))
+        .unwrap_or_else(|| utc_day(epoch));
+    println!("cargo:rustc-env=CHATRELAY_BUILD_DATE={day}");
 }
 
 fn git(args: &[&str]) -> Option<String> {
@@ -51,6 +59,14 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn git_commit() -> Option<String> {
     git(&["rev-parse", "--short=12", "HEAD"])
+}
+
+/// `YYYY-MM-DD` with digits where they belong (a typo in the variable must not reach
+/// `--version`).
+fn is_day(d: &str) -> bool {
+    d.len() == 10
+        && d.char_indices()
+            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() })
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time (Howard Hinnant's civil-from-days).

@@ -33,7 +33,9 @@ def test_version_names_version_commit_and_build_day():
     elif head.returncode == 0:
         assert commit == head.stdout.strip(), (commit, head.stdout)
     built = datetime.date.fromisoformat(day)
-    if "SOURCE_DATE_EPOCH" in os.environ:
+    if os.environ.get("CHATRELAY_BUILD_DATE"):
+        assert day == os.environ["CHATRELAY_BUILD_DATE"]
+    elif "SOURCE_DATE_EPOCH" in os.environ:
         expected = datetime.datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]),
                                                    datetime.timezone.utc).date()
         assert built == expected
