@@ -65,8 +65,13 @@ fn git_commit() -> Option<String> {
 /// `--version`).
 fn is_day(d: &str) -> bool {
     d.len() == 10
-        && d.char_indices()
-            .all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() })
+        && d.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time (Howard Hinnant's civil-from-days).
