@@ -33,6 +33,8 @@ RUN --mount=type=cache,id=chatrelay-cargo-registry,target=/usr/local/cargo/regis
  && /out/chatrelay --version
 
 FROM ${RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="chatrelay" \
+      org.opencontainers.image.description="Chat platforms to any OpenAI-compatible LLM, with quota and payments"
 # A fixed uid/gid (10001) so that a bind-mounted /data can be chowned to it on the host.
 RUN groupadd --system --gid 10001 chatrelay \
  && useradd --system --uid 10001 --gid chatrelay --home-dir /data --no-create-home \
