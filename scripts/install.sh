@@ -2,6 +2,8 @@
 # Installs chatrelay as a systemd service (or removes it with --uninstall).
 #
 #   scripts/install.sh                 build (cargo build --release --locked) and install
+#   scripts/install.sh --static        build the static binary (scripts/build-static) and
+#                                      install it: it runs on any x86_64 Linux
 #   scripts/install.sh --no-build      install the existing target/release/chatrelay
 #   CHATRELAY_BIN=/path/chatrelay scripts/install.sh    install that binary, no build
 #   scripts/install.sh --uninstall     stop, disable, remove binary and unit; keep config+data
@@ -30,17 +32,19 @@ STATE_DIR="${DESTDIR}/var/lib/chatrelay"
 SERVICE_USER=chatrelay
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 build=1
+static=0
 action=install
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
+    --static) static=1 ;;
     --uninstall) action=uninstall ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -83,6 +87,9 @@ install_all() {
     src="$CHATRELAY_BIN"
     [ -x "$src" ] || die "CHATRELAY_BIN=$src is not an executable file"
     say "using CHATRELAY_BIN=$src (no build)"
+  elif [ "$build" = 1 ] && [ "$static" = 1 ]; then
+    (cd "$ROOT" && run scripts/build-static)
+    src="$ROOT/target/x86_64-unknown-linux-gnu/release/chatrelay"
   elif [ "$build" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or pass --no-build / CHATRELAY_BIN)"
     (cd "$ROOT" && run cargo build --release --locked --bin chatrelay)

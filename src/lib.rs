@@ -59,3 +59,36 @@ pub mod leader;
 pub mod reload;
 pub mod stats;
 pub mod util;
+
+/// What `chatrelay --version` prints after the name: the crate version, the git commit and
+/// the UTC build day (from `build.rs`: `CHATRELAY_GIT_COMMIT` or `git rev-parse`, else
+/// "unknown"; `SOURCE_DATE_EPOCH` or the build time), so a bug report names its build.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CHATRELAY_GIT_COMMIT"),
+    ", built ",
+    env!("CHATRELAY_BUILD_DATE"),
+    ")"
+);
+
+#[cfg(test)]
+mod version_tests {
+    /// The version line has its three parts, and the date is a real `YYYY-MM-DD`.
+    #[test]
+    fn long_version_names_version_commit_and_date() {
+        let v = super::LONG_VERSION;
+        let rest = v
+            .strip_prefix(concat!(env!("CARGO_PKG_VERSION"), " (commit "))
+            .unwrap_or_else(|| panic!("version first: {v}"));
+        let (commit, rest) = rest.split_once(", built ").unwrap_or_else(|| panic!("{v}"));
+        assert!(!commit.is_empty() && !commit.contains(' '), "{v}");
+        let date = rest.strip_suffix(')').unwrap_or_else(|| panic!("{v}"));
+        let parts: Vec<u32> = date.split('-').filter_map(|p| p.parse().ok()).collect();
+        assert_eq!(parts.len(), 3, "{v}");
+        assert!(
+            parts[0] >= 2024 && (1..=12).contains(&parts[1]) && (1..=31).contains(&parts[2]),
+            "{v}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(
     name = "chatrelay",
-    version,
+    version = chatrelay::LONG_VERSION,
     about = "Chat platforms to any OpenAI-compatible LLM, with quota and payments"
 )]
 struct Cli {
@@ -163,7 +163,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     init_logging(&loaded.config);
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = chatrelay::LONG_VERSION,
         config = %loaded.file.as_ref().map_or("(built-in defaults)".to_owned(), |p| p.display().to_string()),
         env_overrides = ?loaded.env_keys,
         "starting"
