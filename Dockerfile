@@ -45,9 +45,7 @@ COPY --from=build /out/chatrelay /usr/local/bin/chatrelay
 COPY docker/chatrelay.toml /etc/chatrelay/chatrelay.toml
 # The daemon and `docker exec ... chatrelay admin ...` read the same file (and the same
 # CHATRELAY__* environment), so the admin CLI finds the daemon and /data/admin.token.
-# MALLOC_ARENA_MAX: see the systemd unit (less memory, no measurable cost).
-ENV CHATRELAY_CONFIG=/etc/chatrelay/chatrelay.toml \
-    MALLOC_ARENA_MAX=2
+ENV CHATRELAY_CONFIG=/etc/chatrelay/chatrelay.toml
 VOLUME ["/data"]
 WORKDIR /data
 USER chatrelay:chatrelay
