@@ -9,8 +9,8 @@
 # Usage: scripts/bench/followers_rss.sh [FOLLOWERS] [STEP] [CONCURRENCY]
 #        (default 100000 10000 16)
 # Extra `[storage]` keys: STORAGE_TOML='cache_capacity_mb = 16'. Environment for the daemon
-# only: DAEMON_ENV='MALLOC_ARENA_MAX=16' (glibc's own default on 2 cores; the daemon sets 2). A wrapper: DAEMON_WRAP='heaptrack -o /tmp/h' (the
-# RSS figures stay the daemon's own).
+# only: DAEMON_ENV='MALLOC_ARENA_MAX=16' (glibc's own default on 2 cores; the daemon sets
+# 2). A wrapper: DAEMON_WRAP='heaptrack -o /tmp/h' (the RSS figures stay the daemon's own).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=oa_config.sh
