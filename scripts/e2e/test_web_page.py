@@ -552,6 +552,28 @@ def test_two_browsers_of_one_user_see_the_same_conversations(web, browser):  # n
     expect(desktop.get_by_test_id("conversation-item")).to_have_count(n - 1)
     phone.reload()
     expect(phone.get_by_test_id("conversation-item")).to_have_count(n - 1)
+
+    # Renamed on the desktop (Escape first keeps the name): the phone shows the new name.
+    item = desktop.get_by_test_id("conversation-item").last
+    old_title = item.inner_text().strip()
+    desktop.get_by_test_id("conversation-rename").last.click()
+    box = desktop.get_by_test_id("conversation-rename-input")
+    box.fill("不要这个名字")
+    box.press("Escape")
+    expect(box).to_have_count(0)
+    expect(desktop.get_by_test_id("conversation-item").last).to_have_text(old_title)
+    desktop.get_by_test_id("conversation-rename").last.click()
+    shot(desktop, "desktop-rename")
+    box.fill("  改过名字的对话  ")
+    box.press("Enter")
+    expect(desktop.get_by_test_id("conversation-item").filter(has_text="改过名字的对话")).to_have_count(1)
+    deadline = time.time() + 10
+    while "改过名字的对话" not in titles() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "改过名字的对话" in titles() and old_title not in titles(), titles()
+    phone.reload()
+    phone.get_by_test_id("menu-open").click()
+    expect(phone.get_by_test_id("conversation-item").filter(has_text="改过名字的对话")).to_have_count(1)
     assert not phone.console_errors and not desktop.console_errors, (phone.console_errors, desktop.console_errors)
     phone.context.close()
     desktop.context.close()

@@ -52,6 +52,8 @@
       convEmpty: '还没有对话',
       newChat: '新对话',
       deleteConv: '删除对话「{title}」',
+      renameConv: '重命名对话「{title}」',
+      renameFailed: '重命名失败，请稍后再试',
       deleted: '已删除对话',
       undo: '撤销',
       menu: '打开对话列表',
@@ -300,6 +302,8 @@
       convEmpty: 'No conversations yet',
       newChat: 'New chat',
       deleteConv: 'Delete conversation “{title}”',
+      renameConv: 'Rename conversation “{title}”',
+      renameFailed: 'Renaming failed; try again later',
       deleted: 'Conversation deleted',
       undo: 'Undo',
       menu: 'Open conversations',
@@ -2286,7 +2290,19 @@
       });
       del.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M5 7h14M10 11v6M14 11v6M6 7l1 12h10l1-12M9 7V4h6v3" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round"/></svg>';
       del.addEventListener('click', () => deleteConv(c.id));
-      list.append(el('li', { class: 'conv' + (c.id === state.currentId ? ' active' : '') }, open, del));
+      const item = el('li', { class: 'conv' + (c.id === state.currentId ? ' active' : '') }, open);
+      // A platform conversation's name says where it happens: only the page's own are renamed.
+      if (!isPlatform(c)) {
+        const ren = el('button', {
+          type: 'button', class: 'icon-btn conv-ren', 'data-testid': 'conversation-rename',
+          'aria-label': t('renameConv', { title }), title: t('renameConv', { title }),
+        });
+        ren.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M4 20h4L19 9l-4-4L4 16v4zM13.5 6.5l4 4" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round"/></svg>';
+        ren.addEventListener('click', () => startRename(item, c));
+        item.append(ren);
+      }
+      item.append(del);
+      list.append(item);
     }
   }
 
@@ -2309,6 +2325,66 @@
     updateComposer();
     closeDrawer();
     if (focus !== false) $('chat-input').focus();
+  }
+
+  /** Turns a list item's title into a text field: Enter or leaving it renames, Escape keeps
+   * the old name. */
+  function startRename(item, conv) {
+    const open = item.querySelector('.conv-open');
+    const input = el('input', {
+      type: 'text', class: 'conv-rename-input', 'data-testid': 'conversation-rename-input',
+      maxlength: '200', 'aria-label': t('renameConv', { title: convTitle(conv) }),
+    });
+    input.value = conv.title || '';
+    let done = false;
+    const finish = (keep) => {
+      if (done) return;
+      done = true;
+      if (keep) renameConv(conv, input.value);
+      else renderConvList();
+    };
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.isComposing) { e.preventDefault(); finish(true); }
+      else if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); finish(false); }
+    });
+    input.addEventListener('blur', () => finish(true));
+    open.replaceWith(input);
+    input.focus();
+    input.select();
+  }
+
+  /** Renames a web conversation: here at once, then on the server (after any save of it on
+   * its way, since each carries the version the last one made). */
+  function renameConv(conv, raw) {
+    const title = String(raw || '').trim().slice(0, 200);
+    if (!title || title === conv.title) { renderConvList(); return; }
+    const before = conv.title;
+    conv.title = title;
+    saveConvs();
+    renderConvList();
+    if (state.currentId === conv.id) renderThread();
+    if (serverConvs !== true || !state.convs.includes(conv)) return;
+    // Changed here since the last save: the whole save that is due carries the name.
+    if (conv.dirty) { pushConv(conv); return; }
+    const prev = pushChains.get(conv.id) || Promise.resolve();
+    const next = prev.then(async () => {
+      try {
+        const r = await api('/api/conversations/' + encodeURIComponent(conv.id), { method: 'PATCH', body: { title } });
+        // The messages held are still the server's (a rename changes only the name).
+        if (typeof conv.serverAt === 'number') conv.serverAt = r.updated_at;
+        conv.updated = r.updated_at;
+      } catch (e) {
+        if (e.status === 401) return;
+        // Not on the server (deleted elsewhere, or never saved): saved whole, with the name.
+        if (e.status === 404 && conv.messages.length) { conv.serverAt = undefined; pushConv(conv); return; }
+        conv.title = before;
+        toast(t('renameFailed'));
+      }
+      saveConvs();
+      renderConvList();
+    });
+    pushChains.set(conv.id, next);
+    next.then(() => { if (pushChains.get(conv.id) === next) pushChains.delete(conv.id); });
   }
 
   function deleteConv(id) {
