@@ -173,7 +173,8 @@ function chart(stats) {
   const platforms = [...new Set(stats.flatMap((d) => Object.keys(d.messages || {})))].sort();
   const total = (d, p) => Object.values((d.messages || {})[p] || {}).reduce((a, n) => a + n, 0);
   const max = Math.max(1, ...stats.map((d) => platforms.reduce((a, p) => a + total(d, p), 0)));
-  const W = 640, H = 220, L = 40, B = 24, top = 10;
+  // Drawn at the box's own width, so that the labels keep their size on a phone.
+  const W = Math.max(300, Math.round($("chart").clientWidth - 16)), H = 220, L = 40, B = 24, top = 10;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
