@@ -249,15 +249,16 @@ fn cookie(id: &str, max_age_secs: u64, secure: bool) -> String {
 }
 
 fn is_https(st: &AppState) -> bool {
-    st.parts()
-        .config
-        .server
-        .public_url
-        .as_deref()
-        .is_some_and(|u| {
-            u.get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
-        })
+    secure_for(st.parts().config.server.public_url.as_deref())
+}
+
+/// Whether the cookie is `Secure`: when the public URL is https (over plain http a `Secure`
+/// cookie would never come back).
+fn secure_for(public_url: Option<&str>) -> bool {
+    public_url.is_some_and(|u| {
+        u.get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+    })
 }
 
 fn with_cookie(mut res: Response, value: &str) -> Response {

@@ -123,3 +123,12 @@ fn the_cookie_is_http_only_strict_and_secure_on_https() {
     }
     assert!(!super::cookie("abc", 3600, false).contains("Secure"));
 }
+
+#[test]
+fn secure_only_behind_an_https_public_url() {
+    assert!(super::secure_for(Some("https://chat.example.com")));
+    assert!(super::secure_for(Some("HTTPS://chat.example.com/")));
+    assert!(!super::secure_for(Some("http://chat.example.com")));
+    assert!(!super::secure_for(Some("https")));
+    assert!(!super::secure_for(None));
+}
