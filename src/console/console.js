@@ -9,7 +9,7 @@ const TEXT = {
     revenue_by_channel: "收入（按渠道）", upstreams: "上游健康", days: "每日明细",
     wrong: "令牌错误", throttled: "失败次数过多，请 10 分钟后再试", failed: "请求失败：",
     messages_total: "消息", active_users: "活跃用户（日峰值）", credits_charged: "消耗积分",
-    llm_cost_fen: "LLM 成本 ¥", revenue_fen: "收入 ¥", margin: "收入 − 成本 ¥", orders_paid: "付费订单",
+    llm_cost_fen: "LLM 成本 ¥", revenue_fen: "收入 ¥", margin: "收入 − 退款 − 成本 ¥", active: "活跃用户", orders_paid: "付费订单",
     refunds_fen: "退款 ¥", codes_redeemed: "兑换码", code_credits: "兑换积分",
     plans_sold: "会员售出", plan_sales_fen: "会员收入 ¥",
     id: "上游", state: "状态", requests: "请求", errors: "错误", error_rate: "近期错误率",
@@ -24,7 +24,7 @@ const TEXT = {
     failed: "Request failed: ",
     messages_total: "Messages", active_users: "Active users (daily peak)",
     credits_charged: "Credits spent", llm_cost_fen: "LLM cost ¥", revenue_fen: "Revenue ¥",
-    margin: "Revenue − cost ¥", orders_paid: "Paid orders", refunds_fen: "Refunds ¥",
+    margin: "Revenue − refunds − cost ¥", active: "Active users", orders_paid: "Paid orders", refunds_fen: "Refunds ¥",
     codes_redeemed: "Codes redeemed", code_credits: "Code credits", plans_sold: "Plans sold",
     plan_sales_fen: "Plan sales ¥",
     id: "Upstream", state: "State", requests: "Requests", errors: "Errors",
@@ -237,7 +237,7 @@ function upstreamTable(ups) {
 }
 
 function dayTable(stats) {
-  table("days", [t("date"), t("active_users"), t("messages_total"), t("credits_charged"), t("llm_cost_fen"),
+  table("days", [t("date"), t("active"), t("messages_total"), t("credits_charged"), t("llm_cost_fen"),
     t("orders_paid"), t("revenue_fen"), t("refunds_fen"), t("codes_redeemed")],
     [...stats].reverse().map((d) => [d.date, d.active_users, d.messages_total, d.credits_charged,
       yuan(d.llm_cost_fen), d.orders_paid, yuan(d.revenue_fen), yuan(d.refunds_fen), d.codes_redeemed]));
