@@ -53,6 +53,7 @@ pub mod bounded;
 pub mod channels;
 pub mod codes;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod http;
 pub mod leader;

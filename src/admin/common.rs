@@ -21,9 +21,43 @@ pub(super) async fn require_admin(
     req: Request,
     next: Next,
 ) -> Response {
-    match check_admin(&st, req.headers()) {
+    let admitted = if crate::auth::bearer(req.headers()).is_none()
+        && let Some(id) = crate::console::session_cookie(req.headers())
+    {
+        check_console(&st, id, req.method(), req.headers())
+    } else {
+        check_admin(&st, req.headers())
+    };
+    match admitted {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// A request without a bearer token but with a console session cookie: `401` unless the
+/// session is live for the current admin token, `403` for a change without its CSRF token.
+fn check_console(
+    st: &AppState,
+    id: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<()> {
+    let csrf = headers
+        .get(crate::console::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    match st
+        .console
+        .admit(id, st.parts().admin_token.expose(), method, csrf)
+    {
+        Ok(()) => Ok(()),
+        Err(crate::console::Refusal::NoSession) => Err(AdminError(
+            StatusCode::UNAUTHORIZED,
+            "the console session has ended; log in again".into(),
+        )),
+        Err(crate::console::Refusal::Csrf) => Err(AdminError(
+            StatusCode::FORBIDDEN,
+            "missing or wrong X-CSRF-Token".into(),
+        )),
     }
 }
 

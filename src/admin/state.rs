@@ -29,6 +29,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// Whether the chat page is served (fixed at start).
     pub web_page: bool,
+    /// The operators' console sessions, which the admin API admits like the token.
+    pub console: Arc<crate::console::Sessions>,
 }
 
 impl AppState {

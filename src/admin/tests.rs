@@ -1,5 +1,5 @@
 //! The auth layer: every admin resource answers `401` without the admin token or with a
-//! wrong one, before its handler runs, and serves with the right one.
+//! wrong one, before its handler runs, and serves with the right one (or a console session).
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -112,6 +112,110 @@ async fn every_resource_is_behind_the_admin_token() {
     assert_eq!(
         send(&url, &create, Some(&right)).await.0,
         StatusCode::CREATED
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// The console's session cookie opens the admin API too: reads with the cookie alone,
+/// changes only with its CSRF token; a wrong bearer token is not rescued by a cookie.
+#[tokio::test]
+async fn the_console_session_opens_the_admin_api_with_csrf_on_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
+        dir.path().display()
+    );
+    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
+    let app = App::build(config, None).await.unwrap();
+    let url = format!("http://{}", app.local_addr().unwrap());
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.serve());
+    let client = Client::new();
+
+    let login = client
+        .post(format!("{url}/console/api/login"))
+        .json(&json!({"token": ADMIN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let set = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("chatrelay_console="), "{set}");
+    assert!(set.contains("Max-Age=43200"), "12 h by default: {set}");
+    let csrf = login.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let users = format!("{url}{}", paths::USERS);
+    let with = |m: Method, u: &str| client.request(m, u).header("cookie", &cookie);
+    let status = |r: reqwest::Response| r.status();
+    assert_eq!(
+        status(with(Method::GET, &users).send().await.unwrap()),
+        StatusCode::OK
+    );
+    let create = json!({"name": "x"});
+    let no_csrf = with(Method::POST, &users)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
+    let wrong_csrf = with(Method::POST, &users)
+        .header("x-csrf-token", "nope")
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_csrf.status(), StatusCode::FORBIDDEN);
+    // Refused changes never reached the handler.
+    let page: Value = with(Method::GET, &users)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 0, "{page}");
+    let ok = with(Method::POST, &users)
+        .header("x-csrf-token", &csrf)
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+
+    // A wrong bearer token with a good cookie: the bearer decides.
+    let both = with(Method::GET, &users)
+        .header("authorization", format!("Bearer {ADMIN}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), StatusCode::UNAUTHORIZED);
+    // A made-up session.
+    let fake = client
+        .get(&users)
+        .header(
+            "cookie",
+            "chatrelay_console=0123456789abcdef0123456789abcdef",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fake.status(), StatusCode::UNAUTHORIZED);
+
+    // Logout ends it.
+    let out = with(Method::POST, &format!("{url}/console/api/logout"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::OK);
+    assert_eq!(
+        status(with(Method::GET, &users).send().await.unwrap()),
+        StatusCode::UNAUTHORIZED
     );
     shutdown.cancel();
     task.await.unwrap().unwrap();

@@ -40,6 +40,8 @@ pub struct Config {
     pub pay: PayConfig,
     /// `[web]`: the chat page.
     pub web: WebConfig,
+    /// `[console]`: the operators' web console at `/console`.
+    pub console: ConsoleConfig,
     /// `[[wecom]]`: WeCom self-built apps.
     pub wecom: Vec<WecomConfig>,
     /// `[[wecom_aibot]]`: WeCom AI bots (智能机器人).
@@ -163,6 +165,20 @@ pub struct UpstreamConfig {
     /// Wait for the first byte; default `[llm] timeout_secs`.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+}
+
+/// `[console]`: the operators' web console (`/console`), logged into with the admin token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// How long a console session lasts after login, in hours (1 to 720).
+    pub session_hours: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { session_hours: 12 }
+    }
 }
 
 /// `[server]`: the HTTP listener and the admin API.

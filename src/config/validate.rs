@@ -88,6 +88,9 @@ fn validate_server(c: &Config, problems: &mut Vec<Problem>) {
             "must be at least 16 characters (or leave it unset to have one generated)",
         ));
     }
+    if !(1..=720).contains(&c.console.session_hours) {
+        problems.push(problem("console.session_hours", "must be 1 to 720"));
+    }
     if c.server.max_body_bytes < 1024 {
         problems.push(problem("server.max_body_bytes", "must be at least 1024"));
     }

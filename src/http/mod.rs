@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::admin::routes(state.clone()))
         .merge(ops::routes())
+        .merge(crate::console::routes())
         .with_state(state)
         .merge(channels)
         .merge(notify)
