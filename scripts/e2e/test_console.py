@@ -31,6 +31,9 @@ def console(upstream):
     client = openai.OpenAI(base_url=d.url + "/v1", api_key=token, max_retries=0)
     for i in range(3):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"hi {i}"}])
+    # One as the web page sends it (counted as the web platform).
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "from the page"}],
+                                   extra_headers={"X-Chatrelay-Client": "web"})
     yield d
     code = d.stop()
     assert code == 0, d.logs()
@@ -116,6 +119,9 @@ def test_login_dashboard_csrf_and_logout(console, browser):
         drawn = sum(int(bars.nth(i).get_attribute("data-count")) for i in range(bars.count()))
         by_platform = sum(n for day in stats for outcomes in day["messages"].values() for n in outcomes.values())
         assert drawn == by_platform and drawn > 0
+        # The legend names the platforms in the console's language.
+        expect(page.locator("#chart .legend")).to_contain_text("网页")
+        expect(page.locator("#chart .legend")).to_contain_text("API")
         expect(page.locator("#days tr")).to_have_count(days + 1)
 
     # Upstream health, as /admin/upstreams gives it.

@@ -15,6 +15,8 @@ const TEXT = {
     id: "上游", state: "状态", requests: "请求", errors: "错误", error_rate: "近期错误率",
     latency: "延迟 ms", last_error: "最近错误", date: "日期", none: "无",
     up: "正常", degraded: "降级", down: "故障", lang: "English", range: "统计区间",
+    p_mp: "公众号", p_wecom: "企业微信", p_zsxq: "知识星球", p_tg: "Telegram", p_web: "网页",
+    p_api: "API",
   },
   en: {
     title: "chatrelay console", logout: "Log out", token: "Admin token", login: "Log in",
@@ -31,6 +33,8 @@ const TEXT = {
     error_rate: "Recent error rate", latency: "Latency ms", last_error: "Last error",
     date: "Day", none: "none", up: "up", degraded: "degraded", down: "down", lang: "中文",
     range: "Period",
+    p_mp: "Official Account", p_wecom: "WeCom", p_zsxq: "zsxq", p_tg: "Telegram", p_web: "Web",
+    p_api: "API",
   },
 };
 
@@ -168,6 +172,11 @@ function render({ stats, upstreams }) {
   dayTable(stats);
 }
 
+// A platform's name in the console's language (the stats name them by their short ids).
+function platformName(p) {
+  return t("p_" + p) === "p_" + p ? p : t("p_" + p);
+}
+
 // Messages per day, one stacked bar per day, one colour per platform.
 function chart(stats) {
   const platforms = [...new Set(stats.flatMap((d) => Object.keys(d.messages || {})))].sort();
@@ -216,7 +225,7 @@ function chart(stats) {
   platforms.forEach((p, j) => {
     const sw = el("i");
     sw.style.background = PALETTE[j % PALETTE.length];
-    legend.append(el("span", {}, sw, p));
+    legend.append(el("span", {}, sw, platformName(p)));
   });
   return [svg, legend];
 }
