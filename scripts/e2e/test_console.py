@@ -2,7 +2,7 @@
 against the real binary. Login with the admin token (a wrong one refused), the dashboard's
 figures equal the admin API's, changes need the CSRF token, logout ends the session, a new
 admin token (config reload) ends older sessions, failed logins are limited per address.
-Screenshots (phone and desktop) go to docs/screenshots/console-*.png."""
+Screenshots (phone and desktop) go to target/e2e-screenshots/console-*.png."""
 
 import json
 import re
@@ -17,7 +17,9 @@ from playwright.sync_api import expect
 from conftest import MODEL, ROOT, Daemon
 from test_web import DESKTOP, PHONE, browser, new_page  # noqa: F401 (the browser fixture)
 
-SHOTS = ROOT / "docs" / "screenshots"
+# Like the other browser tests: written under target/ (copied to docs/screenshots/ by hand
+# after a look, so that a test run never changes tracked files).
+SHOTS = ROOT / "target" / "e2e-screenshots"
 COOKIE = "chatrelay_console"
 SUMMED = ["messages_total", "credits_charged", "llm_cost_fen", "revenue_fen", "orders_paid",
           "refunds_fen", "codes_redeemed", "code_credits", "plans_sold", "plan_sales_fen"]
