@@ -148,7 +148,7 @@ impl App {
                 channels,
                 body_limit: config.server.max_body_bytes,
                 web_page: config.web.enabled,
-                console: Arc::new(crate::console::Sessions::default()),
+                console: Arc::new(crate::console::sessions::Sessions::default()),
             },
             listener,
             tracker,

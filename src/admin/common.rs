@@ -22,7 +22,7 @@ pub(super) async fn require_admin(
     next: Next,
 ) -> Response {
     let admitted = if crate::auth::bearer(req.headers()).is_none()
-        && let Some(id) = crate::console::session_cookie(req.headers())
+        && let Some(id) = crate::console::sessions::session_cookie(req.headers())
     {
         check_console(&st, id, req.method(), req.headers())
     } else {
@@ -43,18 +43,18 @@ fn check_console(
     headers: &HeaderMap,
 ) -> Result<()> {
     let csrf = headers
-        .get(crate::console::CSRF_HEADER)
+        .get(crate::console::sessions::CSRF_HEADER)
         .and_then(|v| v.to_str().ok());
     match st
         .console
         .admit(id, st.parts().admin_token.expose(), method, csrf)
     {
         Ok(()) => Ok(()),
-        Err(crate::console::Refusal::NoSession) => Err(AdminError(
+        Err(crate::console::sessions::Refusal::NoSession) => Err(AdminError(
             StatusCode::UNAUTHORIZED,
             "the console session has ended; log in again".into(),
         )),
-        Err(crate::console::Refusal::Csrf) => Err(AdminError(
+        Err(crate::console::sessions::Refusal::Csrf) => Err(AdminError(
             StatusCode::FORBIDDEN,
             "missing or wrong X-CSRF-Token".into(),
         )),

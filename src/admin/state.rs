@@ -30,7 +30,7 @@ pub struct AppState {
     /// Whether the chat page is served (fixed at start).
     pub web_page: bool,
     /// The operators' console sessions, which the admin API admits like the token.
-    pub console: Arc<crate::console::Sessions>,
+    pub console: Arc<crate::console::sessions::Sessions>,
 }
 
 impl AppState {

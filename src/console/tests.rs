@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 
-use super::{COOKIE, Refusal, Sessions, session_cookie};
+use super::sessions::{COOKIE, Refusal, Sessions, session_cookie};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
