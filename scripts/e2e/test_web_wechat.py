@@ -14,6 +14,7 @@ Screenshots go to target/e2e-screenshots/ (copies of them are in docs/screenshot
 
 import base64
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -446,8 +447,10 @@ def test_in_wechat_failed_authorization_does_not_loop_and_a_stale_handoff_says_s
     authorize = []
     page.on("request", lambda r: authorize.append(r.url) if "/connect/oauth2/authorize" in r.url else None)
     page.goto(shop.url + "/")
-    page.wait_for_load_state()
-    expect(page.locator("body")).not_to_contain_text("加载中")
+    # The page sends the browser to WeChat, which sends it back to the callback without a
+    # code: wait for the callback's page (another navigation right now would cut that chain).
+    page.wait_for_url(re.compile(r"/auth/wechat/[^/]+/callback"))
+    expect(page.locator("body")).to_contain_text("未完成授权")
     assert len(authorize) == 1, authorize
     # Back on the page (a link, the back button): no second automatic try, a button instead.
     page.goto(shop.url + "/")
