@@ -1,81 +1,93 @@
 // The operators' console: logs in with the admin token (for a session cookie), then reads
 // everything from the admin API (/admin/...) like the CLI does. Changes carry X-CSRF-Token.
+//
+// This file is the frame: texts, the API call, login / logout, the navigation and the router.
+// Each page is its own script (dashboard.js, ...), loaded after this one by console.html, that
+// registers itself with `page({...})` and adds its texts with `texts({zh, en})`. A page file
+// wraps its code in `(() => { ... })();` so that its names stay its own.
+//
+// Routes are hashes: `#/<page>` or `#/<page>/<argument>` (e.g. `#/users/42`); `go(hash)`
+// navigates, and the page's `show(section, argument)` fills its <section id="<page>">.
 "use strict";
 
 const TEXT = {
   zh: {
     title: "chatrelay 控制台", logout: "退出登录", token: "管理员令牌", login: "登录",
-    today: "今天", d7: "7 天", d30: "30 天", chart: "每日消息（按平台）",
-    revenue_by_channel: "收入（按渠道）", upstreams: "上游健康", days: "每日明细",
     wrong: "令牌错误", throttled: "失败次数过多，请 10 分钟后再试", failed: "请求失败：",
-    messages_total: "消息", active_users: "活跃用户（日峰值）", credits_charged: "消耗积分",
-    llm_cost_fen: "LLM 成本 ¥", revenue_fen: "收入 ¥", margin: "收入 − 退款 − 成本 ¥", active: "活跃用户", orders_paid: "付费订单",
-    refunds_fen: "退款 ¥", codes_redeemed: "兑换码", code_credits: "兑换积分",
-    plans_sold: "会员售出", plan_sales_fen: "会员收入 ¥",
-    id: "上游", state: "状态", requests: "请求", errors: "错误", error_rate: "近期错误率",
-    latency: "延迟 ms", last_error: "最近错误", date: "日期", none: "无",
-    up: "正常", degraded: "降级", down: "故障", lang: "English", range: "统计区间",
-    p_mp: "公众号", p_wecom: "企业微信", p_zsxq: "知识星球", p_tg: "Telegram", p_web: "网页",
-    p_api: "API",
+    none: "无", lang: "English", loading: "加载中…", confirm: "确认", cancel: "取消",
+    reason: "原因", save: "保存", search: "搜索", prev: "上一页", next: "下一页",
   },
   en: {
     title: "chatrelay console", logout: "Log out", token: "Admin token", login: "Log in",
-    today: "Today", d7: "7 days", d30: "30 days", chart: "Messages per day by platform",
-    revenue_by_channel: "Revenue by channel", upstreams: "Upstream health", days: "Per day",
     wrong: "Wrong token", throttled: "Too many failed logins; try again in 10 minutes",
-    failed: "Request failed: ",
-    messages_total: "Messages", active_users: "Active users (daily peak)",
-    credits_charged: "Credits spent", llm_cost_fen: "LLM cost ¥", revenue_fen: "Revenue ¥",
-    margin: "Revenue − refunds − cost ¥", active: "Active users", orders_paid: "Paid orders", refunds_fen: "Refunds ¥",
-    codes_redeemed: "Codes redeemed", code_credits: "Code credits", plans_sold: "Plans sold",
-    plan_sales_fen: "Plan sales ¥",
-    id: "Upstream", state: "State", requests: "Requests", errors: "Errors",
-    error_rate: "Recent error rate", latency: "Latency ms", last_error: "Last error",
-    date: "Day", none: "none", up: "up", degraded: "degraded", down: "down", lang: "中文",
-    range: "Period",
-    p_mp: "Official Account", p_wecom: "WeCom", p_zsxq: "zsxq", p_tg: "Telegram", p_web: "Web",
-    p_api: "API",
+    failed: "Request failed: ", none: "none", lang: "中文", loading: "Loading…",
+    confirm: "Confirm", cancel: "Cancel", reason: "Reason", save: "Save", search: "Search",
+    prev: "Previous", next: "Next",
   },
 };
 
-// Summed over the period; `fen` ones are shown as yuan.
-const SUMS = ["messages_total", "credits_charged", "llm_cost_fen", "revenue_fen", "orders_paid",
-  "refunds_fen", "codes_redeemed", "code_credits", "plans_sold", "plan_sales_fen"];
-const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+/// The registered pages, in the navigation's order: { name, label, show(section, arg) }.
+const PAGES = [];
 
 let lang = localStorage.getItem("console.lang") === "en" ? "en" : "zh";
 let csrf = null;
-let days = 1;
-let last = null; // { stats, upstreams } as fetched, to redraw on a language switch
+let loggedIn = false;
 
 const $ = (id) => document.getElementById(id);
-const t = (key) => TEXT[lang][key] ?? key;
+const t = (key) => TEXT[lang][key] ?? TEXT.zh[key] ?? key;
 const yuan = (fen) => (fen < 0 ? "-" : "") + (Math.floor(Math.abs(fen) / 100)) + "." + String(Math.abs(fen) % 100).padStart(2, "0");
+// A time in milliseconds since the epoch, as local "YYYY-MM-DD HH:MM:SS".
+const when = (ms) => {
+  if (!ms) return "—";
+  const d = new Date(ms), p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+};
+
+/// Adds a page's texts (both languages).
+function texts({ zh, en }) {
+  Object.assign(TEXT.zh, zh);
+  Object.assign(TEXT.en, en);
+}
+
+/// Registers a page: `name` (its route and section id), `label` (a text key for the
+/// navigation), `show(section, arg)` (fills the section; called on every visit and on a
+/// language switch).
+function page(p) {
+  PAGES.push(p);
+}
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  for (const c of children) e.append(c);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on") && typeof v === "function") e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c !== undefined && c !== null) e.append(c);
   return e;
 }
 
-function applyLang() {
-  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
-  document.title = t("title");
-  for (const e of document.querySelectorAll("[data-t]")) e.textContent = t(e.dataset.t);
-  $("lang").textContent = t("lang");
-  if (last) render(last);
+/// A table: `head` the column titles, `rows` arrays of cells (strings, numbers or nodes).
+/// Fills `target` (a <table> or its id).
+function table(target, head, rows) {
+  const tb = typeof target === "string" ? $(target) : target;
+  tb.replaceChildren(el("tr", {}, ...head.map((h) => el("th", {}, h))));
+  for (const r of rows) {
+    tb.append(el("tr", {}, ...r.map((c) => el("td", {}, c instanceof Node ? c : String(c ?? "")))));
+  }
+  if (!rows.length) tb.append(el("tr", {}, el("td", { colspan: head.length }, t("none"))));
+  return tb;
 }
 
-function show(loggedIn) {
-  $("login").hidden = loggedIn;
-  $("dashboard").hidden = !loggedIn;
-  $("logout").hidden = !loggedIn;
-}
-
+/// A call to the server with the session cookie; changes carry the CSRF token. A 401 means
+/// the session is gone: back to the login form.
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (options.method && options.method !== "GET" && csrf) headers["X-CSRF-Token"] = csrf;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options = Object.assign({}, options, { body: JSON.stringify(options.json) });
+    delete options.json;
+  }
   const res = await fetch(path, Object.assign({}, options, { headers, credentials: "same-origin" }));
   if (res.status === 401 && !path.startsWith("/console/api/login")) {
     csrf = null;
@@ -84,13 +96,87 @@ async function api(path, options = {}) {
   return res;
 }
 
+/// `api` for JSON answers: the parsed body, or an Error whose message is the server's
+/// `error` (or the status).
+async function apiJson(path, options = {}) {
+  const res = await api(path, options);
+  let body = null;
+  try { body = await res.json(); } catch (_) { body = null; }
+  if (!res.ok) {
+    const msg = body && (typeof body.error === "string" ? body.error : body.error?.message);
+    const err = new Error(msg || String(res.status));
+    err.status = res.status;
+    err.body = body;
+    throw err;
+  }
+  return body;
+}
+
+function applyLang() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  document.title = t("title");
+  for (const e of document.querySelectorAll("[data-t]")) e.textContent = t(e.dataset.t);
+  $("lang").textContent = t("lang");
+  buildNav();
+}
+
+function buildNav() {
+  const nav = $("nav");
+  nav.replaceChildren(...PAGES.map((p) => el("a", { href: "#/" + p.name, "data-page": p.name }, t(p.label))));
+  markNav();
+}
+
+function markNav() {
+  const current = route().name;
+  for (const a of $("nav").querySelectorAll("a")) a.classList.toggle("on", a.dataset.page === current);
+}
+
+/// The current hash as { name, arg } (the first page when the hash names none).
+function route() {
+  const [, name = "", ...rest] = location.hash.split("/");
+  const known = PAGES.find((p) => p.name === name);
+  return { name: known ? name : PAGES[0]?.name, arg: known ? decodeURIComponent(rest.join("/")) : "" };
+}
+
+/// Navigates to `hash` (e.g. "#/users/42"); the same hash shows the page again.
+function go(hash) {
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+function section(name) {
+  let s = $(name);
+  if (!s) {
+    s = el("section", { id: name, class: "page" });
+    $("pages").append(s);
+  }
+  return s;
+}
+
+function render() {
+  if (!loggedIn) return;
+  const { name, arg } = route();
+  markNav();
+  for (const p of PAGES) section(p.name).hidden = p.name !== name;
+  const p = PAGES.find((q) => q.name === name);
+  if (p) p.show(section(p.name), arg);
+}
+
+function show(on) {
+  loggedIn = on;
+  $("login").hidden = on;
+  $("nav").hidden = !on;
+  $("logout").hidden = !on;
+  if (on) render();
+  else for (const p of PAGES) section(p.name).hidden = true;
+}
+
 async function start() {
   applyLang();
   const res = await api("/console/api/session");
   if (res.ok) {
     csrf = (await res.json()).csrf;
     show(true);
-    load();
   } else {
     show(false);
   }
@@ -99,16 +185,11 @@ async function start() {
 async function login(ev) {
   ev.preventDefault();
   $("login-error").textContent = "";
-  const res = await api("/console/api/login", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ token: $("token").value }),
-  });
+  const res = await api("/console/api/login", { method: "POST", json: { token: $("token").value } });
   if (res.ok) {
     csrf = (await res.json()).csrf;
     $("token").value = "";
     show(true);
-    load();
   } else {
     $("login-error").textContent = res.status === 429 ? t("throttled") : t("wrong");
   }
@@ -117,139 +198,7 @@ async function login(ev) {
 async function logout() {
   await api("/console/api/logout", { method: "POST" });
   csrf = null;
-  last = null;
   show(false);
-}
-
-async function load() {
-  $("dash-error").textContent = "";
-  for (const b of document.querySelectorAll(".periods button")) {
-    b.classList.toggle("on", Number(b.dataset.days) === days);
-  }
-  try {
-    const [s, u] = await Promise.all([api("/admin/stats?days=" + days), api("/admin/upstreams")]);
-    if (!s.ok || !u.ok) throw new Error((s.ok ? u : s).status);
-    last = { stats: await s.json(), upstreams: await u.json(), days };
-    render(last);
-  } catch (e) {
-    $("dash-error").textContent = t("failed") + e.message;
-  }
-}
-
-function card(key, value, shown) {
-  return el("div", { class: "card", "data-key": key, "data-value": String(value) },
-    el("div", { class: "label" }, t(key)), el("div", { class: "value" }, shown));
-}
-
-function render({ stats, upstreams }) {
-  const sum = (k) => stats.reduce((a, d) => a + (d[k] || 0), 0);
-  const first = stats[0]?.date ?? "", lastDay = stats[stats.length - 1]?.date ?? "";
-  $("range").textContent = t("range") + ": " + (first === lastDay ? first : first + " — " + lastDay);
-  const cards = $("cards");
-  cards.replaceChildren();
-  const peak = stats.reduce((a, d) => Math.max(a, d.active_users || 0), 0);
-  cards.append(card("active_users", peak, String(peak)));
-  for (const k of SUMS) {
-    const v = sum(k);
-    cards.append(card(k, v, k.endsWith("_fen") ? yuan(v) : String(v)));
-  }
-  const margin = sum("revenue_fen") - sum("refunds_fen") - sum("llm_cost_fen");
-  cards.append(card("margin", margin, yuan(margin)));
-
-  const byChannel = {};
-  for (const d of stats) for (const [c, f] of Object.entries(d.revenue_by_channel || {})) byChannel[c] = (byChannel[c] || 0) + f;
-  const ch = $("channels");
-  ch.replaceChildren();
-  const names = Object.keys(byChannel).sort();
-  if (!names.length) ch.append(el("p", { class: "muted" }, t("none")));
-  for (const c of names) {
-    ch.append(el("div", { class: "card", "data-channel": c, "data-value": String(byChannel[c]) },
-      el("div", { class: "label" }, c), el("div", { class: "value" }, yuan(byChannel[c]))));
-  }
-
-  $("chart").replaceChildren(...chart(stats));
-  upstreamTable(upstreams);
-  dayTable(stats);
-}
-
-// A platform's name in the console's language (the stats name them by their short ids).
-function platformName(p) {
-  return t("p_" + p) === "p_" + p ? p : t("p_" + p);
-}
-
-// Messages per day, one stacked bar per day, one colour per platform.
-function chart(stats) {
-  const platforms = [...new Set(stats.flatMap((d) => Object.keys(d.messages || {})))].sort();
-  const total = (d, p) => Object.values((d.messages || {})[p] || {}).reduce((a, n) => a + n, 0);
-  const max = Math.max(1, ...stats.map((d) => platforms.reduce((a, p) => a + total(d, p), 0)));
-  // Drawn at the box's own width, so that the labels keep their size on a phone.
-  const W = Math.max(300, Math.round($("chart").clientWidth - 16)), H = 220, L = 40, B = 24, top = 10;
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", t("chart"));
-  const add = (tag, attrs, text) => {
-    const e = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    svg.append(e);
-    return e;
-  };
-  const plotH = H - B - top, plotW = W - L - 8;
-  add("line", { x1: L, y1: top + plotH, x2: W - 8, y2: top + plotH, stroke: "#9aa3b2" });
-  add("text", { x: L - 4, y: top + 10, "text-anchor": "end", "font-size": 11, fill: "#5b6475" }, String(max));
-  add("text", { x: L - 4, y: top + plotH, "text-anchor": "end", "font-size": 11, fill: "#5b6475" }, "0");
-  const slot = plotW / Math.max(1, stats.length);
-  const barW = Math.max(2, slot * 0.7);
-  stats.forEach((d, i) => {
-    let y = top + plotH;
-    const x = L + i * slot + (slot - barW) / 2;
-    platforms.forEach((p, j) => {
-      const n = total(d, p);
-      if (!n) return;
-      const h = (n / max) * plotH;
-      y -= h;
-      const r = add("rect", { x: x.toFixed(1), y: y.toFixed(1), width: barW.toFixed(1), height: h.toFixed(1),
-        fill: PALETTE[j % PALETTE.length], "data-date": d.date, "data-platform": p, "data-count": n });
-      const title = document.createElementNS(ns, "title");
-      title.textContent = `${d.date} ${p}: ${n}`;
-      r.append(title);
-    });
-    const every = Math.ceil(stats.length / 8);
-    if (i % every === 0) {
-      add("text", { x: (x + barW / 2).toFixed(1), y: H - 6, "text-anchor": "middle", "font-size": 11, fill: "#5b6475" }, d.date.slice(5));
-    }
-  });
-  const legend = el("div", { class: "legend" });
-  platforms.forEach((p, j) => {
-    const sw = el("i");
-    sw.style.background = PALETTE[j % PALETTE.length];
-    legend.append(el("span", {}, sw, platformName(p)));
-  });
-  return [svg, legend];
-}
-
-function table(id, head, rows) {
-  const tb = $(id);
-  tb.replaceChildren(el("tr", {}, ...head.map((h) => el("th", {}, h))));
-  for (const r of rows) tb.append(el("tr", {}, ...r.map((c) => el("td", {}, String(c)))));
-  if (!rows.length) tb.append(el("tr", {}, el("td", { colspan: head.length }, t("none"))));
-}
-
-function upstreamTable(ups) {
-  table("upstreams", [t("id"), t("state"), t("requests"), t("errors"), t("error_rate"), t("latency"), t("last_error")],
-    ups.map((u) => [u.id, t(u.state), u.requests_total, u.errors_total,
-      (100 * (u.recent_error_rate || 0)).toFixed(0) + "%", u.latency_ms ?? "—", u.last_error ?? ""]));
-  const rows = $("upstreams").querySelectorAll("tr");
-  ups.forEach((u, i) => rows[i + 1]?.children[1]?.classList.add("state-" + u.state));
-}
-
-function dayTable(stats) {
-  table("days", [t("date"), t("active"), t("messages_total"), t("credits_charged"), t("llm_cost_fen"),
-    t("orders_paid"), t("revenue_fen"), t("refunds_fen"), t("codes_redeemed")],
-    [...stats].reverse().map((d) => [d.date, d.active_users, d.messages_total, d.credits_charged,
-      yuan(d.llm_cost_fen), d.orders_paid, yuan(d.revenue_fen), yuan(d.refunds_fen), d.codes_redeemed]));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -259,9 +208,8 @@ document.addEventListener("DOMContentLoaded", () => {
     lang = lang === "zh" ? "en" : "zh";
     localStorage.setItem("console.lang", lang);
     applyLang();
+    render();
   });
-  for (const b of document.querySelectorAll(".periods button")) {
-    b.addEventListener("click", () => { days = Number(b.dataset.days); load(); });
-  }
+  window.addEventListener("hashchange", render);
   start();
 });

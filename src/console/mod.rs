@@ -20,55 +20,45 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::admin::state::AppState;
+use crate::http::assets::Asset;
 
 pub mod sessions;
 
 use sessions::{COOKIE, CSRF_HEADER, Refusal, session_cookie};
 
+/// The console's files, served at `/console/<name>` (the page itself at `/console`). A page of
+/// the console is a script that registers itself (see `console.js`); a new one is added here
+/// and loaded by `console.html`.
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "console.css",
+        include_str!("console.css"),
+        "text/css; charset=utf-8",
+    ),
+    ("console.js", include_str!("console.js"), JS),
+    ("dashboard.js", include_str!("dashboard.js"), JS),
+];
 const PAGE: &str = include_str!("console.html");
-const CSS: &str = include_str!("console.css");
-const JS: &str = include_str!("console.js");
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// The page loads only its own files and talks only to this server.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// The console's routes: the page, its files, and login / session / logout.
 pub fn routes() -> axum::Router<AppState> {
-    let serve = |body: &'static str, ct: &'static str| get(move || async move { asset(body, ct) });
-    axum::Router::new()
-        .route("/console", serve(PAGE, "text/html; charset=utf-8"))
-        .route("/console/", serve(PAGE, "text/html; charset=utf-8"))
-        .route(
-            "/console/console.css",
-            serve(CSS, "text/css; charset=utf-8"),
-        )
-        .route(
-            "/console/console.js",
-            serve(JS, "text/javascript; charset=utf-8"),
-        )
+    let serve = |a: Asset| get(move |headers: HeaderMap| async move { a.respond(&headers) });
+    let page = Asset::new(PAGE, "text/html; charset=utf-8", CSP, "no-referrer");
+    let mut router = axum::Router::new()
+        .route("/console", serve(page.clone()))
+        .route("/console/", serve(page));
+    for &(name, body, content_type) in FILES {
+        let asset = Asset::new(body, content_type, CSP, "no-referrer");
+        router = router.route(&format!("/console/{name}"), serve(asset));
+    }
+    router
         .route("/console/api/login", post(login))
         .route("/console/api/session", get(session))
         .route("/console/api/logout", post(logout))
-}
-
-fn asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut res = body.into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    res
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

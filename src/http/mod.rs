@@ -7,6 +7,7 @@
 //! requests in flight are limited ([`limits`]); errors
 //! keep the shape each caller expects (OpenAI's `{"error":{...}}` on `/v1`).
 
+pub mod assets;
 pub mod limits;
 pub mod ops;
 

@@ -23,9 +23,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -33,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::channels::web::state::WebState;
 use crate::engine::Guest;
+use crate::http::assets::Asset;
 
 const INDEX: &str = include_str!("index.html");
 const CSS: &str = include_str!("app.css");
@@ -47,53 +47,6 @@ const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-
 /// How long a guest token works.
 const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
-/// One of the page's files: its text, and the same gzipped (made once, when the routes are
-/// built: the first load of the page is about a quarter of the size compressed).
-#[derive(Clone)]
-struct Asset {
-    body: &'static str,
-    gzip: Option<Bytes>,
-    content_type: &'static str,
-}
-
-impl Asset {
-    fn new(body: &'static str, content_type: &'static str) -> Self {
-        Self {
-            body,
-            gzip: gzip(body.as_bytes()),
-            content_type,
-        }
-    }
-}
-
-/// `data` gzipped at the best level (`None` if that fails, and the plain file is sent).
-fn gzip(data: &[u8]) -> Option<Bytes> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).ok()?;
-    enc.finish().ok().map(Bytes::from)
-}
-
-/// Whether the client takes gzip (`Accept-Encoding`, with a `q` above zero).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q_zero = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !q_zero
-        })
-}
-
 /// The page's routes (`page` false leaves only the APIs).
 pub fn routes(page: bool) -> axum::Router<WebState> {
     let api = axum::Router::new()
@@ -102,54 +55,24 @@ pub fn routes(page: bool) -> axum::Router<WebState> {
     if !page {
         return api;
     }
-    let serve = |a: Asset| get(move |headers: HeaderMap| async move { asset(&a, &headers) });
-    api.route("/", serve(Asset::new(INDEX, "text/html; charset=utf-8")))
+    let serve = |a: Asset| get(move |headers: HeaderMap| async move { a.respond(&headers) });
+    api.route("/", serve(page_asset(INDEX, "text/html; charset=utf-8")))
         .route(
             "/assets/app.css",
-            serve(Asset::new(CSS, "text/css; charset=utf-8")),
+            serve(page_asset(CSS, "text/css; charset=utf-8")),
         )
         .route(
             "/assets/app.js",
-            serve(Asset::new(JS, "text/javascript; charset=utf-8")),
+            serve(page_asset(JS, "text/javascript; charset=utf-8")),
         )
         .route(
             "/assets/wechat.js",
-            serve(Asset::new(WECHAT_JS, "text/javascript; charset=utf-8")),
+            serve(page_asset(WECHAT_JS, "text/javascript; charset=utf-8")),
         )
 }
 
-fn asset(a: &Asset, headers: &HeaderMap) -> Response {
-    let mut res = match &a.gzip {
-        Some(gz) if accepts_gzip(headers) => {
-            let mut res = gz.clone().into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            res
-        }
-        _ => a.body.into_response(),
-    };
-    let h = res.headers_mut();
-    // Caches keep the plain and the gzipped file apart.
-    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(a.content_type),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    // The binary is the version: a restart with a new build serves new files.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    res
+fn page_asset(body: &'static str, content_type: &'static str) -> Asset {
+    Asset::new(body, content_type, CSP, "same-origin")
 }
 
 async fn config(State(st): State<WebState>) -> Response {
@@ -269,39 +192,13 @@ async fn guest(
 mod tests {
     use super::*;
 
-    fn with(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_str(value).unwrap(),
-        );
-        h
-    }
-
     #[test]
-    fn gzip_only_for_clients_that_take_it() {
-        assert!(accepts_gzip(&with("gzip, deflate, br")));
-        assert!(accepts_gzip(&with("br;q=1.0, GZIP;q=0.5")));
-        assert!(accepts_gzip(&with("*")));
-        assert!(!accepts_gzip(&with("gzip;q=0")));
-        assert!(!accepts_gzip(&with("br, deflate")));
-        assert!(!accepts_gzip(&with("identity")));
-        assert!(!accepts_gzip(&HeaderMap::new()));
-    }
-
-    #[test]
-    fn the_gzipped_assets_unpack_to_the_files_and_are_small() {
-        use std::io::Read;
+    fn the_gzipped_assets_are_small() {
         let mut total = 0;
         for body in [INDEX, CSS, JS, WECHAT_JS] {
-            let gz = gzip(body.as_bytes()).unwrap();
-            let mut back = String::new();
-            flate2::read::GzDecoder::new(&gz[..])
-                .read_to_string(&mut back)
-                .unwrap();
-            assert_eq!(back, body);
-            assert!(gz.len() < body.len() / 2, "{} of {}", gz.len(), body.len());
-            total += gz.len();
+            let gz = page_asset(body, "text/plain").gzipped_len();
+            assert!(gz < body.len() / 2, "{gz} of {}", body.len());
+            total += gz;
         }
         // The first load (issue 26) stays under 150 KB compressed.
         assert!(total < 150 * 1024, "{total} bytes");
