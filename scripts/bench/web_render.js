@@ -2,7 +2,7 @@
 // on every frame, as the page did, against rendering only the tail after splitStable, as it
 // does now. Run: node scripts/bench/web_render.js
 const path = require('path');
-const m = require(path.join(__dirname, '..', '..', 'src', 'channels', 'web', 'app.js'));
+const m = require(path.join(__dirname, '..', 'e2e', 'page_js.js'));
 const block = '## 小节\n\n这是一段说明文字，包含 **粗体** 和 `代码` 以及公式 $a^2+b^2=c^2$。\n\n' +
   '| 列一 | 列二 |\n| --- | --- |\n| 1 | 2 |\n\n```python\ndef f(x):\n    return x * 2  # 注释\n```\n\n- 一项\n- 二项\n\n';
 let src = '';

@@ -22,7 +22,7 @@ from conftest import COST, MODEL, ROOT, Daemon
 from test_web import DESKTOP, PHONE, TIMEOUT, last_answer, login, me, new_page, send, shot, token_of, web  # noqa: F401
 from test_web import browser  # noqa: F401  (the fixture)
 
-APP_JS = ROOT / "src" / "channels" / "web" / "app.js"
+PAGE_JS = ROOT / "scripts" / "e2e" / "page_js.js"  # loads the page's pure parts into Node
 CHEAP, DEAR = "mini-fake", "big-fake"
 CLIENTS = 0
 
@@ -120,7 +120,7 @@ def test_renderer_formulas_tables_and_streaming_split():
     node = shutil.which("node") or shutil.which("nodejs")
     if not node:
         pytest.fail("the renderer checks need node: apt-get install nodejs")
-    r = subprocess.run([node, "-e", NODE_CHECKS, str(APP_JS)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([node, "-e", NODE_CHECKS, str(PAGE_JS)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     # Display sums put their limits under and over; fractions are fractions.
@@ -412,8 +412,8 @@ def web_api_error_codes():
 def test_every_web_api_error_has_words_in_both_languages():
     codes = web_api_error_codes()
     assert {"bad_code", "too_large", "conflict", "malformed", "already_used"} <= codes, codes
-    js = (ROOT / "src" / "channels" / "web" / "app.js").read_text()
-    zh, en = js.split("\n    en: {", 1)
+    js = (ROOT / "src" / "channels" / "web" / "text.js").read_text()
+    zh, en = js.split("\n  en: {", 1)
     for table, name in [(zh, "zh"), (en, "en")]:
         keys = set(re.findall(r"^\s+(err_\w+):", table, re.M))
         missing = [c for c in codes if not any(k == f"err_{c}" or k.endswith(f"_{c}") for k in keys)]
@@ -660,7 +660,10 @@ def test_first_load_is_under_150_kb_compressed(demo, browser):  # noqa: F811
     }""")
     total = sum(s[1] for s in sizes)
     assert total < 150 * 1024, sizes
-    for path in ("/", "/assets/app.js", "/assets/app.css", "/assets/wechat.js"):
+    html = (ROOT / "src" / "channels" / "web" / "index.html").read_text()
+    scripts = re.findall(r'<script src="(/assets/[\w.]+)"', html)
+    assert len(scripts) >= 10, scripts
+    for path in ["/", "/assets/app.css", *scripts]:
         assert encodings.get(path) == "gzip", encodings
     # What it would be uncompressed: over the budget, so compression is what keeps it.
     assert sum(s[3] for s in sizes) > 150 * 1024, sizes
@@ -711,3 +714,28 @@ def test_the_top_bar_fits_at_360_px_with_everything_in_it(web, browser):  # noqa
     assert overflow == 0, overflow
     shot(page, "phone-360-topbar")
     page.context.close()
+
+
+def test_the_pages_scripts_override_nothing_the_browser_has(browser):  # noqa: F811
+    """The page's scripts share the global scope (classic scripts, no build step): a top-level
+    function becomes a property of `window`, so one named like a browser's own (`open`,
+    `close`, `print`...) would replace it. None may, and no name is declared twice."""
+    web = ROOT / "src" / "channels" / "web"
+    html = (web / "index.html").read_text()
+    files = re.findall(r'<script src="/assets/([\w.]+)"', html)
+    functions, lexical = [], []
+    for f in files:
+        if f == "wechat.js":  # its own closure; it exports only window.ChatrelayWechat
+            continue
+        text = (web / f).read_text()
+        functions += re.findall(r"^(?:async )?function\*? ?(\w+)", text, re.M)
+        lexical += re.findall(r"^(?:const|let|class) (\w+)", text, re.M)
+    names = functions + lexical
+    assert len(functions) > 150 and len(lexical) > 50, (len(functions), len(lexical))
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto("about:blank")
+    taken = page.evaluate("(names) => names.filter((n) => n in window)", functions)
+    ctx.close()
+    assert not taken, taken

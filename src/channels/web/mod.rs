@@ -1,6 +1,5 @@
-//! The web chat page, embedded in the binary (`GET /`, `/assets/app.css`, `/assets/app.js`,
-//! `/assets/wechat.js`),
-//! and the APIs only the page needs: `GET /api/config` (what to show, with the models and
+//! The web chat page, embedded in the binary (`GET /` and its files under `/assets/`, see
+//! [`FILES`]), and the APIs only the page needs: `GET /api/config` (what to show, with the models and
 //! their prices) and `POST /api/guest`
 //! (try it without logging in, when `web.guest_credits` is set).
 //!
@@ -35,10 +34,29 @@ use crate::engine::Guest;
 use crate::http::assets::Asset;
 
 const INDEX: &str = include_str!("index.html");
-const CSS: &str = include_str!("app.css");
-const JS: &str = include_str!("app.js");
-/// Browser detection and WeChat Pay / WeChat login helpers the page uses (loaded before app.js).
-const WECHAT_JS: &str = include_str!("wechat.js");
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The page's files, served at `/assets/<name>`, in the order index.html loads the scripts:
+/// wechat.js (browser detection, WeChat Pay and login helpers), then the page's own scripts,
+/// each of which uses only what the ones before it declared (boot.js, last, starts the page).
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        include_str!("app.css"),
+        "text/css; charset=utf-8",
+    ),
+    ("wechat.js", include_str!("wechat.js"), JS),
+    ("text.js", include_str!("text.js"), JS),
+    ("math.js", include_str!("math.js"), JS),
+    ("render.js", include_str!("render.js"), JS),
+    ("app.js", include_str!("app.js"), JS),
+    ("login.js", include_str!("login.js"), JS),
+    ("chat.js", include_str!("chat.js"), JS),
+    ("thread.js", include_str!("thread.js"), JS),
+    ("account.js", include_str!("account.js"), JS),
+    ("buy.js", include_str!("buy.js"), JS),
+    ("boot.js", include_str!("boot.js"), JS),
+];
 
 /// Everything the page loads comes from here; nothing inline, nothing from elsewhere
 /// (except the configured Official Account QR image).
@@ -56,19 +74,14 @@ pub fn routes(page: bool) -> axum::Router<WebState> {
         return api;
     }
     let serve = |a: Asset| get(move |headers: HeaderMap| async move { a.respond(&headers) });
-    api.route("/", serve(page_asset(INDEX, "text/html; charset=utf-8")))
-        .route(
-            "/assets/app.css",
-            serve(page_asset(CSS, "text/css; charset=utf-8")),
-        )
-        .route(
-            "/assets/app.js",
-            serve(page_asset(JS, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/assets/wechat.js",
-            serve(page_asset(WECHAT_JS, "text/javascript; charset=utf-8")),
-        )
+    let mut router = api.route("/", serve(page_asset(INDEX, "text/html; charset=utf-8")));
+    for &(name, body, content_type) in FILES {
+        router = router.route(
+            &format!("/assets/{name}"),
+            serve(page_asset(body, content_type)),
+        );
+    }
+    router
 }
 
 fn page_asset(body: &'static str, content_type: &'static str) -> Asset {
@@ -193,9 +206,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn index_html_loads_every_script_in_the_served_order() {
+        let loaded: Vec<&str> = INDEX
+            .split("<script src=\"/assets/")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .collect();
+        let served: Vec<&str> = FILES
+            .iter()
+            .map(|f| f.0)
+            .filter(|n| n.ends_with(".js"))
+            .collect();
+        assert_eq!(loaded, served);
+    }
+
+    #[test]
     fn the_gzipped_assets_are_small() {
         let mut total = 0;
-        for body in [INDEX, CSS, JS, WECHAT_JS] {
+        let bodies = FILES.iter().map(|f| f.1);
+        for body in std::iter::once(INDEX).chain(bodies) {
             let gz = page_asset(body, "text/plain").gzipped_len();
             assert!(gz < body.len() / 2, "{gz} of {}", body.len());
             total += gz;
