@@ -595,10 +595,10 @@ fn restore_into(
     };
     // Reopen: sled resumes ids at 2 × interval; hand out one so that counter is persisted.
     {
-        let db = crate::retry_locked(|| {
+        let db = crate::open::retry_locked(|| {
             config()
                 .open()
-                .map_err(|e| crate::map_open_error(e, staging))
+                .map_err(|e| crate::open::map_open_error(e, staging))
         })?;
         db.generate_id()?;
         db.flush()?;
@@ -614,7 +614,7 @@ fn restore_into(
     })?;
     // Opening checks the schema (and is what the daemon will do next). sled lets go of the
     // file lock a moment after the handle above is dropped: on a busy machine, a long moment.
-    drop(crate::retry_locked(|| {
+    drop(crate::open::retry_locked(|| {
         Store::open(dir, cache_capacity_bytes)
     })?);
     Ok(summary)

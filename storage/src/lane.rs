@@ -348,7 +348,8 @@ mod tests {
         drop(store);
         // Every user written before its flush answered is on disk.
         // sled's flusher thread lets go of the file lock a moment after the last handle.
-        let store = crate::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
+        let store =
+            crate::open::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
         assert_eq!(store.user_count(), 40);
     }
 
@@ -373,7 +374,8 @@ mod tests {
             flushed.unwrap();
         }
         drop(store);
-        let store = crate::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
+        let store =
+            crate::open::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
         assert_eq!(store.user_count(), 64);
     }
 

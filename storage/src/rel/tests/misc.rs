@@ -352,7 +352,7 @@ async fn migrations_run_once_and_a_newer_schema_is_refused() {
         return;
     };
     let opts = crate::kv::pg::PgOptions {
-        schema: Some(crate::temporary_schema()),
+        schema: Some(crate::open::temporary_schema()),
         ..crate::kv::pg::PgOptions::new(url)
     };
     let first = RelStore::migrate(&opts).await.unwrap();

@@ -10,7 +10,7 @@ pub(super) async fn store() -> Option<RelStore> {
         .ok()
         .filter(|u| !u.is_empty())?;
     let opts = PgOptions {
-        schema: Some(crate::temporary_schema()),
+        schema: Some(crate::open::temporary_schema()),
         pool_size: 24,
         ..PgOptions::new(url)
     };
