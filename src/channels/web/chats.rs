@@ -22,7 +22,8 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -241,15 +242,21 @@ async fn write<R: Send + 'static>(
     }
 }
 
-fn authed(st: &WebState, headers: &HeaderMap) -> Result<Uid, Box<Response>> {
-    super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))
+/// The user a request's bearer token belongs to: an extractor, so that a handler is reached
+/// only with one (a missing or wrong token is answered as on `/v1`).
+struct Authed(Uid);
+
+impl FromRequestParts<WebState> for Authed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &WebState) -> Result<Self, Response> {
+        super::v1::authenticate(st, &parts.headers)
+            .map(Authed)
+            .map_err(IntoResponse::into_response)
+    }
 }
 
-async fn list(State(st): State<WebState>, headers: HeaderMap) -> Response {
-    let uid = match authed(&st, &headers) {
-        Ok(uid) => uid,
-        Err(refused) => return *refused,
-    };
+async fn list(State(st): State<WebState>, Authed(uid): Authed) -> Response {
     let store = st.engine.store().clone();
     let got = read(move || {
         let web = store.chats(uid)?;
@@ -282,11 +289,11 @@ async fn list(State(st): State<WebState>, headers: HeaderMap) -> Response {
     Json(json!({"conversations": conversations})).into_response()
 }
 
-async fn open(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let uid = match authed(&st, &headers) {
-        Ok(uid) => uid,
-        Err(refused) => return *refused,
-    };
+async fn open(
+    State(st): State<WebState>,
+    Authed(uid): Authed,
+    Path(id): Path<String>,
+) -> Response {
     if !valid_chat_id(&id) {
         return not_found();
     }
@@ -353,14 +360,10 @@ fn web_id(id: &str) -> Result<(), Box<Response>> {
 
 async fn save(
     State(st): State<WebState>,
-    headers: HeaderMap,
+    Authed(uid): Authed,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let uid = match authed(&st, &headers) {
-        Ok(uid) => uid,
-        Err(refused) => return *refused,
-    };
     if let Err(refused) = web_id(&id) {
         return *refused;
     }
@@ -475,13 +478,9 @@ async fn rename(
 
 async fn remove(
     State(st): State<WebState>,
-    headers: HeaderMap,
+    Authed(uid): Authed,
     Path(id): Path<String>,
 ) -> Response {
-    let uid = match authed(&st, &headers) {
-        Ok(uid) => uid,
-        Err(refused) => return *refused,
-    };
     if !valid_chat_id(&id) {
         return not_found();
     }
