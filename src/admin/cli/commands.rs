@@ -166,6 +166,12 @@ pub struct OrderFilter {
     /// Only this user's orders.
     #[arg(long)]
     uid: Option<u64>,
+    /// Only orders of this channel: wechat, alipay.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Only orders paid this way: native, jsapi, h5 (wechat); precreate, wap, page (alipay).
+    #[arg(long)]
+    method: Option<String>,
 }
 
 /// `chatrelay admin order ...`
@@ -496,6 +502,8 @@ impl OrderFilter {
             ("from", self.from.clone()),
             ("to", self.to.clone()),
             ("uid", self.uid.map(|u| u.to_string())),
+            ("channel", self.channel.clone()),
+            ("method", self.method.clone()),
         ])
     }
 }
