@@ -672,6 +672,7 @@ fn render_stats(v: &Value) -> String {
     let mut columns: Vec<(String, Cell)> = vec![
         ("DAY".into(), Text("date")),
         ("ACTIVE".into(), Text("active_users")),
+        ("NEW USERS".into(), Text("new_users")),
         ("MESSAGES".into(), Text("messages_total")),
     ];
     for p in &platforms {
@@ -682,6 +683,7 @@ fn render_stats(v: &Value) -> String {
             ("PROMPT TOK", Sum("prompt_tokens", None)),
             ("ANSWER TOK", Sum("completion_tokens", None)),
             ("CREDITS", Text("credits_charged")),
+            ("GRANTED", Text("credits_granted")),
             ("LLM COST ¥", Yuan("llm_cost_fen")),
             ("ORDERS", Text("orders_paid")),
             ("REVENUE ¥", Yuan("revenue_fen")),
@@ -690,10 +692,24 @@ fn render_stats(v: &Value) -> String {
             ("CODE CREDITS", Text("code_credits")),
             ("PLANS SOLD", Text("plans_sold")),
             ("PLANS ¥", Yuan("plan_sales_fen")),
+            ("BY METHOD ¥", With(by_method)),
         ]
         .map(|(h, c)| (h.to_owned(), c)),
     );
     table_of(rows_of(v), &columns)
+}
+
+/// A day's revenue by payment method: `h5 2.00, native 1.00`.
+fn by_method(day: &Value) -> String {
+    day["revenue_by_method"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {}", yuan(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 /// A zsxq group's state: an expired token first, it stops everything.
@@ -812,9 +828,13 @@ mod tests {
             "messages": {"mp": {"answered": 4}, "tg": {"answered": 1}},
             "prompt_tokens": {"m": 10}, "completion_tokens": {"m": 20},
             "credits_charged": 7, "llm_cost_fen": 150, "orders_paid": 1,
-            "revenue_fen": 990, "refunds_fen": 0
+            "revenue_fen": 990, "refunds_fen": 0, "new_users": 2, "credits_granted": 345,
+            "revenue_by_method": {"h5": 900, "native": 90}
         }]);
         let t = render_stats(&v);
+        assert!(t.contains("NEW USERS") && t.contains("GRANTED"), "{t}");
+        assert!(t.contains("h5 9.00, native 0.90"), "{t}");
+        assert!(t.contains("345"), "{t}");
         assert!(t.lines().next().unwrap().contains("MP  TG"), "{t}");
         assert!(t.contains("2026-11-27"), "{t}");
         assert!(t.contains("9.90"), "{t}");
