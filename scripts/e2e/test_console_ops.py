@@ -273,6 +273,9 @@ def test_operations_page(shop, zsxq, upstream, browser):
     d.config.write_text(original.replace("rate_limit_per_minute = 0", "rate_limit_per_minute = 100"))
     page.click("#reload")
     expect(page.locator("#reload-applied")).to_contain_text("bot")
+    # The configuration view shows the new value, and the result stays on the page.
+    expect(view).to_contain_text('"rate_limit_per_minute": 100')
+    expect(page.locator("#reload-applied")).to_contain_text("bot")
     shot(page, "console-ops-desktop")
     # An invalid file: every problem shown, the running configuration stays.
     d.config.write_text(original + '\n[quota]\nfree_daily = "lots"\n')

@@ -15,7 +15,7 @@ texts({
     k_revoke: "作废", k_revoke_confirm: "作废第 {id} 批中 {unused} 个未使用的码？已使用的码不受影响。",
     k_revoked_n: "已作废 {n} 个码", k_codes: "码", k_id: "编号", k_state: "状态", k_uid: "用户",
     k_used_at: "使用时间", k_csv: "导出本批 CSV", k_back: "← 返回批次列表", k_never: "永不",
-    k_plan_of: "会员 {plan}（{days} 天）", k_credits_of: "{n} 积分", k_open: "查看",
+    k_plan_of: "会员 {plan}（{days} 天）", k_credits_of: "{n} 积分", k_open: "查看", k_show: "显示兑换码",
   },
   en: {
     nav_codes: "Codes", k_new: "Make a batch of codes", k_kind: "Each code grants", k_credits: "Credits",
@@ -27,7 +27,7 @@ texts({
     k_revoke_confirm: "Revoke the {unused} unused codes of batch {id}? Used codes stay used.",
     k_revoked_n: "{n} codes revoked", k_codes: "Codes", k_id: "Id", k_state: "State", k_uid: "User",
     k_used_at: "Used", k_csv: "Export this batch (CSV)", k_back: "← Back to batches", k_never: "never",
-    k_plan_of: "plan {plan} ({days} days)", k_credits_of: "{n} credits", k_open: "Open",
+    k_plan_of: "plan {plan} ({days} days)", k_credits_of: "{n} credits", k_open: "Open", k_show: "Show the codes",
   },
 });
 
@@ -91,7 +91,8 @@ function newBatchForm(sec) {
       out.replaceChildren(el("div", { class: "notice" },
         el("p", {}, fill(t("k_created"), { id: b.id, count: v.codes.length })),
         csvLink("codes-download", `codes-batch-${b.id}.csv`, ["code", "credits", "expires_at", "batch"],
-          v.codes.map((c) => [c.code, grantText(b), b.expires_at ?? "", b.id]), t("k_download"))));
+          v.codes.map((c) => [c.code, grantText(b), b.expires_at ?? "", b.id]), t("k_download")),
+        el("details", {}, el("summary", {}, t("k_show")), el("pre", { id: "codes-new-list", class: "config" }, v.codes.map((c) => c.code).join("\n")))));
       loadBatches();
     } catch (e) {
       err.textContent = t("failed") + e.message;

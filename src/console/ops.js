@@ -56,9 +56,7 @@ async function about(target) {
           el("div", { id: "uptime", class: "value", "data-secs": String(c.uptime_secs) }, uptime(c.uptime_secs)),
           el("div", { class: "sub" }, t("p_started") + " " + when(c.started_at_ms))),
         el("div", { class: "card" }, el("div", { class: "label" }, t("p_file")), el("div", { class: "sub wrap" }, c.file || "—"))),
-      el("div", { class: "actions" },
-        el("button", { id: "reload", type: "button", class: "primary", onclick: reload }, t("p_reload")), backup),
-      el("div", { id: "reload-result", role: "status" }));
+      el("div", { class: "actions" }, backup));
     $("config-view").textContent = JSON.stringify(c.config, null, 2);
   } catch (e) {
     target.replaceChildren(el("p", { class: "error" }, t("failed") + e.message));
@@ -104,32 +102,35 @@ async function zsxq(target) {
       target.replaceChildren(el("p", { class: "muted" }, t("p_no_zsxq")));
       return;
     }
-    const tb = el("table", { id: "zsxq-groups" });
+    // One card per group (not a table row), so that its buttons stay in reach on a phone.
+    const list = el("div", { id: "zsxq-groups", class: "groups" });
     const msg = el("p", { id: "zsxq-message", role: "status", class: "muted" });
-    target.replaceChildren(el("div", { class: "scroll" }, tb), msg);
-    table(tb, [t("p_group"), t("p_zstate"), t("p_last_poll"), t("p_today"), t("p_since"), t("p_last_error"), ""],
-      groups.map((g) => {
-        const id = encodeURIComponent(g.id);
-        const toggle = el("button", { type: "button", "data-zsxq": g.id, onclick: async () => {
-          try {
-            await apiJson(`/admin/zsxq/${id}/${g.paused ? "resume" : "pause"}`, { method: "POST" });
-            zsxq(target);
-          } catch (e) { msg.textContent = t("failed") + e.message; }
-        } }, g.paused ? t("p_resume") : t("p_pause"));
-        const token = el("input", { type: "password", autocomplete: "off", placeholder: t("p_token"), "data-zsxq-token": g.id });
-        const form = el("form", { class: "inline" }, token, el("button", { type: "submit" }, t("p_set_token")));
-        form.addEventListener("submit", async (ev) => {
-          ev.preventDefault();
-          try {
-            await apiJson(`/admin/zsxq/${id}/token`, { method: "POST", json: { access_token: token.value.trim() } });
-            token.value = "";
-            await zsxq(target);
-            $("zsxq-message").textContent = t("p_token_done");
-          } catch (e) { msg.textContent = t("failed") + e.message; }
-        });
-        return [`${g.id} (${g.group_id})`, zsxqState(g), when(g.last_poll_ms), g.answered_today,
-          g.answered_since_start, el("span", { class: "wrap" }, g.last_error || ""), el("span", { class: "row-actions" }, toggle, form)];
-      }));
+    target.replaceChildren(list, msg);
+    for (const g of groups) {
+      const id = encodeURIComponent(g.id);
+      const toggle = el("button", { type: "button", "data-zsxq": g.id, onclick: async () => {
+        try {
+          await apiJson(`/admin/zsxq/${id}/${g.paused ? "resume" : "pause"}`, { method: "POST" });
+          zsxq(target);
+        } catch (e) { msg.textContent = t("failed") + e.message; }
+      } }, g.paused ? t("p_resume") : t("p_pause"));
+      const token = el("input", { type: "password", autocomplete: "off", placeholder: t("p_token"), "data-zsxq-token": g.id });
+      const form = el("form", { class: "inline" }, token, el("button", { type: "submit" }, t("p_set_token")));
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        try {
+          await apiJson(`/admin/zsxq/${id}/token`, { method: "POST", json: { access_token: token.value.trim() } });
+          token.value = "";
+          await zsxq(target);
+          $("zsxq-message").textContent = t("p_token_done");
+        } catch (e) { msg.textContent = t("failed") + e.message; }
+      });
+      list.append(el("div", { class: "group", "data-group": g.id },
+        el("div", { class: "group-head" }, el("strong", {}, `${g.id} (${g.group_id})`), zsxqState(g)),
+        el("div", { class: "muted" }, `${t("p_last_poll")} ${when(g.last_poll_ms)} · ${t("p_today")} ${g.answered_today} · ${t("p_since")} ${g.answered_since_start}`),
+        g.last_error ? el("div", { class: "error wrap" }, t("p_last_error") + ": " + g.last_error) : null,
+        el("div", { class: "actions" }, toggle, form)));
+    }
   } catch (e) {
     target.replaceChildren(el("p", { class: "error" }, t("failed") + e.message));
   }
@@ -138,7 +139,7 @@ async function zsxq(target) {
 async function hits(target) {
   try {
     const list = await apiJson("/admin/hits?limit=100");
-    const tb = el("table", { id: "hits" });
+    const tb = el("table", { id: "hits", class: "left" });
     target.replaceChildren(el("div", { class: "scroll" }, tb));
     table(tb, [t("p_time"), t("p_uid"), t("p_scope"), t("p_dir"), t("p_rule"), t("p_word"), t("p_excerpt")],
       list.map((h) => [when(h.at_ms), h.uid != null ? el("a", { href: "#/users/" + h.uid }, String(h.uid)) : "",
@@ -153,7 +154,10 @@ page({
   label: "nav_ops",
   show(sec) {
     const aboutBox = box("ops-about"), zsxqBox = box("ops-zsxq"), hitsBox = box("ops-hits");
-    sec.replaceChildren(aboutBox, el("h2", {}, t("p_zsxq")), zsxqBox, el("h2", {}, t("p_hits")), hitsBox,
+    const reloadBox = box("ops-reload",
+      el("button", { id: "reload", type: "button", class: "primary", onclick: reload }, t("p_reload")),
+      el("div", { id: "reload-result", role: "status" }));
+    sec.replaceChildren(aboutBox, reloadBox, el("h2", {}, t("p_zsxq")), zsxqBox, el("h2", {}, t("p_hits")), hitsBox,
       el("h2", {}, t("p_config")), el("pre", { id: "config-view", class: "config" }));
     about(aboutBox);
     zsxq(zsxqBox);

@@ -141,7 +141,7 @@ async function showOrder(sec, id) {
     refundBox.append(el("button", { id: "refund", type: "button", class: "danger",
       onclick: () => confirmRefund(sec, refundBox, o) }, t("o_refund")));
   }
-  const events = el("table", { id: "order-events" });
+  const events = el("table", { id: "order-events", class: "left" });
   sec.replaceChildren(back, head, info, refundBox, el("h2", {}, t("o_events")), el("div", { class: "scroll" }, events), err);
   table(events, [t("o_time"), t("o_event"), t("o_detail")],
     (v.events || []).map((e) => [when(e.at_ms), e.kind, el("span", { class: "wrap" }, e.detail ?? "")]));
