@@ -233,6 +233,11 @@ def test_operations_page(shop, zsxq, upstream, browser):
     assert conf["config"]["pay"]["wechat"]["api_v3_key"] == "***"
     assert conf["backup_supported"] is True and conf["uptime_secs"] >= 0
     assert "(commit " in conf["version"], conf["version"]
+    # `chatrelay admin config` prints the same, redacted too.
+    out = d.cli("config").stdout
+    assert out.startswith("chatrelay " + conf["version"]) and '"admin_token": "***"' in out, out[:500]
+    for s in secrets:
+        assert s not in out, f"{s} printed by admin config"
 
     page = console_page(browser, d, DESKTOP)
     page.click("#nav a[data-page='ops']")

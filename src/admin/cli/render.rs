@@ -94,6 +94,7 @@ pub fn human(command: &AdminCommand) -> Render {
         },
         AdminCommand::Hits { .. } => T(HIT_COLUMNS),
         AdminCommand::Upstreams => W(render_upstreams),
+        AdminCommand::Config => W(render_config),
         AdminCommand::Reload => W(render_reload),
         AdminCommand::Backup { .. } => W(|v| text(&v["summary"])),
     }
@@ -762,6 +763,28 @@ fn render_upstreams(v: &Value) -> String {
     table_of(rows_of(v), UPSTREAM_COLUMNS)
 }
 
+/// The version and uptime, then the configuration (redacted by the daemon) as JSON.
+fn render_config(v: &Value) -> String {
+    let secs = v["uptime_secs"].as_u64().unwrap_or(0);
+    format!(
+        "chatrelay {}
+up {}d {}h {}m (since {}), configuration from {}, backups: {}
+{}",
+        text(&v["version"]),
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        time(&v["started_at_ms"]),
+        v["file"].as_str().unwrap_or("(built-in defaults)"),
+        if v["backup_supported"].as_bool() == Some(true) {
+            "admin backup FILE"
+        } else {
+            "not by the daemon (PostgreSQL: pg_dump)"
+        },
+        pretty(&v["config"])
+    )
+}
+
 fn render_reload(v: &Value) -> String {
     format!(
         "configuration reloaded from {}\napplied: {}\nneeds a restart (old values kept): {}",
@@ -818,6 +841,22 @@ mod tests {
         assert_eq!(
             render_usage(&serde_json::json!({"data": [], "next_before": null})),
             "no usage records"
+        );
+    }
+
+    #[test]
+    fn config_shows_version_uptime_and_the_redacted_config() {
+        let v = json!({
+            "version": "0.1.0 (commit abc, built 2026-12-07)", "uptime_secs": 90_061,
+            "started_at_ms": 0, "file": "/etc/chatrelay.toml", "backup_supported": false,
+            "config": {"server": {"admin_token": "***"}}
+        });
+        let out = render_config(&v);
+        assert!(out.starts_with("chatrelay 0.1.0 (commit abc"), "{out}");
+        assert!(out.contains("up 1d 1h 1m"), "{out}");
+        assert!(
+            out.contains("pg_dump") && out.contains("\"admin_token\": \"***\""),
+            "{out}"
         );
     }
 
