@@ -120,6 +120,11 @@ def test_orders_filter_open_refund_and_export(shop, wxpay, alipay, browser):
     cli = json.loads(d.cli("--json", "order", "list", "--channel", "alipay", "--uid", str(uid)).stdout)
     assert [o["id"] for o in cli] == [ali]
     shot(page, "console-orders-desktop")
+    page.click("#lang")
+    expect(page.locator("#orders-csv")).to_have_text("Export CSV")
+    expect(page.locator("#orders-table")).to_contain_text("WeChat Pay")
+    shot(page, "console-orders-desktop-en")
+    page.click("#lang")
 
     # The order's page: the order and its provider events.
     page.click(f"#orders-table a[data-order='{wx}']")
@@ -286,7 +291,8 @@ def test_operations_page(shop, zsxq, upstream, browser):
     d.config.write_text(original + '\n[quota]\nfree_daily = "lots"\n')
     page.click("#reload")
     expect(page.locator("#reload-error")).to_be_visible()
-    expect(page.locator("#reload-error li").first).to_be_visible()
+    expect(page.locator("#reload-error")).to_contain_text("新配置无效")
+    expect(page.locator("#reload-error li").first).to_contain_text("quota")
     shot(page, "console-ops-reload-error-desktop")
     d.config.write_text(original)
     page.click("#reload")

@@ -9,7 +9,7 @@ texts({
   zh: {
     nav_ops: "运维", p_version: "版本", p_uptime: "已运行", p_started: "启动于", p_file: "配置文件",
     p_reload: "重新加载配置", p_reload_ok: "已重新加载。", p_applied: "已生效：", p_restart: "需重启才生效：",
-    p_nothing: "没有变化", p_reload_bad: "新配置无效，仍使用当前配置：", p_backup: "下载备份",
+    p_nothing: "没有变化", p_reload_bad: "新配置无效，仍使用当前配置。", p_backup: "下载备份",
     p_backup_pg: "PostgreSQL 存储：请用 pg_dump 备份数据库（此处仅支持内置存储）。",
     p_zsxq: "知识星球", p_group: "星球", p_zstate: "状态", p_last_poll: "上次轮询", p_today: "今日回答",
     p_since: "启动以来", p_last_error: "最近错误", p_pause: "暂停", p_resume: "恢复", p_token: "新 access_token",
@@ -22,7 +22,7 @@ texts({
     nav_ops: "Operations", p_version: "Version", p_uptime: "Uptime", p_started: "Started", p_file: "Config file",
     p_reload: "Reload the configuration", p_reload_ok: "Reloaded.", p_applied: "Applied: ",
     p_restart: "Needs a restart: ", p_nothing: "nothing changed",
-    p_reload_bad: "The new configuration is invalid; the running one stays: ", p_backup: "Download a backup",
+    p_reload_bad: "The new configuration is invalid; the running one stays.", p_backup: "Download a backup",
     p_backup_pg: "PostgreSQL store: back the database up with pg_dump (this works for the embedded store only).",
     p_zsxq: "zsxq groups", p_group: "Group", p_zstate: "State", p_last_poll: "Last poll", p_today: "Answered today",
     p_since: "Since start", p_last_error: "Last error", p_pause: "Pause", p_resume: "Resume",
@@ -80,8 +80,9 @@ async function reload() {
     } else {
       const problems = body.problems || [];
       out.replaceChildren(el("div", { id: "reload-error", class: "notice bad" },
-        el("p", {}, t("p_reload_bad") + (body.error || res.status)),
-        el("ul", {}, ...problems.map((p) => el("li", {}, p)))));
+        // Its own words when the server gave no list (not the invalid-file case).
+        el("p", {}, problems.length ? t("p_reload_bad") : t("failed") + (body.error || res.status)),
+        el("ul", { class: "problems" }, ...problems.map((p) => el("li", {}, p)))));
     }
   } catch (e) {
     out.replaceChildren(el("p", { class: "error" }, t("failed") + e.message));

@@ -13,6 +13,7 @@ texts({
     o_paid: "支付时间", o_refunded: "退款时间", o_trade: "支付平台单号", o_events: "订单事件",
     o_time: "时间", o_event: "事件", o_detail: "详情", o_back: "← 返回订单列表", o_refund: "退款",
     o_refund_confirm: "确认退款 ¥{amount}（订单 {id}），并收回用户 {uid} 的 {credits} 积分（余额不足时收回至 0）？",
+    o_refund_plan: "确认退款 ¥{amount}（订单 {id}），并收回用户 {uid} 的会员「{plan}」（{days} 天）？",
     o_refund_done: "已退款", o_reason_needed: "请填写退款原因", o_plan: "会员",
     s_created: "待支付", s_credited: "已到账", s_closed: "已关闭", s_refunded: "已退款",
     c_wechat: "微信支付", c_alipay: "支付宝", o_shown: "显示 {n} 笔（最多 100 笔，导出不限）",
@@ -24,6 +25,7 @@ texts({
     o_paid: "Paid", o_refunded: "Refunded", o_trade: "Provider trade no", o_events: "Order events",
     o_time: "Time", o_event: "Event", o_detail: "Detail", o_back: "← Back to orders", o_refund: "Refund",
     o_refund_confirm: "Refund ¥{amount} (order {id}) and take {credits} credits back from user {uid} (down to 0 at most)?",
+    o_refund_plan: "Refund ¥{amount} (order {id}) and take the plan \"{plan}\" ({days} days) back from user {uid}?",
     o_refund_done: "Refunded", o_reason_needed: "Give a reason for the refund", o_plan: "Plan",
     s_created: "awaiting payment", s_credited: "credited", s_closed: "closed", s_refunded: "refunded",
     c_wechat: "WeChat Pay", c_alipay: "Alipay", o_shown: "{n} shown (at most 100; the export has all)",
@@ -155,7 +157,8 @@ function confirmRefund(sec, box, o) {
   const go = el("button", { id: "refund-confirm", type: "button", class: "danger" }, t("confirm"));
   const cancel = el("button", { id: "refund-cancel", type: "button" }, t("cancel"));
   box.replaceChildren(el("div", { class: "confirm", role: "dialog" },
-    el("p", { id: "refund-question" }, fill(t("o_refund_confirm"), { amount: yuan(o.amount_fen), id: o.id, uid: o.uid, credits: o.credits })),
+    el("p", { id: "refund-question" }, fill(t(o.plan ? "o_refund_plan" : "o_refund_confirm"),
+      { amount: yuan(o.amount_fen), id: o.id, uid: o.uid, credits: o.credits, plan: o.plan?.name, days: o.plan?.days })),
     field("reason", reason), el("div", { class: "actions" }, go, cancel), msg));
   reason.focus();
   cancel.onclick = () => showOrder(sec, o.id);
