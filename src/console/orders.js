@@ -42,6 +42,8 @@ const filter = { status: "", channel: "", method: "", from: "", to: "", uid: "" 
 
 const fill = (text, values) => text.replace(/\{(\w+)\}/g, (_, k) => String(values[k] ?? ""));
 const statusName = (s) => (t("s_" + s) === "s_" + s ? s : t("s_" + s));
+// An order from before payment methods is its channel's QR order (as the server reads it).
+const methodOf = (o) => o.method || { wechat: "native", alipay: "precreate" }[o.channel] || "";
 const channelName = (c) => (t("c_" + c) === "c_" + c ? c : t("c_" + c));
 
 function query(extra = {}) {
@@ -96,7 +98,7 @@ async function load(tb, count, err) {
       t("o_amount"), t("o_credits"), t("o_status")],
     orders.map((o) => [
       el("a", { href: "#/orders/" + encodeURIComponent(o.id), "data-order": o.id }, o.id),
-      when(o.created_at_ms), o.uid, o.product_name, channelName(o.channel), o.method || "",
+      when(o.created_at_ms), o.uid, o.product_name, channelName(o.channel), methodOf(o),
       yuan(o.amount_fen), o.credits, el("span", { class: "status-" + o.status }, statusName(o.status)),
     ]));
   } catch (e) {
@@ -132,7 +134,7 @@ async function showOrder(sec, id) {
     ["o_product", o.product_name + (o.plan ? ` (${t("o_plan")} ${o.plan.name})` : "")],
     ["o_amount", el("span", { id: "order-amount" }, yuan(o.amount_fen))],
     ["o_credits", String(o.credits)],
-    ["o_channel", channelName(o.channel) + (o.method ? " / " + o.method : "")],
+    ["o_channel", channelName(o.channel) + " / " + methodOf(o)],
     ["o_created", when(o.created_at_ms)],
     ["o_paid", when(o.credited_at_ms)],
     ["o_refunded", when(o.refunded_at_ms)],
