@@ -149,6 +149,7 @@ impl App {
                 body_limit: config.server.max_body_bytes,
                 web_page: config.web.enabled,
                 console: Arc::new(crate::console::sessions::Sessions::default()),
+                started_at_ms: crate::util::now_ms(),
             },
             listener,
             tracker,

@@ -298,6 +298,12 @@ impl Live {
         }
     }
 
+    /// The configuration file the daemon started from (`None`: the default lookup).
+    #[must_use]
+    pub fn source(&self) -> Option<&std::path::Path> {
+        self.inner.source.as_deref()
+    }
+
     /// Reads the configuration again and applies it; on any error the running one stays.
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let inner = &self.inner;

@@ -1,6 +1,7 @@
 //! Per-day statistics for operators: active users, messages by platform and outcome, LLM
-//! tokens and their cost, credits charged, (from the orders) revenue and membership plans sold,
-//! and (from the ledger) redemption codes redeemed.
+//! tokens and their cost, credits charged, (from the orders) revenue by channel and method and
+//! membership plans sold, (from the ledger) redemption codes redeemed and the paid credits
+//! granted, and (from the users) new users.
 //!
 //! Counting happens in memory on the hot path (a mutex and a map, no disk write); the
 //! housekeeping task writes the counts into the store once a minute in one batch, and the
@@ -102,6 +103,8 @@ pub struct DayStats {
     pub date: String,
     /// Distinct users who wrote or called the API.
     pub active_users: u64,
+    /// Users created that day (by a first message, a login, the admin API, a guest trial).
+    pub new_users: u64,
     /// Messages by platform, then by outcome.
     pub messages: BTreeMap<String, BTreeMap<String, u64>>,
     /// All messages.
@@ -121,6 +124,8 @@ pub struct DayStats {
     pub revenue_fen: i64,
     /// Revenue by channel, in fen.
     pub revenue_by_channel: BTreeMap<String, i64>,
+    /// Revenue by payment method (`native`, `jsapi`, `h5`, `precreate`, `wap`, `page`), in fen.
+    pub revenue_by_method: BTreeMap<String, i64>,
     /// Refunded that day, in fen.
     pub refunds_fen: i64,
     /// Redemption codes redeemed that day.
@@ -133,6 +138,13 @@ pub struct DayStats {
     pub plan_sales_fen: i64,
     /// Plan orders paid that day by plan id.
     pub plans_by_id: BTreeMap<String, u64>,
+    /// Paid credits added by the orders paid that day.
+    pub order_credits: i64,
+    /// Paid credits granted that day by admins (and guest trials).
+    pub grant_credits: i64,
+    /// Every paid credit added that day: `order_credits + code_credits + grant_credits`
+    /// (to set against `credits_charged`, the credits spent).
+    pub credits_granted: i64,
 }
 
 /// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
@@ -145,6 +157,8 @@ pub fn report(
 ) -> Result<Vec<DayStats>, StoreError> {
     let orders = store.orders(None, usize::MAX)?;
     let redemptions = store.code_redemptions()?;
+    let grants = store.paid_grants()?;
+    let created = store.user_creation_times()?;
     let mut out = Vec::with_capacity(days.len());
     for &day in days {
         let p = prefix(day);
@@ -190,6 +204,9 @@ pub fn report(
                 s.orders_paid += 1;
                 s.revenue_fen += o.amount_fen;
                 *s.revenue_by_channel.entry(o.channel.clone()).or_default() += o.amount_fen;
+                let method = crate::billing::PayMethod::of(o).map_or("unknown", |m| m.as_str());
+                *s.revenue_by_method.entry(method.to_owned()).or_default() += o.amount_fen;
+                s.order_credits += i64::try_from(o.credits).unwrap_or(i64::MAX);
                 if let Some(plan) = &o.plan {
                     s.plans_sold += 1;
                     s.plan_sales_fen += o.amount_fen;
@@ -206,6 +223,13 @@ pub fn report(
                 s.code_credits += credits;
             }
         }
+        for &(at_ms, credits) in &grants {
+            if in_day(Some(at_ms)) {
+                s.grant_credits += credits;
+            }
+        }
+        s.credits_granted = s.order_credits + s.code_credits + s.grant_credits;
+        s.new_users = created.iter().filter(|&&ms| in_day(Some(ms))).count() as u64;
         out.push(s);
     }
     Ok(out)
@@ -365,6 +389,82 @@ mod tests {
             (1, 3000),
             "e is unpaid"
         );
+    }
+
+    #[test]
+    fn new_users_grants_and_methods_are_counted_on_their_day() {
+        use chatrelay_storage::EntryKind;
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").unwrap().uid;
+        let b = store.create_user("b").unwrap().uid;
+        let today = crate::util::day_number(crate::util::now_ms(), 0);
+        let day = 20_000;
+        let ms = |d: i64| d * 86_400_000 + 3_600_000;
+        // Grants count; a revocation, an answer and a code do not count as grants.
+        store
+            .grant(a, 40, EntryKind::Grant, "gift", "g1", ms(day))
+            .unwrap();
+        store
+            .grant(b, 2, EntryKind::Grant, "gift", "g2", ms(day))
+            .unwrap();
+        store
+            .grant(b, 5, EntryKind::Grant, "gift", "g3", ms(day + 1))
+            .unwrap();
+        store
+            .debit(a, 10, EntryKind::Adjust, "oops", "r1", ms(day))
+            .unwrap();
+        let (_, codes) = store
+            .create_code_batch(
+                chatrelay_storage::CodeGrant::Credits { credits: 7 },
+                1,
+                None,
+                "",
+                0,
+            )
+            .unwrap();
+        store.redeem_code(a, &codes[0], ms(day)).unwrap();
+        for (id, channel, method, fen, credits) in [
+            ("w1", "wechat", None, 100, 10),
+            ("w2", "wechat", Some("h5"), 200, 20),
+            ("a1", "alipay", Some("wap"), 300, 30),
+        ] {
+            let o = chatrelay_storage::Order {
+                id: id.into(),
+                uid: a,
+                product_id: "p".into(),
+                product_name: "p".into(),
+                channel: channel.into(),
+                method: method.map(Into::into),
+                amount_fen: fen,
+                credits,
+                status: OrderStatus::Created,
+                created_at_ms: ms(day),
+                expires_at_ms: ms(day) + 1_000_000,
+                code_url: None,
+                provider_trade_no: None,
+                credited_at_ms: None,
+                closed_at_ms: None,
+                refunded_at_ms: None,
+                plan: None,
+            };
+            store.create_order(&o, ms(day)).unwrap();
+            store.credit_order(id, fen, None, ms(day)).unwrap();
+        }
+        let r = report(&store, &[day, day + 1, today], &[], 0).unwrap();
+        assert_eq!(r[0].grant_credits, 42);
+        assert_eq!(r[0].code_credits, 7);
+        assert_eq!(r[0].order_credits, 60);
+        assert_eq!(r[0].credits_granted, 42 + 7 + 60);
+        assert_eq!(r[1].grant_credits, 5);
+        assert_eq!(r[1].credits_granted, 5);
+        let methods: Vec<(&str, i64)> = r[0]
+            .revenue_by_method
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(methods, [("h5", 200), ("native", 100), ("wap", 300)]);
+        assert_eq!(r[0].revenue_fen, 600);
+        assert_eq!((r[0].new_users, r[2].new_users), (0, 2));
     }
 
     #[test]

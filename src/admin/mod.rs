@@ -68,6 +68,7 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
         .route(paths::AUDIT, get(ops::audit))
         .route(paths::BACKUP, get(ops::backup))
         .route(paths::RELOAD, post(ops::reload))
+        .route(paths::CONFIG, get(ops::running_config))
         .route(paths::HITS, get(ops::content_hits))
         .route(paths::UPSTREAMS, get(ops::upstreams))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))

@@ -1,5 +1,6 @@
-//! Operations: per-day figures, the ledger audit, backups, configuration reloads,
-//! content-rule hits and LLM upstream health.
+//! Operations: per-day figures, the ledger audit, backups, configuration reloads, the
+//! running configuration (secrets redacted) with the version and uptime, content-rule hits
+//! and LLM upstream health.
 
 use axum::Json;
 use axum::extract::Query;
@@ -105,6 +106,33 @@ pub async fn reload(st: St) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
+/// `GET /admin/config`: the running configuration with every secret as `"***"`, the
+/// version, the uptime, the file it was read from, and whether `GET /admin/backup` works
+/// with this store (the embedded one only).
+pub async fn running_config(st: St) -> Answer {
+    let parts = st.parts();
+    let now = now_ms();
+    Ok(Json(json!({
+        "version": crate::LONG_VERSION,
+        "started_at_ms": st.started_at_ms,
+        "uptime_secs": now.saturating_sub(st.started_at_ms).max(0) / 1000,
+        "file": st.live.source(),
+        "storage_backend": parts.config.storage.backend,
+        "backup_supported":
+            parts.config.storage.backend == crate::config::StorageBackend::Sled,
+        "config": redacted(&parts.config)?,
+    })))
+}
+
+/// The configuration as JSON through its own `Serialize`, where every [`Secret`] is written
+/// as `"***"` (`""` when unset): no secret is copied out by hand, so none can be forgotten.
+///
+/// [`Secret`]: crate::config::Secret
+fn redacted(config: &crate::config::Config) -> Result<Value> {
+    serde_json::to_value(config)
+        .map_err(|e| AdminError::internal(format!("cannot show the configuration: {e}")))
+}
+
 /// Streams a consistent snapshot of the database: it is written to a temporary file (writers
 /// wait only the instant the snapshot starts, see `Store::export_backup`), then sent.
 pub async fn backup(st: St) -> Result<Response> {
@@ -158,4 +186,90 @@ fn write_backup(
         let _ = std::fs::remove_file(tmp);
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every secret a configuration can hold, each with a value found nowhere else.
+    const SECRETS: &[&str] = &[
+        "ADMINTOKEN-s3cr3t-0001",
+        "UPSTREAMKEY-s3cr3t-0002",
+        "UPSTREAMKEY-s3cr3t-0003",
+        "HEADER-s3cr3t-0004",
+        "MPTOKEN-s3cr3t-0005",
+        "MPAPPSECRET-s3cr3t-0006",
+        "WEBHOOK-s3cr3t-0007",
+        "ZSXQTOKEN-s3cr3t-0008",
+        "TGTOKEN-s3cr3t-0009",
+        "TGHOOK-s3cr3t-0010",
+    ];
+
+    #[test]
+    fn the_running_configuration_shows_no_secret() {
+        let aes = "A".repeat(43);
+        let text = format!(
+            r#"
+[server]
+admin_token = "{}"
+
+[llm]
+base_url = "http://127.0.0.1:9/v1"
+api_keys = ["{}"]
+
+[[llm.upstreams]]
+id = "second"
+base_url = "http://127.0.0.1:9/v2"
+api_keys = ["{}"]
+headers = {{ X-Org = "{}" }}
+
+[[wechat_mp]]
+id = "m"
+app_id = "wx1234567890abcdef"
+token = "{}"
+app_secret = "{}"
+encoding_aes_key = "{aes}"
+
+[[wecom_robot]]
+id = "ops"
+webhook = "{}"
+
+[[zsxq]]
+id = "z"
+group_id = "123"
+access_token = "{}"
+
+[[telegram]]
+id = "t"
+token = "{}"
+mode = "webhook"
+webhook_secret = "{}"
+"#,
+            SECRETS[0],
+            SECRETS[1],
+            SECRETS[2],
+            SECRETS[3],
+            SECRETS[4],
+            SECRETS[5],
+            SECRETS[6],
+            SECRETS[7],
+            SECRETS[8],
+            SECRETS[9]
+        );
+        let (config, _) = crate::config::parse(&text, &[], None).unwrap();
+        assert_eq!(
+            config.wechat_mp[0].token.expose(),
+            SECRETS[4],
+            "the test reads its secrets"
+        );
+        let shown = redacted(&config).unwrap().to_string();
+        for secret in SECRETS.iter().copied().chain([aes.as_str()]) {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("***"), "{shown}");
+        // What is not secret is shown.
+        assert!(shown.contains("wx1234567890abcdef"), "{shown}");
+        assert!(shown.contains("http://127.0.0.1:9/v1"), "{shown}");
+    }
 }

@@ -23,31 +23,97 @@ pub struct OrderFilter {
     to: Option<String>,
     /// Only this user's orders.
     uid: Option<u64>,
+    /// Only orders of this channel (`wechat`, `alipay`).
+    channel: Option<String>,
+    /// Only orders paid (or to be paid) this way (`native`, `jsapi`, `h5`, `precreate`,
+    /// `wap`, `page`).
+    method: Option<String>,
+}
+
+/// What [`OrderFilter`] selects, read and checked.
+struct Selection {
+    status: Option<OrderStatus>,
+    from: Option<i64>,
+    to: Option<i64>,
+    uid: Option<u64>,
+    channel: Option<String>,
+    method: Option<String>,
+}
+
+/// The channels orders are made in.
+const CHANNELS: [&str; 2] = ["wechat", "alipay"];
+/// The payment methods of orders.
+const METHODS: [&str; 6] = ["native", "jsapi", "h5", "precreate", "wap", "page"];
+
+impl OrderFilter {
+    /// Reads the filter; an unknown status, channel, method or a bad day is a `400` naming
+    /// what is allowed.
+    fn selection(&self) -> Result<Selection> {
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let status = match given(&self.status) {
+            None => None,
+            Some(s) => Some(OrderStatus::parse(&s).ok_or_else(|| {
+                AdminError::bad_request(format!(
+                    "status {s:?} is not one of created, credited, closed, refunded"
+                ))
+            })?),
+        };
+        let channel = given(&self.channel);
+        if let Some(c) = &channel
+            && !CHANNELS.contains(&c.as_str())
+        {
+            return Err(AdminError::bad_request(format!(
+                "channel {c:?} is not one of {}",
+                CHANNELS.join(", ")
+            )));
+        }
+        let method = given(&self.method);
+        if let Some(m) = &method
+            && !METHODS.contains(&m.as_str())
+        {
+            return Err(AdminError::bad_request(format!(
+                "method {m:?} is not one of {}",
+                METHODS.join(", ")
+            )));
+        }
+        Ok(Selection {
+            status,
+            from: parse_day("from", &self.from)?,
+            to: parse_day("to", &self.to)?,
+            uid: self.uid,
+            channel,
+            method,
+        })
+    }
+}
+
+impl Selection {
+    /// Whether order `o`, created on quota day `day`, is selected.
+    fn admits(&self, o: &Order, day: i64) -> bool {
+        self.from.is_none_or(|f| day >= f)
+            && self.to.is_none_or(|t| day <= t)
+            && self.uid.is_none_or(|u| o.uid.0 == u)
+            && self.channel.as_ref().is_none_or(|c| o.channel == *c)
+            && self.method.as_ref().is_none_or(|m| {
+                crate::billing::PayMethod::of(o).is_some_and(|p| p.as_str() == m.as_str())
+            })
+    }
 }
 
 /// The orders a filter selects, newest first.
 async fn select_orders(st: &AppState, f: OrderFilter, default_limit: usize) -> Result<Vec<Order>> {
-    let status = match f.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
-            AdminError::bad_request(format!(
-                "status {s:?} is not one of created, credited, closed, refunded"
-            ))
-        })?),
-    };
-    let (from, to) = (parse_day("from", &f.from)?, parse_day("to", &f.to)?);
+    let sel = f.selection()?;
     let tz = st.engine.settings().tz_offset_secs;
     let store = st.engine.store().clone();
     let limit = f.limit.unwrap_or(default_limit).min(1_000_000);
-    let uid = f.uid;
     blocking(move || {
-        let mut orders = store.orders(status, usize::MAX)?;
-        orders.retain(|o| {
-            let d = crate::util::day_number(o.created_at_ms, tz);
-            from.is_none_or(|f| d >= f)
-                && to.is_none_or(|t| d <= t)
-                && uid.is_none_or(|u| o.uid.0 == u)
-        });
+        let mut orders = store.orders(sel.status, usize::MAX)?;
+        orders.retain(|o| sel.admits(o, crate::util::day_number(o.created_at_ms, tz)));
         orders.truncate(limit);
         Ok::<_, StoreError>(orders)
     })
@@ -150,5 +216,83 @@ pub async fn refund_order(st: St, Path(id): Path<String>, Body(req): Body<Refund
         Err(B::Provider(m)) => Err(AdminError(StatusCode::BAD_GATEWAY, m)),
         Err(B::Store(e)) => Err(e.into()),
         Err(e) => Err(AdminError::internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatrelay_storage::Uid;
+
+    fn filter(q: &str) -> OrderFilter {
+        let uri: axum::http::Uri = format!("/admin/orders?{q}").parse().unwrap();
+        Query::<OrderFilter>::try_from_uri(&uri).unwrap().0
+    }
+
+    fn order(uid: u64, channel: &str, method: Option<&str>) -> Order {
+        Order {
+            id: "o".into(),
+            uid: Uid(uid),
+            product_id: "p".into(),
+            product_name: "p".into(),
+            channel: channel.into(),
+            method: method.map(Into::into),
+            amount_fen: 100,
+            credits: 10,
+            status: OrderStatus::Credited,
+            created_at_ms: 0,
+            expires_at_ms: 1,
+            code_url: None,
+            provider_trade_no: None,
+            credited_at_ms: None,
+            closed_at_ms: None,
+            refunded_at_ms: None,
+            plan: None,
+        }
+    }
+
+    #[test]
+    fn channel_and_method_select_orders() {
+        let wx_qr = order(1, "wechat", None);
+        let wx_h5 = order(1, "wechat", Some("h5"));
+        let ali_wap = order(2, "alipay", Some("wap"));
+        let sel = filter("channel=wechat").selection().unwrap();
+        assert!(sel.admits(&wx_qr, 0) && sel.admits(&wx_h5, 0));
+        assert!(!sel.admits(&ali_wap, 0));
+        // An order from before methods is a QR order: wechat's `native`.
+        let sel = filter("method=native").selection().unwrap();
+        assert!(sel.admits(&wx_qr, 0) && !sel.admits(&wx_h5, 0));
+        let sel = filter("method=wap&uid=2").selection().unwrap();
+        assert!(sel.admits(&ali_wap, 0) && !sel.admits(&wx_h5, 0));
+        let sel = filter("method=wap&uid=1").selection().unwrap();
+        assert!(!sel.admits(&ali_wap, 0));
+        // Empty values (a form's "any") select everything.
+        let sel = filter("channel=&method=&status=").selection().unwrap();
+        assert!(sel.admits(&wx_qr, 0) && sel.admits(&ali_wap, 0));
+    }
+
+    #[test]
+    fn days_bound_the_selection() {
+        let day = crate::stats::day_of("2026-12-07").unwrap();
+        let sel = filter("from=2026-12-07&to=2026-12-07").selection().unwrap();
+        let o = order(1, "wechat", None);
+        assert!(sel.admits(&o, day));
+        assert!(!sel.admits(&o, day - 1) && !sel.admits(&o, day + 1));
+    }
+
+    #[test]
+    fn unknown_values_are_refused_with_what_is_allowed() {
+        for (q, named) in [
+            ("channel=paypal", "wechat, alipay"),
+            ("method=card", "native, jsapi"),
+            ("status=paid", "created, credited"),
+            ("from=yesterday", "from"),
+        ] {
+            let Err(e) = filter(q).selection() else {
+                panic!("{q} was accepted");
+            };
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{q}");
+            assert!(e.1.contains(named), "{q}: {}", e.1);
+        }
     }
 }

@@ -53,6 +53,8 @@ pub const AUDIT: &str = "/admin/audit";
 pub const BACKUP: &str = "/admin/backup";
 /// Reloads the configuration.
 pub const RELOAD: &str = "/admin/reload";
+/// The running configuration (secrets redacted), the version and the uptime.
+pub const CONFIG: &str = "/admin/config";
 /// Content-rule hits.
 pub const HITS: &str = "/admin/hits";
 /// LLM upstream health.

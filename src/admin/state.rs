@@ -31,6 +31,8 @@ pub struct AppState {
     pub web_page: bool,
     /// The operators' console sessions, which the admin API admits like the token.
     pub console: Arc<crate::console::sessions::Sessions>,
+    /// When the daemon started, ms since the Unix epoch (for the uptime the console shows).
+    pub started_at_ms: i64,
 }
 
 impl AppState {

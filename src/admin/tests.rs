@@ -39,6 +39,13 @@ fn routes() -> Vec<(Method, String, Value, StatusCode)> {
             StatusCode::OK,
         ),
         (Method::GET, paths::ZSXQ.into(), Value::Null, StatusCode::OK),
+        // The configuration (redacted, yet no one's business but the admins').
+        (
+            Method::GET,
+            paths::CONFIG.into(),
+            Value::Null,
+            StatusCode::OK,
+        ),
         (
             Method::GET,
             paths::AUDIT.into(),
@@ -95,6 +102,7 @@ async fn every_resource_is_behind_the_admin_token() {
         }
         let (status, body) = send(&url, route, Some(&right)).await;
         assert_eq!(status, route.3, "{path} with the right token: {body}");
+        assert!(!body.to_string().contains(ADMIN), "{path} shows the token");
     }
     // Refused requests never reached a handler: no user was made.
     let create = (

@@ -1,6 +1,6 @@
 // The console's dashboard: today / 7 / 30 days of `/admin/stats` (the figures `chatrelay admin
-// stats` prints) as cards, a chart of messages per day by platform (SVG), revenue by channel,
-// upstream health (`/admin/upstreams`) and a table per day.
+// stats` prints) as cards (new users, paid credits granted against credits spent...), a chart
+// of messages per day by platform (SVG), revenue by channel and by payment method, upstream health (`/admin/upstreams`) and a table per day.
 "use strict";
 (() => {
 texts({
@@ -12,6 +12,7 @@ texts({
     llm_cost_fen: "LLM 成本 ¥", revenue_fen: "收入 ¥", margin: "收入 − 退款 − 成本 ¥", active: "活跃用户", orders_paid: "付费订单",
     refunds_fen: "退款 ¥", codes_redeemed: "兑换码", code_credits: "兑换积分",
     plans_sold: "会员售出", plan_sales_fen: "会员收入 ¥",
+    new_users: "新用户", credits_granted: "发放积分", revenue_by_method: "收入（按支付方式）",
     id: "上游", state: "状态", requests: "请求", errors: "错误", error_rate: "近期错误率",
     latency: "延迟 ms", last_error: "最近错误", date: "日期",
     up: "正常", degraded: "降级", down: "故障", range: "统计区间",
@@ -27,6 +28,8 @@ texts({
     margin: "Revenue − refunds − cost ¥", active: "Active users", orders_paid: "Paid orders", refunds_fen: "Refunds ¥",
     codes_redeemed: "Codes redeemed", code_credits: "Code credits", plans_sold: "Plans sold",
     plan_sales_fen: "Plan sales ¥",
+    new_users: "New users", credits_granted: "Credits granted",
+    revenue_by_method: "Revenue by payment method",
     id: "Upstream", state: "State", requests: "Requests", errors: "Errors",
     error_rate: "Recent error rate", latency: "Latency ms", last_error: "Last error",
     date: "Day", up: "up", degraded: "degraded", down: "down",
@@ -37,7 +40,7 @@ texts({
 });
 
 // Summed over the period; `fen` ones are shown as yuan.
-const SUMS = ["messages_total", "credits_charged", "llm_cost_fen", "revenue_fen", "orders_paid",
+const SUMS = ["new_users", "messages_total", "credits_granted", "credits_charged", "llm_cost_fen", "revenue_fen", "orders_paid",
   "refunds_fen", "codes_redeemed", "code_credits", "plans_sold", "plan_sales_fen"];
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
@@ -79,20 +82,26 @@ function draw({ stats, upstreams }) {
   const margin = sum("revenue_fen") - sum("refunds_fen") - sum("llm_cost_fen");
   cards.append(card("margin", margin, yuan(margin)));
 
-  const byChannel = {};
-  for (const d of stats) for (const [c, f] of Object.entries(d.revenue_by_channel || {})) byChannel[c] = (byChannel[c] || 0) + f;
-  const ch = $("channels");
-  ch.replaceChildren();
-  const names = Object.keys(byChannel).sort();
-  if (!names.length) ch.append(el("p", { class: "muted" }, t("none")));
-  for (const c of names) {
-    ch.append(el("div", { class: "card", "data-channel": c, "data-value": String(byChannel[c]) },
-      el("div", { class: "label" }, c), el("div", { class: "value" }, yuan(byChannel[c]))));
-  }
+  breakdown("channels", "data-channel", stats, "revenue_by_channel");
+  breakdown("methods", "data-method", stats, "revenue_by_method");
 
   $("chart").replaceChildren(...chart(stats));
   upstreamTable(upstreams);
   dayTable(stats);
+}
+
+// Fen by name (channel, method) summed over the period, as cards into box `id`.
+function breakdown(id, attr, stats, key) {
+  const sums = {};
+  for (const d of stats) for (const [c, f] of Object.entries(d[key] || {})) sums[c] = (sums[c] || 0) + f;
+  const box = $(id);
+  box.replaceChildren();
+  const names = Object.keys(sums).sort();
+  if (!names.length) box.append(el("p", { class: "muted" }, t("none")));
+  for (const c of names) {
+    box.append(el("div", { class: "card", [attr]: c, "data-value": String(sums[c]) },
+      el("div", { class: "label" }, c), el("div", { class: "value" }, yuan(sums[c]))));
+  }
 }
 
 // A platform's name in the console's language (the stats name them by their short ids).
@@ -162,10 +171,10 @@ function upstreamTable(ups) {
 }
 
 function dayTable(stats) {
-  table("days", [t("date"), t("active"), t("messages_total"), t("credits_charged"), t("llm_cost_fen"),
-    t("orders_paid"), t("revenue_fen"), t("refunds_fen"), t("codes_redeemed")],
-    [...stats].reverse().map((d) => [d.date, d.active_users, d.messages_total, d.credits_charged,
-      yuan(d.llm_cost_fen), d.orders_paid, yuan(d.revenue_fen), yuan(d.refunds_fen), d.codes_redeemed]));
+  table("days", [t("date"), t("active"), t("new_users"), t("messages_total"), t("credits_charged"), t("llm_cost_fen"),
+    t("credits_granted"), t("orders_paid"), t("revenue_fen"), t("refunds_fen"), t("codes_redeemed")],
+    [...stats].reverse().map((d) => [d.date, d.active_users, d.new_users, d.messages_total, d.credits_charged,
+      yuan(d.llm_cost_fen), d.credits_granted, d.orders_paid, yuan(d.revenue_fen), yuan(d.refunds_fen), d.codes_redeemed]));
 }
 
 

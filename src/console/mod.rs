@@ -37,6 +37,9 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
     ("console.js", include_str!("console.js"), JS),
     ("dashboard.js", include_str!("dashboard.js"), JS),
+    ("orders.js", include_str!("orders.js"), JS),
+    ("codes.js", include_str!("codes.js"), JS),
+    ("ops.js", include_str!("ops.js"), JS),
 ];
 const PAGE: &str = include_str!("console.html");
 const JS: &str = "text/javascript; charset=utf-8";

@@ -204,6 +204,19 @@ impl Store {
         Ok(out)
     }
 
+    /// When each user was created (ms since the Unix epoch), for the per-day figures. Reads
+    /// every user: an admin tool, not for hot paths.
+    pub fn user_creation_times(&self) -> Result<Vec<i64>, StoreError> {
+        let t = self.trees()?;
+        let mut out = Vec::new();
+        for item in t.users.iter() {
+            let (key, raw) = item?;
+            let user: User = decode(USERS, &raw, || crate::codec::describe_bytes(&key))?;
+            out.push(user.created_at_ms);
+        }
+        Ok(out)
+    }
+
     /// How many users exist (counts them: not for hot paths).
     pub fn user_count(&self) -> usize {
         self.trees().and_then(|t| t.users.len()).unwrap_or(0)

@@ -60,6 +60,8 @@ pub enum AdminCommand {
     },
     /// Each LLM upstream's health: requests, errors, latency, up/degraded/down.
     Upstreams,
+    /// The running daemon's version, uptime and configuration (every secret as ***).
+    Config,
     /// Read the configuration file again and apply it (like SIGHUP); an invalid file is
     /// refused with its problems and the running configuration stays.
     Reload,
@@ -166,6 +168,12 @@ pub struct OrderFilter {
     /// Only this user's orders.
     #[arg(long)]
     uid: Option<u64>,
+    /// Only orders of this channel: wechat, alipay.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Only orders paid this way: native, jsapi, h5 (wechat); precreate, wap, page (alipay).
+    #[arg(long)]
+    method: Option<String>,
 }
 
 /// `chatrelay admin order ...`
@@ -391,6 +399,7 @@ impl AdminCommand {
                 query(&[("limit", some(limit)), ("uid", uid.map(|u| u.to_string()))])
             )),
             Self::Upstreams => Call::get(paths::UPSTREAMS.into()),
+            Self::Config => Call::get(paths::CONFIG.into()),
             Self::Reload => {
                 Call::new(Method::POST, paths::RELOAD.into(), None).answer(Answer::Problems)
             }
@@ -496,6 +505,8 @@ impl OrderFilter {
             ("from", self.from.clone()),
             ("to", self.to.clone()),
             ("uid", self.uid.map(|u| u.to_string())),
+            ("channel", self.channel.clone()),
+            ("method", self.method.clone()),
         ])
     }
 }
@@ -564,5 +575,28 @@ impl ZsxqCommand {
                 json!({"access_token": access_token}),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_filters_reach_the_query() {
+        let filter = OrderFilter {
+            status: Some("credited".into()),
+            from: None,
+            to: Some("2026-12-07".into()),
+            uid: Some(7),
+            channel: Some("wechat".into()),
+            method: Some("h5".into()),
+        };
+        let call = AdminCommand::Order(OrderCommand::List { filter, limit: 5 }).call();
+        assert_eq!(
+            call.path,
+            "/admin/orders?limit=5&status=credited&to=2026-12-07&uid=7&channel=wechat&method=h5"
+        );
+        assert_eq!(AdminCommand::Config.call().path, paths::CONFIG);
     }
 }

@@ -94,6 +94,7 @@ pub fn human(command: &AdminCommand) -> Render {
         },
         AdminCommand::Hits { .. } => T(HIT_COLUMNS),
         AdminCommand::Upstreams => W(render_upstreams),
+        AdminCommand::Config => W(render_config),
         AdminCommand::Reload => W(render_reload),
         AdminCommand::Backup { .. } => W(|v| text(&v["summary"])),
     }
@@ -672,6 +673,7 @@ fn render_stats(v: &Value) -> String {
     let mut columns: Vec<(String, Cell)> = vec![
         ("DAY".into(), Text("date")),
         ("ACTIVE".into(), Text("active_users")),
+        ("NEW USERS".into(), Text("new_users")),
         ("MESSAGES".into(), Text("messages_total")),
     ];
     for p in &platforms {
@@ -682,6 +684,7 @@ fn render_stats(v: &Value) -> String {
             ("PROMPT TOK", Sum("prompt_tokens", None)),
             ("ANSWER TOK", Sum("completion_tokens", None)),
             ("CREDITS", Text("credits_charged")),
+            ("GRANTED", Text("credits_granted")),
             ("LLM COST ¥", Yuan("llm_cost_fen")),
             ("ORDERS", Text("orders_paid")),
             ("REVENUE ¥", Yuan("revenue_fen")),
@@ -690,10 +693,24 @@ fn render_stats(v: &Value) -> String {
             ("CODE CREDITS", Text("code_credits")),
             ("PLANS SOLD", Text("plans_sold")),
             ("PLANS ¥", Yuan("plan_sales_fen")),
+            ("BY METHOD ¥", With(by_method)),
         ]
         .map(|(h, c)| (h.to_owned(), c)),
     );
     table_of(rows_of(v), &columns)
+}
+
+/// A day's revenue by payment method: `h5 2.00, native 1.00`.
+fn by_method(day: &Value) -> String {
+    day["revenue_by_method"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {}", yuan(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 /// A zsxq group's state: an expired token first, it stops everything.
@@ -744,6 +761,28 @@ fn render_upstreams(v: &Value) -> String {
         return "no upstreams (the offline demo answers)".to_owned();
     }
     table_of(rows_of(v), UPSTREAM_COLUMNS)
+}
+
+/// The version and uptime, then the configuration (redacted by the daemon) as JSON.
+fn render_config(v: &Value) -> String {
+    let secs = v["uptime_secs"].as_u64().unwrap_or(0);
+    format!(
+        "chatrelay {}
+up {}d {}h {}m (since {}), configuration from {}, backups: {}
+{}",
+        text(&v["version"]),
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        time(&v["started_at_ms"]),
+        v["file"].as_str().unwrap_or("(built-in defaults)"),
+        if v["backup_supported"].as_bool() == Some(true) {
+            "admin backup FILE"
+        } else {
+            "not by the daemon (PostgreSQL: pg_dump)"
+        },
+        pretty(&v["config"])
+    )
 }
 
 fn render_reload(v: &Value) -> String {
@@ -806,15 +845,35 @@ mod tests {
     }
 
     #[test]
+    fn config_shows_version_uptime_and_the_redacted_config() {
+        let v = json!({
+            "version": "0.1.0 (commit abc, built 2026-12-07)", "uptime_secs": 90_061,
+            "started_at_ms": 0, "file": "/etc/chatrelay.toml", "backup_supported": false,
+            "config": {"server": {"admin_token": "***"}}
+        });
+        let out = render_config(&v);
+        assert!(out.starts_with("chatrelay 0.1.0 (commit abc"), "{out}");
+        assert!(out.contains("up 1d 1h 1m"), "{out}");
+        assert!(
+            out.contains("pg_dump") && out.contains("\"admin_token\": \"***\""),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn stats_table_has_a_column_per_platform() {
         let v = json!([{
             "date": "2026-11-27", "active_users": 3, "messages_total": 5,
             "messages": {"mp": {"answered": 4}, "tg": {"answered": 1}},
             "prompt_tokens": {"m": 10}, "completion_tokens": {"m": 20},
             "credits_charged": 7, "llm_cost_fen": 150, "orders_paid": 1,
-            "revenue_fen": 990, "refunds_fen": 0
+            "revenue_fen": 990, "refunds_fen": 0, "new_users": 2, "credits_granted": 345,
+            "revenue_by_method": {"h5": 900, "native": 90}
         }]);
         let t = render_stats(&v);
+        assert!(t.contains("NEW USERS") && t.contains("GRANTED"), "{t}");
+        assert!(t.contains("h5 9.00, native 0.90"), "{t}");
+        assert!(t.contains("345"), "{t}");
         assert!(t.lines().next().unwrap().contains("MP  TG"), "{t}");
         assert!(t.contains("2026-11-27"), "{t}");
         assert!(t.contains("9.90"), "{t}");
