@@ -1,7 +1,8 @@
 //! Per-day statistics for operators: active users, messages by platform and outcome, LLM
 //! tokens and their cost, credits charged, (from the orders) revenue by channel and method and
-//! membership plans sold, (from the ledger) redemption codes redeemed and the paid credits
-//! granted, and (from the users) new users.
+//! membership plans sold, (from the ledger) redemption codes redeemed, the paid credits
+//! granted by admins and guest trials (counted as they are written), and (from the newest
+//! users) new users.
 //!
 //! Counting happens in memory on the hot path (a mutex and a map, no disk write); the
 //! housekeeping task writes the counts into the store once a minute in one batch, and the
@@ -65,6 +66,12 @@ impl Stats {
         ] {
             *pending.counters.entry(key).or_default() += n;
         }
+    }
+
+    /// Paid credits granted on `day` by an admin or as a guest's trial (counted when the
+    /// grant is written, not replayed: the ledger has no index by time to count them from).
+    pub fn granted(&self, day: i64, credits: u64) {
+        self.add(format!("{}grant_credits", prefix(day)), credits);
     }
 
     /// Writes the pending counts in one batch. On failure they are kept for the next try.
@@ -157,8 +164,12 @@ pub fn report(
 ) -> Result<Vec<DayStats>, StoreError> {
     let orders = store.orders(None, usize::MAX)?;
     let redemptions = store.code_redemptions()?;
-    let grants = store.paid_grants()?;
-    let created = store.user_creation_times()?;
+    // Users created since the first day asked for (day d starts at d * 86,400 s minus the
+    // timezone's offset).
+    let first_start_ms = days.iter().min().map_or(i64::MAX, |d| {
+        (d * 86_400 - i64::from(tz_offset_secs)) * 1000
+    });
+    let created = store.users_created_since(first_start_ms)?;
     let mut out = Vec::with_capacity(days.len());
     for &day in days {
         let p = prefix(day);
@@ -191,6 +202,11 @@ pub fn report(
                     *s.completion_tokens.entry(detail.to_owned()).or_default() += n;
                 }
                 "credits" => s.credits_charged += n,
+                "grant_credits" => {
+                    s.grant_credits = s
+                        .grant_credits
+                        .saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+                }
                 _ => {}
             }
         }
@@ -221,11 +237,6 @@ pub fn report(
             if in_day(Some(at_ms)) {
                 s.codes_redeemed += 1;
                 s.code_credits += credits;
-            }
-        }
-        for &(at_ms, credits) in &grants {
-            if in_day(Some(at_ms)) {
-                s.grant_credits += credits;
             }
         }
         s.credits_granted = s.order_credits + s.code_credits + s.grant_credits;
@@ -400,7 +411,13 @@ mod tests {
         let today = crate::util::day_number(crate::util::now_ms(), 0);
         let day = 20_000;
         let ms = |d: i64| d * 86_400_000 + 3_600_000;
-        // Grants count; a revocation, an answer and a code do not count as grants.
+        // Grants count (as the admin API and guest trials count them, when written); a
+        // revocation, an answer and a code do not count as grants.
+        let stats = Stats::default();
+        stats.granted(day, 40);
+        stats.granted(day, 2);
+        stats.granted(day + 1, 5);
+        stats.flush(&store).unwrap();
         store
             .grant(a, 40, EntryKind::Grant, "gift", "g1", ms(day))
             .unwrap();

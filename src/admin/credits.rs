@@ -51,7 +51,14 @@ async fn change_credits(
     existing_user(store, uid)?;
     let (reason, now) = (req.reason.trim(), now_ms());
     let entry = if add {
-        store.grant(uid, req.credits, EntryKind::Grant, reason, &reference, now)?
+        let entry = store.grant(uid, req.credits, EntryKind::Grant, reason, &reference, now)?;
+        // A replayed reference returns the entry written the first time (at another time):
+        // counted once.
+        if entry.at_ms == now {
+            let today = st.engine.settings().today();
+            st.engine.stats().granted(today, req.credits);
+        }
+        entry
     } else {
         store.debit(uid, req.credits, EntryKind::Adjust, reason, &reference, now)?
     };

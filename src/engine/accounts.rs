@@ -66,6 +66,8 @@ impl Engine {
             &format!("guest:{}", user.uid),
             now,
         )?;
+        // The user is new, so the grant is too.
+        self.inner.stats.granted(self.settings().today(), credits);
         let expires = now.saturating_add(token_ttl.as_millis() as i64);
         let token = store.create_token(user.uid, GUEST_NAME, Some(expires), now)?;
         if let Err(e) = store.flush().await {

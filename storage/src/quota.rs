@@ -13,8 +13,8 @@ use crate::kv::TxTree;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{
-    OrAbort, TxResult, abort, check_key, decode, describe_bytes, encode, finish, pair_key,
-    read_pair_key, to_delta, u64_key,
+    OrAbort, TxResult, abort, check_key, decode, encode, finish, pair_key, read_pair_key, to_delta,
+    u64_key,
 };
 use crate::{
     BALANCES, LEDGER, LEDGER_REFS, RESERVATION_REFS, RESERVATIONS, ReservationId,
@@ -417,26 +417,6 @@ impl Store {
             entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
         }
         Ok(entries)
-    }
-
-    /// Every paid-credit grant (an admin's, a guest's trial: [`EntryKind::Grant`] entries
-    /// adding paid credits) as `(at_ms, credits)`, for the per-day figures. Reads the whole
-    /// ledger: an admin tool, not for hot paths. Most entries are answers, so only those whose
-    /// JSON holds `"grant"` (the kind's name; a reason may hold it too) are decoded.
-    pub fn paid_grants(&self) -> Result<Vec<(i64, i64)>, StoreError> {
-        const GRANT: &[u8] = b"\"grant\"";
-        let mut out = Vec::new();
-        for item in self.trees()?.ledger.iter() {
-            let (raw_key, raw) = item?;
-            if !raw.windows(GRANT.len()).any(|w| w == GRANT) {
-                continue;
-            }
-            let entry: LedgerEntry = decode(LEDGER, &raw, || describe_bytes(&raw_key))?;
-            if entry.kind == EntryKind::Grant && entry.paid_delta > 0 {
-                out.push((entry.at_ms, entry.paid_delta));
-            }
-        }
-        Ok(out)
     }
 
     /// The ledger entry written with `reference`, if any.

@@ -49,6 +49,9 @@ pub enum Admission {
     Seen,
 }
 
+/// Users in a row from before the period that end [`Store::users_created_since`]'s walk.
+pub const OLDER_IN_A_ROW: usize = 64;
+
 /// A user as `admin user list` shows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserActivity {
@@ -204,17 +207,36 @@ impl Store {
         Ok(out)
     }
 
-    /// When each user was created (ms since the Unix epoch), for the per-day figures. Reads
-    /// every user: an admin tool, not for hot paths.
-    pub fn user_creation_times(&self) -> Result<Vec<i64>, StoreError> {
+    /// When the users created since `since_ms` were created (ms since the Unix epoch),
+    /// newest first, for the per-day figures. Uids grow with time, so this reads the users
+    /// tree backwards from the newest and stops after [`OLDER_IN_A_ROW`] users in a row from
+    /// before `since_ms` (creations racing each other can finish out of order by a moment):
+    /// it reads the users of the period asked for, not every user.
+    pub fn users_created_since(&self, since_ms: i64) -> Result<Vec<i64>, StoreError> {
         let t = self.trees()?;
         let mut out = Vec::new();
-        for item in t.users.iter() {
-            let (key, raw) = item?;
-            let user: User = decode(USERS, &raw, || crate::codec::describe_bytes(&key))?;
-            out.push(user.created_at_ms);
+        let mut end = u64::MAX.to_be_bytes().to_vec();
+        let mut older = 0;
+        loop {
+            let page = t.users.range_rev([0u8; 8], &end, 256)?;
+            let Some((last_key, _)) = page.last() else {
+                return Ok(out);
+            };
+            let next_end = last_key.clone();
+            for (key, raw) in &page {
+                let user: User = decode(USERS, raw, || crate::codec::describe_bytes(key))?;
+                if user.created_at_ms >= since_ms {
+                    out.push(user.created_at_ms);
+                    older = 0;
+                } else {
+                    older += 1;
+                    if older >= OLDER_IN_A_ROW {
+                        return Ok(out);
+                    }
+                }
+            }
+            end = next_end;
         }
-        Ok(out)
     }
 
     /// How many users exist (counts them: not for hot paths).

@@ -289,11 +289,7 @@ async fn list(State(st): State<WebState>, Authed(uid): Authed) -> Response {
     Json(json!({"conversations": conversations})).into_response()
 }
 
-async fn open(
-    State(st): State<WebState>,
-    Authed(uid): Authed,
-    Path(id): Path<String>,
-) -> Response {
+async fn open(State(st): State<WebState>, Authed(uid): Authed, Path(id): Path<String>) -> Response {
     if !valid_chat_id(&id) {
         return not_found();
     }

@@ -603,27 +603,3 @@ fn a_purge_of_settled_reservations_stops_at_the_recent_ones() {
     assert_eq!(store.purge_settled_reservations(100).unwrap(), 0);
     assert_eq!(store.purge_settled_reservations(1000).unwrap(), 257);
 }
-
-#[test]
-fn paid_grants_are_the_grant_entries_adding_credits() {
-    let store = Store::open_temporary().unwrap();
-    let a = store.create_user("a").unwrap().uid;
-    store
-        .grant(a, 40, EntryKind::Grant, "welcome", "g1", 1_000)
-        .unwrap();
-    // A grant retried with its reference is one grant.
-    store
-        .grant(a, 40, EntryKind::Grant, "welcome", "g1", 1_000)
-        .unwrap();
-    // Not grants, whatever their reason says.
-    store
-        .grant(a, 5, EntryKind::Purchase, "\"grant\"", "order:x", 2_000)
-        .unwrap();
-    store
-        .debit(a, 3, EntryKind::Adjust, "grant", "r1", 3_000)
-        .unwrap();
-    store
-        .grant(a, 7, EntryKind::Grant, "\"grant\" again", "g2", 4_000)
-        .unwrap();
-    assert_eq!(store.paid_grants().unwrap(), vec![(1_000, 40), (4_000, 7)]);
-}
