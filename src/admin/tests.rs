@@ -220,3 +220,172 @@ async fn the_console_session_opens_the_admin_api_with_csrf_on_changes() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Every change through the admin API is in the change log (token and console, with the
+/// address, status and reason); reads and refused requests are not; secrets never are.
+#[tokio::test]
+async fn changes_are_recorded_with_who_where_and_why_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
+        dir.path().display()
+    );
+    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
+    let app = App::build(config, None).await.unwrap();
+    let url = format!("http://{}", app.local_addr().unwrap());
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.serve());
+    let right = format!("Bearer {ADMIN}");
+    let post = |path: String, body: Value| (Method::POST, path, body, StatusCode::OK);
+
+    let (status, user) = send(
+        &url,
+        &post(paths::USERS.into(), json!({"name": "alice"})),
+        Some(&right),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let uid = user["uid"].to_string();
+    let grant = post(
+        paths::fill(paths::GRANT, &[&uid]),
+        json!({"credits": 7, "reason": "ticket 42"}),
+    );
+    assert_eq!(send(&url, &grant, Some(&right)).await.0, StatusCode::OK);
+    // Without a reason: refused by the handler, and recorded as refused.
+    let no_reason = post(
+        paths::fill(paths::GRANT, &[&uid]),
+        json!({"credits": 7, "reason": ""}),
+    );
+    assert_eq!(
+        send(&url, &no_reason, Some(&right)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // A wrong token: not recorded.
+    assert_eq!(
+        send(&url, &grant, Some("Bearer nope")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A user token sent to be revoked: its value is never kept.
+    let (_, made) = send(
+        &url,
+        &post(paths::fill(paths::USER_TOKENS, &[&uid]), Value::Null),
+        Some(&right),
+    )
+    .await;
+    let token = made["token"].as_str().unwrap().to_owned();
+    let revoke = post(paths::TOKEN_REVOKE.into(), json!({"token": token}));
+    assert_eq!(send(&url, &revoke, Some(&right)).await.0, StatusCode::OK);
+
+    // Through the console: actor "console".
+    let client = Client::new();
+    let login = client
+        .post(format!("{url}/console/api/login"))
+        .json(&json!({"token": ADMIN}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = login.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ban = client
+        .post(format!("{url}{}", paths::fill(paths::BAN, &[&uid])))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"banned": true, "reason": "spam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ban.status(), StatusCode::OK);
+
+    let list = (
+        Method::GET,
+        format!("{}?limit=50", paths::CHANGES),
+        Value::Null,
+        StatusCode::OK,
+    );
+    let (status, page) = send(&url, &list, Some(&right)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let changes = page["changes"].as_array().unwrap();
+    let seen: Vec<(String, String, u64, String)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["actor"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+                c["status"].as_u64().unwrap(),
+                c["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let grant_path = paths::fill(paths::GRANT, &[&uid]);
+    let expected = vec![
+        (
+            "console".into(),
+            paths::fill(paths::BAN, &[&uid]),
+            200,
+            "spam".into(),
+        ),
+        (
+            "token".into(),
+            paths::TOKEN_REVOKE.to_owned(),
+            200,
+            String::new(),
+        ),
+        (
+            "token".into(),
+            paths::fill(paths::USER_TOKENS, &[&uid]),
+            200,
+            String::new(),
+        ),
+        ("token".into(), grant_path.clone(), 400, String::new()),
+        ("token".into(), grant_path, 200, "ticket 42".into()),
+        ("token".into(), paths::USERS.to_owned(), 201, String::new()),
+    ];
+    assert_eq!(seen, expected, "{page}");
+    assert!(
+        changes.iter().all(|c| c["address"] == "127.0.0.1"),
+        "{page}"
+    );
+    assert_eq!(changes[4]["summary"]["credits"], 7);
+    assert_eq!(changes[1]["summary"], json!({"redacted": ["token"]}));
+    assert!(!page.to_string().contains(&token), "a token leaked: {page}");
+    assert_eq!(page["next"], Value::Null);
+    // Paging: two at a time, then the rest from the cursor.
+    let first = (
+        Method::GET,
+        format!("{}?limit=2", paths::CHANGES),
+        Value::Null,
+        StatusCode::OK,
+    );
+    let (_, p1) = send(&url, &first, Some(&right)).await;
+    let next = p1["next"].as_str().unwrap().to_owned();
+    let rest = (
+        Method::GET,
+        format!("{}?before={next}&limit=10", paths::CHANGES),
+        Value::Null,
+        StatusCode::OK,
+    );
+    let (_, p2) = send(&url, &rest, Some(&right)).await;
+    assert_eq!(p2["changes"].as_array().unwrap().len(), 4);
+    assert_eq!(p2["changes"][0]["path"], changes[2]["path"]);
+    let bad = (
+        Method::GET,
+        format!("{}?before=x", paths::CHANGES),
+        Value::Null,
+        StatusCode::OK,
+    );
+    assert_eq!(
+        send(&url, &bad, Some(&right)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

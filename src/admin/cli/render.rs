@@ -56,6 +56,7 @@ pub fn human(command: &AdminCommand) -> Render {
         AdminCommand::Token(TokenCommand::Create { .. }) => W(|v| text(&v["token"])),
         AdminCommand::Token(TokenCommand::Revoke { .. }) => W(|_| "revoked".to_owned()),
         AdminCommand::Audit => W(render_audit),
+        AdminCommand::Changes { .. } => W(render_changes),
         AdminCommand::Order(c) => match c {
             OrderCommand::List { .. } => T(ORDER_COLUMNS),
             OrderCommand::Export { .. } => {
@@ -465,6 +466,27 @@ fn render_entry(v: &Value) -> String {
         text(&v["seq"]),
         text(&v["reference"])
     )
+}
+
+#[rustfmt::skip]
+const CHANGE_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("WHO", Text("actor")), ("ADDRESS", Text("address")),
+    ("METHOD", Text("method")), ("PATH", Fit("path", 40)), ("STATUS", Text("status")),
+    ("REASON", Fit("reason", 30)), ("SUMMARY", With(|r| r["summary"].to_string())),
+];
+
+/// A page of the change log, and how to get the next.
+fn render_changes(v: &Value) -> String {
+    let rows = rows_of(&v["changes"]);
+    if rows.is_empty() {
+        return "no changes recorded".to_owned();
+    }
+    let mut out = table_of(rows, CHANGE_COLUMNS);
+    let _ = write!(out, "{} changes", rows.len());
+    if let Some(next) = v["next"].as_str() {
+        let _ = write!(out, "; older: --before {next}");
+    }
+    out
 }
 
 fn render_audit(v: &Value) -> String {
