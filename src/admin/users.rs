@@ -62,9 +62,21 @@ pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>
             .collect();
         conversations.push(json!({"key": key.to_string(), "turns": turns.len(), "recent": recent}));
     }
+    let today = s.today();
+    let plan = store.plan(uid)?.map(|p| {
+        json!({
+            "id": p.id,
+            "name": p.name,
+            "daily_credits": p.daily_credits,
+            "active": p.active_on(today),
+            "days_left": p.days_left(today),
+            "last_date": chatrelay_storage::date_of_day(p.last_day()),
+        })
+    });
     Ok(Json(json!({
         "user": user,
         "balance": balance,
+        "plan": plan,
         "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tokens": store.tokens_of(uid)?,
         "ledger": store.ledger(uid, q.ledger.unwrap_or(20).clamp(1, 100_000))?,

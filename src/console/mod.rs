@@ -37,6 +37,8 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
     ("console.js", include_str!("console.js"), JS),
     ("dashboard.js", include_str!("dashboard.js"), JS),
+    ("users.js", include_str!("users.js"), JS),
+    ("audit.js", include_str!("audit.js"), JS),
 ];
 const PAGE: &str = include_str!("console.html");
 const JS: &str = "text/javascript; charset=utf-8";
