@@ -162,6 +162,7 @@ def test_users_page_and_change_log(console, browser):
         expect(log).to_contain_text(text)
     # The refused grant is there, with its status.
     expect(log).to_contain_text("400")
+    expect(log).to_contain_text("error=a reason is required")
     expect(log).to_contain_text("/admin/users")
     shot(page, "console-audit-desktop")
     page.click("#lang")

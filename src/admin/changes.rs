@@ -100,7 +100,16 @@ pub(super) async fn record_changes(
             .into_response(),
         ),
     };
-    let (reason, summary) = summarize(&bytes);
+    let (reason, mut summary) = summarize(&bytes);
+    let response = if response.status().is_client_error() || response.status().is_server_error() {
+        let (response, error) = error_of(response).await;
+        if let (Some(error), Some(fields)) = (error, summary.as_object_mut()) {
+            fields.insert("error".to_owned(), Value::String(error));
+        }
+        response
+    } else {
+        response
+    };
     let record = ChangeRecord {
         at_ms: now_ms(),
         id: 0,
@@ -120,6 +129,41 @@ pub(super) async fn record_changes(
     }
     response
 }
+
+/// The `error` of a refusal (`{"error": "..."}`, cut to [`MAX_VALUE_CHARS`]), and the same
+/// response to send on: why a change was refused is worth keeping next to it. Answers
+/// larger than [`MAX_ERROR_BODY`] are passed on without a look.
+async fn error_of(response: Response) -> (Response, Option<String>) {
+    let (parts, body) = response.into_parts();
+    // A whole body knows its size; a stream (none of the admin errors) is left alone.
+    let small = axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n <= MAX_ERROR_BODY as u64);
+    if !small {
+        return (Response::from_parts(parts, body), None);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        return (
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable answer".into(),
+            )
+            .into_response(),
+            None,
+        );
+    };
+    let error = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .map(|e| match bounded(Value::String(e)) {
+            Value::String(s) => s,
+            _ => String::new(),
+        });
+    (Response::from_parts(parts, Body::from(bytes)), error)
+}
+
+/// Largest error answer read for its message, in bytes.
+const MAX_ERROR_BODY: usize = 8 * 1024;
 
 /// A request body's `reason` (trimmed, if a non-empty text) and its summary: the
 /// allow-listed fields, and the names of the others under `redacted`. A body that is not a

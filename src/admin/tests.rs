@@ -356,6 +356,8 @@ async fn changes_are_recorded_with_who_where_and_why_and_no_secret() {
     );
     assert_eq!(changes[4]["summary"]["credits"], 7);
     assert_eq!(changes[1]["summary"], json!({"redacted": ["token"]}));
+    // A refusal keeps its error, and the client still got it.
+    assert_eq!(changes[3]["summary"]["error"], "a reason is required");
     assert!(!page.to_string().contains(&token), "a token leaked: {page}");
     assert_eq!(page["next"], Value::Null);
     // Paging: two at a time, then the rest from the cursor.

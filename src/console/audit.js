@@ -35,6 +35,7 @@ function show(sec) {
 /// The kept fields of a change as `name=value` words (lists joined by commas).
 function details(summary) {
   return Object.entries(summary || {})
+    .filter(([, v]) => v !== null && v !== "")
     .map(([k, v]) => k + "=" + (Array.isArray(v) ? v.join(",") : typeof v === "object" ? JSON.stringify(v) : String(v)))
     .join(" ");
 }

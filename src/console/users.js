@@ -26,7 +26,8 @@ texts({
     paid_after: "付费余额", reference: "引用",
     usage: "用量明细", platform: "平台", model: "模型", tokens_in: "输入", tokens_out: "输出",
     total: "积分", outcome: "结果",
-    newest: "最新",
+    newest: "最新", older: "更早",
+    k_usage: "消费", k_grant: "发放", k_purchase: "购买", k_refund: "退款", k_adjust: "扣回",
   },
   en: {
     nav_users: "Users",
@@ -48,7 +49,8 @@ texts({
     paid_after: "Paid after", reference: "Reference",
     usage: "Usage", platform: "Platform", model: "Model", tokens_in: "Prompt", tokens_out: "Completion",
     total: "Credits", outcome: "Outcome",
-    newest: "Newest",
+    newest: "Newest", older: "Older",
+    k_usage: "usage", k_grant: "grant", k_purchase: "purchase", k_refund: "refund", k_adjust: "take-back",
   },
 });
 
@@ -150,7 +152,7 @@ async function showUser(sec, uid) {
   pagedTable({
     id: "ledger", path: `/admin/users/${uid}/ledger?limit=${PAGE}`, items: (b) => b.entries, next: (b) => b.next,
     head: [t("seq"), t("time"), t("kind"), t("free_delta"), t("paid_delta"), t("paid_after"), t("reason"), t("reference")],
-    row: (e) => [e.seq, when(e.at_ms), e.kind, signed(e.free_delta), signed(e.paid_delta), e.paid_after, e.reason, e.reference],
+    row: (e) => [e.seq, when(e.at_ms), TEXT[lang]["k_" + e.kind] ? t("k_" + e.kind) : e.kind, signed(e.free_delta), signed(e.paid_delta), e.paid_after, e.reason, e.reference],
   });
   pagedTable({
     id: "usage", path: `/admin/users/${uid}/usage?limit=${PAGE}`, items: (b) => b.data, next: (b) => b.next_before,
@@ -178,10 +180,12 @@ function balances(u) {
 
 /// A form that posts to the admin API and shows the user again after it worked; `check`
 /// may ask for a confirmation (false: not sent). Errors (a refused reason...) stay shown.
-function form(id, title, fields, submitText, send, check) {
+function form(id, title, fields, submitText, send, check, inline = false) {
   const error = el("p", { class: "error", role: "alert", id: id + "-error" });
-  const f = el("form", { id, class: "box" }, el("h3", {}, title), ...fields,
-    el("button", { type: "submit" }, submitText), error);
+  const button = el("button", { type: "submit" }, submitText);
+  const f = inline
+    ? el("form", { id, class: "box" }, el("div", { class: "row" }, ...fields, button), error)
+    : el("form", { id, class: "box" }, el("h3", {}, title), ...fields, button, error);
   f.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     error.textContent = "";
@@ -224,7 +228,8 @@ function identities(u) {
     return [key, b];
   }));
   const link = form("link-form", t("link"), [el("input", { name: "key", required: true, placeholder: t("key_placeholder"), "aria-label": t("identities") })],
-    t("link"), (v) => apiJson(`/admin/users/${uid}/identities`, { method: "POST", json: { key: v.key.trim() } }));
+    t("link"), (v) => apiJson(`/admin/users/${uid}/identities`, { method: "POST", json: { key: v.key.trim() } }),
+    null, true);
   return el("div", {}, el("h2", {}, t("identities")), el("div", { class: "scroll" }, tb), link);
 }
 
@@ -238,8 +243,9 @@ function groups(user) {
       () => apiJson(`/admin/users/${uid}/groups`, { method: "POST", json: { remove: [g] } })));
     list.append(el("span", { class: "chip" }, g, b));
   }
-  const add = form("group-form", t("group_add"), [el("input", { name: "group", required: true, maxlength: 64, "aria-label": t("groups") })],
-    t("group_add"), (v) => apiJson(`/admin/users/${uid}/groups`, { method: "POST", json: { add: [v.group.trim()] } }));
+  const add = form("group-form", t("group_add"), [el("input", { name: "group", required: true, maxlength: 64, placeholder: t("groups"), "aria-label": t("groups") })],
+    t("group_add"), (v) => apiJson(`/admin/users/${uid}/groups`, { method: "POST", json: { add: [v.group.trim()] } }),
+    null, true);
   return el("div", {}, el("h2", {}, t("groups")), list, add);
 }
 
@@ -287,7 +293,7 @@ function pagedTable({ id, path, items, next, head, row }) {
     }
     table(id + "-table", head, items(body).map(row));
     const newest = el("button", { type: "button", disabled: !before }, t("newest"));
-    const older = el("button", { type: "button", disabled: !next(body), id: id + "-older" }, t("next"));
+    const older = el("button", { type: "button", disabled: !next(body), id: id + "-older" }, t("older"));
     newest.addEventListener("click", () => load(null));
     older.addEventListener("click", () => load(next(body)));
     pager.replaceChildren(newest, older);
