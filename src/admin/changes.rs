@@ -123,8 +123,18 @@ pub(super) async fn record_changes(
     };
     let store = st.engine.store().clone();
     // The change is made whatever happens here: a record that cannot be written is logged,
-    // not turned into an error answer for a change that happened.
-    if let Err(e) = blocking(move || store.record_change(record)).await {
+    // not turned into an error answer for a change that happened. Flushed before the answer
+    // like the change itself, so that a crash does not keep the change and lose its record.
+    let written = match blocking({
+        let store = store.clone();
+        move || store.record_change(record)
+    })
+    .await
+    {
+        Ok(_) => store.flush().await.map_err(AdminError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         warn!(error = %e.1, "admin: recording a change in the change log failed");
     }
     response

@@ -388,6 +388,35 @@ async fn changes_are_recorded_with_who_where_and_why_and_no_secret() {
         send(&url, &bad, Some(&right)).await.0,
         StatusCode::BAD_REQUEST
     );
+
+    // Behind a trusted proxy (this machine, by default): the forwarded client's address.
+    let proxied = client
+        .post(format!("{url}{}", paths::fill(paths::GROUPS, &[&uid])))
+        .header("authorization", &right)
+        .header("x-forwarded-for", "203.0.113.7")
+        .json(&json!({"add": ["vip"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), StatusCode::OK);
+    // A body over the limit: refused, and recorded as refused.
+    let big = client
+        .post(format!("{url}{}", paths::fill(paths::GRANT, &[&uid])))
+        .header("authorization", &right)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (_, page) = send(&url, &first, Some(&right)).await;
+    assert_eq!(page["changes"][0]["status"], 413, "{page}");
+    assert_eq!(page["changes"][1]["address"], "203.0.113.7", "{page}");
+    assert_eq!(
+        page["changes"][1]["summary"],
+        json!({"add": ["vip"]}),
+        "{page}"
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

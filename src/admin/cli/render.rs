@@ -842,4 +842,31 @@ mod tests {
         assert!(t.contains("9.90"), "{t}");
         assert!(t.contains("1.50"), "{t}");
     }
+
+    #[test]
+    fn change_log_pages_end_with_their_count_and_the_next_cursor() {
+        let page = serde_json::json!({"changes": [{
+            "at_ms": 1_764_000_000_000i64, "actor": "console", "address": "203.0.113.7",
+            "method": "POST", "path": "/admin/users/7/grant", "status": 200,
+            "reason": "ticket 42", "summary": {"credits": 5},
+        }], "next": "1764000000000-9"});
+        let out = render_changes(&page);
+        for part in [
+            "console",
+            "203.0.113.7",
+            "/admin/users/7/grant",
+            "ticket 42",
+            "\"credits\":5",
+        ] {
+            assert!(out.contains(part), "{part} in {out}");
+        }
+        assert!(
+            out.ends_with("1 changes; older: --before 1764000000000-9"),
+            "{out}"
+        );
+        assert_eq!(
+            render_changes(&serde_json::json!({"changes": [], "next": null})),
+            "no changes recorded"
+        );
+    }
 }
