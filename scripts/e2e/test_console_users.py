@@ -113,10 +113,26 @@ def test_users_page_and_change_log(console, browser):
     expect(page.locator("#user-title")).to_contain_text("正常")
     assert d.user(uid)["user"]["banned"] is False
 
-    # Groups: add one, shown as a chip.
-    page.fill("#group-form input", "vip")
-    page.click("#group-form button[type=submit]")
-    expect(page.locator("#user-groups")).to_contain_text("vip")
+    # Groups: add two, remove one.
+    for group in ["vip", "beta"]:
+        page.fill("#group-form input", group)
+        page.click("#group-form button[type=submit]")
+        expect(page.locator("#user-groups")).to_contain_text(group)
+    page.locator("#user-groups .chip", has_text="beta").locator("button").click()
+    expect(page.locator("#user-groups")).not_to_contain_text("beta")
+    assert d.user(uid)["user"]["groups"] == ["vip"]
+
+    # Identities: link a second one, unlink it (confirmed); a malformed key is refused.
+    page.fill("#link-form input", "tg:main:777001")
+    page.click("#link-form button[type=submit]")
+    expect(page.locator("#identities-table")).to_contain_text("tg:main:777001")
+    accept_next_dialog(page, seen)
+    page.locator("#identities-table tr", has_text="tg:main:777001").locator("button").click()
+    expect(page.locator("#identities-table")).not_to_contain_text("tg:main:777001")
+    assert d.user(uid)["identities"] == [KEY]
+    page.fill("#link-form input", "no-colon")
+    page.click("#link-form button[type=submit]")
+    expect(page.locator("#link-form-error")).not_to_be_empty()
 
     # The ledger pages back: 22 more grants make two pages of 20.
     for i in range(22):
