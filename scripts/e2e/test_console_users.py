@@ -13,7 +13,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from conftest import Daemon
+from conftest import MODEL, Daemon
 from test_console import log_in, shot
 from test_web import DESKTOP, PHONE, browser, new_page  # noqa: F401 (the browser fixture)
 
@@ -147,6 +147,11 @@ def test_users_page_and_change_log(console, browser):
     expect(page.locator("#ledger-table tr")).to_have_count(5)
     expect(page.locator("#ledger-table")).to_contain_text("客服补偿 #17")
     expect(page.locator("#ledger-older")).to_be_disabled()
+    # An answer through /v1: the usage log and the ledger show it.
+    user_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    page.reload()
+    expect(page.locator("#usage-table tr").nth(1)).to_contain_text(MODEL)
+    expect(page.locator("#ledger-table tr").nth(1)).to_contain_text("消费")
     shot(page, "console-users-user-desktop")
 
     # Found by the token's hash prefix too (the page shows it; the token is never shown).
