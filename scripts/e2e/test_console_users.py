@@ -22,7 +22,8 @@ KEY = "mp:main:o6_e2e_console_alice"
 
 @pytest.fixture(scope="module")
 def console(upstream):
-    d = Daemon(upstream.base_url, extra_toml="\n[console]\nchange_log_days = 30\n").start()
+    plan = '\n[[plans]]\nid = "month"\nname = "月卡"\ndaily_credits = 50\ndays = 30\n'
+    d = Daemon(upstream.base_url, extra_toml="\n[console]\nchange_log_days = 30\n" + plan).start()
     yield d
     code = d.stop()
     assert code == 0, d.logs()
@@ -208,8 +209,14 @@ def test_users_page_and_change_log(console, browser):
 
 def test_phone_size(console, browser):
     d = console
-    uid = int(d.cli("user", "create", "--name", "phone-user").stdout.strip())
+    uid, token = d.new_user("phone-user")
     d.cli("grant", str(uid), "9", "--reason", "phone check")
+    # A membership plan (a plan code redeemed with the user's token) shows on the user's page.
+    r = admin(d, "POST", "/admin/codes", {"count": 1, "plan": "month"})
+    assert r.status_code == 200, r.text
+    r = requests.post(d.url + "/api/redeem", json={"code": r.json()["codes"][0]["code"]},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
     page = new_page(browser, PHONE)
     log_in(page, d, d.admin_token)
     expect(page.locator("#dashboard")).to_be_visible()
@@ -224,5 +231,9 @@ def test_phone_size(console, browser):
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= PHONE["width"], (hash_, width)
         shot(page, name)
+        if hash_ == f"#/users/{uid}":
+            plan = page.locator("#user-balances .card[data-key='plan']")
+            expect(plan).to_contain_text("月卡，每日 50")
+            expect(plan).to_contain_text("剩 30 天")
     assert page.console_errors == []
     page.context.close()
