@@ -187,6 +187,11 @@ def test_users_page_and_change_log(console, browser):
     expect(log).to_contain_text("error=a reason is required")
     expect(log).to_contain_text("/admin/users")
     shot(page, "console-audit-desktop")
+    # A change about a user links to the user's page.
+    page.locator("#changes-table a.user-link").first.click()
+    expect(page.locator("#user-title")).to_contain_text("alice")
+    page.go_back()
+    expect(page.locator("#changes-table")).to_contain_text("cli grant from the terminal")
     page.click("#lang")
     expect(page.locator("#nav a[data-page='audit']")).to_have_text("Change log")
     page.click("#lang")

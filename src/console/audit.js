@@ -40,6 +40,13 @@ function details(summary) {
     .join(" ");
 }
 
+/// Method and path; a path about one user links to the user's page.
+function action(c) {
+  const code = el("code", {}, c.method + " " + c.path);
+  const user = /^\/admin\/users\/(\d+)(\/|$)/.exec(c.path);
+  return user ? el("a", { href: "#/users/" + user[1], class: "user-link" }, code) : code;
+}
+
 async function load(before) {
   $("changes-error").textContent = "";
   let body;
@@ -55,7 +62,7 @@ async function load(before) {
       when(c.at_ms),
       c.actor === "console" ? t("actor_console") : t("actor_token"),
       c.address,
-      el("code", {}, c.method + " " + c.path),
+      action(c),
       el("span", { class: c.status < 400 ? "good" : "bad" }, String(c.status)),
       el("span", { class: "wrap" }, c.reason ?? ""),
       el("span", { class: "wrap" }, details(c.summary)),
