@@ -173,7 +173,7 @@ def test_users_page_and_change_log(console, browser):
     d.cli("grant", str(uid), "5", "--reason", "cli grant from the terminal")
 
     # The change log: the console's changes and the CLI's, newest first, with address and reason.
-    page.click("#nav a[data-page='audit']")
+    page.click("#nav a[data-page='changes']")
     log = page.locator("#changes-table")
     expect(log).to_contain_text("cli grant from the terminal")
     newest = page.locator("#changes-table tr").nth(1)
@@ -193,7 +193,7 @@ def test_users_page_and_change_log(console, browser):
     page.go_back()
     expect(page.locator("#changes-table")).to_contain_text("cli grant from the terminal")
     page.click("#lang")
-    expect(page.locator("#nav a[data-page='audit']")).to_have_text("Change log")
+    expect(page.locator("#nav a[data-page='changes']")).to_have_text("Change log")
     page.click("#lang")
 
     # The CLI lists the same records.
@@ -228,7 +228,7 @@ def test_phone_size(console, browser):
     for hash_, ready, name in [
         ("#/users", "#users-table tr >> nth=1", "console-users-list-phone"),
         (f"#/users/{uid}", "#ledger-table tr >> nth=1", "console-users-user-phone"),
-        ("#/audit", "#changes-table tr >> nth=1", "console-audit-phone"),
+        ("#/changes", "#changes-table tr >> nth=1", "console-audit-phone"),
     ]:
         page.evaluate("h => { location.hash = h; }", hash_)
         expect(page.locator(ready)).to_be_visible()

@@ -1,4 +1,4 @@
-// The console's change log: every change made through the admin API, by the console or the
+// The console's change log (page `changes`, `#/changes`; not /admin/audit, the ledger check): every change made through the admin API, by the console or the
 // CLI (`GET /admin/changes`, what `chatrelay admin changes` prints), newest first: when, who,
 // from which address, what (method, path, the kept fields), the outcome and the reason.
 "use strict";
@@ -22,7 +22,7 @@ texts({
 
 const PAGE = 50;
 
-page({ name: "audit", label: "nav_audit", show });
+page({ name: "changes", label: "nav_audit", show });
 
 function show(sec) {
   sec.replaceChildren(el("p", { class: "muted" }, t("audit_intro")),
