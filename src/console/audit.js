@@ -1,6 +1,7 @@
-// The console's change log (page `changes`, `#/changes`; not /admin/audit, the ledger check): every change made through the admin API, by the console or the
-// CLI (`GET /admin/changes`, what `chatrelay admin changes` prints), newest first: when, who,
-// from which address, what (method, path, the kept fields), the outcome and the reason.
+// The console's change log (page `changes`, `#/changes`; not /admin/audit, the ledger check):
+// every change made through the admin API, by the console or the CLI (`GET /admin/changes`,
+// what `chatrelay admin changes` prints), newest first: when, who, from which address, what
+// (method, path, the kept fields), the outcome and the reason.
 "use strict";
 (() => {
 texts({
