@@ -51,10 +51,11 @@ async fn change_credits(
     existing_user(store, uid)?;
     let (reason, now) = (req.reason.trim(), now_ms());
     let entry = if add {
+        // A replayed reference returns the entry written the first time: counted once (two
+        // replays racing each other could both count; these are figures, not credits).
+        let replay = store.ledger_by_reference(&reference)?.is_some();
         let entry = store.grant(uid, req.credits, EntryKind::Grant, reason, &reference, now)?;
-        // A replayed reference returns the entry written the first time (at another time):
-        // counted once.
-        if entry.at_ms == now {
+        if !replay {
             let today = st.engine.settings().today();
             st.engine.stats().granted(today, req.credits);
         }

@@ -7,8 +7,11 @@
 //! - the routes by resource: `users` (find, show, create, ban, identities, groups),
 //!   `credits` (grant, revoke), `tokens`, `orders` (list, CSV, show, refund), `zsxq`
 //!   (groups: pause, resume, token), `codes` (redemption code batches), `ops` (stats, audit, backup, reload, hits, upstreams).
+//! - `changes`: the change log: a layer recording every change made through this API
+//!   (when, who, from where, what, why) and its listing.
 //! - [`cli`]: `chatrelay admin ...` (commands, HTTP client, human renderers).
 
+mod changes;
 pub mod cli;
 mod codes;
 mod common;
@@ -71,6 +74,14 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
         .route(paths::CONFIG, get(ops::running_config))
         .route(paths::HITS, get(ops::content_hits))
         .route(paths::UPSTREAMS, get(ops::upstreams))
+        .route(paths::CHANGES, get(changes::list_changes))
+        .route(paths::USER_LEDGER, get(users::user_ledger))
+        // Inside the auth layer (added after it, so it runs after it): refused requests
+        // are not recorded.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            changes::record_changes,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -47,6 +47,10 @@ pub const CODES: &str = "/admin/codes";
 pub const CODES_REVOKE: &str = "/admin/codes/{batch}/revoke";
 /// Per-day figures.
 pub const STATS: &str = "/admin/stats";
+/// The change log of the admin API, newest first: `?before=&limit=`.
+pub const CHANGES: &str = "/admin/changes";
+/// A user's ledger, newest first: `?before=<seq>&limit=`.
+pub const USER_LEDGER: &str = "/admin/users/{uid}/ledger";
 /// Ledger audit.
 pub const AUDIT: &str = "/admin/audit";
 /// A database snapshot.

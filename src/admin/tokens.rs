@@ -41,17 +41,35 @@ pub async fn create_token(
     ))
 }
 
-/// `POST /admin/tokens/revoke`.
+/// `POST /admin/tokens/revoke`: `{"token"}` (the whole token), or `{"uid", "hash_prefix"}`
+/// (one of the user's tokens as the user's page lists it: the console never sees a token).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
-    token: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    uid: Option<u64>,
+    #[serde(default)]
+    hash_prefix: Option<String>,
 }
 
 /// Revokes a live token.
 pub async fn revoke_token(st: St, Body(req): Body<Revoke>) -> Answer {
     let store = st.engine.store();
-    let revoked = store.revoke_token(req.token.trim(), now_ms())?;
+    let revoked = match (req.token, req.uid, req.hash_prefix) {
+        (Some(token), None, None) => store.revoke_token(token.trim(), now_ms())?,
+        (None, Some(uid), Some(prefix)) => {
+            let uid = chatrelay_storage::Uid(uid);
+            existing_user(store, uid)?;
+            store.revoke_token_by_hash(uid, &prefix, now_ms())?
+        }
+        _ => {
+            return Err(AdminError::bad_request(
+                "give either token, or uid and hash_prefix",
+            ));
+        }
+    };
     store.flush().await?;
     if !revoked {
         return Err(AdminError::not_found("no such live token"));

@@ -62,14 +62,50 @@ pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>
             .collect();
         conversations.push(json!({"key": key.to_string(), "turns": turns.len(), "recent": recent}));
     }
+    let today = s.today();
+    let plan = store.plan(uid)?.map(|p| {
+        json!({
+            "id": p.id,
+            "name": p.name,
+            "daily_credits": p.daily_credits,
+            "active": p.active_on(today),
+            "days_left": p.days_left(today),
+            "last_date": chatrelay_storage::date_of_day(p.last_day()),
+        })
+    });
     Ok(Json(json!({
         "user": user,
         "balance": balance,
+        "plan": plan,
         "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "tokens": store.tokens_of(uid)?,
         "ledger": store.ledger(uid, q.ledger.unwrap_or(20).clamp(1, 100_000))?,
         "conversations": conversations,
     })))
+}
+
+/// `GET /admin/users/{uid}/ledger`.
+#[derive(Deserialize)]
+pub struct LedgerQuery {
+    /// Only entries with a lower seq (the `next` of the previous page).
+    before: Option<u64>,
+    /// Entries per page, 1 to 500 (default 50).
+    limit: Option<usize>,
+}
+
+/// A page of the user's ledger, newest first, with `next` (the `before` of the next,
+/// older page) or `null`; `404` for an unknown user.
+pub async fn user_ledger(st: St, UidPath(uid): UidPath, Query(q): Query<LedgerQuery>) -> Answer {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(AdminError::bad_request(format!(
+            "limit={limit} is not a number from 1 to 500"
+        )));
+    }
+    let store = st.engine.store().clone();
+    existing_user(&store, uid)?;
+    let (entries, next) = blocking(move || store.ledger_page(uid, q.before, limit)).await?;
+    Ok(Json(json!({"entries": entries, "next": next})))
 }
 
 /// Turns of each conversation shown by `show_user`.
@@ -164,7 +200,8 @@ async fn list_users(st: AppState, f: FindQuery) -> Answer {
 }
 
 /// Finds users by uid, by a whole or partial platform key (`mp:main:o6_…`, a bare openid,
-/// a Telegram id) or by name; without `q`, lists them all (see [`list_users`]).
+/// a Telegram id), by one of their tokens (a whole `sk-cr-…` token, or the start of its
+/// hash as the user's page shows it, 6 hex characters or more) or by name; without `q`, lists them all (see [`list_users`]).
 pub async fn find_users(st: St, Query(f): Query<FindQuery>) -> Answer {
     let q = f.q.trim().to_owned();
     if q.is_empty() {
@@ -213,6 +250,9 @@ fn matches(
     }
     for (key, uid) in store.find_identities(q, limit)? {
         push(uid, format!("key {key}"), &mut hits);
+    }
+    for (uid, hash) in store.find_tokens(q, limit)? {
+        push(uid, format!("token {hash}"), &mut hits);
     }
     for user in store.find_users_by_name(q, limit)? {
         push(user.uid, "name".into(), &mut hits);

@@ -173,11 +173,17 @@ pub struct UpstreamConfig {
 pub struct ConsoleConfig {
     /// How long a console session lasts after login, in hours (1 to 720).
     pub session_hours: u64,
+    /// Days the change log of the admin API (`GET /admin/changes`) keeps each change
+    /// (1 to 3650); older ones are purged by the cleanup job.
+    pub change_log_days: u64,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        Self { session_hours: 12 }
+        Self {
+            session_hours: 12,
+            change_log_days: 180,
+        }
     }
 }
 

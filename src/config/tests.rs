@@ -419,3 +419,16 @@ fn web_conversation_limits_have_defaults_and_bounds() {
         "{err:?}"
     );
 }
+
+#[test]
+fn the_change_log_keeps_1_to_3650_days() {
+    let (c, _) = parse("", &[], None).unwrap();
+    assert_eq!(c.console.change_log_days, 180);
+    let (c, _) = parse("[console]\nchange_log_days = 30\n", &[], None).unwrap();
+    assert_eq!(c.console.change_log_days, 30);
+    for bad in [0, 3651] {
+        let err = parse(&format!("[console]\nchange_log_days = {bad}\n"), &[], None).unwrap_err();
+        let got: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["console.change_log_days: must be 1 to 3650"], "{bad}");
+    }
+}

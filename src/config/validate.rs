@@ -91,6 +91,9 @@ fn validate_server(c: &Config, problems: &mut Vec<Problem>) {
     if !(1..=720).contains(&c.console.session_hours) {
         problems.push(problem("console.session_hours", "must be 1 to 720"));
     }
+    if !(1..=3650).contains(&c.console.change_log_days) {
+        problems.push(problem("console.change_log_days", "must be 1 to 3650"));
+    }
     if c.server.max_body_bytes < 1024 {
         problems.push(problem("server.max_body_bytes", "must be at least 1024"));
     }

@@ -37,6 +37,8 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
     ("console.js", include_str!("console.js"), JS),
     ("dashboard.js", include_str!("dashboard.js"), JS),
+    ("users.js", include_str!("users.js"), JS),
+    ("audit.js", include_str!("audit.js"), JS),
     ("orders.js", include_str!("orders.js"), JS),
     ("codes.js", include_str!("codes.js"), JS),
     ("ops.js", include_str!("ops.js"), JS),

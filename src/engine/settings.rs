@@ -25,6 +25,8 @@ pub struct Settings {
     pub reservation_ttl: Duration,
     /// Days usage records are kept (0: forever).
     pub usage_days: u64,
+    /// Days the admin API's change log keeps each change.
+    pub change_log_days: u64,
     /// Dedupe memory.
     pub dedupe_ttl: Duration,
     /// Longest accepted message.
@@ -150,6 +152,7 @@ impl Settings {
             tz_offset_secs: crate::util::parse_timezone(&c.quota.timezone).unwrap_or(8 * 3600),
             reservation_ttl: Duration::from_secs(c.quota.reservation_ttl_secs),
             usage_days: c.quota.usage_days,
+            change_log_days: c.console.change_log_days,
             dedupe_ttl: Duration::from_secs(c.bot.dedupe_ttl_secs),
             max_input_chars: c.bot.max_input_chars,
             rate_limit_per_minute: c.bot.rate_limit_per_minute,

@@ -1724,3 +1724,31 @@ async fn expired_guests_lose_their_saved_conversations_and_no_one_else_does() {
     assert!(h.store.chats(live.uid).unwrap().is_empty());
     assert_eq!(h.store.chats(member).unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_cleanup_prunes_the_change_log_past_change_log_days() {
+    let h = harness_with(FAST, |c| c.console.change_log_days = 2);
+    let now = now_ms();
+    for (n, at) in [now - 3 * 86_400_000, now - 86_400_000]
+        .into_iter()
+        .enumerate()
+    {
+        h.store
+            .record_change(chatrelay_storage::ChangeRecord {
+                at_ms: at,
+                id: 0,
+                actor: "token".into(),
+                address: "127.0.0.1".into(),
+                method: "POST".into(),
+                path: format!("/admin/users/{n}/grant"),
+                status: 200,
+                reason: Some("r".into()),
+                summary: serde_json::json!({}),
+            })
+            .unwrap();
+    }
+    h.engine.purge_old_records();
+    let left = h.store.changes(None, 10).unwrap().records;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].path, "/admin/users/1/grant");
+}

@@ -8,6 +8,9 @@ const USAGE_PURGE_USERS: usize = 2_000;
 /// How often a pass of the usage log's pruning over every user starts.
 const USAGE_PURGE_EVERY_MS: i64 = 3_600_000;
 
+/// Change log records one cleanup run removes at most (a busy day's changes are far fewer).
+const CHANGE_PURGE_MAX: usize = 5_000;
+
 /// Users with saved web conversations one cleanup run checks for an expired guest account.
 const GUEST_CHAT_USERS: usize = 500;
 
@@ -69,6 +72,22 @@ impl Engine {
         }
         self.purge_usage(now);
         self.purge_guest_chats(now);
+        self.purge_changes(now);
+    }
+
+    /// Prunes the admin API's change log past `[console] change_log_days`: at most
+    /// [`CHANGE_PURGE_MAX`] records per run (this runs every minute), the oldest first.
+    fn purge_changes(&self, now: i64) {
+        let keep_ms = i64::try_from(self.settings().change_log_days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(86_400_000);
+        if let Err(e) = self
+            .inner
+            .store
+            .purge_changes(now.saturating_sub(keep_ms), CHANGE_PURGE_MAX)
+        {
+            warn!(error = %e, "purging the old change log failed");
+        }
     }
 
     /// Deletes the saved web conversations of guests whose account expired (a guest keeps

@@ -423,7 +423,7 @@ fn check_target(dir: &Path) -> Result<(), StoreError> {
 
 /// Every tree name a backup may hold.
 fn known_tree(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 29] = [
+    const NAMES: [&str; 30] = [
         crate::META,
         crate::USERS,
         crate::IDENTITIES,
@@ -452,6 +452,7 @@ fn known_tree(name: &str) -> Option<&'static str> {
         crate::USAGE,
         crate::CHATS,
         crate::CHAT_INDEX,
+        crate::ADMIN_LOG,
         DEFAULT_TREE,
     ];
     NAMES.into_iter().find(|n| *n == name)

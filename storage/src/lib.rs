@@ -23,6 +23,7 @@
 //! - `plans.rs`: membership plans: grants, a user's plan (kept in `balances`), day arithmetic.
 //! - `usage.rs`: the usage log, one record per metered answer, written by its settlement.
 //! - `chats.rs`: the web page's saved conversations, per user, with count and size limits.
+//! - `admin_log.rs`: the change log of the admin API (who changed what, from where, why).
 //! - `backup.rs`: consistent export to a checksummed text file, verified restore, `dump`.
 //! - `lane.rs`: the write lane of a sled database (its steps and their group flush, on one
 //!   thread) and the flush counters.
@@ -61,6 +62,7 @@
 //! | `usage` | uid ‖ time (ms) ‖ reservation id (be u64 each) | [`UsageRecord`], compact binary |
 //! | `chats` | uid ‖ conversation id | a web conversation's title, version and messages |
 //! | `chat_index` | uid ‖ conversation id | its [`ChatSummary`] (listings read only this) |
+//! | `admin_log` | time (ms) ‖ id (be u64 each) | a [`ChangeRecord`] (≤ 2 KB, redacted) |
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is
@@ -81,6 +83,7 @@
 
 pub mod error;
 
+mod admin_log;
 mod audit;
 mod backup;
 mod census;
@@ -112,6 +115,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
+pub use admin_log::{ChangeCursor, ChangePage, ChangeRecord, MAX_CHANGE_BYTES, MAX_CHANGE_PAGE};
 pub use audit::{AuditMismatch, AuditReport};
 pub use backup::BackupSummary;
 pub use census::{Census, OrderTally};
@@ -204,6 +208,7 @@ const CODE_HASHES: &str = "code_hashes";
 const USAGE: &str = "usage";
 const CHATS: &str = "chats";
 const CHAT_INDEX: &str = "chat_index";
+const ADMIN_LOG: &str = "admin_log";
 
 /// The `meta` key holding the schema version.
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -238,6 +243,7 @@ struct Trees {
     usage: Tree,
     chats: Tree,
     chat_index: Tree,
+    admin_log: Tree,
 }
 
 impl Trees {
@@ -271,11 +277,12 @@ impl Trees {
             usage: db.open_tree(USAGE, journal)?,
             chats: db.open_tree(CHATS, journal)?,
             chat_index: db.open_tree(CHAT_INDEX, journal)?,
+            admin_log: db.open_tree(ADMIN_LOG, journal)?,
         })
     }
 
     /// Every tree with its name, in name order.
-    fn all(&self) -> [(&'static str, &Tree); 28] {
+    fn all(&self) -> [(&'static str, &Tree); 29] {
         let mut all = [
             (META, &self.meta),
             (USERS, &self.users),
@@ -305,6 +312,7 @@ impl Trees {
             (USAGE, &self.usage),
             (CHATS, &self.chats),
             (CHAT_INDEX, &self.chat_index),
+            (ADMIN_LOG, &self.admin_log),
         ];
         all.sort_by_key(|(name, _)| *name);
         all

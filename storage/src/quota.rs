@@ -419,6 +419,36 @@ impl Store {
         Ok(entries)
     }
 
+    /// A page of `uid`'s ledger, newest first: at most `limit` entries with a seq below
+    /// `before` (all, when `None`), and the seq the next (older) page starts before, if
+    /// there are older entries. One range scan.
+    pub fn ledger_page(
+        &self,
+        uid: Uid,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<LedgerEntry>, Option<u64>), StoreError> {
+        let limit = limit.clamp(1, 1_000);
+        let end = pair_key(uid.0, before.unwrap_or(u64::MAX));
+        let mut pairs = self
+            .trees()?
+            .ledger
+            .range_rev(pair_key(uid.0, 0), end, limit + 1)?;
+        let more = pairs.len() > limit;
+        pairs.truncate(limit);
+        let mut entries: Vec<LedgerEntry> = Vec::with_capacity(pairs.len());
+        for (raw_key, raw) in pairs {
+            let (owner, seq) = read_pair_key(LEDGER, &raw_key)?;
+            entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
+        }
+        let next = if more {
+            entries.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+
     /// The ledger entry written with `reference`, if any.
     pub fn ledger_by_reference(&self, reference: &str) -> Result<Option<LedgerEntry>, StoreError> {
         let t = self.trees()?;

@@ -130,6 +130,95 @@ impl Store {
         }))
     }
 
+    /// The owners of the tokens `q` names: a whole token (`sk-cr-…`, looked up by its hash),
+    /// or the start of a token's hash as [`TokenInfo::hash_prefix`] shows it (at least 6 hex
+    /// characters, so a search never lists every token); at most `limit`, each with its
+    /// hash prefix.
+    pub fn find_tokens(&self, q: &str, limit: usize) -> Result<Vec<(Uid, String)>, StoreError> {
+        let t = self.trees()?;
+        let q = q.trim();
+        let mut found = Vec::new();
+        if q.starts_with(TOKEN_PREFIX) {
+            let hash = token_hash(q);
+            if let Some(raw) = t.tokens.get(hash)? {
+                let record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(&hash))?;
+                found.push((record.uid, hash_prefix(&hash)));
+            }
+            return Ok(found);
+        }
+        let hex_prefix = q.to_ascii_lowercase();
+        if hex_prefix.len() < 6 || !hex_prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(found);
+        }
+        // Whole bytes narrow the scan; an odd last digit is checked on each key.
+        let even = hex_prefix.get(..hex_prefix.len() & !1).unwrap_or_default();
+        let bytes = hex::decode(even).unwrap_or_default();
+        for item in t.tokens.scan_prefix(&bytes) {
+            let (hash, raw) = item?;
+            if !hex::encode(&hash).starts_with(&hex_prefix) {
+                continue;
+            }
+            let record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(&hash))?;
+            found.push((record.uid, hash_prefix(&hash)));
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Revokes `uid`'s token whose hash starts with `prefix` (as [`TokenInfo::hash_prefix`]
+    /// shows it): true if it was live, false if already revoked;
+    /// [`StoreError::InvalidInput`] unless exactly one of the user's tokens matches.
+    pub fn revoke_token_by_hash(
+        &self,
+        uid: Uid,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.len() < 6 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::InvalidInput(format!(
+                "{prefix:?} is not a token's hash prefix (6 to 64 hex characters)"
+            )));
+        }
+        let t = self.trees()?;
+        let mut matching = Vec::new();
+        for item in t.tokens_by_uid.scan_prefix(u64_key(uid.0)) {
+            let (key, _) = item?;
+            let (_, hash) = split_u64_prefix(TOKENS_BY_UID, &key)?;
+            if hex::encode(hash).starts_with(&prefix) {
+                matching.push(hash.to_vec());
+            }
+        }
+        let hash = match matching.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(StoreError::InvalidInput(format!(
+                    "user {uid} has no token {prefix}"
+                )));
+            }
+            _ => {
+                return Err(StoreError::InvalidInput(format!(
+                    "{prefix} names more than one of user {uid}'s tokens; give more of it"
+                )));
+            }
+        };
+        let _writing = self.writing();
+        finish(t.tokens.transaction(|tokens| {
+            let Some(raw) = tokens.get(&hash)? else {
+                return Ok(false);
+            };
+            let mut record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(&hash)).or_abort()?;
+            if record.revoked_at_ms.is_some() {
+                return Ok(false);
+            }
+            record.revoked_at_ms = Some(now_ms);
+            tokens.insert(hash.as_slice(), encode(&record).or_abort()?)?;
+            Ok(true)
+        }))
+    }
+
     /// The user's tokens (revoked and expired ones included), described without the token.
     pub fn tokens_of(&self, uid: Uid) -> Result<Vec<TokenInfo>, StoreError> {
         let t = self.trees()?;
@@ -192,6 +281,38 @@ mod tests {
             store.create_token(Uid(99), "x", None, 1),
             Err(StoreError::UnknownUser(_))
         ));
+    }
+
+    #[test]
+    fn tokens_are_found_and_revoked_by_hash_prefix() {
+        let (store, uid) = store_with_user();
+        let other = store.create_user("o").unwrap().uid;
+        let token = store.create_token(uid, "a", None, 1).unwrap();
+        store.create_token(other, "b", None, 1).unwrap();
+        let prefix = store.tokens_of(uid).unwrap()[0].hash_prefix.clone();
+        assert_eq!(
+            store.find_tokens(&token, 10).unwrap(),
+            vec![(uid, prefix.clone())]
+        );
+        assert_eq!(
+            store.find_tokens(&prefix[..7].to_uppercase(), 10).unwrap(),
+            vec![(uid, prefix.clone())]
+        );
+        assert!(store.find_tokens("sk-cr-unknown", 10).unwrap().is_empty());
+        // Too short a prefix would list everyone's tokens: no match.
+        assert!(store.find_tokens(&prefix[..5], 10).unwrap().is_empty());
+        // Another user's token is not revoked through this user.
+        assert!(matches!(
+            store.revoke_token_by_hash(other, &prefix, 2),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            store.revoke_token_by_hash(uid, "zz", 2),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert!(store.revoke_token_by_hash(uid, &prefix, 2).unwrap());
+        assert_eq!(store.token_uid(&token, 3).unwrap(), None);
+        assert!(!store.revoke_token_by_hash(uid, &prefix, 4).unwrap());
     }
 
     #[test]

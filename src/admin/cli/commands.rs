@@ -65,6 +65,16 @@ pub enum AdminCommand {
     /// Read the configuration file again and apply it (like SIGHUP); an invalid file is
     /// refused with its problems and the running configuration stays.
     Reload,
+    /// The change log: every change made through the admin API (console or CLI), newest
+    /// first: when, who (console or token), from which address, what, and the reason.
+    Changes {
+        /// Only changes older than this (the `next` of the previous page, or a time in ms).
+        #[arg(long)]
+        before: Option<String>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Save a consistent snapshot of the running daemon's database to FILE.
     Backup {
         /// Where to write the backup (refuses to overwrite an existing file).
@@ -272,6 +282,9 @@ pub enum UserCommand {
     Unban {
         /// The user's uid.
         uid: u64,
+        /// Why (kept in the change log).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Bind a platform identity (e.g. `mp:main:o6_bm...`) to a user.
     Link {
@@ -400,6 +413,11 @@ impl AdminCommand {
             )),
             Self::Upstreams => Call::get(paths::UPSTREAMS.into()),
             Self::Config => Call::get(paths::CONFIG.into()),
+            Self::Changes { before, limit } => Call::get(format!(
+                "{}{}",
+                paths::CHANGES,
+                query(&[("before", before), ("limit", some(limit))])
+            )),
             Self::Reload => {
                 Call::new(Method::POST, paths::RELOAD.into(), None).answer(Answer::Problems)
             }
@@ -458,9 +476,12 @@ impl UserCommand {
                 fill(paths::BAN, &[&uid.to_string()]),
                 json!({"banned": true, "reason": reason}),
             ),
-            Self::Unban { uid } => Call::post(
+            Self::Unban { uid, reason } => Call::post(
                 fill(paths::BAN, &[&uid.to_string()]),
-                json!({"banned": false}),
+                match reason {
+                    Some(reason) => json!({"banned": false, "reason": reason}),
+                    None => json!({"banned": false}),
+                },
             ),
             Self::Link { uid, key } => Call::post(
                 fill(paths::IDENTITIES, &[&uid.to_string()]),

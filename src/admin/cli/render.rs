@@ -56,6 +56,7 @@ pub fn human(command: &AdminCommand) -> Render {
         AdminCommand::Token(TokenCommand::Create { .. }) => W(|v| text(&v["token"])),
         AdminCommand::Token(TokenCommand::Revoke { .. }) => W(|_| "revoked".to_owned()),
         AdminCommand::Audit => W(render_audit),
+        AdminCommand::Changes { .. } => W(render_changes),
         AdminCommand::Order(c) => match c {
             OrderCommand::List { .. } => T(ORDER_COLUMNS),
             OrderCommand::Export { .. } => {
@@ -468,6 +469,27 @@ fn render_entry(v: &Value) -> String {
     )
 }
 
+#[rustfmt::skip]
+const CHANGE_COLUMNS: Table = &[
+    ("TIME", Time("at_ms")), ("WHO", Text("actor")), ("ADDRESS", Text("address")),
+    ("METHOD", Text("method")), ("PATH", Fit("path", 40)), ("STATUS", Text("status")),
+    ("REASON", Fit("reason", 30)), ("SUMMARY", With(|r| r["summary"].to_string())),
+];
+
+/// A page of the change log, and how to get the next.
+fn render_changes(v: &Value) -> String {
+    let rows = rows_of(&v["changes"]);
+    if rows.is_empty() {
+        return "no changes recorded".to_owned();
+    }
+    let mut out = table_of(rows, CHANGE_COLUMNS);
+    let _ = write!(out, "{} changes", rows.len());
+    if let Some(next) = v["next"].as_str() {
+        let _ = write!(out, "; older: --before {next}");
+    }
+    out
+}
+
 fn render_audit(v: &Value) -> String {
     let mismatches = rows_of(&v["mismatches"]);
     let mut out = fields(
@@ -878,5 +900,32 @@ mod tests {
         assert!(t.contains("2026-11-27"), "{t}");
         assert!(t.contains("9.90"), "{t}");
         assert!(t.contains("1.50"), "{t}");
+    }
+
+    #[test]
+    fn change_log_pages_end_with_their_count_and_the_next_cursor() {
+        let page = serde_json::json!({"changes": [{
+            "at_ms": 1_764_000_000_000i64, "actor": "console", "address": "203.0.113.7",
+            "method": "POST", "path": "/admin/users/7/grant", "status": 200,
+            "reason": "ticket 42", "summary": {"credits": 5},
+        }], "next": "1764000000000-9"});
+        let out = render_changes(&page);
+        for part in [
+            "console",
+            "203.0.113.7",
+            "/admin/users/7/grant",
+            "ticket 42",
+            "\"credits\":5",
+        ] {
+            assert!(out.contains(part), "{part} in {out}");
+        }
+        assert!(
+            out.ends_with("1 changes; older: --before 1764000000000-9"),
+            "{out}"
+        );
+        assert_eq!(
+            render_changes(&serde_json::json!({"changes": [], "next": null})),
+            "no changes recorded"
+        );
     }
 }

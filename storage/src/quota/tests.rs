@@ -603,3 +603,27 @@ fn a_purge_of_settled_reservations_stops_at_the_recent_ones() {
     assert_eq!(store.purge_settled_reservations(100).unwrap(), 0);
     assert_eq!(store.purge_settled_reservations(1000).unwrap(), 257);
 }
+
+#[test]
+fn ledger_pages_go_back_by_seq() {
+    let (store, uid) = store_with_paid(0);
+    let other = store.create_user("o").unwrap().uid;
+    for i in 1..=5 {
+        store
+            .grant(uid, i, EntryKind::Grant, "g", &format!("p{i}"), i as i64)
+            .unwrap();
+    }
+    store
+        .grant(other, 9, EntryKind::Grant, "g", "other-p", 1)
+        .unwrap();
+    let seqs = |v: &[LedgerEntry]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let (first, next) = store.ledger_page(uid, None, 2).unwrap();
+    assert_eq!((seqs(&first), next), (vec![5, 4], Some(4)));
+    let (second, next) = store.ledger_page(uid, next, 2).unwrap();
+    assert_eq!((seqs(&second), next), (vec![3, 2], Some(2)));
+    let (third, next) = store.ledger_page(uid, next, 2).unwrap();
+    assert_eq!((seqs(&third), next), (vec![1], None));
+    let (all, next) = store.ledger_page(uid, None, 100).unwrap();
+    assert_eq!((all.len(), next), (5, None));
+    assert!(store.ledger_page(Uid(999), None, 5).unwrap().0.is_empty());
+}
