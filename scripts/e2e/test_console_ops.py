@@ -297,6 +297,12 @@ def test_operations_page(shop, zsxq, upstream, browser):
     d.config.write_text(original)
     page.click("#reload")
     expect(page.locator("#reload-ok")).to_be_visible()
+    # The ledger audit (what `admin audit` prints): consistent, with the same counts.
+    audit = admin(d, "GET", "/admin/audit").json()
+    assert audit["mismatches"] == [], audit
+    page.click("#audit")
+    expect(page.locator("#audit-ok")).to_contain_text(f"{audit['users']} 个用户")
+    expect(page.locator("#audit-ok")).to_contain_text(f"{audit['ledger_entries']} 条流水")
     assert page.console_errors == []
     page.context.close()
 

@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 
 from conftest import MODEL, Daemon
 from test_console import log_in, shot
+from test_operations import MP, mp_send
 from test_web import DESKTOP, PHONE, browser, new_page  # noqa: F401 (the browser fixture)
 
 KEY = "mp:main:o6_e2e_console_alice"
@@ -23,7 +24,10 @@ KEY = "mp:main:o6_e2e_console_alice"
 @pytest.fixture(scope="module")
 def console(upstream):
     plan = '\n[[plans]]\nid = "month"\nname = "月卡"\ndaily_credits = 50\ndays = 30\n'
-    d = Daemon(upstream.base_url, extra_toml="\n[console]\nchange_log_days = 30\n" + plan).start()
+    # An Official Account (plaintext mode) for a platform conversation.
+    mp = (f'\n[[wechat_mp]]\nid = "{MP["id"]}"\napp_id = "{MP["app_id"]}"\ntoken = "{MP["token"]}"\n'
+          "passive_wait_ms = 3000\n")
+    d = Daemon(upstream.base_url, extra_toml="\n[console]\nchange_log_days = 30\n" + plan + mp).start()
     yield d
     code = d.stop()
     assert code == 0, d.logs()
@@ -242,3 +246,53 @@ def test_phone_size(console, browser):
             expect(plan).to_contain_text("剩 30 天")
     assert page.console_errors == []
     page.context.close()
+
+
+def test_create_a_user_and_a_token_and_see_conversations(console, browser):
+    """What `admin user create` and `admin token create` do, from the console: the new token is
+    shown once (the server keeps its hash) and works with the official client; the user's
+    recent platform conversation is on their page, as `admin user show` has it."""
+    d = console
+    page = new_page(browser, PHONE)
+    log_in(page, d, d.admin_token)
+    page.click("#nav a[data-page='users']")
+    page.fill("#new-user-name", "carol")
+    page.click("#new-user button[type=submit]")
+    expect(page.locator("#user-title")).to_contain_text("carol")
+    uid = int(page.url.rsplit("/", 1)[1])
+    assert d.user(uid)["user"]["name"] == "carol"
+    expect(page.locator("#user-conversations")).to_contain_text("无")
+
+    page.fill("#token-form input[name=label]", "carol's app")
+    page.fill("#token-form input[name=days]", "30")
+    page.click("#token-form button[type=submit]")
+    token = page.locator("#new-token").inner_text()
+    assert token.startswith("sk-cr-"), token
+    shown = d.user(uid)["tokens"]
+    assert len(shown) == 1 and shown[0]["label"] == "carol's app" and shown[0]["expires_at_ms"], shown
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key=token, max_retries=0)
+    assert client.models.list().data
+    # Shown once: the next visit of the page has only its hash.
+    page.reload()
+    expect(page.locator("#tokens-table")).to_contain_text(shown[0]["hash_prefix"])
+    expect(page.locator("#new-token")).to_have_count(0)
+    # An empty name is refused by the API, and said so.
+    page.goto(d.url + "/console#/users")
+    page.fill("#new-user-name", " ")
+    page.click("#new-user button[type=submit]")
+    expect(page.locator("#new-user-error")).not_to_be_empty()
+
+    # A platform conversation (the engine's memory of an identity) shows on the user's page.
+    openid = "o6_console_carol"
+    key = f"mp:{MP['id']}:{openid}"
+    assert admin(d, "POST", f"/admin/users/{uid}/identities", {"key": key}).status_code == 200
+    grant = admin(d, "POST", f"/admin/users/{uid}/grant", {"credits": 20, "reason": "test"})
+    assert grant.status_code == 200, grant.text
+    assert mp_send(d, openid, "你好，控制台"), "answered"
+    page.goto(f"{d.url}/console#/users/{uid}")
+    expect(page.locator("#user-conversations")).to_contain_text(key)
+    expect(page.locator("#user-conversations")).to_contain_text("你好，控制台")
+    shot(page, "console-users-token-phone")
+    assert page.console_errors == []
+    page.context.close()
+

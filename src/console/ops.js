@@ -1,8 +1,8 @@
 // The console's operations page: the version and uptime, a configuration reload with its
 // result (what changed, what needs a restart, or every problem of an invalid file), the
 // backup download (embedded store only), the zsxq groups (pause, resume, a new access token),
-// content-filter hits to review, and the running configuration with its secrets redacted by
-// the server (`GET /admin/config`).
+// content-filter hits to review, the ledger audit, and the running configuration with its
+// secrets redacted by the server (`GET /admin/config`).
 "use strict";
 (() => {
 texts({
@@ -17,6 +17,8 @@ texts({
     p_token_done: "令牌已更换，轮询已恢复", p_no_zsxq: "未配置知识星球",
     p_hits: "内容审核命中", p_time: "时间", p_uid: "用户", p_scope: "范围", p_dir: "方向", p_rule: "规则",
     p_word: "词", p_excerpt: "摘录", p_config: "当前配置（密钥已隐藏）", p_d: "天", p_h: "小时", p_m: "分",
+    p_audit: "核对账本", p_audit_run: "核对", p_audit_ok: "一致：{users} 个用户、{entries} 条流水、{open} 个冻结，付费积分合计 {paid}。",
+    p_audit_bad: "发现 {n} 处不一致：",
   },
   en: {
     nav_ops: "Operations", p_version: "Version", p_uptime: "Uptime", p_started: "Started", p_file: "Config file",
@@ -31,6 +33,9 @@ texts({
     p_hits: "Content-filter hits", p_time: "Time", p_uid: "User", p_scope: "Scope", p_dir: "Direction",
     p_rule: "Rule", p_word: "Word", p_excerpt: "Excerpt", p_config: "Running configuration (secrets redacted)",
     p_d: "d", p_h: "h", p_m: "min",
+    p_audit: "Ledger audit", p_audit_run: "Check",
+    p_audit_ok: "Consistent: {users} users, {entries} ledger entries, {open} open holds, {paid} paid credits in all.",
+    p_audit_bad: "{n} inconsistencies:",
   },
 });
 
@@ -137,6 +142,27 @@ async function zsxq(target) {
   }
 }
 
+// `GET /admin/audit` (what `admin audit` prints): does every user's ledger add up to the
+// balance, and every hold to an open reservation?
+async function audit() {
+  const out = $("audit-result");
+  out.replaceChildren(el("p", { class: "muted" }, t("loading")));
+  try {
+    const r = await apiJson("/admin/audit");
+    const fill = (key, vars) => t(key).replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ""));
+    if (!r.mismatches.length) {
+      out.replaceChildren(el("div", { class: "notice", id: "audit-ok" }, el("p", {}, fill("p_audit_ok",
+        { users: r.users, entries: r.ledger_entries, open: r.open_reservations, paid: r.total_paid }))));
+    } else {
+      out.replaceChildren(el("div", { class: "notice bad", id: "audit-bad" },
+        el("p", {}, fill("p_audit_bad", { n: r.mismatches.length })),
+        el("ul", { class: "problems" }, ...r.mismatches.map((m) => el("li", {}, JSON.stringify(m))))));
+    }
+  } catch (e) {
+    out.replaceChildren(el("p", { class: "error" }, t("failed") + e.message));
+  }
+}
+
 async function hits(target) {
   try {
     const list = await apiJson("/admin/hits?limit=100");
@@ -158,7 +184,10 @@ page({
     const reloadBox = box("ops-reload",
       el("button", { id: "reload", type: "button", class: "primary", onclick: reload }, t("p_reload")),
       el("div", { id: "reload-result", role: "status" }));
-    sec.replaceChildren(aboutBox, reloadBox, el("h2", {}, t("p_zsxq")), zsxqBox, el("h2", {}, t("p_hits")), hitsBox,
+    const auditBox = box("ops-audit",
+      el("button", { id: "audit", type: "button", onclick: audit }, t("p_audit_run")),
+      el("div", { id: "audit-result", role: "status" }));
+    sec.replaceChildren(aboutBox, reloadBox, el("h2", {}, t("p_audit")), auditBox, el("h2", {}, t("p_zsxq")), zsxqBox, el("h2", {}, t("p_hits")), hitsBox,
       el("h2", {}, t("p_config")), el("pre", { id: "config-view", class: "config" }));
     about(aboutBox);
     zsxq(zsxqBox);

@@ -1,8 +1,9 @@
 // The console's users: `#/users` searches (`GET /admin/users?q=`: uid, name, platform
 // identity, a token or its hash prefix) or lists every user page by page; `#/users/<uid>` is
 // one user: balances (free, paid, plan), actions (grant / take back credits, ban / unban, each
-// with a required reason), identities (link / unlink), groups, tokens (revoke), the ledger and
-// the usage log, both paged newest first.
+// with a required reason), identities (link / unlink), groups, tokens (create, shown once;
+// revoke), recent conversations, the ledger and the usage log, both paged newest first. The list
+// page also creates users.
 "use strict";
 (() => {
 texts({
@@ -28,6 +29,9 @@ texts({
     total: "积分", outcome: "结果",
     newest: "最新", older: "更早",
     k_usage: "消费", k_grant: "发放", k_purchase: "购买", k_refund: "退款", k_adjust: "扣回",
+    new_user: "新建用户", create: "创建", new_token: "新建令牌", expires_days: "有效天数",
+    token_once: "新令牌（只显示这一次，请立即复制给用户）：", copy: "复制", copied: "已复制",
+    conversations: "最近对话", turns: "共 {n} 轮", role_user: "用户", role_assistant: "助手",
   },
   en: {
     nav_users: "Users",
@@ -51,6 +55,9 @@ texts({
     total: "Credits", outcome: "Outcome",
     newest: "Newest", older: "Older",
     k_usage: "usage", k_grant: "grant", k_purchase: "purchase", k_refund: "refund", k_adjust: "take-back",
+    new_user: "New user", create: "Create", new_token: "New token", expires_days: "Days valid",
+    token_once: "The new token (shown this once: copy it to the user now):", copy: "Copy", copied: "Copied",
+    conversations: "Recent conversations", turns: "{n} turns", role_user: "user", role_assistant: "assistant",
   },
 });
 
@@ -80,9 +87,24 @@ function showList(sec) {
     offset = 0;
     loadList(sec);
   });
+  const name = el("input", { id: "new-user-name", name: "name", required: true, maxlength: 64, placeholder: t("name"), "aria-label": t("name") });
+  const createError = el("p", { class: "error", role: "alert", id: "new-user-error" });
+  const create = el("form", { id: "new-user", class: "box" }, el("h3", {}, t("new_user")),
+    el("div", { class: "row" }, name, el("button", { type: "submit" }, t("create"))), createError);
+  create.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    createError.textContent = "";
+    try {
+      const user = await apiJson("/admin/users", { method: "POST", json: { name: name.value.trim() } });
+      go("#/users/" + user.uid);
+    } catch (e) {
+      createError.textContent = t("failed") + e.message;
+    }
+  });
   sec.replaceChildren(form, el("p", { id: "users-info", class: "muted" }),
     el("div", { class: "scroll" }, el("table", { id: "users-table" })),
-    el("div", { class: "pager", id: "users-pager" }), el("p", { id: "users-error", class: "error", role: "alert" }));
+    el("div", { class: "pager", id: "users-pager" }), el("p", { id: "users-error", class: "error", role: "alert" }),
+    create);
   loadList(sec);
 }
 
@@ -125,6 +147,8 @@ function stateOf(u) {
 // --- one user ---
 
 let current = null; // the uid shown
+// A token just made, shown once on its user's page (the server keeps only its hash).
+let fresh = null; // { uid, token }
 
 async function showUser(sec, uid) {
   current = uid;
@@ -144,7 +168,7 @@ async function showUser(sec, uid) {
   const meta = el("p", { class: "muted" }, `${t("created")}: ${when(user.created_at_ms)}` +
     (user.banned && user.ban_reason ? ` · ${t("ban_reason")}: ${user.ban_reason}` : ""));
   sec.replaceChildren(el("p", {}, el("a", { href: "#/users", id: "users-back" }, t("back"))), head, meta,
-    balances(u), actions(user), identities(u), groups(user), tokens(u),
+    balances(u), actions(user), identities(u), groups(user), tokens(u), conversations(u),
     el("h2", {}, t("ledger")), el("div", { class: "scroll" }, el("table", { id: "ledger-table" })),
     el("div", { class: "pager", id: "ledger-pager" }),
     el("h2", {}, t("usage")), el("div", { class: "scroll" }, el("table", { id: "usage-table" })),
@@ -264,8 +288,38 @@ function tokens(u) {
     }
     return [el("code", {}, k.hash_prefix), k.label, when(k.created_at_ms), when(k.expires_at_ms), state, button];
   }));
-  return el("div", {}, el("h2", {}, t("tokens")), el("div", { class: "scroll" }, tb),
+  const days = el("input", { name: "days", type: "number", min: 1, max: 3650, step: 1, placeholder: t("expires_days"), "aria-label": t("expires_days") });
+  const create = form("token-form", t("new_token"), [el("input", { name: "label", maxlength: 64, placeholder: t("label"), "aria-label": t("label") }), days],
+    t("new_token"), async (v) => {
+      const json = { label: v.label.trim() };
+      if (v.days) json.expires_in_days = Number(v.days);
+      const made = await apiJson(`/admin/users/${uid}/tokens`, { method: "POST", json });
+      fresh = { uid: String(uid), token: made.token };
+    }, null, true);
+  let shown = "";
+  if (fresh && fresh.uid === String(uid)) {
+    const value = el("code", { id: "new-token" }, fresh.token);
+    const copy = el("button", { type: "button" }, t("copy"));
+    copy.addEventListener("click", async () => {
+      try { await navigator.clipboard.writeText(value.textContent); copy.textContent = t("copied"); } catch (_) { /* select it by hand */ }
+    });
+    shown = el("div", { class: "notice" }, el("p", {}, t("token_once")), el("p", { class: "wrap" }, value, " ", copy));
+    fresh = null;
+  }
+  return el("div", {}, el("h2", {}, t("tokens")), shown, el("div", { class: "scroll" }, tb), create,
     el("p", { class: "error", role: "alert", id: "user-error" }));
+}
+
+/// The newest turns of each of the user's platform conversations (as `admin user show`).
+function conversations(u) {
+  const list = u.conversations || [];
+  const boxes = list.map((c) => el("div", { class: "box conversation" },
+    el("h3", {}, c.key + " · " + fill("turns", { n: c.turns })),
+    ...c.recent.map((turn) => el("p", { class: "wrap" },
+      el("b", {}, (turn.role === "user" ? t("role_user") : turn.role === "assistant" ? t("role_assistant") : turn.role) + "："),
+      turn.content))));
+  return el("div", { id: "user-conversations" }, el("h2", {}, t("conversations")),
+    ...(boxes.length ? boxes : [el("p", { class: "muted" }, t("none"))]));
 }
 
 /// A button's action: asks `ok()`, runs `call`, shows the user again, or the error.
