@@ -693,6 +693,15 @@ pub struct Texts {
     /// Added to the quota command's answer while a plan is active: `{plan}`, `{daily}`,
     /// `{end}` (its last day, `YYYY-MM-DD`), `{days}` (days left, today included).
     pub quota_plan: String,
+    /// What a voice message was heard as (`[speech] show_text`): `{text}`.
+    pub voice_heard: String,
+    /// Voice messages cannot be understood here (no `[speech]`, or no ffmpeg for WeChat's
+    /// AMR/Speex audio and no `Recognition`).
+    pub voice_off: String,
+    /// A voice message larger or longer than `[speech]` allows: `{seconds}` (`max_seconds`).
+    pub voice_too_long: String,
+    /// A voice message that could not be downloaded, read or transcribed.
+    pub voice_failed: String,
 }
 
 impl Texts {
@@ -762,6 +771,10 @@ impl Default for Texts {
                 .to_owned(),
             quota_plan: "会员：{plan}，每天额外 {daily} 额度，有效期至 {end}（剩 {days} 天）。"
                 .to_owned(),
+            voice_heard: "你说的是：{text}".to_owned(),
+            voice_off: "语音暂不支持，请发送文字。".to_owned(),
+            voice_too_long: "语音太长了，请控制在 {seconds} 秒以内，或者发送文字。".to_owned(),
+            voice_failed: "这条语音没有听清，请再说一次或者发送文字。".to_owned(),
         }
     }
 }

@@ -99,9 +99,41 @@ impl Engine {
     /// Answers a platform message (the body of [`Handler::handle`]) admitted as `admitted`.
     pub(super) async fn answer_platform(
         &self,
+        mut inbound: Inbound,
+        sink: &Sink,
+        admitted: Admitted,
+    ) -> ReplyEvent {
+        let Some(voice) = inbound.voice.take() else {
+            return self
+                .answer_platform_text(inbound, sink, admitted, None)
+                .await;
+        };
+        let s = self.settings();
+        // A banned or too hasty user's voice is not downloaded nor transcribed.
+        let user = admitted.user.as_ref().map(Option::as_ref);
+        if let Some(refused) = self.guard_user(admitted.uid, user) {
+            return refused;
+        }
+        let heard = match self.hear(&s, &voice).await {
+            Ok(heard) => heard,
+            Err(refused) => return refused,
+        };
+        inbound.text = heard.text;
+        let event = self
+            .answer_platform_text(inbound, sink, admitted, Some(heard.credits))
+            .await;
+        voice::with_heard(heard.prefix, event)
+    }
+
+    /// Answers a platform message's text. `voice_credits`: set for a voice message's
+    /// transcript, its voice price: plain chat, never a command, the sender already checked
+    /// (ban, rate limit), and the price added to the answer's.
+    async fn answer_platform_text(
+        &self,
         inbound: Inbound,
         sink: &Sink,
         admitted: Admitted,
+        voice_credits: Option<u64>,
     ) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
@@ -114,7 +146,12 @@ impl Engine {
             surcharge: 0,
             memory: None,
         };
-        match self.command(&inbound.text) {
+        // A spoken "/quota" is chat, not a command.
+        let command = match voice_credits {
+            None => self.command(&inbound.text),
+            Some(_) => None,
+        };
+        match command {
             Some(Command::Image(prompt)) => {
                 return self.draw(&s, &inbound, prompt, &watch).await;
             }
@@ -127,7 +164,13 @@ impl Engine {
         }
         inner.stats.active(s.today(), uid);
         if let Some(early) = self
-            .answer_before_model(&s, &watch, &admitted, &inbound.text)
+            .answer_before_model(
+                &s,
+                &watch,
+                &admitted,
+                &inbound.text,
+                voice_credits.is_some(),
+            )
             .await
         {
             return early;
@@ -141,7 +184,9 @@ impl Engine {
             Ok(asked) => asked,
             Err(refused) => return refused,
         };
-        watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
+        watch.surcharge = (picture_parts.len() as u64)
+            .saturating_mul(model.credits_per_image)
+            .saturating_add(voice_credits.unwrap_or(0));
         if inbound.remember {
             watch.memory = Some(Memory {
                 conversation: conversation.clone(),
@@ -195,10 +240,12 @@ impl Engine {
         watch: &Watch,
         admitted: &Admitted,
         text: &str,
+        guarded: bool,
     ) -> Option<ReplyEvent> {
-        // A banned (or too hasty) user gets nothing else, keyword answers included.
+        // A banned (or too hasty) user gets nothing else, keyword answers included (`guarded`:
+        // checked already, before a voice message was transcribed).
         let user = admitted.user.as_ref().map(Option::as_ref);
-        if let Some(refused) = self.guard_user(watch.uid, user) {
+        if !guarded && let Some(refused) = self.guard_user(watch.uid, user) {
             return Some(refused);
         }
         if let Some(refused) = self.input_refusal(s, watch, text) {
@@ -414,7 +461,10 @@ impl Engine {
             memory: None,
         };
         self.inner.stats.active(s.today(), uid);
-        if let Some(early) = self.answer_before_model(s, &watch, &admitted, &text).await {
+        if let Some(early) = self
+            .answer_before_model(s, &watch, &admitted, &text, false)
+            .await
+        {
             return early;
         }
         let (payer, model) = match self.payer_and_model(s, &admitted, &watch.scope) {
