@@ -202,7 +202,11 @@ fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
 ",
             sp.model,
             sp.upstream.as_deref().unwrap_or("default"),
-            if sp.fallbacks.is_empty() { String::new() } else { format!(" (fallbacks: {})", sp.fallbacks.join(", ")) },
+            if sp.fallbacks.is_empty() {
+                String::new()
+            } else {
+                format!(" (fallbacks: {})", sp.fallbacks.join(", "))
+            },
         ));
     }
     let warnings = c.warnings();
