@@ -20,7 +20,7 @@ import wave
 
 import pytest
 
-from conftest import COST, Daemon
+from conftest import BINARY, COST, Daemon
 from fake_openai import ANSWER
 from fake_wechat import FakeWechat
 from test_wechat_mp import MAIN, WeChat
@@ -251,5 +251,20 @@ def test_without_ffmpeg_amr_falls_back_to_recognition_or_a_clear_reply(upstream,
         reply = send_voice(wx, "o_noff", "amr-x", recognition="你好")
         assert reply == f"{HEARD}你好\n\n{ANSWER}", reply
         assert "ffmpeg not found" in d.logs()
+        assert "ffmpeg: NOT FOUND (/nonexistent/ffmpeg)" in check_config(d)
     finally:
         assert d.stop() == 0, d.logs()
+
+
+def check_config(daemon):
+    r = subprocess.run([str(BINARY), "--config", str(daemon.config), "check-config"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@needs_ffmpeg
+def test_check_config_reports_ffmpeg(voice_daemon):
+    out = check_config(voice_daemon)
+    assert "speech: model whisper-1 at default" in out, out
+    assert "ffmpeg: ffmpeg version" in out, out
