@@ -103,15 +103,29 @@ pub fn wav_limit(max_seconds: u64) -> usize {
     .unwrap_or(usize::MAX)
 }
 
+/// Conversions running at once at most: each is a process busy on a core; a burst of voice
+/// messages waits its turn instead of starving the daemon.
+const MAX_CONVERSIONS: usize = 4;
+
+/// The permits of [`MAX_CONVERSIONS`].
+fn conversions() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(MAX_CONVERSIONS))
+}
+
 /// Converts `input` (any format ffmpeg reads: AMR, Speex in Ogg, ...) to 16 kHz mono 16-bit
 /// WAV with ffmpeg at `program`: the audio goes in on stdin and comes out on stdout. It is
-/// killed past `timeout` or once it has written more than `max_output` bytes.
+/// killed past `timeout` (waiting for a turn included: at most [`MAX_CONVERSIONS`] run at
+/// once) or once it has written more than `max_output` bytes.
 pub async fn to_wav(
     program: &str,
     input: Vec<u8>,
     timeout: Duration,
     max_output: usize,
 ) -> Result<Vec<u8>, ConvertError> {
+    let Ok(Ok(_turn)) = tokio::time::timeout(timeout, conversions().acquire()).await else {
+        return Err(ConvertError::Timeout(timeout));
+    };
     let mut child = tokio::process::Command::new(program)
         .args([
             "-hide_banner",
