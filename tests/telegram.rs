@@ -1,6 +1,6 @@
 //! The Telegram connector against a fake Bot API (axum on 127.0.0.1:0) that records every
 //! call, with the daemon in-process: streaming edits, 429s, HTML fallback, long answers,
-//! webhook secrets and group mentions.
+//! webhook secrets, group mentions, and voice notes (a fake transcription endpoint).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -847,5 +847,36 @@ async fn oversize_voice_is_refused_before_downloading_at_no_charge() {
     assert!(h.fake.transcriptions.lock().unwrap().is_empty());
     assert!(h.fake.llm_requests.lock().unwrap().is_empty());
     assert!(usage_debits(&h, 1).await.is_empty(), "nothing charged");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_the_payer_cannot_afford_is_not_downloaded() {
+    // 100 free credits a day; the model costs 200.
+    let h = start(
+        "[[llm.models]]\nname = \"m\"\ncredits = 200\n\
+         [speech]\nmodel = \"whisper-1\"\ncredits = 2\nmax_bytes = 4096\n",
+        Some("never asked"),
+    )
+    .await;
+    *h.fake.voice.lock().unwrap() = b"OggS-voice".to_vec();
+    h.push(voice_update(1, 1, "voice-1", 5, 10));
+    let calls = h
+        .wait(|c| {
+            c.iter()
+                .any(|c| c.method == "sendMessage" && c.chat() == 42)
+        })
+        .await;
+    let text = chat_calls(&calls, 42, "sendMessage")[0].text().to_owned();
+    assert!(text.contains("额度不足") && text.contains("202"), "{text}");
+    assert!(
+        !calls.iter().any(|c| c.method == "getFile"),
+        "nothing downloaded"
+    );
+    assert!(
+        h.fake.transcriptions.lock().unwrap().is_empty(),
+        "nor transcribed"
+    );
+    assert!(usage_debits(&h, 1).await.is_empty());
     h.stop().await;
 }

@@ -114,6 +114,12 @@ impl Engine {
         if let Some(refused) = self.guard_user(admitted.uid, user) {
             return refused;
         }
+        if let Some(refused) = self
+            .voice_unaffordable(&s, &inbound, &admitted, &voice)
+            .await
+        {
+            return refused;
+        }
         let heard = match self.hear(&s, &voice).await {
             Ok(heard) => heard,
             Err(refused) => return refused,
@@ -123,6 +129,61 @@ impl Engine {
             .answer_platform_text(inbound, sink, admitted, Some(heard.credits))
             .await;
         voice::with_heard(heard.prefix, event)
+    }
+
+    /// The refusal of a voice message whose payer could not pay for the answer (the model's
+    /// flat price and the voice price, as far as known before): checked before anything is
+    /// downloaded or transcribed, which the operator pays for. Nothing is held: the answer's
+    /// own reservation decides in the end.
+    async fn voice_unaffordable(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        admitted: &Admitted,
+        voice: &chatrelay_core::voice::Voice,
+    ) -> Option<ReplyEvent> {
+        let sp = s.speech.as_ref()?;
+        if voice
+            .recognition
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+        {
+            return None;
+        }
+        let (payer, model) =
+            match self.payer_and_model(s, admitted, &policy::scope_of(&inbound.key)) {
+                Ok(chosen) => chosen,
+                Err(refused) => return Some(refused),
+            };
+        let needed = model.credits.saturating_add(voice::voice_price(
+            sp.credits,
+            sp.credits_per_minute,
+            voice.declared_seconds.map(|s| s.saturating_mul(1000)),
+        ));
+        let (today, free_daily) = (s.today(), s.free_daily);
+        let balance = self
+            .off_worker(move |e| e.inner.store.balance(payer, today, free_daily))
+            .await?;
+        let available = match balance {
+            Ok(b) => b.available,
+            // The answer's reservation reads it again and says what is wrong.
+            Err(_) => return None,
+        };
+        if available >= needed {
+            return None;
+        }
+        metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
+        Some(failed(
+            FailureKind::InsufficientQuota,
+            fill(
+                &s.texts.insufficient_quota,
+                &[
+                    ("needed", &needed.to_string()),
+                    ("available", &available.to_string()),
+                    ("buy_hint", &s.texts.buy_hint),
+                ],
+            ),
+        ))
     }
 
     /// Answers a platform message's text. `voice_credits`: set for a voice message's
