@@ -216,6 +216,18 @@ pub fn converted_wav_ms(wav: &[u8]) -> u64 {
     (wav.len().saturating_sub(44) as u64).saturating_mul(1000) / WAV_BYTES_PER_SECOND
 }
 
+/// The length of a PCM WAV file in milliseconds, from its header's byte rate and its size;
+/// `None` when it is not a RIFF/WAVE file with a usable byte rate.
+#[must_use]
+pub fn wav_ms(file: &[u8]) -> Option<u64> {
+    if file.get(..4)? != b"RIFF" || file.get(8..12)? != b"WAVE" {
+        return None;
+    }
+    let rate = u32::from_le_bytes(file.get(28..32)?.try_into().ok()?);
+    (rate > 0)
+        .then(|| (file.len().saturating_sub(44) as u64).saturating_mul(1000) / u64::from(rate))
+}
+
 /// The length of an AMR-NB file (`#!AMR\n` then frames of 20 ms, each sized by the mode in
 /// its first byte), in milliseconds; `None` when it is not AMR-NB or is cut short.
 #[must_use]
@@ -260,6 +272,13 @@ mod tests {
         assert_eq!(converted_wav_ms(&vec![0u8; 44 + 32_000 * 3]), 3000);
         assert_eq!(converted_wav_ms(&[0u8; 10]), 0);
         assert!(wav_limit(60) > 60 * 32_000);
+        let mut wav = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        wav.resize(28, 0);
+        wav.extend_from_slice(&16_000u32.to_le_bytes());
+        wav.resize(44 + 16_000 * 2, 0);
+        assert_eq!(wav_ms(&wav), Some(2000));
+        assert_eq!(wav_ms(b"RIFF\0\0\0\0WAVE"), None);
+        assert_eq!(wav_ms(b"OggS"), None);
     }
 
     #[tokio::test]

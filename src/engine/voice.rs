@@ -90,17 +90,9 @@ impl Engine {
         sp: &crate::config::SpeechConfig,
         voice: &Voice,
     ) -> Result<(String, Option<u64>), ReplyEvent> {
-        let too_long = || {
-            self.voice_refused(
-                "too_long",
-                fill(
-                    &s.texts.voice_too_long,
-                    &[("seconds", &sp.max_seconds.to_string())],
-                ),
-            )
-        };
+        let too_long = || self.too_long(s, sp);
         let max_ms = sp.max_seconds.saturating_mul(1000);
-        let mut ms = voice.declared_seconds.map(|s| s.saturating_mul(1000));
+        let ms = voice.declared_seconds.map(|s| s.saturating_mul(1000));
         if ms.is_some_and(|ms| ms > max_ms)
             || voice.declared_bytes.is_some_and(|b| b > sp.max_bytes)
         {
@@ -124,46 +116,95 @@ impl Engine {
                 return Err(self.voice_refused("download", &s.texts.voice_failed));
             }
         };
-        if audio.bytes.len() as u64 > sp.max_bytes {
-            return Err(too_long());
+        let (bytes, ext, ms) = self.prepare_audio(s, sp, audio.bytes, &format, ms).await?;
+        let text = self.transcribe_prepared(s, sp, bytes, &ext).await?;
+        Ok((text, ms))
+    }
+
+    /// The too-long refusal (`max_seconds`).
+    fn too_long(&self, s: &Settings, sp: &crate::config::SpeechConfig) -> ReplyEvent {
+        self.voice_refused(
+            "too_long",
+            fill(
+                &s.texts.voice_too_long,
+                &[("seconds", &sp.max_seconds.to_string())],
+            ),
+        )
+    }
+
+    /// Checks audio of `format` against the limits and converts what the upstream cannot read
+    /// (AMR, Speex...) to WAV with ffmpeg; returns the bytes to send, their format and the
+    /// length in ms when known (`ms`: what the platform said).
+    async fn prepare_audio(
+        &self,
+        s: &Settings,
+        sp: &crate::config::SpeechConfig,
+        bytes: Vec<u8>,
+        format: &str,
+        mut ms: Option<u64>,
+    ) -> Result<(Vec<u8>, String, Option<u64>), ReplyEvent> {
+        let max_ms = sp.max_seconds.saturating_mul(1000);
+        if bytes.len() as u64 > sp.max_bytes {
+            return Err(self.too_long(s, sp));
         }
-        let (bytes, ext) = if convert {
+        if bytes.is_empty() {
+            return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
+        }
+        if !READABLE.contains(&format) {
+            if !ffmpeg::ffmpeg_available(&sp.ffmpeg).await {
+                info!(%format, "audio needs ffmpeg, which is not installed");
+                return Err(self.voice_refused("no_ffmpeg", &s.texts.voice_off));
+            }
             if format == "amr" {
                 // Its length is in its framing: a cut or mislabelled file stops here.
-                let Some(amr) = ffmpeg::amr_ms(&audio.bytes) else {
+                let Some(amr) = ffmpeg::amr_ms(&bytes) else {
                     return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
                 };
                 if amr > max_ms {
-                    return Err(too_long());
+                    return Err(self.too_long(s, sp));
                 }
                 ms = Some(amr);
             }
             let timeout = Duration::from_secs(sp.ffmpeg_timeout_secs);
             let wav = match ffmpeg::to_wav(
                 &sp.ffmpeg,
-                audio.bytes,
+                bytes,
                 timeout,
                 ffmpeg::wav_limit(sp.max_seconds),
             )
             .await
             {
                 Ok(wav) => wav,
-                Err(ffmpeg::ConvertError::TooLarge(_)) => return Err(too_long()),
+                Err(ffmpeg::ConvertError::TooLarge(_)) => return Err(self.too_long(s, sp)),
                 Err(e) => {
-                    warn!(error = %e, %format, "converting a voice message failed");
+                    warn!(error = %e, %format, "converting audio failed");
                     return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
                 }
             };
             let wav_ms = ffmpeg::converted_wav_ms(&wav);
             if wav_ms > max_ms {
-                return Err(too_long());
+                return Err(self.too_long(s, sp));
             }
-            ms = ms.or(Some(wav_ms));
-            (wav, "wav".to_owned())
-        } else {
-            (audio.bytes, format)
-        };
-        let mut req = TranscriptionRequest::new(sp.model.clone(), bytes, &ext);
+            return Ok((wav, "wav".to_owned(), ms.or(Some(wav_ms))));
+        }
+        if format == "wav" {
+            ms = ms.or_else(|| ffmpeg::wav_ms(&bytes));
+        }
+        if ms.is_some_and(|ms| ms > max_ms) {
+            return Err(self.too_long(s, sp));
+        }
+        Ok((bytes, format.to_owned(), ms))
+    }
+
+    /// Sends prepared audio to the transcription upstream (with its fallbacks).
+    async fn transcribe_prepared(
+        &self,
+        s: &Settings,
+        sp: &crate::config::SpeechConfig,
+        bytes: Vec<u8>,
+        ext: &str,
+    ) -> Result<String, ReplyEvent> {
+        let mut req = TranscriptionRequest::new(sp.model.clone(), bytes, ext);
         req.max_bytes = usize::try_from(sp.max_bytes)
             .unwrap_or(usize::MAX)
             .max(ffmpeg::wav_limit(sp.max_seconds));
@@ -177,12 +218,12 @@ impl Engine {
         metrics::histogram!("chatrelay_transcription_seconds")
             .record(started.elapsed().as_secs_f64());
         match heard {
-            Ok(text) => Ok((text, ms)),
+            Ok(text) => Ok(text),
             Err(AudioError::Api(chatrelay_openai::Error::InvalidConfig(e))) => {
                 warn!(error = %e, "no transcription upstream");
                 Err(self.voice_refused("off", &s.texts.voice_off))
             }
-            Err(AudioError::TooLarge { .. }) => Err(too_long()),
+            Err(AudioError::TooLarge { .. }) => Err(self.too_long(s, sp)),
             Err(AudioError::Api(e)) => {
                 warn!(error = %e, "transcription failed; nothing charged");
                 metrics::counter!("chatrelay_voice_total", "outcome" => "upstream_error")
