@@ -268,3 +268,46 @@ def test_check_config_reports_ffmpeg(voice_daemon):
     out = check_config(voice_daemon)
     assert "speech: model whisper-1 at default" in out, out
     assert "ffmpeg: ffmpeg version" in out, out
+
+
+def api_client(daemon, token):
+    import openai
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key=token, max_retries=0, timeout=20)
+
+
+def usage_debits(daemon, uid):
+    ledger = json.loads(daemon.cli("--json", "user", "show", str(uid), "--ledger", "1000").stdout)["ledger"]
+    return [e["free_delta"] + e.get("paid_delta", 0) for e in ledger if e["kind"] == "usage"]
+
+
+def test_v1_transcriptions_with_the_official_client(voice_daemon, upstream):
+    import openai
+    uid, token = voice_daemon.new_user("voice-api", credits=100)
+    client = api_client(voice_daemon, token)
+    wav = wav_bytes(0.5)
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+    assert heard.text == "今天天气怎么样"
+    up = upstream.transcriptions[-1]
+    assert up["fields"]["model"] == "whisper-1" and up["filename"] == "voice.wav"
+    assert up["file"] == wav, "a WAV goes to the upstream as it is"
+    # 0.5 s is one started minute.
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)]
+    as_text = client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"),
+                                                 response_format="text")
+    assert as_text.strip() == "今天天气怎么样"
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)] * 2
+
+    with pytest.raises(openai.BadRequestError) as e:  # larger than [speech] max_bytes
+        client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav_bytes(1.5), "audio/wav"))
+    assert "30 秒" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="whisper-1", file=("x.wav", wav, "audio/wav"),
+                                           response_format="srt")
+    upstream.transcribe_status = 500
+    with pytest.raises(openai.APIStatusError) as e:
+        client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+    assert e.value.status_code >= 500
+    assert len(usage_debits(voice_daemon, uid)) == 2, "failures cost nothing"
+    with pytest.raises(openai.AuthenticationError):
+        api_client(voice_daemon, "not-a-token").audio.transcriptions.create(
+            model="whisper-1", file=("hello.wav", wav, "audio/wav"))

@@ -121,6 +121,56 @@ impl Engine {
         Ok((text, ms))
     }
 
+    /// `/v1/audio/transcriptions` for `uid`: `bytes` of `format` (a file extension) checked,
+    /// converted when needed and transcribed through `[speech]`, charged `[speech] credits`
+    /// plus `credits_per_minute` per started minute (when the length is known: WAV, AMR, or
+    /// anything ffmpeg converted) under `reference`. The refusal, when it fails, costs
+    /// nothing. Returns the transcript and the credits charged.
+    pub async fn transcribe_api(
+        &self,
+        uid: Uid,
+        bytes: Vec<u8>,
+        format: &str,
+        reference: &str,
+    ) -> Result<(String, u64), ReplyEvent> {
+        let s = self.settings();
+        let Some(sp) = s.speech.clone() else {
+            return Err(self.voice_refused("off", &s.texts.voice_off));
+        };
+        self.inner.stats.active(s.today(), uid);
+        if let Some(refused) = self.guard(uid) {
+            return Err(refused);
+        }
+        let format = format.trim().to_ascii_lowercase();
+        let (bytes, ext, ms) = self.prepare_audio(&s, &sp, bytes, &format, None).await?;
+        let cost = voice_price(sp.credits, sp.credits_per_minute, ms);
+        let (settings, owned_reference) = (s.clone(), reference.to_owned());
+        let reservation = self
+            .off_worker(move |e| e.reserve(&settings, uid, cost, &owned_reference))
+            .await
+            .unwrap_or_else(|| Err(failed(FailureKind::Unavailable, &s.texts.unavailable)))?;
+        let text = match self.transcribe_prepared(&s, &sp, bytes, &ext).await {
+            Ok(text) => text,
+            Err(refused) => {
+                self.release(reservation).await;
+                return Err(refused);
+            }
+        };
+        let metered = Metered {
+            platform: chatrelay_core::Platform::Api,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            outcome: chatrelay_storage::UsageOutcome::Answered,
+        };
+        let charged = self
+            .settle(reservation, cost, &sp.model, None, metered)
+            .await
+            .unwrap_or(0);
+        metrics::counter!("chatrelay_voice_total", "outcome" => "heard").increment(1);
+        metrics::counter!("chatrelay_credits_charged_total").increment(charged);
+        Ok((text, charged))
+    }
+
     /// The too-long refusal (`max_seconds`).
     fn too_long(&self, s: &Settings, sp: &crate::config::SpeechConfig) -> ReplyEvent {
         self.voice_refused(
