@@ -5,6 +5,11 @@
 //! fallback upstream) must send the same bytes again, and voice messages are small (WeChat's
 //! are at most 2 MiB; the API takes at most 25 MiB). The size is checked before anything is
 //! sent.
+//!
+//! The server side of the same format is here too: [`parse_upload`] reads an upload (the
+//! daemon's own `/v1/audio/transcriptions`), refusing anything malformed or oversized.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -225,6 +230,129 @@ fn multipart_body(req: &TranscriptionRequest, boundary: &str) -> Vec<u8> {
     body
 }
 
+// === the server side: reading an upload ===
+
+/// Parts in one upload at most.
+const MAX_PARTS: usize = 16;
+/// The longest form field other than the file.
+const MAX_FIELD_BYTES: usize = 1024;
+/// The longest header block of one part.
+const MAX_PART_HEADER_BYTES: usize = 4096;
+
+/// A parsed upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upload {
+    /// The `file` part's bytes.
+    pub file: Option<Vec<u8>>,
+    /// Its `filename`.
+    pub filename: Option<String>,
+    /// Its `Content-Type`.
+    pub content_type: Option<String>,
+    /// The other (text) fields.
+    pub fields: HashMap<String, String>,
+}
+
+/// The `boundary` parameter of a `multipart/form-data` content type.
+fn boundary_of(content_type: &str) -> Option<&str> {
+    let (mime, params) = content_type.split_once(';')?;
+    if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        (!v.is_empty() && v.len() <= 70).then_some(v)
+    })
+}
+
+/// Where `needle` first occurs in `hay` at or after `from`.
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+/// A `name="value"` parameter of a `Content-Disposition` header.
+fn disposition_param(header: &str, name: &str) -> Option<String> {
+    header.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// Parses a `multipart/form-data` body (RFC 7578): every part's name, the file part's bytes,
+/// name and type. Refuses anything malformed, more than [`MAX_PARTS`] parts, or a text field
+/// longer than [`MAX_FIELD_BYTES`]; the message says what was wrong.
+pub fn parse_upload(content_type: &str, body: &[u8]) -> Result<Upload, String> {
+    let boundary =
+        boundary_of(content_type).ok_or("the body must be multipart/form-data with a boundary")?;
+    let delimiter = format!("--{boundary}");
+    let next_delimiter = format!("\r\n--{boundary}");
+    let mut at = find(body, delimiter.as_bytes(), 0).ok_or("no multipart boundary in the body")?
+        + delimiter.len();
+    let mut upload = Upload::default();
+    for _ in 0..=MAX_PARTS {
+        let rest = body.get(at..).unwrap_or_default();
+        if rest.starts_with(b"--") {
+            return Ok(upload);
+        }
+        let headers_start = if rest.starts_with(b"\r\n") {
+            at + 2
+        } else {
+            return Err("a multipart boundary is not followed by a line break".into());
+        };
+        let headers_end = find(body, b"\r\n\r\n", headers_start)
+            .filter(|&end| end - headers_start <= MAX_PART_HEADER_BYTES)
+            .ok_or("a part's headers are missing or too long")?;
+        let headers = std::str::from_utf8(body.get(headers_start..headers_end).unwrap_or_default())
+            .map_err(|_| "a part's headers are not UTF-8")?;
+        let content_start = headers_end + 4;
+        let content_end = find(body, next_delimiter.as_bytes(), content_start)
+            .ok_or("the body ends inside a part (no closing boundary)")?;
+        let content = body.get(content_start..content_end).unwrap_or_default();
+        at = content_end + next_delimiter.len();
+        let mut disposition = None;
+        let mut part_type = None;
+        for line in headers.split("\r\n") {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("content-disposition") {
+                disposition = Some(value.trim().to_owned());
+            } else if name.trim().eq_ignore_ascii_case("content-type") {
+                part_type = Some(value.trim().to_owned());
+            }
+        }
+        let disposition = disposition.ok_or("a part has no Content-Disposition")?;
+        let name = disposition_param(&disposition, "name").ok_or("a part has no name")?;
+        if name == "file" {
+            if upload.file.is_some() {
+                return Err("more than one file".into());
+            }
+            upload.file = Some(content.to_vec());
+            upload.filename = disposition_param(&disposition, "filename");
+            upload.content_type = part_type;
+            continue;
+        }
+        if content.len() > MAX_FIELD_BYTES {
+            return Err(format!("the field {name:?} is too long"));
+        }
+        let value = String::from_utf8(content.to_vec())
+            .map_err(|_| format!("the field {name:?} is not UTF-8"))?;
+        upload.fields.insert(name, value);
+    }
+    Err(format!("more than {MAX_PARTS} parts"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +391,78 @@ mod tests {
         ));
         assert!(contains(&body, b"RIFF\x00\x01audio"));
         assert!(!contains(b"abc", b""));
+    }
+
+    const CT: &str = "multipart/form-data; boundary=XyZ";
+
+    fn body(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (name, filename, content) in parts {
+            b.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"");
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(b"\"");
+            if let Some(f) = filename {
+                b.extend_from_slice(
+                    format!("; filename=\"{f}\"\r\nContent-Type: audio/wav").as_bytes(),
+                );
+            }
+            b.extend_from_slice(b"\r\n\r\n");
+            b.extend_from_slice(content);
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"--XyZ--\r\n");
+        b
+    }
+
+    #[test]
+    fn uploads_are_parsed_like_openai_clients_send_them() {
+        let wav = b"RIFF\r\n--Xy\r\nnot a boundary";
+        let b = body(&[
+            ("model", None, b"whisper-1"),
+            ("file", Some("a.WAV"), wav),
+            ("response_format", None, b"text"),
+        ]);
+        let u = parse_upload(CT, &b).unwrap();
+        assert_eq!(u.file.as_deref(), Some(&wav[..]));
+        assert_eq!(u.filename.as_deref(), Some("a.WAV"));
+        assert_eq!(u.content_type.as_deref(), Some("audio/wav"));
+        assert_eq!(u.fields["model"], "whisper-1");
+        assert_eq!(u.fields["response_format"], "text");
+        let quoted = "multipart/form-data; boundary=\"XyZ\"";
+        assert!(parse_upload(quoted, &b).is_ok());
+    }
+
+    #[test]
+    fn malformed_uploads_are_refused_not_panicked_on() {
+        let good = body(&[("file", Some("a.wav"), b"abc")]);
+        assert!(parse_upload("application/json", &good).is_err());
+        assert!(parse_upload("multipart/form-data", &good).is_err());
+        for cut in 0..good.len() - 9 {
+            // No truncation panics (cut inside the final marker, it is even a whole upload).
+            let _ = parse_upload(CT, &good[..cut]);
+        }
+        assert!(parse_upload(CT, &good[..good.len() - 12]).is_err());
+        assert!(parse_upload(CT, b"--XyZ\r\nno headers end").is_err());
+        let two = body(&[("file", Some("a.wav"), b"a"), ("file", Some("b.wav"), b"b")]);
+        assert_eq!(parse_upload(CT, &two).unwrap_err(), "more than one file");
+        let long = body(&[("model", None, &[b'm'; MAX_FIELD_BYTES + 1])]);
+        assert!(parse_upload(CT, &long).is_err());
+        let many: Vec<(&str, Option<&str>, &[u8])> =
+            (0..=MAX_PARTS).map(|_| ("x", None, &b"1"[..])).collect();
+        assert!(parse_upload(CT, &body(&many)).is_err());
+        assert!(parse_upload(CT, &body(&[])).unwrap().file.is_none());
+    }
+
+    #[test]
+    fn what_the_client_writes_the_server_reads() {
+        let mut req = TranscriptionRequest::new("whisper-1", b"RIFF\r\n--a\r\n".to_vec(), "wav");
+        req.language = Some("zh".into());
+        let body = multipart_body(&req, "BOUND");
+        let u = parse_upload("multipart/form-data; boundary=BOUND", &body).unwrap();
+        assert_eq!(u.file.as_deref(), Some(&req.file[..]));
+        assert_eq!(u.filename.as_deref(), Some("voice.wav"));
+        assert_eq!(u.content_type.as_deref(), Some("audio/wav"));
+        assert_eq!(u.fields["model"], "whisper-1");
+        assert_eq!(u.fields["language"], "zh");
     }
 }
