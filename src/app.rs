@@ -96,6 +96,21 @@ impl App {
         if backend.name() == "demo" {
             warn!("no LLM API key configured: answering with the offline demo provider");
         }
+        if let Some(sp) = &config.speech {
+            // Detected once, off the async workers; voice messages reuse the answer.
+            let program = sp.ffmpeg.clone();
+            match tokio::task::spawn_blocking(move || crate::engine::ffmpeg::detect(&program))
+                .await
+                .ok()
+                .flatten()
+            {
+                Some(version) => info!(%version, "ffmpeg found: WeChat voice audio is converted"),
+                None => warn!(
+                    ffmpeg = %sp.ffmpeg,
+                    "ffmpeg not found: WeChat voice messages need WeChat's Recognition (接收语音识别结果)"
+                ),
+            }
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let http = platform_http_client()?;

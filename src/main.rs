@@ -187,6 +187,28 @@ fn check_config(loaded: &config::Loaded) -> anyhow::Result<()> {
         if c.provider() == config::Provider::Demo { " (offline demo: set [llm] api_keys or OPENAI_API_KEY)" } else { "" },
         if c.server.admin_token.is_some() { "configured".to_owned() } else { format!("generated at first start in {}", chatrelay::auth::admin_token_path(c).display()) },
     ));
+    if let Some(sp) = &c.speech {
+        let ffmpeg = match chatrelay::engine::ffmpeg::detect(&sp.ffmpeg) {
+            Some(version) => format!("{version} ({})", sp.ffmpeg),
+            None => format!(
+                "NOT FOUND ({}): WeChat's AMR/Speex voice needs its Recognition (接收语音识别结果), else users are told voice is not supported",
+                sp.ffmpeg
+            ),
+        };
+        out.push_str(&format!(
+            "speech: model {} at {}{}
+  ffmpeg: {ffmpeg}
+
+",
+            sp.model,
+            sp.upstream.as_deref().unwrap_or("default"),
+            if sp.fallbacks.is_empty() {
+                String::new()
+            } else {
+                format!(" (fallbacks: {})", sp.fallbacks.join(", "))
+            },
+        ));
+    }
     let warnings = c.warnings();
     if !warnings.is_empty() {
         out.push_str(&format!("warnings ({}):\n", warnings.len()));

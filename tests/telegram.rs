@@ -1,6 +1,6 @@
 //! The Telegram connector against a fake Bot API (axum on 127.0.0.1:0) that records every
 //! call, with the daemon in-process: streaming edits, 429s, HTML fallback, long answers,
-//! webhook secrets and group mentions.
+//! webhook secrets, group mentions, and voice notes (a fake transcription endpoint).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,12 @@ struct Fake {
     llm_requests: Mutex<Vec<Value>>,
     /// Raw bodies of sendPhoto calls (multipart or JSON).
     photos: Mutex<Vec<String>>,
+    /// The voice note served for file ids starting with `voice`.
+    voice: Mutex<Vec<u8>>,
+    /// Raw bodies (and content types) of transcription uploads.
+    transcriptions: Mutex<Vec<(String, Vec<u8>)>>,
+    /// File downloads served.
+    downloads: AtomicU32,
 }
 
 /// A picture's first bytes (PNG), served for downloads.
@@ -104,10 +110,26 @@ async fn bot_api(
             "has_main_web_app": false
         })),
         "setMyCommands" | "sendChatAction" => ok(json!(true)),
-        "getFile" => ok(json!({
-            "file_id": body["file_id"], "file_unique_id": "u1", "file_size": PNG.len(),
-            "file_path": "photos/file_1.png"
-        })),
+        "getFile" => {
+            let id = body["file_id"].as_str().unwrap_or_default();
+            if id.starts_with("voice") {
+                // `voice-big` is announced larger than it is: the size is checked first.
+                let size = if id == "voice-big" {
+                    50_000_000
+                } else {
+                    fake.voice.lock().unwrap().len()
+                };
+                ok(
+                    json!({"file_id": id, "file_unique_id": "v1", "file_size": size,
+                    "file_path": "voice/file_2.oga"}),
+                )
+            } else {
+                ok(json!({
+                    "file_id": body["file_id"], "file_unique_id": "u1", "file_size": PNG.len(),
+                    "file_path": "photos/file_1.png"
+                }))
+            }
+        }
         "sendPhoto" => {
             fake.photos.lock().unwrap().push(raw);
             let id = fake.next_message.fetch_add(1, Ordering::SeqCst) + 1000;
@@ -211,6 +233,37 @@ async fn fake_llm(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     ([("content-type", "text/event-stream")], sse).into_response()
 }
 
+/// A download through the Bot API's file URL: the voice note, or the picture.
+async fn file_download(
+    State(fake): State<Arc<Fake>>,
+    Path((_bot, path)): Path<(String, String)>,
+) -> Vec<u8> {
+    fake.downloads.fetch_add(1, Ordering::SeqCst);
+    if path.starts_with("voice/") {
+        fake.voice.lock().unwrap().clone()
+    } else {
+        PNG.to_vec()
+    }
+}
+
+/// `/v1/audio/transcriptions`: records the upload, hears "what is the weather".
+async fn fake_transcribe(
+    State(fake): State<Arc<Fake>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    fake.transcriptions
+        .lock()
+        .unwrap()
+        .push((content_type, body.to_vec()));
+    Json(json!({"text": "what is the weather"})).into_response()
+}
+
 struct Harness {
     fake: Arc<Fake>,
     daemon: String,
@@ -234,10 +287,8 @@ async fn start(extra_bot: &str, llm: Option<&str>) -> Harness {
                 Json(json!({"created": 1, "data": [{"url": "https://img.example/drawn.png"}]}))
             }),
         )
-        .route(
-            "/file/{bot}/{*path}",
-            axum::routing::get(|| async { PNG.to_vec() }),
-        )
+        .route("/v1/audio/transcriptions", post(fake_transcribe))
+        .route("/file/{bot}/{*path}", axum::routing::get(file_download))
         .route("/{bot}/{method}", post(bot_api))
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -641,5 +692,191 @@ async fn an_answer_that_could_not_be_sent_comes_with_the_next_message() {
         .position(|c| c.text().contains("「second question」") && is_final(c))
         .unwrap();
     assert!(owed < next, "the owed answer comes first");
+    h.stop().await;
+}
+
+/// The uid's usage charges, through the admin API.
+async fn usage_debits(h: &Harness, uid: u64) -> Vec<i64> {
+    let user: Value = reqwest::Client::new()
+        .get(format!("{}/admin/users/{uid}", h.daemon))
+        .bearer_auth("test-admin-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    user["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "usage")
+        .map(|e| e["free_delta"].as_i64().unwrap() + e["paid_delta"].as_i64().unwrap_or(0))
+        .collect()
+}
+
+fn voice_update(
+    update_id: i64,
+    message_id: i64,
+    file_id: &str,
+    seconds: u32,
+    size: usize,
+) -> Value {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id, "date": 1_700_000_000, "chat": chat_json(42),
+            "from": {"id": 4242, "is_bot": false, "first_name": "Ann"},
+            "voice": {"file_id": file_id, "file_unique_id": format!("u-{file_id}"),
+                "duration": seconds, "mime_type": "audio/ogg", "file_size": size}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_notes_are_transcribed_shown_answered_and_charged() {
+    let h = start(
+        "[speech]\nmodel = \"whisper-1\"\ncredits = 2\ncredits_per_minute = 3\n\
+         max_bytes = 4096\nmax_seconds = 120\n",
+        Some("sunny all day"),
+    )
+    .await;
+    // An OGG/Opus voice note as Telegram stores it, passed to the upstream as it is.
+    let ogg = b"OggS\x00\x02\x00\x00fake-opus-voice-note".to_vec();
+    *h.fake.voice.lock().unwrap() = ogg.clone();
+    h.push(voice_update(1, 1, "voice-1", 61, ogg.len()));
+    let calls = h.wait_final(42).await;
+    let get_file: Vec<&Call> = calls.iter().filter(|c| c.method == "getFile").collect();
+    assert_eq!(get_file.len(), 1);
+    assert_eq!(get_file[0].body["file_id"], "voice-1");
+    let (content_type, upload) = h.fake.transcriptions.lock().unwrap()[0].clone();
+    assert!(
+        content_type.starts_with("multipart/form-data; boundary="),
+        "{content_type}"
+    );
+    let text = String::from_utf8_lossy(&upload);
+    assert!(
+        text.contains("name=\"model\"\r\n\r\nwhisper-1\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("name=\"response_format\"\r\n\r\njson\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("filename=\"voice.ogg\"\r\nContent-Type: audio/ogg\r\n\r\n"),
+        "{text}"
+    );
+    assert!(
+        upload.windows(ogg.len()).any(|w| w == ogg.as_slice()),
+        "the file's bytes as sent"
+    );
+    // What was heard comes first, as a message of its own, then the answer.
+    let sent = chat_calls(&calls, 42, "sendMessage");
+    assert_eq!(sent[0].text(), "你说的是：what is the weather");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.chat() == 42 && is_final(c) && c.text().contains("sunny all day"))
+    );
+    let asked = h.fake.llm_requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        asked["messages"].as_array().unwrap().last().unwrap()["content"],
+        "what is the weather"
+    );
+    // 61 s: two started minutes; the answer's own price is 1 credit (the default model).
+    let debits = usage_debits(&h, 1).await;
+    assert_eq!(debits.len(), 1, "{debits:?}");
+    assert_eq!(
+        debits[0],
+        -(2 + 2 * 3 + 1),
+        "the voice price rides with the answer's one entry"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_voice_is_refused_before_downloading_at_no_charge() {
+    let h = start(
+        "[speech]\nmodel = \"whisper-1\"\ncredits = 2\nmax_bytes = 4096\nmax_seconds = 60\n",
+        Some("never asked"),
+    )
+    .await;
+    *h.fake.voice.lock().unwrap() = vec![b'x'; 100];
+    // Announced too big in the update: refused before getFile.
+    h.push(voice_update(1, 1, "voice-1", 5, 1_000_000));
+    let calls = h
+        .wait(|c| {
+            c.iter()
+                .any(|c| c.method == "sendMessage" && c.chat() == 42)
+        })
+        .await;
+    assert!(
+        chat_calls(&calls, 42, "sendMessage")[0]
+            .text()
+            .contains("语音太长了"),
+        "{calls:#?}"
+    );
+    assert!(!calls.iter().any(|c| c.method == "getFile"));
+    // The update says nothing of its size, getFile announces it too big: no download.
+    h.push(voice_update(2, 2, "voice-big", 5, 0));
+    let calls = h
+        .wait(|c| chat_calls(c, 42, "sendMessage").len() >= 2)
+        .await;
+    assert!(
+        chat_calls(&calls, 42, "sendMessage")[1]
+            .text()
+            .contains("语音太长了")
+    );
+    assert_eq!(calls.iter().filter(|c| c.method == "getFile").count(), 1);
+    // Too long a voice note, by its announced duration.
+    h.push(voice_update(3, 3, "voice-1", 61, 100));
+    let calls = h
+        .wait(|c| chat_calls(c, 42, "sendMessage").len() >= 3)
+        .await;
+    assert!(
+        chat_calls(&calls, 42, "sendMessage")[2]
+            .text()
+            .contains("60 秒")
+    );
+    assert_eq!(
+        h.fake.downloads.load(Ordering::SeqCst),
+        0,
+        "nothing downloaded"
+    );
+    assert!(h.fake.transcriptions.lock().unwrap().is_empty());
+    assert!(h.fake.llm_requests.lock().unwrap().is_empty());
+    assert!(usage_debits(&h, 1).await.is_empty(), "nothing charged");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_the_payer_cannot_afford_is_not_downloaded() {
+    // 100 free credits a day; the model costs 200.
+    let h = start(
+        "[[llm.models]]\nname = \"m\"\ncredits = 200\n\
+         [speech]\nmodel = \"whisper-1\"\ncredits = 2\nmax_bytes = 4096\n",
+        Some("never asked"),
+    )
+    .await;
+    *h.fake.voice.lock().unwrap() = b"OggS-voice".to_vec();
+    h.push(voice_update(1, 1, "voice-1", 5, 10));
+    let calls = h
+        .wait(|c| {
+            c.iter()
+                .any(|c| c.method == "sendMessage" && c.chat() == 42)
+        })
+        .await;
+    let text = chat_calls(&calls, 42, "sendMessage")[0].text().to_owned();
+    assert!(text.contains("额度不足") && text.contains("202"), "{text}");
+    assert!(
+        !calls.iter().any(|c| c.method == "getFile"),
+        "nothing downloaded"
+    );
+    assert!(
+        h.fake.transcriptions.lock().unwrap().is_empty(),
+        "nor transcribed"
+    );
+    assert!(usage_debits(&h, 1).await.is_empty());
     h.stop().await;
 }

@@ -13,8 +13,10 @@ request's `max_tokens` / `max_completion_tokens` (as a real upstream stops there
 limit is ignored (as an upstream that does not know the field).
 """
 
+import email.policy
 import json
 import threading
+from email.parser import BytesParser
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +26,26 @@ ANSWER = "".join(ANSWER_PIECES)
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+
+
+def parse_multipart(content_type, raw):
+    """A multipart/form-data body as dict(fields={name: text}, filename, content_type, file), parsed
+    with the standard library's MIME parser (as a server framework would); None when unparsable."""
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    msg = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        return None
+    out = {"fields": {}, "filename": None, "content_type": None, "file": None}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        body = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            out["filename"], out["content_type"], out["file"] = part.get_filename(), part.get_content_type(), body
+        elif name:
+            out["fields"][name] = body.decode()
+    return out
 
 
 class FakeOpenAI:
@@ -38,6 +60,9 @@ class FakeOpenAI:
         self.requests = []  # (path, headers, body) of chat requests
         self.moderations = []  # bodies of moderation requests
         self.image_requests = []  # bodies of image generation requests
+        self.transcript = "今天天气怎么样"  # what /v1/audio/transcriptions hears
+        self.transcribe_status = 200      # 500: the transcription upstream is down
+        self.transcriptions = []  # parsed multipart uploads: dict(fields, filename, content_type, file)
         self.lock = threading.Lock()
         fake = self
 
@@ -79,6 +104,18 @@ class FakeOpenAI:
                     self._json(200, {"created": int(time.time()),
                                      "data": [{"url": f"http://127.0.0.1:{fake.port}/generated-1.png",
                                                "revised_prompt": req.get("prompt")}]})
+                    return
+                if self.path == "/v1/audio/transcriptions":
+                    upload = parse_multipart(self.headers.get("content-type", ""), raw)
+                    with fake.lock:
+                        fake.transcriptions.append(upload)
+                    if fake.transcribe_status != 200:
+                        self._json(fake.transcribe_status, {"error": {"message": "transcriber exploded",
+                                                                      "type": "server_error", "code": None}})
+                    elif upload is None or not upload.get("file"):
+                        self._json(400, {"error": {"message": "no file", "type": "invalid_request_error"}})
+                    else:
+                        self._json(200, {"text": fake.transcript})
                     return
                 if self.path == "/v1/moderations":
                     # Flags any input containing FLAGME, as OpenAI's moderation endpoint answers.

@@ -4,6 +4,9 @@ browser's `connect/oauth2/authorize` and the server's `sns/oauth2/access_token`,
 WeCom's gettoken, message/send and group robot webhook; and a place for AI bot `response_url`
 posts.
 
+`GET /cgi-bin/media/get?access_token&media_id` serves `fake.media[media_id]` (bytes, as
+audio/amr) and counts the calls in `media_gets`; an unknown media_id gets errcode 40007 as JSON.
+
 Tokens are `tok-<appid>-<n>`. Apps listed in `no_push` answer custom/send with errcode 48001
 (an unverified subscription account), as WeChat does. The group robot, like WeCom's, takes 20
 messages a minute and answers errcode 45009 beyond (`robot_refused` counts those).
@@ -113,6 +116,8 @@ class FakeWechat:
         self.robot_refused = 0   # webhook/send refused by the 20-a-minute limit
         self.responses = []      # (path, body) posted to response URLs
         self.gettoken_requests = 0
+        self.media = {}              # media_id -> bytes served by /cgi-bin/media/get
+        self.media_gets = []         # media_ids asked for
         # Web authorization (see the module doc).
         self.code_ttl = code_ttl
         self.oauth_apps = {}         # appid -> secret
@@ -176,6 +181,19 @@ class FakeWechat:
                         n = fake.gettoken_requests
                     self._json({"errcode": 0, "errmsg": "ok", "access_token": f"wtok-{q.get('corpid', '')}-{n}",
                                 "expires_in": 7200})
+                elif url.path == "/cgi-bin/media/get":
+                    with fake.lock:
+                        fake.media_gets.append(q.get("media_id", ""))
+                        data = fake.media.get(q.get("media_id", ""))
+                    if data is None or not q.get("access_token", "").startswith("tok-"):
+                        self._json({"errcode": 40007, "errmsg": "invalid media_id"})
+                        return
+                    self.send_response(200)
+                    self.send_header("content-type", "audio/amr")
+                    self.send_header("content-disposition", 'attachment; filename="voice.amr"')
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                 elif url.path == "/connect/oauth2/authorize":
                     self._authorize(q)
                 elif url.path == "/sns/oauth2/access_token":

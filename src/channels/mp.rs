@@ -9,6 +9,10 @@
 //! the customer-service API, or, where the account cannot push, kept in the outbox and sent
 //! with the user's next message. Long answers are split at 2048 bytes; what does not fit in
 //! the passive reply follows the same way.
+//!
+//! A voice message goes to the engine with WeChat's `Recognition` when there is one, else
+//! with a source that downloads its audio (`media/get`) for `[speech]` to transcribe; the
+//! download and transcription happen inside the same tries as any slow answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +27,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::voice::{Audio, VoiceError, VoiceSource};
 use chatrelay_core::{Handler, Inbound, Platform, UserKey};
-use chatrelay_wechat::{CallbackQuery, IncomingKind, MpClient, MpEndpoint, Opened, text_reply_xml};
+use chatrelay_wechat::{
+    CallbackQuery, IncomingKind, MediaError, MpClient, MpEndpoint, Opened, text_reply_xml,
+};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -84,16 +91,13 @@ impl MpAccount {
             cfg.previous_encoding_aes_key.as_ref().map(|k| k.expose()),
         )
         .map_err(|e| anyhow::anyhow!("wechat_mp {}: {e}", cfg.id))?;
-        let client = match (&cfg.app_secret, cfg.push) {
-            (_, PushMode::Off) | (None, _) => None,
-            (Some(secret), _) => Some(MpClient::new(
-                &cfg.api_base,
-                &cfg.app_id,
-                secret.expose(),
-                http,
-            )),
-        };
-        let push_allowed = AtomicBool::new(client.is_some());
+        // With an AppSecret there is a client (voice downloads need its token), whether or
+        // not it may push.
+        let client = cfg
+            .app_secret
+            .as_ref()
+            .map(|secret| MpClient::new(&cfg.api_base, &cfg.app_id, secret.expose(), http));
+        let push_allowed = AtomicBool::new(client.is_some() && cfg.push != PushMode::Off);
         let tries = Mutex::new(tries_for(&cfg));
         Ok(Self {
             cfg,
@@ -273,16 +277,31 @@ async fn answer(
             answer_text(st, account, key, opened, content, Vec::new()).await
         }
         IncomingKind::Voice {
-            recognition: Some(text),
-            ..
-        } => answer_text(st, account, key, opened, text, Vec::new()).await,
+            media_id,
+            format,
+            recognition,
+        } => {
+            if recognition.is_none() && st.engine.settings().speech.is_none() {
+                // Nothing to transcribe with: the account's own words, as before `[speech]`.
+                return Some(texts.voice_unrecognized.clone());
+            }
+            let mut voice = chatrelay_core::voice::Voice::new(
+                format.clone(),
+                account.client.clone().map(|client| {
+                    Arc::new(MpVoice {
+                        client,
+                        media_id: media_id.clone(),
+                        format: format.clone(),
+                    }) as Arc<dyn VoiceSource>
+                }),
+            );
+            voice.recognition = recognition.clone();
+            answer_inbound(st, account, key, opened, Some(voice), "", Vec::new()).await
+        }
         // WeChat's PicUrl is a public link to the picture (no token needed).
         IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
             answer_text(st, account, key, opened, "", vec![pic_url.clone()]).await
         }
-        IncomingKind::Voice {
-            recognition: None, ..
-        } => Some(texts.voice_unrecognized.clone()),
         IncomingKind::Image { .. } | IncomingKind::Other { .. } => Some(texts.unsupported.clone()),
         IncomingKind::Event {
             event, event_key, ..
@@ -320,7 +339,6 @@ async fn answer_text(
     images: Vec<String>,
 ) -> Option<String> {
     let cfg = &account.cfg;
-    let message_id = &opened.message.dedupe_id();
     if text.trim() == cfg.login_keyword.trim() {
         match first_login_request(st, key, opened) {
             Ok(true) => {}
@@ -348,10 +366,26 @@ async fn answer_text(
             }
         };
     }
+    answer_inbound(st, account, key, opened, None, text, images).await
+}
+
+/// Answers a message (text, pictures or a voice message) within WeChat's tries.
+async fn answer_inbound(
+    st: &MpState,
+    account: &Arc<MpAccount>,
+    key: &UserKey,
+    opened: &Opened,
+    voice: Option<chatrelay_core::voice::Voice>,
+    text: &str,
+    images: Vec<String>,
+) -> Option<String> {
+    let cfg = &account.cfg;
+    let message_id = &opened.message.dedupe_id();
     let started = Instant::now();
     let (state, first) = account.register_try(message_id);
     let mut inbound = Inbound::text(key.clone(), message_id, text);
     inbound.images = images;
+    inbound.voice = voice;
     if first {
         st.engine.tracker().spawn(
             watch(
@@ -564,6 +598,37 @@ fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: V
         }
         .in_current_span(),
     );
+}
+
+/// A voice message's audio on the Official Account: `media/get` with the account's token.
+struct MpVoice {
+    client: MpClient,
+    media_id: String,
+    /// `amr` or `speex`, as WeChat said.
+    format: String,
+}
+
+impl VoiceSource for MpVoice {
+    fn fetch(
+        &self,
+        max_bytes: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
+        let (client, media_id, format) = (
+            self.client.clone(),
+            self.media_id.clone(),
+            self.format.clone(),
+        );
+        Box::pin(async move {
+            match client.media_get(&media_id, max_bytes).await {
+                Ok(media) => Ok(Audio {
+                    bytes: media.bytes,
+                    format,
+                }),
+                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
+                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
+            }
+        })
+    }
 }
 
 fn keep(engine: &Engine, key: &UserKey, text: &str) {

@@ -7,6 +7,9 @@
 //! `edit_interval_ms` (429 `retry_after` is honoured); the finished answer is rendered as
 //! HTML (plain text if Telegram rejects the entities) and split at 4096 UTF-16 units, the
 //! first part in the edited message and the rest as new messages.
+//!
+//! Voice notes and audio files go to the engine with a source that downloads them (getFile,
+//! `file_size` checked first); what was heard is sent as a message of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,17 +20,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use chatrelay_core::voice::{Audio, Voice, VoiceError, VoiceSource};
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, Reply, ReplyEvent, UserKey};
 use chatrelay_telegram::{
-    Command, TgBot, TgError, Update, UpdateKind, addressed_photo, addressed_to_bot, parse_command,
-    split_for_telegram, to_html,
+    Command, DownloadError, TgBot, TgError, Update, UpdateKind, addressed_photo, addressed_to_bot,
+    addressed_voice, parse_command, split_for_telegram, to_html,
 };
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::TelegramConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, fill};
 use crate::util::Current;
 
 /// The getUpdates long-polling timeout, below the HTTP client's 17 s.
@@ -260,8 +265,10 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
     };
     let username = bot.username();
     let photo = addressed_photo(&message, &username);
+    let voice_note = addressed_voice(&message, &username);
     let Some(text) = addressed_to_bot(&message, &username)
         .or_else(|| photo.as_ref().map(|(_, caption)| caption.clone()))
+        .or_else(|| voice_note.as_ref().map(|_| String::new()))
     else {
         return;
     };
@@ -279,7 +286,13 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
     let shutdown = &engine.shutdown_token().clone();
     async move {
         let commands = &engine.settings().commands;
-        let engine_text = match parse_command(&text, &username) {
+        // A voice note's caption is not a command: the voice is plain chat.
+        let command = if voice_note.is_some() {
+            None
+        } else {
+            parse_command(&text, &username)
+        };
+        let engine_text = match command {
             Some(Command::Code) => {
                 let reply = code_reply(&engine, &key, &display_name, private);
                 stream_answer(&bot, chat, reply_to, reply, shutdown).await;
@@ -293,6 +306,23 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         };
         let mut inbound = Inbound::text(key, message_id, engine_text);
         inbound.display_name = Some(display_name);
+        if let Some(note) = voice_note {
+            let mut voice = Voice::new(
+                note.format.clone(),
+                Some(Arc::new(TgVoice {
+                    bot: bot.clone(),
+                    file_id: note.file_id.clone(),
+                    format: note.format.clone(),
+                    chat,
+                    reply_to,
+                    heard_template: engine.settings().texts.voice_heard.clone(),
+                }) as Arc<dyn VoiceSource>),
+            );
+            voice.declared_bytes = Some(note.size).filter(|&n| n > 0);
+            voice.declared_seconds = Some(note.seconds).filter(|&n| n > 0);
+            inbound.voice = Some(voice);
+            inbound.text.clear();
+        }
         if let Some((file_id, _)) = &photo {
             match photo_url(&engine, &bot, file_id).await {
                 Ok(url) => inbound.images.push(url),
@@ -331,6 +361,46 @@ fn code_reply(engine: &Engine, key: &UserKey, display_name: &str, private: bool)
         "请私聊我发送 /code 获取网页登录验证码。".to_owned()
     };
     Reply::failed(FailureKind::InvalidRequest, answer)
+}
+
+/// A voice note's (or audio file's) audio on Telegram, and the chat that hears what it said.
+struct TgVoice {
+    bot: Arc<TelegramBot>,
+    file_id: String,
+    format: String,
+    chat: i64,
+    reply_to: Option<i32>,
+    /// `[bot.texts] voice_heard`.
+    heard_template: String,
+}
+
+impl VoiceSource for TgVoice {
+    fn fetch(&self, max_bytes: u64) -> BoxFuture<'static, Result<Audio, VoiceError>> {
+        let (bot, file_id, format) = (self.bot.clone(), self.file_id.clone(), self.format.clone());
+        Box::pin(async move {
+            match bot.api.download(&file_id, max_bytes).await {
+                Ok(bytes) => Ok(Audio { bytes, format }),
+                Err(DownloadError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
+                Err(DownloadError::Failed(e)) => Err(VoiceError::Download(e)),
+            }
+        })
+    }
+
+    /// What was heard goes as a message of its own, before the answer.
+    fn show_heard(&self, text: &str) -> BoxFuture<'static, bool> {
+        let (bot, chat, reply_to) = (self.bot.clone(), self.chat, self.reply_to);
+        let (text, template) = (text.to_owned(), self.heard_template.clone());
+        Box::pin(async move {
+            let heard = fill(&template, &[("text", &text)]);
+            match bot.api.send(chat, &heard, false, reply_to).await {
+                Ok(_) => true,
+                Err(e) => {
+                    warn!(error = %e, "sending what a voice note said failed; it goes with the answer");
+                    false
+                }
+            }
+        })
+    }
 }
 
 /// The download URL of a photo the user sent, or the reply telling them it could not be read.

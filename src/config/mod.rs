@@ -148,6 +148,7 @@ pub fn parse(
         scopes: section(&mut root, "scopes", &mut problems),
         moderation: section(&mut root, "moderation", &mut problems),
         images: section(&mut root, "images", &mut problems),
+        speech: section(&mut root, "speech", &mut problems),
         base_dir: base.to_path_buf(),
     };
     for key in root.keys() {
@@ -216,6 +217,7 @@ fn known_keys(shape: &str) -> Vec<String> {
             "scopes",
             "moderation",
             "images",
+            "speech",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -249,6 +251,7 @@ fn known_keys(shape: &str) -> Vec<String> {
         "scopes" => f::<ScopeConfig>(),
         "moderation" => f::<ModerationConfig>(),
         "images" => f::<ImagesConfig>(),
+        "speech" => f::<SpeechConfig>(),
         _ => Vec::new(),
     }
 }

@@ -65,6 +65,8 @@ pub struct Config {
     pub moderation: Option<ModerationConfig>,
     /// `[images]`: picture generation (`/image a cat in the snow`).
     pub images: Option<ImagesConfig>,
+    /// `[speech]`: voice messages in (transcription).
+    pub speech: Option<SpeechConfig>,
     /// The directory relative paths (word lists) are read from: the config file's.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -117,6 +119,82 @@ pub struct ImagesConfig {
 
 fn ten() -> u64 {
     10
+}
+
+/// `[speech]`: voice messages users send, transcribed through an OpenAI-compatible
+/// `/audio/transcriptions` upstream and answered like typed text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechConfig {
+    /// The transcription model at its upstream (`whisper-1`, `gpt-4o-mini-transcribe`,
+    /// `SenseVoiceSmall`...).
+    pub model: String,
+    /// Which upstream transcribes (`[[llm.upstreams]] id`, default `default`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Upstreams tried in order when the first is down or rate limited, with the same model.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Credits per voice message, on top of the answer's own price.
+    #[serde(default)]
+    pub credits: u64,
+    /// Credits per started minute of audio (when its length is known), on top of `credits`.
+    #[serde(default)]
+    pub credits_per_minute: u64,
+    /// The largest audio file downloaded, in bytes (WeChat's own limit: 2 MiB).
+    #[serde(default = "two_mib")]
+    pub max_bytes: u64,
+    /// The longest voice message transcribed, in seconds (WeChat's own limit: 60).
+    #[serde(default = "sixty")]
+    pub max_seconds: u64,
+    /// Show the user what was heard ("你说的是：…") before the answer: a message of its own
+    /// where the platform can send one (Telegram), else in front of the answer.
+    #[serde(default = "yes")]
+    pub show_text: bool,
+    /// The ffmpeg program converting WeChat's AMR/Speex audio (a name on `PATH` or a path);
+    /// detected at start. Without it, such voice messages need WeChat's `Recognition`.
+    #[serde(default = "default_ffmpeg")]
+    pub ffmpeg: String,
+    /// Longest an ffmpeg conversion may take, in seconds.
+    #[serde(default = "default_ffmpeg_timeout")]
+    pub ffmpeg_timeout_secs: u64,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        Self {
+            model: "whisper-1".to_owned(),
+            upstream: None,
+            fallbacks: Vec::new(),
+            credits: 0,
+            credits_per_minute: 0,
+            max_bytes: two_mib(),
+            max_seconds: sixty(),
+            show_text: true,
+            ffmpeg: default_ffmpeg(),
+            ffmpeg_timeout_secs: default_ffmpeg_timeout(),
+        }
+    }
+}
+
+fn two_mib() -> u64 {
+    2 * 1024 * 1024
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_ffmpeg() -> String {
+    "ffmpeg".to_owned()
+}
+
+fn default_ffmpeg_timeout() -> u64 {
+    20
 }
 
 /// `[moderation]`: the second stage of content checks.
@@ -621,6 +699,15 @@ pub struct Texts {
     /// Added to the quota command's answer while a plan is active: `{plan}`, `{daily}`,
     /// `{end}` (its last day, `YYYY-MM-DD`), `{days}` (days left, today included).
     pub quota_plan: String,
+    /// What a voice message was heard as (`[speech] show_text`): `{text}`.
+    pub voice_heard: String,
+    /// Voice messages cannot be understood here (no `[speech]`, or no ffmpeg for WeChat's
+    /// AMR/Speex audio and no `Recognition`).
+    pub voice_off: String,
+    /// A voice message larger or longer than `[speech]` allows: `{seconds}` (`max_seconds`).
+    pub voice_too_long: String,
+    /// A voice message that could not be downloaded, read or transcribed.
+    pub voice_failed: String,
 }
 
 impl Texts {
@@ -690,6 +777,10 @@ impl Default for Texts {
                 .to_owned(),
             quota_plan: "会员：{plan}，每天额外 {daily} 额度，有效期至 {end}（剩 {days} 天）。"
                 .to_owned(),
+            voice_heard: "你说的是：{text}".to_owned(),
+            voice_off: "语音暂不支持，请发送文字。".to_owned(),
+            voice_too_long: "语音太长了，请控制在 {seconds} 秒以内，或者发送文字。".to_owned(),
+            voice_failed: "这条语音没有听清，请再说一次或者发送文字。".to_owned(),
         }
     }
 }

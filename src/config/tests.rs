@@ -432,3 +432,35 @@ fn the_change_log_keeps_1_to_3650_days() {
         assert_eq!(got, ["console.change_log_days: must be 1 to 3650"], "{bad}");
     }
 }
+
+#[test]
+fn speech_has_defaults_and_every_bad_key_is_named() {
+    let (c, _) = parse("[speech]\nmodel = \"whisper-1\"\n", &[], None).unwrap();
+    let sp = c.speech.unwrap();
+    assert_eq!(sp.max_bytes, 2 * 1024 * 1024);
+    assert_eq!(sp.max_seconds, 60);
+    assert!(sp.show_text);
+    assert_eq!(sp.ffmpeg, "ffmpeg");
+    assert_eq!((sp.credits, sp.credits_per_minute), (0, 0));
+    assert!(parse("", &[], None).unwrap().0.speech.is_none());
+
+    let bad = "[[llm.upstreams]]\nid = \"glm\"\nbase_url = \"https://open.bigmodel.cn/api/paas/v4\"\n\
+               [speech]\nmodel = \" \"\nupstream = \"nope\"\nfallbacks = [\"glm\", \"gone\"]\n\
+               max_bytes = 0\nmax_seconds = 0\nffmpeg = \"\"\nffmpeg_timeout_secs = 0\n";
+    let err = parse(bad, &[], None).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "speech.model",
+        "speech.upstream",
+        "speech.fallbacks[1]",
+        "speech.max_bytes",
+        "speech.max_seconds",
+        "speech.ffmpeg",
+        "speech.ffmpeg_timeout_secs",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    assert!(!keys.contains(&"speech.fallbacks[0]"), "{keys:?}");
+    let typo = parse("[speech]\nmodel = \"m\"\nmax_byte = 1\n", &[], None).unwrap_err();
+    assert!(typo.0[0].to_string().contains("max_bytes"), "{}", typo.0[0]);
+}

@@ -334,6 +334,7 @@ fn validate_engine_depth(c: &Config, problems: &mut Vec<Problem>) {
     let roles = validate_roles(c, problems);
     validate_scopes(c, &names, &roles, problems);
     validate_pictures(c, &upstreams, problems);
+    validate_speech(c, &upstreams, problems);
     validate_content_checks(c, problems);
 }
 
@@ -497,6 +498,55 @@ fn validate_pictures(c: &Config, upstreams: &BTreeMap<String, usize>, problems: 
     }
     if c.bot.max_image_bytes == 0 {
         problems.push(problem("bot.max_image_bytes", "must be at least 1"));
+    }
+}
+
+/// `[speech]`: the transcription model, its upstreams and limits.
+fn validate_speech(c: &Config, upstreams: &BTreeMap<String, usize>, problems: &mut Vec<Problem>) {
+    let Some(sp) = &c.speech else {
+        return;
+    };
+    if sp.model.trim().is_empty() {
+        problems.push(problem("speech.model", "must not be empty"));
+    }
+    let known = |u: &str| u == "default" || upstreams.contains_key(u);
+    if let Some(u) = &sp.upstream
+        && !known(u)
+    {
+        problems.push(problem(
+            "speech.upstream",
+            format!("{u:?} is not one of [[llm.upstreams]] (or \"default\")"),
+        ));
+    }
+    for (i, u) in sp.fallbacks.iter().enumerate() {
+        if !known(u) {
+            problems.push(problem(
+                format!("speech.fallbacks[{i}]"),
+                format!("{u:?} is not one of [[llm.upstreams]] (or \"default\")"),
+            ));
+        }
+    }
+    // 25 MB is OpenAI's own limit on one upload: more could never be transcribed.
+    if sp.max_bytes == 0 || sp.max_bytes > 25 * 1024 * 1024 {
+        problems.push(problem(
+            "speech.max_bytes",
+            "must be between 1 and 26214400 (25 MiB, the transcription API's limit)",
+        ));
+    }
+    if sp.max_seconds == 0 || sp.max_seconds > 3600 {
+        problems.push(problem("speech.max_seconds", "must be between 1 and 3600"));
+    }
+    if sp.ffmpeg.trim().is_empty() {
+        problems.push(problem(
+            "speech.ffmpeg",
+            "must name the ffmpeg program (\"ffmpeg\" looks it up on PATH)",
+        ));
+    }
+    if sp.ffmpeg_timeout_secs == 0 || sp.ffmpeg_timeout_secs > 600 {
+        problems.push(problem(
+            "speech.ffmpeg_timeout_secs",
+            "must be between 1 and 600",
+        ));
     }
 }
 

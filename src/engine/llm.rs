@@ -88,6 +88,21 @@ pub trait LlmBackend: Send + Sync + 'static {
         })
     }
 
+    /// Transcribes an audio file (`[speech]`); returns the transcript. Backends without a
+    /// transcription upstream say so.
+    fn transcribe(
+        &self,
+        req: chatrelay_openai::audio::TranscriptionRequest,
+    ) -> BoxFuture<'static, Result<String, chatrelay_openai::audio::AudioError>> {
+        let _ = req;
+        Box::pin(async {
+            Err(chatrelay_openai::Error::InvalidConfig(
+                "no transcription configured ([speech])".into(),
+            )
+            .into())
+        })
+    }
+
     /// Health of each upstream (none for the demo).
     fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {
         Vec::new()
@@ -159,10 +174,17 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
                 ),
                 size: i.size.clone(),
             });
+            let speech = config.speech.as_ref().map(|sp| {
+                std::iter::once(sp.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))
+                    .chain(sp.fallbacks.iter().map(String::as_str))
+                    .map(|u| Route::new(u.to_owned(), sp.model.clone()))
+                    .collect::<Vec<_>>()
+            });
             Arc::new(RoutedBackend {
                 router: Router::new(upstreams),
                 routes,
                 images,
+                speech,
             })
         }
     })
@@ -179,6 +201,8 @@ pub struct RoutedBackend {
     routes: HashMap<String, Vec<Route>>,
     /// Where pictures are drawn, if anywhere.
     images: Option<ImageRoute>,
+    /// Where voice is transcribed (`[speech]`: its upstream, then its fallbacks), if anywhere.
+    speech: Option<Vec<Route>>,
 }
 
 struct ImageRoute {
@@ -241,6 +265,28 @@ impl LlmBackend for RoutedBackend {
                 });
             }
             Ok(urls)
+        })
+    }
+
+    fn transcribe(
+        &self,
+        req: chatrelay_openai::audio::TranscriptionRequest,
+    ) -> BoxFuture<'static, Result<String, chatrelay_openai::audio::AudioError>> {
+        let router = self.router.clone();
+        let routes = self.speech.clone();
+        Box::pin(async move {
+            let Some(routes) = routes else {
+                return Err(chatrelay_openai::Error::InvalidConfig(
+                    "no transcription configured ([speech])".into(),
+                )
+                .into());
+            };
+            let (heard, used) = router.transcribe(&routes, &req).await?;
+            if used > 0 {
+                let upstream = routes.get(used).map_or("", |r| r.upstream.as_str());
+                tracing::info!(fallback = used, %upstream, "transcribed by a fallback upstream");
+            }
+            Ok(heard.text)
         })
     }
 

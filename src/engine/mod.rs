@@ -17,7 +17,8 @@
 //! - `settings`: the engine's settings; `api`: `/v1` completions; `platform`: a chat-platform
 //!   message (and its conversation continued from the web page); `commands`: chat commands;
 //!   `checks`: ban, rate limit, permissions, content rules; `answer`: one metered LLM answer;
-//!   `meter`: reserve, settle, refunds; `images`: pictures in and out; `delivery`: who
+//!   `meter`: reserve, settle, refunds; `images`: pictures in and out; `voice`: voice
+//!   messages in ([`ffmpeg`] converts WeChat's audio); `delivery`: who
 //!   delivers an answer, across daemons; `upkeep`: sweeps and purges (expired guests' saved
 //!   conversations too).
 //! - what channels keep through the engine instead of naming the store: `accounts` (users,
@@ -34,6 +35,7 @@ mod codes;
 mod commands;
 mod delivery;
 pub mod fetch;
+pub mod ffmpeg;
 mod images;
 pub mod llm;
 mod marks;
@@ -46,6 +48,7 @@ pub mod quota;
 pub mod ratelimit;
 mod settings;
 mod upkeep;
+mod voice;
 
 pub use accounts::{Account, Guest};
 
@@ -431,7 +434,7 @@ impl Engine {
     /// while the daemon shuts down.
     fn refused_outright(&self, s: &Settings, inbound: &Inbound) -> Option<Reply> {
         let text = inbound.text.trim();
-        if text.is_empty() && inbound.images.is_empty() {
+        if text.is_empty() && inbound.images.is_empty() && inbound.voice.is_none() {
             return Some(Reply::text(&s.texts.empty));
         }
         if text.chars().count() > s.max_input_chars {

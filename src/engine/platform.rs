@@ -99,9 +99,102 @@ impl Engine {
     /// Answers a platform message (the body of [`Handler::handle`]) admitted as `admitted`.
     pub(super) async fn answer_platform(
         &self,
+        mut inbound: Inbound,
+        sink: &Sink,
+        admitted: Admitted,
+    ) -> ReplyEvent {
+        let Some(voice) = inbound.voice.take() else {
+            return self
+                .answer_platform_text(inbound, sink, admitted, None)
+                .await;
+        };
+        let s = self.settings();
+        // A banned or too hasty user's voice is not downloaded nor transcribed.
+        let user = admitted.user.as_ref().map(Option::as_ref);
+        if let Some(refused) = self.guard_user(admitted.uid, user) {
+            return refused;
+        }
+        if let Some(refused) = self
+            .voice_unaffordable(&s, &inbound, &admitted, &voice)
+            .await
+        {
+            return refused;
+        }
+        let heard = match self.hear(&s, &voice).await {
+            Ok(heard) => heard,
+            Err(refused) => return refused,
+        };
+        inbound.text = heard.text;
+        let event = self
+            .answer_platform_text(inbound, sink, admitted, Some(heard.credits))
+            .await;
+        voice::with_heard(heard.prefix, event)
+    }
+
+    /// The refusal of a voice message whose payer could not pay for the answer (the model's
+    /// flat price and the voice price, as far as known before): checked before anything is
+    /// downloaded or transcribed, which the operator pays for. Nothing is held: the answer's
+    /// own reservation decides in the end.
+    async fn voice_unaffordable(
+        &self,
+        s: &Settings,
+        inbound: &Inbound,
+        admitted: &Admitted,
+        voice: &chatrelay_core::voice::Voice,
+    ) -> Option<ReplyEvent> {
+        let sp = s.speech.as_ref()?;
+        if voice
+            .recognition
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+        {
+            return None;
+        }
+        let (payer, model) =
+            match self.payer_and_model(s, admitted, &policy::scope_of(&inbound.key)) {
+                Ok(chosen) => chosen,
+                Err(refused) => return Some(refused),
+            };
+        let needed = model.credits.saturating_add(voice::voice_price(
+            sp.credits,
+            sp.credits_per_minute,
+            voice.declared_seconds.map(|s| s.saturating_mul(1000)),
+        ));
+        let (today, free_daily) = (s.today(), s.free_daily);
+        let balance = self
+            .off_worker(move |e| e.inner.store.balance(payer, today, free_daily))
+            .await?;
+        let available = match balance {
+            Ok(b) => b.available,
+            // The answer's reservation reads it again and says what is wrong.
+            Err(_) => return None,
+        };
+        if available >= needed {
+            return None;
+        }
+        metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
+        Some(failed(
+            FailureKind::InsufficientQuota,
+            fill(
+                &s.texts.insufficient_quota,
+                &[
+                    ("needed", &needed.to_string()),
+                    ("available", &available.to_string()),
+                    ("buy_hint", &s.texts.buy_hint),
+                ],
+            ),
+        ))
+    }
+
+    /// Answers a platform message's text. `voice_credits`: set for a voice message's
+    /// transcript, its voice price: plain chat, never a command, the sender already checked
+    /// (ban, rate limit), and the price added to the answer's.
+    async fn answer_platform_text(
+        &self,
         inbound: Inbound,
         sink: &Sink,
         admitted: Admitted,
+        voice_credits: Option<u64>,
     ) -> ReplyEvent {
         let inner = &self.inner;
         let s = self.settings();
@@ -114,7 +207,12 @@ impl Engine {
             surcharge: 0,
             memory: None,
         };
-        match self.command(&inbound.text) {
+        // A spoken "/quota" is chat, not a command.
+        let command = match voice_credits {
+            None => self.command(&inbound.text),
+            Some(_) => None,
+        };
+        match command {
             Some(Command::Image(prompt)) => {
                 return self.draw(&s, &inbound, prompt, &watch).await;
             }
@@ -127,7 +225,13 @@ impl Engine {
         }
         inner.stats.active(s.today(), uid);
         if let Some(early) = self
-            .answer_before_model(&s, &watch, &admitted, &inbound.text)
+            .answer_before_model(
+                &s,
+                &watch,
+                &admitted,
+                &inbound.text,
+                voice_credits.is_some(),
+            )
             .await
         {
             return early;
@@ -141,7 +245,9 @@ impl Engine {
             Ok(asked) => asked,
             Err(refused) => return refused,
         };
-        watch.surcharge = (picture_parts.len() as u64).saturating_mul(model.credits_per_image);
+        watch.surcharge = (picture_parts.len() as u64)
+            .saturating_mul(model.credits_per_image)
+            .saturating_add(voice_credits.unwrap_or(0));
         if inbound.remember {
             watch.memory = Some(Memory {
                 conversation: conversation.clone(),
@@ -195,10 +301,12 @@ impl Engine {
         watch: &Watch,
         admitted: &Admitted,
         text: &str,
+        guarded: bool,
     ) -> Option<ReplyEvent> {
-        // A banned (or too hasty) user gets nothing else, keyword answers included.
+        // A banned (or too hasty) user gets nothing else, keyword answers included (`guarded`:
+        // checked already, before a voice message was transcribed).
         let user = admitted.user.as_ref().map(Option::as_ref);
-        if let Some(refused) = self.guard_user(watch.uid, user) {
+        if !guarded && let Some(refused) = self.guard_user(watch.uid, user) {
             return Some(refused);
         }
         if let Some(refused) = self.input_refusal(s, watch, text) {
@@ -414,7 +522,10 @@ impl Engine {
             memory: None,
         };
         self.inner.stats.active(s.today(), uid);
-        if let Some(early) = self.answer_before_model(s, &watch, &admitted, &text).await {
+        if let Some(early) = self
+            .answer_before_model(s, &watch, &admitted, &text, false)
+            .await
+        {
             return early;
         }
         let (payer, model) = match self.payer_and_model(s, &admitted, &watch.scope) {

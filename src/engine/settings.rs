@@ -55,6 +55,8 @@ pub struct Settings {
     pub moderation: Option<Arc<Moderation>>,
     /// Credits per generated picture, when `[images]` is configured.
     pub image_credits: Option<u64>,
+    /// Voice messages in, when `[speech]` is configured.
+    pub speech: Option<crate::config::SpeechConfig>,
     /// Largest picture downloaded from a platform.
     pub max_image_bytes: usize,
     /// Hosts pictures may be fetched from whatever their address (`[bot] picture_trusted_hosts`).
@@ -170,6 +172,7 @@ impl Settings {
             keywords: Arc::new(keywords),
             moderation,
             image_credits: c.images.as_ref().map(|i| i.credits),
+            speech: c.speech.clone(),
             max_image_bytes: c.bot.max_image_bytes,
             picture_trusted_hosts: c.bot.picture_trusted_hosts.clone(),
             test_day_offset,

@@ -9,10 +9,12 @@
 //!   [`ReplyEvent::Final`] (with token usage) or a [`ReplyEvent::Failed`] (a user-facing text).
 //! - [`Handler`]: the one entry point connectors call.
 //! - [`split`]: splitting long answers into messages a platform accepts.
+//! - [`voice`]: voice messages (the platform's transcript, or a source to download the audio).
 //!
 //! Nothing here does I/O or knows any wire format.
 
 pub mod split;
+pub mod voice;
 
 use std::fmt;
 use std::str::FromStr;
@@ -277,6 +279,9 @@ pub struct Inbound {
     /// Pictures the user sent, as URLs the engine may download (they can carry a platform
     /// token, e.g. Telegram's file URLs: never log them).
     pub images: Vec<String>,
+    /// A voice message: the engine takes its text from the platform's transcript or by
+    /// transcribing the audio, and treats it as plain chat (never a command).
+    pub voice: Option<voice::Voice>,
 }
 
 impl Inbound {
@@ -293,6 +298,7 @@ impl Inbound {
             bill_to: None,
             remember: true,
             images: Vec::new(),
+            voice: None,
         }
     }
 }

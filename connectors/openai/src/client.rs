@@ -159,12 +159,14 @@ impl fmt::Debug for Client {
 }
 
 /// `Accept` header of JSON requests.
-const ACCEPT_JSON: &str = "application/json";
+pub(crate) const ACCEPT_JSON: &str = "application/json";
+/// `Content-Type` of JSON bodies.
+const CONTENT_JSON: &str = "application/json";
 /// `Accept` header of streaming requests.
 const ACCEPT_SSE: &str = "text/event-stream";
 
 /// A failed attempt, with what the server said about retrying.
-struct Failure {
+pub(crate) struct Failure {
     error: Error,
     should_retry_header: Option<bool>,
     retry_after: Option<Duration>,
@@ -244,6 +246,11 @@ impl Client {
                 rng: ring::rand::SystemRandom::new(),
             }),
         })
+    }
+
+    /// The client's random source (multipart boundaries).
+    pub(crate) fn rng(&self) -> &ring::rand::SystemRandom {
+        &self.inner.rng
     }
 
     /// Sends a non-streaming chat completion (`stream` is forced to `false`
@@ -366,6 +373,24 @@ impl Client {
         F: Fn(Response, Instant) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
+        self.execute_as(method, path, body, CONTENT_JSON, accept, on_success)
+            .await
+    }
+
+    /// [`Client::execute`] with a body of `content_type` (a multipart upload's, say).
+    pub(crate) async fn execute_as<T, F, Fut>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+        accept: &'static str,
+        on_success: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Response, Instant) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         let inner = &self.inner;
         let url = format!("{}{}", inner.base_url, path);
         let body = body.map(Bytes::from);
@@ -377,7 +402,14 @@ impl Client {
             let key = inner.keys.pick(Instant::now());
             let fp = key.map_or("none", |k| inner.keys.fingerprint(k));
             tracing::debug!(%method, path, key = fp, retries, "sending request");
-            let attempt = self.attempt(&method, &url, body.clone(), key, accept, &on_success);
+            let attempt = self.attempt(
+                &method,
+                &url,
+                body.clone().map(|b| (b, content_type)),
+                key,
+                accept,
+                &on_success,
+            );
             let mut failure = match attempt.await {
                 Ok(success) => return Ok(success),
                 Err(failure) => failure,
@@ -441,7 +473,7 @@ impl Client {
         &self,
         method: &Method,
         url: &str,
-        body: Option<Bytes>,
+        body: Option<(Bytes, &str)>,
         key: Option<usize>,
         accept: &'static str,
         on_success: &F,
@@ -456,8 +488,8 @@ impl Client {
             .http
             .request(method.clone(), url)
             .header(ACCEPT, accept);
-        if let Some(body) = body {
-            rb = rb.header(CONTENT_TYPE, "application/json").body(body);
+        if let Some((body, content_type)) = body {
+            rb = rb.header(CONTENT_TYPE, content_type).body(body);
         }
         if let Some(secret) = key.and_then(|k| inner.keys.secret(k)) {
             // `bearer_auth` marks the header sensitive, so it is redacted
@@ -491,7 +523,10 @@ impl Client {
 
 /// Reads a whole successful body before `deadline`; returns it with the
 /// response's request id.
-async fn read_full(resp: Response, deadline: Instant) -> Result<(Bytes, Option<String>), Failure> {
+pub(crate) async fn read_full(
+    resp: Response,
+    deadline: Instant,
+) -> Result<(Bytes, Option<String>), Failure> {
     let request_id = request_id(resp.headers());
     let (body, truncated) = read_before(deadline, resp, MAX_RESPONSE_BYTES).await?;
     if truncated {
@@ -552,7 +587,7 @@ async fn read_limited(mut resp: Response, limit: usize) -> Result<(Bytes, bool),
 
 /// Decodes a successful JSON body, treating an embedded `error` object (some
 /// gateways send errors with status 200) as an API error.
-fn decode_json_response<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode_json_response<T: serde::de::DeserializeOwned>(
     body: &[u8],
     request_id: Option<String>,
 ) -> Result<T, Error> {

@@ -1,5 +1,5 @@
 //! OpenAI-compatible client for chatrelay: chat completions (streamed or
-//! not), image generation and moderation, over one upstream or several.
+//! not), image generation, moderation and speech to text, over one upstream or several.
 //!
 //! This crate owns everything the daemon says to an LLM provider (OpenAI,
 //! DeepSeek, Qwen, GLM, a local Ollama or vLLM, ...): the wire types, the
@@ -20,6 +20,7 @@
 //!
 //! I/O:
 //! - `client`: [`Client`] and [`ClientConfig`]: requests, timeouts, retries.
+//! - [`audio`]: speech to text (`/audio/transcriptions`, a multipart upload).
 //! - `stream`: [`ChatStream`], the typed chunk stream of a streaming answer.
 //! - [`router`]: [`router::Router`], several upstreams with fallback,
 //!   health tracking and a circuit breaker.
@@ -58,6 +59,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audio;
 mod client;
 mod error;
 mod keys;

@@ -559,6 +559,23 @@ impl Router {
         .await
     }
 
+    /// Like [`Router::chat`], for [`Client::transcribe`]: the file is checked once, before
+    /// any upstream is asked; each route's model replaces the request's.
+    pub async fn transcribe(
+        &self,
+        routes: &[Route],
+        req: &crate::audio::TranscriptionRequest,
+    ) -> Result<(crate::audio::Transcription, usize), crate::audio::AudioError> {
+        req.check()?;
+        Ok(self
+            .run_to_end(routes, |client, model| {
+                let mut req = req.clone();
+                req.model = model;
+                async move { client.post_transcription(&req).await }
+            })
+            .await?)
+    }
+
     /// Like [`Router::chat`], for [`Client::moderate`]. A route with an
     /// empty model leaves the model out, so the provider uses its default.
     pub async fn moderate(

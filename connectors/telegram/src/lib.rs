@@ -3,7 +3,8 @@
 //! # Layout
 //! - Pure helpers (no I/O): [`to_html`] (markdown to Telegram's HTML subset),
 //!   [`split_for_telegram`] (4096 UTF-16 units per message), [`addressed_to_bot`] (is a
-//!   message for the bot, and its text without the mention), [`parse_command`].
+//!   message for the bot, and its text without the mention), [`addressed_voice`] (a voice
+//!   note or audio file for the bot), [`parse_command`].
 //! - [`TgBot`]: a thin adapter over teloxide-core's [`Bot`] with the few calls chatrelay
 //!   makes (getMe, setMyCommands, getUpdates, sendChatAction, sendMessage, editMessageText),
 //!   errors classified as [`TgError`].
@@ -248,6 +249,66 @@ pub fn addressed_photo(message: &Message, bot_username: &str) -> Option<(String,
     })
 }
 
+/// A voice note or audio file sent to the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceNote {
+    /// Its `file_id` (for getFile).
+    pub file_id: String,
+    /// Its format as a file extension: `ogg` for voice notes (OGG/Opus), else from the audio
+    /// file's name or MIME type (`mp3`, `m4a`, `wav`...).
+    pub format: String,
+    /// The size Telegram announces, in bytes.
+    pub size: u64,
+    /// The length Telegram announces, in seconds.
+    pub seconds: u64,
+}
+
+/// A voice note (`voice`) or audio file (`audio`) for the bot: in private chats, and in
+/// groups when its caption mentions the bot or it replies to the bot. `None` otherwise.
+#[must_use]
+pub fn addressed_voice(message: &Message, bot_username: &str) -> Option<VoiceNote> {
+    let note = if let Some(v) = message.voice() {
+        VoiceNote {
+            file_id: v.file.id.0.clone(),
+            format: "ogg".to_owned(),
+            size: u64::from(v.file.size),
+            seconds: u64::from(v.duration.seconds()),
+        }
+    } else {
+        let a = message.audio()?;
+        let from_name = a
+            .file_name
+            .as_deref()
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(_, ext)| ext.to_ascii_lowercase());
+        let from_mime = a.mime_type.as_ref().map(|m| match m.subtype().as_str() {
+            "mpeg" => "mp3".to_owned(),
+            "x-wav" | "wave" => "wav".to_owned(),
+            "mp4" | "x-m4a" => "m4a".to_owned(),
+            other => other.to_owned(),
+        });
+        VoiceNote {
+            file_id: a.file.id.0.clone(),
+            format: from_name.or(from_mime).unwrap_or_else(|| "mp3".to_owned()),
+            size: u64::from(a.file.size),
+            seconds: u64::from(a.duration.seconds()),
+        }
+    };
+    let caption = message.caption().unwrap_or_default();
+    let addressed = message.chat.is_private()
+        || find_mention(caption, bot_username).is_some()
+        || message
+            .reply_to_message()
+            .and_then(|m| m.from.as_ref())
+            .is_some_and(|u| {
+                u.is_bot
+                    && u.username
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(bot_username))
+            });
+    addressed.then_some(note)
+}
+
 /// `text` without every `@bot_username` mention, trimmed.
 fn strip_mentions(text: &str, bot_username: &str) -> String {
     let mut out = text.to_owned();
@@ -348,6 +409,20 @@ impl From<RequestError> for TgError {
     }
 }
 
+/// Why a file download failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// Larger than allowed (getFile's size, or found while reading).
+    #[error("the file is larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: u64,
+    },
+    /// getFile or the download failed.
+    #[error("downloading the file failed: {0}")]
+    Failed(String),
+}
+
 /// One bot: teloxide-core's [`Bot`] with the calls chatrelay makes.
 #[derive(Clone, Debug)]
 pub struct TgBot {
@@ -412,6 +487,52 @@ impl TgBot {
             self.bot.token(),
             file.path
         ))
+    }
+
+    /// Downloads a file the user sent (getFile, then the file URL through the configured API
+    /// root), refusing one larger than `max_bytes` before reading (getFile's `file_size`) and
+    /// while reading. Errors never carry the URL (it holds the bot token).
+    pub async fn download(&self, file_id: &str, max_bytes: u64) -> Result<Vec<u8>, DownloadError> {
+        let file = self
+            .bot
+            .get_file(FileId(file_id.to_owned()))
+            .await
+            .map_err(|e| DownloadError::Failed(TgError::from(e).to_string()))?;
+        if u64::from(file.meta.size) > max_bytes {
+            return Err(DownloadError::TooLarge { max: max_bytes });
+        }
+        let url = format!(
+            "{}/file/bot{}/{}",
+            self.bot.api_url().as_str().trim_end_matches('/'),
+            self.bot.token(),
+            file.path
+        );
+        let mut resp = self
+            .bot
+            .client()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| DownloadError::Failed(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(DownloadError::Failed(format!("status {}", resp.status())));
+        }
+        if resp.content_length().is_some_and(|n| n > max_bytes) {
+            return Err(DownloadError::TooLarge { max: max_bytes });
+        }
+        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| DownloadError::Failed(e.without_url().to_string()))?
+        {
+            if bytes.len().saturating_add(chunk.len()) > limit {
+                return Err(DownloadError::TooLarge { max: max_bytes });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// sendPhoto by URL (Telegram fetches it), replying to `reply_to` when given.

@@ -351,6 +351,16 @@ impl MpClient {
         (&self.inner.http, &self.inner.api_base, &self.inner.secret)
     }
 
+    /// The shared HTTP client and the API root, for [`crate::media`].
+    pub(crate) fn media_parts(&self) -> (&reqwest::Client, &str) {
+        (&self.inner.http, &self.inner.api_base)
+    }
+
+    /// Drops `stale` from the token cache (WeChat said it is invalid).
+    pub(crate) async fn invalidate_token(&self, stale: &str) {
+        self.inner.tokens.invalidate(stale).await;
+    }
+
     /// Returns a valid access_token, fetching one if none is cached or the
     /// cached one is within five minutes of expiry. Concurrent callers share
     /// a single fetch.

@@ -32,6 +32,7 @@
 //!   early refresh, refetch on 40001/40014/42001), `message/custom/send` and
 //!   `message/custom/typing`. Its token cache and HTTP helpers serve the
 //!   WeCom clients too.
+//! - [`media`]: `media/get`, a voice message's audio (size-limited).
 //! - [`oauth`]: web authorization (网页授权): [`oauth_authorize_url`],
 //!   [`MpClient::oauth_exchange`] (code → openid) and
 //!   [`MpClient::oauth_user_info`]; its per-user token never touches the
@@ -70,6 +71,7 @@ pub mod aibot;
 pub mod callback;
 pub mod client;
 pub mod crypto;
+pub mod media;
 pub mod oauth;
 pub mod robot;
 pub mod signature;
@@ -84,6 +86,7 @@ pub use aibot::{
 pub use callback::{CallbackError, CallbackQuery, Delivery, MpEndpoint, Opened, ReplyMode};
 pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
 pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
+pub use media::{Media, MediaError};
 pub use oauth::{OAuthToken, OAuthUserInfo, oauth_authorize_url};
 pub use robot::RobotClient;
 pub use signature::{sha1_signature, verify_sha1_signature};

@@ -9,7 +9,7 @@
 //!
 //! Parts: this file (routes, authentication, the completion handler, models), `request`
 //! (reading and checking a request), `answer` (sending it whole or streamed), `error`
-//! (OpenAI-shaped errors and the request's language).
+//! (OpenAI-shaped errors and the request's language), `audio` (`/v1/audio/transcriptions`).
 
 use std::sync::OnceLock;
 
@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 mod answer;
+mod audio;
 mod error;
 mod request;
 #[cfg(test)]
@@ -50,6 +51,10 @@ pub fn routes() -> axum::Router<WebState> {
         .route(
             "/v1/chat/completions",
             post(chat_completions).fallback(wrong_method),
+        )
+        .route(
+            "/v1/audio/transcriptions",
+            post(audio::transcriptions).fallback(wrong_method),
         )
         .route("/v1/models", get(models).fallback(wrong_method))
         .route("/v1/models/{id}", get(model).fallback(wrong_method))

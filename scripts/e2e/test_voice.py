@@ -1,0 +1,313 @@
+"""Voice messages in on the Official Account, with wechatpy playing WeChat (signed, encrypted
+callbacks) against the real binary: WeChat's Recognition used as is (nothing downloaded), AMR
+audio downloaded through media/get, converted by ffmpeg and transcribed by the fake upstream
+(which checks the multipart upload), and the failures (too big, corrupt, transcriber down, no
+ffmpeg) answered clearly at no charge. Audio fixtures are made here: a WAV with the `wave`
+module, turned into AMR with ffmpeg where it is installed (those tests skip, saying why, where
+it is not)."""
+
+import io
+import json
+import math
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.error
+import wave
+
+import pytest
+
+from conftest import BINARY, COST, Daemon
+from fake_openai import ANSWER
+from fake_wechat import FakeWechat
+from test_wechat_mp import MAIN, WeChat
+
+VOICE_CREDITS, PER_MINUTE, MAX_BYTES = 2, 3, 16_000
+HEARD = "你说的是："
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (CI installs it: .ci/run)")
+
+
+def wav_bytes(seconds=1.5, rate=8000):
+    """A mono 16-bit WAV of a 440 Hz tone, made with the standard library."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        frames = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                          for i in range(int(seconds * rate)))
+        w.writeframes(frames)
+    return buf.getvalue()
+
+
+def amr_bytes(seconds=1.5):
+    """AMR-NB as WeChat records it: a WAV encoded by ffmpeg where it has the encoder
+    (libopencore_amrnb); else (Debian's ffmpeg only decodes AMR) a file of 12.2 kbit/s frames
+    with random payloads, which is valid AMR-NB to any decoder (every bit pattern decodes)."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
+                          "-ar", "8000", "-ac", "1", "-c:a", "libopencore_amrnb", "-b:a", "12.2k",
+                          "-f", "amr", "pipe:1"], input=wav_bytes(seconds), capture_output=True, timeout=30)
+    if out.returncode == 0 and out.stdout.startswith(b"#!AMR\n"):
+        return out.stdout
+    frames = int(seconds * 50)  # 20 ms each
+    return b"#!AMR\n" + b"".join(b"\x3c" + secrets.token_bytes(31) for _ in range(frames))
+
+
+def voice_xml(gh, openid, msg_id, media_id, recognition=None):
+    rec = f"<Recognition><![CDATA[{recognition}]]></Recognition>" if recognition is not None else ""
+    return (f"<xml><ToUserName><![CDATA[{gh}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[voice]]></MsgType>"
+            f"<MediaId><![CDATA[{media_id}]]></MediaId><Format><![CDATA[amr]]></Format>{rec}"
+            f"<MsgId>{msg_id}</MsgId></xml>")
+
+
+def send_voice(wx, openid, media_id, recognition=None, tries=3, timeout=6.0):
+    """Delivers a voice message as WeChat does (a try that times out is followed by the next);
+    returns the reply's text (None for `success`)."""
+    xml = voice_xml(wx.gh, openid, secrets.randbelow(10**18), media_id, recognition)
+    for _ in range(tries):
+        try:
+            status, body = wx.post_raw(xml, openid, timeout=timeout)
+        except (socket.timeout, TimeoutError, urllib.error.URLError):
+            continue
+        assert status == 200, (status, body)
+        reply = wx.open_reply(body)
+        return reply["Content"] if reply else None
+    return None
+
+
+def speech_toml(ffmpeg="ffmpeg"):
+    return f"""
+[speech]
+model = "whisper-1"
+credits = {VOICE_CREDITS}
+credits_per_minute = {PER_MINUTE}
+max_bytes = {MAX_BYTES}
+max_seconds = 30
+ffmpeg = "{ffmpeg}"
+"""
+
+
+def mp_toml(wechat_api):
+    return f"""
+[[wechat_mp]]
+id = "{MAIN['id']}"
+app_id = "{MAIN['app_id']}"
+app_secret = "secret-main"
+token = "{MAIN['token']}"
+encoding_aes_key = "{MAIN['aes_key']}"
+api_base = "{wechat_api.url}"
+passive_wait_ms = 4500
+retry_window_ms = 20000
+"""
+
+
+@pytest.fixture(scope="module")
+def wechat_api():
+    fake = FakeWechat()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def voice_daemon(upstream, wechat_api):
+    d = Daemon(upstream.base_url, extra_toml=speech_toml() + mp_toml(wechat_api), free_daily=100,
+               llm_timeout=10).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+@pytest.fixture(autouse=True)
+def clean_voice(upstream, wechat_api):
+    upstream.transcript, upstream.transcribe_status = "今天天气怎么样", 200
+    upstream.transcriptions.clear()
+    wechat_api.media_gets.clear()
+    yield
+    upstream.transcribe_status = 200
+
+
+def usage_of(daemon, openid):
+    """The usage ledger entries of the Official Account user `openid` (none when never seen)."""
+    found = json.loads(daemon.cli("--json", "user", "find", openid).stdout)
+    if not found:
+        return []
+    uid = found[0]["uid"]
+    ledger = json.loads(daemon.cli("--json", "user", "show", str(uid), "--ledger", "1000").stdout)["ledger"]
+    return [e for e in ledger if e["kind"] == "usage"]
+
+
+def last_question(upstream):
+    return upstream.requests[-1][2]["messages"][-1]["content"]
+
+
+def test_recognition_is_answered_without_a_download(voice_daemon, upstream, wechat_api):
+    wx = WeChat(voice_daemon, MAIN)
+    before = upstream.chat_request_count()
+    reply = send_voice(wx, "o_rec", "media-never-fetched", recognition="明天会下雨吗")
+    assert reply == f"{HEARD}明天会下雨吗\n\n{ANSWER}", reply
+    assert wechat_api.media_gets == [], "WeChat's transcript needs no download"
+    assert upstream.transcriptions == [], "nor a transcription"
+    assert upstream.chat_request_count() - before == 1
+    assert last_question(upstream) == "明天会下雨吗"
+    entries = usage_of(voice_daemon, "o_rec")
+    assert len(entries) == 1 and entries[0]["free_delta"] == -(COST + VOICE_CREDITS), entries
+
+
+def test_a_spoken_command_is_plain_chat(voice_daemon, upstream):
+    wx = WeChat(voice_daemon, MAIN)
+    before = upstream.chat_request_count()
+    reply = send_voice(wx, "o_cmd", "m-cmd", recognition="/quota")
+    assert reply.endswith(ANSWER), reply
+    assert upstream.chat_request_count() - before == 1, "answered by the model, not the quota command"
+
+
+@needs_ffmpeg
+def test_amr_is_downloaded_converted_transcribed_and_charged(voice_daemon, upstream, wechat_api):
+    wechat_api.media["amr-ok"] = amr_bytes(1.5)
+    wx = WeChat(voice_daemon, MAIN)
+    reply = send_voice(wx, "o_amr", "amr-ok")
+    assert reply == f"{HEARD}今天天气怎么样\n\n{ANSWER}", reply
+    assert wechat_api.media_gets == ["amr-ok"]
+    assert len(upstream.transcriptions) == 1
+    up = upstream.transcriptions[0]
+    assert up["fields"]["model"] == "whisper-1" and up["fields"]["response_format"] == "json", up["fields"]
+    assert up["filename"] == "voice.wav" and up["content_type"] == "audio/wav"
+    with wave.open(io.BytesIO(up["file"])) as w:  # what ffmpeg made: 16 kHz mono 16-bit
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+    assert 1.3 < (len(up["file"]) - 44) / 32000 < 1.7
+    assert last_question(upstream) == "今天天气怎么样"
+    entries = usage_of(voice_daemon, "o_amr")
+    # 1.5 s is one started minute.
+    assert len(entries) == 1 and entries[0]["free_delta"] == -(COST + VOICE_CREDITS + PER_MINUTE), entries
+
+
+def test_an_oversize_file_is_refused_at_no_charge(voice_daemon, upstream, wechat_api):
+    wechat_api.media["too-big"] = b"#!AMR\n" + b"\x3c" * (MAX_BYTES + 100)
+    wx = WeChat(voice_daemon, MAIN)
+    before = upstream.chat_request_count()
+    reply = send_voice(wx, "o_big", "too-big")
+    if FFMPEG is None:
+        assert reply == "语音暂不支持，请发送文字。", reply
+    else:
+        assert reply == "语音太长了，请控制在 30 秒以内，或者发送文字。", reply
+        assert wechat_api.media_gets == ["too-big"]
+    assert upstream.transcriptions == [] and upstream.chat_request_count() == before
+    assert not usage_of(voice_daemon, "o_big"), "nothing charged"
+
+
+@needs_ffmpeg
+def test_a_corrupt_file_is_refused_at_no_charge(voice_daemon, upstream, wechat_api):
+    # A frame cut short, then bytes that are no audio at all.
+    wechat_api.media["cut"] = b"#!AMR\n\x3c" + b"\x00" * 10
+    wechat_api.media["garbage"] = b"this is not audio, only text pretending to be a voice message"
+    wx = WeChat(voice_daemon, MAIN)
+    before = upstream.chat_request_count()
+    for media in ("cut", "garbage"):
+        reply = send_voice(wx, f"o_{media}", media)
+        assert reply == "这条语音没有听清，请再说一次或者发送文字。", (media, reply)
+        assert not usage_of(voice_daemon, f"o_{media}"), "nothing charged"
+    assert upstream.transcriptions == [] and upstream.chat_request_count() == before
+
+
+def test_an_unknown_media_id_is_a_clear_reply(voice_daemon, upstream, wechat_api):
+    wx = WeChat(voice_daemon, MAIN)
+    reply = send_voice(wx, "o_gone", "expired-media")
+    if FFMPEG is None:
+        assert reply == "语音暂不支持，请发送文字。" and wechat_api.media_gets == []
+    else:
+        assert reply == "这条语音没有听清，请再说一次或者发送文字。", reply
+        assert wechat_api.media_gets == ["expired-media"], "errcode 40007 came back as JSON"
+    assert upstream.transcriptions == []
+    assert not usage_of(voice_daemon, "o_gone")
+
+
+@needs_ffmpeg
+def test_transcriber_down_costs_nothing(voice_daemon, upstream, wechat_api):
+    wechat_api.media["amr-down"] = amr_bytes(1.0)
+    upstream.transcribe_status = 500
+    wx = WeChat(voice_daemon, MAIN)
+    before = upstream.chat_request_count()
+    reply = send_voice(wx, "o_down", "amr-down")
+    assert reply == "这条语音没有听清，请再说一次或者发送文字。", reply
+    assert len(upstream.transcriptions) >= 1, "the upstream was asked"
+    assert upstream.chat_request_count() == before
+    assert not usage_of(voice_daemon, "o_down")
+
+
+def test_without_ffmpeg_amr_falls_back_to_recognition_or_a_clear_reply(upstream, wechat_api):
+    d = Daemon(upstream.base_url, extra_toml=speech_toml("/nonexistent/ffmpeg") + mp_toml(wechat_api),
+               free_daily=100, llm_timeout=10).start()
+    try:
+        wechat_api.media["amr-x"] = b"#!AMR\n" + b"\x3c" + b"\x00" * 31
+        wx = WeChat(d, MAIN)
+        reply = send_voice(wx, "o_noff", "amr-x")
+        assert reply == "语音暂不支持，请发送文字。", reply
+        assert wechat_api.media_gets == [], "nothing downloaded that could not be used"
+        assert not usage_of(d, "o_noff")
+        reply = send_voice(wx, "o_noff", "amr-x", recognition="你好")
+        assert reply == f"{HEARD}你好\n\n{ANSWER}", reply
+        assert "ffmpeg not found" in d.logs()
+        assert "ffmpeg: NOT FOUND (/nonexistent/ffmpeg)" in check_config(d)
+    finally:
+        assert d.stop() == 0, d.logs()
+
+
+def check_config(daemon):
+    r = subprocess.run([str(BINARY), "--config", str(daemon.config), "check-config"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@needs_ffmpeg
+def test_check_config_reports_ffmpeg(voice_daemon):
+    out = check_config(voice_daemon)
+    assert "speech: model whisper-1 at default" in out, out
+    assert "ffmpeg: ffmpeg version" in out, out
+
+
+def api_client(daemon, token):
+    import openai
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key=token, max_retries=0, timeout=20)
+
+
+def usage_debits(daemon, uid):
+    ledger = json.loads(daemon.cli("--json", "user", "show", str(uid), "--ledger", "1000").stdout)["ledger"]
+    return [e["free_delta"] + e.get("paid_delta", 0) for e in ledger if e["kind"] == "usage"]
+
+
+def test_v1_transcriptions_with_the_official_client(voice_daemon, upstream):
+    import openai
+    uid, token = voice_daemon.new_user("voice-api", credits=100)
+    client = api_client(voice_daemon, token)
+    wav = wav_bytes(0.5)
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+    assert heard.text == "今天天气怎么样"
+    up = upstream.transcriptions[-1]
+    assert up["fields"]["model"] == "whisper-1" and up["filename"] == "voice.wav"
+    assert up["file"] == wav, "a WAV goes to the upstream as it is"
+    # 0.5 s is one started minute.
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)]
+    as_text = client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"),
+                                                 response_format="text")
+    assert as_text.strip() == "今天天气怎么样"
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)] * 2
+
+    with pytest.raises(openai.BadRequestError) as e:  # larger than [speech] max_bytes
+        client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav_bytes(1.5), "audio/wav"))
+    assert "30 秒" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="whisper-1", file=("x.wav", wav, "audio/wav"),
+                                           response_format="srt")
+    upstream.transcribe_status = 500
+    with pytest.raises(openai.APIStatusError) as e:
+        client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+    assert e.value.status_code >= 500
+    assert len(usage_debits(voice_daemon, uid)) == 2, "failures cost nothing"
+    with pytest.raises(openai.AuthenticationError):
+        api_client(voice_daemon, "not-a-token").audio.transcriptions.create(
+            model="whisper-1", file=("hello.wav", wav, "audio/wav"))
