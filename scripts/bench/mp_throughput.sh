@@ -20,6 +20,7 @@ source scripts/bench/oa_config.sh
 n="${1:-20000}"
 concurrencies="${2:-1 8 64}"
 users="${3:-}"
+# STORAGE_TOML: extra `[storage]` keys (e.g. `cache_capacity_mb = 8`).
 # BENCH_BIN_DIR: run the binaries found there (chatrelay, mp_load, stream_load) instead of
 # building them (to compare a saved build with the current one).
 bins="${BENCH_BIN_DIR:-$PWD/target/$profile}"
@@ -46,7 +47,7 @@ else
 fi
 pids+=($!)
 llm=$(printf '[llm]\nbase_url = "http://127.0.0.1:%s/v1"\napi_keys = ["sk-bench"]\nmodel = "bench"' "$up_port")
-oa_toml "$port" "$work/data" "" "$llm" > "$work/chatrelay.toml"
+oa_toml "$port" "$work/data" "${STORAGE_TOML:-}" "$llm" > "$work/chatrelay.toml"
 "$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
 pids+=($!)
 "$load" hello "127.0.0.1:$hello_port" &
