@@ -9,6 +9,9 @@
 # UPSTREAM_H2=1: the fake upstream speaks HTTP/2 without TLS and the daemon is configured
 # with `llm.http2_prior_knowledge` (one connection to the upstream for every stream, as with
 # an HTTPS upstream that offers HTTP/2); the baseline client then uses HTTP/2 too.
+# BENCH_BIN_DIR=DIR: the daemon (and stream_load, if there) from DIR, a saved build, unbuilt.
+# DAEMON_ENV='MALLOC_ARENA_MAX=4' and DAEMON_WRAP='heaptrack -o /tmp/hs' (the RSS figures stay
+# the daemon's own) as in followers_rss.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
@@ -17,9 +20,12 @@ release=$([ "$profile" = release ] && echo --release || true)
 n="${1:-10000}"
 hold="${2:-30}"
 ulimit -n "$(( n * 4 + 4096 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build $release --locked --bin chatrelay --example stream_load >/dev/null 2>&1
-bin="$PWD/target/$profile/chatrelay"
+# A saved build is run as it is (a build here would rebuild it whenever another worktree
+# commits: build.rs watches the shared refs).
+[ -n "${BENCH_BIN_DIR:-}" ] || cargo build $release --locked --bin chatrelay --example stream_load >/dev/null 2>&1
+bin="${BENCH_BIN_DIR:-$PWD/target/$profile}/chatrelay"
 load="$PWD/target/$profile/examples/stream_load"
+[ -x "${BENCH_BIN_DIR:-}/stream_load" ] && load="$BENCH_BIN_DIR/stream_load"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -53,10 +59,14 @@ rate_limit_per_minute = 0
 [log]
 level = "warn"
 TOML
-"$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
+# shellcheck disable=SC2086
+env ${DAEMON_ENV:-} ${DAEMON_WRAP:-} "$bin" --config "$work/chatrelay.toml" run 2>"$work/log" &
 pids+=($!)
 cr=$!
 until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+# With a wrapper, the daemon is its child.
+cr=$(pgrep -n -f "$bin --config $work/chatrelay.toml" || echo "$cr")
+pids+=("$cr")
 admin() { "$bin" --config "$work/chatrelay.toml" admin "$@"; }
 uid=$(admin user create --name bench)
 admin grant "$uid" 100000000 --reason bench >/dev/null

@@ -166,8 +166,12 @@ impl Engine {
                 req.reference.clone(),
                 question,
             );
-            self.draw(settings, &asked, prompt, &watch).await
-        } else if let Some(refused) = self.moderation_refusal(settings, &watch, &question).await {
+            // Boxed, like moderation below: this task lives as long as the answer streams,
+            // and its size is the largest of the states it passes through (issue 21).
+            Box::pin(self.draw(settings, &asked, prompt, &watch)).await
+        } else if let Some(refused) =
+            Box::pin(self.moderation_refusal(settings, &watch, &question)).await
+        {
             refused
         } else {
             self.ask_model(uid, &model, req, &tx, &watch).await
@@ -181,6 +185,33 @@ impl Engine {
             // Settled, but the reader left before the answer reached it.
             self.refund_undelivered(uid, &reference, charged);
         }
+    }
+
+    /// The size of the task that answers an accepted `/v1` request (which lives as long as
+    /// the answer streams): for the test that keeps it small.
+    #[cfg(test)]
+    pub(super) fn answer_task_size(&self, uid: Uid, req: ApiRequest) -> usize {
+        let settings = self.settings();
+        let model = settings.model(&req.model).cloned().unwrap_or_default();
+        let watch = Watch {
+            uid,
+            platform: req.platform,
+            scope: String::new(),
+            surcharge: 0,
+            memory: None,
+        };
+        let call = ApiCall {
+            uid,
+            req,
+            model,
+            watch,
+            question: String::new(),
+            drawing: None,
+        };
+        let (tx, _reply) = Reply::channel();
+        let this = self.clone();
+        let task = async move { this.finish_api(&settings, call, tx).await };
+        std::mem::size_of_val(&task)
     }
 
     /// Asks the model the client's conversation, streaming the answer to `tx`.

@@ -482,6 +482,29 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
     ));
 }
 
+/// The task answering a `/v1` request lives as long as its answer streams: one per open
+/// stream. Its size is the largest state it passes through, so the steps before and after
+/// the stream (reserve, moderation, drawing, settling) are boxed (issue 21: it was ~3.9 KB
+/// in a release build, the largest per-stream allocation after hyper's buffers).
+#[test]
+fn the_task_answering_a_v1_request_stays_small() {
+    let h = harness(FAST);
+    let req = ApiRequest {
+        model: h.engine.settings().default_model.clone(),
+        messages: vec![Message::new("user", "hi")],
+        max_completion_tokens: None,
+        legacy_max_tokens: false,
+        streamed: true,
+        extra: serde_json::Map::new(),
+        reference: "api:size".to_owned(),
+        platform: chatrelay_core::Platform::Api,
+    };
+    let size = h.engine.answer_task_size(Uid(1), req);
+    eprintln!("answer task: {size} bytes");
+    // 3,200 bytes in a test (debug) build with the boxes.
+    assert!(size <= 3584, "the /v1 answer task is {size} bytes");
+}
+
 #[test]
 fn prompt_keeps_recent_whole_turns_within_budget() {
     let turn = |role: &str, content: &str| Turn {

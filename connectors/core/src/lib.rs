@@ -402,13 +402,18 @@ impl ReplyEvent {
 /// stops the LLM call.
 #[derive(Debug)]
 pub struct Reply {
-    rx: mpsc::Receiver<ReplyEvent>,
+    rx: mpsc::Receiver<Slot>,
 }
+
+/// What the reply channel carries: a pointer. tokio's channel allocates its slots 32 at a
+/// time, each as large as the item, and a `/v1` stream holds its channel open as long as
+/// it streams: 32 boxes are 256 bytes where 32 events were ~2.5 KB (issue 21).
+type Slot = Box<ReplyEvent>;
 
 /// The sending half of a [`Reply`], held by whoever produces the answer.
 #[derive(Debug, Clone)]
 pub struct ReplySender {
-    tx: mpsc::Sender<ReplyEvent>,
+    tx: mpsc::Sender<Slot>,
 }
 
 impl Reply {
@@ -443,13 +448,13 @@ impl Reply {
     fn ready(event: ReplyEvent) -> Reply {
         let (tx, rx) = mpsc::channel(1);
         // A fresh channel of capacity 1 always has room.
-        let _ = tx.try_send(event);
+        let _ = tx.try_send(Box::new(event));
         Reply { rx }
     }
 
     /// The next event; `None` once the terminal event was read (or the producer vanished).
     pub async fn next(&mut self) -> Option<ReplyEvent> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|event| *event)
     }
 
     /// Waits for the whole answer. A producer that vanishes without a terminal event is
@@ -484,7 +489,7 @@ impl Reply {
 impl ReplySender {
     /// Sends an event; `false` when the reader is gone (the answer should stop).
     pub async fn send(&self, event: ReplyEvent) -> bool {
-        self.tx.send(event).await.is_ok()
+        self.tx.send(Box::new(event)).await.is_ok()
     }
 
     /// Resolves once the reader has dropped the [`Reply`].
@@ -510,6 +515,15 @@ pub trait Handler: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+
+    /// The reply channel's slots are pointers (see [`Slot`]): its first block of 32 stays
+    /// small while a stream is open.
+    #[test]
+    fn the_reply_channel_carries_pointers() {
+        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<usize>());
+        assert!(std::mem::size_of::<ReplyEvent>() > 4 * std::mem::size_of::<usize>());
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sending an answer: whole (non-streamed; refunded when it cannot reach its reader) or as
 //! server-sent events.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::Json;
@@ -11,7 +12,6 @@ use chatrelay_core::{FailureKind, Reply, ReplyEvent, Usage};
 use chatrelay_storage::Uid;
 use futures_util::FutureExt;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::error::{ApiError, Lang, failure, interrupted};
 use crate::channels::web::state::WebState;
@@ -143,7 +143,12 @@ pub(super) async fn complete_response(
     }
 }
 
-/// Streams an answer as server-sent events.
+/// Streams an answer as server-sent events. The response body itself reads the reply (no
+/// task or channel of its own per stream: issue 21 measured ~3.6 KB per open stream for
+/// them): hyper polls the body when the client can take more, and drops it when the client
+/// goes away, which drops the reply; the engine then stops the upstream call and charges
+/// what was sent. On shutdown the engine ends the answer itself (uncharged) and the stream
+/// passes that on.
 pub(super) fn stream_response(
     st: WebState,
     meta: Meta,
@@ -151,23 +156,8 @@ pub(super) fn stream_response(
     reply: Delivery,
     include_usage: bool,
 ) -> Response {
-    let (tx, rx) = mpsc::channel::<Event>(32);
-    let pump = Pump {
-        tx,
-        meta,
-        reply,
-        shutdown: st.shutdown.clone(),
-        include_usage,
-        streamed: false,
-        stopping: None,
-    };
-    // The pump owns the reply: when the client goes away the send fails, the reply is dropped
-    // and the engine stops the upstream call (and charges what was sent). On shutdown the
-    // engine ends the answer itself (uncharged) and the pump passes that on.
-    st.engine.tracker().spawn(pump.run(first));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
+    let pump = Pump::new(meta, reply, st.shutdown.clone(), include_usage, first);
+    let body = sse_events(pump);
     let mut res = Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response();
@@ -178,9 +168,19 @@ pub(super) fn stream_response(
     res
 }
 
-/// Moves one answer's events to its SSE stream.
-struct Pump {
-    tx: mpsc::Sender<Event>,
+/// The events of a streamed answer, read from its reply as the client takes them.
+pub(super) fn sse_events(
+    pump: Pump,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    futures_util::stream::unfold(pump, |mut pump| async move {
+        let event = pump.next_event().await?;
+        Some((Ok::<_, Infallible>(event), pump))
+    })
+}
+
+/// One answer's events on their way out as server-sent events: the state of a streamed
+/// response's body.
+pub(super) struct Pump {
     meta: Meta,
     reply: Delivery,
     shutdown: tokio_util::sync::CancellationToken,
@@ -190,9 +190,20 @@ struct Pump {
     streamed: bool,
     /// Shutdown began: the engine ends the answer; this is when to stop waiting for it.
     stopping: Option<tokio::time::Instant>,
+    /// Events made from the last reply event and not yet handed out (at most four: the
+    /// end of an answer is its text, the stop chunk, usage and `[DONE]`).
+    pending: VecDeque<Event>,
+    /// The reply event to turn into events next (the first one, read before the response).
+    next: Option<ReplyEvent>,
+    /// The reply ended: nothing is read from it any more.
+    ended: bool,
+    /// A one-piece answer's charge while its only piece is still in `pending`, and how many
+    /// events are to be handed out until it is: refunded if the stream is dropped (the
+    /// client left) before that.
+    undelivered: Option<(u64, usize)>,
 }
 
-/// What the pump does next.
+/// What the stream does next.
 enum Step {
     Event(Option<ReplyEvent>),
     Wait,
@@ -200,57 +211,107 @@ enum Step {
 }
 
 impl Pump {
-    async fn run(mut self, first: ReplyEvent) {
+    /// The events of `reply`, whose `first` event was read already.
+    pub(super) fn new(
+        meta: Meta,
+        reply: Delivery,
+        shutdown: tokio_util::sync::CancellationToken,
+        include_usage: bool,
+        first: ReplyEvent,
+    ) -> Self {
         metrics::gauge!("chatrelay_active_streams").increment(1.0);
-        let role = json!({"role": "assistant", "content": "", "refusal": null});
-        let mut ok = self.send(self.meta.delta(role, None)).await;
-        let mut next = Some(first);
-        while ok {
-            let event = match next.take() {
+        Pump {
+            meta,
+            reply,
+            shutdown,
+            include_usage,
+            streamed: false,
+            stopping: None,
+            pending: VecDeque::new(),
+            next: Some(first),
+            ended: false,
+            undelivered: None,
+        }
+    }
+
+    /// The next event for the client; `None` at the end of the answer.
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if let Some((_, before)) = &mut self.undelivered {
+                    *before = before.saturating_sub(1);
+                    if *before == 0 {
+                        // The one-piece answer's text was handed out.
+                        self.undelivered = None;
+                    }
+                }
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            if !self.streamed && self.next.is_some() {
+                // The first event: the role chunk leads.
+                let role = json!({"role": "assistant", "content": "", "refusal": null});
+                self.push(self.meta.delta(role, None));
+            }
+            let event = match self.next.take() {
                 Some(e) => Some(e),
                 None => match self.next_step().await {
                     Step::Event(e) => e,
                     Step::Wait => continue,
                     Step::GiveUp => {
-                        self.send(ApiError::shutting_down(self.meta.lang).body())
-                            .await;
-                        break;
+                        self.ended = true;
+                        self.push(ApiError::shutting_down(self.meta.lang).body());
+                        continue;
                     }
                 },
             };
-            ok = match event {
-                Some(ReplyEvent::Delta(d)) => {
-                    self.streamed = true;
-                    self.send(self.meta.delta(json!({"content": d}), None))
-                        .await
-                }
-                Some(ReplyEvent::Final {
-                    usage,
-                    text,
-                    charged,
-                    ..
-                }) => {
-                    self.finish(text, usage, charged).await;
-                    false
-                }
-                Some(ReplyEvent::Failed { kind, message }) => {
-                    let lang = self.meta.lang;
-                    let err = if self.stopping.is_some() && kind == FailureKind::Unavailable {
-                        ApiError::shutting_down(lang)
-                    } else {
-                        ApiError::from_failure(lang, kind, message)
-                    };
-                    self.send(err.body()).await;
-                    false
-                }
-                None => {
-                    let err = interrupted(self.stopping.is_some(), self.meta.lang);
-                    self.send(err.body()).await;
-                    false
-                }
-            };
+            self.turn(event);
         }
-        metrics::gauge!("chatrelay_active_streams").decrement(1.0);
+    }
+
+    /// Turns one reply event into the events the client gets.
+    fn turn(&mut self, event: Option<ReplyEvent>) {
+        match event {
+            Some(ReplyEvent::Delta(d)) => {
+                self.streamed = true;
+                self.push(self.meta.delta(json!({"content": d}), None));
+            }
+            Some(ReplyEvent::Final {
+                usage,
+                text,
+                charged,
+                ..
+            }) => {
+                self.ended = true;
+                if !self.streamed && !text.is_empty() {
+                    self.push(self.meta.delta(json!({"content": text}), None));
+                    self.undelivered = Some((charged, self.pending.len()));
+                }
+                self.push(self.meta.delta(json!({}), Some("stop")));
+                if self.include_usage {
+                    let usage = usage.unwrap_or_default();
+                    self.push(self.meta.chunk(json!([]), Some(&usage)));
+                }
+                self.pending.push_back(Event::default().data("[DONE]"));
+            }
+            Some(ReplyEvent::Failed { kind, message }) => {
+                self.ended = true;
+                let lang = self.meta.lang;
+                let err = if self.stopping.is_some() && kind == FailureKind::Unavailable {
+                    ApiError::shutting_down(lang)
+                } else {
+                    ApiError::from_failure(lang, kind, message)
+                };
+                self.push(err.body());
+            }
+            None => {
+                self.ended = true;
+                let err = interrupted(self.stopping.is_some(), self.meta.lang);
+                self.push(err.body());
+            }
+        }
     }
 
     /// The engine's next event, or: shutdown began (wait a little for the engine to end the
@@ -274,32 +335,19 @@ impl Pump {
         }
     }
 
-    /// The last events: a one-piece answer's text, the stop chunk, usage, `[DONE]`.
-    async fn finish(&mut self, text: String, usage: Option<Usage>, charged: u64) {
-        if !self.streamed
-            && !text.is_empty()
-            && !self
-                .send(self.meta.delta(json!({"content": text}), None))
-                .await
-        {
+    /// Queues one JSON event.
+    fn push(&mut self, v: Value) {
+        self.pending.push_back(Event::default().data(v.to_string()));
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        metrics::gauge!("chatrelay_active_streams").decrement(1.0);
+        if let Some((charged, _)) = self.undelivered.take() {
             // A one-piece answer (a picture) that never left.
             let r = &self.reply;
             r.engine.refund_undelivered(r.uid, &r.reference, charged);
-            return;
         }
-        self.send(self.meta.delta(json!({}), Some("stop"))).await;
-        if self.include_usage {
-            let usage = usage.unwrap_or_default();
-            self.send(self.meta.chunk(json!([]), Some(&usage))).await;
-        }
-        let _ = self.tx.send(Event::default().data("[DONE]")).await;
-    }
-
-    /// Sends one JSON event; false when the reader has gone.
-    async fn send(&self, v: Value) -> bool {
-        self.tx
-            .send(Event::default().data(v.to_string()))
-            .await
-            .is_ok()
     }
 }

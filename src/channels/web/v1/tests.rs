@@ -278,3 +278,121 @@ async fn a_settled_answer_the_reader_never_read_is_refunded_once() {
     });
     assert_eq!(paid(&store), before + 3);
 }
+
+/// The data lines of the events a streamed answer's body yields, in order.
+async fn stream_data(pump: Pump) -> Vec<String> {
+    let body = axum::response::sse::Sse::new(sse_events(pump)).into_response();
+    let bytes = axum::body::to_bytes(body.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+fn delivery(engine: &Engine, reply: Reply, uid: Uid, reference: &str) -> Delivery {
+    Delivery {
+        reply,
+        engine: engine.clone(),
+        uid,
+        reference: reference.into(),
+        refund_lost: false,
+        finished: false,
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_role_pieces_stop_usage_and_done() {
+    let (engine, _store) = engine();
+    let (tx, reply) = Reply::channel();
+    assert!(tx.send(ReplyEvent::Delta("Hel".into())).await);
+    assert!(tx.send(ReplyEvent::Delta("lo".into())).await);
+    assert!(
+        tx.send(ReplyEvent::Final {
+            text: "Hello".into(),
+            usage: Some(chatrelay_core::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2
+            }),
+            charged: 1,
+            images: Vec::new(),
+        })
+        .await
+    );
+    drop(tx);
+    let mut reply = delivery(&engine, reply, Uid(1), "api:s");
+    let first = reply.next().await.unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let data = stream_data(Pump::new(meta(), reply, token, true, first)).await;
+    let json: Vec<Value> = data
+        .iter()
+        .take(data.len() - 1)
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(data.len(), 6, "{data:?}");
+    assert_eq!(json[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(json[1]["choices"][0]["delta"]["content"], "Hel");
+    assert_eq!(json[2]["choices"][0]["delta"]["content"], "lo");
+    assert_eq!(json[3]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(json[4]["usage"]["total_tokens"], 5);
+    assert_eq!(data[5], "[DONE]");
+}
+
+#[tokio::test]
+async fn a_one_piece_answer_the_client_never_got_is_refunded_and_one_it_got_is_not() {
+    use futures_util::StreamExt;
+    let (engine, store) = engine();
+    let uid = store.create_user("p").unwrap().uid;
+    let paid = || {
+        let s = engine.settings();
+        store.balance(uid, s.today(), s.free_daily).unwrap().paid
+    };
+    let before = paid();
+    let token = tokio_util::sync::CancellationToken::new();
+    // Only the role chunk was taken: the picture's text never left.
+    let mut events = Box::pin(sse_events(Pump::new(
+        meta(),
+        delivery(&engine, Reply::text("a picture"), uid, "api:pic1"),
+        token.clone(),
+        false,
+        final_event("a picture", 4),
+    )));
+    assert!(events.next().await.is_some());
+    drop(events);
+    assert_eq!(paid(), before + 4, "refunded");
+    // The text was taken: the client has it, and pays.
+    let mut events = Box::pin(sse_events(Pump::new(
+        meta(),
+        delivery(&engine, Reply::text("a picture"), uid, "api:pic2"),
+        token,
+        false,
+        final_event("a picture", 4),
+    )));
+    assert!(events.next().await.is_some());
+    let Some(Ok(_text)) = events.next().await else {
+        panic!("no text event")
+    };
+    drop(events);
+    assert_eq!(paid(), before + 4, "not refunded");
+}
+
+/// Every open `/v1` stream is one of these, held by its connection: it reads the reply
+/// itself (there were a task and a 32-slot channel per stream before, ~3.6 KB; issue 21).
+#[test]
+fn a_streamed_answers_body_stays_small() {
+    let (engine, _store) = engine();
+    let (_tx, reply) = Reply::channel();
+    let pump = Pump::new(
+        meta(),
+        delivery(&engine, reply, Uid(1), "api:size"),
+        tokio_util::sync::CancellationToken::new(),
+        false,
+        ReplyEvent::Delta(String::new()),
+    );
+    let body = sse_events(pump);
+    let size = std::mem::size_of_val(&body);
+    eprintln!("SSE body stream: {size} bytes");
+    assert!(size <= 1024, "the SSE body is {size} bytes");
+}
