@@ -334,7 +334,10 @@ pub struct StorageConfig {
     /// Data directory: the embedded database, and the generated admin token with either
     /// backend.
     pub path: PathBuf,
-    /// Page cache size of the embedded database, in MiB.
+    /// Page cache size of the embedded database, in MiB. The default (8) keeps a daemon with
+    /// 100,000 users near 115 MiB; pages not cached are read again from the file, which the
+    /// operating system's own cache usually holds, so a bigger cache buys a little speed on a
+    /// big store for memory (BENCHMARKS.md: "Memory after 100,000 new followers").
     pub cache_capacity_mb: u64,
     /// PostgreSQL: the connection URL (`postgres://user:password@host:5432/db`); or
     /// `url_file`, a file holding it (systemd credentials).
@@ -364,7 +367,7 @@ impl Default for StorageConfig {
         Self {
             backend: StorageBackend::Sled,
             path: PathBuf::from("./data"),
-            cache_capacity_mb: 64,
+            cache_capacity_mb: 8,
             url: None,
             schema: "public".to_owned(),
             pool_size: 16,

@@ -29,6 +29,8 @@ fn empty_config_is_valid_and_uses_demo() {
     let (c, _) = parse("", &[], None).unwrap();
     assert_eq!(c.server.listen, "127.0.0.1:8080");
     assert_eq!(c.storage.path, PathBuf::from("./data"));
+    // Small enough for 100,000 users in ~115 MiB (BENCHMARKS.md).
+    assert_eq!(c.storage.cache_capacity_mb, 8);
     assert_eq!(c.provider(), Provider::Demo);
     assert_eq!(c.llm.models.len(), 1);
     assert_eq!(c.llm.models[0].name, c.llm.model);
