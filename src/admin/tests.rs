@@ -55,6 +55,40 @@ fn routes() -> Vec<(Method, String, Value, StatusCode)> {
     ]
 }
 
+/// A daemon with the admin token [`ADMIN`] on a fresh data directory, serving on a free port.
+struct Daemon {
+    url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
+            dir.path().display()
+        );
+        let (config, _) = crate::config::parse(&text, &[], None).unwrap();
+        let app = App::build(config, None).await.unwrap();
+        let url = format!("http://{}", app.local_addr().unwrap());
+        let shutdown = app.shutdown_token();
+        let task = tokio::spawn(app.serve());
+        Self {
+            url,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 /// Sends one request with `auth` as the whole Authorization header (or none).
 async fn send(
     url: &str,
@@ -76,16 +110,8 @@ async fn send(
 
 #[tokio::test]
 async fn every_resource_is_behind_the_admin_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
-        dir.path().display()
-    );
-    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
-    let app = App::build(config, None).await.unwrap();
-    let url = format!("http://{}", app.local_addr().unwrap());
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.serve());
+    let daemon = Daemon::start().await;
+    let url = daemon.url.clone();
     let wrong = format!("Bearer {ADMIN}x");
     let right = format!("Bearer {ADMIN}");
     for route in &routes() {
@@ -121,24 +147,15 @@ async fn every_resource_is_behind_the_admin_token() {
         send(&url, &create, Some(&right)).await.0,
         StatusCode::CREATED
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 /// The console's session cookie opens the admin API too: reads with the cookie alone,
 /// changes only with its CSRF token; a wrong bearer token is not rescued by a cookie.
 #[tokio::test]
 async fn the_console_session_opens_the_admin_api_with_csrf_on_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
-        dir.path().display()
-    );
-    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
-    let app = App::build(config, None).await.unwrap();
-    let url = format!("http://{}", app.local_addr().unwrap());
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.serve());
+    let daemon = Daemon::start().await;
+    let url = daemon.url.clone();
     let client = Client::new();
 
     let login = client
@@ -225,24 +242,15 @@ async fn the_console_session_opens_the_admin_api_with_csrf_on_changes() {
         status(with(Method::GET, &users).send().await.unwrap()),
         StatusCode::UNAUTHORIZED
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 /// Every change through the admin API is in the change log (token and console, with the
 /// address, status and reason); reads and refused requests are not; secrets never are.
 #[tokio::test]
 async fn changes_are_recorded_with_who_where_and_why_and_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
-        dir.path().display()
-    );
-    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
-    let app = App::build(config, None).await.unwrap();
-    let url = format!("http://{}", app.local_addr().unwrap());
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.serve());
+    let daemon = Daemon::start().await;
+    let url = daemon.url.clone();
     let right = format!("Bearer {ADMIN}");
     let post = |path: String, body: Value| (Method::POST, path, body, StatusCode::OK);
 
@@ -425,24 +433,15 @@ async fn changes_are_recorded_with_who_where_and_why_and_no_secret() {
         json!({"add": ["vip"]}),
         "{page}"
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 /// The day's figures count an admin grant once however often its reference is replayed, and
 /// the users made that day.
 #[tokio::test]
 async fn stats_count_grants_once_and_new_users() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n[storage]\npath = \"{}\"\n",
-        dir.path().display()
-    );
-    let (config, _) = crate::config::parse(&text, &[], None).unwrap();
-    let app = App::build(config, None).await.unwrap();
-    let url = format!("http://{}", app.local_addr().unwrap());
-    let shutdown = app.shutdown_token();
-    let task = tokio::spawn(app.serve());
+    let daemon = Daemon::start().await;
+    let url = daemon.url.clone();
     let right = format!("Bearer {ADMIN}");
     let call = |method: Method, path: String, body: Value| (method, path, body, StatusCode::OK);
     let mut uids = Vec::new();
@@ -469,6 +468,5 @@ async fn stats_count_grants_once_and_new_users() {
     assert_eq!(days[0]["grant_credits"], 8, "{days}");
     assert_eq!(days[0]["credits_granted"], 8, "{days}");
     assert_eq!(days[0]["new_users"], 2, "{days}");
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    daemon.stop().await;
 }

@@ -99,40 +99,8 @@ fn cut(s: &str, max: usize) -> String {
     out
 }
 
-/// A position in the change log: records strictly before it (older) come next.
-///
-/// Text form `AT_MS-ID` (what [`ChangePage::next`] gives); a bare `AT_MS` means "before that
-/// time".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChangeCursor {
-    /// The time part.
-    pub at_ms: i64,
-    /// The id part (0: before every record of that millisecond).
-    pub id: u64,
-}
-
-impl std::fmt::Display for ChangeCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.at_ms, self.id)
-    }
-}
-
-impl std::str::FromStr for ChangeCursor {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a change log cursor (AT_MS or AT_MS-ID)");
-        let (at, id) = match s.split_once('-') {
-            Some((at, id)) => (at, id.parse::<u64>().map_err(|_| bad())?),
-            None => (s, 0),
-        };
-        let at_ms = at.parse::<i64>().map_err(|_| bad())?;
-        if at_ms < 0 {
-            return Err(bad());
-        }
-        Ok(ChangeCursor { at_ms, id })
-    }
-}
+/// A position in the change log (`AT_MS-ID`): records strictly before it (older) come next.
+pub type ChangeCursor = crate::TimeCursor;
 
 /// One page of the change log, newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]

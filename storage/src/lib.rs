@@ -149,6 +149,41 @@ use kv::{Db, Tree};
 /// The on-disk schema this build writes. A database with a newer version is refused.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// A position in a newest-first listing keyed by time and id (the usage log, the change log):
+/// the records strictly before it (older) come next.
+///
+/// Text form `AT_MS-ID` (what a page's `next` gives); a bare `AT_MS` means "before that time".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeCursor {
+    /// The time part.
+    pub at_ms: i64,
+    /// The id part (0: before every record of that millisecond).
+    pub id: u64,
+}
+
+impl fmt::Display for TimeCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.at_ms, self.id)
+    }
+}
+
+impl FromStr for TimeCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a cursor (AT_MS or AT_MS-ID)");
+        let (at, id) = match s.split_once('-') {
+            Some((at, id)) => (at, id.parse::<u64>().map_err(|_| bad())?),
+            None => (s, 0),
+        };
+        let at_ms = at.parse::<i64>().map_err(|_| bad())?;
+        if at_ms < 0 {
+            return Err(bad());
+        }
+        Ok(TimeCursor { at_ms, id })
+    }
+}
+
 /// A user's id: dense, starting at 1, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

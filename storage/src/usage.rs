@@ -152,40 +152,9 @@ impl UsageRecord {
     }
 }
 
-/// A position in a user's usage log: records strictly before it (older) come next.
-///
-/// Text form `AT_MS-ID` (what [`UsagePage::next`] gives); a bare `AT_MS` means "before that
-/// time".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UsageCursor {
-    /// The time part.
-    pub at_ms: i64,
-    /// The reservation id part (0: before every record of that millisecond).
-    pub id: u64,
-}
-
-impl std::fmt::Display for UsageCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.at_ms, self.id)
-    }
-}
-
-impl std::str::FromStr for UsageCursor {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a usage cursor (AT_MS or AT_MS-ID)");
-        let (at, id) = match s.split_once('-') {
-            Some((at, id)) => (at, id.parse::<u64>().map_err(|_| bad())?),
-            None => (s, 0),
-        };
-        let at_ms = at.parse::<i64>().map_err(|_| bad())?;
-        if at_ms < 0 {
-            return Err(bad());
-        }
-        Ok(UsageCursor { at_ms, id })
-    }
-}
+/// A position in a user's usage log (`AT_MS-ID`, the id a reservation's): records strictly
+/// before it (older) come next.
+pub type UsageCursor = crate::TimeCursor;
 
 /// One page of a user's usage log, newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
