@@ -230,7 +230,19 @@ pub fn addressed_photo(message: &Message, bot_username: &str) -> Option<(String,
         .iter()
         .max_by_key(|p| u64::from(p.width) * u64::from(p.height))?;
     let caption = message.caption().unwrap_or_default();
-    let addressed = message.chat.is_private()
+    let addressed = caption_addresses_bot(message, caption, bot_username);
+    addressed.then(|| {
+        (
+            largest.file.id.0.clone(),
+            strip_mentions(caption, bot_username),
+        )
+    })
+}
+
+/// Whether a message with a caption (a photo, a voice note) is for the bot: in a private chat,
+/// or its caption mentions the bot, or it replies to the bot.
+fn caption_addresses_bot(message: &Message, caption: &str, bot_username: &str) -> bool {
+    message.chat.is_private()
         || find_mention(caption, bot_username).is_some()
         || message
             .reply_to_message()
@@ -240,13 +252,7 @@ pub fn addressed_photo(message: &Message, bot_username: &str) -> Option<(String,
                     && u.username
                         .as_deref()
                         .is_some_and(|n| n.eq_ignore_ascii_case(bot_username))
-            });
-    addressed.then(|| {
-        (
-            largest.file.id.0.clone(),
-            strip_mentions(caption, bot_username),
-        )
-    })
+            })
 }
 
 /// A voice note or audio file sent to the bot.
@@ -295,17 +301,7 @@ pub fn addressed_voice(message: &Message, bot_username: &str) -> Option<VoiceNot
         }
     };
     let caption = message.caption().unwrap_or_default();
-    let addressed = message.chat.is_private()
-        || find_mention(caption, bot_username).is_some()
-        || message
-            .reply_to_message()
-            .and_then(|m| m.from.as_ref())
-            .is_some_and(|u| {
-                u.is_bot
-                    && u.username
-                        .as_deref()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(bot_username))
-            });
+    let addressed = caption_addresses_bot(message, caption, bot_username);
     addressed.then_some(note)
 }
 
