@@ -131,18 +131,7 @@ impl Engine {
         {
             Ok(id) => Ok(id),
             Err(StoreError::InsufficientCredits { available, needed }) => {
-                metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
-                Err(failed(
-                    FailureKind::InsufficientQuota,
-                    fill(
-                        &s.texts.insufficient_quota,
-                        &[
-                            ("needed", &needed.to_string()),
-                            ("available", &available.to_string()),
-                            ("buy_hint", &s.texts.buy_hint),
-                        ],
-                    ),
-                ))
+                Err(insufficient_quota(s, needed, available))
             }
             Err(StoreError::AlreadySettled(_)) => Err(failed(FailureKind::Duplicate, "")),
             Err(e) => {

@@ -381,6 +381,22 @@ fn free_answer(text: String) -> ReplyEvent {
     }
 }
 
+/// The "not enough credits" answer (counted in `chatrelay_insufficient_quota_total`).
+fn insufficient_quota(s: &Settings, needed: u64, available: u64) -> ReplyEvent {
+    metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
+    failed(
+        FailureKind::InsufficientQuota,
+        fill(
+            &s.texts.insufficient_quota,
+            &[
+                ("needed", &needed.to_string()),
+                ("available", &available.to_string()),
+                ("buy_hint", &s.texts.buy_hint),
+            ],
+        ),
+    )
+}
+
 /// A failed message: `kind`, with `message` for the user.
 fn failed(kind: FailureKind, message: impl Into<String>) -> ReplyEvent {
     ReplyEvent::Failed {

@@ -172,18 +172,7 @@ impl Engine {
         if available >= needed {
             return None;
         }
-        metrics::counter!("chatrelay_insufficient_quota_total").increment(1);
-        Some(failed(
-            FailureKind::InsufficientQuota,
-            fill(
-                &s.texts.insufficient_quota,
-                &[
-                    ("needed", &needed.to_string()),
-                    ("available", &available.to_string()),
-                    ("buy_hint", &s.texts.buy_hint),
-                ],
-            ),
-        ))
+        Some(insufficient_quota(s, needed, available))
     }
 
     /// Answers a platform message's text. `voice_credits`: set for a voice message's
