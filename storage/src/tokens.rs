@@ -114,18 +114,22 @@ impl Store {
 
     /// Revokes a token; true if it was live (false if unknown or already revoked).
     pub fn revoke_token(&self, token: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.revoke_hash(&token_hash(token), now_ms)
+    }
+
+    /// Revokes the token of SHA-256 `hash`; true if it was live.
+    fn revoke_hash(&self, hash: &[u8], now_ms: i64) -> Result<bool, StoreError> {
         let _writing = self.writing();
-        let hash = token_hash(token);
         finish(self.trees()?.tokens.transaction(|tokens| {
             let Some(raw) = tokens.get(hash)? else {
                 return Ok(false);
             };
-            let mut record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(&hash)).or_abort()?;
+            let mut record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(hash)).or_abort()?;
             if record.revoked_at_ms.is_some() {
                 return Ok(false);
             }
             record.revoked_at_ms = Some(now_ms);
-            tokens.insert(hash.as_slice(), encode(&record).or_abort()?)?;
+            tokens.insert(hash, encode(&record).or_abort()?)?;
             Ok(true)
         }))
     }
@@ -204,19 +208,8 @@ impl Store {
                 )));
             }
         };
-        let _writing = self.writing();
-        finish(t.tokens.transaction(|tokens| {
-            let Some(raw) = tokens.get(&hash)? else {
-                return Ok(false);
-            };
-            let mut record: TokenRecord = decode(TOKENS, &raw, || hash_prefix(&hash)).or_abort()?;
-            if record.revoked_at_ms.is_some() {
-                return Ok(false);
-            }
-            record.revoked_at_ms = Some(now_ms);
-            tokens.insert(hash.as_slice(), encode(&record).or_abort()?)?;
-            Ok(true)
-        }))
+        drop(t);
+        self.revoke_hash(&hash, now_ms)
     }
 
     /// The user's tokens (revoked and expired ones included), described without the token.
