@@ -240,7 +240,8 @@ def test_admin_cli_finds_shows_bans_revokes_and_counts(ops, fake):
     assert sum(today["prompt_tokens"].values()) > 0 and today["credits_charged"] > 0, today
     table = ops.cli("stats", "--days", "3").stdout
     header = table.splitlines()[0]
-    assert header.split()[:3] == ["DAY", "ACTIVE", "MESSAGES"] and "MP" in header.split(), table
+    assert header.split()[:5] == ["DAY", "ACTIVE", "NEW", "USERS", "MESSAGES"], table
+    assert "MP" in header.split() and "GRANTED" in header.split(), table
     assert len(table.splitlines()) == 4, table
     bad = ops.cli("stats", "--from", "yesterday", check=False)
     assert bad.returncode != 0 and "not a date" in bad.stderr
