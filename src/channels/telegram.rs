@@ -504,7 +504,7 @@ async fn send_spoken(
     answer: &str,
 ) {
     let Some(spoken) = engine
-        .speak_answer(key, reference, answer, "opus", MAX_VOICE_BYTES)
+        .speak_answer(key, reference, answer, "opus", MAX_VOICE_BYTES, |_| true)
         .await
     else {
         return;

@@ -47,6 +47,62 @@ pub fn speakable(answer: &str, max_chars: usize) -> Option<String> {
     Some(text.to_owned())
 }
 
+/// The length of an MP3 (MPEG audio layer III) file in ms, summed over its frames (after an
+/// ID3v2 tag); `None` when it holds no frame or is cut inside one. Other tags (ID3v1 `TAG`
+/// at the end) end the count.
+#[must_use]
+pub fn mp3_ms(file: &[u8]) -> Option<u64> {
+    const MPEG1: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    const MPEG2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let mut at = 0usize;
+    if file.get(..3) == Some(b"ID3") {
+        let size = file.get(6..10)?;
+        let size = size
+            .iter()
+            .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
+        at = 10usize.checked_add(size)?;
+    }
+    let (mut frames, mut micros) = (0u64, 0u64);
+    while let Some(h) = file.get(at..at.checked_add(4)?) {
+        let header = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        if header >> 21 != 0x7ff || (header >> 17) & 3 != 1 {
+            break; // not a layer III frame: a trailing tag, or junk
+        }
+        let version = (header >> 19) & 3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+        let bitrate_index = ((header >> 12) & 0xf) as usize;
+        let rate_index = ((header >> 10) & 3) as usize;
+        let padding = ((header >> 9) & 1) as usize;
+        let rates: [u32; 3] = match version {
+            3 => [44_100, 48_000, 32_000],
+            2 => [22_050, 24_000, 16_000],
+            0 => [11_025, 12_000, 8_000],
+            _ => return None,
+        };
+        let kbps = if version == 3 { MPEG1 } else { MPEG2 }
+            .get(bitrate_index)
+            .copied()?;
+        let rate = rates.get(rate_index).copied()?;
+        if kbps == 0 {
+            return None; // "free" bitrate: no length to read
+        }
+        let (samples, factor) = if version == 3 {
+            (1152u64, 144)
+        } else {
+            (576, 72)
+        };
+        let len = (factor * kbps as usize * 1000 / rate as usize) + padding;
+        at = at.checked_add(len)?;
+        if at > file.len() {
+            return None;
+        }
+        frames += 1;
+        micros += samples * 1_000_000 / u64::from(rate);
+    }
+    (frames > 0).then_some(micros / 1000)
+}
+
 impl Engine {
     /// Whether answers to `key` are spoken: its scope has `voice_reply` and `[speech]` is set.
     #[must_use]
@@ -58,8 +114,8 @@ impl Engine {
     }
 
     /// Speaks `answer` (the text already delivered for the message `message_ref` of `key`)
-    /// as `format` (`opus`, `mp3`), at most `max_bytes` of audio, charging `[speech]
-    /// speech_credits`. `None`, at no charge, when the scope does not speak, the answer stays
+    /// as `format` (`opus`, `mp3`), at most `max_bytes` of audio that `fits` the platform (a
+    /// length limit), charging `[speech] speech_credits`. `None`, at no charge, when the scope does not speak, the answer stays
     /// text ([`speakable`]), the user cannot pay, or the upstream fails; the reason is logged
     /// and counted (`chatrelay_voice_replies_total`).
     pub async fn speak_answer(
@@ -69,6 +125,7 @@ impl Engine {
         answer: &str,
         format: &str,
         max_bytes: usize,
+        fits: fn(&[u8]) -> bool,
     ) -> Option<Spoken> {
         let counted = |outcome: &'static str| {
             metrics::counter!("chatrelay_voice_replies_total", "outcome" => outcome).increment(1);
@@ -127,6 +184,17 @@ impl Engine {
                 return None;
             }
         };
+        if !fits(&speech.audio) {
+            counted("too_long");
+            info!(
+                bytes = speech.audio.len(),
+                "a spoken answer is over the platform's limits; it stays text, nothing charged"
+            );
+            if let Some(id) = reservation {
+                self.release(id).await;
+            }
+            return None;
+        }
         let charged = match reservation {
             Some(id) => {
                 let metered = Metered {
@@ -166,5 +234,48 @@ mod tests {
         assert_eq!(speakable("abc", 2), None);
         assert_eq!(speakable("字字", 2).as_deref(), Some("字字"));
         assert_eq!(speakable("run:\n```sh\nls\n```", 100), None);
+    }
+
+    /// `n` MPEG-1 layer III frames, 128 kbit/s at 44.1 kHz (417 or 418 bytes with padding).
+    fn mp3(n: usize, id3: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        if id3 {
+            f.extend_from_slice(b"ID3\x04\x00\x00\x00\x00\x01\x00"); // a 128-byte tag
+            f.extend_from_slice(&[0u8; 128]);
+        }
+        for _ in 0..n {
+            let mut frame = vec![0u8; 417];
+            frame[..4].copy_from_slice(&[0xFF, 0xFB, 0x90, 0x00]);
+            f.extend_from_slice(&frame);
+        }
+        f
+    }
+
+    #[test]
+    fn mp3_length_is_summed_over_frames() {
+        // 1152 samples at 44.1 kHz: 26.122 ms a frame.
+        assert_eq!(mp3_ms(&mp3(1, false)), Some(26));
+        assert_eq!(mp3_ms(&mp3(100, true)), Some(2612));
+        let mut tagged = mp3(10, false);
+        tagged.extend_from_slice(b"TAG");
+        tagged.extend_from_slice(&[0u8; 125]);
+        assert_eq!(mp3_ms(&tagged), Some(261));
+        let whole = mp3(3, false);
+        assert_eq!(
+            mp3_ms(&whole[..whole.len() - 1]),
+            None,
+            "cut inside a frame"
+        );
+        assert_eq!(mp3_ms(b"OggS\x00"), None);
+        assert_eq!(mp3_ms(&[]), None);
+        assert_eq!(mp3_ms(b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f"), None);
+        // MPEG-2 layer III, 32 kbit/s at 24 kHz (what TTS services often send): 24 ms a frame.
+        let mut m2 = Vec::new();
+        for _ in 0..50 {
+            let mut frame = vec![0u8; 96];
+            frame[..4].copy_from_slice(&[0xFF, 0xF3, 0x44, 0x00]);
+            m2.extend_from_slice(&frame);
+        }
+        assert_eq!(mp3_ms(&m2), Some(1200));
     }
 }
