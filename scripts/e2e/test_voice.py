@@ -311,3 +311,87 @@ def test_v1_transcriptions_with_the_official_client(voice_daemon, upstream):
     with pytest.raises(openai.AuthenticationError):
         api_client(voice_daemon, "not-a-token").audio.transcriptions.create(
             model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+
+
+# -- voice out: answers spoken for a scope with voice_reply ---------------------------------------
+
+SPEECH_CREDITS = 4
+
+
+def wait_for(check, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    return check()
+
+
+@pytest.fixture(scope="module")
+def speaking_daemon(upstream, wechat_api):
+    toml = speech_toml() + f"""speech_model = "tts-1"
+voice = "nova"
+reply_max_chars = 200
+speech_credits = {SPEECH_CREDITS}
+
+[[scopes]]
+scope = "wechat_mp"
+voice_reply = true
+""" + mp_toml(wechat_api)
+    d = Daemon(upstream.base_url, extra_toml=toml, free_daily=100, llm_timeout=10).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+@pytest.fixture
+def clean_speech(upstream, wechat_api):
+    from fake_openai import mp3_bytes
+    upstream.speech_requests.clear()
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 200
+    wechat_api.uploads.clear()
+    yield
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 200
+
+
+def voices_to(wechat_api, openid):
+    return [b for b in wechat_api.sent_to(openid) if b.get("msgtype") == "voice"]
+
+
+def test_an_answer_is_spoken_uploaded_and_sent_as_a_voice_message(speaking_daemon, upstream, wechat_api, clean_speech):
+    wx = WeChat(speaking_daemon, MAIN)
+    _, reply = wx.send_text("o_speak", "天气如何")
+    assert reply["Content"] == ANSWER, reply  # the text, whole, as the passive reply
+    sent = wait_for(lambda: voices_to(wechat_api, "o_speak"))
+    assert len(sent) == 1, sent
+    assert upstream.speech_requests == [{"model": "tts-1", "input": ANSWER, "voice": "nova",
+                                         "response_format": "mp3"}]
+    media_id, upload = wechat_api.uploads[0]
+    assert sent[0]["voice"] == {"media_id": media_id}
+    assert upload["filename"] == "voice.mp3" and upload["content_type"] == "audio/mpeg", upload
+    assert upload["file"] == upstream.speech_audio, "the upstream's audio, as it came"
+    # The answer's entry and the voice's own.
+    deltas = sorted(e["free_delta"] for e in usage_of(speaking_daemon, "o_speak"))
+    assert deltas == sorted([-COST, -SPEECH_CREDITS]), deltas
+
+
+def test_a_voice_over_60_seconds_or_a_failed_speaker_leaves_the_text_at_no_charge(
+        speaking_daemon, upstream, wechat_api, clean_speech):
+    from fake_openai import mp3_bytes
+    wx = WeChat(speaking_daemon, MAIN)
+    upstream.speech_audio = mp3_bytes(61)  # WeChat takes at most 60 s
+    _, reply = wx.send_text("o_long", "说点什么")
+    assert reply["Content"] == ANSWER, reply
+    assert wait_for(lambda: upstream.speech_requests), "the voice was asked for"
+    time.sleep(1.0)
+    assert wechat_api.uploads == [] and voices_to(wechat_api, "o_long") == []
+    assert [e["free_delta"] for e in usage_of(speaking_daemon, "o_long")] == [-COST]
+
+    upstream.speech_requests.clear()
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 500
+    _, reply = wx.send_text("o_down", "再说一次")
+    assert reply["Content"] == ANSWER, reply
+    assert wait_for(lambda: upstream.speech_requests)
+    time.sleep(1.0)
+    assert wechat_api.uploads == [] and voices_to(wechat_api, "o_down") == []
+    assert [e["free_delta"] for e in usage_of(speaking_daemon, "o_down")] == [-COST]
