@@ -395,3 +395,38 @@ def test_a_voice_over_60_seconds_or_a_failed_speaker_leaves_the_text_at_no_charg
     time.sleep(1.0)
     assert wechat_api.uploads == [] and voices_to(wechat_api, "o_down") == []
     assert [e["free_delta"] for e in usage_of(speaking_daemon, "o_down")] == [-COST]
+
+
+def test_v1_speech_with_the_official_client(speaking_daemon, upstream, clean_speech):
+    import openai
+    uid, token = speaking_daemon.new_user("speech-api", credits=100)
+    client = api_client(speaking_daemon, token)
+    spoken = client.audio.speech.create(model="anything", voice="echo", input="你好，世界",
+                                        response_format="opus")
+    assert spoken.content == upstream.speech_audio, "the upstream's audio, as it came"
+    assert upstream.speech_requests[-1] == {"model": "tts-1", "input": "你好，世界", "voice": "echo",
+                                            "response_format": "opus"}, "the configured model speaks"
+    assert usage_debits(speaking_daemon, uid) == [-SPEECH_CREDITS]
+    # Without voice nor format: [speech] voice, MP3.
+    raw = client.with_options().post("/audio/speech", body={"input": "hi"}, cast_to=bytes)
+    assert raw == upstream.speech_audio
+    assert upstream.speech_requests[-1]["voice"] == "nova"
+    assert upstream.speech_requests[-1]["response_format"] == "mp3"
+    assert usage_debits(speaking_daemon, uid) == [-SPEECH_CREDITS] * 2
+
+    asked = len(upstream.speech_requests)
+    with pytest.raises(openai.BadRequestError):  # over the API's 4096 characters
+        client.audio.speech.create(model="tts-1", voice="alloy", input="字" * 4097)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="amr")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="   ")
+    assert len(upstream.speech_requests) == asked, "refused before any upstream call"
+    upstream.speech_status = 500
+    with pytest.raises(openai.APIStatusError) as e:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi")
+    assert e.value.status_code >= 500
+    assert len(usage_debits(speaking_daemon, uid)) == 2, "failures cost nothing"
+    upstream.speech_status = 200
+    with pytest.raises(openai.AuthenticationError):
+        api_client(speaking_daemon, "not-a-token").audio.speech.create(model="tts-1", voice="alloy", input="hi")

@@ -115,9 +115,9 @@ impl Engine {
 
     /// Speaks `answer` (the text already delivered for the message `message_ref` of `key`)
     /// as `format` (`opus`, `mp3`), at most `max_bytes` of audio that `fits` the platform (a
-    /// length limit), charging `[speech] speech_credits`. `None`, at no charge, when the scope does not speak, the answer stays
-    /// text ([`speakable`]), the user cannot pay, or the upstream fails; the reason is logged
-    /// and counted (`chatrelay_voice_replies_total`).
+    /// length limit), charging `[speech] speech_credits`. `None`, at no charge, when the
+    /// scope does not speak, the answer stays text ([`speakable`]), the user cannot pay, or
+    /// the upstream fails; the reason is logged and counted (`chatrelay_voice_replies_total`).
     pub async fn speak_answer(
         &self,
         key: &UserKey,
@@ -148,75 +148,176 @@ impl Engine {
             }
         };
         let reference = format!("voice:{message_ref}");
-        let cost = sp.speech_credits;
+        let mut req = SpeechRequest::new(sp.speech_model.clone(), text, sp.voice.clone(), format);
+        req.max_bytes = max_bytes;
+        let (audio, charged) = match self
+            .speak_metered(&s, uid, key.platform, &reference, req, fits)
+            .await
+        {
+            Ok(done) => done,
+            Err(why) => {
+                counted(why.outcome());
+                return None;
+            }
+        };
+        counted("spoken");
+        Some(Spoken {
+            audio,
+            uid,
+            reference,
+            charged,
+        })
+    }
+
+    /// `/v1/audio/speech` for `uid`: `input` spoken with `voice` (else `[speech] voice`) as
+    /// `format`, by `[speech] speech_model`, charged `speech_credits` under `reference`. The
+    /// refusal, when it fails, costs nothing. Returns the audio and the credits charged.
+    pub async fn speak_api(
+        &self,
+        uid: Uid,
+        input: &str,
+        voice: Option<&str>,
+        format: &str,
+        reference: &str,
+    ) -> Result<(Bytes, u64), ReplyEvent> {
+        let s = self.settings();
+        let Some(sp) = s.speech.clone() else {
+            return Err(failed(FailureKind::InvalidRequest, &s.texts.voice_off));
+        };
+        self.inner.stats.active(s.today(), uid);
+        if let Some(refused) = self.guard(uid) {
+            return Err(refused);
+        }
+        let voice = voice.unwrap_or(&sp.voice);
+        let req = SpeechRequest::new(sp.speech_model.clone(), input, voice, format);
+        // Refused before anything is reserved: the message says what was wrong.
+        if let Err(e) = req.check() {
+            return Err(failed(FailureKind::InvalidRequest, e.to_string()));
+        }
+        match self
+            .speak_metered(
+                &s,
+                uid,
+                chatrelay_core::Platform::Api,
+                reference,
+                req,
+                |_| true,
+            )
+            .await
+        {
+            Ok(done) => {
+                metrics::counter!("chatrelay_voice_replies_total", "outcome" => "api").increment(1);
+                Ok(done)
+            }
+            Err(NotSpoken::Unpaid(refused)) => Err(refused),
+            Err(NotSpoken::Failed(SpeechError::Api(chatrelay_openai::Error::InvalidConfig(e)))) => {
+                warn!(error = %e, "no speech upstream");
+                Err(failed(FailureKind::InvalidRequest, &s.texts.voice_off))
+            }
+            Err(NotSpoken::Failed(SpeechError::Api(_)) | NotSpoken::TooLong) => {
+                Err(failed(FailureKind::Upstream, &s.texts.upstream_error))
+            }
+            Err(NotSpoken::Failed(e)) => Err(failed(FailureKind::InvalidRequest, e.to_string())),
+        }
+    }
+
+    /// Reserves `[speech] speech_credits` of `uid` under `reference`, speaks `req`, checks
+    /// that the audio `fits`, settles (its own ledger entry); releases the reservation on
+    /// any failure. Returns the audio and the credits charged.
+    async fn speak_metered(
+        &self,
+        s: &Arc<Settings>,
+        uid: Uid,
+        platform: chatrelay_core::Platform,
+        reference: &str,
+        req: SpeechRequest,
+        fits: fn(&[u8]) -> bool,
+    ) -> Result<(Bytes, u64), NotSpoken> {
+        let cost = s.speech.as_ref().map_or(0, |sp| sp.speech_credits);
+        let model = req.model.clone();
         let reservation = if cost > 0 {
-            let (settings, owned) = (s.clone(), reference.clone());
+            let (settings, owned) = (s.clone(), reference.to_owned());
             match self
                 .off_worker(move |e| e.reserve(&settings, uid, cost, &owned))
                 .await
             {
                 Some(Ok(id)) => Some(id),
-                _ => {
-                    counted("unpaid");
-                    return None;
+                Some(Err(refused)) => return Err(NotSpoken::Unpaid(refused)),
+                None => {
+                    return Err(NotSpoken::Unpaid(failed(
+                        FailureKind::Unavailable,
+                        &s.texts.unavailable,
+                    )));
                 }
             }
         } else {
             None
         };
-        let mut req = SpeechRequest::new(sp.speech_model.clone(), text, sp.voice.clone(), format);
-        req.max_bytes = max_bytes;
         let spoken = tokio::select! {
             r = self.llm().speak(req) => r,
             () = self.inner.shutdown.cancelled() => Err(SpeechError::Invalid("shutting down".into())),
         };
-        let speech = match spoken {
-            Ok(speech) => speech,
+        let outcome = match spoken {
+            Ok(speech) if fits(&speech.audio) => Ok(speech.audio),
+            Ok(speech) => {
+                info!(
+                    bytes = speech.audio.len(),
+                    "spoken audio is over the platform's limits; nothing charged"
+                );
+                Err(NotSpoken::TooLong)
+            }
             Err(e) => {
-                match &e {
-                    SpeechError::TooLarge { .. } => counted("too_large"),
-                    _ => counted("failed"),
-                }
-                warn!(error = %e, "speaking an answer failed; it stays text, nothing charged");
+                warn!(error = %e, "speaking failed; nothing charged");
+                Err(NotSpoken::Failed(e))
+            }
+        };
+        let audio = match outcome {
+            Ok(audio) => audio,
+            Err(why) => {
                 if let Some(id) = reservation {
                     self.release(id).await;
                 }
-                return None;
+                return Err(why);
             }
         };
-        if !fits(&speech.audio) {
-            counted("too_long");
-            info!(
-                bytes = speech.audio.len(),
-                "a spoken answer is over the platform's limits; it stays text, nothing charged"
-            );
-            if let Some(id) = reservation {
-                self.release(id).await;
-            }
-            return None;
-        }
         let charged = match reservation {
             Some(id) => {
                 let metered = Metered {
-                    platform: key.platform,
+                    platform,
                     prompt_tokens: 0,
                     completion_tokens: 0,
                     outcome: chatrelay_storage::UsageOutcome::Answered,
                 };
-                self.settle(id, cost, &sp.speech_model, None, metered)
+                self.settle(id, cost, &model, None, metered)
                     .await
                     .unwrap_or(0)
             }
             None => 0,
         };
-        counted("spoken");
         metrics::counter!("chatrelay_credits_charged_total").increment(charged);
-        Some(Spoken {
-            audio: speech.audio,
-            uid,
-            reference,
-            charged,
-        })
+        Ok((audio, charged))
+    }
+}
+
+/// Why no voice was made (nothing charged).
+enum NotSpoken {
+    /// The credits could not be reserved (the refusal says why).
+    Unpaid(ReplyEvent),
+    /// The upstream failed or refused.
+    Failed(SpeechError),
+    /// The audio is over the platform's limits.
+    TooLong,
+}
+
+impl NotSpoken {
+    /// The `chatrelay_voice_replies_total` outcome.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Unpaid(_) => "unpaid",
+            Self::Failed(SpeechError::TooLarge { .. }) => "too_large",
+            Self::Failed(_) => "failed",
+            Self::TooLong => "too_long",
+        }
     }
 }
 
