@@ -115,11 +115,85 @@ function fillMessage(conv, msg, index) {
     const copy = el('button', { type: 'button', class: 'link-btn', 'data-copy-msg': '', text: t('copy') });
     foot.append(copy);
   }
+  if (msg.content && msg.state !== 'error' && canSpeak(msg, md)) {
+    const play = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'play-answer', text: t('play') });
+    play.addEventListener('click', () => playAnswer(msg, md, play));
+    foot.append(play);
+  }
   const isLast = index === conv.messages.length - 1;
   if (isLast && !state.streams.has(conv.id) && canRetry(msg) && !isPlatform(conv)) {
     const again = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'regenerate', text: t('regenerate') });
     again.addEventListener('click', () => regenerate(conv));
     foot.append(again);
+  }
+}
+
+/** Whether an answer gets a play button: the web scope speaks (`[[scopes]] voice_reply`),
+ * and the answer is short and without code (read, not listened to), as on the platforms. */
+function canSpeak(msg, md) {
+  const v = state.config && state.config.voice_reply;
+  if (!v || msg.content.includes('```')) return false;
+  const text = md.textContent.trim();
+  return text.length > 0 && [...text].length <= v.max_chars;
+}
+
+/** Spoken answers: each message's audio (an object URL), fetched once, since each fetch is
+ * charged; and what is playing, so that a second play stops the first. */
+const spokenAudio = new WeakMap();
+let playingAudio = null;
+
+/** Speaks an answer (`/v1/audio/speech`, the user's token, charged `speech_credits`) and plays
+ * it; a failure is said in a toast and costs nothing. */
+async function playAnswer(msg, md, btn) {
+  if (playingAudio) { playingAudio.pause(); playingAudio = null; }
+  let url = spokenAudio.get(msg);
+  if (!url) {
+    btn.disabled = true;
+    btn.textContent = t('speaking');
+    try {
+      let res;
+      try {
+        res = await fetch('/v1/audio/speech', {
+          method: 'POST',
+          headers: {
+            'Content-Type': 'application/json', Accept: 'audio/*, application/json',
+            'Accept-Language': acceptLanguage(), Authorization: 'Bearer ' + state.token,
+          },
+          body: JSON.stringify({ model: 'tts-1', input: md.textContent.trim(), response_format: 'mp3' }),
+          cache: 'no-store',
+        });
+      } catch (_) {
+        throw new ApiError(0, 'network', t('networkError'));
+      }
+      if (!res.ok) throw await errorFrom(res, '/v1/audio/speech');
+      url = URL.createObjectURL(await res.blob());
+      spokenAudio.set(msg, url);
+      refreshMe();
+    } catch (e) {
+      btn.disabled = false;
+      btn.textContent = t('play');
+      btn.dataset.state = 'error';
+      toast((e && e.message) || t('playFailed'));
+      return;
+    }
+    btn.disabled = false;
+  }
+  const audio = new Audio(url);
+  playingAudio = audio;
+  btn.textContent = t('playing');
+  btn.dataset.state = 'playing';
+  const done = (state_) => {
+    btn.textContent = t('play');
+    btn.dataset.state = state_;
+    if (playingAudio === audio) playingAudio = null;
+  };
+  audio.addEventListener('ended', () => done('played'));
+  audio.addEventListener('pause', () => { if (!audio.ended) done('stopped'); });
+  try {
+    await audio.play();
+  } catch (_) {
+    done('error');
+    toast(t('playFailed'));
   }
 }
 
