@@ -16,6 +16,7 @@ import struct
 import subprocess
 import time
 import urllib.error
+import urllib.request
 import wave
 
 import pytest
@@ -430,3 +431,95 @@ def test_v1_speech_with_the_official_client(speaking_daemon, upstream, clean_spe
     upstream.speech_status = 200
     with pytest.raises(openai.AuthenticationError):
         api_client(speaking_daemon, "not-a-token").audio.speech.create(model="tts-1", voice="alloy", input="hi")
+
+
+# -- voice out on the web page: a play button (Playwright, Debian's Chromium) -------------------
+
+def real_mp3(seconds=0.6):
+    """A real MP3 (ffmpeg's libmp3lame) the browser can decode and play; None without it."""
+    if FFMPEG is None:
+        return None
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
+                          "-c:a", "libmp3lame", "-b:a", "32k", "-f", "mp3", "pipe:1"],
+                         input=wav_bytes(seconds, rate=16000), capture_output=True, timeout=30)
+    return out.stdout if out.returncode == 0 and out.stdout else None
+
+
+@pytest.fixture(scope="module")
+def web_speaking(upstream):
+    toml = speech_toml() + f"""speech_model = "tts-1"
+speech_credits = {SPEECH_CREDITS}
+
+[web]
+guest_credits = 50
+
+[[scopes]]
+scope = "web"
+voice_reply = true
+"""
+    d = Daemon(upstream.base_url, extra_toml=toml, llm_timeout=10).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+def page_config(daemon):
+    with urllib.request.urlopen(daemon.url + "/api/config", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_the_web_page_plays_answers_aloud_when_the_scope_says_so(web_speaking, speaking_daemon, upstream, clean_speech):
+    from playwright.sync_api import expect
+    from test_web import PHONE, last_answer, new_page, send, token_of
+    mp3 = real_mp3()
+    if mp3 is None:
+        pytest.skip("needs ffmpeg with libmp3lame to make an MP3 the browser can play")
+    assert page_config(web_speaking)["voice_reply"] == {"credits": SPEECH_CREDITS, "max_chars": 300}
+    assert page_config(speaking_daemon)["voice_reply"] is None, "only the web scope's voice_reply counts"
+    upstream.speech_audio = mp3
+
+    from playwright.sync_api import sync_playwright
+    from test_web import ARGS, CHROMIUM
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS + ["--autoplay-policy=no-user-gesture-required"],
+                                    headless=True)
+        try:
+            page = new_page(browser, PHONE)
+            page.goto(web_speaking.url + "/")
+            page.get_by_test_id("guest-start").click()
+            send(page, "你好")
+            answer = last_answer(page)
+            expect(answer).to_have_attribute("data-state", "done")
+            play = answer.get_by_test_id("play-answer")
+            expect(play).to_have_text("朗读")
+            token = token_of(page)
+            play.click()
+            expect(play).to_have_attribute("data-state", "played", timeout=15000)
+            assert upstream.speech_requests == [{"model": "tts-1", "input": ANSWER, "voice": "alloy",
+                                                 "response_format": "mp3"}], upstream.speech_requests
+            # Played again from what was fetched: no second request, no second charge.
+            play.click()
+            expect(play).to_have_attribute("data-state", "played", timeout=15000)
+            assert len(upstream.speech_requests) == 1
+            req = urllib.request.Request(web_speaking.url + "/api/me", headers={"Authorization": "Bearer " + token})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                usage = json.loads(r.read())["usage"]
+            spent = sorted(-(u["free_delta"] + u["paid_delta"]) for u in usage if u["kind"] == "usage")
+            assert spent == sorted([COST, SPEECH_CREDITS]), usage
+
+            # The speaker down: said in a toast, nothing charged.
+            upstream.speech_status = 500
+            send(page, "再来一次")
+            answer = last_answer(page)
+            expect(answer).to_have_attribute("data-state", "done")
+            expect(page.get_by_test_id("message-assistant")).to_have_count(2)
+            play = answer.get_by_test_id("play-answer")
+            play.click()
+            expect(play).to_have_attribute("data-state", "error")
+            expect(page.locator("#toast")).to_be_visible()
+            assert len(upstream.speech_requests) > 1, "asked (and retried by the daemon's client)"
+            with urllib.request.urlopen(req, timeout=5) as r:
+                usage = json.loads(r.read())["usage"]
+            assert sum(1 for u in usage if u["kind"] == "usage") == 3, usage  # two answers, one voice
+            assert page.console_errors == [], page.console_errors
+        finally:
+            browser.close()

@@ -59,8 +59,8 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 
 /// Everything the page loads comes from here; nothing inline, nothing from elsewhere
-/// (except the configured Official Account QR image).
-const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// (except the configured Official Account QR image); spoken answers play from `blob:` URLs.
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// How long a guest token works.
 const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);

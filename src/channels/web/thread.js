@@ -117,7 +117,9 @@ function fillMessage(conv, msg, index) {
   }
   if (msg.content && msg.state !== 'error' && canSpeak(msg, md)) {
     const play = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'play-answer', text: t('play') });
-    play.addEventListener('click', () => playAnswer(msg, md, play));
+    play.chatMsg = msg;
+    paintPlay(play, playState.get(msg));
+    play.addEventListener('click', () => playAnswer(msg, md));
     foot.append(play);
   }
   const isLast = index === conv.messages.length - 1;
@@ -138,18 +140,34 @@ function canSpeak(msg, md) {
 }
 
 /** Spoken answers: each message's audio (an object URL), fetched once, since each fetch is
- * charged; and what is playing, so that a second play stops the first. */
+ * charged; each message's play state (kept apart from its button, which a re-render
+ * replaces); and what is playing, so that a second play stops the first. */
 const spokenAudio = new WeakMap();
+const playState = new WeakMap();
 let playingAudio = null;
+
+/** Shows a play button's state: `speaking` (fetching), `playing`, `played`, `stopped`, `error`. */
+function paintPlay(btn, st) {
+  btn.disabled = st === 'speaking';
+  btn.textContent = t(st === 'speaking' ? 'speaking' : st === 'playing' ? 'playing' : 'play');
+  if (st) btn.dataset.state = st;
+  else delete btn.dataset.state;
+}
+
+/** Records a message's play state and shows it on its button(s) now on the page. */
+function setPlay(msg, st) {
+  playState.set(msg, st);
+  for (const b of document.querySelectorAll('[data-testid="play-answer"]')) if (b.chatMsg === msg) paintPlay(b, st);
+}
 
 /** Speaks an answer (`/v1/audio/speech`, the user's token, charged `speech_credits`) and plays
  * it; a failure is said in a toast and costs nothing. */
-async function playAnswer(msg, md, btn) {
+async function playAnswer(msg, md) {
   if (playingAudio) { playingAudio.pause(); playingAudio = null; }
   let url = spokenAudio.get(msg);
   if (!url) {
-    btn.disabled = true;
-    btn.textContent = t('speaking');
+    if (playState.get(msg) === 'speaking') return;
+    setPlay(msg, 'speaking');
     try {
       let res;
       try {
@@ -170,21 +188,16 @@ async function playAnswer(msg, md, btn) {
       spokenAudio.set(msg, url);
       refreshMe();
     } catch (e) {
-      btn.disabled = false;
-      btn.textContent = t('play');
-      btn.dataset.state = 'error';
+      setPlay(msg, 'error');
       toast((e && e.message) || t('playFailed'));
       return;
     }
-    btn.disabled = false;
   }
   const audio = new Audio(url);
   playingAudio = audio;
-  btn.textContent = t('playing');
-  btn.dataset.state = 'playing';
-  const done = (state_) => {
-    btn.textContent = t('play');
-    btn.dataset.state = state_;
+  setPlay(msg, 'playing');
+  const done = (st) => {
+    setPlay(msg, st);
     if (playingAudio === audio) playingAudio = null;
   };
   audio.addEventListener('ended', () => done('played'));
