@@ -136,8 +136,8 @@ pub(super) async fn speech(
         ApiError::invalid(
             "input",
             lang.pick(
-                &format!("The body must be JSON with an input string: {e}"),
-                &format!("请求体须是带 input 字符串的 JSON：{e}"),
+                format!("The body must be JSON with an input string: {e}"),
+                format!("请求体须是带 input 字符串的 JSON：{e}"),
             ),
         )
     })?;
