@@ -68,7 +68,16 @@ struct Fake {
     transcriptions: Mutex<Vec<(String, Vec<u8>)>>,
     /// File downloads served.
     downloads: AtomicU32,
+    /// Raw bodies of sendVoice calls (multipart).
+    voices: Mutex<Vec<Vec<u8>>>,
+    /// Bodies of the `/v1/audio/speech` requests.
+    speech_requests: Mutex<Vec<Value>>,
+    /// Answer `/v1/audio/speech` with 503 (the speech upstream is down).
+    speech_down: AtomicBool,
 }
+
+/// What the fake speech endpoint answers: the start of an OGG/Opus file.
+const SPOKEN_OGG: &[u8] = b"OggS\x00\x02\x00\x00OpusHead-spoken-answer";
 
 /// A picture's first bytes (PNG), served for downloads.
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\nfake-picture";
@@ -94,6 +103,7 @@ async fn bot_api(
     Path((_bot, method)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    let body_bytes = body.clone();
     let raw = String::from_utf8_lossy(&body).into_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     // teloxide writes method names in PascalCase (GetMe); Telegram ignores the case.
@@ -136,6 +146,14 @@ async fn bot_api(
             ok(json!({
                 "message_id": id, "date": 1_700_000_000, "chat": chat_json(42), "from": bot_user(),
                 "photo": [{"file_id": "p", "file_unique_id": "pu", "width": 1, "height": 1}]
+            }))
+        }
+        "sendVoice" => {
+            fake.voices.lock().unwrap().push(body_bytes.to_vec());
+            let id = fake.next_message.fetch_add(1, Ordering::SeqCst) + 1000;
+            ok(json!({
+                "message_id": id, "date": 1_700_000_000, "chat": chat_json(42), "from": bot_user(),
+                "voice": {"file_id": "v", "file_unique_id": "vu", "duration": 1}
             }))
         }
         "getUpdates" => {
@@ -264,6 +282,20 @@ async fn fake_transcribe(
     Json(json!({"text": "what is the weather"})).into_response()
 }
 
+/// `/v1/audio/speech`: records the request, answers [`SPOKEN_OGG`] (or 503 when down).
+async fn fake_speech(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    fake.speech_requests.lock().unwrap().push(v);
+    if fake.speech_down.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"message": "down", "type": "server_error", "code": null}})),
+        )
+            .into_response();
+    }
+    ([("content-type", "audio/ogg")], SPOKEN_OGG).into_response()
+}
+
 struct Harness {
     fake: Arc<Fake>,
     daemon: String,
@@ -288,6 +320,7 @@ async fn start(extra_bot: &str, llm: Option<&str>) -> Harness {
             }),
         )
         .route("/v1/audio/transcriptions", post(fake_transcribe))
+        .route("/v1/audio/speech", post(fake_speech))
         .route("/file/{bot}/{*path}", axum::routing::get(file_download))
         .route("/{bot}/{method}", post(bot_api))
         .with_state(fake.clone());
@@ -878,5 +911,91 @@ async fn voice_the_payer_cannot_afford_is_not_downloaded() {
         "nor transcribed"
     );
     assert!(usage_debits(&h, 1).await.is_empty());
+    h.stop().await;
+}
+
+const VOICE_REPLY: &str = "[speech]\nmodel = \"whisper-1\"\nspeech_model = \"tts-1\"\nvoice = \"nova\"\n\
+                           reply_max_chars = 40\nspeech_credits = 3\n\
+                           [[scopes]]\nscope = \"telegram\"\nvoice_reply = true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_reply_scopes_get_the_text_then_a_voice_note_charged_apart() {
+    let h = start(VOICE_REPLY, Some("**Sunny** all day")).await;
+    h.push(message(1, 42, 1, "weather?"));
+    let calls = h.wait(|c| c.iter().any(|c| c.method == "sendVoice")).await;
+    // The text first, whole, then the voice.
+    let final_at = calls
+        .iter()
+        .position(|c| c.chat() == 42 && is_final(c) && c.text().contains("Sunny"))
+        .expect("the text answer");
+    let voice_at = calls.iter().position(|c| c.method == "sendVoice").unwrap();
+    assert!(final_at < voice_at, "text before voice");
+    let asked = h.fake.speech_requests.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [
+            json!({"model": "tts-1", "input": "Sunny all day", "voice": "nova", "response_format": "opus"})
+        ],
+        "markdown marks are not read aloud; Telegram gets OGG/Opus"
+    );
+    let upload = h.fake.voices.lock().unwrap()[0].clone();
+    let text = String::from_utf8_lossy(&upload);
+    assert!(text.contains("name=\"chat_id\"\r\n\r\n42\r\n"), "{text}");
+    assert!(text.contains("filename=\"voice.ogg\""), "{text}");
+    assert!(
+        upload.windows(SPOKEN_OGG.len()).any(|w| w == SPOKEN_OGG),
+        "the upstream's audio, as it came"
+    );
+    // The answer's own entry (1 credit), and the voice's own (speech_credits).
+    let mut debits = usage_debits(&h, 1).await;
+    debits.sort_unstable();
+    assert_eq!(debits, [-3, -1]);
+
+    // A redelivered update is not answered nor spoken again.
+    h.push(message(2, 42, 1, "weather?"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(h.fake.speech_requests.lock().unwrap().len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_replies_fall_back_to_text_at_no_charge() {
+    let long = "a long answer that is read rather than listened to, past forty";
+    let h = start(VOICE_REPLY, Some(long)).await;
+    h.push(message(1, 42, 1, "tell me"));
+    h.wait_final(42).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        h.fake.speech_requests.lock().unwrap().is_empty(),
+        "longer than reply_max_chars: text only, no upstream call"
+    );
+
+    // The speech upstream down: the text stands, no voice, nothing charged for it.
+    *h.fake.llm_answer.lock().unwrap() = "short".into();
+    h.fake.speech_down.store(true, Ordering::SeqCst);
+    h.push(message(2, 42, 2, "again"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.fake.speech_requests.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the voice was never asked for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.calls().iter().all(|c| c.method != "sendVoice"));
+    assert!(h.calls().iter().any(|c| is_final(c) && c.text() == "short"));
+    assert_eq!(usage_debits(&h, 1).await, [-1, -1], "two answers, no voice");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_without_voice_reply_are_not_spoken() {
+    let h = start(
+        "[speech]\nmodel = \"whisper-1\"\n[[scopes]]\nscope = \"telegram:other\"\nvoice_reply = true\n",
+        Some("hi"),
+    )
+    .await;
+    h.push(message(1, 42, 1, "hello"));
+    h.wait_final(42).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.fake.speech_requests.lock().unwrap().is_empty());
     h.stop().await;
 }

@@ -48,6 +48,13 @@ def parse_multipart(content_type, raw):
     return out
 
 
+def mp3_bytes(seconds):
+    """An MP3 of MPEG-1 layer III frames (128 kbit/s, 44.1 kHz, 26.1 ms each, silent payload),
+    the framing a TTS service sends; its length is what the frames say."""
+    frame = bytes([0xFF, 0xFB, 0x90, 0x00]) + bytes(413)
+    return b"ID3\x04\x00\x00\x00\x00\x00\x00" + frame * max(1, round(seconds * 44100 / 1152))
+
+
 class FakeOpenAI:
     def __init__(self):
         self.mode = "ok"
@@ -60,6 +67,9 @@ class FakeOpenAI:
         self.requests = []  # (path, headers, body) of chat requests
         self.moderations = []  # bodies of moderation requests
         self.image_requests = []  # bodies of image generation requests
+        self.speech_requests = []  # bodies of /v1/audio/speech requests
+        self.speech_audio = mp3_bytes(2)  # what /v1/audio/speech answers
+        self.speech_status = 200   # 500: the speech upstream is down
         self.transcript = "今天天气怎么样"  # what /v1/audio/transcriptions hears
         self.transcribe_status = 200      # 500: the transcription upstream is down
         self.transcriptions = []  # parsed multipart uploads: dict(fields, filename, content_type, file)
@@ -104,6 +114,23 @@ class FakeOpenAI:
                     self._json(200, {"created": int(time.time()),
                                      "data": [{"url": f"http://127.0.0.1:{fake.port}/generated-1.png",
                                                "revised_prompt": req.get("prompt")}]})
+                    return
+                if self.path == "/v1/audio/speech":
+                    req = json.loads(raw)
+                    with fake.lock:
+                        fake.speech_requests.append(req)
+                    if fake.speech_status != 200:
+                        self._json(fake.speech_status, {"error": {"message": "speaker exploded",
+                                                                  "type": "server_error", "code": None}})
+                    elif not req.get("input") or req.get("response_format") not in ("mp3", "opus", "aac", "flac", "wav", "pcm"):
+                        self._json(400, {"error": {"message": "bad speech request", "type": "invalid_request_error"}})
+                    else:
+                        audio = fake.speech_audio
+                        self.send_response(200)
+                        self.send_header("Content-Type", "audio/mpeg")
+                        self.send_header("Content-Length", str(len(audio)))
+                        self.end_headers()
+                        self.wfile.write(audio)
                     return
                 if self.path == "/v1/audio/transcriptions":
                     upload = parse_multipart(self.headers.get("content-type", ""), raw)

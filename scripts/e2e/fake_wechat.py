@@ -6,6 +6,8 @@ posts.
 
 `GET /cgi-bin/media/get?access_token&media_id` serves `fake.media[media_id]` (bytes, as
 audio/amr) and counts the calls in `media_gets`; an unknown media_id gets errcode 40007 as JSON.
+`POST /cgi-bin/media/upload?type=voice` takes a multipart `media` file (at most 2 MB, as WeChat)
+and records it in `uploads` under the media_id it answers (`up-<n>`).
 
 Tokens are `tok-<appid>-<n>`. Apps listed in `no_push` answer custom/send with errcode 48001
 (an unverified subscription account), as WeChat does. The group robot, like WeCom's, takes 20
@@ -118,6 +120,7 @@ class FakeWechat:
         self.gettoken_requests = 0
         self.media = {}              # media_id -> bytes served by /cgi-bin/media/get
         self.media_gets = []         # media_ids asked for
+        self.uploads = []            # (media_id, parsed multipart) of /cgi-bin/media/upload
         # Web authorization (see the module doc).
         self.code_ttl = code_ttl
         self.oauth_apps = {}         # appid -> secret
@@ -287,6 +290,22 @@ class FakeWechat:
                         self._json(answer, cors=True)
                     return
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if url.path == "/cgi-bin/media/upload":
+                    # Temporary media, as WeChat takes it: multipart `media`, voice <= 2 MB.
+                    from fake_openai import parse_multipart
+                    kind = dict(parse_qsl(url.query)).get("type", "")
+                    upload = parse_multipart(self.headers.get("content-type", ""), raw)
+                    if upload is None or not upload.get("file"):
+                        self._json({"errcode": 41005, "errmsg": "media data missing"})
+                        return
+                    if kind != "voice" or len(upload["file"]) > 2 * 1024 * 1024:
+                        self._json({"errcode": 40004, "errmsg": "invalid media type or size"})
+                        return
+                    with fake.lock:
+                        media_id = f"up-{len(fake.uploads) + 1}"
+                        fake.uploads.append((media_id, upload))
+                    self._json({"type": kind, "media_id": media_id, "created_at": int(time.time())})
+                    return
                 body = json.loads(raw or b"{}")
                 if url.path == "/cgi-bin/stable_token":
                     with fake.lock:

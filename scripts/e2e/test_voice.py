@@ -16,6 +16,7 @@ import struct
 import subprocess
 import time
 import urllib.error
+import urllib.request
 import wave
 
 import pytest
@@ -311,3 +312,214 @@ def test_v1_transcriptions_with_the_official_client(voice_daemon, upstream):
     with pytest.raises(openai.AuthenticationError):
         api_client(voice_daemon, "not-a-token").audio.transcriptions.create(
             model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+
+
+# -- voice out: answers spoken for a scope with voice_reply ---------------------------------------
+
+SPEECH_CREDITS = 4
+
+
+def wait_for(check, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    return check()
+
+
+@pytest.fixture(scope="module")
+def speaking_daemon(upstream, wechat_api):
+    toml = speech_toml() + f"""speech_model = "tts-1"
+voice = "nova"
+reply_max_chars = 200
+speech_credits = {SPEECH_CREDITS}
+
+[[scopes]]
+scope = "wechat_mp"
+voice_reply = true
+""" + mp_toml(wechat_api)
+    d = Daemon(upstream.base_url, extra_toml=toml, free_daily=100, llm_timeout=10).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+@pytest.fixture
+def clean_speech(upstream, wechat_api):
+    from fake_openai import mp3_bytes
+    upstream.speech_requests.clear()
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 200
+    wechat_api.uploads.clear()
+    yield
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 200
+
+
+def voices_to(wechat_api, openid):
+    return [b for b in wechat_api.sent_to(openid) if b.get("msgtype") == "voice"]
+
+
+def test_an_answer_is_spoken_uploaded_and_sent_as_a_voice_message(speaking_daemon, upstream, wechat_api, clean_speech):
+    wx = WeChat(speaking_daemon, MAIN)
+    _, reply = wx.send_text("o_speak", "天气如何")
+    assert reply["Content"] == ANSWER, reply  # the text, whole, as the passive reply
+    sent = wait_for(lambda: voices_to(wechat_api, "o_speak"))
+    assert len(sent) == 1, sent
+    assert upstream.speech_requests == [{"model": "tts-1", "input": ANSWER, "voice": "nova",
+                                         "response_format": "mp3"}]
+    media_id, upload = wechat_api.uploads[0]
+    assert sent[0]["voice"] == {"media_id": media_id}
+    assert upload["filename"] == "voice.mp3" and upload["content_type"] == "audio/mpeg", upload
+    assert upload["file"] == upstream.speech_audio, "the upstream's audio, as it came"
+    # The answer's entry and the voice's own.
+    deltas = sorted(e["free_delta"] for e in usage_of(speaking_daemon, "o_speak"))
+    assert deltas == sorted([-COST, -SPEECH_CREDITS]), deltas
+
+
+def test_a_voice_over_60_seconds_or_a_failed_speaker_leaves_the_text_at_no_charge(
+        speaking_daemon, upstream, wechat_api, clean_speech):
+    from fake_openai import mp3_bytes
+    wx = WeChat(speaking_daemon, MAIN)
+    upstream.speech_audio = mp3_bytes(61)  # WeChat takes at most 60 s
+    _, reply = wx.send_text("o_long", "说点什么")
+    assert reply["Content"] == ANSWER, reply
+    assert wait_for(lambda: upstream.speech_requests), "the voice was asked for"
+    time.sleep(1.0)
+    assert wechat_api.uploads == [] and voices_to(wechat_api, "o_long") == []
+    assert [e["free_delta"] for e in usage_of(speaking_daemon, "o_long")] == [-COST]
+
+    upstream.speech_requests.clear()
+    upstream.speech_audio, upstream.speech_status = mp3_bytes(2), 500
+    _, reply = wx.send_text("o_down", "再说一次")
+    assert reply["Content"] == ANSWER, reply
+    assert wait_for(lambda: upstream.speech_requests)
+    time.sleep(1.0)
+    assert wechat_api.uploads == [] and voices_to(wechat_api, "o_down") == []
+    assert [e["free_delta"] for e in usage_of(speaking_daemon, "o_down")] == [-COST]
+
+
+def test_v1_speech_with_the_official_client(speaking_daemon, upstream, clean_speech):
+    import openai
+    uid, token = speaking_daemon.new_user("speech-api", credits=100)
+    client = api_client(speaking_daemon, token)
+    spoken = client.audio.speech.create(model="anything", voice="echo", input="你好，世界",
+                                        response_format="opus")
+    assert spoken.content == upstream.speech_audio, "the upstream's audio, as it came"
+    assert upstream.speech_requests[-1] == {"model": "tts-1", "input": "你好，世界", "voice": "echo",
+                                            "response_format": "opus"}, "the configured model speaks"
+    assert usage_debits(speaking_daemon, uid) == [-SPEECH_CREDITS]
+    # Without voice nor format: [speech] voice, MP3.
+    raw = client.with_options().post("/audio/speech", body={"input": "hi"}, cast_to=bytes)
+    assert raw == upstream.speech_audio
+    assert upstream.speech_requests[-1]["voice"] == "nova"
+    assert upstream.speech_requests[-1]["response_format"] == "mp3"
+    assert usage_debits(speaking_daemon, uid) == [-SPEECH_CREDITS] * 2
+
+    asked = len(upstream.speech_requests)
+    with pytest.raises(openai.BadRequestError):  # over the API's 4096 characters
+        client.audio.speech.create(model="tts-1", voice="alloy", input="字" * 4097)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="amr")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="   ")
+    assert len(upstream.speech_requests) == asked, "refused before any upstream call"
+    upstream.speech_status = 500
+    with pytest.raises(openai.APIStatusError) as e:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi")
+    assert e.value.status_code >= 500
+    assert len(usage_debits(speaking_daemon, uid)) == 2, "failures cost nothing"
+    upstream.speech_status = 200
+    with pytest.raises(openai.AuthenticationError):
+        api_client(speaking_daemon, "not-a-token").audio.speech.create(model="tts-1", voice="alloy", input="hi")
+
+
+# -- voice out on the web page: a play button (Playwright, Debian's Chromium) -------------------
+
+def real_mp3(seconds=0.6):
+    """A real MP3 (ffmpeg's libmp3lame) the browser can decode and play; None without it."""
+    if FFMPEG is None:
+        return None
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0",
+                          "-c:a", "libmp3lame", "-b:a", "32k", "-f", "mp3", "pipe:1"],
+                         input=wav_bytes(seconds, rate=16000), capture_output=True, timeout=30)
+    return out.stdout if out.returncode == 0 and out.stdout else None
+
+
+@pytest.fixture(scope="module")
+def web_speaking(upstream):
+    toml = speech_toml() + f"""speech_model = "tts-1"
+speech_credits = {SPEECH_CREDITS}
+
+[web]
+guest_credits = 50
+
+[[scopes]]
+scope = "web"
+voice_reply = true
+"""
+    d = Daemon(upstream.base_url, extra_toml=toml, llm_timeout=10).start()
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+def page_config(daemon):
+    with urllib.request.urlopen(daemon.url + "/api/config", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_the_web_page_plays_answers_aloud_when_the_scope_says_so(web_speaking, speaking_daemon, upstream, clean_speech):
+    from playwright.sync_api import expect
+    from test_web import PHONE, last_answer, new_page, send, token_of
+    mp3 = real_mp3()
+    if mp3 is None:
+        pytest.skip("needs ffmpeg with libmp3lame to make an MP3 the browser can play")
+    assert page_config(web_speaking)["voice_reply"] == {"credits": SPEECH_CREDITS, "max_chars": 300}
+    assert page_config(speaking_daemon)["voice_reply"] is None, "only the web scope's voice_reply counts"
+    upstream.speech_audio = mp3
+
+    from playwright.sync_api import sync_playwright
+    from test_web import ARGS, CHROMIUM
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS + ["--autoplay-policy=no-user-gesture-required"],
+                                    headless=True)
+        try:
+            page = new_page(browser, PHONE)
+            page.goto(web_speaking.url + "/")
+            page.get_by_test_id("guest-start").click()
+            send(page, "你好")
+            answer = last_answer(page)
+            expect(answer).to_have_attribute("data-state", "done")
+            play = answer.get_by_test_id("play-answer")
+            expect(play).to_have_text("朗读")
+            token = token_of(page)
+            play.click()
+            expect(play).to_have_attribute("data-state", "played", timeout=15000)
+            assert upstream.speech_requests == [{"model": "tts-1", "input": ANSWER, "voice": "alloy",
+                                                 "response_format": "mp3"}], upstream.speech_requests
+            # Played again from what was fetched: no second request, no second charge.
+            play.click()
+            expect(play).to_have_attribute("data-state", "played", timeout=15000)
+            assert len(upstream.speech_requests) == 1
+            req = urllib.request.Request(web_speaking.url + "/api/me", headers={"Authorization": "Bearer " + token})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                usage = json.loads(r.read())["usage"]
+            spent = sorted(-(u["free_delta"] + u["paid_delta"]) for u in usage if u["kind"] == "usage")
+            assert spent == sorted([COST, SPEECH_CREDITS]), usage
+
+            # The speaker down: said in a toast, nothing charged.
+            upstream.speech_status = 500
+            send(page, "再来一次")
+            answer = last_answer(page)
+            expect(answer).to_have_attribute("data-state", "done")
+            expect(page.get_by_test_id("message-assistant")).to_have_count(2)
+            play = answer.get_by_test_id("play-answer")
+            play.click()
+            expect(play).to_have_attribute("data-state", "error")
+            expect(page.locator("#toast")).to_be_visible()
+            assert len(upstream.speech_requests) > 1, "asked (and retried by the daemon's client)"
+            with urllib.request.urlopen(req, timeout=5) as r:
+                usage = json.loads(r.read())["usage"]
+            assert sum(1 for u in usage if u["kind"] == "usage") == 3, usage  # two answers, one voice
+            assert page.console_errors == [], page.console_errors
+        finally:
+            browser.close()

@@ -406,6 +406,7 @@ async fn answer_inbound(
                 return None;
             }
             let text = event.user_text()?;
+            speak_later(&st.engine, account, key, message_id, &event);
             Some(with_outbox(st, account, key, text))
         }
         Err(_) if try_number(&st.engine, account, &state, key, message_id) < TRIES => {
@@ -505,7 +506,7 @@ fn with_outbox(st: &MpState, account: &Arc<MpAccount>, key: &UserKey, text: Stri
     let mut parts = split_message(&combined, room, Unit::Bytes).into_iter();
     let first = parts.next().unwrap_or_default();
     let rest: Vec<String> = parts.collect();
-    deliver_later(st.engine.clone(), account.clone(), key.clone(), rest);
+    deliver_later(st.engine.clone(), account.clone(), key.clone(), rest, None);
     format!("{first}{more}")
 }
 
@@ -550,19 +551,118 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
         return;
     }
     info!(user = %key.user, "answer was too slow for a passive reply; delivering it later");
-    deliver_later(engine, account, key, parts);
+    let spoken = match &event {
+        chatrelay_core::ReplyEvent::Final { text, .. } if engine.voice_reply_for(&key) => {
+            Some((message_id.clone(), text.clone()))
+        }
+        _ => None,
+    };
+    deliver_later(engine, account, key, parts, spoken);
+}
+
+/// WeChat's limits on a voice message: 2 MB (checked by the upload) and 60 s.
+const MAX_VOICE_MS: u64 = 60_000;
+
+/// Whether spoken MP3 audio fits a WeChat voice message (its length read from its frames;
+/// unreadable audio does not).
+fn fits_wechat(mp3: &[u8]) -> bool {
+    crate::engine::speak::mp3_ms(mp3).is_some_and(|ms| ms <= MAX_VOICE_MS)
+}
+
+/// For scopes with `voice_reply`: speaks the answer `event` to message `message_id`, just
+/// delivered as text, and sends it as a customer-service voice message (temporary media).
+/// Needs the AppSecret and push rights; anything failing leaves the text alone, at no charge.
+fn speak_later(
+    engine: &Engine,
+    account: &Arc<MpAccount>,
+    key: &UserKey,
+    message_id: &str,
+    event: &chatrelay_core::ReplyEvent,
+) {
+    let chatrelay_core::ReplyEvent::Final { text, .. } = event else {
+        return;
+    };
+    if !engine.voice_reply_for(key) || account.client.is_none() || !account.can_push() {
+        return;
+    }
+    let (engine2, account, key, message_id, text) = (
+        engine.clone(),
+        account.clone(),
+        key.clone(),
+        message_id.to_owned(),
+        text.clone(),
+    );
+    engine.tracker().spawn(
+        async move { send_spoken(&engine2, &account, &key, &message_id, &text).await }
+            .in_current_span(),
+    );
+}
+
+/// Speaks `answer` (MP3), uploads it and sends it as a voice message; gives the credits back
+/// when WeChat refuses.
+async fn send_spoken(
+    engine: &Engine,
+    account: &MpAccount,
+    key: &UserKey,
+    message_id: &str,
+    answer: &str,
+) {
+    let Some(client) = account.client.as_ref() else {
+        return;
+    };
+    let reference = format!("{key}:{message_id}");
+    let Some(spoken) = engine
+        .speak_answer(
+            key,
+            &reference,
+            answer,
+            "mp3",
+            chatrelay_wechat::media::MAX_VOICE_UPLOAD_BYTES,
+            fits_wechat,
+        )
+        .await
+    else {
+        return;
+    };
+    let sent = match client.upload_voice(&spoken.audio).await {
+        Ok(media_id) => client
+            .send_voice(&key.user, &media_id)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(()) => metrics::counter!("chatrelay_mp_voice_replies_total").increment(1),
+        Err(e) => {
+            warn!(error = %e, "sending a spoken answer failed; the text stands, its credits are given back");
+            if spoken.charged > 0 {
+                engine.refund_undelivered(spoken.uid, &spoken.reference, spoken.charged);
+            }
+        }
+    }
 }
 
 /// Pushes `parts` in order with the customer-service API where possible; whatever cannot be
 /// pushed (or is not pushed yet when the daemon shuts down) goes to the outbox, to ride with
 /// the user's next message.
-fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: Vec<String>) {
+///
+/// `spoken` (the message id and the answer): once every part is pushed, the answer is also
+/// spoken ([`send_spoken`]).
+fn deliver_later(
+    engine: Engine,
+    account: Arc<MpAccount>,
+    key: UserKey,
+    parts: Vec<String>,
+    spoken: Option<(String, String)>,
+) {
     if parts.is_empty() {
         return;
     }
     let tracker = engine.tracker().clone();
     tracker.spawn(
         async move {
+            let total = parts.len();
+            let mut pushed = 0usize;
             let mut parts = parts.into_iter();
             if let Some(client) = account.client.as_ref().filter(|_| account.can_push()) {
                 let shutdown = engine.shutdown_token().clone();
@@ -572,7 +672,10 @@ fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: V
                         () = shutdown.cancelled() => None,
                     };
                     match sent {
-                        Some(Ok(())) => metrics::counter!("chatrelay_mp_pushed_total").increment(1),
+                        Some(Ok(())) => {
+                            metrics::counter!("chatrelay_mp_pushed_total").increment(1);
+                            pushed += 1;
+                        }
                         Some(Err(e)) => {
                             if e.is_no_permission() && account.cfg.push == PushMode::Auto {
                                 warn!(account = %account.id(), "the account may not push (48001); slow answers will wait for the next message");
@@ -594,6 +697,11 @@ fn deliver_later(engine: Engine, account: Arc<MpAccount>, key: UserKey, parts: V
             }
             for part in parts {
                 keep(&engine, &key, &part);
+            }
+            if pushed == total
+                && let Some((message_id, answer)) = spoken
+            {
+                send_spoken(&engine, &account, &key, &message_id, &answer).await;
             }
         }
         .in_current_span(),

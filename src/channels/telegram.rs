@@ -304,6 +304,11 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
             Some(Command::Buy) => command_word(&commands.buy, "/buy"),
             None => text,
         };
+        // Spoken answers (`[[scopes]] voice_reply`) follow the text, made once it is sent.
+        let voice_ref = engine
+            .voice_reply_for(&key)
+            .then(|| format!("{key}:{message_id}"));
+        let voice_key = key.clone();
         let mut inbound = Inbound::text(key, message_id, engine_text);
         inbound.display_name = Some(display_name);
         if let Some(note) = voice_note {
@@ -336,8 +341,24 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         let owed_key = format!("{}#{chat}", inbound.key);
         deliver_owed(&engine, &bot, chat, &owed_key, shutdown).await;
         let reply = engine.handle(inbound);
-        if let Some(undelivered) = stream_answer(&bot, chat, reply_to, reply, shutdown).await {
+        let mut delivered = None;
+        let undelivered = stream_answer_keeping(
+            &bot,
+            chat,
+            reply_to,
+            reply,
+            shutdown,
+            voice_ref.is_some().then_some(&mut delivered),
+        )
+        .await;
+        if let Some(undelivered) = undelivered {
             keep(&engine, &owed_key, &[undelivered]);
+        }
+        if let (Some(reference), Some(answer)) = (voice_ref, delivered) {
+            send_spoken(
+                &engine, &bot, chat, reply_to, &voice_key, &reference, &answer,
+            )
+            .await;
         }
     }
     .instrument(span)
@@ -466,6 +487,36 @@ fn keep(engine: &Engine, owed_key: &str, texts: &[String]) {
     }
 }
 
+/// The largest spoken answer sent (Telegram takes voice notes up to 50 MB; a few minutes
+/// of Opus is well under 1 MB).
+const MAX_VOICE_BYTES: usize = 10 * 1024 * 1024;
+
+/// Speaks `answer` (delivered as text already) and sends it as a voice note; the credits come
+/// back when Telegram refuses it. Nothing is said to the user when there is no voice: the
+/// text is the answer.
+async fn send_spoken(
+    engine: &Engine,
+    bot: &TelegramBot,
+    chat: i64,
+    reply_to: Option<i32>,
+    key: &UserKey,
+    reference: &str,
+    answer: &str,
+) {
+    let Some(spoken) = engine
+        .speak_answer(key, reference, answer, "opus", MAX_VOICE_BYTES, |_| true)
+        .await
+    else {
+        return;
+    };
+    if let Err(e) = bot.api.send_voice(chat, spoken.audio, reply_to).await {
+        warn!(error = %e, "Telegram sendVoice failed; the voice's credits are given back");
+        if spoken.charged > 0 {
+            engine.refund_undelivered(spoken.uid, &spoken.reference, spoken.charged);
+        }
+    }
+}
+
 /// Streams `reply` into `chat`: typing, a first message, edits, then the final HTML parts.
 /// Returns what of a finished answer (paid for) could not be delivered, to be kept for the
 /// next message; nothing for an answer delivered whole, or a failure.
@@ -473,8 +524,21 @@ async fn stream_answer(
     bot: &TelegramBot,
     chat: i64,
     reply_to: Option<i32>,
+    reply: Reply,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    stream_answer_keeping(bot, chat, reply_to, reply, shutdown, None).await
+}
+
+/// [`stream_answer`], putting a finished answer's text, once delivered whole, in `delivered`
+/// (when given): what a spoken answer says.
+async fn stream_answer_keeping(
+    bot: &TelegramBot,
+    chat: i64,
+    reply_to: Option<i32>,
     mut reply: Reply,
     shutdown: &CancellationToken,
+    delivered: Option<&mut Option<String>>,
 ) -> Option<String> {
     let api = &bot.api;
     if let Err(e) = api.typing(chat).await {
@@ -531,6 +595,9 @@ async fn stream_answer(
         }
     }
     metrics::counter!("chatrelay_telegram_answers_total").increment(1);
+    if html && let Some(delivered) = delivered {
+        *delivered = Some(answer);
+    }
     None
 }
 

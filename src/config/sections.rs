@@ -98,6 +98,10 @@ pub struct ScopeConfig {
     /// The role its users get until they choose one.
     #[serde(default)]
     pub role: Option<String>,
+    /// Answers are also spoken (`[speech] voice`, `speech_model`) and sent as a voice
+    /// message where the platform has one; the text is always sent too. Needs `[speech]`.
+    #[serde(default)]
+    pub voice_reply: bool,
 }
 
 /// `[images]`: the image-generation command.
@@ -158,6 +162,21 @@ pub struct SpeechConfig {
     /// Longest an ffmpeg conversion may take, in seconds.
     #[serde(default = "default_ffmpeg_timeout")]
     pub ffmpeg_timeout_secs: u64,
+    /// The voice spoken answers use (`/audio/speech` `voice`: `alloy`, `nova`...).
+    #[serde(default = "default_voice")]
+    pub voice: String,
+    /// The text-to-speech model at its upstream (`tts-1`, `gpt-4o-mini-tts`...); spoken
+    /// answers go to the same `upstream` and `fallbacks` as transcriptions.
+    #[serde(default = "default_speech_model")]
+    pub speech_model: String,
+    /// Answers longer than this many characters stay text only (`voice_reply` scopes): a
+    /// long answer is read, not listened to, and would pass WeChat's 60 s anyway.
+    #[serde(default = "default_reply_max_chars")]
+    pub reply_max_chars: usize,
+    /// Credits per spoken answer, on top of the answer's own price; a voice that could not
+    /// be made or sent costs nothing.
+    #[serde(default)]
+    pub speech_credits: u64,
 }
 
 impl Default for SpeechConfig {
@@ -173,8 +192,24 @@ impl Default for SpeechConfig {
             show_text: true,
             ffmpeg: default_ffmpeg(),
             ffmpeg_timeout_secs: default_ffmpeg_timeout(),
+            voice: default_voice(),
+            speech_model: default_speech_model(),
+            reply_max_chars: default_reply_max_chars(),
+            speech_credits: 0,
         }
     }
+}
+
+fn default_voice() -> String {
+    "alloy".to_owned()
+}
+
+fn default_speech_model() -> String {
+    "tts-1".to_owned()
+}
+
+fn default_reply_max_chars() -> usize {
+    300
 }
 
 fn two_mib() -> u64 {

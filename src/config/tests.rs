@@ -466,3 +466,49 @@ fn speech_has_defaults_and_every_bad_key_is_named() {
     let typo = parse("[speech]\nmodel = \"m\"\nmax_byte = 1\n", &[], None).unwrap_err();
     assert!(typo.0[0].to_string().contains("max_bytes"), "{}", typo.0[0]);
 }
+
+#[test]
+fn voice_replies_have_defaults_and_need_speech() {
+    let (c, _) = parse(
+        "[speech]\nmodel = \"whisper-1\"\n[[scopes]]\nscope = \"telegram\"\nvoice_reply = true\n",
+        &[],
+        None,
+    )
+    .unwrap();
+    let sp = c.speech.unwrap();
+    assert_eq!(sp.voice, "alloy");
+    assert_eq!(sp.speech_model, "tts-1");
+    assert_eq!(sp.reply_max_chars, 300);
+    assert_eq!(sp.speech_credits, 0);
+    assert!(c.scopes[0].voice_reply);
+    let (c, _) = parse("[[scopes]]\nscope = \"web\"\n", &[], None).unwrap();
+    assert!(
+        !c.scopes[0].voice_reply,
+        "voice replies are off unless asked for"
+    );
+
+    let bad = "[speech]\nmodel = \"m\"\nvoice = \" \"\nspeech_model = \"\"\nreply_max_chars = 0\n";
+    let err = parse(bad, &[], None).unwrap_err();
+    let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "speech.voice",
+        "speech.speech_model",
+        "speech.reply_max_chars",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let long = parse(
+        "[speech]\nmodel = \"m\"\nreply_max_chars = 4097\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(long.0[0].key, "speech.reply_max_chars");
+    let orphan = parse(
+        "[[scopes]]\nscope = \"web\"\nvoice_reply = true\n",
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(orphan.0[0].key, "scopes[0].voice_reply");
+}

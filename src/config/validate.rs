@@ -469,6 +469,12 @@ fn validate_scopes(
                 format!("{r:?} is not one of [[roles]]"),
             ));
         }
+        if sc.voice_reply && c.speech.is_none() {
+            problems.push(problem(
+                format!("scopes[{i}].voice_reply"),
+                "needs a [speech] section (its voice and speech_model speak the answers)",
+            ));
+        }
     }
 }
 
@@ -546,6 +552,23 @@ fn validate_speech(c: &Config, upstreams: &BTreeMap<String, usize>, problems: &m
         problems.push(problem(
             "speech.ffmpeg_timeout_secs",
             "must be between 1 and 600",
+        ));
+    }
+    let unusable = |s: &str| s.trim().is_empty() || s.chars().any(char::is_control);
+    if unusable(&sp.voice) {
+        problems.push(problem("speech.voice", "must name a voice (\"alloy\")"));
+    }
+    if unusable(&sp.speech_model) {
+        problems.push(problem(
+            "speech.speech_model",
+            "must name a text-to-speech model (\"tts-1\")",
+        ));
+    }
+    // 4096 characters is OpenAI's own limit on one `/audio/speech` input.
+    if sp.reply_max_chars == 0 || sp.reply_max_chars > 4096 {
+        problems.push(problem(
+            "speech.reply_max_chars",
+            "must be between 1 and 4096 (the speech API's limit on one input)",
         ));
     }
 }

@@ -103,6 +103,24 @@ pub trait LlmBackend: Send + Sync + 'static {
         })
     }
 
+    /// Speaks a text (`[speech] speech_model`, `voice`); returns the audio. Backends without
+    /// a speech upstream say so.
+    fn speak(
+        &self,
+        req: chatrelay_openai::speech::SpeechRequest,
+    ) -> BoxFuture<
+        'static,
+        Result<chatrelay_openai::speech::Speech, chatrelay_openai::speech::SpeechError>,
+    > {
+        let _ = req;
+        Box::pin(async {
+            Err(
+                chatrelay_openai::Error::InvalidConfig("no speech configured ([speech])".into())
+                    .into(),
+            )
+        })
+    }
+
     /// Health of each upstream (none for the demo).
     fn health(&self) -> Vec<chatrelay_openai::router::UpstreamHealth> {
         Vec::new()
@@ -180,11 +198,22 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn LlmBackend>, LlmError> {
                     .map(|u| Route::new(u.to_owned(), sp.model.clone()))
                     .collect::<Vec<_>>()
             });
+            // Spoken answers go the same way as transcriptions, with the speech model.
+            let spoken = speech
+                .as_ref()
+                .zip(config.speech.as_ref())
+                .map(|(routes, sp)| {
+                    routes
+                        .iter()
+                        .map(|r| Route::new(r.upstream.clone(), sp.speech_model.clone()))
+                        .collect::<Vec<_>>()
+                });
             Arc::new(RoutedBackend {
                 router: Router::new(upstreams),
                 routes,
                 images,
                 speech,
+                spoken,
             })
         }
     })
@@ -203,6 +232,8 @@ pub struct RoutedBackend {
     images: Option<ImageRoute>,
     /// Where voice is transcribed (`[speech]`: its upstream, then its fallbacks), if anywhere.
     speech: Option<Vec<Route>>,
+    /// Where answers are spoken (`[speech] speech_model`, same upstreams), if anywhere.
+    spoken: Option<Vec<Route>>,
 }
 
 struct ImageRoute {
@@ -287,6 +318,31 @@ impl LlmBackend for RoutedBackend {
                 tracing::info!(fallback = used, %upstream, "transcribed by a fallback upstream");
             }
             Ok(heard.text)
+        })
+    }
+
+    fn speak(
+        &self,
+        req: chatrelay_openai::speech::SpeechRequest,
+    ) -> BoxFuture<
+        'static,
+        Result<chatrelay_openai::speech::Speech, chatrelay_openai::speech::SpeechError>,
+    > {
+        let router = self.router.clone();
+        let routes = self.spoken.clone();
+        Box::pin(async move {
+            let Some(routes) = routes else {
+                return Err(chatrelay_openai::Error::InvalidConfig(
+                    "no speech configured ([speech])".into(),
+                )
+                .into());
+            };
+            let (speech, used) = router.speak(&routes, &req).await?;
+            if used > 0 {
+                let upstream = routes.get(used).map_or("", |r| r.upstream.as_str());
+                tracing::info!(fallback = used, %upstream, "spoken by a fallback upstream");
+            }
+            Ok(speech)
         })
     }
 

@@ -18,7 +18,8 @@
 //!   message (and its conversation continued from the web page); `commands`: chat commands;
 //!   `checks`: ban, rate limit, permissions, content rules; `answer`: one metered LLM answer;
 //!   `meter`: reserve, settle, refunds; `images`: pictures in and out; `voice`: voice
-//!   messages in ([`ffmpeg`] converts WeChat's audio); `delivery`: who
+//!   messages in ([`ffmpeg`] converts WeChat's audio); [`speak`]: answers spoken (voice
+//!   out); `delivery`: who
 //!   delivers an answer, across daemons; `upkeep`: sweeps and purges (expired guests' saved
 //!   conversations too).
 //! - what channels keep through the engine instead of naming the store: `accounts` (users,
@@ -47,6 +48,7 @@ mod progress;
 pub mod quota;
 pub mod ratelimit;
 mod settings;
+pub mod speak;
 mod upkeep;
 mod voice;
 

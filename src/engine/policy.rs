@@ -122,6 +122,7 @@ mod tests {
             scope: scope.into(),
             model: model.map(str::to_owned),
             role: role.map(str::to_owned),
+            voice_reply: false,
         }
     }
 

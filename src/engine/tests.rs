@@ -852,6 +852,7 @@ async fn roles_and_scope_defaults_set_the_prompt_and_show_in_quota() {
             scope: "telegram:main".into(),
             model: None,
             role: Some("coder".into()),
+            voice_reply: false,
         }];
     });
     h.engine.handle(msg("1", "hi")).collect().await;

@@ -559,7 +559,7 @@ fn failure_from_response(
 }
 
 /// Reads at most `limit` bytes of the body before `deadline`.
-async fn read_before(
+pub(crate) async fn read_before(
     deadline: Instant,
     resp: Response,
     limit: usize,
@@ -654,7 +654,7 @@ fn strip_stream_extras(req: &mut ChatRequest) {
     req.extra.remove("stream_options");
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -21,6 +21,7 @@
 //! I/O:
 //! - `client`: [`Client`] and [`ClientConfig`]: requests, timeouts, retries.
 //! - [`audio`]: speech to text (`/audio/transcriptions`, a multipart upload).
+//! - [`speech`]: text to speech (`/audio/speech`, the answer's audio bytes, size-bounded).
 //! - `stream`: [`ChatStream`], the typed chunk stream of a streaming answer.
 //! - [`router`]: [`router::Router`], several upstreams with fallback,
 //!   health tracking and a circuit breaker.
@@ -65,6 +66,7 @@ mod error;
 mod keys;
 mod retry;
 pub mod router;
+pub mod speech;
 pub mod sse;
 mod stream;
 pub mod types;

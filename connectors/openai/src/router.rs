@@ -576,6 +576,25 @@ impl Router {
             .await?)
     }
 
+    /// Like [`Router::chat`], for [`Client::speak`]: the text is checked once, before any
+    /// upstream is asked; each route's model replaces the request's. Audio over the
+    /// request's `max_bytes` is an answer, not an upstream failure: it does not fall back.
+    pub async fn speak(
+        &self,
+        routes: &[Route],
+        req: &crate::speech::SpeechRequest,
+    ) -> Result<(crate::speech::Speech, usize), crate::speech::SpeechError> {
+        req.check()?;
+        let (read, index) = self
+            .run_to_end(routes, |client, model| {
+                let mut req = req.clone();
+                req.model = model;
+                async move { client.post_speech(&req).await }
+            })
+            .await?;
+        Ok((read.into_speech(req.max_bytes)?, index))
+    }
+
     /// Like [`Router::chat`], for [`Client::moderate`]. A route with an
     /// empty model leaves the model out, so the provider uses its default.
     pub async fn moderate(

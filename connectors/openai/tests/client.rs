@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chatrelay_openai::speech::{SpeechError, SpeechRequest};
 use chatrelay_openai::{
     ChatChunk, ChatRequest, ChatStream, Client, ClientConfig, Error, ImageRequest, Message,
     ModerationRequest,
@@ -1014,4 +1015,105 @@ async fn moderate_api_error_and_retry() {
     assert!(!resp.is_flagged());
     assert!(resp.results[0].categories.is_empty());
     assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+// === text to speech ===
+
+/// An audio answer: `bytes` as `audio/ogg`.
+fn audio_reply(bytes: &'static [u8]) -> Response {
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "audio/ogg")
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn speak_posts_the_text_and_returns_the_audio_bytes() {
+    let (url, log) = serve(|_, _| Some(audio_reply(b"OggS\x00\x02opus-audio"))).await;
+    let req = SpeechRequest::new("tts-1", "你好，世界", "alloy", "opus");
+    let speech = client(&url, &["sk-A"]).speak(&req).await.unwrap();
+    assert_eq!(&speech.audio[..], b"OggS\x00\x02opus-audio");
+    assert_eq!(speech.content_type.as_deref(), Some("audio/ogg"));
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].path, "/v1/audio/speech");
+    assert_eq!(seen[0].auth().as_deref(), Some("Bearer sk-A"));
+    assert_eq!(
+        seen[0].body,
+        json!({"model": "tts-1", "input": "你好，世界", "voice": "alloy", "response_format": "opus"})
+    );
+}
+
+#[tokio::test]
+async fn speak_refuses_bad_requests_before_any_call() {
+    let (url, log) = serve(|_, _| Some(audio_reply(b"never"))).await;
+    let c = client(&url, &["sk-A"]);
+    let empty = SpeechRequest::new("tts-1", "  ", "alloy", "mp3");
+    assert_eq!(c.speak(&empty).await, Err(SpeechError::EmptyInput));
+    let long = SpeechRequest::new("tts-1", "a".repeat(5000), "alloy", "mp3");
+    assert!(matches!(
+        c.speak(&long).await,
+        Err(SpeechError::InputTooLong { chars: 5000, .. })
+    ));
+    let amr = SpeechRequest::new("tts-1", "hi", "alloy", "amr");
+    assert!(matches!(c.speak(&amr).await, Err(SpeechError::Invalid(_))));
+    assert!(log.lock().unwrap().is_empty(), "nothing may be sent");
+}
+
+#[tokio::test]
+async fn speak_bounds_the_audio_it_reads() {
+    // Announced length over the limit.
+    let (url, _) = serve(|_, _| Some(audio_reply(&[7u8; 64]))).await;
+    let mut req = SpeechRequest::new("tts-1", "hi", "alloy", "mp3");
+    req.max_bytes = 63;
+    let c = client(&url, &["sk-A"]);
+    assert_eq!(c.speak(&req).await, Err(SpeechError::TooLarge { max: 63 }));
+    req.max_bytes = 64;
+    assert_eq!(c.speak(&req).await.unwrap().audio.len(), 64);
+    // No announced length (chunked): cut while reading.
+    let (url, _) = serve(|_, _| {
+        let chunks =
+            stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&[1u8; 1000]))));
+        Some(
+            Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "audio/mpeg")
+                .body(Body::from_stream(chunks))
+                .unwrap(),
+        )
+    })
+    .await;
+    req.max_bytes = 2500;
+    assert_eq!(
+        client(&url, &["sk-A"]).speak(&req).await,
+        Err(SpeechError::TooLarge { max: 2500 })
+    );
+}
+
+#[tokio::test]
+async fn speak_errors_are_typed_not_audio() {
+    let req = SpeechRequest::new("tts-1", "hi", "alloy", "mp3");
+    // An error sent with 200 (some gateways do).
+    let (url, _) = serve(|_, _| Some(api_error(200, "model_not_found", &[]))).await;
+    let Err(SpeechError::Api(Error::Api { code, .. })) = client(&url, &["sk-A"]).speak(&req).await
+    else {
+        panic!("a JSON error must be an API error");
+    };
+    assert_eq!(code.as_deref(), Some("model_not_found"));
+    // A plain 400.
+    let (url, log) = serve(|_, _| Some(api_error(400, "invalid_value", &[]))).await;
+    let err = client(&url, &["sk-A"]).speak(&req).await.unwrap_err();
+    let SpeechError::Api(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.status(), Some(400));
+    assert_eq!(log.lock().unwrap().len(), 1, "400 is not retried");
+    // An empty body is not a voice message.
+    let (url, _) = serve(|_, _| Some(audio_reply(b""))).await;
+    assert!(matches!(
+        client(&url, &["sk-A"]).speak(&req).await,
+        Err(SpeechError::Api(Error::Decode { .. }))
+    ));
 }

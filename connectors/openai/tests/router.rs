@@ -13,6 +13,7 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatrelay_openai::router::{Route, RoutedStream, Router, UpstreamHealth, UpstreamState};
+use chatrelay_openai::speech::{SpeechError, SpeechRequest};
 use chatrelay_openai::{
     ChatChunk, ChatRequest, Client, ClientConfig, Error, ImageRequest, Message, ModerationRequest,
 };
@@ -622,4 +623,46 @@ fn router_and_stream_types_fit_the_daemon() {
     assert_send(&r.moderate(&rs, &ModerationRequest::default()));
     assert!(r.client("a").is_some() && r.client("b").is_none());
     assert!(format!("{r:?}").contains("\"a\""));
+}
+
+#[tokio::test]
+async fn speech_falls_back_and_oversize_audio_does_not() {
+    let (a, log_a) = serve(|_, _| api_error(503, "overloaded")).await;
+    let (b, log_b) = serve(|_, _| {
+        Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "audio/mpeg")
+            .body(Body::from(&b"ID3-mp3-audio"[..]))
+            .unwrap()
+    })
+    .await;
+    let r = router(&[("a", &a), ("b", &b)]);
+    let req = SpeechRequest::new("ignored", "你好", "nova", "mp3");
+    let (speech, index) = r.speak(&routes(&["a", "b"]), &req).await.unwrap();
+    assert_eq!(index, 1);
+    assert_eq!(&speech.audio[..], b"ID3-mp3-audio");
+    assert_eq!(log_a.lock().unwrap()[0].path, "/v1/audio/speech");
+    assert_eq!(log_a.lock().unwrap()[0].body["model"], "model-a");
+    assert_eq!(
+        log_b.lock().unwrap()[0].body,
+        json!({"model": "model-b", "input": "你好", "voice": "nova", "response_format": "mp3"})
+    );
+
+    // Too large for the caller: b answered, so b is not failed over from, nor counted down.
+    let small = SpeechRequest {
+        max_bytes: 4,
+        ..req.clone()
+    };
+    let err = r.speak(&routes(&["b", "a"]), &small).await.unwrap_err();
+    assert_eq!(err, SpeechError::TooLarge { max: 4 });
+    assert_eq!(log_b.lock().unwrap().len(), 2);
+    assert_eq!(health(&r, "b").errors_total, 0);
+
+    // A text too long is refused before any upstream is asked.
+    let long = SpeechRequest::new("x", "a".repeat(4097), "nova", "mp3");
+    assert!(matches!(
+        r.speak(&routes(&["a", "b"]), &long).await,
+        Err(SpeechError::InputTooLong { .. })
+    ));
+    assert_eq!(log_a.lock().unwrap().len() + log_b.lock().unwrap().len(), 3);
 }

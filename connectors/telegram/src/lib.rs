@@ -15,6 +15,7 @@ use chatrelay_core::split::{Unit, split_message};
 use teloxide_core::errors::{ApiError, RequestError};
 use teloxide_core::payloads::{
     EditMessageTextSetters, GetUpdatesSetters, SendMessageSetters, SendPhotoSetters,
+    SendVoiceSetters,
 };
 use teloxide_core::requests::Requester;
 use teloxide_core::types::{
@@ -541,6 +542,26 @@ impl TgBot {
         let url =
             reqwest::Url::parse(url).map_err(|e| TgError::Invalid(format!("picture URL: {e}")))?;
         let mut req = self.bot.send_photo(ChatId(chat), InputFile::url(url));
+        if let Some(id) = reply_to {
+            req = req.reply_parameters(ReplyParameters {
+                allow_sending_without_reply: Some(true),
+                ..ReplyParameters::new(MessageId(id))
+            });
+        }
+        req.await?;
+        Ok(())
+    }
+
+    /// sendVoice: `ogg` (OGG/Opus, what Telegram plays as a voice note) uploaded from
+    /// memory, replying to `reply_to` when given.
+    pub async fn send_voice(
+        &self,
+        chat: i64,
+        ogg: bytes::Bytes,
+        reply_to: Option<i32>,
+    ) -> Result<(), TgError> {
+        let file = InputFile::memory(ogg).file_name("voice.ogg");
+        let mut req = self.bot.send_voice(ChatId(chat), file);
         if let Some(id) = reply_to {
             req = req.reply_parameters(ReplyParameters {
                 allow_sending_without_reply: Some(true),

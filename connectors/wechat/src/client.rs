@@ -447,6 +447,20 @@ impl MpClient {
         self.call("/cgi-bin/message/custom/send", &body).await
     }
 
+    /// Sends a customer-service voice message (temporary media `media_id`, from
+    /// [`MpClient::upload_voice`]) to `openid`.
+    ///
+    /// # Errors
+    /// [`WechatError`], as [`Self::send_text`].
+    pub async fn send_voice(&self, openid: &str, media_id: &str) -> Result<(), WechatError> {
+        let body = json!({
+            "touser": openid,
+            "msgtype": "voice",
+            "voice": { "media_id": media_id },
+        });
+        self.call("/cgi-bin/message/custom/send", &body).await
+    }
+
     /// Shows (`true`) or hides (`false`) the "typing" indicator to `openid`.
     ///
     /// # Errors

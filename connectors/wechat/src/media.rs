@@ -2,9 +2,49 @@
 //! `GET /cgi-bin/media/get?access_token=&media_id=`. WeChat answers with the file, or with a
 //! JSON `{"errcode":..}` body when it refuses; the size is checked against the announced
 //! `Content-Length` before reading and again while reading.
+//!
+//! And the other way: uploading a voice answer as temporary media
+//! (`POST /cgi-bin/media/upload?type=voice`, multipart field `media`; WeChat takes AMR or MP3
+//! of at most 2 MB and 60 s) and sending it as a customer-service voice message.
 
 use crate::MpClient;
-use crate::client::{WechatError, api_result, http_error};
+use crate::client::{WechatError, api_result, http_error, send_limited};
+
+/// The largest voice file WeChat takes as temporary media (2 MB).
+pub const MAX_VOICE_UPLOAD_BYTES: usize = 2 * 1024 * 1024;
+
+/// A multipart boundary that does not occur in `file`.
+fn boundary_for(file: &[u8]) -> String {
+    let mut n = file.len();
+    loop {
+        let b = format!("chatrelay-media-{n:016x}");
+        if !file.windows(b.len()).any(|w| w == b.as_bytes()) {
+            return b;
+        }
+        n = n.wrapping_add(1);
+    }
+}
+
+/// The `multipart/form-data` body of a media upload: one part, `media`.
+fn upload_body(file: &[u8], filename: &str, content_type: &str, boundary: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(file.len() + 256);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// What `media/upload` answers.
+#[derive(serde::Deserialize)]
+struct Uploaded {
+    #[serde(default)]
+    media_id: Option<String>,
+}
 
 /// Why a media download failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,5 +142,72 @@ impl MpClient {
             bytes,
             content_type,
         })
+    }
+
+    /// Uploads an MP3 voice answer as temporary media (kept 3 days by WeChat); returns its
+    /// `media_id`. Files over [`MAX_VOICE_UPLOAD_BYTES`] or empty are refused unsent.
+    ///
+    /// # Errors
+    /// [`MediaError::TooLarge`], or WeChat's refusal / a failed request as [`MediaError::Api`].
+    pub async fn upload_voice(&self, mp3: &[u8]) -> Result<String, MediaError> {
+        if mp3.len() > MAX_VOICE_UPLOAD_BYTES {
+            return Err(MediaError::TooLarge {
+                max: MAX_VOICE_UPLOAD_BYTES as u64,
+            });
+        }
+        if mp3.is_empty() {
+            return Err(WechatError::Decode("an empty voice file".into()).into());
+        }
+        let token = self.access_token().await?;
+        match self.upload_voice_once(&token, mp3).await {
+            Err(MediaError::Api(e)) if e.is_token_invalid() => {
+                tracing::warn!(app_id = %self.app_id(), "access_token rejected by media/upload; refetching once");
+                self.invalidate_token(&token).await;
+                let token = self.access_token().await?;
+                self.upload_voice_once(&token, mp3).await
+            }
+            other => other,
+        }
+    }
+
+    async fn upload_voice_once(&self, token: &str, mp3: &[u8]) -> Result<String, MediaError> {
+        let (http, base) = self.media_parts();
+        let url = format!("{base}/cgi-bin/media/upload");
+        let boundary = boundary_for(mp3);
+        let body = upload_body(mp3, "voice.mp3", "audio/mpeg", &boundary);
+        let req = http
+            .post(&url)
+            .query(&[("access_token", token), ("type", "voice")])
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
+        let bytes = send_limited(req).await?;
+        api_result(&bytes)?;
+        let uploaded: Uploaded = serde_json::from_slice(&bytes)
+            .map_err(|e| WechatError::Decode(format!("media/upload: {e}")))?;
+        uploaded
+            .media_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| WechatError::Decode("media/upload answered no media_id".into()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upload_body_frames_the_file_once() {
+        let file = b"ID3\x04chatrelay-media-0000000000000009x";
+        let b = boundary_for(file);
+        assert!(!file.windows(b.len()).any(|w| w == b.as_bytes()));
+        let body = upload_body(file, "voice.mp3", "audio/mpeg", "BND");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with(
+            "--BND\r\nContent-Disposition: form-data; name=\"media\"; filename=\"voice.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3"
+        ));
+        assert!(text.ends_with("x\r\n--BND--\r\n"));
     }
 }

@@ -41,6 +41,8 @@ struct Fake {
     script: Mutex<VecDeque<Answer>>,
     /// Every message call: (path, access_token query parameter, body).
     calls: Mutex<Vec<(String, Option<String>, Value)>>,
+    /// Every media upload: (type, content type, raw body).
+    uploads: Mutex<Vec<(String, String, Vec<u8>)>>,
 }
 
 impl Fake {
@@ -103,6 +105,35 @@ async fn message(
     }
 }
 
+/// `media/upload`: records (type, content type, raw body); answers from the script, else a
+/// media_id.
+async fn upload(
+    State(fake): State<Arc<Fake>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    fake.uploads.lock().unwrap().push((
+        q.get("type").cloned().unwrap_or_default(),
+        content_type,
+        body.to_vec(),
+    ));
+    match fake.script.lock().unwrap().pop_front() {
+        Some(Answer::Json(status, body)) => {
+            (StatusCode::from_u16(status).unwrap(), body.to_owned())
+        }
+        _ => (
+            StatusCode::OK,
+            r#"{"type":"voice","media_id":"MEDIA_1","created_at":1700000000}"#.to_owned(),
+        ),
+    }
+}
+
 /// Starts the fake on an ephemeral port and returns a client for it.
 async fn start(fake: Fake) -> (MpClient, Arc<Fake>) {
     start_with(fake, reqwest::Client::builder()).await
@@ -114,6 +145,7 @@ async fn start_with(fake: Fake, http: reqwest::ClientBuilder) -> (MpClient, Arc<
         .route("/cgi-bin/stable_token", post(stable_token))
         .route("/cgi-bin/message/custom/send", post(message))
         .route("/cgi-bin/message/custom/typing", post(message))
+        .route("/cgi-bin/media/upload", post(upload))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -350,4 +382,52 @@ async fn errors_never_contain_the_token_or_secret() {
     let err = client.access_token().await.unwrap_err();
     assert!(matches!(err, WechatError::Http(_)), "{err:?}");
     assert!(!format!("{err} {err:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn voice_answers_are_uploaded_then_sent_as_voice_messages() {
+    let (client, fake) = start(Fake::new(7200)).await;
+    let mp3 = b"ID3\x04\x00fake-mp3-voice";
+    let media_id = client.upload_voice(mp3).await.unwrap();
+    assert_eq!(media_id, "MEDIA_1");
+    let (kind, content_type, body) = fake.uploads.lock().unwrap()[0].clone();
+    assert_eq!(kind, "voice");
+    let boundary = content_type
+        .strip_prefix("multipart/form-data; boundary=")
+        .expect(&content_type);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.starts_with(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"voice.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+        )),
+        "{text}"
+    );
+    assert!(body.windows(mp3.len()).any(|w| w == mp3));
+    assert!(text.ends_with(&format!("\r\n--{boundary}--\r\n")));
+    client.send_voice("o_user", &media_id).await.unwrap();
+    assert_eq!(
+        fake.calls()[0].2,
+        json!({"touser": "o_user", "msgtype": "voice", "voice": {"media_id": "MEDIA_1"}})
+    );
+}
+
+#[tokio::test]
+async fn voice_uploads_over_2_mb_or_refused_are_errors() {
+    let fake = Fake::new(7200).script(&[Answer::Json(
+        200,
+        r#"{"errcode":40004,"errmsg":"invalid media type"}"#,
+    )]);
+    let (client, fake) = start(fake).await;
+    let big = vec![0u8; 2 * 1024 * 1024 + 1];
+    assert!(matches!(
+        client.upload_voice(&big).await,
+        Err(chatrelay_wechat::media::MediaError::TooLarge { .. })
+    ));
+    assert!(client.upload_voice(&[]).await.is_err());
+    assert!(fake.uploads.lock().unwrap().is_empty(), "nothing sent");
+    let err = client.upload_voice(b"ID3").await.unwrap_err();
+    let chatrelay_wechat::media::MediaError::Api(WechatError::Api { errcode, .. }) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(errcode, 40004);
 }

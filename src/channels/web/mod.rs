@@ -59,8 +59,8 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 
 /// Everything the page loads comes from here; nothing inline, nothing from elsewhere
-/// (except the configured Official Account QR image).
-const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// (except the configured Official Account QR image); spoken answers play from `blob:` URLs.
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// How long a guest token works.
 const GUEST_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -128,8 +128,24 @@ async fn config(State(st): State<WebState>) -> Response {
         "guest": web.guest_credits > 0,
         "channels": parts.billing.channels(),
         "buy": parts.billing.enabled() && !parts.billing.products().is_empty(),
+        // `[[scopes]] scope = "web"` with `voice_reply`: answers get a play button (spoken
+        // through `/v1/audio/speech`, charged `speech_credits`) up to `reply_max_chars`.
+        "voice_reply": voice_reply(&settings),
     }))
     .into_response()
+}
+
+/// The page's voice replies: `{credits, max_chars}` when the web scope speaks, else null.
+fn voice_reply(settings: &crate::engine::Settings) -> serde_json::Value {
+    let speaks = crate::engine::policy::scope_defaults(&settings.scopes, "web")
+        .is_some_and(|sc| sc.voice_reply);
+    match &settings.speech {
+        Some(sp) if speaks => json!({
+            "credits": sp.speech_credits,
+            "max_chars": sp.reply_max_chars,
+        }),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// A JSON error as the page's APIs give it: `{"error": {"code", "message"}}`.

@@ -115,11 +115,98 @@ function fillMessage(conv, msg, index) {
     const copy = el('button', { type: 'button', class: 'link-btn', 'data-copy-msg': '', text: t('copy') });
     foot.append(copy);
   }
+  if (msg.content && msg.state !== 'error' && canSpeak(msg, md)) {
+    const play = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'play-answer', text: t('play') });
+    play.chatMsg = msg;
+    paintPlay(play, playState.get(msg));
+    play.addEventListener('click', () => playAnswer(msg, md));
+    foot.append(play);
+  }
   const isLast = index === conv.messages.length - 1;
   if (isLast && !state.streams.has(conv.id) && canRetry(msg) && !isPlatform(conv)) {
     const again = el('button', { type: 'button', class: 'link-btn', 'data-testid': 'regenerate', text: t('regenerate') });
     again.addEventListener('click', () => regenerate(conv));
     foot.append(again);
+  }
+}
+
+/** Whether an answer gets a play button: the web scope speaks (`[[scopes]] voice_reply`),
+ * and the answer is short and without code (read, not listened to), as on the platforms. */
+function canSpeak(msg, md) {
+  const v = state.config && state.config.voice_reply;
+  if (!v || msg.content.includes('```')) return false;
+  const text = md.textContent.trim();
+  return text.length > 0 && [...text].length <= v.max_chars;
+}
+
+/** Spoken answers: each message's audio (an object URL), fetched once, since each fetch is
+ * charged; each message's play state (kept apart from its button, which a re-render
+ * replaces); and what is playing, so that a second play stops the first. */
+const spokenAudio = new WeakMap();
+const playState = new WeakMap();
+let playingAudio = null;
+
+/** Shows a play button's state: `speaking` (fetching), `playing`, `played`, `stopped`, `error`. */
+function paintPlay(btn, st) {
+  btn.disabled = st === 'speaking';
+  btn.textContent = t(st === 'speaking' ? 'speaking' : st === 'playing' ? 'playing' : 'play');
+  if (st) btn.dataset.state = st;
+  else delete btn.dataset.state;
+}
+
+/** Records a message's play state and shows it on its button(s) now on the page. */
+function setPlay(msg, st) {
+  playState.set(msg, st);
+  for (const b of document.querySelectorAll('[data-testid="play-answer"]')) if (b.chatMsg === msg) paintPlay(b, st);
+}
+
+/** Speaks an answer (`/v1/audio/speech`, the user's token, charged `speech_credits`) and plays
+ * it; a failure is said in a toast and costs nothing. */
+async function playAnswer(msg, md) {
+  if (playingAudio) { playingAudio.pause(); playingAudio = null; }
+  let url = spokenAudio.get(msg);
+  if (!url) {
+    if (playState.get(msg) === 'speaking') return;
+    setPlay(msg, 'speaking');
+    try {
+      let res;
+      try {
+        res = await fetch('/v1/audio/speech', {
+          method: 'POST',
+          headers: {
+            'Content-Type': 'application/json', Accept: 'audio/*, application/json',
+            'Accept-Language': acceptLanguage(), Authorization: 'Bearer ' + state.token,
+          },
+          body: JSON.stringify({ model: 'tts-1', input: md.textContent.trim(), response_format: 'mp3' }),
+          cache: 'no-store',
+        });
+      } catch (_) {
+        throw new ApiError(0, 'network', t('networkError'));
+      }
+      if (!res.ok) throw await errorFrom(res, '/v1/audio/speech');
+      url = URL.createObjectURL(await res.blob());
+      spokenAudio.set(msg, url);
+      refreshMe();
+    } catch (e) {
+      setPlay(msg, 'error');
+      toast((e && e.message) || t('playFailed'));
+      return;
+    }
+  }
+  const audio = new Audio(url);
+  playingAudio = audio;
+  setPlay(msg, 'playing');
+  const done = (st) => {
+    setPlay(msg, st);
+    if (playingAudio === audio) playingAudio = null;
+  };
+  audio.addEventListener('ended', () => done('played'));
+  audio.addEventListener('pause', () => { if (!audio.ended) done('stopped'); });
+  try {
+    await audio.play();
+  } catch (_) {
+    done('error');
+    toast(t('playFailed'));
   }
 }
 

@@ -5,6 +5,12 @@
 //! `response_format` (`json`, the default, or `text`); other fields (`language`, `prompt`,
 //! `temperature`) are accepted and ignored. The body is parsed by
 //! [`chatrelay_openai::audio::parse_upload`] (fuzzed: `fuzz/fuzz_targets/multipart.rs`).
+//!
+//! `POST /v1/audio/speech`: OpenAI's text-to-speech, proxied to `[speech] speech_model` and
+//! charged `[speech] speech_credits` (same user token): a JSON body with `input` (at most
+//! 4096 characters), `voice` (else `[speech] voice`), `response_format` (`mp3`, the default,
+//! `opus`, `aac`, `flac`, `wav`, `pcm`), `model` (any: the configured one speaks); `speed`
+//! and `instructions` are accepted and ignored. Answered with the audio's bytes.
 
 use axum::http::header;
 use chatrelay_openai::audio::{Upload, parse_upload};
@@ -88,6 +94,78 @@ pub(super) async fn transcriptions(
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }
         Ok((text, _charged)) => Ok(Json(json!({ "text": text })).into_response()),
+        Err(ReplyEvent::Failed { kind, message }) => {
+            Err(failure(st.shutdown.is_cancelled(), lang, kind, message))
+        }
+        Err(_) => Err(interrupted(st.shutdown.is_cancelled(), lang)),
+    }
+}
+
+/// A `/v1/audio/speech` request.
+#[derive(serde::Deserialize)]
+struct SpeechBody {
+    input: String,
+    #[serde(default)]
+    voice: Option<String>,
+    #[serde(default)]
+    response_format: Option<String>,
+}
+
+/// The `Content-Type` of a speech format.
+fn audio_type(format: &str) -> &'static str {
+    match format {
+        "mp3" => "audio/mpeg",
+        "opus" => "audio/ogg",
+        "aac" => "audio/aac",
+        "flac" => "audio/flac",
+        "wav" => "audio/wav",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `POST /v1/audio/speech`.
+pub(super) async fn speech(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let lang = Lang::of_request(&headers, &st.engine.settings().texts);
+    let uid = authenticate(&st, &headers)?;
+    let body = body.map_err(|e| body_error(lang, &e))?;
+    let req: SpeechBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(
+            "input",
+            lang.pick(
+                format!("The body must be JSON with an input string: {e}"),
+                format!("请求体须是带 input 字符串的 JSON：{e}"),
+            ),
+        )
+    })?;
+    let format = req
+        .response_format
+        .as_deref()
+        .unwrap_or("mp3")
+        .to_ascii_lowercase();
+    let voice = req
+        .voice
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    if voice.is_some_and(|v| v.len() > 64 || v.chars().any(char::is_control)) {
+        return Err(ApiError::invalid(
+            "voice",
+            lang.pick("The voice name is unusable.", "voice 名称不可用。"),
+        ));
+    }
+    let reference = format!("api:{}", random_id());
+    match st
+        .engine
+        .speak_api(uid, &req.input, voice, &format, &reference)
+        .await
+    {
+        Ok((audio, _charged)) => {
+            Ok(([(header::CONTENT_TYPE, audio_type(&format))], audio).into_response())
+        }
         Err(ReplyEvent::Failed { kind, message }) => {
             Err(failure(st.shutdown.is_cancelled(), lang, kind, message))
         }

@@ -9,7 +9,8 @@
 //!
 //! Parts: this file (routes, authentication, the completion handler, models), `request`
 //! (reading and checking a request), `answer` (sending it whole or streamed), `error`
-//! (OpenAI-shaped errors and the request's language), `audio` (`/v1/audio/transcriptions`).
+//! (OpenAI-shaped errors and the request's language), `audio` (`/v1/audio/transcriptions`,
+//! `/v1/audio/speech`).
 
 use std::sync::OnceLock;
 
@@ -55,6 +56,10 @@ pub fn routes() -> axum::Router<WebState> {
         .route(
             "/v1/audio/transcriptions",
             post(audio::transcriptions).fallback(wrong_method),
+        )
+        .route(
+            "/v1/audio/speech",
+            post(audio::speech).fallback(wrong_method),
         )
         .route("/v1/models", get(models).fallback(wrong_method))
         .route("/v1/models/{id}", get(model).fallback(wrong_method))
