@@ -24,6 +24,7 @@ mod check;
 mod pay;
 mod read;
 mod sections;
+mod speech;
 
 mod secret;
 mod validate;
@@ -33,6 +34,7 @@ pub use channels::*;
 pub use pay::*;
 pub use secret::Secret;
 pub use sections::*;
+pub use speech::SpeechConfig;
 pub use validate::parse_quiet_hours;
 
 /// Prefix of environment overrides: `CHATRELAY__LLM__BASE_URL` sets `[llm] base_url`.
