@@ -6,6 +6,9 @@ posts.
 
 `GET /cgi-bin/media/get?access_token&media_id` serves `fake.media[media_id]` (bytes, as
 audio/amr) and counts the calls in `media_gets`; an unknown media_id gets errcode 40007 as JSON.
+The same path is WeCom's (qyapi) media/get: it takes the Official Account's tokens (`tok-`) and
+WeCom's (`wtok-`, from gettoken) alike; any other token gets errcode 40014 (invalid
+access_token), as both platforms answer.
 `POST /cgi-bin/media/upload?type=voice` takes a multipart `media` file (at most 2 MB, as WeChat)
 and records it in `uploads` under the media_id it answers (`up-<n>`).
 
@@ -188,8 +191,11 @@ class FakeWechat:
                     with fake.lock:
                         fake.media_gets.append(q.get("media_id", ""))
                         data = fake.media.get(q.get("media_id", ""))
-                    if data is None or not q.get("access_token", "").startswith("tok-"):
-                        self._json({"errcode": 40007, "errmsg": "invalid media_id"})
+                    if not q.get("access_token", "").startswith(("tok-", "wtok-")):
+                        self._json({"errcode": 40014, "errmsg": f"invalid access_token, rid: {_rid()}"})
+                        return
+                    if data is None:
+                        self._json({"errcode": 40007, "errmsg": f"invalid media_id, rid: {_rid()}"})
                         return
                     self.send_response(200)
                     self.send_header("content-type", "audio/amr")

@@ -1,5 +1,11 @@
 //! The WeCom self-built app: its callbacks, answered through `message/send` in 2048-byte
 //! parts, the redelivery marks ([`Seen`]) and the outbox of answers that could not be sent.
+//!
+//! A voice message (`MsgType=voice`, AMR) goes to the engine as a voice message whose audio
+//! downloads through WeCom's `media/get` with the app's token ([`WecomVoice`]); the engine
+//! converts, transcribes and prices it (`[speech]`) like the Official Account's. The callback
+//! is acknowledged at once, so the download and transcription take what time they need, and
+//! WeCom's retries of the message join the one answer (one download).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +15,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::voice::{Audio, Voice, VoiceError, VoiceSource};
 use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
-use chatrelay_wechat::{Incoming, IncomingKind, WecomClient, WecomEndpoint, WecomQuery};
+use chatrelay_wechat::{
+    Incoming, IncomingKind, MediaError, WecomClient, WecomEndpoint, WecomQuery,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::common::refused;
@@ -127,19 +136,32 @@ pub fn callback(
     let key = UserKey::new(Platform::Wecom, app.cfg.id.clone(), msg.from_user.clone());
     let message_id = msg.dedupe_id();
     let mut images = Vec::new();
-    let text = incoming_text(engine, &app, &msg, &key, &message_id, &mut images);
+    let mut voice = None;
+    let text = incoming_text(
+        engine,
+        &app,
+        &msg,
+        &key,
+        &message_id,
+        &mut images,
+        &mut voice,
+    );
     if let Some(text) = text
         && app.seen.first(&message_id, Duration::from_secs(600))
     {
-        answer(engine, app, id, key, message_id, text, images);
+        let mut inbound = Inbound::text(key, message_id, text);
+        inbound.images = images;
+        inbound.voice = voice;
+        answer(engine, app, id, inbound);
     }
     // An empty 200 acknowledges: the answer goes through message/send.
     StatusCode::OK.into_response()
 }
 
 /// The text a message asks the engine about (a picture adds its URL to `images` and asks
-/// with no text), or None: an event answered here (the welcome) or not at all, or a kind the
-/// app cannot read (told so, once).
+/// with no text; a voice message sets `voice` and asks with no text: the engine takes its
+/// text from WeCom's `Recognition` or by transcribing it), or None: an event answered here
+/// (the welcome) or not at all, or a kind the app cannot read (told so, once).
 fn incoming_text(
     engine: &Engine,
     app: &Arc<WecomApp>,
@@ -147,13 +169,23 @@ fn incoming_text(
     key: &UserKey,
     message_id: &str,
     images: &mut Vec<String>,
+    voice: &mut Option<Voice>,
 ) -> Option<String> {
     match &msg.kind {
         IncomingKind::Text { content } => Some(content.clone()),
         IncomingKind::Voice {
-            recognition: Some(t),
-            ..
-        } => Some(t.clone()),
+            media_id,
+            format,
+            recognition,
+        } => {
+            *voice = Some(app_voice(
+                &app.client,
+                media_id,
+                format,
+                recognition.clone(),
+            ));
+            Some(String::new())
+        }
         IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
             images.push(pic_url.clone());
             Some(String::new())
@@ -193,23 +225,71 @@ fn incoming_text(
     }
 }
 
-/// Asks the engine about `text` in a task and sends the answer, unless another delivery of
-/// the message (here or in another daemon) already claimed it.
-fn answer(
-    engine: &Engine,
-    app: Arc<WecomApp>,
-    id: &str,
-    key: UserKey,
-    message_id: String,
-    text: String,
-    images: Vec<String>,
-) {
-    let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
+/// A voice message to the app: WeCom's transcript when it gave one (plain chat, voice
+/// price), else its audio, downloaded with the app's token. WeCom records voice as AMR; a
+/// missing `Format` is taken as that.
+fn app_voice(
+    client: &WecomClient,
+    media_id: &str,
+    format: &str,
+    recognition: Option<String>,
+) -> Voice {
+    let format = if format.trim().is_empty() {
+        "amr"
+    } else {
+        format
+    };
+    let source = WecomVoice {
+        client: client.clone(),
+        media_id: media_id.to_owned(),
+        format: format.to_owned(),
+    };
+    let mut voice = Voice::new(format, Some(Arc::new(source) as Arc<dyn VoiceSource>));
+    voice.recognition = recognition.filter(|t| !t.trim().is_empty());
+    voice
+}
+
+/// A voice message's audio in the WeCom app: `media/get` with the app's token, at most the
+/// engine's limit.
+struct WecomVoice {
+    client: WecomClient,
+    media_id: String,
+    /// `amr`, as WeCom said.
+    format: String,
+}
+
+impl VoiceSource for WecomVoice {
+    fn fetch(
+        &self,
+        max_bytes: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
+        let (client, media_id, format) = (
+            self.client.clone(),
+            self.media_id.clone(),
+            self.format.clone(),
+        );
+        Box::pin(async move {
+            match client.media_get(&media_id, max_bytes).await {
+                Ok(media) => Ok(Audio {
+                    bytes: media.bytes,
+                    format,
+                }),
+                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
+                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Asks the engine about `inbound` (text, pictures or a voice message) in a task and sends
+/// the answer, unless another delivery of the message (here or in another daemon) already
+/// claimed it.
+fn answer(engine: &Engine, app: Arc<WecomApp>, id: &str, inbound: Inbound) {
+    let key = inbound.key.clone();
+    let span = info_span!("wecom", app = %id, user = %key.user, msg = %inbound.message_id);
     let engine = engine.clone();
     engine.tracker().clone().spawn(
         async move {
-            let mut inbound = Inbound::text(key.clone(), message_id, text);
-            inbound.images = images;
             let claim = format!("wecom:{}#{}", key, inbound.message_id);
             let reply = engine.handle(inbound);
             let event = reply.collect().await;
