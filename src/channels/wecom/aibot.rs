@@ -471,6 +471,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn what_was_heard_starts_the_stream_once() {
+        let stream = Arc::new(Stream::default());
+        let heard = StreamHeard {
+            stream: Arc::downgrade(&stream),
+            template: "你说的是：{text}".into(),
+        };
+        assert!(
+            !heard.show_heard("明天").await,
+            "the engine still puts it before the answer"
+        );
+        assert_eq!(stream.lock().text, "你说的是：明天\n\n");
+        // Written once: a stream with text, or finished, is left alone.
+        heard.show_heard("again").await;
+        assert_eq!(stream.lock().text, "你说的是：明天\n\n");
+        let done = Arc::new(Stream::default());
+        done.lock().finished = true;
+        let late = StreamHeard {
+            stream: Arc::downgrade(&done),
+            template: "{text}".into(),
+        };
+        late.show_heard("x").await;
+        assert_eq!(done.lock().text, "");
+        // No audio to fetch: the bot only has WeCom's transcript.
+        assert!(matches!(
+            heard.fetch(1000).await,
+            Err(VoiceError::Download(_))
+        ));
+    }
+
     const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
 
     struct Rig {

@@ -390,6 +390,87 @@ mod tests {
     }
 
     #[test]
+    fn a_voice_message_is_amr_unless_said_and_keeps_only_a_real_recognition() {
+        let client = WecomClient::new("http://127.0.0.1:9", "ww", "s", 1, reqwest::Client::new());
+        let v = app_voice(&client, "m1", " ", Some("  ".into()));
+        assert_eq!(v.format, "amr");
+        assert_eq!(
+            v.recognition, None,
+            "a blank transcript means: transcribe it"
+        );
+        assert!(v.source.is_some());
+        let v = app_voice(&client, "m1", "speex", Some("你好".into()));
+        assert_eq!(v.format, "speex");
+        assert_eq!(v.recognition.as_deref(), Some("你好"));
+    }
+
+    /// A loopback qyapi: gettoken, and media/get serving `file` for media_id `m1` (40007 for
+    /// any other).
+    async fn qyapi(file: &'static [u8]) -> String {
+        use axum::routing::get;
+        let app =
+            axum::Router::new()
+                .route(
+                    "/cgi-bin/gettoken",
+                    get(|| async {
+                        r#"{"errcode":0,"errmsg":"ok","access_token":"T","expires_in":7200}"#
+                    }),
+                )
+                .route(
+                    "/cgi-bin/media/get",
+                    get(
+                        move |q: axum::extract::Query<
+                            std::collections::HashMap<String, String>,
+                        >| async move {
+                            if q.get("media_id").map(String::as_str) == Some("m1")
+                                && q.get("access_token").map(String::as_str) == Some("T")
+                            {
+                                ([("content-type", "audio/amr")], file.to_vec()).into_response()
+                            } else {
+                                (
+                                    [("content-type", "application/json")],
+                                    r#"{"errcode":40007,"errmsg":"invalid media_id"}"#,
+                                )
+                                    .into_response()
+                            }
+                        },
+                    ),
+                );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn the_voice_source_downloads_with_the_apps_token_within_the_limit() {
+        const AMR: &[u8] = b"#!AMR\n\x3c0123456789";
+        let base = qyapi(AMR).await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = WecomClient::new(&base, "ww", "s", 1, http);
+        let voice = app_voice(&client, "m1", "amr", None);
+        let source = voice.source.unwrap();
+        let audio = source.fetch(1000).await.unwrap();
+        assert_eq!(
+            audio,
+            Audio {
+                bytes: AMR.to_vec(),
+                format: "amr".into()
+            }
+        );
+        assert_eq!(
+            source.fetch(5).await.unwrap_err(),
+            VoiceError::TooBig { max: 5 }
+        );
+        let gone = app_voice(&client, "m2", "amr", None).source.unwrap();
+        let err = gone.fetch(1000).await.unwrap_err();
+        assert!(
+            matches!(&err, VoiceError::Download(e) if e.contains("40007")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn markup_detection() {
         assert!(!has_markup("Hello from the fake upstream — 你好!"));
         assert!(!has_markup("1 - 2 = -1"));
