@@ -130,6 +130,20 @@ def test_app_voice_is_downloaded_once_converted_transcribed_and_charged(daemon, 
     assert [e["free_delta"] for e in entries] == [-(COST + VOICE_CREDITS + PER_MINUTE)], entries
 
 
+@needs_ffmpeg
+def test_app_voice_with_an_expired_token_refetches_it_once(daemon, upstream, qyapi):
+    qyapi.media["wv-tok"] = amr_bytes(1.0)
+    assert send_app_voice(daemon, qyapi, "wv_warm", "wv-none-1") == [NOT_HEARD]  # a token is cached
+    qyapi.media_gets.clear()
+    qyapi.expire_wecom_tokens()
+    tokens_before = qyapi.gettoken_requests
+    sent = send_app_voice(daemon, qyapi, "wv_tok", "wv-tok")
+    assert sent == [f"{HEARD}今天天气怎么样\n\n{ANSWER}"], sent
+    assert qyapi.media_gets == ["wv-tok", "wv-tok"], "42001, then again with a new token"
+    assert qyapi.gettoken_requests == tokens_before + 1
+    assert [e["free_delta"] for e in usage(daemon, "wv_tok")] == [-(COST + VOICE_CREDITS + PER_MINUTE)]
+
+
 def test_app_recognition_is_answered_without_a_download_and_a_spoken_command_is_chat(daemon, upstream, qyapi):
     before = upstream.chat_request_count()
     sent = send_app_voice(daemon, qyapi, "wv_rec", "wv-never", recognition="明天会下雨吗")
