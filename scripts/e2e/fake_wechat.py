@@ -6,6 +6,10 @@ posts.
 
 `GET /cgi-bin/media/get?access_token&media_id` serves `fake.media[media_id]` (bytes, as
 audio/amr) and counts the calls in `media_gets`; an unknown media_id gets errcode 40007 as JSON.
+The same path is WeCom's (qyapi) media/get: it takes the Official Account's tokens (`tok-`) and
+WeCom's (`wtok-`, from gettoken) alike; any other token gets errcode 40014 (invalid
+access_token), as both platforms answer. `expire_wecom_tokens()` makes every WeCom token issued
+so far expired: media/get answers them errcode 42001, as WeCom does (a fresh gettoken works).
 `POST /cgi-bin/media/upload?type=voice` takes a multipart `media` file (at most 2 MB, as WeChat)
 and records it in `uploads` under the media_id it answers (`up-<n>`).
 
@@ -118,6 +122,7 @@ class FakeWechat:
         self.robot_refused = 0   # webhook/send refused by the 20-a-minute limit
         self.responses = []      # (path, body) posted to response URLs
         self.gettoken_requests = 0
+        self.wecom_expired_upto = 0  # WeCom tokens wtok-<corp>-<n> with n <= this are expired
         self.media = {}              # media_id -> bytes served by /cgi-bin/media/get
         self.media_gets = []         # media_ids asked for
         self.uploads = []            # (media_id, parsed multipart) of /cgi-bin/media/upload
@@ -188,8 +193,15 @@ class FakeWechat:
                     with fake.lock:
                         fake.media_gets.append(q.get("media_id", ""))
                         data = fake.media.get(q.get("media_id", ""))
-                    if data is None or not q.get("access_token", "").startswith("tok-"):
-                        self._json({"errcode": 40007, "errmsg": "invalid media_id"})
+                    if not q.get("access_token", "").startswith(("tok-", "wtok-")):
+                        self._json({"errcode": 40014, "errmsg": f"invalid access_token, rid: {_rid()}"})
+                        return
+                    token = q.get("access_token", "")
+                    if token.startswith("wtok-") and int(token.rsplit("-", 1)[1]) <= fake.wecom_expired_upto:
+                        self._json({"errcode": 42001, "errmsg": f"access_token expired, rid: {_rid()}"})
+                        return
+                    if data is None:
+                        self._json({"errcode": 40007, "errmsg": f"invalid media_id, rid: {_rid()}"})
                         return
                     self.send_response(200)
                     self.send_header("content-type", "audio/amr")
@@ -352,6 +364,11 @@ class FakeWechat:
 
     def stop(self):
         self.server.shutdown()
+
+    def expire_wecom_tokens(self):
+        """Every WeCom access_token issued so far is expired from now on (errcode 42001)."""
+        with self.lock:
+            self.wecom_expired_upto = self.gettoken_requests
 
     def sent_to(self, openid):
         with self.lock:

@@ -1,7 +1,8 @@
 //! Downloading a temporary media file (a voice message's audio) from the Official Account:
 //! `GET /cgi-bin/media/get?access_token=&media_id=`. WeChat answers with the file, or with a
 //! JSON `{"errcode":..}` body when it refuses; the size is checked against the announced
-//! `Content-Length` before reading and again while reading.
+//! `Content-Length` before reading and again while reading. WeCom's `media/get` (qyapi) is the
+//! same call: [`crate::WecomClient::media_get`] shares the reader ([`download`]).
 //!
 //! And the other way: uploading a voice answer as temporary media
 //! (`POST /cgi-bin/media/upload?type=voice`, multipart field `media`; WeChat takes AMR or MP3
@@ -69,6 +70,62 @@ pub struct Media {
     pub content_type: Option<String>,
 }
 
+/// `GET {base}/cgi-bin/media/get?access_token=&media_id=`, read up to `max_bytes` (refused
+/// on the announced `Content-Length` before reading, and while reading). The Official Account
+/// and WeCom (qyapi) answer this call the same way: the file, or a JSON `{"errcode":..}` body.
+pub(crate) async fn download(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    media_id: &str,
+    max_bytes: u64,
+) -> Result<Media, MediaError> {
+    let url = format!("{base}/cgi-bin/media/get");
+    let mut resp = http
+        .get(&url)
+        .query(&[("access_token", token), ("media_id", media_id)])
+        .send()
+        .await
+        .map_err(|e| MediaError::Api(http_error(e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(WechatError::Http(format!("status {status}")).into());
+    }
+    if resp.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(MediaError::TooLarge { max: max_bytes });
+    }
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| MediaError::Api(http_error(e)))?
+    {
+        if bytes.len().saturating_add(chunk.len()) > limit {
+            return Err(MediaError::TooLarge { max: max_bytes });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    // A refusal comes as JSON (with a JSON or text content type); audio never starts
+    // with `{`.
+    let json_type = content_type
+        .as_deref()
+        .is_some_and(|t| t.contains("json") || t.starts_with("text/"));
+    if json_type || bytes.first() == Some(&b'{') {
+        api_result(&bytes)?;
+        return Err(WechatError::Decode("media/get answered JSON without a file".into()).into());
+    }
+    Ok(Media {
+        bytes,
+        content_type,
+    })
+}
+
 impl MpClient {
     /// Downloads the temporary media `media_id` (at most `max_bytes`), refetching the
     /// access_token once when WeChat says it is invalid.
@@ -96,52 +153,7 @@ impl MpClient {
         max_bytes: u64,
     ) -> Result<Media, MediaError> {
         let (http, base) = self.media_parts();
-        let url = format!("{base}/cgi-bin/media/get");
-        let mut resp = http
-            .get(&url)
-            .query(&[("access_token", token), ("media_id", media_id)])
-            .send()
-            .await
-            .map_err(|e| MediaError::Api(http_error(e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(WechatError::Http(format!("status {status}")).into());
-        }
-        if resp.content_length().is_some_and(|n| n > max_bytes) {
-            return Err(MediaError::TooLarge { max: max_bytes });
-        }
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| MediaError::Api(http_error(e)))?
-        {
-            if bytes.len().saturating_add(chunk.len()) > limit {
-                return Err(MediaError::TooLarge { max: max_bytes });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        // A refusal comes as JSON (with a JSON or text content type); audio never starts
-        // with `{`.
-        let json_type = content_type
-            .as_deref()
-            .is_some_and(|t| t.contains("json") || t.starts_with("text/"));
-        if json_type || bytes.first() == Some(&b'{') {
-            api_result(&bytes)?;
-            return Err(
-                WechatError::Decode("media/get answered JSON without a file".into()).into(),
-            );
-        }
-        Ok(Media {
-            bytes,
-            content_type,
-        })
+        download(http, base, token, media_id, max_bytes).await
     }
 
     /// Uploads an MP3 voice answer as temporary media (kept 3 days by WeChat); returns its

@@ -1,5 +1,6 @@
 //! The WeCom (企业微信) server API for a self-built app: the access_token
-//! (`/cgi-bin/gettoken`) and application messages (`/cgi-bin/message/send`).
+//! (`/cgi-bin/gettoken`), application messages (`/cgi-bin/message/send`) and temporary media
+//! downloads (`/cgi-bin/media/get`: a voice message's AMR audio, size-limited).
 //!
 //! The token cache is the Official Account client's ([`crate::client`]):
 //! one token per client (that is, per app secret), fetched by one caller at
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 use crate::client::{
     CachedToken, TokenCache, WechatError, api_result, parse_token_response, send_limited,
 };
+use crate::media::{Media, MediaError, download};
 
 /// The production WeCom API root.
 pub const WECOM_API_BASE: &str = "https://qyapi.weixin.qq.com";
@@ -167,6 +169,33 @@ impl WecomClient {
             "markdown": { "content": content },
         });
         self.send(&body).await
+    }
+
+    /// Downloads the temporary media `media_id` (a voice message's AMR audio, kept 3 days by
+    /// WeCom), at most `max_bytes`: refused on the announced size before reading and while
+    /// reading. A token error (40001, 40014, 42001) drops the token and retries once with a
+    /// new one.
+    ///
+    /// # Errors
+    /// [`MediaError::TooLarge`], or WeCom's refusal (`40007` invalid media_id...) or a failed
+    /// request as [`MediaError::Api`].
+    pub async fn media_get(&self, media_id: &str, max_bytes: u64) -> Result<Media, MediaError> {
+        let token = self.access_token().await?;
+        let base = self.inner.api_base.as_str();
+        match download(&self.inner.http, base, &token, media_id, max_bytes).await {
+            Err(MediaError::Api(e)) if e.is_token_invalid() => {
+                tracing::warn!(
+                    corp_id = %self.inner.corp_id,
+                    agent_id = self.inner.agent_id,
+                    errcode = e.errcode().unwrap_or_default(),
+                    "WeCom access_token rejected by media/get; refetching once"
+                );
+                self.inner.tokens.invalidate(&token).await;
+                let token = self.access_token().await?;
+                download(&self.inner.http, base, &token, media_id, max_bytes).await
+            }
+            other => other,
+        }
     }
 
     /// POSTs to `message/send` with the access_token; on a token error drops

@@ -1,7 +1,8 @@
 //! The WeCom HTTP clients against a fake qyapi.weixin.qq.com (axum on
 //! 127.0.0.1:0): `WecomClient` (gettoken caching and single flight, the
 //! exact `message/send` bodies, the one-time refetch on token errors, API
-//! errors), `RobotClient` (webhook bodies, truncation, the local rate
+//! errors, `media/get` downloads: size limits, errcode bodies, the token refetch),
+//! `RobotClient` (webhook bodies, truncation, the local rate
 //! limit) and `post_response_url`.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,7 +14,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
-use chatrelay_wechat::{RobotClient, WechatError, WecomClient, post_response_url};
+use chatrelay_wechat::{MediaError, RobotClient, WechatError, WecomClient, post_response_url};
 use serde_json::{Value, json};
 
 const CORP_ID: &str = "ww_test_corp";
@@ -41,6 +42,8 @@ struct Fake {
     /// Answers of the other endpoints, in order; `{"errcode":0}` after.
     script: Mutex<VecDeque<(u16, &'static str)>>,
     calls: Mutex<Vec<Call>>,
+    /// Files `media/get` serves, by media_id (as audio/amr, with a Content-Length).
+    media: HashMap<String, Vec<u8>>,
 }
 
 impl Fake {
@@ -94,6 +97,47 @@ async fn record(
     }
 }
 
+/// `media/get` as WeCom answers it: a scripted (JSON) answer first if any, else the file by
+/// media_id (`chunked-N`: N bytes sent without a Content-Length), else errcode 40007.
+async fn media_get(
+    State(fake): State<Arc<Fake>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    fake.calls.lock().unwrap().push(Call {
+        path: "/cgi-bin/media/get".to_owned(),
+        query: query.clone(),
+        body: Value::Null,
+    });
+    let json = |status: u16, body: String| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json; charset=UTF-8")],
+            body,
+        )
+            .into_response()
+    };
+    if let Some((status, body)) = fake.script.lock().unwrap().pop_front() {
+        return json(status, body.to_owned());
+    }
+    let id = query.get("media_id").cloned().unwrap_or_default();
+    if let Some(n) = id.strip_prefix("chunked-") {
+        let n: usize = n.parse().unwrap();
+        let chunks = (0..n.div_ceil(100)).map(move |i| {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'#'; 100.min(n - i * 100)]))
+        });
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+        return ([("content-type", "audio/amr")], body).into_response();
+    }
+    match fake.media.get(&id) {
+        Some(bytes) => ([("content-type", "audio/amr")], bytes.clone()).into_response(),
+        None => json(
+            200,
+            r#"{"errcode":40007,"errmsg":"invalid media_id"}"#.to_owned(),
+        ),
+    }
+}
+
 /// Starts the fake on an ephemeral port; returns its base URL.
 async fn serve(fake: Fake) -> (String, Arc<Fake>) {
     let fake = Arc::new(fake);
@@ -102,6 +146,7 @@ async fn serve(fake: Fake) -> (String, Arc<Fake>) {
         .route("/cgi-bin/message/send", post(record))
         .route("/cgi-bin/webhook/send", post(record))
         .route("/cgi-bin/aibot/response", post(record))
+        .route("/cgi-bin/media/get", get(media_get))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -519,4 +564,110 @@ async fn post_response_url_errors() {
     let err = post_response_url(&http(), &url, "x").await.unwrap_err();
     assert!(matches!(err, WechatError::Http(_)), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("SECRETCODE"));
+}
+
+// === WecomClient::media_get ===
+
+const AMR: &[u8] = b"#!AMR\n\x3c0123456789012345678901234567890";
+
+fn with_media() -> Fake {
+    Fake {
+        media: HashMap::from([("voice-1".to_owned(), AMR.to_vec())]),
+        ..Fake::default()
+    }
+}
+
+#[tokio::test]
+async fn media_get_downloads_the_file_with_the_token() {
+    let (client, fake) = start(with_media()).await;
+    let media = client.media_get("voice-1", 1000).await.unwrap();
+    assert_eq!(media.bytes, AMR);
+    assert_eq!(media.content_type.as_deref(), Some("audio/amr"));
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/cgi-bin/media/get");
+    assert_eq!(
+        calls[0].query,
+        HashMap::from([
+            ("access_token".to_owned(), "WTOKEN1".to_owned()),
+            ("media_id".to_owned(), "voice-1".to_owned()),
+        ])
+    );
+    // Exactly at the limit is fine.
+    let exact = AMR.len() as u64;
+    assert_eq!(client.media_get("voice-1", exact).await.unwrap().bytes, AMR);
+    assert_eq!(fake.tokens(), 1);
+}
+
+#[tokio::test]
+async fn media_get_refuses_files_over_the_limit_announced_or_not() {
+    let (client, fake) = start(with_media()).await;
+    let small = AMR.len() as u64 - 1;
+    assert_eq!(
+        client.media_get("voice-1", small).await.unwrap_err(),
+        MediaError::TooLarge { max: small }
+    );
+    // No Content-Length: stopped while reading.
+    assert_eq!(
+        client.media_get("chunked-5000", 1000).await.unwrap_err(),
+        MediaError::TooLarge { max: 1000 }
+    );
+    assert_eq!(
+        client
+            .media_get("chunked-1000", 1000)
+            .await
+            .unwrap()
+            .bytes
+            .len(),
+        1000
+    );
+    assert_eq!(fake.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn media_get_returns_wecoms_refusal() {
+    let (client, fake) = start(with_media()).await;
+    let err = client.media_get("expired", 1000).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            MediaError::Api(WechatError::Api { errcode: 40007, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.tokens(), 1, "not a token error: no refetch");
+    assert_eq!(fake.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn media_get_refetches_the_token_once() {
+    for body in [
+        r#"{"errcode":42001,"errmsg":"access_token expired"}"#,
+        r#"{"errcode":40014,"errmsg":"invalid access_token"}"#,
+    ] {
+        let (client, fake) = start(with_media().script(&[(200, body)])).await;
+        assert_eq!(client.media_get("voice-1", 1000).await.unwrap().bytes, AMR);
+        assert_eq!(fake.tokens(), 2, "{body}");
+        let tokens: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .map(|c| c.query.get("access_token").cloned())
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![Some("WTOKEN1".to_owned()), Some("WTOKEN2".to_owned())]
+        );
+    }
+    // Twice in a row: returned, not retried again.
+    let expired = (200, r#"{"errcode":42001,"errmsg":"access_token expired"}"#);
+    let (client, fake) = start(with_media().script(&[expired, expired])).await;
+    let err = client.media_get("voice-1", 1000).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            MediaError::Api(WechatError::Api { errcode: 42001, .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.calls().len(), 2);
 }

@@ -2,6 +2,11 @@
 //! stream about once a second and gets the whole text so far each time, `finish` at the end.
 //! An answer still running when WeCom stops asking is posted to the message's `response_url`.
 //! A finished, charged answer that never reaches the user is refunded (the bot has no outbox).
+//!
+//! A voice message (`msgtype: voice`) carries WeCom's own transcript (`voice.content`; the
+//! bot gets no audio): it goes to the engine as a voice message with a platform transcript,
+//! like the Official Account's `Recognition`: plain chat (never a command), the `[speech]`
+//! voice price added. An empty transcript is answered at once, free.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chatrelay_core::voice::{Audio, Voice, VoiceError, VoiceSource};
 use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
 use chatrelay_wechat::{
     AibotEndpoint, AibotKind, WecomQuery, post_response_url, stream_reply_json, text_reply_json,
@@ -22,7 +28,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::common::refused;
 use crate::bounded::BoundedMap;
 use crate::config::WecomAibotConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, fill};
 use crate::util::now_ms;
 
 /// How long an AI bot stream (and its msgid) is kept for refreshes, late refreshes and
@@ -202,15 +208,25 @@ pub fn callback(
             sealed(&bot, q, &text_reply_json(&bot.cfg.welcome))
         }
         AibotKind::Event { .. } => StatusCode::OK.into_response(),
+        AibotKind::Voice { content } if content.trim().is_empty() => {
+            // WeCom heard nothing: nothing to ask, nothing charged.
+            metrics::counter!("chatrelay_voice_total", "outcome" => "empty").increment(1);
+            let text = engine.settings().texts.voice_failed.clone();
+            sealed(&bot, q, &stream_reply_json(&cb.msgid, &text, true))
+        }
         AibotKind::Text { .. } | AibotKind::Voice { .. } => {
             let user = cb.from_userid.clone().unwrap_or_default();
-            let text = cb.text_without_mention().unwrap_or_default();
+            let (text, transcript) = match &cb.kind {
+                AibotKind::Voice { content } => (String::new(), Some(content.clone())),
+                _ => (cb.text_without_mention().unwrap_or_default(), None),
+            };
             let stream_id = start_stream(
                 engine,
                 &bot,
                 &cb.msgid,
                 &user,
                 text,
+                transcript,
                 cb.response_url.clone(),
             );
             let json = {
@@ -232,13 +248,15 @@ pub fn callback(
 }
 
 /// The stream of a message: the one already running for this msgid, or a new one whose
-/// answer is collected into the shared state.
+/// answer is collected into the shared state. `transcript`: the message is a voice message
+/// and this is WeCom's transcript of it (`text` is then empty).
 fn start_stream(
     engine: &Engine,
     bot: &Arc<WecomBot>,
     msgid: &str,
     user: &str,
     text: String,
+    transcript: Option<String>,
     response_url: Option<String>,
 ) -> String {
     let mut by_msgid = bot.by_msgid.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +273,16 @@ fn start_stream(
         .unwrap_or_else(|p| p.into_inner())
         .insert(stream_id.clone(), stream.clone());
     let key = UserKey::new(Platform::Wecom, bot.cfg.id.clone(), user.to_owned());
-    let inbound = Inbound::text(key, msgid, text);
+    let mut inbound = Inbound::text(key, msgid, text);
+    inbound.voice = transcript.map(|t| {
+        let shown = StreamHeard {
+            stream: Arc::downgrade(&stream),
+            template: engine.settings().texts.voice_heard.clone(),
+        };
+        let mut voice = Voice::new("", Some(Arc::new(shown) as Arc<dyn VoiceSource>));
+        voice.recognition = Some(t);
+        voice
+    });
     let mut reply = engine.handle(inbound.clone());
     let deadline = Instant::now() + Duration::from_secs(bot.cfg.stream_window_secs);
     let http = bot.http.clone();
@@ -300,6 +327,40 @@ fn start_stream(
         .instrument(span),
     );
     stream_id
+}
+
+/// The voice message of an AI-bot stream: WeCom's transcript is all there is (no audio to
+/// fetch). What was heard ("你说的是：…", `[speech] show_text`) starts the stream at once, so
+/// the user sees it while the answer is written; the engine still puts it in front of the
+/// final text (this returns `false`), which replaces the stream's with the same words, so
+/// every refresh extends the one before.
+struct StreamHeard {
+    stream: std::sync::Weak<Stream>,
+    /// `[texts] voice_heard`.
+    template: String,
+}
+
+impl VoiceSource for StreamHeard {
+    fn fetch(
+        &self,
+        _max_bytes: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
+        Box::pin(async {
+            Err(VoiceError::Download(
+                "the WeCom AI bot sends a transcript, no audio".into(),
+            ))
+        })
+    }
+
+    fn show_heard(&self, text: &str) -> futures_util::future::BoxFuture<'static, bool> {
+        if let Some(stream) = self.stream.upgrade() {
+            let mut s = stream.lock();
+            if s.text.is_empty() && !s.finished {
+                s.text = format!("{}\n\n", fill(&self.template, &[("text", text)]));
+            }
+        }
+        Box::pin(async { false })
+    }
 }
 
 /// How a finished AI-bot answer ended.
@@ -410,6 +471,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn what_was_heard_starts_the_stream_once() {
+        let stream = Arc::new(Stream::default());
+        let heard = StreamHeard {
+            stream: Arc::downgrade(&stream),
+            template: "你说的是：{text}".into(),
+        };
+        assert!(
+            !heard.show_heard("明天").await,
+            "the engine still puts it before the answer"
+        );
+        assert_eq!(stream.lock().text, "你说的是：明天\n\n");
+        // Written once: a stream with text, or finished, is left alone.
+        heard.show_heard("again").await;
+        assert_eq!(stream.lock().text, "你说的是：明天\n\n");
+        let done = Arc::new(Stream::default());
+        done.lock().finished = true;
+        let late = StreamHeard {
+            stream: Arc::downgrade(&done),
+            template: "{text}".into(),
+        };
+        late.show_heard("x").await;
+        assert_eq!(done.lock().text, "");
+        // No audio to fetch: the bot only has WeCom's transcript.
+        assert!(matches!(
+            heard.fetch(1000).await,
+            Err(VoiceError::Download(_))
+        ));
+    }
+
     const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
 
     struct Rig {
@@ -486,6 +577,7 @@ mod tests {
                 msgid,
                 "u1",
                 "你好".into(),
+                None,
                 response_url,
             );
             let stream = self.bot.streams.lock().unwrap().get(&id).cloned().unwrap();

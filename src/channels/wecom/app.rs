@@ -1,5 +1,11 @@
 //! The WeCom self-built app: its callbacks, answered through `message/send` in 2048-byte
 //! parts, the redelivery marks ([`Seen`]) and the outbox of answers that could not be sent.
+//!
+//! A voice message (`MsgType=voice`, AMR) goes to the engine as a voice message whose audio
+//! downloads through WeCom's `media/get` with the app's token ([`WecomVoice`]); the engine
+//! converts, transcribes and prices it (`[speech]`) like the Official Account's. The callback
+//! is acknowledged at once, so the download and transcription take what time they need, and
+//! WeCom's retries of the message join the one answer (one download).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +15,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chatrelay_core::split::{Unit, split_message};
+use chatrelay_core::voice::{Audio, Voice, VoiceError, VoiceSource};
 use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
-use chatrelay_wechat::{Incoming, IncomingKind, WecomClient, WecomEndpoint, WecomQuery};
+use chatrelay_wechat::{
+    Incoming, IncomingKind, MediaError, WecomClient, WecomEndpoint, WecomQuery,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::common::refused;
@@ -127,19 +136,32 @@ pub fn callback(
     let key = UserKey::new(Platform::Wecom, app.cfg.id.clone(), msg.from_user.clone());
     let message_id = msg.dedupe_id();
     let mut images = Vec::new();
-    let text = incoming_text(engine, &app, &msg, &key, &message_id, &mut images);
+    let mut voice = None;
+    let text = incoming_text(
+        engine,
+        &app,
+        &msg,
+        &key,
+        &message_id,
+        &mut images,
+        &mut voice,
+    );
     if let Some(text) = text
         && app.seen.first(&message_id, Duration::from_secs(600))
     {
-        answer(engine, app, id, key, message_id, text, images);
+        let mut inbound = Inbound::text(key, message_id, text);
+        inbound.images = images;
+        inbound.voice = voice;
+        answer(engine, app, id, inbound);
     }
     // An empty 200 acknowledges: the answer goes through message/send.
     StatusCode::OK.into_response()
 }
 
 /// The text a message asks the engine about (a picture adds its URL to `images` and asks
-/// with no text), or None: an event answered here (the welcome) or not at all, or a kind the
-/// app cannot read (told so, once).
+/// with no text; a voice message sets `voice` and asks with no text: the engine takes its
+/// text from WeCom's `Recognition` or by transcribing it), or None: an event answered here
+/// (the welcome) or not at all, or a kind the app cannot read (told so, once).
 fn incoming_text(
     engine: &Engine,
     app: &Arc<WecomApp>,
@@ -147,13 +169,23 @@ fn incoming_text(
     key: &UserKey,
     message_id: &str,
     images: &mut Vec<String>,
+    voice: &mut Option<Voice>,
 ) -> Option<String> {
     match &msg.kind {
         IncomingKind::Text { content } => Some(content.clone()),
         IncomingKind::Voice {
-            recognition: Some(t),
-            ..
-        } => Some(t.clone()),
+            media_id,
+            format,
+            recognition,
+        } => {
+            *voice = Some(app_voice(
+                &app.client,
+                media_id,
+                format,
+                recognition.clone(),
+            ));
+            Some(String::new())
+        }
         IncomingKind::Image { pic_url, .. } if !pic_url.is_empty() => {
             images.push(pic_url.clone());
             Some(String::new())
@@ -193,23 +225,71 @@ fn incoming_text(
     }
 }
 
-/// Asks the engine about `text` in a task and sends the answer, unless another delivery of
-/// the message (here or in another daemon) already claimed it.
-fn answer(
-    engine: &Engine,
-    app: Arc<WecomApp>,
-    id: &str,
-    key: UserKey,
-    message_id: String,
-    text: String,
-    images: Vec<String>,
-) {
-    let span = info_span!("wecom", app = %id, user = %key.user, msg = %message_id);
+/// A voice message to the app: WeCom's transcript when it gave one (plain chat, voice
+/// price), else its audio, downloaded with the app's token. WeCom records voice as AMR; a
+/// missing `Format` is taken as that.
+fn app_voice(
+    client: &WecomClient,
+    media_id: &str,
+    format: &str,
+    recognition: Option<String>,
+) -> Voice {
+    let format = if format.trim().is_empty() {
+        "amr"
+    } else {
+        format
+    };
+    let source = WecomVoice {
+        client: client.clone(),
+        media_id: media_id.to_owned(),
+        format: format.to_owned(),
+    };
+    let mut voice = Voice::new(format, Some(Arc::new(source) as Arc<dyn VoiceSource>));
+    voice.recognition = recognition.filter(|t| !t.trim().is_empty());
+    voice
+}
+
+/// A voice message's audio in the WeCom app: `media/get` with the app's token, at most the
+/// engine's limit.
+struct WecomVoice {
+    client: WecomClient,
+    media_id: String,
+    /// `amr`, as WeCom said.
+    format: String,
+}
+
+impl VoiceSource for WecomVoice {
+    fn fetch(
+        &self,
+        max_bytes: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
+        let (client, media_id, format) = (
+            self.client.clone(),
+            self.media_id.clone(),
+            self.format.clone(),
+        );
+        Box::pin(async move {
+            match client.media_get(&media_id, max_bytes).await {
+                Ok(media) => Ok(Audio {
+                    bytes: media.bytes,
+                    format,
+                }),
+                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
+                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
+            }
+        })
+    }
+}
+
+/// Asks the engine about `inbound` (text, pictures or a voice message) in a task and sends
+/// the answer, unless another delivery of the message (here or in another daemon) already
+/// claimed it.
+fn answer(engine: &Engine, app: Arc<WecomApp>, id: &str, inbound: Inbound) {
+    let key = inbound.key.clone();
+    let span = info_span!("wecom", app = %id, user = %key.user, msg = %inbound.message_id);
     let engine = engine.clone();
     engine.tracker().clone().spawn(
         async move {
-            let mut inbound = Inbound::text(key.clone(), message_id, text);
-            inbound.images = images;
             let claim = format!("wecom:{}#{}", key, inbound.message_id);
             let reply = engine.handle(inbound);
             let event = reply.collect().await;
@@ -307,6 +387,87 @@ mod tests {
         let len = seen.0.lock().unwrap().len();
         assert!(len <= MAX_SEEN, "{len}");
         assert!(!seen.first("m99999", SEEN_KEEP), "recent ids still dedupe");
+    }
+
+    #[test]
+    fn a_voice_message_is_amr_unless_said_and_keeps_only_a_real_recognition() {
+        let client = WecomClient::new("http://127.0.0.1:9", "ww", "s", 1, reqwest::Client::new());
+        let v = app_voice(&client, "m1", " ", Some("  ".into()));
+        assert_eq!(v.format, "amr");
+        assert_eq!(
+            v.recognition, None,
+            "a blank transcript means: transcribe it"
+        );
+        assert!(v.source.is_some());
+        let v = app_voice(&client, "m1", "speex", Some("你好".into()));
+        assert_eq!(v.format, "speex");
+        assert_eq!(v.recognition.as_deref(), Some("你好"));
+    }
+
+    /// A loopback qyapi: gettoken, and media/get serving `file` for media_id `m1` (40007 for
+    /// any other).
+    async fn qyapi(file: &'static [u8]) -> String {
+        use axum::routing::get;
+        let app =
+            axum::Router::new()
+                .route(
+                    "/cgi-bin/gettoken",
+                    get(|| async {
+                        r#"{"errcode":0,"errmsg":"ok","access_token":"T","expires_in":7200}"#
+                    }),
+                )
+                .route(
+                    "/cgi-bin/media/get",
+                    get(
+                        move |q: axum::extract::Query<
+                            std::collections::HashMap<String, String>,
+                        >| async move {
+                            if q.get("media_id").map(String::as_str) == Some("m1")
+                                && q.get("access_token").map(String::as_str) == Some("T")
+                            {
+                                ([("content-type", "audio/amr")], file.to_vec()).into_response()
+                            } else {
+                                (
+                                    [("content-type", "application/json")],
+                                    r#"{"errcode":40007,"errmsg":"invalid media_id"}"#,
+                                )
+                                    .into_response()
+                            }
+                        },
+                    ),
+                );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn the_voice_source_downloads_with_the_apps_token_within_the_limit() {
+        const AMR: &[u8] = b"#!AMR\n\x3c0123456789";
+        let base = qyapi(AMR).await;
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = WecomClient::new(&base, "ww", "s", 1, http);
+        let voice = app_voice(&client, "m1", "amr", None);
+        let source = voice.source.unwrap();
+        let audio = source.fetch(1000).await.unwrap();
+        assert_eq!(
+            audio,
+            Audio {
+                bytes: AMR.to_vec(),
+                format: "amr".into()
+            }
+        );
+        assert_eq!(
+            source.fetch(5).await.unwrap_err(),
+            VoiceError::TooBig { max: 5 }
+        );
+        let gone = app_voice(&client, "m2", "amr", None).source.unwrap();
+        let err = gone.fetch(1000).await.unwrap_err();
+        assert!(
+            matches!(&err, VoiceError::Download(e) if e.contains("40007")),
+            "{err:?}"
+        );
     }
 
     #[test]
