@@ -86,7 +86,7 @@ pub use aibot::{
 pub use callback::{CallbackError, CallbackQuery, Delivery, MpEndpoint, Opened, ReplyMode};
 pub use client::{DEFAULT_API_BASE, MpClient, WechatError};
 pub use crypto::{AesKey, CryptoError, decrypt_message, encrypt_message};
-pub use media::{Media, MediaError};
+pub use media::{Media, MediaError, MediaVoice};
 pub use oauth::{OAuthToken, OAuthUserInfo, oauth_authorize_url};
 pub use robot::RobotClient;
 pub use signature::{sha1_signature, verify_sha1_signature};

@@ -3,13 +3,17 @@
 //! JSON `{"errcode":..}` body when it refuses; the size is checked against the announced
 //! `Content-Length` before reading and again while reading. WeCom's `media/get` (qyapi) is the
 //! same call: [`crate::WecomClient::media_get`] shares the reader ([`download`]).
+//! [`MediaVoice`] is such a file as the engine's [`VoiceSource`]: fetched when it asks.
 //!
 //! And the other way: uploading a voice answer as temporary media
 //! (`POST /cgi-bin/media/upload?type=voice`, multipart field `media`; WeChat takes AMR or MP3
 //! of at most 2 MB and 60 s) and sending it as a customer-service voice message.
 
-use crate::MpClient;
+use chatrelay_core::voice::{Audio, VoiceError, VoiceSource};
+use futures_util::future::BoxFuture;
+
 use crate::client::{WechatError, api_result, http_error, send_limited};
+use crate::{MpClient, WecomClient};
 
 /// The largest voice file WeChat takes as temporary media (2 MB).
 pub const MAX_VOICE_UPLOAD_BYTES: usize = 2 * 1024 * 1024;
@@ -203,6 +207,70 @@ impl MpClient {
             .media_id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| WechatError::Decode("media/upload answered no media_id".into()).into())
+    }
+}
+
+/// A voice message's audio kept as temporary media by the Official Account or a WeCom app,
+/// fetched with `media/get` (and that client's token) only when the engine asks for it: a
+/// message with a transcript, or refused before the download, costs no request.
+pub struct MediaVoice {
+    client: MediaClient,
+    media_id: String,
+    /// As the platform named it (`amr`, `speex`).
+    format: String,
+}
+
+/// Whose `media/get` a [`MediaVoice`] uses.
+enum MediaClient {
+    Mp(MpClient),
+    Wecom(WecomClient),
+}
+
+impl MediaVoice {
+    /// Audio `media_id` of an Official Account's voice message, in `format`.
+    #[must_use]
+    pub fn mp(client: MpClient, media_id: &str, format: &str) -> Self {
+        Self::new(MediaClient::Mp(client), media_id, format)
+    }
+
+    /// Audio `media_id` of a voice message to a WeCom app, in `format`.
+    #[must_use]
+    pub fn wecom(client: WecomClient, media_id: &str, format: &str) -> Self {
+        Self::new(MediaClient::Wecom(client), media_id, format)
+    }
+
+    fn new(client: MediaClient, media_id: &str, format: &str) -> Self {
+        Self {
+            client,
+            media_id: media_id.to_owned(),
+            format: format.to_owned(),
+        }
+    }
+}
+
+impl VoiceSource for MediaVoice {
+    fn fetch(&self, max_bytes: u64) -> BoxFuture<'static, Result<Audio, VoiceError>> {
+        let (media_id, format) = (self.media_id.clone(), self.format.clone());
+        let got: BoxFuture<'static, Result<Media, MediaError>> = match &self.client {
+            MediaClient::Mp(c) => {
+                let c = c.clone();
+                Box::pin(async move { c.media_get(&media_id, max_bytes).await })
+            }
+            MediaClient::Wecom(c) => {
+                let c = c.clone();
+                Box::pin(async move { c.media_get(&media_id, max_bytes).await })
+            }
+        };
+        Box::pin(async move {
+            match got.await {
+                Ok(media) => Ok(Audio {
+                    bytes: media.bytes,
+                    format,
+                }),
+                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
+                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
+            }
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! parts, the redelivery marks ([`Seen`]) and the outbox of answers that could not be sent.
 //!
 //! A voice message (`MsgType=voice`, AMR) goes to the engine as a voice message whose audio
-//! downloads through WeCom's `media/get` with the app's token ([`WecomVoice`]); the engine
+//! downloads through WeCom's `media/get` with the app's token ([`MediaVoice`]); the engine
 //! converts, transcribes and prices it (`[speech]`) like the Official Account's. The callback
 //! is acknowledged at once, so the download and transcription take what time they need, and
 //! WeCom's retries of the message join the one answer (one download).
@@ -15,10 +15,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chatrelay_core::split::{Unit, split_message};
-use chatrelay_core::voice::{Audio, Voice, VoiceError, VoiceSource};
+use chatrelay_core::voice::{Voice, VoiceSource};
 use chatrelay_core::{Handler, Inbound, Platform, ReplyEvent, UserKey};
 use chatrelay_wechat::{
-    Incoming, IncomingKind, MediaError, WecomClient, WecomEndpoint, WecomQuery,
+    Incoming, IncomingKind, MediaVoice, WecomClient, WecomEndpoint, WecomQuery,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -239,46 +239,10 @@ fn app_voice(
     } else {
         format
     };
-    let source = WecomVoice {
-        client: client.clone(),
-        media_id: media_id.to_owned(),
-        format: format.to_owned(),
-    };
+    let source = MediaVoice::wecom(client.clone(), media_id, format);
     let mut voice = Voice::new(format, Some(Arc::new(source) as Arc<dyn VoiceSource>));
     voice.recognition = recognition.filter(|t| !t.trim().is_empty());
     voice
-}
-
-/// A voice message's audio in the WeCom app: `media/get` with the app's token, at most the
-/// engine's limit.
-struct WecomVoice {
-    client: WecomClient,
-    media_id: String,
-    /// `amr`, as WeCom said.
-    format: String,
-}
-
-impl VoiceSource for WecomVoice {
-    fn fetch(
-        &self,
-        max_bytes: u64,
-    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
-        let (client, media_id, format) = (
-            self.client.clone(),
-            self.media_id.clone(),
-            self.format.clone(),
-        );
-        Box::pin(async move {
-            match client.media_get(&media_id, max_bytes).await {
-                Ok(media) => Ok(Audio {
-                    bytes: media.bytes,
-                    format,
-                }),
-                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
-                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
-            }
-        })
-    }
 }
 
 /// Asks the engine about `inbound` (text, pictures or a voice message) in a task and sends
@@ -376,6 +340,8 @@ fn has_markup(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use chatrelay_core::voice::{Audio, VoiceError};
+
     use super::*;
 
     #[tokio::test]

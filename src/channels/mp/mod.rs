@@ -27,14 +27,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatrelay_core::split::{Unit, split_message};
-use chatrelay_core::voice::{Audio, VoiceError, VoiceSource};
+use chatrelay_core::voice::VoiceSource;
 use chatrelay_core::{Handler, Inbound, Platform, UserKey};
 use chatrelay_wechat::{
-    CallbackQuery, IncomingKind, MediaError, MpClient, MpEndpoint, Opened, text_reply_xml,
+    CallbackQuery, IncomingKind, MediaVoice, MpClient, MpEndpoint, Opened, text_reply_xml,
 };
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
+mod voice;
+
+use self::voice::{send_spoken, speak_later};
 use crate::bounded::BoundedMap;
 use crate::config::{PushMode, WechatMpConfig};
 use crate::engine::{Engine, fill};
@@ -288,11 +291,7 @@ async fn answer(
             let mut voice = chatrelay_core::voice::Voice::new(
                 format.clone(),
                 account.client.clone().map(|client| {
-                    Arc::new(MpVoice {
-                        client,
-                        media_id: media_id.clone(),
-                        format: format.clone(),
-                    }) as Arc<dyn VoiceSource>
+                    Arc::new(MediaVoice::mp(client, media_id, format)) as Arc<dyn VoiceSource>
                 }),
             );
             voice.recognition = recognition.clone();
@@ -560,88 +559,6 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
     deliver_later(engine, account, key, parts, spoken);
 }
 
-/// WeChat's limits on a voice message: 2 MB (checked by the upload) and 60 s.
-const MAX_VOICE_MS: u64 = 60_000;
-
-/// Whether spoken MP3 audio fits a WeChat voice message (its length read from its frames;
-/// unreadable audio does not).
-fn fits_wechat(mp3: &[u8]) -> bool {
-    crate::engine::speak::mp3_ms(mp3).is_some_and(|ms| ms <= MAX_VOICE_MS)
-}
-
-/// For scopes with `voice_reply`: speaks the answer `event` to message `message_id`, just
-/// delivered as text, and sends it as a customer-service voice message (temporary media).
-/// Needs the AppSecret and push rights; anything failing leaves the text alone, at no charge.
-fn speak_later(
-    engine: &Engine,
-    account: &Arc<MpAccount>,
-    key: &UserKey,
-    message_id: &str,
-    event: &chatrelay_core::ReplyEvent,
-) {
-    let chatrelay_core::ReplyEvent::Final { text, .. } = event else {
-        return;
-    };
-    if !engine.voice_reply_for(key) || account.client.is_none() || !account.can_push() {
-        return;
-    }
-    let (engine2, account, key, message_id, text) = (
-        engine.clone(),
-        account.clone(),
-        key.clone(),
-        message_id.to_owned(),
-        text.clone(),
-    );
-    engine.tracker().spawn(
-        async move { send_spoken(&engine2, &account, &key, &message_id, &text).await }
-            .in_current_span(),
-    );
-}
-
-/// Speaks `answer` (MP3), uploads it and sends it as a voice message; gives the credits back
-/// when WeChat refuses.
-async fn send_spoken(
-    engine: &Engine,
-    account: &MpAccount,
-    key: &UserKey,
-    message_id: &str,
-    answer: &str,
-) {
-    let Some(client) = account.client.as_ref() else {
-        return;
-    };
-    let reference = format!("{key}:{message_id}");
-    let Some(spoken) = engine
-        .speak_answer(
-            key,
-            &reference,
-            answer,
-            "mp3",
-            chatrelay_wechat::media::MAX_VOICE_UPLOAD_BYTES,
-            fits_wechat,
-        )
-        .await
-    else {
-        return;
-    };
-    let sent = match client.upload_voice(&spoken.audio).await {
-        Ok(media_id) => client
-            .send_voice(&key.user, &media_id)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match sent {
-        Ok(()) => metrics::counter!("chatrelay_mp_voice_replies_total").increment(1),
-        Err(e) => {
-            warn!(error = %e, "sending a spoken answer failed; the text stands, its credits are given back");
-            if spoken.charged > 0 {
-                engine.refund_undelivered(spoken.uid, &spoken.reference, spoken.charged);
-            }
-        }
-    }
-}
-
 /// Pushes `parts` in order with the customer-service API where possible; whatever cannot be
 /// pushed (or is not pushed yet when the daemon shuts down) goes to the outbox, to ride with
 /// the user's next message.
@@ -706,37 +623,6 @@ fn deliver_later(
         }
         .in_current_span(),
     );
-}
-
-/// A voice message's audio on the Official Account: `media/get` with the account's token.
-struct MpVoice {
-    client: MpClient,
-    media_id: String,
-    /// `amr` or `speex`, as WeChat said.
-    format: String,
-}
-
-impl VoiceSource for MpVoice {
-    fn fetch(
-        &self,
-        max_bytes: u64,
-    ) -> futures_util::future::BoxFuture<'static, Result<Audio, VoiceError>> {
-        let (client, media_id, format) = (
-            self.client.clone(),
-            self.media_id.clone(),
-            self.format.clone(),
-        );
-        Box::pin(async move {
-            match client.media_get(&media_id, max_bytes).await {
-                Ok(media) => Ok(Audio {
-                    bytes: media.bytes,
-                    format,
-                }),
-                Err(MediaError::TooLarge { max }) => Err(VoiceError::TooBig { max }),
-                Err(MediaError::Api(e)) => Err(VoiceError::Download(e.to_string())),
-            }
-        })
-    }
 }
 
 fn keep(engine: &Engine, key: &UserKey, text: &str) {
