@@ -141,6 +141,12 @@ impl MpAccount {
         self.push_allowed.load(Ordering::Relaxed)
     }
 
+    /// The account's client when it may push (customer-service messages): it has an
+    /// AppSecret and WeChat has not refused it the right.
+    fn pushing_client(&self) -> Option<&MpClient> {
+        self.client.as_ref().filter(|_| self.can_push())
+    }
+
     /// Records one more try of a message; the first try also gets `true` (start the watcher).
     fn register_try(&self, id: &str) -> (TryState, bool) {
         let mut tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
@@ -405,7 +411,13 @@ async fn answer_inbound(
                 return None;
             }
             let text = event.user_text()?;
-            speak_later(&st.engine, account, key, message_id, &event);
+            speak_later(
+                &st.engine,
+                account.pushing_client(),
+                key,
+                message_id,
+                &event,
+            );
             Some(with_outbox(st, account, key, text))
         }
         Err(_) if try_number(&st.engine, account, &state, key, message_id) < TRIES => {
@@ -581,7 +593,7 @@ fn deliver_later(
             let total = parts.len();
             let mut pushed = 0usize;
             let mut parts = parts.into_iter();
-            if let Some(client) = account.client.as_ref().filter(|_| account.can_push()) {
+            if let Some(client) = account.pushing_client() {
                 let shutdown = engine.shutdown_token().clone();
                 for part in parts.by_ref() {
                     let sent = tokio::select! {
@@ -617,8 +629,9 @@ fn deliver_later(
             }
             if pushed == total
                 && let Some((message_id, answer)) = spoken
+                && let Some(client) = account.pushing_client()
             {
-                send_spoken(&engine, &account, &key, &message_id, &answer).await;
+                send_spoken(&engine, client, &key, &message_id, &answer).await;
             }
         }
         .in_current_span(),

@@ -3,13 +3,11 @@
 //! and sent as a customer-service voice message after the text. Anything failing leaves the
 //! text alone and gives the voice's credits back.
 
-use std::sync::Arc;
-
 use chatrelay_core::UserKey;
 use tracing::{Instrument, warn};
 
-use super::MpAccount;
 use crate::engine::Engine;
+use chatrelay_wechat::MpClient;
 
 /// WeChat's limits on a voice message: 2 MB (checked by the upload) and 60 s.
 const MAX_VOICE_MS: u64 = 60_000;
@@ -22,10 +20,11 @@ fn fits_wechat(mp3: &[u8]) -> bool {
 
 /// For scopes with `voice_reply`: speaks the answer `event` to message `message_id`, just
 /// delivered as text, and sends it as a customer-service voice message (temporary media).
-/// Needs the AppSecret and push rights; anything failing leaves the text alone, at no charge.
+/// `client`: the account's, when it has an AppSecret and may push (else nothing is spoken).
+/// Anything failing leaves the text alone, at no charge.
 pub(super) fn speak_later(
     engine: &Engine,
-    account: &Arc<MpAccount>,
+    client: Option<&MpClient>,
     key: &UserKey,
     message_id: &str,
     event: &chatrelay_core::ReplyEvent,
@@ -33,18 +32,18 @@ pub(super) fn speak_later(
     let chatrelay_core::ReplyEvent::Final { text, .. } = event else {
         return;
     };
-    if !engine.voice_reply_for(key) || account.client.is_none() || !account.can_push() {
+    let Some(client) = client.filter(|_| engine.voice_reply_for(key)) else {
         return;
-    }
-    let (engine2, account, key, message_id, text) = (
+    };
+    let (engine2, client, key, message_id, text) = (
         engine.clone(),
-        account.clone(),
+        client.clone(),
         key.clone(),
         message_id.to_owned(),
         text.clone(),
     );
     engine.tracker().spawn(
-        async move { send_spoken(&engine2, &account, &key, &message_id, &text).await }
+        async move { send_spoken(&engine2, &client, &key, &message_id, &text).await }
             .in_current_span(),
     );
 }
@@ -53,14 +52,11 @@ pub(super) fn speak_later(
 /// when WeChat refuses.
 pub(super) async fn send_spoken(
     engine: &Engine,
-    account: &MpAccount,
+    client: &MpClient,
     key: &UserKey,
     message_id: &str,
     answer: &str,
 ) {
-    let Some(client) = account.client.as_ref() else {
-        return;
-    };
     let reference = format!("{key}:{message_id}");
     let Some(spoken) = engine
         .speak_answer(
