@@ -402,9 +402,11 @@ function onRecordPointerCancel(e) {
 }
 
 /** A click the pointer handlers did not see: the keyboard (Enter, Space) or assistive tech. */
-function onRecordClick() {
-  // The click that follows a pointer's release was handled on release.
-  if (performance.now() - rec.pointerUpAt < 600) return;
+function onRecordClick(e) {
+  // The click that follows a pointer's release was handled on release: Chromium and Firefox
+  // say which pointer made it; elsewhere a pointer's click counts (`detail`) and follows a
+  // release; the keyboard's counts nothing.
+  if (e.pointerType || (e.detail > 0 && performance.now() - rec.pointerUpAt < 1000)) return;
   if (rec.phase === 'idle') startRecording('click');
   else if (recording()) finishRecording();
 }
