@@ -276,6 +276,23 @@ def test_recording_stops_by_itself_at_max_seconds_and_is_sent(talking, chromium,
     page.context.close()
 
 
+def test_a_microphone_that_goes_away_sends_what_was_said(talking, chromium, upstream):
+    page, _ = open_chat(chromium, talking, DESKTOP)
+    record = page.get_by_test_id("record")
+    record.click()
+    expect(record).to_have_attribute("data-state", "recording")
+    page.wait_for_timeout(1200)
+    # Unplugged (or taken by the system): the recorder stops by itself.
+    page.evaluate("rec.stream.getTracks().forEach((track) => track.stop())")
+    # Well before the auto-stop at 4 s.
+    expect(record).not_to_have_attribute("data-state", "recording", timeout=1500)
+    expect(users_messages(page)).to_have_count(1)
+    expect(record).to_have_attribute("data-state", "idle")
+    assert len(upstream.transcriptions) == 1
+    assert page.console_errors == [], page.console_errors
+    page.context.close()
+
+
 def test_a_transcriber_down_or_no_credits_is_said_and_nothing_is_sent(talking, chromium, upstream):
     page, uid = open_chat(chromium, talking, PHONE)
     record = page.get_by_test_id("record")

@@ -83,12 +83,21 @@ const RECORD_BPS = 32000;
  * recordings, so that an answer arriving for a cancelled one is dropped. */
 const rec = {
   phase: 'idle', mode: '', run: 0, pointerId: null, endPointer: null, pressedAt: 0, away: false,
-  stream: null, recorder: null, chunks: [], bytes: 0, type: '', startedAt: 0, timer: 0, pointerUpAt: -1e9,
+  stream: null, recorder: null, chunks: [], bytes: 0, type: '', startedAt: 0, ms: 0, timer: 0, uploaded: false,
+  pointerUpAt: -1e9,
 };
+
+/** Whether the browser can record (asked once: it does not change). */
+let recordable = null;
 
 /** The browser can record: getUserMedia (a secure context: https or localhost) and a
  * MediaRecorder with a type the upstream reads. */
 function recordSupported() {
+  if (recordable === null) recordable = canRecord();
+  return recordable;
+}
+
+function canRecord() {
   return !!(navigator.mediaDevices && typeof navigator.mediaDevices.getUserMedia === 'function'
     && typeof window.MediaRecorder === 'function' && typeof MediaRecorder.isTypeSupported === 'function'
     && pickRecordType((type) => MediaRecorder.isTypeSupported(type)));
@@ -97,11 +106,12 @@ function recordSupported() {
 const recording = () => rec.phase === 'starting' || rec.phase === 'recording';
 const elapsedMs = () => (rec.phase === 'recording' ? performance.now() - rec.startedAt : 0);
 
-/** Shows the record button when voice input is on; not while an answer is coming. Called
- * with the composer's other buttons (updateComposer). */
+/** Shows the record button when voice input is on, in the page's language; not usable while
+ * an answer is coming. Called with the composer's other buttons (updateComposer). */
 function updateRecord(streaming) {
   const btn = $('record');
   btn.hidden = !(state.config && state.config.speech) || !recordSupported();
+  paintRecord();
   if (rec.phase === 'idle') btn.disabled = !!streaming;
 }
 
@@ -140,9 +150,8 @@ function resetRecord() {
   stopTracks(rec.stream);
   Object.assign(rec, {
     phase: 'idle', mode: '', pointerId: null, endPointer: null, away: false,
-    stream: null, recorder: null, chunks: [], bytes: 0, timer: 0,
+    stream: null, recorder: null, chunks: [], bytes: 0, ms: 0, timer: 0, uploaded: false,
   });
-  paintRecord();
   const conv = currentConv();
   updateRecord(!!(conv && state.streams.has(conv.id)));
 }
@@ -199,6 +208,12 @@ async function startRecording(mode) {
     resetRecord();
     showBanner(t('recFailed'), false);
   });
+  recorder.addEventListener('stop', () => {
+    if (run !== rec.run) return;
+    // Stopped by itself (the microphone went away): what was said so far is sent.
+    if (rec.phase === 'recording') toSending();
+    if (rec.phase === 'sending') recorded(run);
+  });
   // A piece a second: the size is known while recording, so a recording stops before
   // outgrowing `max_bytes` (a config whose limit comes before `max_seconds`).
   recorder.start(1000);
@@ -232,24 +247,33 @@ function finishRecording() {
     return;
   }
   if (rec.phase !== 'recording') return;
-  const run = rec.run;
-  const ms = elapsedMs();
-  const recorder = rec.recorder;
-  clearInterval(rec.timer);
-  rec.phase = 'sending';
-  paintRecord();
-  recorder.addEventListener('stop', () => {
-    if (run !== rec.run) return;
-    stopTracks(rec.stream);
-    const type = (rec.chunks[0] && rec.chunks[0].type) || recorder.mimeType || rec.type;
-    uploadRecording(run, new Blob(rec.chunks, { type }), ms);
-  }, { once: true });
+  toSending();
+  // The recorder's last piece comes before its `stop` event, which sends (see startRecording).
+  if (rec.recorder.state === 'inactive') { recorded(rec.run); return; }
   try {
-    recorder.stop();
+    rec.recorder.stop();
   } catch (_) {
     resetRecord();
     showBanner(t('recFailed'), false);
   }
+}
+
+/** Recording over: its length kept, the timer stopped, the button busy. */
+function toSending() {
+  rec.ms = elapsedMs();
+  clearInterval(rec.timer);
+  rec.phase = 'sending';
+  paintRecord();
+}
+
+/** The recorder has given its last piece: the microphone is released and the recording sent
+ * (once). */
+function recorded(run) {
+  if (rec.uploaded) return;
+  rec.uploaded = true;
+  stopTracks(rec.stream);
+  const type = (rec.chunks[0] && rec.chunks[0].type) || rec.recorder.mimeType || rec.type;
+  uploadRecording(run, new Blob(rec.chunks, { type }), rec.ms);
 }
 
 /** Drops the recording in progress: nothing uploaded, nothing charged. */
@@ -290,13 +314,14 @@ async function uploadRecording(run, blob, ms) {
   form.append('model', limits.model);
   form.append('response_format', 'json');
   form.append('file', blob, 'voice.' + ext);
+  const token = state.token;
   let text = '';
   try {
     let res;
     try {
       res = await fetch('/v1/audio/transcriptions', {
         method: 'POST',
-        headers: { Accept: 'application/json', 'Accept-Language': acceptLanguage(), Authorization: 'Bearer ' + state.token },
+        headers: { Accept: 'application/json', 'Accept-Language': acceptLanguage(), Authorization: 'Bearer ' + token },
         body: form,
         cache: 'no-store',
       });
@@ -309,6 +334,7 @@ async function uploadRecording(run, blob, ms) {
   } catch (e) {
     if (run !== rec.run) return;
     resetRecord();
+    if (state.token !== token || state.view !== 'chat') return;
     if (e.status === 401) { sessionExpired(); return; }
     showBanner(transcriptionError(e), e.code === 'insufficient_quota' && !!(state.config && state.config.buy));
     announce($('error-text').textContent);
@@ -317,6 +343,8 @@ async function uploadRecording(run, blob, ms) {
   }
   if (run !== rec.run) return;
   resetRecord();
+  // Logged out (or in as someone else) meanwhile: not theirs to send.
+  if (state.token !== token || state.view !== 'chat') return;
   refreshMe();
   if (!text) {
     showBanner(t('recNothingHeard'), false);
