@@ -216,6 +216,17 @@ def test_click_to_start_and_stop_on_a_desktop_and_the_keyboard(talking, chromium
     assert len(uploads(page)) == 2 and len(upstream.transcriptions) == 2, "the cancelled one never left"
     assert sorted(usage_debits(talking, uid)) == sorted([-VOICE_CREDITS, -COST] * 2)
 
+    # In English, the same button says so in English, while recording too.
+    page.get_by_test_id("lang-toggle").click()
+    expect(record).to_have_attribute("aria-label", "Hold to talk, or click to start recording")
+    record.click()
+    expect(record).to_have_attribute("aria-label", "Stop recording and send")
+    expect(page.get_by_test_id("rec-hint")).to_have_text("Click again to send")
+    page.get_by_test_id("rec-cancel").click()
+    expect(record).to_have_attribute("data-state", "idle")
+    page.get_by_test_id("lang-toggle").click()
+    assert len(uploads(page)) == 2
+
     # With a draft in the box, what was heard is added to it, not sent.
     page.get_by_test_id("chat-input").fill("补充一句：")
     record.click()
@@ -300,7 +311,9 @@ def test_a_transcriber_down_or_no_credits_is_said_and_nothing_is_sent(talking, c
     upstream.transcribe_status = 500
     record.click()
     expect(record).to_have_attribute("data-state", "recording")
+    expect(page.get_by_test_id("rec-cancel")).to_be_visible()
     page.wait_for_timeout(1000)
+    shot(page, "voice-web-recording-click-phone")
     record.click()
     expect(page.get_by_test_id("error-banner")).to_be_visible()
     expect(page.locator("#error-text")).to_have_text("语音识别服务暂时不可用，请稍后再试或发送文字")
