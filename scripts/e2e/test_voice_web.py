@@ -128,7 +128,7 @@ def touch(page, kind, x, y):
     """A real touch (CDP), as a finger on a phone makes it: pointer events of type touch."""
     if not hasattr(page, "cdp"):
         page.cdp = page.context.new_cdp_session(page)  # one session: a touch lives in it
-    points = [] if kind == "touchEnd" else [{"x": x, "y": y, "id": 1}]
+    points = [] if kind in ("touchEnd", "touchCancel") else [{"x": x, "y": y, "id": 1}]
     page.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
 
 
@@ -259,6 +259,13 @@ def test_sliding_away_esc_and_a_tap_send_nothing(talking, chromium, upstream):
     page.keyboard.press("Escape")
     expect(record).to_have_attribute("data-state", "idle")
     touch(page, "touchEnd", x, y)
+
+    # Held, then the system takes the touch (a call, a gesture): dropped.
+    touch(page, "touchStart", x, y)
+    expect(record).to_have_attribute("data-state", "recording")
+    page.wait_for_timeout(600)
+    touch(page, "touchCancel", x, y)
+    expect(record).to_have_attribute("data-state", "idle")
 
     # Two quick taps: under half a second is not speech.
     record.tap()

@@ -423,8 +423,17 @@ function onRecordUp(e) {
 }
 
 function onRecordPointerCancel(e) {
-  // The browser took the gesture (a scroll, a system dialog): a held recording is dropped.
-  if (e.pointerId === rec.pointerId && rec.mode === 'hold') cancelRecording();
+  // The browser took the gesture. Asking for the microphone: the permission question took
+  // it, and recording goes on, once allowed, until the next click. Else (a scroll, a system
+  // dialog) a held recording is dropped.
+  if (e.pointerId === rec.pointerId && rec.mode === 'hold') {
+    if (rec.phase === 'starting') {
+      rec.mode = 'click';
+      paintRecord();
+    } else {
+      cancelRecording();
+    }
+  }
   if (e.pointerId === rec.endPointer) rec.endPointer = null;
   rec.pointerId = e.pointerId === rec.pointerId ? null : rec.pointerId;
 }
