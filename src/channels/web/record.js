@@ -187,7 +187,8 @@ async function startRecording(mode) {
     return;
   }
   // Cancelled (or the page left) while the browser asked.
-  if (run !== rec.run || rec.phase !== 'starting' || state.view !== 'chat') { stopTracks(stream); return; }
+  if (run !== rec.run) { stopTracks(stream); return; }
+  if (state.view !== 'chat') { stopTracks(stream); resetRecord(); return; }
   let recorder;
   try {
     recorder = new MediaRecorder(stream, { mimeType: type, audioBitsPerSecond: RECORD_BPS });
