@@ -35,6 +35,7 @@ function bindEvents() {
   });
   input.addEventListener('input', () => { autosize(); updateComposer(); });
   $('export-chat').addEventListener('click', exportConv);
+  bindRecord();
   $('stop').addEventListener('click', stopCurrent);
   $('new-chat').addEventListener('click', () => newChat(true));
   $('model-button').addEventListener('click', () => ($('model-list').hidden ? openModels() : closeModels(true)));

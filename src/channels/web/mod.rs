@@ -53,6 +53,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("login.js", include_str!("login.js"), JS),
     ("chat.js", include_str!("chat.js"), JS),
     ("thread.js", include_str!("thread.js"), JS),
+    ("record.js", include_str!("record.js"), JS),
     ("account.js", include_str!("account.js"), JS),
     ("buy.js", include_str!("buy.js"), JS),
     ("boot.js", include_str!("boot.js"), JS),
@@ -131,6 +132,9 @@ async fn config(State(st): State<WebState>) -> Response {
         // `[[scopes]] scope = "web"` with `voice_reply`: answers get a play button (spoken
         // through `/v1/audio/speech`, charged `speech_credits`) up to `reply_max_chars`.
         "voice_reply": voice_reply(&settings),
+        // `[speech]` on: a record button beside the composer (record.js) uploads to
+        // `/v1/audio/transcriptions` within these limits.
+        "speech": speech_in(&settings, parts.config.server.max_body_bytes),
     }))
     .into_response()
 }
@@ -146,6 +150,29 @@ fn voice_reply(settings: &crate::engine::Settings) -> serde_json::Value {
         }),
         _ => serde_json::Value::Null,
     }
+}
+
+/// Room left in a request body for the multipart framing around the recording.
+const MULTIPART_ROOM: usize = 4096;
+
+/// The page's voice input: `{model, max_seconds, max_bytes, credits, credits_per_minute}`
+/// when `[speech]` is on, else null (no record button). `max_bytes` is the smaller of
+/// `[speech] max_bytes` and what `[server] max_body_bytes` lets through with the framing, so
+/// that the page refuses a recording the daemon would refuse before uploading it.
+fn speech_in(settings: &crate::engine::Settings, body_limit: usize) -> serde_json::Value {
+    settings
+        .speech
+        .as_ref()
+        .map_or(serde_json::Value::Null, |sp| {
+            let room = u64::try_from(body_limit.saturating_sub(MULTIPART_ROOM)).unwrap_or(u64::MAX);
+            json!({
+                "model": sp.model,
+                "max_seconds": sp.max_seconds,
+                "max_bytes": sp.max_bytes.min(room),
+                "credits": sp.credits,
+                "credits_per_minute": sp.credits_per_minute,
+            })
+        })
 }
 
 /// A JSON error as the page's APIs give it: `{"error": {"code", "message"}}`.
@@ -234,6 +261,31 @@ mod tests {
             .filter(|n| n.ends_with(".js"))
             .collect();
         assert_eq!(loaded, served);
+    }
+
+    #[test]
+    fn the_page_learns_speech_limits_within_the_body_limit() {
+        let mut config = crate::config::Config::default();
+        let off = crate::engine::Settings::from_config(&config).unwrap();
+        assert!(
+            speech_in(&off, 1 << 20).is_null(),
+            "no [speech], no record button"
+        );
+        config.speech = Some(crate::config::SpeechConfig {
+            model: "gpt-4o-mini-transcribe".into(),
+            max_seconds: 45,
+            max_bytes: 2 << 20,
+            credits: 3,
+            ..crate::config::SpeechConfig::default()
+        });
+        let on = crate::engine::Settings::from_config(&config).unwrap();
+        let sp = speech_in(&on, 1 << 20);
+        assert_eq!(sp["model"], "gpt-4o-mini-transcribe");
+        assert_eq!(sp["max_seconds"], 45);
+        assert_eq!(sp["credits"], 3);
+        // A 1 MiB body limit lets less through than [speech] max_bytes: the page keeps to it.
+        assert_eq!(sp["max_bytes"], (1 << 20) - MULTIPART_ROOM);
+        assert_eq!(speech_in(&on, 8 << 20)["max_bytes"], 2 << 20);
     }
 
     #[test]

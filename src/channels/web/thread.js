@@ -264,6 +264,7 @@ function updateComposer() {
   $('stop').hidden = !streaming;
   // Nothing to send (an empty box) or an answer still coming: the button says so.
   $('send').disabled = streaming || !$('chat-input').value.trim();
+  updateRecord(streaming);
   $('export-chat').hidden = !(conv && conv.messages.length);
 }
 
