@@ -90,14 +90,14 @@ def send_voice(wx, openid, media_id, recognition=None, tries=3, timeout=6.0, fmt
     return None
 
 
-def speech_toml(ffmpeg="ffmpeg"):
+def speech_toml(ffmpeg="ffmpeg", max_seconds=30):
     return f"""
 [speech]
 model = "whisper-1"
 credits = {VOICE_CREDITS}
 credits_per_minute = {PER_MINUTE}
 max_bytes = {MAX_BYTES}
-max_seconds = 30
+max_seconds = {max_seconds}
 ffmpeg = "{ffmpeg}"
 """
 
@@ -270,8 +270,9 @@ def test_transcriber_down_costs_nothing(voice_daemon, upstream, wechat_api):
 
 
 def test_without_ffmpeg_amr_falls_back_to_recognition_or_a_clear_reply(upstream, wechat_api):
-    d = Daemon(upstream.base_url, extra_toml=speech_toml("/nonexistent/ffmpeg") + mp_toml(wechat_api),
-               free_daily=100, llm_timeout=10).start()
+    # max_seconds 150: audio of unknown length is priced as 3 started minutes without ffmpeg.
+    toml = speech_toml("/nonexistent/ffmpeg", max_seconds=150) + mp_toml(wechat_api)
+    d = Daemon(upstream.base_url, extra_toml=toml, free_daily=100, llm_timeout=10).start()
     try:
         wechat_api.media["amr-x"] = b"#!AMR\n" + b"\x3c" + b"\x00" * 31
         wx = WeChat(d, MAIN)
@@ -283,6 +284,16 @@ def test_without_ffmpeg_amr_falls_back_to_recognition_or_a_clear_reply(upstream,
         assert reply == f"{HEARD}你好\n\n{ANSWER}", reply
         assert "ffmpeg not found" in d.logs()
         assert "ffmpeg: NOT FOUND (/nonexistent/ffmpeg)" in check_config(d)
+        # A webm (a browser's recording) cannot be measured without ffmpeg: it goes to the
+        # upstream as it is, priced as the longest allowed (never less than it may cost).
+        uid, token = d.new_user("voice-noff", credits=100)
+        webm = b"\x1a\x45\xdf\xa3" + secrets.token_bytes(3000)
+        heard = api_client(d, token).audio.transcriptions.create(
+            model="whisper-1", file=("talk.webm", webm, "audio/webm"))
+        assert heard.text == "今天天气怎么样"
+        assert upstream.transcriptions[-1]["filename"] == "voice.webm"
+        assert upstream.transcriptions[-1]["file"] == webm
+        assert usage_debits(d, uid) == [-(VOICE_CREDITS + 3 * PER_MINUTE)]
     finally:
         assert d.stop() == 0, d.logs()
 
@@ -342,6 +353,43 @@ def test_v1_transcriptions_with_the_official_client(voice_daemon, upstream):
     with pytest.raises(openai.AuthenticationError):
         api_client(voice_daemon, "not-a-token").audio.transcriptions.create(
             model="whisper-1", file=("hello.wav", wav, "audio/wav"))
+
+
+def opus_bytes(seconds, container="webm", silent=False):
+    """Opus audio as a browser records it (webm) or an app sends it (ogg), made by ffmpeg."""
+    source = "anullsrc=r=16000:cl=mono" if silent else "sine=f=440:r=16000"
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", source,
+                          "-t", str(seconds), "-c:a", "libopus", "-b:a", "12k",
+                          # 60 ms frames: fewer Ogg pages, so long silence stays small
+                          "-frame_duration", "60", "-f", container, "pipe:1"],
+                         capture_output=True, timeout=30, check=True)
+    return out.stdout
+
+
+@needs_ffmpeg
+def test_v1_audio_of_unknown_length_is_measured_limited_and_priced_per_minute(voice_daemon, upstream):
+    """A browser's webm (or an OGG, an MP3) says nothing of its length: the daemon measures it
+    (ffmpeg), so max_seconds holds and the per-minute price is charged."""
+    import openai
+    uid, token = voice_daemon.new_user("voice-webm", credits=100)
+    client = api_client(voice_daemon, token)
+    webm = opus_bytes(1.5)
+    assert len(webm) < MAX_BYTES
+    heard = client.audio.transcriptions.create(model="whisper-1", file=("talk.webm", webm, "audio/webm"))
+    assert heard.text == "今天天气怎么样"
+    up = upstream.transcriptions[-1]
+    assert up["filename"] == "voice.wav"
+    assert 1.3 < (len(up["file"]) - 44) / 32000 < 1.7, "what was said, measured"
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)]
+    # 35 s of (silent, so small) audio: within max_bytes, over max_seconds (30).
+    long_ogg = opus_bytes(35, container="ogg", silent=True)
+    assert len(long_ogg) < MAX_BYTES, len(long_ogg)
+    sent = len(upstream.transcriptions)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.audio.transcriptions.create(model="whisper-1", file=("long.ogg", long_ogg, "audio/ogg"))
+    assert "30 秒" in str(e.value)
+    assert len(upstream.transcriptions) == sent, "refused before the upstream"
+    assert usage_debits(voice_daemon, uid) == [-(VOICE_CREDITS + PER_MINUTE)], "a refusal costs nothing"
 
 
 # -- voice out: answers spoken for a scope with voice_reply ---------------------------------------

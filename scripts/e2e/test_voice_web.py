@@ -18,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import COST, ROOT, Daemon
 from fake_openai import ANSWER
-from test_voice import VOICE_CREDITS, page_config, speech_toml, usage_debits, wait_for, wav_bytes
+from test_voice import FFMPEG, PER_MINUTE, VOICE_CREDITS, page_config, speech_toml, usage_debits, wait_for, wav_bytes
 from test_web import ARGS, CHROMIUM, DESKTOP, PHONE, TIMEOUT, last_answer, shot
 
 PAGE_JS = ROOT / "scripts" / "e2e" / "page_js.js"
@@ -171,13 +171,17 @@ def test_holding_the_button_on_a_phone_sends_what_was_heard(talking, chromium, u
     assert sent["type"].startswith("audio/webm"), sent
     assert len(upstream.transcriptions) == 1, upstream.transcriptions
     up = upstream.transcriptions[0]
-    assert up["fields"]["model"] == STT_MODEL and up["filename"] == "voice.webm", up
-    assert up["file"].startswith(WEBM_MAGIC) and len(up["file"]) > 2000, len(up["file"])
+    assert up["fields"]["model"] == STT_MODEL, up
+    if FFMPEG:  # measured (converted) so that max_seconds and the per-minute price hold
+        assert up["filename"] == "voice.wav" and up["file"].startswith(b"RIFF"), up["filename"]
+        assert len(up["file"]) > 16000, "about a second of speech, at 16 kHz"
+    else:
+        assert up["filename"] == "voice.webm" and up["file"].startswith(WEBM_MAGIC), up["filename"]
     # The question the model got is what was heard.
     assert upstream.requests[-1][2]["messages"][-1]["content"] == HEARD
-    # The ledger: the voice (webm's length is unknown to the daemon: no per-minute part) and
-    # the answer.
-    assert sorted(usage_debits(talking, uid)) == sorted([-VOICE_CREDITS, -COST])
+    # The ledger: the voice (its started minute, measured by ffmpeg; without ffmpeg priced as
+    # the longest allowed, a minute too) and the answer.
+    assert sorted(usage_debits(talking, uid)) == sorted([-(VOICE_CREDITS + PER_MINUTE), -COST])
     assert page.console_errors == [], page.console_errors
     page.context.close()
 
@@ -214,7 +218,7 @@ def test_click_to_start_and_stop_on_a_desktop_and_the_keyboard(talking, chromium
     expect(users_messages(page)).to_have_count(2)
     expect(last_answer(page)).to_have_attribute("data-state", "done")
     assert len(uploads(page)) == 2 and len(upstream.transcriptions) == 2, "the cancelled one never left"
-    assert sorted(usage_debits(talking, uid)) == sorted([-VOICE_CREDITS, -COST] * 2)
+    assert sorted(usage_debits(talking, uid)) == sorted([-(VOICE_CREDITS + PER_MINUTE), -COST] * 2)
 
     # In English, the same button says so in English, while recording too.
     page.get_by_test_id("lang-toggle").click()

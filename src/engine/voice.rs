@@ -123,8 +123,8 @@ impl Engine {
 
     /// `/v1/audio/transcriptions` for `uid`: `bytes` of `format` (a file extension) checked,
     /// converted when needed and transcribed through `[speech]`, charged `[speech] credits`
-    /// plus `credits_per_minute` per started minute (when the length is known: WAV, AMR, or
-    /// anything ffmpeg converted) under `reference`. The refusal, when it fails, costs
+    /// plus `credits_per_minute` per started minute (of the length measured, see
+    /// `prepare_audio`) under `reference`. The refusal, when it fails, costs
     /// nothing. Returns the transcript and the credits charged.
     pub async fn transcribe_api(
         &self,
@@ -184,7 +184,13 @@ impl Engine {
 
     /// Checks audio of `format` against the limits and converts what the upstream cannot read
     /// (AMR, Speex...) to WAV with ffmpeg; returns the bytes to send, their format and the
-    /// length in ms when known (`ms`: what the platform said).
+    /// length in ms to price (`ms`: what the platform said).
+    ///
+    /// Audio whose length neither the platform nor its own framing says (a browser's webm,
+    /// an MP3 or OGG sent to `/v1`) is measured by converting it too, so that `max_seconds`
+    /// holds and `credits_per_minute` is charged for what was said. Without ffmpeg such audio
+    /// is sent as it is and priced as the longest allowed (`max_seconds`): never less than
+    /// what it may cost upstream.
     async fn prepare_audio(
         &self,
         s: &Settings,
@@ -200,50 +206,41 @@ impl Engine {
         if bytes.is_empty() {
             return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
         }
-        if !READABLE.contains(&format) {
-            if !ffmpeg::ffmpeg_available(&sp.ffmpeg).await {
-                info!(%format, "audio needs ffmpeg, which is not installed");
-                return Err(self.voice_refused("no_ffmpeg", &s.texts.voice_off));
-            }
-            if format == "amr" {
-                // Its length is in its framing: a cut or mislabelled file stops here.
-                let Some(amr) = ffmpeg::amr_ms(&bytes) else {
-                    return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
-                };
-                if amr > max_ms {
-                    return Err(self.too_long(s, sp));
-                }
-                ms = Some(amr);
-            }
-            let timeout = Duration::from_secs(sp.ffmpeg_timeout_secs);
-            let wav = match ffmpeg::to_wav(
-                &sp.ffmpeg,
-                bytes,
-                timeout,
-                ffmpeg::wav_limit(sp.max_seconds),
-            )
-            .await
-            {
-                Ok(wav) => wav,
-                Err(ffmpeg::ConvertError::TooLarge(_)) => return Err(self.too_long(s, sp)),
-                Err(e) => {
-                    warn!(error = %e, %format, "converting audio failed");
-                    return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
-                }
-            };
-            let wav_ms = ffmpeg::converted_wav_ms(&wav);
-            if wav_ms > max_ms {
-                return Err(self.too_long(s, sp));
-            }
-            return Ok((wav, "wav".to_owned(), ms.or(Some(wav_ms))));
+        let readable = READABLE.contains(&format);
+        if !readable && !ffmpeg::ffmpeg_available(&sp.ffmpeg).await {
+            info!(%format, "audio needs ffmpeg, which is not installed");
+            return Err(self.voice_refused("no_ffmpeg", &s.texts.voice_off));
         }
-        if format == "wav" {
+        if format == "amr" {
+            // Its length is in its framing: a cut or mislabelled file stops here.
+            let Some(amr) = ffmpeg::amr_ms(&bytes) else {
+                return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
+            };
+            ms = Some(amr);
+        } else if format == "wav" {
             ms = ms.or_else(|| ffmpeg::wav_ms(&bytes));
         }
         if ms.is_some_and(|ms| ms > max_ms) {
             return Err(self.too_long(s, sp));
         }
-        Ok((bytes, format.to_owned(), ms))
+        if readable && (ms.is_some() || !ffmpeg::ffmpeg_available(&sp.ffmpeg).await) {
+            return Ok((bytes, format.to_owned(), Some(ms.unwrap_or(max_ms))));
+        }
+        let timeout = Duration::from_secs(sp.ffmpeg_timeout_secs);
+        let limit = ffmpeg::wav_limit(sp.max_seconds);
+        let wav = match ffmpeg::to_wav(&sp.ffmpeg, bytes, timeout, limit).await {
+            Ok(wav) => wav,
+            Err(ffmpeg::ConvertError::TooLarge(_)) => return Err(self.too_long(s, sp)),
+            Err(e) => {
+                warn!(error = %e, %format, "converting audio failed");
+                return Err(self.voice_refused("corrupt", &s.texts.voice_failed));
+            }
+        };
+        let wav_ms = ffmpeg::converted_wav_ms(&wav);
+        if wav_ms > max_ms {
+            return Err(self.too_long(s, sp));
+        }
+        Ok((wav, "wav".to_owned(), ms.or(Some(wav_ms))))
     }
 
     /// Sends prepared audio to the transcription upstream (with its fallbacks).
