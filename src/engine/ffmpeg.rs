@@ -2,6 +2,11 @@
 //! workers), turning WeChat's AMR/Speex into 16 kHz mono WAV through it (stdin → stdout, with
 //! a timeout and a bound on what it writes), and the lengths of AMR and WAV audio read from
 //! their framing, so that limits and per-minute prices need no decoder.
+//!
+//! What goes into ffmpeg comes from users (a voice message, an upload to `/v1`), so ffmpeg may
+//! open nothing but its stdin (`-protocol_whitelist pipe`: a playlist or a concat script
+//! cannot make it fetch a URL or read a local file) and read nothing but audio containers
+//! (`-format_whitelist`, [`AUDIO_DEMUXERS`]).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -103,6 +108,11 @@ pub fn wav_limit(max_seconds: u64) -> usize {
     .unwrap_or(usize::MAX)
 }
 
+/// The demuxers ffmpeg may use on user audio: WeChat's AMR, Speex and Opus in Ogg, a
+/// browser's webm (matroska) or mp4 (mov), MP3, WAV, FLAC and raw AAC. Not HLS, concat,
+/// image or video-only formats, nor anything that opens other files.
+pub const AUDIO_DEMUXERS: &str = "amr,amrnb,amrwb,ogg,matroska,webm,mov,mp4,m4a,mp3,wav,flac,aac";
+
 /// Conversions running at once at most: each is a process busy on a core; a burst of voice
 /// messages waits its turn instead of starving the daemon.
 const MAX_CONVERSIONS: usize = 4;
@@ -131,6 +141,10 @@ pub async fn to_wav(
             "-hide_banner",
             "-loglevel",
             "error",
+            "-protocol_whitelist",
+            "pipe",
+            "-format_whitelist",
+            AUDIO_DEMUXERS,
             "-i",
             "pipe:0",
             "-vn",
@@ -294,6 +308,38 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, ConvertError::Spawn { .. }), "{err}");
+    }
+
+    /// With ffmpeg installed: a playlist (HLS) or a concat script is not followed: no URL
+    /// fetched, no file read, the conversion refused.
+    #[tokio::test]
+    async fn ffmpeg_opens_nothing_but_its_input() {
+        if detect("ffmpeg").is_none() {
+            eprintln!("skipped: ffmpeg is not installed");
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hls = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nhttp://127.0.0.1:{port}/a.ts\n\
+             #EXTINF:10.0,\nfile:///etc/hostname\n#EXT-X-ENDLIST\n"
+        );
+        let concat = b"ffconcat version 1.0\nfile /etc/hostname\n".to_vec();
+        for input in [hls.into_bytes(), concat] {
+            let got = to_wav("ffmpeg", input, Duration::from_secs(20), wav_limit(60)).await;
+            // Refused for its format, before it could follow anything (ffmpeg's own defaults
+            // vary by version and build; the whitelist does not).
+            assert!(
+                matches!(&got, Err(ConvertError::Failed { stderr, .. })
+                    if stderr.contains("not on whitelist")),
+                "{got:?}"
+            );
+        }
+        assert!(
+            listener.accept().is_err(),
+            "ffmpeg connected to the playlist's URL"
+        );
     }
 
     /// With ffmpeg installed (CI installs it): a real conversion, and garbage refused.
