@@ -20,11 +20,13 @@ bytes() { du -sb --apparent-size "$1" | cut -f1; }
 blocks() { du -s -B1 "$1" | cut -f1; }
 "$gen" "$work/base" "$users" 0 >/dev/null
 "$gen" "$work/full" "$users" "$entries" >"$work/gen.txt"
-"$copy" "$work/base" "$work/base-copy" >/dev/null
+"$copy" "$work/base" "$work/base-copy" >"$work/copy-base.txt"
 "$copy" "$work/full" "$work/full-copy" >"$work/copy.txt"
 per() { python3 -c "print(f'{($1 - $2) / $entries:.0f}')"; }
 echo "$(tr '\n' ' ' <"$work/gen.txt")"
+logical() { sed -n 's/.* bytes=\([0-9]*\).*/\1/p' "$1"; }
 echo "logical (backup's raw keys+values): $(tr '\n' ' ' <"$work/copy.txt")"
+echo "logical per entry: $(per "$(logical "$work/copy.txt")" "$(logical "$work/copy-base.txt")") bytes"
 printf '%-22s %14s %14s %10s\n' "" "store (bytes)" "baseline" "per entry"
 printf '%-22s %14s %14s %10s\n' "as written (du)" "$(blocks "$work/full")" "$(blocks "$work/base")" \
   "$(per "$(blocks "$work/full")" "$(blocks "$work/base")")"

@@ -262,4 +262,4 @@ fn describe(reference: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -330,14 +330,23 @@ fn old_json_records_still_read() {
     );
 }
 
-const DAY: i64 = 10;
-const DONE: ReservationId = ReservationId(1 << 40);
-const OPEN: ReservationId = ReservationId((1 << 40) + 1);
+/// The day of the records [`write_json_records`] writes.
+pub(crate) const DAY: i64 = 10;
+/// The settled reservation it writes (reference `m-done`, entry 2).
+pub(crate) const DONE: ReservationId = ReservationId(1 << 40);
+/// The open reservation it writes (reference `m-open`, 7 credits).
+pub(crate) const OPEN: ReservationId = ReservationId((1 << 40) + 1);
 
-/// A store holding one user's credits as the JSON values written before format 1: two
-/// entries, a settled and an open reservation.
+/// A temporary store (sled, or PostgreSQL when the tests say so) with [`write_json_records`].
 fn json_store() -> (Store, Uid) {
     let store = Store::open_temporary().unwrap();
+    let uid = write_json_records(&store);
+    (store, uid)
+}
+
+/// Writes one new user's credits as the JSON values stores held before format 1: two ledger
+/// entries (`g1`, a purchase of 100; `m-done`, an answer), a settled and an open reservation.
+pub(crate) fn write_json_records(store: &Store) -> Uid {
     let uid = store.create_user("old").unwrap().uid;
     let u = uid.0;
     let t = store.trees().unwrap();
@@ -383,7 +392,7 @@ fn json_store() -> (Store, Uid) {
         format!(r#"{{"uid":{u},"amount":7,"reference":"m-open","expires_at_ms":1000}}"#),
     );
     put(&t.reservation_refs, b"m-open", OPEN.0.to_string());
-    (store, uid)
+    uid
 }
 
 #[test]
