@@ -2,22 +2,26 @@
 //! [`crate::codec::BINARY`] first), read beside the JSON that stores written before
 //! (a store may hold both; nothing is migrated).
 //!
-//! | tree | value after the format byte |
-//! |---|---|
-//! | `ledger` (key uid ‖ seq) | kind code, at_ms (zigzag), free_delta (zigzag), paid_delta (zigzag), paid_after, reason, reference |
-//! | `ledger_refs` (key reference) | uid, seq |
-//! | `balances` (key uid) | paid, held, free_day (zigzag), free_used, next_seq, plan flag (0/1) [, id, name, daily_credits, start_day, end_day (zigzag)] |
-//! | `reservations` (key id) | uid, amount, expires_at_ms (zigzag), reference |
-//! | `settled_reservations` (key id) | uid, settled_at_ms (zigzag), entry flag (0/1) [, entry uid, entry seq], reference |
-//! | `reservation_refs` (key reference) | reservation id |
+//! After the format byte, per tree:
+//! - `ledger` (key uid ‖ seq): kind code, at_ms (zigzag), free_delta (zigzag), paid_delta
+//!   (zigzag), paid_after, reason, reference;
+//! - `ledger_refs` (key reference): uid, seq;
+//! - `balances` (key uid): paid, held, free_day (zigzag), free_used, next_seq, plan flag (0/1)
+//!   and with 1 the plan's id, name, daily_credits, start_day, end_day (zigzag);
+//! - `reservations` (key id): uid, amount, expires_at_ms (zigzag), reference;
+//! - `settled_reservations` (key id): uid, settled_at_ms (zigzag), entry flag (0/1) and with 1
+//!   the entry's uid and seq, reference;
+//! - `reservation_refs` (key reference): the reservation id.
 //!
 //! Numbers are LEB128 varints, text is length-prefixed UTF-8. The ledger's value leaves out uid
 //! and seq (its key says them). Readers ignore bytes after the last field, so fields can be
 //! appended later without a new format. Why: a ledger entry was ~133 bytes of JSON (uid and seq
 //! repeated from the key, ~60 bytes of field names) and every one also rewrote the balance's
-//! JSON; the binary entry is ~20 bytes plus its reason and reference.
+//! JSON; the binary entry is ~10 bytes plus its reason and reference.
 
-use crate::codec::{BINARY, Reader, decode_versioned, put_ivarint, put_str, put_varint};
+use crate::codec::{
+    BINARY, Reader, decode_versioned, describe_bytes, put_ivarint, put_str, put_varint,
+};
 use crate::quota::{BalanceRecord, LedgerRef, Reservation, SettledReservation};
 use crate::{
     ActivePlan, BALANCES, EntryKind, LEDGER, LEDGER_REFS, LedgerEntry, RESERVATION_REFS,
@@ -101,7 +105,7 @@ fn take_ref(r: &mut Reader<'_>) -> Option<LedgerRef> {
 
 /// Where the entry of `reference` is (`ledger_refs`).
 pub(crate) fn read_ref(reference: &[u8], raw: &[u8]) -> Result<LedgerRef, StoreError> {
-    decode_versioned(LEDGER_REFS, raw, || describe(reference), take_ref)
+    decode_versioned(LEDGER_REFS, raw, || describe_bytes(reference), take_ref)
 }
 
 /// The value of a `balances` record.
@@ -248,17 +252,9 @@ pub(crate) fn read_reservation_ref(
     decode_versioned(
         RESERVATION_REFS,
         raw,
-        || describe(reference),
+        || describe_bytes(reference),
         |r| r.varint().map(ReservationId),
     )
-}
-
-/// A reference key as error messages show it (as before: the quoted text).
-fn describe(reference: &[u8]) -> String {
-    match std::str::from_utf8(reference) {
-        Ok(s) => format!("{s:?}"),
-        Err(_) => crate::codec::describe_bytes(reference),
-    }
 }
 
 #[cfg(test)]

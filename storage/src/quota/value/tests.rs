@@ -151,6 +151,13 @@ fn every_record_round_trips() {
         read_reservation_ref(b"r", &reservation_ref_value(id)).unwrap(),
         id
     );
+    // Bytes after the last field (a later version's additions) are ignored.
+    let mut longer = entry_value(&e);
+    longer.extend_from_slice(&[0xaa, 0xbb, 0xcc]);
+    assert_eq!(read_entry(1, 2, &longer).unwrap(), other);
+    let mut longer = balance_value(&balances()[1]);
+    longer.push(0xff);
+    assert_eq!(read_balance(1, &longer).unwrap(), balances()[1]);
 }
 
 #[test]
