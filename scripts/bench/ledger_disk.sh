@@ -11,9 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 users="${1:-10000}"
 entries="${2:-100000}"
-cargo build --release --locked -p chatrelay-storage --example gen_store --example copy_store >/dev/null 2>&1
-gen="${GEN_STORE:-$PWD/target/release/examples/gen_store}"
-copy="$PWD/target/release/examples/copy_store"
+# BENCH_PROFILE=debug runs on debug builds (the e2e smoke run); figures come from release.
+profile="${BENCH_PROFILE:-release}"
+release=$([ "$profile" = release ] && echo --release || true)
+cargo build $release --locked -p chatrelay-storage --example gen_store --example copy_store >/dev/null 2>&1
+gen="${GEN_STORE:-$PWD/target/$profile/examples/gen_store}"
+copy="$PWD/target/$profile/examples/copy_store"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 bytes() { du -sb --apparent-size "$1" | cut -f1; }
