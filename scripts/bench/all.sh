@@ -8,6 +8,7 @@ for n in 5000 10000 20000; do echo "== OA callbacks: $n requests at concurrency 
 for n in 1000 3000 10000; do echo "== $n streams held 30 s"; ./streams.sh "$n" 30; done
 echo "== idle"; ./idle_rss.sh
 for s in "1000 10000" "10000 100000" "100000 1000000"; do echo "== store of $s users/entries"; ./big_store.sh $s; done
+echo "== disk per ledger entry, 10,000 users"; ./ledger_disk.sh 10000 100000
 echo "== OA latency during backups, 100,000 users"; ./backup_latency.sh 100000 100000 200 30
 for u in 1 8 64; do echo "== quota, $u users"; ./quota.sh "$u" 5; done
 echo "== PostgreSQL, one and two daemons, against sled"; ./pg.sh 64 5 20000 64

@@ -41,6 +41,19 @@ def test_idle_and_big_store_smoke():
     assert "200 users, 2000 ledger entries: start to ready" in out, out
 
 
+
+def test_ledger_disk_smoke():
+    out = run("ledger_disk.sh", 100, 2000)
+    assert "users=100 " in out and "entries=2000 " in out, out
+    per = {line[:22].strip(): int(line.split()[-1]) for line in out.splitlines()
+           if line.startswith(("as written", "after copy"))}
+    assert set(per) == {"as written (du)", "after copy (du)", "as written (apparent)"}, out
+    # Tiny stores are mostly sled's fixed costs (a copy can be bigger): figures need 100,000s.
+    assert all(n > 0 for n in per.values()), out
+    logical = int(out.split("logical per entry: ")[1].split()[0])
+    assert 20 < logical < 100, out
+
+
 def test_backup_latency_smoke():
     out = run("backup_latency.sh", 300, 300, 20, 2)
     assert "p99 during backups / without" in out and "snapshot pause (writers held)" in out, out

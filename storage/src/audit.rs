@@ -10,11 +10,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::codec::{decode, read_pair_key, read_u64_key};
-use crate::quota::{BalanceRecord, LedgerRef, Reservation};
-use crate::{
-    BALANCES, LEDGER, LEDGER_REFS, LedgerEntry, RESERVATIONS, ReservationId, Store, StoreError,
-    USERS, Uid, User,
-};
+use crate::quota::{BalanceRecord, value};
+use crate::{BALANCES, LEDGER, RESERVATIONS, ReservationId, Store, StoreError, USERS, Uid, User};
 
 /// What [`Store::audit`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -251,12 +248,8 @@ impl Store {
         let mut balances = BTreeMap::new();
         for item in t.balances.iter() {
             let (key, raw) = item?;
-            let read = read_u64_key(BALANCES, &key).and_then(|uid| {
-                Ok((
-                    Uid(uid),
-                    decode::<BalanceRecord>(BALANCES, &raw, || uid.to_string())?,
-                ))
-            });
+            let read = read_u64_key(BALANCES, &key)
+                .and_then(|uid| Ok((Uid(uid), value::read_balance(uid, &raw)?)));
             match read {
                 Ok((uid, record)) => {
                     balances.insert(uid, record);
@@ -268,9 +261,8 @@ impl Store {
         let mut reserved: BTreeMap<Uid, u128> = BTreeMap::new();
         for item in t.reservations.iter() {
             let (key, raw) = item?;
-            let read = read_u64_key(RESERVATIONS, &key).and_then(|id| {
-                decode::<Reservation>(RESERVATIONS, &raw, || ReservationId(id).to_string())
-            });
+            let read = read_u64_key(RESERVATIONS, &key)
+                .and_then(|id| value::read_reservation(ReservationId(id), &raw));
             match read {
                 Ok(r) => {
                     report.open_reservations += 1;
@@ -283,13 +275,8 @@ impl Store {
         let mut ledgers: BTreeMap<Uid, LedgerSums> = BTreeMap::new();
         for item in t.ledger.iter() {
             let (key, raw) = item?;
-            let read = read_pair_key(LEDGER, &key).and_then(|(uid, seq)| {
-                Ok((
-                    Uid(uid),
-                    seq,
-                    decode::<LedgerEntry>(LEDGER, &raw, || format!("{uid}/{seq}"))?,
-                ))
-            });
+            let read = read_pair_key(LEDGER, &key)
+                .and_then(|(uid, seq)| Ok((Uid(uid), seq, value::read_entry(uid, seq, &raw)?)));
             let (uid, seq, entry) = match read {
                 Ok(read) => read,
                 Err(e) => {
@@ -321,9 +308,7 @@ impl Store {
                 });
             }
             let indexed = match t.ledger_refs.get(entry.reference.as_bytes())? {
-                Some(raw) => match decode::<LedgerRef>(LEDGER_REFS, &raw, || {
-                    format!("{:?}", entry.reference)
-                }) {
+                Some(raw) => match value::read_ref(entry.reference.as_bytes(), &raw) {
                     Ok(at) => at.uid == uid && at.seq == seq,
                     Err(e) => {
                         found.push(e.into());
@@ -340,7 +325,7 @@ impl Store {
         for item in t.ledger_refs.iter() {
             let (key, raw) = item?;
             let reference = String::from_utf8_lossy(&key).into_owned();
-            let at = match decode::<LedgerRef>(LEDGER_REFS, &raw, || format!("{reference:?}")) {
+            let at = match value::read_ref(&key, &raw) {
                 Ok(at) => at,
                 Err(e) => {
                     found.push(e.into());
@@ -348,10 +333,8 @@ impl Store {
                 }
             };
             let matches = match t.ledger.get(crate::codec::pair_key(at.uid.0, at.seq))? {
-                Some(raw) => {
-                    decode::<LedgerEntry>(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq))
-                        .is_ok_and(|e| e.reference.as_bytes() == key.as_slice())
-                }
+                Some(raw) => value::read_entry(at.uid.0, at.seq, &raw)
+                    .is_ok_and(|e| e.reference.as_bytes() == key.as_slice()),
                 None => false,
             };
             if !matches {

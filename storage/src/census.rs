@@ -341,13 +341,13 @@ pub(crate) fn read_identity(key: &[u8], raw: &[u8]) -> Result<(UserKey, Uid), St
 /// A `balances` record.
 pub(crate) fn read_balance(key: &[u8], raw: &[u8]) -> Result<BalanceRecord, StoreError> {
     let uid = read_u64_key(BALANCES, key)?;
-    decode(BALANCES, raw, || uid.to_string())
+    crate::quota::value::read_balance(uid, raw)
 }
 
 /// A `ledger` entry.
 pub(crate) fn read_entry(key: &[u8], raw: &[u8]) -> Result<LedgerEntry, StoreError> {
     let (uid, seq) = read_pair_key(LEDGER, key)?;
-    decode(LEDGER, raw, || format!("{uid}/{seq}"))
+    crate::quota::value::read_entry(uid, seq, raw)
 }
 
 /// An open reservation.
@@ -356,7 +356,7 @@ pub(crate) fn read_reservation(
     raw: &[u8],
 ) -> Result<(ReservationId, Reservation), StoreError> {
     let id = ReservationId(read_u64_key(RESERVATIONS, key)?);
-    Ok((id, decode(RESERVATIONS, raw, || id.to_string())?))
+    Ok((id, crate::quota::value::read_reservation(id, raw)?))
 }
 
 /// A settled reservation (what settled it).
@@ -365,7 +365,7 @@ pub(crate) fn read_settled(
     raw: &[u8],
 ) -> Result<(ReservationId, SettledReservation), StoreError> {
     let id = ReservationId(read_u64_key(SETTLED_RESERVATIONS, key)?);
-    Ok((id, decode(SETTLED_RESERVATIONS, raw, || id.to_string())?))
+    Ok((id, crate::quota::value::read_settled(id, raw)?))
 }
 
 /// An order.

@@ -19,10 +19,7 @@ use crate::codec::{
 };
 use crate::kv::Transactional;
 use crate::quota::{Change, append_entry, entry_by_reference, load_balance, store_balance};
-use crate::{
-    CODE_BATCHES, CODE_HASHES, CODES, EntryKind, LEDGER, LEDGER_REFS, LedgerEntry, Store,
-    StoreError, Uid,
-};
+use crate::{CODE_BATCHES, CODE_HASHES, CODES, EntryKind, LedgerEntry, Store, StoreError, Uid};
 
 /// The most codes one batch may hold.
 pub const MAX_CODES_PER_BATCH: u32 = 10_000;
@@ -521,12 +518,11 @@ impl Store {
         let mut out = Vec::new();
         for item in t.ledger_refs.scan_prefix(b"code:") {
             let (key, raw) = item?;
-            let reference = String::from_utf8_lossy(&key).into_owned();
-            let at: crate::quota::LedgerRef = decode(LEDGER_REFS, &raw, || reference.clone())?;
+            let at = crate::quota::value::read_ref(&key, &raw)?;
             let Some(raw) = t.ledger.get(pair_key(at.uid.0, at.seq))? else {
                 continue;
             };
-            let entry: LedgerEntry = decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq))?;
+            let entry = crate::quota::value::read_entry(at.uid.0, at.seq, &raw)?;
             out.push((entry.at_ms, entry.paid_delta));
         }
         Ok(out)

@@ -8,7 +8,8 @@
 //! - `open.rs`: opening a store (sled, PostgreSQL, temporary), the schema version check,
 //!   reopening after a storage failure.
 //! - `error.rs`: [`StoreError`].
-//! - `codec.rs`: big-endian integer keys, serde_json values, transaction plumbing.
+//! - `codec.rs`: big-endian integer keys, serde_json values and the compact binary codec
+//!   (varints, versioned values read beside older JSON), transaction plumbing.
 //! - `users.rs`: users and identities ([`chatrelay_core::UserKey`] → [`Uid`] and back).
 //! - `quota.rs`: balances, reservations and the append-only ledger.
 //! - `audit.rs`: the consistency check of balances against ledger and reservations.
@@ -63,6 +64,10 @@
 //! | `chats` | uid ‖ conversation id | a web conversation's title, version and messages |
 //! | `chat_index` | uid ‖ conversation id | its [`ChatSummary`] (listings read only this) |
 //! | `admin_log` | time (ms) ‖ id (be u64 each) | a [`ChangeRecord`] (≤ 2 KB, redacted) |
+//!
+//! Values are JSON except the six money trees from `balances` to `settled_reservations` (and
+//! `usage`), which are compact binary, a format byte first, written on every credit change;
+//! their older JSON values still read (`quota/value.rs`).
 //!
 //! # Rules kept throughout
 //! - Every change of a balance writes its ledger entry in the same sled transaction, and is

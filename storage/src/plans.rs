@@ -19,15 +19,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, u64_key};
-use crate::quota::BalanceRecord;
-use crate::{BALANCES, Store, StoreError, Uid};
+use crate::codec::u64_key;
+use crate::{Store, StoreError, Uid};
 
 impl Store {
     /// The user's plan (active or ended; see [`ActivePlan::active_on`]), if they ever had one.
     pub fn plan(&self, uid: Uid) -> Result<Option<ActivePlan>, StoreError> {
         match self.trees()?.balances.get(u64_key(uid.0))? {
-            Some(raw) => Ok(decode::<BalanceRecord>(BALANCES, &raw, || uid.to_string())?.plan),
+            Some(raw) => Ok(crate::quota::value::read_balance(uid.0, &raw)?.plan),
             None => Ok(None),
         }
     }

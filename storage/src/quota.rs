@@ -13,12 +13,11 @@ use crate::kv::TxTree;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{
-    OrAbort, TxResult, abort, check_key, decode, encode, finish, pair_key, read_pair_key, to_delta,
-    u64_key,
+    OrAbort, TxResult, abort, check_key, finish, pair_key, read_pair_key, to_delta, u64_key,
 };
 use crate::{
-    BALANCES, LEDGER, LEDGER_REFS, RESERVATION_REFS, RESERVATIONS, ReservationId,
-    SETTLED_RESERVATIONS, Store, StoreError, Uid,
+    BALANCES, LEDGER, LEDGER_REFS, RESERVATIONS, ReservationId, SETTLED_RESERVATIONS, Store,
+    StoreError, Uid,
 };
 
 /// Why a ledger entry was written.
@@ -202,7 +201,7 @@ impl Store {
             return Err(StoreError::UnknownUser(uid));
         }
         let record = match t.balances.get(u64_key(uid.0))? {
-            Some(raw) => decode::<BalanceRecord>(BALANCES, &raw, || uid.to_string())?,
+            Some(raw) => value::read_balance(uid.0, &raw)?,
             None => BalanceRecord::default(),
         };
         Ok(record.view(today, free_daily))
@@ -239,8 +238,7 @@ impl Store {
         finish(trees.transaction(
             |(users, balances, reservations, res_refs, settled, ledger, ledger_refs)| {
                 if let Some(raw) = res_refs.get(reference.as_bytes())? {
-                    let id: ReservationId =
-                        decode(RESERVATION_REFS, &raw, || format!("{reference:?}")).or_abort()?;
+                    let id = value::read_reservation_ref(reference.as_bytes(), &raw).or_abort()?;
                     if reservations.get(u64_key(id.0))?.is_some() {
                         return Ok(id);
                     }
@@ -283,8 +281,8 @@ impl Store {
                     expires_at_ms,
                 };
                 store_balance(balances, uid, &balance)?;
-                reservations.insert(u64_key(new_id.0), encode(&reservation).or_abort()?)?;
-                res_refs.insert(reference.as_bytes(), encode(&new_id).or_abort()?)?;
+                reservations.insert(u64_key(new_id.0), value::reservation_value(&reservation))?;
+                res_refs.insert(reference.as_bytes(), value::reservation_ref_value(new_id))?;
                 Ok(new_id)
             },
         ))
@@ -414,7 +412,7 @@ impl Store {
             .scan_prefix_rev(u64_key(uid.0), limit)?
         {
             let (owner, seq) = read_pair_key(LEDGER, &raw_key)?;
-            entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
+            entries.push(value::read_entry(owner, seq, &raw)?);
         }
         Ok(entries)
     }
@@ -439,7 +437,7 @@ impl Store {
         let mut entries: Vec<LedgerEntry> = Vec::with_capacity(pairs.len());
         for (raw_key, raw) in pairs {
             let (owner, seq) = read_pair_key(LEDGER, &raw_key)?;
-            entries.push(decode(LEDGER, &raw, || format!("{owner}/{seq}"))?);
+            entries.push(value::read_entry(owner, seq, &raw)?);
         }
         let next = if more {
             entries.last().map(|e| e.seq)
@@ -455,9 +453,9 @@ impl Store {
         let Some(raw) = t.ledger_refs.get(reference.as_bytes())? else {
             return Ok(None);
         };
-        let at: LedgerRef = decode(LEDGER_REFS, &raw, || format!("{reference:?}"))?;
+        let at = value::read_ref(reference.as_bytes(), &raw)?;
         match t.ledger.get(pair_key(at.uid.0, at.seq))? {
-            Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq)).map(Some),
+            Some(raw) => value::read_entry(at.uid.0, at.seq, &raw).map(Some),
             None => Err(dangling(reference, at)),
         }
     }
@@ -503,18 +501,18 @@ pub(crate) fn append_entry(
         reason: change.reason.to_owned(),
         reference: change.reference.to_owned(),
     };
-    ledger.insert(key, encode(&entry).or_abort()?)?;
+    ledger.insert(key, value::entry_value(&entry))?;
     let at = LedgerRef {
         uid: change.uid,
         seq,
     };
-    ledger_refs.insert(change.reference.as_bytes(), encode(&at).or_abort()?)?;
+    ledger_refs.insert(change.reference.as_bytes(), value::ref_value(at))?;
     Ok(entry)
 }
 
 pub(crate) fn load_balance(balances: &TxTree<'_>, uid: Uid) -> TxResult<BalanceRecord> {
     match balances.get(u64_key(uid.0))? {
-        Some(raw) => decode(BALANCES, &raw, || uid.to_string()).or_abort(),
+        Some(raw) => value::read_balance(uid.0, &raw).or_abort(),
         None => Ok(BalanceRecord::default()),
     }
 }
@@ -524,22 +522,20 @@ pub(crate) fn store_balance(
     uid: Uid,
     balance: &BalanceRecord,
 ) -> TxResult<()> {
-    balances.insert(u64_key(uid.0), encode(balance).or_abort()?)?;
+    balances.insert(u64_key(uid.0), value::balance_value(balance))?;
     Ok(())
 }
 
 fn get_settled(settled: &TxTree<'_>, id: ReservationId) -> TxResult<Option<SettledReservation>> {
     match settled.get(u64_key(id.0))? {
-        Some(raw) => decode(SETTLED_RESERVATIONS, &raw, || id.to_string())
-            .or_abort()
-            .map(Some),
+        Some(raw) => value::read_settled(id, &raw).or_abort().map(Some),
         None => Ok(None),
     }
 }
 
 fn get_entry(ledger: &TxTree<'_>, at: LedgerRef) -> TxResult<LedgerEntry> {
     match ledger.get(pair_key(at.uid.0, at.seq))? {
-        Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq)).or_abort(),
+        Some(raw) => value::read_entry(at.uid.0, at.seq, &raw).or_abort(),
         None => abort(StoreError::corrupt(
             LEDGER,
             format!("{}/{}", at.uid, at.seq),
@@ -556,9 +552,9 @@ pub(crate) fn entry_by_reference(
     let Some(raw) = ledger_refs.get(reference.as_bytes())? else {
         return Ok(None);
     };
-    let at: LedgerRef = decode(LEDGER_REFS, &raw, || format!("{reference:?}")).or_abort()?;
+    let at = value::read_ref(reference.as_bytes(), &raw).or_abort()?;
     match ledger.get(pair_key(at.uid.0, at.seq))? {
-        Some(raw) => decode(LEDGER, &raw, || format!("{}/{}", at.uid, at.seq))
+        Some(raw) => value::read_entry(at.uid.0, at.seq, &raw)
             .or_abort()
             .map(Some),
         None => abort(dangling(reference, at)),
@@ -597,6 +593,7 @@ fn warn_if_different(entry: &LedgerEntry, uid: Uid, paid_delta: i64, reference: 
 }
 
 mod settle;
+pub(crate) mod value;
 
 pub(crate) use settle::Settled;
 

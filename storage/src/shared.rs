@@ -2,11 +2,9 @@
 //! that must run once (advisory locks), and copying a single-server (sled) store into a
 //! shared one (`chatrelay migrate-data`), verified by counts and balance sums.
 
-use crate::codec::decode;
 use crate::kv::Db;
 use crate::kv::pg::PgLock;
-use crate::quota::BalanceRecord;
-use crate::{BALANCES, META, SCHEMA_KEY, Store, StoreError};
+use crate::{META, SCHEMA_KEY, Store, StoreError};
 
 /// Leadership of a job: while this value lives, no other daemon on the database holds the
 /// same job. On the embedded store a process is alone, so it always leads.
@@ -127,8 +125,9 @@ impl Store {
         }
         for item in t.balances.iter() {
             let (key, raw) = item?;
-            let record: BalanceRecord =
-                decode(BALANCES, &raw, || crate::codec::describe_bytes(&key))?;
+            let record = crate::quota::value::read_balance_with(&raw, || {
+                crate::codec::describe_bytes(&key)
+            })?;
             report.balances += 1;
             report.paid_sum += u128::from(record.paid);
             report.held_sum += u128::from(record.held);

@@ -21,19 +21,15 @@
 //! Retention: [`Store::purge_usage`] removes records older than a cut-off, a few users per
 //! call, in bounded transactions (the daemon's cleanup job, `[quota] usage_days`).
 
-use crate::codec::{OrAbort, TxResult, abort, check_key, decode, finish, u64_key};
+use crate::codec::{
+    BINARY, OrAbort, Reader, TxResult, abort, check_key, finish, put_str, put_varint, u64_key,
+};
 use crate::kv::{Transactional, TxTree};
 use crate::quota::{Settled, entry_by_reference, load_balance, store_balance};
-use crate::{
-    EntryKind, LedgerEntry, RESERVATION_REFS, ReservationId, SETTLED_RESERVATIONS, Store,
-    StoreError, USAGE, USERS, Uid,
-};
+use crate::{EntryKind, LedgerEntry, ReservationId, Store, StoreError, USAGE, USERS, Uid};
 
 /// The most records one page of [`Store::usage`] returns.
 pub const MAX_USAGE_PAGE: usize = 100;
-
-/// The value format written.
-const FORMAT: u8 = 1;
 
 /// Records removed per transaction by [`Store::purge_usage`].
 const PURGE_BATCH: usize = 500;
@@ -244,27 +240,10 @@ pub(crate) fn record_in(
     Ok(())
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// The value of `r` (its `platform` and `model` given separately, to spare a copy).
 fn encode_record(r: &UsageRecord, platform: &str, model: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + platform.len() + model.len());
-    out.push(FORMAT);
+    out.push(BINARY);
     out.push(r.outcome.code());
     for n in [
         r.prompt_tokens,
@@ -282,41 +261,6 @@ fn encode_record(r: &UsageRecord, platform: &str, model: &str) -> Vec<u8> {
     out
 }
 
-/// Reads a value written by [`encode_record`].
-struct Reader<'a> {
-    raw: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (first, rest) = self.raw.split_first()?;
-        self.raw = rest;
-        Some(*first)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(n);
-            }
-        }
-        None
-    }
-
-    fn text(&mut self) -> Option<&'a str> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        if len > self.raw.len() {
-            return None;
-        }
-        let (text, rest) = self.raw.split_at(len);
-        self.raw = rest;
-        std::str::from_utf8(text).ok()
-    }
-}
-
 /// Decodes a record from its key and value; a bad one is [`StoreError::Corrupt`].
 pub(crate) fn read_record(key: &[u8], raw: &[u8]) -> Result<UsageRecord, StoreError> {
     let describe = || crate::codec::describe_bytes(key);
@@ -331,9 +275,9 @@ pub(crate) fn read_record(key: &[u8], raw: &[u8]) -> Result<UsageRecord, StoreEr
             "key is not 24 bytes",
         ));
     };
-    let mut r = Reader { raw };
+    let mut r = Reader::new(raw);
     let decoded = (|| {
-        if r.byte()? != FORMAT {
+        if r.byte()? != BINARY {
             return None;
         }
         let outcome = UsageOutcome::from_code(r.byte()?)?;
@@ -532,13 +476,12 @@ fn mark_refunded(
     let Some(raw) = res_refs.get(answer_reference.as_bytes())? else {
         return Ok(());
     };
-    let id: ReservationId =
-        decode(RESERVATION_REFS, &raw, || format!("{answer_reference:?}")).or_abort()?;
+    let id =
+        crate::quota::value::read_reservation_ref(answer_reference.as_bytes(), &raw).or_abort()?;
     let Some(raw) = settled.get(u64_key(id.0))? else {
         return Ok(());
     };
-    let done: crate::quota::SettledReservation =
-        decode(SETTLED_RESERVATIONS, &raw, || id.to_string()).or_abort()?;
+    let done = crate::quota::value::read_settled(id, &raw).or_abort()?;
     if done.uid != uid {
         return Ok(());
     }

@@ -144,7 +144,7 @@ impl Store {
         for item in t.reservations.iter() {
             let (raw_key, raw) = item?;
             let id = ReservationId(crate::codec::read_u64_key(RESERVATIONS, &raw_key)?);
-            let reservation: Reservation = decode(RESERVATIONS, &raw, || id.to_string())?;
+            let reservation = super::value::read_reservation(id, &raw)?;
             if reservation.expires_at_ms < now_ms {
                 stale.push(id);
             }
@@ -187,7 +187,7 @@ impl Store {
         for item in t.settled_reservations.iter().take(PURGE_LOOK_AT) {
             let (raw_key, raw) = item?;
             let id = ReservationId(crate::codec::read_u64_key(SETTLED_RESERVATIONS, &raw_key)?);
-            let done: SettledReservation = decode(SETTLED_RESERVATIONS, &raw, || id.to_string())?;
+            let done = super::value::read_settled(id, &raw)?;
             if done.settled_at_ms < before_ms {
                 old.push((id, done.reference));
                 recent_in_a_row = 0;
@@ -204,9 +204,8 @@ impl Store {
                 |(settled, res_refs)| {
                     settled.remove(u64_key(id.0))?;
                     if let Some(raw) = res_refs.get(reference.as_bytes())? {
-                        let owner: ReservationId =
-                            decode(RESERVATION_REFS, &raw, || format!("{reference:?}"))
-                                .or_abort()?;
+                        let owner = super::value::read_reservation_ref(reference.as_bytes(), &raw)
+                            .or_abort()?;
                         if owner == id {
                             res_refs.remove(reference.as_bytes())?;
                         }
@@ -334,7 +333,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
             None => abort(StoreError::UnknownReservation(a.id)),
         };
     };
-    let reservation: Reservation = decode(RESERVATIONS, &raw, || a.id.to_string()).or_abort()?;
+    let reservation = super::value::read_reservation(a.id, &raw).or_abort()?;
     let uid = reservation.uid;
     let mut balance = load_balance(t.balances, uid)?;
     balance.held = balance.held.saturating_sub(reservation.amount);
@@ -384,7 +383,7 @@ fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
         }),
         settled_at_ms: a.now_ms,
     };
-    t.settled.insert(key, encode(&done).or_abort()?)?;
+    t.settled.insert(key, super::value::settled_value(&done))?;
     Ok(Settled {
         entry,
         fresh: true,
@@ -407,7 +406,7 @@ fn release_in(
     let Some(raw) = reservations.get(key)? else {
         return Ok(false);
     };
-    let reservation: Reservation = decode(RESERVATIONS, &raw, || id.to_string()).or_abort()?;
+    let reservation = super::value::read_reservation(id, &raw).or_abort()?;
     if stale_before.is_some_and(|now| reservation.expires_at_ms >= now) {
         return Ok(false);
     }
@@ -416,10 +415,8 @@ fn release_in(
     store_balance(balances, reservation.uid, &balance)?;
     reservations.remove(key)?;
     if let Some(raw) = res_refs.get(reservation.reference.as_bytes())? {
-        let owner: ReservationId = decode(RESERVATION_REFS, &raw, || {
-            format!("{:?}", reservation.reference)
-        })
-        .or_abort()?;
+        let owner = super::value::read_reservation_ref(reservation.reference.as_bytes(), &raw)
+            .or_abort()?;
         if owner == id {
             res_refs.remove(reservation.reference.as_bytes())?;
         }

@@ -520,3 +520,25 @@ async fn a_one_table_postgres_store_imports_whole() {
     assert_eq!(again, Some(m.settled_entry));
     assert_eq!(rel.token_uid(&m.token, now).await.unwrap(), Some(m.a));
 }
+
+#[tokio::test]
+async fn a_store_of_older_json_values_imports() {
+    use crate::quota::value::tests::{DAY, OPEN, write_json_records};
+    let rel = store_or_skip!();
+    let src = sled_store();
+    let uid = write_json_records(&src);
+    // A binary entry beside the JSON ones (a store written by both versions).
+    src.grant(uid, 10, EntryKind::Grant, "gift", "g2", 8)
+        .unwrap();
+    assert_eq!(import_and_compare(&src, &rel).await, 0);
+    assert_eq!(
+        rel.ledger(uid, 100).await.unwrap(),
+        src.ledger(uid, 100).unwrap()
+    );
+    assert_eq!(
+        rel.balance(uid, DAY, 10).await.unwrap(),
+        src.balance(uid, DAY, 10).unwrap()
+    );
+    let settled = rel.settle(OPEN, 6, "answer", DAY, 10, 9).await.unwrap();
+    assert_eq!(settled.map(|e| e.seq), Some(4));
+}
