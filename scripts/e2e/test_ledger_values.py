@@ -130,10 +130,14 @@ def test_binary_values_and_a_restored_json_store(upstream, tmp_path):
         for field in ("kind", "at_ms", "paid_delta", "paid_after", "reason", "reference"):
             assert mine[field] == shown[field], (field, mine, shown)
 
-    # The same records as an older version wrote them: JSON.
+    # The same records as an older version (schema 1) wrote them: JSON.
+    assert header["schema_version"] == 2, header
+    header["schema_version"] = 1
     for r in records:
         key, value = bytes.fromhex(r["k"]), bytes.fromhex(r["v"])
-        if r["t"] == "ledger":
+        if r["t"] == "meta" and key == b"schema_version":
+            r["v"] = b"1".hex()
+        elif r["t"] == "ledger":
             r["v"] = json.dumps(entry_from_binary(key, value)).encode().hex()
         elif r["t"] == "ledger_refs":
             r["v"] = json.dumps(ref_from_binary(value)).encode().hex()
@@ -163,8 +167,10 @@ def test_binary_values_and_a_restored_json_store(upstream, tmp_path):
         b.cli("backup", str(mixed))
     finally:
         assert b.stop() == 0
-    # The store now holds both forms: the restored JSON and the new binary records.
-    _, records = read_backup(mixed)
+    # The store was upgraded to schema 2 when opened (an older build now refuses it), and it
+    # holds both forms: the restored JSON and the new binary records.
+    header, records = read_backup(mixed)
+    assert header["schema_version"] == 2, header
     firsts = {(t, v[:1]) for t, _, v in money(records)}
     assert ("ledger", b"{") in firsts and ("ledger", b"\x01") in firsts, firsts
     assert ("balances", b"\x01") in firsts, "the balance was rewritten in the new form"

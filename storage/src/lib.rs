@@ -151,8 +151,15 @@ pub use users::{Admission, User, UserActivity};
 
 use kv::{Db, Tree};
 
-/// The on-disk schema this build writes. A database with a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk schema this build writes. A database with a newer version is refused; an
+/// older one is upgraded when opened ([`Store::open`]).
+///
+/// - 1: the first layout (every value JSON but the usage log's).
+/// - 2: the money records (ledger, its references, balances, reservations) in compact binary
+///   (`quota/value.rs`). Version 1 values still read, so the upgrade rewrites nothing; the
+///   number is raised so that an older build, which cannot read them, refuses the store
+///   instead of failing on its first balance.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A position in a newest-first listing keyed by time and id (the usage log, the change log):
 /// the records strictly before it (older) come next.

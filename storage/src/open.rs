@@ -180,7 +180,8 @@ pub(crate) fn map_open_error(err: sled::Error, path: &Path) -> StoreError {
     StoreError::Sled(err)
 }
 
-/// Records the schema version in a new database; refuses one that is too new.
+/// Records the schema version in a new database; refuses one that is too new; upgrades an
+/// older one (every older layout still reads: see [`SCHEMA_VERSION`]).
 fn check_schema(meta: &Tree) -> Result<(), StoreError> {
     let current = codec::encode(&SCHEMA_VERSION)?;
     // Written only if absent, so two racing opens cannot disagree.
@@ -197,7 +198,19 @@ fn check_schema(meta: &Tree) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Versions older than SCHEMA_VERSION would be migrated here; 1 is the first.
+    if found < SCHEMA_VERSION {
+        // Nothing to rewrite (version 2 reads version 1's values); only the number moves,
+        // compared and swapped so that two racing opens agree.
+        let old = codec::encode(&found)?;
+        match meta.compare_and_swap(SCHEMA_KEY, Some(&old), Some(&current))? {
+            Ok(()) => tracing::info!(
+                from = found,
+                to = SCHEMA_VERSION,
+                "store upgraded to this build's schema version"
+            ),
+            Err(_) => return check_schema(meta),
+        }
+    }
     Ok(())
 }
 
@@ -248,7 +261,7 @@ mod tests {
                 .get(SCHEMA_KEY)
                 .unwrap()
                 .unwrap();
-            assert_eq!(&*raw, b"1");
+            assert_eq!(&*raw, b"2");
             assert_eq!(store.path(), Some(dir.path()));
         }
         reopen(dir.path()).unwrap();
@@ -263,17 +276,40 @@ mod tests {
                 .trees()
                 .unwrap()
                 .meta
-                .insert(SCHEMA_KEY, b"2")
+                .insert(SCHEMA_KEY, b"3")
                 .unwrap();
             store.flush_blocking().unwrap();
         }
         match reopen(dir.path()) {
             Err(StoreError::SchemaTooNew {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: SCHEMA_VERSION,
             }) => {}
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
+    }
+
+    /// A store of version 1 (JSON money records) opens, and from then on says version 2, so
+    /// that a build of version 1, which could not read the compact records now written,
+    /// refuses it.
+    #[test]
+    fn an_older_schema_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let meta = &store.trees().unwrap().meta;
+            meta.insert(SCHEMA_KEY, b"1").unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = reopen(dir.path()).unwrap();
+        let raw = store
+            .trees()
+            .unwrap()
+            .meta
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*raw, b"2");
     }
 
     /// Opens a database the test just closed.

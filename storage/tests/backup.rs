@@ -107,7 +107,7 @@ fn round_trip_keeps_every_record() {
     assert!(store.audit().unwrap().is_consistent());
     let bytes = export(&store);
     let text = std::str::from_utf8(&bytes).unwrap();
-    assert!(text.starts_with("{\"chatrelay_backup\":1,\"schema_version\":1,"));
+    assert!(text.starts_with("{\"chatrelay_backup\":1,\"schema_version\":2,"));
     assert!(text.lines().last().unwrap().starts_with("{\"end\":true,"));
 
     let mut out = Vec::new();
@@ -116,7 +116,7 @@ fn round_trip_keeps_every_record() {
     let dir = target.path().join("restored");
     let restored = restore(&bytes, &dir).unwrap();
     assert_eq!(exported, restored);
-    assert_eq!(restored.schema_version, 1);
+    assert_eq!(restored.schema_version, 2);
     assert!(restored.trees >= 15, "{restored:?}");
     assert_eq!(restored.records as usize, store.dump().unwrap().len());
 
@@ -395,11 +395,11 @@ fn bad_files_and_targets_are_refused() {
     assert_no_database(&dir);
 
     // A newer schema version.
-    let newer = text.replacen("\"schema_version\":1,", "\"schema_version\":2,", 1);
+    let newer = text.replacen("\"schema_version\":2,", "\"schema_version\":3,", 1);
     match restore(newer.as_bytes(), &dir) {
         Err(StoreError::SchemaTooNew {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => {}
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
