@@ -19,6 +19,7 @@ from conftest import COST, Daemon
 from fake_openai import ANSWER
 from fake_wechat import FakeWechat
 from test_voice import FFMPEG, HEARD, MAX_BYTES, PER_MINUTE, VOICE_CREDITS, amr_bytes, needs_ffmpeg, speech_toml
+import test_wecom as wecom
 from test_wecom import BOT, CORP, bot_call, ledger_of, post, wecom_message
 
 TOO_LONG = "语音太长了，请控制在 30 秒以内，或者发送文字。"
@@ -34,22 +35,7 @@ def qyapi():
 
 
 def wecom_toml(qyapi):
-    return f"""
-[[wecom]]
-id = "{CORP['id']}"
-corp_id = "{CORP['corp_id']}"
-agent_id = {CORP['agent_id']}
-secret = "corp-secret"
-token = "{CORP['token']}"
-encoding_aes_key = "{CORP['aes_key']}"
-api_base = "{qyapi.url}"
-
-[[wecom_aibot]]
-id = "{BOT['id']}"
-token = "{BOT['token']}"
-encoding_aes_key = "{BOT['aes_key']}"
-stream_window_secs = 30
-"""
+    return wecom.wecom_toml(qyapi, window_secs=30)
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,9 @@ def qyapi():
     fake.stop()
 
 
-@pytest.fixture(scope="module")
-def wecom_daemon(upstream, qyapi):
-    extra = f"""
+def wecom_toml(qyapi, bot_extra="", window_secs=10):
+    """The test app (CORP) and AI bot (BOT), both talking to the fake qyapi."""
+    return f"""
 [[wecom]]
 id = "{CORP['id']}"
 corp_id = "{CORP['corp_id']}"
@@ -66,9 +66,14 @@ api_base = "{qyapi.url}"
 id = "{BOT['id']}"
 token = "{BOT['token']}"
 encoding_aes_key = "{BOT['aes_key']}"
-welcome = "你好，我是 AI 机器人"
-stream_window_secs = 10
+stream_window_secs = {window_secs}
+{bot_extra}
+"""
 
+
+@pytest.fixture(scope="module")
+def wecom_daemon(upstream, qyapi):
+    extra = wecom_toml(qyapi, bot_extra='welcome = "你好，我是 AI 机器人"') + f"""
 [[wecom_robot]]
 id = "ops"
 webhook = "{ROBOT_KEY}"
