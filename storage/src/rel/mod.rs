@@ -14,9 +14,10 @@
 //!   neither it understands.
 //! - **The shared store test suite**: the tests in `tests/` are sled's cases ported one by
 //!   one (same values, same answers); the next session runs one suite against both engines.
-//! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
-//!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
-//!   exist.
+//! - Admin paths (`admin.rs`: ban, groups, finding users by name, identity or token, link and
+//!   unlink identities, counts, creation times, activity, ledger pages, the audit in one
+//!   statement) are here. Not yet here: orders listing, outbox, checkpoints and stats
+//!   operations, shared answers — their tables exist.
 //! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
 //!   have no columns yet; a migration would drop them.
 //! - The admin API's change log (`admin_log.rs`, tree `admin_log`, issue 23) has no table
@@ -34,7 +35,8 @@
 //! `orders` (`id`, `uid`, `product`, `product_name`, `channel`, `method`, `amount_fen`,
 //! `credits`, `status`, `*_at_ms`, `code_url`, `provider_trade_no`, `open_slot`),
 //! `order_events`, `tokens` (SHA-256 only), `login_codes`, `conversations` + `turns`,
-//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`. They can share
+//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`; version 3
+//! (`schema/0003_admin_chats.sql`) adds an index on `users (created_at_ms)`. They can share
 //! a schema with `chatrelay_kv` (no name in common), so a migration can run in place.
 //!
 //! # What the database enforces
@@ -94,6 +96,7 @@
 
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
+mod admin;
 mod auth;
 mod census;
 mod conversations;

@@ -1,0 +1,5 @@
+-- chatrelay's relational schema, version 3: what the admin paths and the web chats need.
+-- Never edit a shipped migration: add the next file.
+
+-- `users_created_since` (the per-day figures) reads the users of a period, not every user.
+CREATE INDEX users_created_at ON users (created_at_ms);
