@@ -16,7 +16,8 @@
 //!   one (same values, same answers); the next session runs one suite against both engines.
 //! - Admin paths (`admin.rs`: ban, groups, finding users by name, identity or token, link and
 //!   unlink identities, counts, creation times, activity, ledger pages, the audit in one
-//!   statement) are here. Not yet here: orders listing, outbox, checkpoints and stats
+//!   statement) and the orders listing (`orders`, `set_order_code_url`) are here. Not yet
+//!   here: outbox, checkpoints and stats
 //!   operations, shared answers — their tables exist.
 //! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
 //!   have no columns yet; a migration would drop them.

@@ -376,3 +376,74 @@ async fn tampered_ledger_is_reported() {
     );
     assert_eq!(report.ledger_entries, 2);
 }
+
+fn order(uid: Uid, id: &str, created_at_ms: i64) -> crate::Order {
+    crate::Order {
+        id: id.into(),
+        uid,
+        product_id: "p10".into(),
+        product_name: "10 credits".into(),
+        channel: "wechat".into(),
+        method: Some("h5".into()),
+        amount_fen: 100,
+        credits: 10,
+        status: crate::OrderStatus::Created,
+        created_at_ms,
+        expires_at_ms: created_at_ms + 100_000,
+        code_url: None,
+        provider_trade_no: None,
+        credited_at_ms: None,
+        closed_at_ms: None,
+        refunded_at_ms: None,
+        plan: None,
+    }
+}
+
+/// The listing of `orders::tests::open_orders_are_reused_until_closed_and_late_payments_count` (one credited of
+/// two), plus the order (newest first, then id) and `set_order_code_url`.
+#[tokio::test]
+async fn orders_are_listed_newest_first_and_filtered() {
+    use crate::OrderStatus;
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    for (id, at) in [("B", 2_000), ("A", 2_000), ("C", 1_000), ("D", 3_000)] {
+        s.create_order(&order(uid, id, at), at).await.unwrap();
+    }
+    let ids = |v: Vec<crate::Order>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.orders(None, usize::MAX).await.unwrap()),
+        ["D", "B", "A", "C"]
+    );
+    assert_eq!(ids(s.orders(None, 2).await.unwrap()), ["D", "B"]);
+    s.credit_order("A", 100, None, 5_000).await.unwrap();
+    s.close_order("C", 5_000).await.unwrap();
+    assert_eq!(
+        ids(s.orders(Some(OrderStatus::Credited), 10).await.unwrap()),
+        ["A"]
+    );
+    assert_eq!(
+        ids(s.orders(Some(OrderStatus::Closed), 10).await.unwrap()),
+        ["C"]
+    );
+    assert_eq!(
+        ids(s.orders(Some(OrderStatus::Created), 10).await.unwrap()),
+        ["D", "B"]
+    );
+    assert!(
+        s.orders(Some(OrderStatus::Refunded), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.orders(None, 0).await.unwrap().is_empty());
+    let o = s.set_order_code_url("B", "weixin://wxpay/x").await.unwrap();
+    assert_eq!(o.code_url.as_deref(), Some("weixin://wxpay/x"));
+    assert_eq!(
+        s.order("B").await.unwrap().unwrap().code_url.as_deref(),
+        Some("weixin://wxpay/x")
+    );
+    assert!(matches!(
+        s.set_order_code_url("nope", "x").await,
+        Err(StoreError::UnknownOrder(_))
+    ));
+}
