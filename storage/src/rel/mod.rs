@@ -100,11 +100,13 @@
 mod admin;
 mod auth;
 mod census;
+mod checkpoints;
 mod conversations;
 mod import;
 mod marks;
 mod money;
 mod orders;
+mod outbox;
 mod pool;
 mod schema;
 mod users;
