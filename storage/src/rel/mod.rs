@@ -100,6 +100,7 @@
 mod admin;
 mod auth;
 mod census;
+mod chats;
 mod checkpoints;
 mod conversations;
 mod import;

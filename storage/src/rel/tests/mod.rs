@@ -31,6 +31,7 @@ macro_rules! store_or_skip {
 }
 
 mod admin;
+mod chats;
 mod import;
 mod misc;
 mod money;
