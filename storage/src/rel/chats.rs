@@ -304,6 +304,120 @@ impl RelStore {
     }
 }
 
+/// Conversations read from sled per batch of [`RelStore::import_chats_from`].
+const IMPORT_BATCH: usize = 500;
+
+/// A record of sled's `chats` tree (`chats.rs`' `ChatRecord`, field for field, read with the
+/// store's codec).
+#[derive(serde::Deserialize)]
+struct SledChat {
+    title: String,
+    updated_at_ms: i64,
+    #[serde(default)]
+    messages: Vec<ChatMessage>,
+}
+
+/// One batch of conversations: $1 uids, $2 ids, $3 titles, $4 versions, $5 message counts,
+/// $6 sizes, $7 messages (JSON).
+const IMPORT: &str = "WITH c AS (
+         INSERT INTO chats (uid, id, title, updated_at_ms, message_count, bytes, messages)
+         SELECT uid, id, title, at, n, bytes, messages::jsonb
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::text[]) AS v(uid, id, title, at, n, bytes, messages)
+         RETURNING 1)
+     SELECT count(*) AS n FROM c";
+
+impl RelStore {
+    /// Copies the web conversations of `source` (sled's `chats` tree; its `chat_index` is
+    /// derived, so not read) into `chats`, after `import_from` copied the users (a
+    /// conversation of no user is refused by the foreign key, and the batch with it). Kept
+    /// apart from `import.rs` (the other tables' import); the migration runs both. Reads
+    /// [`IMPORT_BATCH`] records at a time off the async workers; one statement per batch.
+    /// How many conversations were written.
+    pub(crate) async fn import_chats_from(&self, source: &crate::Store) -> Result<u64, StoreError> {
+        let mut after: Option<Vec<u8>> = None;
+        let mut written = 0u64;
+        loop {
+            let src = source.clone();
+            let from = after.clone();
+            let batch = tokio::task::spawn_blocking(move || read_chats(&src, from))
+                .await
+                .map_err(|e| StoreError::Backend(format!("the chats reader failed: {e}")))??;
+            let Some((last_key, rows)) = batch else {
+                return Ok(written);
+            };
+            after = Some(last_key);
+            if rows.is_empty() {
+                continue;
+            }
+            let (mut uids, mut ids, mut titles, mut ats, mut counts, mut sizes, mut texts) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            for (uid, id, chat) in rows {
+                uids.push(uid_param(uid)?);
+                counts.push(sql_limit(chat.messages.len()));
+                sizes.push(
+                    i64::try_from(chat_size(&chat.title, &chat.messages)).unwrap_or(i64::MAX),
+                );
+                texts.push(
+                    serde_json::to_string(&chat.messages)
+                        .map_err(|e| StoreError::corrupt("chats", format!("{uid}/{id}"), e))?,
+                );
+                ids.push(id);
+                titles.push(chat.title);
+                ats.push(chat.updated_at_ms);
+            }
+            let params: [(&(dyn ToSql + Sync), Type); 7] = [
+                (&uids, Type::INT8_ARRAY),
+                (&ids, Type::TEXT_ARRAY),
+                (&titles, Type::TEXT_ARRAY),
+                (&ats, Type::INT8_ARRAY),
+                (&counts, Type::INT8_ARRAY),
+                (&sizes, Type::INT8_ARRAY),
+                (&texts, Type::TEXT_ARRAY),
+            ];
+            let rows = self.rows(IMPORT, &params).await?;
+            let n: i64 = col(one(&rows)?, "n")?;
+            written += u64::try_from(n).unwrap_or(0);
+        }
+    }
+}
+
+/// The next batch of sled's conversations after key `after` (from the start: `None`): the
+/// last key read and the records, or `None` at the end.
+#[allow(clippy::type_complexity)]
+fn read_chats(
+    source: &crate::Store,
+    after: Option<Vec<u8>>,
+) -> Result<Option<(Vec<u8>, Vec<(Uid, String, SledChat)>)>, StoreError> {
+    let t = source.trees()?;
+    let start = match after {
+        // The smallest key after `last`.
+        Some(mut last) => {
+            last.push(0);
+            last
+        }
+        None => Vec::new(),
+    };
+    let mut rows = Vec::new();
+    let mut last_key = None;
+    for item in t.chats.range_from(start) {
+        let (key, raw) = item?;
+        let (uid, rest) = crate::codec::split_u64_prefix(crate::CHATS, &key)?;
+        let id = std::str::from_utf8(rest)
+            .map_err(|_| {
+                StoreError::corrupt(crate::CHATS, crate::codec::describe_bytes(&key), "id")
+            })?
+            .to_owned();
+        let chat: SledChat = crate::codec::decode(crate::CHATS, &raw, || format!("{uid}/{id}"))?;
+        rows.push((Uid(uid), id, chat));
+        last_key = Some(key.to_vec());
+        if rows.len() == IMPORT_BATCH {
+            break;
+        }
+    }
+    Ok(last_key.map(|k| (k, rows)))
+}
+
 /// The messages in column `name` (JSON text).
 fn messages(row: &Row, name: &str, uid: Uid, id: &str) -> Result<Vec<ChatMessage>, StoreError> {
     let text: String = col(row, name)?;

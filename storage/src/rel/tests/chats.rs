@@ -363,3 +363,55 @@ async fn a_save_needs_a_user() {
     ));
     assert!(s.chat_owners(Uid(0), 10).await.unwrap().0.is_empty());
 }
+
+/// Web conversations of a sled store come over whole, after the users (`import_from`), and
+/// read back as they were saved there, pruning limits and versions included.
+#[tokio::test]
+async fn conversations_are_imported_from_sled() {
+    let s = store_or_skip!();
+    let sled = crate::Store::open_temporary().unwrap();
+    let a = sled.create_user("a").unwrap().uid;
+    let b = sled.create_user("b").unwrap().uid;
+    let many = ChatLimits {
+        max_count: 2_000,
+        max_bytes: 100_000,
+    };
+    for n in 0..1_203 {
+        let messages = if n % 2 == 0 { two() } else { Vec::new() };
+        sled.put_chat(
+            a,
+            &format!("w_{n}"),
+            &format!("t{n}"),
+            &messages,
+            None,
+            n,
+            many,
+        )
+        .unwrap();
+    }
+    sled.put_chat(b, "w_b", "Bee", &two(), None, 7, many)
+        .unwrap();
+    sled.rename_chat(b, "w_b", "Bee 2", 1).unwrap();
+    s.import_from(&sled, |_, _| {}).await.unwrap();
+    assert_eq!(s.import_chats_from(&sled).await.unwrap(), 1_204);
+    let mut listed = s.chats(a).await.unwrap();
+    let mut want = sled.chats(a).unwrap();
+    listed.sort_by(|x, y| x.id.cmp(&y.id));
+    want.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(listed, want, "summaries: titles, versions, counts, sizes");
+    for id in ["w_0", "w_1", "w_1202"] {
+        assert_eq!(s.chat(a, id).await.unwrap(), sled.chat(a, id).unwrap());
+    }
+    assert_eq!(
+        s.chat(b, "w_b").await.unwrap(),
+        sled.chat(b, "w_b").unwrap()
+    );
+    assert_eq!(s.chats(b).await.unwrap(), sled.chats(b).unwrap());
+    // Saved again there, with the version it had: no conflict.
+    let v = s.chat(b, "w_b").await.unwrap().unwrap().updated_at_ms;
+    saved(
+        s.put_chat(b, "w_b", "Bee 3", &[], Some(v), 9, many)
+            .await
+            .unwrap(),
+    );
+}
