@@ -21,10 +21,11 @@
 //!   and counters (`checkpoints.rs`: `stats:` counts live in `stats`, other keys in
 //!   `checkpoints`, a key never in both; reads see both) and the web conversations
 //!   (`chats.rs`, with `import_chats_from`, which the migration runs after `import_from`).
-//!   `Store::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled).
-//! - Not yet here: `try_lead` (leadership stays on the key-value layer's advisory-lock
-//!   connection, `kv/pg.rs`, which needs no table), `refund_answer` (with the usage log,
-//!   below), `record_counts` / `copy_into` (the census replaces them).
+//!   `Store::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled);
+//!   `try_lead` (`lead.rs`) holds a session advisory lock on a connection of its own, with
+//!   the key-value layer's key, so daemons on either layer exclude each other.
+//! - Not yet here: `refund_answer` (with the usage log, below), `record_counts` /
+//!   `copy_into` (the census replaces them).
 //! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
 //!   have no columns yet; a migration would drop them.
 //! - The admin API's change log (`admin_log.rs`, tree `admin_log`, issue 23) has no table
@@ -116,6 +117,7 @@ mod chats;
 mod checkpoints;
 mod conversations;
 mod import;
+mod lead;
 mod marks;
 mod money;
 mod orders;

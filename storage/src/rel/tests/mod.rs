@@ -33,6 +33,7 @@ macro_rules! store_or_skip {
 mod admin;
 mod chats;
 mod import;
+mod lead;
 mod misc;
 mod money;
 mod orders;
