@@ -73,16 +73,26 @@ impl RelStore {
         Ok(!rows.is_empty())
     }
 
-    /// Removes marks, answers and handoff records that expired by `now_ms`; how many.
+    /// Removes marks, answers and handoff records that expired by `now_ms`, the longest
+    /// expired first, at most `PURGE_BUDGET` of each table per call (as
+    /// `Store::purge_expired_dedupe`: the daemon calls it every minute, so a backlog goes in
+    /// bounded steps, not one long delete); how many.
     pub(crate) async fn purge_expired_marks(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let budget = i64::try_from(crate::dedupe::PURGE_BUDGET).unwrap_or(i64::MAX);
         let rows = self
             .rows(
-                "WITH d AS (DELETE FROM dedupe WHERE expires_at_ms <= $1 RETURNING 1),
-                      a AS (DELETE FROM answers WHERE expires_at_ms <= $1 RETURNING 1),
-                      h AS (DELETE FROM handoffs WHERE expires_at_ms <= $1 RETURNING 1)
+                "WITH d AS (DELETE FROM dedupe WHERE key IN (
+                              SELECT key FROM dedupe WHERE expires_at_ms <= $1
+                              ORDER BY expires_at_ms LIMIT $2) RETURNING 1),
+                      a AS (DELETE FROM answers WHERE key IN (
+                              SELECT key FROM answers WHERE expires_at_ms <= $1
+                              ORDER BY expires_at_ms LIMIT $2) RETURNING 1),
+                      h AS (DELETE FROM handoffs WHERE key IN (
+                              SELECT key FROM handoffs WHERE expires_at_ms <= $1
+                              ORDER BY expires_at_ms LIMIT $2) RETURNING 1)
                  SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM a)
                         + (SELECT count(*) FROM h) AS n",
-                &[(&now_ms, Type::INT8)],
+                &[(&now_ms, Type::INT8), (&budget, Type::INT8)],
             )
             .await?;
         Ok(usize::try_from(col::<i64>(one(&rows)?, "n")?).unwrap_or(0))

@@ -14,9 +14,18 @@
 //!   neither it understands.
 //! - **The shared store test suite**: the tests in `tests/` are sled's cases ported one by
 //!   one (same values, same answers); the next session runs one suite against both engines.
-//! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
-//!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
-//!   exist.
+//! - Here since (issue 21, helper B): the admin paths (`admin.rs`: ban, groups, finding
+//!   users by name, identity or token, linking and unlinking identities, user counts,
+//!   creation times, activity, ledger pages, the audit in one statement), the orders listing
+//!   (`orders`, `set_order_code_url`), the outbox and kept answers (`outbox.rs`), checkpoints
+//!   and counters (`checkpoints.rs`: `stats:` counts live in `stats`, other keys in
+//!   `checkpoints`, a key never in both; reads see both) and the web conversations
+//!   (`chats.rs`, with `import_chats_from`, which the migration runs after `import_from`).
+//!   `Store::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled);
+//!   `try_lead` (`lead.rs`) holds a session advisory lock on a connection of its own, with
+//!   the key-value layer's key, so daemons on either layer exclude each other.
+//! - Not yet here: `refund_answer` (with the usage log, below), `record_counts` /
+//!   `copy_into` (the census replaces them).
 //! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
 //!   have no columns yet; a migration would drop them.
 //! - The admin API's change log (`admin_log.rs`, tree `admin_log`, issue 23) has no table
@@ -34,7 +43,10 @@
 //! `orders` (`id`, `uid`, `product`, `product_name`, `channel`, `method`, `amount_fen`,
 //! `credits`, `status`, `*_at_ms`, `code_url`, `provider_trade_no`, `open_slot`),
 //! `order_events`, `tokens` (SHA-256 only), `login_codes`, `conversations` + `turns`,
-//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`. They can share
+//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`; version 3
+//! (`schema/0003_admin_chats.sql`) adds `chats` (`uid`, `id`, `title`, `updated_at_ms` = its
+//! version, `message_count`, `bytes`, `messages` a JSON array) and indexes for users by
+//! creation time and for checkpoint and statistics prefixes. They can share
 //! a schema with `chatrelay_kv` (no name in common), so a migration can run in place.
 //!
 //! # What the database enforces
@@ -44,7 +56,8 @@
 //! negative, `free_delta` never positive; `kind`, reservation and order `status` only their
 //! valid values; an order's times agree with its status (a refunded order was credited,
 //! only a waiting one holds a slot); a login code is 8 symbols of its alphabet; a token hash
-//! 32 bytes. Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
+//! 32 bytes; a web conversation's id of its characters, its title's length, its messages an
+//! array. Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
 //! the status it leaves (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'` to
 //! refund, `= 'open'` to settle or release), so a transition happens once however many
 //! callers race; the losers find the row changed and report what it is now.
@@ -70,7 +83,10 @@
 //!   UPDATE. `create_order` and `refund_order` (rare): one short transaction each.
 //! - `dedupe_insert` / `dedupe_bind`: `INSERT ... ON CONFLICT DO UPDATE ... WHERE the mark
 //!   expired` (or is bound to the same value); handoffs, tokens, login codes, conversation
-//!   appends: one statement each.
+//!   appends, checkpoints, counters, admin changes: one statement each.
+//! - `outbox_push` and `put_chat` keep a per-key bound (20 texts; the user's chat count), so
+//!   each is a short transaction: a transaction-scoped advisory lock on the key, then one
+//!   statement whose snapshot, taken after the lock, sees every earlier push or save.
 //!
 //! Round trips per chat message: resolve (1) + dedupe (1) + reserve (1) + settle (1) = 4,
 //! with the conversation append 5 (`tests::money::a_returning_users_message_is_four_round_
@@ -94,13 +110,18 @@
 
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
+mod admin;
 mod auth;
 mod census;
+mod chats;
+mod checkpoints;
 mod conversations;
 mod import;
+mod lead;
 mod marks;
 mod money;
 mod orders;
+mod outbox;
 mod pool;
 mod schema;
 mod users;

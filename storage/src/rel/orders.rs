@@ -105,6 +105,41 @@ impl RelStore {
         rows.first().map(order_from).transpose()
     }
 
+    /// Orders, newest first (by creation time, then id, as on sled), optionally only those
+    /// with `status`, at most `limit` (`usize::MAX`: all).
+    pub(crate) async fn orders(
+        &self,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        let status = status.map(OrderStatus::as_str);
+        let limit = super::admin::sql_limit(limit);
+        let sql = format!(
+            "SELECT {ORDER_COLS} FROM orders WHERE $1::text IS NULL OR status = $1
+             ORDER BY created_at_ms DESC, id COLLATE \"C\" DESC LIMIT $2"
+        );
+        let rows = self
+            .rows(&sql, &[(&status, Type::TEXT), (&limit, Type::INT8)])
+            .await?;
+        rows.iter().map(order_from).collect()
+    }
+
+    /// Records what the user scans; returns the order.
+    pub(crate) async fn set_order_code_url(
+        &self,
+        id: &str,
+        code_url: &str,
+    ) -> Result<Order, StoreError> {
+        let sql = format!("UPDATE orders SET code_url = $2 WHERE id = $1 RETURNING {ORDER_COLS}");
+        let rows = self
+            .rows(&sql, &[(&id, Type::TEXT), (&code_url, Type::TEXT)])
+            .await?;
+        match rows.first() {
+            Some(row) => order_from(row),
+            None => Err(StoreError::UnknownOrder(id.to_owned())),
+        }
+    }
+
     /// Every order still waiting for its payment (for reconciliation).
     pub(crate) async fn open_orders(&self) -> Result<Vec<Order>, StoreError> {
         let sql = format!(

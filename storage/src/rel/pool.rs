@@ -134,8 +134,9 @@ impl Pool {
         })
     }
 
-    /// A new connection, its driver spawned on the current runtime.
-    async fn connect(&self) -> Result<Client, StoreError> {
+    /// A new connection, its driver spawned on the current runtime (also used outside the
+    /// pool, for a session-scoped lock, which must not go back to the pool with it).
+    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
         let failed = |e: tokio_postgres::Error| {
             StoreError::Backend(format!("cannot connect to PostgreSQL: {}", error_text(&e)))
         };

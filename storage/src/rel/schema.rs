@@ -12,11 +12,18 @@ use super::pool::Pool;
 use super::{Retry, db_err};
 
 /// The migrations, in order: (version, name, SQL). Never edit one that has shipped.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tables: users, identities, balances, ledger, reservations, orders, tokens, ...",
-    include_str!("schema/0001_tables.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tables: users, identities, balances, ledger, reservations, orders, tokens, ...",
+        include_str!("schema/0001_tables.sql"),
+    ),
+    (
+        3,
+        "admin paths and web chats: users by creation time, chats",
+        include_str!("schema/0003_admin_chats.sql"),
+    ),
+];
 
 /// What [`migrate`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

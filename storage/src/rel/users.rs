@@ -9,7 +9,7 @@ use super::{Attempts, RelStore, col, one, uid_of, uid_param};
 use crate::codec::{MAX_KEY_LEN, check_key};
 use crate::{StoreError, Uid, User, system_now_ms};
 
-const USER_COLS: &str = "uid, name, created_at_ms, banned, ban_reason, groups";
+pub(super) const USER_COLS: &str = "uid, name, created_at_ms, banned, ban_reason, groups";
 
 /// $1 name, $2 now.
 const CREATE_USER: &str = "WITH u AS (
@@ -145,7 +145,7 @@ impl RelStore {
     }
 }
 
-fn user_from(row: &Row) -> Result<User, StoreError> {
+pub(super) fn user_from(row: &Row) -> Result<User, StoreError> {
     Ok(User {
         uid: uid_of(row, "uid")?,
         name: col(row, "name")?,

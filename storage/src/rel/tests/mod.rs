@@ -30,10 +30,14 @@ macro_rules! store_or_skip {
     };
 }
 
+mod admin;
+mod chats;
 mod import;
+mod lead;
 mod misc;
 mod money;
 mod orders;
+mod outbox;
 
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
 /// the paid deltas, each entry's `paid_after` the running sum, held the sum of the open
