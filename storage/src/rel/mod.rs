@@ -96,11 +96,13 @@
 
 mod auth;
 mod census;
+mod codes;
 mod conversations;
 mod import;
 mod marks;
 mod money;
 mod orders;
+mod plans;
 mod pool;
 mod schema;
 mod users;

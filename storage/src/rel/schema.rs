@@ -12,11 +12,18 @@ use super::pool::Pool;
 use super::{Retry, db_err};
 
 /// The migrations, in order: (version, name, SQL). Never edit one that has shipped.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tables: users, identities, balances, ledger, reservations, orders, tokens, ...",
-    include_str!("schema/0001_tables.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tables: users, identities, balances, ledger, reservations, orders, tokens, ...",
+        include_str!("schema/0001_tables.sql"),
+    ),
+    (
+        2,
+        "codes, plans, usage log, admin change log",
+        include_str!("schema/0002_codes_plans_usage.sql"),
+    ),
+];
 
 /// What [`migrate`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
