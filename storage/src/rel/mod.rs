@@ -105,6 +105,7 @@ mod orders;
 mod plans;
 mod pool;
 mod schema;
+mod usage;
 mod users;
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ mod import;
 mod misc;
 mod money;
 mod orders;
+mod usage;
 
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
 /// the paid deltas, each entry's `paid_after` the running sum, held the sum of the open
