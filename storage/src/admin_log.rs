@@ -68,7 +68,7 @@ impl ChangeRecord {
     }
 
     /// Cuts the free-form fields so the record encodes to at most [`MAX_CHANGE_BYTES`].
-    fn bounded(mut self) -> Self {
+    pub(crate) fn bounded(mut self) -> Self {
         self.actor = cut(&self.actor, 16);
         self.address = cut(&self.address, MAX_ADDRESS);
         self.method = cut(&self.method, 16);

@@ -94,6 +94,7 @@
 
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
+mod admin_log;
 mod auth;
 mod census;
 mod codes;

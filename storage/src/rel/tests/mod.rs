@@ -30,6 +30,7 @@ macro_rules! store_or_skip {
     };
 }
 
+mod admin_log;
 mod codes;
 mod import;
 mod misc;
