@@ -188,7 +188,7 @@ impl Store {
 }
 
 /// A record from its key and value.
-fn read_change(key: &[u8], raw: &[u8]) -> Result<ChangeRecord, StoreError> {
+pub(crate) fn read_change(key: &[u8], raw: &[u8]) -> Result<ChangeRecord, StoreError> {
     let (at, id) = crate::codec::read_pair_key(ADMIN_LOG, key)?;
     let mut record: ChangeRecord = decode(ADMIN_LOG, raw, || format!("{at}/{id}"))?;
     record.at_ms = i64::try_from(at).unwrap_or(i64::MAX);

@@ -20,21 +20,7 @@ impl RelStore {
         &self,
         change: ChangeRecord,
     ) -> Result<ChangeRecord, StoreError> {
-        let mut change = change.bounded();
-        change.at_ms = change.at_ms.max(0);
-        // PostgreSQL's text and jsonb hold no NUL (sled's JSON does): it reads as U+FFFD.
-        for field in [
-            &mut change.actor,
-            &mut change.address,
-            &mut change.method,
-            &mut change.path,
-        ] {
-            no_nul(field);
-        }
-        if let Some(reason) = &mut change.reason {
-            no_nul(reason);
-        }
-        no_nul_json(&mut change.summary);
+        let mut change = storable(change.bounded());
         let summary = serde_json::to_string(&change.summary)
             .map_err(|e| StoreError::InvalidInput(format!("summary: {e}")))?;
         let status = i32::from(change.status);
@@ -121,6 +107,25 @@ impl RelStore {
         }
         Ok(n)
     }
+}
+
+/// `change` as the table holds it: its time at least 0, and each NUL as U+FFFD
+/// (PostgreSQL's text and jsonb hold no NUL; sled's JSON does).
+pub(crate) fn storable(mut change: ChangeRecord) -> ChangeRecord {
+    change.at_ms = change.at_ms.max(0);
+    for field in [
+        &mut change.actor,
+        &mut change.address,
+        &mut change.method,
+        &mut change.path,
+    ] {
+        no_nul(field);
+    }
+    if let Some(reason) = &mut change.reason {
+        no_nul(reason);
+    }
+    no_nul_json(&mut change.summary);
+    change
 }
 
 /// `s` with each NUL as U+FFFD.

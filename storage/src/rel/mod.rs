@@ -17,13 +17,14 @@
 //! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
 //!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
 //!   exist.
-//! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
-//!   have no columns yet; a migration would drop them.
-//! - The admin API's change log (`admin_log.rs`, tree `admin_log`, issue 23) has no table
-//!   yet (a `admin_changes` table keyed `(at_ms, id)` and its import are what is missing).
-//! - The usage log (`usage.rs`, tree `usage`, issue 22) has no table yet: its census figures
-//!   are 0 here, so a migration of a store with usage records reports the difference (a
-//!   `usage` table keyed `(uid, at_ms, id)` and its import are what is missing).
+//! - Membership plans: the plan's columns exist (`balances.plan_*`, `orders.plan_*`) and are
+//!   imported; a plan code grants one (`redeem_code`) and `settle_metered` counts it, but
+//!   `reserve`/`settle`/`balance` (`money.rs`) do not count a plan's daily credits yet (the
+//!   `plan_daily!` fragment of `usage.rs` is what they need), and `create_order`,
+//!   `credit_order`, `refund_order` and `order` (`orders.rs`) neither write nor read an
+//!   order's plan nor grant or take it back (sled: `plans::apply_grant`, `after_refund`).
+//! - `settle_metered` writes the usage row with the settlement; the conversation turns of
+//!   sled's `settle_metered` are `append_turns`, a second statement.
 //!
 //! # Tables (`schema/0001_tables.sql`, version in `meta.schema_version`)
 //! `users`, `identities` (primary key `(platform, account, user_id)`: the platform's user id
@@ -34,17 +35,27 @@
 //! `orders` (`id`, `uid`, `product`, `product_name`, `channel`, `method`, `amount_fen`,
 //! `credits`, `status`, `*_at_ms`, `code_url`, `provider_trade_no`, `open_slot`),
 //! `order_events`, `tokens` (SHA-256 only), `login_codes`, `conversations` + `turns`,
-//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`. They can share
+//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`; version 2
+//! (`schema/0002_codes_plans_usage.sql`): `code_batches` (the grant as columns: credits, or
+//! a plan's id, name, days, daily credits, timezone), `codes` (`(batch, n)`, `hash` the
+//! SHA-256 of the code UNIQUE, `status` unused/used/revoked with `uid` and `at_ms`), the plan
+//! columns of `balances` (`plan_id`, `plan_name`, `plan_daily_credits`, `plan_start_day`,
+//! `plan_end_day`: all or none) and of `orders`, `usage` (keyed `(uid, at_ms, id)`: `free`,
+//! `plan`, `paid`, `refunded`, `ledger_seq`, `outcome`), `admin_changes` (keyed `(at_ms, id)`,
+//! `summary` jsonb). They can share
 //! a schema with `chatrelay_kv` (no name in common), so a migration can run in place.
 //!
 //! # What the database enforces
 //! Uniqueness: one user per identity, one ledger entry per reference, one reservation per
-//! reference, one waiting order per user and slot, one login code per user and per code.
+//! reference, one waiting order per user and slot, one login code per user and per code,
+//! one code per hash, one usage row per `(uid, at_ms, reservation)`.
 //! Ranges: `paid`, `held`, `free_used`, `paid_after`, amounts, fen and credits never
 //! negative, `free_delta` never positive; `kind`, reservation and order `status` only their
 //! valid values; an order's times agree with its status (a refunded order was credited,
 //! only a waiting one holds a slot); a login code is 8 symbols of its alphabet; a token hash
-//! 32 bytes. Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
+//! 32 bytes, a code's hash too; a used code names its user, an unused one no time; a
+//! batch's grant is credits (positive) or a whole plan; a plan all five columns or none.
+//! Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
 //! the status it leaves (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'` to
 //! refund, `= 'open'` to settle or release), so a transition happens once however many
 //! callers race; the losers find the row changed and report what it is now.
@@ -68,6 +79,12 @@
 //! - `credit_order`: `UPDATE orders SET status = 'credited' WHERE status IN ('created',
 //!   'closed') AND amount_fen = $paid`, the balance and the purchase entry. `close_order`: one
 //!   UPDATE. `create_order` and `refund_order` (rare): one short transaction each.
+//! - `redeem_code`: one short transaction: the code row locked (`FOR UPDATE`; racing
+//!   redeemers wait, then find it used), the balance row locked, then one statement marks
+//!   the code used, changes the balance (and plan) and writes the entry `code:<batch>-<n>`
+//!   (UNIQUE). `create_code_batch` (batch and codes), `revoke_code_batch`: one statement.
+//! - `settle_metered`: `settle`, with the plan's daily credits, and the usage row, in one
+//!   statement; `refund_answer`: the refund entry and the usage row marked, one statement.
 //! - `dedupe_insert` / `dedupe_bind`: `INSERT ... ON CONFLICT DO UPDATE ... WHERE the mark
 //!   expired` (or is bound to the same value); handoffs, tokens, login codes, conversation
 //!   appends: one statement each.

@@ -36,6 +36,7 @@ mod import;
 mod misc;
 mod money;
 mod orders;
+mod plans;
 mod usage;
 
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
