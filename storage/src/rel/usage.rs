@@ -11,7 +11,7 @@
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::money::entry_from;
+use super::money::{entry_from, plan_daily};
 use super::{Attempts, RelStore, col, credits, one, uid_of, uid_param};
 use crate::codec::check_key;
 use crate::usage::UsagePurge;
@@ -25,27 +25,6 @@ const MAX_NAME: usize = 128;
 
 const USAGE_COLS: &str = "uid, at_ms, id, platform, model, prompt_tokens, completion_tokens,
      free, paid, plan, refunded, ledger_seq, outcome";
-
-/// The plan's daily credits on day `$today` of balance row `b` (0 without an active plan).
-macro_rules! plan_daily {
-    ($b:literal, $today:literal) => {
-        concat!(
-            "(CASE WHEN ",
-            $b,
-            ".plan_id IS NOT NULL AND ",
-            $b,
-            ".plan_start_day <= ",
-            $today,
-            " AND ",
-            $today,
-            " < ",
-            $b,
-            ".plan_end_day THEN ",
-            $b,
-            ".plan_daily_credits::numeric ELSE 0 END)"
-        )
-    };
-}
 
 /// $1 id, $2 actual, $3 today, $4 free daily, $5 now, $6 reason, $7 platform, $8 model,
 /// $9 prompt tokens, $10 completion tokens, $11 outcome, $12 write a usage row.
