@@ -17,12 +17,6 @@
 //! - Not yet here: admin paths (ban, groups, find users, link/unlink identities, orders
 //!   listing, audit), outbox, checkpoints and stats operations, shared answers — their tables
 //!   exist.
-//! - Membership plans: the plan's columns exist (`balances.plan_*`, `orders.plan_*`) and are
-//!   imported; a plan code grants one (`redeem_code`) and `settle_metered` counts it, but
-//!   `reserve`/`settle`/`balance` (`money.rs`) do not count a plan's daily credits yet (the
-//!   `plan_daily!` fragment of `usage.rs` is what they need), and `create_order`,
-//!   `credit_order`, `refund_order` and `order` (`orders.rs`) neither write nor read an
-//!   order's plan nor grant or take it back (sled: `plans::apply_grant`, `after_refund`).
 //! - `settle_metered` writes the usage row with the settlement; the conversation turns of
 //!   sled's `settle_metered` are `append_turns`, a second statement.
 //!
@@ -66,7 +60,8 @@
 //!   Of two racing first contacts one hits the primary key; its statement rolls back whole
 //!   (no orphan user) and runs again, finding the other's.
 //! - `reserve`: lock the balance row (`FOR UPDATE`, which reads the newest committed values),
-//!   insert the reservation only if `free_left + paid - held >= amount` (`ON CONFLICT
+//!   insert the reservation only if `free_left + paid - held >= amount` (`free_left`: the
+//!   day's allowance and an active plan's daily credits, less what the day spent) (`ON CONFLICT
 //!   (reference) DO NOTHING`), raise `held` only if the insert happened. Concurrent reserves
 //!   of one user queue on the row lock: never overdrawn.
 //! - `settle`: lock the open reservation and its balance, charge `min(actual, free_left +
@@ -77,7 +72,8 @@
 //!   AND paid + delta >= held`, then the entry. A racing twin collides on the unique
 //!   reference, rolls back whole, and on its second run returns the first's entry.
 //! - `credit_order`: `UPDATE orders SET status = 'credited' WHERE status IN ('created',
-//!   'closed') AND amount_fen = $paid`, the balance and the purchase entry. `close_order`: one
+//!   'closed') AND amount_fen = $paid`, the balance (with a plan order's plan granted or
+//!   extended) and the purchase entry. `close_order`: one
 //!   UPDATE. `create_order` and `refund_order` (rare): one short transaction each.
 //! - `redeem_code`: one short transaction: the code row locked (`FOR UPDATE`; racing
 //!   redeemers wait, then find it used), the balance row locked, then one statement marks
