@@ -60,9 +60,9 @@
 //!   Of two racing first contacts one hits the primary key; its statement rolls back whole
 //!   (no orphan user) and runs again, finding the other's.
 //! - `reserve`: lock the balance row (`FOR UPDATE`, which reads the newest committed values),
-//!   insert the reservation only if `free_left + paid - held >= amount` (`free_left`: the
-//!   day's allowance and an active plan's daily credits, less what the day spent) (`ON CONFLICT
-//!   (reference) DO NOTHING`), raise `held` only if the insert happened. Concurrent reserves
+//!   insert the reservation only if `free_left + paid - held >= amount` (`ON CONFLICT
+//!   (reference) DO NOTHING`; `free_left`: the day's allowance and an active plan's daily
+//!   credits, less what the day spent), raise `held` only if the insert happened. Concurrent reserves
 //!   of one user queue on the row lock: never overdrawn.
 //! - `settle`: lock the open reservation and its balance, charge `min(actual, free_left +
 //!   paid)`, free credits first, write the usage entry, mark the reservation settled. A racing

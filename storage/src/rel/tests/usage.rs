@@ -494,3 +494,74 @@ async fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
     assert_eq!(logged, ledger_usage_debits(&store, uid).await);
     assert_consistent(&store).await;
 }
+
+#[tokio::test]
+async fn purging_many_records_of_one_user_takes_one_call() {
+    let store = store_or_skip!();
+    let uid = with_paid(&store, 0).await;
+    for i in 0..520 {
+        let id = store
+            .reserve(uid, 0, &format!("z{i}"), DAY, FREE, LATER)
+            .await
+            .unwrap();
+        store
+            .settle_metered(
+                id,
+                0,
+                "a",
+                DAY,
+                FREE,
+                10,
+                Some(note(UsageOutcome::Answered)),
+            )
+            .await
+            .unwrap();
+    }
+    answer(&store, uid, "new", 1, 50).await;
+    let purge = store.purge_usage(20, Uid(0), 10).await.unwrap();
+    assert_eq!((purge.removed, purge.resume), (520, None));
+    assert_eq!(all_usage(&store, uid).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_settlements_write_one_record_and_one_entry() {
+    let store = store_or_skip!();
+    let uid = with_paid(&store, 100).await;
+    for round in 0..5 {
+        let id = store
+            .reserve(uid, 12, &format!("race{round}"), DAY, FREE, LATER)
+            .await
+            .unwrap();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .settle_metered(
+                        id,
+                        12,
+                        "answer",
+                        DAY,
+                        FREE,
+                        1_000 + round,
+                        Some(note(UsageOutcome::Answered)),
+                    )
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut entries = Vec::new();
+        for t in tasks {
+            entries.push(t.await.unwrap().unwrap());
+        }
+        assert!(entries.iter().all(|e| *e == entries[0]), "{entries:?}");
+    }
+    let records = all_usage(&store, uid).await;
+    assert_eq!(records.len(), 5);
+    let logged: u64 = records.iter().map(UsageRecord::charged).sum();
+    assert_eq!(logged, 60);
+    assert_eq!(logged, ledger_usage_debits(&store, uid).await);
+    assert_consistent(&store).await;
+}
