@@ -195,9 +195,17 @@ impl RelStore {
         let Ok(id) = i64::try_from(batch) else {
             return Ok(None);
         };
-        let rows = self
-            .rows(REVOKE, &[(&id, Type::INT8), (&now_ms, Type::INT8)])
-            .await?;
+        // A deadlock with a racing revocation of the same batch rolls back whole: again.
+        let mut attempts = Attempts::new();
+        let rows = loop {
+            attempts.next().await?;
+            if let Some(rows) = self
+                .run(REVOKE, &[(&id, Type::INT8), (&now_ms, Type::INT8)])
+                .await?
+            {
+                break rows;
+            }
+        };
         let row = one(&rows)?;
         if col::<i64>(row, "found")? == 0 {
             return Ok(None);

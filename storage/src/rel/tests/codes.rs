@@ -435,3 +435,36 @@ async fn a_plan_code_grants_the_plan_exactly_once() {
     assert_eq!(store.ledger(uid, 10).await.unwrap().len(), 2);
     assert_consistent(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_revocations_revoke_each_code_once() {
+    let store = store_or_skip!();
+    let (batch, _) = store
+        .create_code_batch(credits(1), 200, None, "", 1)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .revoke_code_batch(batch.id, 10 + i)
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 200);
+    let codes = store.batch_codes(batch.id).await.unwrap();
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c.state, CodeState::Revoked { .. }))
+    );
+    let first = store.code_batch(batch.id).await.unwrap().unwrap();
+    assert!(first.revoked_at_ms.is_some_and(|at| (10..14).contains(&at)));
+}
