@@ -68,7 +68,7 @@ impl ChangeRecord {
     }
 
     /// Cuts the free-form fields so the record encodes to at most [`MAX_CHANGE_BYTES`].
-    fn bounded(mut self) -> Self {
+    pub(crate) fn bounded(mut self) -> Self {
         self.actor = cut(&self.actor, 16);
         self.address = cut(&self.address, MAX_ADDRESS);
         self.method = cut(&self.method, 16);
@@ -188,7 +188,7 @@ impl Store {
 }
 
 /// A record from its key and value.
-fn read_change(key: &[u8], raw: &[u8]) -> Result<ChangeRecord, StoreError> {
+pub(crate) fn read_change(key: &[u8], raw: &[u8]) -> Result<ChangeRecord, StoreError> {
     let (at, id) = crate::codec::read_pair_key(ADMIN_LOG, key)?;
     let mut record: ChangeRecord = decode(ADMIN_LOG, raw, || format!("{at}/{id}"))?;
     record.at_ms = i64::try_from(at).unwrap_or(i64::MAX);

@@ -21,7 +21,11 @@ const FIGURES: &str = "SELECT
     (SELECT count(DISTINCT conversation) FROM turns) AS conversations,
     (SELECT count(*) FROM turns) AS turns,
     (SELECT count(*) FROM outbox) AS outbox_texts,
-    (SELECT count(*) FROM checkpoints) + (SELECT count(*) FROM stats) AS checkpoints
+    (SELECT count(*) FROM checkpoints) + (SELECT count(*) FROM stats) AS checkpoints,
+    (SELECT count(*) FROM code_batches) AS code_batches,
+    (SELECT count(*) FROM codes) AS codes,
+    (SELECT count(*) FROM usage) AS usage_records,
+    (SELECT COALESCE(sum(free + paid + plan), 0)::text FROM usage) AS usage_charged_sum
   FROM (SELECT count(*) AS entries, COALESCE(sum(free_delta), 0)::text AS free_sum,
                COALESCE(sum(paid_delta), 0)::text AS paid_sum,
                count(DISTINCT reference) AS refs FROM ledger) AS l,
@@ -55,6 +59,10 @@ impl RelStore {
             turns: n(row, "turns")?,
             outbox_texts: n(row, "outbox_texts")?,
             checkpoints: n(row, "checkpoints")?,
+            code_batches: n(row, "code_batches")?,
+            codes: n(row, "codes")?,
+            usage_records: n(row, "usage_records")?,
+            usage_charged_sum: sum(row, "usage_charged_sum")?,
             ..Census::default()
         };
         for row in self.rows(ORDERS, &[]).await? {

@@ -7,8 +7,10 @@
 //! transaction. Tables go in foreign-key order: users (each with its balance row), balances,
 //! identities, ledger, reservations, orders, order events, tokens, login codes,
 //! conversations and their turns, dedupe marks, answers, handoffs, outbox, checkpoints and
-//! stats. Afterwards the identity sequences of `users`, `reservations` and `order_events`
-//! move past the copied ids and past every id the source handed out.
+//! stats; then (`import/extras.rs`) users' and orders' membership plans, code batches and
+//! codes, the usage log and the admin change log. Afterwards the identity sequences of
+//! `users`, `reservations`, `order_events`, `code_batches` and `admin_changes` move past the
+//! copied ids and past every id the source handed out.
 //!
 //! Kept as they are: uids, ledger seqs and references, reservation ids (open ones, and
 //! settled ones with whether they charged: settling again answers the same), order ids,
@@ -25,6 +27,10 @@
 //! - Checkpoints under `stats:` holding a number (what `add_counters` writes for the daily
 //!   statistics) become `stats` rows; every other checkpoint a `checkpoints` row.
 //! - A conversation's `updated_at_ms` is its newest turn's time.
+//! - A code's row comes from its `code_hashes` entry and its `codes` record (the hash is
+//!   all that identifies it).
+//! - NUL in a change record's text (which PostgreSQL's text and jsonb cannot hold) becomes
+//!   U+FFFD.
 //!
 //! Skipped (and counted in [`Imported::skipped_expired`]): dedupe marks, answers, handoffs
 //! and login codes that expired by the start of the import. Nothing else is skipped: a
@@ -57,6 +63,7 @@ use crate::{
     Store, StoreError, Turn, Uid, User, system_now_ms,
 };
 
+mod extras;
 mod write;
 
 /// Rows per batch (one statement, one transaction).
@@ -112,6 +119,14 @@ pub(crate) enum Batch {
     Outbox(Vec<(String, Vec<String>)>),
     Checkpoints(Vec<(String, String)>),
     Stats(Vec<(String, u64)>),
+    /// A user's membership plan, onto their balance row.
+    Plans(Vec<(Uid, crate::ActivePlan)>),
+    /// An order's plan (order id, grant), onto the order.
+    OrderPlans(Vec<(String, crate::PlanGrant)>),
+    CodeBatches(Vec<crate::CodeBatch>),
+    Codes(Vec<extras::CodeRow>),
+    Usage(Vec<crate::UsageRecord>),
+    Changes(Vec<crate::ChangeRecord>),
 }
 
 /// What the reader sends: batches, then the source's id floors.
@@ -146,6 +161,12 @@ impl Batch {
             Batch::Outbox(_) => "outbox",
             Batch::Checkpoints(_) => "checkpoints",
             Batch::Stats(_) => "stats",
+            Batch::Plans(_) => "balances (plans)",
+            Batch::OrderPlans(_) => "orders (plans)",
+            Batch::CodeBatches(_) => "code_batches",
+            Batch::Codes(_) => "codes",
+            Batch::Usage(_) => "usage",
+            Batch::Changes(_) => "admin_changes",
         }
     }
 }
@@ -156,7 +177,8 @@ const TARGET_STATE: &str = "SELECT
     OR EXISTS (SELECT 1 FROM orders) OR EXISTS (SELECT 1 FROM order_events)
     OR EXISTS (SELECT 1 FROM tokens) OR EXISTS (SELECT 1 FROM conversations)
     OR EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM checkpoints)
-    OR EXISTS (SELECT 1 FROM stats) AS busy,
+    OR EXISTS (SELECT 1 FROM stats) OR EXISTS (SELECT 1 FROM code_batches)
+    OR EXISTS (SELECT 1 FROM admin_changes) AS busy,
     (SELECT value FROM meta WHERE key = 'import_started_at_ms') AS started";
 
 impl RelStore {
@@ -210,6 +232,7 @@ impl RelStore {
                     next_uid,
                     id_floor,
                 } => {
+                    self.finish_extras(id_floor).await?;
                     self.finish_import(next_uid, id_floor, now_ms).await?;
                     report.skipped_expired = skipped;
                     return Ok(report);
@@ -336,6 +359,7 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
     read_orders(store, sink)?;
     read_auth(store, now_ms, &skipped, sink)?;
     read_engine_records(store, now_ms, &skipped, sink)?;
+    extras::read(store, sink)?;
     let t = store.trees()?;
     let next_uid = match t.meta.get(b"next_uid")? {
         Some(raw) => crate::codec::decode::<u64>(crate::META, &raw, || "next_uid".into())?,

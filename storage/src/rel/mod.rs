@@ -14,7 +14,7 @@
 //!   neither it understands.
 //! - **The shared store test suite**: the tests in `tests/` are sled's cases ported one by
 //!   one (same values, same answers); the next session runs one suite against both engines.
-//! - Here since (issue 21, helper B): the admin paths (`admin.rs`: ban, groups, finding
+//! - Here since session 10 (issue 21): the admin paths (`admin.rs`: ban, groups, finding
 //!   users by name, identity or token, linking and unlinking identities, user counts,
 //!   creation times, activity, ledger pages, the audit in one statement), the orders listing
 //!   (`orders`, `set_order_code_url`), the outbox and kept answers (`outbox.rs`), checkpoints
@@ -24,15 +24,12 @@
 //!   `Store::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled);
 //!   `try_lead` (`lead.rs`) holds a session advisory lock on a connection of its own, with
 //!   the key-value layer's key, so daemons on either layer exclude each other.
-//! - Not yet here: `refund_answer` (with the usage log, below), `record_counts` /
-//!   `copy_into` (the census replaces them).
-//! - Membership plans (`plans.rs`, issue 22): the plan in `balances` and an order's `plan`
-//!   have no columns yet; a migration would drop them.
-//! - The admin API's change log (`admin_log.rs`, tree `admin_log`, issue 23) has no table
-//!   yet (a `admin_changes` table keyed `(at_ms, id)` and its import are what is missing).
-//! - The usage log (`usage.rs`, tree `usage`, issue 22) has no table yet: its census figures
-//!   are 0 here, so a migration of a store with usage records reports the difference (a
-//!   `usage` table keyed `(uid, at_ms, id)` and its import are what is missing).
+//! - Also since session 10: redemption codes (`codes.rs`), membership plans
+//!   (`plans.rs`, the plan columns of `balances` and `orders`), the usage log (`usage.rs`:
+//!   `settle_metered` writes the usage row with the settlement, `refund_answer`) and the
+//!   change log (`admin_log.rs`), with their import.
+//! - Not yet here: `record_counts` / `copy_into` (the census replaces them). The
+//!   conversation turns of sled's `settle_metered` are `append_turns`, a second statement.
 //!
 //! # Tables (`schema/0001_tables.sql`, version in `meta.schema_version`)
 //! `users`, `identities` (primary key `(platform, account, user_id)`: the platform's user id
@@ -43,7 +40,14 @@
 //! `orders` (`id`, `uid`, `product`, `product_name`, `channel`, `method`, `amount_fen`,
 //! `credits`, `status`, `*_at_ms`, `code_url`, `provider_trade_no`, `open_slot`),
 //! `order_events`, `tokens` (SHA-256 only), `login_codes`, `conversations` + `turns`,
-//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`; version 3
+//! `dedupe`, `answers`, `handoffs`, `outbox`, `checkpoints`, `stats`, `meta`; version 2
+//! (`schema/0002_codes_plans_usage.sql`): `code_batches` (the grant as columns: credits, or
+//! a plan's id, name, days, daily credits, timezone), `codes` (`(batch, n)`, `hash` the
+//! SHA-256 of the code UNIQUE, `status` unused/used/revoked with `uid` and `at_ms`), the plan
+//! columns of `balances` (`plan_id`, `plan_name`, `plan_daily_credits`, `plan_start_day`,
+//! `plan_end_day`: all or none) and of `orders`, `usage` (keyed `(uid, at_ms, id)`: `free`,
+//! `plan`, `paid`, `refunded`, `ledger_seq`, `outcome`), `admin_changes` (keyed `(at_ms, id)`,
+//! `summary` jsonb).; version 3
 //! (`schema/0003_admin_chats.sql`) adds `chats` (`uid`, `id`, `title`, `updated_at_ms` = its
 //! version, `message_count`, `bytes`, `messages` a JSON array) and indexes for users by
 //! creation time and for checkpoint and statistics prefixes. They can share
@@ -51,13 +55,16 @@
 //!
 //! # What the database enforces
 //! Uniqueness: one user per identity, one ledger entry per reference, one reservation per
-//! reference, one waiting order per user and slot, one login code per user and per code.
+//! reference, one waiting order per user and slot, one login code per user and per code,
+//! one code per hash, one usage row per `(uid, at_ms, reservation)`.
 //! Ranges: `paid`, `held`, `free_used`, `paid_after`, amounts, fen and credits never
 //! negative, `free_delta` never positive; `kind`, reservation and order `status` only their
 //! valid values; an order's times agree with its status (a refunded order was credited,
 //! only a waiting one holds a slot); a login code is 8 symbols of its alphabet; a token hash
-//! 32 bytes; a web conversation's id of its characters, its title's length, its messages an
-//! array. Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
+//! 32 bytes, a code's hash too; a used code names its user, an unused one no time; a
+//! batch's grant is credits (positive) or a whole plan; a plan all five columns or none; a
+//! web conversation's id of its characters, its title's length, its messages an array.
+//! Foreign keys from every per-user table to `users`. Transitions: each UPDATE names
 //! the status it leaves (`WHERE status IN ('created', 'closed')` to credit, `= 'credited'` to
 //! refund, `= 'open'` to settle or release), so a transition happens once however many
 //! callers race; the losers find the row changed and report what it is now.
@@ -69,7 +76,8 @@
 //!   (no orphan user) and runs again, finding the other's.
 //! - `reserve`: lock the balance row (`FOR UPDATE`, which reads the newest committed values),
 //!   insert the reservation only if `free_left + paid - held >= amount` (`ON CONFLICT
-//!   (reference) DO NOTHING`), raise `held` only if the insert happened. Concurrent reserves
+//!   (reference) DO NOTHING`; `free_left`: the day's allowance and an active plan's daily
+//!   credits, less what the day spent), raise `held` only if the insert happened. Concurrent reserves
 //!   of one user queue on the row lock: never overdrawn.
 //! - `settle`: lock the open reservation and its balance, charge `min(actual, free_left +
 //!   paid)`, free credits first, write the usage entry, mark the reservation settled. A racing
@@ -79,8 +87,15 @@
 //!   AND paid + delta >= held`, then the entry. A racing twin collides on the unique
 //!   reference, rolls back whole, and on its second run returns the first's entry.
 //! - `credit_order`: `UPDATE orders SET status = 'credited' WHERE status IN ('created',
-//!   'closed') AND amount_fen = $paid`, the balance and the purchase entry. `close_order`: one
+//!   'closed') AND amount_fen = $paid`, the balance (with a plan order's plan granted or
+//!   extended) and the purchase entry. `close_order`: one
 //!   UPDATE. `create_order` and `refund_order` (rare): one short transaction each.
+//! - `redeem_code`: one short transaction: the code row locked (`FOR UPDATE`; racing
+//!   redeemers wait, then find it used), the balance row locked, then one statement marks
+//!   the code used, changes the balance (and plan) and writes the entry `code:<batch>-<n>`
+//!   (UNIQUE). `create_code_batch` (batch and codes), `revoke_code_batch`: one statement.
+//! - `settle_metered`: `settle`, with the plan's daily credits, and the usage row, in one
+//!   statement; `refund_answer`: the refund entry and the usage row marked, one statement.
 //! - `dedupe_insert` / `dedupe_bind`: `INSERT ... ON CONFLICT DO UPDATE ... WHERE the mark
 //!   expired` (or is bound to the same value); handoffs, tokens, login codes, conversation
 //!   appends, checkpoints, counters, admin changes: one statement each.
@@ -111,10 +126,12 @@
 #![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
 mod admin;
+mod admin_log;
 mod auth;
 mod census;
 mod chats;
 mod checkpoints;
+mod codes;
 mod conversations;
 mod import;
 mod lead;
@@ -122,8 +139,10 @@ mod marks;
 mod money;
 mod orders;
 mod outbox;
+mod plans;
 mod pool;
 mod schema;
+mod usage;
 mod users;
 
 #[cfg(test)]

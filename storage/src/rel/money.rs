@@ -9,6 +9,7 @@
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
+use super::plans::{PLAN_COLS, plan_from};
 use super::{Attempts, RelStore, amount, col, credits, one, uid_of, uid_param};
 use crate::codec::check_key;
 use crate::{Balance, EntryKind, LedgerEntry, ReservationId, StoreError, Uid};
@@ -17,8 +18,32 @@ use crate::{Balance, EntryKind, LedgerEntry, ReservationId, StoreError, Uid};
 pub(crate) const ENTRY_COLS: &str =
     "uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason, reference";
 
+/// The membership plan's daily credits of balance row `b` on day `$today` (numeric; 0
+/// without a plan active that day), as `ActivePlan::daily_on`.
+macro_rules! plan_daily {
+    ($b:literal, $today:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            $b,
+            ".plan_id IS NOT NULL AND ",
+            $b,
+            ".plan_start_day <= ",
+            $today,
+            " AND ",
+            $today,
+            " < ",
+            $b,
+            ".plan_end_day THEN ",
+            $b,
+            ".plan_daily_credits::numeric ELSE 0 END)"
+        )
+    };
+}
+pub(crate) use plan_daily;
+
 /// What is left of the free allowance of balance row `b` on day `$today` with a daily
-/// allowance of `$free` (numeric: no overflow), as in `BalanceRecord::free_left`.
+/// allowance of `$free` and the plan's daily credits (numeric: no overflow), as in
+/// `BalanceRecord::free_left`.
 macro_rules! free_left {
     ($b:literal, $today:literal, $free:literal) => {
         concat!(
@@ -28,10 +53,13 @@ macro_rules! free_left {
             $b,
             ".free_day THEN ",
             $free,
-            "::numeric ",
-            "ELSE GREATEST(",
+            "::numeric + ",
+            plan_daily!($b, $today),
+            " ELSE GREATEST(",
             $free,
-            "::numeric - ",
+            "::numeric + ",
+            plan_daily!($b, $today),
+            " - ",
             $b,
             ".free_used, 0) END)"
         )
@@ -158,8 +186,10 @@ impl RelStore {
         let id = uid_param(uid)?;
         let rows = self
             .rows(
-                "SELECT b.paid, b.held, b.free_day, b.free_used
-                 FROM users u LEFT JOIN balances b ON b.uid = u.uid WHERE u.uid = $1",
+                &format!(
+                    "SELECT b.paid, b.held, b.free_day, b.free_used, {PLAN_COLS}
+                     FROM users u LEFT JOIN balances b ON b.uid = u.uid WHERE u.uid = $1"
+                ),
                 &[(&id, Type::INT8)],
             )
             .await?;
@@ -173,10 +203,12 @@ impl RelStore {
         };
         let (paid, held, free_used) = (get("paid")?, get("held")?, get("free_used")?);
         let free_day: Option<i64> = col(row, "free_day")?;
+        // The plan's daily credits join the allowance while it is active.
+        let allowance = free_daily.saturating_add(plan_from(row)?.map_or(0, |p| p.daily_on(today)));
         let free_left = if today > free_day.unwrap_or(i64::MIN) {
-            free_daily
+            allowance
         } else {
-            free_daily.saturating_sub(free_used)
+            allowance.saturating_sub(free_used)
         };
         Ok(Balance {
             paid,

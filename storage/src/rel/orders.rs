@@ -7,47 +7,89 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Transaction};
 
 use super::money::{ENTRY_COLS, entry_from};
+use super::plans::{PLAN_COLS, plan_from};
 use super::{Attempts, RelStore, Retry, amount, col, credits, db_err, one, uid_of, uid_param};
 use crate::codec::check_key;
 use crate::{
-    CreditOutcome, LedgerEntry, Order, OrderEvent, OrderStatus, StoreError, purchase_reference,
+    CreditOutcome, LedgerEntry, Order, OrderEvent, OrderStatus, PlanGrant, StoreError,
+    purchase_reference,
 };
 
 const ORDER_COLS: &str = "id, uid, product, product_name, channel, method, amount_fen, credits,
      status, created_at_ms, expires_at_ms, code_url, provider_trade_no, credited_at_ms,
-     closed_at_ms, refunded_at_ms";
+     closed_at_ms, refunded_at_ms, plan_id, plan_name, plan_days, plan_daily_credits,
+     plan_utc_offset_secs";
 
 /// $1 id, $2 paid fen, $3 provider trade no, $4 now, $5 reference. The order credited, its
 /// credits added (a balance row made if missing: never an order credited without its
-/// entry) and the purchase entry written, in one statement.
+/// entry), a plan order's plan granted (as `plans::after_grant`: the same plan still running
+/// is extended by its days, anything else replaced from today, the day counted in the
+/// plan's timezone) and the purchase entry written with the plan's dates in its reason
+/// (as `plans::grant_note`), in one statement.
 const CREDIT: &str = "WITH o AS (
          UPDATE orders SET status = 'credited', credited_at_ms = $4,
                 provider_trade_no = COALESCE($3, provider_trade_no), open_slot = NULL
          WHERE id = $1 AND status IN ('created', 'closed') AND amount_fen = $2
-         RETURNING uid, credits, product_name),
+         RETURNING uid, credits, product_name, plan_id, plan_name, plan_days,
+                   plan_daily_credits,
+                   floor((floor($4::numeric / 1000) + plan_utc_offset_secs) / 86400)::bigint
+                       AS today),
      b AS (
-         INSERT INTO balances (uid, paid, next_seq) SELECT uid, credits, 2 FROM o
+         INSERT INTO balances (uid, paid, next_seq, plan_id, plan_name, plan_daily_credits,
+                               plan_start_day, plan_end_day)
+         SELECT uid, credits, 2, plan_id, plan_name, plan_daily_credits, today,
+                today + plan_days
+         FROM o
          ON CONFLICT (uid) DO UPDATE
-         SET paid = balances.paid + excluded.paid, next_seq = balances.next_seq + 1
-         RETURNING uid, paid, next_seq - 1 AS seq),
+         SET paid = balances.paid + excluded.paid, next_seq = balances.next_seq + 1,
+             plan_id = COALESCE(excluded.plan_id, balances.plan_id),
+             plan_name = CASE WHEN excluded.plan_id IS NULL THEN balances.plan_name
+                              ELSE excluded.plan_name END,
+             plan_daily_credits = CASE WHEN excluded.plan_id IS NULL
+                                       THEN balances.plan_daily_credits
+                                       ELSE excluded.plan_daily_credits END,
+             plan_start_day = CASE
+                 WHEN excluded.plan_id IS NULL THEN balances.plan_start_day
+                 WHEN balances.plan_id = excluded.plan_id
+                      AND balances.plan_end_day > excluded.plan_start_day
+                     THEN LEAST(balances.plan_start_day, excluded.plan_start_day)
+                 ELSE excluded.plan_start_day END,
+             plan_end_day = CASE
+                 WHEN excluded.plan_id IS NULL THEN balances.plan_end_day
+                 WHEN balances.plan_id = excluded.plan_id
+                      AND balances.plan_end_day > excluded.plan_start_day
+                     THEN balances.plan_end_day
+                          + (excluded.plan_end_day - excluded.plan_start_day)
+                 ELSE excluded.plan_end_day END
+         RETURNING uid, paid, next_seq - 1 AS seq, plan_name, plan_start_day, plan_end_day),
      ent AS (
          INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
                              reference)
          SELECT b.uid, b.seq, $4, 'purchase', 0, o.credits, b.paid,
-                'order ' || $1 || ': ' || o.product_name, $5
+                'order ' || $1 || ': ' || o.product_name
+                || CASE WHEN o.plan_id IS NULL THEN ''
+                        ELSE ' (会员 ' || b.plan_name || ' '
+                             || to_char(date '1970-01-01' + b.plan_start_day::int, 'YYYY-MM-DD')
+                             || ' 至 '
+                             || to_char(date '1970-01-01' + (b.plan_end_day - 1)::int,
+                                        'YYYY-MM-DD')
+                             || ')' END,
+                $5
          FROM b, o
          RETURNING uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason, reference)
      SELECT ent.* FROM ent";
 
-/// $1 uid, $2 the order's credits, $3 now, $4 reason, $5 reference: the balance locked and
-/// debited by as much of the credits as is not held, with the refund entry (none if nothing
-/// can be taken).
+/// $1 uid, $2 the order's credits, $3 now, $4 reason, $5 reference, $6 a plan order's
+/// refund (always written: the record that the plan was cut short), $7 the plan's new end
+/// day (NULL: unchanged): the balance locked and debited by as much of the credits as is not
+/// held, with the refund entry (none if nothing can be taken and no plan changes).
 const REFUND_DEBIT: &str = "WITH cur AS (
          SELECT uid, LEAST($2, GREATEST(paid - held, 0)) AS take
          FROM balances WHERE uid = $1 FOR UPDATE),
      b AS (
-         UPDATE balances SET paid = balances.paid - cur.take, next_seq = balances.next_seq + 1
-         FROM cur WHERE balances.uid = cur.uid AND cur.take > 0
+         UPDATE balances SET paid = balances.paid - cur.take, next_seq = balances.next_seq + 1,
+                plan_end_day = COALESCE($7, balances.plan_end_day)
+         FROM cur WHERE balances.uid = cur.uid AND (cur.take > 0 OR $6)
          RETURNING balances.uid, balances.paid, balances.next_seq - 1 AS seq, cur.take)
      INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
                          reference)
@@ -369,10 +411,26 @@ async fn insert_order(
     let sql = format!(
         "INSERT INTO orders (id, uid, product, product_name, channel, method, amount_fen,
                              credits, status, created_at_ms, expires_at_ms, code_url,
-                             provider_trade_no, open_slot)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', $9, $10, $11, $12, $13)
+                             provider_trade_no, open_slot, plan_id, plan_name, plan_days,
+                             plan_daily_credits, plan_utc_offset_secs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', $9, $10, $11, $12, $13, $14, $15,
+                 $16, $17, $18)
          RETURNING {ORDER_COLS}"
     );
+    let plan = order.plan.as_ref();
+    let (plan_id, plan_name) = (plan.map(|p| p.id.as_str()), plan.map(|p| p.name.as_str()));
+    let plan_days = plan
+        .map(|p| {
+            i32::try_from(p.days)
+                .map_err(|_| StoreError::InvalidInput(format!("{} days in a plan", p.days)))
+        })
+        .transpose()
+        .map_err(Retry::Fail)?;
+    let plan_daily = plan
+        .map(|p| amount(p.daily_credits))
+        .transpose()
+        .map_err(Retry::Fail)?;
+    let plan_offset = plan.map(|p| p.utc_offset_secs);
     let rows = tx
         .query_typed(
             &sql,
@@ -390,6 +448,11 @@ async fn insert_order(
                 (&order.code_url, Type::TEXT),
                 (&order.provider_trade_no, Type::TEXT),
                 (&slot, Type::TEXT),
+                (&plan_id, Type::TEXT),
+                (&plan_name, Type::TEXT),
+                (&plan_days, Type::INT4),
+                (&plan_daily, Type::INT8),
+                (&plan_offset, Type::INT4),
             ],
         )
         .await
@@ -435,7 +498,29 @@ async fn refund_in(
     }
     let uid = uid_param(order.uid).map_err(Retry::Fail)?;
     let credits_ = amount(order.credits).map_err(Retry::Fail)?;
-    let why = format!("refund of order {id}: {reason}");
+    // A plan order's days come off the plan's end (as `plans::after_refund`), read under the
+    // balance row's lock.
+    let (mut ended, mut new_end) = (String::new(), None::<i64>);
+    if let Some(grant) = &order.plan {
+        let sql = format!("SELECT {PLAN_COLS} FROM balances b WHERE b.uid = $1 FOR UPDATE");
+        let rows = tx
+            .query_typed(&sql, &[(&uid, Type::INT8)])
+            .await
+            .map_err(db_err)?;
+        let current = rows
+            .first()
+            .map(plan_from)
+            .transpose()
+            .map_err(Retry::Fail)?
+            .flatten();
+        let today = grant.day_of(now_ms);
+        if let Some(p) = crate::after_refund(current.as_ref(), grant, today) {
+            ended = crate::plans::refund_note(&p, today);
+            new_end = Some(p.end_day);
+        }
+    }
+    let is_plan = order.plan.is_some();
+    let why = format!("refund of order {id}: {reason}{ended}");
     let rows = tx
         .query_typed(
             REFUND_DEBIT,
@@ -445,6 +530,8 @@ async fn refund_in(
                 (&now_ms, Type::INT8),
                 (&why, Type::TEXT),
                 (&reference, Type::TEXT),
+                (&is_plan, Type::BOOL),
+                (&new_end, Type::INT8),
             ],
         )
         .await
@@ -488,10 +575,28 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
         credited_at_ms: col(row, "credited_at_ms")?,
         closed_at_ms: col(row, "closed_at_ms")?,
         refunded_at_ms: col(row, "refunded_at_ms")?,
-        // Plans have no column yet (see the module comment).
-        plan: None,
+        plan: plan_of(row, &id)?,
         id,
     })
+}
+
+/// An order's plan (`plan_*` columns: all or none).
+fn plan_of(row: &Row, id: &str) -> Result<Option<PlanGrant>, StoreError> {
+    let Some(plan) = col::<Option<String>>(row, "plan_id")? else {
+        return Ok(None);
+    };
+    let bad = |what: &str| StoreError::corrupt("orders", id, format!("plan {what}"));
+    let days: i32 = col::<Option<i32>>(row, "plan_days")?.ok_or_else(|| bad("days null"))?;
+    let daily: i64 =
+        col::<Option<i64>>(row, "plan_daily_credits")?.ok_or_else(|| bad("credits null"))?;
+    Ok(Some(PlanGrant {
+        id: plan,
+        name: col::<Option<String>>(row, "plan_name")?.ok_or_else(|| bad("name null"))?,
+        days: u32::try_from(days).map_err(|_| bad("days negative"))?,
+        daily_credits: credits(daily, "orders", || id.to_owned())?,
+        utc_offset_secs: col::<Option<i32>>(row, "plan_utc_offset_secs")?
+            .ok_or_else(|| bad("timezone null"))?,
+    }))
 }
 
 /// A failure to begin a transaction (never a conflict).

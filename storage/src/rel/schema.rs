@@ -19,6 +19,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("schema/0001_tables.sql"),
     ),
     (
+        2,
+        "codes, plans, usage log, admin change log",
+        include_str!("schema/0002_codes_plans_usage.sql"),
+    ),
+    (
         3,
         "admin paths and web chats: users by creation time, chats",
         include_str!("schema/0003_admin_chats.sql"),

@@ -301,7 +301,7 @@ impl RelStore {
                 ];
                 self.count(STATS, params).await
             }
-            _ => Err(StoreError::Backend("an import batch of no table".into())),
+            other => self.write_extra(other).await,
         }
     }
 
@@ -468,7 +468,7 @@ impl RelStore {
     }
 
     /// Runs a statement that answers one row with a count `n`.
-    async fn count(&self, sql: &str, params: Arrays<'_>) -> Result<u64, StoreError> {
+    pub(super) async fn count(&self, sql: &str, params: Arrays<'_>) -> Result<u64, StoreError> {
         let rows = self.rows(sql, &params).await?;
         let n: i64 = col(one(&rows)?, "n")?;
         Ok(u64::try_from(n).unwrap_or(0))

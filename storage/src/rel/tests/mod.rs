@@ -31,13 +31,17 @@ macro_rules! store_or_skip {
 }
 
 mod admin;
+mod admin_log;
 mod chats;
+mod codes;
 mod import;
 mod lead;
 mod misc;
 mod money;
 mod orders;
 mod outbox;
+mod plans;
+mod usage;
 
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
 /// the paid deltas, each entry's `paid_after` the running sum, held the sum of the open

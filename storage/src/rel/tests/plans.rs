@@ -1,0 +1,470 @@
+//! Membership plans on PostgreSQL: the cases of `storage/tests/plans.rs` (a plan order's
+//! grant, its daily credits after the base allowance, extension, replacement, refund), the
+//! same answers; and plans, codes, the usage log and the change log through the import: a
+//! sled store holding each comes out with an equal census, and the relational store's
+//! operations go on from where sled was (a used code stays used, an unused one redeems, a
+//! plan extends, new ids are new).
+
+use serde_json::json;
+
+use super::super::RelStore;
+use super::assert_consistent;
+use crate::kv::Db;
+use crate::{
+    ChangeRecord, CodeGrant, CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant,
+    RedeemOutcome, Store, Uid, UsageNote, UsageOutcome, system_now_ms,
+};
+
+const DAY_MS: i64 = 86_400_000;
+const FREE: u64 = 5;
+/// UTC+8, as `quota.timezone = "Asia/Shanghai"`.
+const TZ: i32 = 8 * 3600;
+/// Day 20,000 (2024-10-04) at 00:00 in UTC+8.
+const START_MS: i64 = 20_000 * DAY_MS - (TZ as i64) * 1000;
+
+fn week() -> PlanGrant {
+    PlanGrant {
+        id: "week".into(),
+        name: "周卡".into(),
+        days: 7,
+        daily_credits: 50,
+        utc_offset_secs: TZ,
+    }
+}
+
+async fn plan_order(s: &RelStore, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Order {
+    let o = Order {
+        id: id.into(),
+        uid,
+        product_id: plan.id.clone(),
+        product_name: plan.name.clone(),
+        channel: "wechat".into(),
+        method: None,
+        amount_fen: 3000,
+        credits: 0,
+        status: OrderStatus::Created,
+        created_at_ms: at_ms,
+        expires_at_ms: at_ms + 900_000,
+        code_url: None,
+        provider_trade_no: None,
+        credited_at_ms: None,
+        closed_at_ms: None,
+        refunded_at_ms: None,
+        plan: Some(plan),
+    };
+    s.create_order(&o, at_ms).await.unwrap()
+}
+
+async fn free_left(s: &RelStore, uid: Uid, day: i64) -> u64 {
+    s.balance(uid, day, FREE).await.unwrap().free_left
+}
+
+/// One answer of `cost` on `day`, with its usage record; returns (free, paid, plan) charged.
+async fn answer(s: &RelStore, uid: Uid, reference: &str, cost: u64, day: i64) -> (u64, u64, u64) {
+    let now = day * DAY_MS;
+    let id = s
+        .reserve(uid, cost, reference, day, FREE, i64::MAX)
+        .await
+        .unwrap();
+    let note = UsageNote {
+        platform: "web",
+        model: "m",
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        outcome: UsageOutcome::Answered,
+    };
+    s.settle_metered(id, cost, "answer", day, FREE, now, Some(note))
+        .await
+        .unwrap();
+    let page = s.usage(uid, None, 100).await.unwrap();
+    let r = page.records.iter().find(|r| r.id == id).unwrap();
+    (r.free, r.paid, r.plan)
+}
+
+#[tokio::test]
+async fn a_paid_plan_order_grants_daily_credits_for_its_days_exactly_once() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    let order = plan_order(&s, uid, "P1", month(), START_MS).await;
+    assert_eq!(order.plan, Some(month()), "the order keeps its plan");
+    assert_eq!(s.order("P1").await.unwrap().unwrap().plan, Some(month()));
+    assert_eq!(
+        free_left(&s, uid, 20_000).await,
+        FREE,
+        "nothing before the payment"
+    );
+    let CreditOutcome::Credited(entry) = s
+        .credit_order("P1", 3000, Some("T1"), START_MS)
+        .await
+        .unwrap()
+    else {
+        panic!("not credited");
+    };
+    assert_eq!((entry.paid_delta, entry.free_delta), (0, 0));
+    assert_eq!(entry.kind, EntryKind::Purchase);
+    assert_eq!(entry.reference, "order:P1");
+    assert!(
+        entry.reason.contains("2024-10-04 至 2024-11-02"),
+        "{}",
+        entry.reason
+    );
+    // A replayed notification: nothing more.
+    assert_eq!(
+        s.credit_order("P1", 3000, Some("T1"), START_MS + 60_000)
+            .await
+            .unwrap(),
+        CreditOutcome::AlreadyCredited
+    );
+    let plan = s.plan(uid).await.unwrap().unwrap();
+    assert_eq!((plan.start_day, plan.end_day), (20_000, 20_030));
+    assert_eq!(
+        s.ledger(uid, 10).await.unwrap().len(),
+        1,
+        "one grant record"
+    );
+    for day in [20_000, 20_015, 20_029] {
+        assert_eq!(free_left(&s, uid, day).await, FREE + 20, "day {day}");
+    }
+    assert_eq!(
+        free_left(&s, uid, 20_030).await,
+        FREE,
+        "expired after 30 days"
+    );
+    assert_eq!(free_left(&s, uid, 19_999).await, FREE, "not before");
+    assert_consistent(&s).await;
+}
+
+#[tokio::test]
+async fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    s.grant(uid, 100, EntryKind::Purchase, "seed", "seed", 1)
+        .await
+        .unwrap();
+    plan_order(&s, uid, "P1", month(), START_MS).await;
+    s.credit_order("P1", 3000, None, START_MS).await.unwrap();
+    assert_eq!(
+        answer(&s, uid, "a1", 3, 20_000).await,
+        (3, 0, 0),
+        "base only"
+    );
+    assert_eq!(
+        answer(&s, uid, "a2", 10, 20_000).await,
+        (2, 0, 8),
+        "base, then plan"
+    );
+    assert_eq!(
+        answer(&s, uid, "a3", 15, 20_000).await,
+        (0, 3, 12),
+        "plan, then paid"
+    );
+    assert_eq!(free_left(&s, uid, 20_000).await, 0);
+    // The next day the whole allowance is back; after the end only the base.
+    assert_eq!(answer(&s, uid, "a4", 25, 20_001).await, (5, 0, 20));
+    assert_eq!(answer(&s, uid, "a5", 8, 20_030).await, (5, 3, 0));
+    // free + paid + plan = the ledger's usage debits.
+    let records = s.usage(uid, None, 100).await.unwrap().records;
+    let logged: u64 = records.iter().map(|r| r.free + r.paid + r.plan).sum();
+    let debits: u64 = s
+        .ledger(uid, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EntryKind::Usage)
+        .map(|e| (e.free_delta + e.paid_delta).unsigned_abs())
+        .sum();
+    assert_eq!((logged, debits), (61, 61));
+    assert_eq!(s.balance(uid, 20_030, FREE).await.unwrap().paid, 94);
+    // Plain `settle` counts the plan too. (A day before the recorded one, 20,030, counts as
+    // that day's spending: 5 of the 25 of day 20,002 are gone.)
+    let id = s
+        .reserve(uid, 25, "a6", 20_002, FREE, i64::MAX)
+        .await
+        .unwrap();
+    let entry = s
+        .settle(id, 25, "answer", 20_002, FREE, 20_002 * DAY_MS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((entry.free_delta, entry.paid_delta), (-20, -5));
+    assert_consistent(&s).await;
+}
+
+#[tokio::test]
+async fn buying_again_extends_and_another_plan_replaces() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    plan_order(&s, uid, "P1", month(), START_MS).await;
+    s.credit_order("P1", 3000, None, START_MS).await.unwrap();
+    // Ten days later (23:59 local), the same plan again: 30 more days from the end.
+    let later = START_MS + 11 * DAY_MS - 60_000;
+    plan_order(&s, uid, "P2", month(), later).await;
+    s.credit_order("P2", 3000, None, later).await.unwrap();
+    let p = s.plan(uid).await.unwrap().unwrap();
+    assert_eq!((p.start_day, p.end_day), (20_000, 20_060));
+    // A week plan replaces it from that day.
+    let then = START_MS + 12 * DAY_MS;
+    plan_order(&s, uid, "W1", week(), then).await;
+    s.credit_order("W1", 3000, None, then).await.unwrap();
+    let p = s.plan(uid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.id.as_str(), p.start_day, p.end_day),
+        ("week", 20_012, 20_019)
+    );
+    assert_eq!(free_left(&s, uid, 20_012).await, FREE + 50);
+    assert_eq!(free_left(&s, uid, 20_019).await, FREE);
+    assert_consistent(&s).await;
+}
+
+#[tokio::test]
+async fn a_refund_ends_the_plan_today_once() {
+    let s = store_or_skip!();
+    let uid = s.create_user("u").await.unwrap().uid;
+    plan_order(&s, uid, "P1", month(), START_MS).await;
+    s.credit_order("P1", 3000, None, START_MS).await.unwrap();
+    // Day 3: some of the plan's credits spent, then the order is refunded.
+    assert_eq!(answer(&s, uid, "a1", 12, 20_003).await, (5, 0, 7));
+    let at = START_MS + 3 * DAY_MS + 3_600_000;
+    let (order, entry) = s.refund_order("P1", "customer asked", at).await.unwrap();
+    assert_eq!(order.status, OrderStatus::Refunded);
+    let entry = entry.expect("a plan refund is always recorded");
+    assert_eq!(
+        (entry.kind, entry.paid_delta, entry.free_delta),
+        (EntryKind::Refund, 0, 0)
+    );
+    assert_eq!(entry.reference, "refund:P1");
+    assert!(entry.reason.contains("已结束"), "{}", entry.reason);
+    let p = s.plan(uid).await.unwrap().unwrap();
+    assert_eq!(p.end_day, 20_003);
+    assert_eq!(free_left(&s, uid, 20_003).await, 0, "never below zero");
+    assert_eq!(free_left(&s, uid, 20_004).await, FREE);
+    // Again: the same answer, nothing more written.
+    let (_, again) = s.refund_order("P1", "again", at + 1000).await.unwrap();
+    assert_eq!(again.map(|e| e.seq), Some(entry.seq));
+    assert_eq!(s.ledger(uid, 10).await.unwrap().len(), 3);
+    assert_consistent(&s).await;
+}
+
+fn month() -> PlanGrant {
+    PlanGrant {
+        id: "month".into(),
+        name: "月卡".into(),
+        days: 30,
+        daily_credits: 20,
+        utc_offset_secs: TZ,
+    }
+}
+
+fn change(at_ms: i64, path: &str) -> ChangeRecord {
+    ChangeRecord {
+        at_ms,
+        id: 0,
+        actor: "token".into(),
+        address: "10.0.0.1".into(),
+        method: "POST".into(),
+        path: path.into(),
+        status: 200,
+        reason: Some("ticket\0 9".into()),
+        summary: json!({"credits": 5, "note": "a\0b"}),
+    }
+}
+
+#[tokio::test]
+async fn codes_plans_usage_and_the_change_log_import_whole_and_work_on() {
+    let rel: RelStore = store_or_skip!();
+    let src = Store::from_db(
+        Db::Sled(sled::Config::new().temporary(true).open().unwrap()),
+        None,
+        0,
+    )
+    .unwrap();
+    let now = system_now_ms();
+    let today = month().day_of(now);
+    let a = src.create_user("a").unwrap().uid;
+    let b = src.create_user("b").unwrap().uid;
+    src.grant(a, 100, EntryKind::Purchase, "seed", "seed-a", 1)
+        .unwrap();
+    // Codes: a plan batch (one used), a credits batch (one used, then revoked).
+    let (plan_batch, plan_codes) = src
+        .create_code_batch(CodeGrant::of_plan(&month()), 3, None, "shop", now)
+        .unwrap();
+    let (credit_batch, credit_codes) = src
+        .create_code_batch(
+            CodeGrant::Credits { credits: 7 },
+            3,
+            Some(now + DAY_MS),
+            "",
+            now,
+        )
+        .unwrap();
+    assert!(matches!(
+        src.redeem_code(a, &plan_codes[0], now).unwrap(),
+        RedeemOutcome::Redeemed { .. }
+    ));
+    assert!(matches!(
+        src.redeem_code(b, &credit_codes[0], now).unwrap(),
+        RedeemOutcome::Redeemed { .. }
+    ));
+    assert_eq!(
+        src.revoke_code_batch(credit_batch.id, now).unwrap(),
+        Some(2)
+    );
+    // A plan order, waiting.
+    let order = src
+        .create_order(
+            &Order {
+                id: "plan-order".into(),
+                uid: b,
+                product_id: "month".into(),
+                product_name: "月卡".into(),
+                channel: "wechat".into(),
+                method: None,
+                amount_fen: 3000,
+                credits: 0,
+                status: OrderStatus::Created,
+                created_at_ms: now,
+                expires_at_ms: now + 900_000,
+                code_url: None,
+                provider_trade_no: None,
+                credited_at_ms: None,
+                closed_at_ms: None,
+                refunded_at_ms: None,
+                plan: Some(month()),
+            },
+            now,
+        )
+        .unwrap();
+    // Usage: answers charged from the base allowance, the plan and paid credits.
+    for (i, cost) in [5u64, 30, 0].into_iter().enumerate() {
+        let id = src
+            .reserve(a, cost, &format!("u{i}"), today, 10, i64::MAX)
+            .unwrap();
+        let note = UsageNote {
+            platform: "web",
+            model: "gpt-4o",
+            prompt_tokens: 10 + i as u64,
+            completion_tokens: 3,
+            outcome: UsageOutcome::Answered,
+        };
+        src.settle_metered(
+            id,
+            cost,
+            "answer",
+            today,
+            10,
+            now + i as i64,
+            None,
+            Some(note),
+        )
+        .unwrap();
+    }
+    src.refund_answer(a, 2, "lost", "undelivered:u1", "u1", now + 10)
+        .unwrap();
+    // The change log, with what PostgreSQL's text cannot hold.
+    for (i, path) in ["/admin/codes", "/admin/users/1/grant", "/admin/reload"]
+        .iter()
+        .enumerate()
+    {
+        src.record_change(change(1_000 + i as i64, path)).unwrap();
+    }
+
+    let imported = rel.import_from(&src, |_, _| {}).await.unwrap();
+    for table in [
+        "code_batches",
+        "codes",
+        "usage",
+        "admin_changes",
+        "balances (plans)",
+    ] {
+        assert!(
+            imported.tables.iter().any(|(t, n)| *t == table && *n > 0),
+            "{table}: {:?}",
+            imported.tables
+        );
+    }
+    let at = system_now_ms();
+    let (before, after) = (src.census(at).unwrap(), rel.census(at).await.unwrap());
+    assert_eq!(before.differences(&after), Vec::<String>::new());
+    assert_eq!(
+        (after.code_batches, after.codes, after.usage_records),
+        (2, 6, 3)
+    );
+    assert_consistent(&rel).await;
+
+    // Codes: the same batches and states; a used one stays used, an unused one redeems,
+    // a revoked one stays revoked; a new batch gets a new id.
+    assert_eq!(
+        rel.code_batches(10).await.unwrap(),
+        src.code_batches(10).unwrap()
+    );
+    for batch in [plan_batch.id, credit_batch.id] {
+        assert_eq!(
+            rel.batch_codes(batch).await.unwrap(),
+            src.batch_codes(batch).unwrap()
+        );
+    }
+    assert_eq!(
+        rel.redeem_code(a, &plan_codes[0], now).await.unwrap(),
+        RedeemOutcome::AlreadyUsed { by_you: true }
+    );
+    assert_eq!(
+        rel.redeem_code(a, &credit_codes[1], now).await.unwrap(),
+        RedeemOutcome::Revoked
+    );
+    let mut redemptions = rel.code_redemptions().await.unwrap();
+    let mut want = src.code_redemptions().unwrap();
+    redemptions.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(redemptions, want);
+    // The plan: as sled had it; the next code of the batch extends it by its days.
+    let plan = src.plan(a).unwrap().unwrap();
+    assert_eq!(rel.plan(a).await.unwrap(), Some(plan.clone()));
+    assert!(matches!(
+        rel.redeem_code(a, &plan_codes[1], now).await.unwrap(),
+        RedeemOutcome::Redeemed { .. }
+    ));
+    assert_eq!(
+        rel.plan(a).await.unwrap().unwrap().end_day,
+        plan.end_day + 30
+    );
+    let (fresh, _) = rel
+        .create_code_batch(CodeGrant::Credits { credits: 1 }, 1, None, "", now)
+        .await
+        .unwrap();
+    assert!(fresh.id > credit_batch.id.max(plan_batch.id));
+    // The order's plan.
+    let rows = rel
+        .rows(
+            "SELECT plan_id, plan_days, plan_daily_credits, plan_utc_offset_secs FROM orders
+             WHERE id = $1",
+            &[(&order.id, tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    let got: (String, i32, i64, i32) = (
+        rows[0].get(0),
+        rows[0].get(1),
+        rows[0].get(2),
+        rows[0].get(3),
+    );
+    assert_eq!(got, ("month".to_owned(), 30, 20, 8 * 3600));
+    // Usage: the same pages, the plan's part and the refund kept.
+    let (mine, theirs) = (
+        rel.usage(a, None, 10).await.unwrap(),
+        src.usage(a, None, 10).unwrap(),
+    );
+    assert_eq!(mine, theirs);
+    assert!(mine.records.iter().any(|r| r.plan > 0 && r.refunded == 2));
+    // The change log: the same records (NUL read as U+FFFD), new ids after the copied ones.
+    let copied = rel.changes(None, 10).await.unwrap().records;
+    let original = src.changes(None, 10).unwrap().records;
+    assert_eq!(copied.len(), 3);
+    for (c, o) in copied.iter().zip(&original) {
+        assert_eq!((c.at_ms, c.id, &c.path), (o.at_ms, o.id, &o.path));
+        assert_eq!(c.reason.as_deref(), Some("ticket\u{fffd} 9"));
+        assert_eq!(c.summary, json!({"credits": 5, "note": "a\u{fffd}b"}));
+    }
+    let next = rel.record_change(change(2_000, "/x")).await.unwrap();
+    assert!(original.iter().all(|o| next.id > o.id));
+    assert_consistent(&rel).await;
+}
