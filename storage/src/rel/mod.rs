@@ -105,7 +105,8 @@
 //!
 //! Round trips per chat message: resolve (1) + dedupe (1) + reserve (1) + settle (1) = 4,
 //! with the conversation append 5 (`tests::money::a_returning_users_message_is_four_round_
-//! trips` counts them). Unique violations and deadlocks re-run the statement (at most
+//! trips` counts them); with `admit` (the mark and the sender in one statement, as sled's
+//! step) 3, and 4 with the append (`tests::misc::admit_...` counts its one). Unique violations and deadlocks re-run the statement (at most
 //! [`MAX_ATTEMPTS`] times, jittered backoff); nothing holds a lock across a round trip of
 //! the caller's.
 //!

@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 
 use super::{Attempts, RelStore, col, one, uid_of, uid_param};
 use crate::codec::{MAX_KEY_LEN, check_key};
-use crate::{StoreError, Uid, User, system_now_ms};
+use crate::{Admission, StoreError, Uid, User, system_now_ms};
 
 pub(super) const USER_COLS: &str = "uid, name, created_at_ms, banned, ban_reason, groups";
 
@@ -25,6 +25,29 @@ const RESOLVE: &str = "WITH found AS (
      u AS (
          INSERT INTO users (name, created_at_ms)
          SELECT $4, $5 WHERE NOT EXISTS (SELECT 1 FROM found)
+         RETURNING uid),
+     i AS (
+         INSERT INTO identities (platform, account, user_id, uid)
+         SELECT $1, $2, $3, uid FROM u RETURNING uid),
+     b AS (INSERT INTO balances (uid) SELECT uid FROM u)
+     SELECT uid FROM found UNION ALL SELECT uid FROM i";
+
+/// $1 platform, $2 account, $3 user id, $4 name for a new user, $5 now, $6 mark, $7 its
+/// expiry, $8 now (for the mark). Admits a message: takes its dedupe mark if free or expired
+/// and then resolves its sender (as [`RESOLVE`]); `won` false (and no uid, nothing written):
+/// seen. A racing first contact of the same sender fails the identity insert and with it the
+/// whole statement, mark included; its second run finds the other's user.
+const ADMIT: &str = "WITH mark AS (
+         INSERT INTO dedupe (key, expires_at_ms) VALUES ($6, $7)
+         ON CONFLICT (key) DO UPDATE SET expires_at_ms = excluded.expires_at_ms, bound = NULL
+         WHERE dedupe.expires_at_ms <= $8
+         RETURNING true AS won),
+     found AS (
+         SELECT uid FROM identities
+         WHERE platform = $1 AND account = $2 AND user_id = $3 AND EXISTS (SELECT 1 FROM mark)),
+     u AS (
+         INSERT INTO users (name, created_at_ms)
+         SELECT $4, $5 WHERE EXISTS (SELECT 1 FROM mark) AND NOT EXISTS (SELECT 1 FROM found)
          RETURNING uid),
      i AS (
          INSERT INTO identities (platform, account, user_id, uid)
@@ -93,6 +116,55 @@ impl RelStore {
                 continue;
             };
             return uid_of(one(&rows)?, "uid");
+        }
+    }
+
+    /// Admits a chat-platform message in one round trip (as `Store::admit`): sets its dedupe
+    /// mark `mark` until `expires_at_ms` (refused while a live mark, by `now_ms`, exists) and
+    /// resolves its sender `key`, creating user, balance and identity on first contact. A
+    /// message is either seen and its sender known, or neither: a seen message from a new
+    /// sender makes no user.
+    pub(crate) async fn admit(
+        &self,
+        key: &UserKey,
+        display_name: Option<&str>,
+        mark: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        check_key("dedupe key", mark)?;
+        let key_text = key.to_string();
+        check_key("user key", &key_text)?;
+        let name = match display_name {
+            Some(name) if !name.is_empty() => name,
+            _ => key_text.as_str(),
+        };
+        if check_name(name).is_err() && self.identity(key).await?.is_none() {
+            // As on sled: a name too long matters only when a user is made.
+            check_name(name)?;
+        }
+        let platform = key.platform.as_str();
+        let now = system_now_ms();
+        let mut attempts = Attempts::new();
+        loop {
+            attempts.next().await?;
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 8] = [
+                (&platform, Type::TEXT),
+                (&key.account, Type::TEXT),
+                (&key.user, Type::TEXT),
+                (&name, Type::TEXT),
+                (&now, Type::INT8),
+                (&mark, Type::TEXT),
+                (&expires_at_ms, Type::INT8),
+                (&now_ms, Type::INT8),
+            ];
+            let Some(rows) = self.run(ADMIT, &params).await? else {
+                continue;
+            };
+            return match rows.first() {
+                None => Ok(Admission::Seen),
+                Some(row) => uid_of(row, "uid").map(Admission::New),
+            };
         }
     }
 

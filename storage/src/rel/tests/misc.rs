@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chatrelay_core::{Platform, UserKey};
 
 use crate::rel::RelStore;
-use crate::{StoreError, TOKEN_PREFIX, Uid, display_login_code};
+use crate::{Admission, StoreError, TOKEN_PREFIX, Uid, display_login_code};
 
 fn key(user: &str) -> UserKey {
     UserKey::new(Platform::Mp, "main", user)
@@ -95,6 +95,91 @@ async fn racing_first_contacts_make_one_user() {
         1,
         "no orphan users from the losers"
     );
+}
+
+/// Sled's `admit_marks_the_message_and_resolves_its_sender_once`, plus the round trips.
+#[tokio::test]
+async fn admit_marks_the_message_and_resolves_its_sender_once() {
+    let s = store_or_skip!();
+    let before = s.statements_sent();
+    let first = s
+        .admit(&key("o1"), Some("Ann"), "m1", 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(s.statements_sent() - before, 1, "one round trip");
+    let Admission::New(uid) = first else {
+        panic!("a new message is admitted: {first:?}")
+    };
+    assert_eq!(s.identity(&key("o1")).await.unwrap(), Some(uid));
+    assert_eq!(s.user(uid).await.unwrap().unwrap().name, "Ann");
+    // The same message again, while its mark lives: seen, nothing written.
+    assert_eq!(
+        s.admit(&key("o1"), None, "m1", 200, 50).await.unwrap(),
+        Admission::Seen
+    );
+    assert!(
+        !s.dedupe_insert("m1", 200, 50).await.unwrap(),
+        "one mark table"
+    );
+    // A seen message from a new sender creates no user.
+    assert_eq!(
+        s.admit(&key("o2"), None, "m1", 200, 50).await.unwrap(),
+        Admission::Seen
+    );
+    assert_eq!(s.identity(&key("o2")).await.unwrap(), None);
+    assert_eq!(s.user_count().await.unwrap(), 1);
+    // The next message of the same sender: the same user; an expired mark admits again.
+    let before = s.statements_sent();
+    assert_eq!(
+        s.admit(&key("o1"), None, "m2", 100, 0).await.unwrap(),
+        Admission::New(uid)
+    );
+    assert_eq!(s.statements_sent() - before, 1, "one round trip");
+    assert_eq!(
+        s.admit(&key("o1"), None, "m1", 300, 100).await.unwrap(),
+        Admission::New(uid)
+    );
+    assert_eq!(s.user_count().await.unwrap(), 1);
+    assert!(s.admit(&key("o1"), None, "", 1, 0).await.is_err());
+    // A name too long matters only when a user is made.
+    let long = "x".repeat(1000);
+    assert!(
+        s.admit(&key("o3"), Some(&long), "m3", 100, 0)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        s.admit(&key("o1"), Some(&long), "m4", 100, 0)
+            .await
+            .unwrap(),
+        Admission::New(uid)
+    );
+}
+
+/// Sled's `racing_admits_admit_a_message_once_and_make_one_user`, and racing first messages
+/// of one new sender making one user.
+#[tokio::test]
+async fn racing_admits_admit_a_message_once_and_make_one_user() {
+    let s = store_or_skip!();
+    let admitted = winners(&s, 8, |s, _| async move {
+        matches!(
+            s.admit(&key("racer"), None, "same", 100, 0).await.unwrap(),
+            Admission::New(_)
+        )
+    })
+    .await;
+    assert_eq!(admitted, 1);
+    let distinct = winners(&s, 8, |s, i| async move {
+        matches!(
+            s.admit(&key("burst"), None, &format!("b{i}"), 100, 0)
+                .await
+                .unwrap(),
+            Admission::New(_)
+        )
+    })
+    .await;
+    assert_eq!(distinct, 8, "different messages are all admitted");
+    assert_eq!(s.user_count().await.unwrap(), 2, "one user per sender");
 }
 
 #[tokio::test]
