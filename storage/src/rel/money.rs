@@ -285,28 +285,8 @@ impl RelStore {
             let Some(rows) = self.run(SETTLE, &params).await? else {
                 continue;
             };
-            let row = one(&rows)?;
-            let open: Option<i64> = col(row, "open_id")?;
-            let settled: Option<i64> = col(row, "settled_id")?;
-            match (open, settled) {
-                (Some(_), Some(_)) => {
-                    if let Some(entry) = entry_from(row)? {
-                        return Ok(Some(entry));
-                    }
-                    if col::<bool>(row, "prior")? {
-                        let reference: String = col(row, "res_reference")?;
-                        return self.ledger_by_reference(&reference).await;
-                    }
-                    return Ok(None);
-                }
-                (Some(_), None) => {
-                    return Err(StoreError::corrupt(
-                        "balances",
-                        format!("reservation {id}"),
-                        "the reservation's user has no balance",
-                    ));
-                }
-                _ => {}
+            if let Some(answer) = self.settled_answer(one(&rows)?, id).await? {
+                return Ok(answer);
             }
             // Not open when the statement looked: settled before (or just now, by a racing
             // call that held the lock first), or unknown.
@@ -327,6 +307,36 @@ impl RelStore {
                     "charged, but its ledger entry is missing",
                 )),
             };
+        }
+    }
+
+    /// What a settling statement's row (`SETTLE`, `SETTLE_METERED`) says: `Some(answer)`
+    /// when the reservation was open (settled now, or its earlier charge found by reference),
+    /// `None` when it was not open when the statement looked.
+    pub(super) async fn settled_answer(
+        &self,
+        row: &Row,
+        id: ReservationId,
+    ) -> Result<Option<Option<LedgerEntry>>, StoreError> {
+        let open: Option<i64> = col(row, "open_id")?;
+        let settled: Option<i64> = col(row, "settled_id")?;
+        match (open, settled) {
+            (Some(_), Some(_)) => {
+                if let Some(entry) = entry_from(row)? {
+                    return Ok(Some(Some(entry)));
+                }
+                if col::<bool>(row, "prior")? {
+                    let reference: String = col(row, "res_reference")?;
+                    return self.ledger_by_reference(&reference).await.map(Some);
+                }
+                Ok(Some(None))
+            }
+            (Some(_), None) => Err(StoreError::corrupt(
+                "balances",
+                format!("reservation {id}"),
+                "the reservation's user has no balance",
+            )),
+            _ => Ok(None),
         }
     }
 

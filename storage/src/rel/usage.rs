@@ -185,35 +185,14 @@ impl RelStore {
             let Some(rows) = self.run(SETTLE_METERED, &params).await? else {
                 continue;
             };
-            let row = one(&rows)?;
-            let open: Option<i64> = col(row, "open_id")?;
-            let settled: Option<i64> = col(row, "settled_id")?;
-            match (open, settled) {
-                (Some(_), Some(_)) => {
-                    if let Some(entry) = entry_from(row)? {
-                        return Ok(Some(entry));
-                    }
-                    if col::<bool>(row, "prior")? {
-                        let reference: String = col(row, "res_reference")?;
-                        return self.ledger_by_reference(&reference).await;
-                    }
-                    return Ok(None);
-                }
-                (Some(_), None) => {
-                    return Err(StoreError::corrupt(
-                        "balances",
-                        format!("reservation {id}"),
-                        "the reservation's user has no balance",
-                    ));
-                }
-                // Not open when the statement looked: settled before (its answer read as
-                // `settle` reads it, writing nothing), or unknown.
-                _ => {
-                    return self
-                        .settle(id, actual, reason, today, free_daily, now_ms)
-                        .await;
-                }
+            if let Some(answer) = self.settled_answer(one(&rows)?, id).await? {
+                return Ok(answer);
             }
+            // Not open when the statement looked: settled before (its answer read as `settle`
+            // reads it, writing nothing), or unknown.
+            return self
+                .settle(id, actual, reason, today, free_daily, now_ms)
+                .await;
         }
     }
 

@@ -89,17 +89,7 @@ impl RelStore {
     ) -> Result<Uid, StoreError> {
         let key_text = key.to_string();
         check_key("user key", &key_text)?;
-        let name = match display_name {
-            Some(name) if !name.is_empty() => name,
-            _ => key_text.as_str(),
-        };
-        if check_name(name).is_err() {
-            // As on sled: a name too long matters only when a user is made.
-            if let Some(uid) = self.identity(key).await? {
-                return Ok(uid);
-            }
-            check_name(name)?;
-        }
+        let name = self.new_user_name(key, &key_text, display_name).await?;
         let platform = key.platform.as_str();
         let now = system_now_ms();
         let mut attempts = Attempts::new();
@@ -135,14 +125,7 @@ impl RelStore {
         check_key("dedupe key", mark)?;
         let key_text = key.to_string();
         check_key("user key", &key_text)?;
-        let name = match display_name {
-            Some(name) if !name.is_empty() => name,
-            _ => key_text.as_str(),
-        };
-        if check_name(name).is_err() && self.identity(key).await?.is_none() {
-            // As on sled: a name too long matters only when a user is made.
-            check_name(name)?;
-        }
+        let name = self.new_user_name(key, &key_text, display_name).await?;
         let platform = key.platform.as_str();
         let now = system_now_ms();
         let mut attempts = Attempts::new();
@@ -166,6 +149,25 @@ impl RelStore {
                 Some(row) => uid_of(row, "uid").map(Admission::New),
             };
         }
+    }
+
+    /// The name a first contact of `key` makes its user with: `display_name`, else the key's
+    /// text. As on sled, a name too long matters only when a user is made: it is refused
+    /// only when `key` has no user yet.
+    async fn new_user_name<'a>(
+        &self,
+        key: &UserKey,
+        key_text: &'a str,
+        display_name: Option<&'a str>,
+    ) -> Result<&'a str, StoreError> {
+        let name = match display_name {
+            Some(name) if !name.is_empty() => name,
+            _ => key_text,
+        };
+        if check_name(name).is_err() && self.identity(key).await?.is_none() {
+            check_name(name)?;
+        }
+        Ok(name)
     }
 
     /// The uid owning `key`, if any.
