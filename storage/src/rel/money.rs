@@ -94,60 +94,6 @@ const RESERVE: &str = concat!(
      FROM (SELECT 1) AS one LEFT JOIN done ON true"
 );
 
-/// $1 id, $2 actual, $3 today, $4 free daily, $5 now, $6 reason.
-const SETTLE: &str = concat!(
-    "WITH r AS (
-         SELECT id, uid, amount, reference FROM reservations
-         WHERE id = $1 AND status = 'open' FOR UPDATE),
-     prior AS (SELECT 1 FROM ledger WHERE reference = (SELECT reference FROM r)),
-     b AS (
-         SELECT b.uid, b.paid, r.amount, r.reference, ",
-    free_left!("b", "$3", "$4"),
-    " AS free_left
-         FROM balances b JOIN r ON r.uid = b.uid
-         FOR UPDATE OF b),
-     c AS (
-         SELECT uid, amount, reference, free_left,
-                CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0
-                     ELSE LEAST($2::numeric, free_left + paid) END AS charge
-         FROM b),
-     d AS (
-         SELECT uid, amount, reference, charge,
-                LEAST(charge, free_left)::bigint AS from_free,
-                (charge - LEAST(charge, free_left))::bigint AS from_paid
-         FROM c),
-     upd AS (
-         UPDATE balances SET
-             held = GREATEST(balances.held - d.amount, 0),
-             paid = balances.paid - d.from_paid,
-             free_used = CASE WHEN d.charge = 0 THEN balances.free_used
-                              WHEN $3 > balances.free_day THEN d.from_free
-                              ELSE balances.free_used + d.from_free END,
-             free_day = CASE WHEN d.charge > 0 AND $3 > balances.free_day THEN $3
-                             ELSE balances.free_day END,
-             next_seq = balances.next_seq + CASE WHEN d.charge > 0 THEN 1 ELSE 0 END
-         FROM d WHERE balances.uid = d.uid
-         RETURNING balances.uid, balances.paid, balances.next_seq),
-     ent AS (
-         INSERT INTO ledger (uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason,
-                             reference)
-         SELECT upd.uid, upd.next_seq - 1, $5, 'usage', -d.from_free, -d.from_paid, upd.paid, $6,
-                d.reference
-         FROM upd, d WHERE d.charge > 0
-         RETURNING uid, seq, at_ms, kind, free_delta, paid_delta, paid_after, reason, reference),
-     done AS (
-         UPDATE reservations SET status = 'settled', settled_at_ms = $5,
-                charged = EXISTS (SELECT 1 FROM prior) OR d.charge > 0
-         FROM d WHERE reservations.id = $1
-         RETURNING reservations.id)
-     SELECT (SELECT id FROM r) AS open_id,
-            (SELECT id FROM done) AS settled_id,
-            (SELECT reference FROM r) AS res_reference,
-            EXISTS (SELECT 1 FROM prior) AS prior,
-            ent.*
-     FROM (SELECT 1) AS one LEFT JOIN ent ON true"
-);
-
 /// $1 id: a reservation as it is now, with its entry if it charged one.
 const SETTLED: &str = "SELECT r.status, r.charged, l.uid, l.seq, l.at_ms, l.kind, l.free_delta,
             l.paid_delta, l.paid_after, l.reason, l.reference
@@ -266,51 +212,40 @@ impl RelStore {
         free_daily: u64,
         now_ms: i64,
     ) -> Result<Option<LedgerEntry>, StoreError> {
-        let Ok(rid) = i64::try_from(id.0) else {
+        // The metered statement without a usage row: one settling statement for both.
+        self.settle_metered(id, actual, reason, today, free_daily, now_ms, None)
+            .await
+    }
+
+    /// The answer of a settle that found reservation `id` not open: `Some` when it was
+    /// settled before (or just now, by a racing call that held the lock first), `None` when
+    /// it is open again (run the settle again); an unknown id is
+    /// [`StoreError::UnknownReservation`].
+    pub(super) async fn settled_before(
+        &self,
+        id: ReservationId,
+        rid: i64,
+    ) -> Result<Option<Option<LedgerEntry>>, StoreError> {
+        let rows = self.rows(SETTLED, &[(&rid, Type::INT8)]).await?;
+        let Some(row) = rows.first() else {
             return Err(StoreError::UnknownReservation(id));
         };
-        let actual = i64::try_from(actual).unwrap_or(i64::MAX);
-        let free = i64::try_from(free_daily).unwrap_or(i64::MAX);
-        let mut attempts = Attempts::new();
-        loop {
-            attempts.next().await?;
-            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 6] = [
-                (&rid, Type::INT8),
-                (&actual, Type::INT8),
-                (&today, Type::INT8),
-                (&free, Type::INT8),
-                (&now_ms, Type::INT8),
-                (&reason, Type::TEXT),
-            ];
-            let Some(rows) = self.run(SETTLE, &params).await? else {
-                continue;
-            };
-            if let Some(answer) = self.settled_answer(one(&rows)?, id).await? {
-                return Ok(answer);
-            }
-            // Not open when the statement looked: settled before (or just now, by a racing
-            // call that held the lock first), or unknown.
-            let rows = self.rows(SETTLED, &[(&rid, Type::INT8)]).await?;
-            let Some(row) = rows.first() else {
-                return Err(StoreError::UnknownReservation(id));
-            };
-            let status: String = col(row, "status")?;
-            if status == "open" {
-                continue;
-            }
-            return match (col::<bool>(row, "charged")?, entry_from(row)?) {
-                (false, _) => Ok(None),
-                (true, Some(entry)) => Ok(Some(entry)),
-                (true, None) => Err(StoreError::corrupt(
-                    "reservations",
-                    id.to_string(),
-                    "charged, but its ledger entry is missing",
-                )),
-            };
+        let status: String = col(row, "status")?;
+        if status == "open" {
+            return Ok(None);
+        }
+        match (col::<bool>(row, "charged")?, entry_from(row)?) {
+            (false, _) => Ok(Some(None)),
+            (true, Some(entry)) => Ok(Some(Some(entry))),
+            (true, None) => Err(StoreError::corrupt(
+                "reservations",
+                id.to_string(),
+                "charged, but its ledger entry is missing",
+            )),
         }
     }
 
-    /// What a settling statement's row (`SETTLE`, `SETTLE_METERED`) says: `Some(answer)`
+    /// What the settling statement's row (`SETTLE_METERED`) says: `Some(answer)`
     /// when the reservation was open (settled now, or its earlier charge found by reference),
     /// `None` when it was not open when the statement looked.
     pub(super) async fn settled_answer(

@@ -26,7 +26,8 @@ const MAX_NAME: usize = 128;
 const USAGE_COLS: &str = "uid, at_ms, id, platform, model, prompt_tokens, completion_tokens,
      free, paid, plan, refunded, ledger_seq, outcome";
 
-/// $1 id, $2 actual, $3 today, $4 free daily, $5 now, $6 reason, $7 platform, $8 model,
+/// $9 prompt tokens, $10 completion tokens, $11 outcome, $12 write a usage row (false for
+/// `settle`, which runs this same statement).
 /// $9 prompt tokens, $10 completion tokens, $11 outcome, $12 write a usage row.
 const SETTLE_METERED: &str = concat!(
     "WITH r AS (
@@ -188,11 +189,11 @@ impl RelStore {
             if let Some(answer) = self.settled_answer(one(&rows)?, id).await? {
                 return Ok(answer);
             }
-            // Not open when the statement looked: settled before (its answer read as `settle`
-            // reads it, writing nothing), or unknown.
-            return self
-                .settle(id, actual, reason, today, free_daily, now_ms)
-                .await;
+            // Not open when the statement looked: settled before (its answer read, nothing
+            // written), or unknown.
+            if let Some(answer) = self.settled_before(id, rid).await? {
+                return Ok(answer);
+            }
         }
     }
 
