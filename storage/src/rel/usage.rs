@@ -26,9 +26,9 @@ const MAX_NAME: usize = 128;
 const USAGE_COLS: &str = "uid, at_ms, id, platform, model, prompt_tokens, completion_tokens,
      free, paid, plan, refunded, ledger_seq, outcome";
 
+/// $1 id, $2 actual, $3 today, $4 free daily, $5 now, $6 reason, $7 platform, $8 model,
 /// $9 prompt tokens, $10 completion tokens, $11 outcome, $12 write a usage row (false for
 /// `settle`, which runs this same statement).
-/// $9 prompt tokens, $10 completion tokens, $11 outcome, $12 write a usage row.
 const SETTLE_METERED: &str = concat!(
     "WITH r AS (
          SELECT id, uid, amount, reference FROM reservations
