@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chatrelay_storage::Store;
+use chatrelay_storage::KvStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -66,10 +66,10 @@ pub struct App {
 
 /// Opens the configured store: the embedded database in `storage.path`, or PostgreSQL (with
 /// pending migrations applied).
-pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+pub fn open_store(config: &Config) -> anyhow::Result<KvStore> {
     match config.storage.postgres() {
         Some(opts) => {
-            let store = Store::open_postgres(&opts).with_context(|| {
+            let store = KvStore::open_postgres(&opts).with_context(|| {
                 format!(
                     "opening the PostgreSQL database (schema {})",
                     config.storage.schema
@@ -78,7 +78,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
             info!(schema = %config.storage.schema, "storage: PostgreSQL");
             Ok(store)
         }
-        None => Store::open(
+        None => KvStore::open(
             &db_path(config),
             config.storage.cache_capacity_mb * 1024 * 1024,
         )
@@ -232,7 +232,7 @@ impl App {
 
 /// Creates the data directory and opens the store, releasing the credit holds a previous run
 /// left open.
-fn open_store_at_start(config: &Config) -> anyhow::Result<Store> {
+fn open_store_at_start(config: &Config) -> anyhow::Result<KvStore> {
     std::fs::create_dir_all(&config.storage.path).with_context(|| {
         format!(
             "creating the data directory {}",
@@ -556,7 +556,7 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
 /// stay open until the next start (an answer still being written then finds its hold gone
 /// and is not charged: the user never pays twice, nor for a lost record). False if the
 /// release fails (the store is not writable after all).
-fn release_after_reopen(store: &chatrelay_storage::Store) -> bool {
+fn release_after_reopen(store: &chatrelay_storage::KvStore) -> bool {
     if store.is_shared() {
         // Nothing was reopened (the pool replaces connections), and other daemons' answers
         // hold credits: their expired holds go with the cleanup job.

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chatrelay_storage::{
-    Balance, CodeGrant, RedeemOutcome, Store, StoreError, Uid, normalize_redeem_code,
+    Balance, CodeGrant, KvStore, RedeemOutcome, StoreError, Uid, normalize_redeem_code,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -67,7 +67,7 @@ pub enum RedeemError {
     PlanUnavailable,
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    KvStore(#[from] StoreError),
 }
 
 impl RedeemError {
@@ -82,7 +82,7 @@ impl RedeemError {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::PlanUnavailable => "plan_unavailable",
-            Self::Store(_) => "unavailable",
+            Self::KvStore(_) => "unavailable",
         }
     }
 
@@ -98,7 +98,7 @@ impl RedeemError {
             Self::Revoked => "这个兑换码已作废",
             Self::Expired => "这个兑换码已过期",
             Self::PlanUnavailable => "这个会员兑换码无效，请联系客服",
-            Self::Store(_) => "服务暂时不可用，请稍后再试",
+            Self::KvStore(_) => "服务暂时不可用，请稍后再试",
         }
     }
 }
@@ -160,7 +160,7 @@ impl Redeemer {
     /// throttled attempt is not even looked up.
     pub fn redeem(
         &self,
-        store: &Store,
+        store: &KvStore,
         alerts: &Alerter,
         uid: Uid,
         input: &str,
@@ -194,7 +194,7 @@ impl Redeemer {
                     self.everyone.record_below((), ALERT_FAILURES);
                     self.maybe_alert(alerts);
                 }
-                if let RedeemError::Store(err) = e {
+                if let RedeemError::KvStore(err) = e {
                     warn!(%uid, error = %err, "redeeming a code failed in the store");
                 }
             }
@@ -204,7 +204,7 @@ impl Redeemer {
 
     fn redeem_known(
         &self,
-        store: &Store,
+        store: &KvStore,
         uid: Uid,
         input: &str,
         ctx: RedeemContext,
@@ -285,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_codes_are_limited_per_user_and_address_without_locking_out_others() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let alerts = Alerter::default();
         let r = Redeemer::default();
         let (a, b, c) = (
@@ -359,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn guessing_from_everywhere_alerts_once() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let alerts = Alerter::default();
         let r = Redeemer::default();
         let mut users = Vec::new();

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chatrelay_storage::{Leadership, Store};
+use chatrelay_storage::{KvStore, Leadership};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,7 +22,7 @@ pub const RETRY: Duration = Duration::from_secs(2);
 pub const CHECK: Duration = Duration::from_secs(5);
 
 /// Tries to lead `job` without blocking the runtime.
-pub async fn try_lead(store: &Store, job: &str) -> Option<Leadership> {
+pub async fn try_lead(store: &KvStore, job: &str) -> Option<Leadership> {
     let (store, name) = (store.clone(), job.to_owned());
     match tokio::task::spawn_blocking(move || store.try_lead(&name)).await {
         Ok(Ok(lead)) => lead,
@@ -41,7 +41,7 @@ pub async fn try_lead(store: &Store, job: &str) -> Option<Leadership> {
 /// itself). `job` gets a token cancelled when it must stop (the daemon stops or the
 /// leadership is lost) and should return soon after; after a lost leadership it is started
 /// again when the daemon leads once more.
-pub async fn run<F, Fut>(store: Store, name: String, stop: CancellationToken, mut job: F)
+pub async fn run<F, Fut>(store: KvStore, name: String, stop: CancellationToken, mut job: F)
 where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
@@ -106,7 +106,7 @@ pub struct Held {
 
 impl Held {
     /// Whether this daemon leads `name` for this round.
-    pub async fn leads(&mut self, store: &Store, name: &str) -> bool {
+    pub async fn leads(&mut self, store: &KvStore, name: &str) -> bool {
         if !store.is_shared() {
             return true;
         }
@@ -141,7 +141,7 @@ mod tests {
         };
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let spawn = |store: Store, stop: CancellationToken| {
+        let spawn = |store: KvStore, stop: CancellationToken| {
             let (running, most) = (running.clone(), most.clone());
             tokio::spawn(run(store, "job".into(), stop, move |token| {
                 let (running, most) = (running.clone(), most.clone());
@@ -175,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn alone_a_daemon_always_leads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = KvStore::open(dir.path(), 1 << 20).unwrap();
         let mut held = Held::default();
         assert!(held.leads(&store, "cleanup").await);
         let ran = Arc::new(AtomicUsize::new(0));

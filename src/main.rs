@@ -229,7 +229,7 @@ fn restore(config: &Config, file: &std::path::Path, data: Option<PathBuf>) -> an
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut input = std::io::BufReader::new(input);
-    let summary = chatrelay_storage::Store::restore_backup(
+    let summary = chatrelay_storage::KvStore::restore_backup(
         &mut input,
         &db,
         config.storage.cache_capacity_mb * 1024 * 1024,
@@ -251,7 +251,7 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
     let opts = config.storage.postgres().context(
         "`migrate` is for PostgreSQL: set [storage] backend = \"postgres\" and url (the embedded store migrates itself)",
     )?;
-    let report = chatrelay_storage::Store::migrate_postgres(&opts)
+    let report = chatrelay_storage::KvStore::migrate_postgres(&opts)
         .with_context(|| format!("migrating schema {}", config.storage.schema))?;
     let mut out = String::new();
     for (version, name) in &report.applied {
@@ -304,9 +304,10 @@ fn migrate_data(
         opts.schema = Some(schema);
     }
     let source =
-        chatrelay_storage::Store::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
+        chatrelay_storage::KvStore::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
             .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
-    let dest = chatrelay_storage::Store::open_postgres(&opts).context("opening the destination")?;
+    let dest =
+        chatrelay_storage::KvStore::open_postgres(&opts).context("opening the destination")?;
     let report = source.copy_into(&dest).context("copying into PostgreSQL")?;
     let mut out = String::new();
     for (tree, n) in &report.trees {

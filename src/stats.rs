@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use chatrelay_storage::{OrderStatus, Store, StoreError, Uid};
+use chatrelay_storage::{KvStore, OrderStatus, StoreError, Uid};
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -75,7 +75,7 @@ impl Stats {
     }
 
     /// Writes the pending counts in one batch. On failure they are kept for the next try.
-    pub fn flush(&self, store: &Store) -> Result<(), StoreError> {
+    pub fn flush(&self, store: &KvStore) -> Result<(), StoreError> {
         let taken = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *p)
@@ -157,7 +157,7 @@ pub struct DayStats {
 /// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
 /// are not included.
 pub fn report(
-    store: &Store,
+    store: &KvStore,
     days: &[i64],
     models: &[ModelConfig],
     tz_offset_secs: i32,
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn counts_reach_the_report_after_a_flush() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let stats = Stats::default();
         let day = 20_000;
         stats.active(day, Uid(1));
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn code_redemptions_are_counted_on_their_day() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let uid = store.create_user("a").unwrap().uid;
         let (_, codes) = store
             .create_code_batch(
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn plan_sales_are_counted_on_their_day() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let uid = store.create_user("a").unwrap().uid;
         let day = 20_000;
         let ms = |d: i64| d * 86_400_000 + 3_600_000;
@@ -405,7 +405,7 @@ mod tests {
     #[test]
     fn new_users_grants_and_methods_are_counted_on_their_day() {
         use chatrelay_storage::EntryKind;
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap().uid;
         let b = store.create_user("b").unwrap().uid;
         let today = crate::util::day_number(crate::util::now_ms(), 0);

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chatrelay_storage::{Store, StoreError, Uid};
+use chatrelay_storage::{KvStore, StoreError, Uid};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::warn;
@@ -206,7 +206,7 @@ pub(super) fn require(value: &str, message: &str) -> Result<()> {
 }
 
 /// `404 no user` unless `uid` exists.
-pub(super) fn existing_user(store: &Store, uid: Uid) -> Result<()> {
+pub(super) fn existing_user(store: &KvStore, uid: Uid) -> Result<()> {
     match store.user(uid)? {
         Some(_) => Ok(()),
         None => Err(AdminError::no_user(uid)),

@@ -134,7 +134,7 @@ fn redacted(config: &crate::config::Config) -> Result<Value> {
 }
 
 /// Streams a consistent snapshot of the database: it is written to a temporary file (writers
-/// wait only the instant the snapshot starts, see `Store::export_backup`), then sent.
+/// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent.
 pub async fn backup(st: St) -> Result<Response> {
     let store = st.engine.store().clone();
     let dir = st.parts().config.storage.path.join("backups");
@@ -166,7 +166,7 @@ pub async fn backup(st: St) -> Result<Response> {
 
 /// Writes the snapshot to `tmp` in `dir`; a failed export leaves nothing behind.
 fn write_backup(
-    store: &chatrelay_storage::Store,
+    store: &chatrelay_storage::KvStore,
     dir: &std::path::Path,
     tmp: &std::path::Path,
 ) -> Result<BackupSummary> {

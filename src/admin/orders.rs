@@ -214,7 +214,7 @@ pub async fn refund_order(st: St, Path(id): Path<String>, Body(req): Body<Refund
         Err(B::UnknownOrder(_)) => Err(AdminError::not_found(format!("no order {id}"))),
         Err(B::State(m)) => Err(AdminError::conflict(m)),
         Err(B::Provider(m)) => Err(AdminError(StatusCode::BAD_GATEWAY, m)),
-        Err(B::Store(e)) => Err(e.into()),
+        Err(B::KvStore(e)) => Err(e.into()),
         Err(e) => Err(AdminError::internal(e.to_string())),
     }
 }

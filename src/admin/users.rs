@@ -5,7 +5,7 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chatrelay_core::UserKey;
-use chatrelay_storage::{Balance, Store, StoreError, Uid, User};
+use chatrelay_storage::{Balance, KvStore, StoreError, Uid, User};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
@@ -136,7 +136,7 @@ pub struct FindQuery {
 /// One user as a row of a list or a search: who, credits, identities, and `extra` (how the
 /// row was found or when the user was last active).
 fn user_row(
-    store: &Store,
+    store: &KvStore,
     user: &User,
     balance: &Balance,
     extra: (&str, Value),
@@ -228,7 +228,7 @@ pub async fn find_users(st: St, Query(f): Query<FindQuery>) -> Answer {
 /// The users `q` names, at most `limit`, each once with how it matched: by uid, by a whole
 /// key, by part of a key, by name.
 fn matches(
-    store: &Store,
+    store: &KvStore,
     q: &str,
     limit: usize,
 ) -> std::result::Result<Vec<(Uid, String)>, StoreError> {

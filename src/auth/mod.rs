@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chatrelay_core::UserKey;
-use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
+use chatrelay_storage::{KvStore, StoreError, Uid, display_login_code};
 use tracing::warn;
 
 use crate::engine::Engine;
@@ -49,7 +49,7 @@ const MAX_NETWORKS: usize = 10_000;
 /// A code for the user behind `key` (created on first contact), as the user is shown it
 /// (`K7QM-2XRT`), and its lifetime in minutes.
 pub fn issue_code(
-    store: &Store,
+    store: &KvStore,
     key: &UserKey,
     display_name: Option<&str>,
 ) -> Result<(String, u64), StoreError> {
@@ -83,7 +83,7 @@ pub enum LoginError {
     BadCode,
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    KvStore(#[from] StoreError),
 }
 
 /// A token issued by a login.
@@ -126,7 +126,7 @@ impl Login {
     /// throttled client's attempt is not even checked.
     pub fn login(
         &self,
-        store: &Store,
+        store: &KvStore,
         code: &str,
         client: IpAddr,
     ) -> Result<LoginToken, LoginError> {
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn code_to_token_binds_the_same_user_and_guessing_is_throttled() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let key = UserKey::new(Platform::Mp, "main", "openid-1");
         let (code, minutes) = issue_code(&store, &key, None).unwrap();
         assert_eq!(minutes, 5);
@@ -262,7 +262,7 @@ mod tests {
         assert!(login.login(&store, &code2, other).is_ok());
     }
 
-    fn fail(login: &Login, store: &Store, ip: &str, times: usize) {
+    fn fail(login: &Login, store: &KvStore, ip: &str, times: usize) {
         let ip: IpAddr = ip.parse().unwrap();
         for _ in 0..times {
             let _ = login.login(store, "ZZZZZZZZ", ip);
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn failures_elsewhere_never_lock_out_a_fresh_address() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let login = Login::default();
         // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
         for n in 0..60 {
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn networks_are_limited_as_a_whole() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let login = Login::default();
         let key = UserKey::new(Platform::Mp, "main", "openid-4");
         // IPv6: every address of a /64 is one client.

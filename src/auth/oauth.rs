@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use chatrelay_core::{Platform, UserKey};
-use chatrelay_storage::{Store, StoreError, Uid};
+use chatrelay_storage::{KvStore, StoreError, Uid};
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,7 @@ pub enum OAuthError {
     Random,
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    KvStore(#[from] StoreError),
 }
 
 /// 128 random bits as hex, or an error: never a guessable fallback.
@@ -124,7 +124,7 @@ pub enum TicketState {
 
 /// The web login's records, in the engine's store.
 pub struct Logins<'a> {
-    store: &'a Store,
+    store: &'a KvStore,
 }
 
 impl<'a> Logins<'a> {
@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_state_works_once_for_its_browser_and_account_only() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let l = Logins { store: &store };
         let s = l.start("main", None, None, "/").unwrap();
         let wrong = secret().unwrap();
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_scan_ticket_needs_the_phone_to_confirm_and_only_its_desktop_collects_it() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let l = Logins { store: &store };
         let uid = store.create_user("u").unwrap().uid;
         let desk = l.new_ticket(None).unwrap();
@@ -545,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_handoff_logs_in_only_the_browser_that_logged_in() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let l = Logins { store: &store };
         let uid = store.create_user("u").unwrap().uid;
         let browser = secret().unwrap();
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn an_expired_ticket_cannot_be_confirmed() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let l = Logins { store: &store };
         let uid = store.create_user("u").unwrap().uid;
         let t = "0123456789abcdef0123456789abcdef";

@@ -18,7 +18,7 @@ pub use methods::{PayAction, PayMethod, Payer};
 use std::time::Duration;
 
 use chatrelay_alipay as alipay;
-use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, StoreError};
+use chatrelay_storage::{CreditOutcome, KvStore, LedgerEntry, Order, OrderStatus, StoreError};
 use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
@@ -62,7 +62,7 @@ pub enum BillingError {
     State(String),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    KvStore(#[from] StoreError),
 }
 
 struct WechatPay {
@@ -95,7 +95,7 @@ pub struct ReconcileReport {
 
 /// The shop.
 pub struct Billing {
-    store: Store,
+    store: KvStore,
     alerts: Alerter,
     products: Vec<ProductConfig>,
     /// What a plan product's order grants, by product id (`[[plans]]` in the quota
@@ -139,7 +139,7 @@ impl Billing {
     /// Builds the shop from a validated configuration.
     pub fn from_config(
         config: &Config,
-        store: Store,
+        store: KvStore,
         http: reqwest::Client,
         alerts: Alerter,
     ) -> anyhow::Result<Billing> {

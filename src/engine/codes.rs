@@ -33,7 +33,7 @@ impl Engine {
                     .redeem(&this.inner.store, &this.inner.alerts, uid, &code, ctx)
             })
             .await
-            .ok_or(RedeemError::Store(StoreError::Reopening))?;
+            .ok_or(RedeemError::KvStore(StoreError::Reopening))?;
         if redeemed.is_ok()
             && let Err(e) = flushed
         {

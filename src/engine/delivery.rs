@@ -9,7 +9,7 @@ pub(super) const SHARED_POLL: Duration = Duration::from_millis(100);
 /// A [`Reply`] that waits (up to `wait`) for the answer another daemon on the database is
 /// making to message `id`, and gives it as one final event; a duplicate if none comes.
 pub(super) fn follow_shared(
-    store: Store,
+    store: KvStore,
     id: String,
     wait: Duration,
     tracker: &TaskTracker,

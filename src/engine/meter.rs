@@ -311,7 +311,7 @@ impl Engine {
     }
 
     /// Runs store work `f` off the async workers, on the store's write lane (see
-    /// [`chatrelay_storage::Store::on_lane`]), so that a slow disk delays that work, not every
+    /// [`chatrelay_storage::KvStore::on_lane`]), so that a slow disk delays that work, not every
     /// connection. A message's steps make one such hop each. `None` when the store or the
     /// runtime is shutting down and the work never ran; a panic in `f` is passed on.
     pub(super) async fn off_worker<R: Send + 'static>(

@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Reply, ReplyEvent, ReplySender, Usage};
 use chatrelay_openai::Message;
-use chatrelay_storage::{Balance, ReservationId, Store, StoreError, Turn, Uid};
+use chatrelay_storage::{Balance, KvStore, ReservationId, StoreError, Turn, Uid};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -81,7 +81,7 @@ pub use settings::*;
 /// Pictures passed to the model per message at most.
 const MAX_PICTURES: usize = 4;
 
-/// Store key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
+/// KvStore key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
 pub const HIT_PREFIX: &str = "hit:";
 
 /// The keyword answer for `text` in `scope`, free of charge.
@@ -150,7 +150,7 @@ struct Inflight {
 }
 
 struct Inner {
-    store: Store,
+    store: KvStore,
     /// Swapped whole on a configuration reload; calls in flight keep the one they started with.
     llm: RwLock<Arc<dyn LlmBackend>>,
     alerts: crate::alerts::Alerter,
@@ -194,7 +194,7 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine. Its tasks are spawned on `tracker` and stop on `shutdown`.
     pub fn new(
-        store: Store,
+        store: KvStore,
         llm: Arc<dyn LlmBackend>,
         settings: Settings,
         shutdown: CancellationToken,
@@ -310,7 +310,7 @@ impl Engine {
 
     /// The store.
     #[must_use]
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &KvStore {
         &self.inner.store
     }
 

@@ -5,7 +5,7 @@
 
 use std::io::{BufReader, BufWriter, Write};
 
-use chatrelay_storage::Store;
+use chatrelay_storage::KvStore;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,14 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let to = std::path::Path::new(to);
     let file = to.with_extension("backup");
     {
-        let store = Store::open(std::path::Path::new(from), 64 * 1024 * 1024)?;
+        let store = KvStore::open(std::path::Path::new(from), 64 * 1024 * 1024)?;
         let mut out = BufWriter::new(std::fs::File::create(&file)?);
         let summary = store.export_backup(&mut out, 0)?;
         out.flush()?;
         println!("records={} bytes={}", summary.records, summary.bytes);
     }
     let mut input = BufReader::new(std::fs::File::open(&file)?);
-    Store::restore_backup(&mut input, to, 64 * 1024 * 1024)?;
+    KvStore::restore_backup(&mut input, to, 64 * 1024 * 1024)?;
     println!("backup_file_bytes={}", std::fs::metadata(&file)?.len());
     std::fs::remove_file(&file)?;
     Ok(())

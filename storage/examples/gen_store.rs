@@ -6,14 +6,14 @@
 use std::time::Instant;
 
 use chatrelay_core::{Platform, UserKey};
-use chatrelay_storage::{EntryKind, Store};
+use chatrelay_storage::{EntryKind, KvStore};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args.first().ok_or("usage: gen_store DIR USERS ENTRIES")?;
     let users: u64 = args.get(1).ok_or("USERS")?.parse()?;
     let entries: u64 = args.get(2).ok_or("ENTRIES")?.parse()?;
-    let store = Store::open(std::path::Path::new(dir), 64 * 1024 * 1024)?;
+    let store = KvStore::open(std::path::Path::new(dir), 64 * 1024 * 1024)?;
     let started = Instant::now();
     let mut uids = Vec::with_capacity(users as usize);
     for i in 0..users {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chatrelay_core::UserKey;
-use chatrelay_storage::{EntryKind, PgOptions, Store, Uid};
+use chatrelay_storage::{EntryKind, KvStore, PgOptions, Uid};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -102,13 +102,13 @@ fn main() -> Result<(), BoxError> {
         format!("bench_{}_{nanos}", std::process::id())
     });
     let store = match &o.pg {
-        Some(url) => Store::open_postgres(&PgOptions {
+        Some(url) => KvStore::open_postgres(&PgOptions {
             url: url.clone(),
             schema: Some(schema.clone()),
             pool_size: o.pool,
             ca_file: None,
         })?,
-        None => Store::open(
+        None => KvStore::open(
             &o.dir.clone().unwrap_or_else(|| tmp.path().join("db")),
             64 * 1024 * 1024,
         )?,
@@ -217,7 +217,7 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-fn audit(store: &Store) -> Result<(), BoxError> {
+fn audit(store: &KvStore) -> Result<(), BoxError> {
     let started = Instant::now();
     let audit = store.audit()?;
     println!(

@@ -12,12 +12,12 @@ use serde_json::Value;
 
 use crate::codec::{decode, encode, finish};
 use crate::kv::Transactional;
-use crate::{ADMIN_LOG, Store, StoreError};
+use crate::{ADMIN_LOG, KvStore, StoreError};
 
 /// The largest encoded record, in bytes: longer fields are cut to fit.
 pub const MAX_CHANGE_BYTES: usize = 2048;
 
-/// The most records one [`Store::changes`] page holds.
+/// The most records one [`KvStore::changes`] page holds.
 pub const MAX_CHANGE_PAGE: usize = 500;
 
 /// Longest kept path, in characters.
@@ -35,7 +35,7 @@ pub struct ChangeRecord {
     /// When it was answered, ms since the Unix epoch (part of the key).
     #[serde(skip)]
     pub at_ms: i64,
-    /// Its id (part of the key; set by [`Store::record_change`]).
+    /// Its id (part of the key; set by [`KvStore::record_change`]).
     #[serde(skip)]
     pub id: u64,
     /// Who: `console` (an operator's console session) or `token` (the admin token: the CLI
@@ -116,10 +116,10 @@ fn change_key(at_ms: i64, id: u64) -> [u8; 16] {
     crate::codec::pair_key(u64::try_from(at_ms).unwrap_or(0), id)
 }
 
-/// Records removed per transaction by [`Store::purge_changes`].
+/// Records removed per transaction by [`KvStore::purge_changes`].
 const PURGE_BATCH: usize = 500;
 
-impl Store {
+impl KvStore {
     /// Records a change (its `at_ms` is kept, its `id` assigned) and returns it as stored
     /// (cut to [`MAX_CHANGE_BYTES`]).
     pub fn record_change(&self, change: ChangeRecord) -> Result<ChangeRecord, StoreError> {
@@ -217,7 +217,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_newest_first_with_paging() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         for i in 1..=5 {
             store
                 .record_change(change(1_000 + i, &format!("/admin/users/{i}/grant")))
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn records_are_bounded() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let mut big = change(5, &"/p".repeat(1_000));
         big.reason = Some("\u{1}".repeat(5_000));
         big.address = "a".repeat(1_000);
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn purge_removes_only_old_records_a_bounded_number_at_a_time() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         for at in [10, 20, 30, 40, 50] {
             store.record_change(change(at, "/x")).unwrap();
         }

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::codec::{decode, read_pair_key, read_u64_key};
 use crate::quota::{BalanceRecord, value};
-use crate::{BALANCES, LEDGER, RESERVATIONS, ReservationId, Store, StoreError, USERS, Uid, User};
+use crate::{BALANCES, KvStore, LEDGER, RESERVATIONS, ReservationId, StoreError, USERS, Uid, User};
 
-/// What [`Store::audit`] found.
+/// What [`KvStore::audit`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AuditReport {
     /// Users checked.
@@ -38,7 +38,7 @@ impl AuditReport {
     }
 }
 
-/// One inconsistency found by [`Store::audit`].
+/// One inconsistency found by [`KvStore::audit`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -221,7 +221,7 @@ struct LedgerSums {
     last_seq: u64,
 }
 
-impl Store {
+impl KvStore {
     /// Checks, for every user, that the ledger's paid deltas add up to the paid balance (entry
     /// by entry, never below zero), that open reservations add up to the held credits, and
     /// that references and entries point at each other. Unreadable records are reported as
@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn empty_and_busy_stores_are_consistent() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert!(store.audit().unwrap().is_consistent());
         let a = store.create_user("a").unwrap().uid;
         store
@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn tampered_balance_is_reported() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap().uid;
         store
             .grant(a, 100, EntryKind::Grant, "gift", "g1", 1)
@@ -462,7 +462,7 @@ mod tests {
 
     #[test]
     fn tampered_ledger_and_refs_are_reported() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap().uid;
         store
             .grant(a, 100, EntryKind::Grant, "gift", "g1", 1)
@@ -505,7 +505,7 @@ mod tests {
 
     #[test]
     fn orphan_credits_are_reported() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store
             .trees()
             .unwrap()

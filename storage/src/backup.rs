@@ -33,7 +33,7 @@ use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::decode;
-use crate::{META, SCHEMA_KEY, SCHEMA_VERSION, Store, StoreError};
+use crate::{KvStore, META, SCHEMA_KEY, SCHEMA_VERSION, StoreError};
 
 /// The format version written in the header.
 const FORMAT: u32 = 1;
@@ -41,7 +41,7 @@ const FORMAT: u32 = 1;
 /// sled's own default tree: exported only when something wrote to it.
 const DEFAULT_TREE: &str = "__sled__default";
 
-/// sled's default `idgen_persist_interval` (what [`Store::open`] uses).
+/// sled's default `idgen_persist_interval` (what [`KvStore::open`] uses).
 const SLED_IDGEN_INTERVAL: u64 = 1_000_000;
 
 /// What an export wrote / an import read.
@@ -248,7 +248,7 @@ fn pg_backup() -> StoreError {
     )
 }
 
-impl Store {
+impl KvStore {
     /// Writes a consistent snapshot of every tree to `out`, as text lines: a header, one line
     /// per record (hex key and value), and a footer with the record count and the SHA-256 of
     /// the record lines (see the module docs).
@@ -384,7 +384,7 @@ impl Store {
     }
 
     /// Every record of every exported tree as (tree, key, value), sorted. Not a snapshot: it
-    /// takes no lock, so concurrent writes may show partly (use [`Store::export_backup`]).
+    /// takes no lock, so concurrent writes may show partly (use [`KvStore::export_backup`]).
     #[allow(clippy::type_complexity)] // the signature the brief asked for
     pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
         let mut all = Vec::new();
@@ -616,7 +616,7 @@ fn restore_into(
     // Opening checks the schema (and is what the daemon will do next). sled lets go of the
     // file lock a moment after the handle above is dropped: on a busy machine, a long moment.
     drop(crate::open::retry_locked(|| {
-        Store::open(dir, cache_capacity_bytes)
+        KvStore::open(dir, cache_capacity_bytes)
     })?);
     Ok(summary)
 }

@@ -3,7 +3,7 @@
 //! ledger count and sums, open reservations, orders per status with their fen, order events,
 //! conversations and their turns, outbox texts, checkpoints and the usage log.
 //!
-//! [`Store::census`] counts today's layout (sled, or the one-table PostgreSQL schema) through
+//! [`KvStore::census`] counts today's layout (sled, or the one-table PostgreSQL schema) through
 //! the tree API; `RelStore::census` (`rel/census.rs`) counts the relational tables in SQL.
 //! This file also holds the readers of today's records that the import into the relational
 //! tables (`rel/import.rs`) shares, so that both read each record the same way: through the
@@ -21,9 +21,9 @@ use crate::dedupe::Mark;
 use crate::quota::{BalanceRecord, Reservation, SettledReservation};
 use crate::tokens::TokenRecord;
 use crate::{
-    BALANCES, DEDUPE, IDENTITIES, LEDGER, LOGIN_CODES, LedgerEntry, LoginCode, ORDER_EVENTS,
-    ORDERS, OUTBOX, Order, OrderEvent, OrderStatus, RESERVATIONS, ReservationId,
-    SETTLED_RESERVATIONS, Store, StoreError, TOKENS, USERS, Uid, User,
+    BALANCES, DEDUPE, IDENTITIES, KvStore, LEDGER, LOGIN_CODES, LedgerEntry, LoginCode,
+    ORDER_EVENTS, ORDERS, OUTBOX, Order, OrderEvent, OrderStatus, RESERVATIONS, ReservationId,
+    SETTLED_RESERVATIONS, StoreError, TOKENS, USERS, Uid, User,
 };
 
 /// The orders of one status: how many, and their amounts.
@@ -238,7 +238,7 @@ impl DistinctRefs {
     }
 }
 
-impl Store {
+impl KvStore {
     /// The census of this store (today's layout), with login codes counted live at `now_ms`.
     ///
     /// It walks the trees one after the other, not in one snapshot: take it while nothing
@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn counts_what_the_store_holds_and_names_differences() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let empty = store.census(0).unwrap();
         assert_eq!(empty, Census::default());
         let a = store.create_user("a").unwrap().uid;

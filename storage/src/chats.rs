@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{OrAbort, decode, encode, finish, prefixed_key, split_u64_prefix, u64_key};
 use crate::kv::Transactional;
-use crate::{CHAT_INDEX, CHATS, Store, StoreError, Uid};
+use crate::{CHAT_INDEX, CHATS, KvStore, StoreError, Uid};
 
 /// The longest conversation id, in bytes.
 pub const MAX_CHAT_ID: usize = 80;
@@ -24,7 +24,7 @@ pub const MAX_CHAT_ID: usize = 80;
 /// The longest title, in bytes.
 pub const MAX_CHAT_TITLE: usize = 1_024;
 
-/// Index entries removed per step of [`Store::delete_chats_of`].
+/// Index entries removed per step of [`KvStore::delete_chats_of`].
 const DELETE_BATCH: usize = 200;
 
 /// One message of a saved conversation.
@@ -81,7 +81,7 @@ pub struct ChatLimits {
     pub max_bytes: u64,
 }
 
-/// What [`Store::put_chat`] did.
+/// What [`KvStore::put_chat`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChatPut {
     /// Saved; `pruned` older conversations were removed to stay within the count limit.
@@ -159,7 +159,7 @@ fn describe(uid: Uid, id: &str) -> String {
     format!("{uid}/{id}")
 }
 
-impl Store {
+impl KvStore {
     /// The user's saved conversations, newest first, without their messages.
     pub fn chats(&self, uid: Uid) -> Result<Vec<ChatSummary>, StoreError> {
         let mut out = self.chat_index(uid)?;

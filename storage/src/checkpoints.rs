@@ -3,12 +3,12 @@
 
 use crate::codec::check_key;
 use crate::kv::Transactional;
-use crate::{CHECKPOINTS, Store, StoreError};
+use crate::{CHECKPOINTS, KvStore, StoreError};
 
-/// Marker keys written per transaction by [`Store::add_counters`].
+/// Marker keys written per transaction by [`KvStore::add_counters`].
 const MARKERS_PER_BATCH: usize = 256;
 
-impl Store {
+impl KvStore {
     /// The value stored under `key`, if any.
     pub fn checkpoint(&self, key: &str) -> Result<Option<String>, StoreError> {
         match self.trees()?.checkpoints.get(key.as_bytes())? {
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn cas_and_counters() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         assert_eq!(s.checkpoint("k").unwrap(), None);
         assert!(s.checkpoint_cas("k", None, "posting").unwrap());
         assert!(
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn markers_beyond_one_batch_are_all_written() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let n = MARKERS_PER_BATCH * 3 + 7;
         let markers: Vec<String> = (0..n).map(|i| format!("stats:2:active:{i}")).collect();
         s.add_counters(&[("stats:2:messages".into(), 4)], &markers)

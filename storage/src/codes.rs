@@ -19,7 +19,7 @@ use crate::codec::{
 };
 use crate::kv::Transactional;
 use crate::quota::{Change, append_entry, entry_by_reference, load_balance, store_balance};
-use crate::{CODE_BATCHES, CODE_HASHES, CODES, EntryKind, LedgerEntry, Store, StoreError, Uid};
+use crate::{CODE_BATCHES, CODE_HASHES, CODES, EntryKind, KvStore, LedgerEntry, StoreError, Uid};
 
 /// The most codes one batch may hold.
 pub const MAX_CODES_PER_BATCH: u32 = 10_000;
@@ -98,7 +98,7 @@ impl CodeGrant {
     }
 }
 
-/// A batch of codes, as made by [`Store::create_code_batch`].
+/// A batch of codes, as made by [`KvStore::create_code_batch`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeBatch {
     /// The batch id.
@@ -264,7 +264,7 @@ fn code_key(batch: u64, n: u32) -> [u8; 16] {
     pair_key(batch, u64::from(n))
 }
 
-impl Store {
+impl KvStore {
     /// Makes a batch of `count` codes granting `grant`, in one transaction; returns the batch
     /// and its codes in display form (`XXXX-XXXX-XXXX-XXXX`, in order of their ids: the only
     /// time they are seen).

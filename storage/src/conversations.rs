@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{OrAbort, TxResult, check_key, decode, encode, finish};
 use crate::kv::{Transactional, TxTree};
-use crate::{CONVERSATIONS, Store, StoreError};
+use crate::{CONVERSATIONS, KvStore, StoreError};
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +24,7 @@ struct ConversationRecord {
     turns: Vec<Turn>,
 }
 
-impl Store {
+impl KvStore {
     /// The conversation's stored turns, oldest first (empty if there are none).
     pub fn conversation(&self, key: &str) -> Result<Vec<Turn>, StoreError> {
         match self.trees()?.conversations.get(key.as_bytes())? {
@@ -60,7 +60,7 @@ impl Store {
     }
 }
 
-/// [`Store::append_turns`] inside a transaction on the conversations tree.
+/// [`KvStore::append_turns`] inside a transaction on the conversations tree.
 pub(crate) fn append_in(
     tree: &TxTree<'_>,
     key: &str,
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_turns() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert!(store.conversation("c").unwrap().is_empty());
         store.append_turns("c", &[turn(1), turn(2)], 3).unwrap();
         store.append_turns("c", &[turn(3), turn(4)], 3).unwrap();
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn clear_and_zero_bound_forget() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store.append_turns("c", &[turn(1)], 10).unwrap();
         store.clear_conversation("c").unwrap();
         assert!(store.conversation("c").unwrap().is_empty());
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn concurrent_appends_all_land() {
-        let store = Arc::new(Store::open_temporary().unwrap());
+        let store = Arc::new(KvStore::open_temporary().unwrap());
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let store = store.clone();
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn corrupt_conversation_is_an_error() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store
             .trees()
             .unwrap()

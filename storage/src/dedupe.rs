@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_key, decode, encode};
-use crate::{ANSWERS, DEDUPE, Store, StoreError};
+use crate::{ANSWERS, DEDUPE, KvStore, StoreError};
 
 /// A finished answer to a chat-platform message, as kept for retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +18,7 @@ pub struct SharedAnswer {
 }
 
 /// A dedupe mark as stored: a bare expiry (ms), or an expiry with the value the mark is bound
-/// to ([`Store::dedupe_bind`]). Both forms share the tree, so that one purge expires both.
+/// to ([`KvStore::dedupe_bind`]). Both forms share the tree, so that one purge expires both.
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum Mark {
@@ -37,7 +37,7 @@ impl Mark {
     }
 }
 
-impl Store {
+impl KvStore {
     /// Marks `key` as seen until `expires_at_ms`. True the first time, or when the previous
     /// mark had expired by `now_ms`; false while an earlier mark is live. Race-free: of two
     /// concurrent callers, exactly one gets true.
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn first_insert_wins_until_expiry() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert!(store.dedupe_insert("m1", 100, 0).unwrap());
         assert!(!store.dedupe_insert("m1", 200, 50).unwrap());
         assert!(!store.dedupe_insert("m1", 200, 99).unwrap());
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn concurrent_inserts_have_one_winner() {
         for round in 0..20 {
-            let store = Store::open_temporary().unwrap();
+            let store = KvStore::open_temporary().unwrap();
             // An expired mark makes every thread go through the compare-and-swap.
             store.dedupe_insert("k", 5, 0).unwrap();
             let wins = winners(&store, |s, _| s.dedupe_insert("k", 1000, 10).unwrap());
@@ -236,7 +236,7 @@ mod tests {
     }
 
     /// How many of 8 threads, started together, `attempt` says won.
-    fn winners(store: &Store, attempt: fn(&Store, usize) -> bool) -> usize {
+    fn winners(store: &KvStore, attempt: fn(&KvStore, usize) -> bool) -> usize {
         let wins = Arc::new(AtomicUsize::new(0));
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8)
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn purge_removes_only_expired_marks() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store.dedupe_insert("old", 10, 0).unwrap();
         store.dedupe_insert("new", 1000, 0).unwrap();
         store.trees().unwrap().dedupe.insert("bad", b"x").unwrap();
@@ -270,12 +270,12 @@ mod tests {
 
     #[test]
     fn a_purge_looks_at_a_bounded_share_and_goes_on_where_it_stopped() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         for i in 0..5 {
             store.dedupe_insert(&format!("m{i}"), 10, 0).unwrap();
         }
         store.dedupe_insert("m2-live", 1000, 0).unwrap();
-        let left = |s: &Store| s.trees().unwrap().dedupe.iter().count();
+        let left = |s: &KvStore| s.trees().unwrap().dedupe.iter().count();
         // Two records a call: m0 m1 | m2 m2-live | m3 m4 | (the end: start over).
         assert_eq!(store.purge_expired_dedupe_within(500, 2).unwrap(), 2);
         assert_eq!(left(&store), 4);
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn bound_marks_accept_the_same_value_and_refuse_another() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert!(store.dedupe_bind("n1", "body-a", 100, 0).unwrap());
         assert!(
             store.dedupe_bind("n1", "body-a", 100, 10).unwrap(),
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn concurrent_binds_of_different_values_have_one_winner() {
         for round in 0..20 {
-            let store = Store::open_temporary().unwrap();
+            let store = KvStore::open_temporary().unwrap();
             let wins = winners(&store, |s, i| {
                 s.dedupe_bind("k", &format!("v{i}"), 1000, 10).unwrap()
             });
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn answers_are_kept_until_they_expire() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert_eq!(store.shared_answer("m", 0).unwrap(), None);
         let answer = SharedAnswer {
             text: Some("hi".into()),
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn corrupt_mark_is_an_error() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store.trees().unwrap().dedupe.insert("bad", b"{").unwrap();
         assert!(matches!(
             store.dedupe_insert("bad", 10, 0),

@@ -9,7 +9,7 @@
 
 use crate::codec::{check_key, decode, encode};
 use crate::dedupe::SharedAnswer;
-use crate::{ANSWERS, Store, StoreError};
+use crate::{ANSWERS, KvStore, StoreError};
 
 fn full_key(key: &str) -> Result<String, StoreError> {
     check_key("handoff key", key)?;
@@ -29,7 +29,7 @@ fn live(key: &str, raw: &[u8], now_ms: i64) -> Result<Option<String>, StoreError
     Ok(rec.text.filter(|_| rec.expires_at_ms > now_ms))
 }
 
-impl Store {
+impl KvStore {
     /// Keeps `value` under `key` until `expires_at_ms`, replacing what was there.
     pub fn put_handoff(
         &self,
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn put_read_swap_take() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store.put_handoff("t1", "pending", 1000).unwrap();
         assert_eq!(store.handoff("t1", 10).unwrap().as_deref(), Some("pending"));
         assert!(
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn expired_records_are_gone_and_purged() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store.put_handoff("t2", "pending", 100).unwrap();
         assert_eq!(store.handoff("t2", 100).unwrap(), None);
         assert!(
@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn concurrent_takes_have_one_winner() {
         for round in 0..20 {
-            let store = Store::open_temporary().unwrap();
+            let store = KvStore::open_temporary().unwrap();
             store.put_handoff("k", "v", 1000).unwrap();
             let wins = Arc::new(AtomicUsize::new(0));
             let barrier = Arc::new(Barrier::new(8));

@@ -1,7 +1,7 @@
 //! The write lane of a sled database: one thread that runs the daemon's store steps one after
 //! another and, between rounds of them, the flushes they wait for (group commit), and the
-//! hand-over of each result to the future that waits for it; [`crate::Store::on_lane`] and
-//! [`crate::Store::on_lane_durable`] are the way in.
+//! hand-over of each result to the future that waits for it; [`crate::KvStore::on_lane`] and
+//! [`crate::KvStore::on_lane_durable`] are the way in.
 //!
 //! Why one thread: sled 0.34 runs every transaction under a process-wide lock (the write side
 //! of its concurrency control) and holds the read side of that lock for the whole of a flush,
@@ -121,7 +121,7 @@ pub fn flush_counts() -> (u64, u64) {
     (FLUSHES.load(Relaxed), REQUESTS.load(Relaxed))
 }
 
-impl crate::Store {
+impl crate::KvStore {
     /// Runs `f`, work on the store, off the async workers, so that a slow disk delays that
     /// work and not every connection: on the database's write lane with sled (one thread
     /// that runs steps back to back between group flushes; see `lane.rs` for why), on
@@ -135,7 +135,7 @@ impl crate::Store {
         self.on_lane_inner(f, false).await.map(|(r, _)| r)
     }
 
-    /// [`crate::Store::on_lane`], then waits until what `f` wrote is on disk (the flush that ends
+    /// [`crate::KvStore::on_lane`], then waits until what `f` wrote is on disk (the flush that ends
     /// its round, shared with every step of that round). The second value is that flush's
     /// outcome.
     pub async fn on_lane_durable<R: Send + 'static>(
@@ -281,7 +281,7 @@ fn run(rx: &std::sync::mpsc::Receiver<Work>) {
         while let Some(work) = next {
             match work {
                 // A panicking step must not end the lane: its waiter learns of the panic
-                // from the job's own wrapper (see `Store::on_lane`).
+                // from the job's own wrapper (see `KvStore::on_lane`).
                 Work::Job(job) => {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     jobs += 1;
@@ -321,12 +321,12 @@ fn run(rx: &std::sync::mpsc::Receiver<Work>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::Store;
+    use crate::KvStore;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_flushes_all_complete_and_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let store = KvStore::open(&dir.path().join("db"), 8 << 20).unwrap();
         let (flushes_before, requests_before) = super::flush_counts();
         let tasks: Vec<_> = (0..40)
             .map(|i| {
@@ -349,14 +349,14 @@ mod tests {
         // Every user written before its flush answered is on disk.
         // sled's flusher thread lets go of the file lock a moment after the last handle.
         let store =
-            crate::open::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
+            crate::open::retry_locked(|| KvStore::open(&dir.path().join("db"), 8 << 20)).unwrap();
         assert_eq!(store.user_count(), 40);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn durable_lane_steps_are_on_disk_when_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let store = KvStore::open(&dir.path().join("db"), 8 << 20).unwrap();
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
@@ -375,13 +375,13 @@ mod tests {
         }
         drop(store);
         let store =
-            crate::open::retry_locked(|| Store::open(&dir.path().join("db"), 8 << 20)).unwrap();
+            crate::open::retry_locked(|| KvStore::open(&dir.path().join("db"), 8 << 20)).unwrap();
         assert_eq!(store.user_count(), 64);
     }
 
     #[tokio::test]
     async fn lane_steps_run_in_order_and_a_panic_reaches_its_caller_only() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waits = Vec::new();
         for i in 0..20 {
@@ -404,7 +404,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reopen_while_a_step_waits_on_the_lane_does_not_deadlock() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        let store = KvStore::open(&dir.path().join("db"), 8 << 20).unwrap();
         // A step that starts before the reopen and writes while it runs: it needs the locks
         // the reopen holds while it closes the old database (and its lane).
         let (started_tx, started_rx) = std::sync::mpsc::channel();

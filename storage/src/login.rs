@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{OrAbort, decode, encode, finish, u64_key};
-use crate::{LOGIN_CODES, LOGIN_CODES_BY_UID, Store, StoreError, Uid};
+use crate::{KvStore, LOGIN_CODES, LOGIN_CODES_BY_UID, StoreError, Uid};
 
 /// A live login code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub fn display_login_code(code: &str) -> String {
     }
 }
 
-impl Store {
+impl KvStore {
     /// The user's live login code, or a new one valid for `ttl_ms`.
     pub fn login_code(&self, uid: Uid, ttl_ms: i64, now_ms: i64) -> Result<LoginCode, StoreError> {
         let _writing = self.writing();
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn one_live_code_per_user_single_use() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let a = s.create_user("a").unwrap().uid;
         let b = s.create_user("b").unwrap().uid;
         let c1 = s.login_code(a, 300_000, 1_000).unwrap();
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn expired_codes_do_not_work_and_are_replaced() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let a = s.create_user("a").unwrap().uid;
         let c = s.login_code(a, 1_000, 0).unwrap();
         let fresh = s.login_code(a, 1_000, 5_000).unwrap();
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn typed_codes_are_read_forgivingly() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let a = s.create_user("a").unwrap().uid;
         // A code with every look-alike: typed in lower case, with O/I/L, a dash and spaces.
         let code = "K0M1-1ZQ9";
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn malformed_codes_are_refused_cheaply() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         for bad in [
             "",
             "123456",

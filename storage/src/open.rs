@@ -9,32 +9,32 @@ use std::sync::{Arc, RwLock};
 use crate::codec::{self, decode};
 use crate::kv::{self, Db, Tree};
 use crate::{
-    Inner, META, MigrationReport, Open, PgOptions, SCHEMA_KEY, SCHEMA_VERSION, Store, StoreError,
+    Inner, KvStore, META, MigrationReport, Open, PgOptions, SCHEMA_KEY, SCHEMA_VERSION, StoreError,
     Trees, backup,
 };
 
-impl Store {
+impl KvStore {
     /// Opens (or creates) the database in directory `path`, with a page cache of
     /// `cache_capacity_bytes`.
     ///
     /// A new database gets [`SCHEMA_VERSION`]. A database written by a newer build is refused
     /// with [`StoreError::SchemaTooNew`]; one held by another process with
     /// [`StoreError::Locked`].
-    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<KvStore, StoreError> {
         let db = open_sled(path, cache_capacity_bytes)?;
         Self::from_db(Db::Sled(db), Some(path.to_path_buf()), cache_capacity_bytes)
     }
 
-    /// [`Store::open`] for a database this process has just closed (after a restore, say):
+    /// [`KvStore::open`] for a database this process has just closed (after a restore, say):
     /// sled lets go of its file lock a moment after the last handle, so [`StoreError::Locked`]
     /// is tried again for up to 10 s instead of returned at once.
-    pub fn open_closed(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
-        retry_locked(|| Store::open(path, cache_capacity_bytes))
+    pub fn open_closed(path: &Path, cache_capacity_bytes: u64) -> Result<KvStore, StoreError> {
+        retry_locked(|| KvStore::open(path, cache_capacity_bytes))
     }
 
     /// Opens a store on a PostgreSQL database shared with other daemons, applying pending
     /// migrations first (under a lock: daemons starting together apply them once).
-    pub fn open_postgres(opts: &PgOptions) -> Result<Store, StoreError> {
+    pub fn open_postgres(opts: &PgOptions) -> Result<KvStore, StoreError> {
         let pg = kv::pg::Pg::open(opts)?;
         pg.migrate()?;
         Self::from_db(Db::Pg(pg), None, 0)
@@ -50,7 +50,7 @@ impl Store {
     ///
     /// With `CHATRELAY_TEST_PG_URL` set, it is a fresh schema in that PostgreSQL database
     /// instead: the storage tests run once per engine this way (`scripts/test`).
-    pub fn open_temporary() -> Result<Store, StoreError> {
+    pub fn open_temporary() -> Result<KvStore, StoreError> {
         if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -68,11 +68,11 @@ impl Store {
         db: Db,
         path: Option<PathBuf>,
         cache_capacity_bytes: u64,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<KvStore, StoreError> {
         let journal = Arc::new(backup::Journal::default());
         let trees = Trees::open(&db, &journal)?;
         check_schema(&trees.meta)?;
-        Ok(Store {
+        Ok(KvStore {
             inner: Arc::new(Inner {
                 open: RwLock::new(Some(Arc::new(Open::new(db, trees)))),
                 path,
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn reopening_keeps_the_data_and_takes_writes_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let store = KvStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let user = store.create_user("kept").unwrap();
         assert!(store.probe_write());
         store.flush_blocking().unwrap();
@@ -245,7 +245,7 @@ mod tests {
         clone.create_user("after").unwrap();
         assert!(store.probe_write());
         let temporary = sled::Config::new().temporary(true).open().unwrap();
-        let temporary = Store::from_db(Db::Sled(temporary), None, 0).unwrap();
+        let temporary = KvStore::from_db(Db::Sled(temporary), None, 0).unwrap();
         assert!(temporary.recover().is_err(), "nothing to reopen");
     }
 
@@ -253,7 +253,7 @@ mod tests {
     fn new_db_gets_the_schema_version_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = KvStore::open(dir.path(), 1 << 20).unwrap();
             let raw = store
                 .trees()
                 .unwrap()
@@ -271,7 +271,7 @@ mod tests {
     fn schema_too_new_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = KvStore::open(dir.path(), 1 << 20).unwrap();
             store
                 .trees()
                 .unwrap()
@@ -296,7 +296,7 @@ mod tests {
     fn an_older_schema_is_upgraded_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = KvStore::open(dir.path(), 1 << 20).unwrap();
             let meta = &store.trees().unwrap().meta;
             meta.insert(SCHEMA_KEY, b"1").unwrap();
             store.flush_blocking().unwrap();
@@ -313,15 +313,15 @@ mod tests {
     }
 
     /// Opens a database the test just closed.
-    fn reopen(path: &Path) -> Result<Store, StoreError> {
-        Store::open_closed(path, 1 << 20)
+    fn reopen(path: &Path) -> Result<KvStore, StoreError> {
+        KvStore::open_closed(path, 1 << 20)
     }
 
     #[test]
     fn corrupt_schema_version_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = KvStore::open(dir.path(), 1 << 20).unwrap();
             store
                 .trees()
                 .unwrap()
@@ -339,8 +339,8 @@ mod tests {
     #[test]
     fn second_open_is_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), 1 << 20).unwrap();
-        match Store::open(dir.path(), 1 << 20) {
+        let _first = KvStore::open(dir.path(), 1 << 20).unwrap();
+        match KvStore::open(dir.path(), 1 << 20) {
             Err(StoreError::Locked { path }) => assert_eq!(path, dir.path()),
             other => panic!("expected Locked, got {other:?}"),
         }
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn temporary_store_has_no_path() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         assert!(store.path().is_none());
         assert_eq!(format!("{}", Uid(12)), "12");
         assert_eq!("12".parse::<Uid>().unwrap(), Uid(12));
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn flush_completes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = KvStore::open(dir.path(), 1 << 20).unwrap();
         store.create_user("a").unwrap();
         let mut flush = std::pin::pin!(store.flush());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{OrAbort, abort, check_key, decode, encode, finish, prefixed_key, u64_key};
 use crate::quota::{Change, append_entry, entry_by_reference, load_balance, store_balance};
-use crate::{EntryKind, LedgerEntry, OPEN_ORDERS, ORDER_EVENTS, ORDERS, Store, StoreError, Uid};
+use crate::{EntryKind, KvStore, LedgerEntry, OPEN_ORDERS, ORDER_EVENTS, ORDERS, StoreError, Uid};
 
 /// Where an order is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,7 +138,7 @@ pub fn purchase_reference(order_id: &str) -> String {
     format!("order:{order_id}")
 }
 
-impl Store {
+impl KvStore {
     /// Creates `order` (status created), unless the user has a live open order for the same
     /// product and channel: then that one is returned and nothing is written.
     pub fn create_order(&self, order: &Order, now_ms: i64) -> Result<Order, StoreError> {
@@ -478,7 +478,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn order(s: &Store, uid: Uid, id: &str) -> Order {
+    fn order(s: &KvStore, uid: Uid, id: &str) -> Order {
         let o = Order {
             id: id.into(),
             uid,
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn credited_exactly_once_with_the_amount_checked() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let uid = s.create_user("u").unwrap().uid;
         let o = order(&s, uid, "CR1");
         assert!(matches!(
@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn open_orders_are_reused_per_method_and_h5_never() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let uid = s.create_user("u").unwrap().uid;
         let with = |id: &str, method: Option<&str>| {
             let mut o = order(&s, uid, "X0");
@@ -587,7 +587,7 @@ mod tests {
 
     #[test]
     fn open_orders_are_reused_until_closed_and_late_payments_count() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let uid = s.create_user("u").unwrap().uid;
         let a = order(&s, uid, "CR1");
         let b = order(&s, uid, "CR2");
@@ -622,7 +622,7 @@ mod tests {
 
     #[test]
     fn refunds_take_back_what_is_left_never_below_zero() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         let uid = s.create_user("u").unwrap().uid;
         order(&s, uid, "CR1");
         assert!(matches!(

@@ -4,12 +4,12 @@
 
 use crate::codec::{OrAbort, check_key, decode, encode, finish};
 use crate::kv::Transactional;
-use crate::{OUTBOX, Store, StoreError};
+use crate::{KvStore, OUTBOX, StoreError};
 
 /// Most texts kept per user; older ones are merged so the newest stay whole.
 const MAX_ITEMS: usize = 20;
 
-impl Store {
+impl KvStore {
     /// Queues `text` for the user behind `key`.
     pub fn outbox_push(&self, key: &str, text: &str) -> Result<(), StoreError> {
         let _writing = self.writing();
@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn queue_take_and_bound() {
-        let s = Store::open_temporary().unwrap();
+        let s = KvStore::open_temporary().unwrap();
         assert!(s.outbox_take("k").unwrap().is_empty());
         s.outbox_push("k", "a").unwrap();
         s.outbox_push("k", "b").unwrap();

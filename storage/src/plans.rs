@@ -20,9 +20,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::u64_key;
-use crate::{Store, StoreError, Uid};
+use crate::{KvStore, StoreError, Uid};
 
-impl Store {
+impl KvStore {
     /// The user's plan (active or ended; see [`ActivePlan::active_on`]), if they ever had one.
     pub fn plan(&self, uid: Uid) -> Result<Option<ActivePlan>, StoreError> {
         match self.trees()?.balances.get(u64_key(uid.0))? {

@@ -16,7 +16,7 @@ use crate::codec::{
     OrAbort, TxResult, abort, check_key, finish, pair_key, read_pair_key, to_delta, u64_key,
 };
 use crate::{
-    BALANCES, LEDGER, LEDGER_REFS, RESERVATIONS, ReservationId, SETTLED_RESERVATIONS, Store,
+    BALANCES, KvStore, LEDGER, LEDGER_REFS, RESERVATIONS, ReservationId, SETTLED_RESERVATIONS,
     StoreError, Uid,
 };
 
@@ -175,10 +175,10 @@ pub(crate) struct SettledReservation {
     pub(crate) settled_at_ms: i64,
 }
 
-/// Conversation turns written with a settlement ([`Store::settle_metered`]).
+/// Conversation turns written with a settlement ([`KvStore::settle_metered`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Remember<'a> {
-    /// The conversation's key (as [`Store::append_turns`] takes it).
+    /// The conversation's key (as [`KvStore::append_turns`] takes it).
     pub conversation: &'a str,
     /// The turns to append.
     pub turns: &'a [crate::Turn],
@@ -193,7 +193,7 @@ pub(crate) struct LedgerRef {
     pub(crate) seq: u64,
 }
 
-impl Store {
+impl KvStore {
     /// The user's credits on day `today` with a daily allowance of `free_daily`.
     pub fn balance(&self, uid: Uid, today: i64, free_daily: u64) -> Result<Balance, StoreError> {
         let t = self.trees()?;
@@ -353,7 +353,7 @@ impl Store {
         )
     }
 
-    /// The transaction shared by [`Store::grant`] and [`Store::debit`]: returns the entry
+    /// The transaction shared by [`KvStore::grant`] and [`KvStore::debit`]: returns the entry
     /// already written with `reference` if any; otherwise `apply` changes the balance (or
     /// refuses), and the entry and the balance are written together.
     #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,7 @@
 
 use crate::kv::Db;
 use crate::kv::pg::PgLock;
-use crate::{META, SCHEMA_KEY, Store, StoreError};
+use crate::{KvStore, META, SCHEMA_KEY, StoreError};
 
 /// Leadership of a job: while this value lives, no other daemon on the database holds the
 /// same job. On the embedded store a process is alone, so it always leads.
@@ -32,7 +32,7 @@ impl Leadership {
     }
 }
 
-/// What [`Store::copy_into`] copied and checked.
+/// What [`KvStore::copy_into`] copied and checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyReport {
     /// Records per tree, in name order (the same on both sides, or the copy fails).
@@ -48,7 +48,7 @@ pub struct CopyReport {
 /// Pairs written per transaction while copying.
 const COPY_BATCH: usize = 500;
 
-impl Store {
+impl KvStore {
     /// Tries to lead job `name` (e.g. `zsxq:main`): `None` while another daemon leads it.
     /// The leadership ends when the value is dropped or its daemon dies.
     pub fn try_lead(&self, name: &str) -> Result<Option<Leadership>, StoreError> {
@@ -65,7 +65,7 @@ impl Store {
     /// credits. Ids generated later by `dest` stay above every id this store handed out.
     ///
     /// Writers must be stopped (the daemon not running): the copy is not a snapshot.
-    pub fn copy_into(&self, dest: &Store) -> Result<CopyReport, StoreError> {
+    pub fn copy_into(&self, dest: &KvStore) -> Result<CopyReport, StoreError> {
         let src = self.trees()?;
         let dst = dest.trees()?;
         for (name, tree) in dst.all() {
@@ -116,7 +116,7 @@ impl Store {
     }
 
     /// Records per tree and the balance sums (what `copy_into` compares; the fuller
-    /// [`Store::census`] is what a migration to the relational schema compares).
+    /// [`KvStore::census`] is what a migration to the relational schema compares).
     pub fn record_counts(&self) -> Result<CopyReport, StoreError> {
         let t = self.trees()?;
         let mut report = CopyReport::default();

@@ -1,6 +1,6 @@
 //! User API tokens: opaque random strings, stored only as their SHA-256 hashes.
 //!
-//! The plaintext is returned once by [`Store::create_token`] and never written anywhere;
+//! The plaintext is returned once by [`KvStore::create_token`] and never written anywhere;
 //! `tokens` is keyed by the hash, `tokens_by_uid` (uid ‖ hash → empty) lists a user's tokens.
 
 use crate::kv::Transactional;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{
     OrAbort, abort, decode, encode, finish, prefixed_key, split_u64_prefix, u64_key,
 };
-use crate::{Store, StoreError, TOKENS, TOKENS_BY_UID, Uid};
+use crate::{KvStore, StoreError, TOKENS, TOKENS_BY_UID, Uid};
 
 /// What every token starts with, so it can be recognised (and scanned for in leaks).
 pub const TOKEN_PREFIX: &str = "sk-cr-";
@@ -49,7 +49,7 @@ pub struct TokenInfo {
     pub revoked_at_ms: Option<i64>,
 }
 
-impl Store {
+impl KvStore {
     /// Makes a token for `uid` and returns its plaintext (`sk-cr-` + 48 hex characters), which
     /// is shown once: only its hash is stored.
     pub fn create_token(
@@ -253,8 +253,8 @@ pub(crate) fn hash_prefix(hash: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn store_with_user() -> (Store, Uid) {
-        let store = Store::open_temporary().unwrap();
+    fn store_with_user() -> (KvStore, Uid) {
+        let store = KvStore::open_temporary().unwrap();
         let uid = store.create_user("u").unwrap().uid;
         (store, uid)
     }
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn tokens_are_hashed_at_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = KvStore::open(dir.path(), 1 << 20).unwrap();
         let uid = store.create_user("u").unwrap().uid;
         let token = store.create_token(uid, "label", None, 1).unwrap();
         let secret = &token[TOKEN_PREFIX.len()..];

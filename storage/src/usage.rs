@@ -1,10 +1,10 @@
 //! The usage log: one record per metered answer, so users can see where their credits went.
 //!
 //! A record is written by the settlement of its answer, in the same transaction as the
-//! ledger's usage entry ([`Store::settle_metered`]), and only by the call that settles: the
+//! ledger's usage entry ([`KvStore::settle_metered`]), and only by the call that settles: the
 //! log's credits always add up to the ledger's usage debits, and settling again (a retry)
 //! writes nothing. An answer refunded because it never reached its reader is marked in the
-//! refund's transaction ([`Store::refund_answer`]).
+//! refund's transaction ([`KvStore::refund_answer`]).
 //!
 //! # Key and value
 //! Key: uid ‖ time (ms) ‖ reservation id, 8 bytes big-endian each, so that a user's records
@@ -18,7 +18,7 @@
 //! UTF-8. Readers ignore bytes after the model, so later fields can be appended without a new
 //! format; the `plan` part is what the membership plan's daily credits paid.
 //!
-//! Retention: [`Store::purge_usage`] removes records older than a cut-off, a few users per
+//! Retention: [`KvStore::purge_usage`] removes records older than a cut-off, a few users per
 //! call, in bounded transactions (the daemon's cleanup job, `[quota] usage_days`).
 
 use crate::codec::{
@@ -26,12 +26,12 @@ use crate::codec::{
 };
 use crate::kv::{Transactional, TxTree};
 use crate::quota::{Settled, entry_by_reference, load_balance, store_balance};
-use crate::{EntryKind, LedgerEntry, ReservationId, Store, StoreError, USAGE, USERS, Uid};
+use crate::{EntryKind, KvStore, LedgerEntry, ReservationId, StoreError, USAGE, USERS, Uid};
 
-/// The most records one page of [`Store::usage`] returns.
+/// The most records one page of [`KvStore::usage`] returns.
 pub const MAX_USAGE_PAGE: usize = 100;
 
-/// Records removed per transaction by [`Store::purge_usage`].
+/// Records removed per transaction by [`KvStore::purge_usage`].
 const PURGE_BATCH: usize = 500;
 
 /// The longest platform and model names kept (longer ones are cut at a character boundary).
@@ -161,7 +161,7 @@ pub struct UsagePage {
     pub next: Option<UsageCursor>,
 }
 
-/// What one [`Store::purge_usage`] call did.
+/// What one [`KvStore::purge_usage`] call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsagePurge {
     /// Records removed.
@@ -305,7 +305,7 @@ pub(crate) fn read_record(key: &[u8], raw: &[u8]) -> Result<UsageRecord, StoreEr
     decoded.ok_or_else(|| StoreError::corrupt(USAGE, describe(), "not a usage record"))
 }
 
-impl Store {
+impl KvStore {
     /// A page of `uid`'s usage log, newest first: at most `limit` records (capped at
     /// [`MAX_USAGE_PAGE`]) older than `before` (all, when `None`). One range scan.
     pub fn usage(

@@ -1,7 +1,7 @@
 //! Users and identities: which [`UserKey`]s (platform accounts) belong to which [`Uid`].
 //!
 //! `identities` maps the key's text to a uid; `identities_by_uid` (uid ‖ key text → empty) is
-//! the reverse index for [`Store::identities_of`]. Both change in one transaction.
+//! the reverse index for [`KvStore::identities_of`]. Both change in one transaction.
 
 use crate::kv::Transactional;
 use crate::kv::TxTree;
@@ -14,7 +14,7 @@ use crate::codec::{
 };
 use crate::dedupe::Mark;
 use crate::{
-    DEDUPE, IDENTITIES, IDENTITIES_BY_UID, META, Store, StoreError, USERS, Uid, system_now_ms,
+    DEDUPE, IDENTITIES, IDENTITIES_BY_UID, KvStore, META, StoreError, USERS, Uid, system_now_ms,
 };
 
 /// The `meta` key holding the next uid to hand out.
@@ -40,7 +40,7 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
-/// What [`Store::admit`] decided about a message.
+/// What [`KvStore::admit`] decided about a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// First seen (its mark is set now): answer it, for this user (created on first contact).
@@ -49,7 +49,7 @@ pub enum Admission {
     Seen,
 }
 
-/// Users in a row from before the period that end [`Store::users_created_since`]'s walk.
+/// Users in a row from before the period that end [`KvStore::users_created_since`]'s walk.
 pub const OLDER_IN_A_ROW: usize = 64;
 
 /// A user as `admin user list` shows them.
@@ -61,7 +61,7 @@ pub struct UserActivity {
     pub last_active_ms: Option<i64>,
 }
 
-impl Store {
+impl KvStore {
     /// Creates a user with the next free uid.
     pub fn create_user(&self, name: &str) -> Result<User, StoreError> {
         let _writing = self.writing();
@@ -284,8 +284,8 @@ impl Store {
     }
 
     /// Admits a chat-platform message in one step: sets its dedupe mark `mark` until
-    /// `expires_at_ms` (as [`Store::dedupe_insert`]: refused while a live mark, by `now_ms`,
-    /// exists) and resolves its sender `key` (as [`Store::resolve_identity`], creating user and
+    /// `expires_at_ms` (as [`KvStore::dedupe_insert`]: refused while a live mark, by `now_ms`,
+    /// exists) and resolves its sender `key` (as [`KvStore::resolve_identity`], creating user and
     /// identity on first contact), in one transaction: a message is either seen and its sender
     /// known, or neither. A returning sender's step touches the marks and identities only.
     pub fn admit(
@@ -504,7 +504,7 @@ mod tests {
 
     #[test]
     fn admit_marks_the_message_and_resolves_its_sender_once() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let first = store.admit(&key("o1"), Some("Ann"), "m1", 100, 0).unwrap();
         let Admission::New(uid) = first else {
             panic!("a new message is admitted: {first:?}")
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn racing_admits_admit_a_message_once_and_make_one_user() {
-        let store = Arc::new(Store::open_temporary().unwrap());
+        let store = Arc::new(KvStore::open_temporary().unwrap());
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn uids_start_at_one_and_are_dense() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap();
         let b = store.create_user("b").unwrap();
         assert_eq!((a.uid, b.uid), (Uid(1), Uid(2)));
@@ -576,7 +576,7 @@ mod tests {
 
     #[test]
     fn activity_is_the_newest_ledger_entry() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap();
         let b = store.create_user("b").unwrap();
         store
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn find_by_name_and_by_part_of_a_key() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let alice = store.create_user("Alice Wang").unwrap();
         store.create_user("bob").unwrap();
         let key: UserKey = "mp:main:o6_abcdef".parse().unwrap();
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn groups_are_added_and_removed() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap();
         let u = store
             .change_groups(a.uid, &["vip".into(), "team".into()], &[])
@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn ban_and_unban() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.create_user("a").unwrap();
         let banned = store.set_banned(a.uid, true, Some("spam")).unwrap();
         assert!(banned.banned);
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn user_without_banned_field_reads_as_not_banned() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store
             .trees()
             .unwrap()
@@ -667,7 +667,7 @@ mod tests {
 
     #[test]
     fn corrupt_user_is_an_error_naming_the_key() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store
             .trees()
             .unwrap()
@@ -688,7 +688,7 @@ mod tests {
 
     #[test]
     fn resolve_creates_once_and_reuses() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let uid = store.resolve_identity(&key("o1"), Some("Alice")).unwrap();
         assert_eq!(
             store.resolve_identity(&key("o1"), Some("Other")).unwrap(),
@@ -705,7 +705,7 @@ mod tests {
 
     #[test]
     fn racing_resolvers_get_the_same_uid() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let barrier = Arc::new(Barrier::new(16));
         let handles: Vec<_> = (0..16)
             .map(|_| {
@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn link_moves_a_key_and_keeps_the_index() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.resolve_identity(&key("a"), None).unwrap();
         let web = UserKey::new(Platform::Web, "", "s1");
         let b = store.resolve_identity(&web, None).unwrap();
@@ -746,7 +746,7 @@ mod tests {
 
     #[test]
     fn unlink_removes_both_directions() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         let a = store.resolve_identity(&key("a"), None).unwrap();
         assert!(store.unlink_identity(&key("a")).unwrap());
         assert!(!store.unlink_identity(&key("a")).unwrap());
@@ -759,7 +759,7 @@ mod tests {
 
     #[test]
     fn corrupt_identity_index_is_an_error() {
-        let store = Store::open_temporary().unwrap();
+        let store = KvStore::open_temporary().unwrap();
         store
             .trees()
             .unwrap()

@@ -7,21 +7,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 
 use chatrelay_core::{Platform, UserKey};
-use chatrelay_storage::{EntryKind, Order, OrderStatus, Store, StoreError, Turn, Uid};
+use chatrelay_storage::{EntryKind, KvStore, Order, OrderStatus, StoreError, Turn, Uid};
 
 const CACHE: u64 = 16 << 20;
 
 const FREE_DAILY: u64 = 10;
 const TODAY: i64 = 20_000;
 
-fn export(store: &Store) -> Vec<u8> {
+fn export(store: &KvStore) -> Vec<u8> {
     let mut out = Vec::new();
     store.export_backup(&mut out, 1_700_000_000_000).unwrap();
     out
 }
 
 fn restore(bytes: &[u8], dir: &Path) -> Result<chatrelay_storage::BackupSummary, StoreError> {
-    Store::restore_backup(&mut Cursor::new(bytes), dir, CACHE)
+    KvStore::restore_backup(&mut Cursor::new(bytes), dir, CACHE)
 }
 
 fn order(id: &str, uid: Uid) -> Order {
@@ -47,8 +47,8 @@ fn order(id: &str, uid: Uid) -> Order {
 }
 
 /// A store with a bit of everything.
-fn populated(dir: &Path) -> Store {
-    let store = Store::open(dir, CACHE).unwrap();
+fn populated(dir: &Path) -> KvStore {
+    let store = KvStore::open(dir, CACHE).unwrap();
     let alice = store
         .resolve_identity(&UserKey::new(Platform::Tg, "main", "1"), Some("alice"))
         .unwrap();
@@ -120,7 +120,7 @@ fn round_trip_keeps_every_record() {
     assert!(restored.trees >= 15, "{restored:?}");
     assert_eq!(restored.records as usize, store.dump().unwrap().len());
 
-    let copy = Store::open_closed(&dir, CACHE).unwrap();
+    let copy = KvStore::open_closed(&dir, CACHE).unwrap();
     let before = store.dump().unwrap();
     assert_eq!(before, copy.dump().unwrap());
     let audit = copy.audit().unwrap();
@@ -143,7 +143,7 @@ fn round_trip_keeps_every_record() {
     // Restoring into an existing empty directory works too.
     let empty = tempfile::tempdir().unwrap();
     restore(&bytes, empty.path()).unwrap();
-    let again = Store::open(empty.path(), CACHE).unwrap();
+    let again = KvStore::open(empty.path(), CACHE).unwrap();
     assert_eq!(again.dump().unwrap(), before);
 }
 
@@ -151,7 +151,7 @@ fn round_trip_keeps_every_record() {
 fn exports_under_write_load_are_consistent() {
     const THREADS: usize = 8;
     let src_dir = tempfile::tempdir().unwrap();
-    let store = Store::open(src_dir.path(), CACHE).unwrap();
+    let store = KvStore::open(src_dir.path(), CACHE).unwrap();
     let uids: Vec<Uid> = (0..4)
         .map(|i| store.create_user(&format!("u{i}")).unwrap().uid)
         .collect();
@@ -212,7 +212,7 @@ fn exports_under_write_load_are_consistent() {
         let dir = target.path().join(format!("copy{n}"));
         let summary = restore(bytes, &dir).unwrap();
         sizes.push(summary.records);
-        let copy = Store::open_closed(&dir, CACHE).unwrap();
+        let copy = KvStore::open_closed(&dir, CACHE).unwrap();
         let audit = copy.audit().unwrap();
         assert!(audit.is_consistent(), "backup {n}: {audit:?}");
         assert!(audit.ledger_entries > 0, "backup {n} saw no load");
@@ -289,7 +289,7 @@ fn writers_do_not_wait_for_an_export_and_it_keeps_its_snapshot() {
     let dir = target.path().join("restored");
     let restored = restore(&out.out, &dir).unwrap();
     assert_eq!(summary, restored);
-    let copy = Store::open_closed(&dir, CACHE).unwrap();
+    let copy = KvStore::open_closed(&dir, CACHE).unwrap();
     assert_eq!(
         copy.dump().unwrap(),
         before,
@@ -302,7 +302,7 @@ fn writers_do_not_wait_for_an_export_and_it_keeps_its_snapshot() {
     let dir = target.path().join("again");
     restore(&again, &dir).unwrap();
     assert_eq!(
-        Store::open_closed(&dir, CACHE).unwrap().dump().unwrap(),
+        KvStore::open_closed(&dir, CACHE).unwrap().dump().unwrap(),
         after
     );
 }
@@ -429,7 +429,7 @@ fn bad_files_and_targets_are_refused() {
     let fine = target.path().join("fine");
     restore(&good, &fine).unwrap();
     assert_eq!(
-        Store::open_closed(&fine, CACHE).unwrap().dump().unwrap(),
+        KvStore::open_closed(&fine, CACHE).unwrap().dump().unwrap(),
         store.dump().unwrap()
     );
 }

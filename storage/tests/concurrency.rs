@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Barrier, Mutex};
 
-use chatrelay_storage::{EntryKind, LedgerEntry, Store, StoreError, Uid};
+use chatrelay_storage::{EntryKind, KvStore, LedgerEntry, StoreError, Uid};
 
 const THREADS: usize = 32;
 const ITERATIONS: usize = 300;
@@ -45,7 +45,7 @@ struct Seen {
 #[test]
 fn concurrent_credit_operations_stay_consistent() {
     // Temporary: sled, or a fresh PostgreSQL schema when CHATRELAY_TEST_PG_URL is set.
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let uids: Vec<Uid> = (0..USERS)
         .map(|i| {
             let uid = store.create_user(&format!("user{i}")).unwrap().uid;

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use chatrelay_core::{Platform, UserKey};
-use chatrelay_storage::{EntryKind, Store, StoreError, Uid};
+use chatrelay_storage::{EntryKind, KvStore, StoreError, Uid};
 
 const DIR_VAR: &str = "CRASH_WRITER_DIR";
 const ROUND_VAR: &str = "CRASH_WRITER_ROUND";
@@ -46,7 +46,7 @@ fn crash_child_writer() {
         return;
     };
     let round: u64 = std::env::var(ROUND_VAR).unwrap().parse().unwrap();
-    let store = Store::open(Path::new(&dir), 8 << 20).unwrap();
+    let store = KvStore::open(Path::new(&dir), 8 << 20).unwrap();
     let uids: Vec<Uid> = (0..USERS)
         .map(|i| store.resolve_identity(&user_key(i), None).unwrap())
         .collect();
@@ -164,7 +164,7 @@ fn crash_safety_under_sigkill() {
             .collect();
         total_granted += granted.len();
 
-        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let store = KvStore::open(dir.path(), 8 << 20).unwrap();
         let report = store.audit().unwrap();
         assert!(
             report.is_consistent(),

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use chatrelay_storage::{EntryKind, Store};
+use chatrelay_storage::{EntryKind, KvStore};
 
 struct ThreadWaker(std::thread::Thread);
 
@@ -32,7 +32,7 @@ fn block_on<F: Future>(fut: F) -> F::Output {
 #[test]
 fn concurrent_flushes_all_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("db"), 8 * 1024 * 1024).unwrap();
+    let store = KvStore::open(&dir.path().join("db"), 8 * 1024 * 1024).unwrap();
     let uid = store.create_user("u").unwrap().uid;
     let (tx, rx) = mpsc::channel();
     for t in 0..64 {

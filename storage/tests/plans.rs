@@ -3,8 +3,8 @@
 //! replaced, ended by a refund; on sled, and on PostgreSQL with `CHATRELAY_TEST_PG_URL`.
 
 use chatrelay_storage::{
-    CodeGrant, CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, RedeemOutcome, Store, Uid,
-    UsageNote, UsageOutcome,
+    CodeGrant, CreditOutcome, EntryKind, KvStore, Order, OrderStatus, PlanGrant, RedeemOutcome,
+    Uid, UsageNote, UsageOutcome,
 };
 
 const FREE: u64 = 5;
@@ -34,7 +34,7 @@ fn week() -> PlanGrant {
     }
 }
 
-fn plan_order(s: &Store, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Order {
+fn plan_order(s: &KvStore, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Order {
     let o = Order {
         id: id.into(),
         uid,
@@ -57,18 +57,18 @@ fn plan_order(s: &Store, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Ord
     s.create_order(&o, at_ms).unwrap()
 }
 
-fn setup() -> (Store, Uid) {
-    let s = Store::open_temporary().unwrap();
+fn setup() -> (KvStore, Uid) {
+    let s = KvStore::open_temporary().unwrap();
     let uid = s.create_user("u").unwrap().uid;
     (s, uid)
 }
 
-fn free_left(s: &Store, uid: Uid, day: i64) -> u64 {
+fn free_left(s: &KvStore, uid: Uid, day: i64) -> u64 {
     s.balance(uid, day, FREE).unwrap().free_left
 }
 
 /// One answer of `cost` on `day`, with its usage record; returns (free, paid, plan) charged.
-fn answer(s: &Store, uid: Uid, reference: &str, cost: u64, day: i64) -> (u64, u64, u64) {
+fn answer(s: &KvStore, uid: Uid, reference: &str, cost: u64, day: i64) -> (u64, u64, u64) {
     let now = day * DAY_MS;
     let id = s
         .reserve(uid, cost, reference, day, FREE, i64::MAX)
@@ -277,18 +277,18 @@ fn a_plan_code_grants_the_plan_exactly_once() {
 fn backups_and_copies_keep_the_plan() {
     // Backups are the embedded store's: a sled store whatever the environment says.
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&dir.path().join("db"), 16 << 20).unwrap();
+    let s = KvStore::open(&dir.path().join("db"), 16 << 20).unwrap();
     let uid = s.create_user("u").unwrap().uid;
     plan_order(&s, uid, "P1", month(), START_MS);
     s.credit_order("P1", 3000, None, START_MS).unwrap();
     let mut out = Vec::new();
     s.export_backup(&mut out, START_MS).unwrap();
     let target = dir.path().join("restored");
-    Store::restore_backup(&mut std::io::Cursor::new(out), &target, 16 << 20).unwrap();
-    let restored = Store::open(&target, 16 << 20).unwrap();
+    KvStore::restore_backup(&mut std::io::Cursor::new(out), &target, 16 << 20).unwrap();
+    let restored = KvStore::open(&target, 16 << 20).unwrap();
     for copy in [restored, {
         // `migrate-data`'s copy (to PostgreSQL when `CHATRELAY_TEST_PG_URL` is set).
-        let dest = Store::open_temporary().unwrap();
+        let dest = KvStore::open_temporary().unwrap();
         s.copy_into(&dest).unwrap();
         dest
     }] {

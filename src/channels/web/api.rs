@@ -64,7 +64,7 @@ async fn login(
             "throttled",
             "尝试次数过多，请稍后再试",
         ),
-        Err(LoginError::Store(e)) => {
+        Err(LoginError::KvStore(e)) => {
             warn!(error = %e, "login failed in the store");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,

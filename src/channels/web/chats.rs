@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chatrelay_core::{Platform, UserKey};
 use chatrelay_storage::{
-    Chat, ChatLimits, ChatMessage, ChatPut, Store, StoreError, Turn, Uid, valid_chat_id,
+    Chat, ChatLimits, ChatMessage, ChatPut, KvStore, StoreError, Turn, Uid, valid_chat_id,
 };
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
@@ -104,7 +104,7 @@ pub fn platform_chat_id(key: &UserKey) -> String {
 }
 
 /// The user's platform identities (chat platforms with memory), with their ids.
-fn platform_keys(store: &Store, uid: Uid) -> Result<Vec<(String, UserKey)>, StoreError> {
+fn platform_keys(store: &KvStore, uid: Uid) -> Result<Vec<(String, UserKey)>, StoreError> {
     let keys = store.identities_of(uid)?;
     Ok(keys
         .into_iter()
@@ -115,7 +115,7 @@ fn platform_keys(store: &Store, uid: Uid) -> Result<Vec<(String, UserKey)>, Stor
 
 /// The user's platform conversations that have memory (`only`: just the one with that id).
 fn platform_chats(
-    store: &Store,
+    store: &KvStore,
     uid: Uid,
     only: Option<&str>,
 ) -> Result<Vec<PlatformChat>, StoreError> {
@@ -226,7 +226,7 @@ async fn read<R: Send + 'static>(
 
 /// Runs a write on the store's lane.
 async fn write<R: Send + 'static>(
-    store: &Store,
+    store: &KvStore,
     f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, Response> {
     match store.on_lane(f).await {

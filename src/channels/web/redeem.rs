@@ -68,7 +68,7 @@ async fn redeem(
                 RedeemError::AlreadyUsed { .. } | RedeemError::Revoked => StatusCode::CONFLICT,
                 RedeemError::Expired => StatusCode::GONE,
                 RedeemError::PlanUnavailable => StatusCode::NOT_IMPLEMENTED,
-                RedeemError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RedeemError::KvStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(status, e.code(), e.message())
         }

@@ -505,7 +505,7 @@ mod tests {
 
     struct Rig {
         engine: Engine,
-        store: chatrelay_storage::Store,
+        store: chatrelay_storage::KvStore,
         shutdown: CancellationToken,
         tracker: tokio_util::task::TaskTracker,
         bot: Arc<WecomBot>,
@@ -514,7 +514,7 @@ mod tests {
     /// An engine with the demo model (1 credit an answer, 10 free a day) and a bot whose
     /// stream window is `window_secs`.
     fn rig(window_secs: u64) -> Rig {
-        let store = chatrelay_storage::Store::open_temporary().unwrap();
+        let store = chatrelay_storage::KvStore::open_temporary().unwrap();
         let mut config = crate::config::Config::default();
         config.llm.models = vec![crate::config::ModelConfig {
             name: config.llm.model.clone(),

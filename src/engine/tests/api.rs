@@ -93,7 +93,7 @@ async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
         usage: None,
     });
     let settings = (*h.engine.settings()).clone();
-    let daemon = |store: Store| {
+    let daemon = |store: KvStore| {
         Engine::new(
             store,
             h.llm.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, Usage, UserKey};
 use chatrelay_openai::Message;
-use chatrelay_storage::{EntryKind, Store, Turn, Uid};
+use chatrelay_storage::{EntryKind, KvStore, Turn, Uid};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -138,7 +138,7 @@ fn async_stream(
 
 struct Harness {
     engine: Engine,
-    store: Store,
+    store: KvStore,
     llm: Arc<Scripted>,
 }
 
@@ -151,7 +151,7 @@ fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
     }];
     config.quota.free_daily = 5;
     edit(&mut config);
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let llm = Scripted::new(script);
     let engine = Engine::new(
         store.clone(),
@@ -217,7 +217,7 @@ fn filter(
 
 /// Two stores on one PostgreSQL schema (two daemons' worth), when `CHATRELAY_TEST_PG_URL`
 /// is set (`scripts/test` sets it); `None` otherwise.
-pub(crate) fn shared_pair() -> Option<(Store, Store)> {
+pub(crate) fn shared_pair() -> Option<(KvStore, KvStore)> {
     let url = std::env::var("CHATRELAY_TEST_PG_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
@@ -230,13 +230,13 @@ pub(crate) fn shared_pair() -> Option<(Store, Store)> {
         ..chatrelay_storage::PgOptions::new(url)
     };
     Some((
-        Store::open_postgres(&opts).unwrap(),
-        Store::open_postgres(&opts).unwrap(),
+        KvStore::open_postgres(&opts).unwrap(),
+        KvStore::open_postgres(&opts).unwrap(),
     ))
 }
 
 /// The whole usage log of `uid`, newest first.
-fn usage_log(store: &Store, uid: Uid) -> Vec<chatrelay_storage::UsageRecord> {
+fn usage_log(store: &KvStore, uid: Uid) -> Vec<chatrelay_storage::UsageRecord> {
     store.usage(uid, None, 100).unwrap().records
 }
 

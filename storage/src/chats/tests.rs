@@ -18,8 +18,8 @@ fn two() -> Vec<ChatMessage> {
     vec![msg("user", "hi"), msg("assistant", "hello")]
 }
 
-fn store_with_users() -> (Store, Uid, Uid) {
-    let store = Store::open_temporary().unwrap();
+fn store_with_users() -> (KvStore, Uid, Uid) {
+    let store = KvStore::open_temporary().unwrap();
     let a = store.create_user("a").unwrap().uid;
     let b = store.create_user("b").unwrap().uid;
     (store, a, b)

@@ -5,7 +5,7 @@ fn credits(n: u64) -> CodeGrant {
     CodeGrant::Credits { credits: n }
 }
 
-fn paid(store: &Store, uid: Uid) -> u64 {
+fn paid(store: &KvStore, uid: Uid) -> u64 {
     let b: Balance = store.balance(uid, 0, 0).unwrap();
     b.paid
 }
@@ -74,7 +74,7 @@ fn codes_are_shown_in_groups_and_read_back_however_typed() {
 
 #[test]
 fn a_batch_is_bounded_and_stored_hashed() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     for count in [0, MAX_CODES_PER_BATCH + 1] {
         assert!(matches!(
             store.create_code_batch(credits(5), count, None, "", 1),
@@ -116,7 +116,7 @@ fn a_batch_is_bounded_and_stored_hashed() {
 
 #[test]
 fn a_code_credits_once_through_the_ledger() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let a = store.create_user("a").unwrap().uid;
     let b = store.create_user("b").unwrap().uid;
     let (batch, codes) = store
@@ -153,7 +153,7 @@ fn a_code_credits_once_through_the_ledger() {
 
 #[test]
 fn unknown_revoked_expired_and_plan_codes_change_nothing() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let a = store.create_user("a").unwrap().uid;
     let (live, codes) = store.create_code_batch(credits(7), 3, None, "", 1).unwrap();
     let (_, old) = store
@@ -242,7 +242,7 @@ fn unknown_revoked_expired_and_plan_codes_change_nothing() {
 
 #[test]
 fn twenty_users_racing_for_one_code_credit_once() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let users: Vec<Uid> = (0..20)
         .map(|i| store.create_user(&format!("u{i}")).unwrap().uid)
         .collect();
@@ -279,14 +279,14 @@ fn twenty_users_racing_for_one_code_credit_once() {
 
 #[test]
 fn a_backup_keeps_the_codes() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let a = store.create_user("a").unwrap().uid;
     let (batch, codes) = store
         .create_code_batch(credits(3), 2, None, "n", 1)
         .unwrap();
     store.redeem_code(a, &codes[0], 2).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let copy = Store::open(&dir.path().join("copy"), 1 << 20).unwrap();
+    let copy = KvStore::open(&dir.path().join("copy"), 1 << 20).unwrap();
     store.copy_into(&copy).unwrap();
     assert_eq!(
         copy.batch_codes(batch.id).unwrap(),
@@ -306,8 +306,8 @@ fn a_backup_keeps_the_codes() {
     let mut file = Vec::new();
     store.export_backup(&mut file, 5).unwrap();
     let restored_dir = dir.path().join("restored");
-    Store::restore_backup(&mut file.as_slice(), &restored_dir, 1 << 20).unwrap();
-    let restored = Store::open_closed(&restored_dir, 1 << 20).unwrap();
+    KvStore::restore_backup(&mut file.as_slice(), &restored_dir, 1 << 20).unwrap();
+    let restored = KvStore::open_closed(&restored_dir, 1 << 20).unwrap();
     assert_eq!(
         restored.code_batch(batch.id).unwrap(),
         store.code_batch(batch.id).unwrap()

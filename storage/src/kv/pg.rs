@@ -95,7 +95,7 @@ impl PgOptions {
     }
 }
 
-/// What [`crate::Store::migrate_postgres`] found and did.
+/// What [`crate::KvStore::migrate_postgres`] found and did.
 #[derive(Clone, Debug, Default)]
 pub struct MigrationReport {
     /// Versions applied before this run.

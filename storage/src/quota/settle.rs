@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Store {
+impl KvStore {
     /// Settles a reservation: drops its hold and charges `min(actual, free_left + paid)`, free
     /// credits first, as one [`EntryKind::Usage`] entry with the reservation's reference.
     ///
@@ -42,12 +42,12 @@ impl Store {
         }))
     }
 
-    /// [`Store::settle`] with, in the same transaction, the conversation's new turns
-    /// (`remember`, as [`Store::append_turns`] writes them) and the answer's usage record
+    /// [`KvStore::settle`] with, in the same transaction, the conversation's new turns
+    /// (`remember`, as [`KvStore::append_turns`] writes them) and the answer's usage record
     /// (`usage`, see [`crate::UsageRecord`]; keyed by the owner, `now_ms` and `id`, with the
     /// credits this settlement charged): the charge, the turns and the usage log are written
     /// together or not at all, and cannot disagree. Settling again answers as
-    /// [`Store::settle`] does and writes nothing.
+    /// [`KvStore::settle`] does and writes nothing.
     #[allow(clippy::too_many_arguments)] // settle's arguments, the turns and the usage
     pub fn settle_metered(
         &self,
@@ -309,7 +309,7 @@ pub(crate) struct Settled {
     pub(crate) from_plan: u64,
 }
 
-/// The settlement of [`Store::settle`] inside a transaction.
+/// The settlement of [`KvStore::settle`] inside a transaction.
 fn settle_in(t: &SettleTrees<'_, '_>, a: &SettleArgs<'_>) -> TxResult<Settled> {
     let key = u64_key(a.id.0);
     let Some(raw) = t.reservations.get(key)? else {

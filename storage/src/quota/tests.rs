@@ -4,8 +4,8 @@ const DAY: i64 = 100;
 const FREE: u64 = 10;
 const LATER: i64 = i64::MAX;
 
-fn store_with_paid(paid: u64) -> (Store, Uid) {
-    let store = Store::open_temporary().unwrap();
+fn store_with_paid(paid: u64) -> (KvStore, Uid) {
+    let store = KvStore::open_temporary().unwrap();
     let uid = store.create_user("u").unwrap().uid;
     if paid > 0 {
         store
@@ -15,7 +15,7 @@ fn store_with_paid(paid: u64) -> (Store, Uid) {
     (store, uid)
 }
 
-fn assert_consistent(store: &Store) {
+fn assert_consistent(store: &KvStore) {
     let report = store.audit().unwrap();
     assert!(report.is_consistent(), "{:?}", report.mismatches);
 }

@@ -17,7 +17,7 @@ use crate::{
     AuditMismatch, AuditReport, LedgerEntry, StoreError, TOKEN_PREFIX, Uid, User, UserActivity,
 };
 
-/// A ledger page's most entries (as `Store::ledger_page` clamps).
+/// A ledger page's most entries (as `KvStore::ledger_page` clamps).
 const MAX_LEDGER_PAGE: usize = 1_000;
 
 /// An identity's key text (`UserKey`'s `Display`) from its columns.
@@ -413,7 +413,7 @@ impl RelStore {
     /// Checks, for every user, that the ledger's paid deltas add up to the paid balance
     /// (entry by entry, never below zero, seqs gapless from 1), that open reservations add
     /// up to the held credits and that the next seq follows the last entry (as
-    /// `Store::audit`), in one statement. Not a snapshot across users' later writes: run it
+    /// `KvStore::audit`), in one statement. Not a snapshot across users' later writes: run it
     /// on a quiet store, as on sled.
     pub(crate) async fn audit(&self) -> Result<AuditReport, StoreError> {
         let rows = self.rows(AUDIT, &[]).await?;

@@ -102,7 +102,7 @@ impl RelStore {
         }))
     }
 
-    /// Saves a conversation whole (creating or replacing it) at `now_ms`, as `Store::put_chat`:
+    /// Saves a conversation whole (creating or replacing it) at `now_ms`, as `KvStore::put_chat`:
     /// with `base`, only if the stored one is that version (or there is none: one deleted
     /// elsewhere is saved again rather than lost); over the count limit, the least recently
     /// updated others go. A short transaction: the user's advisory lock, then one statement
@@ -334,7 +334,10 @@ impl RelStore {
     /// apart from `import.rs` (the other tables' import); the migration runs both. Reads
     /// [`IMPORT_BATCH`] records at a time off the async workers; one statement per batch.
     /// How many conversations were written.
-    pub(crate) async fn import_chats_from(&self, source: &crate::Store) -> Result<u64, StoreError> {
+    pub(crate) async fn import_chats_from(
+        &self,
+        source: &crate::KvStore,
+    ) -> Result<u64, StoreError> {
         let mut after: Option<Vec<u8>> = None;
         let mut written = 0u64;
         loop {
@@ -386,7 +389,7 @@ impl RelStore {
 /// last key read and the records, or `None` at the end.
 #[allow(clippy::type_complexity)]
 fn read_chats(
-    source: &crate::Store,
+    source: &crate::KvStore,
     after: Option<Vec<u8>>,
 ) -> Result<Option<(Vec<u8>, Vec<(Uid, String, SledChat)>)>, StoreError> {
     let t = source.trees()?;

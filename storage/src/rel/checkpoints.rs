@@ -239,7 +239,7 @@ impl RelStore {
         })
     }
 
-    /// Adds each delta to its counter and sets each marker key to 1 (as `Store::add_counters`:
+    /// Adds each delta to its counter and sets each marker key to 1 (as `KvStore::add_counters`:
     /// how statistics gathered in memory are written once a minute), in statements of at most
     /// [`KEYS_PER_STATEMENT`] keys, the deltas in the first. A key both counted and marked ends
     /// as a marker, as on sled. Keys go in byte order, so daemons adding at once lock rows in

@@ -57,7 +57,7 @@ fn hash_code(canonical: &str) -> Vec<u8> {
 }
 
 impl RelStore {
-    /// Makes a batch of `count` codes granting `grant` (as `Store::create_code_batch`), in
+    /// Makes a batch of `count` codes granting `grant` (as `KvStore::create_code_batch`), in
     /// one statement; returns the batch and its codes in display form, in id order (the only
     /// time they are seen).
     pub(crate) async fn create_code_batch(
@@ -214,7 +214,7 @@ impl RelStore {
         Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
-    /// Redeems the code `input` (as typed) for `uid` (as `Store::redeem_code`): the code
+    /// Redeems the code `input` (as typed) for `uid` (as `KvStore::redeem_code`): the code
     /// marked used and its grant written with the ledger entry `code:<id>`, in one
     /// transaction, or nothing changes.
     pub(crate) async fn redeem_code(

@@ -1,5 +1,5 @@
 //! Leadership of jobs that must run once among daemons sharing a database (as
-//! `Store::try_lead` in `shared.rs`): a session advisory lock held by a connection of its
+//! `KvStore::try_lead` in `shared.rs`): a session advisory lock held by a connection of its
 //! own, outside the pool (a pooled connection would carry the lock back with it). The lock's
 //! key is the key-value layer's (`schema/name`), so a daemon on either layer excludes the
 //! other while a deployment moves from one to the other.

@@ -48,7 +48,7 @@ impl RelStore {
         Ok(!rows.is_empty())
     }
 
-    /// Binds `key` to `bound` until `expires_at_ms` (as `Store::dedupe_bind`): true when it
+    /// Binds `key` to `bound` until `expires_at_ms` (as `KvStore::dedupe_bind`): true when it
     /// was free (or expired) and is now bound, or is already bound to the same value.
     pub(crate) async fn dedupe_bind(
         &self,
@@ -75,7 +75,7 @@ impl RelStore {
 
     /// Removes marks, answers and handoff records that expired by `now_ms`, the longest
     /// expired first, at most `PURGE_BUDGET` of each table per call (as
-    /// `Store::purge_expired_dedupe`: the daemon calls it every minute, so a backlog goes in
+    /// `KvStore::purge_expired_dedupe`: the daemon calls it every minute, so a backlog goes in
     /// bounded steps, not one long delete); how many.
     pub(crate) async fn purge_expired_marks(&self, now_ms: i64) -> Result<usize, StoreError> {
         let budget = i64::try_from(crate::dedupe::PURGE_BUDGET).unwrap_or(i64::MAX);

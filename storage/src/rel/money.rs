@@ -164,7 +164,7 @@ impl RelStore {
         })
     }
 
-    /// Holds `amount` credits (as `Store::reserve`): idempotent on `reference`, refused with
+    /// Holds `amount` credits (as `KvStore::reserve`): idempotent on `reference`, refused with
     /// [`StoreError::InsufficientCredits`] when less is available, [`StoreError::AlreadySettled`]
     /// once the reference has a ledger entry.
     pub(crate) async fn reserve(
@@ -199,7 +199,7 @@ impl RelStore {
         }
     }
 
-    /// Settles a reservation (as `Store::settle`): drops its hold and charges
+    /// Settles a reservation (as `KvStore::settle`): drops its hold and charges
     /// `min(actual, free_left + paid)`, free credits first, as one usage entry. Settling
     /// again answers the same; an id never reserved (or released) is
     /// [`StoreError::UnknownReservation`].
@@ -332,7 +332,7 @@ impl RelStore {
         Ok(usize::try_from(col::<i64>(one(&rows)?, "n")?).unwrap_or(0))
     }
 
-    /// Adds paid credits (as `Store::grant`); idempotent on `reference`.
+    /// Adds paid credits (as `KvStore::grant`); idempotent on `reference`.
     pub(crate) async fn grant(
         &self,
         uid: Uid,
@@ -347,7 +347,7 @@ impl RelStore {
             .await
     }
 
-    /// Removes paid credits, never below what is held (as `Store::debit`); idempotent on
+    /// Removes paid credits, never below what is held (as `KvStore::debit`); idempotent on
     /// `reference`.
     pub(crate) async fn debit(
         &self,

@@ -192,7 +192,7 @@ impl RelStore {
         rows.iter().map(order_from).collect()
     }
 
-    /// Marks a verified payment (as `Store::credit_order`): the amount must be the order's;
+    /// Marks a verified payment (as `KvStore::credit_order`): the amount must be the order's;
     /// the order becomes credited and its credits are added with the purchase entry, once.
     pub(crate) async fn credit_order(
         &self,
@@ -271,7 +271,7 @@ impl RelStore {
     }
 
     /// Marks a credited order refunded and takes back its credits, as many as the user still
-    /// has (paid minus held), in one transaction (as `Store::refund_order`). Idempotent.
+    /// has (paid minus held), in one transaction (as `KvStore::refund_order`). Idempotent.
     pub(crate) async fn refund_order(
         &self,
         id: &str,

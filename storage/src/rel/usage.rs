@@ -140,7 +140,7 @@ fn cut(s: &str) -> &str {
 }
 
 impl RelStore {
-    /// Settles a reservation (as `Store::settle_metered` without the conversation turns,
+    /// Settles a reservation (as `KvStore::settle_metered` without the conversation turns,
     /// which `append_turns` writes): the charge, its ledger entry and, when `usage` is given,
     /// the answer's usage row, in one statement. Settling again answers as `settle` does and
     /// writes nothing.
@@ -242,7 +242,7 @@ impl RelStore {
     }
 
     /// Removes usage records settled before `before_ms` of up to `users` users, starting at
-    /// uid `from` (as `Store::purge_usage`): one statement; call again with
+    /// uid `from` (as `KvStore::purge_usage`): one statement; call again with
     /// `UsagePurge::resume` until it is `None`.
     pub(crate) async fn purge_usage(
         &self,
@@ -283,7 +283,7 @@ impl RelStore {
     /// Gives back `credits` as paid credits (a refund entry with reference
     /// `refund_reference`) for the answer settled from the reservation of
     /// `answer_reference`, and marks its usage row refunded, in one statement (as
-    /// `Store::refund_answer`). Idempotent on `refund_reference`. The row is marked only
+    /// `KvStore::refund_answer`). Idempotent on `refund_reference`. The row is marked only
     /// while the settled reservation is kept.
     pub(crate) async fn refund_answer(
         &self,

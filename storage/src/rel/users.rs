@@ -109,7 +109,7 @@ impl RelStore {
         }
     }
 
-    /// Admits a chat-platform message in one round trip (as `Store::admit`): sets its dedupe
+    /// Admits a chat-platform message in one round trip (as `KvStore::admit`): sets its dedupe
     /// mark `mark` until `expires_at_ms` (refused while a live mark, by `now_ms`, exists) and
     /// resolves its sender `key`, creating user, balance and identity on first contact. A
     /// message is either seen and its sender known, or neither: a seen message from a new

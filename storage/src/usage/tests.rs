@@ -15,8 +15,8 @@ fn note(outcome: UsageOutcome) -> UsageNote<'static> {
     }
 }
 
-fn store_with_paid(paid: u64) -> (Store, Uid) {
-    let store = Store::open_temporary().unwrap();
+fn store_with_paid(paid: u64) -> (KvStore, Uid) {
+    let store = KvStore::open_temporary().unwrap();
     let uid = store.create_user("u").unwrap().uid;
     if paid > 0 {
         store
@@ -27,7 +27,7 @@ fn store_with_paid(paid: u64) -> (Store, Uid) {
 }
 
 /// Reserves and settles one answer of `cost` at `at_ms`; returns the reservation id.
-fn answer(store: &Store, uid: Uid, reference: &str, cost: u64, at_ms: i64) -> ReservationId {
+fn answer(store: &KvStore, uid: Uid, reference: &str, cost: u64, at_ms: i64) -> ReservationId {
     let id = store
         .reserve(uid, cost, reference, DAY, FREE, LATER)
         .unwrap();
@@ -46,7 +46,7 @@ fn answer(store: &Store, uid: Uid, reference: &str, cost: u64, at_ms: i64) -> Re
     id
 }
 
-fn all_usage(store: &Store, uid: Uid) -> Vec<UsageRecord> {
+fn all_usage(store: &KvStore, uid: Uid) -> Vec<UsageRecord> {
     let mut out = Vec::new();
     let mut before = None;
     loop {
@@ -60,7 +60,7 @@ fn all_usage(store: &Store, uid: Uid) -> Vec<UsageRecord> {
 }
 
 /// What the ledger's usage entries of `uid` charged.
-fn ledger_usage_debits(store: &Store, uid: Uid) -> u64 {
+fn ledger_usage_debits(store: &KvStore, uid: Uid) -> u64 {
     store
         .ledger(uid, 10_000)
         .unwrap()
@@ -250,7 +250,7 @@ fn pages_go_newest_first_without_gaps_or_repeats() {
 
 #[test]
 fn purging_removes_old_records_only_in_bounded_calls() {
-    let store = Store::open_temporary().unwrap();
+    let store = KvStore::open_temporary().unwrap();
     let uids: Vec<Uid> = (0..5)
         .map(|i| store.create_user(&format!("u{i}")).unwrap().uid)
         .collect();
@@ -435,13 +435,13 @@ fn backups_and_copies_keep_the_log() {
         store.export_backup(&mut file, 5_000).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("restored");
-        Store::restore_backup(&mut file.as_slice(), &target, 1 << 20).unwrap();
-        let restored = Store::open_closed(&target, 1 << 20).unwrap();
+        KvStore::restore_backup(&mut file.as_slice(), &target, 1 << 20).unwrap();
+        let restored = KvStore::open_closed(&target, 1 << 20).unwrap();
         assert_eq!(all_usage(&restored, uid), before);
     }
 
     // `migrate-data`'s copy, and the census that checks it.
-    let copy = Store::open_temporary().unwrap();
+    let copy = KvStore::open_temporary().unwrap();
     let report = store.copy_into(&copy).unwrap();
     assert!(report.trees.contains(&("usage", 2)), "{:?}", report.trees);
     assert_eq!(all_usage(&copy, uid), before);

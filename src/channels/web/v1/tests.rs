@@ -171,8 +171,8 @@ fn quota_error_is_openai_shaped_and_final() {
     assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
 }
 
-fn engine() -> (Engine, chatrelay_storage::Store) {
-    let store = chatrelay_storage::Store::open_temporary().unwrap();
+fn engine() -> (Engine, chatrelay_storage::KvStore) {
+    let store = chatrelay_storage::KvStore::open_temporary().unwrap();
     let config = crate::config::Config::default();
     let engine = Engine::new(
         store.clone(),
@@ -246,7 +246,7 @@ async fn a_non_streamed_answer_of_any_number_of_pieces_comes_back_whole() {
 async fn a_settled_answer_the_reader_never_read_is_refunded_once() {
     let (engine, store) = engine();
     let uid = store.create_user("r").unwrap().uid;
-    let paid = |store: &chatrelay_storage::Store| {
+    let paid = |store: &chatrelay_storage::KvStore| {
         let s = engine.settings();
         store.balance(uid, s.today(), s.free_daily).unwrap().paid
     };

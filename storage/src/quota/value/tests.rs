@@ -1,6 +1,6 @@
 use super::*;
 use crate::codec::{pair_key, u64_key};
-use crate::{Store, StoreError};
+use crate::{KvStore, StoreError};
 
 fn entry(kind: EntryKind, reason: &str, reference: &str) -> LedgerEntry {
     LedgerEntry {
@@ -345,15 +345,15 @@ pub(crate) const DONE: ReservationId = ReservationId(1 << 40);
 pub(crate) const OPEN: ReservationId = ReservationId((1 << 40) + 1);
 
 /// A temporary store (sled, or PostgreSQL when the tests say so) with [`write_json_records`].
-fn json_store() -> (Store, Uid) {
-    let store = Store::open_temporary().unwrap();
+fn json_store() -> (KvStore, Uid) {
+    let store = KvStore::open_temporary().unwrap();
     let uid = write_json_records(&store);
     (store, uid)
 }
 
 /// Writes one new user's credits as the JSON values stores held before format 1: two ledger
 /// entries (`g1`, a purchase of 100; `m-done`, an answer), a settled and an open reservation.
-pub(crate) fn write_json_records(store: &Store) -> Uid {
+pub(crate) fn write_json_records(store: &KvStore) -> Uid {
     let uid = store.create_user("old").unwrap().uid;
     let u = uid.0;
     let t = store.trees().unwrap();
@@ -480,8 +480,8 @@ fn a_backup_of_json_values_restores_and_reads() {
     store.export_backup(&mut file, 9).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("restored");
-    Store::restore_backup(&mut file.as_slice(), &target, 1 << 20).unwrap();
-    let restored = Store::open_closed(&target, 1 << 20).unwrap();
+    KvStore::restore_backup(&mut file.as_slice(), &target, 1 << 20).unwrap();
+    let restored = KvStore::open_closed(&target, 1 << 20).unwrap();
     assert_eq!(
         restored.ledger(uid, 10).unwrap(),
         store.ledger(uid, 10).unwrap()

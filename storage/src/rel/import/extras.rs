@@ -17,7 +17,7 @@ use super::super::{RelStore, amount, uid_param};
 use super::{Batch, Sink, walk};
 use crate::codec::{decode, describe_bytes, read_pair_key, read_u64_key};
 use crate::{
-    ActivePlan, CodeBatch, CodeGrant, CodeRecord, CodeState, PlanGrant, Store, StoreError, Uid,
+    ActivePlan, CodeBatch, CodeGrant, CodeRecord, CodeState, KvStore, PlanGrant, StoreError, Uid,
 };
 
 /// Statement parameters: arrays with their types.
@@ -80,7 +80,7 @@ const CHANGES: &str = "WITH c AS (
      SELECT count(*) AS n FROM c";
 
 /// Reads the plans (after users and orders), the codes, the usage log and the change log.
-pub(super) fn read(store: &Store, sink: &Sink) -> Result<(), StoreError> {
+pub(super) fn read(store: &KvStore, sink: &Sink) -> Result<(), StoreError> {
     let t = store.trees()?;
     walk(
         t.balances.iter(),

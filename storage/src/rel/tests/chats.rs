@@ -369,7 +369,7 @@ async fn a_save_needs_a_user() {
 #[tokio::test]
 async fn conversations_are_imported_from_sled() {
     let s = store_or_skip!();
-    let sled = crate::Store::open_temporary().unwrap();
+    let sled = crate::KvStore::open_temporary().unwrap();
     let a = sled.create_user("a").unwrap().uid;
     let b = sled.create_user("b").unwrap().uid;
     let many = ChatLimits {

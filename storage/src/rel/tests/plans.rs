@@ -11,8 +11,8 @@ use super::super::RelStore;
 use super::assert_consistent;
 use crate::kv::Db;
 use crate::{
-    ChangeRecord, CodeGrant, CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant,
-    RedeemOutcome, Store, Uid, UsageNote, UsageOutcome, system_now_ms,
+    ChangeRecord, CodeGrant, CreditOutcome, EntryKind, KvStore, Order, OrderStatus, PlanGrant,
+    RedeemOutcome, Uid, UsageNote, UsageOutcome, system_now_ms,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -272,7 +272,7 @@ fn change(at_ms: i64, path: &str) -> ChangeRecord {
 #[tokio::test]
 async fn codes_plans_usage_and_the_change_log_import_whole_and_work_on() {
     let rel: RelStore = store_or_skip!();
-    let src = Store::from_db(
+    let src = KvStore::from_db(
         Db::Sled(sled::Config::new().temporary(true).open().unwrap()),
         None,
         0,
