@@ -87,6 +87,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod facade;
 
 mod admin_log;
 mod audit;
@@ -136,6 +137,7 @@ pub use codes::{
 pub use conversations::Turn;
 pub use dedupe::SharedAnswer;
 pub use error::StoreError;
+pub use facade::Store;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use lane::{flush_counts, lane_counts};
 pub use login::{
@@ -146,7 +148,9 @@ pub use plans::{ActivePlan, PlanGrant, after_grant, after_refund, date_of_day};
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
-pub use usage::{MAX_USAGE_PAGE, UsageCursor, UsageNote, UsageOutcome, UsagePage, UsageRecord};
+pub use usage::{
+    MAX_USAGE_PAGE, UsageCursor, UsageNote, UsageOutcome, UsagePage, UsagePurge, UsageRecord,
+};
 pub use users::{Admission, User, UserActivity};
 
 use kv::{Db, Tree};

@@ -9,13 +9,32 @@ use crate::{KvStore, META, SCHEMA_KEY, StoreError};
 /// Leadership of a job: while this value lives, no other daemon on the database holds the
 /// same job. On the embedded store a process is alone, so it always leads.
 pub struct Leadership {
-    lock: Option<PgLock>,
+    lock: Lock,
+}
+
+/// What holds a leadership.
+enum Lock {
+    /// The embedded store: a process is alone.
+    Alone,
+    /// An advisory lock of the one-table PostgreSQL layout.
+    Kv(PgLock),
+    /// An advisory lock of the relational store (the same key, so daemons on either exclude
+    /// each other).
+    Rel(crate::rel::RelLeadership),
+}
+
+impl Leadership {
+    pub(crate) fn relational(lock: crate::rel::RelLeadership) -> Leadership {
+        Leadership {
+            lock: Lock::Rel(lock),
+        }
+    }
 }
 
 impl std::fmt::Debug for Leadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leadership")
-            .field("shared", &self.lock.is_some())
+            .field("shared", &!matches!(self.lock, Lock::Alone))
             .finish()
     }
 }
@@ -26,8 +45,9 @@ impl Leadership {
     /// again).
     pub async fn still_held(&self) -> bool {
         match &self.lock {
-            None => true,
-            Some(lock) => lock.alive().await,
+            Lock::Alone => true,
+            Lock::Kv(lock) => lock.alive().await,
+            Lock::Rel(lock) => lock.still_held().await,
         }
     }
 }
@@ -53,10 +73,10 @@ impl KvStore {
     /// The leadership ends when the value is dropped or its daemon dies.
     pub fn try_lead(&self, name: &str) -> Result<Option<Leadership>, StoreError> {
         match &self.trees()?.db {
-            Db::Sled(_) => Ok(Some(Leadership { lock: None })),
-            Db::Pg(pg) => Ok(pg
-                .try_lock(name)?
-                .map(|lock| Leadership { lock: Some(lock) })),
+            Db::Sled(_) => Ok(Some(Leadership { lock: Lock::Alone })),
+            Db::Pg(pg) => Ok(pg.try_lock(name)?.map(|lock| Leadership {
+                lock: Lock::Kv(lock),
+            })),
         }
     }
 

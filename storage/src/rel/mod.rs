@@ -136,6 +136,7 @@ mod codes;
 mod conversations;
 mod import;
 mod lead;
+pub(crate) use lead::RelLeadership;
 mod marks;
 mod money;
 mod orders;

@@ -213,7 +213,7 @@ impl RelStore {
         now_ms: i64,
     ) -> Result<Option<LedgerEntry>, StoreError> {
         // The metered statement without a usage row: one settling statement for both.
-        self.settle_metered(id, actual, reason, today, free_daily, now_ms, None)
+        self.settle_metered(id, actual, reason, today, free_daily, now_ms, None, None)
             .await
     }
 

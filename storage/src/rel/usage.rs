@@ -16,7 +16,7 @@ use super::{Attempts, RelStore, col, credits, one, uid_of, uid_param};
 use crate::codec::check_key;
 use crate::usage::UsagePurge;
 use crate::{
-    LedgerEntry, MAX_USAGE_PAGE, ReservationId, StoreError, Uid, UsageCursor, UsageNote,
+    LedgerEntry, MAX_USAGE_PAGE, Remember, ReservationId, StoreError, Uid, UsageCursor, UsageNote,
     UsageOutcome, UsagePage, UsageRecord,
 };
 
@@ -140,10 +140,11 @@ fn cut(s: &str) -> &str {
 }
 
 impl RelStore {
-    /// Settles a reservation (as `KvStore::settle_metered` without the conversation turns,
-    /// which `append_turns` writes): the charge, its ledger entry and, when `usage` is given,
-    /// the answer's usage row, in one statement. Settling again answers as `settle` does and
-    /// writes nothing.
+    /// Settles a reservation (as `KvStore::settle_metered`): the charge, its ledger entry and,
+    /// when `usage` is given, the answer's usage row, in one statement; then, only when this
+    /// call settled it, the conversation's new turns (`remember`, a second statement: a crash
+    /// between the two loses the turns, never the charge). Settling again answers as `settle`
+    /// does and writes nothing.
     #[allow(clippy::too_many_arguments)] // settle's arguments and the usage note
     pub(crate) async fn settle_metered(
         &self,
@@ -153,6 +154,7 @@ impl RelStore {
         today: i64,
         free_daily: u64,
         now_ms: i64,
+        remember: Option<Remember<'_>>,
         usage: Option<UsageNote<'_>>,
     ) -> Result<Option<LedgerEntry>, StoreError> {
         let Ok(rid) = i64::try_from(id.0) else {
@@ -187,6 +189,10 @@ impl RelStore {
                 continue;
             };
             if let Some(answer) = self.settled_answer(one(&rows)?, id).await? {
+                if let Some(r) = remember {
+                    self.append_turns(r.conversation, r.turns, r.max_turns)
+                        .await?;
+                }
                 return Ok(answer);
             }
             // Not open when the statement looked: settled before (its answer read, nothing

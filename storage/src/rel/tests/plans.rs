@@ -73,7 +73,7 @@ async fn answer(s: &RelStore, uid: Uid, reference: &str, cost: u64, day: i64) ->
         completion_tokens: 1,
         outcome: UsageOutcome::Answered,
     };
-    s.settle_metered(id, cost, "answer", day, FREE, now, Some(note))
+    s.settle_metered(id, cost, "answer", day, FREE, now, None, Some(note))
         .await
         .unwrap();
     let page = s.usage(uid, None, 100).await.unwrap();

@@ -60,6 +60,7 @@ async fn answer(
             DAY,
             FREE,
             at_ms,
+            None,
             Some(note(UsageOutcome::Answered)),
         )
         .await
@@ -109,6 +110,7 @@ async fn the_settlement_writes_the_record_with_its_free_and_paid_split() {
             DAY,
             FREE,
             5_000,
+            None,
             Some(note(UsageOutcome::Answered)),
         )
         .await
@@ -144,7 +146,7 @@ async fn the_settlement_writes_the_record_with_its_free_and_paid_split() {
         ..note(UsageOutcome::Stopped)
     };
     store
-        .settle_metered(id, 1, "answer", DAY, FREE, 6_000, Some(n))
+        .settle_metered(id, 1, "answer", DAY, FREE, 6_000, None, Some(n))
         .await
         .unwrap();
     let r = &store.usage(uid, None, 1).await.unwrap().records[0];
@@ -167,6 +169,7 @@ async fn settling_again_writes_no_second_record() {
                 DAY,
                 FREE,
                 at,
+                None,
                 Some(note(UsageOutcome::Cut)),
             )
             .await
@@ -181,7 +184,7 @@ async fn settling_again_writes_no_second_record() {
     );
     assert!(matches!(
         store
-            .settle_metered(ReservationId(u64::MAX), 1, "x", DAY, FREE, 7, None)
+            .settle_metered(ReservationId(u64::MAX), 1, "x", DAY, FREE, 7, None, None)
             .await,
         Err(StoreError::UnknownReservation(_))
     ));
@@ -210,7 +213,7 @@ async fn plain_settle_writes_no_record() {
     store.settle(id, 3, "answer", DAY, FREE, 10).await.unwrap();
     let id = store.reserve(uid, 3, "q", DAY, FREE, LATER).await.unwrap();
     store
-        .settle_metered(id, 3, "answer", DAY, FREE, 10, None)
+        .settle_metered(id, 3, "answer", DAY, FREE, 10, None, None)
         .await
         .unwrap();
     assert!(all_usage(&store, uid).await.is_empty());
@@ -236,6 +239,7 @@ async fn the_logs_sum_is_the_ledgers_usage_debits() {
                 DAY,
                 FREE,
                 100 + i as i64,
+                None,
                 Some(note(UsageOutcome::Answered)),
             )
             .await
@@ -442,6 +446,7 @@ async fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
             DAY,
             FREE,
             at,
+            None,
             Some(note(UsageOutcome::Answered)),
         )
         .await
@@ -460,6 +465,7 @@ async fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
             DAY,
             FREE,
             at + 1,
+            None,
             Some(note(UsageOutcome::Answered)),
         )
         .await
@@ -480,6 +486,7 @@ async fn the_base_allowance_goes_first_then_the_plan_then_paid_credits() {
             late,
             FREE,
             at + 2,
+            None,
             Some(note(UsageOutcome::Answered)),
         )
         .await
@@ -512,6 +519,7 @@ async fn purging_many_records_of_one_user_takes_one_call() {
                 DAY,
                 FREE,
                 10,
+                None,
                 Some(note(UsageOutcome::Answered)),
             )
             .await
@@ -546,6 +554,7 @@ async fn racing_settlements_write_one_record_and_one_entry() {
                         DAY,
                         FREE,
                         1_000 + round,
+                        None,
                         Some(note(UsageOutcome::Answered)),
                     )
                     .await
@@ -564,4 +573,41 @@ async fn racing_settlements_write_one_record_and_one_entry() {
     assert_eq!(logged, 60);
     assert_eq!(logged, ledger_usage_debits(&store, uid).await);
     assert_consistent(&store).await;
+}
+
+#[tokio::test]
+async fn the_turns_are_remembered_by_the_settling_call_only() {
+    let store = store_or_skip!();
+    let uid = with_paid(&store, 100).await;
+    let id = store
+        .reserve(uid, 5, "turns", DAY, FREE, LATER)
+        .await
+        .unwrap();
+    let turns = [
+        crate::Turn {
+            role: "user".into(),
+            content: "q".into(),
+            at_ms: 1,
+        },
+        crate::Turn {
+            role: "assistant".into(),
+            content: "a".into(),
+            at_ms: 1,
+        },
+    ];
+    let remember = || {
+        Some(crate::Remember {
+            conversation: "mp:main:o1",
+            turns: &turns,
+            max_turns: 10,
+        })
+    };
+    for at in [1_000, 2_000] {
+        store
+            .settle_metered(id, 5, "answer", DAY, FREE, at, remember(), None)
+            .await
+            .unwrap();
+    }
+    // Settled once, so remembered once: the replay writes nothing.
+    assert_eq!(store.conversation("mp:main:o1").await.unwrap(), turns);
 }
