@@ -151,6 +151,9 @@ struct Inflight {
 
 struct Inner {
     store: KvStore,
+    /// The domain interface over `store` (issue 21: callers move to it module by module;
+    /// once none uses `store`, it is the only field and takes its name).
+    facade: chatrelay_storage::Store,
     /// Swapped whole on a configuration reload; calls in flight keep the one they started with.
     llm: RwLock<Arc<dyn LlmBackend>>,
     alerts: crate::alerts::Alerter,
@@ -203,6 +206,7 @@ impl Engine {
         let limiter = RateLimiter::new(settings.rate_limit_per_minute);
         Self {
             inner: Arc::new(Inner {
+                facade: chatrelay_storage::Store::from(store.clone()),
                 store,
                 llm: RwLock::new(llm),
                 alerts: crate::alerts::Alerter::default(),
@@ -308,10 +312,16 @@ impl Engine {
             .message(self.settings().today(), platform.as_str(), outcome);
     }
 
-    /// The store.
+    /// The store (its key-value engine: the callers not yet moved to [`Engine::facade`]).
     #[must_use]
     pub fn store(&self) -> &KvStore {
         &self.inner.store
+    }
+
+    /// The store's domain interface, async on either engine.
+    #[must_use]
+    pub fn facade(&self) -> &chatrelay_storage::Store {
+        &self.inner.facade
     }
 
     /// The daemon's one task tracker: every task spawned on behalf of a request goes through
