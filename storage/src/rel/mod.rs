@@ -135,8 +135,10 @@ mod checkpoints;
 mod codes;
 mod conversations;
 mod import;
+mod layout;
 mod lead;
 mod marks;
+mod migrate;
 mod money;
 mod orders;
 mod outbox;
@@ -159,6 +161,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use crate::kv::pg::{PgOptions, backoff, error_text};
 use crate::{StoreError, Uid};
 
+pub use migrate::{InPlaceReport, RelCopyReport, copy_into_relational, migrate_postgres_in_place};
 pub(crate) use schema::Migrated;
 
 /// Runs of one statement that keeps conflicting, before giving up.
@@ -180,10 +183,15 @@ impl RelStore {
     pub(crate) async fn open(opts: &PgOptions) -> Result<RelStore, StoreError> {
         let pool = pool::Pool::new(opts)?;
         schema::migrate(&pool).await?;
-        Ok(RelStore {
+        Ok(RelStore::from_pool(pool))
+    }
+
+    /// A store on a pool whose schema is migrated.
+    fn from_pool(pool: Arc<pool::Pool>) -> RelStore {
+        RelStore {
             pool,
             statements: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 
     /// Applies pending migrations and says what it did.
