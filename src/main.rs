@@ -232,7 +232,7 @@ fn restore(config: &Config, file: &std::path::Path, data: Option<PathBuf>) -> an
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut input = std::io::BufReader::new(input);
-    let summary = chatrelay_storage::Store::restore_backup(
+    let summary = chatrelay_storage::KvStore::restore_backup(
         &mut input,
         &db,
         config.storage.cache_capacity_mb * 1024 * 1024,
@@ -310,7 +310,7 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `chatrelay migrate` on the embedded store: opening it upgrades its layout (see
-/// `Store::open`); the census says what it holds.
+/// `KvStore::open`); the census says what it holds.
 fn migrate_sled(config: &Config) -> anyhow::Result<()> {
     let db = app::db_path(config);
     if !db.join("conf").exists() {
@@ -319,7 +319,7 @@ fn migrate_sled(config: &Config) -> anyhow::Result<()> {
             db.display()
         ));
     }
-    let store = chatrelay_storage::Store::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
+    let store = chatrelay_storage::KvStore::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
         .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
     let census = store.census(now_ms()).context("taking the census")?;
     store
@@ -415,7 +415,7 @@ fn migrate_data(
     }
     let schema = opts.schema.clone().unwrap_or_else(|| "public".to_owned());
     let source =
-        chatrelay_storage::Store::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
+        chatrelay_storage::KvStore::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
             .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
     let copied = one_shot_runtime()?
         .block_on(chatrelay_storage::copy_into_relational(

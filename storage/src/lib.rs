@@ -1,10 +1,10 @@
 //! chatrelay's embedded store: the only crate that knows sled.
 //!
-//! It owns every durable record of the daemon and exposes them through [`Store`], a small typed
+//! It owns every durable record of the daemon and exposes them through [`KvStore`], a small typed
 //! API that sled could be swapped out behind (redb), or a shared backend (PostgreSQL) added to.
 //!
 //! # Layout
-//! - `lib.rs`: [`Store`] (its trees, flush, the write guard), [`Uid`], [`ReservationId`].
+//! - `lib.rs`: [`KvStore`] (its trees, flush, the write guard), [`Uid`], [`ReservationId`].
 //! - `open.rs`: opening a store (sled, PostgreSQL, temporary), the schema version check,
 //!   reopening after a storage failure.
 //! - `error.rs`: [`StoreError`].
@@ -75,10 +75,10 @@
 //! - Transactions touch known keys only (sled has no scans inside them) and have no side effects
 //!   (their closures may run more than once).
 //! - A record that cannot be read is a [`StoreError::Corrupt`] naming tree and key, never a panic.
-//! - Writes are durable only after [`Store::flush`] (or a step run with
-//!   [`Store::on_lane_durable`]); call it before acknowledging a payment.
+//! - Writes are durable only after [`KvStore::flush`] (or a step run with
+//!   [`KvStore::on_lane_durable`]); call it before acknowledging a payment.
 //! - Every public method that writes holds the quiesce lock's read side for its whole run
-//!   ([`Store::export_backup`] takes the write side for the instant its snapshot starts, so a
+//!   ([`KvStore::export_backup`] takes the write side for the instant its snapshot starts, so a
 //!   backup sees whole operations only). Such methods never call one another (a nested read
 //!   guard could deadlock with a waiting exporter).
 //! - Every write goes through `kv` (`Tree`, `TxTree`), which keeps the value it replaces in the
@@ -153,7 +153,7 @@ pub use users::{Admission, User, UserActivity};
 use kv::{Db, Tree};
 
 /// The on-disk schema this build writes. A database with a newer version is refused; an
-/// older one is upgraded when opened ([`Store::open`]).
+/// older one is upgraded when opened ([`KvStore::open`]).
 ///
 /// - 1: the first layout (every value JSON but the usage log's).
 /// - 2: the money records (ledger, its references, balances, reservations) in compact binary
@@ -216,7 +216,7 @@ impl FromStr for Uid {
     }
 }
 
-/// The id of a credit reservation made by [`Store::reserve`].
+/// The id of a credit reservation made by [`KvStore::reserve`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ReservationId(pub u64);
@@ -393,18 +393,18 @@ impl std::ops::Deref for Open {
 }
 
 struct Inner {
-    /// `None` only while [`Store::recover`] reopens the database.
+    /// `None` only while [`KvStore::recover`] reopens the database.
     open: RwLock<Option<Arc<Open>>>,
     path: Option<PathBuf>,
     cache_capacity_bytes: u64,
-    /// Writers hold the read side for a whole operation; [`Store::recover`] takes the write
-    /// side, and [`Store::export_backup`] too, but only for the instant its snapshot starts.
+    /// Writers hold the read side for a whole operation; [`KvStore::recover`] takes the write
+    /// side, and [`KvStore::export_backup`] too, but only for the instant its snapshot starts.
     quiesce: RwLock<()>,
     /// The old values writes replace while a backup runs (its copy-on-write snapshot).
     journal: Arc<backup::Journal>,
     /// Held by the one export running (the journal serves one snapshot at a time).
     exporting: std::sync::Mutex<()>,
-    /// What the last [`Store::probe_write`] found.
+    /// What the last [`KvStore::probe_write`] found.
     writable: std::sync::atomic::AtomicBool,
     /// Where the next incremental purges go on.
     purge_cursors: std::sync::Mutex<dedupe::PurgeCursors>,
@@ -412,22 +412,22 @@ struct Inner {
 
 /// The store. Cheap to clone: clones share one open database.
 ///
-/// Calls block on disk I/O only on cache misses; [`Store::flush`] is the one call that waits
+/// Calls block on disk I/O only on cache misses; [`KvStore::flush`] is the one call that waits
 /// for the disk, and it is async.
 #[derive(Clone)]
-pub struct Store {
+pub struct KvStore {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Store {
+impl fmt::Debug for KvStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("KvStore")
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl KvStore {
     /// Whether the store is shared with other daemons (PostgreSQL): the cue for work that
     /// must be coordinated through it (joined answers, leader-only jobs).
     #[must_use]
@@ -443,7 +443,7 @@ impl Store {
 
     /// Whether the database takes writes: writes (and removes) a probe key. After an I/O
     /// failure (a full disk) sled refuses every write until it is reopened, so `false` here
-    /// is the cue for [`Store::recover`].
+    /// is the cue for [`KvStore::recover`].
     pub fn probe_write(&self) -> bool {
         let _writing = self.writing();
         let ok = self.trees().is_ok_and(|t| {
@@ -455,7 +455,7 @@ impl Store {
         ok
     }
 
-    /// What the last [`Store::probe_write`] found (`true` before any), without writing or
+    /// What the last [`KvStore::probe_write`] found (`true` before any), without writing or
     /// waiting: for health checks, which must answer during a backup too.
     #[must_use]
     pub fn last_probe_ok(&self) -> bool {
@@ -497,7 +497,7 @@ impl Store {
         }
     }
 
-    /// [`Store::flush`] for callers without an async runtime (tools, benchmarks): blocks
+    /// [`KvStore::flush`] for callers without an async runtime (tools, benchmarks): blocks
     /// until every write made so far is on disk.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         match &self.trees()?.db {
@@ -511,7 +511,7 @@ impl Store {
         self.inner.path.as_deref()
     }
 
-    /// The open database; [`StoreError::Reopening`] while [`Store::recover`] reopens it.
+    /// The open database; [`StoreError::Reopening`] while [`KvStore::recover`] reopens it.
     fn trees(&self) -> Result<Arc<Open>, StoreError> {
         self.inner
             .open
@@ -544,7 +544,7 @@ impl Store {
     }
 }
 
-/// The `meta` key [`Store::probe_write`] writes.
+/// The `meta` key [`KvStore::probe_write`] writes.
 const PROBE_KEY: &[u8] = b"probe";
 
 fn db_flush(db: &sled::Db) -> Result<(), StoreError> {

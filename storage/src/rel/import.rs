@@ -60,7 +60,7 @@ use crate::quota::BalanceRecord;
 use crate::tokens::TokenRecord;
 use crate::{
     ANSWERS, CHECKPOINTS, LedgerEntry, LoginCode, OPEN_ORDERS, Order, OrderEvent, OrderStatus,
-    Store, StoreError, Turn, Uid, User, system_now_ms,
+    KvStore, StoreError, Turn, Uid, User, system_now_ms,
 };
 
 mod extras;
@@ -187,7 +187,7 @@ impl RelStore {
     /// table so far after each batch.
     pub(crate) async fn import_from(
         &self,
-        source: &Store,
+        source: &KvStore,
         mut progress: impl FnMut(&str, u64),
     ) -> Result<Imported, StoreError> {
         let now_ms = system_now_ms();
@@ -315,7 +315,7 @@ impl RelStore {
 
 /// What an import copies, as `meta.import_source` says it: `chatrelay_kv` (the one-table
 /// PostgreSQL layout) or `sled:<dir>`.
-fn source_label(source: &Store) -> String {
+fn source_label(source: &KvStore) -> String {
     if source.is_shared() {
         return super::layout::SOURCE_KV.to_owned();
     }
@@ -374,7 +374,7 @@ fn live<T>(row: T, expires_at_ms: i64, now_ms: i64, skipped: &Cell<u64>) -> Opti
 }
 
 /// Reads every tree of `store` in foreign-key order and sends it down `sink`.
-fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
+fn read_all(store: &KvStore, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
     let skipped = Cell::new(0);
     read_users(store, sink)?;
     read_reservations(store, sink)?;
@@ -396,7 +396,7 @@ fn read_all(store: &Store, now_ms: i64, sink: &Sink) -> Result<(), StoreError> {
 }
 
 /// Users, balances, identities and the ledger.
-fn read_users(store: &Store, sink: &Sink) -> Result<(), StoreError> {
+fn read_users(store: &KvStore, sink: &Sink) -> Result<(), StoreError> {
     let t = store.trees()?;
     walk(
         t.users.iter(),
@@ -434,7 +434,7 @@ fn read_users(store: &Store, sink: &Sink) -> Result<(), StoreError> {
 
 /// Tokens and live login codes.
 fn read_auth(
-    store: &Store,
+    store: &KvStore,
     now_ms: i64,
     skipped: &Cell<u64>,
     sink: &Sink,
@@ -460,7 +460,7 @@ fn read_auth(
 
 /// Conversations, live marks, answers and handoffs, the outbox, checkpoints and stats.
 fn read_engine_records(
-    store: &Store,
+    store: &KvStore,
     now_ms: i64,
     skipped: &Cell<u64>,
     sink: &Sink,
@@ -515,7 +515,7 @@ fn read_engine_records(
 }
 
 /// Open and settled reservations, as one table.
-fn read_reservations(store: &Store, sink: &Sink) -> Result<(), StoreError> {
+fn read_reservations(store: &KvStore, sink: &Sink) -> Result<(), StoreError> {
     let t = store.trees()?;
     walk(
         t.reservations.iter(),
@@ -554,7 +554,7 @@ fn read_reservations(store: &Store, sink: &Sink) -> Result<(), StoreError> {
 }
 
 /// Orders with their waiting slots, then their events.
-fn read_orders(store: &Store, sink: &Sink) -> Result<(), StoreError> {
+fn read_orders(store: &KvStore, sink: &Sink) -> Result<(), StoreError> {
     let t = store.trees()?;
     let slots = open_slots(&t.open_orders)?;
     walk(

@@ -20,7 +20,7 @@ use super::pool::Pool;
 use super::schema::{self, latest};
 use super::{RelStore, col, one};
 use crate::kv::pg::{PgOptions, lock_key};
-use crate::{Census, Store, StoreError, system_now_ms};
+use crate::{Census, KvStore, StoreError, system_now_ms};
 
 /// What a copy into the relational tables wrote, and the census both sides agreed on.
 #[derive(Clone, Debug)]
@@ -81,7 +81,7 @@ pub async fn migrate_postgres_in_place(
 /// A difference returns [`StoreError::NeedsMigration`] naming each differing figure, and
 /// leaves the copy unfinished. Run it with the daemon stopped.
 pub async fn copy_into_relational(
-    source: &Store,
+    source: &KvStore,
     opts: &PgOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<RelCopyReport, StoreError> {
@@ -179,7 +179,7 @@ pub(crate) async fn in_place(
         latest()
     ));
     let kv_opts = opts.clone();
-    let source = tokio::task::spawn_blocking(move || Store::open_postgres(&kv_opts))
+    let source = tokio::task::spawn_blocking(move || KvStore::open_postgres(&kv_opts))
         .await
         .map_err(|e| StoreError::Backend(format!("opening the one-table layout: {e}")))??;
     let rel = RelStore::from_pool(pool.clone());
@@ -230,7 +230,7 @@ async fn exclusive(pool: &Pool) -> Result<Client, StoreError> {
 /// census of both sides: any difference is an error naming each figure.
 async fn copy_verified(
     rel: &RelStore,
-    source: &Store,
+    source: &KvStore,
     progress: &mut impl FnMut(&str),
     tamper: Option<&str>,
 ) -> Result<RelCopyReport, StoreError> {

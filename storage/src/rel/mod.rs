@@ -22,7 +22,7 @@
 //!   and counters (`checkpoints.rs`: `stats:` counts live in `stats`, other keys in
 //!   `checkpoints`, a key never in both; reads see both) and the web conversations
 //!   (`chats.rs`, with `import_chats_from`, which the migration runs after `import_from`).
-//!   `Store::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled);
+//!   `KvStore::purge_expired_dedupe` is `purge_expired_marks` (bounded per call as on sled);
 //!   `try_lead` (`lead.rs`) holds a session advisory lock on a connection of its own, with
 //!   the key-value layer's key, so daemons on either layer exclude each other.
 //! - Also since session 10: redemption codes (`codes.rs`), membership plans

@@ -10,14 +10,14 @@ use super::super::RelStore;
 use super::assert_consistent;
 use crate::kv::Db;
 use crate::{
-    CreditOutcome, EntryKind, LedgerEntry, Order, OrderStatus, ReservationId, SharedAnswer, Store,
+    CreditOutcome, EntryKind, LedgerEntry, Order, OrderStatus, ReservationId, SharedAnswer, KvStore,
     StoreError, Turn, Uid, system_now_ms,
 };
 
 /// A fresh sled store (whatever `CHATRELAY_TEST_PG_URL` says).
-fn sled_store() -> Store {
+fn sled_store() -> KvStore {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    Store::from_db(Db::Sled(db), None, 0).unwrap()
+    KvStore::from_db(Db::Sled(db), None, 0).unwrap()
 }
 
 /// What [`fill`] made, for the checks after the import.
@@ -62,7 +62,7 @@ fn order(uid: Uid, id: &str, method: Option<&str>, now: i64) -> Order {
 }
 
 /// Every kind of record, through the store's public operations.
-pub(super) fn fill(s: &Store) -> Made {
+pub(super) fn fill(s: &KvStore) -> Made {
     let now = system_now_ms();
     let later = now + 3_600_000;
     let a = s.create_user("alice").unwrap().uid;
@@ -121,7 +121,7 @@ pub(super) fn fill(s: &Store) -> Made {
 
 /// Orders in every status (a refunded one, one credited after its close), waiting ones
 /// of three methods, and events (one of no order).
-fn fill_orders(s: &Store, a: Uid, b: Uid, now: i64) -> (Vec<String>, Order) {
+fn fill_orders(s: &KvStore, a: Uid, b: Uid, now: i64) -> (Vec<String>, Order) {
     let waiting = s.create_order(&order(a, "O-wait", None, now), now).unwrap();
     s.create_order(&order(a, "O-jsapi", Some("jsapi"), now), now)
         .unwrap();
@@ -159,7 +159,7 @@ fn fill_orders(s: &Store, a: Uid, b: Uid, now: i64) -> (Vec<String>, Order) {
 
 /// Conversations, outbox, checkpoints and counters, marks, answers and handoffs (with an
 /// expired mark and handoff).
-fn fill_engine_records(s: &Store, now: i64) {
+fn fill_engine_records(s: &KvStore, now: i64) {
     let later = now + 3_600_000;
     let turn = |role: &str, content: &str, at| Turn {
         role: role.into(),
@@ -197,7 +197,7 @@ fn fill_engine_records(s: &Store, now: i64) {
 }
 
 /// Imports `src` into `rel`, checks both censuses are equal, returns what was skipped.
-async fn import_and_compare(src: &Store, rel: &RelStore) -> u64 {
+async fn import_and_compare(src: &KvStore, rel: &RelStore) -> u64 {
     let imported = rel.import_from(src, |_, _| {}).await.unwrap();
     let now = system_now_ms();
     let before = src.census(now).unwrap();
@@ -237,7 +237,7 @@ async fn a_sled_store_imports_whole_and_works_on() {
 
 /// Settled references answer the same, open ones keep their ids, new ids are new, grants
 /// stay idempotent, balances and ledgers are the same.
-async fn check_money(src: &Store, rel: &RelStore, m: &Made, now: i64) {
+async fn check_money(src: &KvStore, rel: &RelStore, m: &Made, now: i64) {
     let again = rel
         .settle(m.settled, 999, "again", TODAY, FREE, now)
         .await
@@ -290,7 +290,7 @@ async fn check_money(src: &Store, rel: &RelStore, m: &Made, now: i64) {
 }
 
 /// Users, identities, tokens, login codes.
-async fn check_people(src: &Store, rel: &RelStore, m: &Made, now: i64) {
+async fn check_people(src: &KvStore, rel: &RelStore, m: &Made, now: i64) {
     let next = rel.create_user("dave").await.unwrap();
     assert_eq!(next.uid, Uid(5), "past the copied uids");
     assert_eq!(rel.user(m.b).await.unwrap(), src.user(m.b).unwrap());
@@ -321,7 +321,7 @@ async fn check_people(src: &Store, rel: &RelStore, m: &Made, now: i64) {
 }
 
 /// Orders, their events and slots, and transitions after the import.
-async fn check_orders(src: &Store, rel: &RelStore, m: &Made, now: i64) {
+async fn check_orders(src: &KvStore, rel: &RelStore, m: &Made, now: i64) {
     for id in &m.orders {
         assert_eq!(
             rel.order(id).await.unwrap(),
@@ -379,7 +379,7 @@ async fn check_orders(src: &Store, rel: &RelStore, m: &Made, now: i64) {
 }
 
 /// Conversations, marks, handoffs, answers, outbox, checkpoints and stats.
-async fn check_engine_records(src: &Store, rel: &RelStore, now: i64) {
+async fn check_engine_records(src: &KvStore, rel: &RelStore, now: i64) {
     for key in ["mp:main:oA1", "tg:bot:42"] {
         assert_eq!(
             rel.conversation(key).await.unwrap(),
@@ -503,12 +503,12 @@ async fn twenty_thousand_ledger_entries_import_in_batches() {
     assert_consistent(&rel).await;
 }
 
-/// Today's one-table PostgreSQL schema (`Store::open_temporary` with the variable set)
+/// Today's one-table PostgreSQL schema (`KvStore::open_temporary` with the variable set)
 /// imports the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_table_postgres_store_imports_whole() {
     let rel = store_or_skip!();
-    let src = Store::open_temporary().unwrap();
+    let src = KvStore::open_temporary().unwrap();
     assert_eq!(src.backend_name(), "postgres");
     let m = fill(&src);
     assert_eq!(import_and_compare(&src, &rel).await, 3);

@@ -11,7 +11,7 @@ use super::import::{FREE, TODAY, fill};
 use crate::kv::Db;
 use crate::kv::pg::PgOptions;
 use crate::{
-    Census, OrderTally, Store, StoreError, copy_into_relational, migrate_postgres_in_place,
+    Census, OrderTally, KvStore, StoreError, copy_into_relational, migrate_postgres_in_place,
     system_now_ms,
 };
 
@@ -56,9 +56,9 @@ async fn relations(opts: &PgOptions) -> Vec<String> {
 }
 
 /// A fresh sled store.
-fn sled_store() -> Store {
+fn sled_store() -> KvStore {
     let db = sled::Config::new().temporary(true).open().unwrap();
-    Store::from_db(Db::Sled(db), None, 0).unwrap()
+    KvStore::from_db(Db::Sled(db), None, 0).unwrap()
 }
 
 fn needs_migration(result: Result<RelStore, StoreError>) -> String {
@@ -75,7 +75,7 @@ fn needs_migration(result: Result<RelStore, StoreError>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_table_schema_migrates_in_place_and_then_opens() {
     let opts = opts_or_skip!();
-    let kv = Store::open_postgres(&opts).unwrap();
+    let kv = KvStore::open_postgres(&opts).unwrap();
     let m = fill(&kv);
     let now = system_now_ms();
     let before = kv.census(now).unwrap();
@@ -154,7 +154,7 @@ async fn a_one_table_schema_migrates_in_place_and_then_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_census_mismatch_keeps_the_old_table() {
     let opts = opts_or_skip!();
-    let kv = Store::open_postgres(&opts).unwrap();
+    let kv = KvStore::open_postgres(&opts).unwrap();
     let m = fill(&kv);
     let paid = kv.census(system_now_ms()).unwrap().paid_sum;
     drop(kv);
@@ -284,7 +284,7 @@ async fn both_layouts_are_refused() {
     let opts = opts_or_skip!();
     let rel = RelStore::open(&opts).await.unwrap();
     rel.create_user("relational").await.unwrap();
-    let kv = Store::open_postgres(&opts).unwrap();
+    let kv = KvStore::open_postgres(&opts).unwrap();
     kv.create_user("one-table").unwrap();
     drop(kv);
     let text = needs_migration(RelStore::open_checked(&opts).await);
@@ -304,11 +304,11 @@ async fn both_layouts_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_layout_written_after_the_migration_is_refused() {
     let opts = opts_or_skip!();
-    let kv = Store::open_postgres(&opts).unwrap();
+    let kv = KvStore::open_postgres(&opts).unwrap();
     kv.create_user("before").unwrap();
     drop(kv);
     migrate_postgres_in_place(&opts, |_| {}).await.unwrap();
-    let kv = Store::open_postgres(&opts).unwrap();
+    let kv = KvStore::open_postgres(&opts).unwrap();
     kv.create_user("after").unwrap();
     drop(kv);
     let text = needs_migration(RelStore::open_checked(&opts).await);
