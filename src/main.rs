@@ -40,11 +40,14 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Apply pending PostgreSQL migrations (`[storage] backend = "postgres"`) and say which
-    /// ran; the daemon also applies them when it starts.
+    /// Upgrade the store in place, with the daemons stopped. PostgreSQL: apply pending
+    /// migrations; a schema of the older one-table layout is copied into the relational
+    /// tables, checked by a census, and only then is the old table dropped. Embedded store:
+    /// open it (it upgrades itself) and print its census.
     Migrate,
-    /// Copy a single-server installation's data into PostgreSQL, then check both hold the
-    /// same records and balances. Run it with the daemon stopped.
+    /// Copy a single-server installation's data into the relational tables of an empty
+    /// PostgreSQL schema, then check both sides have the same census (users, balances,
+    /// ledger sums, orders...). Run it with the daemon stopped.
     MigrateData {
         /// The source: `sled:DIR`, the data directory (storage.path) or its `db` inside.
         #[arg(long)]
@@ -247,32 +250,140 @@ fn restore(config: &Config, file: &std::path::Path, data: Option<PathBuf>) -> an
         .context("writing to stdout")
 }
 
-fn migrate(config: &Config) -> anyhow::Result<()> {
-    let opts = config.storage.postgres().context(
-        "`migrate` is for PostgreSQL: set [storage] backend = \"postgres\" and url (the embedded store migrates itself)",
-    )?;
-    let report = chatrelay_storage::KvStore::migrate_postgres(&opts)
-        .with_context(|| format!("migrating schema {}", config.storage.schema))?;
-    let mut out = String::new();
-    for (version, name) in &report.applied {
-        out.push_str(&format!("applied {version}: {name}\n"));
-    }
-    let newest = chatrelay_storage::MIGRATIONS
-        .iter()
-        .map(|m| m.0)
-        .max()
-        .unwrap_or(0);
-    out.push_str(&format!(
-        "schema {} is at version {newest} ({} applied now, {} before)\n",
-        config.storage.schema,
-        report.applied.len(),
-        report.already.len()
-    ));
-    std::io::stdout()
-        .write_all(out.as_bytes())
+/// A single-threaded runtime for the one-shot commands that talk to PostgreSQL.
+fn one_shot_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Writes `text` to stdout (a closed pipe is an error, not a panic).
+fn say(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
         .context("writing to stdout")
 }
 
+/// `chatrelay migrate`: on PostgreSQL, upgrades the schema in place (the one-table layout of
+/// an older chatrelay is copied into the relational tables, checked by a census, and only
+/// then dropped); on the embedded store, opens it (which upgrades it) and prints its census.
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let Some(opts) = config.storage.postgres() else {
+        return migrate_sled(config);
+    };
+    let schema = config.storage.schema.clone();
+    let report = one_shot_runtime()?
+        .block_on(chatrelay_storage::migrate_postgres_in_place(
+            &opts,
+            |line| {
+                // Progress only: a failed write must not stop a migration half way.
+                let _ = say(&format!("{line}\n"));
+            },
+        ))
+        .with_context(|| format!("migrating schema {schema}"))?;
+    let mut out = String::new();
+    for version in &report.applied {
+        out.push_str(&format!("applied relational migration {version}\n"));
+    }
+    if let Some(copied) = &report.copied {
+        out.push_str(&copy_table(copied));
+        out.push_str(&format!(
+            "verified: {}\ndropped the old layout: {}\n",
+            verified_line(&copied.census),
+            report.dropped.join(", ")
+        ));
+    } else if report.applied.is_empty() {
+        out.push_str(&format!(
+            "schema {schema}: already relational, version {}\n",
+            report.version
+        ));
+    }
+    out.push_str(&format!(
+        "schema {schema} is at version {} ({} applied now, {} before)\n",
+        report.version,
+        report.applied.len(),
+        report.found_version
+    ));
+    say(&out)
+}
+
+/// `chatrelay migrate` on the embedded store: opening it upgrades its layout (see
+/// `KvStore::open`); the census says what it holds.
+fn migrate_sled(config: &Config) -> anyhow::Result<()> {
+    let db = app::db_path(config);
+    if !db.join("conf").exists() {
+        return say(&format!(
+            "no database at {} yet: nothing to migrate (the daemon creates one at its first start)\n",
+            db.display()
+        ));
+    }
+    let store =
+        chatrelay_storage::KvStore::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
+            .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
+    let census = store.census(now_ms()).context("taking the census")?;
+    store
+        .flush_blocking()
+        .context("writing the upgraded schema version")?;
+    say(&format!(
+        "embedded store {} is at schema version {} (it upgrades itself when opened)\n{census}",
+        db.display(),
+        chatrelay_storage::SCHEMA_VERSION
+    ))
+}
+
+/// Milliseconds since the Unix epoch (what the census counts live login codes at).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Rows copied per table, one line each.
+fn copy_table(copied: &chatrelay_storage::RelCopyReport) -> String {
+    let mut out = String::new();
+    for (table, n) in &copied.tables {
+        out.push_str(&format!("{table:<22} {n:>10}\n"));
+    }
+    if copied.skipped_expired > 0 {
+        out.push_str(&format!(
+            "(left behind: {} expired dedupe marks, answers, handoffs and login codes)\n",
+            copied.skipped_expired
+        ));
+    }
+    out
+}
+
+/// The census figures both sides agreed on, on one line.
+fn verified_line(c: &chatrelay_storage::Census) -> String {
+    let orders = c
+        .orders
+        .iter()
+        .map(|(status, t)| format!("{} {status} ({} fen)", t.count, t.amount_fen))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "the census is equal on both sides: {} balances, paid credits {} and held credits {}; \
+         {} users, {} identities, {} tokens; {} ledger entries (free {}, paid {}); orders: {orders}; \
+         {} conversations, {} turns, {} usage records",
+        c.users,
+        c.paid_sum,
+        c.held_sum,
+        c.users,
+        c.identities,
+        c.tokens,
+        c.ledger_entries,
+        c.ledger_free_delta_sum,
+        c.ledger_paid_delta_sum,
+        c.conversations,
+        c.turns,
+        c.usage_records
+    )
+}
+
+/// `chatrelay migrate-data --from sled:DIR`: copies a single-server installation into the
+/// relational tables of an empty PostgreSQL schema and checks the census of both sides.
 fn migrate_data(
     config: &Config,
     from: &str,
@@ -303,23 +414,24 @@ fn migrate_data(
     if let Some(schema) = schema {
         opts.schema = Some(schema);
     }
+    let schema = opts.schema.clone().unwrap_or_else(|| "public".to_owned());
     let source =
         chatrelay_storage::KvStore::open(&db, config.storage.cache_capacity_mb * 1024 * 1024)
             .with_context(|| format!("opening {} (is the daemon still running?)", db.display()))?;
-    let dest =
-        chatrelay_storage::KvStore::open_postgres(&opts).context("opening the destination")?;
-    let report = source.copy_into(&dest).context("copying into PostgreSQL")?;
-    let mut out = String::new();
-    for (tree, n) in &report.trees {
-        out.push_str(&format!("{tree:<22} {n:>10}\n"));
-    }
-    out.push_str(&format!(
-        "verified: every tree has the same number of records; {} balances, paid credits {} and held credits {} on both sides\n",
-        report.balances, report.paid_sum, report.held_sum
-    ));
-    std::io::stdout()
-        .write_all(out.as_bytes())
-        .context("writing to stdout")
+    let copied = one_shot_runtime()?
+        .block_on(chatrelay_storage::copy_into_relational(
+            &source,
+            &opts,
+            |line| {
+                let _ = say(&format!("{line}\n"));
+            },
+        ))
+        .with_context(|| format!("copying into the relational tables of schema {schema}"))?;
+    say(&format!(
+        "{}verified: {}\n",
+        copy_table(&copied),
+        verified_line(&copied.census)
+    ))
 }
 
 fn admin(

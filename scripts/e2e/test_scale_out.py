@@ -526,12 +526,23 @@ def migrate_data(d, schema):
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_migrate_data_round_trip(upstream, schema, pay_fakes):
+def psql_rows(sql):
+    """One query's rows as lists of text (psql from Debian's postgresql-client)."""
+    r = subprocess.run(["psql", PG_URL, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"psql failed: {r.stderr}"
+    return [line.split("|") for line in r.stdout.splitlines()]
+
+
+def tables_of(schema):
+    """The tables of `schema`."""
+    return {r[0] for r in psql_rows(f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}'")}
+
+
+def moved_installation(upstream, schema, pay_fakes):
     """A single-server (sled) daemon with users, grants, a revoke, answers, a credited and an
-    open order is stopped and copied with `migrate-data` into an empty schema: the copy is
-    verified (exit 0, a `verified:` line with the balance count and sums), a daemon on that
-    schema shows the same users, balances, ledgers and orders, old tokens still work, new uids
-    come after the old ones, and copying again into the now non-empty schema is refused."""
+    open order, stopped and copied with `migrate-data` into the relational tables of an empty
+    schema. Returns what the sled daemon showed before, and the command's output."""
     wxpay = pay_fakes.wxpay
     src = pay_daemon(upstream, pay_fakes)  # sled
     with running(src):
@@ -557,6 +568,21 @@ def test_migrate_data_round_trip(upstream, schema, pay_fakes):
 
     out = migrate_data(src, schema)
     assert out.returncode == 0, f"migrate-data failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return SimpleNamespace(src=src, uids=uids, tokens=(alice_token, bob_token, carol_token), before=before,
+                           audit=audit_before, orders=orders_before, paid_oid=paid_oid, open_oid=open_oid,
+                           out=out)
+
+
+def test_migrate_data_round_trip(upstream, schema, pay_fakes):
+    """A sled installation copied with `migrate-data` (see `moved_installation`): the copy is
+    verified (exit 0, a `verified:` line with the balance count and sums, a line per table),
+    lands in the relational tables (`users`, `ledger`, `orders` read with SQL, the old one-table
+    layout never made), and copying again into the now non-empty schema is refused and changes
+    nothing."""
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed (apt-get install postgresql-client)")
+    moved = moved_installation(upstream, schema, pay_fakes)
+    out, audit_before, before, uids = moved.out, moved.audit, moved.before, moved.uids
     verified = [line for line in out.stdout.splitlines() if line.startswith("verified:")]
     assert len(verified) == 1, f"no `verified:` line in:\n{out.stdout}"
     m = re.search(r"(\d+) balances\D*?(\d+)\D*?(\d+)", verified[0])
@@ -570,6 +596,37 @@ def test_migrate_data_round_trip(upstream, schema, pay_fakes):
     assert trees.get("users") == audit_before["users"], f"users line vs audit {audit_before}:\n{out.stdout}"
     assert trees.get("ledger") == audit_before["ledger_entries"], f"ledger line vs audit {audit_before}:\n{out.stdout}"
 
+    def copied():
+        return psql_rows(f"""SELECT (SELECT count(*) FROM "{schema}".users),
+                                    (SELECT count(*) FROM "{schema}".ledger),
+                                    (SELECT sum(paid) FROM "{schema}".balances),
+                                    (SELECT string_agg(id || ':' || status || ':' || amount_fen, ',' ORDER BY id)
+                                     FROM "{schema}".orders)""")[0]
+    found = copied()
+    orders = ",".join(sorted(f"{o['id']}:{o['status']}:{o['amount_fen']}" for o in moved.orders))
+    assert found == [str(audit_before["users"]), str(audit_before["ledger_entries"]),
+                     str(audit_before["total_paid"]), orders], (found, audit_before, moved.orders)
+    assert "chatrelay_kv" not in tables_of(schema)
+
+    again = migrate_data(moved.src, schema)
+    assert again.returncode != 0, f"migrate-data into a schema holding data must refuse:\n{again.stdout}"
+    assert "empty" in again.stderr.lower(), f"the refusal must say the destination is not empty: {again.stderr}"
+    assert "verified:" not in again.stdout
+    assert copied() == found, "a refused migrate-data changed the destination"
+
+
+# Until the daemon runs on the relational store (the storage facade's switch), a PostgreSQL
+# daemon opens the one-table layout and finds none of the copied data. Strict: once the switch
+# lands this passes, and the marker must go.
+@pytest.mark.xfail(strict=True, reason="a PostgreSQL daemon still opens the one-table layout (chatrelay_kv), "
+                                       "not the relational tables migrate-data fills")
+def test_a_daemon_serves_a_moved_installation(upstream, schema, pay_fakes):
+    """A daemon on the schema `migrate-data` filled shows the same users, balances, ledgers and
+    orders as the sled daemon did, old tokens still work, new uids come after the old ones."""
+    moved = moved_installation(upstream, schema, pay_fakes)
+    uids, before, audit_before = moved.uids, moved.before, moved.audit
+    alice, _, carol = uids
+    alice_token, _, carol_token = moved.tokens
     dst = pay_daemon(upstream, pay_fakes, pg_storage(schema))
     with running(dst):
         for uid in uids:
@@ -580,40 +637,34 @@ def test_migrate_data_round_trip(upstream, schema, pay_fakes):
                                 f"postgres: {json.dumps({k: after.get(k) for k in differ})[:1500]}")
         audit_after = dst.audit()
         assert audit_after == audit_before, f"audit before {audit_before}, after {audit_after}"
-        assert json.loads(dst.cli("--json", "order", "list").stdout) == orders_before
-        assert status_of(dst, carol_token, open_oid) == "created"
+        assert json.loads(dst.cli("--json", "order", "list").stdout) == moved.orders
+        assert status_of(dst, carol_token, moved.open_oid) == "created"
         # The moved installation keeps working: old tokens, orders, new users.
         status, body = chat(dst, alice_token)
         assert status == 200 and body["choices"][0]["message"]["content"] == ANSWER, (status, body)
         assert dst.paid(alice) == before[alice]["balance"]["paid"] - COST
         newcomer, _ = dst.new_user("dave")
         assert newcomer > max(uids), f"new uid {newcomer} reuses the moved installation's ids {uids}"
-        audit_moved = dst.audit()
-        assert audit_moved["mismatches"] == []
+        assert dst.audit()["mismatches"] == []
         # Backups of a PostgreSQL store are PostgreSQL's: a clear refusal, no file.
         refused = dst.cli("backup", str(dst.dir / "backup.txt"), check=False)
         assert refused.returncode != 0 and "pg_dump" in refused.stderr, (refused.stdout, refused.stderr)
         assert not (dst.dir / "backup.txt").exists()
-
-        again = migrate_data(src, schema)
-        assert again.returncode != 0, f"migrate-data into a schema holding data must refuse:\n{again.stdout}"
-        assert "empty" in again.stderr.lower(), f"the refusal must say the destination is not empty: {again.stderr}"
-        assert "verified:" not in again.stdout
-        assert dst.audit() == audit_moved, "a refused migrate-data changed the destination"
-        assert dst.paid(alice) == before[alice]["balance"]["paid"] - COST
 
 
 # ---------------------------------------------------------------------------------------------
 # 6. migrate: migrations applied once, alone or by daemons starting together
 # ---------------------------------------------------------------------------------------------
 
-def run_migrate(d, schema):
-    """`chatrelay migrate` with d's configuration: (version, applied now, applied before)."""
+def run_migrate(d, schema, full=False):
+    """`chatrelay migrate` with d's configuration: (version, applied now, applied before) of
+    the relational tables (and with `full`, the output too)."""
     r = subprocess.run([str(BINARY), "-c", str(d.config), "migrate"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"migrate failed ({r.returncode}): {r.stdout}{r.stderr}"
     m = re.search(rf"schema {schema} is at version (\d+) \((\d+) applied now, (\d+) before\)", r.stdout)
     assert m, f"unexpected migrate output: {r.stdout!r}"
-    return tuple(map(int, m.groups()))
+    found = tuple(map(int, m.groups()))
+    return (found, r.stdout) if full else found
 
 
 def test_migrate_alone_and_daemons_starting_together(upstream, schema):
@@ -641,9 +692,19 @@ def test_migrate_alone_and_daemons_starting_together(upstream, schema):
                 "\n".join(ANSI.sub("", f) for f in failed)
             uid, _ = b.new_user("first")
             assert a.user(uid)["user"]["name"] == "first"
-            assert run_migrate(a, fresh) == (version, 0, version), "the daemons left a migration unapplied"
             codes = [d.stop() for d in (a, b)]
             assert codes == [0, 0], f"exit codes {codes}\nA: {a.logs(1500)}\nB: {b.logs(1500)}"
+            # With the daemons stopped, `migrate` finds their store whole: on the one-table
+            # layout (the key-value engine) it moves it into the relational tables, with the
+            # one user in the census; on the relational tables, nothing is left to apply.
+            one_table = shutil.which("psql") and "chatrelay_kv" in tables_of(fresh)
+            found, out = run_migrate(a, fresh, full=True)
+            if one_table:
+                assert found == (version, version, 0), out
+                assert re.search(r"^verified: .*\b1 users\b", out, re.M), out
+                assert "chatrelay_kv" not in tables_of(fresh)
+            else:
+                assert found == (version, 0, version), "the daemons left a migration unapplied: " + out
         finally:
             for d in (a, b):
                 d.stop()

@@ -39,6 +39,12 @@ pub enum StoreError {
         /// The newest version this build knows ([`crate::SCHEMA_VERSION`]).
         supported: u32,
     },
+    /// The PostgreSQL schema holds a layout this build does not open as it is: the one-table
+    /// layout of an older chatrelay (run `chatrelay migrate`), an interrupted migration, both
+    /// layouts at once, or a migration whose census did not match. The message says which
+    /// and what to do.
+    #[error("{0}")]
+    NeedsMigration(String),
     /// A record on disk could not be read.
     #[error("corrupt record in tree {tree:?} at key {key}: {detail}")]
     Corrupt {

@@ -146,6 +146,7 @@ pub use login::{
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use plans::{ActivePlan, PlanGrant, after_grant, after_refund, date_of_day};
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
+pub use rel::{InPlaceReport, RelCopyReport, copy_into_relational, migrate_postgres_in_place};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use usage::{

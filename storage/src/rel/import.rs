@@ -191,7 +191,7 @@ impl RelStore {
         mut progress: impl FnMut(&str, u64),
     ) -> Result<Imported, StoreError> {
         let now_ms = system_now_ms();
-        self.claim_for_import(now_ms).await?;
+        self.claim_for_import(now_ms, &source_label(source)).await?;
         let (tx, mut rx) = mpsc::channel::<Result<Item, StoreError>>(2);
         let src = source.clone();
         std::thread::Builder::new()
@@ -242,8 +242,10 @@ impl RelStore {
     }
 
     /// Refuses a target that holds data or saw an import start; otherwise marks it as
-    /// being imported into (the mark keeps a second import out, even of an empty source).
-    async fn claim_for_import(&self, now_ms: i64) -> Result<(), StoreError> {
+    /// being imported into (the mark keeps a second import out, even of an empty source),
+    /// with what it copies (`import_source`: `chatrelay_kv` or `sled:<dir>`), so that an
+    /// interrupted import can be told apart and made again (`layout.rs`).
+    async fn claim_for_import(&self, now_ms: i64, source: &str) -> Result<(), StoreError> {
         let rows = self.rows(TARGET_STATE, &[]).await?;
         let row = one(&rows)?;
         if col::<bool>(row, "busy")? {
@@ -255,9 +257,17 @@ impl RelStore {
         }
         let claim = self
             .rows(
-                "INSERT INTO meta (key, value) VALUES ('import_started_at_ms', $1)
-                 ON CONFLICT (key) DO NOTHING RETURNING 1",
-                &[(&now_ms.to_string(), Type::TEXT)],
+                "WITH claim AS (
+                     INSERT INTO meta (key, value) VALUES ('import_started_at_ms', $1)
+                     ON CONFLICT (key) DO NOTHING RETURNING 1),
+                 source AS (
+                     INSERT INTO meta (key, value) SELECT 'import_source', $2 FROM claim
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value)
+                 SELECT 1 FROM claim",
+                &[
+                    (&now_ms.to_string(), Type::TEXT),
+                    (&source.to_owned(), Type::TEXT),
+                ],
             )
             .await?;
         if claim.is_empty() {
@@ -300,6 +310,18 @@ impl RelStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// What an import copies, as `meta.import_source` says it: `chatrelay_kv` (the one-table
+/// PostgreSQL layout) or `sled:<dir>`.
+fn source_label(source: &KvStore) -> String {
+    if source.is_shared() {
+        return super::layout::SOURCE_KV.to_owned();
+    }
+    match source.path() {
+        Some(path) => format!("sled:{}", path.display()),
+        None => "sled:(temporary)".to_owned(),
     }
 }
 

@@ -5,13 +5,14 @@
 //! - **Facade dispatch**: the store's domain interface calls `RelStore` when the backend is
 //!   PostgreSQL (its methods are async already: no `block_in_place`), instead of the
 //!   key-value layer (`kv/pg.rs`, table `chatrelay_kv`).
-//! - **Migration** (`chatrelay migrate`): from a sled directory and from the one-table
-//!   schema, with a census (users, balances, paid/held sums, ledger count and sums per kind,
-//!   orders per status and their fen) that must match before the old data is dropped; then
-//!   `setval` the identity sequences of `users` and `reservations` past the copied ids. Order
-//!   slots: sled's `open_orders` key `uid ‖ product \0 channel [\0 method]` becomes
-//!   `open_slot` with U+001F for NUL. A daemon must refuse a schema holding both layouts, or
-//!   neither it understands.
+//! - **Migration**: done (`migrate.rs`, `layout.rs`). `migrate_postgres_in_place` (`chatrelay
+//!   migrate`) copies the one-table schema into these tables, compares the census, and only
+//!   then drops `chatrelay_kv` (one transaction with the finished mark);
+//!   `copy_into_relational` (`chatrelay migrate-data --from sled:DIR`) the same from sled.
+//!   [`RelStore::open_checked`] is the opening a daemon must use: it looks before creating
+//!   anything and refuses the one-table layout, an interrupted import, both layouts with
+//!   data, a newer schema ([`StoreError::NeedsMigration`], `SchemaTooNew`). The import's
+//!   `setval` of the identity sequences is in `import.rs` (`finish_import`).
 //! - **The shared store test suite**: the tests in `tests/` are sled's cases ported one by
 //!   one (same values, same answers); the next session runs one suite against both engines.
 //! - Here since session 10 (issue 21): the admin paths (`admin.rs`: ban, groups, finding
@@ -135,9 +136,11 @@ mod checkpoints;
 mod codes;
 mod conversations;
 mod import;
+mod layout;
 mod lead;
 pub(crate) use lead::RelLeadership;
 mod marks;
+mod migrate;
 mod money;
 mod orders;
 mod outbox;
@@ -160,6 +163,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use crate::kv::pg::{PgOptions, backoff, error_text};
 use crate::{StoreError, Uid};
 
+pub use migrate::{InPlaceReport, RelCopyReport, copy_into_relational, migrate_postgres_in_place};
 pub(crate) use schema::Migrated;
 
 /// Runs of one statement that keeps conflicting, before giving up.
@@ -181,10 +185,15 @@ impl RelStore {
     pub(crate) async fn open(opts: &PgOptions) -> Result<RelStore, StoreError> {
         let pool = pool::Pool::new(opts)?;
         schema::migrate(&pool).await?;
-        Ok(RelStore {
+        Ok(RelStore::from_pool(pool))
+    }
+
+    /// A store on a pool whose schema is migrated.
+    fn from_pool(pool: Arc<pool::Pool>) -> RelStore {
+        RelStore {
             pool,
             statements: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 
     /// Applies pending migrations and says what it did.

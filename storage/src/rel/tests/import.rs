@@ -21,9 +21,9 @@ fn sled_store() -> KvStore {
 }
 
 /// What [`fill`] made, for the checks after the import.
-struct Made {
-    a: Uid,
-    b: Uid,
+pub(super) struct Made {
+    pub(super) a: Uid,
+    pub(super) b: Uid,
     mp: UserKey,
     settled: ReservationId,
     settled_entry: LedgerEntry,
@@ -32,12 +32,12 @@ struct Made {
     token: String,
     revoked: String,
     code: String,
-    orders: Vec<String>,
+    pub(super) orders: Vec<String>,
     waiting: Order,
 }
 
-const TODAY: i64 = 20_000;
-const FREE: u64 = 10;
+pub(super) const TODAY: i64 = 20_000;
+pub(super) const FREE: u64 = 10;
 
 fn order(uid: Uid, id: &str, method: Option<&str>, now: i64) -> Order {
     Order {
@@ -62,7 +62,7 @@ fn order(uid: Uid, id: &str, method: Option<&str>, now: i64) -> Order {
 }
 
 /// Every kind of record, through the store's public operations.
-fn fill(s: &KvStore) -> Made {
+pub(super) fn fill(s: &KvStore) -> Made {
     let now = system_now_ms();
     let later = now + 3_600_000;
     let a = s.create_user("alice").unwrap().uid;

@@ -36,6 +36,7 @@ mod chats;
 mod codes;
 mod import;
 mod lead;
+mod migrate;
 mod misc;
 mod money;
 mod orders;
