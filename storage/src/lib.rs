@@ -140,6 +140,7 @@ pub use error::StoreError;
 pub use facade::Store;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use lane::{flush_counts, lane_counts};
+pub use rel::statement_count;
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };

@@ -173,6 +173,17 @@ pub(crate) const MAX_ATTEMPTS: u32 = 50;
 pub(crate) type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
 
 /// The relational store: a pool of connections to one schema.
+/// Statements sent by every relational store of the process.
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many statements (round trips to PostgreSQL) the relational store has sent since the
+/// process started, over every pool: `/metrics` reports it, and the benchmarks divide it by
+/// the messages answered. Statements inside a transaction (orders) are not counted.
+#[must_use]
+pub fn statement_count() -> u64 {
+    STATEMENTS.load(Ordering::Relaxed)
+}
+
 #[derive(Clone)]
 pub(crate) struct RelStore {
     pool: Arc<pool::Pool>,
@@ -208,11 +219,17 @@ impl RelStore {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// Counts a statement sent, here and process-wide ([`statement_count`]).
+    fn count_statement(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Runs one statement. `Ok(None)`: it conflicted (a unique key taken meanwhile, a
     /// deadlock) and rolled back whole; run it again.
     async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<Vec<Row>>, StoreError> {
         let conn = self.pool.get().await?;
-        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.count_statement();
         match conn.query_typed(sql, params).await {
             Ok(rows) => Ok(Some(rows)),
             Err(e) => match db_err(e) {
@@ -229,7 +246,7 @@ impl RelStore {
     /// races that matter): a conflict is an error.
     async fn rows(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         let conn = self.pool.get().await?;
-        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.count_statement();
         conn.query_typed(sql, params)
             .await
             .map_err(|e| match db_err(e) {
