@@ -213,6 +213,27 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Stores for the tests of the modules that take the store's domain interface (login, web
+/// login records, redemption codes): a temporary sled database, and the relational engine on
+/// a fresh schema when `CHATRELAY_TEST_PG_URL` is set, so each case runs on both engines.
+#[cfg(test)]
+pub(crate) async fn test_stores() -> Vec<(&'static str, Store)> {
+    let mut all = vec![("sled", Store::open_temporary().unwrap())];
+    if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        let mut random = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).unwrap();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_{}_{}", std::process::id(), hex::encode(random))),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        all.push(("relational", Store::open_relational(&opts).await.unwrap()));
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -235,41 +256,44 @@ mod tests {
 
     #[tokio::test]
     async fn code_to_token_binds_the_same_user_and_guessing_is_throttled() {
-        let store = Store::open_temporary().unwrap();
-        let key = UserKey::new(Platform::Mp, "main", "openid-1");
-        let (code, minutes) = issue_code(&store, &key, None).await.unwrap();
-        assert_eq!(minutes, 5);
-        let uid = store.identity(&key).await.unwrap().unwrap();
-        let login = Login::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let t = login.login(&store, &code, ip).await.unwrap();
-        assert_eq!(t.uid, uid);
-        assert_eq!(
-            store.token_uid(&t.token, now_ms()).await.unwrap(),
-            Some(uid)
-        );
-        assert!(
-            matches!(
-                login.login(&store, &code, ip).await,
-                Err(LoginError::BadCode)
-            ),
-            "single use"
-        );
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let key = UserKey::new(Platform::Mp, "main", "openid-1");
+            let (code, minutes) = issue_code(&store, &key, None).await.unwrap();
+            assert_eq!(minutes, 5);
+            let uid = store.identity(&key).await.unwrap().unwrap();
+            let login = Login::default();
+            let ip: IpAddr = "10.0.0.1".parse().unwrap();
+            let t = login.login(&store, &code, ip).await.unwrap();
+            assert_eq!(t.uid, uid);
+            assert_eq!(
+                store.token_uid(&t.token, now_ms()).await.unwrap(),
+                Some(uid)
+            );
+            assert!(
+                matches!(
+                    login.login(&store, &code, ip).await,
+                    Err(LoginError::BadCode)
+                ),
+                "single use"
+            );
 
-        // Ten failures from one address lock it out, even for a right code; others still work.
-        for _ in 0..9 {
+            // Ten failures from one address lock it out, even for a right code; others still work.
+            for _ in 0..9 {
+                assert!(matches!(
+                    login.login(&store, "00000000", ip).await,
+                    Err(LoginError::BadCode)
+                ));
+            }
+            let (code2, _) = issue_code(&store, &key, None).await.unwrap();
             assert!(matches!(
-                login.login(&store, "00000000", ip).await,
-                Err(LoginError::BadCode)
+                login.login(&store, &code2, ip).await,
+                Err(LoginError::Throttled)
             ));
+            let other: IpAddr = "10.0.1.2".parse().unwrap();
+            assert!(login.login(&store, &code2, other).await.is_ok());
         }
-        let (code2, _) = issue_code(&store, &key, None).await.unwrap();
-        assert!(matches!(
-            login.login(&store, &code2, ip).await,
-            Err(LoginError::Throttled)
-        ));
-        let other: IpAddr = "10.0.1.2".parse().unwrap();
-        assert!(login.login(&store, &code2, other).await.is_ok());
     }
 
     async fn fail(login: &Login, store: &Store, ip: &str, times: usize) {
@@ -281,63 +305,69 @@ mod tests {
 
     #[tokio::test]
     async fn failures_elsewhere_never_lock_out_a_fresh_address() {
-        let store = Store::open_temporary().unwrap();
-        let login = Login::default();
-        // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
-        for n in 0..60 {
-            fail(&login, &store, &format!("198.{n}.0.1"), 10).await;
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let login = Login::default();
+            // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
+            for n in 0..60 {
+                fail(&login, &store, &format!("198.{n}.0.1"), 10).await;
+            }
+            assert!(login.under_attack());
+            let key = UserKey::new(Platform::Mp, "main", "openid-2");
+            let (code, _) = issue_code(&store, &key, None).await.unwrap();
+            let fresh: IpAddr = "203.0.113.50".parse().unwrap();
+            assert!(
+                login.login(&store, &code, fresh).await.is_ok(),
+                "a right code works"
+            );
+            // Under attack an address gets fewer tries: two failures and it waits.
+            fail(&login, &store, "203.0.113.51", 2).await;
+            let (code, _) = issue_code(&store, &UserKey::new(Platform::Mp, "main", "o3"), None)
+                .await
+                .unwrap();
+            let tried: IpAddr = "203.0.113.51".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, tried).await,
+                Err(LoginError::Throttled)
+            ));
         }
-        assert!(login.under_attack());
-        let key = UserKey::new(Platform::Mp, "main", "openid-2");
-        let (code, _) = issue_code(&store, &key, None).await.unwrap();
-        let fresh: IpAddr = "203.0.113.50".parse().unwrap();
-        assert!(
-            login.login(&store, &code, fresh).await.is_ok(),
-            "a right code works"
-        );
-        // Under attack an address gets fewer tries: two failures and it waits.
-        fail(&login, &store, "203.0.113.51", 2).await;
-        let (code, _) = issue_code(&store, &UserKey::new(Platform::Mp, "main", "o3"), None)
-            .await
-            .unwrap();
-        let tried: IpAddr = "203.0.113.51".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, tried).await,
-            Err(LoginError::Throttled)
-        ));
     }
 
     #[tokio::test]
     async fn networks_are_limited_as_a_whole() {
-        let store = Store::open_temporary().unwrap();
-        let login = Login::default();
-        let key = UserKey::new(Platform::Mp, "main", "openid-4");
-        // IPv6: every address of a /64 is one client.
-        fail(&login, &store, "2001:db8:0:1::1", 5).await;
-        fail(&login, &store, "2001:db8:0:1::2", 5).await;
-        let (code, _) = issue_code(&store, &key, None).await.unwrap();
-        let same64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, same64).await,
-            Err(LoginError::Throttled)
-        ));
-        // IPv4: addresses of one /24 share the network allowance (60).
-        for h in 1..=6 {
-            fail(&login, &store, &format!("192.0.2.{h}"), 10).await;
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let login = Login::default();
+            let key = UserKey::new(Platform::Mp, "main", "openid-4");
+            // IPv6: every address of a /64 is one client.
+            fail(&login, &store, "2001:db8:0:1::1", 5).await;
+            fail(&login, &store, "2001:db8:0:1::2", 5).await;
+            let (code, _) = issue_code(&store, &key, None).await.unwrap();
+            let same64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, same64).await,
+                Err(LoginError::Throttled)
+            ));
+            // IPv4: addresses of one /24 share the network allowance (60).
+            for h in 1..=6 {
+                fail(&login, &store, &format!("192.0.2.{h}"), 10).await;
+            }
+            let neighbour: IpAddr = "192.0.2.200".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, neighbour).await,
+                Err(LoginError::Throttled)
+            ));
+            // Mapped IPv4 is the same client as IPv4.
+            let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, mapped).await,
+                Err(LoginError::Throttled)
+            ));
+            // Another /64 and another /24 are untouched.
+            let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+            assert!(login.login(&store, &code, other).await.is_ok());
         }
-        let neighbour: IpAddr = "192.0.2.200".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, neighbour).await,
-            Err(LoginError::Throttled)
-        ));
-        // Mapped IPv4 is the same client as IPv4.
-        let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, mapped).await,
-            Err(LoginError::Throttled)
-        ));
-        // Another /64 and another /24 are untouched.
-        let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
-        assert!(login.login(&store, &code, other).await.is_ok());
     }
 }

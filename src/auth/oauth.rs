@@ -471,147 +471,159 @@ mod tests {
 
     #[tokio::test]
     async fn a_state_works_once_for_its_browser_and_account_only() {
-        let store = Store::open_temporary().unwrap();
-        let l = Logins { store: &store };
-        let s = l.start("main", None, None, "/").await.unwrap();
-        let wrong = secret().unwrap();
-        for (account, state, browser) in [
-            ("main", s.state.as_str(), Some(wrong.as_str())),
-            ("main", s.state.as_str(), None),
-            ("other", s.state.as_str(), Some(s.browser.as_str())),
-            ("main", wrong.as_str(), Some(s.browser.as_str())),
-            ("main", "not-a-state", Some(s.browser.as_str())),
-        ] {
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let l = Logins { store: &store };
+            let s = l.start("main", None, None, "/").await.unwrap();
+            let wrong = secret().unwrap();
+            for (account, state, browser) in [
+                ("main", s.state.as_str(), Some(wrong.as_str())),
+                ("main", s.state.as_str(), None),
+                ("other", s.state.as_str(), Some(s.browser.as_str())),
+                ("main", wrong.as_str(), Some(s.browser.as_str())),
+                ("main", "not-a-state", Some(s.browser.as_str())),
+            ] {
+                assert!(matches!(
+                    l.take_state(account, state, browser).await,
+                    Err(OAuthError::BadState)
+                ));
+            }
+            // The failures above did not spoil it.
+            let rec = l
+                .take_state("main", &s.state, Some(&s.browser))
+                .await
+                .unwrap();
+            assert_eq!((rec.account.as_str(), rec.next.as_str()), ("main", "/"));
             assert!(matches!(
-                l.take_state(account, state, browser).await,
+                l.take_state("main", &s.state, Some(&s.browser)).await,
                 Err(OAuthError::BadState)
             ));
+            // A browser keeps its cookie value across logins.
+            let again = l.start("main", Some(&s.browser), None, "/").await.unwrap();
+            assert_eq!(again.browser, s.browser);
+            assert_ne!(again.state, s.state);
         }
-        // The failures above did not spoil it.
-        let rec = l
-            .take_state("main", &s.state, Some(&s.browser))
-            .await
-            .unwrap();
-        assert_eq!((rec.account.as_str(), rec.next.as_str()), ("main", "/"));
-        assert!(matches!(
-            l.take_state("main", &s.state, Some(&s.browser)).await,
-            Err(OAuthError::BadState)
-        ));
-        // A browser keeps its cookie value across logins.
-        let again = l.start("main", Some(&s.browser), None, "/").await.unwrap();
-        assert_eq!(again.browser, s.browser);
-        assert_ne!(again.state, s.state);
     }
 
     #[tokio::test]
     async fn a_scan_ticket_needs_the_phone_to_confirm_and_only_its_desktop_collects_it() {
-        let store = Store::open_temporary().unwrap();
-        let l = Logins { store: &store };
-        let uid = store.create_user("u").await.unwrap().uid;
-        let desk = l.new_ticket(None).await.unwrap();
-        let t = desk.ticket.as_str();
-        let me = Some(desk.browser.as_str());
-        assert!(l.ticket_pending(t).await.unwrap());
-        assert!(matches!(
-            l.poll_ticket(t, me).await.unwrap(),
-            TicketState::Pending
-        ));
-        // Another browser (someone who saw the QR) learns nothing.
-        let stranger = secret().unwrap();
-        assert!(matches!(
-            l.poll_ticket(t, Some(&stranger)).await.unwrap(),
-            TicketState::Expired
-        ));
-        assert!(matches!(
-            l.poll_ticket(t, None).await.unwrap(),
-            TicketState::Expired
-        ));
-        // The phone logged in: nothing is bound until it confirms, from the same browser.
-        let phone = secret().unwrap();
-        let c = l.offer_confirmation(t, uid, &phone).await.unwrap().unwrap();
-        assert!(matches!(
-            l.poll_ticket(t, me).await.unwrap(),
-            TicketState::Pending
-        ));
-        assert!(
-            !l.confirm(&c, Some(&stranger)).await.unwrap(),
-            "another browser"
-        );
-        assert!(!l.confirm(&c, None).await.unwrap());
-        assert!(
-            !l.confirm(&secret().unwrap(), Some(&phone)).await.unwrap(),
-            "forged"
-        );
-        assert!(l.confirm(&c, Some(&phone)).await.unwrap());
-        assert!(!l.confirm(&c, Some(&phone)).await.unwrap(), "once");
-        // A second phone cannot take the ticket over.
-        let other = store.create_user("v").await.unwrap().uid;
-        assert_eq!(l.offer_confirmation(t, other, &phone).await.unwrap(), None);
-        assert!(matches!(
-            l.poll_ticket(t, Some(&stranger)).await.unwrap(),
-            TicketState::Expired
-        ));
-        match l.poll_ticket(t, me).await.unwrap() {
-            TicketState::Done(tok) => {
-                assert_eq!(tok.uid, uid);
-                assert_eq!(
-                    store.token_uid(&tok.token, now_ms()).await.unwrap(),
-                    Some(uid)
-                );
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let l = Logins { store: &store };
+            let uid = store.create_user("u").await.unwrap().uid;
+            let desk = l.new_ticket(None).await.unwrap();
+            let t = desk.ticket.as_str();
+            let me = Some(desk.browser.as_str());
+            assert!(l.ticket_pending(t).await.unwrap());
+            assert!(matches!(
+                l.poll_ticket(t, me).await.unwrap(),
+                TicketState::Pending
+            ));
+            // Another browser (someone who saw the QR) learns nothing.
+            let stranger = secret().unwrap();
+            assert!(matches!(
+                l.poll_ticket(t, Some(&stranger)).await.unwrap(),
+                TicketState::Expired
+            ));
+            assert!(matches!(
+                l.poll_ticket(t, None).await.unwrap(),
+                TicketState::Expired
+            ));
+            // The phone logged in: nothing is bound until it confirms, from the same browser.
+            let phone = secret().unwrap();
+            let c = l.offer_confirmation(t, uid, &phone).await.unwrap().unwrap();
+            assert!(matches!(
+                l.poll_ticket(t, me).await.unwrap(),
+                TicketState::Pending
+            ));
+            assert!(
+                !l.confirm(&c, Some(&stranger)).await.unwrap(),
+                "another browser"
+            );
+            assert!(!l.confirm(&c, None).await.unwrap());
+            assert!(
+                !l.confirm(&secret().unwrap(), Some(&phone)).await.unwrap(),
+                "forged"
+            );
+            assert!(l.confirm(&c, Some(&phone)).await.unwrap());
+            assert!(!l.confirm(&c, Some(&phone)).await.unwrap(), "once");
+            // A second phone cannot take the ticket over.
+            let other = store.create_user("v").await.unwrap().uid;
+            assert_eq!(l.offer_confirmation(t, other, &phone).await.unwrap(), None);
+            assert!(matches!(
+                l.poll_ticket(t, Some(&stranger)).await.unwrap(),
+                TicketState::Expired
+            ));
+            match l.poll_ticket(t, me).await.unwrap() {
+                TicketState::Done(tok) => {
+                    assert_eq!(tok.uid, uid);
+                    assert_eq!(
+                        store.token_uid(&tok.token, now_ms()).await.unwrap(),
+                        Some(uid)
+                    );
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            assert!(
+                matches!(l.poll_ticket(t, me).await.unwrap(), TicketState::Expired),
+                "collected once"
+            );
+            assert!(matches!(
+                l.poll_ticket(&secret().unwrap(), me).await.unwrap(),
+                TicketState::Expired
+            ));
         }
-        assert!(
-            matches!(l.poll_ticket(t, me).await.unwrap(), TicketState::Expired),
-            "collected once"
-        );
-        assert!(matches!(
-            l.poll_ticket(&secret().unwrap(), me).await.unwrap(),
-            TicketState::Expired
-        ));
     }
 
     #[tokio::test]
     async fn a_handoff_logs_in_only_the_browser_that_logged_in() {
-        let store = Store::open_temporary().unwrap();
-        let l = Logins { store: &store };
-        let uid = store.create_user("u").await.unwrap().uid;
-        let browser = secret().unwrap();
-        let h = l.handoff_ticket(uid, &browser).await.unwrap();
-        // A link with this handoff, opened elsewhere (login CSRF), logs nobody in.
-        assert!(matches!(
-            l.poll_ticket(&h, Some(&secret().unwrap())).await.unwrap(),
-            TicketState::Expired
-        ));
-        assert!(matches!(
-            l.poll_ticket(&h, Some(&browser)).await.unwrap(),
-            TicketState::Done(_)
-        ));
-        assert!(matches!(
-            l.poll_ticket(&h, Some(&browser)).await.unwrap(),
-            TicketState::Expired
-        ));
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let l = Logins { store: &store };
+            let uid = store.create_user("u").await.unwrap().uid;
+            let browser = secret().unwrap();
+            let h = l.handoff_ticket(uid, &browser).await.unwrap();
+            // A link with this handoff, opened elsewhere (login CSRF), logs nobody in.
+            assert!(matches!(
+                l.poll_ticket(&h, Some(&secret().unwrap())).await.unwrap(),
+                TicketState::Expired
+            ));
+            assert!(matches!(
+                l.poll_ticket(&h, Some(&browser)).await.unwrap(),
+                TicketState::Done(_)
+            ));
+            assert!(matches!(
+                l.poll_ticket(&h, Some(&browser)).await.unwrap(),
+                TicketState::Expired
+            ));
+        }
     }
 
     #[tokio::test]
     async fn an_expired_ticket_cannot_be_confirmed() {
-        let store = Store::open_temporary().unwrap();
-        let l = Logins { store: &store };
-        let uid = store.create_user("u").await.unwrap().uid;
-        let t = "0123456789abcdef0123456789abcdef";
-        store
-            .put_handoff(
-                &format!("ticket:{t}"),
-                &format!("pending:{}", hash("b")),
-                now_ms() - 1,
-            )
-            .await
-            .unwrap();
-        assert!(!l.ticket_pending(t).await.unwrap());
-        assert_eq!(l.offer_confirmation(t, uid, "p").await.unwrap(), None);
-        assert!(matches!(
-            l.poll_ticket(t, Some("b")).await.unwrap(),
-            TicketState::Expired
-        ));
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let l = Logins { store: &store };
+            let uid = store.create_user("u").await.unwrap().uid;
+            let t = "0123456789abcdef0123456789abcdef";
+            store
+                .put_handoff(
+                    &format!("ticket:{t}"),
+                    &format!("pending:{}", hash("b")),
+                    now_ms() - 1,
+                )
+                .await
+                .unwrap();
+            assert!(!l.ticket_pending(t).await.unwrap());
+            assert_eq!(l.offer_confirmation(t, uid, "p").await.unwrap(), None);
+            assert!(matches!(
+                l.poll_ticket(t, Some("b")).await.unwrap(),
+                TicketState::Expired
+            ));
+        }
     }
 }

@@ -563,6 +563,54 @@ async fn continue_platform(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn platform_conversations_are_the_identities_memory_on_both_engines() {
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let mp = UserKey::new(Platform::Mp, "main", "o1");
+            let tg = UserKey::new(Platform::Tg, "bot", "42");
+            let uid = store.resolve_identity(&mp, None).await.unwrap();
+            assert_eq!(store.link_identity(&tg, uid).await.unwrap(), None);
+            let turn = |role: &str, at_ms| Turn {
+                role: role.into(),
+                content: format!("{role} {at_ms}"),
+                at_ms,
+            };
+            let turns = [turn("system", 1), turn("user", 2), turn("assistant", 3)];
+            store
+                .append_turns(&mp.to_string(), &turns, 50)
+                .await
+                .unwrap();
+            // Telegram has no memory yet: only the Official Account's conversation shows.
+            let found = platform_chats(&store, uid, None).await.unwrap();
+            assert_eq!(found.len(), 1);
+            let chat = &found[0];
+            assert_eq!(chat.id, platform_chat_id(&mp));
+            assert_eq!(
+                (chat.source, chat.title.as_str()),
+                ("wechat_mp", "公众号对话")
+            );
+            assert_eq!(
+                chat.turns
+                    .iter()
+                    .map(|t| t.role.as_str())
+                    .collect::<Vec<_>>(),
+                ["user", "assistant"]
+            );
+            assert_eq!(updated_of(&chat.turns), 3);
+            let only = platform_chats(&store, uid, Some(&platform_chat_id(&tg)))
+                .await
+                .unwrap();
+            assert!(only.is_empty());
+            let keys = platform_keys(&store, uid).await.unwrap();
+            assert_eq!(keys.len(), 2);
+            // What DELETE does for a platform conversation: its memory is gone.
+            store.clear_conversation(&mp.to_string()).await.unwrap();
+            assert!(platform_chats(&store, uid, None).await.unwrap().is_empty());
+        }
+    }
+
     #[test]
     fn platform_ids_are_stable_valid_and_hide_the_key() {
         let key = UserKey::new(Platform::Mp, "main", "oABC-openid_1");
