@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chatrelay_storage::{
-    Balance, CodeGrant, KvStore, RedeemOutcome, StoreError, Uid, normalize_redeem_code,
+    Balance, CodeGrant, RedeemOutcome, Store, StoreError, Uid, normalize_redeem_code,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -67,7 +67,7 @@ pub enum RedeemError {
     PlanUnavailable,
     /// The store failed.
     #[error(transparent)]
-    KvStore(#[from] StoreError),
+    Store(#[from] StoreError),
 }
 
 impl RedeemError {
@@ -82,7 +82,7 @@ impl RedeemError {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::PlanUnavailable => "plan_unavailable",
-            Self::KvStore(_) => "unavailable",
+            Self::Store(_) => "unavailable",
         }
     }
 
@@ -98,7 +98,7 @@ impl RedeemError {
             Self::Revoked => "这个兑换码已作废",
             Self::Expired => "这个兑换码已过期",
             Self::PlanUnavailable => "这个会员兑换码无效，请联系客服",
-            Self::KvStore(_) => "服务暂时不可用，请稍后再试",
+            Self::Store(_) => "服务暂时不可用，请稍后再试",
         }
     }
 }
@@ -158,9 +158,9 @@ impl Redeemer {
     /// Redeems `input` (as typed) for `uid`. Only unknown codes count against the limits (a
     /// malformed text guesses nothing; a used, revoked or expired code is a real one), and a
     /// throttled attempt is not even looked up.
-    pub fn redeem(
+    pub async fn redeem(
         &self,
-        store: &KvStore,
+        store: &Store,
         alerts: &Alerter,
         uid: Uid,
         input: &str,
@@ -176,7 +176,7 @@ impl Redeemer {
         } else if normalize_redeem_code(input).is_none() {
             Err(RedeemError::Malformed)
         } else {
-            self.redeem_known(store, uid, input, ctx)
+            self.redeem_known(store, uid, input, ctx).await
         };
         match &result {
             Ok(r) => {
@@ -194,7 +194,7 @@ impl Redeemer {
                     self.everyone.record_below((), ALERT_FAILURES);
                     self.maybe_alert(alerts);
                 }
-                if let RedeemError::KvStore(err) = e {
+                if let RedeemError::Store(err) = e {
                     warn!(%uid, error = %err, "redeeming a code failed in the store");
                 }
             }
@@ -202,14 +202,14 @@ impl Redeemer {
         result
     }
 
-    fn redeem_known(
+    async fn redeem_known(
         &self,
-        store: &KvStore,
+        store: &Store,
         uid: Uid,
         input: &str,
         ctx: RedeemContext,
     ) -> Result<Redeemed, RedeemError> {
-        let outcome = match store.redeem_code(uid, input, ctx.now_ms) {
+        let outcome = match store.redeem_code(uid, input, ctx.now_ms).await {
             Ok(o) => o,
             Err(StoreError::Unsupported(_)) => return Err(RedeemError::PlanUnavailable),
             Err(e) => return Err(e.into()),
@@ -220,9 +220,9 @@ impl Redeemer {
                     CodeGrant::Credits { credits } => credits,
                     CodeGrant::Plan { .. } => 0,
                 };
-                let balance = store.balance(entry.uid, ctx.today, ctx.free_daily)?;
+                let balance = store.balance(entry.uid, ctx.today, ctx.free_daily).await?;
                 let plan = match grant {
-                    CodeGrant::Plan { .. } => store.plan(entry.uid)?,
+                    CodeGrant::Plan { .. } => store.plan(entry.uid).await?,
                     CodeGrant::Credits { .. } => None,
                 };
                 Ok(Redeemed {
@@ -285,109 +285,125 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_codes_are_limited_per_user_and_address_without_locking_out_others() {
-        let store = KvStore::open_temporary().unwrap();
-        let alerts = Alerter::default();
-        let r = Redeemer::default();
-        let (a, b, c) = (
-            store.create_user("a").unwrap().uid,
-            store.create_user("b").unwrap().uid,
-            store.create_user("c").unwrap().uid,
-        );
-        let (_, codes) = store
-            .create_code_batch(CodeGrant::Credits { credits: 5 }, 3, None, "", 0)
-            .unwrap();
-        // A malformed text does not count.
-        for _ in 0..20 {
-            assert!(matches!(
-                r.redeem(&store, &alerts, a, "nope", ctx(None)),
-                Err(RedeemError::Malformed)
-            ));
-        }
-        for _ in 0..FAILURES_PER_USER {
-            assert!(matches!(
-                r.redeem(&store, &alerts, a, &wrong(), ctx(None)),
-                Err(RedeemError::Unknown)
-            ));
-        }
-        // User a is throttled, even with a right code, which stays unused.
-        assert!(matches!(
-            r.redeem(&store, &alerts, a, &codes[0], ctx(None)),
-            Err(RedeemError::Throttled)
-        ));
-        // Another user is not.
-        let ok = r.redeem(&store, &alerts, b, &codes[0], ctx(None)).unwrap();
-        assert_eq!((ok.credits, ok.balance.paid), (5, 5));
-        // Per address: users behind one address share its limit; another address is free.
-        let mut failed = 0;
-        for user in [b, c] {
-            for _ in 0..FAILURES_PER_USER - 1 {
-                if matches!(
-                    r.redeem(&store, &alerts, user, &wrong(), ctx(Some("10.0.0.9"))),
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let alerts = Alerter::default();
+            let r = Redeemer::default();
+            let (a, b, c) = (
+                store.create_user("a").await.unwrap().uid,
+                store.create_user("b").await.unwrap().uid,
+                store.create_user("c").await.unwrap().uid,
+            );
+            let (_, codes) = store
+                .create_code_batch(CodeGrant::Credits { credits: 5 }, 3, None, "", 0)
+                .await
+                .unwrap();
+            // A malformed text does not count.
+            for _ in 0..20 {
+                assert!(matches!(
+                    r.redeem(&store, &alerts, a, "nope", ctx(None)).await,
+                    Err(RedeemError::Malformed)
+                ));
+            }
+            for _ in 0..FAILURES_PER_USER {
+                assert!(matches!(
+                    r.redeem(&store, &alerts, a, &wrong(), ctx(None)).await,
                     Err(RedeemError::Unknown)
-                ) {
+                ));
+            }
+            // User a is throttled, even with a right code, which stays unused.
+            assert!(matches!(
+                r.redeem(&store, &alerts, a, &codes[0], ctx(None)).await,
+                Err(RedeemError::Throttled)
+            ));
+            // Another user is not.
+            let ok = r
+                .redeem(&store, &alerts, b, &codes[0], ctx(None))
+                .await
+                .unwrap();
+            assert_eq!((ok.credits, ok.balance.paid), (5, 5));
+            // Per address: users behind one address share its limit; another address is free.
+            let mut failed = 0;
+            for user in [b, c] {
+                for _ in 0..FAILURES_PER_USER - 1 {
+                    if matches!(
+                        r.redeem(&store, &alerts, user, &wrong(), ctx(Some("10.0.0.9")))
+                            .await,
+                        Err(RedeemError::Unknown)
+                    ) {
+                        failed += 1;
+                    }
+                }
+            }
+            assert_eq!(failed, 2 * (FAILURES_PER_USER - 1));
+            // More users behind the same address fill its limit (none reaching their own).
+            let mut i = 0;
+            while failed < FAILURES_PER_ADDRESS {
+                i += 1;
+                let d = store.create_user(&format!("d{i}")).await.unwrap().uid;
+                for _ in 0..(FAILURES_PER_USER - 1).min(FAILURES_PER_ADDRESS - failed) {
+                    assert!(matches!(
+                        r.redeem(&store, &alerts, d, &wrong(), ctx(Some("10.0.0.9")))
+                            .await,
+                        Err(RedeemError::Unknown)
+                    ));
                     failed += 1;
                 }
             }
+            let e = store.create_user("e").await.unwrap().uid;
+            assert!(matches!(
+                r.redeem(&store, &alerts, e, &codes[1], ctx(Some("10.0.0.9")))
+                    .await,
+                Err(RedeemError::Throttled)
+            ));
+            assert_eq!(
+                r.redeem(&store, &alerts, e, &codes[1], ctx(Some("10.0.1.9")))
+                    .await
+                    .unwrap()
+                    .credits,
+                5
+            );
+            assert_eq!(store.balance(a, 0, 0).await.unwrap().paid, 0);
         }
-        assert_eq!(failed, 2 * (FAILURES_PER_USER - 1));
-        // More users behind the same address fill its limit (none reaching their own).
-        let mut i = 0;
-        while failed < FAILURES_PER_ADDRESS {
-            i += 1;
-            let d = store.create_user(&format!("d{i}")).unwrap().uid;
-            for _ in 0..(FAILURES_PER_USER - 1).min(FAILURES_PER_ADDRESS - failed) {
-                assert!(matches!(
-                    r.redeem(&store, &alerts, d, &wrong(), ctx(Some("10.0.0.9"))),
-                    Err(RedeemError::Unknown)
-                ));
-                failed += 1;
-            }
-        }
-        let e = store.create_user("e").unwrap().uid;
-        assert!(matches!(
-            r.redeem(&store, &alerts, e, &codes[1], ctx(Some("10.0.0.9"))),
-            Err(RedeemError::Throttled)
-        ));
-        assert_eq!(
-            r.redeem(&store, &alerts, e, &codes[1], ctx(Some("10.0.1.9")))
-                .unwrap()
-                .credits,
-            5
-        );
-        assert_eq!(store.balance(a, 0, 0).unwrap().paid, 0);
     }
 
     #[tokio::test]
     async fn guessing_from_everywhere_alerts_once() {
-        let store = KvStore::open_temporary().unwrap();
-        let alerts = Alerter::default();
-        let r = Redeemer::default();
-        let mut users = Vec::new();
-        for i in 0..(ALERT_FAILURES / FAILURES_PER_USER + 1) {
-            users.push(store.create_user(&format!("u{i}")).unwrap().uid);
-        }
-        let mut n = 0;
-        'outer: for (i, uid) in users.iter().enumerate() {
-            for _ in 0..FAILURES_PER_USER {
-                let ip = format!("10.{i}.0.1");
-                r.redeem(&store, &alerts, *uid, &wrong(), ctx(Some(&ip)))
-                    .ok();
-                n += 1;
-                if n == ALERT_FAILURES - 1 {
-                    assert!(r.last_alert.lock().unwrap().is_none(), "not yet");
-                }
-                if n >= ALERT_FAILURES + 5 {
-                    break 'outer;
+        for (engine, store) in crate::auth::test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let alerts = Alerter::default();
+            let r = Redeemer::default();
+            let mut users = Vec::new();
+            for i in 0..(ALERT_FAILURES / FAILURES_PER_USER + 1) {
+                users.push(store.create_user(&format!("u{i}")).await.unwrap().uid);
+            }
+            let mut n = 0;
+            'outer: for (i, uid) in users.iter().enumerate() {
+                for _ in 0..FAILURES_PER_USER {
+                    let ip = format!("10.{i}.0.1");
+                    r.redeem(&store, &alerts, *uid, &wrong(), ctx(Some(&ip)))
+                        .await
+                        .ok();
+                    n += 1;
+                    if n == ALERT_FAILURES - 1 {
+                        assert!(r.last_alert.lock().unwrap().is_none(), "not yet");
+                    }
+                    if n >= ALERT_FAILURES + 5 {
+                        break 'outer;
+                    }
                 }
             }
+            let first = r.last_alert.lock().unwrap().expect("alerted");
+            r.redeem(&store, &alerts, users[0], &wrong(), ctx(Some("10.99.0.1")))
+                .await
+                .ok();
+            assert_eq!(
+                r.last_alert.lock().unwrap().unwrap(),
+                first,
+                "quiet after an alert"
+            );
         }
-        let first = r.last_alert.lock().unwrap().expect("alerted");
-        r.redeem(&store, &alerts, users[0], &wrong(), ctx(Some("10.99.0.1")))
-            .ok();
-        assert_eq!(
-            r.last_alert.lock().unwrap().unwrap(),
-            first,
-            "quiet after an alert"
-        );
     }
 }

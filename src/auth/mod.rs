@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chatrelay_core::UserKey;
-use chatrelay_storage::{KvStore, StoreError, Uid, display_login_code};
+use chatrelay_storage::{Store, StoreError, Uid, display_login_code};
 use tracing::warn;
 
 use crate::engine::Engine;
@@ -48,28 +48,30 @@ const MAX_NETWORKS: usize = 10_000;
 
 /// A code for the user behind `key` (created on first contact), as the user is shown it
 /// (`K7QM-2XRT`), and its lifetime in minutes.
-pub fn issue_code(
-    store: &KvStore,
+pub async fn issue_code(
+    store: &Store,
     key: &UserKey,
     display_name: Option<&str>,
 ) -> Result<(String, u64), StoreError> {
-    let uid = store.resolve_identity(key, display_name)?;
-    let code = store.login_code(uid, CODE_TTL.as_millis() as i64, now_ms())?;
+    let uid = store.resolve_identity(key, display_name).await?;
+    let code = store
+        .login_code(uid, CODE_TTL.as_millis() as i64, now_ms())
+        .await?;
     Ok((display_login_code(&code.code), CODE_TTL.as_secs() / 60))
 }
 
 /// [`issue_code`] through the engine: how a channel hands out a code without naming the store.
-pub fn issue_code_via(
+pub async fn issue_code_via(
     engine: &Engine,
     key: &UserKey,
     display_name: Option<&str>,
 ) -> Result<(String, u64), StoreError> {
-    issue_code(engine.store(), key, display_name)
+    issue_code(engine.facade(), key, display_name).await
 }
 
 /// The user a bearer token (from a login, a guest or the admin) belongs to, if it is live.
-pub fn token_user(engine: &Engine, token: &str) -> Result<Option<Uid>, StoreError> {
-    engine.store().token_uid(token, now_ms())
+pub async fn token_user(engine: &Engine, token: &str) -> Result<Option<Uid>, StoreError> {
+    engine.facade().token_uid(token, now_ms()).await
 }
 
 /// Why a login failed.
@@ -83,7 +85,7 @@ pub enum LoginError {
     BadCode,
     /// The store failed.
     #[error(transparent)]
-    KvStore(#[from] StoreError),
+    Store(#[from] StoreError),
 }
 
 /// A token issued by a login.
@@ -124,9 +126,9 @@ impl Login {
     /// Consumes `code` (as typed: see [`chatrelay_storage::normalize_login_code`]) and
     /// returns a new token for its user. Only failures count against the limits, and a
     /// throttled client's attempt is not even checked.
-    pub fn login(
+    pub async fn login(
         &self,
-        store: &KvStore,
+        store: &Store,
         code: &str,
         client: IpAddr,
     ) -> Result<LoginToken, LoginError> {
@@ -145,10 +147,12 @@ impl Login {
             return Err(LoginError::Throttled);
         }
         let now = now_ms();
-        match store.consume_login_code(code, now)? {
+        match store.consume_login_code(code, now).await? {
             Some(uid) => {
                 let expires_at_ms = now.saturating_add(LOGIN_TOKEN_TTL.as_millis() as i64);
-                let token = store.create_token(uid, "web login", Some(expires_at_ms), now)?;
+                let token = store
+                    .create_token(uid, "web login", Some(expires_at_ms), now)
+                    .await?;
                 metrics::counter!("chatrelay_login_total", "outcome" => "ok").increment(1);
                 Ok(LoginToken {
                     uid,
@@ -180,8 +184,8 @@ impl Login {
         code: &str,
         client: IpAddr,
     ) -> Result<LoginToken, LoginError> {
-        let token = self.login(engine.store(), code, client)?;
-        if let Err(e) = engine.store().flush().await {
+        let token = self.login(engine.facade(), code, client).await?;
+        if let Err(e) = engine.facade().flush().await {
             warn!(error = %e, "flushing a new login token failed");
         }
         Ok(token)
@@ -209,6 +213,27 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Stores for the tests of the modules that take the store's domain interface (login, web
+/// login records, redemption codes): a temporary sled database, and the relational engine on
+/// a fresh schema when `CHATRELAY_TEST_PG_URL` is set, so each case runs on both engines.
+#[cfg(test)]
+pub(crate) async fn test_stores() -> Vec<(&'static str, Store)> {
+    let mut all = vec![("sled", Store::open_temporary().unwrap())];
+    if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        let mut random = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).unwrap();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_{}_{}", std::process::id(), hex::encode(random))),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        all.push(("relational", Store::open_relational(&opts).await.unwrap()));
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -229,104 +254,120 @@ mod tests {
     use super::*;
     use chatrelay_core::Platform;
 
-    #[test]
-    fn code_to_token_binds_the_same_user_and_guessing_is_throttled() {
-        let store = KvStore::open_temporary().unwrap();
-        let key = UserKey::new(Platform::Mp, "main", "openid-1");
-        let (code, minutes) = issue_code(&store, &key, None).unwrap();
-        assert_eq!(minutes, 5);
-        let uid = store.identity(&key).unwrap().unwrap();
-        let login = Login::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let t = login.login(&store, &code, ip).unwrap();
-        assert_eq!(t.uid, uid);
-        assert_eq!(store.token_uid(&t.token, now_ms()).unwrap(), Some(uid));
-        assert!(
-            matches!(login.login(&store, &code, ip), Err(LoginError::BadCode)),
-            "single use"
-        );
+    #[tokio::test]
+    async fn code_to_token_binds_the_same_user_and_guessing_is_throttled() {
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let key = UserKey::new(Platform::Mp, "main", "openid-1");
+            let (code, minutes) = issue_code(&store, &key, None).await.unwrap();
+            assert_eq!(minutes, 5);
+            let uid = store.identity(&key).await.unwrap().unwrap();
+            let login = Login::default();
+            let ip: IpAddr = "10.0.0.1".parse().unwrap();
+            let t = login.login(&store, &code, ip).await.unwrap();
+            assert_eq!(t.uid, uid);
+            assert_eq!(
+                store.token_uid(&t.token, now_ms()).await.unwrap(),
+                Some(uid)
+            );
+            assert!(
+                matches!(
+                    login.login(&store, &code, ip).await,
+                    Err(LoginError::BadCode)
+                ),
+                "single use"
+            );
 
-        // Ten failures from one address lock it out, even for a right code; others still work.
-        for _ in 0..9 {
+            // Ten failures from one address lock it out, even for a right code; others still work.
+            for _ in 0..9 {
+                assert!(matches!(
+                    login.login(&store, "00000000", ip).await,
+                    Err(LoginError::BadCode)
+                ));
+            }
+            let (code2, _) = issue_code(&store, &key, None).await.unwrap();
             assert!(matches!(
-                login.login(&store, "00000000", ip),
-                Err(LoginError::BadCode)
+                login.login(&store, &code2, ip).await,
+                Err(LoginError::Throttled)
             ));
+            let other: IpAddr = "10.0.1.2".parse().unwrap();
+            assert!(login.login(&store, &code2, other).await.is_ok());
         }
-        let (code2, _) = issue_code(&store, &key, None).unwrap();
-        assert!(matches!(
-            login.login(&store, &code2, ip),
-            Err(LoginError::Throttled)
-        ));
-        let other: IpAddr = "10.0.1.2".parse().unwrap();
-        assert!(login.login(&store, &code2, other).is_ok());
     }
 
-    fn fail(login: &Login, store: &KvStore, ip: &str, times: usize) {
+    async fn fail(login: &Login, store: &Store, ip: &str, times: usize) {
         let ip: IpAddr = ip.parse().unwrap();
         for _ in 0..times {
-            let _ = login.login(store, "ZZZZZZZZ", ip);
+            let _ = login.login(store, "ZZZZZZZZ", ip).await;
         }
     }
 
-    #[test]
-    fn failures_elsewhere_never_lock_out_a_fresh_address() {
-        let store = KvStore::open_temporary().unwrap();
-        let login = Login::default();
-        // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
-        for n in 0..60 {
-            fail(&login, &store, &format!("198.{n}.0.1"), 10);
+    #[tokio::test]
+    async fn failures_elsewhere_never_lock_out_a_fresh_address() {
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let login = Login::default();
+            // The lockout attack: many networks, ten wrong codes each (far past the old global 300).
+            for n in 0..60 {
+                fail(&login, &store, &format!("198.{n}.0.1"), 10).await;
+            }
+            assert!(login.under_attack());
+            let key = UserKey::new(Platform::Mp, "main", "openid-2");
+            let (code, _) = issue_code(&store, &key, None).await.unwrap();
+            let fresh: IpAddr = "203.0.113.50".parse().unwrap();
+            assert!(
+                login.login(&store, &code, fresh).await.is_ok(),
+                "a right code works"
+            );
+            // Under attack an address gets fewer tries: two failures and it waits.
+            fail(&login, &store, "203.0.113.51", 2).await;
+            let (code, _) = issue_code(&store, &UserKey::new(Platform::Mp, "main", "o3"), None)
+                .await
+                .unwrap();
+            let tried: IpAddr = "203.0.113.51".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, tried).await,
+                Err(LoginError::Throttled)
+            ));
         }
-        assert!(login.under_attack());
-        let key = UserKey::new(Platform::Mp, "main", "openid-2");
-        let (code, _) = issue_code(&store, &key, None).unwrap();
-        let fresh: IpAddr = "203.0.113.50".parse().unwrap();
-        assert!(
-            login.login(&store, &code, fresh).is_ok(),
-            "a right code works"
-        );
-        // Under attack an address gets fewer tries: two failures and it waits.
-        fail(&login, &store, "203.0.113.51", 2);
-        let (code, _) =
-            issue_code(&store, &UserKey::new(Platform::Mp, "main", "o3"), None).unwrap();
-        let tried: IpAddr = "203.0.113.51".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, tried),
-            Err(LoginError::Throttled)
-        ));
     }
 
-    #[test]
-    fn networks_are_limited_as_a_whole() {
-        let store = KvStore::open_temporary().unwrap();
-        let login = Login::default();
-        let key = UserKey::new(Platform::Mp, "main", "openid-4");
-        // IPv6: every address of a /64 is one client.
-        fail(&login, &store, "2001:db8:0:1::1", 5);
-        fail(&login, &store, "2001:db8:0:1::2", 5);
-        let (code, _) = issue_code(&store, &key, None).unwrap();
-        let same64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, same64),
-            Err(LoginError::Throttled)
-        ));
-        // IPv4: addresses of one /24 share the network allowance (60).
-        for h in 1..=6 {
-            fail(&login, &store, &format!("192.0.2.{h}"), 10);
+    #[tokio::test]
+    async fn networks_are_limited_as_a_whole() {
+        for (engine, store) in test_stores().await {
+            // Shown with a failure: which engine the case failed on.
+            eprintln!("engine: {engine}");
+            let login = Login::default();
+            let key = UserKey::new(Platform::Mp, "main", "openid-4");
+            // IPv6: every address of a /64 is one client.
+            fail(&login, &store, "2001:db8:0:1::1", 5).await;
+            fail(&login, &store, "2001:db8:0:1::2", 5).await;
+            let (code, _) = issue_code(&store, &key, None).await.unwrap();
+            let same64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, same64).await,
+                Err(LoginError::Throttled)
+            ));
+            // IPv4: addresses of one /24 share the network allowance (60).
+            for h in 1..=6 {
+                fail(&login, &store, &format!("192.0.2.{h}"), 10).await;
+            }
+            let neighbour: IpAddr = "192.0.2.200".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, neighbour).await,
+                Err(LoginError::Throttled)
+            ));
+            // Mapped IPv4 is the same client as IPv4.
+            let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
+            assert!(matches!(
+                login.login(&store, &code, mapped).await,
+                Err(LoginError::Throttled)
+            ));
+            // Another /64 and another /24 are untouched.
+            let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+            assert!(login.login(&store, &code, other).await.is_ok());
         }
-        let neighbour: IpAddr = "192.0.2.200".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, neighbour),
-            Err(LoginError::Throttled)
-        ));
-        // Mapped IPv4 is the same client as IPv4.
-        let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
-        assert!(matches!(
-            login.login(&store, &code, mapped),
-            Err(LoginError::Throttled)
-        ));
-        // Another /64 and another /24 are untouched.
-        let other: IpAddr = "2001:db8:0:2::1".parse().unwrap();
-        assert!(login.login(&store, &code, other).is_ok());
     }
 }

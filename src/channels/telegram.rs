@@ -294,7 +294,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         };
         let engine_text = match command {
             Some(Command::Code) => {
-                let reply = code_reply(&engine, &key, &display_name, private);
+                let reply = code_reply(&engine, &key, &display_name, private).await;
                 stream_answer(&bot, chat, reply_to, reply, shutdown).await;
                 return;
             }
@@ -367,9 +367,9 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
 
 /// The answer to `/code`: a web login code in a private chat (for the user behind `key`),
 /// else where to ask for one.
-fn code_reply(engine: &Engine, key: &UserKey, display_name: &str, private: bool) -> Reply {
+async fn code_reply(engine: &Engine, key: &UserKey, display_name: &str, private: bool) -> Reply {
     let answer = if private {
-        match crate::auth::issue_code_via(engine, key, Some(display_name)) {
+        match crate::auth::issue_code_via(engine, key, Some(display_name)).await {
             Ok((code, minutes)) => {
                 format!("你的网页登录验证码：{code}，{minutes} 分钟内有效")
             }

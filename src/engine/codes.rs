@@ -8,8 +8,8 @@ use crate::codes::{RedeemContext, RedeemError, Redeemed};
 
 impl Engine {
     /// Redeems `code` (as typed) for `uid`, with the limits on wrong codes (per user, and per
-    /// `client` address when there is one). A step of the store's lane that answers once the
-    /// credit is on disk: the user is told of credits a crash cannot take back.
+    /// `client` address when there is one). Answers once the credit is durable (the store's
+    /// flush): the user is told of credits a crash cannot take back.
     pub async fn redeem_code(
         &self,
         uid: Uid,
@@ -23,19 +23,13 @@ impl Engine {
             free_daily: s.free_daily,
             now_ms: now_ms(),
         };
-        let (this, code) = (self.clone(), code.to_owned());
-        let (redeemed, flushed) = self
+        let redeemed = self
             .inner
-            .store
-            .on_lane_durable(move || {
-                this.inner
-                    .codes
-                    .redeem(&this.inner.store, &this.inner.alerts, uid, &code, ctx)
-            })
-            .await
-            .ok_or(RedeemError::KvStore(StoreError::Reopening))?;
+            .codes
+            .redeem(&self.inner.facade, &self.inner.alerts, uid, code, ctx)
+            .await;
         if redeemed.is_ok()
-            && let Err(e) = flushed
+            && let Err(e) = self.inner.facade.flush().await
         {
             // The credit stands in the open database; the disk is failing, which `/readyz`
             // and the watchdog report.

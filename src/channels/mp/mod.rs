@@ -357,7 +357,7 @@ async fn answer_text(
                 return Some(st.engine.settings().texts.unavailable.clone());
             }
         }
-        return match crate::auth::issue_code_via(&st.engine, key, None) {
+        return match crate::auth::issue_code_via(&st.engine, key, None).await {
             Ok((code, minutes)) => {
                 let reply = fill(
                     &cfg.texts.login_code,

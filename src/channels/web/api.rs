@@ -64,7 +64,7 @@ async fn login(
             "throttled",
             "尝试次数过多，请稍后再试",
         ),
-        Err(LoginError::KvStore(e)) => {
+        Err(LoginError::Store(e)) => {
             warn!(error = %e, "login failed in the store");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -76,7 +76,7 @@ async fn login(
 }
 
 async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
-    let uid = match super::v1::authenticate(&st, &headers) {
+    let uid = match super::v1::authenticate(&st, &headers).await {
         Ok(uid) => uid,
         Err(e) => return e.into_response(),
     };

@@ -198,7 +198,7 @@ async fn authorize(
     let next = local_path(q.next.as_deref());
     let ticket = q.ticket.as_deref().filter(|t| !t.is_empty());
     if let Some(t) = ticket {
-        match logins.ticket_pending(t) {
+        match logins.ticket_pending(t).await {
             Ok(true) => {}
             Ok(false) => return ticket_expired(),
             Err(e) => {
@@ -207,7 +207,10 @@ async fn authorize(
             }
         }
     }
-    let started = match logins.start(&account, cookie(&headers, COOKIE), ticket, &next) {
+    let started = match logins
+        .start(&account, cookie(&headers, COOKIE), ticket, &next)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "starting a web login failed");
@@ -268,7 +271,10 @@ async fn callback(
     }
     let logins = Logins::new(&st.engine);
     let state = q.state.unwrap_or_default();
-    let record = match logins.take_state(&account, &state, cookie(&headers, COOKIE)) {
+    let record = match logins
+        .take_state(&account, &state, cookie(&headers, COOKIE))
+        .await
+    {
         Ok(r) => r,
         Err(OAuthError::BadState) => {
             metrics::counter!("chatrelay_wechat_login_total", "outcome" => "bad_state")
@@ -349,7 +355,10 @@ async fn finish(
     } else {
         None
     };
-    let uid = match logins.user_of(account, &token.openid, nickname.as_deref()) {
+    let uid = match logins
+        .user_of(account, &token.openid, nickname.as_deref())
+        .await
+    {
         Ok(uid) => uid,
         Err(e) => {
             warn!(error = %e, "resolving a web login's user failed");
@@ -373,8 +382,9 @@ async fn complete(
     let result = match &record.ticket {
         Some(ticket) => logins
             .offer_confirmation(ticket, uid, browser)
+            .await
             .map(|c| c.map_or_else(ticket_expired, |c| confirm_page(account, &c))),
-        None => logins.handoff_ticket(uid, browser).map(|handoff| {
+        None => logins.handoff_ticket(uid, browser).await.map(|handoff| {
             let mut res = StatusCode::FOUND.into_response();
             match HeaderValue::from_str(&format!("{}#login={handoff}", record.next)) {
                 Ok(location) => {

@@ -187,13 +187,15 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// The user behind one of the page's JSON calls, and its body: the token's error (401)
 /// without a valid one, 413 for a body over the limit, 400 with `hint` (what to send) for one
 /// that does not parse.
-pub(super) fn authed_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn authed_json<T: serde::de::DeserializeOwned>(
     st: &WebState,
     headers: &HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
     hint: &str,
 ) -> Result<(chatrelay_storage::Uid, T), Box<Response>> {
-    let uid = v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
+    let uid = v1::authenticate(st, headers)
+        .await
+        .map_err(|e| Box::new(e.into_response()))?;
     let Ok(body) = body else {
         return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -40,7 +40,9 @@ async fn redeem(
         &headers,
         body,
         "send {\"code\": \"XXXX-XXXX-XXXX-XXXX\"}",
-    ) {
+    )
+    .await
+    {
         Ok(got) => got,
         Err(refused) => return *refused,
     };
@@ -68,7 +70,7 @@ async fn redeem(
                 RedeemError::AlreadyUsed { .. } | RedeemError::Revoked => StatusCode::CONFLICT,
                 RedeemError::Expired => StatusCode::GONE,
                 RedeemError::PlanUnavailable => StatusCode::NOT_IMPLEMENTED,
-                RedeemError::KvStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RedeemError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             error(status, e.code(), e.message())
         }

@@ -63,7 +63,10 @@ async fn create_ticket(
             "请求过于频繁，请稍后再试",
         );
     }
-    let new = match Logins::new(&st.engine).new_ticket(cookie(&headers, COOKIE)) {
+    let new = match Logins::new(&st.engine)
+        .new_ticket(cookie(&headers, COOKIE))
+        .await
+    {
         Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "creating a scan ticket failed");
@@ -95,7 +98,7 @@ async fn poll_ticket(
     headers: HeaderMap,
 ) -> Response {
     let logins = Logins::new(&st.engine);
-    match logins.poll_ticket(&ticket, cookie(&headers, COOKIE)) {
+    match logins.poll_ticket(&ticket, cookie(&headers, COOKIE)).await {
         Ok(TicketState::Pending) => Json(json!({"status": "pending"})).into_response(),
         Ok(TicketState::Expired) => Json(json!({"status": "expired"})).into_response(),
         Ok(TicketState::Done(t)) => {
@@ -121,7 +124,7 @@ async fn poll_ticket(
 }
 
 async fn ticket_qr(State(st): State<WebState>, Path(ticket): Path<String>) -> Response {
-    let pending = Logins::new(&st.engine).ticket_pending(&ticket);
+    let pending = Logins::new(&st.engine).ticket_pending(&ticket).await;
     match (scan_account(&st), pending) {
         (Some((account, public_url)), Ok(true)) => super::shop::qr_svg(&format!(
             "{public_url}/auth/wechat/{account}?ticket={ticket}"
@@ -147,7 +150,7 @@ async fn confirm(
         return ticket_expired();
     };
     let logins = Logins::new(&st.engine);
-    match logins.confirm(&form.c, cookie(&headers, COOKIE)) {
+    match logins.confirm(&form.c, cookie(&headers, COOKIE)).await {
         Ok(true) => {
             logins.flush().await;
             info!(account, "scan login confirmed on the phone");

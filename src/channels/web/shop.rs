@@ -112,7 +112,9 @@ async fn create_order(
         &headers,
         body,
         "send {\"product_id\": \"…\", \"channel\": \"wechat\"|\"alipay\", \"method\": \"…\"}",
-    ) {
+    )
+    .await
+    {
         Ok(got) => got,
         Err(refused) => return *refused,
     };
@@ -172,8 +174,10 @@ async fn create_order(
 }
 
 /// The order if it exists and belongs to the caller.
-fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
-    let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
+async fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
+    let uid = super::v1::authenticate(st, headers)
+        .await
+        .map_err(|e| Box::new(e.into_response()))?;
     match st.parts().billing.order(id) {
         Ok(Some(o)) if o.uid == uid => Ok(o),
         Ok(_) => Err(Box::new(error(
@@ -193,7 +197,7 @@ fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<
 }
 
 async fn order(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match own_order(&st, &headers, &id) {
+    match own_order(&st, &headers, &id).await {
         Ok(o) => Json(order_json(&st.parts().billing, &o)).into_response(),
         Err(r) => *r,
     }
@@ -204,7 +208,7 @@ async fn order_qr(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let order = match own_order(&st, &headers, &id) {
+    let order = match own_order(&st, &headers, &id).await {
         Ok(o) => o,
         Err(r) => return *r,
     };

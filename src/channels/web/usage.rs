@@ -91,7 +91,7 @@ async fn usage(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let uid = match super::v1::authenticate(&st, &headers) {
+    let uid = match super::v1::authenticate(&st, &headers).await {
         Ok(uid) => uid,
         Err(e) => return e.into_response(),
     };
@@ -99,11 +99,10 @@ async fn usage(
         Ok(q) => q,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
-    let store = st.engine.store().clone();
-    let page = tokio::task::spawn_blocking(move || store.usage(uid, before, limit)).await;
-    match page {
-        Ok(Ok(page)) => Json(page_json(&page)).into_response(),
-        Ok(Err(e)) => {
+    // One page (at most `MAX_USAGE_PAGE` records) from the store's domain interface.
+    match st.engine.facade().usage(uid, before, limit).await {
+        Ok(page) => Json(page_json(&page)).into_response(),
+        Err(e) => {
             warn!(error = %e, "reading the usage log failed");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -111,11 +110,6 @@ async fn usage(
                 "服务暂时不可用",
             )
         }
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "服务暂时不可用",
-        ),
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) async fn transcriptions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let lang = Lang::of_request(&headers, &st.engine.settings().texts);
-    let uid = authenticate(&st, &headers)?;
+    let uid = authenticate(&st, &headers).await?;
     let body = body.map_err(|e| body_error(lang, &e))?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -130,7 +130,7 @@ pub(super) async fn speech(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let lang = Lang::of_request(&headers, &st.engine.settings().texts);
-    let uid = authenticate(&st, &headers)?;
+    let uid = authenticate(&st, &headers).await?;
     let body = body.map_err(|e| body_error(lang, &e))?;
     let req: SpeechBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(

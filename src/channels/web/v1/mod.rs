@@ -69,7 +69,7 @@ pub fn routes() -> axum::Router<WebState> {
 }
 
 /// Resolves the bearer user token to a uid.
-pub fn authenticate(st: &WebState, headers: &HeaderMap) -> Result<Uid, ApiError> {
+pub async fn authenticate(st: &WebState, headers: &HeaderMap) -> Result<Uid, ApiError> {
     let lang = Lang::of_request(headers, &st.engine.settings().texts);
     let unauthorized = |m: String| {
         ApiError::new(
@@ -86,7 +86,7 @@ pub fn authenticate(st: &WebState, headers: &HeaderMap) -> Result<Uid, ApiError>
             "没有提供 API 密钥，请以 Authorization: Bearer <token> 发送。",
         ))
     })?;
-    match crate::auth::token_user(&st.engine, token) {
+    match crate::auth::token_user(&st.engine, token).await {
         Ok(Some(uid)) => Ok(uid),
         Ok(None) => Err(unauthorized(
             lang.pick("Incorrect API key provided.", "API 密钥不正确。"),
@@ -108,7 +108,7 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let lang = Lang::of_request(&headers, &st.engine.settings().texts);
-    let uid = authenticate(&st, &headers)?;
+    let uid = authenticate(&st, &headers).await?;
     let body = body.map_err(|e| body_error(lang, &e))?;
     let Parsed {
         req,
@@ -244,7 +244,7 @@ fn model_object(name: &str) -> Value {
 }
 
 async fn models(State(st): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&st, &headers)?;
+    authenticate(&st, &headers).await?;
     let data: Vec<Value> = st
         .engine
         .settings()
@@ -260,7 +260,7 @@ async fn model(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&st, &headers)?;
+    authenticate(&st, &headers).await?;
     let settings = st.engine.settings();
     match settings.model(&id) {
         Some(m) => Ok(Json(model_object(&m.name)).into_response()),

@@ -171,17 +171,30 @@ fn quota_error_is_openai_shaped_and_final() {
     assert_eq!(res.headers().get("x-should-retry").unwrap(), "false");
 }
 
-fn engine() -> (Engine, chatrelay_storage::KvStore) {
-    let store = chatrelay_storage::KvStore::open_temporary().unwrap();
+/// An engine on a temporary store, and the store's domain interface the tests read it by.
+fn engine() -> (Engine, chatrelay_storage::Store) {
+    // `Engine::new` takes the key-value store until the daemon opens stores by engine.
+    let kv = chatrelay_storage::KvStore::open_temporary().unwrap();
     let config = crate::config::Config::default();
     let engine = Engine::new(
-        store.clone(),
+        kv,
         std::sync::Arc::new(crate::engine::llm::DemoBackend::default()),
         crate::engine::Settings::from_config(&config).unwrap(),
         tokio_util::sync::CancellationToken::new(),
         tokio_util::task::TaskTracker::new(),
     );
+    let store = engine.facade().clone();
     (engine, store)
+}
+
+/// The paid credits of `uid` today.
+async fn paid_of(engine: &Engine, store: &chatrelay_storage::Store, uid: Uid) -> u64 {
+    let s = engine.settings();
+    store
+        .balance(uid, s.today(), s.free_daily)
+        .await
+        .unwrap()
+        .paid
 }
 
 fn meta() -> Meta {
@@ -245,12 +258,8 @@ async fn a_non_streamed_answer_of_any_number_of_pieces_comes_back_whole() {
 #[tokio::test]
 async fn a_settled_answer_the_reader_never_read_is_refunded_once() {
     let (engine, store) = engine();
-    let uid = store.create_user("r").unwrap().uid;
-    let paid = |store: &chatrelay_storage::KvStore| {
-        let s = engine.settings();
-        store.balance(uid, s.today(), s.free_daily).unwrap().paid
-    };
-    let before = paid(&store);
+    let uid = store.create_user("r").await.unwrap().uid;
+    let before = paid_of(&engine, &store, uid).await;
     for _ in 0..2 {
         let (tx, reply) = Reply::channel();
         assert!(tx.send(ReplyEvent::Delta("a".into())).await);
@@ -264,7 +273,11 @@ async fn a_settled_answer_the_reader_never_read_is_refunded_once() {
             finished: false,
         });
     }
-    assert_eq!(paid(&store), before + 3, "refunded, and only once");
+    assert_eq!(
+        paid_of(&engine, &store, uid).await,
+        before + 3,
+        "refunded, and only once"
+    );
     // A streamed reader got the pieces: nothing is given back for it.
     let (tx, reply) = Reply::channel();
     assert!(tx.send(final_event("a", 3)).await);
@@ -276,7 +289,7 @@ async fn a_settled_answer_the_reader_never_read_is_refunded_once() {
         refund_lost: false,
         finished: false,
     });
-    assert_eq!(paid(&store), before + 3);
+    assert_eq!(paid_of(&engine, &store, uid).await, before + 3);
 }
 
 /// The data lines of the events a streamed answer's body yields, in order.
@@ -344,12 +357,8 @@ async fn a_streamed_answer_is_role_pieces_stop_usage_and_done() {
 async fn a_one_piece_answer_the_client_never_got_is_refunded_and_one_it_got_is_not() {
     use futures_util::StreamExt;
     let (engine, store) = engine();
-    let uid = store.create_user("p").unwrap().uid;
-    let paid = || {
-        let s = engine.settings();
-        store.balance(uid, s.today(), s.free_daily).unwrap().paid
-    };
-    let before = paid();
+    let uid = store.create_user("p").await.unwrap().uid;
+    let before = paid_of(&engine, &store, uid).await;
     let token = tokio_util::sync::CancellationToken::new();
     // Only the role chunk was taken: the picture's text never left.
     let mut events = Box::pin(sse_events(Pump::new(
@@ -361,7 +370,7 @@ async fn a_one_piece_answer_the_client_never_got_is_refunded_and_one_it_got_is_n
     )));
     assert!(events.next().await.is_some());
     drop(events);
-    assert_eq!(paid(), before + 4, "refunded");
+    assert_eq!(paid_of(&engine, &store, uid).await, before + 4, "refunded");
     // The text was taken: the client has it, and pays.
     let mut events = Box::pin(sse_events(Pump::new(
         meta(),
@@ -375,7 +384,11 @@ async fn a_one_piece_answer_the_client_never_got_is_refunded_and_one_it_got_is_n
         panic!("no text event")
     };
     drop(events);
-    assert_eq!(paid(), before + 4, "not refunded");
+    assert_eq!(
+        paid_of(&engine, &store, uid).await,
+        before + 4,
+        "not refunded"
+    );
 }
 
 /// Every open `/v1` stream is one of these, held by its connection: it reads the reply
