@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chatrelay_storage::{KvStore, Leadership};
+use chatrelay_storage::{Leadership, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,17 +21,13 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// How often a leader checks that it still holds its lock.
 pub const CHECK: Duration = Duration::from_secs(5);
 
-/// Tries to lead `job` without blocking the runtime.
-pub async fn try_lead(store: &KvStore, job: &str) -> Option<Leadership> {
-    let (store, name) = (store.clone(), job.to_owned());
-    match tokio::task::spawn_blocking(move || store.try_lead(&name)).await {
-        Ok(Ok(lead)) => lead,
-        Ok(Err(e)) => {
-            warn!(job, error = %e, "cannot take part in leading the job");
-            None
-        }
+/// Tries to lead `job` (`None` while another daemon leads it, or when the store cannot
+/// say: logged, tried again later).
+pub async fn try_lead(store: &Store, job: &str) -> Option<Leadership> {
+    match store.try_lead(job).await {
+        Ok(lead) => lead,
         Err(e) => {
-            warn!(job, error = %e, "leadership check failed");
+            warn!(job, error = %e, "cannot take part in leading the job");
             None
         }
     }
@@ -41,7 +37,7 @@ pub async fn try_lead(store: &KvStore, job: &str) -> Option<Leadership> {
 /// itself). `job` gets a token cancelled when it must stop (the daemon stops or the
 /// leadership is lost) and should return soon after; after a lost leadership it is started
 /// again when the daemon leads once more.
-pub async fn run<F, Fut>(store: KvStore, name: String, stop: CancellationToken, mut job: F)
+pub async fn run<F, Fut>(store: Store, name: String, stop: CancellationToken, mut job: F)
 where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
@@ -106,7 +102,7 @@ pub struct Held {
 
 impl Held {
     /// Whether this daemon leads `name` for this round.
-    pub async fn leads(&mut self, store: &KvStore, name: &str) -> bool {
+    pub async fn leads(&mut self, store: &Store, name: &str) -> bool {
         if !store.is_shared() {
             return true;
         }
@@ -141,7 +137,7 @@ mod tests {
         };
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let spawn = |store: KvStore, stop: CancellationToken| {
+        let spawn = |store: Store, stop: CancellationToken| {
             let (running, most) = (running.clone(), most.clone());
             tokio::spawn(run(store, "job".into(), stop, move |token| {
                 let (running, most) = (running.clone(), most.clone());
@@ -154,9 +150,9 @@ mod tests {
             }))
         };
         let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-        let first = spawn(a, stop_a.clone());
+        let first = spawn(Store::from(a), stop_a.clone());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let second = spawn(b, stop_b.clone());
+        let second = spawn(Store::from(b), stop_b.clone());
         tokio::time::sleep(RETRY * 2).await;
         assert_eq!(running.load(Ordering::SeqCst), 1, "one leader");
         // The leader goes away: the other takes the job within about RETRY.
@@ -175,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn alone_a_daemon_always_leads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KvStore::open(dir.path(), 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
         let mut held = Held::default();
         assert!(held.leads(&store, "cleanup").await);
         let ran = Arc::new(AtomicUsize::new(0));

@@ -38,21 +38,17 @@ pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
             "give at most 366 days, from before to",
         ));
     }
-    let engine = st.engine.clone();
-    let report = blocking(move || {
-        // What is still in memory belongs in the figures.
-        engine.stats().flush(engine.store())?;
-        let days: Vec<i64> = (from..=to).collect();
-        crate::stats::report(engine.store(), &days, &s.models, s.tz_offset_secs)
-    })
-    .await?;
+    let store = st.engine.facade();
+    // What is still in memory belongs in the figures.
+    st.engine.stats().flush(store).await?;
+    let days: Vec<i64> = (from..=to).collect();
+    let report = crate::stats::report(store, &days, &s.models, s.tz_offset_secs).await?;
     Ok(Json(json!(report)))
 }
 
 /// Checks that every user's ledger sums to their balance.
 pub async fn audit(st: St) -> Answer {
-    let store = st.engine.store().clone();
-    let report = blocking(move || store.audit()).await?;
+    let report = st.engine.facade().audit().await?;
     Ok(Json(json!(report)))
 }
 
@@ -65,21 +61,18 @@ pub struct HitsQuery {
 
 /// Content-rule hits, newest first: who, where, which rule, what.
 pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
-    let store = st.engine.store().clone();
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let hits = blocking(move || {
-        store
-            .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
-            .map(|all| {
-                all.into_iter()
-                    .rev()
-                    .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
-                    .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
-                    .take(limit)
-                    .collect::<Vec<_>>()
-            })
-    })
-    .await?;
+    let hits: Vec<Value> = st
+        .engine
+        .facade()
+        .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
+        .await?
+        .into_iter()
+        .rev()
+        .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+        .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
+        .take(limit)
+        .collect();
     Ok(Json(json!(hits)))
 }
 
@@ -134,9 +127,15 @@ fn redacted(config: &crate::config::Config) -> Result<Value> {
 }
 
 /// Streams a consistent snapshot of the database: it is written to a temporary file (writers
-/// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent.
+/// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent. On
+/// PostgreSQL the answer is `501` with the store's words (it is backed up with `pg_dump`).
 pub async fn backup(st: St) -> Result<Response> {
-    let store = st.engine.store().clone();
+    let store = st.engine.facade().clone();
+    if store.kv().is_none() {
+        // The relational store has no snapshot to stream: it refuses (`Unsupported`, a 501)
+        // without writing anything, so nothing is made under `storage.path` either.
+        store.export_backup(&mut std::io::sink(), now_ms())?;
+    }
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
     let tmp = path.clone();
@@ -166,7 +165,7 @@ pub async fn backup(st: St) -> Result<Response> {
 
 /// Writes the snapshot to `tmp` in `dir`; a failed export leaves nothing behind.
 fn write_backup(
-    store: &chatrelay_storage::KvStore,
+    store: &chatrelay_storage::Store,
     dir: &std::path::Path,
     tmp: &std::path::Path,
 ) -> Result<BackupSummary> {

@@ -172,9 +172,10 @@ async fn create_order(
 }
 
 /// The order if it exists and belongs to the caller.
-fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
+async fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<Response>> {
     let uid = super::v1::authenticate(st, headers).map_err(|e| Box::new(e.into_response()))?;
-    match st.parts().billing.order(id) {
+    let billing = st.parts().billing.clone();
+    match billing.order(id).await {
         Ok(Some(o)) if o.uid == uid => Ok(o),
         Ok(_) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
@@ -193,7 +194,7 @@ fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order, Box<
 }
 
 async fn order(State(st): State<WebState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match own_order(&st, &headers, &id) {
+    match own_order(&st, &headers, &id).await {
         Ok(o) => Json(order_json(&st.parts().billing, &o)).into_response(),
         Err(r) => *r,
     }
@@ -204,7 +205,7 @@ async fn order_qr(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let order = match own_order(&st, &headers, &id) {
+    let order = match own_order(&st, &headers, &id).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
