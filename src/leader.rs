@@ -135,6 +135,35 @@ mod tests {
             eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
             return;
         };
+        takeover(Store::from(a), Store::from(b)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_relational_store_one_daemon_leads_and_another_takes_over() {
+        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_lead_{}_{nanos}", std::process::id())),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        // Two daemons on one database: two stores (two pools) on the same schema.
+        let a = Store::open_relational(&opts).await.unwrap();
+        let b = Store::open_relational(&opts).await.unwrap();
+        assert!(a.is_shared() && a.kv().is_none());
+        takeover(a, b).await;
+    }
+
+    /// `a` leads a job, `b` waits; when `a` stops, `b` takes over; never both at once.
+    async fn takeover(a: Store, b: Store) {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let spawn = |store: Store, stop: CancellationToken| {
@@ -150,9 +179,9 @@ mod tests {
             }))
         };
         let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-        let first = spawn(Store::from(a), stop_a.clone());
+        let first = spawn(a, stop_a.clone());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let second = spawn(Store::from(b), stop_b.clone());
+        let second = spawn(b, stop_b.clone());
         tokio::time::sleep(RETRY * 2).await;
         assert_eq!(running.load(Ordering::SeqCst), 1, "one leader");
         // The leader goes away: the other takes the job within about RETRY.

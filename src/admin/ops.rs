@@ -131,11 +131,7 @@ fn redacted(config: &crate::config::Config) -> Result<Value> {
 /// PostgreSQL the answer is `501` with the store's words (it is backed up with `pg_dump`).
 pub async fn backup(st: St) -> Result<Response> {
     let store = st.engine.facade().clone();
-    if store.kv().is_none() {
-        // The relational store has no snapshot to stream: it refuses (`Unsupported`, a 501)
-        // without writing anything, so nothing is made under `storage.path` either.
-        store.export_backup(&mut std::io::sink(), now_ms())?;
-    }
+    refuse_unless_embedded(&store)?;
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
     let tmp = path.clone();
@@ -161,6 +157,16 @@ pub async fn backup(st: St) -> Result<Response> {
         h.insert("x-backup-records", v);
     }
     Ok(res)
+}
+
+/// `501` with the store's words (back it up with `pg_dump`) unless the store is the
+/// embedded one: asked before anything is made under `storage.path`.
+fn refuse_unless_embedded(store: &chatrelay_storage::Store) -> Result<()> {
+    if store.kv().is_none() {
+        // The relational store refuses at once (`Unsupported`), writing nothing.
+        store.export_backup(&mut std::io::sink(), now_ms())?;
+    }
+    Ok(())
 }
 
 /// Writes the snapshot to `tmp` in `dir`; a failed export leaves nothing behind.
@@ -204,6 +210,42 @@ mod tests {
         "TGTOKEN-s3cr3t-0009",
         "TGHOOK-s3cr3t-0010",
     ];
+
+    #[tokio::test]
+    async fn a_postgresql_store_is_not_backed_up_here() {
+        // The embedded store streams its snapshot (what it writes: test_backup.py).
+        let sled = chatrelay_storage::Store::open_temporary().unwrap();
+        assert!(refuse_unless_embedded(&sled).is_ok());
+        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped (PostgreSQL part): CHATRELAY_TEST_PG_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_backup_{}_{nanos}", std::process::id())),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        let pg = chatrelay_storage::Store::open_relational(&opts)
+            .await
+            .unwrap();
+        let Err(AdminError(status, message)) = refuse_unless_embedded(&pg) else {
+            panic!("a PostgreSQL store was offered a backup");
+        };
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        assert!(message.contains("pg_dump"), "{message}");
+        // What the client sees: `{"error": ...}` with that status.
+        let res = AdminError(status, message).into_response();
+        assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("pg_dump"), "{v}");
+    }
 
     #[test]
     fn the_running_configuration_shows_no_secret() {
