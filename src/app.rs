@@ -217,11 +217,11 @@ impl App {
         notify(&[sd_notify::NotifyState::Stopping]);
         stop_server(finished_early, server, &shutdown, deadline).await?;
         drain_tasks(&tracker, deadline).await;
-        if let Err(e) = engine.stats().flush(engine.store()) {
+        if let Err(e) = engine.stats().flush(engine.facade()).await {
             warn!(error = %e, "writing the last statistics failed");
         }
         engine
-            .store()
+            .facade()
             .flush()
             .await
             .context("flushing the database")?;
@@ -301,7 +301,7 @@ fn spawn_background(tracker: &TaskTracker, state: &AppState) {
     state.live.sync_jobs();
     let live = state.live.clone();
     tracker.spawn(crate::leader::run(
-        engine.store().clone(),
+        engine.facade().clone(),
         "reconcile".to_owned(),
         shutdown.clone(),
         move |stop| reconcile(live.clone(), stop),
@@ -455,34 +455,51 @@ async fn housekeeping(
         login.sweep();
         guests.sweep();
         // Purging stored records is one daemon's job when several share the database.
-        let purge = cleanup.leads(engine.store(), "cleanup").await;
+        let store = engine.facade();
+        let purge = cleanup.leads(store, "cleanup").await;
+        // The engine's sweeps and purges are sync (and can take a while): off the workers.
         let e = engine.clone();
-        let depths = tokio::task::spawn_blocking(move || {
+        let swept = tokio::task::spawn_blocking(move || {
             e.housekeeping();
             if purge {
                 e.purge_old_records();
-                if let Err(err) = e.store().purge_expired_login_codes(crate::util::now_ms()) {
-                    warn!(error = %err, "purging expired login codes failed");
-                }
             }
-            if let Err(err) = e.stats().flush(e.store()) {
-                warn!(error = %err, "writing the statistics failed; kept for the next minute");
-            }
-            (
-                e.store().user_count(),
-                e.store().outbox_users(),
-                e.store().open_orders().map(|o| o.len()).unwrap_or(0),
-            )
         })
-        .await
-        .unwrap_or_default();
-        metrics::gauge!("chatrelay_users").set(depths.0 as f64);
-        metrics::gauge!("chatrelay_outbox_users").set(depths.1 as f64);
-        metrics::gauge!("chatrelay_open_orders").set(depths.2 as f64);
+        .await;
+        if let Err(err) = swept {
+            warn!(error = %err, "housekeeping stopped");
+        }
+        if purge && let Err(err) = store.purge_expired_login_codes(crate::util::now_ms()).await {
+            warn!(error = %err, "purging expired login codes failed");
+        }
+        if let Err(err) = engine.stats().flush(store).await {
+            warn!(error = %err, "writing the statistics failed; kept for the next minute");
+        }
+        set_depth_gauges(store).await;
         crate::http::ops::export_store_counters();
         if let Some(m) = &metrics {
             m.run_upkeep();
         }
+    }
+}
+
+/// Sets the gauges of users, users with answers waiting and open orders; a count the store
+/// cannot give leaves its gauge as it was (logged).
+async fn set_depth_gauges(store: &chatrelay_storage::Store) {
+    let failed = |what: &str, e: &chatrelay_storage::StoreError| {
+        warn!(error = %e, "counting {what} for the metrics failed");
+    };
+    match store.user_count().await {
+        Ok(n) => metrics::gauge!("chatrelay_users").set(n as f64),
+        Err(e) => failed("users", &e),
+    }
+    match store.outbox_users().await {
+        Ok(n) => metrics::gauge!("chatrelay_outbox_users").set(n as f64),
+        Err(e) => failed("waiting answers", &e),
+    }
+    match store.open_orders().await {
+        Ok(o) => metrics::gauge!("chatrelay_open_orders").set(o.len() as f64),
+        Err(e) => failed("open orders", &e),
     }
 }
 
@@ -500,14 +517,10 @@ async fn watchdog(engine: Engine, interval: Duration, shutdown: CancellationToke
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        let store = engine.store().clone();
-        let alive = tokio::time::timeout(
-            every,
-            tokio::task::spawn_blocking(move || store.user(chatrelay_storage::Uid(0)).is_ok()),
-        )
-        .await;
+        let store = engine.facade();
+        let alive = tokio::time::timeout(every, store.user(chatrelay_storage::Uid(0))).await;
         match alive {
-            Ok(Ok(true)) => notify(&[sd_notify::NotifyState::Watchdog]),
+            Ok(Ok(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
             _ => warn!("store not answering: skipping the watchdog ping"),
         }
     }
@@ -524,21 +537,15 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = shutdown.cancelled() => return,
         }
-        let store = engine.store().clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            if store.probe_write() {
-                return true;
-            }
-            match store.recover() {
-                Ok(()) => store.probe_write() && release_after_reopen(&store),
+        let store = engine.facade();
+        let ok = store.probe_write().await
+            || match store.recover().await {
+                Ok(()) => store.probe_write().await && release_after_reopen(store).await,
                 Err(e) => {
                     warn!(error = %e, "reopening the store failed; trying again shortly");
                     false
                 }
-            }
-        })
-        .await
-        .unwrap_or(false);
+            };
         metrics::gauge!("chatrelay_store_writable").set(if ok { 1.0 } else { 0.0 });
         if ok && failing {
             info!("the store takes writes again");
@@ -556,13 +563,13 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
 /// stay open until the next start (an answer still being written then finds its hold gone
 /// and is not charged: the user never pays twice, nor for a lost record). False if the
 /// release fails (the store is not writable after all).
-fn release_after_reopen(store: &chatrelay_storage::KvStore) -> bool {
+async fn release_after_reopen(store: &chatrelay_storage::Store) -> bool {
     if store.is_shared() {
         // Nothing was reopened (the pool replaces connections), and other daemons' answers
         // hold credits: their expired holds go with the cleanup job.
         return true;
     }
-    match store.release_stale_reservations(i64::MAX) {
+    match store.release_stale_reservations(i64::MAX).await {
         Ok(0) => true,
         Ok(released) => {
             warn!(released, "released holds the storage failure left open");

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chatrelay_storage::{KvStore, Leadership};
+use chatrelay_storage::{Leadership, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,17 +21,13 @@ pub const RETRY: Duration = Duration::from_secs(2);
 /// How often a leader checks that it still holds its lock.
 pub const CHECK: Duration = Duration::from_secs(5);
 
-/// Tries to lead `job` without blocking the runtime.
-pub async fn try_lead(store: &KvStore, job: &str) -> Option<Leadership> {
-    let (store, name) = (store.clone(), job.to_owned());
-    match tokio::task::spawn_blocking(move || store.try_lead(&name)).await {
-        Ok(Ok(lead)) => lead,
-        Ok(Err(e)) => {
-            warn!(job, error = %e, "cannot take part in leading the job");
-            None
-        }
+/// Tries to lead `job` (`None` while another daemon leads it, or when the store cannot
+/// say: logged, tried again later).
+pub async fn try_lead(store: &Store, job: &str) -> Option<Leadership> {
+    match store.try_lead(job).await {
+        Ok(lead) => lead,
         Err(e) => {
-            warn!(job, error = %e, "leadership check failed");
+            warn!(job, error = %e, "cannot take part in leading the job");
             None
         }
     }
@@ -41,7 +37,7 @@ pub async fn try_lead(store: &KvStore, job: &str) -> Option<Leadership> {
 /// itself). `job` gets a token cancelled when it must stop (the daemon stops or the
 /// leadership is lost) and should return soon after; after a lost leadership it is started
 /// again when the daemon leads once more.
-pub async fn run<F, Fut>(store: KvStore, name: String, stop: CancellationToken, mut job: F)
+pub async fn run<F, Fut>(store: Store, name: String, stop: CancellationToken, mut job: F)
 where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
@@ -106,7 +102,7 @@ pub struct Held {
 
 impl Held {
     /// Whether this daemon leads `name` for this round.
-    pub async fn leads(&mut self, store: &KvStore, name: &str) -> bool {
+    pub async fn leads(&mut self, store: &Store, name: &str) -> bool {
         if !store.is_shared() {
             return true;
         }
@@ -139,9 +135,38 @@ mod tests {
             eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
             return;
         };
+        takeover(Store::from(a), Store::from(b)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_relational_store_one_daemon_leads_and_another_takes_over() {
+        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_lead_{}_{nanos}", std::process::id())),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        // Two daemons on one database: two stores (two pools) on the same schema.
+        let a = Store::open_relational(&opts).await.unwrap();
+        let b = Store::open_relational(&opts).await.unwrap();
+        assert!(a.is_shared() && a.kv().is_none());
+        takeover(a, b).await;
+    }
+
+    /// `a` leads a job, `b` waits; when `a` stops, `b` takes over; never both at once.
+    async fn takeover(a: Store, b: Store) {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let spawn = |store: KvStore, stop: CancellationToken| {
+        let spawn = |store: Store, stop: CancellationToken| {
             let (running, most) = (running.clone(), most.clone());
             tokio::spawn(run(store, "job".into(), stop, move |token| {
                 let (running, most) = (running.clone(), most.clone());
@@ -175,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn alone_a_daemon_always_leads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KvStore::open(dir.path(), 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
         let mut held = Held::default();
         assert!(held.leads(&store, "cleanup").await);
         let ran = Arc::new(AtomicUsize::new(0));

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use chatrelay_storage::{KvStore, OrderStatus, StoreError, Uid};
+use chatrelay_storage::{OrderStatus, Store, StoreError, Uid};
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -75,7 +75,7 @@ impl Stats {
     }
 
     /// Writes the pending counts in one batch. On failure they are kept for the next try.
-    pub fn flush(&self, store: &KvStore) -> Result<(), StoreError> {
+    pub async fn flush(&self, store: &Store) -> Result<(), StoreError> {
         let taken = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut *p)
@@ -89,7 +89,7 @@ impl Stats {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         let markers: Vec<String> = taken.markers.iter().cloned().collect();
-        if let Err(e) = store.add_counters(&deltas, &markers) {
+        if let Err(e) = store.add_counters(&deltas, &markers).await {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             for (k, v) in taken.counters {
                 *p.counters.entry(k).or_default() += v;
@@ -156,20 +156,20 @@ pub struct DayStats {
 
 /// The figures of `days` (quota day numbers), in the order given. Counts not yet flushed
 /// are not included.
-pub fn report(
-    store: &KvStore,
+pub async fn report(
+    store: &Store,
     days: &[i64],
     models: &[ModelConfig],
     tz_offset_secs: i32,
 ) -> Result<Vec<DayStats>, StoreError> {
-    let orders = store.orders(None, usize::MAX)?;
-    let redemptions = store.code_redemptions()?;
+    let orders = store.orders(None, usize::MAX).await?;
+    let redemptions = store.code_redemptions().await?;
     // Users created since the first day asked for (day d starts at d * 86,400 s minus the
     // timezone's offset).
     let first_start_ms = days.iter().min().map_or(i64::MAX, |d| {
         (d * 86_400 - i64::from(tz_offset_secs)) * 1000
     });
-    let created = store.users_created_since(first_start_ms)?;
+    let created = store.users_created_since(first_start_ms).await?;
     let mut out = Vec::with_capacity(days.len());
     for &day in days {
         let p = prefix(day);
@@ -178,8 +178,8 @@ pub fn report(
             date: date_of(day),
             ..DayStats::default()
         };
-        s.active_users = store.count_prefix(&format!("{p}active:"))? as u64;
-        for (key, value) in store.checkpoints_with_prefix(&p)? {
+        s.active_users = store.count_prefix(&format!("{p}active:")).await? as u64;
+        for (key, value) in store.checkpoints_with_prefix(&p).await? {
             let Some(rest) = key.strip_prefix(&p) else {
                 continue;
             };
@@ -289,9 +289,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn counts_reach_the_report_after_a_flush() {
-        let store = KvStore::open_temporary().unwrap();
+    #[tokio::test]
+    async fn counts_reach_the_report_after_a_flush() {
+        let store = Store::open_temporary().unwrap();
         let stats = Stats::default();
         let day = 20_000;
         stats.active(day, Uid(1));
@@ -302,12 +302,14 @@ mod tests {
         stats.message(day, "mp", "answered");
         stats.message(day, "api", "insufficient_quota");
         stats.usage(day, "m", 1_000_000, 500_000, 7);
-        let before = report(&store, &[day], &[], 0).unwrap();
+        let before = report(&store, &[day], &[], 0).await.unwrap();
         assert_eq!(before[0].messages_total, 0, "nothing before the flush");
-        stats.flush(&store).unwrap();
+        stats.flush(&store).await.unwrap();
         stats.message(day, "mp", "answered");
-        stats.flush(&store).unwrap();
-        let r = report(&store, &[day, day + 1], &[model("m", 100, 200)], 0).unwrap();
+        stats.flush(&store).await.unwrap();
+        let r = report(&store, &[day, day + 1], &[model("m", 100, 200)], 0)
+            .await
+            .unwrap();
         assert_eq!(r[0].active_users, 2);
         assert_eq!(r[0].messages["mp"]["answered"], 3);
         assert_eq!(r[0].messages["api"]["insufficient_quota"], 1);
@@ -322,10 +324,10 @@ mod tests {
         assert_eq!((r[0].codes_redeemed, r[0].code_credits), (0, 0));
     }
 
-    #[test]
-    fn code_redemptions_are_counted_on_their_day() {
-        let store = KvStore::open_temporary().unwrap();
-        let uid = store.create_user("a").unwrap().uid;
+    #[tokio::test]
+    async fn code_redemptions_are_counted_on_their_day() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.create_user("a").await.unwrap().uid;
         let (_, codes) = store
             .create_code_batch(
                 chatrelay_storage::CodeGrant::Credits { credits: 25 },
@@ -334,23 +336,32 @@ mod tests {
                 "",
                 0,
             )
+            .await
             .unwrap();
         let day = 20_000;
         let ms = |d: i64| d * 86_400_000 + 3_600_000;
-        store.redeem_code(uid, &codes[0], ms(day)).unwrap();
-        store.redeem_code(uid, &codes[1], ms(day)).unwrap();
-        store.redeem_code(uid, &codes[2], ms(day + 1)).unwrap();
-        store.redeem_code(uid, &codes[2], ms(day + 1)).unwrap();
-        let r = report(&store, &[day, day + 1, day + 2], &[], 0).unwrap();
+        store.redeem_code(uid, &codes[0], ms(day)).await.unwrap();
+        store.redeem_code(uid, &codes[1], ms(day)).await.unwrap();
+        store
+            .redeem_code(uid, &codes[2], ms(day + 1))
+            .await
+            .unwrap();
+        store
+            .redeem_code(uid, &codes[2], ms(day + 1))
+            .await
+            .unwrap();
+        let r = report(&store, &[day, day + 1, day + 2], &[], 0)
+            .await
+            .unwrap();
         assert_eq!((r[0].codes_redeemed, r[0].code_credits), (2, 50));
         assert_eq!((r[1].codes_redeemed, r[1].code_credits), (1, 25));
         assert_eq!(r[2].codes_redeemed, 0);
     }
 
-    #[test]
-    fn plan_sales_are_counted_on_their_day() {
-        let store = KvStore::open_temporary().unwrap();
-        let uid = store.create_user("a").unwrap().uid;
+    #[tokio::test]
+    async fn plan_sales_are_counted_on_their_day() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.create_user("a").await.unwrap().uid;
         let day = 20_000;
         let ms = |d: i64| d * 86_400_000 + 3_600_000;
         let plan = chatrelay_storage::PlanGrant {
@@ -386,12 +397,12 @@ mod tests {
                 refunded_at_ms: None,
                 plan: with_plan.then(|| plan.clone()),
             };
-            store.create_order(&o, at).unwrap();
+            store.create_order(&o, at).await.unwrap();
             if id != "e" {
-                store.credit_order(id, fen, None, at).unwrap();
+                store.credit_order(id, fen, None, at).await.unwrap();
             }
         }
-        let r = report(&store, &[day, day + 1], &[], 0).unwrap();
+        let r = report(&store, &[day, day + 1], &[], 0).await.unwrap();
         assert_eq!((r[0].plans_sold, r[0].plan_sales_fen), (2, 6000));
         assert_eq!((r[0].orders_paid, r[0].revenue_fen), (3, 6100));
         assert_eq!(r[0].plans_by_id["month"], 2);
@@ -402,12 +413,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn new_users_grants_and_methods_are_counted_on_their_day() {
+    #[tokio::test]
+    async fn new_users_grants_and_methods_are_counted_on_their_day() {
         use chatrelay_storage::EntryKind;
-        let store = KvStore::open_temporary().unwrap();
-        let a = store.create_user("a").unwrap().uid;
-        let b = store.create_user("b").unwrap().uid;
+        let store = Store::open_temporary().unwrap();
+        let a = store.create_user("a").await.unwrap().uid;
+        let b = store.create_user("b").await.unwrap().uid;
         let today = crate::util::day_number(crate::util::now_ms(), 0);
         let day = 20_000;
         let ms = |d: i64| d * 86_400_000 + 3_600_000;
@@ -417,18 +428,22 @@ mod tests {
         stats.granted(day, 40);
         stats.granted(day, 2);
         stats.granted(day + 1, 5);
-        stats.flush(&store).unwrap();
+        stats.flush(&store).await.unwrap();
         store
             .grant(a, 40, EntryKind::Grant, "gift", "g1", ms(day))
+            .await
             .unwrap();
         store
             .grant(b, 2, EntryKind::Grant, "gift", "g2", ms(day))
+            .await
             .unwrap();
         store
             .grant(b, 5, EntryKind::Grant, "gift", "g3", ms(day + 1))
+            .await
             .unwrap();
         store
             .debit(a, 10, EntryKind::Adjust, "oops", "r1", ms(day))
+            .await
             .unwrap();
         let (_, codes) = store
             .create_code_batch(
@@ -438,8 +453,9 @@ mod tests {
                 "",
                 0,
             )
+            .await
             .unwrap();
-        store.redeem_code(a, &codes[0], ms(day)).unwrap();
+        store.redeem_code(a, &codes[0], ms(day)).await.unwrap();
         for (id, channel, method, fen, credits) in [
             ("w1", "wechat", None, 100, 10),
             ("w2", "wechat", Some("h5"), 200, 20),
@@ -464,10 +480,12 @@ mod tests {
                 refunded_at_ms: None,
                 plan: None,
             };
-            store.create_order(&o, ms(day)).unwrap();
-            store.credit_order(id, fen, None, ms(day)).unwrap();
+            store.create_order(&o, ms(day)).await.unwrap();
+            store.credit_order(id, fen, None, ms(day)).await.unwrap();
         }
-        let r = report(&store, &[day, day + 1, today], &[], 0).unwrap();
+        let r = report(&store, &[day, day + 1, today], &[], 0)
+            .await
+            .unwrap();
         assert_eq!(r[0].grant_credits, 42);
         assert_eq!(r[0].code_credits, 7);
         assert_eq!(r[0].order_credits, 60);

@@ -21,7 +21,7 @@ use chatrelay_storage::{ChangeCursor, ChangeRecord};
 use serde_json::{Map, Value, json};
 use tracing::warn;
 
-use super::common::{AdminError, Answer, St, blocking};
+use super::common::{AdminError, Answer, St};
 use super::state::AppState;
 use crate::util::now_ms;
 
@@ -121,21 +121,16 @@ pub(super) async fn record_changes(
         reason,
         summary,
     };
-    let store = st.engine.store().clone();
+    let store = st.engine.facade();
     // The change is made whatever happens here: a record that cannot be written is logged,
     // not turned into an error answer for a change that happened. Flushed before the answer
     // like the change itself, so that a crash does not keep the change and lose its record.
-    let written = match blocking({
-        let store = store.clone();
-        move || store.record_change(record)
-    })
-    .await
-    {
-        Ok(_) => store.flush().await.map_err(AdminError::from),
+    let written = match store.record_change(record).await {
+        Ok(_) => store.flush().await,
         Err(e) => Err(e),
     };
     if let Err(e) = written {
-        warn!(error = %e.1, "admin: recording a change in the change log failed");
+        warn!(error = %e, "admin: recording a change in the change log failed");
     }
     response
 }
@@ -272,8 +267,7 @@ pub async fn list_changes(st: St, Query(q): Query<ChangesQuery>) -> Answer {
             chatrelay_storage::MAX_CHANGE_PAGE
         )));
     }
-    let store = st.engine.store().clone();
-    let page = blocking(move || store.changes(before, limit)).await?;
+    let page = st.engine.facade().changes(before, limit).await?;
     Ok(Json(json!({
         "changes": page.records.iter().map(record_json).collect::<Vec<_>>(),
         "next": page.next.map(|c| c.to_string()),

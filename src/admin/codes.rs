@@ -3,14 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, Query};
-use chatrelay_storage::{
-    CodeBatch, CodeGrant, CodeRecord, CodeState, MAX_CODES_PER_BATCH, StoreError,
-};
+use chatrelay_storage::{CodeBatch, CodeGrant, CodeRecord, CodeState, MAX_CODES_PER_BATCH};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::common::{AdminError, Answer, Body, Result, St, blocking};
+use super::common::{AdminError, Answer, Body, Result, St};
 use crate::util::now_ms;
 
 /// `POST /admin/codes`.
@@ -88,11 +86,11 @@ pub async fn create_batch(st: St, Body(req): Body<NewBatch>) -> Answer {
     if note.chars().count() > 200 {
         return Err(AdminError::bad_request("note: at most 200 characters"));
     }
-    let store = st.engine.store().clone();
-    let (batch, codes) =
-        blocking(move || store.create_code_batch(grant, req.count, expires_at_ms, &note, now))
-            .await?;
-    st.engine.store().flush().await?;
+    let store = st.engine.facade();
+    let (batch, codes) = store
+        .create_code_batch(grant, req.count, expires_at_ms, &note, now)
+        .await?;
+    store.flush().await?;
     info!(
         batch = batch.id,
         count = batch.count,
@@ -114,20 +112,13 @@ pub async fn create_batch(st: St, Body(req): Body<NewBatch>) -> Answer {
 /// One batch with its codes, or the newest batches with their tallies.
 pub async fn list_codes(st: St, Query(q): Query<CodesQuery>) -> Answer {
     let tz = st.engine.settings().tz_offset_secs;
-    let store = st.engine.store().clone();
+    let store = st.engine.facade();
     let now = now_ms();
     if let Some(id) = q.batch {
-        let found = blocking(move || {
-            let Some(batch) = store.code_batch(id)? else {
-                return Ok::<_, StoreError>(None);
-            };
-            let codes = store.batch_codes(id)?;
-            Ok(Some((batch, codes)))
-        })
-        .await?;
-        let Some((batch, codes)) = found else {
+        let Some(batch) = store.code_batch(id).await? else {
             return Err(AdminError::not_found(format!("no code batch {id}")));
         };
+        let codes = store.batch_codes(id).await?;
         let list: Vec<Value> = codes
             .iter()
             .map(|c| code_json(c, &batch, tz, now))
@@ -138,15 +129,11 @@ pub async fn list_codes(st: St, Query(q): Query<CodesQuery>) -> Answer {
         })));
     }
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let batches = blocking(move || {
-        let mut out = Vec::new();
-        for batch in store.code_batches(limit)? {
-            let codes = store.batch_codes(batch.id)?;
-            out.push((batch, codes));
-        }
-        Ok::<_, StoreError>(out)
-    })
-    .await?;
+    let mut batches = Vec::new();
+    for batch in store.code_batches(limit).await? {
+        let codes = store.batch_codes(batch.id).await?;
+        batches.push((batch, codes));
+    }
     let list: Vec<Value> = batches
         .iter()
         .map(|(b, codes)| batch_json(b, tz, Some(tally(codes, b, now))))
@@ -159,11 +146,12 @@ pub async fn revoke_batch(st: St, Path(id): Path<String>) -> Answer {
     let id: u64 = id
         .parse()
         .map_err(|_| AdminError::bad_request(format!("{id:?} is not a batch id")))?;
-    let store = st.engine.store().clone();
-    let revoked = blocking(move || store.revoke_code_batch(id, now_ms()))
+    let store = st.engine.facade();
+    let revoked = store
+        .revoke_code_batch(id, now_ms())
         .await?
         .ok_or_else(|| AdminError::not_found(format!("no code batch {id}")))?;
-    st.engine.store().flush().await?;
+    store.flush().await?;
     info!(batch = id, revoked, "admin: code batch revoked");
     Ok(Json(json!({"batch": id, "revoked": revoked})))
 }

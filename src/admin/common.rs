@@ -1,5 +1,5 @@
 //! What every admin handler shares: the auth check, the error type and its answers, body and
-//! path readers, and the wrapper for long store calls.
+//! path readers, and the wrapper for blocking work.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chatrelay_storage::{KvStore, StoreError, Uid};
+use chatrelay_storage::{Store, StoreError, Uid};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::warn;
@@ -206,8 +206,8 @@ pub(super) fn require(value: &str, message: &str) -> Result<()> {
 }
 
 /// `404 no user` unless `uid` exists.
-pub(super) fn existing_user(store: &KvStore, uid: Uid) -> Result<()> {
-    match store.user(uid)? {
+pub(super) async fn existing_user(store: &Store, uid: Uid) -> Result<()> {
+    match store.user(uid).await? {
         Some(_) => Ok(()),
         None => Err(AdminError::no_user(uid)),
     }
@@ -226,7 +226,8 @@ pub(super) fn parse_day(name: &str, value: &Option<String>) -> Result<Option<i64
         .transpose()
 }
 
-/// Runs a long store call off the async workers; a task that dies is a `500`.
+/// Runs blocking work (a backup written to a file) off the async workers; a task that dies
+/// is a `500`.
 pub(super) async fn blocking<T, E>(
     f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
 ) -> Result<T>

@@ -47,21 +47,25 @@ async fn change_credits(
         .reference
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| format!("{prefix}:{}", crate::util::random_id()));
-    let store = st.engine.store();
-    existing_user(store, uid)?;
+    let store = st.engine.facade();
+    existing_user(store, uid).await?;
     let (reason, now) = (req.reason.trim(), now_ms());
     let entry = if add {
         // A replayed reference returns the entry written the first time: counted once (two
         // replays racing each other could both count; these are figures, not credits).
-        let replay = store.ledger_by_reference(&reference)?.is_some();
-        let entry = store.grant(uid, req.credits, EntryKind::Grant, reason, &reference, now)?;
+        let replay = store.ledger_by_reference(&reference).await?.is_some();
+        let entry = store
+            .grant(uid, req.credits, EntryKind::Grant, reason, &reference, now)
+            .await?;
         if !replay {
             let today = st.engine.settings().today();
             st.engine.stats().granted(today, req.credits);
         }
         entry
     } else {
-        store.debit(uid, req.credits, EntryKind::Adjust, reason, &reference, now)?
+        store
+            .debit(uid, req.credits, EntryKind::Adjust, reason, &reference, now)
+            .await?
     };
     store.flush().await?;
     info!(%uid, credits = req.credits, %reference, add, "admin: credits changed");

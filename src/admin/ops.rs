@@ -38,21 +38,17 @@ pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
             "give at most 366 days, from before to",
         ));
     }
-    let engine = st.engine.clone();
-    let report = blocking(move || {
-        // What is still in memory belongs in the figures.
-        engine.stats().flush(engine.store())?;
-        let days: Vec<i64> = (from..=to).collect();
-        crate::stats::report(engine.store(), &days, &s.models, s.tz_offset_secs)
-    })
-    .await?;
+    let store = st.engine.facade();
+    // What is still in memory belongs in the figures.
+    st.engine.stats().flush(store).await?;
+    let days: Vec<i64> = (from..=to).collect();
+    let report = crate::stats::report(store, &days, &s.models, s.tz_offset_secs).await?;
     Ok(Json(json!(report)))
 }
 
 /// Checks that every user's ledger sums to their balance.
 pub async fn audit(st: St) -> Answer {
-    let store = st.engine.store().clone();
-    let report = blocking(move || store.audit()).await?;
+    let report = st.engine.facade().audit().await?;
     Ok(Json(json!(report)))
 }
 
@@ -65,21 +61,18 @@ pub struct HitsQuery {
 
 /// Content-rule hits, newest first: who, where, which rule, what.
 pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
-    let store = st.engine.store().clone();
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let hits = blocking(move || {
-        store
-            .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
-            .map(|all| {
-                all.into_iter()
-                    .rev()
-                    .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
-                    .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
-                    .take(limit)
-                    .collect::<Vec<_>>()
-            })
-    })
-    .await?;
+    let hits: Vec<Value> = st
+        .engine
+        .facade()
+        .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
+        .await?
+        .into_iter()
+        .rev()
+        .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+        .filter(|v| q.uid.is_none_or(|u| v["uid"].as_u64() == Some(u)))
+        .take(limit)
+        .collect();
     Ok(Json(json!(hits)))
 }
 
@@ -134,9 +127,11 @@ fn redacted(config: &crate::config::Config) -> Result<Value> {
 }
 
 /// Streams a consistent snapshot of the database: it is written to a temporary file (writers
-/// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent.
+/// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent. On
+/// PostgreSQL the answer is `501` with the store's words (it is backed up with `pg_dump`).
 pub async fn backup(st: St) -> Result<Response> {
-    let store = st.engine.store().clone();
+    let store = st.engine.facade().clone();
+    refuse_unless_embedded(&store)?;
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
     let tmp = path.clone();
@@ -164,9 +159,19 @@ pub async fn backup(st: St) -> Result<Response> {
     Ok(res)
 }
 
+/// `501` with the store's words (back it up with `pg_dump`) unless the store is the
+/// embedded one: asked before anything is made under `storage.path`.
+fn refuse_unless_embedded(store: &chatrelay_storage::Store) -> Result<()> {
+    if store.kv().is_none() {
+        // The relational store refuses at once (`Unsupported`), writing nothing.
+        store.export_backup(&mut std::io::sink(), now_ms())?;
+    }
+    Ok(())
+}
+
 /// Writes the snapshot to `tmp` in `dir`; a failed export leaves nothing behind.
 fn write_backup(
-    store: &chatrelay_storage::KvStore,
+    store: &chatrelay_storage::Store,
     dir: &std::path::Path,
     tmp: &std::path::Path,
 ) -> Result<BackupSummary> {
@@ -205,6 +210,42 @@ mod tests {
         "TGTOKEN-s3cr3t-0009",
         "TGHOOK-s3cr3t-0010",
     ];
+
+    #[tokio::test]
+    async fn a_postgresql_store_is_not_backed_up_here() {
+        // The embedded store streams its snapshot (what it writes: test_backup.py).
+        let sled = chatrelay_storage::Store::open_temporary().unwrap();
+        assert!(refuse_unless_embedded(&sled).is_ok());
+        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped (PostgreSQL part): CHATRELAY_TEST_PG_URL is not set");
+            return;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let opts = chatrelay_storage::PgOptions {
+            schema: Some(format!("t_backup_{}_{nanos}", std::process::id())),
+            ..chatrelay_storage::PgOptions::new(url)
+        };
+        let pg = chatrelay_storage::Store::open_relational(&opts)
+            .await
+            .unwrap();
+        let Err(AdminError(status, message)) = refuse_unless_embedded(&pg) else {
+            panic!("a PostgreSQL store was offered a backup");
+        };
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        assert!(message.contains("pg_dump"), "{message}");
+        // What the client sees: `{"error": ...}` with that status.
+        let res = AdminError(status, message).into_response();
+        assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("pg_dump"), "{v}");
+    }
 
     #[test]
     fn the_running_configuration_shows_no_secret() {

@@ -4,12 +4,12 @@ use axum::Json;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chatrelay_storage::{Order, OrderStatus, StoreError};
+use chatrelay_storage::{Order, OrderStatus};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use super::common::{AdminError, Answer, Body, Result, St, blocking, parse_day, require};
+use super::common::{AdminError, Answer, Body, Result, St, parse_day, require};
 use super::state::AppState;
 
 /// Which orders (list and CSV).
@@ -109,15 +109,11 @@ impl Selection {
 async fn select_orders(st: &AppState, f: OrderFilter, default_limit: usize) -> Result<Vec<Order>> {
     let sel = f.selection()?;
     let tz = st.engine.settings().tz_offset_secs;
-    let store = st.engine.store().clone();
     let limit = f.limit.unwrap_or(default_limit).min(1_000_000);
-    blocking(move || {
-        let mut orders = store.orders(sel.status, usize::MAX)?;
-        orders.retain(|o| sel.admits(o, crate::util::day_number(o.created_at_ms, tz)));
-        orders.truncate(limit);
-        Ok::<_, StoreError>(orders)
-    })
-    .await
+    let mut orders = st.engine.facade().orders(sel.status, usize::MAX).await?;
+    orders.retain(|o| sel.admits(o, crate::util::day_number(o.created_at_ms, tz)));
+    orders.truncate(limit);
+    Ok(orders)
 }
 
 /// The orders a filter selects, newest first (100 unless `limit` says otherwise).
@@ -186,13 +182,13 @@ fn csv_cell(value: &str) -> String {
 
 /// One order with its events.
 pub async fn show_order(st: St, Path(id): Path<String>) -> Answer {
-    let store = st.engine.store();
+    let store = st.engine.facade();
     let order = store
-        .order(&id)?
+        .order(&id)
+        .await?
         .ok_or_else(|| AdminError::not_found(format!("no order {id}")))?;
-    Ok(Json(
-        json!({"order": order, "events": store.order_events(&id)?}),
-    ))
+    let events = store.order_events(&id).await?;
+    Ok(Json(json!({"order": order, "events": events})))
 }
 
 /// `POST /admin/orders/{id}/refund`.
@@ -214,7 +210,7 @@ pub async fn refund_order(st: St, Path(id): Path<String>, Body(req): Body<Refund
         Err(B::UnknownOrder(_)) => Err(AdminError::not_found(format!("no order {id}"))),
         Err(B::State(m)) => Err(AdminError::conflict(m)),
         Err(B::Provider(m)) => Err(AdminError(StatusCode::BAD_GATEWAY, m)),
-        Err(B::KvStore(e)) => Err(e.into()),
+        Err(B::Store(e)) => Err(e.into()),
         Err(e) => Err(AdminError::internal(e.to_string())),
     }
 }

@@ -27,13 +27,13 @@ pub async fn create_token(
     OptionalBody(req): OptionalBody<CreateToken>,
 ) -> Answer {
     let req = req.unwrap_or_default();
-    let store = st.engine.store();
-    existing_user(store, uid)?;
+    let store = st.engine.facade();
+    existing_user(store, uid).await?;
     let now = now_ms();
     let expires = req
         .expires_in_days
         .map(|d| now.saturating_add(i64::from(d) * 86_400_000));
-    let token = store.create_token(uid, &req.label, expires, now)?;
+    let token = store.create_token(uid, &req.label, expires, now).await?;
     store.flush().await?;
     info!(%uid, "admin: token created");
     Ok(Json(
@@ -56,13 +56,13 @@ pub struct Revoke {
 
 /// Revokes a live token.
 pub async fn revoke_token(st: St, Body(req): Body<Revoke>) -> Answer {
-    let store = st.engine.store();
+    let store = st.engine.facade();
     let revoked = match (req.token, req.uid, req.hash_prefix) {
-        (Some(token), None, None) => store.revoke_token(token.trim(), now_ms())?,
+        (Some(token), None, None) => store.revoke_token(token.trim(), now_ms()).await?,
         (None, Some(uid), Some(prefix)) => {
             let uid = chatrelay_storage::Uid(uid);
-            existing_user(store, uid)?;
-            store.revoke_token_by_hash(uid, &prefix, now_ms())?
+            existing_user(store, uid).await?;
+            store.revoke_token_by_hash(uid, &prefix, now_ms()).await?
         }
         _ => {
             return Err(AdminError::bad_request(

@@ -5,12 +5,12 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chatrelay_core::UserKey;
-use chatrelay_storage::{Balance, KvStore, StoreError, Uid, User};
+use chatrelay_storage::{Balance, Store, StoreError, Uid, User};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::common::{AdminError, Answer, Body, Result, St, UidPath, blocking, existing_user};
+use super::common::{AdminError, Answer, Body, Result, St, UidPath, existing_user};
 use super::state::AppState;
 
 /// `POST /admin/users`.
@@ -26,7 +26,7 @@ pub async fn create_user(st: St, Body(req): Body<CreateUser>) -> Result<Response
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AdminError::bad_request("name must be 1 to 100 characters"));
     }
-    let user = st.engine.store().create_user(name)?;
+    let user = st.engine.facade().create_user(name).await?;
     info!(uid = %user.uid, "admin: user created");
     Ok((StatusCode::CREATED, Json(json!(user))).into_response())
 }
@@ -40,16 +40,19 @@ pub struct ShowQuery {
 
 /// A user with balance, identities, tokens, recent ledger and conversations.
 pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>) -> Answer {
-    let store = st.engine.store();
-    let user = store.user(uid)?.ok_or_else(|| AdminError::no_user(uid))?;
+    let store = st.engine.facade();
+    let user = store
+        .user(uid)
+        .await?
+        .ok_or_else(|| AdminError::no_user(uid))?;
     let s = st.engine.settings();
-    let balance = store.balance(uid, s.today(), s.free_daily)?;
-    let identities = store.identities_of(uid)?;
+    let balance = store.balance(uid, s.today(), s.free_daily).await?;
+    let identities = store.identities_of(uid).await?;
     // The engine keeps one conversation per identity (the web chat keeps its own in the
     // browser); the last few turns are what an admin needs to understand a complaint.
     let mut conversations = Vec::new();
     for key in &identities {
-        let turns = store.conversation(&key.to_string())?;
+        let turns = store.conversation(&key.to_string()).await?;
         if turns.is_empty() {
             continue;
         }
@@ -63,7 +66,7 @@ pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>
         conversations.push(json!({"key": key.to_string(), "turns": turns.len(), "recent": recent}));
     }
     let today = s.today();
-    let plan = store.plan(uid)?.map(|p| {
+    let plan = store.plan(uid).await?.map(|p| {
         json!({
             "id": p.id,
             "name": p.name,
@@ -73,13 +76,17 @@ pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>
             "last_date": chatrelay_storage::date_of_day(p.last_day()),
         })
     });
+    let tokens = store.tokens_of(uid).await?;
+    let ledger = store
+        .ledger(uid, q.ledger.unwrap_or(20).clamp(1, 100_000))
+        .await?;
     Ok(Json(json!({
         "user": user,
         "balance": balance,
         "plan": plan,
         "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "tokens": store.tokens_of(uid)?,
-        "ledger": store.ledger(uid, q.ledger.unwrap_or(20).clamp(1, 100_000))?,
+        "tokens": tokens,
+        "ledger": ledger,
         "conversations": conversations,
     })))
 }
@@ -102,9 +109,9 @@ pub async fn user_ledger(st: St, UidPath(uid): UidPath, Query(q): Query<LedgerQu
             "limit={limit} is not a number from 1 to 500"
         )));
     }
-    let store = st.engine.store().clone();
-    existing_user(&store, uid)?;
-    let (entries, next) = blocking(move || store.ledger_page(uid, q.before, limit)).await?;
+    let store = st.engine.facade();
+    existing_user(store, uid).await?;
+    let (entries, next) = store.ledger_page(uid, q.before, limit).await?;
     Ok(Json(json!({"entries": entries, "next": next})))
 }
 
@@ -135,12 +142,13 @@ pub struct FindQuery {
 
 /// One user as a row of a list or a search: who, credits, identities, and `extra` (how the
 /// row was found or when the user was last active).
-fn user_row(
-    store: &KvStore,
+async fn user_row(
+    store: &Store,
     user: &User,
     balance: &Balance,
     extra: (&str, Value),
 ) -> std::result::Result<Value, StoreError> {
+    let identities = store.identities_of(user.uid).await?;
     let mut row = json!({
         "uid": user.uid,
         "name": user.name,
@@ -149,7 +157,7 @@ fn user_row(
         "created_at_ms": user.created_at_ms,
         "available": balance.available,
         "paid": balance.paid,
-        "identities": store.identities_of(user.uid)?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "identities": identities.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
     row[extra.0] = extra.1;
     Ok(row)
@@ -165,12 +173,14 @@ async fn list_users(st: AppState, f: FindQuery) -> Answer {
     }
     let limit = f.limit.unwrap_or(50).clamp(1, 500);
     let offset = f.offset.unwrap_or(0);
-    let store = st.engine.store().clone();
+    let store = st.engine.facade();
     let settings = st.engine.settings();
-    let page = blocking(move || -> std::result::Result<Value, StoreError> {
+    let page = async {
         let mut rows = Vec::new();
-        for a in store.user_activity()? {
-            let balance = store.balance(a.user.uid, settings.today(), settings.free_daily)?;
+        for a in store.user_activity().await? {
+            let balance = store
+                .balance(a.user.uid, settings.today(), settings.free_daily)
+                .await?;
             rows.push((a, balance));
         }
         match sort.as_str() {
@@ -186,15 +196,20 @@ async fn list_users(st: AppState, f: FindQuery) -> Answer {
         let total = rows.len();
         let mut users = Vec::new();
         for (a, balance) in rows.into_iter().skip(offset).take(limit) {
-            users.push(user_row(
-                &store,
-                &a.user,
-                &balance,
-                ("last_active_ms", json!(a.last_active_ms)),
-            )?);
+            users.push(
+                user_row(
+                    store,
+                    &a.user,
+                    &balance,
+                    ("last_active_ms", json!(a.last_active_ms)),
+                )
+                .await?,
+            );
         }
-        Ok(json!({"total": total, "offset": offset, "limit": limit, "sort": sort, "users": users}))
-    })
+        Ok::<_, StoreError>(
+            json!({"total": total, "offset": offset, "limit": limit, "sort": sort, "users": users}),
+        )
+    }
     .await?;
     Ok(Json(page))
 }
@@ -208,27 +223,29 @@ pub async fn find_users(st: St, Query(f): Query<FindQuery>) -> Answer {
         return list_users(st.0, f).await;
     }
     let limit = f.limit.unwrap_or(20).clamp(1, 500);
-    let store = st.engine.store().clone();
+    let store = st.engine.facade();
     let settings = st.engine.settings();
-    let found = blocking(move || -> std::result::Result<Vec<Value>, StoreError> {
+    let found = async {
         let mut out = Vec::new();
-        for (uid, how) in matches(&store, &q, limit)? {
-            let Some(user) = store.user(uid)? else {
+        for (uid, how) in matches(store, &q, limit).await? {
+            let Some(user) = store.user(uid).await? else {
                 continue;
             };
-            let balance = store.balance(uid, settings.today(), settings.free_daily)?;
-            out.push(user_row(&store, &user, &balance, ("matched", json!(how)))?);
+            let balance = store
+                .balance(uid, settings.today(), settings.free_daily)
+                .await?;
+            out.push(user_row(store, &user, &balance, ("matched", json!(how))).await?);
         }
-        Ok(out)
-    })
+        Ok::<_, StoreError>(out)
+    }
     .await?;
     Ok(Json(json!(found)))
 }
 
 /// The users `q` names, at most `limit`, each once with how it matched: by uid, by a whole
 /// key, by part of a key, by name.
-fn matches(
-    store: &KvStore,
+async fn matches(
+    store: &Store,
     q: &str,
     limit: usize,
 ) -> std::result::Result<Vec<(Uid, String)>, StoreError> {
@@ -239,22 +256,22 @@ fn matches(
         }
     };
     if let Ok(n) = q.parse::<u64>()
-        && store.user(Uid(n))?.is_some()
+        && store.user(Uid(n)).await?.is_some()
     {
         push(Uid(n), "uid".into(), &mut hits);
     }
     if let Ok(key) = q.parse::<UserKey>()
-        && let Some(uid) = store.identity(&key)?
+        && let Some(uid) = store.identity(&key).await?
     {
         push(uid, format!("key {key}"), &mut hits);
     }
-    for (key, uid) in store.find_identities(q, limit)? {
+    for (key, uid) in store.find_identities(q, limit).await? {
         push(uid, format!("key {key}"), &mut hits);
     }
-    for (uid, hash) in store.find_tokens(q, limit)? {
+    for (uid, hash) in store.find_tokens(q, limit).await? {
         push(uid, format!("token {hash}"), &mut hits);
     }
-    for user in store.find_users_by_name(q, limit)? {
+    for user in store.find_users_by_name(q, limit).await? {
         push(user.uid, "name".into(), &mut hits);
     }
     hits.truncate(limit);
@@ -281,8 +298,9 @@ pub async fn ban(st: St, UidPath(uid): UidPath, Body(req): Body<Ban>) -> Answer 
     if req.banned && reason.is_none() {
         return Err(AdminError::bad_request("a reason is required to ban"));
     }
-    let user = st.engine.store().set_banned(uid, req.banned, reason)?;
-    st.engine.store().flush().await?;
+    let store = st.engine.facade();
+    let user = store.set_banned(uid, req.banned, reason).await?;
+    store.flush().await?;
     info!(%uid, banned = req.banned, reason = reason.unwrap_or(""), "admin: ban changed");
     Ok(Json(json!(user)))
 }
@@ -303,9 +321,9 @@ fn parse_key(raw: &str) -> Result<UserKey> {
 /// Binds a platform identity to a user (taking it from its previous owner).
 pub async fn link_identity(st: St, UidPath(uid): UidPath, Body(req): Body<Link>) -> Answer {
     let key = parse_key(&req.key)?;
-    let store = st.engine.store();
-    existing_user(store, uid)?;
-    let previous = store.link_identity(&key, uid)?;
+    let store = st.engine.facade();
+    existing_user(store, uid).await?;
+    let previous = store.link_identity(&key, uid).await?;
     info!(%uid, %key, "admin: identity linked");
     Ok(Json(
         json!({"key": key.to_string(), "uid": uid, "previous_uid": previous}),
@@ -319,8 +337,8 @@ pub async fn unlink_identity(
     Path((_, key)): Path<(String, String)>,
 ) -> Answer {
     let key = parse_key(&key)?;
-    let store = st.engine.store();
-    match store.identity(&key)? {
+    let store = st.engine.facade();
+    match store.identity(&key).await? {
         Some(owner) if owner == uid => {}
         Some(owner) => {
             return Err(AdminError::conflict(format!(
@@ -329,7 +347,7 @@ pub async fn unlink_identity(
         }
         None => return Err(AdminError::not_found(format!("{key} belongs to no user"))),
     }
-    store.unlink_identity(&key)?;
+    store.unlink_identity(&key).await?;
     store.flush().await?;
     info!(%uid, %key, "admin: identity unlinked");
     Ok(Json(
@@ -349,8 +367,8 @@ pub struct Groups {
 
 /// Puts a user in groups or takes them out (models can be limited to groups).
 pub async fn change_groups(st: St, UidPath(uid): UidPath, Body(req): Body<Groups>) -> Answer {
-    let store = st.engine.store();
-    let user = store.change_groups(uid, &req.add, &req.remove)?;
+    let store = st.engine.facade();
+    let user = store.change_groups(uid, &req.add, &req.remove).await?;
     store.flush().await?;
     info!(%uid, groups = ?user.groups, "admin: groups changed");
     Ok(Json(json!(user)))

@@ -18,7 +18,7 @@ pub use methods::{PayAction, PayMethod, Payer};
 use std::time::Duration;
 
 use chatrelay_alipay as alipay;
-use chatrelay_storage::{CreditOutcome, KvStore, LedgerEntry, Order, OrderStatus, StoreError};
+use chatrelay_storage::{CreditOutcome, LedgerEntry, Order, OrderStatus, Store, StoreError};
 use chatrelay_wechat_pay as wxpay;
 use tracing::{info, warn};
 
@@ -62,7 +62,7 @@ pub enum BillingError {
     State(String),
     /// The store failed.
     #[error(transparent)]
-    KvStore(#[from] StoreError),
+    Store(#[from] StoreError),
 }
 
 struct WechatPay {
@@ -95,7 +95,7 @@ pub struct ReconcileReport {
 
 /// The shop.
 pub struct Billing {
-    store: KvStore,
+    store: Store,
     alerts: Alerter,
     products: Vec<ProductConfig>,
     /// What a plan product's order grants, by product id (`[[plans]]` in the quota
@@ -139,7 +139,7 @@ impl Billing {
     /// Builds the shop from a validated configuration.
     pub fn from_config(
         config: &Config,
-        store: KvStore,
+        store: Store,
         http: reqwest::Client,
         alerts: Alerter,
     ) -> anyhow::Result<Billing> {
@@ -215,8 +215,8 @@ impl Billing {
     }
 
     /// The order `id`, if it exists (whoever it belongs to: the caller checks).
-    pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
-        self.store.order(id)
+    pub async fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+        self.store.order(id).await
     }
 
     /// What a plan product's orders grant (`None`: a credit pack).
@@ -275,8 +275,8 @@ impl Billing {
             .ok_or_else(|| BillingError::ChannelUnavailable("alipay".into()))
     }
 
-    fn event(&self, id: &str, kind: &str, detail: &str) {
-        if let Err(e) = self.store.add_order_event(id, kind, detail, now_ms()) {
+    async fn event(&self, id: &str, kind: &str, detail: &str) {
+        if let Err(e) = self.store.add_order_event(id, kind, detail, now_ms()).await {
             warn!(order = id, error = %e, "recording an order event failed");
         }
     }
@@ -309,7 +309,7 @@ impl Billing {
             .ok_or_else(|| BillingError::MethodUnavailable(method.unwrap_or("").to_owned()))?;
         // Before anything is written: a user without an openid is told to get one.
         let openid = match method {
-            PayMethod::Jsapi => Some(self.jsapi_openid(payer.uid)?),
+            PayMethod::Jsapi => Some(self.jsapi_openid(payer.uid).await?),
             _ => None,
         };
         let now = now_ms();
@@ -332,7 +332,7 @@ impl Billing {
             refunded_at_ms: None,
             plan: self.plan_of(&product.id).cloned(),
         };
-        let order = self.store.create_order(&candidate, now)?;
+        let order = self.store.create_order(&candidate, now).await?;
         if order.code_url.is_some() {
             return Ok(order);
         }
@@ -341,7 +341,8 @@ impl Billing {
                 &order.id,
                 "created",
                 &format!("{} for {} fen", product.id, order.amount_fen),
-            );
+            )
+            .await;
         }
         match self
             .provider_create(&order, method, &payer, openid.as_deref())
@@ -352,15 +353,17 @@ impl Billing {
                     &order.id,
                     "provider_order",
                     &format!("{channel} {}", method.as_str()),
-                );
-                Ok(self.store.set_order_code_url(&order.id, &kept)?)
+                )
+                .await;
+                Ok(self.store.set_order_code_url(&order.id, &kept).await?)
             }
             Err(e) => {
                 // The provider has no usable order: close ours so it is not reused; a payment
                 // that somehow arrives is still credited (closed → credited).
                 warn!(order = %order.id, error = %e, "creating the order at the provider failed");
-                self.event(&order.id, "provider_error", &e.to_string());
-                self.store.close_order(&order.id, now_ms())?;
+                self.event(&order.id, "provider_error", &e.to_string())
+                    .await;
+                self.store.close_order(&order.id, now_ms()).await?;
                 Err(e)
             }
         }
@@ -377,6 +380,7 @@ impl Billing {
         let outcome = match self
             .store
             .credit_order(&order.id, paid_fen, trade_no, now_ms())
+            .await
         {
             Ok(o) => o,
             Err(StoreError::AmountMismatch { expected, got }) => {
@@ -390,7 +394,8 @@ impl Billing {
                     &order.id,
                     "mismatch",
                     &format!("{source}: paid {got} fen, order is {expected} fen"),
-                );
+                )
+                .await;
                 return Err(BillingError::Mismatch(format!(
                     "amount {got} fen, order is {expected} fen"
                 )));
@@ -428,7 +433,8 @@ impl Billing {
                         "{source}: {} credits (ledger {}/{})",
                         order.credits, entry.uid, entry.seq
                     ),
-                );
+                )
+                .await;
                 Ok(true)
             }
             CreditOutcome::AlreadyCredited => Ok(false),
@@ -482,7 +488,8 @@ impl Billing {
         }
         let order = self
             .store
-            .order(&tx.out_trade_no)?
+            .order(&tx.out_trade_no)
+            .await?
             .ok_or_else(|| BillingError::UnknownOrder(tx.out_trade_no.clone()))?;
         if order.channel != "wechat" {
             return Err(self.mismatch(&order.id, "the order is not a WeChat Pay order".into()));
@@ -491,7 +498,8 @@ impl Billing {
             &order.id,
             "notify",
             &format!("{} {}", n.event_type, tx.trade_state.as_str()),
-        );
+        )
+        .await;
         if !tx.trade_state.is_paid() {
             return Ok(());
         }
@@ -519,12 +527,14 @@ impl Billing {
         }
         let order = self
             .store
-            .order(&n.out_trade_no)?
+            .order(&n.out_trade_no)
+            .await?
             .ok_or_else(|| BillingError::UnknownOrder(n.out_trade_no.clone()))?;
         if order.channel != "alipay" {
             return Err(self.mismatch(&order.id, "the order is not an Alipay order".into()));
         }
-        self.event(&order.id, "notify", n.trade_status.as_str());
+        self.event(&order.id, "notify", n.trade_status.as_str())
+            .await;
         if !n.trade_status.is_paid() {
             return Ok(());
         }
@@ -612,7 +622,7 @@ impl Billing {
     /// ones, closes the expired unpaid ones (at the provider first).
     pub async fn reconcile(&self) -> ReconcileReport {
         let mut report = ReconcileReport::default();
-        let orders = match self.store.open_orders() {
+        let orders = match self.store.open_orders().await {
             Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, "reconciliation could not list open orders");
@@ -645,7 +655,7 @@ impl Billing {
     async fn reconcile_one(&self, order: &Order, now: i64) -> Result<Option<bool>, BillingError> {
         match self.provider_state(order).await? {
             ProviderState::Paid { fen, trade_no } => {
-                self.event(&order.id, "query", "paid");
+                self.event(&order.id, "query", "paid").await;
                 self.credit(order, fen, trade_no.as_deref(), "reconciliation")
                     .await?;
                 Ok(Some(true))
@@ -654,7 +664,8 @@ impl Billing {
             ProviderState::Unpaid if now < order.expires_at_ms => Ok(None),
             ProviderState::Unpaid => {
                 self.provider_close(order).await?;
-                self.event(&order.id, "provider_close", "closed at the provider");
+                self.event(&order.id, "provider_close", "closed at the provider")
+                    .await;
                 // Paid in the moment before the close? The provider is the truth.
                 match self.provider_state(order).await? {
                     ProviderState::Paid { fen, trade_no } => {
@@ -663,8 +674,8 @@ impl Billing {
                         Ok(Some(true))
                     }
                     ProviderState::Unpaid => {
-                        self.store.close_order(&order.id, now_ms())?;
-                        self.event(&order.id, "closed", "expired unpaid");
+                        self.store.close_order(&order.id, now_ms()).await?;
+                        self.event(&order.id, "closed", "expired unpaid").await;
                         info!(order = %order.id, "expired order closed");
                         Ok(Some(false))
                     }
@@ -683,11 +694,14 @@ impl Billing {
     ) -> Result<(Order, Option<LedgerEntry>), BillingError> {
         let order = self
             .store
-            .order(id)?
+            .order(id)
+            .await?
             .ok_or_else(|| BillingError::UnknownOrder(id.to_owned()))?;
         match order.status {
             OrderStatus::Credited => {}
-            OrderStatus::Refunded => return Ok(self.store.refund_order(id, reason, now_ms())?),
+            OrderStatus::Refunded => {
+                return Ok(self.store.refund_order(id, reason, now_ms()).await?);
+            }
             other => {
                 return Err(BillingError::State(format!(
                     "order {id} is {}",
@@ -724,12 +738,12 @@ impl Billing {
         let detail = match result {
             Ok(d) => d,
             Err(e) => {
-                self.event(&order.id, "refund_failed", &e.to_string());
+                self.event(&order.id, "refund_failed", &e.to_string()).await;
                 return Err(e);
             }
         };
-        self.event(&order.id, "provider_refund", &detail);
-        let (order, entry) = self.store.refund_order(id, reason, now_ms())?;
+        self.event(&order.id, "provider_refund", &detail).await;
+        let (order, entry) = self.store.refund_order(id, reason, now_ms()).await?;
         self.store.flush().await?;
         self.alerts.alert_as(
             AlertKind::Money,

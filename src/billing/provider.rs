@@ -14,8 +14,8 @@ use super::{Billing, BillingError};
 impl Billing {
     /// The payer's openid under the merchant's AppID: the identity of an Official Account
     /// bound to the merchant. `Err(OpenidRequired)` when the user has none.
-    pub(super) fn jsapi_openid(&self, uid: Uid) -> Result<String, BillingError> {
-        let keys = self.store.identities_of(uid)?;
+    pub(super) async fn jsapi_openid(&self, uid: Uid) -> Result<String, BillingError> {
+        let keys = self.store.identities_of(uid).await?;
         keys.into_iter()
             .find(|k| k.platform == Platform::Mp && self.jsapi_accounts.contains(&k.account))
             .map(|k| k.user)

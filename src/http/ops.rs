@@ -31,32 +31,22 @@ async fn readyz(State(st): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let store = st.engine.store().clone();
+    let store = st.engine.facade();
     // Ready means the store answers and takes writes: a full disk makes sled refuse writes
     // while reads still work, and nearly every request writes. Writability is what the
     // store doctor's last probe found (every 2 s): probing here would wait out a backup.
-    let checked = tokio::task::spawn_blocking(move || {
-        store.user(chatrelay_storage::Uid(0)).and_then(|_| {
-            if store.last_probe_ok() {
-                Ok(())
-            } else {
-                Err(chatrelay_storage::StoreError::InvalidInput(
-                    "the store refuses writes (disk full?); it is reopened when it takes them again"
-                        .into(),
-                ))
-            }
-        })
-    })
-    .await;
-    match checked {
-        Ok(Ok(())) => {
-            Json(json!({"status": "ready", "llm": st.engine.backend_name()})).into_response()
+    let checked = store.user(chatrelay_storage::Uid(0)).await.and_then(|_| {
+        if store.last_probe_ok() {
+            Ok(())
+        } else {
+            Err(chatrelay_storage::StoreError::InvalidInput(
+                "the store refuses writes (disk full?); it is reopened when it takes them again"
+                    .into(),
+            ))
         }
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "store failing", "error": e.to_string()})),
-        )
-            .into_response(),
+    });
+    match checked {
+        Ok(()) => Json(json!({"status": "ready", "llm": st.engine.backend_name()})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "store failing", "error": e.to_string()})),

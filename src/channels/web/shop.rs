@@ -178,7 +178,8 @@ async fn own_order(st: &WebState, headers: &HeaderMap, id: &str) -> Result<Order
     let uid = super::v1::authenticate(st, headers)
         .await
         .map_err(|e| Box::new(e.into_response()))?;
-    match st.parts().billing.order(id) {
+    let billing = st.parts().billing.clone();
+    match billing.order(id).await {
         Ok(Some(o)) if o.uid == uid => Ok(o),
         Ok(_) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
