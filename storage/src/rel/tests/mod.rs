@@ -47,7 +47,7 @@ mod usage;
 /// Checks every balance against the ledger and the open reservations: paid is the sum of
 /// the paid deltas, each entry's `paid_after` the running sum, held the sum of the open
 /// holds, and `next_seq` one past a gapless sequence.
-pub(super) async fn assert_consistent(store: &RelStore) {
+pub(crate) async fn assert_consistent(store: &RelStore) {
     let rows = store
         .rows(
             "WITH l AS (SELECT uid, sum(paid_delta) AS s, max(seq) AS m, count(*) AS c

@@ -1,12 +1,27 @@
-//! The domain interface on both engines: each case runs on a temporary sled database and,
-//! when `CHATRELAY_TEST_PG_URL` is set (CI sets it), on a fresh relational schema, with the
-//! same values and the same answers.
+//! The domain interface on both engines: one suite. Each case runs on a temporary sled
+//! database and, when `CHATRELAY_TEST_PG_URL` is set (CI sets it), on a fresh relational
+//! schema, with the same values and the same answers (`{engine}` in every assertion names the
+//! engine that failed). What only one engine has (statement counts, raw SQL, the import and
+//! migrations) is tested beside it: `rel/tests` and the sled modules' tests.
 
+mod admin;
+mod admin_log;
+mod chats;
+mod codes;
+mod misc;
+mod money;
+mod orders;
+mod outbox;
+mod plans;
+mod usage;
+
+use super::Engine;
 use crate::kv::Db;
+use crate::rel::RelStore;
 use crate::{EntryKind, KvStore, PgOptions, Remember, Store, StoreError, Turn};
 
-/// Every engine a case runs on, by name.
-async fn engines() -> Vec<(&'static str, Store)> {
+/// Every engine a case runs on, by name: `sled`, then `relational` when PostgreSQL is set.
+pub(super) async fn engines() -> Vec<(&'static str, Store)> {
     let sled = Db::Sled(sled::Config::new().temporary(true).open().unwrap());
     let mut all = vec![(
         "sled",
@@ -23,6 +38,43 @@ async fn engines() -> Vec<(&'static str, Store)> {
         all.push(("relational", Store::open_relational(&opts).await.unwrap()));
     }
     all
+}
+
+/// The relational engine of `store`, for the checks only it can make (its statements, its
+/// tables); `None` on sled.
+pub(super) fn rel(store: &Store) -> Option<&RelStore> {
+    match &store.engine {
+        Engine::Rel(r) => Some(r),
+        Engine::Kv(_) => None,
+    }
+}
+
+/// Statements sent so far on the relational engine (0 on sled), for [`assert_trips`].
+pub(super) fn sent(store: &Store) -> u64 {
+    rel(store).map_or(0, RelStore::statements_sent)
+}
+
+/// On the relational engine, that exactly `trips` statements went out since `before`
+/// ([`sent`]); sled has no round trips to count.
+pub(super) fn assert_trips(engine: &str, store: &Store, before: u64, trips: u64) {
+    if let Some(r) = rel(store) {
+        assert_eq!(r.statements_sent() - before, trips, "{engine}: round trips");
+    }
+}
+
+/// Checks every balance against the ledger and the open reservations with the engine's own
+/// audit (paid the sum of the paid deltas, each entry's `paid_after` the running sum, held the
+/// sum of the open holds, a gapless sequence), and on PostgreSQL with SQL of its own too.
+pub(super) async fn assert_consistent(engine: &str, store: &Store) {
+    let report = store.audit().await.unwrap();
+    assert!(
+        report.mismatches.is_empty(),
+        "{engine}: inconsistent store: {:?}",
+        report.mismatches
+    );
+    if let Some(r) = rel(store) {
+        crate::rel::tests::assert_consistent(r).await;
+    }
 }
 
 #[tokio::test]
