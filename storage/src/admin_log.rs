@@ -69,6 +69,8 @@ impl ChangeRecord {
 
     /// Cuts the free-form fields so the record encodes to at most [`MAX_CHANGE_BYTES`].
     pub(crate) fn bounded(mut self) -> Self {
+        // The log is keyed by time from 0 (`change_key`): a record says the time it is filed at.
+        self.at_ms = self.at_ms.max(0);
         self.actor = cut(&self.actor, 16);
         self.address = cut(&self.address, MAX_ADDRESS);
         self.method = cut(&self.method, 16);
