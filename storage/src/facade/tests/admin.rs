@@ -6,7 +6,7 @@ use super::engines;
 use chatrelay_core::{Platform, UserKey};
 
 use crate::Store;
-use crate::{AuditMismatch, EntryKind, LedgerEntry, StoreError, Uid};
+use crate::{EntryKind, LedgerEntry, StoreError, Uid};
 
 fn key(user: &str) -> UserKey {
     UserKey::new(Platform::Mp, "main", user)
@@ -327,6 +327,113 @@ async fn orders_are_listed_newest_first_and_filtered() {
                 Err(StoreError::UnknownOrder(_))
             ),
             "{engine}"
+        );
+    }
+}
+
+/// `users::tests::uids_start_at_one_and_are_dense` (counting), and
+/// `users::tests::activity_is_the_newest_ledger_entry`.
+#[tokio::test]
+async fn counts_creation_times_and_activity() {
+    for (engine, s) in engines().await {
+        assert_eq!(s.user_count().await.unwrap(), 0, "{engine}");
+        let a = s.create_user("a").await.unwrap();
+        let b = s.create_user("b").await.unwrap();
+        assert_eq!(s.user_count().await.unwrap(), 2, "{engine}");
+        grant(&s, a.uid, 5, EntryKind::Grant, "r1", 1_000).await;
+        grant(&s, a.uid, 5, EntryKind::Grant, "r2", 2_000).await;
+        let all = s.user_activity().await.unwrap();
+        assert_eq!(all.len(), 2, "{engine}");
+        assert_eq!(
+            (all[0].user.uid, all[0].last_active_ms),
+            (a.uid, Some(2_000)),
+            "{engine}"
+        );
+        assert_eq!(
+            (all[1].user.uid, all[1].last_active_ms),
+            (b.uid, None),
+            "{engine}"
+        );
+        // Creation times: newest user first (rel/tests sets the times to check the period).
+        let c = s.create_user("c").await.unwrap();
+        let since = s.users_created_since(0).await.unwrap();
+        assert_eq!(since.first(), Some(&c.created_at_ms), "{engine}");
+        assert!(
+            since.windows(2).all(|w| w[0] >= w[1]),
+            "{engine}: {since:?}"
+        );
+        assert_eq!(
+            s.users_created_since(i64::MAX).await.unwrap(),
+            Vec::<i64>::new(),
+            "{engine}"
+        );
+        assert_eq!(s.users_created_since(0).await.unwrap().len(), 3, "{engine}");
+    }
+}
+
+/// `tokens::tests::tokens_are_found_and_revoked_by_hash_prefix` (two tokens of a user sharing
+/// a prefix: `rel/tests/admin.rs`).
+#[tokio::test]
+async fn tokens_are_found_and_revoked_by_hash_prefix() {
+    for (engine, s) in engines().await {
+        let uid = s.create_user("u").await.unwrap().uid;
+        let other = s.create_user("o").await.unwrap().uid;
+        let token = s.create_token(uid, "a", None, 1).await.unwrap();
+        s.create_token(other, "b", None, 1).await.unwrap();
+        let prefix = s.tokens_of(uid).await.unwrap()[0].hash_prefix.clone();
+        assert_eq!(
+            s.find_tokens(&token, 10).await.unwrap(),
+            vec![(uid, prefix.clone())],
+            "{engine}"
+        );
+        assert_eq!(
+            s.find_tokens(&prefix[..7].to_uppercase(), 10)
+                .await
+                .unwrap(),
+            vec![(uid, prefix.clone())],
+            "{engine}"
+        );
+        assert!(
+            s.find_tokens("sk-cr-unknown", 10).await.unwrap().is_empty(),
+            "{engine}"
+        );
+        // Too short a prefix would list everyone's tokens: no match.
+        assert!(
+            s.find_tokens(&prefix[..5], 10).await.unwrap().is_empty(),
+            "{engine}"
+        );
+        assert!(
+            s.find_tokens("zzzzzzzz", 10).await.unwrap().is_empty(),
+            "{engine}"
+        );
+        // Another user's token is not revoked through this user.
+        assert!(
+            matches!(
+                s.revoke_token_by_hash(other, &prefix, 2).await,
+                Err(StoreError::InvalidInput(_))
+            ),
+            "{engine}"
+        );
+        assert!(
+            matches!(
+                s.revoke_token_by_hash(uid, "zz", 2).await,
+                Err(StoreError::InvalidInput(_))
+            ),
+            "{engine}"
+        );
+        assert!(
+            s.revoke_token_by_hash(uid, &prefix, 2).await.unwrap(),
+            "{engine}"
+        );
+        assert_eq!(s.token_uid(&token, 3).await.unwrap(), None, "{engine}");
+        assert!(
+            !s.revoke_token_by_hash(uid, &prefix, 4).await.unwrap(),
+            "{engine}"
+        );
+        assert_eq!(
+            s.tokens_of(uid).await.unwrap()[0].revoked_at_ms,
+            Some(2),
+            "{engine}: revoked once"
         );
     }
 }

@@ -3,8 +3,12 @@
 
 use std::sync::Arc;
 
-use super::{assert_consistent, engines};
+use tokio_postgres::types::Type;
+
+use super::{assert_consistent, engines, rel};
 use crate::Store;
+use crate::rel::RelStore;
+use crate::rel::tests::sql;
 use crate::{
     CodeGrant, CodeRecord, CodeState, EntryKind, MAX_CODES_PER_BATCH, PlanGrant, RedeemOutcome,
     StoreError, Uid, code_id, code_reference, normalize_redeem_code, random_redeem_code,
@@ -436,4 +440,121 @@ async fn racing_revocations_revoke_each_code_once() {
             "{engine}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_batch_is_bounded_and_stored_hashed() {
+    for (engine, store) in engines().await {
+        for count in [0, MAX_CODES_PER_BATCH + 1] {
+            assert!(
+                matches!(
+                    store
+                        .create_code_batch(credits(5), count, None, "", 1)
+                        .await,
+                    Err(StoreError::InvalidInput(_))
+                ),
+                "{engine}"
+            );
+        }
+        assert!(
+            store
+                .create_code_batch(credits(0), 1, None, "", 1)
+                .await
+                .is_err(),
+            "{engine}"
+        );
+        let (batch, codes) = store
+            .create_code_batch(credits(5), 3, Some(1_000), "shop A", 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (batch.count, batch.note.as_str()),
+            (3, "shop A"),
+            "{engine}"
+        );
+        assert_eq!(codes.len(), 3, "{engine}");
+        assert_eq!(
+            store.code_batch(batch.id).await.unwrap(),
+            Some(batch.clone()),
+            "{engine}"
+        );
+        assert_eq!(
+            store.code_batches(10).await.unwrap(),
+            vec![batch.clone()],
+            "{engine}"
+        );
+        let listed = store.batch_codes(batch.id).await.unwrap();
+        assert_eq!(
+            listed.iter().map(CodeRecord::id).collect::<Vec<_>>(),
+            (1..=3).map(|n| code_id(batch.id, n)).collect::<Vec<_>>(),
+            "{engine}"
+        );
+        assert!(
+            listed.iter().all(|c| c.state == CodeState::Unused),
+            "{engine}"
+        );
+        // No table holds a code's text, in any form; each is its SHA-256 (sled's
+        // `codes::tests` read its trees for the same).
+        if let Some(r) = rel(&store) {
+            for code in &codes {
+                let canonical = normalize_redeem_code(code).unwrap();
+                for needle in [canonical.as_str(), code.as_str()] {
+                    assert_eq!(
+                        tables_holding(r, needle).await,
+                        Vec::<String>::new(),
+                        "{engine}"
+                    );
+                }
+                let hash = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+                let rows = sql(
+                    r,
+                    "SELECT count(*) FROM codes WHERE hash = $1",
+                    &[(&hash.as_ref(), Type::BYTEA)],
+                )
+                .await;
+                assert_eq!(rows[0].get::<_, i64>(0), 1, "{engine}");
+            }
+        }
+        // Newest first, bounded.
+        let (second, _) = store
+            .create_code_batch(credits(1), 1, None, "", 2)
+            .await
+            .unwrap();
+        assert!(second.id > batch.id, "{engine}");
+        let ids: Vec<u64> = store
+            .code_batches(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(ids, [second.id, batch.id], "{engine}");
+        assert_eq!(store.code_batches(1).await.unwrap().len(), 1, "{engine}");
+        assert_eq!(store.code_batch(424_242).await.unwrap(), None, "{engine}");
+    }
+}
+
+/// Every table of the relational schema whose rows, as text, contain `needle`.
+async fn tables_holding(store: &RelStore, needle: &str) -> Vec<String> {
+    let tables: Vec<String> = sql(
+        store,
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+        &[],
+    )
+    .await
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(tables.len() > 10, "{tables:?}");
+    let pattern = format!("%{needle}%");
+    let mut out = Vec::new();
+    for table in tables {
+        let query = format!("SELECT count(*) FROM \"{table}\" x WHERE x::text ILIKE $1");
+        let rows = sql(store, &query, &[(&pattern, Type::TEXT)]).await;
+        if rows[0].get::<_, i64>(0) > 0 {
+            out.push(table);
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! Users, identities, dedupe marks, handoffs, tokens, login codes and the schema itself on
 //! PostgreSQL: the cases of the sled modules, plus what the database refuses by itself.
 
-use super::{assert_trips, engines, sent};
+use super::{assert_trips, engines, rel, sent};
+use crate::rel::tests::sql;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -461,5 +462,97 @@ async fn concurrent_appends_all_land() {
             t.await.unwrap();
         }
         assert_eq!(s.conversation("c").await.unwrap().len(), 80, "{engine}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_first_contacts_make_one_user() {
+    for (engine, s) in engines().await {
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.resolve_identity(&key("racer"), None).await.unwrap() })
+            })
+            .collect();
+        let mut uids = Vec::new();
+        for t in tasks {
+            uids.push(t.await.unwrap());
+        }
+        assert!(uids.iter().all(|u| *u == uids[0]), "{engine}");
+        assert_eq!(
+            s.user_count().await.unwrap(),
+            1,
+            "{engine}: no orphan users from the losers"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_hashed_revocable_and_expire() {
+    for (engine, s) in engines().await {
+        let uid = s.create_user("u").await.unwrap().uid;
+        let token = s.create_token(uid, "laptop", None, 1).await.unwrap();
+        let secret = token.strip_prefix(TOKEN_PREFIX).unwrap();
+        assert!(
+            secret.len() == 48 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{engine}"
+        );
+        assert_eq!(s.token_uid(&token, 2).await.unwrap(), Some(uid), "{engine}");
+        assert_eq!(
+            s.token_uid("sk-cr-nope", 2).await.unwrap(),
+            None,
+            "{engine}"
+        );
+        assert!(
+            matches!(
+                s.create_token(Uid(99_999), "x", None, 1).await,
+                Err(StoreError::UnknownUser(_))
+            ),
+            "{engine}"
+        );
+        assert!(
+            s.create_token(uid, "c", Some(1), 1).await.is_err(),
+            "{engine}"
+        );
+        let short = s.create_token(uid, "short", Some(100), 2).await.unwrap();
+        assert_eq!(
+            s.token_uid(&short, 99).await.unwrap(),
+            Some(uid),
+            "{engine}"
+        );
+        assert_eq!(s.token_uid(&short, 100).await.unwrap(), None, "{engine}");
+        assert!(s.revoke_token(&token, 5).await.unwrap(), "{engine}");
+        assert!(!s.revoke_token(&token, 6).await.unwrap(), "{engine}");
+        assert!(
+            !s.revoke_token("sk-cr-unknown", 6).await.unwrap(),
+            "{engine}"
+        );
+        assert_eq!(s.token_uid(&token, 7).await.unwrap(), None, "{engine}");
+        let infos = s.tokens_of(uid).await.unwrap();
+        assert_eq!(infos.len(), 2, "{engine}");
+        assert_eq!(
+            (infos[0].label.as_str(), infos[0].revoked),
+            ("laptop", true),
+            "{engine}"
+        );
+        assert_eq!(infos[1].expires_at_ms, Some(100), "{engine}");
+        assert_eq!(infos[0].hash_prefix.len(), 12, "{engine}");
+        // Only the hash is stored: no column of any token row holds the secret.
+        if let Some(r) = rel(&s) {
+            let rows = sql(r, "SELECT t::text AS row FROM tokens t", &[]).await;
+            assert_eq!(rows.len(), 2, "{engine}");
+            for row in &rows {
+                let text: String = row.get("row");
+                assert!(
+                    !text.contains(secret),
+                    "{engine}: token text stored: {text}"
+                );
+                assert!(
+                    text.contains(&hex_of(&crate::tokens::token_hash(&token)))
+                        || text.contains("short"),
+                    "{engine}"
+                );
+            }
+        }
     }
 }

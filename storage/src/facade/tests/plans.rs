@@ -5,14 +5,10 @@
 //! operations go on from where sled was (a used code stays used, an unused one redeems, a
 //! plan extends, new ids are new).
 
-use serde_json::json;
-
 use super::{assert_consistent, engines};
 use crate::Store;
-use crate::kv::Db;
 use crate::{
-    ChangeRecord, CodeGrant, CreditOutcome, EntryKind, KvStore, Order, OrderStatus, PlanGrant,
-    RedeemOutcome, Uid, UsageNote, UsageOutcome, system_now_ms,
+    CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, Uid, UsageNote, UsageOutcome,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -299,19 +295,5 @@ fn month() -> PlanGrant {
         days: 30,
         daily_credits: 20,
         utc_offset_secs: TZ,
-    }
-}
-
-fn change(at_ms: i64, path: &str) -> ChangeRecord {
-    ChangeRecord {
-        at_ms,
-        id: 0,
-        actor: "token".into(),
-        address: "10.0.0.1".into(),
-        method: "POST".into(),
-        path: path.into(),
-        status: 200,
-        reason: Some("ticket\0 9".into()),
-        summary: json!({"credits": 5, "note": "a\0b"}),
     }
 }

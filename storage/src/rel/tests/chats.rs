@@ -2,13 +2,7 @@
 //! (`store.x(...).unwrap()` becomes `s.x(...).await.unwrap()`).
 
 use crate::rel::RelStore;
-use crate::{
-    ChatLimits, ChatMessage, ChatPut, MAX_CHAT_ID, MAX_CHAT_TITLE, StoreError, Uid, chat_size,
-    valid_chat_id,
-};
-
-/// `DELETE_BATCH` of `chats.rs`: how many the sled test makes to cross its batches.
-const DELETE_BATCH: usize = 200;
+use crate::{ChatLimits, ChatMessage, ChatPut, StoreError, Uid};
 
 const LIMITS: ChatLimits = ChatLimits {
     max_count: 3,

@@ -11,76 +11,13 @@ use super::super::RelStore;
 use super::assert_consistent;
 use crate::kv::Db;
 use crate::{
-    ChangeRecord, CodeGrant, CreditOutcome, EntryKind, KvStore, Order, OrderStatus, PlanGrant,
-    RedeemOutcome, Uid, UsageNote, UsageOutcome, system_now_ms,
+    ChangeRecord, CodeGrant, EntryKind, KvStore, Order, OrderStatus, PlanGrant, RedeemOutcome,
+    UsageNote, UsageOutcome, system_now_ms,
 };
 
 const DAY_MS: i64 = 86_400_000;
-const FREE: u64 = 5;
 /// UTC+8, as `quota.timezone = "Asia/Shanghai"`.
 const TZ: i32 = 8 * 3600;
-/// Day 20,000 (2024-10-04) at 00:00 in UTC+8.
-const START_MS: i64 = 20_000 * DAY_MS - (TZ as i64) * 1000;
-
-fn week() -> PlanGrant {
-    PlanGrant {
-        id: "week".into(),
-        name: "周卡".into(),
-        days: 7,
-        daily_credits: 50,
-        utc_offset_secs: TZ,
-    }
-}
-
-async fn plan_order(s: &RelStore, uid: Uid, id: &str, plan: PlanGrant, at_ms: i64) -> Order {
-    let o = Order {
-        id: id.into(),
-        uid,
-        product_id: plan.id.clone(),
-        product_name: plan.name.clone(),
-        channel: "wechat".into(),
-        method: None,
-        amount_fen: 3000,
-        credits: 0,
-        status: OrderStatus::Created,
-        created_at_ms: at_ms,
-        expires_at_ms: at_ms + 900_000,
-        code_url: None,
-        provider_trade_no: None,
-        credited_at_ms: None,
-        closed_at_ms: None,
-        refunded_at_ms: None,
-        plan: Some(plan),
-    };
-    s.create_order(&o, at_ms).await.unwrap()
-}
-
-async fn free_left(s: &RelStore, uid: Uid, day: i64) -> u64 {
-    s.balance(uid, day, FREE).await.unwrap().free_left
-}
-
-/// One answer of `cost` on `day`, with its usage record; returns (free, paid, plan) charged.
-async fn answer(s: &RelStore, uid: Uid, reference: &str, cost: u64, day: i64) -> (u64, u64, u64) {
-    let now = day * DAY_MS;
-    let id = s
-        .reserve(uid, cost, reference, day, FREE, i64::MAX)
-        .await
-        .unwrap();
-    let note = UsageNote {
-        platform: "web",
-        model: "m",
-        prompt_tokens: 1,
-        completion_tokens: 1,
-        outcome: UsageOutcome::Answered,
-    };
-    s.settle_metered(id, cost, "answer", day, FREE, now, None, Some(note))
-        .await
-        .unwrap();
-    let page = s.usage(uid, None, 100).await.unwrap();
-    let r = page.records.iter().find(|r| r.id == id).unwrap();
-    (r.free, r.paid, r.plan)
-}
-
 fn month() -> PlanGrant {
     PlanGrant {
         id: "month".into(),
