@@ -1,12 +1,11 @@
-//! The admin paths on PostgreSQL: the cases of `users.rs`, `tokens.rs`, `quota/tests.rs`
-//! (`ledger_pages_go_back_by_seq`) and `audit.rs`, same values, same answers; tampering is done
-//! with SQL where sled's tests write raw records.
+//! The admin paths on both engines: the cases of `users.rs`, `tokens.rs`, `quota/tests.rs`
+//! (`ledger_pages_go_back_by_seq`) and `audit.rs`. Tampering (SQL or raw records) is each
+//! engine's own: `rel/tests/admin.rs` and the sled modules.
 
-use super::engines;
 use chatrelay_core::{Platform, UserKey};
 
-use crate::Store;
-use crate::{EntryKind, LedgerEntry, StoreError, Uid};
+use super::engines;
+use crate::{EntryKind, LedgerEntry, Store, StoreError, Uid};
 
 fn key(user: &str) -> UserKey {
     UserKey::new(Platform::Mp, "main", user)

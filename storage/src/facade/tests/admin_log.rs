@@ -1,9 +1,9 @@
-//! The admin change log on PostgreSQL: the cases of `admin_log.rs`'s tests, the same
-//! answers, plus what PostgreSQL cannot hold (NUL).
+//! The admin change log on both engines: the cases of `admin_log.rs`'s tests, plus what
+//! PostgreSQL cannot hold (NUL, the one difference, named in its case).
 
-use super::engines;
 use serde_json::json;
 
+use super::engines;
 use crate::{ChangeCursor, ChangeRecord, MAX_CHANGE_BYTES};
 
 fn change(at_ms: i64, path: &str) -> ChangeRecord {

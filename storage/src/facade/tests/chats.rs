@@ -1,11 +1,10 @@
-//! Web conversations on PostgreSQL: the cases of `chats/tests.rs`, same values, same answers
-//! (`store.x(...).unwrap()` becomes `s.x(...).await.unwrap()`).
+//! Web conversations on both engines: the cases of `chats/tests.rs`, same values, same
+//! answers.
 
 use super::engines;
-use crate::Store;
 use crate::{
-    ChatLimits, ChatMessage, ChatPut, MAX_CHAT_ID, MAX_CHAT_TITLE, StoreError, Uid, chat_size,
-    valid_chat_id,
+    ChatLimits, ChatMessage, ChatPut, MAX_CHAT_ID, MAX_CHAT_TITLE, Store, StoreError, Uid,
+    chat_size, valid_chat_id,
 };
 
 /// `DELETE_BATCH` of `chats.rs`: how many the sled test makes to cross its batches.

@@ -1,17 +1,16 @@
-//! Redemption codes on PostgreSQL: the cases of `codes/tests.rs`, the same answers, plus a
-//! plan code (as `tests/plans.rs`'s `a_plan_code_grants_the_plan_exactly_once`).
+//! Redemption codes on both engines: the cases of `codes/tests.rs`, plus a plan code (as
+//! `tests/plans.rs`'s `a_plan_code_grants_the_plan_exactly_once`).
 
 use std::sync::Arc;
 
 use tokio_postgres::types::Type;
 
 use super::{assert_consistent, engines, rel};
-use crate::Store;
 use crate::rel::RelStore;
 use crate::rel::tests::sql;
 use crate::{
     CodeGrant, CodeRecord, CodeState, EntryKind, MAX_CODES_PER_BATCH, PlanGrant, RedeemOutcome,
-    StoreError, Uid, code_id, code_reference, normalize_redeem_code, random_redeem_code,
+    Store, StoreError, Uid, code_id, code_reference, normalize_redeem_code, random_redeem_code,
 };
 
 fn credits(n: u64) -> CodeGrant {

@@ -1,15 +1,14 @@
-//! Users, identities, dedupe marks, handoffs, tokens, login codes and the schema itself on
-//! PostgreSQL: the cases of the sled modules, plus what the database refuses by itself.
+//! Users, identities, dedupe marks, handoffs, tokens, login codes and conversations on both
+//! engines: the cases of the sled modules (with the relational round trips counted there).
 
-use super::{assert_trips, engines, rel, sent};
-use crate::rel::tests::sql;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chatrelay_core::{Platform, UserKey};
 
-use crate::Store;
-use crate::{Admission, StoreError, TOKEN_PREFIX, Uid, display_login_code};
+use super::{assert_trips, engines, rel, sent};
+use crate::rel::tests::sql;
+use crate::{Admission, Store, StoreError, TOKEN_PREFIX, Uid, display_login_code};
 
 fn key(user: &str) -> UserKey {
     UserKey::new(Platform::Mp, "main", user)

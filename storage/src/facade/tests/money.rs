@@ -1,10 +1,9 @@
-//! Credits on PostgreSQL: the cases of `quota/tests.rs`, the same answers, plus races.
+//! Credits on both engines: the cases of `quota/tests.rs`, the same answers, plus races.
 
 use std::sync::Arc;
 
-use super::{assert_consistent, assert_trips, engines, sent};
-use crate::Store;
-use crate::{Balance, EntryKind, ReservationId, StoreError, Uid};
+use super::{assert_consistent, engines};
+use crate::{Balance, EntryKind, ReservationId, Store, StoreError, Uid};
 
 const DAY: i64 = 100;
 const FREE: u64 = 10;
@@ -793,38 +792,5 @@ async fn racing_reserves_and_grants_of_one_reference_happen_once() {
             + store.balance(other, DAY, 0).await.unwrap().paid;
         assert_eq!(paid, 103, "{engine}: credited once");
         assert_consistent(engine, &store).await;
-    }
-}
-
-#[tokio::test]
-async fn a_returning_users_message_is_four_round_trips() {
-    for (engine, store) in engines().await {
-        let key = chatrelay_core::UserKey::new(chatrelay_core::Platform::Mp, "main", "o1");
-        let uid = store.resolve_identity(&key, None).await.unwrap();
-        let before = sent(&store);
-        assert_eq!(
-            store.resolve_identity(&key, None).await.unwrap(),
-            uid,
-            "{engine}"
-        );
-        assert!(
-            store.dedupe_insert("mp:main:msg1", 1_000, 0).await.unwrap(),
-            "{engine}"
-        );
-        let id = store
-            .reserve(uid, 5, "msg1", DAY, FREE, LATER)
-            .await
-            .unwrap();
-        store
-            .settle(id, 3, "answer", DAY, FREE, 1)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_trips(engine, &store, before, 4);
-        // A first contact costs no more: user, balance and identity are one statement.
-        let before = sent(&store);
-        let new = chatrelay_core::UserKey::new(chatrelay_core::Platform::Mp, "main", "o2");
-        store.resolve_identity(&new, None).await.unwrap();
-        assert_trips(engine, &store, before, 1);
     }
 }

@@ -1,8 +1,7 @@
-//! Orders on PostgreSQL: the cases of `orders.rs`, plus racing notifications.
+//! Orders on both engines: the cases of `orders.rs`, plus racing notifications.
 
 use super::{assert_consistent, engines};
-use crate::Store;
-use crate::{CreditOutcome, EntryKind, Order, OrderStatus, StoreError, Uid};
+use crate::{CreditOutcome, EntryKind, Order, OrderStatus, Store, StoreError, Uid};
 
 fn order(uid: Uid, id: &str, method: Option<&str>) -> Order {
     Order {

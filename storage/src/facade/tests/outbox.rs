@@ -1,6 +1,6 @@
-//! Outbox, kept answers, checkpoints and counters on PostgreSQL: the cases of `outbox.rs`,
+//! Outbox, kept answers, checkpoints and counters on both engines: the cases of `outbox.rs`,
 //! `dedupe.rs` (`answers_are_kept_until_they_expire`) and `checkpoints.rs`, plus racing
-//! writers and where the statistics live.
+//! writers and, on PostgreSQL, the table each key lives in.
 
 use std::collections::BTreeSet;
 

@@ -1,14 +1,10 @@
-//! Membership plans on PostgreSQL: the cases of `storage/tests/plans.rs` (a plan order's
+//! Membership plans on both engines: the cases of `storage/tests/plans.rs` (a plan order's
 //! grant, its daily credits after the base allowance, extension, replacement, refund), the
-//! same answers; and plans, codes, the usage log and the change log through the import: a
-//! sled store holding each comes out with an equal census, and the relational store's
-//! operations go on from where sled was (a used code stays used, an unused one redeems, a
-//! plan extends, new ids are new).
+//! same answers.
 
 use super::{assert_consistent, engines};
-use crate::Store;
 use crate::{
-    CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, Uid, UsageNote, UsageOutcome,
+    CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, Store, Uid, UsageNote, UsageOutcome,
 };
 
 const DAY_MS: i64 = 86_400_000;

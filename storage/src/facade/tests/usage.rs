@@ -1,11 +1,10 @@
-//! The usage log on PostgreSQL: the cases of `usage/tests.rs` (without the conversation
-//! turns, which `append_turns` writes here), the same answers, plus the plan's part.
+//! The usage log on both engines: the cases of `usage/tests.rs` (without the conversation
+//! turns, which `append_turns` writes), the same answers, plus the plan's part.
 
 use super::{assert_consistent, assert_trips, engines, sent};
-use crate::Store;
 use crate::{
-    CodeGrant, EntryKind, MAX_USAGE_PAGE, PlanGrant, RedeemOutcome, ReservationId, StoreError, Uid,
-    UsageNote, UsageOutcome, UsageRecord,
+    CodeGrant, EntryKind, MAX_USAGE_PAGE, PlanGrant, RedeemOutcome, ReservationId, Store,
+    StoreError, Uid, UsageNote, UsageOutcome, UsageRecord,
 };
 
 const DAY: i64 = 100;

@@ -1,6 +1,6 @@
-//! The admin paths on PostgreSQL: the cases of `users.rs`, `tokens.rs`, `quota/tests.rs`
-//! (`ledger_pages_go_back_by_seq`) and `audit.rs`, same values, same answers; tampering is done
-//! with SQL where sled's tests write raw records.
+//! The admin paths only SQL can set up on PostgreSQL: creation times, two tokens under one
+//! prefix, and tampering (where sled's tests write raw records). The rest is the suite's
+//! (`facade/tests/admin.rs`).
 
 use crate::rel::RelStore;
 use crate::{AuditMismatch, EntryKind, StoreError, Uid};

@@ -1,5 +1,5 @@
-//! Web conversations on PostgreSQL: the cases of `chats/tests.rs`, same values, same answers
-//! (`store.x(...).unwrap()` becomes `s.x(...).await.unwrap()`).
+//! Web conversations on PostgreSQL only: damage the database lets through, and the import of
+//! sled's conversations. The cases of `chats/tests.rs` are the suite's (`facade/tests`).
 
 use crate::rel::RelStore;
 use crate::{ChatLimits, ChatMessage, ChatPut, StoreError, Uid};

@@ -1,5 +1,5 @@
-//! Users, identities, dedupe marks, handoffs, tokens, login codes and the schema itself on
-//! PostgreSQL: the cases of the sled modules, plus what the database refuses by itself.
+//! What the relational schema refuses by itself, and its migrations. The cases shared with
+//! sled are the suite's (`facade/tests/misc.rs`).
 
 use crate::StoreError;
 use crate::rel::RelStore;

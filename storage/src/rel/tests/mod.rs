@@ -1,5 +1,7 @@
-//! Tests of the relational store against a real PostgreSQL (`CHATRELAY_TEST_PG_URL`; each
-//! test in a fresh schema). Without the variable they skip, saying so.
+//! Tests of the relational store itself against a real PostgreSQL (`CHATRELAY_TEST_PG_URL`;
+//! each test in a fresh schema): what only it has (raw SQL, the import, migrations, leases).
+//! The cases both engines share are one suite in `facade/tests`. Without the variable they
+//! skip, saying so.
 
 use super::RelStore;
 use crate::kv::pg::PgOptions;
@@ -38,6 +40,7 @@ mod migrate;
 mod misc;
 mod outbox;
 mod plans;
+mod trips;
 
 /// Runs one statement of a test on `store` and returns its rows (for the suite in
 /// `facade/tests`, whose relational checks read the tables themselves).

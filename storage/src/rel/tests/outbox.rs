@@ -1,6 +1,5 @@
-//! Outbox, kept answers, checkpoints and counters on PostgreSQL: the cases of `outbox.rs`,
-//! `dedupe.rs` (`answers_are_kept_until_they_expire`) and `checkpoints.rs`, plus racing
-//! writers and where the statistics live.
+//! The bounded purge of marks on PostgreSQL (set up with SQL). The cases shared with sled are
+//! the suite's (`facade/tests/outbox.rs`).
 
 use tokio_postgres::types::Type;
 

@@ -1,9 +1,7 @@
-//! Membership plans on PostgreSQL: the cases of `storage/tests/plans.rs` (a plan order's
-//! grant, its daily credits after the base allowance, extension, replacement, refund), the
-//! same answers; and plans, codes, the usage log and the change log through the import: a
-//! sled store holding each comes out with an equal census, and the relational store's
-//! operations go on from where sled was (a used code stays used, an unused one redeems, a
-//! plan extends, new ids are new).
+//! Plans, codes, the usage log and the change log through the import: a sled store holding
+//! each comes out with an equal census, and the relational store's operations go on from
+//! where sled was (a used code stays used, an unused one redeems, a plan extends, new ids are
+//! new). The plan cases themselves are the suite's (`facade/tests/plans.rs`).
 
 use serde_json::json;
 
