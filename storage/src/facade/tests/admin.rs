@@ -131,7 +131,7 @@ async fn find_by_name_and_by_part_of_a_key() {
     }
 }
 
-/// `users::tests::link_moves_a_key_and_keeps_the_index`.
+/// Linking moves a key to another user and keeps the index (was `users::tests`' case).
 #[tokio::test]
 async fn link_moves_a_key_and_keeps_the_index() {
     for (engine, s) in engines().await {
@@ -170,7 +170,7 @@ async fn link_moves_a_key_and_keeps_the_index() {
     }
 }
 
-/// `users::tests::unlink_removes_both_directions`.
+/// Unlinking removes both directions (was `users::tests`' case).
 #[tokio::test]
 async fn unlink_removes_both_directions() {
     for (engine, s) in engines().await {
@@ -370,8 +370,8 @@ async fn counts_creation_times_and_activity() {
     }
 }
 
-/// `tokens::tests::tokens_are_found_and_revoked_by_hash_prefix` (two tokens of a user sharing
-/// a prefix: `rel/tests/admin.rs`).
+/// Tokens are found and revoked by a prefix of their hash (was `tokens::tests`' case; two
+/// tokens of a user sharing a prefix: `rel/tests/admin.rs`).
 #[tokio::test]
 async fn tokens_are_found_and_revoked_by_hash_prefix() {
     for (engine, s) in engines().await {
