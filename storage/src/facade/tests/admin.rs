@@ -4,12 +4,8 @@
 
 use chatrelay_core::{Platform, UserKey};
 
-use super::engines;
+use super::{engines, key};
 use crate::{EntryKind, LedgerEntry, Store, StoreError, Uid};
-
-fn key(user: &str) -> UserKey {
-    UserKey::new(Platform::Mp, "main", user)
-}
 
 async fn grant(s: &Store, uid: Uid, n: u64, kind: EntryKind, reference: &str, at: i64) {
     s.grant(uid, n, kind, "t", reference, at).await.unwrap();

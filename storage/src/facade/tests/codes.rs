@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio_postgres::types::Type;
 
-use super::{assert_consistent, engines, rel};
+use super::{assert_consistent, engines, month, rel};
 use crate::rel::RelStore;
 use crate::rel::tests::sql;
 use crate::{
-    CodeGrant, CodeRecord, CodeState, EntryKind, MAX_CODES_PER_BATCH, PlanGrant, RedeemOutcome,
-    Store, StoreError, Uid, code_id, code_reference, normalize_redeem_code, random_redeem_code,
+    CodeGrant, CodeRecord, CodeState, EntryKind, MAX_CODES_PER_BATCH, RedeemOutcome, Store,
+    StoreError, Uid, code_id, code_reference, normalize_redeem_code, random_redeem_code,
 };
 
 fn credits(n: u64) -> CodeGrant {
@@ -301,16 +301,6 @@ async fn a_revocation_racing_redemptions_leaves_each_code_used_or_revoked() {
             .count();
         assert_eq!(used as u64, won, "{engine}");
         assert_consistent(engine, &store).await;
-    }
-}
-
-fn month() -> PlanGrant {
-    PlanGrant {
-        id: "month".into(),
-        name: "月卡".into(),
-        days: 30,
-        daily_credits: 20,
-        utc_offset_secs: 8 * 3600,
     }
 }
 

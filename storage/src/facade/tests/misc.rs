@@ -1,41 +1,11 @@
 //! Users, identities, dedupe marks, handoffs, tokens, login codes and conversations on both
 //! engines: the cases of the sled modules (with the relational round trips counted there).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use chatrelay_core::{Platform, UserKey};
 
-use super::{assert_trips, engines, rel, sent};
+use super::{assert_trips, engines, key, rel, sent, winners};
 use crate::rel::tests::sql;
-use crate::{Admission, Store, StoreError, TOKEN_PREFIX, Uid, display_login_code};
-
-fn key(user: &str) -> UserKey {
-    UserKey::new(Platform::Mp, "main", user)
-}
-
-/// How many of `n` racing calls of `attempt` said true.
-async fn winners<F, Fut>(store: &Store, n: usize, attempt: F) -> usize
-where
-    F: Fn(Store, usize) -> Fut,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    let wins = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let (fut, wins) = (attempt(store.clone(), i), wins.clone());
-            tokio::spawn(async move {
-                if fut.await {
-                    wins.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    wins.load(Ordering::SeqCst)
-}
+use crate::{Admission, StoreError, TOKEN_PREFIX, Uid, display_login_code};
 
 #[tokio::test]
 async fn users_and_identities() {

@@ -16,10 +16,15 @@ mod outbox;
 mod plans;
 mod usage;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chatrelay_core::{Platform, UserKey};
+
 use super::Engine;
 use crate::kv::Db;
 use crate::rel::RelStore;
-use crate::{EntryKind, KvStore, PgOptions, Remember, Store, StoreError, Turn};
+use crate::{EntryKind, KvStore, PgOptions, PlanGrant, Remember, Store, StoreError, Turn, Uid};
 
 /// Every engine a case runs on, by name: `sled`, then `relational` and `one-table` when
 /// PostgreSQL is set.
@@ -82,6 +87,64 @@ pub(super) async fn assert_consistent(engine: &str, store: &Store) {
     if let Some(r) = rel(store) {
         crate::rel::tests::assert_consistent(r).await;
     }
+}
+
+/// The key of user `user` on the main WeChat account.
+pub(super) fn key(user: &str) -> UserKey {
+    UserKey::new(Platform::Mp, "main", user)
+}
+
+/// A new user holding `paid` purchased credits.
+pub(super) async fn with_paid(store: &Store, paid: u64) -> Uid {
+    let uid = store.create_user("u").await.unwrap().uid;
+    if paid > 0 {
+        store
+            .grant(
+                uid,
+                paid,
+                EntryKind::Purchase,
+                "order",
+                &format!("seed{uid}"),
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    uid
+}
+
+/// The month plan of the plan cases (UTC+8, as `quota.timezone = "Asia/Shanghai"`).
+pub(super) fn month() -> PlanGrant {
+    PlanGrant {
+        id: "month".into(),
+        name: "月卡".into(),
+        days: 30,
+        daily_credits: 20,
+        utc_offset_secs: 8 * 3600,
+    }
+}
+
+/// How many of `n` racing calls of `attempt` said true.
+pub(super) async fn winners<F, Fut>(store: &Store, n: usize, attempt: F) -> usize
+where
+    F: Fn(Store, usize) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let wins = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (fut, wins) = (attempt(store.clone(), i), wins.clone());
+            tokio::spawn(async move {
+                if fut.await {
+                    wins.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wins.load(Ordering::SeqCst)
 }
 
 #[tokio::test]

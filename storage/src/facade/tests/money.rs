@@ -2,30 +2,12 @@
 
 use std::sync::Arc;
 
-use super::{assert_consistent, engines};
-use crate::{Balance, EntryKind, ReservationId, Store, StoreError, Uid};
+use super::{assert_consistent, engines, with_paid};
+use crate::{Balance, EntryKind, ReservationId, StoreError, Uid};
 
 const DAY: i64 = 100;
 const FREE: u64 = 10;
 const LATER: i64 = i64::MAX;
-
-async fn with_paid(store: &Store, paid: u64) -> Uid {
-    let uid = store.create_user("u").await.unwrap().uid;
-    if paid > 0 {
-        store
-            .grant(
-                uid,
-                paid,
-                EntryKind::Purchase,
-                "order",
-                &format!("seed{uid}"),
-                1,
-            )
-            .await
-            .unwrap();
-    }
-    uid
-}
 
 #[tokio::test]
 async fn new_user_has_only_the_free_allowance() {

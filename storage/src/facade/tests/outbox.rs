@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::types::Type;
 
-use super::{engines, rel};
+use super::{engines, rel, winners};
 use crate::outbox::MAX_ITEMS;
 use crate::rel::tests::sql;
 use crate::{SharedAnswer, Store, StoreError};
@@ -202,26 +202,6 @@ async fn markers_beyond_one_batch_are_all_written() {
     }
 }
 
-async fn super_winners(s: &Store) -> usize {
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.checkpoint_cas("topic", None, &format!("w{i}"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut wins = 0;
-    for t in tasks {
-        if t.await.unwrap() {
-            wins += 1;
-        }
-    }
-    wins
-}
-
 /// `dedupe::tests::answers_are_kept_until_they_expire` (on PostgreSQL
 /// `purge_expired_dedupe` is `purge_expired_marks`; its row is gone).
 #[tokio::test]
@@ -380,7 +360,12 @@ async fn racing_counters_and_cas() {
         }
         assert_eq!(s.counter("stats:3:a").await.unwrap(), 20, "{engine}");
         assert_eq!(s.counter("stats:3:b").await.unwrap(), 30, "{engine}");
-        let wins = super_winners(&s).await;
+        let wins = winners(&s, 16, |s, i| async move {
+            s.checkpoint_cas("topic", None, &format!("w{i}"))
+                .await
+                .unwrap()
+        })
+        .await;
         assert_eq!(wins, 1, "{engine}");
     }
 }

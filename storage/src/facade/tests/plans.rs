@@ -2,7 +2,7 @@
 //! grant, its daily credits after the base allowance, extension, replacement, refund), the
 //! same answers.
 
-use super::{assert_consistent, engines};
+use super::{assert_consistent, engines, month};
 use crate::{
     CreditOutcome, EntryKind, Order, OrderStatus, PlanGrant, Store, Uid, UsageNote, UsageOutcome,
 };
@@ -281,15 +281,5 @@ async fn a_refund_ends_the_plan_today_once() {
         assert_eq!(again.map(|e| e.seq), Some(entry.seq), "{engine}");
         assert_eq!(s.ledger(uid, 10).await.unwrap().len(), 3, "{engine}");
         assert_consistent(engine, &s).await;
-    }
-}
-
-fn month() -> PlanGrant {
-    PlanGrant {
-        id: "month".into(),
-        name: "月卡".into(),
-        days: 30,
-        daily_credits: 20,
-        utc_offset_secs: TZ,
     }
 }

@@ -1,7 +1,7 @@
 //! The usage log on both engines: the cases of `usage/tests.rs` (without the conversation
 //! turns, which `append_turns` writes), the same answers, plus the plan's part.
 
-use super::{assert_consistent, assert_trips, engines, sent};
+use super::{assert_consistent, assert_trips, engines, sent, with_paid};
 use crate::{
     CodeGrant, EntryKind, MAX_USAGE_PAGE, PlanGrant, RedeemOutcome, ReservationId, Store,
     StoreError, Uid, UsageNote, UsageOutcome, UsageRecord,
@@ -19,24 +19,6 @@ fn note(outcome: UsageOutcome) -> UsageNote<'static> {
         completion_tokens: 30,
         outcome,
     }
-}
-
-async fn with_paid(store: &Store, paid: u64) -> Uid {
-    let uid = store.create_user("u").await.unwrap().uid;
-    if paid > 0 {
-        store
-            .grant(
-                uid,
-                paid,
-                EntryKind::Purchase,
-                "order",
-                &format!("seed{uid}"),
-                1,
-            )
-            .await
-            .unwrap();
-    }
-    uid
 }
 
 /// Reserves and settles one answer of `cost` at `at_ms`; returns the reservation id.
