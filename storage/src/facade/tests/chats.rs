@@ -10,12 +10,14 @@ use crate::{
 /// `DELETE_BATCH` of `chats.rs`: how many the sled test makes to cross its batches.
 const DELETE_BATCH: usize = 200;
 
-const LIMITS: ChatLimits = ChatLimits {
+/// The limits of the cases (the relational-only ones in `rel/tests/chats.rs` too).
+pub(crate) const LIMITS: ChatLimits = ChatLimits {
     max_count: 3,
     max_bytes: 1_000,
 };
 
-fn msg(role: &str, content: &str) -> ChatMessage {
+/// A message of `role`, at 5 ms, with a model when it is the assistant's.
+pub(crate) fn msg(role: &str, content: &str) -> ChatMessage {
     ChatMessage {
         role: role.to_owned(),
         content: content.to_owned(),
@@ -24,7 +26,8 @@ fn msg(role: &str, content: &str) -> ChatMessage {
     }
 }
 
-fn two() -> Vec<ChatMessage> {
+/// A question and its answer.
+pub(crate) fn two() -> Vec<ChatMessage> {
     vec![msg("user", "hi"), msg("assistant", "hello")]
 }
 
@@ -34,7 +37,8 @@ async fn store_with_users(s: &Store) -> (Uid, Uid) {
     (a, b)
 }
 
-fn saved(outcome: ChatPut) -> (i64, Vec<String>) {
+/// The version and the pruned ids of a save that went through.
+pub(crate) fn saved(outcome: ChatPut) -> (i64, Vec<String>) {
     match outcome {
         ChatPut::Saved {
             updated_at_ms,

@@ -7,7 +7,7 @@
 
 mod admin;
 mod admin_log;
-mod chats;
+pub(crate) mod chats;
 mod codes;
 mod misc;
 mod money;

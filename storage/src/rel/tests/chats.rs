@@ -1,41 +1,14 @@
 //! Web conversations on PostgreSQL only: damage the database lets through, and the import of
 //! sled's conversations. The cases of `chats/tests.rs` are the suite's (`facade/tests`).
 
+use crate::facade::tests::chats::{LIMITS, saved, two};
 use crate::rel::RelStore;
-use crate::{ChatLimits, ChatMessage, ChatPut, StoreError, Uid};
-
-const LIMITS: ChatLimits = ChatLimits {
-    max_count: 3,
-    max_bytes: 1_000,
-};
-
-fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.to_owned(),
-        content: content.to_owned(),
-        at_ms: Some(5),
-        model: (role == "assistant").then(|| "gpt-4o".to_owned()),
-    }
-}
-
-fn two() -> Vec<ChatMessage> {
-    vec![msg("user", "hi"), msg("assistant", "hello")]
-}
+use crate::{ChatLimits, StoreError, Uid};
 
 async fn store_with_users(s: &RelStore) -> (Uid, Uid) {
     let a = s.create_user("a").await.unwrap().uid;
     let b = s.create_user("b").await.unwrap().uid;
     (a, b)
-}
-
-fn saved(outcome: ChatPut) -> (i64, Vec<String>) {
-    match outcome {
-        ChatPut::Saved {
-            updated_at_ms,
-            pruned,
-        } => (updated_at_ms, pruned),
-        other => panic!("expected Saved, got {other:?}"),
-    }
 }
 
 /// `chats::tests::corrupt_records_are_errors`: the database refuses most damage (ids, titles,
