@@ -238,6 +238,11 @@ impl KvStore {
                 limit: limits.max_bytes,
             });
         }
+        // A conversation belongs to a user (as tokens and login codes do); users are never
+        // removed, so the check needs no transaction.
+        if self.trees()?.users.get(u64_key(uid.0))?.is_none() {
+            return Err(StoreError::UnknownUser(uid));
+        }
         let max_count = limits.max_count.max(1);
         // The oldest others beyond the limit go (read outside the transaction, which sees
         // only the keys it asks for; a race with another save is mended just below).

@@ -7,7 +7,7 @@ use crate::kv::Transactional;
 use crate::{KvStore, OUTBOX, StoreError};
 
 /// Most texts kept per user; older ones are merged so the newest stay whole.
-const MAX_ITEMS: usize = 20;
+pub(crate) const MAX_ITEMS: usize = 20;
 
 impl KvStore {
     /// Queues `text` for the user behind `key`.

@@ -277,38 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_found_and_revoked_by_hash_prefix() {
-        let (store, uid) = store_with_user();
-        let other = store.create_user("o").unwrap().uid;
-        let token = store.create_token(uid, "a", None, 1).unwrap();
-        store.create_token(other, "b", None, 1).unwrap();
-        let prefix = store.tokens_of(uid).unwrap()[0].hash_prefix.clone();
-        assert_eq!(
-            store.find_tokens(&token, 10).unwrap(),
-            vec![(uid, prefix.clone())]
-        );
-        assert_eq!(
-            store.find_tokens(&prefix[..7].to_uppercase(), 10).unwrap(),
-            vec![(uid, prefix.clone())]
-        );
-        assert!(store.find_tokens("sk-cr-unknown", 10).unwrap().is_empty());
-        // Too short a prefix would list everyone's tokens: no match.
-        assert!(store.find_tokens(&prefix[..5], 10).unwrap().is_empty());
-        // Another user's token is not revoked through this user.
-        assert!(matches!(
-            store.revoke_token_by_hash(other, &prefix, 2),
-            Err(StoreError::InvalidInput(_))
-        ));
-        assert!(matches!(
-            store.revoke_token_by_hash(uid, "zz", 2),
-            Err(StoreError::InvalidInput(_))
-        ));
-        assert!(store.revoke_token_by_hash(uid, &prefix, 2).unwrap());
-        assert_eq!(store.token_uid(&token, 3).unwrap(), None);
-        assert!(!store.revoke_token_by_hash(uid, &prefix, 4).unwrap());
-    }
-
-    #[test]
     fn revoked_and_expired_tokens_are_rejected() {
         let (store, uid) = store_with_user();
         let token = store.create_token(uid, "a", None, 1).unwrap();

@@ -724,40 +724,6 @@ mod tests {
     }
 
     #[test]
-    fn link_moves_a_key_and_keeps_the_index() {
-        let store = KvStore::open_temporary().unwrap();
-        let a = store.resolve_identity(&key("a"), None).unwrap();
-        let web = UserKey::new(Platform::Web, "", "s1");
-        let b = store.resolve_identity(&web, None).unwrap();
-        assert_eq!(store.link_identity(&web, a).unwrap(), Some(b));
-        assert_eq!(store.identity(&web).unwrap(), Some(a));
-        assert_eq!(store.identities_of(a).unwrap(), vec![key("a"), web.clone()]);
-        assert!(store.identities_of(b).unwrap().is_empty());
-        // Linking again is a no-op that reports the owner.
-        assert_eq!(store.link_identity(&web, a).unwrap(), Some(a));
-        assert_eq!(store.identities_of(a).unwrap().len(), 2);
-        // A fresh key has no previous owner.
-        assert_eq!(store.link_identity(&key("new"), b).unwrap(), None);
-        assert!(matches!(
-            store.link_identity(&key("x"), Uid(999)),
-            Err(StoreError::UnknownUser(_))
-        ));
-    }
-
-    #[test]
-    fn unlink_removes_both_directions() {
-        let store = KvStore::open_temporary().unwrap();
-        let a = store.resolve_identity(&key("a"), None).unwrap();
-        assert!(store.unlink_identity(&key("a")).unwrap());
-        assert!(!store.unlink_identity(&key("a")).unwrap());
-        assert_eq!(store.identity(&key("a")).unwrap(), None);
-        assert!(store.identities_of(a).unwrap().is_empty());
-        // The user stays; resolving again makes a new user.
-        assert!(store.user(a).unwrap().is_some());
-        assert_ne!(store.resolve_identity(&key("a"), None).unwrap(), a);
-    }
-
-    #[test]
     fn corrupt_identity_index_is_an_error() {
         let store = KvStore::open_temporary().unwrap();
         store

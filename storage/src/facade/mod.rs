@@ -67,4 +67,4 @@ macro_rules! both {
 pub(crate) use both;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

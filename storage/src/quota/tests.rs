@@ -76,29 +76,6 @@ fn settle_spends_free_credits_first_then_paid() {
 }
 
 #[test]
-fn a_new_day_resets_the_free_allowance_and_an_old_day_does_not() {
-    let (store, uid) = store_with_paid(0);
-    let id = store.reserve(uid, 10, "m1", DAY, FREE, LATER).unwrap();
-    store.settle(id, 10, "answer", DAY, FREE, 1).unwrap();
-    assert_eq!(store.balance(uid, DAY, FREE).unwrap().available, 0);
-    assert!(matches!(
-        store.reserve(uid, 1, "m2", DAY, FREE, LATER),
-        Err(StoreError::InsufficientCredits {
-            available: 0,
-            needed: 1
-        })
-    ));
-    // A lagging caller's earlier day does not get a second allowance.
-    assert_eq!(store.balance(uid, DAY - 1, FREE).unwrap().free_left, 0);
-    // The next day, the allowance is whole again.
-    assert_eq!(store.balance(uid, DAY + 1, FREE).unwrap().free_left, FREE);
-    let id = store.reserve(uid, 3, "m3", DAY + 1, FREE, LATER).unwrap();
-    store.settle(id, 3, "answer", DAY + 1, FREE, 2).unwrap();
-    assert_eq!(store.balance(uid, DAY + 1, FREE).unwrap().free_left, 7);
-    assert_eq!(store.balance(uid, DAY + 2, FREE).unwrap().free_left, FREE);
-}
-
-#[test]
 fn reserve_refuses_more_than_available() {
     let (store, uid) = store_with_paid(20);
     match store.reserve(uid, 31, "m1", DAY, FREE, LATER) {
@@ -113,35 +90,6 @@ fn reserve_refuses_more_than_available() {
         store.reserve(Uid(42), 1, "m3", DAY, FREE, LATER),
         Err(StoreError::UnknownUser(Uid(42)))
     ));
-}
-
-#[test]
-fn held_credits_cannot_be_reserved_twice() {
-    let (store, uid) = store_with_paid(90);
-    store.reserve(uid, 60, "m1", DAY, FREE, LATER).unwrap();
-    assert!(matches!(
-        store.reserve(uid, 50, "m2", DAY, FREE, LATER),
-        Err(StoreError::InsufficientCredits {
-            available: 40,
-            needed: 50
-        })
-    ));
-    store.reserve(uid, 40, "m3", DAY, FREE, LATER).unwrap();
-    let b = store.balance(uid, DAY, FREE).unwrap();
-    assert_eq!((b.held, b.available), (100, 0));
-    assert_consistent(&store);
-}
-
-#[test]
-fn zero_reservation_gives_an_id_and_settles_to_nothing() {
-    let (store, uid) = store_with_paid(0);
-    let id = store.reserve(uid, 0, "m1", DAY, 0, LATER).unwrap();
-    assert_eq!(store.settle(id, 0, "answer", DAY, 0, 1).unwrap(), None);
-    assert_eq!(store.settle(id, 0, "answer", DAY, 0, 1).unwrap(), None);
-    // The same reference again is the same (settled, free) reservation.
-    assert_eq!(store.reserve(uid, 0, "m1", DAY, 0, LATER).unwrap(), id);
-    assert!(store.ledger(uid, 10).unwrap().is_empty());
-    assert_consistent(&store);
 }
 
 #[test]

@@ -59,17 +59,6 @@ fn all_usage(store: &KvStore, uid: Uid) -> Vec<UsageRecord> {
     }
 }
 
-/// What the ledger's usage entries of `uid` charged.
-fn ledger_usage_debits(store: &KvStore, uid: Uid) -> u64 {
-    store
-        .ledger(uid, 10_000)
-        .unwrap()
-        .iter()
-        .filter(|e| e.kind == EntryKind::Usage)
-        .map(|e| e.free_delta.saturating_add(e.paid_delta).unsigned_abs())
-        .sum()
-}
-
 #[test]
 fn the_settlement_writes_the_record_with_its_free_and_paid_split() {
     let (store, uid) = store_with_paid(100);
@@ -148,61 +137,6 @@ fn settling_again_writes_no_second_record() {
         (records[0].at_ms, records[0].outcome),
         (1_000, UsageOutcome::Answered)
     );
-}
-
-#[test]
-fn a_free_answer_is_logged_with_nothing_charged() {
-    let (store, uid) = store_with_paid(0);
-    let id = answer(&store, uid, "m0", 0, 10);
-    let records = all_usage(&store, uid);
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].id, id);
-    assert_eq!(
-        (records[0].charged(), records[0].ledger_seq),
-        (0, None),
-        "no ledger entry for a free answer"
-    );
-}
-
-#[test]
-fn plain_settle_writes_no_record() {
-    let (store, uid) = store_with_paid(0);
-    let id = store.reserve(uid, 3, "p", DAY, FREE, LATER).unwrap();
-    store.settle(id, 3, "answer", DAY, FREE, 10).unwrap();
-    assert!(all_usage(&store, uid).is_empty());
-}
-
-#[test]
-fn the_logs_sum_is_the_ledgers_usage_debits() {
-    let (store, uid) = store_with_paid(40);
-    // Free first, then paid, then more than is left (charged what there is).
-    for (i, cost) in [4u64, 9, 0, 13, 30].into_iter().enumerate() {
-        let reference = format!("m{i}");
-        let available = store.balance(uid, DAY, FREE).unwrap().available;
-        let id = store
-            .reserve(uid, cost.min(available), &reference, DAY, FREE, LATER)
-            .unwrap();
-        store
-            .settle_metered(
-                id,
-                cost,
-                "answer",
-                DAY,
-                FREE,
-                100 + i as i64,
-                None,
-                Some(note(UsageOutcome::Answered)),
-            )
-            .unwrap();
-    }
-    let records = all_usage(&store, uid);
-    assert_eq!(records.len(), 5);
-    let logged: u64 = records.iter().map(UsageRecord::charged).sum();
-    assert_eq!(logged, ledger_usage_debits(&store, uid));
-    assert_eq!(logged, 50, "10 free + 40 paid, no more");
-    let free: u64 = records.iter().map(|r| r.free).sum();
-    assert_eq!(free, 10);
-    assert!(store.audit().unwrap().is_consistent());
 }
 
 #[test]
@@ -314,52 +248,6 @@ fn purging_many_records_of_one_user_takes_several_batches() {
     let purge = store.purge_usage(20, Uid(0), 10).unwrap();
     assert_eq!(purge.removed, PURGE_BATCH + 20);
     assert_eq!(all_usage(&store, uid).len(), 1);
-}
-
-#[test]
-fn a_refund_marks_the_record_and_is_idempotent() {
-    let (store, uid) = store_with_paid(50);
-    answer(&store, uid, "gone", 25, 1_000);
-    let entry = store
-        .refund_answer(
-            uid,
-            25,
-            "answer not delivered",
-            "undelivered:gone",
-            "gone",
-            2_000,
-        )
-        .unwrap();
-    assert_eq!((entry.kind, entry.paid_delta), (EntryKind::Refund, 25));
-    let again = store
-        .refund_answer(
-            uid,
-            25,
-            "answer not delivered",
-            "undelivered:gone",
-            "gone",
-            3_000,
-        )
-        .unwrap();
-    assert_eq!(again, entry);
-    let records = all_usage(&store, uid);
-    assert_eq!(records.len(), 1);
-    assert_eq!(
-        (
-            records[0].outcome,
-            records[0].refunded,
-            records[0].charged()
-        ),
-        (UsageOutcome::Refunded, 25, 25)
-    );
-    assert_eq!(store.balance(uid, DAY, FREE).unwrap().paid, 50 - 15 + 25);
-    // Another user's reference marks nothing of theirs.
-    let other = store.create_user("o").unwrap().uid;
-    store
-        .refund_answer(other, 1, "x", "undelivered:gone:o", "gone", 4_000)
-        .unwrap();
-    assert_eq!(all_usage(&store, uid)[0].refunded, 25);
-    assert!(store.audit().unwrap().is_consistent());
 }
 
 #[test]
