@@ -140,13 +140,13 @@ pub use error::StoreError;
 pub use facade::Store;
 pub use kv::pg::{MIGRATIONS, MigrationReport, PgOptions};
 pub use lane::{flush_counts, lane_counts};
-pub use rel::statement_count;
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use plans::{ActivePlan, PlanGrant, after_grant, after_refund, date_of_day};
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};
+pub use rel::statement_count;
 pub use rel::{InPlaceReport, RelCopyReport, copy_into_relational, migrate_postgres_in_place};
 pub use shared::{CopyReport, Leadership};
 pub use tokens::{TOKEN_PREFIX, TokenInfo};

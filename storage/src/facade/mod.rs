@@ -10,7 +10,7 @@
 //! Most methods are one operation with the same meaning on both engines (the money rules: a
 //! ledger entry with every balance change, idempotent on its reference, hold by construction
 //! in each); their documentation is on [`KvStore`]'s method of the same name, and the
-//! relational tests in `rel/tests` check the same cases on PostgreSQL.
+//! one suite in `tests/` runs every case on each engine.
 
 mod infra;
 mod ops;
