@@ -65,25 +65,28 @@ for c in $concurrencies; do
   r0=$(metric chatrelay_store_flush_requests_total || echo 0)
   s0=$(metric chatrelay_store_lane_step_seconds_total || echo 0)
   l0=$(metric chatrelay_store_lane_flush_seconds_total || echo 0)
+  q0=$(metric chatrelay_store_statements_total || echo 0)
   mp=$("$load" mp "http://127.0.0.1:$port/wechat/mp/bench" bench-token "$aes" wx1234567890abcdef "$count" "$c" ${users:+"$users"})
   f1=$(metric chatrelay_store_flushes_total || echo 0)
   r1=$(metric chatrelay_store_flush_requests_total || echo 0)
   s1=$(metric chatrelay_store_lane_step_seconds_total || echo 0)
   l1=$(metric chatrelay_store_lane_flush_seconds_total || echo 0)
+  q1=$(metric chatrelay_store_statements_total || echo 0)
   echo "c=$c baseline (bare axum hello-world): $base"
   echo "c=$c chatrelay OA safe-mode callback:  $mp"
-  python3 - "$c" "$base" "$mp" "${f0:-0}" "${f1:-0}" "${r0:-0}" "${r1:-0}" "${s0:-0}" "${s1:-0}" "${l0:-0}" "${l1:-0}" <<'PY'
+  python3 - "$c" "$base" "$mp" "${f0:-0}" "${f1:-0}" "${r0:-0}" "${r1:-0}" "${s0:-0}" "${s1:-0}" "${l0:-0}" "${l1:-0}" "${q0:-0}" "${q1:-0}" <<'PY'
 import sys
 c = sys.argv[1]
 def parse(line): return dict(kv.split("=") for kv in line.split()[:7])
 b, m = parse(sys.argv[2]), parse(sys.argv[3])
-f0, f1, r0, r1, s0, s1, l0, l1 = (float(x or 0) for x in sys.argv[4:12])
+f0, f1, r0, r1, s0, s1, l0, l1, q0, q1 = (float(x or 0) for x in sys.argv[4:14])
 secs = float(m['secs']) or 1.0
 n = float(m['requests'])
 print(f"c={c} | {m['ok']}/{m['requests']} replies right | chatrelay {float(m['rps']):.0f} req/s p50 {m['p50_ms']} ms p99 {m['p99_ms']} ms"
       f" | hello {float(b['rps']):.0f} req/s p50 {b['p50_ms']} ms p99 {b['p99_ms']} ms"
       f" | ratio {float(m['rps'])/float(b['rps']):.4f} | flushes/msg {(f1-f0)/n:.3f}, flush requests/msg {(r1-r0)/n:.3f}"
-      f" | write lane busy: steps {(s1-s0)/secs:.0%}, flushes {(l1-l0)/secs:.0%} of the run")
+      f" | write lane busy: steps {(s1-s0)/secs:.0%}, flushes {(l1-l0)/secs:.0%} of the run"
+      + (f" | PostgreSQL statements/msg {(q1-q0)/n:.2f}" if q1 > q0 else ""))
 PY
 done
 pid=$(pgrep -f "$bin --config $work/chatrelay.toml" | head -1)

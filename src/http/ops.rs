@@ -95,4 +95,6 @@ pub(crate) fn export_store_counters() {
     metrics::counter!("chatrelay_store_lane_steps_total").absolute(steps);
     metrics::gauge!("chatrelay_store_lane_step_seconds_total").set(step_secs);
     metrics::gauge!("chatrelay_store_lane_flush_seconds_total").set(flush_secs);
+    metrics::counter!("chatrelay_store_statements_total")
+        .absolute(chatrelay_storage::statement_count());
 }
