@@ -130,15 +130,15 @@ impl Store {
     /// How many users have answers waiting (a gauge for operators).
     pub async fn outbox_users(&self) -> Result<usize, StoreError> {
         match &self.engine {
-            Engine::Kv(kv) => Ok(kv.outbox_users()),
+            Engine::Kv(kv) => super::scans::blocking(kv, KvStore::outbox_users).await,
             Engine::Rel(r) => r.outbox_users().await,
         }
     }
 
-    /// How many users exist (counts them: not for hot paths).
+    /// How many users exist (counts them, off the async workers on sled: not for hot paths).
     pub async fn user_count(&self) -> Result<usize, StoreError> {
         match &self.engine {
-            Engine::Kv(kv) => Ok(kv.user_count()),
+            Engine::Kv(kv) => super::scans::blocking(kv, KvStore::user_count).await,
             Engine::Rel(r) => r.user_count().await,
         }
     }
@@ -147,7 +147,9 @@ impl Store {
     /// ([`KvStore::purge_expired_dedupe`]).
     pub async fn purge_expired_dedupe(&self, now_ms: i64) -> Result<usize, StoreError> {
         match &self.engine {
-            Engine::Kv(kv) => kv.purge_expired_dedupe(now_ms),
+            Engine::Kv(kv) => {
+                super::scans::blocking(kv, move |kv| kv.purge_expired_dedupe(now_ms)).await?
+            }
             Engine::Rel(r) => r.purge_expired_marks(now_ms).await,
         }
     }

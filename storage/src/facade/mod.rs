@@ -14,6 +14,7 @@
 
 mod infra;
 mod ops;
+mod scans;
 
 use crate::KvStore;
 use crate::rel::RelStore;

@@ -4,11 +4,10 @@ use chatrelay_core::UserKey;
 
 use super::{Engine, Store, both};
 use crate::{
-    ActivePlan, Admission, AuditReport, Balance, ChangeCursor, ChangePage, ChangeRecord, Chat,
-    ChatLimits, ChatMessage, ChatPut, ChatSummary, CodeBatch, CodeGrant, CodeRecord, CreditOutcome,
-    EntryKind, LedgerEntry, LoginCode, Order, OrderEvent, OrderStatus, RedeemOutcome,
-    ReservationId, SharedAnswer, StoreError, TokenInfo, Turn, Uid, UsageCursor, UsagePage,
-    UsagePurge, User, UserActivity,
+    ActivePlan, Admission, Balance, ChangeCursor, ChangePage, ChangeRecord, Chat, ChatLimits,
+    ChatMessage, ChatPut, ChatSummary, CodeBatch, CodeGrant, CodeRecord, CreditOutcome, EntryKind,
+    LedgerEntry, LoginCode, Order, OrderEvent, RedeemOutcome, ReservationId, SharedAnswer,
+    StoreError, TokenInfo, Turn, Uid, UsageCursor, UsagePage, User,
 };
 
 both! {
@@ -16,26 +15,20 @@ both! {
     fn add_order_event(&self, id: &str, kind: &str, detail: &str, now_ms: i64) -> Result<(), StoreError>;
     fn admit(&self, key: &UserKey, display_name: Option<&str>, mark: &str, expires_at_ms: i64, now_ms: i64) -> Result<Admission, StoreError>;
     fn append_turns(&self, key: &str, turns: &[Turn], max_turns: usize) -> Result<(), StoreError>;
-    fn audit(&self) -> Result<AuditReport, StoreError>;
     fn balance(&self, uid: Uid, today: i64, free_daily: u64) -> Result<Balance, StoreError>;
     fn batch_codes(&self, batch: u64) -> Result<Vec<CodeRecord>, StoreError>;
     fn bump_counter(&self, key: &str) -> Result<u64, StoreError>;
     fn change_groups(&self, uid: Uid, add: &[String], remove: &[String]) -> Result<User, StoreError>;
     fn changes(&self, before: Option<ChangeCursor>, limit: usize) -> Result<ChangePage, StoreError>;
     fn chat(&self, uid: Uid, id: &str) -> Result<Option<Chat>, StoreError>;
-    fn chat_owners(&self, from: Uid, limit: usize) -> Result<(Vec<Uid>, Option<Uid>), StoreError>;
     fn chats(&self, uid: Uid) -> Result<Vec<ChatSummary>, StoreError>;
     fn checkpoint(&self, key: &str) -> Result<Option<String>, StoreError>;
     fn checkpoint_cas(&self, key: &str, expected: Option<&str>, new: &str) -> Result<bool, StoreError>;
-    fn checkpoints_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     fn clear_conversation(&self, key: &str) -> Result<(), StoreError>;
     fn close_order(&self, id: &str, now_ms: i64) -> Result<Order, StoreError>;
     fn code_batch(&self, id: u64) -> Result<Option<CodeBatch>, StoreError>;
-    fn code_batches(&self, limit: usize) -> Result<Vec<CodeBatch>, StoreError>;
-    fn code_redemptions(&self) -> Result<Vec<(i64, i64)>, StoreError>;
     fn consume_login_code(&self, code: &str, now_ms: i64) -> Result<Option<Uid>, StoreError>;
     fn conversation(&self, key: &str) -> Result<Vec<Turn>, StoreError>;
-    fn count_prefix(&self, prefix: &str) -> Result<usize, StoreError>;
     fn counter(&self, key: &str) -> Result<u64, StoreError>;
     fn create_code_batch(&self, grant: CodeGrant, count: u32, expires_at_ms: Option<i64>, note: &str, now_ms: i64) -> Result<(CodeBatch, Vec<String>), StoreError>;
     fn create_order(&self, order: &Order, now_ms: i64) -> Result<Order, StoreError>;
@@ -47,9 +40,6 @@ both! {
     fn dedupe_insert(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool, StoreError>;
     fn delete_chat(&self, uid: Uid, id: &str) -> Result<bool, StoreError>;
     fn delete_chats_of(&self, uid: Uid) -> Result<usize, StoreError>;
-    fn find_identities(&self, query: &str, limit: usize) -> Result<Vec<(UserKey, Uid)>, StoreError>;
-    fn find_tokens(&self, q: &str, limit: usize) -> Result<Vec<(Uid, String)>, StoreError>;
-    fn find_users_by_name(&self, query: &str, limit: usize) -> Result<Vec<User>, StoreError>;
     fn grant(&self, uid: Uid, credits: u64, kind: EntryKind, reason: &str, reference: &str, now_ms: i64) -> Result<LedgerEntry, StoreError>;
     fn handoff(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError>;
     fn identities_of(&self, uid: Uid) -> Result<Vec<UserKey>, StoreError>;
@@ -59,19 +49,12 @@ both! {
     fn ledger_page(&self, uid: Uid, before: Option<u64>, limit: usize) -> Result<(Vec<LedgerEntry>, Option<u64>), StoreError>;
     fn link_identity(&self, key: &UserKey, uid: Uid) -> Result<Option<Uid>, StoreError>;
     fn login_code(&self, uid: Uid, ttl_ms: i64, now_ms: i64) -> Result<LoginCode, StoreError>;
-    fn open_orders(&self) -> Result<Vec<Order>, StoreError>;
     fn order(&self, id: &str) -> Result<Option<Order>, StoreError>;
     fn order_events(&self, id: &str) -> Result<Vec<OrderEvent>, StoreError>;
-    fn orders(&self, status: Option<OrderStatus>, limit: usize) -> Result<Vec<Order>, StoreError>;
     fn outbox_len(&self, key: &str) -> Result<usize, StoreError>;
     fn outbox_push(&self, key: &str, text: &str) -> Result<(), StoreError>;
     fn outbox_take(&self, key: &str) -> Result<Vec<String>, StoreError>;
     fn plan(&self, uid: Uid) -> Result<Option<ActivePlan>, StoreError>;
-    fn purge_changes(&self, before_ms: i64, max: usize) -> Result<usize, StoreError>;
-    fn purge_checkpoints_before(&self, prefix: &str, before: &str) -> Result<usize, StoreError>;
-    fn purge_expired_login_codes(&self, now_ms: i64) -> Result<usize, StoreError>;
-    fn purge_settled_reservations(&self, before_ms: i64) -> Result<usize, StoreError>;
-    fn purge_usage(&self, before_ms: i64, from: Uid, users: usize) -> Result<UsagePurge, StoreError>;
     fn put_answer(&self, key: &str, answer: &SharedAnswer) -> Result<(), StoreError>;
     fn put_chat(&self, uid: Uid, id: &str, title: &str, messages: &[ChatMessage], base: Option<i64>, now_ms: i64, limits: ChatLimits) -> Result<ChatPut, StoreError>;
     fn put_handoff(&self, key: &str, value: &str, expires_at_ms: i64) -> Result<(), StoreError>;
@@ -79,7 +62,6 @@ both! {
     fn redeem_code(&self, uid: Uid, input: &str, now_ms: i64) -> Result<RedeemOutcome, StoreError>;
     fn refund_order(&self, id: &str, reason: &str, now_ms: i64) -> Result<(Order, Option<LedgerEntry>), StoreError>;
     fn release(&self, id: ReservationId) -> Result<bool, StoreError>;
-    fn release_stale_reservations(&self, now_ms: i64) -> Result<usize, StoreError>;
     fn rename_chat(&self, uid: Uid, id: &str, title: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
     fn resolve_identity(&self, key: &UserKey, display_name: Option<&str>) -> Result<Uid, StoreError>;
     fn revoke_code_batch(&self, batch: u64, now_ms: i64) -> Result<Option<u32>, StoreError>;
@@ -97,6 +79,4 @@ both! {
     fn unlink_identity(&self, key: &UserKey) -> Result<bool, StoreError>;
     fn usage(&self, uid: Uid, before: Option<UsageCursor>, limit: usize) -> Result<UsagePage, StoreError>;
     fn user(&self, uid: Uid) -> Result<Option<User>, StoreError>;
-    fn user_activity(&self) -> Result<Vec<UserActivity>, StoreError>;
-    fn users_created_since(&self, since_ms: i64) -> Result<Vec<i64>, StoreError>;
 }
