@@ -13,6 +13,7 @@
 //! relational tests in `rel/tests` check the same cases on PostgreSQL.
 
 mod infra;
+mod lane;
 mod ops;
 
 use crate::KvStore;

@@ -29,7 +29,11 @@ async fn engines() -> Vec<(&'static str, Store)> {
 async fn a_message_is_admitted_reserved_settled_and_remembered_once() {
     for (engine, store) in engines().await {
         let key: chatrelay_core::UserKey = "mp:main:o1".parse().unwrap();
-        let uid = match store.admit(&key, Some("Ann"), "m1", 10_000, 1).await.unwrap() {
+        let uid = match store
+            .admit(&key, Some("Ann"), "m1", 10_000, 1)
+            .await
+            .unwrap()
+        {
             crate::Admission::New(uid) => uid,
             crate::Admission::Seen => panic!("{engine}: a first message seen"),
         };
@@ -44,7 +48,10 @@ async fn a_message_is_admitted_reserved_settled_and_remembered_once() {
             .grant(uid, 50, EntryKind::Purchase, "order", "o-1", 3)
             .await
             .unwrap();
-        let id = store.reserve(uid, 20, "msg:1", 0, 0, i64::MAX).await.unwrap();
+        let id = store
+            .reserve(uid, 20, "msg:1", 0, 0, i64::MAX)
+            .await
+            .unwrap();
         let held = store.balance(uid, 0, 0).await.unwrap();
         assert_eq!((held.paid, held.held), (50, 20), "{engine}");
         let turns = [Turn {
@@ -78,7 +85,10 @@ async fn a_message_is_admitted_reserved_settled_and_remembered_once() {
             .await
             .unwrap();
         assert_eq!(store.balance(uid, 0, 0).await.unwrap().paid, 38, "{engine}");
-        assert!(store.audit().await.unwrap().mismatches.is_empty(), "{engine}");
+        assert!(
+            store.audit().await.unwrap().mismatches.is_empty(),
+            "{engine}"
+        );
     }
 }
 
