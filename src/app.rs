@@ -460,7 +460,8 @@ async fn housekeeping(
         let depths = tokio::task::spawn_blocking(move || {
             e.housekeeping();
             if purge {
-                e.purge_old_records();
+                // Async over the store now (issue 21); on this blocking thread, waited for here.
+                tokio::runtime::Handle::current().block_on(e.purge_old_records());
                 if let Err(err) = e.store().purge_expired_login_codes(crate::util::now_ms()) {
                     warn!(error = %err, "purging expired login codes failed");
                 }

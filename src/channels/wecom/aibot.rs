@@ -321,7 +321,9 @@ fn start_stream(
             let end = follow_up(&stream, deadline, engine.shutdown_token(), post).await;
             if let Some(why) = end.undelivered() {
                 warn!(why, "the answer did not reach the user");
-                engine.refund_platform_undelivered(&inbound, &event, why);
+                engine
+                    .refund_platform_undelivered(&inbound, &event, why)
+                    .await;
             }
         }
         .instrument(span),
@@ -652,7 +654,8 @@ mod tests {
         };
         let key = UserKey::new(Platform::Wecom, "bot", "u1");
         r.engine
-            .refund_platform_undelivered(&Inbound::text(key, "m1", "你好"), &event, "again");
+            .refund_platform_undelivered(&Inbound::text(key, "m1", "你好"), &event, "again")
+            .await;
         assert_eq!(r.store.ledger(refund.uid, 100).unwrap().len(), 2);
     }
 

@@ -120,13 +120,13 @@ async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
         .count();
     assert_eq!(usage, 1, "charged once");
     // Whoever asks first delivers; the other daemon does not.
-    assert!(b.claim_delivery("mp:x:77"));
-    assert!(!a.claim_delivery("mp:x:77"));
+    assert!(b.claim_delivery("mp:x:77").await);
+    assert!(!a.claim_delivery("mp:x:77").await);
     // WeChat's tries counted across the daemons they reached.
-    let tries: Vec<u32> = [&a, &b, &a, &b]
-        .iter()
-        .map(|e| e.count_try("mp:x:78", 3))
-        .collect();
+    let mut tries = Vec::new();
+    for e in [&a, &b, &a, &b] {
+        tries.push(e.count_try("mp:x:78", 3).await);
+    }
     assert_eq!(tries, [1, 2, 3, 3]);
 }
 
@@ -383,9 +383,11 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     );
     for _ in 0..2 {
         h.engine
-            .refund_platform_undelivered(&asked, &answer, "test");
+            .refund_platform_undelivered(&asked, &answer, "test")
+            .await;
         h.engine
-            .refund_platform_undelivered(&drawing, &picture, "test");
+            .refund_platform_undelivered(&drawing, &picture, "test")
+            .await;
     }
     let refund = |reference: &str| {
         h.store
@@ -424,7 +426,8 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     // A free answer or a failure is owed nothing.
     let failed = failed(FailureKind::Upstream, "x");
     h.engine
-        .refund_platform_undelivered(&msg("3", "q"), &failed, "test");
+        .refund_platform_undelivered(&msg("3", "q"), &failed, "test")
+        .await;
     assert_eq!(refund("msg:tg:main:42#3"), None);
 }
 

@@ -94,7 +94,7 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
                 .settle_metered(id, 1, "a", 0, 5, at, None, Some(note))
                 .unwrap();
         }
-        h.engine.purge_old_records();
+        h.engine.purge_old_records().await;
         let left = usage_log(&h.store, uid);
         assert_eq!(left.len(), kept, "usage_days = {days}");
         assert!(left[0].at_ms > now - 86_400_000);
@@ -117,7 +117,7 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             h.store
                 .settle_metered(id, 1, "a", 0, 5, old, None, Some(note))
                 .unwrap();
-            h.engine.purge_old_records();
+            h.engine.purge_old_records().await;
             assert_eq!(usage_log(&h.store, uid).len(), 2);
         }
     }
@@ -240,14 +240,14 @@ async fn expired_guests_lose_their_saved_conversations_and_no_one_else_does() {
         .create_guest(5, Duration::from_secs(3600))
         .await
         .unwrap();
-    let member = h.engine.record_user(&key(), Some("guest")).unwrap();
+    let member = h.engine.record_user(&key(), Some("guest")).await.unwrap();
     for uid in [expiring.uid, live.uid, member] {
         h.store
             .put_chat(uid, "w_1", "t", &[], None, 1, limits)
             .unwrap();
     }
     let now = crate::util::now_ms() + 10;
-    h.engine.purge_guest_chats(now);
+    h.engine.purge_guest_chats(now).await;
     assert!(h.store.chats(expiring.uid).unwrap().is_empty());
     assert_eq!(
         h.store.chats(live.uid).unwrap().len(),
@@ -260,7 +260,7 @@ async fn expired_guests_lose_their_saved_conversations_and_no_one_else_does() {
         "a platform user named guest is no guest"
     );
     // Later, the other guest's token expires too.
-    h.engine.purge_guest_chats(now + 3_600_000);
+    h.engine.purge_guest_chats(now + 3_600_000).await;
     assert!(h.store.chats(live.uid).unwrap().is_empty());
     assert_eq!(h.store.chats(member).unwrap().len(), 1);
 }
@@ -287,7 +287,7 @@ async fn the_cleanup_prunes_the_change_log_past_change_log_days() {
             })
             .unwrap();
     }
-    h.engine.purge_old_records();
+    h.engine.purge_old_records().await;
     let left = h.store.changes(None, 10).unwrap().records;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].path, "/admin/users/1/grant");
