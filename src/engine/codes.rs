@@ -24,13 +24,15 @@ impl Engine {
             now_ms: now_ms(),
         };
         let (this, code) = (self.clone(), code.to_owned());
+        // `Redeemer::redeem` (src/codes.rs, moved to the domain store separately) still takes
+        // the key-value store, hence `store()` here; once it is async over `Store`, this is
+        // `self.inner.facade.step_durable(async move { ...redeem(&this.inner.facade, ..).await })`.
         let (redeemed, flushed) = self
-            .inner
-            .store
+            .store()
             .on_lane_durable(move || {
                 this.inner
                     .codes
-                    .redeem(&this.inner.store, &this.inner.alerts, uid, &code, ctx)
+                    .redeem(this.store(), &this.inner.alerts, uid, &code, ctx)
             })
             .await
             .ok_or(RedeemError::KvStore(StoreError::Reopening))?;

@@ -81,7 +81,7 @@ pub use settings::*;
 /// Pictures passed to the model per message at most.
 const MAX_PICTURES: usize = 4;
 
-/// KvStore key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
+/// Store key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
 pub const HIT_PREFIX: &str = "hit:";
 
 /// The keyword answer for `text` in `scope`, free of charge.
