@@ -43,7 +43,15 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(h.llm.dropped_early.load(Ordering::SeqCst), 1);
-    let b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
+    // The settlement follows the upstream's drop in the answer's task: wait for it.
+    let mut b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
+    for _ in 0..200 {
+        if b.held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
+    }
     assert_eq!(b.held, 0, "the reservation was settled, not left open");
 
     let unknown = ApiRequest {

@@ -98,7 +98,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_step_runs_on_the_lane_in_order_with_its_store_calls() {
-        let store = Store::open_temporary().unwrap();
+        // sled whatever the environment (`open_temporary` is PostgreSQL when tests have one).
+        let sled = crate::kv::Db::Sled(sled::Config::new().temporary(true).open().unwrap());
+        let store = Store::from(crate::KvStore::from_db(sled, None, 0).unwrap());
         let key: chatrelay_core::UserKey = "mp:main:o1".parse().unwrap();
         let (jobs_before, _, _) = crate::lane_counts();
         let s = store.clone();
@@ -126,6 +128,38 @@ mod tests {
             .unwrap_err();
         assert!(panicked.is_panic());
         assert_eq!(store.step(async { 7 }).await, Some(7));
+    }
+
+    /// On PostgreSQL (when `CHATRELAY_TEST_PG_URL` is set) a step is awaited where it is,
+    /// on the caller's task, and its writes are there when it answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_relational_engine_a_step_is_awaited_in_place() {
+        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return;
+        };
+        let opts = crate::PgOptions {
+            schema: Some(crate::open::temporary_schema()),
+            ..crate::PgOptions::new(url)
+        };
+        let store = Store::open_relational(&opts).await.unwrap();
+        let key: chatrelay_core::UserKey = "mp:main:o2".parse().unwrap();
+        let s = store.clone();
+        let k = key.clone();
+        let ((uid, thread), flushed) = store
+            .step_durable(async move {
+                let Admission::New(uid) = s.admit(&k, None, "m1", 10_000, 1).await.unwrap() else {
+                    panic!("a first message seen");
+                };
+                (uid, std::thread::current().name().map(str::to_owned))
+            })
+            .await
+            .expect("ran");
+        flushed.unwrap();
+        assert_ne!(thread.as_deref(), Some("chatrelay-lane"));
+        assert_eq!(store.identity(&key).await.unwrap(), Some(uid));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
