@@ -491,3 +491,46 @@ async fn finished_answers_kept_for_redeliveries_are_capped_newest_first() {
             .contains_key(&format!("done-{}", MAX_FINISHED_KEPT + 99))
     );
 }
+
+/// Store work started where nothing can be awaited (an undelivered answer's refund from a
+/// stream's `Drop`, a content-rule hit): done on the spot when it need not wait (sled), else
+/// finished in a task of the daemon's tracker (PostgreSQL), which shutdown waits for.
+#[tokio::test]
+async fn store_work_that_cannot_be_awaited_runs_inline_or_in_a_tracked_task() {
+    let h = harness(FAST);
+    let tasks = h.engine.tracker().len();
+    let inline = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let i = inline.clone();
+    h.engine
+        .run_or_spawn(async move { i.store(true, Ordering::SeqCst) });
+    assert!(
+        inline.load(Ordering::SeqCst),
+        "work that need not wait is done at once"
+    );
+    assert_eq!(h.engine.tracker().len(), tasks);
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let waited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = waited.clone();
+    h.engine.run_or_spawn(async move {
+        let _ = rx.await;
+        w.store(true, Ordering::SeqCst);
+    });
+    assert!(!waited.load(Ordering::SeqCst));
+    assert_eq!(
+        h.engine.tracker().len(),
+        tasks + 1,
+        "the rest goes on in a tracked task"
+    );
+    tx.send(()).unwrap();
+    for _ in 0..200 {
+        if waited.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        waited.load(Ordering::SeqCst),
+        "the tracked task finished the work"
+    );
+}
