@@ -457,15 +457,12 @@ async fn housekeeping(
         // Purging stored records is one daemon's job when several share the database.
         let store = engine.facade();
         let purge = cleanup.leads(store, "cleanup").await;
-        // The engine's sweeps and purges are sync (and can take a while): off the workers.
+        // The engine's in-memory sweeps are sync (and can take a while): off the workers.
         let e = engine.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            e.housekeeping();
-            if purge {
-                e.purge_old_records();
-            }
-        })
-        .await;
+        let swept = tokio::task::spawn_blocking(move || e.housekeeping()).await;
+        if purge {
+            engine.purge_old_records().await;
+        }
         if let Err(err) = swept {
             warn!(error = %err, "housekeeping stopped");
         }

@@ -15,14 +15,11 @@ use crate::channels::zsxq::ZsxqGroup;
 /// Every zsxq group with its state.
 pub async fn zsxq_list(st: St) -> Answer {
     let today = crate::channels::zsxq::today(&st.engine);
-    let groups: Vec<_> = st
-        .parts()
-        .channels
-        .zsxq
-        .groups()
-        .iter()
-        .map(|g| g.status(&st.engine, today))
-        .collect();
+    let all: Vec<_> = st.parts().channels.zsxq.groups().to_vec();
+    let mut groups = Vec::with_capacity(all.len());
+    for g in &all {
+        groups.push(g.status(&st.engine, today).await);
+    }
     Ok(Json(json!(groups)))
 }
 

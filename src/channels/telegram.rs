@@ -352,7 +352,7 @@ async fn process(engine: Engine, bot: Arc<TelegramBot>, update: Update) {
         )
         .await;
         if let Some(undelivered) = undelivered {
-            keep(&engine, &owed_key, &[undelivered]);
+            keep(&engine, &owed_key, &[undelivered]).await;
         }
         if let (Some(reference), Some(answer)) = (voice_ref, delivered) {
             send_spoken(
@@ -443,7 +443,7 @@ async fn deliver_owed(
     owed_key: &str,
     shutdown: &CancellationToken,
 ) {
-    match engine.outbox_take(owed_key) {
+    match engine.outbox_take(owed_key).await {
         Ok(owed) => {
             for (i, text) in owed.iter().enumerate() {
                 if !deliver(
@@ -458,7 +458,7 @@ async fn deliver_owed(
                 )
                 .await
                 {
-                    keep(engine, owed_key, owed.get(i..).unwrap_or_default());
+                    keep(engine, owed_key, owed.get(i..).unwrap_or_default()).await;
                     break;
                 }
             }
@@ -479,9 +479,9 @@ struct Progress {
 
 /// Keeps `texts` (a charged answer that could not be delivered) for the user's next message
 /// in the chat.
-fn keep(engine: &Engine, owed_key: &str, texts: &[String]) {
+async fn keep(engine: &Engine, owed_key: &str, texts: &[String]) {
     for text in texts {
-        if let Err(e) = engine.outbox_push(owed_key, text) {
+        if let Err(e) = engine.outbox_push(owed_key, text).await {
             warn!(error = %e, "keeping an undelivered answer failed; it is lost");
         }
     }

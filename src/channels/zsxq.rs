@@ -94,7 +94,7 @@ impl ZsxqGroup {
 
     /// The group's status.
     #[must_use]
-    pub fn status(&self, engine: &Engine, today: i64) -> GroupStatus {
+    pub async fn status(&self, engine: &Engine, today: i64) -> GroupStatus {
         let mut s = self
             .status
             .lock()
@@ -102,8 +102,14 @@ impl ZsxqGroup {
             .clone();
         s.answered_today = engine
             .counter(&format!("{}:day:{today}", self.key_prefix()))
+            .await
             .unwrap_or(0);
-        s.payer_uid = engine.known_user(&self.payer()).ok().flatten().map(|u| u.0);
+        s.payer_uid = engine
+            .known_user(&self.payer())
+            .await
+            .ok()
+            .flatten()
+            .map(|u| u.0);
         s
     }
 
@@ -258,7 +264,9 @@ pub async fn poll_once(engine: &Engine, alerts: &Alerter, group: &ZsxqGroup) {
             break;
         }
         let day_key = format!("{}:day:{today}", group.key_prefix());
-        if group.cfg.daily_cap > 0 && engine.counter(&day_key).unwrap_or(0) >= group.cfg.daily_cap {
+        if group.cfg.daily_cap > 0
+            && engine.counter(&day_key).await.unwrap_or(0) >= group.cfg.daily_cap
+        {
             info!(cap = group.cfg.daily_cap, "daily cap reached");
             break;
         }
@@ -266,7 +274,7 @@ pub async fn poll_once(engine: &Engine, alerts: &Alerter, group: &ZsxqGroup) {
             Ok(true) => {
                 answered_this_run += 1;
                 group.set(|s| s.answered_since_start += 1);
-                if let Err(e) = engine.bump_counter(&day_key) {
+                if let Err(e) = engine.bump_counter(&day_key).await {
                     warn!(error = %e, "counting an answer failed");
                 }
                 metrics::counter!("chatrelay_zsxq_answered_total").increment(1);
@@ -367,6 +375,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
     let key = format!("{}:topic:{}", group.key_prefix(), q.topic_id);
     let state = engine
         .checkpoint(&key)
+        .await
         .map_err(|e| Stop::Skip(e.to_string()))?;
     let text = match state.as_deref() {
         Some(ANSWERED) => return Ok(false),
@@ -376,6 +385,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
                 Ok(true) => {
                     engine
                         .checkpoint_cas(&key, Some(s), ANSWERED)
+                        .await
                         .map_err(|e| Stop::Skip(e.to_string()))?;
                     return Ok(false);
                 }
@@ -409,6 +419,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
             let posting = format!("{POSTING}{answer}");
             if !engine
                 .checkpoint_cas(&key, None, &posting)
+                .await
                 .map_err(|e| Stop::Skip(e.to_string()))?
             {
                 return Ok(false); // another run got there first
@@ -431,6 +442,7 @@ async fn answer_one(engine: &Engine, group: &ZsxqGroup, q: &Question) -> Result<
         Ok(()) => {
             engine
                 .checkpoint_cas(&key, Some(&posting), ANSWERED)
+                .await
                 .map_err(|e| Stop::Skip(e.to_string()))?;
             let _ = engine.flush().await;
             info!(topic = %q.topic_id, "answered");

@@ -39,12 +39,12 @@ pub struct Account {
 
 impl Engine {
     /// The user behind `key`, created on first contact.
-    pub fn record_user(
+    pub async fn record_user(
         &self,
         key: &UserKey,
         display_name: Option<&str>,
     ) -> Result<Uid, StoreError> {
-        self.inner.store.resolve_identity(key, display_name)
+        self.inner.facade.resolve_identity(key, display_name).await
     }
 
     /// Creates a guest with `credits` (a ledger grant, idempotent on the guest's uid) and a
@@ -55,21 +55,25 @@ impl Engine {
         credits: u64,
         token_ttl: Duration,
     ) -> Result<Guest, StoreError> {
-        let store = &self.inner.store;
+        let store = &self.inner.facade;
         let now = now_ms();
-        let user = store.create_user(GUEST_NAME)?;
-        store.grant(
-            user.uid,
-            credits,
-            EntryKind::Grant,
-            "guest trial",
-            &format!("guest:{}", user.uid),
-            now,
-        )?;
+        let user = store.create_user(GUEST_NAME).await?;
+        store
+            .grant(
+                user.uid,
+                credits,
+                EntryKind::Grant,
+                "guest trial",
+                &format!("guest:{}", user.uid),
+                now,
+            )
+            .await?;
         // The user is new, so the grant is too.
         self.inner.stats.granted(self.settings().today(), credits);
         let expires = now.saturating_add(token_ttl.as_millis() as i64);
-        let token = store.create_token(user.uid, GUEST_NAME, Some(expires), now)?;
+        let token = store
+            .create_token(user.uid, GUEST_NAME, Some(expires), now)
+            .await?;
         if let Err(e) = store.flush().await {
             warn!(error = %e, "flushing a guest failed");
         }
@@ -82,17 +86,20 @@ impl Engine {
 
     /// The account of `uid` with its `recent` latest ledger entries; `None` if there is no
     /// such user.
-    pub fn account(&self, uid: Uid, recent: usize) -> Result<Option<Account>, StoreError> {
-        let store = &self.inner.store;
+    pub async fn account(&self, uid: Uid, recent: usize) -> Result<Option<Account>, StoreError> {
+        let store = &self.inner.facade;
         let s = self.settings();
         let today = s.today();
-        match (store.user(uid), store.balance(uid, today, s.free_daily)) {
+        match (
+            store.user(uid).await,
+            store.balance(uid, today, s.free_daily).await,
+        ) {
             (Ok(Some(user)), Ok(balance)) => Ok(Some(Account {
                 user,
                 balance,
                 free_daily: s.free_daily,
-                recent: store.ledger(uid, recent).unwrap_or_default(),
-                plan: store.plan(uid)?,
+                recent: store.ledger(uid, recent).await.unwrap_or_default(),
+                plan: store.plan(uid).await?,
                 today,
             })),
             (Ok(None), _) => Ok(None),

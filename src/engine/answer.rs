@@ -79,14 +79,17 @@ impl Engine {
         let (settings, owned_model, owned_reference) =
             (s.clone(), model.clone(), reference.to_owned());
         let reserved = self
-            .off_worker(move |e| -> Result<_, ReplyEvent> {
-                let (limit, budget) =
-                    e.answer_limit(&settings, uid, &owned_model, prompt_est, surcharge, asked)?;
+            .off_worker(move |e| async move {
+                let (limit, budget) = e
+                    .answer_limit(&settings, uid, &owned_model, prompt_est, surcharge, asked)
+                    .await?;
                 let limit = limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
                 let estimate = quota::estimate_cost(&owned_model, prompt_est, limit.map(u64::from))
                     .saturating_add(surcharge);
-                let reservation = e.reserve(&settings, uid, estimate, &owned_reference)?;
-                Ok((limit, budget, reservation))
+                let reservation = e
+                    .reserve(&settings, uid, estimate, &owned_reference)
+                    .await?;
+                Ok::<_, ReplyEvent>((limit, budget, reservation))
             })
             .await
             .unwrap_or_else(|| Err(failed(FailureKind::Unavailable, &s.texts.unavailable)));
@@ -240,10 +243,11 @@ impl Engine {
         if let Some(memory) = &call.watch.memory {
             let m = memory.with_answer(&text);
             let stored = self
-                .off_worker(move |e| {
+                .off_worker(move |e| async move {
                     e.inner
-                        .store
+                        .facade
                         .append_turns(&m.conversation, &m.turns, m.max_turns)
+                        .await
                 })
                 .await;
             if let Some(Err(e)) = stored {

@@ -94,17 +94,6 @@ impl Engine {
             }
             _ => None,
         };
-        let early = drawing
-            .is_none()
-            .then(|| self.api_early_answer(&settings, req.platform, &model, &watch, &question))
-            .flatten();
-        if let Some(event) = early {
-            self.record_outcome(req.platform, &event);
-            return match event {
-                ReplyEvent::Failed { kind, message } => Reply::failed(kind, message),
-                other => Reply::text(other.user_text().unwrap_or_default()),
-            };
-        }
         let (tx, reply) = Reply::channel();
         let span = info_span!("completion", %uid, model = %model.name, reference = %req.reference);
         let call = ApiCall {
@@ -116,15 +105,46 @@ impl Engine {
             drawing,
         };
         let this = self.clone();
-        self.inner
-            .tracker
-            .spawn(async move { this.finish_api(&settings, call, tx).await }.instrument(span));
+        // The early checks read the store, so they run in the request's task; what they
+        // refuse is still the reply's first and only event.
+        self.inner.tracker.spawn(
+            async move {
+                let early = match call.drawing {
+                    None => {
+                        this.api_early_answer(
+                            &settings,
+                            call.req.platform,
+                            &call.model,
+                            &call.watch,
+                            &call.question,
+                        )
+                        .await
+                    }
+                    Some(_) => None,
+                };
+                let Some(event) = early else {
+                    return this.finish_api(&settings, call, tx).await;
+                };
+                this.record_outcome(call.req.platform, &event);
+                let event = match event {
+                    failed @ ReplyEvent::Failed { .. } => failed,
+                    other => ReplyEvent::Final {
+                        text: other.user_text().unwrap_or_default(),
+                        usage: None,
+                        charged: 0,
+                        images: Vec::new(),
+                    },
+                };
+                tx.send(event).await;
+            }
+            .instrument(span),
+        );
         reply
     }
 
     /// What a `/v1` request gets before the model is asked, if anything: a refusal (ban, rate
     /// limit, permission, content rules) or, on the chat page, a keyword reply.
-    fn api_early_answer(
+    async fn api_early_answer(
         &self,
         settings: &Settings,
         platform: chatrelay_core::Platform,
@@ -132,16 +152,19 @@ impl Engine {
         watch: &Watch,
         question: &str,
     ) -> Option<ReplyEvent> {
-        self.guard(watch.uid)
-            .or_else(|| self.permitted(settings, watch.uid, model))
-            .or_else(|| self.input_refusal(settings, watch, question))
-            .or_else(|| {
-                // The chat page is a chat platform: its users get keyword answers too. API
-                // clients asked a model, and get the model.
-                (platform == chatrelay_core::Platform::Web)
-                    .then(|| keyword_reply(settings, &watch.scope, question))
-                    .flatten()
-            })
+        if let Some(refused) = self.guard(watch.uid).await {
+            return Some(refused);
+        }
+        if let Some(refused) = self.permitted(settings, watch.uid, model).await {
+            return Some(refused);
+        }
+        self.input_refusal(settings, watch, question).or_else(|| {
+            // The chat page is a chat platform: its users get keyword answers too. API
+            // clients asked a model, and get the model.
+            (platform == chatrelay_core::Platform::Web)
+                .then(|| keyword_reply(settings, &watch.scope, question))
+                .flatten()
+        })
     }
 
     /// Runs an accepted `/v1` request to its end (spawned): draws, or passes moderation and

@@ -6,7 +6,7 @@ use super::*;
 impl Engine {
     /// `Some(refusal)` when `uid` may not use `model` (paid users or named groups only, or
     /// members of a plan that unlocks it).
-    pub(super) fn permitted(
+    pub(super) async fn permitted(
         &self,
         s: &Settings,
         uid: Uid,
@@ -15,8 +15,8 @@ impl Engine {
         if !model.paid_only && model.groups.is_empty() {
             return None;
         }
-        let store = &self.inner.store;
-        let user = match store.user(uid) {
+        let store = &self.inner.facade;
+        let user = match store.user(uid).await {
             Ok(Some(u)) => u,
             Ok(None) => return Some(failed(FailureKind::Banned, &s.texts.banned)),
             Err(e) => {
@@ -24,14 +24,14 @@ impl Engine {
                 return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
             }
         };
-        let paid = match store.balance(uid, s.today(), s.free_daily) {
+        let paid = match store.balance(uid, s.today(), s.free_daily).await {
             Ok(b) => b.paid,
             Err(e) => {
                 warn!(error = %e, "reading the balance failed");
                 return Some(failed(FailureKind::Unavailable, &s.texts.unavailable));
             }
         };
-        if policy::allowed(model, &user, paid) || self.plan_unlocks(s, uid, model) {
+        if policy::allowed(model, &user, paid) || self.plan_unlocks(s, uid, model).await {
             None
         } else {
             metrics::counter!("chatrelay_model_denied_total", "model" => model.name.clone())
@@ -44,11 +44,11 @@ impl Engine {
     }
 
     /// Whether the user's active membership plan lists `model` (`[[plans]] models`).
-    fn plan_unlocks(&self, s: &Settings, uid: Uid, model: &ModelConfig) -> bool {
+    async fn plan_unlocks(&self, s: &Settings, uid: Uid, model: &ModelConfig) -> bool {
         if !s.plans.iter().any(|p| p.models.contains(&model.name)) {
             return false;
         }
-        match self.inner.store.plan(uid) {
+        match self.inner.facade.plan(uid).await {
             Ok(Some(p)) if p.active_on(s.today()) => s
                 .plan(&p.id)
                 .is_some_and(|cfg| cfg.models.contains(&model.name)),
@@ -139,18 +139,19 @@ impl Engine {
             watch.uid.0,
             crate::util::random_id()
         );
-        if let Err(e) = self
-            .inner
-            .store
-            .set_checkpoint(&key, Some(&record.to_string()))
-        {
-            warn!(error = %e, "recording a content rule hit failed");
-        }
+        let store = self.inner.facade.clone();
+        // Called where nothing is awaited (a word rule checked on the stream): done here on
+        // sled, in a task where the store must wait.
+        self.run_or_spawn(async move {
+            if let Err(e) = store.set_checkpoint(&key, Some(&record.to_string())).await {
+                warn!(error = %e, "recording a content rule hit failed");
+            }
+        });
     }
 
     /// Ban and rate limit; `Some(failure)` when the user may not ask now.
-    pub(super) fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
-        let user = self.inner.store.user(uid);
+    pub(super) async fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
+        let user = self.inner.facade.user(uid).await;
         self.guard_user(uid, user.as_ref().map(Option::as_ref))
     }
 

@@ -49,11 +49,16 @@ pub(super) enum Command {
 
 impl Engine {
     /// The model and role (display names) a user's next message in `scope` would get.
-    pub(super) fn current_choice(&self, s: &Settings, uid: Uid, scope: &str) -> (String, String) {
+    pub(super) async fn current_choice(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        scope: &str,
+    ) -> (String, String) {
         let defaults = policy::scope_defaults(&s.scopes, scope);
-        let store = &self.inner.store;
-        let model = policy::pref(store, uid, "model").ok().flatten();
-        let role = policy::pref(store, uid, "role").ok().flatten();
+        let store = &self.inner.facade;
+        let model = policy::pref(store, uid, "model").await.ok().flatten();
+        let role = policy::pref(store, uid, "role").await.ok().flatten();
         let model = policy::choose_model(&s.models, model.as_deref(), defaults, &s.default_model)
             .map_or_else(|| s.default_model.clone(), |m| m.name.clone());
         let role = policy::choose_role(&s.roles, role.as_deref(), defaults).map_or_else(
@@ -122,12 +127,12 @@ impl Engine {
         let text = match command {
             Command::Help => Ok(help_text(&s)),
             Command::Buy => Ok(buy_text(&s)),
-            Command::New => self.new_conversation(&s, conversation),
-            Command::Quota => self.quota_command(&s, uid, scope),
-            Command::Model(None) => Ok(self.model_list(&s, uid, scope)),
-            Command::Model(Some(name)) => self.set_model(&s, uid, &name),
-            Command::Role(None) => Ok(self.role_list(&s, uid, scope)),
-            Command::Role(Some(id)) => self.set_role(&s, uid, scope, &id),
+            Command::New => self.new_conversation(&s, conversation).await,
+            Command::Quota => self.quota_command(&s, uid, scope).await,
+            Command::Model(None) => Ok(self.model_list(&s, uid, scope).await),
+            Command::Model(Some(name)) => self.set_model(&s, uid, &name).await,
+            Command::Role(None) => Ok(self.role_list(&s, uid, scope).await),
+            Command::Role(Some(id)) => self.set_role(&s, uid, scope, &id).await,
             // Answered by `draw` before commands get here.
             Command::Image(_) => Ok(s.texts.image_off.clone()),
             Command::Redeem(code) => Ok(self.redeem_command(&s, uid, code.as_deref()).await),
@@ -136,8 +141,12 @@ impl Engine {
     }
 
     /// `/new`: forgets the conversation.
-    fn new_conversation(&self, s: &Settings, conversation: &str) -> Result<String, ReplyEvent> {
-        match self.inner.store.clear_conversation(conversation) {
+    async fn new_conversation(
+        &self,
+        s: &Settings,
+        conversation: &str,
+    ) -> Result<String, ReplyEvent> {
+        match self.inner.facade.clear_conversation(conversation).await {
             Ok(()) => Ok(s.texts.new_conversation.clone()),
             Err(e) => {
                 warn!(error = %e, "clearing the conversation failed");
@@ -147,15 +156,21 @@ impl Engine {
     }
 
     /// `/quota`: the balance, and the model and role the next message would get.
-    fn quota_command(&self, s: &Settings, uid: Uid, scope: &str) -> Result<String, ReplyEvent> {
+    async fn quota_command(
+        &self,
+        s: &Settings,
+        uid: Uid,
+        scope: &str,
+    ) -> Result<String, ReplyEvent> {
         let today = s.today();
-        let store = &self.inner.store;
-        match store
-            .balance(uid, today, s.free_daily)
-            .and_then(|b| Ok((b, store.plan(uid)?)))
-        {
+        let store = &self.inner.facade;
+        let read = match store.balance(uid, today, s.free_daily).await {
+            Ok(b) => store.plan(uid).await.map(|plan| (b, plan)),
+            Err(e) => Err(e),
+        };
+        match read {
             Ok((b, plan)) => {
-                let (model, role) = self.current_choice(s, uid, scope);
+                let (model, role) = self.current_choice(s, uid, scope).await;
                 let plan = plan.filter(|p| p.active_on(today));
                 // While a plan is active, today's allowance is the base and the plan's.
                 let daily = s.free_daily + plan.as_ref().map_or(0, |p| p.daily_credits);
@@ -177,8 +192,8 @@ impl Engine {
     }
 
     /// `/model`: the models, the current one marked.
-    fn model_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
-        let (current, _) = self.current_choice(s, uid, scope);
+    async fn model_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
+        let (current, _) = self.current_choice(s, uid, scope).await;
         let lines: Vec<String> = s
             .models
             .iter()
@@ -201,20 +216,21 @@ impl Engine {
     }
 
     /// `/model NAME`: chooses a model the user is allowed.
-    fn set_model(&self, s: &Settings, uid: Uid, name: &str) -> Result<String, ReplyEvent> {
+    async fn set_model(&self, s: &Settings, uid: Uid, name: &str) -> Result<String, ReplyEvent> {
         let Some(model) = s.models.iter().find(|m| m.name.eq_ignore_ascii_case(name)) else {
             return Err(free_answer(fill(
                 &s.texts.unknown_model,
                 &[("model", name)],
             )));
         };
-        if let Some(refused) = self.permitted(s, uid, model) {
+        if let Some(refused) = self.permitted(s, uid, model).await {
             return Err(refused);
         }
         if let Err(e) = self
             .inner
-            .store
+            .facade
             .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
+            .await
         {
             warn!(error = %e, "saving the model choice failed");
             return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
@@ -223,8 +239,8 @@ impl Engine {
     }
 
     /// `/role`: the roles, the current one named.
-    fn role_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
-        let (_, current) = self.current_choice(s, uid, scope);
+    async fn role_list(&self, s: &Settings, uid: Uid, scope: &str) -> String {
+        let (_, current) = self.current_choice(s, uid, scope).await;
         let lines: Vec<String> = s
             .roles
             .iter()
@@ -247,7 +263,7 @@ impl Engine {
     }
 
     /// `/role ID`: chooses a role, or goes back to the default.
-    fn set_role(
+    async fn set_role(
         &self,
         s: &Settings,
         uid: Uid,
@@ -265,13 +281,14 @@ impl Engine {
         }
         if let Err(e) = self
             .inner
-            .store
+            .facade
             .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
+            .await
         {
             warn!(error = %e, "saving the role choice failed");
             return Err(failed(FailureKind::Unavailable, &s.texts.unavailable));
         }
-        let (_, now) = self.current_choice(s, uid, scope);
+        let (_, now) = self.current_choice(s, uid, scope).await;
         Ok(fill(&s.texts.role_set, &[("role", &now)]))
     }
 }

@@ -9,7 +9,7 @@ pub(super) const SHARED_POLL: Duration = Duration::from_millis(100);
 /// A [`Reply`] that waits (up to `wait`) for the answer another daemon on the database is
 /// making to message `id`, and gives it as one final event; a duplicate if none comes.
 pub(super) fn follow_shared(
-    store: KvStore,
+    store: chatrelay_storage::Store,
     id: String,
     wait: Duration,
     tracker: &TaskTracker,
@@ -18,10 +18,9 @@ pub(super) fn follow_shared(
     tracker.spawn(async move {
         let deadline = Instant::now() + wait;
         loop {
-            let (s, key) = (store.clone(), id.clone());
-            let found = tokio::task::spawn_blocking(move || s.shared_answer(&key, now_ms())).await;
+            let found = store.shared_answer(&id, now_ms()).await;
             match found {
-                Ok(Ok(Some(answer))) => {
+                Ok(Some(answer)) => {
                     let event = match answer.text {
                         Some(text) => ReplyEvent::Final {
                             text,
@@ -34,8 +33,7 @@ pub(super) fn follow_shared(
                     tx.send(event).await;
                     return;
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => warn!(error = %e, "reading a shared answer failed"),
+                Ok(None) => {}
                 Err(e) => warn!(error = %e, "reading a shared answer failed"),
             }
             if Instant::now() >= deadline || tx.is_closed() {
@@ -84,11 +82,11 @@ impl Engine {
     /// callback): always alone; on a shared database, only the first daemon to ask, so a
     /// message whose retries reached several daemons is delivered once.
     #[must_use]
-    pub fn claim_delivery(&self, what: &str) -> bool {
-        if !self.inner.store.is_shared() {
+    pub async fn claim_delivery(&self, what: &str) -> bool {
+        if !self.inner.facade.is_shared() {
             return true;
         }
-        match self.mark_first(&format!("delivered:{what}")) {
+        match self.mark_first(&format!("delivered:{what}")).await {
             Ok(first) => first,
             Err(e) => {
                 // Better twice than never: the user asked and may have paid.
@@ -102,9 +100,9 @@ impl Engine {
     /// the database: each try takes the first free mark `try:<what>:<n>` (the marks expire with
     /// the dedupe marks). A store failure counts as the last try.
     #[must_use]
-    pub fn count_try(&self, what: &str, max: u32) -> u32 {
+    pub async fn count_try(&self, what: &str, max: u32) -> u32 {
         for n in 1..max {
-            match self.mark_first(&format!("try:{what}:{n}")) {
+            match self.mark_first(&format!("try:{what}:{n}")).await {
                 Ok(true) => return n,
                 Ok(false) => {}
                 Err(e) => {
@@ -117,23 +115,23 @@ impl Engine {
     }
 
     /// Sets the dedupe mark `key` for the dedupe TTL; true for the first to set it.
-    pub(super) fn mark_first(&self, key: &str) -> Result<bool, StoreError> {
+    pub(super) async fn mark_first(&self, key: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
-        self.inner.store.dedupe_insert(key, expires, now)
+        self.inner.facade.dedupe_insert(key, expires, now).await
     }
 
     /// On a shared database, keeps the finished answer to a platform message for retries
     /// that reach other daemons (until the dedupe mark expires).
-    pub(super) fn share_answer(&self, id: &str, event: &ReplyEvent, expires_at_ms: i64) {
-        if !self.inner.store.is_shared() {
+    pub(super) async fn share_answer(&self, id: &str, event: &ReplyEvent, expires_at_ms: i64) {
+        if !self.inner.facade.is_shared() {
             return;
         }
         let answer = chatrelay_storage::SharedAnswer {
             text: event.user_text(),
             expires_at_ms,
         };
-        if let Err(e) = self.inner.store.put_answer(id, &answer) {
+        if let Err(e) = self.inner.facade.put_answer(id, &answer).await {
             warn!(error = %e, "keeping the answer for retries on other daemons failed");
         }
     }

@@ -45,21 +45,21 @@ impl Engine {
             return free_answer(fill(&s.texts.image_usage, &[("command", &command)]));
         };
         self.inner.stats.active(s.today(), watch.uid);
-        if let Some(refused) = self
-            .input_refusal(s, watch, &prompt)
-            .or_else(|| self.guard(watch.uid))
-        {
+        if let Some(refused) = self.input_refusal(s, watch, &prompt) {
+            return refused;
+        }
+        if let Some(refused) = self.guard(watch.uid).await {
             return refused;
         }
         if let Some(refused) = self.moderation_refusal(s, watch, &prompt).await {
             return refused;
         }
-        let payer = match self.payer_of(s, inbound, watch.uid) {
+        let payer = match self.payer_of(s, inbound, watch.uid).await {
             Ok(payer) => payer,
             Err(refused) => return refused,
         };
         let reference = platform_reference(inbound, true);
-        let reservation = match self.reserve(s, payer, cost, &reference) {
+        let reservation = match self.reserve(s, payer, cost, &reference).await {
             Ok(id) => id,
             Err(refused) => return refused,
         };

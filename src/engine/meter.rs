@@ -116,7 +116,7 @@ impl Engine {
 
     /// Holds `estimate` credits of `uid` for the call `reference`; the refusal to send when
     /// that is not possible (out of credits, already answered, store failure).
-    pub(super) fn reserve(
+    pub(super) async fn reserve(
         &self,
         s: &Settings,
         uid: Uid,
@@ -126,8 +126,9 @@ impl Engine {
         let expires = now_ms().saturating_add(s.reservation_ttl.as_millis() as i64);
         match self
             .inner
-            .store
+            .facade
             .reserve(uid, estimate, reference, s.today(), s.free_daily, expires)
+            .await
         {
             Ok(id) => Ok(id),
             Err(StoreError::InsufficientCredits { available, needed }) => {
@@ -158,12 +159,12 @@ impl Engine {
         let reason = format!("answer ({model})");
         let model = model.to_owned();
         let (today, free_daily) = (s.today(), s.free_daily);
-        // One lane step, answered after the flush that ends its round.
-        let this = self.clone();
+        // One lane step (on sled), answered after the flush that ends its round.
+        let store = self.inner.facade.clone();
         let (settled, flushed) = self
             .inner
-            .store
-            .on_lane_durable(move || {
+            .facade
+            .step_durable(async move {
                 let remember = memory.as_ref().map(|m| chatrelay_storage::Remember {
                     conversation: &m.conversation,
                     turns: &m.turns,
@@ -176,16 +177,18 @@ impl Engine {
                     completion_tokens: metered.completion_tokens,
                     outcome: metered.outcome,
                 };
-                this.inner.store.settle_metered(
-                    id,
-                    cost,
-                    &reason,
-                    today,
-                    free_daily,
-                    now_ms(),
-                    remember,
-                    Some(note),
-                )
+                store
+                    .settle_metered(
+                        id,
+                        cost,
+                        &reason,
+                        today,
+                        free_daily,
+                        now_ms(),
+                        remember,
+                        Some(note),
+                    )
+                    .await
             })
             .await
             .unwrap_or((Err(StoreError::Reopening), Ok(())));
@@ -216,26 +219,58 @@ impl Engine {
     /// (it left after the charge). Idempotent: one refund per answer, however often called.
     /// The credits come back as paid credits (the store cannot restore a past day's free
     /// allowance); the answer's usage record is marked refunded in the same step.
+    ///
+    /// Callable where nothing can be awaited (a stream's `Drop`): the refund runs here as far
+    /// as it can without waiting (on sled, all of it, as before), and what waits (PostgreSQL)
+    /// goes on in a task of the daemon's tracker, so that shutdown waits for it.
     pub fn refund_undelivered(&self, uid: Uid, reference: &str, credits: u64) {
         if credits == 0 {
             return;
         }
         let refund = format!("undelivered:{reference}");
-        match self.inner.store.refund_answer(
-            uid,
-            credits,
-            "answer not delivered",
-            &refund,
-            reference,
-            now_ms(),
-        ) {
-            Ok(_) => {
-                metrics::counter!("chatrelay_undelivered_refunds_total").increment(1);
-                info!(%uid, %reference, credits, "the answer was not delivered; refunded");
+        let (store, reference) = (self.inner.facade.clone(), reference.to_owned());
+        let step = async move {
+            match store
+                .refund_answer(
+                    uid,
+                    credits,
+                    "answer not delivered",
+                    &refund,
+                    &reference,
+                    now_ms(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    metrics::counter!("chatrelay_undelivered_refunds_total").increment(1);
+                    info!(%uid, %reference, credits, "the answer was not delivered; refunded");
+                }
+                Err(e) => {
+                    warn!(error = %e, %uid, %reference, credits, "refunding an undelivered answer failed");
+                }
             }
-            Err(e) => {
-                warn!(error = %e, %uid, %reference, credits, "refunding an undelivered answer failed");
+        };
+        self.run_or_spawn(step);
+    }
+
+    /// Runs `work` (store work, nothing else awaited) as far as it gets without waiting,
+    /// for callers that cannot await (a `Drop`, a synchronous check): on sled that is all of
+    /// it, right here, as before the store was async; what must wait (PostgreSQL) goes on
+    /// in a task of the daemon's tracker, which shutdown waits for.
+    pub(super) fn run_or_spawn(
+        &self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        use futures_util::FutureExt;
+        let mut work = Box::pin(work);
+        if work.as_mut().now_or_never().is_some() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                self.inner.tracker.spawn_on(work, &handle);
             }
+            Err(_) => warn!("no runtime to finish store work on; dropped"),
         }
     }
 
@@ -243,7 +278,12 @@ impl Engine {
     /// paid for it, when the platform never got it to the user (`why` is logged). The payer and
     /// the ledger reference are found the way the answer found them; idempotent like
     /// [`Engine::refund_undelivered`], and free answers (or failures) need nothing.
-    pub fn refund_platform_undelivered(&self, inbound: &Inbound, event: &ReplyEvent, why: &str) {
+    pub async fn refund_platform_undelivered(
+        &self,
+        inbound: &Inbound,
+        event: &ReplyEvent,
+        why: &str,
+    ) {
         let ReplyEvent::Final { charged, .. } = event else {
             return;
         };
@@ -251,7 +291,7 @@ impl Engine {
             return;
         }
         let payer_key = inbound.bill_to.as_ref().unwrap_or(&inbound.key);
-        let payer = match self.inner.store.resolve_identity(payer_key, None) {
+        let payer = match self.inner.facade.resolve_identity(payer_key, None).await {
             Ok(uid) => uid,
             Err(e) => {
                 warn!(error = %e, charged, why, "finding who paid for an undelivered answer failed; not refunded");
@@ -269,7 +309,7 @@ impl Engine {
     /// limit when that is short ([`quota::UNCAPPED_CEILING`]), else no limit (a large one could
     /// be refused by the upstream as more than the model writes) and the engine stops reading
     /// at the affordable length. A payer who cannot afford one token is refused at reserving.
-    pub(super) fn answer_limit(
+    pub(super) async fn answer_limit(
         &self,
         s: &Settings,
         uid: Uid,
@@ -281,7 +321,12 @@ impl Engine {
         if model.credits_per_1k_tokens == 0 {
             return Ok((asked, None));
         }
-        let available = match self.inner.store.balance(uid, s.today(), s.free_daily) {
+        let available = match self
+            .inner
+            .facade
+            .balance(uid, s.today(), s.free_daily)
+            .await
+        {
             Ok(b) => b.available,
             Err(e) => {
                 warn!(error = %e, "reading the balance failed");
@@ -302,7 +347,7 @@ impl Engine {
     /// Drops a reservation without charging (off the async workers).
     pub(super) async fn release(&self, id: ReservationId) {
         let released = self
-            .off_worker(move |e| e.inner.store.release(id))
+            .off_worker(move |e| async move { e.inner.facade.release(id).await })
             .await
             .unwrap_or(Err(StoreError::Reopening));
         if let Err(e) = released {
@@ -310,15 +355,16 @@ impl Engine {
         }
     }
 
-    /// Runs store work `f` off the async workers, on the store's write lane (see
-    /// [`chatrelay_storage::KvStore::on_lane`]), so that a slow disk delays that work, not every
-    /// connection. A message's steps make one such hop each. `None` when the store or the
+    /// Runs store work `f` (an async step over the store, given the engine) off the async
+    /// workers, as one step of the store ([`chatrelay_storage::Store::step`]: on sled's write
+    /// lane, so that a slow disk delays that work, not every connection; awaited on
+    /// PostgreSQL). A message's steps make one such hop each. `None` when the store or the
     /// runtime is shutting down and the work never ran; a panic in `f` is passed on.
-    pub(super) async fn off_worker<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Engine) -> R + Send + 'static,
-    ) -> Option<R> {
-        let this = self.clone();
-        self.inner.store.on_lane(move || f(&this)).await
+    pub(super) async fn off_worker<R, Fut>(&self, f: impl FnOnce(Engine) -> Fut) -> Option<R>
+    where
+        R: Send + 'static,
+        Fut: std::future::Future<Output = R> + Send + 'static,
+    {
+        self.inner.facade.step(f(self.clone())).await
     }
 }

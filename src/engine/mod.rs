@@ -81,7 +81,7 @@ pub use settings::*;
 /// Pictures passed to the model per message at most.
 const MAX_PICTURES: usize = 4;
 
-/// KvStore key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
+/// Store key prefix of content-rule hits (`hit:<ms>:<uid>:<random>` → JSON).
 pub const HIT_PREFIX: &str = "hit:";
 
 /// The keyword answer for `text` in `scope`, free of charge.
@@ -532,7 +532,7 @@ impl Engine {
                         // answer through the database. Every follower must get it: one of
                         // them may be the one that delivers it.
                         let found = follow_shared(
-                            this.inner.store.clone(),
+                            this.inner.facade.clone(),
                             id,
                             s.reservation_ttl,
                             &this.inner.tracker,
@@ -557,7 +557,7 @@ impl Engine {
                 let platform = inbound.key.platform;
                 let event = this.answer_platform(inbound, &sink, *admitted).await;
                 this.record_outcome(platform, &event);
-                this.share_answer(&id, &event, expires);
+                this.share_answer(&id, &event, expires).await;
                 if let Sink::Progress(tx) = sink {
                     tx.send_modify(|p| p.done = Some(event));
                 }

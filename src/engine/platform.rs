@@ -50,35 +50,45 @@ impl Engine {
             id.to_owned(),
         );
         let got = self
-            .off_worker(move |e| -> Result<Option<Admitted>, StoreError> {
-                let store = &e.inner.store;
-                let uid = match store.admit(&key, name.as_deref(), &mark, expires, now)? {
+            .off_worker(move |e| async move {
+                let store = &e.inner.facade;
+                let uid = match store
+                    .admit(&key, name.as_deref(), &mark, expires, now)
+                    .await?
+                {
                     Admission::New(uid) => uid,
-                    Admission::Seen => return Ok(None),
+                    Admission::Seen => return Ok::<_, StoreError>(None),
                 };
                 let history = if remember {
-                    store.conversation(&key.to_string()).unwrap_or_else(|e| {
-                        // Answering without memory beats not answering.
-                        warn!(error = %e, "reading the conversation failed");
-                        Vec::new()
-                    })
+                    store
+                        .conversation(&key.to_string())
+                        .await
+                        .unwrap_or_else(|e| {
+                            // Answering without memory beats not answering.
+                            warn!(error = %e, "reading the conversation failed");
+                            Vec::new()
+                        })
                 } else {
                     Vec::new()
                 };
+                let payer = match bill_to {
+                    Some(k) => Some(store.resolve_identity(&k, None).await),
+                    None => None,
+                };
                 Ok(Some(Admitted {
                     uid,
-                    user: store.user(uid),
-                    model_pref: policy::pref(store, uid, "model").ok().flatten(),
-                    role_pref: policy::pref(store, uid, "role").ok().flatten(),
+                    user: store.user(uid).await,
+                    model_pref: policy::pref(store, uid, "model").await.ok().flatten(),
+                    role_pref: policy::pref(store, uid, "role").await.ok().flatten(),
                     history,
-                    payer: bill_to.map(|k| store.resolve_identity(&k, None)),
+                    payer,
                 }))
             })
             .await
             .unwrap_or(Err(StoreError::Reopening));
         match got {
             Ok(Some(admitted)) => Dedupe::New(Box::new(admitted)),
-            Ok(None) if self.inner.store.is_shared() => {
+            Ok(None) if self.inner.facade.is_shared() => {
                 // Another daemon on the database took this message (a platform retry landed
                 // here).
                 metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
@@ -150,11 +160,13 @@ impl Engine {
         {
             return None;
         }
-        let (payer, model) =
-            match self.payer_and_model(s, admitted, &policy::scope_of(&inbound.key)) {
-                Ok(chosen) => chosen,
-                Err(refused) => return Some(refused),
-            };
+        let (payer, model) = match self
+            .payer_and_model(s, admitted, &policy::scope_of(&inbound.key))
+            .await
+        {
+            Ok(chosen) => chosen,
+            Err(refused) => return Some(refused),
+        };
         let needed = model.credits.saturating_add(voice::voice_price(
             sp.credits,
             sp.credits_per_minute,
@@ -162,7 +174,9 @@ impl Engine {
         ));
         let (today, free_daily) = (s.today(), s.free_daily);
         let balance = self
-            .off_worker(move |e| e.inner.store.balance(payer, today, free_daily))
+            .off_worker(
+                move |e| async move { e.inner.facade.balance(payer, today, free_daily).await },
+            )
             .await?;
         let available = match balance {
             Ok(b) => b.available,
@@ -225,7 +239,7 @@ impl Engine {
         {
             return early;
         }
-        let (payer, model) = match self.payer_and_model(&s, &admitted, &watch.scope) {
+        let (payer, model) = match self.payer_and_model(&s, &admitted, &watch.scope).await {
             Ok(chosen) => chosen,
             Err(refused) => return refused,
         };
@@ -309,7 +323,7 @@ impl Engine {
 
     /// Who pays for a message: the asker, or the account it is billed to (a zsxq group's
     /// payer).
-    pub(super) fn payer_of(
+    pub(super) async fn payer_of(
         &self,
         s: &Settings,
         inbound: &Inbound,
@@ -317,16 +331,21 @@ impl Engine {
     ) -> Result<Uid, ReplyEvent> {
         match &inbound.bill_to {
             None => Ok(uid),
-            Some(key) => self.inner.store.resolve_identity(key, None).map_err(|e| {
-                warn!(error = %e, "resolving who pays failed");
-                failed(FailureKind::Unavailable, &s.texts.unavailable)
-            }),
+            Some(key) => self
+                .inner
+                .facade
+                .resolve_identity(key, None)
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "resolving who pays failed");
+                    failed(FailureKind::Unavailable, &s.texts.unavailable)
+                }),
         }
     }
 
     /// Who pays, and the model the message gets (the user's choice, the scope's default),
     /// which the payer must be allowed.
-    fn payer_and_model(
+    async fn payer_and_model(
         &self,
         s: &Settings,
         admitted: &Admitted,
@@ -350,7 +369,7 @@ impl Engine {
             return Err(failed(FailureKind::UnknownModel, &s.texts.unavailable));
         };
         // Who pays is who must be allowed (a zsxq group's payer, usually the asker).
-        if let Some(refused) = self.permitted(s, payer, &model) {
+        if let Some(refused) = self.permitted(s, payer, &model).await {
             return Err(refused);
         }
         Ok((payer, model))
@@ -484,14 +503,18 @@ impl Engine {
         let conversation = key.to_string();
         let memory_key = conversation.clone();
         let admitted = self
-            .off_worker(move |e| {
-                let store = &e.inner.store;
+            .off_worker(move |e| async move {
+                let store = &e.inner.facade;
+                let model_pref = match model {
+                    Some(m) => Some(m),
+                    None => policy::pref(store, uid, "model").await.ok().flatten(),
+                };
                 Admitted {
                     uid,
-                    user: store.user(uid),
-                    model_pref: model.or_else(|| policy::pref(store, uid, "model").ok().flatten()),
-                    role_pref: policy::pref(store, uid, "role").ok().flatten(),
-                    history: store.conversation(&memory_key).unwrap_or_else(|e| {
+                    user: store.user(uid).await,
+                    model_pref,
+                    role_pref: policy::pref(store, uid, "role").await.ok().flatten(),
+                    history: store.conversation(&memory_key).await.unwrap_or_else(|e| {
                         warn!(error = %e, "reading the conversation failed");
                         Vec::new()
                     }),
@@ -517,7 +540,7 @@ impl Engine {
         {
             return early;
         }
-        let (payer, model) = match self.payer_and_model(s, &admitted, &watch.scope) {
+        let (payer, model) = match self.payer_and_model(s, &admitted, &watch.scope).await {
             Ok(chosen) => chosen,
             Err(refused) => return refused,
         };

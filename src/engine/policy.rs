@@ -6,7 +6,7 @@
 //! over both; it is kept in the store under `pref:<uid>:model` / `pref:<uid>:role`.
 
 use chatrelay_core::{Platform, UserKey};
-use chatrelay_storage::{KvStore, StoreError, Uid, User};
+use chatrelay_storage::{Store, StoreError, Uid, User};
 
 use crate::config::{ModelConfig, RoleConfig, ScopeConfig};
 
@@ -61,8 +61,8 @@ pub fn pref_key(uid: Uid, what: &str) -> String {
 }
 
 /// A user's saved choice.
-pub fn pref(store: &KvStore, uid: Uid, what: &str) -> Result<Option<String>, StoreError> {
-    store.checkpoint(&pref_key(uid, what))
+pub async fn pref(store: &Store, uid: Uid, what: &str) -> Result<Option<String>, StoreError> {
+    store.checkpoint(&pref_key(uid, what)).await
 }
 
 /// The model for a message: the user's choice if it is still configured, else the scope's

@@ -139,7 +139,7 @@ impl Engine {
             counted("text_only");
             return None;
         };
-        let uid = match self.known_user(key) {
+        let uid = match self.known_user(key).await {
             Ok(Some(uid)) => uid,
             Ok(None) => return None,
             Err(e) => {
@@ -185,7 +185,7 @@ impl Engine {
             return Err(failed(FailureKind::InvalidRequest, &s.texts.voice_off));
         };
         self.inner.stats.active(s.today(), uid);
-        if let Some(refused) = self.guard(uid) {
+        if let Some(refused) = self.guard(uid).await {
             return Err(refused);
         }
         let voice = voice.unwrap_or(&sp.voice);
@@ -238,7 +238,7 @@ impl Engine {
         let reservation = if cost > 0 {
             let (settings, owned) = (s.clone(), reference.to_owned());
             match self
-                .off_worker(move |e| e.reserve(&settings, uid, cost, &owned))
+                .off_worker(move |e| async move { e.reserve(&settings, uid, cost, &owned).await })
                 .await
             {
                 Some(Ok(id)) => Some(id),

@@ -37,10 +37,10 @@ impl Engine {
     /// Removes records past their time: expired dedupe marks, old content-rule hits and
     /// settled-reservation records; on a shared store also holds left open by a daemon that
     /// died (alone, a daemon releases its own at start). One daemon does this at a time.
-    pub fn purge_old_records(&self) {
+    pub async fn purge_old_records(&self) {
         let now = now_ms();
-        if self.inner.store.is_shared() {
-            match self.inner.store.release_stale_reservations(now) {
+        if self.inner.facade.is_shared() {
+            match self.inner.facade.release_stale_reservations(now).await {
                 Ok(0) => {}
                 Ok(n) => warn!(
                     released = n,
@@ -49,15 +49,16 @@ impl Engine {
                 Err(e) => warn!(error = %e, "releasing expired reservations failed"),
             }
         }
-        if let Err(e) = self.inner.store.purge_expired_dedupe(now) {
+        if let Err(e) = self.inner.facade.purge_expired_dedupe(now).await {
             warn!(error = %e, "purging expired dedupe marks failed");
         }
         // Content-rule hits are kept for admins for 180 days.
         let cutoff = format!("{HIT_PREFIX}{:013}", now - 180 * 86_400_000);
         if let Err(e) = self
             .inner
-            .store
+            .facade
             .purge_checkpoints_before(HIT_PREFIX, &cutoff)
+            .await
         {
             warn!(error = %e, "purging old content rule hits failed");
         }
@@ -65,26 +66,28 @@ impl Engine {
         // beyond any retry window.
         if let Err(e) = self
             .inner
-            .store
+            .facade
             .purge_settled_reservations(now - 86_400_000)
+            .await
         {
             warn!(error = %e, "purging settled reservations failed");
         }
-        self.purge_usage(now);
-        self.purge_guest_chats(now);
-        self.purge_changes(now);
+        self.purge_usage(now).await;
+        self.purge_guest_chats(now).await;
+        self.purge_changes(now).await;
     }
 
     /// Prunes the admin API's change log past `[console] change_log_days`: at most
     /// [`CHANGE_PURGE_MAX`] records per run (this runs every minute), the oldest first.
-    fn purge_changes(&self, now: i64) {
+    async fn purge_changes(&self, now: i64) {
         let keep_ms = i64::try_from(self.settings().change_log_days)
             .unwrap_or(i64::MAX)
             .saturating_mul(86_400_000);
         if let Err(e) = self
             .inner
-            .store
+            .facade
             .purge_changes(now.saturating_sub(keep_ms), CHANGE_PURGE_MAX)
+            .await
         {
             warn!(error = %e, "purging the old change log failed");
         }
@@ -93,11 +96,11 @@ impl Engine {
     /// Deletes the saved web conversations of guests whose account expired (a guest keeps
     /// them while its token works): a bounded share of the users with conversations per run,
     /// going on where the last run stopped.
-    pub fn purge_guest_chats(&self, now: i64) {
+    pub async fn purge_guest_chats(&self, now: i64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let store = &self.inner.store;
+        let store = &self.inner.facade;
         let from = Uid(self.inner.guest_chats_from.load(Relaxed));
-        let (owners, resume) = match store.chat_owners(from, GUEST_CHAT_USERS) {
+        let (owners, resume) = match store.chat_owners(from, GUEST_CHAT_USERS).await {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "listing users with saved conversations failed");
@@ -108,8 +111,8 @@ impl Engine {
             .guest_chats_from
             .store(resume.map_or(0, |uid| uid.0), Relaxed);
         for uid in owners {
-            match self.guest_expired(uid, now) {
-                Ok(true) => match store.delete_chats_of(uid) {
+            match self.guest_expired(uid, now).await {
+                Ok(true) => match store.delete_chats_of(uid).await {
                     Ok(n) => info!(%uid, deleted = n, "deleted an expired guest's conversations"),
                     Err(e) => warn!(error = %e, %uid, "deleting a guest's conversations failed"),
                 },
@@ -122,15 +125,15 @@ impl Engine {
     /// Whether `uid` is a guest ([`Engine::create_guest`]) whose account has expired: no
     /// platform identity, and every token a guest token that expired or was revoked. A user
     /// that no longer exists counts as expired.
-    fn guest_expired(&self, uid: Uid, now: i64) -> Result<bool, StoreError> {
-        let store = &self.inner.store;
-        let Some(user) = store.user(uid)? else {
+    async fn guest_expired(&self, uid: Uid, now: i64) -> Result<bool, StoreError> {
+        let store = &self.inner.facade;
+        let Some(user) = store.user(uid).await? else {
             return Ok(true);
         };
-        if user.name != accounts::GUEST_NAME || !store.identities_of(uid)?.is_empty() {
+        if user.name != accounts::GUEST_NAME || !store.identities_of(uid).await?.is_empty() {
             return Ok(false);
         }
-        let tokens = store.tokens_of(uid)?;
+        let tokens = store.tokens_of(uid).await?;
         Ok(!tokens.is_empty()
             && tokens.iter().all(|t| {
                 t.label == accounts::GUEST_NAME
@@ -141,7 +144,7 @@ impl Engine {
     /// Prunes the usage log past `[quota] usage_days`: a bounded share of the users per run
     /// (this runs every minute), going on where the last run stopped; a pass over every user
     /// starts at most hourly (an hour's records are a small part of `usage_days`).
-    fn purge_usage(&self, now: i64) {
+    async fn purge_usage(&self, now: i64) {
         use std::sync::atomic::Ordering::Relaxed;
         let days = self.settings().usage_days;
         if days == 0 {
@@ -157,8 +160,9 @@ impl Engine {
         let cutoff = now.saturating_sub(keep_ms);
         match self
             .inner
-            .store
+            .facade
             .purge_usage(cutoff, Uid(from), USAGE_PURGE_USERS)
+            .await
         {
             Ok(done) => {
                 let next = done.resume.map_or(0, |uid| uid.0);

@@ -138,7 +138,7 @@ impl Engine {
             return Err(self.voice_refused("off", &s.texts.voice_off));
         };
         self.inner.stats.active(s.today(), uid);
-        if let Some(refused) = self.guard(uid) {
+        if let Some(refused) = self.guard(uid).await {
             return Err(refused);
         }
         let format = format.trim().to_ascii_lowercase();
@@ -146,7 +146,9 @@ impl Engine {
         let cost = voice_price(sp.credits, sp.credits_per_minute, ms);
         let (settings, owned_reference) = (s.clone(), reference.to_owned());
         let reservation = self
-            .off_worker(move |e| e.reserve(&settings, uid, cost, &owned_reference))
+            .off_worker(
+                move |e| async move { e.reserve(&settings, uid, cost, &owned_reference).await },
+            )
             .await
             .unwrap_or_else(|| Err(failed(FailureKind::Unavailable, &s.texts.unavailable)))?;
         let text = match self.transcribe_prepared(&s, &sp, bytes, &ext).await {

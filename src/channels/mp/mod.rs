@@ -218,7 +218,7 @@ async fn callback(
             return (status, "refused").into_response();
         }
     };
-    match fresh_delivery(&st, &account, &opened.delivery) {
+    match fresh_delivery(&st, &account, &opened.delivery).await {
         Ok(true) => {}
         Ok(false) => {
             metrics::counter!("chatrelay_mp_rejected_total").increment(1);
@@ -259,17 +259,19 @@ async fn callback(
 /// message is let through: it may be WeChat's own retry, and the message-id dedupe joins it to the
 /// answer being made (see [`chatrelay_wechat::Delivery`]). In safe mode the signature covers
 /// the ciphertext already; the check is the same, so that nothing depends on the mode.
-fn fresh_delivery(
+async fn fresh_delivery(
     st: &MpState,
     account: &MpAccount,
     d: &chatrelay_wechat::Delivery,
 ) -> Result<bool, chatrelay_storage::StoreError> {
-    st.engine.bind_mark(
-        &format!("mp-nonce:{}:{}", account.id(), d.key),
-        &d.message_sha256,
-        d.expires_unix.saturating_mul(1000),
-        now_ms(),
-    )
+    st.engine
+        .bind_mark(
+            &format!("mp-nonce:{}:{}", account.id(), d.key),
+            &d.message_sha256,
+            d.expires_unix.saturating_mul(1000),
+            now_ms(),
+        )
+        .await
 }
 
 /// What to answer passively, if anything.
@@ -315,7 +317,7 @@ async fn answer(
                 let scene = event_key
                     .as_deref()
                     .and_then(|k| k.strip_prefix("qrscene_"));
-                if let Err(e) = st.engine.record_user(key, None) {
+                if let Err(e) = st.engine.record_user(key, None).await {
                     warn!(error = %e, "recording a new follower failed");
                 }
                 metrics::counter!("chatrelay_mp_subscribe_total").increment(1);
@@ -345,7 +347,7 @@ async fn answer_text(
 ) -> Option<String> {
     let cfg = &account.cfg;
     if text.trim() == cfg.login_keyword.trim() {
-        match first_login_request(st, key, opened) {
+        match first_login_request(st, key, opened).await {
             Ok(true) => {}
             Ok(false) => {
                 metrics::counter!("chatrelay_mp_login_repeats_total").increment(1);
@@ -363,7 +365,7 @@ async fn answer_text(
                     &cfg.texts.login_code,
                     &[("code", &code), ("minutes", &minutes.to_string())],
                 );
-                Some(with_outbox(st, account, key, reply))
+                Some(with_outbox(st, account, key, reply).await)
             }
             Err(e) => {
                 warn!(error = %e, "issuing a login code failed");
@@ -406,7 +408,7 @@ async fn answer_inbound(
     let reply = st.engine.handle(inbound);
     match tokio::time::timeout_at(started + wait, reply.collect()).await {
         Ok(event) => {
-            if !claim(&st.engine, account, &state, key, message_id) {
+            if !claim(&st.engine, account, &state, key, message_id).await {
                 // An earlier try (here or on another daemon) already answered this message.
                 return None;
             }
@@ -418,9 +420,9 @@ async fn answer_inbound(
                 message_id,
                 &event,
             );
-            Some(with_outbox(st, account, key, text))
+            Some(with_outbox(st, account, key, text).await)
         }
-        Err(_) if try_number(&st.engine, account, &state, key, message_id) < TRIES => {
+        Err(_) if try_number(&st.engine, account, &state, key, message_id).await < TRIES => {
             // Say nothing in time, so that WeChat tries again; the connection is dropped by
             // WeChat at 5 s, so whatever this returns later is not seen. Shutdown does not
             // wait for it (the watcher delivers the answer).
@@ -447,7 +449,7 @@ async fn answer_inbound(
 /// the same code again (the user's live code is what asking again returns). Should a genuine
 /// retry ever be answered this way, the user sends the keyword once more. The mark lasts the
 /// message dedupe time, and at least as long as the request's timestamp is accepted.
-fn first_login_request(
+async fn first_login_request(
     st: &MpState,
     key: &UserKey,
     opened: &Opened,
@@ -457,22 +459,30 @@ fn first_login_request(
     let expires = now
         .saturating_add(dedupe)
         .max(opened.delivery.expires_unix.saturating_mul(1000));
-    st.engine.mark_once(
-        &format!("mp-login:{key}#{}", opened.message.dedupe_id()),
-        expires,
-        now,
-    )
+    st.engine
+        .mark_once(
+            &format!("mp-login:{key}#{}", opened.message.dedupe_id()),
+            expires,
+            now,
+        )
+        .await
 }
 
 /// Whether this try (or watcher) delivers the answer to message `id`: the first here, and on
 /// a database shared by several daemons the first of them all (WeChat's tries of one message
 /// may reach different daemons behind a load balancer).
-fn claim(engine: &Engine, account: &MpAccount, state: &TryState, key: &UserKey, id: &str) -> bool {
+async fn claim(
+    engine: &Engine,
+    account: &MpAccount,
+    state: &TryState,
+    key: &UserKey,
+    id: &str,
+) -> bool {
     let first = !state.delivered.swap(true, Ordering::SeqCst);
     if first {
         state.claimed.notify_waiters();
     }
-    first && engine.claim_delivery(&shared_ref(account, key, id))
+    first && engine.claim_delivery(&shared_ref(account, key, id)).await
 }
 
 /// The name of message `id` in the marks daemons share.
@@ -483,7 +493,7 @@ fn shared_ref(account: &MpAccount, key: &UserKey, id: &str) -> String {
 /// Which of WeChat's tries this is: counted here, or, on a database shared by several daemons,
 /// across all of them (tries of one message may reach different daemons), so that the last
 /// try anywhere says the answer is coming instead of leaving WeChat to give up.
-fn try_number(
+async fn try_number(
     engine: &Engine,
     account: &MpAccount,
     state: &TryState,
@@ -493,13 +503,18 @@ fn try_number(
     if !engine.is_shared() {
         return state.count;
     }
-    engine.count_try(&shared_ref(account, key, id), TRIES)
+    engine.count_try(&shared_ref(account, key, id), TRIES).await
 }
 
 /// Puts what the user is still owed before `text`, keeps the first 2048 bytes for the passive
 /// reply and sends the rest on (push, or the outbox).
-fn with_outbox(st: &MpState, account: &Arc<MpAccount>, key: &UserKey, text: String) -> String {
-    let owed = match st.engine.outbox_take(&key.to_string()) {
+async fn with_outbox(
+    st: &MpState,
+    account: &Arc<MpAccount>,
+    key: &UserKey,
+    text: String,
+) -> String {
+    let owed = match st.engine.outbox_take(&key.to_string()).await {
         Ok(owed) => owed,
         Err(e) => {
             warn!(error = %e, "reading the outbox failed");
@@ -543,7 +558,7 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
         () = &mut claimed => return,
         () = engine.shutdown_token().cancelled() => true,
     };
-    if !claim(&engine, &account, &state, &key, &message_id) {
+    if !claim(&engine, &account, &state, &key, &message_id).await {
         return;
     }
     let Some(text) = event.user_text() else {
@@ -557,7 +572,7 @@ async fn watch(engine: Engine, account: Arc<MpAccount>, inbound: Inbound, state:
         }
         info!(user = %key.user, "shutting down before WeChat's tries ended; the answer waits in the outbox");
         for part in &parts {
-            keep(&engine, &key, part);
+            keep(&engine, &key, part).await;
         }
         return;
     }
@@ -612,20 +627,20 @@ fn deliver_later(
                             } else {
                                 warn!(error = %e, "push failed; keeping the answer for the next message");
                             }
-                            keep(&engine, &key, &part);
+                            keep(&engine, &key, &part).await;
                             break;
                         }
                         None => {
                             // Cut by shutdown: it may or may not have arrived; twice beats never.
                             warn!("shutting down during a push; keeping the rest for the next message");
-                            keep(&engine, &key, &part);
+                            keep(&engine, &key, &part).await;
                             break;
                         }
                     }
                 }
             }
             for part in parts {
-                keep(&engine, &key, &part);
+                keep(&engine, &key, &part).await;
             }
             if pushed == total
                 && let Some((message_id, answer)) = spoken
@@ -638,9 +653,9 @@ fn deliver_later(
     );
 }
 
-fn keep(engine: &Engine, key: &UserKey, text: &str) {
+async fn keep(engine: &Engine, key: &UserKey, text: &str) {
     metrics::counter!("chatrelay_mp_outbox_total").increment(1);
-    if let Err(e) = engine.outbox_push(&key.to_string(), text) {
+    if let Err(e) = engine.outbox_push(&key.to_string(), text).await {
         warn!(error = %e, "keeping an answer in the outbox failed; it is lost");
     }
 }
@@ -690,7 +705,7 @@ mod tests {
         ));
         // The passive reply of the first try delivers the answer.
         engine.handle(inbound).collect().await;
-        assert!(claim(&engine, &account, &state, &key, "m1"));
+        assert!(claim(&engine, &account, &state, &key, "m1").await);
         // The retry window is 15.5 s; the watcher ends long before.
         tokio::time::timeout(Duration::from_secs(3), watcher)
             .await

@@ -80,7 +80,7 @@ async fn me(State(st): State<WebState>, headers: HeaderMap) -> Response {
         Ok(uid) => uid,
         Err(e) => return e.into_response(),
     };
-    match st.engine.account(uid, 20) {
+    match st.engine.account(uid, 20).await {
         Ok(Some(account)) => {
             let usage: Vec<serde_json::Value> = account
                 .recent

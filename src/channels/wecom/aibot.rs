@@ -321,7 +321,9 @@ fn start_stream(
             let end = follow_up(&stream, deadline, engine.shutdown_token(), post).await;
             if let Some(why) = end.undelivered() {
                 warn!(why, "the answer did not reach the user");
-                engine.refund_platform_undelivered(&inbound, &event, why);
+                engine
+                    .refund_platform_undelivered(&inbound, &event, why)
+                    .await;
             }
         }
         .instrument(span),
@@ -505,7 +507,7 @@ mod tests {
 
     struct Rig {
         engine: Engine,
-        store: chatrelay_storage::KvStore,
+        store: chatrelay_storage::Store,
         shutdown: CancellationToken,
         tracker: tokio_util::task::TaskTracker,
         bot: Arc<WecomBot>,
@@ -514,7 +516,7 @@ mod tests {
     /// An engine with the demo model (1 credit an answer, 10 free a day) and a bot whose
     /// stream window is `window_secs`.
     fn rig(window_secs: u64) -> Rig {
-        let store = chatrelay_storage::KvStore::open_temporary().unwrap();
+        let kv = chatrelay_storage::KvStore::open_temporary().unwrap();
         let mut config = crate::config::Config::default();
         config.llm.models = vec![crate::config::ModelConfig {
             name: config.llm.model.clone(),
@@ -524,7 +526,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
         let engine = Engine::new(
-            store.clone(),
+            kv,
             Arc::new(crate::engine::llm::DemoBackend::default()),
             crate::engine::Settings::from_config(&config).unwrap(),
             shutdown.clone(),
@@ -543,8 +545,8 @@ mod tests {
             streams: Mutex::new(stream_map()),
         });
         Rig {
+            store: engine.facade().clone(),
             engine,
-            store,
             shutdown,
             tracker,
             bot,
@@ -607,7 +609,7 @@ mod tests {
         }
 
         /// The charge and the refund of message `msgid` of user `u1`, as ledger entries.
-        fn ledger(
+        async fn ledger(
             &self,
             msgid: &str,
         ) -> (
@@ -616,9 +618,10 @@ mod tests {
         ) {
             let charge = format!("msg:wecom:bot:u1#{msgid}");
             (
-                self.store.ledger_by_reference(&charge).unwrap(),
+                self.store.ledger_by_reference(&charge).await.unwrap(),
                 self.store
                     .ledger_by_reference(&format!("undelivered:{charge}"))
+                    .await
                     .unwrap(),
             )
         }
@@ -631,7 +634,7 @@ mod tests {
         let (id, stream) = r.start("m1", Some(url));
         r.finished(&stream).await;
         r.drain(true).await;
-        let (charge, refund) = r.ledger("m1");
+        let (charge, refund) = r.ledger("m1").await;
         let charge = charge.expect("the answer was charged");
         assert_eq!(charge.free_delta + charge.paid_delta, -1);
         let refund = refund.expect("the undelivered answer was refunded");
@@ -652,8 +655,9 @@ mod tests {
         };
         let key = UserKey::new(Platform::Wecom, "bot", "u1");
         r.engine
-            .refund_platform_undelivered(&Inbound::text(key, "m1", "你好"), &event, "again");
-        assert_eq!(r.store.ledger(refund.uid, 100).unwrap().len(), 2);
+            .refund_platform_undelivered(&Inbound::text(key, "m1", "你好"), &event, "again")
+            .await;
+        assert_eq!(r.store.ledger(refund.uid, 100).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -668,7 +672,7 @@ mod tests {
             "{v}"
         );
         r.drain(true).await;
-        let (charge, refund) = r.ledger("m2");
+        let (charge, refund) = r.ledger("m2").await;
         assert!(charge.is_some());
         assert!(refund.is_none(), "{refund:?}");
     }
@@ -683,7 +687,7 @@ mod tests {
         r.start("nowhere", None);
         // No shutdown: each task ends after the window, by itself.
         r.drain(false).await;
-        let (charge, refund) = r.ledger("posted");
+        let (charge, refund) = r.ledger("posted").await;
         assert!(charge.is_some() && refund.is_none(), "{refund:?}");
         let posts = ok_posts.lock().unwrap().clone();
         assert_eq!(posts.len(), 1);
@@ -694,7 +698,7 @@ mod tests {
                 .contains("你好")
         );
         for msgid in ["refused", "nowhere"] {
-            let (charge, refund) = r.ledger(msgid);
+            let (charge, refund) = r.ledger(msgid).await;
             assert!(charge.is_some(), "{msgid}");
             assert_eq!(refund.map(|e| e.paid_delta), Some(1), "{msgid}");
         }
@@ -712,7 +716,7 @@ mod tests {
         drop(stream);
         // Refunded well before the window ends or anything shuts down.
         tokio::time::timeout(Duration::from_secs(10), async {
-            while r.ledger("m3").1.is_none() {
+            while r.ledger("m3").await.1.is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -720,6 +724,6 @@ mod tests {
         .expect("refunded");
         r.drain(true).await;
         assert!(posted.lock().unwrap().is_empty());
-        assert_eq!(r.ledger("m3").1.map(|e| e.paid_delta), Some(1));
+        assert_eq!(r.ledger("m3").await.1.map(|e| e.paid_delta), Some(1));
     }
 }

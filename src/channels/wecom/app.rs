@@ -258,10 +258,10 @@ fn answer(engine: &Engine, app: Arc<WecomApp>, id: &str, inbound: Inbound) {
             let reply = engine.handle(inbound);
             let event = reply.collect().await;
             if let Some(answer) = event.user_text()
-                && engine.claim_delivery(&claim)
+                && engine.claim_delivery(&claim).await
             {
                 let owed = matches!(event, ReplyEvent::Final { .. });
-                send_app_owed(&engine, app, &key, answer, owed);
+                send_app_owed(&engine, app, &key, answer, owed).await;
             }
         }
         .instrument(span),
@@ -278,9 +278,15 @@ fn send_app(engine: &Engine, app: Arc<WecomApp>, user: String, text: String) {
 /// Sends an answer to the user behind `key`, after anything still owed to them (the outbox).
 /// When `owed` (a finished answer, paid for), whatever could not be sent goes back to the
 /// outbox, for their next message, instead of nowhere.
-fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: String, owed: bool) {
+async fn send_app_owed(
+    engine: &Engine,
+    app: Arc<WecomApp>,
+    key: &UserKey,
+    text: String,
+    owed: bool,
+) {
     let outbox = key.to_string();
-    let mut all = match engine.outbox_take(&outbox) {
+    let mut all = match engine.outbox_take(&outbox).await {
         Ok(earlier) => earlier,
         Err(e) => {
             warn!(error = %e, "reading the outbox failed");
@@ -298,7 +304,7 @@ fn send_app_owed(engine: &Engine, app: Arc<WecomApp>, key: &UserKey, text: Strin
             && owed
         {
             metrics::counter!("chatrelay_wecom_outbox_total").increment(1);
-            if let Err(e) = engine.outbox_push(&outbox, &rest) {
+            if let Err(e) = engine.outbox_push(&outbox, &rest).await {
                 warn!(error = %e, "keeping an unsent answer failed; it is lost");
             }
         }

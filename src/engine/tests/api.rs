@@ -9,7 +9,7 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
         delay_ms: 50,
         usage: None,
     });
-    let uid = h.store.create_user("api").unwrap().uid;
+    let uid = h.store.create_user("api").await.unwrap().uid;
     let req = |r: &str| ApiRequest {
         model: h.engine.settings().default_model.clone(),
         messages: vec![Message::new("user", "hi")],
@@ -26,6 +26,7 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
     assert_eq!(
         h.store
             .balance(uid, s.today(), s.free_daily)
+            .await
             .unwrap()
             .free_left,
         3
@@ -42,7 +43,15 @@ async fn api_requests_are_metered_and_stop_when_the_reader_leaves() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(h.llm.dropped_early.load(Ordering::SeqCst), 1);
-    let b = h.store.balance(uid, s.today(), s.free_daily).unwrap();
+    // The settlement follows the upstream's drop in the answer's task: wait for it.
+    let mut b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
+    for _ in 0..200 {
+        if b.held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
+    }
     assert_eq!(b.held, 0, "the reservation was settled, not left open");
 
     let unknown = ApiRequest {
@@ -120,13 +129,13 @@ async fn a_retry_on_another_daemon_joins_the_answer_through_the_database() {
         .count();
     assert_eq!(usage, 1, "charged once");
     // Whoever asks first delivers; the other daemon does not.
-    assert!(b.claim_delivery("mp:x:77"));
-    assert!(!a.claim_delivery("mp:x:77"));
+    assert!(b.claim_delivery("mp:x:77").await);
+    assert!(!a.claim_delivery("mp:x:77").await);
     // WeChat's tries counted across the daemons they reached.
-    let tries: Vec<u32> = [&a, &b, &a, &b]
-        .iter()
-        .map(|e| e.count_try("mp:x:78", 3))
-        .collect();
+    let mut tries = Vec::new();
+    for e in [&a, &b, &a, &b] {
+        tries.push(e.count_try("mp:x:78", 3).await);
+    }
     assert_eq!(tries, [1, 2, 3, 3]);
 }
 
@@ -146,7 +155,7 @@ fn api_request(model: &str, reference: &str, streamed: bool) -> ApiRequest {
 async fn settled(h: &Harness, uid: Uid) -> chatrelay_storage::Balance {
     let s = h.engine.settings();
     for _ in 0..200 {
-        let b = h.store.balance(uid, s.today(), s.free_daily).unwrap();
+        let b = h.store.balance(uid, s.today(), s.free_daily).await.unwrap();
         if b.held == 0 {
             return b;
         }
@@ -161,7 +170,7 @@ async fn a_reader_waiting_for_the_whole_answer_that_leaves_pays_nothing() {
         delay_ms: 30,
         usage: None,
     });
-    let uid = h.store.create_user("api").unwrap().uid;
+    let uid = h.store.create_user("api").await.unwrap().uid;
     let model = h.engine.settings().default_model.clone();
     let mut reply = h
         .engine
@@ -192,7 +201,7 @@ async fn an_answer_ended_by_the_servers_shutdown_costs_nothing() {
             delay_ms: 40,
             usage: None,
         });
-        let uid = h.store.create_user("api").unwrap().uid;
+        let uid = h.store.create_user("api").await.unwrap().uid;
         let model = h.engine.settings().default_model.clone();
         let mut reply = h
             .engine
@@ -221,9 +230,10 @@ fn per_token(c: &mut Config) {
 #[tokio::test]
 async fn the_upstream_is_asked_for_no_more_than_the_payer_can_afford() {
     let h = harness_with(FAST, per_token);
-    let uid = h.store.create_user("poor").unwrap().uid;
+    let uid = h.store.create_user("poor").await.unwrap().uid;
     h.store
         .grant(uid, 2, EntryKind::Grant, "t", "g:poor", 0)
+        .await
         .unwrap();
     let model = h.engine.settings().default_model.clone();
     let sent = |h: &Harness| {
@@ -253,6 +263,7 @@ async fn the_upstream_is_asked_for_no_more_than_the_payer_can_afford() {
                 &format!("refill{asked:?}{legacy}"),
                 0,
             )
+            .await
             .ok();
     }
     // A smaller cap than affordable goes upstream as sent.
@@ -263,9 +274,10 @@ async fn the_upstream_is_asked_for_no_more_than_the_payer_can_afford() {
     h.engine.complete(uid, req).collect().await;
     assert_eq!(sent(&h), (Some(7), false));
     // Chat platforms go through the same limit.
-    let platform_payer = h.store.resolve_identity(&key(), None).unwrap();
+    let platform_payer = h.store.resolve_identity(&key(), None).await.unwrap();
     h.store
         .grant(platform_payer, 2, EntryKind::Grant, "t", "g:platform", 0)
+        .await
         .unwrap();
     let event = h.engine.handle(msg("cap-1", "hi")).collect().await;
     assert!(matches!(event, ReplyEvent::Final { .. }), "{event:?}");
@@ -292,9 +304,10 @@ async fn an_upstream_that_ignores_the_limit_is_not_read_past_what_the_payer_affo
         }
     }
     let h = harness_with(FAST, per_token);
-    let uid = h.store.create_user("poor").unwrap().uid;
+    let uid = h.store.create_user("poor").await.unwrap().uid;
     h.store
         .grant(uid, 2, EntryKind::Grant, "t", "g:endless", 0)
+        .await
         .unwrap();
     let settings = h.engine.settings().as_ref().clone();
     h.engine.reload(settings, Arc::new(Endless));
@@ -317,7 +330,8 @@ async fn an_upstream_that_ignores_the_limit_is_not_read_past_what_the_payer_affo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_store_call_holds_no_engine_lock() {
     let h = harness(FAST);
-    let (engine, store) = (h.engine.clone(), h.store.clone());
+    // Holding the writers is the key-value engine's test hook.
+    let (engine, store) = (h.engine.clone(), h.engine.store().clone());
     let rt = tokio::runtime::Handle::current();
     let (first, again) = tokio::task::spawn_blocking(move || {
         store.with_writers_held(|| {
@@ -377,19 +391,22 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     let drawing = msg("2", "/image a cat");
     let picture = h.engine.handle(drawing.clone()).collect().await;
     assert_eq!(
-        h.balance().free_left,
+        h.balance().await.free_left,
         0,
         "2 for the answer, 3 for the picture"
     );
     for _ in 0..2 {
         h.engine
-            .refund_platform_undelivered(&asked, &answer, "test");
+            .refund_platform_undelivered(&asked, &answer, "test")
+            .await;
         h.engine
-            .refund_platform_undelivered(&drawing, &picture, "test");
+            .refund_platform_undelivered(&drawing, &picture, "test")
+            .await;
     }
-    let refund = |reference: &str| {
+    let refund = async |reference: &str| {
         h.store
             .ledger_by_reference(&format!("undelivered:{reference}"))
+            .await
             .unwrap()
             .map(|e| e.paid_delta)
     };
@@ -397,20 +414,22 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     assert!(
         h.store
             .ledger_by_reference("msg:tg:main:42#1")
+            .await
             .unwrap()
             .is_some()
     );
     assert!(
         h.store
             .ledger_by_reference("img:tg:main:42#2")
+            .await
             .unwrap()
             .is_some()
     );
-    assert_eq!(refund("msg:tg:main:42#1"), Some(2));
-    assert_eq!(refund("img:tg:main:42#2"), Some(3));
-    assert_eq!(h.balance().paid, 5);
+    assert_eq!(refund("msg:tg:main:42#1").await, Some(2));
+    assert_eq!(refund("img:tg:main:42#2").await, Some(3));
+    assert_eq!(h.balance().await.paid, 5);
     // Both usage records say so (the picture's too, logged as model `image`).
-    let records = usage_log(&h.store, h.uid());
+    let records = usage_log(&h.store, h.uid().await).await;
     let marks: Vec<(&str, u64, u64, chatrelay_storage::UsageOutcome)> = records
         .iter()
         .map(|r| (r.model.as_str(), r.charged(), r.refunded, r.outcome))
@@ -424,8 +443,9 @@ async fn an_undelivered_platform_answer_is_refunded_once_under_its_own_reference
     // A free answer or a failure is owed nothing.
     let failed = failed(FailureKind::Upstream, "x");
     h.engine
-        .refund_platform_undelivered(&msg("3", "q"), &failed, "test");
-    assert_eq!(refund("msg:tg:main:42#3"), None);
+        .refund_platform_undelivered(&msg("3", "q"), &failed, "test")
+        .await;
+    assert_eq!(refund("msg:tg:main:42#3").await, None);
 }
 
 #[tokio::test]
@@ -469,5 +489,48 @@ async fn finished_answers_kept_for_redeliveries_are_capped_newest_first() {
         guard
             .map
             .contains_key(&format!("done-{}", MAX_FINISHED_KEPT + 99))
+    );
+}
+
+/// Store work started where nothing can be awaited (an undelivered answer's refund from a
+/// stream's `Drop`, a content-rule hit): done on the spot when it need not wait (sled), else
+/// finished in a task of the daemon's tracker (PostgreSQL), which shutdown waits for.
+#[tokio::test]
+async fn store_work_that_cannot_be_awaited_runs_inline_or_in_a_tracked_task() {
+    let h = harness(FAST);
+    let tasks = h.engine.tracker().len();
+    let inline = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let i = inline.clone();
+    h.engine
+        .run_or_spawn(async move { i.store(true, Ordering::SeqCst) });
+    assert!(
+        inline.load(Ordering::SeqCst),
+        "work that need not wait is done at once"
+    );
+    assert_eq!(h.engine.tracker().len(), tasks);
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let waited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = waited.clone();
+    h.engine.run_or_spawn(async move {
+        let _ = rx.await;
+        w.store(true, Ordering::SeqCst);
+    });
+    assert!(!waited.load(Ordering::SeqCst));
+    assert_eq!(
+        h.engine.tracker().len(),
+        tasks + 1,
+        "the rest goes on in a tracked task"
+    );
+    tx.send(()).unwrap();
+    for _ in 0..200 {
+        if waited.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        waited.load(Ordering::SeqCst),
+        "the tracked task finished the work"
     );
 }

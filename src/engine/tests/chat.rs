@@ -13,10 +13,10 @@ async fn answers_charges_and_remembers() {
     };
     assert_eq!(*charged, 2);
     assert_eq!(usage.unwrap().completion_tokens, 3);
-    let b = h.balance();
+    let b = h.balance().await;
     assert_eq!(b.free_left, 3);
     assert_eq!(b.held, 0);
-    let turns = h.store.conversation(&key().to_string()).unwrap();
+    let turns = h.store.conversation(&key().to_string()).await.unwrap();
     assert_eq!(turns.len(), 2);
     assert_eq!(turns[0].content, "hi");
     assert_eq!(turns[1].content, "Hello, world");
@@ -45,10 +45,11 @@ async fn redeliveries_join_one_answer_and_one_debit() {
     let ec = h.engine.handle(msg("7", "question")).collect().await;
     assert_eq!(final_text(&ec), "Hello, world");
     assert_eq!(h.llm.calls(), 1);
-    let uid = h.uid();
+    let uid = h.uid().await;
     let usage_entries = h
         .store
         .ledger(uid, 10)
+        .await
         .unwrap()
         .into_iter()
         .filter(|e| e.kind == EntryKind::Usage)
@@ -62,7 +63,7 @@ async fn a_redelivery_after_restart_is_not_answered_twice() {
     h.engine.handle(msg("9", "q")).collect().await;
     // A new engine over the same store has no memory of the answer, only the dedupe mark.
     let engine2 = Engine::new(
-        h.store.clone(),
+        h.engine.store().clone(),
         h.llm.clone(),
         (*h.engine.settings()).clone(),
         CancellationToken::new(),
@@ -101,9 +102,15 @@ async fn commands_are_free_and_work() {
     assert!(final_text(&quota).contains("3/5"), "{quota:?}");
     let new = h.engine.handle(msg("4", " /NEW ")).collect().await;
     assert_eq!(final_text(&new), "好的，已开始新的对话。");
-    assert!(h.store.conversation(&key().to_string()).unwrap().is_empty());
+    assert!(
+        h.store
+            .conversation(&key().to_string())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(h.llm.calls(), 1);
-    assert_eq!(h.balance().free_left, 3);
+    assert_eq!(h.balance().await.free_left, 3);
 }
 
 #[tokio::test]
@@ -119,13 +126,14 @@ async fn the_redeem_command_credits_once_and_costs_nothing() {
             "",
             0,
         )
+        .await
         .unwrap();
     let usage = h.engine.handle(msg("2", "/redeem")).collect().await;
     assert!(final_text(&usage).contains("/redeem XXXX"), "{usage:?}");
     let typed = format!("兑换 {}", codes[0].to_lowercase());
     let ok = h.engine.handle(msg("3", &typed)).collect().await;
     assert!(final_text(&ok).contains("增加 40 额度"), "{ok:?}");
-    assert_eq!(h.balance().paid, 40);
+    assert_eq!(h.balance().await.paid, 40);
     let again = h
         .engine
         .handle(msg("4", &format!("/redeem {}", codes[0])))
@@ -138,7 +146,7 @@ async fn the_redeem_command_credits_once_and_costs_nothing() {
         .collect()
         .await;
     assert_eq!(final_text(&wrong), "兑换码不存在，请核对后再试");
-    assert_eq!(h.balance().paid, 40);
+    assert_eq!(h.balance().await.paid, 40);
     assert_eq!(h.llm.calls(), 1, "commands never reach the model");
 }
 
@@ -151,10 +159,16 @@ async fn upstream_failure_costs_nothing() {
             matches!(&event, ReplyEvent::Failed { kind: FailureKind::Upstream, message } if message.contains("没有扣除")),
             "{event:?}"
         );
-        let b = h.balance();
+        let b = h.balance().await;
         assert_eq!((b.free_left, b.held, b.paid), (5, 0, 0));
-        assert!(h.store.ledger(h.uid(), 10).unwrap().is_empty());
-        assert!(h.store.conversation(&key().to_string()).unwrap().is_empty());
+        assert!(h.store.ledger(h.uid().await, 10).await.unwrap().is_empty());
+        assert!(
+            h.store
+                .conversation(&key().to_string())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
@@ -177,11 +191,12 @@ async fn out_of_quota_says_what_exists_and_calls_nothing() {
     assert_eq!(h.llm.calls(), 0);
     // Paid credits make it work, free ones go first.
     h.store
-        .grant(h.uid(), 10, EntryKind::Grant, "test", "g1", now_ms())
+        .grant(h.uid().await, 10, EntryKind::Grant, "test", "g1", now_ms())
+        .await
         .unwrap();
     let event = h.engine.handle(msg("2", "hi")).collect().await;
     assert_eq!(final_text(&event), "Hello, world");
-    let b = h.balance();
+    let b = h.balance().await;
     assert_eq!((b.free_left, b.paid), (0, 9));
 }
 
@@ -203,7 +218,7 @@ async fn banned_and_rate_limited_users_are_refused() {
         ),
         "{e:?}"
     );
-    h.store.set_banned(h.uid(), true, None).unwrap();
+    h.store.set_banned(h.uid().await, true, None).await.unwrap();
     let e = h.engine.handle(msg("m4", "hi")).collect().await;
     assert!(
         matches!(
@@ -282,9 +297,10 @@ async fn buy_lists_products_and_the_web_page() {
 async fn another_key_can_pay_and_memory_can_be_off() {
     let h = harness(FAST);
     let group = UserKey::new(Platform::Zsxq, "g1", "_group");
-    let payer = h.store.resolve_identity(&group, None).unwrap();
+    let payer = h.store.resolve_identity(&group, None).await.unwrap();
     h.store
         .grant(payer, 10, EntryKind::Grant, "t", "g", now_ms())
+        .await
         .unwrap();
     let mut inbound = Inbound::text(UserKey::new(Platform::Zsxq, "g1", "42"), "t1", "q");
     inbound.bill_to = Some(group);
@@ -293,11 +309,12 @@ async fn another_key_can_pay_and_memory_can_be_off() {
     let e = h.engine.handle(inbound).collect().await;
     assert_eq!(final_text(&e), "Hello, world");
     let s = h.engine.settings();
-    let asker = h.store.identity(&asker_key).unwrap().unwrap();
+    let asker = h.store.identity(&asker_key).await.unwrap().unwrap();
     // The asker's free credits are untouched; the payer's free credits went first.
     assert_eq!(
         h.store
             .balance(asker, s.today(), s.free_daily)
+            .await
             .unwrap()
             .free_left,
         5
@@ -305,6 +322,7 @@ async fn another_key_can_pay_and_memory_can_be_off() {
     assert_eq!(
         h.store
             .balance(payer, s.today(), s.free_daily)
+            .await
             .unwrap()
             .free_left,
         3
@@ -312,6 +330,7 @@ async fn another_key_can_pay_and_memory_can_be_off() {
     assert!(
         h.store
             .conversation(&asker_key.to_string())
+            .await
             .unwrap()
             .is_empty()
     );
@@ -363,7 +382,8 @@ async fn users_choose_models_within_their_permissions() {
         "{refused:?}"
     );
     h.store
-        .grant(h.uid(), 10, EntryKind::Grant, "t", "g1", now_ms())
+        .grant(h.uid().await, 10, EntryKind::Grant, "t", "g1", now_ms())
+        .await
         .unwrap();
     let chosen = h.engine.handle(msg("3", "/model BIG")).collect().await;
     assert!(final_text(&chosen).contains("big"), "{chosen:?}");
@@ -383,7 +403,8 @@ async fn users_choose_models_within_their_permissions() {
         }
     ));
     h.store
-        .change_groups(h.uid(), &["team".into()], &[])
+        .change_groups(h.uid().await, &["team".into()], &[])
+        .await
         .unwrap();
     let chosen = h.engine.handle(msg("6", "/model staff")).collect().await;
     assert!(final_text(&chosen).contains("staff"));
@@ -391,7 +412,8 @@ async fn users_choose_models_within_their_permissions() {
     assert!(final_text(&unknown).contains("nope"));
     // /v1 checks the same permission by name.
     h.store
-        .change_groups(h.uid(), &[], &["team".into()])
+        .change_groups(h.uid().await, &[], &["team".into()])
+        .await
         .unwrap();
     let req = ApiRequest {
         model: "staff".into(),
@@ -403,7 +425,7 @@ async fn users_choose_models_within_their_permissions() {
         reference: "api:perm".into(),
         platform: Platform::Api,
     };
-    let event = h.engine.complete(h.uid(), req).collect().await;
+    let event = h.engine.complete(h.uid().await, req).collect().await;
     assert!(matches!(
         event,
         ReplyEvent::Failed {

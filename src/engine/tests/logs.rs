@@ -7,7 +7,7 @@ use super::*;
 async fn the_usage_log_keeps_each_answer_with_its_charge_and_outcome() {
     let h = harness(FAST);
     h.engine.handle(msg("1", "hi")).collect().await;
-    let records = usage_log(&h.store, h.uid());
+    let records = usage_log(&h.store, h.uid().await).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(
@@ -22,14 +22,14 @@ async fn the_usage_log_keeps_each_answer_with_its_charge_and_outcome() {
     assert_eq!((r.free, r.paid, r.plan, r.charged()), (2, 0, 0, 2));
     // A redelivery of the same message is not a second record.
     h.engine.handle(msg("1", "hi")).collect().await;
-    assert_eq!(usage_log(&h.store, h.uid()).len(), 1);
+    assert_eq!(usage_log(&h.store, h.uid().await).await.len(), 1);
 
     // An answer an output rule cuts is logged as cut.
     let h = harness_with(FAST, |c| {
         c.filters = vec![filter("out", &["lo,wo"], chatrelay_rules::ApplyTo::Output)];
     });
     h.engine.handle(msg("1", "say hello")).collect().await;
-    let records = usage_log(&h.store, h.uid());
+    let records = usage_log(&h.store, h.uid().await).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, chatrelay_storage::UsageOutcome::Cut);
 }
@@ -40,7 +40,7 @@ async fn an_api_answer_stopped_by_its_reader_is_logged_as_stopped() {
         delay_ms: 50,
         usage: None,
     });
-    let uid = h.store.create_user("api").unwrap().uid;
+    let uid = h.store.create_user("api").await.unwrap().uid;
     let req = ApiRequest {
         model: h.engine.settings().default_model.clone(),
         messages: vec![Message::new("user", "hi")],
@@ -56,7 +56,7 @@ async fn an_api_answer_stopped_by_its_reader_is_logged_as_stopped() {
     drop(reply);
     let mut records = Vec::new();
     for _ in 0..100 {
-        records = usage_log(&h.store, uid);
+        records = usage_log(&h.store, uid).await;
         if !records.is_empty() {
             break;
         }
@@ -73,7 +73,7 @@ async fn an_api_answer_stopped_by_its_reader_is_logged_as_stopped() {
 async fn the_cleanup_prunes_usage_records_past_usage_days() {
     for (days, kept) in [(1, 1), (0, 2)] {
         let h = harness_with(FAST, |c| c.quota.usage_days = days);
-        let uid = h.store.create_user("u").unwrap().uid;
+        let uid = h.store.create_user("u").await.unwrap().uid;
         let now = now_ms();
         for (n, at) in [now - 2 * 86_400_000, now - 3_600_000]
             .into_iter()
@@ -82,6 +82,7 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             let id = h
                 .store
                 .reserve(uid, 1, &format!("r{n}"), 0, 5, i64::MAX)
+                .await
                 .unwrap();
             let note = chatrelay_storage::UsageNote {
                 platform: "web",
@@ -92,20 +93,25 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             };
             h.store
                 .settle_metered(id, 1, "a", 0, 5, at, None, Some(note))
+                .await
                 .unwrap();
         }
-        h.engine.purge_old_records();
-        let left = usage_log(&h.store, uid);
+        h.engine.purge_old_records().await;
+        let left = usage_log(&h.store, uid).await;
         assert_eq!(left.len(), kept, "usage_days = {days}");
         assert!(left[0].at_ms > now - 86_400_000);
         assert_eq!(
-            h.store.ledger(uid, 10).unwrap().len(),
+            h.store.ledger(uid, 10).await.unwrap().len(),
             2,
             "the ledger stays"
         );
         if days > 0 {
             // A finished pass: the next one starts an hour later, not at the next run.
-            let id = h.store.reserve(uid, 1, "late", 0, 5, i64::MAX).unwrap();
+            let id = h
+                .store
+                .reserve(uid, 1, "late", 0, 5, i64::MAX)
+                .await
+                .unwrap();
             let note = chatrelay_storage::UsageNote {
                 platform: "web",
                 model: "m",
@@ -116,9 +122,10 @@ async fn the_cleanup_prunes_usage_records_past_usage_days() {
             let old = now - 3 * 86_400_000;
             h.store
                 .settle_metered(id, 1, "a", 0, 5, old, None, Some(note))
+                .await
                 .unwrap();
-            h.engine.purge_old_records();
-            assert_eq!(usage_log(&h.store, uid).len(), 2);
+            h.engine.purge_old_records().await;
+            assert_eq!(usage_log(&h.store, uid).await.len(), 2);
         }
     }
 }
@@ -146,6 +153,7 @@ async fn a_plan_code_by_command_and_the_plan_in_quota() {
             "",
             now_ms(),
         )
+        .await
         .unwrap();
     let end = chatrelay_storage::date_of_day(s.today() + 29);
     let redeemed = h
@@ -169,15 +177,15 @@ async fn a_plan_code_by_command_and_the_plan_in_quota() {
         )),
         "{text}"
     );
-    assert_eq!(h.balance().free_left, 9);
+    assert_eq!(h.balance().await.free_left, 9);
 }
 
 #[tokio::test]
 async fn a_platform_conversation_continues_on_the_web_with_its_memory_and_is_charged() {
     let h = harness(FAST);
     h.engine.handle(msg("1", "hi")).collect().await;
-    let uid = h.uid();
-    let before = h.balance();
+    let uid = h.uid().await;
+    let before = h.balance().await;
     let event = h
         .engine
         .continue_on_web(uid, key(), "  again  ", None, "webconv:t1")
@@ -188,11 +196,11 @@ async fn a_platform_conversation_continues_on_the_web_with_its_memory_and_is_cha
     let texts: Vec<String> = req.messages.iter().map(Message::text).collect();
     assert_eq!(texts[1..], ["hi", "Hello, world", "again"], "{texts:?}");
     // Charged like a message, remembered in the platform's conversation.
-    assert_eq!(h.balance().free_left, before.free_left - 2);
-    let turns = h.store.conversation(&key().to_string()).unwrap();
+    assert_eq!(h.balance().await.free_left, before.free_left - 2);
+    let turns = h.store.conversation(&key().to_string()).await.unwrap();
     let contents: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
     assert_eq!(contents, ["hi", "Hello, world", "again", "Hello, world"]);
-    let log = usage_log(&h.store, uid);
+    let log = usage_log(&h.store, uid).await;
     assert_eq!(log.len(), 2);
     assert_eq!(log.iter().filter(|r| r.platform == "web").count(), 1);
 
@@ -212,6 +220,7 @@ async fn a_platform_conversation_continues_on_the_web_with_its_memory_and_is_cha
     ));
     h.store
         .grant(uid, 10, EntryKind::Purchase, "order", "seed-web", 1)
+        .await
         .unwrap();
     let unknown = h
         .engine
@@ -240,29 +249,30 @@ async fn expired_guests_lose_their_saved_conversations_and_no_one_else_does() {
         .create_guest(5, Duration::from_secs(3600))
         .await
         .unwrap();
-    let member = h.engine.record_user(&key(), Some("guest")).unwrap();
+    let member = h.engine.record_user(&key(), Some("guest")).await.unwrap();
     for uid in [expiring.uid, live.uid, member] {
         h.store
             .put_chat(uid, "w_1", "t", &[], None, 1, limits)
+            .await
             .unwrap();
     }
     let now = crate::util::now_ms() + 10;
-    h.engine.purge_guest_chats(now);
-    assert!(h.store.chats(expiring.uid).unwrap().is_empty());
+    h.engine.purge_guest_chats(now).await;
+    assert!(h.store.chats(expiring.uid).await.unwrap().is_empty());
     assert_eq!(
-        h.store.chats(live.uid).unwrap().len(),
+        h.store.chats(live.uid).await.unwrap().len(),
         1,
         "token still works"
     );
     assert_eq!(
-        h.store.chats(member).unwrap().len(),
+        h.store.chats(member).await.unwrap().len(),
         1,
         "a platform user named guest is no guest"
     );
     // Later, the other guest's token expires too.
-    h.engine.purge_guest_chats(now + 3_600_000);
-    assert!(h.store.chats(live.uid).unwrap().is_empty());
-    assert_eq!(h.store.chats(member).unwrap().len(), 1);
+    h.engine.purge_guest_chats(now + 3_600_000).await;
+    assert!(h.store.chats(live.uid).await.unwrap().is_empty());
+    assert_eq!(h.store.chats(member).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -285,10 +295,11 @@ async fn the_cleanup_prunes_the_change_log_past_change_log_days() {
                 reason: Some("r".into()),
                 summary: serde_json::json!({}),
             })
+            .await
             .unwrap();
     }
-    h.engine.purge_old_records();
-    let left = h.store.changes(None, 10).unwrap().records;
+    h.engine.purge_old_records().await;
+    let left = h.store.changes(None, 10).await.unwrap().records;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].path, "/admin/users/1/grant");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, Usage, UserKey};
 use chatrelay_openai::Message;
-use chatrelay_storage::{EntryKind, KvStore, Turn, Uid};
+use chatrelay_storage::{EntryKind, KvStore, Store, Turn, Uid};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -138,7 +138,8 @@ fn async_stream(
 
 struct Harness {
     engine: Engine,
-    store: KvStore,
+    /// The engine's own store (its domain interface), for checking what it wrote.
+    store: Store,
     llm: Arc<Scripted>,
 }
 
@@ -151,15 +152,17 @@ fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
     }];
     config.quota.free_daily = 5;
     edit(&mut config);
-    let store = KvStore::open_temporary().unwrap();
+    // `Engine::new` takes the key-value store until the daemon opens `Store` itself.
+    let kv = KvStore::open_temporary().unwrap();
     let llm = Scripted::new(script);
     let engine = Engine::new(
-        store.clone(),
+        kv,
         llm.clone(),
         Settings::from_config(&config).unwrap(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
+    let store = engine.facade().clone();
     Harness { engine, store, llm }
 }
 
@@ -184,13 +187,18 @@ fn msg(id: &str, text: &str) -> Inbound {
 }
 
 impl Harness {
-    fn uid(&self) -> Uid {
-        self.store.identity(&key()).unwrap().expect("user exists")
+    async fn uid(&self) -> Uid {
+        self.store
+            .identity(&key())
+            .await
+            .unwrap()
+            .expect("user exists")
     }
-    fn balance(&self) -> chatrelay_storage::Balance {
+    async fn balance(&self) -> chatrelay_storage::Balance {
         let s = self.engine.settings();
         self.store
-            .balance(self.uid(), s.today(), s.free_daily)
+            .balance(self.uid().await, s.today(), s.free_daily)
+            .await
             .unwrap()
     }
 }
@@ -236,8 +244,8 @@ pub(crate) fn shared_pair() -> Option<(KvStore, KvStore)> {
 }
 
 /// The whole usage log of `uid`, newest first.
-fn usage_log(store: &KvStore, uid: Uid) -> Vec<chatrelay_storage::UsageRecord> {
-    store.usage(uid, None, 100).unwrap().records
+async fn usage_log(store: &Store, uid: Uid) -> Vec<chatrelay_storage::UsageRecord> {
+    store.usage(uid, None, 100).await.unwrap().records
 }
 
 mod api;

@@ -59,7 +59,7 @@ async fn pictures_on_internal_addresses_are_not_fetched() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     assert_eq!(h.llm.calls(), 0);
-    assert_eq!(h.balance().free_left, 5, "nothing charged");
+    assert_eq!(h.balance().await.free_left, 5, "nothing charged");
 }
 
 #[tokio::test]
@@ -83,8 +83,8 @@ async fn pictures_go_to_a_vision_model_as_data_urls_and_cost_extra() {
     let url = parts[1]["image_url"]["url"].as_str().unwrap();
     assert!(url.starts_with("data:image/png;base64,"), "{url}");
     // 2 for the answer, 1 for the picture.
-    assert_eq!(h.balance().free_left, 2);
-    let history = h.store.conversation(&key().to_string()).unwrap();
+    assert_eq!(h.balance().await.free_left, 2);
+    let history = h.store.conversation(&key().to_string()).await.unwrap();
     assert!(history[0].content.starts_with("[图片]"), "{history:?}");
 }
 
@@ -111,7 +111,7 @@ async fn pictures_that_are_too_big_or_not_pictures_are_refused() {
         Some("图片没有收到，请重新发送。")
     );
     assert_eq!(h.llm.calls(), 0);
-    assert_eq!(h.balance().free_left, 5, "nothing charged");
+    assert_eq!(h.balance().await.free_left, 5, "nothing charged");
     // A model without vision says so before downloading anything.
     let h = harness(FAST);
     let mut m = msg("3", "");
@@ -144,7 +144,7 @@ async fn the_image_command_charges_its_price_and_nothing_on_failure() {
     assert_eq!(images, &vec!["https://img.example/5.png".to_owned()]);
     assert_eq!(*charged, 3);
     assert!(text.contains("https://img.example/5.png"), "{text}");
-    assert_eq!(h.balance().free_left, 2);
+    assert_eq!(h.balance().await.free_left, 2);
     let usage = h.engine.handle(msg("2", "/image")).collect().await;
     assert!(final_text(&usage).contains("用法"));
 
@@ -160,7 +160,11 @@ async fn the_image_command_charges_its_price_and_nothing_on_failure() {
         ),
         "{event:?}"
     );
-    assert_eq!(h.balance().free_left, 5, "a failed drawing costs nothing");
+    assert_eq!(
+        h.balance().await.free_left,
+        5,
+        "a failed drawing costs nothing"
+    );
 
     let h = harness(FAST);
     let event = h.engine.handle(msg("1", "/image a cat")).collect().await;

@@ -2,9 +2,10 @@
 
 use super::*;
 
-fn hits(h: &Harness) -> Vec<serde_json::Value> {
+async fn hits(h: &Harness) -> Vec<serde_json::Value> {
     h.store
         .checkpoints_with_prefix(HIT_PREFIX)
+        .await
         .unwrap()
         .into_iter()
         .map(|(_, v)| serde_json::from_str(&v).unwrap())
@@ -29,13 +30,13 @@ async fn a_question_hitting_a_rule_is_refused_free_and_recorded() {
         }
     );
     assert_eq!(h.llm.calls(), 0, "no LLM call");
-    assert_eq!(h.balance().free_left, 5, "nothing charged");
-    let recorded = hits(&h);
+    assert_eq!(h.balance().await.free_left, 5, "nothing charged");
+    let recorded = hits(&h).await;
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["rule"], "law");
     assert_eq!(recorded[0]["direction"], "input");
     assert_eq!(recorded[0]["scope"], "telegram:main");
-    assert_eq!(recorded[0]["uid"], h.uid().0);
+    assert_eq!(recorded[0]["uid"], h.uid().await.0);
     // An innocent question goes through.
     let ok = h.engine.handle(msg("2", "天气如何")).collect().await;
     assert_eq!(final_text(&ok), "Hello, world");
@@ -63,7 +64,7 @@ async fn a_streamed_answer_is_cut_when_an_output_rule_hits() {
         !deltas.contains("world") && deltas.ends_with("[cut]"),
         "{deltas}"
     );
-    assert_eq!(hits(&h)[0]["direction"], "output");
+    assert_eq!(hits(&h).await[0]["direction"], "output");
     assert_eq!(
         h.llm.dropped_early.load(Ordering::SeqCst),
         1,
@@ -128,9 +129,12 @@ async fn keyword_replies_answer_before_the_llm_for_free_by_priority() {
     let event = h.engine.handle(msg("2", "联系客服")).collect().await;
     assert_eq!(final_text(&event), "call 客服");
     assert_eq!(h.llm.calls(), 0, "keyword answers cost no LLM call");
-    assert_eq!(h.balance().free_left, 5, "nor credits");
+    assert_eq!(h.balance().await.free_left, 5, "nor credits");
     // A banned user gets the ban, not the canned answers.
-    h.store.set_banned(h.uid(), true, Some("test")).unwrap();
+    h.store
+        .set_banned(h.uid().await, true, Some("test"))
+        .await
+        .unwrap();
     let event = h.engine.handle(msg("3", "价格")).collect().await;
     assert!(
         matches!(

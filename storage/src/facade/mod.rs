@@ -13,6 +13,7 @@
 //! one suite in `tests/` runs every case on each engine.
 
 mod infra;
+mod lane;
 mod ops;
 mod scans;
 
