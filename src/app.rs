@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chatrelay_storage::KvStore;
+use chatrelay_storage::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -66,10 +66,10 @@ pub struct App {
 
 /// Opens the configured store: the embedded database in `storage.path`, or PostgreSQL (with
 /// pending migrations applied).
-pub fn open_store(config: &Config) -> anyhow::Result<KvStore> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     match config.storage.postgres() {
         Some(opts) => {
-            let store = KvStore::open_postgres(&opts).with_context(|| {
+            let store = Store::open_postgres(&opts).await.with_context(|| {
                 format!(
                     "opening the PostgreSQL database (schema {})",
                     config.storage.schema
@@ -78,7 +78,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<KvStore> {
             info!(schema = %config.storage.schema, "storage: PostgreSQL");
             Ok(store)
         }
-        None => KvStore::open(
+        None => Store::open(
             &db_path(config),
             config.storage.cache_capacity_mb * 1024 * 1024,
         )
@@ -91,7 +91,7 @@ impl App {
     /// configuration file a reload reads again (`None`: the default lookup).
     pub async fn build(config: Config, source: Option<PathBuf>) -> anyhow::Result<App> {
         let config = Arc::new(config);
-        let store = open_store_at_start(&config)?;
+        let store = open_store_at_start(&config).await?;
         let backend = llm::from_config(&config).context("building the LLM client")?;
         if backend.name() == "demo" {
             warn!("no LLM API key configured: answering with the offline demo provider");
@@ -217,11 +217,11 @@ impl App {
         notify(&[sd_notify::NotifyState::Stopping]);
         stop_server(finished_early, server, &shutdown, deadline).await?;
         drain_tasks(&tracker, deadline).await;
-        if let Err(e) = engine.stats().flush(engine.facade()).await {
+        if let Err(e) = engine.stats().flush(engine.store()).await {
             warn!(error = %e, "writing the last statistics failed");
         }
         engine
-            .facade()
+            .store()
             .flush()
             .await
             .context("flushing the database")?;
@@ -232,14 +232,14 @@ impl App {
 
 /// Creates the data directory and opens the store, releasing the credit holds a previous run
 /// left open.
-fn open_store_at_start(config: &Config) -> anyhow::Result<KvStore> {
+async fn open_store_at_start(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.storage.path).with_context(|| {
         format!(
             "creating the data directory {}",
             config.storage.path.display()
         )
     })?;
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     // Alone on its database, a daemon starting finds only its own previous run's holds;
     // sharing it, other daemons' answers are in progress: only expired holds go.
     let cutoff = if store.is_shared() {
@@ -249,6 +249,7 @@ fn open_store_at_start(config: &Config) -> anyhow::Result<KvStore> {
     };
     let released = store
         .release_stale_reservations(cutoff)
+        .await
         .context("releasing reservations left by the previous run")?;
     if released > 0 {
         warn!(
@@ -301,7 +302,7 @@ fn spawn_background(tracker: &TaskTracker, state: &AppState) {
     state.live.sync_jobs();
     let live = state.live.clone();
     tracker.spawn(crate::leader::run(
-        engine.facade().clone(),
+        engine.store().clone(),
         "reconcile".to_owned(),
         shutdown.clone(),
         move |stop| reconcile(live.clone(), stop),
@@ -455,7 +456,7 @@ async fn housekeeping(
         login.sweep();
         guests.sweep();
         // Purging stored records is one daemon's job when several share the database.
-        let store = engine.facade();
+        let store = engine.store();
         let purge = cleanup.leads(store, "cleanup").await;
         // The engine's in-memory sweeps are sync (and can take a while): off the workers.
         let e = engine.clone();
@@ -514,7 +515,7 @@ async fn watchdog(engine: Engine, interval: Duration, shutdown: CancellationToke
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        let store = engine.facade();
+        let store = engine.store();
         let alive = tokio::time::timeout(every, store.user(chatrelay_storage::Uid(0))).await;
         match alive {
             Ok(Ok(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
@@ -534,7 +535,7 @@ async fn store_doctor(engine: Engine, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = shutdown.cancelled() => return,
         }
-        let store = engine.facade();
+        let store = engine.store();
         let ok = store.probe_write().await
             || match store.recover().await {
                 Ok(()) => store.probe_write().await && release_after_reopen(store).await,

@@ -129,35 +129,13 @@ mod tests {
 
     use super::*;
 
+    /// Two daemons on one PostgreSQL schema (two stores, two pools, the relational tables).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_daemon_leads_and_another_takes_over() {
-        let Some((a, b)) = crate::engine::tests::shared_pair() else {
+        let Some((a, b)) = crate::engine::tests::shared_pair().await else {
             eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
             return;
         };
-        takeover(Store::from(a), Store::from(b)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn on_the_relational_store_one_daemon_leads_and_another_takes_over() {
-        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            eprintln!("skipped: CHATRELAY_TEST_PG_URL is not set");
-            return;
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let opts = chatrelay_storage::PgOptions {
-            schema: Some(format!("t_lead_{}_{nanos}", std::process::id())),
-            ..chatrelay_storage::PgOptions::new(url)
-        };
-        // Two daemons on one database: two stores (two pools) on the same schema.
-        let a = Store::open_relational(&opts).await.unwrap();
-        let b = Store::open_relational(&opts).await.unwrap();
         assert!(a.is_shared() && a.kv().is_none());
         takeover(a, b).await;
     }

@@ -97,7 +97,7 @@ impl Parts {
         let billing = Arc::new(
             Billing::from_config(
                 &config,
-                engine.facade().clone(),
+                engine.store().clone(),
                 http.clone(),
                 alerts.clone(),
             )
@@ -278,7 +278,7 @@ impl Live {
                 }
                 // With several daemons on one database, one of them polls (the others
                 // stand by and take over when it dies).
-                let store = engine.facade().clone();
+                let store = engine.store().clone();
                 crate::leader::run(store, job_name, task_stop, move |stop| {
                     let (engine, alerts, shutdown) =
                         (engine.clone(), alerts.clone(), shutdown.clone());

@@ -615,11 +615,6 @@ def test_migrate_data_round_trip(upstream, schema, pay_fakes):
     assert copied() == found, "a refused migrate-data changed the destination"
 
 
-# Until the daemon runs on the relational store (the storage facade's switch), a PostgreSQL
-# daemon opens the one-table layout and finds none of the copied data. Strict: once the switch
-# lands this passes, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="a PostgreSQL daemon still opens the one-table layout (chatrelay_kv), "
-                                       "not the relational tables migrate-data fills")
 def test_a_daemon_serves_a_moved_installation(upstream, schema, pay_fakes):
     """A daemon on the schema `migrate-data` filled shows the same users, balances, ledgers and
     orders as the sled daemon did, old tokens still work, new uids come after the old ones."""

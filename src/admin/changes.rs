@@ -121,7 +121,7 @@ pub(super) async fn record_changes(
         reason,
         summary,
     };
-    let store = st.engine.facade();
+    let store = st.engine.store();
     // The change is made whatever happens here: a record that cannot be written is logged,
     // not turned into an error answer for a change that happened. Flushed before the answer
     // like the change itself, so that a crash does not keep the change and lose its record.
@@ -267,7 +267,7 @@ pub async fn list_changes(st: St, Query(q): Query<ChangesQuery>) -> Answer {
             chatrelay_storage::MAX_CHANGE_PAGE
         )));
     }
-    let page = st.engine.facade().changes(before, limit).await?;
+    let page = st.engine.store().changes(before, limit).await?;
     Ok(Json(json!({
         "changes": page.records.iter().map(record_json).collect::<Vec<_>>(),
         "next": page.next.map(|c| c.to_string()),

@@ -86,7 +86,7 @@ pub async fn create_batch(st: St, Body(req): Body<NewBatch>) -> Answer {
     if note.chars().count() > 200 {
         return Err(AdminError::bad_request("note: at most 200 characters"));
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let (batch, codes) = store
         .create_code_batch(grant, req.count, expires_at_ms, &note, now)
         .await?;
@@ -112,7 +112,7 @@ pub async fn create_batch(st: St, Body(req): Body<NewBatch>) -> Answer {
 /// One batch with its codes, or the newest batches with their tallies.
 pub async fn list_codes(st: St, Query(q): Query<CodesQuery>) -> Answer {
     let tz = st.engine.settings().tz_offset_secs;
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let now = now_ms();
     if let Some(id) = q.batch {
         let Some(batch) = store.code_batch(id).await? else {
@@ -146,7 +146,7 @@ pub async fn revoke_batch(st: St, Path(id): Path<String>) -> Answer {
     let id: u64 = id
         .parse()
         .map_err(|_| AdminError::bad_request(format!("{id:?} is not a batch id")))?;
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let revoked = store
         .revoke_code_batch(id, now_ms())
         .await?

@@ -47,7 +47,7 @@ async fn change_credits(
         .reference
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| format!("{prefix}:{}", crate::util::random_id()));
-    let store = st.engine.facade();
+    let store = st.engine.store();
     existing_user(store, uid).await?;
     let (reason, now) = (req.reason.trim(), now_ms());
     let entry = if add {

@@ -38,7 +38,7 @@ pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
             "give at most 366 days, from before to",
         ));
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     // What is still in memory belongs in the figures.
     st.engine.stats().flush(store).await?;
     let days: Vec<i64> = (from..=to).collect();
@@ -48,7 +48,7 @@ pub async fn stats(st: St, Query(q): Query<StatsQuery>) -> Answer {
 
 /// Checks that every user's ledger sums to their balance.
 pub async fn audit(st: St) -> Answer {
-    let report = st.engine.facade().audit().await?;
+    let report = st.engine.store().audit().await?;
     Ok(Json(json!(report)))
 }
 
@@ -64,7 +64,7 @@ pub async fn content_hits(st: St, Query(q): Query<HitsQuery>) -> Answer {
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     let hits: Vec<Value> = st
         .engine
-        .facade()
+        .store()
         .checkpoints_with_prefix(crate::engine::HIT_PREFIX)
         .await?
         .into_iter()
@@ -130,7 +130,7 @@ fn redacted(config: &crate::config::Config) -> Result<Value> {
 /// wait only the instant the snapshot starts, see `KvStore::export_backup`), then sent. On
 /// PostgreSQL the answer is `501` with the store's words (it is backed up with `pg_dump`).
 pub async fn backup(st: St) -> Result<Response> {
-    let store = st.engine.facade().clone();
+    let store = st.engine.store().clone();
     refuse_unless_embedded(&store)?;
     let dir = st.parts().config.storage.path.join("backups");
     let path = dir.join(format!("backup-{}.tmp", crate::util::random_id()));
@@ -231,7 +231,7 @@ mod tests {
             schema: Some(format!("t_backup_{}_{nanos}", std::process::id())),
             ..chatrelay_storage::PgOptions::new(url)
         };
-        let pg = chatrelay_storage::Store::open_relational(&opts)
+        let pg = chatrelay_storage::Store::open_postgres(&opts)
             .await
             .unwrap();
         let Err(AdminError(status, message)) = refuse_unless_embedded(&pg) else {

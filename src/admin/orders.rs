@@ -110,7 +110,7 @@ async fn select_orders(st: &AppState, f: OrderFilter, default_limit: usize) -> R
     let sel = f.selection()?;
     let tz = st.engine.settings().tz_offset_secs;
     let limit = f.limit.unwrap_or(default_limit).min(1_000_000);
-    let mut orders = st.engine.facade().orders(sel.status, usize::MAX).await?;
+    let mut orders = st.engine.store().orders(sel.status, usize::MAX).await?;
     orders.retain(|o| sel.admits(o, crate::util::day_number(o.created_at_ms, tz)));
     orders.truncate(limit);
     Ok(orders)
@@ -182,7 +182,7 @@ fn csv_cell(value: &str) -> String {
 
 /// One order with its events.
 pub async fn show_order(st: St, Path(id): Path<String>) -> Answer {
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let order = store
         .order(&id)
         .await?

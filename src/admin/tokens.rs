@@ -27,7 +27,7 @@ pub async fn create_token(
     OptionalBody(req): OptionalBody<CreateToken>,
 ) -> Answer {
     let req = req.unwrap_or_default();
-    let store = st.engine.facade();
+    let store = st.engine.store();
     existing_user(store, uid).await?;
     let now = now_ms();
     let expires = req
@@ -56,7 +56,7 @@ pub struct Revoke {
 
 /// Revokes a live token.
 pub async fn revoke_token(st: St, Body(req): Body<Revoke>) -> Answer {
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let revoked = match (req.token, req.uid, req.hash_prefix) {
         (Some(token), None, None) => store.revoke_token(token.trim(), now_ms()).await?,
         (None, Some(uid), Some(prefix)) => {

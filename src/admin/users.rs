@@ -26,7 +26,7 @@ pub async fn create_user(st: St, Body(req): Body<CreateUser>) -> Result<Response
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AdminError::bad_request("name must be 1 to 100 characters"));
     }
-    let user = st.engine.facade().create_user(name).await?;
+    let user = st.engine.store().create_user(name).await?;
     info!(uid = %user.uid, "admin: user created");
     Ok((StatusCode::CREATED, Json(json!(user))).into_response())
 }
@@ -40,7 +40,7 @@ pub struct ShowQuery {
 
 /// A user with balance, identities, tokens, recent ledger and conversations.
 pub async fn show_user(st: St, UidPath(uid): UidPath, Query(q): Query<ShowQuery>) -> Answer {
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let user = store
         .user(uid)
         .await?
@@ -109,7 +109,7 @@ pub async fn user_ledger(st: St, UidPath(uid): UidPath, Query(q): Query<LedgerQu
             "limit={limit} is not a number from 1 to 500"
         )));
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     existing_user(store, uid).await?;
     let (entries, next) = store.ledger_page(uid, q.before, limit).await?;
     Ok(Json(json!({"entries": entries, "next": next})))
@@ -173,7 +173,7 @@ async fn list_users(st: AppState, f: FindQuery) -> Answer {
     }
     let limit = f.limit.unwrap_or(50).clamp(1, 500);
     let offset = f.offset.unwrap_or(0);
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let settings = st.engine.settings();
     let page = async {
         let mut rows = Vec::new();
@@ -223,7 +223,7 @@ pub async fn find_users(st: St, Query(f): Query<FindQuery>) -> Answer {
         return list_users(st.0, f).await;
     }
     let limit = f.limit.unwrap_or(20).clamp(1, 500);
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let settings = st.engine.settings();
     let found = async {
         let mut out = Vec::new();
@@ -298,7 +298,7 @@ pub async fn ban(st: St, UidPath(uid): UidPath, Body(req): Body<Ban>) -> Answer 
     if req.banned && reason.is_none() {
         return Err(AdminError::bad_request("a reason is required to ban"));
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let user = store.set_banned(uid, req.banned, reason).await?;
     store.flush().await?;
     info!(%uid, banned = req.banned, reason = reason.unwrap_or(""), "admin: ban changed");
@@ -321,7 +321,7 @@ fn parse_key(raw: &str) -> Result<UserKey> {
 /// Binds a platform identity to a user (taking it from its previous owner).
 pub async fn link_identity(st: St, UidPath(uid): UidPath, Body(req): Body<Link>) -> Answer {
     let key = parse_key(&req.key)?;
-    let store = st.engine.facade();
+    let store = st.engine.store();
     existing_user(store, uid).await?;
     let previous = store.link_identity(&key, uid).await?;
     info!(%uid, %key, "admin: identity linked");
@@ -337,7 +337,7 @@ pub async fn unlink_identity(
     Path((_, key)): Path<(String, String)>,
 ) -> Answer {
     let key = parse_key(&key)?;
-    let store = st.engine.facade();
+    let store = st.engine.store();
     match store.identity(&key).await? {
         Some(owner) if owner == uid => {}
         Some(owner) => {
@@ -367,7 +367,7 @@ pub struct Groups {
 
 /// Puts a user in groups or takes them out (models can be limited to groups).
 pub async fn change_groups(st: St, UidPath(uid): UidPath, Body(req): Body<Groups>) -> Answer {
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let user = store.change_groups(uid, &req.add, &req.remove).await?;
     store.flush().await?;
     info!(%uid, groups = ?user.groups, "admin: groups changed");

@@ -66,12 +66,12 @@ pub async fn issue_code_via(
     key: &UserKey,
     display_name: Option<&str>,
 ) -> Result<(String, u64), StoreError> {
-    issue_code(engine.facade(), key, display_name).await
+    issue_code(engine.store(), key, display_name).await
 }
 
 /// The user a bearer token (from a login, a guest or the admin) belongs to, if it is live.
 pub async fn token_user(engine: &Engine, token: &str) -> Result<Option<Uid>, StoreError> {
-    engine.facade().token_uid(token, now_ms()).await
+    engine.store().token_uid(token, now_ms()).await
 }
 
 /// Why a login failed.
@@ -184,8 +184,8 @@ impl Login {
         code: &str,
         client: IpAddr,
     ) -> Result<LoginToken, LoginError> {
-        let token = self.login(engine.facade(), code, client).await?;
-        if let Err(e) = engine.facade().flush().await {
+        let token = self.login(engine.store(), code, client).await?;
+        if let Err(e) = engine.store().flush().await {
             warn!(error = %e, "flushing a new login token failed");
         }
         Ok(token)
@@ -229,7 +229,7 @@ pub(crate) async fn test_stores() -> Vec<(&'static str, Store)> {
             schema: Some(format!("t_{}_{}", std::process::id(), hex::encode(random))),
             ..chatrelay_storage::PgOptions::new(url)
         };
-        all.push(("relational", Store::open_relational(&opts).await.unwrap()));
+        all.push(("relational", Store::open_postgres(&opts).await.unwrap()));
     }
     all
 }

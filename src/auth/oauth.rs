@@ -132,7 +132,7 @@ impl<'a> Logins<'a> {
     #[must_use]
     pub fn new(engine: &'a Engine) -> Self {
         Self {
-            store: engine.facade(),
+            store: engine.store(),
         }
     }
 

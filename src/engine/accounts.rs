@@ -44,7 +44,7 @@ impl Engine {
         key: &UserKey,
         display_name: Option<&str>,
     ) -> Result<Uid, StoreError> {
-        self.inner.facade.resolve_identity(key, display_name).await
+        self.inner.store.resolve_identity(key, display_name).await
     }
 
     /// Creates a guest with `credits` (a ledger grant, idempotent on the guest's uid) and a
@@ -55,7 +55,7 @@ impl Engine {
         credits: u64,
         token_ttl: Duration,
     ) -> Result<Guest, StoreError> {
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let now = now_ms();
         let user = store.create_user(GUEST_NAME).await?;
         store
@@ -87,7 +87,7 @@ impl Engine {
     /// The account of `uid` with its `recent` latest ledger entries; `None` if there is no
     /// such user.
     pub async fn account(&self, uid: Uid, recent: usize) -> Result<Option<Account>, StoreError> {
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let s = self.settings();
         let today = s.today();
         match (

@@ -245,7 +245,7 @@ impl Engine {
             let stored = self
                 .off_worker(move |e| async move {
                     e.inner
-                        .facade
+                        .store
                         .append_turns(&m.conversation, &m.turns, m.max_turns)
                         .await
                 })

@@ -15,7 +15,7 @@ impl Engine {
         if !model.paid_only && model.groups.is_empty() {
             return None;
         }
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let user = match store.user(uid).await {
             Ok(Some(u)) => u,
             Ok(None) => return Some(failed(FailureKind::Banned, &s.texts.banned)),
@@ -48,7 +48,7 @@ impl Engine {
         if !s.plans.iter().any(|p| p.models.contains(&model.name)) {
             return false;
         }
-        match self.inner.facade.plan(uid).await {
+        match self.inner.store.plan(uid).await {
             Ok(Some(p)) if p.active_on(s.today()) => s
                 .plan(&p.id)
                 .is_some_and(|cfg| cfg.models.contains(&model.name)),
@@ -139,7 +139,7 @@ impl Engine {
             watch.uid.0,
             crate::util::random_id()
         );
-        let store = self.inner.facade.clone();
+        let store = self.inner.store.clone();
         // Called where nothing is awaited (a word rule checked on the stream): done here on
         // sled, in a task where the store must wait.
         self.run_or_spawn(async move {
@@ -151,7 +151,7 @@ impl Engine {
 
     /// Ban and rate limit; `Some(failure)` when the user may not ask now.
     pub(super) async fn guard(&self, uid: Uid) -> Option<ReplyEvent> {
-        let user = self.inner.facade.user(uid).await;
+        let user = self.inner.store.user(uid).await;
         self.guard_user(uid, user.as_ref().map(Option::as_ref))
     }
 

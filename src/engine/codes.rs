@@ -26,10 +26,10 @@ impl Engine {
         let redeemed = self
             .inner
             .codes
-            .redeem(&self.inner.facade, &self.inner.alerts, uid, code, ctx)
+            .redeem(&self.inner.store, &self.inner.alerts, uid, code, ctx)
             .await;
         if redeemed.is_ok()
-            && let Err(e) = self.inner.facade.flush().await
+            && let Err(e) = self.inner.store.flush().await
         {
             // The credit stands in the open database; the disk is failing, which `/readyz`
             // and the watchdog report.

@@ -56,7 +56,7 @@ impl Engine {
         scope: &str,
     ) -> (String, String) {
         let defaults = policy::scope_defaults(&s.scopes, scope);
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let model = policy::pref(store, uid, "model").await.ok().flatten();
         let role = policy::pref(store, uid, "role").await.ok().flatten();
         let model = policy::choose_model(&s.models, model.as_deref(), defaults, &s.default_model)
@@ -146,7 +146,7 @@ impl Engine {
         s: &Settings,
         conversation: &str,
     ) -> Result<String, ReplyEvent> {
-        match self.inner.facade.clear_conversation(conversation).await {
+        match self.inner.store.clear_conversation(conversation).await {
             Ok(()) => Ok(s.texts.new_conversation.clone()),
             Err(e) => {
                 warn!(error = %e, "clearing the conversation failed");
@@ -163,7 +163,7 @@ impl Engine {
         scope: &str,
     ) -> Result<String, ReplyEvent> {
         let today = s.today();
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let read = match store.balance(uid, today, s.free_daily).await {
             Ok(b) => store.plan(uid).await.map(|plan| (b, plan)),
             Err(e) => Err(e),
@@ -228,7 +228,7 @@ impl Engine {
         }
         if let Err(e) = self
             .inner
-            .facade
+            .store
             .set_checkpoint(&policy::pref_key(uid, "model"), Some(&model.name))
             .await
         {
@@ -281,7 +281,7 @@ impl Engine {
         }
         if let Err(e) = self
             .inner
-            .facade
+            .store
             .set_checkpoint(&policy::pref_key(uid, "role"), role.map(|r| r.id.as_str()))
             .await
         {

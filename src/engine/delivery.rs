@@ -83,7 +83,7 @@ impl Engine {
     /// message whose retries reached several daemons is delivered once.
     #[must_use]
     pub async fn claim_delivery(&self, what: &str) -> bool {
-        if !self.inner.facade.is_shared() {
+        if !self.inner.store.is_shared() {
             return true;
         }
         match self.mark_first(&format!("delivered:{what}")).await {
@@ -118,20 +118,20 @@ impl Engine {
     pub(super) async fn mark_first(&self, key: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let expires = now.saturating_add(self.settings().dedupe_ttl.as_millis() as i64);
-        self.inner.facade.dedupe_insert(key, expires, now).await
+        self.inner.store.dedupe_insert(key, expires, now).await
     }
 
     /// On a shared database, keeps the finished answer to a platform message for retries
     /// that reach other daemons (until the dedupe mark expires).
     pub(super) async fn share_answer(&self, id: &str, event: &ReplyEvent, expires_at_ms: i64) {
-        if !self.inner.facade.is_shared() {
+        if !self.inner.store.is_shared() {
             return;
         }
         let answer = chatrelay_storage::SharedAnswer {
             text: event.user_text(),
             expires_at_ms,
         };
-        if let Err(e) = self.inner.facade.put_answer(id, &answer).await {
+        if let Err(e) = self.inner.store.put_answer(id, &answer).await {
             warn!(error = %e, "keeping the answer for retries on other daemons failed");
         }
     }

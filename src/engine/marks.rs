@@ -13,7 +13,7 @@ impl Engine {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.inner
-            .facade
+            .store
             .dedupe_insert(key, expires_at_ms, now_ms)
             .await
     }
@@ -29,7 +29,7 @@ impl Engine {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.inner
-            .facade
+            .store
             .dedupe_bind(key, bound, expires_at_ms, now_ms)
             .await
     }
@@ -38,6 +38,6 @@ impl Engine {
     /// may reach different daemons.
     #[must_use]
     pub fn is_shared(&self) -> bool {
-        self.inner.facade.is_shared()
+        self.inner.store.is_shared()
     }
 }

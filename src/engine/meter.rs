@@ -126,7 +126,7 @@ impl Engine {
         let expires = now_ms().saturating_add(s.reservation_ttl.as_millis() as i64);
         match self
             .inner
-            .facade
+            .store
             .reserve(uid, estimate, reference, s.today(), s.free_daily, expires)
             .await
         {
@@ -160,10 +160,10 @@ impl Engine {
         let model = model.to_owned();
         let (today, free_daily) = (s.today(), s.free_daily);
         // One lane step (on sled), answered after the flush that ends its round.
-        let store = self.inner.facade.clone();
+        let store = self.inner.store.clone();
         let (settled, flushed) = self
             .inner
-            .facade
+            .store
             .step_durable(async move {
                 let remember = memory.as_ref().map(|m| chatrelay_storage::Remember {
                     conversation: &m.conversation,
@@ -228,7 +228,7 @@ impl Engine {
             return;
         }
         let refund = format!("undelivered:{reference}");
-        let (store, reference) = (self.inner.facade.clone(), reference.to_owned());
+        let (store, reference) = (self.inner.store.clone(), reference.to_owned());
         let step = async move {
             match store
                 .refund_answer(
@@ -291,7 +291,7 @@ impl Engine {
             return;
         }
         let payer_key = inbound.bill_to.as_ref().unwrap_or(&inbound.key);
-        let payer = match self.inner.facade.resolve_identity(payer_key, None).await {
+        let payer = match self.inner.store.resolve_identity(payer_key, None).await {
             Ok(uid) => uid,
             Err(e) => {
                 warn!(error = %e, charged, why, "finding who paid for an undelivered answer failed; not refunded");
@@ -321,12 +321,7 @@ impl Engine {
         if model.credits_per_1k_tokens == 0 {
             return Ok((asked, None));
         }
-        let available = match self
-            .inner
-            .facade
-            .balance(uid, s.today(), s.free_daily)
-            .await
-        {
+        let available = match self.inner.store.balance(uid, s.today(), s.free_daily).await {
             Ok(b) => b.available,
             Err(e) => {
                 warn!(error = %e, "reading the balance failed");
@@ -347,7 +342,7 @@ impl Engine {
     /// Drops a reservation without charging (off the async workers).
     pub(super) async fn release(&self, id: ReservationId) {
         let released = self
-            .off_worker(move |e| async move { e.inner.facade.release(id).await })
+            .off_worker(move |e| async move { e.inner.store.release(id).await })
             .await
             .unwrap_or(Err(StoreError::Reopening));
         if let Err(e) = released {
@@ -365,6 +360,6 @@ impl Engine {
         R: Send + 'static,
         Fut: std::future::Future<Output = R> + Send + 'static,
     {
-        self.inner.facade.step(f(self.clone())).await
+        self.inner.store.step(f(self.clone())).await
     }
 }

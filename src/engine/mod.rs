@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Reply, ReplyEvent, ReplySender, Usage};
 use chatrelay_openai::Message;
-use chatrelay_storage::{Balance, KvStore, ReservationId, StoreError, Turn, Uid};
+use chatrelay_storage::{Balance, ReservationId, Store, StoreError, Turn, Uid};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -150,10 +150,8 @@ struct Inflight {
 }
 
 struct Inner {
-    store: KvStore,
-    /// The domain interface over `store` (issue 21: callers move to it module by module;
-    /// once none uses `store`, it is the only field and takes its name).
-    facade: chatrelay_storage::Store,
+    /// The store's domain interface (sled or PostgreSQL behind it).
+    store: Store,
     /// Swapped whole on a configuration reload; calls in flight keep the one they started with.
     llm: RwLock<Arc<dyn LlmBackend>>,
     alerts: crate::alerts::Alerter,
@@ -197,7 +195,7 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine. Its tasks are spawned on `tracker` and stop on `shutdown`.
     pub fn new(
-        store: KvStore,
+        store: Store,
         llm: Arc<dyn LlmBackend>,
         settings: Settings,
         shutdown: CancellationToken,
@@ -206,7 +204,6 @@ impl Engine {
         let limiter = RateLimiter::new(settings.rate_limit_per_minute);
         Self {
             inner: Arc::new(Inner {
-                facade: chatrelay_storage::Store::from(store.clone()),
                 store,
                 llm: RwLock::new(llm),
                 alerts: crate::alerts::Alerter::default(),
@@ -312,16 +309,10 @@ impl Engine {
             .message(self.settings().today(), platform.as_str(), outcome);
     }
 
-    /// The store (its key-value engine: the callers not yet moved to [`Engine::facade`]).
+    /// The store's domain interface.
     #[must_use]
-    pub fn store(&self) -> &KvStore {
+    pub fn store(&self) -> &Store {
         &self.inner.store
-    }
-
-    /// The store's domain interface, async on either engine.
-    #[must_use]
-    pub fn facade(&self) -> &chatrelay_storage::Store {
-        &self.inner.facade
     }
 
     /// The daemon's one task tracker: every task spawned on behalf of a request goes through
@@ -532,7 +523,7 @@ impl Engine {
                         // answer through the database. Every follower must get it: one of
                         // them may be the one that delivers it.
                         let found = follow_shared(
-                            this.inner.facade.clone(),
+                            this.inner.store.clone(),
                             id,
                             s.reservation_ttl,
                             &this.inner.tracker,

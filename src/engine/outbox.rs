@@ -7,11 +7,11 @@ impl Engine {
     /// Keeps `text` for the user behind `key` (a [`chatrelay_core::UserKey`] or a channel's
     /// own outbox name), after what is already kept.
     pub async fn outbox_push(&self, key: &str, text: &str) -> Result<(), StoreError> {
-        self.inner.facade.outbox_push(key, text).await
+        self.inner.store.outbox_push(key, text).await
     }
 
     /// Takes everything kept for `key`, oldest first (empty when nothing is owed).
     pub async fn outbox_take(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.facade.outbox_take(key).await
+        self.inner.store.outbox_take(key).await
     }
 }

@@ -51,7 +51,7 @@ impl Engine {
         );
         let got = self
             .off_worker(move |e| async move {
-                let store = &e.inner.facade;
+                let store = &e.inner.store;
                 let uid = match store
                     .admit(&key, name.as_deref(), &mark, expires, now)
                     .await?
@@ -88,7 +88,7 @@ impl Engine {
             .unwrap_or(Err(StoreError::Reopening));
         match got {
             Ok(Some(admitted)) => Dedupe::New(Box::new(admitted)),
-            Ok(None) if self.inner.facade.is_shared() => {
+            Ok(None) if self.inner.store.is_shared() => {
                 // Another daemon on the database took this message (a platform retry landed
                 // here).
                 metrics::counter!("chatrelay_redeliveries_joined_total").increment(1);
@@ -175,7 +175,7 @@ impl Engine {
         let (today, free_daily) = (s.today(), s.free_daily);
         let balance = self
             .off_worker(
-                move |e| async move { e.inner.facade.balance(payer, today, free_daily).await },
+                move |e| async move { e.inner.store.balance(payer, today, free_daily).await },
             )
             .await?;
         let available = match balance {
@@ -333,7 +333,7 @@ impl Engine {
             None => Ok(uid),
             Some(key) => self
                 .inner
-                .facade
+                .store
                 .resolve_identity(key, None)
                 .await
                 .map_err(|e| {
@@ -504,7 +504,7 @@ impl Engine {
         let memory_key = conversation.clone();
         let admitted = self
             .off_worker(move |e| async move {
-                let store = &e.inner.facade;
+                let store = &e.inner.store;
                 let model_pref = match model {
                     Some(m) => Some(m),
                     None => policy::pref(store, uid, "model").await.ok().flatten(),

@@ -6,7 +6,7 @@ use super::*;
 impl Engine {
     /// The checkpoint `key`, if set.
     pub async fn checkpoint(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.facade.checkpoint(key).await
+        self.inner.store.checkpoint(key).await
     }
 
     /// Sets checkpoint `key` to `new` if it is `expected` now; false if it is not.
@@ -16,17 +16,17 @@ impl Engine {
         expected: Option<&str>,
         new: &str,
     ) -> Result<bool, StoreError> {
-        self.inner.facade.checkpoint_cas(key, expected, new).await
+        self.inner.store.checkpoint_cas(key, expected, new).await
     }
 
     /// The counter `key` (0 when unset).
     pub async fn counter(&self, key: &str) -> Result<u64, StoreError> {
-        self.inner.facade.counter(key).await
+        self.inner.store.counter(key).await
     }
 
     /// Adds one to the counter `key` and returns the new count.
     pub async fn bump_counter(&self, key: &str) -> Result<u64, StoreError> {
-        self.inner.facade.bump_counter(key).await
+        self.inner.store.bump_counter(key).await
     }
 
     /// The user bound to `key`, if it has been seen.
@@ -34,11 +34,11 @@ impl Engine {
         &self,
         key: &chatrelay_core::UserKey,
     ) -> Result<Option<Uid>, StoreError> {
-        self.inner.facade.identity(key).await
+        self.inner.store.identity(key).await
     }
 
     /// Writes what the store holds to disk (sled; PostgreSQL commits are durable already).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.facade.flush().await
+        self.inner.store.flush().await
     }
 }

@@ -39,8 +39,8 @@ impl Engine {
     /// died (alone, a daemon releases its own at start). One daemon does this at a time.
     pub async fn purge_old_records(&self) {
         let now = now_ms();
-        if self.inner.facade.is_shared() {
-            match self.inner.facade.release_stale_reservations(now).await {
+        if self.inner.store.is_shared() {
+            match self.inner.store.release_stale_reservations(now).await {
                 Ok(0) => {}
                 Ok(n) => warn!(
                     released = n,
@@ -49,14 +49,14 @@ impl Engine {
                 Err(e) => warn!(error = %e, "releasing expired reservations failed"),
             }
         }
-        if let Err(e) = self.inner.facade.purge_expired_dedupe(now).await {
+        if let Err(e) = self.inner.store.purge_expired_dedupe(now).await {
             warn!(error = %e, "purging expired dedupe marks failed");
         }
         // Content-rule hits are kept for admins for 180 days.
         let cutoff = format!("{HIT_PREFIX}{:013}", now - 180 * 86_400_000);
         if let Err(e) = self
             .inner
-            .facade
+            .store
             .purge_checkpoints_before(HIT_PREFIX, &cutoff)
             .await
         {
@@ -66,7 +66,7 @@ impl Engine {
         // beyond any retry window.
         if let Err(e) = self
             .inner
-            .facade
+            .store
             .purge_settled_reservations(now - 86_400_000)
             .await
         {
@@ -85,7 +85,7 @@ impl Engine {
             .saturating_mul(86_400_000);
         if let Err(e) = self
             .inner
-            .facade
+            .store
             .purge_changes(now.saturating_sub(keep_ms), CHANGE_PURGE_MAX)
             .await
         {
@@ -98,7 +98,7 @@ impl Engine {
     /// going on where the last run stopped.
     pub async fn purge_guest_chats(&self, now: i64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let from = Uid(self.inner.guest_chats_from.load(Relaxed));
         let (owners, resume) = match store.chat_owners(from, GUEST_CHAT_USERS).await {
             Ok(found) => found,
@@ -126,7 +126,7 @@ impl Engine {
     /// platform identity, and every token a guest token that expired or was revoked. A user
     /// that no longer exists counts as expired.
     async fn guest_expired(&self, uid: Uid, now: i64) -> Result<bool, StoreError> {
-        let store = &self.inner.facade;
+        let store = &self.inner.store;
         let Some(user) = store.user(uid).await? else {
             return Ok(true);
         };
@@ -160,7 +160,7 @@ impl Engine {
         let cutoff = now.saturating_sub(keep_ms);
         match self
             .inner
-            .facade
+            .store
             .purge_usage(cutoff, Uid(from), USAGE_PURGE_USERS)
             .await
         {

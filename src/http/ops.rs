@@ -31,7 +31,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     // Ready means the store answers and takes writes: a full disk makes sled refuse writes
     // while reads still work, and nearly every request writes. Writability is what the
     // store doctor's last probe found (every 2 s): probing here would wait out a backup.

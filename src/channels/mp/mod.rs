@@ -683,7 +683,7 @@ mod tests {
     async fn the_watcher_lets_go_once_a_try_delivered() {
         let config = crate::config::Config::default();
         let engine = Engine::new(
-            chatrelay_storage::KvStore::open_temporary().unwrap(),
+            chatrelay_storage::Store::open_temporary().unwrap(),
             Arc::new(crate::engine::llm::DemoBackend {
                 piece_delay: Duration::ZERO,
             }),

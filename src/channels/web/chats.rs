@@ -258,7 +258,7 @@ impl FromRequestParts<WebState> for Authed {
 }
 
 async fn list(State(st): State<WebState>, Authed(uid): Authed) -> Response {
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let got = read(async {
         let web = store.chats(uid).await?;
         let platform = platform_chats(store, uid, None).await?;
@@ -294,7 +294,7 @@ async fn open(State(st): State<WebState>, Authed(uid): Authed, Path(id): Path<St
     if !valid_chat_id(&id) {
         return not_found();
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     if id.starts_with(PLATFORM_PREFIX) {
         let got = read(platform_chats(store, uid, Some(&id))).await;
         return match got.map(|mut found| found.pop()) {
@@ -397,7 +397,7 @@ async fn save(
     let now = crate::util::now_ms();
     let outcome = write(
         st.engine
-            .facade()
+            .store()
             .put_chat(uid, &id, &title, &messages, req.base, now, limits),
     )
     .await;
@@ -457,7 +457,7 @@ async fn rename(
     }
     let title = clean_title(&req.title);
     let now = crate::util::now_ms();
-    match write(st.engine.facade().rename_chat(uid, &id, &title, now)).await {
+    match write(st.engine.store().rename_chat(uid, &id, &title, now)).await {
         Ok(Some(updated_at_ms)) => {
             Json(json!({"id": id, "updated_at": updated_at_ms})).into_response()
         }
@@ -474,7 +474,7 @@ async fn remove(
     if !valid_chat_id(&id) {
         return not_found();
     }
-    let store = st.engine.facade();
+    let store = st.engine.store();
     let result = if id.starts_with(PLATFORM_PREFIX) {
         // Clearing the memory is what "/new" does on the platform.
         write(async {
@@ -538,7 +538,7 @@ async fn continue_platform(
     }
     // Only a conversation the user has (one the platform remembers): a platform that keeps
     // no memory for this identity (zsxq's one-shot questions) has nothing to continue.
-    let key = match read(platform_chats(st.engine.facade(), uid, Some(&id))).await {
+    let key = match read(platform_chats(st.engine.store(), uid, Some(&id))).await {
         Ok(mut found) => found.pop().map(|p| p.key),
         Err(refused) => return refused,
     };

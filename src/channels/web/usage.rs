@@ -100,7 +100,7 @@ async fn usage(
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", &message),
     };
     // One page (at most `MAX_USAGE_PAGE` records) from the store's domain interface.
-    match st.engine.facade().usage(uid, before, limit).await {
+    match st.engine.store().usage(uid, before, limit).await {
         Ok(page) => Json(page_json(&page)).into_response(),
         Err(e) => {
             warn!(error = %e, "reading the usage log failed");

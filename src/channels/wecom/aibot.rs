@@ -516,7 +516,7 @@ mod tests {
     /// An engine with the demo model (1 credit an answer, 10 free a day) and a bot whose
     /// stream window is `window_secs`.
     fn rig(window_secs: u64) -> Rig {
-        let kv = chatrelay_storage::KvStore::open_temporary().unwrap();
+        let kv = chatrelay_storage::Store::open_temporary().unwrap();
         let mut config = crate::config::Config::default();
         config.llm.models = vec![crate::config::ModelConfig {
             name: config.llm.model.clone(),
@@ -545,7 +545,7 @@ mod tests {
             streams: Mutex::new(stream_map()),
         });
         Rig {
-            store: engine.facade().clone(),
+            store: engine.store().clone(),
             engine,
             shutdown,
             tracker,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chatrelay_core::{FailureKind, Handler, Inbound, Platform, ReplyEvent, Usage, UserKey};
 use chatrelay_openai::Message;
-use chatrelay_storage::{EntryKind, KvStore, Store, Turn, Uid};
+use chatrelay_storage::{EntryKind, Store, Turn, Uid};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -152,17 +152,15 @@ fn harness_with(script: Script, edit: impl FnOnce(&mut Config)) -> Harness {
     }];
     config.quota.free_daily = 5;
     edit(&mut config);
-    // `Engine::new` takes the key-value store until the daemon opens `Store` itself.
-    let kv = KvStore::open_temporary().unwrap();
     let llm = Scripted::new(script);
     let engine = Engine::new(
-        kv,
+        Store::open_temporary().unwrap(),
         llm.clone(),
         Settings::from_config(&config).unwrap(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
-    let store = engine.facade().clone();
+    let store = engine.store().clone();
     Harness { engine, store, llm }
 }
 
@@ -225,7 +223,7 @@ fn filter(
 
 /// Two stores on one PostgreSQL schema (two daemons' worth), when `CHATRELAY_TEST_PG_URL`
 /// is set (`scripts/test` sets it); `None` otherwise.
-pub(crate) fn shared_pair() -> Option<(KvStore, KvStore)> {
+pub(crate) async fn shared_pair() -> Option<(Store, Store)> {
     let url = std::env::var("CHATRELAY_TEST_PG_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
@@ -238,8 +236,8 @@ pub(crate) fn shared_pair() -> Option<(KvStore, KvStore)> {
         ..chatrelay_storage::PgOptions::new(url)
     };
     Some((
-        KvStore::open_postgres(&opts).unwrap(),
-        KvStore::open_postgres(&opts).unwrap(),
+        Store::open_postgres(&opts).await.unwrap(),
+        Store::open_postgres(&opts).await.unwrap(),
     ))
 }
 

@@ -21,25 +21,21 @@ impl Store {
         KvStore::open_closed(path, cache_capacity_bytes).map(Store::from)
     }
 
-    /// Opens a store on a PostgreSQL database shared with other daemons.
+    /// Opens the store on a PostgreSQL database shared with other daemons: the relational
+    /// tables, pending migrations applied first. A schema holding a layout this build does not
+    /// run on (the one-table layout of an older build, an interrupted migration, a newer
+    /// schema) is refused with what to do ([`StoreError::NeedsMigration`]).
     pub async fn open_postgres(opts: &PgOptions) -> Result<Store, StoreError> {
-        let opts = opts.clone();
-        tokio::task::spawn_blocking(move || KvStore::open_postgres(&opts))
-            .await
-            .map_err(|e| StoreError::Backend(format!("opening the store stopped: {e}")))?
-            .map(Store::from)
-    }
-
-    /// Opens the relational store on PostgreSQL (real tables, migrations applied first).
-    pub async fn open_relational(opts: &PgOptions) -> Result<Store, StoreError> {
         Ok(Store {
-            engine: Engine::Rel(crate::rel::RelStore::open(opts).await?),
+            engine: Engine::Rel(crate::rel::RelStore::open_checked(opts).await?),
         })
     }
 
-    /// A fresh database deleted with its last clone, for tests ([`KvStore::open_temporary`]).
+    /// A fresh embedded database deleted with its last clone, for tests (always sled: a
+    /// test of the shared engine opens a schema with [`Store::open_postgres`]).
     pub fn open_temporary() -> Result<Store, StoreError> {
-        KvStore::open_temporary().map(Store::from)
+        let db = sled::Config::new().temporary(true).open()?;
+        KvStore::from_db(crate::kv::Db::Sled(db), None, 0).map(Store::from)
     }
 
     /// The key-value engine, when this store is one: for what only it has (its write lane,

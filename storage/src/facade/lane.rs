@@ -144,7 +144,7 @@ mod tests {
             schema: Some(crate::open::temporary_schema()),
             ..crate::PgOptions::new(url)
         };
-        let store = Store::open_relational(&opts).await.unwrap();
+        let store = Store::open_postgres(&opts).await.unwrap();
         let key: chatrelay_core::UserKey = "mp:main:o2".parse().unwrap();
         let s = store.clone();
         let k = key.clone();

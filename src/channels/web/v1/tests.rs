@@ -173,17 +173,15 @@ fn quota_error_is_openai_shaped_and_final() {
 
 /// An engine on a temporary store, and the store's domain interface the tests read it by.
 fn engine() -> (Engine, chatrelay_storage::Store) {
-    // `Engine::new` takes the key-value store until the daemon opens stores by engine.
-    let kv = chatrelay_storage::KvStore::open_temporary().unwrap();
     let config = crate::config::Config::default();
     let engine = Engine::new(
-        kv,
+        chatrelay_storage::Store::open_temporary().unwrap(),
         std::sync::Arc::new(crate::engine::llm::DemoBackend::default()),
         crate::engine::Settings::from_config(&config).unwrap(),
         tokio_util::sync::CancellationToken::new(),
         tokio_util::task::TaskTracker::new(),
     );
-    let store = engine.facade().clone();
+    let store = engine.store().clone();
     (engine, store)
 }
 
