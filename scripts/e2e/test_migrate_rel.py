@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -193,6 +194,18 @@ def test_migrate_on_a_relational_schema_only_reports_its_version(upstream, schem
     assert (int(m.group(2)), int(m.group(3))) == (0, int(m.group(1))), again.stdout
     assert "verified:" not in again.stdout
     assert counts(schema) == found
+
+    # The README's queries for operators run as written on what the daemon wrote.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("What operators ask, in SQL:", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    code = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
+    queries = [q.strip() for q in code.split(";") if q.strip()]
+    assert len(queries) == 4, queries
+    answers = [psql(f'SET search_path TO "{schema}"; {q}') for q in queries]
+    ledger_rows = answers[1]
+    assert ledger_rows == [] or all(len(r) == 7 for r in ledger_rows), ledger_rows
+    spent = {int(r[0]): int(r[1]) for r in answers[2]}
+    assert sum(spent.values()) == 3 * COST, spent  # the three metered answers of fill()
 
 
 def test_migrate_on_the_embedded_store_prints_its_census(upstream):

@@ -1,10 +1,9 @@
 //! PostgreSQL with real tables: the relational store (issue 21, item 4).
 //!
-//! Not wired yet: nothing outside this module calls it (hence the `dead_code` allowance
-//! below, for non-test builds only). What is left for the next session:
-//! - **Facade dispatch**: the store's domain interface calls `RelStore` when the backend is
-//!   PostgreSQL (its methods are async already: no `block_in_place`), instead of the
-//!   key-value layer (`kv/pg.rs`, table `chatrelay_kv`).
+//! The daemon's store on PostgreSQL: `Store` (`facade/`) dispatches every operation here
+//! when `[storage] backend = "postgres"` (async on tokio-postgres with a pool; nothing
+//! blocks a worker). The one-table key-value layout (`kv/pg.rs`, table `chatrelay_kv`) is
+//! only read any more, by the migration.
 //! - **Migration**: done (`migrate.rs`, `layout.rs`). `migrate_postgres_in_place` (`chatrelay
 //!   migrate`) copies the one-table schema into these tables, compares the census, and only
 //!   then drops `chatrelay_kv` (one transaction with the finished mark);
@@ -111,7 +110,7 @@
 //! [`MAX_ATTEMPTS`] times, jittered backoff); nothing holds a lock across a round trip of
 //! the caller's.
 //!
-//! # For operators (README material once wired)
+//! # For operators (README, "Several daemons on one PostgreSQL", runs these in its e2e test)
 //! ```sql
 //! -- revenue per day (credited orders, yuan)
 //! SELECT to_timestamp(credited_at_ms / 1000)::date AS day, sum(amount_fen) / 100.0 AS yuan
@@ -124,8 +123,6 @@
 //! WHERE kind = 'usage' AND at_ms > (extract(epoch FROM now() - interval '7 days') * 1000)
 //! GROUP BY uid ORDER BY spent DESC LIMIT 20;
 //! ```
-
-#![cfg_attr(not(test), allow(dead_code))] // wired in by the next session (see above)
 
 mod admin;
 mod admin_log;
@@ -160,11 +157,10 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
-use crate::kv::pg::{PgOptions, backoff, error_text};
+use crate::kv::pg::{backoff, error_text};
 use crate::{StoreError, Uid};
 
 pub use migrate::{InPlaceReport, RelCopyReport, copy_into_relational, migrate_postgres_in_place};
-pub(crate) use schema::Migrated;
 
 /// Runs of one statement that keeps conflicting, before giving up.
 pub(crate) const MAX_ATTEMPTS: u32 = 50;
@@ -192,8 +188,10 @@ pub(crate) struct RelStore {
 }
 
 impl RelStore {
-    /// Connects to the schema of `opts` and applies pending migrations (creating it).
-    pub(crate) async fn open(opts: &PgOptions) -> Result<RelStore, StoreError> {
+    /// Connects to the schema of `opts` and applies pending migrations (creating it), without
+    /// the layout check daemons make ([`RelStore::open_checked`]): for tests.
+    #[cfg(test)]
+    pub(crate) async fn open(opts: &crate::PgOptions) -> Result<RelStore, StoreError> {
         let pool = pool::Pool::new(opts)?;
         schema::migrate(&pool).await?;
         Ok(RelStore::from_pool(pool))
@@ -207,14 +205,16 @@ impl RelStore {
         }
     }
 
-    /// Applies pending migrations and says what it did.
-    pub(crate) async fn migrate(opts: &PgOptions) -> Result<Migrated, StoreError> {
+    /// Applies pending migrations and says what it did (tests).
+    #[cfg(test)]
+    pub(crate) async fn migrate(opts: &crate::PgOptions) -> Result<schema::Migrated, StoreError> {
         let pool = pool::Pool::new(opts)?;
         schema::migrate(&pool).await
     }
 
     /// How many single statements (round trips) this store has sent; transactions
     /// (`create_order`, `refund_order`) are not counted.
+    #[cfg(test)]
     pub(crate) fn statements_sent(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }
