@@ -59,13 +59,48 @@ macro_rules! by_copy {
 }
 by_copy!(i64, usize, Uid, Option<OrderStatus>);
 
-/// Runs `f` on the key-value engine on the blocking pool.
+#[cfg(test)]
+mod tests {
+    use crate::{EntryKind, Store};
+
+    /// On sled a scan runs on the blocking pool, not on the caller's worker; inside a step
+    /// (on the write lane, no runtime there) it runs in place.
+    #[tokio::test]
+    async fn a_scan_leaves_the_worker_and_runs_in_place_in_a_step() {
+        let store = Store::open_temporary().unwrap();
+        let uid = store.create_user("a").await.unwrap().uid;
+        store
+            .grant(uid, 5, EntryKind::Grant, "test", "g1", 1)
+            .await
+            .unwrap();
+        let worker = std::thread::current().id();
+        let on = store.kv().unwrap().clone();
+        // The closure a scan runs reports its thread: the blocking pool's, not this one.
+        let elsewhere = super::blocking(&on, |_| std::thread::current().id())
+            .await
+            .unwrap();
+        assert_ne!(elsewhere, worker);
+        assert!(store.audit().await.unwrap().mismatches.is_empty());
+        let s = store.clone();
+        let counted = store
+            .step(async move { s.user_count().await.unwrap() })
+            .await
+            .unwrap();
+        assert_eq!(counted, 1);
+    }
+}
+
+/// Runs `f` on the key-value engine on the blocking pool; where there is no runtime (a step
+/// polled on sled's write lane, which is off the workers already), here.
 pub(super) async fn blocking<R: Send + 'static>(
     kv: &KvStore,
     f: impl FnOnce(&KvStore) -> R + Send + 'static,
 ) -> Result<R, StoreError> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(f(kv));
+    };
     let kv = kv.clone();
-    match tokio::task::spawn_blocking(move || f(&kv)).await {
+    match runtime.spawn_blocking(move || f(&kv)).await {
         Ok(r) => Ok(r),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(StoreError::Reopening),
