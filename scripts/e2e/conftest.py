@@ -26,6 +26,15 @@ MODEL = "gpt-fake"
 COST = 3
 
 
+def psql_rows(sql):
+    """One query's rows as lists of text, read with `psql` (Debian's postgresql-client) from
+    the database of CHATRELAY_TEST_PG_URL (psycopg is not installed)."""
+    r = subprocess.run(["psql", os.environ["CHATRELAY_TEST_PG_URL"], "-qAt", "-v", "ON_ERROR_STOP=1",
+                        "-c", sql], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"psql failed: {r.stderr}"
+    return [line.split("|") for line in r.stdout.splitlines()]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

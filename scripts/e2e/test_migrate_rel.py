@@ -32,15 +32,7 @@ if not PG_URL:
 if not shutil.which("psql"):
     pytest.skip("psql is not installed (apt-get install postgresql-client)", allow_module_level=True)
 
-from conftest import BINARY, COST, MODEL, Daemon  # noqa: E402
-
-
-def psql(sql):
-    """One query's rows as lists of text (psql -At, fields split on |)."""
-    r = subprocess.run(["psql", PG_URL, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, f"psql failed: {r.stderr}"
-    return [line.split("|") for line in r.stdout.splitlines()]
+from conftest import BINARY, COST, MODEL, Daemon, psql_rows as psql  # noqa: E402
 
 
 def scalar(sql):

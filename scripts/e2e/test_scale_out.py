@@ -33,7 +33,7 @@ if not PG_URL:
                 "(export CHATRELAY_TEST_PG_URL=$(scripts/pg-up); scripts/test does it)",
                 allow_module_level=True)
 
-from conftest import ANSI, BINARY, COST, MODEL, Daemon  # noqa: E402
+from conftest import ANSI, BINARY, COST, MODEL, Daemon, psql_rows  # noqa: E402
 from fake_openai import ANSWER  # noqa: E402
 from fake_wechat import FakeWechat  # noqa: E402
 from fake_zsxq import FakeZsxq  # noqa: E402
@@ -524,14 +524,6 @@ def migrate_data(d, schema):
     return subprocess.run([str(BINARY), "-c", str(d.config), "migrate-data", "--from", f"sled:{d.dir / 'data'}",
                            "--to", PG_URL, "--schema", schema],
                           capture_output=True, text=True, timeout=120, env=env)
-
-
-def psql_rows(sql):
-    """One query's rows as lists of text (psql from Debian's postgresql-client)."""
-    r = subprocess.run(["psql", PG_URL, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, f"psql failed: {r.stderr}"
-    return [line.split("|") for line in r.stdout.splitlines()]
 
 
 def tables_of(schema):

@@ -216,20 +216,9 @@ mod tests {
         // The embedded store streams its snapshot (what it writes: test_backup.py).
         let sled = chatrelay_storage::Store::open_temporary().unwrap();
         assert!(refuse_unless_embedded(&sled).is_ok());
-        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
+        let Some(opts) = chatrelay_storage::test_pg_options() else {
             eprintln!("skipped (PostgreSQL part): CHATRELAY_TEST_PG_URL is not set");
             return;
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let opts = chatrelay_storage::PgOptions {
-            schema: Some(format!("t_backup_{}_{nanos}", std::process::id())),
-            ..chatrelay_storage::PgOptions::new(url)
         };
         let pg = chatrelay_storage::Store::open_postgres(&opts)
             .await

@@ -219,16 +219,7 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[cfg(test)]
 pub(crate) async fn test_stores() -> Vec<(&'static str, Store)> {
     let mut all = vec![("sled", Store::open_temporary().unwrap())];
-    if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        let mut random = [0u8; 6];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).unwrap();
-        let opts = chatrelay_storage::PgOptions {
-            schema: Some(format!("t_{}_{}", std::process::id(), hex::encode(random))),
-            ..chatrelay_storage::PgOptions::new(url)
-        };
+    if let Some(opts) = chatrelay_storage::test_pg_options() {
         all.push(("relational", Store::open_postgres(&opts).await.unwrap()));
     }
     all

@@ -143,6 +143,7 @@ pub use lane::{flush_counts, lane_counts};
 pub use login::{
     LOGIN_CODE_ALPHABET, LOGIN_CODE_CHARS, LoginCode, display_login_code, normalize_login_code,
 };
+pub use open::test_pg_options;
 pub use orders::{CreditOutcome, Order, OrderEvent, OrderStatus, purchase_reference};
 pub use plans::{ActivePlan, PlanGrant, after_grant, after_refund, date_of_day};
 pub use quota::{Balance, EntryKind, LedgerEntry, Remember};

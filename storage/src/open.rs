@@ -214,6 +214,19 @@ fn check_schema(meta: &Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// For tests that need PostgreSQL: the options of a fresh schema (a name no other test uses)
+/// in the database `CHATRELAY_TEST_PG_URL` names; `None` when it is unset (the test skips).
+#[must_use]
+pub fn test_pg_options() -> Option<PgOptions> {
+    let url = std::env::var("CHATRELAY_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    Some(PgOptions {
+        schema: Some(temporary_schema()),
+        ..PgOptions::new(url)
+    })
+}
+
 /// A schema name no other temporary store has: `t_<pid>_<counter>_<random>`.
 pub(crate) fn temporary_schema() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

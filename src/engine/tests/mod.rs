@@ -224,17 +224,7 @@ fn filter(
 /// Two stores on one PostgreSQL schema (two daemons' worth), when `CHATRELAY_TEST_PG_URL`
 /// is set (`scripts/test` sets it); `None` otherwise.
 pub(crate) async fn shared_pair() -> Option<(Store, Store)> {
-    let url = std::env::var("CHATRELAY_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let opts = chatrelay_storage::PgOptions {
-        schema: Some(format!("t_{}_{nanos}", std::process::id())),
-        ..chatrelay_storage::PgOptions::new(url)
-    };
+    let opts = chatrelay_storage::test_pg_options()?;
     Some((
         Store::open_postgres(&opts).await.unwrap(),
         Store::open_postgres(&opts).await.unwrap(),

@@ -134,15 +134,8 @@ mod tests {
     /// on the caller's task, and its writes are there when it answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_the_relational_engine_a_step_is_awaited_in_place() {
-        let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
+        let Some(opts) = crate::test_pg_options() else {
             return;
-        };
-        let opts = crate::PgOptions {
-            schema: Some(crate::open::temporary_schema()),
-            ..crate::PgOptions::new(url)
         };
         let store = Store::open_postgres(&opts).await.unwrap();
         let key: chatrelay_core::UserKey = "mp:main:o2".parse().unwrap();

@@ -34,18 +34,11 @@ pub(super) async fn engines() -> Vec<(&'static str, Store)> {
         "sled",
         Store::from(KvStore::from_db(sled, None, 0).unwrap()),
     )];
-    if let Some(url) = std::env::var("CHATRELAY_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        let opts = PgOptions {
-            schema: Some(crate::open::temporary_schema()),
-            ..PgOptions::new(url.clone())
-        };
+    if let Some(opts) = crate::test_pg_options() {
         all.push(("relational", Store::open_postgres(&opts).await.unwrap()));
         let opts = PgOptions {
             schema: Some(crate::open::temporary_schema()),
-            ..PgOptions::new(url)
+            ..opts
         };
         // The older one-table layout, kept to migrate from (opened off the runtime: its
         // calls block).

@@ -8,13 +8,9 @@ use crate::kv::pg::PgOptions;
 
 /// A store on a fresh schema, or `None` when no PostgreSQL is configured.
 pub(super) async fn store() -> Option<RelStore> {
-    let url = std::env::var("CHATRELAY_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
     let opts = PgOptions {
-        schema: Some(crate::open::temporary_schema()),
         pool_size: 24,
-        ..PgOptions::new(url)
+        ..crate::test_pg_options()?
     };
     Some(RelStore::open(&opts).await.unwrap())
 }
