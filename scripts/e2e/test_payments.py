@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.error
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import COST, MODEL, Daemon
+from conftest import COST, MODEL, Daemon, psql_rows
 from fake_pay import ALIPAY, WECHAT, FakeAlipay, FakeWechatPay, new_rsa_key, private_pem, yuan
 
 PUBLIC_URL = "https://pay.example.test"
@@ -136,9 +137,24 @@ gateway = "{alipay.gateway}"
 """
 
 
-def new_pay_daemon(upstream, paykeys, wxpay, alipay, ttl=900, min_age=600):
+def new_pay_daemon(upstream, paykeys, wxpay, alipay, ttl=900, min_age=600, storage_toml=None):
     return PayDaemon(upstream.base_url, extra_toml=pay_toml(paykeys, wxpay, alipay, ttl, min_age),
-                     extra_env={"CHATRELAY__SERVER__PUBLIC_URL": PUBLIC_URL})
+                     extra_env={"CHATRELAY__SERVER__PUBLIC_URL": PUBLIC_URL}, storage_toml=storage_toml)
+
+
+@pytest.fixture(params=["sled", "postgres"])
+def engine_storage(request):
+    """The `[storage]` keys of each engine: the embedded store, and the relational tables on a
+    fresh PostgreSQL schema (skipped without CHATRELAY_TEST_PG_URL), dropped afterwards."""
+    if request.param == "sled":
+        yield None
+        return
+    url = os.environ.get("CHATRELAY_TEST_PG_URL")
+    if not url:
+        pytest.skip("CHATRELAY_TEST_PG_URL is unset (export CHATRELAY_TEST_PG_URL=$(scripts/pg-up))")
+    schema = "s_e2e_" + secrets.token_hex(6)
+    yield f'backend = "postgres"\nurl = "{url}"\nschema = "{schema}"\n'
+    psql_rows(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @contextlib.contextmanager
@@ -508,8 +524,8 @@ def test_alipay_notifications(shop, alipay):
 # 5. SIGKILL right after the acknowledgement loses nothing
 # ---------------------------------------------------------------------------------------------
 
-def test_credit_survives_sigkill_right_after_the_ack(upstream, paykeys, wxpay, alipay):
-    d = new_pay_daemon(upstream, paykeys, wxpay, alipay)
+def test_credit_survives_sigkill_right_after_the_ack(upstream, paykeys, wxpay, alipay, engine_storage):
+    d = new_pay_daemon(upstream, paykeys, wxpay, alipay, storage_toml=engine_storage)
     with running(d):
         for round_, channel in enumerate(("wechat", "alipay", "wechat")):
             uid, token = d.new_user(f"killed{round_}")
