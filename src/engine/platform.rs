@@ -59,27 +59,38 @@ impl Engine {
                     Admission::New(uid) => uid,
                     Admission::Seen => return Ok::<_, StoreError>(None),
                 };
-                let history = if remember {
-                    store
-                        .conversation(&key.to_string())
-                        .await
-                        .unwrap_or_else(|e| {
-                            // Answering without memory beats not answering.
-                            warn!(error = %e, "reading the conversation failed");
-                            Vec::new()
-                        })
-                } else {
-                    Vec::new()
-                };
                 let payer = match bill_to {
                     Some(k) => Some(store.resolve_identity(&k, None).await),
                     None => None,
                 };
+                // The sender, their saved choices and the conversation: one read (one
+                // statement on PostgreSQL).
+                let conversation = remember.then(|| key.to_string());
+                let prefs = [
+                    policy::pref_key(uid, "model"),
+                    policy::pref_key(uid, "role"),
+                ];
+                let (user, model_pref, role_pref, history) = match store
+                    .admitted_reads(uid, conversation.as_deref(), &prefs)
+                    .await
+                {
+                    Ok(read) => {
+                        let mut saved = read.checkpoints.into_iter();
+                        let (model, role) = (saved.next().flatten(), saved.next().flatten());
+                        (Ok(read.user), model, role, read.turns)
+                    }
+                    Err(e) => {
+                        // Answering without memory beats not answering; the user check
+                        // decides on the error.
+                        warn!(error = %e, "reading the sender and the conversation failed");
+                        (Err(e), None, None, Vec::new())
+                    }
+                };
                 Ok(Some(Admitted {
                     uid,
-                    user: store.user(uid).await,
-                    model_pref: policy::pref(store, uid, "model").await.ok().flatten(),
-                    role_pref: policy::pref(store, uid, "role").await.ok().flatten(),
+                    user,
+                    model_pref,
+                    role_pref,
                     history,
                     payer,
                 }))

@@ -154,7 +154,7 @@ pub use tokens::{TOKEN_PREFIX, TokenInfo};
 pub use usage::{
     MAX_USAGE_PAGE, UsageCursor, UsageNote, UsageOutcome, UsagePage, UsagePurge, UsageRecord,
 };
-pub use users::{Admission, User, UserActivity};
+pub use users::{Admission, AdmittedReads, User, UserActivity};
 
 use kv::{Db, Tree};
 

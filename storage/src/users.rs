@@ -490,6 +490,17 @@ fn check_key_text(key: &str) -> Result<(), StoreError> {
     crate::codec::check_key("user key", key)
 }
 
+/// What an answer reads once its message is admitted ([`crate::Store::admitted_reads`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdmittedReads {
+    /// The sender's record (`None`: no such user).
+    pub user: Option<User>,
+    /// The values of the checkpoints asked for, in their order (`None` where absent).
+    pub checkpoints: Vec<Option<String>>,
+    /// The conversation's turns, oldest first (empty when none was asked for).
+    pub turns: Vec<crate::Turn>,
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Barrier};

@@ -15,6 +15,7 @@
 mod infra;
 mod lane;
 mod ops;
+mod reads;
 mod scans;
 
 use crate::KvStore;

@@ -88,7 +88,8 @@ fn like_prefix(prefix: &str) -> String {
 }
 
 /// Both tables as `(key, value)` text rows.
-const BOTH: &str = "(SELECT key, value FROM checkpoints UNION ALL SELECT key, n::text FROM stats)";
+pub(super) const BOTH: &str =
+    "(SELECT key, value FROM checkpoints UNION ALL SELECT key, n::text FROM stats)";
 
 impl RelStore {
     /// The value stored under `key`, if any.

@@ -143,6 +143,7 @@ mod orders;
 mod outbox;
 mod plans;
 mod pool;
+mod reads;
 mod schema;
 mod usage;
 mod users;
@@ -220,16 +221,19 @@ impl RelStore {
     }
 
     /// Counts a statement sent, here and process-wide ([`statement_count`]).
-    fn count_statement(&self) {
+    /// Traced (`RUST_LOG=chatrelay_storage::sql=trace`) with the statement's first words, to
+    /// see which statements a request costs.
+    fn count_statement(&self, sql: &str) {
         self.statements.fetch_add(1, Ordering::Relaxed);
         STATEMENTS.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(target: "chatrelay_storage::sql", statement = %sql.split_whitespace().take(12).collect::<Vec<_>>().join(" "));
     }
 
     /// Runs one statement. `Ok(None)`: it conflicted (a unique key taken meanwhile, a
     /// deadlock) and rolled back whole; run it again.
     async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<Vec<Row>>, StoreError> {
         let conn = self.pool.get().await?;
-        self.count_statement();
+        self.count_statement(sql);
         match conn.query_typed(sql, params).await {
             Ok(rows) => Ok(Some(rows)),
             Err(e) => match db_err(e) {
@@ -246,7 +250,7 @@ impl RelStore {
     /// races that matter): a conflict is an error.
     async fn rows(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         let conn = self.pool.get().await?;
-        self.count_statement();
+        self.count_statement(sql);
         conn.query_typed(sql, params)
             .await
             .map_err(|e| match db_err(e) {

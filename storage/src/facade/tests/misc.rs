@@ -525,3 +525,47 @@ async fn tokens_are_hashed_revocable_and_expire() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_reads_after_admission_are_one_statement_and_the_same_on_every_engine() {
+    for (engine, s) in engines().await {
+        let uid = s.resolve_identity(&key("r1"), Some("Rita")).await.unwrap();
+        s.set_checkpoint(&format!("pref:{}:model", uid.0), Some("m2"))
+            .await
+            .unwrap();
+        let turns = [
+            crate::Turn {
+                role: "user".into(),
+                content: "q1".into(),
+                at_ms: 1,
+            },
+            crate::Turn {
+                role: "assistant".into(),
+                content: "a1".into(),
+                at_ms: 2,
+            },
+        ];
+        s.append_turns("mp:main:r1", &turns, 10).await.unwrap();
+        let prefs = [
+            format!("pref:{}:model", uid.0),
+            format!("pref:{}:role", uid.0),
+        ];
+        let before = sent(&s);
+        let read = s
+            .admitted_reads(uid, Some("mp:main:r1"), &prefs)
+            .await
+            .unwrap();
+        assert_trips(engine, &s, before, 1);
+        assert_eq!(read.user, s.user(uid).await.unwrap(), "{engine}");
+        assert_eq!(read.checkpoints, vec![Some("m2".into()), None], "{engine}");
+        assert_eq!(read.turns, turns, "{engine}");
+        // Without a conversation, no turns; an unknown user, nothing.
+        let bare = s.admitted_reads(uid, None, &prefs).await.unwrap();
+        assert!(bare.turns.is_empty() && bare.user.is_some(), "{engine}");
+        let nobody = s
+            .admitted_reads(Uid(987_654), Some("mp:main:r1"), &prefs)
+            .await
+            .unwrap();
+        assert_eq!(nobody, crate::AdmittedReads::default(), "{engine}");
+    }
+}
