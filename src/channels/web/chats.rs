@@ -228,9 +228,7 @@ async fn read<R>(f: impl Future<Output = Result<R, StoreError>>) -> Result<R, Re
 /// Awaits a write to the store; input the store refuses is `400 bad_request`, any other
 /// failure `503 unavailable` (and logged).
 ///
-/// A page's conversation is not money: it is written as one step of the store's domain
-/// interface (one sled transaction, or statements on PostgreSQL), without waiting for a
-/// flush, as before on sled's write lane.
+/// A page's conversation is not money: it is written without waiting for a flush.
 async fn write<R>(f: impl Future<Output = Result<R, StoreError>>) -> Result<R, Response> {
     match f.await {
         Ok(r) => Ok(r),
@@ -395,11 +393,19 @@ async fn save(
         })
         .collect();
     let now = crate::util::now_ms();
-    let outcome = write(
-        st.engine
-            .store()
-            .put_chat(uid, &id, &title, &messages, req.base, now, limits),
-    )
+    // One step of the store: on sled's write lane (the conversation, up to its size limit,
+    // is encoded there, off the async workers), awaited on PostgreSQL.
+    let (store, chat_id, base) = (st.engine.store().clone(), id.clone(), req.base);
+    let outcome = write(async move {
+        let s = store.clone();
+        store
+            .step(async move {
+                s.put_chat(uid, &chat_id, &title, &messages, base, now, limits)
+                    .await
+            })
+            .await
+            .unwrap_or(Err(StoreError::Reopening))
+    })
     .await;
     match outcome {
         Ok(ChatPut::Saved {
