@@ -102,7 +102,6 @@ mod tests {
         let sled = crate::kv::Db::Sled(sled::Config::new().temporary(true).open().unwrap());
         let store = Store::from(crate::KvStore::from_db(sled, None, 0).unwrap());
         let key: chatrelay_core::UserKey = "mp:main:o1".parse().unwrap();
-        let (jobs_before, _, _) = crate::lane_counts();
         let s = store.clone();
         let k = key.clone();
         let (uid, thread) = store
@@ -117,9 +116,9 @@ mod tests {
             })
             .await
             .expect("ran");
+        // It ran on the lane's thread. (Not the lane's job counter: the lane adds a round's
+        // jobs after answering them, so a caller may see its answer first.)
         assert_eq!(thread.as_deref(), Some("chatrelay-lane"));
-        let (jobs_after, _, _) = crate::lane_counts();
-        assert!(jobs_after > jobs_before, "the step went through the lane");
         assert_eq!(store.identity(&key).await.unwrap(), Some(uid));
         // A step's panic reaches its caller; the lane goes on.
         let s = store.clone();
