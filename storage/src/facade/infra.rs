@@ -16,11 +16,6 @@ impl Store {
         KvStore::open(path, cache_capacity_bytes).map(Store::from)
     }
 
-    /// [`Store::open`] for a database this process has just closed ([`KvStore::open_closed`]).
-    pub fn open_closed(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
-        KvStore::open_closed(path, cache_capacity_bytes).map(Store::from)
-    }
-
     /// Opens the store on a PostgreSQL database shared with other daemons: the relational
     /// tables, pending migrations applied first. A schema holding a layout this build does not
     /// run on (the one-table layout of an older build, an interrupted migration, a newer
@@ -56,12 +51,6 @@ impl Store {
             Engine::Kv(kv) => kv.is_shared(),
             Engine::Rel(_) => true,
         }
-    }
-
-    /// The engine's name, for logs and `/health`: `sled` or `postgres`.
-    #[must_use]
-    pub fn backend_name(&self) -> &'static str {
-        if self.is_shared() { "postgres" } else { "sled" }
     }
 
     /// Waits until every write made so far is durable: sled's group flush; nothing on
